@@ -1,0 +1,1 @@
+"""Built-in backend plugins; each subpackage registers itself through an entry point."""

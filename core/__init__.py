@@ -1,0 +1,53 @@
+"""edgeport: export a PyTorch model once, run its pieces on the edge backends that fit.
+
+Plugins import only the names listed in ``__all__``.
+"""
+
+from .backend import (
+    Artifact,
+    Availability,
+    Backend,
+    Executable,
+    NoOptions,
+    PartitionRules,
+    Support,
+    SupportContext,
+)
+from .errors import (
+    BackendError,
+    DeclineNodes,
+    EdgeportError,
+    ExecutionError,
+    InputError,
+    LoweringError,
+    PluginError,
+    ProgramError,
+    UnknownBackendError,
+)
+from .hookspecs import hookimpl
+from .plugins import Registry, default_registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact",
+    "Availability",
+    "Backend",
+    "BackendError",
+    "DeclineNodes",
+    "EdgeportError",
+    "ExecutionError",
+    "Executable",
+    "InputError",
+    "LoweringError",
+    "NoOptions",
+    "PartitionRules",
+    "PluginError",
+    "ProgramError",
+    "Registry",
+    "Support",
+    "SupportContext",
+    "UnknownBackendError",
+    "default_registry",
+    "hookimpl",
+]

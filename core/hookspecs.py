@@ -1,0 +1,30 @@
+"""The hooks a plugin may implement. This file is the plugin contract.
+
+Hook names start with ``edgeport_``. Arguments may be added in later versions (pluggy
+lets an older implementation take fewer); none is ever renamed or removed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("edgeport")
+hookimpl = pluggy.HookimplMarker("edgeport")
+
+
+@hookspec
+def edgeport_register_backends(register: Callable[..., None]) -> None:
+    """Register this plugin's backends by calling ``register`` once per backend.
+
+    :param register: ``register(backend, aliases=())``. ``backend`` is an instance of
+        a `edgeport.Backend` subclass; ``aliases`` are extra names that select it
+        (e.g. ``("npu",)``). Registering a name another plugin already took raises
+        `edgeport.PluginError` naming both distributions.
+
+    Called once, the first time edgeport needs the list of backends, in no particular
+    order relative to other plugins. Return nothing. Keep it cheap: construct the
+    backend, do not import its toolchain here (do that inside ``compile``/``load``)
+    so that a missing toolchain disables only this backend.
+    """

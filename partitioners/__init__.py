@@ -1,0 +1,1 @@
+"""Partitioning algorithms: support matrix, assignment policies, cycle-free growth."""
