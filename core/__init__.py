@@ -3,6 +3,7 @@
 Plugins import only the names listed in ``__all__``.
 """
 
+from .api import export, export_methods
 from .backend import (
     Artifact,
     Availability,
@@ -26,6 +27,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .plugins import Registry, default_registry
+from .program import Program, load
 
 __version__ = "0.1.0"
 
@@ -43,11 +45,16 @@ __all__ = [
     "NoOptions",
     "PartitionRules",
     "PluginError",
+    "Program",
     "ProgramError",
     "Registry",
     "Support",
     "SupportContext",
     "UnknownBackendError",
     "default_registry",
+    "export",
+    "export_methods",
     "hookimpl",
+    "load",
 ]
+

@@ -1,0 +1,214 @@
+"""Collect tensors, buffers and operators as plain records, then serialise them once.
+
+Lowering code appends records and may still change them (fold a batch norm into a
+conv's weights, fuse an activation into its producer) until `ModelBuilder.finish`
+writes the flatbuffer in one pass. Weights are written with numpy `tobytes`, never
+element by element, and the byte buffer is sized up front so it never regrows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .schema import tfl
+
+ABSENT = -1  # tensor index of an optional input that is left out
+_WEIGHT_ALIGN = 16  # align constant data so runtimes may read it in place
+
+
+@dataclass
+class Options:
+    """A builtin options table by its schema name, e.g. Options("Conv2DOptions", {"StrideW": 2}).
+
+    Field names are the suffixes of the generated `<Table>Add<Field>` functions; a list
+    value becomes an int32 vector.
+    """
+
+    table: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OpRecord:
+    code: int  # BuiltinOperator value
+    inputs: list[int]
+    outputs: list[int]
+    options: Options | None = None
+
+
+@dataclass
+class TensorRecord:
+    shape: tuple[int, ...]
+    type: int  # TensorType value
+    name: str
+    buffer: int = 0  # 0 is the empty sentinel buffer: no constant data
+
+
+class ModelBuilder:
+    """One subgraph under construction."""
+
+    def __init__(self) -> None:
+        self.tensors: list[TensorRecord] = []
+        self.buffers: list[np.ndarray | None] = [None]  # buffer 0: the empty sentinel
+        self.ops: list[OpRecord] = []
+
+    def tensor(self, shape: Sequence[int], type_: int, name: str, data: np.ndarray | None = None) -> int:
+        """Add a tensor (constant when `data` is given) and return its index."""
+        buffer = 0
+        if data is not None:
+            self.buffers.append(np.ascontiguousarray(data).reshape(-1))
+            buffer = len(self.buffers) - 1
+        self.tensors.append(TensorRecord(tuple(int(d) for d in shape), type_, name, buffer))
+        return len(self.tensors) - 1
+
+    def data(self, tensor: int) -> np.ndarray | None:
+        """The constant data of a tensor (flattened), or None."""
+        buffer = self.tensors[tensor].buffer
+        return self.buffers[buffer] if buffer else None
+
+    def op(self, code: int, inputs: Sequence[int], outputs: Sequence[int], options: Options | None = None) -> OpRecord:
+        record = OpRecord(code, list(inputs), list(outputs), options)
+        self.ops.append(record)
+        return record
+
+    def finish(
+        self,
+        inputs: Sequence[int],
+        outputs: Sequence[int],
+        description: str,
+        metadata: dict[str, bytes] | None = None,
+    ) -> bytes:
+        """Serialise the model: one subgraph, its opcodes, buffers and metadata."""
+        t = tfl()
+        buffers = list(self.buffers)
+        meta_entries = []
+        for name, payload in (metadata or {}).items():
+            buffers.append(np.frombuffer(payload, dtype=np.uint8))
+            meta_entries.append((name, len(buffers) - 1))
+
+        data_bytes = sum(b.nbytes + _WEIGHT_ALIGN for b in buffers if b is not None)
+        b = _Builder(data_bytes + 64 * (len(self.tensors) + len(self.ops)) + 4096)
+
+        buffer_offsets = [self._buffer(b, t, data) for data in buffers]
+        tensor_offsets = [self._tensor(b, t, rec) for rec in self.tensors]
+
+        codes: dict[int, int] = {}
+        for rec in self.ops:
+            codes.setdefault(rec.code, len(codes))
+        op_offsets = [self._operator(b, t, rec, codes[rec.code]) for rec in self.ops]
+
+        name = b.CreateString("main")
+        tensors_vec = b.offsets(tensor_offsets)
+        inputs_vec = b.ints(inputs)
+        outputs_vec = b.ints(outputs)
+        ops_vec = b.offsets(op_offsets)
+        t.SubGraphStart(b)
+        t.SubGraphAddTensors(b, tensors_vec)
+        t.SubGraphAddInputs(b, inputs_vec)
+        t.SubGraphAddOutputs(b, outputs_vec)
+        t.SubGraphAddOperators(b, ops_vec)
+        t.SubGraphAddName(b, name)
+        subgraph = t.SubGraphEnd(b)
+
+        code_offsets = []
+        for code in codes:
+            t.OperatorCodeStart(b)
+            t.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, t.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES))
+            t.OperatorCodeAddBuiltinCode(b, code)
+            t.OperatorCodeAddVersion(b, 1)
+            code_offsets.append(t.OperatorCodeEnd(b))
+
+        meta_offsets = []
+        for meta_name, buffer in meta_entries:
+            s = b.CreateString(meta_name)
+            t.MetadataStart(b)
+            t.MetadataAddName(b, s)
+            t.MetadataAddBuffer(b, buffer)
+            meta_offsets.append(t.MetadataEnd(b))
+
+        desc = b.CreateString(description)
+        codes_vec = b.offsets(code_offsets)
+        subgraphs_vec = b.offsets([subgraph])
+        buffers_vec = b.offsets(buffer_offsets)
+        meta_vec = b.offsets(meta_offsets) if meta_offsets else None
+        t.ModelStart(b)
+        t.ModelAddVersion(b, 3)
+        t.ModelAddOperatorCodes(b, codes_vec)
+        t.ModelAddSubgraphs(b, subgraphs_vec)
+        t.ModelAddDescription(b, desc)
+        t.ModelAddBuffers(b, buffers_vec)
+        if meta_vec is not None:
+            t.ModelAddMetadata(b, meta_vec)
+        b.Finish(t.ModelEnd(b), file_identifier=b"TFL3")
+        return bytes(b.Output())
+
+    @staticmethod
+    def _buffer(b: _Builder, t: Any, data: np.ndarray | None) -> int:
+        vec = None
+        if data is not None and data.size:
+            raw = data.view(np.uint8)
+            b.Prep(_WEIGHT_ALIGN, raw.nbytes)
+            vec = b.CreateNumpyVector(raw)
+        t.BufferStart(b)
+        if vec is not None:
+            t.BufferAddData(b, vec)
+        return t.BufferEnd(b)
+
+    @staticmethod
+    def _tensor(b: _Builder, t: Any, rec: TensorRecord) -> int:
+        name = b.CreateString(rec.name)
+        shape = b.ints(rec.shape)
+        t.TensorStart(b)
+        t.TensorAddShape(b, shape)
+        t.TensorAddType(b, rec.type)
+        t.TensorAddBuffer(b, rec.buffer)
+        t.TensorAddName(b, name)
+        return t.TensorEnd(b)
+
+    @staticmethod
+    def _operator(b: _Builder, t: Any, rec: OpRecord, opcode_index: int) -> int:
+        options = _options(b, t, rec.options) if rec.options else None
+        inputs = b.ints(rec.inputs)
+        outputs = b.ints(rec.outputs)
+        t.OperatorStart(b)
+        t.OperatorAddOpcodeIndex(b, opcode_index)
+        t.OperatorAddInputs(b, inputs)
+        t.OperatorAddOutputs(b, outputs)
+        if options is not None:
+            t.OperatorAddBuiltinOptionsType(b, getattr(t.BuiltinOptions, rec.options.table))
+            t.OperatorAddBuiltinOptions(b, options)
+        return t.OperatorEnd(b)
+
+
+def _options(b: _Builder, t: Any, options: Options) -> int:
+    vectors = {k: b.ints(v) for k, v in options.fields.items() if isinstance(v, (list, tuple))}
+    getattr(t, f"{options.table}Start")(b)
+    for key, value in options.fields.items():
+        getattr(t, f"{options.table}Add{key}")(b, vectors.get(key, value))
+    return getattr(t, f"{options.table}End")(b)
+
+
+def _flatbuffers_builder() -> type:
+    import flatbuffers
+
+    return flatbuffers.Builder
+
+
+class _Builder:
+    """A flatbuffers.Builder with helpers for int32 vectors and offset vectors."""
+
+    def __new__(cls, size: int) -> Any:
+        builder = _flatbuffers_builder()(size)
+        builder.ints = lambda values: builder.CreateNumpyVector(np.asarray(values, dtype=np.int32).reshape(-1))
+        builder.offsets = lambda offs: _offset_vector(builder, offs)
+        return builder
+
+
+def _offset_vector(builder: Any, offsets: Sequence[int]) -> int:
+    builder.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        builder.PrependUOffsetTRelative(off)
+    return builder.EndVector()

@@ -1,0 +1,58 @@
+"""The TFLite flatbuffer schema, imported only when a model is actually written.
+
+The generated schema module ships inside `ai_edge_litert`; importing it loads the
+LiteRT shared library, so nothing here runs at `import edgeport.backends.tflite`.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+
+
+@functools.cache
+def tfl() -> ModuleType:
+    """The generated `tflite` schema module (enums, builders)."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        from edgeport import BackendError
+
+        raise BackendError(
+            f"cannot write TFLite models: {e}",
+            hint="install the cpu extra: pip install 'edgeport[cpu]' (ai-edge-litert, flatbuffers)",
+        ) from e
+    return schema_py_generated
+
+
+def writer_deps_missing() -> str:
+    """Why the writer cannot run here, or "" when its dependencies import."""
+    try:
+        tfl()
+    except Exception as e:  # noqa: BLE001 - any import failure disables the writer
+        return str(e)
+    return ""
+
+
+# Torch dtype -> name of the TensorType the tensor has *inside* the artifact. int64
+# lives as int32 inside (TFLite kernels mostly lack int64); the partition boundary
+# keeps the declared dtype with a CAST on each side.
+TENSOR_TYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float32: "FLOAT32",
+    torch.float16: "FLOAT16",
+    torch.int32: "INT32",
+    torch.int64: "INT32",
+    torch.bool: "BOOL",
+    torch.int8: "INT8",
+    torch.uint8: "UINT8",
+}
+
+BOUNDARY_TYPE_NAMES: dict[torch.dtype, str] = {**TENSOR_TYPE_NAMES, torch.int64: "INT64"}
+
+
+def tensor_type(dtype: torch.dtype, boundary: bool = False) -> int:
+    """The TensorType enum value for a torch dtype (inside the artifact, or at its boundary)."""
+    names = BOUNDARY_TYPE_NAMES if boundary else TENSOR_TYPE_NAMES
+    return getattr(tfl().TensorType, names[dtype])

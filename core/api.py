@@ -1,0 +1,151 @@
+"""The Python API: ``edgeport.export`` and ``edgeport.export_methods``.
+
+    prog = edgeport.export(model, (x,), backends=["qualcomm", "cpu"])
+    prog.save("model.edgeport")
+    prog = edgeport.load("model.edgeport")
+    y = prog(x)
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from edgeport.partitioners.policy import PORTABLE
+
+from .backend import Backend, options_from_dict
+from .capture import capture
+from .errors import BackendError, EdgeportError
+from .lowering import Progress, lower_method
+from .manifest import Manifest
+from .plugins import Registry, default_registry
+from .program import Program, file_info
+from .tensors import tensor_to_bytes
+
+Method = tuple  # (module, example_inputs) or (module, example_inputs, dynamic_shapes)
+
+
+def export(
+    model: torch.nn.Module,
+    example_inputs: tuple[Any, ...],
+    backends: Sequence[str] = ("cpu",),
+    *,
+    dynamic_shapes: Any = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    strict: bool = False,
+    keep_reference: bool | None = None,
+    registry: Registry | None = None,
+    progress: Progress | None = None,
+) -> Program:
+    """Export ``model`` as a program whose ``forward`` runs on ``backends`` in priority
+    order; what none of them takes runs as portable torch.
+
+    ``options`` maps a backend name to its options (e.g. ``{"cpu": {"threads": 2}}``).
+    ``strict`` raises on a failed compile instead of falling back. ``keep_reference``
+    stores each delegated partition's torch program too; the default (None) keeps it
+    only for backends that cannot run on this machine, so such programs stay runnable
+    here with ``reference=True``.
+    """
+    return export_methods(
+        {"forward": (model, example_inputs, dynamic_shapes)},
+        backends,
+        options=options,
+        strict=strict,
+        keep_reference=keep_reference,
+        registry=registry,
+        progress=progress,
+    )
+
+
+def export_methods(
+    methods: Mapping[str, Method],
+    backends: Sequence[str] = ("cpu",),
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    strict: bool = False,
+    keep_reference: bool | None = None,
+    registry: Registry | None = None,
+    progress: Progress | None = None,
+) -> Program:
+    """Export several named methods (e.g. ``prefill`` and ``decode``) into one program.
+
+    Each value is ``(module, example_inputs[, dynamic_shapes])``. Buffers the methods
+    mutate become program state, shared between methods by their name in the module
+    (so two wrappers of one model share its KV cache).
+    """
+    registry = registry or default_registry()
+    selected = _select_backends(registry, backends)
+    parsed = _parse_options(selected, options or {})
+    if keep_reference is None:
+        keep = lambda name: not selected[name].availability().can_run  # noqa: E731
+    else:
+        keep = lambda name: keep_reference  # noqa: E731
+    files: dict[str, bytes] = {}
+    artifacts, plans, reports, state = {}, {}, {}, {}
+    for name, spec in methods.items():
+        module, inputs, dynamic = (tuple(spec) + (None,))[:3]
+        if progress:
+            progress(f"{name}: capturing with torch.export")
+        program = capture(module, inputs, list(selected.values()), parsed, dynamic)
+        lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress)
+        files.update(lowered.files)
+        artifacts.update(lowered.artifacts)
+        plans[name] = lowered.plan
+        reports[name] = lowered.report
+        for fqn in lowered.plan.state_writes.values():
+            if fqn not in state:
+                state[fqn] = _store_state(files, fqn, program.state_dict.get(fqn, program.constants.get(fqn)))
+    manifest = Manifest(
+        producer={"name": "edgeport", "version": _version(), "torch": torch.__version__, "python": platform.python_version()},
+        methods=plans,
+        artifacts=artifacts,
+        state=state,
+        files={path: file_info(data) for path, data in files.items()},
+        report=reports,
+    )
+    return Program(manifest, files, registry=registry)
+
+
+def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Backend]:
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n]
+    selected: dict[str, Backend] = {}
+    for name in names:
+        if name == PORTABLE:  # "portable" is always the fallback; naming it selects nothing
+            continue
+        backend = registry.get(name)
+        availability = backend.availability()
+        if not availability.can_compile:
+            raise BackendError(
+                f"backend {backend.name!r} cannot compile on this machine: {availability.why}",
+                hint=f"install its toolchain (pip install 'edgeport[{backend.name}]') or choose another backend",
+            )
+        selected[backend.name] = backend
+    return selected
+
+
+def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(selected))
+    if unknown:
+        raise BackendError(
+            f"options given for backend(s) not selected: {', '.join(unknown)}",
+            hint=f"selected backends: {', '.join(selected)}",
+        )
+    return {name: options_from_dict(b, dict(options.get(name, {}))) for name, b in selected.items()}
+
+
+def _store_state(files: dict[str, bytes], fqn: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, torch.Tensor):
+        raise EdgeportError(f"mutated buffer {fqn!r} has no initial tensor value")
+    data, description = tensor_to_bytes(value)
+    path = f"state/{fqn}.bin"
+    files[path] = data
+    return {"file": path, **description}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,57 @@
+"""Capture: ``torch.export`` the model, then decompose it to the edge op set.
+
+Decomposition keeps undecomposed every op that a selected backend lists in
+``keep_ops()`` and supports at one of its nodes; an op kept for nobody is decomposed
+after all, so other backends get the pieces they may know.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+from .backend import Backend, Support, SupportContext
+from .errors import EdgeportError
+
+
+def capture(
+    model: torch.nn.Module,
+    example_inputs: tuple[Any, ...],
+    backends: Sequence[Backend],
+    options: Mapping[str, Any],
+    dynamic_shapes: Any = None,
+) -> ExportedProgram:
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    try:
+        exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeportError(
+            f"torch.export could not capture the model: {first}",
+            hint="run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html",
+        ) from exc
+    keep = {op: [b for b in backends if op in b.keep_ops()] for b in backends for op in b.keep_ops()}
+    program = _decompose(exported, set(keep))
+    used = {op for op in keep if _supported_somewhere(program, op, keep[op], options)}
+    if used != set(keep):
+        program = _decompose(exported, used)
+    return program
+
+
+def _decompose(exported: ExportedProgram, keep: set[Any]) -> ExportedProgram:
+    table = torch.export.default_decompositions()
+    for op in keep:
+        table.pop(op, None)
+    return exported.run_decompositions(table)
+
+
+def _supported_somewhere(program: ExportedProgram, op: Any, backends: Sequence[Backend], options: Mapping[str, Any]) -> bool:
+    nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target == op]
+    checks: list[Callable[[Node], Support]] = [
+        lambda n, b=b: b.support(n, SupportContext(program, options.get(b.name))) for b in backends
+    ]
+    return any(check(n) for n in nodes for check in checks)

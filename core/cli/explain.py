@@ -1,0 +1,50 @@
+"""``edgeport explain``: where every node runs, and each backend's reason when it declined."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..program import load
+from . import cli
+from ._output import console, print_json
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """One line per backend: how many nodes and partitions it got."""
+    nodes = Counter(n["backend"] for n in report["nodes"])
+    parts = Counter(p["backend"] for p in report["partitions"])
+    total = sum(nodes.values()) or 1
+    table = Table("backend", "nodes", "share", "partitions")
+    for backend, count in nodes.most_common():
+        table.add_row(backend, str(count), f"{100 * count / total:.0f}%", str(parts[backend]))
+    console.print(table)
+    fallbacks = [p for p in report["partitions"] if p.get("fallback")]
+    for p in fallbacks:
+        console.print(f"[yellow]partition {p['id']} fell back to portable[/yellow]: {p['fallback']}")
+
+
+@cli.command()
+@click.argument("program", type=click.Path(exists=True, dir_okay=False))
+@click.option("--method", default=None, help="Method to explain (default: forward).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {nodes: [...], partitions: [...]}.")
+def explain(program: str, method: str | None, as_json: bool) -> None:
+    """Show the placement of every node and why backends declined what they did."""
+    report = load(program).report(method)
+    if as_json:
+        print_json(report)
+        return
+    nodes = Table("node", "op", "backend", "partition", "why not elsewhere")
+    for n in report["nodes"]:
+        why = "; ".join(f"{b}: {r}" for b, r in n["reasons"].items())
+        nodes.add_row(n["name"], n["op"], n["backend"], str(n["partition"]), why)
+    console.print(nodes)
+    parts = Table("partition", "backend", "nodes", "inputs", "outputs", "boundary bytes")
+    for p in report["partitions"]:
+        parts.add_row(str(p["id"]), p["backend"], str(p["nodes"]), ", ".join(p["inputs"]), ", ".join(p["outputs"]),
+                      str(p["boundary_bytes"]))
+    console.print(parts)
+    print_summary(report)

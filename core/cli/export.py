@@ -1,0 +1,54 @@
+"""``edgeport export``: capture a model, partition it across backends, save a program."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from ..api import export as export_program
+from ..errors import EdgeportError
+from . import cli
+from ._output import console, progress
+from .explain import print_summary
+from .spec import load_factory
+
+
+def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``["cpu.threads=2"]`` -> ``{"cpu": {"threads": "2"}}``; values are typed later by the backend."""
+    options: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        backend, dot, name = key.partition(".")
+        if not (eq and dot and backend and name):
+            raise EdgeportError(f"bad option {item!r}", hint="write --option backend.key=value, e.g. cpu.threads=2")
+        options.setdefault(backend, {})[name] = value
+    return options
+
+
+@cli.command()
+@click.argument("spec")
+@click.option("--backend", "-b", "backend_list", default="cpu", show_default=True,
+              help="Backends in priority order, comma-separated.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
+@click.option("--strict", is_flag=True, help="Fail instead of falling back to portable when a compile fails.")
+@click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Also write the placement report as JSON.")
+@click.option("--keep-reference", is_flag=True, default=None,
+              help="Keep every delegated partition's torch program (default: only for backends that cannot run here).")
+def export(spec: str, backend_list: str, output: str, strict: bool, option_items: tuple[str, ...],
+           report: str | None, keep_reference: bool | None) -> None:
+    """Export SPEC (path/to/file.py:factory or package.module:factory) to a program."""
+    model, inputs = load_factory(spec)
+    backends = [b.strip() for b in backend_list.split(",") if b.strip()]
+    start = time.perf_counter()
+    with progress(True) as show:
+        program = export_program(model, inputs, backends, options=parse_options(option_items), strict=strict,
+                                 keep_reference=keep_reference or None, progress=show)
+        program.save(output)
+    console.print(f"wrote {output} in {time.perf_counter() - start:.2f} s")
+    print_summary(program.report())
+    if report:
+        with open(report, "w") as f:
+            json.dump(program.manifest.report, f, indent=2)

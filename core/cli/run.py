@@ -1,0 +1,109 @@
+"""``edgeport run``: run a program on given or random inputs, with latency and profile."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import click
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+from rich.table import Table
+
+from ..errors import InputError
+from ..manifest import MethodPlan
+from ..program import Program, load
+from ..tensors import DTYPES
+from . import cli
+from ._output import console, print_json
+
+
+def random_inputs(plan: MethodPlan, seed: int = 0) -> list[torch.Tensor]:
+    """Inputs that fit the method's spec; symbolic dims take their lower bound (at least 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = []
+    for spec in plan.inputs:
+        shape = [d if isinstance(d, int) else max(1, plan.symbols.get(d, (1, None))[0]) for d in spec.shape]
+        dtype = DTYPES[spec.dtype]
+        if dtype.is_floating_point:
+            inputs.append(torch.randn(shape, generator=generator).to(dtype))
+        elif dtype == torch.bool:
+            inputs.append(torch.randint(0, 2, shape, generator=generator).bool())
+        else:  # indices: keep them small so embeddings and gathers stay in range
+            inputs.append(torch.randint(0, 8, shape, generator=generator, dtype=dtype))
+    return inputs
+
+
+def read_inputs(path: str, plan: MethodPlan) -> list[torch.Tensor]:
+    """Inputs from an .npz: by input name, or in order (arr_0, arr_1, ...)."""
+    with np.load(path, allow_pickle=False) as data:
+        names = [s.name for s in plan.inputs]
+        keys = names if all(n in data for n in names) else sorted(data.files, key=_natural)
+        if len(keys) != len(names):
+            raise InputError(f"{path} holds {len(data.files)} arrays, the method takes {len(names)}: {', '.join(names)}")
+        return [torch.from_numpy(np.ascontiguousarray(data[k])) for k in keys]
+
+
+def _natural(key: str) -> tuple:
+    head, _, tail = key.rpartition("_")
+    return (head, int(tail)) if tail.isdigit() else (key, 0)
+
+
+def summarize(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().float().flatten()
+        return {"dtype": str(value.dtype).removeprefix("torch."), "shape": list(value.shape),
+                "first": flat[:8].tolist(), "mean": float(flat.mean()) if flat.numel() else 0.0}
+    return value
+
+
+@cli.command()
+@click.argument("program", type=click.Path(exists=True, dir_okay=False))
+@click.option("--inputs", "inputs_path", type=click.Path(exists=True, dir_okay=False), help="Inputs as .npz.")
+@click.option("--method", default=None, help="Method to run (default: forward).")
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
+@click.option("--warmup", default=0, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
+@click.option("--profile", is_flag=True, help="Time every step.")
+@click.option("--reference", is_flag=True, help="Run delegates that cannot run here on their torch reference.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: outputs, latency_ms, steps.")
+def run(program: str, inputs_path: str | None, method: str | None, repeat: int, warmup: int, profile: bool,
+        reference: bool, as_json: bool) -> None:
+    """Run PROGRAM (random inputs from its spec unless --inputs is given)."""
+    prog: Program = load(program, reference=reference)
+    name = method or prog._default_method()
+    plan = prog.manifest.methods.get(name)
+    if plan is None:
+        raise InputError(f"program has no method {name!r}; it has {', '.join(prog.methods)}")
+    inputs = read_inputs(inputs_path, plan) if inputs_path else random_inputs(plan)
+    runtime = prog.runtime()
+    for _ in range(warmup):
+        runtime.run(name, inputs, {})
+    latencies, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = runtime.run(name, inputs, {}, profile=profile)
+        latencies.append((time.perf_counter() - start) * 1e3)
+    labels = runtime.step_labels(name)
+    latency = {"min": min(latencies), "median": statistics.median(latencies), "max": max(latencies)}
+    steps = [{"index": s.index, "kind": s.kind, "backend": s.backend, "label": s.label, "ms": s.ms}
+             for s in result.steps] if profile else [{"index": i, "label": l} for i, l in enumerate(labels)]
+    outputs = [summarize(o) for o in pytree.tree_leaves(result.outputs)]
+    if as_json:
+        print_json({"outputs": outputs, "latency_ms": latency, "steps": steps, "reference": reference})
+        return
+    references = [l for l in labels if "reference" in l]
+    if references:
+        console.print(f"[yellow]reference execution[/yellow]: {', '.join(sorted(set(references)))} "
+                      "(torch, not the target hardware)")
+    for i, out in enumerate(outputs):
+        console.print(f"output {i}: {out}")
+    console.print(f"latency over {repeat} run(s): min {latency['min']:.3f} ms, median {latency['median']:.3f} ms, "
+                  f"max {latency['max']:.3f} ms")
+    console.print(f"steps: {', '.join(labels) or 'none'}")
+    if profile:
+        table = Table("step", "ran on", "ms (last run)")
+        for s in result.steps:
+            table.add_row(str(s.index), s.label, f"{s.ms:.3f}")
+        console.print(table)

@@ -1,0 +1,204 @@
+"""Lowering one method: partition its graph, compile each partition, build the plan.
+
+A partition whose compile raises falls back to portable torch with the reason in the
+report (``strict`` raises instead). When a toolchain refuses particular nodes
+(`DeclineNodes`), those become "no" answers of that backend and the graph is
+partitioned again; partitions compiled before are reused, not compiled twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.utils._pytree as pytree
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+from edgeport.partitioners.grow import Partition
+from edgeport.partitioners.partition import PartitionPlan, partition_graph
+from edgeport.partitioners.policy import PORTABLE
+from edgeport.partitioners.support import SupportMatrix, ask_support
+
+from .backend import Artifact, Backend, SupportContext, options_to_dict
+from .errors import DeclineNodes, EdgeportError, LoweringError
+from .manifest import ArtifactInfo, MethodPlan, Step, TensorSpec
+from .portable import program_to_files
+from .report import placement_report
+from .subprogram import Subprogram, extract_subprogram
+from .tensors import dtype_name
+
+log = logging.getLogger("edgeport.lowering")
+
+MAX_REPARTITIONS = 32  # each round declines at least one node; this only bounds a buggy backend
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LoweredMethod:
+    plan: MethodPlan
+    files: dict[str, bytes] = field(default_factory=dict)
+    artifacts: dict[str, ArtifactInfo] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def lower_method(
+    name: str,
+    program: ExportedProgram,
+    backends: Mapping[str, Backend],
+    options: Mapping[str, Any],
+    *,
+    strict: bool = False,
+    keep_reference: Callable[[str], bool] = lambda backend: False,
+    progress: Progress | None = None,
+) -> LoweredMethod:
+    nodes = list(program.graph.nodes)
+    matrix = ask_support(
+        nodes, {b: _support_fn(backend, program, options[b]) for b, backend in backends.items()}
+    )
+    compiled: dict[tuple[str, tuple[str, ...]], Artifact | str] = {}  # artifact, or why it failed
+    for _ in range(MAX_REPARTITIONS):
+        plan = partition_graph(nodes, matrix, list(backends), {b: be.rules for b, be in backends.items()})
+        if _compile_all(name, program, plan, backends, options, matrix, compiled, strict, progress):
+            break
+    else:
+        raise LoweringError(f"method {name!r}: backends kept refusing nodes after {MAX_REPARTITIONS} rounds")
+    return _assemble(name, program, nodes, plan, matrix, backends, options, compiled, keep_reference)
+
+
+def _support_fn(backend: Backend, program: ExportedProgram, options: Any) -> Callable[[Node], Any]:
+    ctx = SupportContext(program, options)
+    return lambda node: backend.support(node, ctx)
+
+
+def _key(partition: Partition) -> tuple[str, tuple[str, ...]]:
+    return partition.backend, tuple(n.name for n in partition.nodes)
+
+
+def _compile_all(name, program, plan, backends, options, matrix, compiled, strict, progress) -> bool:
+    """Compile every delegated partition not compiled yet; False if nodes were declined
+    (the caller partitions again)."""
+    delegated = [p for p in plan.partitions if p.backend != PORTABLE]
+    for i, partition in enumerate(delegated):
+        key = _key(partition)
+        if key in compiled:
+            continue
+        if progress:
+            progress(f"{name}: compiling partition {i + 1}/{len(delegated)} on {partition.backend} "
+                     f"({len(partition.nodes)} nodes)")
+        backend = backends[partition.backend]
+        try:
+            sub = extract_subprogram(program, partition.nodes)
+            artifact = backend.compile(sub.program, options[partition.backend])
+            if not isinstance(artifact, Artifact):
+                raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
+            compiled[key] = artifact
+        except DeclineNodes as declined:
+            known = {n.name for n in partition.nodes}
+            unknown = set(declined.reasons) - known
+            if unknown or not declined.reasons:
+                compiled[key] = f"compile declined unknown nodes {sorted(unknown)}"
+                continue
+            for node, reason in declined.reasons.items():
+                matrix.decline(node, partition.backend, reason)
+            return False
+        except Exception as exc:
+            reason = f"compile failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            if strict:
+                raise LoweringError(
+                    f"method {name!r}, partition {partition.id} ({len(partition.nodes)} nodes) on "
+                    f"{partition.backend!r}: {reason}",
+                    hint="drop --strict to fall back to portable torch for this partition",
+                ) from exc
+            log.warning("partition %d on %s falls back to portable: %s", partition.id, partition.backend, reason)
+            compiled[key] = reason
+    return True
+
+
+def _assemble(name, program, nodes, plan: PartitionPlan, matrix: SupportMatrix, backends, options, compiled,
+              keep_reference) -> LoweredMethod:
+    lowered = LoweredMethod(plan=None)  # type: ignore[arg-type]
+    signature = program.graph_signature
+    steps: list[Step] = []
+    fallbacks: dict[int, str] = {}
+    subprograms: dict[int, Subprogram] = {}
+    for partition in plan.partitions:
+        sub = extract_subprogram(program, partition.nodes)
+        subprograms[partition.id] = sub
+        outcome = compiled.get(_key(partition)) if partition.backend != PORTABLE else None
+        stem = f"{name}/{partition.id}"
+        if isinstance(outcome, Artifact):
+            backend = backends[partition.backend]
+            path = f"artifacts/{stem}{outcome.suffix}"
+            lowered.files[path] = outcome.data
+            lowered.artifacts[path] = ArtifactInfo(
+                partition.backend, backend.version, options_to_dict(options[partition.backend]), dict(outcome.metadata)
+            )
+            reference = None
+            if keep_reference(partition.backend):
+                reference = f"reference/{stem}"
+                _add_program_files(lowered.files, reference, sub.program)
+            steps.append(Step("delegate", partition.id, sub.inputs, sub.outputs, backend=partition.backend,
+                              artifact=path, reference=reference))
+        else:
+            if isinstance(outcome, str):
+                fallbacks[partition.id] = f"{partition.backend}: {outcome}"
+            prefix = f"portable/{stem}"
+            _add_program_files(lowered.files, prefix, sub.program)
+            steps.append(Step("portable", partition.id, sub.inputs, sub.outputs, program=prefix))
+
+    mutated = signature.buffers_to_mutate  # output node name -> buffer fqn
+    state_reads = {arg: fqn for arg, fqn in signature.inputs_to_buffers.items() if fqn in mutated.values()}
+    if signature.user_inputs_to_mutate:
+        raise EdgeportError(
+            f"method {name!r} mutates its input(s) {', '.join(signature.user_inputs_to_mutate.values())} in place",
+            hint="return the new value instead, or keep it in a registered buffer (program state)",
+        )
+    user_outputs = [_output_name(o) for o in signature.user_outputs]
+    lowered.plan = MethodPlan(
+        name=name,
+        inputs=tuple(_tensor_spec(n) for n in nodes if n.op == "placeholder" and n.name in signature.user_inputs),
+        outputs=tuple(_tensor_spec(_node(nodes, o)) for o in user_outputs),
+        input_values=tuple(signature.user_inputs),
+        output_values=tuple(user_outputs),
+        steps=tuple(steps),
+        state_reads=state_reads,
+        state_writes=dict(mutated),
+        symbols=_symbols(program),
+        out_spec=pytree.treespec_dumps(program.call_spec.out_spec) if program.call_spec.out_spec else "",
+    )
+    lowered.report = placement_report(nodes, matrix, plan, subprograms, fallbacks, steps)
+    return lowered
+
+
+def _add_program_files(files: dict[str, bytes], prefix: str, program: ExportedProgram) -> None:
+    for rel, data in program_to_files(program).items():
+        files[f"{prefix}/{rel}"] = data
+
+
+def _output_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise EdgeportError(f"the model returns a constant ({name!r}); return only tensors computed from inputs")
+    return name
+
+
+def _node(nodes: list[Node], name: str) -> Node:
+    return next(n for n in nodes if n.name == name)
+
+
+def _tensor_spec(node: Node) -> TensorSpec:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise EdgeportError(f"value {node.name} is a {type(val).__name__}; method inputs and outputs must be tensors")
+    shape = tuple(int(d) if isinstance(d, int) or not hasattr(d, "node") else str(d) for d in val.shape)
+    return TensorSpec(node.name, dtype_name(val.dtype), shape)
+
+
+def _symbols(program: ExportedProgram) -> dict[str, tuple[int, int | None]]:
+    symbols = {}
+    for symbol, bounds in program.range_constraints.items():
+        upper = bounds.upper
+        symbols[str(symbol)] = (int(bounds.lower), None if not upper.is_finite else int(upper))
+    return symbols

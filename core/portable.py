@@ -1,0 +1,66 @@
+"""Portable steps: partitions no backend takes, run as plain torch.
+
+They are stored as torch.export's JSON graph plus our raw tensors, not as a
+``torch.export.save`` archive: torch's loader may fall back to full unpickling for
+some weights, and a program file must never unpickle anything.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any, Sequence
+
+import torch
+from torch._export.serde import serialize as serde
+from torch.export import ExportedProgram
+
+from .tensors import tensor_from_bytes, tensor_to_bytes
+
+
+def program_to_files(program: ExportedProgram) -> dict[str, bytes]:
+    """The files (relative names -> bytes) that store ``program``."""
+    artifact = serde.serialize(
+        program, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
+    )
+    files = {"graph.json": artifact.exported_program}
+    index: dict[str, Any] = {"state_dict": {}, "constants": {}}
+    for section, tensors in (("state_dict", program.state_dict), ("constants", program.constants)):
+        for i, (fqn, value) in enumerate(tensors.items()):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"constant {fqn} is a {type(value).__name__}; only tensors can be stored")
+            data, description = tensor_to_bytes(value)
+            name = f"{section}/{i}.bin"
+            files[name] = data
+            index[section][fqn] = {"file": name, **description, "parameter": isinstance(value, torch.nn.Parameter)}
+    files["tensors.json"] = json.dumps(index, sort_keys=True).encode()
+    return files
+
+
+def program_from_files(read: Any) -> ExportedProgram:
+    """Rebuild a program from ``read(name) -> bytes`` (raises on any inconsistency)."""
+    index = json.loads(read("tensors.json"))
+    sections: dict[str, dict[str, torch.Tensor]] = {"state_dict": {}, "constants": {}}
+    for section in sections:
+        for fqn, entry in index.get(section, {}).items():
+            tensor = tensor_from_bytes(read(entry["file"]), entry)
+            sections[section][fqn] = torch.nn.Parameter(tensor, requires_grad=False) if entry.get("parameter") else tensor
+    artifact = serde.SerializedArtifact(read("graph.json"), sections["state_dict"], sections["constants"], ((), {}))
+    with warnings.catch_warnings():  # torch's deserializer warns about its own pytree internals
+        warnings.simplefilter("ignore", FutureWarning)
+        return serde.deserialize(artifact)
+
+
+class PortableExecutable:
+    """Runs a program's graph directly, skipping the pytree checks of ``.module()``:
+    inputs arrive flat and already validated, so this keeps per-call overhead low."""
+
+    def __init__(self, program: ExportedProgram) -> None:
+        signature = program.graph_signature
+        values = {**program.state_dict, **program.constants}
+        self._constants = [values[spec.target] for spec in signature.input_specs if spec.target is not None]
+        self._graph = program.graph_module
+
+    def run(self, inputs: Sequence[Any]) -> Sequence[Any]:
+        with torch.no_grad():
+            return self._graph(*self._constants, *inputs)

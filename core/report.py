@@ -1,0 +1,93 @@
+"""The placement report: where every node runs, and why not elsewhere.
+
+Saved in the program's manifest, so `edgeport explain` needs nothing but the file.
+JSON shape (one per method):
+
+    nodes:      [{name, op, backend, partition, reasons: {backend: why not}, source}]
+    partitions: [{id, backend, nodes (count), node_names, inputs, outputs,
+                  boundary_bytes, fallback}]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch.fx import Node
+
+from edgeport.partitioners.partition import PartitionPlan
+from edgeport.partitioners.policy import PORTABLE
+from edgeport.partitioners.support import SupportMatrix, is_compute
+
+from .manifest import Step
+
+
+def op_name(node: Node) -> str:
+    target = node.target
+    name = getattr(target, "__name__", None) if not isinstance(target, torch._ops.OpOverload) else None
+    return name or str(target)
+
+
+def source_of(node: Node) -> str:
+    """The user's line that produced the node: the innermost frame outside torch."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
+    own = [f for f in frames if "/torch/" not in f and "/site-packages/" not in f]
+    return (own or frames or [""])[-1]
+
+
+def _bytes(node: Node) -> int:
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        try:
+            return int(val.numel()) * val.element_size()
+        except Exception:  # symbolic sizes have no byte count
+            return 0
+    return 0
+
+
+def placement_report(
+    nodes: Sequence[Node],
+    matrix: SupportMatrix,
+    plan: PartitionPlan,
+    subprograms: Mapping[int, Any],
+    fallbacks: Mapping[int, str],
+    steps: Sequence[Step],
+) -> dict[str, Any]:
+    partition_of = {n.name: p for p in plan.partitions for n in p.nodes}
+    by_name = {n.name: n for n in nodes}
+    ran_on = {s.partition: (s.backend if s.kind == "delegate" else PORTABLE) for s in steps}
+    node_rows = []
+    for node in nodes:
+        if not is_compute(node):
+            continue
+        partition = partition_of[node.name]
+        reasons = matrix.reasons(node.name)
+        if node.name in plan.demoted:
+            backend, why = plan.demoted[node.name].split(": ", 1)
+            reasons[backend] = why
+        if partition.id in fallbacks:
+            backend, why = fallbacks[partition.id].split(": ", 1)
+            reasons[backend] = why
+        node_rows.append({
+            "name": node.name,
+            "op": op_name(node),
+            "backend": ran_on[partition.id],
+            "partition": partition.id,
+            "reasons": reasons,
+            "source": source_of(node),
+        })
+    partition_rows = []
+    for partition in plan.partitions:
+        sub = subprograms[partition.id]
+        partition_rows.append({
+            "id": partition.id,
+            "backend": ran_on[partition.id],
+            "nodes": sum(1 for n in partition.nodes if is_compute(n)),
+            "node_names": [n.name for n in partition.nodes],
+            "inputs": list(sub.inputs),
+            "outputs": list(sub.outputs),
+            "boundary_bytes": sum(_bytes(by_name[v]) for v in (*sub.inputs, *sub.outputs) if v in by_name),
+            "fallback": fallbacks.get(partition.id),
+        })
+    return {"nodes": node_rows, "partitions": partition_rows}

@@ -1,0 +1,225 @@
+"""Running a program: load each artifact once, then walk the plan for every call.
+
+Per call the runtime checks inputs against the method's spec, runs the steps in order,
+drops every intermediate value after its last use, and writes mutated state back when
+the call finishes. Everything that can be decided once (which values die after which
+step, how to check each input) is decided at load time, to keep calls cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from .backend import Artifact, Executable, options_from_dict
+from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
+from .manifest import Manifest, MethodPlan, Step, TensorSpec
+from .plugins import Registry, default_registry
+from .portable import PortableExecutable, program_from_files
+from .tensors import DTYPES, tensor_from_bytes
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    index: int
+    kind: str  # "delegate" or "portable"
+    backend: str  # backend name, or "portable"
+    label: str  # how it ran here: "cpu", "qualcomm (simulator)", "coreml (reference)", ...
+    ms: float
+
+
+@dataclass
+class RunResult:
+    outputs: Any
+    steps: list[StepTiming] = field(default_factory=list)  # empty unless profiled
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class _LoadedStep:
+    step: Step
+    executable: Executable
+    backend: str
+    label: str
+    frees: tuple[str, ...]  # values whose last use is this step
+
+
+class Runtime:
+    def __init__(self, manifest: Manifest, files: Mapping[str, bytes], *, reference: bool = False,
+                 registry: Registry | None = None) -> None:
+        self._manifest = manifest
+        self._files = files
+        self._registry = registry or default_registry()
+        self._reference = reference
+        self.state = {fqn: _read_state(fqn, entry, files) for fqn, entry in manifest.state.items()}
+        self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
+
+    # -- loading ------------------------------------------------------------------
+
+    def _load_method(self, plan: MethodPlan) -> tuple[MethodPlan, list[_LoadedStep], Callable]:
+        last_use: dict[str, int] = {}
+        for i, step in enumerate(plan.steps):
+            for name in step.inputs:
+                last_use[name] = i
+        kept = set(plan.output_values) | set(plan.state_writes)
+        frees: list[list[str]] = [[] for _ in plan.steps]
+        for name, i in last_use.items():
+            if name not in kept:
+                frees[i].append(name)
+        steps = [self._load_step(plan, step, tuple(frees[i])) for i, step in enumerate(plan.steps)]
+        return plan, steps, _input_checker(plan)
+
+    def _load_step(self, plan: MethodPlan, step: Step, frees: tuple[str, ...]) -> _LoadedStep:
+        if step.kind == "portable":
+            return _LoadedStep(step, self._portable(step.program), "portable", "portable", frees)
+        name = step.backend
+        why = self._why_cannot_run(name)
+        if why is None:
+            info = self._manifest.artifacts[step.artifact]
+            backend = self._registry.get(name)
+            artifact = Artifact(
+                data=self._files[step.artifact],
+                suffix="." + step.artifact.rsplit(".", 1)[-1],
+                metadata=info.metadata,
+                options=options_from_dict(backend, info.options),
+            )
+            try:
+                executable = backend.load(artifact)
+            except EdgeportError:
+                raise
+            except Exception as exc:
+                raise ExecutionError(
+                    f"backend {name!r} failed to load partition {step.partition} of {plan.name!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            runs_on = backend.availability().runs_on
+            label = name if runs_on == "device" else f"{name} ({runs_on})"
+            return _LoadedStep(step, executable, name, label, frees)
+        if self._reference and step.reference:
+            return _LoadedStep(step, self._portable(step.reference), name, f"{name} (reference)", frees)
+        if self._reference:
+            hint = "re-export with keep_reference=True (--keep-reference) to keep the torch reference"
+        else:
+            hint = "run its torch reference instead with --reference (edgeport.load(path, reference=True))"
+        raise ExecutionError(
+            f"partition {step.partition} of {plan.name!r} needs backend {name!r}, which cannot run here: {why}",
+            hint=hint,
+        )
+
+    def _why_cannot_run(self, name: str) -> str | None:
+        try:
+            availability = self._registry.get(name).availability()
+        except UnknownBackendError as exc:
+            return f"it is not installed ({exc}; {exc.hint})"
+        return None if availability.can_run else (availability.why or "its backend says it cannot run here")
+
+    def _portable(self, prefix: str) -> PortableExecutable:
+        try:
+            return PortableExecutable(program_from_files(lambda name: self._files[f"{prefix}/{name}"]))
+        except Exception as exc:  # a damaged graph must not surface as a torch traceback
+            raise ProgramError(f"the torch program {prefix} cannot be read: {type(exc).__name__}: {exc}") from None
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self, method: str, args: Sequence[Any], kwargs: Mapping[str, Any], profile: bool = False) -> RunResult:
+        if method not in self._methods:
+            raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
+        plan, steps, check = self._methods[method]
+        start = time.perf_counter()
+        flat = check(args, kwargs)
+        values: dict[str, Any] = dict(zip(plan.input_values, flat))
+        for value, fqn in plan.state_reads.items():
+            values[value] = self.state[fqn]
+        timings: list[StepTiming] = []
+        for i, loaded in enumerate(steps):
+            t0 = time.perf_counter() if profile else 0.0
+            results = loaded.executable.run([values[n] for n in loaded.step.inputs])
+            if len(results) != len(loaded.step.outputs):
+                raise ExecutionError(
+                    f"step {i} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
+                )
+            for name, value in zip(loaded.step.outputs, results):
+                values[name] = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for name in loaded.frees:
+                del values[name]
+            if profile:
+                ms = (time.perf_counter() - t0) * 1e3
+                timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
+        for value, fqn in plan.state_writes.items():
+            self.state[fqn] = values[value]
+        outputs = [values[n] for n in plan.output_values]
+        result = pytree.tree_unflatten(outputs, pytree.treespec_loads(plan.out_spec)) if plan.out_spec else outputs
+        return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
+
+    def step_labels(self, method: str) -> list[str]:
+        return [s.label for s in self._methods[method][1]]
+
+
+def _read_state(fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> torch.Tensor:
+    try:
+        return tensor_from_bytes(files[entry["file"]], entry)
+    except (KeyError, ValueError) as exc:
+        raise ProgramError(f"program state {fqn!r} is damaged: {exc}") from None
+
+
+def _input_checker(plan: MethodPlan) -> Callable[[Sequence[Any], Mapping[str, Any]], list[torch.Tensor]]:
+    """Build the per-call input check of a method once, from its spec."""
+    specs = plan.inputs
+    expected = [(s, DTYPES[s.dtype]) for s in specs]
+
+    def check(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
+        flat = pytree.tree_leaves((tuple(args), dict(kwargs))) if kwargs or not _all_tensors(args) else list(args)
+        if len(flat) != len(specs):
+            raise InputError(
+                f"method {plan.name!r} takes {len(specs)} input(s) ({_describe(specs)}), got {len(flat)}",
+            )
+        sizes: dict[str, int] = {}
+        out = []
+        for i, (value, (spec, dtype)) in enumerate(zip(flat, expected)):
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(value)
+            if not isinstance(value, torch.Tensor):
+                raise InputError(f"input {i} ({spec.name!r}) must be a tensor, got {type(value).__name__}")
+            if value.dtype != dtype:
+                raise InputError(
+                    f"input {i} ({spec.name!r}) must be {spec.dtype}, got {str(value.dtype).removeprefix('torch.')}",
+                    hint=f"convert it with .to(torch.{spec.dtype})",
+                )
+            if value.dim() != len(spec.shape):
+                raise InputError(f"input {i} ({spec.name!r}) must have shape {_shape(spec)}, got {list(value.shape)}")
+            for axis, (dim, size) in enumerate(zip(spec.shape, value.shape)):
+                if isinstance(dim, int):
+                    if dim != size:
+                        raise InputError(
+                            f"input {i} ({spec.name!r}) must have shape {_shape(spec)}, got {list(value.shape)}",
+                            hint=f"dim {axis} is static ({dim}); export with dynamic_shapes to vary it",
+                        )
+                    continue
+                if sizes.setdefault(dim, size) != size:
+                    raise InputError(f"dim {dim!r} is {sizes[dim]} in one input and {size} in input {i} ({spec.name!r})")
+                low, high = plan.symbols.get(dim, (0, None))
+                if size < low or (high is not None and size > high):
+                    raise InputError(
+                        f"input {i} ({spec.name!r}) dim {axis} ({dim}) is {size}, outside its range [{low}, {high}]"
+                    )
+            out.append(value if value.is_contiguous() else value.contiguous())
+        return out
+
+    return check
+
+
+def _all_tensors(args: Sequence[Any]) -> bool:
+    return all(isinstance(a, torch.Tensor) for a in args)
+
+
+def _shape(spec: TensorSpec) -> str:
+    return "[" + ", ".join(str(d) for d in spec.shape) + "]"
+
+
+def _describe(specs: Sequence[TensorSpec]) -> str:
+    return ", ".join(f"{s.name}: {s.dtype}{_shape(s)}" for s in specs) or "none"
