@@ -86,8 +86,8 @@ def extract_subprogram(ep: ExportedProgram, nodes: Sequence[Node]) -> Subprogram
     graph.output(tuple(env[n] for n in outputs))
     _check_names_kept(env)
 
-    input_specs = [_constant_input_spec(constants[a.name]) for a in const_inputs]
-    input_specs += [InputSpec(InputKind.USER_INPUT, _argument(a), target=None) for a in user_inputs]
+    input_specs = [_constant_input_spec(constants[a.name], env[a].name) for a in const_inputs]
+    input_specs += [InputSpec(InputKind.USER_INPUT, _argument(env[a]), target=None) for a in user_inputs]
     output_specs = [OutputSpec(OutputKind.USER_OUTPUT, _argument(n), target=None) for n in outputs]
     state_dict, tensor_constants = {}, {}
     for arg in const_inputs:
@@ -114,8 +114,8 @@ def extract_subprogram(ep: ExportedProgram, nodes: Sequence[Node]) -> Subprogram
     )
 
 
-def _constant_input_spec(spec: InputSpec) -> InputSpec:
-    return InputSpec(spec.kind, TensorArgument(name=spec.arg.name), spec.target, spec.persistent)
+def _constant_input_spec(spec: InputSpec, name: str) -> InputSpec:
+    return InputSpec(spec.kind, TensorArgument(name=name), spec.target, spec.persistent)
 
 
 def _call_entry(n_inputs: int, n_outputs: int) -> ModuleCallEntry:
@@ -126,6 +126,8 @@ def _call_entry(n_inputs: int, n_outputs: int) -> ModuleCallEntry:
 
 
 def _check_names_kept(env: dict[Node, Node]) -> None:
+    """Compute nodes keep their names (a backend may refuse one by name); placeholders
+    may not, when a user named an input after a Python builtin such as ``input``."""
     for old, new in env.items():
-        if old.name != new.name:
+        if old.op != "placeholder" and old.name != new.name:
             raise RuntimeError(f"node {old.name} was renamed {new.name} while cutting a partition")

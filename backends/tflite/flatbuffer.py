@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import flatbuffers
 import numpy as np
 
 from .schema import tfl
@@ -90,7 +91,7 @@ class ModelBuilder:
             meta_entries.append((name, len(buffers) - 1))
 
         data_bytes = sum(b.nbytes + _WEIGHT_ALIGN for b in buffers if b is not None)
-        b = _Builder(data_bytes + 64 * (len(self.tensors) + len(self.ops)) + 4096)
+        b = flatbuffers.Builder(data_bytes + 64 * (len(self.tensors) + len(self.ops)) + 4096)
 
         buffer_offsets = [self._buffer(b, t, data) for data in buffers]
         tensor_offsets = [self._tensor(b, t, rec) for rec in self.tensors]
@@ -101,10 +102,10 @@ class ModelBuilder:
         op_offsets = [self._operator(b, t, rec, codes[rec.code]) for rec in self.ops]
 
         name = b.CreateString("main")
-        tensors_vec = b.offsets(tensor_offsets)
-        inputs_vec = b.ints(inputs)
-        outputs_vec = b.ints(outputs)
-        ops_vec = b.offsets(op_offsets)
+        tensors_vec = _offsets(b, tensor_offsets)
+        inputs_vec = _ints(b, inputs)
+        outputs_vec = _ints(b, outputs)
+        ops_vec = _offsets(b, op_offsets)
         t.SubGraphStart(b)
         t.SubGraphAddTensors(b, tensors_vec)
         t.SubGraphAddInputs(b, inputs_vec)
@@ -130,10 +131,10 @@ class ModelBuilder:
             meta_offsets.append(t.MetadataEnd(b))
 
         desc = b.CreateString(description)
-        codes_vec = b.offsets(code_offsets)
-        subgraphs_vec = b.offsets([subgraph])
-        buffers_vec = b.offsets(buffer_offsets)
-        meta_vec = b.offsets(meta_offsets) if meta_offsets else None
+        codes_vec = _offsets(b, code_offsets)
+        subgraphs_vec = _offsets(b, [subgraph])
+        buffers_vec = _offsets(b, buffer_offsets)
+        meta_vec = _offsets(b, meta_offsets) if meta_offsets else None
         t.ModelStart(b)
         t.ModelAddVersion(b, 3)
         t.ModelAddOperatorCodes(b, codes_vec)
@@ -146,7 +147,7 @@ class ModelBuilder:
         return bytes(b.Output())
 
     @staticmethod
-    def _buffer(b: _Builder, t: Any, data: np.ndarray | None) -> int:
+    def _buffer(b: Any, t: Any, data: np.ndarray | None) -> int:
         vec = None
         if data is not None and data.size:
             raw = data.view(np.uint8)
@@ -158,9 +159,9 @@ class ModelBuilder:
         return t.BufferEnd(b)
 
     @staticmethod
-    def _tensor(b: _Builder, t: Any, rec: TensorRecord) -> int:
+    def _tensor(b: Any, t: Any, rec: TensorRecord) -> int:
         name = b.CreateString(rec.name)
-        shape = b.ints(rec.shape)
+        shape = _ints(b, rec.shape)
         t.TensorStart(b)
         t.TensorAddShape(b, shape)
         t.TensorAddType(b, rec.type)
@@ -169,10 +170,10 @@ class ModelBuilder:
         return t.TensorEnd(b)
 
     @staticmethod
-    def _operator(b: _Builder, t: Any, rec: OpRecord, opcode_index: int) -> int:
+    def _operator(b: Any, t: Any, rec: OpRecord, opcode_index: int) -> int:
         options = _options(b, t, rec.options) if rec.options else None
-        inputs = b.ints(rec.inputs)
-        outputs = b.ints(rec.outputs)
+        inputs = _ints(b, rec.inputs)
+        outputs = _ints(b, rec.outputs)
         t.OperatorStart(b)
         t.OperatorAddOpcodeIndex(b, opcode_index)
         t.OperatorAddInputs(b, inputs)
@@ -183,32 +184,20 @@ class ModelBuilder:
         return t.OperatorEnd(b)
 
 
-def _options(b: _Builder, t: Any, options: Options) -> int:
-    vectors = {k: b.ints(v) for k, v in options.fields.items() if isinstance(v, (list, tuple))}
+def _options(b: Any, t: Any, options: Options) -> int:
+    vectors = {k: _ints(b, v) for k, v in options.fields.items() if isinstance(v, (list, tuple))}
     getattr(t, f"{options.table}Start")(b)
     for key, value in options.fields.items():
         getattr(t, f"{options.table}Add{key}")(b, vectors.get(key, value))
     return getattr(t, f"{options.table}End")(b)
 
 
-def _flatbuffers_builder() -> type:
-    import flatbuffers
-
-    return flatbuffers.Builder
+def _ints(b: Any, values: Sequence[int]) -> int:
+    return b.CreateNumpyVector(np.asarray(values, dtype=np.int32).reshape(-1))
 
 
-class _Builder:
-    """A flatbuffers.Builder with helpers for int32 vectors and offset vectors."""
-
-    def __new__(cls, size: int) -> Any:
-        builder = _flatbuffers_builder()(size)
-        builder.ints = lambda values: builder.CreateNumpyVector(np.asarray(values, dtype=np.int32).reshape(-1))
-        builder.offsets = lambda offs: _offset_vector(builder, offs)
-        return builder
-
-
-def _offset_vector(builder: Any, offsets: Sequence[int]) -> int:
-    builder.StartVector(4, len(offsets), 4)
+def _offsets(b: Any, offsets: Sequence[int]) -> int:
+    b.StartVector(4, len(offsets), 4)
     for off in reversed(offsets):
-        builder.PrependUOffsetTRelative(off)
-    return builder.EndVector()
+        b.PrependUOffsetTRelative(off)
+    return b.EndVector()

@@ -1,0 +1,263 @@
+"""What op lowerings write with: values, constants, layout changes and operators.
+
+An op lowering reads its arguments through `Emitter.arg` (a `Value` for a runtime
+tensor, a torch tensor for a constant, or a Python scalar) and writes operators with
+`Emitter.op`. Layout changes are asked for, never hand-written: `to_perm` emits a
+RESHAPE when only size-1 dims move and a TRANSPOSE otherwise, and caches the result
+so each value is transposed at most once per layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.fx import Node
+
+from . import layout
+from .flatbuffer import ModelBuilder, OpRecord, Options
+from .layout import Perm
+from .schema import tensor_type, tfl
+
+# Weights at least this large are stored as float16 when fp16 is asked for; smaller
+# constants (scalars, shapes, norms) stay float32, where they cost nothing.
+_FP16_MIN_ELEMENTS = 256
+
+
+@dataclass(frozen=True)
+class Value:
+    """A runtime tensor of the partition as it lives in the artifact.
+
+    `shape` and `dtype` are torch's; the TFLite tensor holds `logical.permute(perm)`.
+    """
+
+    tensor: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    perm: Perm
+
+    @property
+    def physical_shape(self) -> tuple[int, ...]:
+        return layout.apply(self.perm, self.shape)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.perm == layout.identity(len(self.shape))
+
+
+@dataclass
+class Plan:
+    """Decisions taken over the whole graph before any operator is written.
+
+    `alias[n] = m`: node n is written as node m's value (a folded batch norm, a fused
+    activation, a no-op clone). `bn_fold[conv] = bn` folds bn's affine map into the
+    conv's weights; `fused[producer] = "RELU6"` fuses an activation into it.
+    """
+
+    alias: dict[Node, Node] = dataclasses.field(default_factory=dict)
+    bn_fold: dict[Node, Node] = dataclasses.field(default_factory=dict)
+    fused: dict[Node, str] = dataclasses.field(default_factory=dict)
+
+
+class Emitter:
+    """The state of one model being written: the builder, the value of every node, caches."""
+
+    def __init__(self, builder: ModelBuilder, plan: Plan, fp16: bool) -> None:
+        self.builder = builder
+        self.plan = plan
+        self.fp16 = fp16
+        self.env: dict[Node, Any] = {}
+        self._layouts: dict[tuple[int, Perm], Value] = {}
+        self._consts: dict[tuple[int, Any], tuple[Any, int]] = {}
+        self.transposes = 0
+
+    # -- reading arguments -------------------------------------------------------
+
+    def arg(self, a: Any) -> Any:
+        """A node argument resolved: Value, torch constant, scalar, or a list of those."""
+        if isinstance(a, Node):
+            return self.env[a]
+        if isinstance(a, (list, tuple)):
+            return [self.arg(x) for x in a]
+        return a
+
+    def value(self, a: Any, dtype: torch.dtype | None = None) -> Value:
+        """A node argument as a Value; constants become constant tensors (identity layout)."""
+        v = self.arg(a)
+        if isinstance(v, Value):
+            return self.cast(v, dtype) if dtype is not None else v
+        t = torch.as_tensor(v, dtype=dtype)
+        return Value(self.const(t), tuple(t.shape), t.dtype, layout.identity(t.dim()))
+
+    # -- creating tensors and operators -----------------------------------------------
+
+    def new(self, shape: Sequence[int], dtype: torch.dtype, name: str, perm: Perm | None = None) -> Value:
+        """A fresh runtime tensor of logical `shape`, stored in layout `perm`."""
+        shape = tuple(int(d) for d in shape)
+        perm = layout.identity(len(shape)) if perm is None else tuple(perm)
+        index = self.builder.tensor(layout.apply(perm, shape), tensor_type(dtype), name)
+        return Value(index, shape, dtype, perm)
+
+    def out(self, node: Node, perm: Perm | None = None, dtype: torch.dtype | None = None) -> Value:
+        """The output Value of a single-output node, named after it."""
+        val = node.meta["val"]
+        return self.new(val.shape, dtype or val.dtype, node.name, perm)
+
+    def op(self, name: str, inputs: Sequence[int], outputs: Sequence[Value], options: Options | None = None) -> OpRecord:
+        """Append a builtin operator by its BuiltinOperator name, e.g. "CONV_2D"."""
+        code = getattr(tfl().BuiltinOperator, name)
+        return self.builder.op(code, inputs, [v.tensor for v in outputs], options)
+
+    def const(self, data: torch.Tensor | np.ndarray, name: str = "const") -> int:
+        """A constant tensor holding `data` (a torch tensor or array, in physical order)."""
+        key = (id(data), None)
+        if key in self._consts:
+            return self._consts[key][1]
+        t = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(data))
+        dtype = t.dtype
+        arr = _to_numpy(t)
+        index = self.builder.tensor(arr.shape, tensor_type(dtype), name, arr)
+        self._consts[key] = (data, index)  # keep `data` alive so its id stays unique
+        return index
+
+    def int_const(self, values: Sequence[int], name: str = "shape") -> int:
+        return self.builder.tensor((len(values),), tensor_type(torch.int32), name, np.asarray(values, np.int32))
+
+    def weight(self, data: np.ndarray, name: str) -> int:
+        """A float32 weight tensor; stored as float16 plus a DEQUANTIZE when fp16 is on."""
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if not self.fp16 or data.size < _FP16_MIN_ELEMENTS:
+            return self.builder.tensor(data.shape, tensor_type(torch.float32), name, data)
+        half = self.builder.tensor(data.shape, tensor_type(torch.float16), name + "/fp16", data.astype(np.float16))
+        full = self.new(data.shape, torch.float32, name)
+        self.op("DEQUANTIZE", [half], [full])
+        return full.tensor
+
+    def activation(self, node: Node) -> int:
+        """The ActivationFunctionType to fuse into `node`'s operator (NONE if none)."""
+        return self.activation_code(self.plan.fused.get(node, "NONE"))
+
+    @staticmethod
+    def activation_code(name: str) -> int:
+        return getattr(tfl().ActivationFunctionType, name)
+
+    # -- layout and dtype -------------------------------------------------------------
+
+    def to_perm(self, v: Value, perm: Perm) -> Value:
+        """`v` stored in layout `perm`: itself, a RESHAPE (unit dims move) or a TRANSPOSE."""
+        perm = tuple(perm)
+        if v.perm == perm:
+            return v
+        key = (v.tensor, perm)
+        if key not in self._layouts:
+            out = self.new(v.shape, v.dtype, self._name(v) + "/layout", perm)
+            if layout.only_unit_dims_move(v.shape, v.perm, perm):
+                self.op("RESHAPE", [v.tensor, self.int_const(out.physical_shape)], [out])
+            else:
+                order = self.int_const(layout.transpose_between(v.perm, perm), "perm")
+                self.op("TRANSPOSE", [v.tensor, order], [out])
+                self.transposes += 1
+            self._layouts[key] = out
+        return self._layouts[key]
+
+    def to_identity(self, v: Value) -> Value:
+        return self.to_perm(v, layout.identity(len(v.shape)))
+
+    def reshape(self, v: Value, shape: Sequence[int], name: str | None = None) -> Value:
+        """A logical reshape; keeps a permuted layout when only size-1 dims come or go."""
+        shape = tuple(int(d) for d in shape)
+        if shape == v.shape:
+            return v
+        perm = _perm_after_unit_reshape(v, shape)
+        if perm is None:
+            v = self.to_identity(v)
+            perm = layout.identity(len(shape))
+        physical = layout.apply(perm, shape)
+        if physical == v.physical_shape:
+            return Value(v.tensor, shape, v.dtype, perm)
+        out = self.new(shape, v.dtype, name or self._name(v) + "/reshape", perm)
+        self.op("RESHAPE", [v.tensor, self.int_const(physical)], [out])
+        return out
+
+    def cast(self, v: Value, dtype: torch.dtype | None) -> Value:
+        """`v` converted to `dtype` (a CAST only when the stored type changes)."""
+        if dtype is None or v.dtype == dtype:
+            return v
+        if tensor_type(v.dtype) == tensor_type(dtype):
+            return dataclasses.replace(v, dtype=dtype)
+        out = self.new(v.shape, dtype, self._name(v) + "/cast", v.perm)
+        self.op("CAST", [v.tensor], [out])
+        return out
+
+    def broadcast_inputs(
+        self, args: Sequence[Any], rank: int, dtype: torch.dtype | Sequence[torch.dtype]
+    ) -> tuple[list[int], Perm]:
+        """Tensors for an elementwise op over `args`, all in one layout, and that layout.
+
+        The layout is that of the first full-rank runtime operand that is not in torch
+        order (so NHWC stays NHWC); constants are permuted at compile time, lower-rank
+        runtime operands are reshaped to full rank first.
+        """
+        target = layout.identity(rank)
+        for a in args:
+            if isinstance(a, Value) and len(a.shape) == rank and not a.is_identity:
+                target = a.perm
+                break
+        dtypes = [dtype] * len(args) if isinstance(dtype, torch.dtype) else list(dtype)
+        tensors = []
+        for a, dtype in zip(args, dtypes):
+            if isinstance(a, Value):
+                v = self.cast(a, dtype)
+                if target != layout.identity(rank):
+                    if len(v.shape) < rank:
+                        v = self.reshape(v, (1,) * (rank - len(v.shape)) + v.shape)
+                    v = self.to_perm(v, target)
+                elif not v.is_identity:
+                    v = self.to_identity(v)
+                tensors.append(v.tensor)
+            else:
+                tensors.append(self._operand_const(a, rank, dtype, target))
+        return tensors, target
+
+    def _operand_const(self, a: Any, rank: int, dtype: torch.dtype, target: Perm) -> int:
+        key = (id(a), (dtype, target))
+        if key in self._consts:
+            return self._consts[key][1]
+        c = torch.as_tensor(a, dtype=dtype)
+        if c.dim() > 0 and target != layout.identity(rank):
+            c = c.reshape((1,) * (rank - c.dim()) + tuple(c.shape)).permute(target)
+        index = self.const(c.contiguous())
+        self._consts[key] = (a, index)
+        return index
+
+    def _name(self, v: Value) -> str:
+        return self.builder.tensors[v.tensor].name
+
+
+def _perm_after_unit_reshape(v: Value, shape: tuple[int, ...]) -> Perm | None:
+    """The layout for reshaping `v` to `shape` in place, if the reshape only adds or drops
+    size-1 dims (so the stored order of the other dims is unchanged); else None."""
+    if v.is_identity:
+        return layout.identity(len(shape))
+    old = [d for d in range(len(v.shape)) if v.shape[d] != 1]
+    new = [d for d in range(len(shape)) if shape[d] != 1]
+    if [v.shape[d] for d in old] != [shape[d] for d in new]:
+        return None
+    to_new = dict(zip(old, new))
+    kept = [to_new[p] for p in v.perm if p in to_new]
+    return tuple(kept) + tuple(d for d in range(len(shape)) if shape[d] == 1)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Constant data in the type it has inside the artifact (int64 -> int32, checked)."""
+    t = t.detach().contiguous()
+    if t.dtype == torch.int64:
+        if t.numel() and (t.max() > torch.iinfo(torch.int32).max or t.min() < torch.iinfo(torch.int32).min):
+            from edgeport import BackendError
+
+            raise BackendError("an int64 constant does not fit int32, the type it has inside a TFLite model")
+        t = t.to(torch.int32)
+    return t.numpy()

@@ -1,0 +1,175 @@
+"""The op lowering table: one entry per aten op, used both to answer support and to write.
+
+An entry knows the dtypes it takes, an optional shape/argument check that returns a
+reason to decline, and how to emit the op. `check_node` is the single support
+question; `writer_support` asks it for the partitioner and the writer asks it again
+before writing, so "supported" and "writable" cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.fx import Node
+
+aten = torch.ops.aten
+
+FLOAT = frozenset({torch.float32})
+NUMERIC = frozenset({torch.float32, torch.int32, torch.int64})
+ANY = frozenset({torch.float32, torch.int32, torch.int64, torch.bool})
+
+IsConst = Callable[[Node], bool]
+Check = Callable[[Node, IsConst], "str | None"]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How one aten op becomes TFLite operators.
+
+    `outputs`: for a multi-output op, the getitem indices it produces (None = all).
+    `fuses_activation`: its TFLite op takes a fused RELU/RELU6 activation.
+    `as_activation`: for an activation op, the fused ActivationFunctionType name it
+    can become ("RELU", "RELU6", "RELU_N1_TO_1"), or None for this node.
+    """
+
+    emit: Callable[[Any, Node], Any]
+    dtypes: frozenset[torch.dtype]
+    check: Check | None = None
+    outputs: tuple[int, ...] | None = None
+    fuses_activation: bool = False
+    as_activation: Callable[[Node], "str | None"] | None = None
+
+
+LOWERINGS: dict[Any, Lowering] = {}
+
+# Ops computed from shapes alone: folded to a constant even when their tensor
+# argument is a runtime value (e.g. the zeros attention writes with full_like).
+SHAPE_ONLY = frozenset({aten.full_like.default, aten.zeros_like.default, aten.ones_like.default})
+
+
+def lowering(
+    *ops: Any,
+    dtypes: frozenset[torch.dtype] = FLOAT,
+    check: Check | None = None,
+    outputs: tuple[int, ...] | None = None,
+    fuses_activation: bool = False,
+    as_activation: Callable[[Node], "str | None"] | None = None,
+) -> Callable:
+    """Register the decorated `emit(em, node)` for each of `ops`."""
+
+    def register(emit: Callable) -> Callable:
+        entry = Lowering(emit, dtypes, check, outputs, fuses_activation, as_activation)
+        for op in ops:
+            LOWERINGS[op] = entry
+        return emit
+
+    return register
+
+
+def table() -> dict[Any, Lowering]:
+    """The complete table (importing the op modules fills it)."""
+    from . import ops  # noqa: F401  (registers every lowering)
+
+    return LOWERINGS
+
+
+def input_nodes(node: Node) -> list[Node]:
+    out: list[Node] = []
+    for a in (*node.args, *node.kwargs.values()):
+        if isinstance(a, Node):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if isinstance(x, Node))
+    return out
+
+
+def foldable(node: Node, is_const: IsConst) -> bool:
+    """True when the node's value can be computed at compile time with torch."""
+    if node.op != "call_function":
+        return False
+    target = node.target
+    if target is operator.getitem:
+        return is_const(node.args[0])
+    if not isinstance(target, torch._ops.OpOverload):
+        return False
+    if torch.Tag.nondeterministic_seeded in target.tags:
+        return False
+    inputs = input_nodes(node)
+    if target in SHAPE_ONLY:
+        inputs = inputs[1:]
+    return all(is_const(n) for n in inputs)
+
+
+def check_node(node: Node, is_const: IsConst) -> str | None:
+    """None when the writer can write `node`, else the reason it cannot."""
+    if node.op != "call_function":
+        return None
+    symbolic = _symbolic(node)
+    if symbolic:
+        return symbolic
+    if foldable(node, is_const):
+        return None
+    entries = table()
+    if node.target is operator.getitem:
+        source, index = node.args
+        entry = entries.get(getattr(source, "target", None))
+        if entry is not None and entry.outputs is not None and index not in entry.outputs:
+            return f"output {index} of {_op_name(source.target)} is not produced by the TFLite writer"
+        return None
+    entry = entries.get(node.target)
+    if entry is None:
+        return f"no TFLite lowering for {_op_name(node.target)}"
+    for role, dtype in _runtime_dtypes(node, is_const, entry.outputs):
+        if dtype not in entry.dtypes:
+            allowed = ", ".join(sorted(str(d).removeprefix("torch.") for d in entry.dtypes))
+            return f"{_op_name(node.target)}: {role} dtype {str(dtype).removeprefix('torch.')} not supported (takes {allowed})"
+    if entry.check is not None:
+        reason = entry.check(node, is_const)
+        if reason:
+            return f"{_op_name(node.target)}: {reason}"
+    return None
+
+
+def _runtime_dtypes(
+    node: Node, is_const: IsConst, produced: tuple[int, ...] | None
+) -> Iterable[tuple[str, torch.dtype]]:
+    for n in input_nodes(node):
+        val = n.meta.get("val")
+        if isinstance(val, torch.Tensor) and not is_const(n):
+            yield "input", val.dtype
+    for i, val in enumerate(_vals(node.meta.get("val"))):
+        if produced is None or i in produced:
+            yield "output", val.dtype
+
+
+def _vals(val: Any) -> list[torch.Tensor]:
+    if isinstance(val, torch.Tensor):
+        return [val]
+    if isinstance(val, (list, tuple)):
+        return [v for v in val if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _symbolic(node: Node) -> str | None:
+    for val in _vals(node.meta.get("val")):
+        if any(not isinstance(d, int) for d in val.shape):
+            return f"{_op_name(node.target)}: symbolic shape {tuple(val.shape)} (the TFLite writer needs static shapes)"
+    return None
+
+
+def _op_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return getattr(target, "__name__", str(target))
+
+
+def meta(node: Any) -> Any:
+    """The FakeTensor (or list) a node produces."""
+    return node.meta.get("val") if isinstance(node, Node) else None
+
+
+def shape(node: Any) -> tuple[int, ...]:
+    return tuple(meta(node).shape)

@@ -1,0 +1,321 @@
+"""Elementwise ops: arithmetic, comparisons, selection, activations, math functions.
+
+All of them keep whatever layout their input arrives in (NHWC stays NHWC); binary
+ops broadcast in that layout, constants being permuted at compile time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.fx import Node
+
+from ..emitter import Emitter, Value
+from ..flatbuffer import Options
+from ..lowering import ANY, FLOAT, NUMERIC, IsConst, aten, lowering, meta
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _probe(a: Any) -> Any:
+    """Something torch.result_type accepts that has a node argument's dtype and dimness."""
+    val = meta(a)
+    if isinstance(val, torch.Tensor):
+        return torch.empty((1,) * val.dim() if val.dim() else (), dtype=val.dtype)
+    return a
+
+
+def compute_dtype(a: Any, b: Any) -> torch.dtype:
+    """The dtype torch compares `a` and `b` in (their promoted dtype)."""
+    return torch.result_type(_probe(a), _probe(b))
+
+
+def emit_elementwise(
+    em: Emitter,
+    node: Node,
+    name: str,
+    args: list[Any],
+    dtypes: torch.dtype | list[torch.dtype],
+    options: Options | None = None,
+) -> Value:
+    """Write one broadcasting TFLite op over already-resolved `args` for `node`."""
+    rank = meta(node).dim()
+    tensors, perm = em.broadcast_inputs(args, rank, dtypes)
+    out = em.out(node, perm)
+    em.op(name, tensors, [out], options)
+    return out
+
+
+def _fused(table: str, em: Emitter, node: Node) -> Options:
+    return Options(table, {"FusedActivationFunction": em.activation(node)})
+
+
+# -- binary arithmetic --------------------------------------------------------------------
+
+_ARITH = {
+    aten.add.Tensor: ("ADD", "AddOptions"),
+    aten.add.Scalar: ("ADD", "AddOptions"),
+    aten.sub.Tensor: ("SUB", "SubOptions"),
+    aten.sub.Scalar: ("SUB", "SubOptions"),
+    aten.mul.Tensor: ("MUL", "MulOptions"),
+    aten.mul.Scalar: ("MUL", "MulOptions"),
+    aten.div.Tensor: ("DIV", "DivOptions"),
+    aten.div.Scalar: ("DIV", "DivOptions"),
+}
+
+
+def _check_arith(node: Node, is_const: IsConst) -> str | None:
+    if node.kwargs.get("alpha", 1) != 1 and isinstance(node.args[1], Node) and not is_const(node.args[1]):
+        return "alpha != 1 with a runtime operand"
+    if node.target in (aten.div.Tensor, aten.div.Scalar) and meta(node).dtype != torch.float32:
+        return "integer division"
+    return None
+
+
+@lowering(*_ARITH, dtypes=NUMERIC, check=_check_arith, fuses_activation=True)
+def arith(em: Emitter, node: Node) -> Value:
+    name, table = _ARITH[node.target]
+    a, b = em.arg(node.args[0]), em.arg(node.args[1])
+    alpha = node.kwargs.get("alpha", 1)
+    if alpha != 1:
+        b = b * alpha  # a constant operand (checked)
+    dtype = meta(node).dtype
+    options = _fused(table, em, node) if dtype == torch.float32 else None
+    return emit_elementwise(em, node, name, [a, b], dtype, options)
+
+
+_MINMAX = {aten.maximum.default: "MAXIMUM", aten.minimum.default: "MINIMUM"}
+
+
+@lowering(*_MINMAX, dtypes=NUMERIC)
+def minmax(em: Emitter, node: Node) -> Value:
+    args = [em.arg(a) for a in node.args]
+    return emit_elementwise(em, node, _MINMAX[node.target], args, meta(node).dtype)
+
+
+@lowering(aten.pow.Tensor_Tensor, dtypes=FLOAT)
+def pow_tensor(em: Emitter, node: Node) -> Value:
+    args = [em.arg(a) for a in node.args]
+    return emit_elementwise(em, node, "POW", args, torch.float32)
+
+
+# -- comparisons, logic, selection --------------------------------------------------------
+
+_COMPARE = {
+    **dict.fromkeys((aten.eq.Tensor, aten.eq.Scalar), "EQUAL"),
+    **dict.fromkeys((aten.ne.Tensor, aten.ne.Scalar), "NOT_EQUAL"),
+    **dict.fromkeys((aten.lt.Tensor, aten.lt.Scalar), "LESS"),
+    **dict.fromkeys((aten.le.Tensor, aten.le.Scalar), "LESS_EQUAL"),
+    **dict.fromkeys((aten.gt.Tensor, aten.gt.Scalar), "GREATER"),
+    **dict.fromkeys((aten.ge.Tensor, aten.ge.Scalar), "GREATER_EQUAL"),
+}
+
+
+@lowering(*_COMPARE, dtypes=NUMERIC | {torch.bool})
+def compare(em: Emitter, node: Node) -> Value:
+    dtype = compute_dtype(*node.args)
+    args = [em.arg(a) for a in node.args]
+    return emit_elementwise(em, node, _COMPARE[node.target], args, dtype)
+
+
+_LOGIC = {aten.logical_and.default: "LOGICAL_AND", aten.logical_or.default: "LOGICAL_OR"}
+
+
+@lowering(*_LOGIC, dtypes=frozenset({torch.bool}))
+def logic(em: Emitter, node: Node) -> Value:
+    args = [em.arg(a) for a in node.args]
+    return emit_elementwise(em, node, _LOGIC[node.target], args, torch.bool)
+
+
+@lowering(aten.logical_not.default, dtypes=frozenset({torch.bool}))
+def logical_not(em: Emitter, node: Node) -> Value:
+    return unary(em, node, "LOGICAL_NOT")
+
+
+@lowering(aten.where.self, dtypes=ANY)
+def where(em: Emitter, node: Node) -> Value:
+    cond, a, b = (em.arg(x) for x in node.args)
+    dtype = meta(node).dtype
+    return emit_elementwise(em, node, "SELECT_V2", [cond, a, b], [torch.bool, dtype, dtype])
+
+
+# -- unary --------------------------------------------------------------------------------
+
+
+def unary(em: Emitter, node: Node, name: str, options: Options | None = None) -> Value:
+    v = em.value(node.args[0], meta(node).dtype if meta(node).dtype != torch.bool else None)
+    out = em.out(node, v.perm)
+    em.op(name, [v.tensor], [out], options)
+    return out
+
+
+_UNARY = {
+    aten.sigmoid.default: "LOGISTIC",
+    aten.tanh.default: "TANH",
+    aten.exp.default: "EXP",
+    aten.log.default: "LOG",
+    aten.sqrt.default: "SQRT",
+    aten.rsqrt.default: "RSQRT",
+    aten.neg.default: "NEG",
+    aten.abs.default: "ABS",
+    aten.cos.default: "COS",
+    aten.sin.default: "SIN",
+    aten.floor.default: "FLOOR",
+    aten.ceil.default: "CEIL",
+    aten.round.default: "ROUND",
+    aten.hardswish.default: "HARD_SWISH",
+}
+
+
+@lowering(*_UNARY, dtypes=FLOAT)
+def unary_math(em: Emitter, node: Node) -> Value:
+    return unary(em, node, _UNARY[node.target])
+
+
+def _relu_activation(node: Node) -> str:
+    return "RELU"
+
+
+@lowering(aten.relu.default, dtypes=FLOAT, as_activation=_relu_activation)
+def relu(em: Emitter, node: Node) -> Value:
+    return unary(em, node, "RELU")
+
+
+def _gelu_approximate(node: Node) -> str:
+    return node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+
+
+@lowering(aten.gelu.default, dtypes=FLOAT)
+def gelu(em: Emitter, node: Node) -> Value:
+    return unary(em, node, "GELU", Options("GeluOptions", {"Approximate": _gelu_approximate(node) == "tanh"}))
+
+
+def _leaky_slope(node: Node) -> float:
+    return float(node.args[1]) if len(node.args) > 1 else 0.01
+
+
+@lowering(aten.leaky_relu.default, dtypes=FLOAT)
+def leaky_relu(em: Emitter, node: Node) -> Value:
+    return unary(em, node, "LEAKY_RELU", Options("LeakyReluOptions", {"Alpha": _leaky_slope(node)}))
+
+
+def _check_elu(node: Node, is_const: IsConst) -> str | None:
+    if tuple(node.args[1:4]) not in ((), (1,), (1, 1), (1, 1, 1), (1.0, 1.0, 1.0), (1.0,), (1.0, 1.0)):
+        return f"alpha/scale/input_scale {tuple(node.args[1:4])} (only 1.0 is supported)"
+    return None
+
+
+@lowering(aten.elu.default, dtypes=FLOAT, check=_check_elu)
+def elu(em: Emitter, node: Node) -> Value:
+    return unary(em, node, "ELU")
+
+
+@lowering(aten.hardsigmoid.default, dtypes=FLOAT)
+def hardsigmoid(em: Emitter, node: Node) -> Value:
+    """relu6(x + 3) / 6, as an ADD with a fused RELU6 and a MUL."""
+    x = em.value(node.args[0])
+    rank = len(x.shape)
+    tensors, perm = em.broadcast_inputs([x, 3.0], rank, torch.float32)
+    shifted = em.new(x.shape, torch.float32, node.name + "/plus3", perm)
+    relu6 = Options("AddOptions", {"FusedActivationFunction": em.activation_code("RELU6")})
+    em.op("ADD", tensors, [shifted], relu6)
+    return emit_elementwise(em, node, "MUL", [shifted, 1.0 / 6.0], torch.float32, _fused("MulOptions", em, node))
+
+
+# -- clamps -------------------------------------------------------------------------------
+
+_CLAMP_ACTIVATIONS = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, None): "RELU"}
+
+
+def _bounds(node: Node) -> tuple[float | None, float | None]:
+    if node.target == aten.hardtanh.default:
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return float(lo), float(hi)
+    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+    hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+    return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+
+
+def clamp_activation(node: Node) -> str | None:
+    """The fused activation a clamp/hardtanh is (RELU, RELU6, RELU_N1_TO_1), if any."""
+    return _CLAMP_ACTIVATIONS.get(_bounds(node))
+
+
+def _check_clamp(node: Node, is_const: IsConst) -> str | None:
+    lo, hi = _bounds(node)
+    if lo is not None and hi is not None and lo > hi:
+        return f"min {lo} > max {hi}"
+    return None
+
+
+@lowering(aten.clamp.default, aten.hardtanh.default, dtypes=FLOAT, check=_check_clamp, as_activation=clamp_activation)
+def clamp(em: Emitter, node: Node) -> Value:
+    act = clamp_activation(node)
+    if act is not None:
+        return unary(em, node, act)
+    lo, hi = _bounds(node)
+    v = em.value(node.args[0])
+    if lo is not None and hi is not None:
+        lower = em.new(v.shape, v.dtype, node.name + "/max", v.perm)
+        tensors, _ = em.broadcast_inputs([v, lo], len(v.shape), v.dtype)
+        em.op("MAXIMUM", tensors, [lower])
+        return emit_elementwise(em, node, "MINIMUM", [lower, hi], v.dtype)
+    if lo is not None:
+        return emit_elementwise(em, node, "MAXIMUM", [v, lo], v.dtype)
+    if hi is not None:
+        return emit_elementwise(em, node, "MINIMUM", [v, hi], v.dtype)
+    return v
+
+
+# -- powers -------------------------------------------------------------------------------
+
+
+def _exponent(node: Node) -> float:
+    return float(node.args[1])
+
+
+@lowering(aten.pow.Tensor_Scalar, dtypes=FLOAT)
+def pow_scalar(em: Emitter, node: Node) -> Value:
+    """x ** e with e known: SQUARE, SQRT, RSQRT or a DIV when they are exact, else POW."""
+    e = _exponent(node)
+    x = em.value(node.args[0])
+    if e == 1.0:
+        return x
+    special = {2.0: "SQUARE", 0.5: "SQRT", -0.5: "RSQRT"}
+    if e in special:
+        return unary(em, node, special[e])
+    if e == -1.0:
+        return emit_elementwise(em, node, "DIV", [1.0, x], torch.float32, _fused("DivOptions", em, node))
+    if e == 3.0:
+        sq = em.new(x.shape, x.dtype, node.name + "/square", x.perm)
+        em.op("SQUARE", [x.tensor], [sq])
+        return emit_elementwise(em, node, "MUL", [sq, x], torch.float32, _fused("MulOptions", em, node))
+    return emit_elementwise(em, node, "POW", [x, e], torch.float32)
+
+
+@lowering(aten.reciprocal.default, dtypes=FLOAT)
+def reciprocal(em: Emitter, node: Node) -> Value:
+    return emit_elementwise(em, node, "DIV", [1.0, em.arg(node.args[0])], torch.float32, _fused("DivOptions", em, node))
+
+
+# -- no-ops and casts ---------------------------------------------------------------------
+
+
+@lowering(aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default, dtypes=ANY)
+def same_value(em: Emitter, node: Node) -> Value:
+    return em.value(node.args[0])
+
+
+def _check_to_copy(node: Node, is_const: IsConst) -> str | None:
+    device = node.kwargs.get("device")
+    if device is not None and torch.device(device).type != "cpu":
+        return f"copy to device {device}"
+    return None
+
+
+@lowering(aten._to_copy.default, dtypes=ANY, check=_check_to_copy)
+def to_copy(em: Emitter, node: Node) -> Value:
+    return em.cast(em.value(node.args[0]), meta(node).dtype)
+

@@ -1,0 +1,181 @@
+"""The pipeline end to end with the test-only torch backend: partitioning, lowering,
+fallback, program state, reference execution and input checks."""
+
+import pytest
+import torch
+
+import edgeport
+from torch_backend import TorchOpsBackend, registry_with
+
+
+class Diamonds(torch.nn.Module):
+    """Skip connections and diamonds around ops the test backend declines (conv, sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.shared = torch.nn.Parameter(torch.randn(4, 1, 1))  # used by two partitions
+
+    def forward(self, x):
+        a = torch.relu(x + self.shared)
+        b = torch.sigmoid(self.conv(a))  # portable
+        c = torch.relu(a * b) + x  # back on the backend, skip from the input
+        d = torch.relu(c) * self.shared
+        return torch.sigmoid(d) + c, a
+
+
+def export(model, inputs, backend=None, **kwargs):
+    backend = backend or TorchOpsBackend()
+    return edgeport.export(model, inputs, [backend.name], registry=registry_with(backend), **kwargs), backend
+
+
+def assert_close(actual, expected):
+    for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_diamonds_and_skips_match_eager_and_every_node_is_placed(tmp_path):
+    model, x = Diamonds().eval(), torch.randn(1, 4, 6, 6)
+    program, _ = export(model, (x,))
+    report = program.report()
+    assert {n["backend"] for n in report["nodes"]} == {"torchops", "portable"}
+    placed = {n["name"] for n in report["nodes"]}
+    assert placed == {name for p in report["partitions"] for name in p["node_names"] if not name.startswith("getitem")}
+    assert_close(program(x), model(x))
+    program.save(tmp_path / "d.edgeport")
+    assert_close(edgeport.load(tmp_path / "d.edgeport", registry=registry_with(TorchOpsBackend()))(x), model(x))
+
+
+def test_declined_nodes_carry_the_backends_reason():
+    program, _ = export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),))
+    conv = next(n for n in program.report()["nodes"] if n["op"] == "aten.convolution.default")
+    assert conv["backend"] == "portable"
+    assert conv["reasons"] == {"torchops": "torchops has no kernel for aten.convolution.default"}
+
+
+def test_failed_compile_falls_back_to_portable_with_the_reason():
+    model, x = Diamonds().eval(), torch.randn(1, 4, 6, 6)
+    program, backend = export(model, (x,), TorchOpsBackend(fail_compile=True))
+    assert backend.compiled, "the backend was asked to compile"
+    assert {n["backend"] for n in program.report()["nodes"]} == {"portable"}
+    fallbacks = [p["fallback"] for p in program.report()["partitions"] if p["fallback"]]
+    assert fallbacks and all("planted compile failure" in f for f in fallbacks)
+    relu = next(n for n in program.report()["nodes"] if n["op"] == "aten.relu.default")
+    assert "planted compile failure" in relu["reasons"]["torchops"]
+    assert_close(program(x), model(x))
+
+
+def test_strict_mode_raises_naming_partition_and_backend():
+    with pytest.raises(edgeport.LoweringError, match=r"partition \d+ .* on 'torchops': compile failed"):
+        export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),), TorchOpsBackend(fail_compile=True), strict=True)
+
+
+def test_nodes_refused_at_compile_time_are_repartitioned():
+    model, x = Diamonds().eval(), torch.randn(1, 4, 6, 6)
+    program, backend = export(model, (x,), TorchOpsBackend(decline_on_compile=["mul"]))
+    muls = [n for n in program.report()["nodes"] if n["op"] == "aten.mul.Tensor"]
+    assert muls and all(n["backend"] == "portable" for n in muls)
+    assert all(n["reasons"]["torchops"] == "refused at compile time" for n in muls)
+    relus = [n for n in program.report()["nodes"] if n["op"] == "aten.relu.default"]
+    assert all(n["backend"] == "torchops" for n in relus)
+    assert_close(program(x), model(x))
+
+
+class Cache(torch.nn.Module):
+    """A KV-cache-like buffer written with index_copy_, read by two methods."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("cache", torch.zeros(4, 3))
+
+    def forward(self, pos, value):
+        self.cache.index_copy_(0, pos, torch.relu(value))
+        return self.cache.sum(0) * 1.0
+
+
+class Decode(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, pos, value):
+        return self.inner(pos, value + 1)
+
+
+def test_mutated_buffer_is_program_state_shared_by_methods(tmp_path):
+    inner = Cache()
+    prefill = Decode(inner)  # both wrappers name the buffer "inner.cache"
+    decode = Decode(inner)
+    pos, value = torch.tensor([0]), torch.ones(1, 3)
+    backend = TorchOpsBackend()
+    program = edgeport.export_methods(
+        {"prefill": (prefill, (pos, value)), "decode": (decode, (pos, value))},
+        ["torchops"], registry=registry_with(backend),
+    )
+    assert list(program.manifest.state) == ["inner.cache"]
+    program.save(tmp_path / "kv.edgeport")
+    loaded = edgeport.load(tmp_path / "kv.edgeport", registry=registry_with(TorchOpsBackend()))
+    eager = Cache()
+    for method, (p, v) in [("prefill", (0, 1.0)), ("decode", (1, 2.0)), ("decode", (3, -1.0))]:
+        p, v = torch.tensor([p]), torch.full((1, 3), v)
+        expected = eager(p, v + 1)
+        got = loaded.run(p, v, method=method).outputs
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(loaded.runtime().state["inner.cache"], eager.cache)
+
+
+def test_backend_that_cannot_run_here_needs_reference(tmp_path):
+    model, x = Diamonds().eval(), torch.randn(1, 4, 6, 6)
+    program, _ = export(model, (x,), TorchOpsBackend(can_run=False))
+    program.save(tmp_path / "p.edgeport")
+    registry = registry_with(TorchOpsBackend(can_run=False))
+    with pytest.raises(edgeport.ExecutionError, match="needs backend 'torchops', which cannot run here") as info:
+        edgeport.load(tmp_path / "p.edgeport", registry=registry)(x)
+    assert "--reference" in info.value.hint
+    result = edgeport.load(tmp_path / "p.edgeport", registry=registry, reference=True).run(x, profile=True)
+    assert_close(result.outputs, model(x))
+    assert "torchops (reference)" in [s.label for s in result.steps]
+
+
+def test_missing_backend_error_names_it(tmp_path):
+    program, _ = export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),))
+    program.save(tmp_path / "p.edgeport")
+    with pytest.raises(edgeport.ExecutionError, match="needs backend 'torchops'.*not installed"):
+        edgeport.load(tmp_path / "p.edgeport", registry=registry_with())(torch.randn(1, 4, 6, 6))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ((torch.randn(1, 4, 6, 6, dtype=torch.float64),), "must be float32, got float64"),
+        ((torch.randn(1, 4, 6),), r"must have shape \[1, 4, 6, 6\]"),
+        ((torch.randn(1, 4, 6, 7),), r"got \[1, 4, 6, 7\]"),
+        ((torch.randn(1, 4, 6, 6), torch.randn(1)), "takes 1 input"),
+        (([1.0],), "must be a tensor"),
+    ],
+)
+def test_inputs_are_checked_against_the_spec(bad, message):
+    program, _ = export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),))
+    with pytest.raises(edgeport.InputError, match=message):
+        program(*bad)
+
+
+def test_dynamic_dims_are_checked_against_their_range():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU())
+    batch = torch.export.Dim("batch", min=2, max=8)
+    program, _ = export(model, (torch.randn(4, 3),), dynamic_shapes=({0: batch},))
+    x = torch.randn(6, 3)
+    torch.testing.assert_close(program(x), model(x))
+    with pytest.raises(edgeport.InputError, match=r"outside its range \[2, 8\]"):
+        program(torch.randn(9, 3))
+
+
+def test_unknown_backend_lists_installed_ones():
+    with pytest.raises(edgeport.UnknownBackendError, match="unknown backend 'nope'; installed: torchops"):
+        edgeport.export(Diamonds(), (torch.randn(1, 4, 6, 6),), ["nope"], registry=registry_with(TorchOpsBackend()))
+
+
+def test_bad_option_names_the_valid_ones():
+    with pytest.raises(edgeport.BackendError, match="no option wat") as info:
+        export(Diamonds(), (torch.randn(1, 4, 6, 6),), options={"torchops": {"wat": 1}})
+    assert "scale" in info.value.hint
