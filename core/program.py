@@ -119,7 +119,7 @@ def read_program(data: bytes, source: str = "program") -> tuple[Manifest, dict[s
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
             raise fail(f"unsafe path {name!r} in the archive")
     if MANIFEST not in names:
-        raise fail("no manifest.json: this is not an edgeport program")
+        raise fail("no manifest.json: not an edgeport program, or a truncated or damaged one")
     try:
         raw = json.loads(archive.read(MANIFEST))
     except (ValueError, zipfile.BadZipFile, OSError) as exc:
