@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator
 import click
 from rich.console import Console
 
-console = Console(highlight=False)
+# Off a terminal (pipes, CI logs), rich would wrap tables at 80 columns; reasons are long.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def print_json(data: Any) -> None:
