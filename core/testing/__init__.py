@@ -1,0 +1,97 @@
+"""Conformance: run any backend against the shared case library with one call.
+
+    from edgeport.testing import run_conformance
+    for result in run_conformance(MyBackend()):
+        print(result.name, result.delegated, result.max_error, result.reasons)
+
+Every built-in backend's tests run it; a vendor runs it on their plugin the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import torch
+import torch.utils._pytree as pytree
+
+from ..api import export
+from ..backend import Backend
+from ..hookspecs import hookimpl
+from ..plugins import Registry
+from .cases import CASES, Case
+
+__all__ = ["CASES", "Case", "CaseResult", "compare", "registry_for", "run_case", "run_conformance"]
+
+
+@dataclass
+class CaseResult:
+    """How one case went on one backend.
+
+    ``delegated`` is the share of compute nodes the backend took (0.0 to 1.0);
+    ``reasons`` maps each op the backend did not take to its reason. ``max_error`` is
+    None when the backend cannot run here (only compilation was checked).
+    """
+
+    name: str
+    delegated: float
+    reasons: dict[str, str] = field(default_factory=dict)
+    max_error: float | None = None  # max |actual - expected| / max(|expected|, 1e-6)
+    passed: bool = True
+    error: str = ""  # set if export or running failed outright
+
+
+def registry_for(backend: Backend) -> Registry:
+    """A registry holding only ``backend``: conformance never depends on what is installed."""
+    registry = Registry(entry_points=False)
+
+    class _Plugin:
+        @hookimpl
+        def edgeport_register_backends(self, register):  # noqa: ANN001
+            register(backend)
+
+    registry.add_plugin(_Plugin(), name=f"conformance-{backend.name}")
+    return registry
+
+
+def compare(actual: object, expected: object) -> float:
+    """Relative max error between two output structures."""
+    worst = 0.0
+    for a, e in zip(pytree.tree_leaves(actual), pytree.tree_leaves(expected), strict=True):
+        a, e = a.detach().double(), e.detach().double()
+        scale = max(float(e.abs().max()) if e.numel() else 0.0, 1e-6)
+        worst = max(worst, float((a - e).abs().max()) / scale if e.numel() else 0.0)
+    return worst
+
+
+def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None = None,
+             rtol: float | None = None) -> CaseResult:
+    module, inputs = case.build()
+    registry = registry_for(backend)
+    try:
+        program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
+                         registry=registry)
+    except Exception as exc:
+        return CaseResult(case.name, 0.0, passed=False, error=f"export failed: {type(exc).__name__}: {exc}")
+    nodes = program.report()["nodes"]
+    taken = [n for n in nodes if n["backend"] == backend.name]
+    reasons = {n["op"]: n["reasons"][backend.name] for n in nodes if n["backend"] != backend.name
+               and backend.name in n["reasons"]}
+    result = CaseResult(case.name, len(taken) / max(len(nodes), 1), reasons)
+    if not backend.availability().can_run:
+        return result
+    try:
+        with torch.no_grad():
+            result.max_error = compare(program(*inputs), module(*inputs))
+    except Exception as exc:
+        result.passed, result.error = False, f"run failed: {type(exc).__name__}: {exc}"
+        return result
+    result.passed = result.max_error <= (rtol if rtol is not None else case.rtol)
+    return result
+
+
+def run_conformance(backend: Backend, cases: Iterable[Case] | None = None,
+                    options: Mapping[str, object] | None = None, rtol: float | None = None) -> list[CaseResult]:
+    """Run ``cases`` (default: all) on ``backend``; ``rtol`` overrides each case's
+    tolerance (e.g. looser for an fp16 backend)."""
+    return [run_case(backend, case, options, rtol) for case in (CASES if cases is None else cases)]

@@ -1,0 +1,189 @@
+"""The conformance cases: small op-level and block-level models with inputs.
+
+Each case is one thing a backend may be asked to run. Names are stable: backends'
+tests and denylists refer to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]
+    rtol: float = 1e-4  # relative max error allowed against eager fp32
+    tags: frozenset[str] = frozenset()  # "op" or "block", plus what it exercises
+
+
+class Fn(nn.Module):
+    """Wraps a function as a module, so a case can be one line."""
+
+    def __init__(self, fn: Callable[..., Any], **params: torch.Tensor) -> None:
+        super().__init__()
+        self.fn = fn
+        for name, value in params.items():
+            self.register_parameter(name, nn.Parameter(value, requires_grad=False))
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(self, *args)
+
+
+def _x(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape)
+
+
+def _seeded(build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]) -> Callable[[], tuple[nn.Module, tuple[Any, ...]]]:
+    def wrapped() -> tuple[nn.Module, tuple[Any, ...]]:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            module, inputs = build()
+        return module.eval(), inputs
+
+    return wrapped
+
+
+def op(name: str, fn: Callable[..., Any], *shapes: tuple[int, ...], rtol: float = 1e-4,
+       **params: tuple[int, ...]) -> Case:
+    """A one-function case: ``shapes`` are its inputs', ``params`` its weights' shapes."""
+
+    def build() -> tuple[nn.Module, tuple[Any, ...]]:
+        weights = {k: _x(*shape) for k, shape in params.items()}
+        return Fn(fn, **weights), tuple(_x(*s) for s in shapes)
+
+    return Case(name, _seeded(build), rtol, frozenset({"op"}))
+
+
+def block(name: str, make: Callable[[], nn.Module], *shapes: tuple[int, ...], rtol: float = 1e-4) -> Case:
+    return Case(name, _seeded(lambda: (make(), tuple(_x(*s) for s in shapes))), rtol, frozenset({"block"}))
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.2, 0.2)
+    return bn
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), _bn(32), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), _bn(32), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(32, 8, 1, bias=False), _bn(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.depthwise(self.expand(x)))
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.norm(x)).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class _Embedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(50, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids) * 2.0
+
+
+def _embedding_case() -> Case:
+    return Case(
+        "embedding",
+        _seeded(lambda: (_Embedding(), (torch.randint(0, 50, (2, 7)),))),
+        tags=frozenset({"op"}),
+    )
+
+
+IMG = (1, 8, 12, 12)
+
+CASES: list[Case] = [
+    # convolutions
+    op("conv2d", lambda m, x: F.conv2d(x, m.w, m.b, padding=1), IMG, w=(16, 8, 3, 3), b=(16,)),
+    op("conv2d_stride_dilation", lambda m, x: F.conv2d(x, m.w, stride=2, dilation=2, padding=2), IMG, w=(8, 8, 3, 3)),
+    op("conv2d_groups", lambda m, x: F.conv2d(x, m.w, groups=2), IMG, w=(8, 4, 3, 3)),
+    op("conv2d_depthwise", lambda m, x: F.conv2d(x, m.w, padding=1, groups=8), IMG, w=(8, 1, 3, 3)),
+    op("conv1d", lambda m, x: F.conv1d(x, m.w, m.b, padding=1), (1, 8, 20), w=(4, 8, 3), b=(4,)),
+    op("conv_transpose2d", lambda m, x: F.conv_transpose2d(x, m.w, stride=2), IMG, w=(8, 4, 3, 3)),
+    # matrix products
+    op("linear", lambda m, x: F.linear(x, m.w, m.b), (4, 32), w=(16, 32), b=(16,)),
+    op("matmul", lambda m, a, b: a @ b, (2, 5, 8), (2, 8, 6)),
+    op("bmm", lambda m, a, b: torch.bmm(a, b), (3, 4, 8), (3, 8, 5)),
+    # elementwise arithmetic
+    op("add_broadcast", lambda m, a, b: a + b, (2, 3, 4), (3, 1)),
+    op("sub_scalar", lambda m, a: a - 1.5, (2, 8)),
+    op("mul_broadcast", lambda m, a, b: a * b, (2, 3, 4), (4,)),
+    op("div", lambda m, a, b: a / (b.abs() + 1), (2, 8), (2, 8)),
+    op("neg_abs", lambda m, a: (-a).abs(), (2, 8)),
+    op("minimum_maximum", lambda m, a, b: torch.maximum(a, b) - torch.minimum(a, b), (2, 8), (2, 8)),
+    op("exp_log", lambda m, a: torch.log(torch.exp(a) + 1), (2, 8)),
+    op("sqrt_rsqrt", lambda m, a: torch.sqrt(a.abs() + 1) + torch.rsqrt(a.abs() + 1), (2, 8)),
+    op("pow_scalar", lambda m, a: torch.pow(a, 2.0), (2, 8)),
+    op("cos_sin", lambda m, a: torch.cos(a) * torch.sin(a), (2, 8)),
+    op("where_compare", lambda m, a, b: torch.where(a > b, a, b * 2), (2, 8), (2, 8)),
+    # activations
+    op("relu", lambda m, x: F.relu(x), (2, 16)),
+    op("relu6", lambda m, x: F.relu6(x * 4), (2, 16)),
+    op("clamp", lambda m, x: torch.clamp(x, -0.5, 0.7), (2, 16)),
+    op("sigmoid", lambda m, x: torch.sigmoid(x), (2, 16)),
+    op("tanh", lambda m, x: torch.tanh(x), (2, 16)),
+    op("gelu", lambda m, x: F.gelu(x), (2, 16)),
+    op("gelu_tanh", lambda m, x: F.gelu(x, approximate="tanh"), (2, 16)),
+    op("silu", lambda m, x: F.silu(x), (2, 16)),
+    op("hardswish", lambda m, x: F.hardswish(x * 4), (2, 16)),
+    op("hardsigmoid", lambda m, x: F.hardsigmoid(x * 4), (2, 16)),
+    op("leaky_relu", lambda m, x: F.leaky_relu(x, 0.1), (2, 16)),
+    op("elu", lambda m, x: F.elu(x), (2, 16)),
+    op("softmax", lambda m, x: F.softmax(x, dim=-1), (2, 4, 16)),
+    op("log_softmax", lambda m, x: F.log_softmax(x, dim=-1), (2, 16)),
+    # reductions and pooling
+    op("mean_dims", lambda m, x: x.mean(dim=(2, 3), keepdim=True), IMG),
+    op("sum_dim", lambda m, x: x.sum(dim=1), (2, 8, 4)),
+    op("amax_amin", lambda m, x: x.amax(dim=-1) - x.amin(dim=-1), (2, 8, 4)),
+    op("max_pool2d", lambda m, x: F.max_pool2d(x, 3, stride=2, padding=1), IMG),
+    op("avg_pool2d", lambda m, x: F.avg_pool2d(x, 2), IMG),
+    op("adaptive_avg_pool2d", lambda m, x: F.adaptive_avg_pool2d(x, 1), IMG),
+    # normalization
+    op("layer_norm", lambda m, x: F.layer_norm(x, (32,), m.w, m.b), (2, 5, 32), w=(32,), b=(32,)),
+    # data movement
+    op("cat", lambda m, a, b: torch.cat([a, b], dim=1), (2, 3, 4), (2, 5, 4)),
+    op("split_chunk", lambda m, x: torch.chunk(x, 2, dim=-1)[0] * torch.split(x, 4, dim=-1)[1], (2, 8)),
+    op("slice", lambda m, x: x[:, 1:5], (2, 8)),
+    op("select", lambda m, x: x[:, 2], (2, 8, 4)),
+    op("reshape", lambda m, x: x.reshape(4, 12) + 1, (2, 3, 8)),
+    op("permute_transpose", lambda m, x: x.permute(0, 2, 1).transpose(0, 1) + 1, (2, 3, 4)),
+    op("squeeze_unsqueeze", lambda m, x: x.squeeze(1).unsqueeze(0) + 1, (2, 1, 4)),
+    op("expand", lambda m, x: x.expand(3, 4, 5) + 1, (1, 4, 5)),
+    op("constant_pad", lambda m, x: F.pad(x, (1, 2, 0, 1), value=0.5), IMG),
+    op("upsample_nearest", lambda m, x: F.interpolate(x, scale_factor=2, mode="nearest"), IMG),
+    op("upsample_bilinear", lambda m, x: F.interpolate(x, scale_factor=2, mode="bilinear"), IMG),
+    op("cumsum", lambda m, x: torch.cumsum(x, dim=-1), (2, 8)),
+    _embedding_case(),
+    # blocks
+    block("conv_bn_relu", lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), _bn(16), nn.ReLU()), IMG),
+    block("inverted_residual", _InvertedResidual, IMG),
+    block("attention", _Attention, (1, 6, 32)),
+    block("mlp_gelu", lambda: nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)), (3, 32)),
+]

@@ -1,0 +1,29 @@
+"""The conformance library itself, run on the test backend and on portable torch."""
+
+import pytest
+
+from edgeport.testing import CASES, compare, run_case, run_conformance
+from torch_backend import TorchOpsBackend
+
+
+def test_case_names_are_unique_and_cases_are_deterministic():
+    assert len({c.name for c in CASES}) == len(CASES)
+    (m1, x1), (m2, x2) = CASES[0].build(), CASES[0].build()
+    assert compare(m1(*x1), m2(*x2)) == 0.0
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_case_runs_exactly_on_a_backend_that_takes_elementwise_ops(case):
+    result = run_case(TorchOpsBackend(ops=("relu", "add", "mul", "sub")), case)
+    assert result.passed, result.error
+    assert result.max_error is not None and result.max_error < 1e-5
+    assert 0.0 <= result.delegated <= 1.0
+    for op, reason in result.reasons.items():
+        assert reason == f"torchops has no kernel for {op}"
+
+
+def test_a_wrong_kernel_fails_its_cases():
+    cases = [c for c in CASES if c.name in ("relu", "add_broadcast")]
+    results = run_conformance(TorchOpsBackend(), cases, options={"scale": 1.01})
+    assert [r.passed for r in results] == [False, False]
+    assert all(r.max_error > 1e-3 for r in results)
