@@ -179,3 +179,31 @@ def test_bad_option_names_the_valid_ones():
     with pytest.raises(edgeport.BackendError, match="no option wat") as info:
         export(Diamonds(), (torch.randn(1, 4, 6, 6),), options={"torchops": {"wat": 1}})
     assert "scale" in info.value.hint
+
+
+class KeepsHardswish(TorchOpsBackend):
+    def __init__(self, supports_it: bool):
+        super().__init__(ops=("hardswish", "relu") if supports_it else ("relu",))
+
+    def keep_ops(self):
+        return {torch.ops.aten.hardswish.default}
+
+
+@pytest.mark.parametrize("supports_it", [True, False])
+def test_keep_ops_stay_undecomposed_only_where_supported(supports_it):
+    model = torch.nn.Sequential(torch.nn.Hardswish(), torch.nn.ReLU())
+    x = torch.randn(2, 8)
+    program, _ = export(model, (x,), KeepsHardswish(supports_it))
+    ops = {n["op"] for n in program.report()["nodes"]}
+    assert ("aten.hardswish.default" in ops) == supports_it
+    assert_close(program(x), model(x))
+
+
+def test_every_intermediate_value_is_freed_after_its_last_use():
+    program, _ = export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),))
+    plan, steps, _ = program.runtime()._methods["forward"]
+    freed = [name for step in steps for name in step.frees]
+    produced = {name for step in plan.steps for name in step.outputs}
+    assert len(freed) == len(set(freed))
+    assert set(freed) | set(plan.output_values) >= produced
+    assert not set(freed) & set(plan.output_values)
