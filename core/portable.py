@@ -20,9 +20,11 @@ from .tensors import tensor_from_bytes, tensor_to_bytes
 
 def program_to_files(program: ExportedProgram) -> dict[str, bytes]:
     """The files (relative names -> bytes) that store ``program``."""
-    artifact = serde.serialize(
-        program, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
-    )
+    with warnings.catch_warnings():  # torch's serializer warns about its own pytree internals
+        warnings.simplefilter("ignore", FutureWarning)
+        artifact = serde.serialize(
+            program, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False
+        )
     files = {"graph.json": artifact.exported_program}
     index: dict[str, Any] = {"state_dict": {}, "constants": {}}
     for section, tensors in (("state_dict", program.state_dict), ("constants", program.constants)):
