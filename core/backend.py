@@ -14,6 +14,7 @@ the core can record it, save it and show it without knowing the backend.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
@@ -109,6 +110,14 @@ class SupportContext:
     program: ExportedProgram
     options: Any
 
+    @functools.cached_property
+    def _specs(self) -> dict[str, Any]:
+        return {spec.arg.name: spec for spec in self.program.graph_signature.input_specs}
+
+    @functools.cached_property
+    def _mutated(self) -> set[str]:
+        return set(self.program.graph_signature.buffers_to_mutate.values())
+
     def constant(self, node: Node) -> torch.Tensor | None:
         """The value of a parameter, buffer or constant input; None for anything else.
 
@@ -116,23 +125,15 @@ class SupportContext:
         """
         if node.op != "placeholder":
             return None
-        spec = _input_specs(self.program).get(node.name)
+        spec = self._specs.get(node.name)
         if spec is None or spec.kind == InputKind.USER_INPUT:
             return None
-        if spec.kind == InputKind.BUFFER and spec.target in _mutated(self.program):
+        if spec.kind == InputKind.BUFFER and spec.target in self._mutated:
             return None
         if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER) and spec.target in self.program.state_dict:
             return self.program.state_dict[spec.target]
         value = self.program.constants.get(spec.target)
         return value if isinstance(value, torch.Tensor) else None
-
-
-def _input_specs(program: ExportedProgram) -> dict[str, Any]:
-    return {spec.arg.name: spec for spec in program.graph_signature.input_specs}
-
-
-def _mutated(program: ExportedProgram) -> set[str]:
-    return set(program.graph_signature.buffers_to_mutate.values())
 
 
 class Backend:

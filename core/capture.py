@@ -7,13 +7,13 @@ after all, so other backends get the pieces they may know.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.export import ExportedProgram
 from torch.fx import Node
 
-from .backend import Backend, Support, SupportContext
+from .backend import Backend, SupportContext
 from .errors import EdgeportError
 
 
@@ -36,9 +36,9 @@ def capture(
         ) from exc
     keep = {op: [b for b in backends if op in b.keep_ops()] for b in backends for op in b.keep_ops()}
     program = _decompose(exported, set(keep))
-    used = {op for op in keep if _supported_somewhere(program, op, keep[op], options)}
-    if used != set(keep):
-        program = _decompose(exported, used)
+    unwanted = {op for op in keep if _kept_for_nobody(program, op, keep[op], options)}
+    if unwanted:  # decompose again (a second trace), only when it changes something
+        program = _decompose(exported, set(keep) - unwanted)
     return program
 
 
@@ -49,9 +49,15 @@ def _decompose(exported: ExportedProgram, keep: set[Any]) -> ExportedProgram:
     return exported.run_decompositions(table)
 
 
-def _supported_somewhere(program: ExportedProgram, op: Any, backends: Sequence[Backend], options: Mapping[str, Any]) -> bool:
+def _kept_for_nobody(program: ExportedProgram, op: Any, backends: Sequence[Backend], options: Mapping[str, Any]) -> bool:
+    """True if ``op`` occurs in the program and no backend that kept it supports it."""
     nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target == op]
-    checks: list[Callable[[Node], Support]] = [
-        lambda n, b=b: b.support(n, SupportContext(program, options.get(b.name))) for b in backends
-    ]
-    return any(check(n) for n in nodes for check in checks)
+    contexts = [(b, SupportContext(program, options.get(b.name))) for b in backends]
+    return bool(nodes) and not any(_supports(b, n, ctx) for n in nodes for b, ctx in contexts)
+
+
+def _supports(backend: Backend, node: Node, ctx: SupportContext) -> bool:
+    try:
+        return bool(backend.support(node, ctx))
+    except Exception:  # a raising check is a "no"; lowering records its reason
+        return False

@@ -59,13 +59,28 @@ def lower_method(
         nodes, {b: _support_fn(backend, program, options[b]) for b, backend in backends.items()}
     )
     compiled: dict[tuple[str, tuple[str, ...]], Artifact | str] = {}  # artifact, or why it failed
+    cut = _Cutter(program)
     for _ in range(MAX_REPARTITIONS):
         plan = partition_graph(nodes, matrix, list(backends), {b: be.rules for b, be in backends.items()})
-        if _compile_all(name, program, plan, backends, options, matrix, compiled, strict, progress):
+        if _compile_all(name, cut, plan, backends, options, matrix, compiled, strict, progress):
             break
     else:
         raise LoweringError(f"method {name!r}: backends kept refusing nodes after {MAX_REPARTITIONS} rounds")
-    return _assemble(name, program, nodes, plan, matrix, backends, options, compiled, keep_reference)
+    return _assemble(name, program, cut, nodes, plan, matrix, backends, options, compiled, keep_reference)
+
+
+class _Cutter:
+    """Cuts each partition out of the program once, however often it is asked for."""
+
+    def __init__(self, program: ExportedProgram) -> None:
+        self.program = program
+        self._cache: dict[tuple[str, ...], Subprogram] = {}
+
+    def __call__(self, partition: Partition) -> Subprogram:
+        key = tuple(n.name for n in partition.nodes)
+        if key not in self._cache:
+            self._cache[key] = extract_subprogram(self.program, partition.nodes)
+        return self._cache[key]
 
 
 def _support_fn(backend: Backend, program: ExportedProgram, options: Any) -> Callable[[Node], Any]:
@@ -77,7 +92,7 @@ def _key(partition: Partition) -> tuple[str, tuple[str, ...]]:
     return partition.backend, tuple(n.name for n in partition.nodes)
 
 
-def _compile_all(name, program, plan, backends, options, matrix, compiled, strict, progress) -> bool:
+def _compile_all(name, cut, plan, backends, options, matrix, compiled, strict, progress) -> bool:
     """Compile every delegated partition not compiled yet; False if nodes were declined
     (the caller partitions again)."""
     delegated = [p for p in plan.partitions if p.backend != PORTABLE]
@@ -90,8 +105,7 @@ def _compile_all(name, program, plan, backends, options, matrix, compiled, stric
                      f"({len(partition.nodes)} nodes)")
         backend = backends[partition.backend]
         try:
-            sub = extract_subprogram(program, partition.nodes)
-            artifact = backend.compile(sub.program, options[partition.backend])
+            artifact = backend.compile(cut(partition).program, options[partition.backend])
             if not isinstance(artifact, Artifact):
                 raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
             compiled[key] = artifact
@@ -117,7 +131,7 @@ def _compile_all(name, program, plan, backends, options, matrix, compiled, stric
     return True
 
 
-def _assemble(name, program, nodes, plan: PartitionPlan, matrix: SupportMatrix, backends, options, compiled,
+def _assemble(name, program, cut, nodes, plan: PartitionPlan, matrix: SupportMatrix, backends, options, compiled,
               keep_reference) -> LoweredMethod:
     lowered = LoweredMethod(plan=None)  # type: ignore[arg-type]
     signature = program.graph_signature
@@ -125,7 +139,7 @@ def _assemble(name, program, nodes, plan: PartitionPlan, matrix: SupportMatrix, 
     fallbacks: dict[int, str] = {}
     subprograms: dict[int, Subprogram] = {}
     for partition in plan.partitions:
-        sub = extract_subprogram(program, partition.nodes)
+        sub = cut(partition)
         subprograms[partition.id] = sub
         outcome = compiled.get(_key(partition)) if partition.backend != PORTABLE else None
         stem = f"{name}/{partition.id}"

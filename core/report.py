@@ -6,6 +6,7 @@ JSON shape (one per method):
     nodes:      [{name, op, backend, partition, reasons: {backend: why not}, source}]
     partitions: [{id, backend, nodes (count), node_names, inputs, outputs,
                   boundary_bytes, fallback}]
+    values:     {name: {dtype, shape, bytes}} for every value crossing a partition boundary
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, is_compute
 
 from .manifest import Step
+from .tensors import DTYPE_NAMES
 
 
 def op_name(node: Node) -> str:
@@ -44,6 +46,14 @@ def _bytes(node: Node) -> int:
         except Exception:  # symbolic sizes have no byte count
             return 0
     return 0
+
+
+def _value(node: Node) -> dict[str, Any]:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return {"dtype": type(val).__name__, "shape": [], "bytes": 0}
+    shape = [d if isinstance(d, int) else str(d) for d in val.shape]  # symbolic dims by name
+    return {"dtype": DTYPE_NAMES.get(val.dtype, str(val.dtype)), "shape": shape, "bytes": _bytes(node)}
 
 
 def placement_report(
@@ -90,4 +100,5 @@ def placement_report(
             "boundary_bytes": sum(_bytes(by_name[v]) for v in (*sub.inputs, *sub.outputs) if v in by_name),
             "fallback": fallbacks.get(partition.id),
         })
-    return {"nodes": node_rows, "partitions": partition_rows}
+    crossing = {v: None for p in partition_rows for v in (*p["inputs"], *p["outputs"]) if v in by_name}
+    return {"nodes": node_rows, "partitions": partition_rows, "values": {v: _value(by_name[v]) for v in crossing}}
