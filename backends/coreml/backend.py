@@ -1,0 +1,148 @@
+"""The Core ML backend: partitions become Core ML ML programs, converted by coremltools.
+
+coremltools converts anywhere; Core ML runs only on macOS. Here on Linux the backend
+compiles, and says plainly that it cannot run (`availability`, `load`).
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+import edgeport
+
+from . import package, runtime, toolchain
+from .convert import CARRIER, TensorSpec, convert_partition
+from .options import CoreMLOptions
+from .support import KEEP_OPS, ConverterRegistry, check_node
+
+aten = torch.ops.aten
+
+# Pure data movement: a Core ML partition of only these moves tensors in and out for no work.
+_DATA_MOVEMENT = frozenset(
+    {
+        aten.view.default,
+        aten._unsafe_view.default,
+        aten.reshape.default,
+        aten.permute.default,
+        aten.transpose.int,
+        aten.expand.default,
+        aten.clone.default,
+        aten.alias.default,
+        aten.squeeze.dim,
+        aten.squeeze.dims,
+        aten.unsqueeze.default,
+        aten.slice.Tensor,
+        aten.select.int,
+        aten._to_copy.default,
+        operator.getitem,
+    }
+)
+
+
+class CoreMLBackend(edgeport.Backend):
+    """Apple Core ML through coremltools: ML programs for the Neural Engine, GPU and CPU."""
+
+    name = "coreml"
+    options = CoreMLOptions
+    rules = edgeport.PartitionRules(never_alone=_DATA_MOVEMENT)
+
+    def __init__(self) -> None:
+        self._registry: ConverterRegistry | None = None
+
+    def _converters(self) -> ConverterRegistry:
+        if self._registry is None:
+            self._registry = ConverterRegistry()
+        return self._registry
+
+    @property
+    def version(self) -> str:
+        installed = toolchain.installed_version()
+        return f"coremltools {installed}" if installed else "coremltools (not installed)"
+
+    def availability(self) -> edgeport.Availability:
+        try:
+            toolchain.coremltools()
+        except edgeport.BackendError as error:
+            return edgeport.Availability(False, False, why=f"{error}; {error.hint}")
+        if not runtime.runs_here():
+            return edgeport.Availability(True, False, why=runtime.why_not_here())
+        return edgeport.Availability(True, True)
+
+    def keep_ops(self) -> set[torch._ops.OpOverload]:
+        return set(KEEP_OPS)
+
+    def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
+        try:
+            return check_node(self._converters(), node)
+        except edgeport.BackendError as error:
+            return edgeport.Support.no(f"{error}; {error.hint}")
+        except Exception as error:  # support() must answer, never raise
+            return edgeport.Support.no(f"could not check {node.target} against coremltools: {error}")
+
+    def compile(self, program: ExportedProgram, options: CoreMLOptions) -> edgeport.Artifact:
+        ct = toolchain.coremltools()
+        started = time.perf_counter()
+        mlmodel, inputs, outputs = convert_partition(ct, self._converters(), program, options)
+        description = package.describe(mlmodel.get_spec())
+        metadata = {
+            "coremltools": toolchain.installed_version(),
+            "specification_version": description.specification_version,
+            "inputs": _interface(inputs, description.inputs),
+            "outputs": _interface(outputs, description.outputs),
+            "mil_ops": description.mil_ops,
+        }
+        data = package.package_bytes(mlmodel)
+        toolchain.LOG.info(
+            "coremltools converted %d nodes into %d MIL ops in %.2f s",
+            sum(1 for n in program.graph.nodes if n.op == "call_function"),
+            sum(description.mil_ops.values()),
+            time.perf_counter() - started,
+        )
+        return edgeport.Artifact(data=data, suffix=".mlpackage.zip", metadata=metadata)
+
+    def load(self, artifact: edgeport.Artifact) -> runtime.CoreMLExecutable:
+        if not runtime.runs_here():
+            raise edgeport.BackendError(
+                runtime.why_not_here(),
+                hint="run this program on a Mac, or ask for reference execution (edgeport run --reference)",
+            )
+        options = artifact.options if isinstance(artifact.options, CoreMLOptions) else CoreMLOptions()
+        return runtime.CoreMLExecutable(artifact.data, artifact.metadata, options.compute_units)
+
+
+def _interface(specs: list[TensorSpec], features: tuple[package.Feature, ...]) -> list[dict[str, Any]]:
+    """Pair each partition input/output with the Core ML feature that carries it.
+
+    Raises `edgeport.BackendError` when coremltools changed the interface: a count,
+    shape or carrier dtype that differs from the partition's.
+    """
+    if len(specs) != len(features):
+        raise edgeport.BackendError(
+            f"coremltools made {len(features)} features for the partition's {len(specs)} values "
+            f"({', '.join(s.name for s in specs)})"
+        )
+    pairs = []
+    for spec, feature in zip(specs, features):
+        if feature.shape != spec.shape or feature.dtype != CARRIER[spec.dtype]:
+            raise edgeport.BackendError(
+                f"coremltools turned partition value {spec.name} ({spec.dtype}, {list(spec.shape)}) into "
+                f"feature {feature.name} ({feature.dtype}, {list(feature.shape)}), "
+                f"expected {CARRIER[spec.dtype]}, {list(spec.shape)}",
+                hint="a node before it is probably converted wrongly: report it as a coreml KNOWN_BAD entry",
+            )
+        pairs.append(
+            {
+                "name": spec.name,
+                "shape": list(spec.shape),
+                "dtype": str(spec.dtype).removeprefix("torch."),
+                "coreml_name": feature.name,
+                "coreml_dtype": feature.dtype,
+            }
+        )
+    return pairs

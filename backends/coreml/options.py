@@ -1,0 +1,67 @@
+"""The compile options of the Core ML backend, and their coremltools values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import edgeport
+
+COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
+PRECISIONS = ("fp16", "fp32")
+OLDEST_ML_PROGRAM_TARGET = "iOS15"  # ML programs (the only format we produce) start at iOS15/macOS12
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    """How coremltools converts a partition, and which compute units Core ML may use.
+
+    ``minimum_deployment_target`` is a `coremltools.target` name (``iOS17``,
+    ``macOS14``, ...): the oldest OS the model must load on. Newer targets unlock newer
+    ops (e.g. a fused scaled_dot_product_attention from iOS18).
+    """
+
+    # iOS17/macOS14 (Core ML 7): the newest ops most deployed Apple devices can load.
+    minimum_deployment_target: str = "iOS17"
+    # ALL lets Core ML place each op on the Neural Engine, GPU or CPU itself.
+    compute_units: str = "ALL"
+    # fp16 is what the Neural Engine computes in; fp32 keeps the model off it (CPU/GPU only).
+    compute_precision: str = "fp16"
+
+    def __post_init__(self) -> None:
+        _check_choice("compute_units", self.compute_units, COMPUTE_UNITS)
+        _check_choice("compute_precision", self.compute_precision, PRECISIONS)
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise edgeport.BackendError(
+            f"coreml option {option}={value!r} is not one of {', '.join(choices)}",
+            hint=f"pass e.g. {option}={choices[0]}",
+        )
+
+
+def deployment_target(ct: ModuleType, name: str) -> Any:
+    """The `coremltools.target` for ``name``; refuses names coremltools does not know
+    and targets too old for an ML program."""
+    targets = ct.target.__members__
+    oldest = targets[OLDEST_ML_PROGRAM_TARGET]
+    usable = [n for n, t in targets.items() if t >= oldest]
+    if name not in targets or targets[name] < oldest:
+        raise edgeport.BackendError(
+            f"coreml option minimum_deployment_target={name!r} cannot hold an ML program",
+            hint=f"use one of: {', '.join(usable)}",
+        )
+    return targets[name]
+
+
+def convert_arguments(ct: ModuleType, options: CoreMLOptions) -> dict[str, Any]:
+    """The keyword arguments of `coremltools.convert` that these options set."""
+    precision = {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}[options.compute_precision]
+    return {
+        "minimum_deployment_target": deployment_target(ct, options.minimum_deployment_target),
+        "compute_units": ct.ComputeUnit[options.compute_units],
+        "compute_precision": precision,
+        "convert_to": "mlprogram",
+    }
