@@ -6,7 +6,7 @@ lets an older implementation take fewer); none is ever renamed or removed.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import pluggy
 
@@ -27,4 +27,17 @@ def edgeport_register_backends(register: Callable[..., None]) -> None:
     order relative to other plugins. Return nothing. Keep it cheap: construct the
     backend, do not import its toolchain here (do that inside ``compile``/``load``)
     so that a missing toolchain disables only this backend.
+    """
+
+
+@hookspec
+def edgeport_register_commands(cli: Any) -> None:
+    """Add commands to the ``edgeport`` CLI (e.g. ``edgeport hub ...`` for a device farm).
+
+    :param cli: the top-level ``click.Group``; call ``cli.add_command(...)`` or decorate
+        with ``@cli.group()``. Raise `edgeport.EdgeportError` from a command for a
+        failure the user can fix: the CLI prints it as one line plus its hint.
+
+    Called once when the ``edgeport`` command starts, after backends are registered.
+    A plugin that raises here is recorded as broken; the other commands still work.
     """

@@ -129,6 +129,16 @@ class Registry:
         self._entries, self._aliases = entries, alias_map
         return entries
 
+    def add_commands(self, cli: Any) -> None:
+        """Let every plugin add its CLI commands; a plugin that fails is recorded."""
+        self._collect()
+        for impl in self._pm.hook.edgeport_register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                dist, _ = self._sources.get(impl.plugin_name, ("(registered in code)", ""))
+                self._record_broken(impl.plugin_name, dist, exc)
+
     def entries(self) -> dict[str, BackendEntry]:
         """Every working backend by name, in registration order."""
         return dict(self._collect())

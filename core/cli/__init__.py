@@ -50,6 +50,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
+    from ..plugins import default_registry
+
+    default_registry().add_commands(cli)
     cli(prog_name="edgeport")
 
 

@@ -1,0 +1,131 @@
+"""The qualcomm backend: Snapdragon NPUs (Hexagon HTP) through ONNX Runtime's QNN EP.
+
+compile: partition → ONNX (torch.onnx, dynamo) → QNN HTP context binary for one SoC,
+wrapped in an EPContext ONNX model (the artifact) — with placement verified.
+load/run: ONNX Runtime + QNN EP runs that model: on a Snapdragon device, the NPU; on
+x86 Linux, QNN's HTP simulator, and every report says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+from typing import Any, Sequence
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+import edgeport
+
+from .options import QualcommOptions, provider_options, resolve_soc
+from .support import KEEP_OPS, check_support
+
+aten = torch.ops.aten
+_TOOLCHAIN = ("onnxruntime", "onnxruntime_qnn", "onnx", "onnxscript")
+
+
+class QnnExecutable:
+    """A loaded EPContext model; feeds inputs by the names recorded at compile time."""
+
+    def __init__(self, session: Any, inputs: list[str], outputs: list[str]) -> None:
+        self._session = session
+        self._inputs = inputs
+        self._outputs = outputs
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[Any]:
+        if len(inputs) != len(self._inputs):
+            raise edgeport.ExecutionError(
+                f"qualcomm: the partition takes {len(self._inputs)} inputs, got {len(inputs)}"
+            )
+        feeds = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(self._inputs, inputs)}
+        return self._session.run(self._outputs, feeds)
+
+
+class QualcommBackend(edgeport.Backend):
+    """Qualcomm Snapdragon NPU (QNN HTP) via ONNX Runtime's QNN execution provider."""
+
+    name = "qualcomm"
+    options = QualcommOptions
+    # A partition of nothing but data movement would only copy across the boundary.
+    rules = edgeport.PartitionRules(
+        min_nodes=1,
+        never_alone=frozenset({
+            aten.view.default, aten._unsafe_view.default, aten.permute.default,
+            aten.unsqueeze.default, aten.squeeze.dims, aten.expand.default,
+            aten.clone.default, aten.alias.default, aten.slice.Tensor, aten.select.int,
+        }),
+    )
+
+    @property
+    def version(self) -> str:
+        try:
+            import onnxruntime
+            from onnxruntime_qnn import build_and_package_info as qnn
+        except ImportError:
+            return "onnxruntime-qnn not installed"
+        return f"onnxruntime-qnn {qnn.__version__} (QNN {qnn.qnn_version}), onnxruntime {onnxruntime.__version__}"
+
+    def availability(self) -> edgeport.Availability:
+        missing = [name for name in _TOOLCHAIN if importlib.util.find_spec(name) is None]
+        if missing:
+            return edgeport.Availability(
+                can_compile=False,
+                can_run=False,
+                why=f"missing {', '.join(missing)}: pip install 'edgeport[qualcomm]'",
+            )
+        if _on_snapdragon():
+            return edgeport.Availability(can_compile=True, can_run=True, runs_on="device")
+        return edgeport.Availability(
+            can_compile=True,
+            can_run=True,
+            why=f"{platform.system()} {platform.machine()}: runs in QNN's HTP simulator "
+            "(real QNN code on the CPU, not a Snapdragon NPU; timings say nothing about the device)",
+            runs_on="simulator",
+        )
+
+    def keep_ops(self) -> set[torch._ops.OpOverload]:
+        return set(KEEP_OPS)
+
+    def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
+        return check_support(node)
+
+    def compile(self, program: ExportedProgram, options: QualcommOptions) -> edgeport.Artifact:
+        from .onnx_export import export_onnx
+        from .placement import compile_verified
+
+        qnn_options = provider_options(options)  # validates soc/precision before any work
+        partition = export_onnx(program)
+        known = {node.name for node in program.graph.nodes}
+        context_model = compile_verified(partition, qnn_options, known)
+        soc = resolve_soc(options.soc)
+        return edgeport.Artifact(
+            data=context_model,
+            suffix=".onnx",
+            metadata={
+                "format": "onnx-epcontext",  # EPContext model embedding a QNN context binary
+                "inputs": partition.inputs,
+                "outputs": partition.outputs,
+                "soc": soc.name,
+                "soc_model": soc.soc_model,
+                "htp_arch": soc.htp_arch,
+                "precision": options.precision,
+                "toolchain": self.version,
+            },
+        )
+
+    def load(self, artifact: edgeport.Artifact) -> QnnExecutable:
+        from .qnn_runtime import load_context
+
+        availability = self.availability()
+        if not availability.can_run:
+            raise edgeport.ExecutionError(f"qualcomm cannot run here: {availability.why}")
+        metadata = artifact.metadata
+        return QnnExecutable(load_context(artifact.data), list(metadata["inputs"]), list(metadata["outputs"]))
+
+
+def _on_snapdragon() -> bool:
+    """Android or Windows on ARM64: where QNN HTP is a real NPU rather than the simulator."""
+    machine = platform.machine().lower()
+    return machine in ("aarch64", "arm64") and (hasattr(sys, "getandroidapilevel") or sys.platform == "win32")

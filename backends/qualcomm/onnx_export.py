@@ -1,0 +1,127 @@
+"""Partition ExportedProgram → ONNX, remembering which aten node each ONNX node came from.
+
+QNN reports refusals by ONNX node; the partitioner thinks in aten nodes. The exporter
+records an FX node per ONNX node (``pkg.torch.onnx.fx_node``), but of its *own* FX graph:
+it decomposes the program again, which renames nodes (``add`` can come out as
+``add_21``, and an ``adaptive_avg_pool2d`` as dozens of ``select``/``index`` nodes). What
+survives that re-tracing unchanged is each node's ``stack_trace`` meta, copied to every
+node a decomposition makes and written out as ``pkg.torch.onnx.stack_trace``. So for
+the export we set it to ``edgeport-node:<aten node name>`` (and restore it afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import edgeport
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
+_PROVENANCE_KEY = "pkg.torch.onnx.stack_trace"
+_PROVENANCE = "edgeport-node:"
+
+
+@dataclass(frozen=True)
+class OnnxPartition:
+    """A partition as ONNX: `inputs[i]` is the ONNX input fed by the partition's i-th user
+    input, `outputs[i]` the ONNX output holding its i-th output."""
+
+    model: Any  # onnx.ModelProto
+    inputs: list[str]
+    outputs: list[str]
+
+
+def export_onnx(program: ExportedProgram) -> OnnxPartition:
+    """Export with torch.onnx (dynamo, onnxscript); quiet, since it prints progress."""
+    import torch
+
+    with _quiet_exporter(), _provenance_tags(program):
+        try:
+            onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True)
+        except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+            raise edgeport.BackendError(
+                f"qualcomm: torch.onnx could not export the partition: {_first_line(exc)}",
+                hint="decline the offending op in support() or report it with the partition's graph",
+            ) from exc
+    model = onnx_program.model_proto
+    onnx_inputs = [value.name for value in model.graph.input]
+    onnx_outputs = [value.name for value in model.graph.output]
+    user_inputs = [
+        spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT
+    ]
+    # The exporter keeps user inputs and outputs in order (names may differ: a sub-program
+    # built by the core can come out as arg_0, ...); a count mismatch means it did not.
+    expected = (len(user_inputs), len(program.graph_signature.output_specs))
+    if (len(onnx_inputs), len(onnx_outputs)) != expected:
+        raise edgeport.BackendError(
+            f"qualcomm: the ONNX export has {len(onnx_inputs)} inputs / {len(onnx_outputs)} outputs, "
+            f"the partition {expected[0]} / {expected[1]}",
+            hint="report this with the partition's graph: torch.onnx changed how it exports inputs",
+        )
+    return OnnxPartition(model=model, inputs=onnx_inputs, outputs=onnx_outputs)
+
+
+def aten_node_names(model: Any) -> list[str | None]:
+    """Per ONNX node (in graph order), the partition's aten node it was exported from.
+
+    A node the ONNX optimizer made (e.g. a final Cast) has no record; it belongs to the
+    aten node producing its first input, else to the one reading its output.
+    """
+    nodes = list(model.graph.node)
+    names = [_recorded(node) for node in nodes]
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    for i, node in enumerate(nodes):  # graph order: producers are resolved first
+        if names[i] is None and node.input and node.input[0] in producer:
+            names[i] = names[producer[node.input[0]]]
+    for i in reversed(range(len(nodes))):
+        if names[i] is None:
+            readers = [j for j, other in enumerate(nodes) if set(other.input) & set(nodes[i].output)]
+            names[i] = next((names[j] for j in readers if names[j]), None)
+    return names
+
+
+def _recorded(onnx_node: Any) -> str | None:
+    for prop in onnx_node.metadata_props:
+        if prop.key == _PROVENANCE_KEY and prop.value.startswith(_PROVENANCE):
+            return prop.value[len(_PROVENANCE):]
+    return None
+
+
+@contextlib.contextmanager
+def _provenance_tags(program: ExportedProgram):
+    """Tag every op node's stack_trace with its name for the export, then put it back."""
+    saved = {node: node.meta.get("stack_trace") for node in program.graph.nodes if node.op == "call_function"}
+    for node in saved:
+        node.meta["stack_trace"] = _PROVENANCE + node.name
+    try:
+        yield
+    finally:
+        for node, trace in saved.items():
+            if trace is None:
+                node.meta.pop("stack_trace", None)
+            else:
+                node.meta["stack_trace"] = trace
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx prints progress to stdout and logs warnings about optional packages."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

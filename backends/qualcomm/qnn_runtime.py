@@ -1,0 +1,210 @@
+"""ONNX Runtime with the QNN execution provider: ONNX → EPContext model, and running one.
+
+The QNN EP ships as a plugin library (`onnxruntime-qnn`) registered into a stock
+onnxruntime. Compiling is a session with ``ep.context_enable=1``: QNN builds its graph
+for the chosen SoC, finalizes it into a context binary, and ONNX Runtime writes an ONNX
+model whose EPContext node embeds that binary. While compiling we listen to ONNX
+Runtime's log, because that is the only place QNN says *why* it refused a node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+EP_NAME = "QNNExecutionProvider"
+_QUIET = 3  # ONNX Runtime severity: errors only
+_VERBOSE = 0
+# "Validation FAILED for 1 nodes in OrtNodeUnit (Erf) :\n\tOperator type: Erf Node name: n0
+#  Node index: 0\n\tREASON : Operators of type `Erf` are not supported by QNN EP..."
+_REFUSAL = re.compile(r"Validation FAILED.*?Node name: (?P<node>\S+).*?REASON : (?P<reason>.*)", re.S)
+_QNN_ERROR = re.compile(r"<E> (?P<text>.*)")
+_NODE_FAILED = re.compile(r"failed for node `(?P<node>[^`]+)`")
+_QNN_TENSOR_ID = re.compile(r"^\[\d+\] ")
+_GENERIC_REASONS = ("Failed to add node.",)
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+class QnnCompileError(Exception):
+    """QNN failed the graph as a whole (e.g. at finalize); `qnn_errors` are its own log lines."""
+
+    def __init__(self, message: str, qnn_errors: list[str]) -> None:
+        super().__init__(message)
+        self.qnn_errors = qnn_errors
+
+
+@dataclass
+class CompileOutcome:
+    """What one compile gave: the EPContext model, and the nodes QNN left to the CPU EP."""
+
+    context_model: bytes | None
+    refused: dict[str, str] = field(default_factory=dict)  # ONNX node name -> QNN's reason
+
+
+class _LogSink:
+    """Where ONNX Runtime's log goes once we registered the QNN plugin.
+
+    QNN's own messages (its specific errors, e.g. "has incorrect Rank 6") reach ONNX
+    Runtime's callback only if the callback was verbose when the plugin was registered;
+    so it is installed then, for good. While compiling, `capture` collects every line;
+    otherwise errors still reach stderr and the rest is dropped, keeping runs quiet.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] | None = None
+
+    def __call__(self, severity: int, _category: str, _logid: str, _location: str, message: str) -> None:
+        if self.lines is not None:
+            self.lines.append(message)
+        elif severity >= _QUIET:
+            sys.stderr.write(f"onnxruntime: {message.rstrip()}\n")
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        """Collect every log line (QNN's verbose ones included) until the block ends."""
+        self.lines = lines = []
+        self.listen(_VERBOSE)
+        try:
+            yield lines
+        finally:
+            self.lines = None
+            self.listen(_QUIET)
+
+    def listen(self, severity: int) -> None:
+        import onnxruntime as ort
+
+        if hasattr(ort, "set_default_logger_callback"):  # onnxruntime >= 1.23
+            ort.set_default_logger_callback(self, severity)
+        else:  # no reasons from QNN then, only ONNX Runtime's assignment record
+            ort.set_default_logger_severity(max(severity, _QUIET))
+
+
+_SINK = _LogSink()
+# One compile at a time: the log sink and the stdout redirection are process-wide.
+_COMPILE_LOCK = threading.Lock()
+
+
+def qnn_devices() -> list[Any]:
+    """The QNN EP's devices, registering the plugin library (and our log sink) on first use."""
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
+    if devices:
+        return devices
+    _SINK.listen(_VERBOSE)
+    try:
+        ort.register_execution_provider_library(EP_NAME, onnxruntime_qnn.get_library_path())
+    finally:
+        _SINK.listen(_QUIET)
+    return [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
+
+
+def compile_context(model: bytes, provider_options: dict[str, str]) -> CompileOutcome:
+    """Compile an ONNX model for QNN HTP ahead of time; raise `QnnCompileError` on failure.
+
+    CPU fallback stays allowed here on purpose: then a refused node does not fail the
+    compile, and ONNX Runtime's graph-assignment record names every node QNN did not take.
+    """
+    import onnxruntime as ort
+
+    devices = qnn_devices()
+    with tempfile.TemporaryDirectory(prefix="edgeport-qnn-") as tmp:
+        context_path = os.path.join(tmp, "partition_ctx.onnx")
+        so = ort.SessionOptions()
+        so.log_severity_level = _VERBOSE  # refusal reasons are logged at verbose level
+        # No thread pool: its threads would log verbosely to stderr, past our callback.
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        # ORT's own CPU-side rewrites would rename nodes; QNN optimizes its graph itself.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("ep.context_enable", "1")
+        so.add_session_config_entry("ep.context_embed_mode", "1")
+        so.add_session_config_entry("ep.context_file_path", context_path)
+        so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        # Only prepare the context binary; do not also load it into the simulator.
+        so.add_provider_for_devices(devices, {**provider_options, "enable_htp_prepare_only": "1"})
+        with _COMPILE_LOCK, _SINK.capture() as log, _native_stdout_to_stderr():
+            try:
+                session = ort.InferenceSession(model, so)
+            except Exception as exc:
+                raise QnnCompileError(_ort_message(exc), _qnn_errors(log)) from exc
+        refused_names = {
+            node.name
+            for subgraph in session.get_provider_graph_assignment_info()
+            if subgraph.ep_name != EP_NAME
+            for node in subgraph.get_nodes()
+        }
+        del session
+        reasons = _refusal_reasons(log)
+        refused = {name: reasons.get(name, "left to ONNX Runtime's CPU EP") for name in refused_names}
+        data = None
+        if not refused and os.path.exists(context_path):
+            with open(context_path, "rb") as f:
+                data = f.read()
+    return CompileOutcome(context_model=data, refused=refused)
+
+
+def load_context(context_model: bytes) -> Any:
+    """An ONNX Runtime session running an EPContext model on QNN HTP, with no CPU fallback."""
+    import onnxruntime as ort
+
+    devices = qnn_devices()
+    so = ort.SessionOptions()
+    so.log_severity_level = _QUIET
+    # A qualcomm step must never run part of its work on ONNX Runtime's CPU kernels.
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    so.add_provider_for_devices(devices, {"backend_type": "htp"})
+    with _native_stdout_to_stderr():
+        return ort.InferenceSession(context_model, so)
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """QNN's HTP library prints a banner ("# LIBNATIVE: ...") to the process's stdout
+    when it loads; keep stdout clean for callers that print data there (--json)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _refusal_reasons(log: list[str]) -> dict[str, str]:
+    """ONNX node name -> QNN's reason. When the EP's reason is generic ("Failed to add
+    node."), QNN's own first error line logged while validating that node is added."""
+    reasons: dict[str, str] = {}
+    node_errors: dict[str, str] = {}
+    pending: list[str] = []  # QNN error lines since the last node validation verdict
+    for line in log:
+        if error := _QNN_ERROR.search(line):
+            pending.append(_QNN_TENSOR_ID.sub("", error.group("text")).strip())
+        elif failed := _NODE_FAILED.search(line):
+            if pending:
+                node_errors.setdefault(failed.group("node"), pending[0])
+            pending = []
+        elif refusal := _REFUSAL.search(line):
+            node = refusal.group("node")
+            reason = " ".join(refusal.group("reason").split())
+            if reason in _GENERIC_REASONS and node in node_errors:
+                reason = f"{reason.rstrip('.')}: {node_errors[node]}"
+            reasons[node] = reason  # a later pass's verdict is the final one
+    return reasons
+
+
+def _qnn_errors(log: list[str]) -> list[str]:
+    return [m.group("text").strip() for line in log if (m := _QNN_ERROR.search(line))]
+
+
+def _ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's message without its "[ONNXRuntimeError] : 11 : EP_FAIL :" prefixes."""
+    return _ORT_PREFIX.split(" ".join(str(exc).split()))[-1]

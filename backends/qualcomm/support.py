@@ -1,0 +1,251 @@
+"""Which aten nodes the QNN HTP backend takes: a fast table, corrected by real compiles.
+
+Each row says what ONNX op(s) torch.onnx turns the aten op into, and the QNN execution
+provider's limits on HTP. The table is a prediction; `placement.compile_verified` is the
+ground truth (QNN's own verdict at compile time). Every row below that says "no" or adds
+a limit records a refusal seen from QNN 2.51 through onnxruntime-qnn 2.7.0, and has a
+test in tests/backends/qualcomm/test_qualcomm_corrections.py that fails if QNN changes its mind.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.fx import Node
+
+import edgeport
+
+aten = torch.ops.aten
+
+FLOAT = frozenset({torch.float32, torch.float16})
+INDEX = frozenset({torch.int32, torch.int64})  # int64 is narrowed to int32 by the QNN EP
+BOOL = frozenset({torch.bool})
+NUMERIC = FLOAT | INDEX
+ANY = NUMERIC | BOOL
+MAX_RANK = 5  # QNN HTP: "has incorrect Rank 6" for anything wider
+
+Check = Callable[[Node], "str | None"]  # returns a reason to decline, or None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one aten op reaches QNN HTP: the ONNX op(s), dtypes allowed, extra limits."""
+
+    onnx: str
+    dtypes: frozenset[torch.dtype] = NUMERIC
+    check: Check | None = None
+
+
+def _rounding_on_int64(node: Node) -> str | None:
+    if node.kwargs.get("rounding_mode") and _dtype(node) == torch.int64:
+        return "QNN refuses the int64 Cast that torch.onnx emits for rounding int64 division"
+    return None
+
+
+def _pool_indices_used(node: Node) -> str | None:
+    if any(user.target is operator.getitem and user.args[1] == 1 for user in node.users):
+        return "QNN refuses MaxPool with an indices output"
+    return None
+
+
+def _adaptive_not_even(node: Node) -> str | None:
+    size_in = _shape(node.args[0])[-2:]
+    size_out = list(node.args[1])
+    if any(i % o for i, o in zip(size_in, size_out)):
+        return (
+            f"input {tuple(size_in)} is not a multiple of output {tuple(size_out)}: torch.onnx "
+            "emits a GatherND/Where graph that QNN refuses"
+        )
+    return None
+
+
+def _norm_l2_only(node: Node) -> str | None:
+    order = node.args[1] if len(node.args) > 1 else node.kwargs.get("ord", 2)
+    return None if order == 2 else f"only the L2 norm maps to ReduceL2 (got ord={order})"
+
+
+def _pad_mode(node: Node) -> str | None:
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    if mode in ("constant", "reflect"):
+        return None
+    if mode == "replicate":
+        return "QNN HTP returns wrong values for replicate padding (seen in the simulator)"
+    return f"{mode} padding is not verified on QNN HTP"
+
+
+def _bool_only(node: Node) -> str | None:
+    return None if _dtype(node) == torch.bool else "QNN has no bitwise ops on integers (BitwiseAnd refused)"
+
+
+RULES: dict[Any, Rule] = {
+    # elementwise arithmetic and activations
+    **{op: Rule(onnx) for op, onnx in (
+        (aten.add, "Add"), (aten.sub, "Sub"), (aten.mul, "Mul"), (aten.neg, "Neg"),
+        (aten.abs, "Abs"), (aten.maximum, "Max"), (aten.minimum, "Min"),
+        (aten.clamp, "Clip"), (aten.clamp_min, "Max"), (aten.clamp_max, "Min"),
+        (aten.sign, "Sign"),
+    )},
+    **{op: Rule(onnx, FLOAT) for op, onnx in (
+        (aten.exp, "Exp"), (aten.log, "Log"), (aten.sqrt, "Sqrt"), (aten.rsqrt, "Sqrt+Reciprocal"),
+        (aten.reciprocal, "Reciprocal"), (aten.pow, "Pow"), (aten.sigmoid, "Sigmoid"),
+        (aten.tanh, "Tanh"), (aten.relu, "Relu"), (aten.gelu, "Gelu"), (aten.leaky_relu, "LeakyRelu"),
+        (aten.elu, "Elu"), (aten.sin, "Sin"), (aten.cos, "Cos"), (aten.floor, "Floor"),
+        (aten.ceil, "Ceil"), (aten.round, "Round"), (aten.remainder, "Div+Floor+Mul+Sub"),
+        (aten.atan2, "Atan+Where"), (aten.isnan, "IsNaN"), (aten.hardtanh, "Clip"),
+        (aten.hardswish, "HardSwish"), (aten.hardsigmoid, "HardSigmoid"), (aten.prelu, "PRelu"),
+        (aten.softplus, "Softplus"), (aten.mish, "Softplus+Tanh+Mul"),
+    )},
+    aten.div: Rule("Div", NUMERIC, _rounding_on_int64),
+    aten.where: Rule("Where", ANY),  # a bool condition picks between numeric values
+    # comparisons and logic
+    **{op: Rule(onnx, ANY) for op, onnx in (
+        (aten.eq, "Equal"), (aten.ne, "Equal+Not"), (aten.lt, "Less"), (aten.le, "LessOrEqual"),
+        (aten.gt, "Greater"), (aten.ge, "GreaterOrEqual"), (aten.logical_not, "Not"),
+        (aten.logical_and, "And"), (aten.logical_or, "Or"), (aten.any, "ReduceMax"),
+    )},
+    aten.bitwise_not: Rule("Not", ANY, _bool_only),
+    aten.bitwise_and: Rule("And", ANY, _bool_only),
+    aten.bitwise_or: Rule("Or", ANY, _bool_only),
+    # linear algebra, convolution, pooling
+    aten.linear: Rule("Gemm/MatMul+Add", FLOAT),
+    aten.matmul: Rule("MatMul", FLOAT),
+    aten.mm: Rule("MatMul", FLOAT),
+    aten.bmm: Rule("MatMul", FLOAT),
+    aten.addmm: Rule("Gemm", FLOAT),
+    aten.convolution: Rule("Conv/ConvTranspose", FLOAT),
+    aten.max_pool2d_with_indices: Rule("MaxPool", FLOAT, _pool_indices_used),
+    aten.avg_pool2d: Rule("AveragePool", FLOAT),
+    aten._adaptive_avg_pool2d: Rule("AveragePool", FLOAT, _adaptive_not_even),
+    aten.upsample_nearest2d: Rule("Resize", FLOAT),
+    aten.upsample_bilinear2d: Rule("Resize", FLOAT),
+    aten.scaled_dot_product_attention: Rule("MatMul+Softmax", FLOAT | BOOL),  # bool: the mask
+    # normalization and reductions
+    aten.native_layer_norm: Rule("LayerNormalization", FLOAT),
+    aten.native_group_norm: Rule("InstanceNormalization+Mul+Add", FLOAT),
+    aten.instance_norm: Rule("InstanceNormalization", FLOAT),
+    aten._native_batch_norm_legit_no_training: Rule("BatchNormalization", FLOAT),
+    aten._softmax: Rule("Softmax", FLOAT),
+    aten._log_softmax: Rule("LogSoftmax", FLOAT),
+    aten.mean: Rule("ReduceMean", FLOAT),
+    aten.sum: Rule("ReduceSum"),
+    aten.amax: Rule("ReduceMax"),
+    aten.amin: Rule("ReduceMin"),
+    aten.max: Rule("ReduceMax/ArgMax"),
+    aten.min: Rule("ReduceMin/ArgMin"),
+    aten.argmax: Rule("ArgMax"),
+    aten.argmin: Rule("ArgMin"),
+    aten.var: Rule("ReduceMean+Sub+Mul", FLOAT),
+    aten.linalg_vector_norm: Rule("ReduceL2", FLOAT, _norm_l2_only),
+    aten.cumsum: Rule("CumSum"),
+    aten.topk: Rule("TopK"),
+    aten.sort: Rule("TopK"),
+    # data movement
+    **{op: Rule(onnx, ANY) for op, onnx in (
+        (aten.view, "Reshape"), (aten._unsafe_view, "Reshape"), (aten.reshape, "Reshape"),
+        (aten.permute, "Transpose"), (aten.unsqueeze, "Unsqueeze"), (aten.squeeze, "Squeeze"),
+        (aten.expand, "Expand"), (aten.clone, "Identity"), (aten.alias, "Identity"),
+        (aten.cat, "Concat"), (aten.slice, "Slice"), (aten.select, "Gather"),
+        (aten.split_with_sizes, "Split"), (aten.split, "Split"), (aten.constant_pad_nd, "Pad"),
+        (aten.pixel_shuffle, "DepthToSpace"),
+        (aten.flip, "Slice"), (aten.repeat, "Tile"), (aten.index_select, "Gather"),
+        (aten.gather, "GatherElements"), (aten.embedding, "Gather"), (aten._to_copy, "Cast"),
+        (aten.full, "constant"), (aten.full_like, "constant"), (aten.scalar_tensor, "constant"),
+        (aten.arange, "constant"), (aten._assert_tensor_metadata, "(nothing)"),
+    )},
+    aten.pad: Rule("Pad", ANY, _pad_mode),
+    operator.getitem: Rule("(output of a multi-output op)", ANY),
+}
+
+# Ops worth keeping whole at capture: torch.onnx writes each as one ONNX op QNN takes.
+KEEP_OPS = frozenset({
+    aten.linear.default,  # Gemm, not permute + addmm
+    aten.hardswish.default,  # HardSwish, not add/clamp/clamp/mul/div
+    aten.hardsigmoid.default,  # HardSigmoid
+    aten.pixel_shuffle.default,  # DepthToSpace, not reshape/permute/reshape
+    aten.pad.default,  # Pad(reflect); decomposed it is index gathers, which HTP gets wrong
+    aten.scaled_dot_product_attention.default,  # without the masking-guard ops
+})
+
+# Refusals seen from QNN; each is tested in test_qualcomm_corrections.py.
+DECLINED: dict[Any, str] = {
+    aten.erf: "QNN EP has no Erf (\"Operators of type `Erf` are not supported by QNN EP\"); "
+    "exact GELU is fine as aten.gelu",
+    aten.fmod: "QNN EP refuses ONNX Mod on HTP; aten.remainder works",
+    aten.prod: "QNN EP refuses ReduceProd on HTP",
+    aten.index: "QNN HTP GatherND returns wrong values for rank-3 data (seen in the simulator); "
+    "index_select/gather work",
+    aten.scatter: "QNN EP refuses the ConstantOfShape/ScatterElements torch.onnx emits for scatter",
+    **{op: "random ops are not deterministic on an NPU; run them portably" for op in (
+        aten.rand, aten.randn, aten.bernoulli, aten.randint, aten.rand_like, aten.randn_like,
+    )},
+}
+
+
+def check_support(node: Node) -> edgeport.Support:
+    """QNN HTP's answer for one node; never raises."""
+    try:
+        return _check(node)
+    except Exception as exc:  # an odd node must not stop partitioning
+        return edgeport.Support.no(f"qualcomm could not inspect {node.target}: {exc}")
+
+
+def _check(node: Node) -> edgeport.Support:
+    if node.op != "call_function":
+        return edgeport.Support.yes()
+    packet = getattr(node.target, "overloadpacket", node.target)
+    name = _op_name(node.target)
+    if packet in DECLINED:
+        return edgeport.Support.no(f"{name}: {DECLINED[packet]}")
+    rule = RULES.get(packet)
+    if rule is None:
+        return edgeport.Support.no(f"{name}: no QNN HTP lowering known (not in the qualcomm op table)")
+    for tensor in _tensors(node):
+        if any(not isinstance(dim, int) for dim in tensor.shape):
+            return edgeport.Support.no(f"{name}: dynamic shape {tuple(tensor.shape)}; QNN graphs are static")
+        if tensor.dim() > MAX_RANK:
+            return edgeport.Support.no(
+                f"{name}: rank-{tensor.dim()} tensor; QNN HTP tensors have at most {MAX_RANK} dimensions"
+            )
+        if tensor.dtype not in rule.dtypes:
+            allowed = ", ".join(sorted(str(d).removeprefix("torch.") for d in rule.dtypes))
+            return edgeport.Support.no(
+                f"{name}: {str(tensor.dtype).removeprefix('torch.')} tensors not supported on QNN HTP "
+                f"(this op takes {allowed})"
+            )
+    if rule.check is not None:
+        reason = rule.check(node)
+        if reason:
+            return edgeport.Support.no(f"{name}: {reason}")
+    return edgeport.Support.yes()
+
+
+def _tensors(node: Node) -> list[torch.Tensor]:
+    """The node's tensor inputs and the outputs something reads, from node.meta["val"].
+
+    Of a multi-output op only the outputs read through getitem count: max_pool's unused
+    int64 indices are no reason to decline it.
+    """
+    values = [arg.meta.get("val") for arg in node.all_input_nodes]
+    out = node.meta.get("val")
+    if isinstance(out, (tuple, list)):
+        read = {user.args[1] for user in node.users if user.target is operator.getitem}
+        values += [value for index, value in enumerate(out) if index in read]
+    else:
+        values.append(out)
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
+def _dtype(node: Node) -> torch.dtype | None:
+    value = node.meta.get("val")
+    return value.dtype if isinstance(value, torch.Tensor) else None
+
+
+def _shape(node: Any) -> list[int]:
+    return list(node.meta["val"].shape)
+
+
+def _op_name(target: Any) -> str:
+    return str(target) if not callable(getattr(target, "name", None)) else target.name().replace("::", ".")

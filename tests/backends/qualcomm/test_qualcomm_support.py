@@ -1,0 +1,105 @@
+"""The qualcomm backend without compiling: options, support table, availability, import cost."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import edgeport
+from edgeport.backends.qualcomm import QualcommBackend, QualcommOptions
+from edgeport.backends.qualcomm.options import SOCS, provider_options, resolve_soc
+
+from qualcomm_helpers import Fn, partition_of
+
+QUALCOMM = QualcommBackend()
+
+
+def verdicts(fn, *inputs):
+    """{node name: Support} for every call_function node of fn's edge program."""
+    program = partition_of(Fn(fn), *inputs)
+    ctx = edgeport.SupportContext(program, QualcommOptions())
+    return {n.name: QUALCOMM.support(n, ctx) for n in program.graph.nodes if n.op == "call_function"}
+
+
+def test_importing_the_plugin_does_not_import_its_toolchain():
+    code = (
+        "import sys, edgeport.backends.qualcomm as q; q.QualcommBackend().availability(); "
+        "print([m for m in ('onnxruntime', 'onnx', 'onnxscript', 'qai_hub') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("name", "soc_model", "htp_arch"), [("SM8550", 43, 73), ("SM8650", 57, 75), ("SM8750", 69, 79)]
+)
+def test_snapdragon_names_map_to_qnn_soc_ids(name, soc_model, htp_arch):
+    options = provider_options(QualcommOptions(soc=name))
+    assert options["soc_model"] == str(soc_model) and options["htp_arch"] == str(htp_arch)
+    assert options["backend_type"] == "htp" and options["enable_htp_fp16_precision"] == "1"
+    assert resolve_soc(name.lower() + "-ab") == SOCS[name]
+
+
+def test_an_unknown_soc_lists_the_known_ones():
+    with pytest.raises(edgeport.BackendError) as info:
+        provider_options(QualcommOptions(soc="SM1234"))
+    assert "SM1234" in str(info.value) and "SM8650 (Snapdragon 8 Gen 3)" in info.value.hint
+
+
+def test_int8_is_accepted_as_a_name_but_refused_until_quantized_export_exists():
+    with pytest.raises(edgeport.BackendError, match="quantized"):
+        provider_options(QualcommOptions(precision="int8"))
+    with pytest.raises(edgeport.BackendError, match="unknown precision"):
+        provider_options(QualcommOptions(precision="fp8"))
+
+
+def test_options_build_from_cli_strings():
+    from edgeport.backend import options_from_dict
+
+    assert options_from_dict(QUALCOMM, {"soc": "SM8750"}) == QualcommOptions(soc="SM8750")
+
+
+def test_availability_labels_the_simulator_on_x86_linux():
+    pytest.importorskip("onnxruntime_qnn")
+    availability = QUALCOMM.availability()
+    assert availability.can_compile and availability.can_run
+    if sys.platform == "linux" and "x86" in __import__("platform").machine():
+        assert availability.runs_on == "simulator" and "simulator" in availability.why
+
+
+def test_a_cnn_block_is_supported_node_by_node():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(), torch.nn.Flatten())
+    program = partition_of(conv, torch.randn(1, 3, 8, 8))
+    ctx = edgeport.SupportContext(program, QualcommOptions())
+    answers = {n.name: QUALCOMM.support(n, ctx) for n in program.graph.nodes if n.op == "call_function"}
+    assert all(answers.values()), {k: v.reason for k, v in answers.items() if not v}
+
+
+@pytest.mark.parametrize(
+    ("fn", "inputs", "node", "reason"),
+    [
+        (torch.erf, (torch.randn(2, 8),), "erf", "no Erf"),
+        (lambda x: x.double() * 2, (torch.randn(2, 8),), "mul", "float64 tensors not supported"),
+        (lambda x: x * 2, (torch.randn(2, 8).bfloat16(),), "mul", "bfloat16 tensors not supported"),
+        (lambda x: x.view(1, 2, 1, 2, 1, 4) + 1, (torch.randn(2, 8),), "add", "rank-6 tensor"),
+        (lambda x: torch.randn(2, 3) + x, (torch.randn(2, 3),), "randn", "random ops"),
+        (lambda x: torch.nonzero(x), (torch.randn(2, 3),), "nonzero", "no QNN HTP lowering known"),
+    ],
+)
+def test_support_declines_with_a_reason_naming_the_op(fn, inputs, node, reason):
+    answer = verdicts(fn, *inputs)[node]
+    assert not answer and reason in answer.reason and "aten." in answer.reason
+
+
+def test_max_pool_is_taken_unless_its_indices_are_read():
+    pooled = verdicts(lambda x: torch.nn.functional.max_pool2d(x, 2), torch.randn(1, 2, 4, 4))
+    assert pooled["max_pool2d_with_indices"]
+    with_indices = verdicts(
+        lambda x: torch.nn.functional.max_pool2d(x, 2, return_indices=True)[1], torch.randn(1, 2, 4, 4)
+    )
+    assert "indices" in with_indices["max_pool2d_with_indices"].reason
+
+
+def test_where_takes_a_bool_condition():
+    assert all(verdicts(lambda x: torch.where(x > 0, x, 0.5 * x), torch.randn(2, 8)).values())
