@@ -52,9 +52,9 @@ class Value:
 class Plan:
     """Decisions taken over the whole graph before any operator is written.
 
-    `alias[n] = m`: node n is written as node m's value (a folded batch norm, a fused
-    activation, a no-op clone). `bn_fold[conv] = bn` folds bn's affine map into the
-    conv's weights; `fused[producer] = "RELU6"` fuses an activation into it.
+    `alias[n] = m`: node n is written as node m's value (the output of a batch norm
+    folded into conv m, or an activation fused into m). `bn_fold[conv] = bn` folds bn's
+    affine map into the conv's weights; `fused[producer] = "RELU6"` fuses an activation.
     """
 
     alias: dict[Node, Node] = dataclasses.field(default_factory=dict)
@@ -72,7 +72,8 @@ class Emitter:
         self.env: dict[Node, Any] = {}
         self._layouts: dict[tuple[int, Perm], Value] = {}
         self._consts: dict[tuple[int, Any], tuple[Any, int]] = {}
-        self.transposes = 0
+        self._reshaped_from: dict[int, int] = {}  # RESHAPE output tensor -> its input
+        self.fused_written: set[Node] = set()  # nodes whose operator took their fused activation
 
     # -- reading arguments -------------------------------------------------------
 
@@ -101,10 +102,10 @@ class Emitter:
         index = self.builder.tensor(layout.apply(perm, shape), tensor_type(dtype), name)
         return Value(index, shape, dtype, perm)
 
-    def out(self, node: Node, perm: Perm | None = None, dtype: torch.dtype | None = None) -> Value:
+    def out(self, node: Node, perm: Perm | None = None) -> Value:
         """The output Value of a single-output node, named after it."""
         val = node.meta["val"]
-        return self.new(val.shape, dtype or val.dtype, node.name, perm)
+        return self.new(val.shape, val.dtype, node.name, perm)
 
     def op(self, name: str, inputs: Sequence[int], outputs: Sequence[Value], options: Options | None = None) -> OpRecord:
         """Append a builtin operator by its BuiltinOperator name, e.g. "CONV_2D"."""
@@ -123,8 +124,10 @@ class Emitter:
         self._consts[key] = (data, index)  # keep `data` alive so its id stays unique
         return index
 
-    def int_const(self, values: Sequence[int], name: str = "shape") -> int:
-        return self.builder.tensor((len(values),), tensor_type(torch.int32), name, np.asarray(values, np.int32))
+    def int_const(self, values: Sequence[Any], name: str = "shape") -> int:
+        """An int32 constant (shapes, axes, paddings), of the nesting of `values`."""
+        arr = np.asarray(values, dtype=np.int32)
+        return self.builder.tensor(arr.shape, tensor_type(torch.int32), name, arr)
 
     def weight(self, data: np.ndarray, name: str) -> int:
         """A float32 weight tensor; stored as float16 plus a DEQUANTIZE when fp16 is on."""
@@ -138,6 +141,7 @@ class Emitter:
 
     def activation(self, node: Node) -> int:
         """The ActivationFunctionType to fuse into `node`'s operator (NONE if none)."""
+        self.fused_written.add(node)
         return self.activation_code(self.plan.fused.get(node, "NONE"))
 
     @staticmethod
@@ -155,11 +159,10 @@ class Emitter:
         if key not in self._layouts:
             out = self.new(v.shape, v.dtype, self._name(v) + "/layout", perm)
             if layout.only_unit_dims_move(v.shape, v.perm, perm):
-                self.op("RESHAPE", [v.tensor, self.int_const(out.physical_shape)], [out])
+                self._reshape(v.tensor, out)
             else:
                 order = self.int_const(layout.transpose_between(v.perm, perm), "perm")
                 self.op("TRANSPOSE", [v.tensor, order], [out])
-                self.transposes += 1
             self._layouts[key] = out
         return self._layouts[key]
 
@@ -171,7 +174,7 @@ class Emitter:
         shape = tuple(int(d) for d in shape)
         if shape == v.shape:
             return v
-        perm = _perm_after_unit_reshape(v, shape)
+        perm = _perm_after_reshape(v, shape)
         if perm is None:
             v = self.to_identity(v)
             perm = layout.identity(len(shape))
@@ -179,8 +182,15 @@ class Emitter:
         if physical == v.physical_shape:
             return Value(v.tensor, shape, v.dtype, perm)
         out = self.new(shape, v.dtype, name or self._name(v) + "/reshape", perm)
-        self.op("RESHAPE", [v.tensor, self.int_const(physical)], [out])
+        self._reshape(v.tensor, out)
         return out
+
+    def _reshape(self, source: int, out: Value) -> None:
+        """RESHAPE `source` into `out`, from the first tensor of a chain of reshapes (an
+        intermediate nobody else reads is then dropped by the builder)."""
+        source = self._reshaped_from.get(source, source)
+        self.op("RESHAPE", [source, self.int_const(out.physical_shape)], [out])
+        self._reshaped_from[out.tensor] = source
 
     def cast(self, v: Value, dtype: torch.dtype | None) -> Value:
         """`v` converted to `dtype` (a CAST only when the stored type changes)."""
@@ -222,6 +232,24 @@ class Emitter:
                 tensors.append(self._operand_const(a, rank, dtype, target))
         return tensors, target
 
+    def elementwise(
+        self,
+        op: str,
+        args: Sequence[Any],
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        name: str,
+        in_dtypes: torch.dtype | Sequence[torch.dtype] | None = None,
+        options: Options | None = None,
+    ) -> Value:
+        """One broadcasting operator over `args` (Values, constants, scalars): its output
+        Value of logical `shape` and `dtype`, in the layout `broadcast_inputs` picks.
+        Inputs are converted to `in_dtypes` (default: `dtype`)."""
+        tensors, perm = self.broadcast_inputs(args, len(shape), dtype if in_dtypes is None else in_dtypes)
+        out = self.new(shape, dtype, name, perm)
+        self.op(op, tensors, [out], options)
+        return out
+
     def _operand_const(self, a: Any, rank: int, dtype: torch.dtype, target: Perm) -> int:
         key = (id(a), (dtype, target))
         if key in self._consts:
@@ -237,18 +265,51 @@ class Emitter:
         return self.builder.tensors[v.tensor].name
 
 
-def _perm_after_unit_reshape(v: Value, shape: tuple[int, ...]) -> Perm | None:
-    """The layout for reshaping `v` to `shape` in place, if the reshape only adds or drops
-    size-1 dims (so the stored order of the other dims is unchanged); else None."""
-    if v.is_identity:
-        return layout.identity(len(shape))
+def _perm_after_reshape(v: Value, shape: tuple[int, ...]) -> Perm | None:
+    """A layout in which reshaping `v` to `shape` moves no data, or None.
+
+    Reshape merges or splits runs of logical dims. When every merged run is stored
+    contiguous and in order, the stored tensor is already the reshaped one in some
+    layout: each run becomes its target dims, in the runs' stored order.
+    """
     old = [d for d in range(len(v.shape)) if v.shape[d] != 1]
     new = [d for d in range(len(shape)) if shape[d] != 1]
-    if [v.shape[d] for d in old] != [shape[d] for d in new]:
+    groups = _reshape_groups([v.shape[d] for d in old], [shape[d] for d in new])
+    if groups is None:
         return None
-    to_new = dict(zip(old, new))
-    kept = [to_new[p] for p in v.perm if p in to_new]
-    return tuple(kept) + tuple(d for d in range(len(shape)) if shape[d] == 1)
+    stored = [p for p in v.perm if v.shape[p] != 1]  # non-unit logical dims, in stored order
+    position = {d: i for i, d in enumerate(stored)}
+    runs = []
+    for src, dst in groups:
+        dims = [old[i] for i in src]
+        places = [position[d] for d in dims]
+        if places != list(range(places[0], places[0] + len(places))):
+            return None  # the run is not stored contiguous and in order
+        runs.append((places[0], [new[j] for j in dst]))
+    order = [d for _, dims in sorted(runs) for d in dims]
+    return layout.with_unit_dims(order, shape)
+
+
+def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of `src` sizes with runs of `dst` sizes of equal product (indices), or None."""
+    groups, i, j = [], 0, 0
+    while i < len(src) and j < len(dst):
+        a, b = [i], [j]
+        ps, pd = src[i], dst[j]
+        i, j = i + 1, j + 1
+        while ps != pd:
+            if ps < pd and i < len(src):
+                ps *= src[i]
+                a.append(i)
+                i += 1
+            elif pd < ps and j < len(dst):
+                pd *= dst[j]
+                b.append(j)
+                j += 1
+            else:
+                return None
+        groups.append((a, b))
+    return groups if i == len(src) and j == len(dst) else None
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -18,6 +18,9 @@ from .schema import tfl
 
 ABSENT = -1  # tensor index of an optional input that is left out
 _WEIGHT_ALIGN = 16  # align constant data so runtimes may read it in place
+# Operator versions the runtime registers that do not start at 1 (BROADCAST_TO's
+# version 1 was withdrawn); every other op is written as version 1.
+_MIN_VERSIONS = {"BROADCAST_TO": 2}
 
 
 @dataclass
@@ -84,22 +87,22 @@ class ModelBuilder:
     ) -> bytes:
         """Serialise the model: one subgraph, its opcodes, buffers and metadata."""
         t = tfl()
-        buffers = list(self.buffers)
+        ops, tensors, buffers = self.ops, self.tensors, list(self.buffers)
         meta_entries = []
         for name, payload in (metadata or {}).items():
             buffers.append(np.frombuffer(payload, dtype=np.uint8))
             meta_entries.append((name, len(buffers) - 1))
 
         data_bytes = sum(b.nbytes + _WEIGHT_ALIGN for b in buffers if b is not None)
-        b = flatbuffers.Builder(data_bytes + 64 * (len(self.tensors) + len(self.ops)) + 4096)
+        b = flatbuffers.Builder(data_bytes + 64 * (len(tensors) + len(ops)) + 4096)
 
         buffer_offsets = [self._buffer(b, t, data) for data in buffers]
-        tensor_offsets = [self._tensor(b, t, rec) for rec in self.tensors]
+        tensor_offsets = [self._tensor(b, t, rec) for rec in tensors]
 
         codes: dict[int, int] = {}
-        for rec in self.ops:
+        for rec in ops:
             codes.setdefault(rec.code, len(codes))
-        op_offsets = [self._operator(b, t, rec, codes[rec.code]) for rec in self.ops]
+        op_offsets = [self._operator(b, t, rec, codes[rec.code]) for rec in ops]
 
         name = b.CreateString("main")
         tensors_vec = _offsets(b, tensor_offsets)
@@ -114,12 +117,13 @@ class ModelBuilder:
         t.SubGraphAddName(b, name)
         subgraph = t.SubGraphEnd(b)
 
+        versions = {getattr(t.BuiltinOperator, name): v for name, v in _MIN_VERSIONS.items()}
         code_offsets = []
         for code in codes:
             t.OperatorCodeStart(b)
             t.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, t.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES))
             t.OperatorCodeAddBuiltinCode(b, code)
-            t.OperatorCodeAddVersion(b, 1)
+            t.OperatorCodeAddVersion(b, versions.get(code, 1))
             code_offsets.append(t.OperatorCodeEnd(b))
 
         meta_offsets = []
@@ -144,7 +148,37 @@ class ModelBuilder:
         if meta_vec is not None:
             t.ModelAddMetadata(b, meta_vec)
         b.Finish(t.ModelEnd(b), file_identifier=b"TFL3")
-        return bytes(b.Output())
+        return bytes(memoryview(b.Bytes)[b.Head() :])
+
+    def prune(self, inputs: Sequence[int], outputs: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Drop operators no output depends on, and tensors and buffers nothing refers to.
+
+        Tensor indices are renumbered: returns the new (inputs, outputs)."""
+        needed = set(outputs)
+        ops = []
+        for rec in reversed(self.ops):
+            if any(o in needed for o in rec.outputs):
+                ops.append(rec)
+                needed.update(i for i in rec.inputs if i != ABSENT)
+        ops.reverse()
+        used = sorted(set(inputs) | set(outputs) | {i for rec in ops for i in (*rec.inputs, *rec.outputs)} - {ABSENT})
+        tensor_index = {old: new for new, old in enumerate(used)}
+        tensor_index[ABSENT] = ABSENT
+        buffer_index = {0: 0}
+        buffers: list[np.ndarray | None] = [None]
+        tensors = []
+        for old in used:
+            rec = self.tensors[old]
+            if rec.buffer and rec.buffer not in buffer_index:
+                buffer_index[rec.buffer] = len(buffers)
+                buffers.append(self.buffers[rec.buffer])
+            tensors.append(TensorRecord(rec.shape, rec.type, rec.name, buffer_index[rec.buffer]))
+        self.ops = [
+            OpRecord(r.code, [tensor_index[i] for i in r.inputs], [tensor_index[o] for o in r.outputs], r.options)
+            for r in ops
+        ]
+        self.tensors, self.buffers = tensors, buffers
+        return [tensor_index[i] for i in inputs], [tensor_index[o] for o in outputs]
 
     @staticmethod
     def _buffer(b: Any, t: Any, data: np.ndarray | None) -> int:

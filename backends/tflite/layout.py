@@ -57,9 +57,14 @@ def drop_dims(perm: Sequence[int], dropped: Sequence[int]) -> Perm:
     return tuple(rank[p] for p in kept)
 
 
-def insert_dim(perm: Sequence[int], dim: int) -> Perm:
-    """The perm after inserting a new size-1 logical dim at `dim`, placed last physically."""
-    return tuple(p + (p >= dim) for p in perm) + (dim,)
+def with_unit_dims(order: Sequence[int], shape: Sequence[int]) -> Perm:
+    """A full perm from the stored order of the non-unit dims of `shape`: each size-1 dim
+    is stored right after the dim before it (so an in-order `order` gives identity, and
+    a dim later expanded from size 1 sits next to its logical neighbour)."""
+    perm = list(order)
+    for u in (d for d in range(len(shape)) if shape[d] == 1):
+        perm.insert(perm.index(u - 1) + 1 if u else 0, u)
+    return tuple(perm)
 
 
 def normalize_dim(dim: int, rank: int) -> int:

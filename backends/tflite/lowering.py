@@ -45,6 +45,10 @@ class Lowering:
 
 LOWERINGS: dict[Any, Lowering] = {}
 
+# Ops that only assert what export already proved about static shapes and dtypes: they
+# compute nothing, so the writer takes them and writes nothing (they are never live).
+CHECKS_ONLY = frozenset({aten._assert_tensor_metadata.default, aten._assert_scalar.default})
+
 # Ops computed from shapes alone: folded to a constant even when their tensor
 # argument is a runtime value (e.g. the zeros attention writes with full_like).
 SHAPE_ONLY = frozenset({aten.full_like.default, aten.zeros_like.default, aten.ones_like.default})
@@ -105,7 +109,7 @@ def foldable(node: Node, is_const: IsConst) -> bool:
 
 def check_node(node: Node, is_const: IsConst) -> str | None:
     """None when the writer can write `node`, else the reason it cannot."""
-    if node.op != "call_function":
+    if node.op != "call_function" or node.target in CHECKS_ONLY:
         return None
     symbolic = _symbolic(node)
     if symbolic:
@@ -116,7 +120,9 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
     if node.target is operator.getitem:
         source, index = node.args
         entry = entries.get(getattr(source, "target", None))
-        if entry is not None and entry.outputs is not None and index not in entry.outputs:
+        if entry is None:
+            return f"an output of {_op_name(getattr(source, 'target', source))}, which has no TFLite lowering"
+        if entry.outputs is not None and index not in entry.outputs:
             return f"output {index} of {_op_name(source.target)} is not produced by the TFLite writer"
         return None
     entry = entries.get(node.target)

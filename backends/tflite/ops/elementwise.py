@@ -39,12 +39,9 @@ def emit_elementwise(
     dtypes: torch.dtype | list[torch.dtype],
     options: Options | None = None,
 ) -> Value:
-    """Write one broadcasting TFLite op over already-resolved `args` for `node`."""
-    rank = meta(node).dim()
-    tensors, perm = em.broadcast_inputs(args, rank, dtypes)
-    out = em.out(node, perm)
-    em.op(name, tensors, [out], options)
-    return out
+    """Write one broadcasting TFLite op over already-resolved `args` as `node`'s value."""
+    val = meta(node)
+    return em.elementwise(name, args, val.shape, val.dtype, node.name, dtypes, options)
 
 
 def _fused(table: str, em: Emitter, node: Node) -> Options:
@@ -119,7 +116,12 @@ def compare(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, _COMPARE[node.target], args, dtype)
 
 
-_LOGIC = {aten.logical_and.default: "LOGICAL_AND", aten.logical_or.default: "LOGICAL_OR"}
+_LOGIC = {
+    aten.logical_and.default: "LOGICAL_AND",
+    aten.logical_or.default: "LOGICAL_OR",
+    aten.bitwise_and.Tensor: "LOGICAL_AND",  # on bool tensors (the dtype check), `&`
+    aten.bitwise_or.Tensor: "LOGICAL_OR",
+}
 
 
 @lowering(*_LOGIC, dtypes=frozenset({torch.bool}))
@@ -128,7 +130,7 @@ def logic(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, _LOGIC[node.target], args, torch.bool)
 
 
-@lowering(aten.logical_not.default, dtypes=frozenset({torch.bool}))
+@lowering(aten.logical_not.default, aten.bitwise_not.default, dtypes=frozenset({torch.bool}))
 def logical_not(em: Emitter, node: Node) -> Value:
     return unary(em, node, "LOGICAL_NOT")
 
@@ -215,11 +217,8 @@ def elu(em: Emitter, node: Node) -> Value:
 def hardsigmoid(em: Emitter, node: Node) -> Value:
     """relu6(x + 3) / 6, as an ADD with a fused RELU6 and a MUL."""
     x = em.value(node.args[0])
-    rank = len(x.shape)
-    tensors, perm = em.broadcast_inputs([x, 3.0], rank, torch.float32)
-    shifted = em.new(x.shape, torch.float32, node.name + "/plus3", perm)
     relu6 = Options("AddOptions", {"FusedActivationFunction": em.activation_code("RELU6")})
-    em.op("ADD", tensors, [shifted], relu6)
+    shifted = em.elementwise("ADD", [x, 3.0], x.shape, torch.float32, node.name + "/plus3", options=relu6)
     return emit_elementwise(em, node, "MUL", [shifted, 1.0 / 6.0], torch.float32, _fused("MulOptions", em, node))
 
 
@@ -258,9 +257,7 @@ def clamp(em: Emitter, node: Node) -> Value:
     lo, hi = _bounds(node)
     v = em.value(node.args[0])
     if lo is not None and hi is not None:
-        lower = em.new(v.shape, v.dtype, node.name + "/max", v.perm)
-        tensors, _ = em.broadcast_inputs([v, lo], len(v.shape), v.dtype)
-        em.op("MAXIMUM", tensors, [lower])
+        lower = em.elementwise("MAXIMUM", [v, lo], v.shape, v.dtype, node.name + "/max")
         return emit_elementwise(em, node, "MINIMUM", [lower, hi], v.dtype)
     if lo is not None:
         return emit_elementwise(em, node, "MAXIMUM", [v, lo], v.dtype)

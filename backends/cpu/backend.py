@@ -1,0 +1,82 @@
+"""The cpu backend: our TFLite writer ahead of time, LiteRT with XNNPACK at run time.
+
+Every op the writer can write is supported (`support` is the writer's own answer),
+so a whole network usually lowers to one partition and one LiteRT interpreter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+import edgeport
+from edgeport.backends import tflite
+
+PRECISIONS = ("fp32", "fp16")
+
+aten = torch.ops.aten
+
+# Ops that only relabel or copy data: a partition of nothing else would add a
+# boundary copy and an interpreter call for no work, so it stays portable.
+NEVER_ALONE = frozenset({
+    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default,
+    aten.transpose.int, aten.t.default, aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default,
+    aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default, aten.expand.default,
+})
+
+
+@dataclass(frozen=True)
+class CpuOptions:
+    threads: int = 0  # 0 = every core this process may use
+    # "fp16": weights stored as float16 (half the artifact) and XNNPACK told it may
+    # compute in fp16. CPUs with fp16 arithmetic (Arm v8.2+) then do; others (like this
+    # x86) dequantize the weights at load and compute in fp32. Tolerance: 1e-2 relative.
+    precision: str = "fp32"
+
+
+class CpuBackend(edgeport.Backend):
+    """XNNPACK-speed CPU execution of any partition the TFLite writer can express."""
+
+    name = "cpu"
+    options = CpuOptions
+    rules = edgeport.PartitionRules(never_alone=NEVER_ALONE)
+
+    @property
+    def version(self) -> str:
+        return tflite.runtime_version()
+
+    def availability(self) -> edgeport.Availability:
+        writer = tflite.writer_deps_missing()
+        runner = tflite.interpreter_missing()
+        why = "; ".join(f"{what}: {reason}" for what, reason in (("compile", writer), ("run", runner)) if reason)
+        return edgeport.Availability(can_compile=not writer, can_run=not runner, why=why)
+
+    def keep_ops(self) -> set[Any]:
+        return set(tflite.KEEP_OPS)
+
+    def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
+        return tflite.writer_support(node, ctx)
+
+    def compile(self, program: ExportedProgram, options: CpuOptions) -> edgeport.Artifact:
+        if options.precision not in PRECISIONS:
+            raise edgeport.BackendError(
+                f"cpu precision {options.precision!r} is not one of {', '.join(PRECISIONS)}",
+                hint="pass precision=fp32 (default) or precision=fp16",
+            )
+        model = tflite.write_tflite(program, fp16=options.precision == "fp16")
+        metadata = {
+            "inputs": model.inputs,
+            "outputs": model.outputs,
+            "transposed_inputs": model.transposed_inputs,
+            "transposed_outputs": model.transposed_outputs,
+            "ops": model.ops,
+        }
+        return edgeport.Artifact(data=model.data, suffix=".tflite", metadata=metadata)
+
+    def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable:
+        options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()
+        return tflite.TfliteExecutable(artifact.data, options.threads)

@@ -1,0 +1,122 @@
+"""The mediatek backend: NeuroPilot-ready TFLite per partition, AOT-compiled when it can be.
+
+- support: our TFLite writer must write the node and LiteRT's MediaTek compiler plugin
+  must legalize what is written (support.py);
+- compile: the writer's model, checked op by op against the plugin's rules (written.py),
+  AOT-compiled for the SoC when the NeuroPilot SDK is installed (aot.py);
+- load: LiteRT's CompiledModel on the APU on a MediaTek device (runtime.py), else the
+  same TFLite on LiteRT's CPU, labelled "reference (CPU)" and never as APU execution.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from typing import Any
+
+import torch
+
+import edgeport
+from edgeport.backends import tflite
+
+from . import aot, bundle, toolchain, written
+from .options import MediatekOptions, check_soc, np_version
+from .runtime import CompiledModelExecutable
+from .support import mediatek_support
+
+log = logging.getLogger(__name__)
+
+aten = torch.ops.aten
+
+# A partition of nothing but these is a boundary copy for no work.
+_DATA_MOVES = frozenset({
+    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default, aten.t.default,
+    aten.transpose.int, aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default,
+    aten.clone.default, aten.alias.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
+})  # fmt: skip
+
+APU_PRECISION = (
+    "fp16 (LiteRT's MediaTek plugin relaxes fp32 to fp16: litert/vendors/mediatek/compiler/compile_model.cc); "
+    "the CPU reference computes in fp32"
+)
+
+
+class MediatekBackend(edgeport.Backend):
+    """MediaTek APUs through NeuroPilot, reached with LiteRT's MediaTek plugin."""
+
+    name = "mediatek"
+    options = MediatekOptions
+    rules = edgeport.PartitionRules(min_nodes=1, never_alone=_DATA_MOVES)
+
+    @property
+    def version(self) -> str:
+        """LiteRT's version (it ships the MediaTek compiler plugin), and the SDK's if installed."""
+        try:
+            sdk = metadata.version("ai-edge-litert-sdk-mediatek")
+        except metadata.PackageNotFoundError:
+            return tflite.runtime_version()
+        return f"{tflite.runtime_version()}; ai-edge-litert-sdk-mediatek {sdk}"
+
+    def availability(self) -> edgeport.Availability:
+        writer = tflite.writer_deps_missing()
+        apu = toolchain.apu_missing()
+        runner = tflite.interpreter_missing() if apu else ""  # the CPU reference needs an interpreter
+        why = [f"compile: {writer}" if writer else "", f"run: {runner}" if runner else "", apu]
+        runs_on = "reference (CPU)" if apu else "device"
+        return edgeport.Availability(not writer, not runner, "; ".join(w for w in why if w), runs_on)
+
+    def keep_ops(self) -> set[Any]:
+        return set(tflite.KEEP_OPS)
+
+    def support(self, node, ctx) -> edgeport.Support:  # noqa: ANN001 - contract types
+        return mediatek_support(node, ctx)
+
+    def compile(self, program, options: MediatekOptions) -> edgeport.Artifact:  # noqa: ANN001
+        soc = check_soc(options.soc)
+        model = tflite.write_tflite(program, fp16=options.fp16)
+        _decline_what_neuropilot_refuses(model.data, program)
+        facts = {
+            "soc": soc,
+            "inputs": model.inputs,
+            "outputs": model.outputs,
+            "ops": model.ops,
+            "fp16_weights": options.fp16,
+            "apu_precision": APU_PRECISION,
+        }
+        version = np_version(soc)
+        why = toolchain.sdk_libs_missing(version)
+        if not why:
+            try:
+                compiled = aot.compile_for_apu(model.data, soc)
+            except edgeport.BackendError as e:
+                why = f"{e} (the device compiles the TFLite model on first load)"
+                log.warning("mediatek: %s", why)
+            else:
+                apu_ops = f"{compiled.ops_on_apu}/{compiled.ops_total}"
+                facts |= {"aot": True, "neuropilot": version, "apu_ops": apu_ops, "apu_partitions": compiled.partitions}
+                return edgeport.Artifact(bundle.pack(model.data, compiled.data), ".zip", facts)
+        facts |= {"aot": False, "why": why}
+        return edgeport.Artifact(model.data, ".tflite", facts)
+
+    def load(self, artifact: edgeport.Artifact) -> Any:
+        options = artifact.options if isinstance(artifact.options, MediatekOptions) else MediatekOptions()
+        plain, compiled = bundle.unpack(artifact.data, bool(artifact.metadata.get("aot")))
+        if toolchain.apu_missing():
+            return tflite.TfliteExecutable(plain, options.threads)
+        return CompiledModelExecutable(compiled or plain, options.threads, npu=True)
+
+
+def _decline_what_neuropilot_refuses(data: bytes, program: Any) -> None:
+    """Raise DeclineNodes for every node that wrote an op the plugin would refuse; a
+    refused op that no compute node of the partition owns is a BackendError."""
+    computed = {n.name for n in program.graph_module.graph.nodes if n.op == "call_function"}
+    reasons: dict[str, str] = {}
+    for op, reason in written.refusals(data):
+        if op.node not in computed:
+            raise edgeport.BackendError(
+                f"{reason}; no node of the partition owns it",
+                hint="the TFLite writer wrote it for layout or boundary handling: report it against the writer",
+            )
+        reasons.setdefault(op.node, reason)
+    if reasons:
+        raise edgeport.DeclineNodes(reasons)

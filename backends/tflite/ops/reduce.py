@@ -1,0 +1,150 @@
+"""Reductions and normalisations: mean/sum/amax/amin/any, softmax, log_softmax, layer_norm.
+
+Reduced dims are remapped to the value's layout, so a spatial mean of an NHWC value
+is a MEAN over axes (1, 2) with no transpose.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+from .. import layout
+from ..emitter import Emitter, Value
+from ..flatbuffer import Options
+from ..lowering import FLOAT, NUMERIC, IsConst, aten, lowering, meta, shape
+
+_REDUCERS = {
+    aten.mean.dim: "MEAN",
+    aten.mean.default: "MEAN",
+    aten.sum.dim_IntList: "SUM",
+    aten.sum.default: "SUM",
+    aten.amax.default: "REDUCE_MAX",
+    aten.amin.default: "REDUCE_MIN",
+    aten.any.dim: "REDUCE_ANY",
+    aten.any.dims: "REDUCE_ANY",
+    aten.any.default: "REDUCE_ANY",
+}
+
+
+def _reduce_dims(node: Node) -> tuple[list[int], bool]:
+    """(logical dims reduced, keepdim) of a reduction node."""
+    rank = len(shape(node.args[0]))
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.target in (aten.mean.default, aten.sum.default, aten.any.default) or dims is None or dims == []:
+        dims = list(range(rank))
+    if isinstance(dims, int):
+        dims = [dims]
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return sorted({layout.normalize_dim(d, rank) for d in dims}), bool(keepdim)
+
+
+def _check_reduce(node: Node, is_const: IsConst) -> str | None:
+    if node.kwargs.get("dtype") not in (None, meta(node).dtype):
+        return "accumulation dtype argument"
+    if node.target in (aten.mean.dim, aten.mean.default) and meta(node).dtype != torch.float32:
+        return "integer mean"
+    return None
+
+
+@lowering(*_REDUCERS, dtypes=NUMERIC | {torch.bool}, check=_check_reduce)
+def reduce(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    dims, keepdim = _reduce_dims(node)
+    return reduce_value(em, node.name, _REDUCERS[node.target], v, dims, keepdim)
+
+
+def reduce_value(em: Emitter, out_name: str, name: str, v: Value, dims: list[int], keepdim: bool) -> Value:
+    """Reduce logical `dims` of `v` with the TFLite reducer `name`, in v's layout."""
+    inv = layout.inverse(v.perm)
+    axes = sorted(inv[d] for d in dims)
+    perm = v.perm if keepdim else layout.drop_dims(v.perm, dims)
+    out_shape = tuple(1 if d in dims else s for d, s in enumerate(v.shape)) if keepdim else tuple(
+        s for d, s in enumerate(v.shape) if d not in dims
+    )
+    out = em.new(out_shape, v.dtype, out_name, perm)
+    em.op(name, [v.tensor, em.int_const(axes, "axes")], [out], Options("ReducerOptions", {"KeepDims": keepdim}))
+    return out
+
+
+# -- softmax ------------------------------------------------------------------------------
+
+
+def _check_softmax(node: Node, is_const: IsConst) -> str | None:
+    if len(node.args) > 2 and node.args[2]:
+        return "half_to_float"
+    return None
+
+
+@lowering(aten._softmax.default, aten._log_softmax.default, dtypes=FLOAT, check=_check_softmax)
+def softmax(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    dim = layout.normalize_dim(node.args[1], len(v.shape))
+    log = node.target == aten._log_softmax.default
+    return softmax_value(em, node.name, v, dim, log)
+
+
+def softmax_value(em: Emitter, out_name: str, v: Value, dim: int, log: bool = False) -> Value:
+    """(log-)softmax over logical `dim`: TFLite normalises the last stored axis, so `dim`
+    is moved last when it is not already."""
+    if v.perm[-1] != dim:
+        v = em.to_perm(v, tuple(p for p in v.perm if p != dim) + (dim,))
+    out = em.new(v.shape, v.dtype, out_name, v.perm)
+    if log:
+        em.op("LOG_SOFTMAX", [v.tensor], [out], Options("LogSoftmaxOptions", {}))
+    else:
+        em.op("SOFTMAX", [v.tensor], [out], Options("SoftmaxOptions", {"Beta": 1.0}))
+    return out
+
+
+# -- layer norm ---------------------------------------------------------------------------
+
+
+@lowering(aten.native_layer_norm.default, dtypes=FLOAT, outputs=(0,))
+def layer_norm(em: Emitter, node: Node) -> tuple[Value]:
+    """(x - mean) * rsqrt(var + eps) * weight + bias over the trailing normalized dims."""
+    x = em.value(node.args[0])
+    normalized, weight, bias, eps = node.args[1], node.args[2], node.args[3], float(node.args[4])
+    rank = len(x.shape)
+    dims = list(range(rank - len(normalized), rank))
+    f32 = torch.float32
+    mean = reduce_value(em, node.name + "/mean", "MEAN", x, dims, keepdim=True)
+    centered = _binary(em, node, "SUB", [x, mean], "centered")
+    squared = em.new(x.shape, f32, node.name + "/squared", centered.perm)
+    em.op("SQUARE", [centered.tensor], [squared])
+    var = reduce_value(em, node.name + "/var", "MEAN", squared, dims, keepdim=True)
+    shifted = _binary(em, node, "ADD", [var, eps], "var_eps")
+    inv_std = em.new(shifted.shape, f32, node.name + "/rstd", shifted.perm)
+    em.op("RSQRT", [shifted.tensor], [inv_std])
+    y = _binary(em, node, "MUL", [centered, inv_std], "normalized" if weight is not None or bias is not None else None)
+    if weight is not None:
+        y = _binary(em, node, "MUL", [y, em.arg(weight)], "scaled" if bias is not None else None)
+    if bias is not None:
+        y = _binary(em, node, "ADD", [y, em.arg(bias)], None)
+    return (y,)
+
+
+def _binary(em: Emitter, node: Node, name: str, args: list, suffix: str | None) -> Value:
+    """A float32 broadcasting op inside a decomposition; `suffix` None names it after node."""
+    out_name = node.name if suffix is None else f"{node.name}/{suffix}"
+    return em.elementwise(name, args, args[0].shape, torch.float32, out_name)
+
+
+
+# -- cumulative sum -----------------------------------------------------------------------
+
+
+def _check_cumsum(node: Node, is_const: IsConst) -> str | None:
+    if node.kwargs.get("dtype") not in (None, meta(node).dtype):
+        return "accumulation dtype argument"
+    return None
+
+
+@lowering(aten.cumsum.default, dtypes=NUMERIC, check=_check_cumsum)
+def cumsum(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0], meta(node).dtype)
+    dim = layout.normalize_dim(node.args[1], len(v.shape))
+    out = em.out(node, v.perm)
+    axis = em.int_const(layout.inverse(v.perm)[dim], "axis")  # a scalar int32 tensor
+    em.op("CUMSUM", [v.tensor, axis], [out], Options("CumsumOptions", {}))
+    return out

@@ -1,0 +1,237 @@
+"""Shape and data-movement ops: views, permutes, concat, split, slice, pad, gather.
+
+`permute` writes nothing: it only changes the layout the value is known to be in.
+Views keep a permuted layout when they only add or drop size-1 dims.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.fx import Node
+
+from .. import layout
+from ..emitter import Emitter, Value
+from ..flatbuffer import Options
+from ..lowering import ANY, FLOAT, IsConst, aten, lowering, meta, shape
+
+
+_RESHAPES = (
+    aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+    aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default,
+)
+
+
+@lowering(*_RESHAPES, dtypes=ANY)
+def view(em: Emitter, node: Node) -> Value:
+    """Any reshape to the node's shape (in place when its layout allows, see Emitter.reshape)."""
+    return em.reshape(em.value(node.args[0]), meta(node).shape, node.name)
+
+
+@lowering(aten.permute.default, dtypes=ANY)
+def permute(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    dims = [layout.normalize_dim(d, len(v.shape)) for d in node.args[1]]
+    return Value(v.tensor, tuple(meta(node).shape), v.dtype, layout.after_permute(v.perm, dims))
+
+
+@lowering(aten.t.default, aten.transpose.int, dtypes=ANY)
+def transpose(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    rank = len(v.shape)
+    a, b = (0, 1) if node.target == aten.t.default else (node.args[1], node.args[2])
+    dims = list(range(rank))
+    if rank >= 2:
+        a, b = layout.normalize_dim(a, rank), layout.normalize_dim(b, rank)
+        dims[a], dims[b] = dims[b], dims[a]
+    return Value(v.tensor, tuple(meta(node).shape), v.dtype, layout.after_permute(v.perm, dims))
+
+
+# Up to this many copies, an expand is written as CONCATENATIONs, which XNNPACK runs;
+# BROADCAST_TO would split the delegated graph in two.
+_MAX_CONCAT_COPIES = 16
+
+
+@lowering(aten.expand.default, dtypes=ANY)
+def expand(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    target = tuple(meta(node).shape)
+    if target == v.shape:
+        return v
+    v = em.reshape(v, (1,) * (len(target) - len(v.shape)) + v.shape)
+    grown = [d for d in range(len(target)) if v.shape[d] != target[d]]
+    if math.prod(target[d] for d in grown) <= _MAX_CONCAT_COPIES:
+        for i, d in enumerate(grown):
+            shape = tuple(target[k] if k in grown[: i + 1] else v.shape[k] for k in range(len(target)))
+            out = em.new(shape, v.dtype, node.name if i == len(grown) - 1 else f"{node.name}/{i}", v.perm)
+            axis = layout.inverse(v.perm)[d]
+            em.op("CONCATENATION", [v.tensor] * target[d], [out], Options("ConcatenationOptions", {"Axis": axis}))
+            v = out
+        return v
+    out = em.out(node, v.perm)
+    em.op("BROADCAST_TO", [v.tensor, em.int_const(out.physical_shape)], [out])
+    return out
+
+
+def _check_cat(node: Node, is_const: IsConst) -> str | None:
+    ranks = {len(shape(p)) for p in node.args[0] if isinstance(p, Node) and shape(p) != (0,)}
+    if len(ranks) > 1:
+        return "inputs of different ranks"
+    return None
+
+
+@lowering(aten.repeat.default, dtypes=ANY)
+def repeat(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    repeats = list(node.args[1])
+    v = em.reshape(v, (1,) * (len(repeats) - len(v.shape)) + v.shape)
+    out = em.out(node, v.perm)
+    em.op("TILE", [v.tensor, em.int_const(layout.apply(v.perm, repeats), "multiples")], [out])
+    return out
+
+
+@lowering(aten.cat.default, dtypes=ANY, check=_check_cat)
+def cat(em: Emitter, node: Node) -> Value:
+    out_shape = meta(node).shape
+    rank = len(out_shape)
+    parts = [p for p in em.arg(node.args[0]) if not (isinstance(p, torch.Tensor) and p.numel() == 0)]
+    dim = layout.normalize_dim(node.args[1] if len(node.args) > 1 else 0, rank)
+    tensors, perm = em.broadcast_inputs(parts, rank, meta(node).dtype)
+    out = em.out(node, perm)
+    if len(tensors) == 1:
+        return em.reshape(Value(tensors[0], tuple(out_shape), out.dtype, perm), out_shape)
+    axis = layout.inverse(perm)[dim]
+    options = Options("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": em.activation(node)})
+    em.op("CONCATENATION", tensors, [out], options)
+    return out
+
+
+@lowering(aten.split_with_sizes.default, aten.split.Tensor, dtypes=ANY)
+def split(em: Emitter, node: Node) -> list[Value]:
+    v = em.value(node.args[0])
+    rank = len(v.shape)
+    dim = layout.normalize_dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), rank)
+    parts = [tuple(p.shape) for p in meta(node)]
+    sizes = [p[dim] for p in parts]
+    axis = layout.inverse(v.perm)[dim]
+    outs = [em.new(p, v.dtype, f"{node.name}/{i}", v.perm) for i, p in enumerate(parts)]
+    if len(outs) == 1:
+        return [v]
+    if len(set(sizes)) == 1:
+        options = Options("SplitOptions", {"NumSplits": len(outs)})
+        em.op("SPLIT", [em.int_const([axis], "axis"), v.tensor], outs, options)
+    else:
+        options = Options("SplitVOptions", {"NumSplits": len(outs)})
+        em.op("SPLIT_V", [v.tensor, em.int_const(sizes, "sizes"), em.int_const([axis], "axis")], outs, options)
+    return outs
+
+
+def _slice_bounds(node: Node) -> tuple[int, int, int, int]:
+    """(dim, start, end, step) of a slice.Tensor, normalised to the input's size."""
+    in_shape = shape(node.args[0])
+    args = list(node.args) + [None] * (5 - len(node.args))
+    dim = layout.normalize_dim(args[1] if args[1] is not None else node.kwargs.get("dim", 0), len(in_shape))
+    size = in_shape[dim]
+    start = args[2] if args[2] is not None else node.kwargs.get("start")
+    end = args[3] if args[3] is not None else node.kwargs.get("end")
+    step = args[4] if args[4] is not None else node.kwargs.get("step", 1)
+    start, end, _ = slice(start, end, step).indices(size)
+    return dim, start, max(end, start), step
+
+
+@lowering(aten.slice.Tensor, dtypes=ANY)
+def slice_(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    dim, start, end, step = _slice_bounds(node)
+    if start == 0 and end == v.shape[dim] and step == 1:
+        return v
+    return _strided_slice(em, node, v, {dim: (start, end, step)}, tuple(meta(node).shape))
+
+
+def _strided_slice(em: Emitter, node: Node, v: Value, cuts: dict[int, tuple[int, int, int]], out_shape: tuple) -> Value:
+    """Slice logical dims `cuts` ({dim: (start, end, step)}) of `v`, in its own layout."""
+    begin, end, strides = [], [], []
+    for d in v.perm:
+        s, e, st = cuts.get(d, (0, v.shape[d], 1))
+        begin.append(s)
+        end.append(e)
+        strides.append(st)
+    out = em.new(out_shape, v.dtype, node.name, v.perm)
+    if all(st == 1 for st in strides):
+        sizes = [e - s for s, e in zip(begin, end)]
+        em.op("SLICE", [v.tensor, em.int_const(begin, "begin"), em.int_const(sizes, "size")], [out])
+    else:
+        inputs = [v.tensor, em.int_const(begin, "begin"), em.int_const(end, "end"), em.int_const(strides, "strides")]
+        em.op("STRIDED_SLICE", inputs, [out], Options("StridedSliceOptions", {}))
+    return out
+
+
+@lowering(aten.select.int, dtypes=ANY)
+def select(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    dim = layout.normalize_dim(node.args[1], len(v.shape))
+    index = node.args[2] + (v.shape[dim] if node.args[2] < 0 else 0)
+    kept = v.shape[:dim] + (1,) + v.shape[dim + 1 :]
+    cut = _strided_slice(em, node, v, {dim: (index, index + 1, 1)}, kept)
+    return em.reshape(cut, meta(node).shape)
+
+
+def _pads(node: Node) -> list[tuple[int, int]]:
+    """(before, after) per logical dim of a constant_pad_nd."""
+    rank = len(shape(node.args[0]))
+    flat = list(node.args[1])
+    pads = [(0, 0)] * rank
+    for i in range(len(flat) // 2):
+        pads[rank - 1 - i] = (flat[2 * i], flat[2 * i + 1])
+    return pads
+
+
+def _check_pad(node: Node, is_const: IsConst) -> str | None:
+    if any(b < 0 or a < 0 for b, a in _pads(node)):
+        return "negative padding (cropping)"
+    return None
+
+
+@lowering(aten.constant_pad_nd.default, dtypes=FLOAT, check=_check_pad)
+def constant_pad(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    value = float(node.args[2]) if len(node.args) > 2 else 0.0
+    return pad(em, node, v, _pads(node), value)
+
+
+def pad(em: Emitter, node: Node, v: Value, pads: list[tuple[int, int]], value: float) -> Value:
+    """Pad logical dims of `v` by `pads` with `value`, in v's layout (PAD, or PADV2 when value != 0)."""
+    physical = [pads[d] for d in v.perm]
+    out_shape = tuple(s + b + a for s, (b, a) in zip(v.shape, pads))
+    out = em.new(out_shape, v.dtype, node.name + "/pad", v.perm)
+    paddings = em.int_const(physical, "paddings")
+    if value == 0.0:
+        em.op("PAD", [v.tensor, paddings], [out])
+    else:
+        em.op("PADV2", [v.tensor, paddings, em.const(torch.tensor([value], dtype=v.dtype))], [out])
+    return out
+
+
+# -- gathers ------------------------------------------------------------------------------
+
+
+@lowering(aten.embedding.default, dtypes=ANY)
+def embedding(em: Emitter, node: Node) -> Value:
+    weight = em.value(node.args[0])
+    indices = em.to_identity(em.value(node.args[1]))
+    out = em.out(node)
+    em.op("GATHER", [em.to_identity(weight).tensor, indices.tensor], [out], Options("GatherOptions", {"Axis": 0}))
+    return out
+
+
+@lowering(aten.index_select.default, dtypes=ANY)
+def index_select(em: Emitter, node: Node) -> Value:
+    v = em.value(node.args[0])
+    dim = layout.normalize_dim(node.args[1], len(v.shape))
+    indices = em.value(node.args[2])
+    axis = layout.inverse(v.perm)[dim]
+    out = em.out(node, v.perm)
+    em.op("GATHER", [v.tensor, indices.tensor], [out], Options("GatherOptions", {"Axis": axis}))
+    return out
+

@@ -1,0 +1,268 @@
+"""Write an edge ExportedProgram (one partition) as a TFLite flatbuffer.
+
+Three passes over the graph, in order:
+
+1. check: every live node against the lowering table (the same question
+   `writer_support` answers); refusals become one `DeclineNodes`;
+2. plan: fold batch norms into the convs before them and fuse RELU/RELU6 into
+   their producers, where nothing else reads the intermediate value;
+3. emit: constants are computed with torch at compile time, every other node is
+   written by its lowering. Inputs and outputs keep torch's layout and dtypes; NHWC
+   and int32 live only inside the artifact.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Graph, Node
+
+from edgeport import DeclineNodes, Support, SupportContext
+
+from . import layout
+from .emitter import Emitter, Plan, Value
+from .flatbuffer import ModelBuilder
+from .lowering import SHAPE_ONLY, check_node, foldable, table
+from .schema import tensor_type, tfl
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class TfliteModel:
+    """A written model and the facts a runner or report needs about it."""
+
+    data: bytes
+    inputs: list[str]  # user input names, in subgraph input order
+    outputs: list[str]  # output node names, in subgraph output order
+    transposed_inputs: list[str]  # inputs the model transposes (e.g. NCHW -> NHWC) right away
+    transposed_outputs: list[str]  # outputs transposed back to torch's layout at the end
+    ops: dict[str, int] = field(default_factory=dict)  # TFLite operator counts
+
+    @property
+    def transposes(self) -> int:
+        return self.ops.get("TRANSPOSE", 0)
+
+
+# -- constness ----------------------------------------------------------------------------
+
+_CONSTS: weakref.WeakKeyDictionary[Graph, frozenset[Node]] = weakref.WeakKeyDictionary()
+
+
+def constant_nodes(program: ExportedProgram) -> frozenset[Node]:
+    """Nodes whose value is known at compile time: constant inputs and what folds from them."""
+    graph = program.graph_module.graph
+    cached = _CONSTS.get(graph)
+    if cached is not None:
+        return cached
+    ctx = SupportContext(program, None)
+    consts: set[Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if ctx.constant(node) is not None:
+                consts.add(node)
+        elif foldable(node, consts.__contains__):
+            consts.add(node)
+    result = frozenset(consts)
+    _CONSTS[graph] = result
+    return result
+
+
+def writer_support(node: Node, ctx: SupportContext) -> Support:
+    """Whether `write_tflite` can write `node`: the lowering table's answer, with its reason."""
+    try:
+        reason = check_node(node, constant_nodes(ctx.program).__contains__)
+    except Exception as e:  # noqa: BLE001 - support must never raise
+        reason = f"{node.target}: could not check ({type(e).__name__}: {e})"
+    return Support.no(reason) if reason else Support.yes()
+
+
+# -- planning -----------------------------------------------------------------------------
+
+
+def _live(graph: Graph) -> set[Node]:
+    """Nodes an output depends on."""
+    out = graph.output_node()
+    live, stack = {out}, [out]
+    while stack:
+        for n in stack.pop().all_input_nodes:
+            if n not in live:
+                live.add(n)
+                stack.append(n)
+    return live
+
+
+def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node]) -> Plan:
+    """Batch norms to fold into convs and activations to fuse into their producers."""
+    entries = table()
+    plan = Plan()
+    outputs = set(graph.output_node().all_input_nodes)
+    users = {n: [u for u in n.users if u in live] for n in live}
+
+    def readers(src: Node) -> set[Node]:
+        group = {src} | {a for a, t in plan.alias.items() if t is src}
+        bn = plan.bn_fold.get(src)
+        if bn is not None:
+            group.add(bn)
+        if group & outputs:
+            return {graph.output_node()}
+        return {u for g in group for u in users[g]} - group
+
+    for n in graph.nodes:
+        if n not in live or n in consts or n.op != "call_function":
+            continue
+        src = n.args[0] if n.args and isinstance(n.args[0], Node) else None
+        src = plan.alias.get(src, src)
+        if src is None or src in consts or src.op != "call_function":
+            continue
+        if n.target == aten._native_batch_norm_legit_no_training.default and src.target == aten.convolution.default:
+            takes = [u for u in users[n]]
+            if readers(src) == {n} and all(u.target is operator.getitem and u.args[1] == 0 for u in takes):
+                if not any(isinstance(a, Node) and a not in consts for a in n.args[1:5]):
+                    plan.bn_fold[src] = n
+                    plan.alias.update({u: src for u in takes})
+            continue
+        entry = entries.get(n.target)
+        act = entry.as_activation(n) if entry is not None and entry.as_activation else None
+        src_entry = entries.get(src.target)
+        if act and src_entry is not None and src_entry.fuses_activation and src not in plan.fused:
+            if src.meta["val"].dtype == torch.float32 and readers(src) == {n}:
+                plan.fused[src] = act
+                plan.alias[n] = src
+    return plan
+
+
+# -- emitting -----------------------------------------------------------------------------
+
+
+def write_tflite(program: ExportedProgram, *, fp16: bool = False) -> TfliteModel:
+    """Write `program` (an edge-dialect partition) as a TFLite model.
+
+    Raises DeclineNodes naming every node the writer cannot write, with its reason.
+    `fp16` stores weights as float16 (dequantized at load time by the runtime).
+    """
+    graph = program.graph_module.graph
+    consts = constant_nodes(program)
+    live = _live(graph)
+    reasons = {}
+    for n in graph.nodes:
+        if n in live and (reason := check_node(n, consts.__contains__)):
+            reasons[n.name] = reason
+    for n in graph.output_node().all_input_nodes:
+        if n in consts:
+            reasons[n.name] = "its value is a constant: nothing to compute in the TFLite model"
+    if reasons:
+        raise DeclineNodes(reasons)
+
+    plan = make_plan(graph, live, consts)
+    em = Emitter(ModelBuilder(), plan, fp16)
+    ctx = SupportContext(program, None)
+    inputs: list[tuple[Node, int]] = []
+    entries = table()
+    with torch.no_grad():
+        for n in graph.nodes:
+            if n not in live:
+                continue
+            if n.op == "placeholder":
+                value = ctx.constant(n)
+                if value is not None:
+                    em.env[n] = value
+                else:
+                    em.env[n], boundary = _input(em, n)
+                    inputs.append((n, boundary))
+            elif n.op == "call_function":
+                em.env[n] = _node_value(em, n, consts, entries)
+    outputs, out_names = _outputs(em, graph.output_node(), [t for _, t in inputs])
+
+    transposes = [rec for rec in em.builder.ops if rec.code == tfl().BuiltinOperator.TRANSPOSE]
+    transposed_in = {rec.inputs[0] for rec in transposes}
+    transposed_out = {rec.outputs[0] for rec in transposes}
+    boundary = ([n.name for n, _ in inputs if em.env[n].tensor in transposed_in],
+                [name for name, t in zip(out_names, outputs) if t in transposed_out])
+    input_tensors, outputs = em.builder.prune([t for _, t in inputs], outputs)
+    names = {v: k for k, v in vars(tfl().BuiltinOperator).items() if not k.startswith("_")}
+    ops = dict(Counter(names[rec.code] for rec in em.builder.ops))
+    data = em.builder.finish(input_tensors, outputs, "edgeport TFLite writer", _metadata(fp16))
+    return TfliteModel(data, [n.name for n, _ in inputs], out_names, *boundary, ops)
+
+
+def _node_value(em: Emitter, n: Node, consts: frozenset[Node], entries: dict) -> Any:
+    if n in em.plan.alias:
+        return em.env[em.plan.alias[n]]
+    if n in em.plan.bn_fold.values():
+        return None  # folded into its conv; only its getitem 0 is read, as an alias
+    if n.target is operator.getitem:
+        return em.env[n.args[0]][n.args[1]]
+    if n in consts:
+        return _evaluate(em, n)
+    value = entries[n.target].emit(em, n)
+    act = em.plan.fused.get(n)
+    if act is not None and n not in em.fused_written:
+        value = _apply_activation(em, n, value, act)
+    return value
+
+
+def _evaluate(em: Emitter, n: Node) -> Any:
+    """Compute a constant node with torch."""
+    args = list(n.args)
+    if n.target in SHAPE_ONLY:  # only the shape of the first argument matters
+        val = args[0].meta["val"]
+        args[0] = torch.empty(tuple(val.shape), dtype=val.dtype)
+    args = [a if isinstance(a, torch.Tensor) else em.arg(a) for a in args]
+    kwargs = {k: em.arg(v) for k, v in n.kwargs.items()}
+    return n.target(*args, **kwargs)
+
+
+def _apply_activation(em: Emitter, n: Node, value: Value, act: str) -> Value:
+    """An activation the plan fused into `n` but whose lowering wrote no fused slot."""
+    out = em.new(value.shape, value.dtype, n.name + "/" + act.lower(), value.perm)
+    em.op(act, [value.tensor], [out])
+    return out
+
+
+def _input(em: Emitter, n: Node) -> tuple[Value, int]:
+    """A user input: its boundary tensor (declared dtype) and the Value used inside."""
+    val = n.meta["val"]
+    shape = tuple(val.shape)
+    index = em.builder.tensor(shape, tensor_type(val.dtype, boundary=True), n.name)
+    value = Value(index, shape, val.dtype, layout.identity(len(shape)))
+    if tensor_type(val.dtype, boundary=True) != tensor_type(val.dtype):
+        inner = em.new(shape, val.dtype, n.name + "/inner")
+        em.op("CAST", [index], [inner])
+        value = inner
+    return value, index
+
+
+def _outputs(em: Emitter, out: Node, input_tensors: list[int]) -> tuple[list[int], list[str]]:
+    """Boundary output tensors: torch layout and declared dtypes, each a distinct tensor."""
+    tensors, names = [], []
+    taken = set(input_tensors)
+    for arg in out.args[0]:
+        v = em.to_identity(em.env[arg])
+        val = arg.meta["val"]
+        boundary_type = tensor_type(val.dtype, boundary=True)
+        if boundary_type != tensor_type(val.dtype) or v.tensor in taken:
+            copy = em.builder.tensor(v.shape, boundary_type, arg.name + "/out")
+            if boundary_type != tensor_type(val.dtype):
+                em.builder.op(tfl().BuiltinOperator.CAST, [v.tensor], [copy])
+            else:
+                em.builder.op(tfl().BuiltinOperator.RESHAPE, [v.tensor, em.int_const(v.shape)], [copy])
+            index = copy
+        else:
+            index = v.tensor
+        taken.add(index)
+        tensors.append(index)
+        names.append(arg.name)
+    return tensors, names
+
+
+def _metadata(fp16: bool) -> dict[str, bytes]:
+    """Model metadata. With fp16 weights, also let XNNPACK compute in fp16 (with fp16
+    accumulation) on CPUs with native fp16 arithmetic; elsewhere it keeps fp32."""
+    return {"reduced_precision_support": b"fp16accfp16"} if fp16 else {}

@@ -1,0 +1,149 @@
+"""The cpu backend as a plugin and through edgeport's pipeline: registration, options,
+export/run/save/load, fp16, and the shared conformance cases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+import edgeport
+import edgeport.backends.cpu as cpu_plugin
+from edgeport.backends.cpu import CpuBackend, CpuOptions
+from edgeport.testing import CASES, compare, registry_for, run_conformance
+
+
+class TinyCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.conv(x)))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return TinyCnn().eval(), (torch.randn(1, 3, 16, 16),)
+
+
+def export(module, inputs, **options):
+    backend = CpuBackend()
+    return edgeport.export(module, inputs, ["cpu"], options={"cpu": options}, registry=registry_for(backend))
+
+
+def test_plugin_registers_the_cpu_backend():
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(cpu_plugin, name="cpu")
+    assert isinstance(registry.get("cpu"), CpuBackend)
+
+
+def test_edgeport_backends_lists_cpu():
+    from edgeport.cli import cli
+
+    result = CliRunner().invoke(cli, ["backends", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"name": "cpu"' in result.output
+
+
+@pytest.mark.slow
+def test_import_is_cheap():
+    """Importing the plugin loads neither LiteRT nor its schema."""
+    script = "import sys, edgeport.backends.cpu\nprint(any(m.startswith('ai_edge_litert') for m in sys.modules))\n"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "False\n"
+
+
+def test_availability_version_options_and_kept_ops():
+    backend = CpuBackend()
+    assert backend.availability() == edgeport.Availability(True, True)
+    assert backend.version.startswith("ai-edge-litert ")
+    assert CpuOptions() == CpuOptions(threads=0, precision="fp32")
+    assert torch.ops.aten.scaled_dot_product_attention.default in backend.keep_ops()
+
+
+def test_export_runs_as_one_delegated_partition(tiny):
+    module, inputs = tiny
+    program = export(module, inputs, threads=2)
+    steps = program.manifest.methods["forward"].steps
+    assert [s.kind for s in steps] == ["delegate"] and steps[0].backend == "cpu"
+    with torch.no_grad():
+        assert compare(program(*inputs), module(*inputs)) < 1e-4
+    artifact = next(iter(program.manifest.artifacts.values()))
+    assert artifact.metadata["transposed_inputs"] == ["x"] and artifact.metadata["ops"]["TRANSPOSE"] == 1
+
+
+def test_saved_program_loads_and_runs(tiny, tmp_path):
+    module, inputs = tiny
+    export(module, inputs).save(tmp_path / "m.edgeport")
+    loaded = edgeport.load(tmp_path / "m.edgeport", registry=registry_for(CpuBackend()))
+    with torch.no_grad():
+        assert compare(loaded(*inputs), module(*inputs)) < 1e-4
+
+
+def test_fp16_precision_within_its_stated_tolerance(tiny):
+    """fp16 weights (and fp16 arithmetic where the CPU has it): 1e-2 relative."""
+    module, inputs = tiny
+    program = export(module, inputs, precision="fp16")
+    with torch.no_grad():
+        assert compare(program(*inputs), module(*inputs)) < 1e-2
+
+
+def test_unknown_precision_is_an_error_naming_the_choices(tiny):
+    module, inputs = tiny
+    with pytest.raises(edgeport.LoweringError, match="cpu precision 'int8' is not one of fp32, fp16"):
+        edgeport.export(module, inputs, ["cpu"], options={"cpu": {"precision": "int8"}}, strict=True,
+                        registry=registry_for(CpuBackend()))
+
+
+class Sandwich(nn.Module):
+    """cpu work, an op the writer lacks (erf), more cpu work: two partitions around it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.erf(F.relu(self.conv(x)))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_unsupported_op_splits_the_graph_and_the_pieces_still_match():
+    torch.manual_seed(0)
+    module, inputs = Sandwich().eval(), (torch.randn(1, 3, 8, 8),)
+    program = export(module, inputs)
+    steps = program.manifest.methods["forward"].steps
+    assert [(s.kind, s.backend) for s in steps] == [("delegate", "cpu"), ("portable", None), ("delegate", "cpu")]
+    erf = next(n for n in program.report()["nodes"] if n["op"] == "aten.erf.default")
+    assert erf["reasons"]["cpu"] == "no TFLite lowering for aten.erf.default"
+    with torch.no_grad():
+        assert compare(program(*inputs), module(*inputs)) < 1e-4
+
+
+def test_a_lone_reshape_stays_portable():
+    module = nn.Flatten()
+    program = export(module, (torch.randn(2, 3, 4),))
+    assert [s.kind for s in program.manifest.methods["forward"].steps] == ["portable"]
+    assert "never takes alone" in program.report()["nodes"][0]["reasons"]["cpu"]
+
+
+@pytest.mark.slow
+def test_every_conformance_case_is_taken_whole_and_matches():
+    """Supported => compiled and matching: every node of every shared case goes to cpu
+    (a compile failure would fall back and show up here), within the case tolerance."""
+    results = run_conformance(CpuBackend())
+    bad = {r.name: (r.delegated, r.max_error, r.reasons, r.error) for r in results
+           if not (r.passed and r.delegated == 1.0 and not r.reasons)}
+    assert bad == {}
+    assert len(results) == len(CASES)

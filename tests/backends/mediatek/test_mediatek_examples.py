@@ -1,0 +1,50 @@
+"""The four example models on the mediatek backend: lowered whole or with a remainder
+whose every node says which NeuroPilot rule kept it off, and matching eager."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import edgeport
+from edgeport.backends.mediatek import MediatekBackend
+from edgeport.testing import compare, registry_for
+
+MODELS_PATH = Path(__file__).resolve().parents[3] / "examples" / "models.py"
+
+# What each model leaves to portable torch, by op: the plugin does not legalize SQUARE
+# (layer norm's variance, x.pow(2)), NEG, GATHER; rank-5 tensors (repeat_interleave's
+# expand); a lone slice is not worth a partition; a constant is nothing to compute.
+REMAINDER = {
+    "mobilenet_v2": set(),
+    "resnet18": set(),
+    "transformer_encoder": {"aten.native_layer_norm.default", "aten.embedding.default", "aten.arange.start_step"},
+    "tiny_llama": {
+        "aten.pow.Tensor_Scalar", "aten.neg.default", "aten.embedding.default", "aten.unsqueeze.default",
+        "aten.expand.default", "aten.clone.default", "aten.view.default", "aten.slice.Tensor", "aten.alias.default",
+    },
+}  # fmt: skip
+
+
+def factory(name: str):
+    spec = importlib.util.spec_from_file_location("edgeport_example_models", MODELS_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REMAINDER))
+def test_example_lowers_with_an_explained_remainder_and_matches_eager(name):
+    model, inputs = factory(name)()
+    program = edgeport.export(model, inputs, ["mediatek"], registry=registry_for(MediatekBackend()))
+    left = [n for n in program.report()["nodes"] if n["backend"] != "mediatek"]
+    assert {n["op"] for n in left} == REMAINDER[name]
+    assert all(n["reasons"].get("mediatek") for n in left)
+    with torch.no_grad():
+        assert compare(program(*inputs), model(*inputs)) <= 1e-4
+    for artifact in program.manifest.artifacts.values():
+        assert artifact.backend == "mediatek" and artifact.metadata["soc"] == "MT6989"

@@ -1,0 +1,156 @@
+"""What the writer puts in the flatbuffer: layouts, folds, fusions, dtypes at the boundary,
+fp16 weights, op versions; and how the runner behaves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from ai_edge_litert import schema_py_generated as schema
+from torch import nn
+
+from edgeport import DeclineNodes, InputError, SupportContext
+from edgeport.backends.tflite import TfliteExecutable, write_tflite, writer_support
+from edgeport.testing import compare
+from tflite_cases import bn_with_stats
+from tflite_helpers import Lambda, capture, run
+
+OPS = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def parse(data: bytes):
+    model = schema.Model.GetRootAs(data, 0)
+    return model, model.Subgraphs(0)
+
+
+def operators(data: bytes) -> list[tuple[str, object]]:
+    """(op name, Operator table) in execution order."""
+    model, graph = parse(data)
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        out.append((OPS[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()], op))
+    return out
+
+
+def lower(module, *inputs, **kwargs):
+    program = capture(module, inputs)
+    model = write_tflite(program, **kwargs)
+    with torch.no_grad():
+        expected = module(*inputs)
+    return model, compare(run(model, inputs), expected if isinstance(expected, tuple) else [expected])
+
+
+class SmallCnn(nn.Module):
+    """conv-bn-relu6, depthwise, residual add, spatial mean, linear: the MobileNet pattern."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), bn_with_stats(8), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), bn_with_stats(8), nn.ReLU6())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.dw(y)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_cnn_keeps_nhwc_folds_batch_norm_and_fuses_activations():
+    torch.manual_seed(0)
+    model, error = lower(SmallCnn().eval(), torch.randn(1, 3, 16, 16))
+    assert error < 1e-4
+    ops = [name for name, _ in operators(model.data)]
+    assert ops.count("TRANSPOSE") == 1 and model.transposed_inputs == ["x"]
+    assert "MUL" not in ops and "RELU6" not in ops  # batch norms folded, activations fused
+    conv = next(op for name, op in operators(model.data) if name == "CONV_2D")
+    options = schema.Conv2DOptions()
+    options.Init(conv.BuiltinOptions().Bytes, conv.BuiltinOptions().Pos)
+    assert options.FusedActivationFunction() == schema.ActivationFunctionType.RELU6
+
+
+def test_flatten_of_spatial_nhwc_needs_one_more_transpose():
+    torch.manual_seed(0)
+    module = Lambda(lambda m, x: F.linear(F.conv2d(x, m.w).flatten(1), m.fc), w=torch.randn(4, 3, 3, 3),
+                    fc=torch.randn(2, 4 * 6 * 6))
+    model, error = lower(module, torch.randn(1, 3, 8, 8))
+    assert error < 1e-4 and model.transposes == 2
+
+
+def test_permutes_and_head_repeats_move_no_data():
+    """view -> permute -> unsqueeze -> expand -> view (GQA's repeat_interleave) stays in place."""
+    module = Lambda(lambda m, x: x.view(1, 6, 2, 8).transpose(1, 2).repeat_interleave(2, dim=1) * 2)
+    model, error = lower(module, torch.randn(1, 6, 16))
+    assert error == 0.0 and model.transposes == 1  # only to return torch's (B, h, T, hs) order
+    assert model.transposed_outputs == [model.outputs[0]] and model.transposed_inputs == []
+
+
+def test_int64_and_bool_keep_their_dtypes_at_the_boundary():
+    module = Lambda(lambda m, ids: (F.embedding(ids, m.table), ids * 2, ids > 3), table=torch.randn(10, 4))
+    ids = torch.tensor([[1, 4, 9]])
+    model, error = lower(module, ids)
+    assert error == 0.0
+    interpreter = TfliteExecutable(model.data).interpreter
+    assert [d["dtype"] for d in interpreter.get_input_details()] == [np.int64]
+    assert [d["dtype"] for d in interpreter.get_output_details()] == [np.float32, np.int64, np.bool_]
+    assert "GATHER" in model.ops and model.ops["CAST"] == 2  # int32 inside, int64 at the boundary
+
+
+def test_fp16_stores_half_weights_and_hints_fp16_inference():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 1)).eval()
+    x = torch.randn(1, 8, 16, 16)
+    full, full_error = lower(module, x)
+    half, half_error = lower(module, x, fp16=True)
+    assert full_error < 1e-5 and half_error < 1e-2
+    assert len(half.data) < 0.6 * len(full.data)
+    assert half.ops["DEQUANTIZE"] == 2  # the two filters; small biases stay fp32
+    model, _ = parse(half.data)
+    metadata = {model.Metadata(i).Name().decode(): model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
+    assert "reduced_precision_support" in metadata
+
+
+def test_broadcast_to_is_written_at_a_version_the_runtime_registers():
+    model, error = lower(Lambda(lambda m, x: x.expand(3, 4, 20) + 1), torch.randn(1, 4, 1))
+    assert error == 0.0 and model.ops["BROADCAST_TO"] == 1
+    parsed, _ = parse(model.data)
+    versions = {OPS[parsed.OperatorCodes(i).BuiltinCode()]: parsed.OperatorCodes(i).Version()
+                for i in range(parsed.OperatorCodesLength())}
+    assert versions["BROADCAST_TO"] == 2
+
+
+def test_weights_are_aligned_constant_buffers():
+    torch.manual_seed(0)
+    model, _ = lower(nn.Linear(64, 32).eval(), torch.randn(2, 64))
+    parsed, graph = parse(model.data)
+    weights = next(graph.Tensors(i) for i in range(graph.TensorsLength()) if graph.Tensors(i).Name().endswith(b"weight"))
+    data = parsed.Buffers(weights.Buffer()).DataAsNumpy()  # a view into model.data
+    start = data.ctypes.data - np.frombuffer(model.data, np.uint8).ctypes.data
+    assert data.size == 64 * 32 * 4 and start % 16 == 0
+
+
+def test_a_constant_output_is_declined_not_written():
+    module = Lambda(lambda m, x: (x + 1, m.c * 2), c=torch.ones(3))
+    with pytest.raises(DeclineNodes) as declined:
+        write_tflite(capture(module, (torch.randn(3),)))
+    assert list(declined.value.reasons.values()) == ["its value is a constant: nothing to compute in the TFLite model"]
+
+
+def test_symbolic_shapes_are_declined_with_the_shape():
+    program = torch.export.export(nn.ReLU(), (torch.randn(4, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},)).run_decompositions()
+    relu = next(n for n in program.graph.nodes if n.op == "call_function")
+    answer = writer_support(relu, SupportContext(program, None))
+    assert not answer and "symbolic shape" in answer.reason
+
+
+def test_runner_reuses_its_interpreter_and_checks_the_input_count():
+    program = capture(Lambda(lambda m, a, b: a @ b), (torch.randn(3, 4), torch.randn(4, 2)))
+    runner = TfliteExecutable(write_tflite(program).data, threads=1)
+    a, b = torch.randn(4, 3).t(), torch.randn(4, 2)  # `a` is not contiguous
+    first = runner.run([a, b])[0]
+    assert np.array_equal(first, runner.run([a, b])[0])
+    assert np.allclose(first, (a @ b).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="takes 2 inputs, got 1"):
+        runner.run([a])

@@ -1,0 +1,55 @@
+"""Every op case, written by our TFLite writer and run with LiteRT, against eager torch.
+
+Cases are edgeport's shared conformance cases plus the writer's own (tflite_cases.py).
+Each runs twice: captured the way the cpu backend captures (KEEP_OPS kept whole) and
+fully decomposed (what any other backend's capture may hand over).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeport import DeclineNodes, SupportContext
+from edgeport.backends.tflite import write_tflite, writer_support
+from edgeport.testing import CASES
+from tflite_cases import DECLINED, EXTRA_CASES
+from tflite_helpers import capture, lower_cases
+
+ALL_CASES = [*CASES, *EXTRA_CASES]
+MODES = {"kept": None, "decomposed": ()}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def suite(request):
+    """All cases lowered as one model, once per capture mode."""
+    keep = MODES[request.param]
+    return lower_cases(ALL_CASES) if keep is None else lower_cases(ALL_CASES, keep=keep)
+
+
+def test_writer_supports_every_node_of_every_case(suite):
+    ctx = SupportContext(suite.program, None)
+    refused = {
+        n.name: writer_support(n, ctx).reason
+        for n in suite.program.graph.nodes
+        if n.op == "call_function" and not writer_support(n, ctx)
+    }
+    assert refused == {}
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
+def test_case_matches_eager(suite, case):
+    assert suite.errors[case.name] <= case.rtol
+
+
+@pytest.mark.parametrize("name, case, op, words", DECLINED, ids=[d[0] for d in DECLINED])
+def test_unsupported_is_declined_with_its_reason_and_never_written(name, case, op, words):
+    module, inputs = case.build()
+    program = capture(module, inputs)
+    ctx = SupportContext(program, None)
+    answers = {n.name: writer_support(n, ctx) for n in program.graph.nodes if n.op == "call_function"}
+    refused = {name: a.reason for name, a in answers.items() if not a}
+    assert refused, f"{name}: nothing was declined"
+    assert any(op in reason and words in reason for reason in refused.values()), refused
+    with pytest.raises(DeclineNodes) as declined:
+        write_tflite(program)
+    assert declined.value.reasons == refused

@@ -1,0 +1,161 @@
+"""Writer cases beyond edgeport's shared conformance cases: the padding, layout, dtype and
+variant paths of each lowering (SAME vs explicit PAD, NHWC through reductions and
+concat, runtime vs constant weights, int64 and bool at the boundary, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeport.testing import Case
+from tflite_helpers import case
+
+IMG = (1, 8, 12, 12)
+ODD = (1, 8, 13, 13)
+
+
+def _conv(m, x):
+    return F.conv2d(x, m.w, m.b, padding=1)
+
+
+def bn_with_stats(channels: int) -> nn.BatchNorm2d:
+    """A BatchNorm far from identity, so a wrong fold into the conv shows."""
+    bn = nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    return bn
+
+
+class _ConvBnShared(nn.Module):
+    """A conv whose output is also read besides its batch norm: the norm cannot fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), bn_with_stats(8)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+def _module_case(name: str, make, *shapes) -> Case:
+    def build():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            module = make().eval()
+            inputs = tuple(torch.randn(*s) for s in shapes)
+        return module, inputs
+
+    return Case(name, build, 1e-4, frozenset({"block"}))
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def _rope(m, x):
+    q = x.view(1, 6, 2, 8).transpose(1, 2)  # (B, h, T, hs), stored (B, T, h, hs)
+    return q * m.cos + _rotate_half(q) * m.sin
+
+
+EXTRA_CASES: list[Case] = [
+    # convolution padding and shape variants
+    case("conv2d_stride2_explicit_pad", lambda m, x: F.conv2d(x, m.w, m.b, stride=2, padding=1), IMG,
+         w=(16, 8, 3, 3), b=(16,)),
+    case("conv2d_stride2_same", lambda m, x: F.conv2d(x, m.w, stride=2, padding=1), ODD, w=(8, 8, 3, 3)),
+    case("conv2d_rect_kernel", lambda m, x: F.conv2d(x, m.w, padding=(1, 2), dilation=(1, 2)), IMG, w=(4, 8, 3, 3)),
+    case("conv2d_depth_multiplier", lambda m, x: F.conv2d(x, m.w, padding=1, groups=8), IMG, w=(16, 1, 3, 3)),
+    case("conv1d_stride_groups", lambda m, x: F.conv1d(x, m.w, stride=2, padding=2, groups=2), (2, 8, 21),
+         w=(6, 4, 5)),
+    case("conv_transpose2d_padded", lambda m, x: F.conv_transpose2d(x, m.w, m.b, stride=2, padding=1,
+                                                                     output_padding=1), IMG, w=(8, 4, 3, 3), b=(4,)),
+    case("conv_transpose1d", lambda m, x: F.conv_transpose1d(x, m.w, stride=2), (1, 8, 10), w=(8, 3, 4)),
+    # matrix products
+    case("linear_3d_no_bias", lambda m, x: F.linear(x, m.w), (2, 5, 32), w=(16, 32)),
+    case("linear_vector", lambda m, x: F.linear(x, m.w, m.b), (32,), w=(16, 32), b=(16,)),
+    case("linear_runtime_weight", lambda m, x, w: F.linear(x, w, m.b), (4, 32), (16, 32), b=(16,)),
+    case("addmm_runtime", lambda m, x, y: torch.addmm(m.b, x, y), (4, 8), (8, 6), b=(6,)),
+    case("matmul_4d_transposed", lambda m, a, b: a @ b.transpose(-1, -2), (2, 3, 5, 8), (2, 3, 7, 8)),
+    # elementwise variants
+    case("compare_all", lambda m, a: (a < 0.1, a <= 0.1, a > -0.1, a >= a.round(), a == a.round(), a != 0.0),
+         (2, 8)),
+    case("logical_ops", lambda m, a, b: torch.logical_or(torch.logical_and(a > 0, b > 0), ~(a > b)), (2, 8),
+         (2, 8)),
+    case("where_scalar", lambda m, a: torch.where(a > 0, a, 0.25), (2, 8)),
+    case("pow_general", lambda m, a: a.abs().pow(1.5) + a.pow(3) + (a.abs() + 1).pow(-1) + (a.abs() + 1).pow(-0.5),
+         (2, 8)),
+    case("reciprocal", lambda m, a: torch.reciprocal(a.abs() + 1), (2, 8)),
+    case("clamp_one_sided", lambda m, a: torch.clamp(a, min=-0.2) + torch.clamp(a, max=0.3) + F.hardtanh(a, -2, 2),
+         (2, 8)),
+    case("int64_arith", lambda m, a, b: a * 3 + b - 1, torch.arange(6).view(2, 3), torch.ones(2, 3, dtype=torch.long)),
+    case("casts", lambda m, a: (a.to(torch.int32), (a > 0).float() * a), (2, 8)),
+    case("constants_folded", lambda m, a: a + torch.arange(8).float() * torch.ones_like(a), (2, 8)),
+    # NHWC carried through layout-sensitive ops
+    case("nhwc_flatten_linear", lambda m, x: F.linear(F.relu(_conv(m, x)).flatten(1), m.fc), IMG, w=(4, 8, 3, 3),
+         b=(4,), fc=(10, 4 * 12 * 12)),
+    case("nhwc_reductions", lambda m, x: (_conv(m, x).sum(1), _conv(m, x).amax(-1), _conv(m, x).mean((1, 2, 3))),
+         IMG, w=(4, 8, 3, 3), b=(4,)),
+    case("nhwc_softmax_channels", lambda m, x: F.softmax(_conv(m, x), dim=1), IMG, w=(4, 8, 3, 3), b=(4,)),
+    case("nhwc_cat_bias", lambda m, x: torch.cat([_conv(m, x), x], 1) + m.c, IMG, w=(4, 8, 3, 3), b=(4,),
+         c=(12, 1, 1)),
+    case("nhwc_pad", lambda m, x: (F.pad(_conv(m, x), (1, 1, 2, 0)), F.pad(_conv(m, x), (0, 1), value=1.0)), IMG,
+         w=(4, 8, 3, 3), b=(4,)),
+    case("nhwc_slice_select", lambda m, x: (_conv(m, x)[:, 1:3], _conv(m, x)[:, :, 3], _conv(m, x)[..., ::2]), IMG,
+         w=(4, 8, 3, 3), b=(4,)),
+    case("nhwc_activations", lambda m, x: (F.silu(_conv(m, x)), F.gelu(_conv(m, x)), F.elu(_conv(m, x))), IMG,
+         w=(4, 8, 3, 3), b=(4,)),
+    case("nhwc_permute_out", lambda m, x: _conv(m, x).permute(0, 2, 3, 1), IMG, w=(4, 8, 3, 3), b=(4,)),
+    # pooling and resizing variants
+    case("max_pool_after_relu", lambda m, x: F.max_pool2d(F.relu(_conv(m, x)), 3, 2, 1), IMG, w=(4, 8, 3, 3), b=(4,)),
+    case("avg_pool_padded", lambda m, x: F.avg_pool2d(x, 3, 2, 1), IMG),
+    case("avg_pool_exclude_pad", lambda m, x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), IMG),
+    case("adaptive_avg_pool2d_2x2", lambda m, x: F.adaptive_avg_pool2d(x, 2), IMG),
+    case("upsample_size", lambda m, x: (F.interpolate(x, size=(24, 36)),
+                                        F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)), IMG),
+    # gathers
+    case("index_select", lambda m, x: torch.index_select(x, 1, m.idx), (2, 8, 4), idx=torch.tensor([3, 0, 3])),
+    case("embedding_gather", lambda m, ids: F.embedding(ids, m.table), torch.tensor([[1, 4, 0], [2, 2, 9]]),
+         table=(10, 6)),
+    # attention
+    case("sdpa_float_mask", lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=m.mask),
+         (1, 2, 6, 8), (1, 2, 6, 8), (1, 2, 6, 8), mask=(6, 6)),
+    case("sdpa_bool_mask", lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=m.keep, scale=0.3),
+         (1, 2, 6, 8), (1, 2, 6, 8), (1, 2, 6, 8), keep=torch.ones(6, 6, dtype=torch.bool).tril()),
+    case("sdpa_runtime_bool_mask", lambda m, q, mask: F.scaled_dot_product_attention(q, q, q, attn_mask=mask),
+         (2, 5, 8), torch.ones(5, 5, dtype=torch.bool).tril()),
+    case("rope_rotate_half", _rope, (1, 6, 16), cos=(6, 8), sin=(6, 8)),
+    case("repeat_interleave_heads", lambda m, x: (x.repeat_interleave(2, dim=1) @ m.w), (1, 2, 6, 8), w=(8, 4)),
+    # data movement variants
+    case("split_unequal", lambda m, x: [t * 2 for t in x.split([3, 5], dim=1)], (2, 8)),
+    case("slice_step_negative", lambda m, x: (x[:, ::3], x[:, -3:], x[:, -1]), (2, 8, 4)),
+    case("expand_many_copies", lambda m, x: x.expand(3, 4, 20) + 1, (1, 4, 1)),
+    case("repeat_tile", lambda m, x: x.repeat(2, 1, 3) * 2, (4, 5)),
+    case("cat_constant", lambda m, x: torch.cat([x, m.c], dim=0), (2, 8), c=(3, 8)),
+    case("mean_all_scalar", lambda m, x: x.mean(), (2, 8)),
+    case("layer_norm_2d_no_affine", lambda m, x: F.layer_norm(x, (4, 8)), (2, 4, 8)),
+    case("log_softmax_dim0", lambda m, x: F.log_softmax(x, dim=0), (3, 8)),
+    case("batch_norm_alone", lambda m, x: F.batch_norm(x * 2, m.mean, m.var.abs() + 0.5, m.g, m.b), (4, 6),
+         mean=(6,), var=(6,), g=(6,), b=(6,)),
+    _module_case("conv_bn_not_folded", _ConvBnShared, IMG),
+]
+
+# Modules the writer must decline, the op it names, and words its reason contains.
+DECLINED = [
+    ("float64", case("float64", lambda m, x: x * 2, torch.randn(2, 3, dtype=torch.float64)), "aten.mul", "float64"),
+    ("conv3d", case("conv3d", lambda m, x: F.conv3d(x, m.w), (1, 2, 4, 4, 4), w=(2, 2, 1, 1, 1)),
+     "aten.convolution", "3d convolution"),
+    ("dilated_pool", case("dilated_pool", lambda m, x: F.max_pool2d(x, 2, dilation=2), IMG), "max_pool2d",
+     "dilated"),
+    ("ceil_mode", case("ceil_mode", lambda m, x: F.avg_pool2d(x, 3, 2, ceil_mode=True), (1, 2, 8, 8)), "avg_pool2d",
+     "ceil_mode"),
+    ("output_padding", case("output_padding", lambda m, x: F.conv_transpose2d(x, m.w, stride=2, output_padding=1),
+                            IMG, w=(8, 4, 3, 3)), "aten.convolution", "output_padding larger than padding"),
+    ("dropout_sdpa", case("dropout_sdpa", lambda m, q: F.scaled_dot_product_attention(q, q, q, dropout_p=0.5),
+                          (1, 2, 4, 8)), "scaled_dot_product_attention", "dropout"),
+]
