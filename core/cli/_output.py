@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from typing import Any, Callable, Iterator
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 # Off a terminal (pipes, CI logs), rich would wrap tables at 80 columns; reasons are long.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+_COUNT = re.compile(r"(\d+)/(\d+)")  # "compiling partition 3/12 ..." counts; other messages only relabel
 
 
 def print_json(data: Any) -> None:
@@ -20,10 +24,23 @@ def print_json(data: Any) -> None:
 
 @contextlib.contextmanager
 def progress(enabled: bool) -> Iterator[Callable[[str], None] | None]:
-    """A status line for long work: shown on a terminal, silent in --json mode or in a pipe."""
+    """A progress bar for long work, on stderr: shown on a terminal, silent in --json
+    mode or in a pipe. A message that counts ("partition 3/12") moves the bar to that
+    item; any other message relabels it and the bar just pulses."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    err = Console(stderr=True)
-    with err.status("working…") as status:
-        yield lambda message: status.update(message)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("working…", total=None)
+
+        def show(message: str) -> None:
+            count = _COUNT.search(message)
+            if count:  # item n of N is under way: n - 1 are done
+                done, total = int(count.group(1)), int(count.group(2))
+                bar.update(task, description=message, completed=done - 1, total=total, refresh=True)
+            else:
+                bar.update(task, description=message, completed=0, total=None, refresh=True)
+
+        yield show

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any
 
 import click
 from rich.table import Table
 
+from ..devtools.html import render_program
 from ..program import load
 from . import cli
 from ._output import console, print_json
@@ -30,10 +32,20 @@ def print_summary(report: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("program", type=click.Path(exists=True, dir_okay=False))
 @click.option("--method", default=None, help="Method to explain (default: forward).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: {nodes: [...], partitions: [...]}.")
-def explain(program: str, method: str | None, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {nodes: [...], partitions: [...], values: {...}}.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML page: the graph coloured by backend, summary, declined nodes.")
+def explain(program: str, method: str | None, as_json: bool, html_path: str | None) -> None:
     """Show the placement of every node and why backends declined what they did."""
-    report = load(program).report(method)
+    prog = load(program)
+    if html_path:
+        page = render_program(prog, method, title=f"edgeport placement: {os.path.basename(program)}")
+        with open(html_path, "w", encoding="utf-8") as f:
+            f.write(page)
+        if not as_json:
+            console.print(f"wrote {html_path}")
+            return
+    report = prog.report(method)
     if as_json:
         print_json(report)
         return

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-import time
 from typing import Any
 
 import click
@@ -12,6 +12,8 @@ import torch
 import torch.utils._pytree as pytree
 from rich.table import Table
 
+from ..devtools.html import human_bytes
+from ..devtools.profile import Profile, summarize_profile, time_runs
 from ..errors import InputError
 from ..manifest import MethodPlan
 from ..program import Program, load
@@ -65,7 +67,7 @@ def summarize(value: Any) -> Any:
 @click.option("--method", default=None, help="Method to run (default: forward).")
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
 @click.option("--warmup", default=0, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
-@click.option("--profile", is_flag=True, help="Time every step.")
+@click.option("--profile", is_flag=True, help="Time every step: per step, per backend, boundary bytes, total.")
 @click.option("--reference", is_flag=True, help="Run delegates that cannot run here on their torch reference.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: outputs, latency_ms, steps.")
 def run(program: str, inputs_path: str | None, method: str | None, repeat: int, warmup: int, profile: bool,
@@ -78,20 +80,18 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
         raise InputError(f"program has no method {name!r}; it has {', '.join(prog.methods)}")
     inputs = read_inputs(inputs_path, plan) if inputs_path else random_inputs(plan)
     runtime = prog.runtime()
-    for _ in range(warmup):
-        runtime.run(name, inputs, {})
-    latencies, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = runtime.run(name, inputs, {}, profile=profile)
-        latencies.append((time.perf_counter() - start) * 1e3)
+    results, latencies = time_runs(runtime, name, inputs, repeat=repeat, warmup=warmup, profile=profile)
     labels = runtime.step_labels(name)
     latency = {"min": min(latencies), "median": statistics.median(latencies), "max": max(latencies)}
-    steps = [{"index": s.index, "kind": s.kind, "backend": s.backend, "label": s.label, "ms": s.ms}
-             for s in result.steps] if profile else [{"index": i, "label": l} for i, l in enumerate(labels)]
-    outputs = [summarize(o) for o in pytree.tree_leaves(result.outputs)]
+    summary = summarize_profile(plan, results, latencies, prog.report(name).get("values", {})) if profile else None
+    steps = ([dataclasses.asdict(s) for s in summary.steps] if summary
+             else [{"index": i, "label": l} for i, l in enumerate(labels)])
+    outputs = [summarize(o) for o in pytree.tree_leaves(results[-1].outputs)]
     if as_json:
-        print_json({"outputs": outputs, "latency_ms": latency, "steps": steps, "reference": reference})
+        data = {"outputs": outputs, "latency_ms": latency, "steps": steps, "reference": reference}
+        if summary:
+            data["profile"] = {k: v for k, v in summary.to_json().items() if k != "steps"}
+        print_json(data)
         return
     references = [l for l in labels if "reference" in l]
     if references:
@@ -102,8 +102,27 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
     console.print(f"latency over {repeat} run(s): min {latency['min']:.3f} ms, median {latency['median']:.3f} ms, "
                   f"max {latency['max']:.3f} ms")
     console.print(f"steps: {', '.join(labels) or 'none'}")
-    if profile:
-        table = Table("step", "ran on", "ms (last run)")
-        for s in result.steps:
-            table.add_row(str(s.index), s.label, f"{s.ms:.3f}")
-        console.print(table)
+    if summary:
+        print_profile(summary)
+
+
+def print_profile(profile: Profile) -> None:
+    """Per step, per backend, then the totals: what the time and the boundary bytes add up to."""
+    table = Table("step", "partition", "ran on", "ms", "share", "bytes in", "bytes out",
+                  title=f"profile: the median of {profile.runs} run(s)")
+    for s in profile.steps:
+        crossing = s.kind == "delegate"
+        table.add_row(str(s.index), str(s.partition), s.label, f"{s.ms:.3f}", f"{100 * s.share:.1f}%",
+                      human_bytes(s.bytes_in) if crossing else "-", human_bytes(s.bytes_out) if crossing else "-")
+    console.print(table)
+    backends = Table("backend", "steps", "ms", "share")
+    for b in sorted(profile.backends, key=lambda b: -b.ms):
+        backends.add_row(b.backend, str(b.steps), f"{b.ms:.3f}", f"{100 * b.share:.1f}%")
+    backends.add_row("runtime overhead", "", f"{profile.overhead_ms:.3f}",
+                     f"{100 * profile.overhead_ms / profile.wall_ms if profile.wall_ms else 0:.1f}%")
+    backends.add_row("[bold]total (wall)[/bold]", str(len(profile.steps)), f"[bold]{profile.wall_ms:.3f}[/bold]",
+                     "100%")
+    console.print(backends)
+    console.print(f"portable (torch) code: {100 * profile.portable_share:.1f}% of the time; "
+                  f"{human_bytes(profile.boundary_bytes)} cross delegate boundaries per call "
+                  "(their conversions are timed inside each delegate step)")

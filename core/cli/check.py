@@ -1,0 +1,108 @@
+"""``edgeport check``: each delegated partition against its torch reference, and the
+first op of a failing one that diverges."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import click
+from click.core import ParameterSource
+from rich.table import Table
+
+from ..api import export as export_program
+from ..devtools.check import FP16_RTOL, FP32_RTOL, INT8_RTOL, CheckReport, check_program
+from ..errors import InputError
+from ..program import load
+from . import cli
+from ._output import console, print_json, progress
+from .export import parse_options
+from .run import random_inputs, read_inputs
+from .spec import load_factory
+
+
+@cli.command()
+@click.argument("target", metavar="SPEC|PROGRAM")
+@click.option("--inputs", "inputs_path", type=click.Path(exists=True, dir_okay=False),
+              help="Inputs as .npz (default: a SPEC's example inputs, or random ones from a PROGRAM's spec).")
+@click.option("--backend", "-b", "backend_list", default="cpu", show_default=True,
+              help="For a SPEC: backends in priority order, comma-separated.")
+@click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE",
+              help="For a SPEC: a backend option.")
+@click.option("--method", default=None, help="Method to check (default: forward).")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+              help=f"Max relative error allowed, for every partition (default by precision: fp32 {FP32_RTOL:g}, "
+                   f"fp16 {FP16_RTOL:g}, int8 {INT8_RTOL:g}).")
+@click.option("--no-locate", is_flag=True, help="Do not search a failing partition for its first diverging op.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {method, partitions: [...], passed}.")
+@click.pass_context
+def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list: str, option_items: tuple[str, ...],
+          method: str | None, rtol: float | None, no_locate: bool, as_json: bool) -> None:
+    """Check every delegated partition of SPEC (a model, exported here with its torch
+    references) or PROGRAM (saved with --keep-reference) against torch, on the same
+    inputs. Exits with status 1 if a partition fails."""
+    is_program = os.path.isfile(target)
+    if not is_program and target.endswith(".edgeport"):
+        raise InputError(f"no such program: {target}", hint="give a .edgeport file, or a SPEC path/to/model.py:factory")
+    if is_program:
+        for option in ("backend_list", "option_items"):
+            if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
+                raise InputError("--backend and --option apply to a SPEC; a PROGRAM keeps the backends it was "
+                                 "exported with", hint="re-export it with edgeport export, or check the SPEC")
+    with progress(not as_json) as show:
+        if is_program:
+            program, example = load(target), None
+        else:
+            model, example = load_factory(target)
+            backends = [b.strip() for b in backend_list.split(",") if b.strip()]
+            program = export_program(model, example, backends, options=parse_options(option_items),
+                                     keep_reference=True, progress=show)
+        name = method or program._default_method()
+        plan = program.manifest.methods.get(name)
+        if plan is None:
+            raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}")
+        if inputs_path:
+            inputs = read_inputs(inputs_path, plan)
+        else:
+            inputs = list(example) if example is not None and name == "forward" else random_inputs(plan)
+        report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, progress=show)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        print_check(report)
+    if not report.passed:
+        ctx.exit(1)
+
+
+def _number(value: float, fmt: str) -> str:
+    return format(value, fmt) if math.isfinite(value) else str(value)
+
+
+def print_check(report: CheckReport) -> None:
+    table = Table("partition", "backend", "nodes", "max abs", "max rel", "SNR dB", "rtol", "result",
+                  title=f"check: {report.method}")
+    colors = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
+    for p in report.partitions:
+        e = p.error
+        numbers = ([_number(e.max_abs, ".2e"), _number(e.max_rel, ".2e"),
+                    "exact" if e.snr_db == math.inf else _number(e.snr_db, ".1f")] if e else ["-", "-", "-"])
+        table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, f"{p.rtol:g}",
+                      f"[{colors[p.status]}]{p.status}[/{colors[p.status]}]")
+    console.print(table)
+    for p in report.partitions:
+        d = p.divergence
+        if d:
+            where = "first diverging op" if d.exact else "divergence among " + ", ".join(d.candidates) + "; last"
+            module = f" in module {d.module}" if d.module else ""
+            console.print(f"[red]partition {p.partition}[/red] ({p.label}): {where}: [bold]{d.node}[/bold] ({d.op})"
+                          f"{module}, max rel {_number(d.error.max_rel, '.2e')}, found in {d.compiles} compiles",
+                          highlight=False)
+            if d.source:
+                console.print(f"    {d.source}" + (f"\n      {d.code}" if d.code else ""), markup=False)
+        elif p.why:
+            console.print(f"partition {p.partition} ({p.label}) {p.status}: {p.why}", markup=False)
+    checked = [p for p in report.partitions if p.status != "skipped"]
+    passed = sum(1 for p in checked if p.status == "pass")
+    console.print(f"{passed}/{len(checked)} checked partitions pass"
+                  + (f", {len(report.partitions) - len(checked)} skipped" if len(checked) < len(report.partitions)
+                     else ""))

@@ -1,0 +1,26 @@
+"""Developer tools: why a model was split the way it was, whether each delegated piece
+computes the right numbers, and where the time goes.
+
+- `render_program` — the placement report as a self-contained page (``edgeport explain --html``);
+- `check_program` / `check_model` — each delegated partition against its torch reference,
+  and the first op that diverges (``edgeport check``);
+- `time_runs` / `summarize_profile` — time per step and per backend, and the bytes that
+  cross delegate boundaries (``edgeport run --profile``).
+"""
+
+from .check import CheckReport, Divergence, PartitionCheck, check_model, check_program
+from .html import render_html, render_program
+from .profile import Profile, summarize_profile, time_runs
+
+__all__ = [
+    "CheckReport",
+    "Divergence",
+    "PartitionCheck",
+    "Profile",
+    "check_model",
+    "check_program",
+    "render_html",
+    "render_program",
+    "summarize_profile",
+    "time_runs",
+]

@@ -1,0 +1,353 @@
+"""``edgeport check``: does each delegated partition compute what its torch program does?
+
+The method's plan is walked on the given inputs with torch alone: portable steps run as
+they are, delegated steps run their kept torch reference. So every partition sees its
+true inputs, and an error in one partition never leaks into the next one's numbers.
+Each delegated partition then runs on its backend with those same inputs, and its
+outputs are compared with the reference's.
+
+When a partition fails, the first op that diverges is found by bisection over prefixes
+of the partition (in graph order, a prefix of a cycle-free partition is cycle-free):
+each probe cuts the prefix out of the reference program, compiles and runs it with the
+same backend and options, and compares every value the prefix hands on. The op that
+ends the shortest diverging prefix is named with the source line that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Interpreter, Node
+
+from edgeport.partitioners.support import is_compute
+
+from ..api import export
+from ..backend import Artifact, Backend, options_from_dict
+from ..errors import EdgeportError, InputError, UnknownBackendError
+from ..manifest import MethodPlan, Step
+from ..plugins import Registry, default_registry
+from ..portable import PortableExecutable, program_from_files
+from ..program import Program
+from ..report import op_name, source_of
+from ..subprogram import extract_subprogram
+from ..tensors import DTYPES, tensor_from_bytes
+
+# Tolerances on the max relative error (max |delegate - torch| / max |torch|), chosen by
+# the precision a backend computes in, as its compile options name it (an option whose
+# name ends in "precision": qualcomm's precision, coreml's compute_precision).
+FP32_RTOL = 1e-4
+FP16_RTOL = 1e-2  # fp16 keeps ~3 decimal digits; errors add up over a partition of tens of ops
+INT8_RTOL = 1e-1  # quantized: one step of an 8-bit scale is ~0.4% of the range, per op
+
+Progress = Callable[[str], None]
+
+
+def default_rtol(options: Mapping[str, Any]) -> float:
+    """The tolerance for a partition compiled with ``options`` (its manifest entry)."""
+    precisions = {str(v).lower() for k, v in options.items() if k.endswith("precision")}
+    if "int8" in precisions:
+        return INT8_RTOL
+    return FP16_RTOL if "fp16" in precisions else FP32_RTOL
+
+
+@dataclass(frozen=True)
+class Error:
+    """How far actual outputs are from expected ones. ``max_rel`` is relative to the
+    largest expected magnitude (element-wise ratios explode near zero); ``snr_db`` is
+    inf when they match exactly."""
+
+    max_abs: float
+    max_rel: float
+    snr_db: float
+
+    def within(self, rtol: float) -> bool:
+        return self.max_rel <= rtol  # False for nan
+
+
+def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> Error:
+    """Compare output lists; raises ValueError if their number or shapes differ."""
+    if len(actual) != len(expected):
+        raise ValueError(f"{len(actual)} outputs, expected {len(expected)}")
+    max_abs = max_rel = signal = noise = 0.0
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        a = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a).detach().double()
+        e = e.detach().double()
+        if a.shape != e.shape:
+            raise ValueError(f"output {i} has shape {list(a.shape)}, expected {list(e.shape)}")
+        if not e.numel():
+            continue
+        diff = float((a - e).abs().max())
+        diff = math.inf if math.isnan(diff) else diff
+        max_abs = max(max_abs, diff)
+        max_rel = max(max_rel, diff / max(float(e.abs().max()), 1e-6))
+        signal += float((e * e).sum())
+        noise += float(((a - e) ** 2).sum()) if math.isfinite(diff) else math.inf
+    if noise == 0:
+        snr = math.inf
+    else:
+        snr = 10 * math.log10(signal / noise) if signal > 0 and math.isfinite(noise) else -math.inf
+    return Error(max_abs, max_rel, snr)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first op of a partition whose output no longer matches torch.
+
+    ``exact`` is False when shorter prefixes could not be compiled alone: the
+    divergence then lies somewhere in ``candidates`` (this op is the last of them).
+    """
+
+    node: str
+    op: str
+    source: str  # 'File "model.py", line 12, in forward'
+    code: str  # the line itself
+    module: str  # the innermost module that made it: "features.3.conv.1 (BatchNorm2d)", or ""
+    error: Error
+    compiles: int  # prefixes compiled to find it
+    exact: bool = True
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass
+class PartitionCheck:
+    partition: int
+    backend: str
+    label: str  # how it ran here: "cpu", "qualcomm (simulator)"
+    nodes: int
+    rtol: float
+    status: str  # "pass", "fail", "skipped" (cannot run here) or "error" (the backend raised)
+    error: Error | None = None
+    why: str = ""
+    divergence: Divergence | None = None
+
+
+@dataclass
+class CheckReport:
+    method: str
+    partitions: list[PartitionCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(p.status in ("pass", "skipped") for p in self.partitions)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able; non-finite numbers become the strings "inf", "-inf", "nan"."""
+        return _finite(dataclasses.asdict(self) | {"passed": self.passed})
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+# -- walking the plan --------------------------------------------------------------------
+
+
+def check_program(program: Program, inputs: Sequence[Any], *, method: str | None = None, rtol: float | None = None,
+                  locate: bool = True, registry: Registry | None = None,
+                  progress: Progress | None = None) -> CheckReport:
+    """Check every delegated partition of ``method`` on ``inputs``.
+
+    ``rtol`` overrides every backend's default tolerance (see `default_rtol`);
+    ``locate`` searches a failing partition for its first diverging op. The program
+    must hold the torch reference of each delegated partition (export it with
+    ``keep_reference=True``).
+    """
+    name = method or program._default_method()
+    plan = program.manifest.methods.get(name)
+    if plan is None:
+        raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}")
+    missing = [s.partition for s in plan.steps if s.kind == "delegate" and not s.reference]
+    if missing:
+        raise EdgeportError(
+            f"partition(s) {', '.join(map(str, missing))} of {name!r} were saved without their torch reference, "
+            "so there is nothing to check them against",
+            hint="re-export with --keep-reference (edgeport.export(..., keep_reference=True))",
+        )
+    registry = registry or default_registry()
+    sizes = {p["id"]: p["nodes"] for p in program.report(name)["partitions"]}
+    values = _start_values(program, plan, inputs)
+    delegated = sum(1 for s in plan.steps if s.kind == "delegate")
+    results = []
+    for step in plan.steps:
+        args = [values[v] for v in step.inputs]
+        reference = _torch_program(program, step.program or step.reference)
+        expected = [_tensor(v) for v in PortableExecutable(reference).run(args)]
+        if step.kind == "delegate":
+            if progress:
+                progress(f"checking partition {len(results) + 1}/{delegated} on {step.backend}")
+            results.append(_check_step(program, step, reference, args, expected, sizes.get(step.partition, 0),
+                                       registry, rtol, locate, progress))
+        values.update(zip(step.outputs, expected))
+    return CheckReport(name, results)
+
+
+def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...], backends: Sequence[str] = ("cpu",), *,
+                inputs: Sequence[Any] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
+                rtol: float | None = None, registry: Registry | None = None,
+                progress: Progress | None = None) -> CheckReport:
+    """Export ``model`` with its references kept, then `check_program` it on ``inputs``
+    (default: the example inputs)."""
+    program = export(model, example_inputs, backends, options=options, keep_reference=True, registry=registry,
+                     progress=progress)
+    return check_program(program, inputs if inputs is not None else example_inputs, rtol=rtol, registry=registry,
+                         progress=progress)
+
+
+def _start_values(program: Program, plan: MethodPlan, inputs: Sequence[Any]) -> dict[str, Any]:
+    if len(inputs) != len(plan.input_values):
+        raise InputError(f"method {plan.name!r} takes {len(plan.input_values)} input(s) "
+                         f"({', '.join(s.name for s in plan.inputs)}), got {len(inputs)}")
+    values: dict[str, Any] = {}
+    for name, spec, value in zip(plan.input_values, plan.inputs, inputs):
+        value = _tensor(value)
+        if not isinstance(value, torch.Tensor) or value.dtype != DTYPES[spec.dtype]:
+            raise InputError(f"input {spec.name!r} must be a {spec.dtype} tensor, got {getattr(value, 'dtype', value)}",
+                             hint=f"convert it with .to(torch.{spec.dtype})")
+        values[name] = value.contiguous()
+    for value, fqn in plan.state_reads.items():
+        entry = program.manifest.state[fqn]
+        values[value] = tensor_from_bytes(program.files[entry["file"]], entry)
+    return values
+
+
+def _tensor(value: Any) -> Any:
+    return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+
+
+def _torch_program(program: Program, prefix: str) -> ExportedProgram:
+    return program_from_files(lambda rel: program.files[f"{prefix}/{rel}"])
+
+
+def _check_step(program: Program, step: Step, reference: ExportedProgram, args: list[Any], expected: list[Any],
+                nodes: int, registry: Registry, rtol: float | None, locate: bool,
+                progress: Progress | None) -> PartitionCheck:
+    info = program.manifest.artifacts[step.artifact]
+    tol = rtol if rtol is not None else default_rtol(info.options)
+    result = PartitionCheck(step.partition, step.backend, step.backend, nodes, tol, "skipped")
+    try:
+        backend = registry.get(step.backend)
+    except UnknownBackendError as exc:
+        result.why = f"backend {step.backend!r} is not installed ({exc})"
+        return result
+    availability = backend.availability()
+    if not availability.can_run:
+        result.why = availability.why or f"{step.backend} cannot run on this machine"
+        return result
+    if availability.runs_on != "device":
+        result.label = f"{step.backend} ({availability.runs_on})"
+    options = options_from_dict(backend, info.options)
+    artifact = Artifact(program.files[step.artifact], "." + step.artifact.rsplit(".", 1)[-1], info.metadata, options)
+    try:
+        result.error = compare(backend.load(artifact).run(args), expected)
+    except Exception as exc:  # a backend that crashes here is what check is for: report, go on
+        result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
+        return result
+    result.status = "pass" if result.error.within(tol) else "fail"
+    if result.status == "fail" and locate:
+        result.divergence = locate_divergence(reference, args, backend, options, tol, step.partition, progress)
+        if result.divergence is None:
+            result.why = "re-compiled from its torch program the partition matches: the divergence did not reproduce"
+    return result
+
+
+# -- finding the first diverging op ------------------------------------------------------
+
+
+def _groups(reference: ExportedProgram) -> list[list[Node]]:
+    """Compute nodes in graph order, each with the getitems that unpack it: a prefix
+    never splits a multi-output op from its outputs."""
+    groups: list[list[Node]] = []
+    for node in reference.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if is_compute(node) or not groups:
+            groups.append([node])
+        else:
+            groups[-1].append(node)
+    return groups
+
+
+def _all_values(reference: ExportedProgram, args: Sequence[Any]) -> dict[str, Any]:
+    """Every value of the reference program on ``args``, by node name."""
+    held = {**reference.state_dict, **reference.constants}
+    constants = [held[spec.target] for spec in reference.graph_signature.input_specs if spec.target is not None]
+    interpreter = Interpreter(reference.graph_module, garbage_collect_values=False)
+    with torch.no_grad():
+        interpreter.run(*constants, *args)
+    return {node.name: value for node, value in interpreter.env.items()}
+
+
+def _code(node: Node) -> str:
+    """The source line under the frame `source_of` names."""
+    lines = [line.strip() for line in (node.meta.get("stack_trace") or "").splitlines()]
+    frame = source_of(node)
+    after = lines.index(frame) + 1 if frame in lines else len(lines)
+    return lines[after] if after < len(lines) and not lines[after].startswith("File ") else ""
+
+
+def _module(node: Node) -> str:
+    """Where in the model the node comes from, as the innermost module's path: the
+    source line alone says little when it is ``x = self.features(x)``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, kind = list(stack.values())[-1]
+    name = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1])
+    return f"{path} ({name})" if path else ""
+
+
+def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: Backend, options: Any, rtol: float,
+                      partition: int = 0, progress: Progress | None = None) -> Divergence | None:
+    """The first op of ``reference`` (a partition's torch program) whose prefix, compiled
+    by ``backend``, no longer matches torch on ``args``; None if even the whole
+    partition re-compiled matches."""
+    env = _all_values(reference, args)
+    groups = _groups(reference)
+    compiles = 0
+
+    def probe(k: int) -> Error | None:
+        """The error of the prefix ending with group ``k``; None if it does not compile."""
+        nonlocal compiles
+        compiles += 1
+        if progress:
+            progress(f"partition {partition}: bisecting, compile {compiles} (first {k + 1}/{len(groups)} ops)")
+        sub = extract_subprogram(reference, [n for g in groups[: k + 1] for n in g])
+        try:
+            artifact = dataclasses.replace(backend.compile(sub.program, options), options=options)
+            outputs = backend.load(artifact).run([env[v] for v in sub.inputs])
+            return compare(outputs, [env[v] for v in sub.outputs])
+        except Exception:  # e.g. a backend that will not take a lone reshape: try a longer prefix
+            return None
+
+    hi = len(groups) - 1
+    worst = probe(hi)
+    if worst is None or worst.within(rtol):
+        return None
+    lo = 0  # invariant: prefix hi diverges; no prefix shorter than lo does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        error = None
+        while mid < hi and (error := probe(mid)) is None:
+            mid += 1
+        if error is None:
+            break  # prefixes lo..hi-1 do not compile alone
+        if error.within(rtol):
+            lo = mid + 1
+        else:
+            hi, worst = mid, error
+    node = groups[hi][0]
+    candidates = tuple(g[0].name for g in groups[lo: hi + 1])
+    return Divergence(node.name, op_name(node), source_of(node), _code(node), _module(node), worst, compiles,
+                      lo == hi, candidates if lo != hi else ())

@@ -1,0 +1,172 @@
+"""`edgeport check`: a planted wrong kernel is found and named, with its source line."""
+
+import io
+import json
+import math
+import zipfile
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import edgeport
+from edgeport.cli import cli
+from edgeport.devtools.check import FP16_RTOL, FP32_RTOL, INT8_RTOL, check_model, check_program, compare, default_rtol
+from edgeport.portable import PortableExecutable, program_from_files
+from torch_backend import TorchOpsBackend, registry_with
+
+MODEL = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        y = torch.relu(y + 0.5)
+        z = y * 2.0
+        return torch.relu(z + y)
+
+
+def factory():
+    torch.manual_seed(0)
+    return Net().eval(), (torch.randn(1, 3, 12, 12),)
+'''
+MUL_LINE = f'model.py", line {MODEL.splitlines().index("        z = y * 2.0") + 1}, in forward'
+
+
+class OffByOnePercent(TorchOpsBackend):
+    """The test backend with one bad kernel: ``op``'s output comes out 1% too large;
+    every other op (relu, add, ...) stays exact."""
+
+    def __init__(self, op=torch.ops.aten.mul.Tensor, **kwargs):
+        super().__init__(**kwargs)
+        self.bad_op = op
+
+    def load(self, artifact):
+        program = program_from_files(zipfile.ZipFile(io.BytesIO(artifact.data)).read)
+        graph = program.graph_module.graph
+        for node in list(graph.nodes):
+            if node.target == self.bad_op:
+                with graph.inserting_after(node):
+                    off = graph.call_function(torch.ops.aten.mul.Tensor, (node, 1.01))
+                node.replace_all_uses_with(off, delete_user_cb=lambda user: user is not off)
+        program.graph_module.recompile()
+        return PortableExecutable(program)
+
+
+@pytest.fixture
+def model_file(tmp_path, monkeypatch):
+    (tmp_path / "model.py").write_text(MODEL)
+    monkeypatch.chdir(tmp_path)
+    from edgeport.cli.spec import load_factory
+
+    return load_factory("model.py:factory")
+
+
+def test_check_names_the_planted_op_and_its_source_line(model_file):
+    model, inputs = model_file
+    report = check_model(model, inputs, ["torchops"], registry=registry_with(OffByOnePercent()))
+    [partition] = report.partitions
+    assert partition.status == "fail" and not report.passed
+    assert 5e-3 < partition.error.max_rel < 2e-2
+    found = partition.divergence
+    assert (found.node, found.op) == ("mul", "aten.mul.Tensor")
+    assert found.source.endswith(MUL_LINE) and found.code == "z = y * 2.0"
+    assert found.exact and found.compiles <= 4  # bisection over 5 ops: log2, plus the whole partition
+    assert found.error.max_rel == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.parametrize("op, node", [(torch.ops.aten.relu.default, "relu"), (torch.ops.aten.add.Tensor, "add")])
+def test_the_first_diverging_op_is_found_wherever_it_is(model_file, op, node):
+    model, inputs = model_file
+    report = check_model(model, inputs, ["torchops"], registry=registry_with(OffByOnePercent(op)))
+    assert report.partitions[0].divergence.node == node  # the partition's first op; the first of two adds
+
+
+def test_an_exact_backend_passes_and_a_loose_tolerance_lets_the_planted_error_through(model_file):
+    model, inputs = model_file
+    report = check_model(model, inputs, ["torchops"], registry=registry_with(TorchOpsBackend()))
+    assert report.passed and report.partitions[0].error.snr_db == math.inf
+    report = check_model(model, inputs, ["torchops"], registry=registry_with(OffByOnePercent()), rtol=0.05)
+    assert report.passed and report.partitions[0].divergence is None
+
+
+def test_a_backend_that_cannot_run_here_is_skipped_with_its_reason(model_file):
+    model, inputs = model_file
+    report = check_model(model, inputs, ["torchops"], registry=registry_with(TorchOpsBackend(can_run=False)))
+    assert [(p.status, p.why) for p in report.partitions] == [("skipped", "the test says it cannot run here")]
+    assert report.passed
+
+
+def test_a_program_saved_without_references_says_to_re_export(model_file):
+    model, inputs = model_file
+    registry = registry_with(TorchOpsBackend())
+    program = edgeport.export(model, inputs, ["torchops"], registry=registry)
+    with pytest.raises(edgeport.EdgeportError, match="without their torch reference") as error:
+        check_program(program, inputs, registry=registry)
+    assert "--keep-reference" in error.value.hint
+
+
+def test_tolerances_follow_the_precision_a_backend_was_compiled_with():
+    assert default_rtol({"threads": 2}) == FP32_RTOL
+    assert default_rtol({"precision": "fp16", "soc": "SM8650"}) == FP16_RTOL  # qualcomm
+    assert default_rtol({"compute_precision": "fp16"}) == FP16_RTOL  # coreml
+    assert default_rtol({"compute_precision": "fp32"}) == FP32_RTOL
+    assert default_rtol({"precision": "int8"}) == INT8_RTOL
+
+
+def test_compare_reports_exact_matches_non_finite_outputs_and_bad_shapes():
+    x = torch.linspace(-1, 1, 11)
+    assert compare([x.clone()], [x]).snr_db == math.inf
+    error = compare([x * 1.1], [x])
+    assert error.max_rel == pytest.approx(0.1) and error.snr_db == pytest.approx(20.0)
+    bad = compare([torch.full_like(x, float("nan"))], [x])
+    assert not bad.within(1.0) and bad.max_abs == math.inf
+    with pytest.raises(ValueError, match="shape"):
+        compare([x[:3]], [x])
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def planted(model_file, monkeypatch):
+    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(OffByOnePercent()))
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_cli_check_spec_prints_the_table_and_the_diverging_op(planted):
+    result = invoke("check", "model.py:factory", "--backend", "torchops")
+    assert result.exit_code == 1
+    assert "fail" in result.output and "first diverging op: mul (aten.mul.Tensor)" in result.output
+    assert MUL_LINE in result.output and "z = y * 2.0" in result.output
+
+
+def test_cli_check_json_and_a_saved_program(planted, tmp_path):
+    data = json.loads(invoke("check", "model.py:factory", "--backend", "torchops", "--json").output)
+    assert data["passed"] is False
+    assert data["partitions"][0]["divergence"]["node"] == "mul"
+    assert data["partitions"][0]["rtol"] == FP32_RTOL
+
+    assert invoke("export", "model.py:factory", "-b", "torchops", "--keep-reference", "-o", "m.edgeport").exit_code == 0
+    import numpy as np
+
+    np.savez(tmp_path / "in.npz", x=np.ones((1, 3, 12, 12), dtype=np.float32))
+    result = invoke("check", "m.edgeport", "--inputs", "in.npz", "--rtol", "0.05", "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["passed"] is True
+
+
+def test_cli_check_errors(planted):
+    invoke("export", "model.py:factory", "-b", "torchops", "-o", "plain.edgeport")
+    result = CliRunner().invoke(cli, ["check", "plain.edgeport"])
+    assert result.exit_code == 1 and "re-export with --keep-reference" in result.output
+    result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--backend", "cpu"])
+    assert result.exit_code == 1 and "--backend and --option apply to a SPEC" in result.output
+    assert "Traceback" not in result.output
