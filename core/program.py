@@ -47,9 +47,11 @@ class Program:
 
     def report(self, method: str | None = None) -> dict[str, Any]:
         """The placement report of a method: every node's backend and reasons."""
-        return self.manifest.report[method or self._default_method()]
+        return self.manifest.report[method or self.default_method]
 
-    def _default_method(self) -> str:
+    @property
+    def default_method(self) -> str:
+        """The method ``prog(...)`` runs: "forward", or the only method there is."""
         if "forward" in self.manifest.methods or len(self.manifest.methods) != 1:
             return "forward"
         return next(iter(self.manifest.methods))
@@ -63,10 +65,10 @@ class Program:
         return self._runtime
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.runtime().run(self._default_method(), args, kwargs).outputs
+        return self.runtime().run(self.default_method, args, kwargs).outputs
 
     def run(self, *args: Any, method: str | None = None, profile: bool = False, **kwargs: Any) -> RunResult:
-        return self.runtime().run(method or self._default_method(), args, kwargs, profile=profile)
+        return self.runtime().run(method or self.default_method, args, kwargs, profile=profile)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the program as one .edgeport zip (atomically: a crash leaves no half file)."""

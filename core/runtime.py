@@ -24,12 +24,15 @@ from .portable import PortableExecutable, program_from_files
 from .tensors import DTYPES, tensor_from_bytes
 
 
+TORCH_REFERENCE = "torch reference"  # the label of a delegate step run as its partition's torch program
+
+
 @dataclass(frozen=True)
 class StepTiming:
     index: int
     kind: str  # "delegate" or "portable"
     backend: str  # backend name, or "portable"
-    label: str  # how it ran here: "cpu", "qualcomm (simulator)", "coreml (reference)", ...
+    label: str  # how it ran here: "cpu", "qualcomm: simulator", "coreml: torch reference", ...
     ms: float
 
 
@@ -98,10 +101,10 @@ class Runtime:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             runs_on = backend.availability().runs_on
-            label = name if runs_on == "device" else f"{name} ({runs_on})"
+            label = name if runs_on == "device" else f"{name}: {runs_on}"
             return _LoadedStep(step, executable, name, label, frees)
         if self._reference and step.reference:
-            return _LoadedStep(step, self._portable(step.reference), name, f"{name} (reference)", frees)
+            return _LoadedStep(step, self._portable(step.reference), name, f"{name}: {TORCH_REFERENCE}", frees)
         if self._reference:
             hint = "re-export with keep_reference=True (--keep-reference) to keep the torch reference"
         else:

@@ -71,7 +71,8 @@ def main() -> int:
                         f"{eager_ms / latency:.2f}x", f"{error:.2e}")
     console.rule("summary")
     console.print(results)
-    console.print("latency of a row labelled 'reference' is torch's, not the target hardware's")
+    console.print("a label after ':' says how a step ran here when not on its target hardware "
+                  "(simulator, CPU reference, torch reference): its latency says nothing about the device")
     return 0
 
 

@@ -134,7 +134,7 @@ def test_backend_that_cannot_run_here_needs_reference(tmp_path):
     assert "--reference" in info.value.hint
     result = edgeport.load(tmp_path / "p.edgeport", registry=registry, reference=True).run(x, profile=True)
     assert_close(result.outputs, model(x))
-    assert "torchops (reference)" in [s.label for s in result.steps]
+    assert "torchops: torch reference" in [s.label for s in result.steps]
 
 
 def test_missing_backend_error_names_it(tmp_path):

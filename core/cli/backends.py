@@ -22,6 +22,7 @@ def backends(as_json: bool) -> None:
             "name": name,
             "distribution": entry.distribution,
             "version": entry.version,
+            "toolchain": entry.backend.version,
             "can_compile": availability.can_compile,
             "can_run": availability.can_run,
             "runs_on": availability.runs_on,
@@ -32,10 +33,10 @@ def backends(as_json: bool) -> None:
     if as_json:
         print_json({"backends": rows, "broken": broken})
         return
-    table = Table("backend", "distribution", "version", "compile", "run", "runs on", "why")
+    table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "why")
     for r in rows:
-        table.add_row(r["name"], r["distribution"], r["version"], _mark(r["can_compile"]), _mark(r["can_run"]),
-                      r["runs_on"], r["why"])
+        table.add_row(r["name"], f"{r['distribution']} {r['version']}", r["toolchain"], _mark(r["can_compile"]),
+                      _mark(r["can_run"]), r["runs_on"], r["why"])
     console.print(table)
     for b in broken:
         console.print(f"[red]broken plugin[/red] {b['plugin']} ({b['distribution']}): {b['error']}")

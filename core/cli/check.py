@@ -57,7 +57,7 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             backends = [b.strip() for b in backend_list.split(",") if b.strip()]
             program = export_program(model, example, backends, options=parse_options(option_items),
                                      keep_reference=True, progress=show)
-        name = method or program._default_method()
+        name = method or program.default_method
         plan = program.manifest.methods.get(name)
         if plan is None:
             raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}")

@@ -74,7 +74,7 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
         reference: bool, as_json: bool) -> None:
     """Run PROGRAM (random inputs from its spec unless --inputs is given)."""
     prog: Program = load(program, reference=reference)
-    name = method or prog._default_method()
+    name = method or prog.default_method
     plan = prog.manifest.methods.get(name)
     if plan is None:
         raise InputError(f"program has no method {name!r}; it has {', '.join(prog.methods)}")
@@ -93,10 +93,9 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
             data["profile"] = {k: v for k, v in summary.to_json().items() if k != "steps"}
         print_json(data)
         return
-    references = [l for l in labels if "reference" in l]
-    if references:
-        console.print(f"[yellow]reference execution[/yellow]: {', '.join(sorted(set(references)))} "
-                      "(torch, not the target hardware)")
+    not_on_target = sorted({label for label in labels if ": " in label})
+    if not_on_target:
+        console.print(f"[yellow]not on the target hardware[/yellow]: {', '.join(not_on_target)}")
     for i, out in enumerate(outputs):
         console.print(f"output {i}: {out}")
     console.print(f"latency over {repeat} run(s): min {latency['min']:.3f} ms, median {latency['median']:.3f} ms, "

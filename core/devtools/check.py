@@ -118,7 +118,7 @@ class Divergence:
 class PartitionCheck:
     partition: int
     backend: str
-    label: str  # how it ran here: "cpu", "qualcomm (simulator)"
+    label: str  # how it ran here: "cpu", "qualcomm: simulator"
     nodes: int
     rtol: float
     status: str  # "pass", "fail", "skipped" (cannot run here) or "error" (the backend raised)
@@ -164,7 +164,7 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
     must hold the torch reference of each delegated partition (export it with
     ``keep_reference=True``).
     """
-    name = method or program._default_method()
+    name = method or program.default_method
     plan = program.manifest.methods.get(name)
     if plan is None:
         raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}")

@@ -254,7 +254,7 @@ def render_html(report: Mapping[str, Any], inputs: Sequence[str], outputs: Seque
 
 def render_program(program: Program, method: str | None = None, *, title: str | None = None) -> str:
     """The page for one method of a loaded program (default: forward, or its only method)."""
-    name = method or program._default_method()
+    name = method or program.default_method
     plan = program.manifest.methods.get(name)
     if plan is None:
         raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}",

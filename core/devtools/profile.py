@@ -43,7 +43,7 @@ class StepProfile:
     partition: int
     kind: str  # "delegate" or "portable"
     backend: str
-    label: str  # how it ran here: "cpu", "qualcomm (simulator)", "coreml (reference)"
+    label: str  # how it ran here: "cpu", "qualcomm: simulator", "coreml: torch reference"
     ms: float  # in the median run
     share: float  # of the median wall time
     bytes_in: int

@@ -194,7 +194,7 @@ def test_export_runs_on_the_cpu_reference_and_matches(tiny, tmp_path):
     loaded = edgeport.load(tmp_path / "m.edgeport", registry=registry_for(MediatekBackend()))
     with torch.no_grad():
         assert compare(loaded(*inputs), module(*inputs)) < 1e-4
-    expected = "mediatek (reference (CPU))" if NO_APU else "mediatek"
+    expected = "mediatek: reference (CPU)" if NO_APU else "mediatek"
     assert loaded.runtime().step_labels("forward") == [expected]
 
 
