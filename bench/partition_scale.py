@@ -72,31 +72,45 @@ def run_fx(gm: GraphModule) -> tuple[float, int]:
     return time.perf_counter() - start, len(partitions)
 
 
+FX_MEMORY_LIMIT = 8 << 30  # at 50k nodes fx grew past 23 GB and was OOM-killed: cap it
+
+
 def _fx_child(n: int, queue) -> None:
-    queue.put(run_fx(synthetic_graph(n)))
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (FX_MEMORY_LIMIT, FX_MEMORY_LIMIT))
+    try:
+        queue.put(run_fx(synthetic_graph(n)))
+    except MemoryError:
+        queue.put(f"ran out of memory (over {FX_MEMORY_LIMIT >> 30} GB)")
 
 
-def fx_within_budget(n: int, budget: float) -> tuple[float, int] | None:
-    """Run the fx partitioner on the n-node graph in a child; None if over budget."""
+def fx_within_budget(n: int, budget: float) -> tuple[float, int] | str:
+    """Run the fx partitioner on the n-node graph in a child; a string says why not."""
     import multiprocessing as mp
+    import queue as queues
 
-    queue = mp.get_context("fork").Queue()
-    child = mp.get_context("fork").Process(target=_fx_child, args=(n, queue))
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_fx_child, args=(n, results))
     child.start()
-    child.join(budget)
-    if child.is_alive():
-        child.kill()
+    try:
+        return results.get(timeout=budget)
+    except queues.Empty:
+        if child.is_alive():
+            child.kill()
+            return f"did not finish in {budget:.0f} s"
+        return f"crashed (exit code {child.exitcode})"
+    finally:
         child.join()
-        return None
-    return queue.get()
 
 
 def compare(n: int, budget: float) -> None:
     gm = synthetic_graph(n)
     ours = min(run_edgeport(gm) for _ in range(3))
     theirs = fx_within_budget(n, budget)
-    if theirs is None:
-        fx, ratio = f"did not finish in {budget:.0f} s", f"> {budget / ours[0]:.0f}x"
+    if isinstance(theirs, str):
+        fx, ratio = theirs, f"> {budget / ours[0]:.0f}x" if theirs.startswith("did not") else "-"
     else:
         fx, ratio = f"{theirs[0]:.3f} s ({theirs[1]} partitions)", f"{theirs[0] / ours[0]:.0f}x"
     print(f"| {len(gm.graph.nodes):>6} | {ours[0]:.3f} s ({ours[1]} partitions) | {fx} | {ratio} |", flush=True)
