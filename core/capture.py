@@ -7,7 +7,9 @@ after all, so other backends get the pieces they may know.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+import warnings
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch.export import ExportedProgram
@@ -27,7 +29,8 @@ def capture(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     try:
-        exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        with _quiet_torch():
+            exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgeportError(
@@ -46,7 +49,16 @@ def _decompose(exported: ExportedProgram, keep: set[Any]) -> ExportedProgram:
     table = torch.export.default_decompositions()
     for op in keep:
         table.pop(op, None)
-    return exported.run_decompositions(table)
+    with _quiet_torch():
+        return exported.run_decompositions(table)
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """torch.export warns about its own pytree internals on every call; users cannot act on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+        yield
 
 
 def _kept_for_nobody(program: ExportedProgram, op: Any, backends: Sequence[Backend], options: Mapping[str, Any]) -> bool:
