@@ -1,8 +1,8 @@
 """The TFLite model as written, judged op by op against NeuroPilot's rules.
 
-Support answers ahead of time from `writes.py`; this reads what the writer actually
-wrote, so whatever the plugin would leave to LiteRT's CPU is found before the artifact
-is made, and blamed on the node that wrote it. The writer names every tensor a node
+Support answers ahead of time from the writer's `written_ops`; this reads what the
+writer actually wrote, so whatever the plugin would leave to LiteRT's CPU is found
+before the artifact is made, and blamed on the node that wrote it. The writer names every tensor a node
 writes after the node ("conv", "conv/bias", "split/1"), so an op's node is the name of
 its first output up to the first "/".
 """

@@ -1,6 +1,8 @@
 """Our TFLite flatbuffer writer and LiteRT runner, shared by the cpu and mediatek backends.
 
 - `writer_support(node, ctx)`: can the writer write this node? (the lowering table's answer)
+- `written_ops(node, ctx)`: the TFLite ops it would write for it (besides `PLUMBING`)
+- `constant_nodes(program)`: the nodes it folds to constants at compile time
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
 - `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate
 - `KEEP_OPS`: ops worth keeping undecomposed at capture (written better whole)
@@ -11,15 +13,19 @@ Importing this package is cheap: the schema and the interpreter are imported whe
 from .keep import KEEP_OPS
 from .runner import TfliteExecutable, interpreter_missing, runtime_version
 from .schema import writer_deps_missing
-from .writer import TfliteModel, write_tflite, writer_support
+from .lowering import PLUMBING
+from .writer import TfliteModel, constant_nodes, write_tflite, writer_support, written_ops
 
 __all__ = [
     "KEEP_OPS",
+    "PLUMBING",
     "TfliteExecutable",
     "TfliteModel",
+    "constant_nodes",
     "interpreter_missing",
     "runtime_version",
     "write_tflite",
     "writer_deps_missing",
     "writer_support",
+    "written_ops",
 ]

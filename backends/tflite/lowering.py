@@ -1,9 +1,10 @@
 """The op lowering table: one entry per aten op, used both to answer support and to write.
 
 An entry knows the dtypes it takes, an optional shape/argument check that returns a
-reason to decline, and how to emit the op. `check_node` is the single support
-question; `writer_support` asks it for the partitioner and the writer asks it again
-before writing, so "supported" and "writable" cannot drift apart.
+reason to decline, how to emit the op, and which TFLite ops that emit may write
+(`written_ops`, for a backend whose compiler judges TFLite ops). `check_node` is the
+single support question; `writer_support` asks it for the partitioner and the writer
+asks it again before writing, so "supported" and "writable" cannot drift apart.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ ANY = frozenset({torch.float32, torch.int32, torch.int64, torch.bool})
 
 IsConst = Callable[[Node], bool]
 Check = Callable[[Node, IsConst], "str | None"]
+# The TFLite builtins an emit may write for a node: fixed, or a function of the node.
+Writes = frozenset[str] | Callable[[Node, IsConst], Iterable[str]]
+
+# Ops the emitter itself writes around any lowering: layout changes, reshapes, dtype
+# casts and fp16 weight dequantization. `written_ops` leaves them out.
+PLUMBING = frozenset({"TRANSPOSE", "RESHAPE", "CAST", "DEQUANTIZE"})
 
 
 @dataclass(frozen=True)
 class Lowering:
     """How one aten op becomes TFLite operators.
 
+    `writes`: the TFLite builtins `emit` may write for a node, besides PLUMBING; declared
+    next to `emit` so that the two change together.
     `outputs`: for a multi-output op, the getitem indices it produces (None = all).
     `fuses_activation`: its TFLite op takes a fused RELU/RELU6 activation.
     `as_activation`: for an activation op, the fused ActivationFunctionType name it
@@ -37,6 +46,7 @@ class Lowering:
 
     emit: Callable[[Any, Node], Any]
     dtypes: frozenset[torch.dtype]
+    writes: Writes
     check: Check | None = None
     outputs: tuple[int, ...] | None = None
     fuses_activation: bool = False
@@ -56,6 +66,7 @@ SHAPE_ONLY = frozenset({aten.full_like.default, aten.zeros_like.default, aten.on
 
 def lowering(
     *ops: Any,
+    writes: Writes,
     dtypes: frozenset[torch.dtype] = FLOAT,
     check: Check | None = None,
     outputs: tuple[int, ...] | None = None,
@@ -65,12 +76,21 @@ def lowering(
     """Register the decorated `emit(em, node)` for each of `ops`."""
 
     def register(emit: Callable) -> Callable:
-        entry = Lowering(emit, dtypes, check, outputs, fuses_activation, as_activation)
+        entry = Lowering(emit, dtypes, writes, check, outputs, fuses_activation, as_activation)
         for op in ops:
             LOWERINGS[op] = entry
         return emit
 
     return register
+
+
+def by_target(names: dict[Any, str]) -> Callable[[Node, IsConst], frozenset[str]]:
+    """`writes` for a lowering that writes one op, looked up by the node's target."""
+
+    def writes(node: Node, is_const: IsConst) -> frozenset[str]:
+        return frozenset({names[node.target]})
+
+    return writes
 
 
 def table() -> dict[Any, Lowering]:
@@ -137,6 +157,23 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
         if reason:
             return f"{_op_name(node.target)}: {reason}"
     return None
+
+
+def written_ops(node: Node, is_const: IsConst) -> frozenset[str]:
+    """The TFLite builtins the writer may write for `node`, besides PLUMBING: none for a
+    constant (folded at compile time), an output pick or a shape assertion.
+
+    Ask only about a node `check_node` accepts: raises ValueError for one without a lowering.
+    """
+    if node.op != "call_function" or node.target in CHECKS_ONLY or node.target is operator.getitem:
+        return frozenset()
+    if foldable(node, is_const):
+        return frozenset()
+    entry = table().get(node.target)
+    if entry is None:
+        raise ValueError(f"no TFLite lowering for {_op_name(node.target)}: ask writer_support first")
+    writes = entry.writes
+    return writes if isinstance(writes, frozenset) else frozenset(writes(node, is_const))
 
 
 def _runtime_dtypes(

@@ -25,7 +25,7 @@ from torch.fx import Graph, Node
 
 from edgeport import DeclineNodes, Support, SupportContext
 
-from . import layout
+from . import layout, lowering
 from .emitter import Emitter, Plan, Value
 from .flatbuffer import ModelBuilder
 from .lowering import SHAPE_ONLY, check_node, foldable, table
@@ -81,6 +81,29 @@ def writer_support(node: Node, ctx: SupportContext) -> Support:
     except Exception as e:  # noqa: BLE001 - support must never raise
         reason = f"{node.target}: could not check ({type(e).__name__}: {e})"
     return Support.no(reason) if reason else Support.yes()
+
+
+def written_ops(node: Node, ctx: SupportContext) -> frozenset[str]:
+    """The TFLite builtins `write_tflite` may write for `node` (a node `writer_support`
+    accepts), from its lowering's own declaration: none for a node folded to a constant,
+    or (as planned on the whole program) fused into its producer or folded into a conv.
+    Layout TRANSPOSEs, RESHAPEs, CASTs and fp16 DEQUANTIZEs (`PLUMBING`) may come on top
+    of any node."""
+    consts = constant_nodes(ctx.program)
+    plan = _whole_plan(ctx.program)
+    if node in plan.alias or node in plan.bn_fold.values():
+        return frozenset()
+    return lowering.written_ops(node, consts.__contains__)
+
+
+_PLANS: weakref.WeakKeyDictionary[Graph, Plan] = weakref.WeakKeyDictionary()
+
+
+def _whole_plan(program: ExportedProgram) -> Plan:
+    graph = program.graph_module.graph
+    if graph not in _PLANS:
+        _PLANS[graph] = make_plan(graph, _live(graph), constant_nodes(program))
+    return _PLANS[graph]
 
 
 # -- planning -----------------------------------------------------------------------------

@@ -41,7 +41,22 @@ def _check_sdpa(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.scaled_dot_product_attention.default, dtypes=FLOAT | {torch.bool}, check=_check_sdpa)
+def _sdpa_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    """Two BATCH_MATMULs around a SOFTMAX; a mask is ADDed, a runtime bool mask first
+    made additive by a SELECT_V2."""
+    a = _sdpa_args(node)
+    ops = {"MUL", "BATCH_MATMUL", "SOFTMAX"}
+    mask = a.get("attn_mask")
+    if a.get("is_causal", False) or mask is not None:
+        ops.add("ADD")
+    if isinstance(mask, Node) and meta(mask).dtype == torch.bool and not is_const(mask):
+        ops.add("SELECT_V2")
+    return frozenset(ops)
+
+
+@lowering(
+    aten.scaled_dot_product_attention.default, writes=_sdpa_writes, dtypes=FLOAT | {torch.bool}, check=_check_sdpa
+)
 def sdpa(em: Emitter, node: Node) -> Value:
     """softmax(q k^T * scale + mask) v."""
     a = _sdpa_args(node)
@@ -55,7 +70,7 @@ def sdpa(em: Emitter, node: Node) -> Value:
     k_t = Value(k.tensor, layout.apply(swap, k.shape), k.dtype, layout.after_permute(k.perm, swap))
     scores = batch_matmul(em, q, k_t, node.name + "/scores")
 
-    mask = _additive_mask(em, a, length, source)
+    mask = _additive_mask(em, a, length, source, node.name + "/mask")
     if mask is not None:
         shape = torch.broadcast_shapes(scores.shape, tuple(mask.shape))
         scores = em.elementwise("ADD", [scores, mask], shape, torch.float32, node.name + "/masked")
@@ -63,8 +78,8 @@ def sdpa(em: Emitter, node: Node) -> Value:
     return batch_matmul(em, probs, v, node.name)
 
 
-def _additive_mask(em: Emitter, a: dict, length: int, source: int) -> torch.Tensor | Value | None:
-    """The mask as something to add to the scores (a constant or a Value), or None."""
+def _additive_mask(em: Emitter, a: dict, length: int, source: int, name: str) -> torch.Tensor | Value | None:
+    """The mask as something to add to the scores (a constant or a Value, written as `name`), or None."""
     if a.get("is_causal", False):
         keep = torch.ones(length, source, dtype=torch.bool).tril()
         return torch.zeros(length, source).masked_fill(~keep, -math.inf)
@@ -77,5 +92,4 @@ def _additive_mask(em: Emitter, a: dict, length: int, source: int) -> torch.Tens
     if isinstance(m, torch.Tensor):
         return torch.zeros(m.shape).masked_fill(~m, -math.inf)
     dtypes = [torch.bool, torch.float32, torch.float32]
-    return em.elementwise("SELECT_V2", [m, 0.0, -math.inf], m.shape, torch.float32,
-                          a["attn_mask"].name + "/additive", dtypes)
+    return em.elementwise("SELECT_V2", [m, 0.0, -math.inf], m.shape, torch.float32, name, dtypes)

@@ -18,7 +18,7 @@ from torch.fx import Node
 from .. import layout
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
-from ..lowering import FLOAT, IsConst, aten, lowering, meta, shape, table
+from ..lowering import FLOAT, IsConst, aten, by_target, lowering, meta, shape, table
 from ..schema import tfl
 from .shape import pad
 
@@ -74,7 +74,10 @@ def _check_conv(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.convolution.default, dtypes=FLOAT, check=_check_conv, fuses_activation=True)
+_CONV_WRITES = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "PAD", "SLICE"})
+
+
+@lowering(aten.convolution.default, writes=_CONV_WRITES, dtypes=FLOAT, check=_check_conv, fuses_activation=True)
 def convolution(em: Emitter, node: Node) -> Value:
     a = _conv_args(node)
     x = em.value(a["input"])
@@ -183,7 +186,8 @@ def _check_bn(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten._native_batch_norm_legit_no_training.default, dtypes=FLOAT, check=_check_bn, outputs=(0,))
+@lowering(aten._native_batch_norm_legit_no_training.default, writes=frozenset({"MUL", "ADD"}), dtypes=FLOAT,
+          check=_check_bn, outputs=(0,))
 def batch_norm(em: Emitter, node: Node) -> tuple[Value]:
     """A batch norm not folded into a conv: x * scale + shift per channel (dim 1)."""
     x = em.value(node.args[0])
@@ -226,14 +230,16 @@ def _check_max_pool(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(
-    aten.max_pool2d_with_indices.default, dtypes=FLOAT, check=_check_max_pool, outputs=(0,), fuses_activation=True
-)
+_MAX_POOL_WRITES = frozenset({"MAX_POOL_2D", "PAD", "PADV2"})
+
+
+@lowering(aten.max_pool2d_with_indices.default, writes=_MAX_POOL_WRITES, dtypes=FLOAT, check=_check_max_pool,
+          outputs=(0,), fuses_activation=True)
 def max_pool2d_with_indices(em: Emitter, node: Node) -> tuple[Value]:
     return (max_pool2d(em, node),)
 
 
-@lowering(aten.max_pool2d.default, dtypes=FLOAT, check=_check_max_pool, fuses_activation=True)
+@lowering(aten.max_pool2d.default, writes=_MAX_POOL_WRITES, dtypes=FLOAT, check=_check_max_pool, fuses_activation=True)
 def max_pool2d(em: Emitter, node: Node) -> Value:
     # Padding with 0 equals padding with -inf after a ReLU, and a zero PAD fuses into
     # XNNPACK's pooling while a PADV2 stays outside the delegate.
@@ -265,7 +271,8 @@ def _check_avg_pool(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.avg_pool2d.default, dtypes=FLOAT, check=_check_avg_pool, fuses_activation=True)
+@lowering(aten.avg_pool2d.default, writes=frozenset({"AVERAGE_POOL_2D", "PAD"}), dtypes=FLOAT, check=_check_avg_pool,
+          fuses_activation=True)
 def avg_pool2d(em: Emitter, node: Node) -> Value:
     count_include_pad = node.args[5] if len(node.args) > 5 else True
     return _pool(em, node, "AVERAGE_POOL_2D", pad_value=0.0 if count_include_pad else None)
@@ -304,7 +311,8 @@ def _check_adaptive(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten._adaptive_avg_pool2d.default, dtypes=FLOAT, check=_check_adaptive, fuses_activation=True)
+@lowering(aten._adaptive_avg_pool2d.default, writes=frozenset({"AVERAGE_POOL_2D"}), dtypes=FLOAT, check=_check_adaptive,
+          fuses_activation=True)
 def adaptive_avg_pool2d(em: Emitter, node: Node) -> Value:
     x = em.to_perm(em.value(node.args[0]), layout.NHWC)
     kernel = [n // o for n, o in zip(x.shape[2:], node.args[1])]
@@ -345,7 +353,7 @@ _RESIZE = {
 }
 
 
-@lowering(*_RESIZE, dtypes=FLOAT, check=_check_resize)
+@lowering(*_RESIZE, writes=by_target(_RESIZE), dtypes=FLOAT, check=_check_resize)
 def upsample(em: Emitter, node: Node) -> Value:
     name = _RESIZE[node.target]
     align, _ = _resize_args(node)

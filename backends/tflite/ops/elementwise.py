@@ -13,7 +13,7 @@ from torch.fx import Node
 
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
-from ..lowering import ANY, FLOAT, NUMERIC, IsConst, aten, lowering, meta
+from ..lowering import ANY, FLOAT, NUMERIC, IsConst, aten, by_target, lowering, meta
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -70,7 +70,8 @@ def _check_arith(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(*_ARITH, dtypes=NUMERIC, check=_check_arith, fuses_activation=True)
+@lowering(*_ARITH, writes=by_target({op: name for op, (name, _) in _ARITH.items()}), dtypes=NUMERIC,
+          check=_check_arith, fuses_activation=True)
 def arith(em: Emitter, node: Node) -> Value:
     name, table = _ARITH[node.target]
     a, b = em.arg(node.args[0]), em.arg(node.args[1])
@@ -85,13 +86,13 @@ def arith(em: Emitter, node: Node) -> Value:
 _MINMAX = {aten.maximum.default: "MAXIMUM", aten.minimum.default: "MINIMUM"}
 
 
-@lowering(*_MINMAX, dtypes=NUMERIC)
+@lowering(*_MINMAX, writes=by_target(_MINMAX), dtypes=NUMERIC)
 def minmax(em: Emitter, node: Node) -> Value:
     args = [em.arg(a) for a in node.args]
     return emit_elementwise(em, node, _MINMAX[node.target], args, meta(node).dtype)
 
 
-@lowering(aten.pow.Tensor_Tensor, dtypes=FLOAT)
+@lowering(aten.pow.Tensor_Tensor, writes=frozenset({"POW"}), dtypes=FLOAT)
 def pow_tensor(em: Emitter, node: Node) -> Value:
     args = [em.arg(a) for a in node.args]
     return emit_elementwise(em, node, "POW", args, torch.float32)
@@ -109,7 +110,7 @@ _COMPARE = {
 }
 
 
-@lowering(*_COMPARE, dtypes=NUMERIC | {torch.bool})
+@lowering(*_COMPARE, writes=by_target(_COMPARE), dtypes=NUMERIC | {torch.bool})
 def compare(em: Emitter, node: Node) -> Value:
     dtype = compute_dtype(*node.args)
     args = [em.arg(a) for a in node.args]
@@ -124,18 +125,19 @@ _LOGIC = {
 }
 
 
-@lowering(*_LOGIC, dtypes=frozenset({torch.bool}))
+@lowering(*_LOGIC, writes=by_target(_LOGIC), dtypes=frozenset({torch.bool}))
 def logic(em: Emitter, node: Node) -> Value:
     args = [em.arg(a) for a in node.args]
     return emit_elementwise(em, node, _LOGIC[node.target], args, torch.bool)
 
 
-@lowering(aten.logical_not.default, aten.bitwise_not.default, dtypes=frozenset({torch.bool}))
+@lowering(aten.logical_not.default, aten.bitwise_not.default, writes=frozenset({"LOGICAL_NOT"}),
+          dtypes=frozenset({torch.bool}))
 def logical_not(em: Emitter, node: Node) -> Value:
     return unary(em, node, "LOGICAL_NOT")
 
 
-@lowering(aten.where.self, dtypes=ANY)
+@lowering(aten.where.self, writes=frozenset({"SELECT_V2"}), dtypes=ANY)
 def where(em: Emitter, node: Node) -> Value:
     cond, a, b = (em.arg(x) for x in node.args)
     dtype = meta(node).dtype
@@ -159,7 +161,6 @@ _UNARY = {
     aten.log.default: "LOG",
     aten.sqrt.default: "SQRT",
     aten.rsqrt.default: "RSQRT",
-    aten.neg.default: "NEG",
     aten.abs.default: "ABS",
     aten.cos.default: "COS",
     aten.sin.default: "SIN",
@@ -170,16 +171,23 @@ _UNARY = {
 }
 
 
-@lowering(*_UNARY, dtypes=FLOAT)
+@lowering(*_UNARY, writes=by_target(_UNARY), dtypes=FLOAT)
 def unary_math(em: Emitter, node: Node) -> Value:
     return unary(em, node, _UNARY[node.target])
+
+
+@lowering(aten.neg.default, writes=frozenset({"MUL"}), dtypes=FLOAT)
+def neg(em: Emitter, node: Node) -> Value:
+    """-x as x * -1 (exact): MUL is more widely delegated than NEG (MediaTek's plugin
+    legalizes MUL, not NEG)."""
+    return emit_elementwise(em, node, "MUL", [em.value(node.args[0]), -1.0], torch.float32)
 
 
 def _relu_activation(node: Node) -> str:
     return "RELU"
 
 
-@lowering(aten.relu.default, dtypes=FLOAT, as_activation=_relu_activation)
+@lowering(aten.relu.default, writes=frozenset({"RELU"}), dtypes=FLOAT, as_activation=_relu_activation)
 def relu(em: Emitter, node: Node) -> Value:
     return unary(em, node, "RELU")
 
@@ -188,7 +196,7 @@ def _gelu_approximate(node: Node) -> str:
     return node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
 
 
-@lowering(aten.gelu.default, dtypes=FLOAT)
+@lowering(aten.gelu.default, writes=frozenset({"GELU"}), dtypes=FLOAT)
 def gelu(em: Emitter, node: Node) -> Value:
     return unary(em, node, "GELU", Options("GeluOptions", {"Approximate": _gelu_approximate(node) == "tanh"}))
 
@@ -197,7 +205,7 @@ def _leaky_slope(node: Node) -> float:
     return float(node.args[1]) if len(node.args) > 1 else 0.01
 
 
-@lowering(aten.leaky_relu.default, dtypes=FLOAT)
+@lowering(aten.leaky_relu.default, writes=frozenset({"LEAKY_RELU"}), dtypes=FLOAT)
 def leaky_relu(em: Emitter, node: Node) -> Value:
     return unary(em, node, "LEAKY_RELU", Options("LeakyReluOptions", {"Alpha": _leaky_slope(node)}))
 
@@ -208,12 +216,12 @@ def _check_elu(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.elu.default, dtypes=FLOAT, check=_check_elu)
+@lowering(aten.elu.default, writes=frozenset({"ELU"}), dtypes=FLOAT, check=_check_elu)
 def elu(em: Emitter, node: Node) -> Value:
     return unary(em, node, "ELU")
 
 
-@lowering(aten.hardsigmoid.default, dtypes=FLOAT)
+@lowering(aten.hardsigmoid.default, writes=frozenset({"ADD", "MUL"}), dtypes=FLOAT)
 def hardsigmoid(em: Emitter, node: Node) -> Value:
     """relu6(x + 3) / 6, as an ADD with a fused RELU6 and a MUL."""
     x = em.value(node.args[0])
@@ -249,7 +257,18 @@ def _check_clamp(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.clamp.default, aten.hardtanh.default, dtypes=FLOAT, check=_check_clamp, as_activation=clamp_activation)
+def _clamp_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    """An activation op (nothing when the plan fuses it into its producer), else the
+    MAXIMUM/MINIMUM of its bounds."""
+    act = clamp_activation(node)
+    if act is not None:
+        return frozenset({act})
+    lo, hi = _bounds(node)
+    return frozenset(op for op, bound in (("MAXIMUM", lo), ("MINIMUM", hi)) if bound is not None)
+
+
+@lowering(aten.clamp.default, aten.hardtanh.default, writes=_clamp_writes, dtypes=FLOAT, check=_check_clamp,
+          as_activation=clamp_activation)
 def clamp(em: Emitter, node: Node) -> Value:
     act = clamp_activation(node)
     if act is not None:
@@ -273,26 +292,38 @@ def _exponent(node: Node) -> float:
     return float(node.args[1])
 
 
-@lowering(aten.pow.Tensor_Scalar, dtypes=FLOAT)
+_POW_UNARY = {0.5: "SQRT", -0.5: "RSQRT"}
+_POW_WRITES = {1.0: frozenset(), 2.0: frozenset({"MUL"}), -1.0: frozenset({"DIV"}), 3.0: frozenset({"MUL"})}
+
+
+def _pow_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    e = _exponent(node)
+    if e in _POW_UNARY:
+        return frozenset({_POW_UNARY[e]})
+    return _POW_WRITES.get(e, frozenset({"POW"}))
+
+
+@lowering(aten.pow.Tensor_Scalar, writes=_pow_writes, dtypes=FLOAT)
 def pow_scalar(em: Emitter, node: Node) -> Value:
-    """x ** e with e known: SQUARE, SQRT, RSQRT or a DIV when they are exact, else POW."""
+    """x ** e with e known: MULs, SQRT, RSQRT or a DIV when they are exact, else POW.
+    (x * x rather than SQUARE: the same value, and MUL is more widely delegated.)"""
     e = _exponent(node)
     x = em.value(node.args[0])
     if e == 1.0:
         return x
-    special = {2.0: "SQUARE", 0.5: "SQRT", -0.5: "RSQRT"}
-    if e in special:
-        return unary(em, node, special[e])
+    if e == 2.0:
+        return emit_elementwise(em, node, "MUL", [x, x], torch.float32, _fused("MulOptions", em, node))
+    if e in _POW_UNARY:
+        return unary(em, node, _POW_UNARY[e])
     if e == -1.0:
         return emit_elementwise(em, node, "DIV", [1.0, x], torch.float32, _fused("DivOptions", em, node))
     if e == 3.0:
-        sq = em.new(x.shape, x.dtype, node.name + "/square", x.perm)
-        em.op("SQUARE", [x.tensor], [sq])
+        sq = em.elementwise("MUL", [x, x], x.shape, torch.float32, node.name + "/square")
         return emit_elementwise(em, node, "MUL", [sq, x], torch.float32, _fused("MulOptions", em, node))
     return emit_elementwise(em, node, "POW", [x, e], torch.float32)
 
 
-@lowering(aten.reciprocal.default, dtypes=FLOAT)
+@lowering(aten.reciprocal.default, writes=frozenset({"DIV"}), dtypes=FLOAT)
 def reciprocal(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, "DIV", [1.0, em.arg(node.args[0])], torch.float32, _fused("DivOptions", em, node))
 
@@ -300,7 +331,7 @@ def reciprocal(em: Emitter, node: Node) -> Value:
 # -- no-ops and casts ---------------------------------------------------------------------
 
 
-@lowering(aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default, dtypes=ANY)
+@lowering(aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default, writes=frozenset(), dtypes=ANY)
 def same_value(em: Emitter, node: Node) -> Value:
     return em.value(node.args[0])
 
@@ -312,7 +343,7 @@ def _check_to_copy(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten._to_copy.default, dtypes=ANY, check=_check_to_copy)
+@lowering(aten._to_copy.default, writes=frozenset({"CAST"}), dtypes=ANY, check=_check_to_copy)
 def to_copy(em: Emitter, node: Node) -> Value:
     return em.cast(em.value(node.args[0]), meta(node).dtype)
 

@@ -67,7 +67,11 @@ def _check_addmm(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.linear.default, dtypes=FLOAT, fuses_activation=True)
+# FULLY_CONNECTED with constant weights, else BATCH_MATMUL, and an ADD for a runtime bias.
+_MATMUL_WRITES = frozenset({"FULLY_CONNECTED", "BATCH_MATMUL", "ADD"})
+
+
+@lowering(aten.linear.default, writes=_MATMUL_WRITES, dtypes=FLOAT, fuses_activation=True)
 def linear(em: Emitter, node: Node) -> Value:
     x = em.value(node.args[0])
     bias_arg = node.args[2] if len(node.args) > 2 else None
@@ -83,7 +87,9 @@ def linear(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, "ADD", [y, em.arg(bias_arg)], torch.float32)
 
 
-@lowering(aten.addmm.default, aten.mm.default, dtypes=FLOAT, check=_check_addmm, fuses_activation=True)
+@lowering(
+    aten.addmm.default, aten.mm.default, writes=_MATMUL_WRITES, dtypes=FLOAT, check=_check_addmm, fuses_activation=True
+)
 def addmm(em: Emitter, node: Node) -> Value:
     bias_arg, x_arg, w_arg = node.args if node.target == aten.addmm.default else (None, *node.args)
     weight = _const(em, w_arg)
@@ -98,6 +104,6 @@ def addmm(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, "ADD", [y, em.arg(bias_arg)], torch.float32)
 
 
-@lowering(aten.bmm.default, dtypes=FLOAT)
+@lowering(aten.bmm.default, writes=frozenset({"BATCH_MATMUL"}), dtypes=FLOAT)
 def bmm(em: Emitter, node: Node) -> Value:
     return batch_matmul(em, em.value(node.args[0]), em.value(node.args[1]), node.name)

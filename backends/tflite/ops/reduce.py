@@ -12,7 +12,7 @@ from torch.fx import Node
 from .. import layout
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
-from ..lowering import FLOAT, NUMERIC, IsConst, aten, lowering, meta, shape
+from ..lowering import FLOAT, NUMERIC, IsConst, aten, by_target, lowering, meta, shape
 
 _REDUCERS = {
     aten.mean.dim: "MEAN",
@@ -47,7 +47,7 @@ def _check_reduce(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(*_REDUCERS, dtypes=NUMERIC | {torch.bool}, check=_check_reduce)
+@lowering(*_REDUCERS, writes=by_target(_REDUCERS), dtypes=NUMERIC | {torch.bool}, check=_check_reduce)
 def reduce(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     dims, keepdim = _reduce_dims(node)
@@ -76,7 +76,10 @@ def _check_softmax(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten._softmax.default, aten._log_softmax.default, dtypes=FLOAT, check=_check_softmax)
+_SOFTMAXES = {aten._softmax.default: "SOFTMAX", aten._log_softmax.default: "LOG_SOFTMAX"}
+
+
+@lowering(*_SOFTMAXES, writes=by_target(_SOFTMAXES), dtypes=FLOAT, check=_check_softmax)
 def softmax(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     dim = layout.normalize_dim(node.args[1], len(v.shape))
@@ -100,7 +103,9 @@ def softmax_value(em: Emitter, out_name: str, v: Value, dim: int, log: bool = Fa
 # -- layer norm ---------------------------------------------------------------------------
 
 
-@lowering(aten.native_layer_norm.default, dtypes=FLOAT, outputs=(0,))
+@lowering(
+    aten.native_layer_norm.default, writes=frozenset({"MEAN", "SUB", "MUL", "ADD", "RSQRT"}), dtypes=FLOAT, outputs=(0,)
+)
 def layer_norm(em: Emitter, node: Node) -> tuple[Value]:
     """(x - mean) * rsqrt(var + eps) * weight + bias over the trailing normalized dims."""
     x = em.value(node.args[0])
@@ -110,8 +115,7 @@ def layer_norm(em: Emitter, node: Node) -> tuple[Value]:
     f32 = torch.float32
     mean = reduce_value(em, node.name + "/mean", "MEAN", x, dims, keepdim=True)
     centered = _binary(em, node, "SUB", [x, mean], "centered")
-    squared = em.new(x.shape, f32, node.name + "/squared", centered.perm)
-    em.op("SQUARE", [centered.tensor], [squared])
+    squared = _binary(em, node, "MUL", [centered, centered], "squared")  # as MUL, not SQUARE: see pow_scalar
     var = reduce_value(em, node.name + "/var", "MEAN", squared, dims, keepdim=True)
     shifted = _binary(em, node, "ADD", [var, eps], "var_eps")
     inv_std = em.new(shifted.shape, f32, node.name + "/rstd", shifted.perm)
@@ -140,7 +144,7 @@ def _check_cumsum(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.cumsum.default, dtypes=NUMERIC, check=_check_cumsum)
+@lowering(aten.cumsum.default, writes=frozenset({"CUMSUM"}), dtypes=NUMERIC, check=_check_cumsum)
 def cumsum(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0], meta(node).dtype)
     dim = layout.normalize_dim(node.args[1], len(v.shape))

@@ -23,20 +23,20 @@ _RESHAPES = (
 )
 
 
-@lowering(*_RESHAPES, dtypes=ANY)
+@lowering(*_RESHAPES, writes=frozenset({"RESHAPE"}), dtypes=ANY)
 def view(em: Emitter, node: Node) -> Value:
     """Any reshape to the node's shape (in place when its layout allows, see Emitter.reshape)."""
     return em.reshape(em.value(node.args[0]), meta(node).shape, node.name)
 
 
-@lowering(aten.permute.default, dtypes=ANY)
+@lowering(aten.permute.default, writes=frozenset(), dtypes=ANY)
 def permute(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     dims = [layout.normalize_dim(d, len(v.shape)) for d in node.args[1]]
     return Value(v.tensor, tuple(meta(node).shape), v.dtype, layout.after_permute(v.perm, dims))
 
 
-@lowering(aten.t.default, aten.transpose.int, dtypes=ANY)
+@lowering(aten.t.default, aten.transpose.int, writes=frozenset(), dtypes=ANY)
 def transpose(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     rank = len(v.shape)
@@ -53,15 +53,29 @@ def transpose(em: Emitter, node: Node) -> Value:
 _MAX_CONCAT_COPIES = 16
 
 
-@lowering(aten.expand.default, dtypes=ANY)
+def _copies(source: tuple[int, ...], target: tuple[int, ...]) -> int:
+    """How many copies of `source` an expand to `target` makes."""
+    source = (1,) * (len(target) - len(source)) + source
+    return math.prod(t for s, t in zip(source, target) if s != t)
+
+
+def _expand_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    copies = _copies(shape(node.args[0]), shape(node))
+    if copies == 1:
+        return frozenset()
+    return frozenset({"CONCATENATION" if copies <= _MAX_CONCAT_COPIES else "BROADCAST_TO"})
+
+
+@lowering(aten.expand.default, writes=_expand_writes, dtypes=ANY)
 def expand(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     target = tuple(meta(node).shape)
     if target == v.shape:
         return v
+    copies = _copies(v.shape, target)
     v = em.reshape(v, (1,) * (len(target) - len(v.shape)) + v.shape)
     grown = [d for d in range(len(target)) if v.shape[d] != target[d]]
-    if math.prod(target[d] for d in grown) <= _MAX_CONCAT_COPIES:
+    if copies <= _MAX_CONCAT_COPIES:
         for i, d in enumerate(grown):
             shape = tuple(target[k] if k in grown[: i + 1] else v.shape[k] for k in range(len(target)))
             out = em.new(shape, v.dtype, node.name if i == len(grown) - 1 else f"{node.name}/{i}", v.perm)
@@ -81,7 +95,7 @@ def _check_cat(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.repeat.default, dtypes=ANY)
+@lowering(aten.repeat.default, writes=frozenset({"TILE"}), dtypes=ANY)
 def repeat(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     repeats = list(node.args[1])
@@ -91,7 +105,7 @@ def repeat(em: Emitter, node: Node) -> Value:
     return out
 
 
-@lowering(aten.cat.default, dtypes=ANY, check=_check_cat)
+@lowering(aten.cat.default, writes=frozenset({"CONCATENATION"}), dtypes=ANY, check=_check_cat)
 def cat(em: Emitter, node: Node) -> Value:
     out_shape = meta(node).shape
     rank = len(out_shape)
@@ -107,7 +121,15 @@ def cat(em: Emitter, node: Node) -> Value:
     return out
 
 
-@lowering(aten.split_with_sizes.default, aten.split.Tensor, dtypes=ANY)
+def _split_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    """Nothing for one part, SPLIT for equal parts, else SPLIT_V."""
+    parts = {tuple(p.shape) for p in meta(node)}
+    if len(meta(node)) == 1:
+        return frozenset()
+    return frozenset({"SPLIT" if len(parts) == 1 else "SPLIT_V"})
+
+
+@lowering(aten.split_with_sizes.default, aten.split.Tensor, writes=_split_writes, dtypes=ANY)
 def split(em: Emitter, node: Node) -> list[Value]:
     v = em.value(node.args[0])
     rank = len(v.shape)
@@ -140,7 +162,10 @@ def _slice_bounds(node: Node) -> tuple[int, int, int, int]:
     return dim, start, max(end, start), step
 
 
-@lowering(aten.slice.Tensor, dtypes=ANY)
+_SLICES = frozenset({"SLICE", "STRIDED_SLICE"})
+
+
+@lowering(aten.slice.Tensor, writes=_SLICES, dtypes=ANY)
 def slice_(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     dim, start, end, step = _slice_bounds(node)
@@ -167,7 +192,7 @@ def _strided_slice(em: Emitter, node: Node, v: Value, cuts: dict[int, tuple[int,
     return out
 
 
-@lowering(aten.select.int, dtypes=ANY)
+@lowering(aten.select.int, writes=_SLICES, dtypes=ANY)
 def select(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     dim = layout.normalize_dim(node.args[1], len(v.shape))
@@ -193,7 +218,7 @@ def _check_pad(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.constant_pad_nd.default, dtypes=FLOAT, check=_check_pad)
+@lowering(aten.constant_pad_nd.default, writes=frozenset({"PAD", "PADV2"}), dtypes=FLOAT, check=_check_pad)
 def constant_pad(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     value = float(node.args[2]) if len(node.args) > 2 else 0.0
@@ -216,7 +241,7 @@ def pad(em: Emitter, node: Node, v: Value, pads: list[tuple[int, int]], value: f
 # -- gathers ------------------------------------------------------------------------------
 
 
-@lowering(aten.embedding.default, dtypes=ANY)
+@lowering(aten.embedding.default, writes=frozenset({"GATHER"}), dtypes=ANY)
 def embedding(em: Emitter, node: Node) -> Value:
     weight = em.value(node.args[0])
     indices = em.to_identity(em.value(node.args[1]))
@@ -225,7 +250,7 @@ def embedding(em: Emitter, node: Node) -> Value:
     return out
 
 
-@lowering(aten.index_select.default, dtypes=ANY)
+@lowering(aten.index_select.default, writes=frozenset({"GATHER"}), dtypes=ANY)
 def index_select(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     dim = layout.normalize_dim(node.args[1], len(v.shape))

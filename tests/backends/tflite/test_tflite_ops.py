@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from edgeport import DeclineNodes, SupportContext
-from edgeport.backends.tflite import write_tflite, writer_support
+from edgeport.backends.tflite import PLUMBING, write_tflite, writer_support, written_ops
 from edgeport.testing import CASES
+from ai_edge_litert import schema_py_generated as schema
 from tflite_cases import DECLINED, EXTRA_CASES
 from tflite_helpers import capture, lower_cases
 
@@ -34,6 +35,24 @@ def test_writer_supports_every_node_of_every_case(suite):
         if n.op == "call_function" and not writer_support(n, ctx)
     }
     assert refused == {}
+
+
+def test_every_written_op_is_one_its_node_declares(suite):
+    """`written_ops` (what a backend judging TFLite ops asks) covers what was written:
+    each op is blamed on the node named by its first output tensor ("conv/bias" -> conv)."""
+    ctx = SupportContext(suite.program, None)
+    nodes = {n.name: n for n in suite.program.graph.nodes}
+    model = schema.Model.GetRootAs(suite.model.data, 0)
+    graph = model.Subgraphs(0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    undeclared = set()
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        name = names[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()]
+        node = nodes[graph.Tensors(op.Outputs(0)).Name().decode().split("/", 1)[0]]
+        if name not in PLUMBING and name not in written_ops(node, ctx):
+            undeclared.add((str(node.target), name))
+    assert undeclared == set()
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
