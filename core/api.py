@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import platform
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 

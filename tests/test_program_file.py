@@ -1,6 +1,5 @@
 """The .edgeport file: round trip, verification of damaged files, and the golden program."""
 
-import io
 import json
 import os
 import zipfile

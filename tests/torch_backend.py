@@ -7,7 +7,6 @@ toolchain. Its artifact is the partition stored the way portable steps are.
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Sequence

@@ -21,7 +21,17 @@ from ..hookspecs import hookimpl
 from ..plugins import Registry
 from .cases import CASES, Case
 
-__all__ = ["CASES", "Case", "CaseResult", "compare", "registry_for", "run_case", "run_conformance"]
+__all__ = [
+    "CASES",
+    "Case",
+    "CaseResult",
+    "compare",
+    "installed_backends",
+    "registered_by",
+    "registry_for",
+    "run_case",
+    "run_conformance",
+]
 
 
 @dataclass
@@ -52,6 +62,32 @@ def registry_for(backend: Backend) -> Registry:
 
     registry.add_plugin(_Plugin(), name=f"conformance-{backend.name}")
     return registry
+
+
+def registered_by(plugin: object) -> dict[str, Backend]:
+    """The backends ``plugin`` (a module or object with hookimpls) registers, by name,
+    in a registry of its own: a plugin's first smoke test."""
+    registry = Registry(entry_points=False)
+    registry.add_plugin(plugin, name="plugin-under-test")
+    broken = registry.broken()
+    if broken:
+        raise AssertionError(f"the plugin failed to register: {broken[0].error}")
+    return {name: entry.backend for name, entry in registry.entries().items()}
+
+
+def installed_backends() -> dict[str, dict]:
+    """What ``edgeport backends --json`` lists, by name: proves a plugin is found through
+    its installed entry point (its second smoke test)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ..cli import cli
+
+    result = CliRunner().invoke(cli, ["backends", "--json"])
+    if result.exit_code != 0:
+        raise AssertionError(f"edgeport backends failed: {result.output}")
+    return {row["name"]: row for row in json.loads(result.output)["backends"]}
 
 
 def compare(actual: object, expected: object) -> float:

@@ -5,26 +5,22 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import edgeport
 import edgeport.backends.coreml as coreml_plugin
 from coreml_helpers import ON_MACOS, export
 from edgeport.backends.coreml import CoreMLBackend, CoreMLOptions
+from edgeport.testing import installed_backends, registered_by
 
 
 def test_plugin_registers_the_coreml_backend():
-    registry = edgeport.Registry(entry_points=False)
-    registry.add_plugin(coreml_plugin, name="coreml")
-    assert isinstance(registry.get("coreml"), CoreMLBackend)
+    assert isinstance(registered_by(coreml_plugin)["coreml"], CoreMLBackend)
 
 
 def test_edgeport_backends_lists_coreml():
-    from edgeport.cli import cli
-
-    result = CliRunner().invoke(cli, ["backends", "--json"])
-    assert result.exit_code == 0, result.output
-    assert '"name": "coreml"' in result.output
+    listed = installed_backends()["coreml"]
+    assert listed["distribution"] == "edgeport"
+    assert (listed["can_compile"], listed["can_run"]) == (True, ON_MACOS)
 
 
 @pytest.mark.slow

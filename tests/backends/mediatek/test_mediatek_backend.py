@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 from torch import nn
 
 import edgeport
@@ -18,7 +17,7 @@ from edgeport.backends import tflite
 from edgeport.backends.mediatek import MediatekBackend, MediatekOptions
 from edgeport.backends.mediatek import aot, bundle, neuropilot, toolchain, written
 from edgeport.backends.mediatek.runtime import CompiledModelExecutable
-from edgeport.testing import CASES, compare, registry_for, run_conformance
+from edgeport.testing import CASES, compare, installed_backends, registered_by, registry_for, run_conformance
 
 NO_APU = toolchain.apu_missing()
 NO_SDK = toolchain.sdk_libs_missing("v8")
@@ -71,18 +70,13 @@ def export(module, inputs, **options):
 
 
 def test_plugin_registers_the_mediatek_backend():
-    registry = edgeport.Registry(entry_points=False)
-    registry.add_plugin(mediatek_plugin, name="mediatek")
-    assert isinstance(registry.get("mediatek"), MediatekBackend)
+    assert isinstance(registered_by(mediatek_plugin)["mediatek"], MediatekBackend)
 
 
-def test_edgeport_backends_lists_mediatek_as_a_cpu_reference():
-    from edgeport.cli import cli
-
-    result = CliRunner().invoke(cli, ["backends", "--json"])
-    assert result.exit_code == 0, result.output
-    assert '"name": "mediatek"' in result.output
-    assert '"runs_on": "reference (CPU)"' in result.output or not NO_APU
+def test_edgeport_backends_lists_mediatek():
+    listed = installed_backends()["mediatek"]
+    assert listed["distribution"] == "edgeport"
+    assert listed["runs_on"] == ("reference (CPU)" if NO_APU else "device")
 
 
 @pytest.mark.slow
