@@ -9,7 +9,7 @@ partitioned again; partitions compiled before are reused, not compiled twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -36,12 +36,12 @@ MAX_REPARTITIONS = 32  # each round declines at least one node; this only bounds
 Progress = Callable[[str], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoweredMethod:
     plan: MethodPlan
-    files: dict[str, bytes] = field(default_factory=dict)
-    artifacts: dict[str, ArtifactInfo] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes]  # path in the program file -> bytes
+    artifacts: dict[str, ArtifactInfo]
+    report: dict[str, Any]
 
 
 def lower_method(
@@ -54,7 +54,16 @@ def lower_method(
     keep_reference: Callable[[str], bool] = lambda backend: False,
     progress: Progress | None = None,
 ) -> LoweredMethod:
+    if program.graph_signature.user_inputs_to_mutate:
+        mutated = ", ".join(program.graph_signature.user_inputs_to_mutate.values())
+        raise EdgeportError(
+            f"method {name!r} mutates its input(s) {mutated} in place",
+            hint="return the new value instead, or keep it in a registered buffer (program state)",
+        )
     nodes = list(program.graph.nodes)
+    # Read the I/O specs before any backend looks at the graph: a support check that
+    # calls int() on a symbolic size would specialize that dim for good.
+    io = _io_specs(program, nodes)
     matrix = ask_support(
         nodes, {b: _support_fn(backend, program, options[b]) for b, backend in backends.items()}
     )
@@ -66,7 +75,7 @@ def lower_method(
             break
     else:
         raise LoweringError(f"method {name!r}: backends kept refusing nodes after {MAX_REPARTITIONS} rounds")
-    return _assemble(name, program, cut, nodes, plan, matrix, backends, options, compiled, keep_reference)
+    return _assemble(name, program, cut, nodes, io, plan, matrix, backends, options, compiled, keep_reference)
 
 
 class _Cutter:
@@ -131,60 +140,62 @@ def _compile_all(name, cut, plan, backends, options, matrix, compiled, strict, p
     return True
 
 
-def _assemble(name, program, cut, nodes, plan: PartitionPlan, matrix: SupportMatrix, backends, options, compiled,
+def _assemble(name, program, cut, nodes, io, plan: PartitionPlan, matrix: SupportMatrix, backends, options, compiled,
               keep_reference) -> LoweredMethod:
-    lowered = LoweredMethod(plan=None)  # type: ignore[arg-type]
-    signature = program.graph_signature
+    """Turn compiled partitions into steps and files, then the method's plan and report."""
+    files: dict[str, bytes] = {}
+    artifacts: dict[str, ArtifactInfo] = {}
     steps: list[Step] = []
     fallbacks: dict[int, str] = {}
-    subprograms: dict[int, Subprogram] = {}
     for partition in plan.partitions:
         sub = cut(partition)
-        subprograms[partition.id] = sub
         outcome = compiled.get(_key(partition)) if partition.backend != PORTABLE else None
         stem = f"{name}/{partition.id}"
         if isinstance(outcome, Artifact):
-            backend = backends[partition.backend]
             path = f"artifacts/{stem}{outcome.suffix}"
-            lowered.files[path] = outcome.data
-            lowered.artifacts[path] = ArtifactInfo(
-                partition.backend, backend.version, options_to_dict(options[partition.backend]), dict(outcome.metadata)
-            )
-            reference = None
-            if keep_reference(partition.backend):
-                reference = f"reference/{stem}"
-                _add_program_files(lowered.files, reference, sub.program)
+            files[path] = outcome.data
+            artifacts[path] = ArtifactInfo(partition.backend, backends[partition.backend].version,
+                                           options_to_dict(options[partition.backend]), dict(outcome.metadata))
+            reference = f"reference/{stem}" if keep_reference(partition.backend) else None
+            if reference:
+                _add_program_files(files, reference, sub.program)
             steps.append(Step("delegate", partition.id, sub.inputs, sub.outputs, backend=partition.backend,
                               artifact=path, reference=reference))
         else:
             if isinstance(outcome, str):
                 fallbacks[partition.id] = f"{partition.backend}: {outcome}"
             prefix = f"portable/{stem}"
-            _add_program_files(lowered.files, prefix, sub.program)
+            _add_program_files(files, prefix, sub.program)
             steps.append(Step("portable", partition.id, sub.inputs, sub.outputs, program=prefix))
+    subprograms = {p.id: cut(p) for p in plan.partitions}
+    report = placement_report(nodes, matrix, plan, subprograms, fallbacks, steps)
+    return LoweredMethod(_method_plan(name, program, io, steps), files, artifacts, report)
 
+
+def _io_specs(program: ExportedProgram, nodes: list[Node]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    signature = program.graph_signature
+    by_name = {n.name: n for n in nodes}
+    inputs = tuple(_tensor_spec(by_name[n]) for n in signature.user_inputs)
+    outputs = tuple(_tensor_spec(by_name[_output_name(o)]) for o in signature.user_outputs)
+    return inputs, outputs
+
+
+def _method_plan(name: str, program: ExportedProgram, io: tuple, steps: list[Step]) -> MethodPlan:
+    signature = program.graph_signature
     mutated = signature.buffers_to_mutate  # output node name -> buffer fqn
-    state_reads = {arg: fqn for arg, fqn in signature.inputs_to_buffers.items() if fqn in mutated.values()}
-    if signature.user_inputs_to_mutate:
-        raise EdgeportError(
-            f"method {name!r} mutates its input(s) {', '.join(signature.user_inputs_to_mutate.values())} in place",
-            hint="return the new value instead, or keep it in a registered buffer (program state)",
-        )
-    user_outputs = [_output_name(o) for o in signature.user_outputs]
-    lowered.plan = MethodPlan(
+    inputs, outputs = io
+    return MethodPlan(
         name=name,
-        inputs=tuple(_tensor_spec(n) for n in nodes if n.op == "placeholder" and n.name in signature.user_inputs),
-        outputs=tuple(_tensor_spec(_node(nodes, o)) for o in user_outputs),
+        inputs=inputs,
+        outputs=outputs,
         input_values=tuple(signature.user_inputs),
-        output_values=tuple(user_outputs),
+        output_values=tuple(s.name for s in outputs),
         steps=tuple(steps),
-        state_reads=state_reads,
+        state_reads={arg: fqn for arg, fqn in signature.inputs_to_buffers.items() if fqn in mutated.values()},
         state_writes=dict(mutated),
         symbols=_symbols(program),
         out_spec=pytree.treespec_dumps(program.call_spec.out_spec) if program.call_spec.out_spec else "",
     )
-    lowered.report = placement_report(nodes, matrix, plan, subprograms, fallbacks, steps)
-    return lowered
 
 
 def _add_program_files(files: dict[str, bytes], prefix: str, program: ExportedProgram) -> None:
@@ -196,10 +207,6 @@ def _output_name(name: Any) -> str:
     if not isinstance(name, str):
         raise EdgeportError(f"the model returns a constant ({name!r}); return only tensors computed from inputs")
     return name
-
-
-def _node(nodes: list[Node], name: str) -> Node:
-    return next(n for n in nodes if n.name == name)
 
 
 def _tensor_spec(node: Node) -> TensorSpec:

@@ -40,12 +40,12 @@ def source_of(node: Node) -> str:
 
 def _bytes(node: Node) -> int:
     val = node.meta.get("val")
-    if isinstance(val, torch.Tensor):
-        try:
-            return int(val.numel()) * val.element_size()
-        except Exception:  # symbolic sizes have no byte count
-            return 0
-    return 0
+    if not isinstance(val, torch.Tensor):
+        return 0
+    numel = val.numel()
+    # A symbolic size has no byte count, and int() on it would specialize the dynamic
+    # dim for the rest of the export (a guard in torch's shape environment).
+    return numel * val.element_size() if isinstance(numel, int) else 0
 
 
 def _value(node: Node) -> dict[str, Any]:

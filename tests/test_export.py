@@ -207,3 +207,13 @@ def test_every_intermediate_value_is_freed_after_its_last_use():
     assert len(freed) == len(set(freed))
     assert set(freed) | set(plan.output_values) >= produced
     assert not set(freed) & set(plan.output_values)
+
+
+def test_a_model_that_mutates_its_input_gets_a_clear_error():
+    class Inplace(torch.nn.Module):
+        def forward(self, x):
+            x.add_(1)
+            return x * 2
+
+    with pytest.raises(edgeport.EdgeportError, match="mutates its input"):
+        export(Inplace(), (torch.randn(2),))
