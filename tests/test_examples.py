@@ -4,14 +4,12 @@ examples/ is a folder of scripts, not a package, so the file is loaded by path, 
 same way the CLI loads `examples/models.py:mobilenet_v2`.
 """
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from example_models import load_models
 import torch
 
-MODELS_PATH = Path(__file__).resolve().parents[1] / "examples" / "models.py"
 
 # name -> output shape for the factory's example inputs
 OUTPUT_SHAPES = {
@@ -21,14 +19,6 @@ OUTPUT_SHAPES = {
     "tiny_llama": (1, 16, 256),
 }
 CNNS = ("mobilenet_v2", "resnet18")
-
-
-def load_models() -> ModuleType:
-    """Load the file as the CLI does: by path, without registering it in sys.modules."""
-    spec = importlib.util.spec_from_file_location("edgeport_example_models", MODELS_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ described and its MIL program validated by coremltools.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 import pytest
@@ -19,9 +17,9 @@ import torch
 
 from edgeport.backends.coreml import CoreMLBackend, CoreMLOptions, package
 from edgeport.backends.coreml.support import KEEP_OPS
+from example_models import load_example  # noqa: F401  (re-exported for the coreml tests)
 
 ON_MACOS = sys.platform == "darwin"
-MODELS_PATH = Path(__file__).resolve().parents[3] / "examples" / "models.py"
 EXAMPLES = ("mobilenet_v2", "resnet18", "transformer_encoder", "tiny_llama")
 macos_only = [
     pytest.mark.macos,
@@ -75,11 +73,3 @@ def user_io(program) -> tuple[list, list]:
         return name, tuple(val.shape), val.dtype
 
     return [describe(n) for n in sig.user_inputs], [describe(n) for n in sig.user_outputs]
-
-
-def load_example(name: str) -> tuple[torch.nn.Module, tuple]:
-    """(model, example inputs) from examples/models.py, loaded by path as the CLI does."""
-    spec = importlib.util.spec_from_file_location("edgeport_example_models", MODELS_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FACTORIES[name]()

@@ -3,8 +3,6 @@ whose every node says which NeuroPilot rule kept it off, and matching eager."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +10,8 @@ import torch
 import edgeport
 from edgeport.backends.mediatek import MediatekBackend
 from edgeport.testing import compare, registry_for
+from example_models import load_example
 
-MODELS_PATH = Path(__file__).resolve().parents[3] / "examples" / "models.py"
 
 # What each model leaves to portable torch, by op: the plugin does not legalize GATHER
 # (the embeddings); rank-5 tensors (repeat_interleave's expand); a lone slice is not worth
@@ -41,17 +39,10 @@ REASONS = {
 }
 
 
-def factory(name: str):
-    spec = importlib.util.spec_from_file_location("edgeport_example_models", MODELS_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REMAINDER))
 def test_example_lowers_with_an_explained_remainder_and_matches_eager(name):
-    model, inputs = factory(name)()
+    model, inputs = load_example(name)
     program = edgeport.export(model, inputs, ["mediatek"], registry=registry_for(MediatekBackend()))
     left = [n for n in program.report()["nodes"] if n["backend"] != "mediatek"]
     assert {n["op"] for n in left} == REMAINDER[name]

@@ -5,8 +5,6 @@ placement), then run in QNN's HTP simulator. Tolerance: cosine >= 0.999 on the l
 Also the conformance library, with an fp16 tolerance.
 """
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,23 +12,16 @@ import torch
 import edgeport
 from edgeport.testing import registry_for, run_conformance
 
+from example_models import load_example
 from qualcomm_helpers import MIN_COSINE, cosine
 
 pytestmark = pytest.mark.slow  # each model: ~5-15 s of capture, ONNX export and QNN compile
 
-MODELS_PATH = Path(__file__).resolve().parents[3] / "examples" / "models.py"
-
-
-def example(name):
-    spec = importlib.util.spec_from_file_location("edgeport_example_models", MODELS_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)()
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "transformer_encoder"])
 def test_example_model_runs_entirely_on_qnn_and_matches_eager(backend, name):
-    model, inputs = example(name)
+    model, inputs = load_example(name)
     program = edgeport.export(model, inputs, ["qualcomm"], options={"qualcomm": {"soc": "SM8650"}},
                               registry=registry_for(backend))
     nodes = program.report()["nodes"]
