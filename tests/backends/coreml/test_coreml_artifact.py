@@ -24,6 +24,8 @@ from edgeport.backends.coreml import CoreMLOptions, package  # noqa: E402
 aten = torch.ops.aten
 image = torch.randn(1, 3, 8, 8)
 
+HERE = Path(__file__).resolve().parent  # a subprocess imports coreml_helpers and tests/example_models
+
 
 @pytest.fixture(scope="module")
 def conv_program():
@@ -55,7 +57,7 @@ def test_same_program_gives_the_same_bytes_in_another_process():
     )
     digests = set()
     for seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(__file__).parent)}
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join(map(str, (HERE, HERE.parents[1])))}
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
         assert done.returncode == 0, done.stderr
         digests.add(done.stdout)
