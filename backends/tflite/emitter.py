@@ -65,10 +65,11 @@ class Plan:
 class Emitter:
     """The state of one model being written: the builder, the value of every node, caches."""
 
-    def __init__(self, builder: ModelBuilder, plan: Plan, fp16: bool) -> None:
+    def __init__(self, builder: ModelBuilder, plan: Plan, fp16: bool, winograd: bool = False) -> None:
         self.builder = builder
         self.plan = plan
         self.fp16 = fp16
+        self.winograd = winograd  # large 3x3 convolutions as Winograd F(2x2, 3x3) (ops/winograd.py)
         self.env: dict[Node, Any] = {}
         self._layouts: dict[tuple[int, Perm], Value] = {}
         self._consts: dict[tuple[int, Any], tuple[Any, int]] = {}

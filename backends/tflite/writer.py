@@ -164,11 +164,13 @@ def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node]) -> Plan:
 # -- emitting -----------------------------------------------------------------------------
 
 
-def write_tflite(program: ExportedProgram, *, fp16: bool = False) -> TfliteModel:
+def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool = False) -> TfliteModel:
     """Write `program` (an edge-dialect partition) as a TFLite model.
 
     Raises DeclineNodes naming every node the writer cannot write, with its reason.
     `fp16` stores weights as float16 (dequantized at load time by the runtime).
+    `winograd` writes large 3x3 convolutions as Winograd F(2x2, 3x3) for XNNPACK
+    (ops/winograd.py); an NPU compiler wants them as plain CONV_2D, so it is off by default.
     """
     graph = program.graph_module.graph
     consts = constant_nodes(program)
@@ -184,7 +186,7 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False) -> TfliteModel
         raise DeclineNodes(reasons)
 
     plan = make_plan(graph, live, consts)
-    em = Emitter(ModelBuilder(), plan, fp16)
+    em = Emitter(ModelBuilder(), plan, fp16, winograd)
     ctx = SupportContext(program, None)
     inputs: list[tuple[Node, int]] = []
     entries = table()

@@ -20,6 +20,7 @@ from ..emitter import Emitter, Value
 from ..flatbuffer import Options
 from ..lowering import FLOAT, IsConst, aten, by_target, lowering, meta, shape, table
 from ..schema import tfl
+from . import winograd
 from .shape import pad
 
 # -- padding ------------------------------------------------------------------------------
@@ -113,6 +114,8 @@ def _pair(v: Sequence[int], conv1d: bool, fill: int) -> list[int]:
 
 
 def _conv2d(em, node, x, weight, bias, stride, pads, dilation, groups, out_shape) -> Value:
+    if em.winograd and winograd.fits(x.shape, weight.shape, stride, pads, dilation, groups):
+        return winograd.conv3x3(em, node, x, weight, bias, out_shape)
     c_in, c_out = x.shape[1], weight.shape[0]
     mode = padding_mode(x.shape[2:], weight.shape[2:], stride, dilation, pads)
     if mode is None:

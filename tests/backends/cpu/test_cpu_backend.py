@@ -62,7 +62,7 @@ def test_availability_version_options_and_kept_ops():
     backend = CpuBackend()
     assert backend.availability() == edgeport.Availability(True, True)
     assert backend.version.startswith("ai-edge-litert ")
-    assert CpuOptions() == CpuOptions(threads=0, precision="fp32")
+    assert CpuOptions() == CpuOptions(threads=0, precision="fp32", winograd=True)
     assert torch.ops.aten.scaled_dot_product_attention.default in backend.keep_ops()
 
 
@@ -91,6 +91,21 @@ def test_fp16_precision_within_its_stated_tolerance(tiny):
     program = export(module, inputs, precision="fp16")
     with torch.no_grad():
         assert compare(program(*inputs), module(*inputs)) < 1e-2
+
+
+@pytest.mark.parametrize("options, algorithm", [
+    ({}, "BATCH_MATMUL"),  # Winograd by default
+    ({"winograd": "false"}, "CONV_2D"),  # as the CLI passes it: --option cpu.winograd=false
+    ({"precision": "fp16"}, "CONV_2D"),  # fp32 only
+])
+def test_large_3x3_convolutions_are_winograd_unless_turned_off(options, algorithm):
+    torch.manual_seed(0)
+    module, inputs = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()).eval(), (torch.randn(1, 64, 28, 28),)
+    program = export(module, inputs, **options)
+    ops = next(iter(program.manifest.artifacts.values())).metadata["ops"]
+    assert algorithm in ops
+    with torch.no_grad():
+        assert compare(program(*inputs), module(*inputs)) < (1e-2 if options.get("precision") else 1e-5)
 
 
 def test_unknown_precision_is_an_error_naming_the_choices(tiny):

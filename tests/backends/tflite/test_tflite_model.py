@@ -12,9 +12,8 @@ from torch import nn
 
 from edgeport import DeclineNodes, InputError, SupportContext
 from edgeport.backends.tflite import TfliteExecutable, write_tflite, writer_support
-from edgeport.testing import compare
 from tflite_cases import bn_with_stats
-from tflite_helpers import Lambda, capture, run
+from tflite_helpers import Lambda, capture, lower
 
 OPS = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -32,14 +31,6 @@ def operators(data: bytes) -> list[tuple[str, object]]:
         op = graph.Operators(i)
         out.append((OPS[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()], op))
     return out
-
-
-def lower(module, *inputs, **kwargs):
-    program = capture(module, inputs)
-    model = write_tflite(program, **kwargs)
-    with torch.no_grad():
-        expected = module(*inputs)
-    return model, compare(run(model, inputs), expected if isinstance(expected, tuple) else [expected])
 
 
 class SmallCnn(nn.Module):

@@ -43,6 +43,14 @@ def run(model: TfliteModel, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor
     return [torch.from_numpy(o) for o in TfliteExecutable(model.data, threads=1).run(list(inputs))]
 
 
+def lower(module: torch.nn.Module, *inputs: torch.Tensor, **kwargs: Any) -> tuple[TfliteModel, float]:
+    """Write `module` as a TFLite model; the model and its relative error against eager."""
+    model = write_tflite(capture(module, inputs), **kwargs)
+    with torch.no_grad():
+        expected = module(*inputs)
+    return model, compare(run(model, inputs), expected if isinstance(expected, tuple) else [expected])
+
+
 class _Suite(torch.nn.Module):
     """Several case modules side by side: forward(*all inputs) -> every case's outputs."""
 
