@@ -1,6 +1,6 @@
 """The cpu backend against ExecuTorch's XNNPACK delegate, side by side in one run.
 
-    python bench/cpu_vs_executorch.py [--models mobilenet_v2,resnet18,transformer_encoder] [--runs 50]
+    python bench/cpu_vs_executorch.py [--models mobilenet_v2,resnet18,transformer_encoder] [--runs 200]
 
 Needs ExecuTorch, for the benchmark only (never a dependency of edgeport), installed
 next to torch 2.13 in a separate environment:
@@ -12,9 +12,9 @@ next to torch 2.13 in a separate environment:
 
 For each model it measures, in this order: export time end to end (from the eager
 module to a saved file) for both, alternating, best of two; edgeport's time split into torch.export, core-ATen
-decomposition, and lowering (partition + compile + save); latency, alternating one
-edgeport call and one ExecuTorch call so load changes hit both; and accuracy against
-eager. Then edgeport's Python overhead per call on a tiny model. Both run with 2 threads.
+decomposition, and lowering (partition + compile + save); latency, alternating short
+blocks of edgeport and ExecuTorch calls so load changes hit both (`alternate`); and
+accuracy against eager. Then edgeport's Python overhead per call on a tiny model. Both run with 2 threads.
 """
 
 from __future__ import annotations
@@ -67,6 +67,22 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def alternate(ours, theirs, runs: int, block: int = 5) -> tuple[list[float], list[float]]:
+    """Latencies in ms of `runs` calls each, alternating blocks of `block` calls.
+
+    Each block starts with an untimed call after a short pause: the other runtime's
+    thread pool may still be spinning on the two cores, and its first call after the
+    switch would otherwise pay for that. Both runtimes get the same treatment.
+    """
+    lat = {ours: [], theirs: []}
+    for _ in range(-(-runs // block)):
+        for fn in (ours, theirs):
+            time.sleep(0.02)
+            fn()
+            lat[fn] += [timed(fn) * 1e3 for _ in range(block)]
+    return lat[ours], lat[theirs]
+
+
 def edgeport_phases(model, inputs, registry, tmp: str) -> dict[str, float]:
     """edgeport's export split into phases: torch.export, core-ATen decomposition (what
     capture adds to torch.export), and lowering: partition + compile + save."""
@@ -110,12 +126,7 @@ def measure(name: str, factory, runs: int, tmp: str) -> None:
     with torch.no_grad():
         expected = model(*inputs)
     err_ours, err_et = compare(ours(*inputs), expected), compare(et.execute(xs)[0], expected)
-    for _ in range(5):
-        ours(*inputs), et.execute(xs)
-    lat_ours, lat_et = [], []
-    for _ in range(runs):
-        lat_ours.append(timed(lambda: ours(*inputs)) * 1e3)
-        lat_et.append(timed(lambda: et.execute(xs)) * 1e3)
+    lat_ours, lat_et = alternate(lambda: ours(*inputs), lambda: et.execute(xs), runs)
     mo, me = statistics.median(lat_ours), statistics.median(lat_et)
     print(f"| {name} | {mo:.2f} | {me:.2f} | {mo / me:.2f} | {t_ours:.2f} | {t_et:.2f} | {t_ours / t_et:.2f} | "
           f"{phases['torch.export']:.2f} / {phases['decompose']:.2f} / {phases['lower']:.3f} | "
@@ -140,7 +151,7 @@ def python_overhead(runs: int = 2000) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mobilenet_v2,resnet18,transformer_encoder")
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     factories = load_models()
