@@ -3,8 +3,8 @@
     python bench/conv_kernels.py [--threads 2] [--rounds 20]
 
 Each model is a chain of eight identical convolutions + ReLU, so the time is the
-kernels' and not the boundary copies'. Three runs per shape, alternating in short
-blocks: edgeport with `winograd=false` (XNNPACK's direct convolution, as LiteRT builds
+kernels' and not the boundary copies'; the last row is the whole ResNet-18 example.
+Three builds per model, alternating in short blocks: edgeport with `winograd=false` (XNNPACK's direct convolution, as LiteRT builds
 it), edgeport with Winograd F(2x2, 3x3) (the default where `winograd.fits`), and
 ExecuTorch's XNNPACK delegate. This is where the thresholds in
 backends/tflite/ops/winograd.py come from. Same environment as cpu_vs_executorch.py.
@@ -24,7 +24,7 @@ from torch import nn
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.testing import registry_for
-from cpu_vs_executorch import executorch_export, executorch_method, timed
+from cpu_vs_executorch import executorch_export, executorch_method, load_models, timed
 
 # (in/out channels, kernel, spatial size): ResNet-18's four stages, a 1x1 (GEMM) for
 # comparison, and shapes below the Winograd thresholds.
@@ -54,19 +54,21 @@ def main() -> None:
     registry = registry_for(CpuBackend())
     print("| conv | edgeport direct ms | edgeport Winograd ms | ExecuTorch ms | direct / ET | Winograd / ET |")
     print("|---|---|---|---|---|---|")
+    models = [(f"{c}ch {k}x{k} @{n}x{n}", lambda c=c, k=k, n=n: (Chain(c, k).eval(), (torch.randn(1, c, n, n),)))
+              for c, k, n in SHAPES] + [("resnet18 (whole)", load_models()["resnet18"])]
     with tempfile.TemporaryDirectory() as tmp:
-        for channels, kernel, size in SHAPES:
+        for label, factory in models:
             torch.manual_seed(0)
-            model, x = Chain(channels, kernel).eval(), torch.randn(1, channels, size, size)
+            model, inputs = factory()
             runs = {}
             for name, winograd in (("direct", False), ("winograd", True)):
                 options = {"cpu": {"threads": args.threads, "winograd": winograd}}
-                program = edgeport.export(model, (x,), ["cpu"], options=options, registry=registry)
-                runs[name] = lambda program=program: program(x)
-            pte = os.path.join(tmp, "chain.pte")
-            executorch_export(model, (x,), pte)
+                program = edgeport.export(model, inputs, ["cpu"], options=options, registry=registry)
+                runs[name] = lambda program=program: program(*inputs)
+            pte = os.path.join(tmp, "model.pte")
+            executorch_export(model, inputs, pte)
             method = executorch_method(pte)
-            runs["et"] = lambda: method.execute([x])
+            runs["et"] = lambda: method.execute(list(inputs))
             times = {name: [] for name in runs}
             for _ in range(args.rounds):
                 for name, fn in runs.items():
@@ -74,8 +76,7 @@ def main() -> None:
                     fn()
                     times[name] += [timed(fn) * 1e3 for _ in range(5)]
             d, w, e = (statistics.median(times[k]) for k in ("direct", "winograd", "et"))
-            print(f"| {channels}ch {kernel}x{kernel} @{size}x{size} | {d:.2f} | {w:.2f} | {e:.2f} | "
-                  f"{d / e:.2f} | {w / e:.2f} |", flush=True)
+            print(f"| {label} | {d:.2f} | {w:.2f} | {e:.2f} | {d / e:.2f} | {w / e:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
