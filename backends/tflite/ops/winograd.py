@@ -1,21 +1,22 @@
 """3x3 stride-1 convolutions as Winograd F(2x2, 3x3), written in plain TFLite operators.
 
-Why: XNNPACK runs a 3x3 convolution as an indirect GEMM, and the build of that kernel
-inside LiteRT runs about 8% slower than ExecuTorch's build of the same XNNPACK kernel
-(bench/README.md). Winograd's minimal filtering computes each 2x2 output tile with 16
-products per channel pair instead of 36, and its four stages map onto operators XNNPACK
-already runs well:
+Why: XNNPACK runs a 3x3 convolution as an indirect GEMM, and LiteRT's build of that
+kernel runs about 8% slower than ExecuTorch's build of the same XNNPACK kernel, which
+kept ResNet-18 at 1.1x ExecuTorch's latency (bench/README.md). Winograd's minimal
+filtering computes each 2x2 output tile with 16 products per channel pair instead of 36,
+and its stages map onto operators XNNPACK already runs well:
 
     input transform   V = Bᵀ d B    one DEPTHWISE_CONV_2D (4x4 window, stride 2, 16 outputs per channel)
     products          M = V · U     one BATCH_MATMUL over the 16 tile positions (U = G g Gᵀ, precomputed)
     output transform  Y = Aᵀ M A    one FULLY_CONNECTED (16 -> 4) and a TRANSPOSE back into the image
 
-plus the bias and fused activation in a final ADD. Products are exact in fp32 up to
-rounding: F(2x2, 3x3) uses only the constants 0, ±1 and ±1/2.
+then the bias and fused activation in a final ADD. The rounding error stays at a direct
+convolution's level: F(2x2, 3x3) uses only the constants 0, ±1 and ±1/2 (the larger
+F(4x4, 3x3) was tried and is ten times less accurate, so it is not used).
 
 The transforms and layout changes cost memory traffic that small convolutions do not
 earn back, so `fits` asks for at least 64 input and output channels and enough work
-(thresholds measured with bench/cpu_vs_executorch.py's micro models, recorded there).
+(measured: bench/conv_kernels.py and bench/README.md).
 """
 
 from __future__ import annotations
