@@ -42,6 +42,23 @@ def capture(
     unwanted = {op for op in keep if _kept_for_nobody(program, op, keep[op], options)}
     if unwanted:  # decompose again (a second trace), only when it changes something
         program = _decompose(exported, set(keep) - unwanted)
+    return drop_proven_assertions(program)
+
+
+# Assertions torch.export inserts about facts it has already proved for the captured
+# shapes and dtypes (every Hugging Face decoder LM has them). They compute nothing,
+# every backend would decline them, and as portable steps they would cost a call each.
+PROVEN_ASSERTIONS = frozenset({torch.ops.aten._assert_tensor_metadata.default})
+
+
+def drop_proven_assertions(program: ExportedProgram) -> ExportedProgram:
+    """Erase `PROVEN_ASSERTIONS` nodes from ``program`` (in place) and return it."""
+    graph = program.graph_module.graph
+    dropped = [n for n in graph.nodes if n.op == "call_function" and n.target in PROVEN_ASSERTIONS and not n.users]
+    for node in dropped:
+        graph.erase_node(node)
+    if dropped:
+        program.graph_module.recompile()
     return program
 
 

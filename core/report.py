@@ -67,6 +67,7 @@ def placement_report(
     partition_of = {n.name: p for p in plan.partitions for n in p.nodes}
     by_name = {n.name: n for n in nodes}
     ran_on = {s.partition: (s.backend if s.kind == "delegate" else PORTABLE) for s in steps}
+    ran_on.update({p.id: PORTABLE for p in plan.partitions if p.id not in ran_on})  # no step: nothing to run
     node_rows = []
     for node in nodes:
         if not is_compute(node):

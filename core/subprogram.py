@@ -74,6 +74,11 @@ def extract_subprogram(ep: ExportedProgram, nodes: Sequence[Node]) -> Subprogram
                 continue
             (const_inputs if arg.name in constants else user_inputs)[arg] = None
     outputs = [n for n in nodes if any(u not in members for u in n.users)]
+    if not outputs and user_inputs:
+        # Only runtime assertions (torch._check on a data-dependent value): nothing later
+        # reads them, but they must still run. torch's serializer needs one output, so
+        # the step hands its first input back unchanged.
+        outputs = [next(iter(user_inputs))]
 
     graph = Graph()
     env: dict[Node, Node] = {}

@@ -217,3 +217,51 @@ def test_a_model_that_mutates_its_input_gets_a_clear_error():
 
     with pytest.raises(edgeport.EdgeportError, match="mutates its input"):
         export(Inplace(), (torch.randn(2),))
+
+
+def test_a_transformers_decoder_lm_exports_and_matches_eager(tmp_path):
+    """Every Hugging Face decoder LM carries `_assert_tensor_metadata` nodes; as a
+    portable step with no outputs they could not be stored, and export crashed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    llama = LlamaForCausalLM(config).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.llama = llama
+
+        def forward(self, ids):
+            return self.llama(input_ids=ids, use_cache=False).logits
+
+    from edgeport.backends.cpu import CpuBackend
+    from edgeport.testing import registry_for
+
+    ids = torch.randint(0, 64, (1, 6))
+    registry = registry_for(CpuBackend())
+    program = edgeport.export(Logits(), (ids,), ["cpu"], registry=registry)
+    assert {n["backend"] for n in program.report()["nodes"]} == {"cpu"}
+    program.save(tmp_path / "llama.edgeport")
+    assert_close(edgeport.load(tmp_path / "llama.edgeport", registry=registry)(ids), Logits()(ids))
+
+
+class ChecksAnIndex(torch.nn.Module):
+    """A data-dependent runtime check whose result nothing reads."""
+
+    def forward(self, x, i):
+        k = i.item()
+        torch._check(k >= 0)
+        torch._check(k < 4)
+        return torch.relu(x) + 1
+
+
+def test_a_step_of_runtime_checks_alone_is_stored_and_still_checks(tmp_path):
+    x = torch.randn(4, 3)
+    program, _ = export(ChecksAnIndex(), (x, torch.tensor(2)))
+    program.save(tmp_path / "checks.edgeport")
+    loaded = edgeport.load(tmp_path / "checks.edgeport", registry=registry_with(TorchOpsBackend()))
+    assert_close(loaded(x, torch.tensor(3)), torch.relu(x) + 1)
+    with pytest.raises(RuntimeError, match="u0 <= 3"):
+        loaded(x, torch.tensor(7))
