@@ -67,6 +67,11 @@ def quiet() -> Iterator[Transcript]:
     ct_logger.addHandler(handler)
     ct_logger.setLevel(logging.INFO)  # INFO carries the per-node "Converting op" lines
     ct_logger.propagate = False  # ours, not the root logger's, and no lastResort printing
+    # coremltools imports torchao when it is installed, and torchao's pytree
+    # registrations make torch log a deprecation line to stderr at import.
+    pytree_logger = logging.getLogger("torch.utils._pytree")
+    pytree_logger.addHandler(handler)
+    pytree_propagate, pytree_logger.propagate = pytree_logger.propagate, False
     stderr = io.StringIO()  # tqdm draws its progress bars on sys.stderr
     try:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(stderr):
@@ -75,6 +80,8 @@ def quiet() -> Iterator[Transcript]:
         ct_logger.removeHandler(handler)
         ct_logger.setLevel(saved[0])
         ct_logger.propagate = saved[1]
+        pytree_logger.removeHandler(handler)
+        pytree_logger.propagate = pytree_propagate
         for warning in caught:
             LOG.debug("warning during coremltools call: %s", warning.message)
         for line in _final_frames(stderr.getvalue()):
