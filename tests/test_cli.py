@@ -31,15 +31,23 @@ def not_a_factory():
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """A model file, and the CLI's registry replaced by one holding the test backend."""
+    """A model file in the working directory."""
     (tmp_path / "model.py").write_text(MODEL)
-    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(TorchOpsBackend()))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+def invoke(*args, registry=None):
+    """Run the CLI as a user would, with a registry holding only the test backend."""
+    return CliRunner().invoke(cli, list(args), obj=registry or registry_with(TorchOpsBackend()), catch_exceptions=False)
+
+
+def fails(*args, registry=None):
+    """Run the CLI expecting a user's error: exit status 1, one message, no traceback."""
+    result = CliRunner().invoke(cli, list(args), obj=registry or registry_with(TorchOpsBackend()))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    return result.output
 
 
 def test_export_run_explain(env):
@@ -94,10 +102,7 @@ def test_run_with_inputs_file(env):
     ],
 )
 def test_errors_are_one_line_with_a_hint_and_no_traceback(env, args, message):
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1
-    assert message in result.output
-    assert "Traceback" not in result.output
+    assert message in fails(*args)
 
 
 def test_debug_shows_the_traceback(env):
@@ -105,7 +110,7 @@ def test_debug_shows_the_traceback(env):
     assert isinstance(result.exception, edgeport.ProgramError)
 
 
-def test_backends_lists_backends_and_broken_plugins(env, monkeypatch):
+def test_backends_lists_backends_and_broken_plugins(env):
     registry = registry_with(TorchOpsBackend())
 
     class Broken:
@@ -114,9 +119,30 @@ def test_backends_lists_backends_and_broken_plugins(env, monkeypatch):
             raise ImportError("libQnnHtp.so not found")
 
     registry.add_plugin(Broken(), name="broken-npu", distribution="broken-dist")
-    monkeypatch.setattr(edgeport.plugins, "_default", registry)
-    data = json.loads(invoke("backends", "--json").output)
+    data = json.loads(invoke("backends", "--json", registry=registry).output)
     assert [b["name"] for b in data["backends"]] == ["torchops"]
-    assert data["broken"] == [{"plugin": "broken-npu", "distribution": "broken-dist",
-                               "error": "ImportError: libQnnHtp.so not found"}]
-    assert "broken plugin broken-npu" in invoke("backends").output
+    [broken] = data["broken"]
+    assert (broken["plugin"], broken["distribution"], broken["error"]) == (
+        "broken-npu", "broken-dist", "ImportError: libQnnHtp.so not found")
+    assert "EDGEPORT_DISABLE_PLUGINS=broken-npu" in broken["hint"]
+    assert "broken plugin broken-npu" in invoke("backends", registry=registry).output
+
+
+def test_backends_lists_a_backend_whose_availability_raises(env):
+    class Flaky(TorchOpsBackend):
+        def availability(self):
+            raise OSError("libvendor.so: cannot open shared object file")
+
+    registry = registry_with(Flaky(name="flaky"), TorchOpsBackend())
+    rows = {b["name"]: b for b in json.loads(invoke("backends", "--json", registry=registry).output)["backends"]}
+    assert rows["flaky"]["why"] == "availability() raised OSError: libvendor.so: cannot open shared object file"
+    assert (rows["flaky"]["can_compile"], rows["torchops"]["can_run"]) == (False, True)
+    assert "availability() raised OSError" in invoke("backends", registry=registry).output
+
+
+def test_a_registry_given_to_the_cli_is_the_one_it_uses(env):
+    registry = registry_with(TorchOpsBackend(name="injected"))
+    data = json.loads(invoke("backends", "--json", registry=registry).output)
+    assert [b["name"] for b in data["backends"]] == ["injected"]
+    assert invoke("export", "model.py:factory", "-b", "injected", "-o", "m.edgeport", registry=registry).exit_code == 0
+    assert "injected" in invoke("run", "m.edgeport", registry=registry).output

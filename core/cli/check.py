@@ -14,7 +14,7 @@ from ..api import export as export_program
 from ..devtools.check import FP16_RTOL, FP32_RTOL, INT8_RTOL, CheckReport, check_program
 from ..errors import InputError
 from ..program import load
-from . import cli
+from . import cli, current_registry
 from ._output import console, print_json, progress
 from .export import parse_options
 from .run import random_inputs, read_inputs
@@ -49,14 +49,15 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
                 raise InputError("--backend and --option apply to a SPEC; a PROGRAM keeps the backends it was "
                                  "exported with", hint="re-export it with edgeport export, or check the SPEC")
+    registry = current_registry()
     with progress(not as_json) as show:
         if is_program:
-            program, example = load(target), None
+            program, example = load(target, registry=registry), None
         else:
             model, example = load_factory(target)
             backends = [b.strip() for b in backend_list.split(",") if b.strip()]
             program = export_program(model, example, backends, options=parse_options(option_items),
-                                     keep_reference=True, progress=show)
+                                     keep_reference=True, registry=registry, progress=show)
         name = method or program.default_method
         plan = program.manifest.methods.get(name)
         if plan is None:
@@ -65,7 +66,8 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             inputs = read_inputs(inputs_path, plan)
         else:
             inputs = list(example) if example is not None and name == "forward" else random_inputs(plan)
-        report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, progress=show)
+        report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, registry=registry,
+                               progress=show)
     if as_json:
         print_json(report.to_json())
     else:

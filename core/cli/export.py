@@ -9,7 +9,7 @@ import click
 
 from ..api import export as export_program
 from ..errors import EdgeportError
-from . import cli
+from . import cli, current_registry
 from ._output import console, progress
 from .explain import print_summary
 from .spec import load_factory
@@ -45,7 +45,7 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     start = time.perf_counter()
     with progress(True) as show:
         program = export_program(model, inputs, backends, options=parse_options(option_items), strict=strict,
-                                 keep_reference=keep_reference or None, progress=show)
+                                 keep_reference=keep_reference or None, registry=current_registry(), progress=show)
         program.save(output)
     console.print(f"wrote {output} in {time.perf_counter() - start:.2f} s")
     print_summary(program.report())

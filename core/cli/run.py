@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..manifest import MethodPlan
 from ..program import Program, load
 from ..tensors import DTYPES
-from . import cli
+from . import cli, current_registry
 from ._output import console, print_json
 
 
@@ -73,7 +73,7 @@ def summarize(value: Any) -> Any:
 def run(program: str, inputs_path: str | None, method: str | None, repeat: int, warmup: int, profile: bool,
         reference: bool, as_json: bool) -> None:
     """Run PROGRAM (random inputs from its spec unless --inputs is given)."""
-    prog: Program = load(program, reference=reference)
+    prog: Program = load(program, reference=reference, registry=current_registry())
     name = method or prog.default_method
     plan = prog.manifest.methods.get(name)
     if plan is None:

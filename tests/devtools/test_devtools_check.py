@@ -134,39 +134,41 @@ def test_compare_reports_exact_matches_non_finite_outputs_and_bad_shapes():
 
 
 @pytest.fixture
-def planted(model_file, monkeypatch):
-    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(OffByOnePercent()))
+def planted(model_file):
+    return registry_with(OffByOnePercent())
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+def invoke(*args, registry):
+    return CliRunner().invoke(cli, list(args), obj=registry, catch_exceptions=False)
 
 
 def test_cli_check_spec_prints_the_table_and_the_diverging_op(planted):
-    result = invoke("check", "model.py:factory", "--backend", "torchops")
+    result = invoke("check", "model.py:factory", "--backend", "torchops", registry=planted)
     assert result.exit_code == 1
     assert "fail" in result.output and "first diverging op: mul (aten.mul.Tensor)" in result.output
     assert MUL_LINE in result.output and "z = y * 2.0" in result.output
 
 
 def test_cli_check_json_and_a_saved_program(planted, tmp_path):
-    data = json.loads(invoke("check", "model.py:factory", "--backend", "torchops", "--json").output)
+    data = json.loads(invoke("check", "model.py:factory", "--backend", "torchops", "--json", registry=planted).output)
     assert data["passed"] is False
     assert data["partitions"][0]["divergence"]["node"] == "mul"
     assert data["partitions"][0]["rtol"] == FP32_RTOL
 
-    assert invoke("export", "model.py:factory", "-b", "torchops", "--keep-reference", "-o", "m.edgeport").exit_code == 0
+    result = invoke("export", "model.py:factory", "-b", "torchops", "--keep-reference", "-o", "m.edgeport",
+                    registry=planted)
+    assert result.exit_code == 0
     import numpy as np
 
     np.savez(tmp_path / "in.npz", x=np.ones((1, 3, 12, 12), dtype=np.float32))
-    result = invoke("check", "m.edgeport", "--inputs", "in.npz", "--rtol", "0.05", "--json")
+    result = invoke("check", "m.edgeport", "--inputs", "in.npz", "--rtol", "0.05", "--json", registry=planted)
     assert result.exit_code == 0 and json.loads(result.output)["passed"] is True
 
 
 def test_cli_check_errors(planted):
-    invoke("export", "model.py:factory", "-b", "torchops", "-o", "plain.edgeport")
-    result = CliRunner().invoke(cli, ["check", "plain.edgeport"])
+    invoke("export", "model.py:factory", "-b", "torchops", "-o", "plain.edgeport", registry=planted)
+    result = CliRunner().invoke(cli, ["check", "plain.edgeport"], obj=planted)
     assert result.exit_code == 1 and "re-export with --keep-reference" in result.output
-    result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--backend", "cpu"])
+    result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--backend", "cpu"], obj=planted)
     assert result.exit_code == 1 and "--backend and --option apply to a SPEC" in result.output
     assert "Traceback" not in result.output
