@@ -5,7 +5,9 @@ A backend answers four questions, each at its own time:
 - `availability()` — can it compile here, can it run here, and if not, why;
 - `support(node, ctx)` — may it take this node? (asked once per node, before lowering);
 - `compile(program, options)` — ahead of time: turn a partition into bytes;
-- `load(artifact)` — at run time: turn those bytes into something that runs.
+- `load(artifact)` — at run time: turn those bytes into something that runs;
+
+and declares how exact its results are for given options (`tolerance(options)`).
 
 Everything a backend returns is plain data (`Support`, `Availability`, `Artifact`), so
 the core can record it, save it and show it without knowing the backend.
@@ -136,6 +138,11 @@ class SupportContext:
         return value if isinstance(value, torch.Tensor) else None
 
 
+# The relative error a backend is allowed by default (`Backend.tolerance`): fp32 kernels
+# that sum in another order differ from torch by ~1e-6 per op, and a partition chains tens.
+FP32_TOLERANCE = 1e-4
+
+
 class Backend:
     """Subclass this to write a backend. Only `name`, `support`, `compile` and `load`
     are required; everything else has a default that suits a simple backend.
@@ -165,6 +172,17 @@ class Backend:
 
     def load(self, artifact: Artifact) -> Executable:
         raise NotImplementedError(f"backend {self.name!r} must implement load()")
+
+    def tolerance(self, options: Any) -> float:
+        """The largest relative error (max |yours - torch| / max |torch|) a partition
+        compiled with ``options`` (an instance of `options`) may show and still be right.
+
+        ``edgeport check`` holds every partition of this backend to it. The default,
+        1e-4, suits fp32 arithmetic; declare more for what your options make less
+        exact (fp16 ~1e-2, int8 ~1e-1). Never raise: it is called on saved programs.
+        """
+        return FP32_TOLERANCE
+
 
 
 def options_from_dict(backend: Backend, values: dict[str, Any] | None) -> Any:
