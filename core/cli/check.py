@@ -11,13 +11,14 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from ..api import export as export_program
+from ..api import resolve_backends
 from ..devtools.check import CheckReport, check_program
 from ..errors import InputError
 from ..program import load
 from . import cli, current_registry
 from ._output import console, print_json, progress
 from .export import parse_options
-from .run import random_inputs, read_inputs
+from .run import method_plan, random_inputs, read_inputs
 from .spec import load_factory
 
 
@@ -54,14 +55,12 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
         if is_program:
             program, example = load(target, registry=registry), None
         else:
+            backends, options = backend_list.split(","), parse_options(option_items)
+            resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
             model, example = load_factory(target)
-            backends = [b.strip() for b in backend_list.split(",") if b.strip()]
-            program = export_program(model, example, backends, options=parse_options(option_items),
-                                     keep_reference=True, registry=registry, progress=show)
-        name = method or program.default_method
-        plan = program.manifest.methods.get(name)
-        if plan is None:
-            raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}")
+            program = export_program(model, example, backends, options=options, keep_reference=True,
+                                     registry=registry, progress=show)
+        name, plan = method_plan(program, method)
         if inputs_path:
             inputs = read_inputs(inputs_path, plan)
         else:
