@@ -298,3 +298,30 @@ def test_run_writes_every_output_to_an_npz(program):
         np.testing.assert_array_equal(saved["output_1"], np.full((1, 4), 0.5, dtype=np.float32))
     assert "cannot write missing/out.npz: folder missing does not exist" in fails(
         "run", "m.edgeport", "--outputs", "missing/out.npz")
+
+
+def test_two_plugins_registering_one_name_leave_every_command_working(env, monkeypatch, capsys):
+    """`edgeport --help` and `edgeport backends`, through `main()` as the console script runs them."""
+    import edgeport.cli
+
+    class Copycat:
+        @edgeport.hookimpl
+        def edgeport_register_backends(self, register):
+            register(TorchOpsBackend())
+
+    registry = registry_with(TorchOpsBackend())
+    registry.add_plugin(Copycat(), name="copycat", distribution="copycat-dist")
+    monkeypatch.setattr(edgeport.cli, "default_registry", lambda: registry)
+
+    def main(*args):
+        monkeypatch.setattr("sys.argv", ["edgeport", *args])
+        with pytest.raises(SystemExit) as exited:
+            edgeport.cli.main()
+        assert exited.value.code == 0
+        return capsys.readouterr().out
+
+    assert "Commands:" in main("--help")
+    data = json.loads(main("backends", "--json"))
+    assert [b["name"] for b in data["backends"]] == ["torchops"]
+    assert [b["plugin"] for b in data["broken"]] == ["copycat"]
+    assert "registered twice: by (registered in code) (plugin test-plugin) and by copycat-dist" in data["broken"][0]["error"]
