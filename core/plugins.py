@@ -118,8 +118,10 @@ class Registry:
         try:
             self._pm.register(plugin, name=name)
         except Exception as exc:  # e.g. pluggy's PluginValidationError: a hook argument the spec lacks
-            self._failed_loads.append(_broken(name, source, exc, "fix the hook's signature to match edgeport's "
-                                                                  "hookspecs (edgeport/hookspecs.py)"))
+            hint = (f"fix the hook's signature to match edgeport's hookspecs (edgeport/hookspecs.py), or block it "
+                    f"with {DISABLE_ENV}={name}" if isinstance(exc, pluggy.PluginValidationError)
+                    else f"block it with {DISABLE_ENV}={name}")
+            self._failed_loads.append(_broken(name, source, exc, hint))
             return
         unknown = [c.name for c in self._pm.get_hookcallers(plugin) or () if not c.has_spec()]
         if unknown:
