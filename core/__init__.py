@@ -13,6 +13,7 @@ from .backend import (
     PartitionRules,
     Support,
     SupportContext,
+    option,
 )
 from .errors import (
     BackendError,
@@ -56,5 +57,6 @@ __all__ = [
     "export_methods",
     "hookimpl",
     "load",
+    "option",
 ]
 

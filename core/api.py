@@ -15,7 +15,7 @@ import torch
 
 from edgeport.partitioners.policy import PORTABLE
 
-from .backend import Backend, options_from_dict
+from .backend import Backend, options_from_dict, validate_options
 from .capture import capture
 from .errors import BackendError, EdgeportError
 from .lowering import Progress, lower_method
@@ -76,8 +76,7 @@ def export_methods(
     (so two wrappers of one model share its KV cache).
     """
     registry = registry or default_registry()
-    selected = _select_backends(registry, backends)
-    parsed = _parse_options(selected, options or {})
+    selected, parsed = resolve_backends(backends, options, registry)
     if keep_reference is None:
         keep = lambda name: not selected[name].availability().can_run  # noqa: E731
     else:
@@ -108,21 +107,38 @@ def export_methods(
     return Program(manifest, files, registry=registry)
 
 
+def resolve_backends(
+    backends: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None, registry: Registry | None = None
+) -> tuple[dict[str, Backend], dict[str, Any]]:
+    """The selected backends by name, and each one's options, checked against what it
+    declares: everything `export` refuses before any work, callable before a costly
+    model is even built (the CLI does)."""
+    registry = registry or default_registry()
+    selected = _select_backends(registry, backends)
+    return selected, _parse_options(selected, options or {})
+
+
 def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Backend]:
     if isinstance(names, str):
-        names = [n for n in names.split(",") if n]
+        names = names.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise BackendError(
+            "no backend selected",
+            hint=f"name at least one, e.g. --backend cpu (backends=['cpu']); '{PORTABLE}' alone delegates nothing",
+        )
     selected: dict[str, Backend] = {}
     for name in names:
         if name == PORTABLE:  # "portable" is always the fallback; naming it selects nothing
             continue
-        backend = registry.get(name)
-        availability = backend.availability()
+        entry = registry.entry(name)
+        availability = entry.availability()
         if not availability.can_compile:
             raise BackendError(
-                f"backend {backend.name!r} cannot compile on this machine: {availability.why}",
-                hint=f"install its toolchain (pip install 'edgeport[{backend.name}]') or choose another backend",
+                f"backend {entry.backend.name!r} cannot compile on this machine: {availability.why}",
+                hint=f"install its toolchain (pip install 'edgeport[{entry.backend.name}]') or choose another backend",
             )
-        selected[backend.name] = backend
+        selected[entry.backend.name] = entry.backend
     return selected
 
 
@@ -131,9 +147,9 @@ def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mappin
     if unknown:
         raise BackendError(
             f"options given for backend(s) not selected: {', '.join(unknown)}",
-            hint=f"selected backends: {', '.join(selected)}",
+            hint=f"selected backends: {', '.join(selected) or 'none'}",
         )
-    return {name: options_from_dict(b, dict(options.get(name, {}))) for name, b in selected.items()}
+    return {name: validate_options(b, options_from_dict(b, dict(options.get(name, {})))) for name, b in selected.items()}
 
 
 def _store_state(files: dict[str, bytes], fqn: str, value: Any) -> dict[str, Any]:

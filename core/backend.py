@@ -5,7 +5,9 @@ A backend answers four questions, each at its own time:
 - `availability()` — can it compile here, can it run here, and if not, why;
 - `support(node, ctx)` — may it take this node? (asked once per node, before lowering);
 - `compile(program, options)` — ahead of time: turn a partition into bytes;
-- `load(artifact)` — at run time: turn those bytes into something that runs.
+- `load(artifact)` — at run time: turn those bytes into something that runs;
+
+and declares how exact its results are for given options (`tolerance(options)`).
 
 Everything a backend returns is plain data (`Support`, `Availability`, `Artifact`), so
 the core can record it, save it and show it without knowing the backend.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch.export import ExportedProgram
@@ -136,6 +138,11 @@ class SupportContext:
         return value if isinstance(value, torch.Tensor) else None
 
 
+# The relative error a backend is allowed by default (`Backend.tolerance`): fp32 kernels
+# that sum in another order differ from torch by ~1e-6 per op, and a partition chains tens.
+FP32_TOLERANCE = 1e-4
+
+
 class Backend:
     """Subclass this to write a backend. Only `name`, `support`, `compile` and `load`
     are required; everything else has a default that suits a simple backend.
@@ -165,6 +172,90 @@ class Backend:
 
     def load(self, artifact: Artifact) -> Executable:
         raise NotImplementedError(f"backend {self.name!r} must implement load()")
+
+    def tolerance(self, options: Any) -> float:
+        """The largest relative error (max |yours - torch| / max |torch|) a partition
+        compiled with ``options`` (an instance of `options`) may show and still be right.
+
+        ``edgeport check`` holds every partition of this backend to it. The default,
+        1e-4, suits fp32 arithmetic; declare more for what your options make less
+        exact (fp16 ~1e-2, int8 ~1e-1). Never raise: it is called on saved programs.
+        """
+        return FP32_TOLERANCE
+
+
+
+# -- options: how a backend declares them, and how edgeport checks them --------------
+
+_RULE = "edgeport.option"  # the key of an `OptionRule` in a dataclass field's metadata
+
+
+@dataclass(frozen=True)
+class OptionRule:
+    """The values one option accepts, declared with `option`.
+
+    ``choices`` is a tuple, or a function returning the values when they are known
+    only to the toolchain (called at export, never at import). Strings match choices
+    regardless of case and are stored as the choice is spelled.
+    """
+
+    choices: tuple[Any, ...] | Callable[[], Iterable[Any]] | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+
+
+def option(default: Any, *, choices: tuple[Any, ...] | Callable[[], Iterable[Any]] | None = None,
+           at_least: float | None = None, at_most: float | None = None) -> Any:
+    """A field of a backend's options dataclass that says which values it accepts:
+
+        @dataclass(frozen=True)
+        class MyOptions:
+            precision: str = edgeport.option("fp32", choices=("fp32", "fp16"))
+            threads: int = edgeport.option(0, at_least=0)  # 0 = every core
+
+    A value outside them is refused at export, before any work, with the valid ones
+    listed. A rule across fields belongs in the dataclass's ``__post_init__`` (raise
+    `edgeport.BackendError` with a hint).
+    """
+    return field(default=default, metadata={_RULE: OptionRule(choices, at_least, at_most)})
+
+
+def validate_options(backend: Backend, options: Any) -> Any:
+    """``options`` (an instance of ``backend.options``) checked against each field's
+    `option` rule, with string choices spelled as declared; raises `BackendError`
+    naming the option and its valid values."""
+    canonical = {}
+    for f in dataclasses.fields(options):
+        rule = f.metadata.get(_RULE)
+        if rule is not None:
+            canonical[f.name] = _check_rule(backend, f, rule, getattr(options, f.name))
+    return dataclasses.replace(options, **canonical)
+
+
+def _check_rule(backend: Backend, f: dataclasses.Field, rule: OptionRule, value: Any) -> Any:
+    from .errors import BackendError
+
+    where = f"{backend.name}.{f.name}"
+    hint = f"its default is {f.default!r}; set it with --option {where}=VALUE (Python: options={{...}})"
+    if rule.choices is not None:
+        try:
+            choices = tuple(rule.choices() if callable(rule.choices) else rule.choices)
+        except Exception as exc:
+            raise BackendError(f"cannot list the valid values of option {where}: {type(exc).__name__}: {exc}",
+                               hint=f"a bug in backend {backend.name!r}: report it to its authors") from exc
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower()):
+                return choice
+        raise BackendError(f"option {where}={value!r} is not one of: {', '.join(map(str, choices))}", hint=hint)
+    if rule.at_least is None and rule.at_most is None:
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise BackendError(f"option {where} expects a number, got {value!r}", hint=hint)
+    if (rule.at_least is not None and value < rule.at_least) or (rule.at_most is not None and value > rule.at_most):
+        bounds = [f"at least {rule.at_least}"] if rule.at_least is not None else []
+        bounds += [f"at most {rule.at_most}"] if rule.at_most is not None else []
+        raise BackendError(f"option {where}={value!r} is out of range: it must be {' and '.join(bounds)}", hint=hint)
+    return value
 
 
 def options_from_dict(backend: Backend, values: dict[str, Any] | None) -> Any:

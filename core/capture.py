@@ -1,5 +1,8 @@
 """Capture: ``torch.export`` the model, then decompose it to the edge op set.
 
+Inputs and outputs a program cannot hold (a Python number, a complex tensor) are
+refused here, in the user's terms, before they reach lowering.
+
 Decomposition keeps undecomposed every op that a selected backend lists in
 ``keep_ops()`` and supports at one of its nodes; an op kept for nobody is decomposed
 after all, so other backends get the pieces they may know.
@@ -12,11 +15,13 @@ import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 from torch.fx import Node
 
 from .backend import Backend, SupportContext
 from .errors import EdgeportError
+from .tensors import DTYPE_NAMES, DTYPES
 
 
 def capture(
@@ -28,6 +33,7 @@ def capture(
 ) -> ExportedProgram:
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    check_inputs(example_inputs)
     try:
         with _quiet_torch():
             exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
@@ -42,7 +48,45 @@ def capture(
     unwanted = {op for op in keep if _kept_for_nobody(program, op, keep[op], options)}
     if unwanted:  # decompose again (a second trace), only when it changes something
         program = _decompose(exported, set(keep) - unwanted)
+    check_outputs(program)
     return drop_proven_assertions(program)
+
+
+# What a program file can hold, in the user's terms: inputs and outputs are tensors of
+# the dtypes in `tensors.DTYPES`.
+_INTERFACE_HINT = "program inputs and outputs are tensors of: " + ", ".join(DTYPES)
+
+
+def check_inputs(example_inputs: tuple[Any, ...]) -> None:
+    """Refuse, before tracing, example inputs a program cannot take: a Python number
+    (torch.export would bake it into the graph) or a tensor of a dtype files cannot hold."""
+    for i, value in enumerate(pytree.tree_leaves(example_inputs)):
+        if value is None:
+            raise EdgeportError(f"input {i} of the model is None; programs take tensors only",
+                                hint="leave it out of the example inputs, so the model uses its default")
+        if not isinstance(value, torch.Tensor):
+            raise EdgeportError(
+                f"input {i} of the model is a Python {type(value).__name__} ({value!r}); programs take tensors only",
+                hint=f"pass it as a tensor (torch.tensor({value!r})), or make it a constant inside the model",
+            )
+        if value.dtype not in DTYPE_NAMES:
+            raise EdgeportError(f"input {i} of the model is {_dtype(value.dtype)}, which a program cannot hold",
+                                hint=_INTERFACE_HINT)
+
+
+def check_outputs(program: ExportedProgram) -> None:
+    """Refuse outputs of a dtype a program file cannot hold (complex numbers, say)."""
+    values = {n.name: n.meta.get("val") for n in program.graph.nodes}
+    for i, name in enumerate(program.graph_signature.user_outputs):
+        value = values.get(name) if isinstance(name, str) else None
+        if isinstance(value, torch.Tensor) and value.dtype not in DTYPE_NAMES:
+            hint = "return torch.view_as_real(x) for a complex x" if value.is_complex() else _INTERFACE_HINT
+            raise EdgeportError(f"output {i} of the model is {_dtype(value.dtype)}, which a program cannot hold",
+                                hint=hint)
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 # Assertions torch.export inserts about facts it has already proved for the captured

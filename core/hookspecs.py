@@ -1,7 +1,10 @@
 """The hooks a plugin may implement. This file is the plugin contract.
 
-Hook names start with ``edgeport_``. Arguments may be added in later versions (pluggy
-lets an older implementation take fewer); none is ever renamed or removed.
+Hook names start with ``edgeport_``. Arguments may be added in later versions: edgeport
+calls every hook through pluggy, which passes an implementation only the arguments it
+declares, so an older plugin keeps working. None is ever renamed or removed. A plugin
+whose hook declares an argument the spec lacks, or implements a hook that does not
+exist here, is listed as broken with pluggy's message.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ def edgeport_register_backends(register: Callable[..., None]) -> None:
 
     :param register: ``register(backend, aliases=())``. ``backend`` is an instance of
         a `edgeport.Backend` subclass; ``aliases`` are extra names that select it
-        (e.g. ``("npu",)``). Registering a name another plugin already took raises
-        `edgeport.PluginError` naming both distributions.
+        (e.g. ``("npu",)``). ``register`` checks the backend against the contract
+        (its name is an identifier, it defines ``support``, ``compile`` and ``load``,
+        its options are a dataclass) and that no other plugin took the name. It never
+        raises: a refused backend makes this plugin show as broken in
+        ``edgeport backends``, with the reason and the fix, and the others still work.
 
     Called once, the first time edgeport needs the list of backends, in no particular
     order relative to other plugins. Return nothing. Keep it cheap: construct the

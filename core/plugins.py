@@ -1,26 +1,41 @@
 """Finding backends: a pluggy manager fed by the ``edgeport`` entry-point group.
 
 Built-in backends are entry points of our own distribution, exactly like a vendor's.
-A plugin that fails to import or to register is recorded, with its error, and never
-stops the others from loading.
+Nothing one plugin does can take another down: a plugin that fails to import, whose
+hooks do not match the hookspecs, whose hook raises, or that registers a backend
+breaking the contract (a missing method, a name another plugin took) is recorded as
+broken, with its error and what to do, and every other backend keeps working.
+
+Hooks are always called through pluggy's hook callers, one plugin at a time: pluggy
+hands each implementation only the arguments it declares (so a hook may grow an
+argument without breaking older plugins), and calling one plugin at a time isolates
+a failing one and tells us which plugin registered what.
+
+The registry loads once, under a lock: any number of threads may make the first call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from . import hookspecs
-from .backend import Backend
-from .errors import PluginError, UnknownBackendError
+from .backend import Availability, Backend
+from .errors import UnknownBackendError
 
 ENTRY_POINT_GROUP = "edgeport"
 DISABLE_ENV = "EDGEPORT_DISABLE_PLUGINS"
+OWN_DISTRIBUTION = "edgeport"  # its built-in backends keep their names if a plugin reuses one
+IN_CODE = "(registered in code)"
+REQUIRED_METHODS = ("support", "compile", "load")
+RESERVED_NAMES = frozenset({"portable"})  # the fallback, never a backend
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,13 @@ class BackendEntry:
     version: str
     aliases: tuple[str, ...] = ()
 
+    def availability(self) -> Availability:
+        """The backend's availability; one that raises is reported, never propagated."""
+        try:
+            return self.backend.availability()
+        except Exception as exc:
+            return Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
+
 
 @dataclass(frozen=True)
 class BrokenPlugin:
@@ -40,8 +62,24 @@ class BrokenPlugin:
 
     plugin: str
     distribution: str
-    error: str
-    details: str = field(default="", repr=False)
+    error: str  # one line
+    hint: str = ""  # what to do about it
+    details: str = field(default="", repr=False)  # the traceback, for --debug
+
+
+@dataclass(frozen=True)
+class _Source:
+    distribution: str
+    version: str
+
+
+@dataclass
+class _Collected:
+    """The outcome of one collection: working backends, and registrations refused."""
+
+    entries: dict[str, BackendEntry] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> backend name
+    broken: list[BrokenPlugin] = field(default_factory=list)
 
 
 class Registry:
@@ -51,110 +89,139 @@ class Registry:
     ``Registry(entry_points=False)`` and `add_plugin` their own.
     """
 
+    specs: Any = hookspecs  # the hookspecs this registry calls plugins with
+
     def __init__(self, entry_points: bool = True, disabled: Iterable[str] | None = None) -> None:
         self._pm = pluggy.PluginManager("edgeport")
-        self._pm.add_hookspecs(hookspecs)
+        self._pm.add_hookspecs(self.specs)
         self._use_entry_points = entry_points
         if disabled is None:
-            disabled = [n for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()]
-        self._disabled = {n.strip() for n in disabled}
-        self._sources: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
-        self._entries: dict[str, BackendEntry] | None = None
-        self._aliases: dict[str, str] = {}
-        self._broken: list[BrokenPlugin] = []
+            disabled = os.environ.get(DISABLE_ENV, "").split(",")
+        self._disabled = {n.strip() for n in disabled if n.strip()}
+        self._sources: dict[str, _Source] = {}  # plugin name -> where it came from, in registration order
+        self._failed_loads: list[BrokenPlugin] = []  # plugins that never got registered
+        self._collected: _Collected | None = None
+        self._lock = threading.RLock()
 
     # -- adding plugins -------------------------------------------------------------
 
-    def add_plugin(self, plugin: Any, name: str | None = None, distribution: str = "(registered in code)") -> None:
+    def add_plugin(self, plugin: Any, name: str | None = None, distribution: str = IN_CODE) -> None:
         """Register a module or object holding ``@edgeport.hookimpl`` functions."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in self._disabled:
             return
-        self._pm.register(plugin, name=name)
-        self._sources[name] = (distribution, "")
-        self._entries = None  # collect again on next use
+        with self._lock:
+            self._register(plugin, name, _Source(distribution, ""))
+            self._collected = None  # collect again on next use
+
+    def _register(self, plugin: Any, name: str, source: _Source) -> None:
+        try:
+            self._pm.register(plugin, name=name)
+        except Exception as exc:  # e.g. pluggy's PluginValidationError: a hook argument the spec lacks
+            hint = (f"fix the hook's signature to match edgeport's hookspecs (edgeport/hookspecs.py), or block it "
+                    f"with {DISABLE_ENV}={name}" if isinstance(exc, pluggy.PluginValidationError)
+                    else f"block it with {DISABLE_ENV}={name}")
+            self._failed_loads.append(_broken(name, source, exc, hint))
+            return
+        unknown = [c.name for c in self._pm.get_hookcallers(plugin) or () if not c.has_spec()]
+        if unknown:
+            self._pm.unregister(name=name)
+            known = ", ".join(n for n in dir(self.specs) if n.startswith("edgeport_"))
+            self._failed_loads.append(BrokenPlugin(
+                name, source.distribution, f"{', '.join(unknown)} is not an edgeport hook",
+                hint=f"edgeport's hooks are: {known}",
+            ))
+            return
+        self._sources[name] = source
 
     def _load_entry_points(self) -> None:
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        # edgeport's own entry points first: a plugin reusing a built-in name is the broken one
+        found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP),
+                       key=lambda ep: (ep.dist is None or ep.dist.name != OWN_DISTRIBUTION))
+        for ep in found:
             if ep.name in self._disabled or self._pm.has_plugin(ep.name):
                 continue
-            dist = ep.dist.name if ep.dist else "(unknown)"
-            version = ep.dist.version if ep.dist else ""
+            source = _Source(ep.dist.name, ep.dist.version) if ep.dist else _Source("(unknown)", "")
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down
-                self._record_broken(ep.name, dist, exc)
+                self._failed_loads.append(_broken(ep.name, source, exc, f"fix or uninstall {source.distribution}, "
+                                                                        f"or block it with {DISABLE_ENV}={ep.name}"))
                 continue
-            self._pm.register(plugin, name=ep.name)
-            self._sources[ep.name] = (dist, version)
+            self._register(plugin, ep.name, source)
 
-    def _record_broken(self, plugin: str, dist: str, exc: BaseException) -> None:
-        self._broken.append(
-            BrokenPlugin(plugin, dist, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        )
+    # -- calling hooks --------------------------------------------------------------
 
-    # -- collecting backends --------------------------------------------------------
-
-    def _collect(self) -> dict[str, BackendEntry]:
-        if self._entries is not None:
-            return self._entries
-        if self._use_entry_points:
-            self._use_entry_points = False  # entry points load once
-            self._load_entry_points()
-        entries: dict[str, BackendEntry] = {}
-        alias_map: dict[str, str] = {}
-        for impl in self._pm.hook.edgeport_register_backends.get_hookimpls():
-            dist, version = self._sources.get(impl.plugin_name, ("(registered in code)", ""))
-
-            def register(backend: Backend, aliases: Iterable[str] = ()) -> None:
-                names = tuple(aliases)
-                _check_backend(backend, impl.plugin_name)
-                for taken in (backend.name, *names):
-                    if taken in entries or taken in alias_map:
-                        owner = entries.get(taken) or entries[alias_map[taken]]
-                        raise PluginError(
-                            f"backend name {taken!r} is registered twice: by {owner.distribution} "
-                            f"(plugin {owner.plugin}) and by {dist} (plugin {impl.plugin_name})",
-                            hint=f"uninstall one, or block a plugin with {DISABLE_ENV}={impl.plugin_name}",
-                        )
-                entries[backend.name] = BackendEntry(backend, impl.plugin_name, dist, version or backend.version, names)
-                alias_map.update({a: backend.name for a in names})
-
+    def _call_each(self, hook: str, arguments: Callable[[str], dict[str, Any]],
+                   on_error: Callable[[str, Exception], None]) -> None:
+        """Call ``hook`` of every plugin, one at a time and in registration order,
+        through pluggy (which passes each implementation only the arguments it takes)."""
+        for name in list(self._sources):
+            plugin = self._pm.get_plugin(name)
+            others = [p for p in self._pm.get_plugins() if p is not plugin]
+            caller = self._pm.subset_hook_caller(hook, remove_plugins=others)
+            if not caller.get_hookimpls():
+                continue
             try:
-                impl.function(register=register)
-            except PluginError:
-                raise
+                caller(**arguments(name))
             except Exception as exc:
-                self._record_broken(impl.plugin_name, dist, exc)
-        self._entries, self._aliases = entries, alias_map
-        return entries
+                on_error(name, exc)
+
+    def _register_arguments(self, register: Callable[..., None]) -> dict[str, Any]:
+        """What ``edgeport_register_backends`` is called with (grows with its hookspec)."""
+        return {"register": register}
+
+    def _collect(self) -> _Collected:
+        with self._lock:
+            if self._collected is not None:
+                return self._collected
+            if self._use_entry_points:
+                self._load_entry_points()
+                self._use_entry_points = False  # entry points load once
+            collected = _Collected()
+
+            def arguments(plugin: str) -> dict[str, Any]:
+                return self._register_arguments(_Registrar(collected, plugin, self._sources[plugin]))
+
+            def failed(plugin: str, exc: Exception) -> None:
+                collected.broken.append(_broken(plugin, self._sources[plugin], exc,
+                                                f"its edgeport_register_backends hook raised; fix it, or block it "
+                                                f"with {DISABLE_ENV}={plugin}"))
+
+            self._call_each("edgeport_register_backends", arguments, failed)
+            self._collected = collected
+            return collected
 
     def add_commands(self, cli: Any) -> None:
         """Let every plugin add its CLI commands; a plugin that fails is recorded."""
-        self._collect()
-        for impl in self._pm.hook.edgeport_register_commands.get_hookimpls():
-            try:
-                impl.function(cli=cli)
-            except Exception as exc:
-                dist, _ = self._sources.get(impl.plugin_name, ("(registered in code)", ""))
-                self._record_broken(impl.plugin_name, dist, exc)
+        collected = self._collect()
+
+        def failed(plugin: str, exc: Exception) -> None:
+            collected.broken.append(_broken(plugin, self._sources[plugin], exc,
+                                            "its edgeport_register_commands hook raised; the other commands work"))
+
+        with self._lock:
+            self._call_each("edgeport_register_commands", lambda plugin: {"cli": cli}, failed)
+
+    # -- looking backends up ----------------------------------------------------------
 
     def entries(self) -> dict[str, BackendEntry]:
         """Every working backend by name, in registration order."""
-        return dict(self._collect())
+        return dict(self._collect().entries)
 
     def broken(self) -> list[BrokenPlugin]:
-        self._collect()
-        return list(self._broken)
+        """Every plugin, or registration, that failed, with its error and a hint."""
+        collected = self._collect()
+        return self._failed_loads + collected.broken
 
     def entry(self, name: str) -> BackendEntry:
-        entries = self._collect()
-        name = self._aliases.get(name, name)
-        if name in entries:
-            return entries[name]
-        installed = ", ".join(entries) or "none"
+        collected = self._collect()
+        name = collected.aliases.get(name, name)
+        if name in collected.entries:
+            return collected.entries[name]
+        installed = ", ".join(collected.entries) or "none"
         hint = "run `edgeport backends` to see installed backends and broken plugins"
-        broken = [b for b in self._broken if b.plugin == name]
+        broken = [b for b in self.broken() if b.plugin == name]
         if broken:
             hint = f"plugin {name!r} failed to load: {broken[0].error}"
         raise UnknownBackendError(f"unknown backend {name!r}; installed: {installed}", hint=hint)
@@ -163,24 +230,78 @@ class Registry:
         return self.entry(name).backend
 
 
-def _check_backend(backend: Any, plugin: str) -> None:
-    """Catch contract mistakes at registration, not at first use."""
+class _Registrar:
+    """The ``register`` callback one plugin receives: checks each backend against the
+    contract, and records a refused one as broken instead of raising into the plugin."""
+
+    def __init__(self, collected: _Collected, plugin: str, source: _Source) -> None:
+        self._collected = collected
+        self._plugin = plugin
+        self._source = source
+
+    def __call__(self, backend: Backend, aliases: Iterable[str] = ()) -> None:
+        names = tuple(aliases)
+        problem = _contract_problem(backend) or self._taken(backend.name, names)
+        if problem:
+            message, hint = problem
+            self._collected.broken.append(BrokenPlugin(self._plugin, self._source.distribution, message, hint))
+            return
+        entry = BackendEntry(backend, self._plugin, self._source.distribution,
+                             self._source.version or backend.version, names)
+        self._collected.entries[backend.name] = entry
+        self._collected.aliases.update({a: backend.name for a in names})
+
+    def _taken(self, name: str, aliases: tuple[str, ...]) -> tuple[str, str] | None:
+        entries, alias_map = self._collected.entries, self._collected.aliases
+        for taken in (name, *aliases):
+            if taken in entries or taken in alias_map:
+                owner = entries.get(taken) or entries[alias_map[taken]]
+                return (f"backend name {taken!r} is registered twice: by {owner.distribution} (plugin {owner.plugin}) "
+                        f"and by {self._source.distribution} (plugin {self._plugin}); the second is ignored",
+                        f"uninstall one, or block a plugin with {DISABLE_ENV}={self._plugin}")
+        return None
+
+
+def _contract_problem(backend: Any) -> tuple[str, str] | None:
+    """What is wrong with a registered backend, as (message, hint); None if nothing.
+    Checked at registration, so a mistake shows in `edgeport backends`, not at first use."""
     if not isinstance(backend, Backend):
-        raise PluginError(
-            f"plugin {plugin} registered {backend!r}, which is not an edgeport.Backend",
-            hint="subclass edgeport.Backend and register an instance",
-        )
+        return f"registered {backend!r}, which is not an edgeport.Backend", "subclass edgeport.Backend and register an instance"
     name = getattr(backend, "name", None)
-    if not isinstance(name, str) or not name or name == "portable":
-        raise PluginError(f"plugin {plugin} registered a backend with invalid name {name!r}")
+    if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_NAMES:
+        return (f"invalid backend name {name!r} (in {type(backend).__name__})",
+                "set name to letters, digits and underscores, e.g. name = 'my_npu'; 'portable' is reserved")
+    missing = [m for m in REQUIRED_METHODS if getattr(type(backend), m) is getattr(Backend, m)]
+    if missing:
+        return (f"backend {name!r} does not implement {', '.join(f'{m}()' for m in missing)}",
+                f"define {', '.join(missing)} in {type(backend).__name__}; see docs/writing-a-backend.md")
+    options = backend.options
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        return (f"options of backend {name!r} must be a dataclass, not {getattr(options, '__name__', options)}",
+                "declare them as @dataclass(frozen=True) class MyOptions: ... with a default for every field")
+    try:
+        options()
+    except Exception as exc:
+        return (f"options of backend {name!r} cannot be built from their defaults: {type(exc).__name__}: {exc}",
+                f"give every field of {options.__name__} a valid default")
+    return None
+
+
+def _broken(plugin: str, source: _Source, exc: BaseException, hint: str) -> BrokenPlugin:
+    """A broken-plugin record whose error is one line (pluggy's messages span several)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return BrokenPlugin(plugin, source.distribution, f"{type(exc).__name__}: {text}", hint,
+                        "".join(traceback.format_exception(exc)))
 
 
 _default: Registry | None = None
+_default_lock = threading.Lock()
 
 
 def default_registry() -> Registry:
     """The process-wide registry of installed plugins, created on first use."""
     global _default
-    if _default is None:
-        _default = Registry()
-    return _default
+    with _default_lock:
+        if _default is None:
+            _default = Registry()
+        return _default

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import edgeport
@@ -26,20 +27,64 @@ def factory():
 
 def not_a_factory():
     return 3
+
+
+def watched():
+    open("factory-called", "w").close()
+    return factory()
+
+
+def broken_factory():
+    raise ValueError("no weights here")
+
+
+class Complex(torch.nn.Module):
+    def forward(self, x):
+        return torch.view_as_complex(x)
+
+
+def complex_outputs():
+    return Complex(), (torch.randn(3, 2),)
+
+
+class Scale(torch.nn.Module):
+    def forward(self, x, n):
+        return x * n
+
+
+def int_input():
+    return Scale(), (torch.randn(3), 4)
+
+
+class TwoOutputs(torch.nn.Module):
+    def forward(self, x):
+        return torch.log(x - 10), torch.relu(x)  # log of a negative: nan
+
+
+def nan_and_relu():
+    return TwoOutputs(), (torch.rand(1, 4),)
 '''
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """A model file, and the CLI's registry replaced by one holding the test backend."""
+    """A model file in the working directory."""
     (tmp_path / "model.py").write_text(MODEL)
-    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(TorchOpsBackend()))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+def invoke(*args, registry=None):
+    """Run the CLI as a user would, with a registry holding only the test backend."""
+    return CliRunner().invoke(cli, list(args), obj=registry or registry_with(TorchOpsBackend()), catch_exceptions=False)
+
+
+def fails(*args, registry=None):
+    """Run the CLI expecting a user's error: exit status 1, one message, no traceback."""
+    result = CliRunner().invoke(cli, list(args), obj=registry or registry_with(TorchOpsBackend()))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    return result.output
 
 
 def test_export_run_explain(env):
@@ -94,10 +139,7 @@ def test_run_with_inputs_file(env):
     ],
 )
 def test_errors_are_one_line_with_a_hint_and_no_traceback(env, args, message):
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1
-    assert message in result.output
-    assert "Traceback" not in result.output
+    assert message in fails(*args)
 
 
 def test_debug_shows_the_traceback(env):
@@ -105,7 +147,7 @@ def test_debug_shows_the_traceback(env):
     assert isinstance(result.exception, edgeport.ProgramError)
 
 
-def test_backends_lists_backends_and_broken_plugins(env, monkeypatch):
+def test_backends_lists_backends_and_broken_plugins(env):
     registry = registry_with(TorchOpsBackend())
 
     class Broken:
@@ -114,9 +156,172 @@ def test_backends_lists_backends_and_broken_plugins(env, monkeypatch):
             raise ImportError("libQnnHtp.so not found")
 
     registry.add_plugin(Broken(), name="broken-npu", distribution="broken-dist")
-    monkeypatch.setattr(edgeport.plugins, "_default", registry)
-    data = json.loads(invoke("backends", "--json").output)
+    data = json.loads(invoke("backends", "--json", registry=registry).output)
     assert [b["name"] for b in data["backends"]] == ["torchops"]
-    assert data["broken"] == [{"plugin": "broken-npu", "distribution": "broken-dist",
-                               "error": "ImportError: libQnnHtp.so not found"}]
-    assert "broken plugin broken-npu" in invoke("backends").output
+    [broken] = data["broken"]
+    assert (broken["plugin"], broken["distribution"], broken["error"]) == (
+        "broken-npu", "broken-dist", "ImportError: libQnnHtp.so not found")
+    assert "EDGEPORT_DISABLE_PLUGINS=broken-npu" in broken["hint"]
+    assert "broken plugin broken-npu" in invoke("backends", registry=registry).output
+
+
+def test_backends_lists_a_backend_whose_availability_raises(env):
+    class Flaky(TorchOpsBackend):
+        def availability(self):
+            raise OSError("libvendor.so: cannot open shared object file")
+
+    registry = registry_with(Flaky(name="flaky"), TorchOpsBackend())
+    rows = {b["name"]: b for b in json.loads(invoke("backends", "--json", registry=registry).output)["backends"]}
+    assert rows["flaky"]["why"] == "availability() raised OSError: libvendor.so: cannot open shared object file"
+    assert (rows["flaky"]["can_compile"], rows["torchops"]["can_run"]) == (False, True)
+    assert "availability() raised OSError" in invoke("backends", registry=registry).output
+
+
+def test_a_registry_given_to_the_cli_is_the_one_it_uses(env):
+    registry = registry_with(TorchOpsBackend(name="injected"))
+    data = json.loads(invoke("backends", "--json", registry=registry).output)
+    assert [b["name"] for b in data["backends"]] == ["injected"]
+    assert invoke("export", "model.py:factory", "-b", "injected", "-o", "m.edgeport", registry=registry).exit_code == 0
+    assert "injected" in invoke("run", "m.edgeport", registry=registry).output
+
+
+# -- issue 15 item 8: a user's mistake gets a user's error ---------------------------------
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("model.py:broken_factory", "factory model.py:broken_factory raised ValueError: no weights here"),
+    ("os.path:join", "os.path:join is not a factory: it takes arguments (a, *p)"),
+    ("model.py:complex_outputs", "output 0 of the model is complex64"),
+    ("model.py:int_input", "input 1 of the model is a Python int (4)"),
+])
+def test_a_model_mistake_is_a_users_error(env, spec, message):
+    assert message in fails("export", spec, "-b", "torchops", "-o", "m.edgeport")
+
+
+def test_a_syntax_error_in_the_model_file_is_a_users_error(env):
+    (env / "bad.py").write_text("import torch\ndef factory(:\n")
+    assert "cannot load bad.py: SyntaxError: invalid syntax (bad.py, line 2)" in fails(
+        "export", "bad.py:factory", "-b", "torchops", "-o", "m.edgeport")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-o", "missing/m.edgeport"], "cannot write missing/m.edgeport: folder missing does not exist"),
+    (["-o", "m.edgeport", "--report", "missing/r.json"], "cannot write missing/r.json: folder missing does not exist"),
+])
+def test_export_checks_where_it_writes_before_any_work(env, args, message):
+    assert message in fails("export", "model.py:watched", "-b", "torchops", *args)
+    assert not (env / "factory-called").exists() and not (env / "m.edgeport").exists()
+
+
+@pytest.fixture
+def program(env):
+    assert invoke("export", "model.py:nan_and_relu", "-b", "torchops", "-o", "m.edgeport").exit_code == 0
+    return env / "m.edgeport"
+
+
+def test_explain_mistakes_are_users_errors(program):
+    assert "cannot write missing/x.html: folder missing does not exist" in fails(
+        "explain", "m.edgeport", "--html", "missing/x.html")
+    assert "program has no method 'nosuch'; it has forward" in fails("explain", "m.edgeport", "--method", "nosuch")
+
+
+def test_inputs_that_are_not_an_npz_archive_are_a_users_error(program):
+    import numpy as np
+
+    np.save(program.parent / "x.npy", np.ones((1, 4), dtype=np.float32))
+    (program.parent / "garbage.npz").write_text("not numpy at all")
+    for path in ("x.npy", "garbage.npz"):
+        output = fails("run", "m.edgeport", "--inputs", path)
+        assert f"{path} is not an .npz archive" in output and "numpy.savez" in output
+        assert "pickled" not in output
+
+
+# -- issue 15 item 9: options are validated at export, before any work -----------------------
+
+
+@pytest.fixture
+def real_backends():
+    from edgeport.backends.coreml import CoreMLBackend
+    from edgeport.backends.cpu import CpuBackend
+    from edgeport.backends.mediatek.backend import MediatekBackend
+    from edgeport.backends.qualcomm import QualcommBackend
+
+    return registry_with(CpuBackend(), QualcommBackend(), MediatekBackend(), CoreMLBackend())
+
+
+@pytest.mark.parametrize("backend, option, message, default", [
+    ("cpu", "cpu.precision=fp8", "option cpu.precision='fp8' is not one of: fp32, fp16", "'fp32'"),
+    ("cpu", "cpu.threads=-3", "option cpu.threads=-3 is out of range: it must be at least 0", "0"),
+    ("qualcomm", "qualcomm.soc=SM9999", "option qualcomm.soc='SM9999' is not one of: SM8350", "'SM8650'"),
+    ("mediatek", "mediatek.soc=MT0000", "option mediatek.soc='MT0000' is not one of: MT6853", "'MT6989'"),
+    ("coreml", "coreml.minimum_deployment_target=iOS99",
+     "option coreml.minimum_deployment_target='iOS99' is not one of: iOS15, iOS16, iOS17", "'iOS17'"),
+])
+def test_a_bad_option_is_refused_before_any_work(env, real_backends, backend, option, message, default):
+    output = fails("export", "model.py:watched", "-b", backend, "--option", option, "-o", "m.edgeport",
+                   registry=real_backends)
+    assert message in output and f"its default is {default}" in output
+    assert not (env / "factory-called").exists() and not (env / "m.edgeport").exists()
+
+
+def test_options_are_spelled_as_declared(env, real_backends):
+    from edgeport.api import resolve_backends
+
+    _, options = resolve_backends(["cpu"], {"cpu": {"precision": "FP16"}}, real_backends)
+    assert options["cpu"].precision == "fp16"
+
+
+def test_an_empty_backend_list_is_an_error(env):
+    assert "no backend selected" in fails("export", "model.py:watched", "-b", "", "-o", "m.edgeport")
+    assert not (env / "factory-called").exists()
+    with pytest.raises(edgeport.BackendError, match="no backend selected"):
+        edgeport.export(torch.nn.ReLU(), (torch.randn(2),), [], registry=registry_with(TorchOpsBackend()))
+
+
+# -- issue 15 item 10: run shows every output --------------------------------------------------
+
+
+def test_run_text_shows_nan_outputs(program):
+    output = invoke("run", "m.edgeport").output
+    assert "output 0: float32 [1, 4], first nan, nan, nan, nan, mean nan" in output
+
+
+def test_run_writes_every_output_to_an_npz(program):
+    import numpy as np
+
+    np.savez(program.parent / "in.npz", x=np.full((1, 4), 0.5, dtype=np.float32))
+    data = json.loads(invoke("run", "m.edgeport", "--inputs", "in.npz", "--outputs", "out.npz", "--json").output)
+    assert data["outputs_file"] == "out.npz"
+    with np.load(program.parent / "out.npz") as saved:
+        assert saved.files == ["output_0", "output_1"]
+        assert np.isnan(saved["output_0"]).all() and saved["output_0"].shape == (1, 4)
+        np.testing.assert_array_equal(saved["output_1"], np.full((1, 4), 0.5, dtype=np.float32))
+    assert "cannot write missing/out.npz: folder missing does not exist" in fails(
+        "run", "m.edgeport", "--outputs", "missing/out.npz")
+
+
+def test_two_plugins_registering_one_name_leave_every_command_working(env, monkeypatch, capsys):
+    """`edgeport --help` and `edgeport backends`, through `main()` as the console script runs them."""
+    import edgeport.cli
+
+    class Copycat:
+        @edgeport.hookimpl
+        def edgeport_register_backends(self, register):
+            register(TorchOpsBackend())
+
+    registry = registry_with(TorchOpsBackend())
+    registry.add_plugin(Copycat(), name="copycat", distribution="copycat-dist")
+    monkeypatch.setattr(edgeport.cli, "default_registry", lambda: registry)
+
+    def main(*args):
+        monkeypatch.setattr("sys.argv", ["edgeport", *args])
+        with pytest.raises(SystemExit) as exited:
+            edgeport.cli.main()
+        assert exited.value.code == 0
+        return capsys.readouterr().out
+
+    assert "Commands:" in main("--help")
+    data = json.loads(main("backends", "--json"))
+    assert [b["name"] for b in data["backends"]] == ["torchops"]
+    assert [b["plugin"] for b in data["broken"]] == ["copycat"]
+    assert "registered twice: by (registered in code) (plugin test-plugin) and by copycat-dist" in data["broken"][0]["error"]

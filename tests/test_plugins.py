@@ -1,7 +1,11 @@
 """Plugin discovery: registration, isolation of broken plugins, duplicates, disabling."""
 
+import concurrent.futures
+import threading
+import time
 import types
 
+import click
 import pytest
 
 import edgeport
@@ -49,12 +53,18 @@ def test_an_entry_point_that_fails_to_import_is_recorded(monkeypatch):
     assert "failed to load" in info.value.hint
 
 
-def test_two_backends_with_one_name_name_both_distributions():
+def test_a_second_backend_of_one_name_is_a_broken_plugin_and_the_first_keeps_working():
     registry = edgeport.Registry(entry_points=False)
-    registry.add_plugin(plugin(TorchOpsBackend()), name="first", distribution="dist-one")
+    first = TorchOpsBackend()
+    registry.add_plugin(plugin(first), name="first", distribution="dist-one")
     registry.add_plugin(plugin(TorchOpsBackend()), name="second", distribution="dist-two")
-    with pytest.raises(edgeport.PluginError, match="registered twice: by dist-one .* and by dist-two"):
-        registry.entries()
+    registry.add_commands(click.Group())  # what `edgeport --help` does first
+    for _ in range(2):  # the same on every call
+        assert registry.get("torchops") is first
+        [broken] = registry.broken()
+        assert (broken.plugin, broken.distribution) == ("second", "dist-two")
+        assert "registered twice: by dist-one (plugin first) and by dist-two (plugin second)" in broken.error
+        assert "EDGEPORT_DISABLE_PLUGINS=second" in broken.hint
 
 
 def test_aliases_select_the_backend():
@@ -69,11 +79,130 @@ def test_aliases_select_the_backend():
     assert registry.get("npu").name == "torchops"
 
 
-def test_registering_something_that_is_not_a_backend_fails_at_registration():
+class NoCompile(edgeport.Backend):
+    name = "half_done"
+
+    def support(self, node, ctx):
+        return edgeport.Support.yes()
+
+    def load(self, artifact):
+        return None
+
+
+class PlainOptions(TorchOpsBackend):
+    options = dict
+
+
+@pytest.mark.parametrize("backend, error, hint", [
+    (object(), "registered <object", "subclass edgeport.Backend"),
+    (NoCompile(), "backend 'half_done' does not implement compile()", "define compile"),
+    (TorchOpsBackend(name="my-npu"), "invalid backend name 'my-npu'", "letters, digits and underscores"),
+    (TorchOpsBackend(name="portable"), "invalid backend name 'portable'", "letters, digits and underscores"),
+    (PlainOptions(), "options of backend 'torchops' must be a dataclass, not dict", "@dataclass(frozen=True)"),
+])
+def test_a_backend_that_breaks_the_contract_is_a_broken_plugin_at_registration(backend, error, hint):
     registry = edgeport.Registry(entry_points=False)
-    registry.add_plugin(plugin(object()), name="sloppy")
-    with pytest.raises(edgeport.PluginError, match="not an edgeport.Backend"):
-        registry.entries()
+    registry.add_plugin(plugin(backend), name="sloppy", distribution="sloppy-dist")
+    registry.add_plugin(plugin(TorchOpsBackend(name="good")), name="good")
+    assert list(registry.entries()) == ["good"]
+    [broken] = registry.broken()
+    assert broken.plugin == "sloppy" and error in broken.error and hint in broken.hint
+
+
+def test_a_misspelled_hook_argument_is_a_broken_plugin_with_pluggys_message():
+    class Misspelled:
+        @edgeport.hookimpl
+        def edgeport_register_backends(self, regster):
+            regster(TorchOpsBackend(name="never"))
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(Misspelled(), name="typo", distribution="typo-dist")
+    registry.add_plugin(plugin(TorchOpsBackend()), name="good")
+    for _ in range(2):  # recorded once, and the others work on every call
+        assert list(registry.entries()) == ["torchops"]
+        [broken] = registry.broken()
+        assert (broken.plugin, broken.distribution) == ("typo", "typo-dist")
+        assert broken.error.startswith("PluginValidationError: Plugin 'typo' for hook 'edgeport_register_backends'")
+        assert "{'regster'}" in broken.error and "\n" not in broken.error
+
+
+def test_a_misspelled_hook_name_is_a_broken_plugin():
+    class Misspelled:
+        @edgeport.hookimpl
+        def edgeport_register_backend(self, register):
+            register(TorchOpsBackend(name="never"))
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(Misspelled(), name="typo")
+    assert registry.entries() == {}
+    [broken] = registry.broken()
+    assert "edgeport_register_backend is not an edgeport hook" in broken.error
+    assert "edgeport_register_backends" in broken.hint
+
+
+class GrownSpecs:
+    """The hookspecs of a later edgeport whose register hook passes one more argument."""
+
+    @edgeport.hookspecs.hookspec
+    def edgeport_register_backends(self, register, accelerators):
+        """As today, plus the accelerators this machine has."""
+
+    @edgeport.hookspecs.hookspec
+    def edgeport_register_commands(self, cli):
+        """As today."""
+
+
+class GrownRegistry(edgeport.Registry):
+    specs = GrownSpecs
+
+    def _register_arguments(self, register):
+        return {"register": register, "accelerators": ("npu",)}
+
+
+def test_a_plugin_written_before_a_hook_grew_an_argument_keeps_working():
+    class Newer:
+        @edgeport.hookimpl
+        def edgeport_register_backends(self, register, accelerators):
+            register(TorchOpsBackend(name=f"{accelerators[0]}_backend"))
+
+    registry = GrownRegistry(entry_points=False)
+    registry.add_plugin(plugin(TorchOpsBackend()), name="older")  # takes only `register`
+    registry.add_plugin(Newer(), name="newer")
+    assert list(registry.entries()) == ["torchops", "npu_backend"]
+    assert registry.broken() == []
+
+
+def test_a_plugin_whose_availability_raises_is_still_listed():
+    class Flaky(TorchOpsBackend):
+        def availability(self):
+            raise OSError("libvendor.so: cannot open shared object file")
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(Flaky(name="flaky")), name="flaky")
+    availability = registry.entry("flaky").availability()
+    assert (availability.can_compile, availability.can_run) == (False, False)
+    assert availability.why == "availability() raised OSError: libvendor.so: cannot open shared object file"
+
+
+def test_eight_threads_making_the_first_call_all_find_the_backends(monkeypatch):
+    class SlowEntryPoint:  # importing a real plugin takes time: that is the window of the race
+        name = "slow"
+        dist = types.SimpleNamespace(name="slow-dist", version="1.0")
+
+        def load(self):
+            time.sleep(0.05)
+            return plugin(TorchOpsBackend(name="slow"))
+
+    monkeypatch.setattr(edgeport.plugins.metadata, "entry_points", lambda group: [SlowEntryPoint()])
+    registry = edgeport.Registry()
+    start = threading.Barrier(8)
+
+    def first_call(_):
+        start.wait()
+        return registry.get("slow").name
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(first_call, range(8))) == ["slow"] * 8
 
 
 def test_disabled_plugins_are_not_loaded(monkeypatch):

@@ -13,6 +13,14 @@ PRECISIONS = ("fp16", "fp32")
 OLDEST_ML_PROGRAM_TARGET = "iOS15"  # ML programs (the only format we produce) start at iOS15/macOS12
 
 
+def ml_program_targets() -> list[str]:
+    """The `coremltools.target` names an ML program can be deployed to (iOS15/macOS12 on)."""
+    from .toolchain import coremltools
+
+    targets = coremltools().target.__members__
+    return [name for name, target in targets.items() if target >= targets[OLDEST_ML_PROGRAM_TARGET]]
+
+
 @dataclass(frozen=True)
 class CoreMLOptions:
     """How coremltools converts a partition, and which compute units Core ML may use.
@@ -23,37 +31,24 @@ class CoreMLOptions:
     """
 
     # iOS17/macOS14 (Core ML 7): the newest ops most deployed Apple devices can load.
-    minimum_deployment_target: str = "iOS17"
+    minimum_deployment_target: str = edgeport.option("iOS17", choices=ml_program_targets)
     # ALL lets Core ML place each op on the Neural Engine, GPU or CPU itself.
-    compute_units: str = "ALL"
+    compute_units: str = edgeport.option("ALL", choices=COMPUTE_UNITS)
     # fp16 is what the Neural Engine computes in; fp32 keeps the model off it (CPU/GPU only).
-    compute_precision: str = "fp16"
-
-    def __post_init__(self) -> None:
-        _check_choice("compute_units", self.compute_units, COMPUTE_UNITS)
-        _check_choice("compute_precision", self.compute_precision, PRECISIONS)
-
-
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise edgeport.BackendError(
-            f"coreml option {option}={value!r} is not one of {', '.join(choices)}",
-            hint=f"pass e.g. {option}={choices[0]}",
-        )
+    compute_precision: str = edgeport.option("fp16", choices=PRECISIONS)
 
 
 def deployment_target(ct: ModuleType, name: str) -> Any:
     """The `coremltools.target` for ``name``; refuses names coremltools does not know
-    and targets too old for an ML program."""
-    targets = ct.target.__members__
-    oldest = targets[OLDEST_ML_PROGRAM_TARGET]
-    usable = [n for n, t in targets.items() if t >= oldest]
-    if name not in targets or targets[name] < oldest:
+    and targets too old for an ML program (options given to `compile` directly are
+    not validated)."""
+    usable = ml_program_targets()
+    if name not in usable:
         raise edgeport.BackendError(
             f"coreml option minimum_deployment_target={name!r} cannot hold an ML program",
             hint=f"use one of: {', '.join(usable)}",
         )
-    return targets[name]
+    return ct.target.__members__[name]
 
 
 def convert_arguments(ct: ModuleType, options: CoreMLOptions) -> dict[str, Any]:

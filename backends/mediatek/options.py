@@ -12,22 +12,22 @@ from dataclasses import dataclass
 import edgeport
 
 
-@dataclass(frozen=True)
-class MediatekOptions:
-    # MT6989 is the Dimensity 9300; any SocModel name of LiteRT's MediaTek target works.
-    soc: str = "MT6989"
-    # Store weights as float16 (half the artifact). The APU computes in fp16 either way:
-    # LiteRT's MediaTek plugin relaxes fp32 to fp16 for every model it compiles.
-    fp16: bool = False
-    # Threads of the CPU reference run (and of the CPU fallback on a device); 0 = all cores.
-    threads: int = 0
-
-
 def soc_models() -> list[str]:
     """Every SoC name LiteRT's MediaTek target knows, in its own order."""
     from ai_edge_litert.aot.vendors.mediatek import target
 
     return [m.value for m in target.SocModel if m != target.SocModel.ALL]
+
+
+@dataclass(frozen=True)
+class MediatekOptions:
+    # MT6989 is the Dimensity 9300; any SocModel name of LiteRT's MediaTek target works.
+    soc: str = edgeport.option("MT6989", choices=soc_models)
+    # Store weights as float16 (half the artifact). The APU computes in fp16 either way:
+    # LiteRT's MediaTek plugin relaxes fp32 to fp16 for every model it compiles.
+    fp16: bool = False
+    # Threads of the CPU reference run (and of the CPU fallback on a device); 0 = all cores.
+    threads: int = edgeport.option(0, at_least=0)
 
 
 def check_soc(soc: str) -> str:

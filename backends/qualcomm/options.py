@@ -57,9 +57,9 @@ class QualcommOptions:
 
     # Snapdragon 8 Gen 3 (e.g. Galaxy S24): a current flagship, and QNN's fp16 mode
     # needs a named SoC, so there is no "generic" default to fall back on.
-    soc: str = "SM8650"
+    soc: str = edgeport.option("SM8650", choices=tuple(SOCS))
     # HTP computes float graphs in fp16; "int8" is reserved for QDQ-quantized programs.
-    precision: str = "fp16"
+    precision: str = edgeport.option("fp16", choices=tuple(PRECISIONS))
 
 
 def resolve_soc(name: str) -> Soc:

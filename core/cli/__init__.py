@@ -2,6 +2,10 @@
 
 Expected failures (`EdgeportError`) print as one line plus a hint. ``--debug`` or
 ``EDGEPORT_RAISE_ERRORS=1`` shows the traceback instead.
+
+Commands find backends in the registry given as click's context object
+(``cli.main(obj=registry)``, ``CliRunner().invoke(cli, args, obj=registry)``), or in
+the process-wide one: an application embedding the CLI, or a test, picks its own.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 import click
 
 from ..errors import EdgeportError
+from ..plugins import Registry, default_registry
 
 RAISE_ENV = "EDGEPORT_RAISE_ERRORS"
 
@@ -49,9 +54,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta["debug"] = debug
 
 
-def main() -> None:
-    from ..plugins import default_registry
+def current_registry() -> Registry:
+    """The registry of this invocation: click's context object if it is one, else the
+    process-wide registry of installed plugins."""
+    return click.get_current_context().find_object(Registry) or default_registry()
 
+
+def main() -> None:
     default_registry().add_commands(cli)
     cli(prog_name="edgeport")
 

@@ -1,9 +1,11 @@
-"""Shared output helpers: one rich console, JSON printing, progress for long work."""
+"""Shared output helpers: one rich console, JSON printing, where files may be written,
+progress for long work."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sys
 from typing import Any, Callable, Iterator
@@ -11,6 +13,8 @@ from typing import Any, Callable, Iterator
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ..errors import EdgeportError
 
 # Off a terminal (pipes, CI logs), rich would wrap tables at 80 columns; reasons are long.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -20,6 +24,16 @@ _COUNT = re.compile(r"(\d+)/(\d+)")  # "compiling partition 3/12 ..." counts; ot
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def check_writable(*paths: str | None) -> None:
+    """Refuse, before any work, a file to write in a folder that does not exist (the
+    work would be lost at the end)."""
+    for path in paths:
+        folder = os.path.dirname(path) if path else ""
+        if folder and not os.path.isdir(folder):
+            raise EdgeportError(f"cannot write {path}: folder {folder} does not exist",
+                                hint=f"create it first (mkdir -p {folder}), or write somewhere else")
 
 
 @contextlib.contextmanager

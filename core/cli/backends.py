@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from ..plugins import default_registry
-from . import cli
+from . import cli, current_registry
 from ._output import console, print_json
 
 
@@ -14,10 +14,10 @@ from ._output import console, print_json
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def backends(as_json: bool) -> None:
     """List installed backends and broken plugins."""
-    registry = default_registry()
+    registry = current_registry()
     rows = []
     for name, entry in registry.entries().items():
-        availability = entry.backend.availability()
+        availability = entry.availability()
         rows.append({
             "name": name,
             "distribution": entry.distribution,
@@ -29,17 +29,20 @@ def backends(as_json: bool) -> None:
             "why": availability.why,
             "aliases": list(entry.aliases),
         })
-    broken = [{"plugin": b.plugin, "distribution": b.distribution, "error": b.error} for b in registry.broken()]
+    broken = [{"plugin": b.plugin, "distribution": b.distribution, "error": b.error, "hint": b.hint}
+              for b in registry.broken()]
     if as_json:
         print_json({"backends": rows, "broken": broken})
         return
     table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "why")
     for r in rows:
-        table.add_row(r["name"], f"{r['distribution']} {r['version']}", r["toolchain"], _mark(r["can_compile"]),
-                      _mark(r["can_run"]), r["runs_on"], r["why"])
+        table.add_row(escape(r["name"]), escape(f"{r['distribution']} {r['version']}"), escape(r["toolchain"]),
+                      _mark(r["can_compile"]), _mark(r["can_run"]), escape(r["runs_on"]), escape(r["why"]))
     console.print(table)
     for b in broken:
-        console.print(f"[red]broken plugin[/red] {b['plugin']} ({b['distribution']}): {b['error']}")
+        console.print(f"[red]broken plugin[/red] {b['plugin']} ({b['distribution']}): {escape(b['error'])}")
+        if b["hint"]:
+            console.print(f"  hint: {escape(b['hint'])}")
 
 
 def _mark(flag: bool) -> str:

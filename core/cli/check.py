@@ -11,13 +11,14 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from ..api import export as export_program
-from ..devtools.check import FP16_RTOL, FP32_RTOL, INT8_RTOL, CheckReport, check_program
+from ..api import resolve_backends
+from ..devtools.check import CheckReport, check_program
 from ..errors import InputError
 from ..program import load
-from . import cli
+from . import cli, current_registry
 from ._output import console, print_json, progress
 from .export import parse_options
-from .run import random_inputs, read_inputs
+from .run import method_plan, random_inputs, read_inputs
 from .spec import load_factory
 
 
@@ -31,8 +32,8 @@ from .spec import load_factory
               help="For a SPEC: a backend option.")
 @click.option("--method", default=None, help="Method to check (default: forward).")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
-              help=f"Max relative error allowed, for every partition (default by precision: fp32 {FP32_RTOL:g}, "
-                   f"fp16 {FP16_RTOL:g}, int8 {INT8_RTOL:g}).")
+              help="Max relative error allowed, for every partition (default: the tolerance each backend declares "
+                   "for the options its partition was compiled with, e.g. 1e-4 fp32, 1e-2 fp16).")
 @click.option("--no-locate", is_flag=True, help="Do not search a failing partition for its first diverging op.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {method, partitions: [...], passed}.")
 @click.pass_context
@@ -49,23 +50,23 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
                 raise InputError("--backend and --option apply to a SPEC; a PROGRAM keeps the backends it was "
                                  "exported with", hint="re-export it with edgeport export, or check the SPEC")
+    registry = current_registry()
     with progress(not as_json) as show:
         if is_program:
-            program, example = load(target), None
+            program, example = load(target, registry=registry), None
         else:
+            backends, options = backend_list.split(","), parse_options(option_items)
+            resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
             model, example = load_factory(target)
-            backends = [b.strip() for b in backend_list.split(",") if b.strip()]
-            program = export_program(model, example, backends, options=parse_options(option_items),
-                                     keep_reference=True, progress=show)
-        name = method or program.default_method
-        plan = program.manifest.methods.get(name)
-        if plan is None:
-            raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}")
+            program = export_program(model, example, backends, options=options, keep_reference=True,
+                                     registry=registry, progress=show)
+        name, plan = method_plan(program, method)
         if inputs_path:
             inputs = read_inputs(inputs_path, plan)
         else:
             inputs = list(example) if example is not None and name == "forward" else random_inputs(plan)
-        report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, progress=show)
+        report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, registry=registry,
+                               progress=show)
     if as_json:
         print_json(report.to_json())
     else:
@@ -86,7 +87,7 @@ def print_check(report: CheckReport) -> None:
         e = p.error
         numbers = ([_number(e.max_abs, ".2e"), _number(e.max_rel, ".2e"),
                     "exact" if e.snr_db == math.inf else _number(e.snr_db, ".1f")] if e else ["-", "-", "-"])
-        table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, f"{p.rtol:g}",
+        table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, "-" if p.rtol is None else f"{p.rtol:g}",
                       f"[{colors[p.status]}]{p.status}[/{colors[p.status]}]")
     console.print(table)
     for p in report.partitions:

@@ -12,7 +12,8 @@ from rich.table import Table
 from ..devtools.html import render_program
 from ..program import load
 from . import cli
-from ._output import console, print_json
+from ._output import check_writable, console, print_json
+from .run import method_plan
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -37,7 +38,9 @@ def print_summary(report: dict[str, Any]) -> None:
               help="Write a self-contained HTML page: the graph coloured by backend, summary, declined nodes.")
 def explain(program: str, method: str | None, as_json: bool, html_path: str | None) -> None:
     """Show the placement of every node and why backends declined what they did."""
+    check_writable(html_path)
     prog = load(program)
+    method, _ = method_plan(prog, method)
     if html_path:
         page = render_program(prog, method, title=f"edgeport placement: {os.path.basename(program)}")
         with open(html_path, "w", encoding="utf-8") as f:

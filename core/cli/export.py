@@ -8,9 +8,10 @@ import time
 import click
 
 from ..api import export as export_program
+from ..api import resolve_backends
 from ..errors import EdgeportError
-from . import cli
-from ._output import console, progress
+from . import cli, current_registry
+from ._output import check_writable, console, progress
 from .explain import print_summary
 from .spec import load_factory
 
@@ -40,12 +41,14 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 def export(spec: str, backend_list: str, output: str, strict: bool, option_items: tuple[str, ...],
            report: str | None, keep_reference: bool | None) -> None:
     """Export SPEC (path/to/file.py:factory or package.module:factory) to a program."""
+    check_writable(output, report)
+    registry, backends, options = current_registry(), backend_list.split(","), parse_options(option_items)
+    resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
     model, inputs = load_factory(spec)
-    backends = [b.strip() for b in backend_list.split(",") if b.strip()]
     start = time.perf_counter()
     with progress(True) as show:
-        program = export_program(model, inputs, backends, options=parse_options(option_items), strict=strict,
-                                 keep_reference=keep_reference or None, progress=show)
+        program = export_program(model, inputs, backends, options=options, strict=strict,
+                                 keep_reference=keep_reference or None, registry=registry, progress=show)
         program.save(output)
     console.print(f"wrote {output} in {time.perf_counter() - start:.2f} s")
     print_summary(program.report())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import zipfile
+import zlib
 from typing import Any
 
 import click
@@ -18,8 +20,19 @@ from ..errors import InputError
 from ..manifest import MethodPlan
 from ..program import Program, load
 from ..tensors import DTYPES
-from . import cli
-from ._output import console, print_json
+from . import cli, current_registry
+from ._output import check_writable, console, print_json
+
+
+def method_plan(program: Program, method: str | None) -> tuple[str, MethodPlan]:
+    """The name and plan of ``method`` (default: the program's default method), or an
+    InputError listing the methods there are."""
+    name = method or program.default_method
+    plan = program.manifest.methods.get(name)
+    if plan is None:
+        raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}",
+                         hint="pick one with --method NAME")
+    return name, plan
 
 
 def random_inputs(plan: MethodPlan, seed: int = 0) -> list[torch.Tensor]:
@@ -40,12 +53,25 @@ def random_inputs(plan: MethodPlan, seed: int = 0) -> list[torch.Tensor]:
 
 def read_inputs(path: str, plan: MethodPlan) -> list[torch.Tensor]:
     """Inputs from an .npz: by input name, or in order (arr_0, arr_1, ...)."""
-    with np.load(path, allow_pickle=False) as data:
-        names = [s.name for s in plan.inputs]
+    names = [s.name for s in plan.inputs]
+    not_npz = InputError(f"{path} is not an .npz archive of arrays",
+                         hint=f"save inputs with numpy.savez({path!r}, " + ", ".join(f"{n}=..." for n in names)
+                         + "): arrays named after the inputs, or in order")
+    try:  # np.load calls a file that is no numpy format "pickled data", and refuses it
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise not_npz from None
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
+        raise not_npz
+    with data:
         keys = names if all(n in data for n in names) else sorted(data.files, key=_natural)
         if len(keys) != len(names):
-            raise InputError(f"{path} holds {len(data.files)} arrays, the method takes {len(names)}: {', '.join(names)}")
-        return [torch.from_numpy(np.ascontiguousarray(data[k])) for k in keys]
+            raise InputError(f"{path} holds {len(data.files)} arrays, the method takes {len(names)}: "
+                             f"{', '.join(names)}")
+        try:
+            return [torch.from_numpy(np.ascontiguousarray(data[k])) for k in keys]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise InputError(f"{path}: an array cannot be read ({exc})", hint=not_npz.hint) from None
 
 
 def _natural(key: str) -> tuple:
@@ -61,6 +87,26 @@ def summarize(value: Any) -> Any:
     return value
 
 
+def describe(summary: Any) -> str:
+    """One output's summary as a line of text; nan and inf stay visible."""
+    if not isinstance(summary, dict):
+        return repr(summary)
+    first = ", ".join(format(v, ".6g") for v in summary["first"])
+    return f"{summary['dtype']} {summary['shape']}, first {first}, mean {summary['mean']:.6g}"
+
+
+def write_outputs(path: str, outputs: list[Any]) -> None:
+    """Every output, whole, as ``output_0``, ``output_1``, ... of an .npz (bfloat16,
+    which numpy lacks, as float32)."""
+    arrays = {}
+    for i, value in enumerate(outputs):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+        arrays[f"output_{i}"] = np.asarray(value)
+    np.savez(path, **arrays)
+
+
 @cli.command()
 @click.argument("program", type=click.Path(exists=True, dir_okay=False))
 @click.option("--inputs", "inputs_path", type=click.Path(exists=True, dir_okay=False), help="Inputs as .npz.")
@@ -69,15 +115,15 @@ def summarize(value: Any) -> Any:
 @click.option("--warmup", default=0, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
 @click.option("--profile", is_flag=True, help="Time every step: per step, per backend, boundary bytes, total.")
 @click.option("--reference", is_flag=True, help="Run delegates that cannot run here on their torch reference.")
+@click.option("--outputs", "outputs_path", type=click.Path(dir_okay=False),
+              help="Also write every output, whole, to this .npz (output_0, output_1, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: outputs, latency_ms, steps.")
 def run(program: str, inputs_path: str | None, method: str | None, repeat: int, warmup: int, profile: bool,
-        reference: bool, as_json: bool) -> None:
+        reference: bool, outputs_path: str | None, as_json: bool) -> None:
     """Run PROGRAM (random inputs from its spec unless --inputs is given)."""
-    prog: Program = load(program, reference=reference)
-    name = method or prog.default_method
-    plan = prog.manifest.methods.get(name)
-    if plan is None:
-        raise InputError(f"program has no method {name!r}; it has {', '.join(prog.methods)}")
+    check_writable(outputs_path)
+    prog: Program = load(program, reference=reference, registry=current_registry())
+    name, plan = method_plan(prog, method)
     inputs = read_inputs(inputs_path, plan) if inputs_path else random_inputs(plan)
     runtime = prog.runtime()
     results, latencies = time_runs(runtime, name, inputs, repeat=repeat, warmup=warmup, profile=profile)
@@ -86,9 +132,13 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
     summary = summarize_profile(plan, results, latencies, prog.report(name).get("values", {})) if profile else None
     steps = ([dataclasses.asdict(s) for s in summary.steps] if summary
              else [{"index": i, "label": l} for i, l in enumerate(labels)])
-    outputs = [summarize(o) for o in pytree.tree_leaves(results[-1].outputs)]
+    leaves = pytree.tree_leaves(results[-1].outputs)
+    if outputs_path:
+        write_outputs(outputs_path, leaves)
+    outputs = [summarize(o) for o in leaves]
     if as_json:
-        data = {"outputs": outputs, "latency_ms": latency, "steps": steps, "reference": reference}
+        data = {"outputs": outputs, "latency_ms": latency, "steps": steps, "reference": reference,
+                "outputs_file": outputs_path}
         if summary:
             data["profile"] = {k: v for k, v in summary.to_json().items() if k != "steps"}
         print_json(data)
@@ -97,7 +147,9 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
     if not_on_target:
         console.print(f"[yellow]not on the target hardware[/yellow]: {', '.join(not_on_target)}")
     for i, out in enumerate(outputs):
-        console.print(f"output {i}: {out}")
+        console.print(f"output {i}: {describe(out)}", markup=False)
+    if outputs_path:
+        console.print(f"wrote {len(leaves)} output(s) to {outputs_path}", markup=False)
     console.print(f"latency over {repeat} run(s): min {latency['min']:.3f} ms, median {latency['median']:.3f} ms, "
                   f"max {latency['max']:.3f} ms")
     console.print(f"steps: {', '.join(labels) or 'none'}")

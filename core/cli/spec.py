@@ -1,16 +1,24 @@
-"""Resolving a model SPEC (``path/to/file.py:factory`` or ``package.module:factory``)."""
+"""Resolving a model SPEC (``path/to/file.py:factory`` or ``package.module:factory``).
+
+The model file and its factory are the user's code: whatever goes wrong in them (a
+syntax error, an exception, a function that is not a factory) is their mistake to
+fix, so it is one `EdgeportError` naming the spec, never "internal error".
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..errors import EdgeportError
+
+SPEC_HINT = "a factory takes no arguments and returns (module, example_inputs)"
 
 
 def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
@@ -25,13 +33,28 @@ def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
     if not callable(factory):
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise EdgeportError(f"{location} has no factory {attr!r}", hint=f"callables there: {', '.join(names)}")
-    result = factory()
+    _check_takes_no_arguments(spec, factory)
+    try:
+        result = factory()
+    except Exception as exc:
+        raise EdgeportError(f"factory {spec} raised {type(exc).__name__}: {exc}",
+                            hint="fix the factory; rerun with --debug for the traceback") from exc
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
-        raise EdgeportError(
-            f"factory {spec} must return (module, example_inputs), got {type(result).__name__}",
-        )
+        raise EdgeportError(f"factory {spec} must return (module, example_inputs), got {type(result).__name__}",
+                            hint=SPEC_HINT)
     model, inputs = result
     return model, inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def _check_takes_no_arguments(spec: str, factory: Callable[..., Any]) -> None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: calling it will tell
+        return
+    required = [p for p in signature.parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise EdgeportError(f"{spec} is not a factory: it takes arguments {signature}", hint=SPEC_HINT)
 
 
 def _import(location: str) -> Any:
@@ -42,9 +65,17 @@ def _import(location: str) -> Any:
         spec = importlib.util.spec_from_file_location(name, location)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # SyntaxError included: the file is the user's code
+            del sys.modules[name]
+            raise EdgeportError(f"cannot load {location}: {type(exc).__name__}: {exc}",
+                                hint="fix the model file; rerun with --debug for the traceback") from exc
         return module
     try:
         return importlib.import_module(location)
     except ImportError as exc:
         raise EdgeportError(f"cannot import {location}: {exc}") from None
+    except Exception as exc:
+        raise EdgeportError(f"cannot import {location}: {type(exc).__name__}: {exc}",
+                            hint="fix the module; rerun with --debug for the traceback") from exc

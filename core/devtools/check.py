@@ -28,7 +28,8 @@ from torch.fx import Interpreter, Node
 from edgeport.partitioners.support import is_compute
 
 from ..api import export
-from ..backend import Artifact, Backend, options_from_dict
+from ..backend import Backend, options_from_dict
+from ..delegates import load_step, run_label
 from ..errors import EdgeportError, InputError, UnknownBackendError
 from ..manifest import MethodPlan, Step
 from ..plugins import Registry, default_registry
@@ -38,22 +39,7 @@ from ..report import op_name, source_of
 from ..subprogram import extract_subprogram
 from ..tensors import DTYPES, tensor_from_bytes
 
-# Tolerances on the max relative error (max |delegate - torch| / max |torch|), chosen by
-# the precision a backend computes in, as its compile options name it (an option whose
-# name ends in "precision": qualcomm's precision, coreml's compute_precision).
-FP32_RTOL = 1e-4
-FP16_RTOL = 1e-2  # fp16 keeps ~3 decimal digits; errors add up over a partition of tens of ops
-INT8_RTOL = 1e-1  # quantized: one step of an 8-bit scale is ~0.4% of the range, per op
-
 Progress = Callable[[str], None]
-
-
-def default_rtol(options: Mapping[str, Any]) -> float:
-    """The tolerance for a partition compiled with ``options`` (its manifest entry)."""
-    precisions = {str(v).lower() for k, v in options.items() if k.endswith("precision")}
-    if "int8" in precisions:
-        return INT8_RTOL
-    return FP16_RTOL if "fp16" in precisions else FP32_RTOL
 
 
 @dataclass(frozen=True)
@@ -118,9 +104,9 @@ class Divergence:
 class PartitionCheck:
     partition: int
     backend: str
-    label: str  # how it ran here: "cpu", "qualcomm: simulator"
+    label: str  # how it ran here, as the runtime labels it: "cpu", "qualcomm: simulator"
     nodes: int
-    rtol: float
+    rtol: float | None  # the backend's declared tolerance (or --rtol); None if the backend is not installed
     status: str  # "pass", "fail", "skipped" (cannot run here) or "error" (the backend raised)
     error: Error | None = None
     why: str = ""
@@ -159,7 +145,8 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
                   progress: Progress | None = None) -> CheckReport:
     """Check every delegated partition of ``method`` on ``inputs``.
 
-    ``rtol`` overrides every backend's default tolerance (see `default_rtol`);
+    ``rtol`` overrides the tolerance each backend declares for the options its
+    partition was compiled with (`Backend.tolerance`);
     ``locate`` searches a failing partition for its first diverging op. The program
     must hold the torch reference of each delegated partition (export it with
     ``keep_reference=True``).
@@ -233,30 +220,33 @@ def _torch_program(program: Program, prefix: str) -> ExportedProgram:
 def _check_step(program: Program, step: Step, reference: ExportedProgram, args: list[Any], expected: list[Any],
                 nodes: int, registry: Registry, rtol: float | None, locate: bool,
                 progress: Progress | None) -> PartitionCheck:
-    info = program.manifest.artifacts[step.artifact]
-    tol = rtol if rtol is not None else default_rtol(info.options)
-    result = PartitionCheck(step.partition, step.backend, step.backend, nodes, tol, "skipped")
+    result = PartitionCheck(step.partition, step.backend, step.backend, nodes, rtol, "skipped")
     try:
-        backend = registry.get(step.backend)
+        entry = registry.entry(step.backend)
     except UnknownBackendError as exc:
         result.why = f"backend {step.backend!r} is not installed ({exc})"
         return result
-    availability = backend.availability()
+    backend, availability = entry.backend, entry.availability()
+    result.label = run_label(step.backend, availability)
+    try:
+        options = options_from_dict(backend, program.manifest.artifacts[step.artifact].options)
+        if rtol is None:
+            result.rtol = float(backend.tolerance(options))
+    except Exception as exc:  # a plugin's bug is what check is for: report, go on
+        result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
+        return result
     if not availability.can_run:
         result.why = availability.why or f"{step.backend} cannot run on this machine"
         return result
-    if availability.runs_on != "device":
-        result.label = f"{step.backend} ({availability.runs_on})"
-    options = options_from_dict(backend, info.options)
-    artifact = Artifact(program.files[step.artifact], "." + step.artifact.rsplit(".", 1)[-1], info.metadata, options)
     try:
-        result.error = compare(backend.load(artifact).run(args), expected)
+        result.error = compare(load_step(program.manifest, program.files, step, backend).run(args), expected)
     except Exception as exc:  # a backend that crashes here is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
-    result.status = "pass" if result.error.within(tol) else "fail"
+    result.status = "pass" if result.error.within(result.rtol) else "fail"
     if result.status == "fail" and locate:
-        result.divergence = locate_divergence(reference, args, backend, options, tol, step.partition, progress)
+        result.divergence = locate_divergence(reference, args, backend, options, result.rtol, step.partition,
+                                              progress)
         if result.divergence is None:
             result.why = "re-compiled from its torch program the partition matches: the divergence did not reproduce"
     return result

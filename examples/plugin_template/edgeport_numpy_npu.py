@@ -32,7 +32,7 @@ BY_NAME = {name: kernel for name, kernel in KERNELS.values()}
 
 @dataclass(frozen=True)
 class NumpyNpuOptions:
-    dtype: str = "float32"  # the only one our "NPU" computes in
+    dtype: str = edgeport.option("float32", choices=("float32",))  # the only one our "NPU" computes in
 
 
 class NumpyNpuBackend(edgeport.Backend):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import edgeport
 from edgeport.cli import cli
-from edgeport.devtools.check import FP16_RTOL, FP32_RTOL, INT8_RTOL, check_model, check_program, compare, default_rtol
+from edgeport.devtools.check import check_model, check_program, compare
 from edgeport.portable import PortableExecutable, program_from_files
 from torch_backend import TorchOpsBackend, registry_with
 
@@ -111,12 +111,49 @@ def test_a_program_saved_without_references_says_to_re_export(model_file):
     assert "--keep-reference" in error.value.hint
 
 
-def test_tolerances_follow_the_precision_a_backend_was_compiled_with():
-    assert default_rtol({"threads": 2}) == FP32_RTOL
-    assert default_rtol({"precision": "fp16", "soc": "SM8650"}) == FP16_RTOL  # qualcomm
-    assert default_rtol({"compute_precision": "fp16"}) == FP16_RTOL  # coreml
-    assert default_rtol({"compute_precision": "fp32"}) == FP32_RTOL
-    assert default_rtol({"precision": "int8"}) == INT8_RTOL
+class Loose(OffByOnePercent):
+    """The planted 1% error, from a backend that declares 2% right when scale is 1."""
+
+    def tolerance(self, options):
+        return 2e-2 if options.scale == 1.0 else 1e-4
+
+
+def test_each_partition_is_held_to_its_backends_declared_tolerance(model_file):
+    model, inputs = model_file
+    [partition] = check_model(model, inputs, ["torchops"], registry=registry_with(Loose())).partitions
+    assert (partition.rtol, partition.status) == (2e-2, "pass")
+    report = check_model(model, inputs, ["torchops"], options={"torchops": {"scale": 1.001}},
+                         registry=registry_with(Loose()))
+    assert (report.partitions[0].rtol, report.partitions[0].status) == (1e-4, "fail")
+
+
+def test_built_in_backends_declare_their_tolerance_by_precision():
+    from edgeport.backends.coreml import CoreMLBackend, CoreMLOptions
+    from edgeport.backends.cpu import CpuBackend, CpuOptions
+    from edgeport.backends.mediatek.backend import MediatekBackend, MediatekOptions
+    from edgeport.backends.qualcomm import QualcommBackend, QualcommOptions
+
+    assert CpuBackend().tolerance(CpuOptions()) == 1e-4
+    assert CpuBackend().tolerance(CpuOptions(precision="fp16")) == 1e-2
+    assert QualcommBackend().tolerance(QualcommOptions()) == 1e-2
+    assert QualcommBackend().tolerance(QualcommOptions(precision="int8")) == 1e-1
+    assert CoreMLBackend().tolerance(CoreMLOptions(compute_precision="fp32")) == 1e-4
+    assert CoreMLBackend().tolerance(CoreMLOptions()) == 2e-2
+    assert MediatekBackend().tolerance(MediatekOptions(fp16=True)) == 1e-2  # was guessed as fp32: 1e-4
+    assert MediatekBackend().tolerance(MediatekOptions()) == 1e-4  # here: the fp32 CPU reference
+
+
+def test_check_labels_a_step_the_way_the_runtime_does(model_file):
+    class Simulated(OffByOnePercent):
+        def availability(self):
+            return edgeport.Availability(True, True, runs_on="simulator")
+
+    model, inputs = model_file
+    registry = registry_with(Simulated())
+    program = edgeport.export(model, inputs, ["torchops"], keep_reference=True, registry=registry)
+    [partition] = check_program(program, inputs, registry=registry, locate=False).partitions
+    assert [partition.label] == [label for label in program.runtime().step_labels("forward") if label != "portable"]
+    assert partition.label == "torchops: simulator"
 
 
 def test_compare_reports_exact_matches_non_finite_outputs_and_bad_shapes():
@@ -134,39 +171,41 @@ def test_compare_reports_exact_matches_non_finite_outputs_and_bad_shapes():
 
 
 @pytest.fixture
-def planted(model_file, monkeypatch):
-    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(OffByOnePercent()))
+def planted(model_file):
+    return registry_with(OffByOnePercent())
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+def invoke(*args, registry):
+    return CliRunner().invoke(cli, list(args), obj=registry, catch_exceptions=False)
 
 
 def test_cli_check_spec_prints_the_table_and_the_diverging_op(planted):
-    result = invoke("check", "model.py:factory", "--backend", "torchops")
+    result = invoke("check", "model.py:factory", "--backend", "torchops", registry=planted)
     assert result.exit_code == 1
     assert "fail" in result.output and "first diverging op: mul (aten.mul.Tensor)" in result.output
     assert MUL_LINE in result.output and "z = y * 2.0" in result.output
 
 
 def test_cli_check_json_and_a_saved_program(planted, tmp_path):
-    data = json.loads(invoke("check", "model.py:factory", "--backend", "torchops", "--json").output)
+    data = json.loads(invoke("check", "model.py:factory", "--backend", "torchops", "--json", registry=planted).output)
     assert data["passed"] is False
     assert data["partitions"][0]["divergence"]["node"] == "mul"
-    assert data["partitions"][0]["rtol"] == FP32_RTOL
+    assert data["partitions"][0]["rtol"] == 1e-4  # the test backend declares no tolerance: the default
 
-    assert invoke("export", "model.py:factory", "-b", "torchops", "--keep-reference", "-o", "m.edgeport").exit_code == 0
+    result = invoke("export", "model.py:factory", "-b", "torchops", "--keep-reference", "-o", "m.edgeport",
+                    registry=planted)
+    assert result.exit_code == 0
     import numpy as np
 
     np.savez(tmp_path / "in.npz", x=np.ones((1, 3, 12, 12), dtype=np.float32))
-    result = invoke("check", "m.edgeport", "--inputs", "in.npz", "--rtol", "0.05", "--json")
+    result = invoke("check", "m.edgeport", "--inputs", "in.npz", "--rtol", "0.05", "--json", registry=planted)
     assert result.exit_code == 0 and json.loads(result.output)["passed"] is True
 
 
 def test_cli_check_errors(planted):
-    invoke("export", "model.py:factory", "-b", "torchops", "-o", "plain.edgeport")
-    result = CliRunner().invoke(cli, ["check", "plain.edgeport"])
+    invoke("export", "model.py:factory", "-b", "torchops", "-o", "plain.edgeport", registry=planted)
+    result = CliRunner().invoke(cli, ["check", "plain.edgeport"], obj=planted)
     assert result.exit_code == 1 and "re-export with --keep-reference" in result.output
-    result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--backend", "cpu"])
+    result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--backend", "cpu"], obj=planted)
     assert result.exit_code == 1 and "--backend and --option apply to a SPEC" in result.output
     assert "Traceback" not in result.output

@@ -59,12 +59,11 @@ def test_steps_add_up_to_the_wall_time(program):
     assert profile.boundary_bytes == first.bytes_in + first.bytes_out + last.bytes_in + last.bytes_out
 
 
-def test_cli_profile_table_and_json(program, monkeypatch, tmp_path):
+def test_cli_profile_table_and_json(program, tmp_path):
     prog, registry = program
-    monkeypatch.setattr(edgeport.plugins, "_default", registry)
     path = tmp_path / "convs.edgeport"
     prog.save(path)
-    result = CliRunner().invoke(cli, ["run", str(path), "--profile", "--repeat", "3", "--json"],
+    result = CliRunner().invoke(cli, ["run", str(path), "--profile", "--repeat", "3", "--json"], obj=registry,
                                 catch_exceptions=False)
     data = json.loads(result.output)
     assert [s["label"] for s in data["steps"]] == ["torchops", "portable", "torchops"]
@@ -74,6 +73,7 @@ def test_cli_profile_table_and_json(program, monkeypatch, tmp_path):
     assert profile["wall_ms"] == pytest.approx(data["latency_ms"]["median"])
     assert {b["backend"] for b in profile["backends"]} == {"torchops", "portable"}
 
-    table = CliRunner().invoke(cli, ["run", str(path), "--profile", "--repeat", "2"], catch_exceptions=False).output
+    table = CliRunner().invoke(cli, ["run", str(path), "--profile", "--repeat", "2"], obj=registry,
+                               catch_exceptions=False).output
     assert "total (wall)" in table and "runtime overhead" in table and "portable (torch) code:" in table
     assert "512.0 KiB" in table  # bytes into the last delegate step (1x32x64x64 float32)

@@ -9,6 +9,7 @@ import torch
 import edgeport
 import edgeport.backends.coreml as coreml_plugin
 from coreml_helpers import ON_MACOS, export
+from edgeport.backend import options_from_dict, validate_options
 from edgeport.backends.coreml import CoreMLBackend, CoreMLOptions
 from edgeport.testing import installed_backends, registered_by
 
@@ -65,9 +66,9 @@ def test_options_default_to_ios17_all_units_fp16():
     "field, value, choices",
     [("compute_units", "NPU", "ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY"), ("compute_precision", "int8", "fp16, fp32")],
 )
-def test_options_refuse_unknown_choices(field, value, choices):
-    with pytest.raises(edgeport.BackendError, match=f"coreml option {field}={value!r} is not one of {choices}"):
-        CoreMLOptions(**{field: value})
+def test_options_refuse_unknown_choices(backend, field, value, choices):
+    with pytest.raises(edgeport.BackendError, match=f"option coreml.{field}={value!r} is not one of: {choices}"):
+        validate_options(backend, options_from_dict(backend, {field: value}))
 
 
 @pytest.mark.parametrize("target", ["iOS14", "ios17", "Android14"])
