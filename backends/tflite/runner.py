@@ -3,11 +3,18 @@
 The interpreter is built once per model; a call sets each input once (from a numpy
 view of the contiguous torch tensor, no extra copy), invokes, and reads each output
 once. Outputs are copies: the next invoke overwrites the interpreter's buffers.
+
+An interpreter runs one call at a time (two overlapping calls raise LiteRT's "at least
+1 reference to internal data" or read each other's outputs), so the executable does not
+claim ``thread_safe`` and edgeport's runtime gives it a lock. A lock, rather than an
+interpreter per thread or a pool, because one call already uses every core by default
+and each extra interpreter holds its own packed copy of the weights (bench/threads.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from importlib import metadata
 from typing import Any, Sequence
 
