@@ -22,6 +22,9 @@ import numpy as np
 import torch
 
 _RUNTIMES = (("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime"))
+# LiteRT's INFO lines ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", printed
+# by the first interpreter to allocate) are chatter; its WARNING and ERROR lines are kept.
+_CHATTER = (re.compile(r"^INFO: "),)
 
 
 def _interpreter_class() -> type:
@@ -72,8 +75,11 @@ class TfliteExecutable:
     """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order."""
 
     def __init__(self, model_bytes: bytes, threads: int = 0) -> None:
-        interpreter = _interpreter_class()(model_content=model_bytes, num_threads=threads or default_threads())
-        interpreter.allocate_tensors()
+        from edgeport import filter_native_output
+
+        with filter_native_output(drop=_CHATTER):
+            interpreter = _interpreter_class()(model_content=model_bytes, num_threads=threads or default_threads())
+            interpreter.allocate_tensors()
         self._inputs = [d["index"] for d in interpreter.get_input_details()]
         self._outputs = [d["index"] for d in interpreter.get_output_details()]
         self._set = interpreter.set_tensor
