@@ -27,6 +27,7 @@ from .errors import (
     UnknownBackendError,
 )
 from .hookspecs import hookimpl
+from .native_output import filter_native_output
 from .plugins import Registry, default_registry
 from .program import Program, load
 
@@ -55,6 +56,7 @@ __all__ = [
     "default_registry",
     "export",
     "export_methods",
+    "filter_native_output",
     "hookimpl",
     "load",
     "option",

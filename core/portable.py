@@ -8,6 +8,7 @@ some weights, and a program file must never unpickle anything.
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from typing import Any, Sequence
 
@@ -39,6 +40,11 @@ def program_to_files(program: ExportedProgram) -> dict[str, bytes]:
     return files
 
 
+# torch's deserializer keeps the graph it is reading in a process-wide variable
+# (serialize._CURRENT_DESERIALIZER) and fails if two threads read at once.
+_DESERIALIZING = threading.Lock()
+
+
 def program_from_files(read: Any) -> ExportedProgram:
     """Rebuild a program from ``read(name) -> bytes`` (raises on any inconsistency)."""
     index = json.loads(read("tensors.json"))
@@ -48,14 +54,18 @@ def program_from_files(read: Any) -> ExportedProgram:
             tensor = tensor_from_bytes(read(entry["file"]), entry)
             sections[section][fqn] = torch.nn.Parameter(tensor, requires_grad=False) if entry.get("parameter") else tensor
     artifact = serde.SerializedArtifact(read("graph.json"), sections["state_dict"], sections["constants"], ((), {}))
-    with warnings.catch_warnings():  # torch's deserializer warns about its own pytree internals
+    with _DESERIALIZING, warnings.catch_warnings():  # torch warns about its own pytree internals
         warnings.simplefilter("ignore", FutureWarning)
         return serde.deserialize(artifact)
 
 
 class PortableExecutable:
     """Runs a program's graph directly, skipping the pytree checks of ``.module()``:
-    inputs arrive flat and already validated, so this keeps per-call overhead low."""
+    inputs arrive flat and already validated, so this keeps per-call overhead low.
+    Calls from several threads may overlap: the graph is functional (program state comes
+    in as inputs and goes out as outputs) and torch's grad mode is per thread."""
+
+    thread_safe = True
 
     def __init__(self, program: ExportedProgram) -> None:
         signature = program.graph_signature

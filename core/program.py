@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import zipfile
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -40,6 +41,7 @@ class Program:
         self._reference = reference
         self._registry = registry
         self._runtime: Runtime | None = None
+        self._loading = threading.Lock()  # threads whose first calls overlap load once
 
     @property
     def methods(self) -> list[str]:
@@ -57,12 +59,18 @@ class Program:
         return next(iter(self.manifest.methods))
 
     def runtime(self) -> Runtime:
-        """Load every artifact once (on first use) and keep the loaded executables."""
-        if self._runtime is None:
-            from .runtime import Runtime
+        """Load every artifact once (on first use, by one thread while any others wait)
+        and keep the loaded executables."""
+        runtime = self._runtime
+        if runtime is None:
+            with self._loading:
+                if self._runtime is None:
+                    from .runtime import Runtime
 
-            self._runtime = Runtime(self.manifest, self.files, reference=self._reference, registry=self._registry)
-        return self._runtime
+                    self._runtime = Runtime(self.manifest, self.files, reference=self._reference,
+                                            registry=self._registry)
+                runtime = self._runtime
+        return runtime
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.runtime().run(self.default_method, args, kwargs).outputs

@@ -4,10 +4,20 @@ Per call the runtime checks inputs against the method's spec, runs the steps in 
 drops every intermediate value after its last use, and writes mutated state back when
 the call finishes. Everything that can be decided once (which values die after which
 step, how to check each input) is decided at load time, to keep calls cheap.
+
+Threads: one Runtime may be called from several threads at once. Each loaded step runs
+one call at a time unless its executable says it is ``thread_safe`` (a LiteRT
+interpreter is not: its buffers are shared by every call). A method that reads or
+writes program state holds the program's state lock for the whole call, so a call
+reads the state, runs and writes it back with no other stateful call in between; the
+lock is per program, not per method, because methods share state (prefill and decode
+share a KV cache). Stateless methods take no program-wide lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -50,6 +60,13 @@ class _LoadedStep:
     backend: str
     label: str
     frees: tuple[str, ...]  # values whose last use is this step
+    guard: contextlib.AbstractContextManager[Any]  # held while the executable runs
+
+
+def _guard(executable: Executable) -> contextlib.AbstractContextManager[Any]:
+    """A lock of its own for an executable, unless it says it is ``thread_safe``:
+    the safe default for a plugin that never thought about threads."""
+    return contextlib.nullcontext() if getattr(executable, "thread_safe", False) else threading.Lock()
 
 
 class Runtime:
@@ -60,6 +77,7 @@ class Runtime:
         self._registry = registry or default_registry()
         self._reference = reference
         self.state = {fqn: _read_state(fqn, entry, files) for fqn, entry in manifest.state.items()}
+        self._state_lock = threading.Lock()  # one per program: every method shares its state
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
 
     # -- loading ------------------------------------------------------------------
@@ -78,8 +96,13 @@ class Runtime:
         return plan, steps, _input_checker(plan)
 
     def _load_step(self, plan: MethodPlan, step: Step, frees: tuple[str, ...]) -> _LoadedStep:
+        executable, backend, label = self._open_step(plan, step)
+        return _LoadedStep(step, executable, backend, label, frees, _guard(executable))
+
+    def _open_step(self, plan: MethodPlan, step: Step) -> tuple[Executable, str, str]:
+        """The step's executable, the backend it belongs to, and how it runs here."""
         if step.kind == "portable":
-            return _LoadedStep(step, self._portable(step.program), "portable", "portable", frees)
+            return self._portable(step.program), "portable", "portable"
         name = step.backend
         why = self._why_cannot_run(name)
         if why is None:
@@ -102,9 +125,9 @@ class Runtime:
                 ) from exc
             runs_on = backend.availability().runs_on
             label = name if runs_on == "device" else f"{name}: {runs_on}"
-            return _LoadedStep(step, executable, name, label, frees)
+            return executable, name, label
         if self._reference and step.reference:
-            return _LoadedStep(step, self._portable(step.reference), name, f"{name}: {TORCH_REFERENCE}", frees)
+            return self._portable(step.reference), name, f"{name}: {TORCH_REFERENCE}"
         if self._reference:
             hint = "re-export with keep_reference=True (--keep-reference) to keep the torch reference"
         else:
@@ -134,33 +157,43 @@ class Runtime:
             raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
         plan, steps, check = self._methods[method]
         start = time.perf_counter()
-        flat = check(args, kwargs)
-        values: dict[str, Any] = dict(zip(plan.input_values, flat))
-        for value, fqn in plan.state_reads.items():
-            values[value] = self.state[fqn]
+        values: dict[str, Any] = dict(zip(plan.input_values, check(args, kwargs)))
         timings: list[StepTiming] = []
-        for i, loaded in enumerate(steps):
-            t0 = time.perf_counter() if profile else 0.0
-            results = loaded.executable.run([values[n] for n in loaded.step.inputs])
-            if len(results) != len(loaded.step.outputs):
-                raise ExecutionError(
-                    f"step {i} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
-                )
-            for name, value in zip(loaded.step.outputs, results):
-                values[name] = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
-            for name in loaded.frees:
-                del values[name]
-            if profile:
-                ms = (time.perf_counter() - t0) * 1e3
-                timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
-        for value, fqn in plan.state_writes.items():
-            self.state[fqn] = values[value]
+        if plan.state_reads or plan.state_writes:
+            with self._state_lock:  # read state, run, write it back: one call at a time
+                values.update({value: self.state[fqn] for value, fqn in plan.state_reads.items()})
+                _run_steps(steps, values, timings if profile else None)
+                for value, fqn in plan.state_writes.items():
+                    self.state[fqn] = values[value]
+        else:
+            _run_steps(steps, values, timings if profile else None)
         outputs = [values[n] for n in plan.output_values]
         result = pytree.tree_unflatten(outputs, pytree.treespec_loads(plan.out_spec)) if plan.out_spec else outputs
         return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
 
     def step_labels(self, method: str) -> list[str]:
         return [s.label for s in self._methods[method][1]]
+
+
+def _run_steps(steps: Sequence[_LoadedStep], values: dict[str, Any], timings: list[StepTiming] | None) -> None:
+    """Run ``steps`` in order on ``values`` (name -> value, updated in place); with
+    ``timings``, append each step's time to it."""
+    for i, loaded in enumerate(steps):
+        t0 = time.perf_counter() if timings is not None else 0.0
+        inputs = [values[n] for n in loaded.step.inputs]
+        with loaded.guard:
+            results = loaded.executable.run(inputs)
+        if len(results) != len(loaded.step.outputs):
+            raise ExecutionError(
+                f"step {i} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
+            )
+        for name, value in zip(loaded.step.outputs, results):
+            values[name] = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+        for name in loaded.frees:
+            del values[name]
+        if timings is not None:
+            ms = (time.perf_counter() - t0) * 1e3
+            timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
 
 
 def _read_state(fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> torch.Tensor:

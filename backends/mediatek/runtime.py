@@ -21,7 +21,9 @@ from . import toolchain
 
 
 class CompiledModelExecutable:
-    """A model loaded once into a LiteRT CompiledModel; `run` fills and reads its buffers."""
+    """A model loaded once into a LiteRT CompiledModel; `run` fills and reads its buffers.
+    Those buffers are shared by every call, so it is not ``thread_safe``: edgeport's
+    runtime runs it one call at a time."""
 
     def __init__(self, model: bytes, threads: int, npu: bool) -> None:
         from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, Environment, HardwareAccelerator, Options

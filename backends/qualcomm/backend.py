@@ -29,6 +29,10 @@ _TOOLCHAIN = ("onnxruntime", "onnxruntime_qnn", "onnx", "onnxscript")
 class QnnExecutable:
     """A loaded EPContext model; feeds inputs by the names recorded at compile time."""
 
+    # ONNX Runtime's InferenceSession.run may be called from several threads at once
+    # (each call has its own inputs and outputs), so edgeport need not serialize calls.
+    thread_safe = True
+
     def __init__(self, session: Any, inputs: list[str], outputs: list[str]) -> None:
         self._session = session
         self._inputs = inputs

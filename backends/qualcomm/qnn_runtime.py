@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from edgeport import filter_native_output
+
 EP_NAME = "QNNExecutionProvider"
 _QUIET = 3  # ONNX Runtime severity: errors only
 _VERBOSE = 0
@@ -29,6 +31,9 @@ _NODE_FAILED = re.compile(r"failed for node `(?P<node>[^`]+)`")
 _QNN_TENSOR_ID = re.compile(r"^\[\d+\] ")
 _GENERIC_REASONS = ("Failed to add node.",)
 _ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
+# QNN's HTP library prints a banner to stdout when it loads ("# LIBNATIVE: No alternate
+# configuration present in libnative_tls.conf ..."), whatever its configuration.
+_CHATTER = (re.compile(r"^\s*# LIBNATIVE: "),)
 
 
 class QnnCompileError(Exception):
@@ -86,7 +91,7 @@ class _LogSink:
 
 
 _SINK = _LogSink()
-# One compile at a time: the log sink and the stdout redirection are process-wide.
+# One compile at a time: the log sink is process-wide.
 _COMPILE_LOCK = threading.Lock()
 
 
@@ -130,7 +135,7 @@ def compile_context(model: bytes, provider_options: dict[str, str]) -> CompileOu
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         # Only prepare the context binary; do not also load it into the simulator.
         so.add_provider_for_devices(devices, {**provider_options, "enable_htp_prepare_only": "1"})
-        with _COMPILE_LOCK, _SINK.capture() as log, _native_stdout_to_stderr():
+        with _COMPILE_LOCK, _SINK.capture() as log, filter_native_output(drop=_CHATTER):
             try:
                 session = ort.InferenceSession(model, so)
             except Exception as exc:
@@ -161,22 +166,8 @@ def load_context(context_model: bytes) -> Any:
     # A qualcomm step must never run part of its work on ONNX Runtime's CPU kernels.
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     so.add_provider_for_devices(devices, {"backend_type": "htp"})
-    with _native_stdout_to_stderr():
+    with filter_native_output(drop=_CHATTER):
         return ort.InferenceSession(context_model, so)
-
-
-@contextlib.contextmanager
-def _native_stdout_to_stderr() -> Iterator[None]:
-    """QNN's HTP library prints a banner ("# LIBNATIVE: ...") to the process's stdout
-    when it loads; keep stdout clean for callers that print data there (--json)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _refusal_reasons(log: list[str]) -> dict[str, str]:

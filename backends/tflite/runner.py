@@ -3,11 +3,18 @@
 The interpreter is built once per model; a call sets each input once (from a numpy
 view of the contiguous torch tensor, no extra copy), invokes, and reads each output
 once. Outputs are copies: the next invoke overwrites the interpreter's buffers.
+
+An interpreter runs one call at a time (two overlapping calls raise LiteRT's "at least
+1 reference to internal data" or read each other's outputs), so the executable does not
+claim ``thread_safe`` and edgeport's runtime gives it a lock. A lock, rather than an
+interpreter per thread or a pool, because one call already uses every core by default
+and each extra interpreter holds its own packed copy of the weights (bench/threads.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from importlib import metadata
 from typing import Any, Sequence
 
@@ -15,6 +22,9 @@ import numpy as np
 import torch
 
 _RUNTIMES = (("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime"))
+# LiteRT's INFO lines ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", printed
+# by the first interpreter to allocate) are chatter; its WARNING and ERROR lines are kept.
+_CHATTER = (re.compile(r"^INFO: "),)
 
 
 def _interpreter_class() -> type:
@@ -65,8 +75,11 @@ class TfliteExecutable:
     """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order."""
 
     def __init__(self, model_bytes: bytes, threads: int = 0) -> None:
-        interpreter = _interpreter_class()(model_content=model_bytes, num_threads=threads or default_threads())
-        interpreter.allocate_tensors()
+        from edgeport import filter_native_output
+
+        with filter_native_output(drop=_CHATTER):
+            interpreter = _interpreter_class()(model_content=model_bytes, num_threads=threads or default_threads())
+            interpreter.allocate_tensors()
         self._inputs = [d["index"] for d in interpreter.get_input_details()]
         self._outputs = [d["index"] for d in interpreter.get_output_details()]
         self._set = interpreter.set_tensor

@@ -1,7 +1,8 @@
 """The ``edgeport`` command: a thin layer that parses, calls the library, and formats.
 
 Expected failures (`EdgeportError`) print as one line plus a hint. ``--debug`` or
-``EDGEPORT_RAISE_ERRORS=1`` shows the traceback instead.
+``EDGEPORT_RAISE_ERRORS=1`` shows the traceback instead; ``--debug`` also lets the
+toolchains' own chatter through (see `native_output`).
 
 Commands find backends in the registry given as click's context object
 (``cli.main(obj=registry)``, ``CliRunner().invoke(cli, args, obj=registry)``), or in
@@ -15,6 +16,7 @@ import os
 import click
 
 from ..errors import EdgeportError
+from ..native_output import TOOLCHAIN_LOG_ENV
 from ..plugins import Registry, default_registry
 
 RAISE_ENV = "EDGEPORT_RAISE_ERRORS"
@@ -45,13 +47,15 @@ def _as_click_error(exc: Exception) -> click.ClickException:
 
 
 @click.group(cls=_Group)
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors, and the toolchains' own output.")
 @click.version_option(package_name="edgeport")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Put a PyTorch model on edge hardware: export once, run each piece on the
     backend that fits."""
     ctx.meta["debug"] = debug
+    if debug:
+        os.environ[TOOLCHAIN_LOG_ENV] = "1"
 
 
 def current_registry() -> Registry:

@@ -1,0 +1,73 @@
+"""Toolchain chatter: lines native libraries print straight to the process's stdout/stderr.
+
+LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to file
+descriptor 2 when its first interpreter allocates, and QNN's HTP library prints a
+"# LIBNATIVE: ..." banner to descriptor 1 when it loads. Neither can be switched off:
+LiteRT 2.3 does not export its minimal logger's severity setting (no API, no
+environment variable), and libQnnHtp prints one of its LIBNATIVE lines on every path.
+Being native writes, ``sys.stdout``/``sys.stderr`` redirection does not see them.
+
+So a backend wraps the native call that chatters in `filter_native_output`: for that
+call, descriptors 1 and 2 point at a temporary file; afterwards every captured line goes
+to stderr except the chatter the backend named (native stdout goes to stderr as well,
+so data printed on stdout, e.g. ``edgeport run --json``, stays clean). With
+``EDGEPORT_TOOLCHAIN_LOG=1`` (which ``edgeport --debug`` sets) nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import sys
+import tempfile
+import threading
+from typing import Iterator, Sequence
+
+TOOLCHAIN_LOG_ENV = "EDGEPORT_TOOLCHAIN_LOG"
+
+# The process has one descriptor 1 and one 2: one capture at a time. Re-entrant, so a
+# capture inside another simply hands its lines to the outer one.
+_CAPTURING = threading.RLock()
+
+
+def toolchain_log_wanted() -> bool:
+    """True when the user asked to see the toolchains' own output (``EDGEPORT_TOOLCHAIN_LOG=1``)."""
+    return os.environ.get(TOOLCHAIN_LOG_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def filter_native_output(drop: Sequence[re.Pattern[str]]) -> Iterator[None]:
+    """Capture what native code writes to descriptors 1 and 2 during the block, then
+    write it to stderr without the lines matching ``drop`` (all of it when
+    `toolchain_log_wanted`). Other threads' writes in that window are delayed, not lost."""
+    with _CAPTURING, tempfile.TemporaryFile() as capture:
+        _flush_all()
+        saved = os.dup(1), os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 1)
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            _flush_all()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+            keep_all = toolchain_log_wanted()
+            kept = [line for line in text.splitlines(keepends=True)
+                    if keep_all or not any(pattern.search(line) for pattern in drop)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def _flush_all() -> None:
+    """Flush Python's and C's buffered streams, so buffered text lands where it was meant to."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library to ask (e.g. Windows)
+        ctypes.CDLL(None).fflush(None)
