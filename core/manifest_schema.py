@@ -6,7 +6,7 @@ RecursionError deep inside the runtime or ``edgeport explain``. This module does
 things:
 
 - `parse_manifest_json` parses the bytes within limits: a size cap, no NaN or
-  infinite numbers, no duplicate keys (``{"version": 1, "version": 2}`` would be read
+  infinite numbers, no integers beyond 64 bits, no duplicate keys (``{"version": 1, "version": 2}`` would be read
   differently by different parsers), and no nesting deeper than `MAX_DEPTH`;
 - `check_manifest` checks every field's type and range against a small declarative
   schema, one per format version (``"version": true`` is not an integer, a step kind
@@ -50,10 +50,10 @@ def parse_manifest_json(data: bytes, what: str = "manifest.json") -> Any:
         raise ManifestError(f"{what} is {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have")
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant,
-                           parse_float=_finite_float)
+                           parse_float=_finite_float, parse_int=_int64)
     except RecursionError:
         raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an int of more than 4300 digits
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, a number out of range
         raise ManifestError(f"{what} is not valid JSON ({exc})") from None
     _check_depth(value, what)
     return value
@@ -72,6 +72,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number a program file may hold")
+
+
+def _int64(text: str) -> int:
+    """Integers beyond 64 bits are refused: most JSON readers cannot hold them, and no
+    field of a program needs them."""
+    value = int(text) if len(text) <= 20 else None
+    if value is None or not -(2**63) <= value < 2**63:
+        raise ValueError(f"{text[:24]}{'...' if len(text) > 24 else ''} is out of range")
+    return value
 
 
 def _finite_float(text: str) -> float:

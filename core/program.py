@@ -104,7 +104,7 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
         data = json.dumps(manifest.to_json(), indent=1, sort_keys=True, allow_nan=False).encode()
         check_manifest(parse_manifest_json(data), VERSION)
     except (TypeError, ValueError) as exc:  # ManifestError is a ValueError
-        raise ProgramError(f"the program cannot be saved: its manifest is not valid JSON ({exc})",
+        raise ProgramError(f"the program cannot be saved: its manifest would not load ({exc})",
                            hint="keep Manifest.metadata to JSON values: dicts, lists, strings, finite numbers") from None
     return data
 

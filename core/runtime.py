@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from .backend import Artifact, Executable, options_from_dict
-from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
+from .backend import Artifact, Backend, Executable, options_from_dict
+from .errors import BackendError, EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .plugins import Registry, default_registry
 from .portable import PortableExecutable, program_from_files
@@ -89,7 +89,7 @@ class Runtime:
                 data=self._files[step.artifact],
                 suffix="." + step.artifact.rsplit(".", 1)[-1],
                 metadata=info.metadata,
-                options=options_from_dict(backend, info.options),
+                options=_saved_options(backend, step.artifact, info.options),
             )
             try:
                 executable = backend.load(artifact)
@@ -161,6 +161,16 @@ class Runtime:
 
     def step_labels(self, method: str) -> list[str]:
         return [s.label for s in self._methods[method][1]]
+
+
+def _saved_options(backend: Backend, path: str, values: dict[str, Any]) -> Any:
+    """The options an artifact was compiled with, as its backend reads them. Options the
+    backend refuses mean the manifest was edited (or written by a newer backend)."""
+    try:
+        return options_from_dict(backend, values)
+    except BackendError as exc:
+        raise ProgramError(f"artifact {path} records options backend {backend.name!r} does not accept: {exc}",
+                           hint=exc.hint or "re-export the model with this version of the backend") from None
 
 
 def _read_state(fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> torch.Tensor:

@@ -55,7 +55,8 @@ def write_entries(entries: list[tuple[str | zipfile.ZipInfo, bytes]], comment: b
     with zipfile.ZipFile(buffer, "w") as archive, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": the tests that do it mean it
         for name, data in entries:
-            archive.writestr(name if isinstance(name, zipfile.ZipInfo) else stored(name), data)
+            # compresslevel 1: a compressed entry is there to be refused, fast to build beats small
+            archive.writestr(name if isinstance(name, zipfile.ZipInfo) else stored(name), data, compresslevel=1)
         archive.comment = comment
     return buffer.getvalue()
 
@@ -71,12 +72,18 @@ def read_entries(data: bytes) -> list[tuple[str, bytes]]:
         return [(info.filename, archive.read(info)) for info in archive.infolist()]
 
 
-def patch_central_sizes(data: bytes, name: str, size: int) -> bytes:
-    """Set the compressed and real size of ``name`` in the zip's central directory."""
+def patch_central(data: bytes, name: str, offset: int, value: bytes) -> bytes:
+    """Overwrite bytes of ``name``'s record in the zip's central directory (what zipfile
+    reads entries from): e.g. offset 8, the flag bits; 20, the compressed and real sizes."""
     patched = bytearray(data)
     at = patched.find(b"PK\x01\x02")
     while patched[at + 46: at + 46 + len(name)] != name.encode():
         at = patched.find(b"PK\x01\x02", at + 4)
         assert at >= 0, f"{name} is not in the archive"
-    patched[at + 20: at + 28] = size.to_bytes(4, "little") * 2
+    patched[at + offset: at + offset + len(value)] = value
     return bytes(patched)
+
+
+def patch_central_sizes(data: bytes, name: str, size: int) -> bytes:
+    """Declare ``size`` as both the compressed and the real size of ``name``."""
+    return patch_central(data, name, 20, size.to_bytes(4, "little") * 2)

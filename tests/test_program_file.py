@@ -227,9 +227,9 @@ def test_two_manifests_in_one_zip(program_bytes, tmp_path):
 
 
 def test_a_zip_bomb_is_refused_before_it_is_inflated(program_bytes, tmp_path):
-    """200 MB of spaces deflate to 200 KB; as trailing whitespace they are valid JSON."""
+    """100 MB of spaces deflate to under 1 MB; as trailing whitespace they are valid JSON."""
     entries = read_entries(program_bytes)
-    bomb = entries[0][1] + b" " * 200_000_000
+    bomb = entries[0][1] + b" " * 100_000_000
     bad = write_entries([(stored(MANIFEST, zipfile.ZIP_DEFLATED), bomb), *entries[1:]])
     assert len(bad) < 1_000_000
     start = time.perf_counter()
@@ -313,7 +313,8 @@ def test_bad_manifest(program_bytes, tmp_path, change, message):
         (b"[" * 100_000 + b"]" * 100_000, "nests deeper than"),
         (b'{"x": NaN}', "NaN is not a number"),
         (b'{"x": 1e999}', "1e999 is out of range"),
-        (b'{"x": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b'{"x": ' + b"9" * 5000 + b"}", "999999999999999999999999... is out of range"),
+        (b'{"x": 9223372036854775808}', "9223372036854775808 is out of range"),
         (b"\xff\xfe{}", "not valid JSON"),
     ],
 )
@@ -399,6 +400,19 @@ def test_damaged_portable_graph_in_edgeport_run(damaged_graph):
     assert isinstance(result.exception, edgeport.ProgramError), result.output
     result = CliRunner().invoke(cli, ["run", str(damaged_graph)])
     assert result.exit_code == 1 and "cannot be read" in result.output and "internal error" not in result.output
+
+
+@pytest.mark.parametrize("options, message", [({"scale": 1.0, "speed": 2}, "has no option speed"),
+                                              ({"scale": "fast"}, "expects float, got 'fast'")])
+def test_options_the_backend_refuses_are_a_program_error(program_bytes, tmp_path, options, message):
+    """Only a backend knows its options, so this surfaces when the runtime is created."""
+    def change(manifest):
+        manifest["artifacts"]["artifacts/forward/0.zip"]["options"] = options
+
+    program = load_bytes(tmp_path, resealed(program_bytes, change))
+    with pytest.raises(edgeport.ProgramError, match=f"artifact artifacts/forward/0.zip records options backend "
+                                                    f"'torchops' does not accept: .*{message}"):
+        program(*golden_inputs())
 
 
 # -- explain ---------------------------------------------------------------------------------
