@@ -315,7 +315,8 @@ def test_bad_manifest(program_bytes, tmp_path, change, message):
         (b'{"x": 1e999}', "1e999 is out of range"),
         (b'{"x": ' + b"9" * 5000 + b"}", "999999999999999999999999... is out of range"),
         (b'{"x": 9223372036854775808}', "9223372036854775808 is out of range"),
-        (b"\xff\xfe{}", "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        ('{"x": "\\\\", "y": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\""}'.encode(), "manifest lacks 'format'|does not describe"),
     ],
 )
 def test_unreadable_manifest_json(program_bytes, tmp_path, text, message):
