@@ -3,12 +3,13 @@
 `manifest_from_json` builds the dataclasses from JSON that `manifest_schema` has
 already checked, so it has no error paths of its own.
 
-Format history (every version stays readable; `program.py` keeps a reader per version):
+Format history (every version stays readable: `program.py` keeps a reader for each,
+`manifest_schema.SCHEMAS` its schema; docs/program-format.md describes the file):
     1 — first version (edgeport 0.1; ``tests/data/golden_v1.edgeport``).
     2 — adds ``metadata`` (free-form JSON for applications, e.g. ``{"llm": {...}}``)
         and the ``manifest.json.sha256`` entry beside the manifest, so an edited or
-        damaged manifest is detected (see `program.py`). Since 2, every file in the zip
-        but those two must be listed in ``files``.
+        damaged manifest is detected. In every version, each file in the zip but
+        those two is listed in ``files`` with its size and sha256.
 """
 
 from __future__ import annotations

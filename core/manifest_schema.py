@@ -290,7 +290,7 @@ REPORT = record({"nodes": array(REPORT_NODE), "partitions": array(REPORT_PARTITI
 
 _V1_FIELDS = {
     "format": text(choices=("edgeport",)),
-    "version": integer(1, 2),
+    "version": integer(1, 1),
     "producer": mapping(text()),
     "methods": mapping(METHOD, NAME),
     "artifacts": mapping(ARTIFACT, PATH),
@@ -300,7 +300,8 @@ _V1_FIELDS = {
 }
 SCHEMAS: dict[int, Check] = {
     1: record(_V1_FIELDS),
-    2: record({**_V1_FIELDS, "metadata": mapping(free_form)}),  # 2 adds the application's metadata
+    # 2 adds the application's metadata (and the digest entry beside the manifest)
+    2: record({**_V1_FIELDS, "version": integer(2, 2), "metadata": mapping(free_form)}),
 }
 
 

@@ -188,7 +188,7 @@ def _open_archive(data: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipIn
             raise ProgramError(f"{name} declares {info.file_size} bytes but stores {info.compress_size}", hint=_DAMAGED)
         entries[name] = info
     if sum(info.file_size for info in infos) > len(data):
-        raise ProgramError(f"the archive's entries claim more bytes than its {len(data)}", hint=_DAMAGED)
+        raise ProgramError(f"the archive's entries claim more bytes than the file holds ({len(data)})", hint=_DAMAGED)
     return archive, entries
 
 
@@ -215,13 +215,13 @@ def _read_manifest(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipIn
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ProgramError("manifest.json does not describe an edgeport program", hint=_DAMAGED)
     version = data.get("version")
-    if type(version) is not int or version not in _DIGESTED:
+    if type(version) is not int or version not in _HAS_DIGEST:
         raise ProgramError(
             f"format version {version!r} is not supported (this edgeport reads versions "
-            f"{', '.join(map(str, _DIGESTED))})",
+            f"{', '.join(map(str, _HAS_DIGEST))})",
             hint="upgrade edgeport to read programs written by newer versions",
         )
-    if _DIGESTED[version] != (digest is not None):
+    if _HAS_DIGEST[version] != (digest is not None):
         has = "has" if digest is not None else "lacks"
         raise ProgramError(f"a version-{version} program {has} {DIGEST}: the file was edited or damaged", hint=_DAMAGED)
     try:
@@ -251,6 +251,9 @@ def _digest_line(digest: str) -> bytes:
 
 def _read_files(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipInfo], manifest: Manifest) -> dict[str, bytes]:
     """Every entry but the manifest's own is a listed file of the declared size and checksum."""
+    for name in (MANIFEST, DIGEST):
+        if name in manifest.files:
+            raise ProgramError(f"the manifest lists its own entry {name} as a file", hint=_DAMAGED)
     for name in entries:
         if name not in manifest.files and name not in (MANIFEST, DIGEST):
             raise ProgramError(f"{name} is in the archive but not listed in the manifest", hint=_DAMAGED)
@@ -269,6 +272,6 @@ def _read_files(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipInfo]
     return files
 
 
-# Each format version this edgeport reads, and whether its files carry the manifest
-# digest. A version's schema is `manifest_schema.SCHEMAS[version]`.
-_DIGESTED: dict[int, bool] = {1: False, VERSION: True}
+# The reader of each format version this edgeport reads: whether its files carry the
+# manifest digest, and its schema, `manifest_schema.SCHEMAS[version]`.
+_HAS_DIGEST: dict[int, bool] = {1: False, 2: True}

@@ -299,6 +299,8 @@ def test_not_a_zip(tmp_path):
         (lambda m: m["report"]["forward"]["nodes"][0].update(reasons=None), r"reasons must be an object"),
         (lambda m: m["files"]["state/steps.bin"].update(sha256="XYZ"), "sha256 must be 64 lowercase hex digits"),
         (lambda m: m["files"].update({"artifacts/ghost.bin": {"size": 1, "sha256": "0" * 64}}), "missing file"),
+        (lambda m: m["files"].update({"manifest.json": {"size": 1, "sha256": "0" * 64}}),
+         "the manifest lists its own entry manifest.json as a file"),
     ],
 )
 def test_bad_manifest(program_bytes, tmp_path, change, message):
