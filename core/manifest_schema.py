@@ -267,7 +267,7 @@ METHOD = record({
     "state_reads": mapping(NAME, NAME),
     "state_writes": mapping(NAME, NAME),
     "symbols": mapping(pair(integer(), nullable(integer(0, 2**63 - 1))), NAME),
-    "out_spec": text(),
+    "out_spec": text(nonempty=True),  # without it, outputs would come back as a flat list
 })
 
 ARTIFACT = record({"backend": NAME, "backend_version": text(), "options": mapping(free_form),

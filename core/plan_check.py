@@ -206,8 +206,6 @@ def _check_torch_program(i: int, prefix: str, manifest: Manifest) -> None:
 
 def _check_out_spec(plan: MethodPlan) -> None:
     """The output structure must be one torch can rebuild, with one leaf per output."""
-    if not plan.out_spec:
-        return
     parse_manifest_json(plan.out_spec.encode(), what="out_spec")  # size, depth, duplicate keys
     try:
         with warnings.catch_warnings():

@@ -9,7 +9,7 @@ step, how to check each input) is decided at load time, to keep calls cheap.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -164,13 +164,26 @@ class Runtime:
 
 
 def _saved_options(backend: Backend, path: str, values: dict[str, Any]) -> Any:
-    """The options an artifact was compiled with, as its backend reads them. Options the
-    backend refuses mean the manifest was edited (or written by a newer backend)."""
+    """The options an artifact was compiled with, as its backend reads them. The manifest
+    holds each as its field's type (`options_to_dict` wrote them); options the backend
+    refuses, or a value of another type (``"threads": 4.0``), mean the manifest was
+    edited, or written by another version of the backend."""
     try:
-        return options_from_dict(backend, values)
+        options = options_from_dict(backend, values)
     except BackendError as exc:
         raise ProgramError(f"artifact {path} records options backend {backend.name!r} does not accept: {exc}",
                            hint=exc.hint or "re-export the model with this version of the backend") from None
+    for f in fields(options) if is_dataclass(options) else ():
+        value = getattr(options, f.name)
+        allowed = _OPTION_TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if allowed and type(value) not in allowed:
+            raise ProgramError(f"artifact {path} records option {backend.name}.{f.name}={value!r}, not {f.type}",
+                               hint="re-export the model with this version of the backend")
+    return options
+
+
+# The JSON types a saved option of each plain field type may have (a float may be written as 1).
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
 def _read_state(fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> torch.Tensor:
