@@ -220,14 +220,15 @@ def option(default: Any, *, choices: tuple[Any, ...] | Callable[[], Iterable[Any
     return field(default=default, metadata={_RULE: OptionRule(choices, at_least, at_most)})
 
 
-def validate_options(backend: Backend, options: Any) -> Any:
+def validate_options(backend: Backend, options: Any, *, toolchain_choices: bool = True) -> Any:
     """``options`` (an instance of ``backend.options``) checked against each field's
     `option` rule, with string choices spelled as declared; raises `BackendError`
-    naming the option and its valid values."""
+    naming the option and its valid values. ``toolchain_choices=False`` skips the
+    choices only a toolchain can list (loading a saved program must not import one)."""
     canonical = {}
     for f in dataclasses.fields(options):
         rule = f.metadata.get(_RULE)
-        if rule is not None:
+        if rule is not None and (toolchain_choices or not callable(rule.choices)):
             canonical[f.name] = _check_rule(backend, f, rule, getattr(options, f.name))
     return dataclasses.replace(options, **canonical)
 

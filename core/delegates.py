@@ -7,10 +7,11 @@ One definition shared by everything that loads a saved partition (the runtime an
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any, Mapping
 
-from .backend import Artifact, Availability, Backend, Executable, options_from_dict
-from .errors import EdgeportError, ExecutionError
+from .backend import Artifact, Availability, Backend, Executable, options_from_dict, validate_options
+from .errors import BackendError, EdgeportError, ExecutionError, ProgramError
 from .manifest import Manifest, Step
 
 
@@ -21,8 +22,36 @@ def step_artifact(manifest: Manifest, files: Mapping[str, bytes], step: Step, ba
         data=files[step.artifact],
         suffix="." + step.artifact.rsplit(".", 1)[-1],
         metadata=info.metadata,
-        options=options_from_dict(backend, info.options),
+        options=saved_options(backend, step.artifact, info.options),
     )
+
+
+def saved_options(backend: Backend, path: str, values: dict[str, Any]) -> Any:
+    """The options an artifact was compiled with, as its backend reads them.
+
+    The manifest holds each as its field's type (`options_to_dict` wrote them). Options
+    the backend refuses, out of their declared range, or of another type
+    (``"threads": 4.0``) mean the manifest was edited or written by another version of
+    the backend: a `ProgramError`, before the backend sees them. Choices only a
+    toolchain can list were checked at export and are not asked again here.
+    """
+    hint = "re-export the model with this version of the backend"
+    try:
+        options = validate_options(backend, options_from_dict(backend, values), toolchain_choices=False)
+    except BackendError as exc:
+        raise ProgramError(f"artifact {path} records options backend {backend.name!r} does not accept: {exc}",
+                           hint=exc.hint or hint) from None
+    for f in fields(options) if is_dataclass(options) else ():
+        value = getattr(options, f.name)
+        allowed = _OPTION_TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if allowed and type(value) not in allowed:
+            raise ProgramError(f"artifact {path} records option {backend.name}.{f.name}={value!r}, not {f.type}",
+                               hint=hint)
+    return options
+
+
+# The JSON types a saved option of each plain field type may have (a float may be written as 1).
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
 def load_step(manifest: Manifest, files: Mapping[str, bytes], step: Step, backend: Backend) -> Executable:

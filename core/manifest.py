@@ -1,7 +1,15 @@
 """The manifest of a .edgeport program: typed dataclasses and their JSON form.
 
-Format history (a reader for every version stays in `program.py`):
-    1 — first version.
+`manifest_from_json` builds the dataclasses from JSON that `manifest_schema` has
+already checked, so it has no error paths of its own.
+
+Format history (every version stays readable: `program.py` keeps a reader for each,
+`manifest_schema.SCHEMAS` its schema; docs/program-format.md describes the file):
+    1 — first version (edgeport 0.1; ``tests/data/golden_v1.edgeport``).
+    2 — adds ``metadata`` (free-form JSON for applications, e.g. ``{"llm": {...}}``)
+        and the ``manifest.json.sha256`` entry beside the manifest, so an edited or
+        damaged manifest is detected. In every version, each file in the zip but
+        those two is listed in ``files`` with its size and sha256.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FORMAT = "edgeport"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class Manifest:
     state: dict[str, dict[str, Any]]  # fqn -> {"file", "dtype", "shape"}
     files: dict[str, FileInfo]  # every other file in the zip -> size and checksum
     report: dict[str, dict[str, Any]]  # method -> placement report (see report.py)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the application's, free-form JSON
     format: str = FORMAT
     version: int = VERSION
 
@@ -94,54 +103,34 @@ class Manifest:
 
 
 def manifest_from_json(data: dict[str, Any]) -> Manifest:
-    """Parse a version-1 manifest; KeyError/TypeError/ValueError mean it is malformed."""
+    """The dataclasses of a manifest that `manifest_schema.check_manifest` accepted."""
     methods = {}
     for name, m in data["methods"].items():
         methods[name] = MethodPlan(
             name=m["name"],
             inputs=tuple(_spec(s) for s in m["inputs"]),
             outputs=tuple(_spec(s) for s in m["outputs"]),
-            input_values=tuple(_strs(m["input_values"])),
-            output_values=tuple(_strs(m["output_values"])),
-            steps=tuple(_step(s) for s in m["steps"]),
-            state_reads=dict(m.get("state_reads", {})),
-            state_writes=dict(m.get("state_writes", {})),
-            symbols={k: (int(v[0]), None if v[1] is None else int(v[1])) for k, v in m.get("symbols", {}).items()},
-            out_spec=str(m.get("out_spec", "")),
+            input_values=tuple(m["input_values"]),
+            output_values=tuple(m["output_values"]),
+            steps=tuple(Step(**{**s, "inputs": tuple(s["inputs"]), "outputs": tuple(s["outputs"])})
+                        for s in m["steps"]),
+            state_reads=dict(m["state_reads"]),
+            state_writes=dict(m["state_writes"]),
+            symbols={k: (low, high) for k, (low, high) in m["symbols"].items()},
+            out_spec=m["out_spec"],
         )
     return Manifest(
         producer=dict(data["producer"]),
         methods=methods,
         artifacts={p: ArtifactInfo(**a) for p, a in data["artifacts"].items()},
         state=dict(data["state"]),
-        files={p: FileInfo(int(f["size"]), str(f["sha256"])) for p, f in data["files"].items()},
-        report=dict(data.get("report", {})),
+        files={p: FileInfo(f["size"], f["sha256"]) for p, f in data["files"].items()},
+        report=dict(data["report"]),
+        metadata=dict(data.get("metadata", {})),  # version 1 has none
         format=data["format"],
-        version=int(data["version"]),
+        version=data["version"],
     )
 
 
 def _spec(s: dict[str, Any]) -> TensorSpec:
-    shape = tuple(d if isinstance(d, str) else int(d) for d in s["shape"])
-    return TensorSpec(str(s["name"]), str(s["dtype"]), shape)
-
-
-def _step(s: dict[str, Any]) -> Step:
-    if s["kind"] not in ("delegate", "portable"):
-        raise ValueError(f"unknown step kind {s['kind']!r}")
-    return Step(
-        kind=s["kind"],
-        partition=int(s["partition"]),
-        inputs=tuple(_strs(s["inputs"])),
-        outputs=tuple(_strs(s["outputs"])),
-        backend=s.get("backend"),
-        artifact=s.get("artifact"),
-        program=s.get("program"),
-        reference=s.get("reference"),
-    )
-
-
-def _strs(items: Any) -> list[str]:
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise TypeError(f"expected a list of names, got {items!r}")
-    return items
+    return TensorSpec(s["name"], s["dtype"], tuple(s["shape"]))

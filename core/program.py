@@ -1,30 +1,40 @@
 """The .edgeport program: what `edgeport.export` returns and `edgeport.load` reads.
 
 On disk it is one zip, stored uncompressed so artifacts could be memory-mapped:
-``manifest.json``, ``artifacts/…`` (backend bytes), ``portable/…`` and ``reference/…``
-(torch programs as JSON graphs + raw tensors), ``state/…`` (initial program state).
-Loading checks the format version, every path, size and checksum, and never
-unpickles; any problem is one `ProgramError` that names it.
+``manifest.json``, ``manifest.json.sha256`` (its digest), ``artifacts/…`` (backend
+bytes), ``portable/…`` and ``reference/…`` (torch programs as JSON graphs + raw
+tensors), ``state/…`` (initial program state), and any file an application adds, each
+listed in the manifest with its size and sha256. docs/program-format.md describes it.
+
+Loading checks the zip, the manifest's digest, schema and plan, and every file's size
+and checksum before anything runs, and never unpickles; any problem is one
+`ProgramError` that names it. The digest catches edits and damage, not a malicious
+rewrite: anyone can recompute a sha256, and version 1 files (still read) have none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import threading
 import zipfile
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from .errors import ProgramError
+from .errors import InputError, ProgramError
 from .manifest import FORMAT, VERSION, FileInfo, Manifest, manifest_from_json
+from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, parse_manifest_json
+from .plan_check import check_plan
 
 if TYPE_CHECKING:
     from .plugins import Registry
     from .runtime import RunResult, Runtime
 
 MANIFEST = "manifest.json"
+DIGEST = "manifest.json.sha256"  # version 2: the sha256 of manifest.json's exact bytes
 
 
 class Program:
@@ -49,7 +59,10 @@ class Program:
 
     def report(self, method: str | None = None) -> dict[str, Any]:
         """The placement report of a method: every node's backend and reasons."""
-        return self.manifest.report[method or self.default_method]
+        name = method or self.default_method
+        if name not in self.manifest.report:
+            raise InputError(f"program has no method {name!r}; it has {', '.join(self.methods)}")
+        return self.manifest.report[name]
 
     @property
     def default_method(self) -> str:
@@ -79,14 +92,29 @@ class Program:
         return self.runtime().run(method or self.default_method, args, kwargs, profile=profile)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the program as one .edgeport zip (atomically: a crash leaves no half file)."""
+        """Write the program as one .edgeport zip in the current format version
+        (atomically: a crash leaves no half file), with the digest of its manifest."""
         path = os.fspath(path)
+        manifest = _manifest_bytes(dataclasses.replace(self.manifest, version=VERSION))
         tmp = f"{path}.partial"
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            archive.writestr(_entry(MANIFEST), json.dumps(self.manifest.to_json(), indent=1, sort_keys=True))
+            archive.writestr(_entry(MANIFEST), manifest)
+            archive.writestr(_entry(DIGEST), _digest_line(hashlib.sha256(manifest).hexdigest()))
             for name in sorted(self.files):
                 archive.writestr(_entry(name), self.files[name])
         os.replace(tmp, path)
+
+
+def _manifest_bytes(manifest: Manifest) -> bytes:
+    """The manifest as saved, refused here if `load` would refuse it (e.g. an
+    application's ``metadata`` that is not JSON, or nests too deep)."""
+    try:
+        data = json.dumps(manifest.to_json(), indent=1, sort_keys=True, allow_nan=False).encode()
+        check_manifest(parse_manifest_json(data), VERSION)
+    except (TypeError, ValueError) as exc:  # ManifestError is a ValueError
+        raise ProgramError(f"the program cannot be saved: its manifest would not load ({exc})",
+                           hint="keep Manifest.metadata to JSON values: dicts, lists, strings, finite numbers") from None
+    return data
 
 
 def _entry(name: str) -> zipfile.ZipInfo:
@@ -117,66 +145,141 @@ def load(path: str | os.PathLike[str], *, reference: bool = False, registry: Reg
 
 
 def read_program(data: bytes, source: str = "program") -> tuple[Manifest, dict[str, bytes]]:
-    def fail(what: str, hint: str = "re-export the model, or check the file was copied whole") -> ProgramError:
-        return ProgramError(f"{source}: {what}", hint=hint)
+    """Verify a program file's bytes and return its manifest and files.
 
+    In order, so nothing is read before what bounds it is checked: the zip's entries
+    (unique safe names, stored uncompressed, sizes that fit the file), the manifest's
+    digest (version 2), its JSON (size, depth), its schema, its plan, and last every
+    file against its declared size and checksum. Any problem is one `ProgramError`.
+    """
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise fail(f"not a valid .edgeport file (unreadable zip: {exc})") from None
-    for name in names:
-        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
-            raise fail(f"unsafe path {name!r} in the archive")
-    if MANIFEST not in names:
-        raise fail("no manifest.json: not an edgeport program, or a truncated or damaged one")
-    try:
-        raw = json.loads(archive.read(MANIFEST))
-    except (ValueError, zipfile.BadZipFile, OSError) as exc:
-        raise fail(f"manifest.json is unreadable ({exc})") from None
-    reader = _READERS.get(raw.get("version") if isinstance(raw, dict) else None)
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise fail("manifest.json does not describe an edgeport program")
-    if reader is None:
-        raise fail(
-            f"format version {raw.get('version')!r} is not supported (this edgeport reads versions "
-            f"{', '.join(map(str, sorted(_READERS)))})",
-            hint="upgrade edgeport to read programs written by newer versions",
-        )
-    try:
-        manifest = reader(raw)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise fail(f"manifest.json is malformed ({type(exc).__name__}: {exc})") from None
-    files: dict[str, bytes] = {}
-    for name, expected in manifest.files.items():
-        if name not in names:
-            raise fail(f"missing file {name}")
-        try:
-            content = archive.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise fail(f"{name} is damaged ({exc})") from None
-        if file_info(content) != expected:
-            raise fail(f"checksum mismatch for {name}: the file was modified or damaged")
-        files[name] = content
-    _check_references(manifest, fail)
+        archive, entries = _open_archive(data)
+        manifest = _read_manifest(archive, entries)
+        files = _read_files(archive, entries, manifest)
+    except ProgramError as exc:
+        raise ProgramError(f"{source}: {exc}", hint=exc.hint) from None
     return manifest, files
 
 
-def _check_references(manifest: Manifest, fail: Callable[..., ProgramError]) -> None:
-    """Every path the plan names must be a verified file."""
-    for plan in manifest.methods.values():
-        for step in plan.steps:
-            paths = [step.artifact] + [f"{p}/graph.json" for p in (step.program, step.reference) if p]
-            for path in paths:
-                if path is not None and path not in manifest.files:
-                    raise fail(f"a step of method {plan.name!r} names unknown file {path}")
-            if step.kind == "portable" and not step.program:
-                raise fail(f"portable step of method {plan.name!r} has no program")
-            if step.kind == "delegate" and (step.artifact not in manifest.artifacts or not step.backend):
-                raise fail(f"delegate step of method {plan.name!r} has no artifact entry")
-    for fqn, entry in manifest.state.items():
-        if entry.get("file") not in manifest.files:
-            raise fail(f"state {fqn!r} names unknown file {entry.get('file')}")
+_DAMAGED = "re-export the model, or check the file was copied whole"
 
 
-_READERS: dict[int, Callable[[dict[str, Any]], Manifest]] = {VERSION: manifest_from_json}
+@contextlib.contextmanager
+def _zip_errors(what: str) -> Iterator[None]:
+    """zipfile meets a crafted archive with a dozen exception types (BadZipFile,
+    struct.error, UnicodeDecodeError, NotImplementedError, EOFError, OverflowError, ...);
+    each is the same fact for a user: the file is damaged."""
+    try:
+        yield
+    except Exception as exc:
+        raise ProgramError(f"{what} ({type(exc).__name__}: {exc})", hint=_DAMAGED) from None
+
+
+def _open_archive(data: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+    """The zip and its entries by name, refused unless every entry can be read safely:
+    a unique, relative name; stored (the writer never compresses, and a compressed entry
+    is how a 2 MB file inflates to gigabytes); sizes that fit inside the file."""
+    with _zip_errors("not a valid .edgeport file (unreadable zip)"):
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        if not name or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
+            raise ProgramError(f"unsafe path {name!r} in the archive", hint=_DAMAGED)
+        if name in entries:
+            raise ProgramError(f"the archive holds two entries named {name!r}", hint=_DAMAGED)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise ProgramError(f"{name} is compressed or encrypted; edgeport programs store every file as is",
+                               hint=_DAMAGED)
+        if info.compress_size != info.file_size:
+            raise ProgramError(f"{name} declares {info.file_size} bytes but stores {info.compress_size}", hint=_DAMAGED)
+        entries[name] = info
+    if sum(info.file_size for info in infos) > len(data):
+        raise ProgramError(f"the archive's entries claim more bytes than the file holds ({len(data)})", hint=_DAMAGED)
+    return archive, entries
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    with _zip_errors(f"{info.filename} is damaged"):
+        return archive.read(info)
+
+
+def _read_manifest(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipInfo]) -> Manifest:
+    if MANIFEST not in entries:
+        raise ProgramError("no manifest.json: not an edgeport program, or a truncated or damaged one", hint=_DAMAGED)
+    if entries[MANIFEST].file_size > MAX_MANIFEST_BYTES:
+        raise ProgramError(f"manifest.json is {entries[MANIFEST].file_size} bytes, more than a manifest may have "
+                           f"({MAX_MANIFEST_BYTES})", hint=_DAMAGED)
+    raw = _read_entry(archive, entries[MANIFEST])
+    digest = _read_digest(archive, entries[DIGEST]) if DIGEST in entries else None
+    if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+        raise ProgramError(f"manifest.json does not match its digest in {DIGEST}: it was edited or damaged",
+                           hint=_DAMAGED)
+    try:
+        data = parse_manifest_json(raw)
+    except ManifestError as exc:
+        raise ProgramError(f"manifest.json is unreadable: {exc}", hint=_DAMAGED) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ProgramError("manifest.json does not describe an edgeport program", hint=_DAMAGED)
+    version = data.get("version")
+    if type(version) is not int or version not in _HAS_DIGEST:
+        raise ProgramError(
+            f"format version {version!r} is not supported (this edgeport reads versions "
+            f"{', '.join(map(str, _HAS_DIGEST))})",
+            hint="upgrade edgeport to read programs written by newer versions",
+        )
+    if _HAS_DIGEST[version] != (digest is not None):
+        has = "has" if digest is not None else "lacks"
+        raise ProgramError(f"a version-{version} program {has} {DIGEST}: the file was edited or damaged", hint=_DAMAGED)
+    try:
+        check_manifest(data, version)
+        manifest = manifest_from_json(data)
+        check_plan(manifest)
+    except ManifestError as exc:
+        raise ProgramError(f"manifest.json is malformed: {exc}", hint=_DAMAGED) from None
+    return manifest
+
+
+def _read_digest(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    """The sha256 in the digest entry, written as ``sha256sum`` does (so ``sha256sum -c
+    manifest.json.sha256`` checks an unzipped program)."""
+    if info.file_size != len(_digest_line("0" * 64)):
+        raise ProgramError(f"{DIGEST} is not a sha256 line", hint=_DAMAGED)
+    line = _read_entry(archive, info)
+    digest = line[:64].decode("ascii", "replace")
+    if line != _digest_line(digest) or not all(c in "0123456789abcdef" for c in digest):
+        raise ProgramError(f"{DIGEST} is not a sha256 line", hint=_DAMAGED)
+    return digest
+
+
+def _digest_line(digest: str) -> bytes:
+    return f"{digest}  {MANIFEST}\n".encode()
+
+
+def _read_files(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipInfo], manifest: Manifest) -> dict[str, bytes]:
+    """Every entry but the manifest's own is a listed file of the declared size and checksum."""
+    for name in (MANIFEST, DIGEST):
+        if name in manifest.files:
+            raise ProgramError(f"the manifest lists its own entry {name} as a file", hint=_DAMAGED)
+    for name in entries:
+        if name not in manifest.files and name not in (MANIFEST, DIGEST):
+            raise ProgramError(f"{name} is in the archive but not listed in the manifest", hint=_DAMAGED)
+    for name, expected in manifest.files.items():
+        if name not in entries:
+            raise ProgramError(f"missing file {name}", hint=_DAMAGED)
+        if entries[name].file_size != expected.size:
+            raise ProgramError(f"{name} is {entries[name].file_size} bytes, the manifest says {expected.size}",
+                               hint=_DAMAGED)
+    files: dict[str, bytes] = {}
+    for name, expected in manifest.files.items():
+        content = _read_entry(archive, entries[name])
+        if file_info(content) != expected:
+            raise ProgramError(f"checksum mismatch for {name}: the file was modified or damaged", hint=_DAMAGED)
+        files[name] = content
+    return files
+
+
+# The reader of each format version this edgeport reads: whether its files carry the
+# manifest digest, and its schema, `manifest_schema.SCHEMAS[version]`.
+_HAS_DIGEST: dict[int, bool] = {1: False, 2: True}

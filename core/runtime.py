@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from .backend import Artifact, Executable, options_from_dict
-from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
+from .backend import Executable
+from .delegates import load_step, run_label
+from .errors import ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .plugins import Registry, default_registry
 from .portable import PortableExecutable, program_from_files
@@ -106,26 +107,9 @@ class Runtime:
         name = step.backend
         why = self._why_cannot_run(name)
         if why is None:
-            info = self._manifest.artifacts[step.artifact]
             backend = self._registry.get(name)
-            artifact = Artifact(
-                data=self._files[step.artifact],
-                suffix="." + step.artifact.rsplit(".", 1)[-1],
-                metadata=info.metadata,
-                options=options_from_dict(backend, info.options),
-            )
-            try:
-                executable = backend.load(artifact)
-            except EdgeportError:
-                raise
-            except Exception as exc:
-                raise ExecutionError(
-                    f"backend {name!r} failed to load partition {step.partition} of {plan.name!r}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            runs_on = backend.availability().runs_on
-            label = name if runs_on == "device" else f"{name}: {runs_on}"
-            return executable, name, label
+            executable = load_step(self._manifest, self._files, step, backend)
+            return executable, name, run_label(name, backend.availability())
         if self._reference and step.reference:
             return self._portable(step.reference), name, f"{name}: {TORCH_REFERENCE}"
         if self._reference:

@@ -1,13 +1,22 @@
-"""The .edgeport file: round trip, verification of damaged files, and the golden program."""
+"""The .edgeport file: round trip, the manifest digest, verification of damaged and
+edited files, and the golden program of format 1."""
 
+import hashlib
+import io
 import json
 import os
+import time
 import zipfile
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 import edgeport
+from edgeport.cli import cli
+from edgeport.manifest_schema import MAX_DEPTH
+from program_zip import (DIGEST, MANIFEST, digest_line, manifest_bytes, pack, patch_central_sizes, read_entries, stored,
+                         unpack, write_entries)
 from torch_backend import TorchOpsBackend, registry_with
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_v1.edgeport")
@@ -34,33 +43,69 @@ def make_golden(path):
     program.save(path)
 
 
-@pytest.fixture
-def program_file(tmp_path):
-    path = tmp_path / "small.edgeport"
+class TwoOutputs(torch.nn.Module):
+    """Two outputs of different shapes, so a swap of them is a different answer."""
+
+    def forward(self, x):
+        y = torch.relu(x)
+        return y.sum(-1), torch.sigmoid(y) * 2
+
+
+@pytest.fixture(scope="module")
+def program_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("small") / "small.edgeport"
     make_golden(path)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def two_outputs_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("two") / "two.edgeport"
+    program = edgeport.export(TwoOutputs(), (torch.randn(2, 3),), ["torchops"],
+                              registry=registry_with(TorchOpsBackend()))
+    program.save(path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def program_file(tmp_path, program_bytes):
+    path = tmp_path / "small.edgeport"
+    path.write_bytes(program_bytes)
     return path
-
-
-def rewrite(src, dst, change):
-    """Copy a program zip, letting ``change(name, data)`` alter or drop entries."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for name in zin.namelist():
-            result = change(name, zin.read(name))
-            if result is not None:
-                zout.writestr(*result) if isinstance(result, tuple) else zout.writestr(name, result)
 
 
 def load(path):
     return edgeport.load(path, registry=registry_with(TorchOpsBackend()))
 
 
-def test_saved_program_is_stored_uncompressed_and_never_pickled(program_file):
+def load_bytes(tmp_path, data):
+    path = tmp_path / "edited.edgeport"
+    path.write_bytes(data)
+    return load(path)
+
+
+def resealed(data, change):
+    """The program with ``change(manifest)`` applied and the digest recomputed: an edit
+    that only the schema and plan checks can catch."""
+    manifest, files = unpack(data)
+    change(manifest)
+    return pack(manifest, files)
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def test_saved_program_is_stored_uncompressed_never_pickled_and_sealed(program_file):
     with zipfile.ZipFile(program_file) as z:
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
+        assert z.namelist()[:2] == [MANIFEST, DIGEST]
         for name in z.namelist():
             assert not z.read(name).startswith(b"\x80"), f"{name} looks like a pickle"
-        manifest = json.loads(z.read("manifest.json"))
-    assert (manifest["format"], manifest["version"]) == ("edgeport", 1)
+        raw = z.read(MANIFEST)
+        # sha256sum's own format, so `sha256sum -c manifest.json.sha256` checks an unzipped program
+        assert z.read(DIGEST) == f"{hashlib.sha256(raw).hexdigest()}  manifest.json\n".encode()
+    manifest = json.loads(raw)
+    assert (manifest["format"], manifest["version"], manifest["metadata"]) == ("edgeport", 2, {})
     assert all(len(a["sha256"]) == 64 for a in manifest["files"].values())
 
 
@@ -69,75 +114,31 @@ def test_saving_twice_gives_the_same_bytes(program_file, tmp_path):
     assert (tmp_path / "again.edgeport").read_bytes() == program_file.read_bytes()
 
 
-def test_truncated_file(program_file, tmp_path):
-    bad = tmp_path / "bad.edgeport"
-    bad.write_bytes(program_file.read_bytes()[:-300])
-    with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file|truncated or damaged"):
-        load(bad)
+def test_metadata_round_trips(program_file, tmp_path):
+    program = load(program_file)
+    program.manifest.metadata["llm"] = {"eos": [2, 7], "name": "tiny", "rope": {"theta": 1e4}}
+    program.save(tmp_path / "meta.edgeport")
+    assert load(tmp_path / "meta.edgeport").manifest.metadata == {"llm": {"eos": [2, 7], "name": "tiny",
+                                                                          "rope": {"theta": 1e4}}}
 
 
-def test_wrong_checksum(program_file, tmp_path):
-    bad = tmp_path / "bad.edgeport"
-    rewrite(program_file, bad, lambda n, d: d if not n.startswith("artifacts/") else d[:-1] + bytes([d[-1] ^ 1]))
-    with pytest.raises(edgeport.ProgramError, match="checksum mismatch for artifacts/"):
-        load(bad)
+def _nested(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda m: m.pop("methods"), "manifest.json is malformed"),
-        (lambda m: m.update(version=99), "format version 99 is not supported"),
-        (lambda m: m.update(format="other"), "does not describe an edgeport program"),
-        (lambda m: m["methods"]["forward"]["steps"][0].update(kind="shell"), "unknown step kind"),
-        (lambda m: m["files"].update({"artifacts/ghost.bin": {"size": 1, "sha256": "0" * 64}}), "missing file"),
-    ],
-)
-def test_bad_manifest(program_file, tmp_path, change, message):
-    def edit(name, data):
-        if name != "manifest.json":
-            return data
-        manifest = json.loads(data)
-        change(manifest)
-        return json.dumps(manifest)
-
-    bad = tmp_path / "bad.edgeport"
-    rewrite(program_file, bad, edit)
-    with pytest.raises(edgeport.ProgramError, match=message):
-        load(bad)
+@pytest.mark.parametrize("metadata", [{"bad": object()}, {"nan": float("nan")}, {"deep": _nested(MAX_DEPTH)}])
+def test_metadata_that_would_not_load_is_refused_at_save(program_file, tmp_path, metadata):
+    program = load(program_file)
+    program.manifest.metadata.update(metadata)
+    with pytest.raises(edgeport.ProgramError, match="cannot be saved"):
+        program.save(tmp_path / "meta.edgeport")
+    assert not os.path.exists(tmp_path / "meta.edgeport")
 
 
-def test_path_traversal(program_file, tmp_path):
-    bad = tmp_path / "bad.edgeport"
-    rewrite(program_file, bad, lambda n, d: ("../evil.bin", d) if n.startswith("state/") else d)
-    with pytest.raises(edgeport.ProgramError, match="unsafe path '../evil.bin'"):
-        load(bad)
-
-
-def test_not_a_zip(tmp_path):
-    bad = tmp_path / "bad.edgeport"
-    bad.write_text("hello")
-    with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file"):
-        load(bad)
-
-
-def test_damaged_portable_graph_is_one_program_error(program_file, tmp_path):
-    bad = tmp_path / "bad.edgeport"
-
-    def edit(name, data):
-        if name.endswith("graph.json"):
-            data = b"{}"
-        if name == "manifest.json":
-            manifest = json.loads(data)
-            for path, info in manifest["files"].items():
-                if path.endswith("graph.json"):
-                    info.update(size=2, sha256="44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
-            data = json.dumps(manifest)
-        return data
-
-    rewrite(program_file, bad, edit)
-    with pytest.raises(edgeport.ProgramError, match="cannot be read"):
-        load(bad)(*golden_inputs())
+# -- the golden program: format 1 keeps loading -------------------------------------------
 
 
 def test_golden_program_still_loads_and_runs():
@@ -152,10 +153,277 @@ def test_golden_program_still_loads_and_runs():
     torch.testing.assert_close(second, eager(*golden_inputs()))
     kinds = {s.kind for s in program.manifest.methods["forward"].steps}
     assert kinds == {"delegate", "portable"}
+    assert (program.manifest.version, program.manifest.metadata) == (1, {})
 
 
-if __name__ == "__main__":  # writes the golden file: python tests/test_program_file.py
-    import sys
+def test_golden_program_saved_again_is_version_2(tmp_path):
+    load(GOLDEN).save(tmp_path / "upgraded.edgeport")
+    program = load(tmp_path / "upgraded.edgeport")
+    assert program.manifest.version == 2
+    torch.manual_seed(1234)
+    torch.testing.assert_close(program(*golden_inputs()), Small().eval()(*golden_inputs()))
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    make_golden(GOLDEN)
+
+def test_a_version_1_file_is_never_sealed():
+    manifest, files = unpack(open(GOLDEN, "rb").read())
+    with pytest.raises(edgeport.ProgramError, match="a version-1 program has manifest.json.sha256"):
+        edgeport.program.read_program(pack(manifest, files))
+
+
+def test_a_version_2_file_must_be_sealed(program_bytes):
+    manifest, files = unpack(program_bytes)
+    with pytest.raises(edgeport.ProgramError, match="a version-2 program lacks manifest.json.sha256"):
+        edgeport.program.read_program(pack(manifest, files, digest=False))
+
+
+# -- damage and edits the digest and checksums catch ---------------------------------------
+
+
+def test_truncated_file(program_file, tmp_path):
+    bad = tmp_path / "bad.edgeport"
+    bad.write_bytes(program_file.read_bytes()[:-300])
+    with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file|truncated or damaged"):
+        load(bad)
+
+
+def test_wrong_checksum(program_bytes, tmp_path):
+    entries = [(n, d[:-1] + bytes([d[-1] ^ 1]) if n.startswith("artifacts/") else d)
+               for n, d in read_entries(program_bytes)]
+    with pytest.raises(edgeport.ProgramError, match="checksum mismatch for artifacts/"):
+        load_bytes(tmp_path, write_entries(entries))
+
+
+def test_an_edited_manifest_does_not_match_its_digest(program_bytes, tmp_path):
+    """Before format 2 the checksums lived in the manifest, so an edited one was trusted."""
+    manifest, files = unpack(program_bytes)
+    manifest["methods"]["forward"]["steps"][-1]["inputs"].reverse()
+    entries = [(MANIFEST, manifest_bytes(manifest)), (DIGEST, read_entries(program_bytes)[1][1]),
+               *sorted(files.items())]
+    with pytest.raises(edgeport.ProgramError, match="does not match its digest in manifest.json.sha256"):
+        load_bytes(tmp_path, write_entries(entries))
+
+
+# -- zip tricks ------------------------------------------------------------------------------
+
+
+def _entries_with(program_bytes, change):
+    return write_entries([e for e in (change(n, d) for n, d in read_entries(program_bytes)) if e])
+
+
+def test_path_traversal(program_bytes, tmp_path):
+    bad = _entries_with(program_bytes, lambda n, d: ("../evil.bin", d) if n.startswith("state/") else (n, d))
+    with pytest.raises(edgeport.ProgramError, match="unsafe path '../evil.bin'"):
+        load_bytes(tmp_path, bad)
+
+
+def test_two_manifests_in_one_zip(program_bytes, tmp_path):
+    """zipfile reads the last of two same-named entries; another reader may read the first."""
+    manifest, _ = unpack(program_bytes)
+    manifest["producer"]["name"] = "someone else"
+    text = manifest_bytes(manifest)
+    bad = write_entries(read_entries(program_bytes) + [(MANIFEST, text), (DIGEST, digest_line(text))])
+    with pytest.raises(edgeport.ProgramError, match="two entries named 'manifest.json'"):
+        load_bytes(tmp_path, bad)
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated(program_bytes, tmp_path):
+    """100 MB of spaces deflate to under 1 MB; as trailing whitespace they are valid JSON."""
+    entries = read_entries(program_bytes)
+    bomb = entries[0][1] + b" " * 100_000_000
+    bad = write_entries([(stored(MANIFEST, zipfile.ZIP_DEFLATED), bomb), *entries[1:]])
+    assert len(bad) < 1_000_000
+    start = time.perf_counter()
+    with pytest.raises(edgeport.ProgramError, match="manifest.json is compressed"):
+        load_bytes(tmp_path, bad)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_compressed_entries_are_refused(program_bytes, tmp_path):
+    bad = _entries_with(program_bytes, lambda n, d: (stored(n, zipfile.ZIP_DEFLATED), d) if n.startswith("state/")
+                        else (n, d))
+    with pytest.raises(edgeport.ProgramError, match="state/steps.bin is compressed"):
+        load_bytes(tmp_path, bad)
+
+
+def test_an_unlisted_file_is_refused(program_bytes, tmp_path):
+    bad = write_entries(read_entries(program_bytes) + [("extra/notes.txt", b"hello")])
+    with pytest.raises(edgeport.ProgramError, match="extra/notes.txt is in the archive but not listed"):
+        load_bytes(tmp_path, bad)
+
+
+def test_extra_files_under_any_folder_load_when_listed(program_bytes, tmp_path):
+    manifest, files = unpack(program_bytes)
+    files["tokenizer/tokenizer.json"] = b'{"vocab": {}}'
+    program = load_bytes(tmp_path, pack(manifest, files, relist=True))
+    assert program.files["tokenizer/tokenizer.json"] == b'{"vocab": {}}'
+
+
+def test_a_declared_size_that_disagrees_with_the_zip_is_refused_before_reading(program_bytes, tmp_path):
+    def change(manifest):
+        manifest["files"]["artifacts/forward/0.zip"]["size"] = 10**12
+
+    with pytest.raises(edgeport.ProgramError, match=r"0.zip is \d+ bytes, the manifest says 1000000000000"):
+        load_bytes(tmp_path, resealed(program_bytes, change))
+
+
+def test_entries_claiming_more_bytes_than_the_file_are_refused(program_bytes, tmp_path):
+    bad = patch_central_sizes(program_bytes, "state/steps.bin", 2**31)
+    with pytest.raises(edgeport.ProgramError, match="claim more bytes than"):
+        load_bytes(tmp_path, bad)
+
+
+def test_not_a_zip(tmp_path):
+    with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file"):
+        load_bytes(tmp_path, b"hello")
+
+
+# -- the manifest's schema -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.pop("methods"), "manifest lacks 'methods'"),
+        (lambda m: m.update(version=99), "format version 99 is not supported"),
+        (lambda m: m.update(version=True), "format version True is not supported"),
+        (lambda m: m.update(format="other"), "does not describe an edgeport program"),
+        (lambda m: m["methods"]["forward"]["steps"][0].update(kind="shell"),
+         r"steps\[0\].kind must be one of 'delegate', 'portable', got 'shell'"),
+        (lambda m: m["methods"]["forward"]["steps"][0].update(partition=True), r"partition must be an integer"),
+        (lambda m: m["methods"]["forward"]["steps"][0].pop("inputs"), r"steps\[0\] lacks 'inputs'"),
+        (lambda m: m["methods"]["forward"]["inputs"][0].update(shape=[2, -4]), r"shape\[1\] must be a dim"),
+        (lambda m: m["methods"]["forward"]["inputs"][0].update(dtype="float128"), "dtype must be one of"),
+        (lambda m: m["state"]["steps"].update(mode="rw"), r"has unknown field\(s\) 'mode'"),
+        (lambda m: m.update(metadata=[1, 2]), "manifest.metadata must be an object, got an array"),
+        (lambda m: m.update(metadata={"deep": _nested(40)}), f"nests deeper than {MAX_DEPTH} levels"),
+        (lambda m: m["report"]["forward"]["nodes"][0].update(reasons=None), r"reasons must be an object"),
+        (lambda m: m["methods"]["forward"].update(out_spec=""), "out_spec must be a non-empty string"),
+        (lambda m: m["files"]["state/steps.bin"].update(sha256="XYZ"), "sha256 must be 64 lowercase hex digits"),
+        (lambda m: m["files"].update({"artifacts/ghost.bin": {"size": 1, "sha256": "0" * 64}}), "missing file"),
+        (lambda m: m["files"].update({"manifest.json": {"size": 1, "sha256": "0" * 64}}),
+         "the manifest lists its own entry manifest.json as a file"),
+    ],
+)
+def test_bad_manifest(program_bytes, tmp_path, change, message):
+    with pytest.raises(edgeport.ProgramError, match=message):
+        load_bytes(tmp_path, resealed(program_bytes, change))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b'{"version": 2, "version": 1}', "key 'version' appears twice"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests deeper than"),
+        (b'{"x": NaN}', "NaN is not a number"),
+        (b'{"x": 1e999}', "1e999 is out of range"),
+        (b'{"x": ' + b"9" * 5000 + b"}", "999999999999999999999999... is out of range"),
+        (b'{"x": 9223372036854775808}', "9223372036854775808 is out of range"),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        ('{"x": "\\\\", "y": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\""}'.encode(), "manifest lacks 'format'|does not describe"),
+    ],
+)
+def test_unreadable_manifest_json(program_bytes, tmp_path, text, message):
+    _, files = unpack(program_bytes)
+    with pytest.raises(edgeport.ProgramError, match=message):
+        load_bytes(tmp_path, pack(text, files))
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+def _forward(m):
+    return m["methods"]["forward"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: _forward(m)["output_values"].reverse(), r"output_values \['mul', 'sum_1'\] do not name"),
+        (lambda m: _forward(m)["outputs"].reverse(), r"output_values \['sum_1', 'mul'\] do not name"),
+        (lambda m: _forward(m)["steps"][1]["outputs"].reverse(), r"step 1 \(portable: \['relu'\] -> \['sigmoid', "
+                                                                 r"'sum_1'\]\) disagrees with partition 1"),
+        (lambda m: _forward(m)["outputs"][0].update(shape=[2, 3]),
+         r"value 'sum_1' is float32\[2, 3\] in its output spec but float32\[2\] in the placement report"),
+        (lambda m: _forward(m)["steps"].reverse(), "step 0 reads 'sigmoid' before anything produces it"),
+        (lambda m: _forward(m)["steps"][1]["outputs"].append("x"), "step 1 writes 'x', which an input already produced"),
+        (lambda m: _forward(m).update(out_spec='[1, {"type": null, "context": null, "children_spec": []}]'),
+         r"out_spec holds 1 output\(s\), the method has 2"),
+        (lambda m: _forward(m).update(out_spec='[1, {"type": "torch.return_types.median", "context": "null", '
+                                               '"children_spec": []}]'), "out_spec is not a torch output structure"),
+        (lambda m: _forward(m)["steps"][0].update(artifact="artifacts/forward/nope.zip"), "names artifact"),
+        (lambda m: m["artifacts"]["artifacts/forward/0.zip"].update(backend="cpu"),
+         "step 0 runs on 'torchops' but its artifact was made by 'cpu'"),
+        (lambda m: _forward(m)["steps"][0].update(partition=7), "runs partition 7, which the report does not list"),
+        (lambda m: m["report"].pop("forward"), "method 'forward' has no placement report"),
+    ],
+)
+def test_an_edited_plan_is_refused_at_load(two_outputs_bytes, tmp_path, change, message):
+    """Swapped outputs used to run and return a different answer."""
+    assert unpack(two_outputs_bytes)[0]["methods"]["forward"]["output_values"] == ["sum_1", "mul"]
+    with pytest.raises(edgeport.ProgramError, match=message):
+        load_bytes(tmp_path, resealed(two_outputs_bytes, change))
+
+
+def test_state_whose_file_has_the_wrong_size_is_refused_at_load(program_bytes, tmp_path):
+    def change(manifest):
+        manifest["state"]["steps"]["shape"] = [2]
+        manifest["report"]["forward"].pop("values")  # which records [1] too
+
+    with pytest.raises(edgeport.ProgramError, match=r"needs 8 bytes, its file has 4"):
+        load_bytes(tmp_path, resealed(program_bytes, change))
+
+
+def test_state_written_but_not_read_is_refused(program_bytes, tmp_path):
+    with pytest.raises(edgeport.ProgramError, match="reads and writes different program state"):
+        load_bytes(tmp_path, resealed(program_bytes, lambda m: _forward(m).update(state_reads={})))
+
+
+# -- damage found only when a torch program is read: ProgramError from Python and the CLI ----
+
+
+@pytest.fixture
+def damaged_graph(program_bytes, tmp_path, monkeypatch):
+    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(TorchOpsBackend()))
+    manifest, files = unpack(program_bytes)
+    for name in files:
+        if name.endswith("graph.json"):
+            files[name] = b"{}"
+    path = tmp_path / "bad.edgeport"
+    path.write_bytes(pack(manifest, files, relist=True))
+    return path
+
+
+def test_damaged_portable_graph_is_one_program_error(damaged_graph):
+    program = load(damaged_graph)
+    with pytest.raises(edgeport.ProgramError, match="cannot be read"):
+        program(*golden_inputs())
+
+
+def test_damaged_portable_graph_in_edgeport_run(damaged_graph):
+    result = CliRunner().invoke(cli, ["run", str(damaged_graph)], env={"EDGEPORT_RAISE_ERRORS": "1"})
+    assert isinstance(result.exception, edgeport.ProgramError), result.output
+    result = CliRunner().invoke(cli, ["run", str(damaged_graph)])
+    assert result.exit_code == 1 and "cannot be read" in result.output and "internal error" not in result.output
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"scale": 1.0, "speed": 2}, "records options backend 'torchops' does not accept: .*has no option speed"),
+    ({"scale": "fast"}, "records options backend 'torchops' does not accept: .*expects float, got 'fast'"),
+    ({"scale": True}, "records option torchops.scale=True, not float"),
+])
+def test_options_the_backend_refuses_are_a_program_error(program_bytes, tmp_path, options, message):
+    """Only a backend knows its options, so this surfaces when the runtime is created."""
+    def change(manifest):
+        manifest["artifacts"]["artifacts/forward/0.zip"]["options"] = options
+
+    program = load_bytes(tmp_path, resealed(program_bytes, change))
+    with pytest.raises(edgeport.ProgramError, match=f"artifact artifacts/forward/0.zip {message}"):
+        program(*golden_inputs())
+
+
+# -- explain ---------------------------------------------------------------------------------
+
+
+def test_explain_of_an_unknown_method_is_a_user_error(program_file):
+    with pytest.raises(edgeport.InputError, match="program has no method 'nosuch'; it has forward"):
+        load(program_file).report("nosuch")

@@ -31,7 +31,7 @@ NEVER_ALONE = frozenset({
 
 @dataclass(frozen=True)
 class CpuOptions:
-    threads: int = edgeport.option(0, at_least=0)  # 0 = every core this process may use
+    threads: int = edgeport.option(0, at_least=0, at_most=256)  # 0 = every core this process may use
     # "fp16": weights stored as float16 (half the artifact) and XNNPACK told it may
     # compute in fp16. CPUs with fp16 arithmetic (Arm v8.2+) then do; others (like this
     # x86) dequantize the weights at load and compute in fp32. Tolerance: 1e-2 relative.

@@ -27,7 +27,7 @@ class MediatekOptions:
     # LiteRT's MediaTek plugin relaxes fp32 to fp16 for every model it compiles.
     fp16: bool = False
     # Threads of the CPU reference run (and of the CPU fallback on a device); 0 = all cores.
-    threads: int = edgeport.option(0, at_least=0)
+    threads: int = edgeport.option(0, at_least=0, at_most=256)
 
 
 def check_soc(soc: str) -> str:

@@ -85,6 +85,22 @@ def test_saved_program_loads_and_runs(tiny, tmp_path):
         assert compare(loaded(*inputs), module(*inputs)) < 1e-4
 
 
+@pytest.mark.parametrize("threads", [-1, 2**31])
+def test_a_saved_thread_count_out_of_range_is_a_program_error(tiny, tmp_path, threads):
+    """An edited (and re-sealed) manifest must not reach LiteRT with a value it crashes on."""
+    from program_zip import pack, unpack
+
+    module, inputs = tiny
+    export(module, inputs).save(tmp_path / "m.edgeport")
+    manifest, files = unpack((tmp_path / "m.edgeport").read_bytes())
+    for artifact in manifest["artifacts"].values():
+        artifact["options"]["threads"] = threads
+    (tmp_path / "edited.edgeport").write_bytes(pack(manifest, files))
+    loaded = edgeport.load(tmp_path / "edited.edgeport", registry=registry_for(CpuBackend()))
+    with pytest.raises(edgeport.ProgramError, match="cpu.threads=.* is out of range"):
+        loaded(*inputs)
+
+
 def test_fp16_precision_within_its_stated_tolerance(tiny):
     """fp16 weights (and fp16 arithmetic where the CPU has it): 1e-2 relative."""
     module, inputs = tiny
