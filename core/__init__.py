@@ -3,7 +3,7 @@
 Plugins import only the names listed in ``__all__``.
 """
 
-from .api import export, export_methods
+from .api import export, export_methods, prepare_qat
 from .backend import (
     Artifact,
     Availability,
@@ -28,6 +28,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .plugins import Registry, default_registry
 from .program import Program, load
+from .quantize import CalibrationError, QuantizationError, Scheme
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "Availability",
     "Backend",
     "BackendError",
+    "CalibrationError",
     "DeclineNodes",
     "EdgeportError",
     "ExecutionError",
@@ -47,7 +49,9 @@ __all__ = [
     "PluginError",
     "Program",
     "ProgramError",
+    "QuantizationError",
     "Registry",
+    "Scheme",
     "Support",
     "SupportContext",
     "UnknownBackendError",
@@ -56,5 +60,6 @@ __all__ = [
     "export_methods",
     "hookimpl",
     "load",
+    "prepare_qat",
 ]
 

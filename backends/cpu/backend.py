@@ -2,6 +2,10 @@
 
 Every op the writer can write is supported (`support` is the writer's own answer),
 so a whole network usually lowers to one partition and one LiteRT interpreter.
+
+Quantized, it offers int8 (XNNPACK's QS8 kernels), int8-dynamic and int4-weight
+(FULLY_CONNECTED with integer weights, run as qd8-f32-qc8w / qd8-f32-qb4w); its
+quantizer annotates exactly what the writer writes in int8 (tflite/quantizer.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class CpuBackend(edgeport.Backend):
     name = "cpu"
     options = CpuOptions
     rules = edgeport.PartitionRules(never_alone=NEVER_ALONE)
+    schemes = tflite.SCHEMES
 
     @property
     def version(self) -> str:
@@ -65,6 +70,11 @@ class CpuBackend(edgeport.Backend):
 
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
         return tflite.writer_support(node, ctx)
+
+    def quantizer(self, scheme: edgeport.Scheme, options: CpuOptions) -> Any:
+        if options.precision != "fp32":
+            return None  # fp16 weights and integer weights do not mix
+        return tflite.quantizer_for(scheme)
 
     def compile(self, program: ExportedProgram, options: CpuOptions) -> edgeport.Artifact:
         if options.precision not in PRECISIONS:

@@ -6,6 +6,8 @@
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
 - `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate
 - `KEEP_OPS`: ops worth keeping undecomposed at capture (written better whole)
+- `SCHEMES`, `quantizer_for(scheme)`: the quantization schemes the writer writes, and
+  the PT2E quantizer that annotates a graph as the writer writes it (imports torchao)
 
 Importing this package is cheap: the schema and the interpreter are imported when used.
 """
@@ -16,13 +18,25 @@ from .schema import writer_deps_missing
 from .lowering import PLUMBING
 from .writer import TfliteModel, constant_nodes, write_tflite, writer_support, written_ops
 
+# int8: QS8 kernels; int8-dynamic / int4-weight: integer-weight FULLY_CONNECTEDs.
+SCHEMES = frozenset({"int8", "int8-dynamic", "int4-weight"})
+
+
+def quantizer_for(scheme):  # noqa: ANN001, ANN201 - edgeport.Scheme -> torchao Quantizer
+    """The PT2E quantizer for `scheme` (one of `SCHEMES`)."""
+    from .quantizer import TfliteQuantizer
+
+    return TfliteQuantizer(scheme)
+
 __all__ = [
     "KEEP_OPS",
     "PLUMBING",
+    "SCHEMES",
     "TfliteExecutable",
     "TfliteModel",
     "constant_nodes",
     "interpreter_missing",
+    "quantizer_for",
     "runtime_version",
     "write_tflite",
     "writer_deps_missing",
