@@ -91,8 +91,11 @@ class CpuBackend(edgeport.Backend):
             "transposed_outputs": model.transposed_outputs,
             "ops": model.ops,
         }
+        if model.int4_weights:
+            metadata["int4_weights"] = model.int4_weights
         return edgeport.Artifact(data=model.data, suffix=".tflite", metadata=metadata)
 
     def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable:
         options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()
-        return tflite.TfliteExecutable(artifact.data, options.threads)
+        needs_delegate = bool(artifact.metadata.get("int4_weights"))
+        return tflite.TfliteExecutable(artifact.data, options.threads, needs_delegate=needs_delegate)

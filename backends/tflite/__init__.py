@@ -4,7 +4,8 @@
 - `written_ops(node, ctx)`: the TFLite ops it would write for it (besides `PLUMBING`)
 - `constant_nodes(program)`: the nodes it folds to constants at compile time
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
-- `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate
+- `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate;
+  `undelegated_ops(interpreter)`: what XNNPACK left to TFLite's own kernels
 - `KEEP_OPS`: ops worth keeping undecomposed at capture (written better whole)
 - `SCHEMES`, `quantizer_for(scheme)`: the quantization schemes the writer writes, and
   the PT2E quantizer that annotates a graph as the writer writes it (imports torchao)
@@ -13,7 +14,7 @@ Importing this package is cheap: the schema and the interpreter are imported whe
 """
 
 from .keep import KEEP_OPS
-from .runner import TfliteExecutable, interpreter_missing, runtime_version
+from .runner import TfliteExecutable, interpreter_missing, runtime_version, undelegated_ops
 from .schema import writer_deps_missing
 from .lowering import PLUMBING
 from .writer import TfliteModel, constant_nodes, write_tflite, writer_support, written_ops
@@ -38,6 +39,7 @@ __all__ = [
     "interpreter_missing",
     "quantizer_for",
     "runtime_version",
+    "undelegated_ops",
     "write_tflite",
     "writer_deps_missing",
     "writer_support",

@@ -82,7 +82,21 @@ def plan_int8(graph: Graph, live: set[Node], consts: Constants, plan: Plan) -> N
             plan.int8[node] = form
             for quantize in _group_readers(node, plan, readers):
                 plan.alias[quantize] = quantize.args[0]  # the group member it reads
+    for node in graph.nodes:
+        if node in live and node not in plan.alias and _requantizes_identically(node, consts):
+            plan.alias[node] = node.args[0].args[0]
     plan.unwritten.update(_unwritten(graph, live, consts, plan, readers, outputs))
+
+
+def _requantizes_identically(node: Node, consts: Constants) -> bool:
+    """A quantize of a dequantize with the same parameters: the int8 tensor itself.
+    (PT2E observes a value shared through a view and the edge into the next op
+    separately; both see the same numbers, so they agree.)"""
+    params = qdq.quantizes_to(node)
+    if params is None:
+        return False
+    source = node.args[0]
+    return qdq.dequantizes_from(source) == params and source.args[0] not in consts
 
 
 def hybrid_reason(node: Node, consts: Constants) -> str | None:
@@ -169,16 +183,18 @@ def _group_readers(node: Node, plan: Plan, readers: dict) -> list[Node]:
 
 def _unwritten(graph: Graph, live: set[Node], consts: Constants, plan: Plan, readers: dict,
                outputs: set) -> Iterator[Node]:
-    """Dequantizes read only as int8 (or only as integer weights), and the dynamic
-    quantization chains read only by hybrid FULLY_CONNECTEDs."""
-    int8_reads = {dq for form in plan.int8.values() for dq, _ in form.inputs}
+    """Dequantizes read only as int8 (by int8 ops, or by quantizes to the same
+    parameters), weights read only as integers, and the dynamic quantization chains
+    read only by hybrid FULLY_CONNECTEDs."""
     weights = {form.weight for form in plan.int8.values() if form.weight is not None}
     weights |= {linear.args[1] for linear in plan.hybrid}
     for node in graph.nodes:
         if node not in live or node in outputs:
             continue
         users = readers[node]
-        if node in int8_reads and all(u in plan.int8 for u in users):
+        if qdq.dequantizes_from(node) is not None and all(
+            u in plan.int8 or plan.alias.get(u) is node.args[0] for u in users
+        ):
             yield node
         elif node in weights and all(u in plan.int8 or u in plan.hybrid for u in users):
             yield node

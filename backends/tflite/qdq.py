@@ -35,6 +35,7 @@ DEQUANTIZE_AFFINE = "torchao::dequantize_affine"
 
 # The int8 range of activations (TFLite's and XNNPACK's QS8 tensors).
 INT8_RANGE = (-128, 127)
+FP16_TINY = 2.0**-14  # smallest normal float16: LiteRT's block scales are float16
 
 
 def op_name(node: Any) -> str:
@@ -149,6 +150,9 @@ def _affine_weight_reason(node: Node, constant: ConstantOf) -> str | None:
         return "asymmetric group-wise weights (LiteRT's INT4 blocks have no zero point)"
     if shape[1] % block[1] or block[1] % 32:
         return f"group size {block[1]} (LiteRT's INT4 blocks are a multiple of 32 dividing {shape[1]})"
+    scale = constant(node.args[2])
+    if scale is None or not bool(torch.isfinite(scale.half()).all()) or bool((scale.abs() < FP16_TINY).any()):
+        return "a group scale outside float16's normal range (XNNPACK takes only normal FLOAT16 block scales)"
     return None
 
 

@@ -44,6 +44,7 @@ class TfliteModel:
     transposed_inputs: list[str]  # inputs the model transposes (e.g. NCHW -> NHWC) right away
     transposed_outputs: list[str]  # outputs transposed back to torch's layout at the end
     ops: dict[str, int] = field(default_factory=dict)  # TFLite operator counts
+    int4_weights: int = 0  # blockwise INT4 weight tensors (only XNNPACK runs them)
 
     @property
     def transposes(self) -> int:
@@ -223,7 +224,8 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool
     ops = dict(Counter(names[rec.code] for rec in em.builder.ops))
     signature = ([n.name for n, _ in inputs], out_names)
     data = em.builder.finish(input_tensors, outputs, "edgeport TFLite writer", _metadata(fp16), signature)
-    return TfliteModel(data, [n.name for n, _ in inputs], out_names, *boundary, ops)
+    int4 = sum(1 for rec in em.builder.tensors if rec.quantization is not None and rec.quantization.blockwise)
+    return TfliteModel(data, [n.name for n, _ in inputs], out_names, *boundary, ops, int4)
 
 
 def _node_value(em: Emitter, n: Node, consts: Constants) -> Any:

@@ -34,7 +34,7 @@ from ..lowering import Int8Signature, IsConst, aten, int8_lowering, shape
 from ..qdq import QParams
 from ..schema import tensor_type, tfl
 from .conv import _conv_args, _pad_spatial, adaptive_avg_pool2d, avg_pool2d, bn_affine, max_pool2d, padding_mode
-from .elementwise import clamp_activation
+from .elementwise import clamp_activation, same_value
 from .reduce import reduce, softmax
 from .shape import constant_pad, permute, transpose, view
 
@@ -320,6 +320,11 @@ _MOVES = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, at
 @int8_lowering(*_MOVES, signature=SHARED)
 def reshape(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, view)
+
+
+@int8_lowering(aten.clone.default, aten.alias.default, signature=SHARED)
+def copy(em: Emitter, node: Node, form: Int8Form) -> Value:
+    return _moved(em, node, form, same_value)
 
 
 @int8_lowering(aten.permute.default, signature=SHARED)

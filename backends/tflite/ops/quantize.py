@@ -92,14 +92,15 @@ def _chain_source(node: Node) -> Node | None:
     if name == qdq.DEQUANTIZE_AFFINE:
         return qdq.dynamic_source(node)
     if name == qdq.QUANTIZE_AFFINE:
-        return _end_source(node.users)
+        return _end_source([node])
     if name == qdq.CHOOSE_AFFINE:
         picks = [u for u in node.users if u.target is operator.getitem]
-        return _end_source(q for p in picks for q in p.users)
+        return _end_source([q for p in picks for q in p.users if qdq.op_name(q) == qdq.QUANTIZE_AFFINE])
     return None
 
 
-def _end_source(quantizes) -> Node | None:  # noqa: ANN001 - an iterable of nodes
+def _end_source(quantizes: list[Node]) -> Node | None:
+    """The one float source the dequantizes after `quantizes` all stand for, if any."""
     sources = {qdq.dynamic_source(d) for q in quantizes for d in q.users}
     return sources.pop() if len(sources) == 1 else None
 
