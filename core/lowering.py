@@ -226,8 +226,11 @@ def _tensor_spec(node: Node) -> TensorSpec:
 
 
 def _symbols(program: ExportedProgram) -> dict[str, tuple[int, int | None]]:
+    from torch.utils._sympy.numbers import IntInfinity
+
     symbols = {}
     for symbol, bounds in program.range_constraints.items():
-        upper = bounds.upper
-        symbols[str(symbol)] = (int(bounds.lower), None if not upper.is_finite else int(upper))
+        upper = bounds.upper  # torch's int_oo says it is finite: test its type too
+        unbounded = isinstance(upper, IntInfinity) or not upper.is_finite
+        symbols[str(symbol)] = (int(bounds.lower), None if unbounded else int(upper))
     return symbols

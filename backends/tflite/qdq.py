@@ -46,6 +46,14 @@ def op_name(node: Any) -> str:
     return ""
 
 
+QUANTIZATION_OPS = frozenset({QUANTIZE, DEQUANTIZE, DEQUANTIZE_CHANNEL, CHOOSE_AFFINE, QUANTIZE_AFFINE, DEQUANTIZE_AFFINE})
+
+
+def is_quantization_op(node: Any) -> bool:
+    """True for a quantize, dequantize or run-time quantization parameter node."""
+    return op_name(node) in QUANTIZATION_OPS
+
+
 def is_static(node: Any, name: str) -> bool:
     """True for a per-tensor quantize/dequantize with literal parameters (`.default`)."""
     return op_name(node) == name and node.target._overloadname == "default"

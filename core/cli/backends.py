@@ -28,15 +28,16 @@ def backends(as_json: bool) -> None:
             "runs_on": availability.runs_on,
             "why": availability.why,
             "aliases": list(entry.aliases),
+            "schemes": sorted(entry.backend.schemes),
         })
     broken = [{"plugin": b.plugin, "distribution": b.distribution, "error": b.error} for b in registry.broken()]
     if as_json:
         print_json({"backends": rows, "broken": broken})
         return
-    table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "why")
+    table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "quantize", "why")
     for r in rows:
         table.add_row(r["name"], f"{r['distribution']} {r['version']}", r["toolchain"], _mark(r["can_compile"]),
-                      _mark(r["can_run"]), r["runs_on"], r["why"])
+                      _mark(r["can_run"]), r["runs_on"], ", ".join(r["schemes"]) or "-", r["why"])
     console.print(table)
     for b in broken:
         console.print(f"[red]broken plugin[/red] {b['plugin']} ({b['distribution']}): {b['error']}")

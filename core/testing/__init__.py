@@ -20,17 +20,31 @@ from ..backend import Backend
 from ..hookspecs import hookimpl
 from ..plugins import Registry
 from .cases import CASES, Case
+from .quantized_cases import (
+    QUANTIZED_CASES,
+    QuantizedCase,
+    QuantizedCaseResult,
+    reference_program,
+    run_quantized_case,
+    run_quantized_conformance,
+)
 
 __all__ = [
     "CASES",
     "Case",
     "CaseResult",
+    "QUANTIZED_CASES",
+    "QuantizedCase",
+    "QuantizedCaseResult",
     "compare",
     "installed_backends",
     "registered_by",
+    "reference_program",
     "registry_for",
     "run_case",
     "run_conformance",
+    "run_quantized_case",
+    "run_quantized_conformance",
 ]
 
 
