@@ -74,7 +74,7 @@ class CpuBackend(edgeport.Backend):
     def quantizer(self, scheme: edgeport.Scheme, options: CpuOptions) -> Any:
         if options.precision != "fp32":
             return None  # fp16 weights and integer weights do not mix
-        return tflite.quantizer_for(scheme)
+        return tflite.quantizer_for(scheme, xnnpack_only=True)
 
     def compile(self, program: ExportedProgram, options: CpuOptions) -> edgeport.Artifact:
         if options.precision not in PRECISIONS:

@@ -25,11 +25,12 @@ from .writer import TfliteModel, constant_nodes, write_tflite, writer_support, w
 SCHEMES = frozenset({"int8", "int8-dynamic", "int4-weight"})
 
 
-def quantizer_for(scheme):  # noqa: ANN001, ANN201 - edgeport.Scheme -> torchao Quantizer
-    """The PT2E quantizer for `scheme` (one of `SCHEMES`)."""
+def quantizer_for(scheme, xnnpack_only: bool = False):  # noqa: ANN001, ANN201 - edgeport.Scheme -> Quantizer
+    """The PT2E quantizer for `scheme` (one of `SCHEMES`); `xnnpack_only` leaves float
+    the ops XNNPACK does not run in int8."""
     from .quantizer import TfliteQuantizer
 
-    return TfliteQuantizer(scheme)
+    return TfliteQuantizer(scheme, xnnpack_only)
 
 __all__ = [
     "KEEP_OPS",

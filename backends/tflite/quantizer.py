@@ -4,7 +4,8 @@ Imports torchao: import this module only when quantizing (the cpu backend's
 `quantizer()` does, lazily).
 
 For the static scheme (int8) each node with an int8 lowering whose structural check
-passes is annotated as its `Int8Signature` says: activations int8 per tensor,
+passes (and, for the cpu, that XNNPACK runs in int8) is annotated as its
+`Int8Signature` says: activations int8 per tensor,
 weights int8 per output channel (symmetric, [-127, 127]), outputs with their own
 parameters, their input's ("shared": views, pools, concatenation) or the kernel's
 fixed ones (sigmoid, softmax). A batch norm and an activation the float plan folds
@@ -102,11 +103,16 @@ def _group_spec(group_size: int) -> QuantizationSpec:
 
 
 class TfliteQuantizer(Quantizer):
-    """Annotates a core-ATen graph for `scheme` as our TFLite writer writes it."""
+    """Annotates a core-ATen graph for `scheme` as our TFLite writer writes it.
 
-    def __init__(self, scheme: Scheme) -> None:
+    `xnnpack_only`: annotate only int8 forms XNNPACK runs (`Int8.xnnpack`); the others
+    stay float between a dequantize and a quantize, inside the delegate (the cpu).
+    """
+
+    def __init__(self, scheme: Scheme, xnnpack_only: bool = False) -> None:
         super().__init__()
         self.scheme = scheme
+        self.xnnpack_only = xnnpack_only
 
     def annotate(self, model: GraphModule) -> GraphModule:
         graph = model.graph
@@ -131,7 +137,7 @@ class TfliteQuantizer(Quantizer):
 
     def _annotate_int8(self, node: Node, plan: Any, consts: set[Node]) -> None:
         entry = lookup(node.target)
-        if entry is None or entry.int8 is None:
+        if entry is None or entry.int8 is None or (self.xnnpack_only and not entry.int8.xnnpack):
             return
         int8 = entry.int8
         if int8.check is not None and int8.check(node, consts.__contains__):

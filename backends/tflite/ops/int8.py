@@ -14,6 +14,10 @@ fold is exact.
 
 `hybrid_linear` writes a linear whose input is quantized per token at run time: a
 FULLY_CONNECTED with a float input and int8 per-channel or INT4 blockwise weights.
+
+`xnnpack=False` marks the int8 operators LiteRT 2.3's XNNPACK delegate leaves to
+TFLite's kernels (its xnnpack_delegate.cc checks float tensors for them): standalone
+RELU, RELU6, HARD_SWISH, SOFTMAX and AVERAGE_POOL_2D.
 """
 
 from __future__ import annotations
@@ -263,7 +267,7 @@ def _unary(em: Emitter, node: Node, form: Int8Form, name: str, options: Options 
     return out
 
 
-@int8_lowering(aten.hardswish.default, signature=ACTIVATION)
+@int8_lowering(aten.hardswish.default, signature=ACTIVATION, xnnpack=False)
 def hardswish(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _unary(em, node, form, "HARD_SWISH")
 
@@ -279,12 +283,13 @@ def _check_relu(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@int8_lowering(aten.relu.default, aten.hardtanh.default, aten.clamp.default, signature=ACTIVATION, check=_check_relu)
+@int8_lowering(aten.relu.default, aten.hardtanh.default, aten.clamp.default, signature=ACTIVATION, check=_check_relu,
+               xnnpack=False)  # fused into a conv, FC or add, XNNPACK runs them
 def relu(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _unary(em, node, form, "RELU" if node.target == aten.relu.default else clamp_activation(node))
 
 
-@int8_lowering(aten._softmax.default, signature=UNIT_INTERVAL)
+@int8_lowering(aten._softmax.default, signature=UNIT_INTERVAL, xnnpack=False)
 def softmax_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, softmax)
 
@@ -298,7 +303,7 @@ def max_pool(em: Emitter, node: Node, form: Int8Form) -> Value:
     return (value,) if node.target == aten.max_pool2d_with_indices.default else value
 
 
-@int8_lowering(aten.avg_pool2d.default, signature=SHARED)
+@int8_lowering(aten.avg_pool2d.default, signature=SHARED, xnnpack=False)
 def avg_pool(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, avg_pool2d)
 

@@ -21,13 +21,29 @@ from edgeport.testing import QUANTIZED_CASES, registry_for, run_quantized_confor
 from edgeport.testing.quantized_cases import calibration_for, reference_program
 
 # Standalone int8 ops LiteRT 2.3's XNNPACK delegate leaves to TFLite's int8 kernels
-# (xnnpack_delegate.cc checks float tensors for them); fused into a conv, FC or add,
-# RELU/RELU6 run in XNNPACK. Listed so that a LiteRT upgrade that changes it is noticed.
+# (xnnpack_delegate.cc checks float tensors for them; fused into a conv, FC or add,
+# RELU/RELU6 run in XNNPACK). The cpu keeps them float, inside the delegate.
 NOT_DELEGATED_IN_INT8 = {"RELU", "RELU6", "HARD_SWISH", "SOFTMAX", "AVERAGE_POOL_2D"}
+KEPT_FLOAT_ON_CPU = {"int8_relu", "int8_relu6", "int8_hardswish", "int8_softmax", "int8_avg_pool2d"}
+
+
+class CpuEveryInt8(CpuBackend):
+    """The cpu writer with every int8 form annotated, as an NPU backend sharing the
+    writer would: exercises the int8 forms the cpu itself leaves float."""
+
+    def quantizer(self, scheme, options):  # noqa: ANN001, ANN201
+        from edgeport.backends.tflite import quantizer_for
+
+        return quantizer_for(scheme, xnnpack_only=False)
 
 
 def tflite_artifacts(program: edgeport.Program) -> list[bytes]:
     return [data for path, data in program.files.items() if path.endswith(".tflite")]
+
+
+def undelegated(program: edgeport.Program) -> set[str]:
+    return {op.split(":", 1)[1] for data in tflite_artifacts(program)
+            for op in undelegated_ops(TfliteExecutable(data, 1).interpreter)}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +60,14 @@ def test_every_quantized_case_matches_its_reference(conformance):
     # single ops land within one output quantization step of the reference (most exactly)
     steps = {name: r.max_steps for name, r in conformance.items() if r.max_steps is not None}
     print("\nint8 cases, |cpu - reference| in output steps:", steps)
-    assert len(steps) == sum(c.scheme == "int8" for c in QUANTIZED_CASES)
+    int8 = {c.name for c in QUANTIZED_CASES if c.scheme == "int8"}
+    assert set(steps) == int8 - KEPT_FLOAT_ON_CPU
 
 
 @pytest.mark.slow
 def test_quantize_and_dequantize_only_at_partition_boundaries(conformance):
     for case in QUANTIZED_CASES:
-        if case.scheme != "int8":
+        if case.scheme != "int8" or case.name in KEPT_FLOAT_ON_CPU:
             continue
         module, inputs = case.build()
         ops = conformance[case.name].ops
@@ -60,12 +77,19 @@ def test_quantize_and_dequantize_only_at_partition_boundaries(conformance):
 
 
 @pytest.mark.slow
-def test_xnnpack_runs_every_int8_op_but_the_listed_standalone_ones(conformance):
-    left = set()
-    for name, result in conformance.items():
-        for data in tflite_artifacts(result.program):
-            left |= {op.split(":", 1)[1] for op in undelegated_ops(TfliteExecutable(data, 1).interpreter)}
-    assert left == NOT_DELEGATED_IN_INT8
+def test_xnnpack_runs_everything_the_cpu_writes(conformance):
+    assert {name: undelegated(r.program) for name, r in conformance.items() if undelegated(r.program)} == {}
+    # what it would not take in int8 the cpu keeps float: no quantize around it at all
+    assert all("QUANTIZE" not in conformance[name].ops for name in KEPT_FLOAT_ON_CPU)
+
+
+@pytest.mark.slow
+def test_the_int8_forms_the_cpu_keeps_float_are_right_for_a_backend_that_wants_them():
+    cases = [c for c in QUANTIZED_CASES if c.name in KEPT_FLOAT_ON_CPU]
+    results = run_quantized_conformance(CpuEveryInt8(), cases)
+    assert {r.name: (r.error, r.max_steps) for r in results if not r.passed} == {}
+    assert all(r.ops["QUANTIZE"] == 1 and r.ops["DEQUANTIZE"] == 1 for r in results)
+    assert set().union(*(undelegated(r.program) for r in results)) == NOT_DELEGATED_IN_INT8
 
 
 @pytest.mark.slow
