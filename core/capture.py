@@ -25,10 +25,7 @@ def capture(
     backends: Sequence[Backend],
     options: Mapping[str, Any],
     dynamic_shapes: Any = None,
-    keep: frozenset[Any] = frozenset(),
 ) -> ExportedProgram:
-    """``keep``: ops never decomposed, whoever supports them (a quantized graph's
-    quantize/dequantize ops, the patterns backends recognize)."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     try:
@@ -40,11 +37,11 @@ def capture(
             f"torch.export could not capture the model: {first}",
             hint="run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html",
         ) from exc
-    wanted = {op: [b for b in backends if op in b.keep_ops()] for b in backends for op in b.keep_ops()}
-    program = _decompose(exported, set(wanted) | keep)
-    unwanted = {op for op in wanted if op not in keep and _kept_for_nobody(program, op, wanted[op], options)}
+    keep = {op: [b for b in backends if op in b.keep_ops()] for b in backends for op in b.keep_ops()}
+    program = _decompose(exported, set(keep))
+    unwanted = {op for op in keep if _kept_for_nobody(program, op, keep[op], options)}
     if unwanted:  # decompose again (a second trace), only when it changes something
-        program = _decompose(exported, (set(wanted) | keep) - unwanted)
+        program = _decompose(exported, set(keep) - unwanted)
     return drop_proven_assertions(program)
 
 

@@ -183,6 +183,33 @@ def test_a_quantized_step_loads_without_torchao_imported_first(island, tmp_path)
     assert done.stdout.strip() == "Tensor"
 
 
+def test_a_quantized_method_keeps_its_mutated_buffer_as_program_state():
+    """A KV-cache-like buffer written with index_copy_ stays program state through the
+    quantized flow (the converted graph is functionalized again when it mutates)."""
+
+    class Cache(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(64, 64)
+            self.register_buffer("cache", torch.zeros(4, 64))
+
+        def forward(self, x, pos):
+            self.cache.index_copy_(0, pos, self.proj(x))
+            return self.cache.sum(0, keepdim=True)
+
+    torch.manual_seed(0)
+    model = Cache().eval()
+    x1, x2 = torch.randn(1, 64), torch.randn(1, 64)
+    program = edgeport.export_methods({"step": (model, (x1, torch.tensor([0])))}, ["cpu"], quantize="int8-dynamic",
+                                      registry=registry_for(CpuBackend()))
+    assert program.manifest.methods["step"].state_writes  # the buffer is state, not a constant
+    with torch.no_grad():
+        outputs = [program.run(x, torch.tensor([i]), method="step").outputs for i, x in enumerate((x1, x2))]
+        expected = [model(x, torch.tensor([i])) for i, x in enumerate((x1, x2))]
+    for actual, eager in zip(outputs, expected):
+        torch.testing.assert_close(torch.as_tensor(actual), eager, rtol=0, atol=0.05)
+
+
 # -- QAT ------------------------------------------------------------------------------------------
 
 
@@ -254,6 +281,13 @@ def test_cli_exports_int8_with_calibration_from_a_file_or_a_factory(model_file, 
     assert "calibration: " + ("4" if source == "npz" else "3") + " batches" in result.output
     program = edgeport.load(out)
     assert program.manifest.report["forward"]["quantization"]["scheme"] == "int8"
+
+
+def test_the_readme_calibration_factory_gives_mobilenet_batches():
+    from edgeport.quantize import load_calibration
+
+    batches = list(load_calibration("examples/calibration.py:random_images"))
+    assert len(batches) == 8 and all(b[0].shape == (1, 3, 224, 224) for b in batches)
 
 
 def test_cli_int8_without_calibration_is_one_line_and_a_hint(model_file, tmp_path):
