@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,7 +287,8 @@ def test_cli_exports_int8_with_calibration_from_a_file_or_a_factory(model_file, 
 def test_the_readme_calibration_factory_gives_mobilenet_batches():
     from edgeport.quantize import load_calibration
 
-    batches = list(load_calibration("examples/calibration.py:random_images"))
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    batches = list(load_calibration(f"{examples}/calibration.py:random_images"))
     assert len(batches) == 8 and all(b[0].shape == (1, 3, 224, 224) for b in batches)
 
 
