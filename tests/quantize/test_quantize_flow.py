@@ -19,27 +19,10 @@ from torch_backend import TorchOpsBackend
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.cli import cli
-from edgeport.hookspecs import hookimpl
-from edgeport.plugins import Registry
 from edgeport.portable import program_from_files, program_to_files
 from edgeport.quantize import SCHEMES, resolve_scheme
 from edgeport.testing import reference_program, registry_for
 from edgeport.testing.quantized_cases import calibration_for
-
-aten = torch.ops.aten
-
-
-def registry_of(*backends: edgeport.Backend) -> Registry:
-    registry = Registry(entry_points=False)
-
-    class Plugin:
-        @hookimpl
-        def edgeport_register_backends(self, register):  # noqa: ANN001
-            for backend in backends:
-                register(backend)
-
-    registry.add_plugin(Plugin(), name="test-backends")
-    return registry
 
 
 class ConvAtanConv(nn.Module):
@@ -113,7 +96,7 @@ def test_a_backend_offering_no_schemes_keeps_its_nodes_float():
     torchops = TorchOpsBackend(ops=("relu",))
     model, x = ConvReluConv().eval(), torch.randn(1, 3, 8, 8)
     program = edgeport.export(model, (x,), ["torchops", "cpu"], quantize="int8", calibration=calibration_for((x,)),
-                              registry=registry_of(torchops, CpuBackend()), keep_reference=True)
+                              registry=registry_for(torchops, CpuBackend()), keep_reference=True)
     report = program.manifest.report["forward"]["quantization"]
     assert report["backends"]["torchops"].startswith("keeps its 1 node(s) float")
     nodes = {n["name"]: n for n in program.report()["nodes"]}
@@ -129,7 +112,7 @@ def test_a_backend_offering_other_schemes_declines_its_nodes_with_the_reason():
     npu = NpuLike(name="npu", ops=("relu", "add"))
     model, x = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), torch.randn(2, 8)
     program = edgeport.export(model, (x,), ["npu", "cpu"], quantize="int8", calibration=calibration_for((x,)),
-                              registry=registry_of(npu, CpuBackend()))
+                              registry=registry_for(npu, CpuBackend()))
     relu = next(n for n in program.report()["nodes"] if n["op"] == "aten.relu.default")
     assert relu["backend"] == "cpu"
     assert relu["reasons"]["npu"] == "npu does not offer int8 (it offers a16w8)"

@@ -10,9 +10,7 @@ import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.mediatek import MediatekBackend
 from edgeport.backends.mediatek.support import QUANTIZED
-from edgeport.hookspecs import hookimpl
-from edgeport.plugins import Registry
-from edgeport.testing import reference_program
+from edgeport.testing import reference_program, registry_for
 from edgeport.testing.quantized_cases import calibration_for
 
 
@@ -29,24 +27,11 @@ class RankFiveMiddle(nn.Module):
         return self.b(y)
 
 
-def registry() -> Registry:
-    reg = Registry(entry_points=False)
-
-    class Plugin:
-        @hookimpl
-        def edgeport_register_backends(self, register):  # noqa: ANN001
-            register(MediatekBackend())
-            register(CpuBackend())
-
-    reg.add_plugin(Plugin(), name="mediatek-and-cpu")
-    return reg
-
-
 def test_mediatek_keeps_float_and_declines_the_cpus_quantize_nodes():
     torch.manual_seed(0)
     model, x = RankFiveMiddle().eval(), torch.randn(1, 3, 6, 6)
     program = edgeport.export(model, (x,), ["mediatek", "cpu"], quantize="int8", calibration=calibration_for((x,)),
-                              keep_reference=True, registry=registry())
+                              keep_reference=True, registry=registry_for(MediatekBackend(), CpuBackend()))
     report = program.manifest.report["forward"]["quantization"]["backends"]
     assert report["mediatek"].startswith("keeps its") and "offers no quantization schemes" in report["mediatek"]
     assert report["cpu"].startswith("quantizes its")
