@@ -13,10 +13,9 @@ and different level means a higher one; a backend change adds one), so the level
 the groups topologically and contracting them cannot create a cycle.
 
 A node that reads only graph inputs and weights (a dequantized weight, a first op on an
-input) has level 0 however late it is read. It then joins the group of its readers on
-its backend instead, when every reader allows that level: otherwise it would be a
-partition of its own, or, worse, a weight computed in one partition and passed to
-another as a runtime tensor.
+input) has level 0 however late it is read. When all its readers form one group on its
+backend, it joins that group instead: otherwise it would be a partition of its own, or,
+worse, a weight computed in one partition and passed to another as a runtime tensor.
 
 Not the fewest partitions possible (that problem is hard), but never a wrong one.
 Finer schemes that track levels per backend can merge more, and can also merge two
@@ -67,21 +66,20 @@ def propose_partitions(nodes: Sequence[Node], assignment: Mapping[str, str]) -> 
 
 
 def _sink_sources(nodes: Sequence[Node], assignment: Mapping[str, str], level: dict[str, int]) -> None:
-    """Raise each node with no assigned predecessor to the lowest level of its readers
-    on its own backend, when readers on other backends are all above that level (so the
-    invariant holds and the node joins an existing group). Walked in reverse order, so
-    a chain of such nodes follows its last member."""
+    """Move each node with no assigned predecessor into its readers' group when they
+    all form one group on its own backend: the edges into that group become internal
+    and no new edge between groups appears, so the invariant holds. (A value read by
+    several groups stays where it is: moving it would only trade one crossing for
+    another.) Walked in reverse order, so a chain of such nodes follows its last member."""
     for node in reversed(nodes):
         name = node.name
         if name not in level or any(p.name in level for p in node.all_input_nodes):
             continue
-        readers = [u for u in node.users if u.name in level]
-        same = [level[u.name] for u in readers if assignment[u.name] == assignment[name]]
-        if not same:
-            continue
-        target = min(same)
-        if target > level[name] and all(level[u.name] > target for u in readers if assignment[u.name] != assignment[name]):
-            level[name] = target
+        groups = {(assignment[u.name], level[u.name]) for u in node.users if u.name in level}
+        if len(groups) == 1:
+            backend, target = groups.pop()
+            if backend == assignment[name] and target > level[name]:
+                level[name] = target
 
 
 def _in_run_order(groups: list[list[Node]], assignment: Mapping[str, str]) -> list[Partition]:

@@ -11,6 +11,7 @@ torchao (PT2E) is imported here, inside functions: `import edgeport` never loads
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -51,11 +52,36 @@ class Quantized:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+# Loggers torchao's import writes to stderr through: its optional CUDA kernels that do
+# not load on a CPU machine, and torch's pytree deprecation of its enum registrations.
+# Nothing a user can act on.
+_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+def import_torchao() -> None:
+    """Import torchao's PT2E machinery once, without its import-time log lines."""
+    loggers = [logging.getLogger(name) for name in _IMPORT_NOISE]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+        import torchao.quantization.quant_primitives  # noqa: F401  (registers torchao's affine ops)
+    except ImportError as exc:
+        raise QuantizationError(
+            f"quantizing needs torchao: {exc}", hint="pip install 'edgeport[quantize]' (torchao 0.18)"
+        ) from exc
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def quant_ops() -> frozenset[Any]:
     """The quantize/dequantize ops capture must keep whole (they are the patterns
     backends recognize); registers them (imports torchao)."""
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
-    import torchao.quantization.quant_primitives  # noqa: F401  (registers torchao's affine ops)
+
+    import_torchao()
 
     qd, ao = torch.ops.quantized_decomposed, torch.ops.torchao
     return frozenset({
@@ -106,6 +132,7 @@ def quantize_method(
     progress: Progress | None = None,
 ) -> Quantized:
     """Quantize one method for `backends` (priority order) and capture the result."""
+    import_torchao()
     report: dict[str, Any] = {}
     if is_qat_model(model):
         state: QatState = model.meta[QAT_KEY]
@@ -146,6 +173,7 @@ def prepare_qat_model(
     scheme: str | Scheme,
 ) -> GraphModule:
     """The fake-quantized model to fine-tune (see `edgeport.prepare_qat`)."""
+    import_torchao()
     scheme = resolve_scheme(scheme)
     if not scheme.needs_calibration:
         raise QuantizationError(
