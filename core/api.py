@@ -148,8 +148,8 @@ def prepare_qat(
     it, to fine-tune (quantization-aware training). Train it like any module, then pass
     it to `export` with the same backends; no calibration data is needed.
 
-    The graph is captured in eval mode, so batch norms keep their running statistics
-    (frozen) while the weights and quantization ranges train.
+    The model is put in eval mode and captured so: batch norms after convolutions are
+    folded into them (statistics frozen) while the weights and quantization ranges train.
     """
     registry = registry or default_registry()
     selected = _select_backends(registry, backends)
