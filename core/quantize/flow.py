@@ -142,14 +142,14 @@ def quantize_method(
     else:
         if scheme is None:
             raise QuantizationError("no quantization scheme given")
+        if scheme.needs_calibration and calibration is None:
+            raise CalibrationError(
+                f"{scheme.name} needs calibration data to measure activation ranges",
+                hint="pass calibration=batches (or --calibration FILE.npz|SPEC); random data would calibrate "
+                     "ranges real inputs never have, a silent accuracy loss",
+            )
         placement, prepared = _prepare(model, inputs, dynamic_shapes, backends, options, scheme, progress)
         if scheme.needs_calibration:
-            if calibration is None:
-                raise CalibrationError(
-                    f"{scheme.name} needs calibration data to measure activation ranges",
-                    hint="pass calibration=batches (or --calibration FILE.npz|SPEC); random data would calibrate "
-                         "ranges real inputs never have, a silent accuracy loss",
-                )
             report["calibration"] = calibrate(prepared, calibration, progress).as_dict()
         else:  # weights are observed on one forward; activations are quantized at run time
             calibrate(prepared, [inputs])
