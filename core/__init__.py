@@ -3,7 +3,7 @@
 Plugins import only the names listed in ``__all__``.
 """
 
-from .api import export, export_methods
+from .api import export, export_methods, prepare_qat
 from .backend import (
     Artifact,
     Availability,
@@ -30,6 +30,7 @@ from .hookspecs import hookimpl
 from .native_output import filter_native_output
 from .plugins import Registry, default_registry
 from .program import Program, load
+from .quantize import CalibrationError, QuantizationError, Scheme
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "Availability",
     "Backend",
     "BackendError",
+    "CalibrationError",
     "DeclineNodes",
     "EdgeportError",
     "ExecutionError",
@@ -49,7 +51,9 @@ __all__ = [
     "PluginError",
     "Program",
     "ProgramError",
+    "QuantizationError",
     "Registry",
+    "Scheme",
     "Support",
     "SupportContext",
     "UnknownBackendError",
@@ -60,5 +64,6 @@ __all__ = [
     "hookimpl",
     "load",
     "option",
+    "prepare_qat",
 ]
 

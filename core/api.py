@@ -1,15 +1,17 @@
-"""The Python API: ``edgeport.export`` and ``edgeport.export_methods``.
+"""The Python API: ``edgeport.export``, ``edgeport.export_methods``, ``edgeport.prepare_qat``.
 
     prog = edgeport.export(model, (x,), backends=["qualcomm", "cpu"])
     prog.save("model.edgeport")
     prog = edgeport.load("model.edgeport")
     y = prog(x)
+
+    prog = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=batches)
 """
 
 from __future__ import annotations
 
 import platform
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -22,6 +24,7 @@ from .lowering import Progress, lower_method
 from .manifest import Manifest
 from .plugins import Registry, default_registry
 from .program import Program, file_info
+from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .tensors import tensor_to_bytes
 
 Method = tuple  # (module, example_inputs) or (module, example_inputs, dynamic_shapes)
@@ -38,6 +41,8 @@ def export(
     keep_reference: bool | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
+    quantize: str | Scheme | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> Program:
     """Export ``model`` as a program whose ``forward`` runs on ``backends`` in priority
     order; what none of them takes runs as portable torch.
@@ -47,6 +52,11 @@ def export(
     stores each delegated partition's torch program too; the default (None) keeps it
     only for backends that cannot run on this machine, so such programs stay runnable
     here with ``reference=True``.
+
+    ``quantize`` names a scheme ("int8", "int8-dynamic", "int4-weight", "a16w8"; see
+    `edgeport.quantize.SCHEMES`): each node is quantized by the backend that runs it.
+    Static schemes need ``calibration``, an iterable of input tuples. A model returned
+    by `prepare_qat` is exported with the scheme it was prepared for.
     """
     return export_methods(
         {"forward": (model, example_inputs, dynamic_shapes)},
@@ -56,6 +66,8 @@ def export(
         keep_reference=keep_reference,
         registry=registry,
         progress=progress,
+        quantize=quantize,
+        calibration=calibration,
     )
 
 
@@ -68,13 +80,18 @@ def export_methods(
     keep_reference: bool | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
+    quantize: str | Scheme | None = None,
+    calibration: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
 ) -> Program:
     """Export several named methods (e.g. ``prefill`` and ``decode``) into one program.
 
     Each value is ``(module, example_inputs[, dynamic_shapes])``. Buffers the methods
     mutate become program state, shared between methods by their name in the module
-    (so two wrappers of one model share its KV cache).
+    (so two wrappers of one model share its KV cache). ``quantize`` applies to every
+    method; ``calibration`` is one iterable of batches, or a mapping of method name to
+    its batches.
     """
+    scheme = resolve_scheme(quantize) if quantize is not None else None
     registry = registry or default_registry()
     selected, parsed = resolve_backends(backends, options, registry)
     if keep_reference is None:
@@ -87,8 +104,18 @@ def export_methods(
         module, inputs, dynamic = (tuple(spec) + (None,))[:3]
         if progress:
             progress(f"{name}: capturing with torch.export")
-        program = capture(module, inputs, list(selected.values()), parsed, dynamic)
-        lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress)
+        declined: dict[str, str] = {}
+        quantized = None
+        if scheme is not None or is_qat_model(module):
+            batches = calibration.get(name) if isinstance(calibration, Mapping) else calibration
+            quantized = quantize_method(module, inputs, dynamic, selected, parsed, scheme, batches, progress)
+            program, declined = quantized.program, quantized.placement.declined
+        else:
+            program = capture(module, inputs, list(selected.values()), parsed, dynamic)
+        lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress,
+                               declined=declined)
+        if quantized is not None:
+            lowered.report["quantization"] = quantized.report
         files.update(lowered.files)
         artifacts.update(lowered.artifacts)
         plans[name] = lowered.plan
@@ -116,6 +143,28 @@ def resolve_backends(
     registry = registry or default_registry()
     selected = _select_backends(registry, backends)
     return selected, _parse_options(selected, options or {})
+
+
+def prepare_qat(
+    model: torch.nn.Module,
+    example_inputs: tuple[Any, ...],
+    backends: Sequence[str] = ("cpu",),
+    quantize: str | Scheme = "int8",
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+) -> torch.fx.GraphModule:
+    """The model with fake quantization, placed for ``backends`` as `export` would place
+    it, to fine-tune (quantization-aware training). Train it like any module, then pass
+    it to `export` with the same backends; no calibration data is needed.
+
+    The model is put in eval mode and captured so: batch norms after convolutions are
+    folded into them (statistics frozen) while the weights and quantization ranges train.
+    """
+    selected, parsed = resolve_backends(backends, options, registry)
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    return prepare_qat_model(model.eval(), example_inputs, selected, parsed, quantize)
 
 
 def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Backend]:

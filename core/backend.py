@@ -9,6 +9,10 @@ A backend answers four questions, each at its own time:
 
 and declares how exact its results are for given options (`tolerance(options)`).
 
+A backend that runs quantized models also lists its `schemes` and returns a PT2E
+quantizer for each (`quantizer(scheme, options)`); edgeport restricts its annotation
+to the nodes the backend owns (docs/quantization.md).
+
 Everything a backend returns is plain data (`Support`, `Availability`, `Artifact`), so
 the core can record it, save it and show it without knowing the backend.
 """
@@ -151,6 +155,9 @@ class Backend:
     name: ClassVar[str]
     options: ClassVar[type] = NoOptions
     rules: ClassVar[PartitionRules] = PartitionRules()
+    # Quantization schemes (edgeport.quantize.SCHEMES names) `quantizer` answers for.
+    # None offered: the backend keeps its nodes float when a model is quantized.
+    schemes: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def version(self) -> str:
@@ -166,6 +173,14 @@ class Backend:
 
     def support(self, node: Node, ctx: SupportContext) -> Support:
         raise NotImplementedError(f"backend {self.name!r} must implement support()")
+
+    def quantizer(self, scheme: Any, options: Any) -> Any:
+        """A `torchao.quantization.pt2e` Quantizer annotating the core-ATen graph for
+        `scheme` (an `edgeport.quantize.Scheme` named in `schemes`), or None to decline
+        it. edgeport keeps only the annotations on nodes this backend owns; its
+        `support` must then recognize the quantized patterns (dequantize -> op ->
+        quantize) in the converted graph. Import torchao here, not at module import."""
+        return None
 
     def compile(self, program: ExportedProgram, options: Any) -> Artifact:
         raise NotImplementedError(f"backend {self.name!r} must implement compile()")

@@ -22,7 +22,7 @@ from edgeport.partitioners.partition import PartitionPlan, partition_graph
 from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, ask_support
 
-from .backend import Artifact, Backend, SupportContext, options_to_dict
+from .backend import Artifact, Backend, Support, SupportContext, options_to_dict
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, Step, TensorSpec
 from .portable import program_to_files
@@ -53,7 +53,10 @@ def lower_method(
     strict: bool = False,
     keep_reference: Callable[[str], bool] = lambda backend: False,
     progress: Progress | None = None,
+    declined: Mapping[str, str] | None = None,
 ) -> LoweredMethod:
+    """``declined`` maps a backend to the reason it declines every node (a backend that
+    does not offer the quantization scheme asked for)."""
     if program.graph_signature.user_inputs_to_mutate:
         mutated = ", ".join(program.graph_signature.user_inputs_to_mutate.values())
         raise EdgeportError(
@@ -65,7 +68,7 @@ def lower_method(
     # calls int() on a symbolic size would specialize that dim for good.
     io = _io_specs(program, nodes)
     matrix = ask_support(
-        nodes, {b: _support_fn(backend, program, options[b]) for b, backend in backends.items()}
+        nodes, {b: _support_fn(backend, program, options[b], (declined or {}).get(b)) for b, backend in backends.items()}
     )
     compiled: dict[tuple[str, tuple[str, ...]], Artifact | str] = {}  # artifact, or why it failed
     cut = _Cutter(program)
@@ -92,7 +95,10 @@ class _Cutter:
         return self._cache[key]
 
 
-def _support_fn(backend: Backend, program: ExportedProgram, options: Any) -> Callable[[Node], Any]:
+def _support_fn(backend: Backend, program: ExportedProgram, options: Any, declined: str | None) -> Callable[[Node], Any]:
+    if declined:
+        no = Support.no(declined)
+        return lambda node: no
     ctx = SupportContext(program, options)
     return lambda node: backend.support(node, ctx)
 
@@ -220,8 +226,11 @@ def _tensor_spec(node: Node) -> TensorSpec:
 
 
 def _symbols(program: ExportedProgram) -> dict[str, tuple[int, int | None]]:
+    from torch.utils._sympy.numbers import IntInfinity
+
     symbols = {}
     for symbol, bounds in program.range_constraints.items():
-        upper = bounds.upper
-        symbols[str(symbol)] = (int(bounds.lower), None if not upper.is_finite else int(upper))
+        upper = bounds.upper  # torch's int_oo says it is finite: test its type too
+        unbounded = isinstance(upper, IntInfinity) or not upper.is_finite
+        symbols[str(symbol)] = (int(bounds.lower), None if unbounded else int(upper))
     return symbols

@@ -53,10 +53,21 @@ def program_from_files(read: Any) -> ExportedProgram:
         for fqn, entry in index.get(section, {}).items():
             tensor = tensor_from_bytes(read(entry["file"]), entry)
             sections[section][fqn] = torch.nn.Parameter(tensor, requires_grad=False) if entry.get("parameter") else tensor
-    artifact = serde.SerializedArtifact(read("graph.json"), sections["state_dict"], sections["constants"], ((), {}))
+    graph = read("graph.json")
+    _register_quantized_ops(graph)
+    artifact = serde.SerializedArtifact(graph, sections["state_dict"], sections["constants"], ((), {}))
     with _DESERIALIZING, warnings.catch_warnings():  # torch warns about its own pytree internals
         warnings.simplefilter("ignore", FutureWarning)
         return serde.deserialize(artifact)
+
+
+def _register_quantized_ops(graph: bytes) -> None:
+    """Register the quantize/dequantize op libraries a quantized step calls (torch's
+    quantized_decomposed, torchao's affine ops), only when the step calls them."""
+    if b"quantized_decomposed." in graph:
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+    if b"torchao." in graph:
+        import torchao.quantization.quant_primitives  # noqa: F401
 
 
 class PortableExecutable:

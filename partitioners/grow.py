@@ -12,6 +12,11 @@ edge between two different groups always goes to a strictly higher level (same b
 and different level means a higher one; a backend change adds one), so the level orders
 the groups topologically and contracting them cannot create a cycle.
 
+A node that reads only graph inputs and weights (a dequantized weight, a first op on an
+input) has level 0 however late it is read. When all its readers form one group on its
+backend, it joins that group instead: otherwise it would be a partition of its own, or,
+worse, a weight computed in one partition and passed to another as a runtime tensor.
+
 Not the fewest partitions possible (that problem is hard), but never a wrong one.
 Finer schemes that track levels per backend can merge more, and can also merge two
 unconnected nodes into a cycle; the random-graph tests exist to catch exactly that.
@@ -53,8 +58,28 @@ def propose_partitions(nodes: Sequence[Node], assignment: Mapping[str, str]) -> 
             if pred_level is not None:  # None: a placeholder, which constrains nothing
                 lvl = max(lvl, pred_level + (assignment[pred.name] != backend))
         level[node.name] = lvl
-        groups.setdefault((backend, lvl), []).append(node)
+    _sink_sources(nodes, assignment, level)
+    for node in nodes:
+        if node.name in level:
+            groups.setdefault((assignment[node.name], level[node.name]), []).append(node)
     return _in_run_order(list(groups.values()), assignment)
+
+
+def _sink_sources(nodes: Sequence[Node], assignment: Mapping[str, str], level: dict[str, int]) -> None:
+    """Move each node with no assigned predecessor into its readers' group when they
+    all form one group on its own backend: the edges into that group become internal
+    and no new edge between groups appears, so the invariant holds. (A value read by
+    several groups stays where it is: moving it would only trade one crossing for
+    another.) Walked in reverse order, so a chain of such nodes follows its last member."""
+    for node in reversed(nodes):
+        name = node.name
+        if name not in level or any(p.name in level for p in node.all_input_nodes):
+            continue
+        groups = {(assignment[u.name], level[u.name]) for u in node.users if u.name in level}
+        if len(groups) == 1:
+            backend, target = groups.pop()
+            if backend == assignment[name] and target > level[name]:
+                level[name] = target
 
 
 def _in_run_order(groups: list[list[Node]], assignment: Mapping[str, str]) -> list[Partition]:

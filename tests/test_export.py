@@ -170,6 +170,15 @@ def test_dynamic_dims_are_checked_against_their_range():
         program(torch.randn(9, 3))
 
 
+def test_an_example_input_viewing_a_larger_tensor_exports():
+    """Decomposing a program captured from a view (rows of a data set) adds unbounded
+    symbols to its range constraints; torch's int_oo claims to be finite."""
+    data = torch.randn(10, 3, 4, 4)
+    model = torch.nn.Conv2d(3, 2, 3)
+    program, _ = export(model, (data[:4],))
+    torch.testing.assert_close(program(data[4:8]), model(data[4:8]))
+
+
 def test_unknown_backend_lists_installed_ones():
     with pytest.raises(edgeport.UnknownBackendError, match="unknown backend 'nope'; installed: torchops"):
         edgeport.export(Diamonds(), (torch.randn(1, 4, 6, 6),), ["nope"], registry=registry_with(TorchOpsBackend()))

@@ -2,6 +2,10 @@
 
 Every op the writer can write is supported (`support` is the writer's own answer),
 so a whole network usually lowers to one partition and one LiteRT interpreter.
+
+Quantized, it offers int8 (XNNPACK's QS8 kernels), int8-dynamic and int4-weight
+(FULLY_CONNECTED with integer weights, run as qd8-f32-qc8w / qd8-f32-qb4w); its
+quantizer annotates exactly what the writer writes in int8 (tflite/quantizer.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class CpuBackend(edgeport.Backend):
     name = "cpu"
     options = CpuOptions
     rules = edgeport.PartitionRules(never_alone=NEVER_ALONE)
+    schemes = tflite.SCHEMES
 
     @property
     def version(self) -> str:
@@ -66,6 +71,11 @@ class CpuBackend(edgeport.Backend):
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
         return tflite.writer_support(node, ctx)
 
+    def quantizer(self, scheme: edgeport.Scheme, options: CpuOptions) -> Any:
+        if options.precision != "fp32":
+            return None  # fp16 weights and integer weights do not mix
+        return tflite.quantizer_for(scheme, xnnpack_only=True)
+
     def compile(self, program: ExportedProgram, options: CpuOptions) -> edgeport.Artifact:
         fp16 = options.precision == "fp16"
         model = tflite.write_tflite(program, fp16=fp16, winograd=options.winograd and not fp16)
@@ -76,6 +86,8 @@ class CpuBackend(edgeport.Backend):
             "transposed_outputs": model.transposed_outputs,
             "ops": model.ops,
         }
+        if model.int4_weights:
+            metadata["int4_weights"] = model.int4_weights
         return edgeport.Artifact(data=model.data, suffix=".tflite", metadata=metadata)
 
     def tolerance(self, options: CpuOptions) -> float:
@@ -84,4 +96,5 @@ class CpuBackend(edgeport.Backend):
 
     def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable:
         options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()
-        return tflite.TfliteExecutable(artifact.data, options.threads)
+        needs_delegate = bool(artifact.metadata.get("int4_weights"))
+        return tflite.TfliteExecutable(artifact.data, options.threads, needs_delegate=needs_delegate)

@@ -21,8 +21,18 @@ from edgeport.backends import tflite
 from . import neuropilot
 
 
+# The mediatek backend offers no quantization schemes yet: its nodes stay float in a
+# quantized export, and the quantize/dequantize nodes of other backends' partitions
+# are not its to take.
+QUANTIZED = edgeport.Support.no(
+    "MediaTek: int8 (quantize/dequantize) is not written for NeuroPilot yet; mediatek keeps its nodes float"
+)
+
+
 def mediatek_support(node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
     """Support for one node: yes, or no with the rule that declines it."""
+    if tflite.is_quantization_op(node):
+        return QUANTIZED
     answer = tflite.writer_support(node, ctx)
     if not answer or node.op != "call_function":
         return answer

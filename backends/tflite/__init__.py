@@ -3,27 +3,47 @@
 - `writer_support(node, ctx)`: can the writer write this node? (the lowering table's answer)
 - `written_ops(node, ctx)`: the TFLite ops it would write for it (besides `PLUMBING`)
 - `constant_nodes(program)`: the nodes it folds to constants at compile time
+- `is_quantization_op(node)`: a quantize/dequantize node of a quantized (PT2E) graph
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
-- `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate
+- `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate;
+  `undelegated_ops(interpreter)`: what XNNPACK left to TFLite's own kernels
 - `KEEP_OPS`: ops worth keeping undecomposed at capture (written better whole)
+- `SCHEMES`, `quantizer_for(scheme)`: the quantization schemes the writer writes, and
+  the PT2E quantizer that annotates a graph as the writer writes it (imports torchao)
 
 Importing this package is cheap: the schema and the interpreter are imported when used.
 """
 
 from .keep import KEEP_OPS
-from .runner import TfliteExecutable, interpreter_missing, runtime_version
+from .runner import TfliteExecutable, interpreter_missing, runtime_version, undelegated_ops
 from .schema import writer_deps_missing
 from .lowering import PLUMBING
+from .qdq import is_quantization_op
 from .writer import TfliteModel, constant_nodes, write_tflite, writer_support, written_ops
+
+# int8: QS8 kernels; int8-dynamic / int4-weight: integer-weight FULLY_CONNECTEDs.
+SCHEMES = frozenset({"int8", "int8-dynamic", "int4-weight"})
+
+
+def quantizer_for(scheme, xnnpack_only: bool = False):  # noqa: ANN001, ANN201 - edgeport.Scheme -> Quantizer
+    """The PT2E quantizer for `scheme` (one of `SCHEMES`); `xnnpack_only` leaves float
+    the ops XNNPACK does not run in int8."""
+    from .quantizer import TfliteQuantizer
+
+    return TfliteQuantizer(scheme, xnnpack_only)
 
 __all__ = [
     "KEEP_OPS",
     "PLUMBING",
+    "SCHEMES",
     "TfliteExecutable",
     "TfliteModel",
     "constant_nodes",
     "interpreter_missing",
+    "is_quantization_op",
+    "quantizer_for",
     "runtime_version",
+    "undelegated_ops",
     "write_tflite",
     "writer_deps_missing",
     "writer_support",

@@ -20,6 +20,7 @@ from torch.fx import Node
 from . import layout
 from .flatbuffer import ModelBuilder, OpRecord, Options
 from .layout import Perm
+from .qdq import QParams
 from .schema import tensor_type, tfl
 
 # Weights at least this large are stored as float16 when fp16 is asked for; smaller
@@ -32,12 +33,14 @@ class Value:
     """A runtime tensor of the partition as it lives in the artifact.
 
     `shape` and `dtype` are torch's; the TFLite tensor holds `logical.permute(perm)`.
+    An int8 value carries its `quant` parameters, which layout changes keep.
     """
 
     tensor: int
     shape: tuple[int, ...]
     dtype: torch.dtype
     perm: Perm
+    quant: QParams | None = None
 
     @property
     def physical_shape(self) -> tuple[int, ...]:
@@ -53,13 +56,22 @@ class Plan:
     """Decisions taken over the whole graph before any operator is written.
 
     `alias[n] = m`: node n is written as node m's value (the output of a batch norm
-    folded into conv m, or an activation fused into m). `bn_fold[conv] = bn` folds bn's
-    affine map into the conv's weights; `fused[producer] = "RELU6"` fuses an activation.
+    folded into conv m, an activation fused into m, or the quantize reading int8 op m).
+    `bn_fold[conv] = bn` folds bn's affine map into the conv's weights;
+    `fused[producer] = "RELU6"` fuses an activation.
+
+    In a quantized graph (see int8_plan.py): `int8[op]` is how an op is written on int8
+    tensors, `hybrid[linear]` the float input of a FULLY_CONNECTED with integer weights
+    that quantizes its input at run time, and `unwritten` the dequantize (and dynamic
+    quantization) nodes nothing reads as float, which are never written.
     """
 
     alias: dict[Node, Node] = dataclasses.field(default_factory=dict)
     bn_fold: dict[Node, Node] = dataclasses.field(default_factory=dict)
     fused: dict[Node, str] = dataclasses.field(default_factory=dict)
+    int8: dict[Node, Any] = dataclasses.field(default_factory=dict)  # op -> int8_plan.Int8Form
+    hybrid: dict[Node, Node] = dataclasses.field(default_factory=dict)
+    unwritten: set[Node] = dataclasses.field(default_factory=set)
 
 
 class Emitter:
@@ -86,6 +98,11 @@ class Emitter:
             return [self.arg(x) for x in a]
         return a
 
+    def constant(self, node: Node) -> torch.Tensor | None:
+        """The value of a constant node (a weight, or what folds from weights), else None."""
+        value = self.env.get(node)
+        return value if isinstance(value, torch.Tensor) else None
+
     def value(self, a: Any, dtype: torch.dtype | None = None) -> Value:
         """A node argument as a Value; constants become constant tensors (identity layout)."""
         v = self.arg(a)
@@ -96,12 +113,16 @@ class Emitter:
 
     # -- creating tensors and operators -----------------------------------------------
 
-    def new(self, shape: Sequence[int], dtype: torch.dtype, name: str, perm: Perm | None = None) -> Value:
-        """A fresh runtime tensor of logical `shape`, stored in layout `perm`."""
+    def new(
+        self, shape: Sequence[int], dtype: torch.dtype, name: str, perm: Perm | None = None, quant: QParams | None = None
+    ) -> Value:
+        """A fresh runtime tensor of logical `shape`, stored in layout `perm` (int8 with
+        parameters `quant`)."""
         shape = tuple(int(d) for d in shape)
         perm = layout.identity(len(shape)) if perm is None else tuple(perm)
-        index = self.builder.tensor(layout.apply(perm, shape), tensor_type(dtype), name)
-        return Value(index, shape, dtype, perm)
+        quantization = quant.tflite() if quant is not None else None
+        index = self.builder.tensor(layout.apply(perm, shape), tensor_type(dtype), name, quantization=quantization)
+        return Value(index, shape, dtype, perm, quant)
 
     def out(self, node: Node, perm: Perm | None = None) -> Value:
         """The output Value of a single-output node, named after it."""
@@ -158,7 +179,7 @@ class Emitter:
             return v
         key = (v.tensor, perm)
         if key not in self._layouts:
-            out = self.new(v.shape, v.dtype, self._name(v) + "/layout", perm)
+            out = self.new(v.shape, v.dtype, self._name(v) + "/layout", perm, v.quant)
             if layout.only_unit_dims_move(v.shape, v.perm, perm):
                 self._reshape(v.tensor, out)
             else:
@@ -181,8 +202,8 @@ class Emitter:
             perm = layout.identity(len(shape))
         physical = layout.apply(perm, shape)
         if physical == v.physical_shape:
-            return Value(v.tensor, shape, v.dtype, perm)
-        out = self.new(shape, v.dtype, name or self._name(v) + "/reshape", perm)
+            return Value(v.tensor, shape, v.dtype, perm, v.quant)
+        out = self.new(shape, v.dtype, name or self._name(v) + "/reshape", perm, v.quant)
         self._reshape(v.tensor, out)
         return out
 

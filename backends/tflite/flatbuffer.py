@@ -4,6 +4,10 @@ Lowering code appends records and may still change them (fold a batch norm into 
 conv's weights, fuse an activation into its producer) until `ModelBuilder.finish`
 writes the flatbuffer in one pass. Weights are written with numpy `tobytes`, never
 element by element, and the byte buffer is sized up front so it never regrows.
+
+The model is written so that LiteRT's own tools accept it: every tensor name is
+unique (a repeated name gets a numeric suffix) and the one subgraph is exported as the
+`serving_default` signature, naming each input and output.
 """
 
 from __future__ import annotations
@@ -43,12 +47,36 @@ class OpRecord:
     options: Options | None = None
 
 
+@dataclass(frozen=True)
+class Blockwise:
+    """Blockwise quantization of a 2d weight (INT4 in LiteRT): one scale per block of
+    `block_size` consecutive elements of each row, held in the FLOAT16 tensor `scales`."""
+
+    scales: int  # tensor index of the (rows, cols / block_size) float16 scales
+    block_size: int
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A tensor's QuantizationParameters: real = scale * (q - zero_point).
+
+    One scale and zero point per tensor, or one per slice along `axis` (per channel);
+    `blockwise` instead points at a tensor of per-block scales.
+    """
+
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis: int = 0
+    blockwise: Blockwise | None = None
+
+
 @dataclass
 class TensorRecord:
     shape: tuple[int, ...]
     type: int  # TensorType value
     name: str
     buffer: int = 0  # 0 is the empty sentinel buffer: no constant data
+    quantization: Quantization | None = None
 
 
 class ModelBuilder:
@@ -59,13 +87,20 @@ class ModelBuilder:
         self.buffers: list[np.ndarray | None] = [None]  # buffer 0: the empty sentinel
         self.ops: list[OpRecord] = []
 
-    def tensor(self, shape: Sequence[int], type_: int, name: str, data: np.ndarray | None = None) -> int:
+    def tensor(
+        self,
+        shape: Sequence[int],
+        type_: int,
+        name: str,
+        data: np.ndarray | None = None,
+        quantization: Quantization | None = None,
+    ) -> int:
         """Add a tensor (constant when `data` is given) and return its index."""
         buffer = 0
         if data is not None:
             self.buffers.append(np.ascontiguousarray(data).reshape(-1))
             buffer = len(self.buffers) - 1
-        self.tensors.append(TensorRecord(tuple(int(d) for d in shape), type_, name, buffer))
+        self.tensors.append(TensorRecord(tuple(int(d) for d in shape), type_, name, buffer, quantization))
         return len(self.tensors) - 1
 
     def data(self, tensor: int) -> np.ndarray | None:
@@ -84,10 +119,14 @@ class ModelBuilder:
         outputs: Sequence[int],
         description: str,
         metadata: dict[str, bytes] | None = None,
+        signature: tuple[Sequence[str], Sequence[str]] | None = None,
     ) -> bytes:
-        """Serialise the model: one subgraph, its opcodes, buffers and metadata."""
+        """Serialise the model: one subgraph, its opcodes, buffers and metadata, and the
+        `serving_default` signature naming `inputs` and `outputs` by `signature`
+        (input names, output names; default: the tensors' own names)."""
         t = tfl()
-        ops, tensors, buffers = self.ops, self.tensors, list(self.buffers)
+        ops, buffers = self.ops, list(self.buffers)
+        tensors = _unique_names(self.tensors)
         meta_entries = []
         for name, payload in (metadata or {}).items():
             buffers.append(np.frombuffer(payload, dtype=np.uint8))
@@ -139,6 +178,9 @@ class ModelBuilder:
         subgraphs_vec = _offsets(b, [subgraph])
         buffers_vec = _offsets(b, buffer_offsets)
         meta_vec = _offsets(b, meta_offsets) if meta_offsets else None
+        if signature is None:
+            signature = ([tensors[i].name for i in inputs], [tensors[i].name for i in outputs])
+        signature_vec = _offsets(b, [_signature(b, t, inputs, outputs, signature)])
         t.ModelStart(b)
         t.ModelAddVersion(b, 3)
         t.ModelAddOperatorCodes(b, codes_vec)
@@ -147,6 +189,7 @@ class ModelBuilder:
         t.ModelAddBuffers(b, buffers_vec)
         if meta_vec is not None:
             t.ModelAddMetadata(b, meta_vec)
+        t.ModelAddSignatureDefs(b, signature_vec)
         b.Finish(t.ModelEnd(b), file_identifier=b"TFL3")
         return bytes(memoryview(b.Bytes)[b.Head() :])
 
@@ -161,7 +204,9 @@ class ModelBuilder:
                 ops.append(rec)
                 needed.update(i for i in rec.inputs if i != ABSENT)
         ops.reverse()
-        used = sorted(set(inputs) | set(outputs) | {i for rec in ops for i in (*rec.inputs, *rec.outputs)} - {ABSENT})
+        used = set(inputs) | set(outputs) | {i for rec in ops for i in (*rec.inputs, *rec.outputs)} - {ABSENT}
+        used |= {q.blockwise.scales for i in used if (q := self.tensors[i].quantization) and q.blockwise}
+        used = sorted(used)
         tensor_index = {old: new for new, old in enumerate(used)}
         tensor_index[ABSENT] = ABSENT
         buffer_index = {0: 0}
@@ -172,7 +217,12 @@ class ModelBuilder:
             if rec.buffer and rec.buffer not in buffer_index:
                 buffer_index[rec.buffer] = len(buffers)
                 buffers.append(self.buffers[rec.buffer])
-            tensors.append(TensorRecord(rec.shape, rec.type, rec.name, buffer_index[rec.buffer]))
+            quantization = rec.quantization
+            if quantization is not None and quantization.blockwise is not None:
+                blockwise = quantization.blockwise
+                used_scales = tensor_index[blockwise.scales]
+                quantization = Quantization(blockwise=Blockwise(used_scales, blockwise.block_size))
+            tensors.append(TensorRecord(rec.shape, rec.type, rec.name, buffer_index[rec.buffer], quantization))
         self.ops = [
             OpRecord(r.code, [tensor_index[i] for i in r.inputs], [tensor_index[o] for o in r.outputs], r.options)
             for r in ops
@@ -196,11 +246,14 @@ class ModelBuilder:
     def _tensor(b: Any, t: Any, rec: TensorRecord) -> int:
         name = b.CreateString(rec.name)
         shape = _ints(b, rec.shape)
+        quantization = _quantization(b, t, rec.quantization) if rec.quantization else None
         t.TensorStart(b)
         t.TensorAddShape(b, shape)
         t.TensorAddType(b, rec.type)
         t.TensorAddBuffer(b, rec.buffer)
         t.TensorAddName(b, name)
+        if quantization is not None:
+            t.TensorAddQuantization(b, quantization)
         return t.TensorEnd(b)
 
     @staticmethod
@@ -216,6 +269,70 @@ class ModelBuilder:
             t.OperatorAddBuiltinOptionsType(b, getattr(t.BuiltinOptions, rec.options.table))
             t.OperatorAddBuiltinOptions(b, options)
         return t.OperatorEnd(b)
+
+
+def _quantization(b: Any, t: Any, q: Quantization) -> int:
+    details = None
+    if q.blockwise is not None:
+        t.BlockwiseQuantizationStart(b)
+        t.BlockwiseQuantizationAddScales(b, q.blockwise.scales)
+        t.BlockwiseQuantizationAddZeroPoints(b, ABSENT)  # symmetric: no zero points
+        t.BlockwiseQuantizationAddBlockSize(b, q.blockwise.block_size)
+        details = t.BlockwiseQuantizationEnd(b)
+    scale = b.CreateNumpyVector(np.asarray(q.scale, dtype=np.float32)) if q.scale else None
+    zero_point = b.CreateNumpyVector(np.asarray(q.zero_point, dtype=np.int64)) if q.scale else None
+    t.QuantizationParametersStart(b)
+    if scale is not None:
+        t.QuantizationParametersAddScale(b, scale)
+        t.QuantizationParametersAddZeroPoint(b, zero_point)
+        t.QuantizationParametersAddQuantizedDimension(b, q.axis)
+    if details is not None:
+        t.QuantizationParametersAddDetailsType(b, t.QuantizationDetails.BlockwiseQuantization)
+        t.QuantizationParametersAddDetails(b, details)
+    return t.QuantizationParametersEnd(b)
+
+
+def _unique_names(tensors: list[TensorRecord]) -> list[TensorRecord]:
+    """The records with every repeated name made unique by a numeric suffix (LiteRT's
+    tools, e.g. ai-edge-quantizer, key tensors by name)."""
+    seen: dict[str, int] = {}
+    taken = {rec.name for rec in tensors}
+    out = []
+    for rec in tensors:
+        name = rec.name
+        if name in seen:
+            count = seen[name]
+            while f"{name}_{count}" in taken:
+                count += 1
+            seen[name] = count + 1
+            taken.add(f"{name}_{count}")
+            rec = TensorRecord(rec.shape, rec.type, f"{name}_{count}", rec.buffer, rec.quantization)
+        else:
+            seen[name] = 1
+        out.append(rec)
+    return out
+
+
+def _signature(b: Any, t: Any, inputs: Sequence[int], outputs: Sequence[int],
+               names: tuple[Sequence[str], Sequence[str]]) -> int:
+    """The `serving_default` SignatureDef of subgraph 0."""
+    maps = []
+    for indices, labels in ((inputs, names[0]), (outputs, names[1])):
+        offsets = []
+        for index, label in zip(indices, labels):
+            s = b.CreateString(label)
+            t.TensorMapStart(b)
+            t.TensorMapAddName(b, s)
+            t.TensorMapAddTensorIndex(b, index)
+            offsets.append(t.TensorMapEnd(b))
+        maps.append(_offsets(b, offsets))
+    key = b.CreateString("serving_default")
+    t.SignatureDefStart(b)
+    t.SignatureDefAddInputs(b, maps[0])
+    t.SignatureDefAddOutputs(b, maps[1])
+    t.SignatureDefAddSignatureKey(b, key)
+    t.SignatureDefAddSubgraphIndex(b, 0)
+    return t.SignatureDefEnd(b)
 
 
 def _options(b: Any, t: Any, options: Options) -> int:

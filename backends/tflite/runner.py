@@ -71,15 +71,56 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-class TfliteExecutable:
-    """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order."""
+def undelegated_ops(interpreter: Any) -> list[str]:
+    """The operators a loaded interpreter runs with TFLite's own kernels, not in a
+    delegate (XNNPACK), as "INDEX:NAME".
 
-    def __init__(self, model_bytes: bytes, threads: int = 0) -> None:
+    The interpreter lists the model's operators and then one DELEGATE node per delegated
+    subgraph, with that subgraph's inputs and outputs: an operator is delegated when it
+    lies on a path from a DELEGATE node's outputs back to its inputs. Reads LiteRT's
+    `_get_ops_details` (its Python API has no public op listing); [] when unavailable.
+    """
+    details = getattr(interpreter, "_get_ops_details", None)
+    if details is None:
+        return []
+    ops = details()
+    plain = [o for o in ops if o["op_name"] != "DELEGATE"]
+    producer = {int(t): o for o in plain for t in o["outputs"]}
+    covered: set[int] = set()
+    for delegate in (o for o in ops if o["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in delegate["inputs"]}
+        stack = [int(t) for t in delegate["outputs"]]
+        while stack:
+            op = producer.get(stack.pop())
+            if op is None or op["index"] in covered:
+                continue
+            covered.add(op["index"])
+            stack.extend(int(t) for t in op["inputs"] if t >= 0 and int(t) not in boundary)
+    return [f"{o['index']}:{o['op_name']}" for o in plain if o["index"] not in covered]
+
+
+class TfliteExecutable:
+    """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order.
+
+    A model with blockwise INT4 weights must run in XNNPACK: TFLite's own
+    FULLY_CONNECTED kernel does not read their block scales and computes garbage, so
+    loading refuses when any operator is left outside the delegate.
+    """
+
+    def __init__(self, model_bytes: bytes, threads: int = 0, *, needs_delegate: bool = False) -> None:
         from edgeport import filter_native_output
 
         with filter_native_output(drop=_CHATTER):
             interpreter = _interpreter_class()(model_content=model_bytes, num_threads=threads or default_threads())
             interpreter.allocate_tensors()
+        if needs_delegate and (left := undelegated_ops(interpreter)):
+            from edgeport import BackendError
+
+            raise BackendError(
+                f"LiteRT's XNNPACK delegate left {', '.join(left)} to TFLite's kernels, which cannot run "
+                "blockwise INT4 weights",
+                hint="re-export with --quantize int8-dynamic, or run with a LiteRT whose XNNPACK takes these ops",
+            )
         self._inputs = [d["index"] for d in interpreter.get_input_details()]
         self._outputs = [d["index"] for d in interpreter.get_output_details()]
         self._set = interpreter.set_tensor

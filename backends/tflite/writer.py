@@ -25,10 +25,10 @@ from torch.fx import Graph, Node
 
 from edgeport import DeclineNodes, Support, SupportContext
 
-from . import layout, lowering
+from . import int8_plan, layout, lowering, qdq
 from .emitter import Emitter, Plan, Value
 from .flatbuffer import ModelBuilder
-from .lowering import SHAPE_ONLY, check_node, foldable, table
+from .lowering import SHAPE_ONLY, Constants, check_node, foldable, lookup
 from .schema import tensor_type, tfl
 
 aten = torch.ops.aten
@@ -44,6 +44,7 @@ class TfliteModel:
     transposed_inputs: list[str]  # inputs the model transposes (e.g. NCHW -> NHWC) right away
     transposed_outputs: list[str]  # outputs transposed back to torch's layout at the end
     ops: dict[str, int] = field(default_factory=dict)  # TFLite operator counts
+    int4_weights: int = 0  # blockwise INT4 weight tensors (only XNNPACK runs them)
 
     @property
     def transposes(self) -> int:
@@ -74,10 +75,15 @@ def constant_nodes(program: ExportedProgram) -> frozenset[Node]:
     return result
 
 
+def constants(program: ExportedProgram) -> Constants:
+    """`constant_nodes` as the lowering table's checks see them, with constant inputs' values."""
+    return Constants(constant_nodes(program), SupportContext(program, None).constant)
+
+
 def writer_support(node: Node, ctx: SupportContext) -> Support:
     """Whether `write_tflite` can write `node`: the lowering table's answer, with its reason."""
     try:
-        reason = check_node(node, constant_nodes(ctx.program).__contains__)
+        reason = check_node(node, constants(ctx.program))
     except Exception as e:  # noqa: BLE001 - support must never raise
         reason = f"{node.target}: could not check ({type(e).__name__}: {e})"
     return Support.no(reason) if reason else Support.yes()
@@ -89,11 +95,10 @@ def written_ops(node: Node, ctx: SupportContext) -> frozenset[str]:
     or (as planned on the whole program) fused into its producer or folded into a conv.
     Layout TRANSPOSEs, RESHAPEs, CASTs and fp16 DEQUANTIZEs (`PLUMBING`) may come on top
     of any node."""
-    consts = constant_nodes(ctx.program)
     plan = _whole_plan(ctx.program)
-    if node in plan.alias or node in plan.bn_fold.values():
+    if node in plan.alias or node in plan.bn_fold.values() or node in plan.unwritten:
         return frozenset()
-    return lowering.written_ops(node, consts.__contains__)
+    return lowering.written_ops(node, constants(ctx.program))
 
 
 _PLANS: weakref.WeakKeyDictionary[Graph, Plan] = weakref.WeakKeyDictionary()
@@ -102,7 +107,7 @@ _PLANS: weakref.WeakKeyDictionary[Graph, Plan] = weakref.WeakKeyDictionary()
 def _whole_plan(program: ExportedProgram) -> Plan:
     graph = program.graph_module.graph
     if graph not in _PLANS:
-        _PLANS[graph] = make_plan(graph, _live(graph), constant_nodes(program))
+        _PLANS[graph] = make_plan(graph, _live(graph), constants(program))
     return _PLANS[graph]
 
 
@@ -121,9 +126,10 @@ def _live(graph: Graph) -> set[Node]:
     return live
 
 
-def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node]) -> Plan:
-    """Batch norms to fold into convs and activations to fuse into their producers."""
-    entries = table()
+def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node] | Constants) -> Plan:
+    """Batch norms to fold into convs and activations to fuse into their producers; with
+    `Constants` (which know weights' values), also the ops of a quantized graph written
+    in int8 (int8_plan.py)."""
     plan = Plan()
     outputs = set(graph.output_node().all_input_nodes)
     users = {n: [u for u in n.users if u in live] for n in live}
@@ -151,13 +157,15 @@ def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node]) -> Plan:
                     plan.bn_fold[src] = n
                     plan.alias.update({u: src for u in takes})
             continue
-        entry = entries.get(n.target)
+        entry = lookup(n.target)
         act = entry.as_activation(n) if entry is not None and entry.as_activation else None
-        src_entry = entries.get(src.target)
+        src_entry = lookup(src.target)
         if act and src_entry is not None and src_entry.fuses_activation and src not in plan.fused:
             if src.meta["val"].dtype == torch.float32 and readers(src) == {n}:
                 plan.fused[src] = act
                 plan.alias[n] = src
+    if isinstance(consts, Constants):
+        int8_plan.plan_int8(graph, live, consts, plan)
     return plan
 
 
@@ -173,15 +181,17 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool
     (ops/winograd.py); an NPU compiler wants them as plain CONV_2D, so it is off by default.
     """
     graph = program.graph_module.graph
-    consts = constant_nodes(program)
+    consts = constants(program)
     live = _live(graph)
     reasons = {}
     for n in graph.nodes:
-        if n in live and (reason := check_node(n, consts.__contains__)):
+        if n in live and (reason := check_node(n, consts)):
             reasons[n.name] = reason
     for n in graph.output_node().all_input_nodes:
         if n in consts:
             reasons[n.name] = "its value is a constant: nothing to compute in the TFLite model"
+        elif qdq.dynamic_source(n) is not None:
+            reasons[n.name] = "activations quantized at run time leave the model (only a FULLY_CONNECTED reads them)"
     if reasons:
         raise DeclineNodes(reasons)
 
@@ -189,7 +199,6 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool
     em = Emitter(ModelBuilder(), plan, fp16, winograd)
     ctx = SupportContext(program, None)
     inputs: list[tuple[Node, int]] = []
-    entries = table()
     with torch.no_grad():
         for n in graph.nodes:
             if n not in live:
@@ -202,7 +211,7 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool
                     em.env[n], boundary = _input(em, n)
                     inputs.append((n, boundary))
             elif n.op == "call_function":
-                em.env[n] = _node_value(em, n, consts, entries)
+                em.env[n] = _node_value(em, n, consts)
     outputs, out_names = _outputs(em, graph.output_node(), [t for _, t in inputs])
 
     transposes = [rec for rec in em.builder.ops if rec.code == tfl().BuiltinOperator.TRANSPOSE]
@@ -213,20 +222,30 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool
     input_tensors, outputs = em.builder.prune([t for _, t in inputs], outputs)
     names = {v: k for k, v in vars(tfl().BuiltinOperator).items() if not k.startswith("_")}
     ops = dict(Counter(names[rec.code] for rec in em.builder.ops))
-    data = em.builder.finish(input_tensors, outputs, "edgeport TFLite writer", _metadata(fp16))
-    return TfliteModel(data, [n.name for n, _ in inputs], out_names, *boundary, ops)
+    signature = ([n.name for n, _ in inputs], out_names)
+    data = em.builder.finish(input_tensors, outputs, "edgeport TFLite writer", _metadata(fp16), signature)
+    int4 = sum(1 for rec in em.builder.tensors if rec.quantization is not None and rec.quantization.blockwise)
+    return TfliteModel(data, [n.name for n, _ in inputs], out_names, *boundary, ops, int4)
 
 
-def _node_value(em: Emitter, n: Node, consts: frozenset[Node], entries: dict) -> Any:
+def _node_value(em: Emitter, n: Node, consts: Constants) -> Any:
     if n in em.plan.alias:
         return em.env[em.plan.alias[n]]
-    if n in em.plan.bn_fold.values():
-        return None  # folded into its conv; only its getitem 0 is read, as an alias
+    if n in em.plan.bn_fold.values() or n in em.plan.unwritten:
+        return None  # folded into its conv (only its getitem 0 is read, as an alias), or read only in int8
     if n.target is operator.getitem:
         return em.env[n.args[0]][n.args[1]]
     if n in consts:
         return _evaluate(em, n)
-    value = entries[n.target].emit(em, n)
+    entry = lookup(n.target)
+    if n in em.plan.int8:
+        value = entry.int8.emit(em, n, em.plan.int8[n])
+    elif n in em.plan.hybrid:
+        from .ops.int8 import hybrid_linear  # the table's own module; imported with it
+
+        value = hybrid_linear(em, n)
+    else:
+        value = entry.emit(em, n)
     act = em.plan.fused.get(n)
     if act is not None and n not in em.fused_written:
         value = _apply_activation(em, n, value, act)
@@ -252,11 +271,15 @@ def _apply_activation(em: Emitter, n: Node, value: Value, act: str) -> Value:
 
 
 def _input(em: Emitter, n: Node) -> tuple[Value, int]:
-    """A user input: its boundary tensor (declared dtype) and the Value used inside."""
+    """A user input: its boundary tensor (declared dtype) and the Value used inside. An
+    int8 input (quantized in another partition) takes the parameters its dequantizes read."""
     val = n.meta["val"]
     shape = tuple(val.shape)
-    index = em.builder.tensor(shape, tensor_type(val.dtype, boundary=True), n.name)
-    value = Value(index, shape, val.dtype, layout.identity(len(shape)))
+    params = {qdq.dequantizes_from(u) for u in n.users} if val.dtype == torch.int8 else set()
+    quant = params.pop() if len(params) == 1 else None
+    quantization = quant.tflite() if quant is not None else None
+    index = em.builder.tensor(shape, tensor_type(val.dtype, boundary=True), n.name, quantization=quantization)
+    value = Value(index, shape, val.dtype, layout.identity(len(shape)), quant)
     if tensor_type(val.dtype, boundary=True) != tensor_type(val.dtype):
         inner = em.new(shape, val.dtype, n.name + "/inner")
         em.op("CAST", [index], [inner])

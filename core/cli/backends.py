@@ -28,16 +28,18 @@ def backends(as_json: bool) -> None:
             "runs_on": availability.runs_on,
             "why": availability.why,
             "aliases": list(entry.aliases),
+            "schemes": sorted(entry.backend.schemes),
         })
     broken = [{"plugin": b.plugin, "distribution": b.distribution, "error": b.error, "hint": b.hint}
               for b in registry.broken()]
     if as_json:
         print_json({"backends": rows, "broken": broken})
         return
-    table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "why")
+    table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "quantize", "why")
     for r in rows:
         table.add_row(escape(r["name"]), escape(f"{r['distribution']} {r['version']}"), escape(r["toolchain"]),
-                      _mark(r["can_compile"]), _mark(r["can_run"]), escape(r["runs_on"]), escape(r["why"]))
+                      _mark(r["can_compile"]), _mark(r["can_run"]), escape(r["runs_on"]),
+                      ", ".join(r["schemes"]) or "-", escape(r["why"]))
     console.print(table)
     for b in broken:
         console.print(f"[red]broken plugin[/red] {b['plugin']} ({b['distribution']}): {escape(b['error'])}")

@@ -10,6 +10,7 @@ import click
 from ..api import export as export_program
 from ..api import resolve_backends
 from ..errors import EdgeportError
+from ..quantize import SCHEMES, load_calibration, resolve_scheme
 from . import cli, current_registry
 from ._output import check_writable, console, progress
 from .explain import print_summary
@@ -38,20 +39,45 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the placement report as JSON.")
 @click.option("--keep-reference", is_flag=True, default=None,
               help="Keep every delegated partition's torch program (default: only for backends that cannot run here).")
+@click.option("--quantize", "scheme", type=click.Choice(sorted(SCHEMES)), default=None,
+              help="Quantize each node with the scheme of the backend that runs it.")
+@click.option("--calibration", metavar="FILE.npz|SPEC", default=None,
+              help="Calibration batches for static schemes: a .npz (one array per input, batches stacked on "
+                   "axis 0) or a factory returning an iterable of input tuples.")
+@click.option("--group-size", type=int, default=None, help="Weight group size of int4-weight (default 32).")
 def export(spec: str, backend_list: str, output: str, strict: bool, option_items: tuple[str, ...],
-           report: str | None, keep_reference: bool | None) -> None:
+           report: str | None, keep_reference: bool | None, scheme: str | None, calibration: str | None,
+           group_size: int | None) -> None:
     """Export SPEC (path/to/file.py:factory or package.module:factory) to a program."""
     check_writable(output, report)
     registry, backends, options = current_registry(), backend_list.split(","), parse_options(option_items)
     resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
+    quantize = resolve_scheme(scheme, group_size) if scheme else None
+    if quantize is None and (calibration or group_size):
+        raise EdgeportError("--calibration and --group-size apply only with --quantize",
+                            hint="add --quantize int8 (or another scheme)")
     model, inputs = load_factory(spec)
+    batches = load_calibration(calibration) if calibration else None
     start = time.perf_counter()
     with progress(True) as show:
         program = export_program(model, inputs, backends, options=options, strict=strict,
-                                 keep_reference=keep_reference or None, registry=registry, progress=show)
+                                 keep_reference=keep_reference or None, registry=registry, progress=show,
+                                 quantize=quantize, calibration=batches)
         program.save(output)
     console.print(f"wrote {output} in {time.perf_counter() - start:.2f} s")
     print_summary(program.report())
+    if quantize is not None:
+        print_quantization(program.manifest.report[program.default_method].get("quantization", {}))
     if report:
         with open(report, "w") as f:
             json.dump(program.manifest.report, f, indent=2)
+
+
+def print_quantization(report: dict) -> None:
+    """The scheme, what each backend did with it, and the calibration cost."""
+    console.print(report.get("description", ""))
+    for backend, what in report.get("backends", {}).items():
+        console.print(f"  {backend}: {what}")
+    calibration = report.get("calibration")
+    if isinstance(calibration, dict):
+        console.print(f"  calibration: {calibration['batches']} batches, {calibration['ms_per_batch']} ms per batch")

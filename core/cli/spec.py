@@ -79,3 +79,14 @@ def _import(location: str) -> Any:
     except Exception as exc:
         raise EdgeportError(f"cannot import {location}: {type(exc).__name__}: {exc}",
                             hint="fix the module; rerun with --debug for the traceback") from exc
+
+
+def load_object(spec: str) -> Any:
+    """The object named by ``spec`` (``path/to/file.py:name`` or ``package.module:name``)."""
+    location, sep, attr = spec.rpartition(":")
+    if not sep or not location or not attr:
+        raise EdgeportError(f"bad spec {spec!r}", hint="use path/to/file.py:name or package.module:name")
+    module = _import(location)
+    if not hasattr(module, attr):
+        raise EdgeportError(f"{location} has no {attr!r}")
+    return getattr(module, attr)

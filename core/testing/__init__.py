@@ -20,17 +20,31 @@ from ..backend import Backend
 from ..hookspecs import hookimpl
 from ..plugins import Registry
 from .cases import CASES, Case
+from .quantized_cases import (
+    QUANTIZED_CASES,
+    QuantizedCase,
+    QuantizedCaseResult,
+    reference_program,
+    run_quantized_case,
+    run_quantized_conformance,
+)
 
 __all__ = [
     "CASES",
     "Case",
     "CaseResult",
+    "QUANTIZED_CASES",
+    "QuantizedCase",
+    "QuantizedCaseResult",
     "compare",
     "installed_backends",
     "registered_by",
+    "reference_program",
     "registry_for",
     "run_case",
     "run_conformance",
+    "run_quantized_case",
+    "run_quantized_conformance",
 ]
 
 
@@ -51,16 +65,17 @@ class CaseResult:
     error: str = ""  # set if export or running failed outright
 
 
-def registry_for(backend: Backend) -> Registry:
-    """A registry holding only ``backend``: conformance never depends on what is installed."""
+def registry_for(*backends: Backend) -> Registry:
+    """A registry holding only ``backends``: conformance never depends on what is installed."""
     registry = Registry(entry_points=False)
 
     class _Plugin:
         @hookimpl
         def edgeport_register_backends(self, register):  # noqa: ANN001
-            register(backend)
+            for backend in backends:
+                register(backend)
 
-    registry.add_plugin(_Plugin(), name=f"conformance-{backend.name}")
+    registry.add_plugin(_Plugin(), name="conformance-" + "-".join(b.name for b in backends))
     return registry
 
 

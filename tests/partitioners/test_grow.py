@@ -86,6 +86,23 @@ def test_unconnected_nodes_of_one_level_never_form_a_cycle():
 def test_unsupported_input_meeting_a_chain_splits_it_once():
     graph = Graph()
     x, y = graph.placeholder("x"), graph.placeholder("y")
+    a0 = graph.call_function(aten.neg.default, (x,))
+    a = graph.call_function(aten.relu.default, (a0,))
+    u = graph.call_function(aten.neg.default, (y,))
+    c = graph.call_function(aten.add.Tensor, (a, u))
+    graph.output(c)
+    nodes = list(graph.nodes)
+    assignment = {a0.name: "be", a.name: "be", u.name: PORTABLE, c.name: "be"}
+    partitions = propose_partitions(nodes, assignment)
+    check_partitions(nodes, assignment, partitions)
+    assert [(p.backend, len(p.nodes)) for p in partitions] == [("be", 2), (PORTABLE, 1), ("be", 1)]
+
+
+def test_a_node_reading_only_inputs_joins_its_readers_partition():
+    # a dequantized weight (or a first op on an input) is level 0 however late it is
+    # read; it joins its reader instead of making a partition (and a runtime weight) of its own
+    graph = Graph()
+    x, y = graph.placeholder("x"), graph.placeholder("y")
     a = graph.call_function(aten.relu.default, (x,))
     u = graph.call_function(aten.neg.default, (y,))
     c = graph.call_function(aten.add.Tensor, (a, u))
@@ -94,7 +111,7 @@ def test_unsupported_input_meeting_a_chain_splits_it_once():
     assignment = {a.name: "be", u.name: PORTABLE, c.name: "be"}
     partitions = propose_partitions(nodes, assignment)
     check_partitions(nodes, assignment, partitions)
-    assert [(p.backend, len(p.nodes)) for p in partitions] == [("be", 1), (PORTABLE, 1), ("be", 1)]
+    assert [(p.backend, [n.name for n in p.nodes]) for p in partitions] == [(PORTABLE, [u.name]), ("be", [a.name, c.name])]
 
 
 def test_getitem_follows_its_producer_and_support_reasons_are_kept():

@@ -18,7 +18,7 @@ from torch.fx import Node
 from .. import layout
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
-from ..lowering import FLOAT, IsConst, aten, by_target, lowering, meta, shape, table
+from ..lowering import FLOAT, IsConst, aten, by_target, lookup, lowering, meta, shape
 from ..schema import tfl
 from . import winograd
 from .shape import pad
@@ -255,7 +255,7 @@ def _nonnegative(em: Emitter, arg: Node) -> bool:
     src = em.plan.alias.get(arg, arg)
     if em.plan.fused.get(src) in ("RELU", "RELU6"):
         return True
-    entry = table().get(src.target)
+    entry = lookup(src.target)
     return entry is not None and entry.as_activation is not None and entry.as_activation(src) in ("RELU", "RELU6")
 
 
@@ -294,7 +294,7 @@ def _pool(em: Emitter, node: Node, name: str, pad_value: float | None) -> Value:
 def pool_value(em: Emitter, node: Node, name: str, x: Value, kernel, stride, mode: str) -> Value:
     val = meta(node)
     out_shape = tuple((val[0] if isinstance(val, (list, tuple)) else val).shape)
-    out = em.new(out_shape, torch.float32, node.name, layout.NHWC)
+    out = em.new(out_shape, x.dtype, node.name, layout.NHWC, x.quant)  # int8 pools keep their input's parameters
     options = {
         "Padding": getattr(tfl().Padding, mode),
         "StrideH": stride[0],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.fx import Node
 
@@ -15,6 +16,7 @@ from .. import layout
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
 from ..lowering import ANY, FLOAT, IsConst, aten, lowering, meta, shape
+from ..schema import tensor_type
 
 
 _RESHAPES = (
@@ -226,13 +228,19 @@ def constant_pad(em: Emitter, node: Node) -> Value:
 
 
 def pad(em: Emitter, node: Node, v: Value, pads: list[tuple[int, int]], value: float) -> Value:
-    """Pad logical dims of `v` by `pads` with `value`, in v's layout (PAD, or PADV2 when value != 0)."""
+    """Pad logical dims of `v` by `pads` with `value`, in v's layout (PAD, or PADV2 when
+    value != 0). An int8 `v` pads with the int8 that represents `value`: PAD fills with
+    its zero point, which represents 0."""
     physical = [pads[d] for d in v.perm]
     out_shape = tuple(s + b + a for s, (b, a) in zip(v.shape, pads))
-    out = em.new(out_shape, v.dtype, node.name + "/pad", v.perm)
+    out = em.new(out_shape, v.dtype, node.name + "/pad", v.perm, v.quant)
     paddings = em.int_const(physical, "paddings")
     if value == 0.0:
         em.op("PAD", [v.tensor, paddings], [out])
+    elif v.quant is not None:
+        fill = np.array([v.quant.quantize(value)], dtype=np.int8)
+        constant = em.builder.tensor((1,), tensor_type(torch.int8), node.name + "/pad_value", fill, v.quant.tflite())
+        em.op("PADV2", [v.tensor, paddings, constant], [out])
     else:
         em.op("PADV2", [v.tensor, paddings, em.const(torch.tensor([value], dtype=v.dtype))], [out])
     return out

@@ -1,0 +1,222 @@
+"""The PT2E quantizer of TFLite-writing backends: it annotates what the writer writes in int8.
+
+Imports torchao: import this module only when quantizing (the cpu backend's
+`quantizer()` does, lazily).
+
+For the static scheme (int8) each node with an int8 lowering whose structural check
+passes (and, for the cpu, that XNNPACK runs in int8) is annotated as its
+`Int8Signature` says: activations int8 per tensor,
+weights int8 per output channel (symmetric, [-127, 127]), outputs with their own
+parameters, their input's ("shared": views, pools, concatenation) or the kernel's
+fixed ones (sigmoid, softmax). A batch norm and an activation the float plan folds
+into an op are quantized as one with it: only the group's last value is observed.
+
+For the dynamic schemes (int8-dynamic, int4-weight) linears are annotated: their
+input quantized per token at run time (asymmetric int8, as XNNPACK's qd8 kernels do
+it), their weight int8 per output channel or 4-bit per group of inputs.
+
+The quantizer annotates the graph edgeport gives it: core ATen, as `support` sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e import (
+    FakeQuantize,
+    MinMaxObserver,
+    MappingType,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    PerGroup,
+    PerToken,
+)
+from torchao.quantization.pt2e._affine_quantization import (
+    AffineQuantizedMinMaxObserver,
+    AffineQuantizedMovingAverageMinMaxObserver,
+)
+from torchao.quantization.pt2e.quantizer import (
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    QuantizationSpecBase,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+
+from edgeport.quantize import STATIC, Scheme
+
+from .int8_plan import HYBRID_LINEARS, activation_args, group, group_tail
+from .lowering import foldable, lookup
+from .writer import make_plan
+
+ANNOTATION = "quantization_annotation"
+_EPS = 2**-12  # smallest scale: keeps an all-zero tensor's scale finite
+_INT4 = (-8, 7)
+
+
+def _act_spec(qat: bool) -> QuantizationSpec:
+    if qat:
+        ctr = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
+                                     dtype=torch.int8, qscheme=torch.per_tensor_affine, eps=_EPS)
+    else:
+        ctr = MinMaxObserver.with_args(eps=_EPS)
+    return QuantizationSpec(torch.int8, ctr, -128, 127, torch.per_tensor_affine)
+
+
+def _weight_spec(qat: bool) -> QuantizationSpec:
+    if qat:
+        ctr = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-127, quant_max=127,
+                                     dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=0, eps=_EPS)
+    else:
+        ctr = PerChannelMinMaxObserver.with_args(eps=_EPS)
+    return QuantizationSpec(torch.int8, ctr, -127, 127, torch.per_channel_symmetric, ch_axis=0)
+
+
+def _per_token_spec() -> QuantizationSpec:
+    observer = AffineQuantizedMovingAverageMinMaxObserver.with_args(
+        mapping_type=MappingType.ASYMMETRIC, target_dtype=torch.int8, granularity=PerToken(), quant_min=-128,
+        quant_max=127, averaging_constant=1, is_dynamic=True, eps=torch.finfo(torch.float32).eps,
+        scale_dtype=torch.float32, zero_point_dtype=torch.int8)
+    return QuantizationSpec(torch.int8, observer, -128, 127, torch.per_tensor_affine, is_dynamic=True)
+
+
+class KernelScaleGroupObserver(AffineQuantizedMinMaxObserver):
+    """Group-wise weight scales as XNNPACK's qb4w kernels use them: LiteRT stores
+    FLOAT16 block scales and XNNPACK packs them as bfloat16, so the scales are rounded
+    through both here and the fake-quantized reference computes what the kernel does
+    (measured: 3e-7 apart, against 0.5% of the output range with float32 scales)."""
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, zero_point = super().calculate_qparams()
+        return scale.to(torch.float16).to(torch.bfloat16).to(scale.dtype), zero_point
+
+
+def _group_spec(group_size: int) -> QuantizationSpec:
+    observer = KernelScaleGroupObserver.with_args(
+        mapping_type=MappingType.SYMMETRIC, target_dtype=torch.int8, granularity=PerGroup(group_size),
+        quant_min=_INT4[0], quant_max=_INT4[1], eps=_EPS, scale_dtype=torch.float32, zero_point_dtype=torch.int8)
+    return QuantizationSpec(torch.int8, observer, *_INT4)
+
+
+class TfliteQuantizer(Quantizer):
+    """Annotates a core-ATen graph for `scheme` as our TFLite writer writes it.
+
+    `xnnpack_only`: annotate only int8 forms XNNPACK runs (`Int8.xnnpack`); the others
+    stay float between a dequantize and a quantize, inside the delegate (the cpu).
+    """
+
+    def __init__(self, scheme: Scheme, xnnpack_only: bool = False) -> None:
+        super().__init__()
+        self.scheme = scheme
+        self.xnnpack_only = xnnpack_only
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        graph = model.graph
+        consts = _constant_nodes(model)
+        live = set(graph.nodes)
+        plan = make_plan(graph, live, frozenset(consts))
+        for node in list(graph.nodes):
+            if node.op != "call_function" or node in consts or node in plan.alias or _annotated(node):
+                continue
+            if _float_output(node) is None:
+                continue
+            if self.scheme.activations == STATIC:
+                self._annotate_int8(node, plan, consts)
+            else:
+                self._annotate_linear(node, consts)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing to check: the annotations come from the writer's own table."""
+
+    # -- static int8 -------------------------------------------------------------------------
+
+    def _annotate_int8(self, node: Node, plan: Any, consts: set[Node]) -> None:
+        entry = lookup(node.target)
+        if entry is None or entry.int8 is None or (self.xnnpack_only and not entry.int8.xnnpack):
+            return
+        int8 = entry.int8
+        if int8.check is not None and int8.check(node, consts.__contains__):
+            return
+        activations = activation_args(node, int8.signature)
+        if not activations or not all(_runtime_float(a, consts) for a in activations):
+            return
+        qat = self.scheme.qat
+        first = activations[0]
+        inputs: dict[Node, QuantizationSpecBase] = {first: _act_spec(qat)}
+        for arg in activations[1:]:
+            shared = int8.signature.output == "shared"
+            inputs[arg] = SharedQuantizationSpec((first, node)) if shared else _act_spec(qat)
+        if int8.signature.weight is not None:
+            inputs[node.args[int8.signature.weight]] = _weight_spec(qat)
+        tail = group_tail(node, plan)
+        if int8.signature.fixed is not None:
+            scale, zero_point = int8.signature.fixed
+            output: QuantizationSpecBase = FixedQParamsQuantizationSpec(torch.int8, scale, zero_point, -128, 127,
+                                                                        torch.per_tensor_affine)
+        elif int8.signature.output == "shared":
+            output = SharedQuantizationSpec((first, node))
+        else:
+            output = _act_spec(qat)
+        for member in group(node, plan):
+            member.meta[ANNOTATION] = QuantizationAnnotation(_annotated=True)
+        if tail is node:
+            node.meta[ANNOTATION] = QuantizationAnnotation(inputs, output, _annotated=True)
+        else:
+            node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
+            tail.meta[ANNOTATION] = QuantizationAnnotation({}, output, _annotated=True)
+
+    # -- dynamic: linears ----------------------------------------------------------------------
+
+    def _annotate_linear(self, node: Node, consts: set[Node]) -> None:
+        if node.target not in HYBRID_LINEARS or not _runtime_float(node.args[0], consts):
+            return
+        weight = node.args[1]
+        bias = node.args[2] if len(node.args) > 2 else None
+        if weight not in consts or (bias is not None and bias not in consts):
+            return
+        out_features, in_features = tuple(weight.meta["val"].shape) if weight.meta["val"].dim() == 2 else (0, 1)
+        if in_features % 2:
+            return
+        group = self.scheme.group_size
+        if self.scheme.weight_bits == 4:
+            if not group or in_features % group or group % 32 or group == in_features:
+                return
+            weight_spec = _group_spec(group)
+        else:
+            weight_spec = _weight_spec(qat=False)
+        node.meta[ANNOTATION] = QuantizationAnnotation(
+            {node.args[0]: _per_token_spec(), weight: weight_spec}, None, _annotated=True)
+
+
+# -- graph helpers ---------------------------------------------------------------------------------
+
+
+def _constant_nodes(model: GraphModule) -> set[Node]:
+    """Weights (get_attr) and what folds from them."""
+    consts: set[Node] = set()
+    for node in model.graph.nodes:
+        if node.op == "get_attr" or (node.op == "call_function" and foldable(node, consts.__contains__)):
+            consts.add(node)
+    return consts
+
+
+def _annotated(node: Node) -> bool:
+    annotation = node.meta.get(ANNOTATION)
+    return annotation is not None and annotation._annotated
+
+
+def _float_output(node: Node) -> torch.Tensor | None:
+    val = node.meta.get("val")
+    val = val[0] if isinstance(val, (tuple, list)) and val else val
+    return val if isinstance(val, torch.Tensor) and val.dtype == torch.float32 else None
+
+
+def _runtime_float(arg: Any, consts: set[Node]) -> bool:
+    """A float tensor computed at run time (not a weight, scalar or tuple)."""
+    val = arg.meta.get("val") if isinstance(arg, Node) else None
+    return isinstance(val, torch.Tensor) and val.dtype == torch.float32 and arg not in consts

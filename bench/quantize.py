@@ -1,0 +1,156 @@
+"""MobileNetV2 int8 on cpu against our fp32 and ExecuTorch XNNPACK int8, in one run.
+
+    python bench/quantize.py [--models mobilenet_v2] [--runs 200] [--batches 8] [--threads 2]
+
+Needs ExecuTorch next to torch 2.13, for the benchmark only (see bench/cpu_vs_executorch.py
+for the environment). Both sides get the same calibration batches (random images: this
+measures speed and cost, not accuracy) and the same PT2E machinery (torchao 0.18);
+ExecuTorch quantizes with its XNNPACKQuantizer (symmetric, per-channel weights) and
+lowers with to_edge_transform_and_lower + to_executorch.
+
+Per model it prints:
+- calibration time per batch (edgeport's observers: min/max);
+- lowering time after calibration: edgeport's convert + capture of the Q/DQ graph +
+  partition + compile + save, against ExecuTorch's convert + torch.export + lower +
+  to_executorch, both from the calibrated model;
+- artifact size, int8 against fp32;
+- latency (median, p10, min) of edgeport int8, edgeport fp32 and ExecuTorch int8,
+  alternated in short blocks so load changes hit all three;
+- each int8 result's distance from the float model (max abs error / max abs output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import edgeport
+from edgeport.backends.cpu import CpuBackend
+from edgeport.testing import registry_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_bench(name: str):  # noqa: ANN201 - a module
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BASE = load_bench("cpu_vs_executorch")  # load_models, executorch_method, timed
+
+
+def edgeport_int8(model, inputs, batches, threads: int, path: str) -> dict[str, float]:
+    """Export int8 and save; phase times from the export's own progress lines."""
+    marks: list[tuple[float, str]] = []
+    start = time.perf_counter()
+    program = edgeport.export(model, inputs, ["cpu"], quantize="int8", calibration=batches,
+                              options={"cpu": {"threads": threads}}, registry=registry_for(CpuBackend()),
+                              progress=lambda line: marks.append((time.perf_counter(), line)))
+    program.save(path)
+    end = time.perf_counter()
+    converted = next(t for t, line in marks if line.startswith("converting"))
+    report = program.manifest.report["forward"]["quantization"]
+    return {"total": end - start, "lower": end - converted,
+            "ms_per_batch": report["calibration"]["ms_per_batch"]}
+
+
+def executorch_int8(model, inputs, batches, path: str) -> dict[str, float]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    start = time.perf_counter()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, inputs).module(), quantizer)
+    calibrated = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            prepared(*batch)
+    lowering = time.perf_counter()
+    converted = convert_pt2e(prepared)
+    program = to_edge_transform_and_lower(torch.export.export(converted, inputs),
+                                          partitioner=[XnnpackPartitioner()]).to_executorch()
+    with open(path, "wb") as f:
+        f.write(program.buffer)
+    end = time.perf_counter()
+    return {"total": end - start, "lower": end - lowering,
+            "ms_per_batch": 1e3 * (lowering - calibrated) / len(batches)}
+
+
+def latencies(calls: dict[str, callable], runs: int, block: int = 5) -> dict[str, list[float]]:
+    """ms per call of each, alternating blocks (each block after an untimed warm call)."""
+    lat = {name: [] for name in calls}
+    for _ in range(-(-runs // block)):
+        for name, fn in calls.items():
+            time.sleep(0.02)
+            fn()
+            lat[name] += [BASE.timed(fn) * 1e3 for _ in range(block)]
+    return lat
+
+
+def distance(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def measure(name: str, factory, args, tmp: str) -> None:
+    model, inputs = factory()
+    generator = torch.Generator().manual_seed(0)
+    batches = [tuple(torch.randn(x.shape, generator=generator) for x in inputs) for _ in range(args.batches)]
+    ours8, ours32, theirs8 = (os.path.join(tmp, f"{name}.{s}") for s in ("int8.edgeport", "fp32.edgeport", "int8.pte"))
+    ep = edgeport_int8(model, inputs, batches, args.threads, ours8)
+    edgeport.export(model, inputs, ["cpu"], options={"cpu": {"threads": args.threads}},
+                    registry=registry_for(CpuBackend())).save(ours32)
+    et = executorch_int8(model, inputs, batches, theirs8)
+    int8, fp32 = edgeport.load(ours8), edgeport.load(ours32)
+    size = {k: sum(len(d) for p, d in prog.files.items() if p.endswith(".tflite")) for k, prog in
+            (("int8", int8), ("fp32", fp32))}
+    torch.set_num_threads(args.threads)
+    method = BASE.executorch_method(theirs8)
+    x = inputs[0]
+    calls = {"edgeport int8": lambda: int8(x), "edgeport fp32": lambda: fp32(x), "ExecuTorch int8": lambda: method.execute([x])}
+    lat = latencies(calls, args.runs)
+    with torch.no_grad():
+        eager = model(x)
+    print(f"\n{name} ({args.batches} random calibration batches, {args.threads} threads)")
+    print(f"  calibration: edgeport {ep['ms_per_batch']:.0f} ms/batch, ExecuTorch {et['ms_per_batch']:.0f} ms/batch")
+    print(f"  lowering after calibration: edgeport {ep['lower']:.2f} s, ExecuTorch {et['lower']:.2f} s "
+          f"({ep['lower'] / et['lower']:.2f}x)")
+    print(f"  artifact: int8 {size['int8'] / 1e6:.2f} MB, fp32 {size['fp32'] / 1e6:.2f} MB "
+          f"({size['int8'] / size['fp32']:.2f}x); ExecuTorch int8 {os.path.getsize(theirs8) / 1e6:.2f} MB")
+    stats = {k: (statistics.median(v), statistics.quantiles(v, n=10)[0], min(v)) for k, v in lat.items()}
+    for k, (med, p10, low) in stats.items():
+        print(f"  {k:16s} median {med:6.2f} ms  p10 {p10:6.2f}  min {low:6.2f}")
+    ours, fp, theirs = stats["edgeport int8"], stats["edgeport fp32"], stats["ExecuTorch int8"]
+    print("  edgeport int8 / edgeport fp32: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, fp)) + " (median p10 min)")
+    print("  edgeport int8 / ExecuTorch int8: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs)))
+    print(f"  distance from float: edgeport int8 {distance(int8(x), eager):.3f}, "
+          f"ExecuTorch int8 {distance(method.execute([x])[0], eager):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mobilenet_v2")
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    factories = BASE.load_models()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            measure(name, factories[name], args, tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The quantization step of `export`: float graph in, quantized graph out, ready to lower.
+
+    capture float -> place (partition the float graph) -> annotate, each backend on its
+    own nodes -> prepare_pt2e -> calibrate -> convert_pt2e -> capture the Q/DQ graph
+
+Lowering then partitions the quantized graph as usual; each backend's `support`
+recognizes the quantized patterns it runs (dequantize -> op -> quantize).
+
+torchao (PT2E) is imported here, inside functions: `import edgeport` never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import GraphModule
+
+from ..backend import Backend
+from ..capture import capture
+from ..errors import EdgeportError
+from .calibration import CalibrationError, Progress, calibrate
+from .placement import Placement, place, placed_quantizer
+from .scheme import Scheme, resolve_scheme
+
+QAT_KEY = "edgeport_qat"  # GraphModule.meta key of a model `prepare_qat` returned
+
+
+class QuantizationError(EdgeportError):
+    """The model cannot be quantized as asked."""
+
+
+@dataclass(frozen=True)
+class QatState:
+    """What `prepare_qat` decided, carried on the fake-quantized model to `export`."""
+
+    scheme: Scheme
+    backends: tuple[str, ...]
+    placement: Placement
+
+
+@dataclass
+class Quantized:
+    """A method's quantized program and what happened on the way."""
+
+    program: ExportedProgram
+    placement: Placement
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# Loggers torchao's import writes to stderr through: its optional CUDA kernels that do
+# not load on a CPU machine, and torch's pytree deprecation of its enum registrations.
+# Nothing a user can act on.
+_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+def import_torchao() -> None:
+    """Import torchao's PT2E machinery once, without its import-time log lines."""
+    loggers = [logging.getLogger(name) for name in _IMPORT_NOISE]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+        import torchao.quantization.quant_primitives  # noqa: F401  (registers torchao's affine ops)
+    except ImportError as exc:
+        raise QuantizationError(
+            f"quantizing needs torchao: {exc}", hint="pip install 'edgeport[quantize]' (torchao 0.18)"
+        ) from exc
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def quant_ops() -> frozenset[Any]:
+    """The quantize/dequantize ops capture must keep whole (they are the patterns
+    backends recognize); registers them (imports torchao)."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+
+    import_torchao()
+
+    qd, ao = torch.ops.quantized_decomposed, torch.ops.torchao
+    return frozenset({
+        qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default, qd.quantize_per_tensor.tensor,
+        qd.dequantize_per_tensor.tensor, qd.quantize_per_channel.default, qd.dequantize_per_channel.default,
+        qd.choose_qparams.tensor, ao.choose_qparams_affine.default, ao.quantize_affine.default,
+        ao.dequantize_affine.default,
+    })
+
+
+def recapture(converted: GraphModule, inputs: tuple[Any, ...], dynamic_shapes: Any,
+              backends: Mapping[str, Backend]) -> ExportedProgram:
+    """The converted graph as an ExportedProgram. It was captured and decomposed (with
+    the backends' kept ops) before annotation, and convert adds only quantize/dequantize
+    ops, so it is decomposed again only when torch.export left a buffer mutation in it
+    (functionalizing that makes it program state); otherwise a second decomposition
+    would trace the whole graph again (3 s of MobileNetV2's 5 s) to change nothing."""
+    from ..capture import _decompose, _quiet_torch, drop_proven_assertions
+
+    keep = quant_ops() | {op for b in backends.values() for op in b.keep_ops()}
+    try:
+        with _quiet_torch():
+            program = torch.export.export(converted, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+            if any(_mutates(node) for node in program.graph.nodes):
+                program = _decompose(program, set(keep))
+    except Exception as exc:
+        raise QuantizationError(f"torch.export could not capture the quantized graph: {type(exc).__name__}: {exc}") from exc
+    return drop_proven_assertions(program)
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+
+
+def is_qat_model(model: Any) -> bool:
+    return isinstance(model, GraphModule) and QAT_KEY in model.meta
+
+
+def quantize_method(
+    model: torch.nn.Module,
+    inputs: tuple[Any, ...],
+    dynamic_shapes: Any,
+    backends: Mapping[str, Backend],
+    options: Mapping[str, Any],
+    scheme: Scheme | None,
+    calibration: Iterable[Any] | None,
+    progress: Progress | None = None,
+) -> Quantized:
+    """Quantize one method for `backends` (priority order) and capture the result."""
+    import_torchao()
+    report: dict[str, Any] = {}
+    if is_qat_model(model):
+        state: QatState = model.meta[QAT_KEY]
+        _check_qat(state, scheme, backends)
+        scheme, placement = state.scheme, state.placement
+        converted = _convert(model, report, progress, qat=True)
+    else:
+        if scheme is None:
+            raise QuantizationError("no quantization scheme given")
+        if scheme.needs_calibration and calibration is None:
+            raise CalibrationError(
+                f"{scheme.name} needs calibration data to measure activation ranges",
+                hint="pass calibration=batches (or --calibration FILE.npz|SPEC); random data would calibrate "
+                     "ranges real inputs never have, a silent accuracy loss",
+            )
+        placement, prepared = _prepare(model, inputs, dynamic_shapes, backends, options, scheme, progress)
+        if scheme.needs_calibration:
+            report["calibration"] = calibrate(prepared, calibration, progress).as_dict()
+        else:  # weights are observed on one forward; activations are quantized at run time
+            calibrate(prepared, [inputs])
+            if calibration is not None:
+                report["calibration"] = "not used: the scheme quantizes activations at run time"
+        converted = _convert(prepared, report, progress)
+    if progress:
+        progress("capturing the quantized graph")
+    start = time.perf_counter()
+    program = recapture(converted, inputs, dynamic_shapes, backends)
+    report["capture_seconds"] = round(time.perf_counter() - start, 3)
+    report = {"scheme": scheme.name, "description": scheme.describe(), "backends": placement.summary(), **report}
+    return Quantized(program, placement, report)
+
+
+def prepare_qat_model(
+    model: torch.nn.Module,
+    inputs: tuple[Any, ...],
+    backends: Mapping[str, Backend],
+    options: Mapping[str, Any],
+    scheme: str | Scheme,
+) -> GraphModule:
+    """The fake-quantized model to fine-tune (see `edgeport.prepare_qat`)."""
+    import_torchao()
+    scheme = resolve_scheme(scheme)
+    if not scheme.needs_calibration:
+        raise QuantizationError(
+            f"quantization-aware training applies to static schemes, not {scheme.name}",
+            hint="use quantize='int8' (its activation ranges are learned while training)",
+        )
+    qat = Scheme(scheme.name, scheme.activations, scheme.activation_bits, scheme.weight_bits, scheme.group_size, qat=True)
+    placement, prepared = _prepare(model, inputs, None, backends, options, qat, progress=None, for_qat=True)
+    prepared.meta[QAT_KEY] = QatState(scheme, tuple(backends), placement)
+    return prepared
+
+
+def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, progress, for_qat: bool = False):
+    """Capture the float model, place it, and insert each owner's observers."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    float_program = capture(model, inputs, list(backends.values()), options, dynamic_shapes)
+    placement = place(float_program, backends, options, scheme)
+    if progress:
+        progress(f"placing for {scheme.name}: " + "; ".join(f"{b} {s}" for b, s in placement.summary().items()))
+    module = float_program.module()
+    fold_batch_norms(module, placement.owner)
+    prepare = prepare_qat_pt2e if for_qat else prepare_pt2e
+    try:
+        prepared = prepare(module, placed_quantizer(placement))
+    except Exception as exc:
+        raise QuantizationError(f"inserting observers failed: {type(exc).__name__}: {exc}") from exc
+    return placement, prepared
+
+
+def fold_batch_norms(model: GraphModule, owner: Mapping[str, str]) -> int:
+    """Fold each inference batch norm into the convolution before it (same owner, the
+    conv's only reader, a weight of its own) and return how many were folded.
+
+    The weights are then observed as they will be stored. It also keeps torchao's
+    convert from searching the graph for QAT conv-bn patterns, which it does (tracing
+    some 100 patterns, ~50 s) whenever any batch norm is left.
+    """
+    from torchao.quantization.pt2e.utils import fold_bn_weights_into_conv_node
+
+    aten = torch.ops.aten
+    folded = 0
+    for bn in list(model.graph.nodes):
+        if bn.target != aten._native_batch_norm_legit_no_training.default:
+            continue
+        conv = bn.args[0]
+        if not (isinstance(conv, torch.fx.Node) and conv.target == aten.convolution.default) or conv.args[6]:
+            continue
+        weight, bias = conv.args[1], conv.args[2]
+        params = [weight, *bn.args[1:5]] + ([bias] if bias is not None else [])
+        if len(conv.users) != 1 or owner.get(conv.name) != owner.get(bn.name):
+            continue
+        if any(not (isinstance(p, torch.fx.Node) and p.op == "get_attr") for p in params) or len(weight.users) != 1:
+            continue
+        fold_bn_weights_into_conv_node(conv, weight, bias, bn, model)
+        folded += 1
+    if folded:
+        model.graph.eliminate_dead_code()
+        model.recompile()
+    return folded
+
+
+def _convert(prepared: GraphModule, report: dict[str, Any], progress: Progress | None, qat: bool = False) -> GraphModule:
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    if progress:
+        progress("converting observers to quantize/dequantize ops")
+    start = time.perf_counter()
+    if qat:
+        move_exported_model_to_eval(prepared)
+    converted = convert_pt2e(prepared)
+    report["convert_seconds"] = round(time.perf_counter() - start, 3)
+    return converted
+
+
+def _check_qat(state: QatState, scheme: Scheme | None, backends: Mapping[str, Backend]) -> None:
+    if scheme is not None and scheme.name != state.scheme.name:
+        raise QuantizationError(
+            f"the model was prepared for quantization-aware training with {state.scheme.name}, not {scheme.name}",
+            hint=f"export it with quantize={state.scheme.name!r} (or leave quantize out)",
+        )
+    if tuple(backends) != state.backends:
+        raise QuantizationError(
+            f"the model was prepared for backends {', '.join(state.backends)}, not {', '.join(backends)}",
+            hint="export a QAT model with the backends it was prepared for: each node's quantizer depends on them",
+        )

@@ -1,0 +1,150 @@
+"""Placement-aware annotation: each node is quantized by the backend that will run it.
+
+The float graph is partitioned first, exactly as lowering does (support matrix, the
+priority policy, each backend's partition rules). Then every backend's quantizer
+annotates the graph, and the core keeps only the annotations it put on nodes that
+backend owns: a node left to portable torch, or to a backend that keeps float, stays
+float. Quantize/dequantize pairs therefore appear only where a quantized backend's
+partition begins or ends.
+
+A backend that offers no schemes at all keeps working in float. A backend that offers
+schemes, but not the one asked for, declines its nodes with that reason, so they go
+to the next backend in the user's order or stay float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from torch.export import ExportedProgram
+from torch.fx import GraphModule, Node
+
+from edgeport.partitioners.partition import partition_graph
+from edgeport.partitioners.support import ask_support
+
+from ..backend import Backend, Support, SupportContext
+from .scheme import Scheme
+
+ANNOTATION = "quantization_annotation"  # the node.meta key PT2E quantizers write
+
+QUANTIZES = "quantizes"
+FLOAT = "float"
+DECLINES = "declines"
+
+
+@dataclass(frozen=True)
+class BackendQuantization:
+    """What one selected backend does with the scheme: QUANTIZES, FLOAT (it offers no
+    quantization, its nodes stay float on it) or DECLINES (with `reason`)."""
+
+    status: str
+    reason: str = ""
+    quantizer: Any = None
+
+
+@dataclass
+class Placement:
+    """The float graph's placement: node name -> backend (or "portable"), and each
+    selected backend's answer to the scheme."""
+
+    scheme: Scheme
+    owner: dict[str, str]
+    backends: dict[str, BackendQuantization] = field(default_factory=dict)
+
+    @property
+    def declined(self) -> dict[str, str]:
+        """backend -> the reason it declines every node (lowering repeats it)."""
+        return {b: q.reason for b, q in self.backends.items() if q.status == DECLINES}
+
+    def summary(self) -> dict[str, str]:
+        out = {}
+        for name, q in self.backends.items():
+            taken = sum(1 for owner in self.owner.values() if owner == name)
+            if q.status == QUANTIZES:
+                out[name] = f"quantizes its {taken} node(s) with {self.scheme.name}"
+            elif q.status == FLOAT:
+                out[name] = f"keeps its {taken} node(s) float: {q.reason}"
+            else:
+                out[name] = f"declines: {q.reason}"
+        return out
+
+
+def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> BackendQuantization:
+    """Ask `backend` for its quantizer of `scheme`."""
+    offered = sorted(backend.schemes)
+    if not offered:
+        return BackendQuantization(FLOAT, "the backend offers no quantization schemes")
+    if scheme.name not in backend.schemes:
+        return BackendQuantization(DECLINES, f"{backend.name} does not offer {scheme.name} (it offers {', '.join(offered)})")
+    quantizer = backend.quantizer(scheme, options)
+    if quantizer is None:
+        return BackendQuantization(DECLINES, f"{backend.name} has no {scheme.name} quantizer for these options")
+    return BackendQuantization(QUANTIZES, quantizer=quantizer)
+
+
+def place(program: ExportedProgram, backends: Mapping[str, Backend], options: Mapping[str, Any],
+          scheme: Scheme) -> Placement:
+    """Partition the float program as lowering would, after asking each backend about
+    `scheme` (a backend that declines it declines every node)."""
+    answers = {name: backend_quantization(b, scheme, options[name]) for name, b in backends.items()}
+    nodes = list(program.graph.nodes)
+    checks = {name: _support(backend, program, options[name], answers[name]) for name, backend in backends.items()}
+    matrix = ask_support(nodes, checks)
+    plan = partition_graph(nodes, matrix, list(backends), {b: be.rules for b, be in backends.items()})
+    return Placement(scheme, dict(plan.assignment), answers)
+
+
+def _support(backend: Backend, program: ExportedProgram, options: Any,
+             answer: BackendQuantization) -> Callable[[Node], Support]:
+    if answer.status == DECLINES:
+        no = Support.no(answer.reason)
+        return lambda node: no
+    ctx = SupportContext(program, options)
+    return lambda node: backend.support(node, ctx)
+
+
+def annotate_placed(model: GraphModule, placement: Placement) -> None:
+    """Run every quantizing backend's annotation, keeping each only on its own nodes."""
+    for name, answer in placement.backends.items():
+        if answer.status != QUANTIZES:
+            continue
+        before = {node: node.meta.get(ANNOTATION) for node in model.graph.nodes}
+        answer.quantizer.annotate(model)
+        for node in model.graph.nodes:
+            if placement.owner.get(node.name) == name or node.meta.get(ANNOTATION) is before.get(node):
+                continue
+            if before.get(node) is None:
+                node.meta.pop(ANNOTATION, None)
+            else:
+                node.meta[ANNOTATION] = before[node]
+
+
+def placed_quantizer(placement: Placement) -> Any:
+    """A torchao `Quantizer` that annotates with `annotate_placed` (imports torchao)."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class PlacedQuantizer(Quantizer):
+        """Each backend's quantizer, restricted to the nodes that backend owns.
+
+        Backends' `transform_for_annotation` is not called: the graph must keep the
+        nodes the placement named. Each quantizer's `validate` and observer callback are.
+        """
+
+        def annotate(self, model: GraphModule) -> GraphModule:
+            annotate_placed(model, placement)
+            return model
+
+        def validate(self, model: GraphModule) -> None:
+            for q in _quantizers(placement):
+                q.validate(model)
+
+        def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
+            for q in _quantizers(placement):
+                q.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
+
+    return PlacedQuantizer()
+
+
+def _quantizers(placement: Placement) -> list[Any]:
+    return [a.quantizer for a in placement.backends.values() if a.status == QUANTIZES]

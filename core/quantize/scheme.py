@@ -1,0 +1,85 @@
+"""Quantization schemes as data: what is quantized, to how many bits, when.
+
+A scheme is what the user asks for (`--quantize int8`); each backend turns it into a
+quantizer for the nodes it owns (`Backend.quantizer`). The names are the contract
+between users, backends and `edgeport backends --json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import EdgeportError
+
+STATIC = "static"  # activations quantized with ranges measured on calibration data
+DYNAMIC = "dynamic"  # activations quantized at run time, per token, by the kernel
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One quantization scheme.
+
+    `activations`: STATIC (needs calibration data) or DYNAMIC. `activation_bits` and
+    `weight_bits` are the integer widths; weights are symmetric, per output channel, or
+    per group of `group_size` inputs when `group_size` is set. `qat` asks the backend for
+    fake-quantize modules to train through instead of observers.
+    """
+
+    name: str
+    activations: str
+    activation_bits: int
+    weight_bits: int
+    group_size: int | None = None
+    qat: bool = False
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.activations == STATIC
+
+    def describe(self) -> str:
+        """One line for reports, e.g. "int4-weight: 4-bit weights in groups of 32, ..."."""
+        weights = f"{self.weight_bits}-bit weights " + (
+            f"in groups of {self.group_size}" if self.group_size else "per channel"
+        )
+        if self.activations == STATIC:
+            acts = f"{self.activation_bits}-bit activations (static, calibrated)"
+        else:
+            acts = f"{self.activation_bits}-bit activations quantized per token at run time"
+        return f"{self.name}: {weights}, {acts}"
+
+
+DEFAULT_GROUP_SIZE = 32  # LiteRT's INT4 blocks are multiples of 32; ExecuTorch's 8da4w default too
+
+SCHEMES: dict[str, Scheme] = {
+    "int8": Scheme("int8", STATIC, 8, 8),
+    "int8-dynamic": Scheme("int8-dynamic", DYNAMIC, 8, 8),
+    # XNNPACK's 4-bit kernels (qd8-f32-qb4w) quantize the activations per token at run
+    # time; the scheme says so rather than pretend the activations stay float.
+    "int4-weight": Scheme("int4-weight", DYNAMIC, 8, 4, group_size=DEFAULT_GROUP_SIZE),
+    # 16-bit activations, 8-bit weights: offered by backends whose NPU runs it (Qualcomm HTP).
+    "a16w8": Scheme("a16w8", STATIC, 16, 8),
+}
+
+
+def resolve_scheme(scheme: str | Scheme, group_size: int | None = None) -> Scheme:
+    """A `Scheme` from its name (or itself), with `group_size` applied when given."""
+    if isinstance(scheme, Scheme):
+        resolved = scheme
+    else:
+        resolved = SCHEMES.get(str(scheme).strip().lower())
+        if resolved is None:
+            raise EdgeportError(
+                f"unknown quantization scheme {scheme!r}",
+                hint=f"choose one of: {', '.join(SCHEMES)}",
+            )
+    if group_size is not None:
+        if resolved.group_size is None:
+            raise EdgeportError(
+                f"scheme {resolved.name!r} has no weight groups, so a group size does not apply",
+                hint="group sizes apply to int4-weight",
+            )
+        if group_size <= 0:
+            raise EdgeportError(f"group size must be positive, got {group_size}")
+        resolved = dataclasses.replace(resolved, group_size=group_size)
+    return resolved

@@ -1,0 +1,262 @@
+"""Quantized conformance: ops and blocks exported quantized, compared with their reference.
+
+A quantized backend is correct when it computes what the fake-quantized reference
+computes (the converted PT2E graph, run in torch); how far both are from float is the
+scheme's error, not the backend's. For static int8 the error is counted in steps of
+the output's quantization scale: an int8 kernel rounds each requantization itself, so
+one op may land one step away from the reference. Dynamic schemes compare relatively.
+
+    from edgeport.testing import run_quantized_conformance
+    for r in run_quantized_conformance(MyNpu()):
+        assert r.passed, (r.name, r.error, r.max_steps)
+
+Names are stable: backends' tests and denylists refer to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..api import export
+from ..backend import Backend
+from ..portable import program_from_files
+from ..program import Program
+from .cases import Fn, _x
+
+__all__ = [
+    "QUANTIZED_CASES",
+    "QuantizedCase",
+    "QuantizedCaseResult",
+    "calibration_for",
+    "reference_program",
+    "run_quantized_case",
+    "run_quantized_conformance",
+]
+
+
+@dataclass(frozen=True)
+class QuantizedCase:
+    name: str
+    build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]
+    scheme: str = "int8"
+    steps: float = 1.0  # static: allowed |backend - reference| in output quantization steps
+    rtol: float = 1e-4  # dynamic: allowed max error relative to the reference's largest value
+    tags: frozenset[str] = frozenset()
+
+
+@dataclass
+class QuantizedCaseResult:
+    """How one quantized case went: share delegated, reasons, error against the reference
+    (`max_steps` in output quantization steps for static schemes; None when the
+    backend cannot run here), and the artifacts' operator counts."""
+
+    name: str
+    scheme: str
+    delegated: float
+    reasons: dict[str, str] = field(default_factory=dict)
+    max_error: float | None = None
+    max_steps: float | None = None
+    ops: dict[str, int] = field(default_factory=dict)
+    passed: bool = True
+    error: str = ""
+    program: Program | None = field(default=None, repr=False)  # the exported program, to inspect further
+
+
+def calibration_for(inputs: tuple[Any, ...], batches: int = 8, seed: int = 1) -> list[tuple[Any, ...]]:
+    """Seeded random batches shaped like `inputs` (for conformance, where any data will do)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randn(x.shape, generator=generator) if x.is_floating_point() else x for x in inputs)
+            for _ in range(batches)]
+
+
+def reference_program(program: Program) -> Program:
+    """`program` with every delegated step run as its fake-quantized torch reference
+    (export with keep_reference=True keeps them)."""
+    methods = {}
+    for name, plan in program.manifest.methods.items():
+        steps = []
+        for step in plan.steps:
+            if step.kind == "delegate":
+                if not step.reference:
+                    raise ValueError(f"step {step.partition} of {name} kept no reference: export with keep_reference=True")
+                step = dataclasses.replace(step, kind="portable", backend=None, artifact=None, program=step.reference)
+            steps.append(step)
+        methods[name] = dataclasses.replace(plan, steps=tuple(steps))
+    return Program(dataclasses.replace(program.manifest, methods=methods), program.files)
+
+
+def output_scales(program: Program) -> dict[str, float]:
+    """Each method output that leaves a step through a per-tensor dequantize: its scale."""
+    scales = {}
+    for plan in program.manifest.methods.values():
+        for step in plan.steps:
+            prefix = step.reference or step.program
+            if not prefix:
+                continue
+            graph = program_from_files(lambda n, p=prefix: program.files[f"{p}/{n}"]).graph
+            for arg in graph.output_node().args[0]:
+                target = getattr(arg, "target", None)
+                if getattr(target, "_schema", None) is not None and target._schema.name.endswith("dequantize_per_tensor"):
+                    scales[arg.name] = float(arg.args[1])
+    return scales
+
+
+def run_quantized_case(backend: Backend, case: QuantizedCase) -> QuantizedCaseResult:
+    from . import registry_for
+
+    module, inputs = case.build()
+    result = QuantizedCaseResult(case.name, case.scheme, 0.0)
+    try:
+        program = export(module, inputs, [backend.name], quantize=case.scheme, calibration=calibration_for(inputs),
+                         keep_reference=True, registry=registry_for(backend))
+    except Exception as exc:
+        result.passed, result.error = False, f"export failed: {type(exc).__name__}: {exc}"
+        return result
+    result.program = program
+    nodes = program.report()["nodes"]
+    result.delegated = sum(n["backend"] == backend.name for n in nodes) / max(len(nodes), 1)
+    result.reasons = {n["op"]: n["reasons"][backend.name] for n in nodes
+                      if n["backend"] != backend.name and backend.name in n["reasons"]}
+    for info in program.manifest.artifacts.values():
+        for op, count in info.metadata.get("ops", {}).items():
+            result.ops[op] = result.ops.get(op, 0) + count
+    if not backend.availability().can_run:
+        return result
+    try:
+        with torch.no_grad():
+            actual, expected = program(*inputs), reference_program(program)(*inputs)
+    except Exception as exc:
+        result.passed, result.error = False, f"run failed: {type(exc).__name__}: {exc}"
+        return result
+    actual, expected = _leaves(actual), _leaves(expected)
+    errors = [float((a.double() - e.double()).abs().max()) for a, e in zip(actual, expected)]
+    result.max_error = max(errors)
+    scales = list(output_scales(program).values())
+    if case.scheme == "int8" and len(scales) == len(errors):
+        result.max_steps = max(err / scale for err, scale in zip(errors, scales))
+        result.passed = result.max_steps <= case.steps + 1e-3  # float rounding of the step itself
+    else:
+        scale = max(float(e.abs().max()) for e in expected) or 1.0
+        result.passed = result.max_error / scale <= case.rtol
+    return result
+
+
+def run_quantized_conformance(backend: Backend, cases: Iterable[QuantizedCase] | None = None) -> list[QuantizedCaseResult]:
+    """Run `cases` (default: all) on `backend`, each quantized with its case's scheme."""
+    return [run_quantized_case(backend, c) for c in (QUANTIZED_CASES if cases is None else cases)]
+
+
+def _leaves(value: Any) -> list[torch.Tensor]:
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+# -- the cases ------------------------------------------------------------------------------------
+
+
+def _seeded(build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]) -> Callable[[], tuple[nn.Module, tuple[Any, ...]]]:
+    def wrapped() -> tuple[nn.Module, tuple[Any, ...]]:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            module, inputs = build()
+        return module.eval(), inputs
+
+    return wrapped
+
+
+def qop(name: str, fn: Callable[..., Any], *shapes: tuple[int, ...], steps: float = 1.0,
+        **params: tuple[int, ...]) -> QuantizedCase:
+    """A one-function int8 case; `params` are its weights' shapes."""
+    def build() -> tuple[nn.Module, tuple[Any, ...]]:
+        weights = {k: _x(*shape) * 0.3 for k, shape in params.items()}
+        return Fn(fn, **weights), tuple(_x(*s) for s in shapes)
+
+    return QuantizedCase(name, _seeded(build), steps=steps, tags=frozenset({"op"}))
+
+
+def qblock(name: str, make: Callable[[], nn.Module], *shapes: tuple[int, ...], scheme: str = "int8",
+           steps: float = 1.0, rtol: float = 1e-4) -> QuantizedCase:
+    return QuantizedCase(name, _seeded(lambda: (make(), tuple(_x(*s) for s in shapes))), scheme, steps, rtol,
+                         frozenset({"block"}))
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(-1.5, 1.5)  # negative scales too: folding flips those channels' weights
+    bn.bias.data.uniform_(-0.2, 0.2)
+    return bn
+
+
+class _Residual(nn.Module):
+    """MobileNetV2's inverted residual: expand, depthwise, project, add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), _bn(32), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), _bn(32), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(32, 8, 1, bias=False), _bn(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.depthwise(self.expand(x)))
+
+
+class _Classifier(nn.Module):
+    """conv -> max pool -> flatten -> linear: the shape of a small image classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.max_pool2d(torch.relu(self.conv(x)), 2), 1))
+
+
+IMG = (1, 8, 12, 12)
+
+QUANTIZED_CASES: list[QuantizedCase] = [
+    # int8 convolutions and linears (per-channel weights, int32 bias)
+    qop("int8_conv2d", lambda m, x: F.conv2d(x, m.w, m.b, padding=1), IMG, w=(16, 8, 3, 3), b=(16,)),
+    qop("int8_conv2d_relu", lambda m, x: F.relu(F.conv2d(x, m.w, m.b, padding=1)), IMG, w=(16, 8, 3, 3), b=(16,)),
+    qop("int8_conv2d_stride2", lambda m, x: F.conv2d(x, m.w, stride=2, padding=1), IMG, w=(8, 8, 3, 3)),
+    qop("int8_conv2d_depthwise", lambda m, x: F.relu6(F.conv2d(x, m.w, padding=1, groups=8)), IMG, w=(8, 1, 3, 3)),
+    qop("int8_linear", lambda m, x: F.linear(x, m.w, m.b), (4, 32), w=(16, 32), b=(16,)),
+    qop("int8_linear_relu", lambda m, x: F.relu(F.linear(x, m.w)), (4, 32), w=(16, 32)),
+    # int8 elementwise
+    qop("int8_add", lambda m, a, b: a + b, (2, 3, 8), (2, 3, 8)),
+    qop("int8_add_relu", lambda m, a, b: F.relu(a + b), (2, 3, 8), (2, 3, 8)),
+    qop("int8_mul", lambda m, a, b: a * b, (2, 3, 8), (2, 3, 8)),
+    qop("int8_relu", lambda m, x: F.relu(x), (2, 16)),
+    qop("int8_relu6", lambda m, x: F.relu6(x), (2, 16)),
+    qop("int8_hardswish", lambda m, x: F.hardswish(x), (2, 16)),
+    qop("int8_sigmoid", lambda m, x: torch.sigmoid(x), (2, 16)),
+    qop("int8_softmax", lambda m, x: F.softmax(x, dim=-1), (2, 4, 16)),
+    # int8 pooling and reductions
+    qop("int8_max_pool2d", lambda m, x: F.max_pool2d(x, 2), IMG),
+    qop("int8_avg_pool2d", lambda m, x: F.avg_pool2d(x, 2), IMG),
+    qop("int8_adaptive_avg_pool2d", lambda m, x: F.adaptive_avg_pool2d(x, 1), IMG),
+    qop("int8_mean", lambda m, x: x.mean(dim=(2, 3), keepdim=True), IMG),
+    # int8 data movement
+    qop("int8_cat", lambda m, a, b: torch.cat([F.relu(a), F.relu(b)], dim=1), IMG, IMG),
+    qop("int8_reshape", lambda m, x: torch.flatten(F.relu(x), 1), IMG),
+    qop("int8_permute", lambda m, x: F.relu(x).permute(0, 2, 3, 1), IMG),
+    qop("int8_pad", lambda m, x: F.pad(F.relu(x), (1, 1, 1, 1)), IMG),
+    # int8 blocks: a kernel's one-step rounding may grow through the ops after it
+    qblock("int8_conv_bn_relu6", lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), _bn(16), nn.ReLU6()), IMG),
+    qblock("int8_inverted_residual", _Residual, IMG, steps=3.0),
+    qblock("int8_classifier", _Classifier, IMG, steps=3.0),
+    # linears with integer weights, activations quantized per token at run time
+    qblock("int8_dynamic_linear", lambda: nn.Linear(64, 48), (5, 64), scheme="int8-dynamic", rtol=1e-5),
+    qblock("int8_dynamic_mlp", lambda: nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64)), (2, 3, 64),
+           scheme="int8-dynamic", rtol=1e-5),
+    qblock("int4_weight_linear", lambda: nn.Linear(64, 48), (5, 64), scheme="int4-weight", rtol=1e-5),
+    qblock("int4_weight_mlp", lambda: nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64)), (2, 3, 64),
+           scheme="int4-weight", rtol=1e-5),
+]

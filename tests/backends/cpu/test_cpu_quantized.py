@@ -1,0 +1,186 @@
+"""The cpu backend quantized: the writer's int8 ops and integer-weight linears against
+their fake-quantized reference, what XNNPACK really runs, and the artifacts' form
+(quantize/dequantize only at partition boundaries; names and signature LiteRT's tools
+accept)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from torch import nn
+
+import edgeport
+from edgeport.backends.cpu import CpuBackend
+from edgeport.backends.tflite import TfliteExecutable, runner, undelegated_ops
+from edgeport.testing import QUANTIZED_CASES, registry_for, run_quantized_conformance
+from edgeport.testing.quantized_cases import calibration_for, reference_program
+
+# Standalone int8 ops LiteRT 2.3's XNNPACK delegate leaves to TFLite's int8 kernels
+# (xnnpack_delegate.cc checks float tensors for them; fused into a conv, FC or add,
+# RELU/RELU6 run in XNNPACK). The cpu keeps them float, inside the delegate.
+NOT_DELEGATED_IN_INT8 = {"RELU", "RELU6", "HARD_SWISH", "SOFTMAX", "AVERAGE_POOL_2D"}
+KEPT_FLOAT_ON_CPU = {"int8_relu", "int8_relu6", "int8_hardswish", "int8_softmax", "int8_avg_pool2d"}
+
+
+class CpuEveryInt8(CpuBackend):
+    """The cpu writer with every int8 form annotated, as an NPU backend sharing the
+    writer would: exercises the int8 forms the cpu itself leaves float."""
+
+    def quantizer(self, scheme, options):  # noqa: ANN001, ANN201
+        from edgeport.backends.tflite import quantizer_for
+
+        return quantizer_for(scheme, xnnpack_only=False)
+
+
+def tflite_artifacts(program: edgeport.Program) -> list[bytes]:
+    return [data for path, data in program.files.items() if path.endswith(".tflite")]
+
+
+def undelegated(program: edgeport.Program) -> set[str]:
+    return {op.split(":", 1)[1] for data in tflite_artifacts(program)
+            for op in undelegated_ops(TfliteExecutable(data, 1).interpreter)}
+
+
+@pytest.fixture(scope="module")
+def conformance():
+    return {r.name: r for r in run_quantized_conformance(CpuBackend())}
+
+
+@pytest.mark.slow
+def test_every_quantized_case_matches_its_reference(conformance):
+    assert len(conformance) == len(QUANTIZED_CASES)
+    failed = {name: (r.error, r.max_steps, r.max_error) for name, r in conformance.items() if not r.passed}
+    assert failed == {}
+    assert {name: r.delegated for name, r in conformance.items() if r.delegated < 1.0} == {}
+    # single ops land within one output quantization step of the reference (most exactly)
+    steps = {name: r.max_steps for name, r in conformance.items() if r.max_steps is not None}
+    print("\nint8 cases, |cpu - reference| in output steps:", steps)
+    int8 = {c.name for c in QUANTIZED_CASES if c.scheme == "int8"}
+    assert set(steps) == int8 - KEPT_FLOAT_ON_CPU
+
+
+@pytest.mark.slow
+def test_quantize_and_dequantize_only_at_partition_boundaries(conformance):
+    for case in QUANTIZED_CASES:
+        if case.scheme != "int8" or case.name in KEPT_FLOAT_ON_CPU:
+            continue
+        module, inputs = case.build()
+        ops = conformance[case.name].ops
+        assert ops.get("QUANTIZE") == len(inputs), (case.name, ops)
+        assert ops.get("DEQUANTIZE") == 1, (case.name, ops)
+        assert not {"CAST"} & set(ops), (case.name, ops)
+
+
+@pytest.mark.slow
+def test_xnnpack_runs_everything_the_cpu_writes(conformance):
+    assert {name: undelegated(r.program) for name, r in conformance.items() if undelegated(r.program)} == {}
+    # what it would not take in int8 the cpu keeps float: no quantize around it at all
+    assert all("QUANTIZE" not in conformance[name].ops for name in KEPT_FLOAT_ON_CPU)
+
+
+@pytest.mark.slow
+def test_the_int8_forms_the_cpu_keeps_float_are_right_for_a_backend_that_wants_them():
+    cases = [c for c in QUANTIZED_CASES if c.name in KEPT_FLOAT_ON_CPU]
+    results = run_quantized_conformance(CpuEveryInt8(), cases)
+    assert {r.name: (r.error, r.max_steps) for r in results if not r.passed} == {}
+    assert all(r.ops["QUANTIZE"] == 1 and r.ops["DEQUANTIZE"] == 1 for r in results)
+    assert set().union(*(undelegated(r.program) for r in results)) == NOT_DELEGATED_IN_INT8
+
+
+@pytest.mark.slow
+def test_integer_weight_linears_match_their_reference_exactly(conformance):
+    dynamic = {name: r.max_error for name, r in conformance.items() if r.scheme != "int8"}
+    assert set(dynamic) == {"int8_dynamic_linear", "int8_dynamic_mlp", "int4_weight_linear", "int4_weight_mlp"}
+    assert all(err < 1e-5 for err in dynamic.values()), dynamic
+
+
+def _weight_tensors(data: bytes) -> dict[str, tuple[str, int]]:
+    """Constant tensors by name: (TensorType name, bytes)."""
+    model = schema.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    out = {}
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        size = model.Buffers(t.Buffer()).DataLength() if t.Buffer() else 0
+        if size:
+            out[t.Name().decode()] = (types[t.Type()], size)
+    return out
+
+
+@pytest.mark.parametrize("scheme, weight_type, bytes_per_weight", [("int8-dynamic", "INT8", 1.0),
+                                                                   ("int4-weight", "INT4", 0.5)])
+def test_integer_weight_linear_is_a_fully_connected_xnnpack_runs(scheme, weight_type, bytes_per_weight):
+    torch.manual_seed(0)
+    model = nn.Linear(576, 1536).eval()
+    x = torch.randn(1, 576)
+    program = edgeport.export(model, (x,), ["cpu"], quantize=scheme, registry=registry_for(CpuBackend()))
+    (data,) = tflite_artifacts(program)
+    assert program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["ops"] == {"FULLY_CONNECTED": 1}
+    weight = _weight_tensors(data)["linear/weight"]
+    assert weight == (weight_type, int(576 * 1536 * bytes_per_weight))
+    assert undelegated_ops(TfliteExecutable(data, 1).interpreter) == []  # qd8-f32-qc8w / qd8-f32-qb4w
+
+
+def test_loading_int4_weights_refuses_when_xnnpack_does_not_take_them(monkeypatch):
+    """TFLite's own FULLY_CONNECTED ignores block scales (garbage out): never run it."""
+    torch.manual_seed(0)
+    model = nn.Linear(64, 32).eval()
+    x = torch.randn(2, 64)
+    registry = registry_for(CpuBackend())
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int4-weight", registry=registry)
+    (data,) = tflite_artifacts(program)
+    assert program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["int4_weights"] == 1
+    no_delegate = functools.partial(Interpreter, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    monkeypatch.setattr(runner, "_interpreter_class", lambda: no_delegate)
+    with pytest.raises(edgeport.BackendError, match="left 0:FULLY_CONNECTED to TFLite's kernels"):
+        program(x)
+    TfliteExecutable(data, 1)  # a caller that does not ask for the delegate gets the interpreter
+
+
+def test_fp32_artifacts_have_unique_tensor_names_and_a_serving_signature():
+    """ai-edge-quantizer (and LiteRT's signature runner) key tensors by name and want
+    `serving_default`: two padded convs used to write two tensors named "paddings"."""
+
+    class TwoPads(nn.Module):
+        def forward(self, x):
+            return F.pad(F.pad(x, (1, 1)), (2, 2), value=1.0)
+
+    x = torch.randn(1, 3, 8)
+    program = edgeport.export(TwoPads(), (x,), ["cpu"], registry=registry_for(CpuBackend()))
+    (data,) = tflite_artifacts(program)
+    graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    names = [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())]
+    assert len(names) == len(set(names)), names
+    interpreter = Interpreter(model_content=data)
+    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["x"], "outputs": ["constant_pad_nd_1"]}}
+    out = interpreter.get_signature_runner("serving_default")(x=x.numpy())["constant_pad_nd_1"]
+    torch.testing.assert_close(torch.from_numpy(out), TwoPads()(x))
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_int8_is_one_xnnpack_partition_at_under_a_third_of_the_size():
+    from example_models import load_example
+
+    model, inputs = load_example("mobilenet_v2")
+    registry = registry_for(CpuBackend())
+    calibration = calibration_for(inputs, batches=2)
+    program = edgeport.export(model, inputs, ["cpu"], quantize="int8", calibration=calibration, keep_reference=True,
+                              registry=registry)
+    fp32 = edgeport.export(model, inputs, ["cpu"], registry=registry)
+    (data,) = tflite_artifacts(program)
+    ops = program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["ops"]
+    assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1
+    assert undelegated_ops(TfliteExecutable(data, 1).interpreter) == []
+    (fp32_data,) = tflite_artifacts(fp32)
+    assert len(data) < 0.3 * len(fp32_data)
+    with torch.no_grad():
+        actual, expected = program(*inputs), reference_program(program)(*inputs)
+    scale = float((expected - actual).abs().max()) / float(expected.abs().max())
+    print(f"\nMobileNetV2 int8: max abs(cpu - reference) / max abs(reference) = {scale:.4f}")
+    assert scale < 0.02, scale  # 60 int8 layers, each within a step of the reference

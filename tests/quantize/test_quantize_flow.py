@@ -1,0 +1,291 @@
+"""The quantization step of export: schemes, placement-aware annotation, calibration,
+QAT, the CLI, and what reaches a program file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+from torch_backend import TorchOpsBackend
+
+import edgeport
+from edgeport.backends.cpu import CpuBackend
+from edgeport.cli import cli
+from edgeport.portable import program_from_files, program_to_files
+from edgeport.quantize import SCHEMES, resolve_scheme
+from edgeport.testing import reference_program, registry_for
+from edgeport.testing.quantized_cases import calibration_for
+
+
+class ConvAtanConv(nn.Module):
+    """Two convs around atan, which no backend here lowers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.atan(F.relu(self.a(x))))
+
+
+def tflite_ops(program: edgeport.Program) -> list[dict[str, int]]:
+    """The TFLite operator counts of each cpu artifact."""
+    return [info.metadata["ops"] for info in program.manifest.artifacts.values() if info.backend == "cpu"]
+
+
+# -- schemes and refusals -------------------------------------------------------------------------
+
+
+def test_import_edgeport_does_not_import_torchao():
+    script = "import sys, edgeport, edgeport.quantize\nprint('torchao' in sys.modules)\n"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "False\n"
+
+
+def test_schemes_are_data_and_group_size_applies_to_int4_only():
+    assert set(SCHEMES) == {"int8", "int8-dynamic", "int4-weight", "a16w8"}
+    assert resolve_scheme("int4-weight", group_size=64).group_size == 64
+    assert SCHEMES["int8"].needs_calibration and not SCHEMES["int8-dynamic"].needs_calibration
+    with pytest.raises(edgeport.EdgeportError, match="unknown quantization scheme 'int3'") as info:
+        resolve_scheme("int3")
+    assert "int8, int8-dynamic, int4-weight, a16w8" in info.value.hint
+    with pytest.raises(edgeport.EdgeportError, match="has no weight groups"):
+        resolve_scheme("int8", group_size=32)
+
+
+def test_static_int8_without_calibration_data_refuses_and_says_why():
+    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    with pytest.raises(edgeport.CalibrationError, match="int8 needs calibration data") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", registry=registry_for(CpuBackend()))
+    assert "random data would calibrate" in info.value.hint
+
+
+def test_a_calibration_batch_that_does_not_fit_names_its_index():
+    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    with pytest.raises(edgeport.CalibrationError, match="calibration batch 1"):
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,), (torch.randn(2, 5),)],
+                        registry=registry_for(CpuBackend()))
+
+
+# -- placement-aware annotation ----------------------------------------------------------------------
+
+
+def test_a_backend_offering_no_schemes_keeps_its_nodes_float():
+    """torchops (relu/add/mul, no quantization) first, cpu second: the cpu's conv is
+    quantized, the relu torchops runs stays float, and quantize/dequantize sit only at
+    the cpu partitions' edges."""
+
+    class ConvReluConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torchops = TorchOpsBackend(ops=("relu",))
+    model, x = ConvReluConv().eval(), torch.randn(1, 3, 8, 8)
+    program = edgeport.export(model, (x,), ["torchops", "cpu"], quantize="int8", calibration=calibration_for((x,)),
+                              registry=registry_for(torchops, CpuBackend()), keep_reference=True)
+    report = program.manifest.report["forward"]["quantization"]
+    assert report["backends"]["torchops"].startswith("keeps its 1 node(s) float")
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    assert nodes["relu"]["backend"] == "torchops"
+    assert all(op["QUANTIZE"] == 1 and op["DEQUANTIZE"] == 1 for op in tflite_ops(program))
+    torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0.05)
+
+
+def test_a_backend_offering_other_schemes_declines_its_nodes_with_the_reason():
+    class NpuLike(TorchOpsBackend):
+        schemes = frozenset({"a16w8"})
+
+    npu = NpuLike(name="npu", ops=("relu", "add"))
+    model, x = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), torch.randn(2, 8)
+    program = edgeport.export(model, (x,), ["npu", "cpu"], quantize="int8", calibration=calibration_for((x,)),
+                              registry=registry_for(npu, CpuBackend()))
+    relu = next(n for n in program.report()["nodes"] if n["op"] == "aten.relu.default")
+    assert relu["backend"] == "cpu"
+    assert relu["reasons"]["npu"] == "npu does not offer int8 (it offers a16w8)"
+
+
+@pytest.fixture(scope="module")
+def island():
+    """ConvAtanConv exported int8 to cpu: atan stays a float portable step between two
+    quantized cpu partitions."""
+    torch.manual_seed(0)
+    model, x = ConvAtanConv().eval(), torch.randn(1, 3, 8, 8)
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=calibration_for((x,)),
+                              keep_reference=True, registry=registry_for(CpuBackend()))
+    return model, x, program
+
+
+def test_an_op_no_backend_takes_stays_float_between_quantized_partitions(island):
+    model, x, program = island
+    steps = program.manifest.methods["forward"].steps
+    assert [s.kind for s in steps] == ["delegate", "portable", "delegate"]
+    atan = next(n for n in program.report()["nodes"] if n["op"] == "aten.atan.default")
+    assert atan["backend"] == "portable" and "no TFLite lowering" in atan["reasons"]["cpu"]
+    portable = program_from_files(lambda name: program.files[f"{steps[1].program}/{name}"])
+    assert [str(n.target) for n in portable.graph.nodes if n.op == "call_function"] == ["aten.atan.default"]
+    # each cpu partition quantizes what enters it and dequantizes what leaves it, nothing else
+    assert tflite_ops(program) == [
+        {"QUANTIZE": 1, "TRANSPOSE": 2, "CONV_2D": 1, "DEQUANTIZE": 1},
+        {"QUANTIZE": 1, "TRANSPOSE": 2, "CONV_2D": 1, "DEQUANTIZE": 1},
+    ]
+    torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0.05)
+
+
+def test_a_quantized_step_loads_without_torchao_imported_first(island, tmp_path):
+    """A portable step that calls quantize/dequantize ops registers their libraries when
+    it is loaded, in a process that never imported them."""
+    _, x, program = island
+    step = program.manifest.methods["forward"].steps[0]
+    reference = program_from_files(lambda name: program.files[f"{step.reference}/{name}"])
+    assert any("quantized_decomposed" in str(n.target) for n in reference.graph.nodes)
+    for rel, data in program_to_files(reference).items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    torch.save(x, tmp_path / "x.pt")
+    script = (
+        "import sys, torch\nfrom edgeport.portable import program_from_files, PortableExecutable\n"
+        f"p = program_from_files(lambda n: open({str(tmp_path)!r} + '/' + n, 'rb').read())\n"
+        f"y = PortableExecutable(p).run([torch.load({str(tmp_path / 'x.pt')!r})])\n"
+        "print(type(y[0]).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "Tensor"
+
+
+def test_a_quantized_method_keeps_its_mutated_buffer_as_program_state():
+    """A KV-cache-like buffer written with index_copy_ stays program state through the
+    quantized flow (the converted graph is functionalized again when it mutates)."""
+
+    class Cache(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(64, 64)
+            self.register_buffer("cache", torch.zeros(4, 64))
+
+        def forward(self, x, pos):
+            self.cache.index_copy_(0, pos, self.proj(x))
+            return self.cache.sum(0, keepdim=True)
+
+    torch.manual_seed(0)
+    model = Cache().eval()
+    x1, x2 = torch.randn(1, 64), torch.randn(1, 64)
+    program = edgeport.export_methods({"step": (model, (x1, torch.tensor([0])))}, ["cpu"], quantize="int8-dynamic",
+                                      registry=registry_for(CpuBackend()))
+    assert program.manifest.methods["step"].state_writes  # the buffer is state, not a constant
+    with torch.no_grad():
+        outputs = [program.run(x, torch.tensor([i]), method="step").outputs for i, x in enumerate((x1, x2))]
+        expected = [model(x, torch.tensor([i])) for i, x in enumerate((x1, x2))]
+    for actual, eager in zip(outputs, expected):
+        torch.testing.assert_close(torch.as_tensor(actual), eager, rtol=0, atol=0.05)
+
+
+# -- QAT ------------------------------------------------------------------------------------------
+
+
+def test_qat_model_trains_then_exports_without_calibration():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 4)).eval()
+    x, target = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
+    registry = registry_for(CpuBackend())
+    prepared = edgeport.prepare_qat(model, (x,), ["cpu"], "int8", registry=registry)
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=0.05)
+    losses = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(prepared(x), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # gradients flow through the fake quantization
+    program = edgeport.export(prepared, (x,), ["cpu"], keep_reference=True, registry=registry)
+    assert program.manifest.report["forward"]["quantization"]["scheme"] == "int8"
+    ops = tflite_ops(program)[0]
+    assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1 and ops["FULLY_CONNECTED"] == 1
+    torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0.05)
+    with pytest.raises(edgeport.QuantizationError, match="prepared for quantization-aware training with int8"):
+        edgeport.export(prepared, (x,), ["cpu"], quantize="int8-dynamic", registry=registry)
+
+
+def test_qat_applies_to_static_schemes():
+    with pytest.raises(edgeport.QuantizationError, match="static schemes, not int8-dynamic"):
+        edgeport.prepare_qat(nn.Linear(4, 4), (torch.randn(1, 4),), ["cpu"], "int8-dynamic",
+                             registry=registry_for(CpuBackend()))
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), (torch.randn(1, 3, 6, 6),)
+
+def batches():
+    return [(torch.randn(1, 3, 6, 6),) for _ in range(3)]
+'''
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "qmodel.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+@pytest.mark.parametrize("source", ["npz", "spec"])
+def test_cli_exports_int8_with_calibration_from_a_file_or_a_factory(model_file, tmp_path, source):
+    if source == "npz":
+        calibration = str(tmp_path / "cal.npz")
+        np.savez(calibration, x=np.random.default_rng(0).standard_normal((4, 1, 3, 6, 6)).astype(np.float32))
+    else:
+        calibration = f"{model_file}:batches"
+    out = tmp_path / "q.edgeport"
+    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "int8",
+                                      "--calibration", calibration, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "calibration: " + ("4" if source == "npz" else "3") + " batches" in result.output
+    program = edgeport.load(out)
+    assert program.manifest.report["forward"]["quantization"]["scheme"] == "int8"
+
+
+def test_the_readme_calibration_factory_gives_mobilenet_batches():
+    from edgeport.quantize import load_calibration
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    batches = list(load_calibration(f"{examples}/calibration.py:random_images"))
+    assert len(batches) == 8 and all(b[0].shape == (1, 3, 224, 224) for b in batches)
+
+
+def test_cli_int8_without_calibration_is_one_line_and_a_hint(model_file, tmp_path):
+    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--quantize", "int8",
+                                      "-o", str(tmp_path / "q.edgeport")])
+    assert result.exit_code != 0
+    assert "int8 needs calibration data" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_backends_json_lists_each_backends_schemes():
+    result = CliRunner().invoke(cli, ["backends", "--json"])
+    assert result.exit_code == 0, result.output
+    schemes = {row["name"]: row["schemes"] for row in json.loads(result.output)["backends"]}
+    assert schemes["cpu"] == ["int4-weight", "int8", "int8-dynamic"]
+    assert schemes["mediatek"] == []
