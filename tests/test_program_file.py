@@ -84,6 +84,11 @@ def load_bytes(tmp_path, data):
     return load(path)
 
 
+def first_artifact(manifest):
+    """The path of the program's first delegate artifact (its name carries a partition id)."""
+    return sorted(manifest["artifacts"])[0]
+
+
 def resealed(data, change):
     """The program with ``change(manifest)`` applied and the digest recomputed: an edit
     that only the schema and plan checks can catch."""
@@ -260,9 +265,9 @@ def test_extra_files_under_any_folder_load_when_listed(program_bytes, tmp_path):
 
 def test_a_declared_size_that_disagrees_with_the_zip_is_refused_before_reading(program_bytes, tmp_path):
     def change(manifest):
-        manifest["files"]["artifacts/forward/0.zip"]["size"] = 10**12
+        manifest["files"][first_artifact(manifest)]["size"] = 10**12
 
-    with pytest.raises(edgeport.ProgramError, match=r"0.zip is \d+ bytes, the manifest says 1000000000000"):
+    with pytest.raises(edgeport.ProgramError, match=r"artifacts/forward/\d+.zip is \d+ bytes, the manifest says 1000000000000"):
         load_bytes(tmp_path, resealed(program_bytes, change))
 
 
@@ -351,7 +356,7 @@ def _forward(m):
         (lambda m: _forward(m).update(out_spec='[1, {"type": "torch.return_types.median", "context": "null", '
                                                '"children_spec": []}]'), "out_spec is not a torch output structure"),
         (lambda m: _forward(m)["steps"][0].update(artifact="artifacts/forward/nope.zip"), "names artifact"),
-        (lambda m: m["artifacts"]["artifacts/forward/0.zip"].update(backend="cpu"),
+        (lambda m: m["artifacts"][first_artifact(m)].update(backend="cpu"),
          "step 0 runs on 'torchops' but its artifact was made by 'cpu'"),
         (lambda m: _forward(m)["steps"][0].update(partition=7), "runs partition 7, which the report does not list"),
         (lambda m: m["report"].pop("forward"), "method 'forward' has no placement report"),
@@ -414,10 +419,10 @@ def test_damaged_portable_graph_in_edgeport_run(damaged_graph):
 def test_options_the_backend_refuses_are_a_program_error(program_bytes, tmp_path, options, message):
     """Only a backend knows its options, so this surfaces when the runtime is created."""
     def change(manifest):
-        manifest["artifacts"]["artifacts/forward/0.zip"]["options"] = options
+        manifest["artifacts"][first_artifact(manifest)]["options"] = options
 
     program = load_bytes(tmp_path, resealed(program_bytes, change))
-    with pytest.raises(edgeport.ProgramError, match=f"artifact artifacts/forward/0.zip {message}"):
+    with pytest.raises(edgeport.ProgramError, match=f"artifact artifacts/forward/\\d+.zip {message}"):
         program(*golden_inputs())
 
 
