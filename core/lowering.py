@@ -9,6 +9,7 @@ partitioned again; partitions compiled before are reused, not compiled twice.
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -119,13 +120,16 @@ def _compile_all(name, cut, plan, backends, options, matrix, compiled, strict, p
                 raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
             compiled[key] = artifact
         except DeclineNodes as declined:
-            known = {n.name for n in partition.nodes}
-            unknown = set(declined.reasons) - known
+            known = {n.name: n for n in partition.nodes}
+            unknown = set(declined.reasons) - known.keys()
             if unknown or not declined.reasons:
                 compiled[key] = f"compile declined unknown nodes {sorted(unknown)}"
                 continue
-            for node, reason in declined.reasons.items():
-                matrix.decline(node, partition.backend, reason)
+            for name, reason in declined.reasons.items():
+                node = known[name]
+                if node.target is operator.getitem:  # it runs wherever its producer runs
+                    node = node.args[0]
+                matrix.decline(node.name, partition.backend, reason)
             return False
         except Exception as exc:
             reason = f"compile failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -84,7 +84,8 @@ def rewrite_pools(model: Any) -> int:
 
 def _pads_itself(node: Any) -> bool:
     attrs = _attributes(node)
-    return any(attrs.get("pads", [])) or bool(attrs.get("ceil_mode", 0)) or attrs.get("auto_pad", b"NOTSET") != b"NOTSET"
+    auto_pad = attrs.get("auto_pad", b"NOTSET") != b"NOTSET"
+    return any(attrs.get("pads", [])) or bool(attrs.get("ceil_mode", 0)) or auto_pad
 
 
 def _explicit(node: Any, types: dict[str, Any]) -> tuple[list[Any], list[Any]]:

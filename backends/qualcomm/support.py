@@ -76,7 +76,8 @@ def _conv_limits(node: Node) -> str | None:
         if groups != 1:
             return "QNN HTP returns wrong values for grouped (or depthwise) 3d transposed convolution"
         if len(set(padding)) > 1:
-            return f"QNN HTP returns wrong values for 3d transposed convolution padded unequally per dim {tuple(padding)}"
+            return ("QNN HTP returns wrong values for 3d transposed convolution padded unequally per dim "
+                    f"{tuple(padding)}")
         if any(output_padding):  # the border only the bias reaches comes back without it
             return "QNN HTP returns wrong values for 3d transposed convolution with output_padding"
     if transposed and groups != 1 and any(output_padding):

@@ -244,7 +244,9 @@ def _check_dtypes(n: Node, value: Any) -> None:
     expected = n.meta.get("val")
     several = isinstance(expected, (tuple, list)) and isinstance(value, (tuple, list))
     for want, got in zip(expected, value) if several else [(expected, value)]:
-        if isinstance(got, Value) and isinstance(want, torch.Tensor) and tensor_type(got.dtype) != tensor_type(want.dtype):
+        if not (isinstance(got, Value) and isinstance(want, torch.Tensor)):
+            continue
+        if tensor_type(got.dtype) != tensor_type(want.dtype):
             raise BackendError(
                 f"TFLite writer: the lowering of {n.target} wrote {got.dtype} for {n.name}, "
                 f"where torch computes {want.dtype}",

@@ -164,6 +164,10 @@ DECLINED = [
      "ceil_mode"),
     ("output_padding", case("output_padding", lambda m, x: F.conv_transpose2d(x, m.w, stride=2, output_padding=1),
                             IMG, w=(8, 4, 3, 3)), "aten.convolution", "output_padding larger than padding"),
+    ("max_pool_indices", case("max_pool_indices", lambda m, x: F.max_pool2d(x, 3, 2, 1, return_indices=True), IMG),
+     "max_pool2d_with_indices", "output 1 is read"),
+    ("layer_norm_stats", case("layer_norm_stats", lambda m, x: torch.native_layer_norm(x, (8,), None, None, 1e-5),
+                              (2, 8)), "native_layer_norm", "output 1 is read"),
     ("dropout_sdpa", case("dropout_sdpa", lambda m, q: F.scaled_dot_product_attention(q, q, q, dropout_p=0.5),
                           (1, 2, 4, 8)), "scaled_dot_product_attention", "dropout"),
 ]
