@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 from torch.fx import Node
 
@@ -26,6 +25,7 @@ from edgeport.partitioners.support import SupportMatrix, ask_support
 from .backend import Artifact, Backend, SupportContext, options_to_dict
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, Step, TensorSpec
+from .output_tree import dump_structure
 from .portable import program_to_files
 from .report import placement_report
 from .subprogram import Subprogram, extract_subprogram
@@ -200,7 +200,7 @@ def _method_plan(name: str, program: ExportedProgram, io: tuple, steps: list[Ste
         state_reads={arg: fqn for arg, fqn in signature.inputs_to_buffers.items() if fqn in mutated.values()},
         state_writes=dict(mutated),
         symbols=_symbols(program),
-        out_spec=pytree.treespec_dumps(program.call_spec.out_spec) if program.call_spec.out_spec else "",
+        out_spec=dump_structure(program.call_spec.out_spec),
     )
 
 

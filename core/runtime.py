@@ -19,6 +19,7 @@ import torch.utils._pytree as pytree
 from .backend import Artifact, Executable, options_from_dict
 from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
+from .output_tree import restore_structure
 from .plugins import Registry, default_registry
 from .portable import PortableExecutable, program_from_files
 from .tensors import DTYPES, tensor_from_bytes
@@ -156,7 +157,7 @@ class Runtime:
         for value, fqn in plan.state_writes.items():
             self.state[fqn] = values[value]
         outputs = [values[n] for n in plan.output_values]
-        result = pytree.tree_unflatten(outputs, pytree.treespec_loads(plan.out_spec)) if plan.out_spec else outputs
+        result = restore_structure(outputs, plan.out_spec)
         return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
 
     def step_labels(self, method: str) -> list[str]:
