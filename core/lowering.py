@@ -226,6 +226,16 @@ def _tensor_spec(node: Node) -> TensorSpec:
 def _symbols(program: ExportedProgram) -> dict[str, tuple[int, int | None]]:
     symbols = {}
     for symbol, bounds in program.range_constraints.items():
-        upper = bounds.upper
-        symbols[str(symbol)] = (int(bounds.lower), None if not upper.is_finite else int(upper))
+        lower, upper = _finite(bounds.lower), _finite(bounds.upper)
+        symbols[str(symbol)] = (0 if lower is None else lower, upper)
     return symbols
+
+
+def _finite(bound: Any) -> int | None:
+    """A range bound as an int, None when unbounded: torch's int_oo (the upper bound of a
+    Dim without max) says it is finite, so it is compared by identity."""
+    from torch.utils._sympy.numbers import int_oo
+
+    if bound is int_oo or bound is -int_oo or not bound.is_finite:
+        return None
+    return int(bound)
