@@ -27,7 +27,7 @@ is the max over its real elements. The cost is one copy of the pool's input on d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -88,58 +88,70 @@ def _pads_itself(node: Any) -> bool:
     return any(attrs.get("pads", [])) or bool(attrs.get("ceil_mode", 0)) or auto_pad
 
 
-def _explicit(node: Any, types: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """Concat padding + unpadded pool (+ divisor Mul) computing what ``node`` computes."""
-    from onnx import helper, numpy_helper
+@dataclass
+class _Replacement:
+    """The nodes and constants replacing one pool node, each node keeping the pool's
+    provenance (which maps ONNX nodes back to the aten node)."""
 
-    attrs = _attributes(node)
-    shape, dtype = _shape_and_dtype(types, node.input[0], node)
-    axes = _axes(node, attrs, shape)
-    average = node.op_type == "AveragePool"
-    fill = 0.0 if average else float(np.finfo(dtype).min)
-    name, target = node.name or node.output[0], node.output[0]
-    nodes, constants = [], []
-    current, padded_shape = node.input[0], list(shape)
+    pool: Any  # the onnx.NodeProto replaced
+    dtype: np.dtype
+    nodes: list[Any] = field(default_factory=list)
+    constants: list[Any] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.pool.name or self.pool.output[0]}{_SUFFIX}"
+
+    def constant(self, suffix: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = f"{self.prefix}_{suffix}"
+        self.constants.append(numpy_helper.from_array(value.astype(self.dtype), name))
+        return name
+
+    def add(self, op: str, inputs: list[str], output: str, suffix: str, **attributes: Any) -> str:
+        from onnx import helper
+
+        node = helper.make_node(op, inputs, [output], name=f"{self.prefix}_{suffix}", **attributes)
+        node.metadata_props.extend(self.pool.metadata_props)
+        self.nodes.append(node)
+        return output
+
+    def pad(self, source: str, shape: list[int], i: int, axis: _Axis, fill: float) -> str:
+        """``source`` with constant blocks of ``fill`` joined before/after spatial axis
+        ``i``; ``shape`` is updated to the padded shape."""
+        if not axis.begin and not axis.trailing:
+            return source
+        dim = 2 + i
+        parts = [source]
+        for where, width in (("before", axis.begin), ("after", axis.trailing)):
+            if width:
+                block = list(shape)
+                block[dim] = width
+                name = self.constant(f"pad{i}_{where}", np.full(block, fill))
+                parts.insert(0 if where == "before" else len(parts), name)
+        shape[dim] += axis.begin + axis.trailing
+        return self.add("Concat", parts, f"{self.prefix}_padded{i}", f"concat{i}", axis=dim)
+
+
+def _explicit(pool: Any, types: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """Concat padding + unpadded pool (+ divisor Mul) computing what ``pool`` computes."""
+    attrs = _attributes(pool)
+    shape, dtype = _shape_and_dtype(types, pool.input[0], pool)
+    axes = _axes(pool, attrs, shape)
+    average = pool.op_type == "AveragePool"
+    built = _Replacement(pool, dtype)
+    current = pool.input[0]
     for i, axis in enumerate(axes):
-        current = _concat_padding(node, i, axis, current, padded_shape, fill, dtype, nodes, constants)
+        current = built.pad(current, shape, i, axis, fill=0.0 if average else float(np.finfo(dtype).min))
     scale = _scale(axes, bool(attrs.get("count_include_pad", 0))) if average else np.ones(())
     exact = bool(np.all(scale == 1.0))
-    pooled = target if exact else f"{target}{_SUFFIX}_mean"
-    nodes.append(helper.make_node(node.op_type, [current], [pooled], name=f"{name}{_SUFFIX}_pool",
-                                  kernel_shape=[a.kernel for a in axes], strides=[a.stride for a in axes]))
+    target = pool.output[0]
+    pooled = built.add(pool.op_type, [current], target if exact else f"{built.prefix}_mean", "pool",
+                       kernel_shape=[a.kernel for a in axes], strides=[a.stride for a in axes])
     if not exact:
-        scale_name = f"{name}{_SUFFIX}_scale"
-        constants.append(numpy_helper.from_array(scale.reshape((1, 1, *scale.shape)).astype(dtype), scale_name))
-        nodes.append(helper.make_node("Mul", [pooled, scale_name], [target], name=f"{name}{_SUFFIX}_divisor"))
-    for new in nodes:  # keep the provenance that maps ONNX nodes back to the aten node
-        new.metadata_props.extend(node.metadata_props)
-    return nodes, constants
-
-
-def _concat_padding(node: Any, i: int, axis: _Axis, current: str, shape: list[int], fill: float, dtype: np.dtype,
-                    nodes: list[Any], constants: list[Any]) -> str:
-    """Join constant blocks before/after spatial axis ``i`` of ``current``; ``shape`` is
-    updated to the padded shape. Returns the padded tensor's name."""
-    from onnx import helper, numpy_helper
-
-    if not axis.begin and not axis.trailing:
-        return current
-    dim = 2 + i
-    name = node.name or node.output[0]
-    parts = []
-    for where, width in (("before", axis.begin), ("after", axis.trailing)):
-        if where == "after":
-            parts.append(current)
-        if width:
-            block = list(shape)
-            block[dim] = width
-            block_name = f"{name}{_SUFFIX}_pad{i}_{where}"
-            constants.append(numpy_helper.from_array(np.full(block, fill, dtype=dtype), block_name))
-            parts.append(block_name)
-    padded = f"{name}{_SUFFIX}_padded{i}"
-    nodes.append(helper.make_node("Concat", parts, [padded], name=f"{name}{_SUFFIX}_concat{i}", axis=dim))
-    shape[dim] += axis.begin + axis.trailing
-    return padded
+        built.add("Mul", [pooled, built.constant("scale", scale.reshape((1, 1, *scale.shape)))], target, "divisor")
+    return built.nodes, built.constants
 
 
 def _axes(node: Any, attrs: dict[str, Any], shape: list[int]) -> list[_Axis]:
