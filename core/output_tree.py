@@ -19,6 +19,8 @@ unpickled, so classes are stored by name and found again without importing anyth
 - a ``defaultdict`` comes back as a plain dict (its default factory is code).
 
 Programs written before this format held torch's ``treespec_dumps`` JSON; those still load.
+``check_structure`` is the load-time check (it parses and counts values, building
+nothing); every damaged structure is a ProgramError.
 """
 
 from __future__ import annotations
@@ -121,20 +123,33 @@ def restore_structure(outputs: Sequence[Any], text: str) -> Any:
     """``outputs`` (flat, in order) rebuilt into the structure ``text`` describes."""
     if not text:
         return list(outputs)
-    build = _parse(text)
-    leaves = iter(outputs)
-    result = build(leaves)
-    if next(leaves, None) is not None:
-        raise ProgramError("the method's output structure holds fewer values than the method returns")
-    return result
+    structure = _parse(text)
+    if structure.leaves != len(outputs):
+        raise ProgramError(f"the method's output structure holds {structure.leaves} values, "
+                           f"the method returns {len(outputs)}")
+    return structure.build(iter(outputs))
+
+
+def check_structure(text: str, outputs: int) -> None:
+    """For load time: ``text`` is a structure this edgeport can rebuild around exactly
+    ``outputs`` values; ProgramError otherwise."""
+    if text and _parse(text).leaves != outputs:
+        raise ProgramError(f"the method's output structure holds {_parse(text).leaves} values, "
+                           f"the method returns {outputs}")
 
 
 Builder = Callable[[Any], Any]  # consumes leaves from an iterator, returns the rebuilt value
 
 
+@dataclasses.dataclass(frozen=True)
+class _Structure:
+    build: Builder
+    leaves: int
+
+
 @functools.lru_cache(maxsize=64)
-def _parse(text: str) -> Builder:
-    """Parse once per distinct text (a loaded program calls this on every run)."""
+def _parse(text: str) -> _Structure:
+    """Parse once per distinct text (a loaded program rebuilds on every run)."""
     try:
         document = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -148,7 +163,7 @@ def _parse(text: str) -> Builder:
     return _torch_treespec(text)
 
 
-def _torch_treespec(text: str) -> Builder:
+def _torch_treespec(text: str) -> _Structure:
     """A structure written by torch's treespec_dumps (programs from before this format)."""
     try:
         spec = pytree.treespec_loads(text)
@@ -156,20 +171,20 @@ def _torch_treespec(text: str) -> Builder:
         raise ProgramError(f"the method's output structure cannot be read: {type(exc).__name__}: {exc}") from None
 
     def build(leaves: Any) -> Any:
-        return pytree.tree_unflatten([_take(leaves) for _ in range(spec.num_leaves)], spec)
+        return pytree.tree_unflatten([next(leaves) for _ in range(spec.num_leaves)], spec)
 
-    return build
+    return _Structure(build, spec.num_leaves)
 
 
-def _decoder(node: Any, depth: int) -> Builder:
-    """A builder for one JSON node; every malformed node is a ProgramError."""
+def _decoder(node: Any, depth: int) -> _Structure:
+    """The structure one JSON node describes; every malformed node is a ProgramError."""
     if depth > MAX_DEPTH:
         raise ProgramError(f"the method's output structure is nested deeper than {MAX_DEPTH}")
     if not isinstance(node, dict) or not isinstance(node.get("type"), str):
         raise ProgramError(f"the method's output structure has a malformed node: {_short(node)}")
     kind = node["type"]
     if kind == "leaf":
-        return _take
+        return _Structure(next, 1)
     children = node.get("children")
     if not isinstance(children, list):
         raise ProgramError(f"the method's output structure has a {kind} node without children")
@@ -180,16 +195,9 @@ def _decoder(node: Any, depth: int) -> Builder:
     combine = make(node, len(parts))
 
     def build(leaves: Any) -> Any:
-        return combine([part(leaves) for part in parts])
+        return combine([part.build(leaves) for part in parts])
 
-    return build
-
-
-def _take(leaves: Any) -> Any:
-    try:
-        return next(leaves)
-    except StopIteration:
-        raise ProgramError("the method's output structure holds more values than the method returns") from None
+    return _Structure(build, sum(part.leaves for part in parts))
 
 
 Combine = Callable[[list[Any]], Any]

@@ -17,7 +17,7 @@ import torch
 import torch.utils._pytree as pytree
 
 import edgeport
-from edgeport.output_tree import dump_structure, restore_structure
+from edgeport.output_tree import check_structure, dump_structure, restore_structure
 from torch_backend import TorchOpsBackend, registry_with
 
 
@@ -181,6 +181,15 @@ def test_a_dict_key_that_cannot_be_stored_is_a_user_error_at_export():
 
     with pytest.raises(edgeport.EdgeportError, match="key of type Color"):
         dump_structure(pytree.tree_structure({Color("red"): torch.ones(1)}))
+
+
+def test_the_load_time_check_counts_values_without_building_anything():
+    text = dump_structure(pytree.tree_structure((torch.ones(1), [torch.ones(1), Box("b", [torch.ones(1)])])))
+    check_structure(text, 3)
+    with pytest.raises(edgeport.ProgramError, match="holds 3 values, the method returns 2"):
+        check_structure(text, 2)
+    with pytest.raises(edgeport.ProgramError, match="holds 3 values, the method returns 4"):
+        restore_structure([torch.ones(1)] * 4, text)
 
 
 DAMAGED = [
