@@ -9,11 +9,11 @@ partitioned again; partitions compiled before are reused, not compiled twice.
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 from torch.fx import Node
 
@@ -25,6 +25,7 @@ from edgeport.partitioners.support import SupportMatrix, ask_support
 from .backend import Artifact, Backend, Support, SupportContext, options_to_dict
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, Step, TensorSpec
+from .output_tree import dump_structure
 from .portable import program_to_files
 from .report import placement_report
 from .subprogram import Subprogram, extract_subprogram
@@ -125,13 +126,16 @@ def _compile_all(name, cut, plan, backends, options, matrix, compiled, strict, p
                 raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
             compiled[key] = artifact
         except DeclineNodes as declined:
-            known = {n.name for n in partition.nodes}
-            unknown = set(declined.reasons) - known
+            known = {n.name: n for n in partition.nodes}
+            unknown = set(declined.reasons) - known.keys()
             if unknown or not declined.reasons:
                 compiled[key] = f"compile declined unknown nodes {sorted(unknown)}"
                 continue
-            for node, reason in declined.reasons.items():
-                matrix.decline(node, partition.backend, reason)
+            for name, reason in declined.reasons.items():
+                node = known[name]
+                if node.target is operator.getitem:  # it runs wherever its producer runs
+                    node = node.args[0]
+                matrix.decline(node.name, partition.backend, reason)
             return False
         except Exception as exc:
             reason = f"compile failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -202,7 +206,7 @@ def _method_plan(name: str, program: ExportedProgram, io: tuple, steps: list[Ste
         state_reads={arg: fqn for arg, fqn in signature.inputs_to_buffers.items() if fqn in mutated.values()},
         state_writes=dict(mutated),
         symbols=_symbols(program),
-        out_spec=pytree.treespec_dumps(program.call_spec.out_spec) if program.call_spec.out_spec else "",
+        out_spec=dump_structure(program.call_spec.out_spec),
     )
 
 
@@ -226,11 +230,18 @@ def _tensor_spec(node: Node) -> TensorSpec:
 
 
 def _symbols(program: ExportedProgram) -> dict[str, tuple[int, int | None]]:
-    from torch.utils._sympy.numbers import IntInfinity
-
     symbols = {}
     for symbol, bounds in program.range_constraints.items():
-        upper = bounds.upper  # torch's int_oo says it is finite: test its type too
-        unbounded = isinstance(upper, IntInfinity) or not upper.is_finite
-        symbols[str(symbol)] = (int(bounds.lower), None if unbounded else int(upper))
+        lower, upper = _finite(bounds.lower), _finite(bounds.upper)
+        symbols[str(symbol)] = (0 if lower is None else lower, upper)
     return symbols
+
+
+def _finite(bound: Any) -> int | None:
+    """A range bound as an int, None when unbounded: torch's int_oo (the upper bound of a
+    Dim without max) says it is finite, so it is compared by identity."""
+    from torch.utils._sympy.numbers import int_oo
+
+    if bound is int_oo or bound is -int_oo or not bound.is_finite:
+        return None
+    return int(bound)

@@ -69,7 +69,7 @@ class MethodPlan:
     state_reads: dict[str, str] = field(default_factory=dict)
     state_writes: dict[str, str] = field(default_factory=dict)
     symbols: dict[str, tuple[int, int | None]] = field(default_factory=dict)
-    out_spec: str = ""  # torch pytree spec (JSON) of the eager output structure
+    out_spec: str = ""  # the eager output structure, as output_tree.dump_structure wrote it (JSON)
 
 
 @dataclass(frozen=True)

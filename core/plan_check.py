@@ -22,15 +22,15 @@ itself; for version-2 files the manifest digest (`program.py`) catches edits ins
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping, Sequence
 
-import torch.utils._pytree as pytree
 
 from edgeport.partitioners.policy import PORTABLE
 
+from .errors import ProgramError
 from .manifest import Manifest, MethodPlan, Step
 from .manifest_schema import ManifestError, parse_manifest_json
+from .output_tree import check_structure
 from .tensors import DTYPES
 
 Fact = tuple[str, tuple[Any, ...]]  # (dtype, shape) of one value
@@ -205,16 +205,12 @@ def _check_torch_program(i: int, prefix: str, manifest: Manifest) -> None:
 
 
 def _check_out_spec(plan: MethodPlan) -> None:
-    """The output structure must be one torch can rebuild, with one leaf per output."""
+    """The output structure must be one edgeport can rebuild, with one leaf per output."""
     parse_manifest_json(plan.out_spec.encode(), what="out_spec")  # size, depth, duplicate keys
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            spec = pytree.treespec_loads(plan.out_spec)
-    except Exception as exc:  # torch's parser of untrusted text raises whatever it meets
-        raise ManifestError(f"out_spec is not a torch output structure ({type(exc).__name__}: {exc})") from None
-    if spec.num_leaves != len(plan.output_values):
-        raise ManifestError(f"out_spec holds {spec.num_leaves} output(s), the method has {len(plan.output_values)}")
+        check_structure(plan.out_spec, len(plan.output_values))
+    except ProgramError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 # -- state ---------------------------------------------------------------------------------

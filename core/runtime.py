@@ -30,6 +30,7 @@ from .backend import Executable
 from .delegates import load_step, run_label
 from .errors import ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
+from .output_tree import restore_structure
 from .plugins import Registry, default_registry
 from .portable import PortableExecutable, program_from_files
 from .tensors import DTYPES, tensor_from_bytes
@@ -152,7 +153,7 @@ class Runtime:
         else:
             _run_steps(steps, values, timings if profile else None)
         outputs = [values[n] for n in plan.output_values]
-        result = pytree.tree_unflatten(outputs, pytree.treespec_loads(plan.out_spec)) if plan.out_spec else outputs
+        result = restore_structure(outputs, plan.out_spec)
         return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
 
     def step_labels(self, method: str) -> list[str]:

@@ -352,9 +352,9 @@ def _forward(m):
         (lambda m: _forward(m)["steps"].reverse(), "step 0 reads 'sigmoid' before anything produces it"),
         (lambda m: _forward(m)["steps"][1]["outputs"].append("x"), "step 1 writes 'x', which an input already produced"),
         (lambda m: _forward(m).update(out_spec='[1, {"type": null, "context": null, "children_spec": []}]'),
-         r"out_spec holds 1 output\(s\), the method has 2"),
+         r"output structure holds 1 values, the method returns 2"),
         (lambda m: _forward(m).update(out_spec='[1, {"type": "torch.return_types.median", "context": "null", '
-                                               '"children_spec": []}]'), "out_spec is not a torch output structure"),
+                                               '"children_spec": []}]'), "output structure cannot be read"),
         (lambda m: _forward(m)["steps"][0].update(artifact="artifacts/forward/nope.zip"), "names artifact"),
         (lambda m: m["artifacts"][first_artifact(m)].update(backend="cpu"),
          "step 0 runs on 'torchops' but its artifact was made by 'cpu'"),

@@ -7,6 +7,9 @@ it decomposes the program again, which renames nodes (``add`` can come out as
 survives that re-tracing unchanged is each node's ``stack_trace`` meta, copied to every
 node a decomposition makes and written out as ``pkg.torch.onnx.stack_trace``. So for
 the export we set it to ``edgeport-node:<aten node name>`` (and restore it afterwards).
+
+The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
+equivalent form rightly (pool_rewrite.py: pools that pad themselves).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 import edgeport
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
+
+from .pool_rewrite import rewrite_pools
 
 _PROVENANCE_KEY = "pkg.torch.onnx.stack_trace"
 _PROVENANCE = "edgeport-node:"
@@ -49,6 +54,7 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
                 hint="decline the offending op in support() or report it with the partition's graph",
             ) from exc
     model = onnx_program.model_proto
+    rewrite_pools(model)
     onnx_inputs = [value.name for value in model.graph.input]
     onnx_outputs = [value.name for value in model.graph.output]
     user_inputs = [

@@ -1,10 +1,16 @@
-"""Which aten nodes the QNN HTP backend takes: a fast table, corrected by real compiles.
+"""Which aten nodes the QNN HTP backend takes: a fast table, corrected by real compiles
+and by comparing real outputs with torch.
 
 Each row says what ONNX op(s) torch.onnx turns the aten op into, and the QNN execution
-provider's limits on HTP. The table is a prediction; `placement.compile_verified` is the
-ground truth (QNN's own verdict at compile time). Every row below that says "no" or adds
-a limit records a refusal seen from QNN 2.51 through onnxruntime-qnn 2.7.0, and has a
-test in tests/backends/qualcomm/test_qualcomm_corrections.py that fails if QNN changes its mind.
+provider's limits on HTP. The table is a prediction; `placement.compile_verified` checks
+it against QNN's own verdict at compile time. A compile proves only that QNN *takes* a
+node, not that it computes it right: QNN compiled k2/s2/p1 pools, grouped 3d transposed
+convolutions and more, and returned garbage. So limits also come from running attribute
+sweeps against torch (the conformance cases in edgeport.testing sweep each pooling and
+convolution attribute; `_conv_limits` below and pool_rewrite.py hold what they found).
+Every row that says "no" or adds a limit records what onnxruntime-qnn 2.7.0 (QNN's HTP
+simulator) refused or got wrong, and has a test in
+tests/backends/qualcomm/test_qualcomm_corrections.py that fails if QNN changes.
 """
 
 from __future__ import annotations
@@ -45,9 +51,39 @@ def _rounding_on_int64(node: Node) -> str | None:
     return None
 
 
-def _pool_indices_used(node: Node) -> str | None:
+def _max_pool_limits(node: Node) -> str | None:
     if any(user.target is operator.getitem and user.args[1] == 1 for user in node.users):
         return "QNN refuses MaxPool with an indices output"
+    dilation = node.args[4] if len(node.args) > 4 else [1]
+    if any(d != 1 for d in dilation):
+        return "QNN refuses dilated pooling (\"QNN Pool only supports dilations 1!\")"
+    return None
+
+
+def _avg_pool_limits(node: Node) -> str | None:
+    if len(node.args) > 6 and node.args[6] is not None:
+        return ("torch.onnx drops divisor_override: its AveragePool divides by the window size "
+                "(ONNX Runtime's CPU EP gives the same wrong answer)")
+    return None
+
+
+def _conv_limits(node: Node) -> str | None:
+    """Attribute combinations QNN HTP computes wrongly although the exported ONNX is right
+    (ONNX Runtime's CPU EP matches torch on it); each measured in the simulator."""
+    stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
+    spatial = len(_shape(node.args[0])) - 2
+    if transposed and spatial == 3:
+        if groups != 1:
+            return "QNN HTP returns wrong values for grouped (or depthwise) 3d transposed convolution"
+        if len(set(padding)) > 1:
+            return ("QNN HTP returns wrong values for 3d transposed convolution padded unequally per dim "
+                    f"{tuple(padding)}")
+        if any(output_padding):  # the border only the bias reaches comes back without it
+            return "QNN HTP returns wrong values for 3d transposed convolution with output_padding"
+    if transposed and groups != 1 and any(output_padding):
+        return "QNN HTP returns wrong values for grouped transposed convolution with output_padding"
+    if not transposed and spatial == 1 and list(stride) == [1] and any(d != 1 for d in dilation) and any(padding):
+        return "QNN HTP returns wrong values for padded dilated 1d convolution at stride 1"
     return None
 
 
@@ -115,9 +151,10 @@ RULES: dict[Any, Rule] = {
     aten.mm: Rule("MatMul", FLOAT),
     aten.bmm: Rule("MatMul", FLOAT),
     aten.addmm: Rule("Gemm", FLOAT),
-    aten.convolution: Rule("Conv/ConvTranspose", FLOAT),
-    aten.max_pool2d_with_indices: Rule("MaxPool", FLOAT, _pool_indices_used),
-    aten.avg_pool2d: Rule("AveragePool", FLOAT),
+    aten.convolution: Rule("Conv/ConvTranspose", FLOAT, _conv_limits),
+    # Pools are rewritten at export so QNN never pads them itself (pool_rewrite.py).
+    aten.max_pool2d_with_indices: Rule("MaxPool", FLOAT, _max_pool_limits),
+    aten.avg_pool2d: Rule("AveragePool", FLOAT, _avg_pool_limits),
     aten._adaptive_avg_pool2d: Rule("AveragePool", FLOAT, _adaptive_not_even),
     aten.upsample_nearest2d: Rule("Resize", FLOAT),
     aten.upsample_bilinear2d: Rule("Resize", FLOAT),

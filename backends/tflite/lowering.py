@@ -227,6 +227,13 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
     entry = lookup(node.target)
     if entry is None:
         return f"no TFLite lowering for {_op_name(node.target)}"
+    unwritten = _unwritten_outputs_read(node, entry.outputs)
+    if unwritten:
+        # Declined here, on the producer: its getitem users follow it to whichever
+        # backend runs it, so declining only the getitem could never take effect.
+        written = ", ".join(str(i) for i in entry.outputs)
+        return (f"{_op_name(node.target)}: output {unwritten[0]} is read; "
+                f"the TFLite writer produces only output {written}")
     for role, dtype in _runtime_dtypes(node, is_const, entry.outputs):
         if dtype not in entry.dtypes:
             allowed = ", ".join(sorted(str(d).removeprefix("torch.") for d in entry.dtypes))
@@ -253,6 +260,12 @@ def written_ops(node: Node, is_const: IsConst) -> frozenset[str]:
         raise ValueError(f"no TFLite lowering for {_op_name(node.target)}: ask writer_support first")
     writes = entry.writes
     return writes if isinstance(writes, frozenset) else frozenset(writes(node, is_const))
+
+
+def _unwritten_outputs_read(node: Node, produced: tuple[int, ...] | None) -> list[int]:
+    if produced is None:
+        return []
+    return sorted({u.args[1] for u in node.users if u.target is operator.getitem and u.args[1] not in produced})
 
 
 def _runtime_dtypes(

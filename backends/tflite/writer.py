@@ -23,7 +23,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import Graph, Node
 
-from edgeport import DeclineNodes, Support, SupportContext
+from edgeport import BackendError, DeclineNodes, Support, SupportContext
 
 from . import int8_plan, layout, lowering, qdq
 from .emitter import Emitter, Plan, Value
@@ -246,10 +246,31 @@ def _node_value(em: Emitter, n: Node, consts: Constants) -> Any:
         value = hybrid_linear(em, n)
     else:
         value = entry.emit(em, n)
+    _check_dtypes(n, value)
     act = em.plan.fused.get(n)
     if act is not None and n not in em.fused_written:
         value = _apply_activation(em, n, value, act)
     return value
+
+
+def _check_dtypes(n: Node, value: Any) -> None:
+    """Every value a lowering wrote is stored as torch's result dtype is.
+
+    A lowering that computes in the wrong dtype (a float mean of int64 values, reduced in
+    integers) would otherwise run and return a wrong answer silently; this turns it into
+    a failed compile, which falls back to portable with the reason.
+    """
+    expected = n.meta.get("val")
+    several = isinstance(expected, (tuple, list)) and isinstance(value, (tuple, list))
+    for want, got in zip(expected, value) if several else [(expected, value)]:
+        if not (isinstance(got, Value) and isinstance(want, torch.Tensor)):
+            continue
+        if tensor_type(got.dtype) != tensor_type(want.dtype):
+            raise BackendError(
+                f"TFLite writer: the lowering of {n.target} wrote {got.dtype} for {n.name}, "
+                f"where torch computes {want.dtype}",
+                hint="a bug in edgeport's TFLite writer: please report it with the model",
+            )
 
 
 def _evaluate(em: Emitter, n: Node) -> Any:

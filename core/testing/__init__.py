@@ -106,9 +106,12 @@ def installed_backends() -> dict[str, dict]:
 
 
 def compare(actual: object, expected: object) -> float:
-    """Relative max error between two output structures."""
+    """Relative max error between two output structures; infinite when a leaf's dtype or
+    shape differs (an int64 "mean" of a float mean is wrong whatever its values)."""
     worst = 0.0
     for a, e in zip(pytree.tree_leaves(actual), pytree.tree_leaves(expected), strict=True):
+        if a.dtype != e.dtype or a.shape != e.shape:
+            return float("inf")
         a, e = a.detach().double(), e.detach().double()
         scale = max(float(e.abs().max()) if e.numel() else 0.0, 1e-6)
         worst = max(worst, float((a - e).abs().max()) / scale if e.numel() else 0.0)

@@ -49,13 +49,21 @@ def _seeded(build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]) -> Callable[
     return wrapped
 
 
-def op(name: str, fn: Callable[..., Any], *shapes: tuple[int, ...], rtol: float = 1e-4,
+Input = tuple[int, ...] | Callable[[], torch.Tensor]  # a shape (random normal), or a maker
+
+
+def _input(spec: Input) -> torch.Tensor:
+    return spec() if callable(spec) else _x(*spec)
+
+
+def op(name: str, fn: Callable[..., Any], *inputs: Input, rtol: float = 1e-4,
        **params: tuple[int, ...]) -> Case:
-    """A one-function case: ``shapes`` are its inputs', ``params`` its weights' shapes."""
+    """A one-function case: ``inputs`` are its inputs' shapes (or makers, for integer
+    inputs), ``params`` its weights' shapes."""
 
     def build() -> tuple[nn.Module, tuple[Any, ...]]:
         weights = {k: _x(*shape) for k, shape in params.items()}
-        return Fn(fn, **weights), tuple(_x(*s) for s in shapes)
+        return Fn(fn, **weights), tuple(_input(s) for s in inputs)
 
     return Case(name, _seeded(build), rtol, frozenset({"op"}))
 
@@ -118,6 +126,76 @@ def _embedding_case() -> Case:
 
 
 IMG = (1, 8, 12, 12)
+# The attribute sweeps below use the sizes ExecuTorch's operator suite uses: 8 channels
+# matter (QNN HTP averaged a padded 1-channel pool right and an 8-channel one wrongly).
+POOL = (1, 8, 20, 20)
+POOL_ODD = (1, 8, 21, 21)
+SEQ = (1, 8, 20)
+VOLUME = (1, 6, 5, 5, 5)
+
+
+def _ints() -> torch.Tensor:
+    return torch.randint(-5, 10, (3, 5))
+
+
+# Every pooling and convolution attribute at a non-default value at least once, and the
+# combinations a backend got wrong before: each is compared with torch like any case, so
+# a backend that takes a node but ignores (or mis-implements) one of its arguments fails.
+ATTRIBUTE_SWEEPS: list[Case] = [
+    # average pooling
+    op("avg_pool2d_k2_s2_p1", lambda m, x: F.avg_pool2d(x, 2, 2, 1), POOL),
+    op("avg_pool2d_ceil", lambda m, x: F.avg_pool2d(x, 3, ceil_mode=True), POOL),
+    op("avg_pool2d_k3_s2_p1_ceil", lambda m, x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True), POOL_ODD),
+    op("avg_pool2d_exclude_pad", lambda m, x: F.avg_pool2d(x, (2, 3), (2, 1), (1, 0), count_include_pad=False), POOL),
+    op("avg_pool2d_exclude_pad_ceil", lambda m, x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+       POOL),
+    op("avg_pool2d_rect_stride", lambda m, x: F.avg_pool2d(x, (3, 2), stride=(2, 1)), POOL),
+    op("avg_pool2d_divisor_override", lambda m, x: F.avg_pool2d(x, 3, 2, 1, divisor_override=4), POOL),
+    op("avg_pool1d_ceil", lambda m, x: F.avg_pool1d(x, 3, ceil_mode=True), SEQ),
+    op("avg_pool1d_exclude_pad", lambda m, x: F.avg_pool1d(x, 2, 2, 1, count_include_pad=False), SEQ),
+    # max pooling
+    op("max_pool2d_k2_s2_p1", lambda m, x: F.max_pool2d(x, 2, 2, 1), POOL),
+    op("max_pool2d_ceil", lambda m, x: F.max_pool2d(x, 3, ceil_mode=True), POOL),
+    op("max_pool2d_k3_s2_p1_ceil", lambda m, x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), POOL_ODD),
+    op("max_pool2d_rect_padding", lambda m, x: F.max_pool2d(x, (3, 5), stride=(2, 1), padding=(1, 2)), POOL),
+    op("max_pool2d_dilated", lambda m, x: F.max_pool2d(x, (2, 3), (2, 1), (1, 0), dilation=2), POOL),
+    op("max_pool2d_indices", lambda m, x: F.max_pool2d(x, 3, 2, 1, return_indices=True), POOL),
+    op("max_pool1d_k2_s2_p1_ceil", lambda m, x: F.max_pool1d(x, 2, 2, 1, ceil_mode=True), (1, 8, 21)),
+    op("pool3d", lambda m, x: (F.avg_pool3d(x, 2, ceil_mode=True), F.max_pool3d(x, 3, 2, 1)), VOLUME),
+    # transposed convolution
+    op("conv_transpose3d", lambda m, x: F.conv_transpose3d(x, m.w, m.b, stride=2, padding=1), VOLUME,
+       w=(6, 4, 3, 3, 3), b=(4,)),
+    op("conv_transpose3d_groups", lambda m, x: F.conv_transpose3d(x, m.w, m.b, groups=3), VOLUME,
+       w=(6, 2, 3, 3, 3), b=(6,)),
+    op("conv_transpose3d_depthwise", lambda m, x: F.conv_transpose3d(x, m.w, m.b, groups=6), VOLUME,
+       w=(6, 1, 3, 3, 3), b=(6,)),
+    op("conv_transpose3d_unequal_padding", lambda m, x: F.conv_transpose3d(x, m.w, m.b, padding=(0, 1, 1)), VOLUME,
+       w=(6, 4, 3, 3, 3), b=(4,)),
+    op("conv_transpose3d_output_padding", lambda m, x: F.conv_transpose3d(x, m.w, m.b, stride=2, output_padding=1),
+       VOLUME, w=(6, 4, 3, 3, 3), b=(4,)),
+    op("conv_transpose2d_depthwise_output_padding",
+       lambda m, x: F.conv_transpose2d(x, m.w, m.b, stride=2, padding=1, output_padding=1, groups=8), IMG,
+       w=(8, 1, 3, 3), b=(8,)),
+    op("conv_transpose2d_groups_dilation", lambda m, x: F.conv_transpose2d(x, m.w, m.b, groups=2, dilation=2), IMG,
+       w=(8, 3, 3, 3), b=(6,)),
+    op("conv_transpose1d_groups_output_padding",
+       lambda m, x: F.conv_transpose1d(x, m.w, m.b, stride=2, padding=1, output_padding=1, groups=2), (1, 8, 10),
+       w=(8, 3, 3), b=(6,)),
+    # convolution
+    op("conv3d_groups_strided", lambda m, x: F.conv3d(x, m.w, m.b, stride=(1, 2, 2), padding=(0, 1, 1), groups=2),
+       VOLUME, w=(6, 3, 3, 3, 3), b=(6,)),
+    op("conv3d_dilated", lambda m, x: F.conv3d(x, m.w, m.b, padding=2, dilation=2), VOLUME, w=(4, 6, 3, 3, 3),
+       b=(4,)),
+    op("conv1d_dilated_padded", lambda m, x: F.conv1d(x, m.w, m.b, padding=2, dilation=2), (1, 4, 8), w=(6, 4, 3),
+       b=(6,)),
+    op("conv2d_same_dilated", lambda m, x: F.conv2d(x, m.w, m.b, padding="same", dilation=2), IMG, w=(6, 8, 3, 3),
+       b=(6,)),
+    op("conv2d_asymmetric", lambda m, x: F.conv2d(x, m.w, m.b, stride=(2, 1), padding=(0, 2)), IMG, w=(6, 8, 3, 5),
+       b=(6,)),
+    # reductions whose result dtype is not their input's
+    op("mean_int_to_float", lambda m, x: x.mean(1, dtype=torch.float32), _ints),
+    op("reduce_bool", lambda m, x: ((x > 0).sum(1), (x > 0).amax(1), (x > 0.5).any(-1)), (2, 8, 4)),
+]
 
 CASES: list[Case] = [
     # convolutions
@@ -186,4 +264,5 @@ CASES: list[Case] = [
     block("inverted_residual", _InvertedResidual, IMG),
     block("attention", _Attention, (1, 6, 32)),
     block("mlp_gelu", lambda: nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)), (3, 32)),
+    *ATTRIBUTE_SWEEPS,
 ]

@@ -40,18 +40,27 @@ def _reduce_dims(node: Node) -> tuple[list[int], bool]:
 
 
 def _check_reduce(node: Node, is_const: IsConst) -> str | None:
-    if node.kwargs.get("dtype") not in (None, meta(node).dtype):
-        return "accumulation dtype argument"
     if node.target in (aten.mean.dim, aten.mean.default) and meta(node).dtype != torch.float32:
         return "integer mean"
     return None
 
 
+def _reducer_dtype(reducer: str, result: torch.dtype) -> torch.dtype:
+    """The dtype TFLite's `reducer` computes in to give a `result` of torch's dtype.
+
+    torch casts the input to the result dtype before reducing: sum/mean with ``dtype=``,
+    the int64 sum of int32 or bool, the bool ``any`` of numbers. TFLite has no bool
+    REDUCE_MAX/MIN (amax/amin of bool), so those reduce 0/1 in int32.
+    """
+    return torch.int32 if result == torch.bool and reducer != "REDUCE_ANY" else result
+
+
 @lowering(*_REDUCERS, writes=by_target(_REDUCERS), dtypes=NUMERIC | {torch.bool}, check=_check_reduce)
 def reduce(em: Emitter, node: Node) -> Value:
-    v = em.value(node.args[0])
+    reducer, result = _REDUCERS[node.target], meta(node).dtype
+    v = em.value(node.args[0], _reducer_dtype(reducer, result))
     dims, keepdim = _reduce_dims(node)
-    return reduce_value(em, node.name, _REDUCERS[node.target], v, dims, keepdim)
+    return em.cast(reduce_value(em, node.name, reducer, v, dims, keepdim), result)
 
 
 def reduce_value(em: Emitter, out_name: str, name: str, v: Value, dims: list[int], keepdim: bool) -> Value:

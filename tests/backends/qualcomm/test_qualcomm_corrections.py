@@ -73,3 +73,127 @@ def test_index_is_declined_because_htp_gathernd_returns_wrong_values(backend):
     outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
     assert max_abs(outputs[0], fn(x).numpy()) > 0.1, "HTP GatherND is right now: take aten.index again"
     assert np.isfinite(outputs[0]).all()
+
+
+# -- attribute combinations QNN compiles but computes wrongly -------------------------------
+# Each: support() declines the node, and compiled anyway (compile() never asks support),
+# QNN's answer is still wrong. ONNX Runtime's CPU EP gets the same ONNX right (see
+# test_torch_onnx_is_right_where_qnn_is_wrong), so the error is QNN's.
+
+WRONG_ON_QNN = [  # (case, function of input/weight/bias, input shape, weight shape, output channels)
+    ("conv_transpose3d_groups", lambda x, w, b: F.conv_transpose3d(x, w, b, groups=3), (1, 6, 5, 5, 5),
+     (6, 2, 3, 3, 3), 6),
+    ("conv_transpose3d_depthwise", lambda x, w, b: F.conv_transpose3d(x, w, b, groups=6), (1, 6, 5, 5, 5),
+     (6, 1, 3, 3, 3), 6),
+    ("conv_transpose3d_unequal_padding", lambda x, w, b: F.conv_transpose3d(x, w, b, padding=(0, 1, 1)),
+     (1, 4, 5, 5, 5), (4, 6, 3, 3, 3), 6),
+    # the output_padding border, which only the bias reaches, comes back without it
+    ("conv_transpose3d_output_padding", lambda x, w, b: F.conv_transpose3d(x, w, b, stride=2, output_padding=1),
+     (1, 4, 5, 5, 5), (4, 6, 3, 3, 3), 6),
+    ("conv_transpose2d_depthwise_output_padding",
+     lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1, groups=4), (1, 4, 6, 6),
+     (4, 1, 3, 3), 4),
+    ("conv1d_dilated_padded", lambda x, w, b: F.conv1d(x, w, b, padding=2, dilation=2), (1, 4, 8), (6, 4, 3), 6),
+]
+
+
+@pytest.mark.parametrize(("case", "fn", "x_shape", "w_shape", "channels"), WRONG_ON_QNN,
+                         ids=[c[0] for c in WRONG_ON_QNN])
+def test_the_table_declines_convolutions_qnn_computes_wrongly(backend, case, fn, x_shape, w_shape, channels):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(*x_shape), torch.randn(*w_shape), torch.randn(channels)
+    module = Fn(lambda t: fn(t, w, b))
+    program = partition_of(module, x)
+    answer = backend.support(node_named(program, "convolution"), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "wrong values" in answer.reason
+    outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
+    assert max_abs(outputs[0], module(x).numpy()) > 0.1, f"QNN computes {case} right now: take it again"
+
+
+def test_divisor_override_is_declined_because_torch_onnx_drops_it(backend):
+    import onnxruntime as ort
+
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    x = torch.randn(1, 4, 8, 8)
+    module = Fn(lambda t: F.avg_pool2d(t, 3, 2, 1, divisor_override=4))
+    program = partition_of(module, x)
+    answer = backend.support(node_named(program, "avg_pool2d"), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "divisor_override" in answer.reason
+    partition = export_onnx(program)
+    session = ort.InferenceSession(partition.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (on_cpu,) = session.run(None, {partition.inputs[0]: x.numpy()})
+    assert max_abs(on_cpu, module(x).numpy()) > 0.1, "torch.onnx honours divisor_override now: take it again"
+
+
+# -- pools: QNN gets them wrong when they pad themselves; pool_rewrite.py pads them -------
+
+POOLS = [  # (ONNX op, torch function, attributes as torch.onnx writes them, input shape)
+    ("AveragePool", lambda t: F.avg_pool2d(t, 2, 2, 1),
+     dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=0, count_include_pad=1), (1, 8, 20, 20)),
+    ("AveragePool", lambda t: F.avg_pool2d(t, 3, ceil_mode=True),
+     dict(kernel_shape=[3, 3], strides=[3, 3], pads=[0, 0, 0, 0], ceil_mode=1, count_include_pad=1), (1, 8, 20, 20)),
+    ("AveragePool", lambda t: F.avg_pool2d(t, 3, 1, 1, count_include_pad=False),
+     dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], ceil_mode=0, count_include_pad=0), (1, 8, 20, 20)),
+    ("MaxPool", lambda t: F.max_pool2d(t, 2, 2, 1),
+     dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=0), (1, 8, 20, 20)),
+]
+
+
+def _one_node_model(op, attrs, x, out_shape):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"], name="pool", **attrs)], "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+
+
+def _on_qnn(model, x):
+    from edgeport.backends.qualcomm.options import provider_options
+    from edgeport.backends.qualcomm.qnn_runtime import compile_context, load_context
+
+    outcome = compile_context(model.SerializeToString(), provider_options(QualcommOptions()))
+    assert not outcome.refused
+    return load_context(outcome.context_model).run(None, {"x": x.numpy()})[0]
+
+
+@pytest.mark.parametrize(("op", "fn", "attrs", "shape"), POOLS, ids=["avg_k2s2p1", "avg_ceil", "avg_exclude_pad",
+                                                                       "max_k2s2p1"])
+def test_torch_onnx_is_right_where_qnn_is_wrong_and_the_rewrite_is_right_on_qnn(backend, op, fn, attrs, shape):
+    import onnxruntime as ort
+
+    from edgeport.backends.qualcomm.pool_rewrite import rewrite_pools
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    want = fn(x).numpy()
+    model = _one_node_model(op, attrs, x, want.shape)
+    (on_cpu,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+        "x": x.numpy()})
+    assert max_abs(on_cpu, want) < 1e-5
+    assert max_abs(_on_qnn(model, x), want) > 0.1, "QNN pads this pool right now: the rewrite may go"
+    assert rewrite_pools(model) == 1
+    assert {n.op_type for n in model.graph.node} <= {"Concat", op, "Mul"}
+    assert max_abs(_on_qnn(model, x), want) < 1e-2
+
+
+def test_qnn_folds_an_explicit_pad_back_into_the_pool_which_is_why_the_rewrite_concatenates(backend):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 1, 100)
+    want = F.avg_pool2d(F.pad(x, (0, 2)), (1, 3), (1, 3)).numpy()
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads", "zero"], ["padded"], mode="constant"),
+         helper.make_node("AveragePool", ["padded"], ["y"], kernel_shape=[1, 3], strides=[1, 3])], "pad_pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(want.shape))],
+        initializer=[numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 0, 2], dtype=np.int64), "pads"),
+                     numpy_helper.from_array(np.zeros((), dtype=np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    assert max_abs(_on_qnn(model, x), want) > 0.1, "QNN computes Pad + pool right now: the rewrite could use Pad"

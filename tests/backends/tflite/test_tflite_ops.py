@@ -2,7 +2,8 @@
 
 Cases are edgeport's shared conformance cases plus the writer's own (tflite_cases.py).
 Each runs twice: captured the way the cpu backend captures (KEEP_OPS kept whole) and
-fully decomposed (what any other backend's capture may hand over).
+fully decomposed (what any other backend's capture may hand over). The shared cases the
+writer declines (writer_declines.py) are checked to be declined with their reason.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from edgeport.testing import CASES
 from ai_edge_litert import schema_py_generated as schema
 from tflite_cases import DECLINED, EXTRA_CASES
 from tflite_helpers import capture, lower_cases
+from writer_declines import WRITER_DECLINES
 
-ALL_CASES = [*CASES, *EXTRA_CASES]
+ALL_CASES = [*(c for c in CASES if c.name not in WRITER_DECLINES), *EXTRA_CASES]
+SHARED_DECLINED = [(f"{c.name}-{op}", c, op, words)
+                   for c in CASES for op, words in WRITER_DECLINES.get(c.name, {}).items()]
+ALL_DECLINED = DECLINED + SHARED_DECLINED
 MODES = {"kept": None, "decomposed": ()}
 
 
@@ -60,7 +65,7 @@ def test_case_matches_eager(suite, case):
     assert suite.errors[case.name] <= case.rtol
 
 
-@pytest.mark.parametrize("name, case, op, words", DECLINED, ids=[d[0] for d in DECLINED])
+@pytest.mark.parametrize("name, case, op, words", ALL_DECLINED, ids=[d[0] for d in ALL_DECLINED])
 def test_unsupported_is_declined_with_its_reason_and_never_written(name, case, op, words):
     module, inputs = case.build()
     program = capture(module, inputs)
