@@ -265,7 +265,9 @@ def written_ops(node: Node, is_const: IsConst) -> frozenset[str]:
 def _unwritten_outputs_read(node: Node, produced: tuple[int, ...] | None) -> list[int]:
     if produced is None:
         return []
-    return sorted({u.args[1] for u in node.users if u.target is operator.getitem and u.args[1] not in produced})
+    # A getitem nothing reads (PT2E's convert leaves the unused indices of a max pool) is not a read.
+    return sorted({u.args[1] for u in node.users
+                   if u.target is operator.getitem and u.users and u.args[1] not in produced})
 
 
 def _runtime_dtypes(

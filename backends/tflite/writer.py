@@ -238,7 +238,7 @@ def _node_value(em: Emitter, n: Node, consts: Constants) -> Any:
     if n in consts:
         return _evaluate(em, n)
     entry = lookup(n.target)
-    if n in em.plan.int8:
+    if n in em.plan.int8:  # int8 where torch computes float: the plan's own decision
         value = entry.int8.emit(em, n, em.plan.int8[n])
     elif n in em.plan.hybrid:
         from .ops.int8 import hybrid_linear  # the table's own module; imported with it
@@ -246,7 +246,7 @@ def _node_value(em: Emitter, n: Node, consts: Constants) -> Any:
         value = hybrid_linear(em, n)
     else:
         value = entry.emit(em, n)
-    _check_dtypes(n, value)
+        _check_dtypes(n, value)
     act = em.plan.fused.get(n)
     if act is not None and n not in em.fused_written:
         value = _apply_activation(em, n, value, act)

@@ -58,8 +58,11 @@ def _reducer_dtype(reducer: str, result: torch.dtype) -> torch.dtype:
 @lowering(*_REDUCERS, writes=by_target(_REDUCERS), dtypes=NUMERIC | {torch.bool}, check=_check_reduce)
 def reduce(em: Emitter, node: Node) -> Value:
     reducer, result = _REDUCERS[node.target], meta(node).dtype
-    v = em.value(node.args[0], _reducer_dtype(reducer, result))
+    v = em.value(node.args[0])
     dims, keepdim = _reduce_dims(node)
+    if v.quant is not None:  # the int8 form of a quantized mean: reduced as int8, as XNNPACK's QS8 MEAN does
+        return reduce_value(em, node.name, reducer, v, dims, keepdim)
+    v = em.cast(v, _reducer_dtype(reducer, result))
     return em.cast(reduce_value(em, node.name, reducer, v, dims, keepdim), result)
 
 
