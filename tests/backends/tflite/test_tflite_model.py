@@ -77,6 +77,14 @@ def test_permutes_and_head_repeats_move_no_data():
     assert model.transposed_outputs == [model.outputs[0]] and model.transposed_inputs == []
 
 
+def test_two_views_of_one_tensor_are_each_laid_out_in_their_own_order():
+    """k.transpose(0, 1) is returned and also read as its own transpose by a matmul: each
+    view gets its own layout change, not the other's (a KV-cache row write needs this)."""
+    module = Lambda(lambda m, q, k: (k.transpose(0, 1), torch.bmm(q, k.transpose(0, 1).transpose(1, 2))))
+    model, error = lower(module, torch.randn(3, 4, 8), torch.randn(5, 3, 8))
+    assert error < 1e-5
+
+
 def test_int64_and_bool_keep_their_dtypes_at_the_boundary():
     module = Lambda(lambda m, ids: (F.embedding(ids, m.table), ids * 2, ids > 3), table=torch.randn(10, 4))
     ids = torch.tensor([[1, 4, 9]])
