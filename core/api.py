@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import platform
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from torch.export import ExportedProgram
 
 from edgeport.partitioners.policy import PORTABLE
 
@@ -68,12 +69,17 @@ def export_methods(
     keep_reference: bool | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
+    rewrite: Callable[[str, ExportedProgram], ExportedProgram] | None = None,
 ) -> Program:
     """Export several named methods (e.g. ``prefill`` and ``decode``) into one program.
 
     Each value is ``(module, example_inputs[, dynamic_shapes])``. Buffers the methods
     mutate become program state, shared between methods by their name in the module
     (so two wrappers of one model share its KV cache).
+
+    ``rewrite(name, program)``, when given, transforms each method's captured program
+    before it is partitioned (``edgeport.llm`` captures one decoder layer and repeats
+    it N times there).
     """
     registry = registry or default_registry()
     selected = _select_backends(registry, backends)
@@ -89,12 +95,15 @@ def export_methods(
         if progress:
             progress(f"{name}: capturing with torch.export")
         program = capture(module, inputs, list(selected.values()), parsed, dynamic)
+        if rewrite is not None:
+            program = rewrite(name, program)
         lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress)
         files.update(lowered.files)
         artifacts.update(lowered.artifacts)
         plans[name] = lowered.plan
         reports[name] = lowered.report
-        for fqn in lowered.plan.state_writes.values():
+        written = [*lowered.plan.state_writes.values(), *(u.state for u in lowered.plan.row_updates)]
+        for fqn in written:
             if fqn not in state:
                 state[fqn] = _store_state(files, fqn, program.state_dict.get(fqn, program.constants.get(fqn)))
     manifest = Manifest(

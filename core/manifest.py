@@ -44,12 +44,25 @@ class Step:
 
 
 @dataclass(frozen=True)
+class RowUpdate:
+    """Rows of program state a method writes in place when its call finishes
+    (``state.index_copy_(dim, values[positions], values[rows])``), instead of a full
+    write: how a KV cache is updated one token at a time (see `state_rows.py`)."""
+
+    state: str  # the state's fqn
+    dim: int
+    positions: str  # value holding the int64 positions along ``dim``
+    rows: str  # value holding the new rows: the state's shape with len(positions) at ``dim``
+
+
+@dataclass(frozen=True)
 class MethodPlan:
     """How to run one method (e.g. "forward", "prefill", "decode").
 
     Values are named after the nodes of the exported graph. ``state_reads`` maps a
     value to the program state it starts as; ``state_writes`` maps a value to the state
-    it updates when the call finishes (a mutated buffer such as a KV cache).
+    it updates when the call finishes (a mutated buffer); ``row_updates`` write only
+    some rows of a state (a KV cache), in place.
     """
 
     name: str
@@ -62,6 +75,7 @@ class MethodPlan:
     state_writes: dict[str, str] = field(default_factory=dict)
     symbols: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     out_spec: str = ""  # torch pytree spec (JSON) of the eager output structure
+    row_updates: tuple[RowUpdate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,9 @@ class Manifest:
     state: dict[str, dict[str, Any]]  # fqn -> {"file", "dtype", "shape"}
     files: dict[str, FileInfo]  # every other file in the zip -> size and checksum
     report: dict[str, dict[str, Any]]  # method -> placement report (see report.py)
+    # What a program carries for its users beyond the plan, by topic (e.g. "llm": the
+    # tokenizer and chat files it ships, its stop tokens); edgeport itself reads none of it.
+    metadata: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
 
@@ -108,6 +125,7 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
             state_writes=dict(m.get("state_writes", {})),
             symbols={k: (int(v[0]), None if v[1] is None else int(v[1])) for k, v in m.get("symbols", {}).items()},
             out_spec=str(m.get("out_spec", "")),
+            row_updates=tuple(_row_update(u) for u in m.get("row_updates", [])),
         )
     return Manifest(
         producer=dict(data["producer"]),
@@ -116,6 +134,7 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
         state=dict(data["state"]),
         files={p: FileInfo(int(f["size"]), str(f["sha256"])) for p, f in data["files"].items()},
         report=dict(data.get("report", {})),
+        metadata=dict(data.get("metadata", {})),
         format=data["format"],
         version=int(data["version"]),
     )
@@ -124,6 +143,10 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
 def _spec(s: dict[str, Any]) -> TensorSpec:
     shape = tuple(d if isinstance(d, str) else int(d) for d in s["shape"])
     return TensorSpec(str(s["name"]), str(s["dtype"]), shape)
+
+
+def _row_update(u: dict[str, Any]) -> RowUpdate:
+    return RowUpdate(state=str(u["state"]), dim=int(u["dim"]), positions=str(u["positions"]), rows=str(u["rows"]))
 
 
 def _step(s: dict[str, Any]) -> Step:

@@ -21,6 +21,7 @@ from .errors import EdgeportError, ExecutionError, InputError, ProgramError, Unk
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .plugins import Registry, default_registry
 from .portable import PortableExecutable, program_from_files
+from .state_rows import apply_row_updates, check_row_updates, place_state, row_update_values
 from .tensors import DTYPES, tensor_from_bytes
 
 
@@ -69,7 +70,8 @@ class Runtime:
         for i, step in enumerate(plan.steps):
             for name in step.inputs:
                 last_use[name] = i
-        kept = set(plan.output_values) | set(plan.state_writes)
+        check_row_updates(plan, self.state)
+        kept = set(plan.output_values) | set(plan.state_writes) | row_update_values(plan)
         frees: list[list[str]] = [[] for _ in plan.steps]
         for name, i in last_use.items():
             if name not in kept:
@@ -155,9 +157,18 @@ class Runtime:
                 timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
         for value, fqn in plan.state_writes.items():
             self.state[fqn] = values[value]
+        apply_row_updates(self.state, plan.row_updates, values)
         outputs = [values[n] for n in plan.output_values]
         result = pytree.tree_unflatten(outputs, pytree.treespec_loads(plan.out_spec)) if plan.out_spec else outputs
         return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
+
+    def place_state(self, method: str) -> list[str]:
+        """Keep the state ``method`` reads inside its delegates' own input buffers (where
+        they offer them), so calling ``method`` copies none of it; returns the states
+        moved. Worth it for the method called most often, e.g. an LLM's "decode"."""
+        plan, steps, _ = self._methods[method]
+        fully_written = {fqn for p, _, _ in self._methods.values() for fqn in p.state_writes.values()}
+        return place_state(plan, [(s.step.inputs, s.executable) for s in steps], self.state, fully_written)
 
     def step_labels(self, method: str) -> list[str]:
         return [s.label for s in self._methods[method][1]]

@@ -3,10 +3,15 @@
 The interpreter is built once per model; a call sets each input once (from a numpy
 view of the contiguous torch tensor, no extra copy), invokes, and reads each output
 once. Outputs are copies: the next invoke overwrites the interpreter's buffers.
+
+An input can also live in the interpreter's own buffer (`input_buffer`, the
+`edgeport.state_rows.InPlaceInputs` protocol): passing that buffer back as the input
+copies nothing, which is how a KV cache stays inside the delegate between tokens.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from importlib import metadata
 from typing import Any, Sequence
@@ -72,15 +77,35 @@ class TfliteExecutable:
         self._set = interpreter.set_tensor
         self._get = interpreter.get_tensor
         self._invoke = interpreter.invoke
+        self._in_place: dict[int, tuple[int, int]] = {}  # input position -> (address, bytes) of its own buffer
         self.interpreter = interpreter
+
+    def input_buffer(self, position: int) -> np.ndarray:
+        """Input ``position``'s storage inside the interpreter, as a writable array.
+
+        Tensors are allocated once, in the constructor, and never resized, so the
+        address stays valid; the array keeps this executable (and its interpreter)
+        alive. It is built from the address alone because LiteRT refuses to invoke
+        while a view it handed out (``Interpreter.tensor``) is alive.
+        """
+        view = self.interpreter.tensor(self._inputs[position])()
+        address, nbytes, dtype, shape = view.ctypes.data, view.nbytes, view.dtype, view.shape
+        del view
+        raw = (ctypes.c_byte * nbytes).from_address(address)
+        raw.owner = self
+        self._in_place[position] = (address, nbytes)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
     def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         if len(inputs) != len(self._inputs):
             from edgeport import InputError
 
             raise InputError(f"the TFLite model takes {len(self._inputs)} inputs, got {len(inputs)}")
-        for index, x in zip(self._inputs, inputs):
-            self._set(index, _array(x))
+        for position, (index, x) in enumerate(zip(self._inputs, inputs)):
+            array = _array(x)
+            if self._in_place and self._in_place.get(position) == (array.ctypes.data, array.nbytes):
+                continue  # already in place: the input is the interpreter's own buffer
+            self._set(index, array)
         self._invoke()
         return [np.asarray(self._get(index)) for index in self._outputs]  # rank-0 comes back as a scalar
 
