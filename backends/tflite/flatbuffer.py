@@ -57,14 +57,22 @@ class ModelBuilder:
     def __init__(self) -> None:
         self.tensors: list[TensorRecord] = []
         self.buffers: list[np.ndarray | None] = [None]  # buffer 0: the empty sentinel
+        # (address, bytes, dtype) of each buffer's memory: a constant given twice (a tied
+        # embedding read by GATHER and by FULLY_CONNECTED) is stored once. Addresses stay
+        # unique because `buffers` keeps every array alive.
+        self._buffer_at: dict[tuple[int, int, str], int] = {}
         self.ops: list[OpRecord] = []
 
     def tensor(self, shape: Sequence[int], type_: int, name: str, data: np.ndarray | None = None) -> int:
         """Add a tensor (constant when `data` is given) and return its index."""
         buffer = 0
         if data is not None:
-            self.buffers.append(np.ascontiguousarray(data).reshape(-1))
-            buffer = len(self.buffers) - 1
+            flat = np.ascontiguousarray(data).reshape(-1)
+            key = (flat.ctypes.data, flat.nbytes, flat.dtype.str)
+            buffer = self._buffer_at.get(key, 0) if flat.nbytes else 0
+            if not buffer:
+                self.buffers.append(flat)
+                buffer = self._buffer_at[key] = len(self.buffers) - 1
         self.tensors.append(TensorRecord(tuple(int(d) for d in shape), type_, name, buffer))
         return len(self.tensors) - 1
 

@@ -129,6 +129,17 @@ def test_weights_are_aligned_constant_buffers():
     assert data.size == 64 * 32 * 4 and start % 16 == 0
 
 
+def test_a_tied_embedding_and_output_projection_store_their_table_once():
+    """Embedding and lm_head sharing one parameter (GATHER and FULLY_CONNECTED) share one buffer."""
+    torch.manual_seed(0)
+    module = Lambda(lambda m, ids: F.linear(F.embedding(ids, m.table), m.table), table=torch.randn(300, 16))
+    model, error = lower(module, torch.tensor([[3, 7, 299]]))
+    assert error < 1e-5
+    parsed, graph = parse(model.data)
+    sizes = [parsed.Buffers(i).DataLength() for i in range(parsed.BuffersLength())]
+    assert sizes.count(300 * 16 * 4) == 1 and len(model.data) < 2 * 300 * 16 * 4
+
+
 def test_a_constant_output_is_declined_not_written():
     module = Lambda(lambda m, x: (x + 1, m.c * 2), c=torch.ones(3))
     with pytest.raises(DeclineNodes) as declined:
