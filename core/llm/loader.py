@@ -4,11 +4,12 @@ Both give a `LoadedModel`: the decoder's shape (`DecoderConfig`), its weights in
 under Hugging Face names, and what generation needs (the tokenizer as ``tokenizer.json``
 text, the chat template, stop tokens).
 
-- GGUF (llama architecture): weights and shape are read with the ``gguf`` package and
-  dequantized with numpy, which takes about 3 s for SmolLM2 where building the
-  transformers model takes 20. llama.cpp stores q/k projection rows interleaved for
-  its rotary form; they are put back in Hugging Face's half-split order. The
-  tokenizer is converted by transformers' GGUF support (the one thing worth its import).
+- GGUF (llama architecture): shape and weights are read by `gguf_file.py` and
+  dequantized by the ``gguf`` package's numpy kernels, about 1.5 s for SmolLM2 where
+  building the transformers model takes 20. llama.cpp stores q/k projection rows
+  interleaved for its rotary form; they are put back in Hugging Face's half-split
+  order. The tokenizer is converted by transformers' GGUF support, so it encodes as
+  ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` does.
 - Hugging Face directory (llama, mistral, qwen2, qwen3): ``config.json``,
   ``*.safetensors``, ``tokenizer.json``, the chat template and ``generation_config.json``.
 
@@ -28,6 +29,7 @@ import torch
 
 from ..errors import EdgeportError
 from .config import ARCHITECTURES, DecoderConfig, RopeScaling
+from .gguf_file import GgufFormatError, read_gguf
 
 
 @dataclass(frozen=True)
@@ -90,54 +92,51 @@ _GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
 
 def load_gguf(path: Path) -> LoadedModel:
     try:
-        from gguf import GGUFReader
+        from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
     except ImportError as exc:
         raise ModelLoadError(f"reading GGUF needs the gguf package ({exc})", hint="pip install 'edgeport[llm]'") from None
     try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        gguf = read_gguf(path)
+    except (GgufFormatError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{path} is not a readable GGUF file: {exc}") from None
-    meta = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("tokenizer.ggml.")}
+    meta, tensors = gguf.metadata, gguf.tensors
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ModelLoadError(
             f"{path.name}: GGUF architecture {arch!r} is not supported (edgeport reads llama GGUF files)",
             hint="export it from its Hugging Face directory instead (config.json + safetensors)",
         )
-    names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in names:
+    if "rope_freqs.weight" in tensors:
         raise ModelLoadError(
             f"{path.name} scales its rotary frequencies per dimension (rope_freqs, Llama 3.1 and later)",
             hint="export it from its Hugging Face directory instead",
         )
-    embed = next(t for t in reader.tensors if t.name == "token_embd.weight") if "token_embd.weight" in names else None
-    if embed is None:
+    if "token_embd.weight" not in tensors:
         raise ModelLoadError(f"{path.name} has no token embedding (token_embd.weight)")
-    config = _gguf_config(meta, vocab=int(embed.shape[-1]), tied="output.weight" not in names)
+    config = _gguf_config(meta, vocab=tensors["token_embd.weight"].shape[0], tied="output.weight" not in tensors)
     weights = {}
-    for tensor in reader.tensors:
+    for tensor in tensors.values():
         hf = _gguf_name(tensor.name)
         if hf is None:
             continue
-        values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-        shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dims innermost first
-        values = values.reshape(shape)
+        values = dequantize(tensor.data, GGMLQuantizationType(tensor.ggml_type)).astype(np.float32, copy=False)
+        values = values.reshape(tensor.shape)
         if hf.endswith("q_proj.weight"):
             values = _unpermute_rotary(values, config.heads)
         elif hf.endswith("k_proj.weight"):
             values = _unpermute_rotary(values, config.kv_heads)
-        weights[hf] = torch.from_numpy(np.ascontiguousarray(values))
-    tokenizer = _gguf_tokenizer(path)
+        weights[hf] = torch.from_numpy(np.array(values, dtype=np.float32))  # owned and writable
+    tokenizer, special = _gguf_tokenizer(path)
     return LoadedModel(
         name=str(meta.get("general.name") or path.stem),
         config=config,
         weights=weights,
-        tokenizer_json=tokenizer.backend_tokenizer.to_str(),
-        chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
-        stop_token_ids=_ids(tokenizer.eos_token_id),
-        bos_token_id=tokenizer.bos_token_id,
-        add_bos_token=bool(getattr(tokenizer, "add_bos_token", False)),
+        tokenizer_json=tokenizer,
+        chat_template=special.get("chat_template"),
+        stop_token_ids=_ids(meta.get("tokenizer.ggml.eos_token_id")),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        add_bos_token=bool(special.get("add_bos_token", False)),
     )
 
 
@@ -187,13 +186,29 @@ def _unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _gguf_tokenizer(path: Path) -> Any:
+def _gguf_tokenizer(path: Path) -> tuple[str, dict[str, Any]]:
+    """tokenizer.json text and the tokenizer config (chat template, add_bos_token), as
+    transformers converts a GGUF vocabulary: directly through its GGUF tokenizer module
+    (half the time of AutoTokenizer), or AutoTokenizer where that module differs."""
     _offline()
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+    except ImportError:
+        return _gguf_tokenizer_auto(path)
+    architecture, tokenizer, config = get_gguf_tokenizer(str(path))
+    backend, _ = convert_gguf_tokenizer(architecture, tokenizer)
+    return backend.to_str(), config
+
+
+def _gguf_tokenizer_auto(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:
         raise ModelLoadError(f"reading a GGUF tokenizer needs transformers ({exc})", hint="pip install 'edgeport[llm]'") from None
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    return tokenizer.backend_tokenizer.to_str(), {"chat_template": template,
+                                                  "add_bos_token": getattr(tokenizer, "add_bos_token", False)}
 
 
 def _ids(value: Any) -> tuple[int, ...]:
