@@ -25,6 +25,7 @@ import torch
 
 from ..errors import EdgeportError
 from ..program import Program
+from ..runtime import Runtime
 from .text import LLMInfo, Message, TextCodec
 
 
@@ -82,9 +83,17 @@ class Session:
         self.text = TextCodec.of(program)
         if threads:
             _set_threads(program, threads)
-        self.runtime = program.runtime()
-        self.runtime.place_state("decode")
+        self._runtime: Runtime | None = None
         self.tokens: list[int] = []  # what the cache holds, position by position
+
+    @property
+    def runtime(self) -> Runtime:
+        """The program's runtime, loaded on first use (a prompt that does not fit fails
+        before any artifact is loaded), with the cache placed inside the decode delegate."""
+        if self._runtime is None:
+            self._runtime = self.program.runtime()
+            self._runtime.place_state("decode")
+        return self._runtime
 
     # -- calls ------------------------------------------------------------------------
 
