@@ -23,6 +23,7 @@ from .lowering import Progress, lower_method
 from .manifest import Manifest
 from .plugins import Registry, default_registry
 from .program import Program, file_info
+from .shared_artifacts import share_artifacts
 from .tensors import tensor_to_bytes
 
 Method = tuple  # (module, example_inputs) or (module, example_inputs, dynamic_shapes)
@@ -75,7 +76,9 @@ def export_methods(
 
     Each value is ``(module, example_inputs[, dynamic_shapes])``. Buffers the methods
     mutate become program state, shared between methods by their name in the module
-    (so two wrappers of one model share its KV cache).
+    (so two wrappers of one model share its KV cache). A backend that can merge its
+    partitions of all methods into one artifact does (weights stored once); list the
+    method called most often first: it becomes the merged artifact's entry 0.
 
     ``rewrite(name, program)``, when given, transforms each method's captured program
     before it is partitioned (``edgeport.llm`` captures one decoder layer and repeats
@@ -106,6 +109,7 @@ def export_methods(
         for fqn in written:
             if fqn not in state:
                 state[fqn] = _store_state(files, fqn, program.state_dict.get(fqn, program.constants.get(fqn)))
+    share_artifacts(selected, files, artifacts, plans)
     manifest = Manifest(
         producer={"name": "edgeport", "version": _version(), "torch": torch.__version__, "python": platform.python_version()},
         methods=plans,

@@ -7,6 +7,8 @@ A backend answers four questions, each at its own time:
 - `compile(program, options)` — ahead of time: turn a partition into bytes;
 - `load(artifact)` — at run time: turn those bytes into something that runs.
 
+Optionally, `merge(artifacts)` stores the partitions of several methods as one artifact.
+
 Everything a backend returns is plain data (`Support`, `Availability`, `Artifact`), so
 the core can record it, save it and show it without knowing the backend.
 """
@@ -83,6 +85,14 @@ class Executable(Protocol):
 
     def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[Any]:
         """Return the partition's outputs, as tensors or numpy arrays, in order."""
+        ...
+
+
+@runtime_checkable
+class Entries(Protocol):
+    """A loaded merged artifact (`Backend.merge`): one executable per artifact merged."""
+
+    def entry(self, index: int) -> Executable:
         ...
 
 
@@ -165,6 +175,13 @@ class Backend:
 
     def load(self, artifact: Artifact) -> Executable:
         raise NotImplementedError(f"backend {self.name!r} must implement load()")
+
+    def merge(self, artifacts: Sequence[Artifact]) -> Artifact | None:
+        """Optionally, one artifact holding several (the partitions of a program's
+        methods, compiled with the same options), so what they share (weights) is stored
+        and loaded once. Return None (the default) to keep them apart. ``load`` of the
+        merged artifact must return an `Entries` whose ``entry(i)`` runs ``artifacts[i]``."""
+        return None
 
 
 def options_from_dict(backend: Backend, values: dict[str, Any] | None) -> Any:

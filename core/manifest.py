@@ -41,6 +41,7 @@ class Step:
     artifact: str | None = None
     program: str | None = None
     reference: str | None = None
+    entry: int | None = None  # which part of a merged artifact runs this step (`Backend.merge`)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def _step(s: dict[str, Any]) -> Step:
         artifact=s.get("artifact"),
         program=s.get("program"),
         reference=s.get("reference"),
+        entry=None if s.get("entry") is None else int(s["entry"]),
     )
 
 

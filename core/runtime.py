@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from .backend import Artifact, Executable, options_from_dict
+from .backend import Artifact, Entries, Executable, options_from_dict
 from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .plugins import Registry, default_registry
@@ -61,6 +61,7 @@ class Runtime:
         self._registry = registry or default_registry()
         self._reference = reference
         self.state = {fqn: _read_state(fqn, entry, files) for fqn, entry in manifest.state.items()}
+        self._loaded: dict[str, Any] = {}  # artifact path -> what its backend loaded (once per path)
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
 
     # -- loading ------------------------------------------------------------------
@@ -94,7 +95,9 @@ class Runtime:
                 options=options_from_dict(backend, info.options),
             )
             try:
-                executable = backend.load(artifact)
+                if step.artifact not in self._loaded:
+                    self._loaded[step.artifact] = backend.load(artifact)
+                executable = _entry(self._loaded[step.artifact], step)
             except EdgeportError:
                 raise
             except Exception as exc:
@@ -172,6 +175,16 @@ class Runtime:
 
     def step_labels(self, method: str) -> list[str]:
         return [s.label for s in self._methods[method][1]]
+
+
+def _entry(loaded: Any, step: Step) -> Executable:
+    """The executable of ``step``: what was loaded, or its entry of a merged artifact."""
+    if step.entry is None:
+        return loaded
+    if not isinstance(loaded, Entries):
+        raise ProgramError(f"step of partition {step.partition} names entry {step.entry} of {step.artifact}, "
+                           "which its backend did not load as a merged artifact")
+    return loaded.entry(step.entry)
 
 
 def _read_state(fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> torch.Tensor:

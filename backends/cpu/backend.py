@@ -7,7 +7,7 @@ so a whole network usually lowers to one partition and one LiteRT interpreter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.export import ExportedProgram
@@ -83,6 +83,19 @@ class CpuBackend(edgeport.Backend):
         }
         return edgeport.Artifact(data=model.data, suffix=".tflite", metadata=metadata)
 
-    def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable:
+    def merge(self, artifacts: Sequence[edgeport.Artifact]) -> edgeport.Artifact:
+        """One TFLite model with a subgraph per artifact, weights stored once (the
+        methods of an LLM program share all of theirs)."""
+        keys = [f"entry{i}" for i in range(len(artifacts))]
+        io_names = [(a.metadata["inputs"], a.metadata["outputs"]) for a in artifacts]
+        data = tflite.merge_models([a.data for a in artifacts], keys, io_names)
+        return edgeport.Artifact(data=data, suffix=".tflite", metadata={"entries": [dict(a.metadata) for a in artifacts]})
+
+    def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable | tflite.TfliteEntries:
         options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()
-        return tflite.TfliteExecutable(artifact.data, options.threads)
+        entries = artifact.metadata.get("entries")
+        if entries is None:
+            return tflite.TfliteExecutable(artifact.data, options.threads)
+        keys = [f"entry{i}" for i in range(len(entries))]
+        io_names = [(e["inputs"], e["outputs"]) for e in entries]
+        return tflite.TfliteEntries(artifact.data, keys, io_names, options.threads)

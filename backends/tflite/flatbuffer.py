@@ -104,7 +104,7 @@ class ModelBuilder:
         data_bytes = sum(b.nbytes + _WEIGHT_ALIGN for b in buffers if b is not None)
         b = flatbuffers.Builder(data_bytes + 64 * (len(tensors) + len(ops)) + 4096)
 
-        buffer_offsets = [self._buffer(b, t, data) for data in buffers]
+        buffer_offsets = [write_buffer(b, t, data) for data in buffers]
         tensor_offsets = [self._tensor(b, t, rec) for rec in tensors]
 
         codes: dict[int, int] = {}
@@ -189,18 +189,6 @@ class ModelBuilder:
         return [tensor_index[i] for i in inputs], [tensor_index[o] for o in outputs]
 
     @staticmethod
-    def _buffer(b: Any, t: Any, data: np.ndarray | None) -> int:
-        vec = None
-        if data is not None and data.size:
-            raw = data.view(np.uint8)
-            b.Prep(_WEIGHT_ALIGN, raw.nbytes)
-            vec = b.CreateNumpyVector(raw)
-        t.BufferStart(b)
-        if vec is not None:
-            t.BufferAddData(b, vec)
-        return t.BufferEnd(b)
-
-    @staticmethod
     def _tensor(b: Any, t: Any, rec: TensorRecord) -> int:
         name = b.CreateString(rec.name)
         shape = _ints(b, rec.shape)
@@ -224,6 +212,19 @@ class ModelBuilder:
             t.OperatorAddBuiltinOptionsType(b, getattr(t.BuiltinOptions, rec.options.table))
             t.OperatorAddBuiltinOptions(b, options)
         return t.OperatorEnd(b)
+
+
+def write_buffer(b: Any, t: Any, data: np.ndarray | None) -> int:
+    """A Buffer table; its data aligned so runtimes may read it in place."""
+    vec = None
+    if data is not None and data.size:
+        raw = data.view(np.uint8)
+        b.Prep(_WEIGHT_ALIGN, raw.nbytes)
+        vec = b.CreateNumpyVector(raw)
+    t.BufferStart(b)
+    if vec is not None:
+        t.BufferAddData(b, vec)
+    return t.BufferEnd(b)
 
 
 def _options(b: Any, t: Any, options: Options) -> int:

@@ -66,12 +66,19 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def new_interpreter(model_bytes: bytes, threads: int = 0) -> Any:
+    """A LiteRT interpreter over ``model_bytes`` (XNNPACK applied), tensors allocated."""
+    interpreter = _interpreter_class()(model_content=model_bytes, num_threads=threads or default_threads())
+    interpreter.allocate_tensors()
+    return interpreter
+
+
 class TfliteExecutable:
     """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order."""
 
-    def __init__(self, model_bytes: bytes, threads: int = 0) -> None:
-        interpreter = _interpreter_class()(model_content=model_bytes, num_threads=threads or default_threads())
-        interpreter.allocate_tensors()
+    def __init__(self, model_bytes: bytes, threads: int = 0, interpreter: Any = None) -> None:
+        if interpreter is None:
+            interpreter = new_interpreter(model_bytes, threads)
         self._inputs = [d["index"] for d in interpreter.get_input_details()]
         self._outputs = [d["index"] for d in interpreter.get_output_details()]
         self._set = interpreter.set_tensor
@@ -117,3 +124,37 @@ def _array(x: Any) -> np.ndarray:
             x = x.contiguous()
         return x.numpy()
     return np.ascontiguousarray(x)
+
+
+class TfliteEntries:
+    """A merged model (`merge.merge_models`): ``entry(i)`` runs subgraph i. One interpreter
+    holds them all, so their shared weights are in memory once. Entry 0 is the primary
+    subgraph, run like any single model (in-place inputs included); the others run
+    through LiteRT's signature runners, which copy their inputs."""
+
+    def __init__(self, model_bytes: bytes, keys: Sequence[str], io_names: Sequence[tuple[list[str], list[str]]],
+                 threads: int = 0) -> None:
+        interpreter = new_interpreter(model_bytes, threads)
+        self._entries: list[Any] = [TfliteExecutable(model_bytes, interpreter=interpreter)]
+        for key, (inputs, outputs) in list(zip(keys, io_names))[1:]:
+            self._entries.append(_SignatureExecutable(interpreter, key, inputs, outputs))
+        self.interpreter = interpreter
+
+    def entry(self, index: int) -> Any:
+        return self._entries[index]
+
+
+class _SignatureExecutable:
+    """One non-primary subgraph of a merged model, run by its signature.
+
+    The runner is made per call and dropped after it: a live runner holds the
+    interpreter's internals, and LiteRT then refuses ``invoke`` of the primary subgraph.
+    """
+
+    def __init__(self, interpreter: Any, key: str, inputs: list[str], outputs: list[str]) -> None:
+        self._interpreter, self._key, self._inputs, self._outputs = interpreter, key, inputs, outputs
+
+    def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        runner = self._interpreter.get_signature_runner(self._key)
+        results = runner(**{name: _array(x) for name, x in zip(self._inputs, inputs)})
+        return [np.asarray(results[name]) for name in self._outputs]

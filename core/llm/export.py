@@ -4,7 +4,8 @@
     program.save("smol.edgeport")
 
 Both methods wrap one `Decoder`, so they share its KV cache as program state, and each
-writes its new cache rows as row updates (`edgeport.state_rows`). Capture traces a
+writes its new cache rows as row updates (`edgeport.state_rows`). On cpu both land in one
+TFLite model (a subgraph each, `Backend.merge`), so the weights are stored once. Capture traces a
 one-layer decoder and repeats the layer (`stitch.py`): exporting SmolLM2's 30 layers
 costs what one layer does. The tokenizer, chat template and stop tokens travel inside
 the program (``llm/…`` files and ``manifest.metadata["llm"]``), so the file alone is
@@ -66,9 +67,9 @@ def export(
     values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
     proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len)  # traced; its weights are never used
     T = prefill_chunk
-    methods = {
-        "prefill": (Prefill(proto), (torch.zeros(1, T, dtype=torch.long), torch.arange(T), torch.tensor([T - 1]))),
+    methods = {  # decode first: called once per token, it gets the merged artifact's fast entry
         "decode": (Decode(proto), (torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))),
+        "prefill": (Prefill(proto), (torch.zeros(1, T, dtype=torch.long), torch.arange(T), torch.tensor([T - 1]))),
     }
     program = export_methods(
         methods,

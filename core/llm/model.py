@@ -64,7 +64,11 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
 
 
 class Layer(nn.Module):
-    """One decoder layer: attention over the static cache, then the SiLU-gated MLP."""
+    """One decoder layer: attention over the static cache, then the SiLU-gated MLP.
+
+    Weights start uninitialized (`weights.build_decoder` fills them; a prototype that is
+    only traced never reads them); the cache starts at zero.
+    """
 
     def __init__(self, config: DecoderConfig, max_seq_len: int) -> None:
         super().__init__()
@@ -72,14 +76,14 @@ class Layer(nn.Module):
         d, q_out, kv_out = c.head_dim, c.heads * c.head_dim, c.kv_heads * c.head_dim
         self.config = c
         self.attn_norm = nn.Parameter(torch.ones(c.hidden_size))
-        self.qkv = nn.Parameter(torch.zeros(q_out + 2 * kv_out, c.hidden_size))
-        self.qkv_bias = nn.Parameter(torch.zeros(q_out + 2 * kv_out)) if c.attention_bias else None
+        self.qkv = nn.Parameter(torch.empty(q_out + 2 * kv_out, c.hidden_size))
+        self.qkv_bias = nn.Parameter(torch.empty(q_out + 2 * kv_out)) if c.attention_bias else None
         self.q_norm = nn.Parameter(torch.ones(d)) if c.qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(d)) if c.qk_norm else None
-        self.o = nn.Parameter(torch.zeros(c.hidden_size, q_out))
+        self.o = nn.Parameter(torch.empty(c.hidden_size, q_out))
         self.mlp_norm = nn.Parameter(torch.ones(c.hidden_size))
-        self.gate_up = nn.Parameter(torch.zeros(2 * c.intermediate_size, c.hidden_size))
-        self.down = nn.Parameter(torch.zeros(c.hidden_size, c.intermediate_size))
+        self.gate_up = nn.Parameter(torch.empty(2 * c.intermediate_size, c.hidden_size))
+        self.down = nn.Parameter(torch.empty(c.hidden_size, c.intermediate_size))
         self.register_buffer("k_cache", torch.zeros(c.kv_heads, max_seq_len, d))
         self.register_buffer("v_cache", torch.zeros(c.kv_heads, max_seq_len, d))
 
@@ -130,8 +134,8 @@ class Decoder(nn.Module):
         c = config
         self.config = c
         self.max_seq_len = max_seq_len
-        self.embed = nn.Parameter(torch.zeros(c.vocab_size, c.hidden_size))
-        self.lm_head = None if c.tie_embeddings else nn.Parameter(torch.zeros(c.vocab_size, c.hidden_size))
+        self.embed = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
+        self.lm_head = None if c.tie_embeddings else nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
         self.layers = nn.ModuleList(Layer(c, max_seq_len) for _ in range(c.layers))
         self.norm = nn.Parameter(torch.ones(c.hidden_size))
         cos, signed_sin = _rope_tables(c, max_seq_len)

@@ -25,28 +25,39 @@ def build_decoder(config: DecoderConfig, weights: Weights, max_seq_len: int) -> 
     get = _getter(weights)
     decoder = Decoder(config, max_seq_len)
     scale = 1.0 / math.sqrt(config.head_dim)
+    q_scale = 1.0 if config.qk_norm else scale  # with q_norm, the scale goes into its weight
     with torch.no_grad():
-        decoder.embed.copy_(get("model.embed_tokens.weight"))
+        fill(decoder.embed, get("model.embed_tokens.weight"))
         if decoder.lm_head is not None:
-            decoder.lm_head.copy_(get("lm_head.weight"))
-        decoder.norm.copy_(get("model.norm.weight"))
+            fill(decoder.lm_head, get("lm_head.weight"))
+        fill(decoder.norm, get("model.norm.weight"))
         for i, layer in enumerate(decoder.layers):
             p = f"model.layers.{i}."
-            q_scale = 1.0 if config.qk_norm else scale  # with q_norm, the scale goes into its weight
-            layer.attn_norm.copy_(get(p + "input_layernorm.weight"))
-            layer.qkv.copy_(torch.cat([get(p + "self_attn.q_proj.weight") * q_scale,
-                                       get(p + "self_attn.k_proj.weight"), get(p + "self_attn.v_proj.weight")]))
+            attn = p + "self_attn."
+            fill(layer.attn_norm, get(p + "input_layernorm.weight"))
+            fill(layer.qkv, torch.cat([get(attn + "q_proj.weight") * q_scale, get(attn + "k_proj.weight"),
+                                       get(attn + "v_proj.weight")]))
             if layer.qkv_bias is not None:
-                layer.qkv_bias.copy_(torch.cat([get(p + "self_attn.q_proj.bias") * q_scale,
-                                                get(p + "self_attn.k_proj.bias"), get(p + "self_attn.v_proj.bias")]))
+                fill(layer.qkv_bias, torch.cat([get(attn + "q_proj.bias") * q_scale, get(attn + "k_proj.bias"),
+                                                get(attn + "v_proj.bias")]))
             if layer.q_norm is not None:
-                layer.q_norm.copy_(get(p + "self_attn.q_norm.weight") * scale)
-                layer.k_norm.copy_(get(p + "self_attn.k_norm.weight"))
-            layer.o.copy_(get(p + "self_attn.o_proj.weight"))
-            layer.mlp_norm.copy_(get(p + "post_attention_layernorm.weight"))
-            layer.gate_up.copy_(torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]))
-            layer.down.copy_(get(p + "mlp.down_proj.weight"))
+                fill(layer.q_norm, get(attn + "q_norm.weight") * scale)
+                fill(layer.k_norm, get(attn + "k_norm.weight"))
+            fill(layer.o, get(attn + "o_proj.weight"))
+            fill(layer.mlp_norm, get(p + "post_attention_layernorm.weight"))
+            fill(layer.gate_up, torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]))
+            fill(layer.down, get(p + "mlp.down_proj.weight"))
     return decoder.eval()
+
+
+def fill(parameter: torch.nn.Parameter, value: torch.Tensor) -> None:
+    """Make ``value`` the parameter's data, uncopied (weights are large); shapes must agree."""
+    if value.shape != parameter.shape:
+        raise EdgeportError(
+            f"a weight of shape {tuple(value.shape)} does not fit the model's {tuple(parameter.shape)}",
+            hint="check that config.json (or the GGUF metadata) describes these weights",
+        )
+    parameter.data = value
 
 
 def _getter(weights: Weights) -> Callable[[str], torch.Tensor]:
@@ -56,6 +67,6 @@ def _getter(weights: Weights) -> Callable[[str], torch.Tensor]:
                 f"the model has no weight {name!r}",
                 hint="edgeport.llm reads Llama-family models (llama, mistral, qwen2, qwen3) with Hugging Face weight names",
             )
-        return weights[name].float()
+        return weights[name].float().contiguous()
 
     return get

@@ -85,6 +85,8 @@ def test_exported_prefill_and_decode_match_transformers_eager(arch, registry):
     name, path, model = arch
     program = edgeport.llm.export(path, max_seq_len=32, prefill_chunk=8, registry=registry)
     assert all({n["backend"] for n in program.report(m)["nodes"]} == {"cpu"} for m in program.methods)
+    decode = program.manifest.methods["decode"]
+    assert [list(s.shape) for s in decode.inputs] == [[1, 1], [1]] and list(decode.outputs[0].shape) == [1, VOCAB]
     session = edgeport.llm.Session(program)
     prompt = list(range(5, 16))  # 11 tokens: two prefill chunks, the second padded
     logits = [session.prefill(prompt, 0)] + [session.decode(t) for t in (20, 30, 40)]
@@ -109,10 +111,3 @@ def test_repeating_one_captured_layer_equals_capturing_every_layer(arch):
     assert [s.target for s in stitched.graph_signature.input_specs] == [s.target for s in whole.graph_signature.input_specs]
     assert [s.target for s in stitched.graph_signature.output_specs] == [s.target for s in whole.graph_signature.output_specs]
     assert torch.equal(stitched.module()(*inputs), whole.module()(*inputs))
-
-
-def test_decode_method_takes_one_token(arch, registry):
-    _, path, _ = arch
-    program = edgeport.llm.export(path, max_seq_len=16, prefill_chunk=4, registry=registry)
-    decode = program.manifest.methods["decode"]
-    assert [list(s.shape) for s in decode.inputs] == [[1, 1], [1]] and list(decode.outputs[0].shape) == [1, VOCAB]
