@@ -8,7 +8,6 @@ import torch
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.testing import registry_for
-from torch_backend import TorchOpsBackend, registry_with
 
 
 class Shared(torch.nn.Module):

@@ -16,7 +16,7 @@ import edgeport.llm
 from edgeport.backends.cpu import CpuBackend, CpuOptions
 from edgeport.capture import capture
 from edgeport.llm.loader import load_model
-from edgeport.llm.model import Decode, Decoder, Prefill
+from edgeport.llm.model import Decoder, Prefill
 from edgeport.llm.stitch import repeat_layers
 from edgeport.llm.weights import build_decoder
 
