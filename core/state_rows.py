@@ -101,11 +101,14 @@ def row_update_values(plan: MethodPlan) -> set[str]:
 
 def apply_row_updates(state: Mapping[str, torch.Tensor], updates: Iterable[RowUpdate], values: Mapping[str, Any]) -> None:
     """Write each update's rows into its state tensor, in place."""
+    positions: dict[str, torch.Tensor] = {}  # one conversion per positions value, however many states
     for u in updates:
         rows = values[u.rows]
         if isinstance(rows, np.ndarray):
             rows = torch.from_numpy(rows)
-        state[u.state].index_copy_(u.dim, values[u.positions].to(torch.int64), rows)
+        if u.positions not in positions:
+            positions[u.positions] = values[u.positions].to(torch.int64)
+        state[u.state].index_copy_(u.dim, positions[u.positions], rows)
 
 
 @runtime_checkable

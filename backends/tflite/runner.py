@@ -108,13 +108,20 @@ class TfliteExecutable:
             from edgeport import InputError
 
             raise InputError(f"the TFLite model takes {len(self._inputs)} inputs, got {len(inputs)}")
+        in_place = self._in_place
         for position, (index, x) in enumerate(zip(self._inputs, inputs)):
-            array = _array(x)
-            if self._in_place and self._in_place.get(position) == (array.ctypes.data, array.nbytes):
+            if in_place and position in in_place and _address(x) == in_place[position]:
                 continue  # already in place: the input is the interpreter's own buffer
-            self._set(index, array)
+            self._set(index, _array(x))
         self._invoke()
         return [np.asarray(self._get(index)) for index in self._outputs]  # rank-0 comes back as a scalar
+
+
+def _address(x: Any) -> tuple[int, int]:
+    """(address, bytes) of a tensor's or array's memory, without converting it."""
+    if isinstance(x, torch.Tensor):
+        return x.data_ptr(), x.nbytes
+    return x.ctypes.data, x.nbytes
 
 
 def _array(x: Any) -> np.ndarray:
