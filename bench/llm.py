@@ -1,18 +1,19 @@
-"""SmolLM2-135M fp32 on the cpu backend: export time, prefill and decode speed, the
-per-token overhead outside the delegate, and memory; HF transformers eager in the same run.
+"""SmolLM2-135M fp32 on the cpu backend: export time, prefill and decode speed against HF
+transformers eager, the per-token overhead outside the delegate, and memory.
 
-    python bench/llm.py [--threads 1,2] [--tokens 64] [--prompt-tokens 128] [--repeat 3]
-
-Each measurement runs in its own process (so peak RSS is that engine's alone), edgeport
-and HF back to back for each thread count:
+    python bench/llm.py [--threads 1,2] [--tokens 32] [--prompt-tokens 128] [--repeat 5]
 
 - export: ``edgeport llm export`` as a user runs it, from process start to the saved file;
-- edgeport: load the program; the first call (XNNPACK packs the weights then) is timed
-  apart; prefill tok/s over a ``--prompt-tokens`` prompt (the Gettysburg Address, cut);
-  decode tok/s over ``--tokens`` greedy tokens; per decode call, the time outside the
-  delegate (the call's wall time minus LiteRT's ``invoke``) and the bytes copied in and
-  out of the interpreter; peak RSS against the weights plus the KV cache;
-- hf: ``AutoModelForCausalLM`` from the same GGUF, eager fp32, greedy ``generate``.
+- speed (one process per thread count, both engines loaded): prefill of a
+  ``--prompt-tokens`` prompt (the Gettysburg Address, cut) and blocks of ``--tokens``
+  greedy decode steps, edgeport and HF eager alternating block by block so a change of
+  load hits both; HF decodes with its own KV cache (``past_key_values``), as ``generate``
+  does. For edgeport also: per decode call, the time outside the delegate (the call's
+  wall time minus LiteRT's ``invoke``, so it includes any time the process was not
+  scheduled) and the bytes copied into and out of the interpreter;
+- memory (one process per engine, so each peak RSS is that engine's alone): edgeport's
+  against the program's weights plus its KV cache, and the first call's time (XNNPACK
+  packs each subgraph's weights then).
 
 ExecuTorch and llama.cpp anchors live in their own environments and join this table in
 a later wave.
@@ -52,55 +53,101 @@ def peak_rss_mb() -> float:
 # -- workers (each in its own process) ------------------------------------------------------
 
 
-def edgeport_worker(program_path: str, threads: int, tokens: int, prompt_tokens: int, repeat: int) -> dict:
-    import numpy as np
-
+def load_edgeport(program_path: str, threads: int):
     import edgeport
     import edgeport.llm
 
+    return edgeport.llm.Session(edgeport.load(program_path), threads=threads)
+
+
+def load_hf(threads: int):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    gguf = gguf_path()
+    return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
+
+
+def memory_worker(engine: str, program_path: str, threads: int, tokens: int) -> dict:
+    """Peak RSS of one engine alone, after a prompt and ``tokens`` decode steps."""
     start = time.perf_counter()
-    program = edgeport.load(program_path)
-    session = edgeport.llm.Session(program, threads=threads)
+    if engine == "edgeport":
+        session = load_edgeport(program_path, threads)
+        load_s = time.perf_counter() - start
+        first = time.perf_counter()
+        session.prefill([1, 2, 3], 0)  # the first call of each subgraph packs its weights
+        session.decode(4)
+        first_call_s = time.perf_counter() - first
+        for _ in range(tokens):
+            session.decode(5)
+        program = session.program
+        return {"engine": "edgeport", "load_s": load_s, "first_calls_s": first_call_s, "peak_rss_mb": peak_rss_mb(),
+                "weights_mb": sum(len(program.files[p]) for p in program.manifest.artifacts) / 1e6,
+                "kv_cache_mb": sum(t.numel() * t.element_size() for t in session.runtime.state.values()) / 1e6}
+    import torch
+
+    model = load_hf(threads)
+    with torch.no_grad():
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    return {"engine": "hf", "load_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+
+
+def speed_worker(program_path: str, threads: int, tokens: int, prompt_tokens: int, repeat: int) -> dict:
+    import numpy as np
+    import torch
+
+    session = load_edgeport(program_path, threads)
+    model = load_hf(threads)
     prompt = session.text.encode(TEXT.read_text())[:prompt_tokens]
-    first = time.perf_counter()
-    session.prefill(prompt[:8], 0)  # first call: XNNPACK packs the weights of this subgraph
-    session.decode(1)
-    first_call_s = time.perf_counter() - first
-    load_s = time.perf_counter() - start
+    meter = _Meter(session.runtime._methods["decode"][1][0].executable)  # noqa: SLF001 - instrumented for the bench
 
-    decode_entry = session.runtime._methods["decode"][1][0].executable  # noqa: SLF001 - instrumented for the bench
-    meter = _Meter(decode_entry)
-
-    prefill_s = min(_timed(lambda: session.prefill(prompt, 0)) for _ in range(repeat))
-    decode_rates, outside_us, copied_in, copied_out = [], [], [], []
-    for _ in range(repeat):
-        logits = session.prefill(prompt[:8], 0)
-        token = int(np.argmax(logits))
-        meter.reset()
+    def edgeport_decode() -> float:
+        token = int(np.argmax(session.prefill(prompt[:8], 0)))
         t0 = time.perf_counter()
         for _ in range(tokens):
-            logits = session.decode(token)
-            token = int(np.argmax(logits))
-        wall = time.perf_counter() - t0
-        decode_rates.append(tokens / wall)
-        outside_us.append((wall - meter.invoke_s) / tokens * 1e6)
-        copied_in.append(meter.bytes_in / tokens)
-        copied_out.append(meter.bytes_out / tokens)
-    kv_bytes = sum(t.numel() * t.element_size() for t in session.runtime.state.values())
-    weight_bytes = sum(len(program.files[p]) for p in program.manifest.artifacts)
+            token = int(np.argmax(session.decode(token)))
+        return time.perf_counter() - t0
+
+    def hf_decode() -> float:
+        with torch.no_grad():
+            out = model(torch.tensor([prompt[:8]]), use_cache=True)
+            t0 = time.perf_counter()
+            for _ in range(tokens):
+                token = out.logits[:, -1:].argmax(-1)
+                out = model(token, past_key_values=out.past_key_values, use_cache=True)
+            return time.perf_counter() - t0
+
+    def hf_prefill() -> float:
+        with torch.no_grad():
+            return _timed(lambda: model(torch.tensor([prompt])))
+
+    edgeport_decode(), hf_decode(), hf_prefill(), session.prefill(prompt, 0)  # warm up (packs the weights)
+    rows: dict[str, list[float]] = {k: [] for k in ("ep_prefill", "hf_prefill", "ep_decode", "hf_decode", "outside", "in", "out")}
+    for _ in range(repeat):
+        rows["ep_prefill"].append(len(prompt) / _timed(lambda: session.prefill(prompt, 0)))
+        rows["hf_prefill"].append(len(prompt) / hf_prefill())
+        meter.reset()
+        wall = edgeport_decode()
+        rows["ep_decode"].append(tokens / wall)
+        rows["outside"].append((wall - meter.invoke_s) / tokens * 1e6)
+        rows["in"].append(meter.bytes_in / tokens)
+        rows["out"].append(meter.bytes_out / tokens)
+        rows["hf_decode"].append(tokens / hf_decode())
+    median = {k: statistics.median(v) for k, v in rows.items()}
     return {
-        "engine": "edgeport cpu fp32",
         "threads": threads,
-        "load_s": load_s,
-        "first_call_s": first_call_s,
-        "prefill_tok_s": len(prompt) / prefill_s,
-        "decode_tok_s": statistics.median(decode_rates),
-        "decode_outside_delegate_us": statistics.median(outside_us),
-        "decode_bytes_into_interpreter": statistics.median(copied_in),
-        "decode_bytes_out_of_interpreter": statistics.median(copied_out),
-        "kv_cache_mb": kv_bytes / 1e6,
-        "artifact_mb": weight_bytes / 1e6,
-        "peak_rss_mb": peak_rss_mb(),
+        "edgeport_prefill_tok_s": median["ep_prefill"],
+        "hf_prefill_tok_s": median["hf_prefill"],
+        "edgeport_decode_tok_s": median["ep_decode"],
+        "edgeport_decode_tok_s_best": max(rows["ep_decode"]),
+        "hf_decode_tok_s": median["hf_decode"],
+        "hf_decode_tok_s_best": max(rows["hf_decode"]),
+        "decode_outside_delegate_us": median["outside"],
+        "decode_outside_delegate_us_best": min(rows["outside"]),
+        "decode_bytes_into_interpreter": median["in"],
+        "decode_bytes_out_of_interpreter": median["out"],
     }
 
 
@@ -129,36 +176,6 @@ class _Meter:
 
     def reset(self) -> None:
         self.invoke_s, self.bytes_in, self.bytes_out = 0.0, 0, 0
-
-
-def hf_worker(threads: int, tokens: int, prompt_tokens: int, repeat: int) -> dict:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(threads)
-    gguf = gguf_path()
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    prompt = tokenizer(TEXT.read_text(), return_tensors="pt").input_ids[:, :prompt_tokens]
-    short = prompt[:, :8]
-
-    def generate(ids, n):
-        with torch.no_grad():
-            return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-
-    generate(short, 2)  # warm up
-    with torch.no_grad():
-        prefill_s = min(_timed(lambda: model(prompt)) for _ in range(repeat))
-    one = min(_timed(lambda: generate(short, 1)) for _ in range(repeat))
-    many = [_timed(lambda: generate(short, tokens + 1)) for _ in range(repeat)]
-    return {
-        "engine": "HF transformers eager fp32",
-        "threads": threads,
-        "prefill_tok_s": prompt.shape[1] / prefill_s,
-        "decode_tok_s": tokens / (statistics.median(many) - one),
-        "peak_rss_mb": peak_rss_mb(),
-    }
 
 
 def _timed(fn) -> float:
@@ -190,25 +207,27 @@ def in_process(kind: str, **kwargs) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--worker", choices=["edgeport", "hf"])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--worker", choices=["speed", "memory-edgeport", "memory-hf"])
     parser.add_argument("--program")
     args = parser.parse_args()
-    common = {"tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "repeat": args.repeat}
-    if args.worker == "edgeport":
-        print(json.dumps(edgeport_worker(args.program, int(args.threads), **common)))
+    if args.worker == "speed":
+        print(json.dumps(speed_worker(args.program, int(args.threads), args.tokens, args.prompt_tokens, args.repeat)))
         return
-    if args.worker == "hf":
-        print(json.dumps(hf_worker(int(args.threads), **common)))
+    if args.worker:
+        engine = args.worker.split("-", 1)[1]
+        print(json.dumps(memory_worker(engine, args.program, int(args.threads), args.tokens)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         program = Path(tmp) / "smol.edgeport"
-        print(json.dumps(export_program(program)))
+        print(json.dumps(export_program(program)), flush=True)
         for threads in (int(t) for t in args.threads.split(",")):
-            print(json.dumps(in_process("edgeport", program=program, threads=threads, **common)))
-            print(json.dumps(in_process("hf", threads=threads, **common)))
+            print(json.dumps(in_process("speed", program=program, threads=threads, tokens=args.tokens,
+                                        prompt_tokens=args.prompt_tokens, repeat=args.repeat)), flush=True)
+        for engine in ("edgeport", "hf"):
+            print(json.dumps(in_process(f"memory-{engine}", program=program, threads=1, tokens=args.tokens)), flush=True)
 
 
 if __name__ == "__main__":

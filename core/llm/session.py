@@ -153,6 +153,7 @@ class Generation(Iterator[Token]):
         session.check_fits(ids)
         self.ids: list[int] = []
         self.stats: GenerationStats | None = None
+        self._pieces: list[str] = []
         self._steps = self._run(session, ids, max_new_tokens, sampling, reuse)
 
     def __next__(self) -> Token:
@@ -163,7 +164,6 @@ class Generation(Iterator[Token]):
         return "".join(self._pieces)
 
     def _run(self, session: Session, ids: list[int], max_new: int, sampling: Sampling, reuse: bool) -> Iterator[Token]:
-        self._pieces: list[str] = []
         start_time = time.perf_counter()
         start = _common_prefix(session.tokens, ids) if reuse else 0
         start = min(start, len(ids) - 1)  # prefill at least one token: its logits pick the first
