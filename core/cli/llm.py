@@ -74,19 +74,28 @@ def _sampling_options(command: Any) -> Any:
 def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_p: float,
              seed: int | None, threads: int | None, as_json: bool) -> None:
     """Stream PROGRAM's continuation of --prompt, then the speed line."""
-    from ..llm import generate as run_generation
+    from ..llm import Sampling, session_of
+    from ..program import load
 
-    tokens = run_generation(program, prompt, chat=chat, max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_p=top_p, seed=seed, threads=threads)
+    start = time.perf_counter()
+    session = session_of(load(program), threads)
+    sampling = Sampling(temperature, top_p, seed)
+    if chat:
+        tokens = session.chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, sampling=sampling)
+    else:
+        tokens = session.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
+    session.warm_up()  # after the prompt is known to fit: a prompt too long fails before any of this
+    ready_s = time.perf_counter() - start
     if as_json:
         for _ in tokens:
             pass
-        print_json({"text": tokens.text, "token_ids": tokens.ids, "stats": tokens.stats.to_json()})
+        print_json({"text": tokens.text, "token_ids": tokens.ids,
+                    "stats": {"ready_s": ready_s, **tokens.stats.to_json()}})
         return
     for token in tokens:
         click.echo(token.text, nl=False)
     click.echo()
-    click.echo(speed_line(tokens.stats), err=True)
+    click.echo(f"ready in {ready_s:.1f} s · " + speed_line(tokens.stats), err=True)
 
 
 @llm.command()
@@ -100,6 +109,7 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
     from ..program import load
 
     session = session_of(load(program), threads)
+    session.warm_up()
     sampling = Sampling(temperature, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)

@@ -95,6 +95,13 @@ class Session:
             self._runtime.place_state("decode")
         return self._runtime
 
+    def warm_up(self) -> None:
+        """Load the runtime and call each method once, so the next calls run at speed:
+        XNNPACK packs a subgraph's weights on its first call. Leaves the cache empty."""
+        self.prefill([0], 0)
+        self.decode(0)
+        self.tokens = []
+
     # -- calls ------------------------------------------------------------------------
 
     def prefill(self, ids: Sequence[int], start: int) -> np.ndarray:

@@ -38,8 +38,9 @@ def test_generate_streams_then_prints_the_speed_line_with_neither_transformers_n
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(" Paris.")
-    speed = [line for line in done.stderr.splitlines() if line.startswith("time to first token")]
-    assert speed and all(word in speed[0] for word in ("prefill", "decode", "tok/s", "peak RSS", "stop:"))
+    speed = [line for line in done.stderr.splitlines() if line.startswith("ready in")]
+    assert speed and all(word in speed[0] for word in ("time to first token", "prefill", "decode", "tok/s",
+                                                       "peak RSS", "stop:"))
 
 
 @pytest.mark.slow
@@ -50,6 +51,7 @@ def test_generate_json_gives_text_ids_and_speed(smol_path, use_cpu):
     data = json.loads(result.stdout)
     assert data["text"].startswith(" Paris") and len(data["token_ids"]) == 4
     assert data["stats"]["decode_tok_s"] > 0 and data["stats"]["stop_reason"] == "max_new_tokens"
+    assert data["stats"]["ready_s"] > 0
 
 
 @pytest.mark.slow
