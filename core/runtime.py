@@ -97,7 +97,7 @@ class Runtime:
             try:
                 if step.artifact not in self._loaded:
                     self._loaded[step.artifact] = backend.load(artifact)
-                executable = _entry(self._loaded[step.artifact], step)
+                executable = executable_of(self._loaded[step.artifact], step)
             except EdgeportError:
                 raise
             except Exception as exc:
@@ -169,6 +169,8 @@ class Runtime:
         """Keep the state ``method`` reads inside its delegates' own input buffers (where
         they offer them), so calling ``method`` copies none of it; returns the states
         moved. Worth it for the method called most often, e.g. an LLM's "decode"."""
+        if method not in self._methods:
+            raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
         plan, steps, _ = self._methods[method]
         fully_written = {fqn for p, _, _ in self._methods.values() for fqn in p.state_writes.values()}
         return place_state(plan, [(s.step.inputs, s.executable) for s in steps], self.state, fully_written)
@@ -177,7 +179,7 @@ class Runtime:
         return [s.label for s in self._methods[method][1]]
 
 
-def _entry(loaded: Any, step: Step) -> Executable:
+def executable_of(loaded: Any, step: Step) -> Executable:
     """The executable of ``step``: what was loaded, or its entry of a merged artifact."""
     if step.entry is None:
         return loaded

@@ -43,3 +43,16 @@ def test_a_backend_that_cannot_merge_keeps_one_artifact_per_method(torchops):
                                       registry=registry)
     steps = [s for plan in program.manifest.methods.values() for s in plan.steps if s.kind == "delegate"]
     assert len(program.manifest.artifacts) == len(steps) == 2 and all(s.entry is None for s in steps)
+
+
+def test_check_runs_each_entry_of_a_merged_artifact():
+    from edgeport.devtools.check import check_program
+
+    module = Shared()
+    registry = registry_for(CpuBackend())
+    one, many = torch.randn(1, 256), torch.randn(16, 256)
+    program = edgeport.export_methods({"one": (module, (one,)), "many": (module, (many,))}, ["cpu"],
+                                      keep_reference=True, registry=registry)
+    for method, x in (("one", one), ("many", many)):
+        report = check_program(program, [x], method=method, registry=registry)
+        assert report.passed and [p.status for p in report.partitions] == ["pass"]

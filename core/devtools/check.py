@@ -35,6 +35,7 @@ from ..plugins import Registry, default_registry
 from ..portable import PortableExecutable, program_from_files
 from ..program import Program
 from ..report import op_name, source_of
+from ..runtime import executable_of
 from ..subprogram import extract_subprogram
 from ..tensors import DTYPES, tensor_from_bytes
 
@@ -250,7 +251,7 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
     options = options_from_dict(backend, info.options)
     artifact = Artifact(program.files[step.artifact], "." + step.artifact.rsplit(".", 1)[-1], info.metadata, options)
     try:
-        result.error = compare(backend.load(artifact).run(args), expected)
+        result.error = compare(executable_of(backend.load(artifact), step).run(args), expected)
     except Exception as exc:  # a backend that crashes here is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
