@@ -55,8 +55,8 @@ def split_row_updates(program: ExportedProgram) -> tuple[RowUpdate, ...]:
             continue
         node = next((n for n in output.all_input_nodes if n.name == spec.arg.name), None)
         found = _row_write(node, spec.target, buffer_of, user_inputs) if node is not None else None
-        if found is None:
-            continue
+        if found is None or any(u.rows == found[2].name for u in updates):
+            continue  # (the same rows written into two states stay full writes: outputs are named once)
         dim, positions, rows = found
         output.replace_input_with(node, rows)
         graph.erase_node(node)
