@@ -64,6 +64,8 @@ def export(
     config = loaded.config
     _check_lengths(loaded, max_seq_len, prefill_chunk)
     decoder = build_decoder(config, loaded.weights, max_seq_len)
+    if not isinstance(model, LoadedModel):
+        loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
     values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
     proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len)  # traced; its weights are never used
     T = prefill_chunk
