@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ..devtools.html import human_bytes
 from . import cli
 from ._output import console, print_json, progress
 from .export import parse_options
@@ -46,7 +47,7 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
             show("saving")
         program.save(output)
     size = sum(len(data) for data in program.files.values())
-    console.print(f"wrote {output} ({size / 1e6:.0f} MB) in {time.perf_counter() - start:.1f} s")
+    console.print(f"wrote {output} ({human_bytes(size)}) in {time.perf_counter() - start:.1f} s")
     for method in program.methods:
         console.print(f"[bold]{method}[/bold]")
         print_summary(program.report(method))
