@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import platform
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
+from torch.export import ExportedProgram
 
 from edgeport.partitioners.policy import PORTABLE
 
@@ -25,6 +26,7 @@ from .manifest import Manifest
 from .plugins import Registry, default_registry
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
+from .shared_artifacts import share_artifacts
 from .tensors import tensor_to_bytes
 
 Method = tuple  # (module, example_inputs) or (module, example_inputs, dynamic_shapes)
@@ -82,6 +84,7 @@ def export_methods(
     progress: Progress | None = None,
     quantize: str | Scheme | None = None,
     calibration: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+    rewrite: Callable[[str, ExportedProgram], ExportedProgram] | None = None,
 ) -> Program:
     """Export several named methods (e.g. ``prefill`` and ``decode``) into one program.
 
@@ -89,7 +92,13 @@ def export_methods(
     mutate become program state, shared between methods by their name in the module
     (so two wrappers of one model share its KV cache). ``quantize`` applies to every
     method; ``calibration`` is one iterable of batches, or a mapping of method name to
-    its batches.
+    its batches. A backend that can merge its partitions of all methods into one
+    artifact does (weights stored once); list the method called most often first: it
+    becomes the merged artifact's entry 0.
+
+    ``rewrite(name, program)``, when given, transforms each method's captured (and, if
+    asked, quantized) program before it is partitioned (``edgeport.llm`` captures one
+    decoder layer and repeats it N times there).
     """
     scheme = resolve_scheme(quantize) if quantize is not None else None
     registry = registry or default_registry()
@@ -112,6 +121,8 @@ def export_methods(
             program, declined = quantized.program, quantized.placement.declined
         else:
             program = capture(module, inputs, list(selected.values()), parsed, dynamic)
+        if rewrite is not None:
+            program = rewrite(name, program)
         lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress,
                                declined=declined)
         if quantized is not None:
@@ -120,9 +131,11 @@ def export_methods(
         artifacts.update(lowered.artifacts)
         plans[name] = lowered.plan
         reports[name] = lowered.report
-        for fqn in lowered.plan.state_writes.values():
+        written = [*lowered.plan.state_writes.values(), *(u.state for u in lowered.plan.row_updates)]
+        for fqn in written:
             if fqn not in state:
                 state[fqn] = _store_state(files, fqn, program.state_dict.get(fqn, program.constants.get(fqn)))
+    share_artifacts(selected, files, artifacts, plans)
     manifest = Manifest(
         producer={"name": "edgeport", "version": _version(), "torch": torch.__version__, "python": platform.python_version()},
         methods=plans,

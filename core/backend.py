@@ -13,6 +13,8 @@ A backend that runs quantized models also lists its `schemes` and returns a PT2E
 quantizer for each (`quantizer(scheme, options)`); edgeport restricts its annotation
 to the nodes the backend owns (docs/quantization.md).
 
+Optionally, `merge(artifacts)` stores the partitions of several methods as one artifact.
+
 Everything a backend returns is plain data (`Support`, `Availability`, `Artifact`), so
 the core can record it, save it and show it without knowing the backend.
 """
@@ -89,6 +91,14 @@ class Executable(Protocol):
 
     def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[Any]:
         """Return the partition's outputs, as tensors or numpy arrays, in order."""
+        ...
+
+
+@runtime_checkable
+class Entries(Protocol):
+    """A loaded merged artifact (`Backend.merge`): one executable per artifact merged."""
+
+    def entry(self, index: int) -> Executable:
         ...
 
 
@@ -198,6 +208,12 @@ class Backend:
         """
         return FP32_TOLERANCE
 
+    def merge(self, artifacts: Sequence[Artifact]) -> Artifact | None:
+        """Optionally, one artifact holding several (the partitions of a program's
+        methods, compiled with the same options), so what they share (weights) is stored
+        and loaded once. Return None (the default) to keep them apart. ``load`` of the
+        merged artifact must return an `Entries` whose ``entry(i)`` runs ``artifacts[i]``."""
+        return None
 
 
 # -- options: how a backend declares them, and how edgeport checks them --------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from typing import Any, Mapping
 
-from .backend import Artifact, Availability, Backend, Executable, options_from_dict, validate_options
+from .backend import Artifact, Availability, Backend, Entries, Executable, options_from_dict, validate_options
 from .errors import BackendError, EdgeportError, ExecutionError, ProgramError
 from .manifest import Manifest, Step
 
@@ -65,6 +65,17 @@ def load_step(manifest: Manifest, files: Mapping[str, bytes], step: Step, backen
         raise ExecutionError(
             f"backend {backend.name!r} failed to load partition {step.partition}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def executable_of(loaded: Any, step: Step) -> Executable:
+    """The executable of ``step``: what its backend loaded, or that merged artifact's
+    entry ``step.entry`` (`Backend.merge`: several methods' partitions in one artifact)."""
+    if step.entry is None:
+        return loaded
+    if not isinstance(loaded, Entries):
+        raise ProgramError(f"step of partition {step.partition} names entry {step.entry} of {step.artifact}, "
+                           "which its backend did not load as a merged artifact")
+    return loaded.entry(step.entry)
 
 
 def run_label(backend: str, availability: Availability) -> str:

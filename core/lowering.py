@@ -8,6 +8,7 @@ partitioned again; partitions compiled before are reused, not compiled twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from edgeport.partitioners.support import SupportMatrix, ask_support
 
 from .backend import Artifact, Backend, Support, SupportContext, options_to_dict
 from .errors import DeclineNodes, EdgeportError, LoweringError
-from .manifest import ArtifactInfo, MethodPlan, Step, TensorSpec
+from .manifest import ArtifactInfo, MethodPlan, RowUpdate, Step, TensorSpec
 from .output_tree import dump_structure
 from .portable import program_to_files
 from .report import placement_report
+from .state_rows import split_row_updates
 from .subprogram import Subprogram, extract_subprogram
 from .tensors import dtype_name
 
@@ -64,6 +66,7 @@ def lower_method(
             f"method {name!r} mutates its input(s) {mutated} in place",
             hint="return the new value instead, or keep it in a registered buffer (program state)",
         )
+    row_updates = split_row_updates(program)
     nodes = list(program.graph.nodes)
     # Read the I/O specs before any backend looks at the graph: a support check that
     # calls int() on a symbolic size would specialize that dim for good.
@@ -79,7 +82,8 @@ def lower_method(
             break
     else:
         raise LoweringError(f"method {name!r}: backends kept refusing nodes after {MAX_REPARTITIONS} rounds")
-    return _assemble(name, program, cut, nodes, io, plan, matrix, backends, options, compiled, keep_reference)
+    lowered = _assemble(name, program, cut, nodes, io, plan, matrix, backends, options, compiled, keep_reference)
+    return _with_row_updates(lowered, row_updates)
 
 
 class _Cutter:
@@ -182,6 +186,16 @@ def _assemble(name, program, cut, nodes, io, plan: PartitionPlan, matrix: Suppor
     subprograms = {p.id: cut(p) for p in plan.partitions}
     report = placement_report(nodes, matrix, plan, subprograms, fallbacks, steps)
     return LoweredMethod(_method_plan(name, program, io, steps), files, artifacts, report)
+
+
+def _with_row_updates(lowered: LoweredMethod, updates: tuple[RowUpdate, ...]) -> LoweredMethod:
+    """The plan writes these states row by row, not whole."""
+    if not updates:
+        return lowered
+    rows = {u.rows for u in updates}
+    writes = {value: fqn for value, fqn in lowered.plan.state_writes.items() if value not in rows}
+    plan = dataclasses.replace(lowered.plan, state_writes=writes, row_updates=updates)
+    return dataclasses.replace(lowered, plan=plan)
 
 
 def _io_specs(program: ExportedProgram, nodes: list[Node]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

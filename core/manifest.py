@@ -49,6 +49,19 @@ class Step:
     artifact: str | None = None
     program: str | None = None
     reference: str | None = None
+    entry: int | None = None  # which part of a merged artifact runs this step (`Backend.merge`)
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    """Rows of program state a method writes in place when its call finishes
+    (``state.index_copy_(dim, values[positions], values[rows])``), instead of a full
+    write: how a KV cache is updated one token at a time (see `state_rows.py`)."""
+
+    state: str  # the state's fqn
+    dim: int
+    positions: str  # value holding the int64 positions along ``dim``
+    rows: str  # value holding the new rows: the state's shape with len(positions) at ``dim``
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,8 @@ class MethodPlan:
 
     Values are named after the nodes of the exported graph. ``state_reads`` maps a
     value to the program state it starts as; ``state_writes`` maps a value to the state
-    it updates when the call finishes (a mutated buffer such as a KV cache).
+    it updates when the call finishes (a mutated buffer); ``row_updates`` write only
+    some rows of a state (a KV cache), in place.
     """
 
     name: str
@@ -70,6 +84,7 @@ class MethodPlan:
     state_writes: dict[str, str] = field(default_factory=dict)
     symbols: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     out_spec: str = ""  # the eager output structure, as output_tree.dump_structure wrote it (JSON)
+    row_updates: tuple[RowUpdate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,9 @@ class Manifest:
     state: dict[str, dict[str, Any]]  # fqn -> {"file", "dtype", "shape"}
     files: dict[str, FileInfo]  # every other file in the zip -> size and checksum
     report: dict[str, dict[str, Any]]  # method -> placement report (see report.py)
-    metadata: dict[str, Any] = field(default_factory=dict)  # the application's, free-form JSON
+    # What a program carries for its users beyond the plan, by topic (e.g. "llm": the
+    # tokenizer and chat files it ships, its stop tokens); edgeport itself reads none of it.
+    metadata: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
 
@@ -118,6 +135,7 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
             state_writes=dict(m["state_writes"]),
             symbols={k: (low, high) for k, (low, high) in m["symbols"].items()},
             out_spec=m["out_spec"],
+            row_updates=tuple(RowUpdate(**u) for u in m.get("row_updates", [])),  # optional: LLM programs
         )
     return Manifest(
         producer=dict(data["producer"]),

@@ -78,7 +78,11 @@ def _check_signature(plan: MethodPlan, state: Mapping[str, Mapping[str, Any]], r
                 raise ManifestError(f"{what} names program state {fqn!r}, which the program does not have")
         if len(set(mapping.values())) != len(mapping):
             raise ManifestError(f"{what} names one program state twice")
-    if set(plan.state_reads.values()) != set(plan.state_writes.values()):
+    updated = {u.state for u in plan.row_updates}
+    if updated - set(state):
+        raise ManifestError(f"row_updates name program state {sorted(updated - set(state))[0]!r}, "
+                            "which the program does not have")
+    if set(plan.state_reads.values()) != set(plan.state_writes.values()) | updated:
         raise ManifestError("it reads and writes different program state (each state it updates is read first)")
     facts = _Facts()
     for name, info in report.get("values", {}).items():
@@ -125,7 +129,8 @@ def _check_dataflow(plan: MethodPlan) -> None:
             if value in producer and value not in step.inputs:
                 raise ManifestError(f"step {i} writes {value!r}, which {producer[value]} already produced")
             producer.setdefault(value, f"step {i}")
-    for value in (*plan.output_values, *plan.state_writes):
+    row_values = (v for u in plan.row_updates for v in (u.positions, u.rows))
+    for value in (*plan.output_values, *plan.state_writes, *row_values):
         if value not in producer:
             raise ManifestError(f"its result {value!r} is produced by no step")
 
@@ -174,8 +179,14 @@ def _check_delegate(i: int, step: Step, manifest: Manifest, values: set[str]) ->
         raise ManifestError(f"step {i} runs on {step.backend!r} but its artifact was made by {info.backend!r}")
     if step.reference is not None:
         _check_torch_program(i, step.reference, manifest)
+    metadata = info.metadata
+    if step.entry is not None:  # one entry of a merged artifact (Backend.merge) records its own names
+        entries = metadata.get("entries")
+        if not isinstance(entries, list) or not 0 <= step.entry < len(entries):
+            raise ManifestError(f"step {i} runs entry {step.entry} of {step.artifact}, which has no such entry")
+        metadata = entries[step.entry] if isinstance(entries[step.entry], dict) else {}
     for key, names in (("inputs", step.inputs), ("outputs", step.outputs)):
-        _check_recorded_names(i, key, info.metadata.get(key), names, values)
+        _check_recorded_names(i, key, metadata.get(key), names, values)
 
 
 def _check_recorded_names(i: int, key: str, recorded: Any, names: Sequence[str], values: set[str]) -> None:
@@ -218,6 +229,7 @@ def _check_out_spec(plan: MethodPlan) -> None:
 
 def _check_state(manifest: Manifest) -> None:
     written = {fqn for plan in manifest.methods.values() for fqn in plan.state_writes.values()}
+    written |= {u.state for plan in manifest.methods.values() for u in plan.row_updates}
     for fqn, entry in manifest.state.items():
         if fqn not in written:
             raise ManifestError(f"program state {fqn!r} is written by no method")

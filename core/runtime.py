@@ -27,12 +27,13 @@ import torch
 import torch.utils._pytree as pytree
 
 from .backend import Executable
-from .delegates import load_step, run_label
+from .delegates import executable_of, load_step, run_label
 from .errors import ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .output_tree import restore_structure
 from .plugins import Registry, default_registry
 from .portable import PortableExecutable, program_from_files
+from .state_rows import apply_row_updates, check_row_updates, place_state, row_update_values
 from .tensors import DTYPES, tensor_from_bytes
 
 
@@ -80,6 +81,7 @@ class Runtime:
         self._reference = reference
         self.state = {fqn: _read_state(fqn, entry, files) for fqn, entry in manifest.state.items()}
         self._state_lock = threading.Lock()  # one per program: every method shares its state
+        self._loaded: dict[str, tuple[Any, Any]] = {}  # artifact path -> (what its backend loaded, its lock)
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
 
     # -- loading ------------------------------------------------------------------
@@ -89,7 +91,8 @@ class Runtime:
         for i, step in enumerate(plan.steps):
             for name in step.inputs:
                 last_use[name] = i
-        kept = set(plan.output_values) | set(plan.state_writes)
+        check_row_updates(plan, self.state)
+        kept = set(plan.output_values) | set(plan.state_writes) | row_update_values(plan)
         frees: list[list[str]] = [[] for _ in plan.steps]
         for name, i in last_use.items():
             if name not in kept:
@@ -98,21 +101,28 @@ class Runtime:
         return plan, steps, _input_checker(plan)
 
     def _load_step(self, plan: MethodPlan, step: Step, frees: tuple[str, ...]) -> _LoadedStep:
-        executable, backend, label = self._open_step(plan, step)
-        return _LoadedStep(step, executable, backend, label, frees, _guard(executable))
+        executable, backend, label, guard = self._open_step(plan, step)
+        return _LoadedStep(step, executable, backend, label, frees, guard)
 
-    def _open_step(self, plan: MethodPlan, step: Step) -> tuple[Executable, str, str]:
-        """The step's executable, the backend it belongs to, and how it runs here."""
+    def _open_step(self, plan: MethodPlan, step: Step) -> tuple[Executable, str, str, Any]:
+        """The step's executable, the backend it belongs to, how it runs here, and the
+        lock its calls take (one per loaded artifact: the entries of a merged artifact
+        share one interpreter)."""
         if step.kind == "portable":
-            return self._portable(step.program), "portable", "portable"
+            executable = self._portable(step.program)
+            return executable, "portable", "portable", _guard(executable)
         name = step.backend
         why = self._why_cannot_run(name)
         if why is None:
             backend = self._registry.get(name)
-            executable = load_step(self._manifest, self._files, step, backend)
-            return executable, name, run_label(name, backend.availability())
+            if step.artifact not in self._loaded:  # once per path: a merged artifact serves several steps
+                loaded = load_step(self._manifest, self._files, step, backend)
+                self._loaded[step.artifact] = loaded, _guard(loaded)
+            loaded, guard = self._loaded[step.artifact]
+            return executable_of(loaded, step), name, run_label(name, backend.availability()), guard
         if self._reference and step.reference:
-            return self._portable(step.reference), name, f"{name}: {TORCH_REFERENCE}"
+            executable = self._portable(step.reference)
+            return executable, name, f"{name}: {TORCH_REFERENCE}", _guard(executable)
         if self._reference:
             hint = "re-export with keep_reference=True (--keep-reference) to keep the torch reference"
         else:
@@ -144,17 +154,28 @@ class Runtime:
         start = time.perf_counter()
         values: dict[str, Any] = dict(zip(plan.input_values, check(args, kwargs)))
         timings: list[StepTiming] = []
-        if plan.state_reads or plan.state_writes:
+        if plan.state_reads or plan.state_writes or plan.row_updates:
             with self._state_lock:  # read state, run, write it back: one call at a time
                 values.update({value: self.state[fqn] for value, fqn in plan.state_reads.items()})
                 _run_steps(steps, values, timings if profile else None)
                 for value, fqn in plan.state_writes.items():
                     self.state[fqn] = values[value]
+                apply_row_updates(self.state, plan.row_updates, values)
         else:
             _run_steps(steps, values, timings if profile else None)
         outputs = [values[n] for n in plan.output_values]
         result = restore_structure(outputs, plan.out_spec)
         return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
+
+    def place_state(self, method: str) -> list[str]:
+        """Keep the state ``method`` reads inside its delegates' own input buffers (where
+        they offer them), so calling ``method`` copies none of it; returns the states
+        moved. Worth it for the method called most often, e.g. an LLM's "decode"."""
+        if method not in self._methods:
+            raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
+        plan, steps, _ = self._methods[method]
+        fully_written = {fqn for p, _, _ in self._methods.values() for fqn in p.state_writes.values()}
+        return place_state(plan, [(s.step.inputs, s.executable) for s in steps], self.state, fully_written)
 
     def step_labels(self, method: str) -> list[str]:
         return [s.label for s in self._methods[method][1]]

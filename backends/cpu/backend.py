@@ -11,7 +11,7 @@ quantizer annotates exactly what the writer writes in int8 (tflite/quantizer.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.export import ExportedProgram
@@ -94,7 +94,22 @@ class CpuBackend(edgeport.Backend):
         # fp16 keeps ~3 decimal digits; errors add up over a partition of tens of ops.
         return 1e-2 if options.precision == "fp16" else super().tolerance(options)
 
-    def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable:
+    def merge(self, artifacts: Sequence[edgeport.Artifact]) -> edgeport.Artifact:
+        """One TFLite model with a subgraph per artifact, weights stored once (the
+        methods of an LLM program share all of theirs)."""
+        keys = [f"entry{i}" for i in range(len(artifacts))]
+        io_names = [(a.metadata["inputs"], a.metadata["outputs"]) for a in artifacts]
+        data = tflite.merge_models([a.data for a in artifacts], keys, io_names)
+        metadata = {"entries": [dict(a.metadata) for a in artifacts],
+                    "int4_weights": any(a.metadata.get("int4_weights") for a in artifacts)}
+        return edgeport.Artifact(data=data, suffix=".tflite", metadata=metadata)
+
+    def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable | tflite.TfliteEntries:
         options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()
         needs_delegate = bool(artifact.metadata.get("int4_weights"))
-        return tflite.TfliteExecutable(artifact.data, options.threads, needs_delegate=needs_delegate)
+        entries = artifact.metadata.get("entries")
+        if entries is None:
+            return tflite.TfliteExecutable(artifact.data, options.threads, needs_delegate=needs_delegate)
+        keys = [f"entry{i}" for i in range(len(entries))]
+        io_names = [(e["inputs"], e["outputs"]) for e in entries]
+        return tflite.TfliteEntries(artifact.data, keys, io_names, options.threads, needs_delegate=needs_delegate)

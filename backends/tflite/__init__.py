@@ -7,6 +7,8 @@
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
 - `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate;
   `undelegated_ops(interpreter)`: what XNNPACK left to TFLite's own kernels
+- `merge_models(models, keys, io_names)`: several models as one, a subgraph each, weights once;
+  `TfliteEntries(model_bytes, keys, io_names, threads)` runs such a model, ``entry(i)`` per subgraph
 - `KEEP_OPS`: ops worth keeping undecomposed at capture (written better whole)
 - `SCHEMES`, `quantizer_for(scheme)`: the quantization schemes the writer writes, and
   the PT2E quantizer that annotates a graph as the writer writes it (imports torchao)
@@ -15,7 +17,8 @@ Importing this package is cheap: the schema and the interpreter are imported whe
 """
 
 from .keep import KEEP_OPS
-from .runner import TfliteExecutable, interpreter_missing, runtime_version, undelegated_ops
+from .merge import merge_models
+from .runner import TfliteEntries, TfliteExecutable, interpreter_missing, runtime_version, undelegated_ops
 from .schema import writer_deps_missing
 from .lowering import PLUMBING
 from .qdq import is_quantization_op
@@ -36,12 +39,14 @@ __all__ = [
     "KEEP_OPS",
     "PLUMBING",
     "SCHEMES",
+    "TfliteEntries",
     "TfliteExecutable",
     "TfliteModel",
     "constant_nodes",
     "interpreter_missing",
     "is_quantization_op",
     "quantizer_for",
+    "merge_models",
     "runtime_version",
     "undelegated_ops",
     "write_tflite",

@@ -83,7 +83,9 @@ class Emitter:
         self.fp16 = fp16
         self.winograd = winograd  # large 3x3 convolutions as Winograd F(2x2, 3x3) (ops/winograd.py)
         self.env: dict[Node, Any] = {}
-        self._layouts: dict[tuple[int, Perm], Value] = {}
+        # (tensor, its layout, wanted layout) -> the relaid value. The source layout is
+        # part of the key: two views of one tensor (x and x.transpose) need different moves.
+        self._layouts: dict[tuple[int, Perm, Perm], Value] = {}
         self._consts: dict[tuple[int, Any], tuple[Any, int]] = {}
         self._reshaped_from: dict[int, int] = {}  # RESHAPE output tensor -> its input
         self.fused_written: set[Node] = set()  # nodes whose operator took their fused activation
@@ -177,7 +179,7 @@ class Emitter:
         perm = tuple(perm)
         if v.perm == perm:
             return v
-        key = (v.tensor, perm)
+        key = (v.tensor, v.perm, perm)
         if key not in self._layouts:
             out = self.new(v.shape, v.dtype, self._name(v) + "/layout", perm, v.quant)
             if layout.only_unit_dims_move(v.shape, v.perm, perm):

@@ -85,6 +85,10 @@ class ModelBuilder:
     def __init__(self) -> None:
         self.tensors: list[TensorRecord] = []
         self.buffers: list[np.ndarray | None] = [None]  # buffer 0: the empty sentinel
+        # (address, bytes, dtype) of each buffer's memory: a constant given twice (a tied
+        # embedding read by GATHER and by FULLY_CONNECTED) is stored once. Addresses stay
+        # unique because `buffers` keeps every array alive.
+        self._buffer_at: dict[tuple[int, int, str], int] = {}
         self.ops: list[OpRecord] = []
 
     def tensor(
@@ -98,8 +102,12 @@ class ModelBuilder:
         """Add a tensor (constant when `data` is given) and return its index."""
         buffer = 0
         if data is not None:
-            self.buffers.append(np.ascontiguousarray(data).reshape(-1))
-            buffer = len(self.buffers) - 1
+            flat = np.ascontiguousarray(data).reshape(-1)
+            key = (flat.ctypes.data, flat.nbytes, flat.dtype.str)
+            buffer = self._buffer_at.get(key, 0) if flat.nbytes else 0
+            if not buffer:
+                self.buffers.append(flat)
+                buffer = self._buffer_at[key] = len(self.buffers) - 1
         self.tensors.append(TensorRecord(tuple(int(d) for d in shape), type_, name, buffer, quantization))
         return len(self.tensors) - 1
 
@@ -135,7 +143,7 @@ class ModelBuilder:
         data_bytes = sum(b.nbytes + _WEIGHT_ALIGN for b in buffers if b is not None)
         b = flatbuffers.Builder(data_bytes + 64 * (len(tensors) + len(ops)) + 4096)
 
-        buffer_offsets = [self._buffer(b, t, data) for data in buffers]
+        buffer_offsets = [write_buffer(b, t, data) for data in buffers]
         tensor_offsets = [self._tensor(b, t, rec) for rec in tensors]
 
         codes: dict[int, int] = {}
@@ -231,18 +239,6 @@ class ModelBuilder:
         return [tensor_index[i] for i in inputs], [tensor_index[o] for o in outputs]
 
     @staticmethod
-    def _buffer(b: Any, t: Any, data: np.ndarray | None) -> int:
-        vec = None
-        if data is not None and data.size:
-            raw = data.view(np.uint8)
-            b.Prep(_WEIGHT_ALIGN, raw.nbytes)
-            vec = b.CreateNumpyVector(raw)
-        t.BufferStart(b)
-        if vec is not None:
-            t.BufferAddData(b, vec)
-        return t.BufferEnd(b)
-
-    @staticmethod
     def _tensor(b: Any, t: Any, rec: TensorRecord) -> int:
         name = b.CreateString(rec.name)
         shape = _ints(b, rec.shape)
@@ -333,6 +329,19 @@ def _signature(b: Any, t: Any, inputs: Sequence[int], outputs: Sequence[int],
     t.SignatureDefAddSignatureKey(b, key)
     t.SignatureDefAddSubgraphIndex(b, 0)
     return t.SignatureDefEnd(b)
+
+
+def write_buffer(b: Any, t: Any, data: np.ndarray | None) -> int:
+    """A Buffer table; its data aligned so runtimes may read it in place."""
+    vec = None
+    if data is not None and data.size:
+        raw = data.view(np.uint8)
+        b.Prep(_WEIGHT_ALIGN, raw.nbytes)
+        vec = b.CreateNumpyVector(raw)
+    t.BufferStart(b)
+    if vec is not None:
+        t.BufferAddData(b, vec)
+    return t.BufferEnd(b)
 
 
 def _options(b: Any, t: Any, options: Options) -> int:

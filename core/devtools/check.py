@@ -29,7 +29,7 @@ from edgeport.partitioners.support import is_compute
 
 from ..api import export
 from ..backend import Backend, options_from_dict
-from ..delegates import load_step, run_label
+from ..delegates import executable_of, load_step, run_label
 from ..errors import EdgeportError, InputError, UnknownBackendError
 from ..manifest import MethodPlan, Step
 from ..plugins import Registry, default_registry
@@ -239,7 +239,8 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
         result.why = availability.why or f"{step.backend} cannot run on this machine"
         return result
     try:
-        result.error = compare(load_step(program.manifest, program.files, step, backend).run(args), expected)
+        loaded = load_step(program.manifest, program.files, step, backend)
+        result.error = compare(executable_of(loaded, step).run(args), expected)
     except Exception as exc:  # a backend that crashes here is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result

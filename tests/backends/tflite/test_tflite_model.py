@@ -77,6 +77,14 @@ def test_permutes_and_head_repeats_move_no_data():
     assert model.transposed_outputs == [model.outputs[0]] and model.transposed_inputs == []
 
 
+def test_two_views_of_one_tensor_are_each_laid_out_in_their_own_order():
+    """k.transpose(0, 1) is returned and also read as its own transpose by a matmul: each
+    view gets its own layout change, not the other's (a KV-cache row write needs this)."""
+    module = Lambda(lambda m, q, k: (k.transpose(0, 1), torch.bmm(q, k.transpose(0, 1).transpose(1, 2))))
+    model, error = lower(module, torch.randn(3, 4, 8), torch.randn(5, 3, 8))
+    assert error < 1e-5
+
+
 def test_int64_and_bool_keep_their_dtypes_at_the_boundary():
     module = Lambda(lambda m, ids: (F.embedding(ids, m.table), ids * 2, ids > 3), table=torch.randn(10, 4))
     ids = torch.tensor([[1, 4, 9]])
@@ -119,6 +127,17 @@ def test_weights_are_aligned_constant_buffers():
     data = parsed.Buffers(weights.Buffer()).DataAsNumpy()  # a view into model.data
     start = data.ctypes.data - np.frombuffer(model.data, np.uint8).ctypes.data
     assert data.size == 64 * 32 * 4 and start % 16 == 0
+
+
+def test_a_tied_embedding_and_output_projection_store_their_table_once():
+    """Embedding and lm_head sharing one parameter (GATHER and FULLY_CONNECTED) share one buffer."""
+    torch.manual_seed(0)
+    module = Lambda(lambda m, ids: F.linear(F.embedding(ids, m.table), m.table), table=torch.randn(300, 16))
+    model, error = lower(module, torch.tensor([[3, 7, 299]]))
+    assert error < 1e-5
+    parsed, graph = parse(model.data)
+    sizes = [parsed.Buffers(i).DataLength() for i in range(parsed.BuffersLength())]
+    assert sizes.count(300 * 16 * 4) == 1 and len(model.data) < 2 * 300 * 16 * 4
 
 
 def test_a_constant_output_is_declined_not_written():

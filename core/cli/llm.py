@@ -1,0 +1,154 @@
+"""``edgeport llm``: export an LLM (GGUF or Hugging Face directory), generate, chat.
+
+    edgeport llm export SmolLM2-135M-Instruct.Q4_1.gguf --backend cpu -o smol.edgeport
+    edgeport llm generate smol.edgeport --prompt "The capital of France is"
+    edgeport llm chat smol.edgeport
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from ..devtools.html import human_bytes
+from . import cli
+from ._output import console, print_json, progress
+from .export import parse_options
+from .explain import print_summary
+
+
+@cli.group()
+def llm() -> None:
+    """LLMs: export a GGUF file or Hugging Face directory, then generate or chat."""
+
+
+@llm.command("export")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--backend", "-b", default="cpu", show_default=True, help="Backend to run both methods on.")
+@click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
+              help="Positions in the KV cache: prompt plus generated tokens.")
+@click.option("--prefill-chunk", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Prompt tokens per prefill call.")
+@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight"]), help="Weight quantization (not yet).")
+@click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
+def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, quantize: str | None,
+               option_items: tuple[str, ...], output: str) -> None:
+    """Export MODEL (a .gguf file or a local Hugging Face model directory)."""
+    from ..llm import export
+
+    start = time.perf_counter()
+    with progress(True) as show:
+        program = export(model, backend=backend, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
+                         quantize=quantize, options=parse_options(option_items), progress=show)
+        if show:
+            show("saving")
+        program.save(output)
+    size = sum(len(data) for data in program.files.values())
+    console.print(f"wrote {output} ({human_bytes(size)}) in {time.perf_counter() - start:.1f} s")
+    for method in program.methods:
+        console.print(f"[bold]{method}[/bold]")
+        print_summary(program.report(method))
+
+
+def _sampling_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1)),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+                     help="0 picks the most likely token (greedy)."),
+        click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True)),
+        click.option("--seed", type=int, help="Seed of the sampler (with --temperature > 0)."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores)."),
+    ]):
+        command = option(command)
+    return command
+
+
+@llm.command()
+@click.argument("program", type=click.Path(exists=True, dir_okay=False))
+@click.option("--prompt", required=True, help="The text to continue (with --chat: the user's message).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@_sampling_options
+@click.option("--json", "as_json", is_flag=True, help="Print the text, token ids and speed as JSON at the end.")
+def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_p: float,
+             seed: int | None, threads: int | None, as_json: bool) -> None:
+    """Stream PROGRAM's continuation of --prompt, then the speed line."""
+    from ..llm import Sampling, session_of
+    from ..program import load
+
+    start = time.perf_counter()
+    session = session_of(load(program), threads)
+    sampling = Sampling(temperature, top_p, seed)
+    if chat:
+        tokens = session.chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, sampling=sampling)
+    else:
+        tokens = session.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
+    session.warm_up()  # after the prompt is known to fit: a prompt too long fails before any of this
+    ready_s = time.perf_counter() - start
+    if as_json:
+        for _ in tokens:
+            pass
+        print_json({"text": tokens.text, "token_ids": tokens.ids,
+                    "stats": {"ready_s": ready_s, **tokens.stats.to_json()}})
+        return
+    for token in tokens:
+        click.echo(token.text, nl=False)
+    click.echo()
+    click.echo(f"ready in {ready_s:.1f} s · " + speed_line(tokens.stats), err=True)
+
+
+@llm.command()
+@click.argument("program", type=click.Path(exists=True, dir_okay=False))
+@click.option("--system", help="A system message to start the conversation with.")
+@_sampling_options
+def chat(program: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
+         seed: int | None, threads: int | None) -> None:
+    """Talk with PROGRAM; the conversation stays in its KV cache. /reset starts over, /exit ends."""
+    from ..llm import PromptTooLong, Sampling, session_of
+    from ..program import load
+
+    session = session_of(load(program), threads)
+    session.warm_up()
+    sampling = Sampling(temperature, top_p, seed)
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    click.echo(f"chatting with {session.info.name or program} ({session.info.max_seq_len} positions); "
+               "/reset starts over, /exit or end of input ends", err=True)
+    while True:
+        try:
+            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.exceptions.Abort):
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = list(start)
+            click.echo("(conversation cleared)", err=True)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            reply = session.chat(messages, max_new_tokens=max_new_tokens, sampling=sampling)
+        except PromptTooLong as exc:
+            messages.pop()
+            click.echo(f"error: {exc}\n  hint: /reset starts a new conversation", err=True)
+            continue
+        click.echo("assistant> ", nl=False)
+        for token in reply:
+            click.echo(token.text, nl=False)
+        click.echo()
+        click.echo(speed_line(reply.stats), err=True)
+        messages.append({"role": "assistant", "content": reply.text})
+
+
+def speed_line(stats: Any) -> str:
+    """Time to first token, prefill and decode speed, peak memory: one line."""
+    return (
+        f"time to first token {stats.time_to_first_token_s * 1e3:.0f} ms · "
+        f"prefill {stats.prefill_tok_s:.1f} tok/s ({stats.prefilled_tokens} tokens) · "
+        f"decode {stats.decode_tok_s:.1f} tok/s ({stats.generated_tokens} tokens) · "
+        f"peak RSS {stats.peak_rss_mb:.0f} MB · stop: {stats.stop_reason.replace('_', ' ')}"
+    )

@@ -1,0 +1,128 @@
+"""``edgeport.llm.export``: an LLM as one program with ``prefill`` and ``decode`` methods.
+
+    program = edgeport.llm.export("SmolLM2-135M-Instruct.Q4_1.gguf", max_seq_len=512)
+    program.save("smol.edgeport")
+
+Both methods wrap one `Decoder`, so they share its KV cache as program state, and each
+writes its new cache rows as row updates (`edgeport.state_rows`). On cpu both land in one
+TFLite model (a subgraph each, `Backend.merge`), so the weights are stored once. Capture traces a
+one-layer decoder and repeats the layer (`stitch.py`): exporting SmolLM2's 30 layers
+costs what one layer does. The tokenizer, chat template and stop tokens travel inside
+the program (``llm/…`` files and ``manifest.metadata["llm"]``), so the file alone is
+enough to generate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import torch
+
+from ..api import export_methods
+from ..errors import EdgeportError
+from ..lowering import Progress
+from ..plugins import Registry
+from ..program import Program, file_info
+from .loader import LoadedModel, load_model
+from .model import Decode, Decoder, Prefill
+from .stitch import repeat_layers
+from .weights import build_decoder
+
+FORMAT = 1  # of manifest.metadata["llm"]
+TOKENIZER_FILE = "llm/tokenizer.json"
+CHAT_TEMPLATE_FILE = "llm/chat_template.jinja"
+QUANTIZE_SCHEMES = ("int8-dynamic", "int4-weight")
+DEFAULT_MAX_SEQ_LEN = 512
+DEFAULT_PREFILL_CHUNK = 32  # prompt tokens per prefill call: long prompts run in several
+
+
+def export(
+    model: str | os.PathLike[str] | LoadedModel,
+    *,
+    backend: str = "cpu",
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    quantize: str | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+    progress: Progress | None = None,
+) -> Program:
+    """Export a GGUF file or local Hugging Face directory (or a `LoadedModel`) as an
+    LLM program for ``backend``, with a KV cache of ``max_seq_len`` positions."""
+    if quantize is not None:
+        raise EdgeportError(
+            f"--quantize {quantize} is not available yet: the quantized linear path (int8-dynamic, int4-weight) "
+            "lands with the quantization work",
+            hint="export without --quantize (fp32) for now",
+        )
+    if progress:
+        progress("loading the model")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    config = loaded.config
+    _check_lengths(loaded, max_seq_len, prefill_chunk)
+    decoder = build_decoder(config, loaded.weights, max_seq_len)
+    if not isinstance(model, LoadedModel):
+        loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
+    values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
+    proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len)  # traced; its weights are never used
+    T = prefill_chunk
+    methods = {  # decode first: called once per token, it gets the merged artifact's fast entry
+        "decode": (Decode(proto), (torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))),
+        "prefill": (Prefill(proto), (torch.zeros(1, T, dtype=torch.long), torch.arange(T), torch.tensor([T - 1]))),
+    }
+    program = export_methods(
+        methods,
+        [backend],
+        options=options,
+        registry=registry,
+        progress=progress,
+        rewrite=lambda name, captured: repeat_layers(captured, config.layers, values),
+    )
+    _attach(program, loaded, max_seq_len, prefill_chunk)
+    return program
+
+
+def _check_lengths(loaded: LoadedModel, max_seq_len: int, chunk: int) -> None:
+    config = loaded.config
+    if not 1 <= chunk <= max_seq_len:
+        raise EdgeportError(f"prefill chunk {chunk} must be between 1 and max_seq_len ({max_seq_len})")
+    if max_seq_len > config.max_position_embeddings:
+        raise EdgeportError(
+            f"max_seq_len {max_seq_len} exceeds the {config.max_position_embeddings} positions {loaded.name} was trained for",
+            hint=f"pass --max-seq-len {config.max_position_embeddings} or less",
+        )
+    if config.sliding_window is not None and max_seq_len > config.sliding_window:
+        raise EdgeportError(
+            f"{loaded.name} attends within a sliding window of {config.sliding_window} positions; "
+            f"max_seq_len {max_seq_len} would need it",
+            hint=f"pass --max-seq-len {config.sliding_window} or less",
+        )
+
+
+def _attach(program: Program, loaded: LoadedModel, max_seq_len: int, chunk: int) -> None:
+    """Put the tokenizer, chat template and generation facts inside the program."""
+    files = {TOKENIZER_FILE: loaded.tokenizer_json.encode()}
+    if loaded.chat_template:
+        files[CHAT_TEMPLATE_FILE] = loaded.chat_template.encode()
+    for path, data in files.items():
+        program.files[path] = data
+        program.manifest.files[path] = file_info(data)
+    config = loaded.config
+    program.manifest.metadata["llm"] = {
+        "format": FORMAT,
+        "name": loaded.name,
+        "architecture": config.architecture,
+        "config": json.loads(json.dumps(config.to_json())),
+        "max_seq_len": max_seq_len,
+        "prefill_chunk": chunk,
+        "tokenizer": TOKENIZER_FILE,
+        "chat_template": CHAT_TEMPLATE_FILE if loaded.chat_template else None,
+        "stop_token_ids": list(loaded.stop_token_ids),
+        "bos_token_id": loaded.bos_token_id,
+        "add_bos_token": loaded.add_bos_token,
+        "generation": dict(loaded.generation),
+        "weights": "float32",
+    }

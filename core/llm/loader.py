@@ -1,0 +1,330 @@
+"""Loading an LLM for export: a GGUF file or a local Hugging Face model directory, offline.
+
+Both give a `LoadedModel`: the decoder's shape (`DecoderConfig`), its weights in fp32
+under Hugging Face names, and what generation needs (the tokenizer as ``tokenizer.json``
+text, the chat template, stop tokens).
+
+- GGUF (llama architecture): shape and weights are read by `gguf_file.py` and
+  dequantized by the ``gguf`` package's numpy kernels, about 1.5 s for SmolLM2 where
+  building the transformers model takes 20. llama.cpp stores q/k projection rows
+  interleaved for its rotary form; they are put back in Hugging Face's half-split
+  order. The tokenizer is converted by transformers' GGUF support, so it encodes as
+  ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` does.
+- Hugging Face directory (llama, mistral, qwen2, qwen3): ``config.json``,
+  ``*.safetensors``, ``tokenizer.json``, the chat template and ``generation_config.json``.
+
+Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import EdgeportError
+from .config import ARCHITECTURES, DecoderConfig, RopeScaling
+from .gguf_file import GgufFormatError, read_gguf
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An LLM ready to build a `Decoder` from, and everything needed to talk to it."""
+
+    name: str
+    config: DecoderConfig
+    weights: dict[str, torch.Tensor]  # Hugging Face names, fp32
+    tokenizer_json: str
+    chat_template: str | None
+    stop_token_ids: tuple[int, ...]
+    bos_token_id: int | None = None
+    add_bos_token: bool = False  # prepend BOS to every encoded prompt (Llama 2 style)
+    generation: dict[str, Any] = field(default_factory=dict)  # sampling defaults from generation_config.json
+
+
+class ModelLoadError(EdgeportError):
+    """The model path cannot be read as an LLM edgeport supports."""
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """Load a ``.gguf`` file or a local Hugging Face model directory."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        return load_gguf(p)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return load_hf_dir(p)
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return load_gguf(ggufs[0])
+    raise ModelLoadError(
+        f"{path} is neither a .gguf file nor a Hugging Face model directory (with config.json)",
+        hint="pass a .gguf file, or a local directory holding config.json, *.safetensors and tokenizer.json",
+    )
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# -- GGUF ---------------------------------------------------------------------------------
+
+# GGUF tensor names (llama.cpp) -> Hugging Face names, per layer and global.
+_GGUF_LAYER = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def load_gguf(path: Path) -> LoadedModel:
+    try:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+    except ImportError as exc:
+        raise ModelLoadError(f"reading GGUF needs the gguf package ({exc})", hint="pip install 'edgeport[llm]'") from None
+    try:
+        gguf = read_gguf(path)
+    except (GgufFormatError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not a readable GGUF file: {exc}") from None
+    meta, tensors = gguf.metadata, gguf.tensors
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise ModelLoadError(
+            f"{path.name}: GGUF architecture {arch!r} is not supported (edgeport reads llama GGUF files)",
+            hint="export it from its Hugging Face directory instead (config.json + safetensors)",
+        )
+    if "rope_freqs.weight" in tensors:
+        raise ModelLoadError(
+            f"{path.name} scales its rotary frequencies per dimension (rope_freqs, Llama 3.1 and later)",
+            hint="export it from its Hugging Face directory instead",
+        )
+    if "token_embd.weight" not in tensors:
+        raise ModelLoadError(f"{path.name} has no token embedding (token_embd.weight)")
+    config = _gguf_config(meta, vocab=tensors["token_embd.weight"].shape[0], tied="output.weight" not in tensors)
+    weights = {}
+    for tensor in tensors.values():
+        hf = _gguf_name(tensor.name)
+        if hf is None:
+            continue
+        values = dequantize(tensor.data, GGMLQuantizationType(tensor.ggml_type)).astype(np.float32, copy=False)
+        values = values.reshape(tensor.shape)
+        if hf.endswith("q_proj.weight"):
+            values = _unpermute_rotary(values, config.heads)
+        elif hf.endswith("k_proj.weight"):
+            values = _unpermute_rotary(values, config.kv_heads)
+        weights[hf] = torch.from_numpy(np.array(values, dtype=np.float32))  # owned and writable
+    tokenizer, special = _gguf_tokenizer(path)
+    return LoadedModel(
+        name=str(meta.get("general.name") or path.stem),
+        config=config,
+        weights=weights,
+        tokenizer_json=tokenizer,
+        chat_template=special.get("chat_template"),
+        stop_token_ids=_ids(meta.get("tokenizer.ggml.eos_token_id")),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        add_bos_token=bool(special.get("add_bos_token", False)),
+    )
+
+
+def _gguf_config(meta: dict[str, Any], vocab: int, tied: bool) -> DecoderConfig:
+    def get(key: str) -> Any:
+        if f"llama.{key}" not in meta:
+            raise ModelLoadError(f"the GGUF file lacks llama.{key}")
+        return meta[f"llama.{key}"]
+
+    hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    scaling = RopeScaling()
+    if meta.get("llama.rope.scaling.type", "none") == "linear":
+        scaling = RopeScaling("linear", float(meta["llama.rope.scaling.factor"]))
+    elif meta.get("llama.rope.scaling.type", "none") not in ("none", None):
+        raise ModelLoadError(f"rope scaling {meta['llama.rope.scaling.type']!r} of this GGUF file is not supported")
+    return DecoderConfig(
+        architecture="llama",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        layers=int(get("block_count")),
+        heads=heads,
+        kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
+        head_dim=int(meta.get("llama.rope.dimension_count", hidden // heads)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        tie_embeddings=tied,
+        max_position_embeddings=int(meta.get("llama.context_length", 2048)),
+    )
+
+
+def _gguf_name(name: str) -> str | None:
+    stem, _, kind = name.rpartition(".")
+    if stem.startswith("blk."):
+        _, index, part = stem.split(".", 2)
+        hf = _GGUF_LAYER.get(part)
+        return f"model.layers.{index}.{hf}.{kind}" if hf else None
+    hf = _GGUF_GLOBAL.get(stem)
+    return f"{hf}.{kind}" if hf else None
+
+
+def _unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp interleaves each head's rotary pairs (rows 0,d/2,1,d/2+1,...); Hugging
+    Face keeps the two halves apart. Undo llama.cpp's permutation of the rows."""
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_tokenizer(path: Path) -> tuple[str, dict[str, Any]]:
+    """tokenizer.json text and the tokenizer config (chat template, add_bos_token), as
+    transformers converts a GGUF vocabulary: directly through its GGUF tokenizer module
+    (half the time of AutoTokenizer), or AutoTokenizer where that module differs."""
+    _offline()
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+    except ImportError:
+        return _gguf_tokenizer_auto(path)
+    architecture, tokenizer, config = get_gguf_tokenizer(str(path))
+    backend, _ = convert_gguf_tokenizer(architecture, tokenizer)
+    return backend.to_str(), config
+
+
+def _gguf_tokenizer_auto(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise ModelLoadError(f"reading a GGUF tokenizer needs transformers ({exc})", hint="pip install 'edgeport[llm]'") from None
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    return tokenizer.backend_tokenizer.to_str(), {"chat_template": template,
+                                                  "add_bos_token": getattr(tokenizer, "add_bos_token", False)}
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    return (int(value),)
+
+
+# -- Hugging Face directory ----------------------------------------------------------------
+
+
+def load_hf_dir(path: Path) -> LoadedModel:
+    raw = json.loads((path / "config.json").read_text())
+    config = hf_config(raw)
+    weights = _safetensors(path)
+    if not config.tie_embeddings and "lm_head.weight" not in weights:
+        config = DecoderConfig(**{**config.__dict__, "tie_embeddings": True})
+    tokenizer_json, chat_template, special = _hf_tokenizer(path)
+    generation = _read_json(path / "generation_config.json")
+    stops = _ids(generation.get("eos_token_id")) or _ids(raw.get("eos_token_id")) or _ids(special.get("eos_token_id"))
+    bos = generation.get("bos_token_id", raw.get("bos_token_id"))
+    sampling = {k: generation[k] for k in ("temperature", "top_p", "top_k", "do_sample") if k in generation}
+    return LoadedModel(
+        name=path.name,
+        config=config,
+        weights=weights,
+        tokenizer_json=tokenizer_json,
+        chat_template=chat_template,
+        stop_token_ids=stops,
+        bos_token_id=None if bos is None else int(bos),
+        add_bos_token=bool(special.get("add_bos_token", False)),
+        generation=sampling,
+    )
+
+
+def hf_config(raw: dict[str, Any]) -> DecoderConfig:
+    """A `DecoderConfig` from a Hugging Face ``config.json``."""
+    kind = raw.get("model_type")
+    if kind not in ARCHITECTURES:
+        raise ModelLoadError(
+            f"model type {kind!r} is not supported (edgeport.llm reads {', '.join(ARCHITECTURES)})",
+        )
+    hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    window = raw.get("sliding_window") if raw.get("use_sliding_window", kind == "mistral") else None
+    return DecoderConfig(
+        architecture=kind,
+        vocab_size=int(raw["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(raw["intermediate_size"]),
+        layers=int(raw["num_hidden_layers"]),
+        heads=heads,
+        kv_heads=int(raw.get("num_key_value_heads") or heads),
+        head_dim=int(raw.get("head_dim") or hidden // heads),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=_rope_scaling(rope),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        attention_bias=kind == "qwen2" or bool(raw.get("attention_bias", False)),
+        qk_norm=kind == "qwen3",
+        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        sliding_window=int(window) if window else None,
+    )
+
+
+def _rope_scaling(rope: dict[str, Any]) -> RopeScaling:
+    kind = rope.get("rope_type", rope.get("type", "default")) or "default"
+    if kind == "default":
+        return RopeScaling()
+    if kind == "linear":
+        return RopeScaling("linear", float(rope["factor"]))
+    if kind == "llama3":
+        return RopeScaling(
+            "llama3",
+            float(rope["factor"]),
+            float(rope.get("low_freq_factor", 1.0)),
+            float(rope.get("high_freq_factor", 4.0)),
+            int(rope.get("original_max_position_embeddings", 8192)),
+        )
+    raise ModelLoadError(f"rope scaling {kind!r} is not supported (default, linear and llama3 are)")
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{path} has no *.safetensors weights", hint="save the model with safe_serialization=True")
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    return weights
+
+
+def _hf_tokenizer(path: Path) -> tuple[str, str | None, dict[str, Any]]:
+    """tokenizer.json text, the chat template, and tokenizer_config.json."""
+    special = _read_json(path / "tokenizer_config.json")
+    template = special.get("chat_template")
+    if (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text()
+    if (path / "tokenizer.json").is_file():
+        text = (path / "tokenizer.json").read_text()
+    else:  # only a slow tokenizer: let transformers convert it
+        _offline()
+        from transformers import AutoTokenizer
+
+        text = AutoTokenizer.from_pretrained(str(path)).backend_tokenizer.to_str()
+    if isinstance(special.get("eos_token"), str) and "eos_token_id" not in special:
+        from tokenizers import Tokenizer
+
+        special["eos_token_id"] = Tokenizer.from_str(text).token_to_id(special["eos_token"])
+    return text, template if isinstance(template, str) else None, special
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,205 @@
+"""An export-friendly Llama-family decoder with a static KV cache, and its two methods.
+
+`Decoder` holds the weights (fused for few, large matmuls: q/k/v in one linear,
+gate/up in one), a KV cache per layer as registered buffers of shape
+``(kv_heads, max_seq_len, head_dim)``, and rotary tables for every cache position.
+`Prefill` and `Decode` wrap one `Decoder`, so both methods of the exported program
+share its buffers, the cache among them, as program state.
+
+Attention never concatenates the cache with the new keys and values (that would copy
+the whole cache inside the delegate on every token). It scores the old cache, masked
+beyond the chunk's first position, and the chunk's own rows, causally, side by side:
+
+    scores = [q · K_cacheᵀ + old_mask | q · k_newᵀ + causal_mask]   # (kv, group·T, S + T)
+    out    = softmax(scores)[:, :, :S] · V_cache + softmax(scores)[:, :, S:] · v_new
+
+and only then writes the new rows into the cache with ``index_copy_``. The program
+exports that write as a row update (`edgeport.state_rows`): the delegate returns
+just the new rows and the runtime writes them into the state in place.
+
+A chunk of T prompt tokens that is not full is padded; padded rows come after every
+real row, so causality keeps them out of the real rows, and their cache rows land at
+positions no later read reaches before a real token overwrites them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DecoderConfig, RopeScaling
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x²) + eps) * weight over the last dim (computed in fp32, as HF does)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
+    """The rotary inverse frequencies, computed in fp32 exactly as Hugging Face does, so
+    the exported model's logits match its eager forward."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    if scaling.kind == "llama3":
+        return _llama3_inv_freq(inv_freq, scaling)
+    return inv_freq
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Llama 3.1: long wavelengths slowed by ``factor``, short ones kept, smooth in between."""
+    low_wavelen = s.original_max_position / s.low_freq_factor
+    high_wavelen = s.original_max_position / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+class Layer(nn.Module):
+    """One decoder layer: attention over the static cache, then the SiLU-gated MLP.
+
+    Weights start uninitialized (`weights.build_decoder` fills them; a prototype that is
+    only traced never reads them); the cache starts at zero.
+    """
+
+    def __init__(self, config: DecoderConfig, max_seq_len: int) -> None:
+        super().__init__()
+        c = config
+        d, q_out, kv_out = c.head_dim, c.heads * c.head_dim, c.kv_heads * c.head_dim
+        self.config = c
+        self.attn_norm = nn.Parameter(torch.ones(c.hidden_size))
+        self.qkv = nn.Parameter(torch.empty(q_out + 2 * kv_out, c.hidden_size))
+        self.qkv_bias = nn.Parameter(torch.empty(q_out + 2 * kv_out)) if c.attention_bias else None
+        self.q_norm = nn.Parameter(torch.ones(d)) if c.qk_norm else None
+        self.k_norm = nn.Parameter(torch.ones(d)) if c.qk_norm else None
+        self.o = nn.Parameter(torch.empty(c.hidden_size, q_out))
+        self.mlp_norm = nn.Parameter(torch.ones(c.hidden_size))
+        self.gate_up = nn.Parameter(torch.empty(2 * c.intermediate_size, c.hidden_size))
+        self.down = nn.Parameter(torch.empty(c.hidden_size, c.intermediate_size))
+        self.register_buffer("k_cache", torch.zeros(c.kv_heads, max_seq_len, d))
+        self.register_buffer("v_cache", torch.zeros(c.kv_heads, max_seq_len, d))
+
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], masks: tuple[torch.Tensor, torch.Tensor | None],
+                positions: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        T, d, kv, group = h.shape[0], c.head_dim, c.kv_heads, c.group
+        qkv = F.linear(rms_norm(h, self.attn_norm, c.rms_norm_eps), self.qkv, self.qkv_bias)
+        q, k, v = qkv.split([c.heads * d, kv * d, kv * d], dim=-1)
+        q, k, v = q.view(T, c.heads, d), k.view(T, kv, d), v.view(T, kv, d)
+        if self.q_norm is not None:
+            q, k = rms_norm(q, self.q_norm, c.rms_norm_eps), rms_norm(k, self.k_norm, c.rms_norm_eps)
+        q, k = _rotate(q, rope), _rotate(k, rope)
+        q = q.view(T, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * T, d)  # (kv, group·T, d)
+        k, v = k.transpose(0, 1), v.transpose(0, 1)  # (kv, T, d)
+
+        old_mask, causal = masks
+        old = torch.bmm(q, self.k_cache.transpose(1, 2)) + old_mask  # (kv, group·T, S)
+        new = torch.bmm(q, k.transpose(1, 2))  # (kv, group·T, T)
+        if causal is not None:
+            new = new + causal
+        probs = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)
+        S = self.k_cache.shape[1]
+        out = torch.bmm(probs[..., :S], self.v_cache) + torch.bmm(probs[..., S:], v)  # (kv, group·T, d)
+        out = out.view(kv, group, T, d).permute(2, 0, 1, 3).reshape(T, c.heads * d)
+        self.k_cache.index_copy_(1, positions, k)
+        self.v_cache.index_copy_(1, positions, v)
+
+        h = h + F.linear(out, self.o)
+        gate, up = F.linear(rms_norm(h, self.mlp_norm, c.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, self.down)
+
+
+def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding in Hugging Face's half-split form: x·cos + rotate_half(x)·sin,
+    with rotate_half's sign folded into the sin table (``signed_sin``)."""
+    cos, signed_sin = rope  # (T, 1, d)
+    half = x.shape[-1] // 2
+    swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + swapped * signed_sin
+
+
+class Decoder(nn.Module):
+    """The whole decoder over a chunk of T tokens at given cache positions."""
+
+    def __init__(self, config: DecoderConfig, max_seq_len: int) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.max_seq_len = max_seq_len
+        self.embed = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
+        self.lm_head = None if c.tie_embeddings else nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
+        self.layers = nn.ModuleList(Layer(c, max_seq_len) for _ in range(c.layers))
+        self.norm = nn.Parameter(torch.ones(c.hidden_size))
+        cos, signed_sin = _rope_tables(c, max_seq_len)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", signed_sin, persistent=False)
+        self.register_buffer("cache_index", torch.arange(max_seq_len), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens (1, T), positions (T,) -> hidden states (T, hidden), caches updated."""
+        T = tokens.shape[-1]
+        h = F.embedding(tokens.reshape(T), self.embed)
+        rope = (F.embedding(positions, self.rope_cos).unsqueeze(1), F.embedding(positions, self.rope_sin).unsqueeze(1))
+        # The cache holds the positions before this chunk's first one; later rows are stale.
+        old_mask = torch.where(self.cache_index < positions[:1], 0.0, float("-inf")).view(1, 1, -1)
+        masks = (old_mask, _causal_mask(T, self.config.group))
+        for layer in self.layers:
+            h = layer(h, rope, masks, positions)
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, hidden) -> (N, vocab)."""
+        head = self.embed if self.lm_head is None else self.lm_head
+        return F.linear(rms_norm(h, self.norm, self.config.rms_norm_eps), head)
+
+
+def _rope_tables(c: DecoderConfig, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin for every cache position, (S, head_dim) each, in fp32 as
+    Hugging Face computes them."""
+    inv_freq = rope_inv_freq(c)
+    freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    half = c.head_dim // 2
+    sin = emb.sin()
+    signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
+    return emb.cos(), signed_sin
+
+
+def _causal_mask(T: int, group: int) -> torch.Tensor | None:
+    """Additive mask of the chunk's own rows: row (g, t) sees rows up to t. None for one token."""
+    if T == 1:
+        return None
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
+    return mask.repeat(group, 1)  # rows ordered (group, T), as the queries are
+
+
+class Prefill(nn.Module):
+    """prefill(tokens (1, T), positions (T,), last (1,)) -> logits (1, vocab) of token ``last``."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        h = self.decoder(tokens, positions)
+        return self.decoder.logits(h.index_select(0, last))
+
+
+class Decode(nn.Module):
+    """decode(token (1, 1), position (1,)) -> logits (1, vocab)."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return self.decoder.logits(self.decoder(token, position))

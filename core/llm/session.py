@@ -1,0 +1,267 @@
+"""Generating with an LLM program: prefill in chunks, decode token by token, stream text.
+
+A `Session` owns the program's runtime and knows which tokens its KV cache holds
+(`Session.tokens`, at positions 0..n-1). A new prompt that starts with tokens already
+in the cache (the earlier turns of a chat) prefills only what is new: attention masks
+every cache row at or after the chunk's first position, so rewinding is just a smaller
+position, and stale rows are never read. A plain `generate` starts from position 0.
+
+The cache lives inside the decode delegate (`Runtime.place_state`): a decode call copies
+none of it; prefill, called once per prompt chunk, gets it as an ordinary input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import sys
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import EdgeportError
+from ..program import Program
+from ..runtime import Runtime
+from .text import LLMInfo, Message, TextCodec
+
+
+class PromptTooLong(EdgeportError):
+    """The prompt does not fit the program's KV cache."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked: greedy at temperature 0, else sampled from the
+    smallest set of tokens whose probability reaches ``top_p``."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str  # the text this token completes ("" while a character is still partial)
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int  # prompt length
+    prefilled_tokens: int  # of which run through prefill (the rest were in the cache already)
+    generated_tokens: int
+    time_to_first_token_s: float
+    prefill_s: float
+    decode_s: float
+    stop_reason: str  # "stop_token", "max_new_tokens" or "max_seq_len"
+    peak_rss_mb: float
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prefilled_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Tokens per second of the decode calls (the first token comes from prefill)."""
+        calls = max(self.generated_tokens - 1, 0)
+        return calls / self.decode_s if self.decode_s > 0 else 0.0
+
+    def to_json(self) -> dict[str, float | int | str]:
+        return {**dataclasses.asdict(self), "prefill_tok_s": self.prefill_tok_s, "decode_tok_s": self.decode_tok_s}
+
+
+class Session:
+    """An LLM program ready to generate; keeps the conversation in its KV cache."""
+
+    def __init__(self, program: Program, threads: int | None = None) -> None:
+        self.program = program
+        self.info = LLMInfo.of(program)
+        self.text = TextCodec.of(program)
+        if threads:
+            _set_threads(program, threads)
+        self._runtime: Runtime | None = None
+        self.tokens: list[int] = []  # what the cache holds, position by position
+
+    @property
+    def runtime(self) -> Runtime:
+        """The program's runtime, loaded on first use (a prompt that does not fit fails
+        before any artifact is loaded), with the cache placed inside the decode delegate."""
+        if self._runtime is None:
+            self._runtime = self.program.runtime()
+            self._runtime.place_state("decode")
+        return self._runtime
+
+    def warm_up(self) -> None:
+        """Load the runtime and call each method once, so the next calls run at speed:
+        XNNPACK packs a subgraph's weights on its first call. Leaves the cache empty."""
+        self.prefill([0], 0)
+        self.decode(0)
+        self.tokens = []
+
+    # -- calls ------------------------------------------------------------------------
+
+    def prefill(self, ids: Sequence[int], start: int) -> np.ndarray:
+        """Run ``ids`` at positions start.. through prefill, chunk by chunk; the logits
+        after the last one. The cache then holds ids at those positions."""
+        T, S = self.info.prefill_chunk, self.info.max_seq_len
+        logits = None
+        for offset in range(0, len(ids), T):
+            chunk = ids[offset : offset + T]
+            tokens = torch.zeros(1, T, dtype=torch.long)
+            tokens[0, : len(chunk)] = torch.tensor(chunk)
+            # Padding rows land after the real ones, at clamped positions no read reaches.
+            positions = torch.clamp(torch.arange(start + offset, start + offset + T), max=S - 1)
+            last = torch.tensor([len(chunk) - 1])
+            logits = self.runtime.run("prefill", (tokens, positions, last), {}).outputs
+        self.tokens = self.tokens[:start] + list(ids)
+        return _row(logits)
+
+    def decode(self, token: int) -> np.ndarray:
+        """Feed one token at the next position; the logits after it."""
+        position = len(self.tokens)
+        logits = self.runtime.run("decode", (torch.tensor([[token]]), torch.tensor([position])), {}).outputs
+        self.tokens.append(token)
+        return _row(logits)
+
+    # -- generation -------------------------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128, sampling: Sampling = Sampling(),
+                 reuse_cache: bool = False) -> "Generation":
+        """Stream the continuation of ``prompt`` (text, or token ids). With
+        ``reuse_cache`` the prompt's longest prefix already in the cache is not run again."""
+        ids = self.text.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return Generation(self, ids, max_new_tokens, sampling, reuse_cache)
+
+    def chat(self, messages: Sequence[Message], *, max_new_tokens: int = 256, sampling: Sampling = Sampling()) -> "Generation":
+        """The assistant's reply to ``messages``; earlier turns still in the cache are reused."""
+        return self.generate(self.text.encode_chat(messages), max_new_tokens=max_new_tokens, sampling=sampling,
+                             reuse_cache=True)
+
+    def check_fits(self, ids: Sequence[int]) -> None:
+        S = self.info.max_seq_len
+        if not ids:
+            raise EdgeportError("the prompt is empty", hint="give at least one token of prompt")
+        if len(ids) >= S:
+            raise PromptTooLong(
+                f"the prompt is {len(ids)} tokens; this program's KV cache holds {S} positions, "
+                f"and at least one must stay free to generate",
+                hint=f"shorten the prompt, or re-export with --max-seq-len {_next_power_of_two(len(ids) + 1)} or more",
+            )
+
+
+class Generation(Iterator[Token]):
+    """Tokens as they are generated; ``stats`` is set once the generation has ended."""
+
+    def __init__(self, session: Session, ids: list[int], max_new_tokens: int, sampling: Sampling, reuse: bool) -> None:
+        session.check_fits(ids)
+        self.ids: list[int] = []
+        self.stats: GenerationStats | None = None
+        self._pieces: list[str] = []
+        self._steps = self._run(session, ids, max_new_tokens, sampling, reuse)
+
+    def __next__(self) -> Token:
+        return next(self._steps)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def _run(self, session: Session, ids: list[int], max_new: int, sampling: Sampling, reuse: bool) -> Iterator[Token]:
+        start_time = time.perf_counter()
+        start = _common_prefix(session.tokens, ids) if reuse else 0
+        start = min(start, len(ids) - 1)  # prefill at least one token: its logits pick the first
+        logits = session.prefill(ids[start:], start)
+        prefill_s = time.perf_counter() - start_time
+        stops = set(session.info.stop_token_ids)
+        rng = np.random.default_rng(sampling.seed)
+        stream = session.text.stream()
+        first_token_s, decode_s, reason = 0.0, 0.0, "max_new_tokens"
+        for step in range(max_new):
+            token = pick(logits, sampling, rng)
+            if step == 0:
+                first_token_s = time.perf_counter() - start_time
+            if token in stops:
+                reason = "stop_token"
+                break
+            self.ids.append(token)
+            piece = stream.step(token)
+            self._pieces.append(piece)
+            yield Token(token, piece)
+            if step == max_new - 1:
+                break
+            if len(session.tokens) >= session.info.max_seq_len:
+                reason = "max_seq_len"
+                break
+            t0 = time.perf_counter()
+            logits = session.decode(token)
+            decode_s += time.perf_counter() - t0
+        self.stats = GenerationStats(
+            prompt_tokens=len(ids),
+            prefilled_tokens=len(ids) - start,
+            generated_tokens=len(self.ids),
+            time_to_first_token_s=first_token_s,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+            stop_reason=reason,
+            peak_rss_mb=peak_rss_mb(),
+        )
+
+
+def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    """The next token from ``logits`` (vocab,)."""
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / sampling.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        order = np.argsort(-probs)
+        keep = order[: int(np.searchsorted(np.cumsum(probs[order]), sampling.top_p)) + 1]
+        kept = probs[keep] / probs[keep].sum()
+        return int(keep[rng.choice(len(keep), p=kept)])
+    return int(rng.choice(len(probs), p=probs))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _row(logits: torch.Tensor) -> np.ndarray:
+    return logits.reshape(-1).numpy()
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _set_threads(program: Program, threads: int) -> None:
+    """Run the program's cpu delegates with ``threads`` threads (before its runtime loads)."""
+    for path, info in program.manifest.artifacts.items():
+        if "threads" in info.options:
+            program.manifest.artifacts[path] = dataclasses.replace(info, options={**info.options, "threads": threads})
+
+
+_SESSIONS: "weakref.WeakKeyDictionary[Program, Session]" = weakref.WeakKeyDictionary()
+
+
+def session_of(program: Program, threads: int | None = None) -> Session:
+    """The session of ``program`` (one per loaded program, so its cache is tracked once)."""
+    session = _SESSIONS.get(program)
+    if session is None:
+        session = _SESSIONS[program] = Session(program, threads)
+    return session

@@ -1,0 +1,128 @@
+"""Text in and out of an LLM program: its tokenizer and chat template, read from the program.
+
+Running needs the ``tokenizers`` library (Rust, light) and jinja2 (which torch already
+brings), not transformers. The chat template is rendered the way transformers renders
+it (a sandboxed jinja2 environment that trims blocks), so the same conversation gives
+the same tokens.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..errors import EdgeportError
+from ..program import Program
+
+
+class NotAnLLMProgram(EdgeportError):
+    """The program carries no ``manifest.metadata["llm"]``."""
+
+
+Message = Mapping[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+
+
+@dataclass(frozen=True)
+class LLMInfo:
+    """``manifest.metadata["llm"]``, typed."""
+
+    max_seq_len: int
+    prefill_chunk: int
+    stop_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+    name: str
+    generation: dict[str, Any]
+
+    @staticmethod
+    def of(program: Program) -> "LLMInfo":
+        meta = program.manifest.metadata.get("llm")
+        if not isinstance(meta, dict):
+            raise NotAnLLMProgram(
+                "this program is not an LLM program (it has no llm metadata)",
+                hint="export one with `edgeport llm export MODEL -o model.edgeport`",
+            )
+        return LLMInfo(
+            max_seq_len=int(meta["max_seq_len"]),
+            prefill_chunk=int(meta["prefill_chunk"]),
+            stop_token_ids=tuple(int(t) for t in meta.get("stop_token_ids", ())),
+            bos_token_id=meta.get("bos_token_id"),
+            name=str(meta.get("name", "")),
+            generation=dict(meta.get("generation", {})),
+        )
+
+
+class TextCodec:
+    """Encode prompts and conversations to token ids; decode ids back, streaming."""
+
+    def __init__(self, tokenizer_json: str, chat_template: str | None, bos_token_id: int | None) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.chat_template = chat_template
+        self._bos = self.tokenizer.id_to_token(bos_token_id) if bos_token_id is not None else None
+        self._template: Any = None
+
+    @staticmethod
+    def of(program: Program) -> "TextCodec":
+        meta = program.manifest.metadata.get("llm") or {}
+        tokenizer = program.files.get(meta.get("tokenizer", ""))
+        if tokenizer is None:
+            raise NotAnLLMProgram("this program carries no tokenizer", hint="re-export it with `edgeport llm export`")
+        template_path = meta.get("chat_template")
+        template = program.files[template_path].decode() if template_path in program.files else None
+        return TextCodec(tokenizer.decode(), template, meta.get("bos_token_id"))
+
+    def encode(self, text: str) -> list[int]:
+        """A plain prompt's ids, with whatever special tokens the tokenizer adds itself."""
+        return self.tokenizer.encode(text).ids
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        """The conversation rendered by the chat template, ready for the assistant's turn."""
+        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        if self.chat_template is None:
+            raise EdgeportError(
+                "this model has no chat template",
+                hint="generate without --chat, with the prompt written as the model expects",
+            )
+        if self._template is None:
+            self._template = _compile(self.chat_template)
+        return self._template.render(
+            messages=list(messages), add_generation_prompt=True, bos_token=self._bos or "", eos_token="",
+        )
+
+    def stream(self) -> "TextStream":
+        return TextStream(self.tokenizer)
+
+
+class TextStream:
+    """Turns generated ids into text pieces as they come; a character split over several
+    tokens comes out whole with its last token."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def step(self, token_id: int) -> str:
+        return self._stream.step(self._tokenizer, token_id) or ""
+
+
+def _compile(source: str) -> Any:
+    """The chat template compiled as transformers compiles it."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    return env.from_string(source)

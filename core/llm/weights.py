@@ -1,0 +1,72 @@
+"""Filling a `Decoder` from weights named the Hugging Face way (``model.layers.0.self_attn.q_proj.weight``).
+
+Both loaders (GGUF and HF directory) produce that naming, so this is the one place
+that knows how the export-friendly layout differs from it: q/k/v and gate/up are
+fused, and attention's 1/sqrt(head_dim) is folded into the query weights (a power of
+two for the usual head sizes, so the scores come out bit-identical).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import torch
+
+from ..errors import EdgeportError
+from .config import DecoderConfig
+from .model import Decoder
+
+Weights = Mapping[str, torch.Tensor]
+
+
+def build_decoder(config: DecoderConfig, weights: Weights, max_seq_len: int) -> Decoder:
+    """A `Decoder` holding ``weights`` (fp32), with an empty cache of ``max_seq_len`` positions."""
+    get = _getter(weights)
+    decoder = Decoder(config, max_seq_len)
+    scale = 1.0 / math.sqrt(config.head_dim)
+    q_scale = 1.0 if config.qk_norm else scale  # with q_norm, the scale goes into its weight
+    with torch.no_grad():
+        fill(decoder.embed, get("model.embed_tokens.weight"))
+        if decoder.lm_head is not None:
+            fill(decoder.lm_head, get("lm_head.weight"))
+        fill(decoder.norm, get("model.norm.weight"))
+        for i, layer in enumerate(decoder.layers):
+            p = f"model.layers.{i}."
+            attn = p + "self_attn."
+            fill(layer.attn_norm, get(p + "input_layernorm.weight"))
+            fill(layer.qkv, torch.cat([get(attn + "q_proj.weight") * q_scale, get(attn + "k_proj.weight"),
+                                       get(attn + "v_proj.weight")]))
+            if layer.qkv_bias is not None:
+                fill(layer.qkv_bias, torch.cat([get(attn + "q_proj.bias") * q_scale, get(attn + "k_proj.bias"),
+                                                get(attn + "v_proj.bias")]))
+            if layer.q_norm is not None:
+                fill(layer.q_norm, get(attn + "q_norm.weight") * scale)
+                fill(layer.k_norm, get(attn + "k_norm.weight"))
+            fill(layer.o, get(attn + "o_proj.weight"))
+            fill(layer.mlp_norm, get(p + "post_attention_layernorm.weight"))
+            fill(layer.gate_up, torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]))
+            fill(layer.down, get(p + "mlp.down_proj.weight"))
+    return decoder.eval()
+
+
+def fill(parameter: torch.nn.Parameter, value: torch.Tensor) -> None:
+    """Make ``value`` the parameter's data, uncopied (weights are large); shapes must agree."""
+    if value.shape != parameter.shape:
+        raise EdgeportError(
+            f"a weight of shape {tuple(value.shape)} does not fit the model's {tuple(parameter.shape)}",
+            hint="check that config.json (or the GGUF metadata) describes these weights",
+        )
+    parameter.data = value
+
+
+def _getter(weights: Weights) -> Callable[[str], torch.Tensor]:
+    def get(name: str) -> torch.Tensor:
+        if name not in weights:
+            raise EdgeportError(
+                f"the model has no weight {name!r}",
+                hint="edgeport.llm reads Llama-family models (llama, mistral, qwen2, qwen3) with Hugging Face weight names",
+            )
+        return weights[name].float().contiguous()
+
+    return get

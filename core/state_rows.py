@@ -1,0 +1,164 @@
+"""Row updates of program state: write the few rows a call changes, not the whole buffer.
+
+A KV cache is a large buffer of which a decode step changes one row per layer. Written
+back the ordinary way (a mutated buffer's new value is a method output), the delegate
+would return the whole new cache on every token and the runtime would store it: two
+full copies per token. Instead:
+
+- at export, `split_row_updates` finds each mutated buffer whose new value is
+  ``index_put(buffer, [None, ..., positions], rows)`` of the buffer itself (what
+  ``buffer.index_copy_(dim, positions, rows)`` or ``buffer[:, positions] = rows``
+  exports as), where ``positions`` is a method input and nothing else reads the new
+  value. The graph then outputs ``rows`` in its place, and the method plan records a
+  `RowUpdate` instead of a full state write;
+- at run time, `apply_row_updates` writes the rows into the state in place when the
+  call finishes, as a full write would have been applied;
+- `place_state` lets the runtime keep a state *inside* a delegate: its storage becomes
+  the executable's own input buffer (an executable that offers `input_buffer`), so the
+  delegate reads the cache where it lies and the rows are written straight into it.
+  Nothing of the cache is copied per call; another method that reads the same state
+  gets it as an ordinary input (its executable copies it, once per call).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, MutableMapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind, OutputSpec, TensorArgument
+from torch.fx import Node
+
+from .errors import ProgramError
+from .manifest import MethodPlan, RowUpdate
+
+aten = torch.ops.aten
+
+# -- export side ------------------------------------------------------------------------
+
+
+def split_row_updates(program: ExportedProgram) -> tuple[RowUpdate, ...]:
+    """Turn each full-buffer write that only sets rows into a `RowUpdate` (in place).
+
+    The buffer stays a mutated buffer of ``program`` (so it stays program state, never
+    a constant); its mutation output becomes the rows themselves.
+    """
+    signature = program.graph_signature
+    user_inputs = set(signature.user_inputs)
+    buffer_of = {s.arg.name: s.target for s in signature.input_specs if s.kind == InputKind.BUFFER}
+    graph = program.graph_module.graph
+    output = graph.output_node()
+    updates: list[RowUpdate] = []
+    for i, spec in enumerate(signature.output_specs):
+        if spec.kind != OutputKind.BUFFER_MUTATION:
+            continue
+        node = next((n for n in output.all_input_nodes if n.name == spec.arg.name), None)
+        found = _row_write(node, spec.target, buffer_of, user_inputs) if node is not None else None
+        if found is None or any(u.rows == found[2].name for u in updates):
+            continue  # (the same rows written into two states stay full writes: outputs are named once)
+        dim, positions, rows = found
+        output.replace_input_with(node, rows)
+        graph.erase_node(node)
+        signature.output_specs[i] = OutputSpec(OutputKind.BUFFER_MUTATION, TensorArgument(name=rows.name), spec.target)
+        updates.append(RowUpdate(state=spec.target, dim=dim, positions=positions.name, rows=rows.name))
+    if updates:
+        program.graph_module.recompile()
+    return tuple(updates)
+
+
+def _row_write(node: Node, fqn: str, buffer_of: Mapping[str, str], user_inputs: set[str]) -> tuple[int, Node, Node] | None:
+    """(dim, positions, rows) if ``node`` writes rows of buffer ``fqn`` and nothing else reads it."""
+    if node.op != "call_function" or node.target != aten.index_put.default or len(node.users) != 1:
+        return None
+    buffer, indices, rows = node.args[:3]
+    accumulate = node.args[3] if len(node.args) > 3 else node.kwargs.get("accumulate", False)
+    if accumulate or not isinstance(buffer, Node) or buffer_of.get(buffer.name) != fqn:
+        return None
+    tensors = [(d, ix) for d, ix in enumerate(indices) if ix is not None]
+    if len(tensors) != 1 or not isinstance(rows, Node):
+        return None
+    dim, positions = tensors[0]
+    if not isinstance(positions, Node) or positions.name not in user_inputs:
+        return None  # the runtime must know the positions without running anything
+    shape, pos, new = (n.meta.get("val") for n in (buffer, positions, rows))
+    if not all(isinstance(v, torch.Tensor) for v in (shape, pos, new)) or pos.dim() != 1:
+        return None
+    expected = list(shape.shape)
+    expected[dim] = pos.shape[0]
+    if list(new.shape) != expected or new.dtype != shape.dtype or pos.dtype not in (torch.int64, torch.int32):
+        return None
+    return dim, positions, rows
+
+
+# -- run side ---------------------------------------------------------------------------
+
+
+def row_update_values(plan: MethodPlan) -> set[str]:
+    """Values a method must keep until its call ends, to apply its row updates."""
+    return {name for u in plan.row_updates for name in (u.rows, u.positions)}
+
+
+def apply_row_updates(state: Mapping[str, torch.Tensor], updates: Iterable[RowUpdate], values: Mapping[str, Any]) -> None:
+    """Write each update's rows into its state tensor, in place."""
+    positions: dict[str, torch.Tensor] = {}  # one conversion per positions value, however many states
+    for u in updates:
+        rows = values[u.rows]
+        if isinstance(rows, np.ndarray):
+            rows = torch.from_numpy(rows)
+        if u.positions not in positions:
+            positions[u.positions] = values[u.positions].to(torch.int64)
+        state[u.state].index_copy_(u.dim, positions[u.positions], rows)
+
+
+@runtime_checkable
+class InPlaceInputs(Protocol):
+    """An executable whose inputs can live in its own buffers.
+
+    ``input_buffer(i)`` returns a writable array that *is* input ``i``'s storage, valid
+    for the executable's lifetime, or None. Passing that same array (or a tensor over
+    it) as input ``i`` of ``run`` then copies nothing.
+    """
+
+    def input_buffer(self, index: int) -> np.ndarray | None: ...
+
+
+def place_state(
+    plan: MethodPlan,
+    steps: Sequence[tuple[Sequence[str], Any]],
+    state: MutableMapping[str, torch.Tensor],
+    fully_written: set[str],
+) -> list[str]:
+    """Move each state that ``plan`` reads into the input buffer of the delegate that
+    reads it, where that executable offers one; returns the states placed.
+
+    ``steps`` are (input value names, executable) in plan order. A state some method
+    writes whole (``fully_written``) stays where it is: a full write replaces the tensor.
+    """
+    placed = []
+    for names, executable in steps:
+        if not isinstance(executable, InPlaceInputs):
+            continue
+        for index, name in enumerate(names):
+            fqn = plan.state_reads.get(name)
+            if fqn is None or fqn in fully_written or fqn in placed:
+                continue
+            buffer = executable.input_buffer(index)
+            if buffer is None:
+                continue
+            tensor, current = torch.from_numpy(buffer), state[fqn]
+            if tensor.shape != current.shape or tensor.dtype != current.dtype:
+                continue
+            tensor.copy_(current)
+            state[fqn] = tensor
+            placed.append(fqn)
+    return placed
+
+
+def check_row_updates(plan: MethodPlan, state: Mapping[str, torch.Tensor]) -> None:
+    """Every row update of ``plan`` names a state the program has (checked at load)."""
+    for u in plan.row_updates:
+        if u.state not in state:
+            raise ProgramError(f"method {plan.name!r} updates rows of unknown state {u.state!r}")
+        if not 0 <= u.dim < state[u.state].dim():
+            raise ProgramError(f"method {plan.name!r} updates state {u.state!r} along dim {u.dim}, which it lacks")

@@ -1,0 +1,113 @@
+"""Small random Llama-family models saved as Hugging Face directories: the loader, the
+export-friendly forward and the repeated layer capture, each against transformers' eager
+forward. Covers Llama (with Llama 3.1 rope scaling), Qwen2 (q/k/v biases) and Qwen3
+(per-head q/k norms)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import edgeport
+import edgeport.llm
+from edgeport.backends.cpu import CpuBackend, CpuOptions
+from edgeport.capture import capture
+from edgeport.llm.loader import load_model
+from edgeport.llm.model import Decoder, Prefill
+from edgeport.llm.stitch import repeat_layers
+from edgeport.llm.weights import build_decoder
+
+transformers = pytest.importorskip("transformers")
+VOCAB = 96
+
+ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 16}}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+}
+
+
+def tiny_model_dir(root, arch: str):
+    config_cls, model_cls, extra = ARCHS[arch]
+    config = getattr(transformers, config_cls)(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=arch != "llama", **extra)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(config).eval()
+    with torch.no_grad():  # norms away from 1 and visible biases, so a mix-up shows
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.uniform_(0.5, 1.5)
+    path = root / arch
+    model.save_pretrained(path, safe_serialization=True)
+    (path / "tokenizer.json").write_text(_word_tokenizer())
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
+    return path, model
+
+
+def _word_tokenizer() -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "</s>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer.to_str()
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def arch(request, tmp_path_factory):
+    return request.param, *tiny_model_dir(tmp_path_factory.mktemp("hf"), request.param)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    from edgeport.testing import registry_for
+
+    return registry_for(CpuBackend())
+
+
+def test_loader_reads_the_shape_and_switches_of_each_architecture(arch):
+    name, path, model = arch
+    config = load_model(path).config
+    assert (config.architecture, config.layers, config.kv_heads, config.head_dim) == (
+        name, 3, 2, getattr(model.config, "head_dim", None) or 64 // 4)
+    assert config.attention_bias == (name == "qwen2") and config.qk_norm == (name == "qwen3")
+    assert config.tie_embeddings == (name != "llama")
+    assert config.rope_scaling.kind == ("llama3" if name == "llama" else "default")
+
+
+def test_exported_prefill_and_decode_match_transformers_eager(arch, registry):
+    name, path, model = arch
+    program = edgeport.llm.export(path, max_seq_len=32, prefill_chunk=8, registry=registry)
+    assert all({n["backend"] for n in program.report(m)["nodes"]} == {"cpu"} for m in program.methods)
+    decode = program.manifest.methods["decode"]
+    assert [list(s.shape) for s in decode.inputs] == [[1, 1], [1]] and list(decode.outputs[0].shape) == [1, VOCAB]
+    session = edgeport.llm.Session(program)
+    prompt = list(range(5, 16))  # 11 tokens: two prefill chunks, the second padded
+    logits = [session.prefill(prompt, 0)] + [session.decode(t) for t in (20, 30, 40)]
+    with torch.no_grad():
+        full = model(torch.tensor([prompt + [20, 30, 40]])).logits[0, len(prompt) - 1:]
+    ours = torch.stack([torch.from_numpy(x) for x in logits])
+    assert torch.allclose(ours, full, atol=1e-4, rtol=1e-4), (ours - full).abs().max()
+
+
+def test_repeating_one_captured_layer_equals_capturing_every_layer(arch):
+    _, path, _ = arch
+    loaded = load_model(path)
+    decoder = build_decoder(loaded.config, loaded.weights, max_seq_len=16)
+    backends, options = [CpuBackend()], {"cpu": CpuOptions()}
+    inputs = (torch.tensor([[3, 4, 5, 6]]), torch.arange(4), torch.tensor([3]))
+    whole = capture(Prefill(decoder), inputs, backends, options)
+    proto = Decoder(dataclasses.replace(loaded.config, layers=1), 16)
+    values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
+    stitched = repeat_layers(capture(Prefill(proto), inputs, backends, options), loaded.config.layers, values)
+    ops = lambda p: sorted(str(n.target) for n in p.graph.nodes if n.op == "call_function")  # noqa: E731
+    assert ops(stitched) == ops(whole)
+    assert [s.target for s in stitched.graph_signature.input_specs] == [s.target for s in whole.graph_signature.input_specs]
+    assert [s.target for s in stitched.graph_signature.output_specs] == [s.target for s in whole.graph_signature.output_specs]
+    assert torch.equal(stitched.module()(*inputs), whole.module()(*inputs))

@@ -1,0 +1,87 @@
+"""`edgeport llm`: generate streams and ends with the speed line, chat keeps the
+conversation, errors are one line with a hint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import edgeport.plugins
+from edgeport.cli import cli
+
+from conftest import DATA, smollm2_gguf
+
+
+@pytest.fixture
+def use_cpu(monkeypatch, cpu_registry):
+    monkeypatch.setattr(edgeport.plugins, "_default", cpu_registry)
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(cli, list(map(str, args)), input=input)
+
+
+@pytest.mark.slow
+def test_generate_streams_then_prints_the_speed_line_with_neither_transformers_nor_gguf(smol_path):
+    """The program file alone is enough: the run side imports neither."""
+    script = (
+        "import sys; sys.modules['transformers'] = None; sys.modules['gguf'] = None\n"
+        "from edgeport.cli import main\n"
+        f"sys.argv = ['edgeport', 'llm', 'generate', {str(smol_path)!r}, '--prompt', 'The capital of France is',"
+        " '--max-new-tokens', '8', '--threads', '1']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(" Paris.")
+    speed = [line for line in done.stderr.splitlines() if line.startswith("ready in")]
+    assert speed and all(word in speed[0] for word in ("time to first token", "prefill", "decode", "tok/s",
+                                                       "peak RSS", "stop:"))
+
+
+@pytest.mark.slow
+def test_generate_json_gives_text_ids_and_speed(smol_path, use_cpu):
+    result = invoke("llm", "generate", smol_path, "--prompt", "The capital of France is", "--max-new-tokens", "4",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["text"].startswith(" Paris") and len(data["token_ids"]) == 4
+    assert data["stats"]["decode_tok_s"] > 0 and data["stats"]["stop_reason"] == "max_new_tokens"
+    assert data["stats"]["ready_s"] > 0
+
+
+@pytest.mark.slow
+def test_chat_keeps_the_conversation_in_the_cache(smol_path, use_cpu):
+    turns = "What is the capital of France?\nAnd of Germany?\n/exit\n"
+    result = invoke("llm", "chat", smol_path, "--max-new-tokens", "16", input=turns)
+    assert result.exit_code == 0, result.output
+    replies = [line for line in result.stdout.splitlines() if "assistant> " in line]
+    assert len(replies) == 2 and "Paris" in replies[0] and "Berlin" in replies[1]
+    prefilled = [int(line.split("prefill ")[1].split("(")[1].split(" ")[0])
+                 for line in result.stderr.splitlines() if line.startswith("time to first token")]
+    assert prefilled[1] < prefilled[0]  # the second turn prefills only what is new
+
+
+@pytest.mark.slow
+def test_a_prompt_longer_than_the_cache_is_one_line_with_a_hint(smol_path, use_cpu):
+    text = (DATA / "declaration_of_independence.txt").read_text()
+    result = invoke("llm", "generate", smol_path, "--prompt", text)
+    assert result.exit_code == 1
+    assert "KV cache holds 128 positions" in result.output and "hint:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_quantized_export_says_it_is_not_there_yet(tmp_path, use_cpu):
+    result = invoke("llm", "export", smollm2_gguf(), "--quantize", "int8-dynamic", "-o", tmp_path / "q.edgeport")
+    assert result.exit_code == 1 and "not available yet" in result.output and "hint:" in result.output
+
+
+def test_export_of_a_file_that_is_no_model_is_one_line(tmp_path, use_cpu):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a model")
+    result = invoke("llm", "export", bad, "-o", tmp_path / "x.edgeport")
+    assert result.exit_code == 1 and "neither a .gguf file nor a Hugging Face model directory" in result.output

@@ -1,0 +1,58 @@
+"""Methods that share weights share one artifact: the cpu backend merges its partitions of
+every method into one TFLite model (a subgraph each, weights once)."""
+
+from __future__ import annotations
+
+import torch
+
+import edgeport
+from edgeport.backends.cpu import CpuBackend
+from edgeport.testing import registry_for
+
+
+class Shared(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(256, 512)
+
+    def forward(self, x):
+        return torch.relu(self.proj(x))
+
+
+def test_two_methods_on_one_weight_are_one_artifact_with_an_entry_each(tmp_path):
+    module = Shared()
+    registry = registry_for(CpuBackend())
+    one, many = torch.randn(1, 256), torch.randn(16, 256)
+    program = edgeport.export_methods({"one": (module, (one,)), "many": (module, (many,))}, ["cpu"], registry=registry)
+    assert list(program.manifest.artifacts) == ["artifacts/cpu.tflite"]
+    assert [program.manifest.methods[m].steps[0].entry for m in ("one", "many")] == [0, 1]
+    weight_bytes = 256 * 512 * 4
+    assert weight_bytes < len(program.files["artifacts/cpu.tflite"]) < 1.2 * weight_bytes  # stored once
+    program.save(tmp_path / "shared.edgeport")
+    loaded = edgeport.load(tmp_path / "shared.edgeport", registry=registry)
+    with torch.no_grad():
+        for method, x in (("one", one), ("many", many), ("one", one)):
+            assert torch.allclose(loaded.run(x, method=method).outputs, module(x), atol=1e-5)
+
+
+def test_a_backend_that_cannot_merge_keeps_one_artifact_per_method(torchops):
+    backend, registry = torchops
+    module = torch.nn.Sequential(torch.nn.ReLU())
+    x = torch.randn(4)
+    program = edgeport.export_methods({"a": (module, (x,)), "b": (module, (x * 2,))}, [backend.name],
+                                      registry=registry)
+    steps = [s for plan in program.manifest.methods.values() for s in plan.steps if s.kind == "delegate"]
+    assert len(program.manifest.artifacts) == len(steps) == 2 and all(s.entry is None for s in steps)
+
+
+def test_check_runs_each_entry_of_a_merged_artifact():
+    from edgeport.devtools.check import check_program
+
+    module = Shared()
+    registry = registry_for(CpuBackend())
+    one, many = torch.randn(1, 256), torch.randn(16, 256)
+    program = edgeport.export_methods({"one": (module, (one,)), "many": (module, (many,))}, ["cpu"],
+                                      keep_reference=True, registry=registry)
+    for method, x in (("one", one), ("many", many)):
+        report = check_program(program, [x], method=method, registry=registry)
+        assert report.passed and [p.status for p in report.partitions] == ["pass"]
