@@ -11,7 +11,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any, Mapping
 
 from .backend import Artifact, Availability, Backend, Entries, Executable, options_from_dict, validate_options
-from .errors import BackendError, EdgeportError, ExecutionError, ProgramError
+from .errors import BackendError, EdgeportError, ProgramError
 from .manifest import Manifest, Step
 
 
@@ -55,15 +55,20 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, floa
 
 
 def load_step(manifest: Manifest, files: Mapping[str, bytes], step: Step, backend: Backend) -> Executable:
-    """``backend.load`` of the step's artifact; a failure that is not an `EdgeportError`
-    becomes an `ExecutionError` naming the backend and the partition."""
+    """``backend.load`` of the step's artifact.
+
+    The artifact's bytes and metadata passed every check of the file, and the backend
+    says it can run here, so a load that fails with anything but an `EdgeportError` is
+    the program's content the backend cannot read (metadata edited, or written by
+    another version of it): a `ProgramError` naming the backend and the partition."""
     try:
         return backend.load(step_artifact(manifest, files, step, backend))
     except EdgeportError:
         raise
     except Exception as exc:
-        raise ExecutionError(
-            f"backend {backend.name!r} failed to load partition {step.partition}: {type(exc).__name__}: {exc}"
+        raise ProgramError(
+            f"backend {backend.name!r} cannot load partition {step.partition}: {type(exc).__name__}: {exc}",
+            hint="re-export the model with this version of the backend, or check the file was copied whole",
         ) from exc
 
 

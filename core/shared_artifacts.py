@@ -28,14 +28,18 @@ def share_artifacts(
 ) -> list[str]:
     """Merge each backend's artifacts where it can (in place); returns the merged paths."""
     by_backend: dict[str, list[str]] = {}
-    for plan in plans.values():
+    methods_of: dict[str, set[str]] = {}  # backend -> the methods its artifacts serve
+    for method, plan in plans.items():
         for step in plan.steps:
             if step.kind == "delegate" and step.artifact not in by_backend.setdefault(step.backend, []):
                 by_backend[step.backend].append(step.artifact)
+                methods_of.setdefault(step.backend, set()).add(method)
     merged_paths = []
     for name, paths in by_backend.items():
         infos = [artifacts[p] for p in paths]
-        if len(paths) < 2 or any(i.options != infos[0].options for i in infos):
+        # Partitions of one method share no weights (each node is in one partition), and
+        # an entry other than 0 may run slower: only artifacts of several methods merge.
+        if len(methods_of[name]) < 2 or any(i.options != infos[0].options for i in infos):
             continue
         backend = backends[name]
         options = options_from_dict(backend, infos[0].options)

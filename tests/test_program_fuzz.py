@@ -80,9 +80,14 @@ REGISTRY = registry_for(CpuBackend())
 @pytest.fixture(scope="module")
 def original(tmp_path_factory) -> Original:
     torch.manual_seed(7)
-    program = edgeport.export(Tiny().eval(), (INPUT,), ["cpu"], registry=REGISTRY)
-    kinds = [s.kind for s in program.manifest.methods["forward"].steps]
-    assert "delegate" in kinds and "portable" in kinds, kinds
+    model = Tiny().eval()
+    # Two methods over the same weights and state: their cpu partitions are one merged
+    # artifact (an entry each), the shape of every LLM program.
+    methods = {"forward": (model, (INPUT,)), "again": (model, (INPUT,))}
+    program = edgeport.export_methods(methods, ["cpu"], registry=REGISTRY)
+    steps = program.manifest.methods["forward"].steps
+    assert {s.kind for s in steps} == {"delegate", "portable"}, steps
+    assert any(s.entry is not None for s in steps), "the cpu artifacts were not merged"
     path = tmp_path_factory.mktemp("fuzz") / "tiny.edgeport"
     program.save(path)
     data = path.read_bytes()

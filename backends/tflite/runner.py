@@ -197,6 +197,7 @@ class TfliteEntries:
     def __init__(self, model_bytes: bytes, keys: Sequence[str], io_names: Sequence[tuple[list[str], list[str]]],
                  threads: int = 0, *, needs_delegate: bool = False) -> None:
         interpreter = new_interpreter(model_bytes, threads, needs_delegate=needs_delegate)
+        _check_signatures(interpreter, keys, io_names)
         self._entries: list[Any] = [TfliteExecutable(model_bytes, interpreter=interpreter)]
         for key, (inputs, outputs) in list(zip(keys, io_names))[1:]:
             self._entries.append(_SignatureExecutable(interpreter, key, inputs, outputs))
@@ -204,6 +205,19 @@ class TfliteEntries:
 
     def entry(self, index: int) -> Any:
         return self._entries[index]
+
+
+def _check_signatures(interpreter: Any, keys: Sequence[str], io_names: Sequence[tuple[list[str], list[str]]]) -> None:
+    """The names the artifact's metadata gives each entry are its model's signature's:
+    a mismatch would otherwise surface as a KeyError in the middle of a call."""
+    from edgeport import ProgramError
+
+    signatures = interpreter.get_signature_list()
+    for key, (inputs, outputs) in zip(keys, io_names):
+        found = signatures.get(key)
+        if found is None or sorted(found["inputs"]) != sorted(inputs) or sorted(found["outputs"]) != sorted(outputs):
+            raise ProgramError(f"the merged TFLite model's entry {key!r} does not have the inputs and outputs "
+                               "its artifact metadata names", hint="re-export the model")
 
 
 class _SignatureExecutable:
