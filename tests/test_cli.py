@@ -286,6 +286,14 @@ def test_run_text_shows_nan_outputs(program):
     assert "output 0: float32 [1, 4], first nan, nan, nan, nan, mean nan" in output
 
 
+def test_run_json_is_strict_json_with_nan_outputs(program):
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    data = json.loads(invoke("run", "m.edgeport", "--json").output, parse_constant=refuse)
+    assert data["outputs"][0]["first"] == ["NaN"] * 4 and data["outputs"][0]["mean"] == "NaN"
+
+
 def test_run_writes_every_output_to_an_npz(program):
     import numpy as np
 

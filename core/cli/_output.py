@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -23,7 +24,20 @@ _COUNT = re.compile(r"(\d+)/(\d+)")  # "compiling partition 3/12 ..." counts; ot
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Print strict JSON: a NaN or infinite float (a model can output them) becomes the
+    string "NaN", "Infinity" or "-Infinity", since json.dumps would write bare NaN tokens
+    that strict parsers (jq, JavaScript, Go) reject."""
+    click.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def check_writable(*paths: str | None) -> None:
