@@ -4,6 +4,9 @@ compile: partition → ONNX (torch.onnx, dynamo) → QNN HTP context binary for 
 wrapped in an EPContext ONNX model (the artifact) — with placement verified.
 load/run: ONNX Runtime + QNN EP runs that model: on a Snapdragon device, the NPU; on
 x86 Linux, QNN's HTP simulator, and every report says so.
+
+Registering it and `load` import no torch (the run side, on a device); `support`,
+`keep_ops` and `compile` import the torch half (support.py, onnx_export.py) when called.
 """
 
 from __future__ import annotations
@@ -11,18 +14,15 @@ from __future__ import annotations
 import importlib.util
 import platform
 import sys
-from typing import Any, Sequence
-
-import torch
-from torch.export import ExportedProgram
-from torch.fx import Node
+from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
 
 from .options import QualcommOptions, provider_options, resolve_soc
-from .support import KEEP_OPS, check_support
 
-aten = torch.ops.aten
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
+    from torch.fx import Node
 _TOOLCHAIN = ("onnxruntime", "onnxruntime_qnn", "onnx", "onnxscript")
 
 
@@ -38,12 +38,12 @@ class QnnExecutable:
         self._inputs = inputs
         self._outputs = outputs
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[Any]:
+    def run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         if len(inputs) != len(self._inputs):
             raise edgeport.ExecutionError(
                 f"qualcomm: the partition takes {len(self._inputs)} inputs, got {len(inputs)}"
             )
-        feeds = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(self._inputs, inputs)}
+        feeds = {name: edgeport.as_numpy(t) for name, t in zip(self._inputs, inputs)}
         return self._session.run(self._outputs, feeds)
 
 
@@ -56,9 +56,9 @@ class QualcommBackend(edgeport.Backend):
     rules = edgeport.PartitionRules(
         min_nodes=1,
         never_alone=frozenset({
-            aten.view.default, aten._unsafe_view.default, aten.permute.default,
-            aten.unsqueeze.default, aten.squeeze.dims, aten.expand.default,
-            aten.clone.default, aten.alias.default, aten.slice.Tensor, aten.select.int,
+            "aten.view.default", "aten._unsafe_view.default", "aten.permute.default",
+            "aten.unsqueeze.default", "aten.squeeze.dims", "aten.expand.default",
+            "aten.clone.default", "aten.alias.default", "aten.slice.Tensor", "aten.select.int",
         }),
     )
 
@@ -89,10 +89,14 @@ class QualcommBackend(edgeport.Backend):
             runs_on="simulator",
         )
 
-    def keep_ops(self) -> set[torch._ops.OpOverload]:
+    def keep_ops(self) -> set[Any]:
+        from .support import KEEP_OPS
+
         return set(KEEP_OPS)
 
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
+        from .support import check_support
+
         return check_support(node)
 
     def compile(self, program: ExportedProgram, options: QualcommOptions) -> edgeport.Artifact:
