@@ -29,11 +29,11 @@ import zipfile
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from .arrays import torch_installed
-from .errors import ExecutionError, InputError, ProgramError
+from .errors import InputError, ProgramError
 from .manifest import FORMAT, VERSION, FileInfo, Manifest, manifest_from_json
 from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, parse_manifest_json
 from .plan_check import check_plan
-from .torch_steps import FIX, needs_torch_message, portable_steps
+from .torch_steps import needs_torch, portable_steps
 
 if TYPE_CHECKING:
     from .plugins import Registry
@@ -166,8 +166,7 @@ def check_runs_here(manifest: Manifest) -> None:
         return
     steps = portable_steps(manifest)
     if steps:
-        raise ExecutionError(needs_torch_message(steps),
-                             hint=f"install torch (pip install torch==2.13.0) to run them here, {FIX}")
+        raise needs_torch(steps)
 
 
 def read_program(data: bytes, source: str = "program") -> tuple[Manifest, dict[str, bytes]]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .manifest import Manifest
+from .errors import ExecutionError, LoweringError
+from .manifest import PORTABLE, Manifest, MethodPlan
 
 MAX_REASON = 160  # characters of one backend's reason in the error; the report has them whole
 
@@ -53,16 +54,20 @@ class PortableStep:
 
 def portable_steps(manifest: Manifest) -> list[PortableStep]:
     """Every portable step of every method, described from the placement report."""
+    return [step for name, plan in manifest.methods.items()
+            for step in method_portable_steps(name, plan, manifest.report.get(name, {}))]
+
+
+def method_portable_steps(name: str, plan: MethodPlan, report: Mapping[str, Any]) -> list[PortableStep]:
+    """The portable steps of one method (``plan``), described from its placement ``report``."""
+    partitions = {p.get("id"): p for p in report.get("partitions", [])}
     found = []
-    for name, plan in manifest.methods.items():
-        report = manifest.report.get(name, {})
-        partitions = {p.get("id"): p for p in report.get("partitions", [])}
-        for index, step in enumerate(plan.steps):
-            if step.kind != "portable":
-                continue
-            nodes = [n for n in report.get("nodes", []) if n.get("partition") == step.partition]
-            found.append(PortableStep(name, index, step.partition, _ops(nodes),
-                                      partitions.get(step.partition, {}).get("fallback")))
+    for index, step in enumerate(plan.steps):
+        if step.kind != PORTABLE:
+            continue
+        nodes = [n for n in report.get("nodes", []) if n.get("partition") == step.partition]
+        found.append(PortableStep(name, index, step.partition, _ops(nodes),
+                                  partitions.get(step.partition, {}).get("fallback")))
     return found
 
 
@@ -78,14 +83,23 @@ def describe_steps(steps: list[PortableStep]) -> str:
     return "\n".join(f"  {step.describe()}" for step in steps)
 
 
-FIX = ("or re-export with backends that take these ops (`edgeport explain` shows every backend's reasons; "
+FIX = ("re-export with backends that take these ops (`edgeport explain` shows every backend's reasons; "
        "`edgeport export --require-delegated` fails an export that leaves any)")
 
 
-def needs_torch_message(steps: list[PortableStep]) -> str:
-    """The error's text: what needs torch, one line per step."""
-    return (f"the program has {len(steps)} portable step(s), which run with torch, and torch is not installed "
-            f"here:\n{describe_steps(steps)}")
+def needs_torch(steps: list[PortableStep]) -> ExecutionError:
+    """The error of loading a program with portable ``steps`` where torch is not installed."""
+    return ExecutionError(f"the program has {len(steps)} portable step(s), which run with torch, and torch is not "
+                          f"installed here:\n{describe_steps(steps)}",
+                          hint=f"install torch (pip install torch==2.13.0) to run them here, or {FIX}")
+
+
+def not_delegated(steps: list[PortableStep]) -> LoweringError:
+    """The error of an export that requires every step delegated and leaves ``steps`` portable."""
+    return LoweringError(f"require_delegated: {len(steps)} step(s) stayed portable (torch), which a device without "
+                         f"torch cannot run:\n{describe_steps(steps)}",
+                         hint="add a backend that takes these ops to the list, or drop --require-delegated "
+                              "(the program then needs torch where it runs)")
 
 
 def _short(text: str) -> str:

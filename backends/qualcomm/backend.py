@@ -23,7 +23,8 @@ from .options import QualcommOptions, provider_options, resolve_soc
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
     from torch.fx import Node
-_TOOLCHAIN = ("onnxruntime", "onnxruntime_qnn", "onnx", "onnxscript")
+_RUNTIME = ("onnxruntime", "onnxruntime_qnn")  # running an artifact (edgeport[runtime-qualcomm])
+_COMPILER = ("onnx", "onnxscript")  # also needed to compile one (edgeport[qualcomm])
 
 
 class QnnExecutable:
@@ -72,22 +73,21 @@ class QualcommBackend(edgeport.Backend):
         return f"onnxruntime-qnn {qnn.__version__} (QNN {qnn.qnn_version}), onnxruntime {onnxruntime.__version__}"
 
     def availability(self) -> edgeport.Availability:
-        missing = [name for name in _TOOLCHAIN if importlib.util.find_spec(name) is None]
-        if missing:
+        missing = [name for name in _RUNTIME + _COMPILER if importlib.util.find_spec(name) is None]
+        can_run = not set(missing) & set(_RUNTIME)
+        if not can_run:
             return edgeport.Availability(
                 can_compile=False,
                 can_run=False,
                 why=f"missing {', '.join(missing)}: pip install 'edgeport[qualcomm]'",
             )
+        why = f"compile: missing {', '.join(missing)}: pip install 'edgeport[qualcomm]'" if missing else ""
         if _on_snapdragon():
-            return edgeport.Availability(can_compile=True, can_run=True, runs_on="device")
-        return edgeport.Availability(
-            can_compile=True,
-            can_run=True,
-            why=f"{platform.system()} {platform.machine()}: runs in QNN's HTP simulator "
-            "(real QNN code on the CPU, not a Snapdragon NPU; timings say nothing about the device)",
-            runs_on="simulator",
-        )
+            return edgeport.Availability(can_compile=not missing, can_run=True, why=why, runs_on="device")
+        simulator = (f"{platform.system()} {platform.machine()}: runs in QNN's HTP simulator "
+                     "(real QNN code on the CPU, not a Snapdragon NPU; timings say nothing about the device)")
+        return edgeport.Availability(can_compile=not missing, can_run=True,
+                                     why="; ".join(w for w in (why, simulator) if w), runs_on="simulator")
 
     def keep_ops(self) -> set[Any]:
         from .support import KEEP_OPS

@@ -28,7 +28,7 @@ RAISE_ENV = "EDGEPORT_RAISE_ERRORS"
 
 
 # Commands that import torch: name -> (their module, the short help ``--help`` lists).
-# tests/cli/test_cli_lazy.py checks each short help is the command's own.
+# tests/test_run_side.py checks each short help is the command's own.
 COMPILE_SIDE: dict[str, tuple[str, str]] = {
     "check": (".check", "Check every delegated partition of SPEC (a model, exported here with its torch references) "
                         "or PROGRAM (saved with --keep-reference) against torch, on the same inputs."),
