@@ -11,8 +11,11 @@ MobileNetV2 exported here for the cpu backend, then run in fresh processes by:
 - LiteRT's interpreter alone on the program's .tflite artifact (in the runtime-only
   virtualenv): the floor, what running the model costs with no edgeport at all.
 
-Per process: cold start (the parent's wall clock around the process: interpreter start,
-imports, load, first inference), peak RSS after ``--calls`` steady calls (VmHWM), and
+Installed sizes: the runtime-only virtualenv, one with ``edgeport[cpu]`` (torch and
+LiteRT: the smallest that exports for cpu; made at ``--cpu-venv`` if missing) and this one.
+
+Per process: cold start (the wall clock from the parent starting the process to the end
+of its first inference: interpreter start, imports, load, first inference), peak RSS after ``--calls`` steady calls (VmHWM), and
 the median latency of those calls; each the median of ``--runs`` processes, the rows
 interleaved. Also each virtualenv's installed size and ``edgeport --help``'s time. One
 run; every figure compared is from the same run.
@@ -60,7 +63,7 @@ def peak_rss_mb():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
 first = run()
-cold = time.perf_counter() - start
+first_at, cold = time.time(), time.perf_counter() - start
 for _ in range(20):
     run()
 times = []
@@ -69,7 +72,7 @@ for _ in range(calls):
     run()
     times.append(time.perf_counter() - t0)
 times.sort()
-print(json.dumps({"cold_in_process_s": cold, "steady_ms": 1e3 * times[len(times) // 2],
+print(json.dumps({"first_at": first_at, "cold_in_process_s": cold, "steady_ms": 1e3 * times[len(times) // 2],
                   "peak_rss_mb": peak_rss_mb(),
                   "torch_imported": "torch" in sys.modules, "first": np.asarray(first).ravel()[:4].tolist()}))
 """
@@ -92,14 +95,14 @@ def export_program(workdir: Path) -> tuple[Path, Path, Path]:
     return workdir / "mbv2.edgeport", workdir / "mbv2.tflite", workdir / "x.npy"
 
 
-def device_venv(where: Path) -> tuple[Path, float | None]:
-    """The runtime-only virtualenv's python (made if missing), and its install time."""
+def venv(where: Path, *requirements: str) -> tuple[Path, float | None]:
+    """A virtualenv's python (made with ``requirements`` if missing), and its install time."""
     python = where / "bin" / "python"
     if python.exists():
         return python, None
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[runtime-cpu]"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
     return python, time.perf_counter() - start
 
 
@@ -109,11 +112,13 @@ def installed_mb(prefix: Path) -> float:
 
 
 def spawn(python: Path, mode: str, target: Path, x: Path, calls: int) -> dict:
-    """One fresh process: its figures, and the parent's wall clock around it."""
-    start = time.perf_counter()
+    """One fresh process: its figures, and its cold start: from the parent starting it
+    to the end of its first inference (the wall clock, read by both)."""
+    start = time.time()
     out = subprocess.run([str(python), "-c", CHILD, mode, str(target), str(x), str(calls)],
                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "cold_s": time.perf_counter() - start}
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**figures, "cold_s": figures["first_at"] - start}
 
 
 def measure(rows: dict[str, tuple[Path, str, Path]], x: Path, runs: int, calls: int) -> dict[str, dict]:
@@ -144,10 +149,13 @@ def help_s(python: Path, runs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device-venv", type=Path, default=Path(tempfile.gettempdir()) / "edgeport-device")
+    parser.add_argument("--cpu-venv", type=Path, default=Path(tempfile.gettempdir()) / "edgeport-cpu",
+                        help="a virtualenv with edgeport[cpu] (torch + LiteRT), measured for its size only")
     parser.add_argument("--runs", type=int, default=7, help="fresh processes per row (cold start: their median)")
     parser.add_argument("--calls", type=int, default=200, help="steady-state calls per process")
     args = parser.parse_args()
-    device_python, install_s = device_venv(args.device_venv)
+    device_python, install_s = venv(args.device_venv, "-e", f"{ROOT}[runtime-cpu]")
+    venv(args.cpu_venv, "torch==2.13.0", "-e", f"{ROOT}[cpu]")
     if subprocess.run([str(device_python), "-c", "import torch"], capture_output=True).returncode == 0:
         sys.exit(f"{args.device_venv} has torch: it is not a runtime-only virtualenv")
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +165,8 @@ def main() -> None:
             "edgeport, full venv (torch)": (Path(sys.executable), "edgeport", program),
             "LiteRT interpreter alone, runtime-only venv (floor)": (device_python, "litert", tflite),
         }, x, args.runs, args.calls)
-    sizes = {"runtime-only venv": installed_mb(args.device_venv), "full venv": installed_mb(Path(sys.prefix))}
+    sizes = {"runtime-only venv": installed_mb(args.device_venv), "edgeport[cpu] venv": installed_mb(args.cpu_venv),
+             "full venv": installed_mb(Path(sys.prefix))}
     helps = {"runtime-only venv": help_s(device_python, args.runs), "full venv": help_s(Path(sys.executable), args.runs)}
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}, "
           f"runtime-only install {'%.0f s' % install_s if install_s else '(reused)'}")
