@@ -24,8 +24,6 @@ from .output_tree import leaves
 class NumpyValues:
     """Values as numpy arrays: the run side without torch."""
 
-    name = "numpy"
-
     def flatten(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
         if not kwargs and all(isinstance(a, np.ndarray) for a in args):
             return list(args)
@@ -55,8 +53,6 @@ class NumpyValues:
 class TorchValues:
     """Values as torch tensors: how edgeport has always run where torch is installed
     (numpy inputs are taken as tensors over the same memory)."""
-
-    name = "torch"
 
     def __init__(self) -> None:
         import torch
