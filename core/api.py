@@ -28,6 +28,7 @@ from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .shared_artifacts import share_artifacts
 from .tensors import tensor_to_bytes
+from .torch_steps import method_portable_steps, not_delegated
 
 Method = tuple  # (module, example_inputs) or (module, example_inputs, dynamic_shapes)
 
@@ -45,9 +46,12 @@ def export(
     progress: Progress | None = None,
     quantize: str | Scheme | None = None,
     calibration: Iterable[Any] | None = None,
+    require_delegated: bool = False,
 ) -> Program:
     """Export ``model`` as a program whose ``forward`` runs on ``backends`` in priority
-    order; what none of them takes runs as portable torch.
+    order; what none of them takes runs as portable torch (``require_delegated=True``
+    refuses that instead: a `LoweringError` naming the steps, so the program runs
+    without torch).
 
     ``options`` maps a backend name to its options (e.g. ``{"cpu": {"threads": 2}}``).
     ``strict`` raises on a failed compile instead of falling back. ``keep_reference``
@@ -70,6 +74,7 @@ def export(
         progress=progress,
         quantize=quantize,
         calibration=calibration,
+        require_delegated=require_delegated,
     )
 
 
@@ -85,6 +90,7 @@ def export_methods(
     quantize: str | Scheme | None = None,
     calibration: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
     rewrite: Callable[[str, ExportedProgram], ExportedProgram] | None = None,
+    require_delegated: bool = False,
 ) -> Program:
     """Export several named methods (e.g. ``prefill`` and ``decode``) into one program.
 
@@ -99,6 +105,9 @@ def export_methods(
     ``rewrite(name, program)``, when given, transforms each method's captured (and, if
     asked, quantized) program before it is partitioned (``edgeport.llm`` captures one
     decoder layer and repeats it N times there).
+
+    ``require_delegated`` fails the export, as soon as a method leaves a portable step,
+    with a `LoweringError` naming each one: a program for a device without torch.
     """
     scheme = resolve_scheme(quantize) if quantize is not None else None
     registry = registry or default_registry()
@@ -125,6 +134,8 @@ def export_methods(
             program = rewrite(name, program)
         lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress,
                                declined=declined)
+        if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):
+            raise not_delegated(portable)
         if quantized is not None:
             lowered.report["quantization"] = quantized.report
         files.update(lowered.files)

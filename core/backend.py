@@ -17,6 +17,9 @@ Optionally, `merge(artifacts)` stores the partitions of several methods as one a
 
 Everything a backend returns is plain data (`Support`, `Availability`, `Artifact`), so
 the core can record it, save it and show it without knowing the backend.
+
+This module imports no torch: a device without torch registers backends and runs their
+`load`; only the compile side (`support`, `compile`, `SupportContext.constant`) needs it.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
 
-import torch
-from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind
-from torch.fx import Node
+if TYPE_CHECKING:
+    import torch
+    from torch.export import ExportedProgram
+    from torch.fx import Node
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,13 @@ class Artifact:
 
 @runtime_checkable
 class Executable(Protocol):
-    """A loaded artifact. Inputs arrive as contiguous CPU tensors in partition order."""
+    """A loaded artifact. Inputs arrive in partition order as contiguous CPU torch
+    tensors where torch is installed, as numpy arrays where it is not
+    (`edgeport.as_numpy` takes either)."""
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[Any]:
-        """Return the partition's outputs, as tensors or numpy arrays, in order."""
+    def run(self, inputs: Sequence[Any]) -> Sequence[Any]:
+        """Return the partition's outputs, as numpy arrays (or torch tensors, where
+        torch is installed), in order."""
         ...
 
 
@@ -108,6 +114,8 @@ class PartitionRules:
 
     A partition smaller than `min_nodes`, or made only of `never_alone` ops (a lone
     reshape is a copy across the boundary for no work), is handed back to portable.
+    `never_alone` holds ops or their names (``"aten.view.default"``): names keep the
+    backend's module free of torch at import, for the run side.
     """
 
     min_nodes: int = 1
@@ -139,6 +147,9 @@ class SupportContext:
 
         A buffer the program mutates is state, not a constant, so it returns None.
         """
+        import torch
+        from torch.export.graph_signature import InputKind
+
         if node.op != "placeholder":
             return None
         spec = self._specs.get(node.name)

@@ -19,6 +19,7 @@ from typing import Any
 
 FORMAT = "edgeport"
 VERSION = 2
+PORTABLE = "portable"  # a step no backend took: a torch program, run with torch
 
 
 @dataclass(frozen=True)

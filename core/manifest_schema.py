@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .tensors import DTYPES
+from .arrays import STORED_DTYPES
 
 # A real manifest is a few KiB to a few MiB (the placement report of a 50,000-node graph
 # is the big part); anything past this is not a manifest, and is refused before parsing.
@@ -240,7 +240,7 @@ def free_form(value: Any, path: str) -> None:
 
 NAME = text(nonempty=True)
 PATH = text(nonempty=True, what="a path in the program file")
-DTYPE = text(choices=tuple(DTYPES))
+DTYPE = text(choices=STORED_DTYPES)
 DIM = either(integer(), NAME, "a dim (a non-negative integer, or a symbol name)")
 NAMES = array(NAME)
 

@@ -21,6 +21,10 @@ unpickled, so classes are stored by name and found again without importing anyth
 Programs written before this format held torch's ``treespec_dumps`` JSON; those still load.
 ``check_structure`` is the load-time check (it parses and counts values, building
 nothing); every damaged structure is a ProgramError.
+
+Reading needs no torch (a program runs where torch is not installed): without it, a
+``torch.return_types`` value comes back as a plain tuple, and a custom pytree type,
+which only torch's registry knows, is an error. Writing runs at export, with torch.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import dataclasses
 import functools
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
-import torch.utils._pytree as pytree
-
+from .arrays import torch_installed
 from .errors import EdgeportError, ProgramError
+
+if TYPE_CHECKING:
+    import torch.utils._pytree as pytree
 
 FORMAT = "edgeport-outputs"
 VERSION = 1
@@ -58,6 +63,9 @@ def dump_structure(spec: pytree.TreeSpec | None) -> str:
 
 
 def _encode(spec: pytree.TreeSpec) -> dict[str, Any]:
+    import torch
+    import torch.utils._pytree as pytree
+
     if spec.is_leaf():
         return {"type": "leaf"}
     children = [_encode(child) for child in spec.children()]
@@ -102,6 +110,8 @@ def _is_field_lists(context: Any) -> bool:
 
 
 def _dumpable_context(kind: type, context: Any) -> Any:
+    import torch.utils._pytree as pytree
+
     serialized = pytree.SUPPORTED_SERIALIZED_TYPES.get(kind)
     to_dumpable = getattr(serialized, "to_dumpable_context", None)
     value = to_dumpable(context) if to_dumpable is not None else context
@@ -128,6 +138,30 @@ def restore_structure(outputs: Sequence[Any], text: str) -> Any:
         raise ProgramError(f"the method's output structure holds {structure.leaves} values, "
                            f"the method returns {len(outputs)}")
     return structure.build(iter(outputs))
+
+
+def leaves(value: Any) -> list[Any]:
+    """The values inside ``value`` in order, as torch's ``pytree.tree_leaves`` gives them
+    (its own, where torch is installed); without torch, tuples (namedtuples too), lists,
+    dicts and deques are walked, and anything else is a value."""
+    if torch_installed():
+        import torch.utils._pytree as pytree
+
+        return pytree.tree_leaves(value)
+    found: list[Any] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, (tuple, list, collections.deque)):
+            for child in item:
+                walk(child)
+        elif isinstance(item, dict):
+            for child in item.values():
+                walk(child)
+        else:
+            found.append(item)
+
+    walk(value)
+    return found
 
 
 def check_structure(text: str, outputs: int) -> None:
@@ -164,7 +198,16 @@ def _parse(text: str) -> _Structure:
 
 
 def _torch_treespec(text: str) -> _Structure:
-    """A structure written by torch's treespec_dumps (programs from before this format)."""
+    """A structure written by torch's treespec_dumps (programs from before this format):
+    tuples, lists and dicts read without torch; anything else with torch's reader."""
+    plain = _plain_treespec(text)
+    if plain is not None:
+        return _decoder(plain, 0)
+    if not torch_installed():
+        raise ProgramError("the method's output structure was written by an older edgeport in torch's format, "
+                           "which only torch reads", hint="install torch, or re-export the program")
+    import torch.utils._pytree as pytree
+
     try:
         spec = pytree.treespec_loads(text)
     except Exception as exc:  # torch raises several types for a bad spec; all mean "damaged"
@@ -174,6 +217,43 @@ def _torch_treespec(text: str) -> _Structure:
         return pytree.tree_unflatten([next(leaves) for _ in range(spec.num_leaves)], spec)
 
     return _Structure(build, spec.num_leaves)
+
+
+# torch's treespec type names of the containers our own format has, without torch
+_TORCH_CONTAINERS = {"builtins.tuple": "tuple", "builtins.list": "list", "builtins.dict": "dict",
+                     "collections.OrderedDict": "ordered_dict"}
+
+
+def _plain_treespec(text: str) -> dict[str, Any] | None:
+    """torch's treespec JSON (protocol 1) as a node of our format when it holds only
+    leaves, tuples, lists and dicts with plain keys; None when it holds anything else."""
+    try:
+        protocol, root = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if protocol != 1:
+        return None
+
+    def convert(node: Any, depth: int) -> dict[str, Any] | None:
+        if depth > MAX_DEPTH or not isinstance(node, dict) or not isinstance(node.get("children_spec"), list):
+            return None
+        kind = node.get("type")
+        if kind is None:
+            return {"type": "leaf"}
+        ours = _TORCH_CONTAINERS.get(kind) if isinstance(kind, str) else None
+        children = [convert(child, depth + 1) for child in node["children_spec"]]
+        if ours is None or any(child is None for child in children):
+            return None
+        converted: dict[str, Any] = {"type": ours, "children": children}
+        if ours in ("dict", "ordered_dict"):
+            try:
+                keys = json.loads(node.get("context"))
+                converted["keys"] = [_encode_key(k) for k in keys]
+            except (TypeError, ValueError, EdgeportError):
+                return None
+        return converted
+
+    return convert(root, 0)
 
 
 def _decoder(node: Any, depth: int) -> _Structure:
@@ -236,7 +316,14 @@ def _deque(node: dict[str, Any], n: int) -> Combine:
 
 def _return_type(node: dict[str, Any], n: int) -> Combine:
     name = node.get("name")
-    cls = getattr(torch.return_types, name, None) if isinstance(name, str) and not name.startswith("_") else None
+    if not isinstance(name, str) or name.startswith("_"):
+        raise ProgramError(f"the method's output structure names an unknown torch.return_types.{_short(name)}")
+    if not torch_installed():
+        return tuple  # what a torch.return_types value is, less its field names
+    import torch
+    import torch.utils._pytree as pytree
+
+    cls = getattr(torch.return_types, name, None)
     if cls is None or not pytree.is_structseq_class(cls):
         raise ProgramError(f"the method's output structure names an unknown torch.return_types.{_short(name)}")
     return lambda values: cls(values)
@@ -247,7 +334,7 @@ def _namedtuple(node: dict[str, Any], n: int) -> Combine:
     if len(fields) != n:
         raise ProgramError("the method's output structure has a namedtuple whose fields do not match its values")
     cls = _loaded_class(node)
-    if not (isinstance(cls, type) and pytree.is_namedtuple_class(cls) and list(cls._fields) == fields):
+    if not (_is_namedtuple_class(cls) and list(cls._fields) == fields):
         cls = _standin_namedtuple(_simple_name(node), tuple(fields))
     return lambda values: cls(*values)
 
@@ -268,6 +355,12 @@ def _dataclass(node: dict[str, Any], n: int) -> Combine:
 
 
 def _custom(node: dict[str, Any], n: int) -> Combine:
+    if not torch_installed():
+        raise ProgramError(f"the method returns a {node.get('module')}.{node.get('name')}, a type registered with "
+                           "torch.utils._pytree, which needs torch",
+                           hint="install torch, or return a tuple, dict or dataclass from the model")
+    import torch.utils._pytree as pytree
+
     cls = _loaded_class(node)
     registered = pytree.SUPPORTED_NODES.get(cls) if isinstance(cls, type) else None
     if registered is None:
@@ -297,6 +390,11 @@ def _loaded_class(node: dict[str, Any]) -> Any:
     for part in name.split("."):
         value = getattr(value, part, None) if value is not None else None
     return value
+
+
+def _is_namedtuple_class(cls: Any) -> bool:
+    return (isinstance(cls, type) and issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+            and all(isinstance(f, str) for f in cls._fields))
 
 
 def _names(value: Any, what: str) -> list[str]:

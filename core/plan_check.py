@@ -24,14 +24,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-
-from edgeport.partitioners.policy import PORTABLE
-
+from .arrays import itemsize
 from .errors import ProgramError
-from .manifest import Manifest, MethodPlan, Step
+from .manifest import PORTABLE, Manifest, MethodPlan, Step
 from .manifest_schema import ManifestError, parse_manifest_json
 from .output_tree import check_structure
-from .tensors import DTYPES
 
 Fact = tuple[str, tuple[Any, ...]]  # (dtype, shape) of one value
 
@@ -236,7 +233,7 @@ def _check_state(manifest: Manifest) -> None:
         info = manifest.files.get(entry["file"])
         if info is None:
             raise ManifestError(f"program state {fqn!r} names file {entry['file']}, which the program does not have")
-        needed = DTYPES[entry["dtype"]].itemsize
+        needed = itemsize(entry["dtype"])
         for dim in entry["shape"]:
             needed *= dim
         if info.size != needed:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 import pluggy
 
 from . import hookspecs
+from .arrays import torch_installed
 from .backend import Availability, Backend
 from .errors import UnknownBackendError
 
@@ -49,11 +50,17 @@ class BackendEntry:
     aliases: tuple[str, ...] = ()
 
     def availability(self) -> Availability:
-        """The backend's availability; one that raises is reported, never propagated."""
+        """The backend's availability; one that raises is reported, never propagated.
+        Where torch is not installed nothing compiles (export needs torch), whatever
+        the backend says: it can only run."""
         try:
-            return self.backend.availability()
+            availability = self.backend.availability()
         except Exception as exc:
             return Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
+        if availability.can_compile and not torch_installed():
+            why = "; ".join(w for w in ("compile: needs torch, which is not installed", availability.why) if w)
+            return dataclasses.replace(availability, can_compile=False, why=why)
+        return availability
 
 
 @dataclass(frozen=True)

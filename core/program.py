@@ -10,6 +10,10 @@ Loading checks the zip, the manifest's digest, schema and plan, and every file's
 and checksum before anything runs, and never unpickles; any problem is one
 `ProgramError` that names it. The digest catches edits and damage, not a malicious
 rewrite: anyone can recompute a sha256, and version 1 files (still read) have none.
+
+Nothing here imports torch: where torch is not installed, a program of delegate steps
+loads and runs, and one with portable (torch) steps is refused at load, naming them
+(`torch_steps`).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import threading
 import zipfile
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+from .arrays import torch_installed
 from .errors import InputError, ProgramError
 from .manifest import FORMAT, VERSION, FileInfo, Manifest, manifest_from_json
 from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, parse_manifest_json
 from .plan_check import check_plan
+from .torch_steps import needs_torch, portable_steps
 
 if TYPE_CHECKING:
     from .plugins import Registry
@@ -133,15 +139,34 @@ def file_info(data: bytes) -> FileInfo:
 def load(path: str | os.PathLike[str], *, reference: bool = False, registry: Registry | None = None) -> Program:
     """Read and verify a .edgeport file. Artifacts are loaded by their backends on
     first call. ``reference=True`` runs a delegate step whose backend cannot run here
-    on its torch reference instead (labelled "reference" in every result)."""
+    on its torch reference instead (labelled "reference" in every result). Where torch
+    is not installed, a program with portable steps is refused here (an
+    `ExecutionError` naming them), not at its first call."""
+    manifest, files = read_program_file(path)
+    check_runs_here(manifest)
+    return Program(manifest, files, reference=reference, registry=registry)
+
+
+def read_program_file(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, bytes]]:
+    """`read_program` of the file at ``path``: a verified manifest and files, whether or
+    not they can run here (``edgeport explain`` describes programs it cannot run)."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise ProgramError(f"cannot read program {path}: {exc.strerror}") from None
-    manifest, files = read_program(data, source=path)
-    return Program(manifest, files, reference=reference, registry=registry)
+    return read_program(data, source=path)
+
+
+def check_runs_here(manifest: Manifest) -> None:
+    """Refuse, where torch is not installed, a program with portable steps: one error
+    naming each step, its ops and why no backend took them."""
+    if torch_installed():
+        return
+    steps = portable_steps(manifest)
+    if steps:
+        raise needs_torch(steps)
 
 
 def read_program(data: bytes, source: str = "program") -> tuple[Manifest, dict[str, bytes]]:

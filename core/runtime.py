@@ -12,6 +12,9 @@ writes program state holds the program's state lock for the whole call, so a cal
 reads the state, runs and writes it back with no other stateful call in between; the
 lock is per program, not per method, because methods share state (prefill and decode
 share a KV cache). Stateless methods take no program-wide lock.
+
+Values: torch tensors where torch is installed, numpy arrays where it is not
+(`edgeport.values`); this module imports no torch, and portable steps import it when loaded.
 """
 
 from __future__ import annotations
@@ -22,19 +25,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-import torch
-import torch.utils._pytree as pytree
-
+from .arrays import torch_installed
 from .backend import Executable
 from .delegates import executable_of, load_step, run_label
 from .errors import ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .output_tree import restore_structure
 from .plugins import Registry, default_registry
-from .portable import PortableExecutable, program_from_files
 from .state_rows import apply_row_updates, check_row_updates, place_state, row_update_values
-from .tensors import DTYPES, tensor_from_bytes
+from .values import NumpyValues, TorchValues, Values
 
 
 TORCH_REFERENCE = "torch reference"  # the label of a delegate step run as its partition's torch program
@@ -79,7 +78,8 @@ class Runtime:
         self._files = files
         self._registry = registry or default_registry()
         self._reference = reference
-        self.state = {fqn: _read_state(fqn, entry, files) for fqn, entry in manifest.state.items()}
+        self._values: Values = TorchValues() if torch_installed() else NumpyValues()
+        self.state = {fqn: _read_state(self._values, fqn, entry, files) for fqn, entry in manifest.state.items()}
         self._state_lock = threading.Lock()  # one per program: every method shares its state
         self._loaded: dict[str, tuple[Any, Any]] = {}  # artifact path -> (what its backend loaded, its lock)
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
@@ -98,7 +98,7 @@ class Runtime:
             if name not in kept:
                 frees[i].append(name)
         steps = [self._load_step(plan, step, tuple(frees[i])) for i, step in enumerate(plan.steps)]
-        return plan, steps, _input_checker(plan)
+        return plan, steps, _input_checker(plan, self._values)
 
     def _load_step(self, plan: MethodPlan, step: Step, frees: tuple[str, ...]) -> _LoadedStep:
         executable, backend, label, guard = self._open_step(plan, step)
@@ -139,7 +139,9 @@ class Runtime:
             return f"it is not installed ({exc}; {exc.hint})"
         return None if availability.can_run else (availability.why or "its backend says it cannot run here")
 
-    def _portable(self, prefix: str) -> PortableExecutable:
+    def _portable(self, prefix: str) -> Executable:
+        from .portable import PortableExecutable, program_from_files  # torch: `program.load` checked it is here
+
         try:
             return PortableExecutable(program_from_files(lambda name: self._files[f"{prefix}/{name}"]))
         except Exception as exc:  # a damaged graph must not surface as a torch traceback
@@ -157,12 +159,12 @@ class Runtime:
         if plan.state_reads or plan.state_writes or plan.row_updates:
             with self._state_lock:  # read state, run, write it back: one call at a time
                 values.update({value: self.state[fqn] for value, fqn in plan.state_reads.items()})
-                _run_steps(steps, values, timings if profile else None)
+                self._run_steps(steps, values, timings if profile else None)
                 for value, fqn in plan.state_writes.items():
                     self.state[fqn] = values[value]
                 apply_row_updates(self.state, plan.row_updates, values)
         else:
-            _run_steps(steps, values, timings if profile else None)
+            self._run_steps(steps, values, timings if profile else None)
         outputs = [values[n] for n in plan.output_values]
         result = restore_structure(outputs, plan.out_spec)
         return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
@@ -180,59 +182,50 @@ class Runtime:
     def step_labels(self, method: str) -> list[str]:
         return [s.label for s in self._methods[method][1]]
 
+    def _run_steps(self, steps: Sequence[_LoadedStep], values: dict[str, Any], timings: list[StepTiming] | None) -> None:
+        """Run ``steps`` in order on ``values`` (name -> value, updated in place); with
+        ``timings``, append each step's time to it."""
+        for i, loaded in enumerate(steps):
+            t0 = time.perf_counter() if timings is not None else 0.0
+            inputs = [values[n] for n in loaded.step.inputs]
+            with loaded.guard:
+                results = loaded.executable.run(inputs)
+            if len(results) != len(loaded.step.outputs):
+                raise ExecutionError(
+                    f"step {i} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
+                )
+            for name, value in zip(loaded.step.outputs, results):
+                values[name] = self._values.step_output(value)
+            for name in loaded.frees:
+                del values[name]
+            if timings is not None:
+                ms = (time.perf_counter() - t0) * 1e3
+                timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
 
-def _run_steps(steps: Sequence[_LoadedStep], values: dict[str, Any], timings: list[StepTiming] | None) -> None:
-    """Run ``steps`` in order on ``values`` (name -> value, updated in place); with
-    ``timings``, append each step's time to it."""
-    for i, loaded in enumerate(steps):
-        t0 = time.perf_counter() if timings is not None else 0.0
-        inputs = [values[n] for n in loaded.step.inputs]
-        with loaded.guard:
-            results = loaded.executable.run(inputs)
-        if len(results) != len(loaded.step.outputs):
-            raise ExecutionError(
-                f"step {i} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
-            )
-        for name, value in zip(loaded.step.outputs, results):
-            values[name] = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
-        for name in loaded.frees:
-            del values[name]
-        if timings is not None:
-            ms = (time.perf_counter() - t0) * 1e3
-            timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
 
-
-def _read_state(fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> torch.Tensor:
+def _read_state(kind: Values, fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> Any:
     try:
-        return tensor_from_bytes(files[entry["file"]], entry)
+        return kind.state(files[entry["file"]], entry)
     except (KeyError, ValueError) as exc:
         raise ProgramError(f"program state {fqn!r} is damaged: {exc}") from None
 
 
-def _input_checker(plan: MethodPlan) -> Callable[[Sequence[Any], Mapping[str, Any]], list[torch.Tensor]]:
-    """Build the per-call input check of a method once, from its spec."""
+def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], Mapping[str, Any]], list[Any]]:
+    """Build the per-call input check of a method once, from its spec; inputs come out
+    as ``kind``'s values (torch tensors, or numpy arrays where torch is not installed)."""
     specs = plan.inputs
-    expected = [(s, DTYPES[s.dtype]) for s in specs]
 
-    def check(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
-        flat = pytree.tree_leaves((tuple(args), dict(kwargs))) if kwargs or not _all_tensors(args) else list(args)
+    def check(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        flat = kind.flatten(args, kwargs)
         if len(flat) != len(specs):
             raise InputError(
                 f"method {plan.name!r} takes {len(specs)} input(s) ({_describe(specs)}), got {len(flat)}",
             )
         sizes: dict[str, int] = {}
         out = []
-        for i, (value, (spec, dtype)) in enumerate(zip(flat, expected)):
-            if isinstance(value, np.ndarray):
-                value = torch.from_numpy(value)
-            if not isinstance(value, torch.Tensor):
-                raise InputError(f"input {i} ({spec.name!r}) must be a tensor, got {type(value).__name__}")
-            if value.dtype != dtype:
-                raise InputError(
-                    f"input {i} ({spec.name!r}) must be {spec.dtype}, got {str(value.dtype).removeprefix('torch.')}",
-                    hint=f"convert it with .to(torch.{spec.dtype})",
-                )
-            if value.dim() != len(spec.shape):
+        for i, (value, spec) in enumerate(zip(flat, specs)):
+            value = kind.input(value, i, spec)
+            if value.ndim != len(spec.shape):
                 raise InputError(f"input {i} ({spec.name!r}) must have shape {_shape(spec)}, got {list(value.shape)}")
             for axis, (dim, size) in enumerate(zip(spec.shape, value.shape)):
                 if isinstance(dim, int):
@@ -249,14 +242,10 @@ def _input_checker(plan: MethodPlan) -> Callable[[Sequence[Any], Mapping[str, An
                     raise InputError(
                         f"input {i} ({spec.name!r}) dim {axis} ({dim}) is {size}, outside its range [{low}, {high}]"
                     )
-            out.append(value if value.is_contiguous() else value.contiguous())
+            out.append(kind.contiguous(value))
         return out
 
     return check
-
-
-def _all_tensors(args: Sequence[Any]) -> bool:
-    return all(isinstance(a, torch.Tensor) for a in args)
 
 
 def _shape(spec: TensorSpec) -> str:

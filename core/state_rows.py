@@ -18,22 +18,23 @@ full copies per token. Instead:
   delegate reads the cache where it lies and the rows are written straight into it.
   Nothing of the cache is copied per call; another method that reads the same state
   gets it as an ordinary input (its executable copies it, once per call).
+
+The run side holds state as torch tensors where torch is installed and as numpy arrays
+where it is not (`edgeport.arrays`), and imports no torch; the export side does.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, MutableMapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, MutableMapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import torch
-from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind, OutputKind, OutputSpec, TensorArgument
-from torch.fx import Node
 
 from .errors import ProgramError
 from .manifest import MethodPlan, RowUpdate
 
-aten = torch.ops.aten
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
+    from torch.fx import Node
 
 # -- export side ------------------------------------------------------------------------
 
@@ -44,6 +45,8 @@ def split_row_updates(program: ExportedProgram) -> tuple[RowUpdate, ...]:
     The buffer stays a mutated buffer of ``program`` (so it stays program state, never
     a constant); its mutation output becomes the rows themselves.
     """
+    from torch.export.graph_signature import InputKind, OutputKind, OutputSpec, TensorArgument
+
     signature = program.graph_signature
     user_inputs = set(signature.user_inputs)
     buffer_of = {s.arg.name: s.target for s in signature.input_specs if s.kind == InputKind.BUFFER}
@@ -69,6 +72,10 @@ def split_row_updates(program: ExportedProgram) -> tuple[RowUpdate, ...]:
 
 def _row_write(node: Node, fqn: str, buffer_of: Mapping[str, str], user_inputs: set[str]) -> tuple[int, Node, Node] | None:
     """(dim, positions, rows) if ``node`` writes rows of buffer ``fqn`` and nothing else reads it."""
+    import torch
+    from torch.fx import Node
+
+    aten = torch.ops.aten
     if node.op != "call_function" or node.target != aten.index_put.default or len(node.users) != 1:
         return None
     buffer, indices, rows = node.args[:3]
@@ -99,16 +106,25 @@ def row_update_values(plan: MethodPlan) -> set[str]:
     return {name for u in plan.row_updates for name in (u.rows, u.positions)}
 
 
-def apply_row_updates(state: Mapping[str, torch.Tensor], updates: Iterable[RowUpdate], values: Mapping[str, Any]) -> None:
-    """Write each update's rows into its state tensor, in place."""
-    positions: dict[str, torch.Tensor] = {}  # one conversion per positions value, however many states
+def apply_row_updates(state: Mapping[str, Any], updates: Iterable[RowUpdate], values: Mapping[str, Any]) -> None:
+    """Write each update's rows into its state (a torch tensor or a numpy array), in place."""
+    positions: dict[str, Any] = {}  # one conversion per positions value, however many states
     for u in updates:
-        rows = values[u.rows]
+        target, rows = state[u.state], values[u.rows]
+        if isinstance(target, np.ndarray):
+            if u.positions not in positions:
+                positions[u.positions] = np.asarray(values[u.positions], dtype=np.int64)
+            index: list[Any] = [slice(None)] * target.ndim
+            index[u.dim] = positions[u.positions]
+            target[tuple(index)] = rows
+            continue
+        import torch  # the state is a torch tensor: torch is here
+
         if isinstance(rows, np.ndarray):
             rows = torch.from_numpy(rows)
         if u.positions not in positions:
             positions[u.positions] = values[u.positions].to(torch.int64)
-        state[u.state].index_copy_(u.dim, positions[u.positions], rows)
+        target.index_copy_(u.dim, positions[u.positions], rows)
 
 
 @runtime_checkable
@@ -126,7 +142,7 @@ class InPlaceInputs(Protocol):
 def place_state(
     plan: MethodPlan,
     steps: Sequence[tuple[Sequence[str], Any]],
-    state: MutableMapping[str, torch.Tensor],
+    state: MutableMapping[str, Any],
     fully_written: set[str],
 ) -> list[str]:
     """Move each state that ``plan`` reads into the input buffer of the delegate that
@@ -146,19 +162,34 @@ def place_state(
             buffer = executable.input_buffer(index)
             if buffer is None:
                 continue
-            tensor, current = torch.from_numpy(buffer), state[fqn]
-            if tensor.shape != current.shape or tensor.dtype != current.dtype:
-                continue
-            tensor.copy_(current)
-            state[fqn] = tensor
-            placed.append(fqn)
+            placed_state = _into(buffer, state[fqn])
+            if placed_state is not None:
+                state[fqn] = placed_state
+                placed.append(fqn)
     return placed
 
 
-def check_row_updates(plan: MethodPlan, state: Mapping[str, torch.Tensor]) -> None:
+def _into(buffer: np.ndarray, current: Any) -> Any:
+    """``current`` copied into ``buffer``, as the state's kind (a numpy array, or a torch
+    tensor over the buffer); None when their shapes or dtypes differ."""
+    if isinstance(current, np.ndarray):
+        if buffer.shape != current.shape or buffer.dtype != current.dtype:
+            return None
+        np.copyto(buffer, current)
+        return buffer
+    import torch  # a torch tensor: torch is here
+
+    tensor = torch.from_numpy(buffer)
+    if tensor.shape != current.shape or tensor.dtype != current.dtype:
+        return None
+    tensor.copy_(current)
+    return tensor
+
+
+def check_row_updates(plan: MethodPlan, state: Mapping[str, Any]) -> None:
     """Every row update of ``plan`` names a state the program has (checked at load)."""
     for u in plan.row_updates:
         if u.state not in state:
             raise ProgramError(f"method {plan.name!r} updates rows of unknown state {u.state!r}")
-        if not 0 <= u.dim < state[u.state].dim():
+        if not 0 <= u.dim < state[u.state].ndim:
             raise ProgramError(f"method {plan.name!r} updates state {u.state!r} along dim {u.dim}, which it lacks")

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 from torch.fx import Node
 
-from .support import SupportMatrix, is_compute
+from edgeport.manifest import PORTABLE  # what no backend takes: a portable (torch) step
 
-PORTABLE = "portable"
+from .support import SupportMatrix, is_compute
 
 Policy = Callable[[Sequence[Node], SupportMatrix, Sequence[str]], dict[str, str]]
 

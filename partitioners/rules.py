@@ -16,7 +16,7 @@ def violation(partition: Partition, rules: PartitionRules) -> str | None:
     compute = [n for n in partition.nodes if is_compute(n)]
     if len(compute) < rules.min_nodes:
         return f"partition has {len(compute)} node(s), fewer than the backend's minimum of {rules.min_nodes}"
-    if rules.never_alone and all(n.target in rules.never_alone for n in compute):
+    if rules.never_alone and all(n.target in rules.never_alone or str(n.target) in rules.never_alone for n in compute):
         ops = ", ".join(sorted({str(n.target) for n in compute}))
         return f"partition holds only ops the backend never takes alone ({ops})"
     return None

@@ -2,44 +2,46 @@
 
 coremltools converts anywhere; Core ML runs only on macOS. Here on Linux the backend
 compiles, and says plainly that it cannot run (`availability`, `load`).
+
+Registering it and `load` import no torch (the run side); `support`, `keep_ops` and
+`compile` import the torch half (support.py, convert.py) when called.
 """
 
 from __future__ import annotations
 
 import operator
 import time
-from typing import Any
-
-import torch
-from torch.export import ExportedProgram
-from torch.fx import Node
+from typing import TYPE_CHECKING, Any
 
 import edgeport
 
 from . import package, runtime, toolchain
-from .convert import CARRIER, TensorSpec, convert_partition
 from .options import CoreMLOptions
-from .support import KEEP_OPS, ConverterRegistry, check_node
 
-aten = torch.ops.aten
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
+    from torch.fx import Node
+
+    from .convert import TensorSpec
+    from .support import ConverterRegistry
 
 # Pure data movement: a Core ML partition of only these moves tensors in and out for no work.
 _DATA_MOVEMENT = frozenset(
     {
-        aten.view.default,
-        aten._unsafe_view.default,
-        aten.reshape.default,
-        aten.permute.default,
-        aten.transpose.int,
-        aten.expand.default,
-        aten.clone.default,
-        aten.alias.default,
-        aten.squeeze.dim,
-        aten.squeeze.dims,
-        aten.unsqueeze.default,
-        aten.slice.Tensor,
-        aten.select.int,
-        aten._to_copy.default,
+        "aten.view.default",
+        "aten._unsafe_view.default",
+        "aten.reshape.default",
+        "aten.permute.default",
+        "aten.transpose.int",
+        "aten.expand.default",
+        "aten.clone.default",
+        "aten.alias.default",
+        "aten.squeeze.dim",
+        "aten.squeeze.dims",
+        "aten.unsqueeze.default",
+        "aten.slice.Tensor",
+        "aten.select.int",
+        "aten._to_copy.default",
         operator.getitem,
     }
 )
@@ -57,6 +59,8 @@ class CoreMLBackend(edgeport.Backend):
 
     def _converters(self) -> ConverterRegistry:
         if self._registry is None:
+            from .support import ConverterRegistry
+
             self._registry = ConverterRegistry()
         return self._registry
 
@@ -74,10 +78,14 @@ class CoreMLBackend(edgeport.Backend):
             return edgeport.Availability(True, False, why=runtime.why_not_here())
         return edgeport.Availability(True, True)
 
-    def keep_ops(self) -> set[torch._ops.OpOverload]:
+    def keep_ops(self) -> set[Any]:
+        from .support import KEEP_OPS
+
         return set(KEEP_OPS)
 
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
+        from .support import check_node
+
         try:
             return check_node(self._converters(), node)
         except edgeport.BackendError as error:
@@ -86,6 +94,8 @@ class CoreMLBackend(edgeport.Backend):
             return edgeport.Support.no(f"could not check {node.target} against coremltools: {error}")
 
     def compile(self, program: ExportedProgram, options: CoreMLOptions) -> edgeport.Artifact:
+        from .convert import convert_partition
+
         ct = toolchain.coremltools()
         started = time.perf_counter()
         mlmodel, inputs, outputs = convert_partition(ct, self._converters(), program, options)
@@ -126,6 +136,8 @@ def _interface(specs: list[TensorSpec], features: tuple[package.Feature, ...]) -
     Raises `edgeport.BackendError` when coremltools changed the interface: a count,
     shape or carrier dtype that differs from the partition's.
     """
+    from .convert import CARRIER
+
     if len(specs) != len(features):
         raise edgeport.BackendError(
             f"coremltools made {len(features)} features for the partition's {len(specs)} values "

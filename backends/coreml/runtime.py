@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 import edgeport
+from edgeport.arrays import NO_NUMPY_TWIN, STORAGE
 
 from . import package, toolchain
 
@@ -42,21 +42,27 @@ class CoreMLExecutable:
         with toolchain.quiet():
             self._model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[compute_units])
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
         if len(inputs) != len(self._inputs):
             expected = ", ".join(i["name"] for i in self._inputs)
             raise edgeport.BackendError(
                 f"the Core ML partition takes {len(self._inputs)} inputs ({expected}), got {len(inputs)}"
             )
         feed = {
-            spec["coreml_name"]: tensor.detach().cpu().numpy().astype(_NUMPY[spec["coreml_dtype"]])
+            spec["coreml_name"]: edgeport.as_numpy(tensor).astype(_NUMPY[spec["coreml_dtype"]])
             for spec, tensor in zip(self._inputs, inputs)
         }
         with toolchain.quiet():
             result = self._model.predict(feed)
-        return [
-            torch.from_numpy(np.ascontiguousarray(result[spec["coreml_name"]]))
-            .to(getattr(torch, spec["dtype"]))
-            .reshape(spec["shape"])
-            for spec in self._outputs
-        ]
+        return [_output(result[spec["coreml_name"]], spec) for spec in self._outputs]
+
+
+def _output(value: Any, spec: dict[str, Any]) -> Any:
+    """A Core ML output as the partition's value: its dtype and shape (a numpy array;
+    a torch tensor for bfloat16, which numpy lacks)."""
+    array = np.ascontiguousarray(value).reshape(spec["shape"])
+    if spec["dtype"] in NO_NUMPY_TWIN:
+        import torch
+
+        return torch.from_numpy(array.astype(np.float32)).to(getattr(torch, spec["dtype"]))
+    return array.astype(STORAGE[spec["dtype"]], copy=False)

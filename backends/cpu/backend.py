@@ -6,30 +6,32 @@ so a whole network usually lowers to one partition and one LiteRT interpreter.
 Quantized, it offers int8 (XNNPACK's QS8 kernels), int8-dynamic and int4-weight
 (FULLY_CONNECTED with integer weights, run as qd8-f32-qc8w / qd8-f32-qb4w); its
 quantizer annotates exactly what the writer writes in int8 (tflite/quantizer.py).
+
+Registering it and `load` import no torch (the run side, on a device); `support`,
+`keep_ops` and `compile` reach the writer, which imports torch, when called.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import torch
-from torch.export import ExportedProgram
-from torch.fx import Node
+from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
 from edgeport.backends import tflite
 
-PRECISIONS = ("fp32", "fp16")
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
+    from torch.fx import Node
 
-aten = torch.ops.aten
+PRECISIONS = ("fp32", "fp16")
 
 # Ops that only relabel or copy data: a partition of nothing else would add a
 # boundary copy and an interpreter call for no work, so it stays portable.
 NEVER_ALONE = frozenset({
-    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default,
-    aten.transpose.int, aten.t.default, aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default,
-    aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default, aten.expand.default,
+    "aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.permute.default",
+    "aten.transpose.int", "aten.t.default", "aten.clone.default", "aten.alias.default",
+    "aten.lift_fresh_copy.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default",
+    "aten.unsqueeze.default", "aten.expand.default",
 })
 
 

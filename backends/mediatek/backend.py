@@ -6,6 +6,9 @@
   AOT-compiled for the SoC when the NeuroPilot SDK is installed (aot.py);
 - load: LiteRT's CompiledModel on the APU on a MediaTek device (runtime.py), else the
   same TFLite on LiteRT's CPU, labelled "reference (CPU)" and never as APU execution.
+
+Registering it and `load` import no torch (the run side, on a device); `support` and
+`compile` import the torch half (support.py, written.py, the writer) when called.
 """
 
 from __future__ import annotations
@@ -14,25 +17,21 @@ import logging
 from importlib import metadata
 from typing import Any
 
-import torch
-
 import edgeport
 from edgeport.backends import tflite
 
-from . import aot, bundle, toolchain, written
+from . import aot, bundle, toolchain
 from .options import MediatekOptions, check_soc, np_version
 from .runtime import CompiledModelExecutable
-from .support import mediatek_support
 
 log = logging.getLogger(__name__)
 
-aten = torch.ops.aten
-
 # A partition of nothing but these is a boundary copy for no work.
 _DATA_MOVES = frozenset({
-    aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default, aten.t.default,
-    aten.transpose.int, aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default,
-    aten.clone.default, aten.alias.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
+    "aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.permute.default",
+    "aten.t.default", "aten.transpose.int", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default",
+    "aten.unsqueeze.default", "aten.clone.default", "aten.alias.default", "aten.expand.default",
+    "aten.slice.Tensor", "aten.select.int",
 })  # fmt: skip
 
 APU_PRECISION = (
@@ -69,6 +68,8 @@ class MediatekBackend(edgeport.Backend):
         return set(tflite.KEEP_OPS)
 
     def support(self, node, ctx) -> edgeport.Support:  # noqa: ANN001 - contract types
+        from .support import mediatek_support
+
         return mediatek_support(node, ctx)
 
     def compile(self, program, options: MediatekOptions) -> edgeport.Artifact:  # noqa: ANN001
@@ -116,6 +117,8 @@ class MediatekBackend(edgeport.Backend):
 def _decline_what_neuropilot_refuses(data: bytes, program: Any) -> None:
     """Raise DeclineNodes for every node that wrote an op the plugin would refuse; a
     refused op that no compute node of the partition owns is a BackendError."""
+    from . import written
+
     computed = {n.name for n in program.graph_module.graph.nodes if n.op == "call_function"}
     reasons: dict[str, str] = {}
     for op, reason in written.refusals(data):

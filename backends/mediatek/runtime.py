@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 import edgeport
 
@@ -47,7 +46,7 @@ class CompiledModelExecutable:
         if len(inputs) != len(self._inputs):
             raise edgeport.InputError(f"the model takes {len(self._inputs)} inputs, got {len(inputs)}")
         for buffer, x in zip(self._inputs, inputs):
-            buffer.write(x.detach().contiguous().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+            buffer.write(edgeport.as_numpy(x))
         self.model.run_by_index(0, self._inputs, self._outputs)
         specs = zip(self._outputs, self._out_specs)
         return [b.read(int(np.prod(shape)), dtype).reshape(shape) for b, (dtype, shape) in specs]

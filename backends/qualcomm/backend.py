@@ -4,6 +4,9 @@ compile: partition → ONNX (torch.onnx, dynamo) → QNN HTP context binary for 
 wrapped in an EPContext ONNX model (the artifact) — with placement verified.
 load/run: ONNX Runtime + QNN EP runs that model: on a Snapdragon device, the NPU; on
 x86 Linux, QNN's HTP simulator, and every report says so.
+
+Registering it and `load` import no torch (the run side, on a device); `support`,
+`keep_ops` and `compile` import the torch half (support.py, onnx_export.py) when called.
 """
 
 from __future__ import annotations
@@ -11,19 +14,17 @@ from __future__ import annotations
 import importlib.util
 import platform
 import sys
-from typing import Any, Sequence
-
-import torch
-from torch.export import ExportedProgram
-from torch.fx import Node
+from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
 
 from .options import QualcommOptions, provider_options, resolve_soc
-from .support import KEEP_OPS, check_support
 
-aten = torch.ops.aten
-_TOOLCHAIN = ("onnxruntime", "onnxruntime_qnn", "onnx", "onnxscript")
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
+    from torch.fx import Node
+_RUNTIME = ("onnxruntime", "onnxruntime_qnn")  # running an artifact (edgeport[runtime-qualcomm])
+_COMPILER = ("onnx", "onnxscript")  # also needed to compile one (edgeport[qualcomm])
 
 
 class QnnExecutable:
@@ -38,12 +39,12 @@ class QnnExecutable:
         self._inputs = inputs
         self._outputs = outputs
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[Any]:
+    def run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         if len(inputs) != len(self._inputs):
             raise edgeport.ExecutionError(
                 f"qualcomm: the partition takes {len(self._inputs)} inputs, got {len(inputs)}"
             )
-        feeds = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(self._inputs, inputs)}
+        feeds = {name: edgeport.as_numpy(t) for name, t in zip(self._inputs, inputs)}
         return self._session.run(self._outputs, feeds)
 
 
@@ -56,9 +57,9 @@ class QualcommBackend(edgeport.Backend):
     rules = edgeport.PartitionRules(
         min_nodes=1,
         never_alone=frozenset({
-            aten.view.default, aten._unsafe_view.default, aten.permute.default,
-            aten.unsqueeze.default, aten.squeeze.dims, aten.expand.default,
-            aten.clone.default, aten.alias.default, aten.slice.Tensor, aten.select.int,
+            "aten.view.default", "aten._unsafe_view.default", "aten.permute.default",
+            "aten.unsqueeze.default", "aten.squeeze.dims", "aten.expand.default",
+            "aten.clone.default", "aten.alias.default", "aten.slice.Tensor", "aten.select.int",
         }),
     )
 
@@ -72,27 +73,30 @@ class QualcommBackend(edgeport.Backend):
         return f"onnxruntime-qnn {qnn.__version__} (QNN {qnn.qnn_version}), onnxruntime {onnxruntime.__version__}"
 
     def availability(self) -> edgeport.Availability:
-        missing = [name for name in _TOOLCHAIN if importlib.util.find_spec(name) is None]
-        if missing:
+        missing = [name for name in _RUNTIME + _COMPILER if importlib.util.find_spec(name) is None]
+        can_run = not set(missing) & set(_RUNTIME)
+        if not can_run:
             return edgeport.Availability(
                 can_compile=False,
                 can_run=False,
                 why=f"missing {', '.join(missing)}: pip install 'edgeport[qualcomm]'",
             )
+        why = f"compile: missing {', '.join(missing)}: pip install 'edgeport[qualcomm]'" if missing else ""
         if _on_snapdragon():
-            return edgeport.Availability(can_compile=True, can_run=True, runs_on="device")
-        return edgeport.Availability(
-            can_compile=True,
-            can_run=True,
-            why=f"{platform.system()} {platform.machine()}: runs in QNN's HTP simulator "
-            "(real QNN code on the CPU, not a Snapdragon NPU; timings say nothing about the device)",
-            runs_on="simulator",
-        )
+            return edgeport.Availability(can_compile=not missing, can_run=True, why=why, runs_on="device")
+        simulator = (f"{platform.system()} {platform.machine()}: runs in QNN's HTP simulator "
+                     "(real QNN code on the CPU, not a Snapdragon NPU; timings say nothing about the device)")
+        return edgeport.Availability(can_compile=not missing, can_run=True,
+                                     why="; ".join(w for w in (why, simulator) if w), runs_on="simulator")
 
-    def keep_ops(self) -> set[torch._ops.OpOverload]:
+    def keep_ops(self) -> set[Any]:
+        from .support import KEEP_OPS
+
         return set(KEEP_OPS)
 
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
+        from .support import check_support
+
         return check_support(node)
 
     def compile(self, program: ExportedProgram, options: QualcommOptions) -> edgeport.Artifact:

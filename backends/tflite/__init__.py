@@ -14,15 +14,38 @@
   the PT2E quantizer that annotates a graph as the writer writes it (imports torchao)
 
 Importing this package is cheap: the schema and the interpreter are imported when used.
+It imports no torch either: the run side (runner, merge, schema) is imported here, and
+the writer's names (which need torch) are imported on first use, so a device without
+torch runs a .tflite artifact with this package and LiteRT alone.
 """
 
-from .keep import KEEP_OPS
+import importlib
+from typing import Any
+
 from .merge import merge_models
 from .runner import TfliteEntries, TfliteExecutable, interpreter_missing, runtime_version, undelegated_ops
 from .schema import writer_deps_missing
-from .lowering import PLUMBING
-from .qdq import is_quantization_op
-from .writer import TfliteModel, constant_nodes, write_tflite, writer_support, written_ops
+
+# The compile side: name -> the module defining it, imported when first used (it imports torch).
+_WRITER_SIDE = {
+    "KEEP_OPS": ".keep",
+    "PLUMBING": ".lowering",
+    "is_quantization_op": ".qdq",
+    "TfliteModel": ".writer",
+    "constant_nodes": ".writer",
+    "write_tflite": ".writer",
+    "writer_support": ".writer",
+    "written_ops": ".writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WRITER_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 # int8: QS8 kernels; int8-dynamic / int4-weight: integer-weight FULLY_CONNECTEDs.
 SCHEMES = frozenset({"int8", "int8-dynamic", "int4-weight"})

@@ -24,7 +24,8 @@ from importlib import metadata
 from typing import Any, Sequence
 
 import numpy as np
-import torch
+
+from edgeport.arrays import as_numpy, is_torch_tensor
 
 _RUNTIMES = (("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime"))
 # LiteRT's INFO lines ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", printed
@@ -167,25 +168,16 @@ class TfliteExecutable:
         for position, (index, x) in enumerate(zip(self._inputs, inputs)):
             if in_place and position in in_place and _address(x) == in_place[position]:
                 continue  # already in place: the input is the interpreter's own buffer
-            self._set(index, _array(x))
+            self._set(index, as_numpy(x))
         self._invoke()
         return [np.asarray(self._get(index)) for index in self._outputs]  # rank-0 comes back as a scalar
 
 
 def _address(x: Any) -> tuple[int, int]:
     """(address, bytes) of a tensor's or array's memory, without converting it."""
-    if isinstance(x, torch.Tensor):
+    if is_torch_tensor(x):
         return x.data_ptr(), x.nbytes
     return x.ctypes.data, x.nbytes
-
-
-def _array(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if not x.is_contiguous():
-            x = x.contiguous()
-        return x.numpy()
-    return np.ascontiguousarray(x)
 
 
 class TfliteEntries:
@@ -232,5 +224,5 @@ class _SignatureExecutable:
 
     def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         runner = self._interpreter.get_signature_runner(self._key)
-        results = runner(**{name: _array(x) for name, x in zip(self._inputs, inputs)})
+        results = runner(**{name: as_numpy(x) for name, x in zip(self._inputs, inputs)})
         return [np.asarray(results[name]) for name in self._outputs]

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
-
-import torch
+from typing import Any
 
 
 @functools.cache
@@ -39,20 +38,21 @@ def writer_deps_missing() -> str:
 # Torch dtype -> name of the TensorType the tensor has *inside* the artifact. int64
 # lives as int32 inside (TFLite kernels mostly lack int64); the partition boundary
 # keeps the declared dtype with a CAST on each side.
-TENSOR_TYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float32: "FLOAT32",
-    torch.float16: "FLOAT16",
-    torch.int32: "INT32",
-    torch.int64: "INT32",
-    torch.bool: "BOOL",
-    torch.int8: "INT8",
-    torch.uint8: "UINT8",
+# Keyed by the dtype's name ("float32"), so reading this module needs no torch.
+TENSOR_TYPE_NAMES: dict[str, str] = {
+    "float32": "FLOAT32",
+    "float16": "FLOAT16",
+    "int32": "INT32",
+    "int64": "INT32",
+    "bool": "BOOL",
+    "int8": "INT8",
+    "uint8": "UINT8",
 }
 
-BOUNDARY_TYPE_NAMES: dict[torch.dtype, str] = {**TENSOR_TYPE_NAMES, torch.int64: "INT64"}
+BOUNDARY_TYPE_NAMES: dict[str, str] = {**TENSOR_TYPE_NAMES, "int64": "INT64"}
 
 
-def tensor_type(dtype: torch.dtype, boundary: bool = False) -> int:
+def tensor_type(dtype: Any, boundary: bool = False) -> int:
     """The TensorType enum value for a torch dtype (inside the artifact, or at its boundary)."""
     names = BOUNDARY_TYPE_NAMES if boundary else TENSOR_TYPE_NAMES
-    return getattr(tfl().TensorType, names[dtype])
+    return getattr(tfl().TensorType, names[str(dtype).removeprefix("torch.")])

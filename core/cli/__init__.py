@@ -7,10 +7,15 @@ toolchains' own chatter through (see `native_output`).
 Commands find backends in the registry given as click's context object
 (``cli.main(obj=registry)``, ``CliRunner().invoke(cli, args, obj=registry)``), or in
 the process-wide one: an application embedding the CLI, or a test, picks its own.
+
+The commands that need torch (`COMPILE_SIDE`: export, check, llm) are imported when
+invoked, so ``edgeport --help``, ``run``, ``explain`` and ``backends`` start without
+importing torch, and work where it is not installed.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import click
@@ -22,7 +27,39 @@ from ..plugins import Registry, default_registry
 RAISE_ENV = "EDGEPORT_RAISE_ERRORS"
 
 
+# Commands that import torch: name -> (their module, the short help ``--help`` lists).
+# tests/test_run_side.py checks each short help is the command's own.
+COMPILE_SIDE: dict[str, tuple[str, str]] = {
+    "check": (".check", "Check every delegated partition of SPEC (a model, exported here with its torch references) "
+                        "or PROGRAM (saved with --keep-reference) against torch, on the same inputs."),
+    "export": (".export", "Export SPEC (path/to/file.py:factory or package.module:factory) to a program."),
+    "llm": (".llm", "LLMs: export a GGUF file or Hugging Face directory, then generate or chat."),
+}
+
+
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMPILE_SIDE))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMPILE_SIDE and name not in self.commands:
+            _import_command(name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Like click's, with the short help of a command not imported yet taken from
+        `COMPILE_SIDE` (importing it would import torch)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows = []
+        for name in names:
+            command = self.commands.get(name) or click.Command(name, help=COMPILE_SIDE[name][1])
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -69,5 +106,20 @@ def main() -> None:
     cli(prog_name="edgeport")
 
 
-# Each command group lives in its own module and adds itself to `cli` on import.
-from . import backends, check, explain, export, llm, run  # noqa: E402,F401
+def _import_command(name: str) -> None:
+    """Import a compile-side command's module (it adds itself to `cli`); without torch,
+    an error that says the command needs it."""
+    try:
+        importlib.import_module(COMPILE_SIDE[name][0], __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise click.ClickException(
+            f"edgeport {name} needs PyTorch, which is not installed here (this environment runs programs only)"
+            "\n  hint: export and check on a machine with torch: pip install torch==2.13.0 'edgeport[cpu]'"
+        ) from None
+
+
+# Each command group lives in its own module and adds itself to `cli` on import; the
+# compile side's modules (`COMPILE_SIDE`) are imported when their command is invoked.
+from . import backends, explain, run  # noqa: E402,F401

@@ -7,6 +7,7 @@ import math
 import os
 
 import click
+import torch
 from click.core import ParameterSource
 from rich.table import Table
 
@@ -62,7 +63,7 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
                                      registry=registry, progress=show)
         name, plan = method_plan(program, method)
         if inputs_path:
-            inputs = read_inputs(inputs_path, plan)
+            inputs = [torch.from_numpy(a) for a in read_inputs(inputs_path, plan)]
         else:
             inputs = list(example) if example is not None and name == "forward" else random_inputs(plan)
         report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, registry=registry,

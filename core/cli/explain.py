@@ -10,7 +10,8 @@ import click
 from rich.table import Table
 
 from ..devtools.html import render_program
-from ..program import load
+from ..program import Program, read_program_file
+from ..torch_steps import PortableStep, describe_steps, portable_steps
 from . import cli
 from ._output import check_writable, console, print_json
 from .run import method_plan
@@ -39,7 +40,7 @@ def print_summary(report: dict[str, Any]) -> None:
 def explain(program: str, method: str | None, as_json: bool, html_path: str | None) -> None:
     """Show the placement of every node and why backends declined what they did."""
     check_writable(html_path)
-    prog = load(program)
+    prog = Program(*read_program_file(program))  # not `load`: a program that cannot run here is explained too
     method, _ = method_plan(prog, method)
     if html_path:
         page = render_program(prog, method, title=f"edgeport placement: {os.path.basename(program)}")
@@ -49,8 +50,9 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
             console.print(f"wrote {html_path}")
             return
     report = prog.report(method)
+    portable = portable_steps(prog.manifest)
     if as_json:
-        print_json(report)
+        print_json({**report, "torch_free": not portable})
         return
     nodes = Table("node", "op", "backend", "partition", "why not elsewhere")
     for n in report["nodes"]:
@@ -63,3 +65,13 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
                       str(p["boundary_bytes"]))
     console.print(parts)
     print_summary(report)
+    print_torch_free(portable)
+
+
+def print_torch_free(portable: list[PortableStep]) -> None:
+    """Whether the program runs without torch (every step delegated), and if not, what needs it."""
+    if not portable:
+        console.print("torch-free: yes (every step is delegated: runs with numpy and the backends' runtimes)")
+        return
+    console.print(f"torch-free: no ({len(portable)} portable step(s) need torch where the program runs)")
+    console.print(describe_steps(portable), markup=False)

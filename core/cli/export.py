@@ -45,9 +45,11 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
               help="Calibration batches for static schemes: a .npz (one array per input, batches stacked on "
                    "axis 0) or a factory returning an iterable of input tuples.")
 @click.option("--group-size", type=int, default=None, help="Weight group size of int4-weight (default 32).")
+@click.option("--require-delegated", is_flag=True,
+              help="Fail if any step stays portable (torch): the program must run on a device without torch.")
 def export(spec: str, backend_list: str, output: str, strict: bool, option_items: tuple[str, ...],
            report: str | None, keep_reference: bool | None, scheme: str | None, calibration: str | None,
-           group_size: int | None) -> None:
+           group_size: int | None, require_delegated: bool) -> None:
     """Export SPEC (path/to/file.py:factory or package.module:factory) to a program."""
     check_writable(output, report)
     registry, backends, options = current_registry(), backend_list.split(","), parse_options(option_items)
@@ -62,7 +64,7 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     with progress(True) as show:
         program = export_program(model, inputs, backends, options=options, strict=strict,
                                  keep_reference=keep_reference or None, registry=registry, progress=show,
-                                 quantize=quantize, calibration=batches)
+                                 quantize=quantize, calibration=batches, require_delegated=require_delegated)
         program.save(output)
     console.print(f"wrote {output} in {time.perf_counter() - start:.2f} s")
     print_summary(program.report())

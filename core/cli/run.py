@@ -1,4 +1,7 @@
-"""``edgeport run``: run a program on given or random inputs, with latency and profile."""
+"""``edgeport run``: run a program on given or random inputs, with latency and profile.
+
+It imports no torch: inputs are numpy arrays, which the runtime takes as torch tensors
+where torch is installed; outputs of either kind are summarized and written alike."""
 
 from __future__ import annotations
 
@@ -10,16 +13,15 @@ from typing import Any
 
 import click
 import numpy as np
-import torch
-import torch.utils._pytree as pytree
 from rich.table import Table
 
+from ..arrays import NO_NUMPY_TWIN, STORAGE, is_torch_tensor, torch_installed
 from ..devtools.html import human_bytes
 from ..devtools.profile import Profile, summarize_profile, time_runs
 from ..errors import InputError
 from ..manifest import MethodPlan
+from ..output_tree import leaves
 from ..program import Program, load
-from ..tensors import DTYPES
 from . import cli, current_registry
 from ._output import check_writable, console, print_json
 
@@ -35,23 +37,33 @@ def method_plan(program: Program, method: str | None) -> tuple[str, MethodPlan]:
     return name, plan
 
 
-def random_inputs(plan: MethodPlan, seed: int = 0) -> list[torch.Tensor]:
-    """Inputs that fit the method's spec; symbolic dims take their lower bound (at least 1)."""
-    generator = torch.Generator().manual_seed(seed)
+def random_inputs(plan: MethodPlan, seed: int = 0) -> list[Any]:
+    """Inputs that fit the method's spec; symbolic dims take their lower bound (at least 1).
+    numpy arrays, as torch tensors where torch is installed (bfloat16 needs one)."""
+    generator = np.random.default_rng(seed)
     inputs = []
     for spec in plan.inputs:
         shape = [d if isinstance(d, int) else max(1, plan.symbols.get(d, (1, None))[0]) for d in spec.shape]
-        dtype = DTYPES[spec.dtype]
-        if dtype.is_floating_point:
-            inputs.append(torch.randn(shape, generator=generator).to(dtype))
-        elif dtype == torch.bool:
-            inputs.append(torch.randint(0, 2, shape, generator=generator).bool())
+        if spec.dtype in NO_NUMPY_TWIN or np.issubdtype(STORAGE[spec.dtype], np.floating):
+            inputs.append(generator.standard_normal(shape, dtype=np.float32))
+        elif spec.dtype == "bool":
+            inputs.append(generator.integers(0, 2, shape).astype(np.bool_))
         else:  # indices: keep them small so embeddings and gathers stay in range
-            inputs.append(torch.randint(0, 8, shape, generator=generator, dtype=dtype))
-    return inputs
+            inputs.append(generator.integers(0, 8, shape).astype(STORAGE[spec.dtype]))
+    return _as_spec(inputs, plan)
 
 
-def read_inputs(path: str, plan: MethodPlan) -> list[torch.Tensor]:
+def _as_spec(arrays: list[np.ndarray], plan: MethodPlan) -> list[Any]:
+    """Random arrays in the dtypes of the method's inputs: a float16/float64 input cast
+    from float32; where torch is installed, torch tensors (a bfloat16 one too)."""
+    if not torch_installed():
+        return [a.astype(STORAGE[s.dtype], copy=False) for a, s in zip(arrays, plan.inputs)]
+    import torch
+
+    return [torch.from_numpy(a).to(getattr(torch, s.dtype)) for a, s in zip(arrays, plan.inputs)]
+
+
+def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
     """Inputs from an .npz: by input name, or in order (arr_0, arr_1, ...)."""
     names = [s.name for s in plan.inputs]
     not_npz = InputError(f"{path} is not an .npz archive of arrays",
@@ -69,7 +81,7 @@ def read_inputs(path: str, plan: MethodPlan) -> list[torch.Tensor]:
             raise InputError(f"{path} holds {len(data.files)} arrays, the method takes {len(names)}: "
                              f"{', '.join(names)}")
         try:
-            return [torch.from_numpy(np.ascontiguousarray(data[k])) for k in keys]
+            return [np.ascontiguousarray(data[k]) for k in keys]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise InputError(f"{path}: an array cannot be read ({exc})", hint=not_npz.hint) from None
 
@@ -80,11 +92,19 @@ def _natural(key: str) -> tuple:
 
 
 def summarize(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        flat = value.detach().float().flatten()
+    if is_torch_tensor(value) or isinstance(value, np.ndarray):
+        flat = _plain_array(value).astype(np.float32).ravel()
         return {"dtype": str(value.dtype).removeprefix("torch."), "shape": list(value.shape),
-                "first": flat[:8].tolist(), "mean": float(flat.mean()) if flat.numel() else 0.0}
+                "first": flat[:8].tolist(), "mean": float(flat.mean()) if flat.size else 0.0}
     return value
+
+
+def _plain_array(value: Any) -> np.ndarray:
+    """A torch tensor's or numpy array's values as numpy (bfloat16, which numpy lacks, as float32)."""
+    if is_torch_tensor(value):
+        value = value.detach().cpu()
+        return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
+    return np.asarray(value)
 
 
 def describe(summary: Any) -> str:
@@ -98,13 +118,7 @@ def describe(summary: Any) -> str:
 def write_outputs(path: str, outputs: list[Any]) -> None:
     """Every output, whole, as ``output_0``, ``output_1``, ... of an .npz (bfloat16,
     which numpy lacks, as float32)."""
-    arrays = {}
-    for i, value in enumerate(outputs):
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu()
-            value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-        arrays[f"output_{i}"] = np.asarray(value)
-    np.savez(path, **arrays)
+    np.savez(path, **{f"output_{i}": _plain_array(value) for i, value in enumerate(outputs)})
 
 
 @cli.command()
@@ -132,10 +146,10 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
     summary = summarize_profile(plan, results, latencies, prog.report(name).get("values", {})) if profile else None
     steps = ([dataclasses.asdict(s) for s in summary.steps] if summary
              else [{"index": i, "label": l} for i, l in enumerate(labels)])
-    leaves = pytree.tree_leaves(results[-1].outputs)
+    flat = leaves(results[-1].outputs)
     if outputs_path:
-        write_outputs(outputs_path, leaves)
-    outputs = [summarize(o) for o in leaves]
+        write_outputs(outputs_path, flat)
+    outputs = [summarize(o) for o in flat]
     if as_json:
         data = {"outputs": outputs, "latency_ms": latency, "steps": steps, "reference": reference,
                 "outputs_file": outputs_path}
@@ -149,7 +163,7 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
     for i, out in enumerate(outputs):
         console.print(f"output {i}: {describe(out)}", markup=False)
     if outputs_path:
-        console.print(f"wrote {len(leaves)} output(s) to {outputs_path}", markup=False)
+        console.print(f"wrote {len(flat)} output(s) to {outputs_path}", markup=False)
     console.print(f"latency over {repeat} run(s): min {latency['min']:.3f} ms, median {latency['median']:.3f} ms, "
                   f"max {latency['max']:.3f} ms")
     console.print(f"steps: {', '.join(labels) or 'none'}")

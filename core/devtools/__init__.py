@@ -6,11 +6,26 @@ computes the right numbers, and where the time goes.
   and the first op that diverges (``edgeport check``);
 - `time_runs` / `summarize_profile` — time per step and per backend, and the bytes that
   cross delegate boundaries (``edgeport run --profile``).
+
+The check needs torch (it runs torch references) and is imported on first use; the
+rest runs where torch is not installed.
 """
 
-from .check import CheckReport, Divergence, PartitionCheck, check_model, check_program
+import importlib
+from typing import Any
+
 from .html import render_html, render_program
 from .profile import Profile, summarize_profile, time_runs
+
+_NEEDS_TORCH = {"CheckReport", "Divergence", "PartitionCheck", "check_model", "check_program"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NEEDS_TORCH:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(".check", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "CheckReport",

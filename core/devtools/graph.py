@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from edgeport.partitioners.policy import PORTABLE
+from ..manifest import PORTABLE
 
 HEAD_ROWS, TAIL_ROWS = 3, 2  # a partition longer than HEAD + TAIL + 1 nodes shows only these ends
 BOX_W, HEADER_H, ROW_H, PAD = 220.0, 20.0, 16.0, 6.0

@@ -13,7 +13,7 @@ import html
 from collections import Counter, defaultdict
 from typing import Any, Mapping, Sequence
 
-from edgeport.partitioners.policy import PORTABLE
+from ..manifest import PORTABLE
 
 from ..errors import InputError
 from ..program import Program

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from edgeport.partitioners.policy import PORTABLE
+from ..manifest import PORTABLE
 
 from ..manifest import MethodPlan
 from ..runtime import RunResult, Runtime

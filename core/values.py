@@ -1,0 +1,95 @@
+"""What a running program's values are: torch tensors where torch is installed, numpy
+arrays where it is not.
+
+The runtime holds every value of a call (inputs, step outputs, program state) in one
+kind, chosen once per loaded program by whether torch is installed, so a program on a
+workstation behaves as it always has (torch tensors in and out) and the same program
+on a device without torch takes and returns numpy arrays. Each kind converts what a
+caller or a backend hands it and checks inputs against the method's spec in its own
+terms (a numpy dtype is ``float32``, a torch one ``torch.float32``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .arrays import STORAGE, array_from_bytes
+from .errors import InputError
+from .manifest import TensorSpec
+from .output_tree import leaves
+
+
+class NumpyValues:
+    """Values as numpy arrays: the run side without torch."""
+
+    def flatten(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        if not kwargs and all(isinstance(a, np.ndarray) for a in args):
+            return list(args)
+        return leaves((tuple(args), dict(kwargs)))
+
+    def input(self, value: Any, index: int, spec: TensorSpec) -> np.ndarray:
+        """``value`` as input ``index`` takes it; InputError if it is not a numpy array of the spec's dtype."""
+        if isinstance(value, np.generic):
+            value = np.asarray(value)
+        if not isinstance(value, np.ndarray):
+            raise InputError(f"input {index} ({spec.name!r}) must be a numpy array, got {type(value).__name__}")
+        if value.dtype != STORAGE[spec.dtype]:
+            raise InputError(f"input {index} ({spec.name!r}) must be {spec.dtype}, got {value.dtype}",
+                             hint=f"convert it with .astype(numpy.{spec.dtype})")
+        return value
+
+    def contiguous(self, value: np.ndarray) -> np.ndarray:
+        return value if value.flags.c_contiguous else np.ascontiguousarray(value)
+
+    def step_output(self, value: Any) -> np.ndarray:
+        return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+    def state(self, data: bytes, entry: dict[str, Any]) -> np.ndarray:
+        return array_from_bytes(data, entry)
+
+
+class TorchValues:
+    """Values as torch tensors: how edgeport has always run where torch is installed
+    (numpy inputs are taken as tensors over the same memory)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from .tensors import DTYPES
+
+        self._torch = torch
+        self._dtypes = DTYPES
+
+    def flatten(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        if not kwargs and all(isinstance(a, self._torch.Tensor) for a in args):
+            return list(args)
+        return leaves((tuple(args), dict(kwargs)))
+
+    def input(self, value: Any, index: int, spec: TensorSpec) -> Any:
+        """``value`` as input ``index`` takes it; InputError if it is not a tensor of the spec's dtype."""
+        if isinstance(value, np.ndarray):
+            value = self._torch.from_numpy(value)
+        if not isinstance(value, self._torch.Tensor):
+            raise InputError(f"input {index} ({spec.name!r}) must be a tensor, got {type(value).__name__}")
+        if value.dtype != self._dtypes[spec.dtype]:
+            raise InputError(
+                f"input {index} ({spec.name!r}) must be {spec.dtype}, got {str(value.dtype).removeprefix('torch.')}",
+                hint=f"convert it with .to(torch.{spec.dtype})",
+            )
+        return value
+
+    def contiguous(self, value: Any) -> Any:
+        return value if value.is_contiguous() else value.contiguous()
+
+    def step_output(self, value: Any) -> Any:
+        return self._torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+
+    def state(self, data: bytes, entry: dict[str, Any]) -> Any:
+        from .tensors import tensor_from_bytes
+
+        return tensor_from_bytes(data, entry)
+
+
+Values = NumpyValues | TorchValues

@@ -1,0 +1,101 @@
+"""The run side's layering, checked from the full environment: what imports torch and
+what must not, and the compile side's guards for programs meant for a device without
+torch. tests_device/ runs the programs themselves in a virtualenv without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+
+import edgeport
+from edgeport.cli import COMPILE_SIDE, cli
+from edgeport.torch_steps import method_portable_steps
+
+# Hides torch (a None in sys.modules makes its import fail), then imports the run side.
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+import edgeport, edgeport.runtime, edgeport.cli
+import edgeport.backends.cpu, edgeport.backends.qualcomm, edgeport.backends.mediatek, edgeport.backends.coreml
+"""
+
+
+class Cumulative(torch.nn.Module):
+    """A linear (the cpu backend takes it) then an op it has no kernel for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(self.linear(x), ord=3, dim=-1)
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_the_run_side_and_every_builtin_backend_import_without_torch():
+    result = _python(WITHOUT_TORCH)
+    assert result.returncode == 0, result.stderr
+
+
+def test_edgeport_help_does_not_import_torch():
+    """(``edgeport backends`` may, here: coremltools imports torch when it is installed;
+    tests_device/ runs it where torch is not.)"""
+    code = ("import sys\nfrom edgeport.cli import main\n"
+            "sys.argv = ['edgeport', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_help_of_a_command_not_imported_yet_is_its_own():
+    context = click.Context(cli)
+    for name, (_, short_help) in COMPILE_SIDE.items():
+        command = cli.get_command(context, name)  # imports it
+        assert click.Command(name, help=short_help).get_short_help_str(200) == command.get_short_help_str(200)
+
+
+def test_without_torch_the_compile_side_says_what_to_install():
+    result = _python(WITHOUT_TORCH + "edgeport.export\n")
+    assert "edgeport.export is part of edgeport's compile side, which needs PyTorch" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def half_delegated() -> edgeport.Program:
+    torch.manual_seed(0)
+    return edgeport.export(Cumulative().eval(), (torch.randn(2, 4),), ["cpu"])
+
+
+def test_require_delegated_fails_an_export_that_leaves_portable_steps(half_delegated):
+    plan, report = half_delegated.manifest.methods["forward"], half_delegated.report()
+    assert [s.kind for s in plan.steps] == ["delegate", "portable"]
+    steps = method_portable_steps("forward", plan, report)
+    with pytest.raises(edgeport.LoweringError) as caught:
+        edgeport.export(Cumulative().eval(), (torch.randn(2, 4),), ["cpu"], require_delegated=True)
+    assert str(caught.value).startswith("require_delegated: 1 step(s) stayed portable (torch)")
+    assert steps[0].describe() in str(caught.value)
+    assert "aten.linalg_vector_norm.default (cpu: " in str(caught.value)
+
+
+def test_explain_says_whether_a_program_is_torch_free(half_delegated, tmp_path):
+    half_delegated.save(tmp_path / "half.edgeport")
+    runner = CliRunner()
+    table = runner.invoke(cli, ["explain", str(tmp_path / "half.edgeport")], catch_exceptions=False).output
+    assert "torch-free: no (1 portable step(s) need torch where the program runs)" in table
+    data = json.loads(runner.invoke(cli, ["explain", "--json", str(tmp_path / "half.edgeport")]).output)
+    assert data["torch_free"] is False
+
+
+def test_a_program_loaded_with_torch_takes_numpy_and_torch_inputs_alike(half_delegated):
+    x = torch.randn(2, 4)
+    assert torch.equal(half_delegated(x), half_delegated(x.numpy()))
