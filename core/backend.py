@@ -168,6 +168,8 @@ class Backend:
     # Quantization schemes (edgeport.quantize.SCHEMES names) `quantizer` answers for.
     # None offered: the backend keeps its nodes float when a model is quantized.
     schemes: ClassVar[frozenset[str]] = frozenset()
+    # Schemes it does not offer -> why (its hardware or toolchain's rule), said when it declines one.
+    schemes_declined: ClassVar[dict[str, str]] = {}
 
     @property
     def version(self) -> str:

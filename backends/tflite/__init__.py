@@ -3,7 +3,8 @@
 - `writer_support(node, ctx)`: can the writer write this node? (the lowering table's answer)
 - `written_ops(node, ctx)`: the TFLite ops it would write for it (besides `PLUMBING`)
 - `constant_nodes(program)`: the nodes it folds to constants at compile time
-- `is_quantization_op(node)`: a quantize/dequantize node of a quantized (PT2E) graph
+- `is_quantization_op(node)`: a quantize/dequantize node of a quantized (PT2E) graph;
+  `is_affine_quantization_op(node)`: one of run-time (per token) or group-wise quantization
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
 - `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate;
   `undelegated_ops(interpreter)`: what XNNPACK left to TFLite's own kernels
@@ -21,6 +22,7 @@ from .merge import merge_models
 from .runner import TfliteEntries, TfliteExecutable, interpreter_missing, runtime_version, undelegated_ops
 from .schema import writer_deps_missing
 from .lowering import PLUMBING
+from .qdq import is_affine_op as is_affine_quantization_op
 from .qdq import is_quantization_op
 from .writer import TfliteModel, constant_nodes, write_tflite, writer_support, written_ops
 
@@ -44,6 +46,7 @@ __all__ = [
     "TfliteModel",
     "constant_nodes",
     "interpreter_missing",
+    "is_affine_quantization_op",
     "is_quantization_op",
     "quantizer_for",
     "merge_models",

@@ -76,7 +76,9 @@ def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> Back
     if not offered:
         return BackendQuantization(FLOAT, "the backend offers no quantization schemes")
     if scheme.name not in backend.schemes:
-        return BackendQuantization(DECLINES, f"{backend.name} does not offer {scheme.name} (it offers {', '.join(offered)})")
+        why = backend.schemes_declined.get(scheme.name)
+        because = f": {why}" if why else ""
+        return BackendQuantization(DECLINES, f"{backend.name} does not offer {scheme.name} (it offers {', '.join(offered)}){because}")
     quantizer = backend.quantizer(scheme, options)
     if quantizer is None:
         return BackendQuantization(DECLINES, f"{backend.name} has no {scheme.name} quantizer for these options")

@@ -288,4 +288,4 @@ def test_backends_json_lists_each_backends_schemes():
     assert result.exit_code == 0, result.output
     schemes = {row["name"]: row["schemes"] for row in json.loads(result.output)["backends"]}
     assert schemes["cpu"] == ["int4-weight", "int8", "int8-dynamic"]
-    assert schemes["mediatek"] == []
+    assert schemes["mediatek"] == ["int8"]
