@@ -4,14 +4,19 @@ LiteRT CPU reference here), and the schemes it declines with NeuroPilot's reason
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.mediatek import MediatekBackend, neuropilot, written
 from edgeport.backends.mediatek.toolchain import apu_missing
+from edgeport.cli import cli
 from edgeport.testing import QUANTIZED_CASES, reference_program, registry_for, run_quantized_conformance
 from edgeport.testing.quantized_cases import calibration_for
 
@@ -21,6 +26,7 @@ from edgeport.testing.quantized_cases import calibration_for
 INT8_WHERE_CPU_KEEPS_FLOAT = {"int8_relu", "int8_hardswish", "int8_softmax", "int8_avg_pool2d"}
 # RELU6 is not in the plugin's kSupportedOps (float or int8): the case is declined whole.
 NOT_LEGALIZED = {"int8_relu6"}
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class RankFiveMiddle(nn.Module):
@@ -123,3 +129,23 @@ def test_fp16_weights_decline_int8():
     report = program.manifest.report["forward"]["quantization"]["backends"]
     assert report["mediatek"] == "declines: mediatek has no int8 quantizer for these options"
     assert {n["backend"] for n in program.report()["nodes"] if n["op"] == "aten.convolution.default"} == {"cpu"}
+
+
+@pytest.mark.slow
+def test_the_readme_mobilenet_int8_export_for_mediatek_runs(tmp_path, monkeypatch):
+    """The README's command, as written there, from the repository root."""
+    (line,) = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()
+               if line.strip().startswith("edgeport export") and "--backend mediatek --quantize int8" in line]
+    args = shlex.split(line)[1:]
+    out = tmp_path / "k8.edgeport"
+    args[args.index("-o") + 1] = str(out)
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "mediatek: quantizes its" in result.output
+    program = edgeport.load(out, registry=registry_for(MediatekBackend()))
+    assert {n["backend"] for n in program.report()["nodes"]} == {"mediatek"}
+    (info,) = program.manifest.artifacts.values()
+    assert info.metadata["ops"]["QUANTIZE"] == 1 and info.metadata["ops"]["DEQUANTIZE"] == 1
+    assert written.refusals(program.files[next(iter(program.manifest.artifacts))]) == []
+    assert program(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
