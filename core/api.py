@@ -26,6 +26,7 @@ from .manifest import Manifest
 from .plugins import Registry, default_registry
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
+from .quantize.placement import compile_options
 from .shared_artifacts import share_artifacts
 from .tensors import tensor_to_bytes
 
@@ -119,12 +120,14 @@ def export_methods(
             batches = calibration.get(name) if isinstance(calibration, Mapping) else calibration
             quantized = quantize_method(module, inputs, dynamic, selected, parsed, scheme, batches, progress)
             program, declined = quantized.program, quantized.placement.declined
+            lowering_options = compile_options(quantized.placement, parsed)
         else:
             program = capture(module, inputs, list(selected.values()), parsed, dynamic)
+            lowering_options = parsed
         if rewrite is not None:
             program = rewrite(name, program)
-        lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress,
-                               declined=declined)
+        lowered = lower_method(name, program, selected, lowering_options, strict=strict, keep_reference=keep,
+                               progress=progress, declined=declined)
         if quantized is not None:
             lowered.report["quantization"] = quantized.report
         files.update(lowered.files)

@@ -189,9 +189,11 @@ class Backend:
     def quantizer(self, scheme: Any, options: Any) -> Any:
         """A `torchao.quantization.pt2e` Quantizer annotating the core-ATen graph for
         `scheme` (an `edgeport.quantize.Scheme` named in `schemes`), or None to decline
-        it. edgeport keeps only the annotations on nodes this backend owns; its
-        `support` must then recognize the quantized patterns (dequantize -> op ->
-        quantize) in the converted graph. Import torchao here, not at module import."""
+        it (or raise `BackendError` naming the option that rules it out: the backend
+        then declines its nodes with that reason). edgeport keeps only the annotations
+        on nodes this backend owns; its `support` must then recognize the quantized
+        patterns (dequantize -> op -> quantize) in the converted graph. Import torchao
+        here, not at module import."""
         return None
 
     def compile(self, program: ExportedProgram, options: Any) -> Artifact:
