@@ -56,7 +56,8 @@ def export(
     only for backends that cannot run on this machine, so such programs stay runnable
     here with ``reference=True``.
 
-    ``quantize`` names a scheme ("int8", "int8-dynamic", "int4-weight", "a16w8"; see
+    ``quantize`` names a scheme ("int8", "int8-dynamic", "int4-weight", "a16w8",
+    "palettize4", "palettize6"; see
     `edgeport.quantize.SCHEMES`): each node is quantized by the backend that runs it.
     Static schemes need ``calibration``, an iterable of input tuples. A model returned
     by `prepare_qat` is exported with the scheme it was prepared for.
