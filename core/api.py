@@ -26,6 +26,7 @@ from .manifest import Manifest
 from .plugins import Registry, default_registry
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
+from .quantize.placement import compile_options
 from .shared_artifacts import share_artifacts
 from .tensors import tensor_to_bytes
 from .torch_steps import method_portable_steps, not_delegated
@@ -59,7 +60,8 @@ def export(
     only for backends that cannot run on this machine, so such programs stay runnable
     here with ``reference=True``.
 
-    ``quantize`` names a scheme ("int8", "int8-dynamic", "int4-weight", "a16w8"; see
+    ``quantize`` names a scheme ("int8", "int8-dynamic", "int4-weight", "a16w8",
+    "palettize4", "palettize6"; see
     `edgeport.quantize.SCHEMES`): each node is quantized by the backend that runs it.
     Static schemes need ``calibration``, an iterable of input tuples. A model returned
     by `prepare_qat` is exported with the scheme it was prepared for.
@@ -128,12 +130,14 @@ def export_methods(
             batches = calibration.get(name) if isinstance(calibration, Mapping) else calibration
             quantized = quantize_method(module, inputs, dynamic, selected, parsed, scheme, batches, progress)
             program, declined = quantized.program, quantized.placement.declined
+            lowering_options = compile_options(quantized.placement, parsed)
         else:
             program = capture(module, inputs, list(selected.values()), parsed, dynamic)
+            lowering_options = parsed
         if rewrite is not None:
             program = rewrite(name, program)
-        lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress,
-                               declined=declined)
+        lowered = lower_method(name, program, selected, lowering_options, strict=strict, keep_reference=keep,
+                               progress=progress, declined=declined)
         if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):
             raise not_delegated(portable)
         if quantized is not None:

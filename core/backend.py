@@ -179,6 +179,8 @@ class Backend:
     # Quantization schemes (edgeport.quantize.SCHEMES names) `quantizer` answers for.
     # None offered: the backend keeps its nodes float when a model is quantized.
     schemes: ClassVar[frozenset[str]] = frozenset()
+    # Schemes it does not offer -> why (its hardware or toolchain's rule), said when it declines one.
+    schemes_declined: ClassVar[dict[str, str]] = {}
 
     @property
     def version(self) -> str:
@@ -198,9 +200,11 @@ class Backend:
     def quantizer(self, scheme: Any, options: Any) -> Any:
         """A `torchao.quantization.pt2e` Quantizer annotating the core-ATen graph for
         `scheme` (an `edgeport.quantize.Scheme` named in `schemes`), or None to decline
-        it. edgeport keeps only the annotations on nodes this backend owns; its
-        `support` must then recognize the quantized patterns (dequantize -> op ->
-        quantize) in the converted graph. Import torchao here, not at module import."""
+        it (or raise `BackendError` naming the option that rules it out: the backend
+        then declines its nodes with that reason). edgeport keeps only the annotations
+        on nodes this backend owns; its `support` must then recognize the quantized
+        patterns (dequantize -> op -> quantize) in the converted graph. Import torchao
+        here, not at module import."""
         return None
 
     def compile(self, program: ExportedProgram, options: Any) -> Artifact:

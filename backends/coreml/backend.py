@@ -3,6 +3,14 @@
 coremltools converts anywhere; Core ML runs only on macOS. Here on Linux the backend
 compiles, and says plainly that it cannot run (`availability`, `load`).
 
+Quantized, it compresses weights with coremltools at compile time (compress.py: int8
+and per-block int4 through `linear_quantize_weights`, palettize4/6 through
+`palettize_weights`), and for int8 also quantizes activations: its PT2E quantizer
+(quantize.py) annotates where Core ML's activation quantization goes, the core
+calibrates those edges on the user's batches, and coremltools converts the
+quantize/dequantize pairs into MIL ones. The scheme reaches `compile` in the options
+(`scheme`, `group_size`), so the manifest records it with each artifact.
+
 Registering it and `load` import no torch (the run side); `support`, `keep_ops` and
 `compile` import the torch half (support.py, convert.py) when called.
 """
@@ -15,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import edgeport
 
-from . import package, runtime, toolchain
+from . import compress, package, runtime, toolchain
 from .options import CoreMLOptions
 
 if TYPE_CHECKING:
@@ -53,6 +61,12 @@ class CoreMLBackend(edgeport.Backend):
     name = "coreml"
     options = CoreMLOptions
     rules = edgeport.PartitionRules(never_alone=_DATA_MOVEMENT)
+    schemes = frozenset(compress.SCHEMES)
+    schemes_declined = {
+        "int8-dynamic": "Core ML quantizes activations only with calibrated (static) ranges; "
+                        "use int8, or int4-weight / palettize4 / palettize6 for weights alone",
+        "a16w8": "Core ML's activation quantization is 8-bit (linear_quantize_activations: int8 or uint8 only)",
+    }
 
     def __init__(self) -> None:
         self._registry: ConverterRegistry | None = None
@@ -93,12 +107,22 @@ class CoreMLBackend(edgeport.Backend):
         except Exception as error:  # support() must answer, never raise
             return edgeport.Support.no(f"could not check {node.target} against coremltools: {error}")
 
+    def quantizer(self, scheme: edgeport.Scheme, options: CoreMLOptions) -> Any:
+        from .quantize import CoreMLQuantizer  # imports torchao
+
+        compress.check_target(toolchain.coremltools(), scheme.name, options.minimum_deployment_target)
+        return CoreMLQuantizer(scheme)
+
     def compile(self, program: ExportedProgram, options: CoreMLOptions) -> edgeport.Artifact:
         from .convert import convert_partition
 
         ct = toolchain.coremltools()
         started = time.perf_counter()
+        if options.scheme != "none":
+            compress.check_target(ct, options.scheme, options.minimum_deployment_target)
         mlmodel, inputs, outputs = convert_partition(ct, self._converters(), program, options)
+        if options.scheme != "none":
+            mlmodel = compress.compress_weights(ct, mlmodel, options.scheme, options.group_size)
         description = package.describe(mlmodel.get_spec())
         metadata = {
             "coremltools": toolchain.installed_version(),
@@ -107,6 +131,8 @@ class CoreMLBackend(edgeport.Backend):
             "outputs": _interface(outputs, description.outputs),
             "mil_ops": description.mil_ops,
         }
+        if options.scheme != "none":
+            metadata["scheme"] = options.scheme
         data = package.package_bytes(mlmodel)
         toolchain.LOG.info(
             "coremltools converted %d nodes into %d MIL ops in %.2f s",
@@ -117,7 +143,11 @@ class CoreMLBackend(edgeport.Backend):
         return edgeport.Artifact(data=data, suffix=".mlpackage.zip", metadata=metadata)
 
     def tolerance(self, options: CoreMLOptions) -> float:
-        # fp16 compute: 2e-2 is what the conformance cases need on macOS (tests/backends/coreml).
+        # Compressed weights (against the float reference; int8 activations are in the
+        # reference too): ~1e-1, as the contract suggests for int8. fp16 compute: 2e-2 is
+        # what the conformance cases need on macOS (tests/backends/coreml).
+        if options.scheme != "none":
+            return 1e-1
         return 2e-2 if options.compute_precision == "fp16" else super().tolerance(options)
 
     def load(self, artifact: edgeport.Artifact) -> runtime.CoreMLExecutable:

@@ -78,7 +78,23 @@ def partition_io(program: ExportedProgram) -> tuple[list[TensorSpec], list[Tenso
             f"partition outputs {outputs} repeat a value or pass an input straight through",
             hint="a Core ML model's outputs must be distinct values computed by its ops",
         )
+    _decline_int8_boundaries(nodes, signature.user_inputs, outputs)
     return [_spec(nodes[n]) for n in signature.user_inputs], [_spec(nodes[n]) for n in outputs]
+
+
+def _decline_int8_boundaries(nodes: dict[str, Node], inputs: list[str], outputs: list[str]) -> None:
+    """A quantized (int8) value may live inside a Core ML model, not cross its interface
+    (features are float or int32): decline the node that would make it cross, the
+    quantize that produces an int8 output or each reader of an int8 input."""
+    def int8(name: str) -> bool:
+        value = nodes[name].meta.get("val")
+        return isinstance(value, torch.Tensor) and value.dtype == torch.int8
+
+    why = "its int8 (quantized) value would cross the Core ML model's interface, which has no int8 features"
+    reasons = {name: why for name in outputs if int8(name)}
+    reasons |= {user.name: why for name in inputs if int8(name) for user in nodes[name].users}
+    if reasons:
+        raise edgeport.DeclineNodes(reasons)
 
 
 def _tensor_types(ct: ModuleType, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> dict[str, Any]:
@@ -162,6 +178,16 @@ def _collect_only_new_objects() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _aten_dialect(program: ExportedProgram) -> ExportedProgram:
+    """``program`` in the ATen dialect coremltools insists on. A quantized graph is
+    captured again without a decomposition (it changes nothing there: flow.recapture),
+    which leaves it in the TRAINING dialect; an empty decomposition table only re-traces."""
+    if program.dialect != "TRAINING":
+        return program
+    with toolchain.quiet():
+        return program.run_decompositions({})
+
+
 def convert_partition(
     ct: ModuleType, registry: ConverterRegistry, program: ExportedProgram, options: CoreMLOptions
 ) -> tuple[Any, list[TensorSpec], list[TensorSpec]]:
@@ -172,7 +198,7 @@ def convert_partition(
     """
     inputs, outputs = partition_io(program)
     arguments = {**convert_arguments(ct, options), **_tensor_types(ct, inputs, outputs)}
-    source = with_copy_twins(program, registry)
+    source = with_copy_twins(_aten_dialect(program), registry)
     with toolchain.quiet() as transcript, _collect_only_new_objects():
         try:
             # skip_model_load: compiling the model for this machine is load()'s job, on macOS.

@@ -36,6 +36,11 @@ class CoreMLOptions:
     compute_units: str = edgeport.option("ALL", choices=COMPUTE_UNITS)
     # fp16 is what the Neural Engine computes in; fp32 keeps the model off it (CPU/GPU only).
     compute_precision: str = edgeport.option("fp16", choices=PRECISIONS)
+    # The quantization scheme the weights are compressed with (compress.py); edgeport sets
+    # it from --quantize, and the manifest records it with the artifact.
+    scheme: str = edgeport.option("none", choices=("none", "int8", "int4-weight", "palettize4", "palettize6"))
+    # int4-weight: inputs per block of 4-bit weights (set from --group-size).
+    group_size: int = edgeport.option(32, at_least=1)
 
 
 def deployment_target(ct: ModuleType, name: str) -> Any:

@@ -218,6 +218,16 @@ def _tensor_values(node: Node) -> list[torch.Tensor]:
     return flat
 
 
+# Static per-tensor quantization (a PT2E graph's activations): coremltools converts it to
+# MIL quantize/dequantize (iOS17), whose quantized tensors are int8.
+STATIC_QUANTIZATION = frozenset({"quantized_decomposed::quantize_per_tensor", "quantized_decomposed::dequantize_per_tensor"})
+
+
+def _static_quantization(node: Node) -> bool:
+    """A per-tensor quantize or dequantize with literal scale and zero point."""
+    return op_name(node.target) in STATIC_QUANTIZATION and getattr(node.target, "_overloadname", "") == "default"
+
+
 def check_node(registry: ConverterRegistry, node: Node) -> edgeport.Support:
     """Whether coremltools converts ``node`` correctly; the reason when it does not."""
     if node.op in ("placeholder", "output"):
@@ -225,12 +235,13 @@ def check_node(registry: ConverterRegistry, node: Node) -> edgeport.Support:
     if node.op != "call_function":
         return edgeport.Support.no(f"coremltools converts only call_function nodes, not {node.op} {node.name}")
     name = str(node.target)
+    quantizes = _static_quantization(node)
     for value in _tensor_values(node):
         if any(not isinstance(d, int) for d in value.shape):
             return edgeport.Support.no(
                 f"{name} has a symbolic shape {tuple(value.shape)}; Core ML partitions need static shapes"
             )
-        if value.dtype not in registry.dtypes:
+        if value.dtype not in registry.dtypes and not (quantizes and value.dtype == torch.int8):
             return edgeport.Support.no(f"{name} uses {value.dtype}, which Core ML has no tensors of")
     if not registry.has_converter(node.target) and registry.copy_twin(node.target) is None:
         return edgeport.Support.no(

@@ -7,6 +7,14 @@
 - load: LiteRT's CompiledModel on the APU on a MediaTek device (runtime.py), else the
   same TFLite on LiteRT's CPU, labelled "reference (CPU)" and never as APU execution.
 
+Quantized, it offers int8 (A8W8: int8 activations per tensor, int8 weights per output
+channel), written by the shared writer's int8 forms. Its quantizer annotates every int8
+form the writer has, including those the cpu leaves float because XNNPACK runs them
+only in float (standalone RELU, HARD_SWISH, SOFTMAX, AVERAGE_POOL_2D): the plugin
+legalizes them and an NPU runs them in int8. On the CPU reference TFLite's own int8
+kernels run what XNNPACK does not. The other schemes it declines, each with NeuroPilot's
+rule (`neuropilot.SCHEMES_DECLINED`): their nodes go to the next backend or stay float.
+
 Registering it and `load` import no torch (the run side, on a device); `support` and
 `compile` import the torch half (support.py, written.py, the writer) when called.
 """
@@ -38,6 +46,7 @@ APU_PRECISION = (
     "fp16 (LiteRT's MediaTek plugin relaxes fp32 to fp16: litert/vendors/mediatek/compiler/compile_model.cc); "
     "the CPU reference computes in fp32"
 )
+APU_PRECISION_QUANTIZED = "{types} as written (the APU's integer kernels); any float op between them in fp16"
 
 
 class MediatekBackend(edgeport.Backend):
@@ -46,6 +55,14 @@ class MediatekBackend(edgeport.Backend):
     name = "mediatek"
     options = MediatekOptions
     rules = edgeport.PartitionRules(min_nodes=1, never_alone=_DATA_MOVES)
+    schemes = frozenset({"int8"})
+
+    @property
+    def schemes_declined(self) -> dict[str, str]:  # type: ignore[override] - read on the instance
+        """NeuroPilot's reasons (neuropilot.py imports torch: read when quantizing, not at registration)."""
+        from .neuropilot import SCHEMES_DECLINED
+
+        return SCHEMES_DECLINED
 
     @property
     def version(self) -> str:
@@ -72,17 +89,26 @@ class MediatekBackend(edgeport.Backend):
 
         return mediatek_support(node, ctx)
 
+    def quantizer(self, scheme: edgeport.Scheme, options: MediatekOptions) -> Any:
+        if options.fp16:
+            return None  # fp16 weights and integer weights do not mix
+        return tflite.quantizer_for(scheme, xnnpack_only=False)
+
     def compile(self, program, options: MediatekOptions) -> edgeport.Artifact:  # noqa: ANN001
+        from . import written
+
         soc = check_soc(options.soc)
         model = tflite.write_tflite(program, fp16=options.fp16)
         _decline_what_neuropilot_refuses(model.data, program)
+        quantized = written.quantized_types(model.data)
+        precision = APU_PRECISION_QUANTIZED.format(types=", ".join(quantized)) if quantized else APU_PRECISION
         facts = {
             "soc": soc,
             "inputs": model.inputs,
             "outputs": model.outputs,
             "ops": model.ops,
             "fp16_weights": options.fp16,
-            "apu_precision": APU_PRECISION,
+            "apu_precision": precision,
         }
         version = np_version(soc)
         why = toolchain.sdk_libs_missing(version)

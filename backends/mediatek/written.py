@@ -20,6 +20,7 @@ class Tensor:
     type: str  # TensorType name, e.g. "FLOAT32"
     shape: tuple[int, ...]
     constant: bool
+    quantization: neuropilot.TensorQuantization | None = None  # None: no quantization parameters
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def read_ops(data: bytes) -> list[WrittenOp]:
         buffer = model.Buffers(t.Buffer()) if t.Buffer() else None
         constant = buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0)
         shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-        return Tensor(t.Name().decode(), type_names[t.Type()], shape, constant)
+        return Tensor(t.Name().decode(), type_names[t.Type()], shape, constant, _quantization(t, schema))
 
     ops = []
     for i in range(graph.OperatorsLength()):
@@ -59,6 +60,21 @@ def read_ops(data: bytes) -> list[WrittenOp]:
     return ops
 
 
+def _quantization(tensor, schema) -> neuropilot.TensorQuantization | None:  # noqa: ANN001 - flatbuffer objects
+    """How a flatbuffer tensor is quantized, told apart as LiteRT does when it loads a
+    model: blockwise details, else one scale per tensor or one per channel."""
+    q = tensor.Quantization()
+    if q is None:
+        return None
+    symmetric = not q.ZeroPointLength() or not q.ZeroPointAsNumpy().any()
+    if q.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization:
+        return neuropilot.TensorQuantization(neuropilot.BLOCKWISE, symmetric)
+    if not q.ScaleLength():
+        return None
+    granularity = neuropilot.PER_TENSOR if q.ScaleLength() == 1 else neuropilot.PER_CHANNEL
+    return neuropilot.TensorQuantization(granularity, symmetric)
+
+
 def op_refusal(op: WrittenOp) -> str | None:
     """Why LiteRT's MediaTek plugin would leave `op` to LiteRT's CPU, or None."""
     reason = neuropilot.op_rule(op.op, f"{op.op} (written for node {op.node})")
@@ -66,10 +82,17 @@ def op_refusal(op: WrittenOp) -> str | None:
         if reason:
             break
         what = f"tensor {t.name!r} of {op.op}"
-        reason = neuropilot.rank_rule(t.shape, what) or neuropilot.tensor_type_rule(t.type, t.constant, what)
+        reason = neuropilot.rank_rule(t.shape, what) or neuropilot.tensor_type_rule(t.type, t.constant, what, t.quantization)
     return reason
 
 
 def refusals(data: bytes) -> list[tuple[WrittenOp, str]]:
     """Every op of the model the plugin would not take, with its reason."""
     return [(op, reason) for op in read_ops(data) if (reason := op_refusal(op))]
+
+
+def quantized_types(data: bytes) -> list[str]:
+    """The integer TensorTypes of the model's quantized runtime tensors ("INT8"), sorted:
+    what its quantized ops compute in."""
+    return sorted({t.type for op in read_ops(data) for t in op.tensors
+                   if not t.constant and t.quantization is not None and t.type in neuropilot.QUANTIZED_TYPES})

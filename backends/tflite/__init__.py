@@ -3,7 +3,8 @@
 - `writer_support(node, ctx)`: can the writer write this node? (the lowering table's answer)
 - `written_ops(node, ctx)`: the TFLite ops it would write for it (besides `PLUMBING`)
 - `constant_nodes(program)`: the nodes it folds to constants at compile time
-- `is_quantization_op(node)`: a quantize/dequantize node of a quantized (PT2E) graph
+- `is_quantization_op(node)`: a quantize/dequantize node of a quantized (PT2E) graph;
+  `is_affine_quantization_op(node)`: one of run-time (per token) or group-wise quantization
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
 - `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate;
   `undelegated_ops(interpreter)`: what XNNPACK left to TFLite's own kernels
@@ -31,6 +32,7 @@ _WRITER_SIDE = {
     "KEEP_OPS": ".keep",
     "PLUMBING": ".lowering",
     "is_quantization_op": ".qdq",
+    "is_affine_quantization_op": ".qdq",
     "TfliteModel": ".writer",
     "constant_nodes": ".writer",
     "write_tflite": ".writer",
@@ -67,6 +69,7 @@ __all__ = [
     "TfliteModel",
     "constant_nodes",
     "interpreter_missing",
+    "is_affine_quantization_op",
     "is_quantization_op",
     "quantizer_for",
     "merge_models",

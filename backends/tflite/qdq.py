@@ -54,6 +54,13 @@ def is_quantization_op(node: Any) -> bool:
     return op_name(node) in QUANTIZATION_OPS
 
 
+def is_affine_quantization_op(node: Any) -> bool:
+    """True for torchao's affine ops: activations quantized at run time (per token) and
+    group-wise weights, as opposed to quantization with fixed per-tensor or per-channel
+    parameters."""
+    return op_name(node) in (CHOOSE_AFFINE, QUANTIZE_AFFINE, DEQUANTIZE_AFFINE)
+
+
 def is_static(node: Any, name: str) -> bool:
     """True for a per-tensor quantize/dequantize with literal parameters (`.default`)."""
     return op_name(node) == name and node.target._overloadname == "default"

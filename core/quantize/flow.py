@@ -11,6 +11,7 @@ torchao (PT2E) is imported here, inside functions: `import edgeport` never loads
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -180,7 +181,7 @@ def prepare_qat_model(
             f"quantization-aware training applies to static schemes, not {scheme.name}",
             hint="use quantize='int8' (its activation ranges are learned while training)",
         )
-    qat = Scheme(scheme.name, scheme.activations, scheme.activation_bits, scheme.weight_bits, scheme.group_size, qat=True)
+    qat = dataclasses.replace(scheme, qat=True)
     placement, prepared = _prepare(model, inputs, None, backends, options, qat, progress=None, for_qat=True)
     prepared.meta[QAT_KEY] = QatState(scheme, tuple(backends), placement)
     return prepared

@@ -14,6 +14,7 @@ to the next backend in the user's order or stay float.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -24,6 +25,7 @@ from edgeport.partitioners.partition import partition_graph
 from edgeport.partitioners.support import ask_support
 
 from ..backend import Backend, Support, SupportContext
+from ..errors import BackendError
 from .scheme import Scheme
 
 ANNOTATION = "quantization_annotation"  # the node.meta key PT2E quantizers write
@@ -31,6 +33,8 @@ ANNOTATION = "quantization_annotation"  # the node.meta key PT2E quantizers writ
 QUANTIZES = "quantizes"
 FLOAT = "float"
 DECLINES = "declines"
+SCHEME_OPTION = "scheme"  # the options fields `compile_options` fills in
+GROUP_SIZE_OPTION = "group_size"
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,14 @@ def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> Back
     if not offered:
         return BackendQuantization(FLOAT, "the backend offers no quantization schemes")
     if scheme.name not in backend.schemes:
-        return BackendQuantization(DECLINES, f"{backend.name} does not offer {scheme.name} (it offers {', '.join(offered)})")
-    quantizer = backend.quantizer(scheme, options)
+        why = backend.schemes_declined.get(scheme.name)
+        because = f": {why}" if why else ""
+        return BackendQuantization(DECLINES, f"{backend.name} does not offer {scheme.name} (it offers {', '.join(offered)}){because}")
+    try:
+        quantizer = backend.quantizer(scheme, options)
+    except BackendError as error:  # the options rule the scheme out: say which and how to fix it
+        hint = f" ({error.hint})" if error.hint else ""
+        return BackendQuantization(DECLINES, f"{error}{hint}")
     if quantizer is None:
         return BackendQuantization(DECLINES, f"{backend.name} has no {scheme.name} quantizer for these options")
     return BackendQuantization(QUANTIZES, quantizer=quantizer)
@@ -93,6 +103,24 @@ def place(program: ExportedProgram, backends: Mapping[str, Backend], options: Ma
     matrix = ask_support(nodes, checks)
     plan = partition_graph(nodes, matrix, list(backends), {b: be.rules for b, be in backends.items()})
     return Placement(scheme, dict(plan.assignment), answers)
+
+
+def compile_options(placement: Placement, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options each backend compiles with. A backend that quantizes, and whose
+    options dataclass has a `scheme` field, gets the scheme's name there (and its group
+    size in a `group_size` field): for what its toolchain applies at compile time and
+    no PT2E annotation expresses (Core ML's weight palettization and compression)."""
+    out = dict(options)
+    for name, answer in placement.backends.items():
+        opts = options[name]
+        fields = {f.name for f in dataclasses.fields(opts)} if dataclasses.is_dataclass(opts) else set()
+        if answer.status != QUANTIZES or SCHEME_OPTION not in fields:
+            continue
+        scheme = {SCHEME_OPTION: placement.scheme.name}
+        if GROUP_SIZE_OPTION in fields and placement.scheme.group_size is not None:
+            scheme[GROUP_SIZE_OPTION] = placement.scheme.group_size
+        out[name] = dataclasses.replace(opts, **scheme)
+    return out
 
 
 def _support(backend: Backend, program: ExportedProgram, options: Any,

@@ -14,16 +14,22 @@ from ..errors import EdgeportError
 
 STATIC = "static"  # activations quantized with ranges measured on calibration data
 DYNAMIC = "dynamic"  # activations quantized at run time, per token, by the kernel
+FLOAT = "float"  # activations stay float: only the weights are compressed
+
+LINEAR = "linear"  # integer weights: value = scale * (q - zero point)
+PALETTE = "palette"  # palettized weights: each an index into a table of 2**bits float values
 
 
 @dataclass(frozen=True)
 class Scheme:
     """One quantization scheme.
 
-    `activations`: STATIC (needs calibration data) or DYNAMIC. `activation_bits` and
-    `weight_bits` are the integer widths; weights are symmetric, per output channel, or
-    per group of `group_size` inputs when `group_size` is set. `qat` asks the backend for
-    fake-quantize modules to train through instead of observers.
+    `activations`: STATIC (needs calibration data), DYNAMIC or FLOAT (weights only).
+    `activation_bits` and `weight_bits` are the widths; LINEAR weights are symmetric
+    integers, per output channel, or per group of `group_size` inputs when `group_size`
+    is set; PALETTE weights are `weight_bits`-bit indices into a lookup table (Core ML's
+    palettization). `qat` asks the backend for fake-quantize modules to train through
+    instead of observers.
     """
 
     name: str
@@ -32,6 +38,7 @@ class Scheme:
     weight_bits: int
     group_size: int | None = None
     qat: bool = False
+    weights: str = LINEAR
 
     @property
     def needs_calibration(self) -> bool:
@@ -39,11 +46,16 @@ class Scheme:
 
     def describe(self) -> str:
         """One line for reports, e.g. "int4-weight: 4-bit weights in groups of 32, ..."."""
-        weights = f"{self.weight_bits}-bit weights " + (
-            f"in groups of {self.group_size}" if self.group_size else "per channel"
-        )
+        if self.weights == PALETTE:
+            weights = f"{self.weight_bits}-bit palettized weights (a table of {2 ** self.weight_bits} values per tensor)"
+        else:
+            weights = f"{self.weight_bits}-bit weights " + (
+                f"in groups of {self.group_size}" if self.group_size else "per channel"
+            )
         if self.activations == STATIC:
             acts = f"{self.activation_bits}-bit activations (static, calibrated)"
+        elif self.activations == FLOAT:
+            acts = "float activations"
         else:
             acts = f"{self.activation_bits}-bit activations quantized per token at run time"
         return f"{self.name}: {weights}, {acts}"
@@ -59,6 +71,10 @@ SCHEMES: dict[str, Scheme] = {
     "int4-weight": Scheme("int4-weight", DYNAMIC, 8, 4, group_size=DEFAULT_GROUP_SIZE),
     # 16-bit activations, 8-bit weights: offered by backends whose NPU runs it (Qualcomm HTP).
     "a16w8": Scheme("a16w8", STATIC, 16, 8),
+    # Weight palettization (Core ML's palettize_weights): k-means tables of 16 or 64
+    # values; activations stay float (fp16 on Core ML).
+    "palettize4": Scheme("palettize4", FLOAT, 16, 4, weights=PALETTE),
+    "palettize6": Scheme("palettize6", FLOAT, 16, 6, weights=PALETTE),
 }
 
 

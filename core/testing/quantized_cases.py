@@ -107,14 +107,17 @@ def output_scales(program: Program) -> dict[str, float]:
     return scales
 
 
-def run_quantized_case(backend: Backend, case: QuantizedCase) -> QuantizedCaseResult:
+def run_quantized_case(backend: Backend, case: QuantizedCase, options: dict[str, Any] | None = None) -> QuantizedCaseResult:
+    """`case` exported for `backend` alone with its scheme (and the backend's `options`,
+    a dict of option values), then run against its reference where the backend runs."""
     from . import registry_for
 
     module, inputs = case.build()
     result = QuantizedCaseResult(case.name, case.scheme, 0.0)
     try:
         program = export(module, inputs, [backend.name], quantize=case.scheme, calibration=calibration_for(inputs),
-                         keep_reference=True, registry=registry_for(backend))
+                         options={backend.name: options} if options else None, keep_reference=True,
+                         registry=registry_for(backend))
     except Exception as exc:
         result.passed, result.error = False, f"export failed: {type(exc).__name__}: {exc}"
         return result
@@ -147,9 +150,10 @@ def run_quantized_case(backend: Backend, case: QuantizedCase) -> QuantizedCaseRe
     return result
 
 
-def run_quantized_conformance(backend: Backend, cases: Iterable[QuantizedCase] | None = None) -> list[QuantizedCaseResult]:
+def run_quantized_conformance(backend: Backend, cases: Iterable[QuantizedCase] | None = None,
+                              options: dict[str, Any] | None = None) -> list[QuantizedCaseResult]:
     """Run `cases` (default: all) on `backend`, each quantized with its case's scheme."""
-    return [run_quantized_case(backend, c) for c in (QUANTIZED_CASES if cases is None else cases)]
+    return [run_quantized_case(backend, c, options) for c in (QUANTIZED_CASES if cases is None else cases)]
 
 
 def _leaves(value: Any) -> list[torch.Tensor]:

@@ -1,76 +1,51 @@
-"""Accuracy on real data: scikit-learn's bundled handwritten digits (1,797 real 8x8
-images, no download), a small CNN trained in seconds on a fixed seeded split, exported
-int8 with calibration from the training split. Its test accuracy must stay within 1.0
-percentage point of the float model's."""
+"""Accuracy on real data: scikit-learn's bundled handwritten digits (tests/digits.py), a
+small CNN trained in seconds on a fixed seeded split, exported int8 with calibration
+from the training split. Its test accuracy must stay within 1.0 percentage point of
+the float model's."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 import edgeport
+from digits import BATCH, accuracy, train
 from edgeport.backends.cpu import CpuBackend
+from edgeport.backends.mediatek import MediatekBackend
 from edgeport.testing import registry_for
-
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
-
-BATCH = 100  # the exported programs take batches of this size
-TEST = 500  # test images (5 batches); the other 1,297 train
-
-
-class DigitsCnn(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 2 * 2, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 16, 4, 4)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (N, 32, 2, 2)
-        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
 
 @pytest.fixture(scope="module")
 def digits():
-    """(trained model, train images, test images, test labels), from a seeded split."""
-    data = sklearn_datasets.load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
-    labels = torch.tensor(data.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    train, test = order[TEST:], order[:TEST]
-    torch.manual_seed(0)
-    model = DigitsCnn()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(15):
-        for batch in train[torch.randperm(len(train))].split(64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
-    return model.eval(), images[train], images[test], labels[test]
-
-
-def accuracy(run, images: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        predicted = torch.cat([run(batch).argmax(-1) for batch in images.split(BATCH)])
-    return 100.0 * float((predicted == labels).float().mean())
+    return train()
 
 
 @pytest.mark.slow
 def test_int8_on_cpu_keeps_float_accuracy_within_one_point(digits):
-    model, train, test, labels = digits
-    calibration = [(batch,) for batch in train[: 8 * BATCH].split(BATCH)]
-    program = edgeport.export(model, (test[:BATCH],), ["cpu"], quantize="int8", calibration=calibration,
-                              registry=registry_for(CpuBackend()))
-    float_accuracy = accuracy(model, test, labels)
-    int8_accuracy = accuracy(program, test, labels)
+    program = edgeport.export(digits.model, (digits.test[:BATCH],), ["cpu"], quantize="int8",
+                              calibration=digits.calibration(), registry=registry_for(CpuBackend()))
+    float_accuracy = accuracy(digits.model, digits.test, digits.labels)
+    int8_accuracy = accuracy(program, digits.test, digits.labels)
     print(f"\ndigits test accuracy: fp32 {float_accuracy:.1f}%, int8 on cpu {int8_accuracy:.1f}% "
-          f"({len(labels)} images)")
+          f"({len(digits.labels)} images)")
     assert float_accuracy > 90.0  # the model learned the task: the comparison means something
     assert abs(float_accuracy - int8_accuracy) <= 1.0
     assert {n["backend"] for n in program.report()["nodes"]} == {"cpu"}
     ops = program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["ops"]
     assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1
+
+
+@pytest.mark.slow
+def test_int8_on_mediatek_keeps_float_accuracy_within_one_point(digits):
+    """A8W8 under NeuroPilot's rules, run here on the labelled LiteRT CPU reference."""
+    program = edgeport.export(digits.model, (digits.test[:BATCH],), ["mediatek"], quantize="int8",
+                              calibration=digits.calibration(), registry=registry_for(MediatekBackend()))
+    float_accuracy = accuracy(digits.model, digits.test, digits.labels)
+    int8_accuracy = accuracy(program, digits.test, digits.labels)
+    where = program.runtime().step_labels("forward")
+    print(f"\ndigits test accuracy: fp32 {float_accuracy:.1f}%, int8 on mediatek {int8_accuracy:.1f}% "
+          f"({len(digits.labels)} images; ran as {', '.join(where)})")
+    assert float_accuracy > 90.0
+    assert abs(float_accuracy - int8_accuracy) <= 1.0
+    assert {n["backend"] for n in program.report()["nodes"]} == {"mediatek"}
+    (info,) = program.manifest.artifacts.values()
+    assert info.metadata["apu_precision"].startswith("INT8 as written")

@@ -53,12 +53,14 @@ def test_import_edgeport_does_not_import_torchao():
 
 
 def test_schemes_are_data_and_group_size_applies_to_int4_only():
-    assert set(SCHEMES) == {"int8", "int8-dynamic", "int4-weight", "a16w8"}
+    assert set(SCHEMES) == {"int8", "int8-dynamic", "int4-weight", "a16w8", "palettize4", "palettize6"}
     assert resolve_scheme("int4-weight", group_size=64).group_size == 64
     assert SCHEMES["int8"].needs_calibration and not SCHEMES["int8-dynamic"].needs_calibration
     with pytest.raises(edgeport.EdgeportError, match="unknown quantization scheme 'int3'") as info:
         resolve_scheme("int3")
-    assert "int8, int8-dynamic, int4-weight, a16w8" in info.value.hint
+    assert "int8, int8-dynamic, int4-weight, a16w8, palettize4, palettize6" in info.value.hint
+    assert not SCHEMES["palettize4"].needs_calibration
+    assert SCHEMES["palettize6"].describe() == "palettize6: 6-bit palettized weights (a table of 64 values per tensor), float activations"
     with pytest.raises(edgeport.EdgeportError, match="has no weight groups"):
         resolve_scheme("int8", group_size=32)
 
@@ -288,4 +290,5 @@ def test_backends_json_lists_each_backends_schemes():
     assert result.exit_code == 0, result.output
     schemes = {row["name"]: row["schemes"] for row in json.loads(result.output)["backends"]}
     assert schemes["cpu"] == ["int4-weight", "int8", "int8-dynamic"]
-    assert schemes["mediatek"] == []
+    assert schemes["mediatek"] == ["int8"]
+    assert schemes["coreml"] == ["int4-weight", "int8", "palettize4", "palettize6"]

@@ -1,0 +1,100 @@
+"""The PT2E quantizer of the coreml backend: int8 activations where Core ML quantizes them.
+
+Imports torchao: import this module only when quantizing (`CoreMLBackend.quantizer`
+does, lazily).
+
+Core ML's activation quantization (coremltools' `linear_quantize_activations`) puts an
+int8 quantize/dequantize pair on the inputs of conv, linear, add and pooling ops and
+after each such op (with the relu that follows it), symmetric per tensor
+("linear_symmetric"). coremltools measures the ranges by running the model in Core ML,
+which only macOS can do; edgeport measures the same values on the same calibration
+batches in torch: this quantizer annotates those edges, the core calibrates them, and
+coremltools converts the resulting quantize/dequantize pairs into the same MIL
+`quantize`/`dequantize` ops. The weights stay float here: the backend compresses them
+with `linear_quantize_weights` at compile time (compress.py).
+
+Weight-only schemes (int4-weight, palettize4/6) annotate nothing: their compression is
+coremltools' at compile time, on the converted ML program.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver, MovingAverageMinMaxObserver
+from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
+
+from edgeport.quantize import STATIC, Scheme
+
+ANNOTATION = "quantization_annotation"
+_EPS = 2**-12  # smallest scale: keeps an all-zero tensor's scale finite
+
+aten = torch.ops.aten
+# The ops linear_quantize_activations quantizes around (its prefix pass's op types), as
+# core ATen: their activation inputs (position in args) get a quantize/dequantize pair.
+ACTIVATION_INPUTS = {
+    aten.convolution.default: (0,),
+    aten.linear.default: (0,),
+    aten.avg_pool2d.default: (0,),
+    aten.add.Tensor: (0, 1),
+}
+# An activation that follows one of them is quantized with it (its suffix pass's patterns).
+FUSED_ACTIVATIONS = frozenset({aten.relu.default})
+
+
+def _activation_spec(qat: bool) -> QuantizationSpec:
+    """int8 per tensor, symmetric (zero point 0): coremltools' default "linear_symmetric"."""
+    if qat:
+        ctr = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
+                                     dtype=torch.int8, qscheme=torch.per_tensor_symmetric, eps=_EPS)
+    else:
+        ctr = MinMaxObserver.with_args(qscheme=torch.per_tensor_symmetric, eps=_EPS)
+    return QuantizationSpec(torch.int8, ctr, -128, 127, torch.per_tensor_symmetric)
+
+
+class CoreMLQuantizer(Quantizer):
+    """Annotates a core-ATen graph with int8 activations as Core ML quantizes them."""
+
+    def __init__(self, scheme: Scheme) -> None:
+        super().__init__()
+        self.scheme = scheme
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        if self.scheme.activations != STATIC:
+            return model  # weights only: compressed by coremltools at compile time
+        spec = _activation_spec(self.scheme.qat)
+        for node in model.graph.nodes:
+            positions = ACTIVATION_INPUTS.get(node.target)
+            if positions is None or ANNOTATION in node.meta:
+                continue
+            inputs = {arg: spec for i, arg in enumerate(node.args) if i in positions and _runtime_float(arg)}
+            if not inputs:
+                continue
+            tail = _fused_activation(node)
+            if tail is None:
+                node.meta[ANNOTATION] = QuantizationAnnotation(inputs, spec, _annotated=True)
+            else:
+                node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
+                tail.meta[ANNOTATION] = QuantizationAnnotation({}, spec, _annotated=True)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        pass
+
+
+def _runtime_float(arg: Any) -> bool:
+    """A float tensor computed at run time (not a weight, not a Python number)."""
+    if not isinstance(arg, Node) or arg.op == "get_attr":
+        return False
+    value = arg.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _fused_activation(node: Node) -> Node | None:
+    """The relu that is `node`'s only reader, if any: quantized after it, as one."""
+    users = list(node.users)
+    if len(users) == 1 and users[0].target in FUSED_ACTIVATIONS and ANNOTATION not in users[0].meta:
+        return users[0]
+    return None
