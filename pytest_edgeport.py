@@ -36,10 +36,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if name is None:
         return
     from edgeport import EdgeportError
-    from edgeport.testing.kit import backend_named, checked_options
+    from edgeport.testing.kit import backend_named, checked_options, parse_option_items
 
-    options = _parse_options(config.getoption("--edgeport-option"))
     try:
+        options = parse_option_items(config.getoption("--edgeport-option"))
         backend = backend_named(name)
         checked_options(backend, options)
     except EdgeportError as exc:
@@ -50,16 +50,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     report = suite.ihook.pytest_make_collect_report(collector=suite)  # as pytest collects any collector,
     suite.ihook.pytest_collectreport(report=report)  # so the run counts and reports the kit's items
     items.extend(report.result)
-
-
-def _parse_options(items: list[str]) -> dict[str, str]:
-    options = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not (eq and key):
-            raise pytest.UsageError(f"--edgeport-option {item!r}: write KEY=VALUE, e.g. fp16=true")
-        options[key] = value
-    return options
 
 
 class KitSuite(pytest.Collector):
@@ -115,8 +105,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
     counts = {v: sum(o.verdict is v for o in outcomes) for v in Verdict}
     whole = sum(o.verdict is Verdict.PASSED and o.delegated == 1.0 for o in outcomes)
+    name = config.getoption(BACKEND_FLAG)
+    table = " ".join(["edgeport conformance", name, *(f"--option {o}" for o in config.getoption("--edgeport-option"))])
     terminalreporter.write_sep("-", "edgeport conformance")
     terminalreporter.write_line(
-        f"{config.getoption(BACKEND_FLAG)}: {counts[Verdict.PASSED]} passed ({whole} taken whole), "
-        f"{counts[Verdict.DECLINED]} declined, {counts[Verdict.NOT_RUN]} not run here, "
-        f"{counts[Verdict.FAILED]} failed; the table: edgeport conformance {config.getoption(BACKEND_FLAG)}")
+        f"{name}: {counts[Verdict.PASSED]} passed ({whole} taken whole), {counts[Verdict.DECLINED]} declined, "
+        f"{counts[Verdict.NOT_RUN]} not run here, {counts[Verdict.FAILED]} failed; the table: {table}")

@@ -70,4 +70,4 @@ def main() -> None:
 
 
 # Each command group lives in its own module and adds itself to `cli` on import.
-from . import backends, check, explain, export, llm, run  # noqa: E402,F401
+from . import backends, check, conformance, explain, export, llm, run  # noqa: E402,F401

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..backend import Availability, Backend, options_from_dict, validate_options
+from ..errors import InputError
 from ..plugins import Registry, default_registry
 from . import CASES, Case, CaseResult, run_case
 from .quantized_cases import QUANTIZED_CASES, QuantizedCase, QuantizedCaseResult, run_quantized_case
@@ -99,6 +100,18 @@ def checked_options(backend: Backend, values: Mapping[str, Any] | None) -> Any:
     return validate_options(backend, options_from_dict(backend, dict(values or {})))
 
 
+def parse_option_items(items: Iterable[str]) -> dict[str, str]:
+    """``["fp16=true"]`` -> ``{"fp16": "true"}``: options as the command line gives them
+    (the backend's options class types them)."""
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not (eq and key):
+            raise InputError(f"bad backend option {item!r}", hint="write KEY=VALUE, e.g. fp16=true")
+        options[key] = value
+    return options
+
+
 def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None = None) -> Outcome:
     """Run one case on ``backend`` with ``options`` (plain values) and judge it."""
     if isinstance(case, QuantizedCase):
@@ -149,7 +162,8 @@ def _judge(result: CaseResult | QuantizedCaseResult, family: str, dtype: str, to
     fallbacks = [p["fallback"] for p in report["partitions"] if p.get("fallback")]
 
     def outcome(verdict: Verdict, message: str) -> Outcome:
-        return Outcome(result.name, family, dtype, verdict, result.delegated, taken, dict(result.reasons), error,
+        shown = None if verdict is Verdict.DECLINED else error  # all portable torch: no error of the backend's
+        return Outcome(result.name, family, dtype, verdict, result.delegated, taken, dict(result.reasons), shown,
                        tolerance, unit, message)
 
     if program is None:
