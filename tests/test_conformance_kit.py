@@ -62,7 +62,7 @@ def test_nodes_refused_at_compile_with_decline_nodes_are_declines():
 def test_a_case_that_compiles_but_cannot_run_here_is_not_run():
     outcome = run_kit_case(TorchOpsBackend(can_run=False), CASE["relu"])
     assert outcome.verdict is Verdict.NOT_RUN and outcome.error is None
-    assert "cannot run on this machine" in outcome.message
+    assert outcome.message == "compiled; not run: the test says it cannot run here"
 
 
 def test_a_quantized_case_of_a_scheme_the_backend_does_not_offer_is_declined():
@@ -83,3 +83,25 @@ def test_backends_are_found_by_name_or_alias_and_dashes_read_as_underscores():
     registry = registry_with(TorchOpsBackend(name="torch_ops"))
     assert backend_named("torch-ops", registry).name == "torch_ops"
     assert backend_named("torch_ops", registry).name == "torch_ops"
+
+
+def test_a_backend_that_cannot_compile_here_runs_no_case_and_says_why():
+    class NoSdk(TorchOpsBackend):
+        def availability(self):
+            raise OSError("libnpu.so not found")
+
+    outcome = run_kit_case(NoSdk(), CASE["relu"])
+    assert (outcome.verdict, outcome.dtype) == (Verdict.NOT_RUN, "float32")
+    assert outcome.message == "not compiled: torchops cannot compile here: availability() raised OSError: libnpu.so not found"
+
+
+@pytest.mark.parametrize("case, unit, tolerance", [("int8_add", "steps", 1.0), ("int8_dynamic_linear", "relative", 1e-5)])
+def test_quantized_cases_run_where_the_backend_offers_the_scheme(case, unit, tolerance):
+    """Judged against the fake-quantized reference: int8 in output steps, dynamic relatively."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("torchao")
+    from edgeport.backends.cpu import CpuBackend
+
+    outcome = run_kit_case(CpuBackend(), CASE[case])
+    assert (outcome.verdict, outcome.family, outcome.delegated) == (Verdict.PASSED, "quantized", 1.0), outcome.message
+    assert (outcome.unit, outcome.tolerance) == (unit, tolerance) and outcome.error <= tolerance

@@ -114,14 +114,24 @@ def parse_option_items(items: Iterable[str]) -> dict[str, str]:
 
 def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None = None) -> Outcome:
     """Run one case on ``backend`` with ``options`` (plain values) and judge it."""
+    availability = _availability(backend)
+    if not availability.can_compile:
+        family = "quantized" if isinstance(case, QuantizedCase) else "float"
+        return Outcome(case.name, family, _dtype(case), Verdict.NOT_RUN, 0.0,
+                       message=f"not compiled: {backend.name} cannot compile here: {availability.why}")
     if isinstance(case, QuantizedCase):
         return _judge_quantized(backend, case, options)
     tolerance = max(case.rtol, backend.tolerance(checked_options(backend, options)))
     result = run_case(backend, case, options, rtol=tolerance)
-    module_inputs = case.build()[1]
-    dtype = ",".join(dict.fromkeys(str(x.dtype).removeprefix("torch.") for x in module_inputs
-                                   if isinstance(x, torch.Tensor)))
-    return _judge(result, "float", dtype, tolerance, "relative", result.max_error)
+    return _judge(backend, result, Measure("float", _dtype(case), tolerance, "relative", result.max_error))
+
+
+def _dtype(case: KitCase) -> str:
+    """What a case computes in: a quantized case's scheme, a float case's input dtypes."""
+    if isinstance(case, QuantizedCase):
+        return case.scheme
+    inputs = case.build()[1]
+    return ",".join(dict.fromkeys(str(x.dtype).removeprefix("torch.") for x in inputs if isinstance(x, torch.Tensor)))
 
 
 def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: Iterable[KitCase] | None = None,
@@ -135,27 +145,42 @@ def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: I
         outcomes.append(run_kit_case(backend, case, values))
         if progress:
             progress(outcomes[-1])
+    return KitRun(backend.name, backend.version, values, _availability(backend), tuple(outcomes))
+
+
+def _availability(backend: Backend) -> Availability:
     try:
-        availability = backend.availability()
-    except Exception as exc:  # reported like `edgeport backends` does, never raised
-        availability = Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
-    return KitRun(backend.name, backend.version, values, availability, tuple(outcomes))
+        return backend.availability()
+    except Exception as exc:  # reported as `edgeport backends` reports it, never raised
+        return Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
 
 
 def _judge_quantized(backend: Backend, case: QuantizedCase, options: Mapping[str, Any] | None) -> Outcome:
     if case.scheme not in backend.schemes:
         offered = ", ".join(sorted(backend.schemes)) or "none"
-        return Outcome(case.name, "quantized", case.scheme, Verdict.DECLINED, 0.0,
+        return Outcome(case.name, "quantized", _dtype(case), Verdict.DECLINED, 0.0,
                        message=f"{backend.name} does not offer the {case.scheme} scheme (it offers: {offered})")
     result = run_quantized_case(backend, case, options)
     if result.max_steps is not None:  # int8 whose outputs all leave through a known scale
-        return _judge(result, "quantized", case.scheme, case.steps, "steps", result.max_steps)
-    return _judge(result, "quantized", case.scheme, case.rtol, "relative", result.relative_error)
+        return _judge(backend, result, Measure("quantized", _dtype(case), case.steps, "steps", result.max_steps))
+    return _judge(backend, result, Measure("quantized", _dtype(case), case.rtol, "relative", result.relative_error))
 
 
-def _judge(result: CaseResult | QuantizedCaseResult, family: str, dtype: str, tolerance: float, unit: str,
-           error: float | None) -> Outcome:
+@dataclass(frozen=True)
+class Measure:
+    """What a run case is judged by: its family and dtype, its error and the tolerance,
+    both in ``unit``."""
+
+    family: str
+    dtype: str
+    tolerance: float
+    unit: str
+    error: float | None
+
+
+def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: Measure) -> Outcome:
     """The verdict of one run case (see the module docstring for the rules)."""
+    error, tolerance, unit = measure.error, measure.tolerance, measure.unit
     program = result.program
     report = program.report() if program is not None else {"nodes": [], "partitions": []}
     taken = tuple(dict.fromkeys(n["op"] for n in report["nodes"] if n["backend"] != "portable"))
@@ -163,8 +188,8 @@ def _judge(result: CaseResult | QuantizedCaseResult, family: str, dtype: str, to
 
     def outcome(verdict: Verdict, message: str) -> Outcome:
         shown = None if verdict is Verdict.DECLINED else error  # all portable torch: no error of the backend's
-        return Outcome(result.name, family, dtype, verdict, result.delegated, taken, dict(result.reasons), shown,
-                       tolerance, unit, message)
+        return Outcome(result.name, measure.family, measure.dtype, verdict, result.delegated, taken,
+                       dict(result.reasons), shown, tolerance, unit, message)
 
     if program is None:
         return outcome(Verdict.FAILED, result.error)
@@ -176,7 +201,8 @@ def _judge(result: CaseResult | QuantizedCaseResult, family: str, dtype: str, to
     if result.error:
         return outcome(Verdict.FAILED, result.error)
     if result.max_error is None:
-        return outcome(Verdict.NOT_RUN, "compiled; not run: the backend cannot run on this machine")
+        why = _availability(backend).why or "its availability() says it cannot run here"
+        return outcome(Verdict.NOT_RUN, f"compiled; not run: {why}")
     if not result.passed:
         shown = "wrong output dtype or shape" if error == float("inf") else f"error {_fmt(error)} {unit}"
         return outcome(Verdict.FAILED, f"{shown} > tolerance {_fmt(tolerance)}")
