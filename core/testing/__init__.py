@@ -4,7 +4,10 @@
     for result in run_conformance(MyBackend()):
         print(result.name, result.delegated, result.max_error, result.reasons)
 
-Every built-in backend's tests run it; a vendor runs it on their plugin the same way.
+These are the raw results. The conformance kit (`edgeport.testing.kit`) judges them,
+one verdict per case at the backend's declared tolerance: it is what
+``pytest --edgeport-backend NAME``, ``edgeport conformance NAME`` and the built-in
+backends' tests run (docs/conformance.md).
 """
 
 from __future__ import annotations
