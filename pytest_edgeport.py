@@ -71,6 +71,8 @@ class KitFailure(Exception):
 
 
 class KitCaseItem(pytest.Item):
+    """One case of the kit on the backend: passes, fails with its verdict, or skips with why."""
+
     def __init__(self, *, backend: Any, case: Any, options: dict[str, str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backend, self.case, self.options = backend, case, options
@@ -108,6 +110,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     name = config.getoption(BACKEND_FLAG)
     table = " ".join(["edgeport conformance", name, *(f"--option {o}" for o in config.getoption("--edgeport-option"))])
     terminalreporter.write_sep("-", "edgeport conformance")
+    if config.get_verbosity() > 0:  # -v: a line per case, as the table has it
+        for o in outcomes:
+            error = "-" if o.error is None else f"{o.error:.2g} / {o.tolerance:.2g} {o.unit}"
+            terminalreporter.write_line(f"{o.case:42} {o.dtype:13} {o.verdict.value:9} {o.delegated:5.0%}  {error}")
     terminalreporter.write_line(
         f"{name}: {counts[Verdict.PASSED]} passed ({whole} taken whole), {counts[Verdict.DECLINED]} declined, "
         f"{counts[Verdict.NOT_RUN]} not run here, {counts[Verdict.FAILED]} failed; the table: {table}")

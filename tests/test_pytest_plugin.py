@@ -39,12 +39,14 @@ def child(pytester, monkeypatch):
 
 @pytest.mark.slow
 def test_each_case_passes_is_skipped_with_its_reason_or_fails_with_its_verdict(child):
-    result = child("--edgeport-backend", "torch-ops", "--edgeport-option", "scale=1.01",
+    result = child("--edgeport-backend", "torch-ops", "--edgeport-option", "scale=1.01", "-v",
                    "-k", "own or add_broadcast or cumsum or int8_mul")
     # the project's own test runs too; add_broadcast is taken but wrong at scale 1.01,
     # cumsum is declined, int8_mul needs a scheme torch_ops does not offer
     result.assert_outcomes(passed=1, failed=1, skipped=2)
     result.stdout.fnmatch_lines([
+        "add_broadcast * float32 * failed * 100%  0.01 / 0.0001 relative",  # -v: the table's row
+        "cumsum * float32 * declined * 0%  -",
         "torch-ops: 0 passed (0 taken whole), 2 declined, 0 not run here, 1 failed*",
         "*SKIPPED*cumsum: declined: aten.cumsum.default: torch_ops has no kernel for aten.cumsum.default",
         "*SKIPPED*int8_mul: torch_ops does not offer the int8 scheme (it offers: none)",
