@@ -170,12 +170,22 @@ FP32_TOLERANCE = 1e-4
 
 class Backend:
     """Subclass this to write a backend. Only `name`, `support`, `compile` and `load`
-    are required; everything else has a default that suits a simple backend.
+    are required (checked when the backend is registered); everything else has a
+    default that suits a simple backend.
+
+    Two things are called "options": the class attribute `options` is the options
+    *class* (a dataclass type you declare once); every method parameter named
+    ``options`` is an *instance* of it, built by edgeport from the user's values,
+    checked against your `option` rules and converted to your fields' types.
+
+    The instance registered serves every export and every loaded program of the
+    process, possibly from several threads: keep per-export state out of ``self`` (the
+    program and the options arrive as arguments).
     """
 
-    name: ClassVar[str]
-    options: ClassVar[type] = NoOptions
-    rules: ClassVar[PartitionRules] = PartitionRules()
+    name: ClassVar[str]  # what users type after --backend: an identifier, unique among installed backends
+    options: ClassVar[type] = NoOptions  # the options class: a dataclass with a default for every field
+    rules: ClassVar[PartitionRules] = PartitionRules()  # limits on the partitions handed to `compile`
     # Quantization schemes (edgeport.quantize.SCHEMES names) `quantizer` answers for.
     # None offered: the backend keeps its nodes float when a model is quantized.
     schemes: ClassVar[frozenset[str]] = frozenset()
@@ -184,50 +194,113 @@ class Backend:
 
     @property
     def version(self) -> str:
-        """Recorded with every artifact, so a program says what produced it."""
+        """Recorded with every artifact, so a program says what produced it. Read at
+        export and by ``edgeport backends``: return your toolchain's version as a
+        string (a class attribute will do); never raise."""
         return "0"
 
     def availability(self) -> Availability:
+        """Whether this machine can compile for the backend and run it, and why not.
+
+        Called by ``edgeport backends``, before an export that selects the backend
+        (``can_compile`` False refuses it, naming ``why``), and before a program step of
+        the backend is loaded (``can_run`` False refuses it unless the user asked for the
+        torch reference). May be called often: keep it cheap (cache a probe of your
+        SDK). Return an `Availability`; never raise (a raise is reported as
+        "availability() raised ..."): say what is missing in ``why``, and label runs
+        that are not on the target hardware with ``runs_on`` ("simulator",
+        "reference (CPU)")."""
         return Availability(can_compile=True, can_run=True)
 
     def keep_ops(self) -> set[torch._ops.OpOverload]:
-        """Ops to keep undecomposed at capture when this backend supports the node."""
+        """Aten ops to keep undecomposed at capture (e.g. ``aten.scaled_dot_product_attention.default``)
+        because your toolchain has a kernel for the whole op. Called at capture, before
+        any `support` question; return the same set every time. An op kept for a
+        backend whose `support` declines every node of it is decomposed after all, so
+        the other backends get the pieces they may know. Return a set of `OpOverload`s;
+        the default keeps none."""
         return set()
 
     def support(self, node: Node, ctx: SupportContext) -> Support:
+        """May this backend take ``node``? Asked once per compute node of every export
+        that selects the backend, before any partition is compiled.
+
+        ``node`` is a ``call_function`` node of the core-ATen graph (after
+        decomposition, except the ops of `keep_ops`); ``node.meta["val"]`` is its output
+        as a fake tensor (dtype and shape, dims possibly symbolic). ``ctx.program`` is
+        the whole exported program, ``ctx.options`` the options instance, and
+        ``ctx.constant(n)`` the value of an argument that is a weight or constant. Do
+        not change the node or the graph.
+
+        Return `Support.yes()` or `Support.no("reason")` with a reason a user can act
+        on (the op, the dtype, the limit). Never raise: an exception is recorded as the
+        reason and the node goes to another backend. `compile` must then accept every
+        node you said yes to (answer from the same table it uses)."""
         raise NotImplementedError(f"backend {self.name!r} must implement support()")
 
     def quantizer(self, scheme: Any, options: Any) -> Any:
-        """A `torchao.quantization.pt2e` Quantizer annotating the core-ATen graph for
-        `scheme` (an `edgeport.quantize.Scheme` named in `schemes`), or None to decline
-        it (or raise `BackendError` naming the option that rules it out: the backend
-        then declines its nodes with that reason). edgeport keeps only the annotations
-        on nodes this backend owns; its `support` must then recognize the quantized
-        patterns (dequantize -> op -> quantize) in the converted graph. Import torchao
-        here, not at module import."""
+        """Return a `torchao.quantization.pt2e` Quantizer annotating the core-ATen graph
+        for `scheme` (an `edgeport.quantize.Scheme` named in `schemes`), or None to
+        decline it, or raise `BackendError` naming the option that rules it out (the
+        backend then declines its nodes with that reason). Called once per quantized
+        export that selects the backend, only for a scheme in `schemes`, with the options
+        instance. edgeport keeps only the annotations on nodes this backend owns; its
+        `support` must then recognize the quantized patterns (dequantize -> op ->
+        quantize) in the converted graph. Import torchao here, not at module import."""
         return None
 
     def compile(self, program: ExportedProgram, options: Any) -> Artifact:
+        """Ahead of time: turn one partition into bytes your runtime can load. Called
+        once per partition the backend was given, at export, on the exporting machine.
+
+        ``program`` is a standalone `ExportedProgram` of the partition: its compute
+        nodes are ones your `support` said yes to; lifted weights come first in its inputs (values in
+        ``program.state_dict`` and ``program.constants``), then the user inputs, and it
+        returns only user outputs. Node names are those of the whole program.
+        ``options`` is the options instance. Do not change ``program``.
+
+        Return an `Artifact` (bytes, a file suffix, JSON-able metadata you get back at
+        load). To refuse particular nodes, raise `DeclineNodes({node_name: reason})`:
+        edgeport records the reasons and partitions again. Any other exception falls the
+        partition back to portable torch with the error as its reason (``strict``
+        export raises instead), and the conformance kit counts it as a failure."""
         raise NotImplementedError(f"backend {self.name!r} must implement compile()")
 
     def load(self, artifact: Artifact) -> Executable:
+        """At run time: turn an artifact your `compile` produced into something that
+        runs. Called once per artifact of a loaded program, before its first call, only
+        when `availability` says ``can_run``; possibly in another process or years
+        later, with your backend's then-current version.
+
+        ``artifact.data`` and ``artifact.metadata`` are what `compile` returned (their
+        checksums verified); ``artifact.options`` is the options instance it was
+        compiled with. Return an `Executable`: ``run(inputs)`` gets contiguous CPU
+        tensors in the partition's input order and returns its outputs in order (tensors
+        or numpy arrays the next call will not overwrite). Do the slow work (parsing,
+        allocation) here, not in ``run``. Raise `BackendError` for what a user can fix
+        (a missing driver); anything else is reported as a program the backend cannot
+        read."""
         raise NotImplementedError(f"backend {self.name!r} must implement load()")
 
     def tolerance(self, options: Any) -> float:
         """The largest relative error (max |yours - torch| / max |torch|) a partition
-        compiled with ``options`` (an instance of `options`) may show and still be right.
+        compiled with ``options`` (an instance of the options class) may show and still
+        be right.
 
-        ``edgeport check`` holds every partition of this backend to it. The default,
-        1e-4, suits fp32 arithmetic; declare more for what your options make less
-        exact (fp16 ~1e-2, int8 ~1e-1). Never raise: it is called on saved programs.
+        ``edgeport check`` holds every partition of this backend to it, and the
+        conformance kit every case. The default, 1e-4, suits fp32 arithmetic; declare
+        more for what your options make less exact (fp16 ~1e-2, int8 ~1e-1). Return a
+        float; never raise: it is called on saved programs.
         """
         return FP32_TOLERANCE
 
     def merge(self, artifacts: Sequence[Artifact]) -> Artifact | None:
         """Optionally, one artifact holding several (the partitions of a program's
         methods, compiled with the same options), so what they share (weights) is stored
-        and loaded once. Return None (the default) to keep them apart. ``load`` of the
-        merged artifact must return an `Entries` whose ``entry(i)`` runs ``artifacts[i]``."""
+        and loaded once. Called at export, after every method is lowered, only when the
+        program has several methods. Return None (the default) to keep them apart.
+        ``load`` of the merged artifact must return an `Entries` whose ``entry(i)`` runs
+        ``artifacts[i]``."""
         return None
 
 

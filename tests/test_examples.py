@@ -1,9 +1,11 @@
 """The example models in examples/models.py build, run, stay deterministic and export.
 
 examples/ is a folder of scripts, not a package, so the file is loaded by path, the
-same way the CLI loads `examples/models.py:mobilenet_v2`.
+same way the CLI loads `examples/models.py:mobilenet_v2`. Also: the plugin template
+stays small.
 """
 
+import os
 from types import ModuleType
 
 import pytest
@@ -93,3 +95,13 @@ def test_export_matches_eager(built, name):
     with torch.no_grad():
         got = program.module()(*inputs)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+TEMPLATE = os.path.join(os.path.dirname(__file__), "..", "examples", "plugin_template", "edgeport_numpy_npu.py")
+
+
+def test_the_template_plugin_is_at_most_60_lines_of_code():
+    """A vendor's whole backend fits on a screen: lines that are neither blank nor comments."""
+    with open(TEMPLATE) as f:
+        code = [line for line in f if line.strip() and not line.strip().startswith("#")]
+    assert len(code) <= 60

@@ -223,3 +223,17 @@ def test_importing_edgeport_imports_no_toolchain():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_backend_method_states_its_contract_where_an_ide_shows_it():
+    """When it is called and what it returns, on every method a plugin may override."""
+    import inspect
+
+    methods = {n: m for n, m in vars(edgeport.Backend).items() if not n.startswith("_") and inspect.isfunction(m)}
+    methods["version"] = edgeport.Backend.version.fget
+    assert set(methods) == {"version", "availability", "keep_ops", "support", "quantizer", "compile", "load",
+                            "tolerance", "merge"}
+    for name, method in methods.items():
+        doc = inspect.getdoc(method) or ""
+        assert "call" in doc.lower() or "read" in doc.lower(), f"{name}() does not say when edgeport calls it"
+        assert "return" in doc.lower(), f"{name}() does not say what to return"

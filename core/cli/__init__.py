@@ -8,7 +8,7 @@ Commands find backends in the registry given as click's context object
 (``cli.main(obj=registry)``, ``CliRunner().invoke(cli, args, obj=registry)``), or in
 the process-wide one: an application embedding the CLI, or a test, picks its own.
 
-The commands that need torch (`COMPILE_SIDE`: export, check, llm) are imported when
+The commands that need torch (`COMPILE_SIDE`: check, conformance, export, llm) are imported when
 invoked, so ``edgeport --help``, ``run``, ``explain`` and ``backends`` start without
 importing torch, and work where it is not installed.
 """
@@ -32,6 +32,8 @@ RAISE_ENV = "EDGEPORT_RAISE_ERRORS"
 COMPILE_SIDE: dict[str, tuple[str, str]] = {
     "check": (".check", "Check every delegated partition of SPEC (a model, exported here with its torch references) "
                         "or PROGRAM (saved with --keep-reference) against torch, on the same inputs."),
+    "conformance": (".conformance", "Run edgeport's conformance cases on backend NAME: per case and dtype, delegated "
+                                    "or declined (why), and the error against eager. Exits 1 if any case failed."),
     "export": (".export", "Export SPEC (path/to/file.py:factory or package.module:factory) to a program."),
     "llm": (".llm", "LLMs: export a GGUF file or Hugging Face directory, then generate or chat."),
 }

@@ -4,7 +4,10 @@
     for result in run_conformance(MyBackend()):
         print(result.name, result.delegated, result.max_error, result.reasons)
 
-Every built-in backend's tests run it; a vendor runs it on their plugin the same way.
+These are the raw results. The conformance kit (`edgeport.testing.kit`) judges them,
+one verdict per case at the backend's declared tolerance: it is what
+``pytest --edgeport-backend NAME``, ``edgeport conformance NAME`` and the built-in
+backends' tests run (docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ..api import export
 from ..backend import Backend
 from ..hookspecs import hookimpl
 from ..plugins import Registry
+from ..program import Program
 from .cases import CASES, Case
 from .quantized_cases import (
     QUANTIZED_CASES,
@@ -63,6 +67,7 @@ class CaseResult:
     max_error: float | None = None  # max |actual - expected| / max(|expected|, 1e-6)
     passed: bool = True
     error: str = ""  # set if export or running failed outright
+    program: Program | None = field(default=None, repr=False)  # the exported program, to inspect further
 
 
 def registry_for(*backends: Backend) -> Registry:
@@ -131,7 +136,7 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     taken = [n for n in nodes if n["backend"] == backend.name]
     reasons = {n["op"]: n["reasons"][backend.name] for n in nodes if n["backend"] != backend.name
                and backend.name in n["reasons"]}
-    result = CaseResult(case.name, len(taken) / max(len(nodes), 1), reasons)
+    result = CaseResult(case.name, len(taken) / max(len(nodes), 1), reasons, program=program)
     if not backend.availability().can_run:
         return result
     try:

@@ -38,35 +38,29 @@ class NumpyNpuOptions:
 class NumpyNpuBackend(edgeport.Backend):
     name = "numpy_npu"
     options = NumpyNpuOptions
-
-    @property
-    def version(self) -> str:
-        return np.__version__
+    version = np.__version__  # recorded with every artifact: give your toolchain's version
 
     def support(self, node, ctx) -> edgeport.Support:
         import torch  # the compile side: only export asks
 
         if str(node.target) not in KERNELS:
             return edgeport.Support.no(f"no kernel for {node.target}")
-        val = node.meta.get("val")
-        if getattr(val, "dtype", None) != torch.float32:
-            return edgeport.Support.no(f"computes only float32, this node is {getattr(val, 'dtype', None)}")
-        if any(not isinstance(a, torch.fx.Node) for a in node.args):
-            return edgeport.Support.no("takes tensors only, not scalars")
+        if (dtype := getattr(node.meta.get("val"), "dtype", None)) != torch.float32:
+            return edgeport.Support.no(f"computes only float32, this node is {dtype}")
+        if any(not isinstance(a, torch.fx.Node) or ctx.constant(a) is not None for a in node.args):
+            return edgeport.Support.no("takes input tensors only, not scalars or weights")
         return edgeport.Support.yes()
 
     def compile(self, program, options) -> edgeport.Artifact:
-        slots = {spec.arg.name: i for i, spec in enumerate(program.graph_signature.input_specs)}
-        if len(slots) != len(program.graph_signature.user_inputs):
-            raise edgeport.BackendError("numpy_npu holds no weights; partitions must not have constants")
+        slots = {name: i for i, name in enumerate(program.graph_signature.user_inputs)}  # support() took no weights
         ops = []
         for node in program.graph.nodes:
             if node.op == "call_function":
                 slots[node.name] = len(slots)
                 ops.append([KERNELS[str(node.target)][0], [slots[a.name] for a in node.args]])
         outputs = [slots[n.name] for n in program.graph.output_node().args[0]]
-        data = json.dumps({"inputs": len(program.graph_signature.user_inputs), "ops": ops, "outputs": outputs})
-        return edgeport.Artifact(data.encode(), suffix=".json", metadata={"ops": len(ops)})
+        data = json.dumps({"ops": ops, "outputs": outputs}).encode()
+        return edgeport.Artifact(data, suffix=".json", metadata={"ops": len(ops)})
 
     def load(self, artifact: edgeport.Artifact) -> edgeport.Executable:
         return OpListExecutable(json.loads(artifact.data))
@@ -74,14 +68,13 @@ class NumpyNpuBackend(edgeport.Backend):
 
 class OpListExecutable:
     def __init__(self, plan: dict) -> None:
-        self.ops = [(BY_NAME[name], args) for name, args in plan["ops"]]
-        self.outputs = plan["outputs"]
+        self.plan = plan
 
     def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         slots = [edgeport.as_numpy(t) for t in inputs]  # torch tensors, or numpy arrays on a device
-        for kernel, args in self.ops:
-            slots.append(kernel(*(slots[i] for i in args)))
-        return [np.ascontiguousarray(slots[i]) for i in self.outputs]
+        for name, args in self.plan["ops"]:
+            slots.append(BY_NAME[name](*(slots[i] for i in args)))
+        return [np.ascontiguousarray(slots[i]) for i in self.plan["outputs"]]
 
 
 @edgeport.hookimpl

@@ -1,15 +1,18 @@
 """The shared conformance cases (edgeport.testing) on the coreml backend.
 
-Core ML cannot run here, so each case is checked as far as Linux goes: it exports,
-partitions and compiles; the backend takes every compute node, or the node it leaves
-carries coremltools' reason (or a partition rule's).
+Each case gets the conformance kit's verdict (as `pytest --edgeport-backend coreml` gives
+it). Core ML cannot run off macOS, so there each case is checked as far as Linux goes:
+it exports, partitions and compiles without a fallback (the kit's "not run"); the
+backend takes every compute node, or the node it leaves carries coremltools' reason (or
+a partition rule's).
 """
 
 import pytest
 
 pytest.importorskip("coremltools", reason="the coreml backend needs coremltools (pip install 'edgeport[coreml]')")
 
-from edgeport.testing import CASES, run_case  # noqa: E402
+from edgeport.testing import CASES  # noqa: E402
+from edgeport.testing.kit import Verdict, run_kit_case  # noqa: E402
 
 # case -> {op left to portable: words of its reason}; every other case is fully taken.
 # The "could not convert" ones fail in coremltools at compile (the node it names is
@@ -30,22 +33,25 @@ DECLINED = {
                     "aten.sum.dim_IntList": "aten.sum.dim_IntList: coremltools 9.0 counts booleans in floating point"},
 }
 QUICK = {"conv2d", "attention", "embedding", "relu6"}
-FP16_RTOL = 2e-2  # on macOS: Core ML computes in fp16 by default (the cases' own rtol assumes fp32)
+FP16_RTOL = 2e-2  # on macOS: Core ML computes in fp16 by default, and coreml declares this tolerance for it
 
 
 @pytest.mark.parametrize(
     "case", [pytest.param(c, marks=() if c.name in QUICK else pytest.mark.slow) for c in CASES], ids=lambda c: c.name
 )
 def test_case_compiles_on_coreml_with_reasons_for_what_it_leaves(backend, case):
-    result = run_case(backend, case, rtol=FP16_RTOL)
-    assert result.passed and not result.error, result.error
+    outcome = run_kit_case(backend, case)  # the verdict `pytest --edgeport-backend coreml` gives
+    assert outcome.verdict is not Verdict.FAILED, outcome.message
+    assert outcome.tolerance == FP16_RTOL
     if backend.availability().can_run:
-        assert result.max_error is not None  # compared against eager on macOS
+        assert outcome.error is not None or outcome.verdict is Verdict.DECLINED  # compared against eager on macOS
+    else:
+        assert outcome.verdict in (Verdict.NOT_RUN, Verdict.DECLINED), outcome.message
     if case.name in DECLINED:
         expected = DECLINED[case.name]
-        assert set(result.reasons) == set(expected)
-        assert all(words in result.reasons[op] for op, words in expected.items()), result.reasons
-        assert result.delegated < 1.0
+        assert set(outcome.declined) == set(expected)
+        assert all(words in outcome.declined[op] for op, words in expected.items()), outcome.declined
+        assert outcome.delegated < 1.0
     else:
-        assert result.reasons == {}
-        assert result.delegated == 1.0
+        assert outcome.declined == {}
+        assert outcome.delegated == 1.0

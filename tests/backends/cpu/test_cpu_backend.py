@@ -14,7 +14,8 @@ from torch import nn
 import edgeport
 import edgeport.backends.cpu as cpu_plugin
 from edgeport.backends.cpu import CpuBackend, CpuOptions
-from edgeport.testing import CASES, compare, installed_backends, registered_by, registry_for, run_conformance
+from edgeport.testing import CASES, compare, installed_backends, registered_by, registry_for
+from edgeport.testing.kit import Verdict, run_kit
 from writer_declines import PARTITION_RULE, WRITER_DECLINES, writer_reason_expected
 
 
@@ -165,17 +166,17 @@ def test_a_lone_reshape_stays_portable():
 
 
 @pytest.mark.slow
-def test_every_conformance_case_matches_and_is_taken_whole_unless_the_writer_declines_it():
-    """Supported => compiled and matching: every node of every shared case goes to cpu
-    (a compile failure would fall back and show up here), within the case tolerance,
-    except the nodes the writer declines up front with its reason (writer_declines.py)."""
-    results = run_conformance(CpuBackend())
-    assert len(results) == len(CASES)
-    failed = {r.name: (r.max_error, r.error) for r in results if not r.passed}
-    assert failed == {}
-    for r in results:
-        declined = {op: reason for op, reason in r.reasons.items() if PARTITION_RULE not in reason}
-        assert set(declined) == set(WRITER_DECLINES.get(r.name, {})), (r.name, declined)
-        assert all(writer_reason_expected(r.name, op, reason) for op, reason in declined.items()), declined
-        if r.name not in WRITER_DECLINES:
-            assert r.delegated == 1.0 and not r.reasons, (r.name, r.reasons)
+def test_every_conformance_case_passes_the_kit_and_is_taken_whole_unless_the_writer_declines_it():
+    """The conformance kit's verdicts, as `pytest --edgeport-backend cpu` gives them: no
+    case fails (a partition that fails to compile, or an answer off by more than the
+    cpu's declared tolerance), and every node of every case goes to cpu except those the
+    writer declines up front with its reason (writer_declines.py)."""
+    run = run_kit(CpuBackend(), cases=CASES)  # quantized cases: test_cpu_quantized.py
+    assert len(run.outcomes) == len(CASES)
+    assert {o.case: o.message for o in run.outcomes if o.verdict is Verdict.FAILED} == {}
+    for o in run.outcomes:
+        declined = {op: reason for op, reason in o.declined.items() if PARTITION_RULE not in reason}
+        assert set(declined) == set(WRITER_DECLINES.get(o.case, {})), (o.case, declined)
+        assert all(writer_reason_expected(o.case, op, reason) for op, reason in declined.items()), declined
+        if o.case not in WRITER_DECLINES:
+            assert o.verdict is Verdict.PASSED and o.delegated == 1.0 and not o.declined, (o.case, o.declined)

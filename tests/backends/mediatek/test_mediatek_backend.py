@@ -17,7 +17,8 @@ from edgeport.backends import tflite
 from edgeport.backends.mediatek import MediatekBackend, MediatekOptions
 from edgeport.backends.mediatek import aot, bundle, neuropilot, toolchain, written
 from edgeport.backends.mediatek.runtime import CompiledModelExecutable
-from edgeport.testing import CASES, compare, installed_backends, registered_by, registry_for, run_conformance
+from edgeport.testing import CASES, compare, installed_backends, registered_by, registry_for
+from edgeport.testing.kit import Verdict, run_kit
 
 NO_APU = toolchain.apu_missing()
 NO_SDK = toolchain.sdk_libs_missing("v8")
@@ -207,9 +208,9 @@ def test_fp16_weights_within_their_stated_tolerance(tiny):
 def test_conformance_sample_passes_and_names_every_rule():
     """A quick sample; test_mediatek_conformance.py runs every case."""
     names = {"conv2d", "neg_abs", "max_pool2d", "where_compare", "relu6", "split_chunk"}
-    results = run_conformance(MediatekBackend(), [c for c in CASES if c.name in names])
-    assert {r.name for r in results if r.passed} == names, [(r.name, r.error, r.max_error) for r in results]
-    reasons = {op: reason for r in results for op, reason in r.reasons.items()}
+    outcomes = run_kit(MediatekBackend(), cases=[c for c in CASES if c.name in names]).outcomes
+    assert {o.case for o in outcomes if o.verdict is Verdict.PASSED} == names, [(o.case, o.message) for o in outcomes]
+    reasons = {op: reason for o in outcomes for op, reason in o.declined.items()}
     assert set(reasons) == {"aten.where.self"}, reasons  # neg is written as a MUL, which the plugin takes
     assert all(reason.startswith("MediaTek NeuroPilot: ") for reason in reasons.values())
 

@@ -1,0 +1,67 @@
+"""``edgeport conformance NAME``: the conformance kit on one installed backend, as a
+coverage table (the same run as ``pytest --edgeport-backend NAME``)."""
+
+from __future__ import annotations
+
+import itertools
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..testing.coverage import coverage_html, coverage_json
+from ..testing.kit import KitRun, Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit
+from . import cli, current_registry
+from ._output import check_writable, console, print_json, progress
+
+_STYLE = {Verdict.PASSED: "green", Verdict.DECLINED: "dim", Verdict.NOT_RUN: "yellow", Verdict.FAILED: "red"}
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--option", "option_items", multiple=True, metavar="KEY=VALUE", help="An option of the backend.")
+@click.option("--case", "case_filter", default=None, metavar="WORDS",
+              help="Only cases whose name contains one of these comma-separated words.")
+@click.option("--json", "as_json", is_flag=True, help="Print the coverage as JSON (schema: docs/conformance.md).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the coverage table as a web page.")
+@click.pass_context
+def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], case_filter: str | None,
+                as_json: bool, html_path: str | None) -> None:
+    """Run edgeport's conformance cases on backend NAME: per case and dtype, delegated
+    or declined (why), and the error against eager. Exits 1 if any case failed."""
+    check_writable(html_path)
+    backend = backend_named(name, current_registry())
+    options = parse_option_items(option_items)
+    checked_options(backend, options)
+    words = [w.strip() for w in (case_filter or "").split(",") if w.strip()]
+    cases = [c for c in kit_cases() if not words or any(w in c.name for w in words)]
+    done = itertools.count(1)
+    with progress(not as_json) as show:
+        run = run_kit(backend, options, cases,
+                      progress=show and (lambda outcome: show(f"{backend.name}: case {next(done) + 1}/{len(cases)}")))
+    if html_path:
+        with open(html_path, "w") as f:
+            f.write(coverage_html(run))
+    if as_json:
+        print_json(coverage_json(run))
+    else:
+        _print_table(run)
+    if run.count(Verdict.FAILED):
+        ctx.exit(1)
+
+
+def _print_table(run: KitRun) -> None:
+    table = Table("case", "dtype", "verdict", "taken", "error / tolerance", "why")
+    for o in run.outcomes:
+        error = "-" if o.error is None else f"{o.error:.2g} / {o.tolerance:.2g} {o.unit}"
+        why = "; ".join(f"{op}: {reason}" for op, reason in o.declined.items()) or o.message
+        style = _STYLE[o.verdict]
+        table.add_row(escape(o.case), o.dtype, f"[{style}]{o.verdict.value}[/{style}]", f"{o.delegated:.0%}",
+                      error, escape(why))
+    console.print(table)
+    whole = sum(o.verdict is Verdict.PASSED and o.delegated == 1.0 for o in run.outcomes)
+    where = "" if run.availability.can_run else f"; cannot run here ({run.availability.why}): compile checked only"
+    console.print(f"{run.backend} {run.version}: {len(run.outcomes)} cases, {run.count(Verdict.PASSED)} passed "
+                  f"({whole} taken whole), {run.count(Verdict.DECLINED)} declined, "
+                  f"{run.count(Verdict.NOT_RUN)} not run here, {run.count(Verdict.FAILED)} failed{escape(where)}")

@@ -1,0 +1,214 @@
+"""The conformance kit: the whole case library run on one backend, each case given a verdict.
+
+`pytest --edgeport-backend NAME` (the pytest plugin in ``pytest_edgeport``),
+`edgeport conformance NAME` and the built-in backends' own tests all run cases through
+`run_kit_case`, so a vendor's CI and ours judge a backend the same way:
+
+- passed:   the backend took the case's nodes (all of them, or some with a reason for
+            every other), compiled them, and its answer is within tolerance;
+- declined: the backend took no node of the case (each node carries its reason), or it
+            offers no quantization scheme the case needs;
+- not run:  compiled, but this machine cannot run the backend (coreml off macOS);
+- failed:   export raised, a partition the backend accepted failed to compile (and fell
+            back to portable torch), running raised, or the answer is off.
+
+"Off" is judged at the backend's own declared tolerance (`Backend.tolerance(options)`,
+never looser than the case's): max |backend - eager| / max |eager| for float cases. A
+quantized case is compared with its fake-quantized reference instead, in output
+quantization steps for int8 and relatively for dynamic schemes (`quantized_cases.py`).
+A compile that refuses particular nodes with `DeclineNodes` is a decline, not a failure.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from ..backend import Availability, Backend, options_from_dict, validate_options
+from ..errors import InputError
+from ..plugins import Registry, default_registry
+from . import CASES, Case, CaseResult, run_case
+from .quantized_cases import QUANTIZED_CASES, QuantizedCase, QuantizedCaseResult, run_quantized_case
+
+KitCase = Case | QuantizedCase
+
+
+class Verdict(str, enum.Enum):
+    PASSED = "passed"
+    DECLINED = "declined"
+    NOT_RUN = "not-run"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One case on one backend: the verdict and what it rests on.
+
+    ``dtype`` is what the case computes in: its inputs' dtypes for a float case
+    ("float32", "int64"), the scheme for a quantized one ("int8"). ``error`` and
+    ``tolerance`` share ``unit``: "relative" (to eager, or to the reference for dynamic
+    schemes) or "steps" (int8 output quantization steps). ``error`` is None when the
+    case did not run, and infinite when an output's dtype or shape is wrong.
+    """
+
+    case: str
+    family: str  # "float" or "quantized"
+    dtype: str
+    verdict: Verdict
+    delegated: float  # share of the case's compute nodes the backend took
+    delegated_ops: tuple[str, ...] = ()
+    declined: dict[str, str] = field(default_factory=dict)  # op left to portable -> the backend's reason
+    error: float | None = None
+    tolerance: float | None = None
+    unit: str = "relative"
+    message: str = ""  # the verdict in one line
+
+
+@dataclass(frozen=True)
+class KitRun:
+    """Every case of one kit run, with what it ran on."""
+
+    backend: str
+    version: str
+    options: dict[str, Any]
+    availability: Availability
+    outcomes: tuple[Outcome, ...]
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(o.verdict is verdict for o in self.outcomes)
+
+
+def kit_cases() -> list[KitCase]:
+    """Every case the kit runs, in a stable order: the float library, then the quantized."""
+    return [*CASES, *QUANTIZED_CASES]
+
+
+def backend_named(name: str, registry: Registry | None = None) -> Backend:
+    """The installed backend called ``name`` (or an alias of it). Backend names are
+    identifiers, so dashes read as underscores: ``numpy-npu`` finds ``numpy_npu``."""
+    registry = registry or default_registry()
+    known = {*registry.entries(), *(a for e in registry.entries().values() for a in e.aliases)}
+    return registry.get(name if name in known else name.replace("-", "_"))
+
+
+def checked_options(backend: Backend, values: Mapping[str, Any] | None) -> Any:
+    """``values`` (plain, e.g. from the command line) as the backend's options instance,
+    checked as export checks them; raises `BackendError` naming a bad one."""
+    return validate_options(backend, options_from_dict(backend, dict(values or {})))
+
+
+def parse_option_items(items: Iterable[str]) -> dict[str, str]:
+    """``["fp16=true"]`` -> ``{"fp16": "true"}``: options as the command line gives them
+    (the backend's options class types them)."""
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not (eq and key):
+            raise InputError(f"bad backend option {item!r}", hint="write KEY=VALUE, e.g. fp16=true")
+        options[key] = value
+    return options
+
+
+def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None = None) -> Outcome:
+    """Run one case on ``backend`` with ``options`` (plain values) and judge it."""
+    availability = _availability(backend)
+    if not availability.can_compile:
+        family = "quantized" if isinstance(case, QuantizedCase) else "float"
+        return Outcome(case.name, family, _dtype(case), Verdict.NOT_RUN, 0.0,
+                       message=f"not compiled: {backend.name} cannot compile here: {availability.why}")
+    if isinstance(case, QuantizedCase):
+        return _judge_quantized(backend, case, options)
+    tolerance = max(case.rtol, backend.tolerance(checked_options(backend, options)))
+    result = run_case(backend, case, options, rtol=tolerance)
+    return _judge(backend, result, Measure("float", _dtype(case), tolerance, "relative", result.max_error))
+
+
+def _dtype(case: KitCase) -> str:
+    """What a case computes in: a quantized case's scheme, a float case's input dtypes."""
+    if isinstance(case, QuantizedCase):
+        return case.scheme
+    inputs = case.build()[1]
+    return ",".join(dict.fromkeys(str(x.dtype).removeprefix("torch.") for x in inputs if isinstance(x, torch.Tensor)))
+
+
+def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: Iterable[KitCase] | None = None,
+            progress: Callable[[Outcome], None] | None = None) -> KitRun:
+    """Run ``cases`` (default: every case, `kit_cases`) on ``backend``; ``progress`` sees
+    each outcome as it comes."""
+    values = dict(options or {})
+    checked_options(backend, values)  # a bad option fails here, once, not in every case
+    outcomes = []
+    for case in kit_cases() if cases is None else cases:
+        outcomes.append(run_kit_case(backend, case, values))
+        if progress:
+            progress(outcomes[-1])
+    return KitRun(backend.name, backend.version, values, _availability(backend), tuple(outcomes))
+
+
+def _availability(backend: Backend) -> Availability:
+    try:
+        return backend.availability()
+    except Exception as exc:  # reported as `edgeport backends` reports it, never raised
+        return Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
+
+
+def _judge_quantized(backend: Backend, case: QuantizedCase, options: Mapping[str, Any] | None) -> Outcome:
+    if case.scheme not in backend.schemes:
+        offered = ", ".join(sorted(backend.schemes)) or "none"
+        return Outcome(case.name, "quantized", _dtype(case), Verdict.DECLINED, 0.0,
+                       message=f"{backend.name} does not offer the {case.scheme} scheme (it offers: {offered})")
+    result = run_quantized_case(backend, case, options)
+    if result.max_steps is not None:  # int8 whose outputs all leave through a known scale
+        return _judge(backend, result, Measure("quantized", _dtype(case), case.steps, "steps", result.max_steps))
+    return _judge(backend, result, Measure("quantized", _dtype(case), case.rtol, "relative", result.relative_error))
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What a run case is judged by: its family and dtype, its error and the tolerance,
+    both in ``unit``."""
+
+    family: str
+    dtype: str
+    tolerance: float
+    unit: str
+    error: float | None
+
+
+def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: Measure) -> Outcome:
+    """The verdict of one run case (see the module docstring for the rules)."""
+    error, tolerance, unit = measure.error, measure.tolerance, measure.unit
+    program = result.program
+    report = program.report() if program is not None else {"nodes": [], "partitions": []}
+    taken = tuple(dict.fromkeys(n["op"] for n in report["nodes"] if n["backend"] != "portable"))
+    fallbacks = [p["fallback"] for p in report["partitions"] if p.get("fallback")]
+
+    def outcome(verdict: Verdict, message: str) -> Outcome:
+        shown = None if verdict is Verdict.DECLINED else error  # all portable torch: no error of the backend's
+        return Outcome(result.name, measure.family, measure.dtype, verdict, result.delegated, taken,
+                       dict(result.reasons), shown, tolerance, unit, message)
+
+    if program is None:
+        return outcome(Verdict.FAILED, result.error)
+    if fallbacks:
+        return outcome(Verdict.FAILED, f"a partition it accepted fell back to portable: {fallbacks[0]}")
+    if result.delegated == 0.0:
+        reasons = "; ".join(f"{op}: {why}" for op, why in result.reasons.items()) or "it took no node"
+        return outcome(Verdict.DECLINED, f"declined: {reasons}")
+    if result.error:
+        return outcome(Verdict.FAILED, result.error)
+    if result.max_error is None:
+        why = _availability(backend).why or "its availability() says it cannot run here"
+        return outcome(Verdict.NOT_RUN, f"compiled; not run: {why}")
+    if not result.passed:
+        shown = "wrong output dtype or shape" if error == float("inf") else f"error {_fmt(error)} {unit}"
+        return outcome(Verdict.FAILED, f"{shown} > tolerance {_fmt(tolerance)}")
+    share = "all" if result.delegated == 1.0 else f"{result.delegated:.0%}"
+    return outcome(Verdict.PASSED, f"took {share} of its nodes; error {_fmt(error)} <= {_fmt(tolerance)} {unit}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"

@@ -1,0 +1,119 @@
+"""edgeport's pytest plugin: ``pytest --edgeport-backend NAME`` runs the conformance kit.
+
+Installed with edgeport (entry point ``pytest11``). With the flag, every case of the kit
+(`edgeport.testing.kit`) becomes one test item of the run, judged on the installed
+backend NAME: a case it passes passes, a case it fails (export, compile, run, or an
+answer off by more than its declared tolerance) fails with that one line, and a case
+it declines, or that cannot run on this machine, is skipped with the reason.
+``--edgeport-option KEY=VALUE`` sets a backend option (repeatable).
+
+Without the flag the plugin adds nothing. It lives outside the ``edgeport`` package
+and imports edgeport only when the flag is given, so it costs every other pytest run
+in the environment nothing (``import edgeport`` imports torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+BACKEND_FLAG = "--edgeport-backend"
+_OUTCOMES = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("edgeport", "edgeport conformance kit")
+    group.addoption(BACKEND_FLAG, metavar="NAME", default=None,
+                    help="run edgeport's conformance kit on the installed backend NAME")
+    group.addoption("--edgeport-option", metavar="KEY=VALUE", action="append", default=[],
+                    help="an option of that backend, for every case (repeatable)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: they apply to the kit's items too
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    name = config.getoption(BACKEND_FLAG)
+    if name is None:
+        return
+    from edgeport import EdgeportError
+    from edgeport.testing.kit import backend_named, checked_options, parse_option_items
+
+    try:
+        options = parse_option_items(config.getoption("--edgeport-option"))
+        backend = backend_named(name)
+        checked_options(backend, options)
+    except EdgeportError as exc:
+        raise pytest.UsageError(f"{BACKEND_FLAG} {name}: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""))
+    config.stash[_OUTCOMES] = []
+    suite_name = f"edgeport-conformance[{backend.name}]"
+    suite = KitSuite.from_parent(session, name=suite_name, nodeid=suite_name, backend=backend, options=options)
+    report = suite.ihook.pytest_make_collect_report(collector=suite)  # as pytest collects any collector,
+    suite.ihook.pytest_collectreport(report=report)  # so the run counts and reports the kit's items
+    items.extend(report.result)
+
+
+class KitSuite(pytest.Collector):
+    """Every case of the kit on one backend; item ids read ``edgeport-conformance[NAME]::case``."""
+
+    def __init__(self, *, backend: Any, options: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backend, self.options = backend, options
+
+    def collect(self) -> list[pytest.Item]:
+        from edgeport.testing.kit import kit_cases
+
+        return [KitCaseItem.from_parent(self, name=case.name, backend=self.backend, case=case, options=self.options)
+                for case in kit_cases()]
+
+
+class KitFailure(Exception):
+    """A case the backend got wrong; reported as its verdict's one line, no traceback."""
+
+
+class KitCaseItem(pytest.Item):
+    """One case of the kit on the backend: passes, fails with its verdict, or skips with why."""
+
+    def __init__(self, *, backend: Any, case: Any, options: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backend, self.case, self.options = backend, case, options
+
+    def runtest(self) -> None:
+        from edgeport.testing.kit import Verdict, run_kit_case
+
+        outcome = run_kit_case(self.backend, self.case, self.options)
+        self.config.stash[_OUTCOMES].append(outcome)
+        self.user_properties.append(("edgeport_verdict", outcome.verdict.value))
+        if outcome.declined:
+            self.add_report_section("call", "declined", "\n".join(f"{op}: {why}" for op, why in outcome.declined.items()))
+        if outcome.verdict in (Verdict.DECLINED, Verdict.NOT_RUN):
+            pytest.skip(f"{self.case.name}: {outcome.message}")
+        if outcome.verdict is Verdict.FAILED:
+            raise KitFailure(f"{self.backend.name} {self.case.name} ({outcome.dtype}): {outcome.message}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, KitFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"edgeport conformance: {self.backend.name} {self.name}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    outcomes = config.stash.get(_OUTCOMES, None)
+    if not outcomes:
+        return
+    from edgeport.testing.kit import Verdict
+
+    counts = {v: sum(o.verdict is v for o in outcomes) for v in Verdict}
+    whole = sum(o.verdict is Verdict.PASSED and o.delegated == 1.0 for o in outcomes)
+    name = config.getoption(BACKEND_FLAG)
+    table = " ".join(["edgeport conformance", name, *(f"--option {o}" for o in config.getoption("--edgeport-option"))])
+    terminalreporter.write_sep("-", "edgeport conformance")
+    if config.get_verbosity() > 0:  # -v: a line per case, as the table has it
+        for o in outcomes:
+            error = "-" if o.error is None else f"{o.error:.2g} / {o.tolerance:.2g} {o.unit}"
+            terminalreporter.write_line(f"{o.case:42} {o.dtype:13} {o.verdict.value:9} {o.delegated:5.0%}  {error}")
+    terminalreporter.write_line(
+        f"{name}: {counts[Verdict.PASSED]} passed ({whole} taken whole), {counts[Verdict.DECLINED]} declined, "
+        f"{counts[Verdict.NOT_RUN]} not run here, {counts[Verdict.FAILED]} failed; the table: {table}")

@@ -1,0 +1,63 @@
+"""``edgeport conformance NAME``: the kit as a coverage table, JSON and a web page."""
+
+import json
+import os
+import re
+
+from click.testing import CliRunner
+
+from edgeport.cli import cli
+from torch_backend import TorchOpsBackend, registry_with
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "conformance.md")
+CASES = "add_broadcast,cumsum,int8_mul"  # taken, declined, a scheme not offered
+
+
+def invoke(*args, backend=None):
+    registry = registry_with(backend or TorchOpsBackend(name="torch_ops"))
+    return CliRunner().invoke(cli, ["conformance", *args], obj=registry)
+
+
+def test_the_table_has_a_row_per_case_with_its_verdict_and_reason():
+    result = invoke("torch-ops", "--case", CASES)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
+    assert set(rows) == {"add_broadcast", "cumsum", "int8_mul"}
+    assert "passed" in rows["add_broadcast"] and "100%" in rows["add_broadcast"]
+    assert "declined" in rows["cumsum"] and "torch_ops has no kernel for aten.cumsum.default" in rows["cumsum"]
+    assert "does not offer the int8 scheme" in rows["int8_mul"]
+    assert "3 cases, 1 passed (1 taken whole), 2 declined, 0 not run here, 0 failed" in result.output
+
+
+def test_a_failing_case_fails_the_command_after_printing_the_json(tmp_path):
+    page = tmp_path / "coverage.html"
+    result = invoke("torch_ops", "--case", CASES, "--option", "scale=1.01", "--json", "--html", str(page))
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert data["summary"] == {"cases": 3, "passed": 0, "taken_whole": 0, "declined": 2, "not_run": 0, "failed": 1}
+    assert data["backend"]["options"] == {"scale": "1.01"}
+    failed = data["cases"][0]
+    assert (failed["case"], failed["verdict"], failed["unit"]) == ("add_broadcast", "failed", "relative")
+    assert 0.009 < failed["error"] < 0.011 and failed["tolerance"] == 1e-4
+    assert data["ops"]["aten.cumsum.default"] == {"delegated": [], "declined": {"cumsum": data["cases"][1]["declined"][
+        "aten.cumsum.default"]}}
+    text = page.read_text()
+    assert text.count("<tr style=") == 3 and "edgeport conformance: torch_ops" in text
+
+
+def test_every_json_field_is_documented_and_every_documented_field_exists():
+    data = json.loads(invoke("torch_ops", "--case", "add_broadcast", "--json").output)
+    emitted = {*data, *(f"backend.{k}" for k in data["backend"]), *(f"summary.{k}" for k in data["summary"]),
+               *(f"cases[].{k}" for k in data["cases"][0]), *(f"ops.<op>.{k}" for k in data["ops"]["aten.add.Tensor"])}
+    emitted -= {"backend", "summary", "cases", "ops"}
+    with open(DOCS) as f:
+        documented = set(re.findall(r"^\| `([^`]+)` \|", f.read(), re.MULTILINE)) - {"passed", "declined", "not-run",
+                                                                                     "failed"}
+    assert emitted == documented
+
+
+def test_an_unknown_backend_or_a_bad_option_is_one_line_and_a_hint():
+    unknown = invoke("nope")
+    assert unknown.exit_code == 1 and "unknown backend 'nope'; installed: torch_ops" in unknown.output
+    bad = invoke("torch_ops", "--option", "scale")
+    assert bad.exit_code == 1 and "bad backend option 'scale'" in bad.output and "hint: write KEY=VALUE" in bad.output

@@ -1,0 +1,107 @@
+"""The conformance kit's verdicts (edgeport.testing.kit), on the test backend: each rule
+of a verdict planted once."""
+
+import pytest
+
+from edgeport import BackendError
+from edgeport.testing import CASES, QUANTIZED_CASES
+from edgeport.testing.kit import Verdict, backend_named, kit_cases, run_kit, run_kit_case
+from torch_backend import TorchOpsBackend, registry_with
+
+CASE = {c.name: c for c in kit_cases()}
+
+
+def test_the_kit_runs_every_float_and_quantized_case_once():
+    assert [c.name for c in kit_cases()] == [c.name for c in (*CASES, *QUANTIZED_CASES)]
+    assert len(CASE) == len(CASES) + len(QUANTIZED_CASES)
+
+
+def test_a_case_taken_whole_and_right_passes():
+    outcome = run_kit_case(TorchOpsBackend(), CASE["relu"])
+    assert (outcome.verdict, outcome.delegated, outcome.declined) == (Verdict.PASSED, 1.0, {})
+    assert outcome.delegated_ops == ("aten.relu.default",)
+    assert outcome.error < 1e-6 and outcome.tolerance == 1e-4 and outcome.dtype == "float32"
+
+
+def test_a_case_taken_in_part_passes_and_keeps_the_reason_for_the_rest():
+    outcome = run_kit_case(TorchOpsBackend(ops=("relu",)), CASE["conv_bn_relu"])
+    assert outcome.verdict is Verdict.PASSED and 0.0 < outcome.delegated < 1.0
+    assert outcome.declined["aten.convolution.default"] == "torchops has no kernel for aten.convolution.default"
+
+
+def test_a_case_the_backend_takes_nothing_of_is_declined_with_its_reasons():
+    outcome = run_kit_case(TorchOpsBackend(), CASE["conv2d"])
+    assert outcome.verdict is Verdict.DECLINED and outcome.delegated == 0.0
+    assert "aten.convolution.default: torchops has no kernel" in outcome.message
+
+
+def test_a_wrong_answer_fails_at_the_declared_tolerance_and_passes_at_a_looser_one():
+    wrong = run_kit_case(TorchOpsBackend(), CASE["relu"], {"scale": 1.01})
+    assert wrong.verdict is Verdict.FAILED and "> tolerance 0.0001" in wrong.message
+
+    class Loose(TorchOpsBackend):
+        def tolerance(self, options):
+            return 0.02 if options.scale != 1.0 else super().tolerance(options)
+
+    loose = run_kit_case(Loose(), CASE["relu"], {"scale": 1.01})
+    assert loose.verdict is Verdict.PASSED and loose.tolerance == 0.02
+
+
+def test_a_supported_node_that_fails_to_compile_is_a_failure_not_a_decline():
+    outcome = run_kit_case(TorchOpsBackend(fail_compile=True), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED
+    assert "fell back to portable" in outcome.message and "planted compile failure" in outcome.message
+
+
+def test_nodes_refused_at_compile_with_decline_nodes_are_declines():
+    outcome = run_kit_case(TorchOpsBackend(decline_on_compile=("relu",)), CASE["relu"])
+    assert outcome.verdict is Verdict.DECLINED
+    assert outcome.declined == {"aten.relu.default": "refused at compile time"}
+
+
+def test_a_case_that_compiles_but_cannot_run_here_is_not_run():
+    outcome = run_kit_case(TorchOpsBackend(can_run=False), CASE["relu"])
+    assert outcome.verdict is Verdict.NOT_RUN and outcome.error is None
+    assert outcome.message == "compiled; not run: the test says it cannot run here"
+
+
+def test_a_quantized_case_of_a_scheme_the_backend_does_not_offer_is_declined():
+    outcome = run_kit_case(TorchOpsBackend(), CASE["int8_conv2d"])
+    assert outcome.verdict is Verdict.DECLINED and outcome.family == "quantized" and outcome.dtype == "int8"
+    assert outcome.message == "torchops does not offer the int8 scheme (it offers: none)"
+
+
+def test_a_run_reports_its_backend_and_checks_options_first():
+    run = run_kit(TorchOpsBackend(), {"scale": "1.0"}, cases=[CASE["relu"], CASE["conv2d"]])
+    assert (run.backend, run.options, run.availability.can_run) == ("torchops", {"scale": "1.0"}, True)
+    assert [run.count(v) for v in (Verdict.PASSED, Verdict.DECLINED, Verdict.FAILED)] == [1, 1, 0]
+    with pytest.raises(BackendError, match="has no option nope"):
+        run_kit(TorchOpsBackend(), {"nope": 1}, cases=[CASE["relu"]])
+
+
+def test_backends_are_found_by_name_or_alias_and_dashes_read_as_underscores():
+    registry = registry_with(TorchOpsBackend(name="torch_ops"))
+    assert backend_named("torch-ops", registry).name == "torch_ops"
+    assert backend_named("torch_ops", registry).name == "torch_ops"
+
+
+def test_a_backend_that_cannot_compile_here_runs_no_case_and_says_why():
+    class NoSdk(TorchOpsBackend):
+        def availability(self):
+            raise OSError("libnpu.so not found")
+
+    outcome = run_kit_case(NoSdk(), CASE["relu"])
+    assert (outcome.verdict, outcome.dtype) == (Verdict.NOT_RUN, "float32")
+    assert outcome.message == "not compiled: torchops cannot compile here: availability() raised OSError: libnpu.so not found"
+
+
+@pytest.mark.parametrize("case, unit, tolerance", [("int8_add", "steps", 1.0), ("int8_dynamic_linear", "relative", 1e-5)])
+def test_quantized_cases_run_where_the_backend_offers_the_scheme(case, unit, tolerance):
+    """Judged against the fake-quantized reference: int8 in output steps, dynamic relatively."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("torchao")
+    from edgeport.backends.cpu import CpuBackend
+
+    outcome = run_kit_case(CpuBackend(), CASE[case])
+    assert (outcome.verdict, outcome.family, outcome.delegated) == (Verdict.PASSED, "quantized", 1.0), outcome.message
+    assert (outcome.unit, outcome.tolerance) == (unit, tolerance) and outcome.error <= tolerance

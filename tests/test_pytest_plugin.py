@@ -1,0 +1,74 @@
+"""The pytest plugin (``pytest --edgeport-backend NAME``), run as a user runs it: pytest in
+a fresh process, finding the plugin through its installed ``pytest11`` entry point."""
+
+import os
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+TESTS = os.path.dirname(__file__)
+
+# The backend under test, registered in the process-wide registry as an installed
+# plugin's would be (in the child process only).
+CONFTEST = """
+import edgeport
+from torch_backend import TorchOpsBackend
+
+class Plugin:
+    @edgeport.hookimpl
+    def edgeport_register_backends(self, register):
+        register(TorchOpsBackend(name="torch_ops", fail_compile={fail_compile}))
+
+edgeport.default_registry().add_plugin(Plugin(), name="torch-ops-plugin")
+"""
+
+
+@pytest.fixture
+def child(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("COLUMNS", "300")  # summary lines whole
+
+    def run(*args, fail_compile=False):
+        pytester.makeconftest(CONFTEST.format(fail_compile=fail_compile))
+        pytester.makepyfile(test_own="def test_own():\n    pass\n")
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-ra", *args)
+
+    return run
+
+
+@pytest.mark.slow
+def test_each_case_passes_is_skipped_with_its_reason_or_fails_with_its_verdict(child):
+    result = child("--edgeport-backend", "torch-ops", "--edgeport-option", "scale=1.01", "-v",
+                   "-k", "own or add_broadcast or cumsum or int8_mul")
+    # the project's own test runs too; add_broadcast is taken but wrong at scale 1.01,
+    # cumsum is declined, int8_mul needs a scheme torch_ops does not offer
+    result.assert_outcomes(passed=1, failed=1, skipped=2)
+    result.stdout.fnmatch_lines([
+        "add_broadcast * float32 * failed * 100%  0.01 / 0.0001 relative",  # -v: the table's row
+        "cumsum * float32 * declined * 0%  -",
+        "torch-ops: 0 passed (0 taken whole), 2 declined, 0 not run here, 1 failed*",
+        "*SKIPPED*cumsum: declined: aten.cumsum.default: torch_ops has no kernel for aten.cumsum.default",
+        "*SKIPPED*int8_mul: torch_ops does not offer the int8 scheme (it offers: none)",
+        "FAILED edgeport-conformance[[]torch_ops[]]::add_broadcast - "
+        "torch_ops add_broadcast (float32): error 0.01 relative > tolerance 0.0001",
+    ])
+
+
+@pytest.mark.slow
+def test_a_supported_case_that_fails_to_compile_fails(child):
+    result = child("--edgeport-backend", "torch_ops", "-k", "add_broadcast", fail_compile=True)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["FAILED *::add_broadcast - *fell back to portable*planted compile failure*"])
+
+
+def test_an_unknown_backend_is_a_usage_error_listing_the_installed_ones(child):
+    result = child("--edgeport-backend", "nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--edgeport-backend nope: unknown backend 'nope'; installed: *torch_ops*"])
+
+
+def test_without_the_flag_the_plugin_adds_nothing_and_never_imports_edgeport(pytester):
+    pytester.makepyfile(test_own="import sys\n\ndef test_own():\n    assert 'edgeport' not in sys.modules\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

@@ -1,0 +1,44 @@
+"""docs/writing-a-backend.md runs as written: its backend module registers and passes the
+conformance kit, and its pyproject.toml names that module as an edgeport entry point."""
+
+import os
+import re
+import tomllib
+import types
+
+import pytest
+
+from edgeport.testing import registered_by
+from edgeport.testing.kit import Verdict, kit_cases, run_kit
+
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "writing-a-backend.md")
+
+
+def _block(language: str, first_line: str) -> str:
+    with open(DOC) as f:
+        blocks = re.findall(rf"```{language}\n(.*?)```", f.read(), re.DOTALL)
+    return next(b for b in blocks if b.startswith(first_line))
+
+
+@pytest.fixture(scope="module")
+def my_npu():
+    module = types.ModuleType("my_npu")
+    exec(compile(_block("python", "# my_npu.py"), "docs/writing-a-backend.md", "exec"), module.__dict__)
+    return module
+
+
+def test_the_skeleton_registers_its_backend(my_npu):
+    assert isinstance(registered_by(my_npu)["my_npu"], my_npu.MyNpu)
+
+
+def test_the_skeleton_passes_the_kit_on_what_it_takes_and_declines_the_rest(my_npu):
+    cases = [c for c in kit_cases() if c.name in ("relu", "add_broadcast", "conv_bn_relu", "conv2d", "int8_add")]
+    verdicts = {o.case: o.verdict for o in run_kit(my_npu.MyNpu(), cases=cases).outcomes}
+    assert verdicts == {"relu": Verdict.PASSED, "add_broadcast": Verdict.PASSED, "conv_bn_relu": Verdict.PASSED,
+                        "conv2d": Verdict.DECLINED, "int8_add": Verdict.DECLINED}
+
+
+def test_the_pyproject_names_the_module_as_an_entry_point():
+    project = tomllib.loads(_block("toml", "[build-system]"))
+    assert project["project"]["entry-points"]["edgeport"] == {"my_npu": "my_npu"}
+    assert project["tool"]["setuptools"]["py-modules"] == ["my_npu"]
