@@ -21,6 +21,7 @@ from edgeport.partitioners.policy import PORTABLE
 from .backend import Backend, options_from_dict, validate_options
 from .capture import capture
 from .errors import BackendError, EdgeportError
+from .fold import fold_constants
 from .lowering import Progress, lower_method
 from .manifest import Manifest
 from .plugins import Registry, default_registry
@@ -123,10 +124,14 @@ def export_methods(
             program = capture(module, inputs, list(selected.values()), parsed, dynamic)
         if rewrite is not None:
             program = rewrite(name, program)
+        folding = fold_constants(program)  # what depends only on weights and literals
+        program = folding.program
         lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress,
                                declined=declined)
         if quantized is not None:
             lowered.report["quantization"] = quantized.report
+        if folding.folded:
+            lowered.report["folded"] = folding.folded
         files.update(lowered.files)
         artifacts.update(lowered.artifacts)
         plans[name] = lowered.plan

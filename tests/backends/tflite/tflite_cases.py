@@ -122,6 +122,11 @@ EXTRA_CASES: list[Case] = [
     case("index_select", lambda m, x: torch.index_select(x, 1, m.idx), (2, 8, 4), idx=torch.tensor([3, 0, 3])),
     case("embedding_gather", lambda m, ids: F.embedding(ids, m.table), torch.tensor([[1, 4, 0], [2, 2, 9]]),
          table=(10, 6)),
+    case("index_constant", lambda m, x: (x[m.rows[:, None], m.cols], x[m.rows]), (3, 5, 4),
+         rows=torch.tensor([2, 0]), cols=torch.tensor([4, -1, 1])),
+    case("index_constant_mask_bool", lambda m, mask: mask[m.rows[:, None, None], m.cols[None, None, :]],
+         torch.tensor([[True, False, True], [False, True, True]]), rows=torch.tensor([1, 0]),
+         cols=torch.tensor([2, 0, 1, 1])),
     # attention
     case("sdpa_float_mask", lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=m.mask),
          (1, 2, 6, 8), (1, 2, 6, 8), (1, 2, 6, 8), mask=(6, 6)),
@@ -155,6 +160,8 @@ EXTRA_CASES: list[Case] = [
 
 # Modules the writer must decline, the op it names, and words its reason contains.
 DECLINED = [
+    ("index_runtime", case("index_runtime", lambda m, x, i: x[i], (4, 3), torch.tensor([3, 1])), "aten.index",
+     "indices computed at run time"),
     ("float64", case("float64", lambda m, x: x * 2, torch.randn(2, 3, dtype=torch.float64)), "aten.mul", "float64"),
     ("conv3d", case("conv3d", lambda m, x: F.conv3d(x, m.w), (1, 2, 4, 4, 4), w=(2, 2, 1, 1, 1)),
      "aten.convolution", "3d convolution"),
