@@ -20,6 +20,7 @@ from edgeport.partitioners.policy import PORTABLE
 
 from .backend import Backend, options_from_dict, validate_options
 from .capture import capture
+from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .errors import BackendError, EdgeportError
 from .fold import fold_constants
 from .lowering import Progress, lower_method
@@ -124,6 +125,7 @@ def export_methods(
             program = capture(module, inputs, list(selected.values()), parsed, dynamic)
         if rewrite is not None:
             program = rewrite(name, program)
+        infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
         folding = fold_constants(program)  # what depends only on weights and literals
         program = folding.program
         lowered = lower_method(name, program, selected, parsed, strict=strict, keep_reference=keep, progress=progress,
@@ -132,6 +134,7 @@ def export_methods(
             lowered.report["quantization"] = quantized.report
         if folding.folded:
             lowered.report["folded"] = folding.folded
+        warn_dynamic_declines(name, program, lowered.report, list(selected))
         files.update(lowered.files)
         artifacts.update(lowered.artifacts)
         plans[name] = lowered.plan
