@@ -127,6 +127,31 @@ EXTRA_CASES: list[Case] = [
     case("index_constant_mask_bool", lambda m, mask: mask[m.rows[:, None, None], m.cols[None, None, :]],
          torch.tensor([[True, False, True], [False, True, True]]), rows=torch.tensor([1, 0]),
          cols=torch.tensor([2, 0, 1, 1])),
+    # arithmetic beyond one op (ops/arith.py): exact rounding modes, logs, tensor clamps
+    case("div_floor", lambda m, a, b: (torch.div(a, b, rounding_mode="floor"), a // 0.1, torch.floor_divide(a, m.d)),
+         torch.tensor([1.0, -1.0, 7.5, -7.5, 0.3, -0.3, 5.0, 1.0, -1.0, 0.0]),
+         torch.tensor([0.1, 0.1, 2.0, 2.0, -0.2, -0.2, 2.5, 0.0, 0.0, 0.0]),
+         d=torch.tensor([0.5, -3.0, 2.0, 0.7, -0.1, 4.0, 1.5, 2.0, 3.0, 9.0])),
+    case("div_trunc", lambda m, a, b: torch.div(a, b, rounding_mode="trunc"),
+         torch.tensor([7.5, -7.5, 0.3, -0.3, 5.0, -5.0]), torch.tensor([2.0, 2.0, -0.2, -0.2, 2.5, 2.5])),
+    case("div_modes_int", lambda m, a, b: (a // b, torch.div(a, b, rounding_mode="trunc")),
+         torch.tensor([7, -7, 7, -7, 0, 9]), torch.tensor([2, 2, -2, -2, 3, -4])),
+    case("round_trunc", lambda m, a: (torch.round(a), torch.round(a * 3.3, decimals=2),
+                                      torch.round(a * 77, decimals=-1), torch.trunc(a * 2.7)),
+         torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 1e-7, 3.0, 100.0])),
+    case("log1p_log2_log10", lambda m, a: (torch.log1p(a) * 1e7, torch.log2(a + 1), torch.log10(a + 1)),
+         torch.tensor([1e-10, 1e-8, 3e-8, 1e-7, 1e-3, 0.5, 8.0, 1000.0])),
+    case("clamp_tensor_bounds", lambda m, a, lo: (torch.clamp(a, lo, m.hi), torch.clamp(a, min=lo),
+                                                  torch.clamp(a, max=m.hi)), (3, 4), (4,), hi=(3, 1)),
+    case("clamp_tensor_int", lambda m, a: torch.clamp(a, m.lo, m.hi), torch.arange(12).view(3, 4),
+         lo=torch.tensor([2]), hi=torch.tensor([9])),
+    # picks and placements (ops/index.py)
+    case("argmax_argmin", lambda m, a: (torch.argmax(a, dim=1), torch.argmin(a, dim=-1, keepdim=True),
+                                        torch.argmax(a), torch.argmin(a, 0)),
+         torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
+    case("argmax_int", lambda m, a: torch.argmax(a, 0), torch.tensor([[1, 3], [4, 3]])),
+    case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
+                                           torch.slice_scatter(a, a * 2, 1)), (2, 5), (2, 2)),
     # attention
     case("sdpa_float_mask", lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=m.mask),
          (1, 2, 6, 8), (1, 2, 6, 8), (1, 2, 6, 8), mask=(6, 6)),
@@ -160,6 +185,10 @@ EXTRA_CASES: list[Case] = [
 
 # Modules the writer must decline, the op it names, and words its reason contains.
 DECLINED = [
+    ("slice_scatter_step", case("slice_scatter_step", lambda m, a, s: torch.slice_scatter(a, s, 1, 0, 4, 2),
+                                (2, 5), (2, 2)), "slice_scatter", "step 2"),
+    ("index_put_runtime", case("index_put_runtime", lambda m, a, i, v: torch.index_put(a, (i,), v), (4, 3),
+                               torch.tensor([3, 1]), (2, 3)), "aten.index_put", "no TFLite lowering"),
     ("index_runtime", case("index_runtime", lambda m, x, i: x[i], (4, 3), torch.tensor([3, 1])), "aten.index",
      "indices computed at run time"),
     ("float64", case("float64", lambda m, x: x * 2, torch.randn(2, 3, dtype=torch.float64)), "aten.mul", "float64"),
