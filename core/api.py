@@ -20,7 +20,9 @@ from edgeport.partitioners.policy import PORTABLE
 
 from .backend import Backend, options_from_dict, validate_options
 from .capture import capture
+from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .errors import BackendError, EdgeportError
+from .fold import fold_constants
 from .lowering import Progress, lower_method
 from .manifest import Manifest
 from .plugins import Registry, default_registry
@@ -136,12 +138,18 @@ def export_methods(
             lowering_options = parsed
         if rewrite is not None:
             program = rewrite(name, program)
+        infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
+        folding = fold_constants(program)  # what depends only on weights and literals
+        program = folding.program
         lowered = lower_method(name, program, selected, lowering_options, strict=strict, keep_reference=keep,
                                progress=progress, declined=declined)
         if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):
             raise not_delegated(portable)
         if quantized is not None:
             lowered.report["quantization"] = quantized.report
+        if folding.folded:
+            lowered.report["folded"] = folding.folded
+        warn_dynamic_declines(name, program, lowered.report, list(selected))
         files.update(lowered.files)
         artifacts.update(lowered.artifacts)
         plans[name] = lowered.plan

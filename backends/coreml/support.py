@@ -239,7 +239,8 @@ def check_node(registry: ConverterRegistry, node: Node) -> edgeport.Support:
     for value in _tensor_values(node):
         if any(not isinstance(d, int) for d in value.shape):
             return edgeport.Support.no(
-                f"{name} has a symbolic shape {tuple(value.shape)}; Core ML partitions need static shapes"
+                f"{name} has a symbolic shape {tuple(value.shape)}; edgeport converts Core ML partitions "
+                "with static shapes (no RangeDim inputs yet)"
             )
         if value.dtype not in registry.dtypes and not (quantizes and value.dtype == torch.int8):
             return edgeport.Support.no(f"{name} uses {value.dtype}, which Core ML has no tensors of")

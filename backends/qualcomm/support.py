@@ -241,7 +241,8 @@ def _check(node: Node) -> edgeport.Support:
         return edgeport.Support.no(f"{name}: no QNN HTP lowering known (not in the qualcomm op table)")
     for tensor in _tensors(node):
         if any(not isinstance(dim, int) for dim in tensor.shape):
-            return edgeport.Support.no(f"{name}: dynamic shape {tuple(tensor.shape)}; QNN graphs are static")
+            return edgeport.Support.no(f"{name}: dynamic shape {tuple(tensor.shape)}; QNN HTP has no dynamic shapes "
+                                      "(a context is compiled for static sizes)")
         if tensor.dim() > MAX_RANK:
             return edgeport.Support.no(
                 f"{name}: rank-{tensor.dim()} tensor; QNN HTP tensors have at most {MAX_RANK} dimensions"

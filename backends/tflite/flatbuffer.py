@@ -77,6 +77,7 @@ class TensorRecord:
     name: str
     buffer: int = 0  # 0 is the empty sentinel buffer: no constant data
     quantization: Quantization | None = None
+    signature: tuple[int, ...] | None = None  # shape_signature: -1 for a dim resized at run time
 
 
 class ModelBuilder:
@@ -230,7 +231,8 @@ class ModelBuilder:
                 blockwise = quantization.blockwise
                 used_scales = tensor_index[blockwise.scales]
                 quantization = Quantization(blockwise=Blockwise(used_scales, blockwise.block_size))
-            tensors.append(TensorRecord(rec.shape, rec.type, rec.name, buffer_index[rec.buffer], quantization))
+            tensors.append(TensorRecord(rec.shape, rec.type, rec.name, buffer_index[rec.buffer], quantization,
+                                        rec.signature))
         self.ops = [
             OpRecord(r.code, [tensor_index[i] for i in r.inputs], [tensor_index[o] for o in r.outputs], r.options)
             for r in ops
@@ -242,9 +244,12 @@ class ModelBuilder:
     def _tensor(b: Any, t: Any, rec: TensorRecord) -> int:
         name = b.CreateString(rec.name)
         shape = _ints(b, rec.shape)
+        signature = _ints(b, rec.signature) if rec.signature is not None else None
         quantization = _quantization(b, t, rec.quantization) if rec.quantization else None
         t.TensorStart(b)
         t.TensorAddShape(b, shape)
+        if signature is not None:
+            t.TensorAddShapeSignature(b, signature)
         t.TensorAddType(b, rec.type)
         t.TensorAddBuffer(b, rec.buffer)
         t.TensorAddName(b, name)

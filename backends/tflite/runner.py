@@ -141,6 +141,7 @@ class TfliteExecutable:
         self._get = interpreter.get_tensor
         self._invoke = interpreter.invoke
         self._in_place: dict[int, tuple[int, int]] = {}  # input position -> (address, bytes) of its own buffer
+        self._shapes = [tuple(d["shape"]) for d in interpreter.get_input_details()]  # as allocated
         self.interpreter = interpreter
 
     def input_buffer(self, position: int) -> np.ndarray:
@@ -164,6 +165,7 @@ class TfliteExecutable:
             from edgeport import InputError
 
             raise InputError(f"the TFLite model takes {len(self._inputs)} inputs, got {len(inputs)}")
+        self._resize([tuple(x.shape) for x in inputs])
         in_place = self._in_place
         for position, (index, x) in enumerate(zip(self._inputs, inputs)):
             if in_place and position in in_place and _address(x) == in_place[position]:
@@ -171,6 +173,23 @@ class TfliteExecutable:
             self._set(index, as_numpy(x))
         self._invoke()
         return [np.asarray(self._get(index)) for index in self._outputs]  # rank-0 comes back as a scalar
+
+    def _resize(self, shapes: list[tuple[int, ...]]) -> None:
+        """Resize inputs whose shape changed since the last call (a model with dynamic
+        dims), then reallocate once; a call at the same shapes costs nothing here.
+        LiteRT checks the new shapes against the model's shape_signature."""
+        changed = [(i, shape) for i, (shape, old) in enumerate(zip(shapes, self._shapes)) if shape != old]
+        if not changed:
+            return
+        if self._in_place:  # reallocating would move buffers handed out by input_buffer
+            from edgeport import InputError
+
+            raise InputError(f"input {changed[0][0]} of a model whose inputs live in place changed shape to "
+                             f"{changed[0][1]}", hint="pass inputs of the shapes the program was exported with")
+        for position, shape in changed:
+            self.interpreter.resize_tensor_input(self._inputs[position], list(shape), strict=True)
+            self._shapes[position] = shape
+        self.interpreter.allocate_tensors()
 
 
 def _address(x: Any) -> tuple[int, int]:

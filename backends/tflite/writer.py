@@ -17,7 +17,7 @@ import operator
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.export import ExportedProgram
@@ -25,7 +25,7 @@ from torch.fx import Graph, Node
 
 from edgeport import BackendError, DeclineNodes, Support, SupportContext
 
-from . import int8_plan, layout, lowering, qdq
+from . import dynamic, int8_plan, layout, lowering, qdq
 from .emitter import Emitter, Plan, Value
 from .flatbuffer import ModelBuilder
 from .lowering import SHAPE_ONLY, Constants, check_node, foldable, lookup
@@ -81,12 +81,24 @@ def constants(program: ExportedProgram) -> Constants:
 
 
 def writer_support(node: Node, ctx: SupportContext) -> Support:
-    """Whether `write_tflite` can write `node`: the lowering table's answer, with its reason."""
+    """Whether `write_tflite` can write `node`: the lowering table's answer, with its
+    reason. With dynamic dims, asked of the graph at one size (dynamic.py); what does not
+    resize is found when the partition is written."""
     try:
-        reason = check_node(node, constants(ctx.program))
+        reason = _reads_runtime_size(node)
+        if reason is None:
+            program, node = dynamic.static_view(ctx.program, node)
+            reason = check_node(node, constants(program))
     except Exception as e:  # noqa: BLE001 - support must never raise
         reason = f"{node.target}: could not check ({type(e).__name__}: {e})"
     return Support.no(reason) if reason else Support.yes()
+
+
+def _reads_runtime_size(node: Node) -> str | None:
+    """A size computed by torch (``sym_size``) would reach the model as an input: none can."""
+    if any(isinstance(n.meta.get("val"), torch.SymInt) for n in node.all_input_nodes):
+        return "it reads a size computed at run time (a dynamic dim the TFLite model cannot take as an input)"
+    return None
 
 
 def written_ops(node: Node, ctx: SupportContext) -> frozenset[str]:
@@ -95,10 +107,11 @@ def written_ops(node: Node, ctx: SupportContext) -> frozenset[str]:
     or (as planned on the whole program) fused into its producer or folded into a conv.
     Layout TRANSPOSEs, RESHAPEs, CASTs and fp16 DEQUANTIZEs (`PLUMBING`) may come on top
     of any node."""
-    plan = _whole_plan(ctx.program)
+    program, node = dynamic.static_view(ctx.program, node)
+    plan = _whole_plan(program)
     if node in plan.alias or node in plan.bn_fold.values() or node in plan.unwritten:
         return frozenset()
-    return lowering.written_ops(node, constants(ctx.program))
+    return lowering.written_ops(node, constants(program))
 
 
 _PLANS: weakref.WeakKeyDictionary[Graph, Plan] = weakref.WeakKeyDictionary()
@@ -179,7 +192,17 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool
     `fp16` stores weights as float16 (dequantized at load time by the runtime).
     `winograd` writes large 3x3 convolutions as Winograd F(2x2, 3x3) for XNNPACK
     (ops/winograd.py); an NPU compiler wants them as plain CONV_2D, so it is off by default.
+    With dynamic dims, the model's shape_signature has -1 for them (dynamic.py).
     """
+    if dynamic.symbols(program):
+        return dynamic.write_resizable(program, lambda p, hook: _write(p, fp16, winograd, hook))
+    return _write(program, fp16, winograd)
+
+
+def _write(program: ExportedProgram, fp16: bool, winograd: bool,
+           before_finish: Callable[[ModelBuilder], None] | None = None) -> TfliteModel:
+    """`write_tflite` of a program of static shapes; ``before_finish`` sees the pruned
+    model before it is serialized."""
     graph = program.graph_module.graph
     consts = constants(program)
     live = _live(graph)
@@ -220,6 +243,8 @@ def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool
     boundary = ([n.name for n, _ in inputs if em.env[n].tensor in transposed_in],
                 [name for name, t in zip(out_names, outputs) if t in transposed_out])
     input_tensors, outputs = em.builder.prune([t for _, t in inputs], outputs)
+    if before_finish is not None:
+        before_finish(em.builder)
     names = {v: k for k, v in vars(tfl().BuiltinOperator).items() if not k.startswith("_")}
     ops = dict(Counter(names[rec.code] for rec in em.builder.ops))
     signature = ([n.name for n, _ in inputs], out_names)

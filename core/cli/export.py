@@ -14,6 +14,7 @@ from ..quantize import SCHEMES, load_calibration, resolve_scheme
 from . import cli, current_registry
 from ._output import check_writable, console, progress
 from .explain import print_summary
+from .dims import parse_dynamic
 from .spec import load_factory
 
 
@@ -47,9 +48,11 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--group-size", type=int, default=None, help="Weight group size of int4-weight (default 32).")
 @click.option("--require-delegated", is_flag=True,
               help="Fail if any step stays portable (torch): the program must run on a device without torch.")
+@click.option("--dynamic", "dynamic_items", multiple=True, metavar="INPUT.DIM=MIN:MAX",
+              help="A dynamic dim, e.g. x.0=1:64; dims that must be equal together: a.1,b.1=2:128.")
 def export(spec: str, backend_list: str, output: str, strict: bool, option_items: tuple[str, ...],
            report: str | None, keep_reference: bool | None, scheme: str | None, calibration: str | None,
-           group_size: int | None, require_delegated: bool) -> None:
+           group_size: int | None, require_delegated: bool, dynamic_items: tuple[str, ...]) -> None:
     """Export SPEC (path/to/file.py:factory or package.module:factory) to a program."""
     check_writable(output, report)
     registry, backends, options = current_registry(), backend_list.split(","), parse_options(option_items)
@@ -59,11 +62,12 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
         raise EdgeportError("--calibration and --group-size apply only with --quantize",
                             hint="add --quantize int8 (or another scheme)")
     model, inputs = load_factory(spec)
+    dynamic_shapes = parse_dynamic(dynamic_items, model, inputs)
     batches = load_calibration(calibration) if calibration else None
     start = time.perf_counter()
     with progress(True) as show:
-        program = export_program(model, inputs, backends, options=options, strict=strict,
-                                 keep_reference=keep_reference or None, registry=registry, progress=show,
+        program = export_program(model, inputs, backends, dynamic_shapes=dynamic_shapes, options=options,
+                                 strict=strict, keep_reference=keep_reference or None, registry=registry, progress=show,
                                  quantize=quantize, calibration=batches, require_delegated=require_delegated)
         program.save(output)
     console.print(f"wrote {output} in {time.perf_counter() - start:.2f} s")

@@ -162,7 +162,7 @@ def test_the_page_lists_every_node_and_every_declined_one(explained):
     text = page.read_text()
     drawn = len(re.findall(r'<g class="node" data-node=', text))
     collapsed = sum(int(n) for n in re.findall(r'data-hidden="(\d+)"', text))
-    assert drawn + collapsed == len(report["nodes"]) == 154
+    assert drawn + collapsed == len(report["nodes"]) == 153  # the classifier's weight transpose is folded at export
     declined = [n for n in report["nodes"] if n["reasons"]]
     assert text.count("<tr data-partition=") == len(declined) > 50
     assert "torchops has no kernel for aten._native_batch_norm_legit_no_training.default" in text

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.fx import Node
 
+from edgeport import BackendError
+
 from .. import layout
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
@@ -268,3 +270,32 @@ def index_select(em: Emitter, node: Node) -> Value:
     em.op("GATHER", [v.tensor, indices.tensor], [out], Options("GatherOptions", {"Axis": axis}))
     return out
 
+
+
+def _check_constant_index(node: Node, is_const: IsConst) -> str | None:
+    indices = node.args[1]
+    if any(i is None for i in indices):
+        return "an index with None (a full slice between indexed dims)"
+    if not all(isinstance(i, Node) and is_const(i) for i in indices):
+        return "indices computed at run time (only constant indices become a GATHER_ND)"
+    if any(meta(i).dtype not in (torch.int64, torch.int32) for i in indices):
+        return "a boolean mask index"
+    return None
+
+
+@lowering(aten.index.Tensor, writes=frozenset({"GATHER_ND"}), dtypes=ANY, check=_check_constant_index)
+def index_constant(em: Emitter, node: Node) -> Value:
+    """x[i0, i1, ..., ik-1] with constant integer index tensors on the first k dims:
+    one GATHER_ND whose [*broadcast shape, k] indices are computed here (an attention
+    mask read at fixed positions, x[arange(b)[:, None], arange(t)])."""
+    v = em.to_identity(em.value(node.args[0]))
+    indices = torch.broadcast_tensors(*[em.constant(i) for i in node.args[1]])
+    sizes = torch.tensor(v.shape[: len(indices)])
+    stacked = torch.stack(indices, dim=-1).to(torch.int64)
+    if ((stacked < -sizes) | (stacked >= sizes)).any():
+        raise BackendError(f"TFLite writer: {node.name} indexes out of range of {v.shape}",
+                           hint="torch raises the same error on this model: fix the indices")
+    positions = torch.where(stacked < 0, stacked + sizes, stacked).to(torch.int32)
+    out = em.out(node)
+    em.op("GATHER_ND", [v.tensor, em.const(positions, node.name + "/indices")], [out])
+    return out

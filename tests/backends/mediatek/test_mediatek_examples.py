@@ -14,28 +14,25 @@ from example_models import load_example
 
 
 # What each model leaves to portable torch, by op: the plugin does not legalize GATHER
-# (the embeddings); rank-5 tensors (repeat_interleave's expand); a lone slice is not worth
-# a partition; a constant is nothing to compute. (Layer norm, RMSNorm's x.pow(2) and the
-# rotary embedding's neg are written as MULs, which the plugin takes.)
+# (the embeddings); rank-5 tensors (repeat_interleave's expand). (Position ids and the
+# rotary tables' slices are folded to constants at export. Layer norm, RMSNorm's
+# x.pow(2) and the rotary embedding's neg are written as MULs, which the plugin takes.)
 REMAINDER = {
     "mobilenet_v2": set(),
     "resnet18": set(),
-    "transformer_encoder": {"aten.embedding.default", "aten.arange.start_step"},
+    "transformer_encoder": {"aten.embedding.default"},
     "tiny_llama": {
         "aten.embedding.default", "aten.unsqueeze.default", "aten.expand.default", "aten.clone.default",
-        "aten.view.default", "aten.slice.Tensor", "aten.alias.default",
+        "aten.view.default",
     },
 }  # fmt: skip
 # Why, by op: every remaining node carries its rule.
 REASONS = {
     "aten.embedding.default": ("(written as GATHER) is not legalized", "a constant"),
-    "aten.arange.start_step": ("a constant",),
     "aten.unsqueeze.default": ("rank 5 > 4",),
     "aten.expand.default": ("rank 5 > 4",),
     "aten.clone.default": ("rank 5 > 4",),
     "aten.view.default": ("rank 5 > 4",),
-    "aten.slice.Tensor": ("ops the backend never takes alone",),
-    "aten.alias.default": ("ops the backend never takes alone",),
 }
 
 

@@ -147,12 +147,18 @@ def test_a_constant_output_is_declined_not_written():
     assert list(declined.value.reasons.values()) == ["its value is a constant: nothing to compute in the TFLite model"]
 
 
-def test_symbolic_shapes_are_declined_with_the_shape():
+def test_a_dynamic_dim_is_written_as_minus_one_in_the_shape_signature():
     program = torch.export.export(nn.ReLU(), (torch.randn(4, 8),),
                                   dynamic_shapes=({0: torch.export.Dim("batch")},)).run_decompositions()
     relu = next(n for n in program.graph.nodes if n.op == "call_function")
-    answer = writer_support(relu, SupportContext(program, None))
-    assert not answer and "symbolic shape" in answer.reason
+    assert writer_support(relu, SupportContext(program, None))
+    runner = TfliteExecutable(write_tflite(program).data, threads=1)
+    (detail,) = runner.interpreter.get_input_details()
+    assert list(detail["shape_signature"]) == [-1, 8]
+    for batch in (1, 4, 9):
+        x = torch.randn(batch, 8)
+        (y,) = runner.run([x])
+        assert torch.equal(torch.from_numpy(y), torch.relu(x))
 
 
 def test_runner_reuses_its_interpreter_and_checks_the_input_count():

@@ -1,0 +1,249 @@
+"""Dynamic dims (``torch.export.Dim``) in a TFLite model: ``shape_signature`` with -1.
+
+The writer's lowerings read static shapes. A partition with dynamic dims is therefore
+written at two sizes inside each dim's declared range (`sample_sizes`), each time from
+a copy of the graph whose shapes are concrete (`concretize`), and the two models are
+compared tensor by tensor (`resizable`):
+
+- a dim that differs is dynamic: the first model's tensor gets -1 there in its
+  ``shape_signature``, and LiteRT recomputes it when an input is resized;
+- a RESHAPE whose shape constant differs in exactly one entry gets -1 in that entry;
+- anything else that differs (another constant, an option, the operators themselves:
+  a causal mask of the sequence length, a reshape with two dynamic dims) would be
+  wrong at a third size, so its node is declined with that reason.
+
+Support is answered on the concrete copy at the first size (`static_view`), so a
+check never calls ``int()`` on a symbolic size (which would specialize the dim).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import sympy
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import ExportGraphSignature
+from torch.fx import Graph, Node
+from torch.fx.node import map_arg
+
+from edgeport import BackendError, DeclineNodes
+
+from .flatbuffer import ModelBuilder
+from .schema import tfl
+
+Sizes = Mapping[sympy.Symbol, int]
+
+
+def symbols(program: ExportedProgram) -> dict[sympy.Symbol, tuple[int, int | None]]:
+    """Each dynamic dim's symbol with its (min, max), for the symbols the graph uses."""
+    used: set[sympy.Symbol] = set()
+    for node in program.graph.nodes:
+        for value in _values(node.meta.get("val")):
+            used |= _free(value)
+    from torch.utils._sympy.numbers import int_oo  # says it is finite: compared by identity
+
+    bounds = {}
+    for symbol, bound in program.range_constraints.items():
+        if symbol in used:
+            bounds[symbol] = (int(bound.lower), None if bound.upper is int_oo else int(bound.upper))
+    return bounds
+
+
+def sample_sizes(program: ExportedProgram) -> tuple[dict[sympy.Symbol, int], dict[sympy.Symbol, int]]:
+    """Two sizes per symbol inside its range: its example size and one more (or less).
+
+    Sizes of 1 are avoided where the range allows: a size-1 dim is written differently
+    (broadcast, squeezed away), so the two models would not be the same model.
+    """
+    hints = _hints(program)
+    first, second = {}, {}
+    for symbol, (low, high) in symbols(program).items():
+        low = max(low, 2) if high is None or high >= 2 else low
+        size = min(max(hints.get(symbol, low), low), high if high is not None else 1 << 30)
+        other = size + 1 if high is None or size + 1 <= high else size - 1
+        if other < low:
+            raise BackendError(f"dynamic dim {symbol} has a single size in range [{low}, {high}]",
+                               hint="declare it static, or widen its Dim range")
+        first[symbol], second[symbol] = size, other
+    return first, second
+
+
+def concretize(program: ExportedProgram, sizes: Sizes) -> ExportedProgram:
+    """A copy of ``program`` with every symbolic size replaced by its value in ``sizes``:
+    tensor metadata become meta tensors of static shape, and nodes that compute a size
+    (``sym_size``) become the ints they compute."""
+    graph = Graph()
+    copies: dict[Node, Node] = {}
+    graph.output(graph.graph_copy(program.graph, copies))
+    ints: dict[Node, int] = {}
+    for node in list(graph.nodes):
+        node.args = map_arg(node.args, lambda n: ints.get(n, n))
+        node.kwargs = map_arg(node.kwargs, lambda n: ints.get(n, n))
+        if "val" not in node.meta:
+            continue
+        val = node.meta["val"]
+        node.meta = {**node.meta, "val": _concrete(val, sizes)}
+        if isinstance(val, torch.SymInt) and node.op == "call_function":
+            ints[node] = node.meta["val"]
+    for node in reversed(list(graph.nodes)):
+        if node in ints and not node.users:
+            graph.erase_node(node)
+    renamed = {old.name: new.name for old, new in copies.items()}
+    signature = ExportGraphSignature([_renamed(s, renamed) for s in program.graph_signature.input_specs],
+                                     [_renamed(s, renamed) for s in program.graph_signature.output_specs])
+    return ExportedProgram(
+        root=torch.fx.GraphModule(program.graph_module, graph),
+        graph=graph,
+        graph_signature=signature,
+        state_dict=program.state_dict,
+        range_constraints={},
+        module_call_graph=program.module_call_graph,
+        constants=program.constants,
+        verifiers=program.verifiers,
+    )
+
+
+_VIEWS: weakref.WeakKeyDictionary[Graph, tuple[ExportedProgram, dict[str, Node]]] = weakref.WeakKeyDictionary()
+
+
+def static_view(program: ExportedProgram, node: Node) -> tuple[ExportedProgram, Node]:
+    """``program`` and ``node`` as the writer sees them: itself when every shape is
+    static, else its concrete copy at the first sample size (made once per graph)."""
+    graph = program.graph_module.graph
+    if graph not in _VIEWS:
+        if not symbols(program):
+            _VIEWS[graph] = (program, {})
+        else:
+            concrete = concretize(program, sample_sizes(program)[0])
+            _VIEWS[graph] = (concrete, {n.name: n for n in concrete.graph.nodes})
+    view, by_name = _VIEWS[graph]
+    return (program, node) if view is program else (view, by_name.get(node.name, node))
+
+
+# A write of one concrete program; the hook sees the pruned model before it is serialized.
+Write = Callable[[ExportedProgram, Callable[[ModelBuilder], None]], Any]
+
+
+def write_resizable(program: ExportedProgram, write: Write) -> Any:
+    """The model of ``program`` written at its first sample size, with -1 in each
+    tensor's shape_signature where the second size differs (see the module docstring)."""
+    first, second = sample_sizes(program)
+    other: list[ModelBuilder] = []
+    write(concretize(program, second), other.append)
+    return write(concretize(program, first), lambda builder: resizable(builder, other[0]))
+
+
+def resizable(model: ModelBuilder, other: ModelBuilder) -> None:
+    """Mark in ``model`` what differs in ``other`` (the same partition at other sizes);
+    DeclineNodes for what cannot be resized."""
+    codes = {v: k for k, v in vars(tfl().BuiltinOperator).items() if not k.startswith("_")}
+    if [(r.code, r.inputs, r.outputs) for r in model.ops] != [(r.code, r.inputs, r.outputs) for r in other.ops] \
+            or len(model.tensors) != len(other.tensors):
+        first = next((r for r, o in zip(model.ops, other.ops) if (r.code, r.inputs) != (o.code, o.inputs)),
+                     model.ops[-1])
+        raise DeclineNodes({_node(model, first.outputs[0]): "its TFLite operators change with the size of a dynamic "
+                                                            "dim (written for one size only)"})
+    reshape_shapes = {r.inputs[1] for r in model.ops if codes[r.code] == "RESHAPE" and len(r.inputs) > 1}
+    # SLICE sizes that take a whole dynamic dim: -1 ("to the end") says so at any size
+    slice_sizes = {r.inputs[2]: r.inputs[0] for r in model.ops if codes[r.code] == "SLICE"}
+    reasons: dict[str, str] = {}
+    for op, twin in zip(model.ops, other.ops):
+        if op.options != twin.options:
+            reasons.setdefault(_node(model, op.outputs[0]), f"the options of its {codes[op.code]} depend on a "
+                                                             "dynamic dim")
+    for index, (tensor, twin) in enumerate(zip(model.tensors, other.tensors)):
+        if len(tensor.shape) != len(twin.shape):
+            reasons.setdefault(_node(model, index), "its rank changes with a dynamic dim")
+            continue
+        if tensor.shape != twin.shape:
+            tensor.signature = tuple(-1 if a != b else a for a, b in zip(tensor.shape, twin.shape))
+        mine, theirs = model.data(index), other.data(index)
+        if mine is None or np.array_equal(mine, theirs):
+            continue
+        differs = np.flatnonzero(mine != theirs) if mine.shape == theirs.shape else ()
+        if index in reshape_shapes and len(differs) == 1 and -1 not in mine:
+            _infer(model, tensor, differs)
+        elif index in slice_sizes and len(differs) and _whole_dims(differs, mine, theirs, model, other,
+                                                                      slice_sizes[index]):
+            _infer(model, tensor, differs)
+        else:
+            what = "a reshape with two dynamic dims" if index in reshape_shapes else f"its constant {tensor.name}"
+            reasons.setdefault(_node(model, index), f"{what} depends on the size of a dynamic dim")
+    if reasons:
+        raise DeclineNodes(reasons)
+
+
+def _infer(model: ModelBuilder, tensor: Any, entries: np.ndarray) -> None:
+    """Write -1 at ``entries`` of a constant shape or size tensor."""
+    patched = model.buffers[tensor.buffer].copy()
+    patched[entries] = -1
+    model.buffers[tensor.buffer] = patched
+
+
+def _whole_dims(entries: np.ndarray, mine: np.ndarray, theirs: np.ndarray, model: ModelBuilder,
+                other: ModelBuilder, source: int) -> bool:
+    """The slice takes the whole of each of these dims of its input, at both sizes."""
+    return all(mine[i] == model.tensors[source].shape[i] and theirs[i] == other.tensors[source].shape[i]
+               for i in entries)
+
+
+def _node(model: ModelBuilder, tensor: int) -> str:
+    """The node a tensor belongs to: the node whose op writes it, or else (a constant)
+    the first that reads it. Computed tensors are named "<node>" or "<node>/<part>"."""
+    op = next((r for r in model.ops if tensor in r.outputs), None) or \
+        next((r for r in model.ops if tensor in r.inputs), None)
+    named = op.outputs[0] if op is not None else tensor
+    return model.tensors[named].name.split("/", 1)[0]
+
+
+def _values(val: Any) -> list[Any]:
+    if isinstance(val, (list, tuple)):
+        return [v for item in val for v in _values(item)]
+    return [val]
+
+
+def _free(value: Any) -> set[sympy.Symbol]:
+    if isinstance(value, torch.SymInt):
+        return set(value.node.expr.free_symbols)
+    if isinstance(value, torch.Tensor):
+        return {s for d in value.shape if isinstance(d, torch.SymInt) for s in d.node.expr.free_symbols}
+    return set()
+
+
+def _hints(program: ExportedProgram) -> dict[sympy.Symbol, int]:
+    """The size each symbol had in the example inputs."""
+    hints = {}
+    for node in program.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor):
+            for d in val.shape:
+                if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and d.node.hint is not None:
+                    hints[d.node.expr] = int(d.node.hint)
+    return hints
+
+
+def _size(d: Any, sizes: Sizes) -> int:
+    if isinstance(d, torch.SymInt):
+        return int(d.node.expr.xreplace(dict(sizes)))
+    return int(d)
+
+
+def _concrete(val: Any, sizes: Sizes) -> Any:
+    if isinstance(val, torch.Tensor):
+        return torch.empty([_size(d, sizes) for d in val.shape], dtype=val.dtype, device="meta")
+    if isinstance(val, torch.SymInt):
+        return _size(val, sizes)
+    if isinstance(val, (list, tuple)):
+        return type(val)(_concrete(v, sizes) for v in val)
+    return val
+
+
+def _renamed(spec: Any, names: dict[str, str]) -> Any:
+    arg = spec.arg
+    if hasattr(arg, "name") and arg.name in names:
+        arg = dataclasses.replace(arg, name=names[arg.name])
+    return dataclasses.replace(spec, arg=arg)
