@@ -168,6 +168,9 @@ class Backend:
     # Quantization schemes (edgeport.quantize.SCHEMES names) `quantizer` answers for.
     # None offered: the backend keeps its nodes float when a model is quantized.
     schemes: ClassVar[frozenset[str]] = frozenset()
+    # The scheme `quantize="auto"` quantizes this backend's nodes with (one of
+    # `schemes`). None: int8 when offered, else the first static scheme offered.
+    default_scheme: ClassVar[str | None] = None
 
     @property
     def version(self) -> str:

@@ -9,10 +9,12 @@ imports it when it runs.
 from .calibration import CalibrationError, CalibrationStats, calibrate, load_calibration
 from .flow import QuantizationError, is_qat_model, prepare_qat_model, quantize_method
 from .placement import Placement, place
-from .scheme import DYNAMIC, SCHEMES, STATIC, Scheme, resolve_scheme
+from .scheme import AUTO, DYNAMIC, REQUESTS, SCHEMES, STATIC, Scheme, resolve_scheme
 
 __all__ = [
+    "AUTO",
     "DYNAMIC",
+    "REQUESTS",
     "SCHEMES",
     "STATIC",
     "CalibrationError",
