@@ -108,6 +108,7 @@ FORMS: dict[Any, QuantizedForm] = {
                             aten.permute.default, aten.squeeze.dims, aten.squeeze.dim, aten.unsqueeze.default,
                             aten.expand.default, aten.clone.default, aten.slice.Tensor, aten.select.int,
                             aten.flip.default, aten.pixel_shuffle.default, aten.constant_pad_nd.default,
+                            aten.pad.default,
                             aten.max_pool2d_with_indices.default, aten.upsample_nearest2d.vec)},
 }
 

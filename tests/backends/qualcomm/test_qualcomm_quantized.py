@@ -9,13 +9,15 @@ exported once for the module.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 import edgeport
 from edgeport.testing import registry_for
-from edgeport.testing.quantized_cases import calibration_for, reference_program
+from edgeport.testing.quantized_cases import QUANTIZED_CASES, calibration_for, reference_program, run_quantized_case
 
 from qualcomm_helpers import MIN_COSINE, cosine, max_abs
 
@@ -110,3 +112,28 @@ def test_schemes_qnn_cannot_run_are_declined_with_the_reason(model, backend):
     linear = next(n for n in nodes if n["op"] == "aten.linear.default")
     assert linear["backend"] == "portable"
     assert "qualcomm does not offer int8-dynamic (it offers a16w8, int8)" in linear["reasons"]["qualcomm"]
+
+
+# The conformance library's static cases allow one output step (a kernel rounds each
+# requantization itself). HTP lands up to two steps further on some elements (measured
+# in the simulator: conv+relu, depthwise+relu6, reshape/permute/pad after a relu, cat of
+# two differently scaled inputs; at most 3 steps, a handful of elements per case), so
+# qualcomm runs them with two more steps. How far the whole output is: cosine >= 0.999.
+HTP_EXTRA_STEPS = 2.0
+STATIC_CASES = [c for c in QUANTIZED_CASES if c.scheme == "int8"]
+DYNAMIC_CASES = [c for c in QUANTIZED_CASES if c.scheme != "int8"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", STATIC_CASES, ids=lambda c: c.name)
+def test_quantized_conformance_case_runs_on_htp(case, backend):
+    result = run_quantized_case(backend, dataclasses.replace(case, steps=case.steps + HTP_EXTRA_STEPS))
+    assert result.delegated == 1.0, result.reasons
+    assert result.passed, (result.error, result.max_steps)
+
+
+@pytest.mark.parametrize("case", DYNAMIC_CASES, ids=lambda c: c.name)
+def test_run_time_quantized_cases_are_declined_with_the_scheme(case, backend):
+    result = run_quantized_case(backend, case)
+    assert result.delegated == 0.0
+    assert result.reasons and all(f"qualcomm does not offer {case.scheme}" in r for r in result.reasons.values())
