@@ -289,3 +289,24 @@ def test_backends_json_lists_each_backends_schemes():
     schemes = {row["name"]: row["schemes"] for row in json.loads(result.output)["backends"]}
     assert schemes["cpu"] == ["int4-weight", "int8", "int8-dynamic"]
     assert schemes["mediatek"] == []
+
+
+def test_auto_asks_each_backend_for_its_own_default_static_scheme():
+    from edgeport.quantize import AUTO
+    from edgeport.quantize.scheme import backend_scheme
+
+    assert resolve_scheme(" Auto ") is AUTO and AUTO.needs_calibration
+    assert backend_scheme(AUTO, frozenset({"int8", "a16w8"}), "a16w8") == "a16w8"
+    assert backend_scheme(AUTO, frozenset({"int8", "int8-dynamic"}), None) == "int8"
+    assert backend_scheme(AUTO, frozenset({"a16w8"}), None) == "a16w8"
+    assert backend_scheme(AUTO, frozenset({"int8-dynamic"}), None) is None  # no static scheme to pick
+    assert backend_scheme(resolve_scheme("int8"), frozenset({"a16w8"}), "a16w8") is None  # a named one is exact
+
+
+def test_cli_quantize_auto_gives_the_cpu_int8(model_file, tmp_path):
+    out = tmp_path / "q.edgeport"
+    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "auto",
+                                      "--calibration", f"{model_file}:batches", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = edgeport.load(out).manifest.report["forward"]["quantization"]
+    assert report["scheme"] == "auto" and report["backends"]["cpu"].endswith("with int8")
