@@ -310,3 +310,25 @@ def test_cli_quantize_auto_gives_the_cpu_int8(model_file, tmp_path):
     assert result.exit_code == 0, result.output
     report = edgeport.load(out).manifest.report["forward"]["quantization"]
     assert report["scheme"] == "auto" and report["backends"]["cpu"].endswith("with int8")
+
+
+def test_explain_shows_what_each_quantized_op_computes_in(island):
+    _, _, program = island
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    assert nodes["convolution"]["quantized"] == {"activations": "int8", "weights": "int8 per channel"}
+    assert "quantized" not in nodes["atan"]  # left float, between the quantized partitions
+    assert all("quantized" not in n for n in nodes.values() if n["op"].startswith("quantized_decomposed"))
+
+
+@pytest.mark.parametrize(("scheme", "weights"), [("int8-dynamic", "int8 per channel"),
+                                                 ("int4-weight", "int4 per group of 32")])
+def test_explain_names_run_time_activations_and_weight_groups(scheme, weights, tmp_path):
+    model, x = nn.Linear(64, 16).eval(), torch.randn(2, 64)
+    program = edgeport.export(model, (x,), ["cpu"], quantize=scheme, registry=registry_for(CpuBackend()))
+    linear = next(n for n in program.report()["nodes"] if n["op"] == "aten.linear.default")
+    assert linear["quantized"] == {"activations": "int8 per token (run time)", "weights": weights}
+    path = tmp_path / "q.edgeport"
+    program.save(path)
+    result = CliRunner().invoke(cli, ["explain", str(path)], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "quantized" in result.output and f"w {weights}" in result.output

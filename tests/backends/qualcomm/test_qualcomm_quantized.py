@@ -82,6 +82,8 @@ def test_every_node_runs_quantized_on_htp(exported, scheme):
     (artifact,) = program.manifest.artifacts.values()
     activations = {"int8": "uint8", "a16w8": "uint16"}[scheme]
     assert artifact.metadata["quantized"] == {"activations": activations, "weights": "int8"}
+    conv = next(n for n in nodes if n["op"] == "aten.convolution.default")  # what explain shows
+    assert conv["quantized"] == {"activations": activations, "weights": "int8 per channel"}
     quantization = program.manifest.report["forward"]["quantization"]
     assert quantization["backends"]["qualcomm"].endswith(f"with {scheme}")
 
