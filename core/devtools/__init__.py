@@ -4,6 +4,9 @@ computes the right numbers, and where the time goes.
 - `render_program` — the placement report as a self-contained page (``edgeport explain --html``);
 - `check_program` / `check_model` — each delegated partition against its torch reference,
   and the first op that diverges (``edgeport check``);
+- `check_quantization` — a quantized program's SQNR per partition against its
+  fake-quantized reference and the float model, and the first op losing more than a
+  threshold (``edgeport check --quantize``);
 - `time_runs` / `summarize_profile` — time per step and per backend, and the bytes that
   cross delegate boundaries (``edgeport run --profile``).
 """
@@ -11,14 +14,17 @@ computes the right numbers, and where the time goes.
 from .check import CheckReport, Divergence, PartitionCheck, check_model, check_program
 from .html import render_html, render_program
 from .profile import Profile, summarize_profile, time_runs
+from .quant_check import QuantizationCheck, check_quantization
 
 __all__ = [
     "CheckReport",
     "Divergence",
     "PartitionCheck",
     "Profile",
+    "QuantizationCheck",
     "check_model",
     "check_program",
+    "check_quantization",
     "render_html",
     "render_program",
     "summarize_profile",
