@@ -49,9 +49,9 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     """Export with torch.onnx (dynamo, onnxscript); quiet, since it prints progress."""
     import torch
 
-    from .qdq_support import is_quantization
+    from edgeport.quantize.node_dtypes import is_quantization_node
 
-    quantized = any(is_quantization(node) for node in program.graph.nodes)
+    quantized = any(is_quantization_node(node) for node in program.graph.nodes)
     with _quiet_exporter(), _provenance_tags(program):
         try:
             onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True,

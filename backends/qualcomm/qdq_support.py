@@ -36,8 +36,6 @@ def op_name(node: object) -> str:
     return target._schema.name if isinstance(target, torch._ops.OpOverload) else ""
 
 
-def is_quantization(node: Node) -> bool:
-    return op_name(node).startswith(("quantized_decomposed::", "torchao::"))
 
 
 def check_quantization(node: Node) -> edgeport.Support:

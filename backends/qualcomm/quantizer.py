@@ -138,7 +138,7 @@ class QualcommQuantizer(Quantizer):
             if node.target == aten.convolution.default and not _plain_weight_axis(node):
                 continue
             activation = _fused_activation(node)
-            self._annotate(node, form, output=activation is None)
+            self._annotate(node, form, quantize_output=activation is None)
             if activation is not None and _annotated(node):
                 self._annotate_fused(activation)
         return model
@@ -153,7 +153,9 @@ class QualcommQuantizer(Quantizer):
         own output is quantized."""
         activation.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(), _annotated=True)
 
-    def _annotate(self, node: Node, form: QuantizedForm, output: bool = True) -> None:
+    def _annotate(self, node: Node, form: QuantizedForm, quantize_output: bool = True) -> None:
+        """Annotate `node` as `form` says; `quantize_output=False` leaves its value float
+        (an activation fused into it quantizes it)."""
         activations = _activation_args(node, form)
         if not activations or not all(_runtime_float(a) for a in activations) or _output_value(node) is None:
             return
@@ -169,7 +171,7 @@ class QualcommQuantizer(Quantizer):
                 if not _constant(bias):
                     return
                 inputs[bias] = _bias_spec(activations[0], weight, node)
-        if not output:
+        if not quantize_output:
             node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
             return
         if form.output == SHARED:

@@ -23,8 +23,9 @@ import torch
 from torch.fx import Node
 
 import edgeport
+from edgeport.quantize.node_dtypes import is_quantization_node
 
-from .qdq_support import check_quantization, is_quantization
+from .qdq_support import check_quantization
 
 aten = torch.ops.aten
 
@@ -234,7 +235,7 @@ def check_support(node: Node) -> edgeport.Support:
 def _check(node: Node) -> edgeport.Support:
     if node.op != "call_function":
         return edgeport.Support.yes()
-    if is_quantization(node):
+    if is_quantization_node(node):
         return check_quantization(node)
     packet = getattr(node.target, "overloadpacket", node.target)
     name = _op_name(node.target)

@@ -31,7 +31,6 @@ from torch.fx import Node
 
 from ..delegates import executable_of, load_step
 from ..plugins import Registry, default_registry
-from ..portable import PortableExecutable
 from ..program import Program
 from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
@@ -163,7 +162,8 @@ class _FloatWalk:
 
     def first_drop(self, threshold_db: float) -> OpDrop | None:
         for node in self.reference.graph.nodes:
-            if node.op != "call_function" or is_quantization_node(node) or FLOAT_NODE not in node.meta.get("custom", {}):
+            tagged = FLOAT_NODE in node.meta.get("custom", {})
+            if node.op != "call_function" or is_quantization_node(node) or not tagged:
                 continue
             output_db = self._sqnr(_handed_on(node), node)
             read = [self._sqnr(arg, arg) for arg in node.all_input_nodes if self._is_activation(arg)]
