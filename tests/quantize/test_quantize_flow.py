@@ -288,6 +288,7 @@ def test_backends_json_lists_each_backends_schemes():
     assert result.exit_code == 0, result.output
     schemes = {row["name"]: row["schemes"] for row in json.loads(result.output)["backends"]}
     assert schemes["cpu"] == ["int4-weight", "int8", "int8-dynamic"]
+    assert schemes["qualcomm"] == ["a16w8", "int8"]
     assert schemes["mediatek"] == []
 
 
