@@ -63,8 +63,9 @@ def export(
     here with ``reference=True``.
 
     ``quantize`` names a scheme ("int8", "int8-dynamic", "int4-weight", "a16w8",
-    "palettize4", "palettize6"; see
-    `edgeport.quantize.SCHEMES`): each node is quantized by the backend that runs it.
+    "palettize4", "palettize6"; see `edgeport.quantize.SCHEMES`), or "auto" for each
+    backend's own default scheme (`Backend.default_scheme`: a16w8 on qualcomm, int8 on
+    cpu): each node is quantized by the backend that runs it.
     Static schemes need ``calibration``, an iterable of input tuples. A model returned
     by `prepare_qat` is exported with the scheme it was prepared for.
     """

@@ -191,6 +191,9 @@ class Backend:
     schemes: ClassVar[frozenset[str]] = frozenset()
     # Schemes it does not offer -> why (its hardware or toolchain's rule), said when it declines one.
     schemes_declined: ClassVar[dict[str, str]] = {}
+    # The scheme `quantize="auto"` quantizes this backend's nodes with (one of
+    # `schemes`). None: int8 when offered, else the first static scheme offered.
+    default_scheme: ClassVar[str | None] = None
 
     @property
     def version(self) -> str:

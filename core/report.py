@@ -3,7 +3,8 @@
 Saved in the program's manifest, so `edgeport explain` needs nothing but the file.
 JSON shape (one per method):
 
-    nodes:      [{name, op, backend, partition, reasons: {backend: why not}, source}]
+    nodes:      [{name, op, backend, partition, reasons: {backend: why not}, source,
+                  quantized: {activations, weights} (a delegated op of a quantized graph)}]
     partitions: [{id, backend, nodes (count), node_names, inputs, outputs,
                   boundary_bytes, fallback}]
     values:     {name: {dtype, shape, bytes}} for every value crossing a partition boundary
@@ -21,6 +22,7 @@ from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, is_compute
 
 from .manifest import Step
+from .quantize.node_dtypes import node_dtypes
 from .tensors import DTYPE_NAMES
 
 
@@ -88,6 +90,9 @@ def placement_report(
             "reasons": reasons,
             "source": source_of(node),
         })
+        quantized = node_dtypes(node) if ran_on[partition.id] != PORTABLE else {}  # portable computes in float
+        if quantized:  # a delegated op between dequantize and quantize nodes: its integer types
+            node_rows[-1]["quantized"] = quantized
     partition_rows = []
     for partition in plan.partitions:
         sub = subprograms[partition.id]

@@ -63,6 +63,11 @@ class QualcommBackend(edgeport.Backend):
         }),
     )
 
+    # int8 (uint8 activations) and a16w8 (uint16 activations, QNN's default for
+    # accuracy): both with int8 per-channel weights (quantizer.py).
+    schemes = frozenset({"int8", "a16w8"})
+    default_scheme = "a16w8"
+
     @property
     def version(self) -> str:
         try:
@@ -99,34 +104,43 @@ class QualcommBackend(edgeport.Backend):
 
         return check_support(node)
 
+    def quantizer(self, scheme: edgeport.Scheme, options: QualcommOptions) -> Any:
+        from .quantizer import QualcommQuantizer
+
+        return QualcommQuantizer(scheme)
+
     def compile(self, program: ExportedProgram, options: QualcommOptions) -> edgeport.Artifact:
         from .onnx_export import export_onnx
         from .placement import compile_verified
+        from .qdq_support import quantized_dtypes
 
         qnn_options = provider_options(options)  # validates soc/precision before any work
         partition = export_onnx(program)
         known = {node.name for node in program.graph.nodes}
         context_model = compile_verified(partition, qnn_options, known)
         soc = resolve_soc(options.soc)
+        metadata = {
+            "format": "onnx-epcontext",  # EPContext model embedding a QNN context binary
+            "inputs": partition.inputs,
+            "outputs": partition.outputs,
+            "soc": soc.name,
+            "soc_model": soc.soc_model,
+            "htp_arch": soc.htp_arch,
+            "precision": options.precision,  # how its float ops compute
+            "toolchain": self.version,
+        }
+        quantized = quantized_dtypes(program.graph)
+        if quantized:  # e.g. {"activations": "uint16", "weights": "int8"}
+            metadata["quantized"] = quantized
         return edgeport.Artifact(
             data=context_model,
             suffix=".onnx",
-            metadata={
-                "format": "onnx-epcontext",  # EPContext model embedding a QNN context binary
-                "inputs": partition.inputs,
-                "outputs": partition.outputs,
-                "soc": soc.name,
-                "soc_model": soc.soc_model,
-                "htp_arch": soc.htp_arch,
-                "precision": options.precision,
-                "toolchain": self.version,
-            },
+            metadata=metadata,
         )
 
     def tolerance(self, options: QualcommOptions) -> float:
-        # HTP computes float graphs in fp16 (~3 decimal digits); int8: one step of an
-        # 8-bit scale is ~0.4% of the range, per op.
-        return {"fp16": 1e-2, "int8": 1e-1}.get(options.precision, super().tolerance(options))
+        # HTP computes float graphs in fp16 (~3 decimal digits).
+        return {"fp16": 1e-2}.get(options.precision, super().tolerance(options))
 
     def load(self, artifact: edgeport.Artifact) -> QnnExecutable:
         from .qnn_runtime import load_context

@@ -27,6 +27,10 @@ from torch.export.graph_signature import InputKind
 
 from .pool_rewrite import rewrite_pools
 
+# ONNX 21: the first opset whose QuantizeLinear/DequantizeLinear take 16-bit integers
+# (a16w8's uint16 activations; ONNX Runtime rejects them in an opset-20 model). Float
+# partitions keep the exporter's default opset, which the float op table was verified on.
+QUANTIZED_OPSET = 21
 _PROVENANCE_KEY = "pkg.torch.onnx.stack_trace"
 _PROVENANCE = "edgeport-node:"
 
@@ -45,9 +49,13 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     """Export with torch.onnx (dynamo, onnxscript); quiet, since it prints progress."""
     import torch
 
+    from edgeport.quantize.node_dtypes import is_quantization_node
+
+    quantized = any(is_quantization_node(node) for node in program.graph.nodes)
     with _quiet_exporter(), _provenance_tags(program):
         try:
-            onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True)
+            onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True,
+                                             opset_version=QUANTIZED_OPSET if quantized else None)
         except Exception as exc:  # the exporter raises many types; all mean "cannot export"
             raise edgeport.BackendError(
                 f"qualcomm: torch.onnx could not export the partition: {_first_line(exc)}",

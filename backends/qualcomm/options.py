@@ -41,14 +41,14 @@ SOCS: dict[str, Soc] = {
     )
 }
 
-# How each precision is asked of QNN. "int8" (QDQ models from the quantization work)
-# needs no provider switch: QNN runs Q/DQ-annotated graphs quantized on its own. It is
-# listed so options validate, and refused at compile until quantized export lands.
+# How HTP computes float ops: in fp16 (QNN's fp16 mode needs a named SoC). Quantized
+# programs (`--quantize int8|a16w8|auto`) run their quantized ops in the integer types
+# their quantize/dequantize nodes name; whatever the quantizer leaves float in them
+# still computes in fp16. Quantization is asked with --quantize, never as a precision.
 PRECISIONS: dict[str, dict[str, str]] = {
     "fp16": {"enable_htp_fp16_precision": "1"},
-    "int8": {"enable_htp_fp16_precision": "0"},
 }
-READY_PRECISIONS = ("fp16",)
+QUANTIZED_PRECISIONS = ("int8", "a16w8")  # once reserved here: say where they went
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,16 @@ class QualcommOptions:
     # Snapdragon 8 Gen 3 (e.g. Galaxy S24): a current flagship, and QNN's fp16 mode
     # needs a named SoC, so there is no "generic" default to fall back on.
     soc: str = edgeport.option("SM8650", choices=tuple(SOCS))
-    # HTP computes float graphs in fp16; "int8" is reserved for QDQ-quantized programs.
+    # How HTP computes float ops (all of a float program, the rest of a quantized one).
     precision: str = edgeport.option("fp16", choices=tuple(PRECISIONS))
+
+    def __post_init__(self) -> None:
+        if str(self.precision).lower() in QUANTIZED_PRECISIONS:
+            raise edgeport.BackendError(
+                f"qualcomm: precision {self.precision!r} is a quantization scheme, not a precision",
+                hint=f"quantize with --quantize {str(self.precision).lower()} --calibration DATA "
+                     "(Python: quantize=..., calibration=...); precision says how float ops compute (fp16)",
+            )
 
 
 def resolve_soc(name: str) -> Soc:
@@ -82,15 +90,13 @@ def provider_options(options: QualcommOptions) -> dict[str, str]:
             f"qualcomm: unknown precision {options.precision!r}",
             hint="choose one of: " + ", ".join(PRECISIONS),
         )
-    if options.precision not in READY_PRECISIONS:
-        raise edgeport.BackendError(
-            f"qualcomm: precision {options.precision!r} needs a quantized (QDQ) program, "
-            "which edgeport cannot produce yet",
-            hint="compile with --option qualcomm.precision=fp16",
-        )
     return {
         "backend_type": "htp",
         "soc_model": str(soc.soc_model),
         "htp_arch": str(soc.htp_arch),
+        # A quantized partition takes and returns float: the quantize of its inputs and
+        # the dequantize of its outputs run on HTP too, not on ONNX Runtime's CPU EP
+        # (QNN's default would offload them and refuse the nodes). No effect on float.
+        "offload_graph_io_quantization": "0",
         **PRECISIONS[options.precision],
     }

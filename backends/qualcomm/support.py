@@ -23,6 +23,9 @@ import torch
 from torch.fx import Node
 
 import edgeport
+from edgeport.quantize.node_dtypes import is_quantization_node
+
+from .qdq_support import check_quantization
 
 aten = torch.ops.aten
 
@@ -52,7 +55,7 @@ def _rounding_on_int64(node: Node) -> str | None:
 
 
 def _max_pool_limits(node: Node) -> str | None:
-    if any(user.target is operator.getitem and user.args[1] == 1 for user in node.users):
+    if any(user.target is operator.getitem and user.args[1] == 1 and user.users for user in node.users):
         return "QNN refuses MaxPool with an indices output"
     dilation = node.args[4] if len(node.args) > 4 else [1]
     if any(d != 1 for d in dilation):
@@ -232,6 +235,8 @@ def check_support(node: Node) -> edgeport.Support:
 def _check(node: Node) -> edgeport.Support:
     if node.op != "call_function":
         return edgeport.Support.yes()
+    if is_quantization_node(node):
+        return check_quantization(node)
     packet = getattr(node.target, "overloadpacket", node.target)
     name = _op_name(node.target)
     if packet in DECLINED:
@@ -264,12 +269,13 @@ def _tensors(node: Node) -> list[torch.Tensor]:
     """The node's tensor inputs and the outputs something reads, from node.meta["val"].
 
     Of a multi-output op only the outputs read through getitem count: max_pool's unused
-    int64 indices are no reason to decline it.
+    int64 indices are no reason to decline it, nor is a getitem of them nothing reads
+    (a recaptured quantized graph keeps one).
     """
     values = [arg.meta.get("val") for arg in node.all_input_nodes]
     out = node.meta.get("val")
     if isinstance(out, (tuple, list)):
-        read = {user.args[1] for user in node.users if user.target is operator.getitem}
+        read = {user.args[1] for user in node.users if user.target is operator.getitem and user.users}
         values += [value for index, value in enumerate(out) if index in read]
     else:
         values.append(out)

@@ -13,8 +13,11 @@ from rich.table import Table
 
 from ..api import export as export_program
 from ..api import resolve_backends
+from ..capture import capture
 from ..devtools.check import CheckReport, check_program
+from ..devtools.quant_check import DEFAULT_THRESHOLD_DB, QuantizationCheck, check_quantization
 from ..errors import InputError
+from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from ..program import load
 from . import cli, current_registry
 from ._output import console, print_json, progress
@@ -37,9 +40,15 @@ from .spec import load_factory
                    "for the options its partition was compiled with, e.g. 1e-4 fp32, 1e-2 fp16).")
 @click.option("--no-locate", is_flag=True, help="Do not search a failing partition for its first diverging op.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {method, partitions: [...], passed}.")
+@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS)), default=None,
+              help="For a SPEC: export it quantized, and also compare each partition with the float model (SQNR).")
+@click.option("--calibration", metavar="FILE.npz|SPEC", default=None, help="Calibration batches for --quantize.")
+@click.option("--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB, show_default=True,
+              help="With --quantize: name the first op whose SQNR against float falls by more than this.")
 @click.pass_context
 def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list: str, option_items: tuple[str, ...],
-          method: str | None, rtol: float | None, no_locate: bool, as_json: bool) -> None:
+          method: str | None, rtol: float | None, no_locate: bool, as_json: bool, scheme: str | None,
+          calibration: str | None, threshold_db: float) -> None:
     """Check every delegated partition of SPEC (a model, exported here with its torch
     references) or PROGRAM (saved with --keep-reference) against torch, on the same
     inputs. Exits with status 1 if a partition fails."""
@@ -47,20 +56,23 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
     if not is_program and target.endswith(".edgeport"):
         raise InputError(f"no such program: {target}", hint="give a .edgeport file, or a SPEC path/to/model.py:factory")
     if is_program:
-        for option in ("backend_list", "option_items"):
+        for option in ("backend_list", "option_items", "scheme", "calibration"):
             if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
-                raise InputError("--backend and --option apply to a SPEC; a PROGRAM keeps the backends it was "
-                                 "exported with", hint="re-export it with edgeport export, or check the SPEC")
+                raise InputError("--backend and --option apply to a SPEC (so do --quantize and --calibration); a "
+                                 "PROGRAM keeps what it was exported with",
+                                 hint="re-export it with edgeport export, or check the SPEC")
     registry = current_registry()
     with progress(not as_json) as show:
         if is_program:
             program, example = load(target, registry=registry), None
         else:
             backends, options = backend_list.split(","), parse_options(option_items)
-            resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
+            selected, parsed = resolve_backends(backends, options, registry)  # refuse bad ones before any work
+            quantize = resolve_scheme(scheme) if scheme else None
             model, example = load_factory(target)
             program = export_program(model, example, backends, options=options, keep_reference=True,
-                                     registry=registry, progress=show)
+                                     registry=registry, progress=show, quantize=quantize,
+                                     calibration=load_calibration(calibration) if calibration else None)
         name, plan = method_plan(program, method)
         if inputs_path:
             inputs = [torch.from_numpy(a) for a in read_inputs(inputs_path, plan)]
@@ -68,10 +80,19 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             inputs = list(example) if example is not None and name == "forward" else random_inputs(plan)
         report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, registry=registry,
                                progress=show)
+        quantized = None
+        if not is_program and quantize is not None:
+            if show:
+                show("comparing with the float model")
+            float_program = capture(model, example, list(selected.values()), parsed)
+            quantized = check_quantization(program, float_program, inputs, method=name, threshold_db=threshold_db,
+                                           registry=registry)
     if as_json:
-        print_json(report.to_json())
+        print_json(report.to_json() | ({"quantization": quantized.to_json()} if quantized else {}))
     else:
         print_check(report)
+        if quantized:
+            print_quantization_check(quantized)
     if not report.passed:
         ctx.exit(1)
 
@@ -108,3 +129,27 @@ def print_check(report: CheckReport) -> None:
     console.print(f"{passed}/{len(checked)} checked partitions pass"
                   + (f", {len(report.partitions) - len(checked)} skipped" if len(checked) < len(report.partitions)
                      else ""))
+
+
+def print_quantization_check(report: QuantizationCheck) -> None:
+    """SQNR per partition, and each partition's first op losing more than the threshold."""
+    table = Table("partition", "backend", "SQNR vs fake-quant dB", "SQNR vs float dB", "fake-quant vs float dB",
+                  title=f"quantization: {report.method}")
+    for p in report.partitions:
+        table.add_row(str(p.partition), p.backend, *(_db(v) for v in (p.vs_reference_db, p.vs_float_db,
+                                                                       p.reference_vs_float_db)))
+    console.print(table)
+    for p in report.partitions:
+        d = p.first_drop
+        if d:
+            console.print(f"partition {p.partition}: first op losing more than {report.threshold_db:g} dB: "
+                          f"[bold]{d.node}[/bold] ({d.op}), {_db(d.input_db)} dB in, {_db(d.output_db)} dB out",
+                          highlight=False)
+            if d.source:
+                console.print(f"    {d.source}", markup=False)
+        if p.why:
+            console.print(f"partition {p.partition} ({p.backend}) not run: {p.why}", markup=False)
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else ("exact" if value == math.inf else _number(value, ".1f"))

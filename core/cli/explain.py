@@ -54,10 +54,13 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     if as_json:
         print_json({**report, "torch_free": not portable})
         return
-    nodes = Table("node", "op", "backend", "partition", "why not elsewhere")
+    quantized = any("quantized" in n for n in report["nodes"])
+    columns = ("node", "op", "backend", "partition") + (("quantized",) if quantized else ()) + ("why not elsewhere",)
+    nodes = Table(*columns)
     for n in report["nodes"]:
         why = "; ".join(f"{b}: {r}" for b, r in n["reasons"].items())
-        nodes.add_row(n["name"], n["op"], n["backend"], str(n["partition"]), why)
+        scheme = (_scheme(n.get("quantized", {})),) if quantized else ()
+        nodes.add_row(n["name"], n["op"], n["backend"], str(n["partition"]), *scheme, why)
     console.print(nodes)
     parts = Table("partition", "backend", "nodes", "inputs", "outputs", "boundary bytes")
     for p in report["partitions"]:
@@ -75,3 +78,10 @@ def print_torch_free(portable: list[PortableStep]) -> None:
         return
     console.print(f"torch-free: no ({len(portable)} portable step(s) need torch where the program runs)")
     console.print(describe_steps(portable), markup=False)
+
+
+def _scheme(dtypes: dict[str, str]) -> str:
+    """"a uint16 / w int8 per channel" for a quantized op; "" for a float one."""
+    parts = [f"a {dtypes['activations']}"] if "activations" in dtypes else []
+    parts += [f"w {dtypes['weights']}"] if "weights" in dtypes else []
+    return " / ".join(parts)

@@ -10,7 +10,7 @@ import click
 from ..api import export as export_program
 from ..api import resolve_backends
 from ..errors import EdgeportError
-from ..quantize import SCHEMES, load_calibration, resolve_scheme
+from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from . import cli, current_registry
 from ._output import check_writable, console, progress
 from .explain import print_summary
@@ -40,8 +40,9 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the placement report as JSON.")
 @click.option("--keep-reference", is_flag=True, default=None,
               help="Keep every delegated partition's torch program (default: only for backends that cannot run here).")
-@click.option("--quantize", "scheme", type=click.Choice(sorted(SCHEMES)), default=None,
-              help="Quantize each node with the scheme of the backend that runs it.")
+@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS)), default=None,
+              help="Quantize each node with the scheme of the backend that runs it "
+                   "(auto: each backend's own default, e.g. a16w8 on qualcomm, int8 on cpu).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None,
               help="Calibration batches for static schemes: a .npz (one array per input, batches stacked on "
                    "axis 0) or a factory returning an iterable of input tuples.")

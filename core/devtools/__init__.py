@@ -4,10 +4,13 @@ computes the right numbers, and where the time goes.
 - `render_program` — the placement report as a self-contained page (``edgeport explain --html``);
 - `check_program` / `check_model` — each delegated partition against its torch reference,
   and the first op that diverges (``edgeport check``);
+- `check_quantization` — a quantized program's SQNR per partition against its
+  fake-quantized reference and the float model, and the first op losing more than a
+  threshold (``edgeport check --quantize``);
 - `time_runs` / `summarize_profile` — time per step and per backend, and the bytes that
   cross delegate boundaries (``edgeport run --profile``).
 
-The check needs torch (it runs torch references) and is imported on first use; the
+The checks need torch (they run torch references) and are imported on first use; the
 rest runs where torch is not installed.
 """
 
@@ -17,23 +20,30 @@ from typing import Any
 from .html import render_html, render_program
 from .profile import Profile, summarize_profile, time_runs
 
-_NEEDS_TORCH = {"CheckReport", "Divergence", "PartitionCheck", "check_model", "check_program"}
+# name -> the module defining it, imported on first use (it imports torch)
+_NEEDS_TORCH = {
+    **dict.fromkeys(("CheckReport", "Divergence", "PartitionCheck", "check_model", "check_program"), ".check"),
+    **dict.fromkeys(("QuantizationCheck", "check_quantization"), ".quant_check"),
+}
 
 
 def __getattr__(name: str) -> Any:
     if name not in _NEEDS_TORCH:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(".check", __name__), name)
+    value = getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
     globals()[name] = value
     return value
+
 
 __all__ = [
     "CheckReport",
     "Divergence",
     "PartitionCheck",
     "Profile",
+    "QuantizationCheck",
     "check_model",
     "check_program",
+    "check_quantization",
     "render_html",
     "render_program",
     "summarize_profile",

@@ -9,11 +9,13 @@ imports it when it runs.
 from .calibration import CalibrationError, CalibrationStats, calibrate, load_calibration
 from .flow import QuantizationError, is_qat_model, prepare_qat_model, quantize_method
 from .placement import Placement, place
-from .scheme import DYNAMIC, FLOAT, SCHEMES, STATIC, Scheme, resolve_scheme
+from .scheme import AUTO, DYNAMIC, FLOAT, REQUESTS, SCHEMES, STATIC, Scheme, resolve_scheme
 
 __all__ = [
+    "AUTO",
     "DYNAMIC",
     "FLOAT",
+    "REQUESTS",
     "SCHEMES",
     "STATIC",
     "CalibrationError",

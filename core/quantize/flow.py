@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -29,6 +30,11 @@ from .placement import Placement, place, placed_quantizer
 from .scheme import Scheme, resolve_scheme
 
 QAT_KEY = "edgeport_qat"  # GraphModule.meta key of a model `prepare_qat` returned
+# node.meta["custom"] key naming the float graph's node whose value a node of the
+# quantized graph stands for (torch.export keeps "custom" meta through the recapture
+# and program files), so `edgeport check` can compare a quantized program with the
+# float model op by op.
+FLOAT_NODE = "edgeport_float_node"
 
 
 class QuantizationError(EdgeportError):
@@ -192,6 +198,7 @@ def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, p
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     float_program = capture(model, inputs, list(backends.values()), options, dynamic_shapes)
+    tag_float_nodes(float_program.graph)
     placement = place(float_program, backends, options, scheme)
     if progress:
         progress(f"placing for {scheme.name}: " + "; ".join(f"{b} {s}" for b, s in placement.summary().items()))
@@ -203,6 +210,13 @@ def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, p
     except Exception as exc:
         raise QuantizationError(f"inserting observers failed: {type(exc).__name__}: {exc}") from exc
     return placement, prepared
+
+
+def tag_float_nodes(graph: torch.fx.Graph) -> None:
+    """Name each op node's float counterpart (itself) in its "custom" meta (`FLOAT_NODE`)."""
+    for node in graph.nodes:
+        if node.op == "call_function":
+            node.meta.setdefault("custom", {})[FLOAT_NODE] = node.name
 
 
 def fold_batch_norms(model: GraphModule, owner: Mapping[str, str]) -> int:
@@ -229,6 +243,9 @@ def fold_batch_norms(model: GraphModule, owner: Mapping[str, str]) -> int:
             continue
         if any(not (isinstance(p, torch.fx.Node) and p.op == "get_attr") for p in params) or len(weight.users) != 1:
             continue
+        normalized = next((u for u in bn.users if u.target is operator.getitem and u.args[1] == 0), None)
+        if normalized is not None and FLOAT_NODE in conv.meta.get("custom", {}):
+            conv.meta["custom"][FLOAT_NODE] = normalized.name  # the folded conv computes the norm's output
         fold_bn_weights_into_conv_node(conv, weight, bias, bn, model)
         folded += 1
     if folded:

@@ -9,7 +9,8 @@ partition begins or ends.
 
 A backend that offers no schemes at all keeps working in float. A backend that offers
 schemes, but not the one asked for, declines its nodes with that reason, so they go
-to the next backend in the user's order or stay float.
+to the next backend in the user's order or stay float. Asked for `auto`, each backend
+quantizes with its own default scheme (`BackendQuantization.scheme`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edgeport.partitioners.support import ask_support
 
 from ..backend import Backend, Support, SupportContext
 from ..errors import BackendError
-from .scheme import Scheme
+from .scheme import SCHEMES, Scheme, backend_scheme
 
 ANNOTATION = "quantization_annotation"  # the node.meta key PT2E quantizers write
 
@@ -39,12 +40,14 @@ GROUP_SIZE_OPTION = "group_size"
 
 @dataclass(frozen=True)
 class BackendQuantization:
-    """What one selected backend does with the scheme: QUANTIZES, FLOAT (it offers no
-    quantization, its nodes stay float on it) or DECLINES (with `reason`)."""
+    """What one selected backend does with the scheme: QUANTIZES (with `scheme`: the one
+    asked for, or the backend's own for `auto`), FLOAT (it offers no quantization, its
+    nodes stay float on it) or DECLINES (with `reason`)."""
 
     status: str
     reason: str = ""
     quantizer: Any = None
+    scheme: Scheme | None = None
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Placement:
         for name, q in self.backends.items():
             taken = sum(1 for owner in self.owner.values() if owner == name)
             if q.status == QUANTIZES:
-                out[name] = f"quantizes its {taken} node(s) with {self.scheme.name}"
+                out[name] = f"quantizes its {taken} node(s) with {q.scheme.name}"
             elif q.status == FLOAT:
                 out[name] = f"keeps its {taken} node(s) float: {q.reason}"
             else:
@@ -75,22 +78,26 @@ class Placement:
 
 
 def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> BackendQuantization:
-    """Ask `backend` for its quantizer of `scheme`."""
+    """Ask `backend` for its quantizer of `scheme` (for `auto`: of its own default)."""
     offered = sorted(backend.schemes)
     if not offered:
         return BackendQuantization(FLOAT, "the backend offers no quantization schemes")
-    if scheme.name not in backend.schemes:
-        why = backend.schemes_declined.get(scheme.name)
+    name = backend_scheme(scheme, frozenset(backend.schemes), backend.default_scheme)
+    if name is None:
+        wanted = "a static scheme" if scheme.per_backend else scheme.name
+        why = "" if scheme.per_backend else backend.schemes_declined.get(scheme.name, "")
         because = f": {why}" if why else ""
-        return BackendQuantization(DECLINES, f"{backend.name} does not offer {scheme.name} (it offers {', '.join(offered)}){because}")
+        return BackendQuantization(DECLINES,
+                                   f"{backend.name} does not offer {wanted} (it offers {', '.join(offered)}){because}")
+    chosen = scheme if name == scheme.name else dataclasses.replace(SCHEMES[name], qat=scheme.qat)
     try:
-        quantizer = backend.quantizer(scheme, options)
+        quantizer = backend.quantizer(chosen, options)
     except BackendError as error:  # the options rule the scheme out: say which and how to fix it
         hint = f" ({error.hint})" if error.hint else ""
         return BackendQuantization(DECLINES, f"{error}{hint}")
     if quantizer is None:
-        return BackendQuantization(DECLINES, f"{backend.name} has no {scheme.name} quantizer for these options")
-    return BackendQuantization(QUANTIZES, quantizer=quantizer)
+        return BackendQuantization(DECLINES, f"{backend.name} has no {name} quantizer for these options")
+    return BackendQuantization(QUANTIZES, quantizer=quantizer, scheme=chosen)
 
 
 def place(program: ExportedProgram, backends: Mapping[str, Backend], options: Mapping[str, Any],
@@ -116,9 +123,9 @@ def compile_options(placement: Placement, options: Mapping[str, Any]) -> dict[st
         fields = {f.name for f in dataclasses.fields(opts)} if dataclasses.is_dataclass(opts) else set()
         if answer.status != QUANTIZES or SCHEME_OPTION not in fields:
             continue
-        scheme = {SCHEME_OPTION: placement.scheme.name}
-        if GROUP_SIZE_OPTION in fields and placement.scheme.group_size is not None:
-            scheme[GROUP_SIZE_OPTION] = placement.scheme.group_size
+        scheme = {SCHEME_OPTION: answer.scheme.name}  # for `auto`, the backend's own
+        if GROUP_SIZE_OPTION in fields and answer.scheme.group_size is not None:
+            scheme[GROUP_SIZE_OPTION] = answer.scheme.group_size
         out[name] = dataclasses.replace(opts, **scheme)
     return out
 

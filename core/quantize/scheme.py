@@ -3,6 +3,10 @@
 A scheme is what the user asks for (`--quantize int8`); each backend turns it into a
 quantizer for the nodes it owns (`Backend.quantizer`). The names are the contract
 between users, backends and `edgeport backends --json`.
+
+`auto` is a request, not a scheme: each backend quantizes its nodes with its own
+default static scheme (`Backend.default_scheme`: qualcomm a16w8, cpu int8), so a
+mixed program gets each side's best without a choice by hand.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Scheme:
     group_size: int | None = None
     qat: bool = False
     weights: str = LINEAR
+    per_backend: bool = False  # `auto`: each backend picks its default (see `backend_scheme`)
 
     @property
     def needs_calibration(self) -> bool:
@@ -46,6 +51,8 @@ class Scheme:
 
     def describe(self) -> str:
         """One line for reports, e.g. "int4-weight: 4-bit weights in groups of 32, ..."."""
+        if self.per_backend:
+            return f"{self.name}: each backend's default static scheme"
         if self.weights == PALETTE:
             weights = f"{self.weight_bits}-bit palettized weights (a table of {2 ** self.weight_bits} values per tensor)"
         else:
@@ -78,16 +85,34 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
+AUTO = Scheme("auto", STATIC, 8, 8, per_backend=True)
+# What `--quantize` accepts: a scheme every backend must offer, or `auto`.
+REQUESTS: tuple[str, ...] = (*SCHEMES, AUTO.name)
+
+
+def backend_scheme(request: Scheme, offered: frozenset[str], default: str | None) -> str | None:
+    """The scheme a backend offering `offered` (default scheme `default`) uses for
+    `request`: the request itself when it names one; for `auto`, the backend's
+    default, else int8, else the first static scheme it offers; None if none fits."""
+    if not request.per_backend:
+        return request.name if request.name in offered else None
+    if default in offered:
+        return default
+    static = [name for name, scheme in SCHEMES.items() if name in offered and scheme.activations == STATIC]
+    return "int8" if "int8" in static else next(iter(static), None)
+
+
 def resolve_scheme(scheme: str | Scheme, group_size: int | None = None) -> Scheme:
     """A `Scheme` from its name (or itself), with `group_size` applied when given."""
     if isinstance(scheme, Scheme):
         resolved = scheme
     else:
-        resolved = SCHEMES.get(str(scheme).strip().lower())
+        name = str(scheme).strip().lower()
+        resolved = AUTO if name == AUTO.name else SCHEMES.get(name)
         if resolved is None:
             raise EdgeportError(
                 f"unknown quantization scheme {scheme!r}",
-                hint=f"choose one of: {', '.join(SCHEMES)}",
+                hint=f"choose one of: {', '.join(REQUESTS)}",
             )
     if group_size is not None:
         if resolved.group_size is None:

@@ -292,3 +292,47 @@ def test_backends_json_lists_each_backends_schemes():
     assert schemes["cpu"] == ["int4-weight", "int8", "int8-dynamic"]
     assert schemes["mediatek"] == ["int8"]
     assert schemes["coreml"] == ["int4-weight", "int8", "palettize4", "palettize6"]
+    assert schemes["qualcomm"] == ["a16w8", "int8"]
+
+
+def test_auto_asks_each_backend_for_its_own_default_static_scheme():
+    from edgeport.quantize import AUTO
+    from edgeport.quantize.scheme import backend_scheme
+
+    assert resolve_scheme(" Auto ") is AUTO and AUTO.needs_calibration
+    assert backend_scheme(AUTO, frozenset({"int8", "a16w8"}), "a16w8") == "a16w8"
+    assert backend_scheme(AUTO, frozenset({"int8", "int8-dynamic"}), None) == "int8"
+    assert backend_scheme(AUTO, frozenset({"a16w8"}), None) == "a16w8"
+    assert backend_scheme(AUTO, frozenset({"int8-dynamic"}), None) is None  # no static scheme to pick
+    assert backend_scheme(resolve_scheme("int8"), frozenset({"a16w8"}), "a16w8") is None  # a named one is exact
+
+
+def test_cli_quantize_auto_gives_the_cpu_int8(model_file, tmp_path):
+    out = tmp_path / "q.edgeport"
+    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "auto",
+                                      "--calibration", f"{model_file}:batches", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = edgeport.load(out).manifest.report["forward"]["quantization"]
+    assert report["scheme"] == "auto" and report["backends"]["cpu"].endswith("with int8")
+
+
+def test_explain_shows_what_each_quantized_op_computes_in(island):
+    _, _, program = island
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    assert nodes["convolution"]["quantized"] == {"activations": "int8", "weights": "int8 per channel"}
+    assert "quantized" not in nodes["atan"]  # left float, between the quantized partitions
+    assert all("quantized" not in n for n in nodes.values() if n["op"].startswith("quantized_decomposed"))
+
+
+@pytest.mark.parametrize(("scheme", "weights"), [("int8-dynamic", "int8 per channel"),
+                                                 ("int4-weight", "int4 per group of 32")])
+def test_explain_names_run_time_activations_and_weight_groups(scheme, weights, tmp_path):
+    model, x = nn.Linear(64, 16).eval(), torch.randn(2, 64)
+    program = edgeport.export(model, (x,), ["cpu"], quantize=scheme, registry=registry_for(CpuBackend()))
+    linear = next(n for n in program.report()["nodes"] if n["op"] == "aten.linear.default")
+    assert linear["quantized"] == {"activations": "int8 per token (run time)", "weights": weights}
+    path = tmp_path / "q.edgeport"
+    program.save(path)
+    result = CliRunner().invoke(cli, ["explain", str(path)], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "quantized" in result.output and f"w {weights}" in result.output

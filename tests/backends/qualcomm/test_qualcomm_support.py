@@ -47,11 +47,19 @@ def test_an_unknown_soc_lists_the_known_ones():
     assert "SM1234" in str(info.value) and "SM8650 (Snapdragon 8 Gen 3)" in info.value.hint
 
 
-def test_int8_is_accepted_as_a_name_but_refused_until_quantized_export_exists():
-    with pytest.raises(edgeport.BackendError, match="quantized"):
-        provider_options(QualcommOptions(precision="int8"))
+@pytest.mark.parametrize("scheme", ["int8", "A16W8"])
+def test_a_quantization_scheme_as_precision_points_to_quantize(scheme):
+    with pytest.raises(edgeport.BackendError, match="is a quantization scheme") as info:
+        QualcommOptions(precision=scheme)
+    assert f"--quantize {scheme.lower()}" in info.value.hint
     with pytest.raises(edgeport.BackendError, match="unknown precision"):
         provider_options(QualcommOptions(precision="fp8"))
+
+
+def test_quantized_partitions_quantize_their_io_on_htp():
+    """QNN's default would leave a quantized graph's input quantize and output
+    dequantize to ONNX Runtime's CPU EP, which a qualcomm step never uses."""
+    assert provider_options(QualcommOptions())["offload_graph_io_quantization"] == "0"
 
 
 def test_options_build_from_cli_strings():

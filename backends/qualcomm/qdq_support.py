@@ -1,0 +1,77 @@
+"""Which quantize/dequantize nodes of a quantized (PT2E-converted) graph QNN HTP takes.
+
+The qualcomm quantizer (quantizer.py) writes unsigned activations (uint8, uint16) and
+int8 per-channel weights with int32 biases. Those nodes are qualcomm's; the rest are
+another backend's:
+
+- a signed activation quantize/dequantize (int8, int16) comes from another backend's
+  scheme (the cpu's int8) in a mixed program. QNN would compute the same numbers, but
+  taking it would pull that backend's boundary into a qualcomm partition;
+- a weight or bias dequantize is qualcomm's when every op reading it reads its
+  activation through a qualcomm (unsigned) dequantize, i.e. the op was quantized by
+  qualcomm; a weight of a cpu-quantized op stays with the cpu;
+- affine ops (per-token, per-group: `torchao.*_affine`) quantize at run time, which
+  QNN HTP does not do.
+
+Ops are matched by qualified name: nothing here imports torchao.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+import edgeport
+
+QUANTIZE = "quantized_decomposed::quantize_per_tensor"
+DEQUANTIZE = "quantized_decomposed::dequantize_per_tensor"
+DEQUANTIZE_CHANNEL = "quantized_decomposed::dequantize_per_channel"
+UNSIGNED = frozenset({torch.uint8, torch.uint16})
+WEIGHT_DTYPES = frozenset({torch.int8, torch.int32})  # int8 weights, int32 biases
+
+
+def op_name(node: object) -> str:
+    """"namespace::op" of a node's OpOverload ("" for anything else)."""
+    target = getattr(node, "target", None)
+    return target._schema.name if isinstance(target, torch._ops.OpOverload) else ""
+
+
+
+
+def check_quantization(node: Node) -> edgeport.Support:
+    """QNN HTP's answer for a quantize, dequantize or quantization-parameter node."""
+    name = op_name(node)
+    if name in (QUANTIZE, DEQUANTIZE):
+        if node.target._overloadname != "default":
+            return edgeport.Support.no(f"{name}: parameters computed at run time; QNN takes literal ones")
+        dtype = node.args[5]
+        if dtype not in UNSIGNED:
+            return edgeport.Support.no(
+                f"{name} to {str(dtype).removeprefix('torch.')}: another backend's scheme "
+                "(qualcomm quantizes activations to uint8/uint16)"
+            )
+        return edgeport.Support.yes()
+    if name == DEQUANTIZE_CHANNEL:
+        if node.args[6] not in WEIGHT_DTYPES:
+            return edgeport.Support.no(f"{name} of {node.args[6]}: QNN takes int8 weights and int32 biases")
+        if not node.users or not all(_reads_qualcomm_activation(user) for user in node.users):
+            return edgeport.Support.no(f"{name}: the weight of an op another backend quantized")
+        return edgeport.Support.yes()
+    return edgeport.Support.no(f"{name}: QNN HTP runs static quantization only, not run-time or group-wise")
+
+
+def _reads_qualcomm_activation(op: Node) -> bool:
+    """True if `op` reads its first input through a dequantize qualcomm takes."""
+    first = op.args[0] if op.args else None
+    return (isinstance(first, Node) and op_name(first) == DEQUANTIZE and first.target._overloadname == "default"
+            and first.args[5] in UNSIGNED)
+
+
+def quantized_dtypes(graph: torch.fx.Graph) -> dict[str, str]:
+    """What a partition computes in: {"activations": "uint8"/"uint16", "weights": "int8"},
+    each key present only when the partition quantizes it (empty for a float partition)."""
+    activations = {str(node.args[5]).removeprefix("torch.") for node in graph.nodes if op_name(node) == QUANTIZE}
+    weights = {str(node.args[6]).removeprefix("torch.") for node in graph.nodes
+               if op_name(node) == DEQUANTIZE_CHANNEL and node.args[6] == torch.int8}
+    found = {"activations": activations, "weights": weights}
+    return {kind: ",".join(sorted(dtypes)) for kind, dtypes in found.items() if dtypes}

@@ -1,0 +1,275 @@
+"""The PT2E quantizer of the qualcomm backend: QNN HTP's int8 and a16w8 schemes.
+
+Imports torchao: import this module only when quantizing (`QualcommBackend.quantizer`
+does, lazily).
+
+What QNN HTP runs quantized, and so what this quantizer writes (the same format ONNX
+Runtime's own QNN tooling, `get_qnn_qdq_config`, produces):
+
+- activations unsigned and asymmetric, per tensor: uint8 for int8, uint16 for a16w8
+  (QNN's native UFIXED_POINT types; signed activations compile to the same numbers,
+  and leaving them to other backends keeps ownership plain in a mixed program: a
+  signed quantize belongs to the cpu's int8, an unsigned one to qualcomm);
+- weights int8, symmetric (zero point 0), per output channel: axis 0 of a convolution
+  or linear weight, axis 1 of a transposed convolution's;
+- biases int32 at input scale x weight scale, per channel, so QNN adds them in its
+  accumulator as the fake-quantized reference does;
+- 16-bit sigmoid and tanh outputs at QNN's fixed parameters (1/65536 from 0, and
+  1/32768 around 32768): QNN requires them.
+
+A convolution (or an add) followed by a relu or relu6 that only it reads is quantized as
+one op, as QNN runs it (ONNX Runtime's QNN EP fuses dequantize -> Conv -> Relu/Clip ->
+quantize into one quantized Conv when the quantize makes the activation redundant, which
+an observed relu output's range from 0 does): no quantize between them, so the reference
+rounds once where HTP rounds once.
+
+Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
+input's parameters, so no requantization happens around them. An op not in `FORMS`
+stays float between a dequantize and a quantize: QNN computes it in fp16 inside the
+same quantized graph.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e import (
+    FakeQuantize,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
+from torchao.quantization.pt2e.quantizer import (
+    DerivedQuantizationSpec,
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    QuantizationSpecBase,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+
+from edgeport.quantize import Scheme
+
+aten = torch.ops.aten
+ANNOTATION = "quantization_annotation"
+
+ACTIVATION_DTYPES = {8: torch.uint8, 16: torch.uint16}
+WEIGHT_RANGE = (-127, 127)  # symmetric int8: QNN's per-channel weights have zero point 0
+INT32_RANGE = (-(2**31), 2**31 - 1)
+
+OWN, SHARED = "own", "shared"  # an output quantized with its own parameters, or its input's
+
+
+@dataclass(frozen=True)
+class QuantizedForm:
+    """How QNN HTP runs one op quantized.
+
+    `activations`: the argument indices of its quantized activation inputs (a list
+    argument, as `cat`'s, counts each element). `weight`/`bias`: argument indices of a
+    constant weight (int8 per channel along `weight_axis`) and bias (int32).
+    `output`: OWN parameters, or SHARED with the first activation input.
+    `fixed16`: the (scale, zero point) QNN requires of the 16-bit output.
+    """
+
+    activations: tuple[int, ...] = (0,)
+    weight: int | None = None
+    bias: int | None = None
+    weight_axis: int = 0
+    output: str = OWN
+    fixed16: tuple[float, int] | None = None
+
+
+_WEIGHTED = QuantizedForm(weight=1, bias=2)
+_BINARY = QuantizedForm(activations=(0, 1))
+_UNARY = QuantizedForm()
+_MOVE = QuantizedForm(output=SHARED)
+
+FORMS: dict[Any, QuantizedForm] = {
+    aten.convolution.default: _WEIGHTED,
+    aten.linear.default: _WEIGHTED,
+    **{op: _BINARY for op in (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor,
+                              aten.maximum.default, aten.minimum.default, aten.mm.default, aten.bmm.default,
+                              aten.matmul.default)},
+    **{op: _UNARY for op in (aten.relu.default, aten.hardtanh.default, aten.clamp.default, aten.hardswish.default,
+                             aten.hardsigmoid.default, aten.gelu.default, aten.leaky_relu.default,
+                             aten._softmax.default, aten._log_softmax.default, aten.avg_pool2d.default,
+                             aten._adaptive_avg_pool2d.default, aten.mean.dim, aten.neg.default, aten.abs.default,
+                             aten.upsample_bilinear2d.vec)},
+    aten.sigmoid.default: QuantizedForm(fixed16=(1.0 / 65536, 0)),
+    aten.tanh.default: QuantizedForm(fixed16=(1.0 / 32768, 32768)),
+    aten.cat.default: QuantizedForm(activations=(0,)),
+    **{op: _MOVE for op in (aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+                            aten.permute.default, aten.squeeze.dims, aten.squeeze.dim, aten.unsqueeze.default,
+                            aten.expand.default, aten.clone.default, aten.slice.Tensor, aten.select.int,
+                            aten.flip.default, aten.pixel_shuffle.default, aten.constant_pad_nd.default,
+                            aten.pad.default,
+                            aten.max_pool2d_with_indices.default, aten.upsample_nearest2d.vec)},
+}
+
+
+# Ops that compute into an activation QNN fuses (see the module docstring), and the
+# activations: relu, and clamps from 0 (relu6) whose codomain the quantize keeps.
+FUSES_ACTIVATION = frozenset({aten.convolution.default, aten.add.Tensor})
+_CLAMPS = frozenset({aten.hardtanh.default, aten.clamp.default})
+
+
+class QualcommQuantizer(Quantizer):
+    """Annotates a core-ATen graph for `scheme` (int8 or a16w8) as QNN HTP runs it."""
+
+    def __init__(self, scheme: Scheme) -> None:
+        super().__init__()
+        if scheme.activation_bits not in ACTIVATION_DTYPES or scheme.weight_bits != 8:
+            raise ValueError(f"qualcomm quantizes 8/16-bit activations and 8-bit weights, not {scheme.name}")
+        self.scheme = scheme
+        self.dtype = ACTIVATION_DTYPES[scheme.activation_bits]
+        self.range = (0, torch.iinfo(self.dtype).max)
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        for node in list(model.graph.nodes):
+            form = FORMS.get(node.target)
+            if form is None or node.op != "call_function" or _annotated(node):
+                continue
+            if node.target == aten.convolution.default and not _plain_weight_axis(node):
+                continue
+            activation = _fused_activation(node)
+            self._annotate(node, form, quantize_output=activation is None)
+            if activation is not None and _annotated(node):
+                self._annotate_fused(activation)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing to check: every annotation comes from `FORMS`."""
+
+    # -- one op -------------------------------------------------------------------------------
+
+    def _annotate_fused(self, activation: Node) -> None:
+        """The activation after a fused op: its input is the op's float output, only its
+        own output is quantized."""
+        activation.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(), _annotated=True)
+
+    def _annotate(self, node: Node, form: QuantizedForm, quantize_output: bool = True) -> None:
+        """Annotate `node` as `form` says; `quantize_output=False` leaves its value float
+        (an activation fused into it quantizes it)."""
+        activations = _activation_args(node, form)
+        if not activations or not all(_runtime_float(a) for a in activations) or _output_value(node) is None:
+            return
+        inputs: dict[Node, QuantizationSpecBase] = {arg: self._activation() for arg in activations}
+        if form.weight is not None:
+            weight = node.args[form.weight]
+            if not _constant(weight):
+                return
+            axis = 1 if node.target == aten.convolution.default and node.args[6] else form.weight_axis
+            inputs[weight] = self._weight(axis)
+            bias = node.args[form.bias] if form.bias is not None and len(node.args) > form.bias else None
+            if bias is not None:
+                if not _constant(bias):
+                    return
+                inputs[bias] = _bias_spec(activations[0], weight, node)
+        if not quantize_output:
+            node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
+            return
+        if form.output == SHARED:
+            output: QuantizationSpecBase = SharedQuantizationSpec((activations[0], node))
+        elif form.fixed16 is not None and self.dtype == torch.uint16:
+            scale, zero_point = form.fixed16
+            output = FixedQParamsQuantizationSpec(self.dtype, scale, zero_point, *self.range, torch.per_tensor_affine)
+        else:
+            output = self._activation()
+        if node.target == aten.max_pool2d_with_indices.default:  # its value is the tuple's first element
+            node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
+            values = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+            for value in values:
+                value.meta[ANNOTATION] = QuantizationAnnotation({}, output, _annotated=True)
+            return
+        node.meta[ANNOTATION] = QuantizationAnnotation(inputs, output, _annotated=True)
+
+    def _activation(self) -> QuantizationSpec:
+        low, high = self.range
+        if self.scheme.qat:
+            ctr = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=low, quant_max=high,
+                                         dtype=self.dtype, qscheme=torch.per_tensor_affine)
+        else:
+            ctr = MinMaxObserver.with_args(dtype=self.dtype, quant_min=low, quant_max=high)
+        return QuantizationSpec(self.dtype, ctr, low, high, torch.per_tensor_affine)
+
+    def _weight(self, axis: int) -> QuantizationSpec:
+        low, high = WEIGHT_RANGE
+        if self.scheme.qat:
+            ctr = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=low, quant_max=high,
+                                         dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=axis)
+        else:
+            ctr = PerChannelMinMaxObserver.with_args(dtype=torch.int8, quant_min=low, quant_max=high,
+                                                     qscheme=torch.per_channel_symmetric, ch_axis=axis)
+        return QuantizationSpec(torch.int8, ctr, low, high, torch.per_channel_symmetric, ch_axis=axis)
+
+
+def _bias_spec(activation: Node, weight: Node, node: Node) -> DerivedQuantizationSpec:
+    """int32 at (input scale x weight scale) per channel: what QNN adds in its accumulator."""
+
+    def derive(observers: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_scale, _ = observers[0].calculate_qparams()
+        weight_scale, _ = observers[1].calculate_qparams()
+        scale = (input_scale * weight_scale).to(torch.float32)
+        return scale, torch.zeros_like(scale, dtype=torch.int32)
+
+    return DerivedQuantizationSpec([(activation, node), (weight, node)], derive, torch.int32, *INT32_RANGE,
+                                   torch.per_channel_symmetric, ch_axis=0)
+
+
+# -- graph helpers ---------------------------------------------------------------------------------
+
+
+def _fused_activation(node: Node) -> Node | None:
+    """The relu (or clamp from 0) QNN fuses into `node`, if `node` is a fusing op whose
+    only reader it is."""
+    if node.target not in FUSES_ACTIVATION or len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if user.args[0] is not node or _annotated(user) or _output_value(user) is None:
+        return None
+    if user.target == aten.relu.default:
+        return user
+    low = user.args[1] if len(user.args) > 1 else user.kwargs.get("min", user.kwargs.get("min_val"))
+    return user if user.target in _CLAMPS and low == 0 else None
+
+
+def _plain_weight_axis(conv: Node) -> bool:
+    """A transposed convolution's output channels lie along one weight axis only when
+    it is not grouped; a grouped one stays float."""
+    return not conv.args[6] or conv.args[8] == 1
+
+
+def _activation_args(node: Node, form: QuantizedForm) -> list[Node]:
+    args: list[Any] = []
+    for index in form.activations:
+        if index >= len(node.args):
+            return []
+        value = node.args[index]
+        args.extend(value if isinstance(value, (list, tuple)) else [value])
+    return list(dict.fromkeys(args)) if all(isinstance(a, Node) for a in args) else []
+
+
+def _annotated(node: Node) -> bool:
+    annotation = node.meta.get(ANNOTATION)
+    return annotation is not None and annotation._annotated
+
+
+def _output_value(node: Node) -> torch.Tensor | None:
+    val = node.meta.get("val")
+    val = val[0] if isinstance(val, (tuple, list)) and val else val
+    return val if isinstance(val, torch.Tensor) and val.dtype == torch.float32 else None
+
+
+def _constant(node: Any) -> bool:
+    return isinstance(node, Node) and node.op == "get_attr"
+
+
+def _runtime_float(arg: Node) -> bool:
+    val = arg.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dtype == torch.float32 and not _constant(arg)

@@ -1,0 +1,210 @@
+"""``edgeport check --quantize``: where a quantized program loses precision against float.
+
+`check` compares each delegated partition with its torch reference; for a quantized
+program that reference is the fake-quantized graph, so it answers "does the backend
+compute the quantized program?". The question users ask next is "where does
+quantization cost accuracy?": that needs the float model too.
+
+Every op of a quantized graph names the float graph's node it stands for (the
+`FLOAT_NODE` entry of its "custom" meta, set before annotation and kept in program
+files). The float model is captured as the export captured it and run once; then, per
+delegated partition:
+
+- SQNR of the backend's outputs against the fake-quantized reference and against float;
+- for every op of the reference, in graph order: the SQNR (against float) of what it
+  reads, after its inputs' dequantize, and of what it hands on, after its output's
+  quantize/dequantize. The first op whose SQNR falls by more than `threshold_db` from
+  its inputs' to its output's is named, with its source line: the op quantization hurt.
+
+SQNR = 10 log10(sum float^2 / sum (value - float)^2), in dB; inf when exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+from ..delegates import executable_of, load_step
+from ..plugins import Registry, default_registry
+from ..program import Program
+from ..quantize.flow import FLOAT_NODE
+from ..quantize.node_dtypes import is_quantization_node
+from ..report import op_name, source_of
+from .check import _all_values, _finite, _start_values, _tensor, _torch_program
+
+DEFAULT_THRESHOLD_DB = 10.0
+
+
+@dataclass(frozen=True)
+class OpDrop:
+    """An op whose output's SQNR against float is `drop_db` below its inputs'."""
+
+    node: str
+    op: str
+    source: str
+    input_db: float
+    output_db: float
+
+    @property
+    def drop_db(self) -> float:
+        return self.input_db - self.output_db
+
+
+@dataclass
+class QuantizedPartition:
+    partition: int
+    backend: str
+    vs_reference_db: float | None  # the backend against the fake-quantized reference (None: cannot run here)
+    vs_float_db: float | None  # the backend against the float model
+    reference_vs_float_db: float  # the scheme's own error: fake-quantized reference against float
+    first_drop: OpDrop | None = None
+    why: str = ""
+
+
+@dataclass
+class QuantizationCheck:
+    method: str
+    threshold_db: float
+    partitions: list[QuantizedPartition] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return _finite(asdict(self))
+
+
+def sqnr_db(values: Sequence[Any], floats: Sequence[torch.Tensor]) -> float:
+    """SQNR of `values` against `floats` over all of them, in dB."""
+    signal = noise = 0.0
+    for value, reference in zip(values, floats):
+        value, reference = torch.as_tensor(_tensor(value)).double(), reference.detach().double()
+        signal += float((reference * reference).sum())
+        noise += float(((value - reference) ** 2).sum())
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 and math.isfinite(noise) else -math.inf
+
+
+def check_quantization(program: Program, float_program: ExportedProgram, inputs: Sequence[Any], *,
+                       method: str | None = None, threshold_db: float = DEFAULT_THRESHOLD_DB,
+                       registry: Registry | None = None) -> QuantizationCheck:
+    """SQNR per delegated partition of a quantized `program` against its fake-quantized
+    reference and against `float_program` (the float model as export captured it), and
+    each partition's first op losing more than `threshold_db`."""
+    name = method or program.default_method
+    plan = program.manifest.methods[name]
+    registry = registry or default_registry()
+    floats = _all_values(float_program, list(inputs))
+    values = _start_values(program, plan, inputs)
+    float_of_value = dict(zip(plan.input_values, [_tensor(x) for x in inputs]))  # inputs are float on both sides
+    result = QuantizationCheck(name, threshold_db)
+    for step in plan.steps:
+        args = [values[v] for v in step.inputs]
+        reference = _torch_program(program, step.program or step.reference)
+        env = _all_values(reference, args)
+        walk = _FloatWalk(reference, env, floats, dict(zip(_user_inputs(reference), step.inputs)), float_of_value)
+        outputs = [env[n.name] for n in _outputs(reference)]
+        if step.kind == "delegate":
+            result.partitions.append(_check_partition(program, step, walk, args, outputs, registry, threshold_db))
+        values.update(zip(step.outputs, outputs))
+        for value, node in zip(step.outputs, _outputs(reference)):
+            counterpart = walk.float_of(node)
+            if counterpart is not None:
+                float_of_value[value] = counterpart
+    return result
+
+
+def _check_partition(program: Program, step: Any, walk: "_FloatWalk", args: list[Any], outputs: list[Any],
+                     registry: Registry, threshold_db: float) -> QuantizedPartition:
+    out_nodes = _outputs(walk.reference)
+    pairs = [(o, walk.float_of(n)) for o, n in zip(outputs, out_nodes)]
+    pairs = [(o, f) for o, f in pairs if f is not None]
+    result = QuantizedPartition(step.partition, step.backend, None, None,
+                                sqnr_db([o for o, _ in pairs], [f for _, f in pairs]))
+    result.first_drop = walk.first_drop(threshold_db)
+    try:
+        entry = registry.entry(step.backend)
+        if not entry.availability().can_run:
+            result.why = entry.availability().why or f"{step.backend} cannot run here"
+            return result
+        loaded = load_step(program.manifest, program.files, step, entry.backend)
+        actual = list(executable_of(loaded, step).run(args))
+    except Exception as exc:  # report what the backend raised, go on with the others
+        result.why = f"{type(exc).__name__}: {exc}"
+        return result
+    result.vs_reference_db = sqnr_db(actual, outputs)
+    kept = [a for a, n in zip(actual, out_nodes) if walk.float_of(n) is not None]
+    result.vs_float_db = sqnr_db(kept, [f for _, f in pairs])
+    return result
+
+
+class _FloatWalk:
+    """A partition's fake-quantized values next to their float counterparts."""
+
+    def __init__(self, reference: ExportedProgram, env: dict[str, Any], floats: dict[str, Any],
+                 placeholder_value: dict[str, str], float_of_value: dict[str, Any]) -> None:
+        self.reference, self.env, self.floats = reference, env, floats
+        self.placeholder_value, self.float_of_value = placeholder_value, float_of_value
+        self.user_inputs = set(_user_inputs(reference))
+
+    def float_of(self, node: Node) -> torch.Tensor | None:
+        """The float model's value that `node`'s value approximates, if known."""
+        while is_quantization_node(node) and node.args and isinstance(node.args[0], Node):
+            node = node.args[0]
+        if node.op == "placeholder":
+            return self.float_of_value.get(self.placeholder_value.get(node.name, ""))
+        tag = node.meta.get("custom", {}).get(FLOAT_NODE)
+        value = self.floats.get(tag) if tag else None
+        return value if isinstance(value, torch.Tensor) else None
+
+    def first_drop(self, threshold_db: float) -> OpDrop | None:
+        for node in self.reference.graph.nodes:
+            tagged = FLOAT_NODE in node.meta.get("custom", {})
+            if node.op != "call_function" or is_quantization_node(node) or not tagged:
+                continue
+            output_db = self._sqnr(_handed_on(node), node)
+            read = [self._sqnr(arg, arg) for arg in node.all_input_nodes if self._is_activation(arg)]
+            read = [db for db in read if db is not None]
+            if output_db is None or not read:
+                continue
+            input_db = min(read)
+            if input_db - output_db > threshold_db:
+                return OpDrop(node.name, op_name(node), source_of(node), input_db, output_db)
+        return None
+
+    def _is_activation(self, arg: Node) -> bool:
+        """A value computed at run time, not a weight (a dequantize of a constant)."""
+        while is_quantization_node(arg) and arg.args and isinstance(arg.args[0], Node):
+            arg = arg.args[0]
+        return arg.op != "placeholder" or arg.name in self.user_inputs
+
+    def _sqnr(self, value_node: Node, float_node: Node) -> float | None:
+        reference, value = self.float_of(float_node), self.env.get(value_node.name)
+        if not isinstance(reference, torch.Tensor) or not isinstance(value, torch.Tensor):
+            return None
+        if reference.shape != value.shape or not reference.is_floating_point():
+            return None
+        return sqnr_db([value], [reference])
+
+
+def _handed_on(node: Node) -> Node:
+    """What readers of `node` see: its value after a quantize -> dequantize, if it has one."""
+    for user in node.users:
+        if is_quantization_node(user) and len(user.users) == 1:
+            (dequantize,) = user.users
+            if is_quantization_node(dequantize):
+                return dequantize
+    return node
+
+
+def _user_inputs(reference: ExportedProgram) -> list[str]:
+    from torch.export.graph_signature import InputKind
+
+    return [s.arg.name for s in reference.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+
+
+def _outputs(reference: ExportedProgram) -> list[Node]:
+    return [n for n in reference.graph.output_node().args[0] if isinstance(n, Node)]

@@ -1,0 +1,144 @@
+"""Quantized programs on QNN HTP: int8 and a16w8 QDQ partitions compiled into quantized
+context binaries and run in QNN's HTP simulator, against the fake-quantized reference.
+
+The fake-quantized reference (the converted PT2E graph, run in torch) is what the
+quantized program means; HTP must compute it, to cosine >= 0.999. How far both are
+from float is the scheme's error, not the backend's. Each scheme's program is
+exported once for the module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import edgeport
+from edgeport.testing import registry_for
+from edgeport.testing.quantized_cases import QUANTIZED_CASES, calibration_for, reference_program, run_quantized_case
+
+from qualcomm_helpers import MIN_COSINE, cosine, max_abs
+
+
+class QuantCnn(nn.Module):
+    """The ops of a small image classifier: conv-bn-relu6, depthwise, pool, 1x1, hardswish,
+    a residual add, global mean, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1), nn.Hardswish())
+        self.project = nn.Conv2d(32, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.pool(self.depthwise(self.stem(x)))
+        x = x + self.project(self.expand(x))
+        return self.head(x.mean((2, 3)))
+
+
+INPUT = (1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    module = QuantCnn().eval()
+    with torch.no_grad():
+        for bn in module.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+    return module, torch.randn(*INPUT, generator=torch.Generator().manual_seed(1))
+
+
+SCHEMES = ("int8", "a16w8")
+
+
+@pytest.fixture(scope="module")
+def exported(model, backend):
+    """scheme -> (program, (HTP output, fake-quantized reference output, float output))."""
+    module, x = model
+    results = {}
+    for scheme in SCHEMES:
+        program = edgeport.export(module, (x,), ["qualcomm"], quantize=scheme,
+                                  calibration=calibration_for((x,), batches=16), keep_reference=True,
+                                  registry=registry_for(backend))
+        with torch.no_grad():
+            results[scheme] = program, (program(x), reference_program(program)(x), module(x))
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_node_runs_quantized_on_htp(exported, scheme):
+    program, _ = exported[scheme]
+    nodes = program.report()["nodes"]
+    assert {n["backend"] for n in nodes} == {"qualcomm"}, [n for n in nodes if n["backend"] != "qualcomm"]
+    (artifact,) = program.manifest.artifacts.values()
+    activations = {"int8": "uint8", "a16w8": "uint16"}[scheme]
+    assert artifact.metadata["quantized"] == {"activations": activations, "weights": "int8"}
+    conv = next(n for n in nodes if n["op"] == "aten.convolution.default")  # what explain shows
+    assert conv["quantized"] == {"activations": activations, "weights": "int8 per channel"}
+    quantization = program.manifest.report["forward"]["quantization"]
+    assert quantization["backends"]["qualcomm"].endswith(f"with {scheme}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_the_simulator_computes_the_fake_quantized_reference(exported, scheme):
+    _, (htp, reference, _) = exported[scheme]
+    figure = cosine(htp, reference)
+    print(f"\nqualcomm {scheme}: cosine vs fake-quant reference {figure:.6f}, "
+          f"max |error| {max_abs(htp, reference):.4g} (largest value {float(reference.abs().max()):.3g})")
+    assert figure >= MIN_COSINE
+
+
+@pytest.mark.slow
+def test_sixteen_bit_activations_are_computed_in_sixteen_bits(exported):
+    """a16w8 on HTP lands within a quarter of one 8-bit step of its reference: an
+    activation HTP rounded to 8 bits anywhere would cost whole 8-bit steps."""
+    _, (htp, reference, _) = exported["a16w8"]
+    eight_bit_step = float(reference.max() - reference.min()) / 255
+    assert max_abs(htp, reference) < eight_bit_step / 4
+
+
+def test_schemes_qnn_cannot_run_are_declined_with_the_reason(model, backend):
+    module, x = model
+    program = edgeport.export(module, (x,), ["qualcomm"], quantize="int8-dynamic", registry=registry_for(backend))
+    nodes = program.report()["nodes"]
+    linear = next(n for n in nodes if n["op"] == "aten.linear.default")
+    assert linear["backend"] == "portable"
+    assert "qualcomm does not offer int8-dynamic (it offers a16w8, int8)" in linear["reasons"]["qualcomm"]
+
+
+# The conformance library's static cases allow one output step (a kernel rounds each
+# requantization itself). HTP quantizes a float graph input differently from torch for
+# values within rounding distance of a step's midpoint (measured on int8_reshape: inputs
+# snapped to the input grid give an exact output; inputs at midpoints put 26% of the
+# elements 2-3 output steps off): one input step, which an output with a finer scale
+# than the input's sees as 2-3 of its steps. On the cases' random inputs that is a
+# handful of elements (conv+relu, depthwise+relu6, reshape/permute/pad after a relu,
+# cat), so qualcomm runs them with two more steps.
+HTP_EXTRA_STEPS = 2.0
+STATIC_CASES = [c for c in QUANTIZED_CASES if c.scheme == "int8"]
+DYNAMIC_CASES = [c for c in QUANTIZED_CASES if c.scheme != "int8"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", STATIC_CASES, ids=lambda c: c.name)
+def test_quantized_conformance_case_runs_on_htp(case, backend):
+    result = run_quantized_case(backend, dataclasses.replace(case, steps=case.steps + HTP_EXTRA_STEPS))
+    assert result.delegated == 1.0, result.reasons
+    assert result.passed, (result.error, result.max_steps)
+
+
+@pytest.mark.parametrize("case", DYNAMIC_CASES, ids=lambda c: c.name)
+def test_run_time_quantized_cases_are_declined_with_the_scheme(case, backend):
+    result = run_quantized_case(backend, case)
+    assert result.delegated == 0.0
+    assert result.reasons and all(f"qualcomm does not offer {case.scheme}" in r for r in result.reasons.values())

@@ -1,0 +1,83 @@
+"""`edgeport check --quantize`: SQNR per partition against the fake-quantized reference
+and the float model, and the first op that quantization costs more than a threshold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeport.cli import cli
+
+MODEL = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class WideRange(nn.Module):
+    """conv -> relu -> exp (its output spans orders of magnitude: int8 loses most there) -> conv"""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.exp(F.relu(self.a(x)) * 3))
+
+
+def model():
+    torch.manual_seed(0)
+    return WideRange().eval(), (torch.randn(1, 3, 8, 8),)
+
+
+def batches():
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(1, 3, 8, 8, generator=generator),) for _ in range(4)]
+'''
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("quant_check") / "wide.py"
+    path.write_text(MODEL)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checked(spec):
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--backend", "cpu", "--quantize", "int8",
+                                      "--calibration", f"{spec}:batches", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_each_partition_gets_its_sqnr_against_reference_and_float(checked):
+    (partition,) = checked["quantization"]["partitions"]
+    assert partition["backend"] == "cpu"
+    assert partition["vs_reference_db"] == "inf"  # XNNPACK computes the fake-quantized graph exactly here
+    # the scheme's own error, measured the same way whether the backend ran it or torch did
+    assert partition["vs_float_db"] == pytest.approx(partition["reference_vs_float_db"])
+    assert 5 < partition["vs_float_db"] < 40
+
+
+def test_the_first_op_losing_more_than_the_threshold_is_named_with_its_line(checked):
+    drop = checked["quantization"]["partitions"][0]["first_drop"]
+    assert drop["node"] == "exp" and drop["op"] == "aten.exp.default"
+    assert drop["input_db"] - drop["output_db"] > checked["quantization"]["threshold_db"]
+    assert "wide.py" in drop["source"]
+
+
+def test_the_table_names_the_op(spec):
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--quantize", "int8", "--calibration",
+                                      f"{spec}:batches", "--threshold-db", "8"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "SQNR vs float dB" in result.output and "first op losing more than 8 dB: exp" in result.output
+
+
+def test_quantize_applies_to_a_spec_not_a_saved_program(tmp_path):
+    program = tmp_path / "p.edgeport"
+    program.write_bytes(b"")
+    result = CliRunner().invoke(cli, ["check", str(program), "--quantize", "int8"])
+    assert result.exit_code != 0 and "--quantize" in result.output and "Traceback" not in result.output
