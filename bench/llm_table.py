@@ -1,8 +1,9 @@
 """Issue 16's engine table: decode and prefill tok/s, peak RSS and the memory-bandwidth bound
 for edgeport (fp32, int8-dynamic, int4-weight), HF eager, ExecuTorch XNNPACK and llama.cpp.
 
-    python bench/llm_table.py --edgeport /tmp/llmb/smol-{variant}.edgeport [--threads 1,2]
-        [--pte-dir /work/bench-cache] [--gguf-dir /work/bench-cache] [--tokens 32] [--repeat 3]
+    python bench/llm_table.py --edgeport /tmp/llmb/smol-{variant}.edgeport --gguf SmolLM2.Q4_1.gguf
+        [--threads 1,2] [--pte-dir /work/bench-cache] [--gguf-dir /work/bench-cache] [--tokens 32]
+        [--repeat 3] [--only edgeport:fp32,executorch:fp32]
 
 Every engine runs in its own worker process (bench/llm_engines.py, with the interpreter of
 its environment: ExecuTorch in /work/benchvenv, llama-cpp-python in /work/llamavenv), one
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated engine:variant rows to run, e.g. edgeport:fp32,executorch:fp32")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import edgeport
@@ -104,6 +106,9 @@ def main() -> None:
     rows += [("executorch", v, f"{args.pte_dir}/smol_et_{v}.pte") for v in ("fp32", "8da4w")]
     rows += [("llama.cpp", "Q4_1", args.gguf)]
     rows += [("llama.cpp", k, f"{args.gguf_dir}/smol-{k}.gguf") for k in ("Q8_0", "F16")]
+    if args.only:
+        wanted = set(args.only.split(","))
+        rows = [row for row in rows if f"{row[0]}:{row[1]}" in wanted]
     bandwidth = bandwidth_gb_s()
     print(f"memory bandwidth (256 MiB copy): {bandwidth:.1f} GB/s", flush=True)
     results = []
