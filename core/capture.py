@@ -5,12 +5,15 @@ refused here, in the user's terms, before they reach lowering.
 
 Decomposition keeps undecomposed every op that a selected backend lists in
 ``keep_ops()`` and supports at one of its nodes; an op kept for nobody is decomposed
-after all, so other backends get the pieces they may know.
+after all, so other backends get the pieces they may know. Quantize and dequantize
+ops a model calls itself (``edgeport.llm``'s quantized weights do) stay whole too,
+as the quantization flow keeps them: they are the patterns backends recognize.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -44,10 +47,11 @@ def capture(
             hint="run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html",
         ) from exc
     keep = {op: [b for b in backends if op in b.keep_ops()] for b in backends for op in b.keep_ops()}
-    program = _decompose(exported, set(keep))
+    quantization = _registered_quant_ops()
+    program = _decompose(exported, set(keep) | quantization)
     unwanted = {op for op in keep if _kept_for_nobody(program, op, keep[op], options)}
     if unwanted:  # decompose again (a second trace), only when it changes something
-        program = _decompose(exported, set(keep) - unwanted)
+        program = _decompose(exported, (set(keep) - unwanted) | quantization)
     check_outputs(program)
     return drop_proven_assertions(program)
 
@@ -104,6 +108,16 @@ def drop_proven_assertions(program: ExportedProgram) -> ExportedProgram:
     if dropped:
         program.graph_module.recompile()
     return program
+
+
+def _registered_quant_ops() -> frozenset[Any]:
+    """The quantize/dequantize ops, when torchao's are registered: a model can call
+    them only then, and a float export never imports torchao for this check."""
+    if "torchao.quantization.quant_primitives" not in sys.modules:
+        return frozenset()
+    from .quantize.flow import quant_ops
+
+    return quant_ops()
 
 
 def _decompose(exported: ExportedProgram, keep: set[Any]) -> ExportedProgram:

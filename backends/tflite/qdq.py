@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 from torch.fx import Node
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .flatbuffer import Quantization
 
@@ -149,7 +150,7 @@ def weight_reason(node: Any, constant: ConstantOf) -> str | None:
         _, _, zero_point, qmin, qmax, dtype = node.args[:6]
     if dtype != torch.int8 or qmin < -128 or qmax > 127:
         return f"weight range [{qmin}, {qmax}] of {dtype} is not int8"
-    if zero_point is None or bool(torch.as_tensor(zero_point).ne(0).any()):
+    if zero_point is None or _any_nonzero(torch.as_tensor(zero_point)):
         return "asymmetric weights (TFLite's int8 weights have zero point 0)"
     return None
 
@@ -161,14 +162,32 @@ def _affine_weight_reason(node: Node, constant: ConstantOf) -> str | None:
         return f"block size {tuple(block)} of a {shape} weight (group-wise blocks along dim 1 are written)"
     if dtype != torch.int8 or (qmin, qmax) != (-8, 7):
         return f"group-wise weights of range [{qmin}, {qmax}] (4-bit [-8, 7] is written)"
-    if constant(zero_point) is None or bool(constant(zero_point).ne(0).any()):
+    if constant(zero_point) is None or _any_nonzero(constant(zero_point)):
         return "asymmetric group-wise weights (LiteRT's INT4 blocks have no zero point)"
     if shape[1] % block[1] or block[1] % 32:
         return f"group size {block[1]} (LiteRT's INT4 blocks are a multiple of 32 dividing {shape[1]})"
     scale = constant(node.args[2])
-    if scale is None or not bool(torch.isfinite(scale.half()).all()) or bool((scale.abs() < FP16_TINY).any()):
+    if scale is None or not _fp16_normal(scale):
         return "a group scale outside float16's normal range (XNNPACK takes only normal FLOAT16 block scales)"
     return None
+
+
+# Facts about a constant, computed once per tensor: support asks about each weight once
+# per node of its linear's chain, and an LLM has thousands of large weights.
+_NONZERO: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_FP16_NORMAL: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _any_nonzero(t: torch.Tensor) -> bool:
+    if t not in _NONZERO:
+        _NONZERO[t] = bool(t.ne(0).any())
+    return _NONZERO[t]
+
+
+def _fp16_normal(scale: torch.Tensor) -> bool:
+    if scale not in _FP16_NORMAL:
+        _FP16_NORMAL[scale] = bool(torch.isfinite(scale.half()).all()) and not bool((scale.abs() < FP16_TINY).any())
+    return _FP16_NORMAL[scale]
 
 
 def quantized_weight(node: Node, constant: ConstantOf) -> QuantizedWeight:

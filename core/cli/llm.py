@@ -31,7 +31,8 @@ def llm() -> None:
               help="Positions in the KV cache: prompt plus generated tokens.")
 @click.option("--prefill-chunk", default=32, show_default=True, type=click.IntRange(min=1),
               help="Prompt tokens per prefill call.")
-@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight"]), help="Weight quantization (not yet).")
+@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight"]), help="Linear weights as int8 per channel or int4 in groups of 32 "
+                   "(activations quantized per token at run time); default fp32.")
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
 def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, quantize: str | None,
@@ -47,7 +48,9 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
             show("saving")
         program.save(output)
     size = sum(len(data) for data in program.files.values())
-    console.print(f"wrote {output} ({human_bytes(size)}) in {time.perf_counter() - start:.1f} s")
+    llm_meta = program.manifest.metadata["llm"]
+    console.print(f"wrote {output} ({human_bytes(size)}; {llm_meta['weights']} weights "
+                  f"{human_bytes(llm_meta['weight_bytes'])}) in {time.perf_counter() - start:.1f} s")
     for method in program.methods:
         console.print(f"[bold]{method}[/bold]")
         print_summary(program.report(method))

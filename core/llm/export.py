@@ -27,7 +27,9 @@ from ..lowering import Progress
 from ..plugins import Registry
 from ..program import Program, file_info
 from .loader import LoadedModel, load_model
+from ..quantize.scheme import Scheme, resolve_scheme
 from .model import Decode, Decoder, Prefill
+from .quantized import quantize_decoder, weight_bytes
 from .stitch import repeat_layers
 from .weights import build_decoder
 
@@ -52,12 +54,7 @@ def export(
 ) -> Program:
     """Export a GGUF file or local Hugging Face directory (or a `LoadedModel`) as an
     LLM program for ``backend``, with a KV cache of ``max_seq_len`` positions."""
-    if quantize is not None:
-        raise EdgeportError(
-            f"--quantize {quantize} is not available yet: the quantized linear path (int8-dynamic, int4-weight) "
-            "lands with the quantization work",
-            hint="export without --quantize (fp32) for now",
-        )
+    scheme = _scheme(quantize)
     if progress:
         progress("loading the model")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -66,8 +63,13 @@ def export(
     decoder = build_decoder(config, loaded.weights, max_seq_len)
     if not isinstance(model, LoadedModel):
         loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
-    values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
     proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len)  # traced; its weights are never used
+    if scheme is not None:
+        if progress:
+            progress(f"quantizing the weights: {scheme.describe()}")
+        quantize_decoder(decoder, scheme)
+        quantize_decoder(proto, scheme, traced_only=True)
+    values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
     T = prefill_chunk
     methods = {  # decode first: called once per token, it gets the merged artifact's fast entry
         "decode": (Decode(proto), (torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))),
@@ -82,7 +84,23 @@ def export(
         rewrite=lambda name, captured: repeat_layers(captured, config.layers, values),
     )
     _attach(program, loaded, max_seq_len, prefill_chunk)
+    program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
+    program.manifest.metadata["llm"]["weight_bytes"] = weight_bytes(decoder)
     return program
+
+
+def _scheme(quantize: str | None) -> Scheme | None:
+    """The scheme ``--quantize`` names, if any; the LLM path takes the weight-quantized
+    schemes that need no calibration."""
+    if quantize is None:
+        return None
+    scheme = resolve_scheme(quantize)
+    if scheme.name not in QUANTIZE_SCHEMES:
+        raise EdgeportError(
+            f"edgeport llm export quantizes with {' or '.join(QUANTIZE_SCHEMES)}, not {scheme.name}",
+            hint=f"pass --quantize {QUANTIZE_SCHEMES[0]} or --quantize {QUANTIZE_SCHEMES[1]}",
+        )
+    return scheme
 
 
 def _check_lengths(loaded: LoadedModel, max_seq_len: int, chunk: int) -> None:
@@ -124,5 +142,4 @@ def _attach(program: Program, loaded: LoadedModel, max_seq_len: int, chunk: int)
         "bos_token_id": loaded.bos_token_id,
         "add_bos_token": loaded.add_bos_token,
         "generation": dict(loaded.generation),
-        "weights": "float32",
     }

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DecoderConfig, RopeScaling
+from .quantized import embedding, linear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -91,7 +92,7 @@ class Layer(nn.Module):
                 positions: torch.Tensor) -> torch.Tensor:
         c = self.config
         T, d, kv, group = h.shape[0], c.head_dim, c.kv_heads, c.group
-        qkv = F.linear(rms_norm(h, self.attn_norm, c.rms_norm_eps), self.qkv, self.qkv_bias)
+        qkv = linear(rms_norm(h, self.attn_norm, c.rms_norm_eps), self.qkv, self.qkv_bias)
         q, k, v = qkv.split([c.heads * d, kv * d, kv * d], dim=-1)
         q, k, v = q.view(T, c.heads, d), k.view(T, kv, d), v.view(T, kv, d)
         if self.q_norm is not None:
@@ -112,9 +113,9 @@ class Layer(nn.Module):
         self.k_cache.index_copy_(1, positions, k)
         self.v_cache.index_copy_(1, positions, v)
 
-        h = h + F.linear(out, self.o)
-        gate, up = F.linear(rms_norm(h, self.mlp_norm, c.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, self.down)
+        h = h + linear(out, self.o)
+        gate, up = linear(rms_norm(h, self.mlp_norm, c.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
+        return h + linear(F.silu(gate) * up, self.down)
 
 
 def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -146,7 +147,7 @@ class Decoder(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens (1, T), positions (T,) -> hidden states (T, hidden), caches updated."""
         T = tokens.shape[-1]
-        h = F.embedding(tokens.reshape(T), self.embed)
+        h = embedding(tokens.reshape(T), self.embed)
         rope = (F.embedding(positions, self.rope_cos).unsqueeze(1), F.embedding(positions, self.rope_sin).unsqueeze(1))
         # The cache holds the positions before this chunk's first one; later rows are stale.
         old_mask = torch.where(self.cache_index < positions[:1], 0.0, float("-inf")).view(1, 1, -1)
@@ -158,7 +159,7 @@ class Decoder(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> (N, vocab)."""
         head = self.embed if self.lm_head is None else self.lm_head
-        return F.linear(rms_norm(h, self.norm, self.config.rms_norm_eps), head)
+        return linear(rms_norm(h, self.norm, self.config.rms_norm_eps), head)
 
 
 def _rope_tables(c: DecoderConfig, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

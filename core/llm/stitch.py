@@ -114,15 +114,20 @@ def _last_spec(specs: list[InputSpec], kind: InputKind) -> InputSpec:
 
 
 def _rebuilt(program: ExportedProgram, signature: ExportGraphSignature, values: Mapping[str, torch.Tensor]) -> ExportedProgram:
+    """The edited program as a new ExportedProgram on a new graph: what was learnt about
+    the captured graph (backends cache which nodes are constants per graph object) must
+    not carry over to the repeated one."""
     state_dict, constants = {}, {}
     for spec in signature.input_specs:
         if spec.kind == InputKind.PARAMETER or (spec.kind == InputKind.BUFFER and spec.persistent):
             state_dict[spec.target] = values[spec.target]
         elif spec.kind in (InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             constants[spec.target] = values.get(spec.target, program.constants.get(spec.target))
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(program.graph, {}))
     return ExportedProgram(
-        root=program.graph_module,
-        graph=program.graph,
+        root=torch.fx.GraphModule(program.graph_module, graph),
+        graph=graph,
         graph_signature=signature,
         state_dict=state_dict,
         range_constraints=dict(program.range_constraints),

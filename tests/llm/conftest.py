@@ -59,3 +59,22 @@ def hf_smol():
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def quantized_smol(tmp_path_factory, cpu_registry):
+    """``quantized_smol(scheme)``: the int8-dynamic or int4-weight cpu program, exported
+    on first use (once per session), saved and loaded as a user loads it."""
+    import edgeport.llm
+
+    programs: dict[str, edgeport.Program] = {}
+
+    def get(scheme: str) -> edgeport.Program:
+        if scheme not in programs:
+            path = tmp_path_factory.mktemp("llm") / f"smol-{scheme}.edgeport"
+            edgeport.llm.export(smollm2_gguf(), max_seq_len=MAX_SEQ_LEN, prefill_chunk=PREFILL_CHUNK, quantize=scheme,
+                                registry=cpu_registry).save(path)
+            programs[scheme] = edgeport.load(path, registry=cpu_registry)
+        return programs[scheme]
+
+    return get

@@ -15,8 +15,10 @@ import edgeport
 import edgeport.llm
 from edgeport.backends.cpu import CpuBackend, CpuOptions
 from edgeport.capture import capture
+from edgeport.quantize import resolve_scheme
 from edgeport.llm.loader import load_model
 from edgeport.llm.model import Decoder, Prefill
+from edgeport.llm.quantized import quantize_decoder
 from edgeport.llm.stitch import repeat_layers
 from edgeport.llm.weights import build_decoder
 
@@ -111,3 +113,29 @@ def test_repeating_one_captured_layer_equals_capturing_every_layer(arch):
     assert [s.target for s in stitched.graph_signature.input_specs] == [s.target for s in whole.graph_signature.input_specs]
     assert [s.target for s in stitched.graph_signature.output_specs] == [s.target for s in whole.graph_signature.output_specs]
     assert torch.equal(stitched.module()(*inputs), whole.module()(*inputs))
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int4-weight"])
+def test_quantized_export_runs_every_layer_in_one_delegate_as_the_quantized_model_computes(arch, registry, scheme):
+    """Each repeated layer's linears are integer FULLY_CONNECTEDs inside the one cpu
+    delegate (the repeated layers' weights are constants, as the first layer's are), the
+    int8 embedding rows are gathered there too, and the logits are those of the same
+    quantized decoder run eagerly in torch."""
+    name, path, _ = arch
+    loaded = load_model(path)
+    program = edgeport.llm.export(loaded, max_seq_len=32, prefill_chunk=8, quantize=scheme, registry=registry)
+    for method in program.methods:
+        assert {n["backend"] for n in program.report(method)["nodes"]} == {"cpu"}
+        assert [s.kind for s in program.manifest.methods[method].steps] == ["delegate"]
+    assert program.manifest.metadata["llm"]["weights"] == scheme
+    session = edgeport.llm.Session(program)
+    prompt, continuation = list(range(5, 16)), [20, 30, 40]
+    ours = torch.stack([torch.from_numpy(x) for x in
+                        [session.prefill(prompt, 0)] + [session.decode(t) for t in continuation]])
+    decoder = build_decoder(loaded.config, loaded.weights, max_seq_len=32)
+    quantize_decoder(decoder, resolve_scheme(scheme))
+    tokens = torch.tensor([prompt + continuation])
+    with torch.no_grad():
+        eager = torch.cat([Prefill(decoder)(tokens, torch.arange(14), torch.tensor([i])) for i in range(10, 14)])
+    error = (ours - eager).norm() / eager.norm()
+    assert error < 2e-2, error

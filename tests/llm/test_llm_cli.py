@@ -75,9 +75,12 @@ def test_a_prompt_longer_than_the_cache_is_one_line_with_a_hint(smol_path, use_c
     assert "Traceback" not in result.output
 
 
-def test_quantized_export_says_it_is_not_there_yet(tmp_path, use_cpu):
-    result = invoke("llm", "export", smollm2_gguf(), "--quantize", "int8-dynamic", "-o", tmp_path / "q.edgeport")
-    assert result.exit_code == 1 and "not available yet" in result.output and "hint:" in result.output
+def test_a_scheme_that_needs_calibration_is_refused_before_loading(use_cpu):
+    import edgeport.llm
+
+    with pytest.raises(edgeport.EdgeportError, match="quantizes with int8-dynamic or int4-weight, not int8") as err:
+        edgeport.llm.export(smollm2_gguf(), quantize="int8")
+    assert "--quantize int8-dynamic" in err.value.hint
 
 
 def test_export_of_a_file_that_is_no_model_is_one_line(tmp_path, use_cpu):

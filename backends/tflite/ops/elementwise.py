@@ -343,7 +343,7 @@ def _check_to_copy(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten._to_copy.default, writes=frozenset({"CAST"}), dtypes=ANY, check=_check_to_copy)
+@lowering(aten._to_copy.default, writes=frozenset({"CAST"}), dtypes=ANY | frozenset({torch.int8}), check=_check_to_copy)
 def to_copy(em: Emitter, node: Node) -> Value:
     return em.cast(em.value(node.args[0]), meta(node).dtype)
 

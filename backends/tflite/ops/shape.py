@@ -20,6 +20,8 @@ from ..flatbuffer import Options
 from ..lowering import ANY, FLOAT, IsConst, aten, lowering, meta, shape
 from ..schema import tensor_type
 
+INT8 = frozenset({torch.int8})  # rows of an int8 table (edgeport.llm's quantized embedding)
+
 
 _RESHAPES = (
     aten.view.default, aten._unsafe_view.default, aten.reshape.default,
@@ -251,7 +253,7 @@ def pad(em: Emitter, node: Node, v: Value, pads: list[tuple[int, int]], value: f
 # -- gathers ------------------------------------------------------------------------------
 
 
-@lowering(aten.embedding.default, writes=frozenset({"GATHER"}), dtypes=ANY)
+@lowering(aten.embedding.default, writes=frozenset({"GATHER"}), dtypes=ANY | INT8)
 def embedding(em: Emitter, node: Node) -> Value:
     weight = em.value(node.args[0])
     indices = em.to_identity(em.value(node.args[1]))

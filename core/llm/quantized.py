@@ -1,0 +1,151 @@
+"""8- and 4-bit weights for the LLM decoder, quantized straight from its fp32 weights.
+
+Both schemes (`int8-dynamic`, `int4-weight`) quantize activations per token at run time
+inside the kernel and the weights ahead of time, symmetric, so no calibration pass is
+needed: `quantize_decoder` rounds every linear weight once (about a second for SmolLM2)
+and the decoder's forward then reads each one through a dequantize op. The graph is the
+one PT2E's convert would produce for these schemes:
+
+    x ─ choose_qparams_affine ─ quantize_affine ─ dequantize_affine ─┐
+    weight ints + scales ─ dequantize_per_channel | dequantize_affine ┴ linear
+
+which the cpu backend writes as one FULLY_CONNECTED with a float input and int8
+per-channel (XNNPACK qd8-f32-qc8w) or int4 blockwise (qd8-f32-qb4w) weights.
+
+The token embedding is stored as int8 rows with a scale each, and read with a gather of
+the rows and of their scales. When embedding and lm_head are tied (SmolLM2), that one
+int8 table is also the lm_head weight: both read the same constant, so its 28M values
+are stored once. It stays int8 under `int4-weight` too: TFLite's GATHER reads int8
+tables but not 4-bit blockwise ones, so one shared copy has to be int8.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quantize.scheme import Scheme
+
+INT8_WEIGHT_RANGE = (-127, 127)  # symmetric: zero point 0, as TFLite's int8 weights
+INT4_WEIGHT_RANGE = (-8, 7)
+ACTIVATION_RANGE = (-128, 127)  # per-token asymmetric int8, as XNNPACK's qd8 inputs
+EPS = torch.finfo(torch.float32).eps
+FP16_TINY = 2.0**-14  # LiteRT stores 4-bit group scales as float16: keep them normal
+
+
+class QuantizedWeight(nn.Module):
+    """A 2-d weight as integers (int8 storage) and scales: one scale per row (``group``
+    None, 8 bits) or per ``group`` consecutive inputs of a row (4 bits)."""
+
+    def __init__(self, values: torch.Tensor, scale: torch.Tensor, group: int | None) -> None:
+        super().__init__()
+        self.group = group
+        self.register_buffer("values", values)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", torch.zeros(scale.shape, dtype=torch.int8))
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bits: int, group: int | None = None) -> "QuantizedWeight":
+        """``weight`` (out, in) rounded to ``bits`` (8 per row, or 4 in groups of ``group``)."""
+        w = weight.detach().float()
+        qmin, qmax = INT8_WEIGHT_RANGE if bits == 8 else INT4_WEIGHT_RANGE
+        if group is None:
+            scale = w.abs().amax(dim=1).clamp(min=EPS) / qmax
+            values = torch.round(w / scale[:, None])
+        else:
+            blocks = w.reshape(w.shape[0], -1, group)
+            scale = (blocks.abs().amax(dim=2) / qmax).clamp(min=FP16_TINY).half().float()
+            values = torch.round(blocks / scale[..., None]).reshape(w.shape)
+        return cls(values.clamp(qmin, qmax).to(torch.int8), scale, group)
+
+    @classmethod
+    def blank(cls, weight: torch.Tensor, group: int | None = None) -> "QuantizedWeight":
+        """Zeros shaped as ``weight`` quantized: for a decoder that is only traced."""
+        rows, cols = weight.shape
+        scale = torch.ones(rows) if group is None else torch.ones(rows, cols // group)
+        return cls(torch.zeros(rows, cols, dtype=torch.int8), scale, group)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the weight takes in the program: 4-bit values pack two to a byte; group
+        scales are float16, row scales float32."""
+        if self.group is None:
+            return self.values.numel() + 4 * self.scale.numel()
+        return self.values.numel() // 2 + 2 * self.scale.numel()
+
+    def dequantized(self) -> torch.Tensor:
+        """The float weight, as a dequantize op of the constant integers (in a graph)."""
+        if self.group is None:
+            return torch.ops.quantized_decomposed.dequantize_per_channel(
+                self.values, self.scale, self.zero_point, 0, *INT8_WEIGHT_RANGE, torch.int8)
+        return torch.ops.torchao.dequantize_affine(
+            self.values, [1, self.group], self.scale, self.zero_point, torch.int8, *INT4_WEIGHT_RANGE)
+
+
+Weight = torch.Tensor | QuantizedWeight
+
+
+def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, with ``x`` quantized per token at run time when the weight is quantized."""
+    if isinstance(weight, QuantizedWeight):
+        return F.linear(_per_token(x), weight.dequantized(), bias)
+    return F.linear(x, weight, bias)
+
+
+def embedding(tokens: torch.Tensor, table: Weight) -> torch.Tensor:
+    """The rows of ``table`` for ``tokens``: gathered as int8 and scaled when quantized."""
+    if isinstance(table, QuantizedWeight):
+        rows = F.embedding(tokens, table.values).to(torch.float32)
+        return rows * F.embedding(tokens, table.scale.unsqueeze(1))
+    return F.embedding(tokens, table)
+
+
+def _per_token(x: torch.Tensor) -> torch.Tensor:
+    """x through an asymmetric int8 round trip with a scale per row (the kernel does this
+    itself on the float input; the graph says so)."""
+    ops = torch.ops.torchao
+    block = [1] * (x.dim() - 1) + [x.shape[-1]]
+    scale, zero_point = ops.choose_qparams_affine(x, "ASYMMETRIC", block, torch.int8, *ACTIVATION_RANGE, EPS,
+                                                  torch.float32, torch.int8)
+    q = ops.quantize_affine(x, block, scale, zero_point, torch.int8, *ACTIVATION_RANGE)
+    return ops.dequantize_affine(q, block, scale, zero_point, torch.int8, *ACTIVATION_RANGE)
+
+
+LINEARS = ("qkv", "o", "gate_up", "down")  # a layer's linear weights
+
+
+def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, traced_only: bool = False) -> None:
+    """Replace the decoder's linear weights (and its embedding, and an untied lm_head)
+    with `QuantizedWeight`s for ``scheme``, in place. ``traced_only``: the decoder is a
+    prototype whose weights are never read, so they are not rounded, just shaped."""
+    from ..quantize.flow import quant_ops
+
+    quant_ops()  # registers the quantize/dequantize ops the forward calls
+    bits, group = scheme.weight_bits, scheme.group_size
+
+    def quantized(weight: torch.Tensor, bits: int, group: int | None) -> QuantizedWeight:
+        return QuantizedWeight.blank(weight, group) if traced_only else QuantizedWeight.of(weight, bits, group)
+
+    with torch.no_grad():
+        for layer in decoder.layers:
+            for name in LINEARS:
+                _replace(layer, name, quantized(getattr(layer, name), bits, group))
+        _replace(decoder, "embed", quantized(decoder.embed, 8, None))  # read by GATHER: int8 rows (see above)
+        if decoder.lm_head is not None:
+            _replace(decoder, "lm_head", quantized(decoder.lm_head, bits, group))
+
+
+def _replace(module: nn.Module, name: str, weight: QuantizedWeight) -> None:
+    delattr(module, name)  # a parameter's slot takes only parameters
+    setattr(module, name, weight)
+
+
+def weight_bytes(decoder: nn.Module) -> int:
+    """Bytes of the decoder's weights as the program stores them (each tensor once)."""
+    quantized = sum(m.stored_bytes for m in decoder.modules() if isinstance(m, QuantizedWeight))
+    return quantized + sum(p.numel() * p.element_size() for p in decoder.parameters())
