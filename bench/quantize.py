@@ -1,6 +1,6 @@
 """MobileNetV2 int8 on cpu against our fp32 and ExecuTorch XNNPACK int8, in one run.
 
-    python bench/quantize.py [--models mobilenet_v2] [--runs 200] [--batches 8] [--threads 2]
+    python bench/quantize.py [--models mobilenet_v2] [--runs 200] [--batches 8] [--threads 2] [--aeq-python PY]
 
 Needs ExecuTorch next to torch 2.13, for the benchmark only (see bench/cpu_vs_executorch.py
 for the environment). Both sides get the same calibration batches (random images: this
@@ -17,6 +17,11 @@ Per model it prints:
 - latency (median, p10, min) of edgeport int8, edgeport fp32 and ExecuTorch int8,
   alternated in short blocks so load changes hit all three;
 - each int8 result's distance from the float model (max abs error / max abs output).
+
+With --aeq-python (a python whose environment has ai-edge-quantizer, see
+bench/quantize_reference.py) a fourth model joins the alternation: ai-edge-quantizer's
+`static_wi8_ai8` of our fp32 .tflite, run by LiteRT as issue 14's anchor was, on an
+int8 input set directly (no float input to copy in, no QUANTIZE or DEQUANTIZE).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def load_bench(name: str):  # noqa: ANN201 - a module
 
 
 BASE = load_bench("cpu_vs_executorch")  # load_models, executorch_method, timed
+REFERENCE = load_bench("quantize_reference")  # aeq_python, quantize_with_aeq, runner
 
 
 def edgeport_int8(model, inputs, batches, threads: int, path: str) -> dict[str, float]:
@@ -120,6 +126,15 @@ def measure(name: str, factory, args, tmp: str) -> None:
     method = BASE.executorch_method(theirs8)
     x = inputs[0]
     calls = {"edgeport int8": lambda: int8(x), "edgeport fp32": lambda: fp32(x), "ExecuTorch int8": lambda: method.execute([x])}
+    python = REFERENCE.aeq_python(args.aeq_python) if args.aeq_python else None
+    if args.aeq_python and not python:
+        print(f"  ai-edge-quantizer does not import under {args.aeq_python}: its model is left out")
+    if python:
+        float_model = os.path.join(tmp, f"{name}.fp32.tflite")
+        with open(float_model, "wb") as f:
+            f.write(next(d for p, d in fp32.files.items() if p.endswith(".tflite")))
+        REFERENCE.quantize_with_aeq(python, float_model, batches, os.path.join(tmp, f"{name}.aeq.tflite"))
+        calls["ai-edge-quantizer int8"] = REFERENCE.runner(os.path.join(tmp, f"{name}.aeq.tflite"), args.threads)
     lat = latencies(calls, args.runs)
     with torch.no_grad():
         eager = model(x)
@@ -135,6 +150,10 @@ def measure(name: str, factory, args, tmp: str) -> None:
     ours, fp, theirs = stats["edgeport int8"], stats["edgeport fp32"], stats["ExecuTorch int8"]
     print("  edgeport int8 / edgeport fp32: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, fp)) + " (median p10 min)")
     print("  edgeport int8 / ExecuTorch int8: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs)))
+    if "ai-edge-quantizer int8" in stats:
+        aeq = stats["ai-edge-quantizer int8"]
+        print("  ai-edge-quantizer int8 (int8 in/out) / ExecuTorch int8: "
+              + "  ".join(f"{a / b:.2f}" for a, b in zip(aeq, theirs)))
     print(f"  distance from float: edgeport int8 {distance(int8(x), eager):.3f}, "
           f"ExecuTorch int8 {distance(method.execute([x])[0], eager):.3f}")
 
@@ -145,6 +164,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--aeq-python", help="a python with ai-edge-quantizer: adds its int8 model (LiteRT)")
     args = parser.parse_args()
     factories = BASE.load_models()
     with tempfile.TemporaryDirectory() as tmp:
