@@ -18,6 +18,10 @@ Per model it prints:
   alternated in short blocks so load changes hit all three;
 - each int8 result's distance from the float model (max abs error / max abs output).
 
+With --clock cpu every engine runs on 1 thread (XNNPACK then works on the calling thread
+alone) and each call is timed by that thread's CPU time: what the model costs, barely
+moved by other work on a shared machine, where wall times move by 2x.
+
 With --aeq-python (a python whose environment has ai-edge-quantizer, see
 bench/quantize_reference.py) a fourth model joins the alternation: ai-edge-quantizer's
 `static_wi8_ai8` of our fp32 .tflite, run by LiteRT as issue 14's anchor was, on an
@@ -95,14 +99,18 @@ def executorch_int8(model, inputs, batches, path: str) -> dict[str, float]:
             "ms_per_batch": 1e3 * (lowering - calibrated) / len(batches)}
 
 
-def latencies(calls: dict[str, callable], runs: int, block: int = 5) -> dict[str, list[float]]:
+def latencies(calls: dict[str, callable], runs: int, clock=time.perf_counter,  # noqa: ANN001 - a clock
+              block: int = 5) -> dict[str, list[float]]:
     """ms per call of each, alternating blocks (each block after an untimed warm call)."""
     lat = {name: [] for name in calls}
     for _ in range(-(-runs // block)):
         for name, fn in calls.items():
             time.sleep(0.02)
             fn()
-            lat[name] += [BASE.timed(fn) * 1e3 for _ in range(block)]
+            for _ in range(block):
+                start = clock()
+                fn()
+                lat[name].append((clock() - start) * 1e3)
     return lat
 
 
@@ -123,6 +131,9 @@ def measure(name: str, factory, args, tmp: str) -> None:
     size = {k: sum(len(d) for p, d in prog.files.items() if p.endswith(".tflite")) for k, prog in
             (("int8", int8), ("fp32", fp32))}
     torch.set_num_threads(args.threads)
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(args.threads)  # its default: every core
     method = BASE.executorch_method(theirs8)
     x = inputs[0]
     calls = {"edgeport int8": lambda: int8(x), "edgeport fp32": lambda: fp32(x), "ExecuTorch int8": lambda: method.execute([x])}
@@ -135,10 +146,11 @@ def measure(name: str, factory, args, tmp: str) -> None:
             f.write(next(d for p, d in fp32.files.items() if p.endswith(".tflite")))
         REFERENCE.quantize_with_aeq(python, float_model, batches, os.path.join(tmp, f"{name}.aeq.tflite"))
         calls["ai-edge-quantizer int8"] = REFERENCE.runner(os.path.join(tmp, f"{name}.aeq.tflite"), args.threads)
-    lat = latencies(calls, args.runs)
+    lat = latencies(calls, args.runs, time.thread_time if args.clock == "cpu" else time.perf_counter)
     with torch.no_grad():
         eager = model(x)
-    print(f"\n{name} ({args.batches} random calibration batches, {args.threads} threads)")
+    print(f"\n{name} ({args.batches} random calibration batches, {args.threads} threads, "
+          f"{'CPU time of the calling thread' if args.clock == 'cpu' else 'wall time'})")
     print(f"  calibration: edgeport {ep['ms_per_batch']:.0f} ms/batch, ExecuTorch {et['ms_per_batch']:.0f} ms/batch")
     print(f"  lowering after calibration: edgeport {ep['lower']:.2f} s, ExecuTorch {et['lower']:.2f} s "
           f"({ep['lower'] / et['lower']:.2f}x)")
@@ -165,7 +177,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--aeq-python", help="a python with ai-edge-quantizer: adds its int8 model (LiteRT)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: 1 thread everywhere, each call timed by its thread's CPU time")
     args = parser.parse_args()
+    if args.clock == "cpu":
+        args.threads = 1
     factories = BASE.load_models()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
