@@ -69,7 +69,10 @@ def aeq_python(requested: str | None) -> str | None:
     """The python that can run ai-edge-quantizer: the one asked for, else this one when
     the package imports here; None when neither."""
     if requested:
-        probe = subprocess.run([requested, "-c", "import ai_edge_quantizer"], capture_output=True)
+        try:
+            probe = subprocess.run([requested, "-c", "import ai_edge_quantizer"], capture_output=True)
+        except OSError:  # no such python
+            return None
         return requested if probe.returncode == 0 else None
     return sys.executable if importlib.util.find_spec("ai_edge_quantizer") else None
 
@@ -231,8 +234,9 @@ def main() -> None:
     args = parser.parse_args()
     python = aeq_python(args.aeq_python)
     if python is None:
-        print("skipped: ai-edge-quantizer is not installed here and no --aeq-python was given "
-              "(install it in its own environment: pip install 'ai-edge-quantizer==0.10.*')")
+        where = f"under {args.aeq_python}" if args.aeq_python else "here (and no --aeq-python was given)"
+        print(f"skipped: ai-edge-quantizer does not import {where}; "
+              "install it in its own environment: pip install 'ai-edge-quantizer==0.10.*'")
         return
     model, inputs = load_model(args.model)
     generator = torch.Generator().manual_seed(0)
