@@ -1,6 +1,6 @@
 """MobileNetV2 int8 on cpu against our fp32 and ExecuTorch XNNPACK int8, in one run.
 
-    python bench/quantize.py [--models mobilenet_v2] [--runs 200] [--batches 8] [--threads 2]
+    python bench/quantize.py [--models mobilenet_v2] [--runs 200] [--batches 8] [--threads 2] [--aeq-python PY]
 
 Needs ExecuTorch next to torch 2.13, for the benchmark only (see bench/cpu_vs_executorch.py
 for the environment). Both sides get the same calibration batches (random images: this
@@ -17,6 +17,15 @@ Per model it prints:
 - latency (median, p10, min) of edgeport int8, edgeport fp32 and ExecuTorch int8,
   alternated in short blocks so load changes hit all three;
 - each int8 result's distance from the float model (max abs error / max abs output).
+
+With --clock cpu every engine runs on 1 thread (XNNPACK then works on the calling thread
+alone) and each call is timed by that thread's CPU time: what the model costs, barely
+moved by other work on a shared machine, where wall times move by 2x.
+
+With --aeq-python (a python whose environment has ai-edge-quantizer, see
+bench/quantize_reference.py) a fourth model joins the alternation: ai-edge-quantizer's
+`static_wi8_ai8` of our fp32 .tflite, run by LiteRT as issue 14's anchor was, on an
+int8 input set directly (no float input to copy in, no QUANTIZE or DEQUANTIZE).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ def load_bench(name: str):  # noqa: ANN201 - a module
 
 
 BASE = load_bench("cpu_vs_executorch")  # load_models, executorch_method, timed
+REFERENCE = load_bench("quantize_reference")  # aeq_python, quantize_with_aeq, runner
 
 
 def edgeport_int8(model, inputs, batches, threads: int, path: str) -> dict[str, float]:
@@ -89,14 +99,18 @@ def executorch_int8(model, inputs, batches, path: str) -> dict[str, float]:
             "ms_per_batch": 1e3 * (lowering - calibrated) / len(batches)}
 
 
-def latencies(calls: dict[str, callable], runs: int, block: int = 5) -> dict[str, list[float]]:
+def latencies(calls: dict[str, callable], runs: int, clock=time.perf_counter,  # noqa: ANN001 - a clock
+              block: int = 5) -> dict[str, list[float]]:
     """ms per call of each, alternating blocks (each block after an untimed warm call)."""
     lat = {name: [] for name in calls}
     for _ in range(-(-runs // block)):
         for name, fn in calls.items():
             time.sleep(0.02)
             fn()
-            lat[name] += [BASE.timed(fn) * 1e3 for _ in range(block)]
+            for _ in range(block):
+                start = clock()
+                fn()
+                lat[name].append((clock() - start) * 1e3)
     return lat
 
 
@@ -117,13 +131,26 @@ def measure(name: str, factory, args, tmp: str) -> None:
     size = {k: sum(len(d) for p, d in prog.files.items() if p.endswith(".tflite")) for k, prog in
             (("int8", int8), ("fp32", fp32))}
     torch.set_num_threads(args.threads)
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(args.threads)  # its default: every core
     method = BASE.executorch_method(theirs8)
     x = inputs[0]
     calls = {"edgeport int8": lambda: int8(x), "edgeport fp32": lambda: fp32(x), "ExecuTorch int8": lambda: method.execute([x])}
-    lat = latencies(calls, args.runs)
+    python = REFERENCE.aeq_python(args.aeq_python) if args.aeq_python else None
+    if args.aeq_python and not python:
+        print(f"  ai-edge-quantizer does not import under {args.aeq_python}: its model is left out")
+    if python:
+        float_model = os.path.join(tmp, f"{name}.fp32.tflite")
+        with open(float_model, "wb") as f:
+            f.write(next(d for p, d in fp32.files.items() if p.endswith(".tflite")))
+        REFERENCE.quantize_with_aeq(python, float_model, batches, os.path.join(tmp, f"{name}.aeq.tflite"))
+        calls["ai-edge-quantizer int8"] = REFERENCE.runner(os.path.join(tmp, f"{name}.aeq.tflite"), args.threads)
+    lat = latencies(calls, args.runs, time.thread_time if args.clock == "cpu" else time.perf_counter)
     with torch.no_grad():
         eager = model(x)
-    print(f"\n{name} ({args.batches} random calibration batches, {args.threads} threads)")
+    print(f"\n{name} ({args.batches} random calibration batches, {args.threads} threads, "
+          f"{'CPU time of the calling thread' if args.clock == 'cpu' else 'wall time'})")
     print(f"  calibration: edgeport {ep['ms_per_batch']:.0f} ms/batch, ExecuTorch {et['ms_per_batch']:.0f} ms/batch")
     print(f"  lowering after calibration: edgeport {ep['lower']:.2f} s, ExecuTorch {et['lower']:.2f} s "
           f"({ep['lower'] / et['lower']:.2f}x)")
@@ -135,6 +162,10 @@ def measure(name: str, factory, args, tmp: str) -> None:
     ours, fp, theirs = stats["edgeport int8"], stats["edgeport fp32"], stats["ExecuTorch int8"]
     print("  edgeport int8 / edgeport fp32: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, fp)) + " (median p10 min)")
     print("  edgeport int8 / ExecuTorch int8: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs)))
+    if "ai-edge-quantizer int8" in stats:
+        aeq = stats["ai-edge-quantizer int8"]
+        print("  ai-edge-quantizer int8 (int8 in/out) / ExecuTorch int8: "
+              + "  ".join(f"{a / b:.2f}" for a, b in zip(aeq, theirs)))
     print(f"  distance from float: edgeport int8 {distance(int8(x), eager):.3f}, "
           f"ExecuTorch int8 {distance(method.execute([x])[0], eager):.3f}")
 
@@ -145,7 +176,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--aeq-python", help="a python with ai-edge-quantizer: adds its int8 model (LiteRT)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: 1 thread everywhere, each call timed by its thread's CPU time")
     args = parser.parse_args()
+    if args.clock == "cpu":
+        args.threads = 1
     factories = BASE.load_models()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
