@@ -3,6 +3,9 @@
 The interpreter is built once per model; a call sets each input once (from a numpy
 view of the contiguous torch tensor, no extra copy), invokes, and reads each output
 once. Outputs are copies: the next invoke overwrites the interpreter's buffers.
+What a call costs besides invoke (~28 µs warm) grows to ~0.2 ms on a loaded machine,
+whose other processes empty the caches during invoke; fewer torch calls here did not
+measurably shrink it (bench/README.md, `call_path.py`).
 
 An interpreter runs one call at a time (two overlapping calls raise LiteRT's "at least
 1 reference to internal data" or read each other's outputs), so the executable does not
