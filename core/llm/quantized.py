@@ -1,16 +1,20 @@
 """8- and 4-bit weights for the LLM decoder, quantized straight from its fp32 weights.
 
 Both schemes (`int8-dynamic`, `int4-weight`) quantize activations per token at run time
-inside the kernel and the weights ahead of time, symmetric, so no calibration pass is
-needed: `quantize_decoder` rounds every linear weight once (about a second for SmolLM2)
-and the decoder's forward then reads each one through a dequantize op. The graph is the
-one PT2E's convert would produce for these schemes:
+inside the kernel and the weights ahead of time, so no calibration pass is needed:
+`quantize_decoder` rounds every linear weight once (about a second for SmolLM2) and the
+decoder's forward then reads each one through a dequantize op. `int8-dynamic` weights
+are symmetric per output channel; `int4-weight` groups of 32 inputs are asymmetric
+(a scale and a float offset each, as GGUF's Q4_1), the offsets applied beside the
+kernel (see `QuantizedWeight`). The graph is the one PT2E's convert would produce:
 
     x ─ choose_qparams_affine ─ quantize_affine ─ dequantize_affine ─┐
     weight ints + scales ─ dequantize_per_channel | dequantize_affine ┴ linear
+    (4-bit:  + linear(group sums of x, offsets))
 
 which the cpu backend writes as one FULLY_CONNECTED with a float input and int8
-per-channel (XNNPACK qd8-f32-qc8w) or int4 blockwise (qd8-f32-qb4w) weights.
+per-channel (XNNPACK qd8-f32-qc8w) or int4 blockwise (qd8-f32-qb4w) weights, plus for
+4 bits a SUM and a small float FULLY_CONNECTED.
 
 The token embedding is stored as int8 rows with a scale each, and read with a gather of
 the rows and of their scales. When embedding and lm_head are tied (SmolLM2), that one
@@ -36,14 +40,25 @@ FP16_TINY = 2.0**-14  # LiteRT stores 4-bit group scales as float16: keep them n
 
 class QuantizedWeight(nn.Module):
     """A 2-d weight as integers (int8 storage) and scales: one scale per row (``group``
-    None, 8 bits) or per ``group`` consecutive inputs of a row (4 bits)."""
+    None, 8 bits, symmetric) or per ``group`` consecutive inputs of a row (4 bits).
 
-    def __init__(self, values: torch.Tensor, scale: torch.Tensor, group: int | None) -> None:
+    4-bit groups are asymmetric, as GGUF's Q4_1: each group is ``scale * (q - 8) +
+    offset`` with its own float ``offset`` (the group's minimum plus 8 steps), which
+    XNNPACK's blockwise INT4 cannot hold (one zero point for the whole tensor). So the
+    offsets are applied beside the kernel: ``x @ Wᵀ = x @ (scale·(q - 8))ᵀ +
+    group_sums(x) @ offsetᵀ``, a float FULLY_CONNECTED over the ``in / group`` sums of
+    each row's groups of inputs, 1/``group`` of the main product. For weights that came
+    from a Q4_1 file (SmolLM2's), this grid is the file's own: the rounding is exact.
+    """
+
+    def __init__(self, values: torch.Tensor, scale: torch.Tensor, group: int | None,
+                 offset: torch.Tensor | None = None) -> None:
         super().__init__()
         self.group = group
         self.register_buffer("values", values)
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", torch.zeros(scale.shape, dtype=torch.int8))
+        self.register_buffer("offset", offset)
 
     @classmethod
     def of(cls, weight: torch.Tensor, bits: int, group: int | None = None) -> "QuantizedWeight":
@@ -53,18 +68,22 @@ class QuantizedWeight(nn.Module):
         if group is None:
             scale = w.abs().amax(dim=1).clamp(min=EPS) / qmax
             values = torch.round(w / scale[:, None])
-        else:
-            blocks = w.reshape(w.shape[0], -1, group)
-            scale = (blocks.abs().amax(dim=2) / qmax).clamp(min=FP16_TINY).half().float()
-            values = torch.round(blocks / scale[..., None]).reshape(w.shape)
-        return cls(values.clamp(qmin, qmax).to(torch.int8), scale, group)
+            return cls(values.clamp(qmin, qmax).to(torch.int8), scale, group)
+        blocks = w.reshape(w.shape[0], -1, group)
+        low = blocks.amin(dim=2)
+        scale = ((blocks.amax(dim=2) - low) / (qmax - qmin)).clamp(min=FP16_TINY).half().float()
+        steps = torch.round((blocks - low[..., None]) / scale[..., None]).clamp(0, qmax - qmin)
+        values = (steps + qmin).reshape(w.shape)
+        return cls(values.to(torch.int8), scale, group, offset=low - qmin * scale)
 
     @classmethod
     def blank(cls, weight: torch.Tensor, group: int | None = None) -> "QuantizedWeight":
         """Zeros shaped as ``weight`` quantized: for a decoder that is only traced."""
         rows, cols = weight.shape
-        scale = torch.ones(rows) if group is None else torch.ones(rows, cols // group)
-        return cls(torch.zeros(rows, cols, dtype=torch.int8), scale, group)
+        if group is None:
+            return cls(torch.zeros(rows, cols, dtype=torch.int8), torch.ones(rows), group)
+        return cls(torch.zeros(rows, cols, dtype=torch.int8), torch.ones(rows, cols // group), group,
+                   offset=torch.zeros(rows, cols // group))
 
     @property
     def shape(self) -> torch.Size:
@@ -73,13 +92,14 @@ class QuantizedWeight(nn.Module):
     @property
     def stored_bytes(self) -> int:
         """Bytes the weight takes in the program: 4-bit values pack two to a byte; group
-        scales are float16, row scales float32."""
+        scales are float16, row scales and group offsets float32."""
         if self.group is None:
             return self.values.numel() + 4 * self.scale.numel()
-        return self.values.numel() // 2 + 2 * self.scale.numel()
+        return self.values.numel() // 2 + 2 * self.scale.numel() + 4 * self.offset.numel()
 
     def dequantized(self) -> torch.Tensor:
-        """The float weight, as a dequantize op of the constant integers (in a graph)."""
+        """The float weight without its group offsets, as a dequantize op of the constant
+        integers (in a graph)."""
         if self.group is None:
             return torch.ops.quantized_decomposed.dequantize_per_channel(
                 self.values, self.scale, self.zero_point, 0, *INT8_WEIGHT_RANGE, torch.int8)
@@ -92,9 +112,13 @@ Weight = torch.Tensor | QuantizedWeight
 
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, with ``x`` quantized per token at run time when the weight is quantized."""
-    if isinstance(weight, QuantizedWeight):
-        return F.linear(_per_token(x), weight.dequantized(), bias)
-    return F.linear(x, weight, bias)
+    if not isinstance(weight, QuantizedWeight):
+        return F.linear(x, weight, bias)
+    out = F.linear(_per_token(x), weight.dequantized(), bias)
+    if weight.offset is None:
+        return out
+    group_sums = x.reshape(*x.shape[:-1], -1, weight.group).sum(-1)  # float: exact
+    return out + F.linear(group_sums, weight.offset)
 
 
 def embedding(tokens: torch.Tensor, table: Weight) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""The LLM's 4-bit weight grid (core/llm/quantized.py), without exporting anything: weights
+that came from a Q4_1 file (groups of 32, a float16 step and minimum each) round to
+themselves, and a linear reads them through the same sum the program computes."""
+
+from __future__ import annotations
+
+import torch
+
+from edgeport.llm.quantized import QuantizedWeight, linear
+
+
+def q4_1_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """A weight as llama.cpp's Q4_1 stores it: per group of 32, step·q + minimum with
+    q in 0..15 and step and minimum float16 (different per group, so a grid per row
+    or a symmetric grid per group cannot hold it)."""
+    g = torch.Generator().manual_seed(seed)
+    groups = cols // 32
+    step = (torch.rand(rows, groups, 1, generator=g) * 0.05 + 1e-3).half().float()
+    minimum = (-8 * step - torch.rand(rows, groups, 1, generator=g) * 0.1).half().float()
+    q = torch.randint(0, 16, (rows, groups, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15  # each group spans its whole range, as llama.cpp rounds it
+    return (step * q + minimum).reshape(rows, cols)
+
+
+def test_a_q4_1_weight_rounds_to_itself_in_4_bit_groups():
+    w = q4_1_weight(96, 128)
+    q = QuantizedWeight.of(w, 4, 32)
+    assert q.values.min() >= -8 and q.values.max() <= 7
+    offsets = q.offset.repeat_interleave(32, dim=1)
+    rebuilt = q.values.float() * q.scale.repeat_interleave(32, dim=1) + offsets
+    assert torch.allclose(rebuilt, w, rtol=0, atol=1e-6)
+
+
+def test_a_linear_with_4_bit_groups_adds_the_offsets_through_group_sums():
+    from edgeport.quantize.flow import quant_ops
+
+    quant_ops()
+    w, x = q4_1_weight(64, 96, seed=1), torch.randn(5, 96)
+    out = linear(x, QuantizedWeight.of(w, 4, 32))
+    # x is quantized per token inside: close to the float product, far closer than the
+    # symmetric grid's offset-free rounding would be
+    error = (out - x @ w.T).norm() / (x @ w.T).norm()
+    assert error < 0.02, error
