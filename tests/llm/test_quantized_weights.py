@@ -1,6 +1,7 @@
-"""The LLM's 4-bit weight grid (core/llm/quantized.py), without exporting anything: weights
+"""The LLM's quantized linears (core/llm/quantized.py), without exporting anything: weights
 that came from a Q4_1 file (groups of 32, a float16 step and minimum each) round to
-themselves, and a linear reads them through the same sum the program computes."""
+themselves, a linear reads them through the same sum the program computes, and an
+input's outlier channels kept in float spare the other channels' per-token rounding."""
 
 from __future__ import annotations
 
@@ -41,3 +42,18 @@ def test_a_linear_with_4_bit_groups_adds_the_offsets_through_group_sums():
     # symmetric grid's offset-free rounding would be
     error = (out - x @ w.T).norm() / (x @ w.T).norm()
     assert error < 0.02, error
+
+
+def test_outlier_channels_kept_in_float_make_the_per_token_rounding_of_the_rest_fine():
+    from edgeport.quantize.flow import quant_ops
+
+    quant_ops()
+    g = torch.Generator().manual_seed(2)
+    w, x = torch.randn(48, 64, generator=g), torch.randn(6, 64, generator=g)
+    x[:, [3, 40]] *= 200.0  # two channels carry outliers, token after token
+    exact = x @ w.T
+    plain = QuantizedWeight.of(w, 8)
+    split = QuantizedWeight.of(w, 8)
+    split.split_outliers(torch.tensor([3, 40]), w)
+    error = lambda q: float((linear(x, q) - exact).norm() / exact.norm())  # noqa: E731
+    assert error(split) < error(plain) / 5, (error(split), error(plain))
