@@ -5,10 +5,10 @@ inside the kernel and the weights ahead of time: `quantize_decoder` rounds every
 weight once and the decoder's forward then reads each one through a dequantize op. One
 short pass of a built-in text (calibration.py) finds each linear's outlier input
 channels, which stay out of the per-token quantization, in float (`OutlierChannels`):
-on SmolLM2 the per-token scale is what costs most agreement with fp32, not the weights. `int8-dynamic` weights
-are symmetric per output channel; `int4-weight` groups of 32 inputs are asymmetric
-(a scale and a float offset each, as GGUF's Q4_1), the offsets applied beside the
-kernel (see `QuantizedWeight`). The graph is the one PT2E's convert would produce:
+on SmolLM2 the per-token scale is what costs most agreement with fp32, not the weights.
+`int8-dynamic` weights are symmetric per output channel; `int4-weight` groups of 32
+inputs are asymmetric (a scale and a float offset each, as GGUF's Q4_1), the offsets
+applied beside the kernel (see `QuantizedWeight`). The graph is the one PT2E's convert would produce:
 
     x ─ choose_qparams_affine ─ quantize_affine ─ dequantize_affine ─┐
     weight ints + scales ─ dequantize_per_channel | dequantize_affine ┴ linear
@@ -133,8 +133,9 @@ class QuantizedWeight(nn.Module):
             size = self.values.numel() + 4 * self.scale.numel()
         else:
             size = self.values.numel() // 2 + 2 * self.scale.numel() + 4 * self.offset.numel()
-        extra = self.outliers
-        return size + (4 * sum(b.numel() for b in extra.buffers()) if extra is not None else 0)
+        if self.outliers is None:
+            return size
+        return size + 4 * sum(b.numel() for b in self.outliers.buffers())
 
     def dequantized(self) -> torch.Tensor:
         """The float weight without its group offsets, as a dequantize op of the constant
