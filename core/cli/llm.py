@@ -33,17 +33,20 @@ def llm() -> None:
               help="Prompt tokens per prefill call.")
 @click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight"]), help="Linear weights as int8 per channel or int4 in groups of 32 "
                    "(activations quantized per token at run time); default fp32.")
+@click.option("--float-outliers/--no-float-outliers", default=True, show_default=True,
+              help="Quantized: keep each linear's few outlier input channels in float (more accurate, a little slower).")
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
 def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, quantize: str | None,
-               option_items: tuple[str, ...], output: str) -> None:
+               float_outliers: bool, option_items: tuple[str, ...], output: str) -> None:
     """Export MODEL (a .gguf file or a local Hugging Face model directory)."""
     from ..llm import export
 
     start = time.perf_counter()
     with progress(True) as show:
         program = export(model, backend=backend, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
-                         quantize=quantize, options=parse_options(option_items), progress=show)
+                         quantize=quantize, float_outliers=float_outliers, options=parse_options(option_items),
+                         progress=show)
         if show:
             show("saving")
         program.save(output)

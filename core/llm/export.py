@@ -26,11 +26,13 @@ from ..errors import EdgeportError
 from ..lowering import Progress
 from ..plugins import Registry
 from ..program import Program, file_info
+from .calibration import TEXT as CALIBRATION_TEXT
 from .loader import LoadedModel, load_model
 from ..quantize.scheme import Scheme, resolve_scheme
 from .model import Decode, Decoder, Prefill
 from .quantized import quantize_decoder, weight_bytes
 from .stitch import repeat_layers
+from .text import TextCodec
 from .weights import build_decoder
 
 FORMAT = 1  # of manifest.metadata["llm"]
@@ -48,12 +50,17 @@ def export(
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     quantize: str | None = None,
+    float_outliers: bool = True,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
 ) -> Program:
     """Export a GGUF file or local Hugging Face directory (or a `LoadedModel`) as an
-    LLM program for ``backend``, with a KV cache of ``max_seq_len`` positions."""
+    LLM program for ``backend``, with a KV cache of ``max_seq_len`` positions.
+
+    ``float_outliers`` (quantized programs): keep each quantized linear's few outlier
+    input channels, found on a built-in English text, out of the per-token quantization,
+    in float (`quantized.OutlierChannels`): more accurate, a little slower to decode."""
     scheme = _scheme(quantize)
     if progress:
         progress("loading the model")
@@ -67,8 +74,9 @@ def export(
     if scheme is not None:
         if progress:
             progress(f"quantizing the weights: {scheme.describe()}")
-        quantize_decoder(decoder, scheme)
-        quantize_decoder(proto, scheme, traced_only=True)
+        calibration = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT) if float_outliers else None
+        quantize_decoder(decoder, scheme, calibration=calibration)
+        quantize_decoder(proto, scheme, calibration=calibration, traced_only=True)
     values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
     T = prefill_chunk
     methods = {  # decode first: called once per token, it gets the merged artifact's fast entry

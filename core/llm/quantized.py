@@ -1,16 +1,23 @@
 """8- and 4-bit weights for the LLM decoder, quantized straight from its fp32 weights.
 
 Both schemes (`int8-dynamic`, `int4-weight`) quantize activations per token at run time
-inside the kernel and the weights ahead of time, symmetric, so no calibration pass is
-needed: `quantize_decoder` rounds every linear weight once (about a second for SmolLM2)
-and the decoder's forward then reads each one through a dequantize op. The graph is the
-one PT2E's convert would produce for these schemes:
+inside the kernel and the weights ahead of time: `quantize_decoder` rounds every linear
+weight once and the decoder's forward then reads each one through a dequantize op. One
+short pass of a built-in text (calibration.py) finds each linear's outlier input
+channels, which stay out of the per-token quantization, in float (`OutlierChannels`):
+on SmolLM2 the per-token scale is what costs most agreement with fp32, not the weights.
+`int8-dynamic` weights are symmetric per output channel; `int4-weight` groups of 32
+inputs are asymmetric (a scale and a float offset each, as GGUF's Q4_1), the offsets
+applied beside the kernel (see `QuantizedWeight`). The graph is the one PT2E's convert would produce:
 
     x ─ choose_qparams_affine ─ quantize_affine ─ dequantize_affine ─┐
     weight ints + scales ─ dequantize_per_channel | dequantize_affine ┴ linear
+    (4-bit:  + linear(group sums of x, offsets))
 
 which the cpu backend writes as one FULLY_CONNECTED with a float input and int8
-per-channel (XNNPACK qd8-f32-qc8w) or int4 blockwise (qd8-f32-qb4w) weights.
+per-channel (XNNPACK qd8-f32-qc8w) or int4 blockwise (qd8-f32-qb4w) weights, plus for
+4 bits a SUM and a small float FULLY_CONNECTED, and for outlier channels a MUL and two
+small float FULLY_CONNECTEDs.
 
 The token embedding is stored as int8 rows with a scale each, and read with a gather of
 the rows and of their scales. When embedding and lm_head are tied (SmolLM2), that one
@@ -26,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quantize.scheme import Scheme
+from .calibration import Observed, run_text
 
 INT8_WEIGHT_RANGE = (-127, 127)  # symmetric: zero point 0, as TFLite's int8 weights
 INT4_WEIGHT_RANGE = (-8, 7)
@@ -34,16 +42,52 @@ EPS = torch.finfo(torch.float32).eps
 FP16_TINY = 2.0**-14  # LiteRT stores 4-bit group scales as float16: keep them normal
 
 
+class OutlierChannels(nn.Module):
+    """A linear's few input channels with outliers, kept out of its quantized product.
+
+    The quantized product reads ``x * keep`` (those channels zeroed, so they no longer
+    set the per-token scale); the float product ``(x @ pickᵀ) @ columnsᵀ`` adds them
+    back: ``pick`` selects the channels (one-hot rows), ``columns`` are the weight's
+    float columns for them. Two float FULLY_CONNECTEDs of ``channels`` width each.
+    """
+
+    def __init__(self, channels: torch.Tensor, columns: torch.Tensor, inputs: int) -> None:
+        super().__init__()
+        keep = torch.ones(inputs)
+        keep[channels] = 0.0
+        self.register_buffer("keep", keep)
+        self.register_buffer("pick", F.one_hot(channels, inputs).float())
+        self.register_buffer("columns", columns.contiguous())
+
+    def quantized_part(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.keep
+
+    def float_part(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.pick), self.columns)
+
+
 class QuantizedWeight(nn.Module):
     """A 2-d weight as integers (int8 storage) and scales: one scale per row (``group``
-    None, 8 bits) or per ``group`` consecutive inputs of a row (4 bits)."""
+    None, 8 bits, symmetric) or per ``group`` consecutive inputs of a row (4 bits).
 
-    def __init__(self, values: torch.Tensor, scale: torch.Tensor, group: int | None) -> None:
+    4-bit groups are asymmetric, as GGUF's Q4_1: each group is ``scale * (q - 8) +
+    offset`` with its own float ``offset`` (the group's minimum plus 8 steps), which
+    XNNPACK's blockwise INT4 cannot hold (one zero point for the whole tensor). So the
+    offsets are applied beside the kernel: ``x @ Wᵀ = x @ (scale·(q - 8))ᵀ +
+    group_sums(x) @ offsetᵀ``, a float FULLY_CONNECTED over the ``in / group`` sums of
+    each row's groups of inputs, 1/``group`` of the main product. For weights that came
+    from a Q4_1 file (SmolLM2's), this grid is the file's own: the rounding is exact.
+    """
+
+    def __init__(self, values: torch.Tensor, scale: torch.Tensor, group: int | None,
+                 offset: torch.Tensor | None = None) -> None:
         super().__init__()
         self.group = group
         self.register_buffer("values", values)
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", torch.zeros(scale.shape, dtype=torch.int8))
+        self.register_buffer("offset", offset)
+        self.outliers: OutlierChannels | None = None
 
     @classmethod
     def of(cls, weight: torch.Tensor, bits: int, group: int | None = None) -> "QuantizedWeight":
@@ -53,33 +97,49 @@ class QuantizedWeight(nn.Module):
         if group is None:
             scale = w.abs().amax(dim=1).clamp(min=EPS) / qmax
             values = torch.round(w / scale[:, None])
-        else:
-            blocks = w.reshape(w.shape[0], -1, group)
-            scale = (blocks.abs().amax(dim=2) / qmax).clamp(min=FP16_TINY).half().float()
-            values = torch.round(blocks / scale[..., None]).reshape(w.shape)
-        return cls(values.clamp(qmin, qmax).to(torch.int8), scale, group)
+            return cls(values.clamp(qmin, qmax).to(torch.int8), scale, group)
+        blocks = w.reshape(w.shape[0], -1, group)
+        low = blocks.amin(dim=2)
+        scale = ((blocks.amax(dim=2) - low) / (qmax - qmin)).clamp(min=FP16_TINY).half().float()
+        steps = torch.round((blocks - low[..., None]) / scale[..., None]).clamp(0, qmax - qmin)
+        values = (steps + qmin).reshape(w.shape)
+        return cls(values.to(torch.int8), scale, group, offset=low - qmin * scale)
 
     @classmethod
     def blank(cls, weight: torch.Tensor, group: int | None = None) -> "QuantizedWeight":
         """Zeros shaped as ``weight`` quantized: for a decoder that is only traced."""
         rows, cols = weight.shape
-        scale = torch.ones(rows) if group is None else torch.ones(rows, cols // group)
-        return cls(torch.zeros(rows, cols, dtype=torch.int8), scale, group)
+        if group is None:
+            return cls(torch.zeros(rows, cols, dtype=torch.int8), torch.ones(rows), group)
+        return cls(torch.zeros(rows, cols, dtype=torch.int8), torch.ones(rows, cols // group), group,
+                   offset=torch.zeros(rows, cols // group))
 
     @property
     def shape(self) -> torch.Size:
         return self.values.shape
 
+    def split_outliers(self, channels: torch.Tensor, weight: torch.Tensor) -> None:
+        """Keep input ``channels`` out of the quantized product, read in float from
+        ``weight`` (the float weight: less its group offsets, which cover every channel)."""
+        if self.offset is not None:
+            weight = weight - self.offset.repeat_interleave(self.group, dim=1)
+        self.outliers = OutlierChannels(channels, weight[:, channels], weight.shape[1])
+
     @property
     def stored_bytes(self) -> int:
         """Bytes the weight takes in the program: 4-bit values pack two to a byte; group
-        scales are float16, row scales float32."""
+        scales are float16; row scales, group offsets and outlier parts float32."""
         if self.group is None:
-            return self.values.numel() + 4 * self.scale.numel()
-        return self.values.numel() // 2 + 2 * self.scale.numel()
+            size = self.values.numel() + 4 * self.scale.numel()
+        else:
+            size = self.values.numel() // 2 + 2 * self.scale.numel() + 4 * self.offset.numel()
+        if self.outliers is None:
+            return size
+        return size + 4 * sum(b.numel() for b in self.outliers.buffers())
 
     def dequantized(self) -> torch.Tensor:
-        """The float weight, as a dequantize op of the constant integers (in a graph)."""
+        """The float weight without its group offsets, as a dequantize op of the constant
+        integers (in a graph)."""
         if self.group is None:
             return torch.ops.quantized_decomposed.dequantize_per_channel(
                 self.values, self.scale, self.zero_point, 0, *INT8_WEIGHT_RANGE, torch.int8)
@@ -92,13 +152,23 @@ Weight = torch.Tensor | QuantizedWeight
 
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, with ``x`` quantized per token at run time when the weight is quantized."""
-    if isinstance(weight, QuantizedWeight):
-        return F.linear(_per_token(x), weight.dequantized(), bias)
-    return F.linear(x, weight, bias)
+    if isinstance(weight, Observed):
+        weight.see(x)
+        weight = weight.weight
+    if not isinstance(weight, QuantizedWeight):
+        return F.linear(x, weight, bias)
+    outliers = weight.outliers
+    out = F.linear(_per_token(x if outliers is None else outliers.quantized_part(x)), weight.dequantized(), bias)
+    if weight.offset is not None:
+        group_sums = x.reshape(*x.shape[:-1], -1, weight.group).sum(-1)  # float: exact
+        out = out + F.linear(group_sums, weight.offset)
+    return out if outliers is None else out + outliers.float_part(x)
 
 
 def embedding(tokens: torch.Tensor, table: Weight) -> torch.Tensor:
     """The rows of ``table`` for ``tokens``: gathered as int8 and scaled when quantized."""
+    if isinstance(table, Observed):
+        table = table.weight
     if isinstance(table, QuantizedWeight):
         rows = F.embedding(tokens, table.values).to(torch.float32)
         return rows * F.embedding(tokens, table.scale.unsqueeze(1))
@@ -117,27 +187,52 @@ def _per_token(x: torch.Tensor) -> torch.Tensor:
 
 
 LINEARS = ("qkv", "o", "gate_up", "down")  # a layer's linear weights
+OUTLIER_CHANNELS = 8  # per linear, kept in float: more gains nothing on SmolLM2 (32 measured)
+# Which linears keep outlier channels, by weight bits. Each costs four small operators per
+# token; 8-bit programs take them everywhere (+8% decode time on SmolLM2), 4-bit ones
+# where they pay most (qkv, down and the head: all five kinds cost +45%, these about half).
+OUTLIER_LINEARS = {8: (*LINEARS, "lm_head"), 4: ("qkv", "down", "lm_head")}
 
 
-def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, traced_only: bool = False) -> None:
+def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[int] | None = None,
+                     traced_only: bool = False) -> None:
     """Replace the decoder's linear weights (and its embedding, and an untied lm_head)
-    with `QuantizedWeight`s for ``scheme``, in place. ``traced_only``: the decoder is a
-    prototype whose weights are never read, so they are not rounded, just shaped."""
+    with `QuantizedWeight`s for ``scheme``, in place.
+
+    ``calibration``: token ids (`calibration.TEXT`) run through the float decoder first,
+    to find the `OUTLIER_CHANNELS` largest input channels of the `OUTLIER_LINEARS`, which
+    then stay out of their quantized product (`OutlierChannels`); None quantizes every
+    channel.
+    ``traced_only``: the decoder is a prototype whose weights are never read, so they are
+    not rounded, just shaped (with outlier parts when ``calibration`` is given).
+    """
     from ..quantize.flow import quant_ops
 
     quant_ops()  # registers the quantize/dequantize ops the forward calls
-    bits, group = scheme.weight_bits, scheme.group_size
-
-    def quantized(weight: torch.Tensor, bits: int, group: int | None) -> QuantizedWeight:
-        return QuantizedWeight.blank(weight, group) if traced_only else QuantizedWeight.of(weight, bits, group)
-
+    slots = [(layer, name) for layer in decoder.layers for name in LINEARS] + [(decoder, "embed")]
+    slots += [(decoder, "lm_head")] if decoder.lm_head is not None else []
+    head = "lm_head" if decoder.lm_head is not None else "embed"  # the slot the logits read
+    split = {head if name == "lm_head" else name for name in OUTLIER_LINEARS[scheme.weight_bits]}
+    observed = [(module, name) for module, name in slots if name in split] if calibration is not None else []
+    if observed and not traced_only:
+        for module, name in observed:
+            _replace(module, name, Observed(getattr(module, name)))
+        run_text(decoder, calibration)
     with torch.no_grad():
-        for layer in decoder.layers:
-            for name in LINEARS:
-                _replace(layer, name, quantized(getattr(layer, name), bits, group))
-        _replace(decoder, "embed", quantized(decoder.embed, 8, None))  # read by GATHER: int8 rows (see above)
-        if decoder.lm_head is not None:
-            _replace(decoder, "lm_head", quantized(decoder.lm_head, bits, group))
+        for module, name in slots:
+            weight = getattr(module, name)
+            peak = weight.peak if isinstance(weight, Observed) else None
+            weight = weight.weight if isinstance(weight, Observed) else weight
+            # the embedding is read by GATHER: int8 rows (see above), also when it is the lm_head
+            bits, group = (8, None) if name == "embed" else (scheme.weight_bits, scheme.group_size)
+            if traced_only:
+                quantized = QuantizedWeight.blank(weight, group)
+                peak = torch.arange(weight.shape[1]).flip(0).float() if (module, name) in observed else None
+            else:
+                quantized = QuantizedWeight.of(weight, bits, group)
+            if peak is not None:
+                quantized.split_outliers(peak.topk(OUTLIER_CHANNELS).indices.sort().values, weight.float())
+            _replace(module, name, quantized)
 
 
 def _replace(module: nn.Module, name: str, weight: QuantizedWeight) -> None:

@@ -18,8 +18,10 @@ from edgeport.capture import capture
 from edgeport.quantize import resolve_scheme
 from edgeport.llm.loader import load_model
 from edgeport.llm.model import Decoder, Prefill
+from edgeport.llm.calibration import TEXT as CALIBRATION_TEXT
 from edgeport.llm.quantized import quantize_decoder
 from edgeport.llm.stitch import repeat_layers
+from edgeport.llm.text import TextCodec
 from edgeport.llm.weights import build_decoder
 
 transformers = pytest.importorskip("transformers")
@@ -133,7 +135,8 @@ def test_quantized_export_runs_every_layer_in_one_delegate_as_the_quantized_mode
     ours = torch.stack([torch.from_numpy(x) for x in
                         [session.prefill(prompt, 0)] + [session.decode(t) for t in continuation]])
     decoder = build_decoder(loaded.config, loaded.weights, max_seq_len=32)
-    quantize_decoder(decoder, resolve_scheme(scheme))
+    calibration = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT)  # as export's
+    quantize_decoder(decoder, resolve_scheme(scheme), calibration=calibration)
     tokens = torch.tensor([prompt + continuation])
     with torch.no_grad():
         eager = torch.cat([Prefill(decoder)(tokens, torch.arange(14), torch.tensor([i])) for i in range(10, 14)])

@@ -26,10 +26,11 @@ PASSAGE_TOKENS = 1024
 FP32_BYTES = 134_515_008 * 4  # SmolLM2's parameters in fp32, lm_head tied to the embedding
 EMBEDDING_BYTES = 49_152 * 576  # the tied table as int8: a second copy would add this
 # scheme: (least top-1 agreement with fp32, most perplexity increase, at most this share of fp32's bytes).
-# The agreement floors are regression guards a little under what round-to-nearest gives
-# today (88.5% and 56.7%, perplexity +3.3% and +47%), NOT issue 16's goals (98% and 90%),
-# which these schemes do not reach on SmolLM2-135M: see docs/llm.md "Limits".
-EXPECTED = {"int8-dynamic": (0.86, 0.05, 0.27), "int4-weight": (0.53, 0.55, 0.175)}
+# The agreement floors are regression guards a little under what the programs give today
+# (int8-dynamic 94.3%, perplexity +2.3%; int4-weight 93.1%, +2.9%: outlier channels in
+# float, and 4-bit groups holding the Q4_1 file's weights exactly). Issue 16 asks 98% and
+# 90%; per-channel int8 weights cap int8 under 98% here: see docs/llm.md "Limits".
+EXPECTED = {"int8-dynamic": (0.93, 0.04, 0.285), "int4-weight": (0.915, 0.04, 0.21)}
 
 
 @pytest.fixture(scope="module")

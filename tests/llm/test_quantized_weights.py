@@ -1,0 +1,59 @@
+"""The LLM's quantized linears (core/llm/quantized.py), without exporting anything: weights
+that came from a Q4_1 file (groups of 32, a float16 step and minimum each) round to
+themselves, a linear reads them through the same sum the program computes, and an
+input's outlier channels kept in float spare the other channels' per-token rounding."""
+
+from __future__ import annotations
+
+import torch
+
+from edgeport.llm.quantized import QuantizedWeight, linear
+
+
+def q4_1_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """A weight as llama.cpp's Q4_1 stores it: per group of 32, step·q + minimum with
+    q in 0..15 and step and minimum float16 (different per group, so a grid per row
+    or a symmetric grid per group cannot hold it)."""
+    g = torch.Generator().manual_seed(seed)
+    groups = cols // 32
+    step = (torch.rand(rows, groups, 1, generator=g) * 0.05 + 1e-3).half().float()
+    minimum = (-8 * step - torch.rand(rows, groups, 1, generator=g) * 0.1).half().float()
+    q = torch.randint(0, 16, (rows, groups, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15  # each group spans its whole range, as llama.cpp rounds it
+    return (step * q + minimum).reshape(rows, cols)
+
+
+def test_a_q4_1_weight_rounds_to_itself_in_4_bit_groups():
+    w = q4_1_weight(96, 128)
+    q = QuantizedWeight.of(w, 4, 32)
+    assert q.values.min() >= -8 and q.values.max() <= 7
+    offsets = q.offset.repeat_interleave(32, dim=1)
+    rebuilt = q.values.float() * q.scale.repeat_interleave(32, dim=1) + offsets
+    assert torch.allclose(rebuilt, w, rtol=0, atol=1e-6)
+
+
+def test_a_linear_with_4_bit_groups_adds_the_offsets_through_group_sums():
+    from edgeport.quantize.flow import quant_ops
+
+    quant_ops()
+    w, x = q4_1_weight(64, 96, seed=1), torch.randn(5, 96)
+    out = linear(x, QuantizedWeight.of(w, 4, 32))
+    # x is quantized per token inside: close to the float product, far closer than the
+    # symmetric grid's offset-free rounding would be
+    error = (out - x @ w.T).norm() / (x @ w.T).norm()
+    assert error < 0.02, error
+
+
+def test_outlier_channels_kept_in_float_make_the_per_token_rounding_of_the_rest_fine():
+    from edgeport.quantize.flow import quant_ops
+
+    quant_ops()
+    g = torch.Generator().manual_seed(2)
+    w, x = torch.randn(48, 64, generator=g), torch.randn(6, 64, generator=g)
+    x[:, [3, 40]] *= 200.0  # two channels carry outliers, token after token
+    exact = x @ w.T
+    plain = QuantizedWeight.of(w, 8)
+    split = QuantizedWeight.of(w, 8)
+    split.split_outliers(torch.tensor([3, 40]), w)
+    error = lambda q: float((linear(x, q) - exact).norm() / exact.norm())  # noqa: E731
+    assert error(split) < error(plain) / 5, (error(split), error(plain))
