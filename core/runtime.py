@@ -30,6 +30,7 @@ from .backend import Executable
 from .delegates import executable_of, load_step, run_label
 from .errors import ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
+from .mapped_file import Buffer, release
 from .output_tree import restore_structure
 from .plugins import Registry, default_registry
 from .state_rows import apply_row_updates, check_row_updates, place_state, row_update_values
@@ -72,7 +73,7 @@ def _guard(executable: Executable) -> contextlib.AbstractContextManager[Any]:
 
 
 class Runtime:
-    def __init__(self, manifest: Manifest, files: Mapping[str, bytes], *, reference: bool = False,
+    def __init__(self, manifest: Manifest, files: Mapping[str, Buffer], *, reference: bool = False,
                  registry: Registry | None = None) -> None:
         self._manifest = manifest
         self._files = files
@@ -203,11 +204,16 @@ class Runtime:
                 timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
 
 
-def _read_state(kind: Values, fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> Any:
+def _read_state(kind: Values, fqn: str, entry: dict[str, Any], files: Mapping[str, Buffer]) -> Any:
+    """State as a value the program owns (it changes as methods run), its file's mapped
+    pages let go once copied."""
     try:
-        return kind.state(files[entry["file"]], entry)
+        data = files[entry["file"]]
+        value = kind.state(data, entry)
     except (KeyError, ValueError) as exc:
         raise ProgramError(f"program state {fqn!r} is damaged: {exc}") from None
+    release(data)
+    return value
 
 
 def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], Mapping[str, Any]], list[Any]]:
