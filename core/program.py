@@ -81,17 +81,23 @@ class Program:
             return "forward"
         return next(iter(self.manifest.methods))
 
-    def runtime(self) -> Runtime:
+    def runtime(self, arrays: str = "auto") -> Runtime:
         """Load every artifact once (on first use, by one thread while any others wait)
-        and keep the loaded executables."""
+        and keep the loaded executables.
+
+        ``arrays`` is what the first call decides the values of every run are: "auto",
+        torch tensors where torch is installed and numpy arrays where not; "numpy",
+        numpy arrays even where torch is installed, so running never imports torch
+        (a program of delegate steps only: a portable step is a torch program). Later
+        calls get the runtime already loaded, whatever they ask."""
         runtime = self._runtime
         if runtime is None:
             with self._loading:
                 if self._runtime is None:
-                    from .runtime import Runtime
+                    from .runtime import Runtime, values_of
 
                     self._runtime = Runtime(self.manifest, self.files, reference=self._reference,
-                                            registry=self._registry)
+                                            registry=self._registry, values=values_of(arrays, self.manifest))
                 runtime = self._runtime
         return runtime
 
