@@ -21,7 +21,7 @@ earn back, so `fits` asks for at least 64 input and output channels and enough w
 The filters are stored transformed (U, 16/9 the size of the 3x3 filters), not
 transformed at load time. Measured on ResNet-18 (2026-11-26, bench/README.md, "Memory"):
 13 convolutions fit, 36 MiB of 3x3 filters become 64 MiB, and the program is 79 MB
-against 47 MB with ``cpu.winograd=false``. Transforming at load would save those 28 MiB
+against 47 MB with ``cpu.winograd=false``. Transforming at load would save those 32 MB
 of file, but cost every load ~0.5 s of numpy on this shared machine (0.46-0.52 s, load
 average ~8) plus re-serializing the flatbuffer (its buffers change size) with a writer
 the torch-free run side does not have; and it would save no memory: LiteRT's
