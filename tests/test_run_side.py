@@ -117,3 +117,16 @@ def test_numpy_arrays_are_refused_for_a_program_with_portable_steps(half_delegat
     program = edgeport.Program(half_delegated.manifest, half_delegated.files)
     with pytest.raises(edgeport.ExecutionError, match=r"portable steps \(forward step 1\) runs on torch values"):
         program.runtime("numpy")
+
+
+def test_edgeport_run_of_a_delegate_only_program_does_not_import_torch(tmp_path):
+    torch.manual_seed(0)
+    edgeport.export(torch.nn.Linear(4, 3).eval(), (torch.randn(2, 4),), ["cpu"]).save(tmp_path / "linear.edgeport")
+    code = ("import sys\nfrom edgeport.cli import main\n"
+            f"sys.argv = ['edgeport', 'run', {str(tmp_path / 'linear.edgeport')!r}, '--repeat', '2']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert "output 0: float32 [2, 3]" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "False"
