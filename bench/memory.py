@@ -9,7 +9,9 @@ process itself at its end: a parent's ``ru_maxrss`` of a child counts the parent
 own pages when the child was forked from it). Per example model (`examples/models.py`,
 exported for cpu into ``--dir`` if missing):
 
-- ``edgeport run PROGRAM --repeat N`` (the CLI, in-process: imports, load, N calls);
+- ``edgeport run PROGRAM --repeat N`` (the CLI, in-process: imports, load, N calls; a
+  program of delegate steps runs on numpy values, without importing torch);
+- the Python API with torch tensors: ``import torch``, ``edgeport.load``, N calls;
 - eager PyTorch: the same model built and called N times under ``torch.no_grad``;
 - ``import torch``, and the imports ``edgeport run`` makes before it loads anything
   (torch, edgeport, its CLI, LiteRT): the floor every torch-side run starts from;
@@ -51,6 +53,18 @@ import json, sys, contextlib, io
 from edgeport.cli import cli
 with contextlib.redirect_stdout(io.StringIO()):
     cli.main(sys.argv[1:], standalone_mode=False)
+print(json.dumps({"peak": _peak()}))
+"""
+
+# argv: program, repeat: the Python API with torch tensors (torch imported first)
+TORCH_API_CHILD = PEAK + """
+import json, sys
+import torch, edgeport
+program = edgeport.load(sys.argv[1])
+plan = program.manifest.methods[program.default_method]
+inputs = [torch.randn(*s.shape) if s.dtype == "float32" else torch.zeros(*s.shape, dtype=torch.long) for s in plan.inputs]
+for _ in range(int(sys.argv[2])):
+    program(*inputs)
 print(json.dumps({"peak": _peak()}))
 """
 
@@ -98,17 +112,20 @@ def models_table(directory: Path, repeat: int) -> list[str]:
     torch_only = child(IMPORTS_CHILD, "torch")["peak"]
     imports = child(IMPORTS_CHILD, "torch", "edgeport.cli", "ai_edge_litert.interpreter")["peak"]
     rows = ["| model | artifact | params | `import torch` | run's imports | activations | budget | "
-            "`edgeport run` | / budget | eager | run / eager |", "|---" * 11 + "|"]
+            "`edgeport run` | / budget | Python API, torch tensors | / budget | eager | run / eager |",
+            "|---" * 13 + "|"]
     for name in MODELS:
         path = directory / f"{name}.edgeport"
         run = child(CLI_CHILD, "run", str(path), "--repeat", str(repeat))["peak"]
+        api = child(TORCH_API_CHILD, str(path), str(repeat))["peak"]
         eager = child(EAGER_CHILD, name, str(repeat))
         artifact = entry_bytes(path, "artifacts/")
         activations = max(0, eager["peak"] - torch_only - eager["params"])
         budget = artifact + imports + activations
         rows.append(f"| {name} | {artifact / MB:.0f} | {eager['params'] / MB:.0f} | {torch_only / MB:.0f} | "
                     f"{imports / MB:.0f} | {activations / MB:.0f} | {budget / MB:.0f} | {run / MB:.0f} | "
-                    f"{run / budget:.2f}x | {eager['peak'] / MB:.0f} | {run / eager['peak']:.2f}x |")
+                    f"{run / budget:.2f}x | {api / MB:.0f} | {api / budget:.2f}x | {eager['peak'] / MB:.0f} | "
+                    f"{run / eager['peak']:.2f}x |")
     return rows
 
 
