@@ -9,8 +9,9 @@ listed in the manifest with its size and sha256. docs/program-format.md describe
 Loading maps the file once (`mapped_file`): a loaded program's files are read-only
 views of the map, not copies. It checks the zip, the manifest's digest, schema and
 plan, and every file's size and checksum (streamed, chunk by chunk) before anything
-runs, and never unpickles; any problem is one `ProgramError` that names it. The digest catches edits and damage, not a malicious
-rewrite: anyone can recompute a sha256, and version 1 files (still read) have none.
+runs, and never unpickles; any problem is one `ProgramError` that names it. The
+digest catches edits and damage, not a malicious rewrite: anyone can recompute a
+sha256, and version 1 files (still read) have none.
 
 Nothing here imports torch: where torch is not installed, a program of delegate steps
 loads and runs, and one with portable (torch) steps is refused at load, naming them
@@ -24,6 +25,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import mmap
 import os
 import struct
 import threading
@@ -213,13 +215,18 @@ def _zip_errors(what: str) -> Iterator[None]:
         raise ProgramError(f"{what} ({type(exc).__name__}: {exc})", hint=_DAMAGED) from None
 
 
+_Archive = memoryview  # the whole file; each entry is a slice of it
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header (APPNOTE 4.3.7): 30 bytes
+
+
 def _open_archive(data: Buffer) -> tuple[_Archive, dict[str, zipfile.ZipInfo]]:
     """The zip and its entries by name, refused unless every entry can be read safely:
     a unique, relative name; stored (the writer never compresses, and a compressed entry
     is how a 2 MB file inflates to gigabytes); sizes that fit inside the file."""
     with _zip_errors("not a valid .edgeport file (unreadable zip)"):
-        # zipfile reads the central directory only; a BytesIO over bytes shares them
-        infos = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data).infolist()
+        # zipfile reads the central directory only, from the map itself or from a
+        # BytesIO (which shares bytes, and copies any other buffer)
+        infos = zipfile.ZipFile(data if isinstance(data, mmap.mmap) else io.BytesIO(data)).infolist()
     entries: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename
@@ -236,10 +243,6 @@ def _open_archive(data: Buffer) -> tuple[_Archive, dict[str, zipfile.ZipInfo]]:
     if sum(info.file_size for info in infos) > len(data):
         raise ProgramError(f"the archive's entries claim more bytes than the file holds ({len(data)})", hint=_DAMAGED)
     return memoryview(data), entries
-
-
-_Archive = memoryview  # the whole file; each entry is a slice of it
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header (APPNOTE 4.3.7): 30 bytes
 
 
 def _entry_view(archive: _Archive, info: zipfile.ZipInfo) -> memoryview:
