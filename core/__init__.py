@@ -12,6 +12,7 @@ import importlib
 from typing import Any
 
 from .arrays import as_numpy
+from .mapped_file import as_bytes
 from .backend import (
     Artifact,
     Availability,
@@ -93,6 +94,7 @@ __all__ = [
     "Support",
     "SupportContext",
     "UnknownBackendError",
+    "as_bytes",
     "as_numpy",
     "default_registry",
     "export",

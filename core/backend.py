@@ -80,9 +80,13 @@ class Artifact:
     `suffix` names the file inside the program (".tflite", ".onnx", ...). `metadata`
     is saved in the manifest and handed back at load time. `options` is filled in by
     edgeport with the options the partition was compiled with.
+
+    `data` is ``bytes`` from `compile`; at `load` it is a read-only ``memoryview`` of
+    the memory-mapped program file (no copy). A runtime that takes only ``bytes``
+    calls `edgeport.as_bytes` on it: one copy, and the mapped pages are let go.
     """
 
-    data: bytes
+    data: bytes | memoryview
     suffix: str = ".bin"
     metadata: dict[str, Any] = field(default_factory=dict)
     options: Any = None
@@ -276,7 +280,8 @@ class Backend:
         later, with your backend's then-current version.
 
         ``artifact.data`` and ``artifact.metadata`` are what `compile` returned (their
-        checksums verified); ``artifact.options`` is the options instance it was
+        checksums verified; the data as a read-only memoryview of the mapped program
+        file: `edgeport.as_bytes` makes it ``bytes``); ``artifact.options`` is the options instance it was
         compiled with. Return an `Executable`: ``run(inputs)`` gets contiguous CPU
         tensors in the partition's input order and returns its outputs in order (tensors
         or numpy arrays the next call will not overwrite). Do the slow work (parsing,

@@ -13,9 +13,10 @@ from typing import Any, Mapping
 from .backend import Artifact, Availability, Backend, Entries, Executable, options_from_dict, validate_options
 from .errors import BackendError, EdgeportError, ProgramError
 from .manifest import Manifest, Step
+from .mapped_file import Buffer
 
 
-def step_artifact(manifest: Manifest, files: Mapping[str, bytes], step: Step, backend: Backend) -> Artifact:
+def step_artifact(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backend: Backend) -> Artifact:
     """The artifact of delegate ``step`` as ``backend.compile`` returned it, with its options rebuilt."""
     info = manifest.artifacts[step.artifact]
     return Artifact(
@@ -54,7 +55,7 @@ def saved_options(backend: Backend, path: str, values: dict[str, Any]) -> Any:
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
-def load_step(manifest: Manifest, files: Mapping[str, bytes], step: Step, backend: Backend) -> Executable:
+def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backend: Backend) -> Executable:
     """``backend.load`` of the step's artifact.
 
     The artifact's bytes and metadata passed every check of the file, and the backend

@@ -142,9 +142,10 @@ def restore_structure(outputs: Sequence[Any], text: str) -> Any:
 
 def leaves(value: Any) -> list[Any]:
     """The values inside ``value`` in order, as torch's ``pytree.tree_leaves`` gives them
-    (its own, where torch is installed); without torch, tuples (namedtuples too), lists,
-    dicts and deques are walked, and anything else is a value."""
-    if torch_installed():
+    (its own, where torch is imported: only then can a type be registered with it);
+    otherwise tuples (namedtuples too), lists, dicts and deques are walked, and anything
+    else is a value. Not importing torch here keeps a torch-free run torch-free."""
+    if sys.modules.get("torch") is not None:
         import torch.utils._pytree as pytree
 
         return pytree.tree_leaves(value)

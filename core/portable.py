@@ -16,6 +16,7 @@ import torch
 from torch._export.serde import serialize as serde
 from torch.export import ExportedProgram
 
+from .mapped_file import release
 from .tensors import tensor_from_bytes, tensor_to_bytes
 
 
@@ -46,14 +47,17 @@ _DESERIALIZING = threading.Lock()
 
 
 def program_from_files(read: Any) -> ExportedProgram:
-    """Rebuild a program from ``read(name) -> bytes`` (raises on any inconsistency)."""
-    index = json.loads(read("tensors.json"))
+    """Rebuild a program from ``read(name) -> bytes`` (or a read-only view of them, as a
+    loaded program's files are); raises on any inconsistency."""
+    index = json.loads(bytes(read("tensors.json")))
     sections: dict[str, dict[str, torch.Tensor]] = {"state_dict": {}, "constants": {}}
     for section in sections:
         for fqn, entry in index.get(section, {}).items():
-            tensor = tensor_from_bytes(read(entry["file"]), entry)
+            data = read(entry["file"])
+            tensor = tensor_from_bytes(data, entry)  # a copy torch owns: the graph may not write a mapped file
+            release(data)
             sections[section][fqn] = torch.nn.Parameter(tensor, requires_grad=False) if entry.get("parameter") else tensor
-    graph = read("graph.json")
+    graph = bytes(read("graph.json"))
     _register_quantized_ops(graph)
     artifact = serde.SerializedArtifact(graph, sections["state_dict"], sections["constants"], ((), {}))
     with _DESERIALIZING, warnings.catch_warnings():  # torch warns about its own pytree internals

@@ -1,15 +1,17 @@
 """The .edgeport program: what `edgeport.export` returns and `edgeport.load` reads.
 
-On disk it is one zip, stored uncompressed so artifacts could be memory-mapped:
+On disk it is one zip, stored uncompressed so artifacts can be memory-mapped:
 ``manifest.json``, ``manifest.json.sha256`` (its digest), ``artifacts/…`` (backend
 bytes), ``portable/…`` and ``reference/…`` (torch programs as JSON graphs + raw
 tensors), ``state/…`` (initial program state), and any file an application adds, each
 listed in the manifest with its size and sha256. docs/program-format.md describes it.
 
-Loading checks the zip, the manifest's digest, schema and plan, and every file's size
-and checksum before anything runs, and never unpickles; any problem is one
-`ProgramError` that names it. The digest catches edits and damage, not a malicious
-rewrite: anyone can recompute a sha256, and version 1 files (still read) have none.
+Loading maps the file once (`mapped_file`): a loaded program's files are read-only
+views of the map, not copies. It checks the zip, the manifest's digest, schema and
+plan, and every file's size and checksum (streamed, chunk by chunk) before anything
+runs, and never unpickles; any problem is one `ProgramError` that names it. The
+digest catches edits and damage, not a malicious rewrite: anyone can recompute a
+sha256, and version 1 files (still read) have none.
 
 Nothing here imports torch: where torch is not installed, a program of delegate steps
 loads and runs, and one with portable (torch) steps is refused at load, naming them
@@ -23,15 +25,19 @@ import dataclasses
 import hashlib
 import io
 import json
+import mmap
 import os
+import struct
 import threading
 import zipfile
+import zlib
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from .arrays import torch_installed
 from .errors import InputError, ProgramError
 from .manifest import FORMAT, VERSION, FileInfo, Manifest, manifest_from_json
 from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, parse_manifest_json
+from .mapped_file import Buffer, map_file, sha256_of
 from .plan_check import check_plan
 from .torch_steps import needs_torch, portable_steps
 
@@ -50,7 +56,7 @@ class Program:
     ``prog.run(*inputs, method="decode", profile=True)`` returns outputs with timings.
     """
 
-    def __init__(self, manifest: Manifest, files: Mapping[str, bytes], *, reference: bool = False,
+    def __init__(self, manifest: Manifest, files: Mapping[str, Buffer], *, reference: bool = False,
                  registry: Registry | None = None) -> None:
         self.manifest = manifest
         self.files = dict(files)
@@ -77,17 +83,23 @@ class Program:
             return "forward"
         return next(iter(self.manifest.methods))
 
-    def runtime(self) -> Runtime:
+    def runtime(self, arrays: str = "auto") -> Runtime:
         """Load every artifact once (on first use, by one thread while any others wait)
-        and keep the loaded executables."""
+        and keep the loaded executables.
+
+        ``arrays`` is what the first call decides the values of every run are: "auto",
+        torch tensors where torch is installed and numpy arrays where not; "numpy",
+        numpy arrays even where torch is installed, so running never imports torch
+        (a program of delegate steps only: a portable step is a torch program). Later
+        calls get the runtime already loaded, whatever they ask."""
         runtime = self._runtime
         if runtime is None:
             with self._loading:
                 if self._runtime is None:
-                    from .runtime import Runtime
+                    from .runtime import Runtime, values_of
 
                     self._runtime = Runtime(self.manifest, self.files, reference=self._reference,
-                                            registry=self._registry)
+                                            registry=self._registry, values=values_of(arrays, self.manifest))
                 runtime = self._runtime
         return runtime
 
@@ -147,15 +159,17 @@ def load(path: str | os.PathLike[str], *, reference: bool = False, registry: Reg
     return Program(manifest, files, reference=reference, registry=registry)
 
 
-def read_program_file(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, bytes]]:
-    """`read_program` of the file at ``path``: a verified manifest and files, whether or
-    not they can run here (``edgeport explain`` describes programs it cannot run)."""
+def read_program_file(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, Buffer]]:
+    """`read_program` of the file at ``path``, memory-mapped: a verified manifest and
+    files (read-only views of the map), whether or not they can run here (``edgeport
+    explain`` describes programs it cannot run)."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = map_file(path)
     except OSError as exc:
-        raise ProgramError(f"cannot read program {path}: {exc.strerror}") from None
+        raise ProgramError(f"cannot read program {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a file that cannot be mapped (a pipe, a device)
+        raise ProgramError(f"cannot read program {path}: {exc}", hint="pass a regular .edgeport file") from None
     return read_program(data, source=path)
 
 
@@ -169,8 +183,9 @@ def check_runs_here(manifest: Manifest) -> None:
         raise needs_torch(steps)
 
 
-def read_program(data: bytes, source: str = "program") -> tuple[Manifest, dict[str, bytes]]:
-    """Verify a program file's bytes and return its manifest and files.
+def read_program(data: Buffer, source: str = "program") -> tuple[Manifest, dict[str, Buffer]]:
+    """Verify a program file's bytes (or its memory map) and return its manifest and
+    files, each a read-only view of ``data``.
 
     In order, so nothing is read before what bounds it is checked: the zip's entries
     (unique safe names, stored uncompressed, sizes that fit the file), the manifest's
@@ -200,13 +215,18 @@ def _zip_errors(what: str) -> Iterator[None]:
         raise ProgramError(f"{what} ({type(exc).__name__}: {exc})", hint=_DAMAGED) from None
 
 
-def _open_archive(data: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+_Archive = memoryview  # the whole file; each entry is a slice of it
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header (APPNOTE 4.3.7): 30 bytes
+
+
+def _open_archive(data: Buffer) -> tuple[_Archive, dict[str, zipfile.ZipInfo]]:
     """The zip and its entries by name, refused unless every entry can be read safely:
     a unique, relative name; stored (the writer never compresses, and a compressed entry
     is how a 2 MB file inflates to gigabytes); sizes that fit inside the file."""
     with _zip_errors("not a valid .edgeport file (unreadable zip)"):
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
+        # zipfile reads the central directory only, from the map itself or from a
+        # BytesIO (which shares bytes, and copies any other buffer)
+        infos = zipfile.ZipFile(data if isinstance(data, mmap.mmap) else io.BytesIO(data)).infolist()
     entries: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename
@@ -222,15 +242,37 @@ def _open_archive(data: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipIn
         entries[name] = info
     if sum(info.file_size for info in infos) > len(data):
         raise ProgramError(f"the archive's entries claim more bytes than the file holds ({len(data)})", hint=_DAMAGED)
-    return archive, entries
+    return memoryview(data), entries
 
 
-def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+def _entry_view(archive: _Archive, info: zipfile.ZipInfo) -> memoryview:
+    """The stored bytes of entry ``info``: found through its local header (whose name
+    must be the central directory's), and inside the file."""
     with _zip_errors(f"{info.filename} is damaged"):
-        return archive.read(info)
+        at = info.header_offset
+        if at < 0 or at + _LOCAL_HEADER.size > len(archive):
+            raise zipfile.BadZipFile("its local header lies outside the file")
+        magic, *_, name_length, extra_length = _LOCAL_HEADER.unpack(archive[at:at + _LOCAL_HEADER.size])
+        start = at + _LOCAL_HEADER.size + name_length + extra_length
+        name = bytes(archive[at + _LOCAL_HEADER.size:at + _LOCAL_HEADER.size + name_length])
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if magic != b"PK\x03\x04" or name.decode(encoding) != info.orig_filename:
+            raise zipfile.BadZipFile("its local header does not match the central directory")
+        if start + info.file_size > len(archive):
+            raise zipfile.BadZipFile("its bytes run past the end of the file")
+        return archive[start:start + info.file_size]
 
 
-def _read_manifest(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipInfo]) -> Manifest:
+def _read_entry(archive: _Archive, info: zipfile.ZipInfo) -> bytes:
+    """A small entry (the manifest, its digest) as bytes, checked against its CRC, as
+    zipfile would: what catches damage to a version-1 manifest, which has no digest."""
+    content = bytes(_entry_view(archive, info))
+    if zlib.crc32(content) != info.CRC:
+        raise ProgramError(f"{info.filename} is damaged (its CRC does not match)", hint=_DAMAGED)
+    return content
+
+
+def _read_manifest(archive: _Archive, entries: Mapping[str, zipfile.ZipInfo]) -> Manifest:
     if MANIFEST not in entries:
         raise ProgramError("no manifest.json: not an edgeport program, or a truncated or damaged one", hint=_DAMAGED)
     if entries[MANIFEST].file_size > MAX_MANIFEST_BYTES:
@@ -266,7 +308,7 @@ def _read_manifest(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipIn
     return manifest
 
 
-def _read_digest(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+def _read_digest(archive: _Archive, info: zipfile.ZipInfo) -> str:
     """The sha256 in the digest entry, written as ``sha256sum`` does (so ``sha256sum -c
     manifest.json.sha256`` checks an unzipped program)."""
     if info.file_size != len(_digest_line("0" * 64)):
@@ -282,8 +324,9 @@ def _digest_line(digest: str) -> bytes:
     return f"{digest}  {MANIFEST}\n".encode()
 
 
-def _read_files(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipInfo], manifest: Manifest) -> dict[str, bytes]:
-    """Every entry but the manifest's own is a listed file of the declared size and checksum."""
+def _read_files(archive: _Archive, entries: Mapping[str, zipfile.ZipInfo], manifest: Manifest) -> dict[str, memoryview]:
+    """Every entry but the manifest's own is a listed file of the declared size and
+    checksum; each comes back as a view of the archive, not a copy."""
     for name in (MANIFEST, DIGEST):
         if name in manifest.files:
             raise ProgramError(f"the manifest lists its own entry {name} as a file", hint=_DAMAGED)
@@ -296,12 +339,12 @@ def _read_files(archive: zipfile.ZipFile, entries: Mapping[str, zipfile.ZipInfo]
         if entries[name].file_size != expected.size:
             raise ProgramError(f"{name} is {entries[name].file_size} bytes, the manifest says {expected.size}",
                                hint=_DAMAGED)
-    files: dict[str, bytes] = {}
+    files: dict[str, memoryview] = {}
     for name, expected in manifest.files.items():
-        content = _read_entry(archive, entries[name])
-        if file_info(content) != expected:
+        content = _entry_view(archive, entries[name])
+        if sha256_of(content) != expected.sha256:
             raise ProgramError(f"checksum mismatch for {name}: the file was modified or damaged", hint=_DAMAGED)
-        files[name] = content
+        files[name] = content.toreadonly()
     return files
 
 

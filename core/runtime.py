@@ -30,9 +30,11 @@ from .backend import Executable
 from .delegates import executable_of, load_step, run_label
 from .errors import ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
+from .mapped_file import Buffer, release
 from .output_tree import restore_structure
 from .plugins import Registry, default_registry
 from .state_rows import apply_row_updates, check_row_updates, place_state, row_update_values
+from .torch_steps import portable_steps
 from .values import NumpyValues, TorchValues, Values
 
 
@@ -72,13 +74,13 @@ def _guard(executable: Executable) -> contextlib.AbstractContextManager[Any]:
 
 
 class Runtime:
-    def __init__(self, manifest: Manifest, files: Mapping[str, bytes], *, reference: bool = False,
-                 registry: Registry | None = None) -> None:
+    def __init__(self, manifest: Manifest, files: Mapping[str, Buffer], *, reference: bool = False,
+                 registry: Registry | None = None, values: Values | None = None) -> None:
         self._manifest = manifest
         self._files = files
         self._registry = registry or default_registry()
         self._reference = reference
-        self._values: Values = TorchValues() if torch_installed() else NumpyValues()
+        self._values: Values = values or values_of("auto", manifest)
         self.state = {fqn: _read_state(self._values, fqn, entry, files) for fqn, entry in manifest.state.items()}
         self._state_lock = threading.Lock()  # one per program: every method shares its state
         self._loaded: dict[str, tuple[Any, Any]] = {}  # artifact path -> (what its backend loaded, its lock)
@@ -203,11 +205,32 @@ class Runtime:
                 timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
 
 
-def _read_state(kind: Values, fqn: str, entry: dict[str, Any], files: Mapping[str, bytes]) -> Any:
+def values_of(arrays: str, manifest: Manifest) -> Values:
+    """The values a program runs with (`Program.runtime`): "auto" is torch tensors where
+    torch is installed, numpy arrays where not; "numpy" is numpy arrays, for a program
+    without portable steps (they run in torch)."""
+    if arrays == "numpy":
+        steps = portable_steps(manifest)
+        if steps:
+            where = ", ".join(f"{s.method} step {s.index}" for s in steps)
+            raise ExecutionError(f"a program with portable steps ({where}) runs on torch values, not numpy arrays",
+                                 hint="use arrays='auto'")
+        return NumpyValues()
+    if arrays != "auto":
+        raise InputError(f"arrays must be 'auto' or 'numpy', got {arrays!r}")
+    return TorchValues() if torch_installed() else NumpyValues()
+
+
+def _read_state(kind: Values, fqn: str, entry: dict[str, Any], files: Mapping[str, Buffer]) -> Any:
+    """State as a value the program owns (it changes as methods run), its file's mapped
+    pages let go once copied."""
     try:
-        return kind.state(files[entry["file"]], entry)
+        data = files[entry["file"]]
+        value = kind.state(data, entry)
     except (KeyError, ValueError) as exc:
         raise ProgramError(f"program state {fqn!r} is damaged: {exc}") from None
+    release(data)
+    return value
 
 
 def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], Mapping[str, Any]], list[Any]]:

@@ -432,3 +432,54 @@ def test_options_the_backend_refuses_are_a_program_error(program_bytes, tmp_path
 def test_explain_of_an_unknown_method_is_a_user_error(program_file):
     with pytest.raises(edgeport.InputError, match="program has no method 'nosuch'; it has forward"):
         load(program_file).report("nosuch")
+
+
+# -- reading in place (memory map) ---------------------------------------------------------
+
+
+def test_a_loaded_programs_files_are_read_only_views_of_the_mapped_file(program_file):
+    """No copy of the file, nor of any entry: each file is a slice of one memory map."""
+    import mmap
+
+    program = load(program_file)
+    for name, data in program.files.items():
+        assert isinstance(data, memoryview) and data.readonly, name
+        assert isinstance(data.obj, mmap.mmap), name
+    _, files = unpack(program_file.read_bytes())
+    assert {n: bytes(d) for n, d in program.files.items()} == files
+
+
+def test_saving_over_a_loaded_program_keeps_it_running(program_file):
+    """save writes a new file and renames it over the old: the loaded map stays valid."""
+    program = load(program_file)
+    before = program(*golden_inputs())
+    program.save(program_file)
+    assert torch.equal(program(*golden_inputs()), before + 1)  # one more step of its state
+    assert torch.equal(load(program_file)(*golden_inputs()), before)
+
+
+def test_an_entry_whose_local_header_disagrees_with_the_directory_is_refused(program_bytes, tmp_path):
+    """The loader finds each entry's bytes through its local header (zipfile is not asked
+    to read them), so a local header naming another file is damage, not a different file."""
+    name = next(n for n, _ in read_entries(program_bytes) if n.startswith("state/"))
+    at = program_bytes.find(b"PK\x03\x04")
+    while program_bytes[at + 30:at + 30 + len(name)] != name.encode():  # its local header
+        at = program_bytes.find(b"PK\x03\x04", at + 4)
+    bad = bytearray(program_bytes)
+    bad[at + 30] ^= 0x20  # "state/..." -> "State/...": same length, another name
+    with pytest.raises(edgeport.ProgramError, match=f"{name} is damaged .*local header"):
+        load_bytes(tmp_path, bytes(bad))
+
+
+def test_an_empty_file_is_a_program_error(tmp_path):
+    (tmp_path / "empty.edgeport").write_bytes(b"")
+    with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file"):
+        load(tmp_path / "empty.edgeport")
+
+
+def test_as_bytes_copies_a_view_and_keeps_bytes(program_file):
+    program = load(program_file)
+    view = next(iter(program.files.values()))
+    copied = edgeport.as_bytes(view)
+    assert type(copied) is bytes and copied == view
+    assert edgeport.as_bytes(copied) is copied

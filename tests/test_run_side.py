@@ -99,3 +99,34 @@ def test_explain_says_whether_a_program_is_torch_free(half_delegated, tmp_path):
 def test_a_program_loaded_with_torch_takes_numpy_and_torch_inputs_alike(half_delegated):
     x = torch.randn(2, 4)
     assert torch.equal(half_delegated(x), half_delegated(x.numpy()))
+
+
+def test_a_delegate_only_program_can_run_on_numpy_arrays_where_torch_is_installed():
+    """What `edgeport llm generate` does to keep torch out of the process."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(2, 4)
+    program = edgeport.export(linear, (x,), ["cpu"])
+    program.runtime("numpy")
+    out = program(x.numpy())
+    assert type(out).__module__ == "numpy"
+    assert torch.allclose(torch.from_numpy(out), linear(x), atol=1e-5)
+
+
+def test_numpy_arrays_are_refused_for_a_program_with_portable_steps(half_delegated):
+    program = edgeport.Program(half_delegated.manifest, half_delegated.files)
+    with pytest.raises(edgeport.ExecutionError, match=r"portable steps \(forward step 1\) runs on torch values"):
+        program.runtime("numpy")
+
+
+def test_edgeport_run_of_a_delegate_only_program_does_not_import_torch(tmp_path):
+    torch.manual_seed(0)
+    edgeport.export(torch.nn.Linear(4, 3).eval(), (torch.randn(2, 4),), ["cpu"]).save(tmp_path / "linear.edgeport")
+    code = ("import sys\nfrom edgeport.cli import main\n"
+            f"sys.argv = ['edgeport', 'run', {str(tmp_path / 'linear.edgeport')!r}, '--repeat', '2']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert "output 0: float32 [2, 3]" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "False"

@@ -110,8 +110,9 @@ class CpuBackend(edgeport.Backend):
         options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()
         needs_delegate = bool(artifact.metadata.get("int4_weights"))
         entries = artifact.metadata.get("entries")
+        model = edgeport.as_bytes(artifact.data)  # LiteRT's Interpreter reads bytes only (no copy of its own)
         if entries is None:
-            return tflite.TfliteExecutable(artifact.data, options.threads, needs_delegate=needs_delegate)
+            return tflite.TfliteExecutable(model, options.threads, needs_delegate=needs_delegate)
         keys = [f"entry{i}" for i in range(len(entries))]
         io_names = [(e["inputs"], e["outputs"]) for e in entries]
-        return tflite.TfliteEntries(artifact.data, keys, io_names, options.threads, needs_delegate=needs_delegate)
+        return tflite.TfliteEntries(model, keys, io_names, options.threads, needs_delegate=needs_delegate)

@@ -134,7 +134,7 @@ class MediatekBackend(edgeport.Backend):
 
     def load(self, artifact: edgeport.Artifact) -> Any:
         options = artifact.options if isinstance(artifact.options, MediatekOptions) else MediatekOptions()
-        plain, compiled = bundle.unpack(artifact.data, bool(artifact.metadata.get("aot")))
+        plain, compiled = bundle.unpack(edgeport.as_bytes(artifact.data), bool(artifact.metadata.get("aot")))
         if toolchain.apu_missing():
             return tflite.TfliteExecutable(plain, options.threads)
         return CompiledModelExecutable(compiled or plain, options.threads, npu=True)

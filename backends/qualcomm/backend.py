@@ -149,7 +149,9 @@ class QualcommBackend(edgeport.Backend):
         if not availability.can_run:
             raise edgeport.ExecutionError(f"qualcomm cannot run here: {availability.why}")
         metadata = artifact.metadata
-        return QnnExecutable(load_context(artifact.data), list(metadata["inputs"]), list(metadata["outputs"]))
+        # ONNX Runtime takes a model as bytes or a path only; it parses its own copy of them
+        return QnnExecutable(load_context(edgeport.as_bytes(artifact.data)), list(metadata["inputs"]),
+                             list(metadata["outputs"]))
 
 
 def _on_snapdragon() -> bool:

@@ -87,7 +87,7 @@ def qualcomm_artifacts(program: edgeport.Program) -> dict[str, edgeport.Artifact
             if step.kind == "delegate" and step.backend == "qualcomm":
                 info = program.manifest.artifacts[step.artifact]
                 found[f"{method}/partition {step.partition}"] = edgeport.Artifact(
-                    data=program.files[step.artifact], suffix=".onnx", metadata=info.metadata
+                    data=edgeport.as_bytes(program.files[step.artifact]), suffix=".onnx", metadata=info.metadata
                 )
     if not found:
         raise edgeport.BackendError(

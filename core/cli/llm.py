@@ -15,7 +15,6 @@ import click
 from ..devtools.html import human_bytes
 from . import cli
 from ._output import console, print_json, progress
-from .export import parse_options
 from .explain import print_summary
 
 
@@ -41,6 +40,7 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
                float_outliers: bool, option_items: tuple[str, ...], output: str) -> None:
     """Export MODEL (a .gguf file or a local Hugging Face model directory)."""
     from ..llm import export
+    from .export import parse_options  # the compile side: imports torch
 
     start = time.perf_counter()
     with progress(True) as show:

@@ -1,7 +1,9 @@
 """``edgeport run``: run a program on given or random inputs, with latency and profile.
 
-It imports no torch: inputs are numpy arrays, which the runtime takes as torch tensors
-where torch is installed; outputs of either kind are summarized and written alike."""
+It imports no torch: inputs are numpy arrays, and a program whose steps are all
+delegates runs on numpy values even where torch is installed (torch's ~220 MB stays
+out of the process); a program with portable steps gets torch tensors where torch is
+installed. Outputs of either kind are summarized and written alike."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..errors import InputError
 from ..manifest import MethodPlan
 from ..output_tree import leaves
 from ..program import Program, load
+from ..torch_steps import portable_steps
 from . import cli, current_registry
 from ._output import check_writable, console, print_json
 
@@ -37,9 +40,10 @@ def method_plan(program: Program, method: str | None) -> tuple[str, MethodPlan]:
     return name, plan
 
 
-def random_inputs(plan: MethodPlan, seed: int = 0) -> list[Any]:
+def random_inputs(plan: MethodPlan, seed: int = 0, *, as_torch: bool | None = None) -> list[Any]:
     """Inputs that fit the method's spec; symbolic dims take their lower bound (at least 1).
-    numpy arrays, as torch tensors where torch is installed (bfloat16 needs one)."""
+    numpy arrays, as torch tensors where torch is installed (bfloat16 needs one) unless
+    ``as_torch`` says otherwise."""
     generator = np.random.default_rng(seed)
     inputs = []
     for spec in plan.inputs:
@@ -50,13 +54,13 @@ def random_inputs(plan: MethodPlan, seed: int = 0) -> list[Any]:
             inputs.append(generator.integers(0, 2, shape).astype(np.bool_))
         else:  # indices: keep them small so embeddings and gathers stay in range
             inputs.append(generator.integers(0, 8, shape).astype(STORAGE[spec.dtype]))
-    return _as_spec(inputs, plan)
+    return _as_spec(inputs, plan, torch_installed() if as_torch is None else as_torch)
 
 
-def _as_spec(arrays: list[np.ndarray], plan: MethodPlan) -> list[Any]:
+def _as_spec(arrays: list[np.ndarray], plan: MethodPlan, as_torch: bool) -> list[Any]:
     """Random arrays in the dtypes of the method's inputs: a float16/float64 input cast
-    from float32; where torch is installed, torch tensors (a bfloat16 one too)."""
-    if not torch_installed():
+    from float32; with ``as_torch``, torch tensors (a bfloat16 one too)."""
+    if not as_torch:
         return [a.astype(STORAGE[s.dtype], copy=False) for a, s in zip(arrays, plan.inputs)]
     import torch
 
@@ -138,8 +142,9 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
     check_writable(outputs_path)
     prog: Program = load(program, reference=reference, registry=current_registry())
     name, plan = method_plan(prog, method)
-    inputs = read_inputs(inputs_path, plan) if inputs_path else random_inputs(plan)
-    runtime = prog.runtime()
+    numpy_only = _runs_on_numpy(prog, plan, reference)
+    inputs = read_inputs(inputs_path, plan) if inputs_path else random_inputs(plan, as_torch=not numpy_only)
+    runtime = prog.runtime("numpy" if numpy_only else "auto")
     results, latencies = time_runs(runtime, name, inputs, repeat=repeat, warmup=warmup, profile=profile)
     labels = runtime.step_labels(name)
     latency = {"min": min(latencies), "median": statistics.median(latencies), "max": max(latencies)}
@@ -169,6 +174,14 @@ def run(program: str, inputs_path: str | None, method: str | None, repeat: int, 
     console.print(f"steps: {', '.join(labels) or 'none'}")
     if summary:
         print_profile(summary)
+
+
+def _runs_on_numpy(program: Program, plan: MethodPlan, reference: bool) -> bool:
+    """Whether this run can keep torch (~220 MB) out of the process where it is
+    installed: every step a delegate (no portable step, no torch reference) and no
+    bfloat16 input (numpy has none)."""
+    return (not reference and not portable_steps(program.manifest)
+            and not any(spec.dtype in NO_NUMPY_TWIN for spec in plan.inputs))
 
 
 def print_profile(profile: Profile) -> None:

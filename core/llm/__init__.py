@@ -8,18 +8,32 @@
         print(token.text, end="", flush=True)
 
 The program carries its tokenizer and chat template; running it needs the
-``tokenizers`` library, not transformers. See docs/llm.md.
+``tokenizers`` library, not transformers, nor torch: generating imports no torch
+(`export` and `load_model`, the compile side, import it when first used). See docs/llm.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any
 
 from ..program import Program, load
-from .export import export
-from .loader import LoadedModel, load_model
 from .session import Generation, GenerationStats, PromptTooLong, Sampling, Session, Token, session_of
 from .text import Message, NotAnLLMProgram
+
+
+# The compile side: name -> the module that defines it, imported on first use (it imports torch).
+_COMPILE_SIDE = {"export": ".export", "LoadedModel": ".loader", "load_model": ".loader"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _COMPILE_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeport.llm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
 def generate(

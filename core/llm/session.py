@@ -8,6 +8,10 @@ position, and stale rows are never read. A plain `generate` starts from position
 
 The cache lives inside the decode delegate (`Runtime.place_state`): a decode call copies
 none of it; prefill, called once per prompt chunk, gets it as an ordinary input.
+
+Generating imports no torch: inputs are numpy arrays, and a program whose steps are all
+delegates runs with numpy values even where torch is installed (`Program.runtime`),
+which keeps torch's ~220 MB out of the process.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 
+from ..arrays import as_numpy
 from ..errors import EdgeportError
 from ..program import Program
 from ..runtime import Runtime
+from ..torch_steps import portable_steps
 from .text import LLMInfo, Message, TextCodec
 
 
@@ -91,7 +96,8 @@ class Session:
         """The program's runtime, loaded on first use (a prompt that does not fit fails
         before any artifact is loaded), with the cache placed inside the decode delegate."""
         if self._runtime is None:
-            self._runtime = self.program.runtime()
+            arrays = "auto" if portable_steps(self.program.manifest) else "numpy"  # portable steps need torch
+            self._runtime = self.program.runtime(arrays)
             self._runtime.place_state("decode")
         return self._runtime
 
@@ -111,11 +117,11 @@ class Session:
         logits = None
         for offset in range(0, len(ids), T):
             chunk = ids[offset : offset + T]
-            tokens = torch.zeros(1, T, dtype=torch.long)
-            tokens[0, : len(chunk)] = torch.tensor(chunk)
+            tokens = np.zeros((1, T), dtype=np.int64)
+            tokens[0, : len(chunk)] = chunk
             # Padding rows land after the real ones, at clamped positions no read reaches.
-            positions = torch.clamp(torch.arange(start + offset, start + offset + T), max=S - 1)
-            last = torch.tensor([len(chunk) - 1])
+            positions = np.minimum(np.arange(start + offset, start + offset + T, dtype=np.int64), S - 1)
+            last = np.array([len(chunk) - 1], dtype=np.int64)
             logits = self.runtime.run("prefill", (tokens, positions, last), {}).outputs
         self.tokens = self.tokens[:start] + list(ids)
         return _row(logits)
@@ -123,7 +129,8 @@ class Session:
     def decode(self, token: int) -> np.ndarray:
         """Feed one token at the next position; the logits after it."""
         position = len(self.tokens)
-        logits = self.runtime.run("decode", (torch.tensor([[token]]), torch.tensor([position])), {}).outputs
+        inputs = (np.array([[token]], dtype=np.int64), np.array([position], dtype=np.int64))
+        logits = self.runtime.run("decode", inputs, {}).outputs
         self.tokens.append(token)
         return _row(logits)
 
@@ -232,8 +239,9 @@ def peak_rss_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def _row(logits: torch.Tensor) -> np.ndarray:
-    return logits.reshape(-1).numpy()
+def _row(logits: object) -> np.ndarray:
+    """The logits as one numpy row (a torch tensor where the runtime holds torch values)."""
+    return as_numpy(logits).reshape(-1)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

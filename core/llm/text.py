@@ -70,8 +70,8 @@ class TextCodec:
         if tokenizer is None:
             raise NotAnLLMProgram("this program carries no tokenizer", hint="re-export it with `edgeport llm export`")
         template_path = meta.get("chat_template")
-        template = program.files[template_path].decode() if template_path in program.files else None
-        return TextCodec(tokenizer.decode(), template, meta.get("bos_token_id"))
+        template = str(program.files[template_path], "utf-8") if template_path in program.files else None
+        return TextCodec(str(tokenizer, "utf-8"), template, meta.get("bos_token_id"))
 
     def encode(self, text: str) -> list[int]:
         """A plain prompt's ids, with whatever special tokens the tokenizer adds itself."""

@@ -63,7 +63,7 @@ class NumpyNpuBackend(edgeport.Backend):
         return edgeport.Artifact(data, suffix=".json", metadata={"ops": len(ops)})
 
     def load(self, artifact: edgeport.Artifact) -> edgeport.Executable:
-        return OpListExecutable(json.loads(artifact.data))
+        return OpListExecutable(json.loads(edgeport.as_bytes(artifact.data)))  # data: a view of the mapped file
 
 
 class OpListExecutable:

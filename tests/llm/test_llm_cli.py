@@ -44,6 +44,21 @@ def test_generate_streams_then_prints_the_speed_line_with_neither_transformers_n
 
 
 @pytest.mark.slow
+def test_generating_imports_no_torch_where_torch_is_installed(smol_path):
+    """A program of delegate steps runs on numpy values, so torch (~220 MB) stays out."""
+    script = (
+        "import sys, edgeport.llm\n"
+        f"tokens = list(edgeport.llm.generate({str(smol_path)!r}, 'The capital of France is', max_new_tokens=4,"
+        " threads=1))\n"
+        "print(repr(''.join(t.text for t in tokens)), 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False", done.stdout
+    assert done.stdout.startswith("' Paris.")
+
+
+@pytest.mark.slow
 def test_generate_json_gives_text_ids_and_speed(smol_path, use_cpu):
     result = invoke("llm", "generate", smol_path, "--prompt", "The capital of France is", "--max-new-tokens", "4",
                     "--json")

@@ -17,6 +17,18 @@ F(4x4, 3x3) was tried and is ten times less accurate, so it is not used).
 The transforms and layout changes cost memory traffic that small convolutions do not
 earn back, so `fits` asks for at least 64 input and output channels and enough work
 (measured: bench/conv_kernels.py and bench/README.md).
+
+The filters are stored transformed (U, 16/9 the size of the 3x3 filters), not
+transformed at load time. Measured on ResNet-18 (2026-11-26, bench/README.md, "Memory"):
+13 convolutions fit, 36 MiB of 3x3 filters become 64 MiB, and the program is 79 MB
+against 47 MB with ``cpu.winograd=false``. Transforming at load would save those 32 MB
+of file, but cost every load ~0.5 s of numpy on this shared machine (0.46-0.52 s, load
+average ~8) plus re-serializing the flatbuffer (its buffers change size) with a writer
+the torch-free run side does not have; and it would save no memory: LiteRT's
+Interpreter reads the model from ``bytes``, so the transformed model has to exist in
+memory in full either way (peak RSS of ``edgeport run --repeat 20``: 412 MiB stored
+transformed; at least that plus the 36 MiB being transformed at load). So they stay
+stored transformed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,166 @@
+"""Peak memory of running a program: `edgeport run` and `edgeport llm generate` against
+eager PyTorch and against what they cannot avoid holding.
+
+    python bench/memory.py                                   # the example models, --repeat 20
+    python bench/memory.py --llm "/tmp/llmb/smol-{variant}.edgeport"   # and the LLM variants
+
+Every figure is one fresh process's peak resident set (Linux's VmHWM, read by the
+process itself at its end: a parent's ``ru_maxrss`` of a child counts the parent's
+own pages when the child was forked from it). Per example model (`examples/models.py`,
+exported for cpu into ``--dir`` if missing):
+
+- ``edgeport run PROGRAM --repeat N`` (the CLI, in-process: imports, load, N calls; a
+  program of delegate steps runs on numpy values, without importing torch);
+- the Python API with torch tensors: ``import torch``, ``edgeport.load``, N calls;
+- eager PyTorch: the same model built and called N times under ``torch.no_grad``;
+- ``import torch``, and the imports ``edgeport run`` makes before it loads anything
+  (torch, edgeport, its CLI, LiteRT): the floor every torch-side run starts from;
+- the budget of issue 13: artifact bytes + imports + activations, where activations are
+  eager's peak minus ``import torch`` minus the parameters' bytes (what eager holds
+  beyond its weights). Goal: ``edgeport run`` <= 1.1x the budget.
+
+Per LLM variant (``--llm``, a path with ``{variant}``): ``edgeport llm generate`` of a
+16-token greedy answer, against the program's weights (its artifact bytes) plus its KV
+cache (its state bytes). Goal: <= 1.3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("mobilenet_v2", "resnet18", "transformer_encoder")
+VARIANTS = ("fp32", "int8-dynamic", "int4-weight")
+MB = 1 << 20
+
+PEAK = """
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+"""
+
+# argv: repeat, then the CLI's own arguments
+CLI_CHILD = PEAK + """
+import json, sys, contextlib, io
+from edgeport.cli import cli
+with contextlib.redirect_stdout(io.StringIO()):
+    cli.main(sys.argv[1:], standalone_mode=False)
+print(json.dumps({"peak": _peak()}))
+"""
+
+# argv: program, repeat: the Python API with torch tensors (torch imported first)
+TORCH_API_CHILD = PEAK + """
+import json, sys
+import torch, edgeport
+program = edgeport.load(sys.argv[1])
+plan = program.manifest.methods[program.default_method]
+inputs = [torch.randn(*s.shape) if s.dtype == "float32" else torch.zeros(*s.shape, dtype=torch.long) for s in plan.inputs]
+for _ in range(int(sys.argv[2])):
+    program(*inputs)
+print(json.dumps({"peak": _peak()}))
+"""
+
+# argv: model name, repeat
+EAGER_CHILD = PEAK + """
+import json, sys
+import torch
+sys.path.insert(0, "examples")
+import models
+model, inputs = models.FACTORIES[sys.argv[1]]()
+with torch.no_grad():
+    for _ in range(int(sys.argv[2])):
+        model(*inputs)
+params = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+print(json.dumps({"peak": _peak(), "params": params}))
+"""
+
+IMPORTS_CHILD = PEAK + """
+import json, sys
+for name in sys.argv[1:]:
+    __import__(name)
+print(json.dumps({"peak": _peak()}))
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def export_missing(directory: Path) -> None:
+    for name in MODELS:
+        path = directory / f"{name}.edgeport"
+        if not path.exists():
+            subprocess.run(["edgeport", "export", f"examples/models.py:{name}", "--backend", "cpu", "-o", str(path)],
+                           cwd=ROOT, check=True, capture_output=True)
+
+
+def entry_bytes(path: Path, prefix: str) -> int:
+    with zipfile.ZipFile(path) as archive:
+        return sum(i.file_size for i in archive.infolist() if i.filename.startswith(prefix))
+
+
+def models_table(directory: Path, repeat: int) -> list[str]:
+    torch_only = child(IMPORTS_CHILD, "torch")["peak"]
+    imports = child(IMPORTS_CHILD, "torch", "edgeport.cli", "ai_edge_litert.interpreter")["peak"]
+    rows = ["| model | artifact | params | `import torch` | run's imports | activations | budget | "
+            "`edgeport run` | / budget | Python API, torch tensors | / budget | eager | run / eager |",
+            "|---" * 13 + "|"]
+    for name in MODELS:
+        path = directory / f"{name}.edgeport"
+        run = child(CLI_CHILD, "run", str(path), "--repeat", str(repeat))["peak"]
+        api = child(TORCH_API_CHILD, str(path), str(repeat))["peak"]
+        eager = child(EAGER_CHILD, name, str(repeat))
+        artifact = entry_bytes(path, "artifacts/")
+        activations = max(0, eager["peak"] - torch_only - eager["params"])
+        budget = artifact + imports + activations
+        rows.append(f"| {name} | {artifact / MB:.0f} | {eager['params'] / MB:.0f} | {torch_only / MB:.0f} | "
+                    f"{imports / MB:.0f} | {activations / MB:.0f} | {budget / MB:.0f} | {run / MB:.0f} | "
+                    f"{run / budget:.2f}x | {api / MB:.0f} | {api / budget:.2f}x | {eager['peak'] / MB:.0f} | "
+                    f"{run / eager['peak']:.2f}x |")
+    return rows
+
+
+def llm_table(pattern: str, tokens: int) -> list[str]:
+    rows = ["| variant | weights (artifact) | KV cache (state) | `llm generate` peak | / (weights + cache) |",
+            "|---|---|---|---|---|"]
+    for variant in VARIANTS:
+        path = Path(pattern.format(variant=variant))
+        if not path.exists():
+            continue
+        peak = child(CLI_CHILD, "llm", "generate", str(path), "--prompt", "The capital of France is",
+                     "--max-new-tokens", str(tokens))["peak"]
+        weights, cache = entry_bytes(path, "artifacts/"), entry_bytes(path, "state/")
+        rows.append(f"| {variant} | {weights / MB:.0f} | {cache / MB:.1f} | {peak / MB:.0f} | "
+                    f"{peak / (weights + cache):.2f}x |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/memory_bench"), help="where the programs are")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--llm", help='LLM programs, e.g. "/tmp/llmb/smol-{variant}.edgeport"')
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--skip-models", action="store_true")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; MB = MiB")
+    if not args.skip_models:
+        export_missing(args.dir)
+        print("\n".join(models_table(args.dir, args.repeat)))
+    if args.llm:
+        print("\n".join(llm_table(args.llm, args.tokens)))
+
+
+if __name__ == "__main__":
+    main()
