@@ -61,8 +61,11 @@ def _conv_args(node: Node) -> dict[str, Any]:
 def _check_conv(node: Node, is_const: IsConst) -> str | None:
     a = _conv_args(node)
     rank = len(shape(a["input"]))
-    if rank not in (3, 4):
-        return f"{rank - 2}d convolution (1d and 2d are supported)"
+    if rank == 5 and (a["transposed"] or a["groups"] != 1):
+        what = "transposed" if a["transposed"] else "grouped"
+        return f"{what} 3d convolution (TFLite's CONV_3D is neither; 3d is written only plain)"
+    if rank not in (3, 4, 5):
+        return f"{rank - 2}d convolution (1d, 2d and 3d are supported)"
     if not is_const(a["weight"]) or (a["bias"] is not None and not is_const(a["bias"])):
         return "weights or bias computed at run time (they must be constants)"
     if a["transposed"]:
@@ -75,7 +78,7 @@ def _check_conv(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-_CONV_WRITES = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "PAD", "SLICE"})
+_CONV_WRITES = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "PAD", "SLICE"})
 
 
 @lowering(aten.convolution.default, writes=_CONV_WRITES, dtypes=FLOAT, check=_check_conv, fuses_activation=True)
@@ -89,6 +92,8 @@ def convolution(em: Emitter, node: Node) -> Value:
         out_axis = 1 if a["transposed"] else 0  # weight is (I, O, k...) when transposed, else (O, I/g, k...)
         weight = weight * np.expand_dims(scale.astype(np.float32), tuple(d for d in range(weight.ndim) if d != out_axis))
         bias = bias * scale + shift
+    if len(x.shape) == 5:
+        return _conv3d(em, node, em.to_perm(x, NDHWC), weight, bias, a)
     conv1d = len(x.shape) == 3
     if conv1d:  # run as a conv2d over (1, W): (N, C, W) -> (N, C, 1, W)
         x = em.reshape(em.to_perm(x, layout.NWC), x.shape[:2] + (1,) + x.shape[2:])
@@ -137,6 +142,28 @@ def _conv2d(em, node, x, weight, bias, stride, pads, dilation, groups, out_shape
     else:
         w = em.weight(weight.transpose(0, 2, 3, 1), node.name + "/filter")  # (O, kh, kw, I/groups)
         em.op("CONV_2D", [x.tensor, w, b], [out], Options("Conv2DOptions", options))
+    return out
+
+
+NDHWC = (0, 2, 3, 4, 1)  # physical (N, D, H, W, C) of a logical (N, C, D, H, W)
+
+
+def _conv3d(em: Emitter, node: Node, x: Value, weight: np.ndarray, bias: np.ndarray, a: dict[str, Any]) -> Value:
+    """CONV_3D (groups 1): NDHWC input, a (kd, kh, kw, I, O) filter. LiteRT runs it with
+    its own kernel (XNNPACK has no 3d convolution)."""
+    stride, pads, dilation = list(a["stride"]), list(a["padding"]), list(a["dilation"])
+    mode = padding_mode(x.shape[2:], weight.shape[2:], stride, dilation, pads)
+    if mode is None:
+        x, mode = _pad_spatial(em, node, x, pads, 0.0), "VALID"
+    options = {
+        "Padding": getattr(tfl().Padding, mode),
+        "StrideD": stride[0], "StrideH": stride[1], "StrideW": stride[2],
+        "DilationDFactor": dilation[0], "DilationHFactor": dilation[1], "DilationWFactor": dilation[2],
+        "FusedActivationFunction": em.activation(node),
+    }  # fmt: skip
+    out = em.new(tuple(meta(node).shape), torch.float32, node.name, NDHWC)
+    w = em.weight(weight.transpose(2, 3, 4, 1, 0), node.name + "/filter")  # (kd, kh, kw, I, O)
+    em.op("CONV_3D", [x.tensor, w, em.weight(bias, node.name + "/bias")], [out], Options("Conv3DOptions", options))
     return out
 
 
@@ -225,7 +252,7 @@ def _floor_out(node: Node) -> bool:
 def _check_max_pool(node: Node, is_const: IsConst) -> str | None:
     dilation = node.args[4] if len(node.args) > 4 else [1]
     if any(d != 1 for d in dilation):
-        return "dilated pooling"
+        return "dilated pooling (TFLite's MAX_POOL_2D has no dilation)"
     if len(shape(node.args[0])) != 4:
         return "input is not 4d (N, C, H, W)"
     if not _floor_out(node):
@@ -320,6 +347,16 @@ def adaptive_avg_pool2d(em: Emitter, node: Node) -> Value:
     x = em.to_perm(em.value(node.args[0]), layout.NHWC)
     kernel = [n // o for n, o in zip(x.shape[2:], node.args[1])]
     return pool_value(em, node, "AVERAGE_POOL_2D", x, kernel, kernel, "VALID")
+
+
+@lowering(aten.adaptive_max_pool2d.default, writes=frozenset({"MAX_POOL_2D"}), dtypes=FLOAT, check=_check_adaptive,
+          outputs=(0,), fuses_activation=True)
+def adaptive_max_pool2d(em: Emitter, node: Node) -> tuple[Value]:
+    """Output sizes that divide the input's: windows of n // o with that stride, no
+    overlap, as torch's adaptive windows are then (its indices, output 1, are not written)."""
+    x = em.to_perm(em.value(node.args[0]), layout.NHWC)
+    kernel = [n // o for n, o in zip(x.shape[2:], node.args[1])]
+    return (pool_value(em, node, "MAX_POOL_2D", x, kernel, kernel, "VALID"),)
 
 
 # -- resizing -----------------------------------------------------------------------------

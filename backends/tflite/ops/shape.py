@@ -1,5 +1,5 @@
-"""Shape and data-movement ops: views, permutes, concat, split, slice, pad, gather, and
-edgeport's `narrow_to` (a stored value narrowed to an input's dynamic size).
+"""Shape and data-movement ops: views, permutes, concat, split, slice, pad, gather (and
+embedding_bag: a gather, then a reduction per bag), and edgeport's `narrow_to` (a stored value narrowed to an input's dynamic size).
 
 `permute` writes nothing: it only changes the layout the value is known to be in.
 Views keep a permuted layout when they only add or drop size-1 dims.
@@ -22,6 +22,7 @@ from ..emitter import Emitter, Value
 from ..flatbuffer import Options
 from ..lowering import ANY, FLOAT, IsConst, aten, lowering, meta, shape
 from ..schema import tensor_type, tfl
+from .reduce import reduce_value
 
 INT8 = frozenset({torch.int8})  # rows of an int8 table (edgeport.llm's quantized embedding)
 
@@ -280,6 +281,72 @@ def index_select(em: Emitter, node: Node) -> Value:
 def _narrowed_constant(i: Any, is_const: IsConst) -> bool:
     """A stored value narrowed to an input's dynamic size (sized_constants.py)."""
     return isinstance(i, Node) and i.target == NARROW_TO and is_const(i.args[0])
+
+
+_BAGS = (aten._embedding_bag_forward_only.default, aten._embedding_bag.default)
+_BAG_REDUCERS = {0: "SUM", 1: "MEAN", 2: "REDUCE_MAX"}  # embedding_bag's mode: sum, mean, max
+_BAG_ARGS = ("weight", "indices", "offsets", "scale_grad_by_freq", "mode", "sparse", "per_sample_weights",
+             "include_last_offset", "padding_idx")
+
+
+def _bag_args(node: Node) -> dict[str, Any]:
+    return {**dict(zip(_BAG_ARGS, node.args)), **node.kwargs}
+
+
+def _bag_size(node: Node, is_const: IsConst) -> int | None:
+    """The one size of every bag (None: bags of different sizes, or offsets computed at run time)."""
+    a = _bag_args(node)
+    value = _offsets(a["offsets"], is_const)
+    if value is None or value.dim() != 1 or value.numel() == 0:
+        return None
+    ends = value.tolist()[1:] + ([] if a.get("include_last_offset") else [shape(a["indices"])[0]])
+    starts = value.tolist()[: len(ends)]
+    sizes = {e - s for s, e in zip(starts, ends)}
+    return sizes.pop() if len(sizes) == 1 and value.tolist()[0] == 0 else None
+
+
+_SAME_VALUE = (aten.lift_fresh_copy.default, aten.clone.default, aten.alias.default)
+
+
+def _offsets(offsets: Any, is_const: IsConst) -> torch.Tensor | None:
+    """The bags' offsets when known at compile time: a stored constant, or the
+    ``arange(0, n, L)`` that a 2d input's bags have before folding."""
+    if not isinstance(offsets, Node) or not is_const(offsets):
+        return None
+    while offsets.target in _SAME_VALUE and isinstance(offsets.args[0], Node):  # a literal tensor's copy
+        offsets = offsets.args[0]
+    if offsets.target == aten.arange.start_step and all(isinstance(x, int) for x in offsets.args):
+        return torch.arange(*offsets.args)
+    value = getattr(is_const, "value", None)
+    return value(offsets) if value is not None else None
+
+
+def _check_bag(node: Node, is_const: IsConst) -> str | None:
+    a = _bag_args(node)
+    if a.get("per_sample_weights") is not None:
+        return "per_sample_weights"
+    if a.get("padding_idx") not in (None, -1):
+        return "padding_idx"
+    if a.get("mode", 0) not in _BAG_REDUCERS:
+        return f"mode {a.get('mode')}"
+    size = _bag_size(node, is_const)
+    if not size:
+        return "bags of different or zero sizes, or offsets computed at run time (equal bags only)"
+    return None
+
+
+@lowering(*_BAGS, writes=lambda node, is_const: frozenset({"GATHER", _BAG_REDUCERS[_bag_args(node).get("mode", 0)]}),
+          dtypes=ANY, check=_check_bag, outputs=(0,))
+def embedding_bag(em: Emitter, node: Node) -> tuple[Value]:
+    """Bags of one size L: GATHER the rows, then SUM, MEAN or REDUCE_MAX each group of L."""
+    a = _bag_args(node)
+    weight = em.to_identity(em.value(a["weight"]))
+    indices = em.to_identity(em.value(a["indices"]))
+    rows = em.new((indices.shape[0], weight.shape[1]), weight.dtype, node.name + "/rows")
+    em.op("GATHER", [weight.tensor, indices.tensor], [rows], Options("GatherOptions", {"Axis": 0}))
+    bags = meta(node)[0].shape[0]
+    grouped = em.reshape(rows, (bags, indices.shape[0] // bags, weight.shape[1]), node.name + "/bags")
+    return (reduce_value(em, node.name, _BAG_REDUCERS[a.get("mode", 0)], grouped, [1], False),)
 
 
 def _check_constant_index(node: Node, is_const: IsConst) -> str | None:
