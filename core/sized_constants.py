@@ -71,17 +71,24 @@ def fold_sized_constants(program: ExportedProgram) -> FoldResult:
         return FoldResult(program, {})
     graph = program.graph_module.graph
     values = fold._stored_values(program)
-    sized = _sized_nodes(graph, values)
-    returned = set(graph.output_node().all_input_nodes)
+    refused = set(graph.output_node().all_input_nodes)  # returned values stay computed
     stored: dict[Node, torch.Tensor] = {}
     narrowings: dict[Node, list[tuple[int, sympy.Symbol]]] = {}
-    for node in _frontier(graph, sized, returned):
-        narrowing = _narrowing(node, sources)
-        if narrowing is None:
-            continue
-        largest = _largest_prefix(node, narrowing, sized, values, bounds, _hints(program))
-        if largest is not None:
-            stored[node], narrowings[node] = largest, narrowing
+    while True:  # a refused value (too big, not a prefix) leaves its inputs to be stored instead
+        sized = _sized_nodes(graph, values, refused)
+        frontier = _frontier(graph, sized)
+        pending = [n for n in frontier if n not in stored]
+        for node in pending:
+            narrowing = _narrowing(node, sources)
+            largest = None if narrowing is None else _largest_prefix(node, narrowing, sized, values, bounds,
+                                                                     _hints(program))
+            if largest is None:
+                refused.add(node)
+            else:
+                stored[node], narrowings[node] = largest, narrowing
+        if all(n in stored for n in pending):
+            break
+    stored = {n: v for n, v in stored.items() if n in frontier}
     if not stored:
         return FoldResult(program, {})
 
@@ -158,12 +165,13 @@ def _hints(program: ExportedProgram) -> dict[sympy.Symbol, int]:
     return hints
 
 
-def _sized_nodes(graph: Graph, values: Mapping[Node, torch.Tensor]) -> set[Node]:
-    """Nodes computed from stored values, literals and sizes only. A node whose value is
-    a size (``sym_size``, ``2 * T``) counts whatever it reads: it is computed from sizes."""
+def _sized_nodes(graph: Graph, values: Mapping[Node, torch.Tensor], refused: set[Node]) -> set[Node]:
+    """Nodes computed from stored values, literals and sizes only (but not `refused`). A
+    node whose value is a size (``sym_size``, ``2 * T``) counts whatever it reads: it is
+    computed from sizes."""
     sized: set[Node] = set(values)
     for node in graph.nodes:
-        if node.op != "call_function":
+        if node.op != "call_function" or node in refused:
             continue
         if isinstance(node.meta.get("val"), torch.SymInt):
             sized.add(node)
@@ -172,9 +180,9 @@ def _sized_nodes(graph: Graph, values: Mapping[Node, torch.Tensor]) -> set[Node]
     return sized
 
 
-def _frontier(graph: Graph, sized: set[Node], returned: set[Node]) -> list[Node]:
+def _frontier(graph: Graph, sized: set[Node]) -> list[Node]:
     """Sized tensor values of a dynamic shape that a node computed at run time reads."""
-    return [n for n in graph.nodes if n.op == "call_function" and n in sized and n not in returned
+    return [n for n in graph.nodes if n.op == "call_function" and n in sized
             and isinstance(n.meta.get("val"), torch.Tensor) and not fold._static(n)
             and any(u not in sized for u in n.users)]
 

@@ -54,16 +54,45 @@ def test_a_slice_of_a_buffer_to_the_input_length_is_narrowed_at_run_time():
         assert torch.equal(program.module()(x), model(x))
 
 
+class LargePositions(nn.Module):
+    """Position embeddings of 32 x 8200 floats (over the 1 MiB allowance) at positions [:T]."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(64, 8200)
+        self.register_buffer("positions", torch.arange(64)[None])
+
+    def forward(self, x):
+        return x + self.table(self.positions[:, : x.shape[1]])
+
+
+def test_a_value_too_large_to_store_leaves_its_inputs_stored_instead():
+    model = LargePositions().eval()
+    result = _sized(model, torch.randn(1, 8, 8200))
+    targets = _targets(result.program)
+    assert NARROW_TO in targets and torch.ops.aten.embedding.default in targets
+    (stored,) = [v for k, v in result.program.constants.items() if k in result.folded]
+    assert stored.shape == (1, 32) and stored.dtype == torch.int64, "the positions, not their embeddings"
+    x = torch.randn(1, 5, 8200)
+    with torch.no_grad():
+        assert torch.equal(result.program.module()(x), model(x))
+
+
 class Normalized(nn.Module):
     def forward(self, x):
         t = x.shape[1]
         return x * (torch.arange(t) / t)  # not the leading part of its value at the largest size
 
 
-def test_a_value_that_is_not_a_prefix_of_its_largest_stays():
-    result = _sized(Normalized(), torch.randn(2, 8))
-    assert not result.changed
-    assert torch.ops.aten.arange.start_step in _targets(result.program)
+def test_a_value_that_is_not_a_prefix_of_its_largest_stays_computed():
+    """arange(T) / T is refused; arange(T), a prefix, is stored and narrowed instead."""
+    model = Normalized()
+    result = _sized(model, torch.randn(2, 8))
+    assert list(result.folded.values()) == ["arange"]
+    assert torch.ops.aten.div.Tensor in _targets(result.program)
+    for length in LENGTHS:
+        x = torch.randn(2, length)
+        assert torch.equal(result.program.module()(x), model(x))
 
 
 class AllTrueMask(nn.Module):
