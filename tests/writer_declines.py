@@ -12,7 +12,6 @@ _CEIL = "ceil_mode changes the output size"
 _EXCLUDE_PAD = "count_include_pad=False with padding"
 _3D_TRANSPOSED = "transposed 3d convolution (TFLite's CONV_3D is neither"
 _3D_GROUPED = "grouped 3d convolution (TFLite's CONV_3D is neither"
-_GROUPED = "grouped transposed convolution"
 
 WRITER_DECLINES: dict[str, dict[str, str]] = {
     "avg_pool2d_ceil": {"aten.avg_pool2d.default": _CEIL},
@@ -32,9 +31,7 @@ WRITER_DECLINES: dict[str, dict[str, str]] = {
     "conv_transpose3d_unequal_padding": {"aten.convolution.default": _3D_TRANSPOSED},
     "conv_transpose3d_output_padding": {"aten.convolution.default": _3D_TRANSPOSED},
     "conv3d_groups_strided": {"aten.convolution.default": _3D_GROUPED},
-    "conv_transpose2d_depthwise_output_padding": {"aten.convolution.default": _GROUPED},
-    "conv_transpose2d_groups_dilation": {"aten.convolution.default": _GROUPED},
-    "conv_transpose1d_groups_output_padding": {"aten.convolution.default": _GROUPED},
+    "conv_transpose2d_groups_dilation": {"aten.convolution.default": "dilated transposed convolution"},
 }
 
 PARTITION_RULE = "partition holds only ops the backend never takes alone"

@@ -194,6 +194,9 @@ EXTRA_CASES: list[Case] = [
     case("batch_norm_alone", lambda m, x: F.batch_norm(x * 2, m.mean, m.var.abs() + 0.5, m.g, m.b), (4, 6),
          mean=(6,), var=(6,), g=(6,), b=(6,)),
     _module_case("conv_bn_not_folded", _ConvBnShared, IMG),
+    _module_case("conv_transpose_groups_bn_relu",  # the norm folds into each group's weights
+                 lambda: nn.Sequential(nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+                                       bn_with_stats(6), nn.ReLU()), (1, 8, 5, 5)),
 ]
 
 # Modules the writer must decline, the op it names, and words its reason contains.
