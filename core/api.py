@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -30,6 +31,7 @@ from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.placement import compile_options
 from .shared_artifacts import share_artifacts
+from .sized_constants import fold_sized_constants
 from .tensors import tensor_to_bytes
 from .torch_steps import method_portable_steps, not_delegated
 
@@ -142,6 +144,9 @@ def export_methods(
         infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
         folding = fold_constants(program)  # what depends only on weights and literals
         program = folding.program
+        sized = fold_sized_constants(program)  # ... and on dynamic sizes: stored at the largest
+        program = sized.program
+        folding = dataclasses.replace(folding, program=program, folded={**folding.folded, **sized.folded})
         lowered = lower_method(name, program, selected, lowering_options, strict=strict, keep_reference=keep,
                                progress=progress, declined=declined)
         if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.export import ExportedProgram
@@ -194,9 +194,14 @@ def _run(node: Node, env: dict[Node, Any]) -> Any:
     return node.target(*args, **kwargs)
 
 
-def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor]) -> FoldResult:
-    """A copy of ``program`` where each computed value is a lifted constant input and
-    what no one reads any more is gone."""
+# How a replaced node's readers read its stored value: (graph, the stored value's
+# placeholder, the replaced node, original -> copied nodes) -> the node they read instead.
+Read = Callable[[torch.fx.Graph, Node, Node, dict[Node, Node]], Node]
+
+
+def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor], read: Read | None = None) -> FoldResult:
+    """A copy of ``program`` where each computed value is a lifted constant input (read
+    directly, or through what `read` inserts) and what no one reads any more is gone."""
     graph = torch.fx.Graph()
     copies: dict[Node, Node] = {}
     graph.output(graph.graph_copy(program.graph, copies))
@@ -213,8 +218,8 @@ def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor]) -> Fo
         name = _fresh(FOLDED_PREFIX + node.name, taken)
         with graph.inserting_before(anchor):
             placeholder = graph.placeholder(name)
-        placeholder.meta = {"val": node.meta["val"]}
-        copies[node].replace_all_uses_with(placeholder)
+        placeholder.meta = {"val": _fake(node.meta["val"], value)}
+        copies[node].replace_all_uses_with(read(graph, placeholder, node, copies) if read else placeholder)
         constants[name] = value.detach().contiguous()
         new_specs.append(InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(name=placeholder.name), target=name))
         folded[name] = node.name
@@ -235,6 +240,15 @@ def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor]) -> Fo
         verifiers=program.verifiers,
     )
     return FoldResult(folded_program, folded)
+
+
+def _fake(val: Any, value: torch.Tensor) -> Any:
+    """The placeholder's metadata: the node's own when the stored value has its shape
+    (a static one: comparing a symbolic size would add a guard to the program)."""
+    if all(isinstance(d, int) for d in val.shape) and tuple(val.shape) == tuple(value.shape):
+        return val
+    with val.fake_mode:
+        return torch.empty(tuple(value.shape), dtype=value.dtype)
 
 
 def _drop_unread(graph: torch.fx.Graph, specs: list[InputSpec], state_dict: dict, constants: dict,

@@ -16,6 +16,7 @@ import torch
 from torch._export.serde import serialize as serde
 from torch.export import ExportedProgram
 
+from . import sized_constants  # noqa: F401 - registers torch.ops.edgeport.narrow_to, which portable steps may run
 from .mapped_file import release
 from .tensors import tensor_from_bytes, tensor_to_bytes
 

@@ -211,6 +211,28 @@ def test_bert_encoder_is_one_mediatek_partition(bert):
     assert _steps(program) == [("portable", None), ("delegate", "mediatek")]
     portable = [n for n in program.report()["nodes"] if n["backend"] == "portable"]
     assert [n["op"] for n in portable] == ["aten.embedding.default"]
-    assert "not legalized" in portable[0]["reasons"]["mediatek"]
+    reason = portable[0]["reasons"]["mediatek"]
+    assert "(written as GATHER) is not legalized" in reason and "kSupportedOps" in reason
+    assert "NEURON_GATHER" in reason and "NEURON_UNKNOWN placeholder" in reason, "the vendor source is cited"
     with torch.no_grad():
         assert torch.allclose(program(ids), model(ids), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bert_mask_ops_stay_portable_on_mediatek_each_with_the_plugins_reason(bert):
+    """An attention mask input adds EQUAL, SELECT_V2, LOGICAL_* and REDUCE_ANY per layer:
+    Neuron has them, LiteRT's plugin legalizes none, so each is declined citing both."""
+    model = BertWithMask(bert)
+    ids = torch.randint(0, 100, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 5:] = 0
+    program = edgeport.export(model, (ids, mask), ["mediatek"], registry=registry_for(MediatekBackend()))
+    portable = [n for n in program.report()["nodes"] if n["backend"] == "portable"]
+    written = {n["reasons"]["mediatek"].split("(written as ")[1].split(")")[0] for n in portable
+               if "(written as " in n["reasons"]["mediatek"]}
+    assert {"GATHER", "EQUAL", "SELECT_V2", "LOGICAL_NOT", "REDUCE_ANY"} <= written
+    cited = ("(written as GATHER)", "(written as EQUAL)", "(written as SELECT_V2)", "(written as LOGICAL_NOT)")
+    assert all("NEURON_UNKNOWN placeholder" in n["reasons"]["mediatek"] for n in portable
+               if any(op in n["reasons"]["mediatek"] for op in cited))
+    with torch.no_grad():
+        assert torch.allclose(program(ids, mask), model(ids, mask), atol=1e-5)

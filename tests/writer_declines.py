@@ -10,8 +10,8 @@ from __future__ import annotations
 
 _CEIL = "ceil_mode changes the output size"
 _EXCLUDE_PAD = "count_include_pad=False with padding"
-_3D = "3d convolution (1d and 2d are supported)"
-_GROUPED = "grouped transposed convolution"
+_3D_TRANSPOSED = "transposed 3d convolution (TFLite's CONV_3D is neither"
+_3D_GROUPED = "grouped 3d convolution (TFLite's CONV_3D is neither"
 
 WRITER_DECLINES: dict[str, dict[str, str]] = {
     "avg_pool2d_ceil": {"aten.avg_pool2d.default": _CEIL},
@@ -25,16 +25,13 @@ WRITER_DECLINES: dict[str, dict[str, str]] = {
     "max_pool2d_indices": {"aten.max_pool2d_with_indices.default": "output 1 is read"},
     "pool3d": {"aten.avg_pool3d.default": "no TFLite lowering",
                "aten.max_pool3d_with_indices.default": "no TFLite lowering"},
-    "conv_transpose3d": {"aten.convolution.default": _3D},
-    "conv_transpose3d_groups": {"aten.convolution.default": _3D},
-    "conv_transpose3d_depthwise": {"aten.convolution.default": _3D},
-    "conv_transpose3d_unequal_padding": {"aten.convolution.default": _3D},
-    "conv_transpose3d_output_padding": {"aten.convolution.default": _3D},
-    "conv3d_groups_strided": {"aten.convolution.default": _3D},
-    "conv3d_dilated": {"aten.convolution.default": _3D},
-    "conv_transpose2d_depthwise_output_padding": {"aten.convolution.default": _GROUPED},
-    "conv_transpose2d_groups_dilation": {"aten.convolution.default": _GROUPED},
-    "conv_transpose1d_groups_output_padding": {"aten.convolution.default": _GROUPED},
+    "conv_transpose3d": {"aten.convolution.default": _3D_TRANSPOSED},
+    "conv_transpose3d_groups": {"aten.convolution.default": _3D_TRANSPOSED},
+    "conv_transpose3d_depthwise": {"aten.convolution.default": _3D_TRANSPOSED},
+    "conv_transpose3d_unequal_padding": {"aten.convolution.default": _3D_TRANSPOSED},
+    "conv_transpose3d_output_padding": {"aten.convolution.default": _3D_TRANSPOSED},
+    "conv3d_groups_strided": {"aten.convolution.default": _3D_GROUPED},
+    "conv_transpose2d_groups_dilation": {"aten.convolution.default": "dilated transposed convolution"},
 }
 
 PARTITION_RULE = "partition holds only ops the backend never takes alone"

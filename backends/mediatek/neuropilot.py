@@ -44,6 +44,17 @@ MDLA 1.5, 2.0 and 3.0. So:
 
 Also in the list but never written by our TFLite writer: PRELU,
 L2_NORMALIZATION, SQUARED_DIFFERENCE and the odml.rms_norm / odml.l2_norm composites.
+
+Not in the list, though NeuroPilot itself runs them: GATHER (an embedding lookup),
+EQUAL, SELECT / SELECT_V2 and the LOGICAL_* ops of attention masks. NeuronAdapter
+defines NEURON_GATHER, NEURON_EQUAL, NEURON_SELECT (NNAPI level 30), and MediaTek's own
+TFLite delegate maps them (MediaTek-NeuroPilot/tflite-neuron-delegate,
+`neuron/neuron_delegate_kernel.cc`; its `neuron_delegate_validation.cc` takes GATHER
+with int32 positions, SELECT without broadcasting). LiteRT's plugin, the path this
+backend compiles through, has no legalization for them in any release up to its main
+branch: an op outside `kSupportedOps` reaches Neuron only as a NEURON_UNKNOWN
+placeholder while it asks which ops are supported (`compiler/create_model.cc`), so
+LiteRT runs it on the CPU. Those ops are declined with that reason (`NEURON_ONLY`).
 """
 
 from __future__ import annotations
@@ -69,6 +80,17 @@ LEGALIZED_OPS = frozenset(
 )  # fmt: skip
 
 MAX_RANK = 4
+
+UNKNOWN_OP_SOURCE = "litert/vendors/mediatek/compiler/create_model.cc"
+DELEGATE_SOURCE = "MediaTek-NeuroPilot/tflite-neuron-delegate neuron/neuron_delegate_kernel.cc"
+
+# TFLite ops NeuroPilot runs through MediaTek's own delegate but the plugin does not
+# legalize -> the Neuron operation that would run them.
+NEURON_ONLY = {
+    "GATHER": "NEURON_GATHER", "EQUAL": "NEURON_EQUAL", "NOT_EQUAL": "NEURON_NOT_EQUAL",
+    "SELECT": "NEURON_SELECT", "SELECT_V2": "NEURON_SELECT", "LOGICAL_AND": "NEURON_LOGICAL_AND",
+    "LOGICAL_OR": "NEURON_LOGICAL_OR", "LOGICAL_NOT": "NEURON_LOGICAL_NOT", "REDUCE_ANY": "NEURON_REDUCE_ANY",
+}  # fmt: skip
 
 # Torch dtypes of runtime values that reach the plugin as a Neuron tensor type
 # (int64 values become int32 inside our TFLite model, but an int64 value at run time
@@ -117,7 +139,11 @@ def op_rule(op: str, what: str = "") -> str | None:
     `what` names the op in the reason (default: `op` itself)."""
     if op in LEGALIZED_OPS:
         return None
-    return f"MediaTek NeuroPilot: {what or op} is not legalized by the compiler plugin ({PLUGIN_SOURCE}, kSupportedOps)"
+    reason = f"MediaTek NeuroPilot: {what or op} is not legalized by the compiler plugin ({PLUGIN_SOURCE}, kSupportedOps)"
+    if op in NEURON_ONLY:
+        reason += (f"; Neuron has {NEURON_ONLY[op]} ({DELEGATE_SOURCE}), but the plugin hands an op outside its list to "
+                   f"Neuron only as a NEURON_UNKNOWN placeholder ({UNKNOWN_OP_SOURCE}), so LiteRT runs it on the CPU")
+    return reason
 
 
 def rank_rule(shape: tuple[int, ...], what: str) -> str | None:

@@ -61,13 +61,14 @@ def _conv_args(node: Node) -> dict[str, Any]:
 def _check_conv(node: Node, is_const: IsConst) -> str | None:
     a = _conv_args(node)
     rank = len(shape(a["input"]))
-    if rank not in (3, 4):
-        return f"{rank - 2}d convolution (1d and 2d are supported)"
+    if rank == 5 and (a["transposed"] or a["groups"] != 1):
+        what = "transposed" if a["transposed"] else "grouped"
+        return f"{what} 3d convolution (TFLite's CONV_3D is neither; 3d is written only plain)"
+    if rank not in (3, 4, 5):
+        return f"{rank - 2}d convolution (1d, 2d and 3d are supported)"
     if not is_const(a["weight"]) or (a["bias"] is not None and not is_const(a["bias"])):
         return "weights or bias computed at run time (they must be constants)"
     if a["transposed"]:
-        if a["groups"] != 1:
-            return "grouped transposed convolution"
         if any(d != 1 for d in a["dilation"]):
             return "dilated transposed convolution"
         if any(o > p for o, p in zip(a["output_padding"], a["padding"])):
@@ -78,7 +79,15 @@ def _check_conv(node: Node, is_const: IsConst) -> str | None:
 _CONV_WRITES = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "PAD", "SLICE"})
 
 
-@lowering(aten.convolution.default, writes=_CONV_WRITES, dtypes=FLOAT, check=_check_conv, fuses_activation=True)
+def _conv_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    """The 1d/2d forms; CONV_3D for a 3d one; a grouped transposed one adds its CONCATENATION."""
+    a = _conv_args(node)
+    if len(shape(a["input"])) == 5:
+        return frozenset({"CONV_3D", "PAD"})
+    return _CONV_WRITES | ({"CONCATENATION"} if a["transposed"] and a["groups"] != 1 else set())
+
+
+@lowering(aten.convolution.default, writes=_conv_writes, dtypes=FLOAT, check=_check_conv, fuses_activation=True)
 def convolution(em: Emitter, node: Node) -> Value:
     a = _conv_args(node)
     x = em.value(a["input"])
@@ -86,9 +95,16 @@ def convolution(em: Emitter, node: Node) -> Value:
     bias = em.arg(a["bias"]).detach().double().numpy() if a["bias"] is not None else np.zeros(_out_channels(a, weight))
     if node in em.plan.bn_fold:
         scale, shift = bn_affine(em, em.plan.bn_fold[node])
-        out_axis = 1 if a["transposed"] else 0  # weight is (I, O, k...) when transposed, else (O, I/g, k...)
-        weight = weight * np.expand_dims(scale.astype(np.float32), tuple(d for d in range(weight.ndim) if d != out_axis))
+        scale32 = scale.astype(np.float32)
+        if a["transposed"]:  # weight is (I, O/g, k...): group g's rows scale its O/g outputs
+            g, kernel = a["groups"], weight.shape[2:]
+            grouped = weight.reshape(g, weight.shape[0] // g, weight.shape[1], *kernel)
+            weight = (grouped * scale32.reshape(g, 1, -1, *(1,) * len(kernel))).reshape(weight.shape)
+        else:  # (O, I/g, k...)
+            weight = weight * np.expand_dims(scale32, tuple(range(1, weight.ndim)))
         bias = bias * scale + shift
+    if len(x.shape) == 5:
+        return _conv3d(em, node, em.to_perm(x, NDHWC), weight, bias, a)
     conv1d = len(x.shape) == 3
     if conv1d:  # run as a conv2d over (1, W): (N, C, W) -> (N, C, 1, W)
         x = em.reshape(em.to_perm(x, layout.NWC), x.shape[:2] + (1,) + x.shape[2:])
@@ -98,7 +114,8 @@ def convolution(em: Emitter, node: Node) -> Value:
     out_shape_2d = out_shape[:2] + (1,) + out_shape[2:] if conv1d else out_shape
     x = em.to_perm(x, layout.NHWC)
     if a["transposed"]:
-        y = _transpose_conv(em, node, x, weight, bias, stride, pads, _pair(a["output_padding"], conv1d, 0), out_shape_2d)
+        y = _grouped_transpose_conv(em, node, x, weight, bias, (stride, pads, _pair(a["output_padding"], conv1d, 0)),
+                                    out_shape_2d, a["groups"])
     else:
         y = _conv2d(em, node, x, weight, bias, stride, pads, dilation, a["groups"], out_shape_2d)
     return em.reshape(y, out_shape) if conv1d else y
@@ -140,14 +157,55 @@ def _conv2d(em, node, x, weight, bias, stride, pads, dilation, groups, out_shape
     return out
 
 
-def _transpose_conv(em, node, x, weight, bias, stride, pads, output_padding, out_shape) -> Value:
+NDHWC = (0, 2, 3, 4, 1)  # physical (N, D, H, W, C) of a logical (N, C, D, H, W)
+
+
+def _conv3d(em: Emitter, node: Node, x: Value, weight: np.ndarray, bias: np.ndarray, a: dict[str, Any]) -> Value:
+    """CONV_3D (groups 1): NDHWC input, a (kd, kh, kw, I, O) filter. LiteRT runs it with
+    its own kernel (XNNPACK has no 3d convolution)."""
+    stride, pads, dilation = list(a["stride"]), list(a["padding"]), list(a["dilation"])
+    mode = padding_mode(x.shape[2:], weight.shape[2:], stride, dilation, pads)
+    if mode is None:
+        x, mode = _pad_spatial(em, node, x, pads, 0.0), "VALID"
+    options = {
+        "Padding": getattr(tfl().Padding, mode),
+        "StrideD": stride[0], "StrideH": stride[1], "StrideW": stride[2],
+        "DilationDFactor": dilation[0], "DilationHFactor": dilation[1], "DilationWFactor": dilation[2],
+        "FusedActivationFunction": em.activation(node),
+    }  # fmt: skip
+    out = em.new(tuple(meta(node).shape), torch.float32, node.name, NDHWC)
+    w = em.weight(weight.transpose(2, 3, 4, 1, 0), node.name + "/filter")  # (kd, kh, kw, I, O)
+    em.op("CONV_3D", [x.tensor, w, em.weight(bias, node.name + "/bias")], [out], Options("Conv3DOptions", options))
+    return out
+
+
+def _grouped_transpose_conv(em, node, x, weight, bias, geometry, out_shape, groups: int) -> Value:
+    """TRANSPOSE_CONV has no groups: each group's input channels are SLICEd, convolved
+    alone with its (I/g, O/g, k...) weights, and the outputs CONCATENATEd (channels are
+    NHWC's last axis)."""
+    if groups == 1:
+        return _transpose_conv(em, node, x, weight, bias, *geometry, out_shape, node.name)
+    c_in, c_out = x.shape[1] // groups, out_shape[1] // groups
+    parts = []
+    for g in range(groups):
+        part = em.new((x.shape[0], c_in, *x.shape[2:]), x.dtype, f"{node.name}/in{g}", layout.NHWC)
+        begin = [0, 0, 0, g * c_in]
+        em.op("SLICE", [x.tensor, em.int_const(begin, "begin"), em.int_const(part.physical_shape, "size")], [part])
+        parts.append(_transpose_conv(em, node, part, weight[g * c_in:(g + 1) * c_in], bias[g * c_out:(g + 1) * c_out],
+                                     *geometry, (out_shape[0], c_out, *out_shape[2:]), f"{node.name}/g{g}"))
+    out = em.new(out_shape, torch.float32, node.name, layout.NHWC)
+    em.op("CONCATENATION", [p.tensor for p in parts], [out], Options("ConcatenationOptions", {"Axis": 3}))
+    return out
+
+
+def _transpose_conv(em, node, x, weight, bias, stride, pads, output_padding, out_shape, name: str) -> Value:
     """TRANSPOSE_CONV computes the full (unpadded) output; torch's padding crops it."""
     kh, kw = weight.shape[2:]
     full = (out_shape[0], out_shape[1], (x.shape[2] - 1) * stride[0] + kh, (x.shape[3] - 1) * stride[1] + kw)
     cropped = any(pads) or any(output_padding)
-    y = em.new(full, torch.float32, node.name + ("/full" if cropped else ""), layout.NHWC)
-    w = em.weight(weight.transpose(1, 2, 3, 0), node.name + "/filter")  # (O, kh, kw, I)
-    b = em.weight(bias, node.name + "/bias")
+    y = em.new(full, torch.float32, name + ("/full" if cropped else ""), layout.NHWC)
+    w = em.weight(weight.transpose(1, 2, 3, 0), name + "/filter")  # (O, kh, kw, I)
+    b = em.weight(bias, name + "/bias")
     options = {
         "Padding": tfl().Padding.VALID,
         "StrideH": stride[0],
@@ -158,7 +216,7 @@ def _transpose_conv(em, node, x, weight, bias, stride, pads, output_padding, out
     em.op("TRANSPOSE_CONV", [sizes, w, x.tensor, b], [y], Options("TransposeConvOptions", options))
     if not cropped:
         return y
-    out = em.new(out_shape, torch.float32, node.name, layout.NHWC)
+    out = em.new(out_shape, torch.float32, name, layout.NHWC)
     begin = [0, pads[0], pads[1], 0]
     em.op("SLICE", [y.tensor, em.int_const(begin, "begin"), em.int_const(out.physical_shape, "size")], [out])
     return out
@@ -225,7 +283,7 @@ def _floor_out(node: Node) -> bool:
 def _check_max_pool(node: Node, is_const: IsConst) -> str | None:
     dilation = node.args[4] if len(node.args) > 4 else [1]
     if any(d != 1 for d in dilation):
-        return "dilated pooling"
+        return "dilated pooling (TFLite's MAX_POOL_2D has no dilation)"
     if len(shape(node.args[0])) != 4:
         return "input is not 4d (N, C, H, W)"
     if not _floor_out(node):
@@ -320,6 +378,16 @@ def adaptive_avg_pool2d(em: Emitter, node: Node) -> Value:
     x = em.to_perm(em.value(node.args[0]), layout.NHWC)
     kernel = [n // o for n, o in zip(x.shape[2:], node.args[1])]
     return pool_value(em, node, "AVERAGE_POOL_2D", x, kernel, kernel, "VALID")
+
+
+@lowering(aten.adaptive_max_pool2d.default, writes=frozenset({"MAX_POOL_2D"}), dtypes=FLOAT, check=_check_adaptive,
+          outputs=(0,), fuses_activation=True)
+def adaptive_max_pool2d(em: Emitter, node: Node) -> tuple[Value]:
+    """Output sizes that divide the input's: windows of n // o with that stride, no
+    overlap, as torch's adaptive windows are then (its indices, output 1, are not written)."""
+    x = em.to_perm(em.value(node.args[0]), layout.NHWC)
+    kernel = [n // o for n, o in zip(x.shape[2:], node.args[1])]
+    return (pool_value(em, node, "MAX_POOL_2D", x, kernel, kernel, "VALID"),)
 
 
 # -- resizing -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shape and data-movement ops: views, permutes, concat, split, slice, pad, gather.
+"""Shape and data-movement ops: views, permutes, concat, split, slice, pad, gather (and
+embedding_bag: a gather, then a reduction per bag), and edgeport's `narrow_to` (a stored value narrowed to an input's dynamic size).
 
 `permute` writes nothing: it only changes the layout the value is known to be in.
 Views keep a permuted layout when they only add or drop size-1 dims.
@@ -7,18 +8,21 @@ Views keep a permuted layout when they only add or drop size-1 dims.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch.fx import Node
 
 from edgeport import BackendError
+from edgeport.sized_constants import NARROW_TO
 
 from .. import layout
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
 from ..lowering import ANY, FLOAT, IsConst, aten, lowering, meta, shape
-from ..schema import tensor_type
+from ..schema import tensor_type, tfl
+from .reduce import reduce_value
 
 INT8 = frozenset({torch.int8})  # rows of an int8 table (edgeport.llm's quantized embedding)
 
@@ -274,30 +278,152 @@ def index_select(em: Emitter, node: Node) -> Value:
 
 
 
+def _narrowed_constant(i: Any, is_const: IsConst) -> bool:
+    """A stored value narrowed to an input's dynamic size (sized_constants.py)."""
+    return isinstance(i, Node) and i.target == NARROW_TO and is_const(i.args[0])
+
+
+_BAGS = (aten._embedding_bag_forward_only.default, aten._embedding_bag.default)
+_BAG_REDUCERS = {0: "SUM", 1: "MEAN", 2: "REDUCE_MAX"}  # embedding_bag's mode: sum, mean, max
+_BAG_ARGS = ("weight", "indices", "offsets", "scale_grad_by_freq", "mode", "sparse", "per_sample_weights",
+             "include_last_offset", "padding_idx")
+
+
+def _bag_args(node: Node) -> dict[str, Any]:
+    return {**dict(zip(_BAG_ARGS, node.args)), **node.kwargs}
+
+
+def _bag_size(node: Node, is_const: IsConst) -> int | None:
+    """The one size of every bag (None: bags of different sizes, or offsets computed at run time)."""
+    a = _bag_args(node)
+    value = _offsets(a["offsets"], is_const)
+    if value is None or value.dim() != 1 or value.numel() == 0:
+        return None
+    ends = value.tolist()[1:] + ([] if a.get("include_last_offset") else [shape(a["indices"])[0]])
+    starts = value.tolist()[: len(ends)]
+    sizes = {e - s for s, e in zip(starts, ends)}
+    return sizes.pop() if len(sizes) == 1 and value.tolist()[0] == 0 else None
+
+
+_SAME_VALUE = (aten.lift_fresh_copy.default, aten.clone.default, aten.alias.default)
+
+
+def _offsets(offsets: Any, is_const: IsConst) -> torch.Tensor | None:
+    """The bags' offsets when known at compile time: a stored constant, or the
+    ``arange(0, n, L)`` that a 2d input's bags have before folding."""
+    if not isinstance(offsets, Node) or not is_const(offsets):
+        return None
+    while offsets.target in _SAME_VALUE and isinstance(offsets.args[0], Node):  # a literal tensor's copy
+        offsets = offsets.args[0]
+    if offsets.target == aten.arange.start_step and all(isinstance(x, int) for x in offsets.args):
+        return torch.arange(*offsets.args)
+    value = getattr(is_const, "value", None)
+    return value(offsets) if value is not None else None
+
+
+def _check_bag(node: Node, is_const: IsConst) -> str | None:
+    a = _bag_args(node)
+    if a.get("per_sample_weights") is not None:
+        return "per_sample_weights"
+    if a.get("padding_idx") not in (None, -1):
+        return "padding_idx"
+    if a.get("mode", 0) not in _BAG_REDUCERS:
+        return f"mode {a.get('mode')}"
+    size = _bag_size(node, is_const)
+    if not size:
+        return "bags of different or zero sizes, or offsets computed at run time (equal bags only)"
+    return None
+
+
+@lowering(*_BAGS, writes=lambda node, is_const: frozenset({"GATHER", _BAG_REDUCERS[_bag_args(node).get("mode", 0)]}),
+          dtypes=ANY, check=_check_bag, outputs=(0,))
+def embedding_bag(em: Emitter, node: Node) -> tuple[Value]:
+    """Bags of one size L: GATHER the rows, then SUM, MEAN or REDUCE_MAX each group of L."""
+    a = _bag_args(node)
+    weight = em.to_identity(em.value(a["weight"]))
+    indices = em.to_identity(em.value(a["indices"]))
+    rows = em.new((indices.shape[0], weight.shape[1]), weight.dtype, node.name + "/rows")
+    em.op("GATHER", [weight.tensor, indices.tensor], [rows], Options("GatherOptions", {"Axis": 0}))
+    bags = meta(node)[0].shape[0]
+    grouped = em.reshape(rows, (bags, indices.shape[0] // bags, weight.shape[1]), node.name + "/bags")
+    return (reduce_value(em, node.name, _BAG_REDUCERS[a.get("mode", 0)], grouped, [1], False),)
+
+
 def _check_constant_index(node: Node, is_const: IsConst) -> str | None:
     indices = node.args[1]
     if any(i is None for i in indices):
         return "an index with None (a full slice between indexed dims)"
-    if not all(isinstance(i, Node) and is_const(i) for i in indices):
+    if not all(isinstance(i, Node) and (is_const(i) or _narrowed_constant(i, is_const)) for i in indices):
         return "indices computed at run time (only constant indices become a GATHER_ND)"
     if any(meta(i).dtype not in (torch.int64, torch.int32) for i in indices):
         return "a boolean mask index"
     return None
 
 
-@lowering(aten.index.Tensor, writes=frozenset({"GATHER_ND"}), dtypes=ANY, check=_check_constant_index)
+def _index_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    if any(_narrowed_constant(i, is_const) for i in node.args[1]):
+        return frozenset({"GATHER_ND"}) | NARROW_WRITES
+    return frozenset({"GATHER_ND"})
+
+
+@lowering(aten.index.Tensor, writes=_index_writes, dtypes=ANY, check=_check_constant_index)
 def index_constant(em: Emitter, node: Node) -> Value:
     """x[i0, i1, ..., ik-1] with constant integer index tensors on the first k dims:
     one GATHER_ND whose [*broadcast shape, k] indices are computed here (an attention
-    mask read at fixed positions, x[arange(b)[:, None], arange(t)])."""
+    mask read at fixed positions, x[arange(b)[:, None], arange(t)]). An index narrowed to
+    a dynamic size is computed at its largest size and the positions narrowed alike."""
     v = em.to_identity(em.value(node.args[0]))
-    indices = torch.broadcast_tensors(*[em.constant(i) for i in node.args[1]])
+    args = node.args[1]
+    tables = [em.constant(i.args[0] if i.target == NARROW_TO else i) for i in args]
+    indices = torch.broadcast_tensors(*tables)
     sizes = torch.tensor(v.shape[: len(indices)])
     stacked = torch.stack(indices, dim=-1).to(torch.int64)
-    if ((stacked < -sizes) | (stacked >= sizes)).any():
+    narrowed = [i for i in args if i.target == NARROW_TO]
+    if not narrowed and ((stacked < -sizes) | (stacked >= sizes)).any():  # narrowed: checked by torch at export
         raise BackendError(f"TFLite writer: {node.name} indexes out of range of {v.shape}",
                            hint="torch raises the same error on this model: fix the indices")
     positions = torch.where(stacked < 0, stacked + sizes, stacked).to(torch.int32)
+    source = Value(em.const(positions, node.name + "/indices"), tuple(positions.shape), torch.int32,
+                   layout.identity(positions.dim()))
+    rank = len(indices[0].shape)
+    for i in narrowed:  # the index's dims, right-aligned in the broadcast shape
+        shift = rank - len(meta(i).shape)
+        dims = [d + shift for d in i.args[2]]
+        source = _narrow(em, source, em.value(i.args[1]), dims, i.args[3], f"{node.name}/{i.name}")
     out = em.out(node)
-    em.op("GATHER_ND", [v.tensor, em.const(positions, node.name + "/indices")], [out])
+    em.op("GATHER_ND", [v.tensor, source.tensor], [out])
+    return out
+
+
+# -- sizes read at run time -----------------------------------------------------------------
+
+
+NARROW_WRITES = frozenset({"SHAPE", "CONCATENATION", "GATHER", "SLICE"})
+
+
+@lowering(NARROW_TO, writes=NARROW_WRITES, dtypes=ANY)
+def narrow_to(em: Emitter, node: Node) -> Value:
+    """The leading part of a stored value as long as an input's dims (`_narrow`)."""
+    table = em.to_identity(em.value(node.args[0]))
+    return _narrow(em, table, em.value(node.args[1]), node.args[2], node.args[3], node.name)
+
+
+def _narrow(em: Emitter, table: Value, like: Value, dims: list[int], like_dims: list[int], name: str) -> Value:
+    """`table` (identity layout) narrowed so that dim ``dims[i]`` is as long as ``like``'s
+    dim ``like_dims[i]``: SHAPE of `like`, picked into a SLICE size (-1, "to the end",
+    for the dims kept whole). Nothing in it depends on the size, so the model resizes
+    with the input (dynamic.py)."""
+    rank, like_rank = len(table.shape), len(like.shape)
+    sizes = em.new((like_rank,), torch.int32, name + "/shape")
+    em.op("SHAPE", [like.tensor], [sizes], Options("ShapeOptions", {"OutType": tfl().TensorType.INT32}))
+    with_whole = em.new((like_rank + 1,), torch.int32, name + "/sizes")
+    em.op("CONCATENATION", [sizes.tensor, em.int_const([-1], "whole")], [with_whole],
+          Options("ConcatenationOptions", {"Axis": 0}))
+    physical = [layout.inverse(like.perm)[d] for d in like_dims]  # the input's dims as stored
+    pick = [physical[list(dims).index(d)] if d in dims else like_rank for d in range(rank)]
+    size = em.new((rank,), torch.int32, name + "/size")
+    em.op("GATHER", [with_whole.tensor, em.int_const(pick, "pick")], [size], Options("GatherOptions", {"Axis": 0}))
+    shape = tuple(like.shape[like_dims[list(dims).index(d)]] if d in dims else n for d, n in enumerate(table.shape))
+    out = em.new(shape, table.dtype, name)
+    em.op("SLICE", [table.tensor, em.int_const([0] * rank, "begin"), size.tensor], [out])
     return out
