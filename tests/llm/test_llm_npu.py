@@ -95,3 +95,40 @@ def test_qualcomm_greedy_tokens_in_the_simulator_equal_the_fp32_cpu_program(qual
     assert tokens == expected
     # HTP computes in fp16: logits agree to fp16's ~3 digits, relative to their scale.
     assert np.abs(logits - reference).max() < 1e-2 * np.abs(reference).max()
+
+
+# -- mediatek ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mediatek_program(tiny):
+    from edgeport.backends.mediatek import MediatekBackend
+
+    if not MediatekBackend().availability().can_compile:
+        pytest.skip(MediatekBackend().availability().why)
+    return export(tiny, MediatekBackend())
+
+
+def test_mediatek_takes_every_layer_and_the_head_and_says_why_not_the_lookups(mediatek_program):
+    """Decode is one portable step (the embedding and rotary-table lookups, and the
+    int64 position mask, none of which NeuroPilot legalizes) then one NeuroPilot delegate
+    holding every layer and the lm_head."""
+    report = mediatek_program.report("decode")
+    steps = mediatek_program.manifest.methods["decode"].steps
+    assert [(s.kind, s.backend) for s in steps] == [("portable", None), ("delegate", "mediatek")]
+    compute = {"aten.mm.default", "aten.bmm.default", "aten.linear.default", "aten._softmax.default", "aten.rsqrt.default"}
+    assert {n["backend"] for n in report["nodes"] if n["op"] in compute} == {"mediatek"}
+    portable = [n for n in report["nodes"] if n["backend"] == "portable"]
+    assert {n["op"] for n in portable} >= {"aten.embedding.default"}
+    assert all("MediaTek NeuroPilot" in n["reasons"]["mediatek"] for n in portable)
+    assert_cache_is_program_state(mediatek_program)
+
+
+def test_mediatek_greedy_tokens_on_the_cpu_reference_equal_the_fp32_cpu_program(mediatek_program, cpu_reference):
+    from edgeport.backends.mediatek import MediatekBackend
+
+    assert MediatekBackend().availability().runs_on in ("reference (CPU)", "device")
+    tokens, logits = greedy(mediatek_program)
+    expected, reference = cpu_reference
+    assert tokens == expected
+    assert np.abs(logits - reference).max() < 1e-4 * np.abs(reference).max()  # fp32 on LiteRT's CPU
