@@ -30,6 +30,7 @@ from .loader import LoadedModel, load_model
 from ..quantize.scheme import Scheme, resolve_scheme
 from .model import Decode, Decoder, Prefill
 from .quantized import quantize_decoder, weight_bytes
+from .stateful import attach_stateful_decode, offers_stateful
 from .stitch import repeat_layers
 from .weights import build_decoder
 
@@ -86,6 +87,8 @@ def export(
     _attach(program, loaded, max_seq_len, prefill_chunk)
     program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
     program.manifest.metadata["llm"]["weight_bytes"] = weight_bytes(decoder)
+    if scheme is None and offers_stateful(backend, registry):  # Core ML: the cache as the model's own state
+        attach_stateful_decode(program, backend, proto, values, options=options, registry=registry, progress=progress)
     return program
 
 

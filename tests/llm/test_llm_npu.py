@@ -132,3 +132,71 @@ def test_mediatek_greedy_tokens_on_the_cpu_reference_equal_the_fp32_cpu_program(
     expected, reference = cpu_reference
     assert tokens == expected
     assert np.abs(logits - reference).max() < 1e-4 * np.abs(reference).max()  # fp32 on LiteRT's CPU
+
+
+# -- coreml ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def coreml_program(tiny):
+    from edgeport.backends.coreml import CoreMLBackend
+
+    if not CoreMLBackend().availability().can_compile:
+        pytest.skip(CoreMLBackend().availability().why)
+    return export(tiny, CoreMLBackend(), options={"coreml": {"minimum_deployment_target": "iOS18"}})
+
+
+def test_coreml_decode_compiles_as_a_stateful_ml_program_with_the_cache_as_states(coreml_program):
+    """Checked here (Linux): one fp16 state per cache buffer, each written back, the
+    method's own inputs in and fp32 logits out; the package re-loads and type-checks."""
+    from edgeport.backends.coreml import package
+
+    meta = coreml_program.manifest.metadata["llm"]["stateful_decode"]
+    assert meta["backend"] == "coreml" and meta["minimum_deployment_target"] == "iOS18"
+    assert "macOS" in meta["runs_on"]
+    states = {s["buffer"]: s for s in meta["states"]}
+    assert set(states) == {f"decoder.layers.{i}.{kv}_cache" for i in range(LAYERS) for kv in "kv"}
+    assert {(tuple(s["shape"]), s["dtype"]) for s in states.values()} == {((2, MAX_SEQ_LEN, 16), "FLOAT16")}
+    assert [(f["name"], f["shape"], f["dtype"]) for f in meta["inputs"]] == [("token", [1, 1], "INT32"),
+                                                                             ("position", [1], "INT32")]
+    assert [(f["name"], f["shape"], f["dtype"]) for f in meta["outputs"]] == [("logits", [1, 96], "FLOAT32")]
+    assert meta["mil_ops"]["read_state"] == meta["mil_ops"]["write_state"] == 2 * LAYERS
+    with package.opened(coreml_program.files[meta["file"]]) as path:
+        spec = package.load_spec(path)
+        package.validate(path)
+    assert [s.name for s in spec.description.state] == [s["name"] for s in meta["states"]]
+
+
+def test_coreml_stateless_methods_compile_too_and_say_they_run_on_macos_only(coreml_program):
+    """The program's own methods (cache as edgeport state) lower whole to Core ML; here
+    they cannot run, and loading says so."""
+    from edgeport.backends.coreml import CoreMLBackend
+
+    for method in ("decode", "prefill"):
+        assert {n["backend"] for n in coreml_program.report(method)["nodes"]} == {"coreml"}
+    assert_cache_is_program_state(coreml_program)
+    availability = CoreMLBackend().availability()
+    if not availability.can_run:
+        assert "macOS" in availability.why
+        with pytest.raises(edgeport.EdgeportError, match="macOS"):
+            edgeport.llm.Session(coreml_program).decode(0)
+
+
+def test_coreml_states_need_ios18_and_the_error_says_so():
+    """Below iOS 18 there are no states: the stateful compile refuses with a hint (the LLM
+    export then records that reason in place of the stateful decode)."""
+    from edgeport.backends.coreml import CoreMLBackend, CoreMLOptions
+
+    class Counter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros(2))
+
+        def forward(self, x):
+            self.count.add_(x)
+            return self.count * 2
+
+    program = torch.export.export(Counter(), (torch.ones(2),))
+    with pytest.raises(edgeport.BackendError, match="iOS 18") as error:
+        CoreMLBackend().compile_stateful(program, CoreMLOptions(minimum_deployment_target="iOS17"), ["out"])
+    assert "minimum_deployment_target=iOS18" in error.value.hint
