@@ -10,6 +10,8 @@ The real SmolLM2 runs the same way in bench/llm_npu.py (too slow in the simulato
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,20 @@ def test_qualcomm_takes_every_node_of_both_methods_as_one_htp_context(qualcomm_p
         info = qualcomm_program.manifest.artifacts[steps[0].artifact]
         assert info.metadata["format"] == "onnx-epcontext" and info.metadata["precision"] == "fp16"
     assert_cache_is_program_state(qualcomm_program)
+
+
+def test_explain_shows_htp_placement_and_the_cache_written_in_place_by_the_runtime(qualcomm_program, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    path = tmp_path / "tiny-qnn.edgeport"
+    qualcomm_program.save(path)
+    table = CliRunner().invoke(cli, ["explain", str(path), "--method", "decode"], catch_exceptions=False).output
+    assert "qualcomm" in table and "100%" in table
+    assert f"state: {2 * LAYERS} buffer(s) written row by row in place by the runtime" in table
+    data = json.loads(CliRunner().invoke(cli, ["explain", str(path), "--method", "decode", "--json"]).output)
+    assert len(data["state_writes"]["rows_in_place_by_runtime"]) == 2 * LAYERS and data["state_writes"]["whole"] == []
 
 
 def test_qualcomm_greedy_tokens_in_the_simulator_equal_the_fp32_cpu_program(qualcomm_program, cpu_reference):
