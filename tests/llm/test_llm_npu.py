@@ -216,3 +216,29 @@ def test_coreml_states_need_ios18_and_the_error_says_so():
     with pytest.raises(edgeport.BackendError, match="iOS 18") as error:
         CoreMLBackend().compile_stateful(program, CoreMLOptions(minimum_deployment_target="iOS17"), ["out"])
     assert "minimum_deployment_target=iOS18" in error.value.hint
+
+
+def test_coreml_llm_export_below_ios18_records_why_it_has_no_stateful_decode(tiny):
+    """The stateless methods stay (exported as usual); the stateful decode is replaced by
+    the reason, in the manifest, and nothing half-made is stored."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from edgeport.backends.coreml import CoreMLBackend
+    from edgeport.llm.loader import load_model
+    from edgeport.llm.model import Decoder, Prefill
+    from edgeport.llm.stateful import attach_stateful_decode
+    from edgeport.llm.weights import build_decoder
+
+    loaded = load_model(tiny)
+    decoder = build_decoder(loaded.config, loaded.weights, MAX_SEQ_LEN)
+    values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
+    proto = Decoder(dataclasses.replace(loaded.config, layers=1), MAX_SEQ_LEN)
+    # attach_stateful_decode reads and writes only these parts of a Program
+    program = SimpleNamespace(manifest=SimpleNamespace(metadata={"llm": {}}, files={}), files={})
+    messages = []
+    attach_stateful_decode(program, "coreml", proto, values, options={"coreml": {"minimum_deployment_target": "iOS17"}},
+                           registry=registry_for(CoreMLBackend()), progress=messages.append)
+    meta = program.manifest.metadata["llm"]["stateful_decode"]
+    assert "iOS 18" in meta["skipped"] and "minimum_deployment_target=iOS18" in meta["skipped"] and "file" not in meta
+    assert not program.files and any("not made" in m for m in messages)
