@@ -102,6 +102,23 @@ def test_explain_shows_htp_placement_and_the_cache_written_in_place_by_the_runti
     assert len(data["state_writes"]["rows_in_place_by_runtime"]) == 2 * LAYERS and data["state_writes"]["whole"] == []
 
 
+def test_generate_labels_a_simulator_run_as_such(qualcomm_program, tmp_path):
+    """The speed line of `edgeport llm generate` says where decode ran when it is not the
+    device: simulator tok/s say nothing about a phone."""
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    path = tmp_path / "tiny-qnn.edgeport"
+    qualcomm_program.save(path)
+    result = CliRunner().invoke(cli, ["llm", "generate", str(path), "--prompt", "w5 w6 w7", "--max-new-tokens", "3"],
+                                catch_exceptions=False)
+    assert "decode runs on qualcomm: simulator" in result.stderr
+    data = json.loads(CliRunner().invoke(cli, ["llm", "generate", str(path), "--prompt", "w5 w6 w7", "--max-new-tokens",
+                                               "3", "--json"]).stdout)
+    assert data["runs_on"] == ["qualcomm: simulator"] and len(data["token_ids"]) == 3
+
+
 def test_qualcomm_greedy_tokens_in_the_simulator_equal_the_fp32_cpu_program(qualcomm_program, cpu_reference):
     from edgeport.backends.qualcomm import QualcommBackend
 
