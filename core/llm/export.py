@@ -9,7 +9,8 @@ TFLite model (a subgraph each, `Backend.merge`), so the weights are stored once.
 one-layer decoder and repeats the layer (`stitch.py`): exporting SmolLM2's 30 layers
 costs what one layer does. The tokenizer, chat template and stop tokens travel inside
 the program (``llm/…`` files and ``manifest.metadata["llm"]``), so the file alone is
-enough to generate.
+enough to generate. A backend whose models can hold the cache as their own state (Core
+ML from iOS 18) also gets the whole decode method in that form (`stateful.py`).
 """
 
 from __future__ import annotations
