@@ -157,6 +157,33 @@ def test_mediatek_takes_every_layer_and_the_head_and_says_why_not_the_lookups(me
     assert_cache_is_program_state(mediatek_program)
 
 
+def test_mediatek_stores_the_weights_once_for_both_methods(mediatek_program):
+    """decode's and prefill's NeuroPilot delegates are one merged TFLite model, a
+    subgraph each (decode first), over shared weight buffers."""
+    assert list(mediatek_program.manifest.artifacts) == ["artifacts/mediatek.tflite"]
+    entries = [s.entry for m in ("decode", "prefill") for s in mediatek_program.manifest.methods[m].steps
+               if s.kind == "delegate"]
+    assert entries == [0, 1, 2]
+    weights = mediatek_program.manifest.metadata["llm"]["weight_bytes"]  # the embedding table is in the portable step
+    assert 0.8 * weights < len(mediatek_program.files["artifacts/mediatek.tflite"]) < 1.1 * weights
+
+
+def test_mediatek_merged_model_runs_through_litert_compiled_model_as_on_a_device(mediatek_program, cpu_reference,
+                                                                                 monkeypatch):
+    """On a device the merged model runs through LiteRT's CompiledModel, one signature
+    per entry; here the same API runs on its CPU accelerator (no APU) and must give the
+    same tokens."""
+    from edgeport.backends.mediatek import backend as mediatek_backend
+    from edgeport.backends.mediatek.runtime import CompiledModelEntries
+
+    monkeypatch.setattr(mediatek_backend.tflite, "TfliteEntries",
+                        lambda data, keys, io_names, threads: CompiledModelEntries(data, threads, npu=False))
+    tokens, logits = greedy(mediatek_program)
+    expected, reference = cpu_reference
+    assert tokens == expected
+    assert np.abs(logits - reference).max() < 1e-4 * np.abs(reference).max()
+
+
 def test_mediatek_greedy_tokens_on_the_cpu_reference_equal_the_fp32_cpu_program(mediatek_program, cpu_reference):
     from edgeport.backends.mediatek import MediatekBackend
 
