@@ -88,8 +88,13 @@ def export(
     _attach(program, loaded, max_seq_len, prefill_chunk)
     program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
     program.manifest.metadata["llm"]["weight_bytes"] = weight_bytes(decoder)
-    if scheme is None and offers_stateful(backend, registry):  # Core ML: the cache as the model's own state
-        attach_stateful_decode(program, backend, proto, values, options=options, registry=registry, progress=progress)
+    if offers_stateful(backend, registry):  # Core ML: the cache as the model's own state
+        if scheme is None:
+            attach_stateful_decode(program, backend, proto, values, options=options, registry=registry,
+                                   progress=progress)
+        else:
+            why = f"not made for {scheme.name} weights (the stateful decode is float only)"
+            program.manifest.metadata["llm"]["stateful_decode"] = {"backend": backend, "skipped": why}
     return program
 
 
