@@ -142,7 +142,8 @@ class CoreMLBackend(edgeport.Backend):
         )
         return edgeport.Artifact(data=data, suffix=".mlpackage.zip", metadata=metadata)
 
-    def compile_stateful(self, program: ExportedProgram, options: CoreMLOptions, output_names: list[str]) -> edgeport.Artifact:
+    def compile_stateful(self, program: ExportedProgram, options: CoreMLOptions,
+                         output_names: list[str]) -> edgeport.Artifact:
         """A whole method whose mutated buffers (a KV cache) become Core ML states
         (iOS 18+): the form a Core ML app runs with ``MLState`` (stateful.py)."""
         from .stateful import compile_stateful

@@ -57,7 +57,8 @@ class CompiledModelEntries:
 
     def __init__(self, model: bytes, threads: int, npu: bool) -> None:
         compiled = compiled_model(model, threads, npu)
-        self._entries = [CompiledModelExecutable.signature_of(compiled, i) for i in range(compiled.get_num_signatures())]
+        count = compiled.get_num_signatures()
+        self._entries = [CompiledModelExecutable.signature_of(compiled, i) for i in range(count)]
 
     def entry(self, index: int) -> CompiledModelExecutable:
         return self._entries[index]

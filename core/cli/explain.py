@@ -76,14 +76,16 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
 def state_writes(plan: MethodPlan) -> dict[str, list[str]]:
     """Where each program state the method changes is written: whole by the step that
     computes it, or row by row by the runtime in place (a KV cache)."""
-    return {"whole": sorted(plan.state_writes.values()), "rows_in_place_by_runtime": [u.state for u in plan.row_updates]}
+    return {"whole": sorted(plan.state_writes.values()),
+            "rows_in_place_by_runtime": [u.state for u in plan.row_updates]}
 
 
 def print_state_writes(plan: MethodPlan) -> None:
     writes = state_writes(plan)
     if writes["rows_in_place_by_runtime"]:
         console.print(f"state: {len(writes['rows_in_place_by_runtime'])} buffer(s) written row by row in place by the "
-                      "runtime (the steps return only the new rows: a KV cache never crosses a delegate boundary whole)")
+                      "runtime (the steps return only the new rows: a KV cache never crosses a delegate boundary "
+                      "whole)")
     if writes["whole"]:
         console.print(f"state: {len(writes['whole'])} buffer(s) written whole: {', '.join(writes['whole'])}")
 

@@ -149,7 +149,8 @@ def test_mediatek_takes_every_layer_and_the_head_and_says_why_not_the_lookups(me
     report = mediatek_program.report("decode")
     steps = mediatek_program.manifest.methods["decode"].steps
     assert [(s.kind, s.backend) for s in steps] == [("portable", None), ("delegate", "mediatek")]
-    compute = {"aten.mm.default", "aten.bmm.default", "aten.linear.default", "aten._softmax.default", "aten.rsqrt.default"}
+    compute = {"aten.mm.default", "aten.bmm.default", "aten.linear.default", "aten._softmax.default",
+               "aten.rsqrt.default"}
     assert {n["backend"] for n in report["nodes"] if n["op"] in compute} == {"mediatek"}
     portable = [n for n in report["nodes"] if n["backend"] == "portable"]
     assert {n["op"] for n in portable} >= {"aten.embedding.default"}
