@@ -142,6 +142,14 @@ class CoreMLBackend(edgeport.Backend):
         )
         return edgeport.Artifact(data=data, suffix=".mlpackage.zip", metadata=metadata)
 
+    def compile_stateful(self, program: ExportedProgram, options: CoreMLOptions,
+                         output_names: list[str]) -> edgeport.Artifact:
+        """A whole method whose mutated buffers (a KV cache) become Core ML states
+        (iOS 18+): the form a Core ML app runs with ``MLState`` (stateful.py)."""
+        from .stateful import compile_stateful
+
+        return compile_stateful(program, options, output_names)
+
     def tolerance(self, options: CoreMLOptions) -> float:
         # Compressed weights (against the float reference; int8 activations are in the
         # reference too): ~1e-1, as the contract suggests for int8. fp16 compute: 2e-2 is

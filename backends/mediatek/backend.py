@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import logging
 from importlib import metadata
-from typing import Any
+from typing import Any, Sequence
 
 import edgeport
 from edgeport.backends import tflite
 
 from . import aot, bundle, toolchain
 from .options import MediatekOptions, check_soc, np_version
-from .runtime import CompiledModelExecutable
+from .runtime import CompiledModelEntries, CompiledModelExecutable
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,17 @@ class MediatekBackend(edgeport.Backend):
         facts |= {"aot": False, "why": why}
         return edgeport.Artifact(model.data, ".tflite", facts)
 
+    def merge(self, artifacts: Sequence[edgeport.Artifact]) -> edgeport.Artifact | None:
+        """One TFLite model with a subgraph per artifact, weights stored once (an LLM's
+        prefill and decode delegates share all of theirs). Plain TFLite only: AOT-compiled
+        APU bytecode is one model each, so compiled artifacts stay apart."""
+        if any(a.metadata.get("aot") for a in artifacts):
+            return None
+        io_names = [(a.metadata["inputs"], a.metadata["outputs"]) for a in artifacts]
+        data = tflite.merge_models([a.data for a in artifacts], entry_keys(len(artifacts)), io_names)
+        shared = {key: artifacts[0].metadata[key] for key in ("soc", "aot", "why") if key in artifacts[0].metadata}
+        return edgeport.Artifact(data, ".tflite", {**shared, "entries": [dict(a.metadata) for a in artifacts]})
+
     def tolerance(self, options: MediatekOptions) -> float:
         # fp16 weights, or the APU (which relaxes fp32 to fp16 for every model): ~3 decimal
         # digits. Here, without an APU, fp32 weights run on the fp32 CPU reference.
@@ -134,10 +145,22 @@ class MediatekBackend(edgeport.Backend):
 
     def load(self, artifact: edgeport.Artifact) -> Any:
         options = artifact.options if isinstance(artifact.options, MediatekOptions) else MediatekOptions()
-        plain, compiled = bundle.unpack(edgeport.as_bytes(artifact.data), bool(artifact.metadata.get("aot")))
+        data = edgeport.as_bytes(artifact.data)
+        entries = artifact.metadata.get("entries")
+        if entries is not None:  # merged (`merge`): plain TFLite, a subgraph per entry
+            keys, io_names = entry_keys(len(entries)), [(e["inputs"], e["outputs"]) for e in entries]
+            if toolchain.apu_missing():
+                return tflite.TfliteEntries(data, keys, io_names, options.threads)
+            return CompiledModelEntries(data, options.threads, npu=True)
+        plain, compiled = bundle.unpack(data, bool(artifact.metadata.get("aot")))
         if toolchain.apu_missing():
             return tflite.TfliteExecutable(plain, options.threads)
         return CompiledModelExecutable(compiled or plain, options.threads, npu=True)
+
+
+def entry_keys(count: int) -> list[str]:
+    """The signature keys of a merged model's subgraphs, in entry order."""
+    return [f"entry{i}" for i in range(count)]
 
 
 def _decline_what_neuropilot_refuses(data: bytes, program: Any) -> None:

@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from ..devtools.html import render_program
+from ..manifest import MethodPlan
 from ..program import Program, read_program_file
 from ..torch_steps import PortableStep, describe_steps, portable_steps
 from . import cli
@@ -41,7 +42,7 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     """Show the placement of every node and why backends declined what they did."""
     check_writable(html_path)
     prog = Program(*read_program_file(program))  # not `load`: a program that cannot run here is explained too
-    method, _ = method_plan(prog, method)
+    method, plan = method_plan(prog, method)
     if html_path:
         page = render_program(prog, method, title=f"edgeport placement: {os.path.basename(program)}")
         with open(html_path, "w", encoding="utf-8") as f:
@@ -52,7 +53,7 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     report = prog.report(method)
     portable = portable_steps(prog.manifest)
     if as_json:
-        print_json({**report, "torch_free": not portable})
+        print_json({**report, "torch_free": not portable, "state_writes": state_writes(plan)})
         return
     quantized = any("quantized" in n for n in report["nodes"])
     columns = ("node", "op", "backend", "partition") + (("quantized",) if quantized else ()) + ("why not elsewhere",)
@@ -68,7 +69,25 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
                       str(p["boundary_bytes"]))
     console.print(parts)
     print_summary(report)
+    print_state_writes(plan)
     print_torch_free(portable)
+
+
+def state_writes(plan: MethodPlan) -> dict[str, list[str]]:
+    """Where each program state the method changes is written: whole by the step that
+    computes it, or row by row by the runtime in place (a KV cache)."""
+    return {"whole": sorted(plan.state_writes.values()),
+            "rows_in_place_by_runtime": [u.state for u in plan.row_updates]}
+
+
+def print_state_writes(plan: MethodPlan) -> None:
+    writes = state_writes(plan)
+    if writes["rows_in_place_by_runtime"]:
+        console.print(f"state: {len(writes['rows_in_place_by_runtime'])} buffer(s) written row by row in place by the "
+                      "runtime (the steps return only the new rows: a KV cache never crosses a delegate boundary "
+                      "whole)")
+    if writes["whole"]:
+        console.print(f"state: {len(writes['whole'])} buffer(s) written whole: {', '.join(writes['whole'])}")
 
 
 def print_torch_free(portable: list[PortableStep]) -> None:

@@ -93,16 +93,24 @@ def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, tempera
         tokens = session.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
     session.warm_up()  # after the prompt is known to fit: a prompt too long fails before any of this
     ready_s = time.perf_counter() - start
+    runs_on = off_device(session.runtime.step_labels("decode"))
     if as_json:
         for _ in tokens:
             pass
         print_json({"text": tokens.text, "token_ids": tokens.ids,
-                    "stats": {"ready_s": ready_s, **tokens.stats.to_json()}})
+                    "stats": {"ready_s": ready_s, **tokens.stats.to_json()}, "runs_on": runs_on})
         return
     for token in tokens:
         click.echo(token.text, nl=False)
     click.echo()
-    click.echo(f"ready in {ready_s:.1f} s · " + speed_line(tokens.stats), err=True)
+    where = f" · decode runs on {', '.join(runs_on)}" if runs_on else ""
+    click.echo(f"ready in {ready_s:.1f} s · " + speed_line(tokens.stats) + where, err=True)
+
+
+def off_device(labels: list[str]) -> list[str]:
+    """The steps' run labels that are not the real target ("qualcomm: simulator",
+    "mediatek: reference (CPU)"), once each: speeds measured there say nothing about it."""
+    return list(dict.fromkeys(label for label in labels if ": " in label))
 
 
 @llm.command()

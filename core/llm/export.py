@@ -9,7 +9,8 @@ TFLite model (a subgraph each, `Backend.merge`), so the weights are stored once.
 one-layer decoder and repeats the layer (`stitch.py`): exporting SmolLM2's 30 layers
 costs what one layer does. The tokenizer, chat template and stop tokens travel inside
 the program (``llm/…`` files and ``manifest.metadata["llm"]``), so the file alone is
-enough to generate.
+enough to generate. A backend whose models can hold the cache as their own state (Core
+ML from iOS 18) also gets the whole decode method in that form (`stateful.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .loader import LoadedModel, load_model
 from ..quantize.scheme import Scheme, resolve_scheme
 from .model import Decode, Decoder, Prefill
 from .quantized import quantize_decoder, weight_bytes
+from .stateful import attach_stateful_decode, offers_stateful
 from .stitch import repeat_layers
 from .text import TextCodec
 from .weights import build_decoder
@@ -94,6 +96,13 @@ def export(
     _attach(program, loaded, max_seq_len, prefill_chunk)
     program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
     program.manifest.metadata["llm"]["weight_bytes"] = weight_bytes(decoder)
+    if offers_stateful(backend, registry):  # Core ML: the cache as the model's own state
+        if scheme is None:
+            attach_stateful_decode(program, backend, proto, values, options=options, registry=registry,
+                                   progress=progress)
+        else:
+            why = f"not made for {scheme.name} weights (the stateful decode is float only)"
+            program.manifest.metadata["llm"]["stateful_decode"] = {"backend": backend, "skipped": why}
     return program
 
 

@@ -93,7 +93,8 @@ class Layer(nn.Module):
         c = self.config
         T, d, kv, group = h.shape[0], c.head_dim, c.kv_heads, c.group
         qkv = linear(rms_norm(h, self.attn_norm, c.rms_norm_eps), self.qkv, self.qkv_bias)
-        q, k, v = qkv.split([c.heads * d, kv * d, kv * d], dim=-1)
+        # Slices, not split: unequal parts would be one SPLIT_V, which NeuroPilot cannot take.
+        q, k, v = qkv[:, : c.heads * d], qkv[:, c.heads * d : (c.heads + kv) * d], qkv[:, (c.heads + kv) * d :]
         q, k, v = q.view(T, c.heads, d), k.view(T, kv, d), v.view(T, kv, d)
         if self.q_norm is not None:
             q, k = rms_norm(q, self.q_norm, c.rms_norm_eps), rms_norm(k, self.k_norm, c.rms_norm_eps)

@@ -1,0 +1,289 @@
+"""The LLM program on the NPU backends, on a tiny random Llama (3 layers): placement, the
+KV cache as program state, and greedy tokens against the fp32 cpu program.
+
+- qualcomm: both methods lower whole to QNN HTP (fp16) and run in QNN's HTP simulator;
+- coreml: compiles here (iOS 18 target), runs on macOS only;
+- mediatek: NeuroPilot-legal TFLite, run on LiteRT's CPU as a labelled reference.
+
+The real SmolLM2 runs the same way in bench/llm_npu.py (too slow in the simulator for CI).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import edgeport
+import edgeport.llm
+from edgeport.backends.cpu import CpuBackend
+from edgeport.testing import registry_for
+
+from test_architectures import tiny_model_dir
+
+pytestmark = pytest.mark.slow
+
+MAX_SEQ_LEN, CHUNK, LAYERS = 32, 8, 3
+PROMPT = [5, 6, 7, 8, 9, 10, 11]
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path, _ = tiny_model_dir(tmp_path_factory.mktemp("hf"), "llama")
+    return path
+
+
+def export(path, backend, **kwargs) -> edgeport.Program:
+    return edgeport.llm.export(path, backend=backend.name, max_seq_len=MAX_SEQ_LEN, prefill_chunk=CHUNK,
+                               registry=registry_for(backend, CpuBackend()), **kwargs)
+
+
+def greedy(program: edgeport.Program) -> tuple[list[int], np.ndarray]:
+    """NEW_TOKENS greedy tokens after PROMPT, and the logits that picked each."""
+    session = edgeport.llm.Session(program)
+    logits = [session.prefill(PROMPT, 0)]
+    tokens = [int(logits[-1].argmax())]
+    while len(tokens) < NEW_TOKENS:
+        logits.append(session.decode(tokens[-1]))
+        tokens.append(int(logits[-1].argmax()))
+    return tokens, np.stack(logits)
+
+
+@pytest.fixture(scope="module")
+def cpu_reference(tiny):
+    return greedy(export(tiny, CpuBackend()))
+
+
+def assert_cache_is_program_state(program: edgeport.Program) -> None:
+    """Each method writes the new K and V rows of every layer as row updates of the shared
+    state (the runtime writes them in place), never the whole cache."""
+    for method in ("decode", "prefill"):
+        plan = program.manifest.methods[method]
+        assert plan.state_writes == {} and len(plan.row_updates) == 2 * LAYERS
+    assert len(program.manifest.state) == 2 * LAYERS
+
+
+# -- qualcomm ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qualcomm_program(tiny):
+    pytest.importorskip("onnxruntime_qnn")
+    pytest.importorskip("onnxscript")
+    from edgeport.backends.qualcomm import QualcommBackend
+
+    return export(tiny, QualcommBackend())
+
+
+def test_qualcomm_takes_every_node_of_both_methods_as_one_htp_context(qualcomm_program):
+    for method in ("decode", "prefill"):
+        assert {n["backend"] for n in qualcomm_program.report(method)["nodes"]} == {"qualcomm"}
+        steps = qualcomm_program.manifest.methods[method].steps
+        assert [(s.kind, s.backend) for s in steps] == [("delegate", "qualcomm")]
+        info = qualcomm_program.manifest.artifacts[steps[0].artifact]
+        assert info.metadata["format"] == "onnx-epcontext" and info.metadata["precision"] == "fp16"
+    assert_cache_is_program_state(qualcomm_program)
+
+
+def test_explain_shows_htp_placement_and_the_cache_written_in_place_by_the_runtime(qualcomm_program, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    path = tmp_path / "tiny-qnn.edgeport"
+    qualcomm_program.save(path)
+    table = CliRunner().invoke(cli, ["explain", str(path), "--method", "decode"], catch_exceptions=False).output
+    assert "qualcomm" in table and "100%" in table
+    assert f"state: {2 * LAYERS} buffer(s) written row by row in place by the runtime" in table
+    data = json.loads(CliRunner().invoke(cli, ["explain", str(path), "--method", "decode", "--json"]).output)
+    assert len(data["state_writes"]["rows_in_place_by_runtime"]) == 2 * LAYERS and data["state_writes"]["whole"] == []
+
+
+def test_generate_labels_a_simulator_run_as_such(qualcomm_program, tmp_path):
+    """The speed line of `edgeport llm generate` says where decode ran when it is not the
+    device: simulator tok/s say nothing about a phone."""
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    path = tmp_path / "tiny-qnn.edgeport"
+    qualcomm_program.save(path)
+    result = CliRunner().invoke(cli, ["llm", "generate", str(path), "--prompt", "w5 w6 w7", "--max-new-tokens", "3"],
+                                catch_exceptions=False)
+    assert "decode runs on qualcomm: simulator" in result.stderr
+    data = json.loads(CliRunner().invoke(cli, ["llm", "generate", str(path), "--prompt", "w5 w6 w7", "--max-new-tokens",
+                                               "3", "--json"]).stdout)
+    assert data["runs_on"] == ["qualcomm: simulator"] and len(data["token_ids"]) == 3
+
+
+def test_qualcomm_greedy_tokens_in_the_simulator_equal_the_fp32_cpu_program(qualcomm_program, cpu_reference):
+    from edgeport.backends.qualcomm import QualcommBackend
+
+    assert QualcommBackend().availability().runs_on in ("simulator", "device")
+    tokens, logits = greedy(qualcomm_program)
+    expected, reference = cpu_reference
+    assert tokens == expected
+    # HTP computes in fp16: logits agree to fp16's ~3 digits, relative to their scale.
+    assert np.abs(logits - reference).max() < 1e-2 * np.abs(reference).max()
+
+
+# -- mediatek ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mediatek_program(tiny):
+    from edgeport.backends.mediatek import MediatekBackend
+
+    if not MediatekBackend().availability().can_compile:
+        pytest.skip(MediatekBackend().availability().why)
+    return export(tiny, MediatekBackend())
+
+
+def test_mediatek_takes_every_layer_and_the_head_and_says_why_not_the_lookups(mediatek_program):
+    """Decode is one portable step (the embedding and rotary-table lookups, and the
+    int64 position mask, none of which NeuroPilot legalizes) then one NeuroPilot delegate
+    holding every layer and the lm_head."""
+    report = mediatek_program.report("decode")
+    steps = mediatek_program.manifest.methods["decode"].steps
+    assert [(s.kind, s.backend) for s in steps] == [("portable", None), ("delegate", "mediatek")]
+    compute = {"aten.mm.default", "aten.bmm.default", "aten.linear.default", "aten._softmax.default",
+               "aten.rsqrt.default"}
+    assert {n["backend"] for n in report["nodes"] if n["op"] in compute} == {"mediatek"}
+    portable = [n for n in report["nodes"] if n["backend"] == "portable"]
+    assert {n["op"] for n in portable} >= {"aten.embedding.default"}
+    assert all("MediaTek NeuroPilot" in n["reasons"]["mediatek"] for n in portable)
+    assert_cache_is_program_state(mediatek_program)
+
+
+def test_mediatek_stores_the_weights_once_for_both_methods(mediatek_program):
+    """decode's and prefill's NeuroPilot delegates are one merged TFLite model, a
+    subgraph each (decode first), over shared weight buffers."""
+    assert list(mediatek_program.manifest.artifacts) == ["artifacts/mediatek.tflite"]
+    entries = [s.entry for m in ("decode", "prefill") for s in mediatek_program.manifest.methods[m].steps
+               if s.kind == "delegate"]
+    assert entries == [0, 1, 2]
+    weights = mediatek_program.manifest.metadata["llm"]["weight_bytes"]  # the embedding table is in the portable step
+    assert 0.8 * weights < len(mediatek_program.files["artifacts/mediatek.tflite"]) < 1.1 * weights
+
+
+def test_mediatek_merged_model_runs_through_litert_compiled_model_as_on_a_device(mediatek_program, cpu_reference,
+                                                                                 monkeypatch):
+    """On a device the merged model runs through LiteRT's CompiledModel, one signature
+    per entry; here the same API runs on its CPU accelerator (no APU) and must give the
+    same tokens."""
+    from edgeport.backends.mediatek import backend as mediatek_backend
+    from edgeport.backends.mediatek.runtime import CompiledModelEntries
+
+    monkeypatch.setattr(mediatek_backend.tflite, "TfliteEntries",
+                        lambda data, keys, io_names, threads: CompiledModelEntries(data, threads, npu=False))
+    tokens, logits = greedy(mediatek_program)
+    expected, reference = cpu_reference
+    assert tokens == expected
+    assert np.abs(logits - reference).max() < 1e-4 * np.abs(reference).max()
+
+
+def test_mediatek_greedy_tokens_on_the_cpu_reference_equal_the_fp32_cpu_program(mediatek_program, cpu_reference):
+    from edgeport.backends.mediatek import MediatekBackend
+
+    assert MediatekBackend().availability().runs_on in ("reference (CPU)", "device")
+    tokens, logits = greedy(mediatek_program)
+    expected, reference = cpu_reference
+    assert tokens == expected
+    assert np.abs(logits - reference).max() < 1e-4 * np.abs(reference).max()  # fp32 on LiteRT's CPU
+
+
+# -- coreml ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def coreml_program(tiny):
+    from edgeport.backends.coreml import CoreMLBackend
+
+    if not CoreMLBackend().availability().can_compile:
+        pytest.skip(CoreMLBackend().availability().why)
+    return export(tiny, CoreMLBackend(), options={"coreml": {"minimum_deployment_target": "iOS18"}})
+
+
+def test_coreml_decode_compiles_as_a_stateful_ml_program_with_the_cache_as_states(coreml_program):
+    """Checked here (Linux): one fp16 state per cache buffer, each written back, the
+    method's own inputs in and fp32 logits out; the package re-loads and type-checks."""
+    from edgeport.backends.coreml import package
+
+    meta = coreml_program.manifest.metadata["llm"]["stateful_decode"]
+    assert meta["backend"] == "coreml" and meta["minimum_deployment_target"] == "iOS18"
+    assert "macOS" in meta["runs_on"]
+    states = {s["buffer"]: s for s in meta["states"]}
+    assert set(states) == {f"decoder.layers.{i}.{kv}_cache" for i in range(LAYERS) for kv in "kv"}
+    assert {(tuple(s["shape"]), s["dtype"]) for s in states.values()} == {((2, MAX_SEQ_LEN, 16), "FLOAT16")}
+    assert [(f["name"], f["shape"], f["dtype"]) for f in meta["inputs"]] == [("token", [1, 1], "INT32"),
+                                                                             ("position", [1], "INT32")]
+    assert [(f["name"], f["shape"], f["dtype"]) for f in meta["outputs"]] == [("logits", [1, 96], "FLOAT32")]
+    assert meta["mil_ops"]["read_state"] == meta["mil_ops"]["write_state"] == 2 * LAYERS
+    with package.opened(coreml_program.files[meta["file"]]) as path:
+        spec = package.load_spec(path)
+        package.validate(path)
+    assert [s.name for s in spec.description.state] == [s["name"] for s in meta["states"]]
+
+
+def test_coreml_stateless_methods_compile_too_and_say_they_run_on_macos_only(coreml_program):
+    """The program's own methods (cache as edgeport state) lower whole to Core ML; here
+    they cannot run, and loading says so."""
+    from edgeport.backends.coreml import CoreMLBackend
+
+    for method in ("decode", "prefill"):
+        assert {n["backend"] for n in coreml_program.report(method)["nodes"]} == {"coreml"}
+    assert_cache_is_program_state(coreml_program)
+    availability = CoreMLBackend().availability()
+    if not availability.can_run:
+        assert "macOS" in availability.why
+        with pytest.raises(edgeport.EdgeportError, match="macOS"):
+            edgeport.llm.Session(coreml_program).decode(0)
+
+
+def test_coreml_states_need_ios18_and_the_error_says_so():
+    """Below iOS 18 there are no states: the stateful compile refuses with a hint (the LLM
+    export then records that reason in place of the stateful decode)."""
+    from edgeport.backends.coreml import CoreMLBackend, CoreMLOptions
+
+    class Counter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros(2))
+
+        def forward(self, x):
+            self.count.add_(x)
+            return self.count * 2
+
+    program = torch.export.export(Counter(), (torch.ones(2),))
+    with pytest.raises(edgeport.BackendError, match="iOS 18") as error:
+        CoreMLBackend().compile_stateful(program, CoreMLOptions(minimum_deployment_target="iOS17"), ["out"])
+    assert "minimum_deployment_target=iOS18" in error.value.hint
+
+
+def test_coreml_llm_export_below_ios18_records_why_it_has_no_stateful_decode(tiny):
+    """The stateless methods stay (exported as usual); the stateful decode is replaced by
+    the reason, in the manifest, and nothing half-made is stored."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from edgeport.backends.coreml import CoreMLBackend
+    from edgeport.llm.loader import load_model
+    from edgeport.llm.model import Decoder, Prefill
+    from edgeport.llm.stateful import attach_stateful_decode
+    from edgeport.llm.weights import build_decoder
+
+    loaded = load_model(tiny)
+    decoder = build_decoder(loaded.config, loaded.weights, MAX_SEQ_LEN)
+    values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
+    proto = Decoder(dataclasses.replace(loaded.config, layers=1), MAX_SEQ_LEN)
+    # attach_stateful_decode reads and writes only these parts of a Program
+    program = SimpleNamespace(manifest=SimpleNamespace(metadata={"llm": {}}, files={}), files={})
+    messages = []
+    attach_stateful_decode(program, "coreml", proto, values, options={"coreml": {"minimum_deployment_target": "iOS17"}},
+                           registry=registry_for(CoreMLBackend()), progress=messages.append)
+    meta = program.manifest.metadata["llm"]["stateful_decode"]
+    assert "iOS 18" in meta["skipped"] and "minimum_deployment_target=iOS18" in meta["skipped"] and "file" not in meta
+    assert not program.files and any("not made" in m for m in messages)
