@@ -23,7 +23,7 @@ from edgeport.partitioners.partition import PartitionPlan, partition_graph
 from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, ask_support
 
-from .backend import Artifact, Backend, Support, SupportContext, options_to_dict
+from .backend import Artifact, Backend, Support, options_to_dict, support_question
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, RowUpdate, Step, TensorSpec
 from .output_tree import dump_structure
@@ -104,8 +104,7 @@ def _support_fn(backend: Backend, program: ExportedProgram, options: Any, declin
     if declined:
         no = Support.no(declined)
         return lambda node: no
-    ctx = SupportContext(program, options)
-    return lambda node: backend.support(node, ctx)
+    return support_question(backend, program, options)
 
 
 def _key(partition: Partition) -> tuple[str, tuple[str, ...]]:

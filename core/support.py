@@ -179,11 +179,11 @@ def decline_if_dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], C
 
 
 def decline_if_op_in(refused: Mapping[Any, str], reason: str = "{op}: {why}") -> Check:
-    """Decline the ops in `refused` (op, or its overload packet -> why)."""
+    """Decline the ops in `refused` (an op, its overload packet or its name -> why)."""
 
     def check(node: Node) -> Support:
         target = node.target
-        why = refused.get(target, refused.get(getattr(target, "overloadpacket", None)))
+        why = refused.get(target) or refused.get(getattr(target, "overloadpacket", None)) or refused.get(str(target))
         return Support.no(reason.format(op=op_label(node), why=why)) if why else Support.yes()
 
     return check

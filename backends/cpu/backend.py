@@ -62,6 +62,9 @@ class CpuBackend(edgeport.Backend):
     def keep_ops(self) -> set[Any]:
         return set(tflite.KEEP_OPS)
 
+    def prepare(self, program: ExportedProgram, options: CpuOptions) -> tflite.WriterContext:
+        return tflite.WriterContext(program)
+
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
         return tflite.writer_support(node, ctx)
 

@@ -77,6 +77,9 @@ class MediatekBackend(edgeport.Backend):
     def keep_ops(self) -> set[Any]:
         return set(tflite.KEEP_OPS)
 
+    def prepare(self, program, options: MediatekOptions) -> tflite.WriterContext:  # noqa: ANN001 - contract types
+        return tflite.WriterContext(program)
+
     def support(self, node, ctx) -> edgeport.Support:  # noqa: ANN001 - contract types
         from .support import mediatek_support
 

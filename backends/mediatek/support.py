@@ -45,7 +45,7 @@ def mediatek_support(node: Node, ctx: edgeport.SupportContext) -> edgeport.Suppo
 
 def _neuropilot_rules(node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
     """NeuroPilot's rules for a node the writer computes at run time (constants are folded)."""
-    consts = tflite.constant_nodes(ctx.program)
+    consts = tflite.WriterContext.of(ctx).constant_nodes
     if node in consts:
         return edgeport.Support.yes()
     # A quantize or dequantize the writer accepts (fixed per-tensor parameters): its integer tensor is a quantized one.
