@@ -59,6 +59,16 @@ DATA_MOVEMENT = frozenset({
 SLICING = frozenset({"aten.slice.Tensor", "aten.select.int"})
 
 
+# The quantize and dequantize ops of a quantized (PT2E-converted) graph, by qualified name
+# (`qualified_name`): matching names imports no torchao.
+QUANTIZE = "quantized_decomposed::quantize_per_tensor"
+DEQUANTIZE = "quantized_decomposed::dequantize_per_tensor"
+DEQUANTIZE_CHANNEL = "quantized_decomposed::dequantize_per_channel"
+CHOOSE_AFFINE = "torchao::choose_qparams_affine"  # run-time (per token) quantization parameters
+QUANTIZE_AFFINE = "torchao::quantize_affine"
+DEQUANTIZE_AFFINE = "torchao::dequantize_affine"
+
+
 @dataclass(frozen=True)
 class TensorUse:
     """One tensor a node reads or writes: ``value`` is its fake tensor (dtype, shape)."""
@@ -77,6 +87,14 @@ def op_label(node: Node) -> str:
     if isinstance(target, torch._ops.OpOverload):
         return str(target)
     return getattr(target, "__name__", str(target))
+
+
+def qualified_name(node: Any) -> str:
+    """"namespace::op" of a node's OpOverload ("" for anything else)."""
+    import torch
+
+    target = getattr(node, "target", None)
+    return target._schema.name if isinstance(target, torch._ops.OpOverload) else ""
 
 
 def output_dtype(node: Node) -> torch.dtype | None:

@@ -216,7 +216,7 @@ def known_bad(node: Node) -> KnownBad | None:
 
 # Static per-tensor quantization (a PT2E graph's activations): coremltools converts it to
 # MIL quantize/dequantize (iOS17), whose quantized tensors are int8.
-STATIC_QUANTIZATION = frozenset({"quantized_decomposed::quantize_per_tensor", "quantized_decomposed::dequantize_per_tensor"})
+STATIC_QUANTIZATION = frozenset({support.QUANTIZE, support.DEQUANTIZE})
 
 
 def _static_quantization(node: Node) -> bool:

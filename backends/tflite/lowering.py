@@ -35,13 +35,33 @@ IsConst = Callable[[Node], bool]
 Check = Callable[[Node, IsConst], "str | None"]
 
 
+class ConstantValues:
+    """A constant input's tensor by node (None for a folded node or a runtime value), and
+    facts about such tensors, each computed once per program (`fact`): support asks about
+    each weight once per node of its linear's chain, and an LLM has hundreds of large ones."""
+
+    def __init__(self, value: Callable[[Node], "torch.Tensor | None"]) -> None:
+        self._value = value
+        self._facts: dict[tuple[str, int], tuple[torch.Tensor, Any]] = {}  # (fact, id) -> (tensor, value)
+
+    def __call__(self, node: Node) -> "torch.Tensor | None":
+        return self._value(node)
+
+    def fact(self, name: str, tensor: torch.Tensor, compute: Callable[[torch.Tensor], Any]) -> Any:
+        """``compute(tensor)``, remembered (the tensor is held, so its id stays its own)."""
+        key = (name, id(tensor))
+        if key not in self._facts:
+            self._facts[key] = (tensor, compute(tensor))
+        return self._facts[key][1]
+
+
 class Constants:
     """The nodes known at compile time: callable as an `IsConst`, and `value(node)`
     gives a constant input's tensor (None for a folded node or a runtime value)."""
 
     def __init__(self, nodes: frozenset[Node], value: Callable[[Node], "torch.Tensor | None"]) -> None:
         self.nodes = nodes
-        self.value = value
+        self.value = ConstantValues(value)
 
     def __call__(self, node: Node) -> bool:
         return node in self.nodes
