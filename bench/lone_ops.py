@@ -3,7 +3,7 @@
     python bench/lone_ops.py [--runs 2000] [--blocks 10]
 
 The cpu backend hands a partition made only of data movement (`permute`, `view`,
-`squeeze`, ...: `backends/cpu/backend.py`'s NEVER_ALONE) back to portable, on the
+`squeeze`, ...: `edgeport.support.DATA_MOVEMENT`) back to portable, on the
 reasoning that a delegate call for it is a boundary copy and an interpreter invoke for
 no work. This measures that choice instead of assuming it. A data-movement op is alone
 exactly when its neighbours run elsewhere, so each model is one such op between two ops

@@ -24,7 +24,7 @@ from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .errors import BackendError, EdgeportError
 from .fold import fold_constants
-from .lowering import Progress, lower_method
+from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
 from .plugins import Registry, default_registry
 from .program import Program, file_info
@@ -147,8 +147,8 @@ def export_methods(
         sized = fold_sized_constants(program)  # ... and on dynamic sizes: stored at the largest
         program = sized.program
         folding = dataclasses.replace(folding, program=program, folded={**folding.folded, **sized.folded})
-        lowered = lower_method(name, program, selected, lowering_options, strict=strict, keep_reference=keep,
-                               progress=progress, declined=declined)
+        settings = LoweringSettings(strict=strict, keep_reference=keep, progress=progress, declined=declined)
+        lowered = lower_method(name, program, selected, lowering_options, settings)
         if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):
             raise not_delegated(portable)
         if quantized is not None:

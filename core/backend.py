@@ -3,6 +3,8 @@
 A backend answers four questions, each at its own time:
 
 - `availability()` — can it compile here, can it run here, and if not, why;
+- `prepare(program, options)` — optionally, what `support` should know about the whole
+  program, worked out once (reaches `support` as ``ctx.prepared``);
 - `support(node, ctx)` — may it take this node? (asked once per node, before lowering);
 - `compile(program, options)` — ahead of time: turn a partition into bytes;
 - `load(artifact)` — at run time: turn those bytes into something that runs;
@@ -133,10 +135,12 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class SupportContext:
-    """What `support()` may look at besides the node: the whole program and options."""
+    """What `support()` may look at besides the node: the whole program, the options
+    instance, and what the backend's `prepare` returned for this program (``prepared``)."""
 
     program: ExportedProgram
     options: Any
+    prepared: Any = None
 
     @functools.cached_property
     def _specs(self) -> dict[str, Any]:
@@ -228,6 +232,22 @@ class Backend:
         the default keeps none."""
         return set()
 
+    def prepare(self, program: ExportedProgram, options: Any) -> Any:
+        """Work out, once per program, what `support` needs to know about all of it (the
+        values folded to constants, a view of the graph at static sizes, a plan of
+        fusions), instead of per node or in a cache of your own.
+
+        Called once per program `support` is asked about, before its first question:
+        each method's program as it is partitioned, of every export that selects the
+        backend; also the graph a quantized export places nodes in, and the captured
+        graph when an op of your `keep_ops` occurs in it. ``program`` is the whole
+        core-ATen program `support` is then asked about; ``options`` the options
+        instance. Do not change the program. Return anything (the default: None); it
+        reaches every `support` call on this program as ``ctx.prepared``, and nothing
+        else keeps it. An exception declines every node of the program for this backend,
+        with the error as the reason."""
+        return None
+
     def support(self, node: Node, ctx: SupportContext) -> Support:
         """May this backend take ``node``? Asked once per compute node of every export
         that selects the backend, before any partition is compiled.
@@ -236,8 +256,9 @@ class Backend:
         decomposition, except the ops of `keep_ops`); ``node.meta["val"]`` is its output
         as a fake tensor (dtype and shape, dims possibly symbolic). ``ctx.program`` is
         the whole exported program, ``ctx.options`` the options instance, and
-        ``ctx.constant(n)`` the value of an argument that is a weight or constant. Do
-        not change the node or the graph.
+        ``ctx.constant(n)`` the value of an argument that is a weight or constant, and
+        ``ctx.prepared`` what `prepare` returned for this program. Do not change the
+        node or the graph.
 
         Return `Support.yes()` or `Support.no("reason")` with a reason a user can act
         on (the op, the dtype, the limit). Never raise: an exception is recorded as the
@@ -310,6 +331,17 @@ class Backend:
         ``load`` of the merged artifact must return an `Entries` whose ``entry(i)`` runs
         ``artifacts[i]``."""
         return None
+
+
+def support_question(backend: Backend, program: ExportedProgram, options: Any) -> Callable[[Node], Support]:
+    """``backend.support`` for the nodes of ``program``, after its `prepare` (once); a
+    `prepare` that raises declines every node with the error."""
+    try:
+        ctx = SupportContext(program, options, backend.prepare(program, options))
+    except Exception as exc:  # noqa: BLE001 - one backend's bug must not stop an export
+        no = Support.no(f"prepare() raised {type(exc).__name__}: {exc}")
+        return lambda node: no
+    return lambda node: backend.support(node, ctx)
 
 
 # -- options: how a backend declares them, and how edgeport checks them --------------

@@ -15,14 +15,14 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 from torch.fx import Node
 
-from .backend import Backend, SupportContext
+from .backend import Backend, support_question
 from .errors import EdgeportError
 from .tensors import DTYPE_NAMES, DTYPES
 
@@ -49,7 +49,9 @@ def capture(
     keep = {op: [b for b in backends if op in b.keep_ops()] for b in backends for op in b.keep_ops()}
     quantization = _registered_quant_ops()
     program = _decompose(exported, set(keep) | quantization)
-    unwanted = {op for op in keep if _kept_for_nobody(program, op, keep[op], options)}
+    keepers = {b.name: b for op in keep for b in keep[op]}
+    questions = {name: support_question(b, program, options.get(name)) for name, b in keepers.items()}  # prepared once
+    unwanted = {op for op in keep if _kept_for_nobody(program, op, [questions[b.name] for b in keep[op]])}
     if unwanted:  # decompose again (a second trace), only when it changes something
         program = _decompose(exported, (set(keep) - unwanted) | quantization)
     check_outputs(program)
@@ -136,15 +138,14 @@ def _quiet_torch() -> Iterator[None]:
         yield
 
 
-def _kept_for_nobody(program: ExportedProgram, op: Any, backends: Sequence[Backend], options: Mapping[str, Any]) -> bool:
+def _kept_for_nobody(program: ExportedProgram, op: Any, questions: Sequence[Callable[[Node], Any]]) -> bool:
     """True if ``op`` occurs in the program and no backend that kept it supports it."""
     nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target == op]
-    contexts = [(b, SupportContext(program, options.get(b.name))) for b in backends]
-    return bool(nodes) and not any(_supports(b, n, ctx) for n in nodes for b, ctx in contexts)
+    return bool(nodes) and not any(_supports(question, n) for n in nodes for question in questions)
 
 
-def _supports(backend: Backend, node: Node, ctx: SupportContext) -> bool:
+def _supports(question: Callable[[Node], Any], node: Node) -> bool:
     try:
-        return bool(backend.support(node, ctx))
+        return bool(question(node))
     except Exception:  # a raising check is a "no"; lowering records its reason
         return False

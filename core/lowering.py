@@ -1,9 +1,12 @@
-"""Lowering one method: partition its graph, compile each partition, build the plan.
+"""Lowering one method: propose partitions, compile them, assemble the plan.
 
-A partition whose compile raises falls back to portable torch with the reason in the
-report (``strict`` raises instead). When a toolchain refuses particular nodes
-(`DeclineNodes`), those become "no" answers of that backend and the graph is
-partitioned again; partitions compiled before are reused, not compiled twice.
+- propose: ask every backend about every node (the support matrix), then partition;
+- compile: each delegated partition not compiled yet, to a typed outcome (outcomes.py).
+  A partition whose compile raises falls back to portable torch with the reason in the
+  report (``strict`` raises instead). When a toolchain refuses particular nodes
+  (`DeclineNodes`), those become "no" answers of that backend and the method is
+  proposed again; partitions compiled before are reused, not compiled twice;
+- assemble: the steps, files and artifacts of the method, its plan and its report.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
@@ -23,9 +26,10 @@ from edgeport.partitioners.partition import PartitionPlan, partition_graph
 from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, ask_support
 
-from .backend import Artifact, Backend, Support, SupportContext, options_to_dict
+from .backend import Artifact, Backend, Support, options_to_dict, support_question
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, RowUpdate, Step, TensorSpec
+from .outcomes import Compiled, DeclinedNodes, FellBack, Outcome, PartitionKey, Placement, partition_key
 from .output_tree import dump_structure
 from .portable import program_to_files
 from .report import placement_report
@@ -37,6 +41,7 @@ log = logging.getLogger("edgeport.lowering")
 
 MAX_REPARTITIONS = 32  # each round declines at least one node; this only bounds a buggy backend
 Progress = Callable[[str], None]
+IOSpecs = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]  # the method's inputs, outputs
 
 
 @dataclass(frozen=True)
@@ -47,43 +52,16 @@ class LoweredMethod:
     report: dict[str, Any]
 
 
-def lower_method(
-    name: str,
-    program: ExportedProgram,
-    backends: Mapping[str, Backend],
-    options: Mapping[str, Any],
-    *,
-    strict: bool = False,
-    keep_reference: Callable[[str], bool] = lambda backend: False,
-    progress: Progress | None = None,
-    declined: Mapping[str, str] | None = None,
-) -> LoweredMethod:
-    """``declined`` maps a backend to the reason it declines every node (a backend that
-    does not offer the quantization scheme asked for)."""
-    if program.graph_signature.user_inputs_to_mutate:
-        mutated = ", ".join(program.graph_signature.user_inputs_to_mutate.values())
-        raise EdgeportError(
-            f"method {name!r} mutates its input(s) {mutated} in place",
-            hint="return the new value instead, or keep it in a registered buffer (program state)",
-        )
-    row_updates = split_row_updates(program)
-    nodes = list(program.graph.nodes)
-    # Read the I/O specs before any backend looks at the graph: a support check that
-    # calls int() on a symbolic size would specialize that dim for good.
-    io = _io_specs(program, nodes)
-    matrix = ask_support(
-        nodes, {b: _support_fn(backend, program, options[b], (declined or {}).get(b)) for b, backend in backends.items()}
-    )
-    compiled: dict[tuple[str, tuple[str, ...]], Artifact | str] = {}  # artifact, or why it failed
-    cut = _Cutter(program)
-    for _ in range(MAX_REPARTITIONS):
-        plan = partition_graph(nodes, matrix, list(backends), {b: be.rules for b, be in backends.items()})
-        if _compile_all(name, cut, plan, backends, options, matrix, compiled, strict, progress):
-            break
-    else:
-        raise LoweringError(f"method {name!r}: backends kept refusing nodes after {MAX_REPARTITIONS} rounds")
-    lowered = _assemble(name, program, cut, nodes, io, plan, matrix, backends, options, compiled, keep_reference)
-    return _with_row_updates(lowered, row_updates)
+@dataclass(frozen=True)
+class LoweringSettings:
+    """How to lower: the same for every method of an export, except ``declined``."""
+
+    strict: bool = False  # a failed compile raises instead of falling back to portable
+    keep_reference: Callable[[str], bool] = lambda backend: False  # store a backend's partitions' torch program too
+    progress: Progress | None = None
+    # backend -> the reason it declines every node (a backend that does not offer the
+    # quantization scheme asked for)
+    declined: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Cutter:
@@ -100,92 +78,175 @@ class _Cutter:
         return self._cache[key]
 
 
-def _support_fn(backend: Backend, program: ExportedProgram, options: Any, declined: str | None) -> Callable[[Node], Any]:
-    if declined:
-        no = Support.no(declined)
+@dataclass
+class _Method:
+    """The method being lowered, and what every step of lowering it needs."""
+
+    name: str
+    program: ExportedProgram
+    backends: Mapping[str, Backend]
+    options: Mapping[str, Any]  # backend name -> its options instance
+    settings: LoweringSettings
+    cut: _Cutter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cut = _Cutter(self.program)
+
+
+def lower_method(
+    name: str,
+    program: ExportedProgram,
+    backends: Mapping[str, Backend],
+    options: Mapping[str, Any],
+    settings: LoweringSettings = LoweringSettings(),
+) -> LoweredMethod:
+    """Lower method ``name`` onto ``backends`` (in priority order), each with its
+    options instance in ``options``."""
+    if program.graph_signature.user_inputs_to_mutate:
+        mutated = ", ".join(program.graph_signature.user_inputs_to_mutate.values())
+        raise EdgeportError(
+            f"method {name!r} mutates its input(s) {mutated} in place",
+            hint="return the new value instead, or keep it in a registered buffer (program state)",
+        )
+    row_updates = split_row_updates(program)
+    method = _Method(name, program, backends, options, settings)
+    nodes = list(program.graph.nodes)
+    # Read the I/O specs before any backend looks at the graph: a support check that
+    # calls int() on a symbolic size would specialize that dim for good.
+    io = _io_specs(program, nodes)
+    placement = place(method, nodes)
+    return _with_row_updates(assemble(method, placement, io), row_updates)
+
+
+# -- propose and compile ---------------------------------------------------------------------
+
+
+def place(method: _Method, nodes: list[Node]) -> Placement:
+    """Propose partitions and compile them, again after each round of declined nodes."""
+    matrix = ask_support(nodes, {b: _support_fn(method, b) for b in method.backends})
+    outcomes: dict[PartitionKey, Outcome] = {}
+    for _ in range(MAX_REPARTITIONS):
+        plan = propose(method, nodes, matrix)
+        declined = compile_plan(method, plan, outcomes)
+        if declined is None:
+            return Placement(nodes, matrix, plan, outcomes)
+        for node, reason in declined.reasons.items():
+            matrix.decline(node, declined.backend, reason)
+    raise LoweringError(f"method {method.name!r}: backends kept refusing nodes after {MAX_REPARTITIONS} rounds")
+
+
+def _support_fn(method: _Method, backend: str) -> Callable[[Node], Support]:
+    reason = method.settings.declined.get(backend)
+    if reason:
+        no = Support.no(reason)
         return lambda node: no
-    ctx = SupportContext(program, options)
-    return lambda node: backend.support(node, ctx)
+    return support_question(method.backends[backend], method.program, method.options[backend])
 
 
-def _key(partition: Partition) -> tuple[str, tuple[str, ...]]:
-    return partition.backend, tuple(n.name for n in partition.nodes)
+def propose(method: _Method, nodes: list[Node], matrix: SupportMatrix) -> PartitionPlan:
+    rules = {b: backend.rules for b, backend in method.backends.items()}
+    return partition_graph(nodes, matrix, list(method.backends), rules)
 
 
-def _compile_all(name, cut, plan, backends, options, matrix, compiled, strict, progress) -> bool:
-    """Compile every delegated partition not compiled yet; False if nodes were declined
-    (the caller partitions again)."""
+def compile_plan(method: _Method, plan: PartitionPlan, outcomes: dict[PartitionKey, Outcome]) -> DeclinedNodes | None:
+    """Compile every delegated partition not compiled yet into ``outcomes``; the first
+    nodes a toolchain declines (the caller proposes again), or None."""
     delegated = [p for p in plan.partitions if p.backend != PORTABLE]
     for i, partition in enumerate(delegated):
-        key = _key(partition)
-        if key in compiled:
+        key = partition_key(partition)
+        if key in outcomes:
             continue
-        if progress:
-            progress(f"{name}: compiling partition {i + 1}/{len(delegated)} on {partition.backend} "
-                     f"({len(partition.nodes)} nodes)")
-        backend = backends[partition.backend]
-        try:
-            artifact = backend.compile(cut(partition).program, options[partition.backend])
-            if not isinstance(artifact, Artifact):
-                raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
-            compiled[key] = artifact
-        except DeclineNodes as declined:
-            known = {n.name: n for n in partition.nodes}
-            unknown = set(declined.reasons) - known.keys()
-            if unknown or not declined.reasons:
-                compiled[key] = f"compile declined unknown nodes {sorted(unknown)}"
-                continue
-            for name, reason in declined.reasons.items():
-                node = known[name]
-                if node.target is operator.getitem:  # it runs wherever its producer runs
-                    node = node.args[0]
-                matrix.decline(node.name, partition.backend, reason)
-            return False
-        except Exception as exc:
-            reason = f"compile failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            if strict:
-                raise LoweringError(
-                    f"method {name!r}, partition {partition.id} ({len(partition.nodes)} nodes) on "
-                    f"{partition.backend!r}: {reason}",
-                    hint="drop --strict to fall back to portable torch for this partition",
-                ) from exc
-            log.warning("partition %d on %s falls back to portable: %s", partition.id, partition.backend, reason)
-            compiled[key] = reason
-    return True
+        if method.settings.progress:
+            method.settings.progress(f"{method.name}: compiling partition {i + 1}/{len(delegated)} on "
+                                     f"{partition.backend} ({len(partition.nodes)} nodes)")
+        outcome = compile_partition(method, partition)
+        if isinstance(outcome, DeclinedNodes):
+            return outcome
+        outcomes[key] = outcome
+    return None
 
 
-def _assemble(name, program, cut, nodes, io, plan: PartitionPlan, matrix: SupportMatrix, backends, options, compiled,
-              keep_reference) -> LoweredMethod:
+def compile_partition(method: _Method, partition: Partition) -> Outcome:
+    backend = method.backends[partition.backend]
+    try:
+        artifact = backend.compile(method.cut(partition).program, method.options[partition.backend])
+        if not isinstance(artifact, Artifact):
+            raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
+        return Compiled(artifact)
+    except DeclineNodes as declined:
+        return _declined(partition, declined)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"compile failed: {type(exc).__name__}: {first}"
+        if method.settings.strict:
+            raise LoweringError(
+                f"method {method.name!r}, partition {partition.id} ({len(partition.nodes)} nodes) on "
+                f"{partition.backend!r}: {reason}",
+                hint="drop --strict to fall back to portable torch for this partition",
+            ) from exc
+        log.warning("partition %d on %s falls back to portable: %s", partition.id, partition.backend, reason)
+        return FellBack(partition.backend, reason)
+
+
+def _declined(partition: Partition, declined: DeclineNodes) -> DeclinedNodes | FellBack:
+    """The nodes a toolchain refused, named by the nodes that run (a getitem runs
+    wherever its producer runs); a refusal of nodes it was not given is a failed compile."""
+    known = {n.name: n for n in partition.nodes}
+    unknown = set(declined.reasons) - known.keys()
+    if unknown or not declined.reasons:
+        return FellBack(partition.backend, f"compile declined unknown nodes {sorted(unknown)}")
+    reasons = {}
+    for name, reason in declined.reasons.items():
+        node = known[name]
+        if node.target is operator.getitem:
+            node = node.args[0]
+        reasons[node.name] = reason
+    return DeclinedNodes(partition.backend, reasons)
+
+
+# -- assemble ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Assembled:
+    """The steps of a method, and the files and artifacts they read."""
+
+    steps: list[Step] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    artifacts: dict[str, ArtifactInfo] = field(default_factory=dict)
+
+
+def assemble(method: _Method, placement: Placement, io: IOSpecs) -> LoweredMethod:
     """Turn compiled partitions into steps and files, then the method's plan and report."""
-    files: dict[str, bytes] = {}
-    artifacts: dict[str, ArtifactInfo] = {}
-    steps: list[Step] = []
-    fallbacks: dict[int, str] = {}
-    for partition in plan.partitions:
-        sub = cut(partition)
+    out = _Assembled()
+    for partition in placement.plan.partitions:
+        sub = method.cut(partition)
         if not sub.outputs:  # assertions on constants alone: nothing can differ at run time
             continue
-        outcome = compiled.get(_key(partition)) if partition.backend != PORTABLE else None
-        stem = f"{name}/{partition.id}"
-        if isinstance(outcome, Artifact):
-            path = f"artifacts/{stem}{outcome.suffix}"
-            files[path] = outcome.data
-            artifacts[path] = ArtifactInfo(partition.backend, backends[partition.backend].version,
-                                           options_to_dict(options[partition.backend]), dict(outcome.metadata))
-            reference = f"reference/{stem}" if keep_reference(partition.backend) else None
-            if reference:
-                _add_program_files(files, reference, sub.program)
-            steps.append(Step("delegate", partition.id, sub.inputs, sub.outputs, backend=partition.backend,
-                              artifact=path, reference=reference))
+        outcome = placement.outcome(partition)
+        if isinstance(outcome, Compiled):
+            _add_delegate(method, out, partition, outcome.artifact)
         else:
-            if isinstance(outcome, str):
-                fallbacks[partition.id] = f"{partition.backend}: {outcome}"
-            prefix = f"portable/{stem}"
-            _add_program_files(files, prefix, sub.program)
-            steps.append(Step("portable", partition.id, sub.inputs, sub.outputs, program=prefix))
-    subprograms = {p.id: cut(p) for p in plan.partitions}
-    report = placement_report(nodes, matrix, plan, subprograms, fallbacks, steps)
-    return LoweredMethod(_method_plan(name, program, io, steps), files, artifacts, report)
+            prefix = f"portable/{method.name}/{partition.id}"
+            _add_program_files(out.files, prefix, sub.program)
+            out.steps.append(Step("portable", partition.id, sub.inputs, sub.outputs, program=prefix))
+    subprograms = {p.id: method.cut(p) for p in placement.plan.partitions}
+    report = placement_report(placement, subprograms, out.steps)
+    return LoweredMethod(_method_plan(method, io, out.steps), out.files, out.artifacts, report)
+
+
+def _add_delegate(method: _Method, out: _Assembled, partition: Partition, artifact: Artifact) -> None:
+    stem = f"{method.name}/{partition.id}"
+    path = f"artifacts/{stem}{artifact.suffix}"
+    out.files[path] = artifact.data
+    out.artifacts[path] = ArtifactInfo(partition.backend, method.backends[partition.backend].version,
+                                       options_to_dict(method.options[partition.backend]), dict(artifact.metadata))
+    sub = method.cut(partition)
+    reference = f"reference/{stem}" if method.settings.keep_reference(partition.backend) else None
+    if reference:
+        _add_program_files(out.files, reference, sub.program)
+    out.steps.append(Step("delegate", partition.id, sub.inputs, sub.outputs, backend=partition.backend,
+                          artifact=path, reference=reference))
 
 
 def _with_row_updates(lowered: LoweredMethod, updates: tuple[RowUpdate, ...]) -> LoweredMethod:
@@ -198,7 +259,7 @@ def _with_row_updates(lowered: LoweredMethod, updates: tuple[RowUpdate, ...]) ->
     return dataclasses.replace(lowered, plan=plan)
 
 
-def _io_specs(program: ExportedProgram, nodes: list[Node]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def _io_specs(program: ExportedProgram, nodes: list[Node]) -> IOSpecs:
     signature = program.graph_signature
     by_name = {n.name: n for n in nodes}
     inputs = tuple(_tensor_spec(by_name[n]) for n in signature.user_inputs)
@@ -206,12 +267,13 @@ def _io_specs(program: ExportedProgram, nodes: list[Node]) -> tuple[tuple[Tensor
     return inputs, outputs
 
 
-def _method_plan(name: str, program: ExportedProgram, io: tuple, steps: list[Step]) -> MethodPlan:
+def _method_plan(method: _Method, io: IOSpecs, steps: list[Step]) -> MethodPlan:
+    program = method.program
     signature = program.graph_signature
     mutated = signature.buffers_to_mutate  # output node name -> buffer fqn
     inputs, outputs = io
     return MethodPlan(
-        name=name,
+        name=method.name,
         inputs=inputs,
         outputs=outputs,
         input_values=tuple(signature.user_inputs),

@@ -17,11 +17,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.fx import Node
 
-from edgeport.partitioners.partition import PartitionPlan
 from edgeport.partitioners.policy import PORTABLE
-from edgeport.partitioners.support import SupportMatrix, is_compute
+from edgeport.partitioners.support import is_compute
 
 from .manifest import Step
+from .outcomes import Placement
 from .quantize.node_dtypes import node_dtypes
 from .tensors import DTYPE_NAMES
 
@@ -58,14 +58,11 @@ def _value(node: Node) -> dict[str, Any]:
     return {"dtype": DTYPE_NAMES.get(val.dtype, str(val.dtype)), "shape": shape, "bytes": _bytes(node)}
 
 
-def placement_report(
-    nodes: Sequence[Node],
-    matrix: SupportMatrix,
-    plan: PartitionPlan,
-    subprograms: Mapping[int, Any],
-    fallbacks: Mapping[int, str],
-    steps: Sequence[Step],
-) -> dict[str, Any]:
+def placement_report(placement: Placement, subprograms: Mapping[int, Any], steps: Sequence[Step]) -> dict[str, Any]:
+    """The report of one lowered method (the shape in the module docstring): each node's
+    backend and every backend's reason not to take it, each partition's boundary."""
+    nodes, matrix, plan = placement.nodes, placement.matrix, placement.plan
+    fallbacks = placement.fallbacks()
     partition_of = {n.name: p for p in plan.partitions for n in p.nodes}
     by_name = {n.name: n for n in nodes}
     ran_on = {s.partition: (s.backend if s.kind == "delegate" else PORTABLE) for s in steps}
@@ -76,12 +73,9 @@ def placement_report(
             continue
         partition = partition_of[node.name]
         reasons = matrix.reasons(node.name)
-        if node.name in plan.demoted:
-            backend, why = plan.demoted[node.name].split(": ", 1)
-            reasons[backend] = why
-        if partition.id in fallbacks:
-            backend, why = fallbacks[partition.id].split(": ", 1)
-            reasons[backend] = why
+        for declined in (plan.demoted.get(node.name), fallbacks.get(partition.id)):
+            if declined is not None:
+                reasons[declined.backend] = declined.reason
         node_rows.append({
             "name": node.name,
             "op": op_name(node),
@@ -104,7 +98,7 @@ def placement_report(
             "inputs": list(sub.inputs),
             "outputs": list(sub.outputs),
             "boundary_bytes": sum(_bytes(by_name[v]) for v in (*sub.inputs, *sub.outputs) if v in by_name),
-            "fallback": fallbacks.get(partition.id),
+            "fallback": f"{fallback.backend}: {fallback.reason}" if (fallback := fallbacks.get(partition.id)) else None,
         })
     crossing = {v: None for p in partition_rows for v in (*p["inputs"], *p["outputs"]) if v in by_name}
     return {"nodes": node_rows, "partitions": partition_rows, "values": {v: _value(by_name[v]) for v in crossing}}

@@ -11,7 +11,7 @@ from edgeport.backend import PartitionRules
 
 from .grow import Partition, propose_partitions
 from .policy import Policy, assign_by_priority
-from .rules import demote_rule_breakers
+from .rules import Demotion, demote_rule_breakers
 from .support import SupportMatrix
 
 
@@ -25,7 +25,7 @@ class PartitionPlan:
 
     assignment: dict[str, str]
     partitions: list[Partition]
-    demoted: dict[str, str] = field(default_factory=dict)
+    demoted: dict[str, Demotion] = field(default_factory=dict)
 
 
 def partition_graph(
@@ -41,7 +41,7 @@ def partition_graph(
     per partition.
     """
     assignment = policy(nodes, matrix, order)
-    demoted: dict[str, str] = {}
+    demoted: dict[str, Demotion] = {}
     while True:
         partitions = propose_partitions(nodes, assignment)
         moved = demote_rule_breakers(partitions, assignment, rules or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 from edgeport.backend import PartitionRules
@@ -22,16 +23,24 @@ def violation(partition: Partition, rules: PartitionRules) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Demotion:
+    """A node ``backend`` supported but did not get: its partition broke the backend's rules."""
+
+    backend: str
+    reason: str
+
+
 def demote_rule_breakers(
     partitions: list[Partition],
     assignment: dict[str, str],
     rules: Mapping[str, PartitionRules],
-) -> dict[str, str]:
+) -> dict[str, Demotion]:
     """Move the nodes of every partition that breaks its rules to portable.
 
-    Returns {node name: reason} for the nodes moved (empty when nothing changed).
+    Returns {node name: why} for the nodes moved (empty when nothing changed).
     """
-    moved: dict[str, str] = {}
+    moved: dict[str, Demotion] = {}
     for partition in partitions:
         if partition.backend == PORTABLE:
             continue
@@ -39,5 +48,5 @@ def demote_rule_breakers(
         if reason:
             for node in partition.nodes:
                 assignment[node.name] = PORTABLE
-                moved[node.name] = f"{partition.backend}: {reason}"
+                moved[node.name] = Demotion(partition.backend, reason)
     return moved

@@ -17,11 +17,11 @@ Registering it and `load` import no torch (the run side); `support`, `keep_ops` 
 
 from __future__ import annotations
 
-import operator
 import time
 from typing import TYPE_CHECKING, Any
 
 import edgeport
+from edgeport.support import DATA_MOVEMENT, SLICING
 
 from . import compress, package, runtime, toolchain
 from .options import CoreMLOptions
@@ -33,34 +33,14 @@ if TYPE_CHECKING:
     from .convert import TensorSpec
     from .support import ConverterRegistry
 
-# Pure data movement: a Core ML partition of only these moves tensors in and out for no work.
-_DATA_MOVEMENT = frozenset(
-    {
-        "aten.view.default",
-        "aten._unsafe_view.default",
-        "aten.reshape.default",
-        "aten.permute.default",
-        "aten.transpose.int",
-        "aten.expand.default",
-        "aten.clone.default",
-        "aten.alias.default",
-        "aten.squeeze.dim",
-        "aten.squeeze.dims",
-        "aten.unsqueeze.default",
-        "aten.slice.Tensor",
-        "aten.select.int",
-        "aten._to_copy.default",
-        operator.getitem,
-    }
-)
-
 
 class CoreMLBackend(edgeport.Backend):
     """Apple Core ML through coremltools: ML programs for the Neural Engine, GPU and CPU."""
 
     name = "coreml"
     options = CoreMLOptions
-    rules = edgeport.PartitionRules(never_alone=_DATA_MOVEMENT)
+    # A lone dtype cast is a copy too: Core ML's call costs more than the cast.
+    rules = edgeport.PartitionRules(never_alone=DATA_MOVEMENT | SLICING | {"aten._to_copy.default"})
     schemes = frozenset(compress.SCHEMES)
     schemes_declined = {
         "int8-dynamic": "Core ML quantizes activations only with calibrated (static) ranges; "

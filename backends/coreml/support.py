@@ -23,6 +23,7 @@ import torch
 from torch.fx import Node
 
 import edgeport
+from edgeport import support
 
 from . import toolchain
 
@@ -73,6 +74,15 @@ class ConverterRegistry:
         # Torch dtypes with a Core ML tensor type of the same kind. float64 is left out:
         # coremltools would silently compute it in float32.
         self.dtypes = frozenset(TORCH_DTYPE_TO_MIL_DTYPE) - {torch.float64}
+        self.check_tensors = support.all_of(
+            support.decline_if_symbolic("{op} has a symbolic shape {shape}; edgeport converts Core ML partitions "
+                                        "with static shapes (no RangeDim inputs yet)"),
+            support.decline_if_dtype_not_in(self._node_dtypes, "{op} uses torch.{dtype}, which Core ML has no tensors of"),
+        )
+
+    def _node_dtypes(self, node: Node) -> frozenset[torch.dtype]:
+        """Core ML's tensor dtypes, and int8 for a static per-tensor (de)quantize."""
+        return self.dtypes | {torch.int8} if _static_quantization(node) else self.dtypes
 
     def key(self, target: Any) -> str:
         """The key coremltools looks ``target`` up under: "convolution", "mean.dim", ..."""
@@ -98,13 +108,8 @@ class ConverterRegistry:
 # -- conversions coremltools gets wrong -------------------------------------------------
 
 
-def _output_dtype(node: Node) -> torch.dtype | None:
-    value = node.meta.get("val")
-    return value.dtype if isinstance(value, torch.Tensor) else None
-
-
 def _integer_output(node: Node) -> bool:
-    dtype = _output_dtype(node)
+    dtype = support.output_dtype(node)
     return dtype is not None and not dtype.is_floating_point and dtype is not torch.bool
 
 
@@ -115,13 +120,13 @@ def _integer_with_open_bound(node: Node) -> bool:
 
 def _bool_input(node: Node) -> bool:
     first = node.args[0] if node.args else None
-    return isinstance(first, Node) and _output_dtype(first) is torch.bool
+    return isinstance(first, Node) and support.output_dtype(first) is torch.bool
 
 
 def _integer_bounds_on_floats(node: Node) -> bool:
     bounds = node.args[1:3]
     integer = any(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
-    dtype = _output_dtype(node)
+    dtype = support.output_dtype(node)
     return integer and dtype is not None and dtype.is_floating_point
 
 
@@ -209,18 +214,9 @@ def known_bad(node: Node) -> KnownBad | None:
 # -- the check ----------------------------------------------------------------------------
 
 
-def _tensor_values(node: Node) -> list[torch.Tensor]:
-    """The fake tensors a node reads and produces (from ``meta["val"]``)."""
-    values = [a.meta.get("val") for a in node.all_input_nodes] + [node.meta.get("val")]
-    flat: list[torch.Tensor] = []
-    for value in values:
-        flat.extend(v for v in (value if isinstance(value, (tuple, list)) else [value]) if isinstance(v, torch.Tensor))
-    return flat
-
-
 # Static per-tensor quantization (a PT2E graph's activations): coremltools converts it to
 # MIL quantize/dequantize (iOS17), whose quantized tensors are int8.
-STATIC_QUANTIZATION = frozenset({"quantized_decomposed::quantize_per_tensor", "quantized_decomposed::dequantize_per_tensor"})
+STATIC_QUANTIZATION = frozenset({support.QUANTIZE, support.DEQUANTIZE})
 
 
 def _static_quantization(node: Node) -> bool:
@@ -235,15 +231,9 @@ def check_node(registry: ConverterRegistry, node: Node) -> edgeport.Support:
     if node.op != "call_function":
         return edgeport.Support.no(f"coremltools converts only call_function nodes, not {node.op} {node.name}")
     name = str(node.target)
-    quantizes = _static_quantization(node)
-    for value in _tensor_values(node):
-        if any(not isinstance(d, int) for d in value.shape):
-            return edgeport.Support.no(
-                f"{name} has a symbolic shape {tuple(value.shape)}; edgeport converts Core ML partitions "
-                "with static shapes (no RangeDim inputs yet)"
-            )
-        if value.dtype not in registry.dtypes and not (quantizes and value.dtype == torch.int8):
-            return edgeport.Support.no(f"{name} uses {value.dtype}, which Core ML has no tensors of")
+    tensors = registry.check_tensors(node)
+    if not tensors:
+        return tensors
     if not registry.has_converter(node.target) and registry.copy_twin(node.target) is None:
         return edgeport.Support.no(
             f"coremltools has no converter for {name} (looked up as '{registry.key(node.target)}')"

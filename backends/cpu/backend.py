@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
+from edgeport.support import DATA_MOVEMENT
 from edgeport.backends import tflite
 
 if TYPE_CHECKING:
@@ -24,15 +25,6 @@ if TYPE_CHECKING:
     from torch.fx import Node
 
 PRECISIONS = ("fp32", "fp16")
-
-# Ops that only relabel or copy data: a partition of nothing else would add a
-# boundary copy and an interpreter call for no work, so it stays portable.
-NEVER_ALONE = frozenset({
-    "aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.permute.default",
-    "aten.transpose.int", "aten.t.default", "aten.clone.default", "aten.alias.default",
-    "aten.lift_fresh_copy.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default",
-    "aten.unsqueeze.default", "aten.expand.default",
-})
 
 
 @dataclass(frozen=True)
@@ -54,7 +46,7 @@ class CpuBackend(edgeport.Backend):
 
     name = "cpu"
     options = CpuOptions
-    rules = edgeport.PartitionRules(never_alone=NEVER_ALONE)
+    rules = edgeport.PartitionRules(never_alone=DATA_MOVEMENT)
     schemes = tflite.SCHEMES
 
     @property
@@ -69,6 +61,9 @@ class CpuBackend(edgeport.Backend):
 
     def keep_ops(self) -> set[Any]:
         return set(tflite.KEEP_OPS)
+
+    def prepare(self, program: ExportedProgram, options: CpuOptions) -> tflite.WriterContext:
+        return tflite.WriterContext(program)
 
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
         return tflite.writer_support(node, ctx)

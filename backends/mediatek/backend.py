@@ -26,6 +26,7 @@ from importlib import metadata
 from typing import Any, Sequence
 
 import edgeport
+from edgeport.support import DATA_MOVEMENT, SLICING
 from edgeport.backends import tflite
 
 from . import aot, bundle, toolchain
@@ -33,14 +34,6 @@ from .options import MediatekOptions, check_soc, np_version
 from .runtime import CompiledModelEntries, CompiledModelExecutable
 
 log = logging.getLogger(__name__)
-
-# A partition of nothing but these is a boundary copy for no work.
-_DATA_MOVES = frozenset({
-    "aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.permute.default",
-    "aten.t.default", "aten.transpose.int", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default",
-    "aten.unsqueeze.default", "aten.clone.default", "aten.alias.default", "aten.expand.default",
-    "aten.slice.Tensor", "aten.select.int",
-})  # fmt: skip
 
 APU_PRECISION = (
     "fp16 (LiteRT's MediaTek plugin relaxes fp32 to fp16: litert/vendors/mediatek/compiler/compile_model.cc); "
@@ -54,7 +47,7 @@ class MediatekBackend(edgeport.Backend):
 
     name = "mediatek"
     options = MediatekOptions
-    rules = edgeport.PartitionRules(min_nodes=1, never_alone=_DATA_MOVES)
+    rules = edgeport.PartitionRules(min_nodes=1, never_alone=DATA_MOVEMENT | SLICING)
     schemes = frozenset({"int8"})
 
     @property
@@ -83,6 +76,9 @@ class MediatekBackend(edgeport.Backend):
 
     def keep_ops(self) -> set[Any]:
         return set(tflite.KEEP_OPS)
+
+    def prepare(self, program, options: MediatekOptions) -> tflite.WriterContext:  # noqa: ANN001 - contract types
+        return tflite.WriterContext(program)
 
     def support(self, node, ctx) -> edgeport.Support:  # noqa: ANN001 - contract types
         from .support import mediatek_support

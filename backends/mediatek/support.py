@@ -16,12 +16,10 @@ maps to its quantized tensor types. Run-time (per-token) quantization and group-
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import torch
 from torch.fx import Node
 
 import edgeport
+from edgeport import support
 from edgeport.backends import tflite
 
 from . import neuropilot
@@ -41,47 +39,35 @@ def mediatek_support(node: Node, ctx: edgeport.SupportContext) -> edgeport.Suppo
     answer = tflite.writer_support(node, ctx)
     if not answer or node.op != "call_function":
         return answer
-    try:
-        consts = tflite.constant_nodes(ctx.program)
-        if node in consts:
-            return answer
-        reason = _ops_rule(node, ctx) or _tensor_rule(node, consts, tflite.is_quantization_op(node))
-    except Exception as e:  # noqa: BLE001 - support must never raise
-        reason = f"MediaTek NeuroPilot: {node.target}: could not check ({type(e).__name__}: {e})"
-    return edgeport.Support.no(reason) if reason else answer
+    rules = support.never_raising(lambda n: _neuropilot_rules(n, ctx), "MediaTek NeuroPilot: {op}: could not check ({error})")
+    return rules(node)
 
 
-def _tensor_rule(node: Node, consts: frozenset[Node], quantizes: bool) -> str | None:
-    """Rank of every tensor the node reads or writes; dtype of every runtime one.
-    `quantizes`: the node is a quantize or dequantize the writer accepts (fixed per-tensor
-    parameters), so its integer tensor is a quantized one."""
-    for role, val, runtime in _tensors(node, consts):
-        reason = neuropilot.rank_rule(tuple(val.shape), f"{role} of {_name(node)}")
-        if reason is None and runtime:
-            reason = neuropilot.dtype_rule(val.dtype, f"{role} of {_name(node)}", quantized=quantizes)
-        if reason:
-            return reason
-    return None
+def _neuropilot_rules(node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
+    """NeuroPilot's rules for a node the writer computes at run time (constants are folded)."""
+    consts = tflite.WriterContext.of(ctx).constant_nodes
+    if node in consts:
+        return edgeport.Support.yes()
+    # A quantize or dequantize the writer accepts (fixed per-tensor parameters): its integer tensor is a quantized one.
+    quantized = tflite.is_quantization_op(node)
+    return support.all_of(
+        lambda n: _ops_rule(n, ctx),
+        support.decline_if_tensor(_rank_rule),  # every tensor, constants too
+        support.decline_if_tensor(lambda n, t: _dtype_rule(n, t, quantized), support.runtime_tensors(consts.__contains__)),
+    )(node)
 
 
-def _tensors(node: Node, consts: frozenset[Node]) -> Iterator[tuple[str, torch.Tensor, bool]]:
-    """(role, value, computed at run time) for each tensor the node reads and writes."""
-    for arg in node.all_input_nodes:
-        val = arg.meta.get("val")
-        if isinstance(val, torch.Tensor):
-            yield "input", val, arg not in consts
-    out = node.meta.get("val")
-    if isinstance(out, torch.Tensor):  # a multi-output node's outputs are checked at its getitems
-        yield "output", out, True
+def _rank_rule(node: Node, tensor: support.TensorUse) -> str | None:
+    return neuropilot.rank_rule(tuple(tensor.value.shape), f"{tensor.role} of {support.op_label(node)}")
 
 
-def _ops_rule(node: Node, ctx: edgeport.SupportContext) -> str | None:
+def _dtype_rule(node: Node, tensor: support.TensorUse, quantized: bool) -> str | None:
+    return neuropilot.dtype_rule(tensor.value.dtype, f"{tensor.role} of {support.op_label(node)}", quantized=quantized)
+
+
+def _ops_rule(node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
     for op in sorted(tflite.written_ops(node, ctx)):
-        reason = neuropilot.op_rule(op, f"{_name(node)} (written as {op})")
+        reason = neuropilot.op_rule(op, f"{support.op_label(node)} (written as {op})")
         if reason:
-            return reason
-    return None
-
-
-def _name(node: Node) -> str:
-    return str(node.target) if isinstance(node.target, torch._ops.OpOverload) else node.name
+            return edgeport.Support.no(reason)
+    return edgeport.Support.yes()

@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
+from edgeport.support import DATA_MOVEMENT, SLICING
 
 from .options import QualcommOptions, provider_options, resolve_soc
 
@@ -56,11 +57,7 @@ class QualcommBackend(edgeport.Backend):
     # A partition of nothing but data movement would only copy across the boundary.
     rules = edgeport.PartitionRules(
         min_nodes=1,
-        never_alone=frozenset({
-            "aten.view.default", "aten._unsafe_view.default", "aten.permute.default",
-            "aten.unsqueeze.default", "aten.squeeze.dims", "aten.expand.default",
-            "aten.clone.default", "aten.alias.default", "aten.slice.Tensor", "aten.select.int",
-        }),
+        never_alone=DATA_MOVEMENT | SLICING,
     )
 
     # int8 (uint8 activations) and a16w8 (uint16 activations, QNN's default for

@@ -22,18 +22,13 @@ import torch
 from torch.fx import Node
 
 import edgeport
+from edgeport.support import DEQUANTIZE, DEQUANTIZE_CHANNEL, QUANTIZE
+from edgeport.support import qualified_name as op_name
 
-QUANTIZE = "quantized_decomposed::quantize_per_tensor"
-DEQUANTIZE = "quantized_decomposed::dequantize_per_tensor"
-DEQUANTIZE_CHANNEL = "quantized_decomposed::dequantize_per_channel"
 UNSIGNED = frozenset({torch.uint8, torch.uint16})
 WEIGHT_DTYPES = frozenset({torch.int8, torch.int32})  # int8 weights, int32 biases
 
 
-def op_name(node: object) -> str:
-    """"namespace::op" of a node's OpOverload ("" for anything else)."""
-    target = getattr(node, "target", None)
-    return target._schema.name if isinstance(target, torch._ops.OpOverload) else ""
 
 
 

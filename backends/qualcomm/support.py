@@ -23,6 +23,7 @@ import torch
 from torch.fx import Node
 
 import edgeport
+from edgeport import support
 from edgeport.quantize.node_dtypes import is_quantization_node
 
 from .qdq_support import check_quantization
@@ -49,13 +50,13 @@ class Rule:
 
 
 def _rounding_on_int64(node: Node) -> str | None:
-    if node.kwargs.get("rounding_mode") and _dtype(node) == torch.int64:
+    if node.kwargs.get("rounding_mode") and support.output_dtype(node) == torch.int64:
         return "QNN refuses the int64 Cast that torch.onnx emits for rounding int64 division"
     return None
 
 
 def _max_pool_limits(node: Node) -> str | None:
-    if any(user.target is operator.getitem and user.args[1] == 1 and user.users for user in node.users):
+    if 1 in support.read_outputs(node):
         return "QNN refuses MaxPool with an indices output"
     dilation = node.args[4] if len(node.args) > 4 else [1]
     if any(d != 1 for d in dilation):
@@ -116,7 +117,7 @@ def _pad_mode(node: Node) -> str | None:
 
 
 def _bool_only(node: Node) -> str | None:
-    return None if _dtype(node) == torch.bool else "QNN has no bitwise ops on integers (BitwiseAnd refused)"
+    return None if support.output_dtype(node) == torch.bool else "QNN has no bitwise ops on integers (BitwiseAnd refused)"
 
 
 RULES: dict[Any, Rule] = {
@@ -226,10 +227,35 @@ DECLINED: dict[Any, str] = {
 
 def check_support(node: Node) -> edgeport.Support:
     """QNN HTP's answer for one node; never raises."""
-    try:
-        return _check(node)
-    except Exception as exc:  # an odd node must not stop partitioning
-        return edgeport.Support.no(f"qualcomm could not inspect {node.target}: {exc}")
+    return _CHECK(node)
+
+
+def _packet(node: Node) -> Any:
+    return getattr(node.target, "overloadpacket", node.target)
+
+
+def _in_table(node: Node) -> edgeport.Support:
+    if _packet(node) in RULES:
+        return edgeport.Support.yes()
+    return edgeport.Support.no(f"{support.op_label(node)}: no QNN HTP lowering known (not in the qualcomm op table)")
+
+
+def _rule_limits(node: Node) -> edgeport.Support:
+    limits = RULES[_packet(node)].check
+    reason = limits(node) if limits is not None else None
+    return edgeport.Support.no(f"{support.op_label(node)}: {reason}") if reason else edgeport.Support.yes()
+
+
+_TABLE_CHECK = support.all_of(
+    support.decline_if_op_in(DECLINED),
+    _in_table,
+    support.decline_if_symbolic(
+        "{op}: dynamic shape {shape}; QNN HTP has no dynamic shapes (a context is compiled for static sizes)"),
+    support.decline_if_rank_above(MAX_RANK, "{op}: rank-{rank} tensor; QNN HTP tensors have at most {limit} dimensions"),
+    support.decline_if_dtype_not_in(lambda node: RULES[_packet(node)].dtypes,
+                                    "{op}: {dtype} tensors not supported on QNN HTP (this op takes {allowed})"),
+    _rule_limits,
+)
 
 
 def _check(node: Node) -> edgeport.Support:
@@ -237,59 +263,11 @@ def _check(node: Node) -> edgeport.Support:
         return edgeport.Support.yes()
     if is_quantization_node(node):
         return check_quantization(node)
-    packet = getattr(node.target, "overloadpacket", node.target)
-    name = _op_name(node.target)
-    if packet in DECLINED:
-        return edgeport.Support.no(f"{name}: {DECLINED[packet]}")
-    rule = RULES.get(packet)
-    if rule is None:
-        return edgeport.Support.no(f"{name}: no QNN HTP lowering known (not in the qualcomm op table)")
-    for tensor in _tensors(node):
-        if any(not isinstance(dim, int) for dim in tensor.shape):
-            return edgeport.Support.no(f"{name}: dynamic shape {tuple(tensor.shape)}; QNN HTP has no dynamic shapes "
-                                      "(a context is compiled for static sizes)")
-        if tensor.dim() > MAX_RANK:
-            return edgeport.Support.no(
-                f"{name}: rank-{tensor.dim()} tensor; QNN HTP tensors have at most {MAX_RANK} dimensions"
-            )
-        if tensor.dtype not in rule.dtypes:
-            allowed = ", ".join(sorted(str(d).removeprefix("torch.") for d in rule.dtypes))
-            return edgeport.Support.no(
-                f"{name}: {str(tensor.dtype).removeprefix('torch.')} tensors not supported on QNN HTP "
-                f"(this op takes {allowed})"
-            )
-    if rule.check is not None:
-        reason = rule.check(node)
-        if reason:
-            return edgeport.Support.no(f"{name}: {reason}")
-    return edgeport.Support.yes()
+    return _TABLE_CHECK(node)
 
 
-def _tensors(node: Node) -> list[torch.Tensor]:
-    """The node's tensor inputs and the outputs something reads, from node.meta["val"].
-
-    Of a multi-output op only the outputs read through getitem count: max_pool's unused
-    int64 indices are no reason to decline it, nor is a getitem of them nothing reads
-    (a recaptured quantized graph keeps one).
-    """
-    values = [arg.meta.get("val") for arg in node.all_input_nodes]
-    out = node.meta.get("val")
-    if isinstance(out, (tuple, list)):
-        read = {user.args[1] for user in node.users if user.target is operator.getitem and user.users}
-        values += [value for index, value in enumerate(out) if index in read]
-    else:
-        values.append(out)
-    return [v for v in values if isinstance(v, torch.Tensor)]
-
-
-def _dtype(node: Node) -> torch.dtype | None:
-    value = node.meta.get("val")
-    return value.dtype if isinstance(value, torch.Tensor) else None
+_CHECK = support.never_raising(_check, "qualcomm could not inspect {op}: {error}")
 
 
 def _shape(node: Any) -> list[int]:
     return list(node.meta["val"].shape)
-
-
-def _op_name(target: Any) -> str:
-    return str(target) if not callable(getattr(target, "name", None)) else target.name().replace("::", ".")

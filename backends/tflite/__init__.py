@@ -1,6 +1,8 @@
 """Our TFLite flatbuffer writer and LiteRT runner, shared by the cpu and mediatek backends.
 
 - `writer_support(node, ctx)`: can the writer write this node? (the lowering table's answer)
+- `WriterContext(program)`: what those answers know about the whole program, worked out
+  once: a backend's `prepare` returns it, so `support` finds it as ``ctx.prepared``
 - `written_ops(node, ctx)`: the TFLite ops it would write for it (besides `PLUMBING`)
 - `constant_nodes(program)`: the nodes it folds to constants at compile time
 - `is_quantization_op(node)`: a quantize/dequantize node of a quantized (PT2E) graph;
@@ -34,6 +36,7 @@ _WRITER_SIDE = {
     "is_quantization_op": ".qdq",
     "is_affine_quantization_op": ".qdq",
     "TfliteModel": ".writer",
+    "WriterContext": ".writer",
     "constant_nodes": ".writer",
     "write_tflite": ".writer",
     "writer_support": ".writer",
@@ -67,6 +70,7 @@ __all__ = [
     "TfliteEntries",
     "TfliteExecutable",
     "TfliteModel",
+    "WriterContext",
     "constant_nodes",
     "interpreter_missing",
     "is_affine_quantization_op",

@@ -12,14 +12,13 @@ compared tensor by tensor (`resizable`):
   a causal mask of the sequence length, a reshape with two dynamic dims) would be
   wrong at a third size, so its node is declined with that reason.
 
-Support is answered on the concrete copy at the first size (`static_view`), so a
+Support is answered on the concrete copy at the first size (`static_program`), so a
 check never calls ``int()`` on a symbolic size (which would specialize the dim).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -107,21 +106,14 @@ def concretize(program: ExportedProgram, sizes: Sizes) -> ExportedProgram:
     )
 
 
-_VIEWS: weakref.WeakKeyDictionary[Graph, tuple[ExportedProgram, dict[str, Node]]] = weakref.WeakKeyDictionary()
-
-
-def static_view(program: ExportedProgram, node: Node) -> tuple[ExportedProgram, Node]:
-    """``program`` and ``node`` as the writer sees them: itself when every shape is
-    static, else its concrete copy at the first sample size (made once per graph)."""
-    graph = program.graph_module.graph
-    if graph not in _VIEWS:
-        if not symbols(program):
-            _VIEWS[graph] = (program, {})
-        else:
-            concrete = concretize(program, sample_sizes(program)[0])
-            _VIEWS[graph] = (concrete, {n.name: n for n in concrete.graph.nodes})
-    view, by_name = _VIEWS[graph]
-    return (program, node) if view is program else (view, by_name.get(node.name, node))
+def static_program(program: ExportedProgram) -> tuple[ExportedProgram, dict[str, Node]]:
+    """``program`` as the writer's support checks see it: itself when every shape is
+    static (and no nodes to look up), else its concrete copy at the first sample size
+    with its nodes by name. Made once per program (`writer.WriterContext`)."""
+    if not symbols(program):
+        return program, {}
+    concrete = concretize(program, sample_sizes(program)[0])
+    return concrete, {n.name: n for n in concrete.graph.nodes}
 
 
 # A write of one concrete program; the hook sees the pruned model before it is serialized.

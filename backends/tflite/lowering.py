@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch.fx import Node
 
+from edgeport import support
+
 aten = torch.ops.aten
 
 FLOAT = frozenset({torch.float32})
@@ -33,13 +35,33 @@ IsConst = Callable[[Node], bool]
 Check = Callable[[Node, IsConst], "str | None"]
 
 
+class ConstantValues:
+    """A constant input's tensor by node (None for a folded node or a runtime value), and
+    facts about such tensors, each computed once per program (`fact`): support asks about
+    each weight once per node of its linear's chain, and an LLM has hundreds of large ones."""
+
+    def __init__(self, value: Callable[[Node], "torch.Tensor | None"]) -> None:
+        self._value = value
+        self._facts: dict[tuple[str, int], tuple[torch.Tensor, Any]] = {}  # (fact, id) -> (tensor, value)
+
+    def __call__(self, node: Node) -> "torch.Tensor | None":
+        return self._value(node)
+
+    def fact(self, name: str, tensor: torch.Tensor, compute: Callable[[torch.Tensor], Any]) -> Any:
+        """``compute(tensor)``, remembered (the tensor is held, so its id stays its own)."""
+        key = (name, id(tensor))
+        if key not in self._facts:
+            self._facts[key] = (tensor, compute(tensor))
+        return self._facts[key][1]
+
+
 class Constants:
     """The nodes known at compile time: callable as an `IsConst`, and `value(node)`
     gives a constant input's tensor (None for a folded node or a runtime value)."""
 
     def __init__(self, nodes: frozenset[Node], value: Callable[[Node], "torch.Tensor | None"]) -> None:
         self.nodes = nodes
-        self.value = value
+        self.value = ConstantValues(value)
 
     def __call__(self, node: Node) -> bool:
         return node in self.nodes
@@ -211,37 +233,37 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
     """None when the writer can write `node`, else the reason it cannot."""
     if node.op != "call_function" or node.target in CHECKS_ONLY:
         return None
-    symbolic = _symbolic(node)
-    if symbolic:
-        return symbolic
+    static = _STATIC_SHAPES(node)
+    if not static:
+        return static.reason
     if foldable(node, is_const):
         return None
     if node.target is operator.getitem:
         source, index = node.args
         entry = lookup(getattr(source, "target", None))
         if entry is None:
-            return f"an output of {_op_name(getattr(source, 'target', source))}, which has no TFLite lowering"
+            return f"an output of {support.op_label(source)}, which has no TFLite lowering"
         if entry.outputs is not None and index not in entry.outputs:
-            return f"output {index} of {_op_name(source.target)} is not produced by the TFLite writer"
+            return f"output {index} of {support.op_label(source)} is not produced by the TFLite writer"
         return None
     entry = lookup(node.target)
     if entry is None:
-        return f"no TFLite lowering for {_op_name(node.target)}"
+        return f"no TFLite lowering for {support.op_label(node)}"
     unwritten = _unwritten_outputs_read(node, entry.outputs)
     if unwritten:
         # Declined here, on the producer: its getitem users follow it to whichever
         # backend runs it, so declining only the getitem could never take effect.
         written = ", ".join(str(i) for i in entry.outputs)
-        return (f"{_op_name(node.target)}: output {unwritten[0]} is read; "
+        return (f"{support.op_label(node)}: output {unwritten[0]} is read; "
                 f"the TFLite writer produces only output {written}")
-    for role, dtype in _runtime_dtypes(node, is_const, entry.outputs):
-        if dtype not in entry.dtypes:
-            allowed = ", ".join(sorted(str(d).removeprefix("torch.") for d in entry.dtypes))
-            return f"{_op_name(node.target)}: {role} dtype {str(dtype).removeprefix('torch.')} not supported (takes {allowed})"
+    dtypes = support.decline_if_dtype_not_in(entry.dtypes, "{op}: {role} dtype {dtype} not supported (takes {allowed})",
+                                             support.runtime_tensors(is_const))(node)
+    if not dtypes:
+        return dtypes.reason
     if entry.check is not None:
         reason = entry.check(node, is_const)
         if reason:
-            return f"{_op_name(node.target)}: {reason}"
+            return f"{support.op_label(node)}: {reason}"
     return None
 
 
@@ -257,7 +279,7 @@ def written_ops(node: Node, is_const: IsConst) -> frozenset[str]:
         return frozenset()
     entry = lookup(node.target)
     if entry is None:
-        raise ValueError(f"no TFLite lowering for {_op_name(node.target)}: ask writer_support first")
+        raise ValueError(f"no TFLite lowering for {support.op_label(node)}: ask writer_support first")
     writes = entry.writes
     return writes if isinstance(writes, frozenset) else frozenset(writes(node, is_const))
 
@@ -266,41 +288,10 @@ def _unwritten_outputs_read(node: Node, produced: tuple[int, ...] | None) -> lis
     if produced is None:
         return []
     # A getitem nothing reads (PT2E's convert leaves the unused indices of a max pool) is not a read.
-    return sorted({u.args[1] for u in node.users
-                   if u.target is operator.getitem and u.users and u.args[1] not in produced})
+    return sorted(support.read_outputs(node) - set(produced))
 
 
-def _runtime_dtypes(
-    node: Node, is_const: IsConst, produced: tuple[int, ...] | None
-) -> Iterable[tuple[str, torch.dtype]]:
-    for n in input_nodes(node):
-        val = n.meta.get("val")
-        if isinstance(val, torch.Tensor) and not is_const(n):
-            yield "input", val.dtype
-    for i, val in enumerate(_vals(node.meta.get("val"))):
-        if produced is None or i in produced:
-            yield "output", val.dtype
-
-
-def _vals(val: Any) -> list[torch.Tensor]:
-    if isinstance(val, torch.Tensor):
-        return [val]
-    if isinstance(val, (list, tuple)):
-        return [v for v in val if isinstance(v, torch.Tensor)]
-    return []
-
-
-def _symbolic(node: Node) -> str | None:
-    for val in _vals(node.meta.get("val")):
-        if any(not isinstance(d, int) for d in val.shape):
-            return f"{_op_name(node.target)}: symbolic shape {tuple(val.shape)} (the TFLite writer needs static shapes)"
-    return None
-
-
-def _op_name(target: Any) -> str:
-    if isinstance(target, torch._ops.OpOverload):
-        return str(target)
-    return getattr(target, "__name__", str(target))
+_STATIC_SHAPES = support.decline_if_symbolic("{op}: symbolic shape {shape} (the TFLite writer needs static shapes)")
 
 
 def meta(node: Any) -> Any:

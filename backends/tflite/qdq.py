@@ -23,28 +23,16 @@ from typing import Any, Callable
 
 import torch
 from torch.fx import Node
-from torch.utils.weak import WeakIdKeyDictionary
+
+from edgeport.support import CHOOSE_AFFINE, DEQUANTIZE, DEQUANTIZE_AFFINE, DEQUANTIZE_CHANNEL, QUANTIZE, QUANTIZE_AFFINE
+from edgeport.support import qualified_name as op_name
 
 from .flatbuffer import Quantization
 
-QUANTIZE = "quantized_decomposed::quantize_per_tensor"
-DEQUANTIZE = "quantized_decomposed::dequantize_per_tensor"
-DEQUANTIZE_CHANNEL = "quantized_decomposed::dequantize_per_channel"
-CHOOSE_AFFINE = "torchao::choose_qparams_affine"
-QUANTIZE_AFFINE = "torchao::quantize_affine"
-DEQUANTIZE_AFFINE = "torchao::dequantize_affine"
 
 # The int8 range of activations (TFLite's and XNNPACK's QS8 tensors).
 INT8_RANGE = (-128, 127)
 FP16_TINY = 2.0**-14  # smallest normal float16: LiteRT's block scales are float16
-
-
-def op_name(node: Any) -> str:
-    """"namespace::op" of a node's OpOverload ("" for anything else)."""
-    target = getattr(node, "target", None)
-    if isinstance(target, torch._ops.OpOverload):
-        return target._schema.name
-    return ""
 
 
 QUANTIZATION_OPS = frozenset({QUANTIZE, DEQUANTIZE, DEQUANTIZE_CHANNEL, CHOOSE_AFFINE, QUANTIZE_AFFINE, DEQUANTIZE_AFFINE})
@@ -150,7 +138,7 @@ def weight_reason(node: Any, constant: ConstantOf) -> str | None:
         _, _, zero_point, qmin, qmax, dtype = node.args[:6]
     if dtype != torch.int8 or qmin < -128 or qmax > 127:
         return f"weight range [{qmin}, {qmax}] of {dtype} is not int8"
-    if zero_point is None or _any_nonzero(torch.as_tensor(zero_point)):
+    if zero_point is None or _any_nonzero(torch.as_tensor(zero_point), constant):
         return "asymmetric weights (TFLite's int8 weights have zero point 0)"
     return None
 
@@ -162,32 +150,30 @@ def _affine_weight_reason(node: Node, constant: ConstantOf) -> str | None:
         return f"block size {tuple(block)} of a {shape} weight (group-wise blocks along dim 1 are written)"
     if dtype != torch.int8 or (qmin, qmax) != (-8, 7):
         return f"group-wise weights of range [{qmin}, {qmax}] (4-bit [-8, 7] is written)"
-    if constant(zero_point) is None or _any_nonzero(constant(zero_point)):
+    if constant(zero_point) is None or _any_nonzero(constant(zero_point), constant):
         return "asymmetric group-wise weights (LiteRT's INT4 blocks have no zero point)"
     if shape[1] % block[1] or block[1] % 32:
         return f"group size {block[1]} (LiteRT's INT4 blocks are a multiple of 32 dividing {shape[1]})"
     scale = constant(node.args[2])
-    if scale is None or not _fp16_normal(scale):
+    if scale is None or not _fp16_normal(scale, constant):
         return "a group scale outside float16's normal range (XNNPACK takes only normal FLOAT16 block scales)"
     return None
 
 
-# Facts about a constant, computed once per tensor: support asks about each weight once
-# per node of its linear's chain, and an LLM has thousands of large weights.
-_NONZERO: WeakIdKeyDictionary = WeakIdKeyDictionary()
-_FP16_NORMAL: WeakIdKeyDictionary = WeakIdKeyDictionary()
+def _any_nonzero(t: torch.Tensor, constant: ConstantOf) -> bool:
+    return _fact(constant, "nonzero", t, lambda t: bool(t.ne(0).any()))
 
 
-def _any_nonzero(t: torch.Tensor) -> bool:
-    if t not in _NONZERO:
-        _NONZERO[t] = bool(t.ne(0).any())
-    return _NONZERO[t]
+def _fp16_normal(scale: torch.Tensor, constant: ConstantOf) -> bool:
+    return _fact(constant, "fp16 normal", scale,
+                 lambda s: bool(torch.isfinite(s.half()).all()) and not bool((s.abs() < FP16_TINY).any()))
 
 
-def _fp16_normal(scale: torch.Tensor) -> bool:
-    if scale not in _FP16_NORMAL:
-        _FP16_NORMAL[scale] = bool(torch.isfinite(scale.half()).all()) and not bool((scale.abs() < FP16_TINY).any())
-    return _FP16_NORMAL[scale]
+def _fact(constant: ConstantOf, name: str, tensor: torch.Tensor, compute: Callable[[torch.Tensor], bool]) -> bool:
+    """``compute(tensor)``, remembered by the program's constants when they can (a
+    `lowering.ConstantValues`)."""
+    remember = getattr(constant, "fact", None)
+    return remember(name, tensor, compute) if remember is not None else compute(tensor)
 
 
 def quantized_weight(node: Node, constant: ConstantOf) -> QuantizedWeight:

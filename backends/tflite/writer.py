@@ -13,8 +13,8 @@ Three passes over the graph, in order:
 
 from __future__ import annotations
 
+import functools
 import operator
-import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -51,28 +51,20 @@ class TfliteModel:
         return self.ops.get("TRANSPOSE", 0)
 
 
-# -- constness ----------------------------------------------------------------------------
-
-_CONSTS: weakref.WeakKeyDictionary[Graph, frozenset[Node]] = weakref.WeakKeyDictionary()
+# -- what support knows about a whole program ---------------------------------------------
 
 
 def constant_nodes(program: ExportedProgram) -> frozenset[Node]:
     """Nodes whose value is known at compile time: constant inputs and what folds from them."""
-    graph = program.graph_module.graph
-    cached = _CONSTS.get(graph)
-    if cached is not None:
-        return cached
     ctx = SupportContext(program, None)
     consts: set[Node] = set()
-    for node in graph.nodes:
+    for node in program.graph_module.graph.nodes:
         if node.op == "placeholder":
             if ctx.constant(node) is not None:
                 consts.add(node)
         elif foldable(node, consts.__contains__):
             consts.add(node)
-    result = frozenset(consts)
-    _CONSTS[graph] = result
-    return result
+    return frozenset(consts)
 
 
 def constants(program: ExportedProgram) -> Constants:
@@ -80,15 +72,60 @@ def constants(program: ExportedProgram) -> Constants:
     return Constants(constant_nodes(program), SupportContext(program, None).constant)
 
 
+class WriterContext:
+    """What the writer's support answers need to know about one whole program, worked
+    out once, when first asked: what a backend's `prepare` returns (``ctx.prepared``).
+
+    With dynamic dims, questions are answered on the program's concrete copy at one
+    size (`dynamic.static_program`), so no check specializes a symbolic size.
+    """
+
+    def __init__(self, program: ExportedProgram) -> None:
+        self.program = program
+
+    @classmethod
+    def of(cls, ctx: SupportContext) -> WriterContext:
+        """The context a backend prepared, or a new one (for a caller that did not prepare)."""
+        return ctx.prepared if isinstance(ctx.prepared, WriterContext) else cls(ctx.program)
+
+    @functools.cached_property
+    def _static(self) -> tuple[ExportedProgram, dict[str, Node]]:
+        return dynamic.static_program(self.program)
+
+    def static_view(self, node: Node) -> tuple[ExportedProgram, Node]:
+        """The program and ``node`` as the writer sees them (at static sizes)."""
+        view, by_name = self._static
+        return view, by_name.get(node.name, node)
+
+    @functools.cached_property
+    def view_constants(self) -> Constants:
+        """`constants` of the static view."""
+        return constants(self._static[0])
+
+    @functools.cached_property
+    def constant_nodes(self) -> frozenset[Node]:
+        """`constant_nodes` of the program itself (its own nodes, not the view's)."""
+        view = self._static[0]
+        return self.view_constants.nodes if view is self.program else constant_nodes(self.program)
+
+    @functools.cached_property
+    def plan(self) -> Plan:
+        """The fusion and folding plan of the whole (static) program."""
+        graph = self._static[0].graph_module.graph
+        return make_plan(graph, _live(graph), self.view_constants)
+
+
 def writer_support(node: Node, ctx: SupportContext) -> Support:
     """Whether `write_tflite` can write `node`: the lowering table's answer, with its
     reason. With dynamic dims, asked of the graph at one size (dynamic.py); what does not
-    resize is found when the partition is written."""
+    resize is found when the partition is written. Fast with a `WriterContext` as
+    ``ctx.prepared`` (a backend's `prepare`)."""
     try:
         reason = _reads_runtime_size(node)
         if reason is None:
-            program, node = dynamic.static_view(ctx.program, node)
-            reason = check_node(node, constants(program))
+            writer = WriterContext.of(ctx)
+            _, node = writer.static_view(node)
+            reason = check_node(node, writer.view_constants)
     except Exception as e:  # noqa: BLE001 - support must never raise
         reason = f"{node.target}: could not check ({type(e).__name__}: {e})"
     return Support.no(reason) if reason else Support.yes()
@@ -107,21 +144,12 @@ def written_ops(node: Node, ctx: SupportContext) -> frozenset[str]:
     or (as planned on the whole program) fused into its producer or folded into a conv.
     Layout TRANSPOSEs, RESHAPEs, CASTs and fp16 DEQUANTIZEs (`PLUMBING`) may come on top
     of any node."""
-    program, node = dynamic.static_view(ctx.program, node)
-    plan = _whole_plan(program)
+    writer = WriterContext.of(ctx)
+    _, node = writer.static_view(node)
+    plan = writer.plan
     if node in plan.alias or node in plan.bn_fold.values() or node in plan.unwritten:
         return frozenset()
-    return lowering.written_ops(node, constants(program))
-
-
-_PLANS: weakref.WeakKeyDictionary[Graph, Plan] = weakref.WeakKeyDictionary()
-
-
-def _whole_plan(program: ExportedProgram) -> Plan:
-    graph = program.graph_module.graph
-    if graph not in _PLANS:
-        _PLANS[graph] = make_plan(graph, _live(graph), constants(program))
-    return _PLANS[graph]
+    return lowering.written_ops(node, writer.view_constants)
 
 
 # -- planning -----------------------------------------------------------------------------

@@ -13,17 +13,9 @@ from __future__ import annotations
 import torch
 from torch.fx import Node
 
-_QUANTIZE = "quantized_decomposed::quantize_per_tensor"
-_DEQUANTIZE = "quantized_decomposed::dequantize_per_tensor"
-_DEQUANTIZE_CHANNEL = "quantized_decomposed::dequantize_per_channel"
-_QUANTIZE_AFFINE = "torchao::quantize_affine"
-_DEQUANTIZE_AFFINE = "torchao::dequantize_affine"
+from ..support import DEQUANTIZE, DEQUANTIZE_AFFINE, DEQUANTIZE_CHANNEL, QUANTIZE, QUANTIZE_AFFINE, qualified_name
+
 _INT4_MIN = -8  # group-wise 4-bit weights are stored in int8 with this quant_min
-
-
-def _op(node: object) -> str:
-    target = getattr(node, "target", None)
-    return target._schema.name if isinstance(target, torch._ops.OpOverload) else ""
 
 
 def _dtype(value: object) -> str:
@@ -31,7 +23,7 @@ def _dtype(value: object) -> str:
 
 
 def is_quantization_node(node: Node) -> bool:
-    return _op(node).startswith(("quantized_decomposed::", "torchao::"))
+    return qualified_name(node).startswith(("quantized_decomposed::", "torchao::"))
 
 
 def node_dtypes(node: Node) -> dict[str, str]:
@@ -41,20 +33,20 @@ def node_dtypes(node: Node) -> dict[str, str]:
         return {}
     activations, weights = set(), set()
     for arg in node.all_input_nodes:
-        name = _op(arg)
-        if name == _DEQUANTIZE:
+        name = qualified_name(arg)
+        if name == DEQUANTIZE:
             activations.add(_dtype(arg.args[5]))
-        elif name == _DEQUANTIZE_CHANNEL and arg.args[6] != torch.int32:  # int32: a bias
+        elif name == DEQUANTIZE_CHANNEL and arg.args[6] != torch.int32:  # int32: a bias
             weights.add(f"{_dtype(arg.args[6])} per channel")
-        elif name == _DEQUANTIZE_AFFINE:
+        elif name == DEQUANTIZE_AFFINE:
             source = arg.args[0]
-            if isinstance(source, Node) and _op(source) == _QUANTIZE_AFFINE:
+            if isinstance(source, Node) and qualified_name(source) == QUANTIZE_AFFINE:
                 activations.add("int8 per token (run time)")
             else:
                 block = arg.args[1][-1] if isinstance(arg.args[1], (list, tuple)) else arg.args[1]
                 quant_min = arg.args[5] if len(arg.args) > 5 else arg.kwargs.get("quant_min")
                 bits = "int4" if quant_min == _INT4_MIN else "int8"
                 weights.add(f"{bits} per group of {block}")
-    activations |= {_dtype(user.args[5]) for user in node.users if _op(user) == _QUANTIZE}
+    activations |= {_dtype(user.args[5]) for user in node.users if qualified_name(user) == QUANTIZE}
     found = {"activations": activations, "weights": weights}
     return {kind: ", ".join(sorted(values)) for kind, values in found.items() if values}

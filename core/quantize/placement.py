@@ -25,7 +25,7 @@ from torch.fx import GraphModule, Node
 from edgeport.partitioners.partition import partition_graph
 from edgeport.partitioners.support import ask_support
 
-from ..backend import Backend, Support, SupportContext
+from ..backend import Backend, Support, support_question
 from ..errors import BackendError
 from .scheme import SCHEMES, Scheme, backend_scheme
 
@@ -135,8 +135,7 @@ def _support(backend: Backend, program: ExportedProgram, options: Any,
     if answer.status == DECLINES:
         no = Support.no(answer.reason)
         return lambda node: no
-    ctx = SupportContext(program, options)
-    return lambda node: backend.support(node, ctx)
+    return support_question(backend, program, options)
 
 
 def annotate_placed(model: GraphModule, placement: Placement) -> None:

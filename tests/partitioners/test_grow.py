@@ -149,7 +149,8 @@ def test_rules_hand_small_partitions_back_to_portable():
     matrix = ask_support(nodes, {"be": lambda n: Support.yes() if n.target == relu else Support.no("x")})
     plan = partition_graph(nodes, matrix, ["be"], {"be": PartitionRules(min_nodes=2)})
     assert [(p.backend, len(p.nodes)) for p in plan.partitions] == [(PORTABLE, 2), ("be", 2)]
-    assert list(plan.demoted.values()) == ["be: partition has 1 node(s), fewer than the backend's minimum of 2"]
+    assert [(d.backend, d.reason) for d in plan.demoted.values()] == [
+        ("be", "partition has 1 node(s), fewer than the backend's minimum of 2")]
 
 
 def test_never_alone_ops_do_not_make_a_partition_of_their_own():

@@ -1,0 +1,233 @@
+"""The support toolkit (``from edgeport import support``): checks a backend composes into
+its `Backend.support`, each declining with a reason a user can act on.
+
+In the spirit of torch.fx's ``operator_support`` (``chain``, ``OpSupports.decline_if_input_dtype``),
+but a check returns a `Support`, so the reason survives composition:
+
+    check = support.all_of(
+        support.decline_if_op_in(REFUSED),
+        support.decline_if_symbolic("{op}: dynamic shape {shape}; my NPU compiles static sizes"),
+        support.decline_if_rank_above(4, "{op}: rank-{rank} {role}; my NPU takes at most {limit} dims"),
+        support.decline_if_dtype_not_in({torch.float32}, "{op}: {role} dtype {dtype} (takes {allowed})"),
+    )
+
+A check is a function ``(node) -> Support``. Reasons are templates filled per tensor:
+``{op}`` (the node's op, e.g. ``aten.add.Tensor``), ``{role}`` ("input" or "output"),
+``{shape}``, ``{rank}``, ``{dtype}`` (without ``torch.``), ``{allowed}``, ``{limit}``.
+
+Two facts every backend needs are defined once here:
+
+- `node_tensors`: the tensors a node reads and writes. Of a multi-output op only the
+  outputs something reads (through a ``getitem`` that has users) count: a max pool's
+  unused int64 indices are no reason to decline it.
+- `DATA_MOVEMENT` (and `SLICING`): the ops that only relabel or copy data. A partition
+  of nothing else costs a boundary copy for no work (bench/lone_ops.py), so backends
+  never take them alone (``PartitionRules(never_alone=support.DATA_MOVEMENT)``).
+
+This module imports no torch at import time (a backend's module is imported on the run
+side too); the checks import it when they run.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping
+
+from .backend import Support
+
+if TYPE_CHECKING:
+    import torch
+    from torch.fx import Node
+
+Check = Callable[["Node"], Support]
+# The tensors a check looks at: `node_tensors`, or a narrower selection (`runtime_tensors`).
+Tensors = Callable[["Node"], Iterable["TensorUse"]]
+# A rule for one tensor: the reason to decline the node for it, or None.
+TensorRule = Callable[["Node", "TensorUse"], "str | None"]
+
+# Ops that only relabel or copy a whole tensor, by name (names keep a backend's module free
+# of torch at import; `PartitionRules.never_alone` takes them as they are).
+DATA_MOVEMENT = frozenset({
+    "aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.permute.default",
+    "aten.transpose.int", "aten.t.default", "aten.expand.default", "aten.clone.default", "aten.alias.default",
+    "aten.lift_fresh_copy.default", "aten.squeeze.dims", "aten.squeeze.dim", "aten.squeeze.default",
+    "aten.unsqueeze.default",
+})  # fmt: skip
+# Ops that copy a part of a tensor: data movement too, for a backend whose call costs more
+# than the copy (an NPU's); the cpu's XNNPACK slices in its own graph, so it takes them alone.
+SLICING = frozenset({"aten.slice.Tensor", "aten.select.int"})
+
+
+# The quantize and dequantize ops of a quantized (PT2E-converted) graph, by qualified name
+# (`qualified_name`): matching names imports no torchao.
+QUANTIZE = "quantized_decomposed::quantize_per_tensor"
+DEQUANTIZE = "quantized_decomposed::dequantize_per_tensor"
+DEQUANTIZE_CHANNEL = "quantized_decomposed::dequantize_per_channel"
+CHOOSE_AFFINE = "torchao::choose_qparams_affine"  # run-time (per token) quantization parameters
+QUANTIZE_AFFINE = "torchao::quantize_affine"
+DEQUANTIZE_AFFINE = "torchao::dequantize_affine"
+
+
+@dataclass(frozen=True)
+class TensorUse:
+    """One tensor a node reads or writes: ``value`` is its fake tensor (dtype, shape)."""
+
+    role: str  # "input" or "output"
+    source: Node  # the node whose value it is: the argument read, or the node itself
+    value: torch.Tensor
+    index: int | None = None  # which output of a multi-output node
+
+
+def op_label(node: Node) -> str:
+    """How reasons name a node's op: ``aten.add.Tensor``, or the function's name."""
+    import torch
+
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return getattr(target, "__name__", str(target))
+
+
+def qualified_name(node: Any) -> str:
+    """"namespace::op" of a node's OpOverload ("" for anything else)."""
+    import torch
+
+    target = getattr(node, "target", None)
+    return target._schema.name if isinstance(target, torch._ops.OpOverload) else ""
+
+
+def output_dtype(node: Node) -> torch.dtype | None:
+    """The dtype of a single-output node's value; None for anything else."""
+    import torch
+
+    value = node.meta.get("val")
+    return value.dtype if isinstance(value, torch.Tensor) else None
+
+
+def read_outputs(node: Node) -> set[int]:
+    """The outputs of a multi-output node something reads (through a getitem with users)."""
+    return {user.args[1] for user in node.users if user.target is operator.getitem and user.users}
+
+
+def node_tensors(node: Node) -> list[TensorUse]:
+    """The tensors ``node`` reads (its tensor arguments) and writes (its value; of a
+    multi-output node, the outputs something reads), from ``meta["val"]``."""
+    import torch
+
+    uses = [TensorUse("input", arg, arg.meta["val"]) for arg in node.all_input_nodes
+            if isinstance(arg.meta.get("val"), torch.Tensor)]
+    out = node.meta.get("val")
+    if isinstance(out, (tuple, list)):
+        read = read_outputs(node)
+        uses += [TensorUse("output", node, value, i) for i, value in enumerate(out)
+                 if i in read and isinstance(value, torch.Tensor)]
+    elif isinstance(out, torch.Tensor):
+        uses.append(TensorUse("output", node, out))
+    return uses
+
+
+def runtime_tensors(is_constant: Callable[[Node], bool]) -> Tensors:
+    """`node_tensors` without the inputs known at compile time (weights, folded values)."""
+    return lambda node: [t for t in node_tensors(node) if t.role == "output" or not is_constant(t.source)]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _fields(node: Node, tensor: TensorUse) -> dict[str, Any]:
+    shape = tuple(tensor.value.shape)
+    return {"op": op_label(node), "role": tensor.role, "shape": shape, "rank": len(shape),
+            "dtype": dtype_name(tensor.value.dtype)}
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def decline_if_tensor(rule: TensorRule, tensors: Tensors = node_tensors) -> Check:
+    """Decline for the first tensor `rule` gives a reason for (the general form of the
+    checks below, for a backend's own per-tensor rule)."""
+
+    def check(node: Node) -> Support:
+        for tensor in tensors(node):
+            reason = rule(node, tensor)
+            if reason:
+                return Support.no(reason)
+        return Support.yes()
+
+    return check
+
+
+def decline_if_symbolic(reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a tensor of symbolic (dynamic) size."""
+
+    def rule(node: Node, tensor: TensorUse) -> str | None:
+        if all(isinstance(d, int) for d in tensor.value.shape):
+            return None
+        return reason.format(**_fields(node, tensor))
+
+    return decline_if_tensor(rule, tensors)
+
+
+def decline_if_rank_above(limit: int, reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a tensor of more than `limit` dims."""
+
+    def rule(node: Node, tensor: TensorUse) -> str | None:
+        if tensor.value.dim() <= limit:
+            return None
+        return reason.format(**_fields(node, tensor), limit=limit)
+
+    return decline_if_tensor(rule, tensors)
+
+
+def decline_if_dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], Collection[torch.dtype]],
+                            reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a tensor of a dtype outside `dtypes` (a set, or a function of
+    the node giving the node's set)."""
+
+    def rule(node: Node, tensor: TensorUse) -> str | None:
+        allowed = dtypes(node) if callable(dtypes) else dtypes
+        if tensor.value.dtype in allowed:
+            return None
+        names = ", ".join(sorted(dtype_name(d) for d in allowed))
+        return reason.format(**_fields(node, tensor), allowed=names)
+
+    return decline_if_tensor(rule, tensors)
+
+
+def decline_if_op_in(refused: Mapping[Any, str], reason: str = "{op}: {why}") -> Check:
+    """Decline the ops in `refused` (an op, its overload packet or its name -> why)."""
+
+    def check(node: Node) -> Support:
+        target = node.target
+        why = refused.get(target) or refused.get(getattr(target, "overloadpacket", None)) or refused.get(str(target))
+        return Support.no(reason.format(op=op_label(node), why=why)) if why else Support.yes()
+
+    return check
+
+
+def all_of(*checks: Check) -> Check:
+    """Yes when every check says yes; else the first no, with its reason."""
+
+    def check(node: Node) -> Support:
+        for one in checks:
+            answer = one(node)
+            if not answer:
+                return answer
+        return Support.yes()
+
+    return check
+
+
+def never_raising(check: Check, reason: str = "{op}: could not check ({error})") -> Check:
+    """`check`, with an exception turned into a no (``{error}``: its type and message):
+    support must never raise, and one odd node must not stop partitioning."""
+
+    def guarded(node: Node) -> Support:
+        try:
+            return check(node)
+        except Exception as exc:  # noqa: BLE001 - the reason says what went wrong
+            return Support.no(reason.format(op=op_label(node), error=f"{type(exc).__name__}: {exc}"))
+
+    return guarded
