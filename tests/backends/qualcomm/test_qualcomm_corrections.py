@@ -197,3 +197,45 @@ def test_qnn_folds_an_explicit_pad_back_into_the_pool_which_is_why_the_rewrite_c
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     assert max_abs(_on_qnn(model, x), want) > 0.1, "QNN computes Pad + pool right now: the rewrite could use Pad"
+
+
+# -- RMS norms: QNN cannot prepare weight * (x * rsqrt(...)); norm_rewrite.py puts the scale last --
+
+class ScaledRmsNorm(torch.nn.Module):
+    """Hugging Face's LlamaRMSNorm (and T5's, Qwen2's): the scale is the Mul's first operand."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.rand(width) + 0.5)
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_an_rms_norm_with_its_scale_first_is_delegated_whole_and_right(backend):
+    torch.manual_seed(0)
+    module, x = ScaledRmsNorm(32).eval(), torch.randn(1, 8, 32)
+    program = edgeport.export(module, (x,), ["qualcomm"])
+    partitions = program.report()["partitions"]
+    assert [p["fallback"] for p in partitions if p["fallback"]] == []
+    assert {n["backend"] for n in program.report()["nodes"]} == {"qualcomm"}
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert max_abs(program(x).numpy(), want) < 1e-2 * float(np.abs(want).max())
+
+
+def test_qnn_cannot_prepare_the_scale_first_norm_and_the_rewrite_can(backend):
+    from edgeport.backends.qualcomm.norm_rewrite import reorder_norm_scales
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+    from edgeport.backends.qualcomm.options import provider_options
+    from edgeport.backends.qualcomm.qnn_runtime import QnnCompileError, compile_context
+
+    partition = export_onnx(partition_of(ScaledRmsNorm(32).eval(), torch.randn(1, 8, 32)))
+    muls = [n for n in partition.model.graph.node if n.op_type == "Mul"]
+    assert [n.input[1] for n in muls[-1:]] == ["weight"], "export_onnx puts the scale last"
+    muls[-1].input[0], muls[-1].input[1] = muls[-1].input[1], muls[-1].input[0]  # back to torch.onnx's order
+    with pytest.raises(QnnCompileError, match="MEM_ALLOC"):  # if this prepares now, the rewrite may go
+        compile_context(partition.model.SerializeToString(), provider_options(QualcommOptions()))
+    assert reorder_norm_scales(partition.model) == 1
+    outcome = compile_context(partition.model.SerializeToString(), provider_options(QualcommOptions()))
+    assert outcome.context_model and not outcome.refused
