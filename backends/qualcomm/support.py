@@ -115,6 +115,13 @@ def _pad_mode(node: Node) -> str | None:
     return f"{mode} padding is not verified on QNN HTP"
 
 
+def _squeeze_limits(node: Node) -> str | None:
+    if node.target is aten.squeeze.dims and _shape(node.args[0]) == _shape(node):
+        return ("torch.onnx cannot export squeeze.dims when it removes no dimension (it becomes "
+                "prims.view_of, which has no ONNX function)")
+    return None
+
+
 def _bool_only(node: Node) -> str | None:
     return None if _dtype(node) == torch.bool else "QNN has no bitwise ops on integers (BitwiseAnd refused)"
 
@@ -131,8 +138,7 @@ RULES: dict[Any, Rule] = {
         (aten.exp, "Exp"), (aten.log, "Log"), (aten.sqrt, "Sqrt"), (aten.rsqrt, "Sqrt+Reciprocal"),
         (aten.reciprocal, "Reciprocal"), (aten.pow, "Pow"), (aten.sigmoid, "Sigmoid"),
         (aten.tanh, "Tanh"), (aten.relu, "Relu"), (aten.gelu, "Gelu"), (aten.leaky_relu, "LeakyRelu"),
-        (aten.elu, "Elu"), (aten.sin, "Sin"), (aten.cos, "Cos"), (aten.floor, "Floor"),
-        (aten.ceil, "Ceil"), (aten.round, "Round"), (aten.remainder, "Div+Floor+Mul+Sub"),
+        (aten.elu, "Elu"), (aten.sin, "Sin"), (aten.cos, "Cos"), (aten.remainder, "Div+Floor+Mul+Sub"),
         (aten.atan2, "Atan+Where"), (aten.isnan, "IsNaN"), (aten.hardtanh, "Clip"),
         (aten.hardswish, "HardSwish"), (aten.hardsigmoid, "HardSigmoid"), (aten.prelu, "PRelu"),
         (aten.softplus, "Softplus"), (aten.mish, "Softplus+Tanh+Mul"),
@@ -185,7 +191,7 @@ RULES: dict[Any, Rule] = {
     # data movement
     **{op: Rule(onnx, ANY) for op, onnx in (
         (aten.view, "Reshape"), (aten._unsafe_view, "Reshape"), (aten.reshape, "Reshape"),
-        (aten.permute, "Transpose"), (aten.unsqueeze, "Unsqueeze"), (aten.squeeze, "Squeeze"),
+        (aten.permute, "Transpose"), (aten.unsqueeze, "Unsqueeze"),
         (aten.expand, "Expand"), (aten.clone, "Identity"), (aten.alias, "Identity"),
         (aten.cat, "Concat"), (aten.slice, "Slice"), (aten.select, "Gather"),
         (aten.split_with_sizes, "Split"), (aten.split, "Split"), (aten.constant_pad_nd, "Pad"),
@@ -195,6 +201,7 @@ RULES: dict[Any, Rule] = {
         (aten.full, "constant"), (aten.full_like, "constant"), (aten.scalar_tensor, "constant"),
         (aten.arange, "constant"), (aten._assert_tensor_metadata, "(nothing)"),
     )},
+    aten.squeeze: Rule("Squeeze", ANY, _squeeze_limits),
     aten.pad: Rule("Pad", ANY, _pad_mode),
     operator.getitem: Rule("(output of a multi-output op)", ANY),
 }
@@ -218,6 +225,8 @@ DECLINED: dict[Any, str] = {
     aten.index: "QNN HTP GatherND returns wrong values for rank-3 data (seen in the simulator); "
     "index_select/gather work",
     aten.scatter: "QNN EP refuses the ConstantOfShape/ScatterElements torch.onnx emits for scatter",
+    **{op: "QNN HTP computes float ops in fp16, rounding the input to 11 significant bits first, so the "
+       "result is off by one near an integer (ceil(-5.998) gave -6)" for op in (aten.floor, aten.ceil, aten.round)},
     **{op: "random ops are not deterministic on an NPU; run them portably" for op in (
         aten.rand, aten.randn, aten.bernoulli, aten.randint, aten.rand_like, aten.randn_like,
     )},

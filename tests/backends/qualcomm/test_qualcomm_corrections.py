@@ -239,3 +239,31 @@ def test_qnn_cannot_prepare_the_scale_first_norm_and_the_rewrite_can(backend):
     assert reorder_norm_scales(partition.model) == 1
     outcome = compile_context(partition.model.SerializeToString(), provider_options(QualcommOptions()))
     assert outcome.context_model and not outcome.refused
+
+
+# -- found by the OpInfo sweep (tests/opinfo) -------------------------------------------------
+
+@pytest.mark.parametrize("op", ["floor", "ceil", "round"])
+def test_rounding_is_declined_because_fp16_inputs_make_it_off_by_one(backend, op):
+    # Values within fp16's spacing of an integer: HTP rounds the input to fp16 first.
+    x = torch.tensor([[-5.998, -1.9996, 2.9996, 3.0004, 2.5002, -0.5001, 1000.6, 1.0]])
+    fn = Fn(getattr(torch, op))
+    program = partition_of(fn, x)
+    (node,) = [n for n in program.graph.nodes if n.op == "call_function"]  # round is named round_1
+    answer = backend.support(node, edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "fp16" in answer.reason
+    outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
+    assert max_abs(outputs[0], fn(x).numpy()) > 0.5, f"HTP {op} is exact on these values now: take it again"
+
+
+def test_a_squeeze_of_no_dimension_is_declined_because_torch_onnx_cannot_export_it(backend):
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    fn = Fn(lambda t: torch.ops.aten.squeeze.dims(t, []) + 1)  # what logsumexp of a 0-d tensor decomposes to
+    program = partition_of(fn, torch.randn(()))
+    answer = backend.support(node_named(program, "squeeze"), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "removes no dimension" in answer.reason
+    with pytest.raises(edgeport.BackendError, match="torch.onnx could not export"):
+        export_onnx(program)
+    squeezing = partition_of(Fn(lambda t: torch.ops.aten.squeeze.dims(t, [0]) + 1), torch.randn(1, 3))
+    assert backend.support(node_named(squeezing, "squeeze"), edgeport.SupportContext(squeezing, QualcommOptions()))
