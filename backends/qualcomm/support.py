@@ -15,6 +15,7 @@ tests/backends/qualcomm/test_qualcomm_corrections.py that fails if QNN changes.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -250,6 +251,9 @@ def _check(node: Node) -> edgeport.Support:
     name = _op_name(node.target)
     if packet in DECLINED:
         return edgeport.Support.no(f"{name}: {DECLINED[packet]}")
+    if any(isinstance(a, float) and math.isinf(a) for a in (*node.args, *node.kwargs.values())):
+        return edgeport.Support.no(f"{name}: an infinite constant; QNN HTP computes in fp16 and saturates "
+                                   "inf to 65536, so an infinite result comes back finite")
     rule = RULES.get(packet)
     if rule is None:
         return edgeport.Support.no(f"{name}: no QNN HTP lowering known (not in the qualcomm op table)")

@@ -227,6 +227,9 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
     entry = lookup(node.target)
     if entry is None:
         return f"no TFLite lowering for {_op_name(node.target)}"
+    empty = _empty(node)
+    if empty:
+        return empty
     unwritten = _unwritten_outputs_read(node, entry.outputs)
     if unwritten:
         # Declined here, on the producer: its getitem users follow it to whichever
@@ -294,6 +297,22 @@ def _symbolic(node: Node) -> str | None:
     for val in _vals(node.meta.get("val")):
         if any(not isinstance(d, int) for d in val.shape):
             return f"{_op_name(node.target)}: symbolic shape {tuple(val.shape)} (the TFLite writer needs static shapes)"
+    return None
+
+
+def _empty(node: Node) -> str | None:
+    """XNNPACK fails to prepare a model with a zero-size tensor ("failed to reshape"), so
+    the interpreter cannot even load it: such a node stays portable."""
+    out = node.meta.get("val")
+    if isinstance(out, (list, tuple)):  # only the outputs read (a batch norm's saved stats are empty)
+        read = {u.args[1] for u in node.users if u.target is operator.getitem and u.users}
+        out = [v for i, v in enumerate(out) if i in read]
+    inputs = [n.meta.get("val") for n in input_nodes(node)]
+    for val in [*(_vals(v) for v in inputs if isinstance(v, torch.Tensor)), _vals(out)]:
+        for tensor in val:
+            if 0 in tensor.shape:
+                return (f"{_op_name(node.target)}: zero-size tensor {tuple(tensor.shape)} "
+                        "(XNNPACK cannot prepare a model holding one)")
     return None
 
 

@@ -158,6 +158,24 @@ def test_unsupported_op_splits_the_graph_and_the_pieces_still_match():
         assert compare(program(*inputs), module(*inputs)) < 1e-4
 
 
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_a_matmul_of_empty_tensors_stays_portable_and_runs(backend):
+    # Found by the OpInfo sweep (linalg.pinv of a (3, 0) matrix): XNNPACK cannot prepare a
+    # model holding a zero-size tensor, so the program failed to load.
+    class EmptyMatmul(nn.Module):
+        def forward(self, a, b):
+            return a @ b.t() + 1
+
+    from edgeport.backends.mediatek import MediatekBackend
+
+    module, inputs = EmptyMatmul(), (torch.randn(3, 0), torch.randn(3, 0))
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    program = edgeport.export(module, inputs, [backend], registry=registry_for(chosen))
+    reasons = {n["op"]: n["reasons"].get(backend, "") for n in program.report()["nodes"] if n["backend"] != backend}
+    assert "zero-size tensor" in reasons["aten.mm.default"]
+    assert compare(program(*inputs), module(*inputs)) == 0.0
+
+
 def test_a_lone_reshape_stays_portable():
     module = nn.Flatten()
     program = export(module, (torch.randn(2, 3, 4),))

@@ -267,3 +267,15 @@ def test_a_squeeze_of_no_dimension_is_declined_because_torch_onnx_cannot_export_
         export_onnx(program)
     squeezing = partition_of(Fn(lambda t: torch.ops.aten.squeeze.dims(t, [0]) + 1), torch.randn(1, 3))
     assert backend.support(node_named(squeezing, "squeeze"), edgeport.SupportContext(squeezing, QualcommOptions()))
+
+
+def test_an_infinite_constant_is_declined_because_htp_saturates_it(backend):
+    x = torch.randn(2, 8)
+    fn = Fn(lambda t: torch.where(t > 0, t, float("-inf")))  # special.entr writes its -inf so
+    program = partition_of(fn, x)
+    (constant,) = [n for n in program.graph.nodes if n.target is torch.ops.aten.scalar_tensor.default]
+    answer = backend.support(constant, edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "saturates inf" in answer.reason
+    outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
+    assert np.isfinite(outputs[0]).all(), "HTP keeps inf now: take infinite constants again"
+    assert backend.support(node_named(program, "gt"), edgeport.SupportContext(program, QualcommOptions()))
