@@ -123,6 +123,12 @@ def _squeeze_limits(node: Node) -> str | None:
     return None
 
 
+def _not_of_a_scalar(node: Node) -> str | None:
+    if not _shape(node.args[0]) and not (node.args[1:] or node.kwargs.get("dim")):
+        return "torch.onnx cannot export amax/amin of a 0-d tensor over all dimensions"
+    return None
+
+
 def _bool_only(node: Node) -> str | None:
     return None if _dtype(node) == torch.bool else "QNN has no bitwise ops on integers (BitwiseAnd refused)"
 
@@ -178,8 +184,8 @@ RULES: dict[Any, Rule] = {
     aten._log_softmax: Rule("LogSoftmax", FLOAT),
     aten.mean: Rule("ReduceMean", FLOAT),
     aten.sum: Rule("ReduceSum"),
-    aten.amax: Rule("ReduceMax"),
-    aten.amin: Rule("ReduceMin"),
+    aten.amax: Rule("ReduceMax", NUMERIC, _not_of_a_scalar),
+    aten.amin: Rule("ReduceMin", NUMERIC, _not_of_a_scalar),
     aten.max: Rule("ReduceMax/ArgMax"),
     aten.min: Rule("ReduceMin/ArgMin"),
     aten.argmax: Rule("ArgMax"),

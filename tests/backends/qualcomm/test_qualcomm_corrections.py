@@ -279,3 +279,15 @@ def test_an_infinite_constant_is_declined_because_htp_saturates_it(backend):
     outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
     assert np.isfinite(outputs[0]).all(), "HTP keeps inf now: take infinite constants again"
     assert backend.support(node_named(program, "gt"), edgeport.SupportContext(program, QualcommOptions()))
+
+
+@pytest.mark.parametrize("op", ["amax", "amin"])
+def test_amax_of_a_0d_tensor_is_declined_because_torch_onnx_cannot_export_it(backend, op):
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    fn = Fn(lambda t: getattr(torch.ops.aten, op).default(t))  # masked.amax of a 0-d tensor
+    program = partition_of(fn, torch.randn(()))
+    answer = backend.support(node_named(program, op), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "0-d tensor" in answer.reason
+    with pytest.raises(edgeport.BackendError, match="torch.onnx could not export"):
+        export_onnx(program)
