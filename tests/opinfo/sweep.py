@@ -11,15 +11,28 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import multiprocessing
 import os
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from opinfo_sweep import OpCase, Verdict, op_cases, sweep_op  # noqa: E402
+from opinfo_sweep import OpCase, Outcome, Verdict, float32_opinfos, op_case, op_name, sweep_op  # noqa: E402
 from sweep_backends import SWEPT_BACKENDS  # noqa: E402
+
+
+def sweep_one(index: int, backends: list[str]) -> tuple[str, list[Outcome] | str]:
+    """The op at ``index`` of `float32_opinfos` on ``backends``: its outcomes, or why it
+    was skipped. Runs in a forked child: a failed torch.export can leave tracing state
+    behind that breaks every later export in the process."""
+    warnings.filterwarnings("ignore")
+    case = op_case(float32_opinfos()[index])
+    if not isinstance(case, OpCase):
+        return case
+    return case.name, [sweep_op(case, SWEPT_BACKENDS[name]) for name in backends]
 
 
 def main() -> None:
@@ -28,21 +41,32 @@ def main() -> None:
     parser.add_argument("--backend", action="append", choices=sorted(SWEPT_BACKENDS))
     parser.add_argument("--json", help="write every outcome here")
     parser.add_argument("--reverse", action="store_true", help="last op first (a second process meets the first)")
+    parser.add_argument("--after", help="start after this op (resume an interrupted sweep)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every outcome as it comes")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    backends = [SWEPT_BACKENDS[name] for name in args.backend or SWEPT_BACKENDS]
-    counts = {b.name: collections.Counter() for b in backends}
+    backends = args.backend or list(SWEPT_BACKENDS)
+    infos = float32_opinfos()
+    order = [i for i in range(len(infos)) if not args.ops or op_name(infos[i]) in args.ops]
+    order = order[::-1] if args.reverse else order
+    if args.after:
+        order = order[[op_name(infos[i]) for i in order].index(args.after) + 1:]
+    counts = {name: collections.Counter() for name in backends}
     outcomes, skipped, start = [], [], time.time()
-    for case in op_cases(set(args.ops) or None, reverse=args.reverse):
-        if not isinstance(case, OpCase):
-            skipped.append(case)
+    fork = multiprocessing.get_context("fork")
+    for index in order:
+        with ProcessPoolExecutor(max_workers=1, mp_context=fork) as pool:
+            try:
+                name, result = pool.submit(sweep_one, index, backends).result()
+            except Exception as exc:  # the child died (a native crash): every backend's verdict is unknown
+                name, result = op_name(infos[index]), f"the sweep's child process died: {type(exc).__name__}"
+        if isinstance(result, str):
+            skipped.append((name, result))
             if args.verbose:
-                print(f"SKIPPED {case[0]}: {case[1]}", flush=True)
+                print(f"SKIPPED {name}: {result}", flush=True)
             continue
-        for backend in backends:
-            outcome = sweep_op(case, backend)
-            counts[backend.name][outcome.verdict] += 1
+        for outcome in result:
+            counts[outcome.backend][outcome.verdict] += 1
             outcomes.append(outcome)
             if args.verbose or outcome.verdict in (Verdict.CRASH, Verdict.WRONG):
                 print(f"{outcome.verdict.value.upper()} {outcome.op} on {outcome.backend}: {outcome.detail}", flush=True)

@@ -30,6 +30,8 @@ CI_OPS = [
     "mean", "sum", "amax", "max.reduction_with_dim", "argmax", "cat", "permute", "reshape", "transpose",
     "squeeze", "unsqueeze", "expand", "nn.functional.embedding", "nn.functional.pad.constant",
     "nn.functional.interpolate.bilinear",
+    # what the sweep found crashing or wrong, fixed with a decline (docs/coverage.md)
+    "ceil", "masked.amax", "masked.logsumexp", "linalg.pinv.singular",
 ]
 OPS = None if os.environ.get("EDGEPORT_OPINFO") == "all" else CI_OPS
 
