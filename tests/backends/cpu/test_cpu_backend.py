@@ -176,6 +176,25 @@ def test_a_matmul_of_empty_tensors_stays_portable_and_runs(backend):
     assert compare(program(*inputs), module(*inputs)) == 0.0
 
 
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_logsumexp_of_a_0d_tensor_stays_portable_and_runs(backend):
+    # Found by the OpInfo sweep: its amax/sum over dim 0 of a 0-d tensor failed to compile
+    # (IndexError in the writer) and fell back.
+    class LogSumExp(nn.Module):
+        def forward(self, x):
+            return torch.logsumexp(x, 0, keepdim=True)
+
+    from edgeport.backends.mediatek import MediatekBackend
+
+    module, inputs = LogSumExp(), (torch.tensor(0.7),)
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    program = edgeport.export(module, inputs, [backend], registry=registry_for(chosen))
+    assert [p["fallback"] for p in program.report()["partitions"] if p["fallback"]] == []
+    reasons = {n["op"]: n["reasons"].get(backend, "") for n in program.report()["nodes"] if n["backend"] != backend}
+    assert "0-d tensor" in reasons["aten.amax.default"]
+    assert compare(program(*inputs), module(*inputs)) < 1e-6
+
+
 def test_a_lone_reshape_stays_portable():
     module = nn.Flatten()
     program = export(module, (torch.randn(2, 3, 4),))
