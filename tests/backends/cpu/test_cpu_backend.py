@@ -195,6 +195,25 @@ def test_logsumexp_of_a_0d_tensor_stays_portable_and_runs(backend):
     assert compare(program(*inputs), module(*inputs)) < 1e-6
 
 
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_a_linear_of_a_1d_input_is_decomposed_and_runs(backend):
+    # Found by the OpInfo sweep: the writer's matmul failed on a 1-d input and fell back;
+    # declined whole, the linear is decomposed at capture and its pieces are taken.
+    from edgeport.backends.mediatek import MediatekBackend
+
+    class Linear(nn.Module):
+        def forward(self, x, w, b):  # the weight an input, as in torch's OpInfo sample
+            return F.linear(x, w, b)
+
+    module, inputs = Linear(), (torch.randn(3), torch.randn(4, 3), torch.randn(4))
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    program = edgeport.export(module, inputs, [backend], registry=registry_for(chosen))
+    assert [p["fallback"] for p in program.report()["partitions"] if p["fallback"]] == []
+    assert {n["backend"] for n in program.report()["nodes"]} == {backend}  # decomposed, then taken
+    with torch.no_grad():
+        assert compare(program(*inputs), module(*inputs)) < 1e-6
+
+
 def test_a_lone_reshape_stays_portable():
     module = nn.Flatten()
     program = export(module, (torch.randn(2, 3, 4),))
