@@ -267,6 +267,9 @@ def _check(node: Node) -> edgeport.Support:
         if any(not isinstance(dim, int) for dim in tensor.shape):
             return edgeport.Support.no(f"{name}: dynamic shape {tuple(tensor.shape)}; QNN HTP has no dynamic shapes "
                                       "(a context is compiled for static sizes)")
+        if 0 in tensor.shape:
+            return edgeport.Support.no(f"{name}: zero-size tensor {tuple(tensor.shape)}; the QNN HTP simulator "
+                                      "dies of a floating point exception on one")
         if tensor.dim() > MAX_RANK:
             return edgeport.Support.no(
                 f"{name}: rank-{tensor.dim()} tensor; QNN HTP tensors have at most {MAX_RANK} dimensions"

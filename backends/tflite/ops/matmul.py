@@ -72,8 +72,8 @@ _MATMUL_WRITES = frozenset({"FULLY_CONNECTED", "BATCH_MATMUL", "ADD"})
 
 
 def _check_linear(node: Node, is_const: IsConst) -> str | None:
-    if len(shape(node.args[0])) < 2:  # the writer's matmul needs a row dimension
-        return "a 1-d input"
+    if len(shape(node.args[0])) < 2 and not is_const(node.args[1]):  # a run-time weight takes the matmul path,
+        return "a 1-d input with a run-time weight"  # which needs a row dimension
     return None
 
 

@@ -291,3 +291,11 @@ def test_amax_of_a_0d_tensor_is_declined_because_torch_onnx_cannot_export_it(bac
     assert not answer and "0-d tensor" in answer.reason
     with pytest.raises(edgeport.BackendError, match="torch.onnx could not export"):
         export_onnx(program)
+
+
+def test_a_zero_size_tensor_is_declined_because_the_simulator_dies_on_it(backend):
+    # Found by the OpInfo sweep (linalg.pinv of a (3, 0) matrix): the process died of SIGFPE.
+    fn = Fn(lambda a, b: a @ b.t())
+    program = partition_of(fn, torch.randn(3, 0), torch.randn(3, 0))
+    answer = backend.support(node_named(program, "mm"), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "zero-size tensor" in answer.reason
