@@ -181,6 +181,18 @@ def decline_if_rank_above(limit: int, reason: str, tensors: Tensors = node_tenso
     return decline_if_tensor(rule, tensors)
 
 
+def decline_if_empty(reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a zero-size tensor (a dim of 0): runtimes that prepare a whole
+    graph ahead (XNNPACK, QNN HTP) fail on one, taking the partition with them."""
+
+    def rule(node: Node, tensor: TensorUse) -> str | None:
+        if 0 not in tensor.value.shape:
+            return None
+        return reason.format(**_fields(node, tensor))
+
+    return decline_if_tensor(rule, tensors)
+
+
 def decline_if_dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], Collection[torch.dtype]],
                             reason: str, tensors: Tensors = node_tensors) -> Check:
     """Decline a node with a tensor of a dtype outside `dtypes` (a set, or a function of

@@ -9,7 +9,8 @@ node a decomposition makes and written out as ``pkg.torch.onnx.stack_trace``. So
 the export we set it to ``edgeport-node:<aten node name>`` (and restore it afterwards).
 
 The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
-equivalent form rightly (pool_rewrite.py: pools that pad themselves).
+equivalent form rightly (pool_rewrite.py: pools that pad themselves), or prepares only
+in an equivalent form (norm_rewrite.py: RMS norms with the scale first).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import edgeport
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
+from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
 
 # ONNX 21: the first opset whose QuantizeLinear/DequantizeLinear take 16-bit integers
@@ -63,6 +65,7 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
             ) from exc
     model = onnx_program.model_proto
     rewrite_pools(model)
+    reorder_norm_scales(model)
     onnx_inputs = [value.name for value in model.graph.input]
     onnx_outputs = [value.name for value in model.graph.output]
     user_inputs = [

@@ -15,6 +15,7 @@ tests/backends/qualcomm/test_qualcomm_corrections.py that fails if QNN changes.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -116,6 +117,19 @@ def _pad_mode(node: Node) -> str | None:
     return f"{mode} padding is not verified on QNN HTP"
 
 
+def _squeeze_limits(node: Node) -> str | None:
+    if node.target is aten.squeeze.dims and _shape(node.args[0]) == _shape(node):
+        return ("torch.onnx cannot export squeeze.dims when it removes no dimension (it becomes "
+                "prims.view_of, which has no ONNX function)")
+    return None
+
+
+def _not_of_a_scalar(node: Node) -> str | None:
+    if not _shape(node.args[0]) and not (node.args[1:] or node.kwargs.get("dim")):
+        return "torch.onnx cannot export amax/amin of a 0-d tensor over all dimensions"
+    return None
+
+
 def _bool_only(node: Node) -> str | None:
     return None if support.output_dtype(node) == torch.bool else "QNN has no bitwise ops on integers (BitwiseAnd refused)"
 
@@ -132,8 +146,7 @@ RULES: dict[Any, Rule] = {
         (aten.exp, "Exp"), (aten.log, "Log"), (aten.sqrt, "Sqrt"), (aten.rsqrt, "Sqrt+Reciprocal"),
         (aten.reciprocal, "Reciprocal"), (aten.pow, "Pow"), (aten.sigmoid, "Sigmoid"),
         (aten.tanh, "Tanh"), (aten.relu, "Relu"), (aten.gelu, "Gelu"), (aten.leaky_relu, "LeakyRelu"),
-        (aten.elu, "Elu"), (aten.sin, "Sin"), (aten.cos, "Cos"), (aten.floor, "Floor"),
-        (aten.ceil, "Ceil"), (aten.round, "Round"), (aten.remainder, "Div+Floor+Mul+Sub"),
+        (aten.elu, "Elu"), (aten.sin, "Sin"), (aten.cos, "Cos"), (aten.remainder, "Div+Floor+Mul+Sub"),
         (aten.atan2, "Atan+Where"), (aten.isnan, "IsNaN"), (aten.hardtanh, "Clip"),
         (aten.hardswish, "HardSwish"), (aten.hardsigmoid, "HardSigmoid"), (aten.prelu, "PRelu"),
         (aten.softplus, "Softplus"), (aten.mish, "Softplus+Tanh+Mul"),
@@ -172,8 +185,8 @@ RULES: dict[Any, Rule] = {
     aten._log_softmax: Rule("LogSoftmax", FLOAT),
     aten.mean: Rule("ReduceMean", FLOAT),
     aten.sum: Rule("ReduceSum"),
-    aten.amax: Rule("ReduceMax"),
-    aten.amin: Rule("ReduceMin"),
+    aten.amax: Rule("ReduceMax", NUMERIC, _not_of_a_scalar),
+    aten.amin: Rule("ReduceMin", NUMERIC, _not_of_a_scalar),
     aten.max: Rule("ReduceMax/ArgMax"),
     aten.min: Rule("ReduceMin/ArgMin"),
     aten.argmax: Rule("ArgMax"),
@@ -186,7 +199,7 @@ RULES: dict[Any, Rule] = {
     # data movement
     **{op: Rule(onnx, ANY) for op, onnx in (
         (aten.view, "Reshape"), (aten._unsafe_view, "Reshape"), (aten.reshape, "Reshape"),
-        (aten.permute, "Transpose"), (aten.unsqueeze, "Unsqueeze"), (aten.squeeze, "Squeeze"),
+        (aten.permute, "Transpose"), (aten.unsqueeze, "Unsqueeze"),
         (aten.expand, "Expand"), (aten.clone, "Identity"), (aten.alias, "Identity"),
         (aten.cat, "Concat"), (aten.slice, "Slice"), (aten.select, "Gather"),
         (aten.split_with_sizes, "Split"), (aten.split, "Split"), (aten.constant_pad_nd, "Pad"),
@@ -196,6 +209,7 @@ RULES: dict[Any, Rule] = {
         (aten.full, "constant"), (aten.full_like, "constant"), (aten.scalar_tensor, "constant"),
         (aten.arange, "constant"), (aten._assert_tensor_metadata, "(nothing)"),
     )},
+    aten.squeeze: Rule("Squeeze", ANY, _squeeze_limits),
     aten.pad: Rule("Pad", ANY, _pad_mode),
     operator.getitem: Rule("(output of a multi-output op)", ANY),
 }
@@ -219,6 +233,8 @@ DECLINED: dict[Any, str] = {
     aten.index: "QNN HTP GatherND returns wrong values for rank-3 data (seen in the simulator); "
     "index_select/gather work",
     aten.scatter: "QNN EP refuses the ConstantOfShape/ScatterElements torch.onnx emits for scatter",
+    **{op: "QNN HTP computes float ops in fp16, rounding the input to 11 significant bits first, so the "
+       "result is off by one near an integer (ceil(-5.998) gave -6)" for op in (aten.floor, aten.ceil, aten.round)},
     **{op: "random ops are not deterministic on an NPU; run them portably" for op in (
         aten.rand, aten.randn, aten.bernoulli, aten.randint, aten.rand_like, aten.randn_like,
     )},
@@ -240,6 +256,13 @@ def _in_table(node: Node) -> edgeport.Support:
     return edgeport.Support.no(f"{support.op_label(node)}: no QNN HTP lowering known (not in the qualcomm op table)")
 
 
+def _no_infinite_literal(node: Node) -> edgeport.Support:
+    if any(isinstance(a, float) and math.isinf(a) for a in (*node.args, *node.kwargs.values())):
+        return edgeport.Support.no(f"{support.op_label(node)}: an infinite constant; QNN HTP computes in fp16 and "
+                                   "saturates inf to 65536, so an infinite result comes back finite")
+    return edgeport.Support.yes()
+
+
 def _rule_limits(node: Node) -> edgeport.Support:
     limits = RULES[_packet(node)].check
     reason = limits(node) if limits is not None else None
@@ -248,9 +271,12 @@ def _rule_limits(node: Node) -> edgeport.Support:
 
 _TABLE_CHECK = support.all_of(
     support.decline_if_op_in(DECLINED),
+    _no_infinite_literal,
     _in_table,
     support.decline_if_symbolic(
         "{op}: dynamic shape {shape}; QNN HTP has no dynamic shapes (a context is compiled for static sizes)"),
+    support.decline_if_empty("{op}: zero-size tensor {shape}; the QNN HTP simulator dies of a floating point "
+                             "exception on one"),
     support.decline_if_rank_above(MAX_RANK, "{op}: rank-{rank} tensor; QNN HTP tensors have at most {limit} dimensions"),
     support.decline_if_dtype_not_in(lambda node: RULES[_packet(node)].dtypes,
                                     "{op}: {dtype} tensors not supported on QNN HTP (this op takes {allowed})"),

@@ -249,6 +249,9 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
     entry = lookup(node.target)
     if entry is None:
         return f"no TFLite lowering for {support.op_label(node)}"
+    empty = _NO_EMPTY(node)
+    if not empty:
+        return empty.reason
     unwritten = _unwritten_outputs_read(node, entry.outputs)
     if unwritten:
         # Declined here, on the producer: its getitem users follow it to whichever
@@ -292,6 +295,9 @@ def _unwritten_outputs_read(node: Node, produced: tuple[int, ...] | None) -> lis
 
 
 _STATIC_SHAPES = support.decline_if_symbolic("{op}: symbolic shape {shape} (the TFLite writer needs static shapes)")
+# XNNPACK fails to prepare a model holding a zero-size tensor ("failed to reshape"): the
+# interpreter could not even load the program, so such a node stays portable.
+_NO_EMPTY = support.decline_if_empty("{op}: zero-size tensor {shape} (XNNPACK cannot prepare a model holding one)")
 
 
 def meta(node: Any) -> Any:

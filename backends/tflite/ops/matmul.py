@@ -11,7 +11,7 @@ from torch.fx import Node
 from .. import layout
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
-from ..lowering import FLOAT, IsConst, aten, lowering, meta
+from ..lowering import FLOAT, IsConst, aten, lowering, meta, shape
 from .elementwise import emit_elementwise
 
 
@@ -71,7 +71,13 @@ def _check_addmm(node: Node, is_const: IsConst) -> str | None:
 _MATMUL_WRITES = frozenset({"FULLY_CONNECTED", "BATCH_MATMUL", "ADD"})
 
 
-@lowering(aten.linear.default, writes=_MATMUL_WRITES, dtypes=FLOAT, fuses_activation=True)
+def _check_linear(node: Node, is_const: IsConst) -> str | None:
+    if len(shape(node.args[0])) < 2 and not is_const(node.args[1]):  # a run-time weight takes the matmul path,
+        return "a 1-d input with a run-time weight"  # which needs a row dimension
+    return None
+
+
+@lowering(aten.linear.default, writes=_MATMUL_WRITES, dtypes=FLOAT, check=_check_linear, fuses_activation=True)
 def linear(em: Emitter, node: Node) -> Value:
     x = em.value(node.args[0])
     bias_arg = node.args[2] if len(node.args) > 2 else None

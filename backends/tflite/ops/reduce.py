@@ -40,6 +40,8 @@ def _reduce_dims(node: Node) -> tuple[list[int], bool]:
 
 
 def _check_reduce(node: Node, is_const: IsConst) -> str | None:
+    if not shape(node.args[0]):  # torch names dim 0 of a 0-d tensor; TFLite has no axis to reduce
+        return "reduction of a 0-d tensor"
     if node.target in (aten.mean.dim, aten.mean.default) and meta(node).dtype != torch.float32:
         return "integer mean"
     return None

@@ -158,6 +158,62 @@ def test_unsupported_op_splits_the_graph_and_the_pieces_still_match():
         assert compare(program(*inputs), module(*inputs)) < 1e-4
 
 
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_a_matmul_of_empty_tensors_stays_portable_and_runs(backend):
+    # Found by the OpInfo sweep (linalg.pinv of a (3, 0) matrix): XNNPACK cannot prepare a
+    # model holding a zero-size tensor, so the program failed to load.
+    class EmptyMatmul(nn.Module):
+        def forward(self, a, b):
+            return a @ b.t() + 1
+
+    from edgeport.backends.mediatek import MediatekBackend
+
+    module, inputs = EmptyMatmul(), (torch.randn(3, 0), torch.randn(3, 0))
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    program = edgeport.export(module, inputs, [backend], registry=registry_for(chosen))
+    reasons = {n["op"]: n["reasons"].get(backend, "") for n in program.report()["nodes"] if n["backend"] != backend}
+    assert "zero-size tensor" in reasons["aten.mm.default"]
+    assert compare(program(*inputs), module(*inputs)) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_logsumexp_of_a_0d_tensor_stays_portable_and_runs(backend):
+    # Found by the OpInfo sweep: its amax/sum over dim 0 of a 0-d tensor failed to compile
+    # (IndexError in the writer) and fell back.
+    class LogSumExp(nn.Module):
+        def forward(self, x):
+            return torch.logsumexp(x, 0, keepdim=True)
+
+    from edgeport.backends.mediatek import MediatekBackend
+
+    module, inputs = LogSumExp(), (torch.tensor(0.7),)
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    program = edgeport.export(module, inputs, [backend], registry=registry_for(chosen))
+    assert [p["fallback"] for p in program.report()["partitions"] if p["fallback"]] == []
+    reasons = {n["op"]: n["reasons"].get(backend, "") for n in program.report()["nodes"] if n["backend"] != backend}
+    assert "0-d tensor" in reasons["aten.amax.default"]
+    assert compare(program(*inputs), module(*inputs)) < 1e-6
+
+
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_a_linear_of_a_1d_input_is_decomposed_and_runs(backend):
+    # Found by the OpInfo sweep: the writer's matmul failed on a 1-d input and fell back;
+    # declined whole, the linear is decomposed at capture and its pieces are taken.
+    from edgeport.backends.mediatek import MediatekBackend
+
+    class Linear(nn.Module):
+        def forward(self, x, w, b):  # the weight an input, as in torch's OpInfo sample
+            return F.linear(x, w, b)
+
+    module, inputs = Linear(), (torch.randn(3), torch.randn(4, 3), torch.randn(4))
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    program = edgeport.export(module, inputs, [backend], registry=registry_for(chosen))
+    assert [p["fallback"] for p in program.report()["partitions"] if p["fallback"]] == []
+    assert {n["backend"] for n in program.report()["nodes"]} == {backend}  # decomposed, then taken
+    with torch.no_grad():
+        assert compare(program(*inputs), module(*inputs)) < 1e-6
+
+
 def test_a_lone_reshape_stays_portable():
     module = nn.Flatten()
     program = export(module, (torch.randn(2, 3, 4),))

@@ -197,3 +197,105 @@ def test_qnn_folds_an_explicit_pad_back_into_the_pool_which_is_why_the_rewrite_c
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     assert max_abs(_on_qnn(model, x), want) > 0.1, "QNN computes Pad + pool right now: the rewrite could use Pad"
+
+
+# -- RMS norms: QNN cannot prepare weight * (x * rsqrt(...)); norm_rewrite.py puts the scale last --
+
+class ScaledRmsNorm(torch.nn.Module):
+    """Hugging Face's LlamaRMSNorm (and T5's, Qwen2's): the scale is the Mul's first operand."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.rand(width) + 0.5)
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_an_rms_norm_with_its_scale_first_is_delegated_whole_and_right(backend):
+    torch.manual_seed(0)
+    module, x = ScaledRmsNorm(32).eval(), torch.randn(1, 8, 32)
+    program = edgeport.export(module, (x,), ["qualcomm"])
+    partitions = program.report()["partitions"]
+    assert [p["fallback"] for p in partitions if p["fallback"]] == []
+    assert {n["backend"] for n in program.report()["nodes"]} == {"qualcomm"}
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert max_abs(program(x).numpy(), want) < 1e-2 * float(np.abs(want).max())
+
+
+def test_qnn_cannot_prepare_the_scale_first_norm_and_the_rewrite_can(backend):
+    from edgeport.backends.qualcomm.norm_rewrite import reorder_norm_scales
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+    from edgeport.backends.qualcomm.options import provider_options
+    from edgeport.backends.qualcomm.qnn_runtime import QnnCompileError, compile_context
+
+    partition = export_onnx(partition_of(ScaledRmsNorm(32).eval(), torch.randn(1, 8, 32)))
+    muls = [n for n in partition.model.graph.node if n.op_type == "Mul"]
+    assert [n.input[1] for n in muls[-1:]] == ["weight"], "export_onnx puts the scale last"
+    muls[-1].input[0], muls[-1].input[1] = muls[-1].input[1], muls[-1].input[0]  # back to torch.onnx's order
+    with pytest.raises(QnnCompileError, match="MEM_ALLOC"):  # if this prepares now, the rewrite may go
+        compile_context(partition.model.SerializeToString(), provider_options(QualcommOptions()))
+    assert reorder_norm_scales(partition.model) == 1
+    outcome = compile_context(partition.model.SerializeToString(), provider_options(QualcommOptions()))
+    assert outcome.context_model and not outcome.refused
+
+
+# -- found by the OpInfo sweep (tests/opinfo) -------------------------------------------------
+
+@pytest.mark.parametrize("op", ["floor", "ceil", "round"])
+def test_rounding_is_declined_because_fp16_inputs_make_it_off_by_one(backend, op):
+    # Values within fp16's spacing of an integer: HTP rounds the input to fp16 first.
+    x = torch.tensor([[-5.998, -1.9996, 2.9996, 3.0004, 2.5002, -0.5001, 1000.6, 1.0]])
+    fn = Fn(getattr(torch, op))
+    program = partition_of(fn, x)
+    (node,) = [n for n in program.graph.nodes if n.op == "call_function"]  # round is named round_1
+    answer = backend.support(node, edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "fp16" in answer.reason
+    outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
+    assert max_abs(outputs[0], fn(x).numpy()) > 0.5, f"HTP {op} is exact on these values now: take it again"
+
+
+def test_a_squeeze_of_no_dimension_is_declined_because_torch_onnx_cannot_export_it(backend):
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    fn = Fn(lambda t: torch.ops.aten.squeeze.dims(t, []) + 1)  # what logsumexp of a 0-d tensor decomposes to
+    program = partition_of(fn, torch.randn(()))
+    answer = backend.support(node_named(program, "squeeze"), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "removes no dimension" in answer.reason
+    with pytest.raises(edgeport.BackendError, match="torch.onnx could not export"):
+        export_onnx(program)
+    squeezing = partition_of(Fn(lambda t: torch.ops.aten.squeeze.dims(t, [0]) + 1), torch.randn(1, 3))
+    assert backend.support(node_named(squeezing, "squeeze"), edgeport.SupportContext(squeezing, QualcommOptions()))
+
+
+def test_an_infinite_constant_is_declined_because_htp_saturates_it(backend):
+    x = torch.randn(2, 8)
+    fn = Fn(lambda t: torch.where(t > 0, t, float("-inf")))  # special.entr writes its -inf so
+    program = partition_of(fn, x)
+    (constant,) = [n for n in program.graph.nodes if n.target is torch.ops.aten.scalar_tensor.default]
+    answer = backend.support(constant, edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "saturates inf" in answer.reason
+    outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
+    assert np.isfinite(outputs[0]).all(), "HTP keeps inf now: take infinite constants again"
+    assert backend.support(node_named(program, "gt"), edgeport.SupportContext(program, QualcommOptions()))
+
+
+@pytest.mark.parametrize("op", ["amax", "amin"])
+def test_amax_of_a_0d_tensor_is_declined_because_torch_onnx_cannot_export_it(backend, op):
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    fn = Fn(lambda t: getattr(torch.ops.aten, op).default(t))  # masked.amax of a 0-d tensor
+    program = partition_of(fn, torch.randn(()))
+    answer = backend.support(node_named(program, op), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "0-d tensor" in answer.reason
+    with pytest.raises(edgeport.BackendError, match="torch.onnx could not export"):
+        export_onnx(program)
+
+
+def test_a_zero_size_tensor_is_declined_because_the_simulator_dies_on_it(backend):
+    # Found by the OpInfo sweep (linalg.pinv of a (3, 0) matrix): the process died of SIGFPE.
+    fn = Fn(lambda a, b: a @ b.t())
+    program = partition_of(fn, torch.randn(3, 0), torch.randn(3, 0))
+    answer = backend.support(node_named(program, "mm"), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "zero-size tensor" in answer.reason

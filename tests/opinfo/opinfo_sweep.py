@@ -1,0 +1,214 @@
+"""torch's OpInfo database as edgeport's own test: each float32 op, as a one-op module,
+exported to one backend and judged.
+
+`op_cases` turns every OpInfo in ``op_db`` that runs in float32 on the CPU into a
+module calling the op on its first tensor sample (non-tensor arguments become
+constants, tensor arguments the module's inputs). `sweep_op` exports it to a backend
+and gives a verdict:
+
+- delegated: the backend took nodes, and the program equals eager within the
+             backend's declared tolerance (`Backend.tolerance`);
+- declined:  the backend took no node (each declined with its reason), or export
+             refused the program with an `EdgeportError` (a clean, one-line error);
+- crash:     export or the run raised anything else, or a partition the backend
+             accepted failed to compile and fell back to portable torch;
+- wrong:     the backend took nodes and its answer is off.
+
+Ops torch.export cannot capture, and random ops (two eager calls differ), are skipped:
+they say nothing about a backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+import edgeport
+from edgeport.backend import Backend, options_from_dict
+from edgeport.testing import registry_for
+
+
+class Verdict(str, enum.Enum):
+    DELEGATED = "delegated"
+    DECLINED = "declined"
+    CRASH = "crash"
+    WRONG = "wrong"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    op: str
+    backend: str
+    verdict: Verdict
+    detail: str = ""  # why: the error, the decline reasons, or the error against eager
+
+
+class OneOp(nn.Module):
+    """``op(sample.input, *sample.args, **sample.kwargs)`` with the sample's tensors as
+    the module's inputs, in pytree order."""
+
+    def __init__(self, op: Any, sample: Any):
+        super().__init__()
+        self.op = op
+        self.leaves, self.spec = pytree.tree_flatten((sample.input, sample.args, sample.kwargs))
+        self.positions = [i for i, leaf in enumerate(self.leaves) if isinstance(leaf, torch.Tensor)]
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.leaves[i] for i in self.positions)
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        leaves = list(self.leaves)
+        for i, tensor in zip(self.positions, tensors, strict=True):
+            leaves[i] = tensor
+        first, args, kwargs = pytree.tree_unflatten(leaves, self.spec)
+        return self.op(first, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One op ready to sweep: its module, inputs and eager answer."""
+
+    name: str  # "op" or "op.variant", as OpInfo names its tests
+    module: OneOp
+    inputs: tuple[torch.Tensor, ...]
+    expected: Any
+
+
+def op_name(info: Any) -> str:
+    return f"{info.name}.{info.variant_test_name}" if info.variant_test_name else info.name
+
+
+def float32_opinfos() -> list[Any]:
+    """Every OpInfo that runs in float32 on the CPU, in op_db's order."""
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    return [info for info in op_db if torch.float32 in info.supported_dtypes("cpu")]
+
+
+def op_cases(names: set[str] | None = None, reverse: bool = False) -> Iterator[OpCase | tuple[str, str]]:
+    """An `OpCase` per float32 op (only those in ``names``, if given; last first if
+    ``reverse``), or ``(name, why skipped)`` for one with no tensor sample, that
+    torch.export cannot capture, or that is random."""
+    infos = float32_opinfos()
+    for info in reversed(infos) if reverse else infos:
+        name = op_name(info)
+        if names is not None and name not in names:
+            continue
+        yield op_case(info)
+
+
+def op_case(info: Any) -> OpCase | tuple[str, str]:
+    """``info``'s `OpCase`, or ``(name, why skipped)``."""
+    name = op_name(info)
+    try:
+        return _case(info, name)
+    except Exception as exc:  # a sample whose output we cannot even compare (a sparse tensor, ...)
+        return name, f"its sample cannot be swept: {type(exc).__name__}: {_first_line(exc)[:100]}"
+
+
+def _case(info: Any, name: str) -> OpCase | tuple[str, str]:
+    torch.manual_seed(0)
+    try:
+        sample = next((s for s in info.sample_inputs("cpu", torch.float32, requires_grad=False)
+                       if isinstance(s.input, torch.Tensor)), None)
+    except Exception as exc:  # a sample generator that fails on this torch: nothing to sweep
+        return name, f"sample_inputs raised {type(exc).__name__}"
+    if sample is None:
+        return name, "no sample with a tensor input"
+    module = OneOp(info.op, sample).eval()
+    inputs = module.example_inputs()
+    try:
+        with torch.no_grad():
+            expected = module(*_copies(inputs))
+            again = module(*_copies(inputs))
+        torch.export.export(module, _copies(inputs))
+    except Exception as exc:
+        return name, f"eager or torch.export raised {type(exc).__name__}"
+    if relative_error(again, expected) != 0.0:
+        return name, "random: two eager calls differ"
+    return OpCase(name, module, inputs, expected)
+
+
+def _copies(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Fresh copies, so an op that writes into its input leaves the sample as it was."""
+    return tuple(t.clone() for t in inputs)
+
+
+def relative_error(actual: Any, expected: Any) -> float:
+    """max |actual - expected| / max |expected| over every output; NaN and inf must sit
+    at the same places with the same values; infinite when a dtype, shape or a non-tensor
+    output differs."""
+    got, want = pytree.tree_leaves(actual), pytree.tree_leaves(expected)
+    if len(got) != len(want):
+        return float("inf")
+    worst = 0.0
+    for a, e in zip(got, want):
+        if not isinstance(e, torch.Tensor):
+            if isinstance(a, torch.Tensor) and a.numel() == 1:
+                a = a.item()
+            if a != e and not (a != a and e != e):  # NaN equals NaN here
+                return float("inf")
+            continue
+        a = torch.as_tensor(a)
+        if a.dtype != e.dtype or a.shape != e.shape:
+            return float("inf")
+        a, e = a.detach().double(), e.detach().double()
+        special = ~torch.isfinite(e)
+        if not torch.equal(torch.isnan(a), torch.isnan(e)) or not torch.equal(a[special & ~torch.isnan(e)],
+                                                                                e[special & ~torch.isnan(e)]):
+            return float("inf")
+        finite = ~special
+        if not finite.any():
+            continue
+        if not torch.isfinite(a[finite]).all():
+            return float("inf")
+        scale = max(float(e[finite].abs().max()), 1e-6)
+        worst = max(worst, float((a[finite] - e[finite]).abs().max()) / scale)
+    return worst
+
+
+def sweep_op(case: OpCase, backend: Backend) -> Outcome:
+    """Export ``case`` to ``backend`` alone, run it where it delegated, and judge it."""
+
+    def outcome(verdict: Verdict, detail: str = "") -> Outcome:
+        return Outcome(case.name, backend.name, verdict, detail)
+
+    logging.getLogger("edgeport").setLevel(logging.ERROR)  # fallbacks are judged below, not logged
+    try:
+        program = edgeport.export(case.module, _copies(case.inputs), [backend.name], registry=registry_for(backend))
+    except edgeport.EdgeportError as exc:
+        return outcome(Verdict.DECLINED, f"export refused: {exc}")
+    except Exception as exc:
+        return outcome(Verdict.CRASH, f"export raised {type(exc).__name__}: {_first_line(exc)}")
+    report = program.report()
+    fallbacks = [p["fallback"] for p in report["partitions"] if p.get("fallback")]
+    if fallbacks:
+        return outcome(Verdict.CRASH, f"fell back: {fallbacks[0]}")
+    taken = [n for n in report["nodes"] if n["backend"] == backend.name]
+    if not taken:
+        reasons = {n["op"]: n["reasons"].get(backend.name, "") for n in report["nodes"]}
+        return outcome(Verdict.DECLINED, "; ".join(f"{op}: {why}" for op, why in reasons.items()) or "no compute node")
+    try:
+        with torch.no_grad():
+            actual = program(*_copies(case.inputs))
+    except Exception as exc:
+        return outcome(Verdict.CRASH, f"run raised {type(exc).__name__}: {_first_line(exc)}")
+    try:
+        error = relative_error(actual, case.expected)
+    except Exception as exc:
+        return outcome(Verdict.CRASH, f"its output cannot be compared: {type(exc).__name__}: {_first_line(exc)}")
+    tolerance = backend.tolerance(options_from_dict(backend, {}))
+    if not error <= tolerance:
+        return outcome(Verdict.WRONG, f"error {error:.3g} > {tolerance:g} ({len(taken)} nodes taken)")
+    return outcome(Verdict.DELEGATED, f"error {error:.3g}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
