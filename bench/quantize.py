@@ -54,7 +54,7 @@ def load_bench(name: str):  # noqa: ANN201 - a module
 
 
 BASE = load_bench("cpu_vs_executorch")  # load_models, executorch_method, timed
-REFERENCE = load_bench("quantize_reference")  # aeq_python, quantize_with_aeq, runner
+REFERENCE = load_bench("quantize_reference")  # aeq_python, quantize_with_aeq, runner, alternate
 
 
 def edgeport_int8(model, inputs, batches, threads: int, path: str) -> dict[str, float]:
@@ -99,21 +99,6 @@ def executorch_int8(model, inputs, batches, path: str) -> dict[str, float]:
             "ms_per_batch": 1e3 * (lowering - calibrated) / len(batches)}
 
 
-def latencies(calls: dict[str, callable], runs: int, clock=time.perf_counter,  # noqa: ANN001 - a clock
-              block: int = 5) -> dict[str, list[float]]:
-    """ms per call of each, alternating blocks (each block after an untimed warm call)."""
-    lat = {name: [] for name in calls}
-    for _ in range(-(-runs // block)):
-        for name, fn in calls.items():
-            time.sleep(0.02)
-            fn()
-            for _ in range(block):
-                start = clock()
-                fn()
-                lat[name].append((clock() - start) * 1e3)
-    return lat
-
-
 def distance(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max())
 
@@ -146,7 +131,7 @@ def measure(name: str, factory, args, tmp: str) -> None:
             f.write(next(d for p, d in fp32.files.items() if p.endswith(".tflite")))
         REFERENCE.quantize_with_aeq(python, float_model, batches, os.path.join(tmp, f"{name}.aeq.tflite"))
         calls["ai-edge-quantizer int8"] = REFERENCE.runner(os.path.join(tmp, f"{name}.aeq.tflite"), args.threads)
-    lat = latencies(calls, args.runs, time.thread_time if args.clock == "cpu" else time.perf_counter)
+    lat = REFERENCE.alternate(calls, args.runs, time.thread_time if args.clock == "cpu" else time.perf_counter)
     with torch.no_grad():
         eager = model(x)
     print(f"\n{name} ({args.batches} random calibration batches, {args.threads} threads, "

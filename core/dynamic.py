@@ -91,6 +91,18 @@ def is_dynamic(node: Node) -> bool:
     return any(isinstance(v, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in v.shape) for v in values)
 
 
+def example_sizes(program: ExportedProgram) -> dict[Any, int]:
+    """The size each dynamic dim's symbol (a sympy Symbol) had in the example inputs."""
+    sizes = {}
+    for node in program.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor):
+            for d in val.shape:
+                if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and d.node.hint is not None:
+                    sizes[d.node.expr] = int(d.node.hint)
+    return sizes
+
+
 def dynamic_declines(program: ExportedProgram, report: Mapping[str, Any], backends: list[str]) -> dict[str, list[dict]]:
     """Per selected backend, the report rows of nodes with dynamic dims it declined and
     that run as portable torch."""

@@ -35,6 +35,7 @@ from torch.export import ExportedProgram
 from torch.fx import Graph, Node
 
 from . import fold
+from .dynamic import example_sizes
 from .fold import SIZE_ALLOWANCE, FoldResult
 
 Sizes = Mapping[sympy.Symbol, int]
@@ -81,7 +82,7 @@ def fold_sized_constants(program: ExportedProgram) -> FoldResult:
         for node in pending:
             narrowing = _narrowing(node, sources)
             largest = None if narrowing is None else _largest_prefix(node, narrowing, sized, values, bounds,
-                                                                     _hints(program))
+                                                                     example_sizes(program))
             if largest is None:
                 refused.add(node)
             else:
@@ -151,18 +152,6 @@ def _size_sources(program: ExportedProgram, bounds: Mapping[sympy.Symbol, Any]) 
             if expr in bounds and expr not in sources:
                 sources[expr] = (node, dim)
     return sources
-
-
-def _hints(program: ExportedProgram) -> dict[sympy.Symbol, int]:
-    """The size each symbol had in the example inputs."""
-    hints = {}
-    for node in program.graph.nodes:
-        val = node.meta.get("val")
-        if node.op == "placeholder" and isinstance(val, torch.Tensor):
-            for d in val.shape:
-                if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and d.node.hint is not None:
-                    hints[d.node.expr] = int(d.node.hint)
-    return hints
 
 
 def _sized_nodes(graph: Graph, values: Mapping[Node, torch.Tensor], refused: set[Node]) -> set[Node]:

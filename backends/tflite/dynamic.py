@@ -30,6 +30,7 @@ from torch.fx import Graph, Node
 from torch.fx.node import map_arg
 
 from edgeport import BackendError, DeclineNodes
+from edgeport.dynamic import example_sizes
 
 from .flatbuffer import ModelBuilder
 from .schema import tfl
@@ -58,7 +59,7 @@ def sample_sizes(program: ExportedProgram) -> tuple[dict[sympy.Symbol, int], dic
     Sizes of 1 are avoided where the range allows: a size-1 dim is written differently
     (broadcast, squeezed away), so the two models would not be the same model.
     """
-    hints = _hints(program)
+    hints = example_sizes(program)
     first, second = {}, {}
     for symbol, (low, high) in symbols(program).items():
         low = max(low, 2) if high is None or high >= 2 else low
@@ -204,18 +205,6 @@ def _free(value: Any) -> set[sympy.Symbol]:
     if isinstance(value, torch.Tensor):
         return {s for d in value.shape if isinstance(d, torch.SymInt) for s in d.node.expr.free_symbols}
     return set()
-
-
-def _hints(program: ExportedProgram) -> dict[sympy.Symbol, int]:
-    """The size each symbol had in the example inputs."""
-    hints = {}
-    for node in program.graph.nodes:
-        val = node.meta.get("val")
-        if node.op == "placeholder" and isinstance(val, torch.Tensor):
-            for d in val.shape:
-                if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and d.node.hint is not None:
-                    hints[d.node.expr] = int(d.node.hint)
-    return hints
 
 
 def _size(d: Any, sizes: Sizes) -> int:
