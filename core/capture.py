@@ -65,7 +65,8 @@ _INTERFACE_HINT = "program inputs and outputs are tensors of: " + ", ".join(DTYP
 
 def check_inputs(example_inputs: tuple[Any, ...]) -> None:
     """Refuse, before tracing, example inputs a program cannot take: a Python number
-    (torch.export would bake it into the graph) or a tensor of a dtype files cannot hold."""
+    (torch.export would bake it into the graph), a tensor of a dtype files cannot hold,
+    or a sparse tensor."""
     for i, value in enumerate(pytree.tree_leaves(example_inputs)):
         if value is None:
             raise EdgeportError(f"input {i} of the model is None; programs take tensors only",
@@ -78,6 +79,9 @@ def check_inputs(example_inputs: tuple[Any, ...]) -> None:
         if value.dtype not in DTYPE_NAMES:
             raise EdgeportError(f"input {i} of the model is {_dtype(value.dtype)}, which a program cannot hold",
                                 hint=_INTERFACE_HINT)
+        if value.layout != torch.strided:  # sparse: torch's serializer fails on one at save, much later
+            raise EdgeportError(f"input {i} of the model is a {str(value.layout).removeprefix('torch.')} tensor; "
+                                "programs take dense tensors", hint="pass x.to_dense() and convert inside the model")
 
 
 def check_outputs(program: ExportedProgram) -> None:

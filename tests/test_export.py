@@ -274,3 +274,12 @@ def test_a_step_of_runtime_checks_alone_is_stored_and_still_checks(tmp_path):
     assert_close(loaded(x, torch.tensor(3)), torch.relu(x) + 1)
     with pytest.raises(RuntimeError, match="u0 <= 3"):
         loaded(x, torch.tensor(7))
+
+
+def test_a_sparse_input_is_refused_in_one_line_before_capture():
+    """Found by the OpInfo sweep (sparse.mm): torch's serializer raised a raw
+    SerializeError at the end of the export."""
+    sparse = torch.eye(3).to_sparse()
+    with pytest.raises(edgeport.EdgeportError, match="input 0 of the model is a sparse_coo tensor") as caught:
+        export(torch.nn.Identity(), (sparse,))
+    assert "to_dense" in caught.value.hint
