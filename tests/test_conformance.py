@@ -1,6 +1,9 @@
 """The conformance library itself, run on the test backend and on portable torch."""
 
+import math
+
 import pytest
+import torch
 
 from edgeport.testing import CASES, compare, run_case, run_conformance
 from torch_backend import TorchOpsBackend
@@ -10,6 +13,17 @@ def test_case_names_are_unique_and_cases_are_deterministic():
     assert len({c.name for c in CASES}) == len(CASES)
     (m1, x1), (m2, x2) = CASES[0].build(), CASES[0].build()
     assert compare(m1(*x1), m2(*x2)) == 0.0
+
+
+def test_compare_counts_a_nan_eager_has_not_as_an_infinite_error():
+    """A NaN difference once compared as no error (Python's max drops it): a NaN output
+    passed every tolerance."""
+    nan, inf = math.nan, math.inf
+    assert compare(torch.tensor([1.0, nan]), torch.tensor([1.0, 2.0])) == inf
+    assert compare(torch.tensor([1.0, 2.0]), torch.tensor([1.0, nan])) == inf
+    assert compare(torch.tensor([nan, inf, 2.0]), torch.tensor([nan, inf, 2.0])) == 0.0
+    assert compare(torch.tensor([inf, 2.0]), torch.tensor([3.0, 2.0])) == inf
+    assert compare(torch.tensor([1.0, 2.2]), torch.tensor([1.0, 2.0])) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

@@ -112,14 +112,22 @@ def installed_backends() -> dict[str, dict]:
 
 def compare(actual: object, expected: object) -> float:
     """Relative max error between two output structures; infinite when a leaf's dtype or
-    shape differs (an int64 "mean" of a float mean is wrong whatever its values)."""
+    shape differs (an int64 "mean" of a float mean is wrong whatever its values), or
+    when NaNs sit elsewhere than eager's (Python's max would drop a NaN difference as if
+    it were no error). Equal values, infinities and NaNs included, differ by 0."""
     worst = 0.0
     for a, e in zip(pytree.tree_leaves(actual), pytree.tree_leaves(expected), strict=True):
         if a.dtype != e.dtype or a.shape != e.shape:
             return float("inf")
+        if not e.numel():
+            continue
         a, e = a.detach().double(), e.detach().double()
-        scale = max(float(e.abs().max()) if e.numel() else 0.0, 1e-6)
-        worst = max(worst, float((a - e).abs().max()) / scale if e.numel() else 0.0)
+        if not torch.equal(a.isnan(), e.isnan()):
+            return float("inf")
+        difference = torch.where((a == e) | a.isnan(), 0.0, (a - e).abs())
+        finite = e[e.isfinite()]
+        scale = max(float(finite.abs().max()) if finite.numel() else 0.0, 1e-6)
+        worst = max(worst, float(difference.max()) / scale)
     return worst
 
 
