@@ -2,6 +2,20 @@
 
 Kept undecomposed (see `KEEP_OPS`), attention needs no masking-guard ops; the
 decomposed form still lowers through the elementwise and matmul tables.
+
+A boolean mask computed at run time (a padding mask: Hugging Face encoders pass one)
+is written in arithmetic on float 0/1 values, with no SELECT or other boolean op, so
+that compilers without them (LiteRT's MediaTek plugin legalizes none) take attention
+whole: the mask is CAST to float, made additive as ``(keep - 1) * MASKED``, and the
+probabilities are multiplied by each row's ``max(keep)``. A constant boolean mask adds
+-MASKED where it masks, and zeroes the rows it masks whole the same way. That is exact
+against torch:
+- a masked score becomes ``score - MASKED``, whose exp is 0 in float32 (and in
+  float16, the APU's precision) as it is for torch's -inf, unless the row's scores
+  span more than MASKED - 104; MASKED is a power of two that float16 holds, so no
+  product is ``0 * inf`` (NaN) when a compiler relaxes float32 to float16;
+- a row with every key masked is 0, as torch's SDPA makes it (a SELECT to -inf made
+  it NaN).
 """
 
 from __future__ import annotations
@@ -15,7 +29,10 @@ from .. import layout
 from ..emitter import Emitter, Value
 from ..lowering import FLOAT, IsConst, aten, lowering, meta, shape
 from .matmul import batch_matmul
-from .reduce import softmax_value
+from .reduce import reduce_value, softmax_value
+
+# What a masked score loses (see the module docstring): float16's exact power of two.
+MASKED = 2.0**14
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
@@ -43,14 +60,15 @@ def _check_sdpa(node: Node, is_const: IsConst) -> str | None:
 
 def _sdpa_writes(node: Node, is_const: IsConst) -> frozenset[str]:
     """Two BATCH_MATMULs around a SOFTMAX; a mask is ADDed, a runtime bool mask first
-    made additive by a SELECT_V2."""
+    made additive by a SUB and a MUL, and the rows it masks whole zeroed by a
+    REDUCE_MAX and a MUL (CASTs are plumbing)."""
     a = _sdpa_args(node)
     ops = {"MUL", "BATCH_MATMUL", "SOFTMAX"}
     mask = a.get("attn_mask")
     if a.get("is_causal", False) or mask is not None:
         ops.add("ADD")
     if isinstance(mask, Node) and meta(mask).dtype == torch.bool and not is_const(mask):
-        ops.add("SELECT_V2")
+        ops |= {"SUB", "REDUCE_MAX"}
     return frozenset(ops)
 
 
@@ -70,26 +88,38 @@ def sdpa(em: Emitter, node: Node) -> Value:
     k_t = Value(k.tensor, layout.apply(swap, k.shape), k.dtype, layout.after_permute(k.perm, swap))
     scores = batch_matmul(em, q, k_t, node.name + "/scores")
 
-    mask = _additive_mask(em, a, length, source, node.name + "/mask")
+    mask, rows_open = _additive_mask(em, a, length, source, node.name + "/mask")
     if mask is not None:
         shape = torch.broadcast_shapes(scores.shape, tuple(mask.shape))
         scores = em.elementwise("ADD", [scores, mask], shape, torch.float32, node.name + "/masked")
     probs = softmax_value(em, node.name + "/probs", scores, len(scores.shape) - 1)
+    if rows_open is not None:
+        probs = em.elementwise("MUL", [probs, rows_open], probs.shape, torch.float32, node.name + "/probs_open")
     return batch_matmul(em, probs, v, node.name)
 
 
-def _additive_mask(em: Emitter, a: dict, length: int, source: int, name: str) -> torch.Tensor | Value | None:
-    """The mask as something to add to the scores (a constant or a Value, written as `name`), or None."""
+Mask = torch.Tensor | Value | None
+
+
+def _additive_mask(em: Emitter, a: dict, length: int, source: int, name: str) -> tuple[Mask, Mask]:
+    """The mask as something to add to the scores (a constant or a Value, written as
+    `name`), and, for a boolean mask, 1 for each query row with a key left open and 0 for
+    a row masked whole (torch returns zeros there), or None when no row can be."""
     if a.get("is_causal", False):
         keep = torch.ones(length, source, dtype=torch.bool).tril()
-        return torch.zeros(length, source).masked_fill(~keep, -math.inf)
+        return torch.zeros(length, source).masked_fill(~keep, -math.inf), None
     mask = a.get("attn_mask")
     if mask is None:
-        return None
+        return None, None
     m = em.arg(mask)
     if meta(mask).dtype != torch.bool:
-        return m
+        return m, None
     if isinstance(m, torch.Tensor):
-        return torch.zeros(m.shape).masked_fill(~m, -math.inf)
-    dtypes = [torch.bool, torch.float32, torch.float32]
-    return em.elementwise("SELECT_V2", [m, 0.0, -math.inf], m.shape, torch.float32, name, dtypes)
+        rows_open = m.any(-1, keepdim=True)
+        # -MASKED, not -inf: a row masked whole would be NaN before it is zeroed
+        return torch.zeros(m.shape).masked_fill(~m, -MASKED), None if rows_open.all() else rows_open.float()
+    keep = em.cast(m, torch.float32)
+    closed = em.elementwise("SUB", [keep, 1.0], m.shape, torch.float32, name + "/closed")
+    additive = em.elementwise("MUL", [closed, MASKED], m.shape, torch.float32, name)
+    rows_open = reduce_value(em, name + "/rows_open", "REDUCE_MAX", keep, [len(m.shape) - 1], keepdim=True)
+    return additive, rows_open

@@ -14,6 +14,7 @@ from torch.fx import Node
 from ..emitter import Emitter, Value
 from ..flatbuffer import Options
 from ..lowering import ANY, FLOAT, NUMERIC, IsConst, aten, by_target, lowering, meta
+from .shape import broadcast_value, broadcast_writes
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -125,8 +126,40 @@ _LOGIC = {
 }
 
 
-@lowering(*_LOGIC, writes=by_target(_LOGIC), dtypes=frozenset({torch.bool}))
+# The constant operand that leaves the other one as it is: x & True, x | False.
+_NEUTRAL = {"LOGICAL_AND": True, "LOGICAL_OR": False}
+
+
+def _passed_through(node: Node, constant: Any) -> Node | None:
+    """The operand a logical op returns unchanged (only broadcast), the other being a
+    constant all of `_NEUTRAL` (transformers ANDs a padding mask with an all-true one),
+    or None. `constant`: an `IsConst` with `.value`, or the emitter's `constant`."""
+    value = getattr(constant, "value", constant)
+    if not callable(value):
+        return None
+    neutral = _NEUTRAL[_LOGIC[node.target]]
+    a, b = node.args[:2]
+    for fixed, other in ((a, b), (b, a)):
+        t = value(fixed) if isinstance(fixed, Node) else None
+        if isinstance(t, torch.Tensor) and isinstance(other, Node) and bool((t == neutral).all()):
+            return other
+    return None
+
+
+def _logic_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    other = _passed_through(node, is_const)
+    if other is not None:
+        return broadcast_writes(tuple(meta(other).shape), tuple(meta(node).shape))
+    return frozenset({_LOGIC[node.target]})
+
+
+@lowering(*_LOGIC, writes=_logic_writes, dtypes=frozenset({torch.bool}))
 def logic(em: Emitter, node: Node) -> Value:
+    """LOGICAL_AND / LOGICAL_OR; with a neutral constant operand, the other operand
+    broadcast (no boolean op: LiteRT's MediaTek plugin legalizes none)."""
+    other = _passed_through(node, em.constant)
+    if other is not None:
+        return broadcast_value(em, em.value(other), tuple(meta(node).shape), node.name)
     args = [em.arg(a) for a in node.args]
     return emit_elementwise(em, node, _LOGIC[node.target], args, torch.bool)
 

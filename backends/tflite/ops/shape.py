@@ -70,7 +70,12 @@ def _copies(source: tuple[int, ...], target: tuple[int, ...]) -> int:
 
 
 def _expand_writes(node: Node, is_const: IsConst) -> frozenset[str]:
-    copies = _copies(shape(node.args[0]), shape(node))
+    return broadcast_writes(shape(node.args[0]), shape(node))
+
+
+def broadcast_writes(source: tuple[int, ...], target: tuple[int, ...]) -> frozenset[str]:
+    """What `broadcast_value` writes to grow `source` to `target`."""
+    copies = _copies(source, target)
     if copies == 1:
         return frozenset()
     return frozenset({"CONCATENATION" if copies <= _MAX_CONCAT_COPIES else "BROADCAST_TO"})
@@ -78,8 +83,11 @@ def _expand_writes(node: Node, is_const: IsConst) -> frozenset[str]:
 
 @lowering(aten.expand.default, writes=_expand_writes, dtypes=ANY)
 def expand(em: Emitter, node: Node) -> Value:
-    v = em.value(node.args[0])
-    target = tuple(meta(node).shape)
+    return broadcast_value(em, em.value(node.args[0]), tuple(meta(node).shape), node.name)
+
+
+def broadcast_value(em: Emitter, v: Value, target: tuple[int, ...], name: str) -> Value:
+    """`v` expanded to `target` (torch's broadcasting), its last tensor named `name`."""
     if target == v.shape:
         return v
     copies = _copies(v.shape, target)
@@ -88,12 +96,12 @@ def expand(em: Emitter, node: Node) -> Value:
     if copies <= _MAX_CONCAT_COPIES:
         for i, d in enumerate(grown):
             shape = tuple(target[k] if k in grown[: i + 1] else v.shape[k] for k in range(len(target)))
-            out = em.new(shape, v.dtype, node.name if i == len(grown) - 1 else f"{node.name}/{i}", v.perm)
+            out = em.new(shape, v.dtype, name if i == len(grown) - 1 else f"{name}/{i}", v.perm)
             axis = layout.inverse(v.perm)[d]
             em.op("CONCATENATION", [v.tensor] * target[d], [out], Options("ConcatenationOptions", {"Axis": axis}))
             v = out
         return v
-    out = em.out(node, v.perm)
+    out = em.new(target, v.dtype, name, v.perm)
     em.op("BROADCAST_TO", [v.tensor, em.int_const(out.physical_shape)], [out])
     return out
 
@@ -361,9 +369,42 @@ def _check_constant_index(node: Node, is_const: IsConst) -> str | None:
 
 
 def _index_writes(node: Node, is_const: IsConst) -> frozenset[str]:
+    reshaped = _index_as_broadcast(node, is_const)
+    if reshaped is not None:
+        return broadcast_writes(reshaped, shape(node))
     if any(_narrowed_constant(i, is_const) for i in node.args[1]):
         return frozenset({"GATHER_ND"}) | NARROW_WRITES
     return frozenset({"GATHER_ND"})
+
+
+def _index_as_broadcast(node: Node, constant: Any) -> tuple[int, ...] | None:
+    """The shape x reshapes to when ``x[indices]`` equals that reshape expanded to the
+    output, or None (a real gather, or indices unknown here). Transformers' padding mask
+    is read so: ``mask[arange(b)[:, None, None, None], arange(t)[None, None, None, :]]``.
+
+    `constant`: gives an index node's tensor (an `IsConst` with `.value`, or the
+    emitter's `constant`). Proved, not guessed: the index is applied to the positions of
+    x's indexed dims and compared with the reshape."""
+    value = getattr(constant, "value", constant)
+    if not callable(value) or any(isinstance(i, Node) and i.target == NARROW_TO for i in node.args[1]):
+        return None
+    tables = [value(i) for i in node.args[1]]
+    if not all(isinstance(t, torch.Tensor) for t in tables):
+        return None
+    indexed = tuple(shape(node.args[0])[: len(tables)])
+    indices = torch.broadcast_tensors(*tables)
+    spread = tuple(size if any((i != i.narrow(d, 0, 1)).any() for i in indices) else 1
+                   for d, size in enumerate(indices[0].shape))
+    if math.prod(spread) != math.prod(indexed):
+        return None
+    positions = torch.arange(math.prod(indexed)).reshape(indexed)
+    try:
+        gathered = positions[tuple(indices)]
+    except IndexError:  # out of range: the GATHER_ND path reports it
+        return None
+    if not torch.equal(gathered, positions.reshape(spread).expand(gathered.shape)):
+        return None
+    return spread + tuple(shape(node.args[0])[len(tables):])
 
 
 @lowering(aten.index.Tensor, writes=_index_writes, dtypes=ANY, check=_check_constant_index)
@@ -371,7 +412,13 @@ def index_constant(em: Emitter, node: Node) -> Value:
     """x[i0, i1, ..., ik-1] with constant integer index tensors on the first k dims:
     one GATHER_ND whose [*broadcast shape, k] indices are computed here (an attention
     mask read at fixed positions, x[arange(b)[:, None], arange(t)]). An index narrowed to
-    a dynamic size is computed at its largest size and the positions narrowed alike."""
+    a dynamic size is computed at its largest size and the positions narrowed alike.
+    Indices that only spread x's dims over the output (`_index_as_broadcast`) move no
+    data: a RESHAPE, then an expand."""
+    reshaped = _index_as_broadcast(node, em.constant)
+    if reshaped is not None:
+        v = em.reshape(em.value(node.args[0]), reshaped)
+        return broadcast_value(em, v, tuple(meta(node).shape), node.name)
     v = em.to_identity(em.value(node.args[0]))
     args = node.args[1]
     tables = [em.constant(i.args[0] if i.target == NARROW_TO else i) for i in args]

@@ -172,6 +172,16 @@ EXTRA_CASES: list[Case] = [
          (1, 2, 6, 8), (1, 2, 6, 8), (1, 2, 6, 8), keep=torch.ones(6, 6, dtype=torch.bool).tril()),
     case("sdpa_runtime_bool_mask", lambda m, q, mask: F.scaled_dot_product_attention(q, q, q, attn_mask=mask),
          (2, 5, 8), torch.ones(5, 5, dtype=torch.bool).tril()),
+    # a padding mask that masks a row whole: torch returns zeros there (a SELECT to -inf made NaN)
+    case("sdpa_runtime_bool_mask_row_masked_whole", lambda m, q, mask: F.scaled_dot_product_attention(q, q, q, attn_mask=mask),
+         (2, 5, 8), torch.tensor([[True, True, False, False, False]] * 4 + [[False] * 5])),
+    case("sdpa_bool_mask_row_masked_whole", lambda m, q: F.scaled_dot_product_attention(q, q, q, attn_mask=m.keep),
+         (2, 5, 8), keep=torch.ones(5, 5, dtype=torch.bool).tril().index_fill(0, torch.tensor([2]), False)),
+    # a padding mask read at constant positions (a reshape, no GATHER_ND) and ANDed with an all-true constant
+    case("index_spreading_a_mask", lambda m, mask: m.open & mask[m.rows, m.keys], torch.rand(2, 6) > 0.5,
+         rows=torch.arange(2).view(2, 1, 1, 1), keys=torch.arange(6).view(1, 1, 1, 6),
+         open=torch.ones(1, 1, 6, 1, dtype=torch.bool)),
+    case("or_with_all_false", lambda m, x: (m.shut | (x > 0)).float() * x, (3, 4), shut=torch.zeros(4, dtype=torch.bool)),
     case("rope_rotate_half", _rope, (1, 6, 16), cos=(6, 8), sin=(6, 8)),
     case("repeat_interleave_heads", lambda m, x: (x.repeat_interleave(2, dim=1) @ m.w), (1, 2, 6, 8), w=(8, 4)),
     # data movement variants
