@@ -32,6 +32,19 @@ class LastHidden(nn.Module):
         return self.model(**{self.input_name: x}).last_hidden_state
 
 
+class LastHiddenMasked(nn.Module):
+    """``model(input_ids, attention_mask[, token_type_ids]).last_hidden_state``: an
+    encoder called as users call it, with a padding mask (and segment ids)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, *token_types: torch.Tensor) -> torch.Tensor:
+        segments = dict(token_type_ids=token_types[0]) if token_types else {}
+        return self.model(input_ids=ids, attention_mask=mask, **segments).last_hidden_state
+
+
 @dataclass(frozen=True)
 class Family:
     """One architecture: how to build its tiny model and an example input."""
@@ -66,6 +79,30 @@ def _visible_weights(model: nn.Module) -> None:
                 p.copy_(torch.rand(p.shape, generator=generator) + 0.5)
 
 
+@dataclass(frozen=True)
+class MaskedFamily:
+    """A BERT-style encoder called with an attention mask: two sequences, the second
+    padded, and segment ids when the family takes them."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    token_types: bool
+
+    def module(self) -> nn.Module:
+        torch.manual_seed(0)
+        model = self.build().eval()
+        _visible_weights(model)
+        return LastHiddenMasked(model).eval()
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        ids = torch.randint(3, VOCAB, (2, TOKENS), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones(2, TOKENS, dtype=torch.long)
+        mask[1, TOKENS - 3:] = 0
+        segments = torch.zeros(2, TOKENS, dtype=torch.long)
+        segments[:, TOKENS // 2:] = 1
+        return (ids, mask, segments) if self.token_types else (ids, mask)
+
+
 def _tokens() -> torch.Tensor:
     return torch.randint(3, VOCAB, (1, TOKENS), generator=torch.Generator().manual_seed(0))
 
@@ -88,6 +125,18 @@ _VISION = dict(_TEXT, image_size=32, patch_size=8)
 def _bert():
     t = _transformers()
     return t.BertModel(t.BertConfig(vocab_size=VOCAB, max_position_embeddings=64, **_TEXT), add_pooling_layer=False)
+
+
+def _distilbert():
+    t = _transformers()
+    return t.DistilBertModel(t.DistilBertConfig(vocab_size=VOCAB, max_position_embeddings=64, dim=32, n_layers=2,
+                                                n_heads=2, hidden_dim=64))
+
+
+def _albert():
+    t = _transformers()
+    return t.AlbertModel(t.AlbertConfig(vocab_size=VOCAB, max_position_embeddings=64, embedding_size=16, **_TEXT),
+                         add_pooling_layer=False)
 
 
 def _gpt2():
@@ -181,4 +230,12 @@ FAMILIES = {f.name: f for f in [
     Family("wav2vec2", _wav2vec2, "input_values", _audio),
     Family("clip_vision", _clip_vision, "pixel_values", _image),
     Family("clip_text", _clip_text, "input_ids", _tokens),
+]}
+
+# The BERT family as users call it, with a padding mask (issue 13: one partition on cpu
+# and mediatek after the embedding lookup).
+MASKED_FAMILIES = {f.name: f for f in [
+    MaskedFamily("bert_masked", _bert, token_types=True),
+    MaskedFamily("distilbert_masked", _distilbert, token_types=False),
+    MaskedFamily("albert_masked", _albert, token_types=True),
 ]}

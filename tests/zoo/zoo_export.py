@@ -16,7 +16,7 @@ from edgeport.backends.mediatek import MediatekBackend
 from edgeport.backends.qualcomm import QualcommBackend
 from edgeport.testing import compare, registry_for
 
-from models import Family
+from models import Family, MaskedFamily
 
 BACKENDS = {backend.name: backend for backend in (CpuBackend(), QualcommBackend(), MediatekBackend(), CoreMLBackend())}
 
@@ -27,7 +27,7 @@ class Exported:
     backend: str
     program: edgeport.Program = field(repr=False)
     module: torch.nn.Module = field(repr=False)
-    example: torch.Tensor = field(repr=False)
+    example: tuple[torch.Tensor, ...] = field(repr=False)
     tolerance: float
     can_run: bool
     why_not_run: str
@@ -57,10 +57,10 @@ class Exported:
 
     def error(self) -> float:
         """max |program - eager| / max |eager| on the family's example input."""
-        return compare(self.program(self.example), self.module(self.example))
+        return compare(self.program(*self.example), self.module(*self.example))
 
 
-def export_family(family: Family, backend_name: str) -> Exported:
+def export_family(family: Family | MaskedFamily, backend_name: str) -> Exported:
     """Export ``family``'s tiny model to ``backend_name`` alone; skip (pytest) where the
     backend cannot compile here."""
     import pytest
@@ -70,6 +70,7 @@ def export_family(family: Family, backend_name: str) -> Exported:
     if not availability.can_compile:
         pytest.skip(f"{backend_name} cannot compile here: {availability.why}")
     module, example = family.module(), family.example()
-    program = edgeport.export(module, (example,), [backend_name], registry=registry_for(backend))
+    example = example if isinstance(example, tuple) else (example,)
+    program = edgeport.export(module, example, [backend_name], registry=registry_for(backend))
     return Exported(family.name, backend_name, program, module, example, backend.tolerance(options_from_dict(backend, {})),
                     availability.can_run, availability.why)
