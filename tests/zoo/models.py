@@ -40,8 +40,8 @@ class LastHiddenMasked(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, *token_types: torch.Tensor) -> torch.Tensor:
-        segments = dict(token_type_ids=token_types[0]) if token_types else {}
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, token_types: torch.Tensor | None = None) -> torch.Tensor:
+        segments = {} if token_types is None else dict(token_type_ids=token_types)
         return self.model(input_ids=ids, attention_mask=mask, **segments).last_hidden_state
 
 
