@@ -44,6 +44,12 @@ MDLA 1.5, 2.0 and 3.0. So:
 
 Also in the list but never written by our TFLite writer: PRELU,
 L2_NORMALIZATION, SQUARED_DIFFERENCE and the odml.rms_norm / odml.l2_norm composites.
+The installed plugin's own kSupportedOps array (read from the .so: an int32 array of
+TFLite builtin codes; tests/backends/mediatek checks LEGALIZED_OPS against it) holds
+every op below, plus TILE and UNPACK, as LiteRT's main branch does. Those two stay
+declined here: no `create_model.cc` read so far has a case that legalizes TILE (its
+default is "Unsupported op", which would fail the compile), and our writer writes
+UNPACK nowhere.
 
 Not in the list, though NeuroPilot itself runs them: GATHER (an embedding lookup),
 EQUAL, SELECT / SELECT_V2 and the LOGICAL_* ops of attention masks. NeuronAdapter

@@ -123,6 +123,30 @@ def test_legalized_ops_are_tflite_builtin_names():
     assert neuropilot.LEGALIZED_OPS <= set(vars(schema.BuiltinOperator))
 
 
+def test_every_op_the_rules_legalize_is_in_the_installed_plugins_list():
+    """kSupportedOps as the installed plugin has it: an int32 array of TFLite builtin
+    codes in its read-only data, found by its first four entries (ADD, MUL,
+    BATCH_MATMUL, FULLY_CONNECTED). Our rules never claim an op the plugin would leave
+    to the CPU. (It also lists TILE, UNPACK and the StableHLO composite: see neuropilot.py.)"""
+    import struct
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    directory = toolchain.compiler_plugin_dir()
+    if directory is None:
+        pytest.skip("LiteRT's MediaTek compiler plugin is not installed")
+    (plugin,) = directory.glob("libLiteRtCompilerPlugin_MediaTek*")
+    data = plugin.read_bytes()
+    at = data.find(struct.pack("<4i", 0, 18, 126, 9))
+    assert at >= 0, "kSupportedOps not found: the plugin changed, read its compiler_plugin.cc again"
+    listed = set()
+    while (code := struct.unpack_from("<i", data, at)[0]) in names:
+        listed.add(names[code])
+        at += 4
+    assert neuropilot.LEGALIZED_OPS <= listed, sorted(neuropilot.LEGALIZED_OPS - listed)
+
+
 # -- support: each decline names its rule --------------------------------------------------
 
 
