@@ -195,9 +195,11 @@ def _slices_to_the_end_as_strided(model: ModelBuilder, codes: Mapping[int, str])
     SLICE of size -1 to TFLite's kernel, which splits the delegated graph around it)."""
     strided = next(code for code, name in codes.items() if name == "STRIDED_SLICE")
     for op in model.ops:
-        if codes[op.code] != "SLICE" or -1 not in (sizes := model.data(op.inputs[2])):
+        if codes[op.code] != "SLICE":
             continue
-        begin = model.data(op.inputs[1])
+        begin, sizes = model.data(op.inputs[1]), model.data(op.inputs[2])
+        if begin is None or sizes is None or -1 not in sizes:
+            continue  # (a size computed at run time: `sized_constants`' narrowing)
         end = np.array([0 if n == -1 else b + n for b, n in zip(begin, sizes)], dtype=np.int32)
         end_mask = sum(1 << i for i, n in enumerate(sizes) if n == -1)
         name, type_ = model.tensors[op.outputs[0]].name, model.tensors[op.inputs[1]].type
