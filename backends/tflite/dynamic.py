@@ -8,6 +8,8 @@ compared tensor by tensor (`resizable`):
 - a dim that differs is dynamic: the first model's tensor gets -1 there in its
   ``shape_signature``, and LiteRT recomputes it when an input is resized;
 - a RESHAPE whose shape constant differs in exactly one entry gets -1 in that entry;
+- a SLICE that runs to the end of a dynamic dim (from a fixed begin) is written as the
+  STRIDED_SLICE ending there (``end_mask``), which XNNPACK runs at any size;
 - anything else that differs (another constant, an option, the operators themselves:
   a causal mask of the sequence length, a reshape with two dynamic dims) would be
   wrong at a third size, so its node is declined with that reason.
