@@ -8,6 +8,8 @@ compared tensor by tensor (`resizable`):
 - a dim that differs is dynamic: the first model's tensor gets -1 there in its
   ``shape_signature``, and LiteRT recomputes it when an input is resized;
 - a RESHAPE whose shape constant differs in exactly one entry gets -1 in that entry;
+- a SLICE that runs to the end of a dynamic dim (from a fixed begin) is written as the
+  STRIDED_SLICE ending there (``end_mask``), which XNNPACK runs at any size;
 - anything else that differs (another constant, an option, the operators themselves:
   a causal mask of the sequence length, a reshape with two dynamic dims) would be
   wrong at a third size, so its node is declined with that reason.
@@ -32,7 +34,7 @@ from torch.fx.node import map_arg
 from edgeport import BackendError, DeclineNodes
 from edgeport.dynamic import example_sizes
 
-from .flatbuffer import ModelBuilder
+from .flatbuffer import ModelBuilder, Options, TensorRecord
 from .schema import tfl
 
 Sizes = Mapping[sympy.Symbol, int]
@@ -141,8 +143,8 @@ def resizable(model: ModelBuilder, other: ModelBuilder) -> None:
         raise DeclineNodes({_node(model, first.outputs[0]): "its TFLite operators change with the size of a dynamic "
                                                             "dim (written for one size only)"})
     reshape_shapes = {r.inputs[1] for r in model.ops if codes[r.code] == "RESHAPE" and len(r.inputs) > 1}
-    # SLICE sizes that take a whole dynamic dim: -1 ("to the end") says so at any size
-    slice_sizes = {r.inputs[2]: r.inputs[0] for r in model.ops if codes[r.code] == "SLICE"}
+    # SLICE sizes that reach the end of a dynamic dim: -1 ("to the end") says so at any size
+    slice_sizes = {r.inputs[2]: (r.inputs[0], r.inputs[1]) for r in model.ops if codes[r.code] == "SLICE"}
     reasons: dict[str, str] = {}
     for op, twin in zip(model.ops, other.ops):
         if op.options != twin.options:
@@ -160,14 +162,15 @@ def resizable(model: ModelBuilder, other: ModelBuilder) -> None:
         differs = np.flatnonzero(mine != theirs) if mine.shape == theirs.shape else ()
         if index in reshape_shapes and len(differs) == 1 and -1 not in mine:
             _infer(model, tensor, differs)
-        elif index in slice_sizes and len(differs) and _whole_dims(differs, mine, theirs, model, other,
-                                                                      slice_sizes[index]):
+        elif index in slice_sizes and len(differs) and _to_the_end(differs, mine, theirs, model, other,
+                                                                      *slice_sizes[index]):
             _infer(model, tensor, differs)
         else:
             what = "a reshape with two dynamic dims" if index in reshape_shapes else f"its constant {tensor.name}"
             reasons.setdefault(_node(model, index), f"{what} depends on the size of a dynamic dim")
     if reasons:
         raise DeclineNodes(reasons)
+    _slices_to_the_end_as_strided(model, codes)
 
 
 def _infer(model: ModelBuilder, tensor: Any, entries: np.ndarray) -> None:
@@ -177,11 +180,40 @@ def _infer(model: ModelBuilder, tensor: Any, entries: np.ndarray) -> None:
     model.buffers[tensor.buffer] = patched
 
 
-def _whole_dims(entries: np.ndarray, mine: np.ndarray, theirs: np.ndarray, model: ModelBuilder,
-                other: ModelBuilder, source: int) -> bool:
-    """The slice takes the whole of each of these dims of its input, at both sizes."""
-    return all(mine[i] == model.tensors[source].shape[i] and theirs[i] == other.tensors[source].shape[i]
-               for i in entries)
+def _to_the_end(entries: np.ndarray, mine: np.ndarray, theirs: np.ndarray, model: ModelBuilder,
+                other: ModelBuilder, source: int, begin: int) -> bool:
+    """The slice takes each of these dims of its input from its (fixed) begin to the end,
+    at both sizes."""
+    start, other_start = model.data(begin), other.data(begin)
+    if start is None or other_start is None or not np.array_equal(start, other_start):
+        return False
+    return all(start[i] + mine[i] == model.tensors[source].shape[i]
+               and start[i] + theirs[i] == other.tensors[source].shape[i] for i in entries)
+
+
+def _slices_to_the_end_as_strided(model: ModelBuilder, codes: Mapping[int, str]) -> None:
+    """Each SLICE with a size of -1 as the STRIDED_SLICE that ends its dims at the end
+    (``end_mask``): the same slice, and one XNNPACK's delegate takes (LiteRT 2.3 leaves a
+    SLICE of size -1 to TFLite's kernel, which splits the delegated graph around it)."""
+    strided = next(code for code, name in codes.items() if name == "STRIDED_SLICE")
+    for op in model.ops:
+        if codes[op.code] != "SLICE":
+            continue
+        begin, sizes = model.data(op.inputs[1]), model.data(op.inputs[2])
+        if begin is None or sizes is None or -1 not in sizes:
+            continue  # (a size computed at run time: `sized_constants`' narrowing)
+        end = np.array([0 if n == -1 else b + n for b, n in zip(begin, sizes)], dtype=np.int32)
+        end_mask = sum(1 << i for i, n in enumerate(sizes) if n == -1)
+        name, type_ = model.tensors[op.outputs[0]].name, model.tensors[op.inputs[1]].type
+        added = []
+        for what, data in (("end", end), ("strides", np.ones_like(end))):
+            # Not `model.tensor`: it finds constants by address, and `_infer` freed arrays
+            # whose addresses a new one may take.
+            model.buffers.append(data)
+            model.tensors.append(TensorRecord(data.shape, type_, f"{name}/{what}", len(model.buffers) - 1, None))
+            added.append(len(model.tensors) - 1)
+        op.code, op.inputs = strided, [op.inputs[0], op.inputs[1], *added]
+        op.options = Options("StridedSliceOptions", {"EndMask": end_mask})
 
 
 def _node(model: ModelBuilder, tensor: int) -> str:

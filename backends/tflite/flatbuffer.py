@@ -12,6 +12,7 @@ unique (a repeated name gets a numeric suffix) and the one subgraph is exported 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -135,7 +136,8 @@ class ModelBuilder:
         (input names, output names; default: the tensors' own names)."""
         t = tfl()
         ops, buffers = self.ops, list(self.buffers)
-        tensors = _unique_names(self.tensors)
+        tensors, ops, inputs, outputs = _static_inputs_first(self.tensors, ops, inputs, outputs)
+        tensors = _unique_names(tensors)
         meta_entries = []
         for name, payload in (metadata or {}).items():
             buffers.append(np.frombuffer(payload, dtype=np.uint8))
@@ -366,3 +368,31 @@ def _offsets(b: Any, offsets: Sequence[int]) -> int:
     for off in reversed(offsets):
         b.PrependUOffsetTRelative(off)
     return b.EndVector()
+
+
+def _static_inputs_first(tensors: list[TensorRecord], ops: list[OpRecord], inputs: Sequence[int],
+                         outputs: Sequence[int]) -> tuple[list[TensorRecord], list[OpRecord], list[int], list[int]]:
+    """A model with dynamic dims renumbered so that its inputs of static shape are its
+    first tensors (a model without any: unchanged).
+
+    LiteRT places the inputs at the start of its arena in tensor order and re-plans the
+    arena when an input is resized: a static input placed after a resized one would
+    move, and an input whose buffer lives in place (an LLM's KV cache,
+    `runner.TfliteExecutable.input_buffer`) must not.
+    """
+    if not any(rec.signature is not None and -1 in rec.signature for rec in tensors):
+        return tensors, ops, list(inputs), list(outputs)
+    static = [i for i in inputs if tensors[i].signature is None or -1 not in tensors[i].signature]
+    first = set(static)
+    order = static + [i for i in range(len(tensors)) if i not in first]
+    index = {old: new for new, old in enumerate(order)}
+    index[ABSENT] = ABSENT
+    renumbered = []
+    for old in order:
+        rec, q = tensors[old], tensors[old].quantization
+        if q is not None and q.blockwise is not None:
+            rec = dataclasses.replace(rec, quantization=dataclasses.replace(
+                q, blockwise=Blockwise(index[q.blockwise.scales], q.blockwise.block_size)))
+        renumbered.append(rec)
+    ops = [OpRecord(r.code, [index[i] for i in r.inputs], [index[o] for o in r.outputs], r.options) for r in ops]
+    return renumbered, ops, [index[i] for i in inputs], [index[o] for o in outputs]

@@ -152,18 +152,25 @@ class TfliteExecutable:
     def input_buffer(self, position: int) -> np.ndarray:
         """Input ``position``'s storage inside the interpreter, as a writable array.
 
-        Tensors are allocated once, in the constructor, and never resized, so the
-        address stays valid; the array keeps this executable (and its interpreter)
-        alive. It is built from the address alone because LiteRT refuses to invoke
-        while a view it handed out (``Interpreter.tensor``) is alive.
+        Tensors are allocated in the constructor at the shapes the model was written
+        with, which for a dynamic dim is its largest size; a resize (another size of a
+        dynamic dim, in other inputs) re-plans LiteRT's arena and `_resize` checks that
+        this address stayed where it was. The array keeps this executable (and its
+        interpreter) alive. It is built from the address alone because LiteRT refuses
+        to invoke while a view it handed out (``Interpreter.tensor``) is alive.
         """
-        view = self.interpreter.tensor(self._inputs[position])()
-        address, nbytes, dtype, shape = view.ctypes.data, view.nbytes, view.dtype, view.shape
-        del view
+        address, nbytes, dtype, shape = self._storage(position)
         raw = (ctypes.c_byte * nbytes).from_address(address)
         raw.owner = self
         self._in_place[position] = (address, nbytes)
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    def _storage(self, position: int) -> tuple[int, int, np.dtype, tuple[int, ...]]:
+        """(address, bytes, dtype, shape) of input ``position`` inside the interpreter."""
+        view = self.interpreter.tensor(self._inputs[position])()
+        found = view.ctypes.data, view.nbytes, view.dtype, view.shape
+        del view
+        return found
 
     def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         if len(inputs) != len(self._inputs):
@@ -186,15 +193,30 @@ class TfliteExecutable:
         changed = [(i, shape) for i, (shape, old) in enumerate(zip(shapes, self._shapes)) if shape != old]
         if not changed:
             return
-        if self._in_place:  # reallocating would move buffers handed out by input_buffer
+        moved = next(((i, shape) for i, shape in changed if i in self._in_place), None)
+        if moved is not None:  # its buffer, handed out by input_buffer, is the state itself
             from edgeport import InputError
 
-            raise InputError(f"input {changed[0][0]} of a model whose inputs live in place changed shape to "
-                             f"{changed[0][1]}", hint="pass inputs of the shapes the program was exported with")
+            raise InputError(f"input {moved[0]}, which lives in place, changed shape to {moved[1]}",
+                             hint="pass inputs of the shapes the program was exported with")
         for position, shape in changed:
             self.interpreter.resize_tensor_input(self._inputs[position], list(shape), strict=True)
             self._shapes[position] = shape
         self.interpreter.allocate_tensors()
+        self._check_in_place()
+
+    def _check_in_place(self) -> None:
+        """The buffers handed out by `input_buffer` are where they were. LiteRT places
+        inputs first in its arena, in tensor order, and the arena, first sized for the
+        model's largest shapes, does not grow: a state input written before the inputs
+        that change size keeps its address (the writer writes state first)."""
+        for position, (address, _) in self._in_place.items():
+            if self._storage(position)[0] != address:
+                from edgeport import ExecutionError
+
+                raise ExecutionError(f"LiteRT moved input {position}, which lives in place, when the model's "
+                                     "inputs were resized; its contents are lost",
+                                     hint="reload the program and keep its inputs at one shape")
 
 
 def _address(x: Any) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from ..program import Program, file_info
 from .calibration import TEXT as CALIBRATION_TEXT
 from .loader import LoadedModel, load_model
 from ..quantize.scheme import Scheme, resolve_scheme
+from . import one_graph
 from .model import Decode, Decoder, Prefill
 from .quantized import quantize_decoder, weight_bytes
 from .stateful import attach_stateful_decode, offers_stateful
@@ -85,6 +86,8 @@ def export(
         "decode": (Decode(proto), (torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))),
         "prefill": (Prefill(proto), (torch.zeros(1, T, dtype=torch.long), torch.arange(T), torch.tensor([T - 1]))),
     }
+    if backend in one_graph.BACKENDS:  # one graph for both: weights prepared once (one_graph.py)
+        methods = one_graph.one_graph_methods(proto, T)
     program = export_methods(
         methods,
         [backend],
@@ -93,6 +96,8 @@ def export(
         progress=progress,
         rewrite=lambda name, captured: repeat_layers(captured, config.layers, values),
     )
+    if "decode" not in program.manifest.methods:
+        one_graph.add_decode(program)
     _attach(program, loaded, max_seq_len, prefill_chunk)
     program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
     program.manifest.metadata["llm"]["weight_bytes"] = weight_bytes(decoder)

@@ -145,14 +145,18 @@ class Decoder(nn.Module):
         self.register_buffer("rope_sin", signed_sin, persistent=False)
         self.register_buffer("cache_index", torch.arange(max_seq_len), persistent=False)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens (1, T), positions (T,) -> hidden states (T, hidden), caches updated."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, *, any_length: bool = False) -> torch.Tensor:
+        """tokens (1, T), positions (T,) -> hidden states (T, hidden), caches updated.
+
+        ``any_length``: the chunk's causal mask is computed from ``positions`` rather than
+        built for one T, so the graph exported runs at any T (a dynamic dim)."""
         T = tokens.shape[-1]
         h = embedding(tokens.reshape(T), self.embed)
         rope = (F.embedding(positions, self.rope_cos).unsqueeze(1), F.embedding(positions, self.rope_sin).unsqueeze(1))
         # The cache holds the positions before this chunk's first one; later rows are stale.
         old_mask = torch.where(self.cache_index < positions[:1], 0.0, float("-inf")).view(1, 1, -1)
-        masks = (old_mask, _causal_mask(T, self.config.group))
+        causal = _causal_mask_of(positions, self.config.group) if any_length else _causal_mask(T, self.config.group)
+        masks = (old_mask, causal)
         for layer in self.layers:
             h = layer(h, rope, masks, positions)
         return h
@@ -182,6 +186,29 @@ def _causal_mask(T: int, group: int) -> torch.Tensor | None:
     allowed = torch.ones(T, T, dtype=torch.bool).tril()
     mask = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
     return mask.repeat(group, 1)  # rows ordered (group, T), as the queries are
+
+
+def _causal_mask_of(positions: torch.Tensor, group: int) -> torch.Tensor:
+    """`_causal_mask` from the chunk's positions (ascending), for a chunk of any length:
+    row (g, t) sees the rows at positions up to its own."""
+    query_positions = torch.cat([positions] * group)  # rows ordered (group, T), as the queries are
+    return torch.where(positions.view(1, -1) > query_positions.view(-1, 1), float("-inf"), 0.0)
+
+
+class Step(nn.Module):
+    """step(tokens (1, T), positions (T,)) -> logits (1, vocab) of the chunk's last token,
+    for any T: a prefill chunk, or one token of decode. One graph for both methods, so a
+    backend that runs dynamic dims holds the weights (and the KV cache) once.
+    ``positions`` ascend; the last token is the one at the highest position."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        h = self.decoder(tokens, positions, any_length=True)
+        last = (positions == positions.amax(0, keepdim=True)).to(h.dtype).view(-1, 1)  # (T, 1): 1 at the last token
+        return self.decoder.logits((h * last).sum(0, keepdim=True))
 
 
 class Prefill(nn.Module):

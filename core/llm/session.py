@@ -7,7 +7,8 @@ every cache row at or after the chunk's first position, so rewinding is just a s
 position, and stale rows are never read. A plain `generate` starts from position 0.
 
 The cache lives inside the decode delegate (`Runtime.place_state`): a decode call copies
-none of it; prefill, called once per prompt chunk, gets it as an ordinary input.
+none of it. Where prefill and decode are one graph (cpu, `one_graph`), prefill reads it
+in place too; otherwise prefill, called once per prompt chunk, gets it as an ordinary input.
 
 Generating imports no torch: inputs are numpy arrays, and a program whose steps are all
 delegates runs with numpy values even where torch is installed (`Program.runtime`),
@@ -31,6 +32,7 @@ from ..errors import EdgeportError
 from ..program import Program
 from ..runtime import Runtime
 from ..torch_steps import portable_steps
+from .one_graph import takes_any_length
 from .text import LLMInfo, Message, TextCodec
 
 
@@ -89,6 +91,7 @@ class Session:
         if threads:
             _set_threads(program, threads)
         self._runtime: Runtime | None = None
+        self._any_length = takes_any_length(program.manifest.methods["prefill"])
         self.tokens: list[int] = []  # what the cache holds, position by position
 
     @property
@@ -113,18 +116,27 @@ class Session:
     def prefill(self, ids: Sequence[int], start: int) -> np.ndarray:
         """Run ``ids`` at positions start.. through prefill, chunk by chunk; the logits
         after the last one. The cache then holds ids at those positions."""
-        T, S = self.info.prefill_chunk, self.info.max_seq_len
+        T = self.info.prefill_chunk
         logits = None
         for offset in range(0, len(ids), T):
             chunk = ids[offset : offset + T]
-            tokens = np.zeros((1, T), dtype=np.int64)
-            tokens[0, : len(chunk)] = chunk
-            # Padding rows land after the real ones, at clamped positions no read reaches.
-            positions = np.minimum(np.arange(start + offset, start + offset + T, dtype=np.int64), S - 1)
-            last = np.array([len(chunk) - 1], dtype=np.int64)
-            logits = self.runtime.run("prefill", (tokens, positions, last), {}).outputs
+            logits = self.runtime.run("prefill", self._prefill_inputs(chunk, start + offset), {}).outputs
         self.tokens = self.tokens[:start] + list(ids)
         return _row(logits)
+
+    def _prefill_inputs(self, chunk: Sequence[int], start: int) -> tuple[np.ndarray, ...]:
+        """Prefill's inputs for ``chunk`` at positions start..: as they are where prefill
+        takes any length (`one_graph`), else padded to the chunk length, with the index
+        of the last real token."""
+        positions = np.arange(start, start + len(chunk), dtype=np.int64)
+        if self._any_length:
+            return np.array([chunk], dtype=np.int64), positions
+        T, S = self.info.prefill_chunk, self.info.max_seq_len
+        tokens = np.zeros((1, T), dtype=np.int64)
+        tokens[0, : len(chunk)] = chunk
+        # Padding rows land after the real ones, at clamped positions no read reaches.
+        positions = np.minimum(np.arange(start, start + T, dtype=np.int64), S - 1)
+        return tokens, positions, np.array([len(chunk) - 1], dtype=np.int64)
 
     def decode(self, token: int) -> np.ndarray:
         """Feed one token at the next position; the logits after it."""

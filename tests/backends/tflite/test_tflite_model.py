@@ -12,6 +12,7 @@ from torch import nn
 
 from edgeport import DeclineNodes, InputError, SupportContext
 from edgeport.backends.tflite import TfliteExecutable, write_tflite, writer_support
+from edgeport.backends.tflite.runner import undelegated_ops
 from tflite_cases import bn_with_stats
 from tflite_helpers import Lambda, capture, lower
 
@@ -159,6 +160,47 @@ def test_a_dynamic_dim_is_written_as_minus_one_in_the_shape_signature():
         x = torch.randn(batch, 8)
         (y,) = runner.run([x])
         assert torch.equal(torch.from_numpy(y), torch.relu(x))
+
+
+def _attention_like(m, x, state):
+    """Scores over a static state and a chunk of dynamic length side by side, then each
+    part sliced back out: the second slice runs to the end of the dynamic dim."""
+    scores = torch.cat([x @ state.t(), x @ x.t()], dim=-1).softmax(-1)  # (T, S + T)
+    return scores[:, : state.shape[0]] @ state + scores[:, state.shape[0] :] @ x
+
+
+def _dynamic_chunk_model() -> TfliteExecutable:
+    chunk = torch.export.Dim("chunk", min=1, max=8)
+    program = torch.export.export(Lambda(_attention_like), (torch.randn(8, 4), torch.randn(6, 4)),
+                                  dynamic_shapes=(({0: chunk}, None),)).run_decompositions()  # (*args)
+    return TfliteExecutable(write_tflite(program).data, threads=1)
+
+
+def test_a_slice_to_the_end_of_a_dynamic_dim_is_written_and_runs_in_xnnpack():
+    """Written at two sizes, the slice's size differs: it becomes a STRIDED_SLICE ending at
+    the end (end_mask), which XNNPACK runs (a SLICE of size -1 it leaves to TFLite)."""
+    runner = _dynamic_chunk_model()
+    assert undelegated_ops(runner.interpreter) == []
+    state = torch.randn(6, 4)
+    for length in (8, 1, 5):
+        x = torch.randn(length, 4)
+        (y,) = runner.run([x, state])
+        assert np.allclose(y, _attention_like(None, x, state).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_an_input_in_place_keeps_its_buffer_when_another_input_is_resized():
+    """The static input, though second, is the model's first tensor, so LiteRT's
+    re-planned arena leaves it where `input_buffer` found it (a KV cache read in place by
+    prefill and decode)."""
+    runner = _dynamic_chunk_model()
+    state = runner.input_buffer(1)
+    state[:] = np.random.default_rng(0).standard_normal(state.shape, dtype=np.float32)
+    for length in (1, 8, 3, 1):
+        x = torch.randn(length, 4)
+        (y,) = runner.run([x, state])
+        assert np.allclose(y, _attention_like(None, x, torch.from_numpy(state.copy())).numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="lives in place"):
+        runner.run([torch.randn(2, 4), np.zeros((5, 4), dtype=np.float32)])
 
 
 def test_runner_reuses_its_interpreter_and_checks_the_input_count():

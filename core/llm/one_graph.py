@@ -1,0 +1,55 @@
+"""``prefill`` and ``decode`` as one graph, for a backend that runs dynamic dims (cpu).
+
+Decoding a token is prefilling a chunk of one. Exported as two graphs, the methods are
+two models over the same weights: stored once (`Backend.merge`), but each loaded model
+prepares its own copy, and XNNPACK packs every weight once per model (fp32 SmolLM2:
+~540 MB each). Exported once, as `model.Step` with a dynamic chunk length, both methods
+run one executable: the weights are packed once, and the KV cache lives in one set of
+input buffers that both methods read in place (`Runtime.place_state`).
+
+The program keeps both method names with the same signature, ``(tokens (1, T),
+positions (T,)) -> logits (1, vocab)`` of the chunk's last token: ``prefill`` takes
+any T up to the prefill chunk (its chunks are not padded), ``decode`` is the same plan,
+called at T = 1. A session tells the forms apart by prefill's inputs (`takes_any_length`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from ..manifest import MethodPlan
+from ..program import Program
+
+if TYPE_CHECKING:  # the run side (a session) imports this module without torch
+    from .model import Decoder
+
+BACKENDS = ("cpu",)  # backends whose LLM program is one graph (their models resize at run time)
+
+
+def one_graph_methods(proto: Decoder, chunk: int) -> dict[str, tuple[Any, ...]]:
+    """The one method to export: `Step` with a chunk length from 1 to ``chunk``."""
+    import torch
+
+    from .model import Step
+
+    length = torch.export.Dim("chunk", min=1, max=chunk)
+    inputs = (torch.zeros(1, chunk, dtype=torch.long), torch.arange(chunk))
+    return {"prefill": (Step(proto), inputs, ({1: length}, {0: length}))}
+
+
+def add_decode(program: Program) -> None:
+    """Give ``program`` (exported from `one_graph_methods`) its ``decode`` method: the
+    prefill plan under another name, running the same steps (a session calls it with
+    one token; its spec, like its placement report, keeps prefill's dynamic length)."""
+    manifest = program.manifest
+    decode = dataclasses.replace(manifest.methods["prefill"], name="decode")
+    manifest.methods = {"decode": decode, **manifest.methods}
+    manifest.report["decode"] = manifest.report["prefill"]
+
+
+def takes_any_length(plan: MethodPlan) -> bool:
+    """Whether a program's prefill is the one-graph form (tokens, positions) of any
+    length, rather than a padded chunk with the index of its last token."""
+    return len(plan.inputs) == 2
+
