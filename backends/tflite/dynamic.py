@@ -205,13 +205,8 @@ def _slices_to_the_end_as_strided(model: ModelBuilder, codes: Mapping[int, str])
         end = np.array([0 if n == -1 else b + n for b, n in zip(begin, sizes)], dtype=np.int32)
         end_mask = sum(1 << i for i, n in enumerate(sizes) if n == -1)
         name, type_ = model.tensors[op.outputs[0]].name, model.tensors[op.inputs[1]].type
-        added = []
-        for what, data in (("end", end), ("strides", np.ones_like(end))):
-            # Not `model.tensor`: it finds constants by address, and `_infer` freed arrays
-            # whose addresses a new one may take.
-            model.buffers.append(data)
-            model.tensors.append(TensorRecord(data.shape, type_, f"{name}/{what}", len(model.buffers) - 1, None))
-            added.append(len(model.tensors) - 1)
+        added = [model.tensor(data.shape, type_, f"{name}/{what}", data)
+                 for what, data in (("end", end), ("strides", np.ones_like(end)))]
         op.code, op.inputs = strided, [op.inputs[0], op.inputs[1], *added]
         op.options = Options("StridedSliceOptions", {"EndMask": end_mask})
 

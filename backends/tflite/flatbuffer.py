@@ -107,6 +107,8 @@ class ModelBuilder:
             flat = np.ascontiguousarray(data).reshape(-1)
             key = (flat.ctypes.data, flat.nbytes, flat.dtype.str)
             buffer = self._buffer_at.get(key, 0) if flat.nbytes else 0
+            if buffer and self.buffers[buffer].ctypes.data != key[0]:
+                buffer = 0  # that buffer was replaced (`dynamic._infer`): the address was reused
             if not buffer:
                 self.buffers.append(flat)
                 buffer = self._buffer_at[key] = len(self.buffers) - 1
