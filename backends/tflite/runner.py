@@ -134,7 +134,10 @@ def new_interpreter(model_bytes: bytes, threads: int = 0, *, needs_delegate: boo
 
 
 class TfliteExecutable:
-    """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order."""
+    """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order.
+    Inputs may be numpy arrays or torch tensors (``takes_numpy``)."""
+
+    takes_numpy = True
 
     def __init__(self, model_bytes: bytes, threads: int = 0, interpreter: Any = None, *,
                  needs_delegate: bool = False) -> None:
@@ -147,6 +150,9 @@ class TfliteExecutable:
         self._invoke = interpreter.invoke
         self._in_place: dict[int, tuple[int, int]] = {}  # input position -> (address, bytes) of its own buffer
         self._shapes = [tuple(d["shape"]) for d in interpreter.get_input_details()]  # as allocated
+        # Inputs of static shape cannot resize: the call skips comparing shapes (LiteRT's
+        # set_tensor still refuses a wrong one).
+        self._dynamic = any(-1 in d["shape_signature"] for d in interpreter.get_input_details())
         self.interpreter = interpreter
 
     def input_buffer(self, position: int) -> np.ndarray:
@@ -170,7 +176,8 @@ class TfliteExecutable:
             from edgeport import InputError
 
             raise InputError(f"the TFLite model takes {len(self._inputs)} inputs, got {len(inputs)}")
-        self._resize([tuple(x.shape) for x in inputs])
+        if self._dynamic:
+            self._resize([tuple(x.shape) for x in inputs])
         in_place = self._in_place
         for position, (index, x) in enumerate(zip(self._inputs, inputs)):
             if in_place and position in in_place and _address(x) == in_place[position]:
