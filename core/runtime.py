@@ -22,7 +22,7 @@ cpu partition) skips the plan walk when each input already is what the step take
 Measured on MobileNetV2 int8 (issue 14, bench/README.md): on a shared machine the Python a
 call runs after a few ms of `invoke` meets caches other processes emptied, so the walk cost
 2.4-3.5% of the call over a bare LiteRT interpreter at 1 thread, not its 28 µs warm; the
-direct call costs 1.6-2%, and took the call from 0.98x to 0.965x ExecuTorch's in one run
+direct call costs 1.6-2.9%, and took the call from 0.98x to 0.965x ExecuTorch's in one run
 (`quantize.py --clock cpu --walk`). Inputs that do not fit exactly take the walk, whose
 checks raise the one clear InputError.
 """
