@@ -5,7 +5,10 @@ view of the contiguous torch tensor, no extra copy), invokes, and reads each out
 once. Outputs are copies: the next invoke overwrites the interpreter's buffers.
 What a call costs besides invoke (~28 µs warm) grows to ~0.2 ms on a loaded machine,
 whose other processes empty the caches during invoke; fewer torch calls here did not
-measurably shrink it (bench/README.md, `call_path.py`).
+measurably shrink it (bench/README.md, `call_path.py`). A program that is this one step
+calls it directly with numpy arrays (`takes_numpy`, the runtime's direct call), which
+took 0.3-1.5% off MobileNetV2 int8's call (bench/README.md, `quantize.py --walk`); a
+static-shape model skips the resize check.
 
 An interpreter runs one call at a time (two overlapping calls raise LiteRT's "at least
 1 reference to internal data" or read each other's outputs), so the executable does not
