@@ -1,6 +1,6 @@
 """MobileNetV2 int8 on cpu against our fp32 and ExecuTorch XNNPACK int8, in one run.
 
-    python bench/quantize.py [--models mobilenet_v2] [--runs 200] [--batches 8] [--threads 2] [--aeq-python PY]
+    python bench/quantize.py [--models mobilenet_v2] [--runs 200] [--batches 8] [--threads 2] [--aeq-python PY] [--walk] [--clock cpu]
 
 Needs ExecuTorch next to torch 2.13, for the benchmark only (see bench/cpu_vs_executorch.py
 for the environment). Both sides get the same calibration batches (random images: this
@@ -21,6 +21,9 @@ Per model it prints:
 With --clock cpu every engine runs on 1 thread (XNNPACK then works on the calling thread
 alone) and each call is timed by that thread's CPU time: what the model costs, barely
 moved by other work on a shared machine, where wall times move by 2x.
+
+With --walk another call joins the alternation: the same int8 program through the generic plan walk
+(`Program.run`) instead of the direct call `program(x)` takes for a one-step method.
 
 With --aeq-python (a python whose environment has ai-edge-quantizer, see
 bench/quantize_reference.py) a fourth model joins the alternation: ai-edge-quantizer's
@@ -122,6 +125,8 @@ def measure(name: str, factory, args, tmp: str) -> None:
     method = BASE.executorch_method(theirs8)
     x = inputs[0]
     calls = {"edgeport int8": lambda: int8(x), "edgeport fp32": lambda: fp32(x), "ExecuTorch int8": lambda: method.execute([x])}
+    if args.walk:  # the same program called through the generic plan walk (`Program.run`)
+        calls["edgeport int8 walk"] = lambda: int8.run(x).outputs
     python = REFERENCE.aeq_python(args.aeq_python) if args.aeq_python else None
     if args.aeq_python and not python:
         print(f"  ai-edge-quantizer does not import under {args.aeq_python}: its model is left out")
@@ -151,6 +156,10 @@ def measure(name: str, factory, args, tmp: str) -> None:
         aeq = stats["ai-edge-quantizer int8"]
         print("  ai-edge-quantizer int8 (int8 in/out) / ExecuTorch int8: "
               + "  ".join(f"{a / b:.2f}" for a, b in zip(aeq, theirs)))
+    if "edgeport int8 walk" in stats:
+        print("  edgeport int8 through the plan walk / ExecuTorch int8: "
+              + "  ".join(f"{a / b:.3f}" for a, b in zip(stats["edgeport int8 walk"], theirs))
+              + "  (direct call: " + "  ".join(f"{a / b:.3f}" for a, b in zip(ours, theirs)) + ")")
     print(f"  distance from float: edgeport int8 {distance(int8(x), eager):.3f}, "
           f"ExecuTorch int8 {distance(method.execute([x])[0], eager):.3f}")
 
@@ -162,6 +171,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--aeq-python", help="a python with ai-edge-quantizer: adds its int8 model (LiteRT)")
+    parser.add_argument("--walk", action="store_true",
+                        help="also time the int8 program through the generic plan walk (Program.run)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: 1 thread everywhere, each call timed by its thread's CPU time")
     args = parser.parse_args()

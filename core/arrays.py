@@ -56,8 +56,12 @@ def as_numpy(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value if value.flags.c_contiguous else np.ascontiguousarray(value)
     if is_torch_tensor(value):
-        value = value.detach()
-        return (value if value.is_contiguous() else value.contiguous()).cpu().numpy()
+        try:  # a CPU tensor that needs no grad: one binding call, the rest is numpy's
+            array = value.numpy()
+        except (RuntimeError, TypeError):  # needs grad, not on the CPU, or no numpy dtype
+            value = value.detach()
+            return (value if value.is_contiguous() else value.contiguous()).cpu().numpy()
+        return array if array.flags.c_contiguous else np.ascontiguousarray(array)
     return np.ascontiguousarray(value)
 
 

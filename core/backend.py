@@ -98,7 +98,9 @@ class Artifact:
 class Executable(Protocol):
     """A loaded artifact. Inputs arrive in partition order as contiguous CPU torch
     tensors where torch is installed, as numpy arrays where it is not
-    (`edgeport.as_numpy` takes either)."""
+    (`edgeport.as_numpy` takes either). An executable whose ``run`` takes numpy arrays
+    whatever is installed may say so with a class attribute ``takes_numpy = True``:
+    a program that is that one step then hands it its inputs as numpy arrays."""
 
     def run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         """Return the partition's outputs, as numpy arrays (or torch tensors, where

@@ -104,7 +104,7 @@ class Program:
         return runtime
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.runtime().run(self.default_method, args, kwargs).outputs
+        return self.runtime().call(self.default_method, args, kwargs)
 
     def run(self, *args: Any, method: str | None = None, profile: bool = False, **kwargs: Any) -> RunResult:
         return self.runtime().run(method or self.default_method, args, kwargs, profile=profile)

@@ -15,6 +15,16 @@ share a KV cache). Stateless methods take no program-wide lock.
 
 Values: torch tensors where torch is installed, numpy arrays where it is not
 (`edgeport.values`); this module imports no torch, and portable steps import it when loaded.
+
+The direct call (`Runtime.call`, what `Program.__call__` runs): a stateless method that is
+one delegate step taking the method's inputs and giving its outputs (a whole model in one
+cpu partition) skips the plan walk when each input already is what the step takes.
+Measured on MobileNetV2 int8 (issue 14, bench/README.md): on a shared machine the Python a
+call runs after a few ms of `invoke` meets caches other processes emptied, so the walk cost
+2.4-3.5% of the call over a bare LiteRT interpreter at 1 thread, not its 28 µs warm; the
+direct call costs 1.6-2.9%, and took the call from 0.98x to 0.965x ExecuTorch's in one run
+(`quantize.py --clock cpu --walk`). Inputs that do not fit exactly take the walk, whose
+checks raise the one clear InputError.
 """
 
 from __future__ import annotations
@@ -85,6 +95,7 @@ class Runtime:
         self._state_lock = threading.Lock()  # one per program: every method shares its state
         self._loaded: dict[str, tuple[Any, Any]] = {}  # artifact path -> (what its backend loaded, its lock)
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
+        self._direct = {name: _direct_call(plan, steps, self._values) for name, (plan, steps, _) in self._methods.items()}
 
     # -- loading ------------------------------------------------------------------
 
@@ -151,6 +162,16 @@ class Runtime:
 
     # -- running --------------------------------------------------------------------
 
+    def call(self, method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """The outputs of one call of ``method``: by its direct call where it has one and
+        the inputs fit it, else as `run` gives them."""
+        direct = self._direct.get(method)
+        if direct is not None and not kwargs:
+            outputs = direct(args)
+            if outputs is not _NOT_DIRECT:
+                return outputs
+        return self.run(method, args, kwargs).outputs
+
     def run(self, method: str, args: Sequence[Any], kwargs: Mapping[str, Any], profile: bool = False) -> RunResult:
         if method not in self._methods:
             raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
@@ -192,10 +213,7 @@ class Runtime:
             inputs = [values[n] for n in loaded.step.inputs]
             with loaded.guard:
                 results = loaded.executable.run(inputs)
-            if len(results) != len(loaded.step.outputs):
-                raise ExecutionError(
-                    f"step {i} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
-                )
+            _check_output_count(i, loaded, results)
             for name, value in zip(loaded.step.outputs, results):
                 values[name] = self._values.step_output(value)
             for name in loaded.frees:
@@ -203,6 +221,57 @@ class Runtime:
             if timings is not None:
                 ms = (time.perf_counter() - t0) * 1e3
                 timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
+
+
+def _check_output_count(index: int, loaded: _LoadedStep, results: Sequence[Any]) -> None:
+    if len(results) != len(loaded.step.outputs):
+        raise ExecutionError(
+            f"step {index} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
+        )
+
+
+_NOT_DIRECT = object()  # what a direct call returns for inputs it does not take as they are
+
+
+def _direct_call(plan: MethodPlan, steps: Sequence[_LoadedStep], kind: Values) -> Callable[[Sequence[Any]], Any] | None:
+    """The direct call of a method that is one delegate step (module docstring), or None.
+
+    It runs the step on the positional inputs when each fits its spec exactly
+    (`Values.fits`: type, dtype, static shape, contiguous) and returns the outputs in
+    the method's structure; otherwise it returns ``_NOT_DIRECT``, having run nothing.
+    An executable that says ``takes_numpy`` gets a torch input as the numpy array over
+    its memory, tested in numpy: one torch call per input instead of the eight of the
+    tests and `as_numpy`, each a cache miss on a loaded machine (0.6% of MobileNetV2
+    int8's call at 1 thread, bench/README.md).
+    """
+    if len(steps) != 1 or plan.state_reads or plan.state_writes or plan.row_updates:
+        return None
+    (loaded,) = steps
+    step = loaded.step
+    if step.kind != "delegate" or step.inputs != plan.input_values or step.outputs != plan.output_values:
+        return None
+    as_arrays = isinstance(kind, TorchValues) and getattr(loaded.executable, "takes_numpy", False)
+    tests = [(NumpyValues() if as_arrays else kind).fits(spec) for spec in plan.inputs]
+    if any(test is None for test in tests):
+        return None
+    count, run, guard, output, structure = len(tests), loaded.executable.run, loaded.guard, kind.step_output, plan.out_spec
+
+    def call(args: Sequence[Any]) -> Any:
+        if len(args) != count:
+            return _NOT_DIRECT
+        if as_arrays:
+            try:  # a CPU tensor that needs no grad has a numpy view; anything else takes the walk
+                args = [arg.numpy() for arg in args]
+            except (AttributeError, RuntimeError, TypeError):
+                return _NOT_DIRECT
+        if not all(test(arg) for test, arg in zip(tests, args)):
+            return _NOT_DIRECT
+        with guard:
+            results = run(args)
+        _check_output_count(0, loaded, results)
+        return restore_structure([output(value) for value in results], structure)
+
+    return call
 
 
 def values_of(arrays: str, manifest: Manifest) -> Values:

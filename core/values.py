@@ -11,7 +11,7 @@ terms (a numpy dtype is ``float32``, a torch one ``torch.float32``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +42,15 @@ class NumpyValues:
 
     def contiguous(self, value: np.ndarray) -> np.ndarray:
         return value if value.flags.c_contiguous else np.ascontiguousarray(value)
+
+    def fits(self, spec: TensorSpec) -> Callable[[Any], bool] | None:
+        """A test of whether a value already is input ``spec`` as a step takes it (a
+        contiguous array of its dtype and static shape), so `input` and the shape check
+        have nothing to do; None when ``spec`` has a symbolic dim."""
+        if not _static(spec):
+            return None
+        dtype, shape = STORAGE[spec.dtype], tuple(spec.shape)
+        return lambda v: type(v) is np.ndarray and v.dtype == dtype and v.shape == shape and v.flags.c_contiguous
 
     def step_output(self, value: Any) -> np.ndarray:
         return value if isinstance(value, np.ndarray) else np.asarray(value)
@@ -83,6 +92,15 @@ class TorchValues:
     def contiguous(self, value: Any) -> Any:
         return value if value.is_contiguous() else value.contiguous()
 
+    def fits(self, spec: TensorSpec) -> Callable[[Any], bool] | None:
+        """A test of whether a value already is input ``spec`` as a step takes it (a
+        contiguous tensor of its dtype and static shape), so `input` and the shape check
+        have nothing to do; None when ``spec`` has a symbolic dim."""
+        if not _static(spec):
+            return None
+        tensor, dtype, shape = self._torch.Tensor, self._dtypes[spec.dtype], self._torch.Size(spec.shape)
+        return lambda v: isinstance(v, tensor) and v.dtype == dtype and v.shape == shape and v.is_contiguous()
+
     def step_output(self, value: Any) -> Any:
         return self._torch.from_numpy(value) if isinstance(value, np.ndarray) else value
 
@@ -90,6 +108,10 @@ class TorchValues:
         from .tensors import tensor_from_bytes
 
         return tensor_from_bytes(data, entry)
+
+
+def _static(spec: TensorSpec) -> bool:
+    return all(type(d) is int for d in spec.shape)
 
 
 Values = NumpyValues | TorchValues

@@ -5,7 +5,10 @@ view of the contiguous torch tensor, no extra copy), invokes, and reads each out
 once. Outputs are copies: the next invoke overwrites the interpreter's buffers.
 What a call costs besides invoke (~28 µs warm) grows to ~0.2 ms on a loaded machine,
 whose other processes empty the caches during invoke; fewer torch calls here did not
-measurably shrink it (bench/README.md, `call_path.py`).
+measurably shrink it (bench/README.md, `call_path.py`). A program that is this one step
+calls it directly with numpy arrays (`takes_numpy`, the runtime's direct call), which
+took 0.3-1.5% off MobileNetV2 int8's call (bench/README.md, `quantize.py --walk`); a
+static-shape model skips the resize check.
 
 An interpreter runs one call at a time (two overlapping calls raise LiteRT's "at least
 1 reference to internal data" or read each other's outputs), so the executable does not
@@ -134,7 +137,10 @@ def new_interpreter(model_bytes: bytes, threads: int = 0, *, needs_delegate: boo
 
 
 class TfliteExecutable:
-    """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order."""
+    """A loaded TFLite model: `run(inputs)` -> outputs as numpy arrays, in model order.
+    Inputs may be numpy arrays or torch tensors (``takes_numpy``)."""
+
+    takes_numpy = True
 
     def __init__(self, model_bytes: bytes, threads: int = 0, interpreter: Any = None, *,
                  needs_delegate: bool = False) -> None:
@@ -147,6 +153,9 @@ class TfliteExecutable:
         self._invoke = interpreter.invoke
         self._in_place: dict[int, tuple[int, int]] = {}  # input position -> (address, bytes) of its own buffer
         self._shapes = [tuple(d["shape"]) for d in interpreter.get_input_details()]  # as allocated
+        # Inputs of static shape cannot resize: the call skips comparing shapes (LiteRT's
+        # set_tensor still refuses a wrong one).
+        self._dynamic = any(-1 in d["shape_signature"] for d in interpreter.get_input_details())
         self.interpreter = interpreter
 
     def input_buffer(self, position: int) -> np.ndarray:
@@ -177,7 +186,8 @@ class TfliteExecutable:
             from edgeport import InputError
 
             raise InputError(f"the TFLite model takes {len(self._inputs)} inputs, got {len(inputs)}")
-        self._resize([tuple(x.shape) for x in inputs])
+        if self._dynamic:
+            self._resize([tuple(x.shape) for x in inputs])
         in_place = self._in_place
         for position, (index, x) in enumerate(zip(self._inputs, inputs)):
             if in_place and position in in_place and _address(x) == in_place[position]:
