@@ -112,17 +112,17 @@ def read_outputs(node: Node) -> set[int]:
 def node_tensors(node: Node) -> list[TensorUse]:
     """The tensors ``node`` reads (its tensor arguments) and writes (its value; of a
     multi-output node, the outputs something reads), from ``meta["val"]``."""
-    import torch
+    from torch import Tensor
 
-    uses = [TensorUse("input", arg, arg.meta["val"]) for arg in node.all_input_nodes
-            if isinstance(arg.meta.get("val"), torch.Tensor)]
+    uses = [TensorUse("input", arg, value) for arg in node.all_input_nodes
+            if isinstance(value := arg.meta.get("val"), Tensor)]
     out = node.meta.get("val")
-    if isinstance(out, (tuple, list)):
+    if isinstance(out, Tensor):
+        uses.append(TensorUse("output", node, out))
+    elif isinstance(out, (tuple, list)):
         read = read_outputs(node)
         uses += [TensorUse("output", node, value, i) for i, value in enumerate(out)
-                 if i in read and isinstance(value, torch.Tensor)]
-    elif isinstance(out, torch.Tensor):
-        uses.append(TensorUse("output", node, out))
+                 if i in read and isinstance(value, Tensor)]
     return uses
 
 
@@ -156,7 +156,9 @@ def symbolic_shape(reason: str) -> TensorRule:
     """A tensor of symbolic (dynamic) size."""
 
     def rule(node: Node, tensor: TensorUse) -> str | None:
-        for size in tensor.value.shape:  # a loop, not all(...): asked of every tensor of every node
+        if not getattr(tensor.value, "_has_symbolic_sizes_strides", True):  # torch's own flag: fast
+            return None
+        for size in tensor.value.shape:
             if not isinstance(size, int):
                 return reason.format(**_fields(node, tensor))
         return None
