@@ -31,8 +31,7 @@ side too); the checks import it when they run.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, NamedTuple
 
 from .backend import Support
 
@@ -69,9 +68,9 @@ QUANTIZE_AFFINE = "torchao::quantize_affine"
 DEQUANTIZE_AFFINE = "torchao::dequantize_affine"
 
 
-@dataclass(frozen=True)
-class TensorUse:
-    """One tensor a node reads or writes: ``value`` is its fake tensor (dtype, shape)."""
+class TensorUse(NamedTuple):
+    """One tensor a node reads or writes: ``value`` is its fake tensor (dtype, shape).
+    (A named tuple: support makes several per node, and it is the cheapest to make.)"""
 
     role: str  # "input" or "output"
     source: Node  # the node whose value it is: the argument read, or the node itself
@@ -113,23 +112,28 @@ def read_outputs(node: Node) -> set[int]:
 def node_tensors(node: Node) -> list[TensorUse]:
     """The tensors ``node`` reads (its tensor arguments) and writes (its value; of a
     multi-output node, the outputs something reads), from ``meta["val"]``."""
-    import torch
+    from torch import Tensor
 
-    uses = [TensorUse("input", arg, arg.meta["val"]) for arg in node.all_input_nodes
-            if isinstance(arg.meta.get("val"), torch.Tensor)]
+    uses = [TensorUse("input", arg, value) for arg in node.all_input_nodes
+            if isinstance(value := arg.meta.get("val"), Tensor)]
     out = node.meta.get("val")
-    if isinstance(out, (tuple, list)):
+    if isinstance(out, Tensor):
+        uses.append(TensorUse("output", node, out))
+    elif isinstance(out, (tuple, list)):
         read = read_outputs(node)
         uses += [TensorUse("output", node, value, i) for i, value in enumerate(out)
-                 if i in read and isinstance(value, torch.Tensor)]
-    elif isinstance(out, torch.Tensor):
-        uses.append(TensorUse("output", node, out))
+                 if i in read and isinstance(value, Tensor)]
     return uses
+
+
+def without_constants(tensors: Iterable[TensorUse], is_constant: Callable[[Node], bool]) -> list[TensorUse]:
+    """``tensors`` without the inputs known at compile time (weights, folded values)."""
+    return [t for t in tensors if t.role == "output" or not is_constant(t.source)]
 
 
 def runtime_tensors(is_constant: Callable[[Node], bool]) -> Tensors:
     """`node_tensors` without the inputs known at compile time (weights, folded values)."""
-    return lambda node: [t for t in node_tensors(node) if t.role == "output" or not is_constant(t.source)]
+    return lambda node: without_constants(node_tensors(node), is_constant)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -142,61 +146,51 @@ def _fields(node: Node, tensor: TensorUse) -> dict[str, Any]:
             "dtype": dtype_name(tensor.value.dtype)}
 
 
-# -- checks ---------------------------------------------------------------------------------
+# -- tensor rules: what the checks below decline a tensor for --------------------------------
+#
+# Build a rule once (at import, or in `Backend.prepare`) and apply it per node: to compose
+# per support call costs a few objects per node, thousands per export.
 
 
-def decline_if_tensor(rule: TensorRule, tensors: Tensors = node_tensors) -> Check:
-    """Decline for the first tensor `rule` gives a reason for (the general form of the
-    checks below, for a backend's own per-tensor rule)."""
-
-    def check(node: Node) -> Support:
-        for tensor in tensors(node):
-            reason = rule(node, tensor)
-            if reason:
-                return Support.no(reason)
-        return Support.yes()
-
-    return check
-
-
-def decline_if_symbolic(reason: str, tensors: Tensors = node_tensors) -> Check:
-    """Decline a node with a tensor of symbolic (dynamic) size."""
+def symbolic_shape(reason: str) -> TensorRule:
+    """A tensor of symbolic (dynamic) size."""
 
     def rule(node: Node, tensor: TensorUse) -> str | None:
-        if all(isinstance(d, int) for d in tensor.value.shape):
+        if not getattr(tensor.value, "_has_symbolic_sizes_strides", True):  # torch's own flag: fast
             return None
-        return reason.format(**_fields(node, tensor))
+        for size in tensor.value.shape:
+            if not isinstance(size, int):
+                return reason.format(**_fields(node, tensor))
+        return None
 
-    return decline_if_tensor(rule, tensors)
+    return rule
 
 
-def decline_if_rank_above(limit: int, reason: str, tensors: Tensors = node_tensors) -> Check:
-    """Decline a node with a tensor of more than `limit` dims."""
+def rank_above(limit: int, reason: str) -> TensorRule:
+    """A tensor of more than `limit` dims."""
 
     def rule(node: Node, tensor: TensorUse) -> str | None:
         if tensor.value.dim() <= limit:
             return None
         return reason.format(**_fields(node, tensor), limit=limit)
 
-    return decline_if_tensor(rule, tensors)
+    return rule
 
 
-def decline_if_empty(reason: str, tensors: Tensors = node_tensors) -> Check:
-    """Decline a node with a zero-size tensor (a dim of 0): runtimes that prepare a whole
-    graph ahead (XNNPACK, QNN HTP) fail on one, taking the partition with them."""
+def empty_tensor(reason: str) -> TensorRule:
+    """A zero-size tensor (a dim of 0)."""
 
     def rule(node: Node, tensor: TensorUse) -> str | None:
         if 0 not in tensor.value.shape:
             return None
         return reason.format(**_fields(node, tensor))
 
-    return decline_if_tensor(rule, tensors)
+    return rule
 
 
-def decline_if_dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], Collection[torch.dtype]],
-                            reason: str, tensors: Tensors = node_tensors) -> Check:
-    """Decline a node with a tensor of a dtype outside `dtypes` (a set, or a function of
-    the node giving the node's set)."""
+def dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], Collection[torch.dtype]], reason: str) -> TensorRule:
+    """A tensor of a dtype outside `dtypes` (a set, or a function of the node giving the
+    node's set)."""
 
     def rule(node: Node, tensor: TensorUse) -> str | None:
         allowed = dtypes(node) if callable(dtypes) else dtypes
@@ -205,7 +199,54 @@ def decline_if_dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], C
         names = ", ".join(sorted(dtype_name(d) for d in allowed))
         return reason.format(**_fields(node, tensor), allowed=names)
 
-    return decline_if_tensor(rule, tensors)
+    return rule
+
+
+def first_reason(node: Node, tensors: Iterable[TensorUse], rule: TensorRule) -> str | None:
+    """The reason `rule` gives for the first of `tensors` it declines, or None: for a
+    check that lists a node's tensors once and asks several rules about them."""
+    for tensor in tensors:
+        reason = rule(node, tensor)
+        if reason:
+            return reason
+    return None
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def decline_if_tensor(rule: TensorRule, tensors: Tensors = node_tensors) -> Check:
+    """Decline for the first tensor `rule` gives a reason for (the general form of the
+    checks below, for a backend's own per-tensor rule)."""
+
+    def check(node: Node) -> Support:
+        reason = first_reason(node, tensors(node), rule)
+        return Support.no(reason) if reason else Support.yes()
+
+    return check
+
+
+def decline_if_symbolic(reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a tensor of symbolic (dynamic) size."""
+    return decline_if_tensor(symbolic_shape(reason), tensors)
+
+
+def decline_if_rank_above(limit: int, reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a tensor of more than `limit` dims."""
+    return decline_if_tensor(rank_above(limit, reason), tensors)
+
+
+def decline_if_empty(reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a zero-size tensor (a dim of 0): runtimes that prepare a whole
+    graph ahead (XNNPACK, QNN HTP) fail on one, taking the partition with them."""
+    return decline_if_tensor(empty_tensor(reason), tensors)
+
+
+def decline_if_dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], Collection[torch.dtype]],
+                            reason: str, tensors: Tensors = node_tensors) -> Check:
+    """Decline a node with a tensor of a dtype outside `dtypes` (a set, or a function of
+    the node giving the node's set)."""
+    return decline_if_tensor(dtype_not_in(dtypes, reason), tensors)
 
 
 def decline_if_op_in(refused: Mapping[Any, str], reason: str = "{op}: {why}") -> Check:
@@ -232,13 +273,14 @@ def all_of(*checks: Check) -> Check:
     return check
 
 
-def never_raising(check: Check, reason: str = "{op}: could not check ({error})") -> Check:
+def never_raising(check: Callable[..., Support], reason: str = "{op}: could not check ({error})") -> Callable[..., Support]:
     """`check`, with an exception turned into a no (``{error}``: its type and message):
-    support must never raise, and one odd node must not stop partitioning."""
+    support must never raise, and one odd node must not stop partitioning. `check` takes
+    the node first; any further arguments (a support context) pass through."""
 
-    def guarded(node: Node) -> Support:
+    def guarded(node: Node, *args: Any) -> Support:
         try:
-            return check(node)
+            return check(node, *args)
         except Exception as exc:  # noqa: BLE001 - the reason says what went wrong
             return Support.no(reason.format(op=op_label(node), error=f"{type(exc).__name__}: {exc}"))
 

@@ -32,8 +32,8 @@ def test_every_case_runs_exactly_on_a_backend_that_takes_elementwise_ops(case):
     assert result.passed, result.error
     assert result.max_error is not None and result.max_error < 1e-5
     assert 0.0 <= result.delegated <= 1.0
-    for op, reason in result.reasons.items():
-        assert reason == f"torchops has no kernel for {op}"
+    for op, reason in result.reasons.items():  # a dynamic case's sizes are core's to compute
+        assert reason == f"torchops has no kernel for {op}" or op == "aten.sym_size.int", (op, reason)
 
 
 def test_a_wrong_kernel_fails_its_cases():

@@ -12,6 +12,7 @@ _CEIL = "ceil_mode changes the output size"
 _EXCLUDE_PAD = "count_include_pad=False with padding"
 _3D_TRANSPOSED = "transposed 3d convolution (TFLite's CONV_3D is neither"
 _3D_GROUPED = "grouped 3d convolution (TFLite's CONV_3D is neither"
+_NO_LOWERING = "no TFLite lowering for"
 
 WRITER_DECLINES: dict[str, dict[str, str]] = {
     "avg_pool2d_ceil": {"aten.avg_pool2d.default": _CEIL},
@@ -32,6 +33,12 @@ WRITER_DECLINES: dict[str, dict[str, str]] = {
     "conv_transpose3d_output_padding": {"aten.convolution.default": _3D_TRANSPOSED},
     "conv3d_groups_strided": {"aten.convolution.default": _3D_GROUPED},
     "conv_transpose2d_groups_dilation": {"aten.convolution.default": "dilated transposed convolution"},
+    "gather": {"aten.gather.default": _NO_LOWERING},
+    "topk": {"aten.topk.default": _NO_LOWERING},
+    "max_dim": {"aten.max.dim": _NO_LOWERING},
+    "buffer_write_read": {"aten.index_put.default": _NO_LOWERING},
+    # A causal attention's mask is a constant of the sequence length: it cannot resize.
+    "dynamic_tokens_attention": {"aten.scaled_dot_product_attention.default": "depends on the size of a dynamic dim"},
 }
 
 PARTITION_RULE = "partition holds only ops the backend never takes alone"

@@ -39,30 +39,36 @@ def mediatek_support(node: Node, ctx: edgeport.SupportContext) -> edgeport.Suppo
     answer = tflite.writer_support(node, ctx)
     if not answer or node.op != "call_function":
         return answer
-    rules = support.never_raising(lambda n: _neuropilot_rules(n, ctx), "MediaTek NeuroPilot: {op}: could not check ({error})")
-    return rules(node)
+    return _NEUROPILOT_RULES(node, ctx)
 
 
 def _neuropilot_rules(node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
-    """NeuroPilot's rules for a node the writer computes at run time (constants are folded)."""
+    """NeuroPilot's rules for a node the writer computes at run time (constants are folded):
+    the ops written for it, then the rank of every tensor (constants too), then the dtype
+    of each tensor computed at run time."""
     consts = tflite.WriterContext.of(ctx).constant_nodes
     if node in consts:
         return edgeport.Support.yes()
-    # A quantize or dequantize the writer accepts (fixed per-tensor parameters): its integer tensor is a quantized one.
-    quantized = tflite.is_quantization_op(node)
-    return support.all_of(
-        lambda n: _ops_rule(n, ctx),
-        support.decline_if_tensor(_rank_rule),  # every tensor, constants too
-        support.decline_if_tensor(lambda n, t: _dtype_rule(n, t, quantized), support.runtime_tensors(consts.__contains__)),
-    )(node)
+    answer = _ops_rule(node, ctx)
+    if not answer:
+        return answer
+    tensors = support.node_tensors(node)
+    reason = support.first_reason(node, tensors, _rank_rule) or support.first_reason(
+        node, support.without_constants(tensors, consts.__contains__), _dtype_rule)
+    return edgeport.Support.no(reason) if reason else edgeport.Support.yes()
+
+
+_NEUROPILOT_RULES = support.never_raising(_neuropilot_rules, "MediaTek NeuroPilot: {op}: could not check ({error})")
 
 
 def _rank_rule(node: Node, tensor: support.TensorUse) -> str | None:
     return neuropilot.rank_rule(tuple(tensor.value.shape), f"{tensor.role} of {support.op_label(node)}")
 
 
-def _dtype_rule(node: Node, tensor: support.TensorUse, quantized: bool) -> str | None:
-    return neuropilot.dtype_rule(tensor.value.dtype, f"{tensor.role} of {support.op_label(node)}", quantized=quantized)
+def _dtype_rule(node: Node, tensor: support.TensorUse) -> str | None:
+    # A quantize or dequantize the writer accepts (fixed per-tensor parameters): its integer tensor is a quantized one.
+    return neuropilot.dtype_rule(tensor.value.dtype, f"{tensor.role} of {support.op_label(node)}",
+                                 quantized=tflite.is_quantization_op(node))
 
 
 def _ops_rule(node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:

@@ -233,9 +233,10 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
     """None when the writer can write `node`, else the reason it cannot."""
     if node.op != "call_function" or node.target in CHECKS_ONLY:
         return None
-    static = _STATIC_SHAPES(node)
-    if not static:
-        return static.reason
+    tensors = support.node_tensors(node)  # listed once, asked by each rule below
+    reason = support.first_reason(node, tensors, _STATIC_SHAPES)
+    if reason:
+        return reason
     if foldable(node, is_const):
         return None
     if node.target is operator.getitem:
@@ -249,9 +250,9 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
     entry = lookup(node.target)
     if entry is None:
         return f"no TFLite lowering for {support.op_label(node)}"
-    empty = _NO_EMPTY(node)
-    if not empty:
-        return empty.reason
+    reason = support.first_reason(node, tensors, _NO_EMPTY)
+    if reason:
+        return reason
     unwritten = _unwritten_outputs_read(node, entry.outputs)
     if unwritten:
         # Declined here, on the producer: its getitem users follow it to whichever
@@ -259,10 +260,9 @@ def check_node(node: Node, is_const: IsConst) -> str | None:
         written = ", ".join(str(i) for i in entry.outputs)
         return (f"{support.op_label(node)}: output {unwritten[0]} is read; "
                 f"the TFLite writer produces only output {written}")
-    dtypes = support.decline_if_dtype_not_in(entry.dtypes, "{op}: {role} dtype {dtype} not supported (takes {allowed})",
-                                             support.runtime_tensors(is_const))(node)
-    if not dtypes:
-        return dtypes.reason
+    reason = support.first_reason(node, support.without_constants(tensors, is_const), _DTYPES)  # constants fold
+    if reason:
+        return reason
     if entry.check is not None:
         reason = entry.check(node, is_const)
         if reason:
@@ -294,10 +294,13 @@ def _unwritten_outputs_read(node: Node, produced: tuple[int, ...] | None) -> lis
     return sorted(support.read_outputs(node) - set(produced))
 
 
-_STATIC_SHAPES = support.decline_if_symbolic("{op}: symbolic shape {shape} (the TFLite writer needs static shapes)")
+# `check_node`'s tensor rules, built once.
+_STATIC_SHAPES = support.symbolic_shape("{op}: symbolic shape {shape} (the TFLite writer needs static shapes)")
 # XNNPACK fails to prepare a model holding a zero-size tensor ("failed to reshape"): the
 # interpreter could not even load the program, so such a node stays portable.
-_NO_EMPTY = support.decline_if_empty("{op}: zero-size tensor {shape} (XNNPACK cannot prepare a model holding one)")
+_NO_EMPTY = support.empty_tensor("{op}: zero-size tensor {shape} (XNNPACK cannot prepare a model holding one)")
+_DTYPES = support.dtype_not_in(lambda node: lookup(node.target).dtypes,
+                               "{op}: {role} dtype {dtype} not supported (takes {allowed})")
 
 
 def meta(node: Any) -> Any:

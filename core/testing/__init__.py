@@ -136,8 +136,8 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     module, inputs = case.build()
     registry = registry_for(backend)
     try:
-        program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
-                         registry=registry)
+        program = export(module, inputs, [backend.name], dynamic_shapes=case.dynamic_shapes,
+                         options={backend.name: dict(options or {})}, registry=registry)
     except Exception as exc:
         return CaseResult(case.name, 0.0, passed=False, error=f"export failed: {type(exc).__name__}: {exc}")
     nodes = program.report()["nodes"]
@@ -148,8 +148,9 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     if not backend.availability().can_run:
         return result
     try:
-        with torch.no_grad():
-            result.max_error = compare(program(*inputs), module(*inputs))
+        with torch.no_grad():  # the example inputs, then a dynamic case's other sizes
+            runs = (inputs, *(case.resized() if case.resized else ()))
+            result.max_error = max(compare(program(*args), module(*args)) for args in runs)
     except Exception as exc:
         result.passed, result.error = False, f"run failed: {type(exc).__name__}: {exc}"
         return result

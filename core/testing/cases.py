@@ -2,6 +2,12 @@
 
 Each case is one thing a backend may be asked to run. Names are stable: backends'
 tests and denylists refer to them.
+
+`MODEL_NEEDS` are the cases real models need beyond single ops: every op the example
+models (examples/models.py) and the LLM decoder (edgeport.llm) capture to has a case
+(tests/test_case_library_covers_models.py derives the op list from the models and fails
+when a model uses an op no case has), plus dynamic dims, multi-output ops, int64 index
+ops and in-place writes to buffers.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ class Case:
     build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]
     rtol: float = 1e-4  # relative max error allowed against eager fp32
     tags: frozenset[str] = frozenset()  # "op" or "block", plus what it exercises
+    dynamic_shapes: Any = None  # torch.export's dynamic_shapes for the inputs ``build`` makes
+    # Inputs of other sizes within those dynamic dims' ranges: the program runs each too.
+    resized: Callable[[], tuple[tuple[Any, ...], ...]] | None = None
 
 
 class Fn(nn.Module):
@@ -197,6 +206,95 @@ ATTRIBUTE_SWEEPS: list[Case] = [
     op("reduce_bool", lambda m, x: ((x > 0).sum(1), (x > 0).amax(1), (x > 0.5).any(-1)), (2, 8, 4)),
 ]
 
+# -- what real models need --------------------------------------------------------------
+
+
+def _longs(*values: int) -> Callable[[], torch.Tensor]:
+    """An int64 input (indices, positions) of fixed values."""
+    return lambda: torch.tensor(values)
+
+
+class _CacheRead(nn.Module):
+    """A KV cache write as the LLM decoder makes it (``edgeport.llm.model.Layer``): read
+    the old cache, then copy this call's rows in at int64 ``positions``, in place. Nothing
+    reads the new cache, so the program writes it back as a row update (`state_rows`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("cache", torch.randn(2, 8, 4))  # (kv, S, d)
+
+    def forward(self, q: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        scores = torch.bmm(q, self.cache.transpose(1, 2))  # (kv, T, S)
+        self.cache.index_copy_(1, positions, rows)
+        return scores
+
+
+class _CacheWriteRead(_CacheRead):
+    """The in-place write read back in the same call: the backend computes the write."""
+
+    def forward(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        self.cache.index_copy_(1, positions, rows)
+        return self.cache * 2.0
+
+
+class _PositionMask(nn.Module):
+    """The LLM decoder's cache mask: the positions before the chunk's first one (an int64
+    compare against a buffer), as an additive -inf mask under a softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.arange(8))
+
+    def forward(self, scores: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        mask = torch.where(self.index < positions[:1], 0.0, float("-inf"))
+        return torch.softmax(scores + mask, dim=-1)
+
+
+def _case_with_inputs(name: str, make: Callable[[], nn.Module], *inputs: Input) -> Case:
+    return Case(name, _seeded(lambda: (make(), tuple(_input(s) for s in inputs))), tags=frozenset({"block"}))
+
+
+BATCH = torch.export.Dim("batch", min=1, max=8)
+TOKENS = torch.export.Dim("tokens", min=2, max=16)
+
+
+def _dynamic(name: str, make: Callable[[], nn.Module], shape: tuple[int, ...], dims: dict[int, Any],
+             *resized: tuple[int, ...]) -> Case:
+    """A case whose one input has dynamic ``dims``, run at its example size and at each
+    ``resized`` shape."""
+
+    def other_sizes() -> tuple[tuple[torch.Tensor], ...]:
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            return tuple((_x(*s),) for s in resized)
+
+    return Case(name, _seeded(lambda: (make(), (_x(*shape),))), tags=frozenset({"block", "dynamic"}),
+                dynamic_shapes=(dims,), resized=other_sizes)
+
+
+# Every op the example models and the LLM decoder capture to has a case (the test named in
+# the module docstring checks it), and the situations they put those ops in.
+MODEL_NEEDS: list[Case] = [
+    # ops of the Llama decoders
+    op("linear_no_bias", lambda m, x: F.linear(x, m.w), (4, 32), w=(16, 32)),  # mm of a 2-d input
+    op("repeat", lambda m, x: x.repeat(2, 3), (3, 4)),
+    op("logical_ops", lambda m, a, b: torch.where(torch.logical_and(~(a > 0), b <= 0.5), a, b), (2, 8), (2, 8)),
+    op("slice_whole", lambda m, x: x[:, :8] * 2, (2, 8)),
+    _case_with_inputs("position_mask", _PositionMask, (2, 8), _longs(5, 6)),
+    # int64 index ops
+    op("index_select", lambda m, x, i: x.index_select(0, i), (6, 8), _longs(4, 0, 2, 4)),
+    op("gather", lambda m, x, i: torch.gather(x, 1, i), (3, 8), lambda: torch.randint(0, 8, (3, 5))),
+    # multi-output ops: values and int64 indices
+    op("topk", lambda m, x: torch.topk(x, 3, dim=-1), (2, 8)),
+    op("max_dim", lambda m, x: torch.max(x, dim=-1), (2, 8, 4)),
+    # in-place writes to buffers (program state)
+    _case_with_inputs("buffer_row_update", _CacheRead, (2, 3, 4), (2, 3, 4), _longs(5, 1, 2)),
+    _case_with_inputs("buffer_write_read", _CacheWriteRead, (2, 3, 4), _longs(5, 1, 2)),
+    # dynamic dims
+    _dynamic("dynamic_batch_linear", lambda: nn.Linear(32, 16), (2, 32), {0: BATCH}, (5, 32), (1, 32)),
+    _dynamic("dynamic_tokens_attention", _Attention, (1, 6, 32), {1: TOKENS}, (1, 11, 32), (1, 2, 32)),
+]
+
 CASES: list[Case] = [
     # convolutions
     op("conv2d", lambda m, x: F.conv2d(x, m.w, m.b, padding=1), IMG, w=(16, 8, 3, 3), b=(16,)),
@@ -265,4 +363,5 @@ CASES: list[Case] = [
     block("attention", _Attention, (1, 6, 32)),
     block("mlp_gelu", lambda: nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)), (3, 32)),
     *ATTRIBUTE_SWEEPS,
+    *MODEL_NEEDS,
 ]

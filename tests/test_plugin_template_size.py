@@ -1,0 +1,27 @@
+"""The plugin template stays small (issue 11: at most 60 lines of code), so "a plugin is
+one module" stays true of the one vendors copy. Lines of code: lines that are not blank,
+not only a comment, and not part of a docstring."""
+
+import ast
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "examples" / "plugin_template" / "edgeport_numpy_npu.py"
+
+
+def lines_of_code(source: str) -> int:
+    docstrings = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None:
+            first = node.body[0]
+            docstrings.update(range(first.lineno, first.end_lineno + 1))
+    return sum(1 for number, line in enumerate(source.splitlines(), 1)
+               if line.strip() and not line.strip().startswith("#") and number not in docstrings)
+
+
+def test_lines_of_code_leave_out_blanks_comments_and_docstrings():
+    source = '"""Doc\nstring."""\n\n# a comment\nx = 1  # counted\n\ndef f():\n    """Doc."""\n    return x\n'
+    assert lines_of_code(source) == 3
+
+
+def test_the_plugin_template_is_at_most_60_lines_of_code():
+    assert lines_of_code(TEMPLATE.read_text()) <= 60
