@@ -144,6 +144,7 @@ class Decoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", signed_sin, persistent=False)
         self.register_buffer("cache_index", torch.arange(max_seq_len), persistent=False)
+        self.mask_value = float("-inf")  # what masked scores add (static.MASK for calibrated schemes)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens (1, T), positions (T,) -> hidden states (T, hidden), caches updated."""
@@ -151,8 +152,8 @@ class Decoder(nn.Module):
         h = embedding(tokens.reshape(T), self.embed)
         rope = (F.embedding(positions, self.rope_cos).unsqueeze(1), F.embedding(positions, self.rope_sin).unsqueeze(1))
         # The cache holds the positions before this chunk's first one; later rows are stale.
-        old_mask = torch.where(self.cache_index < positions[:1], 0.0, float("-inf")).view(1, 1, -1)
-        masks = (old_mask, _causal_mask(T, self.config.group))
+        old_mask = torch.where(self.cache_index < positions[:1], 0.0, self.mask_value).view(1, 1, -1)
+        masks = (old_mask, _causal_mask(T, self.config.group, self.mask_value))
         for layer in self.layers:
             h = layer(h, rope, masks, positions)
         return h
@@ -175,12 +176,12 @@ def _rope_tables(c: DecoderConfig, max_seq_len: int) -> tuple[torch.Tensor, torc
     return emb.cos(), signed_sin
 
 
-def _causal_mask(T: int, group: int) -> torch.Tensor | None:
+def _causal_mask(T: int, group: int, value: float) -> torch.Tensor | None:
     """Additive mask of the chunk's own rows: row (g, t) sees rows up to t. None for one token."""
     if T == 1:
         return None
     allowed = torch.ones(T, T, dtype=torch.bool).tril()
-    mask = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
+    mask = torch.zeros(T, T).masked_fill(~allowed, value)
     return mask.repeat(group, 1)  # rows ordered (group, T), as the queries are
 
 
