@@ -137,9 +137,10 @@ def _scheme(quantize: str | None) -> Scheme | None:
     scheme = resolve_scheme(quantize)
     if scheme.name not in QUANTIZE_SCHEMES + CALIBRATED_SCHEMES:
         raise EdgeportError(
-            f"edgeport llm export quantizes with {', '.join(QUANTIZE_SCHEMES + CALIBRATED_SCHEMES)}, not {scheme.name}",
-            hint=f"pass --quantize {QUANTIZE_SCHEMES[0]} or {QUANTIZE_SCHEMES[1]} (cpu), or "
-                 f"{CALIBRATED_SCHEMES[0]} (qualcomm)",
+            f"edgeport llm export quantizes with {' or '.join(QUANTIZE_SCHEMES)} (cpu) or "
+            f"{' or '.join(CALIBRATED_SCHEMES)} (qualcomm), not {scheme.name}",
+            hint=f"pass --quantize {QUANTIZE_SCHEMES[0]} or --quantize {QUANTIZE_SCHEMES[1]} (cpu), or "
+                 f"--quantize {CALIBRATED_SCHEMES[0]} with --backend qualcomm",
         )
     return scheme
 

@@ -72,6 +72,16 @@ def test_a16w8_on_a_backend_without_it_is_refused_before_any_work(tiny):
     assert "--backend qualcomm" in info.value.hint
 
 
+def test_the_cli_refuses_it_in_one_line(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    result = CliRunner().invoke(cli, ["llm", "export", str(tiny), "--quantize", "a16w8", "-o", str(tmp_path / "x.edgeport")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "cpu cannot quantize with a16w8" in result.output and "--backend qualcomm" in result.output
+
+
 # -- the a16w8 program in QNN's HTP simulator (slow: calibration and two QNN compiles) ----
 
 
