@@ -25,8 +25,9 @@ from ..plugins import Registry
 from ..program import Program, file_info
 from ..quantize.scheme import Scheme
 
-# exp(-100) is below fp32's smallest normal and zero in fp16: a masked score adds nothing,
-# and the observed score range (about -130 .. 30 on SmolLM2) keeps uint16 steps near 0.002.
+# exp(-100) is below fp32's smallest normal and zero in fp16: a masked score adds nothing.
+# The masked scores set the low end of each score's observed range, so a mask no lower
+# than needed keeps the uint16 steps of the real scores fine (about 0.002 for a range of 130).
 MASK = -100.0
 CALIBRATION_TOKENS = 128  # of the built-in text (of ~300): a decode step per token, the slow part
 
