@@ -1,7 +1,7 @@
 """SmolLM2-135M (real weights) exported for an NPU backend: compile time, peak host memory,
 placement, and greedy tokens against the fp32 cpu program.
 
-    python bench/llm_npu.py --backend qualcomm [--tokens 8] [--max-seq-len 128]
+    python bench/llm_npu.py --backend qualcomm [--tokens 8] [--max-seq-len 128] [--quantize a16w8]
     python bench/llm_npu.py --backend mediatek
     python bench/llm_npu.py --backend coreml       # compile and check only: Core ML runs on macOS
 
@@ -37,10 +37,11 @@ LABELS = {"qualcomm": "simulator", "mediatek": "reference (CPU)", "coreml": "com
 OPTIONS = {"coreml": ["--option", "coreml.minimum_deployment_target=iOS18"]}  # states need iOS 18
 
 
-def timed_export(backend: str, out: Path, max_seq_len: int) -> dict:
+def timed_export(backend: str, out: Path, max_seq_len: int, quantize: str | None = None) -> dict:
     """``edgeport llm export`` in a child process: wall s, CPU s, peak RSS of that child."""
     command = [sys.executable, "-m", "edgeport.cli", "llm", "export", str(gguf_path()), "--backend", backend,
-               "--max-seq-len", str(max_seq_len), "-o", str(out), *OPTIONS.get(backend, [])]
+               "--max-seq-len", str(max_seq_len), "-o", str(out), *OPTIONS.get(backend, []),
+               *(["--quantize", quantize] if quantize else [])]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(child.pid, 0)
@@ -48,7 +49,7 @@ def timed_export(backend: str, out: Path, max_seq_len: int) -> dict:
     output = child.stdout.read().decode()
     if status:
         sys.exit(f"export for {backend} failed:\n{output}")
-    return {"backend": backend, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+    return {"backend": backend, "quantize": quantize or "float", "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "file_mb": round(out.stat().st_size / 2**20, 1),
             "summary": output.splitlines()[0]}
 
@@ -130,13 +131,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--prompt", default="The capital of France is")
+    parser.add_argument("--quantize", choices=("a16w8",), help="the NPU program's scheme (qualcomm); cpu stays fp32")
     parser.add_argument("--keep", metavar="DIR", help="write the programs here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeport-llm-npu-") as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         npu_path, cpu_path = folder / f"smol-{args.backend}.edgeport", folder / "smol-cpu.edgeport"
-        exports = [timed_export(args.backend, npu_path, args.max_seq_len)]
+        exports = [timed_export(args.backend, npu_path, args.max_seq_len, args.quantize)]
         print(json.dumps(exports[0]), flush=True)
         if args.backend == "coreml":
             result = describe_stateful(npu_path)

@@ -30,8 +30,9 @@ def llm() -> None:
               help="Positions in the KV cache: prompt plus generated tokens.")
 @click.option("--prefill-chunk", default=32, show_default=True, type=click.IntRange(min=1),
               help="Prompt tokens per prefill call.")
-@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight"]), help="Linear weights as int8 per channel or int4 in groups of 32 "
-                   "(activations quantized per token at run time); default fp32.")
+@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight", "a16w8"]), help="Linear weights as int8 per channel or int4 in groups of 32 "
+                   "(activations quantized per token at run time); a16w8 (qualcomm): 16-bit activations calibrated on "
+                   "a built-in text, int8 weights; default fp32.")
 @click.option("--float-outliers/--no-float-outliers", default=True, show_default=True,
               help="Quantized: keep each linear's few outlier input channels in float (more accurate, a little slower).")
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")

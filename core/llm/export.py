@@ -34,6 +34,7 @@ from . import one_graph
 from .model import Decode, Decoder, Prefill
 from .quantized import quantize_decoder, weight_bytes
 from .stateful import attach_stateful_decode, offers_stateful
+from .static import MASK, calibration_batches, check_backend_offers, zero_state
 from .stitch import repeat_layers
 from .text import TextCodec
 from .weights import build_decoder
@@ -41,7 +42,8 @@ from .weights import build_decoder
 FORMAT = 1  # of manifest.metadata["llm"]
 TOKENIZER_FILE = "llm/tokenizer.json"
 CHAT_TEMPLATE_FILE = "llm/chat_template.jinja"
-QUANTIZE_SCHEMES = ("int8-dynamic", "int4-weight")
+QUANTIZE_SCHEMES = ("int8-dynamic", "int4-weight")  # weights only, no calibration: cpu
+CALIBRATED_SCHEMES = ("a16w8",)  # activations too, ranges from the built-in text: NPUs (static.py)
 DEFAULT_MAX_SEQ_LEN = 512
 DEFAULT_PREFILL_CHUNK = 32  # prompt tokens per prefill call: long prompts run in several
 
@@ -57,14 +59,20 @@ def export(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
+    keep_reference: bool | None = None,
 ) -> Program:
     """Export a GGUF file or local Hugging Face directory (or a `LoadedModel`) as an
     LLM program for ``backend``, with a KV cache of ``max_seq_len`` positions.
 
     ``float_outliers`` (quantized programs): keep each quantized linear's few outlier
     input channels, found on a built-in English text, out of the per-token quantization,
-    in float (`quantized.OutlierChannels`): more accurate, a little slower to decode."""
+    in float (`quantized.OutlierChannels`): more accurate, a little slower to decode.
+    ``keep_reference`` as for `edgeport.export_methods` (a quantized program's
+    fake-quantized torch reference of each delegate)."""
     scheme = _scheme(quantize)
+    calibrated = scheme is not None and scheme.name in CALIBRATED_SCHEMES
+    if calibrated:
+        check_backend_offers(scheme, backend, registry)
     if progress:
         progress("loading the model")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -74,7 +82,10 @@ def export(
     if not isinstance(model, LoadedModel):
         loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
     proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len)  # traced; its weights are never used
-    if scheme is not None:
+    if calibrated:  # every layer its own ranges: capture the whole decoder (static.py)
+        proto = decoder
+        decoder.mask_value = MASK
+    elif scheme is not None:
         if progress:
             progress(f"quantizing the weights: {scheme.describe()}")
         calibration = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT) if float_outliers else None
@@ -88,19 +99,31 @@ def export(
     }
     if backend in one_graph.BACKENDS:  # one graph for both: weights prepared once (one_graph.py)
         methods = one_graph.one_graph_methods(proto, T)
-    program = export_methods(
-        methods,
-        [backend],
-        options=options,
-        registry=registry,
-        progress=progress,
-        rewrite=lambda name, captured: repeat_layers(captured, config.layers, values),
-    )
+    if calibrated:
+        if progress:
+            progress(f"quantizing {scheme.describe()}: every layer captured, calibrated on the built-in text")
+        tokens = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT)
+        program = export_methods(methods, [backend], options=options, registry=registry, progress=progress,
+                                 quantize=scheme, calibration=calibration_batches(tokens, max_seq_len, T),
+                                 keep_reference=keep_reference)
+        zero_state(program)
+    else:
+        program = export_methods(
+            methods,
+            [backend],
+            options=options,
+            registry=registry,
+            progress=progress,
+            keep_reference=keep_reference,
+            rewrite=lambda name, captured: repeat_layers(captured, config.layers, values),
+        )
     if "decode" not in program.manifest.methods:
         one_graph.add_decode(program)
     _attach(program, loaded, max_seq_len, prefill_chunk)
     program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
-    program.manifest.metadata["llm"]["weight_bytes"] = weight_bytes(decoder)
+    # a16w8 stores each weight as one int8 (the HTP context); the others as `weight_bytes` counts
+    program.manifest.metadata["llm"]["weight_bytes"] = (sum(p.numel() for p in decoder.parameters()) if calibrated
+                                                        else weight_bytes(decoder))
     if offers_stateful(backend, registry):  # Core ML: the cache as the model's own state
         if scheme is None:
             attach_stateful_decode(program, backend, proto, values, options=options, registry=registry,
@@ -112,15 +135,17 @@ def export(
 
 
 def _scheme(quantize: str | None) -> Scheme | None:
-    """The scheme ``--quantize`` names, if any; the LLM path takes the weight-quantized
-    schemes that need no calibration."""
+    """The scheme ``--quantize`` names, if any: the weight-quantized schemes, and the
+    calibrated ones of NPU backends (calibration from the built-in text)."""
     if quantize is None:
         return None
     scheme = resolve_scheme(quantize)
-    if scheme.name not in QUANTIZE_SCHEMES:
+    if scheme.name not in QUANTIZE_SCHEMES + CALIBRATED_SCHEMES:
         raise EdgeportError(
-            f"edgeport llm export quantizes with {' or '.join(QUANTIZE_SCHEMES)}, not {scheme.name}",
-            hint=f"pass --quantize {QUANTIZE_SCHEMES[0]} or --quantize {QUANTIZE_SCHEMES[1]}",
+            f"edgeport llm export quantizes with {' or '.join(QUANTIZE_SCHEMES)} (cpu) or "
+            f"{' or '.join(CALIBRATED_SCHEMES)} (qualcomm), not {scheme.name}",
+            hint=f"pass --quantize {QUANTIZE_SCHEMES[0]} or --quantize {QUANTIZE_SCHEMES[1]} (cpu), or "
+                 f"--quantize {CALIBRATED_SCHEMES[0]} with --backend qualcomm",
         )
     return scheme
 

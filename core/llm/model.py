@@ -144,6 +144,7 @@ class Decoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", signed_sin, persistent=False)
         self.register_buffer("cache_index", torch.arange(max_seq_len), persistent=False)
+        self.mask_value = float("-inf")  # what masked scores add (static.MASK for calibrated schemes)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, *, any_length: bool = False) -> torch.Tensor:
         """tokens (1, T), positions (T,) -> hidden states (T, hidden), caches updated.
@@ -154,8 +155,9 @@ class Decoder(nn.Module):
         h = embedding(tokens.reshape(T), self.embed)
         rope = (F.embedding(positions, self.rope_cos).unsqueeze(1), F.embedding(positions, self.rope_sin).unsqueeze(1))
         # The cache holds the positions before this chunk's first one; later rows are stale.
-        old_mask = torch.where(self.cache_index < positions[:1], 0.0, float("-inf")).view(1, 1, -1)
-        causal = _causal_mask_of(positions, self.config.group) if any_length else _causal_mask(T, self.config.group)
+        old_mask = torch.where(self.cache_index < positions[:1], 0.0, self.mask_value).view(1, 1, -1)
+        causal = (_causal_mask_of(positions, self.config.group, self.mask_value) if any_length
+                  else _causal_mask(T, self.config.group, self.mask_value))
         masks = (old_mask, causal)
         for layer in self.layers:
             h = layer(h, rope, masks, positions)
@@ -179,20 +181,20 @@ def _rope_tables(c: DecoderConfig, max_seq_len: int) -> tuple[torch.Tensor, torc
     return emb.cos(), signed_sin
 
 
-def _causal_mask(T: int, group: int) -> torch.Tensor | None:
+def _causal_mask(T: int, group: int, value: float) -> torch.Tensor | None:
     """Additive mask of the chunk's own rows: row (g, t) sees rows up to t. None for one token."""
     if T == 1:
         return None
     allowed = torch.ones(T, T, dtype=torch.bool).tril()
-    mask = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
+    mask = torch.zeros(T, T).masked_fill(~allowed, value)
     return mask.repeat(group, 1)  # rows ordered (group, T), as the queries are
 
 
-def _causal_mask_of(positions: torch.Tensor, group: int) -> torch.Tensor:
+def _causal_mask_of(positions: torch.Tensor, group: int, value: float) -> torch.Tensor:
     """`_causal_mask` from the chunk's positions (ascending), for a chunk of any length:
     row (g, t) sees the rows at positions up to its own."""
     query_positions = torch.cat([positions] * group)  # rows ordered (group, T), as the queries are
-    return torch.where(positions.view(1, -1) > query_positions.view(-1, 1), float("-inf"), 0.0)
+    return torch.where(positions.view(1, -1) > query_positions.view(-1, 1), value, 0.0)
 
 
 class Step(nn.Module):
