@@ -96,10 +96,16 @@ class QualcommBackend(edgeport.Backend):
 
         return set(KEEP_OPS)
 
+    def prepare(self, program: ExportedProgram, options: QualcommOptions) -> frozenset[str]:
+        """The nodes whose value holds an infinity known at export (HTP saturates it)."""
+        from .infinities import infinite_values
+
+        return infinite_values(program, edgeport.SupportContext(program, options).constant)
+
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
         from .support import check_support
 
-        return check_support(node)
+        return check_support(node, ctx.prepared or frozenset())
 
     def quantizer(self, scheme: edgeport.Scheme, options: QualcommOptions) -> Any:
         from .quantizer import QualcommQuantizer

@@ -15,7 +15,6 @@ tests/backends/qualcomm/test_qualcomm_corrections.py that fails if QNN changes.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,6 +26,7 @@ import edgeport
 from edgeport import support
 from edgeport.quantize.node_dtypes import is_quantization_node
 
+from .infinities import has_infinite_literal
 from .qdq_support import check_quantization
 
 aten = torch.ops.aten
@@ -241,9 +241,11 @@ DECLINED: dict[Any, str] = {
 }
 
 
-def check_support(node: Node) -> edgeport.Support:
-    """QNN HTP's answer for one node; never raises."""
-    return _CHECK(node)
+def check_support(node: Node, infinite: frozenset[str] = frozenset()) -> edgeport.Support:
+    """QNN HTP's answer for one node; never raises. ``infinite``: the nodes whose value
+    holds an infinity known at export (`infinities.infinite_values`)."""
+    answer = _CHECK(node)
+    return _reads_no_infinity(node, infinite) if answer and node.op == "call_function" else answer
 
 
 def _packet(node: Node) -> Any:
@@ -256,10 +258,21 @@ def _in_table(node: Node) -> edgeport.Support:
     return edgeport.Support.no(f"{support.op_label(node)}: no QNN HTP lowering known (not in the qualcomm op table)")
 
 
+_SATURATES_INF = "QNN HTP computes in fp16 and saturates inf to 65536, so an infinite result comes back finite"
+
+
 def _no_infinite_literal(node: Node) -> edgeport.Support:
-    if any(isinstance(a, float) and math.isinf(a) for a in (*node.args, *node.kwargs.values())):
-        return edgeport.Support.no(f"{support.op_label(node)}: an infinite constant; QNN HTP computes in fp16 and "
-                                   "saturates inf to 65536, so an infinite result comes back finite")
+    if has_infinite_literal(node):
+        return edgeport.Support.no(f"{support.op_label(node)}: an infinite constant; {_SATURATES_INF}")
+    return edgeport.Support.yes()
+
+
+def _reads_no_infinity(node: Node, infinite: frozenset[str]) -> edgeport.Support:
+    """A node reading a value that holds an infinity known at export (infinities.py)."""
+    source = next((arg.name for arg in node.all_input_nodes if arg.name in infinite), None)
+    if source is not None and node.name in infinite:  # it passes the infinity on: it does not absorb it
+        return edgeport.Support.no(f"{support.op_label(node)}: reads {source}, which holds an infinity known at "
+                                   f"export; {_SATURATES_INF}")
     return edgeport.Support.yes()
 
 
