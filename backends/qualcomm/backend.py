@@ -113,11 +113,14 @@ class QualcommBackend(edgeport.Backend):
         return QualcommQuantizer(scheme)
 
     def compile(self, program: ExportedProgram, options: QualcommOptions) -> edgeport.Artifact:
+        from .constant_outputs import constant_outputs
         from .onnx_export import export_onnx
         from .placement import compile_verified
         from .qdq_support import quantized_dtypes
 
         qnn_options = provider_options(options)  # validates soc/precision before any work
+        if fixed := constant_outputs(program):
+            raise edgeport.DeclineNodes(fixed)
         partition = export_onnx(program)
         known = {node.name for node in program.graph.nodes}
         context_model = compile_verified(partition, qnn_options, known)

@@ -139,3 +139,16 @@ def test_sorted_indices_are_declined_because_fp16_ties_reorder_them(op):
     with_indices = verdicts(lambda t: take(t)[1], x)[op]
     assert not with_indices and "tie" in with_indices.reason and f"aten.{op}" in with_indices.reason
     assert verdicts(lambda t: take(t)[0] * 2, x)[op]
+
+
+def test_a_partition_returning_only_constants_is_declined_not_compiled():
+    """QNN compiles a graph of constants to no EPContext model, and the partition fell
+    back (the OpInfo sweep's linspace.tensor_overload); its outputs are declined instead.
+    Beside a computed output, QNN compiles a constant one fine: it is kept."""
+    from edgeport.backends.qualcomm.constant_outputs import constant_outputs
+
+    program = partition_of(Fn(lambda x: (torch.full((3,), 2.0), torch.ones(2) * 3)), torch.randn(2))
+    with pytest.raises(edgeport.DeclineNodes) as info:
+        QUALCOMM.compile(program, QualcommOptions())
+    assert set(info.value.reasons) == {"full", "mul"} and "depends on no input" in info.value.reasons["full"]
+    assert constant_outputs(partition_of(Fn(lambda x: (torch.full((3,), 2.0), x.sum())), torch.randn(2))) == {}
