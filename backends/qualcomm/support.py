@@ -132,7 +132,7 @@ def _squeeze_limits(node: Node) -> str | None:
 
 
 def _not_of_a_scalar(node: Node) -> str | None:
-    if not _shape(node.args[0]) and not (node.args[1:] or node.kwargs.get("dim")):
+    if not _shape(node.args[0]) and not (node.args[1:] and node.args[1] or node.kwargs.get("dim")):
         return "torch.onnx cannot export amax/amin of a 0-d tensor over all dimensions"
     return None
 

@@ -10,7 +10,7 @@ import edgeport
 from edgeport.backends.qualcomm import QualcommBackend, QualcommOptions
 from edgeport.backends.qualcomm.options import SOCS, provider_options, resolve_soc
 
-from qualcomm_helpers import Fn, partition_of
+from qualcomm_helpers import Fn, node_named, partition_of
 
 QUALCOMM = QualcommBackend()
 
@@ -152,3 +152,19 @@ def test_a_partition_returning_only_constants_is_declined_not_compiled():
         QUALCOMM.compile(program, QualcommOptions())
     assert set(info.value.reasons) == {"full", "mul"} and "depends on no input" in info.value.reasons["full"]
     assert constant_outputs(partition_of(Fn(lambda x: (torch.full((3,), 2.0), x.sum())), torch.randn(2))) == {}
+
+
+@pytest.mark.parametrize("dims", [(), ([],)])
+def test_amax_over_every_dim_exports_with_its_dims_listed(dims):
+    """torch.onnx cannot export amax/amin with no dim given (the OpInfo sweep's aminmax
+    fell back); the export lists the dims and leaves the partition's graph as it was."""
+    pytest.importorskip("onnxscript")
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    program = partition_of(Fn(lambda t: (torch.ops.aten.amax.default(t, *dims), torch.ops.aten.amin.default(t, *dims))),
+                           torch.randn(5, 5, 5))
+    before = str(program.graph)
+    ops = sorted(node.op_type for node in export_onnx(program).model.graph.node)
+    assert ops == ["ReduceMax", "ReduceMin"] and str(program.graph) == before
+    scalar = partition_of(Fn(lambda t: torch.ops.aten.amax.default(t, []) + 1), torch.randn(()))
+    assert not QUALCOMM.support(node_named(scalar, "amax"), edgeport.SupportContext(scalar, QualcommOptions()))
