@@ -12,7 +12,11 @@ and gives a verdict:
              refused the program with an `EdgeportError` (a clean, one-line error);
 - crash:     export or the run raised anything else, or a partition the backend
              accepted failed to compile and fell back to portable torch;
-- wrong:     the backend took nodes and its answer is off.
+- wrong:     the backend took nodes and its answer is off;
+- overflow:  off on a backend that computes in fp16 (`FP16_BACKENDS`), where a value the
+             taken nodes compute from the sample exceeds fp16's range (65504): the
+             sample is outside what the backend declares it computes, not a lowering bug
+             (rms_norm's sample squares values near 800). Counted apart, never as right.
 
 Ops torch.export cannot capture, and random ops (two eager calls differ, or the graph draws
 random numbers), are skipped: they say nothing about a backend.
@@ -39,6 +43,12 @@ class Verdict(str, enum.Enum):
     DECLINED = "declined"
     CRASH = "crash"
     WRONG = "wrong"
+    OVERFLOW = "overflow"
+
+
+# Backends whose float ops compute in fp16 (QNN HTP): values beyond FP16_MAX saturate.
+FP16_BACKENDS = frozenset({"qualcomm"})
+FP16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -212,8 +222,35 @@ def sweep_op(case: OpCase, backend: Backend) -> Outcome:
         return outcome(Verdict.CRASH, f"its output cannot be compared: {type(exc).__name__}: {_first_line(exc)}")
     tolerance = backend.tolerance(options_from_dict(backend, {}))
     if not error <= tolerance:
-        return outcome(Verdict.WRONG, f"error {error:.3g} > {tolerance:g} ({len(taken)} nodes taken)")
+        detail = f"error {error:.3g} > {tolerance:g} ({len(taken)} nodes taken)"
+        largest = largest_value(case, {n["name"] for n in taken}) if backend.name in FP16_BACKENDS else 0.0
+        if largest > FP16_MAX:
+            return outcome(Verdict.OVERFLOW, f"{detail}; the taken nodes compute |values| up to {largest:.3g}, "
+                                             f"beyond fp16's {FP16_MAX:g}")
+        return outcome(Verdict.WRONG, detail)
     return outcome(Verdict.DELEGATED, f"error {error:.3g}")
+
+
+def largest_value(case: OpCase, names: set[str]) -> float:
+    """The largest finite |value| eager computes at the nodes ``names`` of the decomposed
+    graph (at every node, when the graph names none of them), from the case's inputs."""
+    graph_module = torch.export.export(case.module, _copies(case.inputs)).run_decompositions().module()
+    values: dict[str, float] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node: torch.fx.Node) -> Any:
+            result = super().run_node(node)
+            for leaf in pytree.tree_leaves(result):
+                if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.numel():
+                    finite = leaf[torch.isfinite(leaf)]
+                    if finite.numel():
+                        values[node.name] = max(values.get(node.name, 0.0), float(finite.abs().max()))
+            return result
+
+    with torch.no_grad():
+        Recorder(graph_module).run(*_copies(case.inputs))
+    chosen = [v for name, v in values.items() if name in names] or list(values.values())
+    return max(chosen, default=0.0)
 
 
 def _first_line(exc: BaseException) -> str:

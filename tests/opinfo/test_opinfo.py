@@ -1,5 +1,6 @@
 """torch's OpInfo ops as one-op modules on cpu, qualcomm and mediatek: no crash and no
-wrong answer; a decline is fine (it is a skip here, with the backend's reasons).
+wrong answer; a decline is fine (it is a skip here, with the backend's reasons), and so
+is a sample whose values overflow the fp16 an fp16 backend computes in (a skip saying so).
 
 CI runs `CI_OPS`, a fixed subset covering the ops the backends take (and the ops the
 sweep once found crashing or wrong); ``EDGEPORT_OPINFO=all`` runs every float32 op in
@@ -60,8 +61,8 @@ def test_the_op_is_delegated_right_or_declined(cases, op, backend):
     if not (availability.can_compile and availability.can_run):
         pytest.skip(f"{backend} cannot compile and run here: {availability.why}")
     outcome = sweep_op(case, SWEPT_BACKENDS[backend])
-    if outcome.verdict is Verdict.DECLINED:
-        pytest.skip(f"declined: {outcome.detail[:200]}")
+    if outcome.verdict in (Verdict.DECLINED, Verdict.OVERFLOW):
+        pytest.skip(f"{outcome.verdict.value}: {outcome.detail[:200]}")
     assert outcome.verdict is Verdict.DELEGATED, f"{outcome.verdict.value}: {outcome.detail}"
 
 
@@ -69,3 +70,13 @@ def test_the_ci_subset_names_ops_that_exist():
     from opinfo_sweep import float32_opinfos, op_name
 
     assert set(CI_OPS) <= {op_name(info) for info in float32_opinfos()}
+
+
+def test_an_fp16_overflow_is_told_apart_from_a_wrong_answer():
+    """rms_norm's sample squares values near 800: beyond fp16's range, where QNN HTP
+    computes, so its off answer on qualcomm is an overflow, not a lowering bug."""
+    from opinfo_sweep import FP16_MAX, largest_value
+
+    cases = {case.name: case for case in op_cases({"nn.functional.rms_norm", "abs"})}
+    assert largest_value(cases["nn.functional.rms_norm"], {"pow_1"}) > FP16_MAX
+    assert largest_value(cases["abs"], set()) < FP16_MAX
