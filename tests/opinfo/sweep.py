@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--reverse", action="store_true", help="last op first (a second process meets the first)")
     parser.add_argument("--after", help="start after this op (resume an interrupted sweep)")
     parser.add_argument("--log", help="append each op's outcomes here as it is judged; ops already in it are "
-                        "not rerun, and the counts cover the whole log (resume a long sweep)")
+                        "not rerun, and the counts cover the whole log (resume a long sweep, or run a "
+                        "second sweep with --reverse on the same log: they meet in the middle)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every outcome as it comes")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -98,6 +99,8 @@ def main() -> None:
         tally(name, result, backends, counts, outcomes, skipped)
     fork = multiprocessing.get_context("fork")
     for index in order:
+        if args.log and op_name(infos[index]) in read_log(args.log):  # another sweep on this log judged it
+            continue
         with ProcessPoolExecutor(max_workers=1, mp_context=fork) as pool:
             try:
                 name, result = pool.submit(sweep_one, index, backends).result()
