@@ -13,10 +13,12 @@ and gives a verdict:
 - crash:     export or the run raised anything else, or a partition the backend
              accepted failed to compile and fell back to portable torch;
 - wrong:     the backend took nodes and its answer is off;
-- overflow:  off on a backend that computes in fp16 (`FP16_BACKENDS`), where a value the
-             taken nodes compute from the sample exceeds fp16's range (65504): the
-             sample is outside what the backend declares it computes, not a lowering bug
-             (rms_norm's sample squares values near 800). Counted apart, never as right.
+- fp16 range: off on a backend that computes in fp16 (`FP16_BACKENDS`), where a value
+             the taken nodes compute from the sample is outside fp16's range: beyond
+             65504 (rms_norm's sample squares values near 800), or a whole value below
+             fp16's smallest normal number, where it keeps fewer than 11 significant bits
+             (soft_margin_loss's answer is 3e-7). The sample is outside what the backend
+             declares it computes, not a lowering bug. Counted apart, never as right.
 
 Ops torch.export cannot capture, and random ops (two eager calls differ, or the graph draws
 random numbers), are skipped: they say nothing about a backend.
@@ -43,12 +45,14 @@ class Verdict(str, enum.Enum):
     DECLINED = "declined"
     CRASH = "crash"
     WRONG = "wrong"
-    OVERFLOW = "overflow"
+    FP16_RANGE = "fp16 range"
 
 
-# Backends whose float ops compute in fp16 (QNN HTP): values beyond FP16_MAX saturate.
+# Backends whose float ops compute in fp16 (QNN HTP): values beyond FP16_MAX saturate,
+# and below FP16_TINY (the smallest normal number) lose significant bits.
 FP16_BACKENDS = frozenset({"qualcomm"})
 FP16_MAX = 65504.0
+FP16_TINY = 2.0 ** -14
 
 
 @dataclass(frozen=True)
@@ -223,17 +227,28 @@ def sweep_op(case: OpCase, backend: Backend) -> Outcome:
     tolerance = backend.tolerance(options_from_dict(backend, {}))
     if not error <= tolerance:
         detail = f"error {error:.3g} > {tolerance:g} ({len(taken)} nodes taken)"
-        largest = largest_value(case, {n["name"] for n in taken}) if backend.name in FP16_BACKENDS else 0.0
-        if largest > FP16_MAX:
-            return outcome(Verdict.OVERFLOW, f"{detail}; the taken nodes compute |values| up to {largest:.3g}, "
-                                             f"beyond fp16's {FP16_MAX:g}")
-        return outcome(Verdict.WRONG, detail)
+        breach = fp16_range_breach(case, {n["name"] for n in taken}) if backend.name in FP16_BACKENDS else ""
+        return outcome(Verdict.FP16_RANGE, f"{detail}; {breach}") if breach else outcome(Verdict.WRONG, detail)
     return outcome(Verdict.DELEGATED, f"error {error:.3g}")
 
 
-def largest_value(case: OpCase, names: set[str]) -> float:
-    """The largest finite |value| eager computes at the nodes ``names`` of the decomposed
-    graph (at every node, when the graph names none of them), from the case's inputs."""
+def fp16_range_breach(case: OpCase, names: set[str]) -> str:
+    """How a value eager computes at the nodes ``names`` of the decomposed graph (at
+    every node, when the graph names none of them) leaves fp16's range; "" if none does."""
+    largest = largest_values(case, names)
+    if max(largest, default=0.0) > FP16_MAX:
+        return f"the taken nodes compute |values| up to {max(largest):.3g}, beyond fp16's {FP16_MAX:g}"
+    tiny = [v for v in largest if 0.0 < v < FP16_TINY]
+    if tiny:
+        return (f"a taken node computes a value whose largest |element| is {min(tiny):.3g}, below fp16's smallest "
+                f"normal number {FP16_TINY:.3g}")
+    return ""
+
+
+def largest_values(case: OpCase, names: set[str]) -> list[float]:
+    """The largest finite |element| of each float value eager computes at the nodes
+    ``names`` of the decomposed graph (at every node, when the graph names none of
+    them), from the case's inputs."""
     graph_module = torch.export.export(case.module, _copies(case.inputs)).run_decompositions().module()
     values: dict[str, float] = {}
 
@@ -249,8 +264,7 @@ def largest_value(case: OpCase, names: set[str]) -> float:
 
     with torch.no_grad():
         Recorder(graph_module).run(*_copies(case.inputs))
-    chosen = [v for name, v in values.items() if name in names] or list(values.values())
-    return max(chosen, default=0.0)
+    return [v for name, v in values.items() if name in names] or list(values.values())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -114,10 +114,10 @@ def main() -> None:
     tried = len({o.op for o in outcomes})
     print(f"\n{tried} ops tried, {len(skipped)} skipped (no tensor sample, not capturable, or random), "
           f"{time.time() - start:.0f} s")
-    print("| backend | tried | delegated | declined | crashes | wrong | fp16 overflow |\n|---|---|---|---|---|---|---|")
+    print("| backend | tried | delegated | declined | crashes | wrong | fp16 range |\n|---|---|---|---|---|---|---|")
     for name, c in counts.items():
         print(f"| {name} | {sum(c.values())} | {c[Verdict.DELEGATED]} | {c[Verdict.DECLINED]} | "
-              f"{c[Verdict.CRASH]} | {c[Verdict.WRONG]} | {c[Verdict.OVERFLOW]} |")
+              f"{c[Verdict.CRASH]} | {c[Verdict.WRONG]} | {c[Verdict.FP16_RANGE]} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"outcomes": [dict(op=o.op, backend=o.backend, verdict=o.verdict.value, detail=o.detail)
