@@ -97,7 +97,7 @@ class QualcommBackend(edgeport.Backend):
         return set(KEEP_OPS)
 
     def prepare(self, program: ExportedProgram, options: QualcommOptions) -> frozenset[str]:
-        """The nodes whose value holds an infinity known at export (HTP saturates it)."""
+        """The nodes that pass an infinity known at export on to an output (HTP saturates it)."""
         from .infinities import infinite_values
 
         return infinite_values(program, edgeport.SupportContext(program, options).constant)

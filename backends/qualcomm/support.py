@@ -249,10 +249,10 @@ DECLINED: dict[Any, str] = {
 
 
 def check_support(node: Node, infinite: frozenset[str] = frozenset()) -> edgeport.Support:
-    """QNN HTP's answer for one node; never raises. ``infinite``: the nodes whose value
-    holds an infinity known at export (`infinities.infinite_values`)."""
+    """QNN HTP's answer for one node; never raises. ``infinite``: the nodes that pass an
+    infinity known at export on to an output (`infinities.infinite_values`)."""
     answer = _CHECK(node)
-    return _reads_no_infinity(node, infinite) if answer and node.op == "call_function" else answer
+    return _passes_no_infinity_out(node, infinite) if answer and node.op == "call_function" else answer
 
 
 def _packet(node: Node) -> Any:
@@ -274,12 +274,11 @@ def _no_infinite_literal(node: Node) -> edgeport.Support:
     return edgeport.Support.yes()
 
 
-def _reads_no_infinity(node: Node, infinite: frozenset[str]) -> edgeport.Support:
-    """A node reading a value that holds an infinity known at export (infinities.py)."""
-    source = next((arg.name for arg in node.all_input_nodes if arg.name in infinite), None)
-    if source is not None and node.name in infinite:  # it passes the infinity on: it does not absorb it
-        return edgeport.Support.no(f"{support.op_label(node)}: reads {source}, which holds an infinity known at "
-                                   f"export; {_SATURATES_INF}")
+def _passes_no_infinity_out(node: Node, infinite: frozenset[str]) -> edgeport.Support:
+    """A node passing an infinity known at export on to a program output (infinities.py)."""
+    if node.name in infinite:
+        return edgeport.Support.no(f"{support.op_label(node)}: passes an infinity known at export on to the "
+                                   f"output; {_SATURATES_INF}")
     return edgeport.Support.yes()
 
 
