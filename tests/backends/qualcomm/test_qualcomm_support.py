@@ -156,6 +156,8 @@ def test_a_partition_returning_only_constants_is_declined_not_compiled():
     with pytest.raises(edgeport.DeclineNodes) as info:
         QUALCOMM.compile(program, QualcommOptions())
     assert set(info.value.reasons) == {"full", "mul"} and "depends on no input" in info.value.reasons["full"]
+    zeroed = partition_of(Fn(lambda x: torch.zeros_like(x.clone())), torch.randn(2))  # zero_: only x's shape
+    assert set(constant_outputs(zeroed)) == {"full_like"}
     assert constant_outputs(partition_of(Fn(lambda x: (torch.full((3,), 2.0), x.sum())), torch.randn(2))) == {}
 
 
