@@ -211,6 +211,8 @@ DECLINED = [
                                torch.tensor([3, 1]), (2, 3)), "aten.index_put", "only one position"),
     ("index_put_accumulate", case("index_put_accumulate", lambda m, a, i, v: torch.index_put(a, (i,), v, True),
                                   (4, 3), torch.tensor([1]), (1, 3)), "aten.index_put", "accumulate"),
+    ("index_select_0d", case("index_select_0d", lambda m, x, i: torch.index_select(x, 0, i), torch.tensor(2.5),
+                             torch.tensor([0])), "index_select", "0-d input"),
     ("index_runtime", case("index_runtime", lambda m, x, i: x[i], (4, 3), torch.tensor([3, 1])), "aten.index",
      "indices computed at run time"),
     ("float64", case("float64", lambda m, x: x * 2, torch.randn(2, 3, dtype=torch.float64)), "aten.mul", "float64"),
