@@ -175,3 +175,13 @@ def test_amax_over_every_dim_exports_with_its_dims_listed(dims):
     assert ops == ["ReduceMax", "ReduceMin"] and str(program.graph) == before
     scalar = partition_of(Fn(lambda t: torch.ops.aten.amax.default(t, []) + 1), torch.randn(()))
     assert not QUALCOMM.support(node_named(scalar, "amax"), edgeport.SupportContext(scalar, QualcommOptions()))
+
+
+def test_pow_is_taken_only_with_a_constant_integer_exponent():
+    """HTP gives -131008/131008 where torch gives NaN for a negative base to a
+    fractional power (the OpInfo sweep's __rpow__); integer powers are exact."""
+    x = torch.randn(2, 8)
+    assert verdicts(lambda t: t ** 2, x)["pow_1"]
+    for fn, inputs in ((lambda t: t ** 0.5, (x,)), (lambda t, e: t ** e, (x, x))):
+        answer = verdicts(fn, *inputs)["pow_1"]
+        assert not answer and "NaN" in answer.reason
