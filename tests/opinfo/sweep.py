@@ -104,8 +104,10 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=1, mp_context=fork) as pool:
             try:
                 name, result = pool.submit(sweep_one, index, backends).result()
-            except Exception as exc:  # the child died (a native crash): every backend's verdict is unknown
-                name, result = op_name(infos[index]), f"the sweep's child process died: {type(exc).__name__}"
+            except Exception as exc:  # the child died (a native crash, e.g. in a simulator): a crash on each
+                name = op_name(infos[index])
+                result = [Outcome(name, b, Verdict.CRASH, f"the sweep's child process died: {type(exc).__name__}")
+                          for b in backends]
         if args.log:
             append_log(args.log, name, result)
         for line in tally(name, result, backends, counts, outcomes, skipped):
