@@ -132,11 +132,12 @@ def _drop_mask(sdpa: Node) -> None:
 
 
 def _bounded_symbols(program: ExportedProgram) -> dict[sympy.Symbol, tuple[int, int]]:
-    """Each dynamic dim's symbol with its (min, max), for those with a finite max."""
+    """Each dynamic dim's symbol with its (min, max), for those with a finite max (a
+    float symbol, such as ``x.item()`` makes, is no dim: its range is (-oo, oo))."""
     from torch.utils._sympy.numbers import int_oo
 
     return {s: (max(int(r.lower), 1), int(r.upper)) for s, r in program.range_constraints.items()
-            if r.upper is not int_oo and isinstance(s, sympy.Symbol)}
+            if r.upper is not int_oo and isinstance(s, sympy.Symbol) and not r.is_float and r.upper.is_finite}
 
 
 def _size_sources(program: ExportedProgram, bounds: Mapping[sympy.Symbol, Any]) -> dict[sympy.Symbol, tuple[Node, int]]:

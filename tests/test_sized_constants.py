@@ -66,6 +66,19 @@ class LargePositions(nn.Module):
         return x + self.table(self.positions[:, : x.shape[1]])
 
 
+def test_a_float_symbol_is_no_dynamic_dim():
+    """``x.item()`` makes a float symbol whose range is (-oo, oo): not a dim to size
+    constants by (the OpInfo sweep's item ended in a raw TypeError); export then refuses
+    the float output cleanly."""
+
+    class Item(nn.Module):
+        def forward(self, x):
+            return x.item()
+
+    with pytest.raises(edgeport.EdgeportError, match="SymFloat"):
+        edgeport.export(Item(), (torch.tensor(2.5),), ["cpu"])
+
+
 def test_a_value_too_large_to_store_leaves_its_inputs_stored_instead():
     model = LargePositions().eval()
     result = _sized(model, torch.randn(1, 8, 8200))

@@ -96,10 +96,16 @@ class QualcommBackend(edgeport.Backend):
 
         return set(KEEP_OPS)
 
+    def prepare(self, program: ExportedProgram, options: QualcommOptions) -> frozenset[str]:
+        """The nodes that pass an infinity known at export on to an output (HTP saturates it)."""
+        from .infinities import infinite_values
+
+        return infinite_values(program, edgeport.SupportContext(program, options).constant)
+
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
         from .support import check_support
 
-        return check_support(node)
+        return check_support(node, ctx.prepared or frozenset())
 
     def quantizer(self, scheme: edgeport.Scheme, options: QualcommOptions) -> Any:
         from .quantizer import QualcommQuantizer
@@ -107,11 +113,14 @@ class QualcommBackend(edgeport.Backend):
         return QualcommQuantizer(scheme)
 
     def compile(self, program: ExportedProgram, options: QualcommOptions) -> edgeport.Artifact:
+        from .constant_outputs import constant_outputs
         from .onnx_export import export_onnx
         from .placement import compile_verified
         from .qdq_support import quantized_dtypes
 
         qnn_options = provider_options(options)  # validates soc/precision before any work
+        if fixed := constant_outputs(program):
+            raise edgeport.DeclineNodes(fixed)
         partition = export_onnx(program)
         known = {node.name for node in program.graph.nodes}
         context_model = compile_verified(partition, qnn_options, known)

@@ -54,7 +54,7 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     from edgeport.quantize.node_dtypes import is_quantization_node
 
     quantized = any(is_quantization_node(node) for node in program.graph.nodes)
-    with _quiet_exporter(), _provenance_tags(program):
+    with _quiet_exporter(), _provenance_tags(program), _explicit_reduction_dims(program):
         try:
             onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True,
                                              opset_version=QUANTIZED_OPSET if quantized else None)
@@ -123,6 +123,29 @@ def _provenance_tags(program: ExportedProgram):
                 node.meta.pop("stack_trace", None)
             else:
                 node.meta["stack_trace"] = trace
+
+
+@contextlib.contextmanager
+def _explicit_reduction_dims(program: ExportedProgram):
+    """amax/amin over every dim written with the dims listed, for the export, then put
+    back: torch.onnx cannot export them with no dim given (the OpInfo sweep's aminmax)."""
+    import torch
+
+    reductions = (torch.ops.aten.amax.default, torch.ops.aten.amin.default)
+    saved = {node: node.args for node in program.graph.nodes
+             if node.target in reductions and not (node.args[1:] and node.args[1]) and "dim" not in node.kwargs
+             and node.args[0].meta["val"].dim() > 0}
+    for node in saved:
+        node.args = (node.args[0], list(range(node.args[0].meta["val"].dim())), *node.args[2:])
+    if saved:
+        program.graph_module.recompile()
+    try:
+        yield
+    finally:
+        for node, args in saved.items():
+            node.args = args
+        if saved:
+            program.graph_module.recompile()
 
 
 @contextlib.contextmanager

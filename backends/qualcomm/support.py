@@ -15,7 +15,6 @@ tests/backends/qualcomm/test_qualcomm_corrections.py that fails if QNN changes.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,6 +26,7 @@ import edgeport
 from edgeport import support
 from edgeport.quantize.node_dtypes import is_quantization_node
 
+from .infinities import has_infinite_literal
 from .qdq_support import check_quantization
 
 aten = torch.ops.aten
@@ -92,6 +92,21 @@ def _conv_limits(node: Node) -> str | None:
     return None
 
 
+def _no_indices_read(node: Node) -> str | None:
+    if 1 in support.read_outputs(node):
+        return ("its indices are read: QNN HTP compares in fp16, where values closer than 1 part in 2048 tie, so "
+                "their indices come back in another order (the OpInfo sweep's sort of integers up to 8000)")
+    return None
+
+
+def _integer_exponent(node: Node) -> str | None:
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and float(exponent).is_integer():
+        return None
+    return ("an exponent that is not a constant integer: QNN HTP returns -131008 or 131008 where torch gives NaN "
+            "(a negative base to a fractional power; seen in the simulator, OpInfo sweep __rpow__)")
+
+
 def _adaptive_not_even(node: Node) -> str | None:
     size_in = _shape(node.args[0])[-2:]
     size_out = list(node.args[1])
@@ -125,7 +140,7 @@ def _squeeze_limits(node: Node) -> str | None:
 
 
 def _not_of_a_scalar(node: Node) -> str | None:
-    if not _shape(node.args[0]) and not (node.args[1:] or node.kwargs.get("dim")):
+    if not _shape(node.args[0]) and not (node.args[1:] and node.args[1] or node.kwargs.get("dim")):
         return "torch.onnx cannot export amax/amin of a 0-d tensor over all dimensions"
     return None
 
@@ -144,7 +159,7 @@ RULES: dict[Any, Rule] = {
     )},
     **{op: Rule(onnx, FLOAT) for op, onnx in (
         (aten.exp, "Exp"), (aten.log, "Log"), (aten.sqrt, "Sqrt"), (aten.rsqrt, "Sqrt+Reciprocal"),
-        (aten.reciprocal, "Reciprocal"), (aten.pow, "Pow"), (aten.sigmoid, "Sigmoid"),
+        (aten.reciprocal, "Reciprocal"), (aten.sigmoid, "Sigmoid"),
         (aten.tanh, "Tanh"), (aten.relu, "Relu"), (aten.gelu, "Gelu"), (aten.leaky_relu, "LeakyRelu"),
         (aten.elu, "Elu"), (aten.sin, "Sin"), (aten.cos, "Cos"), (aten.remainder, "Div+Floor+Mul+Sub"),
         (aten.atan2, "Atan+Where"), (aten.isnan, "IsNaN"), (aten.hardtanh, "Clip"),
@@ -152,6 +167,7 @@ RULES: dict[Any, Rule] = {
         (aten.softplus, "Softplus"), (aten.mish, "Softplus+Tanh+Mul"),
     )},
     aten.div: Rule("Div", NUMERIC, _rounding_on_int64),
+    aten.pow: Rule("Pow", FLOAT, _integer_exponent),
     aten.where: Rule("Where", ANY),  # a bool condition picks between numeric values
     # comparisons and logic
     **{op: Rule(onnx, ANY) for op, onnx in (
@@ -194,8 +210,8 @@ RULES: dict[Any, Rule] = {
     aten.var: Rule("ReduceMean+Sub+Mul", FLOAT),
     aten.linalg_vector_norm: Rule("ReduceL2", FLOAT, _norm_l2_only),
     aten.cumsum: Rule("CumSum"),
-    aten.topk: Rule("TopK"),
-    aten.sort: Rule("TopK"),
+    aten.topk: Rule("TopK", NUMERIC, _no_indices_read),
+    aten.sort: Rule("TopK", NUMERIC, _no_indices_read),
     # data movement
     **{op: Rule(onnx, ANY) for op, onnx in (
         (aten.view, "Reshape"), (aten._unsafe_view, "Reshape"), (aten.reshape, "Reshape"),
@@ -241,9 +257,11 @@ DECLINED: dict[Any, str] = {
 }
 
 
-def check_support(node: Node) -> edgeport.Support:
-    """QNN HTP's answer for one node; never raises."""
-    return _CHECK(node)
+def check_support(node: Node, infinite: frozenset[str] = frozenset()) -> edgeport.Support:
+    """QNN HTP's answer for one node; never raises. ``infinite``: the nodes that pass an
+    infinity known at export on to an output (`infinities.infinite_values`)."""
+    answer = _CHECK(node)
+    return _passes_no_infinity_out(node, infinite) if answer and node.op == "call_function" else answer
 
 
 def _packet(node: Node) -> Any:
@@ -256,10 +274,20 @@ def _in_table(node: Node) -> edgeport.Support:
     return edgeport.Support.no(f"{support.op_label(node)}: no QNN HTP lowering known (not in the qualcomm op table)")
 
 
+_SATURATES_INF = "QNN HTP computes in fp16 and saturates inf to 65536, so an infinite result comes back finite"
+
+
 def _no_infinite_literal(node: Node) -> edgeport.Support:
-    if any(isinstance(a, float) and math.isinf(a) for a in (*node.args, *node.kwargs.values())):
-        return edgeport.Support.no(f"{support.op_label(node)}: an infinite constant; QNN HTP computes in fp16 and "
-                                   "saturates inf to 65536, so an infinite result comes back finite")
+    if has_infinite_literal(node):
+        return edgeport.Support.no(f"{support.op_label(node)}: an infinite constant; {_SATURATES_INF}")
+    return edgeport.Support.yes()
+
+
+def _passes_no_infinity_out(node: Node, infinite: frozenset[str]) -> edgeport.Support:
+    """A node passing an infinity known at export on to a program output (infinities.py)."""
+    if node.name in infinite:
+        return edgeport.Support.no(f"{support.op_label(node)}: passes an infinity known at export on to the "
+                                   f"output; {_SATURATES_INF}")
     return edgeport.Support.yes()
 
 

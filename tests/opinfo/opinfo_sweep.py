@@ -12,7 +12,13 @@ and gives a verdict:
              refused the program with an `EdgeportError` (a clean, one-line error);
 - crash:     export or the run raised anything else, or a partition the backend
              accepted failed to compile and fell back to portable torch;
-- wrong:     the backend took nodes and its answer is off.
+- wrong:     the backend took nodes and its answer is off;
+- fp16 range: off on a backend that computes in fp16 (`FP16_BACKENDS`), where a value
+             the taken nodes compute from the sample is outside fp16's range: beyond
+             65504 (rms_norm's sample squares values near 800), or a whole value below
+             fp16's smallest normal number, where it keeps fewer than 11 significant bits
+             (soft_margin_loss's answer is 3e-7). The sample is outside what the backend
+             declares it computes, not a lowering bug. Counted apart, never as right.
 
 Ops torch.export cannot capture, and random ops (two eager calls differ, or the graph draws
 random numbers), are skipped: they say nothing about a backend.
@@ -39,6 +45,14 @@ class Verdict(str, enum.Enum):
     DECLINED = "declined"
     CRASH = "crash"
     WRONG = "wrong"
+    FP16_RANGE = "fp16 range"
+
+
+# Backends whose float ops compute in fp16 (QNN HTP): values beyond FP16_MAX saturate,
+# and below FP16_TINY (the smallest normal number) lose significant bits.
+FP16_BACKENDS = frozenset({"qualcomm"})
+FP16_MAX = 65504.0
+FP16_TINY = 2.0 ** -14
 
 
 @dataclass(frozen=True)
@@ -212,8 +226,45 @@ def sweep_op(case: OpCase, backend: Backend) -> Outcome:
         return outcome(Verdict.CRASH, f"its output cannot be compared: {type(exc).__name__}: {_first_line(exc)}")
     tolerance = backend.tolerance(options_from_dict(backend, {}))
     if not error <= tolerance:
-        return outcome(Verdict.WRONG, f"error {error:.3g} > {tolerance:g} ({len(taken)} nodes taken)")
+        detail = f"error {error:.3g} > {tolerance:g} ({len(taken)} nodes taken)"
+        breach = fp16_range_breach(case, {n["name"] for n in taken}) if backend.name in FP16_BACKENDS else ""
+        return outcome(Verdict.FP16_RANGE, f"{detail}; {breach}") if breach else outcome(Verdict.WRONG, detail)
     return outcome(Verdict.DELEGATED, f"error {error:.3g}")
+
+
+def fp16_range_breach(case: OpCase, names: set[str]) -> str:
+    """How a value eager computes at the nodes ``names`` of the decomposed graph (at
+    every node, when the graph names none of them) leaves fp16's range; "" if none does."""
+    largest = largest_values(case, names)
+    if max(largest, default=0.0) > FP16_MAX:
+        return f"the taken nodes compute |values| up to {max(largest):.3g}, beyond fp16's {FP16_MAX:g}"
+    tiny = [v for v in largest if 0.0 < v < FP16_TINY]
+    if tiny:
+        return (f"a taken node computes a value whose largest |element| is {min(tiny):.3g}, below fp16's smallest "
+                f"normal number {FP16_TINY:.3g}")
+    return ""
+
+
+def largest_values(case: OpCase, names: set[str]) -> list[float]:
+    """The largest finite |element| of each float value eager computes at the nodes
+    ``names`` of the decomposed graph (at every node, when the graph names none of
+    them), from the case's inputs."""
+    graph_module = torch.export.export(case.module, _copies(case.inputs)).run_decompositions().module()
+    values: dict[str, float] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node: torch.fx.Node) -> Any:
+            result = super().run_node(node)
+            for leaf in pytree.tree_leaves(result):
+                if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.numel():
+                    finite = leaf[torch.isfinite(leaf)]
+                    if finite.numel():
+                        values[node.name] = max(values.get(node.name, 0.0), float(finite.abs().max()))
+            return result
+
+    with torch.no_grad():
+        Recorder(graph_module).run(*_copies(case.inputs))
+    return [v for name, v in values.items() if name in names] or list(values.values())
 
 
 def _first_line(exc: BaseException) -> str:

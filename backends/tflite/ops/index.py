@@ -1,9 +1,16 @@
-"""Ops that pick or place by position: argmax/argmin, slice_scatter.
+"""Ops that pick or place by position: argmax/argmin, slice_scatter, index_put.
 
 argmax/argmin are ARG_MAX/ARG_MIN, which keep the first extreme on ties, as torch
 does (both compare strictly). They differ on NaN: torch picks a NaN as the maximum and
 the minimum, TFLite's comparisons skip it. slice_scatter with step 1 is a
 CONCATENATION of the input's parts before and after the slice around the source.
+
+index_put (and index_copy, which decomposes to it) writing one position along one dim,
+``x[:, :, pos] = v`` as a KV-cache write does, is a DYNAMIC_UPDATE_SLICE at a start
+built at run time (FLOOR_MOD wraps a negative position as torch does). TFLite has no
+scatter into an existing tensor: SCATTER_ND builds a new one from zeros and sums
+repeated positions (torch keeps one of them), so several positions are declined.
+DYNAMIC_UPDATE_SLICE runs on LiteRT's builtin kernel (XNNPACK does not take it).
 """
 
 from __future__ import annotations
@@ -85,4 +92,55 @@ def slice_scatter(em: Emitter, node: Node) -> Value:
         return em.reshape(src, meta(node).shape, node.name)
     out = em.out(node)
     em.op("CONCATENATION", [p.tensor for p in parts], [out], Options("ConcatenationOptions", {"Axis": dim}))
+    return out
+
+
+def _index_put_args(node: Node) -> tuple[int, Node, bool]:
+    """The dim the one index tensor writes along, that tensor, and accumulate."""
+    placed = [(dim, index) for dim, index in enumerate(node.args[1]) if index is not None]
+    accumulate = node.args[3] if len(node.args) > 3 else node.kwargs.get("accumulate", False)
+    return (*placed[0], bool(accumulate)) if len(placed) == 1 else (-1, None, bool(accumulate))
+
+
+def _check_index_put(node: Node, is_const: IsConst) -> str | None:
+    dim, index, accumulate = _index_put_args(node)
+    if index is None:
+        return ("several index tensors: only one position along one dim is a DYNAMIC_UPDATE_SLICE (TFLite has no "
+                "scatter into a tensor; SCATTER_ND builds a new one)")
+    if accumulate:
+        return "accumulate=True: DYNAMIC_UPDATE_SLICE replaces values"
+    if meta(index).dtype not in (torch.int32, torch.int64) or math.prod(shape(index)) != 1:
+        return (f"a {meta(index).dtype} index of shape {tuple(shape(index))}: only one position is a "
+                "DYNAMIC_UPDATE_SLICE (SCATTER_ND sums repeated positions, torch keeps one)")
+    size = list(shape(node.args[0]))
+    size[dim] = 1
+    if math.prod(shape(node.args[2])) != math.prod(size):
+        return f"values of shape {tuple(shape(node.args[2]))} broadcast to the written slice {tuple(size)}"
+    if meta(node.args[0]).dtype not in (torch.float32, torch.int32, torch.int64, torch.bool):
+        return f"{meta(node.args[0]).dtype} input"
+    return None
+
+
+@lowering(aten.index_put.default, writes=frozenset({"FLOOR_MOD", "CONCATENATION", "DYNAMIC_UPDATE_SLICE"}),
+          dtypes=ANY, check=_check_index_put)
+def index_put(em: Emitter, node: Node) -> Value:
+    """x with the slice at one position along dim replaced by the values."""
+    x = em.to_identity(em.value(node.args[0]))
+    dim, index, _ = _index_put_args(node)
+    size = list(x.shape)
+    size[dim] = 1
+    update = em.reshape(em.to_identity(em.value(node.args[2], x.dtype)), size, node.name + "/update")
+    position = em.reshape(em.cast(em.to_identity(em.value(index)), torch.int32), (1,), node.name + "/index")
+    wrapped = em.new((1,), torch.int32, node.name + "/position")
+    em.op("FLOOR_MOD", [position.tensor, em.int_const([x.shape[dim]], "size")], [wrapped])
+    start = wrapped
+    if len(x.shape) > 1:
+        start = em.new((len(x.shape),), torch.int32, node.name + "/start")
+        parts = [em.int_const([0] * dim, "zeros")] if dim else []
+        parts.append(wrapped.tensor)
+        if dim < len(x.shape) - 1:
+            parts.append(em.int_const([0] * (len(x.shape) - dim - 1), "zeros"))
+        em.op("CONCATENATION", parts, [start], Options("ConcatenationOptions", {"Axis": 0}))
+    out = em.out(node)
+    em.op("DYNAMIC_UPDATE_SLICE", [x.tensor, update.tensor, start.tensor], [out])
     return out

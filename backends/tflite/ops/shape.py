@@ -274,7 +274,11 @@ def embedding(em: Emitter, node: Node) -> Value:
     return out
 
 
-@lowering(aten.index_select.default, writes=frozenset({"GATHER"}), dtypes=ANY)
+def _check_index_select(node: Node, is_const: IsConst) -> str | None:
+    return None if shape(node.args[0]) else "a 0-d input (GATHER takes an axis of a tensor of rank 1 or more)"
+
+
+@lowering(aten.index_select.default, writes=frozenset({"GATHER"}), dtypes=ANY, check=_check_index_select)
 def index_select(em: Emitter, node: Node) -> Value:
     v = em.value(node.args[0])
     dim = layout.normalize_dim(node.args[1], len(v.shape))

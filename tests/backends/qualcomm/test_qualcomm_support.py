@@ -10,7 +10,7 @@ import edgeport
 from edgeport.backends.qualcomm import QualcommBackend, QualcommOptions
 from edgeport.backends.qualcomm.options import SOCS, provider_options, resolve_soc
 
-from qualcomm_helpers import Fn, partition_of
+from qualcomm_helpers import Fn, node_named, partition_of
 
 QUALCOMM = QualcommBackend()
 
@@ -111,3 +111,78 @@ def test_max_pool_is_taken_unless_its_indices_are_read():
 
 def test_where_takes_a_bool_condition():
     assert all(verdicts(lambda x: torch.where(x > 0, x, 0.5 * x), torch.randn(2, 8)).values())
+
+
+
+def test_an_infinity_known_at_export_is_declined_on_its_way_to_an_output():
+    """special.entr (the OpInfo sweep): export folds its ``scalar_tensor(-inf)`` into a
+    stored constant, and the where reading it passes the -inf on to the output through
+    the next where. HTP saturates inf, so both are declined. A -inf mask added to scores
+    before a softmax (an LLM's causal mask) ends in the softmax: it stays taken."""
+    from edgeport.fold import fold_constants
+
+    def fn(x):
+        entr = torch.where(x > 0, x, torch.where(x == 0, 0.0, float("-inf")))
+        causal = torch.zeros(8).masked_fill(torch.arange(8) > 4, float("-inf"))
+        return entr, (x * 2 + causal).softmax(-1)
+
+    program = fold_constants(partition_of(Fn(fn), torch.randn(2, 8))).program
+    assert not any(n.target is torch.ops.aten.scalar_tensor.default for n in program.graph.nodes)  # it folded
+    ctx = edgeport.SupportContext(program, QualcommOptions(), QUALCOMM.prepare(program, QualcommOptions()))
+    answers = {n.name: QUALCOMM.support(n, ctx) for n in program.graph.nodes if n.op == "call_function"}
+    declined = {name for name, answer in answers.items() if not answer}
+    assert declined == {"where", "where_1"}, {k: v.reason for k, v in answers.items()}
+    reason = answers["where"].reason
+    assert "passes an infinity known at export" in reason and "saturates inf" in reason
+
+
+@pytest.mark.parametrize("op", ["sort", "topk"])
+def test_sorted_indices_are_declined_because_fp16_ties_reorder_them(op):
+    """The OpInfo sweep's sort and argsort: integers up to 8000 tie in fp16 on HTP, and
+    their indices came back in another order; the sorted values alone are right."""
+    x = torch.randperm(8000).float().reshape(2, 4000)
+    take = (lambda t: t.sort(-1)) if op == "sort" else (lambda t: t.topk(5, -1))
+    with_indices = verdicts(lambda t: take(t)[1], x)[op]
+    assert not with_indices and "tie" in with_indices.reason and f"aten.{op}" in with_indices.reason
+    assert verdicts(lambda t: take(t)[0] * 2, x)[op]
+
+
+def test_a_partition_returning_only_constants_is_declined_not_compiled():
+    """QNN compiles a graph of constants to no EPContext model, and the partition fell
+    back (the OpInfo sweep's linspace.tensor_overload); its outputs are declined instead.
+    Beside a computed output, QNN compiles a constant one fine: it is kept."""
+    from edgeport.backends.qualcomm.constant_outputs import constant_outputs
+
+    program = partition_of(Fn(lambda x: (torch.full((3,), 2.0), torch.ones(2) * 3)), torch.randn(2))
+    with pytest.raises(edgeport.DeclineNodes) as info:
+        QUALCOMM.compile(program, QualcommOptions())
+    assert set(info.value.reasons) == {"full", "mul"} and "depends on no input" in info.value.reasons["full"]
+    zeroed = partition_of(Fn(lambda x: torch.zeros_like(x.clone())), torch.randn(2))  # zero_: only x's shape
+    assert set(constant_outputs(zeroed)) == {"full_like"}
+    assert constant_outputs(partition_of(Fn(lambda x: (torch.full((3,), 2.0), x.sum())), torch.randn(2))) == {}
+
+
+@pytest.mark.parametrize("dims", [(), ([],)])
+def test_amax_over_every_dim_exports_with_its_dims_listed(dims):
+    """torch.onnx cannot export amax/amin with no dim given (the OpInfo sweep's aminmax
+    fell back); the export lists the dims and leaves the partition's graph as it was."""
+    pytest.importorskip("onnxscript")
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    program = partition_of(Fn(lambda t: (torch.ops.aten.amax.default(t, *dims), torch.ops.aten.amin.default(t, *dims))),
+                           torch.randn(5, 5, 5))
+    before = str(program.graph)
+    ops = sorted(node.op_type for node in export_onnx(program).model.graph.node)
+    assert ops == ["ReduceMax", "ReduceMin"] and str(program.graph) == before
+    scalar = partition_of(Fn(lambda t: torch.ops.aten.amax.default(t, []) + 1), torch.randn(()))
+    assert not QUALCOMM.support(node_named(scalar, "amax"), edgeport.SupportContext(scalar, QualcommOptions()))
+
+
+def test_pow_is_taken_only_with_a_constant_integer_exponent():
+    """HTP gives -131008/131008 where torch gives NaN for a negative base to a
+    fractional power (the OpInfo sweep's __rpow__); integer powers are exact."""
+    x = torch.randn(2, 8)
+    assert verdicts(lambda t: t ** 2, x)["pow_1"]
+    for fn, inputs in ((lambda t: t ** 0.5, (x,)), (lambda t, e: t ** e, (x, x))):
+        answer = verdicts(fn, *inputs)["pow_1"]
+        assert not answer and "NaN" in answer.reason

@@ -165,6 +165,10 @@ EXTRA_CASES: list[Case] = [
     case("argmax_int", lambda m, a: torch.argmax(a, 0), torch.tensor([[1, 3], [4, 3]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
                                            torch.slice_scatter(a, a * 2, 1)), (2, 5), (2, 2)),
+    # a KV-cache write: one run-time position along dim 2, and a negative one along dim 0
+    case("index_put_one_position", lambda m, c, p, k: (c.index_copy(2, p, k), c.index_put((p - 4,), c[:1] * 2),
+                                                       torch.index_put(c[0, 0], (p,), k[0, 0, 0])),
+         (2, 3, 5, 4), torch.tensor([3]), (2, 3, 1, 4)),
     # attention
     case("sdpa_float_mask", lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=m.mask),
          (1, 2, 6, 8), (1, 2, 6, 8), (1, 2, 6, 8), mask=(6, 6)),
@@ -214,7 +218,11 @@ DECLINED = [
     ("slice_scatter_step", case("slice_scatter_step", lambda m, a, s: torch.slice_scatter(a, s, 1, 0, 4, 2),
                                 (2, 5), (2, 2)), "slice_scatter", "step 2"),
     ("index_put_runtime", case("index_put_runtime", lambda m, a, i, v: torch.index_put(a, (i,), v), (4, 3),
-                               torch.tensor([3, 1]), (2, 3)), "aten.index_put", "no TFLite lowering"),
+                               torch.tensor([3, 1]), (2, 3)), "aten.index_put", "only one position"),
+    ("index_put_accumulate", case("index_put_accumulate", lambda m, a, i, v: torch.index_put(a, (i,), v, True),
+                                  (4, 3), torch.tensor([1]), (1, 3)), "aten.index_put", "accumulate"),
+    ("index_select_0d", case("index_select_0d", lambda m, x, i: torch.index_select(x, 0, i), torch.tensor(2.5),
+                             torch.tensor([0])), "index_select", "0-d input"),
     ("index_runtime", case("index_runtime", lambda m, x, i: x[i], (4, 3), torch.tensor([3, 1])), "aten.index",
      "indices computed at run time"),
     ("float64", case("float64", lambda m, x: x * 2, torch.randn(2, 3, dtype=torch.float64)), "aten.mul", "float64"),
