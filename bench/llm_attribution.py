@@ -82,6 +82,8 @@ ROWS = {
                                                      "gate_up": ("q4_1", "token", 0), "down": ("q4_1", "token", 8),
                                                      "lm_head": ("int8", "token", 8)},
     "int8 + 8 outliers everywhere": {k: ("int8", "token", 8) for k in KINDS},
+    "GPTQ int8, activations float": {k: ("gptq", None, 0) for k in KINDS},
+    "GPTQ int8 + 8 outliers everywhere": {k: ("gptq", "token", 8) for k in KINDS},
 }
 # The same decoder with its residual stream rotated (core/llm/rotation.py), each row against
 # the unrotated fp32 reference.
@@ -96,7 +98,6 @@ ROTATED_ROWS = {
                                                             for k in KINDS},
     "rotated, int8 + per token, head float": {k: ("int8", "token", 0) for k in KINDS[:4]},
     "rotated, GPTQ int8, activations float": {k: ("gptq", None, 0) for k in KINDS},
-    "rotated, GPTQ int8 + per token everywhere": {k: ("gptq", "token", 0) for k in KINDS},
     "rotated, GPTQ int8 + per token, 8 outliers on down": {k: ("gptq", "token", 8 if k == "down" else 0)
                                                          for k in KINDS},
 }

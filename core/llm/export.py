@@ -53,6 +53,7 @@ def export(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     quantize: str | None = None,
     float_outliers: bool = True,
+    rotate: bool = False,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
@@ -62,7 +63,11 @@ def export(
 
     ``float_outliers`` (quantized programs): keep each quantized linear's few outlier
     input channels, found on a built-in English text, out of the per-token quantization,
-    in float (`quantized.OutlierChannels`): more accurate, a little slower to decode."""
+    in float (`quantized.OutlierChannels`): more accurate, a little slower to decode.
+    ``rotate`` (int8-dynamic): rotate the residual stream first, folded into the weights
+    (`rotation.py`), and keep outlier channels only in the down projections: perplexity
+    close to fp32's and fewer operators, but fewer top-1 tokens equal to fp32's on
+    SmolLM2 (docs/llm.md, "Limits")."""
     scheme = _scheme(quantize)
     if progress:
         progress("loading the model")
@@ -74,11 +79,14 @@ def export(
         loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
     proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len)  # traced; its weights are never used
     if scheme is not None:
+        if rotate and scheme.weight_bits != 8:
+            raise EdgeportError(f"--rotate applies to int8-dynamic, not {scheme.name}",
+                                hint="a rotation would move 4-bit weights off the Q4_1 grid they hold; drop --rotate")
         if progress:
             progress(f"quantizing the weights: {scheme.describe()}")
         calibration = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT) if float_outliers else None
-        quantize_decoder(decoder, scheme, calibration=calibration)
-        quantize_decoder(proto, scheme, calibration=calibration, traced_only=True)
+        quantize_decoder(decoder, scheme, calibration=calibration, rotate=rotate)
+        quantize_decoder(proto, scheme, calibration=calibration, traced_only=True, rotate=rotate)
     values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
     T = prefill_chunk
     methods = {  # decode first: called once per token, it gets the merged artifact's fast entry
