@@ -1,6 +1,6 @@
 """Where the quantized LLM's agreement with fp32 goes: a fake-quantized torch forward.
 
-    python bench/llm_attribution.py $GGUF    # needs /tmp/edgeport-llm-agreement (llm_agreement.py reference)
+    python bench/llm_attribution.py $GGUF [--rotated-only] [--match TEXT]   # needs /tmp/edgeport-llm-agreement (llm_agreement.py reference)
 
 edgeport's own decoder (core/llm/model.py) runs the LLM tests' passage (the first 1,024
 tokens of the Declaration of Independence, windows of 128) with its ``linear`` swapped
@@ -14,8 +14,8 @@ the real programs only need building for what pays (bench/README.md, "LLM accura
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import edgeport.llm.model as model
 from edgeport.llm.calibration import TEXT
 from edgeport.llm.loader import load_model
+from edgeport.llm.gptq import round_int8_rows
+from edgeport.llm.rotation import rotate_decoder
 from edgeport.llm.text import TextCodec
 from edgeport.llm.weights import build_decoder
 
@@ -80,6 +82,24 @@ ROWS = {
                                                      "gate_up": ("q4_1", "token", 0), "down": ("q4_1", "token", 8),
                                                      "lm_head": ("int8", "token", 8)},
     "int8 + 8 outliers everywhere": {k: ("int8", "token", 8) for k in KINDS},
+    "GPTQ int8, activations float": {k: ("gptq", None, 0) for k in KINDS},
+    "GPTQ int8 + 8 outliers everywhere": {k: ("gptq", "token", 8) for k in KINDS},
+}
+# The same decoder with its residual stream rotated (core/llm/rotation.py), each row against
+# the unrotated fp32 reference.
+ROTATED_ROWS = {
+    "rotated, fp32": {},
+    "rotated, weights int8, activations float": {k: ("int8", None, 0) for k in KINDS},
+    "rotated, activations per token, weights exact": {k: (None, "token", 0) for k in KINDS},
+    "rotated, int8 + per token everywhere": {k: ("int8", "token", 0) for k in KINDS},
+    "rotated, int8 + per token, 8 outliers on down": {k: ("int8", "token", 8 if k == "down" else 0) for k in KINDS},
+    "rotated, int8 + per token, 8 outliers everywhere": {k: ("int8", "token", 8) for k in KINDS},
+    "rotated, int8 + per token, down's activations float": {k: ("int8", None if k == "down" else "token", 0)
+                                                            for k in KINDS},
+    "rotated, int8 + per token, head float": {k: ("int8", "token", 0) for k in KINDS[:4]},
+    "rotated, GPTQ int8, activations float": {k: ("gptq", None, 0) for k in KINDS},
+    "rotated, GPTQ int8 + per token, 8 outliers on down": {k: ("gptq", "token", 8 if k == "down" else 0)
+                                                         for k in KINDS},
 }
 
 
@@ -90,14 +110,20 @@ class FakeQuantized:
     def __init__(self, kinds: dict[int, str]) -> None:
         self.kinds, self.row, self.peaks, self.observing = kinds, {}, {}, False
         self.rounded: dict[tuple[int, str], torch.Tensor] = {}
+        self.hessians: dict[int, torch.Tensor] | None = None  # Σ xᵀx per weight, gathered when not None
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.observing:
             peak = x.abs().reshape(-1, x.shape[-1]).amax(0)
             self.peaks[id(w)] = torch.maximum(self.peaks.get(id(w), peak), peak)
+            if self.hessians is not None:
+                rows = x.reshape(-1, x.shape[-1])
+                self.hessians[id(w)] = self.hessians.get(id(w), 0) + rows.T @ rows
             return F.linear(x, w, bias)
         weights, activations, outliers = self.row.get(self.kinds[id(w)], (None, None, 0))
-        rounded = self.rounded.setdefault((id(w), weights), WEIGHTS[weights](w)) if weights else w
+        if (id(w), weights) not in self.rounded and weights:
+            self.rounded[id(w), weights] = self.gptq(w) if weights == "gptq" else WEIGHTS[weights](w)
+        rounded = self.rounded[id(w), weights] if weights else w
         if not activations:
             return F.linear(x, rounded, bias)
         if not outliers:
@@ -107,8 +133,13 @@ class FakeQuantized:
         rest[..., channels] = 0
         return F.linear(ACTIVATIONS[activations](rest), rounded, bias) + F.linear(x[..., channels], w[:, channels])
 
+    def gptq(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-channel int8 with GPTQ rounding (core/llm/gptq.py) on the calibration text."""
+        scale = w.abs().amax(1).clamp(min=1e-12) / 127
+        return round_int8_rows(w, self.hessians[id(w)], scale) * scale[:, None]
 
-def main(gguf: Path) -> None:
+
+def main(gguf: Path, rotated_only: bool = False, match: str = "") -> None:
     loaded = load_model(gguf)
     decoder = build_decoder(loaded.config, loaded.weights, 128)
     kinds = {id(getattr(layer, k)): k for layer in decoder.layers for k in KINDS[:4]} | {id(decoder.embed): "lm_head"}
@@ -120,16 +151,29 @@ def main(gguf: Path) -> None:
         with torch.no_grad():
             return torch.cat([decoder.logits(decoder(torch.tensor([c]), torch.arange(len(c)))) for c in chunks])
 
-    fake.observing = True
     calibration = TextCodec(loaded.tokenizer_json, None, None).encode(TEXT)
-    forward([calibration[i : i + 128] for i in range(0, len(calibration), 128)])
-    fake.observing = False
+
+    def observe(rows: dict) -> None:
+        fake.row, fake.rounded, fake.peaks, fake.observing = {}, {}, {}, True
+        fake.hessians = {} if any(w == "gptq" for row in rows.values() for w, _, _ in row.values()) else None
+        forward([calibration[i : i + 128] for i in range(0, len(calibration), 128)])
+        fake.observing = False
+
+    def measure(rows: dict) -> None:
+        for name, row in rows.items():
+            fake.row = row
+            logits = forward(windows)
+            agreement = float((logits.argmax(-1) == reference).float().mean())
+            print(f"| {name} | {agreement:.1%} | {perplexity(logits, windows):.2f} |", flush=True)
+
+    chosen = {name: row for name, row in ROWS.items() if match in name and not rotated_only}
+    observe(chosen)
     reference = forward(windows).argmax(-1)
-    for name, row in ROWS.items():
-        fake.row = row
-        logits = forward(windows)
-        agreement = float((logits.argmax(-1) == reference).float().mean())
-        print(f"| {name} | {agreement:.1%} | {perplexity(logits, windows):.2f} |", flush=True)
+    measure(chosen)
+    chosen = {name: row for name, row in ROTATED_ROWS.items() if match in name}
+    rotate_decoder(decoder)
+    observe(chosen)
+    measure(chosen)
 
 
 def perplexity(logits: torch.Tensor, windows: list[list[int]]) -> float:
@@ -139,6 +183,9 @@ def perplexity(logits: torch.Tensor, windows: list[list[int]]) -> float:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("--rotated-only", action="store_true", help="only the rows of the rotated decoder")
+    parser.add_argument("--match", default="", help="only the rows whose name contains this")
+    args = parser.parse_args()
+    main(args.gguf, args.rotated_only, args.match)

@@ -35,10 +35,13 @@ def llm() -> None:
                    "a built-in text, int8 weights; default fp32.")
 @click.option("--float-outliers/--no-float-outliers", default=True, show_default=True,
               help="Quantized: keep each linear's few outlier input channels in float (more accurate, a little slower).")
+@click.option("--rotate", is_flag=True,
+              help="int8-dynamic: rotate the residual stream, folded into the weights (perplexity near fp32's, "
+                   "outlier channels on the down projections only).")
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
 def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, quantize: str | None,
-               float_outliers: bool, option_items: tuple[str, ...], output: str) -> None:
+               float_outliers: bool, rotate: bool, option_items: tuple[str, ...], output: str) -> None:
     """Export MODEL (a .gguf file or a local Hugging Face model directory)."""
     from ..llm import export
     from .export import parse_options  # the compile side: imports torch
@@ -46,7 +49,7 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
     start = time.perf_counter()
     with progress(True) as show:
         program = export(model, backend=backend, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
-                         quantize=quantize, float_outliers=float_outliers, options=parse_options(option_items),
+                         quantize=quantize, float_outliers=float_outliers, rotate=rotate, options=parse_options(option_items),
                          progress=show)
         if show:
             show("saving")

@@ -56,6 +56,7 @@ def export(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     quantize: str | None = None,
     float_outliers: bool = True,
+    rotate: bool = False,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
@@ -68,8 +69,17 @@ def export(
     input channels, found on a built-in English text, out of the per-token quantization,
     in float (`quantized.OutlierChannels`): more accurate, a little slower to decode.
     ``keep_reference`` as for `edgeport.export_methods` (a quantized program's
-    fake-quantized torch reference of each delegate)."""
+    fake-quantized torch reference of each delegate).
+
+    ``rotate`` (int8-dynamic): rotate the residual stream first, folded into the weights
+    (`rotation.py`), and keep outlier channels only in the down projections: perplexity
+    close to fp32's and fewer operators, but fewer top-1 tokens equal to fp32's on
+    SmolLM2 (docs/llm.md, "Limits")."""
     scheme = _scheme(quantize)
+    if rotate and (scheme is None or scheme.name != "int8-dynamic"):
+        raise EdgeportError(f"--rotate applies to int8-dynamic, not {scheme.name if scheme else 'float32'}",
+                            hint="a rotation would move 4-bit weights off the Q4_1 grid they hold, and fp32 "
+                                 "and a16w8 gain nothing from it; drop --rotate")
     calibrated = scheme is not None and scheme.name in CALIBRATED_SCHEMES
     if calibrated:
         check_backend_offers(scheme, backend, registry)
@@ -89,8 +99,8 @@ def export(
         if progress:
             progress(f"quantizing the weights: {scheme.describe()}")
         calibration = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT) if float_outliers else None
-        quantize_decoder(decoder, scheme, calibration=calibration)
-        quantize_decoder(proto, scheme, calibration=calibration, traced_only=True)
+        quantize_decoder(decoder, scheme, calibration=calibration, rotate=rotate)
+        quantize_decoder(proto, scheme, calibration=calibration, traced_only=True, rotate=rotate)
     values = {**dict(Prefill(decoder).named_parameters()), **dict(Prefill(decoder).named_buffers())}
     T = prefill_chunk
     methods = {  # decode first: called once per token, it gets the merged artifact's fast entry

@@ -140,6 +140,7 @@ class Decoder(nn.Module):
         self.lm_head = None if c.tie_embeddings else nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
         self.layers = nn.ModuleList(Layer(c, max_seq_len) for _ in range(c.layers))
         self.norm = nn.Parameter(torch.ones(c.hidden_size))
+        self.register_buffer("head_mix", None)  # a rotated, tied decoder's final gamma (rotation.py)
         cos, signed_sin = _rope_tables(c, max_seq_len)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", signed_sin, persistent=False)
@@ -166,7 +167,10 @@ class Decoder(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> (N, vocab)."""
         head = self.embed if self.lm_head is None else self.lm_head
-        return linear(rms_norm(h, self.norm, self.config.rms_norm_eps), head)
+        x = rms_norm(h, self.norm, self.config.rms_norm_eps)
+        if self.head_mix is not None:
+            x = F.linear(x, self.head_mix)
+        return linear(x, head)
 
 
 def _rope_tables(c: DecoderConfig, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

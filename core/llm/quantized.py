@@ -34,6 +34,7 @@ from torch import nn
 
 from ..quantize.scheme import Scheme
 from .calibration import Observed, run_text
+from .rotation import rotate_decoder
 
 INT8_WEIGHT_RANGE = (-127, 127)  # symmetric: zero point 0, as TFLite's int8 weights
 INT4_WEIGHT_RANGE = (-8, 7)
@@ -192,10 +193,13 @@ OUTLIER_CHANNELS = 8  # per linear, kept in float: more gains nothing on SmolLM2
 # token; 8-bit programs take them everywhere (+8% decode time on SmolLM2), 4-bit ones
 # where they pay most (qkv, down and the head: all five kinds cost +45%, these about half).
 OUTLIER_LINEARS = {8: (*LINEARS, "lm_head"), 4: ("qkv", "down", "lm_head")}
+# With the residual stream rotated (rotation.py) only the down projection's input, which no
+# offline rotation reaches, keeps outlier channels: one split per layer instead of four.
+ROTATED_OUTLIER_LINEARS = ("down",)
 
 
 def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[int] | None = None,
-                     traced_only: bool = False) -> None:
+                     traced_only: bool = False, rotate: bool = False) -> None:
     """Replace the decoder's linear weights (and its embedding, and an untied lm_head)
     with `QuantizedWeight`s for ``scheme``, in place.
 
@@ -205,14 +209,21 @@ def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[in
     channel.
     ``traced_only``: the decoder is a prototype whose weights are never read, so they are
     not rounded, just shaped (with outlier parts when ``calibration`` is given).
+    ``rotate`` (8-bit weights only: a rotation would move 4-bit weights off the Q4_1 grid
+    they hold): rotate the residual stream first (`rotation.rotate_decoder`), and keep
+    outlier channels only in `ROTATED_OUTLIER_LINEARS`.
     """
     from ..quantize.flow import quant_ops
 
     quant_ops()  # registers the quantize/dequantize ops the forward calls
+    outlier_linears = OUTLIER_LINEARS[scheme.weight_bits]
+    if rotate and scheme.weight_bits == 8:
+        rotate_decoder(decoder, traced_only=traced_only)
+        outlier_linears = ROTATED_OUTLIER_LINEARS
     slots = [(layer, name) for layer in decoder.layers for name in LINEARS] + [(decoder, "embed")]
     slots += [(decoder, "lm_head")] if decoder.lm_head is not None else []
     head = "lm_head" if decoder.lm_head is not None else "embed"  # the slot the logits read
-    split = {head if name == "lm_head" else name for name in OUTLIER_LINEARS[scheme.weight_bits]}
+    split = {head if name == "lm_head" else name for name in outlier_linears}
     observed = [(module, name) for module, name in slots if name in split] if calibration is not None else []
     if observed and not traced_only:
         for module, name in observed:
