@@ -36,9 +36,16 @@ WRITER_DECLINES: dict[str, dict[str, str]] = {
     "gather": {"aten.gather.default": _NO_LOWERING},
     "topk": {"aten.topk.default": _NO_LOWERING},
     "max_dim": {"aten.max.dim": _NO_LOWERING},
-    "buffer_write_read": {"aten.index_put.default": _NO_LOWERING},
+    # Three positions at once: TFLite's DYNAMIC_UPDATE_SLICE writes one.
+    "buffer_write_read": {"aten.index_put.default": "only one position is a DYNAMIC_UPDATE_SLICE"},
     # A causal attention's mask is a constant of the sequence length: it cannot resize.
     "dynamic_tokens_attention": {"aten.scaled_dot_product_attention.default": "depends on the size of a dynamic dim"},
+}
+
+# The writer alone declines these too, but no backend hands it the node: a program writes
+# a state buffer's rows itself (core/state_rows.py).
+WRITER_ALONE_DECLINES: dict[str, dict[str, str]] = {
+    "buffer_row_update": {"aten.index_put.default": "only one position is a DYNAMIC_UPDATE_SLICE"},
 }
 
 PARTITION_RULE = "partition holds only ops the backend never takes alone"

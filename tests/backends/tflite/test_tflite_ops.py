@@ -16,11 +16,12 @@ from edgeport.testing import CASES
 from ai_edge_litert import schema_py_generated as schema
 from tflite_cases import DECLINED, EXTRA_CASES
 from tflite_helpers import capture, lower_cases
-from writer_declines import WRITER_DECLINES
+from writer_declines import WRITER_ALONE_DECLINES, WRITER_DECLINES
 
-ALL_CASES = [*(c for c in CASES if c.name not in WRITER_DECLINES), *EXTRA_CASES]
-SHARED_DECLINED = [(f"{c.name}-{op}", c, op, words)
-                   for c in CASES for op, words in WRITER_DECLINES.get(c.name, {}).items()]
+_DECLINES = {**WRITER_DECLINES, **WRITER_ALONE_DECLINES}
+ALL_CASES = [*(c for c in CASES if c.name not in _DECLINES), *EXTRA_CASES]
+SHARED_DECLINED = [(f"{c.name}-{op}", c, op, words)  # (written at static sizes here: no dynamic case)
+                   for c in CASES if "dynamic" not in c.tags for op, words in _DECLINES.get(c.name, {}).items()]
 ALL_DECLINED = DECLINED + SHARED_DECLINED
 MODES = {"kept": None, "decomposed": ()}
 
