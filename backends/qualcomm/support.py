@@ -150,7 +150,8 @@ def _last_dim_broadcast_into_square_rank5(node: Node) -> str | None:
     a lower-rank operand (1, ..., 1, n) broadcast along the last dim. HTP's compiler segfaults on
     it (onnxruntime-qnn 2.7.0; OpInfo sweep, trilinear interpolate's (3,) weight against
     (2, 3, 3, 3, 3)); the same with a rank-5 operand (1, 1, 1, 1, n), rank 4, or other
-    trailing dims compiles."""
+    trailing dims compiles. Only a constant operand kills it, but one computed from constants
+    (as here) is a node until folding, so a run-time operand is declined too."""
     out = _shape(node)
     if len(out) != MAX_RANK or out[-1] <= 1 or out[-2] != out[-1]:
         return None
