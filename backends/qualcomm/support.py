@@ -145,6 +145,24 @@ def _not_of_a_scalar(node: Node) -> str | None:
     return None
 
 
+def _last_dim_broadcast_into_square_rank5(node: Node) -> str | None:
+    """The one Mul that kills the process: rank-5 values whose last two dims are both n, times
+    a lower-rank operand (1, ..., 1, n) broadcast along the last dim. HTP's compiler segfaults on
+    it (onnxruntime-qnn 2.7.0; OpInfo sweep, trilinear interpolate's (3,) weight against
+    (2, 3, 3, 3, 3)); the same with a rank-5 operand (1, 1, 1, 1, n), rank 4, or other
+    trailing dims compiles. Only a constant operand kills it, but one computed from constants
+    (as here) is a node until folding, so a run-time operand is declined too."""
+    out = _shape(node)
+    if len(out) != MAX_RANK or out[-1] <= 1 or out[-2] != out[-1]:
+        return None
+    for operand in node.args[:2]:
+        shape = _shape(operand) if isinstance(operand, Node) else []
+        if 0 < len(shape) < MAX_RANK and shape[-1] == out[-1] and all(d == 1 for d in shape[:-1]):
+            return (f"rank-5 {tuple(out)} times a {tuple(shape)} operand broadcast along the last dim: QNN HTP's "
+                    "compiler dies of a segfault on it (trilinear interpolation's weights)")
+    return None
+
+
 def _bool_only(node: Node) -> str | None:
     return None if support.output_dtype(node) == torch.bool else "QNN has no bitwise ops on integers (BitwiseAnd refused)"
 
@@ -152,7 +170,7 @@ def _bool_only(node: Node) -> str | None:
 RULES: dict[Any, Rule] = {
     # elementwise arithmetic and activations
     **{op: Rule(onnx) for op, onnx in (
-        (aten.add, "Add"), (aten.sub, "Sub"), (aten.mul, "Mul"), (aten.neg, "Neg"),
+        (aten.add, "Add"), (aten.sub, "Sub"), (aten.neg, "Neg"),
         (aten.abs, "Abs"), (aten.maximum, "Max"), (aten.minimum, "Min"),
         (aten.clamp, "Clip"), (aten.clamp_min, "Max"), (aten.clamp_max, "Min"),
         (aten.sign, "Sign"),
@@ -166,6 +184,7 @@ RULES: dict[Any, Rule] = {
         (aten.hardswish, "HardSwish"), (aten.hardsigmoid, "HardSigmoid"), (aten.prelu, "PRelu"),
         (aten.softplus, "Softplus"), (aten.mish, "Softplus+Tanh+Mul"),
     )},
+    aten.mul: Rule("Mul", NUMERIC, _last_dim_broadcast_into_square_rank5),
     aten.div: Rule("Div", NUMERIC, _rounding_on_int64),
     aten.pow: Rule("Pow", FLOAT, _integer_exponent),
     aten.where: Rule("Where", ANY),  # a bool condition picks between numeric values

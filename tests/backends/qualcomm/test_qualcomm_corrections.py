@@ -5,6 +5,9 @@ it. The test checks both halves: support() says no, and QNN still refuses when h
 node anyway. If a QNN upgrade starts taking one, its test fails: drop that row.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -310,3 +313,44 @@ def test_sorted_indices_are_declined_because_fp16_ties_reorder_them(backend):
     assert not answer and "tie" in answer.reason
     outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
     assert not np.array_equal(outputs[-1], fn(x).numpy()), "HTP sorts these indices right now: take them again"
+
+
+# Found by the OpInfo sweep (trilinear interpolate): the process died of SIGSEGV compiling a
+# rank-5 Mul by a (3,) weight. Whatever could die runs in a child process, so pytest lives.
+IN_CHILD = """
+import torch, torch.nn.functional as F, edgeport
+from edgeport.backends.qualcomm import QualcommBackend, QualcommOptions
+from qualcomm_helpers import Fn, max_abs, partition_of
+"""
+
+
+def _in_child(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "ignore", "-c", IN_CHILD + script], capture_output=True, text=True,
+                          timeout=300, cwd=__file__.rsplit("/", 1)[0])
+
+
+def test_a_last_dim_weight_times_square_rank5_values_is_declined_because_htp_segfaults(backend):
+    values, weight = torch.randn(2, 3, 3, 3, 3), torch.tensor([0.0, 0.5, 0.0])
+    program = partition_of(Fn(lambda t: t * weight), values)
+    answer = backend.support(node_named(program, "mul"), edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "segfault" in answer.reason
+    for taken in (weight.view(1, 1, 1, 1, 3), weight.view(3, 1)):  # these compile: the decline stays narrow
+        other = partition_of(Fn(lambda t: t * taken), values)
+        assert backend.support(node_named(other, "mul"), edgeport.SupportContext(other, QualcommOptions()))
+    died = _in_child("""
+weight = torch.tensor([0.0, 0.5, 0.0])
+QualcommBackend().compile(partition_of(Fn(lambda t: t * weight), torch.randn(2, 3, 3, 3, 3)), QualcommOptions())
+""")
+    assert died.returncode == -11, f"QNN compiles this Mul now (exit {died.returncode}): take it again"
+
+
+def test_trilinear_interpolation_is_delegated_to_qualcomm_and_right():
+    done = _in_child("""
+x = torch.randn(2, 3, 4, 4, 4)
+fn = Fn(lambda t: F.interpolate(t, size=(3, 3, 3), mode="trilinear", align_corners=True))
+program = edgeport.export(fn, (x,), ["qualcomm"])
+print([info.backend for info in program.manifest.artifacts.values()], max_abs(program(x), fn(x)))
+""")
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-500:]}"
+    backends, error = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert "qualcomm" in backends and float(error) < 1e-2
