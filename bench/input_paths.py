@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import os
 import statistics
 import tempfile
@@ -35,15 +34,8 @@ import numpy as np
 import torch
 
 import edgeport
+from quantize import load_bench  # bench/ is the script's directory
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _bench(name: str):  # noqa: ANN202 - a module
-    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def flat_input_model(model_bytes: bytes, path: str) -> str:
@@ -153,10 +145,10 @@ def main() -> None:
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(args.threads)
-            method = _bench("cpu_vs_executorch").executorch_method(args.pte)
+            method = load_bench("cpu_vs_executorch").executorch_method(args.pte)
             calls["ExecuTorch"] = lambda: method.execute([x])
         clock = time.thread_time if args.threads == 1 else time.perf_counter
-        lat = _bench("quantize_reference").alternate(calls, args.runs, clock)
+        lat = load_bench("quantize_reference").alternate(calls, args.runs, clock)
     stats = {k: (statistics.median(v), statistics.quantiles(v, n=10)[0], min(v)) for k, v in lat.items()}
     anchor = stats.get("ExecuTorch", stats["interpreter set_tensor"])
     print(f"{'CPU time of the calling thread' if args.threads == 1 else 'wall time'}, ms median / p10 / min, "

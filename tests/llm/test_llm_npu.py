@@ -20,6 +20,7 @@ import edgeport
 import edgeport.llm
 from edgeport.backends.cpu import CpuBackend
 from edgeport.testing import registry_for
+from llm_sessions import greedy
 
 from test_architectures import tiny_model_dir
 
@@ -41,20 +42,9 @@ def export(path, backend, **kwargs) -> edgeport.Program:
                                registry=registry_for(backend, CpuBackend()), **kwargs)
 
 
-def greedy(program: edgeport.Program) -> tuple[list[int], np.ndarray]:
-    """NEW_TOKENS greedy tokens after PROMPT, and the logits that picked each."""
-    session = edgeport.llm.Session(program)
-    logits = [session.prefill(PROMPT, 0)]
-    tokens = [int(logits[-1].argmax())]
-    while len(tokens) < NEW_TOKENS:
-        logits.append(session.decode(tokens[-1]))
-        tokens.append(int(logits[-1].argmax()))
-    return tokens, np.stack(logits)
-
-
 @pytest.fixture(scope="module")
 def cpu_reference(tiny):
-    return greedy(export(tiny, CpuBackend()))
+    return greedy(export(tiny, CpuBackend()), PROMPT, NEW_TOKENS)
 
 
 def assert_cache_is_program_state(program: edgeport.Program) -> None:
@@ -123,7 +113,7 @@ def test_qualcomm_greedy_tokens_in_the_simulator_equal_the_fp32_cpu_program(qual
     from edgeport.backends.qualcomm import QualcommBackend
 
     assert QualcommBackend().availability().runs_on in ("simulator", "device")
-    tokens, logits = greedy(qualcomm_program)
+    tokens, logits = greedy(qualcomm_program, PROMPT, NEW_TOKENS)
     expected, reference = cpu_reference
     assert tokens == expected
     # HTP computes in fp16: logits agree to fp16's ~3 digits, relative to their scale.
@@ -179,7 +169,7 @@ def test_mediatek_merged_model_runs_through_litert_compiled_model_as_on_a_device
 
     monkeypatch.setattr(mediatek_backend.tflite, "TfliteEntries",
                         lambda data, keys, io_names, threads: CompiledModelEntries(data, threads, npu=False))
-    tokens, logits = greedy(mediatek_program)
+    tokens, logits = greedy(mediatek_program, PROMPT, NEW_TOKENS)
     expected, reference = cpu_reference
     assert tokens == expected
     assert np.abs(logits - reference).max() < 1e-4 * np.abs(reference).max()
@@ -189,7 +179,7 @@ def test_mediatek_greedy_tokens_on_the_cpu_reference_equal_the_fp32_cpu_program(
     from edgeport.backends.mediatek import MediatekBackend
 
     assert MediatekBackend().availability().runs_on in ("reference (CPU)", "device")
-    tokens, logits = greedy(mediatek_program)
+    tokens, logits = greedy(mediatek_program, PROMPT, NEW_TOKENS)
     expected, reference = cpu_reference
     assert tokens == expected
     assert np.abs(logits - reference).max() < 1e-4 * np.abs(reference).max()  # fp32 on LiteRT's CPU

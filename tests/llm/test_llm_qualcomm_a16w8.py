@@ -9,7 +9,6 @@ export and seconds per token in the simulator: too slow for CI).
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from edgeport.backends.cpu import CpuBackend
 from edgeport.errors import EdgeportError
 from edgeport.llm.static import CALIBRATION_TOKENS, MASK, calibration_batches
 from edgeport.testing import registry_for
+from llm_sessions import greedy
 
 from test_architectures import tiny_model_dir
 
@@ -96,16 +96,6 @@ def a16w8(tiny):
                                registry=registry_for(QualcommBackend(), CpuBackend()))
 
 
-def greedy(program: edgeport.Program) -> tuple[list[int], np.ndarray]:
-    session = edgeport.llm.Session(program)
-    logits = [session.prefill(PROMPT, 0)]
-    tokens = [int(logits[-1].argmax())]
-    while len(tokens) < NEW_TOKENS:
-        logits.append(session.decode(tokens[-1]))
-        tokens.append(int(logits[-1].argmax()))
-    return tokens, np.stack(logits)
-
-
 @pytest.mark.slow
 def test_both_methods_lower_whole_as_a16w8_htp_contexts_with_the_cache_as_state(a16w8):
     for method in ("decode", "prefill"):
@@ -157,7 +147,7 @@ def test_the_simulator_computes_the_fake_quantized_reference(a16w8):
     from edgeport.testing.quantized_cases import reference_program
 
     assert QualcommBackend().availability().runs_on in ("simulator", "device")
-    tokens, reference = greedy(reference_program(a16w8))
+    tokens, reference = greedy(reference_program(a16w8), PROMPT, NEW_TOKENS)
     session = edgeport.llm.Session(a16w8)
     logits = np.stack([session.prefill(PROMPT, 0), *(session.decode(t) for t in tokens[:-1])])
     error = np.abs(logits - reference).max()
