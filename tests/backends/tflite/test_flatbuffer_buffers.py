@@ -1,0 +1,53 @@
+"""Constant buffers are written byte for byte as flatbuffers' own `CreateNumpyVector`
+writes them, though copied straight from the array (flatbuffer.write_buffer)."""
+
+from __future__ import annotations
+
+import flatbuffers
+import numpy as np
+import pytest
+
+from edgeport.backends.tflite.flatbuffer import write_buffer
+from edgeport.backends.tflite.schema import tfl
+
+ARRAYS = {
+    "float32": np.linspace(-3, 3, 37, dtype=np.float32),
+    "float16": np.linspace(-3, 3, 37).astype(np.float16),
+    "int8": np.arange(-50, 51, dtype=np.int8),
+    "uint8 (3 bytes)": np.array([1, 2, 3], dtype=np.uint8),
+    "bool": np.array([True, False, True]),
+    "int64": np.arange(-5, 6, dtype=np.int64) * 10**12,
+}
+
+
+def _library_buffer(b: flatbuffers.Builder, data: np.ndarray) -> int:
+    """The Buffer table as written with flatbuffers' CreateNumpyVector (the reference)."""
+    raw = data.view(np.uint8)
+    b.Prep(16, raw.nbytes)
+    vec = b.CreateNumpyVector(raw)
+    tfl().BufferStart(b)
+    tfl().BufferAddData(b, vec)
+    return tfl().BufferEnd(b)
+
+
+def _written(write) -> bytes:  # noqa: ANN001 - either writer of a list of buffers
+    b = flatbuffers.Builder(64)
+    offsets = [write(b, data) for data in ARRAYS.values()]
+    b.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        b.PrependUOffsetTRelative(off)
+    b.Finish(b.EndVector())
+    return bytes(b.Output())
+
+
+def test_buffers_are_the_bytes_create_numpy_vector_writes():
+    assert _written(lambda b, data: write_buffer(b, tfl(), data)) == _written(_library_buffer)
+
+
+@pytest.mark.parametrize("name", list(ARRAYS))
+def test_each_buffer_reads_back_as_its_array(name: str):
+    data = ARRAYS[name]
+    b = flatbuffers.Builder(16)
+    b.Finish(write_buffer(b, tfl(), data))
+    buffer = tfl().Buffer.GetRootAs(b.Output(), 0)
+    assert buffer.DataAsNumpy().tobytes() == data.tobytes()
