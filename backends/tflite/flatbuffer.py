@@ -14,6 +14,7 @@ unique (a repeated name gets a numeric suffix) and the one subgraph is exported 
 from __future__ import annotations
 
 import dataclasses
+import mmap
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -147,9 +148,10 @@ class ModelBuilder:
             meta_entries.append((name, len(buffers) - 1))
 
         data_bytes = sum(b.nbytes + _WEIGHT_ALIGN for b in buffers if b is not None)
-        b = flatbuffers.Builder(data_bytes + 64 * (len(tensors) + len(ops)) + 4096)
+        model = _ModelBytes(data_bytes + 64 * (len(tensors) + len(ops)) + 4096)
+        b = model.builder
 
-        buffer_offsets = [write_buffer(b, t, data) for data in buffers]
+        buffer_offsets = [write_buffer(b, t, data, model.holes) for data in buffers]
         tensor_offsets = [self._tensor(b, t, rec) for rec in tensors]
 
         codes: dict[int, int] = {}
@@ -205,7 +207,7 @@ class ModelBuilder:
             t.ModelAddMetadata(b, meta_vec)
         t.ModelAddSignatureDefs(b, signature_vec)
         b.Finish(t.ModelEnd(b), file_identifier=b"TFL3")
-        return bytes(memoryview(b.Bytes)[b.Head() :])
+        return model.output()
 
     def prune(self, inputs: Sequence[int], outputs: Sequence[int]) -> tuple[list[int], list[int]]:
         """Drop operators no output depends on, and tensors and buffers nothing refers to.
@@ -341,34 +343,81 @@ def _signature(b: Any, t: Any, inputs: Sequence[int], outputs: Sequence[int],
     return t.SignatureDefEnd(b)
 
 
-def write_buffer(b: Any, t: Any, data: np.ndarray | None) -> int:
-    """A Buffer table; its data aligned so runtimes may read it in place."""
+def write_buffer(b: Any, t: Any, data: np.ndarray | None, holes: list[_Hole] | None = None) -> int:
+    """A Buffer table; its data aligned so runtimes may read it in place. With `holes`
+    (`_ModelBytes`), the data is left out of the builder and listed there instead."""
     vec = None
     if data is not None and data.size:
         b.Prep(_WEIGHT_ALIGN, data.nbytes)
-        vec = _byte_vector(b, data)
+        vec = _byte_vector(b, data, holes)
     t.BufferStart(b)
     if vec is not None:
         t.BufferAddData(b, vec)
     return t.BufferEnd(b)
 
 
-def _byte_vector(b: flatbuffers.Builder, data: np.ndarray) -> int:
-    """A [ubyte] vector of `data`'s bytes (a flat, contiguous array), copied once,
-    straight from the array's memory into the builder.
+def _byte_vector(b: flatbuffers.Builder, data: np.ndarray, holes: list[_Hole] | None) -> int:
+    """A [ubyte] vector of `data`'s bytes (a contiguous array): copied straight from the
+    array's memory into the builder, or, given `holes`, its place left blank and listed.
 
-    The vector `CreateNumpyVector` writes, without its two copies: it byte-swaps any
-    dtype whose byte order is not "<" (uint8's is "|", so every weight was copied) and
-    then calls `tobytes` (a second copy); for ResNet-18's 79 MB that was ~160 MB of
-    fresh memory per export (bench/README.md, "Where ResNet-18's lowering time goes").
-    The bytes are the same: weights are stored in the machine's (little-endian) order.
+    This is the vector `CreateNumpyVector` writes, without its two copies: it byte-swaps
+    any dtype whose byte order is not "<" (uint8's is "|", so every weight was copied),
+    then calls `tobytes` (a second copy); for ResNet-18's 79 MB that was ~160 MB of fresh
+    memory per export (bench/README.md, "Where ResNet-18's lowering time goes"). The
+    bytes are the same: weights are stored in the machine's (little-endian) order.
     """
     view = memoryview(data).cast("B")
     b.StartVector(1, len(view), 1)
     b.head -= len(view)
-    b.Bytes[b.head : b.head + len(view)] = view
+    if holes is None:
+        b.Bytes[b.head : b.head + len(view)] = view
+    else:
+        holes.append(_Hole(b.Offset(), view))
     b.vectorNumElems = len(view)
     return b.EndVector()
+
+
+@dataclass(frozen=True)
+class _Hole:
+    """Constant data left out of the builder: its bytes, and where they start, counted
+    from the end of the model (a builder grows at the front, so that never moves)."""
+
+    from_end: int
+    data: memoryview
+
+
+class _ModelBytes:
+    """A model serialized with its constant data copied once, into the final ``bytes``.
+
+    The builder writes into an anonymous memory map, whose pages the system provides
+    only when written: the weights' places in it are left blank (`_Hole`), never
+    touched, and `output` joins the written parts and the weights. A builder in a
+    ``bytearray`` zeroes all of it up front, the weights are copied into it, and it is
+    copied again into ``bytes``: two more passes over ResNet-18's 79 MB of fresh memory.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.builder = flatbuffers.Builder(0)
+        self.builder.Bytes = mmap.mmap(-1, size)  # grows into a bytearray if ever too small
+        self.builder.head = size
+        self.holes: list[_Hole] = []
+
+    def output(self) -> bytes:
+        """The finished model's bytes, the holes filled with their data."""
+        memory = self.builder.Bytes
+        with memoryview(memory) as written:
+            parts, at = [], self.builder.Head()
+            for hole in sorted(self.holes, key=lambda h: -h.from_end):
+                start = len(memory) - hole.from_end
+                parts += [written[at:start], hole.data]
+                at = start + len(hole.data)
+            parts.append(written[at:])
+            model = b"".join(parts)
+            for part in parts[::2]:
+                part.release()
+        if isinstance(memory, mmap.mmap):
+            memory.close()
+        return model
 
 
 def _options(b: Any, t: Any, options: Options) -> int:
