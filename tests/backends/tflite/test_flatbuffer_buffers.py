@@ -1,5 +1,6 @@
 """Constant buffers are written byte for byte as flatbuffers' own `CreateNumpyVector`
-writes them, though copied straight from the array (flatbuffer.write_buffer)."""
+writes them, though copied straight from the array (flatbuffer.write_buffer), or left
+out of the builder and copied once into the model's bytes (flatbuffer._ModelBytes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import flatbuffers
 import numpy as np
 import pytest
 
-from edgeport.backends.tflite.flatbuffer import write_buffer
+from edgeport.backends.tflite.flatbuffer import _ModelBytes, write_buffer
 from edgeport.backends.tflite.schema import tfl
 
 ARRAYS = {
@@ -30,18 +31,31 @@ def _library_buffer(b: flatbuffers.Builder, data: np.ndarray) -> int:
     return tfl().BufferEnd(b)
 
 
-def _written(write) -> bytes:  # noqa: ANN001 - either writer of a list of buffers
-    b = flatbuffers.Builder(64)
-    offsets = [write(b, data) for data in ARRAYS.values()]
+def _finish(b: flatbuffers.Builder, offsets: list[int]) -> None:
     b.StartVector(4, len(offsets), 4)
     for off in reversed(offsets):
         b.PrependUOffsetTRelative(off)
     b.Finish(b.EndVector())
+
+
+def _written(write) -> bytes:  # noqa: ANN001 - either writer of a list of buffers
+    b = flatbuffers.Builder(64)
+    _finish(b, [write(b, data) for data in ARRAYS.values()])
     return bytes(b.Output())
 
 
 def test_buffers_are_the_bytes_create_numpy_vector_writes():
     assert _written(lambda b, data: write_buffer(b, tfl(), data)) == _written(_library_buffer)
+
+
+@pytest.mark.parametrize("size", [4096, 24], ids=["sized", "grows"])
+def test_buffers_left_as_holes_are_filled_in_the_output(size: int):
+    """The weights are copied into the final bytes only; a builder sized too small grows
+    (into a bytearray) and the holes, counted from the end, stay where they were."""
+    model = _ModelBytes(size)
+    _finish(model.builder, [write_buffer(model.builder, tfl(), data, model.holes) for data in ARRAYS.values()])
+    assert len(model.holes) == len(ARRAYS)
+    assert model.output() == _written(_library_buffer)
 
 
 @pytest.mark.parametrize("name", list(ARRAYS))
