@@ -3,8 +3,8 @@
 Lowering code appends records and may still change them (fold a batch norm into a
 conv's weights, fuse an activation into its producer) until `ModelBuilder.finish`
 writes the flatbuffer in one pass. Weights are copied once, from their arrays' memory
-straight into the builder (never element by element), and the byte buffer is sized up
-front so it never regrows.
+into the model's bytes (never element by element; `_ModelBytes`), and the builder is
+sized up front so it never regrows.
 
 The model is written so that LiteRT's own tools accept it: every tensor name is
 unique (a repeated name gets a numeric suffix) and the one subgraph is exported as the
