@@ -59,6 +59,14 @@ class OutlierChannels(nn.Module):
         self.register_buffer("keep", keep)
         self.register_buffer("pick", F.one_hot(channels, inputs).float())
         self.register_buffer("columns", columns.contiguous())
+        self.folds_gamma = False
+
+    def fold_gamma(self, gamma: torch.Tensor) -> None:
+        """Take the gamma of the RMSNorm that feeds ``x`` in: from now on ``x`` is the
+        norm's output before its gamma (`reads_norm_before_gamma`)."""
+        self.keep = self.keep * gamma
+        self.pick = self.pick * gamma
+        self.folds_gamma = True
 
     def quantized_part(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.keep
@@ -166,6 +174,11 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
     return out if outliers is None else out + outliers.float_part(x)
 
 
+def reads_norm_before_gamma(weight: Weight) -> bool:
+    """Whether the linear of ``weight`` takes its RMSNorm's gamma in (`OutlierChannels.fold_gamma`)."""
+    return isinstance(weight, QuantizedWeight) and weight.outliers is not None and weight.outliers.folds_gamma
+
+
 def embedding(tokens: torch.Tensor, table: Weight) -> torch.Tensor:
     """The rows of ``table`` for ``tokens``: gathered as int8 and scaled when quantized."""
     if isinstance(table, Observed):
@@ -243,7 +256,20 @@ def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[in
                 quantized = QuantizedWeight.of(weight, bits, group)
             if peak is not None:
                 quantized.split_outliers(peak.topk(OUTLIER_CHANNELS).indices.sort().values, weight.float())
+                gamma = _norm_gamma(decoder, module, name)
+                if gamma is not None and quantized.offset is None:  # 4-bit group sums read the gamma'd input
+                    quantized.outliers.fold_gamma(gamma.detach().float())
             _replace(module, name, quantized)
+
+
+def _norm_gamma(decoder: nn.Module, module: nn.Module, name: str) -> torch.Tensor | None:
+    """The gamma of the RMSNorm whose output is the input of slot ``name`` of ``module``,
+    if that linear reads the norm directly (model.py), else None."""
+    if name in ("qkv", "gate_up"):
+        return module.attn_norm if name == "qkv" else module.mlp_norm
+    if module is decoder and name in ("embed", "lm_head") and decoder.head_mix is None:
+        return decoder.norm  # the head (a rotated decoder mixes the norm's output first)
+    return None
 
 
 def _replace(module: nn.Module, name: str, weight: QuantizedWeight) -> None:

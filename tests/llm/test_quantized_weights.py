@@ -57,3 +57,20 @@ def test_outlier_channels_kept_in_float_make_the_per_token_rounding_of_the_rest_
     split.split_outliers(torch.tensor([3, 40]), w)
     error = lambda q: float((linear(x, q) - exact).norm() / exact.norm())  # noqa: E731
     assert error(split) < error(plain) / 5, (error(split), error(plain))
+
+
+def test_an_outlier_split_that_takes_the_norms_gamma_in_computes_the_same_linear():
+    from edgeport.llm.model import norm_linear, rms_norm
+    from edgeport.quantize.flow import quant_ops
+
+    quant_ops()
+    g = torch.Generator().manual_seed(3)
+    w, h, gamma = torch.randn(48, 64, generator=g), torch.randn(6, 64, generator=g), torch.rand(64, generator=g) + 0.5
+    h[:, [3, 40]] *= 50.0
+    separate, folded = QuantizedWeight.of(w, 8), QuantizedWeight.of(w, 8)
+    separate.split_outliers(torch.tensor([3, 40]), w)
+    folded.split_outliers(torch.tensor([3, 40]), w)
+    folded.outliers.fold_gamma(gamma)
+    reference = linear(rms_norm(h, gamma, 1e-5), separate)
+    assert torch.allclose(norm_linear(h, gamma, 1e-5, folded), reference, rtol=1e-5, atol=1e-5)
+    assert torch.equal(norm_linear(h, gamma, 1e-5, separate), reference)  # unfolded: the gamma MUL as before
