@@ -202,10 +202,14 @@ def _per_token(x: torch.Tensor) -> torch.Tensor:
 
 LINEARS = ("qkv", "o", "gate_up", "down")  # a layer's linear weights
 OUTLIER_CHANNELS = 8  # per linear, kept in float: more gains nothing on SmolLM2 (32 measured)
-# Which linears keep outlier channels, by weight bits. Each costs four small operators per
-# token; 8-bit programs take them everywhere (+8% decode time on SmolLM2), 4-bit ones
-# where they pay most (qkv, down and the head: all five kinds cost +45%, these about half).
-OUTLIER_LINEARS = {8: (*LINEARS, "lm_head"), 4: ("qkv", "down", "lm_head")}
+# Which linears keep outlier channels, by weight bits. Each costs small operators per token
+# (a float FULLY_CONNECTED of the channels, one of their columns, an ADD; and a MUL or one
+# fewer: `OutlierChannels.fold_gamma`). 8-bit programs take them everywhere but the
+# attention output `o`, whose per-token rounding costs least (98.5% alone, bench/README.md
+# "Where edgeport's loss came from"; without its split the agreement stays 94.3%, decode
+# about 4% faster); 4-bit ones where they pay most (qkv, down and the head: all five kinds
+# cost +45%, these about half).
+OUTLIER_LINEARS = {8: ("qkv", "gate_up", "down", "lm_head"), 4: ("qkv", "down", "lm_head")}
 # With the residual stream rotated (rotation.py) only the down projection's input, which no
 # offline rotation reaches, keeps outlier channels: one split per layer instead of four.
 ROTATED_OUTLIER_LINEARS = ("down",)
