@@ -50,14 +50,25 @@ class OutlierChannels(nn.Module):
     set the per-token scale); the float product ``(x @ pickᵀ) @ columnsᵀ`` adds them
     back: ``pick`` selects the channels (one-hot rows), ``columns`` are the weight's
     float columns for them. Two float FULLY_CONNECTEDs of ``channels`` width each.
+
+    ``tail``: the channels are ``x``'s last ones (`quantize_decoder` moves the down
+    projection's there), so a slice picks them: no ``pick`` weights, no FULLY_CONNECTED.
+
+    When ``x`` is an RMSNorm's output, its gamma can be taken into ``keep`` and ``pick``
+    (`fold_gamma`): both parts then read the norm before its gamma, and the graph runs
+    one MUL by a constant where it ran two (gamma, then keep). Exact: ``keep`` is 0 or 1
+    and ``pick``'s rows one-hot.
     """
 
-    def __init__(self, channels: torch.Tensor, columns: torch.Tensor, inputs: int) -> None:
+    def __init__(self, channels: torch.Tensor, columns: torch.Tensor, inputs: int, tail: bool = False) -> None:
         super().__init__()
         keep = torch.ones(inputs)
         keep[channels] = 0.0
         self.register_buffer("keep", keep)
-        self.register_buffer("pick", F.one_hot(channels, inputs).float())
+        self.tail = len(channels) if tail else 0
+        if tail and not torch.equal(channels, torch.arange(inputs - self.tail, inputs)):
+            raise ValueError("tail outlier channels must be the input's last ones")
+        self.register_buffer("pick", None if tail else F.one_hot(channels, inputs).float())
         self.register_buffer("columns", columns.contiguous())
         self.folds_gamma = False
 
@@ -72,7 +83,8 @@ class OutlierChannels(nn.Module):
         return x * self.keep
 
     def float_part(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.pick), self.columns)
+        picked = x[..., -self.tail :] if self.tail else F.linear(x, self.pick)
+        return F.linear(picked, self.columns)
 
 
 class QuantizedWeight(nn.Module):
@@ -127,12 +139,13 @@ class QuantizedWeight(nn.Module):
     def shape(self) -> torch.Size:
         return self.values.shape
 
-    def split_outliers(self, channels: torch.Tensor, weight: torch.Tensor) -> None:
+    def split_outliers(self, channels: torch.Tensor, weight: torch.Tensor, tail: bool = False) -> None:
         """Keep input ``channels`` out of the quantized product, read in float from
-        ``weight`` (the float weight: less its group offsets, which cover every channel)."""
+        ``weight`` (the float weight: less its group offsets, which cover every channel);
+        ``tail``: they are the last ones (`OutlierChannels`)."""
         if self.offset is not None:
             weight = weight - self.offset.repeat_interleave(self.group, dim=1)
-        self.outliers = OutlierChannels(channels, weight[:, channels], weight.shape[1])
+        self.outliers = OutlierChannels(channels, weight[:, channels], weight.shape[1], tail)
 
     @property
     def stored_bytes(self) -> int:
@@ -144,7 +157,7 @@ class QuantizedWeight(nn.Module):
             size = self.values.numel() // 2 + 2 * self.scale.numel() + 4 * self.offset.numel()
         if self.outliers is None:
             return size
-        return size + 4 * sum(b.numel() for b in self.outliers.buffers())
+        return size + 4 * sum(b.numel() for b in self.outliers.buffers() if b is not None)
 
     def dequantized(self) -> torch.Tensor:
         """The float weight without its group offsets, as a dequantize op of the constant
@@ -242,10 +255,15 @@ def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[in
     head = "lm_head" if decoder.lm_head is not None else "embed"  # the slot the logits read
     split = {head if name == "lm_head" else name for name in outlier_linears}
     observed = [(module, name) for module, name in slots if name in split] if calibration is not None else []
+    # 8-bit rows hold any order of inputs: the down projection's outlier channels can be moved last
+    tail = scheme.weight_bits == 8 and "down" in split
     if observed and not traced_only:
         for module, name in observed:
             _replace(module, name, Observed(getattr(module, name)))
         run_text(decoder, calibration)
+        if tail:
+            for layer in decoder.layers:
+                _move_down_outliers_last(layer)
     with torch.no_grad():
         for module, name in slots:
             weight = getattr(module, name)
@@ -253,17 +271,36 @@ def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[in
             weight = weight.weight if isinstance(weight, Observed) else weight
             # the embedding is read by GATHER: int8 rows (see above), also when it is the lm_head
             bits, group = (8, None) if name == "embed" else (scheme.weight_bits, scheme.group_size)
+            in_tail = tail and name == "down"
             if traced_only:
                 quantized = QuantizedWeight.blank(weight, group)
-                peak = torch.arange(weight.shape[1]).flip(0).float() if (module, name) in observed else None
+                order = torch.arange(weight.shape[1]).float()  # the largest peaks last or first
+                peak = (order if in_tail else order.flip(0)) if (module, name) in observed else None
             else:
                 quantized = QuantizedWeight.of(weight, bits, group)
             if peak is not None:
-                quantized.split_outliers(peak.topk(OUTLIER_CHANNELS).indices.sort().values, weight.float())
+                quantized.split_outliers(peak.topk(OUTLIER_CHANNELS).indices.sort().values, weight.float(), in_tail)
                 gamma = _norm_gamma(decoder, module, name)
                 if gamma is not None and quantized.offset is None:  # 4-bit group sums read the gamma'd input
                     quantized.outliers.fold_gamma(gamma.detach().float())
             _replace(module, name, quantized)
+
+
+def _move_down_outliers_last(layer: nn.Module) -> None:
+    """Reorder the MLP's hidden channels (gate and up rows, down columns: the layer
+    computes the same) so the down projection's `OUTLIER_CHANNELS` largest input channels
+    come last, in the order they had; a slice then picks them (`OutlierChannels` tail)."""
+    gate_up, down = layer.gate_up, layer.down  # `Observed`: the float weights and input peaks
+    hidden = down.peak.numel()
+    last = down.peak.topk(OUTLIER_CHANNELS).indices.sort().values
+    rest = torch.ones(hidden, dtype=torch.bool)
+    rest[last] = False
+    order = torch.cat([torch.arange(hidden)[rest], last])
+    gate_up_weight = gate_up.weight if isinstance(gate_up, Observed) else gate_up
+    with torch.no_grad():
+        gate_up_weight.data = gate_up_weight.data[torch.cat([order, hidden + order])]
+        down.weight.data = down.weight.data[:, order]
+    down.peak = down.peak[order]
 
 
 def _norm_gamma(decoder: nn.Module, module: nn.Module, name: str) -> torch.Tensor | None:
