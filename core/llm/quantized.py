@@ -17,7 +17,8 @@ applied beside the kernel (see `QuantizedWeight`). The graph is the one PT2E's c
 which the cpu backend writes as one FULLY_CONNECTED with a float input and int8
 per-channel (XNNPACK qd8-f32-qc8w) or int4 blockwise (qd8-f32-qb4w) weights, plus for
 4 bits a SUM and a small float FULLY_CONNECTED, and for outlier channels a MUL and two
-small float FULLY_CONNECTEDs.
+small float FULLY_CONNECTEDs (8 bits: the MUL merged with an RMSNorm's gamma before it,
+and for the down projection a slice instead of the first FULLY_CONNECTED).
 
 The token embedding is stored as int8 rows with a scale each, and read with a gather of
 the rows and of their scales. When embedding and lm_head are tied (SmolLM2), that one
