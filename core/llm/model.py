@@ -31,12 +31,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DecoderConfig, RopeScaling
-from .quantized import embedding, linear
+from .quantized import Weight, embedding, linear, reads_norm_before_gamma
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x²) + eps) * weight over the last dim (computed in fp32, as HF does)."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x²) + eps) * weight over the last dim (computed in fp32, as HF does);
+    ``weight`` None: the norm before its gamma."""
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return normed if weight is None else normed * weight
+
+
+def norm_linear(x: torch.Tensor, gamma: torch.Tensor, eps: float, weight: Weight,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(rms_norm(x, gamma), weight)``; where the weight's outlier split took the
+    gamma in (`quantized.OutlierChannels.fold_gamma`), the norm's output before it."""
+    folded = reads_norm_before_gamma(weight)
+    return linear(rms_norm(x, None if folded else gamma, eps), weight, bias)
 
 
 def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
@@ -92,7 +102,7 @@ class Layer(nn.Module):
                 positions: torch.Tensor) -> torch.Tensor:
         c = self.config
         T, d, kv, group = h.shape[0], c.head_dim, c.kv_heads, c.group
-        qkv = linear(rms_norm(h, self.attn_norm, c.rms_norm_eps), self.qkv, self.qkv_bias)
+        qkv = norm_linear(h, self.attn_norm, c.rms_norm_eps, self.qkv, self.qkv_bias)
         # Slices, not split: unequal parts would be one SPLIT_V, which NeuroPilot cannot take.
         q, k, v = qkv[:, : c.heads * d], qkv[:, c.heads * d : (c.heads + kv) * d], qkv[:, (c.heads + kv) * d :]
         q, k, v = q.view(T, c.heads, d), k.view(T, kv, d), v.view(T, kv, d)
@@ -115,7 +125,7 @@ class Layer(nn.Module):
         self.v_cache.index_copy_(1, positions, v)
 
         h = h + linear(out, self.o)
-        gate, up = linear(rms_norm(h, self.mlp_norm, c.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
+        gate, up = norm_linear(h, self.mlp_norm, c.rms_norm_eps, self.gate_up).chunk(2, dim=-1)
         return h + linear(F.silu(gate) * up, self.down)
 
 
@@ -167,10 +177,9 @@ class Decoder(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> (N, vocab)."""
         head = self.embed if self.lm_head is None else self.lm_head
-        x = rms_norm(h, self.norm, self.config.rms_norm_eps)
-        if self.head_mix is not None:
-            x = F.linear(x, self.head_mix)
-        return linear(x, head)
+        if self.head_mix is None:
+            return norm_linear(h, self.norm, self.config.rms_norm_eps, head)
+        return linear(F.linear(rms_norm(h, self.norm, self.config.rms_norm_eps), self.head_mix), head)
 
 
 def _rope_tables(c: DecoderConfig, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

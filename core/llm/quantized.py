@@ -17,7 +17,8 @@ applied beside the kernel (see `QuantizedWeight`). The graph is the one PT2E's c
 which the cpu backend writes as one FULLY_CONNECTED with a float input and int8
 per-channel (XNNPACK qd8-f32-qc8w) or int4 blockwise (qd8-f32-qb4w) weights, plus for
 4 bits a SUM and a small float FULLY_CONNECTED, and for outlier channels a MUL and two
-small float FULLY_CONNECTEDs.
+small float FULLY_CONNECTEDs (8 bits: the MUL merged with an RMSNorm's gamma before it,
+and for the down projection a slice instead of the first FULLY_CONNECTED).
 
 The token embedding is stored as int8 rows with a scale each, and read with a gather of
 the rows and of their scales. When embedding and lm_head are tied (SmolLM2), that one
@@ -50,21 +51,41 @@ class OutlierChannels(nn.Module):
     set the per-token scale); the float product ``(x @ pickᵀ) @ columnsᵀ`` adds them
     back: ``pick`` selects the channels (one-hot rows), ``columns`` are the weight's
     float columns for them. Two float FULLY_CONNECTEDs of ``channels`` width each.
+
+    ``tail``: the channels are ``x``'s last ones (`quantize_decoder` moves the down
+    projection's there), so a slice picks them: no ``pick`` weights, no FULLY_CONNECTED.
+
+    When ``x`` is an RMSNorm's output, its gamma can be taken into ``keep`` and ``pick``
+    (`fold_gamma`): both parts then read the norm before its gamma, and the graph runs
+    one MUL by a constant where it ran two (gamma, then keep). Exact: ``keep`` is 0 or 1
+    and ``pick``'s rows one-hot.
     """
 
-    def __init__(self, channels: torch.Tensor, columns: torch.Tensor, inputs: int) -> None:
+    def __init__(self, channels: torch.Tensor, columns: torch.Tensor, inputs: int, tail: bool = False) -> None:
         super().__init__()
         keep = torch.ones(inputs)
         keep[channels] = 0.0
         self.register_buffer("keep", keep)
-        self.register_buffer("pick", F.one_hot(channels, inputs).float())
+        self.tail = len(channels) if tail else 0
+        if tail and not torch.equal(channels, torch.arange(inputs - self.tail, inputs)):
+            raise ValueError("tail outlier channels must be the input's last ones")
+        self.register_buffer("pick", None if tail else F.one_hot(channels, inputs).float())
         self.register_buffer("columns", columns.contiguous())
+        self.folds_gamma = False
+
+    def fold_gamma(self, gamma: torch.Tensor) -> None:
+        """Take the gamma of the RMSNorm that feeds ``x`` in: from now on ``x`` is the
+        norm's output before its gamma (`reads_norm_before_gamma`)."""
+        self.keep = self.keep * gamma
+        self.pick = self.pick * gamma
+        self.folds_gamma = True
 
     def quantized_part(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.keep
 
     def float_part(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.pick), self.columns)
+        picked = x[..., -self.tail :] if self.tail else F.linear(x, self.pick)
+        return F.linear(picked, self.columns)
 
 
 class QuantizedWeight(nn.Module):
@@ -119,12 +140,13 @@ class QuantizedWeight(nn.Module):
     def shape(self) -> torch.Size:
         return self.values.shape
 
-    def split_outliers(self, channels: torch.Tensor, weight: torch.Tensor) -> None:
+    def split_outliers(self, channels: torch.Tensor, weight: torch.Tensor, tail: bool = False) -> None:
         """Keep input ``channels`` out of the quantized product, read in float from
-        ``weight`` (the float weight: less its group offsets, which cover every channel)."""
+        ``weight`` (the float weight: less its group offsets, which cover every channel);
+        ``tail``: they are the last ones (`OutlierChannels`)."""
         if self.offset is not None:
             weight = weight - self.offset.repeat_interleave(self.group, dim=1)
-        self.outliers = OutlierChannels(channels, weight[:, channels], weight.shape[1])
+        self.outliers = OutlierChannels(channels, weight[:, channels], weight.shape[1], tail)
 
     @property
     def stored_bytes(self) -> int:
@@ -136,7 +158,7 @@ class QuantizedWeight(nn.Module):
             size = self.values.numel() // 2 + 2 * self.scale.numel() + 4 * self.offset.numel()
         if self.outliers is None:
             return size
-        return size + 4 * sum(b.numel() for b in self.outliers.buffers())
+        return size + 4 * sum(b.numel() for b in self.outliers.buffers() if b is not None)
 
     def dequantized(self) -> torch.Tensor:
         """The float weight without its group offsets, as a dequantize op of the constant
@@ -166,6 +188,11 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
     return out if outliers is None else out + outliers.float_part(x)
 
 
+def reads_norm_before_gamma(weight: Weight) -> bool:
+    """Whether the linear of ``weight`` takes its RMSNorm's gamma in (`OutlierChannels.fold_gamma`)."""
+    return isinstance(weight, QuantizedWeight) and weight.outliers is not None and weight.outliers.folds_gamma
+
+
 def embedding(tokens: torch.Tensor, table: Weight) -> torch.Tensor:
     """The rows of ``table`` for ``tokens``: gathered as int8 and scaled when quantized."""
     if isinstance(table, Observed):
@@ -189,10 +216,14 @@ def _per_token(x: torch.Tensor) -> torch.Tensor:
 
 LINEARS = ("qkv", "o", "gate_up", "down")  # a layer's linear weights
 OUTLIER_CHANNELS = 8  # per linear, kept in float: more gains nothing on SmolLM2 (32 measured)
-# Which linears keep outlier channels, by weight bits. Each costs four small operators per
-# token; 8-bit programs take them everywhere (+8% decode time on SmolLM2), 4-bit ones
-# where they pay most (qkv, down and the head: all five kinds cost +45%, these about half).
-OUTLIER_LINEARS = {8: (*LINEARS, "lm_head"), 4: ("qkv", "down", "lm_head")}
+# Which linears keep outlier channels, by weight bits. Each costs small operators per token
+# (a float FULLY_CONNECTED of the channels, one of their columns, an ADD; and a MUL or one
+# fewer: `OutlierChannels.fold_gamma`). 8-bit programs take them everywhere but the
+# attention output `o`, whose per-token rounding costs least (98.5% alone, bench/README.md
+# "Where edgeport's loss came from"; without its split the agreement stays 94.3%, decode
+# about 4% faster); 4-bit ones where they pay most (qkv, down and the head: all five kinds
+# cost +45%, these about half).
+OUTLIER_LINEARS = {8: ("qkv", "gate_up", "down", "lm_head"), 4: ("qkv", "down", "lm_head")}
 # With the residual stream rotated (rotation.py) only the down projection's input, which no
 # offline rotation reaches, keeps outlier channels: one split per layer instead of four.
 ROTATED_OUTLIER_LINEARS = ("down",)
@@ -225,10 +256,15 @@ def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[in
     head = "lm_head" if decoder.lm_head is not None else "embed"  # the slot the logits read
     split = {head if name == "lm_head" else name for name in outlier_linears}
     observed = [(module, name) for module, name in slots if name in split] if calibration is not None else []
+    # 8-bit rows hold any order of inputs: the down projection's outlier channels can be moved last
+    tail = scheme.weight_bits == 8 and "down" in split
     if observed and not traced_only:
         for module, name in observed:
             _replace(module, name, Observed(getattr(module, name)))
         run_text(decoder, calibration)
+        if tail:
+            for layer in decoder.layers:
+                _move_down_outliers_last(layer)
     with torch.no_grad():
         for module, name in slots:
             weight = getattr(module, name)
@@ -236,14 +272,46 @@ def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[in
             weight = weight.weight if isinstance(weight, Observed) else weight
             # the embedding is read by GATHER: int8 rows (see above), also when it is the lm_head
             bits, group = (8, None) if name == "embed" else (scheme.weight_bits, scheme.group_size)
+            in_tail = tail and name == "down"
             if traced_only:
                 quantized = QuantizedWeight.blank(weight, group)
-                peak = torch.arange(weight.shape[1]).flip(0).float() if (module, name) in observed else None
+                order = torch.arange(weight.shape[1]).float()  # the largest peaks last or first
+                peak = (order if in_tail else order.flip(0)) if (module, name) in observed else None
             else:
                 quantized = QuantizedWeight.of(weight, bits, group)
             if peak is not None:
-                quantized.split_outliers(peak.topk(OUTLIER_CHANNELS).indices.sort().values, weight.float())
+                quantized.split_outliers(peak.topk(OUTLIER_CHANNELS).indices.sort().values, weight.float(), in_tail)
+                gamma = _norm_gamma(decoder, module, name)
+                if gamma is not None and quantized.offset is None:  # 4-bit group sums read the gamma'd input
+                    quantized.outliers.fold_gamma(gamma.detach().float())
             _replace(module, name, quantized)
+
+
+def _move_down_outliers_last(layer: nn.Module) -> None:
+    """Reorder the MLP's hidden channels (gate and up rows, down columns: the layer
+    computes the same) so the down projection's `OUTLIER_CHANNELS` largest input channels
+    come last, in the order they had; a slice then picks them (`OutlierChannels` tail)."""
+    gate_up, down = layer.gate_up, layer.down  # `Observed`: the float weights and input peaks
+    hidden = down.peak.numel()
+    last = down.peak.topk(OUTLIER_CHANNELS).indices.sort().values
+    rest = torch.ones(hidden, dtype=torch.bool)
+    rest[last] = False
+    order = torch.cat([torch.arange(hidden)[rest], last])
+    gate_up_weight = gate_up.weight if isinstance(gate_up, Observed) else gate_up
+    with torch.no_grad():
+        gate_up_weight.data = gate_up_weight.data[torch.cat([order, hidden + order])]
+        down.weight.data = down.weight.data[:, order]
+    down.peak = down.peak[order]
+
+
+def _norm_gamma(decoder: nn.Module, module: nn.Module, name: str) -> torch.Tensor | None:
+    """The gamma of the RMSNorm whose output is the input of slot ``name`` of ``module``,
+    if that linear reads the norm directly (model.py), else None."""
+    if name in ("qkv", "gate_up"):
+        return module.attn_norm if name == "qkv" else module.mlp_norm
+    if module is decoder and name in ("embed", "lm_head") and decoder.head_mix is None:
+        return decoder.norm  # the head (a rotated decoder mixes the norm's output first)
+    return None
 
 
 def _replace(module: nn.Module, name: str, weight: QuantizedWeight) -> None:

@@ -57,3 +57,48 @@ def test_outlier_channels_kept_in_float_make_the_per_token_rounding_of_the_rest_
     split.split_outliers(torch.tensor([3, 40]), w)
     error = lambda q: float((linear(x, q) - exact).norm() / exact.norm())  # noqa: E731
     assert error(split) < error(plain) / 5, (error(split), error(plain))
+
+
+def test_an_outlier_split_that_takes_the_norms_gamma_in_computes_the_same_linear():
+    from edgeport.llm.model import norm_linear, rms_norm
+    from edgeport.quantize.flow import quant_ops
+
+    quant_ops()
+    g = torch.Generator().manual_seed(3)
+    w, h, gamma = torch.randn(48, 64, generator=g), torch.randn(6, 64, generator=g), torch.rand(64, generator=g) + 0.5
+    h[:, [3, 40]] *= 50.0
+    separate, folded = QuantizedWeight.of(w, 8), QuantizedWeight.of(w, 8)
+    separate.split_outliers(torch.tensor([3, 40]), w)
+    folded.split_outliers(torch.tensor([3, 40]), w)
+    folded.outliers.fold_gamma(gamma)
+    reference = linear(rms_norm(h, gamma, 1e-5), separate)
+    assert torch.allclose(norm_linear(h, gamma, 1e-5, folded), reference, rtol=1e-5, atol=1e-5)
+    assert torch.equal(norm_linear(h, gamma, 1e-5, separate), reference)  # unfolded: the gamma MUL as before
+
+
+def test_moving_the_down_projections_outlier_channels_last_keeps_the_decoders_function(tmp_path):
+    from edgeport.llm.calibration import Observed
+    from edgeport.llm.loader import load_model
+    from edgeport.llm.model import Prefill
+    from edgeport.llm.quantized import OUTLIER_CHANNELS, _move_down_outliers_last, _replace
+    from edgeport.llm.weights import build_decoder
+
+    from test_architectures import tiny_model_dir
+
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    decoder = build_decoder(load_model(path).config, load_model(path).weights, max_seq_len=16)
+    tokens, positions, last = torch.tensor([[3, 4, 5, 6, 7]]), torch.arange(5), torch.tensor([4])
+    with torch.no_grad():
+        before = Prefill(decoder)(tokens, positions, last)
+    layer = decoder.layers[0]
+    for name in ("gate_up", "down"):
+        _replace(layer, name, Observed(getattr(layer, name)))
+    peak = torch.rand(layer.down.peak.numel(), generator=torch.Generator().manual_seed(4))
+    layer.down.peak = peak.clone()
+    _move_down_outliers_last(layer)
+    assert torch.equal(layer.down.peak[-OUTLIER_CHANNELS:], peak[peak.topk(OUTLIER_CHANNELS).indices.sort().values])
+    for name in ("gate_up", "down"):
+        _replace(layer, name, getattr(layer, name).weight)
+    with torch.no_grad():
+        after = Prefill(decoder)(tokens, positions, last)
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,91 @@
+"""Decode cost of several LLM programs, alternating in one process: thread CPU time per token.
+
+    python bench/llm_decode_ab.py A.edgeport B.edgeport [...] [--blocks 8] [--tokens 24] [--ops]
+
+On a shared machine wall time swings with the load; at 1 thread XNNPACK runs in the
+calling thread, so that thread's CPU time is what a token costs the program itself. The
+programs take turns in short blocks (an 8-token prompt, then ``--tokens`` greedy decode
+steps each timed alone), so a load change hits them alike; min / p10 / median per token
+are printed, with each one's ratio to the first program and the load average. ``--ops``
+also prints each program's operators by type (deterministic: what a token runs).
+
+The first program loaded in a process decoded 10-15% slower than the same file loaded
+after it (2026-11-26, LiteRT 2.3; cause not found), so a copy of the first program is
+loaded and warmed up before the timed ones, and never timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import time
+import zipfile
+
+import numpy as np
+
+PROMPT = [504, 3458, 282, 4649, 314, 1345, 30, 198]  # any 8 ids: the cost does not depend on them
+
+
+def decode_times(session, tokens: int) -> list[float]:
+    """ms of thread CPU time per greedy decode step after `PROMPT`."""
+    session.tokens = []
+    token = int(np.argmax(session.prefill(PROMPT, 0)))
+    times = []
+    for _ in range(tokens):
+        start = time.thread_time_ns()
+        logits = session.decode(token)
+        times.append((time.thread_time_ns() - start) / 1e6)
+        token = int(np.argmax(logits))
+    return times
+
+
+def operators(path: str) -> collections.Counter:
+    """Operators by type in the program's TFLite artifacts."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    counts: collections.Counter = collections.Counter()
+    with zipfile.ZipFile(path) as program:
+        for name in program.namelist():
+            if name.endswith(".tflite"):
+                ops = Interpreter(model_content=program.read(name))._get_ops_details()
+                counts.update(op["op_name"] for op in ops)
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("programs", nargs="+")
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--ops", action="store_true")
+    args = parser.parse_args()
+    import edgeport
+    import edgeport.llm
+
+    if args.ops:
+        for path in args.programs:
+            counts = operators(path)
+            print(f"{path}: {sum(counts.values())} operators: {dict(counts.most_common())}")
+    pacer = edgeport.llm.Session(edgeport.load(args.programs[0]), threads=1)
+    pacer.warm_up()  # the first program loaded runs slower: not one of the timed ones
+    sessions = [edgeport.llm.Session(edgeport.load(path), threads=1) for path in args.programs]
+    for session in sessions:
+        session.warm_up()
+    times: list[list[float]] = [[] for _ in sessions]
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.blocks):
+        for session, own in zip(sessions, times):
+            own.extend(decode_times(session, args.tokens))
+        loads.append(os.getloadavg()[0])
+    base = np.median(times[0])
+    print(f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}; ms of thread CPU time per decoded token, "
+          f"{args.blocks} blocks x {args.tokens}")
+    for path, own in zip(args.programs, times):
+        t = np.array(own)
+        print(f"  {path}: min {t.min():.2f}  p10 {np.percentile(t, 10):.2f}  median {np.median(t):.2f}"
+              f"  ({np.median(t) / base:.3f}x the first)")
+
+
+if __name__ == "__main__":
+    main()
