@@ -63,6 +63,8 @@ _CALLS: dict[str, list[Any]] = {
     "LiteRtGetModelSignature": [_P, _SIZE, _PP],
     "LiteRtGetNumSignatureInputs": [_P, ctypes.POINTER(_SIZE)],
     "LiteRtGetNumSignatureOutputs": [_P, ctypes.POINTER(_SIZE)],
+    "LiteRtGetSignatureInputName": [_P, _SIZE, ctypes.POINTER(ctypes.c_char_p)],
+    "LiteRtGetSignatureOutputName": [_P, _SIZE, ctypes.POINTER(ctypes.c_char_p)],
     "LiteRtGetSignatureInputTensorByIndex": [_P, _SIZE, _PP],
     "LiteRtGetSignatureOutputTensorByIndex": [_P, _SIZE, _PP],
     "LiteRtGetRankedTensorType": [_P, ctypes.POINTER(RankedTensorType)],
@@ -187,11 +189,21 @@ class HostBuffer:
             self.handle = None
 
 
-class Spec:
-    """An input's or output's element type and dims as the model declares them (-1 where dynamic)."""
+def handle_array(buffers: Sequence[HostBuffer]) -> Any:
+    """The buffers' handles as a C array, for `CompiledModel.run_handles`."""
+    return (ctypes.c_void_p * len(buffers))(*[b.handle for b in buffers])
 
-    def __init__(self, tensor_type: RankedTensorType) -> None:
-        self.dtype = np.dtype(_DTYPES[tensor_type.element_type])
+
+class Spec:
+    """An input's or output's name in the signature, element type, and dims as the
+    model was written (a dynamic dim at the size it was written with)."""
+
+    def __init__(self, name: str, tensor_type: RankedTensorType) -> None:
+        self.name = name
+        element = tensor_type.element_type
+        if element not in _DTYPES:
+            raise LiteRtCError(f"{name} has LiteRT element type {element}, which has no numpy twin here")
+        self.dtype = np.dtype(_DTYPES[element])
         self.shape = tuple(tensor_type.layout.dimensions[i] for i in range(tensor_type.layout.rank))
 
 
@@ -241,10 +253,11 @@ class CompiledModel:
         _call(f"LiteRtGetNumSignature{kind}s", signature, ctypes.byref(count))
         specs = []
         for i in range(count.value):
-            tensor, tensor_type = ctypes.c_void_p(), RankedTensorType()
+            name, tensor, tensor_type = ctypes.c_char_p(), ctypes.c_void_p(), RankedTensorType()
+            _call(f"LiteRtGetSignature{kind}Name", signature, i, ctypes.byref(name))
             _call(f"LiteRtGetSignature{kind}TensorByIndex", signature, i, ctypes.byref(tensor))
             _call("LiteRtGetRankedTensorType", tensor, ctypes.byref(tensor_type))
-            specs.append(Spec(tensor_type))
+            specs.append(Spec(name.value.decode(), tensor_type))
         return specs
 
     def resize_input(self, index: int, shape: Sequence[int]) -> None:
@@ -258,11 +271,18 @@ class CompiledModel:
         return [tuple(layout.dimensions[i] for i in range(layout.rank)) for layout in layouts]
 
     def run(self, inputs: Sequence[HostBuffer], outputs: Sequence[HostBuffer]) -> None:
-        ins = (ctypes.c_void_p * len(inputs))(*[b.handle for b in inputs])
-        outs = (ctypes.c_void_p * len(outputs))(*[b.handle for b in outputs])
-        _call("LiteRtRunCompiledModel", self.handle, 0, len(inputs), ins, len(outputs), outs)
+        self.run_handles(handle_array(inputs), handle_array(outputs))
+
+    def run_handles(self, inputs: Any, outputs: Any) -> None:
+        """`run` with the buffers' handles already in C arrays (`handle_array`): what a
+        caller running the same buffers call after call keeps."""
+        _call("LiteRtRunCompiledModel", self.handle, 0, len(inputs), inputs, len(outputs), outputs)
+
+    def close(self) -> None:
+        """Destroy the compiled model, its options, model and environment (once)."""
+        handles, self._handles = getattr(self, "_handles", []), []
+        for destroyer, handle in reversed(handles):
+            getattr(self._lib, destroyer)(handle)
 
     def __del__(self) -> None:
-        for destroyer, handle in reversed(getattr(self, "_handles", [])):
-            getattr(self._lib, destroyer)(handle)
-        self._handles = []
+        self.close()
