@@ -21,7 +21,8 @@ features (XNNPACK packs for the kernels it picks on this CPU) and lives in the p
 cache directory (`cache_dir`). XNNPACK packs every weight while the model compiles, into
 a file of a temporary name that takes the key's name once the model compiled, so a
 process that dies while packing leaves no half-written cache another would trust (it
-may leave a ``*.building`` file, which no load reads).
+may leave a ``*.building`` file, which no load reads). The first load then compiles
+again from the finished file, which holds less memory than the model that built it.
 """
 
 from __future__ import annotations
