@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeport.arrays import as_numpy, is_torch_tensor
+from edgeport.mapped_file import release
 from edgeport.native_output import filter_native_output
 
 from . import litert_c
@@ -126,6 +127,8 @@ class CompiledExecutable:
             cache = str(final)
             self._model = _compile(view, threads, cache)
         self.weight_cache = cache
+        if cache:
+            release(view)  # XNNPACK runs from the cache: let go the model pages compiling read
         specs = self._model.inputs
         self._dynamic = dynamic_inputs(view)
         # input position -> its one buffer's array and (address, bytes): a call compares

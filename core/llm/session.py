@@ -250,7 +250,16 @@ def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> in
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far. On Linux, the memory map's own
+    high-water mark (VmHWM): ``ru_maxrss`` survives ``exec``, so a process started from
+    a large one (a test run, a notebook) would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # no procfs (macOS)
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
