@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
-    ways = {"interpreter": session(args.program, compiled=False), "compiled + weight cache": session(args.program, True)}
+    ways = {"interpreter": session(args.program, compiled=False),
+            "compiled + weight cache": session(args.program, compiled=True)}
     for name, s in ways.items():
         (_, loaded), = s.runtime._loaded.items()  # noqa: SLF001 - which executable runs, for the record
         print(f"{name}: {type(loaded[0]).__name__}")

@@ -104,7 +104,8 @@ class CpuBackend(edgeport.Backend):
                     "int4_weights": any(a.metadata.get("int4_weights") for a in artifacts)}
         return edgeport.Artifact(data=data, suffix=".tflite", metadata=metadata)
 
-    def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable | tflite.TfliteEntries | tflite.CompiledExecutable:
+    def load(self, artifact: edgeport.Artifact) -> (tflite.TfliteExecutable | tflite.TfliteEntries
+                                                     | tflite.CompiledExecutable):
         """LiteRT's Interpreter runs the model, or, for an artifact whose weights are to
         be cached (`WEIGHT_CACHE_KEY`: an LLM's one-graph model), its compiled model."""
         options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()

@@ -82,7 +82,8 @@ def _cpu_features() -> str:
 class _Shapes:
     """The buffers of one set of input shapes: dynamic inputs and all outputs."""
 
-    def __init__(self, inputs: list[np.ndarray], outputs: list[np.ndarray], handles: tuple[Any, Any], keep: list[Any]) -> None:
+    def __init__(self, inputs: list[np.ndarray], outputs: list[np.ndarray], handles: tuple[Any, Any],
+                 keep: list[Any]) -> None:
         self.inputs, self.outputs, self.handles, self._keep = inputs, outputs, handles, keep
 
 
@@ -229,7 +230,8 @@ def _building_name(final: Path) -> Path | None:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, building = tempfile.mkstemp(prefix=final.stem + ".", suffix=".building", dir=final.parent)
     except OSError as e:
-        log.warning("XNNPACK's weight cache cannot be written to %s (%s): weights are packed in memory", final.parent, e)
+        log.warning("XNNPACK's weight cache cannot be written to %s (%s): weights are packed in memory",
+                    final.parent, e)
         return None
     os.close(fd)
     os.unlink(building)  # XNNPACK creates the file itself; the random name stays ours

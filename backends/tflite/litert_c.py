@@ -30,6 +30,14 @@ CPU = 1  # kLiteRtHwAcceleratorCpu
 CPU_OPTIONS_ID = b"xnnpack"  # LrtGetCpuOptionsIdentifier()
 
 
+class LiteRtCMissing(RuntimeError):
+    """libLiteRt.so is absent or lacks a call this module needs (the caller falls back)."""
+
+
+class LiteRtCError(RuntimeError):
+    """A LiteRT C call returned an error status."""
+
+
 class Layout(ctypes.Structure):  # LiteRtLayout: 68 bytes, dimensions at 4, strides at 36
     _fields_ = [("rank", ctypes.c_uint, 7), ("has_strides", ctypes.c_uint, 1),
                 ("dimensions", ctypes.c_int32 * MAX_RANK), ("strides", ctypes.c_uint32 * MAX_RANK)]
@@ -88,7 +96,7 @@ def _keep_payload(_: int) -> None:
 
 def library() -> Any:
     """libLiteRt.so with the calls used here declared; raises `LiteRtCMissing`."""
-    global _lib, _missing
+    global _missing
     if _lib is not None:
         return _lib
     if _missing is None:
@@ -105,10 +113,6 @@ def missing() -> str:
     except LiteRtCMissing as e:
         return str(e)
     return ""
-
-
-class LiteRtCMissing(RuntimeError):
-    """libLiteRt.so is absent or lacks a call this module needs (the caller falls back)."""
 
 
 def _load() -> str:
@@ -139,10 +143,6 @@ def _load() -> str:
 def _check(status: int, what: str) -> None:
     if status != 0:
         raise LiteRtCError(f"LiteRT's {what} failed with status {status}")
-
-
-class LiteRtCError(RuntimeError):
-    """A LiteRT C call returned an error status."""
 
 
 def _call(name: str, *args: Any) -> None:
@@ -236,7 +236,8 @@ class CompiledModel:
         _call("LiteRtCreateOpaqueOptions", CPU_OPTIONS_ID, ctypes.addressof(self._payload),
               ctypes.cast(_keep_payload, ctypes.c_void_p), ctypes.byref(opaque))
         _call("LiteRtAddOpaqueOptions", options, opaque)  # the options own it now
-        self.handle = self._create("LiteRtCreateCompiledModel", "LiteRtDestroyCompiledModel", env, model_handle, options)
+        self.handle = self._create("LiteRtCreateCompiledModel", "LiteRtDestroyCompiledModel", env, model_handle,
+                                   options)
         signature = ctypes.c_void_p()
         _call("LiteRtGetModelSignature", model_handle, 0, ctypes.byref(signature))
         self.inputs = self._specs(signature, "Input")
