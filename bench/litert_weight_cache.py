@@ -18,7 +18,12 @@ are LiteRT's alone (Python + numpy + LiteRT is the floor, ~30 MB here).
   packed once, into a file both subgraphs share;
 - ``compiled-file+cache``: ``CompiledModel.from_file`` (LiteRT maps the model file
   itself) with the cache file: first load (builds the cache), then again (reuses it);
-- ``compiled+memory-cache``: the in-memory cache (path ``":memory"``, a memfd).
+- ``compiled+memory-cache``: the in-memory cache (path ``":memory"``, a memfd);
+- ``c-api+cache``: LiteRT's C API (`edgeport.backends.tflite.litert_c`, what the cpu
+  backend loads an LLM's model with): the model read in place from a map of the file,
+  every input and output a full-rank host buffer over a numpy array (dynamic dims at 1,
+  a decode step; the model is the program's entry, mapped, as edgeport loads it), the
+  cache file built, then again (reused).
 """
 
 from __future__ import annotations
@@ -40,7 +45,18 @@ def zeros(details):
     z = np.zeros([int(x) for x in details["shape"]], np.dtype(details["dtype"]))
     return z.view(np.int32) if z.dtype == np.int64 else z  # TensorBuffer.write takes no int64: same zero bytes
 
-if mode == "interpreter":
+if mode == "c-api+cache":
+    from edgeport.backends.tflite import litert_c
+    from edgeport.program import read_program_file
+    _, files = read_program_file(sys.argv[4])  # the entry as edgeport loads it: a view of the mapped program
+    (view,) = [v for name, v in files.items() if name.startswith("artifacts/") and name.endswith(".tflite")]
+    compiled = litert_c.CompiledModel(view, threads=1, weight_cache=cache)
+    for i, spec in enumerate(compiled.inputs):
+        compiled.resize_input(i, [1 if d < 0 else d for d in spec.shape])
+    inputs = [litert_c.aligned_empty([1 if d < 0 else d for d in s.shape], s.dtype) for s in compiled.inputs]
+    outputs = [litert_c.aligned_empty(shape, s.dtype) for shape, s in zip(compiled.output_shapes(), compiled.outputs)]
+    compiled.run([litert_c.HostBuffer(a) for a in inputs], [litert_c.HostBuffer(a) for a in outputs])
+elif mode == "interpreter":
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=open(model, "rb").read(), num_threads=1)
     interpreter.allocate_tensors()
@@ -67,7 +83,7 @@ print(json.dumps(status))
 """
 
 MODES = ("interpreter", "compiled", "compiled+cache", "compiled-file+cache", "compiled-file+cache (reused)",
-         "compiled+memory-cache")
+         "compiled+memory-cache", "c-api+cache", "c-api+cache (reused)")
 
 
 def main() -> None:
@@ -87,7 +103,7 @@ def main() -> None:
     for mode in MODES:
         if "reused" not in mode and cache.exists():
             cache.unlink()
-        done = subprocess.run([sys.executable, "-c", CHILD, mode.split(" ")[0], str(model), str(cache)],
+        done = subprocess.run([sys.executable, "-c", CHILD, mode.split(" ")[0], str(model), str(cache), str(args.program)],
                               capture_output=True, text=True, check=True)
         status = json.loads(done.stdout.strip().splitlines()[-1])
         size = f"{cache.stat().st_size / 2**20:.0f}" if cache.exists() and "cache" in mode else ""

@@ -21,7 +21,11 @@ exported for cpu into ``--dir`` if missing):
 
 Per LLM variant (``--llm``, a path with ``{variant}``): ``edgeport llm generate`` of a
 16-token greedy answer, against the program's weights (its artifact bytes) plus its KV
-cache (its state bytes). Goal: <= 1.3x.
+cache (its state bytes). Goal: <= 1.3x. The cpu backend packs the weights into XNNPACK's
+weight cache on the first load and maps it on later ones: each variant runs with an
+empty cache directory (``EDGEPORT_CACHE_DIR``, built), then again (reused). "Floor" is
+the same process before any weight is loaded (the CLI's imports, the program's manifest
+and tokenizer, LiteRT's library): what a Python runtime holds whatever the weights.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -90,8 +95,22 @@ print(json.dumps({"peak": _peak()}))
 """
 
 
-def child(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=True, capture_output=True, text=True)
+# argv: an LLM program: what `llm generate` holds before it loads any weight
+LLM_FLOOR_CHILD = PEAK + """
+import json, sys
+import edgeport, edgeport.cli
+from edgeport.backends.tflite import litert_c
+from edgeport.llm.session import session_of
+session = session_of(edgeport.load(sys.argv[1]))
+session.text.encode("The capital of France is")
+litert_c.library()
+print(json.dumps({"peak": _peak()}))
+"""
+
+
+def child(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=True, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -130,17 +149,23 @@ def models_table(directory: Path, repeat: int) -> list[str]:
 
 
 def llm_table(pattern: str, tokens: int) -> list[str]:
-    rows = ["| variant | weights (artifact) | KV cache (state) | `llm generate` peak | / (weights + cache) |",
-            "|---|---|---|---|---|"]
+    rows = ["| variant | weights (artifact) | KV cache (state) | floor | `llm generate` peak, cache built | "
+            "/ (weights + cache) | peak, cache reused | / (weights + cache) | 1.3x budget |",
+            "|---" * 9 + "|"]
     for variant in VARIANTS:
         path = Path(pattern.format(variant=variant))
         if not path.exists():
             continue
-        peak = child(CLI_CHILD, "llm", "generate", str(path), "--prompt", "The capital of France is",
-                     "--max-new-tokens", str(tokens))["peak"]
+        generate = (CLI_CHILD, "llm", "generate", str(path), "--prompt", "The capital of France is",
+                    "--max-new-tokens", str(tokens))
+        with tempfile.TemporaryDirectory() as cache_dir:
+            built = child(*generate, env={"EDGEPORT_CACHE_DIR": cache_dir})["peak"]
+            reused = child(*generate, env={"EDGEPORT_CACHE_DIR": cache_dir})["peak"]
+        floor = child(LLM_FLOOR_CHILD, str(path))["peak"]
         weights, cache = entry_bytes(path, "artifacts/"), entry_bytes(path, "state/")
-        rows.append(f"| {variant} | {weights / MB:.0f} | {cache / MB:.1f} | {peak / MB:.0f} | "
-                    f"{peak / (weights + cache):.2f}x |")
+        must = weights + cache
+        rows.append(f"| {variant} | {weights / MB:.0f} | {cache / MB:.1f} | {floor / MB:.0f} | {built / MB:.0f} | "
+                    f"{built / must:.2f}x | {reused / MB:.0f} | {reused / must:.2f}x | {1.3 * must / MB:.0f} |")
     return rows
 
 

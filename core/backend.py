@@ -94,6 +94,13 @@ class Artifact:
     options: Any = None
 
 
+# Added by a caller to a loaded artifact's metadata, never saved: the artifact's sha256,
+# asking its backend to keep what it derives from the weights at load (XNNPACK's packed
+# weights) in a cache file named by it, mapped by later loads. The LLM session sets it;
+# the cpu backend honours it (`backends/tflite/compiled.py`); other backends ignore it.
+WEIGHT_CACHE_KEY = "weight_cache_key"
+
+
 @runtime_checkable
 class Executable(Protocol):
     """A loaded artifact. Inputs arrive in partition order as contiguous CPU torch

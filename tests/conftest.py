@@ -19,3 +19,10 @@ def torchops():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Files edgeport caches (XNNPACK's packed weights) go to the test run's own
+    directory, never the user's cache (subprocesses inherit it)."""
+    os.environ["EDGEPORT_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeport-cache"))

@@ -13,10 +13,12 @@ Registering it and `load` import no torch (the run side, on a device); `support`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
+from edgeport.backend import WEIGHT_CACHE_KEY
 from edgeport.support import DATA_MOVEMENT
 from edgeport.backends import tflite
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from torch.fx import Node
 
 PRECISIONS = ("fp32", "fp16")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,44 @@ class CpuBackend(edgeport.Backend):
                     "int4_weights": any(a.metadata.get("int4_weights") for a in artifacts)}
         return edgeport.Artifact(data=data, suffix=".tflite", metadata=metadata)
 
-    def load(self, artifact: edgeport.Artifact) -> tflite.TfliteExecutable | tflite.TfliteEntries:
+    def load(self, artifact: edgeport.Artifact) -> (tflite.TfliteExecutable | tflite.TfliteEntries
+                                                     | tflite.CompiledExecutable):
+        """LiteRT's Interpreter runs the model, or, for an artifact whose weights are to
+        be cached (`WEIGHT_CACHE_KEY`: an LLM's one-graph model), its compiled model."""
         options = artifact.options if isinstance(artifact.options, CpuOptions) else CpuOptions()
         needs_delegate = bool(artifact.metadata.get("int4_weights"))
         entries = artifact.metadata.get("entries")
+        checksum = artifact.metadata.get(WEIGHT_CACHE_KEY)
+        if entries is None and checksum:
+            compiled = _compiled(artifact, options.threads, checksum, needs_delegate)
+            if compiled is not None:
+                return compiled
         model = edgeport.as_bytes(artifact.data)  # LiteRT's Interpreter reads bytes only (no copy of its own)
         if entries is None:
             return tflite.TfliteExecutable(model, options.threads, needs_delegate=needs_delegate)
         keys = [f"entry{i}" for i in range(len(entries))]
         io_names = [(e["inputs"], e["outputs"]) for e in entries]
         return tflite.TfliteEntries(model, keys, io_names, options.threads, needs_delegate=needs_delegate)
+
+
+def _compiled(artifact: edgeport.Artifact, threads: int, checksum: str, needs_delegate: bool) -> Any:
+    """The model run by LiteRT's compiled model with XNNPACK's weight cache, or None
+    (logged) when LiteRT's C API cannot load it here: the Interpreter runs it then.
+
+    The C API cannot say which operators XNNPACK left to TFLite's kernels, and TFLite's
+    FULLY_CONNECTED computes garbage from blockwise INT4 weights (``needs_delegate``):
+    before the cache is first built, the Interpreter (same LiteRT, same XNNPACK) loads
+    the model once to check, at its memory cost; loads that find the cache skip it."""
+    from edgeport.backends.tflite.compiled import weight_cache_path
+    from edgeport.backends.tflite.litert_c import LiteRtCError, LiteRtCMissing
+    from edgeport.backends.tflite.runner import new_interpreter
+
+    if needs_delegate and not weight_cache_path(checksum).exists():
+        new_interpreter(bytes(artifact.data), threads, needs_delegate=True)  # raises BackendError when one is left
+    try:
+        names = (artifact.metadata["inputs"], artifact.metadata["outputs"])
+        return tflite.CompiledExecutable(artifact.data, threads, checksum=checksum, names=names)
+    except (LiteRtCMissing, LiteRtCError) as e:
+        log.warning("LiteRT's C API cannot load this model (%s); running it with LiteRT's Interpreter, "
+                    "whose memory holds the model and XNNPACK's packed weights both", e)
+        return None

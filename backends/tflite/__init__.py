@@ -10,6 +10,9 @@
 - `write_tflite(program, fp16=False)`: an edge partition as a `TfliteModel` (bytes + I/O facts)
 - `TfliteExecutable(model_bytes, threads)`: run it with LiteRT and its XNNPACK delegate;
   `undelegated_ops(interpreter)`: what XNNPACK left to TFLite's own kernels
+- `CompiledExecutable(model_bytes, threads, checksum=...)`: the same through LiteRT's
+  compiled model (C API, `litert_c`), weights packed once into XNNPACK's weight cache
+  file and inputs in place: how an LLM's one-graph model runs (a fraction of the memory)
 - `merge_models(models, keys, io_names)`: several models as one, a subgraph each, weights once;
   `TfliteEntries(model_bytes, keys, io_names, threads)` runs such a model, ``entry(i)`` per subgraph
 - `KEEP_OPS`: ops worth keeping undecomposed at capture (written better whole)
@@ -25,6 +28,7 @@ torch runs a .tflite artifact with this package and LiteRT alone.
 import importlib
 from typing import Any
 
+from .compiled import CompiledExecutable
 from .merge import merge_models
 from .runner import TfliteEntries, TfliteExecutable, interpreter_missing, runtime_version, undelegated_ops
 from .schema import writer_deps_missing
@@ -64,6 +68,7 @@ def quantizer_for(scheme, xnnpack_only: bool = False):  # noqa: ANN001, ANN201 -
     return TfliteQuantizer(scheme, xnnpack_only)
 
 __all__ = [
+    "CompiledExecutable",
     "KEEP_OPS",
     "PLUMBING",
     "SCHEMES",

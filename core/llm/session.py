@@ -7,7 +7,9 @@ every cache row at or after the chunk's first position, so rewinding is just a s
 position, and stale rows are never read. A plain `generate` starts from position 0.
 
 The cache lives inside the decode delegate (`Runtime.place_state`): a decode call copies
-none of it. Where prefill and decode are one graph (cpu, `one_graph`), prefill reads it
+none of it. A session asks its backends to cache the packed weights (`WEIGHT_CACHE_KEY`):
+the cpu backend then runs the model with LiteRT's compiled model, whose weights XNNPACK
+packs once into a file that later loads map (the only copy resident). Where prefill and decode are one graph (cpu, `one_graph`), prefill reads it
 in place too; otherwise prefill, called once per prompt chunk, gets it as an ordinary input.
 
 Generating imports no torch: inputs are numpy arrays, and a program whose steps are all
@@ -28,6 +30,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..arrays import as_numpy
+from ..backend import WEIGHT_CACHE_KEY
 from ..errors import EdgeportError
 from ..program import Program
 from ..runtime import Runtime
@@ -90,6 +93,7 @@ class Session:
         self.text = TextCodec.of(program)
         if threads:
             _set_threads(program, threads)
+        _cache_weights(program)
         self._runtime: Runtime | None = None
         self._any_length = takes_any_length(program.manifest.methods["prefill"])
         self.tokens: list[int] = []  # what the cache holds, position by position
@@ -246,7 +250,16 @@ def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> in
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far. On Linux, the memory map's own
+    high-water mark (VmHWM): ``ru_maxrss`` survives ``exec``, so a process started from
+    a large one (a test run, a notebook) would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # no procfs (macOS)
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
@@ -274,6 +287,16 @@ def _set_threads(program: Program, threads: int) -> None:
     for path, info in program.manifest.artifacts.items():
         if "threads" in info.options:
             program.manifest.artifacts[path] = dataclasses.replace(info, options={**info.options, "threads": threads})
+
+
+def _cache_weights(program: Program) -> None:
+    """Ask each artifact's backend (before the runtime loads) to keep its packed weights
+    in a cache named by the artifact's checksum (`WEIGHT_CACHE_KEY`)."""
+    manifest = program.manifest
+    for path, info in manifest.artifacts.items():
+        if path in manifest.files:
+            metadata = {**info.metadata, WEIGHT_CACHE_KEY: manifest.files[path].sha256}
+            manifest.artifacts[path] = dataclasses.replace(info, metadata=metadata)
 
 
 _SESSIONS: "weakref.WeakKeyDictionary[Program, Session]" = weakref.WeakKeyDictionary()

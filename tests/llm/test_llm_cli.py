@@ -4,6 +4,7 @@ conversation, errors are one line with a hint."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,7 +59,56 @@ def test_generating_imports_no_torch_where_torch_is_installed(smol_path):
     assert done.stdout.startswith("' Paris.")
 
 
+# Generates, then prints its peak RSS and the resident pages of the program file's own map.
+_GENERATE_AND_MEASURE = """
+import json, os, sys
+from edgeport.cli import main
+program = sys.argv[1]
+sys.argv = ["edgeport", "llm", "generate", program, "--prompt", "The capital of France is",
+            "--max-new-tokens", "8", "--threads", "1", "--json"]
+try:
+    main()
+except SystemExit:
+    pass
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+mapped, current = 0, None
+for line in open("/proc/self/smaps"):
+    fields = line.split()
+    if not fields[0].endswith(":"):
+        current = fields[5] if len(fields) > 5 else None
+    elif fields[0] == "Rss:" and current == os.path.realpath(program):
+        mapped += int(fields[1])
+print(json.dumps({"peak_mib": peak / 1024, "program_file_mib": mapped / 1024}))
+"""
+
+
 @pytest.mark.slow
+def test_generate_peaks_within_1_3x_the_weights_and_cache_on_first_and_later_loads(smol_path, tmp_path):
+    """Issue 16's memory goal on fp32: the weights are resident once, as XNNPACK's packed
+    weight cache (built by the first load, mapped by the next), not also as the model's
+    bytes (LiteRT's Interpreter held both: 2.2x).
+
+    The program file's own mapped pages are counted apart: they are page cache, and how
+    many a few reads make resident depends on the kernel's page cache, not on edgeport
+    (a freshly exported file here maps ~2 MiB per weight XNNPACK glances at; an older
+    one ~nothing: bench/README.md, "The packed copy alone")."""
+    import zipfile
+
+    with zipfile.ZipFile(smol_path) as archive:
+        weights = sum(i.file_size for i in archive.infolist() if i.filename.startswith("artifacts/"))
+        cache = sum(i.file_size for i in archive.infolist() if i.filename.startswith("state/"))
+    budget_mib = 1.3 * (weights + cache) / (1 << 20)
+    env = {**os.environ, "EDGEPORT_CACHE_DIR": str(tmp_path)}
+    for load in ("first", "later"):
+        done = subprocess.run([sys.executable, "-c", _GENERATE_AND_MEASURE, str(smol_path)], capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        held = measured["peak_mib"] - measured["program_file_mib"]
+        assert held <= budget_mib, f"{load} load: {measured}, budget {budget_mib:.0f} MiB"
+        assert len(list((tmp_path / "xnnpack").glob("*.xnnpack_cache"))) == 1
+
+
 def test_generate_json_gives_text_ids_and_speed(smol_path, use_cpu):
     result = invoke("llm", "generate", smol_path, "--prompt", "The capital of France is", "--max-new-tokens", "4",
                     "--json")
