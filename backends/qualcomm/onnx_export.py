@@ -26,6 +26,7 @@ import edgeport
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
+from .initializer_casts import fold_initializer_casts
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
 
@@ -66,6 +67,7 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     model = onnx_program.model_proto
     rewrite_pools(model)
     reorder_norm_scales(model)
+    fold_initializer_casts(model)  # a large per-channel zero point's Cast: QNN needs it static
     onnx_inputs = [value.name for value in model.graph.input]
     onnx_outputs = [value.name for value in model.graph.output]
     user_inputs = [

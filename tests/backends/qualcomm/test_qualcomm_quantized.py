@@ -142,3 +142,46 @@ def test_run_time_quantized_cases_are_declined_with_the_scheme(case, backend):
     result = run_quantized_case(backend, case)
     assert result.delegated == 0.0
     assert result.reasons and all(f"qualcomm does not offer {case.scheme}" in r for r in result.reasons.values())
+
+
+# -- a weight of more than 8,192 output channels (SmolLM2's lm_head: 49,152) ---------------------
+
+
+WIDE = 9000  # output channels: its per-channel zero point is past torch.onnx's 8,192-element folding limit
+
+
+@pytest.mark.slow
+def test_a_linear_of_many_output_channels_runs_quantized_on_htp(backend):
+    """Its zero point's Cast (int64 -> int8) is folded at export (initializer_casts.py):
+    left as a node, QNN could not read the zero point and the linear fell back to portable."""
+    torch.manual_seed(0)
+    module = nn.Linear(16, WIDE, bias=False).eval()
+    x = torch.randn(1, 16)
+    program = edgeport.export(module, (x,), ["qualcomm"], quantize="a16w8", calibration=calibration_for((x,), batches=4),
+                              keep_reference=True, registry=registry_for(backend))
+    nodes = program.report()["nodes"]
+    assert {n["backend"] for n in nodes} == {"qualcomm"}, [(n["name"], n["reasons"]) for n in nodes if n["backend"] != "qualcomm"]
+    with torch.no_grad():
+        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+
+
+def test_an_integer_cast_of_an_initializer_is_folded_exactly():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeport.backends.qualcomm.initializer_casts import fold_initializer_casts
+
+    zero_point = np.arange(-3, WIDE - 3, dtype=np.int64) % 100
+    too_wide = np.array([300], dtype=np.int64)  # int8 cannot hold it: the Cast stays
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["zp"], ["zp8"], to=TensorProto.INT8),
+         helper.make_node("Cast", ["big"], ["big8"], to=TensorProto.INT8),
+         helper.make_node("Add", ["zp8", "big8"], ["out"])],
+        "g", [], [helper.make_tensor_value_info("out", TensorProto.INT8, [WIDE])],
+        [numpy_helper.from_array(zero_point, "zp"), numpy_helper.from_array(too_wide, "big")])
+    model = helper.make_model(graph)
+    assert fold_initializer_casts(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Cast", "Add"]
+    folded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert set(folded) == {"zp8", "big"} and folded["zp8"].dtype == np.int8
+    assert np.array_equal(folded["zp8"], zero_point.astype(np.int8))
