@@ -17,12 +17,10 @@ scale. Two rewrites keep it on HTP and right:
   overflows once |x| passes 256, and LLM residual streams hold such values ("massive
   activations" of hundreds to thousands; torch's OpInfo sample squares values near 800).
   With ``s = max(|x|, sqrt(eps))`` over the normalized dims the norm is rewritten
-  exactly as ``x * (rsqrt(mean((x / s) ** 2) + (sqrt(eps) / s) ** 2) / s)``: ``x / s``
+  exactly as ``(x / s) * rsqrt(mean((x / s) ** 2) + (sqrt(eps) / s) ** 2)``: ``x / s``
   lies in [-1, 1], so no intermediate leaves fp16's range, and the mean is at least
   1/n (one element is ±1) or the eps term is 1, so none sinks below fp16's normal range
-  where it would matter either. ``x`` itself is multiplied by the row's scalar, not
-  ``x / s``: beside a massive activation (one channel at 3000) the other channels'
-  ``x / s`` would be fp16 subnormals, and SmolLM2's greedy tokens diverged so. ``s`` is never 0: an all-zero row gives ``0 * rsqrt(0 +
+  where it would matter either. ``s`` is never 0: an all-zero row gives ``0 * rsqrt(0 +
   1) = 0``, as torch does. Only chains with a positive constant eps are rewritten (a
   norm with no eps divides by zero on an all-zero row in torch itself). The square is
   written ``x * x``: HTP's ``Pow(x, 2)`` returns -4 for -0.0 (see pow_rewrite.py), and
@@ -127,10 +125,10 @@ def _rms_chains(graph: Any) -> list[_RmsChain]:
 
 
 def _max_scale(graph: Any, chain: _RmsChain) -> None:
-    """Rewrite one chain in place: the square of ``x / s``, ``s = max(|x|, sqrt(eps))``,
-    ``(sqrt(eps) / s) ** 2`` added for ``eps``, and ``x`` times ``rsqrt(...) / s``. Seven
-    nodes, four of them on the reduced shape; inserted before the Pow (after ``x``
-    exists), which becomes ``x * x``, and the last before the final Mul."""
+    """Rewrite one chain in place: ``x`` divided by ``s = max(|x|, sqrt(eps))`` where
+    the chain read it, and ``(sqrt(eps) / s) ** 2`` added for ``eps``. Six nodes, three
+    of them on the reduced shape; inserted before the Pow (after ``x`` exists), which
+    becomes ``x * x``."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -148,15 +146,12 @@ def _max_scale(graph: Any, chain: _RmsChain) -> None:
         helper.make_node("Div", [root_eps.name, tag + "_s"], [tag + "_k"], name=tag + "_eps_div"),
         helper.make_node("Mul", [tag + "_k", tag + "_k"], [tag + "_eps"], name=tag + "_eps_square"),
     ]
-    root = 1 - list(chain.normed.input).index(chain.x)  # the Reciprocal's operand
-    scaled_root = helper.make_node("Div", [chain.normed.input[root], tag + "_s"], [tag + "_r"], name=tag + "_r_div")
-    for node in (*nodes, scaled_root):  # QNN's refusals map back to the aten node the Pow came from
+    for node in nodes:  # QNN's refusals map back to the aten node the Pow came from
         node.metadata_props.extend(chain.power.metadata_props)
     position = list(graph.node).index(chain.power)
     for offset, node in enumerate(nodes):
         graph.node.insert(position + offset, node)
-    graph.node.insert(list(graph.node).index(chain.normed), scaled_root)
     chain.power.op_type = "Mul"  # HTP's Pow(-0.0, 2) is -4: x * x is exact
     chain.power.input[:] = [tag + "_x", tag + "_x"]
     chain.add.input[list(chain.add.input).index(chain.mean.output[0]) ^ 1] = tag + "_eps"
-    chain.normed.input[root] = tag + "_r"
+    chain.normed.input[list(chain.normed.input).index(chain.x)] = tag + "_x"
