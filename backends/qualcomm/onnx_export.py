@@ -9,10 +9,8 @@ node a decomposition makes and written out as ``pkg.torch.onnx.stack_trace``. So
 the export we set it to ``edgeport-node:<aten node name>`` (and restore it afterwards).
 
 The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
-equivalent form rightly (pool_rewrite.py: pools that pad themselves; pow_rewrite.py:
-integer powers, wrong at zero; norm_rewrite.py: RMS norms max-scaled so their squares
-stay within fp16's range), or prepares only in an equivalent form (norm_rewrite.py: RMS
-norms with the scale last).
+equivalent form rightly (pool_rewrite.py: pools that pad themselves), or prepares only
+in an equivalent form (norm_rewrite.py: RMS norms with the scale first).
 """
 
 from __future__ import annotations
@@ -28,9 +26,8 @@ import edgeport
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from .norm_rewrite import max_scale_rms_norms, reorder_norm_scales
+from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
-from .pow_rewrite import rewrite_integer_powers
 
 # ONNX 21: the first opset whose QuantizeLinear/DequantizeLinear take 16-bit integers
 # (a16w8's uint16 activations; ONNX Runtime rejects them in an opset-20 model). Float
@@ -69,9 +66,6 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     model = onnx_program.model_proto
     rewrite_pools(model)
     reorder_norm_scales(model)
-    if not quantized:  # a16w8 computes in 16-bit integers: no fp16 range, no signed zero
-        max_scale_rms_norms(model)
-        rewrite_integer_powers(model)
     onnx_inputs = [value.name for value in model.graph.input]
     onnx_outputs = [value.name for value in model.graph.output]
     user_inputs = [
