@@ -15,7 +15,7 @@ and gives a verdict:
 - wrong:     the backend took nodes and its answer is off;
 - fp16 range: off on a backend that computes in fp16 (`FP16_BACKENDS`), where a value
              the taken nodes compute from the sample is outside fp16's range: beyond
-             65504 (rms_norm's sample squares values near 800), or a whole value below
+             65504 (e.g. a square of values near 800), or a whole value below
              fp16's smallest normal number, where it keeps fewer than 11 significant bits
              (soft_margin_loss's answer is 3e-7). The sample is outside what the backend
              declares it computes, not a lowering bug. Counted apart, never as right.
