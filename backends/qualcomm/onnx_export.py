@@ -9,8 +9,9 @@ node a decomposition makes and written out as ``pkg.torch.onnx.stack_trace``. So
 the export we set it to ``edgeport-node:<aten node name>`` (and restore it afterwards).
 
 The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
-equivalent form rightly (pool_rewrite.py: pools that pad themselves), or prepares only
-in an equivalent form (norm_rewrite.py: RMS norms with the scale first).
+equivalent form rightly (pool_rewrite.py: pools that pad themselves; pow_rewrite.py:
+integer powers, wrong at zero), or prepares only in an equivalent form (norm_rewrite.py:
+RMS norms with the scale first).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch.export.graph_signature import InputKind
 from .initializer_casts import fold_initializer_casts
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
+from .pow_rewrite import rewrite_integer_powers
 
 # ONNX 21: the first opset whose QuantizeLinear/DequantizeLinear take 16-bit integers
 # (a16w8's uint16 activations; ONNX Runtime rejects them in an opset-20 model). Float
@@ -67,6 +69,8 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     model = onnx_program.model_proto
     rewrite_pools(model)
     reorder_norm_scales(model)
+    if not quantized:  # a16w8 computes in 16-bit integers: no signed zero
+        rewrite_integer_powers(model)
     fold_initializer_casts(model)  # a large per-channel zero point's Cast: QNN needs it static
     onnx_inputs = [value.name for value in model.graph.input]
     onnx_outputs = [value.name for value in model.graph.output]

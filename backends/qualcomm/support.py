@@ -27,6 +27,7 @@ from edgeport import support
 from edgeport.quantize.node_dtypes import is_quantization_node
 
 from .infinities import has_infinite_literal
+from .pow_rewrite import MAX_EXPONENT
 from .qdq_support import check_quantization
 
 aten = torch.ops.aten
@@ -101,10 +102,13 @@ def _no_indices_read(node: Node) -> str | None:
 
 def _integer_exponent(node: Node) -> str | None:
     exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
-    if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and float(exponent).is_integer():
-        return None
-    return ("an exponent that is not a constant integer: QNN HTP returns -131008 or 131008 where torch gives NaN "
-            "(a negative base to a fractional power; seen in the simulator, OpInfo sweep __rpow__)")
+    if not isinstance(exponent, (int, float)) or isinstance(exponent, bool) or not float(exponent).is_integer():
+        return ("an exponent that is not a constant integer: QNN HTP returns -131008 or 131008 where torch gives "
+                "NaN (a negative base to a fractional power; seen in the simulator, OpInfo sweep __rpow__)")
+    if not 1 <= exponent <= MAX_EXPONENT:
+        return (f"an exponent outside 1..{MAX_EXPONENT}: QNN HTP's Pow is wrong at zero (0 ** 0 is 0, 0 ** -1 is 0); "
+                "positive ones are written as multiplications (pow_rewrite.py)")
+    return None
 
 
 def _adaptive_not_even(node: Node) -> str | None:

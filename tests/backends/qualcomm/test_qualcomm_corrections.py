@@ -354,3 +354,51 @@ print([info.backend for info in program.manifest.artifacts.values()], max_abs(pr
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-500:]}"
     backends, error = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert "qualcomm" in backends and float(error) < 1e-2
+@pytest.mark.parametrize("exponent", [1, 2, 3, 4, 7])
+def test_an_integer_power_of_signed_zeros_is_exact(backend, exponent):
+    x = torch.tensor([[-0.0, 0.0, -2.0, 3.0, -1.5, 0.5, -0.0, 1.25]])
+    fn = Fn(lambda t: t ** exponent)
+    program = edgeport.export(fn, (x,), ["qualcomm"])
+    assert {n["backend"] for n in program.report()["nodes"]} == {"qualcomm"}
+    got, want = program(x).numpy(), fn(x).numpy()
+    assert max_abs(got, want) < 1e-3 * float(np.abs(want).max())
+
+
+def test_htp_pow_is_wrong_at_negative_zero():
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = torch.tensor([[-0.0, 0.0, -2.0, 3.0]])
+    graph = helper.make_graph(
+        [helper.make_node("Pow", ["x", "two"], ["y"])], "pow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    pytest.importorskip("onnxruntime_qnn")
+    assert _on_qnn(model, x)[0, 0] < -1, "HTP's Pow(-0.0, 2) is right now: pow_rewrite.py may go"
+
+
+@pytest.mark.parametrize("exponent", [0, -1, -2])
+def test_a_power_zero_or_negative_is_declined(backend, exponent):
+    program = partition_of(Fn(lambda t: t ** exponent), F32)
+    (node,) = [n for n in program.graph.nodes if n.op == "call_function"]
+    answer = backend.support(node, edgeport.SupportContext(program, QualcommOptions()))
+    assert not answer and "wrong at zero" in answer.reason
+
+
+def test_the_square_an_rms_norm_averages_stays_a_pow():
+    """HTP gets SmolLM2's norms wrong once their Pow is multiplied out (pow_rewrite.py)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeport.backends.qualcomm.pow_rewrite import rewrite_integer_powers
+
+    graph = helper.make_graph(
+        [helper.make_node("Pow", ["x", "two"], ["squared"]), helper.make_node("Pow", ["x", "two"], ["alone"]),
+         helper.make_node("ReduceMean", ["squared"], ["mean"])], "norm_and_power",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 1]),
+         helper.make_tensor_value_info("alone", TensorProto.FLOAT, [1, 4])],
+        initializer=[numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")])
+    model = helper.make_model(graph)
+    assert rewrite_integer_powers(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Pow", "Mul", "ReduceMean"]
