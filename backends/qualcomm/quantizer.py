@@ -54,10 +54,10 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.quantize import Scheme
 
 aten = torch.ops.aten
-ANNOTATION = "quantization_annotation"
 
 ACTIVATION_DTYPES = {8: torch.uint8, 16: torch.uint16}
 WEIGHT_RANGE = (-127, 127)  # symmetric int8: QNN's per-channel weights have zero point 0
@@ -133,13 +133,13 @@ class QualcommQuantizer(Quantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         for node in list(model.graph.nodes):
             form = FORMS.get(node.target)
-            if form is None or node.op != "call_function" or _annotated(node):
+            if form is None or node.op != "call_function" or is_annotated(node):
                 continue
             if node.target == aten.convolution.default and not _plain_weight_axis(node):
                 continue
             activation = _fused_activation(node)
             self._annotate(node, form, quantize_output=activation is None)
-            if activation is not None and _annotated(node):
+            if activation is not None and is_annotated(node):
                 self._annotate_fused(activation)
         return model
 
@@ -157,7 +157,7 @@ class QualcommQuantizer(Quantizer):
         """Annotate `node` as `form` says; `quantize_output=False` leaves its value float
         (an activation fused into it quantizes it)."""
         activations = _activation_args(node, form)
-        if not activations or not all(_runtime_float(a) for a in activations) or _output_value(node) is None:
+        if not activations or not all(_runtime_float(a) for a in activations) or float_output(node) is None:
             return
         inputs: dict[Node, QuantizationSpecBase] = {arg: self._activation() for arg in activations}
         if form.weight is not None:
@@ -231,7 +231,7 @@ def _fused_activation(node: Node) -> Node | None:
     if node.target not in FUSES_ACTIVATION or len(node.users) != 1:
         return None
     (user,) = node.users
-    if user.args[0] is not node or _annotated(user) or _output_value(user) is None:
+    if user.args[0] is not node or is_annotated(user) or float_output(user) is None:
         return None
     if user.target == aten.relu.default:
         return user
@@ -255,15 +255,6 @@ def _activation_args(node: Node, form: QuantizedForm) -> list[Node]:
     return list(dict.fromkeys(args)) if all(isinstance(a, Node) for a in args) else []
 
 
-def _annotated(node: Node) -> bool:
-    annotation = node.meta.get(ANNOTATION)
-    return annotation is not None and annotation._annotated
-
-
-def _output_value(node: Node) -> torch.Tensor | None:
-    val = node.meta.get("val")
-    val = val[0] if isinstance(val, (tuple, list)) and val else val
-    return val if isinstance(val, torch.Tensor) and val.dtype == torch.float32 else None
 
 
 def _constant(node: Any) -> bool:

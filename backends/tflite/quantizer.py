@@ -47,13 +47,13 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.quantize import STATIC, Scheme
 
 from .int8_plan import HYBRID_LINEARS, activation_args, group, group_tail
 from .lowering import foldable, lookup
 from .writer import make_plan
 
-ANNOTATION = "quantization_annotation"
 _EPS = 2**-12  # smallest scale: keeps an all-zero tensor's scale finite
 _INT4 = (-8, 7)
 
@@ -120,9 +120,9 @@ class TfliteQuantizer(Quantizer):
         live = set(graph.nodes)
         plan = make_plan(graph, live, frozenset(consts))
         for node in list(graph.nodes):
-            if node.op != "call_function" or node in consts or node in plan.alias or _annotated(node):
+            if node.op != "call_function" or node in consts or node in plan.alias or is_annotated(node):
                 continue
-            if _float_output(node) is None:
+            if float_output(node) is None:
                 continue
             if self.scheme.activations == STATIC:
                 self._annotate_int8(node, plan, consts)
@@ -205,15 +205,6 @@ def _constant_nodes(model: GraphModule) -> set[Node]:
     return consts
 
 
-def _annotated(node: Node) -> bool:
-    annotation = node.meta.get(ANNOTATION)
-    return annotation is not None and annotation._annotated
-
-
-def _float_output(node: Node) -> torch.Tensor | None:
-    val = node.meta.get("val")
-    val = val[0] if isinstance(val, (tuple, list)) and val else val
-    return val if isinstance(val, torch.Tensor) and val.dtype == torch.float32 else None
 
 
 def _runtime_float(arg: Any, consts: set[Node]) -> bool:

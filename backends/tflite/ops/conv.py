@@ -134,17 +134,7 @@ def _conv2d(em, node, x, weight, bias, stride, pads, dilation, groups, out_shape
     if em.winograd and winograd.fits(x.shape, weight.shape, stride, pads, dilation, groups):
         return winograd.conv3x3(em, node, x, weight, bias, out_shape)
     c_in, c_out = x.shape[1], weight.shape[0]
-    mode = padding_mode(x.shape[2:], weight.shape[2:], stride, dilation, pads)
-    if mode is None:
-        x, mode = _pad_spatial(em, node, x, pads, 0.0), "VALID"
-    options = {
-        "Padding": getattr(tfl().Padding, mode),
-        "StrideH": stride[0],
-        "StrideW": stride[1],
-        "DilationHFactor": dilation[0],
-        "DilationWFactor": dilation[1],
-        "FusedActivationFunction": em.activation(node),
-    }
+    x, options = conv2d_options(em, node, x, weight.shape[2:], (stride, pads, dilation))
     out = em.new(out_shape, torch.float32, node.name, layout.NHWC)
     b = em.weight(bias, node.name + "/bias")
     if groups == c_in and groups > 1 and c_out % c_in == 0:
@@ -155,6 +145,27 @@ def _conv2d(em, node, x, weight, bias, stride, pads, dilation, groups, out_shape
         w = em.weight(weight.transpose(0, 2, 3, 1), node.name + "/filter")  # (O, kh, kw, I/groups)
         em.op("CONV_2D", [x.tensor, w, b], [out], Options("Conv2DOptions", options))
     return out
+
+
+def conv2d_options(em: Emitter, node: Node, x: Value, kernel: Sequence[int],
+                   geometry: tuple[list[int], list[int], list[int]]) -> tuple[Value, dict[str, Any]]:
+    """The input and the CONV_2D / DEPTHWISE_CONV_2D options of a convolution of
+    `geometry` (stride, padding, dilation), for the float and the int8 lowering alike.
+    Where TFLite's SAME or VALID cannot say torch's padding, the input is padded
+    explicitly first (XNNPACK's subgraph optimizer folds a PAD of zeros, or of the
+    zero point, into the convolution that reads it)."""
+    stride, pads, dilation = geometry
+    mode = padding_mode(x.shape[2:], kernel, stride, dilation, pads)
+    if mode is None:
+        x, mode = _pad_spatial(em, node, x, pads, 0.0), "VALID"
+    return x, {
+        "Padding": getattr(tfl().Padding, mode),
+        "StrideH": stride[0],
+        "StrideW": stride[1],
+        "DilationHFactor": dilation[0],
+        "DilationWFactor": dilation[1],
+        "FusedActivationFunction": em.activation(node),
+    }
 
 
 NDHWC = (0, 2, 3, 4, 1)  # physical (N, D, H, W, C) of a logical (N, C, D, H, W)

@@ -37,7 +37,7 @@ from ..int8_plan import Int8Form
 from ..lowering import Int8Signature, IsConst, aten, int8_lowering, shape
 from ..qdq import QParams
 from ..schema import tensor_type, tfl
-from .conv import _conv_args, _pad_spatial, adaptive_avg_pool2d, avg_pool2d, bn_affine, max_pool2d, padding_mode
+from .conv import _conv_args, adaptive_avg_pool2d, avg_pool2d, bn_affine, conv2d_options, max_pool2d
 from .elementwise import clamp_activation, same_value
 from .reduce import reduce, softmax
 from .shape import constant_pad, permute, transpose, view
@@ -136,22 +136,12 @@ def convolution(em: Emitter, node: Node, form: Int8Form) -> Value:
         bias = bias * factor + shift
         scale = scale * np.abs(factor)
         values = values * np.where(factor < 0, -1, 1).astype(np.int8).reshape(-1, 1, 1, 1)  # exact: symmetric range
-    stride, pads, dilation, groups = list(a["stride"]), list(a["padding"]), list(a["dilation"]), a["groups"]
-    mode = padding_mode(x.shape[2:], values.shape[2:], stride, dilation, pads)
-    if mode is None:
-        x, mode = _pad_spatial(em, node, x, pads, 0.0), "VALID"
-    options = {
-        "Padding": getattr(tfl().Padding, mode),
-        "StrideH": stride[0],
-        "StrideW": stride[1],
-        "DilationHFactor": dilation[0],
-        "DilationWFactor": dilation[1],
-        "FusedActivationFunction": em.activation(node),
-    }
+    geometry = list(a["stride"]), list(a["padding"]), list(a["dilation"])
+    x, options = conv2d_options(em, node, x, values.shape[2:], geometry)
     out = em.new(shape(node), INT8, node.name, layout.NHWC, form.output)
     b = _int32_bias(em, bias, params.scale * scale, node.name + "/bias")
     c_in, c_out = x.shape[1], values.shape[0]
-    if groups == c_in and groups > 1 and c_out % c_in == 0:
+    if a["groups"] == c_in and a["groups"] > 1 and c_out % c_in == 0:
         w = _int8_weight(em, values.transpose(1, 2, 3, 0), scale, 3, node.name + "/filter")  # (1, kh, kw, O)
         options["DepthMultiplier"] = c_out // c_in
         em.op("DEPTHWISE_CONV_2D", [x.tensor, w, b], [out], Options("DepthwiseConv2DOptions", options))
