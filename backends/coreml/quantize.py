@@ -27,8 +27,8 @@ from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver, MovingAverag
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
 
 from edgeport.quantize import STATIC, Scheme
+from edgeport.quantize.annotations import ANNOTATION
 
-ANNOTATION = "quantization_annotation"
 _EPS = 2**-12  # smallest scale: keeps an all-zero tensor's scale finite
 
 aten = torch.ops.aten

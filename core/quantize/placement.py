@@ -27,9 +27,8 @@ from edgeport.partitioners.support import ask_support
 
 from ..backend import Backend, Support, support_question
 from ..errors import BackendError
+from .annotations import ANNOTATION
 from .scheme import SCHEMES, Scheme, backend_scheme
-
-ANNOTATION = "quantization_annotation"  # the node.meta key PT2E quantizers write
 
 QUANTIZES = "quantizes"
 FLOAT = "float"
