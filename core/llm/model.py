@@ -99,7 +99,9 @@ class Layer(nn.Module):
         self.register_buffer("v_cache", torch.zeros(c.kv_heads, max_seq_len, d))
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], masks: tuple[torch.Tensor, torch.Tensor | None],
-                positions: torch.Tensor) -> torch.Tensor:
+                positions: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """``window`` (W,): the cache positions 0..W-1 to attend over (`Step`), else all
+        of them; the old-cache mask in ``masks`` is as long."""
         c = self.config
         T, d, kv, group = h.shape[0], c.head_dim, c.kv_heads, c.group
         qkv = norm_linear(h, self.attn_norm, c.rms_norm_eps, self.qkv, self.qkv_bias)
@@ -113,13 +115,18 @@ class Layer(nn.Module):
         k, v = k.transpose(0, 1), v.transpose(0, 1)  # (kv, T, d)
 
         old_mask, causal = masks
-        old = torch.bmm(q, self.k_cache.transpose(1, 2)) + old_mask  # (kv, group·T, S)
+        k_old, v_old = ((self.k_cache, self.v_cache) if window is None
+                        else (self.k_cache.index_select(1, window), self.v_cache.index_select(1, window)))
+        old = torch.bmm(q, k_old.transpose(1, 2)) + old_mask  # (kv, group·T, S or W)
         new = torch.bmm(q, k.transpose(1, 2))  # (kv, group·T, T)
         if causal is not None:
             new = new + causal
         probs = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)
-        S = self.k_cache.shape[1]
-        out = torch.bmm(probs[..., :S], self.v_cache) + torch.bmm(probs[..., S:], v)  # (kv, group·T, d)
+        if window is None:
+            S = self.k_cache.shape[1]
+            out = torch.bmm(probs[..., :S], self.v_cache) + torch.bmm(probs[..., S:], v)  # (kv, group·T, d)
+        else:  # W and T both vary: no constant slice splits probs, so the values are joined instead
+            out = torch.bmm(probs, torch.cat([v_old, v], dim=1))
         out = out.view(kv, group, T, d).permute(2, 0, 1, 3).reshape(T, c.heads * d)
         self.k_cache.index_copy_(1, positions, k)
         self.v_cache.index_copy_(1, positions, v)
@@ -157,21 +164,25 @@ class Decoder(nn.Module):
         self.register_buffer("cache_index", torch.arange(max_seq_len), persistent=False)
         self.mask_value = float("-inf")  # what masked scores add (static.MASK for calibrated schemes)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, *, any_length: bool = False) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, *, any_length: bool = False,
+                window: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (1, T), positions (T,) -> hidden states (T, hidden), caches updated.
 
         ``any_length``: the chunk's causal mask is computed from ``positions`` rather than
-        built for one T, so the graph exported runs at any T (a dynamic dim)."""
+        built for one T, so the graph exported runs at any T (a dynamic dim).
+        ``window`` (W,): attend over cache positions 0..W-1 only (0, 1, .. W-1, W at least
+        the chunk's first position), not the whole cache."""
         T = tokens.shape[-1]
         h = embedding(tokens.reshape(T), self.embed)
         rope = (F.embedding(positions, self.rope_cos).unsqueeze(1), F.embedding(positions, self.rope_sin).unsqueeze(1))
         # The cache holds the positions before this chunk's first one; later rows are stale.
-        old_mask = torch.where(self.cache_index < positions[:1], 0.0, self.mask_value).view(1, 1, -1)
+        cache_index = self.cache_index if window is None else window
+        old_mask = torch.where(cache_index < positions[:1], 0.0, self.mask_value).view(1, 1, -1)
         causal = (_causal_mask_of(positions, self.config.group, self.mask_value) if any_length
                   else _causal_mask(T, self.config.group, self.mask_value))
         masks = (old_mask, causal)
         for layer in self.layers:
-            h = layer(h, rope, masks, positions)
+            h = layer(h, rope, masks, positions, window)
         return h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -211,17 +222,22 @@ def _causal_mask_of(positions: torch.Tensor, group: int, value: float) -> torch.
 
 
 class Step(nn.Module):
-    """step(tokens (1, T), positions (T,)) -> logits (1, vocab) of the chunk's last token,
-    for any T: a prefill chunk, or one token of decode. One graph for both methods, so a
-    backend that runs dynamic dims holds the weights (and the KV cache) once.
-    ``positions`` ascend; the last token is the one at the highest position."""
+    """step(tokens (1, T), positions (T,), window (W,)) -> logits (1, vocab) of the chunk's
+    last token, for any T: a prefill chunk, or one token of decode. One graph for both
+    methods, so a backend that runs dynamic dims holds the weights (and the KV cache) once.
+    ``positions`` ascend; the last token is the one at the highest position.
+
+    ``window`` is 0, 1, .. W-1: attention reads only the first W cache rows (W at least
+    the chunk's first position, the rows filled before it; rows from there to W are
+    masked), so a decode step early in a long cache costs what a short cache would. The
+    caller rounds W up to a bucket, so the model is resized only when it crosses one."""
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        h = self.decoder(tokens, positions, any_length=True)
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        h = self.decoder(tokens, positions, any_length=True, window=window)
         last = (positions == positions.amax(0, keepdim=True)).to(h.dtype).view(-1, 1)  # (T, 1): 1 at the last token
         return self.decoder.logits((h * last).sum(0, keepdim=True))
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the run side (a session) imports this module without torch
     from .model import Decoder
 
 BACKENDS = ("cpu",)  # backends whose LLM program is one graph (their models resize at run time)
+WINDOW_BUCKET = 64  # cache positions: the window grows by this many (a resize costs ~0.7 ms for SmolLM2)
 
 
 def one_graph_methods(proto: Decoder, chunk: int) -> dict[str, tuple[Any, ...]]:
@@ -34,8 +35,11 @@ def one_graph_methods(proto: Decoder, chunk: int) -> dict[str, tuple[Any, ...]]:
     from .model import Step
 
     length = torch.export.Dim("chunk", min=1, max=chunk)
-    inputs = (torch.zeros(1, chunk, dtype=torch.long), torch.arange(chunk))
-    return {"prefill": (Step(proto), inputs, ({1: length}, {0: length}))}
+    S = proto.max_seq_len
+    window = torch.export.Dim("window", min=1, max=S)
+    # the example window differs from the chunk, so the writer's two sample sizes of each dim do too
+    inputs = (torch.zeros(1, chunk, dtype=torch.long), torch.arange(chunk), torch.arange(S))
+    return {"prefill": (Step(proto), inputs, ({1: length}, {0: length}, {0: window}))}
 
 
 def add_decode(program: Program) -> None:
@@ -49,7 +53,21 @@ def add_decode(program: Program) -> None:
 
 
 def takes_any_length(plan: MethodPlan) -> bool:
-    """Whether a program's prefill is the one-graph form (tokens, positions) of any
-    length, rather than a padded chunk with the index of its last token."""
-    return len(plan.inputs) == 2
+    """Whether a program's prefill is the one-graph form (tokens, positions[, window])
+    of any length, rather than a padded chunk with the index of its last token."""
+    return len(plan.inputs) == 2 or takes_window(plan)
+
+
+def takes_window(plan: MethodPlan) -> bool:
+    """Whether a program's one graph reads only a window of the cache (its third input is
+    the window, a dynamic dim), rather than all of it (programs exported before the
+    window: two inputs) or a padded chunk's ``last`` index (static, shape (1,))."""
+    return len(plan.inputs) == 3 and isinstance(plan.inputs[2].shape[0], str)
+
+
+def window_length(start: int, max_seq_len: int) -> int:
+    """The cache window a chunk starting at position ``start`` attends over: the rows
+    filled before it, rounded up to `WINDOW_BUCKET` (at least one bucket; at most the
+    cache), so the model is resized only when generation crosses a bucket."""
+    return min(max(-(-start // WINDOW_BUCKET), 1) * WINDOW_BUCKET, max_seq_len)
 

@@ -35,7 +35,7 @@ from ..errors import EdgeportError
 from ..program import Program
 from ..runtime import Runtime
 from ..torch_steps import portable_steps
-from .one_graph import takes_any_length
+from .one_graph import takes_any_length, takes_window, window_length
 from .text import LLMInfo, Message, TextCodec
 
 
@@ -96,7 +96,9 @@ class Session:
         _cache_weights(program)
         self._runtime: Runtime | None = None
         self._any_length = takes_any_length(program.manifest.methods["prefill"])
+        self._window = takes_window(program.manifest.methods["prefill"])  # reads only the filled cache rows
         self.tokens: list[int] = []  # what the cache holds, position by position
+        self._windows: dict[int, np.ndarray] = {}  # window inputs by length, made once
 
     @property
     def runtime(self) -> Runtime:
@@ -133,6 +135,8 @@ class Session:
         takes any length (`one_graph`), else padded to the chunk length, with the index
         of the last real token."""
         positions = np.arange(start, start + len(chunk), dtype=np.int64)
+        if self._window:
+            return np.array([chunk], dtype=np.int64), positions, self._window_of(start)
         if self._any_length:
             return np.array([chunk], dtype=np.int64), positions
         T, S = self.info.prefill_chunk, self.info.max_seq_len
@@ -145,10 +149,20 @@ class Session:
     def decode(self, token: int) -> np.ndarray:
         """Feed one token at the next position; the logits after it."""
         position = len(self.tokens)
-        inputs = (np.array([[token]], dtype=np.int64), np.array([position], dtype=np.int64))
+        inputs: tuple[np.ndarray, ...] = (np.array([[token]], dtype=np.int64), np.array([position], dtype=np.int64))
+        if self._window:
+            inputs += (self._window_of(position),)
         logits = self.runtime.run("decode", inputs, {}).outputs
         self.tokens.append(token)
         return _row(logits)
+
+    def _window_of(self, start: int) -> np.ndarray:
+        """The window input of a call whose first position is ``start``: 0..W-1 over the
+        cache rows filled before it, W rounded up to a bucket (`one_graph.window_length`)."""
+        W = window_length(start, self.info.max_seq_len)
+        if self._windows.get(W) is None:
+            self._windows[W] = np.arange(W, dtype=np.int64)
+        return self._windows[W]
 
     # -- generation -------------------------------------------------------------------
 
