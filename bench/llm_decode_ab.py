@@ -1,6 +1,7 @@
 """Decode cost of several LLM programs, alternating in one process: thread CPU time per token.
 
     python bench/llm_decode_ab.py A.edgeport B.edgeport [...] [--blocks 8] [--tokens 24] [--ops]
+        [--context 16 128 400]
 
 On a shared machine wall time swings with the load; at 1 thread XNNPACK runs in the
 calling thread, so that thread's CPU time is what a token costs the program itself. The
@@ -12,6 +13,11 @@ also prints each program's operators by type (deterministic: what a token runs).
 The first program loaded in a process decoded 10-15% slower than the same file loaded
 after it (2026-11-26, LiteRT 2.3; cause not found), so a copy of the first program is
 loaded and warmed up before the timed ones, and never timed.
+
+``--context N ...``: decode from position N (each in its own blocks): the cost of a
+step that reads a cache filled to N (a program reading only the filled rows, `one_graph`'s
+window, gets cheaper the shorter N). Past the 8-token prompt the rows hold whatever an
+earlier block left there: a step's cost does not depend on their values.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import numpy as np
 PROMPT = [504, 3458, 282, 4649, 314, 1345, 30, 198]  # any 8 ids: the cost does not depend on them
 
 
-def decode_times(session, tokens: int) -> list[float]:
-    """ms of thread CPU time per greedy decode step after `PROMPT`."""
+def decode_times(session, tokens: int, context: int = len(PROMPT)) -> list[float]:
+    """ms of thread CPU time per greedy decode step after `PROMPT`, from position ``context``."""
     session.tokens = []
     token = int(np.argmax(session.prefill(PROMPT, 0)))
+    session.tokens += [0] * (context - len(PROMPT))  # rows the cache is taken to hold
     times = []
     for _ in range(tokens):
         start = time.thread_time_ns()
@@ -59,6 +66,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--ops", action="store_true")
+    parser.add_argument("--context", type=int, nargs="+", default=[len(PROMPT)],
+                        help=f"decode from these positions (at least {len(PROMPT)}), each timed apart")
     args = parser.parse_args()
     import edgeport
     import edgeport.llm
@@ -72,19 +81,20 @@ def main() -> None:
     sessions = [edgeport.llm.Session(edgeport.load(path), threads=1) for path in args.programs]
     for session in sessions:
         session.warm_up()
-    times: list[list[float]] = [[] for _ in sessions]
-    loads = [os.getloadavg()[0]]
-    for _ in range(args.blocks):
-        for session, own in zip(sessions, times):
-            own.extend(decode_times(session, args.tokens))
-        loads.append(os.getloadavg()[0])
-    base = np.median(times[0])
-    print(f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}; ms of thread CPU time per decoded token, "
-          f"{args.blocks} blocks x {args.tokens}")
-    for path, own in zip(args.programs, times):
-        t = np.array(own)
-        print(f"  {path}: min {t.min():.2f}  p10 {np.percentile(t, 10):.2f}  median {np.median(t):.2f}"
-              f"  ({np.median(t) / base:.3f}x the first)")
+    for context in args.context:
+        times: list[list[float]] = [[] for _ in sessions]
+        loads = [os.getloadavg()[0]]
+        for _ in range(args.blocks):
+            for session, own in zip(sessions, times):
+                own.extend(decode_times(session, args.tokens, context))
+            loads.append(os.getloadavg()[0])
+        base = np.median(times[0])
+        print(f"context {context}: load average (1 min) {min(loads):.1f}-{max(loads):.1f}; ms of thread CPU time "
+              f"per decoded token, {args.blocks} blocks x {args.tokens}")
+        for path, own in zip(args.programs, times):
+            t = np.array(own)
+            print(f"  {path}: min {t.min():.2f}  p10 {np.percentile(t, 10):.2f}  median {np.median(t):.2f}"
+                  f"  ({np.median(t) / base:.3f}x the first)", flush=True)
 
 
 if __name__ == "__main__":

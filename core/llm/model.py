@@ -121,12 +121,15 @@ class Layer(nn.Module):
         new = torch.bmm(q, k.transpose(1, 2))  # (kv, group·T, T)
         if causal is not None:
             new = new + causal
-        probs = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)
         if window is None:
+            probs = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)
             S = self.k_cache.shape[1]
             out = torch.bmm(probs[..., :S], self.v_cache) + torch.bmm(probs[..., S:], v)  # (kv, group·T, d)
-        else:  # W and T both vary: no constant slice splits probs, so the values are joined instead
-            out = torch.bmm(probs, torch.cat([v_old, v], dim=1))
+        else:  # W and T both vary: no constant slice splits the probabilities, so each block gets its own
+            scores = torch.cat([old, new], dim=-1)
+            top = scores.amax(-1, keepdim=True)
+            log_sum = top + torch.log(torch.exp(scores - top).sum(-1, keepdim=True))
+            out = torch.bmm(torch.exp(old - log_sum), v_old) + torch.bmm(torch.exp(new - log_sum), v)
         out = out.view(kv, group, T, d).permute(2, 0, 1, 3).reshape(T, c.heads * d)
         self.k_cache.index_copy_(1, positions, k)
         self.v_cache.index_copy_(1, positions, v)
