@@ -18,6 +18,8 @@ loaded and warmed up before the timed ones, and never timed.
 step that reads a cache filled to N (a program reading only the filled rows, `one_graph`'s
 window, gets cheaper the shorter N). Past the 8-token prompt the rows hold whatever an
 earlier block left there: a step's cost does not depend on their values.
+``--prefill N`` also times an N-token prompt's prefill per block; each program's 32
+greedy tokens after `PROMPT` are compared with the first program's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,28 @@ def decode_times(session, tokens: int, context: int = len(PROMPT)) -> list[float
     return times
 
 
+def prefill_times(sessions, tokens: int, blocks: int) -> list[list[float]]:
+    """ms of thread CPU time of a ``tokens``-token prefill, per session, once per block
+    (the sessions take turns, so a load change hits them alike)."""
+    prompt = (PROMPT * (tokens // len(PROMPT) + 1))[:tokens]
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(blocks):
+        for session, own in zip(sessions, times):
+            start = time.thread_time_ns()
+            session.prefill(prompt, 0)
+            own.append((time.thread_time_ns() - start) / 1e6)
+    return times
+
+
+def report(paths: list[str], times: list[list[float]], what: str) -> None:
+    base = np.median(times[0])
+    print(f"{what}; load average (1 min) {os.getloadavg()[0]:.1f}")
+    for path, own in zip(paths, times):
+        t = np.array(own)
+        print(f"  {path}: min {t.min():.2f}  p10 {np.percentile(t, 10):.2f}  median {np.median(t):.2f}"
+              f"  ({np.median(t) / base:.3f}x the first)", flush=True)
+
+
 def operators(path: str) -> collections.Counter:
     """Operators by type in the program's TFLite artifacts."""
     from ai_edge_litert.interpreter import Interpreter
@@ -68,6 +92,7 @@ def main() -> None:
     parser.add_argument("--ops", action="store_true")
     parser.add_argument("--context", type=int, nargs="+", default=[len(PROMPT)],
                         help=f"decode from these positions (at least {len(PROMPT)}), each timed apart")
+    parser.add_argument("--prefill", type=int, default=0, help="also time a prefill of this many tokens")
     args = parser.parse_args()
     import edgeport
     import edgeport.llm
@@ -81,6 +106,12 @@ def main() -> None:
     sessions = [edgeport.llm.Session(edgeport.load(path), threads=1) for path in args.programs]
     for session in sessions:
         session.warm_up()
+    greedy = [[t.id for t in session.generate(PROMPT, max_new_tokens=32)] for session in sessions]
+    for path, ids in zip(args.programs, greedy):
+        print(f"  {path}: 32 greedy tokens {'equal' if ids == greedy[0] else 'DIFFER from'} the first's", flush=True)
+    if args.prefill:
+        report(args.programs, prefill_times(sessions, args.prefill, args.blocks),
+               f"prefill of {args.prefill} tokens: ms of thread CPU time per prefill, {args.blocks} blocks")
     for context in args.context:
         times: list[list[float]] = [[] for _ in sessions]
         loads = [os.getloadavg()[0]]
@@ -88,13 +119,8 @@ def main() -> None:
             for session, own in zip(sessions, times):
                 own.extend(decode_times(session, args.tokens, context))
             loads.append(os.getloadavg()[0])
-        base = np.median(times[0])
-        print(f"context {context}: load average (1 min) {min(loads):.1f}-{max(loads):.1f}; ms of thread CPU time "
-              f"per decoded token, {args.blocks} blocks x {args.tokens}")
-        for path, own in zip(args.programs, times):
-            t = np.array(own)
-            print(f"  {path}: min {t.min():.2f}  p10 {np.percentile(t, 10):.2f}  median {np.median(t):.2f}"
-                  f"  ({np.median(t) / base:.3f}x the first)", flush=True)
+        report(args.programs, times, f"context {context}: ms of thread CPU time per decoded token, "
+                                     f"{args.blocks} blocks x {args.tokens} (load from {min(loads):.1f})")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the run side (a session) imports this module without torch
     from .model import Decoder
 
 BACKENDS = ("cpu",)  # backends whose LLM program is one graph (their models resize at run time)
-WINDOW_BUCKET = 64  # cache positions: the window grows by this many (a resize costs ~0.7 ms for SmolLM2)
+WINDOW_BUCKET = 32  # cache positions the window grows by: a resize costs ~0.7 ms for SmolLM2 (bench/llm_window_bucket.py)
 
 
 def one_graph_methods(proto: Decoder, chunk: int) -> dict[str, tuple[Any, ...]]:
