@@ -13,7 +13,10 @@ beyond the chunk's first position, and the chunk's own rows, causally, side by s
     scores = [q · K_cacheᵀ + old_mask | q · k_newᵀ + causal_mask]   # (kv, group·T, S + T)
     out    = softmax(scores)[:, :, :S] · V_cache + softmax(scores)[:, :, S:] · v_new
 
-and only then writes the new rows into the cache with ``index_copy_``. The program
+and only then writes the new rows into the cache with ``index_copy_``. `Step` (the cpu
+program's one graph) reads only the first W rows of each cache (its ``window`` input):
+there W and T both vary, so the two blocks' probabilities come from the scores' shared
+log-sum-exp rather than from slicing one softmax. The program
 exports that write as a row update (`edgeport.state_rows`): the delegate returns
 just the new rows and the runtime writes them into the state in place.
 
@@ -125,11 +128,8 @@ class Layer(nn.Module):
             probs = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)
             S = self.k_cache.shape[1]
             out = torch.bmm(probs[..., :S], self.v_cache) + torch.bmm(probs[..., S:], v)  # (kv, group·T, d)
-        else:  # W and T both vary: no constant slice splits the probabilities, so each block gets its own
-            scores = torch.cat([old, new], dim=-1)
-            top = scores.amax(-1, keepdim=True)
-            log_sum = top + torch.log(torch.exp(scores - top).sum(-1, keepdim=True))
-            out = torch.bmm(torch.exp(old - log_sum), v_old) + torch.bmm(torch.exp(new - log_sum), v)
+        else:
+            out = _attend_by_blocks(old, new, v_old, v)
         out = out.view(kv, group, T, d).permute(2, 0, 1, 3).reshape(T, c.heads * d)
         self.k_cache.index_copy_(1, positions, k)
         self.v_cache.index_copy_(1, positions, v)
@@ -137,6 +137,17 @@ class Layer(nn.Module):
         h = h + linear(out, self.o)
         gate, up = norm_linear(h, self.mlp_norm, c.rms_norm_eps, self.gate_up).chunk(2, dim=-1)
         return h + linear(F.silu(gate) * up, self.down)
+
+
+def _attend_by_blocks(old: torch.Tensor, new: torch.Tensor, v_old: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax([old | new]) · [v_old; v] without slicing the softmax apart or joining the
+    values: each block's probabilities from the scores' shared log-sum-exp. Where both
+    blocks' lengths vary (the cache window W, the chunk T) no constant slice splits one
+    softmax, and joining the values would copy the window's V rows."""
+    scores = torch.cat([old, new], dim=-1)
+    top = scores.amax(-1, keepdim=True)
+    log_sum = top + torch.log(torch.exp(scores - top).sum(-1, keepdim=True))
+    return torch.bmm(torch.exp(old - log_sum), v_old) + torch.bmm(torch.exp(new - log_sum), v)
 
 
 def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -8,9 +8,14 @@ run one executable: the weights are packed once, and the KV cache lives in one s
 input buffers that both methods read in place (`Runtime.place_state`).
 
 The program keeps both method names with the same signature, ``(tokens (1, T),
-positions (T,)) -> logits (1, vocab)`` of the chunk's last token: ``prefill`` takes
-any T up to the prefill chunk (its chunks are not padded), ``decode`` is the same plan,
-called at T = 1. A session tells the forms apart by prefill's inputs (`takes_any_length`).
+positions (T,), window (W,)) -> logits (1, vocab)`` of the chunk's last token:
+``prefill`` takes any T up to the prefill chunk (its chunks are not padded), ``decode``
+is the same plan, called at T = 1. ``window`` (0..W-1, a second dynamic dim) is the
+cache rows attention reads: the session passes the rows filled before the call, rounded
+up to `WINDOW_BUCKET` (`window_length`), so a step early in a long cache reads few rows
+and the model is resized only when generation crosses a bucket. A session tells the
+forms apart by prefill's inputs (`takes_any_length`, `takes_window`): programs exported
+before the window have two inputs and read the whole cache.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ position, and stale rows are never read. A plain `generate` starts from position
 The cache lives inside the decode delegate (`Runtime.place_state`): a decode call copies
 none of it. A session asks its backends to cache the packed weights (`WEIGHT_CACHE_KEY`):
 the cpu backend then runs the model with LiteRT's compiled model, whose weights XNNPACK
-packs once into a file that later loads map (the only copy resident). Where prefill and decode are one graph (cpu, `one_graph`), prefill reads it
+packs once into a file that later loads map (the only copy resident). A one-graph
+program that takes a cache window (`one_graph.takes_window`) is given the filled rows,
+rounded up to a bucket, so attention reads only those. Where prefill and decode are one graph (cpu, `one_graph`), prefill reads it
 in place too; otherwise prefill, called once per prompt chunk, gets it as an ordinary input.
 
 Generating imports no torch: inputs are numpy arrays, and a program whose steps are all
