@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # the run side (a session) imports this module without torch
     from .model import Decoder
 
 BACKENDS = ("cpu",)  # backends whose LLM program is one graph (their models resize at run time)
-WINDOW_BUCKET = 32  # cache positions the window grows by: a resize costs ~0.7 ms for SmolLM2 (bench/llm_window_bucket.py)
+# cache positions the window grows by: a resize costs ~0.7 ms for SmolLM2 (bench/llm_window_bucket.py)
+WINDOW_BUCKET = 32
 
 
 def one_graph_methods(proto: Decoder, chunk: int) -> dict[str, tuple[Any, ...]]:
