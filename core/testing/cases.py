@@ -279,6 +279,9 @@ MODEL_NEEDS: list[Case] = [
     op("linear_no_bias", lambda m, x: F.linear(x, m.w), (4, 32), w=(16, 32)),  # mm of a 2-d input
     op("repeat", lambda m, x: x.repeat(2, 3), (3, 4)),
     op("logical_ops", lambda m, a, b: torch.where(torch.logical_and(~(a > 0), b <= 0.5), a, b), (2, 8), (2, 8)),
+    # GPT-2's attention mask: a constant causal mask ANDed with a run-time one, and an OR
+    op("bool_and_or", lambda m, a, b: (((a > 0) & (b < 0.5)) | (torch.ones(8, 8, dtype=torch.bool).tril() & (b > 0)))
+       .float() * a, (8, 8), (8, 8)),
     op("slice_whole", lambda m, x: x[:, :8] * 2, (2, 8)),
     _case_with_inputs("position_mask", _PositionMask, (2, 8), _longs(5, 6)),
     # int64 index ops
