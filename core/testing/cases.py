@@ -346,6 +346,10 @@ CASES: list[Case] = [
     op("adaptive_avg_pool2d", lambda m, x: F.adaptive_avg_pool2d(x, 1), IMG),
     # normalization
     op("layer_norm", lambda m, x: F.layer_norm(x, (32,), m.w, m.b), (2, 5, 32), w=(32,), b=(32,)),
+    op("group_norm", lambda m, x: F.group_norm(x, 2, m.w, m.b), (2, 8, 6, 5), w=(8,), b=(8,)),
+    # wav2vec2's feature encoder: one channel per group, after a convolution (a layout the writer permutes)
+    op("group_norm_per_channel", lambda m, x: F.group_norm(F.conv1d(x, m.k), 4, m.w, m.b), (1, 4, 30), k=(4, 4, 3),
+       w=(4,), b=(4,)),
     # data movement
     op("cat", lambda m, a, b: torch.cat([a, b], dim=1), (2, 3, 4), (2, 5, 4)),
     op("split_chunk", lambda m, x: torch.chunk(x, 2, dim=-1)[0] * torch.split(x, 4, dim=-1)[1], (2, 8)),
