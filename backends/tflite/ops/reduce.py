@@ -135,10 +135,7 @@ def layer_norm(em: Emitter, node: Node) -> tuple[Value]:
 
 
 def _check_group_norm(node: Node, is_const: IsConst) -> str | None:
-    x, weight, bias = node.args[:3]
-    if any(isinstance(a, Node) and not is_const(a) for a in (weight, bias)):
-        return "a weight or bias computed at run time"
-    dims = shape(x)
+    dims = shape(node.args[0])
     if len(dims) < 3:
         return f"an input of rank {len(dims)} (no spatial dims)"
     if int(node.args[6]) != dims[1] and not all(isinstance(d, int) for d in dims):
@@ -160,9 +157,17 @@ def group_norm(em: Emitter, node: Node) -> tuple[Value]:
     y = em.reshape(x, grouped)
     y = _standardized(em, node, y, list(range(2, len(y.shape))), eps, "standardized")
     y = em.reshape(y, x.shape, node.name + "/ungrouped")
-    per_channel = (-1,) + (1,) * (rank - 2)  # (C,) -> (C, 1, ..): broadcast over the spatial dims
-    return (_affine(em, node, y, em.arg(weight).reshape(per_channel) if weight is not None else None,
-                    em.arg(bias).reshape(per_channel) if bias is not None else None),)
+    return (_affine(em, node, y, _per_channel(em, weight, rank, f"{node.name}/weight"),
+                    _per_channel(em, bias, rank, f"{node.name}/bias")),)
+
+
+def _per_channel(em: Emitter, arg: Node | None, rank: int, name: str) -> torch.Tensor | Value | None:
+    """A (C,) weight or bias as (C, 1, ..): broadcast over a rank-`rank` value's spatial dims."""
+    if arg is None:
+        return None
+    v = em.arg(arg)
+    channels = (v.shape[0],) + (1,) * (rank - 2)
+    return v.reshape(channels) if isinstance(v, torch.Tensor) else em.reshape(v, channels, name)
 
 
 def _standardized(em: Emitter, node: Node, x: Value, dims: list[int], eps: float, suffix: str | None) -> Value:
