@@ -31,6 +31,7 @@ aten = torch.ops.aten
 # The highest rank every backend's compiler takes (NeuroPilot: NNAPI's 4).
 MAX_KEPT_RANK = 4
 _VIEWS = frozenset({aten.view.default, aten._unsafe_view.default})
+_CONTIGUOUS_FORMATS = (None, torch.contiguous_format, torch.preserve_format)  # a clone's that keep a contiguous value so
 
 
 def collapse_permutes(program: ExportedProgram) -> int:
@@ -68,6 +69,8 @@ def _collapse(graph: Graph, permute: Node) -> bool:
     shape = tuple(x.meta["val"].shape)
     if len(shape) <= MAX_KEPT_RANK or not all(isinstance(s, int) for s in shape) or _returned(permute):
         return False
+    if not _contiguous(x):  # a view of it would not run as torch
+        return False
     groups = runs(shape, [d % len(shape) for d in dims])
     if not groups or len(groups) > MAX_KEPT_RANK:
         return False
@@ -93,7 +96,7 @@ def _simplify(graph: Graph) -> None:
         source = node.args[0] if node.args else None
         if not isinstance(source, Node) or not _contiguous(source):
             continue
-        if node.target == aten.clone.default and source.meta["val"].shape == node.meta["val"].shape:
+        if node.target == aten.clone.default and node.kwargs.get("memory_format") in _CONTIGUOUS_FORMATS:
             node.replace_all_uses_with(source)
         elif node.target in _VIEWS and source.op == "call_function" and source.target in _VIEWS:
             inner = source.args[0]
