@@ -61,6 +61,21 @@ backend compiles through, has no legalization for them in any release up to its 
 branch: an op outside `kSupportedOps` reaches Neuron only as a NEURON_UNKNOWN
 placeholder while it asks which ops are supported (`compiler/create_model.cc`), so
 LiteRT runs it on the CPU. Those ops are declined with that reason (`NEURON_ONLY`).
+
+Boolean logic (an attention mask's `&`, `|`) is therefore written as float arithmetic
+by the shared writer: the bool operands CAST to float 0/1, a MUL (AND) or MAXIMUM (OR),
+a CAST back (`tflite/ops/elementwise.py`); attention CASTs a bool mask to float
+(`tflite/ops/attention.py`). The plugin legalizes CAST as NEURON_CAST through
+`LegalizeCommonOp` (`create_model.cc`) and maps BOOL tensors (`GetNeuronTensorType`), so
+those casts pass every rule above. A stricter rule exists that this module cannot check:
+NNAPI's CAST (`CastValidation.cpp`, which NEURON_CAST's "NNAPI level 30" follows) takes
+TENSOR_BOOL8 only in an identity cast, and MediaTek's own delegate refuses a CAST from or
+to bool (`neuron_delegate_validation.cc`, kTfLiteBuiltinCast: float32, int32, uint8,
+int8). Where the Neuron SDK offers NEURON_FEATURE_UNKNOWN_OP the plugin asks Neuron
+which ops it takes (`compiler_plugin.cc`), so a bool CAST Neuron refuses would be left
+to LiteRT's CPU (a split, not a wrong answer); without that feature the plugin selects
+by `kSupportedOps` alone and Neuron's compile would refuse it. Only NeuroPilot's
+compiler can tell, and it does not run here.
 """
 
 from __future__ import annotations

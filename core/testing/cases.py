@@ -279,6 +279,9 @@ MODEL_NEEDS: list[Case] = [
     op("linear_no_bias", lambda m, x: F.linear(x, m.w), (4, 32), w=(16, 32)),  # mm of a 2-d input
     op("repeat", lambda m, x: x.repeat(2, 3), (3, 4)),
     op("logical_ops", lambda m, a, b: torch.where(torch.logical_and(~(a > 0), b <= 0.5), a, b), (2, 8), (2, 8)),
+    # GPT-2's attention mask: a constant causal mask ANDed with a run-time one, and an OR
+    op("bool_and_or", lambda m, a, b: (((a > 0) & (b < 0.5)) | (torch.ones(8, 8, dtype=torch.bool).tril() & (b > 0)))
+       .float() * a, (8, 8), (8, 8)),
     op("slice_whole", lambda m, x: x[:, :8] * 2, (2, 8)),
     _case_with_inputs("position_mask", _PositionMask, (2, 8), _longs(5, 6)),
     # int64 index ops
@@ -343,6 +346,10 @@ CASES: list[Case] = [
     op("adaptive_avg_pool2d", lambda m, x: F.adaptive_avg_pool2d(x, 1), IMG),
     # normalization
     op("layer_norm", lambda m, x: F.layer_norm(x, (32,), m.w, m.b), (2, 5, 32), w=(32,), b=(32,)),
+    op("group_norm", lambda m, x: F.group_norm(x, 2, m.w, m.b), (2, 8, 6, 5), w=(8,), b=(8,)),
+    # wav2vec2's feature encoder: one channel per group, after a convolution (a layout the writer permutes)
+    op("group_norm_per_channel", lambda m, x: F.group_norm(F.conv1d(x, m.k), 4, m.w, m.b), (1, 4, 30), k=(4, 4, 3),
+       w=(4,), b=(4,)),
     # data movement
     op("cat", lambda m, a, b: torch.cat([a, b], dim=1), (2, 3, 4), (2, 5, 4)),
     op("split_chunk", lambda m, x: torch.chunk(x, 2, dim=-1)[0] * torch.split(x, 4, dim=-1)[1], (2, 8)),

@@ -233,9 +233,11 @@ FAMILIES = {f.name: f for f in [
 ]}
 
 # The BERT family as users call it, with a padding mask (issue 13: one partition on cpu
-# and mediatek after the embedding lookup).
+# and mediatek after the embedding lookup), and GPT-2 with its padding mask.
 MASKED_FAMILIES = {f.name: f for f in [
     MaskedFamily("bert_masked", _bert, token_types=True),
     MaskedFamily("distilbert_masked", _distilbert, token_types=False),
     MaskedFamily("albert_masked", _albert, token_types=True),
+    # A decoder's mask too: GPT-2 ANDs the padding mask with its causal one.
+    MaskedFamily("gpt2_masked", _gpt2, token_types=False),
 ]}

@@ -31,11 +31,11 @@ FLOORS = {
     "qwen2":           {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 0.99, "coreml": 1.00},
     "t5_encoder":      {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 0.98, "coreml": 1.00},
     "vit":             {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 1.00, "coreml": 1.00},
-    "swin":            {"cpu": 1.00, "qualcomm": 0.84, "mediatek": 0.84, "coreml": 1.00},
+    "swin":            {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 1.00, "coreml": 1.00},
     "convnext":        {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 1.00, "coreml": 1.00},
     "mobilevit":       {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 1.00, "coreml": 1.00},
     "whisper_encoder": {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 1.00, "coreml": 1.00},
-    "wav2vec2":        {"cpu": 0.98, "qualcomm": 1.00, "mediatek": 0.98, "coreml": 1.00},
+    "wav2vec2":        {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 1.00, "coreml": 1.00},
     "clip_vision":     {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 1.00, "coreml": 1.00},
     "clip_text":       {"cpu": 1.00, "qualcomm": 1.00, "mediatek": 0.96, "coreml": 1.00},
 }

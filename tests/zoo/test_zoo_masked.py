@@ -1,12 +1,15 @@
 """The BERT family as users call it, with an attention mask (and segment ids): BERT,
 DistilBERT and ALBERT from tiny configs, exported to cpu and mediatek (issue 13: "BERT-
-family encoders are one partition on cpu and mediatek").
+family encoders are one partition on cpu and mediatek"); and GPT-2 with its padding
+mask, which it ANDs with its causal mask (written as float arithmetic on every TFLite
+backend, so mediatek takes it).
 
 - cpu takes the whole model: one partition, every node.
 - mediatek takes everything after the inputs' first steps in one NeuroPilot partition.
   Left portable, each with its rule: the embedding lookups (GATHER: LiteRT's MediaTek
   plugin does not legalize it) and the int64 mask's cast to bool (NeuroPilot has no
-  int64 tensor at run time). They run before the partition: nothing portable follows.
+  int64 tensor at run time); in GPT-2 also the int64 position ids' view. They run
+  before the partition: nothing portable follows.
 - Outputs equal eager within the backend's declared tolerance, on the padded example
   and on a batch with no padding.
 - With a dynamic sequence length (what users export), still one partition with nothing
@@ -37,6 +40,8 @@ FRONT = {
     "aten.embedding.default": "(written as GATHER) is not legalized by the compiler plugin",
     "aten._to_copy.default": "dtype int64 at run time has no Neuron tensor type",
 }
+# ... and, in GPT-2, the int64 position ids' view before their lookup.
+FRONT_ALSO = {"aten.view.default": "dtype int64 at run time has no Neuron tensor type"}
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=[f"{f}-{b}" for f, b in PAIRS])
@@ -57,9 +62,9 @@ def test_one_partition_and_nothing_portable_after_it(exported):
 def test_mediatek_leaves_only_the_lookups_and_the_masks_cast_each_with_its_rule(exported):
     if exported.backend != "mediatek":
         pytest.skip("cpu leaves nothing portable")
-    assert set(exported.declined) == set(FRONT), exported.declined
+    assert set(FRONT) <= set(exported.declined) <= set(FRONT) | set(FRONT_ALSO), exported.declined
     for op, reason in exported.declined.items():
-        assert FRONT[op] in reason, reason
+        assert {**FRONT, **FRONT_ALSO}[op] in reason, reason
 
 
 def test_the_output_equals_eager_with_and_without_padding(exported):

@@ -129,6 +129,11 @@ _LOGIC = {
 # The constant operand that leaves the other one as it is: x & True, x | False.
 _NEUTRAL = {"LOGICAL_AND": True, "LOGICAL_OR": False}
 
+# A logical op on 0/1 float values: AND is their product, OR their maximum. Written so,
+# between CASTs, because LiteRT's MediaTek plugin legalizes no LOGICAL_* op but does
+# legalize CAST (as NEURON_CAST), MUL and MAXIMUM (`create_model.cc`); exact for 0/1.
+_ARITHMETIC = {"LOGICAL_AND": "MUL", "LOGICAL_OR": "MAXIMUM"}
+
 
 def _passed_through(node: Node, constant: Any) -> Node | None:
     """The operand a logical op returns unchanged (only broadcast), the other being a
@@ -150,18 +155,23 @@ def _logic_writes(node: Node, is_const: IsConst) -> frozenset[str]:
     other = _passed_through(node, is_const)
     if other is not None:
         return broadcast_writes(tuple(meta(other).shape), tuple(meta(node).shape))
-    return frozenset({_LOGIC[node.target]})
+    return frozenset({_ARITHMETIC[_LOGIC[node.target]]})
 
 
 @lowering(*_LOGIC, writes=_logic_writes, dtypes=frozenset({torch.bool}))
 def logic(em: Emitter, node: Node) -> Value:
-    """LOGICAL_AND / LOGICAL_OR; with a neutral constant operand, the other operand
-    broadcast (no boolean op: LiteRT's MediaTek plugin legalizes none)."""
+    """`&` / `|` of booleans with no boolean op (LiteRT's MediaTek plugin legalizes
+    none): with a neutral constant operand, the other operand broadcast; else the
+    operands as float 0/1 (constants converted at compile time), their MUL (AND) or
+    MAXIMUM (OR), and a CAST back to bool."""
     other = _passed_through(node, em.constant)
     if other is not None:
         return broadcast_value(em, em.value(other), tuple(meta(node).shape), node.name)
-    args = [em.arg(a) for a in node.args]
-    return emit_elementwise(em, node, _LOGIC[node.target], args, torch.bool)
+    args = [em.arg(a) for a in node.args[:2]]
+    op = _ARITHMETIC[_LOGIC[node.target]]
+    val = meta(node)
+    ones = em.elementwise(op, args, val.shape, torch.float32, node.name + "/as_float")
+    return em.cast(ones, torch.bool)
 
 
 @lowering(aten.logical_not.default, aten.bitwise_not.default, writes=frozenset({"LOGICAL_NOT"}),

@@ -1,10 +1,13 @@
-"""Reductions and normalisations: mean/sum/amax/amin/any, softmax, log_softmax, layer_norm.
+"""Reductions and normalisations: mean/sum/amax/amin/any, softmax, log_softmax, layer_norm,
+group_norm.
 
 Reduced dims are remapped to the value's layout, so a spatial mean of an NHWC value
 is a MEAN over axes (1, 2) with no transpose.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.fx import Node
@@ -114,7 +117,7 @@ def softmax_value(em: Emitter, out_name: str, v: Value, dim: int, log: bool = Fa
     return out
 
 
-# -- layer norm ---------------------------------------------------------------------------
+# -- layer norm, group norm ----------------------------------------------------------------
 
 
 @lowering(
@@ -126,20 +129,67 @@ def layer_norm(em: Emitter, node: Node) -> tuple[Value]:
     normalized, weight, bias, eps = node.args[1], node.args[2], node.args[3], float(node.args[4])
     rank = len(x.shape)
     dims = list(range(rank - len(normalized), rank))
-    f32 = torch.float32
+    y = _standardized(em, node, x, dims, eps, "normalized" if weight is not None or bias is not None else None)
+    return (_affine(em, node, y, em.arg(weight) if weight is not None else None,
+                    em.arg(bias) if bias is not None else None),)
+
+
+def _check_group_norm(node: Node, is_const: IsConst) -> str | None:
+    dims = shape(node.args[0])
+    if len(dims) < 3:
+        return f"an input of rank {len(dims)} (no spatial dims)"
+    if int(node.args[6]) != dims[1] and not all(isinstance(d, int) for d in dims):
+        return "groups of several channels with a dynamic dim"
+    return None
+
+
+@lowering(aten.native_group_norm.default, writes=frozenset({"MEAN", "SUB", "MUL", "ADD", "RSQRT"}), dtypes=FLOAT,
+          outputs=(0,), check=_check_group_norm)
+def group_norm(em: Emitter, node: Node) -> tuple[Value]:
+    """Each group of channels standardized over its channels and spatial positions, then
+    scaled and shifted per channel. One channel per group (wav2vec2's feature encoder)
+    reduces the spatial dims in place; larger groups are reshaped to (N, groups, -1)
+    first and back after."""
+    x = em.value(node.args[0])
+    weight, bias, groups, eps = node.args[1], node.args[2], int(node.args[6]), float(node.args[7])
+    rank = len(x.shape)
+    grouped = x.shape if groups == x.shape[1] else (x.shape[0], groups, math.prod(x.shape[1:]) // groups)
+    y = em.reshape(x, grouped)
+    y = _standardized(em, node, y, list(range(2, len(y.shape))), eps, "standardized")
+    y = em.reshape(y, x.shape, node.name + "/ungrouped")
+    return (_affine(em, node, y, _per_channel(em, weight, rank, f"{node.name}/weight"),
+                    _per_channel(em, bias, rank, f"{node.name}/bias")),)
+
+
+def _per_channel(em: Emitter, arg: Node | None, rank: int, name: str) -> torch.Tensor | Value | None:
+    """A (C,) weight or bias as (C, 1, ..): broadcast over a rank-`rank` value's spatial dims."""
+    if arg is None:
+        return None
+    v = em.arg(arg)
+    channels = (v.shape[0],) + (1,) * (rank - 2)
+    return v.reshape(channels) if isinstance(v, torch.Tensor) else em.reshape(v, channels, name)
+
+
+def _standardized(em: Emitter, node: Node, x: Value, dims: list[int], eps: float, suffix: str | None) -> Value:
+    """(x - mean) * rsqrt(var + eps) over logical `dims`, written as `suffix` (None: as node)."""
     mean = reduce_value(em, node.name + "/mean", "MEAN", x, dims, keepdim=True)
     centered = _binary(em, node, "SUB", [x, mean], "centered")
     squared = _binary(em, node, "MUL", [centered, centered], "squared")  # as MUL, not SQUARE: see pow_scalar
     var = reduce_value(em, node.name + "/var", "MEAN", squared, dims, keepdim=True)
     shifted = _binary(em, node, "ADD", [var, eps], "var_eps")
-    inv_std = em.new(shifted.shape, f32, node.name + "/rstd", shifted.perm)
+    inv_std = em.new(shifted.shape, torch.float32, node.name + "/rstd", shifted.perm)
     em.op("RSQRT", [shifted.tensor], [inv_std])
-    y = _binary(em, node, "MUL", [centered, inv_std], "normalized" if weight is not None or bias is not None else None)
+    return _binary(em, node, "MUL", [centered, inv_std], suffix)
+
+
+def _affine(em: Emitter, node: Node, y: Value, weight: torch.Tensor | Value | None,
+            bias: torch.Tensor | Value | None) -> Value:
+    """y * weight + bias (either may be None); the last op written is named after node."""
     if weight is not None:
-        y = _binary(em, node, "MUL", [y, em.arg(weight)], "scaled" if bias is not None else None)
+        y = _binary(em, node, "MUL", [y, weight], "scaled" if bias is not None else None)
     if bias is not None:
-        y = _binary(em, node, "ADD", [y, em.arg(bias)], None)
-    return (y,)
+        y = _binary(em, node, "ADD", [y, bias], None)
+    return y
 
 
 def _binary(em: Emitter, node: Node, name: str, args: list, suffix: str | None) -> Value:

@@ -1,5 +1,5 @@
 """Attention masks on mediatek: written without the boolean ops LiteRT's MediaTek plugin
-does not legalize (SELECT, LOGICAL_AND, GATHER_ND), exactly, or declined with its reason.
+does not legalize (SELECT, LOGICAL_AND, LOGICAL_OR, GATHER_ND), exactly, or declined with its reason.
 
 A padding mask reaches attention as Hugging Face encoders build it: the int64 mask cast
 to bool, read at constant positions (an index that only reshapes), ANDed with an
@@ -77,9 +77,23 @@ def test_a_gather_that_moves_values_stays_declined_with_the_plugins_reason():
     assert "(written as GATHER_ND) is not legalized" in left(program)["aten.index.Tensor"]
 
 
-def test_an_and_with_a_constant_that_is_not_all_true_stays_declined():
+def written_ops(program: edgeport.Program) -> set[str]:
+    from edgeport.backends.mediatek import written
+
+    return {op.op for name in program.manifest.artifacts for op in written.read_ops(bytes(program.files[name]))}
+
+
+def test_an_and_or_of_booleans_is_float_arithmetic_and_equals_eager():
+    """GPT-2's mask: a causal constant that is not all true, ANDed with a run-time mask.
+    LiteRT's MediaTek plugin legalizes no LOGICAL_* op: the AND is a MUL of 0/1 floats,
+    the OR a MAXIMUM, between CASTs (all legalized), so the plugin takes them."""
     module = nn.Module()
     module.register_buffer("some", torch.tensor([True, False, True, True]))
-    module.forward = lambda x: (module.some & (x > 0)).float() * x
-    program = export(module, torch.randn(2, 4))
-    assert "(written as LOGICAL_AND) is not legalized" in left(program)["aten.bitwise_and.Tensor"]
+    module.forward = lambda x, y: ((module.some & (x > 0)) | (y > 0)).float() * x
+    x, y = torch.randn(2, 4), torch.randn(2, 4)
+    program = export(module, x, y)
+    assert left(program) == {} and partitions(program) == 1
+    ops = written_ops(program)
+    assert {"MUL", "MAXIMUM"} <= ops and not {"LOGICAL_AND", "LOGICAL_OR"} & ops, ops
+    with torch.no_grad():
+        assert compare(program(x, y), module(x, y)) == 0

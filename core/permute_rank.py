@@ -1,0 +1,124 @@
+"""Permutes of rank 5 and up written at the lowest rank that moves the same data.
+
+Swin's window partition reshapes a (B, H, W, C) map to (B, H/w, w, W/w, w, C), swaps
+the two middle dims and reshapes back: rank-6 tensors, though B and H/w, and w and C,
+move together. NPUs cap ranks (QNN HTP at 5 dims, NeuroPilot at NNAPI's 4), so each
+such node was portable and split the model in partitions. `collapse_permutes` writes
+every permute of rank > 4 whose dims move in fewer runs as
+
+    view(x, runs' sizes) -> permute(runs) -> clone -> view(x's permuted shape)
+
+(runs of consecutive dims that stay consecutive and in order merge into one dim, size-1
+dims join any run), then drops the high-rank steps around it: a view of a view of a
+contiguous value is one view, and a clone of a value that is already contiguous is that
+value. Swin's window partition is then view, rank-4 permute, clone, view: the same
+values for every backend, and nothing above rank 4.
+
+Only static shapes are rewritten, and no value the method returns is replaced (the
+graph signature names it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Graph, Node
+
+aten = torch.ops.aten
+
+# The highest rank every backend's compiler takes (NeuroPilot: NNAPI's 4).
+MAX_KEPT_RANK = 4
+_VIEWS = frozenset({aten.view.default, aten._unsafe_view.default})
+_CONTIGUOUS_FORMATS = (None, torch.contiguous_format, torch.preserve_format)  # a clone's that keep a contiguous value so
+
+
+def collapse_permutes(program: ExportedProgram) -> int:
+    """Rewrite (in place) each permute of rank > `MAX_KEPT_RANK` whose dims move in
+    fewer runs, then merge the views and clones around it. Returns how many permutes
+    were rewritten."""
+    graph = program.graph_module.graph
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target == aten.permute.default and _collapse(graph, node):
+            rewritten += 1
+    if rewritten:
+        _simplify(graph)
+        graph.eliminate_dead_code()
+        program.graph_module.recompile()
+    return rewritten
+
+
+def runs(shape: tuple[int, ...], dims: list[int]) -> list[list[int]]:
+    """The input dims of ``permute(x of shape, dims)`` of size > 1, grouped in runs that
+    stay consecutive and in order in the output, in output order (size-1 dims are left
+    out: they move no data)."""
+    kept = [d for d in range(len(shape)) if shape[d] != 1]
+    groups: list[list[int]] = []
+    for d in (d for d in dims if shape[d] != 1):
+        if groups and kept.index(d) == kept.index(groups[-1][-1]) + 1:
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    return groups
+
+
+def _collapse(graph: Graph, permute: Node) -> bool:
+    x, dims = permute.args[0], [int(d) for d in permute.args[1]]
+    shape = tuple(x.meta["val"].shape)
+    if len(shape) <= MAX_KEPT_RANK or not all(isinstance(s, int) for s in shape) or _returned(permute):
+        return False
+    if not _contiguous(x):  # a view of it would not run as torch
+        return False
+    groups = runs(shape, [d % len(shape) for d in dims])
+    if not groups or len(groups) > MAX_KEPT_RANK:
+        return False
+    by_input = sorted(range(len(groups)), key=lambda i: groups[i][0])
+    sizes = [math.prod(shape[d] for d in groups[i]) for i in by_input]
+    order = [by_input.index(i) for i in range(len(groups))]  # each output run's place among the input's
+    with graph.inserting_before(permute):
+        flat = _add(graph, permute, aten.view.default, (x, sizes))
+        moved = _add(graph, permute, aten.permute.default, (flat, order))
+        dense = _add(graph, permute, aten.clone.default, (moved,), {"memory_format": torch.contiguous_format})
+        out = _add(graph, permute, aten.view.default, (dense, list(permute.meta["val"].shape)))
+    permute.replace_all_uses_with(out)
+    graph.erase_node(permute)
+    return True
+
+
+def _simplify(graph: Graph) -> None:
+    """Merge view-of-view chains over contiguous values and drop clones of contiguous
+    values, so the high-rank views the rewrite bypassed go unread."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or _returned(node):
+            continue
+        source = node.args[0] if node.args else None
+        if not isinstance(source, Node) or not _contiguous(source):
+            continue
+        if node.target == aten.clone.default and node.kwargs.get("memory_format") in _CONTIGUOUS_FORMATS:
+            node.replace_all_uses_with(source)
+        elif node.target in _VIEWS and source.op == "call_function" and source.target in _VIEWS:
+            inner = source.args[0]
+            if isinstance(inner, Node) and _contiguous(inner):
+                node.args = (inner, *node.args[1:])
+
+
+def _contiguous(node: Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.is_contiguous()
+
+
+def _returned(node: Node) -> bool:
+    return any(user.op == "output" for user in node.users)
+
+
+def _add(graph: Graph, like: Node, target, args: tuple, kwargs: dict | None = None) -> Node:  # noqa: ANN001
+    """A new node computing ``target(*args)``, its meta (fake value) computed from its
+    inputs', the rest of its meta (source trace, module stack) copied from `like`."""
+    node = graph.call_function(target, args, kwargs or {})
+    node.meta = {k: v for k, v in like.meta.items() if k not in ("val", "tensor_meta")}
+    fake_args = [a.meta["val"] if isinstance(a, Node) else a for a in args]
+    node.meta["val"] = target(*fake_args, **(kwargs or {}))
+    return node
+

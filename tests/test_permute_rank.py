@@ -1,0 +1,86 @@
+"""Permutes of rank > 4 whose dims move in fewer runs are written at rank <= 4 before
+partitioning (core/permute_rank.py): Swin's window partition, which QNN HTP (5 dims)
+and NeuroPilot (NNAPI's 4) capped, is then taken whole, and equals eager everywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import edgeport
+from edgeport.backends.cpu import CpuBackend
+from edgeport.backends.mediatek import MediatekBackend
+from edgeport.permute_rank import collapse_permutes, runs
+from edgeport.testing import compare, registry_for
+
+
+class WindowPartition(nn.Module):
+    """Swin's window partition and reverse: (B, H, W, C) -> windows -> (B, H, W, C)."""
+
+    def __init__(self, window: int = 2):
+        super().__init__()
+        self.window = window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        s = self.window
+        windows = (x * 2).view(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, s, s, c)
+        windows = windows + 1
+        back = windows.view(b, h // s, w // s, s, s, c).permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, c)
+        return back * 3
+
+
+def _ranks(program: torch.export.ExportedProgram) -> list[int]:
+    return [len(n.meta["val"].shape) for n in program.graph.nodes
+            if n.op == "call_function" and isinstance(n.meta.get("val"), torch.Tensor)]
+
+
+def test_runs_group_dims_that_move_together_and_drop_size_one_dims():
+    assert runs((2, 2, 4, 2, 4, 16), [0, 1, 3, 2, 4, 5]) == [[0, 1], [3], [2], [4, 5]]
+    assert runs((1, 2, 4, 2, 4, 16), [0, 1, 3, 2, 4, 5]) == [[1], [3], [2], [4, 5]]
+    assert runs((2, 3, 4, 5, 6), [4, 3, 2, 1, 0]) == [[4], [3], [2], [1], [0]]  # nothing to merge
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_window_partition_is_rewritten_at_rank_4_with_the_same_values(batch):
+    module, x = WindowPartition(), torch.randn(batch, 4, 6, 8)
+    program = torch.export.export(module, (x,)).run_decompositions()
+    assert max(_ranks(program)) == 6
+    assert collapse_permutes(program) == 2
+    assert max(_ranks(program)) == 4
+    assert torch.equal(program.module()(x), module(x))
+
+
+def test_a_permute_that_cannot_reach_rank_4_or_is_returned_is_left_alone():
+    reversed_dims = nn.Module()
+    reversed_dims.forward = lambda x: (x * 2).permute(4, 3, 2, 1, 0) + 1
+    returned = nn.Module()
+    returned.forward = lambda x: (x * 2).view(2, 2, 2, 3, 2, 4).permute(0, 1, 3, 2, 4, 5)
+    for module, x in ((reversed_dims, torch.randn(2, 3, 4, 5, 6)), (returned, torch.randn(4, 6, 8))):
+        program = torch.export.export(module, (x,)).run_decompositions()
+        assert collapse_permutes(program) == 0
+        assert torch.equal(program.module()(x), module(x))
+
+
+def test_a_non_contiguous_input_keeps_its_copy():
+    """A view of a transposed value is no plain view: the merge and the clone drop only
+    apply to contiguous values, so the portable torch graph still runs."""
+    module = nn.Module()
+    module.forward = lambda x: (x.transpose(0, 1).reshape(2, 2, 2, 3, 2, 4).permute(0, 1, 3, 2, 4, 5)
+                                .contiguous().view(6, 4, 8) + 1)
+    x = torch.randn(6, 4, 8)
+    program = torch.export.export(module, (x,)).run_decompositions()
+    collapse_permutes(program)
+    assert torch.equal(program.module()(x), module(x))
+
+
+@pytest.mark.parametrize("backend", [MediatekBackend(), CpuBackend()], ids=lambda b: b.name)
+def test_the_window_partition_is_one_partition_on_a_rank_4_backend(backend):
+    module, x = WindowPartition(), torch.randn(2, 4, 6, 8)
+    program = edgeport.export(module, (x,), [backend.name], registry=registry_for(backend))
+    report = program.report()
+    assert [n["op"] for n in report["nodes"] if n["backend"] != backend.name] == []
+    assert sum(p["backend"] == backend.name for p in report["partitions"]) == 1
+    with torch.no_grad():
+        assert compare(program(x), module(x)) < 1e-6
