@@ -29,6 +29,13 @@ and an output is what the caller reads (an LLM's logits, whose top values are th
 greedy decoding picks, went above a range calibrated on a few prefill calls: SmolLM2's
 top logits clipped to one value). 16 bits keep the steps fine (a span of 120 over 65,535).
 
+An RMS norm (``x * rsqrt(mean(x ** 2, -1) + eps)``) stays float inside, from the
+dequantized x to the quantize its reader puts on its output: QNN computes it in fp16.
+Quantized, its square had one per-tensor range for every position, and a decoder's
+massive activations (SmolLM2-135M: 22,500 at the first position from layer 12) set it:
+every other position's squares rounded to 0 or a few steps, rsqrt of ~eps followed, and
+the fake-quantized reference itself lost the fp32 tokens from the first one.
+
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
 input's parameters, so no requantization happens around them. An op not in `FORMS`
 stays float between a dequantize and a quantize: QNN computes it in fp16 inside the
@@ -140,6 +147,8 @@ class QualcommQuantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         self._outputs = _output_producers(model.graph) if self.dtype == torch.uint16 else frozenset()
+        for node in _rms_norm_insides(model.graph):
+            node.meta[ANNOTATION] = QuantizationAnnotation({}, None, _annotated=True)  # float: see the docstring
         for node in list(model.graph.nodes):
             form = FORMS.get(node.target)
             if form is None or node.op != "call_function" or is_annotated(node):
@@ -261,6 +270,24 @@ def _output_producers(graph: torch.fx.Graph) -> frozenset[Node]:
         else:
             found.add(node)
     return frozenset(found)
+
+
+def _rms_norm_insides(graph: torch.fx.Graph) -> list[Node]:
+    """The square, mean, add and rsqrt of every ``x * rsqrt(mean(x ** 2, -1, keepdim) +
+    eps)`` in the graph, and that product: what stays float inside an RMS norm."""
+    found = []
+    for rsqrt in graph.find_nodes(op="call_function", target=aten.rsqrt.default):
+        add = rsqrt.args[0]
+        mean = add.args[0] if isinstance(add, Node) and add.target == aten.add.Tensor else None
+        square = mean.args[0] if isinstance(mean, Node) and mean.target == aten.mean.dim else None
+        if not (isinstance(square, Node) and square.target == aten.pow.Tensor_Scalar and square.args[1] == 2):
+            continue
+        if not isinstance(add.args[1], (int, float)) or list(mean.args[1]) not in ([-1], [square.meta["val"].dim() - 1]):
+            continue
+        x = square.args[0]
+        products = [u for u in rsqrt.users if u.target == aten.mul.Tensor and set(u.args) == {x, rsqrt}]
+        found.extend([square, mean, add, rsqrt, *products])
+    return found
 
 
 def _flat_nodes(value: Any) -> list[Node]:
