@@ -23,6 +23,19 @@ quantize into one quantized Conv when the quantize makes the activation redundan
 an observed relu output's range from 0 does): no quantize between them, so the reference
 rounds once where HTP rounds once.
 
+A method's outputs, 16-bit, are quantized over twice their calibrated span (half of it
+added at each end, `OUTPUT_HEADROOM`): a value beyond the calibrated range is clipped,
+and an output is what the caller reads (an LLM's logits, whose top values are the ones
+greedy decoding picks, went above a range calibrated on a few prefill calls: SmolLM2's
+top logits clipped to one value). 16 bits keep the steps fine (a span of 120 over 65,535).
+
+An RMS norm (``x * rsqrt(mean(x ** 2, -1) + eps)``) stays float inside, from the
+dequantized x to the quantize its reader puts on its output: QNN computes it in fp16.
+Quantized, its square had one per-tensor range for every position, and a decoder's
+massive activations (SmolLM2-135M: 22,500 at the first position from layer 12) set it:
+every other position's squares rounded to 0 or a few steps, rsqrt of ~eps followed, and
+the fake-quantized reference itself lost the fp32 tokens from the first one.
+
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
 input's parameters, so no requantization happens around them. An op not in `FORMS`
 stays float between a dequantize and a quantize: QNN computes it in fp16 inside the
@@ -64,6 +77,7 @@ WEIGHT_RANGE = (-127, 127)  # symmetric int8: QNN's per-channel weights have zer
 INT32_RANGE = (-(2**31), 2**31 - 1)
 
 OWN, SHARED = "own", "shared"  # an output quantized with its own parameters, or its input's
+OUTPUT_HEADROOM = 1.0  # a 16-bit method output's calibrated span, widened by this fraction of it
 
 
 @dataclass(frozen=True)
@@ -129,8 +143,12 @@ class QualcommQuantizer(Quantizer):
         self.scheme = scheme
         self.dtype = ACTIVATION_DTYPES[scheme.activation_bits]
         self.range = (0, torch.iinfo(self.dtype).max)
+        self._outputs: frozenset[Node] = frozenset()  # of the graph being annotated: `_output_producers`
 
     def annotate(self, model: GraphModule) -> GraphModule:
+        self._outputs = _output_producers(model.graph) if self.dtype == torch.uint16 else frozenset()
+        for node in _rms_norm_insides(model.graph):
+            node.meta[ANNOTATION] = QuantizationAnnotation({}, None, _annotated=True)  # float: see the docstring
         for node in list(model.graph.nodes):
             form = FORMS.get(node.target)
             if form is None or node.op != "call_function" or is_annotated(node):
@@ -151,7 +169,8 @@ class QualcommQuantizer(Quantizer):
     def _annotate_fused(self, activation: Node) -> None:
         """The activation after a fused op: its input is the op's float output, only its
         own output is quantized."""
-        activation.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(), _annotated=True)
+        activation.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(headroom=activation in self._outputs),
+                                                             _annotated=True)
 
     def _annotate(self, node: Node, form: QuantizedForm, quantize_output: bool = True) -> None:
         """Annotate `node` as `form` says; `quantize_output=False` leaves its value float
@@ -180,7 +199,7 @@ class QualcommQuantizer(Quantizer):
             scale, zero_point = form.fixed16
             output = FixedQParamsQuantizationSpec(self.dtype, scale, zero_point, *self.range, torch.per_tensor_affine)
         else:
-            output = self._activation()
+            output = self._activation(headroom=node in self._outputs)
         if node.target == aten.max_pool2d_with_indices.default:  # its value is the tuple's first element
             node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
             values = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
@@ -189,13 +208,16 @@ class QualcommQuantizer(Quantizer):
             return
         node.meta[ANNOTATION] = QuantizationAnnotation(inputs, output, _annotated=True)
 
-    def _activation(self) -> QuantizationSpec:
+    def _activation(self, headroom: bool = False) -> QuantizationSpec:
+        """Per-tensor parameters from the calibrated range; ``headroom``: a method
+        output's, widened by `OUTPUT_HEADROOM` (QAT learns its ranges: none added)."""
         low, high = self.range
         if self.scheme.qat:
             ctr = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=low, quant_max=high,
                                          dtype=self.dtype, qscheme=torch.per_tensor_affine)
         else:
-            ctr = MinMaxObserver.with_args(dtype=self.dtype, quant_min=low, quant_max=high)
+            observer = HeadroomMinMaxObserver if headroom else MinMaxObserver
+            ctr = observer.with_args(dtype=self.dtype, quant_min=low, quant_max=high)
         return QuantizationSpec(self.dtype, ctr, low, high, torch.per_tensor_affine)
 
     def _weight(self, axis: int) -> QuantizationSpec:
@@ -207,6 +229,15 @@ class QualcommQuantizer(Quantizer):
             ctr = PerChannelMinMaxObserver.with_args(dtype=torch.int8, quant_min=low, quant_max=high,
                                                      qscheme=torch.per_channel_symmetric, ch_axis=axis)
         return QuantizationSpec(torch.int8, ctr, low, high, torch.per_channel_symmetric, ch_axis=axis)
+
+
+class HeadroomMinMaxObserver(MinMaxObserver):
+    """A min/max observer whose parameters span `OUTPUT_HEADROOM` more than it saw,
+    half below and half above."""
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = (self.max_val - self.min_val) * (OUTPUT_HEADROOM / 2)
+        return self._calculate_qparams(self.min_val - pad, self.max_val + pad)
 
 
 def _bias_spec(activation: Node, weight: Node, node: Node) -> DerivedQuantizationSpec:
@@ -223,6 +254,46 @@ def _bias_spec(activation: Node, weight: Node, node: Node) -> DerivedQuantizatio
 
 
 # -- graph helpers ---------------------------------------------------------------------------------
+
+
+def _output_producers(graph: torch.fx.Graph) -> frozenset[Node]:
+    """The nodes whose quantized value the graph returns: each output, or, through ops
+    that share their input's parameters (`SHARED` forms: views, slices, ...), the node
+    that sets them."""
+    found = set()
+    pending = _flat_nodes(graph.output_node().args)
+    while pending:
+        node = pending.pop()
+        form = FORMS.get(node.target) if node.op == "call_function" else None
+        if form is not None and form.output == SHARED and node.args and isinstance(node.args[0], Node):
+            pending.append(node.args[0])
+        else:
+            found.add(node)
+    return frozenset(found)
+
+
+def _rms_norm_insides(graph: torch.fx.Graph) -> list[Node]:
+    """The square, mean, add and rsqrt of every ``x * rsqrt(mean(x ** 2, -1, keepdim) +
+    eps)`` in the graph, and that product: what stays float inside an RMS norm."""
+    found = []
+    for rsqrt in graph.find_nodes(op="call_function", target=aten.rsqrt.default):
+        add = rsqrt.args[0]
+        mean = add.args[0] if isinstance(add, Node) and add.target == aten.add.Tensor else None
+        square = mean.args[0] if isinstance(mean, Node) and mean.target == aten.mean.dim else None
+        if not (isinstance(square, Node) and square.target == aten.pow.Tensor_Scalar and square.args[1] == 2):
+            continue
+        if not isinstance(add.args[1], (int, float)) or list(mean.args[1]) not in ([-1], [square.meta["val"].dim() - 1]):
+            continue
+        x = square.args[0]
+        products = [u for u in rsqrt.users if u.target == aten.mul.Tensor and set(u.args) == {x, rsqrt}]
+        found.extend([square, mean, add, rsqrt, *products])
+    return found
+
+
+def _flat_nodes(value: Any) -> list[Node]:
+    nodes: list[Node] = []
+    torch.fx.node.map_arg(value, nodes.append)
+    return nodes
 
 
 def _fused_activation(node: Node) -> Node | None:
