@@ -131,6 +131,8 @@ class QualcommQuantizer(Quantizer):
         self.range = (0, torch.iinfo(self.dtype).max)
 
     def annotate(self, model: GraphModule) -> GraphModule:
+        for norm in rms_norms(model.graph):
+            self._annotate_rms_norm(norm)
         for node in list(model.graph.nodes):
             form = FORMS.get(node.target)
             if form is None or node.op != "call_function" or is_annotated(node):
@@ -189,6 +191,26 @@ class QualcommQuantizer(Quantizer):
             return
         node.meta[ANNOTATION] = QuantizationAnnotation(inputs, output, _annotated=True)
 
+    def _annotate_rms_norm(self, norm: RmsNorm) -> None:
+        """One RMS norm as QNN's native RmsNorm runs it (onnx_export writes it as one
+        node, native_norm.py): x, the scale and the output quantized, nothing between
+        (no quantized square: its per-tensor range would zero every small square)."""
+        last = norm.scaling or norm.normalize
+        if not _runtime_float(norm.x) or any(is_annotated(n) for n in (*norm.inner, norm.normalize, last)):
+            return
+        for node in norm.inner:
+            node.meta[ANNOTATION] = QuantizationAnnotation({}, None, _annotated=True)
+        norm.inner[0].meta[ANNOTATION] = QuantizationAnnotation({norm.x: self._activation()}, None, _annotated=True)
+        shared_x = SharedQuantizationSpec((norm.x, norm.inner[0]))
+        if norm.scaling is None:
+            norm.normalize.meta[ANNOTATION] = QuantizationAnnotation({norm.x: shared_x}, self._activation(),
+                                                                     _annotated=True)
+            return
+        norm.normalize.meta[ANNOTATION] = QuantizationAnnotation({norm.x: shared_x}, None, _annotated=True)
+        # QNN's RmsNorm takes its scale per tensor, unsigned (int8 ones are refused): as an activation.
+        norm.scaling.meta[ANNOTATION] = QuantizationAnnotation({norm.weight: self._activation()}, self._activation(),
+                                                               _annotated=True)
+
     def _activation(self) -> QuantizationSpec:
         low, high = self.range
         if self.scheme.qat:
@@ -223,6 +245,69 @@ def _bias_spec(activation: Node, weight: Node, node: Node) -> DerivedQuantizatio
 
 
 # -- graph helpers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RmsNorm:
+    """An RMS norm over the last axis in a core-ATen graph: ``normalize = x * rsqrt(mean(x
+    ** 2, -1, keepdim) + eps)`` (`inner`: the pow, mean, add and rsqrt), and the
+    ``scaling = normalize * weight`` after it if its weight is a constant of x's last
+    dim (else `scaling` and `weight` are None)."""
+
+    x: Node
+    inner: tuple[Node, ...]
+    normalize: Node
+    scaling: Node | None
+    weight: Node | None
+
+
+def rms_norms(graph: torch.fx.Graph) -> list[RmsNorm]:
+    """Every RMS norm that onnx_export writes as one native norm node (native_norm.py
+    matches the same chain in the ONNX graph)."""
+    found = []
+    for rsqrt in graph.find_nodes(op="call_function", target=aten.rsqrt.default):
+        add = rsqrt.args[0]
+        if not (_only_user(add, rsqrt) and add.target in (aten.add.Tensor, aten.add.Scalar)
+                and isinstance(add.args[1], float)):
+            continue
+        mean = add.args[0]
+        if not (_only_user(mean, add) and mean.target == aten.mean.dim and _last_dim_kept(mean)):
+            continue
+        square = mean.args[0]
+        if not (_only_user(square, mean) and square.target == aten.pow.Tensor_Scalar and square.args[1] == 2):
+            continue
+        x = square.args[0]
+        (normalize,) = rsqrt.users if len(rsqrt.users) == 1 else (None,)
+        if normalize is None or normalize.target != aten.mul.Tensor or set(normalize.args) != {x, rsqrt}:
+            continue
+        scaling, weight = _scaling(normalize, x)
+        found.append(RmsNorm(x, (square, mean, add, rsqrt), normalize, scaling, weight))
+    return found
+
+
+def _only_user(node: Any, user: Node) -> bool:
+    return isinstance(node, Node) and list(node.users) == [user]
+
+
+def _last_dim_kept(mean: Node) -> bool:
+    rank = mean.args[0].meta["val"].dim()
+    dims = mean.args[1] if len(mean.args) > 1 else None
+    keepdim = mean.args[2] if len(mean.args) > 2 else mean.kwargs.get("keepdim", False)
+    return bool(keepdim) and dims is not None and len(dims) == 1 and dims[0] % rank == rank - 1
+
+
+def _scaling(normalize: Node, x: Node) -> tuple[Node | None, Node | None]:
+    """The Mul by a constant weight of x's last dim that only reads ``normalize``."""
+    if len(normalize.users) != 1:
+        return None, None
+    (user,) = normalize.users
+    if user.target != aten.mul.Tensor:
+        return None, None
+    weight = user.args[1] if user.args[0] is normalize else user.args[0]
+    width = x.meta["val"].shape[-1]
+    if _constant(weight) and float_output(weight) is not None and tuple(weight.meta["val"].shape) == (width,):
+        return user, weight
+    return None, None
 
 
 def _fused_activation(node: Node) -> Node | None:
