@@ -10,8 +10,9 @@ the export we set it to ``edgeport-node:<aten node name>`` (and restore it after
 
 The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
 equivalent form rightly (pool_rewrite.py: pools that pad themselves; pow_rewrite.py:
-integer powers, wrong at zero), or prepares only in an equivalent form (norm_rewrite.py:
-RMS norms with the scale first).
+integer powers, wrong at zero; native_norm.py: RMS norms as HTP's native RmsNorm, the
+chain being wrong in fp16), or prepares only in an equivalent form (norm_rewrite.py:
+RMS norms left as a chain, with the scale first).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ quantize into one quantized Conv when the quantize makes the activation redundan
 an observed relu output's range from 0 does): no quantize between them, so the reference
 rounds once where HTP rounds once.
 
+An RMS norm (pow, mean, add, rsqrt, mul, and a mul by its constant weight) is quantized
+as one op, x, weight and output only: onnx_export writes it as QNN's native RmsNorm
+(native_norm.py), which has no quantized intermediates.
+
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
 input's parameters, so no requantization happens around them. An op not in `FORMS`
 stays float between a dequantize and a quantize: QNN computes it in fp16 inside the
