@@ -24,7 +24,8 @@ import numpy as np
 
 # Every dtype a program file may hold, by the name manifests use. bfloat16 has no numpy
 # twin: its bytes are stored as int16 and only torch reads them as bfloat16.
-STORED_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+STORED_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint16", "uint8",
+                 "bool")
 NO_NUMPY_TWIN = frozenset({"bfloat16"})
 STORAGE = {name: np.dtype("int16" if name in NO_NUMPY_TWIN else name) for name in STORED_DTYPES}
 

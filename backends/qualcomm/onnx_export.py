@@ -10,8 +10,9 @@ the export we set it to ``edgeport-node:<aten node name>`` (and restore it after
 
 The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
 equivalent form rightly (pool_rewrite.py: pools that pad themselves; pow_rewrite.py:
-integer powers, wrong at zero), or prepares only in an equivalent form (norm_rewrite.py:
-RMS norms with the scale first).
+integer powers, wrong at zero; native_norm.py: RMS norms as HTP's native RmsNorm, the
+chain being wrong in fp16), or prepares only in an equivalent form (norm_rewrite.py:
+RMS norms left as a chain, with the scale first).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from .initializer_casts import fold_initializer_casts
+from .native_norm import fuse_rms_norms
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
 from .pow_rewrite import rewrite_integer_powers
@@ -68,7 +70,8 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
             ) from exc
     model = onnx_program.model_proto
     rewrite_pools(model)
-    reorder_norm_scales(model)
+    fuse_rms_norms(model)
+    reorder_norm_scales(model)  # a norm chain left (axes not trailing)
     if not quantized:  # a16w8 computes in 16-bit integers: no signed zero
         rewrite_integer_powers(model)
     fold_initializer_casts(model)  # a large per-channel zero point's Cast: QNN needs it static

@@ -29,12 +29,16 @@ and an output is what the caller reads (an LLM's logits, whose top values are th
 greedy decoding picks, went above a range calibrated on a few prefill calls: SmolLM2's
 top logits clipped to one value). 16 bits keep the steps fine (a span of 120 over 65,535).
 
-An RMS norm (``x * rsqrt(mean(x ** 2, -1) + eps)``) stays float inside, from the
-dequantized x to the quantize its reader puts on its output: QNN computes it in fp16.
-Quantized, its square had one per-tensor range for every position, and a decoder's
+An RMS norm (pow, mean, add, rsqrt, mul, and a mul by its constant weight) is quantized
+as one op, x, weight and output only: onnx_export writes it as QNN's native RmsNorm
+(native_norm.py), which has no quantized intermediates. Quantizing its insides
+would be wrong: its square had one per-tensor range for every position, and a decoder's
 massive activations (SmolLM2-135M: 22,500 at the first position from layer 12) set it:
 every other position's squares rounded to 0 or a few steps, rsqrt of ~eps followed, and
-the fake-quantized reference itself lost the fp32 tokens from the first one.
+the fake-quantized reference itself lost the fp32 tokens from the first one. An RMS
+norm that chain does not match (a weight computed at run time, an integer eps) stays
+float inside, from the dequantized x to the quantize its reader puts on its output: QNN
+computes it in fp16.
 
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
 input's parameters, so no requantization happens around them. An op not in `FORMS`
@@ -147,8 +151,11 @@ class QualcommQuantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         self._outputs = _output_producers(model.graph) if self.dtype == torch.uint16 else frozenset()
+        for norm in rms_norms(model.graph):
+            self._annotate_rms_norm(norm)
         for node in _rms_norm_insides(model.graph):
-            node.meta[ANNOTATION] = QuantizationAnnotation({}, None, _annotated=True)  # float: see the docstring
+            if not is_annotated(node):
+                node.meta[ANNOTATION] = QuantizationAnnotation({}, None, _annotated=True)  # float: see the docstring
         for node in list(model.graph.nodes):
             form = FORMS.get(node.target)
             if form is None or node.op != "call_function" or is_annotated(node):
@@ -207,6 +214,26 @@ class QualcommQuantizer(Quantizer):
                 value.meta[ANNOTATION] = QuantizationAnnotation({}, output, _annotated=True)
             return
         node.meta[ANNOTATION] = QuantizationAnnotation(inputs, output, _annotated=True)
+
+    def _annotate_rms_norm(self, norm: RmsNorm) -> None:
+        """One RMS norm as QNN's native RmsNorm runs it (onnx_export writes it as one
+        node, native_norm.py): x, the scale and the output quantized, nothing between
+        (no quantized square: its per-tensor range would zero every small square)."""
+        last = norm.scaling or norm.normalize
+        if not _runtime_float(norm.x) or any(is_annotated(n) for n in (*norm.inner, norm.normalize, last)):
+            return
+        for node in norm.inner:
+            node.meta[ANNOTATION] = QuantizationAnnotation({}, None, _annotated=True)
+        norm.inner[0].meta[ANNOTATION] = QuantizationAnnotation({norm.x: self._activation()}, None, _annotated=True)
+        shared_x = SharedQuantizationSpec((norm.x, norm.inner[0]))
+        if norm.scaling is None:
+            norm.normalize.meta[ANNOTATION] = QuantizationAnnotation({norm.x: shared_x}, self._activation(),
+                                                                     _annotated=True)
+            return
+        norm.normalize.meta[ANNOTATION] = QuantizationAnnotation({norm.x: shared_x}, None, _annotated=True)
+        # QNN's RmsNorm takes its scale per tensor, unsigned (int8 ones are refused): as an activation.
+        norm.scaling.meta[ANNOTATION] = QuantizationAnnotation({norm.weight: self._activation()}, self._activation(),
+                                                               _annotated=True)
 
     def _activation(self, headroom: bool = False) -> QuantizationSpec:
         """Per-tensor parameters from the calibrated range; ``headroom``: a method
@@ -294,6 +321,69 @@ def _flat_nodes(value: Any) -> list[Node]:
     nodes: list[Node] = []
     torch.fx.node.map_arg(value, nodes.append)
     return nodes
+
+
+@dataclass(frozen=True)
+class RmsNorm:
+    """An RMS norm over the last axis in a core-ATen graph: ``normalize = x * rsqrt(mean(x
+    ** 2, -1, keepdim) + eps)`` (`inner`: the pow, mean, add and rsqrt), and the
+    ``scaling = normalize * weight`` after it if its weight is a constant of x's last
+    dim (else `scaling` and `weight` are None)."""
+
+    x: Node
+    inner: tuple[Node, ...]
+    normalize: Node
+    scaling: Node | None
+    weight: Node | None
+
+
+def rms_norms(graph: torch.fx.Graph) -> list[RmsNorm]:
+    """Every RMS norm that onnx_export writes as one native norm node (native_norm.py
+    matches the same chain in the ONNX graph)."""
+    found = []
+    for rsqrt in graph.find_nodes(op="call_function", target=aten.rsqrt.default):
+        add = rsqrt.args[0]
+        if not (_only_user(add, rsqrt) and add.target in (aten.add.Tensor, aten.add.Scalar)
+                and isinstance(add.args[1], float)):
+            continue
+        mean = add.args[0]
+        if not (_only_user(mean, add) and mean.target == aten.mean.dim and _last_dim_kept(mean)):
+            continue
+        square = mean.args[0]
+        if not (_only_user(square, mean) and square.target == aten.pow.Tensor_Scalar and square.args[1] == 2):
+            continue
+        x = square.args[0]
+        (normalize,) = rsqrt.users if len(rsqrt.users) == 1 else (None,)
+        if normalize is None or normalize.target != aten.mul.Tensor or set(normalize.args) != {x, rsqrt}:
+            continue
+        scaling, weight = _scaling(normalize, x)
+        found.append(RmsNorm(x, (square, mean, add, rsqrt), normalize, scaling, weight))
+    return found
+
+
+def _only_user(node: Any, user: Node) -> bool:
+    return isinstance(node, Node) and list(node.users) == [user]
+
+
+def _last_dim_kept(mean: Node) -> bool:
+    rank = mean.args[0].meta["val"].dim()
+    dims = mean.args[1] if len(mean.args) > 1 else None
+    keepdim = mean.args[2] if len(mean.args) > 2 else mean.kwargs.get("keepdim", False)
+    return bool(keepdim) and dims is not None and len(dims) == 1 and dims[0] % rank == rank - 1
+
+
+def _scaling(normalize: Node, x: Node) -> tuple[Node | None, Node | None]:
+    """The Mul by a constant weight of x's last dim that only reads ``normalize``."""
+    if len(normalize.users) != 1:
+        return None, None
+    (user,) = normalize.users
+    if user.target != aten.mul.Tensor:
+        return None, None
+    weight = user.args[1] if user.args[0] is normalize else user.args[0]
+    width = x.meta["val"].shape[-1]
+    if _constant(weight) and float_output(weight) is not None and tuple(weight.meta["val"].shape) == (width,):
+        return user, weight
+    return None, None
 
 
 def _fused_activation(node: Node) -> Node | None:

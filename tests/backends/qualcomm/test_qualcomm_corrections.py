@@ -227,13 +227,15 @@ def test_an_rms_norm_with_its_scale_first_is_delegated_whole_and_right(backend):
     assert max_abs(program(x).numpy(), want) < 1e-2 * float(np.abs(want).max())
 
 
-def test_qnn_cannot_prepare_the_scale_first_norm_and_the_rewrite_can(backend):
+def test_qnn_cannot_prepare_the_scale_first_norm_and_the_rewrite_can(backend, monkeypatch):
+    """For a chain native_norm.py leaves (its axes not trailing): here one it is told to leave."""
+    from edgeport.backends.qualcomm import onnx_export
     from edgeport.backends.qualcomm.norm_rewrite import reorder_norm_scales
-    from edgeport.backends.qualcomm.onnx_export import export_onnx
     from edgeport.backends.qualcomm.options import provider_options
     from edgeport.backends.qualcomm.qnn_runtime import QnnCompileError, compile_context
 
-    partition = export_onnx(partition_of(ScaledRmsNorm(32).eval(), torch.randn(1, 8, 32)))
+    monkeypatch.setattr(onnx_export, "fuse_rms_norms", lambda model: 0)
+    partition = onnx_export.export_onnx(partition_of(ScaledRmsNorm(32).eval(), torch.randn(1, 8, 32)))
     muls = [n for n in partition.model.graph.node if n.op_type == "Mul"]
     assert [n.input[1] for n in muls[-1:]] == ["weight"], "export_onnx puts the scale last"
     muls[-1].input[0], muls[-1].input[1] = muls[-1].input[1], muls[-1].input[0]  # back to torch.onnx's order
@@ -242,6 +244,45 @@ def test_qnn_cannot_prepare_the_scale_first_norm_and_the_rewrite_can(backend):
     assert reorder_norm_scales(partition.model) == 1
     outcome = compile_context(partition.model.SerializeToString(), provider_options(QualcommOptions()))
     assert outcome.context_model and not outcome.refused
+
+
+# -- RMS norms as HTP's native RmsNorm (native_norm.py): the chain goes wrong in fp16 ------------
+
+TWO_AXES_WEIGHT = torch.rand(4, 32, generator=torch.Generator().manual_seed(1)) + 0.5
+WIDE_WEIGHT = torch.rand(576, generator=torch.Generator().manual_seed(2)) + 0.5
+
+NORMS = {  # name: (function, input)
+    # wrong as the Pow/ReduceMean/... chain: squares beyond fp16's 65504 with no weight
+    # after them (relative error 2.0; 0.3 for x + 0.5 at 300), or over two axes (0.74)
+    "beyond_fp16_squares": (lambda t: F.rms_norm(t, (576,)), torch.randn(1, 8, 576) * 1000),
+    "shifted_by_half": (lambda t: F.rms_norm(t + 0.5, (576,)), torch.randn(1, 8, 576) * 300),
+    "two_axes": (lambda t: F.rms_norm(t, (4, 32), TWO_AXES_WEIGHT), torch.randn(2, 4, 32) * 500),
+    # right as the chain too (HTP fuses a chain ending in its weight): right as one node
+    "weighted": (lambda t: F.rms_norm(t + 0.5, (576,), WIDE_WEIGHT), torch.randn(1, 8, 576) * 1000),
+    "hugging_face_chain": (lambda t: WIDE_WEIGHT * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6)),
+                           torch.randn(1, 8, 576) * 1000),
+}
+
+
+@pytest.mark.parametrize("case", list(NORMS))
+def test_an_rms_norm_is_one_native_node_and_right_where_its_squares_leave_fp16(backend, case):
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    fn, x = Fn(NORMS[case][0]), NORMS[case][1]
+    ops = [n.op_type for n in export_onnx(partition_of(fn, x)).model.graph.node]
+    assert ops.count("SimplifiedLayerNormalization") == 1 and not {"Pow", "ReduceMean", "Sqrt"} & set(ops)
+    program = edgeport.export(fn, (x,), ["qualcomm"])
+    assert {n["backend"] for n in program.report()["nodes"]} == {"qualcomm"}
+    want = fn(x.double()).numpy()
+    assert max_abs(program(x).numpy(), want) < 2e-3 * float(np.abs(want).max())
+
+
+def test_a_norm_over_leading_axes_stays_a_chain():
+    from edgeport.backends.qualcomm.onnx_export import export_onnx
+
+    fn = Fn(lambda t: t * torch.rsqrt(t.pow(2).mean(1, keepdim=True) + 1e-6))
+    ops = [n.op_type for n in export_onnx(partition_of(fn, torch.randn(2, 4, 32))).model.graph.node]
+    assert "SimplifiedLayerNormalization" not in ops and "ReduceMean" in ops
 
 
 # -- found by the OpInfo sweep (tests/opinfo) -------------------------------------------------

@@ -185,3 +185,56 @@ def test_an_integer_cast_of_an_initializer_is_folded_exactly():
     folded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert set(folded) == {"zp8", "big"} and folded["zp8"].dtype == np.int8
     assert np.array_equal(folded["zp8"], zero_point.astype(np.int8))
+
+
+class NormBetweenLinears(nn.Module):
+    """An LLM block's shape: linear, RMS norm with its weight, linear."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(width, width), nn.Linear(width, width)
+        self.weight = nn.Parameter(torch.rand(width) + 0.5)
+
+    def forward(self, x):
+        h = self.first(x)
+        return self.second(self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_rms_norm_is_one_quantized_native_node_without_a_quantized_square(backend, scheme):
+    """native_norm.py in a QDQ partition: x, the scale and the output quantized, nothing
+    between (the reference neither), and HTP computes the reference."""
+    from edgeport.backends.qualcomm import onnx_export
+
+    torch.manual_seed(0)
+    module, x = NormBetweenLinears().eval(), torch.randn(8, 64)
+    exports = []
+    original = onnx_export.export_onnx
+
+    def spying(program):
+        exports.append(original(program))
+        return exports[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "export_onnx", spying)
+        import edgeport.backends.qualcomm.backend as qualcomm_backend
+        if hasattr(qualcomm_backend, "export_onnx"):
+            patch.setattr(qualcomm_backend, "export_onnx", spying)
+        program = edgeport.export(module, (x,), ["qualcomm"], quantize=scheme,
+                                  calibration=[(torch.randn(8, 64),) for _ in range(4)], keep_reference=True,
+                                  registry=registry_for(backend))
+    assert {n["backend"] for n in program.report()["nodes"]} == {"qualcomm"}
+    graph = exports[-1].model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    (norm,) = [n for n in graph.node if n.op_type == "SimplifiedLayerNormalization"]
+    assert [producer[name].op_type for name in norm.input] == ["DequantizeLinear", "DequantizeLinear"]
+    assert not {"Pow", "ReduceMean", "Sqrt", "Reciprocal"} & {n.op_type for n in graph.node}
+    from edgeport.portable import program_from_files
+
+    step = program.manifest.methods["forward"].steps[0]
+    fake_quantized = program_from_files(lambda n, p=step.reference: program.files[f"{p}/{n}"]).graph
+    (square,) = [n for n in fake_quantized.nodes if n.target == torch.ops.aten.pow.Tensor_Scalar]
+    assert [u.target for u in square.users] == [torch.ops.aten.mean.dim], "the reference quantizes x ** 2"
+    got, want = program(x).numpy(), reference_program(program)(x).numpy()
+    assert cosine(got, want) >= MIN_COSINE
