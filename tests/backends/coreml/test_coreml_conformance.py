@@ -32,6 +32,7 @@ DECLINED = {
     "reduce_bool": {"aten.amax.default": _CONVERT,
                     "aten.sum.dim_IntList": "aten.sum.dim_IntList: coremltools 9.0 counts booleans in floating point"},
     "buffer_write_read": {"aten.index_put.default": _CONVERT},
+    "bool_and_or": {"aten.bitwise_or.Tensor": "coremltools has no converter for aten.bitwise_or.Tensor"},
 }
 # A case with dynamic dims is declined whole, every node for its symbolic shape.
 NO_DYNAMIC = "edgeport converts Core ML partitions with static shapes"
