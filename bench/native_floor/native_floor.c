@@ -27,7 +27,10 @@
  * (/proc/self/smaps_rollup), and the resident pages of the program file's mapping, the
  * weight cache file's mapping and libLiteRt.so apart (/proc/self/smaps). With PAGES_OUT,
  * the model's pages resident in this process at the end (page indices from the model's
- * first byte, from /proc/self/pagemap) are written there, one per line.
+ * first byte, from /proc/self/pagemap) are written there, one per line. With the
+ * environment variable NATIVE_FLOOR_RANDOM=1 the model's mapping is advised MADV_RANDOM
+ * after compiling; with NATIVE_FLOOR_RELEASE=1 its pages are let go after every decode
+ * call (MADV_DONTNEED).
  *
  * No LiteRT header ships in the wheel: the few structs and calls used are declared here,
  * matched to LiteRT 2.3's C headers (each declaration names its header).
@@ -458,6 +461,14 @@ int main(int argc, char **argv) {
   long page = sysconf(_SC_PAGESIZE);
   uintptr_t a = (uintptr_t)model & ~(uintptr_t)(page - 1);
   madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_DONTNEED);
+  /* NATIVE_FLOOR_RANDOM=1: tell the kernel the model is read at random (no read-ahead,
+   * no fault-around), so TFLite's GATHER of one embedding row maps one page, not a folio */
+  const char *random_reads = getenv("NATIVE_FLOOR_RANDOM");
+  if (random_reads && *random_reads == '1') madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_RANDOM);
+  /* NATIVE_FLOOR_RELEASE=1: let the model's pages go after every decode call (what
+   * TFLite's GATHER mapped of the embedding table stays one token's folio at most) */
+  const char *release = getenv("NATIVE_FLOOR_RELEASE");
+  bool release_each_call = release && *release == '1';
   printf("compiled in %.2f s (%s the weight cache %s)\n", t_compile, built ? "built" : "reused", cache_path);
   report("compiled");
 
@@ -474,6 +485,7 @@ int main(int argc, char **argv) {
   for (int k = 1; k < new_tokens && k < 1024; k++) {
     logits = run(&r, &generated[k - 1], 1, spec.prompt_len + k - 1, &vocab);
     generated[k] = argmax(logits, vocab);
+    if (release_each_call) madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_DONTNEED);
   }
   double t_decode = now() - t0;
   printf("prefill %d ids %.3f s, %d decode calls %.3f s (%.1f ms each, wall)\n", spec.prompt_len, t_prefill,
