@@ -29,8 +29,10 @@
  * the model's pages resident in this process at the end (page indices from the model's
  * first byte, from /proc/self/pagemap) are written there, one per line. With the
  * environment variable NATIVE_FLOOR_RANDOM=1 the model's mapping is advised MADV_RANDOM
- * after compiling; with NATIVE_FLOOR_RELEASE=1 its pages are let go after every decode
- * call (MADV_DONTNEED).
+ * before compiling; with NATIVE_FLOOR_RELEASE=1 its pages are let go after every decode
+ * call (MADV_DONTNEED); with NATIVE_FLOOR_DROP=1 the model's range of the file is
+ * dropped from the page cache (POSIX_FADV_DONTNEED) before and after compiling, and
+ * the mapping advised MADV_RANDOM.
  *
  * No LiteRT header ships in the wheel: the few structs and calls used are declared here,
  * matched to LiteRT 2.3's C headers (each declaration names its header).
@@ -437,9 +439,22 @@ int main(int argc, char **argv) {
   struct stat st;
   if (fd < 0 || fstat(fd, &st)) die("cannot open ", spec.program);
   uint8_t *map = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  close(fd);
   if (map == MAP_FAILED) die("cannot map ", spec.program);
   const uint8_t *model = map + spec.offset;
+  long page = sysconf(_SC_PAGESIZE);
+  uintptr_t a = (uintptr_t)model & ~(uintptr_t)(page - 1); /* the model's pages: [a, model + length) */
+  /* NATIVE_FLOOR_RANDOM=1: tell the kernel the model is read at random (no read-ahead,
+   * no fault-around), to see whether a read maps fewer pages around it */
+  const char *random_reads = getenv("NATIVE_FLOOR_RANDOM");
+  if (random_reads && *random_reads == '1') madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_RANDOM);
+  /* NATIVE_FLOOR_DROP=1: drop the model's range of the file from the page cache before
+   * and after compiling (with MADV_RANDOM), so later reads bring in small folios */
+  const char *drop = getenv("NATIVE_FLOOR_DROP");
+  bool drop_cache = drop && *drop == '1';
+  if (drop_cache) {
+    madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_RANDOM);
+    posix_fadvise(fd, (off_t)spec.offset, (off_t)spec.length, POSIX_FADV_DONTNEED);
+  }
 
   static Runner r;
   r.spec = &spec;
@@ -458,13 +473,9 @@ int main(int argc, char **argv) {
   compile(&r.c, model, spec.length, cache_path);
   double t_compile = now() - t0;
   /* let the model's pages go, as compiled.py does once XNNPACK runs from the cache */
-  long page = sysconf(_SC_PAGESIZE);
-  uintptr_t a = (uintptr_t)model & ~(uintptr_t)(page - 1);
   madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_DONTNEED);
-  /* NATIVE_FLOOR_RANDOM=1: tell the kernel the model is read at random (no read-ahead,
-   * no fault-around), so TFLite's GATHER of one embedding row maps one page, not a folio */
-  const char *random_reads = getenv("NATIVE_FLOOR_RANDOM");
-  if (random_reads && *random_reads == '1') madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_RANDOM);
+  if (drop_cache) posix_fadvise(fd, (off_t)spec.offset, (off_t)spec.length, POSIX_FADV_DONTNEED);
+  close(fd);
   /* NATIVE_FLOOR_RELEASE=1: let the model's pages go after every decode call (what
    * TFLite's GATHER mapped of the embedding table stays one token's folio at most) */
   const char *release = getenv("NATIVE_FLOOR_RELEASE");
