@@ -357,7 +357,8 @@ static void bind(Runner *r) {
     if (s->in[i].role == WINDOW) W_max = l->dimensions[l->rank - 1];
   }
   resize(r, T_max, W_max);
-  for (int i = 0; i < s->n_out; i++) r->out_data[i] = aligned_zeros(count_of(&r->out_layout[i]) * 4);
+  for (int i = 0; i < s->n_out; i++) /* every output of these models is float32 (logits, cache rows) */
+    r->out_data[i] = aligned_zeros(count_of(&r->out_layout[i]) * 4);
 }
 
 /* One call: ids at positions start.., the window over the rows filled before it
@@ -485,6 +486,11 @@ int main(int argc, char **argv) {
 
   bind(&r);
   report("bound");
+  int positions = 0; /* the KV cache's positions: the window's largest size */
+  for (int i = 0; i < spec.n_in; i++)
+    if (spec.in[i].role == WINDOW) positions = r.in_type[i].layout.dimensions[0];
+  if (new_tokens < 1 || new_tokens > 1024 || spec.prompt_len + new_tokens - 1 > positions)
+    die("NEW_TOKENS must be 1 to 1024 and the prompt plus them fit the KV cache", NULL);
   int vocab = 0;
   int64_t generated[1024];
   t0 = now();
@@ -493,7 +499,7 @@ int main(int argc, char **argv) {
   generated[0] = argmax(logits, vocab);
   report("prefill");
   t0 = now();
-  for (int k = 1; k < new_tokens && k < 1024; k++) {
+  for (int k = 1; k < new_tokens; k++) {
     logits = run(&r, &generated[k - 1], 1, spec.prompt_len + k - 1, &vocab);
     generated[k] = argmax(logits, vocab);
     if (release_each_call) madvise((void *)a, (uintptr_t)model + spec.length - a, MADV_DONTNEED);

@@ -26,9 +26,11 @@ def main() -> None:
     args = parser.parse_args()
     from edgeport.backends.tflite.schema import tfl
 
-    data = open(args.model, "rb").read()
+    with open(args.model, "rb") as f:
+        data = f.read()
     base = np.frombuffer(data, np.uint8).ctypes.data
-    resident = {int(line) for line in open(args.pages) if line.strip()}
+    with open(args.pages) as f:
+        resident = {int(line) for line in f if line.strip()}
     schema = tfl()
     root = schema.Model.GetRootAs(data, 0)
     graph = root.Subgraphs(0)
