@@ -88,10 +88,10 @@ def test_generate_peaks_within_1_3x_the_weights_and_cache_on_first_and_later_loa
     weight cache (built by the first load, mapped by the next), not also as the model's
     bytes (LiteRT's Interpreter held both: 2.2x).
 
-    The program file's own mapped pages are counted apart: they are page cache, and how
-    many a few reads make resident depends on the kernel's page cache, not on edgeport
-    (a freshly exported file here maps ~2 MiB per weight XNNPACK glances at; an older
-    one ~nothing: bench/README.md, "The packed copy alone")."""
+    The program file's own mapped pages count too. This file was just written by the
+    export, so its page cache sits in large folios, and before the loaded model's range
+    was dropped from the page cache (`mapped_file.forget`) each small read mapped one
+    whole: ~130 MiB of it here, 778 MiB against a budget of 698."""
     import zipfile
 
     with zipfile.ZipFile(smol_path) as archive:
@@ -104,8 +104,8 @@ def test_generate_peaks_within_1_3x_the_weights_and_cache_on_first_and_later_loa
                               text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr
         measured = json.loads(done.stdout.strip().splitlines()[-1])
-        held = measured["peak_mib"] - measured["program_file_mib"]
-        assert held <= budget_mib, f"{load} load: {measured}, budget {budget_mib:.0f} MiB"
+        assert measured["peak_mib"] <= budget_mib, f"{load} load: {measured}, budget {budget_mib:.0f} MiB"
+        assert measured["program_file_mib"] < 16, f"{load} load: {measured}"
         assert len(list((tmp_path / "xnnpack").glob("*.xnnpack_cache"))) == 1
 
 
