@@ -130,14 +130,15 @@ def _compiled(artifact: edgeport.Artifact, threads: int, checksum: str, needs_de
 
     The C API cannot say which operators XNNPACK left to TFLite's kernels, and TFLite's
     FULLY_CONNECTED computes garbage from blockwise INT4 weights (``needs_delegate``):
-    before the cache is first built, the Interpreter (same LiteRT, same XNNPACK) loads
-    the model once to check, at its memory cost; loads that find the cache skip it."""
+    before the cache is first built, the Interpreter (same LiteRT, same XNNPACK) checks a
+    probe holding one operator of each INT4 form (`int4_probe`; 2 MB for SmolLM2, where
+    loading the whole model to check peaked at 435 MiB); loads that find the cache skip it."""
     from edgeport.backends.tflite.compiled import weight_cache_path
+    from edgeport.backends.tflite.int4_probe import check_delegated
     from edgeport.backends.tflite.litert_c import LiteRtCError, LiteRtCMissing
-    from edgeport.backends.tflite.runner import new_interpreter
 
     if needs_delegate and not weight_cache_path(checksum).exists():
-        new_interpreter(bytes(artifact.data), threads, needs_delegate=True)  # raises BackendError when one is left
+        check_delegated(artifact.data, threads)  # raises BackendError when XNNPACK leaves one
     try:
         names = (artifact.metadata["inputs"], artifact.metadata["outputs"])
         return tflite.CompiledExecutable(artifact.data, threads, checksum=checksum, names=names)

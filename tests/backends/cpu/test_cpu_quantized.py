@@ -143,6 +143,49 @@ def test_loading_int4_weights_refuses_when_xnnpack_does_not_take_them(monkeypatc
     TfliteExecutable(data, 1)  # a caller that does not ask for the delegate gets the interpreter
 
 
+class ThreeInt4Linears(nn.Module):
+    """Two linears of one form and one of another: a probe holds one of each form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 96)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+
+
+@pytest.fixture(scope="module")
+def int4_model() -> bytes:
+    torch.manual_seed(0)
+    program = edgeport.export(ThreeInt4Linears().eval(), (torch.randn(2, 64),), ["cpu"], quantize="int4-weight",
+                              registry=registry_for(CpuBackend()))
+    (data,) = tflite_artifacts(program)
+    return data
+
+
+def test_the_int4_probe_holds_one_operator_of_each_form_and_passes_where_the_model_is_delegated(int4_model):
+    from edgeport.backends.tflite.int4_probe import check_delegated, probe_model
+
+    assert undelegated_ops(TfliteExecutable(int4_model, 1).interpreter) == []
+    probe = probe_model(memoryview(int4_model))
+    graph = schema.Model.GetRootAs(probe, 0).Subgraphs(0)
+    shapes = sorted(tuple(graph.Tensors(graph.Operators(i).Inputs(1)).ShapeAsNumpy()) for i in range(graph.OperatorsLength()))
+    assert shapes == [(64, 64), (96, 64)]
+    assert len(probe) < len(int4_model)
+    check_delegated(memoryview(int4_model), 1)
+    assert probe_model(tflite_artifacts(edgeport.export(nn.Linear(8, 4).eval(), (torch.randn(1, 8),), ["cpu"],
+                                                        registry=registry_for(CpuBackend())))[0]) is None  # fp32
+
+
+def test_the_int4_probe_refuses_when_xnnpack_does_not_take_the_form(int4_model, monkeypatch):
+    from edgeport.backends.tflite.int4_probe import check_delegated
+
+    no_delegate = functools.partial(Interpreter, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    monkeypatch.setattr(runner, "_interpreter_class", lambda: no_delegate)
+    with pytest.raises(edgeport.BackendError, match="does not take 2 of this model's forms of FULLY_CONNECTED"):
+        check_delegated(int4_model, 1)
+
+
 def test_fp32_artifacts_have_unique_tensor_names_and_a_serving_signature():
     """ai-edge-quantizer (and LiteRT's signature runner) key tensors by name and want
     `serving_default`: two padded convs used to write two tensors named "paddings"."""
