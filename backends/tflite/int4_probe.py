@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .schema import tfl
 
 
@@ -46,26 +48,24 @@ def probe_model(model: Any) -> bytes | None:
     no FULLY_CONNECTED with INT4 weights."""
     t = tfl()
     root = t.Model.GetRootAs(model, 0)
-    fc = [i for i in range(root.OperatorCodesLength()) if _builtin(root.OperatorCodes(i)) == t.BuiltinOperator.FULLY_CONNECTED]
-    probe = t.ModelT()
-    probe.version, probe.operatorCodes, probe.buffers = 3, [t.OperatorCodeT.InitFromObj(root.OperatorCodes(fc[0]))] if fc else [], [t.BufferT()]
-    graph = t.SubGraphT()
+    codes = [i for i in range(root.OperatorCodesLength())
+             if _builtin(root.OperatorCodes(i)) == t.BuiltinOperator.FULLY_CONNECTED]
+    if not codes:
+        return None
+    probe, graph = t.ModelT(), t.SubGraphT()
+    probe.version, probe.buffers = 3, [t.BufferT()]  # buffer 0: no data, by the schema's convention
+    probe.operatorCodes = [t.OperatorCodeT.InitFromObj(root.OperatorCodes(codes[0]))]
     graph.tensors, graph.operators, graph.inputs, graph.outputs = [], [], [], []
     seen: set[tuple] = set()
-    for s in range(root.SubgraphsLength()):
-        source = root.Subgraphs(s)
-        for o in range(source.OperatorsLength()):
-            op = source.Operators(o)
-            if op.OpcodeIndex() not in fc or op.InputsLength() < 2:
+    for source in (root.Subgraphs(i) for i in range(root.SubgraphsLength())):
+        for op in (source.Operators(i) for i in range(source.OperatorsLength())):
+            weight = int(op.Inputs(1)) if op.OpcodeIndex() in codes and op.InputsLength() > 1 else -1
+            if weight < 0 or source.Tensors(weight).Type() != t.TensorType.INT4:
                 continue
-            tensors = [source.Tensors(i) if i >= 0 else None for i in op.InputsAsNumpy()]
-            if tensors[1] is None or tensors[1].Type() != t.TensorType.INT4:
-                continue
-            key = _signature(source, op)
-            if key in seen:
-                continue
-            seen.add(key)
-            _copy_operator(root, source, op, probe, graph)
+            form = _signature(source, op)
+            if form not in seen:
+                seen.add(form)
+                _copy_operator(model, root, source, op, probe, graph)
     if not graph.operators:
         return None
     probe.subgraphs = [graph]
@@ -74,9 +74,10 @@ def probe_model(model: Any) -> bytes | None:
     return bytes(builder.Output())
 
 
-def _copy_operator(root: Any, source: Any, op: Any, probe: Any, graph: Any) -> None:
+def _copy_operator(model: Any, root: Any, source: Any, op: Any, probe: Any, graph: Any) -> None:
     """Append ``op`` to the probe's graph with copies of its tensors: constants keep their
-    data, every other input becomes a model input and every output a model output."""
+    data (inline, or stored past the flatbuffer at an offset), every other input becomes a
+    model input and every output a model output."""
     t = tfl()
     remap: dict[int, int] = {}
 
@@ -85,12 +86,14 @@ def _copy_operator(root: Any, source: Any, op: Any, probe: Any, graph: Any) -> N
             return index
         if index not in remap:
             tensor = t.TensorT.InitFromObj(source.Tensors(index))
-            data = root.Buffers(tensor.buffer) if tensor.buffer > 0 else None
-            if data is not None and not data.DataIsNone():
-                probe.buffers.append(t.BufferT.InitFromObj(data))
+            stored = root.Buffers(tensor.buffer) if tensor.buffer > 0 else None
+            tensor.buffer = 0
+            if stored is not None and (not stored.DataIsNone() or stored.Offset() > 1):
+                data = t.BufferT()
+                data.data = stored.DataAsNumpy() if not stored.DataIsNone() else \
+                    np.frombuffer(model, np.uint8, stored.Size(), stored.Offset())
+                probe.buffers.append(data)
                 tensor.buffer = len(probe.buffers) - 1
-            else:
-                tensor.buffer = 0
             details = tensor.quantization.details if tensor.quantization is not None else None
             if isinstance(details, t.BlockwiseQuantizationT):  # its scales (and zero points) are tensors too
                 details.scales = copy(details.scales)
