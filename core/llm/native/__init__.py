@@ -162,11 +162,15 @@ def write_spec(request: Request) -> str:
             hint=(f"lower --max-new-tokens to {room} or less, " if room > 0 else "")
             + "shorten the prompt, or re-export with a larger --max-seq-len",
         )
+    threads = _threads(request.threads, manifest.artifacts[artifact].options)
+    cache = _weight_cache(manifest.files[artifact].sha256)
+    if manifest.artifacts[artifact].metadata.get("int4_weights") and not os.path.exists(cache):
+        _check_int4_in_xnnpack(files[artifact], threads)
     lines = [
         f"program {os.path.abspath(request.program)}",
         "model {} {}".format(*entry_range(request.program, artifact)),
-        f"cache {_weight_cache(manifest.files[artifact].sha256)}",
-        f"threads {_threads(request.threads, manifest.artifacts[artifact].options)}",
+        f"cache {cache}",
+        f"threads {threads}",
         f"max_seq_len {info.max_seq_len}",
         f"chunk {info.prefill_chunk}",
         f"window_bucket {_window_bucket()}",
@@ -247,6 +251,17 @@ def _weight_cache(checksum: str) -> str:
     except OSError:
         return ""
     return str(path) if os.access(path.parent, os.W_OK) else ""
+
+
+def _check_int4_in_xnnpack(model: Any, threads: int) -> None:
+    """Refuse (a `BackendError`) a model whose INT4 FULLY_CONNECTED XNNPACK leaves to
+    TFLite's kernel, which computes garbage from them: LiteRT's C API cannot say which
+    operators XNNPACK took, so the Interpreter loads the model once to check, as the
+    cpu backend does before it first builds the weight cache (backends/cpu/backend.py).
+    Its memory does not count: the exec that follows starts the high-water mark again."""
+    from ...backends.tflite.runner import new_interpreter
+
+    new_interpreter(bytes(model), threads, needs_delegate=True)
 
 
 def _threads(requested: int | None, options: dict[str, Any]) -> int:
