@@ -17,7 +17,11 @@ import pytest
 import edgeport
 from edgeport.llm import native
 
-PROMPTS = (("The capital of France is", ()), ("Write the word café three times.", ("--chat",)))
+from conftest import DATA
+
+# a short prompt, a chat one with a character of two bytes, and one of three prefill chunks
+LONG_PROMPT = " ".join((DATA / "gettysburg_address.txt").read_text().split()[:60])
+PROMPTS = (("The capital of France is", ()), ("Write the word café three times.", ("--chat",)), (LONG_PROMPT, ()))
 # Python before the exec touches this much memory, so a peak the runner reports below it
 # says VmHWM started again at exec
 BALLAST_MIB = 900
@@ -60,6 +64,8 @@ def test_greedy_ids_and_text_equal_the_python_sessions(smol_path, cache_dir, pro
     assert set(ours) - {"runner"} == set(python) and set(ours["stats"]) == set(python["stats"])
     for key in ("prompt_tokens", "prefilled_tokens", "generated_tokens", "stop_reason"):
         assert ours["stats"][key] == python["stats"][key], key
+    if prompt == LONG_PROMPT:
+        assert ours["stats"]["prompt_tokens"] > 64  # prefilled in three chunks of at most 32
 
 
 @pytest.mark.slow
