@@ -105,9 +105,13 @@ void LiteRtDestroyTensorBuffer(Handle buffer);
 
 #define MAX_IO 256
 
-/* An error is one line, as the Python CLI prints an EdgeportError ("Error: ..."). */
+static void restore_stderr(void);
+
+/* An error is one line, as the Python CLI prints an EdgeportError ("Error: ..."), after
+ * what LiteRT logged while stderr was held back (its own reason). */
 static void die(const char *message, const char *detail) {
   fflush(stdout);
+  restore_stderr();
   fprintf(stderr, "Error: native runner: %s%s\n", message, detail ? detail : "");
   exit(1);
 }
@@ -272,21 +276,23 @@ static void read_spec(const char *path, Spec *s) {
 /* LiteRT logs INFO lines, and that this host has no NPU or GPU accelerator, to stderr
  * whenever a model compiles (backends/tflite/compiled.py drops them): stderr goes to a
  * temporary file meanwhile, and the rest of what was written is passed on. */
-static int quiet_stderr(void) {
+static int saved_stderr = -1; /* the real stderr while it is held back */
+
+static void quiet_stderr(void) {
   fflush(stderr);
   FILE *tmp = tmpfile();
-  int saved = dup(2);
-  if (!tmp || saved < 0) return -1;
-  dup2(fileno(tmp), 2);
-  return saved;
+  saved_stderr = tmp ? dup(2) : -1;
+  if (saved_stderr >= 0) dup2(fileno(tmp), 2);
+  if (tmp) fclose(tmp); /* fd 2 keeps the file open */
 }
 
-static void restore_stderr(int saved) {
-  if (saved < 0) return;
+static void restore_stderr(void) {
+  if (saved_stderr < 0) return;
   fflush(stderr);
   FILE *tmp = fdopen(dup(2), "r");
-  dup2(saved, 2);
-  close(saved);
+  dup2(saved_stderr, 2);
+  close(saved_stderr);
+  saved_stderr = -1;
   if (!tmp) return;
   rewind(tmp);
   char line[1024];
@@ -306,7 +312,7 @@ typedef struct {
 
 static void compile(Compiled *c, const uint8_t *model, size_t length, int threads, const char *cache) {
   memset(c, 0, sizeof *c);
-  int saved = quiet_stderr();
+  quiet_stderr();
   check(LiteRtCreateEnvironment(0, NULL, &c->env), "LiteRtCreateEnvironment");
   check(LiteRtCreateModelFromBuffer(c->env, model, length, &c->model), "LiteRtCreateModelFromBuffer");
   check(LiteRtCreateOptions(&c->options), "LiteRtCreateOptions");
@@ -317,7 +323,7 @@ static void compile(Compiled *c, const uint8_t *model, size_t length, int thread
   check(LiteRtCreateOpaqueOptions("xnnpack", c->toml, keep_payload, &opaque), "LiteRtCreateOpaqueOptions");
   check(LiteRtAddOpaqueOptions(c->options, opaque), "LiteRtAddOpaqueOptions");
   check(LiteRtCreateCompiledModel(c->env, c->model, c->options, &c->compiled), "compiling the model");
-  restore_stderr(saved);
+  restore_stderr();
 }
 
 static void destroy(Compiled *c) {
@@ -365,9 +371,9 @@ static void compile_cached(Compiled *c, const Mapped *m, const Spec *s) {
     char building[4200]; /* beside the cache, in the directory Python made before exec */
     snprintf(building, sizeof building, "%s.%d.building", s->cache, (int)getpid());
     compile(c, m->model, m->length, s->threads, building);
-    int saved = quiet_stderr();
+    quiet_stderr();
     destroy(c);
-    restore_stderr(saved);
+    restore_stderr();
     if (rename(building, s->cache)) die("cannot publish the weight cache ", s->cache);
   }
   forget(m, s->offset);
