@@ -169,3 +169,26 @@ def _is_utf8(data: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+def test_an_int4_model_is_checked_before_its_weight_cache_is_first_built(smol_path, monkeypatch, tmp_path):
+    """The cpu backend's check that XNNPACK takes every INT4 FULLY_CONNECTED runs before
+    the exec on a first load, and not once the weight cache exists; the spec is private."""
+    from edgeport.backends.tflite.compiled import weight_cache_path
+    from edgeport.program import read_program_file
+
+    manifest, files = read_program_file(smol_path)
+    artifact = next(name for name in manifest.artifacts if name.endswith(".tflite"))
+    info = manifest.artifacts[artifact]
+    manifest.artifacts[artifact] = dataclasses.replace(info, metadata={**info.metadata, "int4_weights": True})
+    monkeypatch.setattr("edgeport.program.read_program_file", lambda path: (manifest, files))
+    checked = []
+    monkeypatch.setattr(native, "_check_int4_in_xnnpack", lambda model, threads: checked.append(len(model)))
+    monkeypatch.setenv("EDGEPORT_CACHE_DIR", str(tmp_path))
+    request = native.Request(str(smol_path), "The capital of France is", max_new_tokens=4)
+    for load in ("first", "later"):
+        spec = Path(native.write_spec(request))
+        assert spec.stat().st_mode & 0o777 == 0o600
+        spec.unlink()
+        weight_cache_path(manifest.files[artifact].sha256).touch()  # what the first run builds
+    assert checked == [manifest.files[artifact].size]
