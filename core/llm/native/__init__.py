@@ -28,8 +28,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -101,8 +102,9 @@ def _compiler() -> list[str]:
     candidates = [named] if named.strip() else ["cc", "gcc"]
     for candidate in candidates:
         words = shlex.split(candidate)
-        if words and shutil.which(words[0]):
-            return [shutil.which(words[0]) or words[0], *words[1:]]
+        found = shutil.which(words[0]) if words else None
+        if found:
+            return [found, *words[1:]]
     raise NativeUnavailable(f"--native compiles its runner once, and no C compiler was found ({' or '.join(candidates)})",
                             hint="install one (apt-get install gcc), set CC to one, or drop --native")
 
@@ -120,7 +122,8 @@ class Request:
     max_new_tokens: int = 128
     threads: int | None = None
     as_json: bool = False
-    start_time: float = 0.0  # time.monotonic() when the command started (the runner's ready_s counts from it)
+    # when the command started, on the runner's clock (CLOCK_MONOTONIC): its ready_s counts from it
+    start_time: float = field(default_factory=time.monotonic)
 
 
 def generate(request: Request) -> NoReturn:
