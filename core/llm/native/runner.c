@@ -22,7 +22,8 @@
  * let go from this process and the page cache around compiling (mapped_file.forget).
  * The KV cache inputs are bound once and updated in place with the rows each call
  * outputs (the plan's row updates). The prompt is prefilled in chunks, each with the
- * window over the rows filled before it (one_graph.window_length); then it decodes
+ * window over the rows filled before it (one_graph.window_length), after the two
+ * warm-up calls the Python CLI makes (Session.warm_up); then it decodes
  * greedily (argmax), streaming each token's bytes (a character split over tokens is
  * printed once whole), until a stop id or the token budget. It ends with the same
  * speed line, or JSON, as `edgeport llm generate`.
@@ -625,12 +626,18 @@ int main(int argc, char **argv) {
   r.spec = &spec;
   compile_cached(&r.c, &m, &spec);
   bind(&r);
+  /* warm up as the Python CLI does (Session.warm_up), so the figures mean the same: one
+   * call of one token at position 0, one at 1; the prompt's prefill overwrites both rows */
+  int64_t zero = 0;
+  int vocab = 0;
+  run(&r, &zero, 1, 0, &vocab);
+  run(&r, &zero, 1, 1, &vocab);
   Stats stats = {.prefilled = spec.prompt_len, .stop_reason = "max_new_tokens"};
   stats.ready = now() - spec.start_time;
 
   int64_t *ids = malloc((spec.max_new_tokens + 1) * sizeof *ids);
   Text text = {0};
-  int vocab = 0, position = spec.prompt_len;
+  int position = spec.prompt_len;
   double t0 = now();
   const float *logits = prefill(&r, spec.prompt, spec.prompt_len, &vocab);
   stats.prefill = now() - t0;
