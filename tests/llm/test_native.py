@@ -192,3 +192,11 @@ def test_an_int4_model_is_checked_before_its_weight_cache_is_first_built(smol_pa
         spec.unlink()
         weight_cache_path(manifest.files[artifact].sha256).touch()  # what the first run builds
     assert checked == [manifest.files[artifact].size]
+
+
+def test_no_litert_library_is_one_error_with_a_hint(monkeypatch, tmp_path):
+    monkeypatch.setattr(native.importlib.util, "find_spec",
+                        lambda name: SimpleNamespace(origin=str(tmp_path / "__init__.py")))
+    with pytest.raises(native.NativeUnavailable, match="has no libLiteRt.so") as raised:
+        native.build()
+    assert raised.value.hint

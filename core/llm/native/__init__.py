@@ -89,10 +89,13 @@ def build() -> Path:
 def litert_library() -> Path:
     """libLiteRt.so of the installed ai-edge-litert wheel (found, not imported)."""
     spec = importlib.util.find_spec("ai_edge_litert")
-    library = Path(spec.origin).parent / "libLiteRt.so" if spec and spec.origin else None
-    if library is None or not library.exists():
+    if spec is None or not spec.origin:
         raise NativeUnavailable("--native needs LiteRT's C library (libLiteRt.so), and ai-edge-litert is not installed",
                                 hint="pip install 'edgeport[runtime-cpu]'")
+    library = Path(spec.origin).parent / "libLiteRt.so"
+    if not library.exists():
+        raise NativeUnavailable(f"--native needs LiteRT's C library, and {library.parent} has no libLiteRt.so",
+                                hint="run --native on Linux, with ai-edge-litert==2.3.0 (pip install 'edgeport[runtime-cpu]')")
     return library
 
 
