@@ -19,9 +19,11 @@ from edgeport.llm import native
 
 from conftest import DATA
 
-# a short prompt, a chat one with a character of two bytes, and one of three prefill chunks
+# a short prompt; chat ones answering with a character of two bytes, and with emoji of
+# three tokens each (23 tokens end inside the 8th: it is not printed); three prefill chunks
 LONG_PROMPT = " ".join((DATA / "gettysburg_address.txt").read_text().split()[:60])
-PROMPTS = (("The capital of France is", ()), ("Write the word café three times.", ("--chat",)), (LONG_PROMPT, ()))
+PROMPTS = (("The capital of France is", (), 24), ("Write the word café three times.", ("--chat",), 24),
+           ("Write a happy emoji.", ("--chat",), 23), (LONG_PROMPT, (), 24))
 # Python before the exec touches this much memory, so a peak the runner reports below it
 # says VmHWM started again at exec
 BALLAST_MIB = 900
@@ -54,10 +56,10 @@ def cache_dir(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prompt,flags", PROMPTS)
-def test_greedy_ids_and_text_equal_the_python_sessions(smol_path, cache_dir, prompt, flags):
-    python = generated(smol_path, "--prompt", prompt, "--max-new-tokens", "24", *flags, env=cache_dir)
-    ours = generated(smol_path, "--prompt", prompt, "--max-new-tokens", "24", "--native", *flags, env=cache_dir)
+@pytest.mark.parametrize("prompt,flags,tokens", PROMPTS)
+def test_greedy_ids_and_text_equal_the_python_sessions(smol_path, cache_dir, prompt, flags, tokens):
+    python = generated(smol_path, "--prompt", prompt, "--max-new-tokens", str(tokens), *flags, env=cache_dir)
+    ours = generated(smol_path, "--prompt", prompt, "--max-new-tokens", str(tokens), "--native", *flags, env=cache_dir)
     assert ours["runner"] == "native" and "runner" not in python
     assert ours["token_ids"] == python["token_ids"]
     assert ours["text"] == python["text"]
