@@ -26,6 +26,8 @@ weight cache on the first load and maps it on later ones: each variant runs with
 empty cache directory (``EDGEPORT_CACHE_DIR``, built), then again (reused). "Floor" is
 the same process before any weight is loaded (the CLI's imports, the program's manifest
 and tokenizer, LiteRT's library): what a Python runtime holds whatever the weights.
+With ``--native``, also ``edgeport llm generate --native`` (the native runner, which
+replaces the Python process and reports its own VmHWM), cache built and reused.
 """
 
 from __future__ import annotations
@@ -148,10 +150,21 @@ def models_table(directory: Path, repeat: int) -> list[str]:
     return rows
 
 
-def llm_table(pattern: str, tokens: int) -> list[str]:
+def native_peak(path: Path, tokens: int, cache_dir: str) -> int:
+    """``edgeport llm generate --native``'s peak (the runner's own VmHWM, in its JSON)."""
+    out = subprocess.run([sys.executable, "-m", "edgeport.cli", "llm", "generate", str(path), "--prompt",
+                          "The capital of France is", "--max-new-tokens", str(tokens), "--native", "--json"],
+                         cwd=ROOT, check=True, capture_output=True, text=True,
+                         env={**os.environ, "EDGEPORT_CACHE_DIR": cache_dir})
+    return int(json.loads(out.stdout)["stats"]["peak_rss_mb"] * MB)
+
+
+def llm_table(pattern: str, tokens: int, native: bool = False) -> list[str]:
     rows = ["| variant | weights (artifact) | KV cache (state) | floor | `llm generate` peak, cache built | "
-            "/ (weights + cache) | peak, cache reused | / (weights + cache) | 1.3x budget |",
-            "|---" * 9 + "|"]
+            "/ (weights + cache) | peak, cache reused | / (weights + cache) | 1.3x budget |"
+            + (" `--native`, cache built | / (weights + cache) | `--native`, reused | / (weights + cache) |"
+               if native else ""),
+            "|---" * (13 if native else 9) + "|"]
     for variant in VARIANTS:
         path = Path(pattern.format(variant=variant))
         if not path.exists():
@@ -164,8 +177,13 @@ def llm_table(pattern: str, tokens: int) -> list[str]:
         floor = child(LLM_FLOOR_CHILD, str(path))["peak"]
         weights, cache = entry_bytes(path, "artifacts/"), entry_bytes(path, "state/")
         must = weights + cache
-        rows.append(f"| {variant} | {weights / MB:.0f} | {cache / MB:.1f} | {floor / MB:.0f} | {built / MB:.0f} | "
-                    f"{built / must:.2f}x | {reused / MB:.0f} | {reused / must:.2f}x | {1.3 * must / MB:.0f} |")
+        row = (f"| {variant} | {weights / MB:.0f} | {cache / MB:.1f} | {floor / MB:.0f} | {built / MB:.0f} | "
+               f"{built / must:.2f}x | {reused / MB:.0f} | {reused / must:.2f}x | {1.3 * must / MB:.0f} |")
+        if native:
+            with tempfile.TemporaryDirectory() as cache_dir:
+                peaks = [native_peak(path, tokens, cache_dir) for _ in ("built", "reused")]
+            row += "".join(f" {peak / MB:.0f} | {peak / must:.2f}x |" for peak in peaks)
+        rows.append(row)
     return rows
 
 
@@ -176,6 +194,7 @@ def main() -> None:
     parser.add_argument("--llm", help='LLM programs, e.g. "/tmp/llmb/smol-{variant}.edgeport"')
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--native", action="store_true", help="LLMs: also `llm generate --native`")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
@@ -184,7 +203,7 @@ def main() -> None:
         export_missing(args.dir)
         print("\n".join(models_table(args.dir, args.repeat)))
     if args.llm:
-        print("\n".join(llm_table(args.llm, args.tokens)))
+        print("\n".join(llm_table(args.llm, args.tokens, args.native)))
 
 
 if __name__ == "__main__":

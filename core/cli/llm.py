@@ -82,13 +82,17 @@ def _sampling_options(command: Any) -> Any:
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @_sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print the text, token ids and speed as JSON at the end.")
+@click.option("--native", is_flag=True, help="Generate in edgeport's native runner, with no Python in the process "
+              "(cpu programs; greedy): less memory. Builds the runner with the C compiler on first use.")
 def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_p: float,
-             seed: int | None, threads: int | None, as_json: bool) -> None:
+             seed: int | None, threads: int | None, as_json: bool, native: bool) -> None:
     """Stream PROGRAM's continuation of --prompt, then the speed line."""
     from ..llm import Sampling, session_of
     from ..program import load
 
     start = time.perf_counter()
+    if native:
+        _generate_native(program, prompt, chat, max_new_tokens, Sampling(temperature, top_p, seed), threads, as_json)
     session = session_of(load(program), threads)
     sampling = Sampling(temperature, top_p, seed)
     if chat:
@@ -109,6 +113,19 @@ def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, tempera
     click.echo()
     where = f" · decode runs on {', '.join(runs_on)}" if runs_on else ""
     click.echo(f"ready in {ready_s:.1f} s · " + speed_line(tokens.stats) + where, err=True)
+
+
+def _generate_native(program: str, prompt: str, chat: bool, max_new_tokens: int, sampling: Any,
+                     threads: int | None, as_json: bool) -> None:
+    """`generate --native`: hand over to the native runner, which replaces this process."""
+    from ..errors import EdgeportError
+    from ..llm import native
+
+    if sampling != type(sampling)():
+        raise EdgeportError("--native generates greedily; --temperature, --top-p and --seed are for the Python runner",
+                            hint="drop them, or drop --native")
+    native.generate(native.Request(program, prompt, chat=chat, max_new_tokens=max_new_tokens, threads=threads,
+                                   as_json=as_json, start_time=time.monotonic()))
 
 
 def off_device(labels: list[str]) -> list[str]:
