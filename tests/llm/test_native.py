@@ -174,8 +174,9 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def test_an_int4_model_is_checked_before_its_weight_cache_is_first_built(smol_path, monkeypatch, tmp_path):
-    """The cpu backend's check that XNNPACK takes every INT4 FULLY_CONNECTED runs before
-    the exec on a first load, and not once the weight cache exists; the spec is private."""
+    """The cpu backend's check that XNNPACK takes every INT4 FULLY_CONNECTED (on a probe)
+    runs before the exec on a first load, and not once the weight cache exists; the spec
+    is private."""
     from edgeport.backends.tflite.compiled import weight_cache_path
     from edgeport.program import read_program_file
 
@@ -185,7 +186,8 @@ def test_an_int4_model_is_checked_before_its_weight_cache_is_first_built(smol_pa
     manifest.artifacts[artifact] = dataclasses.replace(info, metadata={**info.metadata, "int4_weights": True})
     monkeypatch.setattr("edgeport.program.read_program_file", lambda path: (manifest, files))
     checked = []
-    monkeypatch.setattr(native, "_check_int4_in_xnnpack", lambda model, threads: checked.append(len(model)))
+    monkeypatch.setattr("edgeport.backends.tflite.int4_probe.check_delegated",
+                        lambda model, threads: checked.append(len(model)))
     monkeypatch.setenv("EDGEPORT_CACHE_DIR", str(tmp_path))
     request = native.Request(str(smol_path), "The capital of France is", max_new_tokens=4)
     for load in ("first", "later"):

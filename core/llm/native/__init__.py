@@ -171,7 +171,12 @@ def write_spec(request: Request) -> str:
     threads = _threads(request.threads, manifest.artifacts[artifact].options)
     cache = _weight_cache(manifest.files[artifact].sha256)
     if manifest.artifacts[artifact].metadata.get("int4_weights") and not os.path.exists(cache):
-        _check_int4_in_xnnpack(files[artifact], threads)
+        # XNNPACK must take every INT4 FULLY_CONNECTED (TFLite's kernel computes garbage from
+        # them) and LiteRT's C API cannot say: checked on a probe, as the cpu backend does
+        # before it first builds the weight cache (backends/cpu/backend.py)
+        from ...backends.tflite.int4_probe import check_delegated
+
+        check_delegated(files[artifact], threads)
     lines = [
         f"program {os.path.abspath(request.program)}",
         "model {} {}".format(*entry_range(request.program, artifact)),
@@ -257,17 +262,6 @@ def _weight_cache(checksum: str) -> str:
     except OSError:
         return ""
     return str(path) if os.access(path.parent, os.W_OK) else ""
-
-
-def _check_int4_in_xnnpack(model: Any, threads: int) -> None:
-    """Refuse (a `BackendError`) a model whose INT4 FULLY_CONNECTED XNNPACK leaves to
-    TFLite's kernel, which computes garbage from them: LiteRT's C API cannot say which
-    operators XNNPACK took, so the Interpreter loads the model once to check, as the
-    cpu backend does before it first builds the weight cache (backends/cpu/backend.py).
-    Its memory does not count: the exec that follows starts the high-water mark again."""
-    from ...backends.tflite.runner import new_interpreter
-
-    new_interpreter(bytes(model), threads, needs_delegate=True)
 
 
 def _threads(requested: int | None, options: dict[str, Any]) -> int:
