@@ -18,11 +18,12 @@ Interpreter's are: the next call overwrites the buffers.
 
 The cache file is keyed by the artifact's checksum, LiteRT's version and this CPU's
 features (XNNPACK packs for the kernels it picks on this CPU) and lives in the per-user
-cache directory (`cache_dir`). XNNPACK packs every weight while the model compiles, into
-a file of a temporary name that takes the key's name once the model compiled, so a
-process that dies while packing leaves no half-written cache another would trust (it
-may leave a ``*.building`` file, which no load reads). The first load then compiles
-again from the finished file, which holds less memory than the model that built it.
+cache directory (`edgeport.cache`, which keeps it within a size by deleting the least
+recently used files). XNNPACK packs every weight while the model compiles, into a file
+of a temporary name that takes the key's name once the model compiled, so a process that
+dies while packing leaves no half-written cache another would trust (it may leave a
+``*.building`` file, which no load reads). The first load then compiles again from the
+finished file, which holds less memory than the model that built it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeport.arrays import as_numpy, is_torch_tensor
+from edgeport.cache import BUILDING_SUFFIX, cache_dir, make_room, mark_used
 from edgeport.mapped_file import forget
 from edgeport.native_output import filter_native_output
 
@@ -49,23 +51,14 @@ log = logging.getLogger(__name__)
 # LiteRT's INFO lines, and its warnings that this host has no NPU or GPU accelerator
 # (it looks for them whenever an environment is made), are chatter.
 _CHATTER = (re.compile(r"^INFO: "), re.compile(r"^WARNING: \[(npu|gpu)_registry\.cc"))
-
-
-def cache_dir() -> Path:
-    """Where edgeport keeps files it can rebuild: ``$EDGEPORT_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/edgeport``, else ``~/.cache/edgeport``."""
-    explicit = os.environ.get("EDGEPORT_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgeport"
+WEIGHT_CACHE = "xnnpack"  # the cache kind (edgeport.cache) of XNNPACK's packed weights
 
 
 def weight_cache_path(checksum: str) -> Path:
     """The XNNPACK weight cache file of the model whose sha256 is ``checksum``, on this
     machine with this LiteRT (the file may not exist yet)."""
     key = hashlib.sha256(f"{checksum} {runtime_version()} {_cpu_features()}".encode()).hexdigest()[:32]
-    return cache_dir() / "xnnpack" / f"{key}.xnnpack_cache"
+    return cache_dir() / WEIGHT_CACHE / f"{key}.xnnpack_cache"
 
 
 def _cpu_features() -> str:
@@ -112,6 +105,7 @@ class CompiledExecutable:
         cache = str(building or final or "")
         threads = threads or default_threads()
         if final is not None and building is None:
+            mark_used(final)
             # compiling from the cache glances at every weight: let each glance map a page,
             # not the large folio a just-written file keeps (mapped_file.forget; ~0.1 s more
             # to load SmolLM2 int8, 120 MiB less)
@@ -130,6 +124,7 @@ class CompiledExecutable:
             # MiB); one that maps the finished cache does not (0.1 s).
             self._model.close()
             os.replace(building, final)  # type: ignore[arg-type]
+            make_room(WEIGHT_CACHE, keep=final)  # type: ignore[arg-type]
             cache = str(final)
             forget(view)
             self._model = _compile(view, threads, cache)
@@ -234,7 +229,7 @@ def _building_name(final: Path) -> Path | None:
     under, or None (no cache) when the cache directory cannot be written."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, building = tempfile.mkstemp(prefix=final.stem + ".", suffix=".building", dir=final.parent)
+        fd, building = tempfile.mkstemp(prefix=final.stem + ".", suffix=BUILDING_SUFFIX, dir=final.parent)
     except OSError as e:
         log.warning("XNNPACK's weight cache cannot be written to %s (%s): weights are packed in memory",
                     final.parent, e)

@@ -124,4 +124,4 @@ def _import_command(name: str) -> None:
 
 # Each command group lives in its own module and adds itself to `cli` on import; the
 # compile side's modules (`COMPILE_SIDE`) are imported when their command is invoked.
-from . import backends, explain, run  # noqa: E402,F401
+from . import backends, cache, explain, run  # noqa: E402,F401

@@ -56,7 +56,7 @@ def build() -> Path:
     """The runner's executable, compiled on first use into the per-user cache directory,
     keyed by the source, libLiteRt.so's path and the compiler; reused after. Raises
     `NativeUnavailable` when there is no compiler or no libLiteRt.so."""
-    from ...backends.tflite.compiled import cache_dir
+    from ...cache import cache_dir
 
     library = litert_library()
     compiler = _compiler()
@@ -254,14 +254,21 @@ def entry_range(path: str, name: str) -> tuple[int, int]:
 def _weight_cache(checksum: str) -> str:
     """The XNNPACK weight cache the Python session uses for this model (shared), its
     directory made; "" (pack in memory) where the directory cannot be written."""
-    from ...backends.tflite.compiled import weight_cache_path
+    from ...backends.tflite.compiled import WEIGHT_CACHE, weight_cache_path
+    from ...cache import make_room, mark_used
 
     path = weight_cache_path(checksum)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         return ""
-    return str(path) if os.access(path.parent, os.W_OK) else ""
+    if not os.access(path.parent, os.W_OK):
+        return ""
+    if path.exists():
+        mark_used(path)
+    else:
+        make_room(WEIGHT_CACHE, keep=path)  # the runner adds the file: the bound holds from the next one on
+    return str(path)
 
 
 def _threads(requested: int | None, options: dict[str, Any]) -> int:

@@ -72,11 +72,24 @@ def test_the_weight_cache_is_built_once_published_whole_and_reused(model, tmp_pa
     first = CompiledExecutable(model, threads=1, checksum="0" * 64)
     assert first.weight_cache == str(path) and path.stat().st_size > 0
     assert os.listdir(path.parent) == [path.name]  # no "*.building" left
-    built = path.stat().st_mtime_ns
+    built = path.stat()
+    os.utime(path, ns=(built.st_atime_ns, built.st_mtime_ns - 10**9))
     second = CompiledExecutable(model, threads=1, checksum="0" * 64)
-    assert path.stat().st_mtime_ns == built  # mapped, not packed again
+    assert path.stat().st_ino == built.st_ino  # mapped, not packed again (that publishes a new file)
+    assert path.stat().st_mtime_ns > built.st_mtime_ns - 10**9  # marked used, for the cache's bound
     np.testing.assert_array_equal(first.run([x, state])[0], second.run([x, state])[0])
     assert weight_cache_path("1" * 64) != path  # another artifact, another file
+
+
+def test_publishing_a_weight_cache_keeps_the_cache_within_its_bound(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPORT_CACHE_DIR", str(tmp_path))
+    old = weight_cache_path("1" * 64)
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"x" * 4096)  # an earlier artifact's packed weights, not used since
+    os.utime(old, (1, 1))
+    monkeypatch.setenv("EDGEPORT_CACHE_MAX", "1")  # one byte: only the file just built stays
+    CompiledExecutable(model, threads=1, checksum="0" * 64)
+    assert os.listdir(old.parent) == [weight_cache_path("0" * 64).name]
 
 
 def test_an_unwritable_cache_directory_runs_without_a_cache(model, tmp_path, monkeypatch, caplog):
