@@ -132,7 +132,11 @@ class Manifest:
     version: int = VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for plan in data["methods"].values():
+            if not plan["state_prefixes"]:  # written only where used: an edgeport before it refuses the field
+                del plan["state_prefixes"]
+        return data
 
 
 def manifest_from_json(data: dict[str, Any]) -> Manifest:
