@@ -28,12 +28,12 @@ from edgeport.partitioners.support import SupportMatrix, ask_support
 
 from .backend import Artifact, Backend, Support, options_to_dict, support_question
 from .errors import DeclineNodes, EdgeportError, LoweringError
-from .manifest import ArtifactInfo, MethodPlan, RowUpdate, Step, TensorSpec
+from .manifest import ArtifactInfo, MethodPlan, RowUpdate, StatePrefix, Step, TensorSpec
 from .outcomes import Compiled, DeclinedNodes, FellBack, Outcome, PartitionKey, Placement, partition_key
 from .output_tree import dump_structure
 from .portable import program_to_files
 from .report import placement_report
-from .state_rows import split_row_updates
+from .state_rows import split_row_updates, split_state_prefixes
 from .subprogram import Subprogram, extract_subprogram
 from .tensors import dtype_name
 
@@ -109,13 +109,14 @@ def lower_method(
             hint="return the new value instead, or keep it in a registered buffer (program state)",
         )
     row_updates = split_row_updates(program)
+    prefixes = split_state_prefixes(program)
     method = _Method(name, program, backends, options, settings)
     nodes = list(program.graph.nodes)
     # Read the I/O specs before any backend looks at the graph: a support check that
     # calls int() on a symbolic size would specialize that dim for good.
     io = _io_specs(program, nodes)
     placement = place(method, nodes)
-    return _with_row_updates(assemble(method, placement, io), row_updates)
+    return _with_state_rows(assemble(method, placement, io), row_updates, prefixes)
 
 
 # -- propose and compile ---------------------------------------------------------------------
@@ -249,13 +250,14 @@ def _add_delegate(method: _Method, out: _Assembled, partition: Partition, artifa
                           artifact=path, reference=reference))
 
 
-def _with_row_updates(lowered: LoweredMethod, updates: tuple[RowUpdate, ...]) -> LoweredMethod:
-    """The plan writes these states row by row, not whole."""
-    if not updates:
+def _with_state_rows(lowered: LoweredMethod, updates: tuple[RowUpdate, ...],
+                     prefixes: tuple[StatePrefix, ...]) -> LoweredMethod:
+    """The plan writes these states row by row, not whole, and reads these as prefixes."""
+    if not updates and not prefixes:
         return lowered
     rows = {u.rows for u in updates}
     writes = {value: fqn for value, fqn in lowered.plan.state_writes.items() if value not in rows}
-    plan = dataclasses.replace(lowered.plan, state_writes=writes, row_updates=updates)
+    plan = dataclasses.replace(lowered.plan, state_writes=writes, row_updates=updates, state_prefixes=prefixes)
     return dataclasses.replace(lowered, plan=plan)
 
 

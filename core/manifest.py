@@ -66,13 +66,27 @@ class RowUpdate:
 
 
 @dataclass(frozen=True)
+class StatePrefix:
+    """A state a method reads only the first rows of: value ``value`` (one of its
+    ``state_reads``) is ``state[:n]``, n the size of dim ``length_dim`` of input value
+    ``length_of``. The rows along a state's first dim are a contiguous prefix, so the
+    runtime passes a view, and a delegate may read it where it lies: how a KV cache
+    window is read with no copy (see `state_rows.py`)."""
+
+    value: str
+    length_of: str
+    length_dim: int
+
+
+@dataclass(frozen=True)
 class MethodPlan:
     """How to run one method (e.g. "forward", "prefill", "decode").
 
     Values are named after the nodes of the exported graph. ``state_reads`` maps a
     value to the program state it starts as; ``state_writes`` maps a value to the state
     it updates when the call finishes (a mutated buffer); ``row_updates`` write only
-    some rows of a state (a KV cache), in place.
+    some rows of a state (a KV cache), in place; ``state_prefixes`` read only its
+    first rows.
     """
 
     name: str
@@ -86,6 +100,7 @@ class MethodPlan:
     symbols: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     out_spec: str = ""  # the eager output structure, as output_tree.dump_structure wrote it (JSON)
     row_updates: tuple[RowUpdate, ...] = ()
+    state_prefixes: tuple[StatePrefix, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,11 @@ class Manifest:
     version: int = VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for plan in data["methods"].values():
+            if not plan["state_prefixes"]:  # written only where used: an edgeport before it refuses the field
+                del plan["state_prefixes"]
+        return data
 
 
 def manifest_from_json(data: dict[str, Any]) -> Manifest:
@@ -137,6 +156,7 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
             symbols={k: (low, high) for k, (low, high) in m["symbols"].items()},
             out_spec=m["out_spec"],
             row_updates=tuple(RowUpdate(**u) for u in m.get("row_updates", [])),  # optional: LLM programs
+            state_prefixes=tuple(StatePrefix(**p) for p in m.get("state_prefixes", [])),  # optional: cpu LLMs
         )
     return Manifest(
         producer=dict(data["producer"]),

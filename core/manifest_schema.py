@@ -258,6 +258,7 @@ STEP = record({
 }, optional={"entry": nullable(integer())})  # an entry of a merged artifact (Backend.merge)
 
 ROW_UPDATE = record({"state": NAME, "dim": integer(), "positions": NAME, "rows": NAME})
+STATE_PREFIX = record({"value": NAME, "length_of": NAME, "length_dim": integer(0)})
 
 METHOD = record({
     "name": NAME,
@@ -270,7 +271,8 @@ METHOD = record({
     "state_writes": mapping(NAME, NAME),
     "symbols": mapping(pair(integer(), nullable(integer(0, 2**63 - 1))), NAME),
     "out_spec": text(nonempty=True),  # without it, outputs would come back as a flat list
-}, optional={"row_updates": array(ROW_UPDATE)})  # state written row by row, in place (state_rows.py)
+}, optional={"row_updates": array(ROW_UPDATE),  # state written row by row, in place (state_rows.py)
+             "state_prefixes": array(STATE_PREFIX)})  # state read as its first rows, in place (state_rows.py)
 
 ARTIFACT = record({"backend": NAME, "backend_version": text(), "options": mapping(free_form),
                    "metadata": mapping(free_form)})

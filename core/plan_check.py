@@ -86,10 +86,32 @@ def _check_signature(plan: MethodPlan, state: Mapping[str, Mapping[str, Any]], r
         facts.add(name, (info["dtype"], tuple(info["shape"])), "the placement report")
     for spec in plan.inputs:
         facts.add(spec.name, (spec.dtype, spec.shape), "its input spec")
+    prefixes = _check_prefixes(plan, state)
     for value, fqn in (*plan.state_reads.items(), *plan.state_writes.items()):
-        facts.add(value, (state[fqn]["dtype"], tuple(state[fqn]["shape"])), f"program state {fqn!r}")
+        shape = tuple(state[fqn]["shape"])
+        facts.add(value, (state[fqn]["dtype"], prefixes.get(value, shape)), f"program state {fqn!r}")
     for spec in plan.outputs:
         facts.add(spec.name, (spec.dtype, spec.shape), "its output spec")
+
+
+def _check_prefixes(plan: MethodPlan, state: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[Any, ...]]:
+    """Each state prefix reads a state through an input's dim; returns value -> its
+    shape (the state's, its first dim the input's)."""
+    inputs = {spec.name: spec for spec in plan.inputs}
+    shapes = {}
+    for p in plan.state_prefixes:
+        fqn = plan.state_reads.get(p.value)
+        if fqn is None:
+            raise ManifestError(f"state_prefixes read {p.value!r}, which is no state it reads")
+        spec = inputs.get(p.length_of)
+        if spec is None or p.length_dim >= len(spec.shape):
+            raise ManifestError(f"state_prefixes size {p.value!r} by dim {p.length_dim} of {p.length_of!r}, "
+                                "which is no dim of its inputs")
+        shape = tuple(state[fqn]["shape"])
+        if not shape:
+            raise ManifestError(f"state_prefixes read rows of {fqn!r}, which has no dims")
+        shapes[p.value] = (spec.shape[p.length_dim], *shape[1:])
+    return shapes
 
 
 class _Facts:

@@ -182,6 +182,8 @@ class Runtime:
         if plan.state_reads or plan.state_writes or plan.row_updates:
             with self._state_lock:  # read state, run, write it back: one call at a time
                 values.update({value: self.state[fqn] for value, fqn in plan.state_reads.items()})
+                for p in plan.state_prefixes:  # a view of the state's first rows (state_rows.py)
+                    values[p.value] = values[p.value][: values[p.length_of].shape[p.length_dim]]
                 self._run_steps(steps, values, timings if profile else None)
                 for value, fqn in plan.state_writes.items():
                     self.state[fqn] = values[value]

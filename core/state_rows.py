@@ -19,6 +19,14 @@ full copies per token. Instead:
   Nothing of the cache is copied per call; another method that reads the same state
   gets it as an ordinary input (its executable copies it, once per call).
 
+A method that attends over only the filled part of a cache reads its first rows,
+``cache[:n]`` with n from an input's shape. Exported as it is, that slice would be the
+delegate's to run, on a copy of the rows it reads. Instead `split_state_prefixes` makes
+the state itself the delegate's input, of n rows, and records a `StatePrefix`: the
+runtime passes ``state[:n]``, a view of a prefix (rows along the first dim are
+contiguous), and an executable holding the placed state binds that prefix where it lies
+(`InPlaceInputs.input_buffer` with the state's full shape). No row is copied.
+
 The run side holds state as torch tensors where torch is installed and as numpy arrays
 where it is not (`edgeport.arrays`), and imports no torch; the export side does.
 """
@@ -30,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, MutableMapping, Protoc
 import numpy as np
 
 from .errors import ProgramError
-from .manifest import MethodPlan, RowUpdate
+from .manifest import MethodPlan, RowUpdate, StatePrefix
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -98,6 +106,63 @@ def _row_write(node: Node, fqn: str, buffer_of: Mapping[str, str], user_inputs: 
     return dim, positions, rows
 
 
+def split_state_prefixes(program: ExportedProgram) -> tuple[StatePrefix, ...]:
+    """Turn each state read only as ``state[:n]`` along its first dim, n the size of a
+    user input's dim, into a `StatePrefix` (in place): the graph then reads the state
+    itself at n rows. Run after `split_row_updates` (a row write reads the whole state)."""
+    from torch.export.graph_signature import InputKind
+
+    signature = program.graph_signature
+    states = set(signature.buffers_to_mutate.values())
+    graph = program.graph_module.graph
+    prefixes = []
+    for spec in signature.input_specs:
+        if spec.kind != InputKind.BUFFER or spec.target not in states:
+            continue
+        node = next(n for n in graph.nodes if n.op == "placeholder" and n.name == spec.arg.name)
+        length = _prefix_length(node, set(signature.user_inputs))
+        if length is None:
+            continue
+        slices = list(node.users)
+        for read in slices:
+            read.replace_all_uses_with(node)
+            graph.erase_node(read)
+        node.meta["val"] = slices[0].meta["val"]
+        size_of = length.args[0]
+        prefixes.append(StatePrefix(value=node.name, length_of=size_of.name, length_dim=int(length.args[1])))
+        if not length.users:
+            graph.erase_node(length)
+    if prefixes:
+        program.graph_module.recompile()
+    return tuple(prefixes)
+
+
+_SLICE_DEFAULTS = (0, None, None, 1)  # aten.slice.Tensor's dim, start, end, step
+
+
+def _prefix_length(state: Node, user_inputs: set[str]) -> Node | None:
+    """The ``sym_size(input, dim)`` node if every reader of ``state`` is
+    ``slice(state, 0, 0, that size)``; else None."""
+    import torch
+    from torch.fx import Node
+
+    aten = torch.ops.aten
+    ends = set()
+    for read in state.users:
+        if read.op != "call_function" or read.target != aten.slice.Tensor:
+            return None
+        dim, start, end, step = (*read.args[1:], *_SLICE_DEFAULTS[len(read.args) - 1:])
+        if dim != 0 or start not in (None, 0) or step != 1 or not isinstance(end, Node):
+            return None
+        ends.add(end)
+    if len(ends) != 1:
+        return None
+    (end,) = ends
+    if end.target != aten.sym_size.int or not isinstance(end.args[0], Node) or end.args[0].name not in user_inputs:
+        return None
+    return end
+
+
 # -- run side ---------------------------------------------------------------------------
 
 
@@ -133,10 +198,12 @@ class InPlaceInputs(Protocol):
 
     ``input_buffer(i)`` returns a writable array that *is* input ``i``'s storage, valid
     for the executable's lifetime, or None. Passing that same array (or a tensor over
-    it) as input ``i`` of ``run`` then copies nothing.
+    it) as input ``i`` of ``run`` then copies nothing. ``rows_of`` (an input read as a
+    `StatePrefix`, of a dynamic first dim): the shape of the whole state; the buffer has
+    it, and passing any prefix of it (a view from its start) copies nothing.
     """
 
-    def input_buffer(self, index: int) -> np.ndarray | None: ...
+    def input_buffer(self, index: int, rows_of: tuple[int, ...] | None = None) -> np.ndarray | None: ...
 
 
 def place_state(
@@ -152,6 +219,7 @@ def place_state(
     writes whole (``fully_written``) stays where it is: a full write replaces the tensor.
     """
     placed = []
+    prefixes = {p.value for p in plan.state_prefixes}
     for names, executable in steps:
         if not isinstance(executable, InPlaceInputs):
             continue
@@ -159,7 +227,8 @@ def place_state(
             fqn = plan.state_reads.get(name)
             if fqn is None or fqn in fully_written or fqn in placed:
                 continue
-            buffer = executable.input_buffer(index)
+            rows_of = tuple(state[fqn].shape) if name in prefixes else None
+            buffer = executable.input_buffer(index, rows_of)
             if buffer is None:
                 continue
             placed_state = _into(buffer, state[fqn])

@@ -4,12 +4,14 @@ in place, and can live in the delegate's own input buffer (no copy per call)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 import edgeport
 from edgeport import ProgramError
+from edgeport.backend import WEIGHT_CACHE_KEY
 from edgeport.backends.cpu import CpuBackend
 from edgeport.manifest import RowUpdate
 from edgeport.testing import registry_for
@@ -97,3 +99,63 @@ def test_a_row_update_of_unknown_state_is_refused_at_load(registry):
     program.manifest.methods["step"] = type(plan)(**{**plan.__dict__, "row_updates": (bad,)})
     with pytest.raises(ProgramError, match="unknown state 'no.such.buffer'"):
         program.runtime()
+
+
+class Prefix(torch.nn.Module):
+    """A sequence-major "cache" attended over its first W rows only (W = the window's
+    length), then written at the chunk's positions: how the cpu LLM reads its KV cache."""
+
+    def __init__(self, n: int = 16, d: int = 8):
+        super().__init__()
+        self.register_buffer("cache", torch.zeros(n, 2, d))
+        self.proj = torch.nn.Linear(d, d)
+
+    def forward(self, x, positions, window):  # x (T, 2, d), positions (T,), window (W,)
+        new = self.proj(x)
+        old = self.cache[: window.shape[0]]  # (W, 2, d)
+        out = torch.bmm(new.transpose(0, 1), old.permute(1, 2, 0)).sum(-1)  # (2, T)
+        self.cache.index_copy_(0, positions, new)
+        return out
+
+
+def export_prefix(module, registry):
+    T, W = torch.export.Dim("T", min=1, max=8), torch.export.Dim("W", min=1, max=16)
+    inputs = (torch.randn(3, 2, 8), torch.arange(3), torch.arange(16))
+    return edgeport.export_methods({"step": (module, inputs, ({0: T}, {0: T}, {0: W}))}, ["cpu"], registry=registry)
+
+
+def _calls(module):
+    """Chunks at growing positions, each attending over a window covering the rows before it."""
+    for start, T, W in ((0, 3, 4), (3, 2, 4), (5, 1, 8), (6, 1, 16)):
+        yield torch.randn(T, 2, 8), torch.arange(start, start + T), torch.arange(W)
+
+
+def test_a_state_read_as_its_first_rows_is_a_state_prefix_not_a_sliced_copy(registry):
+    program = export_prefix(Prefix(), registry)
+    plan = program.manifest.methods["step"]
+    assert [(p.value, p.length_of, p.length_dim) for p in plan.state_prefixes] == [("b_cache", "window", 0)]
+    assert [(u.state, u.dim) for u in plan.row_updates] == [("cache", 0)]
+    assert "aten.slice.Tensor" not in {n["op"] for n in program.report("step")["nodes"]}
+    (step,) = plan.steps
+    assert "b_cache" in step.inputs  # the delegate reads the state itself, at the window's rows
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["interpreter", "compiled model in place"])
+def test_state_prefixes_give_the_eager_results_and_the_compiled_model_binds_them_in_place(registry, tmp_path,
+                                                                                          compiled):
+    module = Prefix()
+    reference = copy.deepcopy(module)
+    program = export_prefix(module, registry)
+    if compiled:  # as an LLM session loads it: LiteRT's compiled model, the state placed in its buffer
+        path, info = next(iter(program.manifest.artifacts.items()))
+        program.manifest.artifacts[path] = dataclasses.replace(
+            info, metadata={**info.metadata, WEIGHT_CACHE_KEY: program.manifest.files[path].sha256})
+    runtime = program.runtime()
+    if compiled:
+        assert runtime.place_state("step") == ["cache"]
+        executable = runtime._methods["step"][1][0].executable  # noqa: SLF001 - the delegate under test
+        index = runtime._methods["step"][1][0].step.inputs.index("b_cache")  # noqa: SLF001
+        assert executable.input_buffer(index, (16, 2, 8)).ctypes.data == runtime.state["cache"].data_ptr()
+    for x, positions, window in _calls(module):
+        assert torch.allclose(program(x, positions, window), reference(x, positions, window), atol=1e-5)
+    assert torch.allclose(runtime.state["cache"], reference.cache, atol=1e-5)

@@ -144,6 +144,8 @@ class CompiledExecutable:
                 self._static_buffers[i] = litert_c.HostBuffer(array)
         self._by_shapes: dict[tuple[tuple[int, ...], ...], _Shapes] = {}
         self._current: tuple[tuple[int, ...], ...] | None = None
+        # input position -> the whole state's buffer and its address (`input_buffer(rows_of=)`)
+        self._prefix: dict[int, tuple[np.ndarray, int]] = {}
 
     def __del__(self) -> None:
         model = getattr(self, "_model", None)
@@ -155,11 +157,21 @@ class CompiledExecutable:
         except Exception:  # noqa: BLE001 - at interpreter exit the filter may be gone: close unfiltered
             model.close()
 
-    def input_buffer(self, position: int) -> np.ndarray | None:
-        """Input ``position``'s storage (static-shape inputs only), as a writable array
-        the model reads in place; None for an input of a dynamic dim."""
+    def input_buffer(self, position: int, rows_of: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """Input ``position``'s storage, as a writable array the model reads in place: a
+        static-shape input's one buffer, or, for an input of a dynamic first dim read as
+        a state prefix, a buffer of the whole state's shape ``rows_of``, each call's
+        prefix of which is bound where it lies (`_bind`). None for other dynamic inputs."""
         found = self._static.get(position)
-        return None if found is None else found[0]
+        if found is not None:
+            return found[0]
+        if rows_of is None or position not in self._dynamic:
+            return None
+        if position not in self._prefix:
+            array = litert_c.aligned_empty(rows_of, self._model.inputs[position].dtype)
+            self._prefix[position] = array, array.ctypes.data
+            self._by_shapes.clear()  # bindings made before bound a buffer of their own
+        return self._prefix[position][0]
 
     def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         if len(inputs) != len(self._model.inputs):
@@ -175,7 +187,9 @@ class CompiledExecutable:
             if x is not array and _address(x) != address:  # not already in place (the array, or a tensor over it)
                 _copy_into(array, x, position)
         for array, i in zip(bound.inputs, self._dynamic):
-            np.copyto(array, as_numpy(inputs[i]), casting="same_kind")
+            x = inputs[i]
+            if i not in self._prefix or _address(x)[0] != self._prefix[i][1]:  # a prefix of its buffer: in place
+                np.copyto(array, as_numpy(x), casting="same_kind")
         if self._current != shapes:
             self._resize(shapes)
         try:
@@ -208,7 +222,8 @@ class CompiledExecutable:
 
             raise InputError(f"LiteRT refused inputs of shapes {shapes}: {e}",
                              hint="pass inputs of the shapes the program was exported with") from None
-        dynamic = [litert_c.aligned_empty(shape, specs[i].dtype) for i, shape in zip(self._dynamic, shapes)]
+        dynamic = [self._prefix_of(i, shape) if i in self._prefix else litert_c.aligned_empty(shape, specs[i].dtype)
+                   for i, shape in zip(self._dynamic, shapes)]
         outputs = [litert_c.aligned_empty(shape, spec.dtype) for shape, spec in zip(out_shapes, self._model.outputs)]
         buffers = dict(self._static_buffers)
         buffers.update({i: litert_c.HostBuffer(a) for i, a in zip(self._dynamic, dynamic)})
@@ -217,6 +232,17 @@ class CompiledExecutable:
         handles = (litert_c.handle_array(in_buffers), litert_c.handle_array(out_buffers))
         bound = self._by_shapes[shapes] = _Shapes(dynamic, outputs, handles, [in_buffers, out_buffers])
         return bound
+
+
+    def _prefix_of(self, position: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The first rows of input ``position``'s state buffer, at ``shape``: a view from
+        its start (contiguous, aligned, with the rest of the buffer as padding after it)."""
+        whole = self._prefix[position][0]
+        if shape[1:] != whole.shape[1:] or shape[0] > whole.shape[0]:
+            from edgeport import InputError
+
+            raise InputError(f"input {position} has shape {shape}, which is no prefix of its state {whole.shape}")
+        return whole[: shape[0]]
 
 
 def _compile(view: memoryview, threads: int, cache: str) -> litert_c.CompiledModel:

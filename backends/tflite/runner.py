@@ -158,8 +158,10 @@ class TfliteExecutable:
         self._dynamic = any(-1 in d["shape_signature"] for d in interpreter.get_input_details())
         self.interpreter = interpreter
 
-    def input_buffer(self, position: int) -> np.ndarray:
-        """Input ``position``'s storage inside the interpreter, as a writable array.
+    def input_buffer(self, position: int, rows_of: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """Input ``position``'s storage inside the interpreter, as a writable array; None
+        for a state prefix (``rows_of``: the interpreter's arena places an input of a
+        dynamic dim anew at each size).
 
         Tensors are allocated in the constructor at the shapes the model was written
         with, which for a dynamic dim is its largest size; a resize (another size of a
@@ -168,6 +170,8 @@ class TfliteExecutable:
         interpreter) alive. It is built from the address alone because LiteRT refuses
         to invoke while a view it handed out (``Interpreter.tensor``) is alive.
         """
+        if rows_of is not None:
+            return None
         address, nbytes, dtype, shape = self._storage(position)
         raw = (ctypes.c_byte * nbytes).from_address(address)
         raw.owner = self

@@ -88,10 +88,11 @@ def export(
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     config = loaded.config
     _check_lengths(loaded, max_seq_len, prefill_chunk)
-    decoder = build_decoder(config, loaded.weights, max_seq_len)
+    one = backend in one_graph.BACKENDS  # one graph for both methods: weights prepared once (one_graph.py)
+    decoder = build_decoder(config, loaded.weights, max_seq_len, seq_major=one)
     if not isinstance(model, LoadedModel):
         loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
-    proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len)  # traced; its weights are never used
+    proto = Decoder(dataclasses.replace(config, layers=1), max_seq_len, seq_major=one)  # traced; weights never used
     if calibrated:  # every layer its own ranges: capture the whole decoder (static.py)
         proto = decoder
         decoder.mask_value = MASK
@@ -107,7 +108,7 @@ def export(
         "decode": (Decode(proto), (torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))),
         "prefill": (Prefill(proto), (torch.zeros(1, T, dtype=torch.long), torch.arange(T), torch.tensor([T - 1]))),
     }
-    if backend in one_graph.BACKENDS:  # one graph for both: weights prepared once (one_graph.py)
+    if one:
         methods = one_graph.one_graph_methods(proto, T)
     if calibrated:
         if progress:

@@ -2,7 +2,8 @@
 
 `Decoder` holds the weights (fused for few, large matmuls: q/k/v in one linear,
 gate/up in one), a KV cache per layer as registered buffers of shape
-``(kv_heads, max_seq_len, head_dim)``, and rotary tables for every cache position.
+``(kv_heads, max_seq_len, head_dim)`` (``(max_seq_len, kv_heads, head_dim)`` when
+``seq_major``, below), and rotary tables for every cache position.
 `Prefill` and `Decode` wrap one `Decoder`, so both methods of the exported program
 share its buffers, the cache among them, as program state.
 
@@ -16,7 +17,12 @@ beyond the chunk's first position, and the chunk's own rows, causally, side by s
 and only then writes the new rows into the cache with ``index_copy_``. `Step` (the cpu
 program's one graph) reads only the first W rows of each cache (its ``window`` input):
 there W and T both vary, so the two blocks' probabilities come from the scores' shared
-log-sum-exp rather than from slicing one softmax. The program
+log-sum-exp rather than from slicing one softmax. Its decoder keeps the caches
+``seq_major``, so the first W positions are one contiguous prefix of each buffer, read as
+``cache[:W]``: the program exports that as a prefix read of the state
+(`edgeport.state_rows.split_state_prefixes`), which the runtime passes as a view and the
+cpu backend binds in place, so no window is ever copied (60 gathered windows were, held
+at once: bench/README.md, "The cache window without a copy"). The program
 exports that write as a row update (`edgeport.state_rows`): the delegate returns
 just the new rows and the runtime writes them into the state in place.
 
@@ -84,11 +90,12 @@ class Layer(nn.Module):
     only traced never reads them); the cache starts at zero.
     """
 
-    def __init__(self, config: DecoderConfig, max_seq_len: int) -> None:
+    def __init__(self, config: DecoderConfig, max_seq_len: int, seq_major: bool = False) -> None:
         super().__init__()
         c = config
         d, q_out, kv_out = c.head_dim, c.heads * c.head_dim, c.kv_heads * c.head_dim
         self.config = c
+        self.seq_major = seq_major
         self.attn_norm = nn.Parameter(torch.ones(c.hidden_size))
         self.qkv = nn.Parameter(torch.empty(q_out + 2 * kv_out, c.hidden_size))
         self.qkv_bias = nn.Parameter(torch.empty(q_out + 2 * kv_out)) if c.attention_bias else None
@@ -98,13 +105,14 @@ class Layer(nn.Module):
         self.mlp_norm = nn.Parameter(torch.ones(c.hidden_size))
         self.gate_up = nn.Parameter(torch.empty(2 * c.intermediate_size, c.hidden_size))
         self.down = nn.Parameter(torch.empty(c.hidden_size, c.intermediate_size))
-        self.register_buffer("k_cache", torch.zeros(c.kv_heads, max_seq_len, d))
-        self.register_buffer("v_cache", torch.zeros(c.kv_heads, max_seq_len, d))
+        cache_shape = (max_seq_len, c.kv_heads, d) if seq_major else (c.kv_heads, max_seq_len, d)
+        self.register_buffer("k_cache", torch.zeros(cache_shape))
+        self.register_buffer("v_cache", torch.zeros(cache_shape))
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], masks: tuple[torch.Tensor, torch.Tensor | None],
                 positions: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
-        """``window`` (W,): the cache positions 0..W-1 to attend over (`Step`), else all
-        of them; the old-cache mask in ``masks`` is as long."""
+        """``window`` (W,): the cache positions 0..W-1 to attend over (`Step`, whose
+        caches are ``seq_major``), else all of them; the old-cache mask in ``masks`` is as long."""
         c = self.config
         T, d, kv, group = h.shape[0], c.head_dim, c.kv_heads, c.group
         qkv = norm_linear(h, self.attn_norm, c.rms_norm_eps, self.qkv, self.qkv_bias)
@@ -115,28 +123,40 @@ class Layer(nn.Module):
             q, k = rms_norm(q, self.q_norm, c.rms_norm_eps), rms_norm(k, self.k_norm, c.rms_norm_eps)
         q, k = _rotate(q, rope), _rotate(k, rope)
         q = q.view(T, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * T, d)  # (kv, group·T, d)
+        k_rows, v_rows = k, v  # (T, kv, d)
         k, v = k.transpose(0, 1), v.transpose(0, 1)  # (kv, T, d)
 
         old_mask, causal = masks
-        k_old, v_old = ((self.k_cache, self.v_cache) if window is None
-                        else (self.k_cache.index_select(1, window), self.v_cache.index_select(1, window)))
+        k_old, v_old = self._cache(window)
         old = torch.bmm(q, k_old.transpose(1, 2)) + old_mask  # (kv, group·T, S or W)
         new = torch.bmm(q, k.transpose(1, 2))  # (kv, group·T, T)
         if causal is not None:
             new = new + causal
         if window is None:
             probs = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)
-            S = self.k_cache.shape[1]
-            out = torch.bmm(probs[..., :S], self.v_cache) + torch.bmm(probs[..., S:], v)  # (kv, group·T, d)
+            S = k_old.shape[1]
+            out = torch.bmm(probs[..., :S], v_old) + torch.bmm(probs[..., S:], v)  # (kv, group·T, d)
         else:
             out = _attend_by_blocks(old, new, v_old, v)
         out = out.view(kv, group, T, d).permute(2, 0, 1, 3).reshape(T, c.heads * d)
-        self.k_cache.index_copy_(1, positions, k)
-        self.v_cache.index_copy_(1, positions, v)
+        if self.seq_major:
+            self.k_cache.index_copy_(0, positions, k_rows)
+            self.v_cache.index_copy_(0, positions, v_rows)
+        else:
+            self.k_cache.index_copy_(1, positions, k)
+            self.v_cache.index_copy_(1, positions, v)
 
         h = h + linear(out, self.o)
         gate, up = norm_linear(h, self.mlp_norm, c.rms_norm_eps, self.gate_up).chunk(2, dim=-1)
         return h + linear(F.silu(gate) * up, self.down)
+
+    def _cache(self, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K and V cache rows attention reads, as (kv, S or W, d): a seq-major cache's
+        first W positions (a prefix of the buffer) or all of them, else the whole cache."""
+        if not self.seq_major:
+            return self.k_cache, self.v_cache
+        rows = self.k_cache.shape[0] if window is None else window.shape[0]
+        return self.k_cache[:rows].transpose(0, 1), self.v_cache[:rows].transpose(0, 1)
 
 
 def _attend_by_blocks(old: torch.Tensor, new: torch.Tensor, v_old: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -162,14 +182,18 @@ def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.T
 class Decoder(nn.Module):
     """The whole decoder over a chunk of T tokens at given cache positions."""
 
-    def __init__(self, config: DecoderConfig, max_seq_len: int) -> None:
+    def __init__(self, config: DecoderConfig, max_seq_len: int, seq_major: bool = False) -> None:
+        """``seq_major``: caches of shape (max_seq_len, kv_heads, head_dim), whose first
+        positions are a prefix of the buffer (what `Step` reads); else (kv_heads,
+        max_seq_len, head_dim), what the two-method programs of static shapes read whole."""
         super().__init__()
         c = config
         self.config = c
         self.max_seq_len = max_seq_len
+        self.seq_major = seq_major
         self.embed = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
         self.lm_head = None if c.tie_embeddings else nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
-        self.layers = nn.ModuleList(Layer(c, max_seq_len) for _ in range(c.layers))
+        self.layers = nn.ModuleList(Layer(c, max_seq_len, seq_major) for _ in range(c.layers))
         self.norm = nn.Parameter(torch.ones(c.hidden_size))
         self.register_buffer("head_mix", None)  # a rotated, tied decoder's final gamma (rotation.py)
         cos, signed_sin = _rope_tables(c, max_seq_len)
@@ -248,6 +272,8 @@ class Step(nn.Module):
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
+        if not decoder.seq_major:
+            raise ValueError("Step reads a prefix of each cache: build its Decoder with seq_major=True")
         self.decoder = decoder
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,11 @@ from .model import Decoder
 Weights = Mapping[str, torch.Tensor]
 
 
-def build_decoder(config: DecoderConfig, weights: Weights, max_seq_len: int) -> Decoder:
-    """A `Decoder` holding ``weights`` (fp32), with an empty cache of ``max_seq_len`` positions."""
+def build_decoder(config: DecoderConfig, weights: Weights, max_seq_len: int, seq_major: bool = False) -> Decoder:
+    """A `Decoder` holding ``weights`` (fp32), with an empty cache of ``max_seq_len``
+    positions (``seq_major`` as `Decoder` takes it)."""
     get = _getter(weights)
-    decoder = Decoder(config, max_seq_len)
+    decoder = Decoder(config, max_seq_len, seq_major)
     scale = 1.0 / math.sqrt(config.head_dim)
     q_scale = 1.0 if config.qk_norm else scale  # with q_norm, the scale goes into its weight
     with torch.no_grad():

@@ -123,6 +123,22 @@ def test_peak_rss_is_within_issue_16s_budget_on_first_and_later_loads(smol_path,
     assert max(peaks) <= budget_mib < BALLAST_MIB, (peaks, budget_mib)
 
 
+@pytest.mark.slow
+def test_the_cache_window_is_read_in_place_so_the_peak_stays_flat_to_a_full_cache(smol_path, smol, cache_dir):
+    """Every cache is read as a state prefix (bound where it lies, role ``prefix`` in the
+    runner's spec): filling the cache adds no window copies to the peak (60 gathered
+    windows of a 128-position cache would add 5.6 MiB)."""
+    plan = smol.manifest.methods["prefill"]
+    assert {plan.state_reads[p.value] for p in plan.state_prefixes} == set(smol.manifest.state)
+    artifact = native._one_graph_artifact(smol)
+    assert sum(line.endswith(" prefix") for line in native._io_lines(smol, artifact)) == len(smol.manifest.state)
+    long_prompt = " ".join((DATA / "declaration_of_independence.txt").read_text().split()[:80])
+    short, full = (generated(smol_path, "--prompt", prompt, "--native", "--max-new-tokens", "16", env=cache_dir)
+                   ["stats"] for prompt in ("The capital of France is", long_prompt))
+    assert full["prompt_tokens"] + full["generated_tokens"] > 96  # the last calls read a 128-row window
+    assert full["peak_rss_mb"] - short["peak_rss_mb"] < 4, (short["peak_rss_mb"], full["peak_rss_mb"])
+
+
 def test_a_program_that_is_not_an_llm_program_is_one_line(tmp_path, cpu_registry):
     torch = pytest.importorskip("torch")
     path = tmp_path / "linear.edgeport"

@@ -216,15 +216,19 @@ def _one_graph_artifact(program: Any) -> str:
 
 def _io_lines(program: Any, artifact: str) -> list[str]:
     """The model's inputs and outputs in signature order, each with its role: tokens,
-    positions, window or a KV-cache state; the logits, or the rows a call writes into a
+    positions, window, a KV-cache state read whole, or one read as the window's first rows
+    (``prefix``: the plan's state prefixes); the logits, or the rows a call writes into a
     state input (``rows <input index> <dim>``: the plan's row updates)."""
     plan = program.manifest.methods["prefill"]
     metadata = program.manifest.artifacts[artifact].metadata
     inputs, outputs = list(metadata["inputs"]), list(metadata["outputs"])
     state_input = {fqn: inputs.index(name) for name, fqn in plan.state_reads.items() if name in inputs}
     rows = {u.rows: (state_input[u.state], u.dim) for u in plan.row_updates if u.state in state_input}
-    roles = [(name, name if name in ("tokens", "positions", "window") else "state") for name in inputs]
-    if [name for name, role in roles if role != "state"] != ["tokens", "positions", "window"] \
+    prefixes = {p.value for p in plan.state_prefixes if (p.length_of, p.length_dim) == ("window", 0)}
+    roles = [(name, name if name in ("tokens", "positions", "window") else "prefix" if name in prefixes else "state")
+             for name in inputs]
+    if [name for name, role in roles if role not in ("state", "prefix")] != ["tokens", "positions", "window"] \
+            or len(prefixes) != len(plan.state_prefixes) \
             or any(u.positions != "positions" for u in plan.row_updates) or len(rows) != len(plan.row_updates):
         raise NotNativeProgram(_NEEDS_CPU_PROGRAM + " (its model's inputs are not tokens, positions, window and the "
                                "KV cache)", hint=_HINT_EXPORT)

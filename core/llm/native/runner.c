@@ -20,8 +20,9 @@
  * CPU (XNNPACK) with the weight cache (built under a name of this process's own, renamed
  * once whole, then compiled again from the file), and the model's range of the file is
  * let go from this process and the page cache around compiling (mapped_file.forget).
- * The KV cache inputs are bound once and updated in place with the rows each call
- * outputs (the plan's row updates). The prompt is prefilled in chunks, each with the
+ * The KV cache inputs are updated in place with the rows each call outputs (the plan's
+ * row updates); a cache read whole is bound once, one read as its first W rows (the
+ * plan's state prefixes) is bound at each call over the same memory, so no row is copied. The prompt is prefilled in chunks, each with the
  * window over the rows filled before it (one_graph.window_length), after the two
  * warm-up calls the Python CLI makes (Session.warm_up); then it decodes
  * greedily (argmax), streaming each token's bytes (a character split over tokens is
@@ -170,7 +171,9 @@ static double peak_rss_mb(void) {
 
 /* ---- the spec --------------------------------------------------------------------- */
 
-enum Role { TOKENS, POSITIONS, WINDOW, STATE, LOGITS, ROWS };
+/* STATE: a KV cache read whole, bound once; PREFIX: one read as its first W rows (the
+ * plan's state prefixes), bound at each call over the same memory */
+enum Role { TOKENS, POSITIONS, WINDOW, STATE, PREFIX, LOGITS, ROWS };
 typedef struct {
   char name[128];
   enum Role role;
@@ -251,7 +254,7 @@ static void read_spec(const char *path, Spec *s) {
       Io *io = &s->in[s->n_in++];
       snprintf(io->name, sizeof io->name, "%s", name);
       io->role = !strcmp(role, "tokens") ? TOKENS : !strcmp(role, "positions") ? POSITIONS
-               : !strcmp(role, "window") ? WINDOW : STATE;
+               : !strcmp(role, "window") ? WINDOW : !strcmp(role, "prefix") ? PREFIX : STATE;
     } else if (sscanf(line, "out %127s %31s", name, role) == 2 && s->n_out < MAX_IO) {
       Io *io = &s->out[s->n_out++];
       snprintf(io->name, sizeof io->name, "%s", name);
@@ -399,7 +402,8 @@ static void resize(Runner *r, int T, int W) {
   for (int i = 0; i < s->n_in; i++) {
     if (s->in[i].role == STATE) continue;
     LiteRtLayout l = r->in_type[i].layout;
-    set_last_dim(&l, s->in[i].role == WINDOW ? W : T);
+    if (s->in[i].role == PREFIX) l.dimensions[0] = W;
+    else set_last_dim(&l, s->in[i].role == WINDOW ? W : T);
     check(LiteRtCompiledModelResizeInputTensor(r->c.compiled, 0, i, l.dimensions, l.rank), "resizing an input");
   }
   check(LiteRtGetCompiledModelOutputTensorLayouts(r->c.compiled, 0, s->n_out, r->out_layout, true),
@@ -425,6 +429,7 @@ static void bind(Runner *r) {
     if (strcmp(name, s->in[i].name)) die("the model's inputs are not in the spec's order at ", name);
     check(LiteRtGetSignatureInputTensorByIndex(signature, i, &tensor), "LiteRtGetSignatureInputTensorByIndex");
     check(LiteRtGetRankedTensorType(tensor, &r->in_type[i]), "LiteRtGetRankedTensorType");
+    if (s->in[i].role == PREFIX) r->in_type[i].layout.dimensions[0] = s->max_seq_len; /* the whole cache */
     LiteRtLayout largest = r->in_type[i].layout;
     if (s->in[i].role == TOKENS || s->in[i].role == POSITIONS) set_last_dim(&largest, s->chunk);
     if (s->in[i].role == WINDOW) set_last_dim(&largest, s->max_seq_len);
@@ -461,6 +466,13 @@ static const float *run(Runner *r, const int64_t *ids, int T, int start, int *vo
   Handle ins[MAX_IO], outs[MAX_IO];
   for (int i = 0; i < s->n_in; i++) {
     if (s->in[i].role == STATE) { ins[i] = r->state_buffer[i]; continue; }
+    if (s->in[i].role == PREFIX) { /* the cache's first W positions, where they lie */
+      LiteRtRankedTensorType t = r->in_type[i];
+      t.layout.dimensions[0] = W;
+      check(LiteRtCreateTensorBufferFromHostMemory(&t, r->in_data[i], count_of(&t.layout) *
+                                                   element_size(t.element_type), NULL, &ins[i]), "binding a cache window");
+      continue;
+    }
     int64_t *v = r->in_data[i];
     int n = s->in[i].role == WINDOW ? W : T;
     for (int k = 0; k < n; k++)
