@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ...errors import EdgeportError
+from ..sampling import Sampling
 
 SOURCE = Path(__file__).with_name("runner.c")
 _NEEDS_CPU_PROGRAM = "--native needs a cpu LLM program exported by this version of edgeport"
@@ -70,7 +71,7 @@ def build() -> Path:
         raise NativeUnavailable(f"cannot write the native runner to {runner.parent}: {exc.strerror or exc}",
                                 hint="set EDGEPORT_CACHE_DIR to a writable directory") from None
     building = runner.with_name(f"{runner.name}.{os.getpid()}.building")
-    command = [*compiler, "-O2", "-o", str(building), str(SOURCE), f"-L{library.parent}", "-l:libLiteRt.so",
+    command = [*compiler, "-O2", "-o", str(building), str(SOURCE), f"-L{library.parent}", "-l:libLiteRt.so", "-lm",
                f"-Wl,-rpath,{library.parent}"]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
@@ -123,6 +124,7 @@ class Request:
     prompt: str
     chat: bool = False
     max_new_tokens: int = 128
+    sampling: Sampling = Sampling()
     threads: int | None = None
     as_json: bool = False
     # when the command started, on the runner's clock (CLOCK_MONOTONIC): its ready_s counts from it
@@ -148,6 +150,7 @@ def write_spec(request: Request) -> str:
     """Verify the program, encode the prompt and write the runner's spec to a private
     temporary file; its path. Raises `NotNativeProgram`, `PromptTooLong`."""
     from ...program import Program, read_program_file
+    from ..sampling import Sampler
     from ..session import PromptTooLong
     from ..text import LLMInfo, TextCodec
 
@@ -186,6 +189,10 @@ def write_spec(request: Request) -> str:
         f"chunk {info.prefill_chunk}",
         f"window_bucket {_window_bucket()}",
         f"max_new_tokens {request.max_new_tokens}",
+        # the sampling rule's parameters (core/llm/sampling.py): repr round-trips through strtod
+        f"temperature {float(request.sampling.temperature)!r}",
+        f"top_p {float(request.sampling.top_p)!r}",
+        f"seed {Sampler(request.sampling).seed}",
         f"json {int(request.as_json)}",
         f"start_time {request.start_time!r}",
         "prompt " + " ".join(map(str, ids)),
