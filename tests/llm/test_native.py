@@ -70,6 +70,31 @@ def test_greedy_ids_and_text_equal_the_python_sessions(smol_path, cache_dir, pro
         assert ours["stats"]["prompt_tokens"] > 64  # prefilled in three chunks of at most 32
 
 
+# (temperature, top-p, seed): sampled broadly, in a tight nucleus, and cold and wide
+SAMPLINGS = ((1.0, 1.0, 7), (0.8, 0.9, 12345), (0.3, 0.5, 2**64 - 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature,top_p,seed", SAMPLINGS)
+def test_sampled_ids_equal_the_python_sessions(smol_path, cache_dir, temperature, top_p, seed):
+    """The same sampling rule (core/llm/sampling.py) in both runners: 16 tokens, equal."""
+    args = ("--prompt", "Once upon a time", "--max-new-tokens", "16", "--temperature", str(temperature),
+            "--top-p", str(top_p), "--seed", str(seed))
+    python = generated(smol_path, *args, env=cache_dir)
+    ours = generated(smol_path, *args, "--native", env=cache_dir)
+    assert ours["seed"] == python["seed"] == seed
+    assert ours["token_ids"] == python["token_ids"] and len(ours["token_ids"]) == 16
+    assert ours["text"] == python["text"]
+
+
+@pytest.mark.slow
+def test_without_a_seed_one_is_drawn_and_printed_so_the_run_repeats(smol_path, cache_dir):
+    args = ("--prompt", "Once upon a time", "--max-new-tokens", "8", "--temperature", "1.0", "--native")
+    first = generated(smol_path, *args, env=cache_dir)
+    again = generated(smol_path, *args, "--seed", str(first["seed"]), env=cache_dir)
+    assert 0 <= first["seed"] < 2**64 and again["token_ids"] == first["token_ids"]
+
+
 @pytest.mark.slow
 def test_stops_at_the_stop_token_and_at_max_new_tokens(smol_path, cache_dir):
     """The chat reply ends with <|im_end|> (not printed); a budget of 3 gives 3 tokens."""
