@@ -181,7 +181,9 @@ def test_the_decode_table_joins_a_character_split_over_tokens(smol):
     from edgeport.llm.text import TextCodec
 
     codec = TextCodec.of(smol)
-    table = native.decode_table(str(smol.files[smol.manifest.metadata["llm"]["tokenizer"]], "utf-8"))
+    decoding = native.decode_table(str(smol.files[smol.manifest.metadata["llm"]["tokenizer"]], "utf-8"))
+    table = decoding.pieces
+    assert not decoding.strip_leading_space
     for text in (" café 🙂 naïve", "日本語"):
         ids = codec.encode(text)
         assert b"".join(table[i] for i in ids).decode("utf-8") == text

@@ -191,6 +191,7 @@ typedef struct {
   Io in[MAX_IO], out[MAX_IO];
   int n_in, n_out;
   int vocab;                      /* decode table: token i's bytes are blob[at[i] .. at[i + 1]) */
+  int strip_leading_space;        /* the decoder drops the text's first space (SentencePiece's Strip) */
   uint32_t *at;
   uint8_t *blob;
 } Spec;
@@ -253,6 +254,7 @@ static void read_spec(const char *path, Spec *s) {
     else if (KEY("temperature")) s->temperature = strtod(value, NULL);
     else if (KEY("top_p")) s->top_p = strtod(value, NULL);
     else if (KEY("seed")) s->seed = strtoull(value, NULL, 10);
+    else if (KEY("strip_leading_space")) s->strip_leading_space = atoi(value);
     else if (KEY("prompt")) s->prompt = read_ids(value, &s->prompt_len);
     else if (KEY("stop")) s->stops = read_ids(value, &s->n_stops);
     else if (sscanf(line, "in %127s %31s", name, role) == 2 && s->n_in < MAX_IO) {
@@ -575,6 +577,7 @@ static int64_t pick(const Spec *s, uint64_t *rng, const float *logits, int n, Ca
 typedef struct {
   uint8_t *bytes;
   size_t len, cap, shown; /* bytes[0:shown] are whole characters, already given out */
+  bool strip;             /* the first byte added is dropped if a space (the Python stream's Strip) */
 } Text;
 
 static size_t utf8_length(uint8_t lead) {
@@ -582,6 +585,10 @@ static size_t utf8_length(uint8_t lead) {
 }
 
 static void text_add(Text *t, const uint8_t *bytes, size_t n) {
+  if (t->strip && n > 0) {
+    if (bytes[0] == ' ') bytes++, n--;
+    t->strip = false;
+  }
   if (t->len + n + 3 > t->cap) t->bytes = realloc(t->bytes, t->cap = 2 * (t->len + n + 3));
   for (size_t i = 0; i < n; i++) t->bytes[t->len++] = bytes[i];
 }
@@ -684,7 +691,7 @@ int main(int argc, char **argv) {
   stats.ready = now() - spec.start_time;
 
   int64_t *ids = malloc((spec.max_new_tokens + 1) * sizeof *ids);
-  Text text = {0};
+  Text text = {.strip = spec.strip_leading_space};
   Candidate *candidates = malloc((size_t)vocab * sizeof *candidates);
   uint64_t rng = spec.seed;
   int position = spec.prompt_len;
