@@ -17,7 +17,7 @@ def draws(sampling: Sampling, n: int, logits: np.ndarray = LOGITS) -> list[int]:
 
 
 def test_splitmix64_gives_the_published_stream():
-    """Seed 1234567: the reference outputs of Vigna's splitmix64.c."""
+    """Seed 1234567: the published reference outputs (Rosetta Code's SplitMix64 task)."""
     rng = SplitMix64(1234567)
     assert [rng.next_u64() for _ in range(3)] == [6457827717110365317, 3203168211198807973, 9817491932198370423]
 
