@@ -69,7 +69,8 @@ def _sampling_options(command: Any) -> Any:
         click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
                      help="0 picks the most likely token (greedy)."),
         click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True)),
-        click.option("--seed", type=int, help="Seed of the sampler (with --temperature > 0)."),
+        click.option("--seed", type=click.IntRange(0, (1 << 64) - 1),
+                     help="Seed of the sampler (with --temperature > 0; default: one from the OS, in --json's \"seed\")."),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores)."),
     ]):
         command = option(command)
@@ -83,7 +84,7 @@ def _sampling_options(command: Any) -> Any:
 @_sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print the text, token ids and speed as JSON at the end.")
 @click.option("--native", is_flag=True, help="Generate in edgeport's native runner, with no Python in the process "
-              "(cpu programs; greedy): less memory. Builds the runner with the C compiler on first use.")
+              "(cpu programs): less memory. Builds the runner with the C compiler on first use.")
 def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_p: float,
              seed: int | None, threads: int | None, as_json: bool, native: bool) -> None:
     """Stream PROGRAM's continuation of --prompt, then the speed line."""
@@ -105,7 +106,7 @@ def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, tempera
     if as_json:
         for _ in tokens:
             pass
-        print_json({"text": tokens.text, "token_ids": tokens.ids,
+        print_json({"text": tokens.text, "token_ids": tokens.ids, "seed": tokens.seed,
                     "stats": {"ready_s": ready_s, **tokens.stats.to_json()}, "runs_on": runs_on})
         return
     for token in tokens:
@@ -118,14 +119,10 @@ def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, tempera
 def _generate_native(program: str, prompt: str, chat: bool, max_new_tokens: int, sampling: Any,
                      threads: int | None, as_json: bool) -> None:
     """`generate --native`: hand over to the native runner, which replaces this process."""
-    from ..errors import EdgeportError
     from ..llm import native
 
-    if sampling != type(sampling)():
-        raise EdgeportError("--native generates greedily; --temperature, --top-p and --seed are for the Python runner",
-                            hint="drop them, or drop --native")
-    native.generate(native.Request(program, prompt, chat=chat, max_new_tokens=max_new_tokens, threads=threads,
-                                   as_json=as_json, start_time=time.monotonic()))
+    native.generate(native.Request(program, prompt, chat=chat, max_new_tokens=max_new_tokens, sampling=sampling,
+                                   threads=threads, as_json=as_json, start_time=time.monotonic()))
 
 
 def off_device(labels: list[str]) -> list[str]:

@@ -19,7 +19,8 @@ import os
 from typing import Any
 
 from ..program import Program, load
-from .session import Generation, GenerationStats, PromptTooLong, Sampling, Session, Token, session_of
+from .sampling import Sampling
+from .session import Generation, GenerationStats, PromptTooLong, Session, Token, session_of
 from .text import Message, NotAnLLMProgram
 
 

@@ -38,21 +38,12 @@ from ..program import Program
 from ..runtime import Runtime
 from ..torch_steps import portable_steps
 from .one_graph import takes_any_length, takes_window, window_length
+from .sampling import Sampler, Sampling
 from .text import LLMInfo, Message, TextCodec
 
 
 class PromptTooLong(EdgeportError):
     """The prompt does not fit the program's KV cache."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is picked: greedy at temperature 0, else sampled from the
-    smallest set of tokens whose probability reaches ``top_p``."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -198,9 +189,10 @@ class Generation(Iterator[Token]):
     def __init__(self, session: Session, ids: list[int], max_new_tokens: int, sampling: Sampling, reuse: bool) -> None:
         session.check_fits(ids)
         self.ids: list[int] = []
+        self.sampler = Sampler(sampling)  # its seed: the one in use, drawn from the OS if none was given
         self.stats: GenerationStats | None = None
         self._pieces: list[str] = []
-        self._steps = self._run(session, ids, max_new_tokens, sampling, reuse)
+        self._steps = self._run(session, ids, max_new_tokens, reuse)
 
     def __next__(self) -> Token:
         return next(self._steps)
@@ -209,18 +201,21 @@ class Generation(Iterator[Token]):
     def text(self) -> str:
         return "".join(self._pieces)
 
-    def _run(self, session: Session, ids: list[int], max_new: int, sampling: Sampling, reuse: bool) -> Iterator[Token]:
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    def _run(self, session: Session, ids: list[int], max_new: int, reuse: bool) -> Iterator[Token]:
         start_time = time.perf_counter()
         start = _common_prefix(session.tokens, ids) if reuse else 0
         start = min(start, len(ids) - 1)  # prefill at least one token: its logits pick the first
         logits = session.prefill(ids[start:], start)
         prefill_s = time.perf_counter() - start_time
         stops = set(session.info.stop_token_ids)
-        rng = np.random.default_rng(sampling.seed)
         stream = session.text.stream()
         first_token_s, decode_s, reason = 0.0, 0.0, "max_new_tokens"
         for step in range(max_new):
-            token = pick(logits, sampling, rng)
+            token = self.sampler.pick(logits)
             if step == 0:
                 first_token_s = time.perf_counter() - start_time
             if token in stops:
@@ -248,21 +243,6 @@ class Generation(Iterator[Token]):
             stop_reason=reason,
             peak_rss_mb=peak_rss_mb(),
         )
-
-
-def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    """The next token from ``logits`` (vocab,)."""
-    if sampling.temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / sampling.temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    if sampling.top_p < 1.0:
-        order = np.argsort(-probs)
-        keep = order[: int(np.searchsorted(np.cumsum(probs[order]), sampling.top_p)) + 1]
-        kept = probs[keep] / probs[keep].sum()
-        return int(keep[rng.choice(len(keep), p=kept)])
-    return int(rng.choice(len(probs), p=probs))
 
 
 def peak_rss_mb() -> float:

@@ -70,6 +70,31 @@ def test_greedy_ids_and_text_equal_the_python_sessions(smol_path, cache_dir, pro
         assert ours["stats"]["prompt_tokens"] > 64  # prefilled in three chunks of at most 32
 
 
+# (temperature, top-p, seed): sampled broadly, in a tight nucleus, and cold and wide
+SAMPLINGS = ((1.0, 1.0, 7), (0.8, 0.9, 12345), (0.3, 0.5, 2**64 - 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature,top_p,seed", SAMPLINGS)
+def test_sampled_ids_equal_the_python_sessions(smol_path, cache_dir, temperature, top_p, seed):
+    """The same sampling rule (core/llm/sampling.py) in both runners: 16 tokens, equal."""
+    args = ("--prompt", "Once upon a time", "--max-new-tokens", "16", "--temperature", str(temperature),
+            "--top-p", str(top_p), "--seed", str(seed))
+    python = generated(smol_path, *args, env=cache_dir)
+    ours = generated(smol_path, *args, "--native", env=cache_dir)
+    assert ours["seed"] == python["seed"] == seed
+    assert ours["token_ids"] == python["token_ids"] and len(ours["token_ids"]) == 16
+    assert ours["text"] == python["text"]
+
+
+@pytest.mark.slow
+def test_without_a_seed_one_is_drawn_and_printed_so_the_run_repeats(smol_path, cache_dir):
+    args = ("--prompt", "Once upon a time", "--max-new-tokens", "8", "--temperature", "1.0", "--native")
+    first = generated(smol_path, *args, env=cache_dir)
+    again = generated(smol_path, *args, "--seed", str(first["seed"]), env=cache_dir)
+    assert 0 <= first["seed"] < 2**64 and again["token_ids"] == first["token_ids"]
+
+
 @pytest.mark.slow
 def test_stops_at_the_stop_token_and_at_max_new_tokens(smol_path, cache_dir):
     """The chat reply ends with <|im_end|> (not printed); a budget of 3 gives 3 tokens."""
@@ -92,6 +117,101 @@ def test_streams_text_then_the_speed_line(smol_path, cache_dir):
     speed = done.stderr.strip().splitlines()
     assert len(speed) == 1 and speed[0].startswith("ready in") and "native runner" in speed[0], done.stderr
     assert all(word in speed[0] for word in ("time to first token", "prefill", "decode", "peak RSS", "stop:"))
+
+
+# SentencePiece-style text: a first token with a leading space (the decoder's Strip drops
+# it), an emoji of four <0xNN> byte pieces (byte fallback), then a word
+SENTENCEPIECE_TEXT = " Hello 🙂 world"
+
+
+def sentencepiece_tokenizer() -> str:
+    """A real tokenizer.json of Llama 2's form, built offline: BPE with byte fallback and
+    a Metaspace pre-tokenizer trained on a few sentences, its vocabulary given the 256
+    <0xNN> byte pieces, and the decoder Replace("▁" -> " "), ByteFallback, Fuse, Strip."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    sentences = ["Hello world, the quick brown fox jumps over the lazy dog.", "The capital of France is Paris."]
+    tokenizer.train_from_iterator(sentences * 4, trainers.BpeTrainer(vocab_size=100, special_tokens=["<unk>", "<s>", "</s>"]))
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    return json.dumps(spec)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_path(tmp_path_factory, cpu_registry) -> tuple[Path, list[int]]:
+    """A tiny random-weight Llama with that tokenizer, rigged to answer "The capital of
+    France is" greedily with SENTENCEPIECE_TEXT's tokens, then </s>: its layers add
+    nothing (o_proj and down_proj zero), so the logits are lm_head against the current
+    token's embedding, and each chain token's lm_head row is the embedding of the token
+    before it. Exported once for the module; the saved program and the chain's ids."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from tokenizers import Tokenizer
+
+    import edgeport.llm
+
+    root = tmp_path_factory.mktemp("sentencepiece")
+    tokenizer_json = sentencepiece_tokenizer()
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    chain = tokenizer.encode(SENTENCEPIECE_TEXT).ids
+    edges = [tokenizer.encode("The capital of France is").ids[-1], *chain, tokenizer.token_to_id("</s>")]
+    assert len(set(edges)) == len(edges)  # a path: each token has one successor
+    config = transformers.LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embedding, head = model.model.embed_tokens.weight, model.lm_head.weight
+        head.zero_()
+        for before, after in zip(edges, edges[1:]):
+            head[after] = 10 * embedding[before] / embedding[before].norm()
+    model.save_pretrained(root / "hf", safe_serialization=True)
+    (root / "hf" / "tokenizer.json").write_text(tokenizer_json)
+    (root / "hf" / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.token_to_id("</s>")}))
+    path = root / "sentencepiece.edgeport"
+    edgeport.llm.export(root / "hf", max_seq_len=32, prefill_chunk=8, registry=cpu_registry).save(path)
+    return path, chain
+
+
+@pytest.mark.slow
+def test_sentencepiece_text_equals_the_python_sessions(sentencepiece_path, cache_dir):
+    """The first token's leading space is dropped (Strip) and the emoji's four byte
+    pieces print as one character, in both runners."""
+    path, chain = sentencepiece_path
+    args = ("--prompt", "The capital of France is", "--max-new-tokens", "16")
+    python = generated(path, *args, env=cache_dir)
+    ours = generated(path, *args, "--native", env=cache_dir)
+    assert python["token_ids"] == chain and python["stats"]["stop_reason"] == "stop_token"
+    assert python["text"] == SENTENCEPIECE_TEXT[1:]
+    assert ours["token_ids"] == python["token_ids"] and ours["text"] == python["text"]
+    cut = generated(path, "--prompt", "The capital of France is", "--native", "--max-new-tokens", "5", env=cache_dir)
+    assert cut["text"] == "Hello "  # the emoji cut short by the budget is not printed
+
+
+def test_the_sentencepiece_decode_table_and_other_decoders():
+    table = native.decode_table(sentencepiece_tokenizer())
+    assert table.strip_leading_space
+    assert table.pieces[:3] == [b"", b"", b""]  # <unk>, <s>, </s>: special
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(sentencepiece_tokenizer())
+    assert b"".join(table.pieces[i] for i in tokenizer.encode(SENTENCEPIECE_TEXT).ids) == SENTENCEPIECE_TEXT.encode()
+    spec = json.loads(sentencepiece_tokenizer())
+    spec["decoder"]["decoders"] = spec["decoder"]["decoders"][:3]  # Gemma's form: no Strip
+    assert not native.decode_table(json.dumps(spec)).strip_leading_space
+    spec["decoder"] = {"type": "WordPiece", "prefix": "##", "cleanup": True}
+    with pytest.raises(native.NotNativeProgram, match="this program's decodes with WordPiece"):
+        native.decode_table(json.dumps(spec))
 
 
 def test_a_prompt_longer_than_the_cache_is_one_line_with_a_hint(smol_path):
@@ -172,7 +292,9 @@ def test_the_decode_table_joins_a_character_split_over_tokens(smol):
     from edgeport.llm.text import TextCodec
 
     codec = TextCodec.of(smol)
-    table = native.decode_table(str(smol.files[smol.manifest.metadata["llm"]["tokenizer"]], "utf-8"))
+    decoding = native.decode_table(str(smol.files[smol.manifest.metadata["llm"]["tokenizer"]], "utf-8"))
+    table = decoding.pieces
+    assert not decoding.strip_leading_space
     for text in (" café 🙂 naïve", "日本語"):
         ids = codec.encode(text)
         assert b"".join(table[i] for i in ids).decode("utf-8") == text

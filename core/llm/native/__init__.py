@@ -12,12 +12,14 @@ whose memory high-water mark (VmHWM) starts again at exec, runs the model throug
 LiteRT's C API and streams text. bench/README.md, "Native generation", has the figures.
 
 Only cpu programs of the one-graph form with a cache window (`one_graph.takes_window`)
-run this way, with byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen); greedy decoding
-only. This module imports nothing heavy at import time.
+run this way, with byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen) or SentencePiece-style
+ones (Llama 2, Mistral, Gemma, Phi-3), greedy or sampled by edgeport's rule
+(core/llm/sampling.py). This module imports nothing heavy at import time.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ...errors import EdgeportError
+from ..sampling import Sampling
 
 SOURCE = Path(__file__).with_name("runner.c")
 _NEEDS_CPU_PROGRAM = "--native needs a cpu LLM program exported by this version of edgeport"
@@ -70,7 +73,7 @@ def build() -> Path:
         raise NativeUnavailable(f"cannot write the native runner to {runner.parent}: {exc.strerror or exc}",
                                 hint="set EDGEPORT_CACHE_DIR to a writable directory") from None
     building = runner.with_name(f"{runner.name}.{os.getpid()}.building")
-    command = [*compiler, "-O2", "-o", str(building), str(SOURCE), f"-L{library.parent}", "-l:libLiteRt.so",
+    command = [*compiler, "-O2", "-o", str(building), str(SOURCE), f"-L{library.parent}", "-l:libLiteRt.so", "-lm",
                f"-Wl,-rpath,{library.parent}"]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
@@ -123,6 +126,7 @@ class Request:
     prompt: str
     chat: bool = False
     max_new_tokens: int = 128
+    sampling: Sampling = Sampling()
     threads: int | None = None
     as_json: bool = False
     # when the command started, on the runner's clock (CLOCK_MONOTONIC): its ready_s counts from it
@@ -148,6 +152,7 @@ def write_spec(request: Request) -> str:
     """Verify the program, encode the prompt and write the runner's spec to a private
     temporary file; its path. Raises `NotNativeProgram`, `PromptTooLong`."""
     from ...program import Program, read_program_file
+    from ..sampling import Sampler
     from ..session import PromptTooLong
     from ..text import LLMInfo, TextCodec
 
@@ -186,6 +191,10 @@ def write_spec(request: Request) -> str:
         f"chunk {info.prefill_chunk}",
         f"window_bucket {_window_bucket()}",
         f"max_new_tokens {request.max_new_tokens}",
+        # the sampling rule's parameters (core/llm/sampling.py): repr round-trips through strtod
+        f"temperature {float(request.sampling.temperature)!r}",
+        f"top_p {float(request.sampling.top_p)!r}",
+        f"seed {Sampler(request.sampling).seed}",
         f"json {int(request.as_json)}",
         f"start_time {request.start_time!r}",
         "prompt " + " ".join(map(str, ids)),
@@ -193,7 +202,8 @@ def write_spec(request: Request) -> str:
         *_io_lines(program, artifact),
     ]
     table = decode_table(str(program.files[manifest.metadata["llm"]["tokenizer"]], "utf-8"))
-    lines += [f"vocab {len(table)}", *(piece.hex() for piece in table)]
+    lines += [f"strip_leading_space {int(table.strip_leading_space)}", f"vocab {len(table.pieces)}",
+              *(piece.hex() for piece in table.pieces)]
     fd, path = tempfile.mkstemp(prefix="edgeport-native-", suffix=".spec")  # mode 0600: ours alone
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -290,27 +300,79 @@ def _window_bucket() -> int:
 # -- the decode table ----------------------------------------------------------------------
 
 
-def decode_table(tokenizer_json: str) -> list[bytes]:
-    """Each token id's bytes, as the tokenizer's byte-level decoder joins them: a piece's
-    characters map back to bytes (GPT-2's byte <-> character table), so a UTF-8
-    character split over two tokens is whole once their bytes are joined. Special tokens
-    decode to nothing (the Python stream skips them). `NotNativeProgram` for a tokenizer
-    of another decoder."""
+@dataclass(frozen=True)
+class DecodeTable:
+    """Each token id's bytes, and whether the tokenizer's decoder strips one leading
+    space from the text (SentencePiece's Strip): the Python stream then never prints the
+    first token's leading space, and the runner drops it too."""
+
+    pieces: list[bytes]
+    strip_leading_space: bool = False
+
+
+def decode_table(tokenizer_json: str) -> DecodeTable:
+    """The tokenizer's decoder as a table, for the two forms the runner decodes:
+    byte-level BPE (a piece's characters map back to bytes through GPT-2's byte <->
+    character table) and SentencePiece-style BPE (Llama 2, Mistral, Gemma, Phi-3: "▁" is
+    a space, a ``<0xNN>`` piece is byte NN, Strip drops the text's leading space). Either
+    way a UTF-8 character split over tokens is whole once their bytes are joined. Special
+    tokens decode to nothing (the Python stream skips them). `NotNativeProgram` for a
+    tokenizer of another decoder."""
     spec = json.loads(tokenizer_json)
     decoder = spec.get("decoder") or {}
-    if decoder.get("type") != "ByteLevel":
-        raise NotNativeProgram(f"--native decodes byte-level BPE tokenizers; this program's decodes with "
-                               f"{decoder.get('type') or 'nothing'}", hint="drop --native for this model")
-    byte_of = {char: byte for byte, char in _bytes_to_unicode().items()}
+    strip = False
+    if decoder.get("type") == "ByteLevel":
+        byte_of = {char: byte for byte, char in _bytes_to_unicode().items()}
+        piece_bytes = functools.partial(_piece_bytes, byte_of=byte_of)
+    elif (form := _sentencepiece_form(decoder)) is not None:
+        strip, piece_bytes = form, _sentencepiece_bytes
+    else:
+        raise NotNativeProgram(f"--native decodes byte-level and SentencePiece-style BPE tokenizers; this program's "
+                               f"decodes with {_decoder_name(decoder)}", hint="drop --native for this model")
     pieces: dict[int, bytes] = {}
     for token, id_ in spec["model"]["vocab"].items():
-        pieces[int(id_)] = _piece_bytes(token, byte_of)
+        pieces[int(id_)] = piece_bytes(token)
     for added in spec.get("added_tokens", []):
-        pieces[int(added["id"])] = b"" if added.get("special") else _piece_bytes(added["content"], byte_of)
+        pieces[int(added["id"])] = b"" if added.get("special") else piece_bytes(added["content"])
     table = [b""] * (max(pieces) + 1)
     for id_, piece in pieces.items():
         table[id_] = piece
-    return table
+    return DecodeTable(table, strip)
+
+
+_SPACE = "\u2581"  # SentencePiece's "▁"
+
+
+def _sentencepiece_form(decoder: dict[str, Any]) -> bool | None:
+    """For a SentencePiece-style decoder, Sequence[Replace("▁" -> " "), ByteFallback,
+    Fuse, optionally Strip(" ", 1, 0)]: whether it strips the leading space; else None."""
+    steps = (decoder.get("decoders") or []) if decoder.get("type") == "Sequence" else []
+    kinds = [step.get("type") for step in steps]
+    if kinds[:3] != ["Replace", "ByteFallback", "Fuse"] or kinds[3:] not in ([], ["Strip"]):
+        return None
+    replace = steps[0]
+    if replace.get("pattern") != {"String": _SPACE} or replace.get("content") != " ":
+        return None
+    if kinds[3:] and (steps[3].get("content") != " " or steps[3].get("start") != 1 or steps[3].get("stop") != 0):
+        return None
+    return bool(kinds[3:])
+
+
+def _sentencepiece_bytes(token: str) -> bytes:
+    """A SentencePiece piece's bytes: ``<0xNN>`` is byte NN (ByteFallback), else its text
+    with "▁" as a space."""
+    if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        try:
+            return bytes([int(token[3:5], 16)])
+        except ValueError:
+            pass
+    return token.replace(_SPACE, " ").encode("utf-8")
+
+
+def _decoder_name(decoder: dict[str, Any]) -> str:
+    if decoder.get("type") == "Sequence":
+        return "Sequence[{}]".format(", ".join(str(step.get("type")) for step in decoder.get("decoders") or []))
+    return str(decoder.get("type") or "nothing")
 
 
 def _piece_bytes(token: str, byte_of: dict[str, int]) -> bytes:

@@ -11,7 +11,8 @@
  *   runner SPEC
  *
  * SPEC (written by native/__init__.py, unlinked here once read) says where the model lies
- * in the program file, its XNNPACK weight cache file, the threads, the prompt ids, the
+ * in the program file, its XNNPACK weight cache file, the threads, the sampling
+ * parameters (temperature, top-p, seed), the prompt ids, the
  * stop ids, the cache's facts (positions, prefill chunk, window bucket), the role of
  * every input and output in signature order, and the decode table (token id -> bytes).
  *
@@ -24,8 +25,9 @@
  * row updates); a cache read whole is bound once, one read as its first W rows (the
  * plan's state prefixes) is bound at each call over the same memory, so no row is copied. The prompt is prefilled in chunks, each with the
  * window over the rows filled before it (one_graph.window_length), after the two
- * warm-up calls the Python CLI makes (Session.warm_up); then it decodes
- * greedily (argmax), streaming each token's bytes (a character split over tokens is
+ * warm-up calls the Python CLI makes (Session.warm_up); then it decodes, picking
+ * each token by edgeport's sampling rule (core/llm/sampling.py: greedy at temperature 0,
+ * else SplitMix64 draws over the top-p nucleus), streaming each token's bytes (a character split over tokens is
  * printed once whole), until a stop id or the token budget. It ends with the same
  * speed line, or JSON, as `edgeport llm generate`.
  *
@@ -34,6 +36,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -184,11 +187,14 @@ typedef struct {
   size_t offset, length;          /* the model's bytes in the program file */
   int threads, max_seq_len, chunk, bucket, max_new_tokens, json;
   double start_time;              /* CLOCK_MONOTONIC when the command started (for ready_s) */
+  double temperature, top_p;      /* the sampling rule's (core/llm/sampling.py) */
+  uint64_t seed;
   int64_t *prompt, *stops;
   int prompt_len, n_stops;
   Io in[MAX_IO], out[MAX_IO];
   int n_in, n_out;
   int vocab;                      /* decode table: token i's bytes are blob[at[i] .. at[i + 1]) */
+  int strip_leading_space;        /* the decoder drops the text's first space (SentencePiece's Strip) */
   uint32_t *at;
   uint8_t *blob;
 } Spec;
@@ -248,6 +254,10 @@ static void read_spec(const char *path, Spec *s) {
     else if (KEY("max_new_tokens")) s->max_new_tokens = atoi(value);
     else if (KEY("json")) s->json = atoi(value);
     else if (KEY("start_time")) s->start_time = atof(value);
+    else if (KEY("temperature")) s->temperature = strtod(value, NULL);
+    else if (KEY("top_p")) s->top_p = strtod(value, NULL);
+    else if (KEY("seed")) s->seed = strtoull(value, NULL, 10);
+    else if (KEY("strip_leading_space")) s->strip_leading_space = atoi(value);
     else if (KEY("prompt")) s->prompt = read_ids(value, &s->prompt_len);
     else if (KEY("stop")) s->stops = read_ids(value, &s->n_stops);
     else if (sscanf(line, "in %127s %31s", name, role) == 2 && s->n_in < MAX_IO) {
@@ -269,7 +279,7 @@ static void read_spec(const char *path, Spec *s) {
   }
   free(line);
   fclose(f);
-  if (!s->program || !s->cache || !s->length || !s->vocab || !s->prompt_len || s->chunk < 1 || s->bucket < 1)
+  if (!s->program || !s->cache || !(s->top_p > 0) || !s->length || !s->vocab || !s->prompt_len || s->chunk < 1 || s->bucket < 1)
     die("the spec is incomplete: ", path);
   if (s->prompt_len + s->max_new_tokens - 1 > s->max_seq_len) /* Python refuses this first, with a hint */
     die("the prompt plus the new tokens do not fit the KV cache", NULL);
@@ -524,11 +534,51 @@ static const float *prefill(Runner *r, const int64_t *ids, int n, int *vocab) {
   return logits;
 }
 
-static int64_t argmax(const float *v, int n) {
+/* ---- picking the next token: core/llm/sampling.py's rule, step for step ------------- */
+
+static int64_t argmax(const float *v, int n) { /* the first of equal maxima, as numpy's */
   int best = 0;
   for (int i = 1; i < n; i++)
     if (v[i] > v[best]) best = i;
   return best;
+}
+
+/* SplitMix64 (sampling.SplitMix64): a double in [0, 1) from the top 53 bits. */
+static double uniform(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return (double)((z ^ (z >> 31)) >> 11) * 0x1p-53;
+}
+
+typedef struct {
+  float logit;
+  int id;
+  double running; /* the sum of the weights up to this token, in this order */
+} Candidate;
+
+static int by_logit(const void *a, const void *b) { /* largest first; equal logits by lower id */
+  const Candidate *x = a, *y = b;
+  if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
+  return x->id - y->id;
+}
+
+/* Sampler.pick: weights exp(z - max z) with z = logit / temperature in float64, the
+ * tokens ordered by logit, the nucleus up to the first whose running sum reaches top_p
+ * of the total, and the first in it whose running sum exceeds u times the nucleus's. */
+static int64_t pick(const Spec *s, uint64_t *rng, const float *logits, int n, Candidate *c) {
+  if (s->temperature <= 0) return argmax(logits, n);
+  double top = (double)logits[argmax(logits, n)] / s->temperature;
+  for (int i = 0; i < n; i++) c[i] = (Candidate){logits[i], i, 0.0};
+  qsort(c, n, sizeof *c, by_logit);
+  double sum = 0.0;
+  for (int k = 0; k < n; k++) c[k].running = sum += exp((double)c[k].logit / s->temperature - top);
+  int last = 0;
+  while (last < n - 1 && c[last].running < s->top_p * sum) last++;
+  double target = uniform(rng) * c[last].running;
+  for (int k = 0; k < last; k++)
+    if (c[k].running > target) return c[k].id;
+  return c[last].id; /* u * c may round up to c itself */
 }
 
 /* ---- text out ---------------------------------------------------------------------- */
@@ -539,6 +589,7 @@ static int64_t argmax(const float *v, int n) {
 typedef struct {
   uint8_t *bytes;
   size_t len, cap, shown; /* bytes[0:shown] are whole characters, already given out */
+  bool strip;             /* the first byte added is dropped if a space (the Python stream's Strip) */
 } Text;
 
 static size_t utf8_length(uint8_t lead) {
@@ -546,6 +597,10 @@ static size_t utf8_length(uint8_t lead) {
 }
 
 static void text_add(Text *t, const uint8_t *bytes, size_t n) {
+  if (t->strip && n > 0) {
+    if (bytes[0] == ' ') bytes++, n--;
+    t->strip = false;
+  }
   if (t->len + n + 3 > t->cap) t->bytes = realloc(t->bytes, t->cap = 2 * (t->len + n + 3));
   for (size_t i = 0; i < n; i++) t->bytes[t->len++] = bytes[i];
 }
@@ -604,12 +659,12 @@ static void print_stats(const Spec *s, const Stats *st, const int64_t *ids, cons
   json_string(text->bytes, text->shown);
   printf(",\n  \"token_ids\": [");
   for (int k = 0; k < st->generated; k++) printf("%s%ld", k ? ", " : "", (long)ids[k]);
-  printf("],\n  \"stats\": {\n    \"ready_s\": %.6f,\n    \"prompt_tokens\": %d,\n    \"prefilled_tokens\": %d,\n"
+  printf("],\n  \"seed\": %llu,\n  \"stats\": {\n    \"ready_s\": %.6f,\n    \"prompt_tokens\": %d,\n    \"prefilled_tokens\": %d,\n"
          "    \"generated_tokens\": %d,\n    \"time_to_first_token_s\": %.6f,\n    \"prefill_s\": %.6f,\n"
          "    \"decode_s\": %.6f,\n    \"stop_reason\": \"%s\",\n    \"peak_rss_mb\": %.3f,\n"
          "    \"prefill_tok_s\": %.3f,\n    \"decode_tok_s\": %.3f\n  },\n  \"runs_on\": [],\n"
          "  \"runner\": \"native\"\n}\n",
-         st->ready, s->prompt_len, st->prefilled, st->generated, st->first_token, st->prefill, st->decode,
+         (unsigned long long)s->seed, st->ready, s->prompt_len, st->prefilled, st->generated, st->first_token, st->prefill, st->decode,
          st->stop_reason, st->peak, prefill_tok_s, decode_tok_s);
 }
 
@@ -648,13 +703,15 @@ int main(int argc, char **argv) {
   stats.ready = now() - spec.start_time;
 
   int64_t *ids = malloc((spec.max_new_tokens + 1) * sizeof *ids);
-  Text text = {0};
+  Text text = {.strip = spec.strip_leading_space};
+  Candidate *candidates = malloc((size_t)vocab * sizeof *candidates);
+  uint64_t rng = spec.seed;
   int position = spec.prompt_len;
   double t0 = now();
   const float *logits = prefill(&r, spec.prompt, spec.prompt_len, &vocab);
   stats.prefill = now() - t0;
   for (int step = 0; step < spec.max_new_tokens; step++) {
-    int64_t token = argmax(logits, vocab);
+    int64_t token = pick(&spec, &rng, logits, vocab, candidates);
     if (step == 0) stats.first_token = now() - t0;
     if (is_stop(&spec, token)) {
       stats.stop_reason = "stop_token";
