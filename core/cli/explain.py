@@ -38,7 +38,9 @@ def print_summary(report: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {nodes: [...], partitions: [...], values: {...}}.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML page: the graph coloured by backend, summary, declined nodes.")
-def explain(program: str, method: str | None, as_json: bool, html_path: str | None) -> None:
+@click.option("--all", "show_all", is_flag=True,
+              help="List a quantized program's quantize/dequantize nodes too (the table leaves them out).")
+def explain(program: str, method: str | None, as_json: bool, html_path: str | None, show_all: bool) -> None:
     """Show the placement of every node and why backends declined what they did."""
     check_writable(html_path)
     prog = Program(*read_program_file(program))  # not `load`: a program that cannot run here is explained too
@@ -58,11 +60,15 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     quantized = any("quantized" in n for n in report["nodes"])
     columns = ("node", "op", "backend", "partition") + (("quantized",) if quantized else ()) + ("why not elsewhere",)
     nodes = Table(*columns)
-    for n in report["nodes"]:
+    listed = report["nodes"] if show_all else [n for n in report["nodes"] if not _delegated_plumbing(n)]
+    for n in listed:
         why = "; ".join(f"{b}: {r}" for b, r in n["reasons"].items())
         scheme = (_scheme(n.get("quantized", {})),) if quantized else ()
         nodes.add_row(n["name"], n["op"], n["backend"], str(n["partition"]), *scheme, why)
     console.print(nodes)
+    if len(listed) < len(report["nodes"]):
+        console.print(f"({len(report['nodes']) - len(listed)} quantize/dequantize node(s) not listed: "
+                      "the ops' column \"quantized\" says what they compute in; --all lists them)")
     parts = Table("partition", "backend", "nodes", "inputs", "outputs", "boundary bytes")
     for p in report["partitions"]:
         parts.add_row(str(p["id"]), p["backend"], str(p["nodes"]), ", ".join(p["inputs"]), ", ".join(p["outputs"]),
@@ -71,6 +77,17 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     print_summary(report)
     print_state_writes(plan)
     print_torch_free(portable)
+
+
+def _delegated_plumbing(node: dict[str, Any]) -> bool:
+    """Whether a node only quantizes or dequantizes a value (PT2E's Q/DQ pairs around
+    each quantized op: a quantized MobileNetV2 has 200-250 of them beside its ~100 ops) and
+    a backend took it as part of its ops' quantized form. One left to portable, or that
+    a backend declined, is worth seeing."""
+    return node["op"].startswith(QDQ_NAMESPACE) and node["backend"] != "portable" and not node["reasons"]
+
+
+QDQ_NAMESPACE = "quantized_decomposed."  # PT2E's quantize_per_tensor, dequantize_per_channel, ...
 
 
 def state_writes(plan: MethodPlan) -> dict[str, list[str]]:

@@ -324,6 +324,21 @@ def test_explain_shows_what_each_quantized_op_computes_in(island):
     assert all("quantized" not in n for n in nodes.values() if n["op"].startswith("quantized_decomposed"))
 
 
+def test_explain_table_leaves_out_delegated_quantize_dequantize_nodes_unless_all(island, tmp_path):
+    _, _, program = island
+    path = tmp_path / "q.edgeport"
+    program.save(path)
+    plumbing = [n for n in program.report()["nodes"]
+                if n["op"].startswith("quantized_decomposed") and n["backend"] != "portable"]
+    assert plumbing
+    table = CliRunner().invoke(cli, ["explain", str(path)], terminal_width=250)
+    assert table.exit_code == 0, table.output
+    assert f"{len(plumbing)} quantize/dequantize node(s) not listed" in table.output
+    assert plumbing[0]["name"] + " " not in table.output and "convolution " in table.output
+    everything = CliRunner().invoke(cli, ["explain", str(path), "--all"], terminal_width=250)
+    assert plumbing[0]["name"] + " " in everything.output and "not listed" not in everything.output
+
+
 @pytest.mark.parametrize(("scheme", "weights"), [("int8-dynamic", "int8 per channel"),
                                                  ("int4-weight", "int4 per group of 32")])
 def test_explain_names_run_time_activations_and_weight_groups(scheme, weights, tmp_path):
