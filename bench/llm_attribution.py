@@ -2,6 +2,7 @@
 
     python bench/llm_attribution.py $GGUF [--rotated-only] [--match TEXT]   # needs /tmp/edgeport-llm-agreement (llm_agreement.py reference)
     python bench/llm_attribution.py $GGUF --keep-float-search 24
+    python bench/llm_attribution.py $GGUF --match "as shipped" --window 1024   # the passage in longer windows
 
 edgeport's own decoder (core/llm/model.py) runs the LLM tests' passage (the first 1,024
 tokens of the Declaration of Independence, windows of 128) with its ``linear`` swapped
@@ -94,6 +95,7 @@ def per_block(x: torch.Tensor) -> torch.Tensor:
 WEIGHTS = {"int8": per_channel(8), "int10": per_channel(10), "int12": per_channel(12), "mse": mse_clipped_int8,
            "fp16": lambda w: w.half().float(), "bf16": lambda w: w.bfloat16().float(), "int4": lambda w: int4_groups(w, False), "q4_1": lambda w: int4_groups(w, True)}
 ACTIVATIONS = {"token": per_token, "block": per_block}
+SHIPPED_INT8 = {k: ("int8", "token", 0 if k == "o" else 8) for k in KINDS}  # int8-dynamic's default
 # name: {linear kind: (weights or None, activations or None, outlier channels kept in float)}
 ROWS = {
     "fp32": {},
@@ -103,6 +105,7 @@ ROWS = {
     "activations per block of 32, weights exact": {k: (None, "block", 0) for k in KINDS},
     **{f"activations per token in {k} only": {k: (None, "token", 0)} for k in KINDS[:4]},
     "int8-dynamic before": {k: ("int8", "token", 0) for k in KINDS},
+    "int8-dynamic as shipped (8 outlier channels in float, none on o)": SHIPPED_INT8,
     "int4-weight before": {**{k: ("int4", "token", 0) for k in KINDS[:4]}, "lm_head": ("int8", "token", 0)},
     "int4 as Q4_1, head int8": {**{k: ("q4_1", "token", 0) for k in KINDS[:4]}, "lm_head": ("int8", "token", 0)},
     "per token + 8 outliers, weights exact": {k: (None, "token", 8) for k in KINDS},
@@ -121,7 +124,6 @@ ROWS = {
     "weights int8 AWQ-scaled (head plain), activations float": {k: ("awq", None, 0) for k in KINDS[:4]}
     | {"lm_head": ("int8", None, 0)},
 }
-SHIPPED_INT8 = {k: ("int8", "token", 0 if k == "o" else 8) for k in KINDS}  # int8-dynamic's default
 # The same decoder with its residual stream rotated (core/llm/rotation.py), each row against
 # the unrotated fp32 reference.
 ROTATED_ROWS = {
@@ -190,15 +192,15 @@ class Attribution:
     """The decoder with its ``linear`` fake-quantized, the passage's windows and the fp32
     reference they are measured against."""
 
-    def __init__(self, gguf: Path) -> None:
+    def __init__(self, gguf: Path, window: int = 128) -> None:
         loaded = load_model(gguf)
-        self.decoder = build_decoder(loaded.config, loaded.weights, 128)
+        self.decoder = build_decoder(loaded.config, loaded.weights, max(window, 128))
         layers = self.decoder.layers
         self.fake = model.linear = FakeQuantized(
             {id(getattr(layer, k)): (f"{k}{i}", k) for i, layer in enumerate(layers) for k in KINDS[:4]}
             | {id(self.decoder.embed): ("lm_head", "lm_head")})
         tokens = np.load(OUT / "tokens.npy").tolist()
-        self.windows = [tokens[i : i + 128] for i in range(0, len(tokens), 128)]
+        self.windows = [tokens[i : i + window] for i in range(0, len(tokens), window)]
         text = TextCodec(loaded.tokenizer_json, None, None).encode(TEXT)
         self.calibration = [text[i : i + 128] for i in range(0, len(text), 128)]
         self.reference = torch.empty(0)
@@ -248,8 +250,8 @@ class Attribution:
             print(f"| {n} in float (+{name}) | {self.agreement(row)[0]:.1%} |", flush=True)
 
 
-def main(gguf: Path, rotated_only: bool = False, match: str = "", keep_float: int = 0) -> None:
-    attribution = Attribution(gguf)
+def main(gguf: Path, rotated_only: bool = False, match: str = "", keep_float: int = 0, window: int = 128) -> None:
+    attribution = Attribution(gguf, window)
     chosen = {name: row for name, row in ROWS.items() if match in name and not rotated_only and not keep_float}
     attribution.observe(chosen)
     attribution.reference = attribution.forward(attribution.windows)  # every row, rotated ones too, against it
@@ -265,8 +267,9 @@ def main(gguf: Path, rotated_only: bool = False, match: str = "", keep_float: in
 
 
 def perplexity(logits: torch.Tensor, windows: list[list[int]]) -> float:
-    total = sum(float(F.cross_entropy(logits[i * 128 : i * 128 + len(w) - 1], torch.tensor(w[1:]), reduction="sum"))
-                for i, w in enumerate(windows))
+    starts = np.cumsum([0] + [len(w) for w in windows])
+    total = sum(float(F.cross_entropy(logits[s : s + len(w) - 1], torch.tensor(w[1:]), reduction="sum"))
+                for s, w in zip(starts, windows))
     return math.exp(total / sum(len(w) - 1 for w in windows))
 
 
@@ -277,5 +280,7 @@ if __name__ == "__main__":
     parser.add_argument("--match", default="", help="only the rows whose name contains this")
     parser.add_argument("--keep-float-search", type=int, default=0, metavar="K",
                         help="instead of the rows: which linears, left in float, lift the shipped int8 scheme")
+    parser.add_argument("--window", type=int, default=128, metavar="N",
+                        help="read the passage in windows of N tokens, each from an empty cache (the tests' 128)")
     args = parser.parse_args()
-    main(args.gguf, args.rotated_only, args.match, args.keep_float_search)
+    main(args.gguf, args.rotated_only, args.match, args.keep_float_search, args.window)
