@@ -15,7 +15,10 @@ Per model it prints:
   to_executorch, both from the calibrated model;
 - artifact size, int8 against fp32;
 - latency (median, p10, min) of edgeport int8, edgeport fp32 and ExecuTorch int8,
-  alternated in short blocks so load changes hit all three;
+  alternated in short blocks so load changes hit all three; and of the same int8 program
+  given its input in place (`Program.input_buffers`: the image written into the
+  interpreter's own input buffer once, as ExecuTorch reads the caller's tensor where it
+  lies), so the float image's copy into the interpreter is not in its calls;
 - each int8 result's distance from the float model (max abs error / max abs output).
 
 With --clock cpu every engine runs on 1 thread (XNNPACK then works on the calling thread
@@ -125,6 +128,9 @@ def measure(name: str, factory, args, tmp: str) -> None:
     method = BASE.executorch_method(theirs8)
     x = inputs[0]
     calls = {"edgeport int8": lambda: int8(x), "edgeport fp32": lambda: fp32(x), "ExecuTorch int8": lambda: method.execute([x])}
+    (in_place,) = int8.input_buffers()  # the same interpreter: `int8(x)` copies x into this buffer
+    in_place.copy_(x)
+    calls["edgeport int8, input in place"] = lambda: int8(in_place)
     if args.walk:  # the same program called through the generic plan walk (`Program.run`)
         calls["edgeport int8 walk"] = lambda: int8.run(x).outputs
     python = REFERENCE.aeq_python(args.aeq_python) if args.aeq_python else None
@@ -148,10 +154,12 @@ def measure(name: str, factory, args, tmp: str) -> None:
           f"({size['int8'] / size['fp32']:.2f}x); ExecuTorch int8 {os.path.getsize(theirs8) / 1e6:.2f} MB")
     stats = {k: (statistics.median(v), statistics.quantiles(v, n=10)[0], min(v)) for k, v in lat.items()}
     for k, (med, p10, low) in stats.items():
-        print(f"  {k:16s} median {med:6.2f} ms  p10 {p10:6.2f}  min {low:6.2f}")
+        print(f"  {k:30s} median {med:6.2f} ms  p10 {p10:6.2f}  min {low:6.2f}")
     ours, fp, theirs = stats["edgeport int8"], stats["edgeport fp32"], stats["ExecuTorch int8"]
     print("  edgeport int8 / edgeport fp32: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, fp)) + " (median p10 min)")
     print("  edgeport int8 / ExecuTorch int8: " + "  ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs)))
+    print("  edgeport int8 with its input in place / ExecuTorch int8: "
+          + "  ".join(f"{a / b:.2f}" for a, b in zip(stats["edgeport int8, input in place"], theirs)))
     if "ai-edge-quantizer int8" in stats:
         aeq = stats["ai-edge-quantizer int8"]
         print("  ai-edge-quantizer int8 (int8 in/out) / ExecuTorch int8: "

@@ -43,7 +43,7 @@ from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .mapped_file import Buffer, release
 from .output_tree import restore_structure
 from .plugins import Registry, default_registry
-from .state_rows import apply_row_updates, check_row_updates, place_state, row_update_values
+from .state_rows import InPlaceInputs, apply_row_updates, check_row_updates, place_state, row_update_values
 from .torch_steps import portable_steps
 from .values import NumpyValues, TorchValues, Values
 
@@ -203,6 +203,27 @@ class Runtime:
         plan, steps, _ = self._methods[method]
         fully_written = {fqn for p, _, _ in self._methods.values() for fqn in p.state_writes.values()}
         return place_state(plan, [(s.step.inputs, s.executable) for s in steps], self.state, fully_written)
+
+    def input_buffers(self, method: str) -> list[Any | None]:
+        """Each input of ``method`` as the delegate's own storage, where it has one: a
+        tensor (or array) the delegate reads in place, so a call given it copies nothing
+        (None for an input without one). Only a method that is one delegate step with
+        static input shapes (what the direct call runs) has them, and only where its
+        executable offers them (`InPlaceInputs`). The buffer holds whatever the last
+        call was given for that input; one call at a time writes or reads it."""
+        if method not in self._methods:
+            raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
+        plan, steps, _ = self._methods[method]
+        executable = steps[0].executable if self._direct.get(method) is not None else None
+        if not isinstance(executable, InPlaceInputs):
+            return [None] * len(plan.inputs)
+        buffers: list[Any | None] = []
+        for index, spec in enumerate(plan.inputs):
+            found = executable.input_buffer(index)
+            value = None if found is None else self._values.step_output(found)
+            fits = self._values.fits(spec)
+            buffers.append(value if value is not None and fits is not None and fits(value) else None)
+        return buffers
 
     def step_labels(self, method: str) -> list[str]:
         return [s.label for s in self._methods[method][1]]

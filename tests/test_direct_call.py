@@ -107,3 +107,40 @@ def test_as_numpy_shares_a_plain_tensor_and_copies_what_it_must():
     assert np.shares_memory(as_numpy(x), x.numpy())
     assert as_numpy(x.t()).flags.c_contiguous and np.array_equal(as_numpy(x.t()), x.t().numpy())
     assert np.array_equal(as_numpy(x.clone().requires_grad_()), x.numpy())
+
+
+def test_input_buffers_are_the_delegates_own_storage_and_a_call_on_them_copies_nothing(cpu_linear, monkeypatch):
+    linear, program = cpu_linear
+    fresh = edgeport.Program(program.manifest, program.files)
+    (buffer,) = fresh.input_buffers()
+    assert isinstance(buffer, torch.Tensor) and buffer.shape == X.shape and buffer.dtype == X.dtype
+    copies: list[int] = []
+    executable = next(iter(fresh.runtime()._loaded.values()))[0]
+    set_tensor = executable._set
+    monkeypatch.setattr(executable, "_set", lambda index, value: (copies.append(index), set_tensor(index, value)))
+    for seed in (1, 2):  # the call reads what is in the buffer now
+        x = torch.randn(X.shape, generator=torch.Generator().manual_seed(seed))
+        buffer.copy_(x)
+        assert torch.allclose(fresh(buffer), linear(x), atol=1e-5)
+    assert copies == []
+    other = torch.randn(X.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(fresh(other), linear(other), atol=1e-5)
+    assert copies == [0] and torch.equal(buffer, other)  # another input is copied into the buffer
+
+
+def test_input_buffers_as_numpy_arrays_on_the_torch_free_run_side(cpu_linear):
+    linear, program = cpu_linear
+    fresh = edgeport.Program(program.manifest, program.files)
+    fresh.runtime(arrays="numpy")
+    (buffer,) = fresh.input_buffers()
+    assert isinstance(buffer, np.ndarray)
+    buffer[...] = X.numpy()
+    assert np.allclose(fresh(buffer), linear(X).detach().numpy(), atol=1e-5)
+
+
+def test_a_method_without_a_direct_call_has_no_input_buffers():
+    registry = registry_with(TorchOpsBackend())
+    program = edgeport.export(HalfDelegated(), (X,), ["torchops"], registry=registry)
+    assert program.input_buffers() == [None]
+    with pytest.raises(edgeport.ExecutionError, match="no method 'nosuch'"):
+        program.input_buffers("nosuch")

@@ -168,7 +168,7 @@ def write_spec(request: Request) -> str:
     if needed > info.max_seq_len:
         room = info.max_seq_len - len(ids) + 1
         raise PromptTooLong(
-            f"the prompt is {len(ids)} tokens and --max-new-tokens {request.max_new_tokens} needs {needed} positions; "
+            f"the prompt is {len(ids)} token{'s' if len(ids) != 1 else ''} and --max-new-tokens {request.max_new_tokens} needs {needed} positions; "
             f"this program's KV cache holds {info.max_seq_len}",
             hint=(f"lower --max-new-tokens to {room} or less, " if room > 0 else "")
             + "shorten the prompt, or re-export with a larger --max-seq-len",
