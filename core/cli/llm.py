@@ -65,10 +65,13 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
 
 def _sampling_options(command: Any) -> Any:
     for option in reversed([
-        click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1)),
+        click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1),
+                     help="Tokens to generate at most (generation also ends at a stop token)."),
         click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
                      help="0 picks the most likely token (greedy)."),
-        click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True)),
+        click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+                     help="Sample among the most likely tokens whose probabilities add up to this (with "
+                          "--temperature > 0)."),
         click.option("--seed", type=click.IntRange(0, (1 << 64) - 1),
                      help="Seed of the sampler (with --temperature > 0; default: one from the OS, in --json's \"seed\")."),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores)."),
