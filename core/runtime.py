@@ -96,6 +96,7 @@ class Runtime:
         self._loaded: dict[str, tuple[Any, Any]] = {}  # artifact path -> (what its backend loaded, its lock)
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
         self._direct = {name: _direct_call(plan, steps, self._values) for name, (plan, steps, _) in self._methods.items()}
+        self._prefix_views: dict[tuple[str, str], tuple[Any, int, Any]] = {}  # (method, value) -> (state, rows, view)
 
     # -- loading ------------------------------------------------------------------
 
@@ -183,7 +184,8 @@ class Runtime:
             with self._state_lock:  # read state, run, write it back: one call at a time
                 values.update({value: self.state[fqn] for value, fqn in plan.state_reads.items()})
                 for p in plan.state_prefixes:  # a view of the state's first rows (state_rows.py)
-                    values[p.value] = values[p.value][: values[p.length_of].shape[p.length_dim]]
+                    values[p.value] = self._prefix_view(method, p.value, values[p.value],
+                                                        values[p.length_of].shape[p.length_dim])
                 self._run_steps(steps, values, timings if profile else None)
                 for value, fqn in plan.state_writes.items():
                     self.state[fqn] = values[value]
@@ -193,6 +195,16 @@ class Runtime:
         outputs = [values[n] for n in plan.output_values]
         result = restore_structure(outputs, plan.out_spec)
         return RunResult(result, timings, (time.perf_counter() - start) * 1e3)
+
+    def _prefix_view(self, method: str, value: str, state: Any, rows: int) -> Any:
+        """``state[:rows]``, the same view object while neither changes: an executable
+        that found it in place once then knows it by identity (`CompiledExecutable`)."""
+        cached = self._prefix_views.get((method, value))
+        if cached is not None and cached[0] is state and cached[1] == rows:
+            return cached[2]
+        view = state[:rows]
+        self._prefix_views[(method, value)] = (state, rows, view)
+        return view
 
     def place_state(self, method: str) -> list[str]:
         """Keep the state ``method`` reads inside its delegates' own input buffers (where

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, MutableMapping, Protoc
 
 import numpy as np
 
-from .errors import ProgramError
+from .errors import ExecutionError, ProgramError
 from .manifest import MethodPlan, RowUpdate, StatePrefix
 
 if TYPE_CHECKING:
@@ -172,24 +172,43 @@ def row_update_values(plan: MethodPlan) -> set[str]:
 
 
 def apply_row_updates(state: Mapping[str, Any], updates: Iterable[RowUpdate], values: Mapping[str, Any]) -> None:
-    """Write each update's rows into its state (a torch tensor or a numpy array), in place."""
+    """Write each update's rows into its state (a torch tensor or a numpy array), in
+    place. Positions outside a state raise `ExecutionError`."""
     positions: dict[str, Any] = {}  # one conversion per positions value, however many states
     for u in updates:
         target, rows = state[u.state], values[u.rows]
-        if isinstance(target, np.ndarray):
-            if u.positions not in positions:
-                positions[u.positions] = np.asarray(values[u.positions], dtype=np.int64)
-            index: list[Any] = [slice(None)] * target.ndim
-            index[u.dim] = positions[u.positions]
-            target[tuple(index)] = rows
-            continue
-        import torch  # the state is a torch tensor: torch is here
+        try:
+            if isinstance(target, np.ndarray):
+                if u.positions not in positions:
+                    positions[u.positions] = _as_index(np.asarray(values[u.positions], dtype=np.int64))
+                where = positions[u.positions]
+                if isinstance(where, slice) and where.stop > target.shape[u.dim]:  # a slice would clip, silently
+                    raise IndexError(f"position {where.stop - 1} is beyond its {target.shape[u.dim]} rows")
+                index: list[Any] = [slice(None)] * target.ndim
+                index[u.dim] = where
+                target[tuple(index)] = rows
+                continue
+            import torch  # the state is a torch tensor: torch is here
 
-        if isinstance(rows, np.ndarray):
-            rows = torch.from_numpy(rows)
-        if u.positions not in positions:
-            positions[u.positions] = values[u.positions].to(torch.int64)
-        target.index_copy_(u.dim, positions[u.positions], rows)
+            if isinstance(rows, np.ndarray):
+                rows = torch.from_numpy(rows)
+            if u.positions not in positions:
+                positions[u.positions] = values[u.positions].to(torch.int64)
+            target.index_copy_(u.dim, positions[u.positions], rows)
+        except (IndexError, ValueError, RuntimeError) as e:  # numpy's and torch's ways to say "out of range"
+            raise ExecutionError(f"rows at positions {np.asarray(values[u.positions]).tolist()} do not fit state "
+                                 f"{u.state!r}, {tuple(target.shape)} along dim {u.dim}: {e}") from None
+
+
+def _as_index(positions: np.ndarray) -> np.ndarray | slice:
+    """Ascending consecutive positions (a decode step's one, a prefill chunk's run) as a
+    slice: numpy writes rows through a slice ~6x faster than through an index array,
+    and a KV cache takes 60 such writes a token."""
+    if positions.ndim == 1 and len(positions) and positions[0] >= 0 and \
+            (len(positions) == 1 or bool((np.diff(positions) == 1).all())):
+        start = int(positions[0])
+        return slice(start, start + len(positions))
+    return positions
 
 
 @runtime_checkable

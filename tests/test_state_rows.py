@@ -159,3 +159,37 @@ def test_state_prefixes_give_the_eager_results_and_the_compiled_model_binds_them
     for x, positions, window in _calls(module):
         assert torch.allclose(program(x, positions, window), reference(x, positions, window), atol=1e-5)
     assert torch.allclose(runtime.state["cache"], reference.cache, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("positions", [[5], [2, 3, 4], [4, 1], [6, 7, 7]],
+                         ids=["one", "a run", "out of order", "a padded chunk's repeats"])
+def test_apply_row_updates_writes_the_rows_at_their_positions(kind, positions):
+    import numpy as np
+
+    from edgeport.state_rows import apply_row_updates
+
+    cache = np.zeros((2, 8, 3), dtype=np.float32)
+    rows = np.arange(2 * len(positions) * 3, dtype=np.float32).reshape(2, len(positions), 3) + 1
+    expected = cache.copy()
+    for i, p in enumerate(positions):  # in order: a repeated position keeps its last rows
+        expected[:, p] = rows[:, i]
+    state = {"cache": cache if kind == "numpy" else torch.from_numpy(cache)}
+    values = {"rows": rows, "positions": np.array(positions) if kind == "numpy" else torch.tensor(positions)}
+    apply_row_updates(state, [RowUpdate(state="cache", dim=1, positions="positions", rows="rows")], values)
+    assert np.array_equal(cache, expected)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("positions", [[8], [7, 8], [9, 2]])
+def test_rows_beyond_a_state_are_an_execution_error(kind, positions):
+    import numpy as np
+
+    from edgeport.state_rows import apply_row_updates
+
+    cache = np.zeros((2, 8, 3), dtype=np.float32)
+    state = {"cache": cache if kind == "numpy" else torch.from_numpy(cache)}
+    values = {"rows": np.ones((2, len(positions), 3), dtype=np.float32),
+              "positions": np.array(positions) if kind == "numpy" else torch.tensor(positions)}
+    with pytest.raises(edgeport.ExecutionError, match=r"do not fit state 'cache', \(2, 8, 3\) along dim 1"):
+        apply_row_updates(state, [RowUpdate(state="cache", dim=1, positions="positions", rows="rows")], values)

@@ -146,6 +146,9 @@ class CompiledExecutable:
         self._current: tuple[tuple[int, ...], ...] | None = None
         # input position -> the whole state's buffer and its address (`input_buffer(rows_of=)`)
         self._prefix: dict[int, tuple[np.ndarray, int]] = {}
+        # input position -> the last view of its state prefix found in place: the same view
+        # object next call needs no address read (~1.3 us each, 60 per token)
+        self._in_place_views: dict[int, Any] = {}
 
     def __del__(self) -> None:
         model = getattr(self, "_model", None)
@@ -186,10 +189,15 @@ class CompiledExecutable:
             x = inputs[position]
             if x is not array and _address(x) != address:  # not already in place (the array, or a tensor over it)
                 _copy_into(array, x, position)
+        in_place = self._in_place_views
         for array, i in zip(bound.inputs, self._dynamic):
             x = inputs[i]
-            if i not in self._prefix or _address(x)[0] != self._prefix[i][1]:  # a prefix of its buffer: in place
-                np.copyto(array, as_numpy(x), casting="same_kind")
+            if x is in_place.get(i):  # the view found in place last call (the runtime passes it again)
+                continue
+            if i in self._prefix and _address(x)[0] == self._prefix[i][1]:  # a prefix of its buffer: in place
+                in_place[i] = x
+                continue
+            np.copyto(array, as_numpy(x), casting="same_kind")
         if self._current != shapes:
             self._resize(shapes)
         try:

@@ -142,6 +142,10 @@ class Session:
     def decode(self, token: int) -> np.ndarray:
         """Feed one token at the next position; the logits after it."""
         position = len(self.tokens)
+        if position >= self.info.max_seq_len:
+            raise EdgeportError(f"the KV cache is full: its {self.info.max_seq_len} positions hold tokens already",
+                                hint="prefill a new conversation at position 0, or re-export with a larger "
+                                     "--max-seq-len")
         inputs: tuple[np.ndarray, ...] = (np.array([[token]], dtype=np.int64), np.array([position], dtype=np.int64))
         if self._window:
             inputs += (self._window_of(position),)

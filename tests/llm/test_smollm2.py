@@ -116,3 +116,8 @@ def test_generation_stops_at_max_new_tokens_and_at_the_end_of_the_cache(smol):
     near_end = session.generate(prompt, max_new_tokens=50)
     tokens = list(near_end)
     assert near_end.stats.stop_reason in ("max_seq_len", "stop_token") and len(tokens) <= 5
+    full = session.text.encode((DATA / "gettysburg_address.txt").read_text())[:MAX_SEQ_LEN]
+    session.prefill(full, 0)
+    with pytest.raises(edgeport.EdgeportError, match=f"the KV cache is full: its {MAX_SEQ_LEN} positions") as err:
+        session.decode(full[-1])
+    assert "--max-seq-len" in err.value.hint
