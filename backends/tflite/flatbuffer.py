@@ -245,6 +245,9 @@ class ModelBuilder:
             for r in ops
         ]
         self.tensors, self.buffers = tensors, buffers
+        # a constant given again after pruning (a hook before `finish`) must find its new
+        # index, never an old one past the end or another array's
+        self._buffer_at = {key: buffer_index[old] for key, old in self._buffer_at.items() if old in buffer_index}
         return [tensor_index[i] for i in inputs], [tensor_index[o] for o in outputs]
 
     @staticmethod

@@ -65,3 +65,24 @@ def test_each_buffer_reads_back_as_its_array(name: str):
     b.Finish(write_buffer(b, tfl(), data))
     buffer = tfl().Buffer.GetRootAs(b.Output(), 0)
     assert buffer.DataAsNumpy().tobytes() == data.tobytes()
+
+
+def test_a_constant_given_after_pruning_finds_its_renumbered_buffer():
+    """`prune` renumbers buffers; a constant added after it (the dynamic-shape hook adds
+    STRIDED_SLICE ends) used to look up its pre-prune index: past the end (IndexError, the
+    whole partition fell back to portable torch) or another array's. Which one depended on
+    where numpy placed a new array, so it struck SmolLM2 only in some layouts."""
+    from edgeport.backends.tflite.flatbuffer import ModelBuilder
+
+    dropped, kept = np.arange(4, dtype=np.int32), np.arange(8, dtype=np.float32)
+    model = ModelBuilder()
+    model.tensor(dropped.shape, 2, "dropped", dropped)  # buffer 1, read by nothing
+    constant = model.tensor(kept.shape, 0, "kept", kept)  # buffer 2
+    out = model.tensor(kept.shape, 0, "out")
+    model.op(0, [constant, constant], [out])
+    model.prune([], [out])
+    assert len(model.buffers) == 2  # the sentinel and `kept`, now buffer 1
+    again = model.tensor(kept.shape, 0, "kept again", kept)
+    assert model.tensors[again].buffer == 1 and model.data(again) is model.buffers[1]
+    revived = model.tensor(dropped.shape, 2, "dropped again", dropped)
+    assert np.array_equal(model.data(revived), dropped)
