@@ -22,6 +22,19 @@ def _seed():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """torch's eager ops here are small (references, calibration, training the digits
+    CNN), and OpenMP's spinning barriers make them slow whenever the cores are busy with
+    anything else: on 2 cores with one busy neighbour, training the digits CNN takes 33 s
+    with torch's default 2 threads and 3 s with one. Programs' own runtimes (XNNPACK,
+    ONNX Runtime, LiteRT) keep their threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
     """Files edgeport caches (XNNPACK's packed weights) go to the test run's own
     directory, never the user's cache (subprocesses inherit it)."""
