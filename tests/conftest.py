@@ -6,6 +6,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests import torch_backend, the test-only plugin
 
+from onnx_registry import share_torchlib_registry  # noqa: E402
 from torch_backend import TorchOpsBackend, registry_with  # noqa: E402
 
 
@@ -32,6 +33,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_onnx_registry():
+    """torch.onnx's function registry built once per opset, not on every export
+    (onnx_registry.py): the qualcomm compiles' largest fixed cost."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        share_torchlib_registry(monkeypatch)
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
