@@ -36,11 +36,14 @@ ARCHS = {
 }
 
 
-def tiny_model_dir(root, arch: str):
+def tiny_model_dir(root, arch: str, **overrides):
+    """A small random model of ``arch`` saved as a Hugging Face directory under
+    ``root``, and the model; ``overrides`` replace entries of its config."""
     config_cls, model_cls, extra = ARCHS[arch]
-    config = getattr(transformers, config_cls)(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=arch != "llama", **extra)
+    config = getattr(transformers, config_cls)(**{
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "tie_word_embeddings": arch != "llama", **extra, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(config).eval()
     with torch.no_grad():  # norms away from 1 and visible biases, so a mix-up shows
