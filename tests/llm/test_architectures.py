@@ -1,7 +1,8 @@
 """Small random Llama-family models saved as Hugging Face directories: the loader, the
 export-friendly forward and the repeated layer capture, each against transformers' eager
-forward. Covers Llama (with Llama 3.1 rope scaling), Qwen2 (q/k/v biases) and Qwen3
-(per-head q/k norms)."""
+forward. Covers Llama (with Llama 3.1 rope scaling), Qwen2 (q/k/v biases), Qwen3
+(per-head q/k norms) and Gemma (scaled embeddings, norms of 1 + weight, tanh GELU, a
+head_dim of its own: 4 heads of 32 from a hidden size of 64)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ ARCHS = {
                          "original_max_position_embeddings": 16}}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    # no padding row: token 0 (what the calibration text's words all encode to here) would embed as zeros
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 32, "pad_token_id": None}),
 }
 
 
@@ -86,6 +89,9 @@ def test_loader_reads_the_shape_and_switches_of_each_architecture(arch):
     assert config.attention_bias == (name == "qwen2") and config.qk_norm == (name == "qwen3")
     assert config.tie_embeddings == (name != "llama")
     assert config.rope_scaling.kind == ("llama3" if name == "llama" else "default")
+    gemma = name == "gemma"
+    assert (config.activation, config.scale_embeddings, config.norm_adds_one) == (
+        "gelu_tanh" if gemma else "silu", gemma, gemma)
 
 
 def test_exported_prefill_and_decode_match_transformers_eager(arch, registry):
