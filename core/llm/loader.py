@@ -318,9 +318,10 @@ _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 def _activation(raw: dict[str, Any], kind: str) -> str:
     """The MLP's activation from ``hidden_act`` (what transformers reads; else Gemma's
-    older ``hidden_activation``). Gemma's releases say "gelu" and mean the tanh
-    approximation, as transformers reads them."""
-    name = raw.get("hidden_act") or raw.get("hidden_activation") or "silu"
+    older ``hidden_activation``; else transformers' default). Gemma's releases say
+    "gelu" and mean the tanh approximation, as transformers reads them."""
+    default = "gelu_pytorch_tanh" if kind == "gemma" else "silu"
+    name = raw.get("hidden_act") or raw.get("hidden_activation") or default
     if kind == "gemma" and name == "gelu":
         name = "gelu_pytorch_tanh"
     if name not in _ACTIVATIONS:

@@ -17,7 +17,7 @@ import edgeport.llm
 from edgeport.backends.cpu import CpuBackend, CpuOptions
 from edgeport.capture import capture
 from edgeport.quantize import resolve_scheme
-from edgeport.llm.loader import load_model
+from edgeport.llm.loader import ModelLoadError, hf_config, load_model
 from edgeport.llm.model import Decoder, Prefill
 from edgeport.llm.calibration import TEXT as CALIBRATION_TEXT
 from edgeport.llm.quantized import quantize_decoder
@@ -124,6 +124,19 @@ def test_repeating_one_captured_layer_equals_capturing_every_layer(arch):
     assert [s.target for s in stitched.graph_signature.input_specs] == [s.target for s in whole.graph_signature.input_specs]
     assert [s.target for s in stitched.graph_signature.output_specs] == [s.target for s in whole.graph_signature.output_specs]
     assert torch.equal(stitched.module()(*inputs), whole.module()(*inputs))
+
+
+def test_gemma_configs_legacy_gelu_is_the_tanh_one_and_what_the_forward_lacks_is_refused():
+    raw = {"model_type": "gemma", "vocab_size": 256000, "hidden_size": 2048, "intermediate_size": 16384,
+           "num_hidden_layers": 18, "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256}
+    assert hf_config({**raw, "hidden_act": "gelu"}).activation == "gelu_tanh"  # gemma-2b's config.json
+    assert hf_config({**raw, "hidden_activation": "gelu_pytorch_tanh"}).activation == "gelu_tanh"
+    # no activation named: transformers' default for gemma; head_dim as given, not hidden / heads
+    assert (hf_config(raw).activation, hf_config(raw).head_dim) == ("gelu_tanh", 256)
+    with pytest.raises(ModelLoadError, match="'relu'"):
+        hf_config({**raw, "hidden_act": "relu"})
+    with pytest.raises(ModelLoadError, match="bidirectionally"):
+        hf_config({**raw, "hidden_act": "gelu", "use_bidirectional_attention": True})
 
 
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "int4-weight"])
