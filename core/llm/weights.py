@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..errors import EdgeportError
-from .config import DecoderConfig
+from .config import ARCHITECTURES, DecoderConfig
 from .model import Decoder
 
 Weights = Mapping[str, torch.Tensor]
@@ -69,7 +69,7 @@ def _getter(weights: Weights) -> Callable[[str], torch.Tensor]:
         if name not in weights:
             raise EdgeportError(
                 f"the model has no weight {name!r}",
-                hint="edgeport.llm reads Llama-family models (llama, mistral, qwen2, qwen3, gemma) with Hugging Face weight names",
+                hint=f"edgeport.llm reads Llama-family models ({', '.join(ARCHITECTURES)}) with Hugging Face weight names",
             )
         return weights[name].float().contiguous()
 
