@@ -12,8 +12,10 @@ text, the chat template, stop tokens).
   Hugging Face's order: llama.cpp's converter permutes llama's rows only). The
   tokenizer is converted by transformers' GGUF support, so it encodes as
   ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` does.
-- Hugging Face directory (llama, mistral, qwen2, qwen3): ``config.json``,
+- Hugging Face directory (llama, mistral, qwen2, qwen3, gemma): ``config.json``,
   ``*.safetensors``, ``tokenizer.json``, the chat template and ``generation_config.json``.
+  What an architecture changes in the Llama forward is read into `DecoderConfig`'s
+  switches (`hf_config`).
 
 Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set before transformers is imported.
 """
@@ -268,11 +270,20 @@ def load_hf_dir(path: Path) -> LoadedModel:
 
 
 def hf_config(raw: dict[str, Any]) -> DecoderConfig:
-    """A `DecoderConfig` from a Hugging Face ``config.json``."""
+    """A `DecoderConfig` from a Hugging Face ``config.json``: the shape, and the switches
+    by architecture (Qwen2's q/k/v biases, Qwen3's q/k norms, Mistral's sliding window,
+    Gemma's embeddings scaled by sqrt(hidden_size), norms of 1 + weight and tanh GELU;
+    Gemma's head_dim is its own, not hidden_size / heads)."""
     kind = raw.get("model_type")
     if kind not in ARCHITECTURES:
         raise ModelLoadError(
             f"model type {kind!r} is not supported (edgeport.llm reads {', '.join(ARCHITECTURES)})",
+        )
+    if raw.get("use_bidirectional_attention"):
+        raise ModelLoadError(
+            f"this {kind} model attends bidirectionally (use_bidirectional_attention: an encoder, such as an "
+            "embedding model), not causally",
+            hint="edgeport llm export takes causal decoders that generate text",
         )
     hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
@@ -295,7 +306,30 @@ def hf_config(raw: dict[str, Any]) -> DecoderConfig:
         qk_norm=kind == "qwen3",
         max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
         sliding_window=int(window) if window else None,
+        activation=_activation(raw, kind),
+        scale_embeddings=kind == "gemma",
+        norm_adds_one=kind == "gemma",
     )
+
+
+# Hugging Face's names of the MLP gate's activation -> `DecoderConfig.activation`.
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def _activation(raw: dict[str, Any], kind: str) -> str:
+    """The MLP's activation from ``hidden_act`` (what transformers reads; else Gemma's
+    older ``hidden_activation``; else transformers' default). Gemma's releases say
+    "gelu" and mean the tanh approximation, as transformers reads them."""
+    default = "gelu_pytorch_tanh" if kind == "gemma" else "silu"
+    name = raw.get("hidden_act") or raw.get("hidden_activation") or default
+    if kind == "gemma" and name == "gelu":
+        name = "gelu_pytorch_tanh"
+    if name not in _ACTIVATIONS:
+        raise ModelLoadError(
+            f"activation {name!r} of this {kind} model is not supported "
+            f"(edgeport.llm's MLP runs {' or '.join(_ACTIVATIONS)})",
+        )
+    return _ACTIVATIONS[name]
 
 
 def _rope_scaling(rope: dict[str, Any]) -> RopeScaling:
