@@ -280,7 +280,7 @@ def quantize_decoder(decoder: nn.Module, scheme: Scheme, *, calibration: list[in
             else:
                 quantized = QuantizedWeight.of(weight, bits, group)
             if peak is not None:
-                quantized.split_outliers(peak.topk(OUTLIER_CHANNELS).indices.sort().values, weight.float(), in_tail)
+                quantized.split_outliers(_outlier_channels(peak, in_tail), weight.float(), in_tail)
                 gamma = _norm_gamma(decoder, module, name)
                 if gamma is not None and quantized.offset is None:  # 4-bit group sums read the gamma'd input
                     quantized.outliers.fold_gamma(gamma.detach().float())
@@ -302,6 +302,15 @@ def _move_down_outliers_last(layer: nn.Module) -> None:
         gate_up_weight.data = gate_up_weight.data[torch.cat([order, hidden + order])]
         down.weight.data = down.weight.data[:, order]
     down.peak = down.peak[order]
+
+
+def _outlier_channels(peak: torch.Tensor, in_tail: bool) -> torch.Tensor:
+    """The `OUTLIER_CHANNELS` input channels of largest peak, ascending; the last ones
+    where `_move_down_outliers_last` put them (``in_tail``): asking the peaks again could
+    pick other channels among equal peaks (a silent MLP channel's are all 0)."""
+    if in_tail:
+        return torch.arange(peak.numel() - OUTLIER_CHANNELS, peak.numel())
+    return peak.topk(OUTLIER_CHANNELS).indices.sort().values
 
 
 def _norm_gamma(decoder: nn.Module, module: nn.Module, name: str) -> torch.Tensor | None:

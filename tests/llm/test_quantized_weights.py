@@ -102,3 +102,29 @@ def test_moving_the_down_projections_outlier_channels_last_keeps_the_decoders_fu
     with torch.no_grad():
         after = Prefill(decoder)(tokens, positions, last)
     assert torch.allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_down_projection_whose_input_peaks_tie_still_keeps_its_outliers_last(tmp_path):
+    """Most of layer 0's MLP channels are silent (their gate and up rows zero), so the down
+    projection's input peaks tie at 0 and the largest channels are not one set: the
+    channels moved last are the ones kept in float, whichever the tie-break chose."""
+    from edgeport.llm.calibration import TEXT
+    from edgeport.llm.loader import load_model
+    from edgeport.llm.quantized import OUTLIER_CHANNELS, QuantizedWeight, quantize_decoder
+    from edgeport.llm.text import TextCodec
+    from edgeport.llm.weights import build_decoder
+    from edgeport.quantize import resolve_scheme
+
+    from test_architectures import tiny_model_dir
+
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    loaded = load_model(path)
+    decoder = build_decoder(loaded.config, loaded.weights, max_seq_len=16)
+    hidden = loaded.config.intermediate_size
+    with torch.no_grad():
+        for rows in (slice(3, hidden), slice(hidden + 3, 2 * hidden)):  # gate, up
+            decoder.layers[0].gate_up[rows] = 0.0
+    calibration = TextCodec(loaded.tokenizer_json, None, None).encode(TEXT)[:16]
+    quantize_decoder(decoder, resolve_scheme("int8-dynamic"), calibration=calibration)
+    down = decoder.layers[0].down
+    assert isinstance(down, QuantizedWeight) and down.outliers.tail == OUTLIER_CHANNELS
