@@ -2,8 +2,9 @@
 
 Both loaders (GGUF and HF directory) produce that naming, so this is the one place
 that knows how the export-friendly layout differs from it: q/k/v and gate/up are
-fused (Phi-3 stores them fused already, in the same row order), and attention's 1/sqrt(head_dim) is folded into the query weights (a power of
-two for the usual head sizes, so the scores come out bit-identical).
+fused (Phi-3 stores them fused already, in the same row order), and attention's
+1/sqrt(head_dim) is folded into the query weights (a power of two for the usual head
+sizes, so the scores come out bit-identical).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _getter(weights: Weights) -> Callable[[str], torch.Tensor]:
         if name not in weights:
             raise EdgeportError(
                 f"the model has no weight {name!r}",
-                hint=f"edgeport.llm reads Llama-family models ({', '.join(ARCHITECTURES)}) with Hugging Face weight names",
+                hint=f"edgeport.llm reads Llama-family models ({', '.join(ARCHITECTURES)}) "
+                     "with Hugging Face weight names",
             )
         return weights[name].float().contiguous()
 
