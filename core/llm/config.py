@@ -2,8 +2,8 @@
 
 Read from a Hugging Face ``config.json`` or a GGUF file's metadata (see `loader.py`).
 Architectures differ from Llama in a few switches only (Qwen2's q/k/v biases, Qwen3's
-per-head q/k norms, Phi-3's partial rotary and LongRoPE), so one dataclass with those
-switches covers them.
+per-head q/k norms, Gemma's scaled embeddings, unit-offset norms and GELU, Phi-3's
+partial rotary and LongRoPE), so one dataclass with those switches covers them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Architectures (HF ``model_type``) whose layers are exactly the forward in `model.py`.
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class DecoderConfig:
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before rotary
     max_position_embeddings: int = 2048
     sliding_window: int | None = None  # Mistral, Phi-3: attention sees at most this many positions back
+    activation: str = "silu"  # the MLP's gate: "silu", or "gelu_tanh" (Gemma: GELU, tanh approximation)
+    scale_embeddings: bool = False  # Gemma: embedding rows times sqrt(hidden_size); the tied head reads them unscaled
+    norm_adds_one: bool = False  # Gemma: RMSNorm weights are stored as gamma - 1 (weights.py adds the 1 at load)
     partial_rotary_factor: float = 1.0  # Phi-4-mini 0.75: rotary on each head's first rotary_dim dims only
 
     @property

@@ -4,18 +4,22 @@ Both give a `LoadedModel`: the decoder's shape (`DecoderConfig`), its weights in
 under Hugging Face names, and what generation needs (the tokenizer as ``tokenizer.json``
 text, the chat template, stop tokens).
 
-- GGUF (llama architecture): shape and weights are read by `gguf_file.py` and
-  dequantized by the ``gguf`` package's numpy kernels, about 1.5 s for SmolLM2 where
-  building the transformers model takes 20. llama.cpp stores q/k projection rows
-  interleaved for its rotary form; they are put back in Hugging Face's half-split
-  order. The tokenizer is converted by transformers' GGUF support, so it encodes as
+- GGUF (llama, qwen2 and qwen3 architectures): shape and weights are read by
+  `gguf_file.py` and dequantized by the ``gguf`` package's numpy kernels, about 1.5 s
+  for SmolLM2 where building the transformers model takes 20. For the llama
+  architecture, llama.cpp stores q/k projection rows interleaved for its rotary form;
+  they are put back in Hugging Face's half-split order (qwen2 and qwen3 files keep
+  Hugging Face's order: llama.cpp's converter permutes llama's rows only). The
+  tokenizer is converted by transformers' GGUF support, so it encodes as
   ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` does.
-- Hugging Face directory (llama, mistral, qwen2, qwen3, phi3): ``config.json``,
+- Hugging Face directory (llama, mistral, qwen2, qwen3, gemma, phi3): ``config.json``,
   ``*.safetensors``, ``tokenizer.json``, the chat template and ``generation_config.json``.
-  Phi-3 (also Phi-3.5-mini and Phi-4-mini) stores q/k/v and gate/up fused already, may
-  turn only part of each head (``partial_rotary_factor``) and may stretch its rotary
-  frequencies by LongRoPE, whose short or long factors `model.rope_inv_freq` picks from
-  the cache length.
+  What an architecture changes in the Llama forward is read into `DecoderConfig`'s
+  switches (`hf_config`). Phi-3 (also Phi-3.5-mini and Phi-4-mini) stores q/k/v and
+  gate/up fused already (`weights.build_decoder` takes them as they are), may turn only
+  part of each head (``partial_rotary_factor``) and may stretch its rotary frequencies
+  by LongRoPE, whose short or long factors `model.rope_inv_freq` picks from the cache
+  length.
 
 Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set before transformers is imported.
 """
@@ -91,8 +95,13 @@ _GGUF_LAYER = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm",  # qwen3
+    "attn_k_norm": "self_attn.k_norm",
 }
 _GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# GGUF architectures whose tensors are a `Decoder`'s under these names; which switches
+# (q/k/v biases, q/k norms) a file uses is read from the tensors it holds.
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
 def load_gguf(path: Path) -> LoadedModel:
@@ -107,9 +116,10 @@ def load_gguf(path: Path) -> LoadedModel:
         raise ModelLoadError(f"{path} is not a readable GGUF file: {exc}") from None
     meta, tensors = gguf.metadata, gguf.tensors
     arch = meta.get("general.architecture")
-    if arch != "llama":
+    if arch not in GGUF_ARCHITECTURES:
         raise ModelLoadError(
-            f"{path.name}: GGUF architecture {arch!r} is not supported (edgeport reads llama GGUF files)",
+            f"{path.name}: GGUF architecture {arch!r} is not supported "
+            f"(edgeport reads {', '.join(GGUF_ARCHITECTURES)} GGUF files)",
             hint="export it from its Hugging Face directory instead (config.json + safetensors)",
         )
     if "rope_freqs.weight" in tensors:
@@ -119,7 +129,7 @@ def load_gguf(path: Path) -> LoadedModel:
         )
     if "token_embd.weight" not in tensors:
         raise ModelLoadError(f"{path.name} has no token embedding (token_embd.weight)")
-    config = _gguf_config(meta, vocab=tensors["token_embd.weight"].shape[0], tied="output.weight" not in tensors)
+    config = _gguf_config(meta, tensors)
     weights = {}
     for tensor in tensors.values():
         hf = _gguf_name(tensor.name)
@@ -127,9 +137,9 @@ def load_gguf(path: Path) -> LoadedModel:
             continue
         values = dequantize(tensor.data, GGMLQuantizationType(tensor.ggml_type)).astype(np.float32, copy=False)
         values = values.reshape(tensor.shape)
-        if hf.endswith("q_proj.weight"):
+        if arch == "llama" and hf.endswith(("q_proj.weight", "q_proj.bias")):
             values = _unpermute_rotary(values, config.heads)
-        elif hf.endswith("k_proj.weight"):
+        elif arch == "llama" and hf.endswith(("k_proj.weight", "k_proj.bias")):
             values = _unpermute_rotary(values, config.kv_heads)
         weights[hf] = torch.from_numpy(np.array(values, dtype=np.float32))  # owned and writable
     tokenizer, special = _gguf_tokenizer(path)
@@ -145,32 +155,45 @@ def load_gguf(path: Path) -> LoadedModel:
     )
 
 
-def _gguf_config(meta: dict[str, Any], vocab: int, tied: bool) -> DecoderConfig:
+def _gguf_config(meta: dict[str, Any], tensors: dict[str, Any]) -> DecoderConfig:
+    """The decoder's shape from the metadata under the file's architecture prefix
+    (``qwen2.block_count``...), and its switches from the tensors it holds."""
+    arch = meta["general.architecture"]
+
     def get(key: str) -> Any:
-        if f"llama.{key}" not in meta:
-            raise ModelLoadError(f"the GGUF file lacks llama.{key}")
-        return meta[f"llama.{key}"]
+        if f"{arch}.{key}" not in meta:
+            raise ModelLoadError(f"the GGUF file lacks {arch}.{key}")
+        return meta[f"{arch}.{key}"]
 
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    rotary_dims = meta.get(f"{arch}.rope.dimension_count")
+    head_dim = int(meta.get(f"{arch}.attention.key_length") or rotary_dims or hidden // heads)
+    rotary_dims = int(rotary_dims or head_dim)
+    if rotary_dims != head_dim:
+        raise ModelLoadError(f"the GGUF file rotates {rotary_dims} of each head's {head_dim} dimensions; "
+                             "edgeport reads GGUF files that rotate whole heads")
     scaling = RopeScaling()
-    if meta.get("llama.rope.scaling.type", "none") == "linear":
-        scaling = RopeScaling("linear", float(meta["llama.rope.scaling.factor"]))
-    elif meta.get("llama.rope.scaling.type", "none") not in ("none", None):
-        raise ModelLoadError(f"rope scaling {meta['llama.rope.scaling.type']!r} of this GGUF file is not supported")
+    kind = meta.get(f"{arch}.rope.scaling.type", "none")
+    if kind == "linear":
+        scaling = RopeScaling("linear", float(meta[f"{arch}.rope.scaling.factor"]))
+    elif kind not in ("none", None):
+        raise ModelLoadError(f"rope scaling {kind!r} of this GGUF file is not supported")
     return DecoderConfig(
-        architecture="llama",
-        vocab_size=vocab,
+        architecture=arch,
+        vocab_size=tensors["token_embd.weight"].shape[0],
         hidden_size=hidden,
         intermediate_size=int(get("feed_forward_length")),
         layers=int(get("block_count")),
         heads=heads,
-        kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
-        head_dim=int(meta.get("llama.rope.dimension_count", hidden // heads)),
+        kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+        head_dim=head_dim,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         rope_scaling=scaling,
-        tie_embeddings=tied,
-        max_position_embeddings=int(meta.get("llama.context_length", 2048)),
+        tie_embeddings="output.weight" not in tensors,
+        attention_bias="blk.0.attn_q.bias" in tensors,
+        qk_norm="blk.0.attn_q_norm.weight" in tensors,
+        max_position_embeddings=int(meta.get(f"{arch}.context_length", 2048)),
     )
 
 
@@ -253,12 +276,22 @@ def load_hf_dir(path: Path) -> LoadedModel:
 
 def hf_config(raw: dict[str, Any]) -> DecoderConfig:
     """A `DecoderConfig` from a Hugging Face ``config.json``, read as transformers 5.23
-    reads it (``rope_parameters`` or the older ``rope_scaling``; a Phi-3 or Mistral
-    ``sliding_window`` masks unless ``use_sliding_window`` is false)."""
+    reads it: the shape, and the switches by architecture (Qwen2's q/k/v biases, Qwen3's
+    q/k norms, Mistral's and Phi-3's sliding window, which masks unless
+    ``use_sliding_window`` is false, Gemma's embeddings scaled by sqrt(hidden_size),
+    norms of 1 + weight and tanh GELU; Gemma's head_dim is its own, not hidden_size /
+    heads; Phi-3's partial rotary and LongRoPE, from ``rope_parameters`` or the older
+    ``rope_scaling``)."""
     kind = raw.get("model_type")
     if kind not in ARCHITECTURES:
         raise ModelLoadError(
             f"model type {kind!r} is not supported (edgeport.llm reads {', '.join(ARCHITECTURES)})",
+        )
+    if raw.get("use_bidirectional_attention"):
+        raise ModelLoadError(
+            f"this {kind} model attends bidirectionally (use_bidirectional_attention: an encoder, such as an "
+            "embedding model), not causally",
+            hint="edgeport llm export takes causal decoders that generate text",
         )
     hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
@@ -282,6 +315,9 @@ def hf_config(raw: dict[str, Any]) -> DecoderConfig:
         qk_norm=kind == "qwen3",
         max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
         sliding_window=int(window) if window else None,
+        activation=_activation(raw, kind),
+        scale_embeddings=kind == "gemma",
+        norm_adds_one=kind == "gemma",
         partial_rotary_factor=float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))),
     )
     _check_rotary(config)
@@ -304,6 +340,26 @@ def _check_rotary(config: DecoderConfig) -> None:
             f"not {len(scaling.short_factor)} and {len(scaling.long_factor)}",
             hint="check rope_scaling (or rope_parameters) in config.json",
         )
+
+
+# Hugging Face's names of the MLP gate's activation -> `DecoderConfig.activation`.
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def _activation(raw: dict[str, Any], kind: str) -> str:
+    """The MLP's activation from ``hidden_act`` (what transformers reads; else Gemma's
+    older ``hidden_activation``; else transformers' default). Gemma's releases say
+    "gelu" and mean the tanh approximation, as transformers reads them."""
+    default = "gelu_pytorch_tanh" if kind == "gemma" else "silu"
+    name = raw.get("hidden_act") or raw.get("hidden_activation") or default
+    if kind == "gemma" and name == "gelu":
+        name = "gelu_pytorch_tanh"
+    if name not in _ACTIVATIONS:
+        raise ModelLoadError(
+            f"activation {name!r} of this {kind} model is not supported "
+            f"(edgeport.llm's MLP runs {' or '.join(_ACTIVATIONS)})",
+        )
+    return _ACTIVATIONS[name]
 
 
 def _rope_scaling(rope: dict[str, Any], raw: dict[str, Any]) -> RopeScaling:

@@ -33,6 +33,7 @@ positions no later read reaches before a real token overwrites them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,6 +42,12 @@ from torch import nn
 
 from .config import DecoderConfig, RopeScaling
 from .quantized import Weight, embedding, linear, reads_norm_before_gamma
+
+
+# The MLP gate's activation, by `DecoderConfig.activation`: SiLU (Llama, Qwen, Mistral) or
+# GELU with the tanh approximation (Gemma's "gelu_pytorch_tanh"; the cpu backend writes
+# aten.gelu approximate="tanh" as one TFLite GELU).
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -95,7 +102,8 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
 
 
 class Layer(nn.Module):
-    """One decoder layer: attention over the static cache, then the SiLU-gated MLP.
+    """One decoder layer: attention over the static cache, then the gated MLP (SiLU, or
+    Gemma's tanh GELU: `ACTIVATIONS`).
 
     Weights start uninitialized (`weights.build_decoder` fills them; a prototype that is
     only traced never reads them); the cache starts at zero.
@@ -116,6 +124,7 @@ class Layer(nn.Module):
         self.mlp_norm = nn.Parameter(torch.ones(c.hidden_size))
         self.gate_up = nn.Parameter(torch.empty(2 * c.intermediate_size, c.hidden_size))
         self.down = nn.Parameter(torch.empty(c.hidden_size, c.intermediate_size))
+        self.activation = ACTIVATIONS[c.activation]
         cache_shape = (max_seq_len, c.kv_heads, d) if seq_major else (c.kv_heads, max_seq_len, d)
         self.register_buffer("k_cache", torch.zeros(cache_shape))
         self.register_buffer("v_cache", torch.zeros(cache_shape))
@@ -159,7 +168,7 @@ class Layer(nn.Module):
 
         h = h + linear(out, self.o)
         gate, up = norm_linear(h, self.mlp_norm, c.rms_norm_eps, self.gate_up).chunk(2, dim=-1)
-        return h + linear(F.silu(gate) * up, self.down)
+        return h + linear(self.activation(gate) * up, self.down)
 
     def _cache(self, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The K and V cache rows attention reads, as (kv, S or W, d): a seq-major cache's
@@ -228,6 +237,8 @@ class Decoder(nn.Module):
         the chunk's first position), not the whole cache."""
         T = tokens.shape[-1]
         h = embedding(tokens.reshape(T), self.embed)
+        if self.config.scale_embeddings:  # Gemma; an fp32 multiply, as by Hugging Face's fp32 normalizer
+            h = h * self.config.hidden_size**0.5
         rope = (F.embedding(positions, self.rope_cos).unsqueeze(1), F.embedding(positions, self.rope_sin).unsqueeze(1))
         # The cache holds the positions before this chunk's first one; later rows are stale.
         cache_index = self.cache_index if window is None else window

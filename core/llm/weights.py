@@ -2,9 +2,11 @@
 
 Both loaders (GGUF and HF directory) produce that naming, so this is the one place
 that knows how the export-friendly layout differs from it: q/k/v and gate/up are
-fused (Phi-3 stores them fused already, in the same row order), and attention's
+fused (Phi-3 stores them fused already, in the same row order), attention's
 1/sqrt(head_dim) is folded into the query weights (a power of two for the usual head
-sizes, so the scores come out bit-identical).
+sizes, so the scores come out bit-identical), and Gemma's norm weights (stored as
+gamma - 1) become the gamma itself, 1 + weight in fp32 as Hugging Face computes it, so
+every architecture runs the same RMSNorm.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def build_decoder(config: DecoderConfig, weights: Weights, max_seq_len: int, seq
     """A `Decoder` holding ``weights`` (fp32), with an empty cache of ``max_seq_len``
     positions (``seq_major`` as `Decoder` takes it)."""
     get = _getter(weights)
+    norm = (lambda name: get(name) + 1.0) if config.norm_adds_one else get  # an RMSNorm's gamma
     decoder = Decoder(config, max_seq_len, seq_major)
     scale = 1.0 / math.sqrt(config.head_dim)
     q_scale = 1.0 if config.qk_norm else scale  # with q_norm, the scale goes into its weight
@@ -32,21 +35,21 @@ def build_decoder(config: DecoderConfig, weights: Weights, max_seq_len: int, seq
         fill(decoder.embed, get("model.embed_tokens.weight"))
         if decoder.lm_head is not None:
             fill(decoder.lm_head, get("lm_head.weight"))
-        fill(decoder.norm, get("model.norm.weight"))
+        fill(decoder.norm, norm("model.norm.weight"))
         for i, layer in enumerate(decoder.layers):
             p = f"model.layers.{i}."
             attn = p + "self_attn."
-            fill(layer.attn_norm, get(p + "input_layernorm.weight"))
+            fill(layer.attn_norm, norm(p + "input_layernorm.weight"))
             q, k, v = _qkv_rows(weights, get, attn, config)
             fill(layer.qkv, torch.cat([q * q_scale, k, v]))
             if layer.qkv_bias is not None:
                 fill(layer.qkv_bias, torch.cat([get(attn + "q_proj.bias") * q_scale, get(attn + "k_proj.bias"),
                                                 get(attn + "v_proj.bias")]))
             if layer.q_norm is not None:
-                fill(layer.q_norm, get(attn + "q_norm.weight") * scale)
-                fill(layer.k_norm, get(attn + "k_norm.weight"))
+                fill(layer.q_norm, norm(attn + "q_norm.weight") * scale)
+                fill(layer.k_norm, norm(attn + "k_norm.weight"))
             fill(layer.o, get(attn + "o_proj.weight"))
-            fill(layer.mlp_norm, get(p + "post_attention_layernorm.weight"))
+            fill(layer.mlp_norm, norm(p + "post_attention_layernorm.weight"))
             if p + "mlp.gate_up_proj.weight" in weights:  # Phi-3: fused already, gate rows first
                 fill(layer.gate_up, get(p + "mlp.gate_up_proj.weight"))
             else:

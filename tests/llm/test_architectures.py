@@ -1,7 +1,9 @@
 """Small random Llama-family models saved as Hugging Face directories: the loader, the
 export-friendly forward and the repeated layer capture, each against transformers' eager
 forward. Covers Llama (with Llama 3.1 rope scaling), Qwen2 (q/k/v biases), Qwen3
-(per-head q/k norms) and Phi-3 (fused weights, partial rotary, LongRoPE)."""
+(per-head q/k norms), Gemma (scaled embeddings, norms of 1 + weight, tanh GELU, a
+head_dim of its own: 4 heads of 32 from a hidden size of 64) and Phi-3 (fused weights,
+partial rotary, LongRoPE)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import edgeport.llm
 from edgeport.backends.cpu import CpuBackend, CpuOptions
 from edgeport.capture import capture
 from edgeport.quantize import resolve_scheme
-from edgeport.llm.loader import load_model
+from edgeport.llm.loader import ModelLoadError, hf_config, load_model
 from edgeport.llm.model import Decoder, Prefill
 from edgeport.llm.calibration import TEXT as CALIBRATION_TEXT
 from edgeport.llm.quantized import quantize_decoder
@@ -33,6 +35,8 @@ ARCHS = {
                          "original_max_position_embeddings": 16}}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    # no padding row: token 0 (what the calibration text's words all encode to here) would embed as zeros
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 32, "pad_token_id": None}),
     # Phi-4-mini's shape of rope: rotary on 12 of each head's 16 dims, LongRoPE (6 factors
     # each) with a 32-position pretraining context, so max_seq_len 32 takes the short
     # factors and 64 the long ones; attention factor sqrt(1 + ln 2 / ln 32)
@@ -44,11 +48,14 @@ ARCHS = {
 }
 
 
-def tiny_model_dir(root, arch: str):
+def tiny_model_dir(root, arch: str, **overrides):
+    """A small random model of ``arch`` saved as a Hugging Face directory under
+    ``root``, and the model; ``overrides`` replace entries of its config."""
     config_cls, model_cls, extra = ARCHS[arch]
-    config = getattr(transformers, config_cls)(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=arch != "llama", **extra)
+    config = getattr(transformers, config_cls)(**{
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "tie_word_embeddings": arch != "llama", **extra, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(config).eval()
     with torch.no_grad():  # norms away from 1 and visible biases, so a mix-up shows
@@ -91,6 +98,9 @@ def test_loader_reads_the_shape_and_switches_of_each_architecture(arch):
     assert config.attention_bias == (name == "qwen2") and config.qk_norm == (name == "qwen3")
     assert config.tie_embeddings == (name != "llama")
     assert config.rope_scaling.kind == {"llama": "llama3", "phi3": "longrope"}.get(name, "default")
+    gemma = name == "gemma"
+    assert (config.activation, config.scale_embeddings, config.norm_adds_one) == (
+        "gelu_tanh" if gemma else "silu", gemma, gemma)
     assert config.rotary_dim == (12 if name == "phi3" else config.head_dim)
 
 
@@ -142,6 +152,19 @@ def test_repeating_one_captured_layer_equals_capturing_every_layer(arch):
     assert [s.target for s in stitched.graph_signature.input_specs] == [s.target for s in whole.graph_signature.input_specs]
     assert [s.target for s in stitched.graph_signature.output_specs] == [s.target for s in whole.graph_signature.output_specs]
     assert torch.equal(stitched.module()(*inputs), whole.module()(*inputs))
+
+
+def test_gemma_configs_legacy_gelu_is_the_tanh_one_and_what_the_forward_lacks_is_refused():
+    raw = {"model_type": "gemma", "vocab_size": 256000, "hidden_size": 2048, "intermediate_size": 16384,
+           "num_hidden_layers": 18, "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256}
+    assert hf_config({**raw, "hidden_act": "gelu"}).activation == "gelu_tanh"  # gemma-2b's config.json
+    assert hf_config({**raw, "hidden_activation": "gelu_pytorch_tanh"}).activation == "gelu_tanh"
+    # no activation named: transformers' default for gemma; head_dim as given, not hidden / heads
+    assert (hf_config(raw).activation, hf_config(raw).head_dim) == ("gelu_tanh", 256)
+    with pytest.raises(ModelLoadError, match="'relu'"):
+        hf_config({**raw, "hidden_act": "relu"})
+    with pytest.raises(ModelLoadError, match="bidirectionally"):
+        hf_config({**raw, "hidden_act": "gelu", "use_bidirectional_attention": True})
 
 
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "int4-weight"])
