@@ -2,8 +2,8 @@
 
 Read from a Hugging Face ``config.json`` or a GGUF file's metadata (see `loader.py`).
 Architectures differ from Llama in a few switches only (Qwen2's q/k/v biases, Qwen3's
-per-head q/k norms, Gemma's scaled embeddings, unit-offset norms and GELU), so one
-dataclass with those switches covers them.
+per-head q/k norms, Gemma's scaled embeddings, unit-offset norms and GELU, Phi-3's
+partial rotary and LongRoPE), so one dataclass with those switches covers them.
 """
 
 from __future__ import annotations
@@ -12,20 +12,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Architectures (HF ``model_type``) whose layers are exactly the forward in `model.py`.
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")
 
 
 @dataclass(frozen=True)
 class RopeScaling:
     """How rotary frequencies are stretched for long contexts: "default" (none),
-    "linear" (positions divided by ``factor``) or "llama3" (Llama 3.1's smooth
-    per-frequency interpolation)."""
+    "linear" (positions divided by ``factor``), "llama3" (Llama 3.1's smooth
+    per-frequency interpolation) or "longrope" (Phi-3: each frequency divided by its own
+    factor, ``short_factor`` for contexts up to ``original_max_position``, ``long_factor``
+    beyond; cos and sin scaled by ``attention_factor``)."""
 
     kind: str = "default"
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position: int = 8192
+    short_factor: tuple[float, ...] = ()  # longrope: one per rotary frequency
+    long_factor: tuple[float, ...] = ()
+    attention_factor: float = 1.0  # longrope: multiplies the cos and sin tables
 
 
 @dataclass(frozen=True)
@@ -45,15 +50,22 @@ class DecoderConfig:
     attention_bias: bool = False  # Qwen2: biases on the q/k/v projections
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before rotary
     max_position_embeddings: int = 2048
-    sliding_window: int | None = None  # Mistral: attention sees at most this many positions back
+    sliding_window: int | None = None  # Mistral, Phi-3: attention sees at most this many positions back
     activation: str = "silu"  # the MLP's gate: "silu", or "gelu_tanh" (Gemma: GELU, tanh approximation)
     scale_embeddings: bool = False  # Gemma: embedding rows times sqrt(hidden_size); the tied head reads them unscaled
     norm_adds_one: bool = False  # Gemma: RMSNorm weights are stored as gamma - 1 (weights.py adds the 1 at load)
+    partial_rotary_factor: float = 1.0  # Phi-4-mini 0.75: rotary on each head's first rotary_dim dims only
 
     @property
     def group(self) -> int:
         """Query heads per key/value head (grouped-query attention)."""
         return self.heads // self.kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """The leading dims of each head that rotary embedding turns (all of them unless
+        ``partial_rotary_factor`` < 1); the rest pass through unchanged."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

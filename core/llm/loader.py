@@ -12,10 +12,14 @@ text, the chat template, stop tokens).
   Hugging Face's order: llama.cpp's converter permutes llama's rows only). The
   tokenizer is converted by transformers' GGUF support, so it encodes as
   ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` does.
-- Hugging Face directory (llama, mistral, qwen2, qwen3, gemma): ``config.json``,
+- Hugging Face directory (llama, mistral, qwen2, qwen3, gemma, phi3): ``config.json``,
   ``*.safetensors``, ``tokenizer.json``, the chat template and ``generation_config.json``.
   What an architecture changes in the Llama forward is read into `DecoderConfig`'s
-  switches (`hf_config`).
+  switches (`hf_config`). Phi-3 (also Phi-3.5-mini and Phi-4-mini) stores q/k/v and
+  gate/up fused already (`weights.build_decoder` takes them as they are), may turn only
+  part of each head (``partial_rotary_factor``) and may stretch its rotary frequencies
+  by LongRoPE, whose short or long factors `model.rope_inv_freq` picks from the cache
+  length.
 
 Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set before transformers is imported.
 """
@@ -23,6 +27,7 @@ Nothing is ever downloaded: ``HF_HUB_OFFLINE`` is set before transformers is imp
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,10 +275,13 @@ def load_hf_dir(path: Path) -> LoadedModel:
 
 
 def hf_config(raw: dict[str, Any]) -> DecoderConfig:
-    """A `DecoderConfig` from a Hugging Face ``config.json``: the shape, and the switches
-    by architecture (Qwen2's q/k/v biases, Qwen3's q/k norms, Mistral's sliding window,
-    Gemma's embeddings scaled by sqrt(hidden_size), norms of 1 + weight and tanh GELU;
-    Gemma's head_dim is its own, not hidden_size / heads)."""
+    """A `DecoderConfig` from a Hugging Face ``config.json``, read as transformers 5.23
+    reads it: the shape, and the switches by architecture (Qwen2's q/k/v biases, Qwen3's
+    q/k norms, Mistral's and Phi-3's sliding window, which masks unless
+    ``use_sliding_window`` is false, Gemma's embeddings scaled by sqrt(hidden_size),
+    norms of 1 + weight and tanh GELU; Gemma's head_dim is its own, not hidden_size /
+    heads; Phi-3's partial rotary and LongRoPE, from ``rope_parameters`` or the older
+    ``rope_scaling``)."""
     kind = raw.get("model_type")
     if kind not in ARCHITECTURES:
         raise ModelLoadError(
@@ -288,8 +296,9 @@ def hf_config(raw: dict[str, Any]) -> DecoderConfig:
     hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
-    window = raw.get("sliding_window") if raw.get("use_sliding_window", kind == "mistral") else None
-    return DecoderConfig(
+    # Mistral and Phi-3 mask by their window whenever it is set (transformers 5.23)
+    window = raw.get("sliding_window") if raw.get("use_sliding_window", kind in ("mistral", "phi3")) else None
+    config = DecoderConfig(
         architecture=kind,
         vocab_size=int(raw["vocab_size"]),
         hidden_size=hidden,
@@ -300,7 +309,7 @@ def hf_config(raw: dict[str, Any]) -> DecoderConfig:
         head_dim=int(raw.get("head_dim") or hidden // heads),
         rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
-        rope_scaling=_rope_scaling(rope),
+        rope_scaling=_rope_scaling(rope, raw),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         attention_bias=kind == "qwen2" or bool(raw.get("attention_bias", False)),
         qk_norm=kind == "qwen3",
@@ -309,7 +318,28 @@ def hf_config(raw: dict[str, Any]) -> DecoderConfig:
         activation=_activation(raw, kind),
         scale_embeddings=kind == "gemma",
         norm_adds_one=kind == "gemma",
+        partial_rotary_factor=float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))),
     )
+    _check_rotary(config)
+    return config
+
+
+def _check_rotary(config: DecoderConfig) -> None:
+    """The rotary part of a head must split in two halves, and LongRoPE needs a factor
+    per rotary frequency: check here rather than fail deep inside the forward."""
+    rotary, scaling = config.rotary_dim, config.rope_scaling
+    if rotary < 2 or rotary % 2:
+        raise ModelLoadError(
+            f"partial_rotary_factor {config.partial_rotary_factor} turns {rotary} of the {config.head_dim} "
+            "dims of each head; rotary embedding needs an even number, at least 2",
+            hint="check partial_rotary_factor and head_dim in config.json",
+        )
+    if scaling.kind == "longrope" and not len(scaling.short_factor) == len(scaling.long_factor) == rotary // 2:
+        raise ModelLoadError(
+            f"longrope needs {rotary // 2} short and long factors (one per rotary frequency), "
+            f"not {len(scaling.short_factor)} and {len(scaling.long_factor)}",
+            hint="check rope_scaling (or rope_parameters) in config.json",
+        )
 
 
 # Hugging Face's names of the MLP gate's activation -> `DecoderConfig.activation`.
@@ -332,8 +362,12 @@ def _activation(raw: dict[str, Any], kind: str) -> str:
     return _ACTIVATIONS[name]
 
 
-def _rope_scaling(rope: dict[str, Any]) -> RopeScaling:
+def _rope_scaling(rope: dict[str, Any], raw: dict[str, Any]) -> RopeScaling:
     kind = rope.get("rope_type", rope.get("type", "default")) or "default"
+    if raw.get("model_type") == "phi3" and kind in ("su", "yarn"):  # Phi-3's old names, as transformers reads them
+        kind = "longrope"
+    if kind == "longrope":
+        return _longrope(rope, raw)
     if kind == "default":
         return RopeScaling()
     if kind == "linear":
@@ -346,7 +380,29 @@ def _rope_scaling(rope: dict[str, Any]) -> RopeScaling:
             float(rope.get("high_freq_factor", 4.0)),
             int(rope.get("original_max_position_embeddings", 8192)),
         )
-    raise ModelLoadError(f"rope scaling {kind!r} is not supported (default, linear and llama3 are)")
+    raise ModelLoadError(f"rope scaling {kind!r} is not supported (default, linear, llama3 and longrope are)")
+
+
+def _longrope(rope: dict[str, Any], raw: dict[str, Any]) -> RopeScaling:
+    """LongRoPE as transformers reads it: the pretraining length from config.json's top
+    level first (Phi-3 keeps it there), the attention factor from the ratio of the
+    context lengths unless given."""
+    original = int(raw.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+                   or raw.get("max_position_embeddings", 2048))
+    factor = rope.get("factor")
+    if factor is None:
+        factor = int(raw.get("max_position_embeddings", original)) / original
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return RopeScaling(
+        "longrope",
+        float(factor),
+        original_max_position=original,
+        short_factor=tuple(float(f) for f in rope.get("short_factor", ())),
+        long_factor=tuple(float(f) for f in rope.get("long_factor", ())),
+        attention_factor=float(attention_factor),
+    )
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -65,12 +65,23 @@ def norm_linear(x: torch.Tensor, gamma: torch.Tensor, eps: float, weight: Weight
     return linear(rms_norm(x, None if folded else gamma, eps), weight, bias)
 
 
-def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
-    """The rotary inverse frequencies, computed in fp32 exactly as Hugging Face does, so
-    the exported model's logits match its eager forward."""
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+def rope_inv_freq(config: DecoderConfig, max_seq_len: int) -> torch.Tensor:
+    """The rotary inverse frequencies (one per pair of rotary dims) for a cache of
+    ``max_seq_len`` positions, computed in fp32 exactly as Hugging Face does, so the
+    exported model's logits match its eager forward.
+
+    LongRoPE: the short factors when the whole cache fits in the pretraining context,
+    else the long ones, for every position. Hugging Face switches to the long factors
+    only once a sequence grows past that context, which a static cache cannot follow
+    (its earlier keys are already rotated), so the choice is made once, at export."""
+    dim = config.rotary_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     scaling = config.rope_scaling
+    if scaling.kind == "longrope":
+        long = max_seq_len > scaling.original_max_position
+        factors = torch.tensor(scaling.long_factor if long else scaling.short_factor, dtype=torch.float32)
+        return 1.0 / (factors * config.rope_theta**exponents)
+    inv_freq = 1.0 / (config.rope_theta**exponents)
     if scaling.kind == "linear":
         return inv_freq / scaling.factor
     if scaling.kind == "llama3":
@@ -130,7 +141,7 @@ class Layer(nn.Module):
         q, k, v = q.view(T, c.heads, d), k.view(T, kv, d), v.view(T, kv, d)
         if self.q_norm is not None:
             q, k = rms_norm(q, self.q_norm, c.rms_norm_eps), rms_norm(k, self.k_norm, c.rms_norm_eps)
-        q, k = _rotate(q, rope), _rotate(k, rope)
+        q, k = _rotate(q, rope, c.rotary_dim), _rotate(k, rope, c.rotary_dim)
         q = q.view(T, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * T, d)  # (kv, group·T, d)
         k_rows, v_rows = k, v  # (T, kv, d)
         k, v = k.transpose(0, 1), v.transpose(0, 1)  # (kv, T, d)
@@ -179,12 +190,17 @@ def _attend_by_blocks(old: torch.Tensor, new: torch.Tensor, v_old: torch.Tensor,
     return torch.bmm(torch.exp(old - log_sum), v_old) + torch.bmm(torch.exp(new - log_sum), v)
 
 
-def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotary embedding in Hugging Face's half-split form: x·cos + rotate_half(x)·sin,
-    with rotate_half's sign folded into the sin table (``signed_sin``)."""
+def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], rotary_dim: int) -> torch.Tensor:
+    """Rotary embedding in Hugging Face's half-split form over each head's first
+    ``rotary_dim`` dims: x·cos + rotate_half(x)·sin, with rotate_half's sign folded into
+    the sin table (``signed_sin``). Dims past ``rotary_dim`` (partial rotary, Phi-4-mini)
+    meet cos 1 and sin 0 in the tables: x·1 + x·0, exactly x."""
     cos, signed_sin = rope  # (T, 1, d)
-    half = x.shape[-1] // 2
-    swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)
+    half = rotary_dim // 2
+    if rotary_dim == x.shape[-1]:
+        swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)
+    else:
+        swapped = torch.cat([x[..., half:rotary_dim], x[..., :half], x[..., rotary_dim:]], dim=-1)
     return x * cos + swapped * signed_sin
 
 
@@ -244,14 +260,20 @@ class Decoder(nn.Module):
 
 def _rope_tables(c: DecoderConfig, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sign-folded sin for every cache position, (S, head_dim) each, in fp32 as
-    Hugging Face computes them."""
-    inv_freq = rope_inv_freq(c)
+    Hugging Face computes them (scaled by LongRoPE's attention factor, else by 1); the
+    dims past ``rotary_dim`` get cos 1 and sin 0, so they pass through."""
+    inv_freq = rope_inv_freq(c, max_seq_len)
     freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    half = c.head_dim // 2
-    sin = emb.sin()
+    emb = torch.cat([freqs, freqs], dim=-1)  # (S, rotary_dim)
+    scale = c.rope_scaling.attention_factor
+    cos, sin = emb.cos() * scale, emb.sin() * scale
+    half = c.rotary_dim // 2
     signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
-    return emb.cos(), signed_sin
+    passing = c.head_dim - c.rotary_dim
+    if passing:
+        cos = torch.cat([cos, torch.ones(max_seq_len, passing)], dim=-1)
+        signed_sin = torch.cat([signed_sin, torch.zeros(max_seq_len, passing)], dim=-1)
+    return cos, signed_sin
 
 
 def _causal_mask(T: int, group: int, value: float) -> torch.Tensor | None:

@@ -1,8 +1,9 @@
 """Small random Llama-family models saved as Hugging Face directories: the loader, the
 export-friendly forward and the repeated layer capture, each against transformers' eager
 forward. Covers Llama (with Llama 3.1 rope scaling), Qwen2 (q/k/v biases), Qwen3
-(per-head q/k norms) and Gemma (scaled embeddings, norms of 1 + weight, tanh GELU, a
-head_dim of its own: 4 heads of 32 from a hidden size of 64)."""
+(per-head q/k norms), Gemma (scaled embeddings, norms of 1 + weight, tanh GELU, a
+head_dim of its own: 4 heads of 32 from a hidden size of 64) and Phi-3 (fused weights,
+partial rotary, LongRoPE)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ ARCHS = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     # no padding row: token 0 (what the calibration text's words all encode to here) would embed as zeros
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 32, "pad_token_id": None}),
+    # Phi-4-mini's shape of rope: rotary on 12 of each head's 16 dims, LongRoPE (6 factors
+    # each) with a 32-position pretraining context, so max_seq_len 32 takes the short
+    # factors and 64 the long ones; attention factor sqrt(1 + ln 2 / ln 32)
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {
+        "partial_rotary_factor": 0.75, "original_max_position_embeddings": 32, "sliding_window": 64,
+        "pad_token_id": None, "eos_token_id": 1,  # Phi-3's defaults (32000) are past this vocabulary
+        "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.0],
+                         "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]}}),
 }
 
 
@@ -88,10 +97,29 @@ def test_loader_reads_the_shape_and_switches_of_each_architecture(arch):
         name, 3, 2, getattr(model.config, "head_dim", None) or 64 // 4)
     assert config.attention_bias == (name == "qwen2") and config.qk_norm == (name == "qwen3")
     assert config.tie_embeddings == (name != "llama")
-    assert config.rope_scaling.kind == ("llama3" if name == "llama" else "default")
+    assert config.rope_scaling.kind == {"llama": "llama3", "phi3": "longrope"}.get(name, "default")
     gemma = name == "gemma"
     assert (config.activation, config.scale_embeddings, config.norm_adds_one) == (
         "gelu_tanh" if gemma else "silu", gemma, gemma)
+    assert config.rotary_dim == (12 if name == "phi3" else config.head_dim)
+
+
+@pytest.mark.parametrize("max_seq_len", [32, 64])
+def test_rope_tables_equal_transformers_at_every_cache_position(arch, max_seq_len):
+    """cos and sin of each cache position, bit for bit, as transformers computes them for
+    a sequence that long: Phi-3's LongRoPE takes its long factors past the 32 positions
+    of its pretraining context (64, which the forward tests do not reach), where
+    transformers switches to them too. Past the rotary dims, cos 1 and sin 0."""
+    _, path, model = arch
+    config = load_model(path).config
+    decoder = Decoder(config, max_seq_len)
+    with torch.no_grad():
+        cos, sin = (t[0] for t in model.model.rotary_emb(torch.zeros(1), torch.arange(max_seq_len)[None]))
+    rotary, half = config.rotary_dim, config.rotary_dim // 2
+    assert torch.equal(decoder.rope_cos[:, :rotary], cos)
+    assert torch.equal(decoder.rope_sin[:, :rotary], torch.cat([-sin[:, :half], sin[:, half:]], dim=-1))
+    assert torch.equal(decoder.rope_cos[:, rotary:], torch.ones(max_seq_len, config.head_dim - rotary))
+    assert torch.equal(decoder.rope_sin[:, rotary:], torch.zeros(max_seq_len, config.head_dim - rotary))
 
 
 def test_exported_prefill_and_decode_match_transformers_eager(arch, registry):
