@@ -27,7 +27,7 @@ class GgufTensor:
     name: str
     shape: tuple[int, ...]  # torch order (GGUF lists the innermost dim first)
     ggml_type: int
-    data: np.ndarray  # the raw (possibly quantized) bytes, memory-mapped
+    data: np.ndarray  # the raw (possibly quantized) bytes up to the next tensor's (padding too), memory-mapped
 
 
 @dataclass(frozen=True)

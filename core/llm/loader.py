@@ -4,12 +4,14 @@ Both give a `LoadedModel`: the decoder's shape (`DecoderConfig`), its weights in
 under Hugging Face names, and what generation needs (the tokenizer as ``tokenizer.json``
 text, the chat template, stop tokens).
 
-- GGUF (llama, qwen2 and qwen3 architectures): shape and weights are read by
+- GGUF (llama, qwen2, qwen3, gemma and phi3 architectures): shape and weights are read by
   `gguf_file.py` and dequantized by the ``gguf`` package's numpy kernels, about 1.5 s
   for SmolLM2 where building the transformers model takes 20. For the llama
   architecture, llama.cpp stores q/k projection rows interleaved for its rotary form;
-  they are put back in Hugging Face's half-split order (qwen2 and qwen3 files keep
-  Hugging Face's order: llama.cpp's converter permutes llama's rows only). The
+  they are put back in Hugging Face's half-split order (the others keep Hugging Face's
+  order: llama.cpp's converter permutes llama's rows only). A gemma file's norms are
+  stored as 1 + weight already; a phi3 file keeps q/k/v and gate/up fused and, for
+  LongRoPE, its per-frequency factors as tensors (``rope_factors_short/long``). The
   tokenizer is converted by transformers' GGUF support, so it encodes as
   ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` does.
 - Hugging Face directory (llama, mistral, qwen2, qwen3, gemma, phi3): ``config.json``,
@@ -99,15 +101,22 @@ _GGUF_LAYER = {
     "attn_k_norm": "self_attn.k_norm",
 }
 _GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# GGUF architectures whose tensors are a `Decoder`'s under these names; which switches
-# (q/k/v biases, q/k norms) a file uses is read from the tensors it holds.
-GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# The GGUF architectures edgeport reads, each with its layer tensors' Hugging Face names.
+# Phi-3 keeps q/k/v and gate/up fused, as its Hugging Face weights do. Which other
+# switches a file uses (q/k/v biases, q/k norms) is read from the tensors it holds.
+GGUF_LAYERS = {
+    "llama": _GGUF_LAYER,
+    "qwen2": _GGUF_LAYER,
+    "qwen3": _GGUF_LAYER,
+    "gemma": _GGUF_LAYER,
+    "phi3": {**_GGUF_LAYER, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+}
+GGUF_ARCHITECTURES = tuple(GGUF_LAYERS)
 
 
 def load_gguf(path: Path) -> LoadedModel:
     try:
-        from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
+        import gguf.quants  # noqa: F401 - dequantizes the weights (`_dequantized`)
     except ImportError as exc:
         raise ModelLoadError(f"reading GGUF needs the gguf package ({exc})", hint="pip install 'edgeport[llm]'") from None
     try:
@@ -132,11 +141,10 @@ def load_gguf(path: Path) -> LoadedModel:
     config = _gguf_config(meta, tensors)
     weights = {}
     for tensor in tensors.values():
-        hf = _gguf_name(tensor.name)
+        hf = _gguf_name(tensor.name, GGUF_LAYERS[arch])
         if hf is None:
             continue
-        values = dequantize(tensor.data, GGMLQuantizationType(tensor.ggml_type)).astype(np.float32, copy=False)
-        values = values.reshape(tensor.shape)
+        values = _dequantized(tensor)
         if arch == "llama" and hf.endswith(("q_proj.weight", "q_proj.bias")):
             values = _unpermute_rotary(values, config.heads)
         elif arch == "llama" and hf.endswith(("k_proj.weight", "k_proj.bias")):
@@ -157,7 +165,8 @@ def load_gguf(path: Path) -> LoadedModel:
 
 def _gguf_config(meta: dict[str, Any], tensors: dict[str, Any]) -> DecoderConfig:
     """The decoder's shape from the metadata under the file's architecture prefix
-    (``qwen2.block_count``...), and its switches from the tensors it holds."""
+    (``qwen2.block_count``...), and its switches from the architecture and the tensors
+    it holds."""
     arch = meta["general.architecture"]
 
     def get(key: str) -> Any:
@@ -167,18 +176,15 @@ def _gguf_config(meta: dict[str, Any], tensors: dict[str, Any]) -> DecoderConfig
 
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
     rotary_dims = meta.get(f"{arch}.rope.dimension_count")
-    head_dim = int(meta.get(f"{arch}.attention.key_length") or rotary_dims or hidden // heads)
+    # The head size: key_length where llama.cpp wrote it (a config's own head_dim), else
+    # the rotary dims where heads rotate whole (all but Phi-3), else hidden / heads.
+    whole_heads_rotary = None if arch == "phi3" else rotary_dims
+    head_dim = int(meta.get(f"{arch}.attention.key_length") or whole_heads_rotary or hidden // heads)
     rotary_dims = int(rotary_dims or head_dim)
-    if rotary_dims != head_dim:
+    if rotary_dims != head_dim and arch != "phi3":
         raise ModelLoadError(f"the GGUF file rotates {rotary_dims} of each head's {head_dim} dimensions; "
-                             "edgeport reads GGUF files that rotate whole heads")
-    scaling = RopeScaling()
-    kind = meta.get(f"{arch}.rope.scaling.type", "none")
-    if kind == "linear":
-        scaling = RopeScaling("linear", float(meta[f"{arch}.rope.scaling.factor"]))
-    elif kind not in ("none", None):
-        raise ModelLoadError(f"rope scaling {kind!r} of this GGUF file is not supported")
-    return DecoderConfig(
+                             f"edgeport reads a {arch} file that rotates whole heads")
+    config = DecoderConfig(
         architecture=arch,
         vocab_size=tensors["token_embd.weight"].shape[0],
         hidden_size=hidden,
@@ -189,19 +195,66 @@ def _gguf_config(meta: dict[str, Any], tensors: dict[str, Any]) -> DecoderConfig
         head_dim=head_dim,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        rope_scaling=scaling,
+        rope_scaling=_gguf_rope_scaling(meta, tensors),
         tie_embeddings="output.weight" not in tensors,
         attention_bias="blk.0.attn_q.bias" in tensors,
         qk_norm="blk.0.attn_q_norm.weight" in tensors,
         max_position_embeddings=int(meta.get(f"{arch}.context_length", 2048)),
+        sliding_window=int(meta.get(f"{arch}.attention.sliding_window") or 0) or None,  # Phi-3; 0: none (Phi-4)
+        partial_rotary_factor=rotary_dims / head_dim,  # Phi-4-mini's 0.75
+        # Gemma: llama.cpp's converter stores each norm as 1 + weight already (norm_adds_one stays off)
+        activation="gelu_tanh" if arch == "gemma" else "silu",
+        scale_embeddings=arch == "gemma",
     )
+    if config.rotary_dim != rotary_dims:
+        raise ModelLoadError(f"the GGUF file's {rotary_dims} rotary dimensions of {head_dim} are not a fraction "
+                             "edgeport can hold")
+    return config
 
 
-def _gguf_name(name: str) -> str | None:
+def _gguf_rope_scaling(meta: dict[str, Any], tensors: dict[str, Any]) -> RopeScaling:
+    """Linear scaling from the metadata, or Phi-3's LongRoPE, whose per-frequency factors
+    llama.cpp stores as the tensors ``rope_factors_short`` / ``rope_factors_long``."""
+    arch = meta["general.architecture"]
+    if "rope_factors_long.weight" in tensors:
+        original = int(meta[f"{arch}.rope.scaling.original_context_length"])
+        factors = {name: tuple(float(f) for f in _dequantized(tensors[f"rope_factors_{name}.weight"]))
+                   for name in ("short", "long")}
+        return RopeScaling(
+            "longrope",
+            factor=int(meta.get(f"{arch}.context_length", original)) / original,
+            original_max_position=original,
+            short_factor=factors["short"],
+            long_factor=factors["long"],
+            attention_factor=float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0)),
+        )
+    kind = meta.get(f"{arch}.rope.scaling.type", "none")
+    if kind == "linear":
+        return RopeScaling("linear", float(meta[f"{arch}.rope.scaling.factor"]))
+    if kind not in ("none", None):
+        raise ModelLoadError(f"rope scaling {kind!r} of this GGUF file is not supported")
+    return RopeScaling()
+
+
+def _dequantized(tensor: Any) -> np.ndarray:
+    """A GGUF tensor's values as float32, in its shape (the ``gguf`` package's kernels).
+    Its bytes run to the next tensor's: a tensor whose size is not a multiple of the
+    file's alignment (a few rope factors, say) is followed by padding, left out here."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    kind = GGMLQuantizationType(tensor.ggml_type)
+    block, block_bytes = GGML_QUANT_SIZES[kind]
+    size = int(np.prod(tensor.shape)) // block * block_bytes
+    values = dequantize(tensor.data[:size], kind).astype(np.float32, copy=False)
+    return values.reshape(tensor.shape)
+
+
+def _gguf_name(name: str, layer_names: dict[str, str]) -> str | None:
     stem, _, kind = name.rpartition(".")
     if stem.startswith("blk."):
         _, index, part = stem.split(".", 2)
-        hf = _GGUF_LAYER.get(part)
+        hf = layer_names.get(part)
         return f"model.layers.{index}.{hf}.{kind}" if hf else None
     hf = _GGUF_GLOBAL.get(stem)
     return f"{hf}.{kind}" if hf else None

@@ -1,12 +1,15 @@
-"""GGUF files of each architecture edgeport reads (llama, qwen2, qwen3), written from small
-random Hugging Face models the way llama.cpp's converter writes them: the ``gguf``
-package's tensor names for the architecture, llama's rotary row order, the metadata
-under the architecture's prefix, a byte-level BPE vocabulary. transformers' own GGUF
-loader reads each file back to the model it came from (so the file is what llama.cpp
-would write), and edgeport's export of the file computes that model's logits."""
+"""GGUF files of each architecture edgeport reads (llama, qwen2, qwen3, gemma, phi3),
+written from small random Hugging Face models the way llama.cpp's converter writes them:
+the ``gguf`` package's tensor names for the architecture, llama's rotary row order,
+Gemma's norms stored as 1 + weight, Phi-3's fused projections, partial rotary and
+LongRoPE factors as tensors, the metadata under the architecture's prefix, a byte-level
+BPE vocabulary. transformers' own GGUF loader reads each file it supports back to the
+weights it was written from (so the file is what llama.cpp would write), and edgeport's
+export of every file computes the source model's logits."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -25,7 +28,8 @@ transformers = pytest.importorskip("transformers")
 # A byte-level BPE vocabulary of VOCAB tokens: one special, single characters, a few merges.
 MERGES = ["Ġ t", "h e", "Ġt he", "i n"]
 TOKENS = ["<|endoftext|>", "Ġ", *(chr(c) for c in range(ord("!"), ord("!") + VOCAB - 6)), "Ġt", "he", "Ġthe", "in"]
-PRE_TOKENIZER = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2"}
+PRE_TOKENIZER = {"qwen2": "qwen2", "qwen3": "qwen2"}  # the others: "llama-bpe"
+TRANSFORMERS_READS = ("llama", "qwen2", "qwen3", "phi3")  # transformers 5.23 reads no gemma (v1) GGUF
 
 
 def write_gguf(path, arch: str, model) -> None:
@@ -40,16 +44,21 @@ def write_gguf(path, arch: str, model) -> None:
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)  # as llama.cpp does for every config that states its head_dim
-    writer.add_value_length(head_dim)
+    if arch == "phi3":
+        _phi3_metadata(writer, c)
+    else:  # llama.cpp's base converter (llama, qwen) and its Gemma converter: no rope metadata for Gemma
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        if arch != "gemma":
+            writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+            writer.add_rope_dimension_count(head_dim)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZER[arch])
+    writer.add_tokenizer_pre(PRE_TOKENIZER.get(arch, "llama-bpe"))
     writer.add_token_list(TOKENS)
     writer.add_token_types([gguf.TokenType.CONTROL] + [gguf.TokenType.NORMAL] * (len(TOKENS) - 1))
     writer.add_token_merges(MERGES)
     writer.add_eos_token_id(0)
+    writer.add_pad_token_id(0)  # else transformers' Phi3Config pads with 32000, past this vocabulary
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_hidden_layers)
     for name, value in model.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
@@ -59,6 +68,8 @@ def write_gguf(path, arch: str, model) -> None:
             value = _permute(value, c.num_attention_heads)
         elif arch == "llama" and ".k_proj." in name:
             value = _permute(value, c.num_key_value_heads)
+        elif arch == "gemma" and name.endswith("norm.weight"):
+            value = value + 1.0  # Gemma's RMSNorm scales by 1 + weight: llama.cpp stores the sum
         writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(value))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -66,22 +77,44 @@ def write_gguf(path, arch: str, model) -> None:
     writer.close()
 
 
+def _phi3_metadata(writer, c) -> None:
+    """What llama.cpp's Phi-3 converter writes of the rotary embedding and the window."""
+    rope = c.rope_parameters
+    head_dim = c.hidden_size // c.num_attention_heads
+    original = rope.get("original_max_position_embeddings") or c.original_max_position_embeddings
+    writer.add_rope_freq_base(rope["rope_theta"])
+    writer.add_rope_dimension_count(int(rope.get("partial_rotary_factor", 1.0) * head_dim))
+    writer.add_rope_scaling_orig_ctx_len(original)
+    writer.add_sliding_window(c.sliding_window or 0)
+    if rope.get("rope_type") == "longrope":
+        scale = c.max_position_embeddings / original
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+        for kind in ("long", "short"):
+            writer.add_tensor(f"rope_factors_{kind}.weight", np.array(rope[f"{kind}_factor"], dtype=np.float32))
+
+
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-@pytest.fixture(scope="module", params=GGUF_ARCHITECTURES)
-def gguf_model(request, tmp_path_factory):
-    """(arch, the GGUF file, the Hugging Face model it was written from)."""
-    arch = request.param
-    root = tmp_path_factory.mktemp("gguf")
-    overrides = {"rope_scaling": None}  # no Llama 3.1 scaling: GGUF holds that as rope_freqs
-    if arch == "qwen3":  # transformers reads a qwen3 file's head size as its Qwen3Config default, not from the file
-        overrides["head_dim"] = transformers.Qwen3Config().head_dim
-    _, model = tiny_model_dir(root, arch, **overrides)
-    path = root / f"{arch}.gguf"
-    write_gguf(path, arch, model)
-    return arch, path, model
+@pytest.fixture(scope="module")
+def gguf_model(tmp_path_factory):
+    """``gguf_model(arch)``: (the GGUF file, the Hugging Face model it was written from),
+    written once per test module."""
+    written = {}
+
+    def get(arch: str):
+        if arch not in written:
+            root = tmp_path_factory.mktemp("gguf")
+            overrides = {"rope_scaling": None} if arch == "llama" else {}  # Llama 3.1's scaling: rope_freqs in GGUF
+            if arch == "qwen3":  # transformers reads a qwen3 file's head size as its Qwen3Config default
+                overrides["head_dim"] = transformers.Qwen3Config().head_dim
+            _, model = tiny_model_dir(root, arch, **overrides)
+            write_gguf(root / f"{arch}.gguf", arch, model)
+            written[arch] = root / f"{arch}.gguf", model
+        return written[arch]
+
+    return get
 
 
 def _logits(model, tokens: list[int]) -> torch.Tensor:
@@ -89,19 +122,23 @@ def _logits(model, tokens: list[int]) -> torch.Tensor:
         return model(torch.tensor([tokens])).logits[0]
 
 
-def test_transformers_reads_the_file_back_to_the_model_it_was_written_from(gguf_model):
-    arch, path, model = gguf_model
+@pytest.mark.parametrize("arch", TRANSFORMERS_READS)
+def test_transformers_reads_the_file_back_to_the_weights_it_was_written_from(gguf_model, arch):
+    path, model = gguf_model(arch)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
-    tokens = list(range(3, 17))
-    assert torch.allclose(_logits(theirs, tokens), _logits(model, tokens), atol=1e-5)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).state_dict()
+    ours = model.state_dict()
+    assert theirs.keys() == ours.keys()
+    assert all(torch.equal(theirs[name], ours[name]) for name in ours)
 
 
-def test_the_exported_file_computes_the_models_logits(gguf_model, cpu_registry):
-    arch, path, model = gguf_model
+@pytest.mark.parametrize("arch", GGUF_ARCHITECTURES)
+def test_the_exported_file_computes_the_models_logits(gguf_model, cpu_registry, arch):
+    path, model = gguf_model(arch)
     loaded = load_model(path)
     assert loaded.config.architecture == arch
     assert (loaded.config.attention_bias, loaded.config.qk_norm) == (arch == "qwen2", arch == "qwen3")
+    assert loaded.config.rope_scaling.kind == ("longrope" if arch == "phi3" else "default")
     program = edgeport.llm.export(loaded, max_seq_len=32, prefill_chunk=8, registry=cpu_registry)
     session = edgeport.llm.Session(program)
     prompt, continuation = list(range(5, 16)), [20, 30]
@@ -111,8 +148,9 @@ def test_the_exported_file_computes_the_models_logits(gguf_model, cpu_registry):
     assert torch.allclose(ours, full, atol=1e-4, rtol=1e-4), (ours - full).abs().max()
 
 
-def test_the_vocabulary_encodes_as_transformers_reads_it(gguf_model):
-    _, path, _ = gguf_model
+@pytest.mark.parametrize("arch", TRANSFORMERS_READS)
+def test_the_vocabulary_encodes_as_transformers_reads_it(gguf_model, arch):
+    path, _ = gguf_model(arch)
     loaded = load_model(path)
     theirs = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     text = "thin as the tea"
