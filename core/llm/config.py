@@ -19,9 +19,11 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")
 class RopeScaling:
     """How rotary frequencies are stretched for long contexts: "default" (none),
     "linear" (positions divided by ``factor``), "llama3" (Llama 3.1's smooth
-    per-frequency interpolation) or "longrope" (Phi-3: each frequency divided by its own
+    per-frequency interpolation), "longrope" (Phi-3: each frequency divided by its own
     factor, ``short_factor`` for contexts up to ``original_max_position``, ``long_factor``
-    beyond; cos and sin scaled by ``attention_factor``)."""
+    beyond; cos and sin scaled by ``attention_factor``) or "factors" (each frequency
+    divided by its own factor in ``short_factor``, at every length: how a Llama 3.1+ GGUF
+    file stores its "llama3" scaling, as the tensor ``rope_freqs``)."""
 
     kind: str = "default"
     factor: float = 1.0

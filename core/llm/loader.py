@@ -131,11 +131,6 @@ def load_gguf(path: Path) -> LoadedModel:
             f"(edgeport reads {', '.join(GGUF_ARCHITECTURES)} GGUF files)",
             hint="export it from its Hugging Face directory instead (config.json + safetensors)",
         )
-    if "rope_freqs.weight" in tensors:
-        raise ModelLoadError(
-            f"{path.name} scales its rotary frequencies per dimension (rope_freqs, Llama 3.1 and later)",
-            hint="export it from its Hugging Face directory instead",
-        )
     if "token_embd.weight" not in tensors:
         raise ModelLoadError(f"{path.name} has no token embedding (token_embd.weight)")
     config = _gguf_config(meta, tensors)
@@ -209,13 +204,20 @@ def _gguf_config(meta: dict[str, Any], tensors: dict[str, Any]) -> DecoderConfig
     if config.rotary_dim != rotary_dims:
         raise ModelLoadError(f"the GGUF file's {rotary_dims} rotary dimensions of {head_dim} are not a fraction "
                              "edgeport can hold")
+    _check_rotary(config)
     return config
 
 
 def _gguf_rope_scaling(meta: dict[str, Any], tensors: dict[str, Any]) -> RopeScaling:
-    """Linear scaling from the metadata, or Phi-3's LongRoPE, whose per-frequency factors
-    llama.cpp stores as the tensors ``rope_factors_short`` / ``rope_factors_long``."""
+    """Linear scaling from the metadata; Phi-3's LongRoPE, whose per-frequency factors
+    llama.cpp stores as the tensors ``rope_factors_short`` / ``rope_factors_long``; or
+    Llama 3.1's scaling, which llama.cpp's converter stores as one factor per frequency
+    (the tensor ``rope_freqs``: 1 for short wavelengths, ``factor`` for long ones, the
+    smooth blend between)."""
     arch = meta["general.architecture"]
+    if "rope_freqs.weight" in tensors:
+        factors = tuple(float(f) for f in _dequantized(tensors["rope_freqs.weight"]))
+        return RopeScaling("factors", short_factor=factors)
     if "rope_factors_long.weight" in tensors:
         original = int(meta[f"{arch}.rope.scaling.original_context_length"])
         factors = {name: tuple(float(f) for f in _dequantized(tensors[f"rope_factors_{name}.weight"]))
@@ -378,20 +380,22 @@ def hf_config(raw: dict[str, Any]) -> DecoderConfig:
 
 
 def _check_rotary(config: DecoderConfig) -> None:
-    """The rotary part of a head must split in two halves, and LongRoPE needs a factor
-    per rotary frequency: check here rather than fail deep inside the forward."""
+    """The rotary part of a head must split in two halves, and per-frequency scaling
+    (LongRoPE, a GGUF file's rope_freqs) needs a factor per rotary frequency: check here
+    rather than fail deep inside the forward."""
     rotary, scaling = config.rotary_dim, config.rope_scaling
     if rotary < 2 or rotary % 2:
         raise ModelLoadError(
             f"partial_rotary_factor {config.partial_rotary_factor} turns {rotary} of the {config.head_dim} "
             "dims of each head; rotary embedding needs an even number, at least 2",
-            hint="check partial_rotary_factor and head_dim in config.json",
+            hint="check partial_rotary_factor and head_dim in config.json (or the GGUF file's rope.dimension_count)",
         )
-    if scaling.kind == "longrope" and not len(scaling.short_factor) == len(scaling.long_factor) == rotary // 2:
+    lists = {"longrope": (scaling.short_factor, scaling.long_factor), "factors": (scaling.short_factor,)}
+    if any(len(factors) != rotary // 2 for factors in lists.get(scaling.kind, ())):
         raise ModelLoadError(
-            f"longrope needs {rotary // 2} short and long factors (one per rotary frequency), "
-            f"not {len(scaling.short_factor)} and {len(scaling.long_factor)}",
-            hint="check rope_scaling (or rope_parameters) in config.json",
+            f"{scaling.kind} rope scaling needs {rotary // 2} factors (one per rotary frequency), "
+            f"not {' and '.join(str(len(f)) for f in lists[scaling.kind])}",
+            hint="check rope_scaling (or rope_parameters) in config.json, or the GGUF file's rope factor tensors",
         )
 
 

@@ -1,8 +1,9 @@
 """GGUF files of each architecture edgeport reads (llama, qwen2, qwen3, gemma, phi3),
 written from small random Hugging Face models the way llama.cpp's converter writes them:
 the ``gguf`` package's tensor names for the architecture, llama's rotary row order,
-Gemma's norms stored as 1 + weight, Phi-3's fused projections, partial rotary and
-LongRoPE factors as tensors, the metadata under the architecture's prefix, a byte-level
+Llama 3.1's rope scaling as per-frequency factors (``rope_freqs``), Gemma's norms
+stored as 1 + weight, Phi-3's fused projections, partial rotary and LongRoPE factors as
+tensors, the metadata under the architecture's prefix, a byte-level
 BPE vocabulary. transformers' own GGUF loader reads each file it supports back to the
 weights it was written from (so the file is what llama.cpp would write), and edgeport's
 export of every file computes the source model's logits."""
@@ -52,6 +53,8 @@ def write_gguf(path, arch: str, model) -> None:
         if arch != "gemma":
             writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
             writer.add_rope_dimension_count(head_dim)
+        if c.rope_parameters.get("rope_type") == "llama3":
+            writer.add_tensor("rope_freqs.weight", _llama3_rope_freqs(c.rope_parameters, head_dim))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(PRE_TOKENIZER.get(arch, "llama-bpe"))
     writer.add_token_list(TOKENS)
@@ -93,6 +96,23 @@ def _phi3_metadata(writer, c) -> None:
             writer.add_tensor(f"rope_factors_{kind}.weight", np.array(rope[f"{kind}_factor"], dtype=np.float32))
 
 
+def _llama3_rope_freqs(rope: dict, head_dim: int) -> np.ndarray:
+    """Llama 3.1's scaling as llama.cpp's converter stores it: one divisor per rotary
+    frequency, 1 for short wavelengths, ``factor`` for long ones, a blend between."""
+    original, factor = rope["original_max_position_embeddings"], rope["factor"]
+    divisors = []
+    for freq in 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim):
+        wavelen = 2 * math.pi / freq
+        if wavelen < original / rope["high_freq_factor"]:
+            divisors.append(1.0)
+        elif wavelen > original / rope["low_freq_factor"]:
+            divisors.append(factor)
+        else:
+            smooth = (original / wavelen - rope["low_freq_factor"]) / (rope["high_freq_factor"] - rope["low_freq_factor"])
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(divisors, dtype=np.float32)
+
+
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -106,9 +126,8 @@ def gguf_model(tmp_path_factory):
     def get(arch: str):
         if arch not in written:
             root = tmp_path_factory.mktemp("gguf")
-            overrides = {"rope_scaling": None} if arch == "llama" else {}  # Llama 3.1's scaling: rope_freqs in GGUF
-            if arch == "qwen3":  # transformers reads a qwen3 file's head size as its Qwen3Config default
-                overrides["head_dim"] = transformers.Qwen3Config().head_dim
+            # transformers reads a qwen3 file's head size as its Qwen3Config default
+            overrides = {"head_dim": transformers.Qwen3Config().head_dim} if arch == "qwen3" else {}
             _, model = tiny_model_dir(root, arch, **overrides)
             write_gguf(root / f"{arch}.gguf", arch, model)
             written[arch] = root / f"{arch}.gguf", model
@@ -138,7 +157,7 @@ def test_the_exported_file_computes_the_models_logits(gguf_model, cpu_registry, 
     loaded = load_model(path)
     assert loaded.config.architecture == arch
     assert (loaded.config.attention_bias, loaded.config.qk_norm) == (arch == "qwen2", arch == "qwen3")
-    assert loaded.config.rope_scaling.kind == ("longrope" if arch == "phi3" else "default")
+    assert loaded.config.rope_scaling.kind == {"llama": "factors", "phi3": "longrope"}.get(arch, "default")
     program = edgeport.llm.export(loaded, max_seq_len=32, prefill_chunk=8, registry=cpu_registry)
     session = edgeport.llm.Session(program)
     prompt, continuation = list(range(5, 16)), [20, 30]
