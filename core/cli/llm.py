@@ -44,6 +44,7 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
                float_outliers: bool, rotate: bool, option_items: tuple[str, ...], output: str) -> None:
     """Export MODEL (a .gguf file or a local Hugging Face model directory)."""
     from ..llm import export
+    from ..llm.config import DecoderConfig
     from .export import parse_options  # the compile side: imports torch
 
     start = time.perf_counter()
@@ -56,6 +57,8 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
         program.save(output)
     size = sum(len(data) for data in program.files.values())
     llm_meta = program.manifest.metadata["llm"]
+    config = DecoderConfig.from_json(llm_meta["config"])
+    console.print(f"model: {llm_meta['name']}: {config.describe(llm_meta['max_seq_len'])}", highlight=False)
     console.print(f"wrote {output} ({human_bytes(size)}; {llm_meta['weights']} weights "
                   f"{human_bytes(llm_meta['weight_bytes'])}) in {time.perf_counter() - start:.1f} s")
     for method in program.methods:

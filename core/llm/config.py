@@ -34,6 +34,19 @@ class RopeScaling:
     long_factor: tuple[float, ...] = ()
     attention_factor: float = 1.0  # longrope: multiplies the cos and sin tables
 
+    def uses_long_factors(self, max_seq_len: int) -> bool:
+        """LongRoPE: whether a cache of ``max_seq_len`` positions takes the long factors
+        (for every position: a static cache cannot switch once its keys are rotated)."""
+        return self.kind == "longrope" and max_seq_len > self.original_max_position
+
+    def describe(self, max_seq_len: int) -> str:
+        """The scaling in a few words, with the factors a LongRoPE cache takes."""
+        if self.kind != "longrope":
+            return {"default": "", "factors": "per-frequency factors"}.get(self.kind, f"{self.kind} scaling")
+        if self.uses_long_factors(max_seq_len):
+            return f"LongRoPE long factors (cache {max_seq_len} > {self.original_max_position})"
+        return f"LongRoPE short factors (cache {max_seq_len} <= {self.original_max_position})"
+
 
 @dataclass(frozen=True)
 class DecoderConfig:
@@ -71,3 +84,26 @@ class DecoderConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DecoderConfig:
+        """The inverse of `to_json` (a program's ``metadata["llm"]["config"]``); fields a
+        program written before them lacks take their defaults."""
+        rope = dict(data.get("rope_scaling") or {})
+        for name in ("short_factor", "long_factor"):
+            rope[name] = tuple(rope.get(name, ()))
+        return cls(**{**data, "rope_scaling": RopeScaling(**rope)})
+
+    def describe(self, max_seq_len: int) -> str:
+        """One line for people: the shape, and what the export chose that a reader may
+        need to know (the rotary dims, the rope scaling, the window)."""
+        parts = [self.architecture, f"{self.layers} layers", f"hidden {self.hidden_size}",
+                 f"{self.heads} heads ({self.kv_heads} kv) of {self.head_dim}", f"vocab {self.vocab_size:,}",
+                 "tied head" if self.tie_embeddings else "own head"]
+        if self.rotary_dim != self.head_dim:
+            parts.append(f"rotary on {self.rotary_dim} of {self.head_dim} dims")
+        if scaling := self.rope_scaling.describe(max_seq_len):
+            parts.append(scaling)
+        if self.sliding_window:
+            parts.append(f"window {self.sliding_window}")
+        return ", ".join(parts)

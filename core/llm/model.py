@@ -78,7 +78,7 @@ def rope_inv_freq(config: DecoderConfig, max_seq_len: int) -> torch.Tensor:
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     scaling = config.rope_scaling
     if scaling.kind in ("longrope", "factors"):
-        long = scaling.kind == "longrope" and max_seq_len > scaling.original_max_position
+        long = scaling.uses_long_factors(max_seq_len)
         factors = torch.tensor(scaling.long_factor if long else scaling.short_factor, dtype=torch.float32)
         return 1.0 / (factors * config.rope_theta**exponents)
     inv_freq = 1.0 / (config.rope_theta**exponents)

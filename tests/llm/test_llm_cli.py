@@ -153,3 +153,17 @@ def test_export_of_a_file_that_is_no_model_is_one_line(tmp_path, use_cpu):
     bad.write_text("not a model")
     result = invoke("llm", "export", bad, "-o", tmp_path / "x.edgeport")
     assert result.exit_code == 1 and "neither a .gguf file nor a Hugging Face model directory" in result.output
+
+
+def test_export_says_what_model_it_read_and_which_rope_factors_the_cache_takes(tmp_path, use_cpu):
+    """A Phi-3 whose LongRoPE switches at 32 positions, exported with a cache of 48: the
+    export says its cache takes the long factors for every position (transformers would
+    use the short ones up to 32), and that only 12 of each head's 16 dims turn."""
+    from test_architectures import tiny_model_dir
+
+    path, _ = tiny_model_dir(tmp_path, "phi3")
+    result = invoke("llm", "export", path, "--max-seq-len", 48, "--prefill-chunk", 8, "-o", tmp_path / "phi3.edgeport")
+    assert result.exit_code == 0, result.output
+    model = next(line for line in result.output.splitlines() if line.startswith("model: "))
+    assert model == ("model: phi3: phi3, 3 layers, hidden 64, 4 heads (2 kv) of 16, vocab 96, tied head, "
+                     "rotary on 12 of 16 dims, LongRoPE long factors (cache 48 > 32), window 64")
