@@ -3,9 +3,9 @@
 coremltools converts anywhere; Core ML runs only on macOS. Here on Linux the backend
 compiles, and says plainly that it cannot run (`availability`, `load`).
 
-Quantized, it compresses weights with coremltools at compile time (compress.py: int8
-and per-block int4 through `linear_quantize_weights`, palettize4/6 through
-`palettize_weights`), and for int8 also quantizes activations: its PT2E quantizer
+Quantized, it compresses weights at compile time (compress.py: int8 through coremltools'
+`linear_quantize_weights`, palettize4/6 through `palettize_weights`, per-block int4 by
+edgeport's own pass, int4_blocks.py), and for int8 also quantizes activations: its PT2E quantizer
 (quantize.py) annotates where Core ML's activation quantization goes, the core
 calibrates those edges on the user's batches, and coremltools converts the
 quantize/dequantize pairs into MIL ones. The scheme reaches `compile` in the options
@@ -102,7 +102,7 @@ class CoreMLBackend(edgeport.Backend):
             compress.check_target(ct, options.scheme, options.minimum_deployment_target)
         mlmodel, inputs, outputs = convert_partition(ct, self._converters(), program, options)
         if options.scheme != "none":
-            mlmodel = compress.compress_weights(ct, mlmodel, options.scheme, options.group_size)
+            mlmodel = compress.compress_weights(ct, mlmodel, options.scheme, options.group_size, program)
         description = package.describe(mlmodel.get_spec())
         metadata = {
             "coremltools": toolchain.installed_version(),
@@ -114,6 +114,7 @@ class CoreMLBackend(edgeport.Backend):
         if options.scheme != "none":
             metadata["scheme"] = options.scheme
         data = package.package_bytes(mlmodel)
+        metadata["weight_bytes"] = package.weight_bytes(data)
         toolchain.LOG.info(
             "coremltools converted %d nodes into %d MIL ops in %.2f s",
             sum(1 for n in program.graph.nodes if n.op == "call_function"),

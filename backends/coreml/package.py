@@ -96,6 +96,13 @@ def package_bytes(mlmodel: Any) -> bytes:
 # -- reading ------------------------------------------------------------------------------
 
 
+def weight_bytes(data: bytes) -> int:
+    """Bytes of the package's weight files (``weights/*.bin``): the weights as stored,
+    compressed or not (small constants live in the spec instead)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return sum(i.file_size for i in archive.infolist() if "/weights/" in i.filename and i.filename.endswith(".bin"))
+
+
 def extract(data: bytes, destination: Path) -> Path:
     """Unzip an artifact into ``destination``; returns the ``.mlpackage`` path."""
     try:

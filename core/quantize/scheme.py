@@ -28,10 +28,11 @@ PALETTE = "palette"  # palettized weights: each an index into a table of 2**bits
 class Scheme:
     """One quantization scheme.
 
-    `activations`: STATIC (needs calibration data), DYNAMIC or FLOAT (weights only).
-    `activation_bits` and `weight_bits` are the widths; LINEAR weights are symmetric
-    integers, per output channel, or per group of `group_size` inputs when `group_size`
-    is set; PALETTE weights are `weight_bits`-bit indices into a lookup table (Core ML's
+    `activations`: STATIC (needs calibration data), DYNAMIC or FLOAT (weights only);
+    `activations_where` names the backends whose kernels quantize them when not all do.
+    `activation_bits` and `weight_bits` are the widths; LINEAR weights are integers
+    times a scale, per output channel, or per group of `group_size` inputs when
+    `group_size` is set (cpu and coreml give 4-bit groups an offset too); PALETTE weights are `weight_bits`-bit indices into a lookup table (Core ML's
     palettization). `qat` asks the backend for fake-quantize modules to train through
     instead of observers.
     """
@@ -44,6 +45,7 @@ class Scheme:
     qat: bool = False
     weights: str = LINEAR
     per_backend: bool = False  # `auto`: each backend picks its default (see `backend_scheme`)
+    activations_where: str = ""  # which backends' kernels quantize the activations, where not all do
 
     @property
     def needs_calibration(self) -> bool:
@@ -65,6 +67,7 @@ class Scheme:
             acts = "float activations"
         else:
             acts = f"{self.activation_bits}-bit activations quantized per token at run time"
+            acts += f" ({self.activations_where})" if self.activations_where else ""
         return f"{self.name}: {weights}, {acts}"
 
 
@@ -74,8 +77,10 @@ SCHEMES: dict[str, Scheme] = {
     "int8": Scheme("int8", STATIC, 8, 8),
     "int8-dynamic": Scheme("int8-dynamic", DYNAMIC, 8, 8),
     # XNNPACK's 4-bit kernels (qd8-f32-qb4w) quantize the activations per token at run
-    # time; the scheme says so rather than pretend the activations stay float.
-    "int4-weight": Scheme("int4-weight", DYNAMIC, 8, 4, group_size=DEFAULT_GROUP_SIZE),
+    # time; the scheme says so rather than pretend the activations stay float. Core ML
+    # expands the 4-bit weights and computes in fp16 (backends/coreml/int4_blocks.py).
+    "int4-weight": Scheme("int4-weight", DYNAMIC, 8, 4, group_size=DEFAULT_GROUP_SIZE,
+                          activations_where="by cpu's XNNPACK kernels; coreml keeps them fp16"),
     # 16-bit activations, 8-bit weights: offered by backends whose NPU runs it (Qualcomm HTP).
     "a16w8": Scheme("a16w8", STATIC, 16, 8),
     # Weight palettization (Core ML's palettize_weights): k-means tables of 16 or 64

@@ -1,5 +1,6 @@
-"""The coreml backend quantized: weights compressed by coremltools (int8 and per-block int4
-through linear_quantize_weights, palettize4/6 through palettize_weights), int8
+"""The coreml backend quantized: weights compressed by coremltools (int8 through
+linear_quantize_weights, palettize4/6 through palettize_weights) and per-block int4 by
+edgeport's pass (int4_blocks.py, numerics in test_coreml_int4_blocks.py), int8
 activations as MIL quantize/dequantize with the calibrated scales, and the quantized
 conformance cases as far as Linux goes.
 
@@ -28,7 +29,7 @@ IOS18 = {"minimum_deployment_target": "iOS18"}
 # What each scheme stores a weight as: the constexpr op, the stored dtype, and bits per weight.
 STORED = {
     "int8": ("constexpr_affine_dequantize", "int8", 8),
-    "int4-weight": ("constexpr_blockwise_shift_scale", "int4", 4),
+    "int4-weight": ("constexpr_blockwise_shift_scale", "uint4", 4),  # edgeport's blocks: int4_blocks.py
     "palettize4": ("constexpr_lut_to_dense", "uint8", 4),  # iOS17 form: indices packed into bytes
     "palettize6": ("constexpr_lut_to_dense", "uint8", 6),
 }
@@ -104,7 +105,7 @@ def test_weights_are_stored_compressed_at_their_bits(compiled, scheme):
     _, float_size, _ = _read(compiled["float"])
     ratio = size / float_size
     print(f"\n{scheme}: weight file {size} bytes, {ratio:.2f}x the fp16 model's {float_size}")
-    scales = 16 / 32 if scheme == "int4-weight" else 0  # an fp16 scale per block of 32: half a bit a weight
+    scales = 32 / 32 if scheme == "int4-weight" else 0  # an fp16 scale and offset per block of 32: a bit a weight
     assert ratio <= (bits + scales) / 16 + 0.01  # of fp16 weights; the tables, channel scales and biases add little
 
 
