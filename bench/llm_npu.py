@@ -4,6 +4,7 @@ placement, and greedy tokens against the fp32 cpu program.
     python bench/llm_npu.py --backend qualcomm [--tokens 8] [--max-seq-len 128] [--quantize a16w8]
     python bench/llm_npu.py --backend mediatek
     python bench/llm_npu.py --backend coreml       # compile and check only: Core ML runs on macOS
+    python bench/llm_npu.py --backend coreml --quantize int4-weight
 
 Each export runs as a user runs it (``edgeport llm export``), in its own process, so its
 wall time, CPU time and peak RSS are that export's alone (``os.wait4``). Then one process
@@ -17,6 +18,13 @@ loads both programs and, from the same prompt:
   rounding explains shows as a small gap.
 
 Simulator speeds say nothing about a phone: the simulator runs HTP's code on this CPU.
+
+Core ML runs on macOS only, so its program is checked as stored (placement, states). With
+``--quantize int4-weight`` the int4 weights the decode package stores are also expanded
+(as Core ML expands them) into edgeport's torch decoder and run over the LLM tests'
+passage against the fp32 weights: top-1 agreement and perplexity of the stored weights,
+computed in fp32 in torch. That is not a Core ML run: the device's fp16 compute adds its
+own error on top.
 """
 
 from __future__ import annotations
@@ -112,7 +120,48 @@ def describe_stateful(path: Path) -> dict:
         "states": len(states),
         "state_types": sorted({f"{s['dtype']} {s['shape']}" for s in states}),
         "stateful_mb": round(len(program.files[meta["file"]]) / 2**20, 1) if "file" in meta else None,
+        "decode_weights_mb": round(program.manifest.metadata["llm"]["weight_bytes"] / 2**20, 1),
     }
+
+
+def stored_weights_accuracy(path: Path, passage_tokens: int = 1024, window: int = 128) -> dict:
+    """Teacher-forced top-1 agreement and perplexity, over the tests' passage in windows of
+    ``window``, of the decoder with the weights the Core ML decode package stores (expanded
+    in torch, fp32 compute) against the same decoder with the fp32 weights."""
+    import torch
+
+    import edgeport
+    from edgeport.backends.coreml import compress, package
+    from edgeport.llm.loader import load_model
+    from edgeport.llm.text import TextCodec
+    from edgeport.llm.weights import build_decoder
+    from llm_attribution import perplexity
+
+    loaded = load_model(gguf_path())
+    decoder = build_decoder(loaded.config, loaded.weights, window)
+    text = (Path(__file__).resolve().parents[1] / "tests/data/declaration_of_independence.txt").read_text()
+    tokens = TextCodec(loaded.tokenizer_json, None, None).encode(text)[:passage_tokens]
+    windows = [tokens[i : i + window] for i in range(0, len(tokens), window)]
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([decoder.logits(decoder(torch.tensor([w]), torch.arange(len(w)))) for w in windows])
+
+    fp32 = logits()
+    with package.opened(edgeport.load(path).files["artifacts/decode/0.mlpackage.zip"]) as unzipped:
+        stored = compress.expanded_weights(package.validate(unzipped))
+    parameters = dict(decoder.named_parameters(prefix="decoder"))
+    for name, values in stored.items():  # "p_decoder_layers_0_qkv_to_fp16_quantized" -> decoder.layers.0.qkv
+        target = next(p for n, p in parameters.items() if f"p_{n.replace('.', '_')}_to_fp16_quantized" == name)
+        target.data = torch.from_numpy(values)
+    int4 = logits()
+    return {"stored_weights_in_torch": {
+        "weights_expanded": len(stored),
+        "top1_agreement_with_fp32": round(float((int4.argmax(-1) == fp32.argmax(-1)).float().mean()), 4),
+        "perplexity_fp32": round(perplexity(fp32, windows), 2),
+        "perplexity_stored": round(perplexity(int4, windows), 2),
+        "runs_as": "torch, fp32 compute, weights expanded from the Core ML package (not a Core ML run)",
+    }}
 
 
 def _placement(program, method: str) -> dict:
@@ -131,7 +180,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--prompt", default="The capital of France is")
-    parser.add_argument("--quantize", choices=("a16w8",), help="the NPU program's scheme (qualcomm); cpu stays fp32")
+    parser.add_argument("--quantize", choices=("a16w8", "int4-weight"),
+                        help="the NPU program's scheme (qualcomm: a16w8, coreml: int4-weight); cpu stays fp32")
     parser.add_argument("--keep", metavar="DIR", help="write the programs here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeport-llm-npu-") as tmp:
@@ -142,6 +192,8 @@ def main() -> None:
         print(json.dumps(exports[0]), flush=True)
         if args.backend == "coreml":
             result = describe_stateful(npu_path)
+            if args.quantize:
+                result |= stored_weights_accuracy(npu_path)
         else:
             exports.append(timed_export("cpu", cpu_path, args.max_seq_len))
             print(json.dumps(exports[1]), flush=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 import edgeport
 
-from . import package, toolchain
+from . import compress, package, toolchain
 from .options import CoreMLOptions, convert_arguments
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ def compile_stateful(program: ExportedProgram, options: CoreMLOptions, output_na
     `edgeport.BackendError` when coremltools cannot convert it or the checks fail."""
     ct = toolchain.coremltools()
     _check_target(ct, options)
+    if options.scheme != "none":
+        compress.check_target(ct, options.scheme, options.minimum_deployment_target)
     arguments = convert_arguments(ct, options)
     outputs = [ct.TensorType(name=name, dtype=np.float32) for name in output_names]  # logits stay fp32
     with toolchain.quiet():
@@ -58,6 +60,8 @@ def compile_stateful(program: ExportedProgram, options: CoreMLOptions, output_na
                 f"coremltools could not convert the stateful method: {type(error).__name__}: {error}".splitlines()[0],
                 hint="export the stateless form (the program's own steps), or report the method's graph",
             ) from error
+    if options.scheme != "none":
+        mlmodel = compress.compress_weights(ct, mlmodel, options.scheme, options.group_size, program)
     data = package.package_bytes(mlmodel)
     states = check_stateful(data, program)
     description = package.describe(mlmodel.get_spec())
@@ -68,6 +72,8 @@ def compile_stateful(program: ExportedProgram, options: CoreMLOptions, output_na
         "inputs": [_feature(f) for f in description.inputs],
         "outputs": [_feature(f) for f in description.outputs],
         "mil_ops": description.mil_ops,
+        "weight_bytes": package.weight_bytes(data),
+        **({"scheme": options.scheme} if options.scheme != "none" else {}),
         "runs_on": "macOS 15 / iOS 18 and later only (Core ML's MLState)",
     })
 

@@ -22,19 +22,20 @@ from typing import Any, Mapping
 
 import torch
 
-from ..api import export_methods
+from ..api import export_methods, resolve_backends
 from ..errors import EdgeportError
 from ..lowering import Progress
 from ..plugins import Registry
 from ..program import Program, file_info
 from .calibration import TEXT as CALIBRATION_TEXT
 from .loader import LoadedModel, load_model
+from ..quantize.placement import QUANTIZES, backend_quantization
 from ..quantize.scheme import Scheme, resolve_scheme
 from . import one_graph
 from .model import Decode, Decoder, Prefill
 from .quantized import quantize_decoder, weight_bytes
 from .stateful import attach_stateful_decode, offers_stateful
-from .static import MASK, calibration_batches, check_backend_offers, zero_state
+from .static import MASK, calibration_batches, zero_state
 from .stitch import repeat_layers
 from .text import TextCodec
 from .weights import build_decoder
@@ -42,8 +43,14 @@ from .weights import build_decoder
 FORMAT = 1  # of manifest.metadata["llm"]
 TOKENIZER_FILE = "llm/tokenizer.json"
 CHAT_TEMPLATE_FILE = "llm/chat_template.jinja"
-QUANTIZE_SCHEMES = ("int8-dynamic", "int4-weight")  # weights only, no calibration: cpu
+QUANTIZE_SCHEMES = ("int8-dynamic", "int4-weight")  # weights only, no calibration
 CALIBRATED_SCHEMES = ("a16w8",)  # activations too, ranges from the built-in text: NPUs (static.py)
+# cpu lowers the decoder's own quantized linears (quantized.py: outlier channels, the tied
+# table stored once, a Q4_1 file's grid kept). Another backend offering a weight scheme
+# compresses the float decoder's weights itself when it compiles (coreml: int4-weight).
+DECODER_QUANTIZED = ("cpu",)
+SCHEMES_BY_BACKEND = ("int8-dynamic or int4-weight with --backend cpu, a16w8 with --backend qualcomm, int4-weight "
+                      "with --backend coreml --option coreml.minimum_deployment_target=iOS18")
 DEFAULT_MAX_SEQ_LEN = 512
 DEFAULT_PREFILL_CHUNK = 32  # prompt tokens per prefill call: long prompts run in several
 
@@ -65,7 +72,12 @@ def export(
     """Export a GGUF file or local Hugging Face directory (or a `LoadedModel`) as an
     LLM program for ``backend``, with a KV cache of ``max_seq_len`` positions.
 
-    ``float_outliers`` (quantized programs): keep each quantized linear's few outlier
+    ``quantize`` (`SCHEMES_BY_BACKEND`): on cpu the decoder's own quantized linears
+    (`quantized.py`); on another backend that offers the scheme, the backend compresses
+    the float weights when it compiles (coreml's int4-weight, the stateful decode too).
+    A scheme the backend does not apply is refused before the model is read.
+
+    ``float_outliers`` (quantized on cpu): keep each quantized linear's few outlier
     input channels, found on a built-in English text, out of the per-token quantization,
     in float (`quantized.OutlierChannels`): more accurate, a little slower to decode.
     ``keep_reference`` as for `edgeport.export_methods` (a quantized program's
@@ -81,8 +93,9 @@ def export(
                             hint="a rotation would move 4-bit weights off the Q4_1 grid they hold, and fp32 "
                                  "and a16w8 gain nothing from it; drop --rotate")
     calibrated = scheme is not None and scheme.name in CALIBRATED_SCHEMES
-    if calibrated:
-        check_backend_offers(scheme, backend, registry)
+    by_backend = scheme is not None and not calibrated and backend not in DECODER_QUANTIZED
+    if calibrated or by_backend:
+        _check_backend_quantizes(scheme, backend, options, registry)
     if progress:
         progress("loading the model")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -96,7 +109,7 @@ def export(
     if calibrated:  # every layer its own ranges: capture the whole decoder (static.py)
         proto = decoder
         decoder.mask_value = MASK
-    elif scheme is not None:
+    elif scheme is not None and not by_backend:
         if progress:
             progress(f"quantizing the weights: {scheme.describe()}")
         calibration = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT) if float_outliers else None
@@ -126,21 +139,26 @@ def export(
             registry=registry,
             progress=progress,
             keep_reference=keep_reference,
+            quantize=scheme if by_backend else None,
             rewrite=lambda name, captured: repeat_layers(captured, config.layers, values),
         )
     if "decode" not in program.manifest.methods:
         one_graph.add_decode(program)
     _attach(program, loaded, max_seq_len, prefill_chunk)
     program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
-    # a16w8 stores each weight as one int8 (the HTP context); the others as `weight_bytes` counts
-    program.manifest.metadata["llm"]["weight_bytes"] = (sum(p.numel() for p in decoder.parameters()) if calibrated
-                                                        else weight_bytes(decoder))
+    if by_backend:
+        stored = _compiled_weight_bytes(program)
+    elif calibrated:  # one int8 per weight (the HTP context)
+        stored = sum(p.numel() for p in decoder.parameters())
+    else:
+        stored = weight_bytes(decoder)
+    program.manifest.metadata["llm"]["weight_bytes"] = stored
     if offers_stateful(backend, registry):  # Core ML: the cache as the model's own state
-        if scheme is None:
-            attach_stateful_decode(program, backend, proto, values, options=options, registry=registry,
-                                   progress=progress)
+        if scheme is None or by_backend:
+            attach_stateful_decode(program, backend, proto, values, scheme=scheme, options=options,
+                                   registry=registry, progress=progress)
         else:
-            why = f"not made for {scheme.name} weights (the stateful decode is float only)"
+            why = f"not made for {scheme.name} (the stateful decode is float or compressed by {backend} only)"
             program.manifest.metadata["llm"]["stateful_decode"] = {"backend": backend, "skipped": why}
     return program
 
@@ -152,13 +170,29 @@ def _scheme(quantize: str | None) -> Scheme | None:
         return None
     scheme = resolve_scheme(quantize)
     if scheme.name not in QUANTIZE_SCHEMES + CALIBRATED_SCHEMES:
-        raise EdgeportError(
-            f"edgeport llm export quantizes with {' or '.join(QUANTIZE_SCHEMES)} (cpu) or "
-            f"{' or '.join(CALIBRATED_SCHEMES)} (qualcomm), not {scheme.name}",
-            hint=f"pass --quantize {QUANTIZE_SCHEMES[0]} or --quantize {QUANTIZE_SCHEMES[1]} (cpu), or "
-                 f"--quantize {CALIBRATED_SCHEMES[0]} with --backend qualcomm",
-        )
+        raise EdgeportError(f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}, not {scheme.name}",
+                            hint=f"pass --quantize {' or '.join(QUANTIZE_SCHEMES + CALIBRATED_SCHEMES)}")
     return scheme
+
+
+def _check_backend_quantizes(scheme: Scheme, backend: str, options: Mapping[str, Mapping[str, Any]] | None,
+                             registry: Registry | None) -> None:
+    """Refuse, before any work, a scheme ``backend`` does not apply with these options
+    (an LLM left in portable torch is no program for a device)."""
+    selected, parsed = resolve_backends([backend], options, registry)
+    answer = backend_quantization(selected[backend], scheme, parsed[backend])
+    if answer.status != QUANTIZES:
+        raise EdgeportError(f"edgeport llm export --backend {backend} cannot quantize with {scheme.name}: {answer.reason}",
+                            hint=f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}")
+
+
+def _compiled_weight_bytes(program: Program) -> int:
+    """The weight bytes of the decode method's compiled models, as their backend counts
+    them (``weight_bytes`` in each artifact's metadata; Core ML: the package's weight.bin).
+    Each method's model holds its own copy."""
+    decode = program.manifest.methods["decode"]
+    paths = {step.artifact for step in decode.steps if step.kind == "delegate"}
+    return sum(program.manifest.artifacts[path].metadata["weight_bytes"] for path in paths)
 
 
 def _check_lengths(loaded: LoadedModel, max_seq_len: int, chunk: int) -> None:

@@ -24,6 +24,8 @@ from ..errors import BackendError
 from ..lowering import Progress
 from ..plugins import Registry
 from ..program import Program, file_info
+from ..quantize.placement import with_scheme
+from ..quantize.scheme import Scheme
 from .model import Decode, Decoder
 from .stitch import repeat_layers
 
@@ -36,12 +38,14 @@ def offers_stateful(backend: str, registry: Registry | None) -> bool:
 
 
 def attach_stateful_decode(program: Program, backend: str, proto: Decoder, values: Mapping[str, torch.Tensor], *,
-                           options: Mapping[str, Mapping[str, Any]] | None, registry: Registry | None,
-                           progress: Progress | None) -> None:
+                           scheme: Scheme | None, options: Mapping[str, Mapping[str, Any]] | None,
+                           registry: Registry | None, progress: Progress | None) -> None:
     """Compile the stateful decode on ``backend`` and store it in ``program``; when the
-    backend cannot (e.g. a deployment target without states), record why instead."""
+    backend cannot (e.g. a deployment target without states), record why instead.
+    ``scheme``: a weight scheme the backend applies when it compiles (Core ML's int4)."""
     selected, parsed = resolve_backends([backend], options, registry)
     target = selected[backend]
+    compile_options = with_scheme(parsed[backend], scheme) if scheme is not None else parsed[backend]
     if progress:
         progress(f"decode (stateful): capturing with the KV cache as {backend} state")
     inputs = (torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))
@@ -51,7 +55,7 @@ def attach_stateful_decode(program: Program, backend: str, proto: Decoder, value
     try:
         if progress:
             progress(f"decode (stateful): compiling on {backend}")
-        artifact = target.compile_stateful(whole, parsed[backend], ["logits"])
+        artifact = target.compile_stateful(whole, compile_options, ["logits"])
     except BackendError as error:
         why = f"{error} ({error.hint})" if error.hint else str(error)
         meta["stateful_decode"] = {"backend": backend, "skipped": why}
@@ -62,7 +66,7 @@ def attach_stateful_decode(program: Program, backend: str, proto: Decoder, value
     program.files[path] = artifact.data
     program.manifest.files[path] = file_info(artifact.data)
     meta["stateful_decode"] = {"backend": backend, "backend_version": target.version, "file": path,
-                               "options": options_to_dict(parsed[backend]), **artifact.metadata}
+                               "options": options_to_dict(compile_options), **artifact.metadata}
 
 
 def _layers(values: Mapping[str, torch.Tensor]) -> int:

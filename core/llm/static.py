@@ -21,29 +21,13 @@ from typing import Any
 import torch
 
 from ..errors import EdgeportError
-from ..plugins import Registry
 from ..program import Program, file_info
-from ..quantize.scheme import Scheme
 
 # exp(-100) is below fp32's smallest normal and zero in fp16: a masked score adds nothing.
 # The masked scores set the low end of each score's observed range, so a mask no lower
 # than needed keeps the uint16 steps of the real scores fine (about 0.002 for a range of 130).
 MASK = -100.0
 CALIBRATION_TOKENS = 128  # of the built-in text (of ~300): a decode step per token, the slow part
-
-
-def check_backend_offers(scheme: Scheme, backend: str, registry: Registry | None) -> None:
-    """Refuse, before any work, a calibrated scheme the backend does not run."""
-    from ..api import resolve_backends
-
-    selected, _ = resolve_backends([backend], None, registry)
-    offered = frozenset(selected[backend].schemes or ())
-    if scheme.name not in offered:
-        raise EdgeportError(
-            f"edgeport llm export --backend {backend} cannot quantize with {scheme.name}: "
-            f"{backend} offers {', '.join(sorted(offered)) or 'no quantization scheme'}",
-            hint="a16w8 is Qualcomm HTP's scheme (--backend qualcomm); cpu takes --quantize int8-dynamic or int4-weight",
-        )
 
 
 def calibration_batches(tokens: list[int], max_seq_len: int, chunk: int) -> dict[str, list[tuple[Any, ...]]]:

@@ -118,15 +118,21 @@ def compile_options(placement: Placement, options: Mapping[str, Any]) -> dict[st
     no PT2E annotation expresses (Core ML's weight palettization and compression)."""
     out = dict(options)
     for name, answer in placement.backends.items():
-        opts = options[name]
-        fields = {f.name for f in dataclasses.fields(opts)} if dataclasses.is_dataclass(opts) else set()
-        if answer.status != QUANTIZES or SCHEME_OPTION not in fields:
-            continue
-        scheme = {SCHEME_OPTION: answer.scheme.name}  # for `auto`, the backend's own
-        if GROUP_SIZE_OPTION in fields and answer.scheme.group_size is not None:
-            scheme[GROUP_SIZE_OPTION] = answer.scheme.group_size
-        out[name] = dataclasses.replace(opts, **scheme)
+        if answer.status == QUANTIZES:
+            out[name] = with_scheme(options[name], answer.scheme)  # for `auto`, the backend's own
     return out
+
+
+def with_scheme(options: Any, scheme: Scheme) -> Any:
+    """A backend's ``options`` naming ``scheme`` in their `scheme` field (and its group
+    size in `group_size`); options without a `scheme` field are returned as they are."""
+    fields = {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
+    if SCHEME_OPTION not in fields:
+        return options
+    changes: dict[str, Any] = {SCHEME_OPTION: scheme.name}
+    if GROUP_SIZE_OPTION in fields and scheme.group_size is not None:
+        changes[GROUP_SIZE_OPTION] = scheme.group_size
+    return dataclasses.replace(options, **changes)
 
 
 def _support(backend: Backend, program: ExportedProgram, options: Any,

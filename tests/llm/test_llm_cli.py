@@ -143,7 +143,8 @@ def test_a_prompt_longer_than_the_cache_is_one_line_with_a_hint(smol_path, use_c
 def test_a_scheme_that_needs_calibration_is_refused_before_loading(use_cpu):
     import edgeport.llm
 
-    with pytest.raises(edgeport.EdgeportError, match=r"quantizes with int8-dynamic or int4-weight \(cpu\) or a16w8 \(qualcomm\), not int8") as err:
+    with pytest.raises(edgeport.EdgeportError, match=r"quantizes with int8-dynamic or int4-weight with --backend cpu, "
+                                                     r"a16w8 with --backend qualcomm, int4-weight with --backend coreml .*, not int8") as err:
         edgeport.llm.export(smollm2_gguf(), quantize="int8")
     assert "--quantize int8-dynamic" in err.value.hint
 

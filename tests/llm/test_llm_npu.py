@@ -272,8 +272,104 @@ def test_coreml_llm_export_below_ios18_records_why_it_has_no_stateful_decode(tin
     # attach_stateful_decode reads and writes only these parts of a Program
     program = SimpleNamespace(manifest=SimpleNamespace(metadata={"llm": {}}, files={}), files={})
     messages = []
-    attach_stateful_decode(program, "coreml", proto, values, options={"coreml": {"minimum_deployment_target": "iOS17"}},
+    attach_stateful_decode(program, "coreml", proto, values, scheme=None, options={"coreml": {"minimum_deployment_target": "iOS17"}},
                            registry=registry_for(CoreMLBackend()), progress=messages.append)
     meta = program.manifest.metadata["llm"]["stateful_decode"]
     assert "iOS 18" in meta["skipped"] and "minimum_deployment_target=iOS18" in meta["skipped"] and "file" not in meta
     assert not program.files and any("not made" in m for m in messages)
+
+
+# -- quantized weights on an NPU backend ---------------------------------------------------
+
+
+LONG_CACHE = 96
+
+
+@pytest.fixture(scope="module")
+def long_tiny(tmp_path_factory):
+    """Heads of 32 and a 96-position cache: rotary tables of 96 x 32, past coremltools'
+    2,048-element threshold and in whole blocks of 32, so int4 would take them."""
+    path, _ = tiny_model_dir(tmp_path_factory.mktemp("hf-long"), "llama", max_position_embeddings=LONG_CACHE,
+                             num_attention_heads=2, num_key_value_heads=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def coreml_int4_program(long_tiny):
+    from edgeport.backends.coreml import CoreMLBackend
+
+    if not CoreMLBackend().availability().can_compile:
+        pytest.skip(CoreMLBackend().availability().why)
+    return edgeport.llm.export(long_tiny, backend="coreml", max_seq_len=LONG_CACHE, prefill_chunk=CHUNK,
+                               quantize="int4-weight", options={"coreml": {"minimum_deployment_target": "iOS18"}},
+                               registry=registry_for(CoreMLBackend()))
+
+
+def test_coreml_int4_weight_stores_every_linear_and_the_embedding_as_int4_blocks_in_each_model(
+        coreml_int4_program, long_tiny):
+    """prefill, decode and the stateful decode each hold every linear and the lm_head as
+    uint4 in blocks of 32 inputs with a scale and an offset per block, and the embedding
+    (read by a gather) as int8 rows: each value is its float weight's nearest step.
+    Nothing else is compressed (the rotary tables are buffers: they stay float). Both
+    methods stay whole on Core ML."""
+    from edgeport.backends.coreml import compress, package
+    from edgeport.llm.loader import load_model
+    from edgeport.llm.model import Prefill
+    from edgeport.llm.weights import build_decoder
+
+    loaded = load_model(long_tiny)
+    weights = {f"p_{name.replace('.', '_')}_to_fp16_quantized": p.detach().numpy()
+               for name, p in Prefill(build_decoder(loaded.config, loaded.weights, LONG_CACHE)).named_parameters()
+               if p.dim() == 2}
+    assert len(weights) == 4 * LAYERS + 2  # qkv, o, gate_up, down per layer; the embedding; the untied head
+    meta = coreml_int4_program.manifest.metadata["llm"]
+    files = {"decode": "artifacts/decode/0.mlpackage.zip", "prefill": "artifacts/prefill/0.mlpackage.zip",
+             "stateful decode": meta["stateful_decode"]["file"]}
+    for model, path in files.items():
+        with package.opened(coreml_int4_program.files[path]) as unzipped:
+            program = package.validate(unzipped)
+        stored = {w.name: w for w in compress.compressed_weights(program)}
+        expanded = compress.expanded_weights(program)
+        assert set(stored) == set(expanded) == set(weights), model
+        for name, values in expanded.items():
+            weight = weights[name]
+            if name == "p_decoder_embed_to_fp16_quantized":  # read by a gather: int8 rows
+                assert stored[name].dtype == "int8", (model, name)
+                step, error = np.abs(weight).max(1, keepdims=True) / 127, np.abs(values - weight)
+            else:  # 16 steps from each block's minimum to its maximum
+                assert stored[name].dtype == "uint4", (model, name)
+                blocks = weight.reshape(weight.shape[0], -1, 32)
+                step = (blocks.max(-1, keepdims=True) - blocks.min(-1, keepdims=True)) / 15
+                error = np.abs(values.reshape(blocks.shape) - blocks)
+            assert (error <= step / 2 * 1.01 + 1e-3).all(), (model, name)
+    for method in ("decode", "prefill"):
+        assert {n["backend"] for n in coreml_int4_program.report(method)["nodes"]} == {"coreml"}
+    assert meta["weights"] == "int4-weight" and meta["stateful_decode"]["scheme"] == "int4-weight"
+    fp16_bytes = sum(w.size * 2 for w in weights.values())
+    assert meta["weight_bytes"] == coreml_int4_program.manifest.artifacts[files["decode"]].metadata["weight_bytes"]
+    # 4 bits and a 16-bit scale and offset per 32 weights are 0.31x fp16, an int8 table 0.5x
+    table = weights["p_decoder_embed_to_fp16_quantized"].size * 2
+    assert meta["weight_bytes"] >= (fp16_bytes - table) * 0.31 + table * 0.5
+    assert meta["weight_bytes"] < fp16_bytes * 0.5
+
+
+@pytest.mark.parametrize("backend, scheme, options, says", [
+    ("mediatek", "int8-dynamic", {}, "mediatek does not offer int8-dynamic"),
+    ("qualcomm", "int4-weight", {}, "qualcomm does not offer int4-weight"),
+    ("coreml", "int8-dynamic", {}, "Core ML quantizes activations only with calibrated"),
+    ("coreml", "int4-weight", {"coreml": {"minimum_deployment_target": "iOS17"}}, "need iOS18"),
+])
+def test_a_weight_scheme_the_backend_does_not_apply_is_refused_before_the_model_is_read(
+        backend, scheme, options, says, tmp_path):
+    """Not a program left in portable torch: an error naming the reason, before any work
+    (the model path does not even exist), and a hint with what each backend takes."""
+    from edgeport.backends.coreml import CoreMLBackend
+    from edgeport.backends.mediatek import MediatekBackend
+    from edgeport.backends.qualcomm import QualcommBackend
+
+    chosen = {"mediatek": MediatekBackend, "qualcomm": QualcommBackend, "coreml": CoreMLBackend}[backend]()
+    with pytest.raises(edgeport.EdgeportError, match=says) as info:
+        edgeport.llm.export(tmp_path / "no-model", backend=backend, quantize=scheme, options=options,
+                            registry=registry_for(chosen))
+    assert f"--backend {backend} cannot quantize with {scheme}" in str(info.value)
+    assert "int4-weight with --backend coreml" in info.value.hint
