@@ -69,6 +69,12 @@ class Program:
     def methods(self) -> list[str]:
         return list(self.manifest.methods)
 
+    @property
+    def reference(self) -> bool:
+        """Loaded to run a delegate step whose backend cannot run here on its torch
+        reference (`load`'s ``reference``): such a run needs torch values."""
+        return self._reference
+
     def report(self, method: str | None = None) -> dict[str, Any]:
         """The placement report of a method: every node's backend and reasons."""
         name = method or self.default_method

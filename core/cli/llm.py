@@ -67,6 +67,12 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
         print_summary(program.report(method))
 
 
+_REFERENCE = click.option(
+    "--reference", is_flag=True,
+    help="Run each delegate whose backend cannot run here (coreml off macOS) on its torch reference, labelled "
+         "so: the float partition, even for a program whose backend compresses the weights.")
+
+
 def _sampling_options(command: Any) -> Any:
     for option in reversed([
         click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1),
@@ -92,16 +98,19 @@ def _sampling_options(command: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the text, token ids and speed as JSON at the end.")
 @click.option("--native", is_flag=True, help="Generate in edgeport's native runner, with no Python in the process "
               "(cpu programs): less memory. Builds the runner with the C compiler on first use.")
+@_REFERENCE
 def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_p: float,
-             seed: int | None, threads: int | None, as_json: bool, native: bool) -> None:
+             seed: int | None, threads: int | None, as_json: bool, native: bool, reference: bool) -> None:
     """Stream PROGRAM's continuation of --prompt, then the speed line."""
     from ..llm import Sampling, session_of
     from ..program import load
 
     start = time.perf_counter()
+    if native and reference:
+        raise click.UsageError("--native runs cpu programs in the native runner; --reference runs torch programs")
     if native:
         _generate_native(program, prompt, chat, max_new_tokens, Sampling(temperature, top_p, seed), threads, as_json)
-    session = session_of(load(program), threads)
+    session = session_of(load(program, reference=reference), threads)
     sampling = Sampling(temperature, top_p, seed)
     if chat:
         tokens = session.chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, sampling=sampling)
@@ -142,13 +151,14 @@ def off_device(labels: list[str]) -> list[str]:
 @click.argument("program", type=click.Path(exists=True, dir_okay=False))
 @click.option("--system", help="A system message to start the conversation with.")
 @_sampling_options
+@_REFERENCE
 def chat(program: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
-         seed: int | None, threads: int | None) -> None:
+         seed: int | None, threads: int | None, reference: bool) -> None:
     """Talk with PROGRAM; the conversation stays in its KV cache. /reset starts over, /exit ends."""
     from ..llm import PromptTooLong, Sampling, session_of
     from ..program import load
 
-    session = session_of(load(program), threads)
+    session = session_of(load(program, reference=reference), threads)
     session.warm_up()
     sampling = Sampling(temperature, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []

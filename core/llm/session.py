@@ -98,7 +98,8 @@ class Session:
         """The program's runtime, loaded on first use (a prompt that does not fit fails
         before any artifact is loaded), with the cache placed inside the decode delegate."""
         if self._runtime is None:
-            arrays = "auto" if portable_steps(self.program.manifest) else "numpy"  # portable steps need torch
+            torch_steps = portable_steps(self.program.manifest) or self.program.reference  # torch programs
+            arrays = "auto" if torch_steps else "numpy"
             self._runtime = self.program.runtime(arrays)
             self._runtime.place_state("decode")
         return self._runtime

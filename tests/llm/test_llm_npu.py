@@ -233,6 +233,33 @@ def test_coreml_stateless_methods_compile_too_and_say_they_run_on_macos_only(cor
             edgeport.llm.Session(coreml_program).decode(0)
 
 
+def test_off_macos_the_coreml_program_generates_on_its_torch_reference_labelled_so(coreml_program, cpu_reference,
+                                                                                  tmp_path):
+    """`edgeport llm generate --reference` runs each Core ML partition's torch program and
+    says so in the speed line; its greedy tokens are the fp32 cpu program's. Without the
+    flag: one line, whose hint names it."""
+    from click.testing import CliRunner
+
+    from edgeport.backends.coreml import CoreMLBackend
+    from edgeport.cli import cli
+
+    if CoreMLBackend().availability().can_run:
+        pytest.skip("Core ML runs here: the program runs as itself")
+    path = tmp_path / "coreml.edgeport"
+    coreml_program.save(path)
+    tokens, _ = greedy(edgeport.load(path, reference=True), PROMPT, NEW_TOKENS)
+    assert tokens == cpu_reference[0]
+    prompt = " ".join(f"w{i}" for i in PROMPT)  # the tiny word-level vocabulary: w5 is id 5
+    run = ["llm", "generate", str(path), "--prompt", prompt, "--max-new-tokens", str(NEW_TOKENS)]
+    result = CliRunner().invoke(cli, [*run, "--reference", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["token_ids"] == cpu_reference[0] and report["runs_on"] == ["coreml: torch reference"]
+    refused = CliRunner().invoke(cli, run)
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "Core ML runs only on macOS" in refused.output and "--reference" in refused.output
+
+
 def test_coreml_states_need_ios18_and_the_error_says_so():
     """Below iOS 18 there are no states: the stateful compile refuses with a hint (the LLM
     export then records that reason in place of the stateful decode)."""
