@@ -20,8 +20,9 @@ So edgeport compresses int4-weight itself, with the one op iOS 18 has for it,
   and an fp16 offset ``-min / scale`` (Q4_1's grid: such a file's weights are kept, to
   fp16 rounding of the offset). The offset costs 16 more bits a block than the
   symmetric form: 5 bits a weight instead of 4.5;
-- anything else stays fp16, as do weights of 2,048 elements or fewer and the program's
-  buffers (compress.py).
+- anything else stays fp16: a constant read by anything but a linear, matmul, conv or
+  gather (a mask, a table multiplied in), weights of 2,048 elements or fewer, and the
+  program's buffers (compress.py).
 
 The op's specification allows fp16 offsets (OffsetT: int4, uint4, int8, uint8, fp16,
 fp32; coremltools' iOS18 compression op definitions); coremltools' own quantizer emits
@@ -38,6 +39,9 @@ import numpy as np
 # An offset past 64 steps rounds (fp16: 1/16 apart there) by more than 1/32 of a step: such a
 # block, far from zero, has its range widened to zero instead (Q4_1 blocks straddle zero).
 OFFSET_LIMIT = 64.0
+# The ops that read a constant as weights. A constant with any other reader (a mask added
+# to scores, a table multiplied in) is not a weight: it stays as it is.
+WEIGHT_READERS = frozenset({"linear", "matmul", "conv", "conv_transpose", "gather"})
 
 
 def compress(mlmodel: Any, group_size: int, keep: Collection[str], threshold: int) -> Any:
@@ -76,10 +80,13 @@ def _compressed(op: Any, group_size: int, keep: frozenset[str], threshold: int) 
     value = op.outputs[0].val if op.op_type == "const" else None
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim < 2 or value.size <= threshold:
         return None
-    if op.name in keep or op.name.removesuffix("_to_fp16") in keep:
+    if op.name in keep or op.name.removesuffix("_to_fp16") in keep or not np.isfinite(value).all():
+        return None
+    readers = {reader.op_type for reader in op.outputs[0].child_ops}
+    if not readers or not readers <= WEIGHT_READERS:
         return None
     weight = value.astype(np.float32)
-    if any(reader.op_type == "gather" for reader in op.outputs[0].child_ops):
+    if "gather" in readers:
         return int8_rows(weight) + (None,)
     if weight.shape[1] % group_size:
         return None

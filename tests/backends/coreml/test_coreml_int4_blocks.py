@@ -75,3 +75,34 @@ def test_gather_tables_are_symmetric_int8_rows():
     step = np.abs(table).max(1, keepdims=True) / 127
     assert (np.abs(expand(data, scale, None) - table) <= step / 2 * 1.01 + 1e-6).all()
     assert (expand(data, scale, None)[3] == 0).all()
+
+
+def test_only_weights_are_compressed_not_a_constant_mask_added_to_the_scores():
+    """A large float constant that is added (a mask) stays fp16; the weight beside it is
+    compressed."""
+    import torch
+
+    import edgeport
+    from edgeport.backends.coreml import CoreMLBackend, compress, package
+    from edgeport.testing import registry_for
+
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 64)  # 4,096 weights: past the threshold
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = torch.triu(torch.full((64, 64), -1e4), diagonal=1)  # folded into a 4,096-element constant
+            return self.fc(x) @ self.fc.weight + mask
+
+    program = edgeport.export(Masked().eval(), (torch.randn(64, 64),), ["coreml"], quantize="int4-weight",
+                              options={"coreml": {"minimum_deployment_target": "iOS18"}}, strict=True,
+                              registry=registry_for(CoreMLBackend()))
+    (path,) = program.manifest.artifacts
+    with package.opened(program.files[path]) as unzipped:
+        mil = package.validate(unzipped)
+    # the weight twice (linear, and transposed for the matmul, which coremltools makes a linear)
+    assert [(w.dtype, w.shape) for w in compress.compressed_weights(mil)] == [("uint4", (64, 64))] * 2
+    ops = [op for function in mil.functions.values() for op in function.operations]
+    (mask,) = [op for op in ops if op.op_type == "const" and [r.op_type for r in op.outputs[0].child_ops] == ["add"]]
+    assert mask.outputs[0].val.dtype == np.float16 and mask.outputs[0].val.min() == np.float16(-1e4)  # as it was
