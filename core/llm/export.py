@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ DEFAULT_PREFILL_CHUNK = 32  # prompt tokens per prefill call: long prompts run i
 def export(
     model: str | os.PathLike[str] | LoadedModel,
     *,
-    backend: str = "cpu",
+    backend: str | Sequence[str] = "cpu",
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     quantize: str | None = None,
@@ -71,6 +71,11 @@ def export(
 ) -> Program:
     """Export a GGUF file or local Hugging Face directory (or a `LoadedModel`) as an
     LLM program for ``backend``, with a KV cache of ``max_seq_len`` positions.
+
+    ``backend`` is one name, or several in priority order ("mediatek,cpu" or a list), as
+    for `edgeport.export`: what the first cannot run goes to the next (mediatek,cpu: the
+    lookups NeuroPilot cannot take run in a cpu delegate, so no step needs torch). The
+    first backend is the one quantizing and, where it offers one, the stateful decode's.
 
     ``quantize`` (`SCHEMES_BY_BACKEND`): on cpu the decoder's own quantized linears
     (`quantized.py`); on another backend that offers the scheme, the backend compresses
@@ -93,15 +98,18 @@ def export(
                             hint="a rotation would move 4-bit weights off the Q4_1 grid they hold, and fp32 "
                                  "and a16w8 gain nothing from it; drop --rotate")
     calibrated = scheme is not None and scheme.name in CALIBRATED_SCHEMES
-    by_backend = scheme is not None and not calibrated and backend not in DECODER_QUANTIZED
+    backends = backend.split(",") if isinstance(backend, str) else list(backend)
+    resolve_backends(backends, options, registry)  # unknown backends and bad options: before the model is read
+    first = backends[0]
+    by_backend = scheme is not None and not calibrated and first not in DECODER_QUANTIZED
     if calibrated or by_backend:
-        _check_backend_quantizes(scheme, backend, options, registry)
+        _check_backend_quantizes(scheme, first, options, registry)
     if progress:
         progress("loading the model")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     config = loaded.config
     _check_lengths(loaded, max_seq_len, prefill_chunk)
-    one = backend in one_graph.BACKENDS  # one graph for both methods: weights prepared once (one_graph.py)
+    one = set(backends) <= set(one_graph.BACKENDS)  # one graph for both methods: weights prepared once (one_graph.py)
     decoder = build_decoder(config, loaded.weights, max_seq_len, seq_major=one)
     if not isinstance(model, LoadedModel):
         loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
@@ -127,14 +135,14 @@ def export(
         if progress:
             progress(f"quantizing {scheme.describe()}: every layer captured, calibrated on the built-in text")
         tokens = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT)
-        program = export_methods(methods, [backend], options=options, registry=registry, progress=progress,
+        program = export_methods(methods, backends, options=options, registry=registry, progress=progress,
                                  quantize=scheme, calibration=calibration_batches(tokens, max_seq_len, T),
                                  keep_reference=keep_reference)
         zero_state(program)
     else:
         program = export_methods(
             methods,
-            [backend],
+            backends,
             options=options,
             registry=registry,
             progress=progress,
@@ -147,19 +155,19 @@ def export(
     _attach(program, loaded, max_seq_len, prefill_chunk)
     program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
     if by_backend:
-        stored = _compiled_weight_bytes(program)
+        stored = _compiled_weight_bytes(program, first)
     elif calibrated:  # one int8 per weight (the HTP context)
         stored = sum(p.numel() for p in decoder.parameters())
     else:
         stored = weight_bytes(decoder)
     program.manifest.metadata["llm"]["weight_bytes"] = stored
-    if offers_stateful(backend, registry):  # Core ML: the cache as the model's own state
+    if offers_stateful(first, registry):  # Core ML: the cache as the model's own state
         if scheme is None or by_backend:
-            attach_stateful_decode(program, backend, proto, values, scheme=scheme, options=options,
+            attach_stateful_decode(program, first, proto, values, scheme=scheme, options=options,
                                    registry=registry, progress=progress)
         else:
-            why = f"not made for {scheme.name} (the stateful decode is float or compressed by {backend} only)"
-            program.manifest.metadata["llm"]["stateful_decode"] = {"backend": backend, "skipped": why}
+            why = f"not made for {scheme.name} (the stateful decode is float or compressed by {first} only)"
+            program.manifest.metadata["llm"]["stateful_decode"] = {"backend": first, "skipped": why}
     return program
 
 
@@ -186,12 +194,12 @@ def _check_backend_quantizes(scheme: Scheme, backend: str, options: Mapping[str,
                             hint=f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}")
 
 
-def _compiled_weight_bytes(program: Program) -> int:
-    """The weight bytes of the decode method's compiled models, as their backend counts
+def _compiled_weight_bytes(program: Program, backend: str) -> int:
+    """The weight bytes of the decode method's models compiled by ``backend``, as it counts
     them (``weight_bytes`` in each artifact's metadata; Core ML: the package's weight.bin).
     Each method's model holds its own copy."""
     decode = program.manifest.methods["decode"]
-    paths = {step.artifact for step in decode.steps if step.kind == "delegate"}
+    paths = {step.artifact for step in decode.steps if step.backend == backend}
     return sum(program.manifest.artifacts[path].metadata["weight_bytes"] for path in paths)
 
 

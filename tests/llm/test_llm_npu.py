@@ -400,3 +400,37 @@ def test_a_weight_scheme_the_backend_does_not_apply_is_refused_before_the_model_
                             registry=registry_for(chosen))
     assert f"--backend {backend} cannot quantize with {scheme}" in str(info.value)
     assert "int4-weight with --backend coreml" in info.value.hint
+
+
+# -- mediatek with cpu: no step needs torch --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mediatek_cpu_program(tiny):
+    from edgeport.backends.mediatek import MediatekBackend
+
+    if not MediatekBackend().availability().can_compile:
+        pytest.skip(MediatekBackend().availability().why)
+    return edgeport.llm.export(tiny, backend="mediatek,cpu", max_seq_len=MAX_SEQ_LEN, prefill_chunk=CHUNK,
+                               registry=registry_for(MediatekBackend(), CpuBackend()))
+
+
+def test_mediatek_with_cpu_runs_the_lookups_on_cpu_so_no_step_needs_torch(mediatek_cpu_program, cpu_reference):
+    """`--backend mediatek,cpu`: the embedding and rotary lookups and the position mask
+    (not NeuroPilot-legal) run in a cpu delegate instead of portable torch, every layer
+    and the head in the NeuroPilot one; each backend's delegates of both methods are one
+    model (the embedding table stored once); the greedy tokens are the cpu program's."""
+    from edgeport.torch_steps import portable_steps
+
+    program = mediatek_cpu_program
+    assert portable_steps(program.manifest) == []
+    assert [s.backend for s in program.manifest.methods["decode"].steps] == ["cpu", "mediatek"]
+    assert {a.backend for a in program.manifest.artifacts.values()} == {"cpu", "mediatek"}
+    assert len(program.manifest.artifacts) == 2
+    tokens, _ = greedy(program, PROMPT, NEW_TOKENS)
+    assert tokens == cpu_reference[0]
+
+
+def test_an_unknown_backend_is_refused_before_the_model_is_read(tmp_path):
+    with pytest.raises(edgeport.EdgeportError, match="unknown backend 'nosuch'"):
+        edgeport.llm.export(tmp_path / "no-model", backend="cpu,nosuch", registry=registry_for(CpuBackend()))
