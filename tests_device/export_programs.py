@@ -3,7 +3,8 @@
 Run in the full environment (with torch): ``python tests_device/export_programs.py DIR``.
 It writes to DIR, per case, ``<case>.edgeport``, ``<case>.npz`` (each call's inputs and
 the outputs edgeport's runtime gave here, with torch) and ``cases.json`` (the calls, in
-order). ``test_device_runtime.py`` then runs the same programs in an environment without
+order). The LLM cases (a tiny random Llama on cpu, and on mediatek with cpu taking the
+lookups) record a greedy generation instead: its tokens and each step's logits. ``test_device_runtime.py`` then runs the same programs in an environment without
 torch and compares (.ci/run does both). Every program but the golden one must be
 torch-free, so each is exported with ``require_delegated=True``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,14 @@ import numpy as np
 import torch
 
 import edgeport
+import edgeport.llm
 from edgeport.output_tree import leaves
 
-GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden_v1.edgeport"
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+GOLDEN = TESTS / "data" / "golden_v1.edgeport"
+LLM_BACKENDS = {"llm_cpu": "cpu", "llm_mediatek": "mediatek,cpu"}  # case -> --backend
+LLM_PROMPT = "w5 w6 w7 w8 w9 w10 w11"  # the tiny models' words: "w5" is token 5
+LLM_NEW_TOKENS = 8
 
 
 class SmallCnn(torch.nn.Module):
@@ -106,6 +113,34 @@ def cases() -> dict[str, tuple[edgeport.Program | None, list[tuple[str, list[np.
     }
 
 
+def greedy(program: edgeport.Program, prompt: str, new_tokens: int) -> tuple[list[int], np.ndarray]:
+    """``new_tokens`` greedy tokens after ``prompt`` through the program's session, and the
+    logits of each step (the device tests run the same loop without torch)."""
+    session = edgeport.llm.Session(program)
+    logits = [np.asarray(session.prefill(session.text.encode(prompt), 0))]
+    tokens = [int(logits[-1].argmax())]
+    while len(tokens) < new_tokens:
+        logits.append(np.asarray(session.decode(tokens[-1])))
+        tokens.append(int(logits[-1].argmax()))
+    return tokens, np.stack(logits)
+
+
+def write_llms(directory: Path, index: dict[str, Any]) -> None:
+    sys.path.insert(0, str(TESTS))
+    from tiny_llms import tiny_model_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = tiny_model_dir(Path(tmp), "llama")
+        for name, backend in LLM_BACKENDS.items():
+            path = directory / f"{name}.edgeport"
+            edgeport.llm.export(model, backend=backend, max_seq_len=32, prefill_chunk=8).save(path)
+            loaded = edgeport.load(path)
+            tokens, logits = greedy(loaded, LLM_PROMPT, LLM_NEW_TOKENS)
+            np.savez(directory / f"{name}.npz", tokens=np.array(tokens), logits=logits)
+            index[name] = {"calls": [], "portable": any(s.kind == "portable" for p in loaded.manifest.methods.values()
+                                                        for s in p.steps), "prompt": LLM_PROMPT}
+
+
 def write(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {}
@@ -129,6 +164,7 @@ def write(directory: Path) -> None:
         np.savez(directory / f"{name}.npz", **arrays)
         index[name] = {"calls": [method for method, _ in calls],
                        "portable": any(s.kind == "portable" for p in loaded.manifest.methods.values() for s in p.steps)}
+    write_llms(directory, index)
     (directory / "cases.json").write_text(json.dumps(index, indent=1))
 
 

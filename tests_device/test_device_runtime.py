@@ -1,6 +1,6 @@
 """The run side without PyTorch: programs exported where torch is, run where it is not.
 
-Run in a virtualenv made with ``pip install -e '.[runtime-cpu,runtime-qualcomm]' pytest``
+Run in a virtualenv made with ``pip install -e '.[runtime-cpu,runtime-qualcomm,runtime-llm]' pytest``
 (no torch), against the programs ``export_programs.py`` wrote in the full environment,
 named by ``EDGEPORT_DEVICE_PROGRAMS``. .ci/run does both. Outputs must equal the torch
 side's bit for bit: the same artifacts run in the same runtimes (LiteRT, ONNX Runtime).
@@ -73,6 +73,36 @@ def test_outputs_and_state_equal_the_torch_sides_bit_for_bit(programs, cases, na
     for fqn, value in program.runtime().state.items():
         assert _same(value, expected[f"state_{fqn}"]), f"{name}: state {fqn} differs"
     assert "torch" not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["llm_cpu", "llm_mediatek"])
+def test_an_llm_program_generates_the_torch_sides_tokens_and_logits(programs, cases, name):
+    """A tiny Llama on cpu, and on mediatek with cpu taking the lookups: the same greedy
+    loop as the torch side's (export_programs.greedy), step for step, bit for bit."""
+    import edgeport.llm
+
+    expected = _expected(programs, name)
+    session = edgeport.llm.Session(edgeport.load(programs / f"{name}.edgeport"))
+    logits = [np.asarray(session.prefill(session.text.encode(cases[name]["prompt"]), 0))]
+    tokens = [int(logits[-1].argmax())]
+    while len(tokens) < len(expected["tokens"]):
+        logits.append(np.asarray(session.decode(tokens[-1])))
+        tokens.append(int(logits[-1].argmax()))
+    assert tokens == expected["tokens"].tolist()
+    assert _same(np.stack(logits), expected["logits"])
+    assert "torch" not in sys.modules
+
+
+def test_llm_generate_streams_the_same_tokens_without_torch(programs, cases):
+    """`edgeport llm generate` on the mediatek-with-cpu program, as a device runs it: the
+    torch side's tokens, and the speed line says where decode ran."""
+    expected = _expected(programs, "llm_mediatek")
+    result = _cli("llm", "generate", str(programs / "llm_mediatek.edgeport"), "--prompt", cases["llm_mediatek"]["prompt"],
+                  "--max-new-tokens", str(len(expected["tokens"])), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["token_ids"] == expected["tokens"].tolist()
+    assert report["runs_on"] == ["mediatek: reference (CPU)"]
 
 
 def test_each_backend_runs_where_it_says(programs):

@@ -15,7 +15,7 @@ from edgeport.backends.cpu import CpuBackend
 from edgeport.llm import one_graph
 from edgeport.llm.model import Step
 
-from test_architectures import tiny_model_dir
+from tiny_llms import tiny_model_dir
 
 BUCKET = 8
 MAX_SEQ_LEN = 40  # not a multiple of the bucket: the last window is the cache's end

@@ -21,7 +21,7 @@ import edgeport.llm
 from edgeport.llm.loader import GGUF_ARCHITECTURES, ModelLoadError, load_model
 from edgeport.llm.text import TextCodec
 
-from test_architectures import VOCAB, tiny_model_dir
+from tiny_llms import VOCAB, tiny_model_dir
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")

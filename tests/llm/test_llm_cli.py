@@ -160,7 +160,7 @@ def test_export_says_what_model_it_read_and_which_rope_factors_the_cache_takes(t
     """A Phi-3 whose LongRoPE switches at 32 positions, exported with a cache of 48: the
     export says its cache takes the long factors for every position (transformers would
     use the short ones up to 32), and that only 12 of each head's 16 dims turn."""
-    from test_architectures import tiny_model_dir
+    from tiny_llms import tiny_model_dir
 
     path, _ = tiny_model_dir(tmp_path, "phi3")
     result = invoke("llm", "export", path, "--max-seq-len", 48, "--prefill-chunk", 8, "-o", tmp_path / "phi3.edgeport")

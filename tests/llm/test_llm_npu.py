@@ -22,7 +22,7 @@ from edgeport.backends.cpu import CpuBackend
 from edgeport.testing import registry_for
 from llm_sessions import greedy
 
-from test_architectures import tiny_model_dir
+from tiny_llms import tiny_model_dir
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from edgeport.llm.static import CALIBRATION_TOKENS, MASK, calibration_batches
 from edgeport.testing import registry_for
 from llm_sessions import greedy
 
-from test_architectures import tiny_model_dir
+from tiny_llms import tiny_model_dir
 
 MAX_SEQ_LEN, CHUNK, LAYERS = 32, 8, 3
 PROMPT = [5, 6, 7, 8, 9, 10, 11]

@@ -83,7 +83,7 @@ def test_moving_the_down_projections_outlier_channels_last_keeps_the_decoders_fu
     from edgeport.llm.quantized import OUTLIER_CHANNELS, _move_down_outliers_last, _replace
     from edgeport.llm.weights import build_decoder
 
-    from test_architectures import tiny_model_dir
+    from tiny_llms import tiny_model_dir
 
     path, _ = tiny_model_dir(tmp_path, "llama")
     decoder = build_decoder(load_model(path).config, load_model(path).weights, max_seq_len=16)
@@ -115,7 +115,7 @@ def test_a_down_projection_whose_input_peaks_tie_still_keeps_its_outliers_last(t
     from edgeport.llm.weights import build_decoder
     from edgeport.quantize import resolve_scheme
 
-    from test_architectures import tiny_model_dir
+    from tiny_llms import tiny_model_dir
 
     path, _ = tiny_model_dir(tmp_path, "llama")
     loaded = load_model(path)

@@ -21,7 +21,7 @@ from edgeport.llm.weights import build_decoder
 from edgeport.quantize import resolve_scheme
 from edgeport.testing import registry_for
 
-from test_architectures import ARCHS, tiny_model_dir
+from tiny_llms import ARCHS, tiny_model_dir
 
 
 @pytest.mark.parametrize("n", [576, 64, 12, 960])  # SmolLM2's hidden and head sizes; 960 has no Hadamard here
