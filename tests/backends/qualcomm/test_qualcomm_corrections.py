@@ -5,8 +5,10 @@ it. The test checks both halves: support() says no, and QNN still refuses when h
 node anyway. If a QNN upgrade starts taking one, its test fails: drop that row.
 """
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,12 +367,14 @@ from qualcomm_helpers import Fn, max_abs, partition_of
 """
 
 
-def _in_child(script: str) -> subprocess.CompletedProcess:
+def _in_child(script: str, tmp: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` in a child; its temporary files go under ``tmp``, which the test owns:
+    a child that dies leaves its temporary directories behind (CI machines are reused)."""
     return subprocess.run([sys.executable, "-W", "ignore", "-c", IN_CHILD + script], capture_output=True, text=True,
-                          timeout=300, cwd=__file__.rsplit("/", 1)[0])
+                          timeout=300, cwd=__file__.rsplit("/", 1)[0], env={**os.environ, "TMPDIR": str(tmp)})
 
 
-def test_a_last_dim_weight_times_square_rank5_values_is_declined_because_htp_segfaults(backend):
+def test_a_last_dim_weight_times_square_rank5_values_is_declined_because_htp_segfaults(backend, tmp_path):
     values, weight = torch.randn(2, 3, 3, 3, 3), torch.tensor([0.0, 0.5, 0.0])
     program = partition_of(Fn(lambda t: t * weight), values)
     answer = backend.support(node_named(program, "mul"), edgeport.SupportContext(program, QualcommOptions()))
@@ -381,17 +385,17 @@ def test_a_last_dim_weight_times_square_rank5_values_is_declined_because_htp_seg
     died = _in_child("""
 weight = torch.tensor([0.0, 0.5, 0.0])
 QualcommBackend().compile(partition_of(Fn(lambda t: t * weight), torch.randn(2, 3, 3, 3, 3)), QualcommOptions())
-""")
+""", tmp_path)
     assert died.returncode == -11, f"QNN compiles this Mul now (exit {died.returncode}): take it again"
 
 
-def test_trilinear_interpolation_is_delegated_to_qualcomm_and_right():
+def test_trilinear_interpolation_is_delegated_to_qualcomm_and_right(tmp_path):
     done = _in_child("""
 x = torch.randn(2, 3, 4, 4, 4)
 fn = Fn(lambda t: F.interpolate(t, size=(3, 3, 3), mode="trilinear", align_corners=True))
 program = edgeport.export(fn, (x,), ["qualcomm"])
 print([info.backend for info in program.manifest.artifacts.values()], max_abs(program(x), fn(x)))
-""")
+""", tmp_path)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-500:]}"
     backends, error = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert "qualcomm" in backends and float(error) < 1e-2
