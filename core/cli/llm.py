@@ -41,10 +41,14 @@ def llm() -> None:
 @click.option("--rotate", is_flag=True,
               help="int8-dynamic: rotate the residual stream, folded into the weights (perplexity near fp32's, "
                    "outlier channels on the down projections only).")
+@click.option("--keep-reference/--no-keep-reference", default=None,
+              help="Store each delegate's torch program, which --reference runs (default: only for backends that "
+                   "cannot run here, e.g. coreml off macOS; for SmolLM2 they are 1 GiB of a coreml program).")
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
 def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, quantize: str | None,
-               float_outliers: bool, rotate: bool, option_items: tuple[str, ...], output: str) -> None:
+               float_outliers: bool, rotate: bool, keep_reference: bool | None, option_items: tuple[str, ...],
+               output: str) -> None:
     """Export MODEL (a .gguf file or a local Hugging Face model directory)."""
     from ..llm import export
     from ..llm.config import DecoderConfig
@@ -54,7 +58,7 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
     with progress(True) as show:
         program = export(model, backend=backend, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
                          quantize=quantize, float_outliers=float_outliers, rotate=rotate, options=parse_options(option_items),
-                         progress=show)
+                         keep_reference=keep_reference, progress=show)
         if show:
             show("saving")
         program.save(output)

@@ -434,3 +434,27 @@ def test_mediatek_with_cpu_runs_the_lookups_on_cpu_so_no_step_needs_torch(mediat
 def test_an_unknown_backend_is_refused_before_the_model_is_read(tmp_path):
     with pytest.raises(edgeport.EdgeportError, match="unknown backend 'nosuch'"):
         edgeport.llm.export(tmp_path / "no-model", backend="cpu,nosuch", registry=registry_for(CpuBackend()))
+
+
+def test_llm_export_no_keep_reference_drops_the_torch_references_and_says_what_reference_needs(tiny, tmp_path):
+    """A coreml program for a Mac need not carry the float torch programs that only
+    `--reference` runs (1 GiB of SmolLM2's); without them, `--reference` says how to get them."""
+    from click.testing import CliRunner
+
+    from edgeport.backends.coreml import CoreMLBackend
+    from edgeport.cli import cli
+
+    availability = CoreMLBackend().availability()
+    if not availability.can_compile or availability.can_run:
+        pytest.skip("needs a machine where Core ML compiles but cannot run")
+    path = tmp_path / "coreml.edgeport"
+    exported = CliRunner().invoke(cli, ["llm", "export", str(tiny), "--backend", "coreml", "--max-seq-len",
+                                        str(MAX_SEQ_LEN), "--prefill-chunk", str(CHUNK), "--no-keep-reference",
+                                        "-o", str(path)])
+    assert exported.exit_code == 0, exported.output
+    program = edgeport.load(path)
+    assert not [name for name in program.files if name.startswith("reference/")]
+    assert all(step.reference is None for plan in program.manifest.methods.values() for step in plan.steps)
+    refused = CliRunner().invoke(cli, ["llm", "generate", str(path), "--prompt", "w5 w6", "--reference"])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "--keep-reference" in refused.output
