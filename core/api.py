@@ -32,6 +32,7 @@ from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.placement import compile_options
 from .shared_artifacts import share_artifacts
+from .shared_tensors import share_tensors
 from .sized_constants import fold_sized_constants
 from .tensors import tensor_to_bytes
 from .torch_steps import method_portable_steps, not_delegated
@@ -167,6 +168,7 @@ def export_methods(
             if fqn not in state:
                 state[fqn] = _store_state(files, fqn, program.state_dict.get(fqn, program.constants.get(fqn)))
     share_artifacts(selected, files, artifacts, plans)
+    shared = share_tensors(files)
     manifest = Manifest(
         producer={"name": "edgeport", "version": _version(), "torch": torch.__version__, "python": platform.python_version()},
         methods=plans,
@@ -174,6 +176,7 @@ def export_methods(
         state=state,
         files={path: file_info(data) for path, data in files.items()},
         report=reports,
+        shared_tensors=shared,
     )
     return Program(manifest, files, registry=registry)
 

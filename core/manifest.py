@@ -130,12 +130,16 @@ class Manifest:
     metadata: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
+    # Files of tensors that several torch programs read (shared_tensors.py); also in ``files``.
+    shared_tensors: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for plan in data["methods"].values():
             if not plan["state_prefixes"]:  # written only where used: an edgeport before it refuses the field
                 del plan["state_prefixes"]
+        if not self.shared_tensors:  # likewise
+            del data["shared_tensors"]
         return data
 
 
@@ -168,6 +172,7 @@ def manifest_from_json(data: dict[str, Any]) -> Manifest:
         metadata=dict(data.get("metadata", {})),  # version 1 has none
         format=data["format"],
         version=data["version"],
+        shared_tensors=tuple(data.get("shared_tensors", ())),  # optional: programs whose torch programs share tensors
     )
 
 

@@ -305,7 +305,8 @@ _V1_FIELDS = {
 SCHEMAS: dict[int, Check] = {
     1: record(_V1_FIELDS),
     # 2 adds the application's metadata (and the digest entry beside the manifest)
-    2: record({**_V1_FIELDS, "version": integer(2, 2), "metadata": mapping(free_form)}),
+    2: record({**_V1_FIELDS, "version": integer(2, 2), "metadata": mapping(free_form)},
+              optional={"shared_tensors": array(PATH)}),  # tensors several torch programs read
 }
 
 

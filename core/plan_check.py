@@ -29,6 +29,7 @@ from .errors import ProgramError
 from .manifest import PORTABLE, Manifest, MethodPlan, Step
 from .manifest_schema import ManifestError, parse_manifest_json
 from .output_tree import check_structure
+from .shared_tensors import is_shared_tensor_path
 
 Fact = tuple[str, tuple[Any, ...]]  # (dtype, shape) of one value
 
@@ -52,6 +53,7 @@ def check_plan(manifest: Manifest) -> None:
     if extra:
         raise ManifestError(f"the report describes method(s) {', '.join(extra)}, which the program does not have")
     _check_state(manifest)
+    _check_shared_tensors(manifest)
     used = {s.artifact for plan in manifest.methods.values() for s in plan.steps}
     for path in manifest.artifacts:
         if path not in used:
@@ -232,6 +234,15 @@ def _check_torch_program(i: int, prefix: str, manifest: Manifest) -> None:
     for part in ("graph.json", "tensors.json"):
         if f"{prefix}/{part}" not in manifest.files:
             raise ManifestError(f"step {i} names torch program {prefix}, which has no {part}")
+
+
+def _check_shared_tensors(manifest: Manifest) -> None:
+    """The files of tensors several torch programs read: only ``tensors/*.bin`` files of the program."""
+    for path in manifest.shared_tensors:
+        if not is_shared_tensor_path(path):
+            raise ManifestError(f"shared tensor file {path} is not in the folder tensors/ (tensors/<name>.bin)")
+        if path not in manifest.files:
+            raise ManifestError(f"shared tensor file {path} is not a file of the program")
 
 
 def _check_out_spec(plan: MethodPlan) -> None:

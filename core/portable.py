@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch._export.serde import serialize as serde
 from torch.export import ExportedProgram
 
 from . import sized_constants  # noqa: F401 - registers torch.ops.edgeport.narrow_to, which portable steps may run
-from .mapped_file import release
+from .mapped_file import Buffer, release
+from .shared_tensors import is_shared_tensor_path
 from .tensors import tensor_from_bytes, tensor_to_bytes
 
 
@@ -47,16 +48,18 @@ def program_to_files(program: ExportedProgram) -> dict[str, bytes]:
 _DESERIALIZING = threading.Lock()
 
 
-def program_from_files(read: Any) -> ExportedProgram:
+SharedTensors = Callable[[str, Mapping[str, Any]], torch.Tensor]  # (path, tensors.json entry) -> the tensor
+
+
+def program_from_files(read: Callable[[str], Buffer], shared: SharedTensors | None = None) -> ExportedProgram:
     """Rebuild a program from ``read(name) -> bytes`` (or a read-only view of them, as a
-    loaded program's files are); raises on any inconsistency."""
+    loaded program's files are), its shared tensors (shared_tensors.py) from ``shared``;
+    raises on any inconsistency."""
     index = json.loads(bytes(read("tensors.json")))
     sections: dict[str, dict[str, torch.Tensor]] = {"state_dict": {}, "constants": {}}
     for section in sections:
         for fqn, entry in index.get(section, {}).items():
-            data = read(entry["file"])
-            tensor = tensor_from_bytes(data, entry)  # a copy torch owns: the graph may not write a mapped file
-            release(data)
+            tensor = _own_tensor(read(entry["file"]), entry) if "shared" not in entry else _shared(shared, fqn, entry)
             sections[section][fqn] = torch.nn.Parameter(tensor, requires_grad=False) if entry.get("parameter") else tensor
     graph = bytes(read("graph.json"))
     _register_quantized_ops(graph)
@@ -64,6 +67,39 @@ def program_from_files(read: Any) -> ExportedProgram:
     with _DESERIALIZING, warnings.catch_warnings():  # torch warns about its own pytree internals
         warnings.simplefilter("ignore", FutureWarning)
         return serde.deserialize(artifact)
+
+
+def stored_program(files: Mapping[str, Buffer], prefix: str,
+                   loaded: dict[tuple[Any, ...], torch.Tensor] | None = None) -> ExportedProgram:
+    """The torch program a program's ``files`` store under ``prefix`` (a portable step's
+    ``program`` or a delegate's ``reference``). A shared tensor already in ``loaded``
+    (filled as tensors are read) is not read again: torch programs that share a weight
+    in the file share it in memory (no graph writes a weight: what a method mutates is
+    program state)."""
+    loaded = {} if loaded is None else loaded
+
+    def shared(path: str, entry: Mapping[str, Any]) -> torch.Tensor:
+        key = (path, entry["dtype"], tuple(entry["shape"]))
+        if key not in loaded:
+            loaded[key] = _own_tensor(files[path], entry)
+        return loaded[key]
+
+    return program_from_files(lambda name: files[f"{prefix}/{name}"], shared)
+
+
+def _own_tensor(data: Buffer, entry: Mapping[str, Any]) -> torch.Tensor:
+    tensor = tensor_from_bytes(data, entry)  # a copy torch owns: the graph may not write a mapped file
+    release(data)
+    return tensor
+
+
+def _shared(shared: SharedTensors | None, fqn: str, entry: Mapping[str, Any]) -> torch.Tensor:
+    path = entry["shared"]
+    if not is_shared_tensor_path(path):
+        raise ValueError(f"tensor {fqn} names {path!r}, which is not a shared tensor's file")
+    if shared is None:
+        raise ValueError(f"tensor {fqn} is shared with other torch programs ({path}): read it with its program's files")
+    return shared(path, entry)
 
 
 def _register_quantized_ops(graph: bytes) -> None:

@@ -94,6 +94,7 @@ class Runtime:
         self.state = {fqn: _read_state(self._values, fqn, entry, files) for fqn, entry in manifest.state.items()}
         self._state_lock = threading.Lock()  # one per program: every method shares its state
         self._loaded: dict[str, tuple[Any, Any]] = {}  # artifact path -> (what its backend loaded, its lock)
+        self._shared_tensors: dict[Any, Any] = {}  # tensors torch steps share (portable.stored_program)
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
         self._direct = {name: _direct_call(plan, steps, self._values) for name, (plan, steps, _) in self._methods.items()}
         self._prefix_views: dict[tuple[str, str], tuple[Any, int, Any]] = {}  # (method, value) -> (state, rows, view)
@@ -154,10 +155,10 @@ class Runtime:
         return None if availability.can_run else (availability.why or "its backend says it cannot run here")
 
     def _portable(self, prefix: str) -> Executable:
-        from .portable import PortableExecutable, program_from_files  # torch: `program.load` checked it is here
+        from .portable import PortableExecutable, stored_program  # torch: `program.load` checked it is here
 
         try:
-            return PortableExecutable(program_from_files(lambda name: self._files[f"{prefix}/{name}"]))
+            return PortableExecutable(stored_program(self._files, prefix, self._shared_tensors))
         except Exception as exc:  # a damaged graph must not surface as a torch traceback
             raise ProgramError(f"the torch program {prefix} cannot be read: {type(exc).__name__}: {exc}") from None
 

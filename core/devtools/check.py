@@ -33,7 +33,7 @@ from ..delegates import executable_of, load_step, run_label
 from ..errors import EdgeportError, InputError, UnknownBackendError
 from ..manifest import MethodPlan, Step
 from ..plugins import Registry, default_registry
-from ..portable import PortableExecutable, program_from_files
+from ..portable import PortableExecutable, stored_program
 from ..program import Program
 from ..report import op_name, source_of
 from ..subprogram import extract_subprogram
@@ -214,7 +214,7 @@ def _tensor(value: Any) -> Any:
 
 
 def _torch_program(program: Program, prefix: str) -> ExportedProgram:
-    return program_from_files(lambda rel: program.files[f"{prefix}/{rel}"])
+    return stored_program(program.files, prefix)
 
 
 def _check_step(program: Program, step: Step, reference: ExportedProgram, args: list[Any], expected: list[Any],

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..api import export
 from ..backend import Backend
-from ..portable import program_from_files
+from ..portable import stored_program
 from ..program import Program
 from .cases import Fn, _x
 
@@ -100,7 +100,7 @@ def output_scales(program: Program) -> dict[str, float]:
             prefix = step.reference or step.program
             if not prefix:
                 continue
-            graph = program_from_files(lambda n, p=prefix: program.files[f"{p}/{n}"]).graph
+            graph = stored_program(program.files, prefix).graph
             for arg in graph.output_node().args[0]:
                 target = getattr(arg, "target", None)
                 if getattr(target, "_schema", None) is not None and target._schema.name.endswith("dequantize_per_tensor"):

@@ -123,10 +123,10 @@ def test_each_layer_is_calibrated_with_its_own_ranges(a16w8):
 
 def _linear_output_scales(program: edgeport.Program, method: str) -> list[float]:
     """The scale of the quantize after each linear of the method's reference graph."""
-    from edgeport.portable import program_from_files
+    from edgeport.portable import stored_program
 
     step = program.manifest.methods[method].steps[0]
-    graph = program_from_files(lambda n, p=step.reference: program.files[f"{p}/{n}"]).graph
+    graph = stored_program(program.files, step.reference).graph
     scales = []
     for node in graph.nodes:
         if node.target == torch.ops.aten.linear.default:

@@ -19,7 +19,7 @@ from torch_backend import TorchOpsBackend
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.cli import cli
-from edgeport.portable import program_from_files, program_to_files
+from edgeport.portable import program_to_files, stored_program
 from edgeport.quantize import SCHEMES, resolve_scheme
 from edgeport.testing import reference_program, registry_for
 from edgeport.testing.quantized_cases import calibration_for
@@ -137,7 +137,7 @@ def test_an_op_no_backend_takes_stays_float_between_quantized_partitions(island)
     assert [s.kind for s in steps] == ["delegate", "portable", "delegate"]
     atan = next(n for n in program.report()["nodes"] if n["op"] == "aten.atan.default")
     assert atan["backend"] == "portable" and "no TFLite lowering" in atan["reasons"]["cpu"]
-    portable = program_from_files(lambda name: program.files[f"{steps[1].program}/{name}"])
+    portable = stored_program(program.files, steps[1].program)
     assert [str(n.target) for n in portable.graph.nodes if n.op == "call_function"] == ["aten.atan.default"]
     # each cpu partition quantizes what enters it and dequantizes what leaves it, nothing else
     assert tflite_ops(program) == [
@@ -152,7 +152,7 @@ def test_a_quantized_step_loads_without_torchao_imported_first(island, tmp_path)
     it is loaded, in a process that never imported them."""
     _, x, program = island
     step = program.manifest.methods["forward"].steps[0]
-    reference = program_from_files(lambda name: program.files[f"{step.reference}/{name}"])
+    reference = stored_program(program.files, step.reference)
     assert any("quantized_decomposed" in str(n.target) for n in reference.graph.nodes)
     for rel, data in program_to_files(reference).items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 import edgeport  # noqa: E402
 from coreml_helpers import ON_MACOS, macos_only  # noqa: E402
 from edgeport.backends.coreml import CoreMLBackend, compress, package  # noqa: E402
-from edgeport.portable import program_from_files  # noqa: E402
+from edgeport.portable import stored_program  # noqa: E402
 from edgeport.testing import QUANTIZED_CASES, reference_program, registry_for, run_quantized_conformance  # noqa: E402
 from edgeport.testing.quantized_cases import calibration_for  # noqa: E402
 
@@ -118,7 +118,7 @@ def test_int8_activations_are_mil_quantize_ops_with_the_calibrated_scales(compil
     assert {types.builtin_to_string(op.outputs[0].dtype) for op in ops if op.op_type == "quantize"} == {"int8"}
     mil_scales = [float(op.inputs["scale"].val) for op in ops]
     (step,) = [s for s in program.manifest.methods["forward"].steps if s.kind == "delegate"]
-    graph = program_from_files(lambda n: program.files[f"{step.reference}/{n}"]).graph
+    graph = stored_program(program.files, step.reference).graph
     calibrated = {float(n.args[1]) for n in graph.nodes if str(n.target).startswith("quantized_decomposed.quantize")}
     assert len(calibrated) == 4  # the input, relu (conv fused), add and linear outputs
     # every calibrated scale is in the ML program (in fp16; coremltools may fold two into one op's scale)

@@ -230,10 +230,10 @@ def test_an_rms_norm_is_one_quantized_native_node_without_a_quantized_square(bac
     (norm,) = [n for n in graph.node if n.op_type == "SimplifiedLayerNormalization"]
     assert [producer[name].op_type for name in norm.input] == ["DequantizeLinear", "DequantizeLinear"]
     assert not {"Pow", "ReduceMean", "Sqrt", "Reciprocal"} & {n.op_type for n in graph.node}
-    from edgeport.portable import program_from_files
+    from edgeport.portable import stored_program
 
     step = program.manifest.methods["forward"].steps[0]
-    fake_quantized = program_from_files(lambda n, p=step.reference: program.files[f"{p}/{n}"]).graph
+    fake_quantized = stored_program(program.files, step.reference).graph
     (square,) = [n for n in fake_quantized.nodes if n.target == torch.ops.aten.pow.Tensor_Scalar]
     assert [u.target for u in square.users] == [torch.ops.aten.mean.dim], "the reference quantizes x ** 2"
     got, want = program(x).numpy(), reference_program(program)(x).numpy()
