@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from .convert import TensorSpec
     from .support import ConverterRegistry
 
+# The dtype coremltools stores the float weights of a model of each compute precision in
+# (an fp16 model's constants are cast to fp16; compress.py then compresses some of them).
+FLOAT_WEIGHTS = {"fp16": "float16", "fp32": "float32"}
+
 
 class CoreMLBackend(edgeport.Backend):
     """Apple Core ML through coremltools: ML programs for the Neural Engine, GPU and CPU."""
@@ -115,6 +119,7 @@ class CoreMLBackend(edgeport.Backend):
             metadata["scheme"] = options.scheme
         data = package.package_bytes(mlmodel)
         metadata["weight_bytes"] = package.weight_bytes(data)
+        metadata["float_weights"] = FLOAT_WEIGHTS[options.compute_precision]  # those left uncompressed
         toolchain.LOG.info(
             "coremltools converted %d nodes into %d MIL ops in %.2f s",
             sum(1 for n in program.graph.nodes if n.op == "call_function"),

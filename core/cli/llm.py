@@ -43,7 +43,7 @@ def llm() -> None:
                    "outlier channels on the down projections only).")
 @click.option("--keep-reference/--no-keep-reference", default=None,
               help="Store each delegate's torch program, which --reference runs (default: only for backends that "
-                   "cannot run here, e.g. coreml off macOS; for SmolLM2 they are 1 GiB of a coreml program).")
+                   "cannot run here, e.g. coreml off macOS; for SmolLM2 they are 513 MiB of a coreml program).")
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
 def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, quantize: str | None,

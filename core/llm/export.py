@@ -153,13 +153,16 @@ def export(
     if "decode" not in program.manifest.methods:
         one_graph.add_decode(program)
     _attach(program, loaded, max_seq_len, prefill_chunk)
-    program.manifest.metadata["llm"]["weights"] = scheme.name if scheme else "float32"
-    if by_backend:
-        stored = _compiled_weight_bytes(program, first)
+    label = scheme.name if scheme else "float32"
+    compiled = _compiled_weights(program, first)
+    if compiled is not None:  # stored the backend's own way (Core ML: fp16, or compressed)
+        float_dtype, stored = compiled
+        label = scheme.name if scheme else float_dtype
     elif calibrated:  # one int8 per weight (the HTP context)
         stored = sum(p.numel() for p in decoder.parameters())
     else:
         stored = weight_bytes(decoder)
+    program.manifest.metadata["llm"]["weights"] = label
     program.manifest.metadata["llm"]["weight_bytes"] = stored
     if offers_stateful(first, registry):  # Core ML: the cache as the model's own state
         if scheme is None or by_backend:
@@ -194,13 +197,17 @@ def _check_backend_quantizes(scheme: Scheme, backend: str, options: Mapping[str,
                             hint=f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}")
 
 
-def _compiled_weight_bytes(program: Program, backend: str) -> int:
-    """The weight bytes of the decode method's models compiled by ``backend``, as it counts
-    them (``weight_bytes`` in each artifact's metadata; Core ML: the package's weight.bin).
+def _compiled_weights(program: Program, backend: str) -> tuple[str, int] | None:
+    """The dtype of the uncompressed weights and the weight bytes of the decode method's
+    models compiled by ``backend``, as it counts them (its artifacts' ``float_weights``
+    and ``weight_bytes``; Core ML: the package's weight.bin); None where it does not.
     Each method's model holds its own copy."""
     decode = program.manifest.methods["decode"]
     paths = {step.artifact for step in decode.steps if step.backend == backend}
-    return sum(program.manifest.artifacts[path].metadata["weight_bytes"] for path in paths)
+    facts = [program.manifest.artifacts[path].metadata for path in paths]
+    if not facts or not all("weight_bytes" in f and "float_weights" in f for f in facts):
+        return None
+    return facts[0]["float_weights"], sum(f["weight_bytes"] for f in facts)
 
 
 def _check_lengths(loaded: LoadedModel, max_seq_len: int, chunk: int) -> None:

@@ -260,6 +260,18 @@ def test_off_macos_the_coreml_program_generates_on_its_torch_reference_labelled_
     assert "Core ML runs only on macOS" in refused.output and "--reference" in refused.output
 
 
+def test_a_float_coreml_program_states_the_fp16_weights_core_ml_stores(coreml_program, tiny):
+    """Not the float32 decoder's bytes: what the decode package's weight.bin holds."""
+    from safetensors.torch import load_file
+
+    meta = coreml_program.manifest.metadata["llm"]
+    (path,) = {s.artifact for s in coreml_program.manifest.methods["decode"].steps}
+    assert meta["weights"] == "float16"
+    assert meta["weight_bytes"] == coreml_program.manifest.artifacts[path].metadata["weight_bytes"]
+    fp32_bytes = 4 * sum(t.numel() for t in load_file(tiny / "model.safetensors").values())
+    assert 0.45 * fp32_bytes < meta["weight_bytes"] < 0.55 * fp32_bytes
+
+
 def test_coreml_states_need_ios18_and_the_error_says_so():
     """Below iOS 18 there are no states: the stateful compile refuses with a hint (the LLM
     export then records that reason in place of the stateful decode)."""
