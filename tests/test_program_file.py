@@ -1,5 +1,5 @@
 """The .edgeport file: round trip, the manifest digest, verification of damaged and
-edited files, and the golden program of format 1."""
+edited files, and the golden programs: format 1, and format 2 with shared tensors."""
 
 import hashlib
 import io
@@ -20,6 +20,7 @@ from program_zip import (DIGEST, MANIFEST, digest_line, manifest_bytes, pack, pa
 from torch_backend import TorchOpsBackend, registry_with
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_v1.edgeport")
+GOLDEN_SHARED = os.path.join(os.path.dirname(__file__), "data", "golden_v2_shared_tensors.edgeport")
 
 
 class Small(torch.nn.Module):
@@ -40,6 +41,30 @@ def golden_inputs():
 def make_golden(path):
     torch.manual_seed(1234)
     program = edgeport.export(Small().eval(), golden_inputs(), ["torchops"], registry=registry_with(TorchOpsBackend()))
+    program.save(path)
+
+
+class Projection(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(32, 64)  # an 8 KiB weight: shared (shared_tensors.MIN_BYTES)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+def shared_golden_inputs():
+    x = torch.arange(4 * 32, dtype=torch.float32).reshape(4, 32) / 128
+    return {"one": (x[:1],), "many": (x,)}
+
+
+def make_shared_golden(path):
+    """Two methods whose portable steps (the linear; torchops takes the relu) read one
+    weight, stored once."""
+    torch.manual_seed(1234)
+    module = Projection().eval()
+    program = edgeport.export_methods({m: (module, x) for m, x in shared_golden_inputs().items()}, ["torchops"],
+                                      registry=registry_with(TorchOpsBackend()))
     program.save(path)
 
 
@@ -167,6 +192,20 @@ def test_golden_program_saved_again_is_version_2(tmp_path):
     assert program.manifest.version == 2
     torch.manual_seed(1234)
     torch.testing.assert_close(program(*golden_inputs()), Small().eval()(*golden_inputs()))
+
+
+def test_golden_program_with_shared_tensors_still_loads_and_runs():
+    """A program of format 2 whose torch programs share a tensor (tests/data, written on
+    2026-11-27 by `make_shared_golden`) must keep loading. Never regenerate it to make the
+    test pass."""
+    program = load(GOLDEN_SHARED)
+    assert len(program.manifest.shared_tensors) == 1 and program.manifest.version == 2
+    torch.manual_seed(1234)
+    eager = Projection().eval()
+    for method, x in shared_golden_inputs().items():
+        kinds = [s.kind for s in program.manifest.methods[method].steps]
+        assert kinds == ["portable", "delegate"]
+        torch.testing.assert_close(program.run(*x, method=method).outputs, eager(*x))
 
 
 def test_a_version_1_file_is_never_sealed():

@@ -1,7 +1,7 @@
 """A seeded fuzz test of the program loader.
 
-Mutants of one small, real cpu program (a LiteRT delegate, a portable torch step and
-program state): truncations, bit flips, byte-range edits, manifest edits (deleted
+Mutants of one small, real cpu program (a LiteRT delegate, a portable torch step,
+program state, and kept torch references whose weight is a shared tensor): truncations, bit flips, byte-range edits, manifest edits (deleted
 fields, swapped types, swapped outputs and values, version games, deep nesting, huge
 numbers, duplicate keys), and zip tricks (duplicate names, compressed entries and a
 zip bomb, unsafe paths, wrong declared sizes). Most manifest edits are re-sealed
@@ -50,7 +50,7 @@ class Tiny(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.linear = torch.nn.Linear(4, 3)
+        self.linear = torch.nn.Linear(4, 256)  # 4 KiB of weight: the two references share it
         self.register_buffer("calls", torch.zeros(1))
 
     def forward(self, x):
@@ -84,10 +84,11 @@ def original(tmp_path_factory) -> Original:
     # Two methods over the same weights and state: their cpu partitions are one merged
     # artifact (an entry each), the shape of every LLM program.
     methods = {"forward": (model, (INPUT,)), "again": (model, (INPUT,))}
-    program = edgeport.export_methods(methods, ["cpu"], registry=REGISTRY)
+    program = edgeport.export_methods(methods, ["cpu"], keep_reference=True, registry=REGISTRY)
     steps = program.manifest.methods["forward"].steps
     assert {s.kind for s in steps} == {"delegate", "portable"}, steps
     assert any(s.entry is not None for s in steps), "the cpu artifacts were not merged"
+    assert program.manifest.shared_tensors, "the references share no tensor"
     path = tmp_path_factory.mktemp("fuzz") / "tiny.edgeport"
     program.save(path)
     data = path.read_bytes()
