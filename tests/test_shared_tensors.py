@@ -14,17 +14,9 @@ from edgeport.portable import stored_program
 from edgeport.testing import registry_for
 from edgeport.testing.quantized_cases import reference_program
 from program_zip import pack, unpack
+from test_shared_artifacts import Shared
 
-WEIGHT_BYTES = 256 * 512 * 4
-
-
-class Shared(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(256, 512)
-
-    def forward(self, x):
-        return torch.relu(self.proj(x))
+WEIGHT_BYTES = 256 * 512 * 4  # Shared's
 
 
 @pytest.fixture(scope="module")
