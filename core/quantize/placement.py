@@ -89,6 +89,9 @@ def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> Back
         return BackendQuantization(DECLINES,
                                    f"{backend.name} does not offer {wanted} (it offers {', '.join(offered)}){because}")
     chosen = scheme if name == scheme.name else dataclasses.replace(SCHEMES[name], qat=scheme.qat)
+    from .flow import import_torchao  # flow imports this module
+
+    import_torchao()  # quietly, before a backend's quantizer module imports it with its log lines
     try:
         quantizer = backend.quantizer(chosen, options)
     except BackendError as error:  # the options rule the scheme out: say which and how to fix it

@@ -52,6 +52,21 @@ def test_import_edgeport_does_not_import_torchao():
     assert done.stdout == "False\n"
 
 
+@pytest.mark.parametrize("backend, scheme", [("qualcomm", "a16w8"), ("cpu", "int8"), ("coreml", "int8")])
+def test_asking_a_backend_for_its_quantizer_prints_none_of_torchaos_import_noise(backend, scheme):
+    """A backend's quantizer module imports torchao: first quietly (its CUDA kernels that
+    cannot load here, torch's pytree deprecations), or every `edgeport llm export
+    --quantize a16w8` opened with those lines."""
+    script = ("from edgeport.api import resolve_backends\n"
+              "from edgeport.quantize import resolve_scheme\n"
+              "from edgeport.quantize.placement import backend_quantization\n"
+              f"selected, options = resolve_backends([{backend!r}])\n"
+              f"print(backend_quantization(selected[{backend!r}], resolve_scheme({scheme!r}), options[{backend!r}]).status)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("quantizes\n", "")
+
+
 def test_schemes_are_data_and_group_size_applies_to_int4_only():
     assert set(SCHEMES) == {"int8", "int8-dynamic", "int4-weight", "a16w8", "palettize4", "palettize6"}
     assert resolve_scheme("int4-weight", group_size=64).group_size == 64
