@@ -59,7 +59,7 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     from edgeport.quantize.node_dtypes import is_quantization_node
 
     quantized = any(is_quantization_node(node) for node in program.graph.nodes)
-    with _quiet_exporter(), _provenance_tags(program), _explicit_reduction_dims(program):
+    with _quiet_exporter(), _without_slices_split(), _provenance_tags(program), _explicit_reduction_dims(program):
         try:
             onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True,
                                              opset_version=QUANTIZED_OPSET if quantized else None)
@@ -169,6 +169,35 @@ def _quiet_exporter():
             yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _without_slices_split():
+    """torch.onnx's optimizer without onnxscript's ``SlicesSplit`` rule (two Slices of one
+    tensor's halves -> one Split). Its matcher walks every node of the graph once per
+    Slice node: a Llama's rotary halves put two Slices per layer on q and on k, and the
+    QDQ graph of a16w8 has three times the float one's nodes, so at 30 layers this one
+    rule held the export for most of its time. Without it, SmolLM2's ``edgeport llm export
+    --quantize a16w8`` takes 332 CPU-s against 758 (a 30-layer tiny Llama: 269 against
+    779), with the same greedy tokens in the simulator (bench/README.md, "qualcomm
+    a16w8"). QNN takes the two Slices (StridedSlice) as it takes a Split. The rule list is onnxscript's private
+    ``rewriter._DEFAULT_REWRITE_RULES``, read at each optimize; where it is missing, the
+    optimizer runs as it comes."""
+    try:
+        from onnxscript import rewriter
+        from onnxscript.rewriter.rules.common import slice_split_rule
+    except ImportError:
+        yield
+        return
+    default = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if default is None:
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(rule for rule in default if rule is not slice_split_rule)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = default
 
 
 def _first_line(exc: BaseException) -> str:
