@@ -25,7 +25,6 @@ embeddings), stays computed at run time; its smaller constant inputs may fold in
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from torch.fx import Node
 from torch.fx.node import map_arg
 
 from .backend import SupportContext
+from .subprogram import copy_graph
 
 # How many bytes a folded value may add to the program beyond the stored tensors it
 # replaces: enough for the masks and position tables of a 512-token encoder
@@ -202,11 +202,8 @@ Read = Callable[[torch.fx.Graph, Node, Node, dict[Node, Node]], Node]
 def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor], read: Read | None = None) -> FoldResult:
     """A copy of ``program`` where each computed value is a lifted constant input (read
     directly, or through what `read` inserts) and what no one reads any more is gone."""
-    graph = torch.fx.Graph()
-    copies: dict[Node, Node] = {}
-    graph.output(graph.graph_copy(program.graph, copies))
-    renamed = {old.name: new.name for old, new in copies.items()}  # a placeholder named `input` becomes input_1
-    specs = [_renamed(s, renamed) for s in program.graph_signature.input_specs]
+    graph, copies, copied_signature = copy_graph(program)
+    specs = list(copied_signature.input_specs)
     first_user = next((i for i, s in enumerate(specs) if s.kind == InputKind.USER_INPUT), len(specs))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     anchor = placeholders[first_user] if first_user < len(placeholders) else _first_op(graph)
@@ -226,7 +223,7 @@ def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor], read:
     specs[first_user:first_user] = new_specs
     graph.eliminate_dead_code()
     specs = _drop_unread(graph, specs, state_dict, constants, set(program.graph_signature.buffers_to_mutate.values()))
-    signature = ExportGraphSignature(specs, [_renamed(s, renamed) for s in program.graph_signature.output_specs])
+    signature = ExportGraphSignature(specs, list(copied_signature.output_specs))
     module = torch.fx.GraphModule(program.graph_module, graph)
     folded_program = ExportedProgram(
         root=module,
@@ -266,14 +263,6 @@ def _drop_unread(graph: torch.fx.Graph, specs: list[InputSpec], state_dict: dict
             continue
         kept.append(spec)
     return kept
-
-
-def _renamed(spec: Any, names: dict[str, str]) -> Any:
-    """A copy of an input or output spec whose argument names the copied graph's node."""
-    arg = spec.arg
-    if hasattr(arg, "name") and arg.name in names:
-        arg = dataclasses.replace(arg, name=names[arg.name])
-    return dataclasses.replace(spec, arg=arg)
 
 
 def _fresh(name: str, taken: set[str]) -> str:

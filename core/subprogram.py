@@ -12,6 +12,7 @@ and passes it in as an ordinary input.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -51,6 +52,25 @@ def constant_specs(ep: ExportedProgram) -> dict[str, InputSpec]:
         if spec.kind in (InputKind.PARAMETER, InputKind.CONSTANT_TENSOR, InputKind.CUSTOM_OBJ)
         or (spec.kind == InputKind.BUFFER and spec.target not in mutated)
     }
+
+
+def copy_graph(ep: ExportedProgram) -> tuple[Graph, dict[Node, Node], ExportGraphSignature]:
+    """A copy of ``ep``'s graph to rewrite, each original node's copy, and ``ep``'s
+    signature naming the copies (a placeholder named ``input`` becomes ``input_1``)."""
+    graph = Graph()
+    copies: dict[Node, Node] = {}
+    graph.output(graph.graph_copy(ep.graph, copies))
+    names = {old.name: new.name for old, new in copies.items()}
+
+    def renamed(spec: Any) -> Any:
+        arg = spec.arg
+        if hasattr(arg, "name") and arg.name in names:
+            arg = dataclasses.replace(arg, name=names[arg.name])
+        return dataclasses.replace(spec, arg=arg)
+
+    signature = ExportGraphSignature([renamed(s) for s in ep.graph_signature.input_specs],
+                                     [renamed(s) for s in ep.graph_signature.output_specs])
+    return graph, copies, signature
 
 
 def _argument(node: Node) -> Any:

@@ -20,21 +20,20 @@ check never calls ``int()`` on a symbolic size (which would specialize the dim).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import sympy
 import torch
 from torch.export import ExportedProgram
-from torch.export.graph_signature import ExportGraphSignature
-from torch.fx import Graph, Node
+from torch.fx import Node
 from torch.fx.node import map_arg
 
 from edgeport import BackendError, DeclineNodes
 from edgeport.dynamic import example_sizes
+from edgeport.subprogram import copy_graph
 
-from .flatbuffer import ModelBuilder, Options, TensorRecord
+from .flatbuffer import ModelBuilder, Options
 from .schema import tfl
 
 Sizes = Mapping[sympy.Symbol, int]
@@ -78,9 +77,7 @@ def concretize(program: ExportedProgram, sizes: Sizes) -> ExportedProgram:
     """A copy of ``program`` with every symbolic size replaced by its value in ``sizes``:
     tensor metadata become meta tensors of static shape, and nodes that compute a size
     (``sym_size``) become the ints they compute."""
-    graph = Graph()
-    copies: dict[Node, Node] = {}
-    graph.output(graph.graph_copy(program.graph, copies))
+    graph, _, signature = copy_graph(program)
     ints: dict[Node, int] = {}
     for node in list(graph.nodes):
         node.args = map_arg(node.args, lambda n: ints.get(n, n))
@@ -94,9 +91,6 @@ def concretize(program: ExportedProgram, sizes: Sizes) -> ExportedProgram:
     for node in reversed(list(graph.nodes)):
         if node in ints and not node.users:
             graph.erase_node(node)
-    renamed = {old.name: new.name for old, new in copies.items()}
-    signature = ExportGraphSignature([_renamed(s, renamed) for s in program.graph_signature.input_specs],
-                                     [_renamed(s, renamed) for s in program.graph_signature.output_specs])
     return ExportedProgram(
         root=torch.fx.GraphModule(program.graph_module, graph),
         graph=graph,
@@ -250,8 +244,3 @@ def _concrete(val: Any, sizes: Sizes) -> Any:
     return val
 
 
-def _renamed(spec: Any, names: dict[str, str]) -> Any:
-    arg = spec.arg
-    if hasattr(arg, "name") and arg.name in names:
-        arg = dataclasses.replace(arg, name=names[arg.name])
-    return dataclasses.replace(spec, arg=arg)

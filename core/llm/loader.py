@@ -120,10 +120,10 @@ def load_gguf(path: Path) -> LoadedModel:
     except ImportError as exc:
         raise ModelLoadError(f"reading GGUF needs the gguf package ({exc})", hint="pip install 'edgeport[llm]'") from None
     try:
-        gguf = read_gguf(path)
+        contents = read_gguf(path)
     except (GgufFormatError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{path} is not a readable GGUF file: {exc}") from None
-    meta, tensors = gguf.metadata, gguf.tensors
+    meta, tensors = contents.metadata, contents.tensors
     arch = meta.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         raise ModelLoadError(
