@@ -8,9 +8,6 @@ compile side (`export`, `export_methods`, `prepare_qat`, quantization) needs tor
 is imported the first time one of its names is used.
 """
 
-import importlib
-from typing import Any
-
 from .arrays import as_numpy
 from .mapped_file import as_bytes
 from .backend import (
@@ -36,6 +33,7 @@ from .errors import (
     UnknownBackendError,
 )
 from .hookspecs import hookimpl
+from .lazy import imported_on_first_use
 from .native_output import filter_native_output
 from .plugins import Registry, default_registry
 from .program import Program, load
@@ -53,22 +51,7 @@ _COMPILE_SIDE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The compile side's names, imported when first asked for; without torch, an
-    ImportError that says what to install."""
-    module = _COMPILE_SIDE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgeport' has no attribute {name!r}")
-    try:
-        value = getattr(importlib.import_module(module, __name__), name)
-    except ModuleNotFoundError as exc:
-        if exc.name != "torch":
-            raise
-        raise ImportError(f"edgeport.{name} is part of edgeport's compile side, which needs PyTorch; it is not "
-                          "installed here (this environment can load and run programs only). Export on a machine "
-                          "with torch: pip install torch==2.13.0 'edgeport[cpu]'", name="torch") from None
-    globals()[name] = value
-    return value
+__getattr__ = imported_on_first_use(__name__, _COMPILE_SIDE)
 
 
 __all__ = [

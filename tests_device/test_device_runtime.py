@@ -27,6 +27,7 @@ if importlib.util.find_spec("torch") is not None:
     pytest.skip("the torch-free tests run in a virtualenv without torch (.ci/run makes one)", allow_module_level=True)
 
 import edgeport  # noqa: E402
+import edgeport.llm  # noqa: E402
 from edgeport.output_tree import leaves  # noqa: E402
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -162,8 +163,10 @@ def test_edgeport_explain_says_whether_a_program_is_torch_free(programs):
 def test_the_compile_side_says_it_needs_torch(programs):
     result = _cli("export", "model.py:factory", "-o", "m.edgeport")
     assert result.returncode == 1 and "edgeport export needs PyTorch" in result.stderr
-    with pytest.raises(ImportError, match="compile side, which needs PyTorch"):
+    with pytest.raises(ImportError, match="edgeport.export is part of edgeport's compile side, which needs PyTorch"):
         edgeport.export  # noqa: B018 - the attribute's import is the test
+    with pytest.raises(ImportError, match="edgeport.llm.export is part of edgeport's compile side"):
+        edgeport.llm.export  # noqa: B018
 
 
 def test_the_readme_device_snippet_runs_as_written(programs, tmp_path, monkeypatch, capsys):

@@ -25,8 +25,7 @@ the writer's names (which need torch) are imported on first use, so a device wit
 torch runs a .tflite artifact with this package and LiteRT alone.
 """
 
-import importlib
-from typing import Any
+from edgeport.lazy import imported_on_first_use
 
 from .compiled import CompiledExecutable
 from .merge import merge_models
@@ -48,13 +47,7 @@ _WRITER_SIDE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WRITER_SIDE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = imported_on_first_use(__name__, _WRITER_SIDE)
 
 # int8: QS8 kernels; int8-dynamic / int4-weight: integer-weight FULLY_CONNECTEDs.
 SCHEMES = frozenset({"int8", "int8-dynamic", "int4-weight"})

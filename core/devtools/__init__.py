@@ -14,9 +14,7 @@ The checks need torch (they run torch references) and are imported on first use;
 rest runs where torch is not installed.
 """
 
-import importlib
-from typing import Any
-
+from ..lazy import imported_on_first_use
 from .html import render_html, render_program
 from .profile import Profile, summarize_profile, time_runs
 
@@ -27,12 +25,7 @@ _NEEDS_TORCH = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _NEEDS_TORCH:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = imported_on_first_use(__name__, _NEEDS_TORCH)
 
 
 __all__ = [

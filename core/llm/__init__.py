@@ -14,10 +14,9 @@ The program carries its tokenizer and chat template; running it needs the
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Any
 
+from ..lazy import imported_on_first_use
 from ..program import Program, load
 from .sampling import Sampling
 from .session import Generation, GenerationStats, PromptTooLong, Session, Token, session_of
@@ -28,13 +27,7 @@ from .text import Message, NotAnLLMProgram
 _COMPILE_SIDE = {"export": ".export", "LoadedModel": ".loader", "load_model": ".loader"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _COMPILE_SIDE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgeport.llm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = imported_on_first_use(__name__, _COMPILE_SIDE)
 
 
 def generate(
