@@ -81,21 +81,28 @@ def block(name: str, make: Callable[[], nn.Module], *shapes: tuple[int, ...], rt
     return Case(name, _seeded(lambda: (make(), tuple(_x(*s) for s in shapes))), rtol, frozenset({"block"}))
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
+# A BatchNorm's scales are drawn from this range; quantized cases draw negative ones too.
+POSITIVE_SCALES = (0.5, 1.5)
+
+
+def _bn(channels: int, scales: tuple[float, float] = POSITIVE_SCALES) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels)
     bn.running_mean.uniform_(-0.5, 0.5)
     bn.running_var.uniform_(0.5, 2.0)
-    bn.weight.data.uniform_(0.5, 1.5)
+    bn.weight.data.uniform_(*scales)
     bn.bias.data.uniform_(-0.2, 0.2)
     return bn
 
 
 class _InvertedResidual(nn.Module):
-    def __init__(self) -> None:
+    """MobileNetV2's inverted residual: expand, depthwise, project, add."""
+
+    def __init__(self, scales: tuple[float, float] = POSITIVE_SCALES) -> None:
         super().__init__()
-        self.expand = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), _bn(32), nn.ReLU6())
-        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), _bn(32), nn.ReLU6())
-        self.project = nn.Sequential(nn.Conv2d(32, 8, 1, bias=False), _bn(8))
+        self.expand = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), _bn(32, scales), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), _bn(32, scales),
+                                       nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(32, 8, 1, bias=False), _bn(8, scales))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.project(self.depthwise(self.expand(x)))

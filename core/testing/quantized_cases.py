@@ -27,7 +27,7 @@ from ..api import export
 from ..backend import Backend
 from ..portable import stored_program
 from ..program import Program
-from .cases import Fn, _x
+from .cases import Fn, _bn, _InvertedResidual, _x
 
 __all__ = [
     "QUANTIZED_CASES",
@@ -192,26 +192,8 @@ def qblock(name: str, make: Callable[[], nn.Module], *shapes: tuple[int, ...], s
                          frozenset({"block"}))
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(channels)
-    bn.running_mean.uniform_(-0.5, 0.5)
-    bn.running_var.uniform_(0.5, 2.0)
-    bn.weight.data.uniform_(-1.5, 1.5)  # negative scales too: folding flips those channels' weights
-    bn.bias.data.uniform_(-0.2, 0.2)
-    return bn
-
-
-class _Residual(nn.Module):
-    """MobileNetV2's inverted residual: expand, depthwise, project, add."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.expand = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), _bn(32), nn.ReLU6())
-        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), _bn(32), nn.ReLU6())
-        self.project = nn.Sequential(nn.Conv2d(32, 8, 1, bias=False), _bn(8))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(self.depthwise(self.expand(x)))
+# Negative BatchNorm scales too: folding flips those channels' weights.
+SIGNED_SCALES = (-1.5, 1.5)
 
 
 class _Classifier(nn.Module):
@@ -256,8 +238,8 @@ QUANTIZED_CASES: list[QuantizedCase] = [
     qop("int8_permute", lambda m, x: F.relu(x).permute(0, 2, 3, 1), IMG),
     qop("int8_pad", lambda m, x: F.pad(F.relu(x), (1, 1, 1, 1)), IMG),
     # int8 blocks: a kernel's one-step rounding may grow through the ops after it
-    qblock("int8_conv_bn_relu6", lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), _bn(16), nn.ReLU6()), IMG),
-    qblock("int8_inverted_residual", _Residual, IMG, steps=3.0),
+    qblock("int8_conv_bn_relu6", lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), _bn(16, SIGNED_SCALES), nn.ReLU6()), IMG),
+    qblock("int8_inverted_residual", lambda: _InvertedResidual(SIGNED_SCALES), IMG, steps=3.0),
     qblock("int8_classifier", _Classifier, IMG, steps=3.0),
     # linears with integer weights, activations quantized per token at run time
     qblock("int8_dynamic_linear", lambda: nn.Linear(64, 48), (5, 64), scheme="int8-dynamic", rtol=1e-5),
