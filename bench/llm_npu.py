@@ -61,7 +61,11 @@ def timed_export(backend: str, out: Path, max_seq_len: int, quantize: str | None
         sys.exit(f"export for {backend} failed:\n{output}")
     return {"backend": backend, "quantize": quantize or "float", "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "file_mb": round(out.stat().st_size / 2**20, 1),
-            "summary": next((line for line in output.splitlines() if line.startswith("model:")), "")}
+            "summary": _line(output, "model:"), "wrote": _line(output, "wrote ")}  # the latter: weights and bytes
+
+
+def _line(output: str, start: str) -> str:
+    return next((line for line in output.splitlines() if line.startswith(start)), "")
 
 
 def compare(npu_path: Path, cpu_path: Path, prompt: str, tokens: int) -> dict:

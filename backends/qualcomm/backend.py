@@ -116,6 +116,7 @@ class QualcommBackend(edgeport.Backend):
         from .constant_outputs import constant_outputs
         from .onnx_export import export_onnx
         from .placement import compile_verified
+        from .qnn_runtime import context_binary
         from .qdq_support import quantized_dtypes
 
         qnn_options = provider_options(options)  # validates soc/precision before any work
@@ -134,6 +135,12 @@ class QualcommBackend(edgeport.Backend):
             "htp_arch": soc.htp_arch,
             "precision": options.precision,  # how its float ops compute
             "toolchain": self.version,
+            # What the device loads: the context binary, whose weights are laid out by QNN (an
+            # LLM's tied table twice, the lookup's and the head's) and stored in fp16, the
+            # precision's (HTP's only float), or as quantized; its graph adds under 1 MiB
+            # for SmolLM2's 30 layers.
+            "weight_bytes": len(context_binary(context_model)),
+            "float_weights": "float16",
         }
         quantized = quantized_dtypes(program.graph)
         if quantized:  # e.g. {"activations": "uint16", "weights": "int8"}

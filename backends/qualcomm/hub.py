@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import edgeport
 
+from .qnn_runtime import context_binary
+
 if TYPE_CHECKING:
     import qai_hub
 
@@ -133,22 +135,6 @@ def format_profiles(profiles: Iterable[PartitionProfile]) -> str:
         rows.append((p.partition, p.device, f"{p.latency_ms:.3f}", units, p.job_url))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
-
-
-def context_binary(epcontext_model: bytes) -> bytes:
-    """The QNN context binary embedded in a qualcomm artifact (an EPContext ONNX model)."""
-    import onnx
-
-    model = onnx.load_from_string(epcontext_model)
-    for node in model.graph.node:
-        if node.op_type == "EPContext":
-            for attribute in node.attribute:
-                if attribute.name == "ep_cache_context":
-                    return attribute.s
-    raise edgeport.BackendError(
-        "this qualcomm artifact holds no embedded QNN context binary",
-        hint="recompile the program with this edgeport version",
-    )
 
 
 def _find_device(client: qai_hub.Client, name: str) -> HubDevice:

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from edgeport import filter_native_output
+from edgeport import BackendError, filter_native_output
 
 EP_NAME = "QNNExecutionProvider"
 _QUIET = 3  # ONNX Runtime severity: errors only
@@ -168,6 +168,22 @@ def load_context(context_model: bytes) -> Any:
     so.add_provider_for_devices(devices, {"backend_type": "htp"})
     with filter_native_output(drop=_CHATTER):
         return ort.InferenceSession(context_model, so)
+
+
+def context_binary(epcontext_model: bytes) -> bytes:
+    """The QNN context binary embedded in a qualcomm artifact (an EPContext ONNX model)."""
+    import onnx
+
+    model = onnx.load_from_string(epcontext_model)
+    for node in model.graph.node:
+        if node.op_type == "EPContext":
+            for attribute in node.attribute:
+                if attribute.name == "ep_cache_context":
+                    return attribute.s
+    raise BackendError(
+        "this qualcomm artifact holds no embedded QNN context binary",
+        hint="recompile the program with this edgeport version",
+    )
 
 
 def _refusal_reasons(log: list[str]) -> dict[str, str]:

@@ -155,11 +155,9 @@ def export(
     _attach(program, loaded, max_seq_len, prefill_chunk)
     label = scheme.name if scheme else "float32"
     compiled = _compiled_weights(program, first)
-    if compiled is not None:  # stored the backend's own way (Core ML: fp16, or compressed)
+    if compiled is not None:  # stored the backend's own way (Core ML, QNN HTP: fp16, compressed or quantized)
         float_dtype, stored = compiled
         label = scheme.name if scheme else float_dtype
-    elif calibrated:  # one int8 per weight (the HTP context)
-        stored = sum(p.numel() for p in decoder.parameters())
     else:
         stored = weight_bytes(decoder)
     program.manifest.metadata["llm"]["weights"] = label

@@ -78,6 +78,20 @@ def test_qualcomm_takes_every_node_of_both_methods_as_one_htp_context(qualcomm_p
     assert_cache_is_program_state(qualcomm_program)
 
 
+def test_a_float_qualcomm_program_states_the_fp16_context_it_loads(qualcomm_program, tiny):
+    """Not the float32 decoder's bytes: the decode method's QNN context binary, which
+    holds the weights in fp16 (and, for so tiny a model, mostly graph)."""
+    from safetensors.torch import load_file
+
+    from edgeport.backends.qualcomm.qnn_runtime import context_binary
+
+    meta = qualcomm_program.manifest.metadata["llm"]
+    (path,) = {s.artifact for s in qualcomm_program.manifest.methods["decode"].steps}
+    assert meta["weights"] == "float16"
+    assert meta["weight_bytes"] == len(context_binary(qualcomm_program.files[path]))
+    assert meta["weight_bytes"] > 2 * sum(t.numel() for t in load_file(tiny / "model.safetensors").values())
+
+
 def test_explain_shows_htp_placement_and_the_cache_written_in_place_by_the_runtime(qualcomm_program, tmp_path):
     from click.testing import CliRunner
 

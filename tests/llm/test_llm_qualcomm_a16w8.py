@@ -98,6 +98,8 @@ def a16w8(tiny):
 
 @pytest.mark.slow
 def test_both_methods_lower_whole_as_a16w8_htp_contexts_with_the_cache_as_state(a16w8):
+    from edgeport.backends.qualcomm.qnn_runtime import context_binary
+
     for method in ("decode", "prefill"):
         assert {n["backend"] for n in a16w8.report(method)["nodes"]} == {"qualcomm"}
         plan = a16w8.manifest.methods[method]
@@ -106,7 +108,10 @@ def test_both_methods_lower_whole_as_a16w8_htp_contexts_with_the_cache_as_state(
         assert info.metadata["quantized"] == {"activations": "uint16", "weights": "int8"}
         assert plan.state_writes == {} and len(plan.row_updates) == 2 * LAYERS
         assert a16w8.report(method)["quantization"]["scheme"] == "a16w8"
-    assert a16w8.manifest.metadata["llm"]["weights"] == "a16w8"
+    meta = a16w8.manifest.metadata["llm"]
+    assert meta["weights"] == "a16w8"
+    decode_context = a16w8.files[a16w8.manifest.methods["decode"].steps[0].artifact]
+    assert meta["weight_bytes"] == len(context_binary(decode_context))  # what the device loads
     # calibration ran text through the caches; the program still starts with them empty
     assert all(not any(a16w8.files[info["file"]]) for info in a16w8.manifest.state.values())
 

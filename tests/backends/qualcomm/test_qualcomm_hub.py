@@ -9,6 +9,7 @@ import torch
 import edgeport
 from edgeport.backends.qualcomm import QualcommOptions
 from edgeport.backends.qualcomm import hub
+from edgeport.backends.qualcomm.qnn_runtime import context_binary
 
 from qualcomm_helpers import partition_of
 
@@ -46,7 +47,7 @@ def test_profiling_uploads_the_artifacts_context_binary_and_reports_latency(doub
     assert [(p.partition, p.device, p.latency_ms) for p in profiles] == [("p0", "Samsung Galaxy S24 (Family)", 1.234)]
     assert profiles[0].compute_units == {"NPU": 2}
     (model_id, uploaded), = double.record.uploads.items()
-    assert uploaded == hub.context_binary(artifact.data) and len(uploaded) > 1000
+    assert uploaded == context_binary(artifact.data) and len(uploaded) > 1000
     assert double.record.model_types[model_id] == qai_hub.public_api_pb2.ModelType.MODEL_TYPE_QNN_CONTEXT_BINARY
     (job,) = double.record.jobs.values()
     assert job.is_profiling_on and job.device.name == "Samsung Galaxy S24 (Family)"
