@@ -87,6 +87,15 @@ def stored_program(files: Mapping[str, Buffer], prefix: str,
     return program_from_files(lambda name: files[f"{prefix}/{name}"], shared)
 
 
+def stored_tensors(files: Mapping[str, Buffer], prefix: str) -> dict[str, str]:
+    """The files holding the tensors the torch program under ``prefix`` stores (its own,
+    or shared with other torch programs), each with its tensor's dtype; nothing is read
+    but the index."""
+    index = json.loads(bytes(files[f"{prefix}/tensors.json"]))
+    return {entry["shared"] if "shared" in entry else f"{prefix}/{entry['file']}": entry["dtype"]
+            for section in index.values() for entry in section.values()}
+
+
 def _own_tensor(data: Buffer, entry: Mapping[str, Any]) -> torch.Tensor:
     tensor = tensor_from_bytes(data, entry)  # a copy torch owns: the graph may not write a mapped file
     release(data)

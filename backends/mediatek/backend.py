@@ -105,6 +105,10 @@ class MediatekBackend(edgeport.Backend):
             "ops": model.ops,
             "fp16_weights": options.fp16,
             "apu_precision": precision,
+            # What the device loads for the weights: the TFLite model (weights and graph), or
+            # the APU bytecode compiled from it.
+            "weight_bytes": len(model.data),
+            "float_weights": "float16" if options.fp16 else "float32",
         }
         version = np_version(soc)
         why = toolchain.sdk_libs_missing(version)
@@ -116,7 +120,8 @@ class MediatekBackend(edgeport.Backend):
                 log.warning("mediatek: %s", why)
             else:
                 apu_ops = f"{compiled.ops_on_apu}/{compiled.ops_total}"
-                facts |= {"aot": True, "neuropilot": version, "apu_ops": apu_ops, "apu_partitions": compiled.partitions}
+                facts |= {"aot": True, "neuropilot": version, "apu_ops": apu_ops, "apu_partitions": compiled.partitions,
+                          "weight_bytes": len(compiled.data)}
                 return edgeport.Artifact(bundle.pack(model.data, compiled.data), ".zip", facts)
         facts |= {"aot": False, "why": why}
         return edgeport.Artifact(model.data, ".tflite", facts)
@@ -129,8 +134,10 @@ class MediatekBackend(edgeport.Backend):
             return None
         io_names = [(a.metadata["inputs"], a.metadata["outputs"]) for a in artifacts]
         data = tflite.merge_models([a.data for a in artifacts], entry_keys(len(artifacts)), io_names)
-        shared = {key: artifacts[0].metadata[key] for key in ("soc", "aot", "why") if key in artifacts[0].metadata}
-        return edgeport.Artifact(data, ".tflite", {**shared, "entries": [dict(a.metadata) for a in artifacts]})
+        shared = {key: artifacts[0].metadata[key] for key in ("soc", "aot", "why", "float_weights")
+                  if key in artifacts[0].metadata}
+        return edgeport.Artifact(data, ".tflite", {**shared, "weight_bytes": len(data),  # every entry's weights once
+                                                   "entries": [dict(a.metadata) for a in artifacts]})
 
     def tolerance(self, options: MediatekOptions) -> float:
         # fp16 weights, or the APU (which relaxes fp32 to fp16 for every model): ~3 decimal

@@ -26,6 +26,7 @@ from ..api import export_methods, resolve_backends
 from ..errors import EdgeportError
 from ..lowering import Progress
 from ..plugins import Registry
+from .. import portable
 from ..program import Program, file_info
 from .calibration import TEXT as CALIBRATION_TEXT
 from .loader import LoadedModel, load_model
@@ -196,16 +197,27 @@ def _check_backend_quantizes(scheme: Scheme, backend: str, options: Mapping[str,
 
 
 def _compiled_weights(program: Program, backend: str) -> tuple[str, int] | None:
-    """The dtype of the uncompressed weights and the weight bytes of the decode method's
-    models compiled by ``backend``, as it counts them (its artifacts' ``float_weights``
-    and ``weight_bytes``; Core ML: the package's weight.bin); None where it does not.
-    Each method's model holds its own copy."""
+    """The dtype of the uncompressed weights and the bytes the decode method loads for its
+    weights, where ``backend``'s artifacts count theirs (their ``float_weights`` and
+    ``weight_bytes``: Core ML's weight.bin, QNN's context binary, MediaTek's TFLite model);
+    None where they do not. Every artifact and stored tensor the method reads counts once:
+    a portable lookup's embedding table too, and another backend's artifact at its size.
+    Each method's model may hold its own copy; only decode's are counted."""
     decode = program.manifest.methods["decode"]
-    paths = {step.artifact for step in decode.steps if step.backend == backend}
-    facts = [program.manifest.artifacts[path].metadata for path in paths]
-    if not facts or not all("weight_bytes" in f and "float_weights" in f for f in facts):
+    artifacts = program.manifest.artifacts
+    own = [artifacts[step.artifact].metadata for step in decode.steps if step.backend == backend]
+    if not own or not all("weight_bytes" in m and "float_weights" in m for m in own):
         return None
-    return facts[0]["float_weights"], sum(f["weight_bytes"] for f in facts)
+    stored: dict[str, int] = {}  # file -> its weights' bytes
+    dtypes = {m["float_weights"] for m in own}
+    for step in decode.steps:
+        if step.kind == "portable":
+            tensors = portable.stored_tensors(program.files, step.program)
+            stored |= {path: len(program.files[path]) for path in tensors}
+            dtypes |= {dtype for dtype in tensors.values() if dtype.startswith("float")}
+        else:
+            stored[step.artifact] = artifacts[step.artifact].metadata.get("weight_bytes", len(program.files[step.artifact]))
+    return " and ".join(sorted(dtypes)), sum(stored.values())
 
 
 def _check_lengths(loaded: LoadedModel, max_seq_len: int, chunk: int) -> None:

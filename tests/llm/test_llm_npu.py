@@ -19,6 +19,7 @@ import torch
 import edgeport
 import edgeport.llm
 from edgeport.backends.cpu import CpuBackend
+from edgeport.portable import stored_tensors
 from edgeport.testing import registry_for
 from llm_sessions import greedy
 
@@ -169,8 +170,27 @@ def test_mediatek_stores_the_weights_once_for_both_methods(mediatek_program):
     entries = [s.entry for m in ("decode", "prefill") for s in mediatek_program.manifest.methods[m].steps
                if s.kind == "delegate"]
     assert entries == [0, 1, 2]
-    weights = mediatek_program.manifest.metadata["llm"]["weight_bytes"]  # the embedding table is in the portable step
-    assert 0.8 * weights < len(mediatek_program.files["artifacts/mediatek.tflite"]) < 1.1 * weights
+
+
+def _lookup_bytes(program: edgeport.Program) -> int:
+    """What decode's portable lookup step stores: the embedding table, the rotary tables."""
+    (step,) = [s for s in program.manifest.methods["decode"].steps if s.kind == "portable"]
+    return sum(len(program.files[path]) for path in stored_tensors(program.files, step.program))
+
+
+def test_mediatek_states_the_weights_decode_loads_the_merged_model_and_the_lookup_table(mediatek_program, tiny):
+    from edgeport.backends.mediatek import MediatekBackend
+
+    meta = mediatek_program.manifest.metadata["llm"]
+    assert meta["weights"] == "float32"
+    assert meta["weight_bytes"] == len(mediatek_program.files["artifacts/mediatek.tflite"]) + _lookup_bytes(
+        mediatek_program)
+    # fp16 weights in the NeuroPilot model; the lookups stay float32, and the line says both
+    fp16 = export(tiny, MediatekBackend(), options={"mediatek": {"fp16": True}})
+    assert fp16.manifest.metadata["llm"]["weights"] == "float16 and float32"
+    tflite = len(fp16.files["artifacts/mediatek.tflite"])
+    assert fp16.manifest.metadata["llm"]["weight_bytes"] == tflite + _lookup_bytes(fp16)
+    assert tflite < 0.6 * len(mediatek_program.files["artifacts/mediatek.tflite"])
 
 
 def test_mediatek_merged_model_runs_through_litert_compiled_model_as_on_a_device(mediatek_program, cpu_reference,
