@@ -27,7 +27,7 @@ from ..api import export
 from ..backend import Backend
 from ..portable import stored_program
 from ..program import Program
-from .cases import Fn, _bn, _InvertedResidual, _x
+from .cases import Fn, _bn, _InvertedResidual, _seeded, _x
 
 __all__ = [
     "QUANTIZED_CASES",
@@ -164,16 +164,6 @@ def _leaves(value: Any) -> list[torch.Tensor]:
 
 
 # -- the cases ------------------------------------------------------------------------------------
-
-
-def _seeded(build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]) -> Callable[[], tuple[nn.Module, tuple[Any, ...]]]:
-    def wrapped() -> tuple[nn.Module, tuple[Any, ...]]:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            module, inputs = build()
-        return module.eval(), inputs
-
-    return wrapped
 
 
 def qop(name: str, fn: Callable[..., Any], *shapes: tuple[int, ...], steps: float = 1.0,
