@@ -12,7 +12,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..errors import EdgeportError
+from ..errors import EdgeportError, ProgramError
+from ..manifest_schema import PATH, ManifestError, array, free_form, integer, mapping, nullable, record, text
 from ..program import Program
 
 
@@ -21,6 +22,48 @@ class NotAnLLMProgram(EdgeportError):
 
 
 Message = Mapping[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+
+
+TOKEN_ID = integer(0, 2**31 - 1)
+_REEXPORT = "re-export it with `edgeport llm export`"
+
+# What the run side reads of ``manifest.metadata["llm"]`` (export.py `_attach` writes it).
+# The manifest schema leaves metadata free-form, so an edited or damaged program is caught
+# here, as one `ProgramError` naming the field, before a session calls anything.
+LLM_METADATA = record({
+    "max_seq_len": integer(1),
+    "prefill_chunk": integer(1),
+    "tokenizer": PATH,
+    "chat_template": nullable(PATH),
+    "stop_token_ids": array(TOKEN_ID),
+    "bos_token_id": nullable(TOKEN_ID),
+    "name": text(),
+    "generation": mapping(free_form),
+}, open_ended=True)  # the model's config, weights line, stateful decode: read by the tools that show them
+
+
+def llm_metadata(program: Program) -> dict[str, Any]:
+    """``manifest.metadata["llm"]``, checked: `NotAnLLMProgram` if there is none,
+    `ProgramError` if it is damaged."""
+    meta = program.manifest.metadata.get("llm")
+    if meta is None:
+        raise NotAnLLMProgram(
+            "this program is not an LLM program (it has no llm metadata)",
+            hint="export one with `edgeport llm export MODEL -o model.edgeport`",
+        )
+    try:
+        LLM_METADATA(meta, 'metadata["llm"]')
+    except ManifestError as exc:
+        raise ProgramError(f"the program's LLM facts are damaged: {exc}", hint=_REEXPORT) from None
+    chunk, max_seq_len = meta["prefill_chunk"], meta["max_seq_len"]
+    if chunk > max_seq_len:
+        raise ProgramError(f"the program's LLM facts are damaged: prefill_chunk {chunk} exceeds max_seq_len "
+                           f"{max_seq_len}", hint=_REEXPORT)
+    for field in ("tokenizer", "chat_template"):
+        if meta[field] is not None and meta[field] not in program.files:
+            raise ProgramError(f"the program's LLM facts name a {field} file {meta[field]!r} it does not hold",
+                               hint=_REEXPORT)
+    return meta
 
 
 @dataclass(frozen=True)
@@ -36,19 +79,14 @@ class LLMInfo:
 
     @staticmethod
     def of(program: Program) -> "LLMInfo":
-        meta = program.manifest.metadata.get("llm")
-        if not isinstance(meta, dict):
-            raise NotAnLLMProgram(
-                "this program is not an LLM program (it has no llm metadata)",
-                hint="export one with `edgeport llm export MODEL -o model.edgeport`",
-            )
+        meta = llm_metadata(program)
         return LLMInfo(
-            max_seq_len=int(meta["max_seq_len"]),
-            prefill_chunk=int(meta["prefill_chunk"]),
-            stop_token_ids=tuple(int(t) for t in meta.get("stop_token_ids", ())),
-            bos_token_id=meta.get("bos_token_id"),
-            name=str(meta.get("name", "")),
-            generation=dict(meta.get("generation", {})),
+            max_seq_len=meta["max_seq_len"],
+            prefill_chunk=meta["prefill_chunk"],
+            stop_token_ids=tuple(meta["stop_token_ids"]),
+            bos_token_id=meta["bos_token_id"],
+            name=meta["name"],
+            generation=dict(meta["generation"]),
         )
 
 
@@ -65,13 +103,14 @@ class TextCodec:
 
     @staticmethod
     def of(program: Program) -> "TextCodec":
-        meta = program.manifest.metadata.get("llm") or {}
-        tokenizer = program.files.get(meta.get("tokenizer", ""))
-        if tokenizer is None:
-            raise NotAnLLMProgram("this program carries no tokenizer", hint="re-export it with `edgeport llm export`")
-        template_path = meta.get("chat_template")
-        template = str(program.files[template_path], "utf-8") if template_path in program.files else None
-        return TextCodec(str(tokenizer, "utf-8"), template, meta.get("bos_token_id"))
+        meta = llm_metadata(program)
+        template = meta["chat_template"]
+        try:
+            return TextCodec(str(program.files[meta["tokenizer"]], "utf-8"),
+                             str(program.files[template], "utf-8") if template is not None else None,
+                             meta["bos_token_id"])
+        except Exception as exc:  # the tokenizers library raises a bare Exception on bad JSON
+            raise ProgramError(f"the program's tokenizer or chat template is damaged: {exc}", hint=_REEXPORT) from None
 
     def encode(self, text: str) -> list[int]:
         """A plain prompt's ids, with whatever special tokens the tokenizer adds itself."""
