@@ -14,7 +14,8 @@ at the first call, and never runs with a different answer:
   values and with the program state; each step's inputs and outputs with its
   partition in the report, and with the names its artifact's metadata records; the
   output structure (``out_spec``) with the number of outputs. Outputs swapped in one
-  place disagree with another.
+  place disagree with another;
+- a dynamic dim's range holds a size, and a row update's rows fit its state.
 
 A rewrite of every record at once cannot be detected by any check of a file against
 itself; for version-2 files the manifest digest (`program.py`) catches edits instead.
@@ -94,6 +95,31 @@ def _check_signature(plan: MethodPlan, state: Mapping[str, Mapping[str, Any]], r
         facts.add(value, (state[fqn]["dtype"], prefixes.get(value, shape)), f"program state {fqn!r}")
     for spec in plan.outputs:
         facts.add(spec.name, (spec.dtype, spec.shape), "its output spec")
+    _check_row_updates(plan, state, facts)
+    for symbol, (low, high) in plan.symbols.items():
+        if high is not None and low > high:
+            raise ManifestError(f"symbol {symbol!r} ranges from {low} to {high}, which no size is")
+
+
+def _check_row_updates(plan: MethodPlan, state: Mapping[str, Mapping[str, Any]], facts: "_Facts") -> None:
+    """Each row update writes rows shaped like its state's, along a dim the state has,
+    at one-dimensional integer positions."""
+    for u in plan.row_updates:
+        shape = tuple(state[u.state]["shape"])
+        where = f"row update of {u.state!r}"
+        if u.dim >= len(shape):
+            raise ManifestError(f"{where} writes along dim {u.dim}, which its {len(shape)}-dim state lacks")
+        rows, positions = facts.get(u.rows), facts.get(u.positions)
+        if rows is not None:
+            dtype, row_shape = rows
+            other_dims = [(a, b) for i, (a, b) in enumerate(zip(row_shape, shape)) if i != u.dim]
+            if dtype != state[u.state]["dtype"] or len(row_shape) != len(shape) or \
+                    any(isinstance(a, int) and a != b for a, b in other_dims):
+                raise ManifestError(f"{where} writes {u.rows!r}, {dtype}{list(row_shape)}, which does not fit "
+                                    f"the state's {state[u.state]['dtype']}{list(shape)} along dim {u.dim}")
+        if positions is not None and (positions[0] not in ("int32", "int64") or len(positions[1]) != 1):
+            raise ManifestError(f"{where} takes positions {u.positions!r}, {positions[0]}{list(positions[1])}, "
+                                "not a one-dim integer tensor")
 
 
 def _check_prefixes(plan: MethodPlan, state: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[Any, ...]]:
@@ -129,6 +155,10 @@ class _Facts:
                 f"value {value!r} is {fact[0]}{list(fact[1])} in {source} but {dtype}{list(shape)} in {first}"
             )
         self._seen.setdefault(value, (fact, source))
+
+    def get(self, value: str) -> Fact | None:
+        seen = self._seen.get(value)
+        return seen[0] if seen else None
 
 
 def _check_dataflow(plan: MethodPlan) -> None:

@@ -66,7 +66,25 @@ def program_from_files(read: Callable[[str], Buffer], shared: SharedTensors | No
     artifact = serde.SerializedArtifact(graph, sections["state_dict"], sections["constants"], ((), {}))
     with _DESERIALIZING, warnings.catch_warnings():  # torch warns about its own pytree internals
         warnings.simplefilter("ignore", FutureWarning)
-        return serde.deserialize(artifact)
+        program = serde.deserialize(artifact)
+    _check_stored_tensors(program)
+    return program
+
+
+def _check_stored_tensors(program: ExportedProgram) -> None:
+    """Each weight read from the file has the dtype and shape its graph declares: torch
+    rebuilds a program without comparing them, and the first call would fail inside an
+    op (or, with a shape that still broadcasts, compute something else)."""
+    values = {**program.state_dict, **program.constants}
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    for spec in program.graph_signature.input_specs:
+        declared = placeholders[spec.arg.name].meta.get("val") if spec.target is not None else None
+        if declared is None:
+            continue
+        stored = values[spec.target]
+        if stored.dtype != declared.dtype or tuple(stored.shape) != tuple(declared.shape):
+            raise ValueError(f"tensor {spec.target} is stored as {stored.dtype} {list(stored.shape)}, "
+                             f"but the graph reads it as {declared.dtype} {list(declared.shape)}")
 
 
 def stored_program(files: Mapping[str, Buffer], prefix: str,

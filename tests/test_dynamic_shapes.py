@@ -16,8 +16,10 @@ from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.mediatek import MediatekBackend
 from edgeport.capture import capture
 from edgeport.dynamic import infer_view_sizes
-from edgeport.errors import InputError
+from edgeport.errors import InputError, ProgramError
 from edgeport.testing import registry_for
+
+from program_zip import pack, unpack
 
 BATCH = torch.export.Dim("batch", min=1, max=64)
 SEQ = torch.export.Dim("seq", min=2, max=32)
@@ -254,3 +256,17 @@ def test_coreml_declines_dynamic_dims_with_its_reason():
     assert rows and all("static shapes" in n["reasons"]["coreml"] for n in rows)
     x = torch.randn(5, 8)
     torch.testing.assert_close(program(x), model(x))
+
+
+def test_a_dim_range_edited_to_hold_no_size_is_refused_at_load(exported, tmp_path):
+    """Every call would be refused as out of range, blaming the input for the file's fault."""
+    backend, _, _, loaded, _, _ = exported
+    loaded.save(tmp_path / "m.edgeport")
+    manifest, files = unpack((tmp_path / "m.edgeport").read_bytes())
+    symbols = manifest["methods"]["forward"]["symbols"]
+    (symbol, (low, high)), = symbols.items()
+    symbols[symbol] = [high, low]
+    (tmp_path / "edited.edgeport").write_bytes(pack(manifest, files))
+    with pytest.raises(ProgramError, match=f"symbol '{symbol}' ranges from {high} to {low}, which no size is"):
+        edgeport.load(tmp_path / "edited.edgeport",
+                      registry=registry_for(CpuBackend() if backend == "cpu" else MediatekBackend()))

@@ -450,6 +450,27 @@ def test_damaged_portable_graph_in_edgeport_run(damaged_graph):
     assert result.exit_code == 1 and "cannot be read" in result.output and "internal error" not in result.output
 
 
+@pytest.mark.parametrize("change", [
+    lambda entry: entry.update(dtype="int32"),
+    lambda entry: entry.update(shape=[16]),
+    lambda entry: entry.update(shape=[2, 8]),
+], ids=["dtype", "flattened", "reshaped"])
+def test_a_weight_stored_unlike_the_graph_reads_it_is_one_program_error(program_bytes, tmp_path, monkeypatch, change):
+    """Its bytes still fit, so only a comparison with the graph finds it; torch's own
+    error at the first call used to be it."""
+    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(TorchOpsBackend()))
+    manifest, files = unpack(program_bytes)
+    index_name = "portable/forward/0/tensors.json"  # the linear's step: its weight is a folded [4, 4] constant
+    index = json.loads(files[index_name])
+    (weight,) = [entry for entry in index["constants"].values() if entry["shape"] == [4, 4]]
+    change(weight)
+    files[index_name] = json.dumps(index).encode()
+    path = tmp_path / "bad.edgeport"
+    path.write_bytes(pack(manifest, files, relist=True))
+    with pytest.raises(edgeport.ProgramError, match=r"cannot be read: ValueError: tensor \w+ is stored as"):
+        load(path)(*golden_inputs())
+
+
 @pytest.mark.parametrize("options, message", [
     ({"scale": 1.0, "speed": 2}, "records options backend 'torchops' does not accept: .*has no option speed"),
     ({"scale": "fast"}, "records options backend 'torchops' does not accept: .*expects float, got 'fast'"),

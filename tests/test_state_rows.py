@@ -16,6 +16,8 @@ from edgeport.backends.cpu import CpuBackend
 from edgeport.manifest import RowUpdate
 from edgeport.testing import registry_for
 
+from program_zip import pack, unpack
+
 
 class Rows(torch.nn.Module):
     """A tiny "cache": reads its rows before the call's, then writes the new rows."""
@@ -99,6 +101,27 @@ def test_a_row_update_of_unknown_state_is_refused_at_load(registry):
     program.manifest.methods["step"] = type(plan)(**{**plan.__dict__, "row_updates": (bad,)})
     with pytest.raises(ProgramError, match="unknown state 'no.such.buffer'"):
         program.runtime()
+
+
+ROW_UPDATE_EDITS = {  # Rows: rows "new" (2, 3, 8) into cache (2, 16, 8) at positions (3,), along dim 1
+    "a dim the state lacks": ({"dim": 3}, "writes along dim 3, which its 3-dim state lacks"),
+    "a dim the rows do not fit": ({"dim": 2}, "does not fit the state's float32\\[2, 16, 8\\] along dim 2"),
+    "the method's output as rows": ({"rows": "sum_1"}, "writes 'sum_1', float32\\[2, 3\\], which does not fit"),
+    "float positions": ({"positions": "x"}, "takes positions 'x', float32\\[2, 3, 8\\], not a one-dim integer"),
+}
+
+
+@pytest.mark.parametrize("edit, message", ROW_UPDATE_EDITS.values(), ids=ROW_UPDATE_EDITS.keys())
+def test_a_row_update_edited_to_miss_its_state_is_refused_at_load(registry, tmp_path, edit, message):
+    """Such an edit used to load and fail at the first call as an ExecutionError."""
+    path = tmp_path / "rows.edgeport"
+    export(Rows(), registry).save(path)
+    manifest, files = unpack(path.read_bytes())
+    (update,) = manifest["methods"]["step"]["row_updates"]
+    update.update(edit)
+    path.write_bytes(pack(manifest, files))
+    with pytest.raises(ProgramError, match=message):
+        edgeport.load(path, registry=registry)
 
 
 class Prefix(torch.nn.Module):
