@@ -35,7 +35,7 @@ def unpack(data: bytes, aot: bool) -> tuple[bytes, bytes | None]:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             return z.read(PLAIN), z.read(COMPILED)
     except (zipfile.BadZipFile, KeyError) as e:
-        raise edgeport.BackendError(
+        raise edgeport.ProgramError(
             f"mediatek artifact says it is AOT-compiled but is not a zip of {PLAIN} and {COMPILED}: {e}",
             hint="re-export the program",
         ) from None

@@ -245,7 +245,7 @@ def test_conformance_sample_passes_and_names_every_rule():
 def test_aot_bundle_keeps_the_plain_model_beside_the_compiled_one():
     assert bundle.unpack(b"plain", aot=False) == (b"plain", None)
     assert bundle.unpack(bundle.pack(b"plain", b"compiled"), aot=True) == (b"plain", b"compiled")
-    with pytest.raises(edgeport.BackendError, match="is not a zip"):
+    with pytest.raises(edgeport.ProgramError, match="is not a zip"):  # the file's fault, not the toolchain's
         bundle.unpack(b"plain", aot=True)
 
 
