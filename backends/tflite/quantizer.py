@@ -48,6 +48,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
+from edgeport.errors import BackendError
 from edgeport.quantize import STATIC, Scheme
 
 from .int8_plan import HYBRID_LINEARS, activation_args, group, group_tail
@@ -111,6 +112,12 @@ class TfliteQuantizer(Quantizer):
 
     def __init__(self, scheme: Scheme, xnnpack_only: bool = False) -> None:
         super().__init__()
+        size = scheme.group_size
+        if scheme.weight_bits == 4 and size and size % 32:
+            # LiteRT's INT4 blocks are a multiple of 32 (qdq.py's reason): every linear
+            # would stay float, under a summary saying the backend quantizes them
+            raise BackendError(f"int4 weight groups are a multiple of 32 inputs here, not {size}",
+                               hint="pass --group-size 32, 64, 128 or another multiple of 32")
         self.scheme = scheme
         self.xnnpack_only = xnnpack_only
 

@@ -366,3 +366,13 @@ def test_explain_names_run_time_activations_and_weight_groups(scheme, weights, t
     result = CliRunner().invoke(cli, ["explain", str(path)], terminal_width=250)
     assert result.exit_code == 0, result.output
     assert "quantized" in result.output and f"w {weights}" in result.output
+
+
+def test_cpu_declines_int4_groups_that_are_no_multiple_of_32_with_the_reason():
+    """It used to say it quantized the linear and leave it float."""
+    model, x = nn.Linear(64, 16).eval(), torch.randn(2, 64)
+    program = edgeport.export(model, (x,), ["cpu"], quantize=resolve_scheme("int4-weight", group_size=16),
+                              registry=registry_for(CpuBackend()))
+    linear = next(n for n in program.report()["nodes"] if n["op"] == "aten.linear.default")
+    assert linear["backend"] == "portable"
+    assert "int4 weight groups are a multiple of 32 inputs here, not 16" in linear["reasons"]["cpu"]
