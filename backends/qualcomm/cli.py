@@ -14,7 +14,7 @@ def hub_group() -> None:
 
 
 @hub_group.command()
-@click.option("--name", default="", help="Only devices whose name contains this.")
+@click.option("--name", default="", help="Only devices whose name contains this (any case), e.g. Galaxy.")
 def devices(name: str) -> None:
     """List AI Hub devices that run QNN."""
     for device in hub.list_devices(hub.connect(), name=name, attributes=["framework:qnn"]):

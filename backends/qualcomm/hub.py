@@ -75,10 +75,12 @@ def connect(config: qai_hub.ClientConfig | None = None) -> qai_hub.Client:
 
 
 def list_devices(client: qai_hub.Client, name: str = "", attributes: Iterable[str] = ()) -> list[HubDevice]:
-    """Devices on AI Hub, optionally filtered (e.g. attributes=["framework:qnn"])."""
+    """Devices on AI Hub, optionally filtered: those whose name contains ``name`` (any
+    case; AI Hub's own name filter matches whole names only), with all ``attributes``
+    (e.g. ["framework:qnn"])."""
     with _hub_errors(client):
-        devices = client.get_devices(name=name, attributes=list(attributes))
-    return [_hub_device(d) for d in devices]
+        devices = client.get_devices(attributes=list(attributes))
+    return [_hub_device(d) for d in devices if name.casefold() in d.name.casefold()]
 
 
 def qualcomm_artifacts(program: edgeport.Program) -> dict[str, edgeport.Artifact]:

@@ -35,6 +35,9 @@ def test_devices_and_profile_through_the_cli(tmp_path, backend):
         devices = edgeport_cli("hub", "devices", ini=ini)
         assert devices.returncode == 0, devices.stderr
         assert "Samsung Galaxy S24 (Family)" in devices.stdout and "Hexagon v75" in devices.stdout
+        galaxies = edgeport_cli("hub", "devices", "--name", "galaxy s2", ini=ini)
+        assert [line.split("\t")[0] for line in galaxies.stdout.splitlines()] == \
+            ["Samsung Galaxy S24 (Family)", "Samsung Galaxy S23 (Family)"]
         profile = edgeport_cli("hub", "profile", str(tmp_path / "m.edgeport"), "--device",
                                "Samsung Galaxy S24 (Family)", ini=ini)
         assert profile.returncode == 0, profile.stderr
