@@ -66,9 +66,22 @@ def program_from_files(read: Callable[[str], Buffer], shared: SharedTensors | No
     artifact = serde.SerializedArtifact(graph, sections["state_dict"], sections["constants"], ((), {}))
     with _DESERIALIZING, warnings.catch_warnings():  # torch warns about its own pytree internals
         warnings.simplefilter("ignore", FutureWarning)
-        program = serde.deserialize(artifact)
+        try:
+            program = serde.deserialize(artifact)
+        except serde.SerializeError as exc:
+            raise ValueError(_cause(exc)) from None
     _check_stored_tensors(program)
     return program
+
+
+def _cause(exc: Exception) -> str:
+    """The first sentence of what torch's deserializer found. Its message for a node
+    holds the whole node with its metadata and the original traceback, whose last line
+    names the cause ("We failed to resolve torch.ops.aten.x.default to an operator. ...")."""
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if "Original exception" in str(exc):
+        last = last.split(": ", 1)[-1]  # after "torch._export.serde.serialize.SerializeError: "
+    return last.split(". ")[0][:300]
 
 
 def _check_stored_tensors(program: ExportedProgram) -> None:

@@ -450,6 +450,22 @@ def test_damaged_portable_graph_in_edgeport_run(damaged_graph):
     assert result.exit_code == 1 and "cannot be read" in result.output and "internal error" not in result.output
 
 
+def test_a_graph_naming_an_op_torch_lacks_is_one_line(program_bytes, tmp_path, monkeypatch):
+    """torch's own message holds the node, its metadata and a traceback: 8 lines."""
+    monkeypatch.setattr(edgeport.plugins, "_default", registry_with(TorchOpsBackend()))
+    manifest, files = unpack(program_bytes)
+    graph = "portable/forward/0/graph.json"
+    assert b"torch.ops.aten.addmm.default" in files[graph]
+    files[graph] = files[graph].replace(b"torch.ops.aten.addmm.default", b"torch.ops.aten.no_such_op.default")
+    path = tmp_path / "bad.edgeport"
+    path.write_bytes(pack(manifest, files, relist=True))
+    result = CliRunner().invoke(cli, ["run", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: the torch program portable/forward/0 cannot be read: ValueError: We failed to resolve "
+        "torch.ops.aten.no_such_op.default to an operator"]
+
+
 @pytest.mark.parametrize("change", [
     lambda entry: entry.update(dtype="int32"),
     lambda entry: entry.update(shape=[16]),
