@@ -207,6 +207,9 @@ def test_a_syntax_error_in_the_model_file_is_a_users_error(env):
 @pytest.mark.parametrize("args, message", [
     (["-o", "missing/m.edgeport"], "cannot write missing/m.edgeport: folder missing does not exist"),
     (["-o", "m.edgeport", "--report", "missing/r.json"], "cannot write missing/r.json: folder missing does not exist"),
+    (["-o", "model.py/m.edgeport"], "cannot write model.py/m.edgeport: model.py is a file, not a folder"),
+    (["-o", ""], "an output file name is empty"),
+    (["-o", "m.edgeport", "--report", "./m.edgeport"], "two outputs are both ./m.edgeport"),
 ])
 def test_export_checks_where_it_writes_before_any_work(env, args, message):
     assert message in fails("export", "model.py:watched", "-b", "torchops", *args)
@@ -223,6 +226,16 @@ def test_explain_mistakes_are_users_errors(program):
     assert "cannot write missing/x.html: folder missing does not exist" in fails(
         "explain", "m.edgeport", "--html", "missing/x.html")
     assert "program has no method 'nosuch'; it has forward" in fails("explain", "m.edgeport", "--method", "nosuch")
+
+
+def test_inputs_named_unlike_the_method_s_are_refused_not_taken_in_order(program):
+    """An array named after another input used to go to the first input."""
+    import numpy as np
+
+    np.savez(program.parent / "named.npz", y=np.ones((1, 4), dtype=np.float32))
+    assert "named.npz holds arrays y; the method's inputs are x" in fails("run", "m.edgeport", "--inputs", "named.npz")
+    np.savez(program.parent / "unnamed.npz", np.ones((1, 4), dtype=np.float32))  # arr_0: in order
+    assert invoke("run", "m.edgeport", "--inputs", "unnamed.npz").exit_code == 0
 
 
 def test_inputs_that_are_not_an_npz_archive_are_a_users_error(program):
@@ -306,6 +319,9 @@ def test_run_writes_every_output_to_an_npz(program):
         np.testing.assert_array_equal(saved["output_1"], np.full((1, 4), 0.5, dtype=np.float32))
     assert "cannot write missing/out.npz: folder missing does not exist" in fails(
         "run", "m.edgeport", "--outputs", "missing/out.npz")
+    assert "to out.txt" in invoke("run", "m.edgeport", "--outputs", "out.txt").output
+    with np.load(program.parent / "out.txt") as saved:  # the name given, not out.txt.npz
+        assert saved.files == ["output_0", "output_1"]
 
 
 def test_two_plugins_registering_one_name_leave_every_command_working(env, monkeypatch, capsys):

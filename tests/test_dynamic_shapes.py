@@ -212,8 +212,9 @@ def _cli(*args):
     return CliRunner().invoke(cli, list(args), obj=registry_for(CpuBackend()))
 
 
-def test_cli_export_takes_dynamic_dims_for_a_factory(model_file):
-    result = _cli("export", "model.py:factory", "--backend", "cpu", "--dynamic", "x.0=1:16", "-o", "m.edgeport")
+@pytest.mark.parametrize("item", ["x.0=1:16", "0.0=1:16"], ids=["by name", "by position"])
+def test_cli_export_takes_dynamic_dims_for_a_factory(model_file, item):
+    result = _cli("export", "model.py:factory", "--backend", "cpu", "--dynamic", item, "-o", "m.edgeport")
     assert result.exit_code == 0, result.output
     program = edgeport.load(model_file / "m.edgeport", registry=registry_for(CpuBackend()))
     plan = program.manifest.methods["forward"]
@@ -234,7 +235,8 @@ def test_cli_export_takes_dynamic_dims_for_a_factory(model_file):
 @pytest.mark.parametrize("item, words", [
     ("y.0=1:16", "has no input 'y'"),
     ("x.4=1:16", "has 4 dims"),
-    ("x.0=16:1", "MIN <= MAX"),
+    ("x.0=16:1", "MIN < MAX"),
+    ("x.0=4:4", "a dim of one size is static"),
     ("x.0", "bad --dynamic"),
 ])
 def test_cli_refuses_a_bad_dynamic_dim_in_one_line(model_file, item, words):

@@ -41,13 +41,28 @@ def _finite(value: Any) -> Any:
 
 
 def check_writable(*paths: str | None) -> None:
-    """Refuse, before any work, a file to write in a folder that does not exist (the
-    work would be lost at the end)."""
+    """Refuse, before any work, a file that cannot be written where it is asked for (the
+    work would be lost at the end), and two outputs named alike (one would overwrite
+    the other). ``None`` is an output not asked for."""
+    seen: set[str] = set()
     for path in paths:
-        folder = os.path.dirname(path) if path else ""
-        if folder and not os.path.isdir(folder):
+        if path is None:
+            continue
+        if not path.strip():
+            raise EdgeportError("an output file name is empty", hint="name the file to write, e.g. -o model.edgeport")
+        folder = os.path.dirname(path) or "."
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise EdgeportError(f"cannot write {path}: {folder} is a file, not a folder", hint="write somewhere else")
+        if not os.path.isdir(folder):
             raise EdgeportError(f"cannot write {path}: folder {folder} does not exist",
                                 hint=f"create it first (mkdir -p {folder}), or write somewhere else")
+        if not os.access(folder, os.W_OK):
+            raise EdgeportError(f"cannot write {path}: folder {folder} is not writable", hint="write somewhere else")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise EdgeportError(f"two outputs are both {path}: the second would overwrite the first",
+                                hint="give each output its own file")
+        seen.add(real)
 
 
 @contextlib.contextmanager

@@ -43,8 +43,9 @@ def _split(item: str) -> tuple[list[str], int, int]:
         low_size, high_size = int(low), int(high)
     except ValueError:
         raise EdgeportError(f"bad --dynamic {item!r}: MIN and MAX are integers", hint=FORMAT_HINT) from None
-    if not 0 <= low_size <= high_size:
-        raise EdgeportError(f"bad --dynamic {item!r}: need 0 <= MIN <= MAX", hint=FORMAT_HINT)
+    if not 0 <= low_size < high_size:  # MIN == MAX is a static size: torch.export.Dim refuses it
+        raise EdgeportError(f"bad --dynamic {item!r}: need 0 <= MIN < MAX (a dim of one size is static)",
+                            hint=FORMAT_HINT)
     return [t.strip() for t in name.split(",")], low_size, high_size
 
 
@@ -74,4 +75,6 @@ def _locate(target: str, names: list[str], inputs: tuple[Any, ...]) -> tuple[int
 
 
 def _dim_name(target: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in target)
+    """A Python identifier for the Dim (torch.export asserts one): "0.0" -> "d0_0"."""
+    name = "".join(c if c.isalnum() else "_" for c in target)
+    return name if name.isidentifier() else f"d{name}"

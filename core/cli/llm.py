@@ -13,8 +13,9 @@ from typing import Any
 import click
 
 from ..devtools.html import human_bytes
+from ..errors import EdgeportError
 from . import cli
-from ._output import console, print_json, progress
+from ._output import check_writable, console, print_json, progress
 from .explain import print_summary
 
 
@@ -54,6 +55,7 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
     from ..llm.config import DecoderConfig
     from .export import parse_options  # the compile side: imports torch
 
+    check_writable(output)
     start = time.perf_counter()
     with progress(True) as show:
         program = export(model, backend=backend, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
@@ -165,6 +167,9 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
     from ..program import load
 
     session = session_of(load(program, reference=reference), threads)
+    if session.text.chat_template is None:
+        raise EdgeportError("this model has no chat template, so it cannot chat",
+                            hint=f"generate from a prompt instead: edgeport llm generate {program} --prompt TEXT")
     session.warm_up()
     sampling = Sampling(temperature, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []
@@ -183,6 +188,9 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
             click.echo("(conversation cleared)", err=True)
             continue
         if not line.strip():
+            continue
+        if line.strip().startswith("/") and " " not in line.strip():
+            click.echo(f"unknown command {line.strip()}: /reset starts over, /exit ends", err=True)
             continue
         messages.append({"role": "user", "content": line})
         try:

@@ -8,6 +8,7 @@ installed. Outputs of either kind are summarized and written alike."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import zipfile
 import zlib
@@ -71,7 +72,7 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
     """Inputs from an .npz: by input name, or in order (arr_0, arr_1, ...)."""
     names = [s.name for s in plan.inputs]
     not_npz = InputError(f"{path} is not an .npz archive of arrays",
-                         hint=f"save inputs with numpy.savez({path!r}, " + ", ".join(f"{n}=..." for n in names)
+                         hint=f"save inputs with numpy.savez({_npz_name(path)!r}, " + ", ".join(f"{n}=..." for n in names)
                          + "): arrays named after the inputs, or in order")
     try:  # np.load calls a file that is no numpy format "pickled data", and refuses it
         data = np.load(path, allow_pickle=False)
@@ -80,7 +81,11 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
     if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
         raise not_npz
     with data:
-        keys = names if all(n in data for n in names) else sorted(data.files, key=_natural)
+        positional = all(_POSITIONAL.fullmatch(k) for k in data.files)  # numpy.savez(path, a, b)
+        keys = names if all(n in data for n in names) else sorted(data.files, key=_natural) if positional else None
+        if keys is None:  # named otherwise: taken in order, an array could go to another input
+            raise InputError(f"{path} holds arrays {', '.join(sorted(data.files))}; the method's inputs are "
+                             f"{', '.join(names)}", hint=not_npz.hint)
         if len(keys) != len(names):
             raise InputError(f"{path} holds {len(data.files)} arrays, the method takes {len(names)}: "
                              f"{', '.join(names)}")
@@ -88,6 +93,14 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
             return [np.ascontiguousarray(data[k]) for k in keys]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise InputError(f"{path}: an array cannot be read ({exc})", hint=not_npz.hint) from None
+
+
+_POSITIONAL = re.compile(r"arr_\d+")
+
+
+def _npz_name(path: str) -> str:
+    """``path`` as numpy.savez keeps it: it adds ".npz" to a name without it."""
+    return path if path.endswith(".npz") else path.rsplit(".", 1)[0] + ".npz"
 
 
 def _natural(key: str) -> tuple:
@@ -122,7 +135,8 @@ def describe(summary: Any) -> str:
 def write_outputs(path: str, outputs: list[Any]) -> None:
     """Every output, whole, as ``output_0``, ``output_1``, ... of an .npz (bfloat16,
     which numpy lacks, as float32)."""
-    np.savez(path, **{f"output_{i}": _plain_array(value) for i, value in enumerate(outputs)})
+    with open(path, "wb") as f:  # np.savez given a name would add ".npz" to one without it
+        np.savez(f, **{f"output_{i}": _plain_array(value) for i, value in enumerate(outputs)})
 
 
 @cli.command()

@@ -33,8 +33,8 @@ STATEFUL_DECODE_FILE = "llm/decode.stateful"  # + the artifact's suffix
 
 
 def offers_stateful(backend: str, registry: Registry | None) -> bool:
-    selected, _ = resolve_backends([backend], None, registry)
-    return callable(getattr(selected[backend], "compile_stateful", None))
+    selected, _ = resolve_backends([backend], None, registry)  # "portable" selects none
+    return backend in selected and callable(getattr(selected[backend], "compile_stateful", None))
 
 
 def attach_stateful_decode(program: Program, backend: str, proto: Decoder, values: Mapping[str, torch.Tensor], *,

@@ -121,7 +121,7 @@ def test_generate_json_gives_text_ids_and_speed(smol_path, use_cpu):
 
 @pytest.mark.slow
 def test_chat_keeps_the_conversation_in_the_cache(smol_path, use_cpu):
-    turns = "What is the capital of France?\nAnd of Germany?\n/exit\n"
+    turns = "What is the capital of France?\n/help\nAnd of Germany?\n/exit\n"
     result = invoke("llm", "chat", smol_path, "--max-new-tokens", "16", input=turns)
     assert result.exit_code == 0, result.output
     replies = [line for line in result.stdout.splitlines() if "assistant> " in line]
@@ -129,6 +129,7 @@ def test_chat_keeps_the_conversation_in_the_cache(smol_path, use_cpu):
     prefilled = [int(line.split("prefill ")[1].split("(")[1].split(" ")[0])
                  for line in result.stderr.splitlines() if line.startswith("time to first token")]
     assert prefilled[1] < prefilled[0]  # the second turn prefills only what is new
+    assert "unknown command /help: /reset starts over, /exit ends" in result.stderr  # not sent to the model
 
 
 @pytest.mark.slow
@@ -168,3 +169,27 @@ def test_export_says_what_model_it_read_and_which_rope_factors_the_cache_takes(t
     model = next(line for line in result.output.splitlines() if line.startswith("model: "))
     assert model == ("model: phi3: phi3, 3 layers, hidden 64, 4 heads (2 kv) of 16, vocab 96, tied head, "
                      "rotary on 12 of 16 dims, LongRoPE long factors (cache 48 > 32), window 64")
+
+
+def test_export_checks_where_it_writes_before_reading_the_model(tmp_path, use_cpu):
+    """It used to export, then fail to save with an internal error (SmolLM2: ~35 s lost)."""
+    result = invoke("llm", "export", smollm2_gguf(), "-o", tmp_path / "missing" / "x.edgeport")
+    assert result.exit_code == 1 and "folder" in result.output and "does not exist" in result.output
+    assert "loading" not in result.output
+
+
+def test_a_portable_program_generates_and_one_without_a_chat_template_cannot_chat(tmp_path, use_cpu):
+    """`-b portable` (every step torch) used to fail with KeyError: 'portable'; chat on a
+    model without a template said so only at the first message."""
+    from tiny_llms import tiny_model_dir
+
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    program = tmp_path / "p.edgeport"
+    result = invoke("llm", "export", path, "--max-seq-len", 16, "--prefill-chunk", 8, "-b", "portable", "-o", program)
+    assert result.exit_code == 0, result.output
+    result = invoke("llm", "generate", program, "--prompt", "w5 w6", "--max-new-tokens", 3, "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["token_ids"]) == 3
+    result = invoke("llm", "chat", program, input="hello\n")
+    assert result.exit_code == 1 and "this model has no chat template, so it cannot chat" in result.output
+    assert "assistant>" not in result.output
