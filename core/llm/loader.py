@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -65,18 +65,29 @@ class ModelLoadError(EdgeportError):
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     """Load a ``.gguf`` file or a local Hugging Face model directory."""
     p = Path(path)
-    if p.is_file() and p.suffix == ".gguf":
-        return load_gguf(p)
-    if p.is_dir():
-        if (p / "config.json").is_file():
-            return load_hf_dir(p)
-        ggufs = sorted(p.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return load_gguf(ggufs[0])
+    ggufs = sorted(p.glob("*.gguf")) if p.is_dir() else []
+    if p.is_dir() and (p / "config.json").is_file():
+        return _reading(p, load_hf_dir)
+    if p.is_file() and p.suffix == ".gguf" or len(ggufs) == 1:
+        return _reading(p if p.is_file() else ggufs[0], load_gguf)
     raise ModelLoadError(
         f"{path} is neither a .gguf file nor a Hugging Face model directory (with config.json)",
         hint="pass a .gguf file, or a local directory holding config.json, *.safetensors and tokenizer.json",
     )
+
+
+def _reading(path: Path, load: Callable[[Path], LoadedModel]) -> LoadedModel:
+    """``load(path)``, where a file the gguf, safetensors, tokenizers or transformers
+    libraries cannot read (cut short, no tokenizer) is one `ModelLoadError`."""
+    try:
+        return load(path)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise ModelLoadError(f"cannot read {path}: {type(exc).__name__}: {lines[0] if lines else ''}",
+                             hint="check the download is whole; a Hugging Face directory needs config.json, "
+                                  "*.safetensors and tokenizer.json") from exc
 
 
 def _offline() -> None:

@@ -193,3 +193,15 @@ def test_a_portable_program_generates_and_one_without_a_chat_template_cannot_cha
     result = invoke("llm", "chat", program, input="hello\n")
     assert result.exit_code == 1 and "this model has no chat template, so it cannot chat" in result.output
     assert "assistant>" not in result.output
+
+
+def test_a_model_the_libraries_cannot_read_is_one_line(tmp_path, use_cpu):
+    """A cut-short safetensors file used to end in safetensors' own traceback."""
+    from tiny_llms import tiny_model_dir
+
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    (path / "model.safetensors").write_bytes(b"junk")
+    result = invoke("llm", "export", path, "-o", tmp_path / "x.edgeport")
+    assert result.exit_code == 1, result.output
+    assert f"cannot read {path}: SafetensorError" in result.output and "download is whole" in result.output
+    assert "internal error" not in result.output
