@@ -149,7 +149,11 @@ def load_calibration(source: str) -> Iterable[tuple[Any, ...]]:
     factory = load_object(source)
     if not callable(factory):
         raise CalibrationError(f"{source} is not a factory", hint="name a function returning an iterable of batches")
-    batches = factory()
+    try:
+        batches = factory()
+    except Exception as exc:
+        raise CalibrationError(f"calibration factory {source} raised {type(exc).__name__}: {exc}",
+                               hint="fix the factory; rerun with --debug for the traceback") from exc
     if isinstance(batches, torch.Tensor) or not isinstance(batches, Iterable):
         raise CalibrationError(
             f"calibration factory {source} returned a {type(batches).__name__}, not an iterable of batches",

@@ -258,6 +258,9 @@ def model():
 
 def batches():
     return [(torch.randn(1, 3, 6, 6),) for _ in range(3)]
+
+def broken():
+    raise RuntimeError("no images here")
 '''
 
 
@@ -290,6 +293,14 @@ def test_the_readme_calibration_factory_gives_mobilenet_batches():
     examples = Path(__file__).resolve().parents[2] / "examples"
     batches = list(load_calibration(f"{examples}/calibration.py:random_images"))
     assert len(batches) == 8 and all(b[0].shape == (1, 3, 224, 224) for b in batches)
+
+
+def test_a_calibration_factory_that_raises_is_one_line(model_file, tmp_path):
+    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--quantize", "int8", "--calibration",
+                                      f"{model_file}:broken", "-o", str(tmp_path / "q.edgeport")])
+    assert result.exit_code == 1
+    assert f"calibration factory {model_file}:broken raised RuntimeError: no images here" in result.output
+    assert "internal error" not in result.output
 
 
 def test_cli_int8_without_calibration_is_one_line_and_a_hint(model_file, tmp_path):
