@@ -61,3 +61,9 @@ def test_an_unknown_backend_or_a_bad_option_is_one_line_and_a_hint():
     assert unknown.exit_code == 1 and "unknown backend 'nope'; installed: torch_ops" in unknown.output
     bad = invoke("torch_ops", "--option", "scale")
     assert bad.exit_code == 1 and "bad backend option 'scale'" in bad.output and "hint: write KEY=VALUE" in bad.output
+
+
+def test_case_words_that_match_no_case_fail_instead_of_passing_nothing():
+    result = invoke("torch_ops", "--case", "add_broadcsat")
+    assert result.exit_code == 1 and "no conformance case name contains 'add_broadcsat'" in result.output
+    assert "hint: case names: conv2d," in result.output

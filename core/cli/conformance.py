@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import EdgeportError
 from ..testing.coverage import coverage_html, coverage_json
 from ..testing.kit import KitRun, Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit
 from . import cli, current_registry
@@ -36,6 +37,9 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
     checked_options(backend, options)
     words = [w.strip() for w in (case_filter or "").split(",") if w.strip()]
     cases = [c for c in kit_cases() if not words or any(w in c.name for w in words)]
+    if not cases:  # a typo would pass a CI that checked nothing
+        raise EdgeportError(f"no conformance case name contains {' or '.join(map(repr, words))}",
+                            hint="case names: " + ", ".join(c.name for c in kit_cases()[:12]) + ", ...")
     done = itertools.count(1)
     with progress(not as_json) as show:
         run = run_kit(backend, options, cases,
