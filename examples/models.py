@@ -1,7 +1,7 @@
 """Example models for edgeport: two CNNs and two small transformers, defined here.
 
 These are the models the CLI, the tests and the benchmarks lower, e.g.
-`edgeport lower examples/models.py:mobilenet_v2`. They are written out instead of
+`edgeport export examples/models.py:mobilenet_v2 -o mbv2.edgeport`. They are written out instead of
 imported from torchvision (which has no CPU build on the project's machines) and
 carry no downloaded weights: every factory seeds its own RNG, so the same call
 always returns the same weights and the same example inputs.

@@ -210,17 +210,27 @@ def test_the_sentencepiece_decode_table_and_other_decoders():
     spec["decoder"]["decoders"] = spec["decoder"]["decoders"][:3]  # Gemma's form: no Strip
     assert not native.decode_table(json.dumps(spec)).strip_leading_space
     spec["decoder"] = {"type": "WordPiece", "prefix": "##", "cleanup": True}
-    with pytest.raises(native.NotNativeProgram, match="this program's decodes with WordPiece"):
+    with pytest.raises(native.NotNativeProgram, match="this program's tokenizer decodes WordPiece"):
         native.decode_table(json.dumps(spec))
 
 
 def test_a_prompt_longer_than_the_cache_is_one_line_with_a_hint(smol_path):
-    for args in (("--prompt", "word " * 200), ("--prompt", "The capital of France is", "--max-new-tokens", "200")):
-        done = generate(smol_path, *args, "--native")
-        assert done.returncode == 1 and not done.stdout
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 2 and "KV cache holds 128" in lines[0], done.stderr
-        assert lines[1].startswith("  hint:") and "--max-seq-len" in lines[1]
+    done = generate(smol_path, "--prompt", "word " * 200, "--native")
+    assert done.returncode == 1 and not done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and "KV cache holds 128" in lines[0], done.stderr
+    assert lines[1].startswith("  hint:") and "--max-seq-len" in lines[1]
+
+
+@pytest.mark.slow
+def test_a_full_cache_ends_generation_as_in_python(smol_path, cache_dir):
+    """More new tokens than the cache has room for: both runners generate until it is
+    full (the native one used to refuse)."""
+    args = ("--prompt", "Count from 1 to 500: 1, 2, 3, 4,", "--max-new-tokens", "200")
+    native, python = generated(smol_path, *args, "--native", env=cache_dir), generated(smol_path, *args)
+    assert native["stats"]["stop_reason"] == python["stats"]["stop_reason"] == "max_seq_len"
+    assert native["token_ids"] == python["token_ids"]
+    assert len(native["token_ids"]) == 128 - native["stats"]["prompt_tokens"] + 1
 
 
 def kv_cache_bytes(program: edgeport.Program) -> int:

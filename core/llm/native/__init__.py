@@ -164,15 +164,13 @@ def write_spec(request: Request) -> str:
     ids = text.encode_chat([{"role": "user", "content": request.prompt}]) if request.chat else text.encode(request.prompt)
     if not ids:
         raise EdgeportError("the prompt is empty", hint="give at least one token of prompt")
-    needed = len(ids) + request.max_new_tokens - 1
-    if needed > info.max_seq_len:
-        room = info.max_seq_len - len(ids) + 1
+    if len(ids) > info.max_seq_len:
         raise PromptTooLong(
-            f"the prompt is {len(ids)} token{'s' if len(ids) != 1 else ''} and --max-new-tokens {request.max_new_tokens} needs {needed} positions; "
-            f"this program's KV cache holds {info.max_seq_len}",
-            hint=(f"lower --max-new-tokens to {room} or less, " if room > 0 else "")
-            + "shorten the prompt, or re-export with a larger --max-seq-len",
+            f"the prompt is {len(ids)} tokens; this program's KV cache holds {info.max_seq_len}",
+            hint="shorten the prompt, or re-export with a larger --max-seq-len",
         )
+    room = info.max_seq_len - len(ids) + 1  # the last token is generated, never decoded
+    budget = min(request.max_new_tokens, room)  # a full cache ends generation, as in Python
     threads = _threads(request.threads, manifest.artifacts[artifact].options)
     cache = _weight_cache(manifest.files[artifact].sha256)
     if manifest.artifacts[artifact].metadata.get("int4_weights") and not os.path.exists(cache):
@@ -190,7 +188,9 @@ def write_spec(request: Request) -> str:
         f"max_seq_len {info.max_seq_len}",
         f"chunk {info.prefill_chunk}",
         f"window_bucket {_window_bucket()}",
-        f"max_new_tokens {request.max_new_tokens}",
+        f"max_new_tokens {budget}",
+        # why generation ends when the budget is spent (the Python session's stop reasons)
+        f"budget_reason {'max_new_tokens' if budget == request.max_new_tokens else 'max_seq_len'}",
         # the sampling rule's parameters (core/llm/sampling.py): repr round-trips through strtod
         f"temperature {float(request.sampling.temperature)!r}",
         f"top_p {float(request.sampling.top_p)!r}",
@@ -328,7 +328,7 @@ def decode_table(tokenizer_json: str) -> DecodeTable:
         strip, piece_bytes = form, _sentencepiece_bytes
     else:
         raise NotNativeProgram(f"--native decodes byte-level and SentencePiece-style BPE tokenizers; this program's "
-                               f"decodes with {_decoder_name(decoder)}", hint="drop --native for this model")
+                               f"tokenizer decodes {_decoder_name(decoder)}", hint="drop --native for this model")
     pieces: dict[int, bytes] = {}
     for token, id_ in spec["model"]["vocab"].items():
         pieces[int(id_)] = piece_bytes(token)
@@ -372,7 +372,7 @@ def _sentencepiece_bytes(token: str) -> bytes:
 def _decoder_name(decoder: dict[str, Any]) -> str:
     if decoder.get("type") == "Sequence":
         return "Sequence[{}]".format(", ".join(str(step.get("type")) for step in decoder.get("decoders") or []))
-    return str(decoder.get("type") or "nothing")
+    return str(decoder.get("type") or "with no decoder")
 
 
 def _piece_bytes(token: str, byte_of: dict[str, int]) -> bytes:

@@ -186,6 +186,7 @@ typedef struct {
   char *program, *cache;          /* paths; cache "" = no weight cache */
   size_t offset, length;          /* the model's bytes in the program file */
   int threads, max_seq_len, chunk, bucket, max_new_tokens, json;
+  char budget_reason[16];         /* the stop reason when max_new_tokens are made: "max_new_tokens" or "max_seq_len" */
   double start_time;              /* CLOCK_MONOTONIC when the command started (for ready_s) */
   double temperature, top_p;      /* the sampling rule's (core/llm/sampling.py) */
   uint64_t seed;
@@ -252,6 +253,7 @@ static void read_spec(const char *path, Spec *s) {
     else if (KEY("chunk")) s->chunk = atoi(value);
     else if (KEY("window_bucket")) s->bucket = atoi(value);
     else if (KEY("max_new_tokens")) s->max_new_tokens = atoi(value);
+    else if (KEY("budget_reason")) snprintf(s->budget_reason, sizeof s->budget_reason, "%s", value);
     else if (KEY("json")) s->json = atoi(value);
     else if (KEY("start_time")) s->start_time = atof(value);
     else if (KEY("temperature")) s->temperature = strtod(value, NULL);
@@ -279,7 +281,8 @@ static void read_spec(const char *path, Spec *s) {
   }
   free(line);
   fclose(f);
-  if (!s->program || !s->cache || !(s->top_p > 0) || !s->length || !s->vocab || !s->prompt_len || s->chunk < 1 || s->bucket < 1)
+  if (!s->program || !s->cache || !(s->top_p > 0) || !s->length || !s->vocab || !s->prompt_len || s->chunk < 1 || s->bucket < 1
+      || !s->budget_reason[0])
     die("the spec is incomplete: ", path);
   if (s->prompt_len + s->max_new_tokens - 1 > s->max_seq_len) /* Python refuses this first, with a hint */
     die("the prompt plus the new tokens do not fit the KV cache", NULL);
@@ -652,7 +655,8 @@ static void print_stats(const Spec *s, const Stats *st, const int64_t *ids, cons
     fprintf(stderr, "ready in %.1f s · time to first token %.0f ms · prefill %.1f tok/s (%d tokens) · "
             "decode %.1f tok/s (%d tokens) · peak RSS %.0f MB · stop: %s · native runner\n",
             st->ready, st->first_token * 1e3, prefill_tok_s, st->prefilled, decode_tok_s, st->generated, st->peak,
-            !strcmp(st->stop_reason, "stop_token") ? "stop token" : "max new tokens");
+            !strcmp(st->stop_reason, "stop_token") ? "stop token"
+            : !strcmp(st->stop_reason, "max_seq_len") ? "max seq len" : "max new tokens");
     return;
   }
   printf("{\n  \"text\": ");
@@ -699,7 +703,7 @@ int main(int argc, char **argv) {
   int vocab = 0;
   run(&r, &zero, 1, 0, &vocab);
   run(&r, &zero, 1, 1, &vocab);
-  Stats stats = {.prefilled = spec.prompt_len, .stop_reason = "max_new_tokens"};
+  Stats stats = {.prefilled = spec.prompt_len, .stop_reason = spec.budget_reason};
   stats.ready = now() - spec.start_time;
 
   int64_t *ids = malloc((spec.max_new_tokens + 1) * sizeof *ids);
