@@ -40,6 +40,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+class FiniteRange(click.FloatRange):
+    """click's FloatRange, which lets nan through (every comparison with it is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def check_writable(*paths: str | None) -> None:
     """Refuse, before any work, a file that cannot be written where it is asked for (the
     work would be lost at the end), and two outputs named alike (one would overwrite

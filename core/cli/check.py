@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from ..program import load
 from . import cli, current_registry
-from ._output import console, print_json, progress
+from ._output import FiniteRange, console, print_json, progress
 from .export import parse_options
 from .run import method_plan, random_inputs, read_inputs
 from .spec import load_factory
@@ -35,7 +35,7 @@ from .spec import load_factory
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE",
               help="For a SPEC: a backend option.")
 @click.option("--method", default=None, help="Method to check (default: forward).")
-@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+@click.option("--rtol", type=FiniteRange(min=0), default=None,
               help="Max relative error allowed, for every partition (default: the tolerance each backend declares "
                    "for the options its partition was compiled with, e.g. 1e-4 fp32, 1e-2 fp16).")
 @click.option("--no-locate", is_flag=True, help="Do not search a failing partition for its first diverging op.")
@@ -43,7 +43,7 @@ from .spec import load_factory
 @click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS)), default=None,
               help="For a SPEC: export it quantized, and also compare each partition with the float model (SQNR).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None, help="Calibration batches for --quantize.")
-@click.option("--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB, show_default=True,
+@click.option("--threshold-db", type=FiniteRange(), default=DEFAULT_THRESHOLD_DB, show_default=True,
               help="With --quantize: name the first op whose SQNR against float falls by more than this.")
 @click.pass_context
 def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list: str, option_items: tuple[str, ...],

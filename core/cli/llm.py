@@ -15,7 +15,7 @@ import click
 from ..devtools.html import human_bytes
 from ..errors import EdgeportError
 from . import cli
-from ._output import check_writable, console, print_json, progress
+from ._output import FiniteRange, check_writable, console, print_json, progress
 from .explain import print_summary
 
 
@@ -85,9 +85,9 @@ def _sampling_options(command: Any) -> Any:
     for option in reversed([
         click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1),
                      help="Tokens to generate at most (generation also ends at a stop token)."),
-        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+        click.option("--temperature", default=0.0, show_default=True, type=FiniteRange(min=0.0),
                      help="0 picks the most likely token (greedy)."),
-        click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+        click.option("--top-p", default=1.0, show_default=True, type=FiniteRange(0.0, 1.0, min_open=True),
                      help="Sample among the most likely tokens whose probabilities add up to this (with "
                           "--temperature > 0)."),
         click.option("--seed", type=click.IntRange(0, (1 << 64) - 1),

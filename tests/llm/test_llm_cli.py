@@ -205,3 +205,12 @@ def test_a_model_the_libraries_cannot_read_is_one_line(tmp_path, use_cpu):
     assert result.exit_code == 1, result.output
     assert f"cannot read {path}: SafetensorError" in result.output and "download is whole" in result.output
     assert "internal error" not in result.output
+
+
+@pytest.mark.parametrize("option", ["--temperature", "--top-p"])
+def test_a_sampling_parameter_that_is_not_a_number_is_refused(tmp_path, option):
+    """nan passed click's range check (every comparison with it is false) and ran as greedy."""
+    program = tmp_path / "x.edgeport"
+    program.write_bytes(b"")
+    result = invoke("llm", "generate", program, "--prompt", "hi", option, "nan")
+    assert result.exit_code == 2 and "'nan' is not a finite number" in result.output
