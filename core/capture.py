@@ -13,6 +13,9 @@ as the quantization flow keeps them: they are the patterns backends recognize.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
+import os
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -24,6 +27,7 @@ from torch.fx import Node
 
 from .backend import Backend, support_question
 from .errors import EdgeportError
+from .native_output import TOOLCHAIN_LOG_ENV
 from .tensors import DTYPE_NAMES, DTYPES
 
 
@@ -136,10 +140,27 @@ def _decompose(exported: ExportedProgram, keep: set[Any]) -> ExportedProgram:
 
 @contextlib.contextmanager
 def _quiet_torch() -> Iterator[None]:
-    """torch.export warns about its own pytree internals on every call; users cannot act on it."""
-    with warnings.catch_warnings():
+    """torch.export warns about its own pytree internals on every call; users cannot act
+    on it. A model it cannot capture also has torch log the failure and print the graph
+    (a meta kernel's traceback, a graph dump: 20 lines) to stderr before the exception
+    that `capture` turns into one line; those are shown with --debug
+    (`TOOLCHAIN_LOG_ENV`) only. What reaches stderr during a capture that succeeds (the
+    model's own prints) is written there after it."""
+    quiet = os.environ.get(TOOLCHAIN_LOG_ENV) != "1"
+    loggers = [logging.getLogger(name) for name in ["torch", *logging.root.manager.loggerDict]
+               if quiet and (name == "torch" or name.startswith("torch."))]
+    levels = [logger.level for logger in loggers]
+    stderr = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stderr(stderr) if quiet else contextlib.nullcontext():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        yield
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+    sys.stderr.write(stderr.getvalue())
 
 
 def _kept_for_nobody(program: ExportedProgram, op: Any, questions: Sequence[Callable[[Node], Any]]) -> bool:

@@ -63,6 +63,26 @@ class TwoOutputs(torch.nn.Module):
 
 def nan_and_relu():
     return TwoOutputs(), (torch.rand(1, 4),)
+
+
+class Branches(torch.nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x  # data-dependent: torch.export cannot capture it
+
+
+def branches():
+    return Branches(), (torch.randn(3),)
+
+
+class Loud(torch.nn.Module):
+    def forward(self, x):
+        import sys
+        print("Loud.forward traced", file=sys.stderr)
+        return x + 1
+
+
+def loud():
+    return Loud(), (torch.randn(3),)
 '''
 
 
@@ -226,6 +246,20 @@ def test_explain_mistakes_are_users_errors(program):
     assert "cannot write missing/x.html: folder missing does not exist" in fails(
         "explain", "m.edgeport", "--html", "missing/x.html")
     assert "program has no method 'nosuch'; it has forward" in fails("explain", "m.edgeport", "--method", "nosuch")
+
+
+def test_a_model_torch_export_cannot_capture_is_one_line_without_torch_s_logs(env):
+    """torch logged the failure and printed the graph first: about 20 lines."""
+    output = fails("export", "model.py:branches", "-b", "torchops", "-o", "m.edgeport")
+    assert output.splitlines() == [
+        "Error: torch.export could not capture the model: Could not guard on data-dependent expression "
+        "Eq(u0, 1) (unhinted: Eq(u0, 1)).  (Size-like symbols: none)",
+        "  hint: run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html"]
+
+
+def test_what_a_model_prints_while_it_is_captured_still_shows(env):
+    result = invoke("export", "model.py:loud", "-b", "torchops", "-o", "m.edgeport")
+    assert result.exit_code == 0 and "Loud.forward traced" in result.output
 
 
 def test_inputs_named_unlike_the_method_s_are_refused_not_taken_in_order(program):
