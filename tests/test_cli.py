@@ -258,6 +258,17 @@ def test_a_model_torch_export_cannot_capture_is_one_line_without_torch_s_logs(en
         "  hint: run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html"]
 
 
+@pytest.mark.parametrize("spec, hint", [
+    ("model:factory", "to load the file model.py, name it: model.py:NAME"),
+    ("notes.txt:factory", "notes.txt is a file but not a .py file"),
+    ("no_such_package.models:factory", "use path/to/file.py:NAME, or package.module:NAME of an installed package"),
+])
+def test_a_spec_that_imports_nothing_says_what_to_write(env, spec, hint):
+    (env / "notes.txt").write_text("not python")
+    output = fails("export", spec, "-b", "torchops", "-o", "m.edgeport")
+    assert f"cannot import {spec.split(':')[0]}" in output and hint in output
+
+
 def test_what_a_model_prints_while_it_is_captured_still_shows(env):
     result = invoke("export", "model.py:loud", "-b", "torchops", "-o", "m.edgeport")
     assert result.exit_code == 0 and "Loud.forward traced" in result.output

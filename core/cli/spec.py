@@ -75,10 +75,20 @@ def _import(location: str) -> Any:
     try:
         return importlib.import_module(location)
     except ImportError as exc:
-        raise EdgeportError(f"cannot import {location}: {exc}") from None
+        raise EdgeportError(f"cannot import {location}: {exc}", hint=_file_hint(location)) from None
     except Exception as exc:
         raise EdgeportError(f"cannot import {location}: {type(exc).__name__}: {exc}",
                             hint="fix the module; rerun with --debug for the traceback") from exc
+
+
+def _file_hint(location: str) -> str:
+    """What to write when a module name was meant as a file: ``m`` beside m.py, or a
+    file that is not .py (``notes.txt`` reads as module ``notes``, submodule ``txt``)."""
+    if os.path.isfile(location + ".py"):
+        return f"to load the file {location}.py, name it: {location}.py:NAME (a module name is imported from sys.path)"
+    if os.path.isfile(location):
+        return f"{location} is a file but not a .py file; a spec names a Python file (path/to/file.py:NAME)"
+    return "use path/to/file.py:NAME, or package.module:NAME of an installed package"
 
 
 def load_object(spec: str) -> Any:
