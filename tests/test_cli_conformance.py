@@ -63,6 +63,11 @@ def test_an_unknown_backend_or_a_bad_option_is_one_line_and_a_hint():
     assert bad.exit_code == 1 and "bad backend option 'scale'" in bad.output and "hint: write KEY=VALUE" in bad.output
 
 
+def test_an_option_may_name_its_backend_as_export_s_do():
+    result = invoke("torch_ops", "--case", "add_broadcast", "--option", "torch_ops.scale=1.0")
+    assert result.exit_code == 0, result.output
+
+
 def test_case_words_that_match_no_case_fail_instead_of_passing_nothing():
     result = invoke("torch_ops", "--case", "add_broadcsat")
     assert result.exit_code == 1 and "no conformance case name contains 'add_broadcsat'" in result.output
