@@ -92,7 +92,7 @@ def _sampling_options(command: Any) -> Any:
                           "--temperature > 0)."),
         click.option("--seed", type=click.IntRange(0, (1 << 64) - 1),
                      help="Seed of the sampler (with --temperature > 0; default: one from the OS, in --json's \"seed\")."),
-        click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores)."),
+        click.option("--threads", type=click.IntRange(1, 256), help="CPU threads, 1 to 256 (default: all cores)."),
     ]):
         command = option(command)
     return command
