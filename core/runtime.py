@@ -368,7 +368,7 @@ def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], M
                 low, high = plan.symbols.get(dim, (0, None))
                 if size < low or (high is not None and size > high):
                     raise InputError(
-                        f"input {i} ({spec.name!r}) dim {axis} ({dim}) is {size}, outside its range [{low}, {high}]"
+                        f"input {i} ({spec.name!r}) dim {axis} is {size}, outside its range [{low}, {high}]"
                     )
             out.append(kind.contiguous(value))
         return out
