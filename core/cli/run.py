@@ -33,7 +33,7 @@ from ._output import check_writable, console, print_json
 def method_plan(program: Program, method: str | None) -> tuple[str, MethodPlan]:
     """The name and plan of ``method`` (default: the program's default method), or an
     InputError listing the methods there are."""
-    name = method or program.default_method
+    name = program.default_method if method is None else method
     plan = program.manifest.methods.get(name)
     if plan is None:
         raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}",
