@@ -61,6 +61,11 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
                 raise InputError("--backend and --option apply to a SPEC (so do --quantize and --calibration); a "
                                  "PROGRAM keeps what it was exported with",
                                  hint="re-export it with edgeport export, or check the SPEC")
+    if scheme is None:
+        for option, flag in (("calibration", "--calibration"), ("threshold_db", "--threshold-db")):
+            if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
+                raise InputError(f"{flag} applies only with --quantize",
+                                 hint="for a SPEC, add --quantize int8 (or another scheme)")
     registry = current_registry()
     with progress(not as_json) as show:
         if is_program:

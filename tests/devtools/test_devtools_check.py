@@ -208,3 +208,10 @@ def test_cli_check_errors(planted):
     result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--backend", "cpu"], obj=planted)
     assert result.exit_code == 1 and "--backend and --option apply to a SPEC" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_check_refuses_quantization_flags_without_quantize(planted):
+    """They were ignored: a check the user thought quantized ran in float."""
+    for flags in (["--threshold-db", "10"], ["--calibration", "cal.npz"]):
+        result = CliRunner().invoke(cli, ["check", "model.py:factory", "-b", "torchops", *flags], obj=planted)
+        assert result.exit_code == 1 and f"{flags[0]} applies only with --quantize" in result.output
