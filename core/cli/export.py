@@ -62,6 +62,9 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     if quantize is None and (calibration or group_size):
         raise EdgeportError("--calibration and --group-size apply only with --quantize",
                             hint="add --quantize int8 (or another scheme)")
+    if quantize is not None and calibration and not quantize.needs_calibration:
+        raise EdgeportError(f"--calibration applies to static schemes; {quantize.name} measures no ranges",
+                            hint="drop --calibration, or quantize with int8 or a16w8")
     model, inputs = load_factory(spec)
     dynamic_shapes = parse_dynamic(dynamic_items, model, inputs)
     batches = load_calibration(calibration) if calibration else None

@@ -303,6 +303,14 @@ def test_a_calibration_factory_that_raises_is_one_line(model_file, tmp_path):
     assert "internal error" not in result.output
 
 
+def test_calibration_for_a_scheme_that_measures_no_ranges_is_refused(model_file, tmp_path):
+    """It was read, then ignored."""
+    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--quantize", "int8-dynamic", "--calibration",
+                                      f"{model_file}:batches", "-o", str(tmp_path / "q.edgeport")])
+    assert result.exit_code == 1
+    assert "--calibration applies to static schemes; int8-dynamic measures no ranges" in result.output
+
+
 def test_cli_int8_without_calibration_is_one_line_and_a_hint(model_file, tmp_path):
     result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--quantize", "int8",
                                       "-o", str(tmp_path / "q.edgeport")])
