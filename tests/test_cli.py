@@ -230,6 +230,7 @@ def test_a_syntax_error_in_the_model_file_is_a_users_error(env):
     (["-o", "model.py/m.edgeport"], "cannot write model.py/m.edgeport: model.py is a file, not a folder"),
     (["-o", ""], "an output file name is empty"),
     (["-o", "m.edgeport", "--report", "./m.edgeport"], "two outputs are both ./m.edgeport"),
+    (["-o", "model.py"], "cannot write model.py: it would overwrite a Python source file"),
 ])
 def test_export_checks_where_it_writes_before_any_work(env, args, message):
     assert message in fails("export", "model.py:watched", "-b", "torchops", *args)

@@ -68,6 +68,9 @@ def check_writable(*paths: str | None) -> None:
                                 hint=f"create it first (mkdir -p {folder}), or write somewhere else")
         if not os.access(folder, os.W_OK):
             raise EdgeportError(f"cannot write {path}: folder {folder} is not writable", hint="write somewhere else")
+        if path.endswith(".py") and os.path.isfile(path):  # -o model.py: the model's own source, likely
+            raise EdgeportError(f"cannot write {path}: it would overwrite a Python source file",
+                                hint="name the output after what it holds, e.g. -o model.edgeport")
         real = os.path.realpath(path)
         if real in seen:
             raise EdgeportError(f"two outputs are both {path}: the second would overwrite the first",

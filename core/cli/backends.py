@@ -38,7 +38,7 @@ def backends(as_json: bool) -> None:
     table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "quantize", "why")
     for r in rows:
         table.add_row(escape(r["name"]), escape(f"{r['distribution']} {r['version']}"), escape(r["toolchain"]),
-                      _mark(r["can_compile"]), _mark(r["can_run"]), escape(r["runs_on"]),
+                      _mark(r["can_compile"]), _mark(r["can_run"]), escape(r["runs_on"]) if r["can_run"] else "-",
                       ", ".join(r["schemes"]) or "-", escape(r["why"]))
     console.print(table)
     for b in broken:
