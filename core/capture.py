@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import sys
+import threading
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -145,14 +146,16 @@ def _quiet_torch() -> Iterator[None]:
     (a meta kernel's traceback, a graph dump: 20 lines) to stderr before the exception
     that `capture` turns into one line; those are shown with --debug
     (`TOOLCHAIN_LOG_ENV`) only. What reaches stderr during a capture that succeeds (the
-    model's own prints) is written there after it."""
+    model's own prints) is written there after it. sys.stderr and the loggers' levels
+    are the process's: one capture at a time sets and restores them."""
     quiet = os.environ.get(TOOLCHAIN_LOG_ENV) != "1"
-    loggers = [logging.getLogger(name) for name in ["torch", *logging.root.manager.loggerDict]
-               if quiet and (name == "torch" or name.startswith("torch."))]
-    levels = [logger.level for logger in loggers]
     stderr = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(stderr) if quiet else contextlib.nullcontext():
+    with _CAPTURING, warnings.catch_warnings(), \
+            contextlib.redirect_stderr(stderr) if quiet else contextlib.nullcontext():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+        loggers = [logging.getLogger(name) for name in ["torch", *logging.root.manager.loggerDict]
+                   if quiet and (name == "torch" or name.startswith("torch."))]
+        levels = [logger.level for logger in loggers]
         for logger in loggers:
             logger.setLevel(logging.CRITICAL)
         try:
@@ -161,6 +164,9 @@ def _quiet_torch() -> Iterator[None]:
             for logger, level in zip(loggers, levels):
                 logger.setLevel(level)
     sys.stderr.write(stderr.getvalue())
+
+
+_CAPTURING = threading.RLock()
 
 
 def _kept_for_nobody(program: ExportedProgram, op: Any, questions: Sequence[Callable[[Node], Any]]) -> bool:
