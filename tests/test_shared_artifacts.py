@@ -3,11 +3,15 @@ every method into one TFLite model (a subgraph each, weights once)."""
 
 from __future__ import annotations
 
+import flatbuffers
+import pytest
 import torch
 
 import edgeport
 from edgeport.backends.cpu import CpuBackend
+from edgeport.backends.tflite.schema import tfl
 from edgeport.testing import registry_for
+from program_zip import pack, unpack
 
 
 class Shared(torch.nn.Module):
@@ -33,6 +37,28 @@ def test_two_methods_on_one_weight_are_one_artifact_with_an_entry_each(tmp_path)
     with torch.no_grad():
         for method, x in (("one", one), ("many", many), ("one", one)):
             assert torch.allclose(loaded.run(x, method=method).outputs, module(x), atol=1e-5)
+
+
+def test_a_second_subgraph_litert_cannot_prepare_is_a_program_error_before_any_call(tmp_path):
+    """An edit re-sealed with fresh checksums inside the merged model's second subgraph
+    (its weight's shape transposed) used to load and then fail that method's first call
+    with LiteRT's RuntimeError: every subgraph is now prepared with the first."""
+    module = Shared()
+    registry = registry_for(CpuBackend())
+    program = edgeport.export_methods({"one": (module, (torch.randn(1, 256),)),
+                                       "many": (module, (torch.randn(16, 256),))}, ["cpu"], registry=registry)
+    program.save(tmp_path / "shared.edgeport")
+    manifest, files = unpack((tmp_path / "shared.edgeport").read_bytes())
+    model = tfl().ModelT.InitFromObj(tfl().Model.GetRootAs(files["artifacts/cpu.tflite"], 0))
+    weight = next(t for t in model.subgraphs[1].tensors if t.name == b"linear/weight")
+    weight.shape = list(reversed(weight.shape))
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    files["artifacts/cpu.tflite"] = bytes(builder.Output())
+    (tmp_path / "edited.edgeport").write_bytes(pack(manifest, files, relist=True))
+    loaded = edgeport.load(tmp_path / "edited.edgeport", registry=registry)
+    with pytest.raises(edgeport.ProgramError, match="cannot load partition 0.*FULLY_CONNECTED"):
+        loaded.run(torch.randn(1, 256), method="one")
 
 
 def test_a_backend_that_cannot_merge_keeps_one_artifact_per_method(torchops):

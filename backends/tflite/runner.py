@@ -244,7 +244,11 @@ class TfliteEntries:
     """A merged model (`merge.merge_models`): ``entry(i)`` runs subgraph i. One interpreter
     holds them all, so their shared weights are in memory once. Entry 0 is the primary
     subgraph, run like any single model (in-place inputs included); the others run
-    through LiteRT's signature runners, which copy their inputs."""
+    through LiteRT's signature runners, which copy their inputs.
+
+    Every subgraph is prepared at load, as the primary one is: a model whose second
+    subgraph LiteRT cannot prepare (an edited shape) is refused then, not at that
+    method's first call."""
 
     def __init__(self, model_bytes: bytes, keys: Sequence[str], io_names: Sequence[tuple[list[str], list[str]]],
                  threads: int = 0, *, needs_delegate: bool = False) -> None:
@@ -253,6 +257,7 @@ class TfliteEntries:
         self._entries: list[Any] = [TfliteExecutable(model_bytes, interpreter=interpreter)]
         for key, (inputs, outputs) in list(zip(keys, io_names))[1:]:
             self._entries.append(_SignatureExecutable(interpreter, key, inputs, outputs))
+            _prepare(interpreter, key)
         self.interpreter = interpreter
 
     def entry(self, index: int) -> Any:
@@ -270,6 +275,21 @@ def _check_signatures(interpreter: Any, keys: Sequence[str], io_names: Sequence[
         if found is None or sorted(found["inputs"]) != sorted(inputs) or sorted(found["outputs"]) != sorted(outputs):
             raise ProgramError(f"the merged TFLite model's entry {key!r} does not have the inputs and outputs "
                                "its artifact metadata names", hint="re-export the model")
+
+
+def _prepare(interpreter: Any, key: str) -> None:
+    """Plan the memory of signature ``key``'s subgraph, as its first call would.
+
+    LiteRT's Python API allocates a non-primary subgraph only inside a signature
+    runner's call, so this reaches for the wrapper's per-subgraph ``AllocateTensors``
+    (private, like `undelegated_ops`' listing); a runtime without it prepares at the
+    first call instead. The arena it plans is the one that call would plan.
+    """
+    wrapper = getattr(interpreter, "_interpreter", None)
+    allocate = getattr(wrapper, "AllocateTensors", None)
+    index = getattr(wrapper, "GetSubgraphIndexFromSignature", None)
+    if allocate is not None and index is not None:
+        allocate(index(key))
 
 
 class _SignatureExecutable:
