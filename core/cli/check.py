@@ -129,11 +129,12 @@ def print_check(report: CheckReport) -> None:
                 console.print(f"    {d.source}" + (f"\n      {d.code}" if d.code else ""), markup=False)
         elif p.why:
             console.print(f"partition {p.partition} ({p.label}) {p.status}: {p.why}", markup=False)
-    checked = [p for p in report.partitions if p.status != "skipped"]
-    passed = sum(1 for p in checked if p.status == "pass")
-    console.print(f"{passed}/{len(checked)} checked partitions pass"
-                  + (f", {len(report.partitions) - len(checked)} skipped" if len(checked) < len(report.partitions)
-                     else ""))
+    skipped = len(report.partitions) - report.checked
+    if skipped and not report.checked:
+        console.print(f"nothing checked: no partition's backend can run here ({skipped} skipped)")
+        return
+    passed = sum(1 for p in report.partitions if p.status == "pass")
+    console.print(f"{passed}/{report.checked} checked partitions pass" + (f", {skipped} skipped" if skipped else ""))
 
 
 def print_quantization_check(report: QuantizationCheck) -> None:

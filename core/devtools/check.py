@@ -119,12 +119,20 @@ class CheckReport:
     partitions: list[PartitionCheck]
 
     @property
+    def checked(self) -> int:
+        """How many partitions ran on their backend here (the others are skipped)."""
+        return sum(1 for p in self.partitions if p.status != "skipped")
+
+    @property
     def passed(self) -> bool:
-        return all(p.status in ("pass", "skipped") for p in self.partitions)
+        """No partition failed or raised, and at least one was checked when there are
+        any: a program whose every backend cannot run here has not passed a check."""
+        return all(p.status in ("pass", "skipped") for p in self.partitions) and (
+            self.checked > 0 or not self.partitions)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able; non-finite numbers become the strings "inf", "-inf", "nan"."""
-        return _finite(dataclasses.asdict(self) | {"passed": self.passed})
+        return _finite(dataclasses.asdict(self) | {"checked": self.checked, "passed": self.passed})
 
 
 def _finite(data: Any) -> Any:

@@ -99,7 +99,19 @@ def test_a_backend_that_cannot_run_here_is_skipped_with_its_reason(model_file):
     model, inputs = model_file
     report = check_model(model, inputs, ["torchops"], registry=registry_with(TorchOpsBackend(can_run=False)))
     assert [(p.status, p.why) for p in report.partitions] == [("skipped", "the test says it cannot run here")]
-    assert report.passed
+    assert report.checked == 0 and not report.passed  # nothing was checked: no pass to claim
+
+
+def test_cli_check_of_a_program_nothing_here_can_run_says_so_and_fails(model_file, tmp_path):
+    """It printed "0/0 checked partitions pass, 1 skipped" and exited 0 (a Core ML
+    program checked off macOS)."""
+    registry = registry_with(TorchOpsBackend(can_run=False))
+    result = invoke("check", "model.py:factory", "--backend", "torchops", registry=registry)
+    assert result.exit_code == 1
+    assert "nothing checked: no partition's backend can run here (1 skipped)" in result.output
+    assert "the test says it cannot run here" in result.output
+    data = json.loads(invoke("check", "model.py:factory", "--backend", "torchops", "--json", registry=registry).output)
+    assert (data["checked"], data["passed"]) == (0, False)
 
 
 def test_a_program_saved_without_references_says_to_re_export(model_file):
