@@ -120,6 +120,9 @@ class TfliteQuantizer(Quantizer):
                                hint="pass --group-size 32, 64, 128 or another multiple of 32")
         self.scheme = scheme
         self.xnnpack_only = xnnpack_only
+        # linear -> why it stays float: read by the placement's summary, so "quantizes
+        # its N node(s)" does not hide a linear the scheme could not take
+        self.kept_float: dict[str, str] = {}
 
     def annotate(self, model: GraphModule) -> GraphModule:
         graph = model.graph
@@ -187,11 +190,14 @@ class TfliteQuantizer(Quantizer):
         if weight not in consts or (bias is not None and bias not in consts):
             return
         out_features, in_features = tuple(weight.meta["val"].shape) if weight.meta["val"].dim() == 2 else (0, 1)
-        if in_features % 2:
+        if in_features % 2:  # the writer's hybrid FULLY_CONNECTED takes an even number (int8_plan.py)
+            self.kept_float[node.name] = f"{in_features} inputs, an odd number"
             return
         group = self.scheme.group_size
         if self.scheme.weight_bits == 4:
-            if not group or in_features % group or group % 32 or group == in_features:
+            if not group or in_features % group or group == in_features:
+                self.kept_float[node.name] = (f"{in_features} inputs, one group of {group}" if group == in_features
+                                              else f"{in_features} inputs, not a multiple of the group size {group}")
                 return
             weight_spec = _group_spec(group)
         else:

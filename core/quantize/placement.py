@@ -57,6 +57,9 @@ class Placement:
     scheme: Scheme
     owner: dict[str, str]
     backends: dict[str, BackendQuantization] = field(default_factory=dict)
+    # backend -> {node: why} for the nodes of its own its quantizer left float
+    # (`kept_float`), once it has annotated
+    kept_float: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def declined(self) -> dict[str, str]:
@@ -68,12 +71,21 @@ class Placement:
         for name, q in self.backends.items():
             taken = sum(1 for owner in self.owner.values() if owner == name)
             if q.status == QUANTIZES:
-                out[name] = f"quantizes its {taken} node(s) with {q.scheme.name}"
+                out[name] = f"quantizes its {taken} node(s) with {q.scheme.name}" + _kept(self.kept_float.get(name))
             elif q.status == FLOAT:
                 out[name] = f"keeps its {taken} node(s) float: {q.reason}"
             else:
                 out[name] = f"declines: {q.reason}"
         return out
+
+
+def _kept(float_nodes: dict[str, str] | None) -> str:
+    """", but 2 stay float: fc2 (why), head (why)" for the nodes a quantizer left float."""
+    if not float_nodes:
+        return ""
+    shown = ", ".join(f"{node} ({why})" for node, why in list(float_nodes.items())[:3])
+    more = f" and {len(float_nodes) - 3} more" if len(float_nodes) > 3 else ""
+    return f", but {len(float_nodes)} stay float: {shown}{more}"
 
 
 def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> BackendQuantization:
@@ -153,6 +165,8 @@ def annotate_placed(model: GraphModule, placement: Placement) -> None:
             continue
         before = {node: node.meta.get(ANNOTATION) for node in model.graph.nodes}
         answer.quantizer.annotate(model)
+        kept = getattr(answer.quantizer, "kept_float", None) or {}
+        placement.kept_float[name] = {n: why for n, why in kept.items() if placement.owner.get(n) == name}
         for node in model.graph.nodes:
             if placement.owner.get(node.name) == name or node.meta.get(ANNOTATION) is before.get(node):
                 continue

@@ -395,3 +395,29 @@ def test_cpu_declines_int4_groups_that_are_no_multiple_of_32_with_the_reason():
     linear = next(n for n in program.report()["nodes"] if n["op"] == "aten.linear.default")
     assert linear["backend"] == "portable"
     assert "int4 weight groups are a multiple of 32 inputs here, not 16" in linear["reasons"]["cpu"]
+
+
+class _Widths(nn.Module):
+    """Linears of 64 inputs (two groups), 100 (no multiple of 32), 32 (one group), 7 (odd)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(64, 100), nn.Linear(100, 32), nn.Linear(32, 7), nn.Linear(7, 64)
+
+    def forward(self, x):
+        return self.d(self.c(self.b(self.a(x))))
+
+
+@pytest.mark.parametrize(("scheme", "kept"), [
+    ("int4-weight", "but 3 stay float: linear_1 (100 inputs, not a multiple of the group size 32), "
+                    "linear_2 (32 inputs, one group of 32), linear_3 (7 inputs, an odd number)"),
+    ("int8-dynamic", "but 1 stay float: linear_3 (7 inputs, an odd number)"),
+])
+def test_the_summary_names_each_linear_the_scheme_leaves_float(scheme, kept):
+    """It said "cpu: quantizes its 4 node(s)" and left some of them float."""
+    program = edgeport.export(_Widths().eval(), (torch.randn(2, 64),), ["cpu"], quantize=scheme,
+                              registry=registry_for(CpuBackend()))
+    summary = program.manifest.report[program.default_method]["quantization"]["backends"]["cpu"]
+    assert summary == f"quantizes its 4 node(s) with {scheme}, {kept}"
+    floats = [n["name"] for n in program.report()["nodes"] if n["op"] == "aten.linear.default" and not n.get("quantized")]
+    assert sorted(floats) == sorted(name for name in ("linear_1", "linear_2", "linear_3") if name in kept)
