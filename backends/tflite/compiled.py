@@ -28,12 +28,14 @@ finished file, which holds less memory than the model that built it.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
 import platform
 import re
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,7 +124,7 @@ class CompiledExecutable:
             # then compile again from it. The model that built the cache keeps ~the
             # embedding table's size of anonymous memory to its end (fp32 SmolLM2: 110
             # MiB); one that maps the finished cache does not (0.1 s).
-            self._model.close()
+            _close(self._model)
             os.replace(building, final)  # type: ignore[arg-type]
             make_room(WEIGHT_CACHE, keep=final)  # type: ignore[arg-type]
             cache = str(final)
@@ -152,13 +154,8 @@ class CompiledExecutable:
 
     def __del__(self) -> None:
         model = getattr(self, "_model", None)
-        if model is None:
-            return
-        try:
-            with filter_native_output(drop=_CHATTER):
-                model.close()
-        except Exception:  # noqa: BLE001 - at interpreter exit the filter may be gone: close unfiltered
-            model.close()
+        if model is not None:
+            _close(model)
 
     def input_buffer(self, position: int, rows_of: tuple[int, ...] | None = None) -> np.ndarray | None:
         """Input ``position``'s storage, as a writable array the model reads in place: a
@@ -255,7 +252,31 @@ class CompiledExecutable:
 
 def _compile(view: memoryview, threads: int, cache: str) -> litert_c.CompiledModel:
     with filter_native_output(drop=_CHATTER):
-        return litert_c.CompiledModel(view, threads=threads, weight_cache=cache)
+        model = litert_c.CompiledModel(view, threads=threads, weight_cache=cache)
+    _open_models.add(model)
+    return model
+
+
+# Destroying a model's environment prints LiteRT's "INFO: DestroyAccelerator" lines. A
+# model still open when Python exits is destroyed while the interpreter tears down,
+# where the filter can no longer run; closing the open ones first, at exit, keeps the
+# lines out of every `edgeport llm generate`.
+_open_models: weakref.WeakSet[litert_c.CompiledModel] = weakref.WeakSet()
+
+
+def _close(model: litert_c.CompiledModel) -> None:
+    """Close ``model`` (once: closing again does nothing), without LiteRT's chatter."""
+    try:
+        with filter_native_output(drop=_CHATTER):
+            model.close()
+    except Exception:  # noqa: BLE001 - at interpreter exit the filter may be gone: close unfiltered
+        model.close()
+
+
+@atexit.register
+def _close_open_models() -> None:
+    for model in list(_open_models):
+        _close(model)
 
 
 def _building_name(final: Path) -> Path | None:
