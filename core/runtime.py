@@ -342,9 +342,10 @@ def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], M
     """Build the per-call input check of a method once, from its spec; inputs come out
     as ``kind``'s values (torch tensors, or numpy arrays where torch is not installed)."""
     specs = plan.inputs
+    names = [spec.name for spec in specs]
 
     def check(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
-        flat = kind.flatten(args, kwargs)
+        flat = kind.flatten(args, kwargs, names)
         if len(flat) != len(specs):
             raise InputError(
                 f"method {plan.name!r} takes {len(specs)} input(s) ({_describe(specs)}), got {len(flat)}",

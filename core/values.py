@@ -17,6 +17,7 @@ import numpy as np
 
 from .arrays import STORAGE, array_from_bytes
 from .errors import InputError
+from .input_binding import bind, needs_names
 from .manifest import TensorSpec
 from .output_tree import leaves
 
@@ -24,10 +25,10 @@ from .output_tree import leaves
 class NumpyValues:
     """Values as numpy arrays: the run side without torch."""
 
-    def flatten(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    def flatten(self, args: Sequence[Any], kwargs: Mapping[str, Any], names: Sequence[str]) -> list[Any]:
         if not kwargs and all(isinstance(a, np.ndarray) for a in args):
             return list(args)
-        return leaves((tuple(args), dict(kwargs)))
+        return bind(args, kwargs, names) if needs_names(args, kwargs) else leaves(tuple(args))
 
     def input(self, value: Any, index: int, spec: TensorSpec) -> np.ndarray:
         """``value`` as input ``index`` takes it; InputError if it is not a numpy array of the spec's dtype."""
@@ -71,10 +72,10 @@ class TorchValues:
         self._torch = torch
         self._dtypes = DTYPES
 
-    def flatten(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    def flatten(self, args: Sequence[Any], kwargs: Mapping[str, Any], names: Sequence[str]) -> list[Any]:
         if not kwargs and all(isinstance(a, self._torch.Tensor) for a in args):
             return list(args)
-        return leaves((tuple(args), dict(kwargs)))
+        return bind(args, kwargs, names) if needs_names(args, kwargs) else leaves(tuple(args))
 
     def input(self, value: Any, index: int, spec: TensorSpec) -> Any:
         """``value`` as input ``index`` takes it; InputError if it is not a tensor of the spec's dtype."""
