@@ -214,10 +214,17 @@ def prepare_qat(
     return prepare_qat_model(model.eval(), example_inputs, selected, parsed, quantize)
 
 
-def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Backend]:
+def backend_names(names: str | Sequence[str]) -> list[str]:
+    """The backends a caller names, as "coreml,cpu" or ["coreml", "cpu"], spaces stripped."""
     if isinstance(names, str):
         names = names.split(",")
-    names = [n.strip() for n in names if n.strip()]
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise BackendError(f"backends are named by strings, e.g. ['cpu'] or 'coreml,cpu'; got {names!r}")
+    return [n.strip() for n in names if n.strip()]
+
+
+def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Backend]:
+    names = backend_names(names)
     if not names:
         raise BackendError(
             "no backend selected",

@@ -71,8 +71,15 @@ _INTERFACE_HINT = "program inputs and outputs are tensors of: " + ", ".join(DTYP
 def check_inputs(example_inputs: tuple[Any, ...]) -> None:
     """Refuse, before tracing, example inputs a program cannot take: a Python number
     (torch.export would bake it into the graph), a tensor of a dtype files cannot hold,
-    or a sparse tensor."""
+    or a sparse tensor, or one tensor given twice (torch.export captures it as one
+    input, so the program would read one of the two places for both)."""
+    seen: dict[int, int] = {}
     for i, value in enumerate(pytree.tree_leaves(example_inputs)):
+        if isinstance(value, torch.Tensor):
+            first = seen.setdefault(id(value), i)
+            if first != i:
+                raise EdgeportError(f"inputs {first} and {i} of the model are the same tensor; the program would "
+                                    "read one input for both", hint="pass a copy for one of them (x.clone())")
         if value is None:
             raise EdgeportError(f"input {i} of the model is None; programs take tensors only",
                                 hint="leave it out of the example inputs, so the model uses its default")

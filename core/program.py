@@ -135,12 +135,18 @@ class Program:
         path = os.fspath(path)
         manifest = _manifest_bytes(dataclasses.replace(self.manifest, version=VERSION))
         tmp = f"{path}.partial"
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            archive.writestr(_entry(MANIFEST), manifest)
-            archive.writestr(_entry(DIGEST), _digest_line(hashlib.sha256(manifest).hexdigest()))
-            for name in sorted(self.files):
-                archive.writestr(_entry(name), self.files[name])
-        os.replace(tmp, path)
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+                archive.writestr(_entry(MANIFEST), manifest)
+                archive.writestr(_entry(DIGEST), _digest_line(hashlib.sha256(manifest).hexdigest()))
+                for name in sorted(self.files):
+                    archive.writestr(_entry(name), self.files[name])
+            os.replace(tmp, path)
+        except OSError as exc:  # no such folder, a folder in the way, no space, no permission
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise ProgramError(f"cannot save the program to {path}: {exc.strerror or exc}",
+                               hint="save it to a file in a folder that exists and can be written") from None
 
 
 def _manifest_bytes(manifest: Manifest) -> bytes:

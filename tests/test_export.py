@@ -283,3 +283,31 @@ def test_a_sparse_input_is_refused_in_one_line_before_capture():
     with pytest.raises(edgeport.EdgeportError, match="input 0 of the model is a sparse_coo tensor") as caught:
         export(torch.nn.Identity(), (sparse,))
     assert "to_dense" in caught.value.hint
+
+
+class _Difference(torch.nn.Module):
+    def forward(self, a, b):
+        return a - b
+
+
+def test_one_tensor_given_as_two_inputs_is_refused():
+    """torch.export captured it as one input: the program read input 1 for both."""
+    x = torch.ones(2)
+    with pytest.raises(edgeport.EdgeportError, match="inputs 0 and 1 of the model are the same tensor"):
+        edgeport.export(_Difference(), (x, x), ["cpu"])
+
+
+@pytest.mark.parametrize("backends", [None, [None], 3])
+def test_backends_that_are_not_names_are_a_backend_error(backends):
+    with pytest.raises(edgeport.BackendError, match="backends are named by strings"):
+        edgeport.export(_Difference(), (torch.ones(2), torch.ones(2)), backends)
+
+
+def test_save_where_no_file_can_be_written_is_one_error_and_leaves_nothing(tmp_path):
+    """It raised IsADirectoryError / FileNotFoundError and left a .partial file."""
+    program = edgeport.export(_Difference(), (torch.ones(2), torch.zeros(2)), ["cpu"])
+    (tmp_path / "folder").mkdir()
+    for path in (tmp_path / "folder", tmp_path / "missing" / "m.edgeport"):
+        with pytest.raises(edgeport.ProgramError, match=f"cannot save the program to {path}"):
+            program.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"] and not any((tmp_path / "folder").iterdir())
