@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..api import export_methods, resolve_backends
+from ..api import backend_names, export_methods, resolve_backends
 from ..errors import EdgeportError
 from ..lowering import Progress
 from ..plugins import Registry
@@ -99,7 +99,7 @@ def export(
                             hint="a rotation would move 4-bit weights off the Q4_1 grid they hold, and fp32 "
                                  "and a16w8 gain nothing from it; drop --rotate")
     calibrated = scheme is not None and scheme.name in CALIBRATED_SCHEMES
-    backends = backend.split(",") if isinstance(backend, str) else list(backend)
+    backends = backend_names(backend)
     resolve_backends(backends, options, registry)  # unknown backends and bad options: before the model is read
     first = backends[0]
     by_backend = scheme is not None and not calibrated and first not in DECODER_QUANTIZED

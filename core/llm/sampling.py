@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -40,6 +42,22 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what the rule has no meaning for: a temperature of -1 or nan ran
+        greedy, a top_p of 5 or nan as 1, without a word (the CLI's ranges, here too)."""
+        if not _real(self.temperature) or not 0 <= self.temperature < float("inf"):
+            raise InputError(f"temperature must be a number of 0 or more, got {self.temperature!r}",
+                             hint="0 picks the likeliest token; 0.7 is a common sampling temperature")
+        if not _real(self.top_p) or not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be a number above 0 and at most 1, got {self.top_p!r}",
+                             hint="1 samples from every token; 0.9 from the likeliest ones that make up 90%")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def new_seed() -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import resource
 import sys
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import numpy as np
 
 from ..arrays import as_numpy
 from ..backend import WEIGHT_CACHE_KEY
-from ..errors import EdgeportError
+from ..errors import EdgeportError, ExecutionError, InputError, ProgramError
 from ..program import Program
 from ..runtime import Runtime
 from ..torch_steps import portable_steps
@@ -81,13 +82,15 @@ class Session:
     """An LLM program ready to generate; keeps the conversation in its KV cache."""
 
     def __init__(self, program: Program, threads: int | None = None) -> None:
-        self.program = program
+        _check_threads(threads)
+        self.threads = threads
+        self.program = _for_generation(program, threads)
         self.info = LLMInfo.of(program)
         self.text = TextCodec.of(program)
-        if threads:
-            _set_threads(program, threads)
-        _cache_weights(program)
+        self.vocab = _vocab(program)
         self._runtime: Runtime | None = None
+        self._owner: Generation | None = None  # the generation whose tokens the cache holds now
+        self._lock = threading.Lock()  # one call into the cache at a time
         self._any_length = takes_any_length(program.manifest.methods["prefill"])
         self._window = takes_window(program.manifest.methods["prefill"])  # reads only the filled cache rows
         self.tokens: list[int] = []  # what the cache holds, position by position
@@ -168,8 +171,22 @@ class Session:
                  reuse_cache: bool = False) -> "Generation":
         """Stream the continuation of ``prompt`` (text, or token ids). With
         ``reuse_cache`` the prompt's longest prefix already in the cache is not run again."""
-        ids = self.text.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return Generation(self, ids, max_new_tokens, sampling, reuse_cache)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a whole number of 1 or more, got {max_new_tokens!r}")
+        return Generation(self, self._ids(prompt), int(max_new_tokens), sampling, reuse_cache)
+
+    def _ids(self, prompt: str | Sequence[int]) -> list[int]:
+        """The prompt's token ids; an id the model has no row for is an InputError here,
+        not LiteRT's 'gather index out of bounds' at prefill."""
+        if isinstance(prompt, str):
+            return self.text.encode(prompt)
+        if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Sequence):
+            raise InputError(f"the prompt must be text or a sequence of token ids, got {type(prompt).__name__}")
+        bad = next((t for t in prompt if isinstance(t, bool) or not isinstance(t, (int, np.integer))
+                    or not 0 <= t < self.vocab), None)
+        if bad is not None:
+            raise InputError(f"token id {bad!r} is not one of the model's {self.vocab} (0 to {self.vocab - 1})")
+        return [int(t) for t in prompt]
 
     def chat(self, messages: Sequence[Message], *, max_new_tokens: int = 256, sampling: Sampling = Sampling()) -> "Generation":
         """The assistant's reply to ``messages``; earlier turns still in the cache are reused."""
@@ -212,9 +229,11 @@ class Generation(Iterator[Token]):
 
     def _run(self, session: Session, ids: list[int], max_new: int, reuse: bool) -> Iterator[Token]:
         start_time = time.perf_counter()
-        start = _common_prefix(session.tokens, ids) if reuse else 0
-        start = min(start, len(ids) - 1)  # prefill at least one token: its logits pick the first
-        logits = session.prefill(ids[start:], start)
+        with session._lock:
+            session._owner = self  # a generation still unfinished has lost the cache: its next token says so
+            start = _common_prefix(session.tokens, ids) if reuse else 0
+            start = min(start, len(ids) - 1)  # prefill at least one token: its logits pick the first
+            logits = session.prefill(ids[start:], start)
         prefill_s = time.perf_counter() - start_time
         stops = set(session.info.stop_token_ids)
         stream = session.text.stream()
@@ -236,8 +255,12 @@ class Generation(Iterator[Token]):
                 reason = "max_seq_len"
                 break
             t0 = time.perf_counter()
-            logits = session.decode(token)
+            with session._lock:
+                self._check_owns(session)
+                logits = session.decode(token)
             decode_s += time.perf_counter() - t0
+        if session._owner is self:
+            session._owner = None
         self.stats = GenerationStats(
             prompt_tokens=len(ids),
             prefilled_tokens=len(ids) - start,
@@ -248,6 +271,14 @@ class Generation(Iterator[Token]):
             stop_reason=reason,
             peak_rss_mb=peak_rss_mb(),
         )
+
+
+    def _check_owns(self, session: Session) -> None:
+        if session._owner is not self:
+            raise ExecutionError(
+                "another generation on this program has used its KV cache since this one started; this one "
+                "cannot go on", hint="finish (or drop) one generation before starting the next, or load the "
+                                     "program once per concurrent generation")
 
 
 def peak_rss_mb() -> float:
@@ -283,29 +314,48 @@ def _next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _set_threads(program: Program, threads: int) -> None:
-    """Run the program's cpu delegates with ``threads`` threads (before its runtime loads)."""
-    for path, info in program.manifest.artifacts.items():
-        if "threads" in info.options:
-            program.manifest.artifacts[path] = dataclasses.replace(info, options={**info.options, "threads": threads})
-
-
-def _cache_weights(program: Program) -> None:
-    """Ask each artifact's backend (before the runtime loads) to keep its packed weights
-    in a cache named by the artifact's checksum (`WEIGHT_CACHE_KEY`)."""
+def _for_generation(program: Program, threads: int | None) -> Program:
+    """``program`` as a session runs it, the caller's left as it is (a later ``save``
+    writes what was loaded): its cpu delegates with ``threads`` threads, and each
+    backend asked to keep its packed weights in a cache named by the artifact's
+    checksum (`WEIGHT_CACHE_KEY`)."""
     manifest = program.manifest
+    artifacts = {}
     for path, info in manifest.artifacts.items():
+        if threads and "threads" in info.options:
+            info = dataclasses.replace(info, options={**info.options, "threads": threads})
         if path in manifest.files:
-            metadata = {**info.metadata, WEIGHT_CACHE_KEY: manifest.files[path].sha256}
-            manifest.artifacts[path] = dataclasses.replace(info, metadata=metadata)
+            info = dataclasses.replace(info, metadata={**info.metadata, WEIGHT_CACHE_KEY: manifest.files[path].sha256})
+        artifacts[path] = info
+    return Program(dataclasses.replace(manifest, artifacts=artifacts), program.files, reference=program.reference,
+                   registry=program._registry)  # the same plugins as the caller's
+
+
+def _check_threads(threads: int | None) -> None:
+    """None or 0 (every core) to 256, what `cpu.threads` takes: -2 used to be stored in
+    the program and fail every later load, blaming the file."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 0 <= threads <= 256:
+        raise InputError(f"threads must be a whole number from 1 to 256 (0 or None: every core), got {threads!r}")
+
+
+def _vocab(program: Program) -> int:
+    """The number of token ids the model has rows for: decode's logits' last dim."""
+    logits = program.manifest.methods["decode"].outputs[0]
+    size = logits.shape[-1]
+    if not isinstance(size, int):
+        raise ProgramError(f"the decode method's logits have no fixed vocabulary size ({logits.shape})")
+    return size
 
 
 _SESSIONS: "weakref.WeakKeyDictionary[Program, Session]" = weakref.WeakKeyDictionary()
 
 
 def session_of(program: Program, threads: int | None = None) -> Session:
-    """The session of ``program`` (one per loaded program, so its cache is tracked once)."""
+    """The session of ``program`` (one per loaded program, so its cache is tracked once);
+    a new one, whose cache starts empty, when ``threads`` asks for another count."""
     session = _SESSIONS.get(program)
-    if session is None:
+    if session is None or (threads and threads != session.threads):
         session = _SESSIONS[program] = Session(program, threads)
     return session

@@ -1,0 +1,88 @@
+"""`edgeport.llm.generate` from Python: arguments it cannot honour are one InputError,
+and one program's KV cache serves one generation at a time, saying so. A tiny random
+Llama (max_seq_len 32)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import edgeport
+import edgeport.llm
+from edgeport.backends.cpu import CpuBackend
+from edgeport.testing import registry_for
+
+from tiny_llms import VOCAB, tiny_model_dir
+
+PROMPT = "w5 w6 w7"
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return registry_for(CpuBackend())
+
+
+@pytest.fixture(scope="module")
+def program_path(tmp_path_factory, registry):
+    model_dir, _ = tiny_model_dir(tmp_path_factory.mktemp("hf"), "llama")
+    path = tmp_path_factory.mktemp("llm") / "tiny.edgeport"
+    edgeport.llm.export(model_dir, backend=" cpu", max_seq_len=32, prefill_chunk=8, registry=registry).save(path)
+    return path
+
+
+@pytest.fixture
+def program(program_path, registry):
+    return edgeport.load(program_path, registry=registry)
+
+
+def ids(generation) -> list[int]:
+    return [token.id for token in generation]
+
+
+def test_a_backend_name_with_spaces_is_the_backend_itself(program):
+    """' cpu' used to export another program (padded prefill, no cache window)."""
+    assert "window" in [spec.name for spec in program.manifest.methods["prefill"].inputs]
+
+
+@pytest.mark.parametrize("arguments", [
+    {"temperature": -1}, {"temperature": math.nan}, {"temperature": "0.5"}, {"top_p": 5}, {"top_p": 0},
+    {"top_p": math.nan}, {"seed": 1.5}, {"max_new_tokens": -3}, {"max_new_tokens": 0}, {"max_new_tokens": 2.5},
+    {"threads": -2}, {"threads": 1000},
+])
+def test_arguments_it_cannot_honour_are_an_input_error(program, arguments):
+    """Each used to run greedy, run as top_p 1, return nothing, or raise a TypeError."""
+    with pytest.raises(edgeport.InputError):
+        ids(edgeport.llm.generate(program, PROMPT, **arguments))
+
+
+@pytest.mark.parametrize("prompt", [[5, 6, VOCAB], [5, -1], b"w5", 5])
+def test_a_prompt_of_ids_the_model_lacks_or_of_another_type_is_an_input_error(program, prompt):
+    """Ids past the vocabulary reached LiteRT ('gather index out of bounds')."""
+    with pytest.raises(edgeport.InputError, match="token id|text or a sequence"):
+        ids(edgeport.llm.generate(program, prompt))
+
+
+def test_threads_leave_the_program_as_loaded_and_a_bad_count_harms_nothing(program, program_path, registry):
+    """threads=N was written into the program's manifest (and saved with it); -2 failed
+    every later generation, blaming the file."""
+    before = program.manifest.to_json()
+    with pytest.raises(edgeport.InputError):
+        ids(edgeport.llm.generate(program, PROMPT, threads=-2))
+    expected = ids(edgeport.llm.generate(edgeport.load(program_path, registry=registry), PROMPT, max_new_tokens=6))
+    assert ids(edgeport.llm.generate(program, PROMPT, max_new_tokens=6, threads=1)) == expected
+    assert ids(edgeport.llm.generate(program, PROMPT, max_new_tokens=6, threads=2)) == expected
+    assert program.manifest.to_json() == before
+
+
+def test_a_generation_interrupted_by_another_says_so_and_the_other_is_right(program):
+    """The first generation used to go on over the second one's cache, silently wrong."""
+    alone = ids(edgeport.llm.generate(program, PROMPT, max_new_tokens=8))
+    other = ids(edgeport.llm.generate(program, "w9 w10", max_new_tokens=8))
+    first = edgeport.llm.generate(program, PROMPT, max_new_tokens=8)
+    started = [next(first).id, next(first).id]
+    assert ids(edgeport.llm.generate(program, "w9 w10", max_new_tokens=8)) == other
+    with pytest.raises(edgeport.ExecutionError, match="another generation on this program"):
+        next(first)
+    assert started == alone[:2]
+    assert ids(edgeport.llm.generate(program, PROMPT, max_new_tokens=8)) == alone  # one after another: fine
