@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -22,7 +23,7 @@ from edgeport.partitioners.policy import PORTABLE
 from .backend import Backend, options_from_dict, validate_options
 from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
-from .errors import BackendError, EdgeportError
+from .errors import BackendError, EdgeportError, InputError
 from .fold import fold_constants
 from .permute_rank import collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
@@ -118,6 +119,7 @@ def export_methods(
     ``require_delegated`` fails the export, as soon as a method leaves a portable step,
     with a `LoweringError` naming each one: a program for a device without torch.
     """
+    _check_methods(methods)
     scheme = resolve_scheme(quantize) if quantize is not None else None
     registry = registry or default_registry()
     selected, parsed = resolve_backends(backends, options, registry)
@@ -179,6 +181,25 @@ def export_methods(
         shared_tensors=shared,
     )
     return Program(manifest, files, registry=registry)
+
+
+# A method's name becomes part of its artifacts' paths in the file (artifacts/<method>/...)
+_METHOD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_methods(methods: Mapping[str, Any]) -> None:
+    """Refuse, before any capture, a method table `export_methods` cannot export, or
+    whose names would write a file `load` refuses (``"a/../b"``)."""
+    if not isinstance(methods, Mapping) or not methods:
+        raise InputError("export_methods takes a non-empty dict of method name -> (module, example_inputs"
+                         "[, dynamic_shapes])", hint='e.g. {"forward": (model, (x,))}')
+    for name, spec in methods.items():
+        if not isinstance(name, str) or not _METHOD_NAME.fullmatch(name) or ".." in name:
+            raise InputError(f"method name {name!r} is not one a program can hold",
+                             hint="use letters, digits, '_', '.' and '-', e.g. 'forward' or 'decode'")
+        if not isinstance(spec, (tuple, list)) or not 2 <= len(spec) <= 3 or not callable(spec[0]):
+            raise InputError(f"method {name!r} must be (module, example_inputs[, dynamic_shapes]), "
+                             f"got {type(spec).__name__}")
 
 
 def resolve_backends(
@@ -246,6 +267,9 @@ def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Back
 
 
 def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    if not isinstance(options, Mapping) or not all(isinstance(o, Mapping) for o in options.values()):
+        raise BackendError(f"options are a dict of backend name -> dict of option values, got {options!r}",
+                           hint='e.g. options={"cpu": {"threads": 2}}')
     unknown = sorted(set(options) - set(selected))
     if unknown:
         raise BackendError(

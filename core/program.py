@@ -180,6 +180,9 @@ def load(path: str | os.PathLike[str], *, reference: bool = False, registry: Reg
     on its torch reference instead (labelled "reference" in every result). Where torch
     is not installed, a program with portable steps is refused here (an
     `ExecutionError` naming them), not at its first call."""
+    if not isinstance(path, (str, os.PathLike)):  # bytes would be taken as a file name, whole
+        raise ProgramError(f"load takes the path of a .edgeport file, got {type(path).__name__}",
+                           hint="pass its path as a str or pathlib.Path")
     manifest, files = read_program_file(path)
     check_runs_here(manifest)
     return Program(manifest, files, reference=reference, registry=registry)

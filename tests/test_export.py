@@ -311,3 +311,22 @@ def test_save_where_no_file_can_be_written_is_one_error_and_leaves_nothing(tmp_p
         with pytest.raises(edgeport.ProgramError, match=f"cannot save the program to {path}"):
             program.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"] and not any((tmp_path / "folder").iterdir())
+
+
+@pytest.mark.parametrize(("methods", "message"), [
+    ([torch.nn.ReLU()], "non-empty dict"), ({}, "non-empty dict"), ({"f": torch.nn.ReLU()}, "must be \\(module"),
+    ({"f": (torch.nn.ReLU(),)}, "must be \\(module"),
+    ({"a/../b": (torch.nn.ReLU(), (torch.ones(2),))}, "method name 'a/../b' is not one a program can hold"),
+])
+def test_a_method_table_export_methods_cannot_export_is_an_input_error(methods, message):
+    """They raised AttributeError or TypeError, or ('a/../b') saved a file load refuses."""
+    with pytest.raises(edgeport.InputError, match=message):
+        edgeport.export_methods(methods, ["cpu"])
+
+
+def test_options_that_are_no_dict_of_dicts_and_a_load_of_no_path_are_one_error():
+    with pytest.raises(edgeport.BackendError, match="options are a dict of backend name"):
+        edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["cpu"], options={"cpu": 2})
+    for path in (3, b"PK\x03\x04 the file's bytes"):
+        with pytest.raises(edgeport.ProgramError, match="load takes the path of a .edgeport file"):
+            edgeport.load(path)

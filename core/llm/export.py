@@ -93,6 +93,9 @@ def export(
     (`rotation.py`), and keep outlier channels only in the down projections: perplexity
     close to fp32's and fewer operators, but fewer top-1 tokens equal to fp32's on
     SmolLM2 (docs/llm.md, "Limits")."""
+    for name, value, least in (("max_seq_len", max_seq_len, 2), ("prefill_chunk", prefill_chunk, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise EdgeportError(f"{name} must be a whole number of {least} or more, got {value!r}")
     scheme = _scheme(quantize)
     if rotate and (scheme is None or scheme.name != "int8-dynamic"):
         raise EdgeportError(f"--rotate applies to int8-dynamic, not {scheme.name if scheme else 'float32'}",

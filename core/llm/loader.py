@@ -64,6 +64,9 @@ class ModelLoadError(EdgeportError):
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     """Load a ``.gguf`` file or a local Hugging Face model directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelLoadError(f"a model is the path of a .gguf file or a Hugging Face directory, got "
+                             f"{type(path).__name__}")
     p = Path(path)
     ggufs = sorted(p.glob("*.gguf")) if p.is_dir() else []
     if p.is_dir() and (p / "config.json").is_file():

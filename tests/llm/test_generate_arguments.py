@@ -86,3 +86,19 @@ def test_a_generation_interrupted_by_another_says_so_and_the_other_is_right(prog
         next(first)
     assert started == alone[:2]
     assert ids(edgeport.llm.generate(program, PROMPT, max_new_tokens=8)) == alone  # one after another: fine
+
+
+@pytest.mark.parametrize(("model", "arguments", "error"), [
+    (None, {}, "a model is the path of a .gguf file"),
+    ("any", {"max_seq_len": 32.0}, "max_seq_len must be a whole number of 2 or more"),
+    ("any", {"prefill_chunk": 0}, "prefill_chunk must be a whole number of 1 or more"),
+])
+def test_export_arguments_of_the_wrong_kind_are_one_error_before_the_model_is_read(model, arguments, error):
+    """A TypeError from pathlib, or from torch after the model was read."""
+    with pytest.raises(edgeport.EdgeportError, match=error):
+        edgeport.llm.export(model, **arguments)
+
+
+def test_generate_of_no_path_is_a_program_error():
+    with pytest.raises(edgeport.ProgramError, match="load takes the path of a .edgeport file, got NoneType"):
+        edgeport.llm.generate(None, PROMPT)
