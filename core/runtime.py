@@ -174,10 +174,15 @@ class Runtime:
                 return outputs
         return self.run(method, args, kwargs).outputs
 
+    def _method(self, method: str) -> tuple[MethodPlan, list[_LoadedStep], Callable]:
+        """The loaded method; a name the program lacks is the caller's mistake, an InputError."""
+        loaded = self._methods.get(method)
+        if loaded is None:
+            raise InputError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
+        return loaded
+
     def run(self, method: str, args: Sequence[Any], kwargs: Mapping[str, Any], profile: bool = False) -> RunResult:
-        if method not in self._methods:
-            raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
-        plan, steps, check = self._methods[method]
+        plan, steps, check = self._method(method)
         start = time.perf_counter()
         values: dict[str, Any] = dict(zip(plan.input_values, check(args, kwargs)))
         timings: list[StepTiming] = []
@@ -211,9 +216,7 @@ class Runtime:
         """Keep the state ``method`` reads inside its delegates' own input buffers (where
         they offer them), so calling ``method`` copies none of it; returns the states
         moved. Worth it for the method called most often, e.g. an LLM's "decode"."""
-        if method not in self._methods:
-            raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
-        plan, steps, _ = self._methods[method]
+        plan, steps, _ = self._method(method)
         fully_written = {fqn for p, _, _ in self._methods.values() for fqn in p.state_writes.values()}
         return place_state(plan, [(s.step.inputs, s.executable) for s in steps], self.state, fully_written)
 
@@ -224,9 +227,7 @@ class Runtime:
         static input shapes (what the direct call runs) has them, and only where its
         executable offers them (`InPlaceInputs`). The buffer holds whatever the last
         call was given for that input; one call at a time writes or reads it."""
-        if method not in self._methods:
-            raise ExecutionError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
-        plan, steps, _ = self._methods[method]
+        plan, steps, _ = self._method(method)
         executable = steps[0].executable if self._direct.get(method) is not None else None
         if not isinstance(executable, InPlaceInputs):
             return [None] * len(plan.inputs)

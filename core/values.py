@@ -83,6 +83,9 @@ class TorchValues:
             value = self._torch.from_numpy(value)
         if not isinstance(value, self._torch.Tensor):
             raise InputError(f"input {index} ({spec.name!r}) must be a tensor, got {type(value).__name__}")
+        if value.is_meta:  # a shape without data: nothing to compute on
+            raise InputError(f"input {index} ({spec.name!r}) is a tensor on the meta device, which holds no data",
+                             hint="pass a tensor with values (on the CPU)")
         if value.dtype != self._dtypes[spec.dtype]:
             raise InputError(
                 f"input {index} ({spec.name!r}) must be {spec.dtype}, got {str(value.dtype).removeprefix('torch.')}",

@@ -142,5 +142,5 @@ def test_a_method_without_a_direct_call_has_no_input_buffers():
     registry = registry_with(TorchOpsBackend())
     program = edgeport.export(HalfDelegated(), (X,), ["torchops"], registry=registry)
     assert program.input_buffers() == [None]
-    with pytest.raises(edgeport.ExecutionError, match="no method 'nosuch'"):
+    with pytest.raises(edgeport.InputError, match="no method 'nosuch'"):
         program.input_buffers("nosuch")

@@ -330,3 +330,14 @@ def test_options_that_are_no_dict_of_dicts_and_a_load_of_no_path_are_one_error()
     for path in (3, b"PK\x03\x04 the file's bytes"):
         with pytest.raises(edgeport.ProgramError, match="load takes the path of a .edgeport file"):
             edgeport.load(path)
+
+
+def test_a_meta_tensor_input_and_a_group_size_that_is_no_number_are_one_error():
+    """NotImplementedError from torch, and TypeError comparing '64' with 0."""
+    from edgeport.quantize import resolve_scheme
+
+    program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["cpu"])
+    with pytest.raises(edgeport.InputError, match="meta device"):
+        program(torch.ones(2, device="meta"))
+    with pytest.raises(edgeport.EdgeportError, match="group size must be a positive whole number, got '64'"):
+        resolve_scheme("int4-weight", group_size="64")

@@ -125,7 +125,7 @@ def resolve_scheme(scheme: str | Scheme, group_size: int | None = None) -> Schem
                 f"scheme {resolved.name!r} has no weight groups, so a group size does not apply",
                 hint="group sizes apply to int4-weight",
             )
-        if group_size <= 0:
-            raise EdgeportError(f"group size must be positive, got {group_size}")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+            raise EdgeportError(f"group size must be a positive whole number, got {group_size!r}")
         resolved = dataclasses.replace(resolved, group_size=group_size)
     return resolved
