@@ -179,7 +179,12 @@ class Session:
         """The prompt's token ids; an id the model has no row for is an InputError here,
         not LiteRT's 'gather index out of bounds' at prefill."""
         if isinstance(prompt, str):
-            return self.text.encode(prompt)
+            ids = self.text.encode(prompt)
+            past = next((t for t in ids if not 0 <= t < self.vocab), None)
+            if past is not None:
+                raise ProgramError(f"the program's tokenizer gave token id {past}, but its model has rows for "
+                                   f"{self.vocab} ids", hint="re-export the model: its tokenizer is not the model's")
+            return ids
         if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Sequence):
             raise InputError(f"the prompt must be text or a sequence of token ids, got {type(prompt).__name__}")
         bad = next((t for t in prompt if isinstance(t, bool) or not isinstance(t, (int, np.integer))

@@ -102,3 +102,15 @@ def test_the_undamaged_program_generates_the_same_tokens_after_a_reseal(saved, t
     manifest, files = unpack(saved)
     assert generated(pack(json.loads(json.dumps(manifest)), files), tmp_path, cpu_registry) == \
         generated(saved, tmp_path, cpu_registry)
+
+
+def test_a_tokenizer_rewritten_past_the_models_vocabulary_is_a_program_error(saved, tmp_path, cpu_registry):
+    """A consistent rewrite: "w9" encoded as id 500 of a 96-row model reached LiteRT's
+    gather, an ExecutionError blaming the run."""
+    manifest, files = unpack(saved)
+    name = manifest["metadata"]["llm"]["tokenizer"]
+    tokenizer = json.loads(files[name])
+    tokenizer["model"]["vocab"]["w9"] = 500
+    files[name] = json.dumps(tokenizer).encode()
+    with pytest.raises(edgeport.ProgramError, match="tokenizer gave token id 500, but its model has rows for 96"):
+        generated(pack(manifest, files, relist=True), tmp_path, cpu_registry)
