@@ -6,6 +6,10 @@ in the cache (the earlier turns of a chat) prefills only what is new: attention 
 every cache row at or after the chunk's first position, so rewinding is just a smaller
 position, and stale rows are never read. A plain `generate` starts from position 0.
 
+The cache holds one generation's tokens at a time: a generation interrupted by another
+on the same program (interleaved, or from another thread) raises `ExecutionError` at
+its next token rather than go on over the other's cache.
+
 The cache lives inside the decode delegate (`Runtime.place_state`): a decode call copies
 none of it. A session asks its backends to cache the packed weights (`WEIGHT_CACHE_KEY`):
 the cpu backend then runs the model with LiteRT's compiled model, whose weights XNNPACK
@@ -165,6 +169,37 @@ class Session:
             self._windows[W] = np.arange(W, dtype=np.int64)
         return self._windows[W]
 
+    # -- one generation at a time ------------------------------------------------------
+    # The cache holds one generation's tokens. The generation that prefilled last owns
+    # it; an unfinished one that lost it says so at its next token instead of going on
+    # over another's cache (two interleaved generations, or two threads).
+
+    def prefill_for(self, generation: "Generation", ids: list[int], reuse: bool) -> tuple[int, np.ndarray]:
+        """Prefill ``ids`` for ``generation``, which owns the cache from now on: with
+        ``reuse``, from the end of their longest prefix already in the cache. Returns
+        that position and the logits."""
+        with self._lock:
+            self._owner = generation
+            start = _common_prefix(self.tokens, ids) if reuse else 0
+            start = min(start, len(ids) - 1)  # prefill at least one token: its logits pick the first
+            return start, self.prefill(ids[start:], start)
+
+    def decode_for(self, generation: "Generation", token: int) -> np.ndarray:
+        """`decode`, for ``generation``, if it still owns the cache."""
+        with self._lock:
+            if self._owner is not generation:
+                raise ExecutionError(
+                    "another generation on this program has used its KV cache since this one started; this one "
+                    "cannot go on", hint="finish (or drop) one generation before starting the next, or load the "
+                                         "program once per concurrent generation")
+            return self.decode(token)
+
+    def release(self, generation: "Generation") -> None:
+        """``generation`` has ended (the cache keeps its tokens, for a chat's next turn)."""
+        with self._lock:
+            if self._owner is generation:
+                self._owner = None
+
     # -- generation -------------------------------------------------------------------
 
     def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 128, sampling: Sampling = Sampling(),
@@ -234,11 +269,7 @@ class Generation(Iterator[Token]):
 
     def _run(self, session: Session, ids: list[int], max_new: int, reuse: bool) -> Iterator[Token]:
         start_time = time.perf_counter()
-        with session._lock:
-            session._owner = self  # a generation still unfinished has lost the cache: its next token says so
-            start = _common_prefix(session.tokens, ids) if reuse else 0
-            start = min(start, len(ids) - 1)  # prefill at least one token: its logits pick the first
-            logits = session.prefill(ids[start:], start)
+        start, logits = session.prefill_for(self, ids, reuse)
         prefill_s = time.perf_counter() - start_time
         stops = set(session.info.stop_token_ids)
         stream = session.text.stream()
@@ -260,12 +291,9 @@ class Generation(Iterator[Token]):
                 reason = "max_seq_len"
                 break
             t0 = time.perf_counter()
-            with session._lock:
-                self._check_owns(session)
-                logits = session.decode(token)
+            logits = session.decode_for(self, token)
             decode_s += time.perf_counter() - t0
-        if session._owner is self:
-            session._owner = None
+        session.release(self)
         self.stats = GenerationStats(
             prompt_tokens=len(ids),
             prefilled_tokens=len(ids) - start,
@@ -276,14 +304,6 @@ class Generation(Iterator[Token]):
             stop_reason=reason,
             peak_rss_mb=peak_rss_mb(),
         )
-
-
-    def _check_owns(self, session: Session) -> None:
-        if session._owner is not self:
-            raise ExecutionError(
-                "another generation on this program has used its KV cache since this one started; this one "
-                "cannot go on", hint="finish (or drop) one generation before starting the next, or load the "
-                                     "program once per concurrent generation")
 
 
 def peak_rss_mb() -> float:

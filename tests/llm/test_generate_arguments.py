@@ -102,3 +102,28 @@ def test_export_arguments_of_the_wrong_kind_are_one_error_before_the_model_is_re
 def test_generate_of_no_path_is_a_program_error():
     with pytest.raises(edgeport.ProgramError, match="load takes the path of a .edgeport file, got NoneType"):
         edgeport.llm.generate(None, PROMPT)
+
+
+def test_generations_from_two_threads_are_right_or_say_they_were_interrupted(program):
+    """Both threads' tokens used to come out wrong (3 runs in 3), without an error."""
+    import threading
+
+    prompts = {PROMPT: None, "w9 w10": None}
+    for prompt in prompts:
+        prompts[prompt] = ids(edgeport.llm.generate(program, prompt, max_new_tokens=12))
+    outcomes: list[tuple[str, object]] = []
+
+    def generate(prompt):
+        for _ in range(3):
+            try:
+                outcomes.append((prompt, ids(edgeport.llm.generate(program, prompt, max_new_tokens=12))))
+            except edgeport.ExecutionError as error:
+                outcomes.append((prompt, error))
+
+    threads = [threading.Thread(target=generate, args=(p,)) for p in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 6
+    assert all(isinstance(got, edgeport.ExecutionError) or got == prompts[prompt] for prompt, got in outcomes)
