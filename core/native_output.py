@@ -12,10 +12,16 @@ call, descriptors 1 and 2 point at a temporary file; afterwards every captured l
 to stderr except the chatter the backend named (native stdout goes to stderr as well,
 so data printed on stdout, e.g. ``edgeport run --json``, stays clean). With
 ``EDGEPORT_TOOLCHAIN_LOG=1`` (which ``edgeport --debug`` sets) nothing is dropped.
+
+Destroying chatters too (LiteRT's "INFO: DestroyAccelerator" per accelerator of an
+environment). An object still open when Python exits is destroyed while the
+interpreter tears down, where no filter can run; `close_before_exit` closes it, under
+the filter, before that.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -23,7 +29,8 @@ import re
 import sys
 import tempfile
 import threading
-from typing import Iterator, Sequence
+import weakref
+from typing import Any, Iterator, Sequence
 
 TOOLCHAIN_LOG_ENV = "EDGEPORT_TOOLCHAIN_LOG"
 
@@ -61,13 +68,51 @@ def filter_native_output(drop: Sequence[re.Pattern[str]]) -> Iterator[None]:
             kept = [line for line in text.splitlines(keepends=True)
                     if keep_all or not any(pattern.search(line) for pattern in drop)]
             if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+                _write_stderr("".join(kept))
+
+
+def _write_stderr(text: str) -> None:
+    """``text`` to Python's stderr, or straight to descriptor 2 where that stream is
+    closed (a test runner's capture, at exit)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (ValueError, OSError, AttributeError):
+        os.write(2, text.encode(errors="replace"))
 
 
 def _flush_all() -> None:
-    """Flush Python's and C's buffered streams, so buffered text lands where it was meant to."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """Flush Python's and C's buffered streams, so buffered text lands where it was meant
+    to (a stream already closed, as a test runner's may be at exit, has nothing to flush)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            stream.flush()
     with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library to ask (e.g. Windows)
         ctypes.CDLL(None).fflush(None)
+
+
+# what close_before_exit keeps, in the order registered: closed last first
+_OPEN: "weakref.WeakKeyDictionary[Any, tuple[re.Pattern[str], ...]]" = weakref.WeakKeyDictionary()
+
+
+def close_before_exit(resource: Any, drop: Sequence[re.Pattern[str]]) -> None:
+    """Call ``resource.close()`` when Python exits, if it is still alive then, with its
+    output filtered as by `filter_native_output` (``drop``). Register a resource after
+    what it uses (a model after its environment): the last registered closes first."""
+    _OPEN[resource] = tuple(drop)
+
+
+def close_quietly(resource: Any, drop: Sequence[re.Pattern[str]]) -> None:
+    """``resource.close()`` under `filter_native_output`; unfiltered when the filter
+    itself cannot run (the interpreter is tearing down)."""
+    try:
+        with filter_native_output(drop=drop):
+            resource.close()
+    except Exception:  # noqa: BLE001 - close at least once; a resource's close does nothing when closed
+        resource.close()
+
+
+@atexit.register
+def _close_open() -> None:
+    for resource, drop in reversed(list(_OPEN.items())):
+        close_quietly(resource, drop)

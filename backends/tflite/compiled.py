@@ -28,14 +28,12 @@ finished file, which holds less memory than the model that built it.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
 import os
 import platform
 import re
 import tempfile
-import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,7 +42,7 @@ import numpy as np
 from edgeport.arrays import as_numpy, is_torch_tensor
 from edgeport.cache import BUILDING_SUFFIX, cache_dir, make_room, mark_used
 from edgeport.mapped_file import forget
-from edgeport.native_output import filter_native_output
+from edgeport.native_output import close_before_exit, close_quietly, filter_native_output
 
 from . import litert_c
 from .runner import default_threads, runtime_version
@@ -52,7 +50,7 @@ from .runner import default_threads, runtime_version
 log = logging.getLogger(__name__)
 # LiteRT's INFO lines, and its warnings that this host has no NPU or GPU accelerator
 # (it looks for them whenever an environment is made), are chatter.
-_CHATTER = (re.compile(r"^INFO: "), re.compile(r"^WARNING: \[(npu|gpu)_registry\.cc"))
+LITERT_CHATTER = (re.compile(r"^INFO: "), re.compile(r"^WARNING: \[(npu|gpu)_registry\.cc"))
 WEIGHT_CACHE = "xnnpack"  # the cache kind (edgeport.cache) of XNNPACK's packed weights
 
 
@@ -124,7 +122,7 @@ class CompiledExecutable:
             # then compile again from it. The model that built the cache keeps ~the
             # embedding table's size of anonymous memory to its end (fp32 SmolLM2: 110
             # MiB); one that maps the finished cache does not (0.1 s).
-            _close(self._model)
+            close_quietly(self._model, LITERT_CHATTER)
             os.replace(building, final)  # type: ignore[arg-type]
             make_room(WEIGHT_CACHE, keep=final)  # type: ignore[arg-type]
             cache = str(final)
@@ -155,7 +153,7 @@ class CompiledExecutable:
     def __del__(self) -> None:
         model = getattr(self, "_model", None)
         if model is not None:
-            _close(model)
+            close_quietly(model, LITERT_CHATTER)
 
     def input_buffer(self, position: int, rows_of: tuple[int, ...] | None = None) -> np.ndarray | None:
         """Input ``position``'s storage, as a writable array the model reads in place: a
@@ -251,32 +249,10 @@ class CompiledExecutable:
 
 
 def _compile(view: memoryview, threads: int, cache: str) -> litert_c.CompiledModel:
-    with filter_native_output(drop=_CHATTER):
+    with filter_native_output(drop=LITERT_CHATTER):
         model = litert_c.CompiledModel(view, threads=threads, weight_cache=cache)
-    _open_models.add(model)
+    close_before_exit(model, LITERT_CHATTER)
     return model
-
-
-# Destroying a model's environment prints LiteRT's "INFO: DestroyAccelerator" lines. A
-# model still open when Python exits is destroyed while the interpreter tears down,
-# where the filter can no longer run; closing the open ones first, at exit, keeps the
-# lines out of every `edgeport llm generate`.
-_open_models: weakref.WeakSet[litert_c.CompiledModel] = weakref.WeakSet()
-
-
-def _close(model: litert_c.CompiledModel) -> None:
-    """Close ``model`` (once: closing again does nothing), without LiteRT's chatter."""
-    try:
-        with filter_native_output(drop=_CHATTER):
-            model.close()
-    except Exception:  # noqa: BLE001 - at interpreter exit the filter may be gone: close unfiltered
-        model.close()
-
-
-@atexit.register
-def _close_open_models() -> None:
-    for model in list(_open_models):
-        _close(model)
 
 
 def _building_name(final: Path) -> Path | None:

@@ -216,10 +216,16 @@ class CompiledModel:
     """
 
     def __init__(self, model: memoryview | str, *, threads: int, weight_cache: str = "") -> None:
-        lib = library()
-        self._lib = lib
+        self._lib = library()
         self._handles: list[tuple[str, int]] = []  # (destroyer, handle), destroyed in reverse
         self._model_buffer = model
+        try:
+            self._open(model, threads, weight_cache)
+        except BaseException:  # destroy what was made now, not whenever the object is collected
+            self.close()
+            raise
+
+    def _open(self, model: memoryview | str, threads: int, weight_cache: str) -> None:
         env = self._create("LiteRtCreateEnvironment", "LiteRtDestroyEnvironment", 0, None)
         if isinstance(model, str):
             model_handle = self._create("LiteRtCreateModelFromFile", "LiteRtDestroyModel", env, model.encode())
