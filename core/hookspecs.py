@@ -23,9 +23,10 @@ def edgeport_register_backends(register: Callable[..., None]) -> None:
 
     :param register: ``register(backend, aliases=())``. ``backend`` is an instance of
         a `edgeport.Backend` subclass; ``aliases`` are extra names that select it
-        (e.g. ``("npu",)``). ``register`` checks the backend against the contract
-        (its name is an identifier, it defines ``support``, ``compile`` and ``load``,
-        its options are a dataclass) and that no other plugin took the name. It never
+        (e.g. ``("npu",)``; one string is one alias). ``register`` checks the backend
+        against the contract (its name and aliases are identifiers, not ``portable``,
+        it defines ``support``, ``compile`` and ``load``, its options are a dataclass)
+        and that no other plugin took the name. It never
         raises: a refused backend makes this plugin show as broken in
         ``edgeport backends``, with the reason and the fix, and the others still work.
 

@@ -39,6 +39,11 @@ REQUIRED_METHODS = ("support", "compile", "load")
 RESERVED_NAMES = frozenset({"portable"})  # the fallback, never a backend
 
 
+# What a plugin's import or hook may raise and still leave the others working: any error,
+# and a SystemExit (a library that exits when it finds no device); not KeyboardInterrupt.
+_PLUGIN_FAILURES = (Exception, SystemExit)
+
+
 @dataclass(frozen=True)
 class BackendEntry:
     """A registered backend and where it came from."""
@@ -49,6 +54,15 @@ class BackendEntry:
     version: str
     aliases: tuple[str, ...] = ()
 
+    def toolchain(self) -> str:
+        """The backend's `version` (its toolchain's), as text: one that raises, or is no
+        string, is shown as what it is rather than break a listing of every backend."""
+        try:
+            version = self.backend.version
+        except Exception as exc:  # noqa: BLE001 - the contract says never raise; say that it did
+            return f"(version raised {type(exc).__name__}: {exc})"
+        return version if isinstance(version, str) else repr(version)
+
     def availability(self) -> Availability:
         """The backend's availability; one that raises is reported, never propagated.
         Where torch is not installed nothing compiles (export needs torch), whatever
@@ -57,6 +71,9 @@ class BackendEntry:
             availability = self.backend.availability()
         except Exception as exc:
             return Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
+        if not isinstance(availability, Availability):
+            return Availability(False, False, why=f"availability() returned {type(availability).__name__}, "
+                                                  "not an edgeport.Availability")
         if availability.can_compile and not torch_installed():
             why = "; ".join(w for w in ("compile: needs torch, which is not installed", availability.why) if w)
             return dataclasses.replace(availability, can_compile=False, why=why)
@@ -151,7 +168,7 @@ class Registry:
             source = _Source(ep.dist.name, ep.dist.version) if ep.dist else _Source("(unknown)", "")
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except _PLUGIN_FAILURES as exc:  # a broken plugin must not take the others down
                 self._failed_loads.append(_broken(ep.name, source, exc, f"fix or uninstall {source.distribution}, "
                                                                         f"or block it with {DISABLE_ENV}={ep.name}"))
                 continue
@@ -160,9 +177,11 @@ class Registry:
     # -- calling hooks --------------------------------------------------------------
 
     def _call_each(self, hook: str, arguments: Callable[[str], dict[str, Any]],
-                   on_error: Callable[[str, Exception], None]) -> None:
+                   on_error: Callable[[str, BaseException], None],
+                   after: Callable[[str], None] = lambda plugin: None) -> None:
         """Call ``hook`` of every plugin, one at a time and in registration order,
-        through pluggy (which passes each implementation only the arguments it takes)."""
+        through pluggy (which passes each implementation only the arguments it takes);
+        ``after`` each that returned."""
         for name in list(self._sources):
             plugin = self._pm.get_plugin(name)
             others = [p for p in self._pm.get_plugins() if p is not plugin]
@@ -171,8 +190,10 @@ class Registry:
                 continue
             try:
                 caller(**arguments(name))
-            except Exception as exc:
+            except _PLUGIN_FAILURES as exc:
                 on_error(name, exc)
+                continue
+            after(name)
 
     def _register_arguments(self, register: Callable[..., None]) -> dict[str, Any]:
         """What ``edgeport_register_backends`` is called with (grows with its hookspec)."""
@@ -190,7 +211,7 @@ class Registry:
             def arguments(plugin: str) -> dict[str, Any]:
                 return self._register_arguments(_Registrar(collected, plugin, self._sources[plugin]))
 
-            def failed(plugin: str, exc: Exception) -> None:
+            def failed(plugin: str, exc: BaseException) -> None:
                 collected.broken.append(_broken(plugin, self._sources[plugin], exc,
                                                 f"its edgeport_register_backends hook raised; fix it, or block it "
                                                 f"with {DISABLE_ENV}={plugin}"))
@@ -203,12 +224,24 @@ class Registry:
         """Let every plugin add its CLI commands; a plugin that fails is recorded."""
         collected = self._collect()
 
-        def failed(plugin: str, exc: Exception) -> None:
+        def failed(plugin: str, exc: BaseException) -> None:
             collected.broken.append(_broken(plugin, self._sources[plugin], exc,
                                             "its edgeport_register_commands hook raised; the other commands work"))
 
+        built_in = dict(cli.commands)
+
+        def keep_built_in(plugin: str) -> None:
+            """A plugin's command named like a built-in one would replace it: put it back."""
+            replaced = sorted(n for n, command in built_in.items() if cli.commands.get(n) is not command)
+            if replaced:
+                cli.commands.update(built_in)
+                collected.broken.append(BrokenPlugin(
+                    plugin, self._sources[plugin].distribution,
+                    f"its command(s) {', '.join(replaced)} would replace edgeport's own; they were not added",
+                    "give the plugin's commands names of their own (e.g. a group: edgeport my_npu ...)"))
+
         with self._lock:
-            self._call_each("edgeport_register_commands", lambda plugin: {"cli": cli}, failed)
+            self._call_each("edgeport_register_commands", lambda plugin: {"cli": cli}, failed, keep_built_in)
 
     # -- looking backends up ----------------------------------------------------------
 
@@ -247,8 +280,8 @@ class _Registrar:
         self._source = source
 
     def __call__(self, backend: Backend, aliases: Iterable[str] = ()) -> None:
-        names = tuple(aliases)
-        problem = _contract_problem(backend) or self._taken(backend.name, names)
+        names = (aliases,) if isinstance(aliases, str) else tuple(aliases)  # "npu" is one alias, not three
+        problem = _contract_problem(backend) or _alias_problem(names) or self._taken(backend.name, names)
         if problem:
             message, hint = problem
             self._collected.broken.append(BrokenPlugin(self._plugin, self._source.distribution, message, hint))
@@ -291,6 +324,15 @@ def _contract_problem(backend: Any) -> tuple[str, str] | None:
     except Exception as exc:
         return (f"options of backend {name!r} cannot be built from their defaults: {type(exc).__name__}: {exc}",
                 f"give every field of {options.__name__} a valid default")
+    return None
+
+
+def _alias_problem(aliases: tuple[Any, ...]) -> tuple[str, str] | None:
+    """An alias is a name like a backend's: an identifier, not 'portable'."""
+    bad = [a for a in aliases if not isinstance(a, str) or not a.isidentifier() or a in RESERVED_NAMES]
+    if bad:
+        return (f"invalid backend alias(es) {', '.join(map(repr, bad))}",
+                "use letters, digits and underscores, e.g. aliases=('npu',); 'portable' is reserved")
     return None
 
 

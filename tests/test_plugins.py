@@ -237,3 +237,86 @@ def test_every_backend_method_states_its_contract_where_an_ide_shows_it():
         doc = inspect.getdoc(method) or ""
         assert "call" in doc.lower() or "read" in doc.lower(), f"{name}() does not say when edgeport calls it"
         assert "return" in doc.lower(), f"{name}() does not say what to return"
+
+
+def test_a_plugin_that_exits_is_a_broken_plugin_not_the_end_of_the_process(monkeypatch):
+    """A SystemExit at import (a vendor library finding no device) ended every command,
+    `-b cpu` included; one raised from a hook ended `export` with no output."""
+    class ExitingEntryPoint:
+        name = "acme"
+        dist = types.SimpleNamespace(name="acme-edgeport", version="1.0")
+
+        def load(self):
+            raise SystemExit("libfoo: fatal: no device")
+
+    monkeypatch.setattr(edgeport.plugins.metadata, "entry_points", lambda group: [ExitingEntryPoint()])
+    registry = edgeport.Registry()
+    registry.add_plugin(plugin(fail=SystemExit(3)), name="exits", distribution="exits-dist")
+    registry.add_plugin(plugin(TorchOpsBackend()), name="good")
+    assert list(registry.entries()) == ["torchops"]
+    assert sorted((b.plugin, b.error) for b in registry.broken()) == [
+        ("acme", "SystemExit: libfoo: fatal: no device"), ("exits", "SystemExit: 3")]
+
+
+@pytest.mark.parametrize("register, error", [
+    (lambda register: register(TorchOpsBackend(name="npu_one"), aliases=("n p u",)), "invalid backend alias(es) 'n p u'"),
+    (lambda register: register(TorchOpsBackend(name="npu_one"), aliases=("portable",)), "alias(es) 'portable'"),
+])
+def test_a_bad_alias_is_a_broken_plugin(register, error):
+    calls = register
+
+    class Hook:
+        @edgeport.hookimpl
+        def edgeport_register_backends(self, register):
+            calls(register)
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(Hook(), name="sloppy")
+    [broken] = registry.broken()
+    assert error in broken.error and registry.entries() == {}
+
+
+def test_one_alias_given_as_a_string_is_one_alias():
+    class Hook:
+        @edgeport.hookimpl
+        def edgeport_register_backends(self, register):
+            register(TorchOpsBackend(), aliases="npu")
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(Hook(), name="p")
+    assert registry.entry("torchops").aliases == ("npu",) and registry.get("npu").name == "torchops"
+
+
+def test_an_availability_or_version_of_the_wrong_type_says_so_and_the_listing_works():
+    """Either broke `edgeport backends` with an internal AttributeError or TypeError."""
+    class Tuple(TorchOpsBackend):
+        version = 1.5
+
+        def availability(self):
+            return (True, True)
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(Tuple(name="tupled")), name="tupled")
+    availability = registry.entry("tupled").availability()
+    assert (availability.can_compile, availability.why) == (
+        False, "availability() returned tuple, not an edgeport.Availability")
+    assert registry.entry("tupled").toolchain() == "1.5"
+
+
+def test_a_plugin_command_named_like_a_built_in_is_not_added():
+    """A plugin's `export` replaced edgeport's own (`-o` then was 'No such option')."""
+    group = click.Group(commands={"export": click.Command("export", callback=lambda: None)})
+    builtin = group.commands["export"]
+
+    class Commands:
+        @edgeport.hookimpl
+        def edgeport_register_commands(self, cli):
+            cli.add_command(click.Command("export", callback=lambda: None))
+            cli.add_command(click.Command("npu-info", callback=lambda: None))
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(Commands(), name="clash", distribution="clash-dist")
+    registry.add_commands(group)
+    assert group.commands["export"] is builtin and "npu-info" in group.commands
+    [broken] = registry.broken()
+    assert broken.plugin == "clash" and "command(s) export would replace edgeport's own" in broken.error

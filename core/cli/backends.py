@@ -22,7 +22,7 @@ def backends(as_json: bool) -> None:
             "name": name,
             "distribution": entry.distribution,
             "version": entry.version,
-            "toolchain": entry.backend.version,
+            "toolchain": entry.toolchain(),
             "can_compile": availability.can_compile,
             "can_run": availability.can_run,
             "runs_on": availability.runs_on,
