@@ -41,3 +41,43 @@ def test_a_wrong_kernel_fails_its_cases():
     results = run_conformance(TorchOpsBackend(), cases, options={"scale": 1.01})
     assert [r.passed for r in results] == [False, False]
     assert all(r.max_error > 1e-3 for r in results)
+
+
+class _InPlace(TorchOpsBackend):
+    """Writes its result into its input: relu of relu is relu, so comparing alone passed."""
+
+    def load(self, artifact):
+        inner = super().load(artifact)
+
+        class Run:
+            def run(self, inputs):
+                out = inner.run(inputs)[0]
+                inputs[0].copy_(out)
+                return [inputs[0]]
+
+        return Run()
+
+
+class _SharedBuffer(TorchOpsBackend):
+    """Returns one buffer of its own, right each call: the next call overwrites the last result."""
+
+    def load(self, artifact):
+        inner = super().load(artifact)
+        buffer = {}
+
+        class Run:
+            def run(self, inputs):
+                out = inner.run(inputs)[0]
+                return [buffer.setdefault("out", torch.empty_like(out)).copy_(out)]
+
+        return Run()
+
+
+@pytest.mark.parametrize(("backend", "message"), [
+    (_InPlace(ops=("relu",)), "the run changed its inputs"),
+    (_SharedBuffer(ops=("relu",)), "the next call changed this call's outputs"),
+])
+def test_a_run_that_breaks_the_executable_contract_fails_even_where_values_match(backend, message):
+    relu = next(c for c in CASES if c.name == "relu")
+    result = run_case(backend, relu)
+    assert not result.passed and message in result.error

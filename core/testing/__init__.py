@@ -150,12 +150,48 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     try:
         with torch.no_grad():  # the example inputs, then a dynamic case's other sizes
             runs = (inputs, *(case.resized() if case.resized else ()))
-            result.max_error = max(compare(program(*args), module(*args)) for args in runs)
+            result.max_error = max(_checked_run(program, module, args) for args in runs)
+    except _Misbehaves as exc:
+        result.passed, result.error = False, str(exc)
+        return result
     except Exception as exc:
         result.passed, result.error = False, f"run failed: {type(exc).__name__}: {exc}"
         return result
     result.passed = result.max_error <= (rtol if rtol is not None else case.rtol)
     return result
+
+
+class _Misbehaves(Exception):
+    """A backend's run broke the executable contract (docs/writing-a-backend.md)."""
+
+
+def _checked_run(program: Program, module: torch.nn.Module, args: tuple) -> float:
+    """The program's error against eager on ``args``, after checking what a comparison
+    alone cannot see: the run left its inputs as they were (a backend writing its
+    result into an input passed every idempotent case, and changed the caller's
+    tensor), and its outputs are its own (ones the next call overwrites passed too)."""
+    expected = module(*args)  # first, on the inputs as the caller gave them
+    before = [x.clone() for x in pytree.tree_leaves(args) if isinstance(x, torch.Tensor)]
+    got = program(*args)
+    after = [x for x in pytree.tree_leaves(args) if isinstance(x, torch.Tensor)]
+    if not all(_same(a, b) for a, b in zip(before, after)):
+        raise _Misbehaves("the run changed its inputs: an executable must not write into the tensors it is given")
+    outputs = [x for x in pytree.tree_leaves(got) if isinstance(x, torch.Tensor)]
+    kept = [x.clone() for x in outputs]
+    try:  # other values, so a buffer the next call writes would hold other numbers
+        program(*pytree.tree_map(lambda x: x * 2 + 1 if isinstance(x, torch.Tensor) and x.is_floating_point()
+                                 else x, args))
+    except Exception:  # noqa: BLE001 - those values may be outside what the case takes: no verdict then
+        return compare(got, expected)
+    if not all(_same(a, b) for a, b in zip(kept, outputs)):
+        raise _Misbehaves("the next call changed this call's outputs: an executable must return arrays of its own "
+                          "(copies), not its buffers")
+    return compare(got, expected)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal, NaNs where NaNs were."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 def run_conformance(backend: Backend, cases: Iterable[Case] | None = None,
