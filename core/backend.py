@@ -450,22 +450,53 @@ def options_to_dict(options: Any) -> dict[str, Any]:
 
 
 def _convert(backend: Backend, f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as field ``f`` holds it: text (the CLI's, a manifest's) converted to the
+    field's plain type, int, float, bool or str, also where the field may be None
+    (``int | None``, ``Optional[int]``: "none" is None); a value of another type refused
+    (``threads=1.5`` used to export and then fail at load). Fields of other types take
+    their values as given."""
     from .errors import BackendError
 
-    if not isinstance(value, str):
+    kind, optional = _plain_type(f.type)
+    if kind is None:
         return value
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
+        return None
+    expects = f"option {backend.name}.{f.name} expects {kind}" + (" or None" if optional else "")
+    if not isinstance(value, str) or kind == "str":
+        if type(value) not in _PLAIN_TYPES[kind]:
+            raise BackendError(f"{expects}, got {value!r}")
+        return value
     try:
-        if kind.startswith("int"):
+        if kind == "int":
             return int(value)
-        if kind.startswith("float"):
+        if kind == "float":
             return float(value)
-        if kind.startswith("bool"):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true", "yes", "on")
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(value)
+        return value.lower() in ("1", "true", "yes", "on")
     except ValueError:
-        raise BackendError(
-            f"option {backend.name}.{f.name} expects {kind}, got {value!r}"
-        ) from None
-    return value
+        raise BackendError(f"{expects}, got {value!r}") from None
+
+
+# The values each plain field type takes as they are (a float field takes 1 as well as 1.0).
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _plain_type(annotation: Any) -> tuple[str | None, bool]:
+    """(int, float, bool or str, or None for another type; whether None is allowed)
+    of a field's annotation, written as a type or as text (``from __future__ import
+    annotations``): "int", "int | None", "Optional[int]", "None | int"."""
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    if isinstance(annotation, type):
+        text = annotation.__name__
+    text = text.replace("typing.", "").replace(" ", "")
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional["):-1] + "|None"
+    parts = [p for p in text.split("|") if p]
+    optional = "None" in parts or "NoneType" in parts
+    rest = [p for p in parts if p not in ("None", "NoneType")]
+    kind = rest[0] if len(rest) == 1 and rest[0] in _PLAIN_TYPES else None
+    return kind, optional
+
+

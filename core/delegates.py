@@ -7,7 +7,6 @@ One definition shared by everything that loads a saved partition (the runtime an
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
 from typing import Any, Mapping
 
 from .backend import Artifact, Availability, Backend, Entries, Executable, options_from_dict, validate_options
@@ -42,17 +41,7 @@ def saved_options(backend: Backend, path: str, values: dict[str, Any]) -> Any:
     except BackendError as exc:
         raise ProgramError(f"artifact {path} records options backend {backend.name!r} does not accept: {exc}",
                            hint=exc.hint or hint) from None
-    for f in fields(options) if is_dataclass(options) else ():
-        value = getattr(options, f.name)
-        allowed = _OPTION_TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
-        if allowed and type(value) not in allowed:
-            raise ProgramError(f"artifact {path} records option {backend.name}.{f.name}={value!r}, not {f.type}",
-                               hint=hint)
     return options
-
-
-# The JSON types a saved option of each plain field type may have (a float may be written as 1).
-_OPTION_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
 def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backend: Backend) -> Executable:
