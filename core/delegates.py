@@ -52,7 +52,7 @@ def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backe
     the program's content the backend cannot read (metadata edited, or written by
     another version of it): a `ProgramError` naming the backend and the partition."""
     try:
-        return backend.load(step_artifact(manifest, files, step, backend))
+        loaded = backend.load(step_artifact(manifest, files, step, backend))
     except EdgeportError:
         raise
     except Exception as exc:
@@ -60,6 +60,12 @@ def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backe
             f"backend {backend.name!r} cannot load partition {step.partition}: {type(exc).__name__}: {exc}",
             hint="re-export the model with this version of the backend, or check the file was copied whole",
         ) from exc
+    method = "entry" if step.entry is not None else "run"  # a merged artifact's entries, or one executable
+    if not callable(getattr(loaded, method, None)):  # the plugin's mistake, not the file's
+        raise BackendError(f"backend {backend.name!r}: load() returned {type(loaded).__name__}, which has no "
+                           f"{method}() method",
+                           hint="return an executable with run(inputs) (or, for a merged artifact, entry(i))")
+    return loaded
 
 
 def executable_of(loaded: Any, step: Step) -> Executable:

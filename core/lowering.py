@@ -173,6 +173,8 @@ def compile_partition(method: _Method, partition: Partition) -> Outcome:
         artifact = backend.compile(method.cut(partition).program, method.options[partition.backend])
         if not isinstance(artifact, Artifact):
             raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
+        if not isinstance(artifact.data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"compile() returned an Artifact whose data is {type(artifact.data).__name__}, not bytes")
         return Compiled(artifact)
     except DeclineNodes as declined:
         return _declined(partition, declined)

@@ -261,6 +261,9 @@ class Runtime:
 
 
 def _check_output_count(index: int, loaded: _LoadedStep, results: Sequence[Any]) -> None:
+    if not isinstance(results, (list, tuple)):
+        raise ExecutionError(f"step {index} ({loaded.label}) returned {type(results).__name__}, not a list of outputs",
+                             hint="a backend's executable returns a list of arrays from run()")
     if len(results) != len(loaded.step.outputs):
         raise ExecutionError(
             f"step {index} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .arrays import STORAGE, array_from_bytes
-from .errors import InputError
+from .errors import ExecutionError, InputError
 from .input_binding import bind, needs_names
 from .manifest import TensorSpec
 from .output_tree import leaves
@@ -54,7 +54,10 @@ class NumpyValues:
         return lambda v: type(v) is np.ndarray and v.dtype == dtype and v.shape == shape and v.flags.c_contiguous
 
     def step_output(self, value: Any) -> np.ndarray:
-        return value if isinstance(value, np.ndarray) else np.asarray(value)
+        if isinstance(value, np.ndarray):
+            return value
+        _check_step_output(value)
+        return np.asarray(value)
 
     def state(self, data: bytes, entry: dict[str, Any]) -> np.ndarray:
         return array_from_bytes(data, entry)
@@ -106,12 +109,25 @@ class TorchValues:
         return lambda v: isinstance(v, tensor) and v.dtype == dtype and v.shape == shape and v.is_contiguous()
 
     def step_output(self, value: Any) -> Any:
-        return self._torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+        if isinstance(value, np.ndarray):
+            return self._torch.from_numpy(value)
+        if isinstance(value, np.generic):
+            return self._torch.from_numpy(np.asarray(value))
+        _check_step_output(value)
+        return value
 
     def state(self, data: bytes, entry: dict[str, Any]) -> Any:
         from .tensors import tensor_from_bytes
 
         return tensor_from_bytes(data, entry)
+
+
+def _check_step_output(value: Any) -> None:
+    """A step's output is an array, a tensor or a number (a portable step's sizes); a
+    list, None or text is an executable's mistake that would reach the caller as such."""
+    if value is None or isinstance(value, (list, tuple, dict, str, bytes)):
+        raise ExecutionError(f"a step returned a {type(value).__name__} as an output, not an array or tensor",
+                             hint="a backend's executable returns numpy arrays or torch tensors from run()")
 
 
 def _static(spec: TensorSpec) -> bool:

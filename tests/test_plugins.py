@@ -320,3 +320,56 @@ def test_a_plugin_command_named_like_a_built_in_is_not_added():
     assert group.commands["export"] is builtin and "npu-info" in group.commands
     [broken] = registry.broken()
     assert broken.plugin == "clash" and "command(s) export would replace edgeport's own" in broken.error
+
+
+class _Misbuilt(TorchOpsBackend):
+    """compile, load or run returning what the contract does not allow."""
+
+    def __init__(self, fault, **kwargs):
+        super().__init__(**kwargs)
+        self.fault = fault
+
+    def compile(self, program, options):
+        artifact = super().compile(program, options)
+        return edgeport.Artifact("not bytes") if self.fault == "compile" else artifact
+
+    def load(self, artifact):
+        executable = super().load(artifact)
+        if self.fault == "load":
+            return object()
+
+        fault = self.fault
+
+        class Run:
+            def run(self, inputs):
+                return None if fault == "run" else [[1.0, 2.0]]
+
+        return Run() if fault in ("run", "lists") else executable
+
+
+@pytest.mark.parametrize(("fault", "error", "message"), [
+    ("load", edgeport.BackendError, "load\\(\\) returned object, which has no run\\(\\) method"),
+    ("run", edgeport.ExecutionError, "returned NoneType, not a list of outputs"),
+    ("lists", edgeport.ExecutionError, "returned a list as an output, not an array or tensor"),
+])
+def test_a_load_or_run_that_breaks_the_contract_is_one_error_naming_it(fault, error, message):
+    """An AttributeError or TypeError from inside edgeport, or (lists) a Python list
+    handed to the user as the output."""
+    import torch
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(_Misbuilt(fault, ops=("relu",))), name="misbuilt")
+    program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    with pytest.raises(error, match=message):
+        program(torch.ones(2))
+
+
+def test_a_compile_that_returns_text_for_bytes_falls_back_with_the_reason():
+    import torch
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(_Misbuilt("compile", ops=("relu",))), name="misbuilt")
+    program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    [node] = [n for n in program.report()["nodes"] if n["op"] == "aten.relu.default"]
+    assert node["backend"] == "portable"
+    assert "Artifact whose data is str, not bytes" in node["reasons"]["torchops"]
