@@ -105,3 +105,15 @@ def test_quantized_cases_run_where_the_backend_offers_the_scheme(case, unit, tol
     outcome = run_kit_case(CpuBackend(), CASE[case])
     assert (outcome.verdict, outcome.family, outcome.delegated) == (Verdict.PASSED, "quantized", 1.0), outcome.message
     assert (outcome.unit, outcome.tolerance) == (unit, tolerance) and outcome.error <= tolerance
+
+
+@pytest.mark.parametrize("declared", ["1e-2", None, -1.0, float("nan")])
+def test_a_tolerance_that_is_no_number_fails_its_case_and_the_run_goes_on(declared):
+    """A string aborted the whole run with a TypeError comparing it with a float."""
+    class Loose(TorchOpsBackend):
+        def tolerance(self, options):
+            return declared
+
+    relu = next(c for c in CASES if c.name == "relu")
+    outcome = run_kit_case(Loose(ops=("relu",)), relu)
+    assert outcome.verdict == Verdict.FAILED and f"tolerance() returned {declared!r}" in outcome.message

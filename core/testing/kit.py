@@ -121,7 +121,11 @@ def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | N
                        message=f"not compiled: {backend.name} cannot compile here: {availability.why}")
     if isinstance(case, QuantizedCase):
         return _judge_quantized(backend, case, options)
-    tolerance = max(case.rtol, backend.tolerance(checked_options(backend, options)))
+    declared = backend.tolerance(checked_options(backend, options))
+    if isinstance(declared, bool) or not isinstance(declared, (int, float)) or not declared >= 0:
+        return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0,
+                       message=f"tolerance() returned {declared!r}, not a number of 0 or more")
+    tolerance = max(case.rtol, float(declared))
     result = run_case(backend, case, options, rtol=tolerance)
     return _judge(backend, result, Measure("float", _dtype(case), tolerance, "relative", result.max_error))
 
