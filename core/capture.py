@@ -27,7 +27,7 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from .backend import Backend, support_question
-from .errors import EdgeportError
+from .errors import BackendError, EdgeportError
 from .native_output import TOOLCHAIN_LOG_ENV
 from .tensors import DTYPE_NAMES, DTYPES
 
@@ -51,7 +51,8 @@ def capture(
             f"torch.export could not capture the model: {first}",
             hint="run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html",
         ) from exc
-    keep = {op: [b for b in backends if op in b.keep_ops()] for b in backends for op in b.keep_ops()}
+    kept = {b.name: _keep_ops(b) for b in backends}
+    keep = {op: [b for b in backends if op in kept[b.name]] for b in backends for op in kept[b.name]}
     quantization = _registered_quant_ops()
     program = _decompose(exported, set(keep) | quantization)
     keepers = {b.name: b for op in keep for b in keep[op]}
@@ -61,6 +62,17 @@ def capture(
         program = _decompose(exported, (set(keep) - unwanted) | quantization)
     check_outputs(program)
     return drop_proven_assertions(program)
+
+
+def _keep_ops(backend: Backend) -> set[Any]:
+    """``backend.keep_ops()``, refused with the reason unless it is a set of torch op
+    overloads: names (what `support` reasons mention) failed deep in decomposition."""
+    ops = backend.keep_ops()
+    if isinstance(ops, (str, bytes)) or not all(isinstance(op, torch._ops.OpOverload) for op in ops):
+        shown = ops if isinstance(ops, (str, bytes)) else next(op for op in ops if not isinstance(op, torch._ops.OpOverload))
+        raise BackendError(f"backend {backend.name!r}: keep_ops() holds {shown!r}, not a torch op overload",
+                           hint="return ops such as {torch.ops.aten.linear.default}, not their names")
+    return set(ops)
 
 
 # What a program file can hold, in the user's terms: inputs and outputs are tensors of

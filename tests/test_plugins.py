@@ -373,3 +373,19 @@ def test_a_compile_that_returns_text_for_bytes_falls_back_with_the_reason():
     [node] = [n for n in program.report()["nodes"] if n["op"] == "aten.relu.default"]
     assert node["backend"] == "portable"
     assert "Artifact whose data is str, not bytes" in node["reasons"]["torchops"]
+
+
+@pytest.mark.parametrize("ops", [{"aten.linear.default"}, "aten.linear.default"])
+def test_keep_ops_of_names_is_a_backend_error_naming_the_backend(ops):
+    """Names (natural: support's reasons use them) ended the export with an internal
+    AttributeError or TypeError."""
+    import torch
+
+    class Named(TorchOpsBackend):
+        def keep_ops(self):
+            return ops
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(Named(ops=("relu",))), name="named")
+    with pytest.raises(edgeport.BackendError, match="backend 'torchops': keep_ops\\(\\) holds 'aten.linear"):
+        edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
