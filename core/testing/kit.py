@@ -51,7 +51,8 @@ class Outcome:
     ("float32", "int64"), the scheme for a quantized one ("int8"). ``error`` and
     ``tolerance`` share ``unit``: "relative" (to eager, or to the reference for dynamic
     schemes) or "steps" (int8 output quantization steps). ``error`` is None when the
-    case did not run, and infinite when an output's dtype or shape is wrong.
+    case did not run, and infinite when an output's dtype or shape is wrong, or it has a
+    NaN or infinity where eager has a number.
     """
 
     case: str
@@ -208,7 +209,8 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
         why = _availability(backend).why or "its availability() says it cannot run here"
         return outcome(Verdict.NOT_RUN, f"compiled; not run: {why}")
     if not result.passed:
-        shown = "wrong output dtype or shape" if error == float("inf") else f"error {_fmt(error)} {unit}"
+        shown = (f"error {_fmt(error)} {unit}" if error != float("inf")
+                 else "wrong output dtype or shape, or a NaN or infinity where eager has a number")
         return outcome(Verdict.FAILED, f"{shown} > tolerance {_fmt(tolerance)}")
     share = "all" if result.delegated == 1.0 else f"{result.delegated:.0%}"
     return outcome(Verdict.PASSED, f"took {share} of its nodes; error {_fmt(error)} <= {_fmt(tolerance)} {unit}")
