@@ -34,15 +34,20 @@ def test_a_plugin_that_raises_is_recorded_and_the_others_still_work():
     assert broken.error == "RuntimeError: vendor SDK missing"
 
 
-def test_an_entry_point_that_fails_to_import_is_recorded(monkeypatch):
-    class BrokenEntryPoint:
+def failing_entry_point(monkeypatch, error: BaseException) -> None:
+    """Installed entry points become one, "acme" of acme-edgeport, whose import raises ``error``."""
+    class FailingEntryPoint:
         name = "acme"
         dist = types.SimpleNamespace(name="acme-edgeport", version="1.0")
 
         def load(self):
-            raise ImportError("No module named 'acme_sdk'")
+            raise error
 
-    monkeypatch.setattr(edgeport.plugins.metadata, "entry_points", lambda group: [BrokenEntryPoint()])
+    monkeypatch.setattr(edgeport.plugins.metadata, "entry_points", lambda group: [FailingEntryPoint()])
+
+
+def test_an_entry_point_that_fails_to_import_is_recorded(monkeypatch):
+    failing_entry_point(monkeypatch, ImportError("No module named 'acme_sdk'"))
     registry = edgeport.Registry()
     assert registry.entries() == {}
     assert [(b.plugin, b.distribution, b.error) for b in registry.broken()] == [
@@ -242,14 +247,7 @@ def test_every_backend_method_states_its_contract_where_an_ide_shows_it():
 def test_a_plugin_that_exits_is_a_broken_plugin_not_the_end_of_the_process(monkeypatch):
     """A SystemExit at import (a vendor library finding no device) ended every command,
     `-b cpu` included; one raised from a hook ended `export` with no output."""
-    class ExitingEntryPoint:
-        name = "acme"
-        dist = types.SimpleNamespace(name="acme-edgeport", version="1.0")
-
-        def load(self):
-            raise SystemExit("libfoo: fatal: no device")
-
-    monkeypatch.setattr(edgeport.plugins.metadata, "entry_points", lambda group: [ExitingEntryPoint()])
+    failing_entry_point(monkeypatch, SystemExit("libfoo: fatal: no device"))
     registry = edgeport.Registry()
     registry.add_plugin(plugin(fail=SystemExit(3)), name="exits", distribution="exits-dist")
     registry.add_plugin(plugin(TorchOpsBackend()), name="good")
