@@ -28,7 +28,7 @@ from .fold import fold_constants
 from .permute_rank import collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
-from .plugins import Registry, default_registry
+from .plugins import Registry, registry_or_default
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.placement import compile_options
@@ -121,7 +121,7 @@ def export_methods(
     """
     _check_methods(methods)
     scheme = resolve_scheme(quantize) if quantize is not None else None
-    registry = registry or default_registry()
+    registry = registry_or_default(registry)
     selected, parsed = resolve_backends(backends, options, registry)
     if keep_reference is None:
         keep = lambda name: not selected[name].availability().can_run  # noqa: E731
@@ -208,7 +208,7 @@ def resolve_backends(
     """The selected backends by name, and each one's options, checked against what it
     declares: everything `export` refuses before any work, callable before a costly
     model is even built (the CLI does)."""
-    registry = registry or default_registry()
+    registry = registry_or_default(registry)
     selected = _select_backends(registry, backends)
     return selected, _parse_options(selected, options or {})
 

@@ -29,7 +29,7 @@ import pluggy
 from . import hookspecs
 from .arrays import torch_installed
 from .backend import Availability, Backend
-from .errors import UnknownBackendError
+from .errors import InputError, UnknownBackendError
 
 ENTRY_POINT_GROUP = "edgeport"
 DISABLE_ENV = "EDGEPORT_DISABLE_PLUGINS"
@@ -354,3 +354,18 @@ def default_registry() -> Registry:
         if _default is None:
             _default = Registry()
         return _default
+
+
+def registry_or_default(registry: Registry | None) -> Registry:
+    """The registry a caller passed, or the installed plugins' when it passed None.
+
+    Anything else is one `InputError`: ``registry="cpu"`` (a backend's name where the
+    backends go) used to surface later as an AttributeError from deep inside export.
+    """
+    if registry is None:
+        return default_registry()
+    if not isinstance(registry, Registry):
+        raise InputError(f"registry= takes an edgeport Registry, or None for the installed plugins; "
+                         f"got {type(registry).__name__} {registry!r:.60}",
+                         hint="backends are named by backends=['cpu']; registry= is for a Registry built in code")
+    return registry

@@ -39,10 +39,10 @@ from .manifest import FORMAT, VERSION, FileInfo, Manifest, manifest_from_json
 from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, parse_manifest_json
 from .mapped_file import Buffer, map_file, sha256_of
 from .plan_check import check_plan
+from .plugins import Registry, registry_or_default
 from .torch_steps import needs_torch, portable_steps
 
 if TYPE_CHECKING:
-    from .plugins import Registry
     from .runtime import RunResult, Runtime
 
 MANIFEST = "manifest.json"
@@ -61,7 +61,7 @@ class Program:
         self.manifest = manifest
         self.files = dict(files)
         self._reference = reference
-        self._registry = registry
+        self._registry = registry_or_default(registry)
         self._runtime: Runtime | None = None
         self._loading = threading.Lock()  # threads whose first calls overlap load once
 

@@ -42,7 +42,7 @@ from .errors import ExecutionError, InputError, ProgramError, UnknownBackendErro
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .mapped_file import Buffer, release
 from .output_tree import restore_structure
-from .plugins import Registry, default_registry
+from .plugins import Registry, registry_or_default
 from .state_rows import InPlaceInputs, apply_row_updates, check_row_updates, place_state, row_update_values
 from .torch_steps import portable_steps
 from .values import NumpyValues, TorchValues, Values
@@ -88,7 +88,7 @@ class Runtime:
                  registry: Registry | None = None, values: Values | None = None) -> None:
         self._manifest = manifest
         self._files = files
-        self._registry = registry or default_registry()
+        self._registry = registry_or_default(registry)
         self._reference = reference
         self._values: Values = values or values_of("auto", manifest)
         self.state = {fqn: _read_state(self._values, fqn, entry, files) for fqn, entry in manifest.state.items()}

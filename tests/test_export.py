@@ -341,3 +341,12 @@ def test_a_meta_tensor_input_and_a_group_size_that_is_no_number_are_one_error():
         program(torch.ones(2, device="meta"))
     with pytest.raises(edgeport.EdgeportError, match="group size must be a positive whole number, got '64'"):
         resolve_scheme("int4-weight", group_size="64")
+
+
+def test_a_registry_that_is_no_registry_is_an_input_error(tmp_path):
+    """export(registry="cpu") raised AttributeError: 'str' object has no attribute 'entry'."""
+    with pytest.raises(edgeport.InputError, match="registry= takes an edgeport Registry"):
+        edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["cpu"], registry="cpu")
+    edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["cpu"]).save(tmp_path / "m.edgeport")
+    with pytest.raises(edgeport.InputError, match="registry= takes an edgeport Registry"):
+        edgeport.load(tmp_path / "m.edgeport", registry="cpu")

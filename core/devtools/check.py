@@ -32,7 +32,7 @@ from ..backend import Backend, options_from_dict
 from ..delegates import executable_of, load_step, run_label
 from ..errors import EdgeportError, InputError, UnknownBackendError
 from ..manifest import MethodPlan, Step
-from ..plugins import Registry, default_registry
+from ..plugins import Registry, registry_or_default
 from ..portable import PortableExecutable, stored_program
 from ..program import Program
 from ..report import op_name, source_of
@@ -170,7 +170,7 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
             "so there is nothing to check them against",
             hint="re-export with --keep-reference (edgeport.export(..., keep_reference=True))",
         )
-    registry = registry or default_registry()
+    registry = registry_or_default(registry)
     sizes = {p["id"]: p["nodes"] for p in program.report(name)["partitions"]}
     values = _start_values(program, plan, inputs)
     delegated = sum(1 for s in plan.steps if s.kind == "delegate")

@@ -30,7 +30,7 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from ..delegates import executable_of, load_step
-from ..plugins import Registry, default_registry
+from ..plugins import Registry, registry_or_default
 from ..program import Program
 from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
@@ -96,7 +96,7 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
     each partition's first op losing more than `threshold_db`."""
     name = method or program.default_method
     plan = program.manifest.methods[name]
-    registry = registry or default_registry()
+    registry = registry_or_default(registry)
     floats = _all_values(float_program, list(inputs))
     values = _start_values(program, plan, inputs)
     float_of_value = dict(zip(plan.input_values, [_tensor(x) for x in inputs]))  # inputs are float on both sides

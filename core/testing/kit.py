@@ -29,7 +29,7 @@ import torch
 
 from ..backend import Availability, Backend, options_from_dict, validate_options
 from ..errors import InputError
-from ..plugins import Registry, default_registry
+from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
 from .quantized_cases import QUANTIZED_CASES, QuantizedCase, QuantizedCaseResult, run_quantized_case
 
@@ -90,7 +90,7 @@ def kit_cases() -> list[KitCase]:
 def backend_named(name: str, registry: Registry | None = None) -> Backend:
     """The installed backend called ``name`` (or an alias of it). Backend names are
     identifiers, so dashes read as underscores: ``numpy-npu`` finds ``numpy_npu``."""
-    registry = registry or default_registry()
+    registry = registry_or_default(registry)
     known = {*registry.entries(), *(a for e in registry.entries().values() for a in e.aliases)}
     return registry.get(name if name in known else name.replace("-", "_"))
 
