@@ -27,6 +27,7 @@ This module imports no torch: a device without torch registers backends and runs
 from __future__ import annotations
 
 import dataclasses
+import math
 import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
@@ -466,17 +467,27 @@ def _convert(backend: Backend, f: dataclasses.Field, value: Any) -> Any:
     if not isinstance(value, str) or kind == "str":
         if type(value) not in _PLAIN_TYPES[kind]:
             raise BackendError(f"{expects}, got {value!r}")
-        return value
+        return _finite(value, expects)
     try:
         if kind == "int":
             return int(value)
         if kind == "float":
-            return float(value)
+            return _finite(float(value), expects)
         if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             raise ValueError(value)
         return value.lower() in ("1", "true", "yes", "on")
     except ValueError:
         raise BackendError(f"{expects}, got {value!r}") from None
+
+
+def _finite(value: Any, expects: str) -> Any:
+    """``value``, unless it is a float NaN or infinity: the manifest stores options as
+    JSON, which holds neither (``scale=nan`` used to pass here and fail at save)."""
+    from .errors import BackendError
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BackendError(f"{expects} that is a finite number, got {value!r}")
+    return value
 
 
 # The values each plain field type takes as they are (a float field takes 1 as well as 1.0).

@@ -155,6 +155,8 @@ def test_run_with_inputs_file(env):
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "gpu9000"], "unknown backend 'gpu9000'; installed: torchops"),
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops", "--option", "scale=2"], "bad option 'scale=2'"),
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops", "--option", "torchops.scale=big"], "expects float"),
+        (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops", "--option", "torchops.scale=nan"],
+         "expects float that is a finite number, got nan"),
         (["run", "model.py"], "not a valid .edgeport file"),
     ],
 )

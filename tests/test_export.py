@@ -190,6 +190,12 @@ def test_bad_option_names_the_valid_ones():
     assert "scale" in info.value.hint
 
 
+def test_a_float_option_that_is_no_finite_number_is_refused_at_export():
+    """scale=inf passed every check, then failed at save: JSON holds no infinity."""
+    with pytest.raises(edgeport.BackendError, match="torchops.scale expects float that is a finite number, got inf"):
+        export(Diamonds(), (torch.randn(1, 4, 6, 6),), options={"torchops": {"scale": float("inf")}})
+
+
 class KeepsHardswish(TorchOpsBackend):
     def __init__(self, supports_it: bool):
         super().__init__(ops=("hardswish", "relu") if supports_it else ("relu",))
