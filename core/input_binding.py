@@ -26,6 +26,7 @@ from .errors import InputError
 from .output_tree import leaves
 
 _NOT_NAME = re.compile(r"[^a-z0-9_]")
+_POSITIONAL = re.compile(r"arr_\d+")  # numpy.savez's names for arrays given by position
 
 
 def needs_names(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
@@ -85,3 +86,21 @@ def _has_dict(value: Any) -> bool:
 
 def _name(part: Any) -> str:
     return _NOT_NAME.sub("_", str(part).lower())
+
+
+def archive_order(arrays: Sequence[str], names: Sequence[str]) -> list[str] | None:
+    """The arrays of an .npz, in the order of the inputs ``names``: by name, or, saved by
+    position (``numpy.savez(path, a, b)``: arr_0, arr_1, ...), in that order. None when
+    they are named otherwise: taken in the file's order, ``savez(path, y=..., x=...)``
+    would give x y's values."""
+    if all(n in arrays for n in names):
+        return list(names)
+    if all(_POSITIONAL.fullmatch(a) for a in arrays):
+        return sorted(arrays, key=_position)
+    return None
+
+
+def _position(array: str) -> tuple[str, int]:
+    """arr_2 before arr_10."""
+    head, _, tail = array.rpartition("_")
+    return (head, int(tail)) if tail.isdigit() else (array, 0)

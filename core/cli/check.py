@@ -77,7 +77,7 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             model, example = load_factory(target)
             program = export_program(model, example, backends, options=options, keep_reference=True,
                                      registry=registry, progress=show, quantize=quantize,
-                                     calibration=load_calibration(calibration) if calibration else None)
+                                     calibration=load_calibration(calibration, model, example) if calibration else None)
         name, plan = method_plan(program, method)
         if inputs_path:
             inputs = [torch.from_numpy(a) for a in read_inputs(inputs_path, plan)]

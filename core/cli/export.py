@@ -44,8 +44,8 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
               help="Quantize each node with the scheme of the backend that runs it "
                    "(auto: each backend's own default, e.g. a16w8 on qualcomm, int8 on cpu).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None,
-              help="Calibration batches for static schemes: a .npz (one array per input, batches stacked on "
-                   "axis 0) or a factory returning an iterable of input tuples.")
+              help="Calibration batches for static schemes: a .npz (one array per input, named after "
+                   "the forward's parameters, batches stacked on axis 0) or a factory returning an iterable of input tuples.")
 @click.option("--group-size", type=int, default=None, help="Weight group size of int4-weight (default 32).")
 @click.option("--require-delegated", is_flag=True,
               help="Fail if any step stays portable (torch): the program must run on a device without torch.")
@@ -67,7 +67,7 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
                             hint="drop --calibration, or quantize with int8 or a16w8")
     model, inputs = load_factory(spec)
     dynamic_shapes = parse_dynamic(dynamic_items, model, inputs)
-    batches = load_calibration(calibration) if calibration else None
+    batches = load_calibration(calibration, model, inputs) if calibration else None
     start = time.perf_counter()
     with progress(True) as show:
         program = export_program(model, inputs, backends, dynamic_shapes=dynamic_shapes, options=options,

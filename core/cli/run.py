@@ -8,7 +8,6 @@ installed. Outputs of either kind are summarized and written alike."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import statistics
 import zipfile
 import zlib
@@ -22,6 +21,7 @@ from ..arrays import NO_NUMPY_TWIN, STORAGE, is_torch_tensor, torch_installed
 from ..devtools.html import human_bytes
 from ..devtools.profile import Profile, summarize_profile, time_runs
 from ..errors import InputError
+from ..input_binding import archive_order
 from ..manifest import MethodPlan
 from ..output_tree import leaves
 from ..program import Program, load
@@ -81,8 +81,7 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
     if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
         raise not_npz
     with data:
-        positional = all(_POSITIONAL.fullmatch(k) for k in data.files)  # numpy.savez(path, a, b)
-        keys = names if all(n in data for n in names) else sorted(data.files, key=_natural) if positional else None
+        keys = archive_order(data.files, names)
         if keys is None:  # named otherwise: taken in order, an array could go to another input
             raise InputError(f"{path} holds arrays {', '.join(sorted(data.files))}; the method's inputs are "
                              f"{', '.join(names)}", hint=not_npz.hint)
@@ -95,17 +94,10 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
             raise InputError(f"{path}: an array cannot be read ({exc})", hint=not_npz.hint) from None
 
 
-_POSITIONAL = re.compile(r"arr_\d+")
-
 
 def _npz_name(path: str) -> str:
     """``path`` as numpy.savez keeps it: it adds ".npz" to a name without it."""
     return path if path.endswith(".npz") else path.rsplit(".", 1)[0] + ".npz"
-
-
-def _natural(key: str) -> tuple:
-    head, _, tail = key.rpartition("_")
-    return (head, int(tail)) if tail.isdigit() else (key, 0)
 
 
 def summarize(value: Any) -> Any:

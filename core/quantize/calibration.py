@@ -13,15 +13,17 @@ of batches.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import EdgeportError
+from ..input_binding import archive_order
 
 Progress = Callable[[str], None]
 
@@ -65,6 +67,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress
     with torch.no_grad(), _constants_observed_once(model) as observed_once:
         for i, batch in enumerate(batches):
             inputs = tuple(torch.as_tensor(x) if isinstance(x, np.ndarray) else x for x in as_batch(batch))
+            _check_finite(i, inputs)
             start = time.perf_counter()
             try:
                 model(*inputs)
@@ -83,6 +86,15 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress
     if not stats.batches:
         raise CalibrationError("the calibration data holds no batches", hint="pass at least one batch of inputs")
     return stats
+
+
+def _check_finite(index: int, inputs: tuple[Any, ...]) -> None:
+    """Refuse a batch holding NaN or infinity: an observer's range would become NaN
+    (torchao's observers then fail an assert) or infinite (every other value one step)."""
+    for position, x in enumerate(inputs):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise CalibrationError(f"calibration batch {index}, input {position} holds NaN or infinity",
+                                   hint="calibrate on the values the model will see: drop or clean that batch")
 
 
 @contextlib.contextmanager
@@ -140,10 +152,11 @@ def _unobserved(x: Any) -> Any:
     return x
 
 
-def load_calibration(source: str) -> Iterable[tuple[Any, ...]]:
-    """Batches from a `.npz` file or a SPEC (path/to/file.py:factory, package.module:factory)."""
+def load_calibration(source: str, model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> Iterable[tuple[Any, ...]]:
+    """Batches from a `.npz` file or a SPEC (path/to/file.py:factory, package.module:factory)
+    for ``model``: an .npz's arrays are bound to its forward's parameters by name."""
     if source.endswith(".npz"):
-        return list(_npz_batches(source))
+        return list(_npz_batches(source, _input_names(model, len(example_inputs))))
     from ..cli.spec import load_object
 
     factory = load_object(source)
@@ -162,16 +175,38 @@ def load_calibration(source: str) -> Iterable[tuple[Any, ...]]:
     return batches
 
 
-def _npz_batches(path: str) -> Iterator[tuple[torch.Tensor, ...]]:
+def _input_names(model: torch.nn.Module, count: int) -> list[str]:
+    """The names of the first ``count`` positional parameters of ``model.forward``
+    (``input_0``, ... where it takes ``*args``)."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    try:
+        names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
+    except (TypeError, ValueError):  # no signature to read
+        names = []
+    return names[:count] if len(names) >= count else [f"input_{i}" for i in range(count)]
+
+
+def _npz_batches(path: str, input_names: Sequence[str]) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The batches of an .npz whose arrays are named after the inputs or positional
+    (``numpy.savez(path, a, b)``), as `edgeport run --inputs` takes them. Arrays named
+    otherwise are refused: taken in the file's order, ``savez(y=..., x=...)`` calibrated
+    x on y's values, silently."""
     if not os.path.isfile(path):
         raise CalibrationError(f"no such calibration file: {path}")
+    hint = f"save one array per input: numpy.savez({path!r}, " + ", ".join(f"{n}=..." for n in input_names) + ")"
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = [data[name] for name in data.files]
+            order = archive_order(data.files, input_names)
+            if order is None:
+                raise CalibrationError(f"calibration file {path} holds arrays {', '.join(sorted(data.files))}; the "
+                                       f"model's inputs are {', '.join(input_names)}", hint=hint)
+            arrays = [data[name] for name in order]
+    except CalibrationError:
+        raise
     except Exception as exc:
-        raise CalibrationError(f"cannot read calibration file {path}: {exc}") from exc
+        raise CalibrationError(f"cannot read calibration file {path}: {exc}", hint=hint) from exc
     if not arrays:
-        raise CalibrationError(f"calibration file {path} holds no arrays", hint="save one array per model input")
+        raise CalibrationError(f"calibration file {path} holds no arrays", hint=hint)
     counts = {a.shape[0] if a.ndim else 0 for a in arrays}
     if len(counts) != 1 or 0 in counts:
         raise CalibrationError(
@@ -180,3 +215,4 @@ def _npz_batches(path: str) -> Iterator[tuple[torch.Tensor, ...]]:
         )
     for i in range(counts.pop()):
         yield tuple(torch.from_numpy(np.ascontiguousarray(a[i])) for a in arrays)
+

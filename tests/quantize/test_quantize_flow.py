@@ -94,6 +94,34 @@ def test_a_calibration_batch_that_does_not_fit_names_its_index():
                         registry=registry_for(CpuBackend()))
 
 
+def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
+    """It was torchao's AssertionError "min nan should be less than max nan"."""
+    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(edgeport.CalibrationError, match="calibration batch 1, input 0 holds NaN or infinity"):
+            edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,), (x.clone().fill_(bad),)],
+                            registry=registry_for(CpuBackend()))
+
+
+class _Two(nn.Module):
+    def forward(self, x, y):
+        return x * y
+
+
+def test_an_npz_binds_its_arrays_to_the_inputs_by_name(tmp_path):
+    """savez(y=..., x=...) calibrated x on y's values: the file's order was taken."""
+    from edgeport.quantize import load_calibration
+
+    xs, ys = np.full((2, 1, 3), 100.0, np.float32), np.full((2, 1, 3), 0.01, np.float32)
+    np.savez(tmp_path / "yx.npz", y=ys, x=xs)
+    ((x, y), _) = load_calibration(str(tmp_path / "yx.npz"), _Two(), (torch.ones(1, 3), torch.ones(1, 3)))
+    assert x.max() == 100.0 and y.max() == pytest.approx(0.01)
+    np.savez(tmp_path / "ab.npz", a=xs, b=ys)
+    with pytest.raises(edgeport.CalibrationError, match="holds arrays a, b; the model's inputs are x, y") as info:
+        load_calibration(str(tmp_path / "ab.npz"), _Two(), (torch.ones(1, 3), torch.ones(1, 3)))
+    assert "x=..., y=..." in info.value.hint
+
+
 # -- placement-aware annotation ----------------------------------------------------------------------
 
 
@@ -275,7 +303,7 @@ def model_file(tmp_path):
 def test_cli_exports_int8_with_calibration_from_a_file_or_a_factory(model_file, tmp_path, source):
     if source == "npz":
         calibration = str(tmp_path / "cal.npz")
-        np.savez(calibration, x=np.random.default_rng(0).standard_normal((4, 1, 3, 6, 6)).astype(np.float32))
+        np.savez(calibration, input=np.random.default_rng(0).standard_normal((4, 1, 3, 6, 6)).astype(np.float32))
     else:
         calibration = f"{model_file}:batches"
     out = tmp_path / "q.edgeport"
@@ -291,7 +319,7 @@ def test_the_readme_calibration_factory_gives_mobilenet_batches():
     from edgeport.quantize import load_calibration
 
     examples = Path(__file__).resolve().parents[2] / "examples"
-    batches = list(load_calibration(f"{examples}/calibration.py:random_images"))
+    batches = list(load_calibration(f"{examples}/calibration.py:random_images", torch.nn.Identity(), ()))
     assert len(batches) == 8 and all(b[0].shape == (1, 3, 224, 224) for b in batches)
 
 
