@@ -148,9 +148,11 @@ class QualcommQuantizer(Quantizer):
         self.dtype = ACTIVATION_DTYPES[scheme.activation_bits]
         self.range = (0, torch.iinfo(self.dtype).max)
         self._outputs: frozenset[Node] = frozenset()  # of the graph being annotated: `_output_producers`
+        self._biased: list[tuple[Node, Node, Node, Node]] = []  # (input, weight, bias, op) of each biased op
 
     def annotate(self, model: GraphModule) -> GraphModule:
         self._outputs = _output_producers(model.graph) if self.dtype == torch.uint16 else frozenset()
+        self._biased = []
         for norm in rms_norms(model.graph):
             self._annotate_rms_norm(norm)
         for node in _rms_norm_insides(model.graph):
@@ -170,6 +172,14 @@ class QualcommQuantizer(Quantizer):
 
     def validate(self, model: GraphModule) -> None:
         """Nothing to check: every annotation comes from `FORMS`."""
+
+    def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
+        """Hand each biased op's weight observer its input's observer and its bias (see
+        `BiasFitObserver`)."""
+        for activation, weight, bias, node in self._biased:
+            weights, inputs = edge_or_node_to_obs_or_fq.get((weight, node)), edge_or_node_to_obs_or_fq.get((activation, node))
+            if isinstance(weights, BiasFitObserver) and inputs is not None:
+                weights.fit_bias(inputs, operator.attrgetter(bias.target)(model).detach().abs())
 
     # -- one op -------------------------------------------------------------------------------
 
@@ -197,6 +207,7 @@ class QualcommQuantizer(Quantizer):
                 if not _constant(bias):
                     return
                 inputs[bias] = _bias_spec(activations[0], weight, node)
+                self._biased.append((activations[0], weight, bias, node))
         if not quantize_output:
             node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
             return
@@ -253,8 +264,8 @@ class QualcommQuantizer(Quantizer):
             ctr = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=low, quant_max=high,
                                          dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=axis)
         else:
-            ctr = PerChannelMinMaxObserver.with_args(dtype=torch.int8, quant_min=low, quant_max=high,
-                                                     qscheme=torch.per_channel_symmetric, ch_axis=axis)
+            ctr = BiasFitObserver.with_args(dtype=torch.int8, quant_min=low, quant_max=high,
+                                            qscheme=torch.per_channel_symmetric, ch_axis=axis)
         return QuantizationSpec(torch.int8, ctr, low, high, torch.per_channel_symmetric, ch_axis=axis)
 
 
@@ -265,6 +276,33 @@ class HeadroomMinMaxObserver(MinMaxObserver):
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         pad = (self.max_val - self.min_val) * (OUTPUT_HEADROOM / 2)
         return self._calculate_qparams(self.min_val - pad, self.max_val + pad)
+
+
+class BiasFitObserver(PerChannelMinMaxObserver):
+    """Per-channel weight parameters whose scale is large enough for the channel's bias.
+
+    QNN adds the bias as int32 at (input scale x weight scale). A channel whose weights
+    are all zero (pruned) or tiny gets a weight scale near torch's eps; with 16-bit
+    activations the product is so small that the bias no longer fits in int32 and is
+    clipped: an a16w8 Linear(16, 4) with row 0 zero and bias 1.0 gave -0.018 there
+    (int8 activations, 256 times coarser, still fit). So each channel's scale is at
+    least |bias| / (input scale x (2^31 - 1)). Raising it only coarsens the steps of
+    weights already far smaller than the bias they sit next to. QAT's fake quantizers
+    learn their ranges and are not given this floor.
+    """
+
+    def fit_bias(self, input_observer: Any, bias_abs: torch.Tensor) -> None:
+        vars(self)["_fit"] = (input_observer, bias_abs)  # not a submodule: the observer belongs to the graph
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, zero_point = super().calculate_qparams()
+        fit = vars(self).get("_fit")
+        if fit is None:
+            return scale, zero_point
+        input_observer, bias_abs = fit
+        input_scale, _ = input_observer.calculate_qparams()
+        floor = bias_abs.to(scale.dtype) / (input_scale.to(scale.dtype) * INT32_RANGE[1]) * (1 + 2**-10)
+        return torch.maximum(scale, floor), zero_point
 
 
 def _bias_spec(activation: Node, weight: Node, node: Node) -> DerivedQuantizationSpec:

@@ -165,6 +165,24 @@ def test_a_linear_of_many_output_channels_runs_quantized_on_htp(backend):
         assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
 
 
+@pytest.mark.parametrize("row", [0.0, 1e-4])
+def test_the_bias_of_a_channel_with_zero_or_tiny_weights_survives_a16w8(backend, row):
+    """Its int32 bias at (input scale x weight scale ~ eps) overflowed and was clipped:
+    channel 0 gave -0.018 for 1.0, in the simulator and in the reference alike."""
+    torch.manual_seed(0)
+    module = nn.Linear(16, 4).eval()
+    with torch.no_grad():
+        module.weight[0], module.bias[0] = row, 1.0
+    x = torch.randn(1, 16)
+    program = edgeport.export(module, (x,), ["qualcomm"], quantize="a16w8", calibration=calibration_for((x,), batches=8),
+                              keep_reference=True, registry=registry_for(backend))
+    with torch.no_grad():
+        expected = module(x)
+        for got in (program(x), reference_program(program)(x)):
+            assert abs(got[0, 0] - expected[0, 0]) < 1e-3, (got, expected)
+            assert max_abs(got, expected) < 0.1
+
+
 def test_an_integer_cast_of_an_initializer_is_folded_exactly():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
