@@ -11,6 +11,7 @@ torchao (PT2E) is imported here, inside functions: `import edgeport` never loads
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import operator
@@ -145,7 +146,10 @@ def quantize_method(
         state: QatState = model.meta[QAT_KEY]
         _check_qat(state, scheme, backends)
         scheme, placement = state.scheme, state.placement
-        converted = _convert(model, report, progress, qat=True)
+        # A copy: convert moves the model to eval and freezes its parameters in place, so
+        # exporting it again raised AttributeError ('_frozen_param0'), and training on after
+        # an export trained an eval-mode model.
+        converted = _convert(copy.deepcopy(model), report, progress, qat=True)
     else:
         if scheme is None:
             raise QuantizationError("no quantization scheme given")

@@ -263,6 +263,12 @@ def test_qat_model_trains_then_exports_without_calibration():
     ops = tflite_ops(program)[0]
     assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1 and ops["FULLY_CONNECTED"] == 1
     torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0.05)
+    # export converts a copy: a checkpoint exported mid-training leaves the model to train on
+    # (a second export raised AttributeError '_frozen_param0')
+    again = edgeport.export(prepared, (x,), ["cpu"], registry=registry)
+    torch.testing.assert_close(again(x), program(x), rtol=0, atol=0)
+    F.cross_entropy(prepared(x), target).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in prepared.parameters())
     with pytest.raises(edgeport.QuantizationError, match="prepared for quantization-aware training with int8"):
         edgeport.export(prepared, (x,), ["cpu"], quantize="int8-dynamic", registry=registry)
 
