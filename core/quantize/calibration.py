@@ -56,6 +56,17 @@ def as_batch(batch: Any) -> tuple[Any, ...]:
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
+def check_batches_given(calibration: Any) -> None:
+    """Refuse, before any work, calibration that is no iterable of batches: a number
+    raised TypeError, and a path given from Python was iterated character by character."""
+    if isinstance(calibration, (str, bytes, os.PathLike)):
+        raise CalibrationError(f"calibration={calibration!r:.80} is a path: from Python, calibration takes batches",
+                               hint="pass e.g. [(x1,), (x2,), ...]; the CLI's --calibration reads a FILE.npz")
+    if not isinstance(calibration, Iterable):
+        raise CalibrationError(f"calibration takes an iterable of batches; got {type(calibration).__name__} {calibration!r:.60}",
+                               hint="pass e.g. [(x1,), (x2,), ...] or a generator of input tuples")
+
+
 def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress | None = None) -> CalibrationStats:
     """Run `model` (with observers) on every batch, timing each.
 

@@ -26,7 +26,7 @@ from torch.fx import GraphModule
 from ..backend import Backend
 from ..capture import capture
 from ..errors import EdgeportError
-from .calibration import CalibrationError, Progress, calibrate
+from .calibration import CalibrationError, Progress, calibrate, check_batches_given
 from .placement import Placement, place, placed_quantizer
 from .scheme import Scheme, resolve_scheme
 
@@ -159,6 +159,8 @@ def quantize_method(
                 hint="pass calibration=batches (or --calibration FILE.npz|SPEC); random data would calibrate "
                      "ranges real inputs never have, a silent accuracy loss",
             )
+        if scheme.needs_calibration:
+            check_batches_given(calibration)
         placement, prepared = _prepare(model, inputs, dynamic_shapes, backends, options, scheme, progress)
         if scheme.needs_calibration:
             report["calibration"] = calibrate(prepared, calibration, progress).as_dict()

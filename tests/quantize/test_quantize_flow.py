@@ -103,6 +103,17 @@ def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
                             registry=registry_for(CpuBackend()))
 
 
+@pytest.mark.parametrize(("calibration", "message"), [
+    (5, "calibration takes an iterable of batches; got int 5"), ("cal.npz", "is a path: from Python, calibration takes batches"),
+])
+def test_calibration_that_is_no_iterable_of_batches_is_refused(calibration, message):
+    """5 raised TypeError; "cal.npz" was iterated character by character."""
+    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    with pytest.raises(edgeport.CalibrationError, match=message):
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=calibration,
+                        registry=registry_for(CpuBackend()))
+
+
 class _Two(nn.Module):
     def forward(self, x, y):
         return x * y
