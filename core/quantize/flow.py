@@ -27,7 +27,7 @@ from ..backend import Backend
 from ..capture import capture
 from ..errors import EdgeportError
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
-from .placement import Placement, place, placed_quantizer
+from .placement import QUANTIZES, Placement, place, placed_quantizer
 from .scheme import Scheme, resolve_scheme
 
 QAT_KEY = "edgeport_qat"  # GraphModule.meta key of a model `prepare_qat` returned
@@ -195,6 +195,11 @@ def prepare_qat_model(
         )
     qat = dataclasses.replace(scheme, qat=True)
     placement, prepared = _prepare(model, inputs, None, backends, options, qat, progress=None, for_qat=True)
+    if not any(q.status == QUANTIZES for q in placement.backends.values()):  # training would learn no quantization
+        why = "; ".join(f"{name}: {text}" for name, text in placement.summary().items())
+        raise QuantizationError(f"no backend of {', '.join(backends)} quantizes with {scheme.name}, so the model "
+                                f"would train without any quantization ({why})",
+                                hint="prepare it for a scheme those backends offer: edgeport backends --json lists them")
     prepared.meta[QAT_KEY] = QatState(scheme, tuple(backends), placement)
     return prepared
 

@@ -290,6 +290,13 @@ def test_qat_applies_to_static_schemes():
                              registry=registry_for(CpuBackend()))
 
 
+def test_qat_for_a_scheme_no_backend_offers_is_refused():
+    """prepare_qat(..., ["cpu"], "a16w8") returned a model with no fake quantization in it."""
+    with pytest.raises(edgeport.QuantizationError, match="no backend of cpu quantizes with a16w8, so the model would "
+                                                         "train without any quantization .cpu: declines: cpu does not offer"):
+        edgeport.prepare_qat(nn.Linear(4, 4), (torch.randn(1, 4),), ["cpu"], "a16w8", registry=registry_for(CpuBackend()))
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 
 
