@@ -43,7 +43,7 @@ from .spec import load_factory
 @click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS)), default=None,
               help="For a SPEC: export it quantized, and also compare each partition with the float model (SQNR).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None, help="Calibration batches for --quantize.")
-@click.option("--threshold-db", type=FiniteRange(), default=DEFAULT_THRESHOLD_DB, show_default=True,
+@click.option("--threshold-db", type=FiniteRange(min=0, min_open=True), default=DEFAULT_THRESHOLD_DB, show_default=True,
               help="With --quantize: name the first op whose SQNR against float falls by more than this.")
 @click.pass_context
 def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list: str, option_items: tuple[str, ...],

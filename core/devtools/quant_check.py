@@ -30,6 +30,7 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from ..delegates import executable_of, load_step
+from ..errors import InputError
 from ..plugins import Registry, registry_or_default
 from ..program import Program
 from ..quantize.flow import FLOAT_NODE
@@ -94,6 +95,9 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
     """SQNR per delegated partition of a quantized `program` against its fake-quantized
     reference and against `float_program` (the float model as export captured it), and
     each partition's first op losing more than `threshold_db`."""
+    if not (isinstance(threshold_db, (int, float)) and math.isfinite(threshold_db) and threshold_db > 0):
+        raise InputError(f"threshold_db is a drop in dB greater than 0, got {threshold_db!r}",
+                         hint=f"e.g. the default, {DEFAULT_THRESHOLD_DB}")
     name = method or program.default_method
     plan = program.manifest.methods[name]
     registry = registry_or_default(registry)

@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+import edgeport
 from edgeport.cli import cli
 
 MODEL = '''
@@ -81,3 +82,18 @@ def test_quantize_applies_to_a_spec_not_a_saved_program(tmp_path):
     program.write_bytes(b"")
     result = CliRunner().invoke(cli, ["check", str(program), "--quantize", "int8"])
     assert result.exit_code != 0 and "--quantize" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("threshold", ["-5", "0"])
+def test_a_threshold_that_is_no_drop_is_refused(spec, threshold):
+    """-5 was taken, and named an op 'losing more than -5 dB' that had gained 0.4 dB."""
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--quantize", "int8", "--calibration",
+                                      f"{spec}:batches", "--threshold-db", threshold])
+    assert result.exit_code == 2 and "--threshold-db" in result.output and "Traceback" not in result.output
+
+
+def test_check_quantization_refuses_a_threshold_that_is_no_drop():
+    from edgeport.devtools.quant_check import check_quantization
+
+    with pytest.raises(edgeport.InputError, match="threshold_db is a drop in dB greater than 0, got -5"):
+        check_quantization(None, None, [], threshold_db=-5)
