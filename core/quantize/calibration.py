@@ -167,7 +167,13 @@ def load_calibration(source: str, model: torch.nn.Module, example_inputs: tuple[
     """Batches from a `.npz` file or a SPEC (path/to/file.py:factory, package.module:factory)
     for ``model``: an .npz's arrays are bound to its forward's parameters by name."""
     if source.endswith(".npz"):
-        return list(_npz_batches(source, _input_names(model, len(example_inputs))))
+        names = _input_names(model, len(example_inputs))
+        batches = list(_npz_batches(source, names))
+        _check_dtypes(source, names, batches[0], example_inputs)
+        return batches
+    if ":" not in source:
+        raise CalibrationError(f"--calibration {source}: give a FILE.npz or a SPEC (path/to/file.py:factory)",
+                               hint="save the batches with numpy.savez('cal.npz', x=batches): one array per input")
     from ..cli.spec import load_object
 
     factory = load_object(source)
@@ -197,6 +203,16 @@ def _input_names(model: torch.nn.Module, count: int) -> list[str]:
     return names[:count] if len(names) >= count else [f"input_{i}" for i in range(count)]
 
 
+def _check_dtypes(path: str, names: Sequence[str], batch: tuple[torch.Tensor, ...], examples: tuple[Any, ...]) -> None:
+    """Refuse arrays of another dtype than the example inputs' (numpy saves float64 by
+    default): the error from inside the model named no file and no fix."""
+    for name, value, example in zip(names, batch, examples):
+        if isinstance(example, torch.Tensor) and value.dtype != example.dtype:
+            wanted = str(example.dtype).removeprefix("torch.")
+            raise CalibrationError(f"calibration file {path}: array {name} is {str(value.dtype).removeprefix('torch.')}, "
+                                   f"the model's input is {wanted}", hint=f"convert it with .astype(numpy.{wanted})")
+
+
 def _npz_batches(path: str, input_names: Sequence[str]) -> Iterator[tuple[torch.Tensor, ...]]:
     """The batches of an .npz whose arrays are named after the inputs or positional
     (``numpy.savez(path, a, b)``), as `edgeport run --inputs` takes them. Arrays named
@@ -219,6 +235,8 @@ def _npz_batches(path: str, input_names: Sequence[str]) -> Iterator[tuple[torch.
     if not arrays:
         raise CalibrationError(f"calibration file {path} holds no arrays", hint=hint)
     counts = {a.shape[0] if a.ndim else 0 for a in arrays}
+    if counts == {0}:
+        raise CalibrationError(f"calibration file {path} holds no batches (its arrays have no rows)", hint=hint)
     if len(counts) != 1 or 0 in counts:
         raise CalibrationError(
             f"calibration file {path}: arrays hold different numbers of batches ({sorted(counts)})",

@@ -133,6 +133,21 @@ def test_an_npz_binds_its_arrays_to_the_inputs_by_name(tmp_path):
     assert "x=..., y=..." in info.value.hint
 
 
+def test_an_npz_of_another_dtype_or_no_rows_and_a_file_that_is_no_npz_are_one_line_each(tmp_path):
+    from edgeport.quantize import load_calibration
+
+    model, examples = _Two(), (torch.ones(1, 3), torch.ones(1, 3))
+    np.savez(tmp_path / "f64.npz", x=np.ones((2, 1, 3)), y=np.ones((2, 1, 3)))  # numpy's default dtype
+    with pytest.raises(edgeport.CalibrationError, match="array x is float64, the model's input is float32") as info:
+        load_calibration(str(tmp_path / "f64.npz"), model, examples)
+    assert info.value.hint == "convert it with .astype(numpy.float32)"
+    np.savez(tmp_path / "empty.npz", x=np.ones((0, 1, 3), np.float32), y=np.ones((0, 1, 3), np.float32))
+    with pytest.raises(edgeport.CalibrationError, match="holds no batches"):
+        load_calibration(str(tmp_path / "empty.npz"), model, examples)
+    with pytest.raises(edgeport.CalibrationError, match="cal.npy: give a FILE.npz or a SPEC"):
+        load_calibration(str(tmp_path / "cal.npy"), model, examples)
+
+
 # -- placement-aware annotation ----------------------------------------------------------------------
 
 
