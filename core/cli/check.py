@@ -21,7 +21,7 @@ from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from ..program import load
 from . import cli, current_registry
 from ._output import FiniteRange, console, print_json, progress
-from .export import parse_options
+from .export import parse_options, refuse_unused_calibration
 from .run import method_plan, random_inputs, read_inputs
 from .spec import load_factory
 
@@ -74,6 +74,7 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             backends, options = backend_list.split(","), parse_options(option_items)
             selected, parsed = resolve_backends(backends, options, registry)  # refuse bad ones before any work
             quantize = resolve_scheme(scheme) if scheme else None
+            refuse_unused_calibration(quantize, calibration)
             model, example = load_factory(target)
             program = export_program(model, example, backends, options=options, keep_reference=True,
                                      registry=registry, progress=show, quantize=quantize,

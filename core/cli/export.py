@@ -10,7 +10,7 @@ import click
 from ..api import export as export_program
 from ..api import resolve_backends
 from ..errors import EdgeportError
-from ..quantize import REQUESTS, load_calibration, resolve_scheme
+from ..quantize import REQUESTS, Scheme, load_calibration, resolve_scheme
 from . import cli, current_registry
 from ._output import check_writable, console, progress
 from .explain import print_summary
@@ -62,9 +62,7 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     if quantize is None and (calibration or group_size):
         raise EdgeportError("--calibration and --group-size apply only with --quantize",
                             hint="add --quantize int8 (or another scheme)")
-    if quantize is not None and calibration and not quantize.needs_calibration:
-        raise EdgeportError(f"--calibration applies to static schemes; {quantize.name} measures no ranges",
-                            hint="drop --calibration, or quantize with int8 or a16w8")
+    refuse_unused_calibration(quantize, calibration)
     model, inputs = load_factory(spec)
     dynamic_shapes = parse_dynamic(dynamic_items, model, inputs)
     batches = load_calibration(calibration, model, inputs) if calibration else None
@@ -81,6 +79,13 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     if report:
         with open(report, "w") as f:
             json.dump(program.manifest.report, f, indent=2)
+
+
+def refuse_unused_calibration(quantize: Scheme | None, calibration: str | None) -> None:
+    """--calibration for a scheme that measures no ranges would be read and ignored."""
+    if quantize is not None and calibration and not quantize.needs_calibration:
+        raise EdgeportError(f"--calibration applies to static schemes; {quantize.name} measures no ranges",
+                            hint="drop --calibration, or quantize with int8 or a16w8")
 
 
 def print_quantization(report: dict) -> None:

@@ -227,3 +227,10 @@ def test_cli_check_refuses_quantization_flags_without_quantize(planted):
     for flags in (["--threshold-db", "10"], ["--calibration", "cal.npz"]):
         result = CliRunner().invoke(cli, ["check", "model.py:factory", "-b", "torchops", *flags], obj=planted)
         assert result.exit_code == 1 and f"{flags[0]} applies only with --quantize" in result.output
+
+
+def test_cli_check_refuses_calibration_for_a_scheme_that_measures_no_ranges(model_file):
+    """check took it and ignored it, while export refused it."""
+    result = CliRunner().invoke(cli, ["check", "model.py:factory", "-b", "cpu", "--quantize", "int8-dynamic",
+                                      "--calibration", "cal.npz"])
+    assert result.exit_code == 1 and "--calibration applies to static schemes; int8-dynamic" in result.output
