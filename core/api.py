@@ -30,7 +30,7 @@ from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
 from .plugins import Registry, registry_or_default
 from .program import Program, file_info
-from .quantize import CalibrationError, Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
+from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.placement import compile_options
 from .shared_artifacts import share_artifacts
 from .shared_tensors import share_tensors
@@ -121,9 +121,6 @@ def export_methods(
     """
     _check_methods(methods)
     scheme = resolve_scheme(quantize) if quantize is not None else None
-    if calibration is not None and scheme is None:  # the batches would go unused, silently
-        raise CalibrationError("calibration applies only with quantize= (a model from prepare_qat learned its ranges "
-                               "in training)", hint="add quantize='int8' (or another static scheme), or drop calibration")
     registry = registry_or_default(registry)
     selected, parsed = resolve_backends(backends, options, registry)
     if keep_reference is None:

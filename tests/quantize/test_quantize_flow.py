@@ -114,12 +114,6 @@ def test_calibration_that_is_no_iterable_of_batches_is_refused(calibration, mess
                         registry=registry_for(CpuBackend()))
 
 
-def test_calibration_without_quantize_is_refused_not_ignored():
-    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
-    with pytest.raises(edgeport.CalibrationError, match="calibration applies only with quantize="):
-        edgeport.export(model, (x,), ["cpu"], calibration=[(x,)], registry=registry_for(CpuBackend()))
-
-
 class _Two(nn.Module):
     def forward(self, x, y):
         return x * y
