@@ -59,10 +59,8 @@ from torchao.quantization.pt2e import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
-    PerChannelMinMaxObserver,
 )
 from torchao.quantization.pt2e.quantizer import (
-    DerivedQuantizationSpec,
     FixedQParamsQuantizationSpec,
     QuantizationAnnotation,
     QuantizationSpec,
@@ -73,12 +71,12 @@ from torchao.quantization.pt2e.quantizer import (
 
 from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.quantize import Scheme
+from edgeport.quantize.int32_bias import BiasFitObserver, bias_spec, fit_biases
 
 aten = torch.ops.aten
 
 ACTIVATION_DTYPES = {8: torch.uint8, 16: torch.uint16}
 WEIGHT_RANGE = (-127, 127)  # symmetric int8: QNN's per-channel weights have zero point 0
-INT32_RANGE = (-(2**31), 2**31 - 1)
 
 OWN, SHARED = "own", "shared"  # an output quantized with its own parameters, or its input's
 OUTPUT_HEADROOM = 1.0  # a 16-bit method output's calibrated span, widened by this fraction of it
@@ -176,10 +174,7 @@ class QualcommQuantizer(Quantizer):
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
         """Hand each biased op's weight observer its input's observer and its bias (see
         `BiasFitObserver`)."""
-        for activation, weight, bias, node in self._biased:
-            weights, inputs = edge_or_node_to_obs_or_fq.get((weight, node)), edge_or_node_to_obs_or_fq.get((activation, node))
-            if isinstance(weights, BiasFitObserver) and inputs is not None:
-                weights.fit_bias(inputs, operator.attrgetter(bias.target)(model).detach().abs())
+        fit_biases(model, self._biased, edge_or_node_to_obs_or_fq)
 
     # -- one op -------------------------------------------------------------------------------
 
@@ -206,7 +201,7 @@ class QualcommQuantizer(Quantizer):
             if bias is not None:
                 if not _constant(bias):
                     return
-                inputs[bias] = _bias_spec(activations[0], weight, node)
+                inputs[bias] = bias_spec(activations[0], weight, node)
                 self._biased.append((activations[0], weight, bias, node))
         if not quantize_output:
             node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
@@ -276,46 +271,6 @@ class HeadroomMinMaxObserver(MinMaxObserver):
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         pad = (self.max_val - self.min_val) * (OUTPUT_HEADROOM / 2)
         return self._calculate_qparams(self.min_val - pad, self.max_val + pad)
-
-
-class BiasFitObserver(PerChannelMinMaxObserver):
-    """Per-channel weight parameters whose scale is large enough for the channel's bias.
-
-    QNN adds the bias as int32 at (input scale x weight scale). A channel whose weights
-    are all zero (pruned) or tiny gets a weight scale near torch's eps; with 16-bit
-    activations the product is so small that the bias no longer fits in int32 and is
-    clipped: an a16w8 Linear(16, 4) with row 0 zero and bias 1.0 gave -0.018 there
-    (int8 activations, 256 times coarser, still fit). So each channel's scale is at
-    least |bias| / (input scale x (2^31 - 1)). Raising it only coarsens the steps of
-    weights already far smaller than the bias they sit next to. QAT's fake quantizers
-    learn their ranges and are not given this floor.
-    """
-
-    def fit_bias(self, input_observer: Any, bias_abs: torch.Tensor) -> None:
-        vars(self)["_fit"] = (input_observer, bias_abs)  # not a submodule: the observer belongs to the graph
-
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, zero_point = super().calculate_qparams()
-        fit = vars(self).get("_fit")
-        if fit is None:
-            return scale, zero_point
-        input_observer, bias_abs = fit
-        input_scale, _ = input_observer.calculate_qparams()
-        floor = bias_abs.to(scale.dtype) / (input_scale.to(scale.dtype) * INT32_RANGE[1]) * (1 + 2**-10)
-        return torch.maximum(scale, floor), zero_point
-
-
-def _bias_spec(activation: Node, weight: Node, node: Node) -> DerivedQuantizationSpec:
-    """int32 at (input scale x weight scale) per channel: what QNN adds in its accumulator."""
-
-    def derive(observers: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_scale, _ = observers[0].calculate_qparams()
-        weight_scale, _ = observers[1].calculate_qparams()
-        scale = (input_scale * weight_scale).to(torch.float32)
-        return scale, torch.zeros_like(scale, dtype=torch.int32)
-
-    return DerivedQuantizationSpec([(activation, node), (weight, node)], derive, torch.int32, *INT32_RANGE,
-                                   torch.per_channel_symmetric, ch_axis=0)
 
 
 # -- graph helpers ---------------------------------------------------------------------------------

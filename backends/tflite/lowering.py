@@ -82,13 +82,15 @@ class Int8Signature:
 
     `activations`: argument positions read as per-tensor int8 (a list argument, as
     cat's, means each element). `weight`: the position of a constant weight stored as
-    int8 per output channel (dim 0), with zero point 0. `output`: "own" parameters,
+    int8 per output channel (dim 0), with zero point 0; `bias`: the position of its
+    constant bias, stored int32 at input scale x weight scale. `output`: "own" parameters,
     "shared" with the first activation (ops that only move or pick values), or `fixed`
     (scale, zero point) that the TFLite kernel requires.
     """
 
     activations: tuple[int, ...] = (0,)
     weight: int | None = None
+    bias: int | None = None
     output: str = "own"
     fixed: tuple[float, int] | None = None
 

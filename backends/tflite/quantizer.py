@@ -50,6 +50,7 @@ from torchao.quantization.pt2e.quantizer import (
 from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.errors import BackendError
 from edgeport.quantize import STATIC, Scheme
+from edgeport.quantize.int32_bias import BiasFitObserver, bias_spec, fit_biases
 
 from .int8_plan import HYBRID_LINEARS, activation_args, group, group_tail
 from .lowering import foldable, lookup
@@ -68,12 +69,13 @@ def _act_spec(qat: bool) -> QuantizationSpec:
     return QuantizationSpec(torch.int8, ctr, -128, 127, torch.per_tensor_affine)
 
 
-def _weight_spec(qat: bool) -> QuantizationSpec:
+def _weight_spec(qat: bool, biased: bool = False) -> QuantizationSpec:
+    """Per-channel int8 weights; `biased`: an op adding an int32 bias (`BiasFitObserver`)."""
     if qat:
         ctr = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-127, quant_max=127,
                                      dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=0, eps=_EPS)
     else:
-        ctr = PerChannelMinMaxObserver.with_args(eps=_EPS)
+        ctr = (BiasFitObserver if biased else PerChannelMinMaxObserver).with_args(eps=_EPS)
     return QuantizationSpec(torch.int8, ctr, -127, 127, torch.per_channel_symmetric, ch_axis=0)
 
 
@@ -123,12 +125,14 @@ class TfliteQuantizer(Quantizer):
         # linear -> why it stays float: read by the placement's summary, so "quantizes
         # its N node(s)" does not hide a linear the scheme could not take
         self.kept_float: dict[str, str] = {}
+        self._biased: list[tuple[Node, Node, Node, Node]] = []  # (input, weight, bias, op) of each int32 bias
 
     def annotate(self, model: GraphModule) -> GraphModule:
         graph = model.graph
         consts = _constant_nodes(model)
         live = set(graph.nodes)
         plan = make_plan(graph, live, frozenset(consts))
+        self._biased = []
         for node in list(graph.nodes):
             if node.op != "call_function" or node in consts or node in plan.alias or is_annotated(node):
                 continue
@@ -142,6 +146,10 @@ class TfliteQuantizer(Quantizer):
 
     def validate(self, model: GraphModule) -> None:
         """Nothing to check: the annotations come from the writer's own table."""
+
+    def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
+        """Hand each biased op's weight observer its input's observer and its bias."""
+        fit_biases(model, self._biased, edge_or_node_to_obs_or_fq)
 
     # -- static int8 -------------------------------------------------------------------------
 
@@ -161,8 +169,13 @@ class TfliteQuantizer(Quantizer):
         for arg in activations[1:]:
             shared = int8.signature.output == "shared"
             inputs[arg] = SharedQuantizationSpec((first, node)) if shared else _act_spec(qat)
+        bias = self._bias(node, int8.signature, plan)
         if int8.signature.weight is not None:
-            inputs[node.args[int8.signature.weight]] = _weight_spec(qat)
+            weight = node.args[int8.signature.weight]
+            inputs[weight] = _weight_spec(qat, biased=bias is not None)
+            if bias is not None:
+                inputs[bias] = bias_spec(first, weight, node)
+                self._biased.append((first, weight, bias, node))
         tail = group_tail(node, plan)
         if int8.signature.fixed is not None:
             scale, zero_point = int8.signature.fixed
@@ -179,6 +192,17 @@ class TfliteQuantizer(Quantizer):
         else:
             node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
             tail.meta[ANNOTATION] = QuantizationAnnotation({}, output, _annotated=True)
+
+    @staticmethod
+    def _bias(node: Node, signature: Any, plan: Any) -> Node | None:
+        """The bias the writer stores in int32 as the kernel adds it, or None. A conv
+        with a batch norm folded in gets none: the writer rounds the folded bias
+        (bias x factor + shift) at the folded scale, which no annotation of the bias
+        alone describes, so the reference keeps that bias float."""
+        if signature.bias is None or len(node.args) <= signature.bias or node in plan.bn_fold:
+            return None
+        bias = node.args[signature.bias]
+        return bias if isinstance(bias, Node) else None
 
     # -- dynamic: linears ----------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ def _check_conv(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@int8_lowering(aten.convolution.default, signature=Int8Signature(weight=1), check=_check_conv)
+@int8_lowering(aten.convolution.default, signature=Int8Signature(weight=1, bias=2), check=_check_conv)
 def convolution(em: Emitter, node: Node, form: Int8Form) -> Value:
     a = _conv_args(node)
     (dq, params), = form.inputs
@@ -171,7 +171,7 @@ def _fc_input(em: Emitter, x: Value) -> tuple[Value, int]:
     return x, rank
 
 
-@int8_lowering(aten.linear.default, signature=Int8Signature(weight=1), check=_check_linear)
+@int8_lowering(aten.linear.default, signature=Int8Signature(weight=1, bias=2), check=_check_linear)
 def linear(em: Emitter, node: Node, form: Int8Form) -> Value:
     (dq, params), = form.inputs
     x = int8_input(em, form, dq)

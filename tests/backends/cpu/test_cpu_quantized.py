@@ -227,3 +227,43 @@ def test_mobilenet_v2_int8_is_one_xnnpack_partition_at_under_a_third_of_the_size
     scale = float((expected - actual).abs().max()) / float(expected.abs().max())
     print(f"\nMobileNetV2 int8: max abs(cpu - reference) / max abs(reference) = {scale:.4f}")
     assert scale < 0.02, scale  # 60 int8 layers, each within a step of the reference
+
+
+def _linear_with_row(row: torch.Tensor, bias: float) -> nn.Linear:
+    torch.manual_seed(0)
+    module = nn.Linear(8, 4).eval()
+    with torch.no_grad():
+        module.weight[0], module.bias[0] = row, bias
+    return module
+
+
+def _int8_and_reference(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    calibration = [(x * (1 + i / 8),) for i in range(8)]
+    program = edgeport.export(module, (x,), ["cpu"], quantize="int8", calibration=calibration, keep_reference=True,
+                              registry=registry_for(CpuBackend()))
+    with torch.no_grad():
+        return program(x), reference_program(program)(x)
+
+
+def test_the_reference_rounds_the_bias_as_the_int32_the_kernel_adds():
+    """Row 0 holds one weight of 1000 over inputs of span ~200: its bias step is ~6.6,
+    so the bias of 3.0 runs as 0. The reference kept 3.0, and check blamed XNNPACK."""
+    row = torch.zeros(8)
+    row[0] = 1000.0
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)) * 30
+    x[:, 0] *= 1e-4  # row 0 sees ~0: its output is its bias
+    got, reference = _int8_and_reference(_linear_with_row(row, 3.0), x)
+    assert torch.equal(got, reference)
+    assert got[:, 0].abs().max() < 1.0  # the int32 bias, not 3.0
+
+
+def test_a_large_bias_next_to_zero_weights_fits_int32():
+    """Input and weight scales at their floor (2^-12 each) make a bias step of 2^-24:
+    int32 holds at most 128 there, and a bias of 1000 was clipped to 128."""
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1)) * 1e-3
+    module = _linear_with_row(torch.zeros(8), 1000.0)
+    got, reference = _int8_and_reference(module, x)
+    with torch.no_grad():
+        expected = module(x)
+    assert torch.equal(got, reference)
+    assert (got[:, 0] - expected[:, 0]).abs().max() < 8  # one output step (span ~1000 / 255)
