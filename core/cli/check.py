@@ -14,7 +14,7 @@ from rich.table import Table
 from ..api import export as export_program
 from ..api import resolve_backends
 from ..capture import capture
-from ..devtools.check import CheckReport, check_program
+from ..devtools.check import CheckReport, Divergence, check_program
 from ..devtools.quant_check import DEFAULT_THRESHOLD_DB, QuantizationCheck, check_quantization
 from ..errors import InputError
 from ..quantize import REQUESTS, load_calibration, resolve_scheme
@@ -121,13 +121,7 @@ def print_check(report: CheckReport) -> None:
     for p in report.partitions:
         d = p.divergence
         if d:
-            where = "first diverging op" if d.exact else "divergence among " + ", ".join(d.candidates) + "; last"
-            module = f" in module {d.module}" if d.module else ""
-            console.print(f"[red]partition {p.partition}[/red] ({p.label}): {where}: [bold]{d.node}[/bold] ({d.op})"
-                          f"{module}, max rel {_number(d.error.max_rel, '.2e')}, found in {d.compiles} compiles",
-                          highlight=False)
-            if d.source:
-                console.print(f"    {d.source}" + (f"\n      {d.code}" if d.code else ""), markup=False)
+            print_divergence(p.partition, p.label, d)
         elif p.why:
             console.print(f"partition {p.partition} ({p.label}) {p.status}: {p.why}", markup=False)
     skipped = len(report.partitions) - report.checked
@@ -136,6 +130,24 @@ def print_check(report: CheckReport) -> None:
         return
     passed = sum(1 for p in report.partitions if p.status == "pass")
     console.print(f"{passed}/{report.checked} checked partitions pass" + (f", {skipped} skipped" if skipped else ""))
+
+
+def print_divergence(partition: int, label: str, d: Divergence) -> None:
+    """The first diverging op with its source line; or, when the bisection could only
+    narrow it to a range, each op of the range with its module and source line."""
+    module = f" in module {d.module}" if d.module else ""
+    found = f"max rel {_number(d.error.max_rel, '.2e')}, found in {d.compiles} compiles"
+    if d.exact:
+        console.print(f"[red]partition {partition}[/red] ({label}): first diverging op: [bold]{d.node}[/bold] ({d.op})"
+                      f"{module}, {found}", highlight=False)
+        if d.source:
+            console.print(f"    {d.source}" + (f"\n      {d.code}" if d.code else ""), markup=False)
+        return
+    console.print(f"[red]partition {partition}[/red] ({label}): divergence in one of {len(d.candidates)} ops "
+                  f"(no shorter prefix compiles alone to tell which), {found}:", highlight=False)
+    for c in d.candidates:
+        console.print(f"    {c.node}" + (f" in module {c.module}" if c.module else "") + (f": {c.source}" if c.source else ""),
+                      markup=False, highlight=False)
 
 
 def print_quantization_check(report: QuantizationCheck) -> None:

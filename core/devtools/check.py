@@ -34,6 +34,7 @@ from ..errors import EdgeportError, InputError, UnknownBackendError
 from ..manifest import MethodPlan, Step
 from ..plugins import Registry, registry_or_default
 from ..portable import PortableExecutable, stored_program
+from ..quantize.node_dtypes import is_quantization_node
 from ..program import Program
 from ..report import op_name, source_of
 from ..subprogram import extract_subprogram
@@ -82,11 +83,21 @@ def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> Error:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """An op of a divergence range, and where in the model it comes from."""
+
+    node: str
+    module: str  # as `Divergence.module`
+    source: str  # as `Divergence.source`
+
+
+@dataclass(frozen=True)
 class Divergence:
     """The first op of a partition whose output no longer matches torch.
 
     ``exact`` is False when shorter prefixes could not be compiled alone: the
-    divergence then lies somewhere in ``candidates`` (this op is the last of them).
+    divergence then lies somewhere in ``candidates``, the range's ops (its quantize and
+    dequantize nodes left out), and this op is only the last of them.
     """
 
     node: str
@@ -97,7 +108,7 @@ class Divergence:
     error: Error
     compiles: int  # prefixes compiled to find it
     exact: bool = True
-    candidates: tuple[str, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
 
 
 @dataclass
@@ -347,6 +358,13 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
         else:
             hi, worst = mid, error
     node = groups[hi][0]
-    candidates = tuple(g[0].name for g in groups[lo: hi + 1])
+    candidates = () if lo == hi else _candidates([g[0] for g in groups[lo: hi + 1]])
     return Divergence(node.name, op_name(node), source_of(node), _code(node), _module(node), worst, compiles,
-                      lo == hi, candidates if lo != hi else ())
+                      lo == hi, candidates)
+
+
+def _candidates(nodes: list[Node]) -> tuple[Candidate, ...]:
+    """The ops of a range a divergence lies in; a range of only quantize and
+    dequantize nodes is given whole."""
+    ops = [n for n in nodes if not is_quantization_node(n)] or nodes
+    return tuple(Candidate(n.name, _module(n), source_of(n)) for n in ops)

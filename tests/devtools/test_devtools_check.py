@@ -197,6 +197,25 @@ def test_cli_check_spec_prints_the_table_and_the_diverging_op(planted):
     assert MUL_LINE in result.output and "z = y * 2.0" in result.output
 
 
+class WholeTailOnly(OffByOnePercent):
+    """The planted backend, refusing to compile a program without both adds: no prefix
+    shorter than the second add compiles, so the search can only name a range."""
+
+    def compile(self, program, options):
+        if sum(n.target == torch.ops.aten.add.Tensor for n in program.graph.nodes) < 2:
+            raise RuntimeError("this backend compiles no program without both adds")
+        return super().compile(program, options)
+
+
+def test_cli_check_names_each_op_of_a_range_it_could_not_narrow(model_file):
+    result = invoke("check", "model.py:factory", "--backend", "torchops", registry=registry_with(WholeTailOnly()))
+    assert result.exit_code == 1
+    assert "divergence in one of 5 ops (no shorter prefix compiles alone" in result.output
+    for name in ("relu", "add", "relu_1", "mul", "add_1"):  # the partition after the conv
+        assert f"    {name}: File " in result.output
+    assert MUL_LINE in result.output
+
+
 def test_cli_check_json_and_a_saved_program(planted, tmp_path):
     data = json.loads(invoke("check", "model.py:factory", "--backend", "torchops", "--json", registry=planted).output)
     assert data["passed"] is False
