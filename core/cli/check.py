@@ -15,7 +15,7 @@ from ..api import export as export_program
 from ..api import resolve_backends
 from ..capture import capture
 from ..devtools.check import CheckReport, Divergence, check_program
-from ..devtools.quant_check import DEFAULT_THRESHOLD_DB, QuantizationCheck, check_quantization
+from ..devtools.quant_check import DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, QuantizationCheck, check_quantization
 from ..errors import InputError
 from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from ..program import load
@@ -44,11 +44,13 @@ from .spec import load_factory
               help="For a SPEC: export it quantized, and also compare each partition with the float model (SQNR).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None, help="Calibration batches for --quantize.")
 @click.option("--threshold-db", type=FiniteRange(min=0, min_open=True), default=DEFAULT_THRESHOLD_DB, show_default=True,
-              help="With --quantize: name the first op whose SQNR against float falls by more than this.")
+              help="With --quantize: name the first op whose SQNR against float falls by more than this...")
+@click.option("--floor-db", type=FiniteRange(), default=DEFAULT_FLOOR_DB, show_default=True,
+              help="...to below this SQNR (a healthy op stays above it; a high value names any large drop).")
 @click.pass_context
 def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list: str, option_items: tuple[str, ...],
           method: str | None, rtol: float | None, no_locate: bool, as_json: bool, scheme: str | None,
-          calibration: str | None, threshold_db: float) -> None:
+          calibration: str | None, threshold_db: float, floor_db: float) -> None:
     """Check every delegated partition of SPEC (a model, exported here with its torch
     references) or PROGRAM (saved with --keep-reference) against torch, on the same
     inputs. Exits with status 1 if a partition fails."""
@@ -62,7 +64,8 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
                                  "PROGRAM keeps what it was exported with",
                                  hint="re-export it with edgeport export, or check the SPEC")
     if scheme is None:
-        for option, flag in (("calibration", "--calibration"), ("threshold_db", "--threshold-db")):
+        for option, flag in (("calibration", "--calibration"), ("threshold_db", "--threshold-db"),
+                             ("floor_db", "--floor-db")):
             if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
                 raise InputError(f"{flag} applies only with --quantize",
                                  hint="for a SPEC, add --quantize int8 (or another scheme)")
@@ -92,7 +95,7 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
                 show("comparing with the float model")
             float_program = capture(model, example, list(selected.values()), parsed)
             quantized = check_quantization(program, float_program, inputs, method=name, threshold_db=threshold_db,
-                                           registry=registry)
+                                           floor_db=floor_db, registry=registry)
     if as_json:
         print_json(report.to_json() | ({"quantization": quantized.to_json()} if quantized else {}))
     else:
@@ -151,7 +154,8 @@ def print_divergence(partition: int, label: str, d: Divergence) -> None:
 
 
 def print_quantization_check(report: QuantizationCheck) -> None:
-    """SQNR per partition, and each partition's first op losing more than the threshold."""
+    """SQNR per partition, and each partition's first op losing more than the threshold,
+    to below the floor."""
     table = Table("partition", "backend", "SQNR vs fake-quant dB", "SQNR vs float dB", "fake-quant vs float dB",
                   title=f"quantization: {report.method}")
     for p in report.partitions:
@@ -161,7 +165,8 @@ def print_quantization_check(report: QuantizationCheck) -> None:
     for p in report.partitions:
         d = p.first_drop
         if d:
-            console.print(f"partition {p.partition}: first op losing more than {report.threshold_db:g} dB: "
+            console.print(f"partition {p.partition}: first op losing more than {report.threshold_db:g} dB, to below "
+                          f"{report.floor_db:g} dB: "
                           f"[bold]{d.node}[/bold] ({d.op}), {_db(d.input_db)} dB in, {_db(d.output_db)} dB out",
                           highlight=False)
             if d.source:

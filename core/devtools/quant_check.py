@@ -14,7 +14,18 @@ delegated partition:
 - for every op of the reference, in graph order: the SQNR (against float) of what it
   reads, after its inputs' dequantize, and of what it hands on, after its output's
   quantize/dequantize. The first op whose SQNR falls by more than `threshold_db` from
-  its inputs' to its output's is named, with its source line: the op quantization hurt.
+  its inputs' to its output's, to below `floor_db`, is named with its source line: the
+  op quantization hurt.
+
+Why a floor: a drop alone also named healthy ops. Under a16w8 a model's inputs measure
+~90-105 dB (16-bit), so its first 8-bit-weight op always "lost" 40-55 dB (the digits
+CNN's first conv: 104.6 -> 49.5 dB on qualcomm), and was named in a healthy model; in a
+broken one that op was named instead of the one where SQNR collapsed (51 -> 3 dB, two
+ops on). MobileNetV2 int8 on cpu had hardtanhs "losing" 14-21 dB to 44-48 dB. Healthy
+8-bit ops end at 36-51 dB (digits CNN: 40-49 int8 on cpu, 46-51 a16w8 on qualcomm;
+MobileNetV2 int8, random weights and calibration: 36-48); 30 dB, an error of 3% RMS,
+is below all of them, and above what the ops quantization really hurt ended at (exp
+over a wide range: 26.8; a linear with an outlier weight: 17.0).
 
 SQNR = 10 log10(sum float^2 / sum (value - float)^2), in dB; inf when exact.
 """
@@ -39,11 +50,13 @@ from ..report import op_name, source_of
 from .check import _all_values, _finite, _start_values, _tensor, _torch_program
 
 DEFAULT_THRESHOLD_DB = 10.0
+DEFAULT_FLOOR_DB = 30.0
 
 
 @dataclass(frozen=True)
 class OpDrop:
-    """An op whose output's SQNR against float is `drop_db` below its inputs'."""
+    """An op whose output's SQNR against float is `drop_db` below its inputs', at
+    `output_db` below the floor."""
 
     node: str
     op: str
@@ -71,6 +84,7 @@ class QuantizedPartition:
 class QuantizationCheck:
     method: str
     threshold_db: float
+    floor_db: float
     partitions: list[QuantizedPartition] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -91,20 +105,23 @@ def sqnr_db(values: Sequence[Any], floats: Sequence[torch.Tensor]) -> float:
 
 def check_quantization(program: Program, float_program: ExportedProgram, inputs: Sequence[Any], *,
                        method: str | None = None, threshold_db: float = DEFAULT_THRESHOLD_DB,
-                       registry: Registry | None = None) -> QuantizationCheck:
+                       floor_db: float = DEFAULT_FLOOR_DB, registry: Registry | None = None) -> QuantizationCheck:
     """SQNR per delegated partition of a quantized `program` against its fake-quantized
     reference and against `float_program` (the float model as export captured it), and
-    each partition's first op losing more than `threshold_db`."""
+    each partition's first op losing more than `threshold_db`, to below `floor_db`."""
     if not (isinstance(threshold_db, (int, float)) and math.isfinite(threshold_db) and threshold_db > 0):
         raise InputError(f"threshold_db is a drop in dB greater than 0, got {threshold_db!r}",
                          hint=f"e.g. the default, {DEFAULT_THRESHOLD_DB}")
+    if not (isinstance(floor_db, (int, float)) and math.isfinite(floor_db)):
+        raise InputError(f"floor_db is an SQNR in dB, a finite number, got {floor_db!r}",
+                         hint=f"e.g. the default, {DEFAULT_FLOOR_DB}; a high one (200) names any large drop")
     name = method or program.default_method
     plan = program.manifest.methods[name]
     registry = registry_or_default(registry)
     floats = _all_values(float_program, list(inputs))
     values = _start_values(program, plan, inputs)
     float_of_value = dict(zip(plan.input_values, [_tensor(x) for x in inputs]))  # inputs are float on both sides
-    result = QuantizationCheck(name, threshold_db)
+    result = QuantizationCheck(name, threshold_db, floor_db)
     for step in plan.steps:
         args = [values[v] for v in step.inputs]
         reference = _torch_program(program, step.program or step.reference)
@@ -112,7 +129,7 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
         walk = _FloatWalk(reference, env, floats, dict(zip(_user_inputs(reference), step.inputs)), float_of_value)
         outputs = [env[n.name] for n in _outputs(reference)]
         if step.kind == "delegate":
-            result.partitions.append(_check_partition(program, step, walk, args, outputs, registry, threshold_db))
+            result.partitions.append(_check_partition(program, step, walk, args, outputs, registry, result))
         values.update(zip(step.outputs, outputs))
         for value, node in zip(step.outputs, _outputs(reference)):
             counterpart = walk.float_of(node)
@@ -122,13 +139,13 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
 
 
 def _check_partition(program: Program, step: Any, walk: "_FloatWalk", args: list[Any], outputs: list[Any],
-                     registry: Registry, threshold_db: float) -> QuantizedPartition:
+                     registry: Registry, check: QuantizationCheck) -> QuantizedPartition:
     out_nodes = _outputs(walk.reference)
     pairs = [(o, walk.float_of(n)) for o, n in zip(outputs, out_nodes)]
     pairs = [(o, f) for o, f in pairs if f is not None]
     result = QuantizedPartition(step.partition, step.backend, None, None,
                                 sqnr_db([o for o, _ in pairs], [f for _, f in pairs]))
-    result.first_drop = walk.first_drop(threshold_db)
+    result.first_drop = walk.first_drop(check.threshold_db, check.floor_db)
     try:
         entry = registry.entry(step.backend)
         if not entry.availability().can_run:
@@ -164,7 +181,7 @@ class _FloatWalk:
         value = self.floats.get(tag) if tag else None
         return value if isinstance(value, torch.Tensor) else None
 
-    def first_drop(self, threshold_db: float) -> OpDrop | None:
+    def first_drop(self, threshold_db: float, floor_db: float) -> OpDrop | None:
         for node in self.reference.graph.nodes:
             tagged = FLOAT_NODE in node.meta.get("custom", {})
             if node.op != "call_function" or is_quantization_node(node) or not tagged:
@@ -175,7 +192,7 @@ class _FloatWalk:
             if output_db is None or not read:
                 continue
             input_db = min(read)
-            if input_db - output_db > threshold_db:
+            if input_db - output_db > threshold_db and output_db < floor_db:
                 return OpDrop(node.name, op_name(node), source_of(node), input_db, output_db)
         return None
 

@@ -67,14 +67,29 @@ def test_the_first_op_losing_more_than_the_threshold_is_named_with_its_line(chec
     drop = checked["quantization"]["partitions"][0]["first_drop"]
     assert drop["node"] == "exp" and drop["op"] == "aten.exp.default"
     assert drop["input_db"] - drop["output_db"] > checked["quantization"]["threshold_db"]
+    assert drop["output_db"] < checked["quantization"]["floor_db"] == 30
     assert "wide.py" in drop["source"]
+
+
+def test_an_op_ending_above_the_floor_is_not_named(spec):
+    """exp ends at ~27 dB and the conv after it at ~12: under a floor of 20 dB the conv
+    is named, under 10 nothing. (A drop alone named the first conv of every healthy
+    a16w8 model: 16-bit inputs at ~100 dB, 8-bit weights at ~50.)"""
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--quantize", "int8", "--calibration",
+                                      f"{spec}:batches", "--floor-db", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["quantization"]
+    assert report["floor_db"] == 20 and report["partitions"][0]["first_drop"]["node"] == "convolution_1"
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--quantize", "int8", "--calibration",
+                                      f"{spec}:batches", "--floor-db", "10", "--json"])
+    assert json.loads(result.output)["quantization"]["partitions"][0]["first_drop"] is None
 
 
 def test_the_table_names_the_op(spec):
     result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--quantize", "int8", "--calibration",
                                       f"{spec}:batches", "--threshold-db", "8"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "SQNR vs float dB" in result.output and "first op losing more than 8 dB: exp" in result.output
+    assert "SQNR vs float dB" in result.output and "first op losing more than 8 dB, to below 30 dB: exp" in result.output
 
 
 def test_quantize_applies_to_a_spec_not_a_saved_program(tmp_path):
@@ -97,3 +112,5 @@ def test_check_quantization_refuses_a_threshold_that_is_no_drop():
 
     with pytest.raises(edgeport.InputError, match="threshold_db is a drop in dB greater than 0, got -5"):
         check_quantization(None, None, [], threshold_db=-5)
+    with pytest.raises(edgeport.InputError, match="floor_db is an SQNR in dB, a finite number, got nan"):
+        check_quantization(None, None, [], floor_db=float("nan"))
