@@ -200,7 +200,7 @@ def prepare_qat_model(
         raise QuantizationError(f"no backend of {', '.join(backends)} quantizes with {scheme.name}, so the model "
                                 f"would train without any quantization ({why})",
                                 hint="prepare it for a scheme those backends offer: edgeport backends --json lists them")
-    prepared.meta[QAT_KEY] = QatState(scheme, tuple(backends), placement)
+    prepared.meta[QAT_KEY] = QatState(qat, tuple(backends), placement)
     return prepared
 
 

@@ -62,7 +62,8 @@ class Scheme:
                 f"in groups of {self.group_size}" if self.group_size else "per channel"
             )
         if self.activations == STATIC:
-            acts = f"{self.activation_bits}-bit activations (static, calibrated)"
+            ranges = "learned in training" if self.qat else "calibrated"
+            acts = f"{self.activation_bits}-bit activations (static, {ranges})"
         elif self.activations == FLOAT:
             acts = "float activations"
         else:

@@ -285,7 +285,8 @@ def test_qat_model_trains_then_exports_without_calibration():
         losses.append(loss.item())
     assert losses[-1] < losses[0]  # gradients flow through the fake quantization
     program = edgeport.export(prepared, (x,), ["cpu"], keep_reference=True, registry=registry)
-    assert program.manifest.report["forward"]["quantization"]["scheme"] == "int8"
+    report = program.manifest.report["forward"]["quantization"]
+    assert report["scheme"] == "int8" and "(static, learned in training)" in report["description"]  # not "calibrated"
     ops = tflite_ops(program)[0]
     assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1 and ops["FULLY_CONNECTED"] == 1
     torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0.05)
