@@ -18,6 +18,19 @@ from ._output import check_writable, console, print_json
 from .run import method_plan
 
 
+def print_quantization(report: dict) -> None:
+    """The scheme, what each backend did with it, and the calibration cost."""
+    console.print(report.get("description", ""))
+    if report.get("quantizes_nothing"):
+        console.print(f"[yellow]nothing is quantized: the program runs in float[/yellow] (no selected backend "
+                      f"quantizes a node with {report.get('scheme')}: their lines say why)", highlight=False)
+    for backend, what in report.get("backends", {}).items():
+        console.print(f"  {backend}: {what}")
+    calibration = report.get("calibration")
+    if isinstance(calibration, dict):
+        console.print(f"  calibration: {calibration['batches']} batches, {calibration['ms_per_batch']} ms per batch")
+
+
 def print_summary(report: dict[str, Any]) -> None:
     """One line per backend: how many nodes and partitions it got."""
     nodes = Counter(n["backend"] for n in report["nodes"])
@@ -75,6 +88,9 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
                       str(p["boundary_bytes"]))
     console.print(parts)
     print_summary(report)
+    quantization = prog.manifest.report.get(method, {}).get("quantization")
+    if quantization:
+        print_quantization(quantization)
     print_state_writes(plan)
     print_torch_free(portable)
 

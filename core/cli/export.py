@@ -13,7 +13,7 @@ from ..errors import EdgeportError
 from ..quantize import REQUESTS, Scheme, load_calibration, resolve_scheme
 from . import cli, current_registry
 from ._output import check_writable, console, progress
-from .explain import print_summary
+from .explain import print_quantization, print_summary
 from .dims import parse_dynamic
 from .spec import load_factory
 
@@ -86,13 +86,3 @@ def refuse_unused_calibration(quantize: Scheme | None, calibration: str | None) 
     if quantize is not None and calibration and not quantize.needs_calibration:
         raise EdgeportError(f"--calibration applies to static schemes; {quantize.name} measures no ranges",
                             hint="drop --calibration, or quantize with int8 or a16w8")
-
-
-def print_quantization(report: dict) -> None:
-    """The scheme, what each backend did with it, and the calibration cost."""
-    console.print(report.get("description", ""))
-    for backend, what in report.get("backends", {}).items():
-        console.print(f"  {backend}: {what}")
-    calibration = report.get("calibration")
-    if isinstance(calibration, dict):
-        console.print(f"  calibration: {calibration['batches']} batches, {calibration['ms_per_batch']} ms per batch")

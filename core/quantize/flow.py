@@ -174,7 +174,8 @@ def quantize_method(
     start = time.perf_counter()
     program = recapture(converted, inputs, dynamic_shapes, backends)
     report["capture_seconds"] = round(time.perf_counter() - start, 3)
-    report = {"scheme": scheme.name, "description": scheme.describe(), "backends": placement.summary(), **report}
+    report = {"scheme": scheme.name, "description": scheme.describe(), "backends": placement.summary(),
+              "quantizes_nothing": placement.quantizes_nothing, **report}
     return Quantized(program, placement, report)
 
 

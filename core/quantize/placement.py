@@ -27,7 +27,7 @@ from edgeport.partitioners.support import ask_support
 
 from ..backend import Backend, Support, support_question
 from ..errors import BackendError
-from .annotations import ANNOTATION
+from .annotations import ANNOTATION, is_annotated
 from .scheme import SCHEMES, Scheme, backend_scheme
 
 QUANTIZES = "quantizes"
@@ -47,6 +47,9 @@ class BackendQuantization:
     reason: str = ""
     quantizer: Any = None
     scheme: Scheme | None = None
+    # its options take the scheme (`with_scheme`): its toolchain quantizes at compile
+    # time too, so how many nodes its quantizer annotated does not say what it quantizes
+    at_compile: bool = False
 
 
 @dataclass
@@ -60,18 +63,28 @@ class Placement:
     # backend -> {node: why} for the nodes of its own its quantizer left float
     # (`kept_float`), once it has annotated
     kept_float: dict[str, dict[str, str]] = field(default_factory=dict)
+    # backend -> how many of its nodes its quantizer annotated, once it has annotated
+    quantized: dict[str, int] = field(default_factory=dict)
 
     @property
     def declined(self) -> dict[str, str]:
         """backend -> the reason it declines every node (lowering repeats it)."""
         return {b: q.reason for b, q in self.backends.items() if q.status == DECLINES}
 
+    @property
+    def quantizes_nothing(self) -> bool:
+        """No backend quantizes any node: the program runs in float. (A backend whose
+        toolchain quantizes at compile time counts as quantizing its nodes.)"""
+        owners = set(self.owner.values())
+        return not any(q.status == QUANTIZES and (self.quantized.get(name) or q.at_compile and name in owners)
+                       for name, q in self.backends.items())
+
     def summary(self) -> dict[str, str]:
         out = {}
         for name, q in self.backends.items():
             taken = sum(1 for owner in self.owner.values() if owner == name)
             if q.status == QUANTIZES:
-                out[name] = f"quantizes its {taken} node(s) with {q.scheme.name}" + _kept(self.kept_float.get(name))
+                out[name] = _quantizes(q.scheme, taken, self.quantized.get(name), self.kept_float.get(name) or {})
             elif q.status == FLOAT:
                 out[name] = f"keeps its {taken} node(s) float: {q.reason}"
             else:
@@ -79,13 +92,18 @@ class Placement:
         return out
 
 
-def _kept(float_nodes: dict[str, str] | None) -> str:
-    """", but 2 stay float: fc2 (why), head (why)" for the nodes a quantizer left float."""
-    if not float_nodes:
-        return ""
-    shown = ", ".join(f"{node} ({why})" for node, why in list(float_nodes.items())[:3])
-    more = f" and {len(float_nodes) - 3} more" if len(float_nodes) > 3 else ""
-    return f", but {len(float_nodes)} stay float: {shown}{more}"
+def _quantizes(scheme: Scheme, taken: int, quantized: int | None, kept_float: dict[str, str]) -> str:
+    """E.g. "quantizes its 5 node(s) with int8-dynamic, but 2 stay float: fc2 (why), head
+    (why)", or "quantizes none of its 5 node(s) ..." when its quantizer annotated none.
+    `quantized`: how many it annotated (None: not yet). Only none is told apart: a
+    node's annotation does not map one to one to what runs quantized (a folded batch
+    norm is gone, a fused activation is quantized with its op)."""
+    line = f"quantizes {'none of its' if quantized == 0 else 'its'} {taken} node(s) with {scheme.name}"
+    if not kept_float:
+        return line
+    shown = ", ".join(f"{node} ({why})" for node, why in list(kept_float.items())[:3])
+    more = f" and {len(kept_float) - 3} more" if len(kept_float) > 3 else ""
+    return f"{line}{'; ' if quantized == 0 else ', but '}{len(kept_float)} stay float: {shown}{more}"
 
 
 def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> BackendQuantization:
@@ -111,7 +129,7 @@ def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> Back
         return BackendQuantization(DECLINES, f"{error}{hint}")
     if quantizer is None:
         return BackendQuantization(DECLINES, f"{backend.name} has no {name} quantizer for these options")
-    return BackendQuantization(QUANTIZES, quantizer=quantizer, scheme=chosen)
+    return BackendQuantization(QUANTIZES, quantizer=quantizer, scheme=chosen, at_compile=_takes_scheme(options))
 
 
 def place(program: ExportedProgram, backends: Mapping[str, Backend], options: Mapping[str, Any],
@@ -141,13 +159,20 @@ def compile_options(placement: Placement, options: Mapping[str, Any]) -> dict[st
 def with_scheme(options: Any, scheme: Scheme) -> Any:
     """A backend's ``options`` naming ``scheme`` in their `scheme` field (and its group
     size in `group_size`); options without a `scheme` field are returned as they are."""
-    fields = {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
-    if SCHEME_OPTION not in fields:
+    if not _takes_scheme(options):
         return options
     changes: dict[str, Any] = {SCHEME_OPTION: scheme.name}
-    if GROUP_SIZE_OPTION in fields and scheme.group_size is not None:
+    if GROUP_SIZE_OPTION in _fields(options) and scheme.group_size is not None:
         changes[GROUP_SIZE_OPTION] = scheme.group_size
     return dataclasses.replace(options, **changes)
+
+
+def _fields(options: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
+
+
+def _takes_scheme(options: Any) -> bool:
+    return SCHEME_OPTION in _fields(options)
 
 
 def _support(backend: Backend, program: ExportedProgram, options: Any,
@@ -174,6 +199,9 @@ def annotate_placed(model: GraphModule, placement: Placement) -> None:
                 node.meta.pop(ANNOTATION, None)
             else:
                 node.meta[ANNOTATION] = before[node]
+        if not answer.at_compile:
+            placement.quantized[name] = sum(1 for node in model.graph.nodes
+                                            if placement.owner.get(node.name) == name and is_annotated(node))
 
 
 def placed_quantizer(placement: Placement) -> Any:

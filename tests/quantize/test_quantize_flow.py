@@ -489,3 +489,31 @@ def test_the_summary_names_each_linear_the_scheme_leaves_float(scheme, kept):
     assert summary == f"quantizes its 4 node(s) with {scheme}, {kept}"
     floats = [n["name"] for n in program.report()["nodes"] if n["op"] == "aten.linear.default" and not n.get("quantized")]
     assert sorted(floats) == sorted(name for name in ("linear_1", "linear_2", "linear_3") if name in kept)
+
+
+def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path):
+    """Every linear too narrow for a group of 32: the export said "cpu: quantizes its 3
+    node(s)" with nothing int4, and explain said nothing about quantization at all."""
+    model, x = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)).eval(), torch.randn(2, 8)
+    registry = registry_for(CpuBackend())
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int4-weight", registry=registry)
+    report = program.manifest.report["forward"]["quantization"]
+    assert report["quantizes_nothing"] is True
+    assert report["backends"]["cpu"].startswith("quantizes none of its 3 node(s) with int4-weight; 2 stay float: "
+                                                "linear (8 inputs, not a multiple of the group size 32)")
+    program.save(tmp_path / "q.edgeport")
+    result = CliRunner().invoke(cli, ["explain", str(tmp_path / "q.edgeport")], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "nothing is quantized: the program runs in float" in result.output
+    assert "linear (8 inputs, not a multiple of the group size 32)" in result.output
+    assert edgeport.export(model, (x,), ["cpu"], quantize="int8-dynamic", registry=registry) \
+        .manifest.report["forward"]["quantization"]["quantizes_nothing"] is False
+
+
+def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path):
+    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "a16w8",
+                                      "--calibration", f"{model_file}:batches", "-o", str(tmp_path / "m.edgeport")],
+                                terminal_width=250)
+    assert result.exit_code == 0, result.output  # a float program, said so
+    assert "nothing is quantized: the program runs in float" in result.output
+    assert "cpu: declines: cpu does not offer a16w8" in result.output
