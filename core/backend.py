@@ -454,16 +454,33 @@ def _convert(backend: Backend, f: dataclasses.Field, value: Any) -> Any:
     """``value`` as field ``f`` holds it: text (the CLI's, a manifest's) converted to the
     field's plain type, int, float, bool or str, also where the field may be None
     (``int | None``, ``Optional[int]``: "none" is None); a value of another type refused
-    (``threads=1.5`` used to export and then fail at load). Fields of other types take
-    their values as given."""
+    (``threads=1.5`` used to export and then fail at load). A ``list[int]`` or
+    ``tuple[int, ...]`` field (of any plain type) takes comma-separated text
+    ("1,2,3"; "" is empty) or a list or tuple, each element converted so; it got the
+    text as given ("1,2,3", a string). Fields of other types take their values as given."""
     from .errors import BackendError
 
-    kind, optional = _plain_type(f.type)
-    if kind is None:
+    field_type = _plain_type(f.type)
+    if field_type.kind is None:
         return value
-    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
+    if field_type.optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
         return None
-    expects = f"option {backend.name}.{f.name} expects {kind}" + (" or None" if optional else "")
+    expects = f"option {backend.name}.{f.name} expects {field_type.describe()}"
+    if field_type.container is None:
+        return _convert_plain(field_type.kind, value, expects)
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")] if value.strip() else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise BackendError(f"{expects}, got {value!r}")
+    return field_type.container(_convert_plain(field_type.kind, item, expects) for item in items)
+
+
+def _convert_plain(kind: str, value: Any, expects: str) -> Any:
+    """``value`` (text, or a value of the type) as an int, float, bool or str."""
+    from .errors import BackendError
+
     if not isinstance(value, str) or kind == "str":
         if type(value) not in _PLAIN_TYPES[kind]:
             raise BackendError(f"{expects}, got {value!r}")
@@ -494,10 +511,23 @@ def _finite(value: Any, expects: str) -> Any:
 _PLAIN_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
-def _plain_type(annotation: Any) -> tuple[str | None, bool]:
-    """(int, float, bool or str, or None for another type; whether None is allowed)
-    of a field's annotation, written as a type or as text (``from __future__ import
-    annotations``): "int", "int | None", "Optional[int]", "None | int"."""
+@dataclasses.dataclass(frozen=True)
+class _FieldType:
+    """What `options_from_dict` converts a field's values to."""
+
+    kind: str | None  # int, float, bool or str; None: another type, taken as given
+    optional: bool = False  # None allowed
+    container: type | None = None  # list or tuple of `kind`, or None for one value
+
+    def describe(self) -> str:
+        what = f"a comma-separated {self.container.__name__} of {self.kind}" if self.container else self.kind
+        return what + (" or None" if self.optional else "")
+
+
+def _plain_type(annotation: Any) -> _FieldType:
+    """The field type of an annotation, written as a type or as text (``from __future__
+    import annotations``): "int", "int | None", "Optional[int]", "None | int",
+    "list[int]", "tuple[str, ...]" (a fixed-length tuple is another type)."""
     text = annotation if isinstance(annotation, str) else str(annotation)
     if isinstance(annotation, type):
         text = annotation.__name__
@@ -507,7 +537,15 @@ def _plain_type(annotation: Any) -> tuple[str | None, bool]:
     parts = [p for p in text.split("|") if p]
     optional = "None" in parts or "NoneType" in parts
     rest = [p for p in parts if p not in ("None", "NoneType")]
-    kind = rest[0] if len(rest) == 1 and rest[0] in _PLAIN_TYPES else None
-    return kind, optional
+    if len(rest) != 1:
+        return _FieldType(None)
+    (one,) = rest
+    if one in _PLAIN_TYPES:
+        return _FieldType(one, optional)
+    for container, prefixes, suffix in ((list, ("list[", "List["), "]"), (tuple, ("tuple[", "Tuple["), ",...]")):
+        for prefix in prefixes:
+            if one.startswith(prefix) and one.endswith(suffix) and one[len(prefix):-len(suffix)] in _PLAIN_TYPES:
+                return _FieldType(one[len(prefix):-len(suffix)], optional, container)
+    return _FieldType(None)
 
 

@@ -1,6 +1,10 @@
 """The pipeline end to end with the test-only torch backend: partitioning, lowering,
 fallback, program state, reference execution and input checks."""
 
+import dataclasses
+import json
+import re
+
 import pytest
 import torch
 
@@ -356,3 +360,40 @@ def test_a_registry_that_is_no_registry_is_an_input_error(tmp_path):
     edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["cpu"]).save(tmp_path / "m.edgeport")
     with pytest.raises(edgeport.InputError, match="registry= takes an edgeport Registry"):
         edgeport.load(tmp_path / "m.edgeport", registry="cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ListOptions:
+    layers: list[int] = dataclasses.field(default_factory=list)
+    names: "tuple[str, ...]" = ()
+    scales: tuple[float, ...] | None = None
+
+
+class _ListBackend:
+    name, options = "lists", _ListOptions
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"layers": "1, 2,3", "names": "a,b"}, _ListOptions([1, 2, 3], ("a", "b"))),  # the command line's text
+    ({"layers": "", "scales": "none"}, _ListOptions([], (), None)),
+    ({"layers": (4,), "scales": [0.5, 1]}, _ListOptions([4], (), (0.5, 1))),  # Python values, and a manifest's lists
+])
+def test_list_and_tuple_options_convert_each_element(values, expected):
+    """They got the text as given: layers="1,2,3", a string."""
+    from edgeport.backend import options_from_dict, options_to_dict
+
+    options = options_from_dict(_ListBackend(), values)
+    assert options == expected
+    assert options_from_dict(_ListBackend(), json.loads(json.dumps(options_to_dict(options)))) == options
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"layers": "1,x"}, "lists.layers expects a comma-separated list of int, got 'x'"),
+    ({"layers": 3}, "lists.layers expects a comma-separated list of int, got 3"),
+    ({"scales": "1,inf"}, "scales expects a comma-separated tuple of float or None that is a finite number"),
+])
+def test_a_bad_element_of_a_list_option_is_refused(values, message):
+    from edgeport.backend import options_from_dict
+
+    with pytest.raises(edgeport.BackendError, match=re.escape(message)):
+        options_from_dict(_ListBackend(), values)
