@@ -60,6 +60,8 @@ class Quantized:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+log = logging.getLogger("edgeport.quantize")
+
 # Loggers torchao's import writes to stderr through: its optional CUDA kernels that do
 # not load on a CPU machine, and torch's pytree deprecation of its enum registrations.
 # Nothing a user can act on.
@@ -176,6 +178,9 @@ def quantize_method(
     report["capture_seconds"] = round(time.perf_counter() - start, 3)
     report = {"scheme": scheme.name, "description": scheme.describe(), "backends": placement.summary(),
               "quantizes_nothing": placement.quantizes_nothing, **report}
+    if placement.quantizes_nothing:  # an export that succeeds: said where Python callers see it too
+        log.warning("quantize=%s: nothing is quantized, the program runs in float (%s)", scheme.name,
+                    "; ".join(f"{name}: {line}" for name, line in report["backends"].items()))
     return Quantized(program, placement, report)
 
 

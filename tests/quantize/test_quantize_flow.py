@@ -491,7 +491,7 @@ def test_the_summary_names_each_linear_the_scheme_leaves_float(scheme, kept):
     assert sorted(floats) == sorted(name for name in ("linear_1", "linear_2", "linear_3") if name in kept)
 
 
-def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path):
+def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog):
     """Every linear too narrow for a group of 32: the export said "cpu: quantizes its 3
     node(s)" with nothing int4, and explain said nothing about quantization at all."""
     model, x = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)).eval(), torch.randn(2, 8)
@@ -499,6 +499,7 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path):
     program = edgeport.export(model, (x,), ["cpu"], quantize="int4-weight", registry=registry)
     report = program.manifest.report["forward"]["quantization"]
     assert report["quantizes_nothing"] is True
+    assert "quantize=int4-weight: nothing is quantized, the program runs in float (cpu: quantizes none" in caplog.text
     assert report["backends"]["cpu"].startswith("quantizes none of its 3 node(s) with int4-weight; 2 stay float: "
                                                 "linear (8 inputs, not a multiple of the group size 32)")
     program.save(tmp_path / "q.edgeport")
