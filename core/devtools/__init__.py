@@ -6,7 +6,7 @@ computes the right numbers, and where the time goes.
   and the first op that diverges (``edgeport check``);
 - `check_quantization` — a quantized program's SQNR per partition against its
   fake-quantized reference and the float model, and the first op losing more than a
-  threshold (``edgeport check --quantize``);
+  threshold, to below a floor (``edgeport check --quantize``);
 - `time_runs` / `summarize_profile` — time per step and per backend, and the bytes that
   cross delegate boundaries (``edgeport run --profile``).
 
