@@ -21,11 +21,12 @@ Why a floor: a drop alone also named healthy ops. Under a16w8 a model's inputs m
 ~90-105 dB (16-bit), so its first 8-bit-weight op always "lost" 40-55 dB (the digits
 CNN's first conv: 104.6 -> 49.5 dB on qualcomm), and was named in a healthy model; in a
 broken one that op was named instead of the one where SQNR collapsed (51 -> 3 dB, two
-ops on). MobileNetV2 int8 on cpu had hardtanhs "losing" 14-21 dB to 44-48 dB. Healthy
-8-bit ops end at 36-51 dB (digits CNN: 40-49 int8 on cpu, 46-51 a16w8 on qualcomm;
-MobileNetV2 int8, random weights and calibration: 36-48); 30 dB, an error of 3% RMS,
-is below all of them, and above what the ops quantization really hurt ended at (exp
-over a wide range: 26.8; a linear with an outlier weight: 17.0).
+ops on). MobileNetV2 int8 on cpu had eight hardtanhs "losing" 10.5-20.8 dB, to
+44.5-48.5 dB. Healthy 8-bit ops end at 36 dB or more (digits CNN: 40-49 int8 on cpu,
+46-51 a16w8 on qualcomm; MobileNetV2 int8, random weights and calibration: 36-65);
+30 dB, an error of 3% RMS, is below all of them, and above what the ops quantization
+really hurt ended at (exp over a wide range: 26.8; a linear with an outlier weight:
+17.0).
 
 SQNR = 10 log10(sum float^2 / sum (value - float)^2), in dB; inf when exact.
 """
