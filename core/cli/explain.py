@@ -88,7 +88,7 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
                       str(p["boundary_bytes"]))
     console.print(parts)
     print_summary(report)
-    quantization = prog.manifest.report.get(method, {}).get("quantization")
+    quantization = report.get("quantization")
     if quantization:
         print_quantization(quantization)
     print_state_writes(plan)
