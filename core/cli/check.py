@@ -149,8 +149,8 @@ def print_divergence(partition: int, label: str, d: Divergence) -> None:
     console.print(f"[red]partition {partition}[/red] ({label}): divergence in one of {len(d.candidates)} ops "
                   f"(no shorter prefix compiles alone to tell which), {found}:", highlight=False)
     for c in d.candidates:
-        console.print(f"    {c.node}" + (f" in module {c.module}" if c.module else "") + (f": {c.source}" if c.source else ""),
-                      markup=False, highlight=False)
+        where = (f" in module {c.module}" if c.module else "") + (f": {c.source}" if c.source else "")
+        console.print(f"    {c.node}{where}", markup=False, highlight=False)
 
 
 def print_quantization_check(report: QuantizationCheck) -> None:
