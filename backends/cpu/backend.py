@@ -51,6 +51,10 @@ class CpuBackend(edgeport.Backend):
     options = CpuOptions
     rules = edgeport.PartitionRules(never_alone=DATA_MOVEMENT)
     schemes = tflite.SCHEMES
+    # Quantize and write in int8 only the operators LiteRT's XNNPACK delegate runs in
+    # int8 (the others, e.g. a standalone HARD_SWISH, would run in TFLite's kernels
+    # outside the delegate); False writes every int8 form, as an NPU sharing the writer would.
+    xnnpack_int8_only = True
 
     @property
     def version(self) -> str:
@@ -74,11 +78,12 @@ class CpuBackend(edgeport.Backend):
     def quantizer(self, scheme: edgeport.Scheme, options: CpuOptions) -> Any:
         if options.precision != "fp32":
             return None  # fp16 weights and integer weights do not mix
-        return tflite.quantizer_for(scheme, xnnpack_only=True)
+        return tflite.quantizer_for(scheme, xnnpack_only=self.xnnpack_int8_only)
 
     def compile(self, program: ExportedProgram, options: CpuOptions) -> edgeport.Artifact:
         fp16 = options.precision == "fp16"
-        model = tflite.write_tflite(program, fp16=fp16, winograd=options.winograd and not fp16)
+        model = tflite.write_tflite(program, fp16=fp16, winograd=options.winograd and not fp16,
+                                    xnnpack_only=self.xnnpack_int8_only)
         metadata = {
             "inputs": model.inputs,
             "outputs": model.outputs,

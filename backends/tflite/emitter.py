@@ -64,6 +64,7 @@ class Plan:
     tensors, `hybrid[linear]` the float input of a FULLY_CONNECTED with integer weights
     that quantizes its input at run time, and `unwritten` the dequantize (and dynamic
     quantization) nodes nothing reads as float, which are never written.
+    `xnnpack_only`: write in int8 only the operators XNNPACK runs in int8 (`Int8.xnnpack`).
     """
 
     alias: dict[Node, Node] = dataclasses.field(default_factory=dict)
@@ -72,6 +73,7 @@ class Plan:
     int8: dict[Node, Any] = dataclasses.field(default_factory=dict)  # op -> int8_plan.Int8Form
     hybrid: dict[Node, Node] = dataclasses.field(default_factory=dict)
     unwritten: set[Node] = dataclasses.field(default_factory=set)
+    xnnpack_only: bool = False
 
 
 class Emitter:

@@ -19,8 +19,10 @@ qd8-f32-qc8w / qd8-f32-qb4w; the quantization chain before it is never written.
 
 Anything else in a quantized graph is written in float, with a DEQUANTIZE or
 QUANTIZE where the graph has one: the same numbers as the reference, only slower.
-The cpu quantizer annotates only what passes these checks, so that does not happen
-for graphs edgeport quantized itself.
+The cpu quantizer annotates only what passes these checks. It also leaves float the
+int8 forms XNNPACK does not run (`Int8.xnnpack`), yet their neighbours' quantize and
+dequantize still surround them, so the cpu writes with `xnnpack_only` and those stay
+float here too (an int8 HARD_SWISH between convs was written, and split the delegate).
 
 What this plan makes of MobileNetV2 is, op for op, what Google's ai-edge-quantizer 0.10
 (`static_wi8_ai8`) makes of our fp32 artifact (bench/quantize_reference.py, 2026-11-26):
@@ -133,6 +135,8 @@ def _int8_form(node: Node, consts: Constants, plan: Plan, readers: dict, outputs
     entry = lookup(node.target)
     if entry is None or entry.int8 is None:
         return "no int8 lowering"
+    if plan.xnnpack_only and not entry.int8.xnnpack:
+        return "XNNPACK runs it in float only (in int8 TFLite's own kernel would, outside the delegate)"
     signature = entry.int8.signature
     if entry.int8.check is not None and (reason := entry.int8.check(node, consts)):
         return reason

@@ -167,11 +167,11 @@ def _live(graph: Graph) -> set[Node]:
     return live
 
 
-def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node] | Constants) -> Plan:
+def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node] | Constants, xnnpack_only: bool = False) -> Plan:
     """Batch norms to fold into convs and activations to fuse into their producers; with
     `Constants` (which know weights' values), also the ops of a quantized graph written
-    in int8 (int8_plan.py)."""
-    plan = Plan()
+    in int8 (int8_plan.py), only those XNNPACK runs in int8 if `xnnpack_only`."""
+    plan = Plan(xnnpack_only=xnnpack_only)
     outputs = set(graph.output_node().all_input_nodes)
     users = {n: [u for u in n.users if u in live] for n in live}
 
@@ -213,21 +213,25 @@ def make_plan(graph: Graph, live: set[Node], consts: frozenset[Node] | Constants
 # -- emitting -----------------------------------------------------------------------------
 
 
-def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool = False) -> TfliteModel:
+def write_tflite(program: ExportedProgram, *, fp16: bool = False, winograd: bool = False,
+                 xnnpack_only: bool = False) -> TfliteModel:
     """Write `program` (an edge-dialect partition) as a TFLite model.
 
     Raises DeclineNodes naming every node the writer cannot write, with its reason.
     `fp16` stores weights as float16 (dequantized at load time by the runtime).
     `winograd` writes large 3x3 convolutions as Winograd F(2x2, 3x3) for XNNPACK
     (ops/winograd.py); an NPU compiler wants them as plain CONV_2D, so it is off by default.
+    `xnnpack_only` writes in float the int8 ops LiteRT's XNNPACK delegate leaves to
+    TFLite's kernels (`Int8.xnnpack`): a standalone int8 HARD_SWISH between two convs
+    split the cpu's delegate, though its quantizer had left the op float.
     With dynamic dims, the model's shape_signature has -1 for them (dynamic.py).
     """
     if dynamic.symbols(program):
-        return dynamic.write_resizable(program, lambda p, hook: _write(p, fp16, winograd, hook))
-    return _write(program, fp16, winograd)
+        return dynamic.write_resizable(program, lambda p, hook: _write(p, fp16, winograd, xnnpack_only, hook))
+    return _write(program, fp16, winograd, xnnpack_only)
 
 
-def _write(program: ExportedProgram, fp16: bool, winograd: bool,
+def _write(program: ExportedProgram, fp16: bool, winograd: bool, xnnpack_only: bool,
            before_finish: Callable[[ModelBuilder], None] | None = None) -> TfliteModel:
     """`write_tflite` of a program of static shapes; ``before_finish`` sees the pruned
     model before it is serialized."""
@@ -246,7 +250,7 @@ def _write(program: ExportedProgram, fp16: bool, winograd: bool,
     if reasons:
         raise DeclineNodes(reasons)
 
-    plan = make_plan(graph, live, consts)
+    plan = make_plan(graph, live, consts, xnnpack_only)
     em = Emitter(ModelBuilder(), plan, fp16, winograd)
     ctx = SupportContext(program, None)
     inputs: list[tuple[Node, int]] = []

@@ -28,13 +28,10 @@ KEPT_FLOAT_ON_CPU = {"int8_relu", "int8_relu6", "int8_hardswish", "int8_softmax"
 
 
 class CpuEveryInt8(CpuBackend):
-    """The cpu writer with every int8 form annotated, as an NPU backend sharing the
-    writer would: exercises the int8 forms the cpu itself leaves float."""
+    """The cpu writer with every int8 form annotated and written, as an NPU backend
+    sharing the writer would: exercises the int8 forms the cpu itself leaves float."""
 
-    def quantizer(self, scheme, options):  # noqa: ANN001, ANN201
-        from edgeport.backends.tflite import quantizer_for
-
-        return quantizer_for(scheme, xnnpack_only=False)
+    xnnpack_int8_only = False
 
 
 def tflite_artifacts(program: edgeport.Program) -> list[bytes]:
@@ -267,3 +264,19 @@ def test_a_large_bias_next_to_zero_weights_fits_int32():
         expected = module(x)
     assert torch.equal(got, reference)
     assert (got[:, 0] - expected[:, 0]).abs().max() < 8  # one output step (span ~1000 / 255)
+
+
+@pytest.mark.parametrize("middle", [nn.Hardswish(), nn.Sequential(nn.MaxPool2d(2), nn.ReLU())],
+                         ids=["hardswish", "maxpool_relu"])
+def test_an_op_xnnpack_runs_only_in_float_stays_float_between_int8_convs(middle):
+    """The quantizer left it float, but the convs' quantize and dequantize around it made
+    the writer pick its int8 form: a standalone int8 HARD_SWISH (or RELU) that XNNPACK
+    does not run, splitting the delegate."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), middle, nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=calibration_for((x,)),
+                              keep_reference=True, registry=registry_for(CpuBackend()))
+    assert undelegated(program) == set()
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0)
