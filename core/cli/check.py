@@ -167,7 +167,8 @@ def print_quantization_check(report: QuantizationCheck) -> None:
         if d:
             console.print(f"partition {p.partition}: first op losing more than {report.threshold_db:g} dB, to below "
                           f"{report.floor_db:g} dB: "
-                          f"[bold]{d.node}[/bold] ({d.op}), {_db(d.input_db)} dB in, {_db(d.output_db)} dB out",
+                          f"[bold]{d.node}[/bold] ({d.op})" + (f" in module {d.module}" if d.module else "") +
+                          f", {_db(d.input_db)} dB in, {_db(d.output_db)} dB out",
                           highlight=False)
             if d.source:
                 console.print(f"    {d.source}", markup=False)

@@ -48,7 +48,7 @@ from ..program import Program
 from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
 from ..report import op_name, source_of
-from .check import _all_values, _finite, _start_values, _tensor, _torch_program
+from .check import _all_values, _finite, _module, _start_values, _tensor, _torch_program
 
 DEFAULT_THRESHOLD_DB = 10.0
 DEFAULT_FLOOR_DB = 30.0
@@ -62,6 +62,7 @@ class OpDrop:
     node: str
     op: str
     source: str
+    module: str  # the innermost module that made it, as `Divergence.module`
     input_db: float
     output_db: float
 
@@ -194,7 +195,7 @@ class _FloatWalk:
                 continue
             input_db = min(read)
             if input_db - output_db > threshold_db and output_db < floor_db:
-                return OpDrop(node.name, op_name(node), source_of(node), input_db, output_db)
+                return OpDrop(node.name, op_name(node), source_of(node), _module(node), input_db, output_db)
         return None
 
     def _is_activation(self, arg: Node) -> bool:

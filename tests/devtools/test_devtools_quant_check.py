@@ -114,3 +114,41 @@ def test_check_quantization_refuses_a_threshold_that_is_no_drop():
         check_quantization(None, None, [], threshold_db=-5)
     with pytest.raises(edgeport.InputError, match="floor_db is an SQNR in dB, a finite number, got nan"):
         check_quantization(None, None, [], floor_db=float("nan"))
+
+
+OUTLIER = '''
+import torch
+from torch import nn
+
+
+def model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)).eval()
+    with torch.no_grad():
+        m[0].weight[0] = 0.0
+        m[0].weight[0, 0] = 1000.0  # an outlier: row 0's int32 bias steps by ~6.7
+        m[0].bias[0] = 3.0
+    return m, (_batch(0),)
+
+
+def batches():
+    return [(_batch(i),) for i in range(1, 9)]
+
+
+def _batch(seed):
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(seed)) * 30
+    x[:, 0] *= 1e-4
+    return x
+'''
+
+
+def test_the_op_named_in_a_sequential_says_which_module(tmp_path):
+    """Every op of an nn.Sequential has torch's own source line (linear.py): the
+    module path says which layer."""
+    (tmp_path / "outlier.py").write_text(OUTLIER)
+    spec = str(tmp_path / "outlier.py")
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--backend", "cpu", "--quantize", "int8",
+                                      "--calibration", f"{spec}:batches", "--json"])
+    assert result.exit_code == 0, result.output  # the backend computes the reference exactly, bias included
+    drop = json.loads(result.output)["quantization"]["partitions"][0]["first_drop"]
+    assert (drop["node"], drop["module"]) == ("linear", "0 (Linear)") and drop["output_db"] < 30
