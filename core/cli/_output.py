@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -76,6 +77,19 @@ def check_writable(*paths: str | None) -> None:
             raise EdgeportError(f"two outputs are both {path}: the second would overwrite the first",
                                 hint="give each output its own file")
         seen.add(real)
+
+
+@contextlib.contextmanager
+def said_below(logger: str) -> Iterator[None]:
+    """Hold back `logger`'s warnings while a command runs whose own summary says the
+    same (the quantization summary's "nothing is quantized"): not twice on one screen."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

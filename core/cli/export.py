@@ -11,8 +11,9 @@ from ..api import export as export_program
 from ..api import resolve_backends
 from ..errors import EdgeportError
 from ..quantize import REQUESTS, Scheme, load_calibration, resolve_scheme
+from ..quantize.flow import QUANTIZE_LOG
 from . import cli, current_registry
-from ._output import check_writable, console, progress
+from ._output import check_writable, console, progress, said_below
 from .explain import print_quantization, print_summary
 from .dims import parse_dynamic
 from .spec import load_factory
@@ -59,15 +60,16 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     registry, backends, options = current_registry(), backend_list.split(","), parse_options(option_items)
     resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
     quantize = resolve_scheme(scheme, group_size) if scheme else None
-    if quantize is None and (calibration or group_size):
-        raise EdgeportError("--calibration and --group-size apply only with --quantize",
+    given = [flag for flag, value in (("--calibration", calibration), ("--group-size", group_size)) if value]
+    if quantize is None and given:
+        raise EdgeportError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only with --quantize",
                             hint="add --quantize int8 (or another scheme)")
     refuse_unused_calibration(quantize, calibration)
     model, inputs = load_factory(spec)
     dynamic_shapes = parse_dynamic(dynamic_items, model, inputs)
     batches = load_calibration(calibration, model, inputs) if calibration else None
     start = time.perf_counter()
-    with progress(True) as show:
+    with progress(True) as show, said_below(QUANTIZE_LOG):
         program = export_program(model, inputs, backends, dynamic_shapes=dynamic_shapes, options=options,
                                  strict=strict, keep_reference=keep_reference or None, registry=registry, progress=show,
                                  quantize=quantize, calibration=batches, require_delegated=require_delegated)

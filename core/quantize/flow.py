@@ -60,7 +60,8 @@ class Quantized:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-log = logging.getLogger("edgeport.quantize")
+QUANTIZE_LOG = "edgeport.quantize"
+log = logging.getLogger(QUANTIZE_LOG)
 
 # Loggers torchao's import writes to stderr through: its optional CUDA kernels that do
 # not load on a CPU machine, and torch's pytree deprecation of its enum registrations.

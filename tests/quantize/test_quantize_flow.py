@@ -511,10 +511,11 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog)
         .manifest.report["forward"]["quantization"]["quantizes_nothing"] is False
 
 
-def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path):
+def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path, caplog):
     result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "a16w8",
                                       "--calibration", f"{model_file}:batches", "-o", str(tmp_path / "m.edgeport")],
                                 terminal_width=250)
     assert result.exit_code == 0, result.output  # a float program, said so
+    assert "nothing is quantized" not in caplog.text  # said by the summary, not also by the logged warning
     assert "nothing is quantized: the program runs in float" in result.output
     assert "cpu: declines: cpu does not offer a16w8" in result.output
