@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from .arrays import torch_installed
 from .errors import InputError, ProgramError
-from .manifest import FORMAT, VERSION, FileInfo, Manifest, manifest_from_json
+from .manifest import FORMAT, VERSION, FileInfo, Manifest, MethodPlan, manifest_from_json
 from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, parse_manifest_json
 from .mapped_file import Buffer, map_file, sha256_of
 from .plan_check import check_plan
@@ -79,8 +79,18 @@ class Program:
         """The placement report of a method: every node's backend and reasons."""
         name = method or self.default_method
         if name not in self.manifest.report:
-            raise InputError(f"program has no method {name!r}; it has {', '.join(self.methods)}")
+            raise self._no_method(name)
         return self.manifest.report[name]
+
+    def plan(self, method: str | None = None) -> MethodPlan:
+        """The steps a method runs (the default method's if None)."""
+        name = method or self.default_method
+        if name not in self.manifest.methods:
+            raise self._no_method(name)
+        return self.manifest.methods[name]
+
+    def _no_method(self, name: str) -> InputError:
+        return InputError(f"program has no method {name!r}; it has {', '.join(self.methods)}")
 
     @property
     def default_method(self) -> str:

@@ -508,6 +508,9 @@ def test_options_the_backend_refuses_are_a_program_error(program_bytes, tmp_path
 def test_explain_of_an_unknown_method_is_a_user_error(program_file):
     with pytest.raises(edgeport.InputError, match="program has no method 'nosuch'; it has forward"):
         load(program_file).report("nosuch")
+    with pytest.raises(edgeport.InputError, match="program has no method 'nosuch'; it has forward"):
+        load(program_file).plan("nosuch")  # check_quantization(method="nosuch") raised KeyError
+    assert load(program_file).plan().name == "forward"
 
 
 # -- reading in place (memory map) ---------------------------------------------------------

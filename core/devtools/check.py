@@ -171,9 +171,7 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
     ``keep_reference=True``).
     """
     name = method or program.default_method
-    plan = program.manifest.methods.get(name)
-    if plan is None:
-        raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}")
+    plan = program.plan(name)
     missing = [s.partition for s in plan.steps if s.kind == "delegate" and not s.reference]
     if missing:
         raise EdgeportError(

@@ -34,6 +34,7 @@ SQNR = 10 log10(sum float^2 / sum (value - float)^2), in dB; inf when exact.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -111,19 +112,20 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
     """SQNR per delegated partition of a quantized `program` against its fake-quantized
     reference and against `float_program` (the float model as export captured it), and
     each partition's first op losing more than `threshold_db`, to below `floor_db`."""
-    if not (isinstance(threshold_db, (int, float)) and math.isfinite(threshold_db) and threshold_db > 0):
+    threshold, floor = _decibels(threshold_db), _decibels(floor_db)
+    if threshold is None or threshold <= 0:
         raise InputError(f"threshold_db is a drop in dB greater than 0, got {threshold_db!r}",
                          hint=f"e.g. the default, {DEFAULT_THRESHOLD_DB}")
-    if not (isinstance(floor_db, (int, float)) and math.isfinite(floor_db)):
+    if floor is None:
         raise InputError(f"floor_db is an SQNR in dB, a finite number, got {floor_db!r}",
                          hint=f"e.g. the default, {DEFAULT_FLOOR_DB}; a high one (200) names any large drop")
     name = method or program.default_method
-    plan = program.manifest.methods[name]
+    plan = program.plan(name)
     registry = registry_or_default(registry)
+    values = _start_values(program, plan, inputs)  # checks the inputs before the float model runs on them
     floats = _all_values(float_program, list(inputs))
-    values = _start_values(program, plan, inputs)
     float_of_value = dict(zip(plan.input_values, [_tensor(x) for x in inputs]))  # inputs are float on both sides
-    result = QuantizationCheck(name, threshold_db, floor_db)
+    result = QuantizationCheck(name, threshold, floor)
     for step in plan.steps:
         args = [values[v] for v in step.inputs]
         reference = _torch_program(program, step.program or step.reference)
@@ -138,6 +140,18 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
             if counterpart is not None:
                 float_of_value[value] = counterpart
     return result
+
+
+def _decibels(value: Any) -> float | None:
+    """`value` as a finite float if it is a real number (numpy's too), else None (a bool,
+    NaN, infinity, or an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _check_partition(program: Program, step: Any, walk: "_FloatWalk", args: list[Any], outputs: list[Any],

@@ -112,8 +112,9 @@ def test_check_quantization_refuses_a_threshold_that_is_no_drop():
 
     with pytest.raises(edgeport.InputError, match="threshold_db is a drop in dB greater than 0, got -5"):
         check_quantization(None, None, [], threshold_db=-5)
-    with pytest.raises(edgeport.InputError, match="floor_db is an SQNR in dB, a finite number, got nan"):
-        check_quantization(None, None, [], floor_db=float("nan"))
+    for floor in (float("nan"), True, 10**400):  # True passed as 1; 10**400 raised OverflowError
+        with pytest.raises(edgeport.InputError, match="floor_db is an SQNR in dB, a finite number, got"):
+            check_quantization(None, None, [], floor_db=floor)
 
 
 OUTLIER = '''
