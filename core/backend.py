@@ -470,11 +470,19 @@ def _convert(backend: Backend, f: dataclasses.Field, value: Any) -> Any:
         return _convert_plain(field_type.kind, value, expects)
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",")] if value.strip() else []
+        if "" in items:  # "a,,b" or a trailing comma: a slip, not an empty element
+            raise BackendError(f"{expects}, got {value!r}: element {items.index('') + 1} is empty")
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
         raise BackendError(f"{expects}, got {value!r}")
-    return field_type.container(_convert_plain(field_type.kind, item, expects) for item in items)
+    converted = []
+    for position, item in enumerate(items, 1):
+        try:
+            converted.append(_convert_plain(field_type.kind, item, expects))
+        except BackendError:
+            raise BackendError(f"{expects}, got {value!r}: element {position} is {item!r}") from None
+    return field_type.container(converted)
 
 
 def _convert_plain(kind: str, value: Any, expects: str) -> Any:
@@ -520,8 +528,10 @@ class _FieldType:
     container: type | None = None  # list or tuple of `kind`, or None for one value
 
     def describe(self) -> str:
-        what = f"a comma-separated {self.container.__name__} of {self.kind}" if self.container else self.kind
-        return what + (" or None" if self.optional else "")
+        if self.container is None:
+            return self.kind + (" or None" if self.optional else "")
+        what = f"a {self.container.__name__} of {self.kind} (comma-separated text, or a list or tuple)"
+        return what + (", or None" if self.optional else "")
 
 
 def _plain_type(annotation: Any) -> _FieldType:

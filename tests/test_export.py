@@ -388,9 +388,12 @@ def test_list_and_tuple_options_convert_each_element(values, expected):
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"layers": "1,x"}, "lists.layers expects a comma-separated list of int, got 'x'"),
-    ({"layers": 3}, "lists.layers expects a comma-separated list of int, got 3"),
-    ({"scales": "1,inf"}, "scales expects a comma-separated tuple of float or None that is a finite number"),
+    ({"layers": "1,x"}, "lists.layers expects a list of int (comma-separated text, or a list or tuple), got '1,x': "
+                        "element 2 is 'x'"),
+    ({"layers": 3}, "lists.layers expects a list of int (comma-separated text, or a list or tuple), got 3"),
+    ({"names": "a,,b"}, "got 'a,,b': element 2 is empty"),  # was ('a', '', 'b')
+    ({"layers": "1,2,"}, "got '1,2,': element 3 is empty"),
+    ({"scales": [1.0, float("inf")]}, "element 2 is inf"),
 ])
 def test_a_bad_element_of_a_list_option_is_refused(values, message):
     from edgeport.backend import options_from_dict
