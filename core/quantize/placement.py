@@ -98,6 +98,8 @@ def _quantizes(scheme: Scheme, taken: int, quantized: int | None, kept_float: di
     `quantized`: how many it annotated (None: not yet). Only none is told apart: a
     node's annotation does not map one to one to what runs quantized (a folded batch
     norm is gone, a fused activation is quantized with its op)."""
+    if taken == 0:
+        return f"offers {scheme.name}, and runs no node of this method"
     line = f"quantizes {'none of its' if quantized == 0 else 'its'} {taken} node(s) with {scheme.name}"
     if not kept_float:
         return line

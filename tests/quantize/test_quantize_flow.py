@@ -511,6 +511,19 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog)
         .manifest.report["forward"]["quantization"]["quantizes_nothing"] is False
 
 
+def test_a_quantizing_backend_left_no_node_says_so():
+    """It said "quantizes none of its 0 node(s)" (before that, "quantizes its 0")."""
+    from edgeport.quantize.placement import QUANTIZES, BackendQuantization, Placement
+
+    placement = Placement(SCHEMES["int8"], {"conv": "mediatek"},
+                          {"mediatek": BackendQuantization(QUANTIZES, scheme=SCHEMES["int8"]),
+                           "cpu": BackendQuantization(QUANTIZES, scheme=SCHEMES["int8"])})
+    placement.quantized.update(mediatek=1, cpu=0)
+    assert placement.summary() == {"mediatek": "quantizes its 1 node(s) with int8",
+                                   "cpu": "offers int8, and runs no node of this method"}
+    assert not placement.quantizes_nothing
+
+
 def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path, caplog):
     result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "a16w8",
                                       "--calibration", f"{model_file}:batches", "-o", str(tmp_path / "m.edgeport")],
