@@ -200,13 +200,17 @@ def sweep_op(case: OpCase, backend: Backend) -> Outcome:
     def outcome(verdict: Verdict, detail: str = "") -> Outcome:
         return Outcome(case.name, backend.name, verdict, detail)
 
-    logging.getLogger("edgeport").setLevel(logging.ERROR)  # fallbacks are judged below, not logged
+    edgeport_log = logging.getLogger("edgeport")
+    level = edgeport_log.level
+    edgeport_log.setLevel(logging.ERROR)  # fallbacks are judged below, not logged
     try:
         program = edgeport.export(case.module, _copies(case.inputs), [backend.name], registry=registry_for(backend))
     except edgeport.EdgeportError as exc:
         return outcome(Verdict.DECLINED, f"export refused: {exc}")
     except Exception as exc:
         return outcome(Verdict.CRASH, f"export raised {type(exc).__name__}: {_first_line(exc)}")
+    finally:  # left at ERROR, it hid every later test's edgeport warnings
+        edgeport_log.setLevel(level)
     report = program.report()
     fallbacks = [p["fallback"] for p in report["partitions"] if p.get("fallback")]
     if fallbacks:

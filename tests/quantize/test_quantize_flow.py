@@ -4,6 +4,7 @@ QAT, the CLI, and what reaches a program file."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -496,6 +497,7 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog)
     node(s)" with nothing int4, and explain said nothing about quantization at all."""
     model, x = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)).eval(), torch.randn(2, 8)
     registry = registry_for(CpuBackend())
+    caplog.set_level(logging.WARNING, logger="edgeport.quantize")
     program = edgeport.export(model, (x,), ["cpu"], quantize="int4-weight", registry=registry)
     report = program.manifest.report["forward"]["quantization"]
     assert report["quantizes_nothing"] is True
@@ -525,6 +527,7 @@ def test_a_quantizing_backend_left_no_node_says_so():
 
 
 def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="edgeport.quantize")
     result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "a16w8",
                                       "--calibration", f"{model_file}:batches", "-o", str(tmp_path / "m.edgeport")],
                                 terminal_width=250)
