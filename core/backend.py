@@ -87,12 +87,18 @@ class Artifact:
     `data` is ``bytes`` from `compile`; at `load` it is a read-only ``memoryview`` of
     the memory-mapped program file (no copy). A runtime that takes only ``bytes``
     calls `edgeport.as_bytes` on it: one copy, and the mapped pages are let go.
+
+    `float_nodes` names the nodes the artifact computes in float although quantize and
+    dequantize nodes surround them (an op whose int8 kernel the runtime lacks). The
+    placement report reads what an op computes in off those neighbours, and shows these
+    as float instead; it is not saved.
     """
 
     data: bytes | memoryview
     suffix: str = ".bin"
     metadata: dict[str, Any] = field(default_factory=dict)
     options: Any = None
+    float_nodes: frozenset[str] = frozenset()
 
 
 # Added by a caller to a loaded artifact's metadata, never saved: the artifact's sha256,

@@ -4,7 +4,9 @@ Saved in the program's manifest, so `edgeport explain` needs nothing but the fil
 JSON shape (one per method):
 
     nodes:      [{name, op, backend, partition, reasons: {backend: why not}, source,
-                  quantized: {activations, weights} (a delegated op of a quantized graph)}]
+                  quantized: {activations, weights} (a delegated op of a quantized graph),
+                  float_between_quantized: true (one its backend computes in float although
+                  quantize and dequantize nodes surround it)}]
     partitions: [{id, backend, nodes (count), node_names, inputs, outputs,
                   boundary_bytes, fallback}]
     values:     {name: {dtype, shape, bytes}} for every value crossing a partition boundary
@@ -21,7 +23,7 @@ from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import is_compute
 
 from .manifest import Step
-from .outcomes import Placement
+from .outcomes import Compiled, Placement
 from .quantize.node_dtypes import node_dtypes
 from .tensors import DTYPE_NAMES
 
@@ -67,6 +69,8 @@ def placement_report(placement: Placement, subprograms: Mapping[int, Any], steps
     by_name = {n.name: n for n in nodes}
     ran_on = {s.partition: (s.backend if s.kind == "delegate" else PORTABLE) for s in steps}
     ran_on.update({p.id: PORTABLE for p in plan.partitions if p.id not in ran_on})  # no step: nothing to run
+    float_nodes = {p.id: outcome.artifact.float_nodes for p in plan.partitions
+                   if isinstance(outcome := placement.outcome(p), Compiled)}
     node_rows = []
     for node in nodes:
         if not is_compute(node):
@@ -85,7 +89,9 @@ def placement_report(placement: Placement, subprograms: Mapping[int, Any], steps
             "source": source_of(node),
         })
         quantized = node_dtypes(node) if ran_on[partition.id] != PORTABLE else {}  # portable computes in float
-        if quantized:  # a delegated op between dequantize and quantize nodes: its integer types
+        if quantized and node.name in float_nodes.get(partition.id, ()):
+            node_rows[-1]["float_between_quantized"] = True  # its backend has no quantized form of it
+        elif quantized:  # a delegated op between dequantize and quantize nodes: its integer types
             node_rows[-1]["quantized"] = quantized
     partition_rows = []
     for partition in plan.partitions:

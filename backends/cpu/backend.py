@@ -93,7 +93,7 @@ class CpuBackend(edgeport.Backend):
         }
         if model.int4_weights:
             metadata["int4_weights"] = model.int4_weights
-        return edgeport.Artifact(data=model.data, suffix=".tflite", metadata=metadata)
+        return edgeport.Artifact(data=model.data, suffix=".tflite", metadata=metadata, float_nodes=model.float_ops)
 
     def tolerance(self, options: CpuOptions) -> float:
         # fp16 keeps ~3 decimal digits; errors add up over a partition of tens of ops.

@@ -122,9 +122,10 @@ class MediatekBackend(edgeport.Backend):
                 apu_ops = f"{compiled.ops_on_apu}/{compiled.ops_total}"
                 facts |= {"aot": True, "neuropilot": version, "apu_ops": apu_ops, "apu_partitions": compiled.partitions,
                           "weight_bytes": len(compiled.data)}
-                return edgeport.Artifact(bundle.pack(model.data, compiled.data), ".zip", facts)
+                return edgeport.Artifact(bundle.pack(model.data, compiled.data), ".zip", facts,
+                                         float_nodes=model.float_ops)
         facts |= {"aot": False, "why": why}
-        return edgeport.Artifact(model.data, ".tflite", facts)
+        return edgeport.Artifact(model.data, ".tflite", facts, float_nodes=model.float_ops)
 
     def merge(self, artifacts: Sequence[edgeport.Artifact]) -> edgeport.Artifact | None:
         """One TFLite model with a subgraph per artifact, weights stored once (an LLM's

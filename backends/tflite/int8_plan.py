@@ -47,6 +47,8 @@ from typing import Iterator
 import torch
 from torch.fx import Graph, Node
 
+from edgeport.partitioners.support import is_compute
+
 from . import qdq
 from .emitter import Plan
 from .lowering import Constants, Int8Signature, lookup
@@ -100,6 +102,26 @@ def plan_int8(graph: Graph, live: set[Node], consts: Constants, plan: Plan) -> N
         if node in live and node not in plan.alias and _requantizes_identically(node, consts):
             plan.alias[node] = node.args[0].args[0]
     plan.unwritten.update(_unwritten(graph, live, consts, plan, readers, outputs))
+
+
+def float_ops(graph: Graph, live: set[Node], consts: Constants, plan: Plan) -> frozenset[str]:
+    """The names of the ops written in float. In a quantized graph some sit between
+    quantize and dequantize nodes yet are written in float (an AVERAGE_POOL_2D or a
+    SOFTMAX XNNPACK runs in float only, an op whose parameters do not fit its int8
+    kernel): the placement report must not show them as int8 (`Artifact.float_nodes`).
+    A node aliased to another (a fused activation, a folded batch norm) is written as
+    that one is."""
+    folded_into = {bn: conv for conv, bn in plan.bn_fold.items()}
+
+    def written_in_int8(node: Node) -> bool:
+        node = folded_into.get(node, node)
+        while node in plan.alias:
+            node = plan.alias[node]
+        return node in plan.int8 or node in plan.hybrid
+
+    return frozenset(n.name for n in graph.nodes
+                     if n in live and is_compute(n) and n not in consts and not qdq.is_quantization_op(n)
+                     and not written_in_int8(n))
 
 
 def _requantizes_identically(node: Node, consts: Constants) -> bool:

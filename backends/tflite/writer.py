@@ -45,6 +45,7 @@ class TfliteModel:
     transposed_outputs: list[str]  # outputs transposed back to torch's layout at the end
     ops: dict[str, int] = field(default_factory=dict)  # TFLite operator counts
     int4_weights: int = 0  # blockwise INT4 weight tensors (only XNNPACK runs them)
+    float_ops: frozenset[str] = frozenset()  # nodes written in float (`int8_plan.float_ops`)
 
     @property
     def transposes(self) -> int:
@@ -282,7 +283,8 @@ def _write(program: ExportedProgram, fp16: bool, winograd: bool, xnnpack_only: b
     signature = ([n.name for n, _ in inputs], out_names)
     data = em.builder.finish(input_tensors, outputs, "edgeport TFLite writer", _metadata(fp16), signature)
     int4 = sum(1 for rec in em.builder.tensors if rec.quantization is not None and rec.quantization.blockwise)
-    return TfliteModel(data, [n.name for n, _ in inputs], out_names, *boundary, ops, int4)
+    return TfliteModel(data, [n.name for n, _ in inputs], out_names, *boundary, ops, int4,
+                       int8_plan.float_ops(graph, live, consts, plan))
 
 
 def _node_value(em: Emitter, n: Node, consts: Constants) -> Any:

@@ -76,7 +76,7 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     listed = report["nodes"] if show_all else [n for n in report["nodes"] if not _delegated_plumbing(n)]
     for n in listed:
         why = "; ".join(f"{b}: {r}" for b, r in n["reasons"].items())
-        scheme = (_scheme(n.get("quantized", {})),) if quantized else ()
+        scheme = (_scheme(n),) if quantized else ()
         nodes.add_row(n["name"], n["op"], n["backend"], str(n["partition"]), *scheme, why)
     console.print(nodes)
     if len(listed) < len(report["nodes"]):
@@ -132,8 +132,12 @@ def print_torch_free(portable: list[PortableStep]) -> None:
     console.print(describe_steps(portable), markup=False)
 
 
-def _scheme(dtypes: dict[str, str]) -> str:
-    """"a uint16 / w int8 per channel" for a quantized op; "" for a float one."""
+def _scheme(node: dict[str, Any]) -> str:
+    """"a uint16 / w int8 per channel" for a quantized op; "float" for one its backend
+    computes in float between quantized neighbours; "" for any other."""
+    if node.get("float_between_quantized"):
+        return "float"
+    dtypes = node.get("quantized", {})
     parts = [f"a {dtypes['activations']}"] if "activations" in dtypes else []
     parts += [f"w {dtypes['weights']}"] if "weights" in dtypes else []
     return " / ".join(parts)

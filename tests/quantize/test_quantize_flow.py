@@ -427,6 +427,38 @@ def test_explain_shows_what_each_quantized_op_computes_in(island):
     assert all("quantized" not in n for n in nodes.values() if n["op"].startswith("quantized_decomposed"))
 
 
+class _PoolSoftmax(nn.Module):
+    """Between int8 convs and linears, an average pool and a softmax XNNPACK runs in float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.avg_pool2d(torch.relu(self.conv1(x)), 2)
+        return torch.softmax(self.fc(torch.relu(self.conv2(y)).mean((2, 3))), -1)
+
+
+def test_explain_shows_ops_the_cpu_writes_in_float_between_int8_ones_as_float(tmp_path):
+    """Read off their quantize/dequantize neighbours, the pool and the softmax showed
+    "a int8"; the artifact computes them in float (AVERAGE_POOL_2D, SOFTMAX on float32)."""
+    torch.manual_seed(0)
+    program = edgeport.export(_PoolSoftmax().eval(), (torch.randn(1, 3, 16, 16),), ["cpu"], quantize="int8",
+                              calibration=[(torch.randn(1, 3, 16, 16),) for _ in range(4)],
+                              registry=registry_for(CpuBackend()))
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    for name in ("avg_pool2d", "_softmax"):
+        assert "quantized" not in nodes[name] and nodes[name]["float_between_quantized"] is True
+    for name in ("convolution", "relu", "linear"):
+        assert nodes[name]["quantized"]["activations"] == "int8" and "float_between_quantized" not in nodes[name]
+    path = tmp_path / "q.edgeport"
+    program.save(path)
+    table = CliRunner().invoke(cli, ["explain", str(path)], terminal_width=250)
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if "avg_pool2d" in line)
+    assert "float" in row and "int8" not in row
+
+
 def test_explain_table_leaves_out_delegated_quantize_dequantize_nodes_unless_all(island, tmp_path):
     _, _, program = island
     path = tmp_path / "q.edgeport"
