@@ -15,7 +15,8 @@ from ..api import export as export_program
 from ..api import resolve_backends
 from ..capture import capture
 from ..devtools.check import CheckReport, Divergence, check_program
-from ..devtools.quant_check import DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, QuantizationCheck, check_quantization
+from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, QuantizationCheck,
+                                    check_quantization)
 from ..errors import InputError
 from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from ..program import load
@@ -110,7 +111,13 @@ def _number(value: float, fmt: str) -> str:
     return format(value, fmt) if math.isfinite(value) else str(value)
 
 
+NOTHING_DELEGATED = "nothing to check: no partition is delegated (the whole method runs as portable torch)"
+
+
 def print_check(report: CheckReport) -> None:
+    if not report.partitions:
+        console.print(NOTHING_DELEGATED)
+        return
     table = Table("partition", "backend", "nodes", "max abs", "max rel", "SNR dB", "rtol", "result",
                   title=f"check: {report.method}")
     colors = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
@@ -156,6 +163,9 @@ def print_divergence(partition: int, label: str, d: Divergence) -> None:
 def print_quantization_check(report: QuantizationCheck) -> None:
     """SQNR per partition, and each partition's first op losing more than the threshold,
     to below the floor."""
+    if not report.partitions:
+        console.print("no quantized partition to compare with float: none is delegated")
+        return
     table = Table("partition", "backend", "SQNR vs fake-quant dB", "SQNR vs float dB", "fake-quant vs float dB",
                   title=f"quantization: {report.method}")
     for p in report.partitions:
@@ -168,12 +178,19 @@ def print_quantization_check(report: QuantizationCheck) -> None:
             console.print(f"partition {p.partition}: first op losing more than {report.threshold_db:g} dB, to below "
                           f"{report.floor_db:g} dB: "
                           f"[bold]{d.node}[/bold] ({d.op})" + (f" in module {d.module}" if d.module else "") +
-                          f", {_db(d.input_db)} dB in, {_db(d.output_db)} dB out",
+                          f", {_db_in(d.input_db)} in, {_db(d.output_db)} dB out",
                           highlight=False)
             if d.source:
                 console.print(f"    {d.source}", markup=False)
+            if d.op == INPUT_QUANTIZE:
+                console.print("    the input is quantized to the range calibration measured: calibrate on inputs like "
+                              "these", markup=False)
         if p.why:
             console.print(f"partition {p.partition} ({p.backend}) not run: {p.why}", markup=False)
+
+
+def _db_in(value: float) -> str:
+    return "exact" if value == math.inf else f"{_number(value, '.1f')} dB"
 
 
 def _db(value: float | None) -> str:

@@ -15,7 +15,10 @@ delegated partition:
   reads, after its inputs' dequantize, and of what it hands on, after its output's
   quantize/dequantize. The first op whose SQNR falls by more than `threshold_db` from
   its inputs' to its output's, to below `floor_db`, is named with its source line: the
-  op quantization hurt.
+  op quantization hurt. When no op is, a partition input that loses that much at its
+  own quantize is named (`INPUT_QUANTIZE`): one beyond the range the calibration
+  measured, clipped to it. Ops come first: an input quantized to 29.9 dB read by a
+  linear with an outlier weight that ends at 17 dB named the input, not the linear.
 
 Why a floor: a drop alone also named healthy ops. Under a16w8 a model's inputs measure
 ~90-105 dB (16-bit), so its first 8-bit-weight op always "lost" 40-55 dB (the digits
@@ -33,6 +36,7 @@ SQNR = 10 log10(sum float^2 / sum (value - float)^2), in dB; inf when exact.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
@@ -53,6 +57,7 @@ from .check import _all_values, _finite, _module, _start_values, _tensor, _torch
 
 DEFAULT_THRESHOLD_DB = 10.0
 DEFAULT_FLOOR_DB = 30.0
+INPUT_QUANTIZE = "input, at its quantize"  # `OpDrop.op` when a partition input loses at its own quantize
 
 
 @dataclass(frozen=True)
@@ -198,19 +203,38 @@ class _FloatWalk:
         return value if isinstance(value, torch.Tensor) else None
 
     def first_drop(self, threshold_db: float, floor_db: float) -> OpDrop | None:
-        for node in self.reference.graph.nodes:
-            tagged = FLOAT_NODE in node.meta.get("custom", {})
-            if node.op != "call_function" or is_quantization_node(node) or not tagged:
-                continue
-            output_db = self._sqnr(_handed_on(node), node)
-            read = [self._sqnr(arg, arg) for arg in node.all_input_nodes if self._is_activation(arg)]
-            read = [db for db in read if db is not None]
-            if output_db is None or not read:
-                continue
-            input_db = min(read)
-            if input_db - output_db > threshold_db and output_db < floor_db:
-                return OpDrop(node.name, op_name(node), source_of(node), _module(node), input_db, output_db)
+        """The first op losing more than `threshold_db`, to below `floor_db`; if none,
+        the first input that loses that much at its own quantize."""
+        ops = (self._op_drop(node) for node in self.reference.graph.nodes)
+        inputs = (self._input_drop(node) for node in self.reference.graph.nodes
+                  if node.op == "placeholder" and node.name in self.user_inputs)
+        for drop in itertools.chain(ops, inputs):
+            if drop is not None and drop.drop_db > threshold_db and drop.output_db < floor_db:
+                return drop
         return None
+
+    def _op_drop(self, node: Node) -> OpDrop | None:
+        """What `node` loses between what it reads and what it hands on."""
+        tagged = FLOAT_NODE in node.meta.get("custom", {})
+        if node.op != "call_function" or is_quantization_node(node) or not tagged:
+            return None
+        output_db = self._sqnr(_handed_on(node), node)
+        read = [self._sqnr(arg, arg) for arg in node.all_input_nodes if self._is_activation(arg)]
+        read = [db for db in read if db is not None]
+        if output_db is None or not read:
+            return None
+        return OpDrop(node.name, op_name(node), source_of(node), _module(node), min(read), output_db)
+
+    def _input_drop(self, node: Node) -> OpDrop | None:
+        """What a partition input loses at its own quantize (inputs beyond the range the
+        calibration measured are clipped to it), as an `OpDrop` of the input."""
+        handed_on = _handed_on(node)
+        if handed_on is node:
+            return None
+        raw, quantized = self._sqnr(node, node), self._sqnr(handed_on, node)
+        if raw is None or quantized is None:
+            return None
+        return OpDrop(self.placeholder_value.get(node.name, node.name), INPUT_QUANTIZE, "", "", raw, quantized)
 
     def _is_activation(self, arg: Node) -> bool:
         """A value computed at run time, not a weight (a dequantize of a constant)."""

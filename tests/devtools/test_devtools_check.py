@@ -114,6 +114,15 @@ def test_cli_check_of_a_program_nothing_here_can_run_says_so_and_fails(model_fil
     assert (data["checked"], data["passed"]) == (0, False)
 
 
+def test_cli_check_of_a_method_nothing_is_delegated_in_says_there_is_nothing_to_check(model_file):
+    """It printed an empty table and "0/0 checked partitions pass"."""
+    registry = registry_with(TorchOpsBackend(ops=("sort",)))
+    result = invoke("check", "model.py:factory", "--backend", "torchops", registry=registry)
+    assert result.exit_code == 0  # nothing delegated: every op runs as torch itself
+    assert "nothing to check: no partition is delegated (the whole method runs as portable torch)" in result.output
+    assert "0/0" not in result.output and "partition" in result.output
+
+
 def test_a_program_saved_without_references_says_to_re_export(model_file):
     model, inputs = model_file
     registry = registry_with(TorchOpsBackend())

@@ -153,3 +153,60 @@ def test_the_op_named_in_a_sequential_says_which_module(tmp_path):
     assert result.exit_code == 0, result.output  # the backend computes the reference exactly, bias included
     drop = json.loads(result.output)["quantization"]["partitions"][0]["first_drop"]
     assert (drop["node"], drop["module"]) == ("linear", "0 (Linear)") and drop["output_db"] < 30
+
+
+SORTED = '''
+import torch
+
+
+class Sorted(torch.nn.Module):
+    def forward(self, x):
+        return torch.sort(x).values  # no backend here takes a sort
+
+
+def model():
+    return Sorted().eval(), (torch.randn(2, 8),)
+
+
+def batches():
+    return [(torch.randn(2, 8),) for _ in range(2)]
+'''
+
+
+def test_a_method_nothing_is_delegated_in_says_so_instead_of_empty_tables(tmp_path):
+    (tmp_path / "sorted.py").write_text(SORTED)
+    spec = str(tmp_path / "sorted.py")
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--backend", "cpu", "--quantize", "int8",
+                                      "--calibration", f"{spec}:batches"])
+    assert result.exit_code == 0, result.output
+    assert "no quantized partition to compare with float: none is delegated" in result.output
+    assert "nothing to check: no partition is delegated" in result.output and "SQNR" not in result.output
+
+
+NARROW_CALIBRATION = '''
+import torch
+from torch import nn
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), (torch.randn(1, 3, 8, 8) * 4,)
+
+
+def batches():  # 80 times narrower than the inputs checked
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(1, 3, 8, 8, generator=generator) * 0.05,) for _ in range(4)]
+'''
+
+
+def test_an_input_beyond_the_calibrated_range_is_named_at_its_quantize(tmp_path):
+    """Its loss happens before any op: nothing was named (every op kept its input's SQNR)."""
+    (tmp_path / "narrow.py").write_text(NARROW_CALIBRATION)
+    spec = str(tmp_path / "narrow.py")
+    args = ["check", f"{spec}:model", "--backend", "cpu", "--quantize", "int8", "--calibration", f"{spec}:batches"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "input (input, at its quantize), exact in," in result.output and "calibrate on inputs like" in result.output
+    drop = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)["quantization"]["partitions"][0]["first_drop"]
+    assert (drop["node"], drop["op"], drop["input_db"]) == ("input", "input, at its quantize", "inf")
+    assert drop["output_db"] < 10
