@@ -16,6 +16,13 @@ def is_annotated(node: Node) -> bool:
     return annotation is not None and annotation._annotated
 
 
+def quantizes(node: Node) -> bool:
+    """Whether `node`'s annotation quantizes an input or its output (a quantizer may
+    annotate a node with neither, to keep it float and claim it)."""
+    annotation = node.meta.get(ANNOTATION)
+    return annotation is not None and bool(annotation.input_qspec_map or annotation.output_qspec is not None)
+
+
 def float_output(node: Node) -> torch.Tensor | None:
     """`node`'s (first) output value if it is a float32 tensor, else None."""
     val = node.meta.get("val")

@@ -165,7 +165,10 @@ def quantize_method(
         if scheme.needs_calibration:
             check_batches_given(calibration)
         placement, prepared = _prepare(model, inputs, dynamic_shapes, backends, options, scheme, progress)
-        if scheme.needs_calibration:
+        if placement.quantizes_nothing:  # no observer to feed: a float program, at once
+            if calibration is not None:
+                report["calibration"] = "not run: nothing is quantized"
+        elif scheme.needs_calibration:
             report["calibration"] = calibrate(prepared, calibration, progress).as_dict()
         else:  # weights are observed on one forward; activations are quantized at run time
             calibrate(prepared, [inputs])

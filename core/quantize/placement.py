@@ -23,11 +23,11 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
 from edgeport.partitioners.partition import partition_graph
-from edgeport.partitioners.support import ask_support
+from edgeport.partitioners.support import ask_support, is_compute
 
 from ..backend import Backend, Support, support_question
 from ..errors import BackendError
-from .annotations import ANNOTATION, is_annotated
+from .annotations import ANNOTATION, quantizes
 from .scheme import SCHEMES, Scheme, backend_scheme
 
 QUANTIZES = "quantizes"
@@ -63,8 +63,11 @@ class Placement:
     # backend -> {node: why} for the nodes of its own its quantizer left float
     # (`kept_float`), once it has annotated
     kept_float: dict[str, dict[str, str]] = field(default_factory=dict)
-    # backend -> how many of its nodes its quantizer annotated, once it has annotated
+    # backend -> how many of its ops its quantizer quantized, once it has annotated
     quantized: dict[str, int] = field(default_factory=dict)
+    # backend -> how many ops it owns in the annotated graph (a batch norm folded into its
+    # conv is gone), once annotated
+    ops: dict[str, int] = field(default_factory=dict)
 
     @property
     def declined(self) -> dict[str, str]:
@@ -82,7 +85,7 @@ class Placement:
     def summary(self) -> dict[str, str]:
         out = {}
         for name, q in self.backends.items():
-            taken = sum(1 for owner in self.owner.values() if owner == name)
+            taken = self.ops.get(name, sum(1 for owner in self.owner.values() if owner == name))
             if q.status == QUANTIZES:
                 out[name] = _quantizes(q.scheme, taken, self.quantized.get(name), self.kept_float.get(name) or {})
             elif q.status == FLOAT:
@@ -93,14 +96,17 @@ class Placement:
 
 
 def _quantizes(scheme: Scheme, taken: int, quantized: int | None, kept_float: dict[str, str]) -> str:
-    """E.g. "quantizes its 5 node(s) with int8-dynamic, but 2 stay float: fc2 (why), head
-    (why)", or "quantizes none of its 5 node(s) ..." when its quantizer annotated none.
-    `quantized`: how many it annotated (None: not yet). Only none is told apart: a
-    node's annotation does not map one to one to what runs quantized (a folded batch
-    norm is gone, a fused activation is quantized with its op)."""
+    """E.g. "quantizes 3 of its 8 op(s) with int8-dynamic, but 2 stay float: fc2 (why),
+    head (why)" (the 2: ops the scheme is for, its linears here, that could not take it),
+    or "quantizes none of its 8 op(s) ...". `quantized`: how many its quantizer
+    quantized (None: not yet, or its toolchain quantizes at compile time)."""
     if taken == 0:
         return f"offers {scheme.name}, and runs no node of this method"
-    line = f"quantizes {'none of its' if quantized == 0 else 'its'} {taken} node(s) with {scheme.name}"
+    if quantized is None or quantized == taken:
+        count = f"its {taken}"
+    else:
+        count = f"{'none' if quantized == 0 else quantized} of its {taken}"
+    line = f"quantizes {count} op(s) with {scheme.name}"
     if not kept_float:
         return line
     shown = ", ".join(f"{node} ({why})" for node, why in list(kept_float.items())[:3])
@@ -201,9 +207,10 @@ def annotate_placed(model: GraphModule, placement: Placement) -> None:
                 node.meta.pop(ANNOTATION, None)
             else:
                 node.meta[ANNOTATION] = before[node]
+        own = [node for node in model.graph.nodes if placement.owner.get(node.name) == name and is_compute(node)]
+        placement.ops[name] = len(own)
         if not answer.at_compile:
-            placement.quantized[name] = sum(1 for node in model.graph.nodes
-                                            if placement.owner.get(node.name) == name and is_annotated(node))
+            placement.quantized[name] = sum(1 for node in own if quantizes(node))
 
 
 def placed_quantizer(placement: Placement) -> Any:

@@ -510,18 +510,29 @@ class _Widths(nn.Module):
 
 
 @pytest.mark.parametrize(("scheme", "kept"), [
-    ("int4-weight", "but 3 stay float: linear_1 (100 inputs, not a multiple of the group size 32), "
+    ("int4-weight", "1 of its 4 op(s) with int4-weight, but 3 stay float: linear_1 (100 inputs, not a multiple of the group size 32), "
                     "linear_2 (32 inputs, one group of 32), linear_3 (7 inputs, an odd number)"),
-    ("int8-dynamic", "but 1 stay float: linear_3 (7 inputs, an odd number)"),
+    ("int8-dynamic", "3 of its 4 op(s) with int8-dynamic, but 1 stay float: linear_3 (7 inputs, an odd number)"),
 ])
 def test_the_summary_names_each_linear_the_scheme_leaves_float(scheme, kept):
     """It said "cpu: quantizes its 4 node(s)" and left some of them float."""
     program = edgeport.export(_Widths().eval(), (torch.randn(2, 64),), ["cpu"], quantize=scheme,
                               registry=registry_for(CpuBackend()))
     summary = program.manifest.report[program.default_method]["quantization"]["backends"]["cpu"]
-    assert summary == f"quantizes its 4 node(s) with {scheme}, {kept}"
+    assert summary == f"quantizes {kept}"
     floats = [n["name"] for n in program.report()["nodes"] if n["op"] == "aten.linear.default" and not n.get("quantized")]
     assert sorted(floats) == sorted(name for name in ("linear_1", "linear_2", "linear_3") if name in kept)
+
+
+def test_the_summary_counts_only_the_ops_a_run_time_scheme_quantizes():
+    """int8-dynamic quantizes linears only: it said "quantizes its 4 node(s)" of a conv,
+    a flatten, a linear and a softmax."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 8), nn.Softmax(-1)).eval()
+    program = edgeport.export(model, (torch.randn(1, 3, 4, 4),), ["cpu"], quantize="int8-dynamic",
+                              registry=registry_for(CpuBackend()))
+    summary = program.manifest.report["forward"]["quantization"]["backends"]["cpu"]
+    assert summary == "quantizes 1 of its 4 op(s) with int8-dynamic"
+    assert [n["name"] for n in program.report()["nodes"] if "quantized" in n] == ["linear"]
 
 
 def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog):
@@ -534,7 +545,7 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog)
     report = program.manifest.report["forward"]["quantization"]
     assert report["quantizes_nothing"] is True
     assert "quantize=int4-weight: nothing is quantized, the program runs in float (cpu: quantizes none" in caplog.text
-    assert report["backends"]["cpu"].startswith("quantizes none of its 3 node(s) with int4-weight; 2 stay float: "
+    assert report["backends"]["cpu"].startswith("quantizes none of its 3 op(s) with int4-weight; 2 stay float: "
                                                 "linear (8 inputs, not a multiple of the group size 32)")
     program.save(tmp_path / "q.edgeport")
     result = CliRunner().invoke(cli, ["explain", str(tmp_path / "q.edgeport")], terminal_width=250)
@@ -545,6 +556,23 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog)
         .manifest.report["forward"]["quantization"]["quantizes_nothing"] is False
 
 
+def test_a_scheme_no_backend_quantizes_with_runs_no_calibration():
+    """cpu declines a16w8: the float program it exports used to run every batch first."""
+    read = []
+
+    def batches():
+        for i in range(3):
+            read.append(i)
+            yield (torch.randn(2, 8),)
+
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval()
+    program = edgeport.export(model, (torch.randn(2, 8),), ["cpu"], quantize="a16w8", calibration=batches(),
+                              registry=registry_for(CpuBackend()))
+    report = program.manifest.report["forward"]["quantization"]
+    assert report["quantizes_nothing"] is True and report["calibration"] == "not run: nothing is quantized"
+    assert read == []
+
+
 def test_a_quantizing_backend_left_no_node_says_so():
     """It said "quantizes none of its 0 node(s)" (before that, "quantizes its 0")."""
     from edgeport.quantize.placement import QUANTIZES, BackendQuantization, Placement
@@ -553,7 +581,7 @@ def test_a_quantizing_backend_left_no_node_says_so():
                           {"mediatek": BackendQuantization(QUANTIZES, scheme=SCHEMES["int8"]),
                            "cpu": BackendQuantization(QUANTIZES, scheme=SCHEMES["int8"])})
     placement.quantized.update(mediatek=1, cpu=0)
-    assert placement.summary() == {"mediatek": "quantizes its 1 node(s) with int8",
+    assert placement.summary() == {"mediatek": "quantizes its 1 op(s) with int8",
                                    "cpu": "offers int8, and runs no node of this method"}
     assert not placement.quantizes_nothing
 
