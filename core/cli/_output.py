@@ -44,6 +44,8 @@ def _finite(value: Any) -> Any:
 class FiniteRange(click.FloatRange):
     """click's FloatRange, which lets nan through (every comparison with it is false)."""
 
+    name = "number"  # click's "float range" read "'abc' is not a valid float range."
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):

@@ -27,6 +27,11 @@ from .run import method_plan, random_inputs, read_inputs
 from .spec import load_factory
 
 
+# (parameter, flag) of the options only a SPEC takes: what the check exports it with
+SPEC_ONLY = (("backend_list", "--backend"), ("option_items", "--option"), ("scheme", "--quantize"),
+             ("calibration", "--calibration"), ("threshold_db", "--threshold-db"), ("floor_db", "--floor-db"))
+
+
 @cli.command()
 @click.argument("target", metavar="SPEC|PROGRAM")
 @click.option("--inputs", "inputs_path", type=click.Path(exists=True, dir_okay=False),
@@ -59,11 +64,12 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
     if not is_program and target.endswith(".edgeport"):
         raise InputError(f"no such program: {target}", hint="give a .edgeport file, or a SPEC path/to/model.py:factory")
     if is_program:
-        for option in ("backend_list", "option_items", "scheme", "calibration"):
-            if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
-                raise InputError("--backend and --option apply to a SPEC (so do --quantize and --calibration); a "
-                                 "PROGRAM keeps what it was exported with",
-                                 hint="re-export it with edgeport export, or check the SPEC")
+        given = [flag for option, flag in SPEC_ONLY if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise InputError(f"{', '.join(given)} {verb} to a SPEC, which is exported here; a saved PROGRAM keeps the "
+                             "backends, options and quantization it was exported with",
+                             hint="check the SPEC with them, or re-export the program with edgeport export")
     if scheme is None:
         for option, flag in (("calibration", "--calibration"), ("threshold_db", "--threshold-db"),
                              ("floor_db", "--floor-db")):

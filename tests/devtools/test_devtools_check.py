@@ -246,8 +246,11 @@ def test_cli_check_errors(planted):
     result = CliRunner().invoke(cli, ["check", "plain.edgeport"], obj=planted)
     assert result.exit_code == 1 and "re-export with --keep-reference" in result.output
     result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--backend", "cpu"], obj=planted)
-    assert result.exit_code == 1 and "--backend and --option apply to a SPEC" in result.output
+    assert result.exit_code == 1 and "--backend applies to a SPEC, which is exported here" in result.output
     assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["check", "plain.edgeport", "--floor-db", "20"], obj=planted)
+    assert result.exit_code == 1 and "--floor-db applies to a SPEC" in result.output  # it said to add --quantize
+    assert "--quantize int8" not in result.output
 
 
 def test_cli_check_refuses_quantization_flags_without_quantize(planted):

@@ -99,6 +99,11 @@ def test_quantize_applies_to_a_spec_not_a_saved_program(tmp_path):
     assert result.exit_code != 0 and "--quantize" in result.output and "Traceback" not in result.output
 
 
+def test_a_threshold_that_is_no_number_says_number():
+    result = CliRunner().invoke(cli, ["check", "m.py:model", "--quantize", "int8", "--floor-db", "abc"])
+    assert result.exit_code == 2 and "'abc' is not a valid number" in result.output  # was "float range"
+
+
 @pytest.mark.parametrize("threshold", ["-5", "0"])
 def test_a_threshold_that_is_no_drop_is_refused(spec, threshold):
     """-5 was taken, and named an op 'losing more than -5 dB' that had gained 0.4 dB."""
