@@ -123,7 +123,7 @@ def export(
         decoder.mask_value = MASK
     elif scheme is not None and not by_backend:
         if progress:
-            progress(f"quantizing the weights: {scheme.describe()}")
+            progress(f"quantizing the weights: {scheme.describe(backends)}")
         calibration = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT) if float_outliers else None
         quantize_decoder(decoder, scheme, calibration=calibration, rotate=rotate)
         quantize_decoder(proto, scheme, calibration=calibration, traced_only=True, rotate=rotate)
@@ -137,7 +137,7 @@ def export(
         methods = one_graph.one_graph_methods(proto, T)
     if calibrated:
         if progress:
-            progress(f"quantizing {scheme.describe()}: every layer captured, calibrated on the built-in text")
+            progress(f"quantizing {scheme.describe(backends)}: every layer captured, calibrated on the built-in text")
         tokens = TextCodec(loaded.tokenizer_json, None, None).encode(CALIBRATION_TEXT)
         program = export_methods(methods, backends, options=options, registry=registry, progress=progress,
                                  quantize=scheme, calibration=calibration_batches(tokens, max_seq_len, T),

@@ -180,7 +180,7 @@ def quantize_method(
     start = time.perf_counter()
     program = recapture(converted, inputs, dynamic_shapes, backends)
     report["capture_seconds"] = round(time.perf_counter() - start, 3)
-    report = {"scheme": scheme.name, "description": scheme.describe(), "backends": placement.summary(),
+    report = {"scheme": scheme.name, "description": scheme.describe(placement.quantizing), "backends": placement.summary(),
               "quantizes_nothing": placement.quantizes_nothing, **report}
     if placement.quantizes_nothing:  # an export that succeeds: said where Python callers see it too
         log.warning("quantize=%s: nothing is quantized, the program runs in float (%s)", scheme.name,

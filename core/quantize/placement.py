@@ -75,6 +75,11 @@ class Placement:
         return {b: q.reason for b, q in self.backends.items() if q.status == DECLINES}
 
     @property
+    def quantizing(self) -> list[str]:
+        """The backends that quantize with the scheme (or, for `auto`, their own)."""
+        return [name for name, q in self.backends.items() if q.status == QUANTIZES]
+
+    @property
     def quantizes_nothing(self) -> bool:
         """No backend quantizes any node: the program runs in float. (A backend whose
         toolchain quantizes at compile time counts as quantizing its nodes.)"""

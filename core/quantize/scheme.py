@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Collection
 
 from ..errors import EdgeportError
 
@@ -29,7 +30,8 @@ class Scheme:
     """One quantization scheme.
 
     `activations`: STATIC (needs calibration data), DYNAMIC or FLOAT (weights only);
-    `activations_where` names the backends whose kernels quantize them when not all do.
+    `activations_where` says, per backend, what its kernels do with them when not all
+    do the same: (backend, what), described only for the backends quantizing.
     `activation_bits` and `weight_bits` are the widths; LINEAR weights are integers
     times a scale, per output channel, or per group of `group_size` inputs when
     `group_size` is set (cpu and coreml give 4-bit groups an offset too); PALETTE weights are `weight_bits`-bit indices into a lookup table (Core ML's
@@ -45,14 +47,15 @@ class Scheme:
     qat: bool = False
     weights: str = LINEAR
     per_backend: bool = False  # `auto`: each backend picks its default (see `backend_scheme`)
-    activations_where: str = ""  # which backends' kernels quantize the activations, where not all do
+    activations_where: tuple[tuple[str, str], ...] = ()  # (backend, what its kernels do with the activations)
 
     @property
     def needs_calibration(self) -> bool:
         return self.activations == STATIC
 
-    def describe(self) -> str:
-        """One line for reports, e.g. "int4-weight: 4-bit weights in groups of 32, ..."."""
+    def describe(self, backends: Collection[str] | None = None) -> str:
+        """One line for reports, e.g. "int4-weight: 4-bit weights in groups of 32, ...";
+        `backends`: those quantizing with it, to say what their kernels do (None: all)."""
         if self.per_backend:
             return f"{self.name}: each backend's default static scheme"
         if self.weights == PALETTE:
@@ -68,7 +71,8 @@ class Scheme:
             acts = "float activations"
         else:
             acts = f"{self.activation_bits}-bit activations quantized per token at run time"
-            acts += f" ({self.activations_where})" if self.activations_where else ""
+            where = [what for backend, what in self.activations_where if backends is None or backend in backends]
+            acts += f" ({'; '.join(where)})" if where else ""
         return f"{self.name}: {weights}, {acts}"
 
 
@@ -81,7 +85,7 @@ SCHEMES: dict[str, Scheme] = {
     # time; the scheme says so rather than pretend the activations stay float. Core ML
     # expands the 4-bit weights and computes in fp16 (backends/coreml/int4_blocks.py).
     "int4-weight": Scheme("int4-weight", DYNAMIC, 8, 4, group_size=DEFAULT_GROUP_SIZE,
-                          activations_where="by cpu's XNNPACK kernels; coreml keeps them fp16"),
+                          activations_where=(("cpu", "by cpu's XNNPACK kernels"), ("coreml", "coreml keeps them fp16"))),
     # 16-bit activations, 8-bit weights: offered by backends whose NPU runs it (Qualcomm HTP).
     "a16w8": Scheme("a16w8", STATIC, 16, 8),
     # Weight palettization (Core ML's palettize_weights): k-means tables of 16 or 64

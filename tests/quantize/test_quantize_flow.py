@@ -81,6 +81,14 @@ def test_schemes_are_data_and_group_size_applies_to_int4_only():
         resolve_scheme("int8", group_size=32)
 
 
+def test_the_int4_description_names_only_the_backends_quantizing_with_it():
+    """On --backend qualcomm (which declines int4) it said what cpu's and coreml's kernels do."""
+    int4 = SCHEMES["int4-weight"]
+    assert int4.describe(["cpu"]).endswith("quantized per token at run time (by cpu's XNNPACK kernels)")
+    assert int4.describe([]).endswith("quantized per token at run time")
+    assert "cpu's XNNPACK kernels; coreml keeps them fp16" in int4.describe()
+
+
 def test_static_int8_without_calibration_data_refuses_and_says_why():
     model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
     with pytest.raises(edgeport.CalibrationError, match="int8 needs calibration data") as info:
