@@ -175,7 +175,7 @@ def print_quantization_check(report: QuantizationCheck) -> None:
     table = Table("partition", "backend", "SQNR vs fake-quant dB", "SQNR vs float dB", "fake-quant vs float dB",
                   title=f"quantization: {report.method}")
     for p in report.partitions:
-        table.add_row(str(p.partition), p.backend, *(_db(v) for v in (p.vs_reference_db, p.vs_float_db,
+        table.add_row(str(p.partition), p.label or p.backend, *(_db(v) for v in (p.vs_reference_db, p.vs_float_db,
                                                                        p.reference_vs_float_db)))
     console.print(table)
     for p in report.partitions:
@@ -192,7 +192,7 @@ def print_quantization_check(report: QuantizationCheck) -> None:
                 console.print("    the input is quantized to the range calibration measured: calibrate on inputs like "
                               "these", markup=False)
         if p.why:
-            console.print(f"partition {p.partition} ({p.backend}) not run: {p.why}", markup=False)
+            console.print(f"partition {p.partition} ({p.label or p.backend}) not run: {p.why}", markup=False)
 
 
 def _db_in(value: float) -> str:

@@ -46,7 +46,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import Node
 
-from ..delegates import executable_of, load_step
+from ..delegates import executable_of, load_step, run_label
 from ..errors import InputError
 from ..plugins import Registry, registry_or_default
 from ..program import Program
@@ -86,6 +86,7 @@ class QuantizedPartition:
     reference_vs_float_db: float  # the scheme's own error: fake-quantized reference against float
     first_drop: OpDrop | None = None
     why: str = ""
+    label: str = ""  # how it ran here, as `check` labels it: "cpu", "qualcomm: simulator"
 
 
 @dataclass
@@ -169,6 +170,7 @@ def _check_partition(program: Program, step: Any, walk: "_FloatWalk", args: list
     result.first_drop = walk.first_drop(check.threshold_db, check.floor_db)
     try:
         entry = registry.entry(step.backend)
+        result.label = run_label(step.backend, entry.availability())
         if not entry.availability().can_run:
             result.why = entry.availability().why or f"{step.backend} cannot run here"
             return result

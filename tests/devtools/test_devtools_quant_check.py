@@ -215,3 +215,12 @@ def test_an_input_beyond_the_calibrated_range_is_named_at_its_quantize(tmp_path)
     drop = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)["quantization"]["partitions"][0]["first_drop"]
     assert (drop["node"], drop["op"], drop["input_db"]) == ("input", "input, at its quantize", "inf")
     assert drop["output_db"] < 10
+
+
+def test_the_quantization_table_labels_a_simulated_backend_as_the_check_table_does(spec):
+    """It said "qualcomm" where the check table above it said "qualcomm: simulator"."""
+    result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--backend", "qualcomm", "--quantize", "a16w8",
+                                      "--calibration", f"{spec}:batches", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["partitions"][0]["label"] == data["quantization"]["partitions"][0]["label"] == "qualcomm: simulator"
