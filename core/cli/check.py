@@ -15,7 +15,7 @@ from ..api import export as export_program
 from ..api import resolve_backends
 from ..capture import capture
 from ..devtools.check import CheckReport, Divergence, check_program
-from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, QuantizationCheck,
+from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, OpDrop, QuantizationCheck,
                                     check_quantization)
 from ..errors import InputError
 from ..quantize import REQUESTS, load_calibration, resolve_scheme
@@ -175,24 +175,34 @@ def print_quantization_check(report: QuantizationCheck) -> None:
     table = Table("partition", "backend", "SQNR vs fake-quant dB", "SQNR vs float dB", "fake-quant vs float dB",
                   title=f"quantization: {report.method}")
     for p in report.partitions:
-        table.add_row(str(p.partition), p.label or p.backend, *(_db(v) for v in (p.vs_reference_db, p.vs_float_db,
-                                                                       p.reference_vs_float_db)))
+        sqnrs = (p.vs_reference_db, p.vs_float_db, p.reference_vs_float_db)
+        table.add_row(str(p.partition), p.label or p.backend, *(_db(v) for v in sqnrs))
     console.print(table)
     for p in report.partitions:
-        d = p.first_drop
-        if d:
-            console.print(f"partition {p.partition}: first op losing more than {report.threshold_db:g} dB, to below "
-                          f"{report.floor_db:g} dB: "
-                          f"[bold]{d.node}[/bold] ({d.op})" + (f" in module {d.module}" if d.module else "") +
-                          f", {_db_in(d.input_db)} in, {_db(d.output_db)} dB out",
-                          highlight=False)
-            if d.source:
-                console.print(f"    {d.source}", markup=False)
-            if d.op == INPUT_QUANTIZE:
-                console.print("    the input is quantized to the range calibration measured: calibrate on inputs like "
-                              "these", markup=False)
+        if p.first_drop:
+            print_op_drop(p.partition, p.first_drop, report)
         if p.why:
             console.print(f"partition {p.partition} ({p.label or p.backend}) not run: {p.why}", markup=False)
+
+
+def print_op_drop(partition: int, d: OpDrop, report: QuantizationCheck) -> None:
+    """The op (or input) a partition's quantization hurt first, and where the loss shows."""
+    named = f"[bold]{d.node}[/bold] ({d.op})" + (f" in module {d.module}" if d.module else "")
+    if d.reader:
+        where = "" if d.op == INPUT_QUANTIZE else ", at its output's quantize"
+        loss = (f"{where}: {d.reader}, which reads it, ends at {_db(d.output_db)} dB ({_db_in(d.input_db)} reading "
+                "it exact)")
+    else:
+        loss = f", {_db_in(d.input_db)} in, {_db(d.output_db)} dB out"
+    console.print(f"partition {partition}: first op losing more than {report.threshold_db:g} dB, to below "
+                  f"{report.floor_db:g} dB: {named}{loss}", highlight=False)
+    if d.source:
+        console.print(f"    {d.source}", markup=False)
+    if d.op == INPUT_QUANTIZE:
+        console.print("    the input is quantized to the range calibration measured: calibrate on inputs like these",
+                      markup=False)
+    elif d.reader:
+        console.print("    quantized per tensor, its largest channels set the range the others round to", markup=False)
 
 
 def _db_in(value: float) -> str:

@@ -19,6 +19,8 @@ delegated partition:
   own quantize is named (`INPUT_QUANTIZE`): one beyond the range the calibration
   measured, clipped to it. Ops come first: an input quantized to 29.9 dB read by a
   linear with an outlier weight that ends at 17 dB named the input, not the linear.
+  An op that would have stayed above the floor reading one of its inputs exact hands
+  the blame to that input's producer (`_blame_what_it_reads`).
 
 Why a floor: a drop alone also named healthy ops. Under a16w8 a model's inputs measure
 ~90-105 dB (16-bit), so its first 8-bit-weight op always "lost" 40-55 dB (the digits
@@ -45,6 +47,7 @@ from typing import Any, Sequence
 import torch
 from torch.export import ExportedProgram
 from torch.fx import Node
+from torch.fx.node import map_arg
 
 from ..delegates import executable_of, load_step, run_label
 from ..errors import InputError
@@ -63,7 +66,11 @@ INPUT_QUANTIZE = "input, at its quantize"  # `OpDrop.op` when a partition input 
 @dataclass(frozen=True)
 class OpDrop:
     """An op whose output's SQNR against float is `drop_db` below its inputs', at
-    `output_db` below the floor."""
+    `output_db` below the floor.
+
+    With `reader`, the loss shows in that op, which reads this one's quantized output:
+    `output_db` is the reader's SQNR as it ran, `input_db` what it would have been
+    reading this value exact (the whole-tensor SQNR of the value itself hid the loss)."""
 
     node: str
     op: str
@@ -71,6 +78,7 @@ class OpDrop:
     module: str  # the innermost module that made it, as `Divergence.module`
     input_db: float
     output_db: float
+    reader: str = ""
 
     @property
     def drop_db(self) -> float:
@@ -212,8 +220,58 @@ class _FloatWalk:
                   if node.op == "placeholder" and node.name in self.user_inputs)
         for drop in itertools.chain(ops, inputs):
             if drop is not None and drop.drop_db > threshold_db and drop.output_db < floor_db:
-                return drop
+                return drop if drop.op == INPUT_QUANTIZE else self._blame_what_it_reads(drop, floor_db)
         return None
+
+    def _blame_what_it_reads(self, drop: OpDrop, floor_db: float) -> OpDrop:
+        """The op whose quantized output `drop`'s op reads, when reading that value exact
+        would have kept it above the floor; else `drop` itself.
+
+        The SQNR of a whole tensor can hide the loss: a value quantized per tensor
+        where one channel is far larger than the others keeps a high SQNR while the
+        small channels round to a few steps. The op reading those channels lost, and
+        was named (Linear -> ReLU with one channel 3000x -> Linear that reads the
+        others: the second linear, 28.8 dB in, 3.3 dB out)."""
+        node = self._node(drop.node)
+        best: tuple[float, Node] | None = None
+        for arg in node.all_input_nodes:
+            if not (self._is_activation(arg) and is_quantization_node(arg)):
+                continue
+            exact = self.float_of(arg)
+            db = self._sqnr_of(self._rerun(node, arg, exact), node) if exact is not None else None
+            if db is not None and db >= floor_db and (best is None or db > best[0]):
+                best = (db, arg)
+        if best is None:
+            return drop
+        db, arg = best
+        producer = _producer(arg)
+        if producer.op == "placeholder":
+            name = self.placeholder_value.get(producer.name, producer.name)
+            return OpDrop(name, INPUT_QUANTIZE, "", "", db, drop.output_db, reader=node.name)
+        return OpDrop(producer.name, op_name(producer), source_of(producer), _module(producer), db, drop.output_db,
+                      reader=node.name)
+
+    def _node(self, name: str) -> Node:
+        return next(n for n in self.reference.graph.nodes if n.name == name)
+
+    def _rerun(self, node: Node, arg: Node, value: torch.Tensor) -> Any:
+        """`node`'s value, as handed on (through its output's quantize/dequantize), had
+        it read `value` for `arg`."""
+        env = {arg: value}
+        for step in (node, *_quantize_chain(node)):
+            args = map_arg(step.args, lambda n: env.get(n, self.env.get(n.name)))
+            kwargs = map_arg(step.kwargs, lambda n: env.get(n, self.env.get(n.name)))
+            with torch.no_grad():
+                env[step] = step.target(*args, **kwargs)
+        return env[step]
+
+    def _sqnr_of(self, value: Any, float_node: Node) -> float | None:
+        reference = self.float_of(float_node)
+        if not isinstance(value, torch.Tensor) or not isinstance(reference, torch.Tensor):
+            return None
+        if reference.shape != value.shape or not reference.is_floating_point():
+            return None
+        return sqnr_db([value], [reference])
 
     def _op_drop(self, node: Node) -> OpDrop | None:
         """What `node` loses between what it reads and what it hands on."""
@@ -245,21 +303,29 @@ class _FloatWalk:
         return arg.op != "placeholder" or arg.name in self.user_inputs
 
     def _sqnr(self, value_node: Node, float_node: Node) -> float | None:
-        reference, value = self.float_of(float_node), self.env.get(value_node.name)
-        if not isinstance(reference, torch.Tensor) or not isinstance(value, torch.Tensor):
-            return None
-        if reference.shape != value.shape or not reference.is_floating_point():
-            return None
-        return sqnr_db([value], [reference])
+        return self._sqnr_of(self.env.get(value_node.name), float_node)
 
 
-def _handed_on(node: Node) -> Node:
-    """What readers of `node` see: its value after a quantize -> dequantize, if it has one."""
+def _quantize_chain(node: Node) -> tuple[Node, ...]:
+    """The quantize and dequantize readers of `node` see its value through, if any."""
     for user in node.users:
         if is_quantization_node(user) and len(user.users) == 1:
             (dequantize,) = user.users
             if is_quantization_node(dequantize):
-                return dequantize
+                return (user, dequantize)
+    return ()
+
+
+def _handed_on(node: Node) -> Node:
+    """What readers of `node` see: its value after a quantize -> dequantize, if it has one."""
+    chain = _quantize_chain(node)
+    return chain[-1] if chain else node
+
+
+def _producer(node: Node) -> Node:
+    """The op (or input) a dequantized value comes from."""
+    while is_quantization_node(node) and node.args and isinstance(node.args[0], Node):
+        node = node.args[0]
     return node
 
 

@@ -224,3 +224,40 @@ def test_the_quantization_table_labels_a_simulated_backend_as_the_check_table_do
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["partitions"][0]["label"] == data["quantization"]["partitions"][0]["label"] == "qualcomm: simulator"
+
+
+ONE_HUGE_CHANNEL = '''
+import torch
+from torch import nn
+
+
+def model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8)).eval()
+    with torch.no_grad():
+        m[0].weight[0] *= 3000.0  # one channel sets the per-tensor range of the relu's output
+        m[0].bias[0] = 50.0
+        m[2].weight[:, 0] = 0.0  # the next linear reads only the others, rounded to a few steps
+    return m, (_batch(0),)
+
+
+def batches():
+    return [(_batch(i),) for i in range(1, 9)]
+
+
+def _batch(seed):
+    return torch.randn(32, 16, generator=torch.Generator().manual_seed(seed))
+'''
+
+
+def test_the_op_whose_quantized_output_hurts_its_reader_is_named_not_the_reader(tmp_path):
+    """The relu's whole-tensor SQNR stays at 28.8 dB (its huge channel dominates it): the
+    second linear, which reads the crushed channels, was named (28.8 dB in, 3.3 out)."""
+    (tmp_path / "huge.py").write_text(ONE_HUGE_CHANNEL)
+    spec = str(tmp_path / "huge.py")
+    args = ["check", f"{spec}:model", "--backend", "cpu", "--quantize", "int8", "--calibration", f"{spec}:batches"]
+    drop = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)["quantization"]["partitions"][0]["first_drop"]
+    assert (drop["node"], drop["module"], drop["reader"]) == ("relu", "1 (ReLU)", "linear_1")
+    assert drop["output_db"] < 10 and drop["input_db"] > 30  # the reader as run, and reading the relu exact
+    text = CliRunner().invoke(cli, args).output
+    assert "relu (aten.relu.default) in module 1 (ReLU), at its output's quantize: linear_1, which reads it" in text
