@@ -32,6 +32,7 @@ from .plugins import Registry, registry_or_default
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.placement import compile_options
+from .report import quantized_counts
 from .shared_artifacts import share_artifacts
 from .shared_tensors import share_tensors
 from .sized_constants import fold_sized_constants
@@ -156,8 +157,9 @@ def export_methods(
         lowered = lower_method(name, program, selected, lowering_options, settings)
         if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):
             raise not_delegated(portable)
-        if quantized is not None:
-            lowered.report["quantization"] = quantized.report
+        if quantized is not None:  # what each backend quantized, as its artifacts run it
+            ran = quantized_counts(lowered.report)
+            lowered.report["quantization"] = quantized.report | {"backends": quantized.placement.summary(ran)}
         if folding.folded:
             lowered.report["folded"] = folding.folded
         warn_dynamic_declines(name, program, lowered.report, list(selected))

@@ -28,6 +28,23 @@ from .quantize.node_dtypes import node_dtypes
 from .tensors import DTYPE_NAMES
 
 
+QUANTIZATION_OPS = ("quantized_decomposed.", "torchao.")  # op names of quantize/dequantize nodes in a report
+
+
+def quantized_counts(report: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """backend -> (ops it runs, how many of those compute quantized), read off a method's
+    report: what the artifacts run, where a quantizer's annotations say what it meant
+    (the cpu writes in float a relu it annotated that reads a float view). Quantize and
+    dequantize nodes are not ops."""
+    counts: dict[str, tuple[int, int]] = {}
+    for n in report["nodes"]:
+        if n["backend"] == PORTABLE or n["op"].startswith(QUANTIZATION_OPS):
+            continue
+        ops, quantized = counts.get(n["backend"], (0, 0))
+        counts[n["backend"]] = (ops + 1, quantized + ("quantized" in n))
+    return counts
+
+
 def op_name(node: Node) -> str:
     target = node.target
     name = getattr(target, "__name__", None) if not isinstance(target, torch._ops.OpOverload) else None

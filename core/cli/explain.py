@@ -12,6 +12,7 @@ from rich.table import Table
 from ..devtools.html import render_program
 from ..manifest import MethodPlan
 from ..program import Program, read_program_file
+from ..report import QUANTIZATION_OPS
 from ..torch_steps import PortableStep, describe_steps, portable_steps
 from . import cli
 from ._output import check_writable, console, print_json
@@ -100,10 +101,8 @@ def _delegated_plumbing(node: dict[str, Any]) -> bool:
     each quantized op: a quantized MobileNetV2 has 200-250 of them beside its ~100 ops) and
     a backend took it as part of its ops' quantized form. One left to portable, or that
     a backend declined, is worth seeing."""
-    return node["op"].startswith(QDQ_NAMESPACE) and node["backend"] != "portable" and not node["reasons"]
+    return node["op"].startswith(QUANTIZATION_OPS) and node["backend"] != "portable" and not node["reasons"]
 
-
-QDQ_NAMESPACE = "quantized_decomposed."  # PT2E's quantize_per_tensor, dequantize_per_channel, ...
 
 
 def state_writes(plan: MethodPlan) -> dict[str, list[str]]:

@@ -87,12 +87,19 @@ class Placement:
         return not any(q.status == QUANTIZES and (self.quantized.get(name) or q.at_compile and name in owners)
                        for name, q in self.backends.items())
 
-    def summary(self) -> dict[str, str]:
+    def summary(self, ran: Mapping[str, tuple[int, int]] | None = None) -> dict[str, str]:
+        """backend -> one line on what it did with the scheme. `ran`: backend -> (ops it
+        runs, how many quantized) once lowered (`report.quantized_counts`), counted
+        instead of what its quantizer annotated; not for a backend that quantizes at
+        compile time (its graph has no quantize nodes to count)."""
         out = {}
         for name, q in self.backends.items():
             taken = self.ops.get(name, sum(1 for owner in self.owner.values() if owner == name))
+            quantized = self.quantized.get(name)
+            if ran is not None and not q.at_compile:
+                taken, quantized = ran.get(name, (0, 0))
             if q.status == QUANTIZES:
-                out[name] = _quantizes(q.scheme, taken, self.quantized.get(name), self.kept_float.get(name) or {})
+                out[name] = _quantizes(q.scheme, taken, quantized, self.kept_float.get(name) or {})
             elif q.status == FLOAT:
                 out[name] = f"keeps its {taken} node(s) float: {q.reason}"
             else:
