@@ -31,6 +31,7 @@ from .manifest import Manifest
 from .plugins import Registry, registry_or_default
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
+from .quantize.flow import lowered_report
 from .quantize.placement import compile_options
 from .report import quantized_counts
 from .shared_artifacts import share_artifacts
@@ -158,8 +159,7 @@ def export_methods(
         if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):
             raise not_delegated(portable)
         if quantized is not None:  # what each backend quantized, as its artifacts run it
-            ran = quantized_counts(lowered.report)
-            lowered.report["quantization"] = quantized.report | {"backends": quantized.placement.summary(ran)}
+            lowered.report["quantization"] = lowered_report(quantized, quantized_counts(lowered.report))
         if folding.folded:
             lowered.report["folded"] = folding.folded
         warn_dynamic_declines(name, program, lowered.report, list(selected))

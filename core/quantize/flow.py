@@ -165,7 +165,7 @@ def quantize_method(
         if scheme.needs_calibration:
             check_batches_given(calibration)
         placement, prepared = _prepare(model, inputs, dynamic_shapes, backends, options, scheme, progress)
-        if placement.quantizes_nothing:  # no observer to feed: a float program, at once
+        if placement.quantizes_nothing():  # no observer to feed: a float program, at once
             if calibration is not None:
                 report["calibration"] = "not run: nothing is quantized"
         elif scheme.needs_calibration:
@@ -180,12 +180,23 @@ def quantize_method(
     start = time.perf_counter()
     program = recapture(converted, inputs, dynamic_shapes, backends)
     report["capture_seconds"] = round(time.perf_counter() - start, 3)
-    report = {"scheme": scheme.name, "description": scheme.describe(placement.quantizing), "backends": placement.summary(),
-              "quantizes_nothing": placement.quantizes_nothing, **report}
-    if placement.quantizes_nothing:  # an export that succeeds: said where Python callers see it too
-        log.warning("quantize=%s: nothing is quantized, the program runs in float (%s)", scheme.name,
-                    "; ".join(f"{name}: {line}" for name, line in report["backends"].items()))
+    report = {"scheme": scheme.name, "description": scheme.describe(placement.quantizing), **report}
     return Quantized(program, placement, report)
+
+
+def lowered_report(quantized: Quantized, ran: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+    """The method's quantization report once lowered: each backend's line and whether
+    anything is quantized, counted as its artifacts run (`ran`: backend -> (ops,
+    quantized), `report.quantized_counts`). When nothing is, a warning says so: the
+    export succeeds, and Python callers see it too."""
+    placement = quantized.placement
+    backends, nothing = placement.summary(ran), placement.quantizes_nothing(ran)
+    if nothing:
+        log.warning("quantize=%s: nothing is quantized, the program runs in float (%s)", quantized.report["scheme"],
+                    "; ".join(f"{name}: {line}" for name, line in backends.items()))
+    report = dict(quantized.report)
+    return {"scheme": report.pop("scheme"), "description": report.pop("description"), "backends": backends,
+            "quantizes_nothing": nothing, **report}
 
 
 def prepare_qat_model(

@@ -79,12 +79,14 @@ class Placement:
         """The backends that quantize with the scheme (or, for `auto`, their own)."""
         return [name for name, q in self.backends.items() if q.status == QUANTIZES]
 
-    @property
-    def quantizes_nothing(self) -> bool:
-        """No backend quantizes any node: the program runs in float. (A backend whose
-        toolchain quantizes at compile time counts as quantizing its nodes.)"""
+    def quantizes_nothing(self, ran: Mapping[str, tuple[int, int]] | None = None) -> bool:
+        """No backend quantizes any node: the program runs in float. Before lowering,
+        as the quantizers annotated; with `ran` (as `summary`), as the artifacts run.
+        (A backend whose toolchain quantizes at compile time counts as quantizing its
+        nodes.)"""
         owners = set(self.owner.values())
-        return not any(q.status == QUANTIZES and (self.quantized.get(name) or q.at_compile and name in owners)
+        quantized = {name: ran.get(name, (0, 0))[1] for name in self.backends} if ran is not None else self.quantized
+        return not any(q.status == QUANTIZES and (quantized.get(name) or q.at_compile and name in owners)
                        for name, q in self.backends.items())
 
     def summary(self, ran: Mapping[str, tuple[int, int]] | None = None) -> dict[str, str]:

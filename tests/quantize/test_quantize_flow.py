@@ -591,7 +591,7 @@ def test_a_quantizing_backend_left_no_node_says_so():
     placement.quantized.update(mediatek=1, cpu=0)
     assert placement.summary() == {"mediatek": "quantizes its 1 op(s) with int8",
                                    "cpu": "offers int8, and runs no node of this method"}
-    assert not placement.quantizes_nothing
+    assert not placement.quantizes_nothing()
 
 
 def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path, caplog):
