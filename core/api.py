@@ -33,7 +33,7 @@ from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.flow import lowered_report
 from .quantize.placement import compile_options
-from .report import quantized_counts
+from .report import quantized_counts, runs_fake_quantized
 from .shared_artifacts import share_artifacts
 from .shared_tensors import share_tensors
 from .sized_constants import fold_sized_constants
@@ -159,7 +159,8 @@ def export_methods(
         if require_delegated and (portable := method_portable_steps(name, lowered.plan, lowered.report)):
             raise not_delegated(portable)
         if quantized is not None:  # what each backend quantized, as its artifacts run it
-            lowered.report["quantization"] = lowered_report(quantized, quantized_counts(lowered.report))
+            lowered.report["quantization"] = lowered_report(quantized, quantized_counts(lowered.report),
+                                                            runs_fake_quantized(lowered.report))
         if folding.folded:
             lowered.report["folded"] = folding.folded
         warn_dynamic_declines(name, program, lowered.report, list(selected))

@@ -45,6 +45,12 @@ def quantized_counts(report: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def runs_fake_quantized(report: Mapping[str, Any]) -> bool:
+    """Whether a portable step runs quantize/dequantize nodes (a quantized partition whose
+    compile failed): torch computes it as the fake-quantized reference."""
+    return any(n["backend"] == PORTABLE and n["op"].startswith(QUANTIZATION_OPS) for n in report["nodes"])
+
+
 def op_name(node: Node) -> str:
     target = node.target
     name = getattr(target, "__name__", None) if not isinstance(target, torch._ops.OpOverload) else None

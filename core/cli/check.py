@@ -9,6 +9,7 @@ import os
 import click
 import torch
 from click.core import ParameterSource
+from rich.markup import escape
 from rich.table import Table
 
 from ..api import export as export_program
@@ -121,6 +122,9 @@ NOTHING_DELEGATED = "nothing to check: no partition is delegated (the whole meth
 
 
 def print_check(report: CheckReport) -> None:
+    for partition, why in report.fell_back.items():
+        console.print(f"[yellow]partition {partition} fell back to portable torch, not checked:[/yellow] "
+                      f"{escape(why)}", highlight=False)
     if not report.partitions:
         console.print(NOTHING_DELEGATED)
         return

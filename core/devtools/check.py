@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -128,6 +128,9 @@ class PartitionCheck:
 class CheckReport:
     method: str
     partitions: list[PartitionCheck]
+    # partition -> why it runs as portable torch though a backend took it: its compile
+    # failed (nothing of it to check; torch runs it)
+    fell_back: dict[int, str] = field(default_factory=dict)
 
     @property
     def checked(self) -> int:
@@ -180,7 +183,8 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
             hint="re-export with --keep-reference (edgeport.export(..., keep_reference=True))",
         )
     registry = registry_or_default(registry)
-    sizes = {p["id"]: p["nodes"] for p in program.report(name)["partitions"]}
+    partitions = program.report(name)["partitions"]
+    sizes = {p["id"]: p["nodes"] for p in partitions}
     values = _start_values(program, plan, inputs)
     delegated = sum(1 for s in plan.steps if s.kind == "delegate")
     results = []
@@ -194,7 +198,7 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
             results.append(_check_step(program, step, reference, args, expected, sizes.get(step.partition, 0),
                                        registry, rtol, locate, progress))
         values.update(zip(step.outputs, expected))
-    return CheckReport(name, results)
+    return CheckReport(name, results, {p["id"]: p["fallback"] for p in partitions if p.get("fallback")})
 
 
 def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...], backends: Sequence[str] = ("cpu",), *,

@@ -184,13 +184,15 @@ def quantize_method(
     return Quantized(program, placement, report)
 
 
-def lowered_report(quantized: Quantized, ran: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+def lowered_report(quantized: Quantized, ran: Mapping[str, tuple[int, int]], fake_quantized: bool) -> dict[str, Any]:
     """The method's quantization report once lowered: each backend's line and whether
     anything is quantized, counted as its artifacts run (`ran`: backend -> (ops,
-    quantized), `report.quantized_counts`). When nothing is, a warning says so: the
-    export succeeds, and Python callers see it too."""
+    quantized), `report.quantized_counts`; `fake_quantized`: a portable step runs
+    quantize/dequantize nodes, where a backend's compile failed). When nothing is, a
+    warning says so: the export succeeds, and Python callers see it too."""
     placement = quantized.placement
-    backends, nothing = placement.summary(ran), placement.quantizes_nothing(ran)
+    backends = placement.summary(ran)
+    nothing = placement.quantizes_nothing(ran) and not fake_quantized
     if nothing:
         log.warning("quantize=%s: nothing is quantized, the program runs in float (%s)", quantized.report["scheme"],
                     "; ".join(f"{name}: {line}" for name, line in backends.items()))

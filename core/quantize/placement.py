@@ -99,6 +99,10 @@ class Placement:
             taken = self.ops.get(name, sum(1 for owner in self.owner.values() if owner == name))
             quantized = self.quantized.get(name)
             if ran is not None and not q.at_compile:
+                if name not in ran and quantized:  # placed and annotated, yet runs nothing: compiles failed
+                    out[name] = (f"offers {q.scheme.name}, but its {taken} op(s) fell back to portable torch, which "
+                                 "runs them fake-quantized (the partitions' fallback says why)")
+                    continue
                 taken, quantized = ran.get(name, (0, 0))
             if q.status == QUANTIZES:
                 out[name] = _quantizes(q.scheme, taken, quantized, self.kept_float.get(name) or {})

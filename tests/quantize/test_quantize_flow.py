@@ -581,6 +581,33 @@ def test_a_scheme_no_backend_quantizes_with_runs_no_calibration():
     assert read == []
 
 
+class _CompileFails(CpuBackend):
+    def compile(self, program, options):
+        raise RuntimeError("planted compile failure")
+
+
+def test_a_backend_whose_quantized_partition_fell_back_says_so_and_check_shows_it(tmp_path, monkeypatch):
+    """qualcomm int8 on a linear over a 3d input failed to compile (a per-channel
+    dequantize before a Transpose): the summary said "offers int8, and runs no node",
+    and "nothing is quantized", while portable torch ran the fake-quantized graph; check
+    said "nothing to check" only."""
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval()
+    batches = [(torch.randn(2, 8),) for _ in range(2)]
+    program = edgeport.export(model, (torch.randn(2, 8),), ["cpu"], quantize="int8", calibration=batches,
+                              registry=registry_for(_CompileFails()))
+    report = program.manifest.report["forward"]["quantization"]
+    assert report["backends"]["cpu"] == ("offers int8, but its 2 op(s) fell back to portable torch, which runs them "
+                                         "fake-quantized (the partitions' fallback says why)")
+    assert report["quantizes_nothing"] is False
+    (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n\n\ndef model():\n    torch.manual_seed(0)\n"
+                                   "    return nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval(), (torch.randn(2, 8),)\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["check", "m.py:model", "--backend", "cpu"], obj=registry_for(_CompileFails()))
+    assert result.exit_code == 0, result.output
+    assert "partition 0 fell back to portable torch, not checked: cpu: compile failed: RuntimeError: planted" \
+        in " ".join(result.output.split())
+
+
 def test_a_quantizing_backend_left_no_node_says_so():
     """It said "quantizes none of its 0 node(s)" (before that, "quantizes its 0")."""
     from edgeport.quantize.placement import QUANTIZES, BackendQuantization, Placement
