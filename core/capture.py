@@ -61,6 +61,7 @@ def capture(
     if unwanted:  # decompose again (a second trace), only when it changes something
         program = _decompose(exported, (set(keep) - unwanted) | quantization)
     check_outputs(program)
+    check_no_side_effects(program)
     return drop_proven_assertions(program)
 
 
@@ -117,6 +118,24 @@ def check_outputs(program: ExportedProgram) -> None:
             hint = "return torch.view_as_real(x) for a complex x" if value.is_complex() else _INTERFACE_HINT
             raise EdgeportError(f"output {i} of the model is {_dtype(value.dtype)}, which a program cannot hold",
                                 hint=hint)
+
+
+def check_no_side_effects(program: ExportedProgram) -> None:
+    """Refuse an op torch.export orders by effect tokens (`with_effects`): a program's
+    steps carry no tokens, and one exported with them could not be loaded ("step 0
+    reads 'token' before anything produces it"). torch.linalg.inv decomposes into one:
+    the check that raises on a singular matrix."""
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.higher_order.with_effects:
+            from .report import source_of  # report imports quantize.flow, which imports this module
+
+            op, where = node.args[1], source_of(node)
+            raise EdgeportError(
+                f"the model calls {op}, an op with side effects torch.export orders by effect tokens, which "
+                f"programs do not carry" + (f" ({where})" if where else ""),
+                hint="for torch.linalg.inv, call torch.linalg.inv_ex(x).inverse (no check that raises on a "
+                     "singular matrix)" if "linalg" in str(op) else "compute it outside the model",
+            )
 
 
 def _dtype(dtype: torch.dtype) -> str:

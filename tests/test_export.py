@@ -295,6 +295,22 @@ def test_a_sparse_input_is_refused_in_one_line_before_capture():
     assert "to_dense" in caught.value.hint
 
 
+class _Inverse(torch.nn.Module):
+    def forward(self, x):
+        return torch.linalg.inv(x)
+
+
+def test_an_op_with_side_effects_is_refused_at_export_not_at_load():
+    """torch.linalg.inv decomposes into a check ordered by effect tokens: the export
+    succeeded and the program failed to load ("step 0 reads 'token' before anything
+    produces it"); check raised KeyError: 'token'."""
+    x = torch.randn(2, 4, 4) + 4 * torch.eye(4)
+    with pytest.raises(edgeport.EdgeportError, match="calls aten._linalg_check_errors.default, an op with side "
+                                                      "effects") as caught:
+        export(_Inverse(), (x,))
+    assert "torch.linalg.inv_ex(x).inverse" in caught.value.hint and "test_export.py" in str(caught.value)
+
+
 class _Difference(torch.nn.Module):
     def forward(self, a, b):
         return a - b
