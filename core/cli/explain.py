@@ -132,11 +132,14 @@ def print_torch_free(portable: list[PortableStep]) -> None:
 
 
 def _scheme(node: dict[str, Any]) -> str:
-    """"a uint16 / w int8 per channel" for a quantized op; "float" for one its backend
-    computes in float between quantized neighbours; "" for any other."""
-    if node.get("float_between_quantized"):
-        return "float"
+    """"a uint16 / w int8 per channel" for a quantized op; "float" for any other op (one
+    its backend computes in float between quantized neighbours too); "" for a
+    quantize/dequantize node."""
+    if node["op"].startswith(QUANTIZATION_OPS):
+        return ""
     dtypes = node.get("quantized", {})
+    if not dtypes:
+        return "float"
     parts = [f"a {dtypes['activations']}"] if "activations" in dtypes else []
     parts += [f"w {dtypes['weights']}"] if "weights" in dtypes else []
     return " / ".join(parts)
