@@ -122,8 +122,9 @@ class TfliteQuantizer(Quantizer):
                                hint="pass --group-size 32, 64, 128 or another multiple of 32")
         self.scheme = scheme
         self.xnnpack_only = xnnpack_only
-        # linear -> why it stays float: read by the placement's summary, so "quantizes
-        # its N node(s)" does not hide a linear the scheme could not take
+        # op -> why it stays float: read by the placement's summary, so "quantizes K of
+        # its N op(s)" names the ops the scheme could not take (a linear too narrow for
+        # int4 groups, a softmax XNNPACK runs in float only)
         self.kept_float: dict[str, str] = {}
         self._biased: list[tuple[Node, Node, Node, Node]] = []  # (input, weight, bias, op) of each int32 bias
 
@@ -155,10 +156,14 @@ class TfliteQuantizer(Quantizer):
 
     def _annotate_int8(self, node: Node, plan: Any, consts: set[Node]) -> None:
         entry = lookup(node.target)
-        if entry is None or entry.int8 is None or (self.xnnpack_only and not entry.int8.xnnpack):
+        if entry is None:  # the writer cannot write it: another backend's node, or portable
             return
         int8 = entry.int8
-        if int8.check is not None and int8.check(node, consts.__contains__):
+        why_float = ("no int8 form here" if int8 is None
+                     else "XNNPACK runs it in float only" if self.xnnpack_only and not int8.xnnpack
+                     else int8.check(node, consts.__contains__) if int8.check is not None else None)
+        if why_float:
+            self.kept_float[node.name] = why_float
             return
         activations = activation_args(node, int8.signature)
         if not activations or not all(_runtime_float(a, consts) for a in activations):

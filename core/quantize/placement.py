@@ -115,7 +115,8 @@ class Placement:
 
 def _quantizes(scheme: Scheme, taken: int, quantized: int | None, kept_float: dict[str, str]) -> str:
     """E.g. "quantizes 3 of its 8 op(s) with int8-dynamic, but 2 stay float: fc2 (why),
-    head (why)" (the 2: ops the scheme is for, its linears here, that could not take it),
+    head (why)" (the 2: ops the scheme is for that could not take it, as its quantizer's
+    `kept_float` says: linears too narrow, a softmax XNNPACK runs in float only),
     or "quantizes none of its 8 op(s) ...". `quantized`: how many its quantizer
     quantized (None: not yet, or its toolchain quantizes at compile time)."""
     if taken == 0:

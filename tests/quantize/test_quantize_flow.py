@@ -465,6 +465,9 @@ def test_explain_shows_ops_the_cpu_writes_in_float_between_int8_ones_as_float(tm
     assert table.exit_code == 0, table.output
     row = next(line for line in table.output.splitlines() if "avg_pool2d" in line)
     assert "float" in row and "int8" not in row
+    summary = program.manifest.report["forward"]["quantization"]["backends"]["cpu"]
+    assert summary == ("quantizes 6 of its 8 op(s) with int8, but 2 stay float: avg_pool2d (XNNPACK runs it in "
+                       "float only), _softmax (XNNPACK runs it in float only)")  # it named neither
 
 
 def test_explain_table_leaves_out_delegated_quantize_dequantize_nodes_unless_all(island, tmp_path):
