@@ -139,7 +139,7 @@ class _Graph:
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
         self.outputs = {value.name for value in graph.output}
-        self.shapes = _static_shapes(model)
+        self.shapes = static_shapes(model)
 
     def only_reader(self, name: str, op_type: str) -> Any:
         """The one node reading ``name`` if it is an ``op_type`` and ``name`` is no graph output."""
@@ -292,7 +292,7 @@ def _broadcast_weight(weight: Any, normalized_shape: tuple[int, ...]) -> Any:
         return None
 
 
-def _static_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+def static_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """Each value's shape where every dim is a known number (the exporter writes
     value_info; graph inputs have theirs)."""
     graph = model.graph

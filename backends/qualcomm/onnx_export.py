@@ -29,6 +29,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from .initializer_casts import fold_initializer_casts
+from .linear_rows import linears_as_rows
 from .native_norm import fuse_rms_norms
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
@@ -69,6 +70,8 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
                 hint="decline the offending op in support() or report it with the partition's graph",
             ) from exc
     model = onnx_program.model_proto
+    if quantized:
+        linears_as_rows(model)  # a per-channel weight's DQ only before a Gemm, over 2-d rows
     rewrite_pools(model)
     fuse_rms_norms(model)
     reorder_norm_scales(model)  # a norm chain left (axes not trailing)

@@ -165,6 +165,35 @@ def test_a_linear_of_many_output_channels_runs_quantized_on_htp(backend):
         assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
 
 
+class _NormThenLinear(nn.Module):
+    """A transformer's LayerNorm -> Linear, over [batch, tokens, features]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.linear = nn.LayerNorm(64), nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "a16w8"])
+def test_a_linear_over_tokens_runs_quantized_on_htp(backend, scheme):
+    """torch.onnx writes it as Transpose(weight) + MatMul + Add, and QNN refused the
+    per-channel dequantizes before the Transpose and the Add: the partition fell back to
+    portable torch. It is now a Gemm over 2-d rows (linear_rows.py)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 64)
+    program = edgeport.export(_NormThenLinear().eval(), (x,), ["qualcomm"], quantize=scheme,
+                              calibration=calibration_for((x,), batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    nodes = program.report()["nodes"]
+    assert {n["backend"] for n in nodes} == {"qualcomm"}, [(n["name"], n["reasons"]) for n in nodes]
+    linear = next(n for n in nodes if n["op"] == "aten.linear.default")
+    assert linear["quantized"]["weights"] == "int8 per channel"
+    with torch.no_grad():
+        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+
+
 @pytest.mark.parametrize("row", [0.0, 1e-4])
 def test_the_bias_of_a_channel_with_zero_or_tiny_weights_survives_a16w8(backend, row):
     """Its int32 bias at (input scale x weight scale ~ eps) overflowed and was clipped:
