@@ -20,6 +20,8 @@ from typing import Any
 FORMAT = "edgeport"
 VERSION = 2
 PORTABLE = "portable"  # a step no backend took: a torch program, run with torch
+# op-name prefixes of the quantize/dequantize nodes in a placement report (PT2E's, torchao's)
+QUANTIZATION_OPS = ("quantized_decomposed.", "torchao.")
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,10 @@ from torch.fx import Node
 from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import is_compute
 
-from .manifest import Step
+from .manifest import QUANTIZATION_OPS, Step
 from .outcomes import Compiled, Placement
 from .quantize.node_dtypes import node_dtypes
 from .tensors import DTYPE_NAMES
-
-
-QUANTIZATION_OPS = ("quantized_decomposed.", "torchao.")  # op names of quantize/dequantize nodes in a report
 
 
 def quantized_counts(report: Mapping[str, Any]) -> dict[str, tuple[int, int]]:

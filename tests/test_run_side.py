@@ -46,6 +46,14 @@ def test_the_run_side_and_every_builtin_backend_import_without_torch():
     assert result.returncode == 0, result.stderr
 
 
+def test_explain_imports_no_torch():
+    """explain read QUANTIZATION_OPS from report.py, which imports torch: `llm generate`
+    (which imports it) peaked 135 MiB higher, past issue 16's memory budget."""
+    result = _python("import sys, edgeport.cli.explain\nprint('torch' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_edgeport_help_does_not_import_torch():
     """(``edgeport backends`` may, here: coremltools imports torch when it is installed;
     tests_device/ runs it where torch is not.)"""

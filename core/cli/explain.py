@@ -10,9 +10,8 @@ import click
 from rich.table import Table
 
 from ..devtools.html import render_program
-from ..manifest import MethodPlan
+from ..manifest import QUANTIZATION_OPS, MethodPlan
 from ..program import Program, read_program_file
-from ..report import QUANTIZATION_OPS
 from ..torch_steps import PortableStep, describe_steps, portable_steps
 from . import cli
 from ._output import check_writable, console, print_json
