@@ -18,12 +18,19 @@ from ._output import check_writable, console, print_json
 from .run import method_plan
 
 
-def print_quantization(report: dict) -> None:
-    """The scheme, what each backend did with it, and the calibration cost."""
+def print_quantization(method: dict[str, Any]) -> None:
+    """The scheme, what each backend did with it, and the calibration cost (`method`: a
+    method's placement report, `Program.report`)."""
+    report = method["quantization"]
     console.print(report.get("description", ""))
     if report.get("quantizes_nothing"):
+        portable = sum(1 for n in method["nodes"] if n["backend"] == "portable")
+        # a backend that declines the scheme leaves its nodes to portable torch when no
+        # other selected backend takes them: the program then needs torch to run
+        where = (f"; {portable} of its {len(method['nodes'])} node(s) run in portable torch, which needs torch where "
+                 "the program runs") if portable else ""
         console.print(f"[yellow]nothing is quantized: the program runs in float[/yellow] (no selected backend "
-                      f"quantizes a node with {report.get('scheme')}: their lines say why)", highlight=False)
+                      f"quantizes a node with {report.get('scheme')}: their lines say why){where}", highlight=False)
     for backend, what in report.get("backends", {}).items():
         console.print(f"  {backend}: {what}")
     calibration = report.get("calibration")
@@ -88,9 +95,8 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
                       str(p["boundary_bytes"]))
     console.print(parts)
     print_summary(report)
-    quantization = report.get("quantization")
-    if quantization:
-        print_quantization(quantization)
+    if report.get("quantization"):
+        print_quantization(report)
     print_state_writes(plan)
     print_torch_free(portable)
 

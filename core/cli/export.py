@@ -75,9 +75,10 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
                                  quantize=quantize, calibration=batches, require_delegated=require_delegated)
         program.save(output)
     console.print(f"wrote {output} in {time.perf_counter() - start:.2f} s")
-    print_summary(program.report())
-    if quantize is not None:
-        print_quantization(program.manifest.report[program.default_method].get("quantization", {}))
+    placed = program.report()
+    print_summary(placed)
+    if "quantization" in placed:
+        print_quantization(placed)
     if report:
         with open(report, "w") as f:
             json.dump(program.manifest.report, f, indent=2)
