@@ -25,20 +25,21 @@ from edgeport.partitioners.support import is_compute
 from .manifest import QUANTIZATION_OPS, Step
 from .outcomes import Compiled, Placement
 from .quantize.node_dtypes import node_dtypes
+from .quantize.placement import Ran
 from .tensors import DTYPE_NAMES
 
 
-def quantized_counts(report: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """backend -> (ops it runs, how many of those compute quantized), read off a method's
-    report: what the artifacts run, where a quantizer's annotations say what it meant
-    (the cpu writes in float a relu it annotated that reads a float view). Quantize and
-    dequantize nodes are not ops."""
-    counts: dict[str, tuple[int, int]] = {}
+def quantized_counts(report: Mapping[str, Any]) -> dict[str, Ran]:
+    """backend -> what its artifacts run, read off a method's report, where a quantizer's
+    annotations say what it meant (the cpu writes in float a relu it annotated that reads
+    a float view). Quantize and dequantize nodes are not ops."""
+    counts: dict[str, Ran] = {}
     for n in report["nodes"]:
         if n["backend"] == PORTABLE or n["op"].startswith(QUANTIZATION_OPS):
             continue
-        ops, quantized = counts.get(n["backend"], (0, 0))
-        counts[n["backend"]] = (ops + 1, quantized + ("quantized" in n))
+        ops, quantized, in_float = counts.get(n["backend"], Ran(0, 0))
+        in_float += (n["name"],) if n.get("float_between_quantized") else ()
+        counts[n["backend"]] = Ran(ops + 1, quantized + ("quantized" in n), in_float)
     return counts
 
 

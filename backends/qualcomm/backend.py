@@ -124,7 +124,9 @@ class QualcommBackend(edgeport.Backend):
             raise edgeport.DeclineNodes(fixed)
         partition = export_onnx(program)
         known = {node.name for node in program.graph.nodes}
-        context_model = compile_verified(partition, qnn_options, known)
+        quantized = quantized_dtypes(program.graph)
+        verified = compile_verified(partition, qnn_options, known, quantized=bool(quantized))
+        context_model = verified.context_model
         soc = resolve_soc(options.soc)
         metadata = {
             "format": "onnx-epcontext",  # EPContext model embedding a QNN context binary
@@ -142,13 +144,13 @@ class QualcommBackend(edgeport.Backend):
             "weight_bytes": len(context_binary(context_model)),
             "float_weights": "float16",
         }
-        quantized = quantized_dtypes(program.graph)
         if quantized:  # e.g. {"activations": "uint16", "weights": "int8"}
             metadata["quantized"] = quantized
         return edgeport.Artifact(
             data=context_model,
             suffix=".onnx",
             metadata=metadata,
+            float_nodes=verified.float_nodes,
         )
 
     def tolerance(self, options: QualcommOptions) -> float:

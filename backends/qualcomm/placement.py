@@ -14,6 +14,7 @@ re-partitions and the rest stays on QNN.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import edgeport
@@ -25,22 +26,35 @@ from .qnn_runtime import QnnCompileError, compile_context
 Group = tuple[str, list[int]]
 
 
-def compile_verified(partition: OnnxPartition, provider_options: dict[str, str], known: set[str]) -> bytes:
+@dataclass(frozen=True)
+class Verified:
+    """A partition QNN took whole: its EPContext model, and the aten nodes it computes in
+    float (asked for in a quantized partition: `Artifact.float_nodes`)."""
+
+    context_model: bytes
+    float_nodes: frozenset[str] = frozenset()
+
+
+def compile_verified(partition: OnnxPartition, provider_options: dict[str, str], known: set[str],
+                     quantized: bool = False) -> Verified:
     """The EPContext model of `partition` with every node on QNN, or DeclineNodes.
 
     `known` holds the partition's aten node names: a refusal is only sent back under a
-    name the core can find.
+    name the core can find. `quantized`: the partition has quantize/dequantize nodes, so
+    name the nodes QNN nevertheless computes in float.
     """
     model = partition.model
     try:
-        outcome = compile_context(model.SerializeToString(), provider_options)
+        outcome = compile_context(model.SerializeToString(), provider_options, float_ops=quantized)
     except QnnCompileError as failure:
         raise edgeport.DeclineNodes(_narrow(model, provider_options, known, failure)) from failure
     if outcome.refused:
         raise edgeport.DeclineNodes(_by_aten_node(model, outcome.refused, known))
     if outcome.context_model is None:
         raise edgeport.BackendError("qualcomm: QNN compiled the partition but wrote no EPContext model")
-    return outcome.context_model
+    aten_of = dict(zip((node.name for node in model.graph.node), aten_node_names(model)))
+    float_nodes = {aten_of[name] for name in outcome.float_ops if aten_of.get(name) in known}
+    return Verified(outcome.context_model, frozenset(float_nodes))
 
 
 def _by_aten_node(model: Any, refused: dict[str, str], known: set[str]) -> dict[str, str]:

@@ -10,6 +10,8 @@ Runtime's log, because that is the only place QNN says *why* it refused a node.
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import os
 import re
 import sys
@@ -34,6 +36,7 @@ _ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
 # QNN's HTP library prints a banner to stdout when it loads ("# LIBNATIVE: No alternate
 # configuration present in libnative_tls.conf ..."), whatever its configuration.
 _CHATTER = (re.compile(r"^\s*# LIBNATIVE: "),)
+_QNN_QDQ = frozenset({"Quantize", "Dequantize"})  # QNN's op types for QuantizeLinear, DequantizeLinear
 
 
 class QnnCompileError(Exception):
@@ -50,6 +53,8 @@ class CompileOutcome:
 
     context_model: bytes | None
     refused: dict[str, str] = field(default_factory=dict)  # ONNX node name -> QNN's reason
+    # ONNX nodes whose QNN op computes in float (asked for by `float_ops=True`)
+    float_ops: frozenset[str] = frozenset()
 
 
 class _LogSink:
@@ -111,11 +116,12 @@ def qnn_devices() -> list[Any]:
     return [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
 
 
-def compile_context(model: bytes, provider_options: dict[str, str]) -> CompileOutcome:
+def compile_context(model: bytes, provider_options: dict[str, str], float_ops: bool = False) -> CompileOutcome:
     """Compile an ONNX model for QNN HTP ahead of time; raise `QnnCompileError` on failure.
 
     CPU fallback stays allowed here on purpose: then a refused node does not fail the
     compile, and ONNX Runtime's graph-assignment record names every node QNN did not take.
+    `float_ops`: also name the nodes QNN computes in float (read off the graph it built).
     """
     import onnxruntime as ort
 
@@ -134,7 +140,10 @@ def compile_context(model: bytes, provider_options: dict[str, str]) -> CompileOu
         so.add_session_config_entry("ep.context_file_path", context_path)
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         # Only prepare the context binary; do not also load it into the simulator.
-        so.add_provider_for_devices(devices, {**provider_options, "enable_htp_prepare_only": "1"})
+        options = {**provider_options, "enable_htp_prepare_only": "1"}
+        if float_ops:
+            options.update(dump_json_qnn_graph="1", json_qnn_graph_dir=tmp)
+        so.add_provider_for_devices(devices, options)
         with _COMPILE_LOCK, _SINK.capture() as log, filter_native_output(drop=_CHATTER):
             try:
                 session = ort.InferenceSession(model, so)
@@ -153,7 +162,8 @@ def compile_context(model: bytes, provider_options: dict[str, str]) -> CompileOu
         if not refused and os.path.exists(context_path):
             with open(context_path, "rb") as f:
                 data = f.read()
-    return CompileOutcome(context_model=data, refused=refused)
+        computed_in_float = _float_ops(tmp) if float_ops and data is not None else frozenset()
+    return CompileOutcome(context_model=data, refused=refused, float_ops=computed_in_float)
 
 
 def load_context(context_model: bytes) -> Any:
@@ -206,6 +216,34 @@ def _refusal_reasons(log: list[str]) -> dict[str, str]:
                 reason = f"{reason.rstrip('.')}: {node_errors[node]}"
             reasons[node] = reason  # a later pass's verdict is the final one
     return reasons
+
+
+def _float_ops(graph_dir: str) -> frozenset[str]:
+    """The ops of the QNN graph(s) dumped in `graph_dir` that output a float tensor,
+    quantize and dequantize ops aside. In a quantized model QNN groups each node with
+    the DequantizeLinear nodes it reads and the QuantizeLinear it feeds and runs it on
+    fixed-point tensors; a node it cannot group (a Mul by a float constant) it runs
+    between a Dequantize and a Quantize, in float. QNN names an op after the ONNX node
+    it comes from; ops it adds (a Convert between two encodings) have names of their own.
+    """
+    names: set[str] = set()
+    for path in glob.glob(os.path.join(graph_dir, "*.json")):
+        if path.endswith("_tensor_log.json"):  # the initializers' summary
+            continue
+        with open(path) as f:
+            graph = json.load(f)["graph"]
+        tensors = graph["tensors"]
+        for name, op in graph["nodes"].items():
+            if op["type"] not in _QNN_QDQ and any(_is_float(tensors[t]["data_type"]) for t in op["output_names"]):
+                names.add(name)
+    return frozenset(names)
+
+
+def _is_float(qnn_data_type: int) -> bool:
+    """QnnTypes.h's Qnn_DataType_t keeps the kind in the high byte: 0x02.. floats
+    (QNN_DATATYPE_FLOAT_16 = 0x0216, FLOAT_32 = 0x0232), 0x03.. and 0x04.. signed and
+    unsigned fixed point (SFIXED_POINT_8 = 0x0308, UFIXED_POINT_16 = 0x0416)."""
+    return qnn_data_type >> 8 == 0x02
 
 
 def _qnn_errors(log: list[str]) -> list[str]:

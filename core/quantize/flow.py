@@ -27,7 +27,7 @@ from ..backend import Backend
 from ..capture import capture
 from ..errors import EdgeportError
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
-from .placement import QUANTIZES, Placement, place, placed_quantizer
+from .placement import QUANTIZES, Placement, Ran, place, placed_quantizer
 from .scheme import Scheme, resolve_scheme
 
 QAT_KEY = "edgeport_qat"  # GraphModule.meta key of a model `prepare_qat` returned
@@ -184,10 +184,10 @@ def quantize_method(
     return Quantized(program, placement, report)
 
 
-def lowered_report(quantized: Quantized, ran: Mapping[str, tuple[int, int]], fake_quantized: bool) -> dict[str, Any]:
+def lowered_report(quantized: Quantized, ran: Mapping[str, Ran], fake_quantized: bool) -> dict[str, Any]:
     """The method's quantization report once lowered: each backend's line and whether
-    anything is quantized, counted as its artifacts run (`ran`: backend -> (ops,
-    quantized), `report.quantized_counts`; `fake_quantized`: a portable step runs
+    anything is quantized, counted as its artifacts run (`ran`: what each backend runs,
+    `report.quantized_counts`; `fake_quantized`: a portable step runs
     quantize/dequantize nodes, where a backend's compile failed). When nothing is, a
     warning says so: the export succeeds, and Python callers see it too."""
     placement = quantized.placement

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
@@ -35,6 +35,20 @@ FLOAT = "float"
 DECLINES = "declines"
 SCHEME_OPTION = "scheme"  # the options fields `compile_options` fills in
 GROUP_SIZE_OPTION = "group_size"
+
+
+# why an op stays float although its quantizer annotated it (`Artifact.float_nodes`)
+COMPILED_IN_FLOAT = "its compiled artifact computes it in float"
+
+
+class Ran(NamedTuple):
+    """What one backend's artifacts run of a quantized method (`report.quantized_counts`):
+    its ops, how many of them compute quantized, and those it computes in float although
+    quantize and dequantize nodes surround them (`Artifact.float_nodes`)."""
+
+    ops: int
+    quantized: int
+    in_float: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,33 +93,36 @@ class Placement:
         """The backends that quantize with the scheme (or, for `auto`, their own)."""
         return [name for name, q in self.backends.items() if q.status == QUANTIZES]
 
-    def quantizes_nothing(self, ran: Mapping[str, tuple[int, int]] | None = None) -> bool:
+    def quantizes_nothing(self, ran: Mapping[str, Ran] | None = None) -> bool:
         """No backend quantizes any node: the program runs in float. Before lowering,
         as the quantizers annotated; with `ran` (as `summary`), as the artifacts run.
         (A backend whose toolchain quantizes at compile time counts as quantizing its
         nodes.)"""
         owners = set(self.owner.values())
-        quantized = {name: ran.get(name, (0, 0))[1] for name in self.backends} if ran is not None else self.quantized
+        quantized = {name: ran.get(name, Ran(0, 0)).quantized for name in self.backends} if ran is not None \
+            else self.quantized
         return not any(q.status == QUANTIZES and (quantized.get(name) or q.at_compile and name in owners)
                        for name, q in self.backends.items())
 
-    def summary(self, ran: Mapping[str, tuple[int, int]] | None = None) -> dict[str, str]:
-        """backend -> one line on what it did with the scheme. `ran`: backend -> (ops it
-        runs, how many quantized) once lowered (`report.quantized_counts`), counted
-        instead of what its quantizer annotated; not for a backend that quantizes at
-        compile time (its graph has no quantize nodes to count)."""
+    def summary(self, ran: Mapping[str, Ran] | None = None) -> dict[str, str]:
+        """backend -> one line on what it did with the scheme. `ran`: what each backend's
+        artifacts run once lowered (`report.quantized_counts`), counted instead of what
+        its quantizer annotated; not for a backend that quantizes at compile time (its
+        graph has no quantize nodes to count)."""
         out = {}
         for name, q in self.backends.items():
             taken = self.ops.get(name, sum(1 for owner in self.owner.values() if owner == name))
             quantized = self.quantized.get(name)
+            kept_float = self.kept_float.get(name) or {}
             if ran is not None and not q.at_compile:
                 if name not in ran and quantized:  # placed and annotated, yet runs nothing: compiles failed
                     out[name] = (f"offers {q.scheme.name}, but its {taken} op(s) fell back to portable torch, which "
                                  "runs them fake-quantized (the partitions' fallback says why)")
                     continue
-                taken, quantized = ran.get(name, (0, 0))
+                taken, quantized, in_float = ran.get(name, Ran(0, 0))
+                kept_float = {**kept_float, **{node: COMPILED_IN_FLOAT for node in in_float if node not in kept_float}}
             if q.status == QUANTIZES:
-                out[name] = _quantizes(q.scheme, taken, quantized, self.kept_float.get(name) or {})
+                out[name] = _quantizes(q.scheme, taken, quantized, kept_float)
             elif q.status == FLOAT:
                 out[name] = f"keeps its {taken} node(s) float: {q.reason}"
             else:
@@ -130,7 +147,8 @@ def _quantizes(scheme: Scheme, taken: int, quantized: int | None, kept_float: di
         return line
     shown = ", ".join(f"{node} ({why})" for node, why in list(kept_float.items())[:3])
     more = f" and {len(kept_float) - 3} more" if len(kept_float) > 3 else ""
-    return f"{line}{'; ' if quantized == 0 else ', but '}{len(kept_float)} stay float: {shown}{more}"
+    stay = "stays" if len(kept_float) == 1 else "stay"
+    return f"{line}{'; ' if quantized == 0 else ', but '}{len(kept_float)} {stay} float: {shown}{more}"
 
 
 def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> BackendQuantization:

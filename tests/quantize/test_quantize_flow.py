@@ -523,7 +523,7 @@ class _Widths(nn.Module):
 @pytest.mark.parametrize(("scheme", "kept"), [
     ("int4-weight", "1 of its 4 op(s) with int4-weight, but 3 stay float: linear_1 (100 inputs, not a multiple of the group size 32), "
                     "linear_2 (32 inputs, one group of 32), linear_3 (7 inputs, an odd number)"),
-    ("int8-dynamic", "3 of its 4 op(s) with int8-dynamic, but 1 stay float: linear_3 (7 inputs, an odd number)"),
+    ("int8-dynamic", "3 of its 4 op(s) with int8-dynamic, but 1 stays float: linear_3 (7 inputs, an odd number)"),
 ])
 def test_the_summary_names_each_linear_the_scheme_leaves_float(scheme, kept):
     """It said "cpu: quantizes its 4 node(s)" and left some of them float."""

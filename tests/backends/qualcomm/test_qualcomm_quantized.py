@@ -19,7 +19,7 @@ import edgeport
 from edgeport.testing import registry_for
 from edgeport.testing.quantized_cases import QUANTIZED_CASES, calibration_for, reference_program, run_quantized_case
 
-from qualcomm_helpers import MIN_COSINE, cosine, max_abs
+from qualcomm_helpers import MIN_COSINE, Fn, cosine, max_abs
 
 
 class QuantCnn(nn.Module):
@@ -285,3 +285,19 @@ def test_an_rms_norm_is_one_quantized_native_node_without_a_quantized_square(bac
     assert [u.target for u in square.users] == [torch.ops.aten.mean.dim], "the reference quantizes x ** 2"
     got, want = program(x).numpy(), reference_program(program)(x).numpy()
     assert cosine(got, want) >= MIN_COSINE
+
+
+def test_an_op_qnn_computes_in_float_is_reported_float(backend):
+    """rsqrt between quantized linears has quantize/dequantize nodes around it, so explain
+    showed "a uint8"; QNN builds it with a float output (the graph it dumps says so)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), Fn(lambda h: torch.rsqrt(h.abs() + 1.0)), nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 16)
+    program = edgeport.export(model, (x,), ["qualcomm"], quantize="int8", calibration=calibration_for((x,), batches=4),
+                              registry=registry_for(backend))
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    assert nodes["rsqrt"].get("float_between_quantized") is True and "quantized" not in nodes["rsqrt"]
+    assert "quantized" in nodes["linear"]
+    summary = program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"]
+    assert summary.endswith(", but 1 stays float: rsqrt (its compiled artifact computes it in float)"), summary
+
