@@ -34,6 +34,7 @@ from .native_norm import fuse_rms_norms
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
 from .pow_rewrite import rewrite_integer_powers
+from .scalar_operands import quantize_scalar_operands
 
 # ONNX 21: the first opset whose QuantizeLinear/DequantizeLinear take 16-bit integers
 # (a16w8's uint16 activations; ONNX Runtime rejects them in an opset-20 model). Float
@@ -72,6 +73,7 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     model = onnx_program.model_proto
     if quantized:
         linears_as_rows(model)  # a per-channel weight's DQ only before a Gemm, over 2-d rows
+        quantize_scalar_operands(model)  # x * 0.5 quantized as a whole, not in float
     rewrite_pools(model)
     fuse_rms_norms(model)
     reorder_norm_scales(model)  # a norm chain left (axes not trailing)

@@ -41,9 +41,12 @@ float inside, from the dequantized x to the quantize its reader puts on its outp
 computes it in fp16.
 
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
-input's parameters, so no requantization happens around them. An op not in `FORMS`
-stays float between a dequantize and a quantize: QNN computes it in fp16 inside the
-same quantized graph.
+input's parameters, so no requantization happens around them. An elementwise op of a
+tensor and a number (``x * 0.5``, an attention's scaling) is quantized as a whole:
+onnx_export gives the number an exact quantized form (scalar_operands.py), without
+which QNN computed the op in float. An op not in `FORMS` stays float between a
+dequantize and a quantize: QNN computes it in fp16 inside the same quantized graph,
+and the placement report shows it as float (`qnn_runtime._float_ops`).
 """
 
 from __future__ import annotations
@@ -400,13 +403,19 @@ def _plain_weight_axis(conv: Node) -> bool:
 
 
 def _activation_args(node: Node, form: QuantizedForm) -> list[Node]:
+    """The tensors `form` quantizes as activations; [] when an argument is neither a
+    node nor a number. A number (``x * 0.5``) is no activation: the op is quantized
+    with its tensor input, and onnx_export gives the number an exact quantized form
+    (scalar_operands.py)."""
     args: list[Any] = []
     for index in form.activations:
         if index >= len(node.args):
             return []
         value = node.args[index]
         args.extend(value if isinstance(value, (list, tuple)) else [value])
-    return list(dict.fromkeys(args)) if all(isinstance(a, Node) for a in args) else []
+    nodes = [a for a in args if isinstance(a, Node)]
+    numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    return list(dict.fromkeys(nodes)) if len(nodes) + len(numbers) == len(args) else []
 
 
 

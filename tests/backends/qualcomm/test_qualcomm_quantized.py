@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -287,6 +288,37 @@ def test_an_rms_norm_is_one_quantized_native_node_without_a_quantized_square(bac
     assert cosine(got, want) >= MIN_COSINE
 
 
+class _ScalarOps(nn.Module):
+    """Elementwise ops of a tensor and a number, between two linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x)) * 0.5 + 1.25
+        return self.last((h - 0.75) / 3.0 * -2.0)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_ops_of_a_tensor_and_a_number_run_quantized_on_htp(backend, scheme):
+    """The quantizer left ``x + 1.25`` and the like unannotated, and QNN computed an
+    annotated ``x * 0.5`` in float (its constant was no DequantizeLinear), while explain
+    showed "a uint16" for it; now each is quantized as a whole (scalar_operands.py)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    program = edgeport.export(_ScalarOps().eval(), (x,), ["qualcomm"], quantize=scheme,
+                              calibration=calibration_for((x,), batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    assert {n["backend"] for n in nodes} == {"qualcomm"}
+    assert [n["name"] for n in nodes if "quantized" not in n] == []
+    assert program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"] == \
+        f"quantizes its {len(nodes)} op(s) with {scheme}"
+    with torch.no_grad():
+        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+
+
 def test_an_op_qnn_computes_in_float_is_reported_float(backend):
     """rsqrt between quantized linears has quantize/dequantize nodes around it, so explain
     showed "a uint8"; QNN builds it with a float output (the graph it dumps says so)."""
@@ -297,7 +329,34 @@ def test_an_op_qnn_computes_in_float_is_reported_float(backend):
                               registry=registry_for(backend))
     nodes = {n["name"]: n for n in program.report()["nodes"]}
     assert nodes["rsqrt"].get("float_between_quantized") is True and "quantized" not in nodes["rsqrt"]
-    assert "quantized" in nodes["linear"]
+    assert "quantized" in nodes["add"] and "quantized" in nodes["linear"]
     summary = program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"]
     assert summary.endswith(", but 1 stays float: rsqrt (its compiled artifact computes it in float)"), summary
 
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("op, constant", [("Mul", 0.5), ("Mul", -2.0), ("Add", 0.0), ("Sub", -0.75), ("Div", 3.0)])
+def test_a_constant_operand_gets_a_dequantize_giving_its_value(dtype, op, constant):
+    """What QNN then reads: ONNX's own reference evaluator computes the rewritten graph as
+    the original, to one float32 rounding (a Div is a Mul by the reciprocal)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from edgeport.backends.qualcomm.scalar_operands import quantize_scalar_operands
+
+    params = [numpy_helper.from_array(np.array(0.01, np.float32), "s"), numpy_helper.from_array(np.array(7, dtype), "z"),
+              numpy_helper.from_array(np.array(constant, np.float32), "c")]
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["x_dq"]),
+         helper.make_node(op, ["x_dq", "c"], ["y"], name="op"),
+         helper.make_node("QuantizeLinear", ["y", "s", "z"], ["y_q"]),
+         helper.make_node("DequantizeLinear", ["y_q", "s", "z"], ["out"])],
+        "g", [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), [4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4])], params)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    x = np.array([0, 7, 60, 200], dtype)
+    before = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert quantize_scalar_operands(model) == 1
+    assert [n.op_type for n in model.graph.node if n.name == "op"] == ["Mul" if op == "Div" else op]
+    assert "c" not in model.graph.node[2].input  # the DequantizeLinear made for it is read instead
+    np.testing.assert_allclose(ReferenceEvaluator(model).run(None, {"x": x})[0], before, rtol=1e-6, atol=1e-7)
