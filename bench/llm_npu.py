@@ -171,13 +171,20 @@ def stored_weights_accuracy(path: Path, passage_tokens: int = 1024, window: int 
 
 
 def _placement(program, method: str) -> dict:
-    """Nodes per backend, the steps in order, and the cache writes the runtime applies."""
+    """Nodes per backend, the steps in order, the cache writes the runtime applies, and,
+    quantized, each backend's summary line and the ops its artifacts compute in float."""
     from collections import Counter
 
     plan = program.manifest.methods[method]
-    nodes = Counter(n["backend"] for n in program.report(method)["nodes"])
-    return {"nodes": dict(nodes), "steps": [s.backend or s.kind for s in plan.steps],
-            "row_updates": len(plan.row_updates)}
+    report = program.report(method)
+    nodes = Counter(n["backend"] for n in report["nodes"])
+    found = {"nodes": dict(nodes), "steps": [s.backend or s.kind for s in plan.steps],
+             "row_updates": len(plan.row_updates)}
+    if "quantization" in report:
+        found["quantization"] = report["quantization"]["backends"]
+        found["computed_in_float"] = dict(Counter(n["op"] for n in report["nodes"]
+                                                  if n.get("float_between_quantized")))
+    return found
 
 
 def main() -> None:
