@@ -16,7 +16,7 @@ from ..devtools.html import human_bytes
 from ..errors import EdgeportError
 from . import cli
 from ._output import FiniteRange, check_writable, console, print_json, progress
-from .explain import print_summary
+from .explain import print_quantization, print_summary
 
 
 @cli.group()
@@ -70,9 +70,18 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
     console.print(f"model: {llm_meta['name']}: {config.describe(llm_meta['max_seq_len'])}", highlight=False)
     console.print(f"wrote {output} ({human_bytes(size)}; {llm_meta['weights']} weights "
                   f"{human_bytes(llm_meta['weight_bytes'])}) in {time.perf_counter() - start:.1f} s")
+    print_methods(program)
+
+
+def print_methods(program: Any) -> None:
+    """Each method's placement, and for a calibrated scheme (a16w8) what each backend
+    runs quantized, what it computes in float, and the calibration's cost."""
     for method in program.methods:
         console.print(f"[bold]{method}[/bold]")
-        print_summary(program.report(method))
+        report = program.report(method)
+        print_summary(report)
+        if "quantization" in report:
+            print_quantization(report)
 
 
 _REFERENCE = click.option(

@@ -164,3 +164,19 @@ def test_the_simulator_computes_the_fake_quantized_reference(a16w8):
         runner_up, top = np.sort(want)[-2:]
         if top - runner_up > 2 * error:
             assert got.argmax() == want.argmax()
+
+
+@pytest.mark.slow
+def test_the_export_summary_says_what_runs_quantized_and_what_in_float(a16w8, capsys):
+    """`edgeport llm export` printed each method's placement only: not that QNN computes
+    some ops in float (the lookups of float tables), nor the calibration's cost."""
+    from edgeport.cli.llm import print_methods
+
+    print_methods(a16w8)
+    out = " ".join(capsys.readouterr().out.split())
+    for method in ("decode", "prefill"):
+        line = a16w8.report(method)["quantization"]["backends"]["qualcomm"]
+        assert line.startswith("quantizes ") and "with a16w8, but" in line
+        assert f"qualcomm: {' '.join(line.split())}" in out
+    assert "embedding (its compiled artifact computes it in float)" in out
+    assert f"calibration: {CALIBRATION_TOKENS} batches" in out
