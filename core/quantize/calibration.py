@@ -96,7 +96,51 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress
                 progress(f"calibrating: batch {i + 1} ({1000 * stats.seconds[-1]:.0f} ms)")
     if not stats.batches:
         raise CalibrationError("the calibration data holds no batches", hint="pass at least one batch of inputs")
+    _check_ranges(model)
     return stats
+
+
+# Beyond this magnitude an activation holds a sentinel, not data: a mask written as
+# torch.finfo(torch.float32).min (-3.4e38) ranges every real value of it into one step
+# as surely as -inf does.
+SENTINEL = 1e30
+
+
+def _check_ranges(model: torch.nn.Module) -> None:
+    """Refuse a range calibration measured over infinity, NaN or a sentinel. Quantized,
+    every real value of that tensor rounds to one step, in the fake-quantized reference
+    and on the device alike, and the export would succeed with garbage (qualcomm int8
+    on a Llama block whose additive attention mask holds -inf: cosine 0.36 to float).
+    The usual cause is an attention mask; edgeport llm masks with -100 for this reason."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return
+    from torchao.quantization.pt2e import ObserverBase
+
+    for node in graph.nodes:
+        if node.op != "call_module" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        observer = model.get_submodule(node.target)
+        low, high = getattr(observer, "min_val", None), getattr(observer, "max_val", None)
+        if not (isinstance(observer, ObserverBase) and isinstance(low, torch.Tensor) and low.numel()):
+            continue
+        # an observer that saw nothing keeps +inf / -inf: no range was measured
+        if bool((low <= -SENTINEL).any() or (high >= SENTINEL).any() or low.isnan().any() or high.isnan().any()):
+            _refuse_range(node.args[0], float(low.min()), float(high.max()))
+
+
+def _refuse_range(value: torch.fx.Node, low: float, high: float) -> None:
+    from ..report import op_name, source_of  # the report module imports this package
+
+    op = op_name(value) if value.op == "call_function" else value.op
+    where = source_of(value)
+    raise CalibrationError(
+        f"calibration measured the range of {value.name} ({op}) as {low:.3g} to {high:.3g}: quantized, every "
+        f"real value of it would round to one step" + (f" ({where})" if where else ""),
+        hint="keep infinities and sentinels out of quantized values: write an attention mask with a finite value "
+             "such as -100 instead of -inf or torch.finfo(dtype).min, or quantize with a backend that keeps that "
+             "op float",
+    )
 
 
 def _check_finite(index: int, inputs: tuple[Any, ...]) -> None:

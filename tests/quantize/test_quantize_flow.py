@@ -112,6 +112,36 @@ def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
                             registry=registry_for(CpuBackend()))
 
 
+class _MaskedScores(nn.Module):
+    """Attention scores plus an additive causal mask, then softmax: the mask a buffer."""
+
+    def __init__(self, masked: float) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.full((4, 4), masked).triu(diagonal=1))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-1, -2) + self.mask, -1)
+
+
+@pytest.mark.parametrize("masked", [float("-inf"), torch.finfo(torch.float32).min])
+def test_a_range_calibrated_over_a_mask_sentinel_is_refused(masked):
+    """mediatek's int8 quantized the masked scores over -inf to 0.2 and exported: every
+    real score rounded to one step, softmax of garbage, and no word of it (qualcomm int8
+    on examples/models.py's tiny_llama: cosine 0.36 to float)."""
+    from edgeport.backends.mediatek import MediatekBackend
+
+    q, k = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    with pytest.raises(edgeport.CalibrationError, match=r"calibration measured the range of add \(aten.add.Tensor\) "
+                                                          r"as -(inf|3.4e\+38) to .*round to one step") as info:
+        edgeport.export(_MaskedScores(masked).eval(), (q, k), ["mediatek"], quantize="int8",
+                        calibration=[(q, k)], registry=registry_for(MediatekBackend()))
+    assert "test_quantize_flow.py" in str(info.value) and "-100" in info.value.hint
+    finite = edgeport.export(_MaskedScores(-100.0).eval(), (q, k), ["mediatek"], quantize="int8",
+                             calibration=[(q, k)], registry=registry_for(MediatekBackend()))
+    with torch.no_grad():
+        assert torch.allclose(finite(q, k), _MaskedScores(masked)(q, k), atol=0.02)
+
+
 @pytest.mark.parametrize(("calibration", "message"), [
     (5, "calibration takes an iterable of batches; got int 5"), ("cal.npz", "is a path: from Python, calibration takes batches"),
 ])
