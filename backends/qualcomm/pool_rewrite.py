@@ -22,6 +22,12 @@ multiplying by (kernel volume / torch's divisor) gives torch's average, where to
 divisor counts the window clipped to the padded input (``count_include_pad=True``) or
 its real elements (``False``). A max over a window padded with the dtype's lowest value
 is the max over its real elements. The cost is one copy of the pool's input on device.
+
+In a quantized graph a max pool reads a DequantizeLinear and feeds a QuantizeLinear.
+Float padding blocks there made QNN build the Concat and the pool in float (ResNet-18's
+stem pool, k3/s2/p1, in int8 and a16w8). There the blocks are the integer grid's lowest
+step, dequantized with the input's parameters, and the Concat is quantized with them
+too: every padded value is at most every real one, and QNN runs both ops quantized.
 """
 
 from __future__ import annotations
@@ -72,9 +78,11 @@ def rewrite_pools(model: Any) -> int:
     if not targets:
         return 0
     types = _value_types(shape_inference.infer_shapes(model).graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
     for index in reversed(targets):  # later indices first, so earlier ones stay valid
         node = graph.node[index]
-        replacement, constants = _explicit(node, types)
+        replacement, constants = _explicit(node, types, _input_grid(node, producer, initializers))
         del graph.node[index]
         for offset, new in enumerate(replacement):
             graph.node.insert(index + offset, new)
@@ -95,6 +103,7 @@ class _Replacement:
 
     pool: Any  # the onnx.NodeProto replaced
     dtype: np.dtype
+    grid: _Grid | None = None  # a max pool's quantized input: pad on its integer grid
     nodes: list[Any] = field(default_factory=list)
     constants: list[Any] = field(default_factory=list)
 
@@ -102,11 +111,11 @@ class _Replacement:
     def prefix(self) -> str:
         return f"{self.pool.name or self.pool.output[0]}{_SUFFIX}"
 
-    def constant(self, suffix: str, value: np.ndarray) -> str:
+    def constant(self, suffix: str, value: np.ndarray, dtype: np.dtype | None = None) -> str:
         from onnx import numpy_helper
 
         name = f"{self.prefix}_{suffix}"
-        self.constants.append(numpy_helper.from_array(value.astype(self.dtype), name))
+        self.constants.append(numpy_helper.from_array(value.astype(dtype or self.dtype), name))
         return name
 
     def add(self, op: str, inputs: list[str], output: str, suffix: str, **attributes: Any) -> str:
@@ -128,19 +137,56 @@ class _Replacement:
             if width:
                 block = list(shape)
                 block[dim] = width
-                name = self.constant(f"pad{i}_{where}", np.full(block, fill))
+                name = self.constant(f"pad{i}_{where}", np.full(block, fill)) if self.grid is None \
+                    else self.grid.lowest(self, f"pad{i}_{where}", block)
                 parts.insert(0 if where == "before" else len(parts), name)
         shape[dim] += axis.begin + axis.trailing
-        return self.add("Concat", parts, f"{self.prefix}_padded{i}", f"concat{i}", axis=dim)
+        padded = self.add("Concat", parts, f"{self.prefix}_padded{i}", f"concat{i}", axis=dim)
+        return padded if self.grid is None else self.grid.requantize(self, padded, f"padded{i}")
 
 
-def _explicit(pool: Any, types: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+@dataclass(frozen=True)
+class _Grid:
+    """The per-tensor quantization parameters of a max pool's input (initializer names)."""
+
+    scale: str
+    zero_point: str
+    dtype: np.dtype
+
+    def lowest(self, built: _Replacement, suffix: str, shape: list[int]) -> str:
+        """A block of the grid's lowest step, dequantized: at most every value on the grid."""
+        low = np.full(shape, np.iinfo(self.dtype).min)
+        block = built.constant(suffix, low, self.dtype)
+        return built.add("DequantizeLinear", [block, self.scale, self.zero_point], f"{block}_dq", f"{suffix}_dq")
+
+    def requantize(self, built: _Replacement, value: str, suffix: str) -> str:
+        """``value`` (on the grid already) through a QuantizeLinear and a DequantizeLinear
+        of these parameters, so QNN quantizes the op producing it."""
+        q = built.add("QuantizeLinear", [value, self.scale, self.zero_point], f"{value}_q", f"{suffix}_q")
+        return built.add("DequantizeLinear", [q, self.scale, self.zero_point], f"{value}_dq", f"{suffix}_dq")
+
+
+def _input_grid(pool: Any, producer: dict[str, Any], initializers: dict[str, Any]) -> _Grid | None:
+    """A max pool's input grid, when it reads a per-tensor DequantizeLinear."""
+    from onnx import helper
+
+    dequantize = producer.get(pool.input[0])
+    if pool.op_type != "MaxPool" or dequantize is None or dequantize.op_type != "DequantizeLinear":
+        return None
+    params = list(dequantize.input[1:3])
+    if len(params) != 2 or any(p not in initializers or np.prod(initializers[p].dims) != 1 for p in params):
+        return None
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(initializers[params[1]].data_type))
+    return _Grid(*params, dtype) if np.issubdtype(dtype, np.integer) else None
+
+
+def _explicit(pool: Any, types: dict[str, Any], grid: _Grid | None) -> tuple[list[Any], list[Any]]:
     """Concat padding + unpadded pool (+ divisor Mul) computing what ``pool`` computes."""
     attrs = _attributes(pool)
     shape, dtype = _shape_and_dtype(types, pool.input[0], pool)
     axes = _axes(pool, attrs, shape)
     average = pool.op_type == "AveragePool"
-    built = _Replacement(pool, dtype)
+    built = _Replacement(pool, dtype, grid)
     current = pool.input[0]
     for i, axis in enumerate(axes):
         current = built.pad(current, shape, i, axis, fill=0.0 if average else float(np.finfo(dtype).min))

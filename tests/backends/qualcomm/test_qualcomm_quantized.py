@@ -360,3 +360,18 @@ def test_a_constant_operand_gets_a_dequantize_giving_its_value(dtype, op, consta
     assert [n.op_type for n in model.graph.node if n.name == "op"] == ["Mul" if op == "Div" else op]
     assert "c" not in model.graph.node[2].input  # the DequantizeLinear made for it is read instead
     np.testing.assert_allclose(ReferenceEvaluator(model).run(None, {"x": x})[0], before, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_padded_max_pool_runs_quantized_on_htp(backend, scheme):
+    """ResNet's stem pool (k3/s2/p1): pool_rewrite.py pads it with constant blocks, which
+    were float, so QNN built the padding and the pool in float between quantized convs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    program = edgeport.export(model, (x,), ["qualcomm"], quantize=scheme, calibration=calibration_for((x,), batches=4),
+                              keep_reference=True, registry=registry_for(backend))
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    assert [n["name"] for n in nodes if "quantized" not in n] == []
+    with torch.no_grad():
+        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
