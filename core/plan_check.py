@@ -200,7 +200,6 @@ def _check_steps(plan: MethodPlan, manifest: Manifest, report: Mapping[str, Any]
             raise ManifestError(f"the report puts node {node['name']!r} in partition {node['partition']}, "
                                 "which it does not list")
     seen: set[int] = set()
-    values = {*plan.input_values, *plan.state_reads, *(v for s in plan.steps for v in s.outputs)}
     for i, step in enumerate(plan.steps):
         if step.partition in seen:
             raise ManifestError(f"two steps run partition {step.partition}")
@@ -215,12 +214,12 @@ def _check_steps(plan: MethodPlan, manifest: Manifest, report: Mapping[str, Any]
                 f"{step.partition} of the report ({row['backend']}: {row['inputs']} -> {row['outputs']})"
             )
         if step.kind == "delegate":
-            _check_delegate(i, step, manifest, values)
+            _check_delegate(i, step, manifest)
         else:
             _check_portable(i, step, manifest)
 
 
-def _check_delegate(i: int, step: Step, manifest: Manifest, values: set[str]) -> None:
+def _check_delegate(i: int, step: Step, manifest: Manifest) -> None:
     if step.backend is None or step.artifact is None or step.program is not None:
         raise ManifestError(f"delegate step {i} needs a backend and an artifact, and no program")
     info = manifest.artifacts.get(step.artifact)
@@ -237,21 +236,23 @@ def _check_delegate(i: int, step: Step, manifest: Manifest, values: set[str]) ->
             raise ManifestError(f"step {i} runs entry {step.entry} of {step.artifact}, which has no such entry")
         metadata = entries[step.entry] if isinstance(entries[step.entry], dict) else {}
     for key, names in (("inputs", step.inputs), ("outputs", step.outputs)):
-        _check_recorded_names(i, key, metadata.get(key), names, values)
+        _check_recorded_names(i, key, metadata.get(key), names)
 
 
-def _check_recorded_names(i: int, key: str, recorded: Any, names: Sequence[str], values: set[str]) -> None:
+def _check_recorded_names(i: int, key: str, recorded: Any, names: Sequence[str]) -> None:
     """A backend may record its artifact's inputs/outputs in its metadata, as names or as
     ``{"name": ...}`` objects (writing-a-backend.md). Where it does, they must be the
-    step's: the same count, and a value of the method in the same position."""
+    step's: the same count and, where they are the step's own names, the same order.
+    Names of the backend's own (an ONNX graph's) are not compared, even where one
+    happens to equal some other value of the method: a qualcomm partition's ONNX output
+    ``dequantize_per_tensor_3`` is not the method's value of that name."""
     if not isinstance(recorded, list):
         return
     if len(recorded) != len(names):
         raise ManifestError(f"step {i} has {len(names)} {key} but its artifact records {len(recorded)}")
-    for position, entry in enumerate(recorded):
-        name = entry.get("name") if isinstance(entry, dict) else entry
-        if isinstance(name, str) and name in values and name != names[position]:
-            raise ManifestError(f"step {i} {key} {list(names)} are not in the order its artifact records them")
+    recorded_names = [entry.get("name") if isinstance(entry, dict) else entry for entry in recorded]
+    if sorted(map(str, recorded_names)) == sorted(names) and recorded_names != list(names):
+        raise ManifestError(f"step {i} {key} {list(names)} are not in the order its artifact records them")
 
 
 def _check_portable(i: int, step: Step, manifest: Manifest) -> None:

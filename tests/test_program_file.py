@@ -408,6 +408,44 @@ def test_an_edited_plan_is_refused_at_load(two_outputs_bytes, tmp_path, change, 
         load_bytes(tmp_path, resealed(two_outputs_bytes, change))
 
 
+@pytest.fixture(scope="module")
+def cpu_two_outputs_bytes(tmp_path_factory):
+    """TwoOutputs on the cpu: one delegate step, whose artifact records its input and
+    output names (['x'], ['sum_1', 'mul'])."""
+    path = tmp_path_factory.mktemp("cpu_two") / "two.edgeport"
+    edgeport.export(TwoOutputs(), (torch.randn(2, 3),), ["cpu"]).save(path)
+    return path.read_bytes()
+
+
+def _recorded_outputs(names):
+    def change(manifest):
+        manifest["artifacts"][first_artifact(manifest)]["metadata"]["outputs"] = names
+    return change
+
+
+def test_an_artifact_recording_the_steps_outputs_swapped_is_refused(cpu_two_outputs_bytes, tmp_path):
+    with pytest.raises(edgeport.ProgramError, match=r"step 0 outputs \['sum_1', 'mul'\] are not in the order its "
+                                                    "artifact records them"):
+        edgeport.load(_saved(tmp_path, resealed(cpu_two_outputs_bytes, _recorded_outputs(["mul", "sum_1"]))))
+
+
+def test_an_artifacts_own_name_equal_to_another_value_is_not_compared(cpu_two_outputs_bytes, tmp_path):
+    """A qualcomm partition records its ONNX names; a program whose ONNX output
+    "dequantize_per_tensor_3" was not the method's value of that name was refused at
+    load (a layer norm's bias made that value in a portable step)."""
+    x = torch.randn(2, 3)
+    program = edgeport.load(_saved(tmp_path, resealed(cpu_two_outputs_bytes, _recorded_outputs(["out_0", "sum_1"]))))
+    expected = TwoOutputs()(x)
+    for got, want in zip(program(x), expected):
+        torch.testing.assert_close(got, want)
+
+
+def _saved(tmp_path, data):
+    path = tmp_path / "edited.edgeport"
+    path.write_bytes(data)
+    return path
+
+
 def test_state_whose_file_has_the_wrong_size_is_refused_at_load(program_bytes, tmp_path):
     def change(manifest):
         manifest["state"]["steps"]["shape"] = [2]
