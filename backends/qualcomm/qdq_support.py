@@ -9,7 +9,9 @@ another backend's:
   taking it would pull that backend's boundary into a qualcomm partition;
 - a weight or bias dequantize is qualcomm's when every op reading it reads its
   activation through a qualcomm (unsigned) dequantize, i.e. the op was quantized by
-  qualcomm; a weight of a cpu-quantized op stays with the cpu;
+  qualcomm; a weight of a cpu-quantized op stays with the cpu. Per channel they are
+  int8 weights and int32 biases; per tensor, a layer norm's uint8 scale and int32
+  bias;
 - affine ops (per-token, per-group: `torchao.*_affine`) quantize at run time, which
   QNN HTP does not do.
 
@@ -29,10 +31,6 @@ UNSIGNED = frozenset({torch.uint8, torch.uint16})
 WEIGHT_DTYPES = frozenset({torch.int8, torch.int32})  # int8 weights, int32 biases
 
 
-
-
-
-
 def check_quantization(node: Node) -> edgeport.Support:
     """QNN HTP's answer for a quantize, dequantize or quantization-parameter node."""
     name = op_name(node)
@@ -40,6 +38,8 @@ def check_quantization(node: Node) -> edgeport.Support:
         if node.target._overloadname != "default":
             return edgeport.Support.no(f"{name}: parameters computed at run time; QNN takes literal ones")
         dtype = node.args[5]
+        if name == DEQUANTIZE and dtype == torch.int32 and _qualcomm_weight(node):
+            return edgeport.Support.yes()  # a layer norm's bias (quantizer.py)
         if dtype not in UNSIGNED:
             return edgeport.Support.no(
                 f"{name} to {str(dtype).removeprefix('torch.')}: another backend's scheme "
@@ -49,10 +49,15 @@ def check_quantization(node: Node) -> edgeport.Support:
     if name == DEQUANTIZE_CHANNEL:
         if node.args[6] not in WEIGHT_DTYPES:
             return edgeport.Support.no(f"{name} of {node.args[6]}: QNN takes int8 weights and int32 biases")
-        if not node.users or not all(_reads_qualcomm_activation(user) for user in node.users):
+        if not _qualcomm_weight(node):
             return edgeport.Support.no(f"{name}: the weight of an op another backend quantized")
         return edgeport.Support.yes()
     return edgeport.Support.no(f"{name}: QNN HTP runs static quantization only, not run-time or group-wise")
+
+
+def _qualcomm_weight(dequantize: Node) -> bool:
+    """Whether every op reading `dequantize` (a weight's or bias's) was quantized by qualcomm."""
+    return bool(dequantize.users) and all(_reads_qualcomm_activation(user) for user in dequantize.users)
 
 
 def _reads_qualcomm_activation(op: Node) -> bool:

@@ -40,6 +40,10 @@ norm that chain does not match (a weight computed at run time, an integer eps) s
 float inside, from the dequantized x to the quantize its reader puts on its output: QNN
 computes it in fp16.
 
+A layer norm is quantized as QNN's LayerNorm takes it: its scale uint8 per tensor (at
+16-bit activations too), its bias int32 (`_annotate_layer_norm`). An unmasked attention
+is expanded into the MatMul, Softmax and MatMul HTP quantizes (`expand`, attention.py).
+
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
 input's parameters, so no requantization happens around them. An elementwise op of a
 tensor and a number (``x * 0.5``, an attention's scaling) is quantized as a whole:
@@ -74,12 +78,15 @@ from torchao.quantization.pt2e.quantizer import (
 
 from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.quantize import Scheme
-from edgeport.quantize.int32_bias import BiasFitObserver, bias_spec, fit_biases
+from edgeport.quantize.int32_bias import INT32_RANGE, BiasFitObserver, bias_spec, fit_biases
+
+from .attention import expand_attention
 
 aten = torch.ops.aten
 
 ACTIVATION_DTYPES = {8: torch.uint8, 16: torch.uint16}
 WEIGHT_RANGE = (-127, 127)  # symmetric int8: QNN's per-channel weights have zero point 0
+ACTIVATION_RANGE_8 = (0, 255)
 
 OWN, SHARED = "own", "shared"  # an output quantized with its own parameters, or its input's
 OUTPUT_HEADROOM = 1.0  # a 16-bit method output's calibrated span, widened by this fraction of it
@@ -160,6 +167,8 @@ class QualcommQuantizer(Quantizer):
             if not is_annotated(node):
                 node.meta[ANNOTATION] = QuantizationAnnotation({}, None, _annotated=True)  # float: see the docstring
         for node in list(model.graph.nodes):
+            if node.target == aten.native_layer_norm.default and not is_annotated(node):
+                self._annotate_layer_norm(node)
             form = FORMS.get(node.target)
             if form is None or node.op != "call_function" or is_annotated(node):
                 continue
@@ -173,6 +182,11 @@ class QualcommQuantizer(Quantizer):
 
     def validate(self, model: GraphModule) -> None:
         """Nothing to check: every annotation comes from `FORMS`."""
+
+    def expand(self, node: Node) -> Node | None:
+        """An unmasked attention as the pieces HTP quantizes (attention.py); the core
+        asks about each node this backend owns (core/quantize/expand.py)."""
+        return expand_attention(node)
 
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
         """Hand each biased op's weight observer its input's observer and its bias (see
@@ -244,6 +258,31 @@ class QualcommQuantizer(Quantizer):
         norm.scaling.meta[ANNOTATION] = QuantizationAnnotation({norm.weight: self._activation()}, self._activation(),
                                                                _annotated=True)
 
+    def _annotate_layer_norm(self, norm: Node) -> None:
+        """A layer norm as QNN's LayerNorm runs it quantized: x and the output at the
+        activation type, its scale uint8 per tensor and its bias int32. In ONNX Runtime
+        QNN 2.7.0's graph dump every other form tried ran the norm in float or was
+        refused: a float, int8, per-channel int8 or (at 16-bit activations) uint16
+        scale, a float, int8 or uint8 bias. A norm whose scale or bias is computed at
+        run time, or that has no scale, stays float."""
+        x, _shape, weight, bias = (*norm.args, None, None)[:4]
+        if not (_runtime_float(x) and _constant(weight) and (bias is None or _constant(bias))):
+            return
+        inputs: dict[Node, QuantizationSpecBase] = {x: self._activation(), weight: self._norm_scale()}
+        if bias is not None:
+            inputs[bias] = _INT32_BIAS
+        norm.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
+        for value in [u for u in norm.users if u.target is operator.getitem and u.args[1] == 0]:
+            value.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(headroom=value in self._outputs),
+                                                            _annotated=True)
+
+    def _norm_scale(self) -> QuantizationSpec:
+        """A layer norm's scale: uint8 per tensor, whatever the activations' width."""
+        low, high = ACTIVATION_RANGE_8
+        observer = FakeQuantize.with_args(observer=MinMaxObserver, quant_min=low, quant_max=high, dtype=torch.uint8) \
+            if self.scheme.qat else MinMaxObserver.with_args(dtype=torch.uint8, quant_min=low, quant_max=high)
+        return QuantizationSpec(torch.uint8, observer, low, high, torch.per_tensor_affine)
+
     def _activation(self, headroom: bool = False) -> QuantizationSpec:
         """Per-tensor parameters from the calibrated range; ``headroom``: a method
         output's, widened by `OUTPUT_HEADROOM` (QAT learns its ranges: none added)."""
@@ -265,6 +304,13 @@ class QualcommQuantizer(Quantizer):
             ctr = BiasFitObserver.with_args(dtype=torch.int8, quant_min=low, quant_max=high,
                                             qscheme=torch.per_channel_symmetric, ch_axis=axis)
         return QuantizationSpec(torch.int8, ctr, low, high, torch.per_channel_symmetric, ch_axis=axis)
+
+
+# A layer norm's bias: int32 per tensor, steps of max |bias| / 2^31 (QNN takes any scale).
+_INT32_BIAS = QuantizationSpec(torch.int32, MinMaxObserver.with_args(dtype=torch.int32, quant_min=INT32_RANGE[0],
+                                                                     quant_max=INT32_RANGE[1],
+                                                                     qscheme=torch.per_tensor_symmetric),
+                               *INT32_RANGE, torch.per_tensor_symmetric)
 
 
 class HeadroomMinMaxObserver(MinMaxObserver):

@@ -258,8 +258,15 @@ def placed_quantizer(placement: Placement) -> Any:
         """Each backend's quantizer, restricted to the nodes that backend owns.
 
         Backends' `transform_for_annotation` is not called: the graph must keep the
-        nodes the placement named. Each quantizer's `validate` and observer callback are.
+        nodes the placement named. A quantizer's `expand` rewrites its own nodes instead
+        (expand.py), and its `validate` and observer callback are called.
         """
+
+        def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+            from .expand import expand_placed  # expand imports this module
+
+            expand_placed(model, placement)
+            return model
 
         def annotate(self, model: GraphModule) -> GraphModule:
             annotate_placed(model, placement)

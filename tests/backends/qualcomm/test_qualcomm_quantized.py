@@ -375,3 +375,57 @@ def test_a_padded_max_pool_runs_quantized_on_htp(backend, scheme):
     assert [n["name"] for n in nodes if "quantized" not in n] == []
     with torch.no_grad():
         assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+
+
+class _EncoderBlock(nn.Module):
+    """A pre-norm transformer encoder layer: LayerNorm, unmasked attention, a residual."""
+
+    def __init__(self, width: int = 32, heads: int = 2, causal: bool = False) -> None:
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        batch, tokens, width = x.shape
+        q, k, v = (t.view(batch, tokens, self.heads, -1).transpose(1, 2)
+                   for t in self.qkv(self.norm(x)).split(width, dim=-1))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return x + self.proj(y.transpose(1, 2).reshape(batch, tokens, width))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_layer_norm_and_attention_run_quantized_on_htp(backend, scheme):
+    """QNN built a LayerNorm whose scale was not uint8 per tensor in float, and a
+    quantized partition's fused attention between its dequantizes and quantize in fp16;
+    now the norm is quantized as QNN takes it, and attention runs as quantized MatMul,
+    Softmax and MatMul (attention.py). The view merging the heads after it still works:
+    the pieces' value is laid out as the fused op's was (core/quantize/expand.py)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 32)
+    program = edgeport.export(_EncoderBlock().eval(), (x,), ["qualcomm"], quantize=scheme,
+                              calibration=calibration_for((x,), batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    ops = {n["op"] for n in nodes}
+    assert "aten.scaled_dot_product_attention.default" not in ops
+    assert {"aten.native_layer_norm.default", "aten.matmul.default", "aten._softmax.default"} <= ops
+    assert [n["name"] for n in nodes if "quantized" not in n] == []
+    assert program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"] == \
+        f"quantizes its {len(nodes)} op(s) with {scheme}"
+    with torch.no_grad():
+        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+
+
+def test_masked_attention_stays_whole_and_is_reported_float(backend):
+    """A causal mask needs the guard of fully masked rows the pieces leave out: that
+    attention is not expanded, and the summary names it as float."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 32)
+    program = edgeport.export(_EncoderBlock(causal=True).eval(), (x,), ["qualcomm"], quantize="a16w8",
+                              calibration=calibration_for((x,), batches=4), registry=registry_for(backend))
+    names = {n["name"]: n for n in program.report()["nodes"]}
+    assert names["scaled_dot_product_attention"].get("float_between_quantized") is True
+    summary = program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"]
+    assert summary.endswith("1 stays float: scaled_dot_product_attention (its compiled artifact computes it in float)")
