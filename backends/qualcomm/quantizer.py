@@ -178,6 +178,9 @@ class QualcommQuantizer(Quantizer):
             self._annotate(node, form, quantize_output=activation is None)
             if activation is not None and is_annotated(node):
                 self._annotate_fused(activation)
+        # Hold no node past annotation: a QAT model keeps its quantizer, and copying the model
+        # to export it copied the nodes' fake tensors too, which fails ("Cannot access data pointer").
+        self._outputs = frozenset()
         return model
 
     def validate(self, model: GraphModule) -> None:

@@ -429,3 +429,23 @@ def test_masked_attention_stays_whole_and_is_reported_float(backend):
     assert names["scaled_dot_product_attention"].get("float_between_quantized") is True
     summary = program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"]
     assert summary.endswith("1 stays float: scaled_dot_product_attention (its compiled artifact computes it in float)")
+
+
+def test_a16w8_qat_trains_then_exports_quantized(backend):
+    """The quantizer kept the graph's output nodes after annotating; a QAT model keeps
+    its quantizer, and export's copy of the model failed on those nodes' fake tensors
+    ("Cannot access data pointer of Tensor") once the model had trained."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 32)
+    registry = registry_for(backend)
+    prepared = edgeport.prepare_qat(_EncoderBlock(), (x,), ["qualcomm"], "a16w8", registry=registry)
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-3)
+    for _ in range(3):
+        optimizer.zero_grad()
+        prepared(torch.randn(1, 8, 32)).pow(2).mean().backward()
+        optimizer.step()
+    program = edgeport.export(prepared, (x,), ["qualcomm"], keep_reference=True, registry=registry)
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    assert [n["name"] for n in nodes if "quantized" not in n] == []
+    with torch.no_grad():
+        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
