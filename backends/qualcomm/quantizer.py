@@ -43,6 +43,10 @@ computes it in fp16.
 A layer norm is quantized as QNN's LayerNorm takes it: its scale uint8 per tensor (at
 16-bit activations too), its bias int32 (`_annotate_layer_norm`). An unmasked attention
 is expanded into the MatMul, Softmax and MatMul HTP quantizes (`expand`, attention.py).
+A table lookup's table is quantized per tensor, its rows sharing its parameters
+(`_annotate_lookup`).
+An op reading program state (an LLM's V cache) reads it through a copy, quantized at
+run time (`expand`).
 
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
 input's parameters, so no requantization happens around them. An elementwise op of a
@@ -133,6 +137,7 @@ FORMS: dict[Any, QuantizedForm] = {
     **{op: _MOVE for op in (aten.view.default, aten._unsafe_view.default, aten.reshape.default,
                             aten.permute.default, aten.squeeze.dims, aten.squeeze.dim, aten.unsqueeze.default,
                             aten.expand.default, aten.clone.default, aten.slice.Tensor, aten.select.int,
+                            aten.index_select.default,
                             aten.flip.default, aten.pixel_shuffle.default, aten.constant_pad_nd.default,
                             aten.pad.default,
                             aten.max_pool2d_with_indices.default, aten.upsample_nearest2d.vec)},
@@ -169,6 +174,8 @@ class QualcommQuantizer(Quantizer):
         for node in list(model.graph.nodes):
             if node.target == aten.native_layer_norm.default and not is_annotated(node):
                 self._annotate_layer_norm(node)
+            if node.target == aten.embedding.default and not is_annotated(node):
+                self._annotate_lookup(node)
             form = FORMS.get(node.target)
             if form is None or node.op != "call_function" or is_annotated(node):
                 continue
@@ -187,9 +194,10 @@ class QualcommQuantizer(Quantizer):
         """Nothing to check: every annotation comes from `FORMS`."""
 
     def expand(self, node: Node) -> Node | None:
-        """An unmasked attention as the pieces HTP quantizes (attention.py); the core
-        asks about each node this backend owns (core/quantize/expand.py)."""
-        return expand_attention(node)
+        """An unmasked attention as the pieces HTP quantizes (attention.py), or an op
+        reading program state through a copy (`_read_state_through_copy`); the core asks
+        about each node this backend owns (core/quantize/expand.py)."""
+        return expand_attention(node) or _read_state_through_copy(node)
 
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
         """Hand each biased op's weight observer its input's observer and its bias (see
@@ -278,6 +286,17 @@ class QualcommQuantizer(Quantizer):
         for value in [u for u in norm.users if u.target is operator.getitem and u.args[1] == 0]:
             value.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(headroom=value in self._outputs),
                                                             _annotated=True)
+
+    def _annotate_lookup(self, lookup: Node) -> None:
+        """A table lookup (embedding) as QNN's Gather runs it quantized: the table per
+        tensor at the activation type, the rows it reads sharing its parameters. In ONNX
+        Runtime QNN 2.7.0's graph dump a Gather whose output was requantized ran in
+        float (and a float table is stored in fp16: twice a uint8 one)."""
+        table = lookup.args[0]
+        if not (_constant(table) and float_output(table) is not None):
+            return
+        lookup.meta[ANNOTATION] = QuantizationAnnotation({table: self._activation()},
+                                                         SharedQuantizationSpec((table, lookup)), _annotated=True)
 
     def _norm_scale(self) -> QuantizationSpec:
         """A layer norm's scale: uint8 per tensor, whatever the activations' width."""
@@ -467,6 +486,34 @@ def _activation_args(node: Node, form: QuantizedForm) -> list[Node]:
     return list(dict.fromkeys(nodes)) if len(nodes) + len(numbers) == len(args) else []
 
 
+
+
+def _read_state_through_copy(node: Node) -> Node | None:
+    """`node` again, reading each program state buffer it quantizes (an LLM's V cache,
+    read by ``probs @ V``) through a clone; None if it reads none.
+
+    A quantizer sees a state buffer as a constant (a get_attr the method copies its new
+    value into), so `_annotate` left the op float, and QNN computed it in fp16. Quantizing
+    the buffer itself would be wrong: PT2E's convert folds a quantize of a get_attr into
+    a stored constant, freezing the cache at its calibration value. A quantize of the
+    clone happens at run time, on the cache as it is (the K cache is read through a
+    permute for the same reason)."""
+    form = FORMS.get(node.target)
+    if form is None or form.output == SHARED or node.op != "call_function":  # data movement: its reader quantizes
+        return None
+    states = [arg for arg in _activation_args(node, form) if _state(arg)]
+    if not states:
+        return None
+    graph = node.graph
+    with graph.inserting_before(node):
+        copies = {state: graph.call_function(aten.clone.default, (state,)) for state in states}
+        return graph.call_function(node.target, torch.fx.node.map_arg(node.args, lambda n: copies.get(n, n)),
+                                   dict(node.kwargs))
+
+
+def _state(node: Node) -> bool:
+    """A buffer the method writes (a get_attr some ``copy_`` writes into): program state."""
+    return node.op == "get_attr" and any(u.target == aten.copy_.default and u.args[0] is node for u in node.users)
 
 
 def _constant(node: Any) -> bool:

@@ -449,3 +449,20 @@ def test_a16w8_qat_trains_then_exports_quantized(backend):
     assert [n["name"] for n in nodes if "quantized" not in n] == []
     with torch.no_grad():
         assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_table_lookup_runs_quantized_on_htp(backend, scheme):
+    """An embedding ran in float (its table stored in fp16); now the table is quantized
+    per tensor and the rows read share its parameters, as QNN's quantized Gather needs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 32), nn.LayerNorm(32), nn.Linear(32, 8)).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    batches = [(torch.randint(0, 50, (1, 12)),) for _ in range(4)]
+    program = edgeport.export(model, (ids,), ["qualcomm"], quantize=scheme, calibration=batches,
+                              keep_reference=True, registry=registry_for(backend))
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    assert "aten.embedding.default" in {n["op"] for n in nodes}
+    assert [n["name"] for n in nodes if "quantized" not in n] == []
+    with torch.no_grad():
+        assert cosine(program(ids), reference_program(program)(ids)) >= MIN_COSINE
