@@ -26,6 +26,14 @@ def is_quantization_node(node: Node) -> bool:
     return qualified_name(node).startswith(("quantized_decomposed::", "torchao::"))
 
 
+def _of_constant(dequantize: Node) -> bool:
+    """Whether a dequantize reads a stored integer tensor (a weight) rather than a
+    quantize's value (an activation): in a method's graph every activation reaching a
+    dequantize comes from a quantize node."""
+    source = dequantize.args[0]
+    return isinstance(source, Node) and source.op in ("placeholder", "get_attr")
+
+
 def node_dtypes(node: Node) -> dict[str, str]:
     """{"activations": ..., "weights": ...} of a node a quantizer annotated; {} for a
     float node and for the quantize/dequantize nodes themselves."""
@@ -34,7 +42,10 @@ def node_dtypes(node: Node) -> dict[str, str]:
     activations, weights = set(), set()
     for arg in node.all_input_nodes:
         name = qualified_name(arg)
-        if name == DEQUANTIZE:
+        if name == DEQUANTIZE and _of_constant(arg):  # a lookup's table, a norm's scale; int32: a bias
+            if arg.args[5] != torch.int32:
+                weights.add(f"{_dtype(arg.args[5])} per tensor")
+        elif name == DEQUANTIZE:
             activations.add(_dtype(arg.args[5]))
         elif name == DEQUANTIZE_CHANNEL and arg.args[6] != torch.int32:  # int32: a bias
             weights.add(f"{_dtype(arg.args[6])} per channel")

@@ -60,6 +60,19 @@ def model():
 SCHEMES = ("int8", "a16w8")
 
 
+def assert_runs_all_quantized(program, x, scheme: str) -> list[dict]:
+    """Every aten op of `program` quantized on qualcomm, the summary saying so, and HTP
+    computing its fake-quantized reference; returns those ops' report rows."""
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    assert {n["backend"] for n in nodes} == {"qualcomm"}
+    assert [n["name"] for n in nodes if "quantized" not in n] == []
+    assert program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"] == \
+        f"quantizes its {len(nodes)} op(s) with {scheme}"
+    with torch.no_grad():
+        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+    return nodes
+
+
 @pytest.fixture(scope="module")
 def exported(model, backend):
     """scheme -> (program, (HTP output, fake-quantized reference output, float output))."""
@@ -310,13 +323,7 @@ def test_ops_of_a_tensor_and_a_number_run_quantized_on_htp(backend, scheme):
     program = edgeport.export(_ScalarOps().eval(), (x,), ["qualcomm"], quantize=scheme,
                               calibration=calibration_for((x,), batches=4), keep_reference=True,
                               registry=registry_for(backend))
-    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
-    assert {n["backend"] for n in nodes} == {"qualcomm"}
-    assert [n["name"] for n in nodes if "quantized" not in n] == []
-    assert program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"] == \
-        f"quantizes its {len(nodes)} op(s) with {scheme}"
-    with torch.no_grad():
-        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+    assert_runs_all_quantized(program, x, scheme)
 
 
 def test_an_op_qnn_computes_in_float_is_reported_float(backend):
@@ -371,10 +378,7 @@ def test_a_padded_max_pool_runs_quantized_on_htp(backend, scheme):
     x = torch.randn(1, 3, 16, 16)
     program = edgeport.export(model, (x,), ["qualcomm"], quantize=scheme, calibration=calibration_for((x,), batches=4),
                               keep_reference=True, registry=registry_for(backend))
-    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
-    assert [n["name"] for n in nodes if "quantized" not in n] == []
-    with torch.no_grad():
-        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+    assert_runs_all_quantized(program, x, scheme)
 
 
 class _EncoderBlock(nn.Module):
@@ -407,15 +411,13 @@ def test_layer_norm_and_attention_run_quantized_on_htp(backend, scheme):
     program = edgeport.export(_EncoderBlock().eval(), (x,), ["qualcomm"], quantize=scheme,
                               calibration=calibration_for((x,), batches=4), keep_reference=True,
                               registry=registry_for(backend))
-    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
-    ops = {n["op"] for n in nodes}
-    assert "aten.scaled_dot_product_attention.default" not in ops
-    assert {"aten.native_layer_norm.default", "aten.matmul.default", "aten._softmax.default"} <= ops
-    assert [n["name"] for n in nodes if "quantized" not in n] == []
-    assert program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"] == \
-        f"quantizes its {len(nodes)} op(s) with {scheme}"
-    with torch.no_grad():
-        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+    nodes = {n["op"]: n for n in assert_runs_all_quantized(program, x, scheme)}
+    assert "aten.scaled_dot_product_attention.default" not in nodes
+    assert {"aten.native_layer_norm.default", "aten.matmul.default", "aten._softmax.default"} <= set(nodes)
+    # explain: the scale is a weight stored per tensor, the int32 bias is not listed
+    activations = {"int8": "uint8", "a16w8": "uint16"}[scheme]
+    assert nodes["aten.native_layer_norm.default"]["quantized"] == {"activations": activations,
+                                                                    "weights": "uint8 per tensor"}
 
 
 def test_masked_attention_stays_whole_and_is_reported_float(backend):
@@ -445,10 +447,7 @@ def test_a16w8_qat_trains_then_exports_quantized(backend):
         prepared(torch.randn(1, 8, 32)).pow(2).mean().backward()
         optimizer.step()
     program = edgeport.export(prepared, (x,), ["qualcomm"], keep_reference=True, registry=registry)
-    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
-    assert [n["name"] for n in nodes if "quantized" not in n] == []
-    with torch.no_grad():
-        assert cosine(program(x), reference_program(program)(x)) >= MIN_COSINE
+    assert_runs_all_quantized(program, x, "a16w8")
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -461,8 +460,4 @@ def test_a_table_lookup_runs_quantized_on_htp(backend, scheme):
     batches = [(torch.randint(0, 50, (1, 12)),) for _ in range(4)]
     program = edgeport.export(model, (ids,), ["qualcomm"], quantize=scheme, calibration=batches,
                               keep_reference=True, registry=registry_for(backend))
-    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
-    assert "aten.embedding.default" in {n["op"] for n in nodes}
-    assert [n["name"] for n in nodes if "quantized" not in n] == []
-    with torch.no_grad():
-        assert cosine(program(ids), reference_program(program)(ids)) >= MIN_COSINE
+    assert "aten.embedding.default" in {n["op"] for n in assert_runs_all_quantized(program, ids, scheme)}
