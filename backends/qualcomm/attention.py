@@ -1,28 +1,50 @@
-"""Attention in a quantized partition as the MatMul, Softmax and MatMul HTP quantizes.
+"""Attention on HTP: quantized as the MatMul, Softmax and MatMul HTP quantizes, and its
+rows masked whole given torch's zeros.
 
 The backend keeps ``scaled_dot_product_attention`` whole at capture (support.py
 `KEEP_OPS`): torch.onnx writes it as MatMul and Softmax without the ops torch's own
-decomposition adds to guard fully masked rows. In a quantized partition that whole op
-sat between the dequantizes of q, k, v and the quantize of its output, so HTP ran its
-insides in fp16 (onnxruntime-qnn 2.7.0's QNN graph dump: every MatMul, Mul and Softmax of
-it float). The quantizer expands it first (core/quantize/expand.py) into
+decomposition adds. In a quantized partition that whole op sat between the dequantizes
+of q, k, v and the quantize of its output, so HTP ran its insides in fp16
+(onnxruntime-qnn 2.7.0's QNN graph dump: every MatMul, Mul and Softmax of it float).
+The quantizer expands it first (core/quantize/expand.py) into
 
-    probs = softmax(q @ k^T * scale, -1);  out = probs @ v
+    scores = q @ k^T * scale
+    scores = where(keep, scores, amin(scores, -1) - MASKED_MARGIN)   (masked only)
+    out = softmax(scores, -1) @ v
+    out = where(any(keep, -1), out, 0)                               (a bool mask only)
 
 each piece quantized as FORMS says, so HTP computes them in integers and the
-fake-quantized reference rounds at the same places.
+fake-quantized reference rounds at the same places. ``keep`` is the bool mask, or for
+``is_causal`` a constant lower triangle. A masked score is moved just below its row's
+scores rather than to -inf or a large constant (the masked softmax of ExecuTorch's QNN
+Llama, examples/qualcomm/oss_scripts/llama/model/static_llama.py): an observer cannot
+take -inf, and a constant far below the scores would set the steps of every score. The
+last select gives a row masked whole torch's zeros (a causal mask always leaves a row
+its first key).
 
-Only attention with no mask, no dropout and no grouped heads is expanded. A causal or
-boolean mask needs the guard, and a finite additive mask's range (0 down to its
-"masked" value) would set the steps of the masked scores: with uint8 activations a
-mask of -100 leaves steps of ~0.4 for the scores that matter. Those stay whole, and
-float on HTP, as the quantization report says.
+Measured in QNN's HTP simulator (2026-11-28; tests/backends/qualcomm: a LayerNorm, qkv
+linear, 2-head attention over 8 tokens, projection and residual; a bool mask hiding 3
+keys and the last query's every key), SQNR against float, before (attention whole, fp16)
+and now (every op quantized), and the fake-quantized reference's:
+
+    causal  a16w8: 49.1 -> 49.3 dB (reference 49.1)   int8: 36.8 -> 36.6 dB (36.8)
+    bool    a16w8: 27.7 -> 49.4 dB (reference 49.4)   int8: 26.7 -> 29.1 dB (29.1)
+
+(the bool mask's 27.7 was the unguarded row, below). Dropout, grouped heads and a float
+mask stay whole and float on HTP, as the quantization report says: a float mask's -inf
+reaches HTP as -65504 (infinities.py), so "masked" cannot be read off it there.
+
+In a float partition the whole op stays (`masked_rows_guarded`): torch.onnx writes a bool
+mask as a finite fill, so its NaN guard never fires, and a row masked whole came back as
+the mean of the values, on ONNX Runtime's CPU as on HTP (largest error 0.30 in the test
+above). The export adds the select of zeros after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.fx import Node
@@ -30,10 +52,15 @@ from torch.fx import Node
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
 
+# A masked score is set this far below its row's lowest score: its weight is then at most
+# exp(-20) ~ 2e-9 of any unmasked one's, and the scores' observed range grows by 20 only.
+MASKED_MARGIN = 20.0
+
 
 def expand_attention(node: Node) -> Node | None:
-    """Insert before `node` (an unmasked ``scaled_dot_product_attention``) the pieces
-    computing its value; return the last, or None to leave it whole."""
+    """Insert before `node` (a ``scaled_dot_product_attention`` without dropout or
+    grouped heads) the pieces computing its value; return the last, or None to leave
+    it whole."""
     args = _arguments(node)
     if args is None:
         return None
@@ -46,20 +73,122 @@ def expand_attention(node: Node) -> Node | None:
         swap_last = [*range(rank - 2), rank - 1, rank - 2]
         keys_t = graph.call_function(aten.permute.default, (key, swap_last))
         scores = graph.call_function(aten.matmul.default, (query, keys_t))
-        scaled = graph.call_function(aten.mul.Tensor, (scores, float(scale)))
-        probs = graph.call_function(aten._softmax.default, (scaled, -1, False))
-        return graph.call_function(aten.matmul.default, (probs, value))
+        scores = graph.call_function(aten.mul.Tensor, (scores, float(scale)))
+        keep, scores, whole_rows_masked = _masked(args, scores)
+        probs = graph.call_function(aten._softmax.default, (scores, -1, False))
+        out = graph.call_function(aten.matmul.default, (probs, value))
+        return _zeros_for_rows_masked_whole(out, keep) if whole_rows_masked else out
+
+
+@contextlib.contextmanager
+def masked_rows_guarded(program: torch.export.ExportedProgram) -> Iterator[None]:
+    """Each attention with a bool mask followed by a select of zeros for its rows masked
+    whole, for the ONNX export, then put back.
+
+    torch's attention gives such a row zeros; torch.onnx's export (torch 2.13) gave the
+    mean of the values (see the module docstring). The select takes the attention's
+    name, so the graph's outputs and the placement report read the guarded value."""
+    graph = program.graph
+    added = []
+    for node in [n for n in graph.nodes if n.target == SDPA]:
+        args = _named_arguments(node)
+        mask = args.get("attn_mask")
+        if not isinstance(mask, Node) or mask.meta["val"].dtype != torch.bool:
+            continue
+        name = node.name
+        node._rename(f"{name}_unguarded")
+        with graph.inserting_before(node.next):
+            guarded = _zeros_for_rows_masked_whole(node, mask)
+        guarded._rename(name)
+        node.replace_all_uses_with(guarded, delete_user_cb=lambda user: user is not guarded)
+        attends = guarded.args[0]
+        attends.meta["val"] = aten.any.dim(mask.meta["val"], -1, True)
+        guarded.meta["val"] = node.meta["val"]
+        for new in (attends, guarded):
+            new.meta["stack_trace"] = node.meta.get("stack_trace")
+        added.append((node, name, attends, guarded))
+    if added:
+        program.graph_module.recompile()
+    try:
+        yield
+    finally:
+        for node, name, attends, guarded in reversed(added):
+            guarded.replace_all_uses_with(node)
+            graph.erase_node(guarded)
+            graph.erase_node(attends)
+            node._rename(name)
+        if added:
+            program.graph_module.recompile()
+
+
+def _zeros_for_rows_masked_whole(out: Node, keep: Node) -> Node:
+    """``where(any(keep, -1), out, 0)``, inserted at the graph's insertion point:
+    torch's attention gives a query that may attend to no key zeros."""
+    attends = out.graph.call_function(aten.any.dim, (keep, -1, True))
+    return out.graph.call_function(aten.where.ScalarOther, (attends, out, 0.0))
+
+
+def _masked(args: dict[str, Any], scores: Node) -> tuple[Node | None, Node, bool]:
+    """(keep, the scores with the masked ones moved `MASKED_MARGIN` below their row's
+    lowest, whether a row may be masked whole: not with a causal mask, which leaves
+    each row its first key); (None, scores, False) unmasked."""
+    graph = scores.graph
+    mask = args.get("attn_mask")
+    if mask is not None:
+        keep, whole_rows_masked = mask, True
+    elif args.get("is_causal"):
+        keep, whole_rows_masked = _causal_keep(args["query"], args["key"]), False
+    else:
+        return None, scores, False
+    lowest = graph.call_function(aten.amin.default, (scores, [-1], True))
+    floor = graph.call_function(aten.sub.Tensor, (lowest, MASKED_MARGIN))
+    return keep, graph.call_function(aten.where.self, (keep, scores, floor)), whole_rows_masked
+
+
+def _causal_keep(query: Node, key: Node) -> Node:
+    """A constant (queries, keys) bool mask keeping key j for query i when j <= i, as
+    ``is_causal`` does, stored on the graph's module."""
+    queries, keys = query.meta["val"].shape[-2], key.meta["val"].shape[-2]
+    module = query.graph.owning_module
+    name = _free_name(module, "causal_keep")
+    module.register_buffer(name, torch.ones(queries, keys, dtype=torch.bool).tril())
+    keep = query.graph.get_attr(name)
+    keep.meta["val"] = _fake_like(query, getattr(module, name))
+    return keep
+
+
+def _free_name(module: torch.nn.Module, stem: str) -> str:
+    taken = {name for name, _ in module.named_buffers()} | set(dir(module))
+    return next(f"{stem}_{i}" for i in range(len(taken) + 1) if f"{stem}_{i}" not in taken)
+
+
+def _fake_like(node: Node, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as a fake tensor of the fake mode `node`'s value was traced in."""
+    from torch._guards import detect_fake_mode
+
+    mode = detect_fake_mode([node.meta["val"]])
+    return mode.from_tensor(tensor) if mode is not None else tensor
 
 
 def _arguments(node: Node) -> dict[str, Any] | None:
-    """The attention's arguments by name, if it is one this module expands."""
+    """The attention's arguments by name, if it is one this module expands: no
+    dropout, no grouped heads, a mask bool if any (see the module docstring)."""
     if node.target != SDPA:
         return None
-    names = [a.name for a in SDPA._schema.arguments]
-    args = {**dict(zip(names, node.args)), **node.kwargs}
-    plain = (args.get("attn_mask") is None and not args.get("dropout_p") and not args.get("is_causal")
-             and not args.get("enable_gqa"))
-    tensors = [args["query"], args["key"], args["value"]]
-    if not plain or not all(isinstance(t, Node) and isinstance(t.meta.get("val"), torch.Tensor) for t in tensors):
+    args = _named_arguments(node)
+    mask = args.get("attn_mask")
+    tensors = [args["query"], args["key"], args["value"], *([mask] if mask is not None else [])]
+    if args.get("dropout_p") or args.get("enable_gqa"):
         return None
+    if not all(isinstance(t, Node) and isinstance(t.meta.get("val"), torch.Tensor) for t in tensors):
+        return None
+    if mask is not None and mask.meta["val"].dtype != torch.bool:
+        return None
+    if args.get("is_causal") and not all(isinstance(t.meta["val"].shape[-2], int) for t in tensors[:2]):
+        return None  # the causal mask is a constant of the token counts
     return args
+
+
+def _named_arguments(node: Node) -> dict[str, Any]:
+    names = [a.name for a in SDPA._schema.arguments]
+    return {**dict(zip(names, node.args)), **node.kwargs}

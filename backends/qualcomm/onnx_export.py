@@ -30,6 +30,7 @@ from torch.export.graph_signature import InputKind
 
 from .initializer_casts import fold_initializer_casts
 from .linear_rows import linears_as_rows
+from .attention import masked_rows_guarded
 from .native_norm import fuse_rms_norms
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
@@ -61,7 +62,8 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     from edgeport.quantize.node_dtypes import is_quantization_node
 
     quantized = any(is_quantization_node(node) for node in program.graph.nodes)
-    with _quiet_exporter(), _without_slices_split(), _provenance_tags(program), _explicit_reduction_dims(program):
+    with _quiet_exporter(), _without_slices_split(), _provenance_tags(program), masked_rows_guarded(program), \
+            _explicit_reduction_dims(program):
         try:
             onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False, optimize=True,
                                              opset_version=QUANTIZED_OPSET if quantized else None)

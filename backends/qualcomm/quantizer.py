@@ -41,8 +41,9 @@ float inside, from the dequantized x to the quantize its reader puts on its outp
 computes it in fp16.
 
 A layer norm is quantized as QNN's LayerNorm takes it: its scale uint8 per tensor (at
-16-bit activations too), its bias int32 (`_annotate_layer_norm`). An unmasked attention
-is expanded into the MatMul, Softmax and MatMul HTP quantizes (`expand`, attention.py).
+16-bit activations too), its bias int32 (`_annotate_layer_norm`). An attention (unmasked,
+causal or bool-masked) is expanded into the MatMul, Softmax and MatMul HTP quantizes,
+with selects for the mask (`expand`, attention.py).
 A table lookup's table is quantized per tensor, its rows sharing its parameters
 (`_annotate_lookup`).
 An op reading program state (an LLM's V cache) reads it through a copy, quantized at
@@ -134,6 +135,9 @@ FORMS: dict[Any, QuantizedForm] = {
     aten.sigmoid.default: QuantizedForm(fixed16=(1.0 / 65536, 0)),
     aten.tanh.default: QuantizedForm(fixed16=(1.0 / 32768, 32768)),
     aten.cat.default: QuantizedForm(activations=(0,)),
+    aten.where.self: QuantizedForm(activations=(1, 2)),  # a bool condition picks: it is no activation
+    aten.where.ScalarOther: QuantizedForm(activations=(1,), output=SHARED),  # x or a number in x's range
+    aten.amin.default: _MOVE,  # one of its input's values
     **{op: _MOVE for op in (aten.view.default, aten._unsafe_view.default, aten.reshape.default,
                             aten.permute.default, aten.squeeze.dims, aten.squeeze.dim, aten.unsqueeze.default,
                             aten.expand.default, aten.clone.default, aten.slice.Tensor, aten.select.int,
@@ -194,7 +198,7 @@ class QualcommQuantizer(Quantizer):
         """Nothing to check: every annotation comes from `FORMS`."""
 
     def expand(self, node: Node) -> Node | None:
-        """An unmasked attention as the pieces HTP quantizes (attention.py), or an op
+        """An attention as the pieces HTP quantizes (attention.py), or an op
         reading program state through a copy (`_read_state_through_copy`); the core asks
         about each node this backend owns (core/quantize/expand.py)."""
         return expand_attention(node) or _read_state_through_copy(node)

@@ -19,6 +19,12 @@ scale was 10^5 times the activation's.) A Div by a constant becomes a Mul by its
 reciprocal (within one float32 rounding of the quotient, far inside a 16-bit step):
 HTP multiplies quantized tensors; it need not divide them.
 
+A Where choosing between a tensor and a number (an attention's zeros for a query masked
+whole, attention.py) gets the number in the tensor's own encoding instead: QNN's
+quantized Select copies its inputs' integers to its output, so a 0 in an encoding of its
+own (q 0, zero point 0) came out as the output's lowest value (in attention.py's test
+block, the masked query's outputs up to 0.71 off).
+
 Measured in QNN's HTP simulator against the fake-quantized reference (2026-11-28), a
 linear, then ``* 0.5 + 1.25``, ``- 0.75``, ``/ 3.0``, ``* -2.0``, then a linear: before,
 those five ops ran in float; now every op runs quantized, the largest error 1.8e-5 in
@@ -36,9 +42,9 @@ _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
 def quantize_scalar_operands(model: Any) -> int:
-    """Give every single-element float constant read by a quantized Add/Sub/Mul/Div its
-    own DequantizeLinear, in place (an onnx.ModelProto); returns how many."""
-    from onnx import numpy_helper
+    """Give every single-element float constant read by a quantized Add/Sub/Mul/Div/Where
+    its own DequantizeLinear, in place (an onnx.ModelProto); returns how many."""
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     constants = {init.name: init for init in graph.initializer}
@@ -48,40 +54,55 @@ def quantize_scalar_operands(model: Any) -> int:
         for name in node.input:
             readers[name].append(node)
     rewritten = 0
-    for node in [n for n in graph.node if n.op_type in _ELEMENTWISE and len(n.input) == 2]:
+    for node in [n for n in graph.node if _operands(n)]:
         found = _match(node, constants, producer, readers)
         if found is None:
             continue
-        position, dtype = found
+        position, other = found
         value = float(numpy_helper.to_array(constants[node.input[position]]).reshape(()))
+        if node.op_type == "Where":
+            node.input[position] = _dequantize_in_encoding(model, node, value, other, constants)
+            rewritten += 1
+            continue
         if node.op_type == "Div":
             if position == 0 or value == 0:  # c / x stays a division; x / 0 is left as torch wrote it
                 continue
             node.op_type, value = "Mul", float(np.float32(1) / np.float32(value))
+        dtype = helper.tensor_dtype_to_np_dtype(constants[other.input[2]].data_type)
         node.input[position] = _exact_dequantize(model, node, value, dtype)
         rewritten += 1
     return rewritten
 
 
-def _match(node: Any, constants: dict, producer: dict, readers: dict) -> tuple[int, np.dtype] | None:
-    """(the constant's input position, the integer type of the other input's encoding)
-    when `node` is a quantized op of one activation and one float scalar constant."""
-    from onnx import TensorProto, helper
+def _operands(node: Any) -> tuple[int, ...]:
+    """The input positions of `node`'s two numeric operands, () for another op (a
+    Where's condition is bool)."""
+    if node.op_type in _ELEMENTWISE and len(node.input) == 2:
+        return (0, 1)
+    return (1, 2) if node.op_type == "Where" and len(node.input) == 3 else ()
 
-    positions = [i for i, name in enumerate(node.input) if name in constants]
+
+def _match(node: Any, constants: dict, producer: dict, readers: dict) -> tuple[int, Any] | None:
+    """(the constant's input position, the DequantizeLinear of the other operand) when
+    `node` is a quantized op of one activation and one float scalar constant."""
+    from onnx import TensorProto
+
+    operands = _operands(node)
+    positions = [i for i in operands if node.input[i] in constants]
     if len(positions) != 1:
         return None
     constant = constants[node.input[positions[0]]]
     if constant.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16) or np.prod(constant.dims) != 1:
         return None
-    dequantize = producer.get(node.input[1 - positions[0]])
+    (other,) = [i for i in operands if i != positions[0]]
+    dequantize = producer.get(node.input[other])
     if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(dequantize.input) < 3 \
             or dequantize.input[2] not in constants:
         return None
     out = readers.get(node.output[0], [])
     if not out or any(reader.op_type != "QuantizeLinear" for reader in out):
         return None
-    return positions[0], helper.tensor_dtype_to_np_dtype(constants[dequantize.input[2]].data_type)
+    return positions[0], dequantize
 
 
 def _exact_dequantize(model: Any, node: Any, value: float, dtype: np.dtype) -> str:
@@ -102,4 +123,25 @@ def _exact_dequantize(model: Any, node: Any, value: float, dtype: np.dtype) -> s
     dequantize.metadata_props.extend(node.metadata_props)  # the op's own aten node
     at = list(model.graph.node).index(node)
     model.graph.node.insert(at, dequantize)
+    return dequantize.output[0]
+
+
+def _dequantize_in_encoding(model: Any, node: Any, value: float, other: Any, constants: dict) -> str:
+    """Add a ``DequantizeLinear`` of `value` in the encoding of `other`'s output; its
+    output's name. A quantized Select copies its inputs' integers into its output:
+    they must share one encoding (a 0 encoded on its own read as the output's lowest
+    value on HTP), and the fake-quantized reference rounds the number in that encoding
+    too (its output shares its operand's parameters)."""
+    from onnx import helper, numpy_helper
+
+    scale = float(numpy_helper.to_array(constants[other.input[1]]))
+    zero_point = numpy_helper.to_array(constants[other.input[2]])
+    info = np.iinfo(zero_point.dtype)
+    q = np.clip(np.round(value / scale) + int(zero_point), info.min, info.max).astype(zero_point.dtype)
+    stem = f"{node.name or node.output[0]}_scalar"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(q), f"{stem}_q"))
+    dequantize = helper.make_node("DequantizeLinear", [f"{stem}_q", other.input[1], other.input[2]],
+                                  [f"{stem}_dq"], name=f"{stem}_dq")
+    dequantize.metadata_props.extend(node.metadata_props)
+    model.graph.node.insert(list(model.graph.node).index(node), dequantize)
     return dequantize.output[0]

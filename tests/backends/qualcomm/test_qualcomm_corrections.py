@@ -5,6 +5,7 @@ it. The test checks both halves: support() says no, and QNN still refuses when h
 node anyway. If a QNN upgrade starts taking one, its test fails: drop that row.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 import edgeport
 from edgeport.backends.qualcomm import QualcommOptions
+from edgeport.testing import registry_for
 
 from qualcomm_helpers import Fn, max_abs, node_named, partition_of
 
@@ -447,3 +449,24 @@ def test_the_square_an_rms_norm_averages_stays_a_pow():
     model = helper.make_model(graph)
     assert rewrite_integer_powers(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Pow", "Mul", "ReduceMean"]
+
+
+def test_a_query_whose_every_key_is_masked_gets_zeros_as_in_torch(backend, monkeypatch):
+    """torch.onnx writes a bool mask as a finite fill, so its NaN guard never fires: a
+    query masked whole read the mean of the values. The export adds the select of zeros
+    (attention.masked_rows_guarded); the attention is the program's output here, and
+    the guarded value stands in its name."""
+    from edgeport.backends.qualcomm import onnx_export
+
+    q, k, v = torch.randn(3, 1, 2, 4, 8).unbind()
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    fn = Fn(lambda *t: F.scaled_dot_product_attention(*t[:3], attn_mask=t[3]))
+    inputs = (q, k, v, mask)
+    program = edgeport.export(fn, inputs, ["qualcomm"], registry=registry_for(backend))
+    assert [n["backend"] for n in program.report()["nodes"]] == ["qualcomm"]
+    assert max_abs(program(*inputs), fn(*inputs)) < 1e-2
+    assert np.abs(np.asarray(program(*inputs))[0, :, 1]).max() == 0
+    monkeypatch.setattr(onnx_export, "masked_rows_guarded", lambda _: contextlib.nullcontext())
+    unguarded = edgeport.export(fn, inputs, ["qualcomm"], registry=registry_for(backend))
+    assert np.abs(np.asarray(unguarded(*inputs))[0, :, 1]).max() > 0.01, \
+        "torch.onnx zeroes a row masked whole now: drop the guard"

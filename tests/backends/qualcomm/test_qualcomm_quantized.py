@@ -382,7 +382,7 @@ def test_a_padded_max_pool_runs_quantized_on_htp(backend, scheme):
 
 
 class _EncoderBlock(nn.Module):
-    """A pre-norm transformer encoder layer: LayerNorm, unmasked attention, a residual."""
+    """A pre-norm transformer encoder layer: LayerNorm, attention, a residual."""
 
     def __init__(self, width: int = 32, heads: int = 2, causal: bool = False) -> None:
         super().__init__()
@@ -391,11 +391,11 @@ class _EncoderBlock(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         batch, tokens, width = x.shape
         q, k, v = (t.view(batch, tokens, self.heads, -1).transpose(1, 2)
                    for t in self.qkv(self.norm(x)).split(width, dim=-1))
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)
         return x + self.proj(y.transpose(1, 2).reshape(batch, tokens, width))
 
 
@@ -420,13 +420,47 @@ def test_layer_norm_and_attention_run_quantized_on_htp(backend, scheme):
                                                                     "weights": "uint8 per tensor"}
 
 
-def test_masked_attention_stays_whole_and_is_reported_float(backend):
-    """A causal mask needs the guard of fully masked rows the pieces leave out: that
-    attention is not expanded, and the summary names it as float."""
+def _masked_keys(tokens: int = 8) -> torch.Tensor:
+    """A bool mask hiding the last 3 keys from every query, and every key from the last."""
+    keep = torch.ones(1, 1, tokens, tokens, dtype=torch.bool)
+    keep[..., 5:] = False
+    keep[..., -1, :] = False
+    return keep
+
+
+@pytest.mark.parametrize("scheme, mask", [("int8", "causal"), ("a16w8", "bool")])
+def test_masked_attention_runs_quantized_on_htp(backend, scheme, mask):
+    """A causal or bool-masked attention stayed whole and ran in fp16 on HTP; now its
+    masked scores sit just below their row's (attention.py) and every op is quantized.
+    A query whose every key is masked gives zeros, as torch does."""
     torch.manual_seed(0)
-    x = torch.randn(1, 8, 32)
-    program = edgeport.export(_EncoderBlock(causal=True).eval(), (x,), ["qualcomm"], quantize="a16w8",
-                              calibration=calibration_for((x,), batches=4), registry=registry_for(backend))
+    block = _EncoderBlock(causal=mask == "causal").eval()
+    inputs = (torch.randn(1, 8, 32), *([_masked_keys()] if mask == "bool" else []))
+    program = edgeport.export(block, inputs, ["qualcomm"], quantize=scheme,
+                              calibration=calibration_for(inputs, batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    assert {n["backend"] for n in nodes} == {"qualcomm"}
+    assert not any(n.get("float_between_quantized") for n in nodes)
+    assert [n["op"] for n in nodes if "quantized" not in n] == (["aten.any.dim"] if mask == "bool" else [])
+    assert "float" not in program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"]
+    with torch.no_grad():
+        htp, float_ = program(*inputs), block(*inputs)
+        assert cosine(htp, reference_program(program)(*inputs)) >= MIN_COSINE
+    assert cosine(htp, float_) >= MIN_COSINE
+    if mask == "bool":  # the last query attends to nothing: x + proj(0)
+        assert max_abs(htp[0, -1], float_[0, -1]) < 0.02
+
+
+def test_float_masked_attention_stays_whole_and_is_reported_float(backend):
+    """A float mask's -inf reaches HTP as -65504, where "masked" cannot be read off it:
+    that attention is not expanded, and the summary names it as float."""
+    torch.manual_seed(0)
+    mask = torch.zeros(1, 1, 8, 8).masked_fill(~_masked_keys(), float("-inf"))[..., :-1, :]
+    mask = torch.cat([mask, torch.zeros(1, 1, 1, 8)], dim=-2)  # every query attends to something
+    inputs = (torch.randn(1, 8, 32), mask)
+    program = edgeport.export(_EncoderBlock().eval(), inputs, ["qualcomm"], quantize="a16w8",
+                              calibration=calibration_for(inputs, batches=4), registry=registry_for(backend))
     names = {n["name"]: n for n in program.report()["nodes"]}
     assert names["scaled_dot_product_attention"].get("float_between_quantized") is True
     summary = program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"]
@@ -461,3 +495,4 @@ def test_a_table_lookup_runs_quantized_on_htp(backend, scheme):
     program = edgeport.export(model, (ids,), ["qualcomm"], quantize=scheme, calibration=batches,
                               keep_reference=True, registry=registry_for(backend))
     assert "aten.embedding.default" in {n["op"] for n in assert_runs_all_quantized(program, ids, scheme)}
+
