@@ -47,7 +47,9 @@ with selects for the mask (`expand`, attention.py).
 A table lookup's table is quantized per tensor, its rows sharing its parameters
 (`_annotate_lookup`).
 An op reading program state (an LLM's V cache) reads it through a copy, quantized at
-run time (`expand`).
+run time (`expand`). At 16 bits, an operand broadcast over the batch of a sum a layer
+norm reads is copied to the batch first (`expand`, batch_broadcast.py): HTP's sum was
+wrong.
 
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
 input's parameters, so no requantization happens around them. An elementwise op of a
@@ -86,6 +88,7 @@ from edgeport.quantize import Scheme
 from edgeport.quantize.int32_bias import INT32_RANGE, BiasFitObserver, bias_spec, fit_biases
 
 from .attention import expand_attention
+from .batch_broadcast import tile_batch_broadcast
 
 aten = torch.ops.aten
 
@@ -198,10 +201,13 @@ class QualcommQuantizer(Quantizer):
         """Nothing to check: every annotation comes from `FORMS`."""
 
     def expand(self, node: Node) -> Node | None:
-        """An attention as the pieces HTP quantizes (attention.py), or an op
-        reading program state through a copy (`_read_state_through_copy`); the core asks
-        about each node this backend owns (core/quantize/expand.py)."""
-        return expand_attention(node) or _read_state_through_copy(node)
+        """An attention as the pieces HTP quantizes (attention.py), an op reading
+        program state through a copy (`_read_state_through_copy`), or, at 16 bits, an
+        op whose operand is broadcast over the batch with that operand copied to it
+        (batch_broadcast.py); the core asks about each node this backend owns
+        (core/quantize/expand.py)."""
+        return (expand_attention(node) or _read_state_through_copy(node)
+                or (tile_batch_broadcast(node) if self.dtype == torch.uint16 else None))
 
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
         """Hand each biased op's weight observer its input's observer and its bias (see
