@@ -12,7 +12,6 @@ hold a value makes both wrong alike, and only a torch check catches it.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
