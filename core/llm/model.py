@@ -282,7 +282,9 @@ def _causal_mask(T: int, group: int, value: float) -> torch.Tensor | None:
         return None
     allowed = torch.ones(T, T, dtype=torch.bool).tril()
     mask = torch.zeros(T, T).masked_fill(~allowed, value)
-    return mask.repeat(group, 1)  # rows ordered (group, T), as the queries are
+    # rows ordered (group, T), as the queries are; a cat, not a repeat: HTP runs a
+    # quantized Concat but a Tile only in fp16
+    return torch.cat([mask] * group)
 
 
 def _causal_mask_of(positions: torch.Tensor, group: int, value: float) -> torch.Tensor:

@@ -169,16 +169,15 @@ def test_the_simulator_computes_the_fake_quantized_reference(a16w8):
 @pytest.mark.slow
 def test_the_export_summary_says_what_runs_quantized_and_what_in_float(a16w8, capsys):
     """`edgeport llm export` printed each method's placement only: not that QNN computes
-    some ops in float, nor the calibration's cost. What stays float is prefill's causal
-    mask tiled over the head groups (`repeat`: HTP runs a Tile in fp16); the table
-    lookups, `probs @ V` (the V cache, program state) and the masks' `where` used to."""
+    some ops in float, nor the calibration's cost. No op stays float now; the table
+    lookups, `probs @ V` (the V cache, program state), the masks' `where` and prefill's
+    causal mask tiled over the head groups (a `repeat`: HTP runs a Tile in fp16) used to."""
     from edgeport.cli.llm import print_methods
 
     print_methods(a16w8)
     out = " ".join(capsys.readouterr().out.split())
     for method in ("decode", "prefill"):
         line = a16w8.report(method)["quantization"]["backends"]["qualcomm"]
-        in_float = {"decode": "", "prefill": ", but 1 stays float: repeat (its compiled artifact computes it in float)"}
-        assert line.startswith("quantizes ") and line.endswith(f"with a16w8{in_float[method]}")
+        assert line.startswith("quantizes ") and line.endswith("with a16w8")
         assert f"qualcomm: {' '.join(line.split())}" in out
     assert f"calibration: {CALIBRATION_TOKENS} batches" in out
