@@ -25,6 +25,7 @@ from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .errors import BackendError, EdgeportError, InputError
 from .fold import fold_constants
+from .index_views import view_spread_indexes
 from .permute_rank import collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
@@ -149,6 +150,7 @@ def export_methods(
             program = rewrite(name, program)
         infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
         collapse_permutes(program)  # a rank-6 permute (Swin's windows) at rank 4, for NPUs' rank caps
+        view_spread_indexes(program)  # transformers' mask[arange(b)[:, None, None, None], arange(s)]: a view
         folding = fold_constants(program)  # what depends only on weights and literals
         program = folding.program
         sized = fold_sized_constants(program)  # ... and on dynamic sizes: stored at the largest

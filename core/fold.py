@@ -83,6 +83,17 @@ def fold_constants(program: ExportedProgram) -> FoldResult:
     return _replace(program, computed)
 
 
+def constant_values(program: ExportedProgram, nodes: list[Node]) -> dict[Node, torch.Tensor]:
+    """The values of those ``nodes`` that depend only on weights and literals (what
+    `fold_constants` would fold, whatever their size), computed with torch; a node whose
+    value is not known at export is left out."""
+    graph = program.graph_module.graph
+    values = _stored_values(program)
+    const = _constant_nodes(graph, values, refused=set())
+    known = {n: values[n] for n in nodes if n in values}
+    return {**known, **_evaluate(graph, const, values, [n for n in nodes if n in const and n not in known])}
+
+
 def _stored_values(program: ExportedProgram) -> dict[Node, torch.Tensor]:
     """Placeholders whose value is known at export: weights, unmutated buffers, constants."""
     ctx = SupportContext(program, None)

@@ -373,42 +373,9 @@ def _check_constant_index(node: Node, is_const: IsConst) -> str | None:
 
 
 def _index_writes(node: Node, is_const: IsConst) -> frozenset[str]:
-    reshaped = _index_as_broadcast(node, is_const)
-    if reshaped is not None:
-        return broadcast_writes(reshaped, shape(node))
     if any(_narrowed_constant(i, is_const) for i in node.args[1]):
         return frozenset({"GATHER_ND"}) | NARROW_WRITES
     return frozenset({"GATHER_ND"})
-
-
-def _index_as_broadcast(node: Node, constant: Any) -> tuple[int, ...] | None:
-    """The shape x reshapes to when ``x[indices]`` equals that reshape expanded to the
-    output, or None (a real gather, or indices unknown here). Transformers' padding mask
-    is read so: ``mask[arange(b)[:, None, None, None], arange(t)[None, None, None, :]]``.
-
-    `constant`: gives an index node's tensor (an `IsConst` with `.value`, or the
-    emitter's `constant`). Proved, not guessed: the index is applied to the positions of
-    x's indexed dims and compared with the reshape."""
-    value = getattr(constant, "value", constant)
-    if not callable(value) or any(isinstance(i, Node) and i.target == NARROW_TO for i in node.args[1]):
-        return None
-    tables = [value(i) for i in node.args[1]]
-    if not all(isinstance(t, torch.Tensor) for t in tables):
-        return None
-    indexed = tuple(shape(node.args[0])[: len(tables)])
-    indices = torch.broadcast_tensors(*tables)
-    spread = tuple(size if any((i != i.narrow(d, 0, 1)).any() for i in indices) else 1
-                   for d, size in enumerate(indices[0].shape))
-    if math.prod(spread) != math.prod(indexed):
-        return None
-    positions = torch.arange(math.prod(indexed)).reshape(indexed)
-    try:
-        gathered = positions[tuple(indices)]
-    except IndexError:  # out of range: the GATHER_ND path reports it
-        return None
-    if not torch.equal(gathered, positions.reshape(spread).expand(gathered.shape)):
-        return None
-    return spread + tuple(shape(node.args[0])[len(tables):])
 
 
 @lowering(aten.index.Tensor, writes=_index_writes, dtypes=ANY, check=_check_constant_index)
@@ -417,12 +384,8 @@ def index_constant(em: Emitter, node: Node) -> Value:
     one GATHER_ND whose [*broadcast shape, k] indices are computed here (an attention
     mask read at fixed positions, x[arange(b)[:, None], arange(t)]). An index narrowed to
     a dynamic size is computed at its largest size and the positions narrowed alike.
-    Indices that only spread x's dims over the output (`_index_as_broadcast`) move no
-    data: a RESHAPE, then an expand."""
-    reshaped = _index_as_broadcast(node, em.constant)
-    if reshaped is not None:
-        v = em.reshape(em.value(node.args[0]), reshaped)
-        return broadcast_value(em, v, tuple(meta(node).shape), node.name)
+    Indices that only spread x's dims over the output never get here: export writes
+    them as a view and an expand (core/index_views.py)."""
     v = em.to_identity(em.value(node.args[0]))
     args = node.args[1]
     tables = [em.constant(i.args[0] if i.target == NARROW_TO else i) for i in args]
