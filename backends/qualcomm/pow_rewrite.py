@@ -16,14 +16,27 @@ Written as ``x * x`` there, SmolLM2-135M in fp16 on HTP goes wrong from its firs
 " ST Hind Cur Hind", logit error 45.7 on logits up to 30.6), while with the Pow kept it
 matches the fp32 cpu program (" Paris.\n\n", logit error 0.091): HTP computes that chain
 in a way the multiplied form loses. Such a norm reads a signed zero as a zero anyway.
+
+Quantized, HTP has no integer Pow: between its dequantize and quantize it computed
+``x ** 3`` (GPT-2's tanh GELU) in float. So the quantizer writes such a power as the
+same products before annotation (`power_as_products`, through its ``expand``), each
+product observed and quantized like any Mul (GPT-2 with its padding mask, zoo, a16w8:
+every op quantized; HTP against its fake-quantized reference 48 dB). There too an RMS
+norm's square stays a Pow: the quantizer quantizes the norm as QNN's RmsNorm.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch.fx import Node
 
 # Beyond this an fp16 power overflows for any |x| > 1.4 (x ** 32 > 65504): not worth a chain.
 MAX_EXPONENT = 32
+
+aten = torch.ops.aten
+Value = TypeVar("Value")
 
 
 def rewrite_integer_powers(model: Any) -> int:
@@ -54,6 +67,36 @@ def rewrite_integer_powers(model: Any) -> int:
     return rewritten
 
 
+def power_as_products(node: Node) -> Node | None:
+    """A float ``aten.pow(x, k)`` of a constant integer 2 <= k <= MAX_EXPONENT that no
+    mean reads, as Muls inserted before it (the last one returned); None if not one."""
+    value = node.meta.get("val")
+    if node.target != aten.pow.Tensor_Scalar or not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        return None
+    exponent = node.args[1]
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not float(exponent).is_integer():
+        return None
+    if not 2 <= exponent <= MAX_EXPONENT or any(user.target == aten.mean.dim for user in node.users):
+        return None
+    graph = node.graph
+    with graph.inserting_before(node):
+        return _square_and_multiply(node.args[0], int(exponent),
+                                    lambda a, b: graph.call_function(aten.mul.Tensor, (a, b)))
+
+
+def _square_and_multiply(base: Value, k: int, mul: Callable[[Value, Value], Value]) -> Value:
+    """``base ** k`` (k >= 1) by at most 2 * log2(k) calls of `mul`; the last call's
+    result is the power."""
+    result, square = None, base
+    while True:
+        if k & 1:
+            result = square if result is None else mul(result, square)
+        k >>= 1
+        if not k:
+            return result
+        square = mul(square, square)
+
+
 def _multiplications(power: Any, k: int) -> list[Any]:
     """Nodes computing ``power``'s base to the ``k`` (square and multiply), the last
     one writing ``power``'s output; each keeps ``power``'s provenance."""
@@ -67,14 +110,7 @@ def _multiplications(power: Any, k: int) -> list[Any]:
         nodes.append(helper.make_node("Mul", [a, b], [name], name=name))
         return name
 
-    result, square = None, base
-    while True:
-        if k & 1:
-            result = square if result is None else mul(result, square)
-        k >>= 1
-        if not k:
-            break
-        square = mul(square, square)
+    _square_and_multiply(base, k, mul)
     if not nodes:  # k == 1
         nodes.append(helper.make_node("Identity", [base], [output], name=tag))
     else:  # the top bit is set: the last Mul made is the result

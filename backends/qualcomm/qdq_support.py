@@ -61,10 +61,10 @@ def _qualcomm_weight(dequantize: Node) -> bool:
 
 
 def _reads_qualcomm_activation(op: Node) -> bool:
-    """True if `op` reads its first input through a dequantize qualcomm takes."""
-    first = op.args[0] if op.args else None
-    return (isinstance(first, Node) and op_name(first) == DEQUANTIZE and first.target._overloadname == "default"
-            and first.args[5] in UNSIGNED)
+    """True if `op` reads an input through a dequantize qualcomm takes (its activation:
+    the first input, or the second of an ``addmm(bias, x, w)``)."""
+    return any(op_name(arg) == DEQUANTIZE and arg.target._overloadname == "default" and arg.args[5] in UNSIGNED
+               for arg in op.all_input_nodes)
 
 
 def quantized_dtypes(graph: torch.fx.Graph) -> dict[str, str]:

@@ -89,6 +89,7 @@ from edgeport.quantize.int32_bias import INT32_RANGE, BiasFitObserver, bias_spec
 
 from .attention import expand_attention
 from .batch_broadcast import tile_batch_broadcast
+from .pow_rewrite import power_as_products
 
 aten = torch.ops.aten
 
@@ -127,6 +128,8 @@ _MOVE = QuantizedForm(output=SHARED)
 FORMS: dict[Any, QuantizedForm] = {
     aten.convolution.default: _WEIGHTED,
     aten.linear.default: _WEIGHTED,
+    # GPT-2's Conv1D: addmm(bias, x, w), w (in, out): channels along its axis 1
+    aten.addmm.default: QuantizedForm(activations=(1,), weight=2, bias=0, weight_axis=1),
     **{op: _BINARY for op in (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor,
                               aten.maximum.default, aten.minimum.default, aten.mm.default, aten.bmm.default,
                               aten.matmul.default)},
@@ -202,11 +205,12 @@ class QualcommQuantizer(Quantizer):
 
     def expand(self, node: Node) -> Node | None:
         """An attention as the pieces HTP quantizes (attention.py), an op reading
-        program state through a copy (`_read_state_through_copy`), or, at 16 bits, an
+        program state through a copy (`_read_state_through_copy`), an integer power as
+        products (pow_rewrite.py: HTP has no quantized Pow), or, at 16 bits, an
         op whose operand is broadcast over the batch with that operand copied to it
         (batch_broadcast.py); the core asks about each node this backend owns
         (core/quantize/expand.py)."""
-        return (expand_attention(node) or _read_state_through_copy(node)
+        return (expand_attention(node) or _read_state_through_copy(node) or power_as_products(node)
                 or (tile_batch_broadcast(node) if self.dtype == torch.uint16 else None))
 
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:

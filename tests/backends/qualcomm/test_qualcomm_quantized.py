@@ -420,6 +420,37 @@ def test_layer_norm_and_attention_run_quantized_on_htp(backend, scheme):
                                                                     "weights": "uint8 per tensor"}
 
 
+class _Conv1DMlp(nn.Module):
+    """GPT-2's MLP: its Conv1D linears are ``addmm(bias, x, w)`` with w (in, out), and
+    its GELU the tanh form, ``x ** 3`` inside."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.up_w, self.up_b = nn.Parameter(torch.randn(width, 4 * width) * 0.2), nn.Parameter(torch.randn(4 * width))
+        self.down_w, self.down_b = nn.Parameter(torch.randn(4 * width, width) * 0.1), nn.Parameter(torch.randn(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.addmm(self.up_b, self.norm(x).view(-1, x.shape[-1]), self.up_w)
+        h = 0.5 * h * (1.0 + torch.tanh(0.7978845608 * (h + 0.044715 * torch.pow(h, 3.0))))
+        return x + torch.addmm(self.down_b, h, self.down_w).view(x.shape)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_gpt2_mlp_runs_quantized_on_htp(backend, scheme):
+    """Both ran in float between their dequantizes and quantize: the quantizer had no
+    form for addmm (and a weight read after the bias was taken for another backend's),
+    and HTP has no quantized Pow; now addmm is a quantized Gemm with weights per channel
+    along w's axis 1, and the power two quantized Muls (pow_rewrite.py)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 32)
+    program = edgeport.export(_Conv1DMlp().eval(), (x,), ["qualcomm"], quantize=scheme,
+                              calibration=calibration_for((x,), batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    ops = [n["op"] for n in assert_runs_all_quantized(program, x, scheme)]
+    assert ops.count("aten.addmm.default") == 2 and "aten.pow.Tensor_Scalar" not in ops
+
+
 def _masked_keys(tokens: int = 8) -> torch.Tensor:
     """A bool mask hiding the last 3 keys from every query, and every key from the last."""
     keep = torch.ones(1, 1, tokens, tokens, dtype=torch.bool)
