@@ -11,6 +11,7 @@ torchao (PT2E) is imported here, inside functions: `import edgeport` never loads
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -114,13 +115,35 @@ def recapture(converted: GraphModule, inputs: tuple[Any, ...], dynamic_shapes: A
 
     keep = quant_ops() | {op for b in backends.values() for op in b.keep_ops()}
     try:
-        with _quiet_torch():
+        with _quiet_torch(), _without_grad(converted):
             program = torch.export.export(converted, inputs, dynamic_shapes=dynamic_shapes, strict=False)
             if any(_mutates(node) for node in program.graph.nodes):
                 program = _decompose(program, set(keep))
     except Exception as exc:
         raise QuantizationError(f"torch.export could not capture the quantized graph: {type(exc).__name__}: {exc}") from exc
     return drop_proven_assertions(program)
+
+
+@contextlib.contextmanager
+def _without_grad(module: torch.nn.Module):
+    """``module``'s parameters as not requiring grad, for the duration.
+
+    The views of the converted graph were traced on the float graph's decomposition,
+    whose parameters are plain inputs, and torch picks an attention kernel by whether
+    an input requires grad: with a mask computed from a parameter (Swin's relative
+    position bias) CPU attention returns its (B, H, T, D) value laid out as (B, T, H,
+    D) without grad and contiguous with it. So Swin's ``permute(0, 2, 1, 3).view(B, T,
+    H * D)`` of it, a view in the decomposition, failed at recapture: "Cannot view a
+    tensor with shape [1, 16, 2, 16] and strides (512, 16, 256, 1)" (cpu int8, qualcomm
+    int8 and a16w8 alike)."""
+    grads = [(p, p.requires_grad) for p in module.parameters()]
+    for parameter, _ in grads:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, needed in grads:
+            parameter.requires_grad_(needed)
 
 
 def _mutates(node: torch.fx.Node) -> bool:
