@@ -83,6 +83,13 @@ def fold_constants(program: ExportedProgram) -> FoldResult:
     return _replace(program, computed)
 
 
+def constant_nodes(program: ExportedProgram) -> set[Node]:
+    """The op nodes whose value depends only on weights and literals: what
+    `fold_constants` folds, whatever its size."""
+    values = _stored_values(program)
+    return _constant_nodes(program.graph_module.graph, values, refused=set()) - set(values)
+
+
 def constant_values(program: ExportedProgram, nodes: list[Node]) -> dict[Node, torch.Tensor]:
     """The values of those ``nodes`` that depend only on weights and literals (what
     `fold_constants` would fold, whatever their size), computed with torch; a node whose

@@ -27,6 +27,7 @@ from edgeport.partitioners.support import ask_support, is_compute
 
 from ..backend import Backend, Support, support_question
 from ..errors import BackendError
+from ..fold import constant_nodes
 from .annotations import ANNOTATION, quantizes
 from .scheme import SCHEMES, Scheme, backend_scheme
 
@@ -180,13 +181,20 @@ def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> Back
 def place(program: ExportedProgram, backends: Mapping[str, Backend], options: Mapping[str, Any],
           scheme: Scheme) -> Placement:
     """Partition the float program as lowering would, after asking each backend about
-    `scheme` (a backend that declines it declines every node)."""
+    `scheme` (a backend that declines it declines every node).
+
+    A node whose value depends only on weights and literals is no backend's to
+    quantize: export computes it once (core/fold.py), so it has no run-time range to
+    calibrate, and its readers quantize it as one of their inputs. (T5's relative
+    position buckets take the log of a distance of 0: an observer there measured -inf,
+    and the export was refused.)"""
     answers = {name: backend_quantization(b, scheme, options[name]) for name, b in backends.items()}
     nodes = list(program.graph.nodes)
     checks = {name: _support(backend, program, options[name], answers[name]) for name, backend in backends.items()}
     matrix = ask_support(nodes, checks)
     plan = partition_graph(nodes, matrix, list(backends), {b: be.rules for b, be in backends.items()})
-    return Placement(scheme, dict(plan.assignment), answers)
+    computed_once = {node.name for node in constant_nodes(program)}
+    return Placement(scheme, {n: b for n, b in plan.assignment.items() if n not in computed_once}, answers)
 
 
 def compile_options(placement: Placement, options: Mapping[str, Any]) -> dict[str, Any]:
