@@ -150,14 +150,15 @@ def _causal_keep(query: Node, key: Node) -> Node:
     ``is_causal`` does, stored on the graph's module."""
     queries, keys = query.meta["val"].shape[-2], key.meta["val"].shape[-2]
     module = query.graph.owning_module
-    name = _free_name(module, "causal_keep")
+    name = free_buffer_name(module, "causal_keep")
     module.register_buffer(name, torch.ones(queries, keys, dtype=torch.bool).tril())
     keep = query.graph.get_attr(name)
     keep.meta["val"] = _fake_like(query, getattr(module, name))
     return keep
 
 
-def _free_name(module: torch.nn.Module, stem: str) -> str:
+def free_buffer_name(module: torch.nn.Module, stem: str) -> str:
+    """``stem`` and the first number that names no attribute of ``module`` yet."""
     taken = {name for name, _ in module.named_buffers()} | set(dir(module))
     return next(f"{stem}_{i}" for i in range(len(taken) + 1) if f"{stem}_{i}" not in taken)
 

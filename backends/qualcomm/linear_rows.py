@@ -36,14 +36,21 @@ def linears_as_rows(model: Any) -> int:
         for name in node.input:
             readers[name].append(node)
     shapes = static_shapes(model)
-    rewritten = 0
+    rewritten, transposes = 0, {}
     for matmul in [n for n in graph.node if n.op_type == "MatMul"]:
         found = _match(matmul, producer, readers, shapes)
         if found is None:
             continue
         transpose, add, out_quantize = found
         _replace(model, matmul, transpose, add, out_quantize, producer, shapes)
+        transposes[transpose.output[0]] = transpose
         rewritten += 1
+    # A weight shared by linears (ALBERT's layers) has one Transpose: the exporter's
+    # optimizer merged theirs. It goes once the last of them reads the weight directly.
+    still_read = {name for node in graph.node for name in node.input}
+    for name, transpose in transposes.items():
+        if name not in still_read:
+            graph.node.remove(transpose)
     return rewritten
 
 
@@ -55,7 +62,7 @@ def _match(matmul: Any, producer: dict, readers: dict, shapes: dict) -> tuple[An
     if transpose is None or transpose.op_type != "Transpose" or _perm(transpose) != [1, 0]:
         return None
     w_dq = producer.get(transpose.input[0])
-    if w_dq is None or w_dq.op_type != "DequantizeLinear" or len(readers[transposed]) != 1:
+    if w_dq is None or w_dq.op_type != "DequantizeLinear":
         return None
     reader, add = _only_reader(matmul.output[0], readers), None
     if reader is not None and reader.op_type == "Add":
@@ -94,7 +101,7 @@ def _replace(model: Any, matmul: Any, transpose: Any, add: Any | None, out_quant
     at = list(graph.node).index(last)
     for offset, node in enumerate(nodes):
         graph.node.insert(at + offset, node)
-    for old in (matmul, transpose, add):
+    for old in (matmul, add):  # the transpose: by linears_as_rows, once nothing reads it
         if old is not None:
             graph.node.remove(old)
 

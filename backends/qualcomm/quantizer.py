@@ -87,7 +87,7 @@ from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.quantize import Scheme
 from edgeport.quantize.int32_bias import INT32_RANGE, BiasFitObserver, bias_spec, fit_biases
 
-from .attention import expand_attention
+from .attention import expand_attention, free_buffer_name
 from .batch_broadcast import tile_batch_broadcast
 from .pow_rewrite import power_as_products
 
@@ -205,13 +205,14 @@ class QualcommQuantizer(Quantizer):
 
     def expand(self, node: Node) -> Node | None:
         """An attention as the pieces HTP quantizes (attention.py), an op reading
-        program state through a copy (`_read_state_through_copy`), an integer power as
+        program state through a copy (`_read_state_through_copy`), an op with a bias
+        another op reads given its own (`_own_bias`), an integer power as
         products (pow_rewrite.py: HTP has no quantized Pow), or, at 16 bits, an
         op whose operand is broadcast over the batch with that operand copied to it
         (batch_broadcast.py); the core asks about each node this backend owns
         (core/quantize/expand.py)."""
-        return (expand_attention(node) or _read_state_through_copy(node) or power_as_products(node)
-                or (tile_batch_broadcast(node) if self.dtype == torch.uint16 else None))
+        return (expand_attention(node) or _read_state_through_copy(node) or _own_bias(node)
+                or power_as_products(node) or (tile_batch_broadcast(node) if self.dtype == torch.uint16 else None))
 
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
         """Hand each biased op's weight observer its input's observer and its bias (see
@@ -230,7 +231,8 @@ class QualcommQuantizer(Quantizer):
         """Annotate `node` as `form` says; `quantize_output=False` leaves its value float
         (an activation fused into it quantizes it)."""
         activations = _activation_args(node, form)
-        if not activations or not all(_runtime_float(a) for a in activations) or float_output(node) is None:
+        if (not any(_runtime_float(a) for a in activations) or float_output(node) is None
+                or not all(_runtime_float(a) or _float_constant(a) for a in activations)):
             return
         inputs: dict[Node, QuantizationSpecBase] = {arg: self._activation() for arg in activations}
         if form.weight is not None:
@@ -525,6 +527,31 @@ def _read_state_through_copy(node: Node) -> Node | None:
                                    dict(node.kwargs))
 
 
+def _own_bias(node: Node) -> Node | None:
+    """`node` again, with its own copy of a bias another op also reads; None if not.
+
+    A bias is stored in int32 at input scale x weight scale, and two linears sharing one
+    (ALBERT's layers, a layer called twice) have two input scales. PT2E quantized the
+    shared bias once, at the first op's scale, and QNN reads each op's int32 bias at its
+    own: the other op's bias came out scaled by the ratio (HTP against its fake-quantized
+    reference: 5-11 dB; a shared weight alone is right, its scales are the op's own)."""
+    form = FORMS.get(node.target)
+    if form is None or form.bias is None or len(node.args) <= form.bias or node.op != "call_function":
+        return None
+    bias = node.args[form.bias]
+    if not _constant(bias) or len(bias.users) < 2:
+        return None
+    graph, module = node.graph, node.graph.owning_module
+    name = free_buffer_name(module, "bias_of_" + node.name)
+    module.register_buffer(name, operator.attrgetter(bias.target)(module).detach().clone())
+    with graph.inserting_before(node):
+        copy = graph.get_attr(name)
+        copy.meta["val"] = bias.meta["val"]
+        args = list(node.args)
+        args[form.bias] = copy
+        return graph.call_function(node.target, tuple(args), dict(node.kwargs))
+
+
 def _state(node: Node) -> bool:
     """A buffer the method writes (a get_attr some ``copy_`` writes into): program state."""
     return node.op == "get_attr" and any(u.target == aten.copy_.default and u.args[0] is node for u in node.users)
@@ -532,6 +559,14 @@ def _state(node: Node) -> bool:
 
 def _constant(node: Any) -> bool:
     return isinstance(node, Node) and node.op == "get_attr"
+
+
+def _float_constant(arg: Node) -> bool:
+    """A stored float tensor read as an operand (a ViT's position embeddings, a
+    ConvNeXt's layer scale): quantized per tensor like an activation, its observer
+    seeing its one value. Left float, HTP computed the op in fp16 between quantized ones."""
+    val = arg.meta.get("val")
+    return _constant(arg) and isinstance(val, torch.Tensor) and val.dtype == torch.float32 and not _state(arg)
 
 
 def _runtime_float(arg: Node) -> bool:

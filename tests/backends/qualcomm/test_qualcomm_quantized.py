@@ -451,6 +451,60 @@ def test_a_gpt2_mlp_runs_quantized_on_htp(backend, scheme):
     assert ops.count("aten.addmm.default") == 2 and "aten.pow.Tensor_Scalar" not in ops
 
 
+class _StoredOperands(nn.Module):
+    """A ViT's position embeddings added, a ConvNeXt's layer scale multiplied: ops
+    whose other operand is a stored tensor, not a weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.position = nn.Parameter(torch.randn(1, 8, 16))
+        self.scale = nn.Parameter(torch.rand(16) + 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.scale * self.first(x + self.position))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_op_of_an_activation_and_a_stored_tensor_runs_quantized_on_htp(backend, scheme):
+    """The quantizer annotated an op only when every operand was computed at run time,
+    so ``x + position`` and ``scale * x`` ran in fp16 between quantized ops; the stored
+    operand is now quantized per tensor like an activation."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 16)
+    program = edgeport.export(_StoredOperands().eval(), (x,), ["qualcomm"], quantize=scheme,
+                              calibration=calibration_for((x,), batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    ops = [n["op"] for n in assert_runs_all_quantized(program, x, scheme)]
+    assert {"aten.add.Tensor", "aten.mul.Tensor"} <= set(ops)
+
+
+class _SharedLayer(nn.Module):
+    """One linear called twice (ALBERT shares its layers): one weight, one bias, two inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.linear = nn.LayerNorm(16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(self.linear(self.norm(x))))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", [(8, 16), (1, 8, 16)], ids=["rows", "tokens"])
+def test_a_layer_called_twice_runs_quantized_on_htp_with_each_calls_bias(backend, scheme, shape):
+    """Over rows, HTP gave 5-10 dB against the reference: PT2E quantized the shared bias
+    once, at the first call's input scale, and QNN read it at the second's (each call
+    now has its own copy: quantizer `_own_bias`). Over tokens, QNN refused the one
+    Transpose the exporter kept for both calls, and the model ran in portable torch."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    program = edgeport.export(_SharedLayer().eval(), (x,), ["qualcomm"], quantize=scheme,
+                              calibration=calibration_for((x,), batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    assert_runs_all_quantized(program, x, scheme)
+
+
 def _masked_keys(tokens: int = 8) -> torch.Tensor:
     """A bool mask hiding the last 3 keys from every query, and every key from the last."""
     keep = torch.ones(1, 1, tokens, tokens, dtype=torch.bool)
