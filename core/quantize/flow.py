@@ -27,6 +27,7 @@ from torch.fx import GraphModule
 from ..backend import Backend
 from ..capture import capture
 from ..errors import EdgeportError
+from ..permute_rank import collapse_permutes
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
 from .placement import QUANTIZES, Placement, Ran, place, placed_quantizer
 from .scheme import Scheme, resolve_scheme
@@ -255,6 +256,9 @@ def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, p
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     float_program = capture(model, inputs, list(backends.values()), options, dynamic_shapes)
+    # Before annotating, as export does before lowering: a view the rewrite adds after
+    # quantizing sat between a dequantize and the next op, and QNN ran it in fp16 (Swin).
+    collapse_permutes(float_program)
     tag_float_nodes(float_program.graph)
     placement = place(float_program, backends, options, scheme)
     if progress:
