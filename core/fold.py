@@ -25,6 +25,7 @@ embeddings), stays computed at run time; its smaller constant inputs may fold in
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -101,6 +102,35 @@ def constant_values(program: ExportedProgram, nodes: list[Node]) -> dict[Node, t
     return {**known, **_evaluate(graph, const, values, [n for n in nodes if n in const and n not in known])}
 
 
+def module_value(node: Node) -> torch.Tensor | None:
+    """``node``'s value when it depends only on its module's attributes and literals
+    (the get_attr nodes of a captured module, before export lifts them to inputs),
+    computed with torch; None when it reads an input or an op that is not pure.
+
+    For rewrites of a captured module whose form depends on a value known at export:
+    the qualcomm quantizer reads an attention's float mask to split what it masks from
+    what it adds."""
+    needed, stack = {node}, [node]
+    while stack:
+        current = stack.pop()
+        if current.op == "get_attr":
+            continue
+        if current.op != "call_function" or not pure(current) or not _static(current):
+            return None
+        for read in _read_nodes(current):
+            if read not in needed:
+                needed.add(read)
+                stack.append(read)
+    module = node.graph.owning_module
+    env: dict[Node, Any] = {}
+    with torch.no_grad():
+        for current in (n for n in node.graph.nodes if n in needed):
+            env[current] = (functools.reduce(getattr, current.target.split("."), module) if current.op == "get_attr"
+                            else _run(current, env))
+    value = env[node]
+    return value if isinstance(value, torch.Tensor) else None
+
+
 def _stored_values(program: ExportedProgram) -> dict[Node, torch.Tensor]:
     """Placeholders whose value is known at export: weights, unmutated buffers, constants."""
     ctx = SupportContext(program, None)
@@ -108,7 +138,9 @@ def _stored_values(program: ExportedProgram) -> dict[Node, torch.Tensor]:
     return {n: value for n in placeholders if (value := ctx.constant(n)) is not None}
 
 
-def _pure(node: Node) -> bool:
+def pure(node: Node) -> bool:
+    """A functional, deterministic aten op (or a getitem of one's outputs): its value is
+    all it does."""
     target = node.target
     if target is operator.getitem:
         return True
@@ -137,7 +169,7 @@ def _read_nodes(node: Node) -> list[Node]:
 def _constant_nodes(graph: torch.fx.Graph, values: dict[Node, torch.Tensor], refused: set[Node]) -> set[Node]:
     const: set[Node] = set(values)
     for node in graph.nodes:
-        if node.op != "call_function" or node in refused or not _pure(node) or not _static(node):
+        if node.op != "call_function" or node in refused or not pure(node) or not _static(node):
             continue
         if all(n in const for n in _read_nodes(node)):
             const.add(node)

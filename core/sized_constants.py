@@ -165,7 +165,7 @@ def _sized_nodes(graph: Graph, values: Mapping[Node, torch.Tensor], refused: set
             continue
         if isinstance(node.meta.get("val"), torch.SymInt):
             sized.add(node)
-        elif fold._pure(node) and all(n in sized for n in node.all_input_nodes):
+        elif fold.pure(node) and all(n in sized for n in node.all_input_nodes):
             sized.add(node)
     return sized
 

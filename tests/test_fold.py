@@ -11,7 +11,7 @@ import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.mediatek import MediatekBackend
 from edgeport.capture import capture
-from edgeport.fold import FOLDED_PREFIX, SIZE_ALLOWANCE, fold_constants
+from edgeport.fold import FOLDED_PREFIX, SIZE_ALLOWANCE, fold_constants, module_value
 from edgeport.testing import registry_for
 
 
@@ -149,6 +149,27 @@ def test_returned_constants_stay_outputs():
 
     _, result = _fold(ReturnsTable(), torch.randn(3))
     assert not result.changed
+
+
+def test_module_value_computes_what_a_captured_module_reads_only_from_its_attributes():
+    """The qualcomm quantizer reads an attention's float mask this way, on the module
+    PT2E annotates (parameters are get_attr nodes there, not inputs)."""
+
+    class Biased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(5, 2))
+            self.register_buffer("index", torch.tensor([[0, 1], [4, 3]]))
+
+        def forward(self, x):
+            return x + self.table[self.index].permute(2, 0, 1) * 2
+
+    model = Biased()
+    module = capture(model, (torch.randn(2, 2, 2),), [], {}).module()
+    nodes = {n.target: n for n in module.graph.nodes if n.op == "call_function"}
+    scaled = next(n for n in module.graph.nodes if n.target == torch.ops.aten.mul.Tensor)
+    assert torch.equal(module_value(scaled), model.table[model.index].permute(2, 0, 1).detach() * 2)
+    assert module_value(nodes[torch.ops.aten.add.Tensor]) is None  # reads the input
 
 
 # -- BERT-style encoders -----------------------------------------------------------------

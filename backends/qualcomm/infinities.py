@@ -10,7 +10,7 @@ enters the next partition as a run-time input, where HTP saturates it all the sa
 `infinite_values` follows each known infinity forward through the graph once per program
 (`QualcommBackend.prepare`). The flow stops at an op whose answer stays right with
 ±65504 in place of ±inf (`ABSORBS`: exp, softmax of a score masked with -inf, sigmoid,
-tanh) or whose output is bool (a comparison). `support` declines the nodes on a flow
+tanh; an attention, of its mask) or whose output is bool (a comparison). `support` declines the nodes on a flow
 that reaches a program output: there the saturated value would be the answer. A flow
 that ends in an absorbing op is harmless and stays on HTP: an attention score plus a
 -inf causal mask, then softmax (edgeport's LLM prefill), saturates to -65504 and
@@ -59,9 +59,17 @@ def _carrying(program: torch.export.ExportedProgram, constant: Callable[[Node], 
             if value is not None and value.is_floating_point() and bool(torch.isinf(value).any()):
                 carrying.add(node.name)
         elif node.op == "call_function" and not _absorbs(node) and (
-                has_infinite_literal(node) or any(arg.name in carrying for arg in node.all_input_nodes)):
+                has_infinite_literal(node) or any(arg.name in carrying for arg in _carried_inputs(node))):
             carrying.add(node.name)
     return carrying
+
+
+def _carried_inputs(node: Node) -> list[Node]:
+    """The inputs through which an infinity reaches `node`'s value: not an attention's
+    mask, which is added to the scores its softmax absorbs (a stored -inf causal mask)."""
+    if node.target == aten.scaled_dot_product_attention.default:
+        return [arg for arg in node.args[:3] if isinstance(arg, Node)]  # query, key, value
+    return node.all_input_nodes
 
 
 def _absorbs(node: Node) -> bool:

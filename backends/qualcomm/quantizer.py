@@ -42,8 +42,9 @@ computes it in fp16.
 
 A layer norm is quantized as QNN's LayerNorm takes it: its scale uint8 per tensor (at
 16-bit activations too), its bias int32 (`_annotate_layer_norm`). An attention (unmasked,
-causal or bool-masked) is expanded into the MatMul, Softmax and MatMul HTP quantizes,
-with selects for the mask (`expand`, attention.py).
+causal, bool-masked, or with a float mask attention.py can split) is expanded into the
+MatMul, Softmax and MatMul HTP quantizes, with an add and selects for the mask
+(`expand`, attention.py).
 A table lookup's table is quantized per tensor, its rows sharing its parameters
 (`_annotate_lookup`).
 An op reading program state (an LLM's V cache) reads it through a copy, quantized at

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node, map_arg
 
+from ..fold import pure
 from .placement import QUANTIZES, Placement
 
 EXPAND = "expand"  # the optional quantizer method
@@ -52,12 +53,29 @@ def expand_placed(model: GraphModule, placement: Placement) -> int:
             if CUSTOM in node.meta:
                 value.meta[CUSTOM] = dict(node.meta[CUSTOM])
             node.replace_all_uses_with(value)
+            read = node.all_input_nodes
             model.graph.erase_node(node)
             del placement.owner[node.name]
+            _erase_unread(read, placement)
             expanded += 1
     if expanded:
         model.recompile()
     return expanded
+
+
+def _erase_unread(nodes: list[Node], placement: Placement) -> None:
+    """Erase those of `nodes` the expansion left unread, and what only they read: an
+    attention's float mask split into its pieces leaves its fill, whose observer would
+    measure finfo.min."""
+    stack, erased = list(nodes), set()
+    while stack:
+        node = stack.pop()
+        if node in erased or node.users or node.op != "call_function" or not pure(node):
+            continue
+        erased.add(node)
+        stack.extend(node.all_input_nodes)
+        node.graph.erase_node(node)
+        placement.owner.pop(node.name, None)
 
 
 def _describe(inserted: list[Node], node: Node) -> None:

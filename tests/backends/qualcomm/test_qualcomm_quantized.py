@@ -537,9 +537,59 @@ def test_masked_attention_runs_quantized_on_htp(backend, scheme, mask):
         assert max_abs(htp[0, -1], float_[0, -1]) < 0.02
 
 
+class _StoredMaskBlock(_EncoderBlock):
+    """An encoder layer whose float mask is known at export: a stored additive bias
+    per head, -inf where a key is masked (a hand-written causal mask's form)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        bias = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+        causal = torch.ones(8, 8, dtype=torch.bool).tril()
+        self.register_buffer("mask", bias.masked_fill(~causal, float("-inf")))
+
+    def forward(self, x):
+        return super().forward(x, self.mask)
+
+
+class _FilledMaskBlock(_EncoderBlock):
+    """T5's mask as transformers builds it: a learned position bias where a key is
+    kept (a bool given at run time), finfo.min elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(1, 2, 8, 8))
+
+    def forward(self, x, keep):
+        return super().forward(x, torch.where(keep, self.bias, torch.finfo(x.dtype).min))
+
+
+@pytest.mark.parametrize("mask", ["stored", "filled"])
+def test_float_masked_attention_runs_quantized_on_htp(backend, mask):
+    """An attention with a float mask stayed whole and ran in fp16 (T5's position bias,
+    Swin's). A mask known at export, or a fill of masked keys, is now split into the bias
+    added to the scores and the keys moved below their row (attention.py)."""
+    torch.manual_seed(0)
+    block = (_StoredMaskBlock() if mask == "stored" else _FilledMaskBlock()).eval()
+    keep = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    keep[..., 5:] = False
+    inputs = (torch.randn(1, 8, 32), *([keep] if mask == "filled" else []))
+    program = edgeport.export(block, inputs, ["qualcomm"], quantize="a16w8",
+                              calibration=calibration_for(inputs, batches=4), keep_reference=True,
+                              registry=registry_for(backend))
+    nodes = [n for n in program.report()["nodes"] if n["op"].startswith("aten.")]
+    assert {n["backend"] for n in nodes} == {"qualcomm"}
+    assert "float" not in program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"]
+    assert "aten.scaled_dot_product_attention.default" not in {n["op"] for n in nodes}
+    with torch.no_grad():
+        htp, float_ = program(*inputs), block(*inputs)
+        assert cosine(htp, reference_program(program)(*inputs)) >= MIN_COSINE
+    assert cosine(htp, float_) >= MIN_COSINE
+
+
 def test_float_masked_attention_stays_whole_and_is_reported_float(backend):
-    """A float mask's -inf reaches HTP as -65504, where "masked" cannot be read off it:
-    that attention is not expanded, and the summary names it as float."""
+    """A float mask given at run time could hold -inf, which reaches HTP as -65504,
+    where "masked" cannot be read off it: that attention is not expanded, and the
+    summary names it as float."""
     torch.manual_seed(0)
     mask = torch.zeros(1, 1, 8, 8).masked_fill(~_masked_keys(), float("-inf"))[..., :-1, :]
     mask = torch.cat([mask, torch.zeros(1, 1, 1, 8)], dim=-2)  # every query attends to something
