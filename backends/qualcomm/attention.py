@@ -99,8 +99,8 @@ def expand_attention(node: Node) -> Node | None:
         scores = graph.call_function(aten.matmul.default, (query, keys_t))
         scores = graph.call_function(aten.mul.Tensor, (scores, float(scale)))
         if mask.bias is not None:
-            scores = graph.call_function(aten.add.Tensor, (scores, _node_of(mask.bias, query, "attention_bias")))
-        keep = _node_of(mask.keep, query, "attention_keep") if mask.keep is not None else None
+            scores = graph.call_function(aten.add.Tensor, (scores, stored_tensor(mask.bias, query, "attention_bias")))
+        keep = stored_tensor(mask.keep, query, "attention_keep") if mask.keep is not None else None
         if keep is not None:
             lowest = graph.call_function(aten.amin.default, (scores, [-1], True))
             floor = graph.call_function(aten.sub.Tensor, (lowest, MASKED_MARGIN))
@@ -218,7 +218,7 @@ def _causal_keep(query: Node, key: Node) -> torch.Tensor:
     return torch.ones(queries, keys, dtype=torch.bool).tril()
 
 
-def _node_of(value: Node | torch.Tensor, like: Node, stem: str) -> Node:
+def stored_tensor(value: Node | torch.Tensor, like: Node, stem: str) -> Node:
     """`value` itself if a node, else a get_attr of it stored on the graph's module
     under a free name starting with `stem`, inserted at the graph's insertion point."""
     if isinstance(value, Node):

@@ -41,7 +41,8 @@ float inside, from the dequantized x to the quantize its reader puts on its outp
 computes it in fp16.
 
 A layer norm is quantized as QNN's LayerNorm takes it: its scale uint8 per tensor (at
-16-bit activations too), its bias int32 (`_annotate_layer_norm`). An attention (unmasked,
+16-bit activations too), its bias int32 (`_annotate_layer_norm`); a group norm is
+written as one over each group, and its affine (`expand`, group_norm.py). An attention (unmasked,
 causal, bool-masked, or with a float mask attention.py can split) is expanded into the
 MatMul, Softmax and MatMul HTP quantizes, with an add and selects for the mask
 (`expand`, attention.py).
@@ -90,6 +91,7 @@ from edgeport.quantize.int32_bias import INT32_RANGE, BiasFitObserver, bias_spec
 
 from .attention import expand_attention, free_buffer_name
 from .batch_broadcast import tile_batch_broadcast
+from .group_norm import group_norm_as_layer_norm
 from .pow_rewrite import power_as_products
 
 aten = torch.ops.aten
@@ -205,15 +207,17 @@ class QualcommQuantizer(Quantizer):
         """Nothing to check: every annotation comes from `FORMS`."""
 
     def expand(self, node: Node) -> Node | None:
-        """An attention as the pieces HTP quantizes (attention.py), an op reading
+        """An attention as the pieces HTP quantizes (attention.py), a group norm as a
+        layer norm over each group (group_norm.py), an op reading
         program state through a copy (`_read_state_through_copy`), an op with a bias
         another op reads given its own (`_own_bias`), an integer power as
         products (pow_rewrite.py: HTP has no quantized Pow), or, at 16 bits, an
         op whose operand is broadcast over the batch with that operand copied to it
         (batch_broadcast.py); the core asks about each node this backend owns
         (core/quantize/expand.py)."""
-        return (expand_attention(node) or _read_state_through_copy(node) or _own_bias(node)
-                or power_as_products(node) or (tile_batch_broadcast(node) if self.dtype == torch.uint16 else None))
+        return (expand_attention(node) or group_norm_as_layer_norm(node) or _read_state_through_copy(node)
+                or _own_bias(node) or power_as_products(node)
+                or (tile_batch_broadcast(node) if self.dtype == torch.uint16 else None))
 
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
         """Hand each biased op's weight observer its input's observer and its bias (see

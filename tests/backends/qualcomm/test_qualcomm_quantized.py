@@ -551,6 +551,37 @@ class _StoredMaskBlock(_EncoderBlock):
         return super().forward(x, self.mask)
 
 
+class _GroupNormed(nn.Module):
+    """A convolution, a group norm and a GELU: wav2vec2's first feature layer (one group
+    per channel) at rank 3, or groups of 4 channels over a 2-d map."""
+
+    def __init__(self, rank: int, groups: int) -> None:
+        super().__init__()
+        conv = nn.Conv1d if rank == 3 else nn.Conv2d
+        self.conv, self.norm = conv(4, 16, 3), nn.GroupNorm(groups, 16)
+        nn.init.normal_(self.norm.weight, 1.0, 0.2), nn.init.normal_(self.norm.bias, 0.0, 0.2)
+
+    def forward(self, x):
+        return nn.functional.gelu(self.norm(self.conv(x)))
+
+
+@pytest.mark.parametrize("scheme, rank, groups", [("a16w8", 3, 16), ("int8", 4, 4)])
+def test_a_group_norm_runs_quantized_on_htp(backend, scheme, rank, groups):
+    """HTP ran torch.onnx's group norm (Reshape, InstanceNormalization, Reshape, Mul,
+    Add) in fp16 between quantized ops; now it is a layer norm over each group and its
+    affine, all quantized (group_norm.py)."""
+    torch.manual_seed(0)
+    model = _GroupNormed(rank, groups).eval()
+    x = torch.randn(1, 4, 40) if rank == 3 else torch.randn(1, 4, 10, 10)
+    batches = [(x,), *calibration_for((x,), batches=3)]
+    program = edgeport.export(model, (x,), ["qualcomm"], quantize=scheme, calibration=batches, keep_reference=True,
+                              registry=registry_for(backend))
+    ops = {n["op"] for n in assert_runs_all_quantized(program, x, scheme)}
+    assert "aten.native_layer_norm.default" in ops and "aten.native_group_norm.default" not in ops
+    with torch.no_grad():
+        assert cosine(program(x), model(x)) >= MIN_COSINE
+
+
 class _FilledMaskBlock(_EncoderBlock):
     """T5's mask as transformers builds it: a learned position bias where a key is
     kept (a bool given at run time), finfo.min elsewhere."""
