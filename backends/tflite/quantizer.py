@@ -15,7 +15,9 @@ For the dynamic schemes (int8-dynamic, int4-weight) linears are annotated: their
 input quantized per token at run time (asymmetric int8, as XNNPACK's qd8 kernels do
 it), their weight int8 per output channel or 4-bit per group of inputs.
 
-The quantizer annotates the graph edgeport gives it: core ATen, as `support` sees it.
+The quantizer annotates the graph edgeport gives it: core ATen, as `support` sees it,
+after expanding a product with a stored weight (GPT-2's Conv1D ``addmm``) into the
+linear these forms are written for (`expand`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from .int8_plan import HYBRID_LINEARS, activation_args, group, group_tail
 from .lowering import foldable, lookup
 from .writer import make_plan
 
+aten = torch.ops.aten
 _EPS = 2**-12  # smallest scale: keeps an all-zero tensor's scale finite
 _INT4 = (-8, 7)
 
@@ -148,6 +151,12 @@ class TfliteQuantizer(Quantizer):
     def validate(self, model: GraphModule) -> None:
         """Nothing to check: the annotations come from the writer's own table."""
 
+    def expand(self, node: Node) -> Node | None:
+        """A product with a stored weight as the linear the writer quantizes
+        (`product_as_linear`); the core asks about each node this backend owns
+        (core/quantize/expand.py)."""
+        return product_as_linear(node)
+
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
         """Hand each biased op's weight observer its input's observer and its bias."""
         fit_biases(model, self._biased, edge_or_node_to_obs_or_fq)
@@ -236,6 +245,31 @@ class TfliteQuantizer(Quantizer):
 
 
 # -- graph helpers ---------------------------------------------------------------------------------
+
+
+def product_as_linear(node: Node) -> Node | None:
+    """``addmm(bias, x, w)`` or ``mm(x, w)`` with a stored (in, out) weight, inserted
+    before `node` as ``linear(x, w^T, bias)``; None for any other node.
+
+    GPT-2's Conv1D layers are such addmms. Only a linear has int8 and per-token forms
+    here (ops/int8.py, int8_plan.py), so every GPT-2 linear stayed float under int8,
+    int8-dynamic and int4-weight alike. The transpose of the weight is computed once
+    at export (core/fold.py: it replaces the weight)."""
+    if node.target not in (aten.addmm.default, aten.mm.default):
+        return None
+    bias, x, weight = node.args if node.target == aten.addmm.default else (None, *node.args)
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    if not (isinstance(weight, Node) and weight.op == "get_attr" and weight.meta["val"].dim() == 2):
+        return None
+    outputs = tuple(node.meta["val"].shape[-1:])
+    if bias is not None and not (isinstance(bias, Node) and tuple(bias.meta["val"].shape) == outputs):
+        return None  # a linear's bias is one value per output
+    graph = node.graph
+    with graph.inserting_before(node):
+        transposed = graph.call_function(aten.permute.default, (weight, [1, 0]))
+        return graph.call_function(aten.linear.default, (x, transposed, *([bias] if bias is not None else [])))
+
 
 
 def _constant_nodes(model: GraphModule) -> set[Node]:

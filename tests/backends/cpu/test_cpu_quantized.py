@@ -18,6 +18,7 @@ import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.tflite import TfliteExecutable, runner, undelegated_ops
 from edgeport.testing import QUANTIZED_CASES, registry_for, run_quantized_conformance
+from edgeport.devtools.quant_check import sqnr_db
 from edgeport.testing.quantized_cases import calibration_for, reference_program
 
 # Standalone int8 ops LiteRT 2.3's XNNPACK delegate leaves to TFLite's int8 kernels
@@ -122,6 +123,40 @@ def test_integer_weight_linear_is_a_fully_connected_xnnpack_runs(scheme, weight_
     weight = _weight_tensors(data)["linear/weight"]
     assert weight == (weight_type, int(576 * 1536 * bytes_per_weight))
     assert undelegated_ops(TfliteExecutable(data, 1).interpreter) == []  # qd8-f32-qc8w / qd8-f32-qb4w
+
+
+class Conv1DMlp(nn.Module):
+    """GPT-2's MLP: its Conv1D linears are ``addmm(bias, x, w)`` with w (in, out); the
+    second a bare ``mm`` here."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.up_w, self.up_b = nn.Parameter(torch.randn(width, 4 * width) * 0.2), nn.Parameter(torch.randn(4 * width))
+        self.down_w = nn.Parameter(torch.randn(4 * width, width) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mm(F.gelu(torch.addmm(self.up_b, x, self.up_w)), self.down_w)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int8-dynamic", "int4-weight"])
+def test_conv1d_products_are_quantized_as_linears(scheme):
+    """Only a linear had int8 and per-token forms: GPT-2's addmm and mm stayed float,
+    and int8-dynamic and int4-weight quantized nothing of GPT-2 (the tflite quantizer's
+    `product_as_linear`)."""
+    torch.manual_seed(0)
+    model, x = Conv1DMlp().eval(), torch.randn(8, 64)
+    program = edgeport.export(model, (x,), ["cpu"], quantize=scheme, calibration=calibration_for((x,)),
+                              keep_reference=True, registry=registry_for(CpuBackend()))
+    linears = [n for n in program.report()["nodes"] if n["op"] == "aten.linear.default"]
+    assert len(linears) == 2 and all("quantized" in n for n in linears)
+    summary = program.manifest.report["forward"]["quantization"]["backends"]["cpu"]
+    assert "addmm" not in summary and " mm" not in summary, summary
+    (data,) = tflite_artifacts(program)
+    assert program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["ops"]["FULLY_CONNECTED"] == 2
+    with torch.no_grad():
+        got = program(x)
+        assert torch.allclose(got, reference_program(program)(x), atol=1e-4 * got.abs().max())
+        assert sqnr_db([got], [model(x)]) > {"int8": 30, "int8-dynamic": 35, "int4-weight": 15}[scheme]
 
 
 def test_loading_int4_weights_refuses_when_xnnpack_does_not_take_them(monkeypatch):
