@@ -106,10 +106,9 @@ def convolution(em: Emitter, node: Node) -> Value:
     if len(x.shape) == 5:
         return _conv3d(em, node, em.to_perm(x, NDHWC), weight, bias, a)
     conv1d = len(x.shape) == 3
-    if conv1d:  # run as a conv2d over (1, W): (N, C, W) -> (N, C, 1, W)
-        x = em.reshape(em.to_perm(x, layout.NWC), x.shape[:2] + (1,) + x.shape[2:])
-        weight = weight[:, :, None, :]
-    stride, pads, dilation = _pair(a["stride"], conv1d, 1), _pair(a["padding"], conv1d, 0), _pair(a["dilation"], conv1d, 1)
+    if conv1d:
+        x, weight = conv1d_input(em, x), weight[:, :, None, :]
+    stride, pads, dilation = conv_geometry(a, conv1d)
     out_shape = tuple(meta(node).shape)
     out_shape_2d = out_shape[:2] + (1,) + out_shape[2:] if conv1d else out_shape
     x = em.to_perm(x, layout.NHWC)
@@ -123,6 +122,17 @@ def convolution(em: Emitter, node: Node) -> Value:
 
 def _out_channels(a: dict[str, Any], weight: np.ndarray) -> int:
     return weight.shape[1] * a["groups"] if a["transposed"] else weight.shape[0]
+
+
+def conv1d_input(em: Emitter, x: Value) -> Value:
+    """A conv1d's input (N, C, W) as the (N, C, 1, W) of the conv2d over (1, W) it runs
+    as (float and int8 alike: a reshape keeps an int8 tensor's parameters)."""
+    return em.reshape(em.to_perm(x, layout.NWC), x.shape[:2] + (1,) + x.shape[2:])
+
+
+def conv_geometry(a: dict[str, Any], conv1d: bool) -> tuple[list[int], list[int], list[int]]:
+    """(stride, padding, dilation) per (H, W); a conv1d's H is the conv2d's size-1 dim."""
+    return _pair(a["stride"], conv1d, 1), _pair(a["padding"], conv1d, 0), _pair(a["dilation"], conv1d, 1)
 
 
 def _pair(v: Sequence[int], conv1d: bool, fill: int) -> list[int]:

@@ -37,7 +37,8 @@ from ..int8_plan import Int8Form
 from ..lowering import Int8Signature, IsConst, aten, int8_lowering, shape
 from ..qdq import QParams
 from ..schema import tensor_type, tfl
-from .conv import _conv_args, adaptive_avg_pool2d, avg_pool2d, bn_affine, conv2d_options, max_pool2d
+from .conv import (_conv_args, adaptive_avg_pool2d, avg_pool2d, bn_affine, conv1d_input, conv2d_options, conv_geometry,
+                   max_pool2d)
 from .elementwise import clamp_activation, same_value
 from .reduce import reduce, softmax
 from .shape import constant_pad, permute, transpose, view
@@ -117,8 +118,8 @@ def _check_conv(node: Node, is_const: IsConst) -> str | None:
     a = _conv_args(node)
     if a["transposed"]:
         return "int8 transposed convolution"
-    if len(shape(a["input"])) != 4:
-        return "int8 convolution of a non-4d input"
+    if len(shape(a["input"])) not in (3, 4):
+        return "int8 convolution of a 5d input"
     if a["bias"] is not None and not is_const(a["bias"]):
         return "a bias computed at run time"
     return None
@@ -128,17 +129,22 @@ def _check_conv(node: Node, is_const: IsConst) -> str | None:
 def convolution(em: Emitter, node: Node, form: Int8Form) -> Value:
     a = _conv_args(node)
     (dq, params), = form.inputs
-    x = em.to_perm(int8_input(em, form, dq), layout.NHWC)
+    x = int8_input(em, form, dq)
     values, scale = _weight(em, form, shape(node)[1])
+    conv1d = len(x.shape) == 3  # run as a conv2d over (1, W), as the float form does
+    if conv1d:
+        x, values = conv1d_input(em, x), values[:, :, None, :]
+    x = em.to_perm(x, layout.NHWC)
     bias = em.arg(a["bias"]).double().numpy() if a["bias"] is not None else np.zeros(values.shape[0])
     if node in em.plan.bn_fold:
         factor, shift = bn_affine(em, em.plan.bn_fold[node])
         bias = bias * factor + shift
         scale = scale * np.abs(factor)
         values = values * np.where(factor < 0, -1, 1).astype(np.int8).reshape(-1, 1, 1, 1)  # exact: symmetric range
-    geometry = list(a["stride"]), list(a["padding"]), list(a["dilation"])
-    x, options = conv2d_options(em, node, x, values.shape[2:], geometry)
-    out = em.new(shape(node), INT8, node.name, layout.NHWC, form.output)
+    x, options = conv2d_options(em, node, x, values.shape[2:], conv_geometry(a, conv1d))
+    out_shape = tuple(shape(node))
+    out = em.new(out_shape[:2] + (1,) + out_shape[2:] if conv1d else out_shape, INT8, node.name, layout.NHWC,
+                 form.output)
     b = _int32_bias(em, bias, params.scale * scale, node.name + "/bias")
     c_in, c_out = x.shape[1], values.shape[0]
     if a["groups"] == c_in and a["groups"] > 1 and c_out % c_in == 0:
@@ -148,7 +154,7 @@ def convolution(em: Emitter, node: Node, form: Int8Form) -> Value:
     else:
         w = _int8_weight(em, values.transpose(0, 2, 3, 1), scale, 0, node.name + "/filter")  # (O, kh, kw, I/g)
         em.op("CONV_2D", [x.tensor, w, b], [out], Options("Conv2DOptions", options))
-    return out
+    return em.reshape(out, out_shape) if conv1d else out
 
 
 # -- linear -------------------------------------------------------------------------------------

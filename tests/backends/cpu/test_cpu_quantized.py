@@ -159,6 +159,27 @@ def test_conv1d_products_are_quantized_as_linears(scheme):
         assert sqnr_db([got], [model(x)]) > {"int8": 30, "int8-dynamic": 35, "int4-weight": 15}[scheme]
 
 
+@pytest.mark.parametrize("kernel, stride, padding, groups", [(3, 1, 1, 1), (3, 2, 1, 1), (10, 5, 0, 1), (3, 1, 1, 16)])
+def test_a_conv1d_runs_in_int8_as_the_reference_computes(kernel, stride, padding, groups):
+    """An int8 conv1d was refused ("a non-4d input") and ran float between a dequantize
+    and a quantize: every convolution of Whisper's and wav2vec2's audio front ends. It
+    runs as the int8 conv2d over (1, W) the float form is written as."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(16, 32, kernel, stride=stride, padding=padding, groups=groups), nn.GELU(),
+                          nn.Conv1d(32, 32, 3, stride=2, padding=1)).eval()
+    x = torch.randn(1, 16, 40)
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,), *calibration_for((x,))],
+                              keep_reference=True, registry=registry_for(CpuBackend()))
+    convolutions = [n for n in program.report()["nodes"] if n["op"] == "aten.convolution.default"]
+    assert len(convolutions) == 2 and all("quantized" in n for n in convolutions)
+    (data,) = tflite_artifacts(program)
+    assert undelegated_ops(TfliteExecutable(data, 1).interpreter) == []
+    with torch.no_grad():
+        got = program(x)
+        assert torch.allclose(got, reference_program(program)(x), atol=1e-5)
+        assert sqnr_db([got], [model(x)]) > 30
+
+
 def test_loading_int4_weights_refuses_when_xnnpack_does_not_take_them(monkeypatch):
     """TFLite's own FULLY_CONNECTED ignores block scales (garbage out): never run it."""
     torch.manual_seed(0)
