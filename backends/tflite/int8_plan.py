@@ -4,7 +4,7 @@ An op is written in int8 (`Plan.int8`) when its lowering has an int8 form whose 
 passes, and, read off the graph:
 
 - every argument its `Int8Signature` names as an activation is a per-tensor int8
-  dequantize of a runtime value;
+  dequantize of a runtime value (or, at a `stored` position, of a constant);
 - its weight, if the signature has one, dequantizes an integer constant the writer
   stores as is (`qdq.weight_reason`);
 - its value (after the batch norm and activation the float plan folded into it) is
@@ -75,8 +75,13 @@ class Int8Form:
 
 def activation_args(node: Node, signature: Int8Signature) -> list[object]:
     """The arguments `signature` reads as int8 activations (a list argument flattened)."""
+    return args_at(node, signature.activations)
+
+
+def args_at(node: Node, positions: tuple[int, ...]) -> list[object]:
+    """The node's arguments at `positions` (a list argument flattened)."""
     args: list[object] = []
-    for position in signature.activations:
+    for position in positions:
         arg = node.args[position] if position < len(node.args) else None
         args.extend(arg if isinstance(arg, (list, tuple)) else [arg])
     return args
@@ -163,9 +168,10 @@ def _int8_form(node: Node, consts: Constants, plan: Plan, readers: dict, outputs
     if entry.int8.check is not None and (reason := entry.int8.check(node, consts)):
         return reason
     inputs = []
+    stored = args_at(node, signature.stored)
     for arg in activation_args(node, signature):
         params = qdq.dequantizes_from(arg)
-        if params is None or arg.args[0] in consts:
+        if params is None or (arg.args[0] in consts and arg not in stored):
             return "an activation is not an int8 tensor computed at run time"
         inputs.append((arg, params))
     weight = None

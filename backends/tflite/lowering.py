@@ -85,7 +85,9 @@ class Int8Signature:
     int8 per output channel (dim 0), with zero point 0; `bias`: the position of its
     constant bias, stored int32 at input scale x weight scale. `output`: "own" parameters,
     "shared" with the first activation (ops that only move or pick values), or `fixed`
-    (scale, zero point) that the TFLite kernel requires.
+    (scale, zero point) that the TFLite kernel requires. `stored`: the activation
+    positions that may instead hold a stored tensor (a position embedding, a layer
+    scale), quantized per tensor from its own values and written as an int8 constant.
     """
 
     activations: tuple[int, ...] = (0,)
@@ -93,6 +95,7 @@ class Int8Signature:
     bias: int | None = None
     output: str = "own"
     fixed: tuple[float, int] | None = None
+    stored: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ Imports torchao: import this module only when quantizing (the cpu backend's
 For the static scheme (int8) each node with an int8 lowering whose structural check
 passes (and, for the cpu, that XNNPACK runs in int8) is annotated as its
 `Int8Signature` says: activations int8 per tensor,
-weights int8 per output channel (symmetric, [-127, 127]), outputs with their own
+weights int8 per output channel (symmetric, [-127, 127]), a stored operand of an add
+or mul (a position embedding, a layer scale) int8 per tensor from its own values when
+its other input is an int8 op's output (`_stored_operand_reason`), outputs with their own
 parameters, their input's ("shared": views, pools, concatenation) or the kernel's
 fixed ones (sigmoid, softmax). A batch norm and an activation the float plan folds
 into an op are quantized as one with it: only the group's last value is observed.
@@ -54,7 +56,7 @@ from edgeport.errors import BackendError
 from edgeport.quantize import STATIC, Scheme
 from edgeport.quantize.int32_bias import BiasFitObserver, bias_spec, fit_biases
 
-from .int8_plan import HYBRID_LINEARS, activation_args, group, group_tail
+from .int8_plan import HYBRID_LINEARS, activation_args, args_at, group, group_tail
 from .lowering import foldable, lookup
 from .writer import make_plan
 
@@ -175,7 +177,13 @@ class TfliteQuantizer(Quantizer):
             self.kept_float[node.name] = why_float
             return
         activations = activation_args(node, int8.signature)
-        if not activations or not all(_runtime_float(a, consts) for a in activations):
+        runtime = [a for a in activations if _runtime_float(a, consts)]
+        stored = [a for a in activations if a not in runtime]
+        if not runtime or not all(a in args_at(node, int8.signature.stored) and _stored_float(a, consts)
+                                  for a in stored):
+            return
+        if stored and (reason := _stored_operand_reason(runtime)):
+            self.kept_float[node.name] = reason
             return
         qat = self.scheme.qat
         first = activations[0]
@@ -285,5 +293,31 @@ def _constant_nodes(model: GraphModule) -> set[Node]:
 
 def _runtime_float(arg: Any, consts: set[Node]) -> bool:
     """A float tensor computed at run time (not a weight, scalar or tuple)."""
+    return _float_tensor(arg) and arg not in consts
+
+
+def _stored_float(arg: Any, consts: set[Node]) -> bool:
+    """A float tensor known at export (a weight, or what folds from weights)."""
+    return _float_tensor(arg) and arg in consts
+
+
+def _stored_operand_reason(runtime: list[Node]) -> str | None:
+    """Why an op with a stored operand stays float, or None.
+
+    In int8 it saves a DEQUANTIZE and a QUANTIZE only after an int8 op. After a float op
+    it would round its input once more and leave that op float all the same (BERT's
+    position embedding added to a gathered embedding, GPT-2's and CLIP's likewise)."""
+    if not all(_quantized_output(a) for a in runtime):
+        return "a stored operand, and its other input comes from an op that stays float"
+    return None
+
+
+def _quantized_output(node: Node) -> bool:
+    """Whether `node`'s value is already annotated to be quantized (an int8 op's output)."""
+    annotation = node.meta.get(ANNOTATION)
+    return annotation is not None and annotation.output_qspec is not None
+
+
+def _float_tensor(arg: Any) -> bool:
     val = arg.meta.get("val") if isinstance(arg, Node) else None
-    return isinstance(val, torch.Tensor) and val.dtype == torch.float32 and arg not in consts
+    return isinstance(val, torch.Tensor) and val.dtype == torch.float32

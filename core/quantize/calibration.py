@@ -134,6 +134,9 @@ def _refuse_range(value: torch.fx.Node, low: float, high: float) -> None:
 
     op = op_name(value) if value.op == "call_function" else value.op
     where = source_of(value)
+    if not where and value.op == "get_attr":  # a stored tensor: the line that reads it
+        readers = [r for observer in value.users for r in observer.users if source_of(r)]
+        where = f"read by {readers[0].name}: {source_of(readers[0])}" if readers else ""
     raise CalibrationError(
         f"calibration measured the range of {value.name} ({op}) as {low:.3g} to {high:.3g}: quantized, every "
         f"real value of it would round to one step" + (f" ({where})" if where else ""),

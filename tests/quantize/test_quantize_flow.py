@@ -127,12 +127,15 @@ class _MaskedScores(nn.Module):
 def test_a_range_calibrated_over_a_mask_sentinel_is_refused(masked):
     """mediatek's int8 quantized the masked scores over -inf to 0.2 and exported: every
     real score rounded to one step, softmax of garbage, and no word of it (qualcomm int8
-    on examples/models.py's tiny_llama: cosine 0.36 to float)."""
+    on examples/models.py's tiny_llama: cosine 0.36 to float). The add reads the stored
+    mask as an int8 operand, so the mask's own range is the one refused, with the line
+    that adds it."""
     from edgeport.backends.mediatek import MediatekBackend
 
     q, k = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
-    with pytest.raises(edgeport.CalibrationError, match=r"calibration measured the range of add \(aten.add.Tensor\) "
-                                                          r"as -(inf|3.4e\+38) to .*round to one step") as info:
+    with pytest.raises(edgeport.CalibrationError, match=r"calibration measured the range of mask \(get_attr\) "
+                                                          r"as -(inf|3.4e\+38) to 0: .*round to one step "
+                                                          r"\(read by add: ") as info:
         edgeport.export(_MaskedScores(masked).eval(), (q, k), ["mediatek"], quantize="int8",
                         calibration=[(q, k)], registry=registry_for(MediatekBackend()))
     assert "test_quantize_flow.py" in str(info.value) and "-100" in info.value.hint

@@ -234,8 +234,8 @@ def _int4_blockwise(em: Emitter, w: qdq.QuantizedWeight, name: str) -> int:
 
 def _check_binary(node: Node, is_const: IsConst) -> str | None:
     operands = node.args[:2]
-    if not all(isinstance(a, Node) and not is_const(a) for a in operands):
-        return "an operand is a constant (int8 ADD/MUL take two runtime tensors)"
+    if not all(isinstance(a, Node) for a in operands):
+        return "a Python scalar operand (int8 ADD/MUL take tensors)"
     if node.kwargs.get("alpha", 1) != 1:
         return "alpha != 1"
     return None
@@ -244,12 +244,19 @@ def _check_binary(node: Node, is_const: IsConst) -> str | None:
 _BINARY = {aten.add.Tensor: ("ADD", "AddOptions"), aten.mul.Tensor: ("MUL", "MulOptions")}
 
 
-@int8_lowering(*_BINARY, signature=Int8Signature(activations=(0, 1)), check=_check_binary)
+@int8_lowering(*_BINARY, signature=Int8Signature(activations=(0, 1), stored=(0, 1)), check=_check_binary)
 def binary(em: Emitter, node: Node, form: Int8Form) -> Value:
+    """ADD or MUL of two int8 tensors; a stored operand (a position embedding, a layer
+    scale) is an int8 constant at its own parameters, laid out at export."""
     name, table = _BINARY[node.target]
-    args = [int8_input(em, form, dq) for dq in node.args[:2]]
+    dequantizes = node.args[:2]
+    stored = [em.constant(dq.args[0]) for dq in dequantizes]  # the integers, or None: a runtime tensor
+    args = [int8_input(em, form, dq) if s is None else s for dq, s in zip(dequantizes, stored)]
     out_shape = shape(node)
     tensors, perm = em.broadcast_inputs(args, len(out_shape), INT8)
+    for tensor, dq, s in zip(tensors, dequantizes, stored):
+        if s is not None:
+            em.builder.tensors[tensor].quantization = form.params(dq).tflite()
     out = em.new(out_shape, INT8, node.name, perm, form.output)
     em.op(name, tensors, [out], Options(table, {"FusedActivationFunction": em.activation(node)}))
     return out
