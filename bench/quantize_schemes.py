@@ -8,9 +8,8 @@ has the environment). The model is transformers' BertModel at BERT-base width (h
 768, 12 heads, FFN 3072) with `--layers` layers and random weights, returning the last
 hidden state for `--seq` token ids. Both sides quantize with torchao 0.18's PT2E on the
 same 8 calibration batches of random ids; ExecuTorch with its XNNPACKQuantizer
-(symmetric per-channel weights; `is_dynamic=True` for the dynamic form, which quantizes
-its linears' inputs per tensor at run time, where edgeport's int8-dynamic quantizes per
-token).
+(symmetric per-channel weights; `is_dynamic=True` for the dynamic form, whose linears'
+inputs get their parameters at run time, as edgeport's int8-dynamic's do per token).
 
 Per variant it prints latency (median and min over `--runs` calls, all variants
 alternated in blocks of five so load changes hit all), the artifact size, and the SQNR
