@@ -175,13 +175,7 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
     """
     name = method or program.default_method
     plan = program.plan(name)
-    missing = [s.partition for s in plan.steps if s.kind == "delegate" and not s.reference]
-    if missing:
-        raise EdgeportError(
-            f"partition(s) {', '.join(map(str, missing))} of {name!r} were saved without their torch reference, "
-            "so there is nothing to check them against",
-            hint="re-export with --keep-reference (edgeport.export(..., keep_reference=True))",
-        )
+    require_references(plan, name)
     registry = registry_or_default(registry)
     partitions = program.report(name)["partitions"]
     sizes = {p["id"]: p["nodes"] for p in partitions}
@@ -236,6 +230,18 @@ def _tensor(value: Any) -> Any:
 
 def _torch_program(program: Program, prefix: str) -> ExportedProgram:
     return stored_program(program.files, prefix)
+
+
+def require_references(plan: MethodPlan, name: str) -> None:
+    """Refuse a method whose delegated partitions were saved without their torch
+    reference: there is nothing to check them against."""
+    missing = [s.partition for s in plan.steps if s.kind == "delegate" and not s.reference]
+    if missing:
+        raise EdgeportError(
+            f"partition(s) {', '.join(map(str, missing))} of {name!r} were saved without their torch reference, "
+            "so there is nothing to check them against",
+            hint="re-export with --keep-reference (edgeport.export(..., keep_reference=True))",
+        )
 
 
 def _check_step(program: Program, step: Step, reference: ExportedProgram, args: list[Any], expected: list[Any],

@@ -56,7 +56,7 @@ from ..program import Program
 from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
 from ..report import op_name, source_of
-from .check import _all_values, _finite, _module, _start_values, _tensor, _torch_program
+from .check import _all_values, _finite, _module, _start_values, _tensor, _torch_program, require_references
 
 DEFAULT_THRESHOLD_DB = 10.0
 DEFAULT_FLOOR_DB = 30.0
@@ -135,6 +135,7 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
                          hint=f"e.g. the default, {DEFAULT_FLOOR_DB}; a high one (200) names any large drop")
     name = method or program.default_method
     plan = program.plan(name)
+    require_references(plan, name)
     registry = registry_or_default(registry)
     values = _start_values(program, plan, inputs)  # checks the inputs before the float model runs on them
     floats = _all_values(float_program, list(inputs))

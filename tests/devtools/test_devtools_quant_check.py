@@ -261,3 +261,17 @@ def test_the_op_whose_quantized_output_hurts_its_reader_is_named_not_the_reader(
     assert drop["output_db"] < 10 and drop["input_db"] > 30  # the reader as run, and reading the relu exact
     text = CliRunner().invoke(cli, args).output
     assert "relu (aten.relu.default) in module 1 (ReLU), at its output's quantize: linear_1, which reads it" in text
+
+
+def test_a_quantized_program_saved_without_references_says_to_re_export():
+    """check_quantization on such a program raised KeyError: 'None/tensors.json'."""
+    import torch
+
+    from edgeport.devtools.quant_check import check_quantization
+
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)])
+    with pytest.raises(edgeport.EdgeportError, match="saved without their torch reference") as info:
+        check_quantization(program, torch.export.export(model, (x,)), (x,))
+    assert "keep_reference=True" in info.value.hint
