@@ -14,10 +14,9 @@ from rich.table import Table
 
 from ..api import export as export_program
 from ..api import resolve_backends
-from ..capture import capture
 from ..devtools.check import CheckReport, Divergence, check_program
 from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, OpDrop, QuantizationCheck,
-                                    check_quantization)
+                                    check_quantization, float_program)
 from ..errors import InputError
 from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from ..program import load
@@ -83,7 +82,7 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             program, example = load(target, registry=registry), None
         else:
             backends, options = backend_list.split(","), parse_options(option_items)
-            selected, parsed = resolve_backends(backends, options, registry)  # refuse bad ones before any work
+            resolve_backends(backends, options, registry)  # refuse bad ones before any work
             quantize = resolve_scheme(scheme) if scheme else None
             refuse_unused_calibration(quantize, calibration)
             model, example = load_factory(target)
@@ -101,8 +100,8 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
         if not is_program and quantize is not None:
             if show:
                 show("comparing with the float model")
-            float_program = capture(model, example, list(selected.values()), parsed)
-            quantized = check_quantization(program, float_program, inputs, method=name, threshold_db=threshold_db,
+            floats = float_program(model, example, backends, options=options, registry=registry)
+            quantized = check_quantization(program, floats, inputs, method=name, threshold_db=threshold_db,
                                            floor_db=floor_db, registry=registry)
     if as_json:
         print_json(report.to_json() | ({"quantization": quantized.to_json()} if quantized else {}))

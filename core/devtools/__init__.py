@@ -6,7 +6,8 @@ computes the right numbers, and where the time goes.
   and the first op that diverges (``edgeport check``);
 - `check_quantization` — a quantized program's SQNR per partition against its
   fake-quantized reference and the float model, and the first op losing more than a
-  threshold, to below a floor (``edgeport check --quantize``);
+  threshold, to below a floor (``edgeport check --quantize``), against the float model as
+  `float_program` captures it;
 - `time_runs` / `summarize_profile` — time per step and per backend, and the bytes that
   cross delegate boundaries (``edgeport run --profile``).
 
@@ -21,7 +22,7 @@ from .profile import Profile, summarize_profile, time_runs
 # name -> the module defining it, imported on first use (it imports torch)
 _NEEDS_TORCH = {
     **dict.fromkeys(("CheckReport", "Divergence", "PartitionCheck", "check_model", "check_program"), ".check"),
-    **dict.fromkeys(("QuantizationCheck", "check_quantization"), ".quant_check"),
+    **dict.fromkeys(("QuantizationCheck", "check_quantization", "float_program"), ".quant_check"),
 }
 
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_model",
     "check_program",
     "check_quantization",
+    "float_program",
     "render_html",
     "render_program",
     "summarize_profile",

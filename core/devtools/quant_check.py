@@ -42,7 +42,7 @@ import itertools
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.export import ExportedProgram
@@ -106,6 +106,18 @@ class QuantizationCheck:
 
     def to_json(self) -> dict[str, Any]:
         return _finite(asdict(self))
+
+
+def float_program(model: torch.nn.Module, example_inputs: tuple[Any, ...], backends: Sequence[str], *,
+                  options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> ExportedProgram:
+    """The float model as `edgeport.export(model, example_inputs, backends, options=...)`
+    captured it: what `check_quantization` compares with (the quantized graph names this
+    program's nodes; `torch.export.export` alone decomposes differently)."""
+    from ..api import resolve_backends
+    from ..capture import capture
+
+    selected, parsed = resolve_backends(list(backends), dict(options or {}), registry_or_default(registry))
+    return capture(model, example_inputs, list(selected.values()), parsed)
 
 
 def sqnr_db(values: Sequence[Any], floats: Sequence[torch.Tensor]) -> float:
@@ -174,6 +186,10 @@ def _check_partition(program: Program, step: Any, walk: "_FloatWalk", args: list
     out_nodes = _outputs(walk.reference)
     pairs = [(o, walk.float_of(n)) for o, n in zip(outputs, out_nodes)]
     pairs = [(o, f) for o, f in pairs if f is not None]
+    if not pairs:  # an SQNR over nothing would read as inf, a perfect match
+        raise InputError(f"no output of partition {step.partition} has a counterpart in the float program given",
+                         hint="pass the float model as edgeport captured it: "
+                              "edgeport.devtools.float_program(model, example_inputs, backends), not torch.export's")
     result = QuantizedPartition(step.partition, step.backend, None, None,
                                 sqnr_db([o for o, _ in pairs], [f for _, f in pairs]))
     result.first_drop = walk.first_drop(check.threshold_db, check.floor_db)

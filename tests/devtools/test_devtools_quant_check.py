@@ -263,15 +263,26 @@ def test_the_op_whose_quantized_output_hurts_its_reader_is_named_not_the_reader(
     assert "relu (aten.relu.default) in module 1 (ReLU), at its output's quantize: linear_1, which reads it" in text
 
 
-def test_a_quantized_program_saved_without_references_says_to_re_export():
-    """check_quantization on such a program raised KeyError: 'None/tensors.json'."""
+def test_python_check_quantization_refuses_what_it_cannot_compare():
+    """A program saved without references raised KeyError: 'None/tensors.json'; a float
+    program none of whose nodes the quantized graph names (torch.export.export of a
+    transformers BERT, not edgeport's capture) gave SQNR inf, a perfect match."""
     import torch
+    from torch import nn
 
-    from edgeport.devtools.quant_check import check_quantization
+    from edgeport.devtools import check_quantization, float_program
 
     torch.manual_seed(0)
-    model, x = torch.nn.Linear(8, 4).eval(), torch.randn(2, 8)
-    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)])
+    model, x = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval(), torch.randn(2, 8)
+    bare = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)])
     with pytest.raises(edgeport.EdgeportError, match="saved without their torch reference") as info:
-        check_quantization(program, torch.export.export(model, (x,)), (x,))
+        check_quantization(bare, float_program(model, (x,), ["cpu"]), (x,))
     assert "keep_reference=True" in info.value.hint
+
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)], keep_reference=True)
+    other = torch.export.export(nn.Tanh(), (x,))  # none of its nodes has the quantized graph's names
+    with pytest.raises(edgeport.InputError, match="no output of partition 0 has a counterpart") as info:
+        check_quantization(program, other, (x,))
+    assert "float_program(model, example_inputs, backends)" in info.value.hint
+    (partition,) = check_quantization(program, float_program(model, (x,), ["cpu"]), (x,)).partitions
+    assert 20 < partition.reference_vs_float_db < 80 and 20 < partition.vs_float_db < 80
