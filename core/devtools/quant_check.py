@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -227,6 +228,8 @@ class _FloatWalk:
             return self.float_of_value.get(self.placeholder_value.get(node.name, ""))
         tag = node.meta.get("custom", {}).get(FLOAT_NODE)
         value = self.floats.get(tag) if tag else None
+        if isinstance(value, (tuple, list)) and node.target is operator.getitem:
+            value = value[node.args[1]]  # it carries its multi-output op's tag (a layer norm's)
         return value if isinstance(value, torch.Tensor) else None
 
     def first_drop(self, threshold_db: float, floor_db: float) -> OpDrop | None:
