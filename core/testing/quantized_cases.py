@@ -213,8 +213,8 @@ QUANTIZED_CASES: list[QuantizedCase] = [
     qop("int8_add_relu", lambda m, a, b: F.relu(a + b), (2, 3, 8), (2, 3, 8)),
     qop("int8_mul", lambda m, a, b: a * b, (2, 3, 8), (2, 3, 8)),
     # a stored operand: a position embedding, a per-channel layer scale after a conv
-    qop("int8_add_stored", lambda m, x: F.linear(x, m.w) + m.pos, (2, 3, 8), w=(8, 8), pos=(3, 8)),
-    qop("int8_mul_stored", lambda m, x: F.conv2d(x, m.w, padding=1) * m.gamma, IMG, w=(16, 8, 3, 3),
+    qop("int8_stored_add", lambda m, x: F.linear(x, m.w) + m.pos, (2, 3, 8), w=(8, 8), pos=(3, 8)),
+    qop("int8_stored_mul", lambda m, x: F.conv2d(x, m.w, padding=1) * m.gamma, IMG, w=(16, 8, 3, 3),
         gamma=(16, 1, 1)),
     qop("int8_relu", lambda m, x: F.relu(x), (2, 16)),
     qop("int8_relu6", lambda m, x: F.relu6(x), (2, 16)),
