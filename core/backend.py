@@ -190,6 +190,12 @@ class SupportContext:
 # The relative error a backend is allowed by default (`Backend.tolerance`): fp32 kernels
 # that sum in another order differ from torch by ~1e-6 per op, and a partition chains tens.
 FP32_TOLERANCE = 1e-4
+# How far one float op may be from torch's, relative (`Backend.op_error`): fp32 kernels'
+# exp, erf and rsqrt, or a requantization's scale multiply, are a few ulps off (1e-5 is
+# about a hundred; devtools/rounding.py has the measurements); fp16 arithmetic rounds
+# each value to 11 bits.
+FP32_OP_ERROR = 1e-5
+FP16_OP_ERROR = 2.0**-11
 
 
 class Backend:
@@ -334,10 +340,25 @@ class Backend:
 
         ``edgeport check`` holds every partition of this backend to it, and the
         conformance kit every case. The default, 1e-4, suits fp32 arithmetic; declare
-        more for what your options make less exact (fp16 ~1e-2, int8 ~1e-1). Return a
-        float; never raise: it is called on saved programs.
+        more for what your options make less exact (fp16 ~1e-2; weights compressed
+        against a float reference ~1e-1). A quantized partition's rounding flips need
+        no more: check allows them through `op_error`. Return a float; never raise: it
+        is called on saved programs.
         """
         return FP32_TOLERANCE
+
+    def op_error(self, options: Any) -> float:
+        """How far one float op of a partition compiled with ``options`` may be from
+        torch's, relative: the default, 1e-5, suits fp32 kernels; return
+        ``edgeport.backend.FP16_OP_ERROR`` (2**-11) where values are computed in fp16.
+
+        ``edgeport check`` uses it on quantized partitions only: before each rounding
+        to integers it nudges the torch reference's values by up to this much, to learn
+        how far rounding flips alone move the outputs, and lets the partition differ by
+        that much (3 dB more). Return a float; never raise: it is called on saved
+        programs.
+        """
+        return FP32_OP_ERROR
 
     def merge(self, artifacts: Sequence[Artifact]) -> Artifact | None:
         """Optionally, one artifact holding several (the partitions of a program's

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import edgeport
+from edgeport.backend import FP16_OP_ERROR
 from edgeport.support import DATA_MOVEMENT, SLICING
 
 from . import compress, package, runtime, toolchain
@@ -143,6 +144,9 @@ class CoreMLBackend(edgeport.Backend):
         if options.scheme != "none":
             return 1e-1
         return 2e-2 if options.compute_precision == "fp16" else super().tolerance(options)
+
+    def op_error(self, options: CoreMLOptions) -> float:
+        return FP16_OP_ERROR if options.compute_precision == "fp16" else super().op_error(options)
 
     def load(self, artifact: edgeport.Artifact) -> runtime.CoreMLExecutable:
         if not runtime.runs_here():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
-from edgeport.backend import WEIGHT_CACHE_KEY
+from edgeport.backend import FP16_OP_ERROR, WEIGHT_CACHE_KEY
 from edgeport.support import DATA_MOVEMENT
 from edgeport.backends import tflite
 
@@ -98,6 +98,9 @@ class CpuBackend(edgeport.Backend):
     def tolerance(self, options: CpuOptions) -> float:
         # fp16 keeps ~3 decimal digits; errors add up over a partition of tens of ops.
         return 1e-2 if options.precision == "fp16" else super().tolerance(options)
+
+    def op_error(self, options: CpuOptions) -> float:
+        return FP16_OP_ERROR if options.precision == "fp16" else super().op_error(options)
 
     def merge(self, artifacts: Sequence[edgeport.Artifact]) -> edgeport.Artifact:
         """One TFLite model with a subgraph per artifact, weights stored once (the

@@ -26,6 +26,7 @@ from importlib import metadata
 from typing import Any, Sequence
 
 import edgeport
+from edgeport.backend import FP16_OP_ERROR
 from edgeport.support import DATA_MOVEMENT, SLICING
 from edgeport.backends import tflite
 
@@ -146,6 +147,11 @@ class MediatekBackend(edgeport.Backend):
         if options.fp16 or not toolchain.apu_missing():
             return 1e-2
         return super().tolerance(options)
+
+    def op_error(self, options: MediatekOptions) -> float:
+        if options.fp16 or not toolchain.apu_missing():  # as `tolerance`
+            return FP16_OP_ERROR
+        return super().op_error(options)
 
     def load(self, artifact: edgeport.Artifact) -> Any:
         options = artifact.options if isinstance(artifact.options, MediatekOptions) else MediatekOptions()

@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 import edgeport
+from edgeport.backend import FP16_OP_ERROR
 from edgeport.support import DATA_MOVEMENT, SLICING
 
 from .options import QualcommOptions, provider_options, resolve_soc
@@ -156,6 +157,11 @@ class QualcommBackend(edgeport.Backend):
     def tolerance(self, options: QualcommOptions) -> float:
         # HTP computes float graphs in fp16 (~3 decimal digits).
         return {"fp16": 1e-2}.get(options.precision, super().tolerance(options))
+
+    def op_error(self, options: QualcommOptions) -> float:
+        # fp16 is HTP's float, in a quantized graph too: a float input's quantize, and
+        # the tests' HTP_EXTRA_STEPS (tests/backends/qualcomm) measure how it rounds.
+        return FP16_OP_ERROR if options.precision == "fp16" else super().op_error(options)
 
     def load(self, artifact: edgeport.Artifact) -> QnnExecutable:
         from .qnn_runtime import load_context

@@ -15,6 +15,7 @@ from rich.table import Table
 from ..api import export as export_program
 from ..api import resolve_backends
 from ..devtools.check import CheckReport, Divergence, check_program
+from ..devtools.rounding import MARGIN_DB
 from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, OpDrop, QuantizationCheck,
                                     check_quantization, float_program)
 from ..errors import InputError
@@ -117,6 +118,10 @@ def _number(value: float, fmt: str) -> str:
     return format(value, fmt) if math.isfinite(value) else str(value)
 
 
+def _snr(db: float) -> str:
+    return "exact" if db == math.inf else _number(db, ".1f")
+
+
 NOTHING_DELEGATED = "nothing to check: no partition is delegated (the whole method runs as portable torch)"
 
 
@@ -127,16 +132,21 @@ def print_check(report: CheckReport) -> None:
     if not report.partitions:
         console.print(NOTHING_DELEGATED)
         return
-    table = Table("partition", "backend", "nodes", "max abs", "max rel", "SNR dB", "rtol", "result",
-                  title=f"check: {report.method}")
+    quantized = any(p.spread for p in report.partitions)
+    table = Table("partition", "backend", "nodes", "max abs", "max rel", "SNR dB", "rtol",
+                  *(["rounding spread dB"] if quantized else []), "result", title=f"check: {report.method}")
     colors = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
     for p in report.partitions:
         e = p.error
-        numbers = ([_number(e.max_abs, ".2e"), _number(e.max_rel, ".2e"),
-                    "exact" if e.snr_db == math.inf else _number(e.snr_db, ".1f")] if e else ["-", "-", "-"])
+        numbers = [_number(e.max_abs, ".2e"), _number(e.max_rel, ".2e"), _snr(e.snr_db)] if e else ["-", "-", "-"]
+        spread = [_snr(p.spread.snr_db) if p.spread else "-"] if quantized else []
         table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, "-" if p.rtol is None else f"{p.rtol:g}",
-                      f"[{colors[p.status]}]{p.status}[/{colors[p.status]}]")
+                      *spread, f"[{colors[p.status]}]{p.status}[/{colors[p.status]}]")
     console.print(table)
+    if quantized:
+        console.print(f"A quantized partition also passes within {MARGIN_DB:g} dB of its rounding spread: the SNR of "
+                      "its torch reference against itself with the values it rounds nudged by the backend's op error.",
+                      highlight=False)
     for p in report.partitions:
         d = p.divergence
         if d:

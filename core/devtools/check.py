@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch.export import ExportedProgram
-from torch.fx import Interpreter, Node
+from torch.fx import Node
 
 from edgeport.partitioners.support import is_compute
 
@@ -39,6 +39,7 @@ from ..program import Program
 from ..report import op_name, source_of
 from ..subprogram import extract_subprogram
 from ..tensors import DTYPES, tensor_from_bytes
+from .rounding import MARGIN_DB, nudged_outputs, rounds, values_of
 
 Progress = Callable[[str], None]
 
@@ -82,6 +83,12 @@ def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> Error:
     return Error(max_abs, max_rel, snr)
 
 
+def allowed(error: Error, rtol: float, spread: Error | None) -> bool:
+    """Within ``rtol``, or, for a quantized partition, no more than `MARGIN_DB` noisier
+    than its reference's own ``spread`` (rounding.py)."""
+    return error.within(rtol) or (spread is not None and error.snr_db >= spread.snr_db - MARGIN_DB)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """An op of a divergence range, and where in the model it comes from."""
@@ -120,6 +127,9 @@ class PartitionCheck:
     rtol: float | None  # the backend's declared tolerance (or --rtol); None if the backend is not installed
     status: str  # "pass", "fail", "skipped" (cannot run here) or "error" (the backend raised)
     error: Error | None = None
+    # a quantized partition: its reference against itself with each quantize's input
+    # nudged by the backend's op_error (rounding.py); within MARGIN_DB of it passes too
+    spread: Error | None = None
     why: str = ""
     divergence: Divergence | None = None
 
@@ -259,6 +269,7 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
         options = options_from_dict(backend, program.manifest.artifacts[step.artifact].options)
         if rtol is None:
             result.rtol = float(backend.tolerance(options))
+        nudge = float(backend.op_error(options))
     except Exception as exc:  # a plugin's bug is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
@@ -271,10 +282,12 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
     except Exception as exc:  # a backend that crashes here is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
-    result.status = "pass" if result.error.within(result.rtol) else "fail"
+    if rounds(reference):
+        result.spread = compare(nudged_outputs(reference, args, nudge), expected)
+    result.status = "pass" if allowed(result.error, result.rtol, result.spread) else "fail"
     if result.status == "fail" and locate:
         result.divergence = locate_divergence(reference, args, backend, options, result.rtol, step.partition,
-                                              progress)
+                                              progress, nudge=nudge)
         if result.divergence is None:
             result.why = "re-compiled from its torch program the partition matches: the divergence did not reproduce"
     return result
@@ -284,27 +297,44 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
 
 
 def _groups(reference: ExportedProgram) -> list[list[Node]]:
-    """Compute nodes in graph order, each with the getitems that unpack it: a prefix
-    never splits a multi-output op from its outputs."""
+    """Compute nodes in graph order, each first in its group with what belongs to it, so
+    a prefix never ends on half an op: the getitems unpacking it and, in a quantized
+    graph, the quantize and dequantize after it (a prefix hands on the dequantized value,
+    as a partition boundary does) and the dequantize of a weight or the quantize of an
+    input it reads (which stand at the top of the graph, where a prefix would hand them
+    on unread: a backend lowering quantized patterns refuses that)."""
     groups: list[list[Node]] = []
+    group_of: dict[Node, int] = {}
+    waiting: dict[Node, None] = {}  # quantization nodes reading no grouped value (yet)
     for node in reference.graph.nodes:
         if node.op != "call_function":
             continue
-        if is_compute(node) or not groups:
-            groups.append([node])
+        if is_compute(node) and not is_quantization_node(node):
+            group_of[node] = len(groups)
+            groups.append([node, *_read_from(node, waiting)])
+            continue
+        producers = [group_of[arg] for arg in node.all_input_nodes if arg in group_of]
+        if producers:  # a getitem, or a quantize or dequantize of a value
+            group_of[node] = max(producers)
+            groups[group_of[node]].append(node)
         else:
-            groups[-1].append(node)
+            waiting[node] = None
+    if waiting:  # e.g. an input's quantize and dequantize handed straight on
+        groups.append(list(waiting))
     return groups
 
 
-def _all_values(reference: ExportedProgram, args: Sequence[Any]) -> dict[str, Any]:
-    """Every value of the reference program on ``args``, by node name."""
-    held = {**reference.state_dict, **reference.constants}
-    constants = [held[spec.target] for spec in reference.graph_signature.input_specs if spec.target is not None]
-    interpreter = Interpreter(reference.graph_module, garbage_collect_values=False)
-    with torch.no_grad():
-        interpreter.run(*constants, *args)
-    return {node.name: value for node, value in interpreter.env.items()}
+def _read_from(node: Node, waiting: dict[Node, None]) -> list[Node]:
+    """The waiting nodes ``node`` reads, with those they read and those reading them (an
+    input's quantize, and its every dequantize); taken out of ``waiting``."""
+    read, stack = [], list(node.all_input_nodes)
+    while stack:
+        arg = stack.pop()
+        if arg in waiting:
+            del waiting[arg]
+            read.append(arg)
+            stack.extend([*arg.all_input_nodes, *arg.users])
+    return read
 
 
 def _code(node: Node) -> str:
@@ -327,44 +357,53 @@ def _module(node: Node) -> str:
 
 
 def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: Backend, options: Any, rtol: float,
-                      partition: int = 0, progress: Progress | None = None) -> Divergence | None:
+                      partition: int = 0, progress: Progress | None = None, *,
+                      nudge: float = 0.0) -> Divergence | None:
     """The first op of ``reference`` (a partition's torch program) whose prefix, compiled
     by ``backend``, no longer matches torch on ``args``; None if even the whole
-    partition re-compiled matches."""
-    env = _all_values(reference, args)
+    partition re-compiled matches. A quantized prefix is also allowed the spread of its
+    own outputs with every rounding's input nudged by up to ``nudge`` (`allowed`)."""
+    env = values_of(reference, args)
+    nudged = values_of(reference, args, nudge) if nudge and rounds(reference) else None
     groups = _groups(reference)
+    order = {node: i for i, node in enumerate(reference.graph.nodes)}
     compiles = 0
 
-    def probe(k: int) -> Error | None:
-        """The error of the prefix ending with group ``k``; None if it does not compile."""
+    def probe(k: int) -> tuple[Error, bool] | None:
+        """The error of the prefix ending with group ``k`` and whether it is allowed;
+        None if the prefix does not compile."""
         nonlocal compiles
         compiles += 1
         if progress:
             progress(f"partition {partition}: bisecting, compile {compiles} (first {k + 1}/{len(groups)} ops)")
-        sub = extract_subprogram(reference, [n for g in groups[: k + 1] for n in g])
+        sub = extract_subprogram(reference, sorted((n for g in groups[: k + 1] for n in g), key=order.__getitem__))
         try:
             artifact = dataclasses.replace(backend.compile(sub.program, options), options=options)
             outputs = backend.load(artifact).run([env[v] for v in sub.inputs])
-            return compare(outputs, [env[v] for v in sub.outputs])
         except Exception:  # e.g. a backend that will not take a lone reshape: try a longer prefix
             return None
+        expected = [env[v] for v in sub.outputs]
+        error = compare(outputs, expected)
+        spread = compare([nudged[v] for v in sub.outputs], expected) if nudged is not None else None
+        return error, allowed(error, rtol, spread)
 
     hi = len(groups) - 1
-    worst = probe(hi)
-    if worst is None or worst.within(rtol):
+    whole = probe(hi)
+    if whole is None or whole[1]:
         return None
+    worst = whole[0]
     lo = 0  # invariant: prefix hi diverges; no prefix shorter than lo does
     while lo < hi:
         mid = (lo + hi) // 2
-        error = None
-        while mid < hi and (error := probe(mid)) is None:
+        probed = None
+        while mid < hi and (probed := probe(mid)) is None:
             mid += 1
-        if error is None:
+        if probed is None:
             break  # prefixes lo..hi-1 do not compile alone
-        if error.within(rtol):
+        if probed[1]:
             lo = mid + 1
         else:
-            hi, worst = mid, error
+            hi, worst = mid, probed[0]
     node = groups[hi][0]
     candidates = () if lo == hi else _candidates([g[0] for g in groups[lo: hi + 1]])
     return Divergence(node.name, op_name(node), source_of(node), _code(node), _module(node), worst, compiles,

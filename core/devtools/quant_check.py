@@ -57,7 +57,8 @@ from ..program import Program
 from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
 from ..report import op_name, source_of
-from .check import _all_values, _finite, _module, _start_values, _tensor, _torch_program, require_references
+from .check import _finite, _module, _start_values, _tensor, _torch_program, require_references
+from .rounding import output_nodes, values_of
 
 DEFAULT_THRESHOLD_DB = 10.0
 DEFAULT_FLOOR_DB = 30.0
@@ -151,19 +152,19 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
     require_references(plan, name)
     registry = registry_or_default(registry)
     values = _start_values(program, plan, inputs)  # checks the inputs before the float model runs on them
-    floats = _all_values(float_program, list(inputs))
+    floats = values_of(float_program, list(inputs))
     float_of_value = dict(zip(plan.input_values, [_tensor(x) for x in inputs]))  # inputs are float on both sides
     result = QuantizationCheck(name, threshold, floor)
     for step in plan.steps:
         args = [values[v] for v in step.inputs]
         reference = _torch_program(program, step.program or step.reference)
-        env = _all_values(reference, args)
+        env = values_of(reference, args)
         walk = _FloatWalk(reference, env, floats, dict(zip(_user_inputs(reference), step.inputs)), float_of_value)
-        outputs = [env[n.name] for n in _outputs(reference)]
+        outputs = [env[n.name] for n in output_nodes(reference)]
         if step.kind == "delegate":
             result.partitions.append(_check_partition(program, step, walk, args, outputs, registry, result))
         values.update(zip(step.outputs, outputs))
-        for value, node in zip(step.outputs, _outputs(reference)):
+        for value, node in zip(step.outputs, output_nodes(reference)):
             counterpart = walk.float_of(node)
             if counterpart is not None:
                 float_of_value[value] = counterpart
@@ -184,7 +185,7 @@ def _decibels(value: Any) -> float | None:
 
 def _check_partition(program: Program, step: Any, walk: "_FloatWalk", args: list[Any], outputs: list[Any],
                      registry: Registry, check: QuantizationCheck) -> QuantizedPartition:
-    out_nodes = _outputs(walk.reference)
+    out_nodes = output_nodes(walk.reference)
     pairs = [(o, walk.float_of(n)) for o, n in zip(outputs, out_nodes)]
     pairs = [(o, f) for o, f in pairs if f is not None]
     if not pairs:  # an SQNR over nothing would read as inf, a perfect match
@@ -354,6 +355,3 @@ def _user_inputs(reference: ExportedProgram) -> list[str]:
 
     return [s.arg.name for s in reference.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
 
-
-def _outputs(reference: ExportedProgram) -> list[Node]:
-    return [n for n in reference.graph.output_node().args[0] if isinstance(n, Node)]

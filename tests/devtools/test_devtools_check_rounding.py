@@ -1,0 +1,178 @@
+"""`edgeport check` on quantized partitions: rounding flips pass, a wrong kernel fails.
+
+A quantized partition is held to its declared tolerance or to its reference's own spread
+(the SNR of the reference against itself with the values it rounds nudged by the
+backend's `op_error`), whichever allows more (core/devtools/rounding.py).
+"""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import edgeport
+from edgeport.cli import cli
+from edgeport.devtools.check import check_program
+from edgeport.devtools.rounding import MARGIN_DB, nudged_outputs, values_of
+from edgeport.portable import PortableExecutable, program_from_files, stored_program
+from edgeport.testing.quantized_cases import calibration_for
+from torch_backend import TorchOpsBackend, registry_with
+
+
+class Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc, self.norm = nn.Linear(width, width), nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + nn.functional.gelu(self.fc(x)))
+
+
+def deep_model():
+    """Four blocks: deep enough that XNNPACK's float layer norm and GELU, a few ulps
+    from torch's, flip int8 roundings the reference does not (measured: 55.9 dB
+    against the reference, past any relative tolerance; its spread 47.3 dB)."""
+    torch.manual_seed(0)
+    return nn.Sequential(*[Block(256) for _ in range(4)]).eval(), (torch.randn(64, 256),)
+
+
+@pytest.fixture(scope="module")
+def cpu_int8():
+    model, inputs = deep_model()
+    program = edgeport.export(model, inputs, ["cpu"], quantize="int8", calibration=calibration_for(inputs),
+                              keep_reference=True)
+    return program, inputs
+
+
+def test_rounding_flips_of_a_correct_int8_backend_pass_within_the_spread(cpu_int8):
+    program, inputs = cpu_int8
+    [partition] = check_program(program, inputs, locate=False).partitions
+    assert partition.status == "pass"
+    assert not partition.error.within(partition.rtol)  # fails 1e-4 relative: the spread is what passes it
+    assert partition.spread is not None and partition.error.snr_db >= partition.spread.snr_db - MARGIN_DB
+
+
+def test_the_nudge_moves_the_reference_and_nothing_when_zero(cpu_int8):
+    program, inputs = cpu_int8
+    step = next(s for s in program.plan("forward").steps if s.kind == "delegate")
+    reference = stored_program(program.files, step.reference)
+    expected = PortableExecutable(reference).run(list(inputs))
+    assert torch.equal(nudged_outputs(reference, list(inputs), 0.0)[0], expected[0])
+    nudged = nudged_outputs(reference, list(inputs), 1e-5)[0]
+    assert not torch.equal(nudged, expected[0])
+    assert torch.equal(nudged, nudged_outputs(reference, list(inputs), 1e-5)[0])  # seeded: one spread per input
+    assert set(values_of(reference, list(inputs))) >= {n.name for n in reference.graph.nodes}
+
+
+class QuantizedTorchOps(TorchOpsBackend):
+    """The test backend quantized as the cpu backend quantizes, running the quantized
+    graph in torch (so exactly its reference), with one planted kernel: ``bad_op``'s
+    output ``factor`` times too large."""
+
+    schemes = frozenset({"int8"})
+
+    def __init__(self, bad_op=None, factor: float = 1.0) -> None:
+        super().__init__()
+        self.bad_op, self.factor = bad_op, factor
+
+    def support(self, node, ctx):
+        return edgeport.Support.yes()  # the whole quantized graph: one partition
+
+    def quantizer(self, scheme, options):
+        from edgeport.backends.cpu import CpuBackend, CpuOptions
+
+        return CpuBackend().quantizer(scheme, CpuOptions())
+
+    def load(self, artifact):
+        program = program_from_files(zipfile.ZipFile(io.BytesIO(artifact.data)).read)
+        graph = program.graph_module.graph
+        for node in list(graph.nodes):
+            if node.target == self.bad_op:
+                with graph.inserting_after(node):
+                    off = graph.call_function(torch.ops.aten.mul.Tensor, (node, self.factor))
+                node.replace_all_uses_with(off, delete_user_cb=lambda user: user is not off)
+        program.graph_module.recompile()
+        return PortableExecutable(program)
+
+
+def _checked(backend):
+    model, inputs = deep_model()
+    registry = registry_with(backend)
+    program = edgeport.export(model, inputs, ["torchops"], quantize="int8", calibration=calibration_for(inputs),
+                              keep_reference=True, registry=registry)
+    return check_program(program, inputs, registry=registry)
+
+
+def test_an_exact_quantized_backend_passes_exactly():
+    [partition] = _checked(QuantizedTorchOps()).partitions
+    assert partition.status == "pass" and partition.error.max_abs == 0
+
+
+def test_a_wrong_quantized_kernel_fails_and_the_search_names_it():
+    """GELU 10 % too large in the third block: far past rounding, and every shorter
+    prefix stays within its own spread."""
+    report = _checked(QuantizedTorchOps(torch.ops.aten.gelu.default, 1.1))
+    [partition] = report.partitions
+    assert partition.status == "fail"
+    assert partition.error.snr_db < partition.spread.snr_db - MARGIN_DB
+    assert partition.divergence.op == "aten.gelu.default" and partition.divergence.exact
+    assert partition.divergence.node == "gelu"  # the first block's: every block's GELU is off
+
+
+def test_the_built_in_backends_declare_their_op_error_by_precision():
+    from edgeport.backend import FP16_OP_ERROR, FP32_OP_ERROR
+    from edgeport.backends.coreml import CoreMLBackend, CoreMLOptions
+    from edgeport.backends.cpu import CpuBackend, CpuOptions
+    from edgeport.backends.mediatek.backend import MediatekBackend, MediatekOptions
+    from edgeport.backends.qualcomm import QualcommBackend, QualcommOptions
+
+    assert CpuBackend().op_error(CpuOptions()) == FP32_OP_ERROR == 1e-5
+    assert CpuBackend().op_error(CpuOptions(precision="fp16")) == FP16_OP_ERROR == 2.0**-11
+    assert QualcommBackend().op_error(QualcommOptions()) == FP16_OP_ERROR  # HTP's float is fp16
+    assert CoreMLBackend().op_error(CoreMLOptions()) == FP16_OP_ERROR
+    assert CoreMLBackend().op_error(CoreMLOptions(compute_precision="fp32")) == FP32_OP_ERROR
+    assert MediatekBackend().op_error(MediatekOptions(fp16=True)) == FP16_OP_ERROR
+    assert MediatekBackend().op_error(MediatekOptions()) == FP32_OP_ERROR  # here: the fp32 CPU reference
+
+
+def test_cli_check_shows_the_spread_of_a_quantized_program(cpu_int8, tmp_path):
+    program, (x,) = cpu_int8
+    program.save(tmp_path / "q.edgeport")
+    np.savez(tmp_path / "in.npz", input=x.numpy())
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "q.edgeport"), "--inputs", str(tmp_path / "in.npz")])
+    assert result.exit_code == 0, result.output
+    assert "rounding spread dB" in result.output and "within 3 dB of its rounding spread" in result.output
+    data = json.loads(CliRunner().invoke(cli, ["check", str(tmp_path / "q.edgeport"), "--inputs",
+                                               str(tmp_path / "in.npz"), "--json"]).output)
+    assert data["passed"] and data["partitions"][0]["spread"]["snr_db"] < 60
+
+
+def test_no_prefix_of_a_quantized_partition_hands_on_a_weight_or_an_integer(cpu_int8):
+    """The divergence search's prefixes end after an op's quantize and dequantize, and a
+    weight's dequantize goes with the op reading it. They stood in graph order before,
+    weights' dequantizes first, and HTP refused such prefixes: a tiny Llama on qualcomm
+    took 366 compiles and named no op; now 8, naming a linear."""
+    from edgeport.devtools.check import _groups
+    from edgeport.quantize.node_dtypes import is_quantization_node
+    from edgeport.subprogram import extract_subprogram
+
+    program, _ = cpu_int8
+    step = next(s for s in program.plan("forward").steps if s.kind == "delegate")
+    reference = stored_program(program.files, step.reference)
+    order = {node: i for i, node in enumerate(reference.graph.nodes)}
+    by_name = {node.name: node for node in reference.graph.nodes}
+    groups = _groups(reference)
+    assert all(not is_quantization_node(group[0]) for group in groups)
+    assert sorted(n for g in groups for n in g) == sorted(n for n in reference.graph.nodes if n.op == "call_function")
+    for k in range(len(groups)):
+        sub = extract_subprogram(reference, sorted((n for g in groups[: k + 1] for n in g), key=order.__getitem__))
+        for name in sub.outputs:
+            node = by_name[name]
+            assert not (is_quantization_node(node) and "quantize_per_tensor" in str(node.target)
+                        and "dequantize" not in str(node.target)), (k, name)  # an int8 value
+            assert not (is_quantization_node(node) and all(a.op == "placeholder" for a in node.all_input_nodes)), (k, name)
