@@ -75,6 +75,20 @@ class _Scaled:
         return [o * self.scale for o in outs] if self.scale != 1.0 else outs
 
 
+def run_with_kernel_off(artifact: edgeport.Artifact, op: Any, factor: float) -> PortableExecutable:
+    """The artifact's program run by torch with ``op``'s output ``factor`` times too
+    large: a planted wrong kernel for the numerical checks to find."""
+    program = program_from_files(zipfile.ZipFile(io.BytesIO(artifact.data)).read)
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.target == op:
+            with graph.inserting_after(node):
+                off = graph.call_function(torch.ops.aten.mul.Tensor, (node, factor))
+            node.replace_all_uses_with(off, delete_user_cb=lambda user: user is not off)
+    program.graph_module.recompile()
+    return PortableExecutable(program)
+
+
 def registry_with(*backends: edgeport.Backend) -> edgeport.Registry:
     """A fresh registry holding only ``backends`` (never the installed entry points)."""
     registry = edgeport.Registry(entry_points=False)

@@ -1,9 +1,7 @@
 """`edgeport check`: a planted wrong kernel is found and named, with its source line."""
 
-import io
 import json
 import math
-import zipfile
 
 import pytest
 import torch
@@ -12,8 +10,7 @@ from click.testing import CliRunner
 import edgeport
 from edgeport.cli import cli
 from edgeport.devtools.check import check_model, check_program, compare
-from edgeport.portable import PortableExecutable, program_from_files
-from torch_backend import TorchOpsBackend, registry_with
+from torch_backend import TorchOpsBackend, registry_with, run_with_kernel_off
 
 MODEL = '''
 import torch
@@ -47,15 +44,7 @@ class OffByOnePercent(TorchOpsBackend):
         self.bad_op = op
 
     def load(self, artifact):
-        program = program_from_files(zipfile.ZipFile(io.BytesIO(artifact.data)).read)
-        graph = program.graph_module.graph
-        for node in list(graph.nodes):
-            if node.target == self.bad_op:
-                with graph.inserting_after(node):
-                    off = graph.call_function(torch.ops.aten.mul.Tensor, (node, 1.01))
-                node.replace_all_uses_with(off, delete_user_cb=lambda user: user is not off)
-        program.graph_module.recompile()
-        return PortableExecutable(program)
+        return run_with_kernel_off(artifact, self.bad_op, 1.01)
 
 
 @pytest.fixture

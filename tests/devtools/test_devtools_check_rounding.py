@@ -5,9 +5,7 @@ A quantized partition is held to its declared tolerance or to its reference's ow
 backend's `op_error`), whichever allows more (core/devtools/rounding.py).
 """
 
-import io
 import json
-import zipfile
 
 import numpy as np
 import pytest
@@ -19,9 +17,9 @@ import edgeport
 from edgeport.cli import cli
 from edgeport.devtools.check import check_program
 from edgeport.devtools.rounding import MARGIN_DB, nudged_outputs, values_of
-from edgeport.portable import PortableExecutable, program_from_files, stored_program
+from edgeport.portable import PortableExecutable, stored_program
 from edgeport.testing.quantized_cases import calibration_for
-from torch_backend import TorchOpsBackend, registry_with
+from torch_backend import TorchOpsBackend, registry_with, run_with_kernel_off
 
 
 class Block(nn.Module):
@@ -89,15 +87,7 @@ class QuantizedTorchOps(TorchOpsBackend):
         return CpuBackend().quantizer(scheme, CpuOptions())
 
     def load(self, artifact):
-        program = program_from_files(zipfile.ZipFile(io.BytesIO(artifact.data)).read)
-        graph = program.graph_module.graph
-        for node in list(graph.nodes):
-            if node.target == self.bad_op:
-                with graph.inserting_after(node):
-                    off = graph.call_function(torch.ops.aten.mul.Tensor, (node, self.factor))
-                node.replace_all_uses_with(off, delete_user_cb=lambda user: user is not off)
-        program.graph_module.recompile()
-        return PortableExecutable(program)
+        return run_with_kernel_off(artifact, self.bad_op, self.factor)
 
 
 def _checked(backend):
