@@ -178,7 +178,8 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
     """Check every delegated partition of ``method`` on ``inputs``.
 
     ``rtol`` overrides the tolerance each backend declares for the options its
-    partition was compiled with (`Backend.tolerance`);
+    partition was compiled with (`Backend.tolerance`); a quantized partition also
+    passes within its rounding spread (`PartitionCheck.spread`, rounding.py);
     ``locate`` searches a failing partition for its first diverging op. The program
     must hold the torch reference of each delegated partition (export it with
     ``keep_reference=True``).
