@@ -355,8 +355,8 @@ class Backend:
         ``edgeport check`` uses it on quantized partitions only: before each rounding
         to integers it nudges the torch reference's values by up to this much, to learn
         how far rounding flips alone move the outputs, and lets the partition differ by
-        that much (3 dB more). Return a float; never raise: it is called on saved
-        programs.
+        about that much (devtools/rounding.py). Return a float; never raise: it is
+        called on saved programs.
         """
         return FP32_OP_ERROR
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from ..api import export as export_program
 from ..api import resolve_backends
 from ..devtools.check import CheckReport, Divergence, check_program
-from ..devtools.rounding import MARGIN_DB
+from ..devtools.rounding import MARGIN_DB, PEAK_FACTOR
 from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, OpDrop, QuantizationCheck,
                                     check_quantization, float_program)
 from ..errors import InputError
@@ -144,9 +144,9 @@ def print_check(report: CheckReport) -> None:
                       *spread, f"[{colors[p.status]}]{p.status}[/{colors[p.status]}]")
     console.print(table)
     if quantized:
-        console.print(f"A quantized partition also passes within {MARGIN_DB:g} dB of its rounding spread: the SNR of "
-                      "its torch reference against itself with the values it rounds nudged by the backend's op error.",
-                      highlight=False)
+        console.print(f"A quantized partition also passes within {MARGIN_DB:g} dB of its rounding spread, no value "
+                      f"off by more than {PEAK_FACTOR:g}x the spread's largest: the spread is its torch reference "
+                      "against itself with the values it rounds nudged by the backend's op error.", highlight=False)
     for p in report.partitions:
         d = p.divergence
         if d:

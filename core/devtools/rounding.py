@@ -24,7 +24,10 @@ is also held to its reference's own spread: the reference run with every quantiz
 input nudged by up to the backend's `Backend.op_error` (fp32 kernels: 1e-5, about a
 hundred ulps, at or past every backend measured above; fp16 arithmetic: 2**-11), and the
 partition passes when its SNR against the reference is at most `MARGIN_DB` below that
-run's.
+run's and its largest error at most `PEAK_FACTOR` times that run's largest. The SNR is an
+average, and a wrong region (one token's rows) can hide in it in depth; the peak
+catches that. Correct backends measured: peaks 0.5 to 1.7 times the spread's (cpu on the
+BERTs above up to 1.12; qualcomm int8 on tests/zoo, where they passed on SNR, up to 1.67).
 
 On qualcomm's HTP simulator, with fp16's nudge, 8 of the 13 tiny transformer families of
 tests/zoo quantized int8 pass (with 1e-5, none did); BERT, CLIP's text model, Qwen2, T5's
@@ -51,6 +54,7 @@ from torch.fx import Interpreter, Node
 from ..support import QUANTIZE, QUANTIZE_AFFINE, qualified_name
 
 MARGIN_DB = 3.0
+PEAK_FACTOR = 2.0
 _ROUNDINGS = (QUANTIZE, QUANTIZE_AFFINE)  # an activation's quantize: static, or per token at run time
 
 

@@ -15,8 +15,8 @@ from torch import nn
 
 import edgeport
 from edgeport.cli import cli
-from edgeport.devtools.check import check_program
-from edgeport.devtools.rounding import MARGIN_DB, nudged_outputs, values_of
+from edgeport.devtools.check import Error, allowed, check_program
+from edgeport.devtools.rounding import MARGIN_DB, PEAK_FACTOR, nudged_outputs, values_of
 from edgeport.portable import PortableExecutable, stored_program
 from edgeport.testing.quantized_cases import calibration_for
 from torch_backend import TorchOpsBackend, registry_with, run_with_kernel_off
@@ -53,6 +53,17 @@ def test_rounding_flips_of_a_correct_int8_backend_pass_within_the_spread(cpu_int
     assert partition.status == "pass"
     assert not partition.error.within(partition.rtol)  # fails 1e-4 relative: the spread is what passes it
     assert partition.spread is not None and partition.error.snr_db >= partition.spread.snr_db - MARGIN_DB
+    assert partition.error.max_abs <= PEAK_FACTOR * partition.spread.max_abs
+
+
+def test_the_rule_takes_the_tolerance_or_the_spread_in_both_its_average_and_its_peak():
+    spread = Error(max_abs=0.3, max_rel=0.06, snr_db=24.0)  # a 12-layer int8 BERT's, on cpu
+    assert allowed(Error(0.33, 0.07, 24.4), 1e-4, spread)  # what the cpu backend measured there
+    assert allowed(Error(0.5, 0.1, 21.5), 1e-4, spread)
+    assert not allowed(Error(0.3, 0.06, 20.5), 1e-4, spread)  # noisier than rounding
+    assert not allowed(Error(0.9, 0.2, 23.0), 1e-4, spread)  # average fine, one region far off
+    assert allowed(Error(0.9, 0.2, 10.0), 0.5, spread)  # within the tolerance
+    assert not allowed(Error(1e-3, 1e-3, 60.0), 1e-4, None)  # not quantized: the tolerance alone
 
 
 def test_the_nudge_moves_the_reference_and_nothing_when_zero(cpu_int8):
