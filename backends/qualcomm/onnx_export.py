@@ -11,7 +11,8 @@ the export we set it to ``edgeport-node:<aten node name>`` (and restore it after
 The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
 equivalent form rightly (pool_rewrite.py: pools that pad themselves; pow_rewrite.py:
 integer powers, wrong at zero; native_norm.py: RMS norms as HTP's native RmsNorm, the
-chain being wrong in fp16), or prepares only in an equivalent form (norm_rewrite.py:
+chain being wrong in fp16; fp16_rms_norms.py: int8 RMS norms in fp16, HTP's uint8 kernel
+flooring), or prepares only in an equivalent form (norm_rewrite.py:
 RMS norms left as a chain, with the scale first).
 """
 
@@ -31,6 +32,7 @@ from torch.export.graph_signature import InputKind
 from .initializer_casts import fold_initializer_casts
 from .linear_rows import linears_as_rows
 from .attention import masked_rows_guarded
+from .fp16_rms_norms import rms_norms_in_fp16
 from .native_norm import fuse_rms_norms
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
@@ -79,7 +81,9 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
     rewrite_pools(model)
     fuse_rms_norms(model)
     reorder_norm_scales(model)  # a norm chain left (axes not trailing)
-    if not quantized:  # a16w8 computes in 16-bit integers: no signed zero
+    if quantized:
+        rms_norms_in_fp16(model)  # int8: HTP's uint8 RmsNorm floors
+    else:  # (a16w8 computes in 16-bit integers: no signed zero)
         rewrite_integer_powers(model)
     fold_initializer_casts(model)  # a large per-channel zero point's Cast: QNN needs it static
     onnx_inputs = [value.name for value in model.graph.input]
