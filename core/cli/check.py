@@ -171,6 +171,11 @@ def print_divergence(partition: int, label: str, d: Divergence) -> None:
                       f"{module}, {found}", highlight=False)
         if d.source:
             console.print(f"    {d.source}" + (f"\n      {d.code}" if d.code else ""), markup=False)
+        for drift in d.inputs:  # a drift started before it shows here
+            maker = f"{drift.node} ({drift.module})" if drift.module else drift.node
+            console.print(f"    its input from {maker}: {drift.off:.0%} of the values a step or more off as the "
+                          f"backend computed them, {drift.mean_steps:+.2f} steps on average", markup=False,
+                          highlight=False)
         return
     console.print(f"[red]partition {partition}[/red] ({label}): divergence in one of {len(d.candidates)} ops "
                   f"(no shorter prefix compiles alone to tell which), {found}:", highlight=False)

@@ -10,13 +10,16 @@ When a partition fails, the first op that diverges is found by bisection over pr
 of the partition (in graph order, a prefix of a cycle-free partition is cycle-free):
 each probe cuts the prefix out of the reference program, compiles and runs it with the
 same backend and options, and compares every value the prefix hands on. The op that
-ends the shortest diverging prefix is named with the source line that produced it.
+ends the shortest diverging prefix is named with the source line that produced it. In a
+quantized graph a drift can start in an op still within the allowance, so the quantized
+values the named op reads are counted too, in their steps (`InputDrift`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,6 +41,7 @@ from ..quantize.node_dtypes import is_quantization_node
 from ..program import Program
 from ..report import op_name, source_of
 from ..subprogram import extract_subprogram
+from ..support import DATA_MOVEMENT, DEQUANTIZE, qualified_name
 from ..tensors import DTYPES, tensor_from_bytes
 from .rounding import MARGIN_DB, PEAK_FACTOR, nudged_outputs, rounds, values_of
 
@@ -103,6 +107,20 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class InputDrift:
+    """How far a quantized value the diverging op reads was already off, as the backend
+    computed the ops before it, in steps of its quantization. Those ops passed (within
+    the allowance), yet a drift can start there and first exceed the allowance in this
+    op: a kernel that rounds one way shows as a mean far from 0 (HTP's uint8 RmsNorm, which
+    floors, was -0.4 step, and the linear after it was named)."""
+
+    node: str  # the op that made it
+    module: str  # as `Divergence.module`
+    off: float  # the fraction of its elements a step or more off
+    mean_steps: float  # the mean error, signed
+
+
+@dataclass(frozen=True)
 class Divergence:
     """The first op of a partition whose output no longer matches torch.
 
@@ -120,6 +138,7 @@ class Divergence:
     compiles: int  # prefixes compiled to find it
     exact: bool = True
     candidates: tuple[Candidate, ...] = ()
+    inputs: tuple[InputDrift, ...] = ()  # of an exact divergence in a quantized graph
 
 
 @dataclass
@@ -374,9 +393,9 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
     order = {node: i for i, node in enumerate(reference.graph.nodes)}
     compiles = 0
 
-    def probe(k: int) -> tuple[Error, bool] | None:
-        """The error of the prefix ending with group ``k`` and whether it is allowed;
-        None if the prefix does not compile."""
+    def run_prefix(k: int) -> tuple[list[str], Sequence[Any]] | None:
+        """The values the prefix ending with group ``k`` hands on and the backend's
+        outputs for them; None if the prefix does not compile."""
         nonlocal compiles
         compiles += 1
         if progress:
@@ -384,12 +403,18 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
         sub = extract_subprogram(reference, sorted((n for g in groups[: k + 1] for n in g), key=order.__getitem__))
         try:
             artifact = dataclasses.replace(backend.compile(sub.program, options), options=options)
-            outputs = backend.load(artifact).run([env[v] for v in sub.inputs])
+            return list(sub.outputs), backend.load(artifact).run([env[v] for v in sub.inputs])
         except Exception:  # e.g. a backend that will not take a lone reshape: try a longer prefix
             return None
-        expected = [env[v] for v in sub.outputs]
-        error = compare(outputs, expected)
-        spread = compare([nudged[v] for v in sub.outputs], expected) if nudged is not None else None
+
+    def probe(k: int) -> tuple[Error, bool] | None:
+        """The error of the prefix ending with group ``k`` and whether it is allowed."""
+        ran = run_prefix(k)
+        if ran is None:
+            return None
+        values, outputs = ran
+        error = compare(outputs, [env[v] for v in values])
+        spread = compare([nudged[v] for v in values], [env[v] for v in values]) if nudged is not None else None
         return error, allowed(error, rtol, spread)
 
     hi = len(groups) - 1
@@ -411,8 +436,36 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
             hi, worst = mid, probed[0]
     node = groups[hi][0]
     candidates = () if lo == hi else _candidates([g[0] for g in groups[lo: hi + 1]])
+    drift = ()
+    if lo == hi and hi > 0 and nudged is not None and (ran := run_prefix(hi - 1)) is not None:
+        drift = _input_drift(node, dict(zip(*ran)), env)
     return Divergence(node.name, op_name(node), source_of(node), _code(node), _module(node), worst, compiles,
-                      lo == hi, candidates)
+                      lo == hi, candidates, drift)
+
+
+def _input_drift(node: Node, computed: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[InputDrift, ...]:
+    """The drift of each per-tensor quantized value ``node`` reads among the ``computed``
+    ones (a prefix's outputs as the backend computed them)."""
+    drifts = []
+    for value in node.all_input_nodes:
+        step = value.args[1] if qualified_name(value) == DEQUANTIZE else None
+        if value.name not in computed or not isinstance(step, float):
+            continue
+        steps = (torch.as_tensor(np.asarray(computed[value.name])).double() - env[value.name].double()) / step
+        maker = _made_by(value)
+        drifts.append(InputDrift(maker.name, _module(maker), float((steps.abs() >= 0.5).double().mean()),
+                                 float(steps.mean())))
+    return tuple(drifts)
+
+
+def _made_by(value: Node) -> Node:
+    """The op that computed a dequantized value: back through its quantize and dequantize
+    and any data movement (a view, a copy: the same values) after that op, to the op a
+    getitem unpacks."""
+    while value.all_input_nodes and (is_quantization_node(value) or op_name(value) in DATA_MOVEMENT
+                                     or value.target is operator.getitem):
+        value = value.all_input_nodes[0]
+    return value
 
 
 def _candidates(nodes: list[Node]) -> tuple[Candidate, ...]:

@@ -15,7 +15,7 @@ from torch import nn
 
 import edgeport
 from edgeport.cli import cli
-from edgeport.devtools.check import Error, allowed, check_program
+from edgeport.devtools.check import Error, _input_drift, allowed, check_program
 from edgeport.devtools.rounding import MARGIN_DB, PEAK_FACTOR, nudged_outputs, values_of
 from edgeport.portable import PortableExecutable, stored_program
 from edgeport.testing.quantized_cases import calibration_for
@@ -123,6 +123,33 @@ def test_a_wrong_quantized_kernel_fails_and_the_search_names_it():
     assert partition.error.snr_db < partition.spread.snr_db - MARGIN_DB
     assert partition.divergence.op == "aten.gelu.default" and partition.divergence.exact
     assert partition.divergence.node == "gelu"  # the first block's: every block's GELU is off
+    assert partition.divergence.inputs == ()  # it reads the linear's float output: no steps to count
+
+
+def test_the_search_says_how_far_off_the_quantized_values_the_named_op_reads_were():
+    """The residual add 10 % off: named, and the GELU output it reads (the block's input
+    is the partition's own) the backend computed exactly."""
+    [partition] = _checked(QuantizedTorchOps(torch.ops.aten.add.Tensor, 1.1)).partitions
+    assert partition.divergence.node == "add" and partition.divergence.exact
+    [read] = partition.divergence.inputs
+    assert (read.node, read.module, read.off, read.mean_steps) == ("gelu", "0 (Block)", 0.0, 0.0)
+
+
+def test_the_drift_of_an_input_is_counted_in_its_steps(cpu_int8):
+    """A kernel that floors where the reference rounds, feeding the named op: half its
+    values a step low shows as 50% off, -0.5 steps on average, named by the op that
+    made them (back through its quantize and dequantize)."""
+    program, inputs = cpu_int8
+    step = next(s for s in program.plan("forward").steps if s.kind == "delegate")
+    reference = stored_program(program.files, step.reference)
+    env = values_of(reference, list(inputs))
+    gelu = next(n for n in reference.graph.nodes if n.target == torch.ops.aten.gelu.default)
+    [read] = gelu.all_input_nodes
+    low = torch.zeros_like(env[read.name])
+    low.view(-1)[::2] = read.args[1]  # every other value a step low
+    [drift] = _input_drift(gelu, {read.name: env[read.name] - low}, env)
+    assert (drift.node, drift.module, drift.off) == ("linear", "0.fc (Linear)", 0.5)
+    assert drift.mean_steps == pytest.approx(-0.5)
 
 
 def test_the_built_in_backends_declare_their_op_error_by_precision():
@@ -151,6 +178,24 @@ def test_cli_check_shows_the_spread_of_a_quantized_program(cpu_int8, tmp_path):
     data = json.loads(CliRunner().invoke(cli, ["check", str(tmp_path / "q.edgeport"), "--inputs",
                                                str(tmp_path / "in.npz"), "--json"]).output)
     assert data["passed"] and data["partitions"][0]["spread"]["snr_db"] < 60
+
+
+def test_cli_check_says_how_far_off_the_named_ops_quantized_inputs_were(tmp_path):
+    model, (x,) = deep_model()
+    registry = registry_with(QuantizedTorchOps(torch.ops.aten.add.Tensor, 1.1))
+    program = edgeport.export(model, (x,), ["torchops"], quantize="int8", calibration=calibration_for((x,)),
+                              keep_reference=True, registry=registry)
+    program.save(tmp_path / "q.edgeport")
+    np.savez(tmp_path / "in.npz", x.numpy())  # in order
+    args = ["check", str(tmp_path / "q.edgeport"), "--inputs", str(tmp_path / "in.npz")]
+    result = CliRunner().invoke(cli, args, obj=registry)
+    assert result.exit_code == 1, result.output
+    assert "first diverging op: add (aten.add.Tensor)" in result.output
+    assert ("its input from gelu (0 (Block)): 0% of the values a step or more off as the backend computed them, "
+            "+0.00 steps on average") in result.output
+    data = json.loads(CliRunner().invoke(cli, [*args, "--json"], obj=registry).output)
+    assert data["partitions"][0]["divergence"]["inputs"] == [
+        {"node": "gelu", "module": "0 (Block)", "off": 0.0, "mean_steps": 0.0}]
 
 
 def test_no_prefix_of_a_quantized_partition_hands_on_a_weight_or_an_integer(cpu_int8):
