@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .provenance import record_fused
+
 NATIVE_NORM = "SimplifiedLayerNormalization"
 
 
@@ -65,6 +67,8 @@ def fuse_rms_norms(model: Any) -> int:
         nodes = [*scale_nodes, *_native_nodes(chain, scale, name, graph)]
         for node in nodes:
             node.metadata_props.extend(chain.nodes[-1].metadata_props)
+            if node.op_type == NATIVE_NORM:
+                record_fused(node, chain.nodes)  # QNN's word on the node holds for the whole chain
         position = min(_position(graph, node) for node in chain.nodes)
         for node in chain.nodes:
             graph.node.remove(node)

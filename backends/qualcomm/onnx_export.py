@@ -37,14 +37,13 @@ from .native_norm import fuse_rms_norms
 from .norm_rewrite import reorder_norm_scales
 from .pool_rewrite import rewrite_pools
 from .pow_rewrite import rewrite_integer_powers
+from .provenance import PROVENANCE, recorded
 from .scalar_operands import quantize_scalar_operands
 
 # ONNX 21: the first opset whose QuantizeLinear/DequantizeLinear take 16-bit integers
 # (a16w8's uint16 activations; ONNX Runtime rejects them in an opset-20 model). Float
 # partitions keep the exporter's default opset, which the float op table was verified on.
 QUANTIZED_OPSET = 21
-_PROVENANCE_KEY = "pkg.torch.onnx.stack_trace"
-_PROVENANCE = "edgeport-node:"
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def aten_node_names(model: Any) -> list[str | None]:
     aten node producing its first input, else to the one reading its output.
     """
     nodes = list(model.graph.node)
-    names = [_recorded(node) for node in nodes]
+    names = [recorded(node) for node in nodes]
     producer = {out: i for i, node in enumerate(nodes) for out in node.output}
     for i, node in enumerate(nodes):  # graph order: producers are resolved first
         if names[i] is None and node.input and node.input[0] in producer:
@@ -122,19 +121,12 @@ def aten_node_names(model: Any) -> list[str | None]:
     return names
 
 
-def _recorded(onnx_node: Any) -> str | None:
-    for prop in onnx_node.metadata_props:
-        if prop.key == _PROVENANCE_KEY and prop.value.startswith(_PROVENANCE):
-            return prop.value[len(_PROVENANCE):]
-    return None
-
-
 @contextlib.contextmanager
 def _provenance_tags(program: ExportedProgram):
     """Tag every op node's stack_trace with its name for the export, then put it back."""
     saved = {node: node.meta.get("stack_trace") for node in program.graph.nodes if node.op == "call_function"}
     for node in saved:
-        node.meta["stack_trace"] = _PROVENANCE + node.name
+        node.meta["stack_trace"] = PROVENANCE + node.name
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import edgeport
 
 from .onnx_export import OnnxPartition, aten_node_names
+from .provenance import fused
 from .qnn_runtime import QnnCompileError, compile_context
 
 # (aten node name, indices of its ONNX nodes in graph order)
@@ -52,8 +53,8 @@ def compile_verified(partition: OnnxPartition, provider_options: dict[str, str],
         raise edgeport.DeclineNodes(_by_aten_node(model, outcome.refused, known))
     if outcome.context_model is None:
         raise edgeport.BackendError("qualcomm: QNN compiled the partition but wrote no EPContext model")
-    aten_of = dict(zip((node.name for node in model.graph.node), aten_node_names(model)))
-    float_nodes = {aten_of[name] for name in outcome.float_ops if aten_of.get(name) in known}
+    aten_of = {node.name: [aten, *fused(node)] for node, aten in zip(model.graph.node, aten_node_names(model))}
+    float_nodes = {aten for name in outcome.float_ops for aten in aten_of.get(name, ()) if aten in known}
     return Verified(outcome.context_model, frozenset(float_nodes))
 
 

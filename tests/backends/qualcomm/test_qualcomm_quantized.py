@@ -333,8 +333,11 @@ def test_an_int8_rms_norm_rounds_its_output_as_the_reference_does(backend, width
     steps = (program(x) - reference_program(program)(x)) / dequantize.args[1]
     assert abs(float(steps.mean())) < 0.05, float(steps.mean())
     assert float((steps.abs() < 0.5).float().mean()) > 0.9
-    # the native norm is reported as the chain's last node, the weight's multiplication
-    assert [n["op"] for n in nodes if n.get("float_between_quantized")] == ["aten.mul.Tensor"]
+    # the native norm computes the whole chain: its annotated ops (x ** 2, x * rsqrt, the weight's
+    # multiplication) are reported float; only the linear is quantized
+    assert [n["op"] for n in nodes if n.get("float_between_quantized")] == \
+        ["aten.pow.Tensor_Scalar", "aten.mul.Tensor", "aten.mul.Tensor"]
+    assert [n["op"] for n in nodes if "quantized" in n] == ["aten.linear.default"]
 
 
 class _ScalarOps(nn.Module):
