@@ -235,13 +235,15 @@ def relu(em: Emitter, node: Node) -> Value:
     return unary(em, node, "RELU")
 
 
-def _gelu_approximate(node: Node) -> str:
-    return node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+def gelu_options(node: Node) -> Options:
+    """GELU's options: erf, or its tanh approximation."""
+    approximate = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+    return Options("GeluOptions", {"Approximate": approximate == "tanh"})
 
 
 @lowering(aten.gelu.default, writes=frozenset({"GELU"}), dtypes=FLOAT)
 def gelu(em: Emitter, node: Node) -> Value:
-    return unary(em, node, "GELU", Options("GeluOptions", {"Approximate": _gelu_approximate(node) == "tanh"}))
+    return unary(em, node, "GELU", gelu_options(node))
 
 
 def _leaky_slope(node: Node) -> float:

@@ -17,7 +17,9 @@ FULLY_CONNECTED with a float input and int8 per-channel or INT4 blockwise weight
 
 `xnnpack=False` marks the int8 operators LiteRT 2.3's XNNPACK delegate leaves to
 TFLite's kernels (its xnnpack_delegate.cc checks float tensors for them): standalone
-RELU, RELU6, HARD_SWISH, SOFTMAX and AVERAGE_POOL_2D.
+RELU, RELU6, HARD_SWISH, SOFTMAX, AVERAGE_POOL_2D, GELU, and BATCH_MATMUL of two
+runtime tensors (tests/backends/cpu/test_cpu_quantized.py lists what a loaded model
+leaves out).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from ..qdq import QParams
 from ..schema import tensor_type, tfl
 from .conv import (_conv_args, adaptive_avg_pool2d, avg_pool2d, bn_affine, conv1d_input, conv2d_options, conv_geometry,
                    max_pool2d)
-from .elementwise import clamp_activation, same_value
+from .elementwise import clamp_activation, gelu_options, same_value
+from .matmul import batch_matmul
 from .reduce import reduce, softmax
 from .shape import constant_pad, permute, transpose, view
 
@@ -295,6 +298,18 @@ def relu(em: Emitter, node: Node, form: Int8Form) -> Value:
 @int8_lowering(aten._softmax.default, signature=UNIT_INTERVAL, xnnpack=False)
 def softmax_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, softmax)
+
+
+@int8_lowering(aten.gelu.default, signature=ACTIVATION, xnnpack=False)
+def gelu_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
+    return _unary(em, node, form, "GELU", gelu_options(node))
+
+
+@int8_lowering(aten.bmm.default, signature=Int8Signature(activations=(0, 1)), xnnpack=False)
+def bmm_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
+    """BATCH_MATMUL of two int8 activations."""
+    a, b = (int8_input(em, form, dq) for dq in node.args[:2])
+    return with_params(em, batch_matmul(em, a, b, node.name, INT8), form.output)
 
 
 # -- pooling, reductions, data movement ---------------------------------------------------------

@@ -34,12 +34,12 @@ def fully_connected(em: Emitter, node: Node, x: Value, weight: np.ndarray, bias:
     return out
 
 
-def batch_matmul(em: Emitter, a: Value, b: Value, name: str) -> Value:
+def batch_matmul(em: Emitter, a: Value, b: Value, name: str, dtype: torch.dtype = torch.float32) -> Value:
     """a @ b over the last two dims; a stored with its last two dims swapped becomes adj_x."""
     a, adj_x = _matmul_operand(em, a)
     b, adj_y = _matmul_operand(em, b)
     shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
-    out = em.new(shape, torch.float32, name)
+    out = em.new(shape, dtype, name)
     em.op("BATCH_MATMUL", [a.tensor, b.tensor], [out], Options("BatchMatMulOptions", {"AdjX": adj_x, "AdjY": adj_y}))
     return out
 
