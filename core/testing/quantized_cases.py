@@ -230,6 +230,8 @@ QUANTIZED_CASES: list[QuantizedCase] = [
     qop("int8_mean", lambda m, x: x.mean(dim=(2, 3), keepdim=True), IMG),
     # int8 data movement
     qop("int8_cat", lambda m, a, b: torch.cat([F.relu(a), F.relu(b)], dim=1), IMG, IMG),
+    qop("int8_cat_stored", lambda m, x: torch.cat([m.token.expand(2, -1, -1), F.linear(x, m.w)], dim=1), (2, 3, 8),
+        token=(1, 1, 8), w=(8, 8)),  # a ViT's class token before its patches
     qop("int8_reshape", lambda m, x: torch.flatten(F.relu(x), 1), IMG),
     qop("int8_permute", lambda m, x: F.relu(x).permute(0, 2, 3, 1), IMG),
     qop("int8_pad", lambda m, x: F.pad(F.relu(x), (1, 1, 1, 1)), IMG),

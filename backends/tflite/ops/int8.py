@@ -90,6 +90,19 @@ def _moved(em: Emitter, node: Node, form: Int8Form, emit) -> Value:  # noqa: ANN
     return with_params(em, value, form.output)
 
 
+def _int8_operands(em: Emitter, form: Int8Form, dequantizes: list[Node], rank: int) -> tuple[list[int], layout.Perm]:
+    """The int8 tensors an op reads through `dequantizes`, broadcast to `rank` in one
+    layout: runtime int8 Values, or stored tensors (a position embedding, a class token)
+    written as int8 constants at the parameters their dequantize gives."""
+    stored = [em.constant(dq.args[0]) for dq in dequantizes]  # the integers, or None: a runtime tensor
+    args = [int8_input(em, form, dq) if s is None else s for dq, s in zip(dequantizes, stored)]
+    tensors, perm = em.broadcast_inputs(args, rank, INT8)
+    for tensor, dq, s in zip(tensors, dequantizes, stored):
+        if s is not None:
+            em.builder.tensors[tensor].quantization = form.params(dq).tflite()
+    return tensors, perm
+
+
 # -- constants ----------------------------------------------------------------------------------
 
 
@@ -252,14 +265,8 @@ def binary(em: Emitter, node: Node, form: Int8Form) -> Value:
     """ADD or MUL of two int8 tensors; a stored operand (a position embedding, a layer
     scale) is an int8 constant at its own parameters, laid out at export."""
     name, table = _BINARY[node.target]
-    dequantizes = node.args[:2]
-    stored = [em.constant(dq.args[0]) for dq in dequantizes]  # the integers, or None: a runtime tensor
-    args = [int8_input(em, form, dq) if s is None else s for dq, s in zip(dequantizes, stored)]
     out_shape = shape(node)
-    tensors, perm = em.broadcast_inputs(args, len(out_shape), INT8)
-    for tensor, dq, s in zip(tensors, dequantizes, stored):
-        if s is not None:
-            em.builder.tensors[tensor].quantization = form.params(dq).tflite()
+    tensors, perm = _int8_operands(em, form, node.args[:2], len(out_shape))
     out = em.new(out_shape, INT8, node.name, perm, form.output)
     em.op(name, tensors, [out], Options(table, {"FusedActivationFunction": em.activation(node)}))
     return out
@@ -373,18 +380,19 @@ def pad(em: Emitter, node: Node, form: Int8Form) -> Value:
 
 def _check_cat(node: Node, is_const: IsConst) -> str | None:
     parts = node.args[0]
-    if not all(isinstance(p, Node) and not is_const(p) for p in parts):
-        return "a part is a constant"
+    if not all(isinstance(p, Node) for p in parts) or all(is_const(p) for p in parts):
+        return "no part is computed at run time"
     if len({len(shape(p)) for p in parts}) != 1:
         return "parts of different ranks"
     return None
 
 
-@int8_lowering(aten.cat.default, signature=SHARED, check=_check_cat)
+@int8_lowering(aten.cat.default, signature=Int8Signature(output="shared", stored=(0,)), check=_check_cat)
 def cat(em: Emitter, node: Node, form: Int8Form) -> Value:
-    parts = [int8_input(em, form, dq) for dq in node.args[0]]
+    """CONCATENATION; a stored part (a ViT's class token) is an int8 constant at the
+    parameters the parts share."""
     out_shape = shape(node)
-    tensors, perm = em.broadcast_inputs(parts, len(out_shape), INT8)
+    tensors, perm = _int8_operands(em, form, node.args[0], len(out_shape))
     out = em.new(out_shape, INT8, node.name, perm, form.output)
     dim = layout.normalize_dim(node.args[1] if len(node.args) > 1 else 0, len(out_shape))
     options = Options("ConcatenationOptions", {"Axis": layout.inverse(perm)[dim], "FusedActivationFunction": 0})
