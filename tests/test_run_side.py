@@ -138,3 +138,19 @@ def test_edgeport_run_of_a_delegate_only_program_does_not_import_torch(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "output 0: float32 [2, 3]" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("args", [["llm", "export", "{tmp}/model.gguf", "-o", "{tmp}/out.edgeport"],
+                                  ["run", "{tmp}/linear.edgeport", "--reference"]])
+def test_without_torch_a_command_that_needs_it_says_so_in_one_line(args, tmp_path):
+    """`llm generate` and `run` work without torch; `llm export` and a run on torch
+    references do not, and said "internal error" (please report it) instead."""
+    edgeport.export(torch.nn.Linear(4, 3).eval(), (torch.randn(2, 4),), ["cpu"]).save(tmp_path / "linear.edgeport")
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    argv = [a.format(tmp=tmp_path) for a in args]
+    code = WITHOUT_TORCH + (f"sys.argv = ['edgeport', *{argv!r}]\nfrom edgeport.cli import main\n"
+                            "try:\n    main()\nexcept SystemExit as exit:\n    print('exit', exit.code)")
+    result = _python(code)
+    assert result.stdout.strip().splitlines()[-1] == "exit 1"
+    assert "this needs PyTorch, which is not installed here" in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr

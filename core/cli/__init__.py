@@ -27,6 +27,9 @@ from ..plugins import Registry, default_registry
 RAISE_ENV = "EDGEPORT_RAISE_ERRORS"
 
 
+NEEDS_TORCH_HINT = ("export, check, llm export and --reference runs need a machine with torch: "
+                    "pip install torch==2.13.0 'edgeport[cpu]'")
+
 # Commands that import torch: name -> (their module, the short help ``--help`` lists).
 # tests/test_run_side.py checks each short help is the command's own.
 COMPILE_SIDE: dict[str, tuple[str, str]] = {
@@ -79,6 +82,9 @@ def _as_click_error(exc: Exception) -> click.ClickException:
         if exc.hint:
             message += f"\n  hint: {exc.hint}"
         return click.ClickException(message)
+    if isinstance(exc, ImportError) and exc.name == "torch":  # a compile-side name, or a torch reference
+        return click.ClickException("this needs PyTorch, which is not installed here (this environment runs "
+                                    f"programs only)\n  hint: {NEEDS_TORCH_HINT}")
     return click.ClickException(
         f"internal error: {type(exc).__name__}: {exc}\n  hint: rerun with --debug for the traceback, "
         "and please report it"
@@ -116,10 +122,8 @@ def _import_command(name: str) -> None:
     except ModuleNotFoundError as exc:
         if exc.name != "torch":
             raise
-        raise click.ClickException(
-            f"edgeport {name} needs PyTorch, which is not installed here (this environment runs programs only)"
-            "\n  hint: export and check on a machine with torch: pip install torch==2.13.0 'edgeport[cpu]'"
-        ) from None
+        raise click.ClickException(f"edgeport {name} needs PyTorch, which is not installed here "
+                                   f"(this environment runs programs only)\n  hint: {NEEDS_TORCH_HINT}") from None
 
 
 # Each command group lives in its own module and adds itself to `cli` on import; the
