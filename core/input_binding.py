@@ -43,7 +43,8 @@ def bind(args: Sequence[Any], kwargs: Mapping[str, Any], names: Sequence[str]) -
     for key in kwargs:
         name = _name(key)
         if name in positional:
-            raise InputError(f"input {key!r} is given twice, by position and by name")
+            raise InputError(f"input {key!r} is given twice, by position and by name",
+                             hint=f"give it once; the inputs, in order, are {', '.join(names)}")
         if not any(n == name or n.startswith(name + "_") for n in names[len(flat):]):
             raise InputError(f"the method has no input named {key!r}", hint=f"its inputs are {', '.join(names)}")
     return flat + _in_order(dict(kwargs), (), names[len(flat):], exact=True)

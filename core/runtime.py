@@ -178,7 +178,8 @@ class Runtime:
         """The loaded method; a name the program lacks is the caller's mistake, an InputError."""
         loaded = self._methods.get(method)
         if loaded is None:
-            raise InputError(f"program has no method {method!r}; it has {', '.join(self._methods)}")
+            raise InputError(f"program has no method {method!r}; it has {', '.join(self._methods)}",
+                             hint="`edgeport explain PROGRAM` lists each method's inputs")
         return loaded
 
     def run(self, method: str, args: Sequence[Any], kwargs: Mapping[str, Any], profile: bool = False) -> RunResult:
@@ -351,15 +352,15 @@ def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], M
     def check(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
         flat = kind.flatten(args, kwargs, names)
         if len(flat) != len(specs):
-            raise InputError(
-                f"method {plan.name!r} takes {len(specs)} input(s) ({_describe(specs)}), got {len(flat)}",
-            )
+            raise InputError(f"method {plan.name!r} takes {len(specs)} input(s) ({_describe(specs)}), got {len(flat)}",
+                             hint="pass them in that order, or by name")
         sizes: dict[str, int] = {}
         out = []
         for i, (value, spec) in enumerate(zip(flat, specs)):
             value = kind.input(value, i, spec)
             if value.ndim != len(spec.shape):
-                raise InputError(f"input {i} ({spec.name!r}) must have shape {_shape(spec)}, got {list(value.shape)}")
+                raise InputError(f"input {i} ({spec.name!r}) must have shape {_shape(spec)}, got {list(value.shape)}",
+                                 hint=f"give it {len(spec.shape)} dims (reshape it)")
             for axis, (dim, size) in enumerate(zip(spec.shape, value.shape)):
                 if isinstance(dim, int):
                     if dim != size:
@@ -369,11 +370,13 @@ def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], M
                         )
                     continue
                 if sizes.setdefault(dim, size) != size:
-                    raise InputError(f"dim {dim!r} is {sizes[dim]} in one input and {size} in input {i} ({spec.name!r})")
+                    raise InputError(f"dim {dim!r} is {sizes[dim]} in one input and {size} in input {i} ({spec.name!r})",
+                                     hint=f"the inputs were exported with one size for {dim!r}: give them equal sizes")
                 low, high = plan.symbols.get(dim, (0, None))
                 if size < low or (high is not None and size > high):
                     raise InputError(
-                        f"input {i} ({spec.name!r}) dim {axis} is {size}, outside its range [{low}, {high}]"
+                        f"input {i} ({spec.name!r}) dim {axis} is {size}, outside its range [{low}, {high}]",
+                        hint="export with a wider range for it (--dynamic, or dynamic_shapes= in Python)",
                     )
             out.append(kind.contiguous(value))
         return out

@@ -35,7 +35,8 @@ class NumpyValues:
         if isinstance(value, np.generic):
             value = np.asarray(value)
         if not isinstance(value, np.ndarray):
-            raise InputError(f"input {index} ({spec.name!r}) must be a numpy array, got {type(value).__name__}")
+            raise InputError(f"input {index} ({spec.name!r}) must be a numpy array, got {type(value).__name__}",
+                             hint=f"pass numpy.asarray(value, numpy.{spec.dtype})")
         if value.dtype != STORAGE[spec.dtype]:
             raise InputError(f"input {index} ({spec.name!r}) must be {spec.dtype}, got {value.dtype}",
                              hint=f"convert it with .astype(numpy.{spec.dtype})")
@@ -85,7 +86,8 @@ class TorchValues:
         if isinstance(value, np.ndarray):
             value = self._torch.from_numpy(value)
         if not isinstance(value, self._torch.Tensor):
-            raise InputError(f"input {index} ({spec.name!r}) must be a tensor, got {type(value).__name__}")
+            raise InputError(f"input {index} ({spec.name!r}) must be a tensor, got {type(value).__name__}",
+                             hint=f"pass torch.as_tensor(value, dtype=torch.{spec.dtype}), or a numpy array")
         if value.is_meta:  # a shape without data: nothing to compute on
             raise InputError(f"input {index} ({spec.name!r}) is a tensor on the meta device, which holds no data",
                              hint="pass a tensor with values (on the CPU)")

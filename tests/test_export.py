@@ -160,8 +160,9 @@ def test_missing_backend_error_names_it(tmp_path):
 )
 def test_inputs_are_checked_against_the_spec(bad, message):
     program, _ = export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),))
-    with pytest.raises(edgeport.InputError, match=message):
+    with pytest.raises(edgeport.InputError, match=message) as error:
         program(*bad)
+    assert error.value.hint  # every message says what to do (docs/cli.md)
 
 
 def test_dynamic_dims_are_checked_against_their_range():
@@ -170,8 +171,9 @@ def test_dynamic_dims_are_checked_against_their_range():
     program, _ = export(model, (torch.randn(4, 3),), dynamic_shapes=({0: batch},))
     x = torch.randn(6, 3)
     torch.testing.assert_close(program(x), model(x))
-    with pytest.raises(edgeport.InputError, match=r"outside its range \[2, 8\]"):
+    with pytest.raises(edgeport.InputError, match=r"outside its range \[2, 8\]") as error:
         program(torch.randn(9, 3))
+    assert "wider range" in error.value.hint
 
 
 def test_an_example_input_viewing_a_larger_tensor_exports():

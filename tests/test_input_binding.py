@@ -36,8 +36,9 @@ def test_keywords_bind_by_name_and_a_wrong_name_is_refused(registry):
     with pytest.raises(edgeport.InputError, match="no input named 'a'.*") as error:
         program(a=x, b=y)
     assert error.value.hint == "its inputs are x, y"
-    with pytest.raises(edgeport.InputError, match="'x' is given twice"):
+    with pytest.raises(edgeport.InputError, match="'x' is given twice") as error:
         program(y, x=x)
+    assert error.value.hint == "give it once; the inputs, in order, are x, y"
     with pytest.raises(edgeport.InputError, match="no input named 'z'"):
         program(x, y, z=y)
 
