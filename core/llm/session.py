@@ -234,15 +234,20 @@ class Session:
                              reuse_cache=True)
 
     def check_fits(self, ids: Sequence[int]) -> None:
-        S = self.info.max_seq_len
-        if not ids:
-            raise EdgeportError("the prompt is empty", hint="give at least one token of prompt")
-        if len(ids) >= S:
-            raise PromptTooLong(
-                f"the prompt is {len(ids)} tokens; this program's KV cache holds {S} positions, "
-                f"and at least one must stay free to generate",
-                hint=f"shorten the prompt, or re-export with --max-seq-len {_next_power_of_two(len(ids) + 1)} or more",
-            )
+        check_prompt_fits(ids, self.info.max_seq_len)
+
+
+def check_prompt_fits(ids: Sequence[int], max_seq_len: int) -> None:
+    """Raise unless the prompt `ids` leaves room in a cache of `max_seq_len` positions to
+    generate (in Python and in the native runner alike)."""
+    if not ids:
+        raise EdgeportError("the prompt is empty", hint="give at least one token of prompt")
+    if len(ids) >= max_seq_len:
+        raise PromptTooLong(
+            f"the prompt is {len(ids)} tokens; this program's KV cache holds {max_seq_len} positions, "
+            f"and at least one must stay free to generate",
+            hint=f"shorten the prompt, or re-export with --max-seq-len {_next_power_of_two(len(ids) + 1)} or more",
+        )
 
 
 class Generation(Iterator[Token]):

@@ -153,7 +153,7 @@ def write_spec(request: Request) -> str:
     temporary file; its path. Raises `NotNativeProgram`, `PromptTooLong`."""
     from ...program import Program, read_program_file
     from ..sampling import Sampler
-    from ..session import PromptTooLong
+    from ..session import check_prompt_fits
     from ..text import LLMInfo, TextCodec
 
     manifest, files = read_program_file(request.program)
@@ -162,13 +162,7 @@ def write_spec(request: Request) -> str:
     artifact = _one_graph_artifact(program)
     text = TextCodec.of(program)
     ids = text.encode_chat([{"role": "user", "content": request.prompt}]) if request.chat else text.encode(request.prompt)
-    if not ids:
-        raise EdgeportError("the prompt is empty", hint="give at least one token of prompt")
-    if len(ids) > info.max_seq_len:
-        raise PromptTooLong(
-            f"the prompt is {len(ids)} tokens; this program's KV cache holds {info.max_seq_len}",
-            hint="shorten the prompt, or re-export with a larger --max-seq-len",
-        )
+    check_prompt_fits(ids, info.max_seq_len)
     room = info.max_seq_len - len(ids) + 1  # the last token is generated, never decoded
     budget = min(request.max_new_tokens, room)  # a full cache ends generation, as in Python
     threads = _threads(request.threads, manifest.artifacts[artifact].options)
