@@ -196,6 +196,7 @@ def test_backends_lists_a_backend_whose_availability_raises(env):
     rows = {b["name"]: b for b in json.loads(invoke("backends", "--json", registry=registry).output)["backends"]}
     assert rows["flaky"]["why"] == "availability() raised OSError: libvendor.so: cannot open shared object file"
     assert (rows["flaky"]["can_compile"], rows["torchops"]["can_run"]) == (False, True)
+    assert (rows["flaky"]["runs_on"], rows["torchops"]["runs_on"]) == (None, "device")  # as the table's "-"
     assert "availability() raised OSError" in invoke("backends", registry=registry).output
 
 

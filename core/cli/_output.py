@@ -52,6 +52,10 @@ class FiniteRange(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        """Unbounded, click's own description read "x<=None" in --help."""
+        return super()._describe_range() if self.min is not None or self.max is not None else "finite"
+
 
 def check_writable(*paths: str | None) -> None:
     """Refuse, before any work, a file that cannot be written where it is asked for (the

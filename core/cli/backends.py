@@ -25,7 +25,7 @@ def backends(as_json: bool) -> None:
             "toolchain": entry.toolchain(),
             "can_compile": availability.can_compile,
             "can_run": availability.can_run,
-            "runs_on": availability.runs_on,
+            "runs_on": availability.runs_on if availability.can_run else None,  # no run here, none to label
             "why": availability.why,
             "aliases": list(entry.aliases),
             "schemes": sorted(entry.backend.schemes),
@@ -38,7 +38,7 @@ def backends(as_json: bool) -> None:
     table = Table("backend", "distribution", "toolchain", "compile", "run", "runs on", "quantize", "why")
     for r in rows:
         table.add_row(escape(r["name"]), escape(f"{r['distribution']} {r['version']}"), escape(r["toolchain"]),
-                      _mark(r["can_compile"]), _mark(r["can_run"]), escape(r["runs_on"]) if r["can_run"] else "-",
+                      _mark(r["can_compile"]), _mark(r["can_run"]), escape(r["runs_on"] or "-"),
                       ", ".join(r["schemes"]) or "-", escape(r["why"]))
     console.print(table)
     for b in broken:
