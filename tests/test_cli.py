@@ -357,6 +357,24 @@ def test_run_json_is_strict_json_with_nan_outputs(program):
     assert data["outputs"][0]["first"] == ["NaN"] * 4 and data["outputs"][0]["mean"] == "NaN"
 
 
+def test_no_command_writes_over_a_file_it_reads(program):
+    """`run P --outputs P` and `explain P --html P` wrote over the program, `--outputs
+    in.npz` over the inputs: the file was lost."""
+    import numpy as np
+
+    np.savez(program.parent / "in.npz", x=np.full((1, 4), 0.5, dtype=np.float32))
+    (program.parent / "link.edgeport").symlink_to(program)
+    before = program.read_bytes()
+    for args, read in [(["run", "m.edgeport", "--outputs", "m.edgeport"], "m.edgeport"),
+                       (["run", "m.edgeport", "--outputs", "link.edgeport"], "m.edgeport"),
+                       (["run", "m.edgeport", "--inputs", "in.npz", "--outputs", "in.npz"], "in.npz"),
+                       (["explain", "m.edgeport", "--html", "m.edgeport"], "m.edgeport")]:
+        assert f"it is {read}, which this command reads" in fails(*args), args
+    assert program.read_bytes() == before
+    with np.load(program.parent / "in.npz") as kept:
+        assert kept.files == ["x"]
+
+
 def test_run_writes_every_output_to_an_npz(program):
     import numpy as np
 

@@ -10,7 +10,7 @@ import math
 import os
 import re
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 from rich.console import Console
@@ -57,10 +57,13 @@ class FiniteRange(click.FloatRange):
         return super()._describe_range() if self.min is not None or self.max is not None else "finite"
 
 
-def check_writable(*paths: str | None) -> None:
+def check_writable(*paths: str | None, reads: Sequence[str | None] = ()) -> None:
     """Refuse, before any work, a file that cannot be written where it is asked for (the
-    work would be lost at the end), and two outputs named alike (one would overwrite
-    the other). ``None`` is an output not asked for."""
+    work would be lost at the end), two outputs named alike (one would overwrite the
+    other), and an output that is a file the command `reads` (the program run, the
+    inputs, the GGUF exported: written over, it would be lost). ``None`` is a file not
+    asked for."""
+    read = {os.path.realpath(r): r for r in reads if r is not None}
     seen: set[str] = set()
     for path in paths:
         if path is None:
@@ -79,6 +82,9 @@ def check_writable(*paths: str | None) -> None:
             raise EdgeportError(f"cannot write {path}: it would overwrite a Python source file",
                                 hint="name the output after what it holds, e.g. -o model.edgeport")
         real = os.path.realpath(path)
+        if real in read:
+            raise EdgeportError(f"cannot write {path}: it is {read[real]}, which this command reads",
+                                hint="write the output to another file")
         if real in seen:
             raise EdgeportError(f"two outputs are both {path}: the second would overwrite the first",
                                 hint="give each output its own file")

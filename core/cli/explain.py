@@ -62,7 +62,7 @@ def print_summary(report: dict[str, Any]) -> None:
               help="List a quantized program's quantize/dequantize nodes too (the table leaves them out).")
 def explain(program: str, method: str | None, as_json: bool, html_path: str | None, show_all: bool) -> None:
     """Show the placement of every node and why backends declined what they did."""
-    check_writable(html_path)
+    check_writable(html_path, reads=(program,))
     prog = Program(*read_program_file(program))  # not `load`: a program that cannot run here is explained too
     method, plan = method_plan(prog, method)
     if html_path:

@@ -56,7 +56,7 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
            report: str | None, keep_reference: bool | None, scheme: str | None, calibration: str | None,
            group_size: int | None, require_delegated: bool, dynamic_items: tuple[str, ...]) -> None:
     """Export SPEC (path/to/file.py:factory or package.module:factory) to a program."""
-    check_writable(output, report)
+    check_writable(output, report, reads=(spec.partition(":")[0], calibration))
     registry, backends, options = current_registry(), backend_list.split(","), parse_options(option_items)
     resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
     quantize = resolve_scheme(scheme, group_size) if scheme else None

@@ -55,7 +55,7 @@ def export_llm(model: str, backend: str, max_seq_len: int, prefill_chunk: int, q
     from ..llm.config import DecoderConfig
     from .export import parse_options  # the compile side: imports torch
 
-    check_writable(output)
+    check_writable(output, reads=(model,))
     start = time.perf_counter()
     with progress(True) as show:
         program = export(model, backend=backend, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,

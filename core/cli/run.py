@@ -145,7 +145,7 @@ def write_outputs(path: str, outputs: list[Any]) -> None:
 def run(program: str, inputs_path: str | None, method: str | None, repeat: int, warmup: int, profile: bool,
         reference: bool, outputs_path: str | None, as_json: bool) -> None:
     """Run PROGRAM (random inputs from its spec unless --inputs is given)."""
-    check_writable(outputs_path)
+    check_writable(outputs_path, reads=(program, inputs_path))
     prog: Program = load(program, reference=reference, registry=current_registry())
     name, plan = method_plan(prog, method)
     numpy_only = _runs_on_numpy(prog, plan, reference)
