@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from stat import S_ISREG
 from typing import Union
 
 import numpy as np
@@ -51,12 +52,19 @@ class FileMap(mmap.mmap):
 
 def map_file(path: str) -> Buffer:
     """The file at ``path`` as a read-only buffer: a memory map, or ``b""`` for an
-    empty file (which cannot be mapped). Raises OSError as ``open`` does."""
-    with open(path, "rb") as f:
-        stat = os.fstat(f.fileno())
+    empty file (which cannot be mapped). Raises OSError as ``open`` does, ValueError for
+    what is not a regular file (opened without blocking: a named pipe's open waits for a
+    writer, which hung `edgeport run FIFO`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            raise ValueError("not a regular file")
         if stat.st_size == 0:
             return b""
-        mapped = FileMap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the map outlives the descriptor
+        mapped = FileMap(fd, 0, access=mmap.ACCESS_READ)  # the map outlives the descriptor
+    finally:
+        os.close(fd)
     mapped.path, mapped.inode = os.path.abspath(path), stat.st_ino
     return mapped
 

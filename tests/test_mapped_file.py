@@ -61,3 +61,14 @@ def test_forget_leaves_a_file_saved_over_the_map_alone(written, tmp_path):
 def test_forget_ignores_what_is_not_a_map(written):
     forget(memoryview(written[1]))
     forget(b"bytes")
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    """Opening a FIFO blocks until something writes to it: `edgeport run FIFO` hung."""
+    import subprocess
+
+    fifo = tmp_path / "program.edgeport"
+    os.mkfifo(fifo)
+    code = ("import edgeport\ntry:\n    edgeport.load(%r)\nexcept edgeport.ProgramError as exc:\n    print(exc)" % str(fifo))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "cannot read program" in done.stdout and "not a regular file" in done.stdout, done.stderr
