@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..devtools.html import human_bytes
-from ..errors import EdgeportError
+from ..errors import EdgeportError, InputError
 from . import cli
 from ._output import FiniteRange, check_writable, console, print_json, progress
 from .explain import print_quantization, print_summary
@@ -204,9 +204,10 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
         messages.append({"role": "user", "content": line})
         try:
             reply = session.chat(messages, max_new_tokens=max_new_tokens, sampling=sampling)
-        except PromptTooLong as exc:
+        except (PromptTooLong, InputError) as exc:  # this turn's fault: the conversation goes on without it
             messages.pop()
-            click.echo(f"error: {exc}\n  hint: /reset starts a new conversation", err=True)
+            hint = "/reset starts a new conversation" if isinstance(exc, PromptTooLong) else exc.hint
+            click.echo(f"error: {exc}\n  hint: {hint}", err=True)
             continue
         click.echo("assistant> ", nl=False)
         for token in reply:

@@ -12,7 +12,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..errors import EdgeportError, ProgramError
+from ..errors import EdgeportError, InputError, ProgramError
 from ..manifest_schema import PATH, ManifestError, array, free_form, integer, mapping, nullable, record, text
 from ..program import Program
 
@@ -114,7 +114,7 @@ class TextCodec:
 
     def encode(self, text: str) -> list[int]:
         """A plain prompt's ids, with whatever special tokens the tokenizer adds itself."""
-        return self.tokenizer.encode(text).ids
+        return self.tokenizer.encode(_utf8(text, "the prompt")).ids
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         """The conversation rendered by the chat template, ready for the assistant's turn."""
@@ -126,14 +126,32 @@ class TextCodec:
                 "this model has no chat template",
                 hint="generate without --chat, with the prompt written as the model expects",
             )
-        if self._template is None:
-            self._template = _compile(self.chat_template)
-        return self._template.render(
-            messages=list(messages), add_generation_prompt=True, bos_token=self._bos or "", eos_token="",
-        )
+        for message in messages:
+            if isinstance(message.get("content"), str):
+                _utf8(message["content"], f"a {message.get('role') or 'chat'} message")
+        try:
+            if self._template is None:
+                self._template = _compile(self.chat_template)
+            rendered = self._template.render(
+                messages=list(messages), add_generation_prompt=True, bos_token=self._bos or "", eos_token="",
+            )
+        except _Refused as exc:  # the template's own raise_exception: a conversation it does not take
+            raise InputError(f"the model's chat template refuses this conversation: {exc}",
+                             hint="check the messages' roles and order") from None
+        except Exception as exc:  # jinja2's syntax and undefined-name errors, a type error inside the template
+            raise ProgramError(f"the program's chat template failed on this conversation: {type(exc).__name__}: "
+                               f"{exc}", hint="if each message is a role and its text, the template is damaged: "
+                               + _REEXPORT) from None
+        if not rendered:
+            raise ProgramError("the program's chat template renders the conversation as no text", hint=_REEXPORT)
+        return rendered
 
     def stream(self) -> "TextStream":
         return TextStream(self.tokenizer)
+
+
+class _Refused(Exception):
+    """Raised by a template's ``raise_exception``: the conversation, not the template, is at fault."""
 
 
 class TextStream:
@@ -150,14 +168,27 @@ class TextStream:
         return self._stream.step(self._tokenizer, token_id) or ""
 
 
+def _utf8(text: str, what: str) -> str:
+    """`text`, if it is text the tokenizer takes: a prompt read from bytes that are not
+    UTF-8 (a terminal in another encoding) holds lone surrogates, and the tokenizers
+    library raised a bare TypeError on them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid UTF-8 text (character {exc.start} cannot be encoded)",
+                         hint="give the text in UTF-8") from None
+    except AttributeError:
+        raise InputError(f"{what} must be text, not {type(text).__name__}") from None
+    return text
+
+
 def _compile(source: str) -> Any:
     """The chat template compiled as transformers compiles it."""
-    from jinja2.exceptions import TemplateError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
-        raise TemplateError(message)
+        raise _Refused(message)
 
     def strftime_now(fmt: str) -> str:
         return datetime.datetime.now().strftime(fmt)
@@ -165,3 +196,4 @@ def _compile(source: str) -> Any:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
     return env.from_string(source)
+

@@ -1,0 +1,46 @@
+"""A program's tokenizer and chat template against bad text and damaged templates: one
+edgeport error each, never jinja2's or the tokenizers library's own exceptions."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from edgeport import InputError, ProgramError
+from edgeport.llm.text import TextCodec
+
+USER = [{"role": "user", "content": "hello"}]
+TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+
+
+def codec(template: str | None = TEMPLATE) -> TextCodec:
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "user:": 2, "assistant:": 3}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return TextCodec(tokenizer.to_str(), template, None)
+
+
+def test_a_conversation_renders_as_the_template_says():
+    assert codec().encode_chat(USER) == [2, 1, 3]
+
+
+@pytest.mark.parametrize("template", ["{% for m in messages %}{{ m['content'] }", "{{ messages | nosuchfilter }}",
+                                      "{{ 1 + 'a' }}", ""])
+def test_a_damaged_template_is_a_program_error(template):
+    with pytest.raises(ProgramError, match="chat template"):
+        codec(template).encode_chat(USER)
+
+
+def test_a_conversation_the_template_refuses_is_the_callers_error():
+    template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('roles must start with system') }}{% endif %}"
+    with pytest.raises(InputError, match="refuses this conversation: roles must start with system"):
+        codec(template).encode_chat(USER)
+
+
+def test_text_that_is_not_utf8_is_an_input_error():
+    """A prompt read from bytes that are not UTF-8 holds lone surrogates
+    (``--prompt $'\\xff'``): the tokenizers library raised TypeError."""
+    with pytest.raises(InputError, match="the prompt is not valid UTF-8 text") as error:
+        codec().encode("hello \udcff")
+    assert error.value.hint
+    with pytest.raises(InputError, match="a user message is not valid UTF-8 text"):
+        codec().encode_chat([{"role": "user", "content": "\udcff"}])
