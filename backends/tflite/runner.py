@@ -197,7 +197,10 @@ class TfliteExecutable:
             if in_place and position in in_place and _address(x) == in_place[position]:
                 continue  # already in place: the input is the interpreter's own buffer
             self._set(index, as_numpy(x))
-        self._invoke()
+        try:
+            self._invoke()
+        except RuntimeError as e:
+            raise could_not_run(e) from None
         return [np.asarray(self._get(index)) for index in self._outputs]  # rank-0 comes back as a scalar
 
     def _resize(self, shapes: list[tuple[int, ...]]) -> None:
@@ -304,5 +307,20 @@ class _SignatureExecutable:
 
     def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         runner = self._interpreter.get_signature_runner(self._key)
-        results = runner(**{name: as_numpy(x) for name, x in zip(self._inputs, inputs)})
+        try:
+            results = runner(**{name: as_numpy(x) for name, x in zip(self._inputs, inputs)})
+        except RuntimeError as e:
+            raise could_not_run(e) from None
         return [np.asarray(results[name]) for name in self._outputs]
+
+
+def could_not_run(error: RuntimeError) -> Exception:
+    """LiteRT's failure inside a kernel as one ExecutionError line. A kernel refuses
+    what it cannot compute (a GATHER's index past its table: a token id the model does
+    not have) with a RuntimeError whose lines run together ("...out of boundsNode number
+    1 (GATHER) failed to invoke.")."""
+    from edgeport import ExecutionError
+
+    text = " ".join(str(error).replace("Node number", ". Node number").split()).replace(" . ", ". ")
+    return ExecutionError(f"LiteRT could not run the model: {text}",
+                          hint="check the inputs' values (an index or token id past what the model has?)")

@@ -236,3 +236,12 @@ def test_every_conformance_case_passes_the_kit_and_is_taken_whole_unless_the_wri
         assert all(writer_reason_expected(o.case, op, reason) for op, reason in declined.items()), declined
         if o.case not in WRITER_DECLINES:
             assert o.verdict is Verdict.PASSED and o.delegated == 1.0 and not o.declined, (o.case, o.declined)
+
+
+def test_a_token_id_past_the_table_is_one_execution_error():
+    """LiteRT's GATHER refuses an index past its table with a RuntimeError, which came
+    out of `edgeport run` as "internal error ... please report it"."""
+    program = export(nn.Embedding(10, 4).eval(), (torch.tensor([[1, 2, 3]]),))
+    with pytest.raises(edgeport.ExecutionError, match=r"LiteRT could not run the model: .*out of bounds\. Node number"):
+        program(torch.tensor([[1, 2, 50]]))
+    assert program(torch.tensor([[1, 2, 9]])).shape == (1, 3, 4)  # and it runs on
