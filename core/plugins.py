@@ -16,8 +16,10 @@ The registry loads once, under a lock: any number of threads may make the first 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -39,9 +41,11 @@ REQUIRED_METHODS = ("support", "compile", "load")
 RESERVED_NAMES = frozenset({"portable"})  # the fallback, never a backend
 
 
-# What a plugin's import or hook may raise and still leave the others working: any error,
-# and a SystemExit (a library that exits when it finds no device); not KeyboardInterrupt.
-_PLUGIN_FAILURES = (Exception, SystemExit)
+def _plugin_failure(exc: BaseException) -> bool:
+    """Whether what a plugin's import or hook raised leaves the others working: any error,
+    a SystemExit (a library that exits when it finds no device) or another BaseException
+    a plugin defines (one took every command down); not the user's KeyboardInterrupt."""
+    return not isinstance(exc, (KeyboardInterrupt, GeneratorExit))
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,11 @@ class Registry:
                 continue
             source = _Source(ep.dist.name, ep.dist.version) if ep.dist else _Source("(unknown)", "")
             try:
-                plugin = ep.load()
-            except _PLUGIN_FAILURES as exc:  # a broken plugin must not take the others down
+                with contextlib.redirect_stdout(sys.stderr):  # what it prints must not spoil --json
+                    plugin = ep.load()
+            except BaseException as exc:  # a broken plugin must not take the others down
+                if not _plugin_failure(exc):
+                    raise
                 self._failed_loads.append(_broken(ep.name, source, exc, f"fix or uninstall {source.distribution}, "
                                                                         f"or block it with {DISABLE_ENV}={ep.name}"))
                 continue
@@ -189,8 +196,11 @@ class Registry:
             if not caller.get_hookimpls():
                 continue
             try:
-                caller(**arguments(name))
-            except _PLUGIN_FAILURES as exc:
+                with contextlib.redirect_stdout(sys.stderr):
+                    caller(**arguments(name))
+            except BaseException as exc:
+                if not _plugin_failure(exc):
+                    raise
                 on_error(name, exc)
                 continue
             after(name)

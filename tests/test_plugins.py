@@ -256,6 +256,39 @@ def test_a_plugin_that_exits_is_a_broken_plugin_not_the_end_of_the_process(monke
         ("acme", "SystemExit: libfoo: fatal: no device"), ("exits", "SystemExit: 3")]
 
 
+class VendorAbort(BaseException):
+    """A vendor library's own BaseException (not an Exception)."""
+
+
+def test_a_plugin_raising_any_base_exception_but_an_interrupt_is_a_broken_plugin(monkeypatch):
+    """One that raised its own BaseException from a hook took `edgeport run` down."""
+    failing_entry_point(monkeypatch, VendorAbort("fatal"))
+    registry = edgeport.Registry()
+    registry.add_plugin(plugin(fail=VendorAbort("in the hook")), name="aborts")
+    registry.add_plugin(plugin(TorchOpsBackend()), name="good")
+    assert list(registry.entries()) == ["torchops"]
+    assert sorted((b.plugin, b.error) for b in registry.broken()) == [
+        ("aborts", "VendorAbort: in the hook"), ("acme", "VendorAbort: fatal")]
+    interrupted = edgeport.Registry(entry_points=False)
+    interrupted.add_plugin(plugin(fail=KeyboardInterrupt()), name="interrupted")
+    with pytest.raises(KeyboardInterrupt):  # the user's Ctrl-C still stops the command
+        interrupted.entries()
+
+
+def test_what_a_plugin_prints_goes_to_stderr_not_into_json(monkeypatch, capsys):
+    class Chatty:
+        name, dist = "chatty", types.SimpleNamespace(name="chatty-edgeport", version="1.0")
+
+        def load(self):
+            print("GARBAGE FROM PLUGIN IMPORT")
+            return plugin(TorchOpsBackend())
+
+    monkeypatch.setattr(edgeport.plugins.metadata, "entry_points", lambda group: [Chatty()])
+    assert list(edgeport.Registry().entries()) == ["torchops"]
+    out, err = capsys.readouterr()
+    assert out == "" and "GARBAGE FROM PLUGIN IMPORT" in err
+
+
 @pytest.mark.parametrize("register, error", [
     (lambda register: register(TorchOpsBackend(name="npu_one"), aliases=("n p u",)), "invalid backend alias(es) 'n p u'"),
     (lambda register: register(TorchOpsBackend(name="npu_one"), aliases=("portable",)), "alias(es) 'portable'"),
