@@ -93,8 +93,9 @@ def archive_order(arrays: Sequence[str], names: Sequence[str]) -> list[str] | No
     """The arrays of an .npz, in the order of the inputs ``names``: by name, or, saved by
     position (``numpy.savez(path, a, b)``: arr_0, arr_1, ...), in that order. None when
     they are named otherwise: taken in the file's order, ``savez(path, y=..., x=...)``
-    would give x y's values."""
-    if all(n in arrays for n in names):
+    would give x y's values; and when an array is named after no input (a misspelt
+    name, left out silently, would hide that its input was never given)."""
+    if set(arrays) == set(names):
         return list(names)
     if all(_POSITIONAL.fullmatch(a) for a in arrays):
         return sorted(arrays, key=_position)

@@ -343,6 +343,13 @@ def _read_state(kind: Values, fqn: str, entry: dict[str, Any], files: Mapping[st
     return value
 
 
+def check_inputs(plan: MethodPlan, inputs: Sequence[Any]) -> list[Any]:
+    """``inputs`` as ``plan``'s method takes them (torch tensors where torch is installed),
+    or the InputError a call would raise: for a caller that hands inputs on to something
+    other than the runtime (`edgeport check` runs each partition with them)."""
+    return _input_checker(plan, TorchValues() if torch_installed() else NumpyValues())(inputs, {})
+
+
 def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], Mapping[str, Any]], list[Any]]:
     """Build the per-call input check of a method once, from its spec; inputs come out
     as ``kind``'s values (torch tensors, or numpy arrays where torch is not installed)."""

@@ -284,6 +284,8 @@ def test_inputs_named_unlike_the_method_s_are_refused_not_taken_in_order(program
 
     np.savez(program.parent / "named.npz", y=np.ones((1, 4), dtype=np.float32))
     assert "named.npz holds arrays y; the method's inputs are x" in fails("run", "m.edgeport", "--inputs", "named.npz")
+    np.savez(program.parent / "extra.npz", x=np.ones((1, 4), dtype=np.float32), z=np.ones(1, dtype=np.float32))
+    assert "extra.npz holds arrays x, z; the method's inputs are x" in fails("run", "m.edgeport", "--inputs", "extra.npz")
     np.savez(program.parent / "unnamed.npz", np.ones((1, 4), dtype=np.float32))  # arr_0: in order
     assert invoke("run", "m.edgeport", "--inputs", "unnamed.npz").exit_code == 0
 

@@ -21,6 +21,7 @@ from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPU
 from ..errors import InputError
 from ..quantize import REQUESTS, load_calibration, resolve_scheme
 from ..program import load
+from ..runtime import check_inputs
 from . import cli, current_registry
 from ._output import FiniteRange, console, print_json, progress
 from .export import parse_options, refuse_unused_calibration
@@ -91,8 +92,8 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
                                      registry=registry, progress=show, quantize=quantize,
                                      calibration=load_calibration(calibration, model, example) if calibration else None)
         name, plan = method_plan(program, method)
-        if inputs_path:
-            inputs = [torch.from_numpy(a) for a in read_inputs(inputs_path, plan)]
+        if inputs_path:  # refused as `run` refuses them: a wrong shape failed every partition, in its table
+            inputs = check_inputs(plan, [torch.from_numpy(a) for a in read_inputs(inputs_path, plan)])
         else:
             inputs = list(example) if example is not None and name == "forward" else random_inputs(plan)
         report = check_program(program, inputs, method=name, rtol=rtol, locate=not no_locate, registry=registry,

@@ -228,6 +228,9 @@ def test_cli_check_json_and_a_saved_program(planted, tmp_path):
     np.savez(tmp_path / "in.npz", x=np.ones((1, 3, 12, 12), dtype=np.float32))
     result = invoke("check", "m.edgeport", "--inputs", "in.npz", "--rtol", "0.05", "--json", registry=planted)
     assert result.exit_code == 0 and json.loads(result.output)["passed"] is True
+    np.savez(tmp_path / "wrong.npz", x=np.ones((1, 3, 12, 13), dtype=np.float32))  # refused as `run` refuses it
+    result = CliRunner().invoke(cli, ["check", "m.edgeport", "--inputs", "wrong.npz"], obj=planted)
+    assert result.exit_code == 1 and "input 0 ('x') must have shape [1, 3, 12, 12], got [1, 3, 12, 13]" in result.output
 
 
 def test_cli_check_errors(planted):
