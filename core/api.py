@@ -261,6 +261,9 @@ def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Back
         if name == PORTABLE:  # "portable" is always the fallback; naming it selects nothing
             continue
         entry = registry.entry(name)
+        if entry.backend.name in selected:  # "cpu,cpu", or a backend by name and by alias
+            raise BackendError(f"backend {entry.backend.name!r} is named twice ({', '.join(names)})",
+                               hint="name each backend once, in the order they are to be asked")
         availability = entry.availability()
         if not availability.can_compile:
             raise BackendError(

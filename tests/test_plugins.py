@@ -9,6 +9,7 @@ import click
 import pytest
 
 import edgeport
+from edgeport.api import resolve_backends
 from torch_backend import TorchOpsBackend
 
 
@@ -82,6 +83,9 @@ def test_aliases_select_the_backend():
 
     registry.add_plugin(Plugin(), name="p")
     assert registry.get("npu").name == "torchops"
+    for twice in (["torchops", "torchops"], "npu,torchops"):  # a typo, or one backend by name and by alias
+        with pytest.raises(edgeport.BackendError, match="backend 'torchops' is named twice"):
+            resolve_backends(twice, registry=registry)
 
 
 class NoCompile(edgeport.Backend):
