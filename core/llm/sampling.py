@@ -54,6 +54,9 @@ class Sampling:
                              hint="1 samples from every token; 0.9 from the likeliest ones that make up 90%")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed is not None and not 0 <= int(self.seed) < 2**64:  # taken modulo 2^64, 2^64 + 5 was 5's run
+            raise InputError(f"seed must be 0 to 2^64-1, as the CLI's --seed, got {self.seed}",
+                             hint="pass the seed a run printed (its JSON \"seed\")")
 
 
 def _real(value: object) -> bool:

@@ -47,7 +47,8 @@ def test_a_backend_name_with_spaces_is_the_backend_itself(program):
 
 @pytest.mark.parametrize("arguments", [
     {"temperature": -1}, {"temperature": math.nan}, {"temperature": "0.5"}, {"top_p": 5}, {"top_p": 0},
-    {"top_p": math.nan}, {"seed": 1.5}, {"max_new_tokens": -3}, {"max_new_tokens": 0}, {"max_new_tokens": 2.5},
+    {"top_p": math.nan}, {"seed": 1.5}, {"seed": -1}, {"seed": 2**64 + 5}, {"max_new_tokens": -3},
+    {"max_new_tokens": 0}, {"max_new_tokens": 2.5},
     {"threads": -2}, {"threads": 1000},
 ])
 def test_arguments_it_cannot_honour_are_an_input_error(program, arguments):
