@@ -26,6 +26,7 @@ Message = Mapping[str, str]  # {"role": "user" | "assistant" | "system", "conten
 
 TOKEN_ID = integer(0, 2**31 - 1)
 _REEXPORT = "re-export it with `edgeport llm export`"
+KV_CACHES = (".k_cache", ".v_cache")  # the state of each layer (llm/model.py)
 
 # What the run side reads of ``manifest.metadata["llm"]`` (export.py `_attach` writes it).
 # The manifest schema leaves metadata free-form, so an edited or damaged program is caught
@@ -63,6 +64,10 @@ def llm_metadata(program: Program) -> dict[str, Any]:
         if meta[field] is not None and meta[field] not in program.files:
             raise ProgramError(f"the program's LLM facts name a {field} file {meta[field]!r} it does not hold",
                                hint=_REEXPORT)
+    for fqn, entry in program.manifest.state.items():  # (positions, kv heads, dim), or (kv heads, positions, dim)
+        if fqn.endswith(KV_CACHES) and max_seq_len not in entry["shape"][:2]:
+            raise ProgramError(f"the program's LLM facts are damaged: max_seq_len {max_seq_len}, but its KV cache "
+                               f"{fqn} is {entry['shape']}", hint=_REEXPORT)
     return meta
 
 

@@ -53,6 +53,7 @@ BAD_FACTS = {
     "prefill_chunk zero": {"prefill_chunk": 0},
     "prefill_chunk negative": {"prefill_chunk": -1},
     "prefill_chunk past the cache": {"prefill_chunk": 33},
+    "max_seq_len past the cache": {"max_seq_len": 64},  # a long prompt passed, then LiteRT failed
     "stop_token_ids a number": {"stop_token_ids": 5},
     "stop_token_ids of strings": {"stop_token_ids": ["a"]},
     "bos_token_id negative": {"bos_token_id": -1},
