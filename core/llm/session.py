@@ -91,7 +91,7 @@ class Session:
         self.program = _for_generation(program, threads)
         self.info = LLMInfo.of(program)
         self.text = TextCodec.of(program)
-        self.vocab = _vocab(program)
+        self.vocab = vocab_size(program)
         self._runtime: Runtime | None = None
         self._owner: Generation | None = None  # the generation whose tokens the cache holds now
         self._lock = threading.Lock()  # one call into the cache at a time
@@ -214,12 +214,7 @@ class Session:
         """The prompt's token ids; an id the model has no row for is an InputError here,
         not LiteRT's 'gather index out of bounds' at prefill."""
         if isinstance(prompt, str):
-            ids = self.text.encode(prompt)
-            past = next((t for t in ids if not 0 <= t < self.vocab), None)
-            if past is not None:
-                raise ProgramError(f"the program's tokenizer gave token id {past}, but its model has rows for "
-                                   f"{self.vocab} ids", hint="re-export the model: its tokenizer is not the model's")
-            return ids
+            return tokenized(self.text.encode(prompt), self.vocab)
         if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Sequence):
             raise InputError(f"the prompt must be text or a sequence of token ids, got {type(prompt).__name__}")
         bad = next((t for t in prompt if isinstance(t, bool) or not isinstance(t, (int, np.integer))
@@ -230,8 +225,8 @@ class Session:
 
     def chat(self, messages: Sequence[Message], *, max_new_tokens: int = 256, sampling: Sampling = Sampling()) -> "Generation":
         """The assistant's reply to ``messages``; earlier turns still in the cache are reused."""
-        return self.generate(self.text.encode_chat(messages), max_new_tokens=max_new_tokens, sampling=sampling,
-                             reuse_cache=True)
+        return self.generate(tokenized(self.text.encode_chat(messages), self.vocab), max_new_tokens=max_new_tokens,
+                             sampling=sampling, reuse_cache=True)
 
     def check_fits(self, ids: Sequence[int]) -> None:
         check_prompt_fits(ids, self.info.max_seq_len)
@@ -370,7 +365,18 @@ def _check_threads(threads: int | None) -> None:
         raise InputError(f"threads must be a whole number from 1 to 256 (0 or None: every core), got {threads!r}")
 
 
-def _vocab(program: Program) -> int:
+def tokenized(ids: list[int], vocab: int) -> list[int]:
+    """The ids the program's tokenizer gave, if its model has a row for each: a tokenizer
+    that is not the model's is the program's fault, not the prompt's (a chat blamed the
+    user's token id; the native runner failed in LiteRT's gather)."""
+    past = next((t for t in ids if not 0 <= t < vocab), None)
+    if past is not None:
+        raise ProgramError(f"the program's tokenizer gave token id {past}, but its model has rows for {vocab} ids",
+                           hint="re-export the model: its tokenizer is not the model's")
+    return ids
+
+
+def vocab_size(program: Program) -> int:
     """The number of token ids the model has rows for: decode's logits' last dim."""
     logits = program.manifest.methods["decode"].outputs[0]
     size = logits.shape[-1]

@@ -115,3 +115,7 @@ def test_a_tokenizer_rewritten_past_the_models_vocabulary_is_a_program_error(sav
     files[name] = json.dumps(tokenizer).encode()
     with pytest.raises(edgeport.ProgramError, match="tokenizer gave token id 500, but its model has rows for 96"):
         generated(pack(manifest, files, relist=True), tmp_path, cpu_registry)
+    from edgeport.llm import native  # the native runner's spec checks the same (LiteRT's gather failed)
+
+    with pytest.raises(edgeport.ProgramError, match="tokenizer gave token id 500"):
+        native.write_spec(native.Request(str(tmp_path / "edited.edgeport"), PROMPT))

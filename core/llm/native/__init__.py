@@ -153,7 +153,7 @@ def write_spec(request: Request) -> str:
     temporary file; its path. Raises `NotNativeProgram`, `PromptTooLong`."""
     from ...program import Program, read_program_file
     from ..sampling import Sampler
-    from ..session import check_prompt_fits
+    from ..session import check_prompt_fits, tokenized, vocab_size
     from ..text import LLMInfo, TextCodec
 
     manifest, files = read_program_file(request.program)
@@ -161,7 +161,8 @@ def write_spec(request: Request) -> str:
     info = LLMInfo.of(program)
     artifact = _one_graph_artifact(program)
     text = TextCodec.of(program)
-    ids = text.encode_chat([{"role": "user", "content": request.prompt}]) if request.chat else text.encode(request.prompt)
+    chat = [{"role": "user", "content": request.prompt}]
+    ids = tokenized(text.encode_chat(chat) if request.chat else text.encode(request.prompt), vocab_size(program))
     check_prompt_fits(ids, info.max_seq_len)
     room = info.max_seq_len - len(ids) + 1  # the last token is generated, never decoded
     budget = min(request.max_new_tokens, room)  # a full cache ends generation, as in Python
