@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .arrays import torch_installed
 from .backend import Executable
 from .delegates import executable_of, load_step, run_label
-from .errors import ExecutionError, InputError, ProgramError, UnknownBackendError
+from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .mapped_file import Buffer, release
 from .output_tree import restore_structure
@@ -250,7 +250,7 @@ class Runtime:
             t0 = time.perf_counter() if timings is not None else 0.0
             inputs = [values[n] for n in loaded.step.inputs]
             with loaded.guard:
-                results = loaded.executable.run(inputs)
+                results = _run_step(i, loaded, inputs)
             _check_output_count(i, loaded, results)
             for name, value in zip(loaded.step.outputs, results):
                 values[name] = self._values.step_output(value)
@@ -259,6 +259,21 @@ class Runtime:
             if timings is not None:
                 ms = (time.perf_counter() - t0) * 1e3
                 timings.append(StepTiming(i, loaded.step.kind, loaded.backend, loaded.label, ms))
+
+
+def _run_step(index: int, loaded: _LoadedStep, inputs: list[Any]) -> Any:
+    """The step's outputs; what its executable raises other than an edgeport error is one
+    ExecutionError naming the step (torch's own error in a portable step, a plugin's
+    bug) instead of an "internal error" of edgeport's."""
+    try:
+        return loaded.executable.run(inputs)
+    except EdgeportError:
+        raise
+    except Exception as exc:
+        what = ("torch raised running the model's own ops" if loaded.step.kind == "portable"
+                else f"backend {loaded.backend!r} raised")
+        raise ExecutionError(f"step {index} ({loaded.label}) failed: {type(exc).__name__}: {' '.join(str(exc).split())}",
+                             hint=f"{what}; --debug (EDGEPORT_RAISE_ERRORS=1) shows the traceback") from exc
 
 
 def _check_output_count(index: int, loaded: _LoadedStep, results: Sequence[Any]) -> None:
@@ -295,7 +310,7 @@ def _direct_call(plan: MethodPlan, steps: Sequence[_LoadedStep], kind: Values) -
     tests = [(NumpyValues() if as_arrays else kind).fits(spec) for spec in plan.inputs]
     if any(test is None for test in tests):
         return None
-    count, run, guard, output, structure = len(tests), loaded.executable.run, loaded.guard, kind.step_output, plan.out_spec
+    count, guard, output, structure = len(tests), loaded.guard, kind.step_output, plan.out_spec
 
     def call(args: Sequence[Any]) -> Any:
         if len(args) != count:
@@ -308,7 +323,7 @@ def _direct_call(plan: MethodPlan, steps: Sequence[_LoadedStep], kind: Values) -
         if not all(test(arg) for test, arg in zip(tests, args)):
             return _NOT_DIRECT
         with guard:
-            results = run(args)
+            results = _run_step(0, loaded, args)
         _check_output_count(0, loaded, results)
         return restore_structure([output(value) for value in results], structure)
 

@@ -377,15 +377,19 @@ class _Misbuilt(TorchOpsBackend):
 
         class Run:
             def run(self, inputs):
+                if fault == "raises":
+                    raise RuntimeError("vendor runtime: device lost\n  at npu.cc:12")
                 return None if fault == "run" else [[1.0, 2.0]]
 
-        return Run() if fault in ("run", "lists") else executable
+        return Run() if fault in ("run", "lists", "raises") else executable
 
 
 @pytest.mark.parametrize(("fault", "error", "message"), [
     ("load", edgeport.BackendError, "load\\(\\) returned object, which has no run\\(\\) method"),
     ("run", edgeport.ExecutionError, "returned NoneType, not a list of outputs"),
     ("lists", edgeport.ExecutionError, "returned a list as an output, not an array or tensor"),
+    ("raises", edgeport.ExecutionError,  # was edgeport's "internal error", in two lines
+     r"step 0 \(torchops\) failed: RuntimeError: vendor runtime: device lost at npu.cc:12$"),
 ])
 def test_a_load_or_run_that_breaks_the_contract_is_one_error_naming_it(fault, error, message):
     """An AttributeError or TypeError from inside edgeport, or (lists) a Python list
