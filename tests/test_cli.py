@@ -38,6 +38,10 @@ def broken_factory():
     raise ValueError("no weights here")
 
 
+def exiting_factory():
+    raise SystemExit(3)
+
+
 class Complex(torch.nn.Module):
     def forward(self, x):
         return torch.view_as_complex(x)
@@ -157,6 +161,10 @@ def test_run_with_inputs_file(env):
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops", "--option", "torchops.scale=big"], "expects float"),
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops", "--option", "torchops.scale=nan"],
          "expects float that is a finite number, got nan"),
+        (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops", "--option", "torchops.scale=2",
+          "--option", "torchops.scale=3"], "option torchops.scale is given twice, as '2' and '3'"),
+        (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops,torchops"],
+         "backend 'torchops' is named twice"),
         (["run", "model.py"], "not a valid .edgeport file"),
     ],
 )
@@ -213,6 +221,7 @@ def test_a_registry_given_to_the_cli_is_the_one_it_uses(env):
 
 @pytest.mark.parametrize("spec, message", [
     ("model.py:broken_factory", "factory model.py:broken_factory raised ValueError: no weights here"),
+    ("model.py:exiting_factory", "factory model.py:exiting_factory raised SystemExit: 3"),  # exit 3, no word said
     ("os.path:join", "os.path:join is not a factory: it takes arguments (a, *p)"),
     ("model.py:complex_outputs", "output 0 of the model is complex64"),
     ("model.py:int_input", "input 1 of the model is a Python int (4)"),

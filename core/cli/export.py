@@ -27,7 +27,11 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
         backend, dot, name = key.partition(".")
         if not (eq and dot and backend and name):
             raise EdgeportError(f"bad option {item!r}", hint="write --option backend.key=value, e.g. cpu.threads=2")
-        options.setdefault(backend, {})[name] = value
+        given = options.setdefault(backend, {})
+        if name in given and given[name] != value:  # which one the user meant, only they know
+            raise EdgeportError(f"option {key} is given twice, as {given[name]!r} and {value!r}",
+                                hint="give each option once")
+        given[name] = value
     return options
 
 

@@ -36,7 +36,7 @@ def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
     _check_takes_no_arguments(spec, factory)
     try:
         result = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a sys.exit() in the user's code ended the command with no word
         raise EdgeportError(f"factory {spec} raised {type(exc).__name__}: {exc}",
                             hint="fix the factory; rerun with --debug for the traceback") from exc
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
@@ -67,7 +67,7 @@ def _import(location: str) -> Any:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # SyntaxError included: the file is the user's code
+        except (Exception, SystemExit) as exc:  # SyntaxError included: the file is the user's code
             del sys.modules[name]
             raise EdgeportError(f"cannot load {location}: {type(exc).__name__}: {exc}",
                                 hint="fix the model file; rerun with --debug for the traceback") from exc
@@ -76,7 +76,7 @@ def _import(location: str) -> Any:
         return importlib.import_module(location)
     except ImportError as exc:
         raise EdgeportError(f"cannot import {location}: {exc}", hint=_file_hint(location)) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise EdgeportError(f"cannot import {location}: {type(exc).__name__}: {exc}",
                             hint="fix the module; rerun with --debug for the traceback") from exc
 
