@@ -237,6 +237,7 @@ def test_cli_export_takes_dynamic_dims_for_a_factory(model_file, item):
     ("x.4=1:16", "has 4 dims"),
     ("x.0=16:1", "MIN < MAX"),
     ("x.0=4:4", "a dim of one size is static"),
+    ("x.0=1:99999999999999999999", "MAX <= 2147483647"),  # refused after the export, by the manifest
     ("x.0", "bad --dynamic"),
 ])
 def test_cli_refuses_a_bad_dynamic_dim_in_one_line(model_file, item, words):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import EdgeportError
+from ..manifest_schema import MAX_DIM
 
 FORMAT_HINT = "write --dynamic INPUT.DIM=MIN:MAX, e.g. x.0=1:64 (dims that must be equal: a.1,b.1=2:128)"
 
@@ -43,9 +44,9 @@ def _split(item: str) -> tuple[list[str], int, int]:
         low_size, high_size = int(low), int(high)
     except ValueError:
         raise EdgeportError(f"bad --dynamic {item!r}: MIN and MAX are integers", hint=FORMAT_HINT) from None
-    if not 0 <= low_size < high_size:  # MIN == MAX is a static size: torch.export.Dim refuses it
-        raise EdgeportError(f"bad --dynamic {item!r}: need 0 <= MIN < MAX (a dim of one size is static)",
-                            hint=FORMAT_HINT)
+    if not 0 <= low_size < high_size <= MAX_DIM:  # MIN == MAX is a static size: torch.export.Dim refuses it
+        raise EdgeportError(f"bad --dynamic {item!r}: need 0 <= MIN < MAX <= {MAX_DIM} (a dim of one size is static; "
+                            "a program's dims are 32-bit)", hint=FORMAT_HINT)
     return [t.strip() for t in name.split(",")], low_size, high_size
 
 
