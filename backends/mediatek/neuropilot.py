@@ -129,9 +129,9 @@ SCHEMES_DECLINED = {
     "a16w8": "NeuroPilot runs symmetric int16 activations (QUANT16_SYMM, MDLA SYM INT16), but edgeport's TFLite "
              "writer writes int8 activations only",
     "int8-dynamic": f"NeuroPilot has no float-activation, integer-weight FULLY_CONNECTED ({TYPES_SOURCE}; MDLA data "
-                    "types); use int8",
+                    "types)",
     "int4-weight": f"NeuroPilot has no blockwise int4 weights and no float-activation, integer-weight "
-                   f"FULLY_CONNECTED ({TYPES_SOURCE}); use int8",
+                   f"FULLY_CONNECTED ({TYPES_SOURCE})",
 }
 
 PER_TENSOR = "per-tensor"
