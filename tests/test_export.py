@@ -284,7 +284,7 @@ def test_a_step_of_runtime_checks_alone_is_stored_and_still_checks(tmp_path):
     program.save(tmp_path / "checks.edgeport")
     loaded = edgeport.load(tmp_path / "checks.edgeport", registry=registry_with(TorchOpsBackend()))
     assert_close(loaded(x, torch.tensor(3)), torch.relu(x) + 1)
-    with pytest.raises(RuntimeError, match="u0 <= 3"):
+    with pytest.raises(edgeport.ExecutionError, match="step 0 \\(portable\\) failed: .*u0 <= 3"):
         loaded(x, torch.tensor(7))
 
 
