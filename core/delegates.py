@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .backend import Artifact, Availability, Backend, Entries, Executable, options_from_dict, validate_options
-from .errors import BackendError, EdgeportError, ProgramError
+from .errors import BackendError, EdgeportError, ProgramError, described
 from .manifest import Manifest, Step
 from .mapped_file import Buffer
 
@@ -57,7 +57,7 @@ def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backe
         raise
     except Exception as exc:
         raise ProgramError(
-            f"backend {backend.name!r} cannot load partition {step.partition}: {type(exc).__name__}: {exc}",
+            f"backend {backend.name!r} cannot load partition {step.partition}: {described(exc)}",
             hint="re-export the model with this version of the backend, or check the file was copied whole",
         ) from exc
     method = "entry" if step.entry is not None else "run"  # a merged artifact's entries, or one executable

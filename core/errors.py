@@ -55,3 +55,10 @@ class InputError(EdgeportError):
 
 class ExecutionError(EdgeportError):
     """A program cannot run here (e.g. a backend is missing or cannot run on this machine)."""
+
+
+def described(exc: BaseException) -> str:
+    """``exc`` as "Type: message" on one line: toolchains' messages carry newlines
+    (LiteRT's "...subgraph.cc:1965\nrequired_bytes <= bytes was not true."), and an
+    error is one line plus a hint."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"

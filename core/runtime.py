@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .arrays import torch_installed
 from .backend import Executable
 from .delegates import executable_of, load_step, run_label
-from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError
+from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError, described
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .mapped_file import Buffer, release
 from .output_tree import restore_structure
@@ -272,7 +272,7 @@ def _run_step(index: int, loaded: _LoadedStep, inputs: list[Any]) -> Any:
     except Exception as exc:
         what = ("torch raised running the model's own ops" if loaded.step.kind == "portable"
                 else f"backend {loaded.backend!r} raised")
-        raise ExecutionError(f"step {index} ({loaded.label}) failed: {type(exc).__name__}: {' '.join(str(exc).split())}",
+        raise ExecutionError(f"step {index} ({loaded.label}) failed: {described(exc)}",
                              hint=f"{what}; --debug (EDGEPORT_RAISE_ERRORS=1) shows the traceback") from exc
 
 

@@ -372,6 +372,8 @@ class _Misbuilt(TorchOpsBackend):
         executable = super().load(artifact)
         if self.fault == "load":
             return object()
+        if self.fault == "load raises":
+            raise ValueError("subgraph.cc:1965\nrequired_bytes <= bytes was not true.")
 
         fault = self.fault
 
@@ -386,6 +388,8 @@ class _Misbuilt(TorchOpsBackend):
 
 @pytest.mark.parametrize(("fault", "error", "message"), [
     ("load", edgeport.BackendError, "load\\(\\) returned object, which has no run\\(\\) method"),
+    ("load raises", edgeport.ProgramError,  # the toolchain's message on one line, as every error is
+     r"cannot load partition 0: ValueError: subgraph.cc:1965 required_bytes <= bytes was not true\.$"),
     ("run", edgeport.ExecutionError, "returned NoneType, not a list of outputs"),
     ("lists", edgeport.ExecutionError, "returned a list as an output, not an array or tensor"),
     ("raises", edgeport.ExecutionError,  # was edgeport's "internal error", in two lines
