@@ -142,6 +142,9 @@ class Program:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the program as one .edgeport zip in the current format version
         (atomically: a crash leaves no half file), with the digest of its manifest."""
+        if not isinstance(path, (str, os.PathLike)):  # as `load`: None raised os.fspath's TypeError
+            raise ProgramError(f"save takes the path of a .edgeport file, got {type(path).__name__}",
+                               hint="pass its path as a str or pathlib.Path")
         path = os.fspath(path)
         manifest = _manifest_bytes(dataclasses.replace(self.manifest, version=VERSION))
         tmp = f"{path}.partial"

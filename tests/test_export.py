@@ -339,6 +339,8 @@ def test_save_where_no_file_can_be_written_is_one_error_and_leaves_nothing(tmp_p
         with pytest.raises(edgeport.ProgramError, match=f"cannot save the program to {path}"):
             program.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"] and not any((tmp_path / "folder").iterdir())
+    with pytest.raises(edgeport.ProgramError, match="save takes the path of a .edgeport file, got NoneType"):
+        program.save(None)
 
 
 @pytest.mark.parametrize(("methods", "message"), [
