@@ -246,7 +246,11 @@ def backend_names(names: str | Sequence[str]) -> list[str]:
         names = names.split(",")
     if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
         raise BackendError(f"backends are named by strings, e.g. ['cpu'] or 'coreml,cpu'; got {names!r}")
-    return [n.strip() for n in names if n.strip()]
+    stripped = [n.strip() for n in names]
+    if any(stripped) and not all(stripped):  # "cpu,,qualcomm": a name left out, not an empty list
+        raise BackendError(f"an empty backend name in {','.join(names)!r}",
+                           hint="name the backends separated by single commas, e.g. --backend qualcomm,cpu")
+    return [n for n in stripped if n]
 
 
 def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Backend]:

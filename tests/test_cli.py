@@ -165,6 +165,8 @@ def test_run_with_inputs_file(env):
           "--option", "torchops.scale=3"], "option torchops.scale is given twice, as '2' and '3'"),
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops,torchops"],
          "backend 'torchops' is named twice"),
+        (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops,,torchops"],
+         "an empty backend name in 'torchops,,torchops'"),
         (["run", "model.py"], "not a valid .edgeport file"),
     ],
 )
