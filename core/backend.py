@@ -360,6 +360,20 @@ class Backend:
         """
         return FP32_OP_ERROR
 
+    def accumulator_error(self, options: Any) -> float:
+        """How far an integer product of two quantized values (a batched matmul of two
+        activations) may be from exact before its output is rounded, in units of its
+        accumulator (the product of its inputs' steps): the default, 0, suits a kernel
+        that requantizes in fp32 (XNNPACK); return 1 where it requantizes in gemmlowp's
+        fixed point (TFLite's own int8 kernels), which rounds twice.
+
+        ``edgeport check`` calls it on quantized partitions only and moves each such
+        product of the torch reference by this many units, either way, besides
+        `op_error`'s nudge (devtools/rounding.py `accumulator_unit`). Return a float;
+        never raise: it is called on saved programs.
+        """
+        return 0.0
+
     def merge(self, artifacts: Sequence[Artifact]) -> Artifact | None:
         """Optionally, one artifact holding several (the partitions of a program's
         methods, compiled with the same options), so what they share (weights) is stored

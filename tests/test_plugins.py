@@ -241,7 +241,7 @@ def test_every_backend_method_states_its_contract_where_an_ide_shows_it():
     methods = {n: m for n, m in vars(edgeport.Backend).items() if not n.startswith("_") and inspect.isfunction(m)}
     methods["version"] = edgeport.Backend.version.fget
     assert set(methods) == {"version", "availability", "keep_ops", "prepare", "support", "quantizer", "compile",
-                            "load", "tolerance", "op_error", "merge"}
+                            "load", "tolerance", "op_error", "accumulator_error", "merge"}
     for name, method in methods.items():
         doc = inspect.getdoc(method) or ""
         assert "call" in doc.lower() or "read" in doc.lower(), f"{name}() does not say when edgeport calls it"

@@ -135,17 +135,19 @@ def print_check(report: CheckReport) -> None:
         return
     quantized = any(p.spread for p in report.partitions)
     table = Table("partition", "backend", "nodes", "max abs", "max rel", "SNR dB", "rtol",
-                  *(["rounding spread dB"] if quantized else []), "result", title=f"check: {report.method}")
+                  *(["max steps", "rounding spread dB"] if quantized else []), "result", title=f"check: {report.method}")
     colors = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
     for p in report.partitions:
         e = p.error
         numbers = [_number(e.max_abs, ".2e"), _number(e.max_rel, ".2e"), _snr(e.snr_db)] if e else ["-", "-", "-"]
-        spread = [_snr(p.spread.snr_db) if p.spread else "-"] if quantized else []
+        steps = _number(e.max_steps, ".2f") if e and e.max_steps is not None else "-"
+        spread = [steps, _snr(p.spread.snr_db) if p.spread else "-"] if quantized else []
         table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, "-" if p.rtol is None else f"{p.rtol:g}",
                       *spread, f"[{colors[p.status]}]{p.status}[/{colors[p.status]}]")
     console.print(table)
     if quantized:
-        console.print(f"A quantized partition also passes within {MARGIN_DB:g} dB of its rounding spread, no value "
+        console.print("A quantized partition also passes with every output within one step of its quantization "
+                      f"(max steps), or within {MARGIN_DB:g} dB of its rounding spread, no value "
                       f"off by more than {PEAK_FACTOR:g}x the spread's largest: the spread is its torch reference "
                       "against itself with the values it rounds nudged by the backend's op error.", highlight=False)
     for p in report.partitions:

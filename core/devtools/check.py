@@ -21,7 +21,7 @@ import dataclasses
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ from ..report import op_name, source_of
 from ..subprogram import extract_subprogram
 from ..support import DATA_MOVEMENT, DEQUANTIZE, qualified_name
 from ..tensors import DTYPES, tensor_from_bytes
-from .rounding import MARGIN_DB, PEAK_FACTOR, nudged_outputs, rounds, values_of
+from .rounding import (MARGIN_DB, ONE_STEP, PEAK_FACTOR, SAMPLES, Nudge, dequantized_step, nudge_of, nudged_outputs,
+                       output_nodes, rounds, values_of)
 
 Progress = Callable[[str], None]
 
@@ -52,21 +53,25 @@ Progress = Callable[[str], None]
 class Error:
     """How far actual outputs are from expected ones. ``max_rel`` is relative to the
     largest expected magnitude (element-wise ratios explode near zero); ``snr_db`` is
-    inf when they match exactly."""
+    inf when they match exactly; ``max_steps`` counts the largest in steps of the
+    outputs' quantization, when every output is a dequantized value (else None)."""
 
     max_abs: float
     max_rel: float
     snr_db: float
+    max_steps: float | None = None
 
     def within(self, rtol: float) -> bool:
         return self.max_rel <= rtol  # False for nan
 
 
-def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> Error:
-    """Compare output lists; raises ValueError if their number or shapes differ."""
+def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor], steps: Sequence[float | None] = ()) -> Error:
+    """Compare output lists, with the expected outputs' quantization ``steps`` if known;
+    raises ValueError if their number or shapes differ."""
     if len(actual) != len(expected):
         raise ValueError(f"{len(actual)} outputs, expected {len(expected)}")
     max_abs = max_rel = signal = noise = 0.0
+    in_steps: list[float] = []
     for i, (a, e) in enumerate(zip(actual, expected)):
         a = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a).detach().double()
         e = e.detach().double()
@@ -78,20 +83,30 @@ def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> Error:
         diff = math.inf if math.isnan(diff) else diff
         max_abs = max(max_abs, diff)
         max_rel = max(max_rel, diff / max(float(e.abs().max()), 1e-6))
+        if i < len(steps) and steps[i]:
+            in_steps.append(diff / steps[i])
         signal += float((e * e).sum())
         noise += float(((a - e) ** 2).sum()) if math.isfinite(diff) else math.inf
     if noise == 0:
         snr = math.inf
     else:
         snr = 10 * math.log10(signal / noise) if signal > 0 and math.isfinite(noise) else -math.inf
-    return Error(max_abs, max_rel, snr)
+    counted = len(steps) == len(expected) and len(in_steps) == len(expected)
+    return Error(max_abs, max_rel, snr, max(in_steps, default=0.0) if counted else None)
+
+
+def worst_of(errors: Iterable[Error]) -> Error:
+    """The largest error of each kind among ``errors`` (the nudged runs' spread)."""
+    errors = list(errors)
+    return Error(max(e.max_abs for e in errors), max(e.max_rel for e in errors), min(e.snr_db for e in errors))
 
 
 def allowed(error: Error, rtol: float, spread: Error | None) -> bool:
-    """Within ``rtol``, or, for a quantized partition, no more than `MARGIN_DB` noisier
-    than its reference's own ``spread`` and no value further off than `PEAK_FACTOR`
-    times the spread's largest (rounding.py)."""
-    if error.within(rtol):
+    """Within ``rtol``; or, for a quantized partition, every output within one step of
+    its quantization (`ONE_STEP`), or no more than `MARGIN_DB` noisier than its
+    reference's own ``spread`` and no value further off than `PEAK_FACTOR` times the
+    spread's largest (rounding.py)."""
+    if error.within(rtol) or (error.max_steps is not None and error.max_steps <= ONE_STEP):
         return True
     return (spread is not None and error.snr_db >= spread.snr_db - MARGIN_DB
             and error.max_abs <= PEAK_FACTOR * spread.max_abs)
@@ -151,7 +166,7 @@ class PartitionCheck:
     status: str  # "pass", "fail", "skipped" (cannot run here) or "error" (the backend raised)
     error: Error | None = None
     # a quantized partition: its reference against itself with each quantize's input
-    # nudged by the backend's op_error (rounding.py); close enough to it passes too
+    # nudged by the backend's op_error and accumulator_error (rounding.py); close enough to it passes too
     spread: Error | None = None
     why: str = ""
     divergence: Divergence | None = None
@@ -293,7 +308,7 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
         options = options_from_dict(backend, program.manifest.artifacts[step.artifact].options)
         if rtol is None:
             result.rtol = float(backend.tolerance(options))
-        nudge = float(backend.op_error(options))
+        nudge = nudge_of(backend, options)
     except Exception as exc:  # a plugin's bug is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
@@ -302,12 +317,13 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
         return result
     try:
         loaded = load_step(program.manifest, program.files, step, backend)
-        result.error = compare(executable_of(loaded, step).run(args), expected)
+        steps = [dequantized_step(node) for node in output_nodes(reference)]
+        result.error = compare(executable_of(loaded, step).run(args), expected, steps)
     except Exception as exc:  # a backend that crashes here is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
     if rounds(reference):
-        result.spread = compare(nudged_outputs(reference, args, nudge), expected)
+        result.spread = worst_of(compare(nudged_outputs(reference, args, nudge, seed), expected) for seed in range(SAMPLES))
     result.status = "pass" if allowed(result.error, result.rtol, result.spread) else "fail"
     if result.status == "fail" and locate:
         result.divergence = locate_divergence(reference, args, backend, options, result.rtol, step.partition,
@@ -382,15 +398,16 @@ def _module(node: Node) -> str:
 
 def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: Backend, options: Any, rtol: float,
                       partition: int = 0, progress: Progress | None = None, *,
-                      nudge: float = 0.0) -> Divergence | None:
+                      nudge: Nudge = Nudge()) -> Divergence | None:
     """The first op of ``reference`` (a partition's torch program) whose prefix, compiled
     by ``backend``, no longer matches torch on ``args``; None if even the whole
     partition re-compiled matches. A quantized prefix is also allowed the spread of its
     own outputs with every rounding's input nudged by up to ``nudge`` (`allowed`)."""
     env = values_of(reference, args)
-    nudged = values_of(reference, args, nudge) if nudge and rounds(reference) else None
+    nudged = [values_of(reference, args, nudge, seed) for seed in range(SAMPLES)] if any(nudge) and rounds(reference) else None
     groups = _groups(reference)
     order = {node: i for i, node in enumerate(reference.graph.nodes)}
+    by_name = {node.name: node for node in reference.graph.nodes}
     compiles = 0
 
     def run_prefix(k: int) -> tuple[list[str], Sequence[Any]] | None:
@@ -413,8 +430,9 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
         if ran is None:
             return None
         values, outputs = ran
-        error = compare(outputs, [env[v] for v in values])
-        spread = compare([nudged[v] for v in values], [env[v] for v in values]) if nudged is not None else None
+        expected = [env[v] for v in values]
+        error = compare(outputs, expected, [dequantized_step(by_name[v]) for v in values])
+        spread = worst_of(compare([n[v] for v in values], expected) for n in nudged) if nudged is not None else None
         return error, allowed(error, rtol, spread)
 
     hi = len(groups) - 1

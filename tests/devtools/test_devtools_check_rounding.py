@@ -6,6 +6,7 @@ backend's `op_error`), whichever allows more (core/devtools/rounding.py).
 """
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ from torch import nn
 
 import edgeport
 from edgeport.cli import cli
-from edgeport.devtools.check import Error, _input_drift, allowed, check_program
-from edgeport.devtools.rounding import MARGIN_DB, PEAK_FACTOR, nudged_outputs, values_of
+from edgeport.devtools.check import Error, _input_drift, allowed, check_program, compare, worst_of
+from edgeport.devtools.rounding import MARGIN_DB, PEAK_FACTOR, Nudge, accumulator_unit, nudged_outputs, values_of
 from edgeport.portable import PortableExecutable, stored_program
 from edgeport.testing.quantized_cases import calibration_for
 from torch_backend import TorchOpsBackend, registry_with, run_with_kernel_off
@@ -71,10 +72,13 @@ def test_the_nudge_moves_the_reference_and_nothing_when_zero(cpu_int8):
     step = next(s for s in program.plan("forward").steps if s.kind == "delegate")
     reference = stored_program(program.files, step.reference)
     expected = PortableExecutable(reference).run(list(inputs))
-    assert torch.equal(nudged_outputs(reference, list(inputs), 0.0)[0], expected[0])
-    nudged = nudged_outputs(reference, list(inputs), 1e-5)[0]
+    assert torch.equal(nudged_outputs(reference, list(inputs), Nudge())[0], expected[0])
+    nudged = nudged_outputs(reference, list(inputs), Nudge(1e-5))[0]
     assert not torch.equal(nudged, expected[0])
-    assert torch.equal(nudged, nudged_outputs(reference, list(inputs), 1e-5)[0])  # seeded: one spread per input
+    assert torch.equal(nudged, nudged_outputs(reference, list(inputs), Nudge(1e-5))[0])  # seeded: one spread per seed
+    assert not torch.equal(nudged, nudged_outputs(reference, list(inputs), Nudge(1e-5), seed=1)[0])
+    # its linears read weights stored per channel: no product of two activations to move
+    assert torch.equal(nudged_outputs(reference, list(inputs), Nudge(0.0, 1.0))[0], expected[0])
     assert set(values_of(reference, list(inputs))) >= {n.name for n in reference.graph.nodes}
 
 
@@ -222,3 +226,54 @@ def test_no_prefix_of_a_quantized_partition_hands_on_a_weight_or_an_integer(cpu_
             assert not (is_quantization_node(node) and "quantize_per_tensor" in str(node.target)
                         and "dequantize" not in str(node.target)), (k, name)  # an int8 value
             assert not (is_quantization_node(node) and all(a.op == "placeholder" for a in node.all_input_nodes)), (k, name)
+
+
+def test_an_output_within_one_step_of_its_quantization_passes():
+    """A tiny quantized model's reference may flip no rounding even nudged, so its spread
+    is exact; a correct backend one step off on an output still passes (as the
+    conformance kit counts steps), and two steps off does not."""
+    exact = Error(0.0, 0.0, math.inf)
+    assert allowed(Error(0.0093, 0.0127, 37.4, max_steps=1.0), 1e-2, exact)
+    assert not allowed(Error(0.0186, 0.0254, 31.4, max_steps=2.0), 1e-2, exact)
+    assert not allowed(Error(0.0093, 0.0127, 37.4, max_steps=None), 1e-2, exact)  # a float output: no steps
+
+
+def test_errors_are_counted_in_steps_only_when_every_output_has_them():
+    expected = [torch.zeros(4), torch.zeros(2)]
+    actual = [torch.tensor([0.0, 0.1, 0.0, 0.0]), torch.tensor([0.0, 0.05])]
+    assert compare(actual, expected, [0.1, 0.1]).max_steps == pytest.approx(1.0)
+    assert compare(actual, expected, [0.1, None]).max_steps is None
+    assert compare(actual, expected).max_steps is None
+
+
+def test_the_spread_is_the_worst_of_its_nudged_runs():
+    runs = [Error(0.1, 0.01, 40.0), Error(0.3, 0.02, 45.0), Error(0.2, 0.05, 38.0)]
+    assert worst_of(runs) == Error(0.3, 0.05, 38.0)
+
+
+class Scores(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(torch.relu(q) + q, k)
+
+
+def test_a_product_of_two_quantized_values_is_moved_by_its_accumulator_units():
+    """mediatek writes an int8 BATCH_MATMUL of two activations (TFLite's own kernel,
+    which requantizes in fixed point); the nudge moves that product's value before its
+    rounding by one unit of its accumulator, the product of its operands' steps."""
+    from edgeport.backends.mediatek import MediatekBackend
+    from edgeport.testing import registry_for
+
+    torch.manual_seed(0)
+    inputs = (torch.randn(2, 17, 16), torch.randn(2, 16, 17))
+    program = edgeport.export(Scores(), inputs, ["mediatek"], quantize="int8", calibration=calibration_for(inputs),
+                              keep_reference=True, registry=registry_for(MediatekBackend()))
+    step = next(s for s in program.plan("forward").steps if s.kind == "delegate")
+    reference = stored_program(program.files, step.reference)
+    units = {n.name: accumulator_unit(n) for n in reference.graph.nodes if "quantize_per_tensor" in str(n.target)
+             and "dequantize" not in str(n.target)}
+    [(rounding, unit)] = [(name, u) for name, u in units.items() if u is not None]
+    bmm = next(n for n in reference.graph.nodes if n.target == torch.ops.aten.bmm.default)
+    operand_steps = [a.args[1] for a in bmm.args]
+    assert rounding == next(iter(bmm.users)).name and unit == pytest.approx(operand_steps[0] * operand_steps[1])
+    expected = nudged_outputs(reference, list(inputs), Nudge())
+    assert not torch.equal(nudged_outputs(reference, list(inputs), Nudge(0.0, 1.0))[0], expected[0])
