@@ -67,6 +67,7 @@ import torch
 from torch.fx import Node
 
 from edgeport.fold import module_value
+from edgeport.quantize.expand import stored_tensor
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -216,33 +217,6 @@ def _causal_keep(query: Node, key: Node) -> torch.Tensor:
     """A (queries, keys) mask keeping key j for query i when j <= i, as ``is_causal`` does."""
     queries, keys = query.meta["val"].shape[-2], key.meta["val"].shape[-2]
     return torch.ones(queries, keys, dtype=torch.bool).tril()
-
-
-def stored_tensor(value: Node | torch.Tensor, like: Node, stem: str) -> Node:
-    """`value` itself if a node, else a get_attr of it stored on the graph's module
-    under a free name starting with `stem`, inserted at the graph's insertion point."""
-    if isinstance(value, Node):
-        return value
-    module = like.graph.owning_module
-    name = free_buffer_name(module, stem)
-    module.register_buffer(name, value)
-    stored = like.graph.get_attr(name)
-    stored.meta["val"] = _fake_like(like, value)
-    return stored
-
-
-def free_buffer_name(module: torch.nn.Module, stem: str) -> str:
-    """``stem`` and the first number that names no attribute of ``module`` yet."""
-    taken = {name for name, _ in module.named_buffers()} | set(dir(module))
-    return next(f"{stem}_{i}" for i in range(len(taken) + 1) if f"{stem}_{i}" not in taken)
-
-
-def _fake_like(node: Node, tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` as a fake tensor of the fake mode `node`'s value was traced in."""
-    from torch._guards import detect_fake_mode
-
-    mode = detect_fake_mode([node.meta["val"]])
-    return mode.from_tensor(tensor) if mode is not None else tensor
 
 
 def _arguments(node: Node) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ import operator
 import torch
 from torch.fx import Node
 
-from .attention import stored_tensor
+from edgeport.quantize.expand import stored_tensor
 
 aten = torch.ops.aten
 

@@ -87,9 +87,10 @@ from torchao.quantization.pt2e.quantizer import (
 
 from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.quantize import Scheme
+from edgeport.quantize.expand import free_buffer_name
 from edgeport.quantize.int32_bias import INT32_RANGE, BiasFitObserver, bias_spec, fit_biases
 
-from .attention import expand_attention, free_buffer_name
+from .attention import expand_attention
 from .batch_broadcast import tile_batch_broadcast
 from .group_norm import group_norm_as_layer_norm
 from .pow_rewrite import power_as_products

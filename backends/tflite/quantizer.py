@@ -19,7 +19,8 @@ it), their weight int8 per output channel or 4-bit per group of inputs.
 
 The quantizer annotates the graph edgeport gives it: core ATen, as `support` sees it,
 after expanding a product with a stored weight (GPT-2's Conv1D ``addmm``) into the
-linear these forms are written for (`expand`).
+linear these forms are written for, and for a backend taking every int8 form an
+attention into its products and softmax (expand.py).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from edgeport.errors import BackendError
 from edgeport.quantize import STATIC, Scheme
 from edgeport.quantize.int32_bias import BiasFitObserver, bias_spec, fit_biases
 
+from .expand import attention_as_products, product_as_linear
 from .int8_plan import HYBRID_LINEARS, activation_args, args_at, group, group_tail
 from .lowering import foldable, lookup
 from .writer import make_plan
@@ -154,9 +156,12 @@ class TfliteQuantizer(Quantizer):
         """Nothing to check: the annotations come from the writer's own table."""
 
     def expand(self, node: Node) -> Node | None:
-        """A product with a stored weight as the linear the writer quantizes
-        (`product_as_linear`); the core asks about each node this backend owns
+        """A product with a stored weight as the linear the writer quantizes, and, where
+        int8 forms XNNPACK leaves out are written, an attention as its products and
+        softmax (expand.py); the core asks about each node this backend owns
         (core/quantize/expand.py)."""
+        if self.scheme.activations == STATIC and not self.xnnpack_only:
+            return product_as_linear(node) or attention_as_products(node)
         return product_as_linear(node)
 
     def prepare_obs_or_fq_callback(self, model: GraphModule, edge_or_node_to_obs_or_fq: dict) -> None:
@@ -187,10 +192,10 @@ class TfliteQuantizer(Quantizer):
             return
         qat = self.scheme.qat
         first = activations[0]
-        inputs: dict[Node, QuantizationSpecBase] = {first: _act_spec(qat)}
+        inputs: dict[Node, QuantizationSpecBase] = {first: _input_spec(first, qat)}
         for arg in activations[1:]:
             shared = int8.signature.output == "shared"
-            inputs[arg] = SharedQuantizationSpec((first, node)) if shared else _act_spec(qat)
+            inputs[arg] = SharedQuantizationSpec((first, node)) if shared else _input_spec(arg, qat)
         bias = self._bias(node, int8.signature, plan)
         if int8.signature.weight is not None:
             weight = node.args[int8.signature.weight]
@@ -255,29 +260,16 @@ class TfliteQuantizer(Quantizer):
 # -- graph helpers ---------------------------------------------------------------------------------
 
 
-def product_as_linear(node: Node) -> Node | None:
-    """``addmm(bias, x, w)`` or ``mm(x, w)`` with a stored (in, out) weight, inserted
-    before `node` as ``linear(x, w^T, bias)``; None for any other node.
-
-    GPT-2's Conv1D layers are such addmms. Only a linear has int8 and per-token forms
-    here (ops/int8.py, int8_plan.py), so every GPT-2 linear stayed float under int8,
-    int8-dynamic and int4-weight alike. The transpose of the weight is computed once
-    at export (core/fold.py: it replaces the weight)."""
-    if node.target not in (aten.addmm.default, aten.mm.default):
-        return None
-    bias, x, weight = node.args if node.target == aten.addmm.default else (None, *node.args)
-    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
-        return None
-    if not (isinstance(weight, Node) and weight.op == "get_attr" and weight.meta["val"].dim() == 2):
-        return None
-    outputs = tuple(node.meta["val"].shape[-1:])
-    if bias is not None and not (isinstance(bias, Node) and tuple(bias.meta["val"].shape) == outputs):
-        return None  # a linear's bias is one value per output
-    graph = node.graph
-    with graph.inserting_before(node):
-        transposed = graph.call_function(aten.permute.default, (weight, [1, 0]))
-        return graph.call_function(aten.linear.default, (x, transposed, *([bias] if bias is not None else [])))
-
+def _input_spec(arg: Node, qat: bool) -> QuantizationSpecBase:
+    """How an int8 op reads `arg`: at the steps of the op that made it if those are fixed
+    (a softmax's or a sigmoid's 1/256), as the kernel wrote it; else at its own observed
+    steps. Observed anew, a fixed output was rounded twice, through a float DEQUANTIZE
+    and QUANTIZE the writer had to add (an expanded attention's softmax, before
+    its second product)."""
+    made = arg.meta.get(ANNOTATION)
+    if made is not None and isinstance(made.output_qspec, FixedQParamsQuantizationSpec):
+        return SharedQuantizationSpec(arg)
+    return _act_spec(qat)
 
 
 def _constant_nodes(model: GraphModule) -> set[Node]:

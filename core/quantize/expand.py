@@ -113,3 +113,33 @@ def _fake_value(node: Node) -> Any:
     args = map_arg(node.args, lambda n: n.meta["val"])
     kwargs = map_arg(node.kwargs, lambda n: n.meta["val"])
     return node.target(*args, **kwargs)
+
+
+# -- for a backend's expansions ----------------------------------------------------------------
+
+
+def stored_tensor(value: Node | torch.Tensor, like: Node, stem: str) -> Node:
+    """`value` itself if a node, else a get_attr of it stored on the graph's module
+    under a free name starting with `stem`, inserted at the graph's insertion point."""
+    if isinstance(value, Node):
+        return value
+    module = like.graph.owning_module
+    name = free_buffer_name(module, stem)
+    module.register_buffer(name, value)
+    stored = like.graph.get_attr(name)
+    stored.meta["val"] = fake_like(like, value)
+    return stored
+
+
+def free_buffer_name(module: torch.nn.Module, stem: str) -> str:
+    """``stem`` and the first number that names no attribute of ``module`` yet."""
+    taken = {name for name, _ in module.named_buffers()} | set(dir(module))
+    return next(f"{stem}_{i}" for i in range(len(taken) + 1) if f"{stem}_{i}" not in taken)
+
+
+def fake_like(node: Node, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as a fake tensor of the fake mode `node`'s value was traced in."""
+    from torch._guards import detect_fake_mode
+
+    mode = detect_fake_mode([node.meta["val"]])
+    return mode.from_tensor(tensor) if mode is not None else tensor

@@ -223,6 +223,10 @@ QUANTIZED_CASES: list[QuantizedCase] = [
     qop("int8_softmax", lambda m, x: F.softmax(x, dim=-1), (2, 4, 16)),
     qop("int8_gelu", lambda m, x: F.gelu(x), (2, 16)),
     qop("int8_bmm", lambda m, a, b: torch.bmm(a, b), (2, 4, 8), (2, 8, 6)),  # a product of two activations
+    # an attention, expanded where its pieces are int8
+    qop("int8_matmul", lambda m, a, b: torch.matmul(a, b.transpose(-2, -1)), (2, 4, 8), (2, 6, 8)),
+    qop("int8_attention", lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v), (1, 2, 6, 8), (1, 2, 6, 8),
+        (1, 2, 6, 8)),
     # int8 pooling and reductions
     qop("int8_max_pool2d", lambda m, x: F.max_pool2d(x, 2), IMG),
     qop("int8_avg_pool2d", lambda m, x: F.avg_pool2d(x, 2), IMG),

@@ -37,14 +37,15 @@ MASKED = 2.0**14
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
 
-def _sdpa_args(node: Node) -> dict:
+def sdpa_args(node: Node) -> dict:
+    """The attention's arguments by name."""
     args = dict(zip(_SDPA_ARGS, node.args))
     args.update(node.kwargs)
     return args
 
 
 def _check_sdpa(node: Node, is_const: IsConst) -> str | None:
-    a = _sdpa_args(node)
+    a = sdpa_args(node)
     if a.get("dropout_p", 0.0):
         return "dropout_p > 0"
     if a.get("enable_gqa", False):
@@ -62,7 +63,7 @@ def _sdpa_writes(node: Node, is_const: IsConst) -> frozenset[str]:
     """Two BATCH_MATMULs around a SOFTMAX; a mask is ADDed, a runtime bool mask first
     made additive by a SUB and a MUL, and the rows it masks whole zeroed by a
     REDUCE_MAX and a MUL (CASTs are plumbing)."""
-    a = _sdpa_args(node)
+    a = sdpa_args(node)
     ops = {"MUL", "BATCH_MATMUL", "SOFTMAX"}
     mask = a.get("attn_mask")
     if a.get("is_causal", False) or mask is not None:
@@ -77,7 +78,7 @@ def _sdpa_writes(node: Node, is_const: IsConst) -> frozenset[str]:
 )
 def sdpa(em: Emitter, node: Node) -> Value:
     """softmax(q k^T * scale + mask) v."""
-    a = _sdpa_args(node)
+    a = sdpa_args(node)
     q, k, v = em.value(a["query"]), em.value(a["key"]), em.value(a["value"])
     scale = a.get("scale") or 1.0 / math.sqrt(q.shape[-1])
     rank = len(q.shape)

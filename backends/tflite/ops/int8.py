@@ -44,7 +44,7 @@ from .conv import (_conv_args, adaptive_avg_pool2d, avg_pool2d, bn_affine, conv1
 from .elementwise import clamp_activation, gelu_options, same_value
 from .matmul import batch_matmul
 from .reduce import reduce, softmax
-from .shape import constant_pad, permute, transpose, view
+from .shape import broadcast_writes, constant_pad, expand, permute, transpose, view
 
 INT8 = torch.int8
 ACTIVATION = Int8Signature()
@@ -312,9 +312,9 @@ def gelu_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _unary(em, node, form, "GELU", gelu_options(node))
 
 
-@int8_lowering(aten.bmm.default, signature=Int8Signature(activations=(0, 1)), xnnpack=False)
+@int8_lowering(aten.bmm.default, aten.matmul.default, signature=Int8Signature(activations=(0, 1)), xnnpack=False)
 def bmm_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
-    """BATCH_MATMUL of two int8 activations."""
+    """BATCH_MATMUL of two int8 activations (attention's products, expanded by the quantizer)."""
     a, b = (int8_input(em, form, dq) for dq in node.args[:2])
     return with_params(em, batch_matmul(em, a, b, node.name, INT8), form.output)
 
@@ -365,6 +365,19 @@ def permute_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
 @int8_lowering(aten.t.default, aten.transpose.int, signature=SHARED)
 def transpose_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, transpose)
+
+
+def _check_expand(node: Node, is_const: IsConst) -> str | None:
+    if "BROADCAST_TO" in broadcast_writes(shape(node.args[0]), shape(node)):
+        return "an int8 expand past 16 copies (BROADCAST_TO, which XNNPACK leaves out)"
+    return None
+
+
+@int8_lowering(aten.expand.default, signature=SHARED, check=_check_expand)
+def expand_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
+    """Nothing, or int8 CONCATENATIONs of copies; a matmul's decomposition expands its
+    operands to their own shape, which in float cost a DEQUANTIZE and a QUANTIZE."""
+    return _moved(em, node, form, expand)
 
 
 def _check_pad(node: Node, is_const: IsConst) -> str | None:

@@ -110,6 +110,13 @@ def addmm(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, "ADD", [y, em.arg(bias_arg)], torch.float32)
 
 
-@lowering(aten.bmm.default, writes=frozenset({"BATCH_MATMUL"}), dtypes=FLOAT)
+def _check_matmul(node: Node, is_const: IsConst) -> str | None:
+    """matmul appears only where a quantizer expanded an attention (tflite/expand.py)."""
+    if any(len(shape(a)) < 2 for a in node.args[:2]):
+        return "a 1-d operand"
+    return None
+
+
+@lowering(aten.bmm.default, aten.matmul.default, writes=frozenset({"BATCH_MATMUL"}), dtypes=FLOAT, check=_check_matmul)
 def bmm(em: Emitter, node: Node) -> Value:
     return batch_matmul(em, em.value(node.args[0]), em.value(node.args[1]), node.name)
