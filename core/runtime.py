@@ -45,7 +45,7 @@ from .output_tree import restore_structure
 from .plugins import Registry, registry_or_default
 from .state_rows import InPlaceInputs, apply_row_updates, check_row_updates, place_state, row_update_values
 from .torch_steps import portable_steps
-from .values import NumpyValues, TorchValues, Values
+from .values import NumpyValues, TorchValues, Values, dtype_and_shape
 
 
 TORCH_REFERENCE = "torch reference"  # the label of a delegate step run as its partition's torch program
@@ -75,6 +75,8 @@ class _LoadedStep:
     label: str
     frees: tuple[str, ...]  # values whose last use is this step
     guard: contextlib.AbstractContextManager[Any]  # held while the executable runs
+    # a delegate's outputs as its partition computes them: (index, spec, test of a value)
+    expected: tuple[tuple[int, TensorSpec, Callable[[Any], bool]], ...] = ()
 
 
 def _guard(executable: Executable) -> contextlib.AbstractContextManager[Any]:
@@ -117,7 +119,23 @@ class Runtime:
 
     def _load_step(self, plan: MethodPlan, step: Step, frees: tuple[str, ...]) -> _LoadedStep:
         executable, backend, label, guard = self._open_step(plan, step)
-        return _LoadedStep(step, executable, backend, label, frees, guard)
+        return _LoadedStep(step, executable, backend, label, frees, guard, self._expected_outputs(plan, step))
+
+    def _expected_outputs(self, plan: MethodPlan, step: Step) -> tuple[tuple[int, TensorSpec, Callable[[Any], bool]], ...]:
+        """What a delegate step's outputs must be, from the placement report's boundary
+        values (checked against the method's specs at load, plan_check.py): a plugin's
+        run() returning another dtype or shape is named at its step, not passed on to
+        broadcast in a torch step or to fail in the next backend's."""
+        if step.kind != "delegate":
+            return ()
+        facts = self._manifest.report.get(plan.name, {}).get("values", {})
+        expected = []
+        for index, name in enumerate(step.outputs):
+            if name in facts:
+                spec = TensorSpec(name, facts[name]["dtype"], tuple(facts[name]["shape"]))
+                if (test := self._values.conforms(spec)) is not None:
+                    expected.append((index, spec, test))
+        return tuple(expected)
 
     def _open_step(self, plan: MethodPlan, step: Step) -> tuple[Executable, str, str, Any]:
         """The step's executable, the backend it belongs to, how it runs here, and the
@@ -254,6 +272,7 @@ class Runtime:
             _check_output_count(i, loaded, results)
             for name, value in zip(loaded.step.outputs, results):
                 values[name] = self._values.step_output(value)
+            _check_outputs(i, loaded, [values[name] for name in loaded.step.outputs])
             for name in loaded.frees:
                 del values[name]
             if timings is not None:
@@ -274,6 +293,15 @@ def _run_step(index: int, loaded: _LoadedStep, inputs: list[Any]) -> Any:
                 else f"backend {loaded.backend!r} raised")
         raise ExecutionError(f"step {index} ({loaded.label}) failed: {described(exc)}",
                              hint=f"{what}; --debug (EDGEPORT_RAISE_ERRORS=1) shows the traceback") from exc
+
+
+def _check_outputs(index: int, loaded: _LoadedStep, outputs: Sequence[Any]) -> None:
+    for k, spec, test in loaded.expected:
+        if not test(outputs[k]):
+            raise ExecutionError(
+                f"step {index} ({loaded.label}) returned output {k} ({spec.name}) as {dtype_and_shape(outputs[k])}; "
+                f"its partition computes {spec.dtype} {list(spec.shape)}",
+                hint=f"backend {loaded.backend!r}'s run() returns each output in its partition's dtype and shape")
 
 
 def _check_output_count(index: int, loaded: _LoadedStep, results: Sequence[Any]) -> None:
@@ -325,7 +353,9 @@ def _direct_call(plan: MethodPlan, steps: Sequence[_LoadedStep], kind: Values) -
         with guard:
             results = _run_step(0, loaded, args)
         _check_output_count(0, loaded, results)
-        return restore_structure([output(value) for value in results], structure)
+        outputs = [output(value) for value in results]
+        _check_outputs(0, loaded, outputs)
+        return restore_structure(outputs, structure)
 
     return call
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .arrays import STORAGE, array_from_bytes
+from .arrays import NO_NUMPY_TWIN, STORAGE, array_from_bytes
 from .errors import ExecutionError, InputError
 from .input_binding import bind, needs_names
 from .manifest import TensorSpec
@@ -53,6 +53,14 @@ class NumpyValues:
             return None
         dtype, shape = STORAGE[spec.dtype], tuple(spec.shape)
         return lambda v: type(v) is np.ndarray and v.dtype == dtype and v.shape == shape and v.flags.c_contiguous
+
+    def conforms(self, spec: TensorSpec) -> Callable[[Any], bool] | None:
+        """A test of whether a step's output (as `step_output` made it) has ``spec``'s
+        dtype, rank and static dims; None for a spec of no array dtype."""
+        if spec.dtype not in STORAGE or spec.dtype in NO_NUMPY_TWIN:
+            return None
+        dtype, dims = STORAGE[spec.dtype], _static_dims(spec)
+        return lambda v: v.dtype == dtype and v.ndim == len(spec.shape) and all(v.shape[i] == d for i, d in dims)
 
     def step_output(self, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
@@ -110,6 +118,15 @@ class TorchValues:
         tensor, dtype, shape = self._torch.Tensor, self._dtypes[spec.dtype], self._torch.Size(spec.shape)
         return lambda v: isinstance(v, tensor) and v.dtype == dtype and v.shape == shape and v.is_contiguous()
 
+    def conforms(self, spec: TensorSpec) -> Callable[[Any], bool] | None:
+        """A test of whether a step's output (as `step_output` made it) has ``spec``'s
+        dtype, rank and static dims; None for a spec of no tensor dtype."""
+        if spec.dtype not in self._dtypes:
+            return None
+        tensor, dtype, dims = self._torch.Tensor, self._dtypes[spec.dtype], _static_dims(spec)
+        return lambda v: (isinstance(v, tensor) and v.dtype == dtype and v.dim() == len(spec.shape)
+                          and all(v.shape[i] == d for i, d in dims))
+
     def step_output(self, value: Any) -> Any:
         if isinstance(value, np.ndarray):
             return self._torch.from_numpy(value)
@@ -134,6 +151,17 @@ def _check_step_output(value: Any) -> None:
 
 def _static(spec: TensorSpec) -> bool:
     return all(type(d) is int for d in spec.shape)
+
+
+def _static_dims(spec: TensorSpec) -> list[tuple[int, int]]:
+    """(axis, size) of each dim of ``spec`` that is a number, not a symbol."""
+    return [(i, d) for i, d in enumerate(spec.shape) if type(d) is int]
+
+
+def dtype_and_shape(value: Any) -> str:
+    """A value's dtype and shape as a message gives them: "float64 [1, 2, 16]"."""
+    dtype = str(getattr(value, "dtype", type(value).__name__)).removeprefix("torch.")
+    return f"{dtype} {list(getattr(value, 'shape', ()))}"
 
 
 Values = NumpyValues | TorchValues

@@ -6,6 +6,7 @@ import time
 import types
 
 import click
+import numpy as np
 import pytest
 
 import edgeport
@@ -381,9 +382,14 @@ class _Misbuilt(TorchOpsBackend):
             def run(self, inputs):
                 if fault == "raises":
                     raise RuntimeError("vendor runtime: device lost\n  at npu.cc:12")
+                if fault in WRONG_OUTPUTS:
+                    return [WRONG_OUTPUTS[fault](np.asarray(inputs[0]))]
                 return None if fault == "run" else [[1.0, 2.0]]
 
-        return Run() if fault in ("run", "lists", "raises") else executable
+        return Run() if fault in ("run", "lists", "raises", *WRONG_OUTPUTS) else executable
+
+
+WRONG_OUTPUTS = {"extra dim": lambda x: np.maximum(x, 0)[None], "float64": lambda x: np.maximum(x, 0).astype(np.float64)}
 
 
 @pytest.mark.parametrize(("fault", "error", "message"), [
@@ -394,6 +400,9 @@ class _Misbuilt(TorchOpsBackend):
     ("lists", edgeport.ExecutionError, "returned a list as an output, not an array or tensor"),
     ("raises", edgeport.ExecutionError,  # was edgeport's "internal error", in two lines
      r"step 0 \(torchops\) failed: RuntimeError: vendor runtime: device lost at npu.cc:12$"),
+    ("extra dim", edgeport.ExecutionError,  # was returned as it was: a (1, 2) output of a (2,) model
+     r"step 0 \(torchops\) returned output 0 \(relu\) as float32 \[1, 2\]; its partition computes float32 \[2\]"),
+    ("float64", edgeport.ExecutionError, r"returned output 0 \(relu\) as float64 \[2\]; its partition computes float32"),
 ])
 def test_a_load_or_run_that_breaks_the_contract_is_one_error_naming_it(fault, error, message):
     """An AttributeError or TypeError from inside edgeport, or (lists) a Python list
@@ -404,6 +413,24 @@ def test_a_load_or_run_that_breaks_the_contract_is_one_error_naming_it(fault, er
     registry.add_plugin(plugin(_Misbuilt(fault, ops=("relu",))), name="misbuilt")
     program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
     with pytest.raises(error, match=message):
+        program(torch.ones(2))
+
+
+@pytest.mark.parametrize("fault", WRONG_OUTPUTS)
+def test_a_wrong_output_is_named_at_its_step_not_passed_on(fault):
+    """A torch step after it broadcast a (1, 2) output into the program's answer, and the
+    next backend blamed itself for a float64 one."""
+    import torch
+
+    class ReluThenCos(torch.nn.Module):
+        def forward(self, x):
+            return x.relu().cos()
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(_Misbuilt(fault, ops=("relu",))), name="misbuilt")
+    program = edgeport.export(ReluThenCos(), (torch.ones(2),), ["torchops"], registry=registry)
+    assert [s.kind for s in program.plan("forward").steps] == ["delegate", "portable"]
+    with pytest.raises(edgeport.ExecutionError, match=r"^step 0 \(torchops\) returned output 0 \(relu\)"):
         program(torch.ones(2))
 
 
