@@ -15,13 +15,22 @@ Format history (every version stays readable: `program.py` keeps a reader for ea
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 FORMAT = "edgeport"
 VERSION = 2
 PORTABLE = "portable"  # a step no backend took: a torch program, run with torch
 # op-name prefixes of the quantize/dequantize nodes in a placement report (PT2E's, torchao's)
 QUANTIZATION_OPS = ("quantized_decomposed.", "torchao.")
+
+
+def delegated_plumbing(node: Mapping[str, Any]) -> bool:
+    """Whether a report row only quantizes or dequantizes a value (PT2E's Q/DQ pairs
+    around each quantized op: a quantized MobileNetV2 has 200-250 of them beside its ~100
+    ops) that a backend took as part of its ops' quantized form. What another backend
+    said of it (the cpu refuses qualcomm's uint8) says nothing about the model; one
+    left to portable torch is worth seeing."""
+    return node["op"].startswith(QUANTIZATION_OPS) and node["backend"] != PORTABLE
 
 
 @dataclass(frozen=True)

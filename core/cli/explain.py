@@ -7,10 +7,11 @@ from collections import Counter
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from ..devtools.html import render_program
-from ..manifest import QUANTIZATION_OPS, MethodPlan
+from ..devtools.html import quantization_lines, render_program
+from ..manifest import QUANTIZATION_OPS, MethodPlan, delegated_plumbing
 from ..program import Program, read_program_file
 from ..torch_steps import PortableStep, describe_steps, portable_steps
 from . import cli
@@ -21,21 +22,9 @@ from .run import method_plan
 def print_quantization(method: dict[str, Any]) -> None:
     """The scheme, what each backend did with it, and the calibration cost (`method`: a
     method's placement report, `Program.report`)."""
-    report = method["quantization"]
-    console.print(report.get("description", ""))
-    if report.get("quantizes_nothing"):
-        portable = sum(1 for n in method["nodes"] if n["backend"] == "portable")
-        # a backend that declines the scheme leaves its nodes to portable torch when no
-        # other selected backend takes them: the program then needs torch to run
-        where = (f"; {portable} of its {len(method['nodes'])} node(s) run in portable torch, which needs torch where "
-                 "the program runs") if portable else ""
-        console.print(f"[yellow]nothing is quantized: the program runs in float[/yellow] (no selected backend "
-                      f"quantizes a node with {report.get('scheme')}: their lines say why){where}", highlight=False)
-    for backend, what in report.get("backends", {}).items():
-        console.print(f"  {backend}: {what}")
-    calibration = report.get("calibration")
-    if isinstance(calibration, dict):
-        console.print(f"  calibration: {calibration['batches']} batches, {calibration['ms_per_batch']} ms per batch")
+    for line in quantization_lines(method):
+        console.print(f"[yellow]{escape(line.text)}[/yellow]" if line.warning else line.text, highlight=False,
+                      markup=line.warning)
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -80,7 +69,7 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     quantized = any("quantized" in n for n in report["nodes"])
     columns = ("node", "op", "backend", "partition") + (("quantized",) if quantized else ()) + ("why not elsewhere",)
     nodes = Table(*columns)
-    listed = report["nodes"] if show_all else [n for n in report["nodes"] if not _delegated_plumbing(n)]
+    listed = report["nodes"] if show_all else [n for n in report["nodes"] if not delegated_plumbing(n)]
     for n in listed:
         why = "; ".join(f"{b}: {r}" for b, r in n["reasons"].items())
         scheme = (_scheme(n),) if quantized else ()
@@ -99,15 +88,6 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
         print_quantization(report)
     print_state_writes(plan)
     print_torch_free(portable)
-
-
-def _delegated_plumbing(node: dict[str, Any]) -> bool:
-    """Whether a node only quantizes or dequantizes a value (PT2E's Q/DQ pairs around
-    each quantized op: a quantized MobileNetV2 has 200-250 of them beside its ~100 ops) and
-    a backend took it as part of its ops' quantized form. One left to portable, or that
-    a backend declined, is worth seeing."""
-    return node["op"].startswith(QUANTIZATION_OPS) and node["backend"] != "portable" and not node["reasons"]
-
 
 
 def state_writes(plan: MethodPlan) -> dict[str, list[str]]:

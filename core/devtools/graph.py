@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..manifest import PORTABLE
+from ..manifest import PORTABLE, delegated_plumbing
 
 HEAD_ROWS, TAIL_ROWS = 3, 2  # a partition longer than HEAD + TAIL + 1 nodes shows only these ends
 BOX_W, HEADER_H, ROW_H, PAD = 220.0, 20.0, 16.0, 6.0
@@ -110,11 +110,13 @@ def _value_rows(names: Iterable[str], values: Mapping[str, Any]) -> list[Row]:
 def _boxes(report: Mapping[str, Any], inputs: Sequence[str], outputs: Sequence[str]) -> list[Box]:
     by_partition: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for node in report["nodes"]:
-        by_partition[node["partition"]].append(node)
+        if not delegated_plumbing(node):  # a quantized partition's ops, not its Q/DQ pairs
+            by_partition[node["partition"]].append(node)
     values = report.get("values", {})
     boxes = [Box(INPUTS, PORTABLE, "inputs", _value_rows(inputs, values))]
     for p in report["partitions"]:
-        label = f"P{p['id']} · {p['backend']} · {p['nodes']} node{'s' if p['nodes'] != 1 else ''}"
+        count = len(by_partition[p["id"]])
+        label = f"P{p['id']} · {p['backend']} · {count} node{'s' if count != 1 else ''}"
         boxes.append(Box(f"p{p['id']}", p["backend"], label, _rows(by_partition[p["id"]]), partition=p["id"]))
     boxes.append(Box(OUTPUTS, PORTABLE, "outputs", _value_rows(outputs, values)))
     return boxes

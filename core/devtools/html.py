@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import html
 from collections import Counter, defaultdict
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
-from ..manifest import PORTABLE
+from ..manifest import PORTABLE, delegated_plumbing
 
 from ..errors import InputError
 from ..program import Program
@@ -145,10 +145,12 @@ def _legend(colors: Mapping[str, str]) -> str:
 
 
 def _backend_table(report: Mapping[str, Any], colors: Mapping[str, str]) -> str:
-    nodes = Counter(n["backend"] for n in report["nodes"])
+    ops = [n for n in report["nodes"] if not delegated_plumbing(n)]
+    nodes = Counter(n["backend"] for n in ops)
+    per_partition = Counter(n["partition"] for n in ops)
     sizes: dict[str, list[int]] = defaultdict(list)
     for p in report["partitions"]:
-        sizes[p["backend"]].append(p["nodes"])
+        sizes[p["backend"]].append(per_partition[p["id"]])
     total = sum(nodes.values()) or 1
     rows = []
     for backend in colors:
@@ -195,7 +197,7 @@ def _boundary_table(report: Mapping[str, Any]) -> str:
 
 
 def _declined_table(report: Mapping[str, Any], colors: Mapping[str, str]) -> str:
-    declined = [n for n in report["nodes"] if n["reasons"]]
+    declined = [n for n in report["nodes"] if n["reasons"] and not delegated_plumbing(n)]
     backends = [b for b in colors if any(b in n["reasons"] for n in declined)]
     head = "".join(f"<th>{_e(b)} said</th>" for b in backends)
     rows = []
@@ -211,6 +213,39 @@ def _declined_table(report: Mapping[str, Any], colors: Mapping[str, str]) -> str
             f'<th>source</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
+class Line(NamedTuple):
+    text: str
+    warning: bool = False
+
+
+def quantization_lines(method: Mapping[str, Any]) -> list[Line]:
+    """The scheme, what each backend did with it, and the calibration cost, as ``explain``
+    prints them and the page shows them (`method`: a method's placement report)."""
+    report = method["quantization"]
+    lines = [Line(report.get("description", ""))]
+    if report.get("quantizes_nothing"):
+        portable = sum(1 for n in method["nodes"] if n["backend"] == PORTABLE)
+        # a backend that declines the scheme leaves its nodes to portable torch when no
+        # other selected backend takes them: the program then needs torch to run
+        where = (f"; {portable} of its {len(method['nodes'])} node(s) run in portable torch, which needs torch where "
+                 "the program runs") if portable else ""
+        lines.append(Line(f"nothing is quantized: the program runs in float (no selected backend quantizes a node "
+                          f"with {report.get('scheme')}: their lines say why){where}", warning=True))
+    lines += [Line(f"  {backend}: {what}") for backend, what in report.get("backends", {}).items()]
+    calibration = report.get("calibration")
+    if isinstance(calibration, dict):
+        lines.append(Line(f"  calibration: {calibration['batches']} batches, {calibration['ms_per_batch']} ms per batch"))
+    return lines
+
+
+def _quantization(report: Mapping[str, Any]) -> str:
+    if not report.get("quantization"):
+        return ""
+    items = "".join(f'<li{" class=warning" if line.warning else ""}>{_e(line.text.strip())}</li>'
+                    for line in quantization_lines(report))
+    return f'<h2>Quantization</h2><ul id="quantization">{items}</ul>'
+
+
 def _fallbacks(report: Mapping[str, Any]) -> str:
     items = [f"<li>P{p['id']} fell back to portable: {_e(p['fallback'])}</li>"
              for p in report["partitions"] if p.get("fallback")]
@@ -223,9 +258,12 @@ def render_html(report: Mapping[str, Any], inputs: Sequence[str], outputs: Seque
     method's boundary values (see `graph.layout`)."""
     colors = palette(report)
     picture = layout(report, inputs, outputs)
-    delegated = sum(1 for n in report["nodes"] if n["backend"] != PORTABLE)
-    total = len(report["nodes"])
-    facts = (f"{total} nodes · {len(report['partitions'])} partitions · "
+    ops = [n for n in report["nodes"] if not delegated_plumbing(n)]  # a quantized graph's Q/DQ pairs aside
+    delegated = sum(1 for n in ops if n["backend"] != PORTABLE)
+    total = len(ops)
+    plumbing = len(report["nodes"]) - total
+    facts = (f"{total} nodes{f' (and {plumbing} quantize/dequantize)' if plumbing else ''} · "
+             f"{len(report['partitions'])} partitions · "
              f"{delegated} nodes ({100 * delegated / max(total, 1):.0f}%) delegated · "
              f"{sum(1 for link in picture.links if link.copy)} boundary copies")
     return f"""<!DOCTYPE html>
@@ -242,6 +280,7 @@ def render_html(report: Mapping[str, Any], inputs: Sequence[str], outputs: Seque
 <h2>Summary</h2>
 {_backend_table(report, colors)}
 {_fallbacks(report)}
+{_quantization(report)}
 <h2>Boundary tensors</h2>
 {_boundary_table(report)}
 <h2>Declined nodes</h2>

@@ -219,3 +219,32 @@ def test_chromium_renders_mobilenet_on_qualcomm_and_cpu(tmp_path):
     image = read_png(shot)
     colors = palette(report)
     assert all(pixels_near(image, colors[b]) > 500 for b in placed)
+
+
+def test_a_quantized_programs_page_shows_its_ops_and_scheme_not_its_quantize_nodes():
+    """A qualcomm + cpu int8 program's page listed its Q/DQ nodes in the partition boxes
+    and, because the cpu declines qualcomm's uint8, as declined nodes, burying the one
+    real fallback; and it said nothing of the scheme."""
+    def node(name, op, backend, partition, reasons=None):
+        return {"name": name, "op": op, "backend": backend, "partition": partition, "reasons": reasons or {},
+                "source": 'File "model.py", line 3, in forward'}
+
+    uint8 = {"cpu": "uint8 is not supported"}
+    nodes = [node("quantize_per_tensor", "quantized_decomposed.quantize_per_tensor.default", "qualcomm", 0, uint8),
+             node("dequantize_per_tensor", "quantized_decomposed.dequantize_per_tensor.default", "qualcomm", 0, uint8),
+             node("linear", "aten.linear.default", "qualcomm", 0),
+             node("mysquash", "qa.mysquash.default", "portable", 1, {"qualcomm": "no QNN op", "cpu": "no lowering"})]
+    report = {"nodes": nodes, "values": {"x": {"dtype": "float32", "shape": [4], "bytes": 16},
+                                         "linear": {"dtype": "float32", "shape": [4], "bytes": 16}},
+              "partitions": [{"id": 0, "backend": "qualcomm", "nodes": 3, "inputs": ["x"], "outputs": ["linear"],
+                              "boundary_bytes": 32, "fallback": None},
+                             {"id": 1, "backend": "portable", "nodes": 1, "inputs": ["linear"], "outputs": ["mysquash"],
+                              "boundary_bytes": 16, "fallback": None}],
+              "quantization": {"scheme": "int8", "description": "int8: activations and weights in 8 bits",
+                               "backends": {"qualcomm": "quantizes 1 of its 1 op(s) with int8"}}}
+    page = render_html(report, ["x"], ["mysquash"])
+    boxes = [r.label for b in layout(report, ["x"], ["mysquash"]).boxes for r in b.rows]
+    assert "linear" in boxes and not any("quantize" in label for label in boxes)
+    assert page.count("<tr data-partition=") == 1 and "mysquash" in page  # the one real fallback
+    assert "2 nodes (and 2 quantize/dequantize)" in page and "1 nodes (50%) delegated" in page
+    assert "<h2>Quantization</h2>" in page and "qualcomm: quantizes 1 of its 1 op(s) with int8" in page
