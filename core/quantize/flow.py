@@ -193,7 +193,7 @@ def quantize_method(
             if calibration is not None:
                 report["calibration"] = "not run: nothing is quantized"
         elif scheme.needs_calibration:
-            report["calibration"] = calibrate(prepared, calibration, progress).as_dict()
+            report["calibration"] = calibrate(prepared, calibration, progress, examples=inputs).as_dict()
         else:  # weights are observed on one forward; activations are quantized at run time
             calibrate(prepared, [inputs])
             if calibration is not None:

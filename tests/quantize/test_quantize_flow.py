@@ -103,6 +103,33 @@ def test_a_calibration_batch_that_does_not_fit_names_its_index():
                         registry=registry_for(CpuBackend()))
 
 
+@pytest.mark.parametrize("bad, says", [(float("nan"), "NaN"), (float("inf"), "infinity")])
+def test_a_weight_holding_nan_or_infinity_is_named_as_the_models_weight(bad, says):
+    """It said "calibration measured the range of fc1_weight (get_attr) as nan to nan",
+    with a hint about attention masks: no calibration data measured it, the model holds it."""
+    model, x = nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval(), torch.randn(2, 8)
+    with torch.no_grad():
+        model[0].weight[1, 2] = bad
+    with pytest.raises(edgeport.CalibrationError, match=rf"^the model's weight 0.weight holds {says} \(it ranges "
+                                                          r".* round to one step \(read by linear: ") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)], registry=registry_for(CpuBackend()))
+    assert "checkpoint" in info.value.hint and "mask" not in info.value.hint
+
+
+def test_a_calibration_batch_without_its_batch_axis_names_both_shapes():
+    """It was torch's guard: "AssertionError: Guard failed: x.size()[0] == 4"."""
+    model, x = nn.Linear(32, 4).eval(), torch.randn(4, 32)
+    with pytest.raises(edgeport.CalibrationError, match=r"^calibration batch 0 input 0 has shape \(32,\), the model's "
+                                                          r"example \(4, 32\): one batch per entry, with its batch "
+                                                          r"axis$") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x[0],)], registry=registry_for(CpuBackend()))
+    assert "numpy.stack(batches)" in info.value.hint
+    with pytest.raises(edgeport.CalibrationError, match=r"^calibration batch 1 input 0 has shape \(4, 16\), the "
+                                                          r"model's example \(4, 32\)$"):
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,), (x[:, :16],)],
+                        registry=registry_for(CpuBackend()))
+
+
 def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
     """It was torchao's AssertionError "min nan should be less than max nan"."""
     model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
@@ -128,14 +155,14 @@ def test_a_range_calibrated_over_a_mask_sentinel_is_refused(masked):
     """mediatek's int8 quantized the masked scores over -inf to 0.2 and exported: every
     real score rounded to one step, softmax of garbage, and no word of it (qualcomm int8
     on examples/models.py's tiny_llama: cosine 0.36 to float). The add reads the stored
-    mask as an int8 operand, so the mask's own range is the one refused, with the line
-    that adds it."""
+    mask as an int8 operand, so the mask's own range is the one refused, as the model's
+    buffer, with the line that adds it."""
     from edgeport.backends.mediatek import MediatekBackend
 
     q, k = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
-    with pytest.raises(edgeport.CalibrationError, match=r"calibration measured the range of mask \(get_attr\) "
-                                                          r"as -(inf|3.4e\+38) to 0: .*round to one step "
-                                                          r"\(read by add: ") as info:
+    with pytest.raises(edgeport.CalibrationError, match=r"the model's buffer mask holds (infinity|a value beyond "
+                                                          r"±1e\+30) \(it ranges -(inf|3.4e\+38) to 0\): .*round to "
+                                                          r"one step \(read by add: ") as info:
         edgeport.export(_MaskedScores(masked).eval(), (q, k), ["mediatek"], quantize="int8",
                         calibration=[(q, k)], registry=registry_for(MediatekBackend()))
     assert "test_quantize_flow.py" in str(info.value) and "-100" in info.value.hint
@@ -188,6 +215,21 @@ def test_an_npz_of_another_dtype_or_no_rows_and_a_file_that_is_no_npz_are_one_li
         load_calibration(str(tmp_path / "empty.npz"), model, examples)
     with pytest.raises(edgeport.CalibrationError, match="cal.npy: give a FILE.npz or a SPEC"):
         load_calibration(str(tmp_path / "cal.npy"), model, examples)
+
+
+def test_an_npz_that_is_no_numpy_archive_never_suggests_allow_pickle(tmp_path):
+    """A text file named .npz gave numpy's "contains pickled (object) data ... allow_pickle=";
+    loading it so would run the file's code."""
+    from edgeport.quantize import load_calibration
+
+    model, examples = _Two(), (torch.ones(1, 3), torch.ones(1, 3))
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(edgeport.CalibrationError, match=r"text.npz is not a numpy .npz of arrays") as info:
+        load_calibration(str(tmp_path / "text.npz"), model, examples)
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}, None], dtype=object), y=np.ones((2, 1, 3), np.float32))
+    with pytest.raises(edgeport.CalibrationError, match="objects.npz: it holds Python objects, not numeric arrays"):
+        load_calibration(str(tmp_path / "objects.npz"), model, examples)
+    assert "pickle" not in str(info.value) + info.value.hint
 
 
 # -- placement-aware annotation ----------------------------------------------------------------------
