@@ -19,12 +19,12 @@ from ..devtools.rounding import MARGIN_DB, PEAK_FACTOR
 from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, OpDrop, QuantizationCheck,
                                     check_quantization, float_program)
 from ..errors import InputError
-from ..quantize import REQUESTS, load_calibration, resolve_scheme
+from ..quantize import REQUESTS, load_calibration
 from ..program import load
 from ..runtime import check_inputs
 from . import cli, current_registry
 from ._output import FiniteRange, console, print_json, progress
-from .export import parse_options, refuse_unused_calibration
+from .export import parse_options, resolve_quantize
 from .run import method_plan, random_inputs, read_inputs
 from .spec import load_factory
 
@@ -48,7 +48,7 @@ SPEC_ONLY = (("backend_list", "--backend"), ("option_items", "--option"), ("sche
                    "for the options its partition was compiled with, e.g. 1e-4 fp32, 1e-2 fp16).")
 @click.option("--no-locate", is_flag=True, help="Do not search a failing partition for its first diverging op.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {method, partitions: [...], passed}.")
-@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS)), default=None,
+@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS), case_sensitive=False), default=None,
               help="For a SPEC: export it quantized, and also compare each partition with the float model (SQNR).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None, help="Calibration batches for --quantize.")
 @click.option("--threshold-db", type=FiniteRange(min=0, min_open=True), default=DEFAULT_THRESHOLD_DB, show_default=True,
@@ -84,9 +84,8 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             program, example = load(target, registry=registry), None
         else:
             backends, options = backend_list.split(","), parse_options(option_items)
-            resolve_backends(backends, options, registry)  # refuse bad ones before any work
-            quantize = resolve_scheme(scheme) if scheme else None
-            refuse_unused_calibration(quantize, calibration)
+            selected = resolve_backends(backends, options, registry)  # refuse bad ones before any work
+            quantize = resolve_quantize(scheme, None, calibration, *selected)
             model, example = load_factory(target)
             program = export_program(model, example, backends, options=options, keep_reference=True,
                                      registry=registry, progress=show, quantize=quantize,

@@ -392,8 +392,7 @@ def test_qat_applies_to_static_schemes():
 
 def test_qat_for_a_scheme_no_backend_offers_is_refused():
     """prepare_qat(..., ["cpu"], "a16w8") returned a model with no fake quantization in it."""
-    with pytest.raises(edgeport.QuantizationError, match="no backend of cpu quantizes with a16w8, so the model would "
-                                                         "train without any quantization .cpu: declines: cpu does not offer"):
+    with pytest.raises(edgeport.QuantizationError, match="no selected backend quantizes with a16w8: cpu offers int4"):
         edgeport.prepare_qat(nn.Linear(4, 4), (torch.randn(1, 4),), ["cpu"], "a16w8", registry=registry_for(CpuBackend()))
 
 
@@ -467,7 +466,8 @@ def test_cli_int8_without_calibration_is_one_line_and_a_hint(model_file, tmp_pat
     result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--quantize", "int8",
                                       "-o", str(tmp_path / "q.edgeport")])
     assert result.exit_code != 0
-    assert "int8 needs calibration data" in result.output
+    assert "--quantize int8 needs --calibration" in result.output
+    assert "hint: pass --calibration FILE.npz" in result.output and "calibration=" not in result.output
     assert "Traceback" not in result.output
 
 
@@ -574,16 +574,6 @@ def test_explain_names_run_time_activations_and_weight_groups(scheme, weights, t
     assert "quantized" in result.output and f"w {weights}" in result.output
 
 
-def test_cpu_declines_int4_groups_that_are_no_multiple_of_32_with_the_reason():
-    """It used to say it quantized the linear and leave it float."""
-    model, x = nn.Linear(64, 16).eval(), torch.randn(2, 64)
-    program = edgeport.export(model, (x,), ["cpu"], quantize=resolve_scheme("int4-weight", group_size=16),
-                              registry=registry_for(CpuBackend()))
-    linear = next(n for n in program.report()["nodes"] if n["op"] == "aten.linear.default")
-    assert linear["backend"] == "portable"
-    assert "int4 weight groups are a multiple of 32 inputs here, not 16" in linear["reasons"]["cpu"]
-
-
 class _Widths(nn.Module):
     """Linears of 64 inputs (two groups), 100 (no multiple of 32), 32 (one group), 7 (odd)."""
 
@@ -642,21 +632,44 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog)
         .manifest.report["forward"]["quantization"]["quantizes_nothing"] is False
 
 
-def test_a_scheme_no_backend_quantizes_with_runs_no_calibration():
-    """cpu declines a16w8: the float program it exports used to run every batch first."""
+class _NotCaptured(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("captured")
+
+
+@pytest.mark.parametrize("backend, scheme, group_size, says", [
+    ("cpu", "a16w8", None, "cpu offers int4-weight, int8, int8-dynamic$"),
+    ("cpu", "int4-weight", 48, "cpu: int4 weight groups are a multiple of 32 inputs here, not 48 .pass --group-size"),
+    ("mediatek", "a16w8", None, "mediatek offers int8 .a16w8: NeuroPilot runs symmetric int16"),
+])
+def test_a_scheme_no_selected_backend_quantizes_with_is_refused_before_capture(backend, scheme, group_size, says):
+    """cpu with a16w8 exported every node to portable torch, a float program needing
+    torch, with exit 0 and a warning; now one line naming what each backend offers,
+    before capture and before a batch is read."""
+    from edgeport.backends.mediatek import MediatekBackend
+
     read = []
 
     def batches():
-        for i in range(3):
-            read.append(i)
-            yield (torch.randn(2, 8),)
+        read.append(1)
+        yield (torch.randn(2, 8),)
 
-    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval()
-    program = edgeport.export(model, (torch.randn(2, 8),), ["cpu"], quantize="a16w8", calibration=batches(),
-                              registry=registry_for(CpuBackend()))
-    report = program.manifest.report["forward"]["quantization"]
-    assert report["quantizes_nothing"] is True and report["calibration"] == "not run: nothing is quantized"
-    assert read == []
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    with pytest.raises(edgeport.QuantizationError, match=f"^no selected backend quantizes with {scheme}: {says}") \
+            as info:
+        edgeport.export(_NotCaptured(), (torch.randn(2, 8),), [backend], quantize=resolve_scheme(scheme, group_size),
+                        calibration=batches(), registry=registry_for(chosen))
+    assert "select one that offers" in info.value.hint and read == []
+
+
+def test_a_scheme_one_selected_backend_offers_is_not_refused():
+    """cpu declines a16w8 and leaves its nodes to the next backend, which quantizes them."""
+    from edgeport.api import resolve_backends
+    from edgeport.backends.qualcomm import QualcommBackend
+    from edgeport.quantize.flow import refuse_unoffered
+
+    selected, options = resolve_backends(["cpu", "qualcomm"], registry=registry_for(CpuBackend(), QualcommBackend()))
+    refuse_unoffered(selected, options, resolve_scheme("a16w8"))
 
 
 class _CompileFails(CpuBackend):
@@ -699,15 +712,30 @@ def test_a_quantizing_backend_left_no_node_says_so():
     assert not placement.quantizes_nothing()
 
 
-def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="edgeport.quantize")
-    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "a16w8",
-                                      "--calibration", f"{model_file}:batches", "-o", str(tmp_path / "m.edgeport")],
-                                terminal_width=250)
-    assert result.exit_code == 0, result.output  # a float program, said so
-    assert "nothing is quantized" not in caplog.text  # said by the summary, not also by the logged warning
-    output = " ".join(result.output.split())
-    assert "nothing is quantized: the program runs in float" in output
-    # cpu declined every node, so portable torch runs them: the program needs torch
-    assert "; 2 of its 2 node(s) run in portable torch, which needs torch where the program runs" in output
-    assert "cpu: declines: cpu does not offer a16w8" in output
+SLOW_FACTORY = '''
+def model():
+    raise RuntimeError("the factory ran")
+'''
+
+
+@pytest.mark.parametrize("command", ["export", "check"])
+@pytest.mark.parametrize("flags, says", [
+    (["--quantize", "a16w8", "--calibration", "cal.npz"], "no selected backend quantizes with a16w8: cpu offers "),
+    (["--quantize", "int8"], "--quantize int8 needs --calibration: it measures activation ranges"),
+    (["--quantize", "int8", "--calibration", "missing.npz"], "no such calibration file: missing.npz"),
+    (["--quantize", "int8", "--calibration", "text.npz"], "calibration file text.npz is not a numpy .npz of arrays"),
+    (["--quantize", "int8", "--calibration", "cal.npy"], "--calibration cal.npy: give a FILE.npz or a SPEC"),
+    (["--quantize", "INT8-Dynamic", "--calibration", "cal.npz"], "--calibration applies to static schemes; "
+                                                                 "int8-dynamic measures"),  # any case, as in Python
+])
+def test_cli_quantize_mistakes_are_refused_before_the_factory_runs(tmp_path, monkeypatch, command, flags, says):
+    """Each was found after the model factory ran (a large model's takes minutes)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slow.py").write_text(SLOW_FACTORY)
+    (tmp_path / "text.npz").write_text("x\n1\n")
+    np.savez(tmp_path / "cal.npz", x=np.ones((2, 4), np.float32))
+    out = ["-o", "m.edgeport"] if command == "export" else []
+    result = CliRunner().invoke(cli, [command, "slow.py:model", "--backend", "cpu", *flags, *out],
+                                obj=registry_for(CpuBackend()), terminal_width=250)
+    assert result.exit_code == 1, result.output
+    assert says in " ".join(result.output.split()) and "the factory ran" not in result.output
