@@ -118,6 +118,16 @@ def _number(value: float, fmt: str) -> str:
     return format(value, fmt) if math.isfinite(value) else str(value)
 
 
+def _rel(value: float, rtol: float | None) -> str:
+    """A relative error as ``.2e``, with the digits it takes not to read as equal to the
+    tolerance it is compared with: a failure printed "max rel 1.00e-02" against "rtol 0.01"."""
+    digits = 2
+    while rtol is not None and math.isfinite(value) and value != rtol and float(format(value, f".{digits}e")) == rtol \
+            and digits < 17:
+        digits += 1
+    return _number(value, f".{digits}e")
+
+
 def _snr(db: float) -> str:
     return "exact" if db == math.inf else _number(db, ".1f")
 
@@ -138,7 +148,7 @@ def print_check(report: CheckReport) -> None:
     colors = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
     for p in report.partitions:
         e = p.error
-        numbers = [_number(e.max_abs, ".2e"), _number(e.max_rel, ".2e"), _snr(e.snr_db)] if e else ["-", "-", "-"]
+        numbers = [_number(e.max_abs, ".2e"), _rel(e.max_rel, p.rtol), _snr(e.snr_db)] if e else ["-", "-", "-"]
         spread = [_snr(p.spread.snr_db) if p.spread else "-"] if quantized else []
         table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, "-" if p.rtol is None else f"{p.rtol:g}",
                       *spread, f"[{colors[p.status]}]{p.status}[/{colors[p.status]}]")
@@ -150,7 +160,7 @@ def print_check(report: CheckReport) -> None:
     for p in report.partitions:
         d = p.divergence
         if d:
-            print_divergence(p.partition, p.label, d)
+            print_divergence(p.partition, p.label, d, p.rtol)
         elif p.why:
             console.print(f"partition {p.partition} ({p.label}) {p.status}: {p.why}", markup=False)
     skipped = len(report.partitions) - report.checked
@@ -161,11 +171,11 @@ def print_check(report: CheckReport) -> None:
     console.print(f"{passed}/{report.checked} checked partitions pass" + (f", {skipped} skipped" if skipped else ""))
 
 
-def print_divergence(partition: int, label: str, d: Divergence) -> None:
+def print_divergence(partition: int, label: str, d: Divergence, rtol: float | None) -> None:
     """The first diverging op with its source line; or, when the bisection could only
     narrow it to a range, each op of the range with its module and source line."""
     module = f" in module {d.module}" if d.module else ""
-    found = f"max rel {_number(d.error.max_rel, '.2e')}, found in {d.compiles} compiles"
+    found = f"max rel {_rel(d.error.max_rel, rtol)}, found in {d.compiles} compile{'' if d.compiles == 1 else 's'}"
     if d.exact:
         console.print(f"[red]partition {partition}[/red] ({label}): first diverging op: [bold]{d.node}[/bold] ({d.op})"
                       f"{module}, {found}", highlight=False)
