@@ -32,7 +32,7 @@ from .manifest import Manifest
 from .plugins import Registry, registry_or_default
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
-from .quantize.flow import lowered_report
+from .quantize.flow import lowered_report, refuse_unoffered
 from .quantize.placement import compile_options
 from .report import quantized_counts, runs_fake_quantized
 from .shared_artifacts import share_artifacts
@@ -126,6 +126,8 @@ def export_methods(
     scheme = resolve_scheme(quantize) if quantize is not None else None
     registry = registry_or_default(registry)
     selected, parsed = resolve_backends(backends, options, registry)
+    if scheme is not None:
+        refuse_unoffered(selected, parsed, scheme)  # before any capture
     if keep_reference is None:
         keep = lambda name: not selected[name].availability().can_run  # noqa: E731
     else:

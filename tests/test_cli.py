@@ -1,6 +1,7 @@
 """The CLI as a user runs it: export, run, explain, backends, and its errors."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -430,3 +431,21 @@ def test_two_plugins_registering_one_name_leave_every_command_working(env, monke
     assert [b["name"] for b in data["backends"]] == ["torchops"]
     assert [b["plugin"] for b in data["broken"]] == ["copycat"]
     assert "registered twice: by (registered in code) (plugin test-plugin) and by copycat-dist" in data["broken"][0]["error"]
+
+
+def test_a_model_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    """`python model.py` finds `layers.py` beside it; edgeport said "No module named 'layers'"
+    unless PYTHONPATH named the folder. The folder is on sys.path only while it loads."""
+    from edgeport.cli.spec import load_factory
+
+    (tmp_path / "layers.py").write_text("import torch\n\n\ndef block():\n    return torch.nn.ReLU()\n")
+    (tmp_path / "model.py").write_text("import torch\nfrom layers import block\n\n\ndef factory():\n"
+                                       "    import layers  # a lazy import too\n"
+                                       "    return layers.block(), (torch.ones(2),)\n")
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.delitem(sys.modules, "layers", raising=False)
+    before = list(sys.path)
+    model, inputs = load_factory(f"{tmp_path.name}/model.py:factory")
+    assert isinstance(model, torch.nn.ReLU) and inputs[0].shape == (2,)
+    assert sys.path == before
+    sys.modules.pop("layers", None)

@@ -19,12 +19,12 @@ from ..devtools.rounding import MARGIN_DB, PEAK_FACTOR
 from ..devtools.quant_check import (DEFAULT_FLOOR_DB, DEFAULT_THRESHOLD_DB, INPUT_QUANTIZE, OpDrop, QuantizationCheck,
                                     check_quantization, float_program)
 from ..errors import InputError
-from ..quantize import REQUESTS, load_calibration, resolve_scheme
+from ..quantize import REQUESTS, load_calibration
 from ..program import load
 from ..runtime import check_inputs
 from . import cli, current_registry
 from ._output import FiniteRange, console, print_json, progress
-from .export import parse_options, refuse_unused_calibration
+from .export import parse_options, resolve_quantize
 from .run import method_plan, random_inputs, read_inputs
 from .spec import load_factory
 
@@ -48,7 +48,7 @@ SPEC_ONLY = (("backend_list", "--backend"), ("option_items", "--option"), ("sche
                    "for the options its partition was compiled with, e.g. 1e-4 fp32, 1e-2 fp16).")
 @click.option("--no-locate", is_flag=True, help="Do not search a failing partition for its first diverging op.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {method, partitions: [...], passed}.")
-@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS)), default=None,
+@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS), case_sensitive=False), default=None,
               help="For a SPEC: export it quantized, and also compare each partition with the float model (SQNR).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None, help="Calibration batches for --quantize.")
 @click.option("--threshold-db", type=FiniteRange(min=0, min_open=True), default=DEFAULT_THRESHOLD_DB, show_default=True,
@@ -84,9 +84,8 @@ def check(ctx: click.Context, target: str, inputs_path: str | None, backend_list
             program, example = load(target, registry=registry), None
         else:
             backends, options = backend_list.split(","), parse_options(option_items)
-            resolve_backends(backends, options, registry)  # refuse bad ones before any work
-            quantize = resolve_scheme(scheme) if scheme else None
-            refuse_unused_calibration(quantize, calibration)
+            selected = resolve_backends(backends, options, registry)  # refuse bad ones before any work
+            quantize = resolve_quantize(scheme, None, calibration, *selected)
             model, example = load_factory(target)
             program = export_program(model, example, backends, options=options, keep_reference=True,
                                      registry=registry, progress=show, quantize=quantize,
@@ -119,6 +118,16 @@ def _number(value: float, fmt: str) -> str:
     return format(value, fmt) if math.isfinite(value) else str(value)
 
 
+def _rel(value: float, rtol: float | None) -> str:
+    """A relative error as ``.2e``, with the digits it takes not to read as equal to the
+    tolerance it is compared with: a failure printed "max rel 1.00e-02" against "rtol 0.01"."""
+    digits = 2
+    while rtol is not None and math.isfinite(value) and value != rtol and float(format(value, f".{digits}e")) == rtol \
+            and digits < 17:
+        digits += 1
+    return _number(value, f".{digits}e")
+
+
 def _snr(db: float) -> str:
     return "exact" if db == math.inf else _number(db, ".1f")
 
@@ -139,7 +148,7 @@ def print_check(report: CheckReport) -> None:
     colors = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
     for p in report.partitions:
         e = p.error
-        numbers = [_number(e.max_abs, ".2e"), _number(e.max_rel, ".2e"), _snr(e.snr_db)] if e else ["-", "-", "-"]
+        numbers = [_number(e.max_abs, ".2e"), _rel(e.max_rel, p.rtol), _snr(e.snr_db)] if e else ["-", "-", "-"]
         steps = _number(e.max_steps, ".2f") if e and e.max_steps is not None else "-"
         spread = [steps, _snr(p.spread.snr_db) if p.spread else "-"] if quantized else []
         table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, "-" if p.rtol is None else f"{p.rtol:g}",
@@ -153,7 +162,7 @@ def print_check(report: CheckReport) -> None:
     for p in report.partitions:
         d = p.divergence
         if d:
-            print_divergence(p.partition, p.label, d)
+            print_divergence(p.partition, p.label, d, p.rtol)
         elif p.why:
             console.print(f"partition {p.partition} ({p.label}) {p.status}: {p.why}", markup=False)
     skipped = len(report.partitions) - report.checked
@@ -164,11 +173,11 @@ def print_check(report: CheckReport) -> None:
     console.print(f"{passed}/{report.checked} checked partitions pass" + (f", {skipped} skipped" if skipped else ""))
 
 
-def print_divergence(partition: int, label: str, d: Divergence) -> None:
+def print_divergence(partition: int, label: str, d: Divergence, rtol: float | None) -> None:
     """The first diverging op with its source line; or, when the bisection could only
     narrow it to a range, each op of the range with its module and source line."""
     module = f" in module {d.module}" if d.module else ""
-    found = f"max rel {_number(d.error.max_rel, '.2e')}, found in {d.compiles} compiles"
+    found = f"max rel {_rel(d.error.max_rel, rtol)}, found in {d.compiles} compile{'' if d.compiles == 1 else 's'}"
     if d.exact:
         console.print(f"[red]partition {partition}[/red] ({label}): first diverging op: [bold]{d.node}[/bold] ({d.op})"
                       f"{module}, {found}", highlight=False)

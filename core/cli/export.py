@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any, Mapping
 
 import click
 
 from ..api import export as export_program
 from ..api import resolve_backends
 from ..errors import EdgeportError
-from ..quantize import REQUESTS, Scheme, load_calibration, resolve_scheme
-from ..quantize.flow import QUANTIZE_LOG
+from ..backend import Backend
+from ..quantize import REQUESTS, CalibrationError, Scheme, load_calibration, resolve_scheme
+from ..quantize.calibration import check_calibration_source
+from ..quantize.flow import QUANTIZE_LOG, refuse_unoffered
 from . import cli, current_registry
 from ._output import check_writable, console, progress, said_below
 from .explain import print_quantization, print_summary
@@ -45,7 +48,7 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the placement report as JSON.")
 @click.option("--keep-reference", is_flag=True, default=None,
               help="Keep every delegated partition's torch program (default: only for backends that cannot run here).")
-@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS)), default=None,
+@click.option("--quantize", "scheme", type=click.Choice(sorted(REQUESTS), case_sensitive=False), default=None,
               help="Quantize each node with the scheme of the backend that runs it "
                    "(auto: each backend's own default, e.g. a16w8 on qualcomm, int8 on cpu).")
 @click.option("--calibration", metavar="FILE.npz|SPEC", default=None,
@@ -62,13 +65,12 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     """Export SPEC (path/to/file.py:factory or package.module:factory) to a program."""
     check_writable(output, report, reads=(spec.partition(":")[0], calibration))
     registry, backends, options = current_registry(), backend_list.split(","), parse_options(option_items)
-    resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
-    quantize = resolve_scheme(scheme, group_size) if scheme else None
+    selected = resolve_backends(backends, options, registry)  # refuse bad backends and options before any work
     given = [flag for flag, value in (("--calibration", calibration), ("--group-size", group_size)) if value]
-    if quantize is None and given:
+    if scheme is None and given:
         raise EdgeportError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only with --quantize",
                             hint="add --quantize int8 (or another scheme)")
-    refuse_unused_calibration(quantize, calibration)
+    quantize = resolve_quantize(scheme, group_size, calibration, *selected)
     model, inputs = load_factory(spec)
     dynamic_shapes = parse_dynamic(dynamic_items, model, inputs)
     batches = load_calibration(calibration, model, inputs) if calibration else None
@@ -88,8 +90,26 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
             json.dump(program.manifest.report, f, indent=2)
 
 
-def refuse_unused_calibration(quantize: Scheme | None, calibration: str | None) -> None:
-    """--calibration for a scheme that measures no ranges would be read and ignored."""
-    if quantize is not None and calibration and not quantize.needs_calibration:
+def resolve_quantize(scheme: str | None, group_size: int | None, calibration: str | None,
+                     backends: Mapping[str, Backend], options: Mapping[str, Any]) -> Scheme | None:
+    """The scheme `--quantize` names for these backends, with every mistake in it and
+    its flags refused before the model factory runs (it may take minutes): a scheme no
+    selected backend quantizes with, --calibration missing for a static scheme or given
+    for one that measures no ranges (it would be read and ignored), a calibration file
+    that cannot be read."""
+    if scheme is None:
+        return None
+    quantize = resolve_scheme(scheme, group_size)
+    if calibration and not quantize.needs_calibration:
         raise EdgeportError(f"--calibration applies to static schemes; {quantize.name} measures no ranges",
                             hint="drop --calibration, or quantize with int8 or a16w8")
+    if quantize.needs_calibration and not calibration:
+        raise CalibrationError(f"--quantize {quantize.name} needs --calibration: it measures activation ranges on "
+                               "your batches",
+                               hint="pass --calibration FILE.npz (one array per input, batches stacked on axis 0) or "
+                                    "--calibration path/to/file.py:factory; random data would calibrate ranges real "
+                                    "inputs never have, a silent accuracy loss")
+    if calibration:
+        check_calibration_source(calibration)
+    refuse_unoffered(backends, options, quantize)
+    return quantize

@@ -33,7 +33,7 @@ def llm() -> None:
               help="Positions in the KV cache: prompt plus generated tokens.")
 @click.option("--prefill-chunk", default=32, show_default=True, type=click.IntRange(min=1),
               help="Prompt tokens per prefill call.")
-@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight", "a16w8"]), help="cpu: linear weights as int8 per channel or int4 in groups of 32 "
+@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight", "a16w8"], case_sensitive=False), help="cpu: linear weights as int8 per channel or int4 in groups of 32 "
                    "(activations quantized per token at run time); coreml: int4-weight, weights compressed by coremltools "
                    "in blocks of 32 (iOS18 target); a16w8 (qualcomm): 16-bit activations calibrated on "
                    "a built-in text, int8 weights; default fp32.")

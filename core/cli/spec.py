@@ -7,12 +7,13 @@ fix, so it is one `EdgeportError` naming the spec, never "internal error".
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -35,7 +36,8 @@ def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
         raise EdgeportError(f"{location} has no factory {attr!r}", hint=f"callables there: {', '.join(names)}")
     _check_takes_no_arguments(spec, factory)
     try:
-        result = factory()
+        with _beside(location):
+            result = factory()
     except (Exception, SystemExit) as exc:  # a sys.exit() in the user's code ended the command with no word
         raise EdgeportError(f"factory {spec} raised {type(exc).__name__}: {exc}",
                             hint="fix the factory; rerun with --debug for the traceback") from exc
@@ -66,7 +68,8 @@ def _import(location: str) -> Any:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
+            with _beside(location):
+                spec.loader.exec_module(module)
         except (Exception, SystemExit) as exc:  # SyntaxError included: the file is the user's code
             del sys.modules[name]
             raise EdgeportError(f"cannot load {location}: {type(exc).__name__}: {exc}",
@@ -79,6 +82,23 @@ def _import(location: str) -> Any:
     except (Exception, SystemExit) as exc:
         raise EdgeportError(f"cannot import {location}: {type(exc).__name__}: {exc}",
                             hint="fix the module; rerun with --debug for the traceback") from exc
+
+
+@contextlib.contextmanager
+def _beside(location: str) -> Iterator[None]:
+    """The folder of the file `location` first on sys.path for the block, as ``python
+    model.py`` has it, so the file and its factory import the modules beside it (``from
+    layers import Block``); then sys.path as it was, so a long-lived process (an
+    application, a test run) does not collect folders. A module name changes nothing."""
+    if not (location.endswith(".py") or os.sep in location):
+        yield
+        return
+    folder = os.path.dirname(os.path.abspath(location))
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)  # the first occurrence: ours
 
 
 def _file_hint(location: str) -> str:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -67,8 +69,11 @@ def check_batches_given(calibration: Any) -> None:
                                hint="pass e.g. [(x1,), (x2,), ...] or a generator of input tuples")
 
 
-def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress | None = None) -> CalibrationStats:
-    """Run `model` (with observers) on every batch, timing each.
+def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress | None = None,
+              examples: tuple[Any, ...] | None = None) -> CalibrationStats:
+    """Run `model` (with observers) on every batch, timing each. `examples`: the
+    model's example inputs, to name a batch that fails for its shapes (a batch axis
+    left out) rather than show torch's guard ("Guard failed: x.size()[0] == 4").
 
     An observer of a constant (a weight) sees the same tensor in every batch, so it
     observes the first batch only (`_constants_observed_once`): its range is the same,
@@ -83,6 +88,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress
             try:
                 model(*inputs)
             except Exception as exc:
+                _refuse_shapes(i, inputs, examples)
                 shapes = ", ".join(str(tuple(x.shape)) if hasattr(x, "shape") else type(x).__name__ for x in inputs)
                 raise CalibrationError(
                     f"calibration batch {i} (inputs {shapes}) does not run through the model: "
@@ -98,6 +104,26 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress
         raise CalibrationError("the calibration data holds no batches", hint="pass at least one batch of inputs")
     _check_ranges(model)
     return stats
+
+
+BATCH_HINT = ("each entry of the calibration data is one whole batch, a tuple of inputs shaped like the example "
+              "inputs; an .npz stacks them on a new first axis: numpy.savez(f, x=numpy.stack(batches))")
+
+
+def _refuse_shapes(index: int, inputs: tuple[Any, ...], examples: tuple[Any, ...] | None) -> None:
+    """Name the first input of a failing batch whose shape is not its example's. Only
+    for a batch that failed: with dynamic dims, other shapes are allowed."""
+    if examples is None:
+        return
+    if len(inputs) != len(examples):
+        raise CalibrationError(f"calibration batch {index} holds {len(inputs)} input(s), the model's example "
+                               f"{len(examples)}", hint=BATCH_HINT)
+    for position, (x, example) in enumerate(zip(inputs, examples)):
+        shape, wanted = tuple(getattr(x, "shape", ())), tuple(getattr(example, "shape", ()))
+        if shape != wanted:
+            missing = ": one batch per entry, with its batch axis" if shape == wanted[1:] else ""
+            raise CalibrationError(f"calibration batch {index} input {position} has shape {shape}, the model's "
+                                   f"example {wanted}{missing}", hint=BATCH_HINT)
 
 
 # Beyond this magnitude an activation holds a sentinel, not data: a mask written as
@@ -126,23 +152,49 @@ def _check_ranges(model: torch.nn.Module) -> None:
             continue
         # an observer that saw nothing keeps +inf / -inf: no range was measured
         if bool((low <= -SENTINEL).any() or (high >= SENTINEL).any() or low.isnan().any() or high.isnan().any()):
-            _refuse_range(node.args[0], float(low.min()), float(high.max()))
+            value = node.args[0]
+            if value.op == "get_attr":
+                _refuse_stored(model, value, float(low.min()), float(high.max()))
+            _refuse_range(value, float(low.min()), float(high.max()))
+
+
+ROUNDS_TO_ONE_STEP = "quantized, every real value of it would round to one step"
 
 
 def _refuse_range(value: torch.fx.Node, low: float, high: float) -> None:
+    """An activation (an op's output, an input): the usual cause is an attention mask."""
     from ..report import op_name, source_of  # the report module imports this package
 
     op = op_name(value) if value.op == "call_function" else value.op
     where = source_of(value)
-    if not where and value.op == "get_attr":  # a stored tensor: the line that reads it
-        readers = [r for observer in value.users for r in observer.users if source_of(r)]
-        where = f"read by {readers[0].name}: {source_of(readers[0])}" if readers else ""
     raise CalibrationError(
-        f"calibration measured the range of {value.name} ({op}) as {low:.3g} to {high:.3g}: quantized, every "
-        f"real value of it would round to one step" + (f" ({where})" if where else ""),
+        f"calibration measured the range of {value.name} ({op}) as {low:.3g} to {high:.3g}: {ROUNDS_TO_ONE_STEP}"
+        + (f" ({where})" if where else ""),
         hint="keep infinities and sentinels out of quantized values: write an attention mask with a finite value "
              "such as -100 instead of -inf or torch.finfo(dtype).min, or quantize with a backend that keeps that "
              "op float",
+    )
+
+
+def _refuse_stored(model: torch.nn.Module, value: torch.fx.Node, low: float, high: float) -> None:
+    """A tensor the model stores holds NaN, infinity or a sentinel: no calibration data
+    measured that, the model holds it. A parameter is a broken weight (a diverged
+    training run, a bad checkpoint); a buffer may be a mask written with -inf."""
+    from ..report import source_of  # the report module imports this package
+
+    readers = [r for observer in value.users for r in observer.users if source_of(r)]
+    where = f" (read by {readers[0].name}: {source_of(readers[0])})" if readers else ""
+    holds = "NaN" if math.isnan(low) or math.isnan(high) else \
+        "infinity" if math.isinf(low) or math.isinf(high) else f"a value beyond ±{SENTINEL:.0e}"
+    weight = value.target in dict(model.named_parameters())
+    kind = "weight" if weight else "buffer" if value.target in dict(model.named_buffers()) else "constant"
+    raise CalibrationError(
+        f"the model's {kind} {value.target} holds {holds} (it ranges "
+        f"{low:.3g} to {high:.3g}): {ROUNDS_TO_ONE_STEP}{where}",
+        hint="load or train weights that are finite: check the checkpoint (torch.isfinite(p).all() for each "
+             "parameter)" if weight else
+             "store finite values: write a mask with a finite value such as -100 instead of -inf or "
+             "torch.finfo(dtype).min",
     )
 
 
@@ -210,17 +262,38 @@ def _unobserved(x: Any) -> Any:
     return x
 
 
+def check_calibration_source(source: str) -> None:
+    """Refuse a `--calibration` that cannot be read, before the model factory runs (it
+    may take minutes): a missing file, a .npz that is no numpy archive, another kind
+    of file."""
+    if source.endswith(".npz"):
+        _check_npz(source)
+        return
+    location, colon, _ = source.rpartition(":")
+    if not colon:
+        raise CalibrationError(f"--calibration {source}: give a FILE.npz or a SPEC (path/to/file.py:factory)",
+                               hint="save the batches with numpy.savez('cal.npz', x=batches): one array per input")
+    if location.endswith(".py") and not os.path.isfile(location):
+        raise CalibrationError(f"no such calibration file: {location}")
+
+
+def _check_npz(path: str) -> None:
+    if not os.path.isfile(path):
+        raise CalibrationError(f"no such calibration file: {path}")
+    if not zipfile.is_zipfile(path):  # numpy would try it as a pickle, and suggest allow_pickle
+        raise CalibrationError(f"calibration file {path} is not a numpy .npz of arrays (it is no zip archive)",
+                               hint=f"save the batches with numpy.savez({path!r}, x=batches): one array per input")
+
+
 def load_calibration(source: str, model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> Iterable[tuple[Any, ...]]:
     """Batches from a `.npz` file or a SPEC (path/to/file.py:factory, package.module:factory)
     for ``model``: an .npz's arrays are bound to its forward's parameters by name."""
+    check_calibration_source(source)
     if source.endswith(".npz"):
         names = _input_names(model, len(example_inputs))
         batches = list(_npz_batches(source, names))
         _check_dtypes(source, names, batches[0], example_inputs)
         return batches
-    if ":" not in source:
-        raise CalibrationError(f"--calibration {source}: give a FILE.npz or a SPEC (path/to/file.py:factory)",
-                               hint="save the batches with numpy.savez('cal.npz', x=batches): one array per input")
     from ..cli.spec import load_object
 
     factory = load_object(source)
@@ -265,8 +338,6 @@ def _npz_batches(path: str, input_names: Sequence[str]) -> Iterator[tuple[torch.
     (``numpy.savez(path, a, b)``), as `edgeport run --inputs` takes them. Arrays named
     otherwise are refused: taken in the file's order, ``savez(y=..., x=...)`` calibrated
     x on y's values, silently."""
-    if not os.path.isfile(path):
-        raise CalibrationError(f"no such calibration file: {path}")
     hint = f"save one array per input: numpy.savez({path!r}, " + ", ".join(f"{n}=..." for n in input_names) + ")"
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -277,8 +348,9 @@ def _npz_batches(path: str, input_names: Sequence[str]) -> Iterator[tuple[torch.
             arrays = [data[name] for name in order]
     except CalibrationError:
         raise
-    except Exception as exc:
-        raise CalibrationError(f"cannot read calibration file {path}: {exc}", hint=hint) from exc
+    except Exception as exc:  # numpy's word for an object array suggests allow_pickle, which would run code
+        why = "it holds Python objects, not numeric arrays" if "pickle" in str(exc) else str(exc)
+        raise CalibrationError(f"cannot read calibration file {path}: {why}", hint=hint) from exc
     if not arrays:
         raise CalibrationError(f"calibration file {path} holds no arrays", hint=hint)
     counts = {a.shape[0] if a.ndim else 0 for a in arrays}

@@ -29,8 +29,9 @@ from ..capture import capture
 from ..errors import EdgeportError
 from ..permute_rank import collapse_permutes
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
-from .placement import QUANTIZES, Placement, Ran, place, placed_quantizer
-from .scheme import Scheme, resolve_scheme
+from .placement import (FLOAT, QUANTIZES, BackendQuantization, Placement, Ran, backend_quantization, place,
+                        placed_quantizer)
+from .scheme import Scheme, backend_scheme, resolve_scheme
 
 QAT_KEY = "edgeport_qat"  # GraphModule.meta key of a model `prepare_qat` returned
 # node.meta["custom"] key naming the float graph's node whose value a node of the
@@ -42,6 +43,15 @@ FLOAT_NODE = "edgeport_float_node"
 
 class QuantizationError(EdgeportError):
     """The model cannot be quantized as asked."""
+
+
+class SchemeNotOffered(QuantizationError):
+    """No selected backend quantizes with the scheme (`refuse_unoffered`); `declined`:
+    backend -> why it declines (the conformance kit reports it as the backend's decline)."""
+
+    def __init__(self, message: str, hint: str, declined: dict[str, str]) -> None:
+        super().__init__(message, hint)
+        self.declined = declined
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,34 @@ def _mutates(node: torch.fx.Node) -> bool:
     return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
 
 
+def refuse_unoffered(backends: Mapping[str, Backend], options: Mapping[str, Any], scheme: Scheme) -> None:
+    """Refuse, before any capture, a scheme no selected backend quantizes with (none
+    offers it, or their options rule it out): each would decline every node, and the
+    export would succeed as a float program in portable torch, its delegation lost
+    (cpu with a16w8). A backend that offers the scheme but quantizes none of this
+    model's ops (int4 linears too narrow for a group) is for the summary to say."""
+    answers = {name: backend_quantization(backend, scheme, options[name]) for name, backend in backends.items()}
+    if any(answer.status == QUANTIZES for answer in answers.values()):
+        return
+    said = "; ".join(_what_it_offers(backends[name], scheme, answer) for name, answer in answers.items())
+    raise SchemeNotOffered(f"no selected backend quantizes with {scheme.name}: {said}",
+                           hint=f"quantize with a scheme a selected backend offers (with options that allow it), or "
+                                f"select one that offers {scheme.name} (edgeport backends lists each backend's schemes)",
+                           declined={name: answer.reason for name, answer in answers.items()})
+
+
+def _what_it_offers(backend: Backend, scheme: Scheme, answer: BackendQuantization) -> str:
+    """E.g. "cpu offers int4-weight, int8, int8-dynamic", or, where the backend offers
+    the scheme but its options rule it out, "cpu: int4 weight groups are ..."."""
+    offered = sorted(backend.schemes)
+    if answer.status == FLOAT:
+        return f"{backend.name} offers no scheme"
+    if backend_scheme(scheme, frozenset(offered), backend.default_scheme) is not None:  # options rule it out
+        return f"{backend.name}: {answer.reason}"
+    why = backend.schemes_declined.get(scheme.name)
+    return f"{backend.name} offers {', '.join(offered)}" + (f" ({scheme.name}: {why})" if why else "")
+
+
 def is_qat_model(model: Any) -> bool:
     return isinstance(model, GraphModule) and QAT_KEY in model.meta
 
@@ -183,7 +221,7 @@ def quantize_method(
         if scheme.needs_calibration and calibration is None:
             raise CalibrationError(
                 f"{scheme.name} needs calibration data to measure activation ranges",
-                hint="pass calibration=batches (or --calibration FILE.npz|SPEC); random data would calibrate "
+                hint="pass calibration=batches, e.g. [(x1,), (x2,), ...]; random data would calibrate "
                      "ranges real inputs never have, a silent accuracy loss",
             )
         if scheme.needs_calibration:
@@ -193,7 +231,7 @@ def quantize_method(
             if calibration is not None:
                 report["calibration"] = "not run: nothing is quantized"
         elif scheme.needs_calibration:
-            report["calibration"] = calibrate(prepared, calibration, progress).as_dict()
+            report["calibration"] = calibrate(prepared, calibration, progress, examples=inputs).as_dict()
         else:  # weights are observed on one forward; activations are quantized at run time
             calibrate(prepared, [inputs])
             if calibration is not None:
@@ -240,13 +278,9 @@ def prepare_qat_model(
             f"quantization-aware training applies to static schemes, not {scheme.name}",
             hint="use quantize='int8' (its activation ranges are learned while training)",
         )
+    refuse_unoffered(backends, options, scheme)  # the model would train with no quantization in it
     qat = dataclasses.replace(scheme, qat=True)
     placement, prepared = _prepare(model, inputs, None, backends, options, qat, progress=None, for_qat=True)
-    if not any(q.status == QUANTIZES for q in placement.backends.values()):  # training would learn no quantization
-        why = "; ".join(f"{name}: {text}" for name, text in placement.summary().items())
-        raise QuantizationError(f"no backend of {', '.join(backends)} quantizes with {scheme.name}, so the model "
-                                f"would train without any quantization ({why})",
-                                hint="prepare it for a scheme those backends offer: edgeport backends --json lists them")
     prepared.meta[QAT_KEY] = QatState(qat, tuple(backends), placement)
     return prepared
 

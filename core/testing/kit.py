@@ -196,7 +196,7 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
         return Outcome(result.name, measure.family, measure.dtype, verdict, result.delegated, taken,
                        dict(result.reasons), shown, tolerance, unit, message)
 
-    if program is None:
+    if program is None and result.error:  # no program and no error: the scheme declined, below
         return outcome(Verdict.FAILED, result.error)
     if fallbacks:
         return outcome(Verdict.FAILED, f"a partition it accepted fell back to portable: {fallbacks[0]}")

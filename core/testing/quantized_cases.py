@@ -27,7 +27,10 @@ from ..api import export
 from ..backend import Backend
 from ..portable import stored_program
 from ..program import Program
+from ..quantize.flow import SchemeNotOffered
 from .cases import Fn, _bn, _InvertedResidual, _seeded, _x
+
+EVERY_OP = "every op"  # the key of `QuantizedCaseResult.reasons` when the backend declines the scheme itself
 
 __all__ = [
     "QUANTIZED_CASES",
@@ -120,6 +123,9 @@ def run_quantized_case(backend: Backend, case: QuantizedCase,
         program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
                          quantize=case.scheme, calibration=calibration_for(inputs), keep_reference=True,
                          registry=registry_for(backend))
+    except SchemeNotOffered as exc:  # a decline, not a failure: no program to run
+        result.reasons = {EVERY_OP: exc.declined[backend.name]}
+        return result
     except Exception as exc:
         result.passed, result.error = False, f"export failed: {type(exc).__name__}: {exc}"
         return result

@@ -257,3 +257,18 @@ def test_cli_check_refuses_calibration_for_a_scheme_that_measures_no_ranges(mode
     result = CliRunner().invoke(cli, ["check", "model.py:factory", "-b", "cpu", "--quantize", "int8-dynamic",
                                       "--calibration", "cal.npz"])
     assert result.exit_code == 1 and "--calibration applies to static schemes; int8-dynamic" in result.output
+
+
+def test_a_failing_relative_error_never_prints_equal_to_its_tolerance():
+    """"max rel 1.00e-02" against "rtol 0.01" read as a pass; "found in 1 compiles"."""
+    from edgeport.cli._output import console
+    from edgeport.cli.check import _rel, print_divergence
+    from edgeport.devtools.check import Divergence, Error
+
+    assert _rel(0.0100004, 0.01) == "1.00004e-02"
+    assert _rel(0.0123, 0.01) == "1.23e-02" and _rel(0.01, 0.01) == "1.00e-02" and _rel(0.0100004, None) == "1.00e-02"
+    assert _rel(math.nan, 0.01) == "nan"
+    with console.capture() as captured:
+        print_divergence(0, "cpu", Divergence("add", "aten.add.Tensor", "", "", "", Error(0.1, 0.0100004, 40.0), 1),
+                         0.01)
+    assert "max rel 1.00004e-02, found in 1 compile" in captured.get() and "compiles" not in captured.get()

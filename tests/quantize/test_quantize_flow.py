@@ -103,6 +103,33 @@ def test_a_calibration_batch_that_does_not_fit_names_its_index():
                         registry=registry_for(CpuBackend()))
 
 
+@pytest.mark.parametrize("bad, says", [(float("nan"), "NaN"), (float("inf"), "infinity")])
+def test_a_weight_holding_nan_or_infinity_is_named_as_the_models_weight(bad, says):
+    """It said "calibration measured the range of fc1_weight (get_attr) as nan to nan",
+    with a hint about attention masks: no calibration data measured it, the model holds it."""
+    model, x = nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval(), torch.randn(2, 8)
+    with torch.no_grad():
+        model[0].weight[1, 2] = bad
+    with pytest.raises(edgeport.CalibrationError, match=rf"^the model's weight 0.weight holds {says} \(it ranges "
+                                                          r".* round to one step \(read by linear: ") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)], registry=registry_for(CpuBackend()))
+    assert "checkpoint" in info.value.hint and "mask" not in info.value.hint
+
+
+def test_a_calibration_batch_without_its_batch_axis_names_both_shapes():
+    """It was torch's guard: "AssertionError: Guard failed: x.size()[0] == 4"."""
+    model, x = nn.Linear(32, 4).eval(), torch.randn(4, 32)
+    with pytest.raises(edgeport.CalibrationError, match=r"^calibration batch 0 input 0 has shape \(32,\), the model's "
+                                                          r"example \(4, 32\): one batch per entry, with its batch "
+                                                          r"axis$") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x[0],)], registry=registry_for(CpuBackend()))
+    assert "numpy.stack(batches)" in info.value.hint
+    with pytest.raises(edgeport.CalibrationError, match=r"^calibration batch 1 input 0 has shape \(4, 16\), the "
+                                                          r"model's example \(4, 32\)$"):
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,), (x[:, :16],)],
+                        registry=registry_for(CpuBackend()))
+
+
 def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
     """It was torchao's AssertionError "min nan should be less than max nan"."""
     model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
@@ -128,14 +155,14 @@ def test_a_range_calibrated_over_a_mask_sentinel_is_refused(masked):
     """mediatek's int8 quantized the masked scores over -inf to 0.2 and exported: every
     real score rounded to one step, softmax of garbage, and no word of it (qualcomm int8
     on examples/models.py's tiny_llama: cosine 0.36 to float). The add reads the stored
-    mask as an int8 operand, so the mask's own range is the one refused, with the line
-    that adds it."""
+    mask as an int8 operand, so the mask's own range is the one refused, as the model's
+    buffer, with the line that adds it."""
     from edgeport.backends.mediatek import MediatekBackend
 
     q, k = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
-    with pytest.raises(edgeport.CalibrationError, match=r"calibration measured the range of mask \(get_attr\) "
-                                                          r"as -(inf|3.4e\+38) to 0: .*round to one step "
-                                                          r"\(read by add: ") as info:
+    with pytest.raises(edgeport.CalibrationError, match=r"the model's buffer mask holds (infinity|a value beyond "
+                                                          r"±1e\+30) \(it ranges -(inf|3.4e\+38) to 0\): .*round to "
+                                                          r"one step \(read by add: ") as info:
         edgeport.export(_MaskedScores(masked).eval(), (q, k), ["mediatek"], quantize="int8",
                         calibration=[(q, k)], registry=registry_for(MediatekBackend()))
     assert "test_quantize_flow.py" in str(info.value) and "-100" in info.value.hint
@@ -188,6 +215,21 @@ def test_an_npz_of_another_dtype_or_no_rows_and_a_file_that_is_no_npz_are_one_li
         load_calibration(str(tmp_path / "empty.npz"), model, examples)
     with pytest.raises(edgeport.CalibrationError, match="cal.npy: give a FILE.npz or a SPEC"):
         load_calibration(str(tmp_path / "cal.npy"), model, examples)
+
+
+def test_an_npz_that_is_no_numpy_archive_never_suggests_allow_pickle(tmp_path):
+    """A text file named .npz gave numpy's "contains pickled (object) data ... allow_pickle=";
+    loading it so would run the file's code."""
+    from edgeport.quantize import load_calibration
+
+    model, examples = _Two(), (torch.ones(1, 3), torch.ones(1, 3))
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(edgeport.CalibrationError, match=r"text.npz is not a numpy .npz of arrays") as info:
+        load_calibration(str(tmp_path / "text.npz"), model, examples)
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}, None], dtype=object), y=np.ones((2, 1, 3), np.float32))
+    with pytest.raises(edgeport.CalibrationError, match="objects.npz: it holds Python objects, not numeric arrays"):
+        load_calibration(str(tmp_path / "objects.npz"), model, examples)
+    assert "pickle" not in str(info.value) + info.value.hint
 
 
 # -- placement-aware annotation ----------------------------------------------------------------------
@@ -350,8 +392,7 @@ def test_qat_applies_to_static_schemes():
 
 def test_qat_for_a_scheme_no_backend_offers_is_refused():
     """prepare_qat(..., ["cpu"], "a16w8") returned a model with no fake quantization in it."""
-    with pytest.raises(edgeport.QuantizationError, match="no backend of cpu quantizes with a16w8, so the model would "
-                                                         "train without any quantization .cpu: declines: cpu does not offer"):
+    with pytest.raises(edgeport.QuantizationError, match="no selected backend quantizes with a16w8: cpu offers int4"):
         edgeport.prepare_qat(nn.Linear(4, 4), (torch.randn(1, 4),), ["cpu"], "a16w8", registry=registry_for(CpuBackend()))
 
 
@@ -425,7 +466,8 @@ def test_cli_int8_without_calibration_is_one_line_and_a_hint(model_file, tmp_pat
     result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--quantize", "int8",
                                       "-o", str(tmp_path / "q.edgeport")])
     assert result.exit_code != 0
-    assert "int8 needs calibration data" in result.output
+    assert "--quantize int8 needs --calibration" in result.output
+    assert "hint: pass --calibration FILE.npz" in result.output and "calibration=" not in result.output
     assert "Traceback" not in result.output
 
 
@@ -532,16 +574,6 @@ def test_explain_names_run_time_activations_and_weight_groups(scheme, weights, t
     assert "quantized" in result.output and f"w {weights}" in result.output
 
 
-def test_cpu_declines_int4_groups_that_are_no_multiple_of_32_with_the_reason():
-    """It used to say it quantized the linear and leave it float."""
-    model, x = nn.Linear(64, 16).eval(), torch.randn(2, 64)
-    program = edgeport.export(model, (x,), ["cpu"], quantize=resolve_scheme("int4-weight", group_size=16),
-                              registry=registry_for(CpuBackend()))
-    linear = next(n for n in program.report()["nodes"] if n["op"] == "aten.linear.default")
-    assert linear["backend"] == "portable"
-    assert "int4 weight groups are a multiple of 32 inputs here, not 16" in linear["reasons"]["cpu"]
-
-
 class _Widths(nn.Module):
     """Linears of 64 inputs (two groups), 100 (no multiple of 32), 32 (one group), 7 (odd)."""
 
@@ -600,21 +632,44 @@ def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog)
         .manifest.report["forward"]["quantization"]["quantizes_nothing"] is False
 
 
-def test_a_scheme_no_backend_quantizes_with_runs_no_calibration():
-    """cpu declines a16w8: the float program it exports used to run every batch first."""
+class _NotCaptured(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("captured")
+
+
+@pytest.mark.parametrize("backend, scheme, group_size, says", [
+    ("cpu", "a16w8", None, "cpu offers int4-weight, int8, int8-dynamic$"),
+    ("cpu", "int4-weight", 48, "cpu: int4 weight groups are a multiple of 32 inputs here, not 48 .pass --group-size"),
+    ("mediatek", "a16w8", None, "mediatek offers int8 .a16w8: NeuroPilot runs symmetric int16"),
+])
+def test_a_scheme_no_selected_backend_quantizes_with_is_refused_before_capture(backend, scheme, group_size, says):
+    """cpu with a16w8 exported every node to portable torch, a float program needing
+    torch, with exit 0 and a warning; now one line naming what each backend offers,
+    before capture and before a batch is read."""
+    from edgeport.backends.mediatek import MediatekBackend
+
     read = []
 
     def batches():
-        for i in range(3):
-            read.append(i)
-            yield (torch.randn(2, 8),)
+        read.append(1)
+        yield (torch.randn(2, 8),)
 
-    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval()
-    program = edgeport.export(model, (torch.randn(2, 8),), ["cpu"], quantize="a16w8", calibration=batches(),
-                              registry=registry_for(CpuBackend()))
-    report = program.manifest.report["forward"]["quantization"]
-    assert report["quantizes_nothing"] is True and report["calibration"] == "not run: nothing is quantized"
-    assert read == []
+    chosen = {"cpu": CpuBackend, "mediatek": MediatekBackend}[backend]()
+    with pytest.raises(edgeport.QuantizationError, match=f"^no selected backend quantizes with {scheme}: {says}") \
+            as info:
+        edgeport.export(_NotCaptured(), (torch.randn(2, 8),), [backend], quantize=resolve_scheme(scheme, group_size),
+                        calibration=batches(), registry=registry_for(chosen))
+    assert "select one that offers" in info.value.hint and read == []
+
+
+def test_a_scheme_one_selected_backend_offers_is_not_refused():
+    """cpu declines a16w8 and leaves its nodes to the next backend, which quantizes them."""
+    from edgeport.api import resolve_backends
+    from edgeport.backends.qualcomm import QualcommBackend
+    from edgeport.quantize.flow import refuse_unoffered
+
+    selected, options = resolve_backends(["cpu", "qualcomm"], registry=registry_for(CpuBackend(), QualcommBackend()))
+    refuse_unoffered(selected, options, resolve_scheme("a16w8"))
 
 
 class _CompileFails(CpuBackend):
@@ -644,6 +699,25 @@ def test_a_backend_whose_quantized_partition_fell_back_says_so_and_check_shows_i
         in " ".join(result.output.split())
 
 
+def test_a_static_schemes_summary_names_every_op_that_stays_float():
+    """qualcomm int8 said "quantizes 3 of its 5 op(s) with int8, but 1 stays float: cumsum"
+    while explain showed sort float too: its quantizer left sort unannotated, naming no
+    reason. A run-time scheme names only the ops it is for (a softmax is no linear)."""
+    from edgeport.quantize.placement import QUANTIZES, BackendQuantization, Placement, Ran
+
+    def summary(scheme: str, ran: Ran) -> str:
+        placement = Placement(SCHEMES[scheme], {}, {"npu": BackendQuantization(QUANTIZES, scheme=SCHEMES[scheme])})
+        placement.kept_float["npu"] = {"linear_1": "too narrow"}
+        return placement.summary({"npu": ran})["npu"]
+
+    ran = Ran(5, 3, in_float=("cumsum",), unquantized=("cumsum", "sort"))
+    assert summary("int8", ran) == ("quantizes 3 of its 5 op(s) with int8, but 2 stay float: cumsum (its compiled "
+                                    "artifact computes it in float), sort (its quantizer leaves it float)")
+    ran = Ran(4, 2, unquantized=("linear_1", "softmax"))
+    assert summary("int8-dynamic", ran) == "quantizes 2 of its 4 op(s) with int8-dynamic, but 1 stays float: " \
+                                           "linear_1 (too narrow)"
+
+
 def test_a_quantizing_backend_left_no_node_says_so():
     """It said "quantizes none of its 0 node(s)" (before that, "quantizes its 0")."""
     from edgeport.quantize.placement import QUANTIZES, BackendQuantization, Placement
@@ -657,15 +731,30 @@ def test_a_quantizing_backend_left_no_node_says_so():
     assert not placement.quantizes_nothing()
 
 
-def test_cli_export_of_a_scheme_no_selected_backend_offers_warns_it_is_float(model_file, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="edgeport.quantize")
-    result = CliRunner().invoke(cli, ["export", f"{model_file}:model", "--backend", "cpu", "--quantize", "a16w8",
-                                      "--calibration", f"{model_file}:batches", "-o", str(tmp_path / "m.edgeport")],
-                                terminal_width=250)
-    assert result.exit_code == 0, result.output  # a float program, said so
-    assert "nothing is quantized" not in caplog.text  # said by the summary, not also by the logged warning
-    output = " ".join(result.output.split())
-    assert "nothing is quantized: the program runs in float" in output
-    # cpu declined every node, so portable torch runs them: the program needs torch
-    assert "; 2 of its 2 node(s) run in portable torch, which needs torch where the program runs" in output
-    assert "cpu: declines: cpu does not offer a16w8" in output
+SLOW_FACTORY = '''
+def model():
+    raise RuntimeError("the factory ran")
+'''
+
+
+@pytest.mark.parametrize("command", ["export", "check"])
+@pytest.mark.parametrize("flags, says", [
+    (["--quantize", "a16w8", "--calibration", "cal.npz"], "no selected backend quantizes with a16w8: cpu offers "),
+    (["--quantize", "int8"], "--quantize int8 needs --calibration: it measures activation ranges"),
+    (["--quantize", "int8", "--calibration", "missing.npz"], "no such calibration file: missing.npz"),
+    (["--quantize", "int8", "--calibration", "text.npz"], "calibration file text.npz is not a numpy .npz of arrays"),
+    (["--quantize", "int8", "--calibration", "cal.npy"], "--calibration cal.npy: give a FILE.npz or a SPEC"),
+    (["--quantize", "INT8-Dynamic", "--calibration", "cal.npz"], "--calibration applies to static schemes; "
+                                                                 "int8-dynamic measures"),  # any case, as in Python
+])
+def test_cli_quantize_mistakes_are_refused_before_the_factory_runs(tmp_path, monkeypatch, command, flags, says):
+    """Each was found after the model factory ran (a large model's takes minutes)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slow.py").write_text(SLOW_FACTORY)
+    (tmp_path / "text.npz").write_text("x\n1\n")
+    np.savez(tmp_path / "cal.npz", x=np.ones((2, 4), np.float32))
+    out = ["-o", "m.edgeport"] if command == "export" else []
+    result = CliRunner().invoke(cli, [command, "slow.py:model", "--backend", "cpu", *flags, *out],
+                                obj=registry_for(CpuBackend()), terminal_width=250)
+    assert result.exit_code == 1, result.output
+    assert says in " ".join(result.output.split()) and "the factory ran" not in result.output

@@ -131,16 +131,18 @@ def test_weight_only_schemes_leave_activations_float(compiled):
         assert "quantize" not in info.metadata["mil_ops"], scheme
 
 
-def test_schemes_coreml_cannot_do_are_declined_with_the_reason():
-    program = _export("int4-weight")  # iOS17, the default target
-    reason = program.manifest.report["forward"]["quantization"]["backends"]["coreml"]
-    assert reason.startswith("declines: coreml: per-block int4 weights need iOS18/macOS15")
-    assert "--option coreml.minimum_deployment_target=iOS18" in reason
+def test_schemes_coreml_cannot_do_are_refused_with_the_reason():
+    """They exported every node to portable torch, a float program."""
+    with pytest.raises(edgeport.QuantizationError) as info:
+        _export("int4-weight")  # iOS17, the default target
+    assert str(info.value).startswith("no selected backend quantizes with int4-weight: coreml: coreml: per-block "
+                                      "int4 weights need iOS18/macOS15")
+    assert "--option coreml.minimum_deployment_target=iOS18" in str(info.value)
     for scheme, words in (("a16w8", "8-bit"), ("int8-dynamic", "calibrated (static) ranges")):
-        program = _export(scheme)
-        reason = program.manifest.report["forward"]["quantization"]["backends"]["coreml"]
-        assert reason.startswith(f"declines: coreml does not offer {scheme}") and words in reason
-        assert {n["backend"] for n in program.report()["nodes"]} == {"portable"}
+        with pytest.raises(edgeport.QuantizationError) as info:
+            _export(scheme)
+        assert str(info.value).startswith(f"no selected backend quantizes with {scheme}: coreml offers int4-weight, "
+                                          "int8, palettize4, palettize6") and words in str(info.value)
 
 
 @pytest.mark.skipif(ON_MACOS, reason="checks the Linux behaviour")

@@ -100,9 +100,9 @@ def test_mediatek_and_cpu_each_quantize_their_own_partitions():
     # cpu's partition reads a float value (mediatek's output), and XNNPACK runs a relu alone
     # only in float: its quantizer annotated it, its artifact runs the three ops in float
     assert report == {"mediatek": "quantizes its 2 op(s) with int8",
-                      "cpu": "quantizes none of its 3 op(s) with int8; 3 stay float: relu (XNNPACK runs it in float only), "
-                             "view (its compiled artifact computes it in float), view_1 (its compiled artifact computes "
-                             "it in float)"}
+                      "cpu": "quantizes none of its 3 op(s) with int8; 3 stay float: view (its compiled artifact "
+                             "computes it in float), relu (XNNPACK runs it in float only), view_1 (its compiled artifact "
+                             "computes it in float)"}
     nodes = program.report()["nodes"]
     assert {n["backend"] for n in nodes if n["op"] == "aten.convolution.default"} == {"mediatek"}
     assert {n["backend"] for n in nodes if n["op"] == "aten.relu.default"} == {"cpu"}
@@ -116,15 +116,14 @@ def test_mediatek_and_cpu_each_quantize_their_own_partitions():
     assert labels[0] == ("mediatek: reference (CPU)" if apu_missing() else "mediatek")
 
 
-def test_a16w8_is_declined_with_the_reason_and_the_nodes_go_on():
-    torch.manual_seed(0)
+def test_a16w8_alone_is_refused_with_the_reason():
+    """It exported every node to portable torch, a float program, with exit 0."""
     model, x = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(), torch.randn(1, 3, 6, 6)
-    program = edgeport.export(model, (x,), ["mediatek"], quantize="a16w8", calibration=calibration_for((x,)),
-                              registry=registry_for(MediatekBackend()))
-    reason = program.manifest.report["forward"]["quantization"]["backends"]["mediatek"]
-    assert reason == f"declines: mediatek does not offer a16w8 (it offers int8): {neuropilot.SCHEMES_DECLINED['a16w8']}"
-    assert {n["backend"] for n in program.report()["nodes"]} == {"portable"}
-    torch.testing.assert_close(program(x), model(x))
+    with pytest.raises(edgeport.QuantizationError) as info:
+        edgeport.export(model, (x,), ["mediatek"], quantize="a16w8", calibration=calibration_for((x,)),
+                        registry=registry_for(MediatekBackend()))
+    assert str(info.value) == (f"no selected backend quantizes with a16w8: mediatek offers int8 (a16w8: "
+                               f"{neuropilot.SCHEMES_DECLINED['a16w8']})")
 
 
 def test_fp16_weights_decline_int8():

@@ -121,13 +121,12 @@ def test_sixteen_bit_activations_are_computed_in_sixteen_bits(exported):
     assert max_abs(htp, reference) < eight_bit_step / 4
 
 
-def test_schemes_qnn_cannot_run_are_declined_with_the_reason(model, backend):
+def test_schemes_qnn_cannot_run_are_refused_with_what_it_offers(model, backend):
+    """Alone, qualcomm declining int8-dynamic left every node to portable torch."""
     module, x = model
-    program = edgeport.export(module, (x,), ["qualcomm"], quantize="int8-dynamic", registry=registry_for(backend))
-    nodes = program.report()["nodes"]
-    linear = next(n for n in nodes if n["op"] == "aten.linear.default")
-    assert linear["backend"] == "portable"
-    assert "qualcomm does not offer int8-dynamic (it offers a16w8, int8)" in linear["reasons"]["qualcomm"]
+    with pytest.raises(edgeport.QuantizationError, match="^no selected backend quantizes with int8-dynamic: qualcomm "
+                                                         "offers a16w8, int8$"):
+        edgeport.export(module, (x,), ["qualcomm"], quantize="int8-dynamic", registry=registry_for(backend))
 
 
 # The conformance library's static cases allow one output step (a kernel rounds each
