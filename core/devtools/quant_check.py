@@ -185,6 +185,12 @@ def _decibels(value: Any) -> float | None:
 
 def _check_partition(program: Program, step: Any, walk: "_FloatWalk", args: list[Any], outputs: list[Any],
                      registry: Registry, check: QuantizationCheck) -> QuantizedPartition:
+    strangers = walk.strangers()
+    if strangers:  # another model's capture: its SQNRs would compare unrelated values
+        raise InputError(f"the float program given is not this program's model: {len(strangers)} op(s) of partition "
+                         f"{step.partition} have no counterpart in it (e.g. {', '.join(strangers[:3])})",
+                         hint="pass the float model this program was exported from, as edgeport captured it: "
+                              "edgeport.devtools.float_program(model, example_inputs, backends)")
     out_nodes = output_nodes(walk.reference)
     pairs = [(o, walk.float_of(n)) for o, n in zip(outputs, out_nodes)]
     pairs = [(o, f) for o, f in pairs if f is not None]
@@ -232,6 +238,12 @@ class _FloatWalk:
         if isinstance(value, (tuple, list)) and node.target is operator.getitem:
             value = value[node.args[1]]  # it carries its multi-output op's tag (a layer norm's)
         return value if isinstance(value, torch.Tensor) else None
+
+    def strangers(self) -> list[str]:
+        """The float ops this partition's ops name as their counterparts (the capture
+        tagged each) that the float program does not have: it is another model's."""
+        tags = (node.meta.get("custom", {}).get(FLOAT_NODE) for node in self.reference.graph.nodes)
+        return [tag for tag in tags if tag and tag not in self.floats]
 
     def first_drop(self, threshold_db: float, floor_db: float) -> OpDrop | None:
         """The first op losing more than `threshold_db`, to below `floor_db`; if none,

@@ -283,8 +283,25 @@ def test_python_check_quantization_refuses_what_it_cannot_compare():
 
     program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)], keep_reference=True)
     other = torch.export.export(nn.Tanh(), (x,))  # none of its nodes has the quantized graph's names
-    with pytest.raises(edgeport.InputError, match="no output of partition 0 has a counterpart") as info:
+    with pytest.raises(edgeport.InputError, match="not this program's model") as info:
         check_quantization(program, other, (x,))
     assert "float_program(model, example_inputs, backends)" in info.value.hint
     (partition,) = check_quantization(program, float_program(model, (x,), ["cpu"]), (x,)).partitions
     assert 20 < partition.reference_vs_float_db < 80 and 20 < partition.vs_float_db < 80
+
+
+def test_another_models_float_program_is_refused_not_compared():
+    """Same input, another model: its linears share the quantized graph's names, so it
+    gave an SQNR of 0.2 dB and no first drop, as if quantization had ruined the model."""
+    import torch
+    from torch import nn
+
+    from edgeport.devtools import check_quantization, float_program
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    other = nn.Sequential(nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 4)).eval()
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)], keep_reference=True)
+    with pytest.raises(edgeport.InputError, match=r"not this program's model: 1 op\(s\) of partition 0 .*relu"):
+        check_quantization(program, float_program(other, (x,), ["cpu"]), (x,))
