@@ -121,5 +121,6 @@ def warn_dynamic_declines(method: str, program: ExportedProgram, report: Mapping
     """Log one warning line per backend that declined nodes with dynamic dims."""
     for backend, rows in dynamic_declines(program, report, backends).items():
         first = rows[0]
-        log.warning("%s: %s declined %d node(s) with dynamic dims, which run as portable torch; first: %s (%s): %s",
+        log.warning("%s: %s declined %d node(s) whose shapes have dynamic dims, which run as portable torch; "
+                    "first: %s (%s), its reason: %s",
                     method, backend, len(rows), first["name"], first.get("op", ""), first["reasons"][backend])
