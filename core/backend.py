@@ -267,7 +267,8 @@ class Backend:
         instance. Do not change the program. Return anything (the default: None); it
         reaches every `support` call on this program as ``ctx.prepared``, and nothing
         else keeps it. An exception declines every node of the program for this backend,
-        with the error as the reason."""
+        with the error as the reason; export warns of it, and the conformance kit counts
+        it as a failure."""
         return None
 
     def support(self, node: Node, ctx: SupportContext) -> Support:
@@ -284,7 +285,8 @@ class Backend:
 
         Return `Support.yes()` or `Support.no("reason")` with a reason a user can act
         on (the op, the dtype, the limit). Never raise: an exception is recorded as the
-        reason and the node goes to another backend. `compile` must then accept every
+        reason and the node goes to another backend, but export warns of it and the
+        conformance kit counts it as a failure. `compile` must then accept every
         node you said yes to (answer from the same table it uses)."""
         raise NotImplementedError(f"backend {self.name!r} must implement support()")
 
@@ -370,14 +372,24 @@ class Backend:
         return None
 
 
+class PrepareFailed(Exception):
+    """A backend's `prepare` raised: every `support` question about that program raises
+    this instead (the message says what `prepare` raised), so the support matrix records
+    the plugin's bug as a fault as well as declining each node with it."""
+
+
 def support_question(backend: Backend, program: ExportedProgram, options: Any) -> Callable[[Node], Support]:
-    """``backend.support`` for the nodes of ``program``, after its `prepare` (once); a
-    `prepare` that raises declines every node with the error."""
+    """``backend.support`` for the nodes of ``program``, after its `prepare` (once); after
+    a `prepare` that raised, each question raises `PrepareFailed` with that error."""
     try:
         ctx = SupportContext(program, options, backend.prepare(program, options))
     except Exception as exc:  # noqa: BLE001 - one backend's bug must not stop an export
-        no = Support.no(f"prepare() raised {type(exc).__name__}: {exc}")
-        return lambda node: no
+        message = f"prepare() raised {type(exc).__name__}: {exc}"
+
+        def refuse(node: Node) -> Support:
+            raise PrepareFailed(message)
+
+        return refuse
     return lambda node: backend.support(node, ctx)
 
 

@@ -125,6 +125,8 @@ def lower_method(
 def place(method: _Method, nodes: list[Node]) -> Placement:
     """Propose partitions and compile them, again after each round of declined nodes."""
     matrix = ask_support(nodes, {b: _support_fn(method, b) for b in method.backends})
+    for backend, fault in matrix.faults.items():  # one line per backend, as a failed compile gets
+        log.warning("backend %s: %s; its nodes go to the other backends", backend, fault)
     outcomes: dict[PartitionKey, Outcome] = {}
     for _ in range(MAX_REPARTITIONS):
         plan = propose(method, nodes, matrix)

@@ -117,3 +117,22 @@ def test_a_tolerance_that_is_no_number_fails_its_case_and_the_run_goes_on(declar
     relu = next(c for c in CASES if c.name == "relu")
     outcome = run_kit_case(Loose(ops=("relu",)), relu)
     assert outcome.verdict == Verdict.FAILED and f"tolerance() returned {declared!r}" in outcome.message
+
+
+class _SupportRaises(TorchOpsBackend):
+    def support(self, node, ctx):
+        raise RuntimeError("planted support failure")
+
+
+class _PrepareRaises(TorchOpsBackend):
+    def prepare(self, program, options):
+        raise KeyError("plan")
+
+
+@pytest.mark.parametrize("backend, error", [(_SupportRaises(), "support() raised RuntimeError: planted support failure"),
+                                            (_PrepareRaises(), "prepare() raised KeyError: 'plan'")])
+def test_a_support_check_that_raises_fails_the_case_instead_of_declining_it(backend, error):
+    """A backend raising on every node used to pass the kit: every case "declined"."""
+    outcome = run_kit_case(backend, CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED and outcome.error is None
+    assert outcome.message.startswith(error) and "never raise" in outcome.message

@@ -10,10 +10,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import EdgeportError
+from ..lowering import log as lowering_log
 from ..testing.coverage import coverage_html, coverage_json
 from ..testing.kit import KitRun, Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit
 from . import cli, current_registry
-from ._output import check_writable, console, print_json, progress
+from ._output import check_writable, console, print_json, progress, said_below
 
 _STYLE = {Verdict.PASSED: "green", Verdict.DECLINED: "dim", Verdict.NOT_RUN: "yellow", Verdict.FAILED: "red"}
 
@@ -42,7 +43,7 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
         raise EdgeportError(f"no conformance case name contains {' or '.join(map(repr, words))}",
                             hint="case names: " + ", ".join(c.name for c in kit_cases()[:12]) + ", ...")
     done = itertools.count(1)
-    with progress(not as_json) as show:
+    with progress(not as_json) as show, said_below(lowering_log.name):  # each case's line in the table says it
         run = run_kit(backend, options, cases,
                       progress=show and (lambda outcome: show(f"{backend.name}: case {next(done) + 1}/{len(cases)}")))
     if html_path:

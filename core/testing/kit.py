@@ -9,8 +9,9 @@
 - declined: the backend took no node of the case (each node carries its reason), or it
             offers no quantization scheme the case needs;
 - not run:  compiled, but this machine cannot run the backend (coreml off macOS);
-- failed:   export raised, a partition the backend accepted failed to compile (and fell
-            back to portable torch), running raised, or the answer is off.
+- failed:   export raised, the backend's support() or prepare() raised, a partition it
+            accepted failed to compile (and fell back to portable torch), running
+            raised, or the answer is off.
 
 "Off" is judged at the backend's own declared tolerance (`Backend.tolerance(options)`,
 never looser than the case's): max |backend - eager| / max |eager| for float cases. A
@@ -192,12 +193,16 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
     fallbacks = [p["fallback"] for p in report["partitions"] if p.get("fallback")]
 
     def outcome(verdict: Verdict, message: str) -> Outcome:
-        shown = None if verdict is Verdict.DECLINED else error  # all portable torch: no error of the backend's
+        taken_none = verdict is Verdict.DECLINED or result.delegated == 0.0
+        shown = None if taken_none else error  # all portable torch: no error of the backend's
         return Outcome(result.name, measure.family, measure.dtype, verdict, result.delegated, taken,
                        dict(result.reasons), shown, tolerance, unit, message)
 
     if program is None:
         return outcome(Verdict.FAILED, result.error)
+    fault = report.get("faults", {}).get(backend.name)
+    if fault:  # its nodes were declined for it, but a check that raises is a bug, not an answer
+        return outcome(Verdict.FAILED, f"{fault} (support() and prepare() decline with Support.no, never raise)")
     if fallbacks:
         return outcome(Verdict.FAILED, f"a partition it accepted fell back to portable: {fallbacks[0]}")
     if result.delegated == 0.0:
