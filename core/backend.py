@@ -27,8 +27,10 @@ This module imports no torch: a device without torch registers backends and runs
 from __future__ import annotations
 
 import dataclasses
-import math
 import functools
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
 
@@ -99,6 +101,31 @@ class Artifact:
     metadata: dict[str, Any] = field(default_factory=dict)
     options: Any = None
     float_nodes: frozenset[str] = frozenset()
+
+
+_SUFFIX = re.compile(r"(\.[A-Za-z0-9_-]+)*")  # ".tflite", ".mlpackage.zip"; "" too: no "/", no ".."
+
+
+def artifact_problem(artifact: Any) -> str | None:
+    """What makes ``artifact`` (what `compile` or `merge` returned) one a program file
+    cannot hold, as "returned ..."; None if nothing. Checked at export, where the
+    backend is named: a suffix that is a path ("/../x") or metadata that is not JSON
+    (``np.int64(3)``, NaN) exported fine and then failed at save or at load."""
+    if not isinstance(artifact, Artifact):
+        return f"returned {type(artifact).__name__}, not an edgeport.Artifact"
+    if not isinstance(artifact.data, (bytes, bytearray, memoryview)):
+        return f"returned an Artifact whose data is {type(artifact.data).__name__}, not bytes"
+    if not isinstance(artifact.suffix, str) or not _SUFFIX.fullmatch(artifact.suffix):
+        return (f"returned an Artifact whose suffix {artifact.suffix!r} is no file extension: write one such as "
+                "'.tflite' (a dot, then letters, digits, '_' or '-'; repeated for '.mlpackage.zip')")
+    if not isinstance(artifact.metadata, dict):
+        return f"returned Artifact.metadata of type {type(artifact.metadata).__name__}, not a dict"
+    try:
+        json.dumps(artifact.metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return (f"returned Artifact.metadata that is not JSON ({exc}): keep it to dicts, lists, strings, "
+                "bools and finite Python numbers (int(x) of a numpy integer)")
+    return None
 
 
 # Added by a caller to a loaded artifact's metadata, never saved: the artifact's sha256,
@@ -311,8 +338,9 @@ class Backend:
         returns only user outputs. Node names are those of the whole program.
         ``options`` is the options instance. Do not change ``program``.
 
-        Return an `Artifact` (bytes, a file suffix, JSON-able metadata you get back at
-        load). To refuse particular nodes, raise `DeclineNodes({node_name: reason})`:
+        Return an `Artifact` (bytes, a file suffix such as ".tflite", JSON metadata you
+        get back at load; another suffix or metadata falls the partition back as a
+        failed compile would). To refuse particular nodes, raise `DeclineNodes({node_name: reason})`:
         edgeport records the reasons and partitions again. Any other exception falls the
         partition back to portable torch with the error as its reason (``strict``
         export raises instead), and the conformance kit counts it as a failure."""

@@ -26,7 +26,7 @@ from edgeport.partitioners.partition import PartitionPlan, partition_graph
 from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, ask_support
 
-from .backend import Artifact, Backend, Support, options_to_dict, support_question
+from .backend import Artifact, Backend, Support, artifact_problem, options_to_dict, support_question
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, RowUpdate, StatePrefix, Step, TensorSpec
 from .outcomes import Compiled, DeclinedNodes, FellBack, Outcome, PartitionKey, Placement, partition_key
@@ -173,10 +173,9 @@ def compile_partition(method: _Method, partition: Partition) -> Outcome:
     backend = method.backends[partition.backend]
     try:
         artifact = backend.compile(method.cut(partition).program, method.options[partition.backend])
-        if not isinstance(artifact, Artifact):
-            raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
-        if not isinstance(artifact.data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"compile() returned an Artifact whose data is {type(artifact.data).__name__}, not bytes")
+        problem = artifact_problem(artifact)
+        if problem:
+            raise TypeError(f"compile() {problem}")
         return Compiled(artifact)
     except DeclineNodes as declined:
         return _declined(partition, declined)

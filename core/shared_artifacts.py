@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, MutableMapping
 
-from .backend import Artifact, Backend, options_from_dict
+from .backend import Artifact, Backend, artifact_problem, options_from_dict
+from .errors import BackendError
 from .manifest import ArtifactInfo, MethodPlan
 
 
@@ -47,6 +48,10 @@ def share_artifacts(
                                 for p, i in zip(paths, infos)])
         if merged is None:
             continue
+        problem = artifact_problem(merged)
+        if problem:
+            raise BackendError(f"backend {name!r}: merge() {problem}",
+                               hint="a bug in the backend: report it to its authors")
         path = f"artifacts/{name}{merged.suffix}"
         for p in paths:
             del files[p], artifacts[p]

@@ -1,6 +1,9 @@
 """The conformance kit's verdicts (edgeport.testing.kit), on the test backend: each rule
 of a verdict planted once."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 
 from edgeport import BackendError
@@ -136,3 +139,56 @@ def test_a_support_check_that_raises_fails_the_case_instead_of_declining_it(back
     outcome = run_kit_case(backend, CASE["relu"])
     assert outcome.verdict is Verdict.FAILED and outcome.error is None
     assert outcome.message.startswith(error) and "never raise" in outcome.message
+
+
+class _LoadsOnlyBytes(TorchOpsBackend):
+    def load(self, artifact):
+        artifact.data.decode  # noqa: B018 - bytes have it; the memoryview of a saved program has not
+        return super().load(artifact)
+
+
+def test_the_kit_loads_each_case_from_a_saved_program_as_users_do():
+    """In memory, load() got the bytes compile() returned; a saved program hands it a memoryview."""
+    outcome = run_kit_case(_LoadsOnlyBytes(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED
+    assert outcome.message.startswith("load of the saved program failed: backend 'torchops' cannot load partition 0: "
+                                      "AttributeError") and "edgeport.as_bytes" in outcome.message
+
+
+class _TorchOnly:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def run(self, inputs):
+        return self.inner.run([x.detach() for x in inputs])  # numpy arrays have no detach()
+
+
+class _AssumesTorch(TorchOpsBackend):
+    def load(self, artifact):
+        return _TorchOnly(super().load(artifact))
+
+
+def test_the_kit_also_runs_each_case_on_numpy_inputs_as_edgeport_run_does():
+    outcome = run_kit_case(_AssumesTorch(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED
+    assert outcome.message.startswith("the run on numpy inputs failed: step 0 (torchops) failed: AttributeError")
+    assert "edgeport.as_numpy" in outcome.message
+    assert run_kit_case(TorchOpsBackend(), CASE["relu"]).verdict is Verdict.PASSED  # the same on tensors is right
+
+
+@pytest.mark.parametrize("returned, said", [
+    ({"suffix": "/../../escaped.zip"}, "suffix '/../../escaped.zip' is no file extension"),
+    ({"metadata": {"nodes": np.int64(1)}}, "Artifact.metadata that is not JSON (Object of type int64"),
+    ({"metadata": {"scale": float("nan")}}, "Artifact.metadata that is not JSON (Out of range float"),
+])
+def test_an_artifact_no_program_can_hold_is_refused_at_export_naming_the_backend(returned, said, caplog):
+    """Each exported fine and failed later: at save (metadata) or at load (a suffix that is a path)."""
+    class Careless(TorchOpsBackend):
+        def compile(self, program, options):
+            return dataclasses.replace(super().compile(program, options), **returned)
+
+    with caplog.at_level("WARNING", logger="edgeport.lowering"):
+        outcome = run_kit_case(Careless(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED and said in outcome.message
+    assert [r.getMessage() for r in caplog.records if said in r.getMessage()][0].startswith(
+        "partition 0 on torchops falls back to portable: compile failed: TypeError: compile() returned")

@@ -24,6 +24,7 @@ from ..hookspecs import hookimpl
 from ..plugins import Registry
 from ..program import Program
 from .cases import CASES, Case
+from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
 from .quantized_cases import (
     QUANTIZED_CASES,
     QuantizedCase,
@@ -133,6 +134,8 @@ def compare(actual: object, expected: object) -> float:
 
 def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None = None,
              rtol: float | None = None) -> CaseResult:
+    """Export ``case`` for ``backend`` alone, save and load it as users do, and (where
+    the backend runs) compare its answers, on tensors and on numpy arrays, with eager."""
     module, inputs = case.build()
     registry = registry_for(backend)
     try:
@@ -145,13 +148,22 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     reasons = {n["op"]: n["reasons"][backend.name] for n in nodes if n["backend"] != backend.name
                and backend.name in n["reasons"]}
     result = CaseResult(case.name, len(taken) / max(len(nodes), 1), reasons, program=program)
+    try:
+        saved, on_arrays = saved_and_loaded(program, registry)
+    except RoundTripFailed as exc:
+        result.passed, result.error = False, str(exc)
+        return result
     if not backend.availability().can_run:
         return result
     try:
+        loaded_runtime(saved)
         with torch.no_grad():  # the example inputs, then a dynamic case's other sizes
             runs = (inputs, *(case.resized() if case.resized else ()))
-            result.max_error = max(_checked_run(program, module, args) for args in runs)
-    except _Misbehaves as exc:
+            errors = [_checked_run(saved, module, args) for args in runs]
+            if on_arrays is not None:
+                errors.append(compare(numpy_outputs(on_arrays, inputs), module(*inputs)))
+            result.max_error = max(errors)
+    except (_Misbehaves, RoundTripFailed) as exc:
         result.passed, result.error = False, str(exc)
         return result
     except Exception as exc:
