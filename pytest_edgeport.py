@@ -36,12 +36,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if name is None:
         return
     from edgeport import EdgeportError
+    from edgeport.backend import checked_version
     from edgeport.testing.kit import backend_named, checked_options, parse_option_items
 
     try:
         options = parse_option_items(config.getoption("--edgeport-option"))
         backend = backend_named(name)
         checked_options(backend, options)
+        checked_version(backend)
     except EdgeportError as exc:
         raise pytest.UsageError(f"{BACKEND_FLAG} {name}: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""))
     config.stash[_OUTCOMES] = []

@@ -256,7 +256,9 @@ class Backend:
     def version(self) -> str:
         """Recorded with every artifact, so a program says what produced it. Read at
         export and by ``edgeport backends``: return your toolchain's version as a
-        string (a class attribute will do); never raise."""
+        non-empty string (a class attribute will do; another value is refused when
+        the backend is registered, or a computed one when it is first used); never
+        raise."""
         return "0"
 
     def availability(self) -> Availability:
@@ -398,6 +400,26 @@ class Backend:
         ``load`` of the merged artifact must return an `Entries` whose ``entry(i)`` runs
         ``artifacts[i]``."""
         return None
+
+
+def checked_version(backend: Backend) -> str:
+    """``backend.version``, refused unless it is a non-empty string: every artifact
+    records it, so 1.2 or None failed at save and a raising one as an internal error.
+    Read where the backend is first used (selected for an export, or by the conformance
+    kit) and, when it is a plain value, at registration; a property is not called there,
+    because computing it may import the backend's toolchain (qualcomm's does)."""
+    from .errors import BackendError
+
+    try:
+        version = backend.version
+    except Exception as exc:
+        raise BackendError(f"backend {backend.name!r}: reading its version raised {type(exc).__name__}: {exc}",
+                           hint="a bug in the backend (version must return a string, never raise): "
+                                "report it to its authors") from exc
+    if not isinstance(version, str) or not version.strip():
+        raise BackendError(f"backend {backend.name!r} has version {version!r}, not a non-empty string",
+                           hint="set version to the toolchain's version as text, e.g. version = '1.2.0'")
+    return version
 
 
 class PrepareFailed(Exception):

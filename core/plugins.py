@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 import sys
 import threading
@@ -30,8 +31,8 @@ import pluggy
 
 from . import hookspecs
 from .arrays import torch_installed
-from .backend import Availability, Backend
-from .errors import InputError, UnknownBackendError
+from .backend import Availability, Backend, checked_version
+from .errors import BackendError, InputError, UnknownBackendError
 
 ENTRY_POINT_GROUP = "edgeport"
 DISABLE_ENV = "EDGEPORT_DISABLE_PLUGINS"
@@ -292,12 +293,16 @@ class _Registrar:
     def __call__(self, backend: Backend, aliases: Iterable[str] = ()) -> None:
         names = (aliases,) if isinstance(aliases, str) else tuple(aliases)  # "npu" is one alias, not three
         problem = _contract_problem(backend) or _alias_problem(names) or self._taken(backend.name, names)
+        if not problem:
+            try:
+                version = _entry_version(backend, self._source)
+            except BackendError as exc:
+                problem = str(exc), exc.hint
         if problem:
             message, hint = problem
             self._collected.broken.append(BrokenPlugin(self._plugin, self._source.distribution, message, hint))
             return
-        entry = BackendEntry(backend, self._plugin, self._source.distribution,
-                             self._source.version or backend.version, names)
+        entry = BackendEntry(backend, self._plugin, self._source.distribution, version, names)
         self._collected.entries[backend.name] = entry
         self._collected.aliases.update({a: backend.name for a in names})
 
@@ -335,6 +340,18 @@ def _contract_problem(backend: Any) -> tuple[str, str] | None:
         return (f"options of backend {name!r} cannot be built from their defaults: {type(exc).__name__}: {exc}",
                 f"give every field of {options.__name__} a valid default")
     return None
+
+
+def _entry_version(backend: Backend, source: _Source) -> str:
+    """The version a backend's entry shows: its distribution's, or the backend's own
+    for one registered in code. The backend's is checked (`checked_version` raises a
+    `BackendError`) unless a property computes it and the distribution's is shown:
+    computing it may import the toolchain, which registering must not (qualcomm's does);
+    export and the conformance kit check it when they first use the backend."""
+    if source.version and isinstance(inspect.getattr_static(backend, "version", None), property):
+        return source.version
+    own = checked_version(backend)
+    return source.version or own
 
 
 def _alias_problem(aliases: tuple[Any, ...]) -> tuple[str, str] | None:

@@ -102,12 +102,22 @@ class PlainOptions(TorchOpsBackend):
     options = dict
 
 
+class FloatVersion(TorchOpsBackend):
+    version = 1.2
+
+
+class NoVersion(TorchOpsBackend):
+    version = None
+
+
 @pytest.mark.parametrize("backend, error, hint", [
     (object(), "registered <object", "subclass edgeport.Backend"),
     (NoCompile(), "backend 'half_done' does not implement compile()", "define compile"),
     (TorchOpsBackend(name="my-npu"), "invalid backend name 'my-npu'", "letters, digits and underscores"),
     (TorchOpsBackend(name="portable"), "invalid backend name 'portable'", "letters, digits and underscores"),
     (PlainOptions(), "options of backend 'torchops' must be a dataclass, not dict", "@dataclass(frozen=True)"),
+    (FloatVersion(), "backend 'torchops' has version 1.2, not a non-empty string", "version = '1.2.0'"),
+    (NoVersion(), "backend 'torchops' has version None, not a non-empty string", "version = '1.2.0'"),
 ])
 def test_a_backend_that_breaks_the_contract_is_a_broken_plugin_at_registration(backend, error, hint):
     registry = edgeport.Registry(entry_points=False)
@@ -322,11 +332,9 @@ def test_one_alias_given_as_a_string_is_one_alias():
     assert registry.entry("torchops").aliases == ("npu",) and registry.get("npu").name == "torchops"
 
 
-def test_an_availability_or_version_of_the_wrong_type_says_so_and_the_listing_works():
-    """Either broke `edgeport backends` with an internal AttributeError or TypeError."""
+def test_an_availability_of_the_wrong_type_says_so_and_the_listing_works():
+    """It broke `edgeport backends` with an internal AttributeError."""
     class Tuple(TorchOpsBackend):
-        version = 1.5
-
         def availability(self):
             return (True, True)
 
@@ -335,7 +343,6 @@ def test_an_availability_or_version_of_the_wrong_type_says_so_and_the_listing_wo
     availability = registry.entry("tupled").availability()
     assert (availability.can_compile, availability.why) == (
         False, "availability() returned tuple, not an edgeport.Availability")
-    assert registry.entry("tupled").toolchain() == "1.5"
 
 
 def test_a_plugin_command_named_like_a_built_in_is_not_added():
@@ -432,3 +439,39 @@ def test_keep_ops_of_names_is_a_backend_error_naming_the_backend(ops):
     registry.add_plugin(plugin(Named(ops=("relu",))), name="named")
     with pytest.raises(edgeport.BackendError, match="backend 'torchops': keep_ops\\(\\) holds 'aten.linear"):
         edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+
+
+class RaisingVersion(TorchOpsBackend):
+    """Its version raises once its SDK is asked a second time (read once at registration)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    @property
+    def version(self):
+        self.reads += 1
+        if self.reads > 1:
+            raise RuntimeError("sdk not initialised")
+        return "1.0"
+
+
+def test_a_version_that_raises_is_refused_naming_the_backend_before_any_work():
+    """It was an "internal error ... please report it", for the kit after every case ran."""
+    import torch
+
+    from edgeport.testing.kit import run_kit
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(RaisingVersion()), name="raising")
+    message = "backend 'torchops': reading its version raised RuntimeError: sdk not initialised"
+    with pytest.raises(edgeport.BackendError, match=message):
+        edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    backend = RaisingVersion()
+    backend.reads = 1
+    with pytest.raises(edgeport.BackendError, match=message):
+        run_kit(backend, cases=[])
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(backend), name="raising")  # registered in code: read, and refused, at once
+    [broken] = registry.broken()
+    assert broken.error == message and "report it to its authors" in broken.hint

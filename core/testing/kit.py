@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from ..backend import Availability, Backend, options_from_dict, validate_options
+from ..backend import Availability, Backend, checked_version, options_from_dict, validate_options
 from ..errors import InputError
 from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
@@ -145,13 +145,14 @@ def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: I
     """Run ``cases`` (default: every case, `kit_cases`) on ``backend``; ``progress`` sees
     each outcome as it comes."""
     values = dict(options or {})
-    checked_options(backend, values)  # a bad option fails here, once, not in every case
+    checked_options(backend, values)  # a bad option or version fails here, once, not after every case
+    version = checked_version(backend)
     outcomes = []
     for case in kit_cases() if cases is None else cases:
         outcomes.append(run_kit_case(backend, case, values))
         if progress:
             progress(outcomes[-1])
-    return KitRun(backend.name, backend.version, values, _availability(backend), tuple(outcomes))
+    return KitRun(backend.name, version, values, _availability(backend), tuple(outcomes))
 
 
 def _availability(backend: Backend) -> Availability:
