@@ -31,7 +31,7 @@ import pluggy
 
 from . import hookspecs
 from .arrays import torch_installed
-from .backend import Availability, Backend, checked_version
+from .backend import Availability, Backend, checked_version, validate_options
 from .errors import BackendError, InputError, UnknownBackendError
 
 ENTRY_POINT_GROUP = "edgeport"
@@ -335,11 +335,29 @@ def _contract_problem(backend: Any) -> tuple[str, str] | None:
         return (f"options of backend {name!r} must be a dataclass, not {getattr(options, '__name__', options)}",
                 "declare them as @dataclass(frozen=True) class MyOptions: ... with a default for every field")
     try:
-        options()
+        defaults = options()
     except Exception as exc:
         return (f"options of backend {name!r} cannot be built from their defaults: {type(exc).__name__}: {exc}",
                 f"give every field of {options.__name__} a valid default")
+    if not _frozen(defaults):  # one instance serves every partition (and thread) of an export
+        return (f"options of backend {name!r} ({options.__name__}) are not frozen",
+                f"declare them @dataclass(frozen=True) class {options.__name__}: ...")
+    try:  # choices a toolchain lists are asked for at export: listing them may import it
+        validate_options(backend, defaults, toolchain_choices=False)
+    except Exception as exc:
+        return (f"an option default of backend {name!r} breaks its own edgeport.option rule: {exc}",
+                f"make each default of {options.__name__} one its rule accepts")
     return None
+
+
+def _frozen(instance: Any) -> bool:
+    """Whether a dataclass instance refuses assignment, as ``frozen=True`` makes it."""
+    name = next((f.name for f in dataclasses.fields(instance)), "probe")
+    try:
+        setattr(instance, name, getattr(instance, name, None))  # the same value, on a throwaway instance
+    except dataclasses.FrozenInstanceError:
+        return True
+    return False
 
 
 def _entry_version(backend: Backend, source: _Source) -> str:

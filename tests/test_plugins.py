@@ -4,6 +4,7 @@ import concurrent.futures
 import threading
 import time
 import types
+from dataclasses import dataclass
 
 import click
 import pytest
@@ -102,6 +103,27 @@ class PlainOptions(TorchOpsBackend):
     options = dict
 
 
+@dataclass
+class MutableOptions:
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class DefaultNotAChoice:
+    precision: str = edgeport.option("fp64", choices=("fp32", "fp16"))
+
+
+@dataclass(frozen=True)
+class DefaultOutOfRange:
+    threads: int = edgeport.option(0, at_least=1)
+
+
+def _with_options(options):
+    backend = TorchOpsBackend()
+    backend.options = options
+    return backend
+
+
 class FloatVersion(TorchOpsBackend):
     version = 1.2
 
@@ -116,6 +138,12 @@ class NoVersion(TorchOpsBackend):
     (TorchOpsBackend(name="my-npu"), "invalid backend name 'my-npu'", "letters, digits and underscores"),
     (TorchOpsBackend(name="portable"), "invalid backend name 'portable'", "letters, digits and underscores"),
     (PlainOptions(), "options of backend 'torchops' must be a dataclass, not dict", "@dataclass(frozen=True)"),
+    (_with_options(MutableOptions), "options of backend 'torchops' (MutableOptions) are not frozen",
+     "@dataclass(frozen=True) class MutableOptions"),
+    (_with_options(DefaultNotAChoice), "an option default of backend 'torchops' breaks its own edgeport.option rule: "
+     "option torchops.precision='fp64' is not one of: fp32, fp16", "make each default of DefaultNotAChoice one"),
+    (_with_options(DefaultOutOfRange), "rule: option torchops.threads=0 is out of range: it must be at least 1",
+     "make each default of DefaultOutOfRange one"),
     (FloatVersion(), "backend 'torchops' has version 1.2, not a non-empty string", "version = '1.2.0'"),
     (NoVersion(), "backend 'torchops' has version None, not a non-empty string", "version = '1.2.0'"),
 ])
