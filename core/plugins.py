@@ -311,9 +311,16 @@ class _Registrar:
         for taken in (name, *aliases):
             if taken in entries or taken in alias_map:
                 owner = entries.get(taken) or entries[alias_map[taken]]
-                return (f"backend name {taken!r} is registered twice: by {owner.distribution} (plugin {owner.plugin}) "
-                        f"and by {self._source.distribution} (plugin {self._plugin}); the second is ignored",
-                        f"uninstall one, or block a plugin with {DISABLE_ENV}={self._plugin}")
+                message = (f"backend name {taken!r} is registered twice: by {owner.distribution} (plugin "
+                           f"{owner.plugin}) and by {self._source.distribution} (plugin {self._plugin}); the second "
+                           "is ignored")
+                if owner.plugin == self._plugin:
+                    return message, f"give each backend of plugin {self._plugin} a name of its own"
+                # Plugins are named by their entry points, not by the backends they register:
+                # blocking the backend's name would block whichever plugin's entry point has it.
+                return message, (f"to keep {owner.distribution}'s, block the other with {DISABLE_ENV}={self._plugin}; "
+                                 f"to keep {self._source.distribution}'s, {DISABLE_ENV}={owner.plugin}; "
+                                 "or uninstall one")
         return None
 
 

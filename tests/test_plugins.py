@@ -71,7 +71,21 @@ def test_a_second_backend_of_one_name_is_a_broken_plugin_and_the_first_keeps_wor
         [broken] = registry.broken()
         assert (broken.plugin, broken.distribution) == ("second", "dist-two")
         assert "registered twice: by dist-one (plugin first) and by dist-two (plugin second)" in broken.error
-        assert "EDGEPORT_DISABLE_PLUGINS=second" in broken.hint
+        assert broken.hint == ("to keep dist-one's, block the other with EDGEPORT_DISABLE_PLUGINS=second; "
+                               "to keep dist-two's, EDGEPORT_DISABLE_PLUGINS=first; or uninstall one")
+
+
+def test_a_duplicate_name_hint_names_entry_points_not_the_backend():
+    """The hint said EDGEPORT_DISABLE_PLUGINS=<the backend's name>, which blocked whichever
+    plugin's entry point had that name: here the real one, not the duplicate."""
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(TorchOpsBackend(name="vnpu")), name="dup", distribution="qa-broken")
+    registry.add_plugin(plugin(TorchOpsBackend(name="vnpu")), name="vnpu", distribution="qa-vnpu")
+    [broken] = registry.broken()
+    assert "to keep qa-vnpu's, EDGEPORT_DISABLE_PLUGINS=dup" in broken.hint
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(TorchOpsBackend(name="npu"), TorchOpsBackend(name="npu")), name="twice")
+    assert registry.broken()[0].hint == "give each backend of plugin twice a name of its own"
 
 
 def test_aliases_select_the_backend():
