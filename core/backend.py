@@ -478,24 +478,26 @@ def option(default: Any, *, choices: tuple[Any, ...] | Callable[[], Iterable[Any
     return field(default=default, metadata={_RULE: OptionRule(choices, at_least, at_most)})
 
 
-def validate_options(backend: Backend, options: Any, *, toolchain_choices: bool = True) -> Any:
+def validate_options(backend: Backend, options: Any, *, toolchain_choices: bool = True,
+                     flag: str = "--option") -> Any:
     """``options`` (an instance of ``backend.options``) checked against each field's
     `option` rule, with string choices spelled as declared; raises `BackendError`
-    naming the option and its valid values. ``toolchain_choices=False`` skips the
-    choices only a toolchain can list (loading a saved program must not import one)."""
+    naming the option and its valid values, with a hint to set it by ``flag`` (the
+    command line's; pytest's is ``--edgeport-option``). ``toolchain_choices=False``
+    skips the choices only a toolchain can list (loading a saved program must not import one)."""
     canonical = {}
     for f in dataclasses.fields(options):
         rule = f.metadata.get(_RULE)
         if rule is not None and (toolchain_choices or not callable(rule.choices)):
-            canonical[f.name] = _check_rule(backend, f, rule, getattr(options, f.name))
+            canonical[f.name] = _check_rule(backend, f, rule, getattr(options, f.name), flag)
     return dataclasses.replace(options, **canonical)
 
 
-def _check_rule(backend: Backend, f: dataclasses.Field, rule: OptionRule, value: Any) -> Any:
+def _check_rule(backend: Backend, f: dataclasses.Field, rule: OptionRule, value: Any, flag: str) -> Any:
     from .errors import BackendError
 
     where = f"{backend.name}.{f.name}"
-    hint = f"its default is {f.default!r}; set it with --option {where}=VALUE (Python: options={{...}})"
+    hint = f"its default is {f.default!r}; set it with {flag} {where}=VALUE (Python: options={{...}})"
     if rule.choices is not None:
         try:
             choices = tuple(rule.choices() if callable(rule.choices) else rule.choices)

@@ -6,9 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+import edgeport
+
 from edgeport import BackendError
 from edgeport.testing import CASES, QUANTIZED_CASES
-from edgeport.testing.kit import Verdict, backend_named, kit_cases, run_kit, run_kit_case
+from edgeport.testing.kit import (Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit,
+                                  run_kit_case)
 from torch_backend import TorchOpsBackend, registry_with
 
 CASE = {c.name: c for c in kit_cases()}
@@ -192,3 +195,21 @@ def test_an_artifact_no_program_can_hold_is_refused_at_export_naming_the_backend
     assert outcome.verdict is Verdict.FAILED and said in outcome.message
     assert [r.getMessage() for r in caplog.records if said in r.getMessage()][0].startswith(
         "partition 0 on torchops falls back to portable: compile failed: TypeError: compile() returned")
+
+
+@dataclasses.dataclass(frozen=True)
+class _RuledOptions:
+    precision: str = edgeport.option("fp32", choices=("fp32", "fp16"))
+
+
+class _Ruled(TorchOpsBackend):
+    options = _RuledOptions
+
+
+def test_options_are_key_or_backend_key_and_a_bad_one_is_hinted_with_the_flag_it_came_with():
+    """pytest's hint said `--option ...`, the CLI's flag, where pytest takes `--edgeport-option`."""
+    assert parse_option_items(_Ruled(), ["torchops.precision=FP16"]) == {"precision": "FP16"}
+    assert parse_option_items(_Ruled(), ["precision=fp16"]) == {"precision": "fp16"}
+    with pytest.raises(BackendError, match="option torchops.precision='fp64' is not one of: fp32, fp16") as raised:
+        checked_options(_Ruled(), {"precision": "fp64"}, flag="--edgeport-option")
+    assert "set it with --edgeport-option torchops.precision=VALUE" in raised.value.hint

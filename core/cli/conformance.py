@@ -34,8 +34,7 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
     or declined (why), and the error against eager. Exits 1 if any case failed."""
     check_writable(html_path)
     backend = backend_named(name, current_registry())
-    # KEY=VALUE, or BACKEND.KEY=VALUE as export writes it
-    options = {key.removeprefix(f"{backend.name}."): value for key, value in parse_option_items(option_items).items()}
+    options = parse_option_items(backend, option_items)
     checked_options(backend, options)
     words = [w.strip() for w in (case_filter or "").split(",") if w.strip()]
     cases = [c for c in kit_cases() if not words or any(w in c.name for w in words)]

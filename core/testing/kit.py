@@ -96,21 +96,24 @@ def backend_named(name: str, registry: Registry | None = None) -> Backend:
     return registry.get(name if name in known else name.replace("-", "_"))
 
 
-def checked_options(backend: Backend, values: Mapping[str, Any] | None) -> Any:
+def checked_options(backend: Backend, values: Mapping[str, Any] | None, flag: str = "--option") -> Any:
     """``values`` (plain, e.g. from the command line) as the backend's options instance,
-    checked as export checks them; raises `BackendError` naming a bad one."""
-    return validate_options(backend, options_from_dict(backend, dict(values or {})))
+    checked as export checks them; raises `BackendError` naming a bad one, whose hint
+    says how to set it with ``flag`` (pytest's is ``--edgeport-option``)."""
+    return validate_options(backend, options_from_dict(backend, dict(values or {})), flag=flag)
 
 
-def parse_option_items(items: Iterable[str]) -> dict[str, str]:
+def parse_option_items(backend: Backend, items: Iterable[str], flag: str = "--option") -> dict[str, str]:
     """``["fp16=true"]`` -> ``{"fp16": "true"}``: options as the command line gives them
-    (the backend's options class types them)."""
+    (the backend's options class types them), each written KEY=VALUE or, as export
+    writes it, BACKEND.KEY=VALUE; ``flag`` is the one they came with, for the hint."""
     options = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not (eq and key):
-            raise InputError(f"bad backend option {item!r}", hint="write KEY=VALUE, e.g. fp16=true")
-        options[key] = value
+            raise InputError(f"bad backend option {item!r}",
+                             hint=f"write {flag} KEY=VALUE or {flag} BACKEND.KEY=VALUE, e.g. fp16=true")
+        options[key.removeprefix(f"{backend.name}.")] = value
     return options
 
 
