@@ -2,9 +2,11 @@
 of a verdict planted once."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
+import torch
 
 import edgeport
 
@@ -213,3 +215,36 @@ def test_options_are_key_or_backend_key_and_a_bad_one_is_hinted_with_the_flag_it
     with pytest.raises(BackendError, match="option torchops.precision='fp64' is not one of: fp32, fp16") as raised:
         checked_options(_Ruled(), {"precision": "fp64"}, flag="--edgeport-option")
     assert "set it with --edgeport-option torchops.precision=VALUE" in raised.value.hint
+
+
+def test_a_failed_case_taken_in_part_shows_its_failure_not_its_declines_as_why():
+    """The table's why column showed the reasons for the nodes left to portable instead."""
+    outcome = run_kit_case(TorchOpsBackend(ops=("relu",)), CASE["conv_bn_relu"], {"scale": 1.01})
+    assert outcome.verdict is Verdict.FAILED and outcome.declined and 0.0 < outcome.delegated < 1.0
+    assert outcome.why == outcome.message and "> tolerance" in outcome.why
+    passed = run_kit_case(TorchOpsBackend(ops=("relu",)), CASE["conv_bn_relu"])
+    assert passed.why.startswith("aten.convolution.default: torchops has no kernel")
+
+
+class _Bends:
+    def __init__(self, inner, bend):
+        self.inner, self.bend = inner, bend
+
+    def run(self, inputs):
+        return [self.bend(o) for o in self.inner.run(inputs)]
+
+
+@pytest.mark.parametrize("bend, said", [
+    (lambda o: o.double(), r"output 0 is float64, eager's float32"),
+    (lambda o: o[None], r"output 0 has shape \[1, 2, 16\], eager's \[2, 16\]"),
+    (lambda o: o.index_fill(0, torch.tensor([1]), float("nan")), r"output 0 is nan at \[1, 0\], eager's [0-9.e-]+"),
+])
+def test_an_output_of_the_wrong_dtype_or_shape_or_a_misplaced_nan_is_named(bend, said):
+    """It said "wrong output dtype or shape, or a NaN or infinity": which, the author had to find out."""
+    class Bent(TorchOpsBackend):
+        def load(self, artifact):
+            return _Bends(super().load(artifact), bend)
+
+    outcome = run_kit_case(Bent(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED and outcome.error == float("inf")
+    assert re.fullmatch(f"{said} > tolerance 0.0001", outcome.message), outcome.message

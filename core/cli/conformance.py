@@ -60,10 +60,9 @@ def _print_table(run: KitRun) -> None:
     table = Table("case", "dtype", "verdict", "taken", "error / tolerance", "why")
     for o in run.outcomes:
         error = "-" if o.error is None else f"{o.error:.2g} / {o.tolerance:.2g} {o.unit}"
-        why = "; ".join(f"{op}: {reason}" for op, reason in o.declined.items()) or o.message
         style = _STYLE[o.verdict]
         table.add_row(escape(o.case), o.dtype, f"[{style}]{o.verdict.value}[/{style}]", f"{o.delegated:.0%}",
-                      error, escape(why))
+                      error, escape(o.why))
     console.print(table)
     whole = sum(o.verdict is Verdict.PASSED and o.delegated == 1.0 for o in run.outcomes)
     where = "" if run.availability.can_run else f"; cannot run here ({run.availability.why}): compile checked only"

@@ -53,7 +53,7 @@ class Outcome:
     ``tolerance`` share ``unit``: "relative" (to eager, or to the reference for dynamic
     schemes) or "steps" (int8 output quantization steps). ``error`` is None when the
     case did not run, and infinite when an output's dtype or shape is wrong, or it has a
-    NaN or infinity where eager has a number.
+    NaN or infinity where eager has a number (``message`` says which output, and how).
     """
 
     case: str
@@ -67,6 +67,14 @@ class Outcome:
     tolerance: float | None = None
     unit: str = "relative"
     message: str = ""  # the verdict in one line
+
+    @property
+    def why(self) -> str:
+        """What a table's "why" column shows: a failed case's failure (not the reasons
+        for the nodes left to portable, when it took some), else each declined op's
+        reason, or the verdict line when there are none."""
+        declined = "; ".join(f"{op}: {reason}" for op, reason in self.declined.items())
+        return self.message if self.verdict is Verdict.FAILED or not declined else declined
 
 
 @dataclass(frozen=True)
@@ -218,8 +226,11 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
         why = _availability(backend).why or "its availability() says it cannot run here"
         return outcome(Verdict.NOT_RUN, f"compiled; not run: {why}")
     if not result.passed:
-        shown = (f"error {_fmt(error)} {unit}" if error != float("inf")
-                 else "wrong output dtype or shape, or a NaN or infinity where eager has a number")
+        if error != float("inf"):
+            shown = f"error {_fmt(error)} {unit}"
+        else:  # a float case says which output and how; a quantized one's error has no dtype or shape
+            shown = (result.mismatch if isinstance(result, CaseResult) and result.mismatch
+                     else "an output is NaN or infinite where the reference has a number")
         return outcome(Verdict.FAILED, f"{shown} > tolerance {_fmt(tolerance)}")
     share = "all" if result.delegated == 1.0 else f"{result.delegated:.0%}"
     return outcome(Verdict.PASSED, f"took {share} of its nodes; error {_fmt(error)} <= {_fmt(tolerance)} {unit}")
