@@ -361,8 +361,9 @@ class Backend:
         tensors in the partition's input order and returns its outputs in order (tensors
         or numpy arrays the next call will not overwrite). Do the slow work (parsing,
         allocation) here, not in ``run``. Raise `BackendError` for what a user can fix
-        (a missing driver); anything else is reported as a program the backend cannot
-        read."""
+        (a missing driver), with a hint; anything else is reported as your load
+        failing ("backend 'x' cannot load partition 0: ..."), a problem of the plugin
+        or of the device."""
         raise NotImplementedError(f"backend {self.name!r} must implement load()")
 
     def tolerance(self, options: Any) -> float:

@@ -517,3 +517,21 @@ def test_a_version_that_raises_is_refused_naming_the_backend_before_any_work():
     registry.add_plugin(plugin(backend), name="raising")  # registered in code: read, and refused, at once
     [broken] = registry.broken()
     assert broken.error == message and "report it to its authors" in broken.hint
+
+
+def test_a_load_that_raises_is_said_to_be_the_backends_not_the_files():
+    """Its hint said "re-export the model ...", for a RuntimeError("device not found")."""
+    import torch
+
+    class NoDevice(TorchOpsBackend):
+        def load(self, artifact):
+            raise RuntimeError("libnpu: device not found")
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(NoDevice(ops=("relu",))), name="nodevice")
+    program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    with pytest.raises(edgeport.ProgramError, match="cannot load partition 0: RuntimeError: libnpu: device not found$"
+                       ) as raised:
+        program(torch.ones(2))
+    assert raised.value.hint.startswith("torchops's load() raised this: a problem of the plugin or of its device")
+    assert "re-export" not in raised.value.hint
