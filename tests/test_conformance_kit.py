@@ -248,3 +248,10 @@ def test_an_output_of_the_wrong_dtype_or_shape_or_a_misplaced_nan_is_named(bend,
     outcome = run_kit_case(Bent(), CASE["relu"])
     assert outcome.verdict is Verdict.FAILED and outcome.error == float("inf")
     assert re.fullmatch(f"{said} > tolerance 0.0001", outcome.message), outcome.message
+
+
+def test_a_stateful_case_run_on_numpy_inputs_starts_from_the_state_eager_started_from():
+    """The numpy program is loaded afresh: compared with the eager module after the tensor
+    runs had written its buffer, a right backend failed (error 0.93)."""
+    outcome = run_kit_case(TorchOpsBackend(ops=("index_copy", "permute", "bmm")), CASE["buffer_row_update"])
+    assert (outcome.verdict, outcome.delegated) == (Verdict.PASSED, 1.0), outcome.message
