@@ -227,11 +227,10 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
         return outcome(Verdict.NOT_RUN, f"compiled; not run: {why}")
     if not result.passed:
         if error != float("inf"):
-            shown = f"error {_fmt(error)} {unit}"
-        else:  # a float case says which output and how; a quantized one's error has no dtype or shape
-            shown = (result.mismatch if isinstance(result, CaseResult) and result.mismatch
-                     else "an output is NaN or infinite where the reference has a number")
-        return outcome(Verdict.FAILED, f"{shown} > tolerance {_fmt(tolerance)}")
+            return outcome(Verdict.FAILED, f"error {_fmt(error)} {unit} > tolerance {_fmt(tolerance)}")
+        # no tolerance allows it: a float case says which output and how; a quantized one's error has no dtype
+        return outcome(Verdict.FAILED, result.mismatch if isinstance(result, CaseResult) and result.mismatch
+                       else "an output is NaN or infinite where the reference has a number")
     share = "all" if result.delegated == 1.0 else f"{result.delegated:.0%}"
     return outcome(Verdict.PASSED, f"took {share} of its nodes; error {_fmt(error)} <= {_fmt(tolerance)} {unit}")
 
