@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if name is None:
         return
     from edgeport import EdgeportError
-    from edgeport.backend import checked_version
+    from edgeport.contract import checked_version
     from edgeport.testing.kit import backend_named, checked_options, parse_option_items
 
     try:

@@ -20,7 +20,8 @@ from torch.export import ExportedProgram
 
 from edgeport.partitioners.policy import PORTABLE
 
-from .backend import Backend, checked_version, options_from_dict, validate_options
+from .backend import Backend, options_from_dict, validate_options
+from .contract import checked_version
 from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .errors import BackendError, EdgeportError, InputError

@@ -26,7 +26,8 @@ from edgeport.partitioners.partition import PartitionPlan, partition_graph
 from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, ask_support
 
-from .backend import Artifact, Backend, Support, artifact_problem, options_to_dict, support_question
+from .backend import Artifact, Backend, Support, options_to_dict, support_question
+from .contract import artifact_problem
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, RowUpdate, StatePrefix, Step, TensorSpec
 from .outcomes import Compiled, DeclinedNodes, FellBack, Outcome, PartitionKey, Placement, partition_key

@@ -31,7 +31,8 @@ import pluggy
 
 from . import hookspecs
 from .arrays import torch_installed
-from .backend import Availability, Backend, checked_version, validate_options
+from .backend import Availability, Backend, validate_options
+from .contract import checked_version
 from .errors import BackendError, InputError, UnknownBackendError
 
 ENTRY_POINT_GROUP = "edgeport"

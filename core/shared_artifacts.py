@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, MutableMapping
 
-from .backend import Artifact, Backend, artifact_problem, options_from_dict
+from .backend import Artifact, Backend, options_from_dict
+from .contract import artifact_problem
 from .errors import BackendError
 from .manifest import ArtifactInfo, MethodPlan
 

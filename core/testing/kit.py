@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from ..backend import Availability, Backend, checked_version, options_from_dict, validate_options
+from ..backend import Availability, Backend, options_from_dict, validate_options
+from ..contract import checked_version
 from ..errors import InputError
 from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
