@@ -5,7 +5,8 @@ Installed with edgeport (entry point ``pytest11``). With the flag, every case of
 backend NAME: a case it passes passes, a case it fails (export, compile, run, or an
 answer off by more than its declared tolerance) fails with that one line, and a case
 it declines, or that cannot run on this machine, is skipped with the reason.
-``--edgeport-option KEY=VALUE`` sets a backend option (repeatable).
+``--edgeport-option KEY=VALUE`` (or ``BACKEND.KEY=VALUE``, as ``edgeport conformance
+--option`` takes it) sets a backend option (repeatable).
 
 Without the flag the plugin adds nothing. It lives outside the ``edgeport`` package
 and imports edgeport only when the flag is given, so it costs every other pytest run
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 BACKEND_FLAG = "--edgeport-backend"
+OPTION_FLAG = "--edgeport-option"
 _OUTCOMES = pytest.StashKey[list]()
 
 
@@ -26,8 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("edgeport", "edgeport conformance kit")
     group.addoption(BACKEND_FLAG, metavar="NAME", default=None,
                     help="run edgeport's conformance kit on the installed backend NAME")
-    group.addoption("--edgeport-option", metavar="KEY=VALUE", action="append", default=[],
-                    help="an option of that backend, for every case (repeatable)")
+    group.addoption(OPTION_FLAG, metavar="KEY=VALUE", action="append", default=[],
+                    help="an option of that backend, for every case (repeatable; BACKEND.KEY=VALUE too)")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: they apply to the kit's items too
@@ -36,12 +38,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if name is None:
         return
     from edgeport import EdgeportError
+    from edgeport.contract import checked_version
     from edgeport.testing.kit import backend_named, checked_options, parse_option_items
 
     try:
-        options = parse_option_items(config.getoption("--edgeport-option"))
         backend = backend_named(name)
-        checked_options(backend, options)
+        options = parse_option_items(backend, config.getoption(OPTION_FLAG), flag=OPTION_FLAG)
+        checked_options(backend, options, flag=OPTION_FLAG)
+        checked_version(backend)
     except EdgeportError as exc:
         raise pytest.UsageError(f"{BACKEND_FLAG} {name}: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""))
     config.stash[_OUTCOMES] = []
@@ -108,7 +112,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     counts = {v: sum(o.verdict is v for o in outcomes) for v in Verdict}
     whole = sum(o.verdict is Verdict.PASSED and o.delegated == 1.0 for o in outcomes)
     name = config.getoption(BACKEND_FLAG)
-    table = " ".join(["edgeport conformance", name, *(f"--option {o}" for o in config.getoption("--edgeport-option"))])
+    table = " ".join(["edgeport conformance", name, *(f"--option {o}" for o in config.getoption(OPTION_FLAG))])
     terminalreporter.write_sep("-", "edgeport conformance")
     if config.get_verbosity() > 0:  # -v: a line per case, as the table has it
         for o in outcomes:

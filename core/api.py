@@ -21,6 +21,7 @@ from torch.export import ExportedProgram
 from edgeport.partitioners.policy import PORTABLE
 
 from .backend import Backend, options_from_dict, validate_options
+from .contract import checked_version
 from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .errors import BackendError, EdgeportError, InputError
@@ -276,6 +277,7 @@ def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Back
                 f"backend {entry.backend.name!r} cannot compile on this machine: {availability.why}",
                 hint=f"install its toolchain (pip install 'edgeport[{entry.backend.name}]') or choose another backend",
             )
+        checked_version(entry.backend)  # recorded with every artifact: refused before any work
         selected[entry.backend.name] = entry.backend
     return selected
 

@@ -27,8 +27,8 @@ This module imports no torch: a device without torch registers backends and runs
 from __future__ import annotations
 
 import dataclasses
-import math
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
 
@@ -229,7 +229,9 @@ class Backend:
     def version(self) -> str:
         """Recorded with every artifact, so a program says what produced it. Read at
         export and by ``edgeport backends``: return your toolchain's version as a
-        string (a class attribute will do); never raise."""
+        non-empty string (a class attribute will do; another value is refused when
+        the backend is registered, or a computed one when it is first used); never
+        raise."""
         return "0"
 
     def availability(self) -> Availability:
@@ -267,7 +269,8 @@ class Backend:
         instance. Do not change the program. Return anything (the default: None); it
         reaches every `support` call on this program as ``ctx.prepared``, and nothing
         else keeps it. An exception declines every node of the program for this backend,
-        with the error as the reason."""
+        with the error as the reason; export warns of it, and the conformance kit counts
+        it as a failure."""
         return None
 
     def support(self, node: Node, ctx: SupportContext) -> Support:
@@ -284,7 +287,8 @@ class Backend:
 
         Return `Support.yes()` or `Support.no("reason")` with a reason a user can act
         on (the op, the dtype, the limit). Never raise: an exception is recorded as the
-        reason and the node goes to another backend. `compile` must then accept every
+        reason and the node goes to another backend, but export warns of it and the
+        conformance kit counts it as a failure. `compile` must then accept every
         node you said yes to (answer from the same table it uses)."""
         raise NotImplementedError(f"backend {self.name!r} must implement support()")
 
@@ -309,8 +313,9 @@ class Backend:
         returns only user outputs. Node names are those of the whole program.
         ``options`` is the options instance. Do not change ``program``.
 
-        Return an `Artifact` (bytes, a file suffix, JSON-able metadata you get back at
-        load). To refuse particular nodes, raise `DeclineNodes({node_name: reason})`:
+        Return an `Artifact` (bytes, a file suffix such as ".tflite", JSON metadata you
+        get back at load; another suffix or metadata falls the partition back as a
+        failed compile would). To refuse particular nodes, raise `DeclineNodes({node_name: reason})`:
         edgeport records the reasons and partitions again. Any other exception falls the
         partition back to portable torch with the error as its reason (``strict``
         export raises instead), and the conformance kit counts it as a failure."""
@@ -329,8 +334,9 @@ class Backend:
         tensors in the partition's input order and returns its outputs in order (tensors
         or numpy arrays the next call will not overwrite). Do the slow work (parsing,
         allocation) here, not in ``run``. Raise `BackendError` for what a user can fix
-        (a missing driver); anything else is reported as a program the backend cannot
-        read."""
+        (a missing driver), with a hint; anything else is reported as your load
+        failing ("backend 'x' cannot load partition 0: ..."), a problem of the plugin
+        or of the device."""
         raise NotImplementedError(f"backend {self.name!r} must implement load()")
 
     def tolerance(self, options: Any) -> float:
@@ -384,14 +390,24 @@ class Backend:
         return None
 
 
+class PrepareFailed(Exception):
+    """A backend's `prepare` raised: every `support` question about that program raises
+    this instead (the message says what `prepare` raised), so the support matrix records
+    the plugin's bug as a fault as well as declining each node with it."""
+
+
 def support_question(backend: Backend, program: ExportedProgram, options: Any) -> Callable[[Node], Support]:
-    """``backend.support`` for the nodes of ``program``, after its `prepare` (once); a
-    `prepare` that raises declines every node with the error."""
+    """``backend.support`` for the nodes of ``program``, after its `prepare` (once); after
+    a `prepare` that raised, each question raises `PrepareFailed` with that error."""
     try:
         ctx = SupportContext(program, options, backend.prepare(program, options))
     except Exception as exc:  # noqa: BLE001 - one backend's bug must not stop an export
-        no = Support.no(f"prepare() raised {type(exc).__name__}: {exc}")
-        return lambda node: no
+        message = f"prepare() raised {type(exc).__name__}: {exc}"
+
+        def refuse(node: Node) -> Support:
+            raise PrepareFailed(message)
+
+        return refuse
     return lambda node: backend.support(node, ctx)
 
 
@@ -430,24 +446,26 @@ def option(default: Any, *, choices: tuple[Any, ...] | Callable[[], Iterable[Any
     return field(default=default, metadata={_RULE: OptionRule(choices, at_least, at_most)})
 
 
-def validate_options(backend: Backend, options: Any, *, toolchain_choices: bool = True) -> Any:
+def validate_options(backend: Backend, options: Any, *, toolchain_choices: bool = True,
+                     flag: str = "--option") -> Any:
     """``options`` (an instance of ``backend.options``) checked against each field's
     `option` rule, with string choices spelled as declared; raises `BackendError`
-    naming the option and its valid values. ``toolchain_choices=False`` skips the
-    choices only a toolchain can list (loading a saved program must not import one)."""
+    naming the option and its valid values, with a hint to set it by ``flag`` (the
+    command line's; pytest's is ``--edgeport-option``). ``toolchain_choices=False``
+    skips the choices only a toolchain can list (loading a saved program must not import one)."""
     canonical = {}
     for f in dataclasses.fields(options):
         rule = f.metadata.get(_RULE)
         if rule is not None and (toolchain_choices or not callable(rule.choices)):
-            canonical[f.name] = _check_rule(backend, f, rule, getattr(options, f.name))
+            canonical[f.name] = _check_rule(backend, f, rule, getattr(options, f.name), flag)
     return dataclasses.replace(options, **canonical)
 
 
-def _check_rule(backend: Backend, f: dataclasses.Field, rule: OptionRule, value: Any) -> Any:
+def _check_rule(backend: Backend, f: dataclasses.Field, rule: OptionRule, value: Any, flag: str) -> Any:
     from .errors import BackendError
 
     where = f"{backend.name}.{f.name}"
-    hint = f"its default is {f.default!r}; set it with --option {where}=VALUE (Python: options={{...}})"
+    hint = f"its default is {f.default!r}; set it with {flag} {where}=VALUE (Python: options={{...}})"
     if rule.choices is not None:
         try:
             choices = tuple(rule.choices() if callable(rule.choices) else rule.choices)

@@ -47,10 +47,12 @@ def saved_options(backend: Backend, path: str, values: dict[str, Any]) -> Any:
 def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backend: Backend) -> Executable:
     """``backend.load`` of the step's artifact.
 
-    The artifact's bytes and metadata passed every check of the file, and the backend
-    says it can run here, so a load that fails with anything but an `EdgeportError` is
-    the program's content the backend cannot read (metadata edited, or written by
-    another version of it): a `ProgramError` naming the backend and the partition."""
+    The artifact's bytes and metadata passed every check of the file (its checksums
+    too: the file is whole), and the backend says it can run here, so a load that
+    fails with anything but an `EdgeportError` is the backend's own failure: a bug of
+    the plugin, its device or driver missing, or content another version of it wrote. A
+    `ProgramError` naming the backend and the partition; its hint says whose problem it
+    is (re-exporting rarely helps: "device not found" was told to)."""
     try:
         loaded = backend.load(step_artifact(manifest, files, step, backend))
     except EdgeportError:
@@ -58,7 +60,8 @@ def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backe
     except Exception as exc:
         raise ProgramError(
             f"backend {backend.name!r} cannot load partition {step.partition}: {described(exc)}",
-            hint="re-export the model with this version of the backend, or check the file was copied whole",
+            hint=f"{backend.name}'s load() raised this: a problem of the plugin or of its device or driver (the "
+                 "file passed its checks); --debug (EDGEPORT_RAISE_ERRORS=1) shows where, for the plugin's authors",
         ) from exc
     method = "entry" if step.entry is not None else "run"  # a merged artifact's entries, or one executable
     if not callable(getattr(loaded, method, None)):  # the plugin's mistake, not the file's

@@ -27,6 +27,7 @@ from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import SupportMatrix, ask_support
 
 from .backend import Artifact, Backend, Support, options_to_dict, support_question
+from .contract import artifact_problem
 from .errors import DeclineNodes, EdgeportError, LoweringError
 from .manifest import ArtifactInfo, MethodPlan, RowUpdate, StatePrefix, Step, TensorSpec
 from .outcomes import Compiled, DeclinedNodes, FellBack, Outcome, PartitionKey, Placement, partition_key
@@ -125,6 +126,8 @@ def lower_method(
 def place(method: _Method, nodes: list[Node]) -> Placement:
     """Propose partitions and compile them, again after each round of declined nodes."""
     matrix = ask_support(nodes, {b: _support_fn(method, b) for b in method.backends})
+    for backend, fault in matrix.faults.items():  # one line per backend, as a failed compile gets
+        log.warning("backend %s: %s; its nodes go to the other backends", backend, fault)
     outcomes: dict[PartitionKey, Outcome] = {}
     for _ in range(MAX_REPARTITIONS):
         plan = propose(method, nodes, matrix)
@@ -171,10 +174,9 @@ def compile_partition(method: _Method, partition: Partition) -> Outcome:
     backend = method.backends[partition.backend]
     try:
         artifact = backend.compile(method.cut(partition).program, method.options[partition.backend])
-        if not isinstance(artifact, Artifact):
-            raise TypeError(f"compile() returned {type(artifact).__name__}, not an edgeport.Artifact")
-        if not isinstance(artifact.data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"compile() returned an Artifact whose data is {type(artifact.data).__name__}, not bytes")
+        problem = artifact_problem(artifact)
+        if problem:
+            raise TypeError(f"compile() {problem}")
         return Compiled(artifact)
     except DeclineNodes as declined:
         return _declined(partition, declined)

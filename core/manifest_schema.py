@@ -290,7 +290,7 @@ REPORT_PARTITION = record({"id": integer(), "backend": NAME, "nodes": integer(),
                            "fallback": nullable(text())}, open_ended=True)
 REPORT_VALUE = record({"dtype": text(), "shape": array(DIM), "bytes": integer(0, 2**63 - 1)}, open_ended=True)
 REPORT = record({"nodes": array(REPORT_NODE), "partitions": array(REPORT_PARTITION)},
-                optional={"values": mapping(REPORT_VALUE)}, open_ended=True)
+                optional={"values": mapping(REPORT_VALUE), "faults": mapping(text())}, open_ended=True)
 
 _V1_FIELDS = {
     "format": text(choices=("edgeport",)),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 import sys
 import threading
@@ -30,8 +31,9 @@ import pluggy
 
 from . import hookspecs
 from .arrays import torch_installed
-from .backend import Availability, Backend
-from .errors import InputError, UnknownBackendError
+from .backend import Availability, Backend, validate_options
+from .contract import checked_version
+from .errors import BackendError, InputError, UnknownBackendError
 
 ENTRY_POINT_GROUP = "edgeport"
 DISABLE_ENV = "EDGEPORT_DISABLE_PLUGINS"
@@ -292,12 +294,16 @@ class _Registrar:
     def __call__(self, backend: Backend, aliases: Iterable[str] = ()) -> None:
         names = (aliases,) if isinstance(aliases, str) else tuple(aliases)  # "npu" is one alias, not three
         problem = _contract_problem(backend) or _alias_problem(names) or self._taken(backend.name, names)
+        if not problem:
+            try:
+                version = _entry_version(backend, self._source)
+            except BackendError as exc:
+                problem = str(exc), exc.hint
         if problem:
             message, hint = problem
             self._collected.broken.append(BrokenPlugin(self._plugin, self._source.distribution, message, hint))
             return
-        entry = BackendEntry(backend, self._plugin, self._source.distribution,
-                             self._source.version or backend.version, names)
+        entry = BackendEntry(backend, self._plugin, self._source.distribution, version, names)
         self._collected.entries[backend.name] = entry
         self._collected.aliases.update({a: backend.name for a in names})
 
@@ -306,9 +312,16 @@ class _Registrar:
         for taken in (name, *aliases):
             if taken in entries or taken in alias_map:
                 owner = entries.get(taken) or entries[alias_map[taken]]
-                return (f"backend name {taken!r} is registered twice: by {owner.distribution} (plugin {owner.plugin}) "
-                        f"and by {self._source.distribution} (plugin {self._plugin}); the second is ignored",
-                        f"uninstall one, or block a plugin with {DISABLE_ENV}={self._plugin}")
+                message = (f"backend name {taken!r} is registered twice: by {owner.distribution} (plugin "
+                           f"{owner.plugin}) and by {self._source.distribution} (plugin {self._plugin}); the second "
+                           "is ignored")
+                if owner.plugin == self._plugin:
+                    return message, f"give each backend of plugin {self._plugin} a name of its own"
+                # Plugins are named by their entry points, not by the backends they register:
+                # blocking the backend's name would block whichever plugin's entry point has it.
+                return message, (f"to keep {owner.distribution}'s, block the other with {DISABLE_ENV}={self._plugin}; "
+                                 f"to keep {self._source.distribution}'s, {DISABLE_ENV}={owner.plugin}; "
+                                 "or uninstall one")
         return None
 
 
@@ -330,11 +343,41 @@ def _contract_problem(backend: Any) -> tuple[str, str] | None:
         return (f"options of backend {name!r} must be a dataclass, not {getattr(options, '__name__', options)}",
                 "declare them as @dataclass(frozen=True) class MyOptions: ... with a default for every field")
     try:
-        options()
+        defaults = options()
     except Exception as exc:
         return (f"options of backend {name!r} cannot be built from their defaults: {type(exc).__name__}: {exc}",
                 f"give every field of {options.__name__} a valid default")
+    if not _frozen(defaults):  # one instance serves every partition (and thread) of an export
+        return (f"options of backend {name!r} ({options.__name__}) are not frozen",
+                f"declare them @dataclass(frozen=True) class {options.__name__}: ...")
+    try:  # choices a toolchain lists are asked for at export: listing them may import it
+        validate_options(backend, defaults, toolchain_choices=False)
+    except Exception as exc:
+        return (f"an option default of backend {name!r} breaks its own edgeport.option rule: {exc}",
+                f"make each default of {options.__name__} one its rule accepts")
     return None
+
+
+def _frozen(instance: Any) -> bool:
+    """Whether a dataclass instance refuses assignment, as ``frozen=True`` makes it."""
+    name = next((f.name for f in dataclasses.fields(instance)), "probe")
+    try:
+        setattr(instance, name, getattr(instance, name, None))  # the same value, on a throwaway instance
+    except dataclasses.FrozenInstanceError:
+        return True
+    return False
+
+
+def _entry_version(backend: Backend, source: _Source) -> str:
+    """The version a backend's entry shows: its distribution's, or the backend's own
+    for one registered in code. The backend's is checked (`checked_version` raises a
+    `BackendError`) unless a property computes it and the distribution's is shown:
+    computing it may import the toolchain, which registering must not (qualcomm's does);
+    export and the conformance kit check it when they first use the backend."""
+    if source.version and isinstance(inspect.getattr_static(backend, "version", None), property):
+        return source.version
+    own = checked_version(backend)
+    return source.version or own
 
 
 def _alias_problem(aliases: tuple[Any, ...]) -> tuple[str, str] | None:

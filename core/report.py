@@ -10,6 +10,7 @@ JSON shape (one per method):
     partitions: [{id, backend, nodes (count), node_names, inputs, outputs,
                   boundary_bytes, fallback}]
     values:     {name: {dtype, shape, bytes}} for every value crossing a partition boundary
+    faults:     {backend: error} when a backend's support() or prepare() raised (only then)
 """
 
 from __future__ import annotations
@@ -129,4 +130,7 @@ def placement_report(placement: Placement, subprograms: Mapping[int, Any], steps
             "fallback": f"{fallback.backend}: {fallback.reason}" if (fallback := fallbacks.get(partition.id)) else None,
         })
     crossing = {v: None for p in partition_rows for v in (*p["inputs"], *p["outputs"]) if v in by_name}
-    return {"nodes": node_rows, "partitions": partition_rows, "values": {v: _value(by_name[v]) for v in crossing}}
+    report = {"nodes": node_rows, "partitions": partition_rows, "values": {v: _value(by_name[v]) for v in crossing}}
+    if matrix.faults:
+        report["faults"] = dict(matrix.faults)
+    return report

@@ -17,6 +17,8 @@ import dataclasses
 from typing import Mapping, MutableMapping
 
 from .backend import Artifact, Backend, options_from_dict
+from .contract import artifact_problem
+from .errors import BackendError
 from .manifest import ArtifactInfo, MethodPlan
 
 
@@ -47,6 +49,10 @@ def share_artifacts(
                                 for p, i in zip(paths, infos)])
         if merged is None:
             continue
+        problem = artifact_problem(merged)
+        if problem:
+            raise BackendError(f"backend {name!r}: merge() {problem}",
+                               hint="a bug in the backend: report it to its authors")
         path = f"artifacts/{name}{merged.suffix}"
         for p in paths:
             del files[p], artifacts[p]

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch.fx import Node
 
-from edgeport.backend import Support
+from edgeport.backend import PrepareFailed, Support
 
 SupportFn = Callable[[Node], Support]
 
@@ -36,6 +36,9 @@ class SupportMatrix:
 
     backends: tuple[str, ...]
     answers: dict[str, dict[str, Support]] = field(default_factory=dict)
+    # backend -> the first error its support check raised (or the non-Support it
+    # returned): a bug in the plugin, not a decline, though its nodes go elsewhere too
+    faults: dict[str, str] = field(default_factory=dict)
 
     def supports(self, node: str, backend: str) -> bool:
         return bool(self.answers.get(node, {}).get(backend))
@@ -52,7 +55,8 @@ def ask_support(nodes: Iterable[Node], backends: Mapping[str, SupportFn]) -> Sup
     """Ask each backend about each compute node, in graph order.
 
     A support check must not raise; if one does, its exception becomes the reason, so
-    one buggy plugin cannot stop an export.
+    one buggy plugin cannot stop an export, and the matrix keeps it among its ``faults``
+    (lowering warns of it, the conformance kit fails it).
     """
     matrix = SupportMatrix(tuple(backends))
     for node in nodes:
@@ -66,10 +70,15 @@ def ask_support(nodes: Iterable[Node], backends: Mapping[str, SupportFn]) -> Sup
         for name, check in backends.items():
             try:
                 answer = check(node)
+            except PrepareFailed as exc:
+                answer = Support.no(str(exc))
+                matrix.faults.setdefault(name, answer.reason)
             except Exception as exc:
                 answer = Support.no(f"support() raised {type(exc).__name__}: {exc}")
+                matrix.faults.setdefault(name, answer.reason)
             if not isinstance(answer, Support):
                 answer = Support.no(f"support() returned {answer!r} instead of a Support")
+                matrix.faults.setdefault(name, answer.reason)
             row[name] = answer
         matrix.answers[node.name] = row
     return matrix

@@ -190,7 +190,7 @@ def test_backends_lists_backends_and_broken_plugins(env):
 
     registry.add_plugin(Broken(), name="broken-npu", distribution="broken-dist")
     data = json.loads(invoke("backends", "--json", registry=registry).output)
-    assert [b["name"] for b in data["backends"]] == ["torchops"]
+    assert [(b["name"], b["plugin"]) for b in data["backends"]] == [("torchops", "test-plugin")]
     [broken] = data["broken"]
     assert (broken["plugin"], broken["distribution"], broken["error"]) == (
         "broken-npu", "broken-dist", "ImportError: libQnnHtp.so not found")

@@ -60,7 +60,7 @@ def test_an_unknown_backend_or_a_bad_option_is_one_line_and_a_hint():
     unknown = invoke("nope")
     assert unknown.exit_code == 1 and "unknown backend 'nope'; installed: torch_ops" in unknown.output
     bad = invoke("torch_ops", "--option", "scale")
-    assert bad.exit_code == 1 and "bad backend option 'scale'" in bad.output and "hint: write KEY=VALUE" in bad.output
+    assert bad.exit_code == 1 and "bad backend option 'scale'" in bad.output and "hint: write --option KEY=VALUE or --option BACKEND.KEY=VALUE" in bad.output
 
 
 def test_an_option_may_name_its_backend_as_export_s_do():

@@ -1,11 +1,19 @@
 """The conformance kit's verdicts (edgeport.testing.kit), on the test backend: each rule
 of a verdict planted once."""
 
+import dataclasses
+import re
+
+import numpy as np
 import pytest
+import torch
+
+import edgeport
 
 from edgeport import BackendError
 from edgeport.testing import CASES, QUANTIZED_CASES
-from edgeport.testing.kit import Verdict, backend_named, kit_cases, run_kit, run_kit_case
+from edgeport.testing.kit import (Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit,
+                                  run_kit_case)
 from torch_backend import TorchOpsBackend, registry_with
 
 CASE = {c.name: c for c in kit_cases()}
@@ -117,3 +125,133 @@ def test_a_tolerance_that_is_no_number_fails_its_case_and_the_run_goes_on(declar
     relu = next(c for c in CASES if c.name == "relu")
     outcome = run_kit_case(Loose(ops=("relu",)), relu)
     assert outcome.verdict == Verdict.FAILED and f"tolerance() returned {declared!r}" in outcome.message
+
+
+class _SupportRaises(TorchOpsBackend):
+    def support(self, node, ctx):
+        raise RuntimeError("planted support failure")
+
+
+class _PrepareRaises(TorchOpsBackend):
+    def prepare(self, program, options):
+        raise KeyError("plan")
+
+
+@pytest.mark.parametrize("backend, error", [(_SupportRaises(), "support() raised RuntimeError: planted support failure"),
+                                            (_PrepareRaises(), "prepare() raised KeyError: 'plan'")])
+def test_a_support_check_that_raises_fails_the_case_instead_of_declining_it(backend, error):
+    """A backend raising on every node used to pass the kit: every case "declined"."""
+    outcome = run_kit_case(backend, CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED and outcome.error is None
+    assert outcome.message.startswith(error) and "never raise" in outcome.message
+
+
+class _LoadsOnlyBytes(TorchOpsBackend):
+    def load(self, artifact):
+        artifact.data.decode  # noqa: B018 - bytes have it; the memoryview of a saved program has not
+        return super().load(artifact)
+
+
+def test_the_kit_loads_each_case_from_a_saved_program_as_users_do():
+    """In memory, load() got the bytes compile() returned; a saved program hands it a memoryview."""
+    outcome = run_kit_case(_LoadsOnlyBytes(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED
+    assert outcome.message.startswith("load of the saved program failed: backend 'torchops' cannot load partition 0: "
+                                      "AttributeError") and "edgeport.as_bytes" in outcome.message
+
+
+class _TorchOnly:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def run(self, inputs):
+        return self.inner.run([x.detach() for x in inputs])  # numpy arrays have no detach()
+
+
+class _AssumesTorch(TorchOpsBackend):
+    def load(self, artifact):
+        return _TorchOnly(super().load(artifact))
+
+
+def test_the_kit_also_runs_each_case_on_numpy_inputs_as_edgeport_run_does():
+    outcome = run_kit_case(_AssumesTorch(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED
+    assert outcome.message.startswith("the run on numpy inputs failed: step 0 (torchops) failed: AttributeError")
+    assert "edgeport.as_numpy" in outcome.message
+    assert run_kit_case(TorchOpsBackend(), CASE["relu"]).verdict is Verdict.PASSED  # the same on tensors is right
+
+
+@pytest.mark.parametrize("returned, said", [
+    ({"suffix": "/../../escaped.zip"}, "suffix '/../../escaped.zip' is no file extension"),
+    ({"metadata": {"nodes": np.int64(1)}}, "Artifact.metadata that is not JSON (Object of type int64"),
+    ({"metadata": {"scale": float("nan")}}, "Artifact.metadata that is not JSON (Out of range float"),
+])
+def test_an_artifact_no_program_can_hold_is_refused_at_export_naming_the_backend(returned, said, caplog):
+    """Each exported fine and failed later: at save (metadata) or at load (a suffix that is a path)."""
+    class Careless(TorchOpsBackend):
+        def compile(self, program, options):
+            return dataclasses.replace(super().compile(program, options), **returned)
+
+    with caplog.at_level("WARNING", logger="edgeport.lowering"):
+        outcome = run_kit_case(Careless(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED and said in outcome.message
+    assert [r.getMessage() for r in caplog.records if said in r.getMessage()][0].startswith(
+        "partition 0 on torchops falls back to portable: compile failed: TypeError: compile() returned")
+
+
+@dataclasses.dataclass(frozen=True)
+class _RuledOptions:
+    precision: str = edgeport.option("fp32", choices=("fp32", "fp16"))
+
+
+class _Ruled(TorchOpsBackend):
+    options = _RuledOptions
+
+
+def test_options_are_key_or_backend_key_and_a_bad_one_is_hinted_with_the_flag_it_came_with():
+    """pytest's hint said `--option ...`, the CLI's flag, where pytest takes `--edgeport-option`."""
+    assert parse_option_items(_Ruled(), ["torchops.precision=FP16"]) == {"precision": "FP16"}
+    assert parse_option_items(_Ruled(), ["precision=fp16"]) == {"precision": "fp16"}
+    with pytest.raises(BackendError, match="option torchops.precision='fp64' is not one of: fp32, fp16") as raised:
+        checked_options(_Ruled(), {"precision": "fp64"}, flag="--edgeport-option")
+    assert "set it with --edgeport-option torchops.precision=VALUE" in raised.value.hint
+
+
+def test_a_failed_case_taken_in_part_shows_its_failure_not_its_declines_as_why():
+    """The table's why column showed the reasons for the nodes left to portable instead."""
+    outcome = run_kit_case(TorchOpsBackend(ops=("relu",)), CASE["conv_bn_relu"], {"scale": 1.01})
+    assert outcome.verdict is Verdict.FAILED and outcome.declined and 0.0 < outcome.delegated < 1.0
+    assert outcome.why == outcome.message and "> tolerance" in outcome.why
+    passed = run_kit_case(TorchOpsBackend(ops=("relu",)), CASE["conv_bn_relu"])
+    assert passed.why.startswith("aten.convolution.default: torchops has no kernel")
+
+
+class _Bends:
+    def __init__(self, inner, bend):
+        self.inner, self.bend = inner, bend
+
+    def run(self, inputs):
+        return [self.bend(o) for o in self.inner.run(inputs)]
+
+
+@pytest.mark.parametrize("bend, said", [
+    (lambda o: o.double(), r"output 0 is float64, eager's float32"),
+    (lambda o: o[None], r"output 0 has shape \[1, 2, 16\], eager's \[2, 16\]"),
+    (lambda o: o.index_fill(0, torch.tensor([1]), float("nan")), r"output 0 is nan at \[1, 0\], eager's [0-9.e-]+"),
+])
+def test_an_output_of_the_wrong_dtype_or_shape_or_a_misplaced_nan_is_named(bend, said):
+    """It said "wrong output dtype or shape, or a NaN or infinity": which, the author had to find out."""
+    class Bent(TorchOpsBackend):
+        def load(self, artifact):
+            return _Bends(super().load(artifact), bend)
+
+    outcome = run_kit_case(Bent(), CASE["relu"])
+    assert outcome.verdict is Verdict.FAILED and outcome.error == float("inf")
+    assert re.fullmatch(said, outcome.message), outcome.message
+
+
+def test_a_stateful_case_run_on_numpy_inputs_starts_from_the_state_eager_started_from():
+    """The numpy program is loaded afresh: compared with the eager module after the tensor
+    runs had written its buffer, a right backend failed (error 0.93)."""
+    outcome = run_kit_case(TorchOpsBackend(ops=("index_copy", "permute", "bmm")), CASE["buffer_row_update"])
+    assert (outcome.verdict, outcome.delegated) == (Verdict.PASSED, 1.0), outcome.message

@@ -4,6 +4,7 @@ import concurrent.futures
 import threading
 import time
 import types
+from dataclasses import dataclass
 
 import click
 import numpy as np
@@ -71,7 +72,21 @@ def test_a_second_backend_of_one_name_is_a_broken_plugin_and_the_first_keeps_wor
         [broken] = registry.broken()
         assert (broken.plugin, broken.distribution) == ("second", "dist-two")
         assert "registered twice: by dist-one (plugin first) and by dist-two (plugin second)" in broken.error
-        assert "EDGEPORT_DISABLE_PLUGINS=second" in broken.hint
+        assert broken.hint == ("to keep dist-one's, block the other with EDGEPORT_DISABLE_PLUGINS=second; "
+                               "to keep dist-two's, EDGEPORT_DISABLE_PLUGINS=first; or uninstall one")
+
+
+def test_a_duplicate_name_hint_names_entry_points_not_the_backend():
+    """The hint said EDGEPORT_DISABLE_PLUGINS=<the backend's name>, which blocked whichever
+    plugin's entry point had that name: here the real one, not the duplicate."""
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(TorchOpsBackend(name="vnpu")), name="dup", distribution="qa-broken")
+    registry.add_plugin(plugin(TorchOpsBackend(name="vnpu")), name="vnpu", distribution="qa-vnpu")
+    [broken] = registry.broken()
+    assert "to keep qa-vnpu's, EDGEPORT_DISABLE_PLUGINS=dup" in broken.hint
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(TorchOpsBackend(name="npu"), TorchOpsBackend(name="npu")), name="twice")
+    assert registry.broken()[0].hint == "give each backend of plugin twice a name of its own"
 
 
 def test_aliases_select_the_backend():
@@ -103,12 +118,49 @@ class PlainOptions(TorchOpsBackend):
     options = dict
 
 
+@dataclass
+class MutableOptions:
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class DefaultNotAChoice:
+    precision: str = edgeport.option("fp64", choices=("fp32", "fp16"))
+
+
+@dataclass(frozen=True)
+class DefaultOutOfRange:
+    threads: int = edgeport.option(0, at_least=1)
+
+
+def _with_options(options):
+    backend = TorchOpsBackend()
+    backend.options = options
+    return backend
+
+
+class FloatVersion(TorchOpsBackend):
+    version = 1.2
+
+
+class NoVersion(TorchOpsBackend):
+    version = None
+
+
 @pytest.mark.parametrize("backend, error, hint", [
     (object(), "registered <object", "subclass edgeport.Backend"),
     (NoCompile(), "backend 'half_done' does not implement compile()", "define compile"),
     (TorchOpsBackend(name="my-npu"), "invalid backend name 'my-npu'", "letters, digits and underscores"),
     (TorchOpsBackend(name="portable"), "invalid backend name 'portable'", "letters, digits and underscores"),
     (PlainOptions(), "options of backend 'torchops' must be a dataclass, not dict", "@dataclass(frozen=True)"),
+    (_with_options(MutableOptions), "options of backend 'torchops' (MutableOptions) are not frozen",
+     "@dataclass(frozen=True) class MutableOptions"),
+    (_with_options(DefaultNotAChoice), "an option default of backend 'torchops' breaks its own edgeport.option rule: "
+     "option torchops.precision='fp64' is not one of: fp32, fp16", "make each default of DefaultNotAChoice one"),
+    (_with_options(DefaultOutOfRange), "rule: option torchops.threads=0 is out of range: it must be at least 1",
+     "make each default of DefaultOutOfRange one"),
+    (FloatVersion(), "backend 'torchops' has version 1.2, not a non-empty string", "version = '1.2.0'"),
+    (NoVersion(), "backend 'torchops' has version None, not a non-empty string", "version = '1.2.0'"),
 ])
 def test_a_backend_that_breaks_the_contract_is_a_broken_plugin_at_registration(backend, error, hint):
     registry = edgeport.Registry(entry_points=False)
@@ -323,11 +375,9 @@ def test_one_alias_given_as_a_string_is_one_alias():
     assert registry.entry("torchops").aliases == ("npu",) and registry.get("npu").name == "torchops"
 
 
-def test_an_availability_or_version_of_the_wrong_type_says_so_and_the_listing_works():
-    """Either broke `edgeport backends` with an internal AttributeError or TypeError."""
+def test_an_availability_of_the_wrong_type_says_so_and_the_listing_works():
+    """It broke `edgeport backends` with an internal AttributeError."""
     class Tuple(TorchOpsBackend):
-        version = 1.5
-
         def availability(self):
             return (True, True)
 
@@ -336,7 +386,6 @@ def test_an_availability_or_version_of_the_wrong_type_says_so_and_the_listing_wo
     availability = registry.entry("tupled").availability()
     assert (availability.can_compile, availability.why) == (
         False, "availability() returned tuple, not an edgeport.Availability")
-    assert registry.entry("tupled").toolchain() == "1.5"
 
 
 def test_a_plugin_command_named_like_a_built_in_is_not_added():
@@ -459,3 +508,57 @@ def test_keep_ops_of_names_is_a_backend_error_naming_the_backend(ops):
     registry.add_plugin(plugin(Named(ops=("relu",))), name="named")
     with pytest.raises(edgeport.BackendError, match="backend 'torchops': keep_ops\\(\\) holds 'aten.linear"):
         edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+
+
+class RaisingVersion(TorchOpsBackend):
+    """Its version raises once its SDK is asked a second time (read once at registration)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    @property
+    def version(self):
+        self.reads += 1
+        if self.reads > 1:
+            raise RuntimeError("sdk not initialised")
+        return "1.0"
+
+
+def test_a_version_that_raises_is_refused_naming_the_backend_before_any_work():
+    """It was an "internal error ... please report it", for the kit after every case ran."""
+    import torch
+
+    from edgeport.testing.kit import run_kit
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(RaisingVersion()), name="raising")
+    message = "backend 'torchops': reading its version raised RuntimeError: sdk not initialised"
+    with pytest.raises(edgeport.BackendError, match=message):
+        edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    backend = RaisingVersion()
+    backend.reads = 1
+    with pytest.raises(edgeport.BackendError, match=message):
+        run_kit(backend, cases=[])
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(backend), name="raising")  # registered in code: read, and refused, at once
+    [broken] = registry.broken()
+    assert broken.error == message and "report it to its authors" in broken.hint
+
+
+def test_a_load_that_raises_is_said_to_be_the_backends_not_the_files():
+    """Its hint said "re-export the model ...", for a RuntimeError("device not found")."""
+    import torch
+
+    class NoDevice(TorchOpsBackend):
+        def load(self, artifact):
+            raise RuntimeError("libnpu: device not found")
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(NoDevice(ops=("relu",))), name="nodevice")
+    program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    with pytest.raises(edgeport.ProgramError, match="cannot load partition 0: RuntimeError: libnpu: device not found$"
+                       ) as raised:
+        program(torch.ones(2))
+    assert raised.value.hint.startswith("torchops's load() raised this: a problem of the plugin or of its device")
+    assert "re-export" not in raised.value.hint

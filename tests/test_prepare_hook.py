@@ -64,3 +64,20 @@ def test_the_cpu_backend_prepares_the_writer_context_support_reads():
     nodes = [n for n in program.graph.nodes if n.op == "call_function"]
     assert all(backend.support(n, ctx) for n in nodes)
     assert "view_constants" in vars(prepared)  # worked out once, kept on the context, not in a module cache
+
+
+def test_export_warns_once_naming_a_backend_whose_prepare_or_support_raised(caplog):
+    """As a failed compile is warned of: the export goes on, but the plugin's bug is said."""
+    class Raising(TorchOpsBackend):
+        def support(self, node, ctx):
+            raise RuntimeError("planted support failure")
+
+    for backend, error in ((_Preparing(fail=True), "prepare() raised RuntimeError: planted prepare failure"),
+                           (Raising("raising"), "support() raised RuntimeError: planted support failure")):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="edgeport.lowering"):
+            program = edgeport.export(_Model(), (torch.randn(2, 3),), backends=[backend.name],
+                                      registry=registry_with(backend))
+        assert [r.getMessage() for r in caplog.records] == [
+            f"backend {backend.name}: {error}; its nodes go to the other backends"]
+        assert program.report()["faults"] == {backend.name: error}

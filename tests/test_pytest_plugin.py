@@ -72,3 +72,12 @@ def test_without_the_flag_the_plugin_adds_nothing_and_never_imports_edgeport(pyt
     pytester.makepyfile(test_own="import sys\n\ndef test_own():\n    assert 'edgeport' not in sys.modules\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_an_option_is_taken_as_key_or_backend_key_as_edgeport_conformance_takes_it(child):
+    """``--edgeport-option torch_ops.scale=1.0`` was refused ("has no option torch_ops.scale")."""
+    result = child("--edgeport-backend", "torch_ops", "--edgeport-option", "torch_ops.scale=1.0", "-k", "own")
+    result.assert_outcomes(passed=1)
+    result = child("--edgeport-backend", "torch_ops", "--edgeport-option", "scale", "-k", "own")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*hint: write --edgeport-option KEY=VALUE or --edgeport-option BACKEND.KEY=VALUE*"])

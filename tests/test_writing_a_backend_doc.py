@@ -42,3 +42,26 @@ def test_the_pyproject_names_the_module_as_an_entry_point():
     project = tomllib.loads(_block("toml", "[build-system]"))
     assert project["project"]["entry-points"]["edgeport"] == {"my_npu": "my_npu"}
     assert project["tool"]["setuptools"]["py-modules"] == ["my_npu"]
+
+
+def _section_blocks(heading: str) -> list[str]:
+    with open(DOC) as f:
+        text = f.read()
+    start = text.index(heading)
+    section = text[start:text.index("\n### ", start + len(heading))]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_support_check_snippets_run_as_written():
+    """They failed pasted into a file: NameError for torch, then for support."""
+    import torch
+
+    program = torch.export.export(torch.nn.ReLU(), (torch.randn(2, 3),)).run_decompositions()
+    [relu] = [n for n in program.graph.nodes if n.op == "call_function"]
+    first, second = _section_blocks("### Support checks")
+    namespace: dict = {}
+    exec(compile(first, "docs/writing-a-backend.md", "exec"), namespace)
+    assert namespace["CHECK"](relu).ok
+    namespace = {}
+    exec(compile(second, "docs/writing-a-backend.md", "exec"), namespace)
+    assert namespace["check"](relu, lambda node: False).ok

@@ -71,7 +71,7 @@ class _Scaled:
         self.inner, self.scale = inner, scale
 
     def run(self, inputs: Sequence[torch.Tensor]) -> Sequence[Any]:
-        outs = self.inner.run(inputs)
+        outs = self.inner.run([torch.as_tensor(x) for x in inputs])  # numpy arrays from `edgeport run` too
         return [o * self.scale for o in outs] if self.scale != 1.0 else outs
 
 

@@ -20,6 +20,7 @@ def backends(as_json: bool) -> None:
         availability = entry.availability()
         rows.append({
             "name": name,
+            "plugin": entry.plugin,  # its entry point's name: what EDGEPORT_DISABLE_PLUGINS takes
             "distribution": entry.distribution,
             "version": entry.version,
             "toolchain": entry.toolchain(),

@@ -10,10 +10,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import EdgeportError
+from ..lowering import log as lowering_log
 from ..testing.coverage import coverage_html, coverage_json
 from ..testing.kit import KitRun, Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit
 from . import cli, current_registry
-from ._output import check_writable, console, print_json, progress
+from ._output import check_writable, console, print_json, progress, said_below
 
 _STYLE = {Verdict.PASSED: "green", Verdict.DECLINED: "dim", Verdict.NOT_RUN: "yellow", Verdict.FAILED: "red"}
 
@@ -33,8 +34,7 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
     or declined (why), and the error against eager. Exits 1 if any case failed."""
     check_writable(html_path)
     backend = backend_named(name, current_registry())
-    # KEY=VALUE, or BACKEND.KEY=VALUE as export writes it
-    options = {key.removeprefix(f"{backend.name}."): value for key, value in parse_option_items(option_items).items()}
+    options = parse_option_items(backend, option_items)
     checked_options(backend, options)
     words = [w.strip() for w in (case_filter or "").split(",") if w.strip()]
     cases = [c for c in kit_cases() if not words or any(w in c.name for w in words)]
@@ -42,7 +42,7 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
         raise EdgeportError(f"no conformance case name contains {' or '.join(map(repr, words))}",
                             hint="case names: " + ", ".join(c.name for c in kit_cases()[:12]) + ", ...")
     done = itertools.count(1)
-    with progress(not as_json) as show:
+    with progress(not as_json) as show, said_below(lowering_log.name):  # each case's line in the table says it
         run = run_kit(backend, options, cases,
                       progress=show and (lambda outcome: show(f"{backend.name}: case {next(done) + 1}/{len(cases)}")))
     if html_path:
@@ -60,10 +60,9 @@ def _print_table(run: KitRun) -> None:
     table = Table("case", "dtype", "verdict", "taken", "error / tolerance", "why")
     for o in run.outcomes:
         error = "-" if o.error is None else f"{o.error:.2g} / {o.tolerance:.2g} {o.unit}"
-        why = "; ".join(f"{op}: {reason}" for op, reason in o.declined.items()) or o.message
         style = _STYLE[o.verdict]
         table.add_row(escape(o.case), o.dtype, f"[{style}]{o.verdict.value}[/{style}]", f"{o.delegated:.0%}",
-                      error, escape(why))
+                      error, escape(o.why))
     console.print(table)
     whole = sum(o.verdict is Verdict.PASSED and o.delegated == 1.0 for o in run.outcomes)
     where = "" if run.availability.can_run else f"; cannot run here ({run.availability.why}): compile checked only"

@@ -12,6 +12,7 @@ backends' tests run (docs/conformance.md).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -24,6 +25,7 @@ from ..hookspecs import hookimpl
 from ..plugins import Registry
 from ..program import Program
 from .cases import CASES, Case
+from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
 from .quantized_cases import (
     QUANTIZED_CASES,
     QuantizedCase,
@@ -67,6 +69,7 @@ class CaseResult:
     max_error: float | None = None  # max |actual - expected| / max(|expected|, 1e-6)
     passed: bool = True
     error: str = ""  # set if export or running failed outright
+    mismatch: str = ""  # when max_error is infinite: which output, and how it differs from eager's
     program: Program | None = field(default=None, repr=False)  # the exported program, to inspect further
 
 
@@ -115,24 +118,39 @@ def compare(actual: object, expected: object) -> float:
     shape differs (an int64 "mean" of a float mean is wrong whatever its values), or
     when NaNs sit elsewhere than eager's (Python's max would drop a NaN difference as if
     it were no error). Equal values, infinities and NaNs included, differ by 0."""
+    return compared(actual, expected)[0]
+
+
+def compared(actual: object, expected: object) -> tuple[float, str]:
+    """`compare`'s error, and when it is infinite, why: which output, and its dtype,
+    shape or value against eager's ("" when the error is finite)."""
     worst = 0.0
-    for a, e in zip(pytree.tree_leaves(actual), pytree.tree_leaves(expected), strict=True):
-        if a.dtype != e.dtype or a.shape != e.shape:
-            return float("inf")
+    for index, (a, e) in enumerate(zip(pytree.tree_leaves(actual), pytree.tree_leaves(expected), strict=True)):
+        if a.dtype != e.dtype:
+            return float("inf"), f"output {index} is {_name(a.dtype)}, eager's {_name(e.dtype)}"
+        if a.shape != e.shape:
+            return float("inf"), f"output {index} has shape {list(a.shape)}, eager's {list(e.shape)}"
         if not e.numel():
             continue
         a, e = a.detach().double(), e.detach().double()
-        if not torch.equal(a.isnan(), e.isnan()):
-            return float("inf")
-        difference = torch.where((a == e) | a.isnan(), 0.0, (a - e).abs())
+        difference = torch.where((a == e) | (a.isnan() & e.isnan()), 0.0, (a - e).abs())  # NaN: a NaN is misplaced
+        if not bool(difference.isfinite().all()):
+            at = tuple(int(i) for i in (~difference.isfinite()).nonzero()[0])
+            return float("inf"), f"output {index} is {float(a[at])} at {list(at)}, eager's {float(e[at])}"
         finite = e[e.isfinite()]
         scale = max(float(finite.abs().max()) if finite.numel() else 0.0, 1e-6)
         worst = max(worst, float(difference.max()) / scale)
-    return worst
+    return worst, ""
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None = None,
              rtol: float | None = None) -> CaseResult:
+    """Export ``case`` for ``backend`` alone, save and load it as users do, and (where
+    the backend runs) compare its answers, on tensors and on numpy arrays, with eager."""
     module, inputs = case.build()
     registry = registry_for(backend)
     try:
@@ -145,13 +163,24 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     reasons = {n["op"]: n["reasons"][backend.name] for n in nodes if n["backend"] != backend.name
                and backend.name in n["reasons"]}
     result = CaseResult(case.name, len(taken) / max(len(nodes), 1), reasons, program=program)
+    try:
+        saved, on_arrays = saved_and_loaded(program, registry)
+    except RoundTripFailed as exc:
+        result.passed, result.error = False, str(exc)
+        return result
     if not backend.availability().can_run:
         return result
     try:
+        loaded_runtime(saved)
         with torch.no_grad():  # the example inputs, then a dynamic case's other sizes
+            unrun = copy.deepcopy(module) if on_arrays is not None else None  # state as the numpy program's
             runs = (inputs, *(case.resized() if case.resized else ()))
-            result.max_error = max(_checked_run(program, module, args) for args in runs)
-    except _Misbehaves as exc:
+            errors = [_checked_run(saved, module, args) for args in runs]
+            if on_arrays is not None:
+                error, why = compared(numpy_outputs(on_arrays, inputs), unrun(*inputs))
+                errors.append((error, f"on numpy inputs, {why}" if why else ""))
+            result.max_error, result.mismatch = max(errors, key=lambda e: e[0])
+    except (_Misbehaves, RoundTripFailed) as exc:
         result.passed, result.error = False, str(exc)
         return result
     except Exception as exc:
@@ -165,8 +194,8 @@ class _Misbehaves(Exception):
     """A backend's run broke the executable contract (docs/writing-a-backend.md)."""
 
 
-def _checked_run(program: Program, module: torch.nn.Module, args: tuple) -> float:
-    """The program's error against eager on ``args``, after checking what a comparison
+def _checked_run(program: Program, module: torch.nn.Module, args: tuple) -> tuple[float, str]:
+    """The program's error against eager on ``args`` (`compared`), after checking what a comparison
     alone cannot see: the run left its inputs as they were (a backend writing its
     result into an input passed every idempotent case, and changed the caller's
     tensor), and its outputs are its own (ones the next call overwrites passed too)."""
@@ -182,11 +211,11 @@ def _checked_run(program: Program, module: torch.nn.Module, args: tuple) -> floa
         program(*pytree.tree_map(lambda x: x * 2 + 1 if isinstance(x, torch.Tensor) and x.is_floating_point()
                                  else x, args))
     except Exception:  # noqa: BLE001 - those values may be outside what the case takes: no verdict then
-        return compare(got, expected)
+        return compared(got, expected)
     if not all(_same(a, b) for a, b in zip(kept, outputs)):
         raise _Misbehaves("the next call changed this call's outputs: an executable must return arrays of its own "
                           "(copies), not its buffers")
-    return compare(got, expected)
+    return compared(got, expected)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -78,10 +78,9 @@ def coverage_html(run: KitRun) -> str:
     data = coverage_json(run)
     backend, summary = data["backend"], data["summary"]
     rows = []
-    for row in data["cases"]:
+    for row, outcome in zip(data["cases"], run.outcomes, strict=True):
         error = "-" if row["error"] is None else f"{row['error']:.2g} / {row['tolerance']:.2g} {row['unit']}"
-        why = "; ".join(f"{op}: {reason}" for op, reason in row["declined"].items()) or row["message"]
-        cells = (row["case"], row["dtype"], row["verdict"], f"{row['delegated']:.0%}", error, why)
+        cells = (row["case"], row["dtype"], row["verdict"], f"{row['delegated']:.0%}", error, outcome.why)
         rows.append(f'<tr style="background:{_COLORS[row["verdict"]]}">'
                     + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     title = f"edgeport conformance: {backend['name']} {backend['version']}"

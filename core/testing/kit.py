@@ -9,8 +9,9 @@
 - declined: the backend took no node of the case (each node carries its reason), or it
             offers no quantization scheme the case needs;
 - not run:  compiled, but this machine cannot run the backend (coreml off macOS);
-- failed:   export raised, a partition the backend accepted failed to compile (and fell
-            back to portable torch), running raised, or the answer is off.
+- failed:   export raised, the backend's support() or prepare() raised, a partition it
+            accepted failed to compile (and fell back to portable torch), running
+            raised, or the answer is off.
 
 "Off" is judged at the backend's own declared tolerance (`Backend.tolerance(options)`,
 never looser than the case's): max |backend - eager| / max |eager| for float cases. A
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..backend import Availability, Backend, options_from_dict, validate_options
+from ..contract import checked_version
 from ..errors import InputError
 from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
@@ -52,7 +54,7 @@ class Outcome:
     ``tolerance`` share ``unit``: "relative" (to eager, or to the reference for dynamic
     schemes) or "steps" (int8 output quantization steps). ``error`` is None when the
     case did not run, and infinite when an output's dtype or shape is wrong, or it has a
-    NaN or infinity where eager has a number.
+    NaN or infinity where eager has a number (``message`` says which output, and how).
     """
 
     case: str
@@ -66,6 +68,14 @@ class Outcome:
     tolerance: float | None = None
     unit: str = "relative"
     message: str = ""  # the verdict in one line
+
+    @property
+    def why(self) -> str:
+        """What a table's "why" column shows: a failed case's failure (not the reasons
+        for the nodes left to portable, when it took some), else each declined op's
+        reason, or the verdict line when there are none."""
+        declined = "; ".join(f"{op}: {reason}" for op, reason in self.declined.items())
+        return self.message if self.verdict is Verdict.FAILED or not declined else declined
 
 
 @dataclass(frozen=True)
@@ -95,21 +105,24 @@ def backend_named(name: str, registry: Registry | None = None) -> Backend:
     return registry.get(name if name in known else name.replace("-", "_"))
 
 
-def checked_options(backend: Backend, values: Mapping[str, Any] | None) -> Any:
+def checked_options(backend: Backend, values: Mapping[str, Any] | None, flag: str = "--option") -> Any:
     """``values`` (plain, e.g. from the command line) as the backend's options instance,
-    checked as export checks them; raises `BackendError` naming a bad one."""
-    return validate_options(backend, options_from_dict(backend, dict(values or {})))
+    checked as export checks them; raises `BackendError` naming a bad one, whose hint
+    says how to set it with ``flag`` (pytest's is ``--edgeport-option``)."""
+    return validate_options(backend, options_from_dict(backend, dict(values or {})), flag=flag)
 
 
-def parse_option_items(items: Iterable[str]) -> dict[str, str]:
+def parse_option_items(backend: Backend, items: Iterable[str], flag: str = "--option") -> dict[str, str]:
     """``["fp16=true"]`` -> ``{"fp16": "true"}``: options as the command line gives them
-    (the backend's options class types them)."""
+    (the backend's options class types them), each written KEY=VALUE or, as export
+    writes it, BACKEND.KEY=VALUE; ``flag`` is the one they came with, for the hint."""
     options = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not (eq and key):
-            raise InputError(f"bad backend option {item!r}", hint="write KEY=VALUE, e.g. fp16=true")
-        options[key] = value
+            raise InputError(f"bad backend option {item!r}",
+                             hint=f"write {flag} KEY=VALUE or {flag} BACKEND.KEY=VALUE, e.g. fp16=true")
+        options[key.removeprefix(f"{backend.name}.")] = value
     return options
 
 
@@ -144,13 +157,14 @@ def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: I
     """Run ``cases`` (default: every case, `kit_cases`) on ``backend``; ``progress`` sees
     each outcome as it comes."""
     values = dict(options or {})
-    checked_options(backend, values)  # a bad option fails here, once, not in every case
+    checked_options(backend, values)  # a bad option or version fails here, once, not after every case
+    version = checked_version(backend)
     outcomes = []
     for case in kit_cases() if cases is None else cases:
         outcomes.append(run_kit_case(backend, case, values))
         if progress:
             progress(outcomes[-1])
-    return KitRun(backend.name, backend.version, values, _availability(backend), tuple(outcomes))
+    return KitRun(backend.name, version, values, _availability(backend), tuple(outcomes))
 
 
 def _availability(backend: Backend) -> Availability:
@@ -192,12 +206,16 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
     fallbacks = [p["fallback"] for p in report["partitions"] if p.get("fallback")]
 
     def outcome(verdict: Verdict, message: str) -> Outcome:
-        shown = None if verdict is Verdict.DECLINED else error  # all portable torch: no error of the backend's
+        taken_none = verdict is Verdict.DECLINED or result.delegated == 0.0
+        shown = None if taken_none else error  # all portable torch: no error of the backend's
         return Outcome(result.name, measure.family, measure.dtype, verdict, result.delegated, taken,
                        dict(result.reasons), shown, tolerance, unit, message)
 
     if program is None and result.error:  # no program and no error: the scheme declined, below
         return outcome(Verdict.FAILED, result.error)
+    fault = report.get("faults", {}).get(backend.name)
+    if fault:  # its nodes were declined for it, but a check that raises is a bug, not an answer
+        return outcome(Verdict.FAILED, f"{fault} (support() and prepare() decline with Support.no, never raise)")
     if fallbacks:
         return outcome(Verdict.FAILED, f"a partition it accepted fell back to portable: {fallbacks[0]}")
     if result.delegated == 0.0:
@@ -209,9 +227,11 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
         why = _availability(backend).why or "its availability() says it cannot run here"
         return outcome(Verdict.NOT_RUN, f"compiled; not run: {why}")
     if not result.passed:
-        shown = (f"error {_fmt(error)} {unit}" if error != float("inf")
-                 else "wrong output dtype or shape, or a NaN or infinity where eager has a number")
-        return outcome(Verdict.FAILED, f"{shown} > tolerance {_fmt(tolerance)}")
+        if error != float("inf"):
+            return outcome(Verdict.FAILED, f"error {_fmt(error)} {unit} > tolerance {_fmt(tolerance)}")
+        # no tolerance allows it: a float case says which output and how; a quantized one's error has no dtype
+        return outcome(Verdict.FAILED, result.mismatch if isinstance(result, CaseResult) and result.mismatch
+                       else "an output is NaN or infinite where the reference has a number")
     share = "all" if result.delegated == 1.0 else f"{result.delegated:.0%}"
     return outcome(Verdict.PASSED, f"took {share} of its nodes; error {_fmt(error)} <= {_fmt(tolerance)} {unit}")
 

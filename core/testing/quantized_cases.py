@@ -28,6 +28,7 @@ from ..backend import Backend
 from ..portable import stored_program
 from ..program import Program
 from ..quantize.flow import SchemeNotOffered
+from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
 from .cases import Fn, _bn, _InvertedResidual, _seeded, _x
 
 EVERY_OP = "every op"  # the key of `QuantizedCaseResult.reasons` when the backend declines the scheme itself
@@ -119,10 +120,11 @@ def run_quantized_case(backend: Backend, case: QuantizedCase,
 
     module, inputs = case.build()
     result = QuantizedCaseResult(case.name, case.scheme, 0.0)
+    registry = registry_for(backend)
     try:
         program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
                          quantize=case.scheme, calibration=calibration_for(inputs), keep_reference=True,
-                         registry=registry_for(backend))
+                         registry=registry)
     except SchemeNotOffered as exc:  # a decline, not a failure: no program to run
         result.reasons = {EVERY_OP: exc.declined[backend.name]}
         return result
@@ -137,16 +139,27 @@ def run_quantized_case(backend: Backend, case: QuantizedCase,
     for info in program.manifest.artifacts.values():
         for op, count in info.metadata.get("ops", {}).items():
             result.ops[op] = result.ops.get(op, 0) + count
+    try:
+        saved, on_arrays = saved_and_loaded(program, registry)
+    except RoundTripFailed as exc:
+        result.passed, result.error = False, str(exc)
+        return result
     if not backend.availability().can_run:
         return result
     try:
+        loaded_runtime(saved)
         with torch.no_grad():
-            actual, expected = program(*inputs), reference_program(program)(*inputs)
+            answers = [saved(*inputs)] + ([numpy_outputs(on_arrays, inputs)] if on_arrays is not None else [])
+            expected = _leaves(reference_program(program)(*inputs))
+    except RoundTripFailed as exc:
+        result.passed, result.error = False, str(exc)
+        return result
     except Exception as exc:
         result.passed, result.error = False, f"run failed: {type(exc).__name__}: {exc}"
         return result
-    actual, expected = _leaves(actual), _leaves(expected)
-    errors = [float((a.double() - e.double()).abs().max()) for a, e in zip(actual, expected)]
+    per_answer = [[float((a.double() - e.double()).abs().max()) for a, e in zip(_leaves(answer), expected)]
+                  for answer in answers]
+    errors = [max(column) for column in zip(*per_answer)]  # each output's worst, on tensors and on numpy
     result.max_error = max(errors)
     scales = list(output_scales(program).values())
     if case.scheme == "int8" and len(scales) == len(errors):
