@@ -40,21 +40,16 @@ GROUP_SIZE_OPTION = "group_size"
 
 # why an op stays float although its quantizer annotated it (`Artifact.float_nodes`)
 COMPILED_IN_FLOAT = "its compiled artifact computes it in float"
-# why an op of a static scheme's backend stays float that its quantizer did not annotate,
-# and named no reason for (qualcomm's sort)
-NOT_ANNOTATED = "its quantizer leaves it float"
 
 
 class Ran(NamedTuple):
     """What one backend's artifacts run of a quantized method (`report.quantized_counts`):
-    its ops, how many of them compute quantized, those it computes in float although
-    quantize and dequantize nodes surround them (`Artifact.float_nodes`), and every op
-    it runs that does not compute quantized (those included), in graph order."""
+    its ops, how many of them compute quantized, and those it computes in float although
+    quantize and dequantize nodes surround them (`Artifact.float_nodes`)."""
 
     ops: int
     quantized: int
     in_float: tuple[str, ...] = ()
-    unquantized: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,11 +120,8 @@ class Placement:
                     out[name] = (f"offers {q.scheme.name}, but its {taken} op(s) fell back to portable torch, which "
                                  "runs them fake-quantized (the partitions' fallback says why)")
                     continue
-                taken, quantized, in_float, unquantized = ran.get(name, Ran(0, 0))
+                taken, quantized, in_float = ran.get(name, Ran(0, 0))
                 kept_float = {**kept_float, **{node: COMPILED_IN_FLOAT for node in in_float if node not in kept_float}}
-                if q.status == QUANTIZES and q.scheme.needs_calibration:  # a static scheme is for every op:
-                    # each that stays float is named, as explain shows it (not only those its quantizer named)
-                    kept_float = {node: kept_float.get(node, NOT_ANNOTATED) for node in unquantized}
             if q.status == QUANTIZES:
                 out[name] = _quantizes(q.scheme, taken, quantized, kept_float)
             elif q.status == FLOAT:

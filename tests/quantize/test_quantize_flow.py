@@ -699,25 +699,6 @@ def test_a_backend_whose_quantized_partition_fell_back_says_so_and_check_shows_i
         in " ".join(result.output.split())
 
 
-def test_a_static_schemes_summary_names_every_op_that_stays_float():
-    """qualcomm int8 said "quantizes 3 of its 5 op(s) with int8, but 1 stays float: cumsum"
-    while explain showed sort float too: its quantizer left sort unannotated, naming no
-    reason. A run-time scheme names only the ops it is for (a softmax is no linear)."""
-    from edgeport.quantize.placement import QUANTIZES, BackendQuantization, Placement, Ran
-
-    def summary(scheme: str, ran: Ran) -> str:
-        placement = Placement(SCHEMES[scheme], {}, {"npu": BackendQuantization(QUANTIZES, scheme=SCHEMES[scheme])})
-        placement.kept_float["npu"] = {"linear_1": "too narrow"}
-        return placement.summary({"npu": ran})["npu"]
-
-    ran = Ran(5, 3, in_float=("cumsum",), unquantized=("cumsum", "sort"))
-    assert summary("int8", ran) == ("quantizes 3 of its 5 op(s) with int8, but 2 stay float: cumsum (its compiled "
-                                    "artifact computes it in float), sort (its quantizer leaves it float)")
-    ran = Ran(4, 2, unquantized=("linear_1", "softmax"))
-    assert summary("int8-dynamic", ran) == "quantizes 2 of its 4 op(s) with int8-dynamic, but 1 stays float: " \
-                                           "linear_1 (too narrow)"
-
-
 def test_a_quantizing_backend_left_no_node_says_so():
     """It said "quantizes none of its 0 node(s)" (before that, "quantizes its 0")."""
     from edgeport.quantize.placement import QUANTIZES, BackendQuantization, Placement

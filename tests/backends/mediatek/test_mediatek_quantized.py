@@ -100,9 +100,9 @@ def test_mediatek_and_cpu_each_quantize_their_own_partitions():
     # cpu's partition reads a float value (mediatek's output), and XNNPACK runs a relu alone
     # only in float: its quantizer annotated it, its artifact runs the three ops in float
     assert report == {"mediatek": "quantizes its 2 op(s) with int8",
-                      "cpu": "quantizes none of its 3 op(s) with int8; 3 stay float: view (its compiled artifact "
-                             "computes it in float), relu (XNNPACK runs it in float only), view_1 (its compiled artifact "
-                             "computes it in float)"}
+                      "cpu": "quantizes none of its 3 op(s) with int8; 3 stay float: relu (XNNPACK runs it in float only), "
+                             "view (its compiled artifact computes it in float), view_1 (its compiled artifact computes "
+                             "it in float)"}
     nodes = program.report()["nodes"]
     assert {n["backend"] for n in nodes if n["op"] == "aten.convolution.default"} == {"mediatek"}
     assert {n["backend"] for n in nodes if n["op"] == "aten.relu.default"} == {"cpu"}
