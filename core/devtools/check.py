@@ -67,14 +67,18 @@ class Error:
 
 def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor], steps: Sequence[float | None] = ()) -> Error:
     """Compare output lists, with the expected outputs' quantization ``steps`` if known;
-    raises ValueError if their number or shapes differ."""
+    raises ValueError if their number, dtypes or shapes differ (a float64 output the
+    runtime refuses would pass as a match, its values being right)."""
     if len(actual) != len(expected):
         raise ValueError(f"{len(actual)} outputs, expected {len(expected)}")
     max_abs = max_rel = signal = noise = 0.0
     in_steps: list[float] = []
     for i, (a, e) in enumerate(zip(actual, expected)):
-        a = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a).detach().double()
-        e = e.detach().double()
+        a = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a).detach()
+        if a.dtype != e.dtype:
+            raise ValueError(f"output {i} is {str(a.dtype).removeprefix('torch.')}, "
+                             f"expected {str(e.dtype).removeprefix('torch.')}")
+        a, e = a.double(), e.detach().double()
         if a.shape != e.shape:
             raise ValueError(f"output {i} has shape {list(a.shape)}, expected {list(e.shape)}")
         if not e.numel():

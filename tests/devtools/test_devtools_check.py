@@ -174,6 +174,8 @@ def test_compare_reports_exact_matches_non_finite_outputs_and_bad_shapes():
     assert not bad.within(1.0) and bad.max_abs == math.inf
     with pytest.raises(ValueError, match="shape"):
         compare([x[:3]], [x])
+    with pytest.raises(ValueError, match="output 0 is float64, expected float32"):  # the runtime refuses it
+        compare([x.double().numpy()], [x])
 
 
 # -- the command line ----------------------------------------------------------------------
