@@ -153,7 +153,17 @@ class Registry:
                     else f"block it with {DISABLE_ENV}={name}")
             self._failed_loads.append(_broken(name, source, exc, hint))
             return
-        unknown = [c.name for c in self._pm.get_hookcallers(plugin) or () if not c.has_spec()]
+        callers = self._pm.get_hookcallers(plugin) or ()
+        marked = {c.name for c in callers}
+        unmarked = [n for n in dir(plugin) if n.startswith("edgeport_") and n not in marked
+                    and callable(getattr(plugin, n, None))]
+        if unmarked:  # pluggy skips a function without the marker: the plugin would do nothing, silently
+            self._pm.unregister(name=name)
+            self._failed_loads.append(BrokenPlugin(
+                name, source.distribution, f"{', '.join(unmarked)} is not marked @edgeport.hookimpl, so edgeport "
+                "never calls it", hint="decorate each hook with @edgeport.hookimpl"))
+            return
+        unknown = [c.name for c in callers if not c.has_spec()]
         if unknown:
             self._pm.unregister(name=name)
             known = ", ".join(n for n in dir(self.specs) if n.startswith("edgeport_"))

@@ -188,6 +188,21 @@ def test_a_misspelled_hook_argument_is_a_broken_plugin_with_pluggys_message():
         assert "{'regster'}" in broken.error and "\n" not in broken.error
 
 
+def test_a_hook_without_its_marker_is_a_broken_plugin_not_a_silent_one():
+    """pluggy skips a function without @hookimpl: the plugin registered nothing, and no
+    command said why its backend was missing."""
+    class Unmarked:
+        def edgeport_register_backends(self, register):
+            register(TorchOpsBackend(name="never"))
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(Unmarked(), name="unmarked")
+    assert registry.entries() == {}
+    [broken] = registry.broken()
+    assert broken.error == ("edgeport_register_backends is not marked @edgeport.hookimpl, so edgeport never calls it")
+    assert broken.hint == "decorate each hook with @edgeport.hookimpl"
+
+
 def test_a_misspelled_hook_name_is_a_broken_plugin():
     class Misspelled:
         @edgeport.hookimpl
