@@ -265,7 +265,7 @@ def _input_spec(arg: Node, qat: bool) -> QuantizationSpecBase:
     wrote it; anything else at its own observed steps. Observed anew, an expanded
     attention's probabilities were rounded twice, through a float DEQUANTIZE and QUANTIZE
     the writer had to add before the second product (the zoo's BERT, ViT, Whisper's
-    encoder, wav2vec2 on mediatek: +0.5 to +0.7 dB against float, 2026-11-29). Not a
+    encoder, wav2vec2 on mediatek: +0.4 to +0.7 dB against float, 2026-11-29). Not a
     sigmoid's: read at 1/256, the zoo's Llama and Qwen2 (SiLU) lost 0.5 and 0.4 dB."""
     made = arg.meta.get(ANNOTATION)
     if (arg.target == aten._softmax.default and made is not None
