@@ -2,10 +2,12 @@
 
 - propose: ask every backend about every node (the support matrix), then partition;
 - compile: each delegated partition not compiled yet, to a typed outcome (outcomes.py).
-  A partition whose compile raises falls back to portable torch with the reason in the
-  report (``strict`` raises instead). When a toolchain refuses particular nodes
-  (`DeclineNodes`), those become "no" answers of that backend and the method is
-  proposed again; partitions compiled before are reused, not compiled twice;
+  When a toolchain refuses particular nodes (`DeclineNodes`), those become "no" answers
+  of that backend and the method is proposed again; partitions compiled before are
+  reused, not compiled twice. A compile that raises refuses all its nodes so, when
+  another selected backend supports any of them: one broken compile costs its backend
+  those nodes, not the others their chance. Otherwise the partition falls back to
+  portable torch with the reason in the report. (``strict`` raises instead of either.)
 - assemble: the steps, files and artifacts of the method, its plan and its report.
 """
 
@@ -57,7 +59,7 @@ class LoweredMethod:
 class LoweringSettings:
     """How to lower: the same for every method of an export, except ``declined``."""
 
-    strict: bool = False  # a failed compile raises instead of falling back to portable
+    strict: bool = False  # a failed compile raises instead of declining its nodes or falling back
     keep_reference: Callable[[str], bool] = lambda backend: False  # store a backend's partitions' torch program too
     progress: Progress | None = None
     # backend -> the reason it declines every node (a backend that does not offer the
@@ -131,7 +133,7 @@ def place(method: _Method, nodes: list[Node]) -> Placement:
     outcomes: dict[PartitionKey, Outcome] = {}
     for _ in range(MAX_REPARTITIONS):
         plan = propose(method, nodes, matrix)
-        declined = compile_plan(method, plan, outcomes)
+        declined = compile_plan(method, plan, matrix, outcomes)
         if declined is None:
             return Placement(nodes, matrix, plan, outcomes)
         for node, reason in declined.reasons.items():
@@ -152,9 +154,11 @@ def propose(method: _Method, nodes: list[Node], matrix: SupportMatrix) -> Partit
     return partition_graph(nodes, matrix, list(method.backends), rules)
 
 
-def compile_plan(method: _Method, plan: PartitionPlan, outcomes: dict[PartitionKey, Outcome]) -> DeclinedNodes | None:
+def compile_plan(method: _Method, plan: PartitionPlan, matrix: SupportMatrix,
+                 outcomes: dict[PartitionKey, Outcome]) -> DeclinedNodes | None:
     """Compile every delegated partition not compiled yet into ``outcomes``; the first
-    nodes a toolchain declines (the caller proposes again), or None."""
+    nodes a toolchain declines, or a failed compile another backend can share, as
+    declined nodes (the caller proposes again); or None."""
     delegated = [p for p in plan.partitions if p.backend != PORTABLE]
     for i, partition in enumerate(delegated):
         key = partition_key(partition)
@@ -164,6 +168,8 @@ def compile_plan(method: _Method, plan: PartitionPlan, outcomes: dict[PartitionK
             method.settings.progress(f"{method.name}: compiling partition {i + 1}/{len(delegated)} on "
                                      f"{partition.backend} ({len(partition.nodes)} nodes)")
         outcome = compile_partition(method, partition)
+        if isinstance(outcome, FellBack):
+            outcome = _elsewhere(partition, outcome, matrix)
         if isinstance(outcome, DeclinedNodes):
             return outcome
         outcomes[key] = outcome
@@ -189,8 +195,20 @@ def compile_partition(method: _Method, partition: Partition) -> Outcome:
                 f"{partition.backend!r}: {reason}",
                 hint="drop --strict to fall back to portable torch for this partition",
             ) from exc
-        log.warning("partition %d on %s falls back to portable: %s", partition.id, partition.backend, reason)
         return FellBack(partition.backend, reason)
+
+
+def _elsewhere(partition: Partition, failed: FellBack, matrix: SupportMatrix) -> FellBack | DeclinedNodes:
+    """A failed compile as its backend declining every node of the partition, when
+    another backend supports one of them; else the fallback to portable torch."""
+    names = [n.name for n in partition.nodes if n.name in matrix.answers]
+    others = [b for b in matrix.backends if b != partition.backend]
+    if any(matrix.supports(name, b) for name in names for b in others):
+        log.warning("partition %d on %s: %s; its nodes go to the other backends",
+                    partition.id, partition.backend, failed.reason)
+        return DeclinedNodes(partition.backend, dict.fromkeys(names, failed.reason))
+    log.warning("partition %d on %s falls back to portable: %s", partition.id, partition.backend, failed.reason)
+    return failed
 
 
 def _declined(partition: Partition, declined: DeclineNodes) -> DeclinedNodes | FellBack:

@@ -4,8 +4,10 @@ every node went (`Placement`), which the placement report reads field by field.
 A delegated partition's compile ends one of three ways:
 
 - `Compiled`: its backend returned an artifact;
-- `FellBack`: the compile failed (or declined nodes it was never given); the partition
-  runs as portable torch, and the report shows the reason next to each of its nodes;
+- `FellBack`: the compile failed (or declined nodes it was never given) and no other
+  backend supports its nodes; the partition runs as portable torch, and the report
+  shows the reason next to each of its nodes (when another backend does, the failure
+  is turned into `DeclinedNodes` of every node, lowering.py);
 - `DeclinedNodes`: the toolchain refused particular nodes; they become "no" answers of
   that backend and the method is partitioned again.
 """

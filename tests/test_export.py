@@ -69,6 +69,22 @@ def test_failed_compile_falls_back_to_portable_with_the_reason():
     assert_close(program(x), model(x))
 
 
+def test_failed_compile_hands_its_nodes_to_the_next_backend(caplog):
+    model, x = Diamonds().eval(), torch.randn(1, 4, 6, 6)
+    broken = TorchOpsBackend("broken", fail_compile=True)
+    fallback = TorchOpsBackend("fallback", ops=("relu", "add"))
+    program = edgeport.export(model, (x,), ["broken", "fallback"], registry=registry_with(broken, fallback))
+    nodes = program.report()["nodes"]
+    relus, muls = ([n for n in nodes if n["op"] == op] for op in ("aten.relu.default", "aten.mul.Tensor"))
+    assert relus and all(n["backend"] == "fallback" for n in relus)
+    assert all("planted compile failure" in n["reasons"]["broken"] for n in relus)
+    # an op no other backend supports still falls back to portable, with both reasons
+    assert muls and all(n["backend"] == "portable" for n in muls)
+    assert all("planted compile failure" in n["reasons"]["broken"] for n in muls)
+    assert "its nodes go to the other backends" in caplog.text
+    assert_close(program(x), model(x))
+
+
 def test_strict_mode_raises_naming_partition_and_backend():
     with pytest.raises(edgeport.LoweringError, match=r"partition \d+ .* on 'torchops': compile failed"):
         export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),), TorchOpsBackend(fail_compile=True), strict=True)

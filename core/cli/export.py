@@ -43,7 +43,8 @@ def parse_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--backend", "-b", "backend_list", default="cpu", show_default=True,
               help="Backends in priority order, comma-separated.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Program file to write.")
-@click.option("--strict", is_flag=True, help="Fail instead of falling back to portable when a compile fails.")
+@click.option("--strict", is_flag=True,
+              help="Fail when a compile fails (by default its nodes go to the next backend or portable).")
 @click.option("--option", "option_items", multiple=True, metavar="BACKEND.KEY=VALUE", help="A backend option.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the placement report as JSON.")
 @click.option("--keep-reference", is_flag=True, default=None,
