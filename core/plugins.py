@@ -95,6 +95,7 @@ class BrokenPlugin:
     error: str  # one line
     hint: str = ""  # what to do about it
     details: str = field(default="", repr=False)  # the traceback, for --debug
+    backend: str = ""  # the backend name a refused registration asked for, when it had one
 
 
 @dataclass(frozen=True)
@@ -283,9 +284,11 @@ class Registry:
             return collected.entries[name]
         installed = ", ".join(collected.entries) or "none"
         hint = "run `edgeport backends` to see installed backends and broken plugins"
-        broken = [b for b in self.broken() if b.plugin == name]
+        broken = [b for b in self.broken() if name in (b.plugin, b.backend)]
         if broken:
-            hint = f"plugin {name!r} failed to load: {broken[0].error}"
+            failed = broken[0]
+            hint = (f"plugin {name!r} failed to load: {failed.error}" if failed.plugin == name
+                    else f"backend {name!r} (plugin {failed.plugin!r}) was refused at registration: {failed.error}")
         raise UnknownBackendError(f"unknown backend {name!r}; installed: {installed}", hint=hint)
 
     def get(self, name: str) -> Backend:
@@ -311,7 +314,9 @@ class _Registrar:
                 problem = str(exc), exc.hint
         if problem:
             message, hint = problem
-            self._collected.broken.append(BrokenPlugin(self._plugin, self._source.distribution, message, hint))
+            name = getattr(backend, "name", "")
+            self._collected.broken.append(BrokenPlugin(self._plugin, self._source.distribution, message, hint,
+                                                       backend=name if isinstance(name, str) else ""))
             return
         entry = BackendEntry(backend, self._plugin, self._source.distribution, version, names)
         self._collected.entries[backend.name] = entry

@@ -169,6 +169,12 @@ def test_a_backend_that_breaks_the_contract_is_a_broken_plugin_at_registration(b
     assert list(registry.entries()) == ["good"]
     [broken] = registry.broken()
     assert broken.plugin == "sloppy" and error in broken.error and hint in broken.hint
+    name = getattr(backend, "name", None)
+    if isinstance(name, str):  # asked for by its backend name, not its plugin's: the refusal, not a generic hint
+        with pytest.raises(edgeport.UnknownBackendError) as info:
+            registry.get(name)
+        assert info.value.hint.startswith(f"backend {name!r} (plugin 'sloppy') was refused at registration: ")
+        assert error in info.value.hint
 
 
 def test_a_misspelled_hook_argument_is_a_broken_plugin_with_pluggys_message():
