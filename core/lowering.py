@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import operator
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -178,12 +179,14 @@ def compile_plan(method: _Method, plan: PartitionPlan, matrix: SupportMatrix,
 
 def compile_partition(method: _Method, partition: Partition) -> Outcome:
     backend = method.backends[partition.backend]
+    program = method.cut(partition).program
+    start = time.perf_counter()
     try:
-        artifact = backend.compile(method.cut(partition).program, method.options[partition.backend])
+        artifact = backend.compile(program, method.options[partition.backend])
         problem = artifact_problem(artifact)
         if problem:
             raise TypeError(f"compile() {problem}")
-        return Compiled(artifact)
+        return Compiled(artifact, time.perf_counter() - start)
     except DeclineNodes as declined:
         return _declined(partition, declined)
     except Exception as exc:
@@ -195,7 +198,7 @@ def compile_partition(method: _Method, partition: Partition) -> Outcome:
                 f"{partition.backend!r}: {reason}",
                 hint="drop --strict to fall back to portable torch for this partition",
             ) from exc
-        return FellBack(partition.backend, reason)
+        return FellBack(partition.backend, reason, time.perf_counter() - start)
 
 
 def _elsewhere(partition: Partition, failed: FellBack, matrix: SupportMatrix) -> FellBack | DeclinedNodes:

@@ -14,7 +14,7 @@ A delegated partition's compile ends one of three ways:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence, Union
 
 from torch.fx import Node
@@ -29,6 +29,7 @@ from .backend import Artifact
 @dataclass(frozen=True)
 class Compiled:
     artifact: Artifact
+    seconds: float = field(default=0.0, compare=False)  # the backend's compile call, wall clock
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class FellBack:
 
     backend: str
     reason: str
+    seconds: float = field(default=0.0, compare=False)  # until the compile call raised
 
 
 @dataclass(frozen=True)

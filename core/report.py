@@ -24,7 +24,7 @@ from edgeport.partitioners.policy import PORTABLE
 from edgeport.partitioners.support import is_compute
 
 from .manifest import QUANTIZATION_OPS, Step
-from .outcomes import Compiled, Placement
+from .outcomes import Compiled, FellBack, Outcome, Placement
 from .quantize.node_dtypes import node_dtypes
 from .quantize.placement import Ran
 from .tensors import DTYPE_NAMES
@@ -42,6 +42,12 @@ def quantized_counts(report: Mapping[str, Any]) -> dict[str, Ran]:
         in_float += (n["name"],) if n.get("float_between_quantized") else ()
         counts[n["backend"]] = Ran(ops + 1, quantized + ("quantized" in n), in_float)
     return counts
+
+
+def _compile_seconds(outcome: Outcome | None) -> float | None:
+    """How long the backend's compile call for a partition took (a failed one too); None
+    for a partition no backend compiled."""
+    return round(outcome.seconds, 3) if isinstance(outcome, (Compiled, FellBack)) else None
 
 
 def runs_fake_quantized(report: Mapping[str, Any]) -> bool:
@@ -127,6 +133,7 @@ def placement_report(placement: Placement, subprograms: Mapping[int, Any], steps
             "outputs": list(sub.outputs),
             "boundary_bytes": sum(_bytes(by_name[v]) for v in (*sub.inputs, *sub.outputs) if v in by_name),
             "fallback": f"{fallback.backend}: {fallback.reason}" if (fallback := fallbacks.get(partition.id)) else None,
+            "compile_s": _compile_seconds(placement.outcome(partition)),
         })
     crossing = {v: None for p in partition_rows for v in (*p["inputs"], *p["outputs"]) if v in by_name}
     report = {"nodes": node_rows, "partitions": partition_rows, "values": {v: _value(by_name[v]) for v in crossing}}

@@ -130,8 +130,9 @@ def test_export_run_explain(env):
     data = json.loads(invoke("explain", "m.edgeport", "--json").output)
     assert {n["name"]: n["backend"] for n in data["nodes"]} == {"convolution": "portable", "relu": "torchops", "mul": "torchops"}
     assert {tuple(sorted(p)) for p in data["partitions"]} >= {
-        ("backend", "boundary_bytes", "fallback", "id", "inputs", "node_names", "nodes", "outputs")
+        ("backend", "boundary_bytes", "compile_s", "fallback", "id", "inputs", "node_names", "nodes", "outputs")
     }
+    assert all((p["compile_s"] is None) == (p["backend"] == "portable") for p in data["partitions"])
     table = invoke("explain", "m.edgeport").output
     assert "torchops has no kernel for aten.convolution.default" in table
 

@@ -2,6 +2,8 @@
 `FellBack` (with its backend and reason) or `DeclinedNodes`, and the report reads their
 fields; its JSON keeps the shape `edgeport explain` shows."""
 
+import time
+
 import torch
 from torch_backend import TorchOpsBackend, registry_with
 
@@ -55,3 +57,20 @@ def test_the_report_keeps_its_json_shape_for_a_fallback():
     assert partition["fallback"] == "torchops: compile failed: RuntimeError: planted compile failure"
     relu = next(n for n in report["nodes"] if n["op"] == "aten.relu.default")
     assert relu["reasons"] == {"torchops": "compile failed: RuntimeError: planted compile failure"}
+
+
+class _SlowBackend(TorchOpsBackend):
+    def compile(self, program, options):
+        time.sleep(0.2)
+        return super().compile(program, options)
+
+
+def test_the_report_times_each_compile_call():
+    """A vendor's slow compile is named by partition (JSON compile_s, explain's column)."""
+    import edgeport
+
+    for backend in (_SlowBackend(), _SlowBackend(fail_compile=True)):
+        report = edgeport.export(_Model(), (torch.randn(2, 3),), ["torchops"], registry=registry_with(backend)).report()
+        (compiled,) = [p for p in report["partitions"] if p["compile_s"] is not None]
+        assert 0.2 <= compiled["compile_s"] < 10
+        assert all(p["compile_s"] is None for p in report["partitions"] if p is not compiled)

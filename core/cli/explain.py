@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..devtools.html import quantization_lines, render_program
-from ..manifest import QUANTIZATION_OPS, MethodPlan, delegated_plumbing
+from ..manifest import PORTABLE, QUANTIZATION_OPS, MethodPlan, delegated_plumbing
 from ..program import Program, read_program_file
 from ..torch_steps import PortableStep, describe_steps, portable_steps
 from . import cli
@@ -28,13 +28,19 @@ def print_quantization(method: dict[str, Any]) -> None:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    """One line per backend: how many nodes and partitions it got."""
+    """One line per backend: how many nodes and partitions it got, and how long their
+    compile calls took (programs written before edgeport timed them have no such column)."""
     nodes = Counter(n["backend"] for n in report["nodes"])
     parts = Counter(p["backend"] for p in report["partitions"])
+    seconds: dict[str, float] = {}
+    for p in report["partitions"]:
+        if p.get("compile_s") is not None and p["backend"] != PORTABLE:
+            seconds[p["backend"]] = seconds.get(p["backend"], 0.0) + p["compile_s"]
     total = sum(nodes.values()) or 1
-    table = Table("backend", "nodes", "share", "partitions")
+    table = Table("backend", "nodes", "share", "partitions", *(("compile s",) if seconds else ()))
     for backend, count in nodes.most_common():
-        table.add_row(backend, str(count), f"{100 * count / total:.0f}%", str(parts[backend]))
+        timed = (f"{seconds[backend]:.2f}" if backend in seconds else "",) if seconds else ()
+        table.add_row(backend, str(count), f"{100 * count / total:.0f}%", str(parts[backend]), *timed)
     console.print(table)
     fallbacks = [p for p in report["partitions"] if p.get("fallback")]
     for p in fallbacks:
@@ -78,10 +84,11 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     if len(listed) < len(report["nodes"]):
         console.print(f"({len(report['nodes']) - len(listed)} quantize/dequantize node(s) not listed: "
                       "the ops' column \"quantized\" says what they compute in; --all lists them)")
-    parts = Table("partition", "backend", "nodes", "inputs", "outputs", "boundary bytes")
+    parts = Table("partition", "backend", "nodes", "inputs", "outputs", "boundary bytes", "compile s")
     for p in report["partitions"]:
+        timed = "" if p.get("compile_s") is None else f"{p['compile_s']:.2f}"
         parts.add_row(str(p["id"]), p["backend"], str(p["nodes"]), ", ".join(p["inputs"]), ", ".join(p["outputs"]),
-                      str(p["boundary_bytes"]))
+                      str(p["boundary_bytes"]), timed)
     console.print(parts)
     print_summary(report)
     if report.get("quantization"):
