@@ -38,9 +38,10 @@ def quantized_counts(report: Mapping[str, Any]) -> dict[str, Ran]:
     for n in report["nodes"]:
         if n["backend"] == PORTABLE or n["op"].startswith(QUANTIZATION_OPS):
             continue
-        ops, quantized, in_float = counts.get(n["backend"], Ran(0, 0))
+        ops, quantized, in_float = counts.get(n["backend"], Ran(0))
+        quantized += (n["name"],) if "quantized" in n else ()
         in_float += (n["name"],) if n.get("float_between_quantized") else ()
-        counts[n["backend"]] = Ran(ops + 1, quantized + ("quantized" in n), in_float)
+        counts[n["backend"]] = Ran(ops + 1, quantized, in_float)
     return counts
 
 

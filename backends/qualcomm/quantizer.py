@@ -176,6 +176,7 @@ class QualcommQuantizer(Quantizer):
         self.range = (0, torch.iinfo(self.dtype).max)
         self._outputs: frozenset[Node] = frozenset()  # of the graph being annotated: `_output_producers`
         self._biased: list[tuple[Node, Node, Node, Node]] = []  # (input, weight, bias, op) of each biased op
+        self.kept_float: dict[str, str] = {}  # node -> why it stays float, for the export summary
 
     def annotate(self, model: GraphModule) -> GraphModule:
         self._outputs = _output_producers(model.graph) if self.dtype == torch.uint16 else frozenset()
@@ -199,6 +200,7 @@ class QualcommQuantizer(Quantizer):
             self._annotate(node, form, quantize_output=activation is None)
             if activation is not None and is_annotated(node):
                 self._annotate_fused(activation)
+        self.kept_float = _without_form(model.graph)
         # Hold no node past annotation: a QAT model keeps its quantizer, and copying the model
         # to export it copied the nodes' fake tensors too, which fails ("Cannot access data pointer").
         self._outputs = frozenset()
@@ -367,6 +369,20 @@ class HeadroomMinMaxObserver(MinMaxObserver):
 
 
 # -- graph helpers ---------------------------------------------------------------------------------
+
+
+# ops annotated by their own methods, not through `FORMS`
+_OWN_ANNOTATION = frozenset({aten.native_layer_norm.default, aten.embedding.default})
+
+
+def _without_form(graph: torch.fx.Graph) -> dict[str, str]:
+    """Node -> why, for each float op left unannotated because this quantizer has no
+    quantized form of it (a sort, a cumsum): HTP computes it in float, and the export's
+    summary names it so, as `edgeport explain` shows it."""
+    return {node.name: "the qualcomm quantizer has no quantized form of it" for node in graph.nodes
+            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+            and node.target not in FORMS and node.target not in _OWN_ANNOTATION
+            and not is_annotated(node) and float_output(node) is not None}
 
 
 def _output_producers(graph: torch.fx.Graph) -> frozenset[Node]:

@@ -44,11 +44,11 @@ COMPILED_IN_FLOAT = "its compiled artifact computes it in float"
 
 class Ran(NamedTuple):
     """What one backend's artifacts run of a quantized method (`report.quantized_counts`):
-    its ops, how many of them compute quantized, and those it computes in float although
+    how many ops, those that compute quantized, and those it computes in float although
     quantize and dequantize nodes surround them (`Artifact.float_nodes`)."""
 
     ops: int
-    quantized: int
+    quantized: tuple[str, ...] = ()
     in_float: tuple[str, ...] = ()
 
 
@@ -100,7 +100,7 @@ class Placement:
         (A backend whose toolchain quantizes at compile time counts as quantizing its
         nodes.)"""
         owners = set(self.owner.values())
-        quantized = {name: ran.get(name, Ran(0, 0)).quantized for name in self.backends} if ran is not None \
+        quantized = {name: len(ran.get(name, Ran(0)).quantized) for name in self.backends} if ran is not None \
             else self.quantized
         return not any(q.status == QUANTIZES and (quantized.get(name) or q.at_compile and name in owners)
                        for name, q in self.backends.items())
@@ -120,7 +120,11 @@ class Placement:
                     out[name] = (f"offers {q.scheme.name}, but its {taken} op(s) fell back to portable torch, which "
                                  "runs them fake-quantized (the partitions' fallback says why)")
                     continue
-                taken, quantized, in_float = ran.get(name, Ran(0, 0))
+                taken, computes_quantized, in_float = ran.get(name, Ran(0))
+                quantized = len(computes_quantized)
+                # what the artifacts run wins over what the quantizer meant: a split it left
+                # unannotated moves quantized values (and its quantizer cannot know that)
+                kept_float = {node: why for node, why in kept_float.items() if node not in computes_quantized}
                 kept_float = {**kept_float, **{node: COMPILED_IN_FLOAT for node in in_float if node not in kept_float}}
             if q.status == QUANTIZES:
                 out[name] = _quantizes(q.scheme, taken, quantized, kept_float)
