@@ -83,20 +83,38 @@ def compare(actual: Sequence[Any], expected: Sequence[torch.Tensor], steps: Sequ
             raise ValueError(f"output {i} has shape {list(a.shape)}, expected {list(e.shape)}")
         if not e.numel():
             continue
-        diff = float((a - e).abs().max())
-        diff = math.inf if math.isnan(diff) else diff
+        diff, scale, output_signal, output_noise = _difference(a, e)
         max_abs = max(max_abs, diff)
-        max_rel = max(max_rel, diff / max(float(e.abs().max()), 1e-6))
+        max_rel = max(max_rel, diff / max(scale, 1e-6))
         if i < len(steps) and steps[i]:
             in_steps.append(diff / steps[i])
-        signal += float((e * e).sum())
-        noise += float(((a - e) ** 2).sum()) if math.isfinite(diff) else math.inf
+        signal += output_signal
+        noise += output_noise
     if noise == 0:
         snr = math.inf
     else:
         snr = 10 * math.log10(signal / noise) if signal > 0 and math.isfinite(noise) else -math.inf
     counted = len(steps) == len(expected) and len(in_steps) == len(expected)
     return Error(max_abs, max_rel, snr, max(in_steps, default=0.0) if counted else None)
+
+
+def _difference(a: torch.Tensor, e: torch.Tensor) -> tuple[float, float, float, float]:
+    """(largest |a - e|, the reference's largest finite magnitude, signal, noise) of one
+    output. A NaN or infinity of the reference is matched only by the same value in
+    ``a``, and any other mismatch of non-finite values is an infinite difference; the
+    finite elements are compared as numbers. (Taken over the whole output, one NaN of the
+    reference made the relative error NaN, which compared as "within tolerance": a
+    wrong delegate passed whenever the input held a NaN.)"""
+    same = (a == e) | (torch.isnan(a) & torch.isnan(e))
+    finite = torch.isfinite(a) & torch.isfinite(e)
+    finite_reference = e[torch.isfinite(e)]
+    scale = float(finite_reference.abs().max()) if finite_reference.numel() else 0.0
+    signal = float((e[finite] ** 2).sum())
+    if bool((~same & ~finite).any()):
+        return math.inf, scale, signal, math.inf
+    delta = (a - e)[finite]
+    diff = float(delta.abs().max()) if delta.numel() else 0.0
+    return diff, scale, signal, float((delta ** 2).sum())
 
 
 def worst_of(errors: Iterable[Error]) -> Error:

@@ -172,6 +172,17 @@ def test_compare_reports_exact_matches_non_finite_outputs_and_bad_shapes():
     assert error.max_rel == pytest.approx(0.1) and error.snr_db == pytest.approx(20.0)
     bad = compare([torch.full_like(x, float("nan"))], [x])
     assert not bad.within(1.0) and bad.max_abs == math.inf
+    # a reference's NaN or infinity is matched by the same value only, and does not turn
+    # the comparison of the other elements off (a 10% error passed beside one NaN)
+    special = x.clone()
+    special[0], special[1] = float("nan"), float("inf")
+    assert compare([special.clone()], [special]).snr_db == math.inf
+    wrong = special * 1.1
+    assert compare([wrong], [special]).max_rel == pytest.approx(0.1) and not compare([wrong], [special]).within(0.05)
+    for other in (float("-inf"), 0.0):
+        changed = special.clone()
+        changed[1] = other
+        assert compare([changed], [special]).max_abs == math.inf
     with pytest.raises(ValueError, match="shape"):
         compare([x[:3]], [x])
     with pytest.raises(ValueError, match="output 0 is float64, expected float32"):  # the runtime refuses it
