@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch.export import ExportedProgram
@@ -26,6 +26,7 @@ from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .errors import BackendError, EdgeportError, InputError
 from .fold import fold_constants
+from .shared_state import read_state_as_state
 from .index_views import view_spread_indexes
 from .permute_rank import collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
@@ -133,8 +134,7 @@ def export_methods(
         keep = lambda name: not selected[name].availability().can_run  # noqa: E731
     else:
         keep = lambda name: keep_reference  # noqa: E731
-    files: dict[str, bytes] = {}
-    artifacts, plans, reports, state = {}, {}, {}, {}
+    captured: dict[str, _Captured] = {}
     for name, spec in methods.items():
         module, inputs, dynamic = (tuple(spec) + (None,))[:3]
         if progress:
@@ -151,6 +151,11 @@ def export_methods(
             lowering_options = parsed
         if rewrite is not None:
             program = rewrite(name, program)
+        captured[name] = _Captured(program, quantized, lowering_options, declined)
+    read_state_as_state([c.program for c in captured.values()])  # before folding: none of it is a weight
+    files: dict[str, bytes] = {}
+    artifacts, plans, reports, state = {}, {}, {}, {}
+    for name, (program, quantized, lowering_options, declined) in captured.items():
         infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
         collapse_permutes(program)  # a rank-6 permute (Swin's windows) at rank 4, for NPUs' rank caps
         view_spread_indexes(program)  # transformers' mask[arange(b)[:, None, None, None], arange(s)]: a view
@@ -189,6 +194,15 @@ def export_methods(
         shared_tensors=shared,
     )
     return Program(manifest, files, registry=registry)
+
+
+class _Captured(NamedTuple):
+    """One method as captured (and, if asked, quantized and rewritten), before lowering."""
+
+    program: ExportedProgram
+    quantized: Any  # the quantization's outcome (`quantize_method`), or None
+    options: Mapping[str, Any]  # each backend's options to lower it with
+    declined: dict[str, str]  # backend -> why it declines every node (its scheme)
 
 
 # A method's name becomes part of its artifacts' paths in the file (artifacts/<method>/...)

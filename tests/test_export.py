@@ -113,6 +113,17 @@ class Cache(torch.nn.Module):
         return self.cache.sum(0) * 1.0
 
 
+class ReadCache(torch.nn.Module):
+    """Reads the cache another method writes, without writing it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner.cache[:2] * 2.0 + x
+
+
 class Decode(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
@@ -142,6 +153,24 @@ def test_mutated_buffer_is_program_state_shared_by_methods(tmp_path):
         got = loaded.run(p, v, method=method).outputs
         torch.testing.assert_close(got, expected)
     torch.testing.assert_close(loaded.runtime().state["inner.cache"], eager.cache)
+
+
+@pytest.mark.parametrize("backends", [["torchops"], ["portable"]])
+@pytest.mark.parametrize("read_first", [False, True])
+def test_a_method_that_only_reads_state_another_writes_reads_the_state(backends, read_first):
+    """torch.export saw the cache as a weight in `read`: it was folded (and delegated) at
+    its export-time value, and `read` after `write` returned zeros."""
+    inner = Cache()
+    methods = {"write": (Decode(inner), (torch.tensor([0]), torch.ones(1, 3))),
+               "read": (ReadCache(inner), (torch.zeros(2, 3),))}
+    if read_first:
+        methods = dict(reversed(methods.items()))
+    program = edgeport.export_methods(methods, backends, registry=registry_with(TorchOpsBackend()))
+    assert program.manifest.methods["read"].state_reads == {"b_inner_cache": "inner.cache"}
+    program.run(torch.tensor([1]), torch.full((1, 3), 2.0), method="write")
+    torch.testing.assert_close(program.run(torch.zeros(2, 3), method="read").outputs,
+                               torch.tensor([[0.0] * 3, [6.0] * 3]))
+    torch.testing.assert_close(program.runtime().state["inner.cache"][1], torch.full((3,), 3.0))
 
 
 def test_backend_that_cannot_run_here_needs_reference(tmp_path):
