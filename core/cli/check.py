@@ -220,8 +220,8 @@ def print_op_drop(partition: int, d: OpDrop, report: QuantizationCheck) -> None:
     named = f"[bold]{d.node}[/bold] ({d.op})" + (f" in module {d.module}" if d.module else "")
     if d.reader:
         where = "" if d.op == INPUT_QUANTIZE else ", at its output's quantize"
-        loss = (f"{where}: {d.reader}, which reads it, ends at {_db(d.output_db)} dB ({_db_in(d.input_db)} reading "
-                "it exact)")
+        loss = (f"{where}: {d.reader}, which reads it, ends at {_db(d.output_db)} dB (would be {_db_in(d.input_db)} "
+                "reading it exact)")
     else:
         loss = f", {_db_in(d.input_db)} in, {_db(d.output_db)} dB out"
     console.print(f"partition {partition}: first op losing more than {report.threshold_db:g} dB, to below "

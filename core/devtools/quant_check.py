@@ -57,6 +57,7 @@ from ..program import Program
 from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
 from ..report import op_name, source_of
+from ..support import DATA_MOVEMENT, SLICING
 from .check import _finite, _module, _start_values, _tensor, _torch_program, require_references
 from .rounding import output_nodes, values_of
 
@@ -266,6 +267,8 @@ class _FloatWalk:
         was named (Linear -> ReLU with one channel 3000x -> Linear that reads the
         others: the second linear, 28.8 dB in, 3.3 dB out)."""
         node = self._node(drop.node)
+        if op_name(node) in DATA_MOVEMENT | SLICING:
+            return self._blame_what_it_moves(drop, node)
         best: tuple[float, Node] | None = None
         for arg in node.all_input_nodes:
             if not (self._is_activation(arg) and is_quantization_node(arg)):
@@ -284,14 +287,33 @@ class _FloatWalk:
         return OpDrop(producer.name, op_name(producer), source_of(producer), _module(producer), db, drop.output_db,
                       reader=node.name)
 
+    def _blame_what_it_moves(self, drop: OpDrop, node: Node) -> OpDrop:
+        """A slice or view loses nothing itself: what it hands on is part of what it
+        reads, requantized to the same steps where its backend shares them (qualcomm),
+        so reading its input exact does not help it past that requantize. The loss is
+        that input's quantize: blame its producer, with what the op would hand on
+        reading it exact (qualcomm named the slice, "35.4 dB in, 0.0 dB out", of a value
+        whose one channel set the range the others round to)."""
+        for arg in node.all_input_nodes:
+            exact = self.float_of(arg) if self._is_activation(arg) and is_quantization_node(arg) else None
+            if exact is None:
+                continue
+            db = self._sqnr_of(self._rerun(node, arg, exact, handed_on=False), node)
+            producer = _producer(arg)
+            if db is None or producer.op == "placeholder":
+                return drop
+            return OpDrop(producer.name, op_name(producer), source_of(producer), _module(producer), db,
+                          drop.output_db, reader=node.name)
+        return drop
+
     def _node(self, name: str) -> Node:
         return next(n for n in self.reference.graph.nodes if n.name == name)
 
-    def _rerun(self, node: Node, arg: Node, value: torch.Tensor) -> Any:
-        """`node`'s value, as handed on (through its output's quantize/dequantize), had
-        it read `value` for `arg`."""
+    def _rerun(self, node: Node, arg: Node, value: torch.Tensor, handed_on: bool = True) -> Any:
+        """`node`'s value, as handed on (through its output's quantize/dequantize; not
+        with ``handed_on=False``), had it read `value` for `arg`."""
         env = {arg: value}
-        for step in (node, *_quantize_chain(node)):
+        for step in (node, *(_quantize_chain(node) if handed_on else ())):
             args = map_arg(step.args, lambda n: env.get(n, self.env.get(n.name)))
             kwargs = map_arg(step.kwargs, lambda n: env.get(n, self.env.get(n.name)))
             with torch.no_grad():

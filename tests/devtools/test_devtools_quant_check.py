@@ -263,6 +263,28 @@ def test_the_op_whose_quantized_output_hurts_its_reader_is_named_not_the_reader(
     assert "relu (aten.relu.default) in module 1 (ReLU), at its output's quantize: linear_1, which reads it" in text
 
 
+HUGE_CHANNEL_SLICED = ONE_HUGE_CHANNEL.replace(
+    "m = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8)).eval()",
+    "m = nn.Sequential(nn.Linear(16, 16), Others(), nn.Linear(15, 8)).eval()",
+).replace("m[2].weight[:, 0] = 0.0  # the next linear reads only the others, rounded to a few steps", "pass") + """
+
+class Others(nn.Module):
+    def forward(self, x):
+        return x[:, 1:]  # the channels the huge one's range crushed
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "qualcomm"])
+def test_a_slice_of_a_crushed_value_blames_the_value_not_the_slice(tmp_path, backend):
+    """qualcomm requantizes a slice's output at its input's steps: reading its input
+    exact did not save it, and the slice was named ("35.4 dB in, 0.0 dB out")."""
+    (tmp_path / "sliced.py").write_text(HUGE_CHANNEL_SLICED)
+    spec = str(tmp_path / "sliced.py")
+    args = ["check", f"{spec}:model", "--backend", backend, "--quantize", "int8", "--calibration", f"{spec}:batches"]
+    drop = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)["quantization"]["partitions"][0]["first_drop"]
+    assert (drop["node"], drop["reader"]) == ("linear", "slice_1")
+
+
 def test_python_check_quantization_refuses_what_it_cannot_compare():
     """A program saved without references raised KeyError: 'None/tensors.json'; a float
     program none of whose nodes the quantized graph names (torch.export.export of a
