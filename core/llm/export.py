@@ -113,7 +113,9 @@ def export(
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     config = loaded.config
     _check_lengths(loaded, max_seq_len, prefill_chunk)
-    one = set(backends) <= set(one_graph.BACKENDS)  # one graph for both methods: weights prepared once (one_graph.py)
+    # one graph for both methods, weights prepared once (one_graph.py), when the first backend
+    # runs dynamic dims: it takes every op of a decoder layer, so the others would get none
+    one = first in one_graph.BACKENDS
     decoder = build_decoder(config, loaded.weights, max_seq_len, seq_major=one)
     if not isinstance(model, LoadedModel):
         loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)
