@@ -33,16 +33,17 @@ from edgeport.partitioners.support import is_compute
 from ..api import export
 from ..backend import Backend, options_from_dict
 from ..delegates import executable_of, load_step, run_label
-from ..errors import EdgeportError, InputError, UnknownBackendError
+from ..errors import EdgeportError, UnknownBackendError
 from ..manifest import MethodPlan, Step
 from ..plugins import Registry, registry_or_default
 from ..portable import PortableExecutable, stored_program
 from ..quantize.node_dtypes import is_quantization_node
 from ..program import Program
 from ..report import op_name, source_of
+from ..runtime import check_inputs
 from ..subprogram import extract_subprogram
 from ..support import DATA_MOVEMENT, DEQUANTIZE, qualified_name
-from ..tensors import DTYPES, tensor_from_bytes
+from ..tensors import tensor_from_bytes
 from .rounding import (MARGIN_DB, ONE_STEP, PEAK_FACTOR, SAMPLES, Nudge, dequantized_step, nudge_of, nudged_outputs,
                        output_nodes, rounds, values_of)
 
@@ -279,16 +280,10 @@ def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...], backend
 
 
 def _start_values(program: Program, plan: MethodPlan, inputs: Sequence[Any]) -> dict[str, Any]:
-    if len(inputs) != len(plan.input_values):
-        raise InputError(f"method {plan.name!r} takes {len(plan.input_values)} input(s) "
-                         f"({', '.join(s.name for s in plan.inputs)}), got {len(inputs)}")
-    values: dict[str, Any] = {}
-    for name, spec, value in zip(plan.input_values, plan.inputs, inputs):
-        value = _tensor(value)
-        if not isinstance(value, torch.Tensor) or value.dtype != DTYPES[spec.dtype]:
-            raise InputError(f"input {spec.name!r} must be a {spec.dtype} tensor, got {getattr(value, 'dtype', value)}",
-                             hint=f"convert it with .to(torch.{spec.dtype})")
-        values[name] = value.contiguous()
+    """The method's inputs and state by value name; the inputs checked as `Program.run`
+    checks them (count, dtype, shape), so a wrong one is the InputError a run gives, not
+    an error from deep inside a partition's torch program."""
+    values: dict[str, Any] = dict(zip(plan.input_values, check_inputs(plan, inputs)))
     for value, fqn in plan.state_reads.items():
         entry = program.manifest.state[fqn]
         values[value] = tensor_from_bytes(program.files[entry["file"]], entry)

@@ -121,6 +121,18 @@ def test_a_program_saved_without_references_says_to_re_export(model_file):
     assert "--keep-reference" in error.value.hint
 
 
+def test_check_program_refuses_a_wrong_input_as_a_run_does(model_file):
+    """A wrong shape raised torch's "shapes cannot be multiplied" from inside the partition."""
+    model, inputs = model_file
+    registry = registry_with(TorchOpsBackend())
+    program = edgeport.export(model, inputs, ["torchops"], keep_reference=True, registry=registry)
+    with pytest.raises(edgeport.InputError, match=r"input 0 \('x'\) must have shape \[1, 3, 12, 12\], got \[1, 3, 9, 9\]"):
+        check_program(program, [torch.randn(1, 3, 9, 9)], registry=registry)
+    with pytest.raises(edgeport.InputError, match=r"input 0 \('x'\) must be float32, got float64"):
+        check_program(program, [torch.randn(1, 3, 12, 12, dtype=torch.float64)], registry=registry)
+    assert check_program(program, [inputs[0].numpy()], registry=registry).passed
+
+
 class Loose(OffByOnePercent):
     """The planted 1% error, from a backend that declares 2% right when scale is 1."""
 

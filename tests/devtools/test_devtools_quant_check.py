@@ -310,6 +310,9 @@ def test_python_check_quantization_refuses_what_it_cannot_compare():
     assert "float_program(model, example_inputs, backends)" in info.value.hint
     (partition,) = check_quantization(program, float_program(model, (x,), ["cpu"]), (x,)).partitions
     assert 20 < partition.reference_vs_float_db < 80 and 20 < partition.vs_float_db < 80
+    # a wrong shape is the InputError a run gives, not torch's from inside the float model
+    with pytest.raises(edgeport.InputError, match=r"input 0 \('input'\) must have shape \[2, 8\], got \[3, 3\]"):
+        check_quantization(program, float_program(model, (x,), ["cpu"]), (torch.randn(3, 3),))
 
 
 def test_another_models_float_program_is_refused_not_compared():
