@@ -33,7 +33,7 @@ from edgeport.partitioners.support import is_compute
 from ..api import export
 from ..backend import Backend, options_from_dict
 from ..delegates import executable_of, load_step, run_label
-from ..errors import EdgeportError, UnknownBackendError
+from ..errors import EdgeportError, InputError, UnknownBackendError
 from ..manifest import MethodPlan, Step
 from ..plugins import Registry, registry_or_default
 from ..portable import PortableExecutable, stored_program
@@ -252,11 +252,13 @@ def check_program(program: Program, inputs: Sequence[Any], *, method: str | None
     partitions = program.report(name)["partitions"]
     sizes = {p["id"]: p["nodes"] for p in partitions}
     values = _start_values(program, plan, inputs)
+    labels = input_labels(plan)
     delegated = sum(1 for s in plan.steps if s.kind == "delegate")
     results = []
     for step in plan.steps:
         args = [values[v] for v in step.inputs]
         reference = _torch_program(program, step.program or step.reference)
+        require_ids_in_range(reference, args, [labels.get(v) for v in step.inputs])
         expected = [_tensor(v) for v in PortableExecutable(reference).run(args)]
         if step.kind == "delegate":
             if progress:
@@ -288,6 +290,28 @@ def _start_values(program: Program, plan: MethodPlan, inputs: Sequence[Any]) -> 
         entry = program.manifest.state[fqn]
         values[value] = tensor_from_bytes(program.files[entry["file"]], entry)
     return values
+
+
+def input_labels(plan: MethodPlan) -> dict[str, str]:
+    """Each method input's value name -> how an error names it, as `Program.run` does: "input 0 ('ids')"."""
+    return {value: f"input {i} ({spec.name!r})" for i, (value, spec) in enumerate(zip(plan.input_values, plan.inputs))}
+
+
+def require_ids_in_range(reference: ExportedProgram, args: Sequence[Any], labels: Sequence[str | None]) -> None:
+    """Refuse a method input that an embedding of ``reference`` reads ids from, holding
+    an id its table has no row for (a token id past the vocabulary): torch's IndexError
+    ("index out of range in self") read as a bug of edgeport's. ``labels`` name ``args``
+    as `input_labels` does, None for a value computed inside the method."""
+    placeholders = dict(zip(reference.graph_signature.user_inputs, zip(args, labels)))
+    for node in reference.graph.nodes:
+        if node.target is not torch.ops.aten.embedding.default or node.args[1].name not in placeholders:
+            continue
+        ids, label = placeholders[node.args[1].name]
+        rows = node.args[0].meta["val"].shape[0]
+        bad = ids[(ids < 0) | (ids >= rows)]
+        if label is not None and bad.numel():
+            raise InputError(f"{label} holds id {int(bad[0])}, but the embedding that reads it has rows for "
+                             f"{rows} ids (0 to {rows - 1})", hint="give ids within that range (the model's vocabulary)")
 
 
 def _tensor(value: Any) -> Any:

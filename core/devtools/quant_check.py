@@ -58,7 +58,8 @@ from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
 from ..report import op_name, source_of
 from ..support import DATA_MOVEMENT, SLICING
-from .check import _finite, _module, _start_values, _tensor, _torch_program, require_references
+from .check import (_finite, _module, _start_values, _tensor, _torch_program, input_labels, require_ids_in_range,
+                    require_references)
 from .rounding import output_nodes, values_of
 
 DEFAULT_THRESHOLD_DB = 10.0
@@ -153,6 +154,8 @@ def check_quantization(program: Program, float_program: ExportedProgram, inputs:
     require_references(plan, name)
     registry = registry_or_default(registry)
     values = _start_values(program, plan, inputs)  # checks the inputs before the float model runs on them
+    labels = input_labels(plan)
+    require_ids_in_range(float_program, [values[v] for v in plan.input_values], [labels[v] for v in plan.input_values])
     floats = values_of(float_program, list(inputs))
     float_of_value = dict(zip(plan.input_values, [_tensor(x) for x in inputs]))  # inputs are float on both sides
     result = QuantizationCheck(name, threshold, floor)

@@ -133,6 +133,18 @@ def test_check_program_refuses_a_wrong_input_as_a_run_does(model_file):
     assert check_program(program, [inputs[0].numpy()], registry=registry).passed
 
 
+def test_a_token_id_past_the_vocabulary_is_named_as_an_input_error():
+    """check said "internal error: IndexError: index out of range in self ... please report it"."""
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.ReLU()).eval()
+    ids = torch.zeros(1, 3, dtype=torch.int64)
+    registry = registry_with(TorchOpsBackend())
+    program = edgeport.export(model, (ids,), ["torchops"], keep_reference=True, registry=registry)
+    with pytest.raises(edgeport.InputError, match=r"input 0 \('input'\) holds id 12, but the embedding that reads it "
+                                                   r"has rows for 10 ids \(0 to 9\)"):
+        check_program(program, [torch.tensor([[1, 12, -1]])], registry=registry)
+    assert check_program(program, [torch.tensor([[1, 9, 0]])], registry=registry).passed
+
+
 class Loose(OffByOnePercent):
     """The planted 1% error, from a backend that declares 2% right when scale is 1."""
 

@@ -330,3 +330,17 @@ def test_another_models_float_program_is_refused_not_compared():
     program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,)], keep_reference=True)
     with pytest.raises(edgeport.InputError, match=r"not this program's model: 1 op\(s\) of partition 0 .*relu"):
         check_quantization(program, float_program(other, (x,), ["cpu"]), (x,))
+
+
+def test_check_quantization_names_a_token_id_past_the_vocabulary():
+    """The float model raised torch's IndexError ("index out of range in self")."""
+    import torch
+    from torch import nn
+
+    from edgeport.devtools import check_quantization, float_program
+
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 4)).eval()
+    ids = torch.arange(6).reshape(1, 6)
+    program = edgeport.export(model, (ids,), ["cpu"], quantize="int8", calibration=[(ids,)], keep_reference=True)
+    with pytest.raises(edgeport.InputError, match=r"input 0 \('input'\) holds id 10, .* rows for 10 ids \(0 to 9\)"):
+        check_quantization(program, float_program(model, (ids,), ["cpu"]), (ids + 5,))
