@@ -45,10 +45,12 @@ def toolchain_log_wanted() -> bool:
 
 
 @contextlib.contextmanager
-def filter_native_output(drop: Sequence[re.Pattern[str]]) -> Iterator[None]:
+def filter_native_output(drop: Sequence[re.Pattern[str]], captured: list[str] | None = None) -> Iterator[None]:
     """Capture what native code writes to descriptors 1 and 2 during the block, then
     write it to stderr without the lines matching ``drop`` (all of it when
-    `toolchain_log_wanted`). Other threads' writes in that window are delayed, not lost."""
+    `toolchain_log_wanted`). Other threads' writes in that window are delayed, not lost.
+    ``captured`` receives every line, dropped ones too, when the block ends (even by an
+    exception): a backend can put a toolchain's own error line in its error."""
     with _CAPTURING, tempfile.TemporaryFile() as capture:
         _flush_all()
         saved = os.dup(1), os.dup(2)
@@ -64,6 +66,8 @@ def filter_native_output(drop: Sequence[re.Pattern[str]]) -> Iterator[None]:
             os.close(saved[1])
             capture.seek(0)
             text = capture.read().decode(errors="replace")
+            if captured is not None:
+                captured.extend(text.splitlines())
             keep_all = toolchain_log_wanted()
             kept = [line for line in text.splitlines(keepends=True)
                     if keep_all or not any(pattern.search(line) for pattern in drop)]

@@ -32,6 +32,18 @@ def test_native_writes_are_filtered_and_kept_off_stdout(capfd, monkeypatch):
     assert err == "kept from stdout\nkept from stderr\n"
 
 
+def test_captured_lines_reach_the_caller_even_when_the_block_raises(capfd, monkeypatch):
+    """A backend puts a toolchain's own error line (printed, never raised) in its error."""
+    monkeypatch.delenv(TOOLCHAIN_LOG_ENV, raising=False)
+    captured: list[str] = []
+    with pytest.raises(RuntimeError):
+        with edgeport.filter_native_output(drop=[CHATTER], captured=captured):
+            os.write(1, b"CHATTER the reason\nkept\n")
+            raise RuntimeError("failed")
+    assert captured == ["CHATTER the reason", "kept"]
+    assert capfd.readouterr() == ("", "kept\n")
+
+
 def test_the_toolchain_log_setting_keeps_everything(capfd, monkeypatch):
     monkeypatch.setenv(TOOLCHAIN_LOG_ENV, "1")
     with edgeport.filter_native_output(drop=[CHATTER]):

@@ -21,6 +21,7 @@ from edgeport.backend import FP16_OP_ERROR
 from edgeport.support import DATA_MOVEMENT, SLICING
 
 from .options import QualcommOptions, provider_options, resolve_soc
+from .qnn_runtime import run_session
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -34,12 +35,15 @@ class QnnExecutable:
 
     # ONNX Runtime's InferenceSession.run may be called from several threads at once
     # (each call has its own inputs and outputs), so edgeport need not serialize calls.
+    # On the simulator they are serialized after all: `run_session` captures the process's
+    # stdout for each call, one at a time.
     thread_safe = True
 
-    def __init__(self, session: Any, inputs: list[str], outputs: list[str]) -> None:
+    def __init__(self, session: Any, inputs: list[str], outputs: list[str], simulator: bool = False) -> None:
         self._session = session
         self._inputs = inputs
         self._outputs = outputs
+        self._simulator = simulator  # prints a failed op's reason to stdout
 
     def run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         if len(inputs) != len(self._inputs):
@@ -47,6 +51,8 @@ class QnnExecutable:
                 f"qualcomm: the partition takes {len(self._inputs)} inputs, got {len(inputs)}"
             )
         feeds = {name: edgeport.as_numpy(t) for name, t in zip(self._inputs, inputs)}
+        if self._simulator:
+            return run_session(self._session, self._outputs, feeds)
         return self._session.run(self._outputs, feeds)
 
 
@@ -172,7 +178,7 @@ class QualcommBackend(edgeport.Backend):
         metadata = artifact.metadata
         # ONNX Runtime takes a model as bytes or a path only; it parses its own copy of them
         return QnnExecutable(load_context(edgeport.as_bytes(artifact.data)), list(metadata["inputs"]),
-                             list(metadata["outputs"]))
+                             list(metadata["outputs"]), simulator=availability.runs_on == "simulator")
 
 
 def _on_snapdragon() -> bool:

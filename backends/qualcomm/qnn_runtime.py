@@ -20,11 +20,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from edgeport import BackendError, filter_native_output
+from edgeport import BackendError, ExecutionError, filter_native_output
 
 EP_NAME = "QNNExecutionProvider"
 _QUIET = 3  # ONNX Runtime severity: errors only
 _VERBOSE = 0
+_FATAL = 4
 # "Validation FAILED for 1 nodes in OrtNodeUnit (Erf) :\n\tOperator type: Erf Node name: n0
 #  Node index: 0\n\tREASON : Operators of type `Erf` are not supported by QNN EP..."
 _REFUSAL = re.compile(r"Validation FAILED.*?Node name: (?P<node>\S+).*?REASON : (?P<reason>.*)", re.S)
@@ -36,6 +37,9 @@ _ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
 # QNN's HTP library prints a banner to stdout when it loads ("# LIBNATIVE: No alternate
 # configuration present in libnative_tls.conf ..."), whatever its configuration.
 _CHATTER = (re.compile(r"^\s*# LIBNATIVE: "),)
+# The HTP simulator prints a failed op's reason to stdout, not to ONNX Runtime's log:
+# "[1] gather_16.h:53::ERROR:Gather index: 100000 is larger than input dim: 2 size: 256"
+_SIMULATOR_ERROR = re.compile(r"^\[\d+\] \S+:\d+::ERROR:(?P<text>.*)")
 _QNN_QDQ = frozenset({"Quantize", "Dequantize"})  # QNN's op types for QuantizeLinear, DequantizeLinear
 
 
@@ -177,7 +181,27 @@ def load_context(context_model: bytes) -> Any:
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     so.add_provider_for_devices(devices, {"backend_type": "htp"})
     with filter_native_output(drop=_CHATTER):
-        return ort.InferenceSession(context_model, so)
+        # enable_fallback=0: else a failed run prints to stdout and is retried on the CPU EP, whose
+        # refusal ("Conflicting session configuration") replaces QNN's error
+        return ort.InferenceSession(context_model, so, enable_fallback=0)
+
+
+def run_session(session: Any, outputs: list[str], feeds: dict[str, Any]) -> list[Any]:
+    """``session.run``, with what QNN prints kept off stdout; a failed run is one
+    ExecutionError carrying QNN's own reason (the simulator prints it; ONNX Runtime's
+    error says only "QNN graph execute error")."""
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = _FATAL  # its "Non-zero status code" line says what the error says
+    printed: list[str] = []
+    try:
+        with filter_native_output(drop=(*_CHATTER, _SIMULATOR_ERROR), captured=printed):
+            return session.run(outputs, feeds, quiet)
+    except Exception as exc:
+        reasons = [m.group("text").strip() for line in printed if (m := _SIMULATOR_ERROR.search(line))]
+        raise ExecutionError(f"qualcomm could not run the graph: {reasons[0] if reasons else _ort_message(exc)}",
+                             hint="check the inputs' values (an index or token id past what the model has?)") from exc
 
 
 def context_binary(epcontext_model: bytes) -> bytes:

@@ -141,3 +141,19 @@ def test_ops_kept_whole_at_capture_run_on_qnn(backend, fn, shape):
     assert kept  # the test really exercises an undecomposed op
     outputs = backend.load(backend.compile(program, QualcommOptions())).run([x])
     assert_close(outputs, [fn(x).numpy()])
+
+
+def test_a_failed_run_says_qnns_reason_and_prints_nothing_on_stdout(backend, capfd):
+    """A token id past the table: the simulator printed its reason on stdout, and ONNX
+    Runtime retried on its CPU EP, failing with "Conflicting session configuration"."""
+    import edgeport
+
+    model = nn.Sequential(nn.Embedding(16, 8), nn.Linear(8, 4)).eval()
+    ids = torch.zeros(1, 4, dtype=torch.int64)
+    executable = backend.load(backend.compile(partition_of(model, ids), QualcommOptions()))
+    capfd.readouterr()
+    with pytest.raises(edgeport.ExecutionError, match="Gather index: 100 is larger than input dim") as info:
+        executable.run([torch.full((1, 4), 100)])
+    assert "token id" in info.value.hint
+    printed = capfd.readouterr()
+    assert printed.out == "" and "Falling back" not in printed.err and "Non-zero status" not in printed.err
