@@ -7,10 +7,12 @@ some weights, and a program file must never unpickle anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import threading
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch._export.serde import serialize as serde
@@ -18,6 +20,7 @@ from torch.export import ExportedProgram
 
 from . import sized_constants  # noqa: F401 - registers torch.ops.edgeport.narrow_to, which portable steps may run
 from .mapped_file import Buffer, release
+from .native_output import toolchain_log_wanted
 from .shared_tensors import is_shared_tensor_path
 from .tensors import tensor_from_bytes, tensor_to_bytes
 
@@ -142,13 +145,35 @@ def _shared(shared: SharedTensors | None, fqn: str, entry: Mapping[str, Any]) ->
     return shared(path, entry)
 
 
+# Loggers torchao's import writes to stderr through: its optional CUDA kernels that do
+# not load on a CPU machine ("Failed to load .../_C_mxfp8.so"), and torch's pytree
+# deprecation of its enum registrations. Nothing a user can act on.
+_TORCHAO_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def quiet_torchao_import() -> Iterator[None]:
+    """Import torchao in the block without its import-time log lines, as toolchain
+    output is hidden unless asked for (`toolchain_log_wanted`, --debug)."""
+    loggers = [] if toolchain_log_wanted() else [logging.getLogger(name) for name in _TORCHAO_IMPORT_NOISE]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _register_quantized_ops(graph: bytes) -> None:
     """Register the quantize/dequantize op libraries a quantized step calls (torch's
     quantized_decomposed, torchao's affine ops), only when the step calls them."""
     if b"quantized_decomposed." in graph:
         import torch.ao.quantization.fx._decomposed  # noqa: F401
     if b"torchao." in graph:
-        import torchao.quantization.quant_primitives  # noqa: F401
+        with quiet_torchao_import():
+            import torchao.quantization.quant_primitives  # noqa: F401
 
 
 class PortableExecutable:

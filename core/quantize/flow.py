@@ -28,6 +28,7 @@ from ..backend import Backend
 from ..capture import capture
 from ..errors import EdgeportError
 from ..permute_rank import collapse_permutes
+from ..portable import quiet_torchao_import
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
 from .placement import (FLOAT, QUANTIZES, BackendQuantization, Placement, Ran, backend_quantization, place,
                         placed_quantizer)
@@ -75,28 +76,16 @@ class Quantized:
 QUANTIZE_LOG = "edgeport.quantize"
 log = logging.getLogger(QUANTIZE_LOG)
 
-# Loggers torchao's import writes to stderr through: its optional CUDA kernels that do
-# not load on a CPU machine, and torch's pytree deprecation of its enum registrations.
-# Nothing a user can act on.
-_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
-
-
 def import_torchao() -> None:
     """Import torchao's PT2E machinery once, without its import-time log lines."""
-    loggers = [logging.getLogger(name) for name in _IMPORT_NOISE]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
     try:
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-        import torchao.quantization.quant_primitives  # noqa: F401  (registers torchao's affine ops)
+        with quiet_torchao_import():
+            import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+            import torchao.quantization.quant_primitives  # noqa: F401  (registers torchao's affine ops)
     except ImportError as exc:
         raise QuantizationError(
             f"quantizing needs torchao: {exc}", hint="pip install 'edgeport[quantize]' (torchao 0.18)"
         ) from exc
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def quant_ops() -> frozenset[Any]:

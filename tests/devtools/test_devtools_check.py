@@ -309,3 +309,17 @@ def test_a_failing_relative_error_never_prints_equal_to_its_tolerance():
         print_divergence(0, "cpu", Divergence("add", "aten.add.Tensor", "", "", "", Error(0.1, 0.0100004, 40.0), 1),
                          0.01)
     assert "max rel 1.00004e-02, found in 1 compile" in captured.get() and "compiles" not in captured.get()
+
+
+def test_checking_a_torchao_quantized_program_prints_none_of_torchaos_import_noise(tmp_path):
+    """Loading its references imported torchao loudly ("Failed to load .../_C_mxfp8.so",
+    torch's pytree deprecation), though export of the same model printed nothing."""
+    import subprocess
+    import sys
+
+    model, x = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU()).eval(), torch.randn(2, 16)
+    edgeport.export(model, (x,), ["cpu"], quantize="int8-dynamic", keep_reference=True).save(tmp_path / "m.edgeport")
+    script = ("import torch, edgeport\nfrom edgeport.devtools import check_program\n"
+              f"print(check_program(edgeport.load({str(tmp_path / 'm.edgeport')!r}), [torch.randn(2, 16)]).passed)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.stdout, done.stderr) == ("True\n", "")
