@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..devtools.html import quantization_lines, render_program
+from ..devtools.html import ops_by_backend, quantization_lines, render_program, share
 from ..manifest import PORTABLE, QUANTIZATION_OPS, MethodPlan, delegated_plumbing
 from ..program import Program, read_program_file
 from ..torch_steps import PortableStep, describe_steps, portable_steps
@@ -28,19 +28,23 @@ def print_quantization(method: dict[str, Any]) -> None:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    """One line per backend: how many nodes and partitions it got, and how long their
+    """One line per backend: how many ops and partitions it got (its quantize/dequantize
+    nodes apart, counted as the HTML page and the node table do), and how long their
     compile calls took (programs written before edgeport timed them have no such column)."""
-    nodes = Counter(n["backend"] for n in report["nodes"])
+    nodes = ops_by_backend(report)
+    plumbing = Counter(n["backend"] for n in report["nodes"] if delegated_plumbing(n))
     parts = Counter(p["backend"] for p in report["partitions"])
     seconds: dict[str, float] = {}
     for p in report["partitions"]:
         if p.get("compile_s") is not None and p["backend"] != PORTABLE:
             seconds[p["backend"]] = seconds.get(p["backend"], 0.0) + p["compile_s"]
-    total = sum(nodes.values()) or 1
-    table = Table("backend", "nodes", "share", "partitions", *(("compile s",) if seconds else ()))
-    for backend, count in nodes.most_common():
+    total = sum(nodes.values())
+    table = Table("backend", "nodes", "share", *(("q/dq",) if plumbing else ()), "partitions",
+                  *(("compile s",) if seconds else ()))
+    for backend in dict.fromkeys([*(b for b, _ in nodes.most_common()), *plumbing]):
+        qdq = (str(plumbing[backend]),) if plumbing else ()
         timed = (f"{seconds[backend]:.2f}" if backend in seconds else "",) if seconds else ()
-        table.add_row(backend, str(count), f"{100 * count / total:.0f}%", str(parts[backend]), *timed)
+        table.add_row(backend, str(nodes[backend]), share(nodes[backend], total), *qdq, str(parts[backend]), *timed)
     console.print(table)
     fallbacks = [p for p in report["partitions"] if p.get("fallback")]
     for p in fallbacks:

@@ -41,6 +41,22 @@ def human_bytes(n: float) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
 
 
+def share(part: int, whole: int) -> str:
+    """``part`` of ``whole`` as a percentage, never rounded to 0% or 100% when it is not
+    exactly that: a lone node left to torch is what makes a program need torch."""
+    if 0 < part < whole:
+        percent = 100 * part / whole
+        return "<1%" if percent < 1 else ">99%" if percent > 99 else f"{percent:.0f}%"
+    return "100%" if part and part == whole else "0%"
+
+
+def ops_by_backend(report: Mapping[str, Any]) -> Counter[str]:
+    """How many of the method's ops each backend runs, as every summary counts them: the
+    quantize/dequantize nodes a backend took as part of its ops (`delegated_plumbing`)
+    are not ops of the model, and a quantized graph has twice as many of them."""
+    return Counter(n["backend"] for n in report["nodes"] if not delegated_plumbing(n))
+
+
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
@@ -145,9 +161,8 @@ def _legend(colors: Mapping[str, str]) -> str:
 
 
 def _backend_table(report: Mapping[str, Any], colors: Mapping[str, str]) -> str:
-    ops = [n for n in report["nodes"] if not delegated_plumbing(n)]
-    nodes = Counter(n["backend"] for n in ops)
-    per_partition = Counter(n["partition"] for n in ops)
+    nodes = ops_by_backend(report)
+    per_partition = Counter(n["partition"] for n in report["nodes"] if not delegated_plumbing(n))
     sizes: dict[str, list[int]] = defaultdict(list)
     for p in report["partitions"]:
         sizes[p["backend"]].append(per_partition[p["id"]])
@@ -160,7 +175,7 @@ def _backend_table(report: Mapping[str, Any], colors: Mapping[str, str]) -> str:
         shown = ", ".join(map(str, listed[:16])) + (f", … ({len(listed) - 16} more)" if len(listed) > 16 else "")
         rows.append(f'<tr data-backend="{_e(backend)}"><td><span class="swatch" style="background:{colors[backend]}">'
                     f'</span>{_e(backend)}</td><td class="num">{nodes[backend]}</td>'
-                    f'<td class="num">{100 * nodes[backend] / total:.0f}%</td><td class="num">{len(listed)}</td>'
+                    f'<td class="num">{share(nodes[backend], total)}</td><td class="num">{len(listed)}</td>'
                     f'<td>{shown}</td></tr>')
     return ('<table id="backends"><thead><tr><th>backend</th><th>nodes</th><th>share</th><th>partitions</th>'
             f'<th>partition sizes (nodes)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
@@ -264,7 +279,7 @@ def render_html(report: Mapping[str, Any], inputs: Sequence[str], outputs: Seque
     plumbing = len(report["nodes"]) - total
     facts = (f"{total} nodes{f' (and {plumbing} quantize/dequantize)' if plumbing else ''} · "
              f"{len(report['partitions'])} partitions · "
-             f"{delegated} nodes ({100 * delegated / max(total, 1):.0f}%) delegated · "
+             f"{delegated} nodes ({share(delegated, total)}) delegated · "
              f"{sum(1 for link in picture.links if link.copy)} boundary copies")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>

@@ -248,3 +248,22 @@ def test_a_quantized_programs_page_shows_its_ops_and_scheme_not_its_quantize_nod
     assert page.count("<tr data-partition=") == 1 and "mysquash" in page  # the one real fallback
     assert "2 nodes (and 2 quantize/dequantize)" in page and "1 nodes (50%) delegated" in page
     assert "<h2>Quantization</h2>" in page and "qualcomm: quantizes 1 of its 1 op(s) with int8" in page
+
+    # the text summary (export, explain) counts ops as the page does, its Q/DQ nodes apart:
+    # it said "qualcomm 3 75%" where the page said 1 and 50%
+    from edgeport.cli._output import console
+    from edgeport.cli.explain import print_summary
+
+    with console.capture() as captured:
+        print_summary(report)
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in captured.get().splitlines() if line.startswith("│")}
+    assert rows == {"qualcomm": ["1", "50%", "2", "1"], "portable": ["1", "50%", "0", "1"]}
+
+
+def test_a_share_is_never_rounded_to_0_or_100_percent():
+    """"portable 1 0%" read as a torch-free program."""
+    from edgeport.devtools.html import share
+
+    assert [share(1, 400), share(399, 400), share(1, 3), share(0, 5), share(5, 5), share(0, 0)] == [
+        "<1%", ">99%", "33%", "0%", "100%", "0%"]
