@@ -20,7 +20,12 @@ class BackendError(EdgeportError):
 
 
 class UnknownBackendError(EdgeportError):
-    """A backend name that no installed plugin registered."""
+    """A backend name that no installed plugin registered; ``disabled`` when the user
+    blocked it by name (EDGEPORT_DISABLE_PLUGINS): then it may well be installed."""
+
+    def __init__(self, message: str, hint: str = "", disabled: bool = False) -> None:
+        super().__init__(message, hint)
+        self.disabled = disabled
 
 
 class PluginError(EdgeportError):

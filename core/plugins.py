@@ -282,6 +282,9 @@ class Registry:
         name = collected.aliases.get(name, name)
         if name in collected.entries:
             return collected.entries[name]
+        if name in self._disabled:
+            raise UnknownBackendError(f"backend {name!r} is disabled by {DISABLE_ENV}",
+                                      hint=f"take {name!r} out of {DISABLE_ENV} to use it", disabled=True)
         installed = ", ".join(collected.entries) or "none"
         hint = "run `edgeport backends` to see installed backends and broken plugins"
         broken = [b for b in self.broken() if name in (b.plugin, b.backend)]

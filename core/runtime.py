@@ -169,7 +169,7 @@ class Runtime:
         try:
             availability = self._registry.get(name).availability()
         except UnknownBackendError as exc:
-            return f"it is not installed ({exc}; {exc.hint})"
+            return f"{exc} ({exc.hint})" if exc.disabled else f"it is not installed ({exc}; {exc.hint})"
         return None if availability.can_run else (availability.why or "its backend says it cannot run here")
 
     def _portable(self, prefix: str) -> Executable:

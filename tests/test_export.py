@@ -191,6 +191,10 @@ def test_missing_backend_error_names_it(tmp_path):
     program.save(tmp_path / "p.edgeport")
     with pytest.raises(edgeport.ExecutionError, match="needs backend 'torchops'.*not installed"):
         edgeport.load(tmp_path / "p.edgeport", registry=registry_with())(torch.randn(1, 4, 6, 6))
+    blocked = edgeport.Registry(entry_points=False, disabled=["torchops"])
+    with pytest.raises(edgeport.ExecutionError, match="which cannot run here: backend 'torchops' is disabled by "
+                                                      "EDGEPORT_DISABLE_PLUGINS"):
+        edgeport.load(tmp_path / "p.edgeport", registry=blocked)(torch.randn(1, 4, 6, 6))
 
 
 @pytest.mark.parametrize(

@@ -295,6 +295,19 @@ def test_disabled_plugins_are_not_loaded(monkeypatch):
     assert registry.entries() == {}
 
 
+def test_a_disabled_backend_is_said_to_be_disabled_not_missing(monkeypatch):
+    """check and run said "backend 'numpy_npu' is not installed" of a plugin the user blocked."""
+    monkeypatch.setenv("EDGEPORT_DISABLE_PLUGINS", "torchops")
+    registry = edgeport.Registry(entry_points=False)
+    with pytest.raises(edgeport.UnknownBackendError, match="backend 'torchops' is disabled by EDGEPORT_DISABLE_PLUGINS"
+                       ) as info:
+        registry.entry("torchops")
+    assert info.value.disabled and "take 'torchops' out of EDGEPORT_DISABLE_PLUGINS" in info.value.hint
+    with pytest.raises(edgeport.UnknownBackendError, match="unknown backend 'other'") as info:
+        registry.entry("other")
+    assert not info.value.disabled
+
+
 def test_importing_edgeport_imports_no_toolchain():
     import subprocess
     import sys

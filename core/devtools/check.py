@@ -341,7 +341,7 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
     try:
         entry = registry.entry(step.backend)
     except UnknownBackendError as exc:
-        result.why = f"backend {step.backend!r} is not installed ({exc})"
+        result.why = str(exc) if exc.disabled else f"backend {step.backend!r} is not installed ({exc})"
         return result
     backend, availability = entry.backend, entry.availability()
     result.label = run_label(step.backend, availability)
