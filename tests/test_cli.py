@@ -265,6 +265,26 @@ def test_explain_mistakes_are_users_errors(program):
     assert "program has no method 'nosuch'; it has forward" in fails("explain", "m.edgeport", "--method", "nosuch")
 
 
+class Simulated(TorchOpsBackend):
+    def availability(self):
+        return edgeport.Availability(True, True, why="runs in a simulator", runs_on="simulator")
+
+
+def test_explain_says_how_each_backend_runs_here(program):
+    """The README says explain tells when a step does not run on its target hardware; it never did."""
+    assert "torchops: runs here on its device" in invoke("explain", "m.edgeport").output
+    simulated = registry_with(Simulated())
+    assert "torchops: runs here as its simulator, not on its target hardware" in invoke(
+        "explain", "m.edgeport", registry=simulated).output
+    data = json.loads(invoke("explain", "m.edgeport", "--json", registry=simulated).output)
+    assert data["runs_here"] == {"torchops": {"can_run": True, "runs_on": "simulator", "why": "runs in a simulator"}}
+    output = invoke("explain", "m.edgeport", registry=registry_with(TorchOpsBackend(can_run=False))).output
+    assert "torchops: cannot run here (the test says it cannot run here)" in output
+    data = json.loads(invoke("explain", "m.edgeport", "--json", registry=registry_with()).output)
+    assert data["runs_here"]["torchops"]["can_run"] is False
+    assert "unknown backend 'torchops'" in data["runs_here"]["torchops"]["why"]
+
+
 def test_a_model_torch_export_cannot_capture_is_one_line_without_torch_s_logs(env, monkeypatch):
     """torch logged the failure and printed the graph first: about 20 lines."""
     monkeypatch.delenv("EDGEPORT_TOOLCHAIN_LOG", raising=False)  # an earlier --debug in this process sets it

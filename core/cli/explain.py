@@ -10,11 +10,14 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from ..backend import Availability
 from ..devtools.html import ops_by_backend, quantization_lines, render_program, share
+from ..errors import UnknownBackendError
 from ..manifest import PORTABLE, QUANTIZATION_OPS, MethodPlan, delegated_plumbing
+from ..plugins import Registry
 from ..program import Program, read_program_file
 from ..torch_steps import PortableStep, describe_steps, portable_steps
-from . import cli
+from . import cli, current_registry
 from ._output import check_writable, console, print_json
 from .run import method_plan
 
@@ -73,8 +76,9 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
             return
     report = prog.report(method)
     portable = portable_steps(prog.manifest)
+    where = runs_here(plan, current_registry())
     if as_json:
-        print_json({**report, "torch_free": not portable, "state_writes": state_writes(plan)})
+        print_json({**report, "torch_free": not portable, "state_writes": state_writes(plan), "runs_here": where})
         return
     quantized = any("quantized" in n for n in report["nodes"])
     columns = ("node", "op", "backend", "partition") + (("quantized",) if quantized else ()) + ("why not elsewhere",)
@@ -95,10 +99,42 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
                       str(p["boundary_bytes"]), timed)
     console.print(parts)
     print_summary(report)
+    print_runs_here(where, plan)
     if report.get("quantization"):
         print_quantization(report)
     print_state_writes(plan)
     print_torch_free(portable)
+
+
+def runs_here(plan: MethodPlan, registry: Registry) -> dict[str, dict[str, Any]]:
+    """Each backend of the method's delegate steps: whether it can run on this machine,
+    and on what (``runs_on``: "device", "simulator", "reference (CPU)"; None where it
+    cannot run), with its reason, as `edgeport backends` reports its availability."""
+    where: dict[str, dict[str, Any]] = {}
+    for backend in dict.fromkeys(s.backend for s in plan.steps if s.kind == "delegate" and s.backend):
+        try:
+            availability = registry.entry(backend).availability()
+        except UnknownBackendError as exc:
+            availability = Availability(can_compile=False, can_run=False, why=str(exc))
+        where[backend] = {"can_run": availability.can_run,
+                          "runs_on": availability.runs_on if availability.can_run else None,
+                          "why": availability.why}
+    return where
+
+
+def print_runs_here(where: dict[str, dict[str, Any]], plan: MethodPlan) -> None:
+    """A line per backend: on its device here, or how it runs instead, or why it cannot
+    (and whether ``--reference`` can run its torch reference)."""
+    referenced = {s.backend for s in plan.steps if s.kind == "delegate" and s.reference}
+    for backend, here in where.items():
+        if here["runs_on"] == "device":
+            line = "runs here on its device"
+        elif here["can_run"]:
+            line = f"runs here as its {here['runs_on']}, not on its target hardware"
+        else:
+            instead = "; --reference runs its torch reference" if backend in referenced else ""
+            line = f"cannot run here ({here['why'] or 'its backend says so'}){instead}"
+        console.print(f"{backend}: {escape(line)}", highlight=False)
 
 
 def state_writes(plan: MethodPlan) -> dict[str, list[str]]:
