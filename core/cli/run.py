@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..arrays import NO_NUMPY_TWIN, STORAGE, is_torch_tensor, torch_installed
 from ..devtools.html import human_bytes
-from ..devtools.profile import Profile, summarize_profile, time_runs
+from ..devtools.profile import Profile, runs_torch, summarize_profile, time_runs
 from ..errors import InputError
 from ..input_binding import archive_order
 from ..manifest import MethodPlan
@@ -192,21 +192,26 @@ def _runs_on_numpy(program: Program, plan: MethodPlan, reference: bool) -> bool:
 
 def print_profile(profile: Profile) -> None:
     """Per step, per backend, then the totals: what the time and the boundary bytes add up to."""
-    table = Table("step", "partition", "ran on", "ms", "share", "bytes in", "bytes out",
-                  title=f"profile: the median of {profile.runs} run(s)")
+    which = (f"the median of {profile.runs} run(s)" if profile.runs % 2 else
+             f"the faster of the two middle runs of {profile.runs}")
+    table = Table("step", "partition", "ran on", "ms", "share", "bytes in", "bytes out", title=f"profile: {which}")
     for s in profile.steps:
-        crossing = s.kind == "delegate"
+        crossing = not runs_torch(s)
         table.add_row(str(s.index), str(s.partition), s.label, f"{s.ms:.3f}", f"{100 * s.share:.1f}%",
                       human_bytes(s.bytes_in) if crossing else "-", human_bytes(s.bytes_out) if crossing else "-")
     console.print(table)
-    backends = Table("backend", "steps", "ms", "share")
+    backends = Table("backend (ran on)", "steps", "ms", "share")
     for b in sorted(profile.backends, key=lambda b: -b.ms):
-        backends.add_row(b.backend, str(b.steps), f"{b.ms:.3f}", f"{100 * b.share:.1f}%")
+        backends.add_row(b.label, str(b.steps), f"{b.ms:.3f}", f"{100 * b.share:.1f}%")
     backends.add_row("runtime overhead", "", f"{profile.overhead_ms:.3f}",
                      f"{100 * profile.overhead_ms / profile.wall_ms if profile.wall_ms else 0:.1f}%")
     backends.add_row("[bold]total (wall)[/bold]", str(len(profile.steps)), f"[bold]{profile.wall_ms:.3f}[/bold]",
                      "100%")
     console.print(backends)
-    console.print(f"portable (torch) code: {100 * profile.portable_share:.1f}% of the time; "
+    console.print(f"torch (portable steps and torch references): {100 * profile.portable_share:.1f}% of the time; "
                   f"{human_bytes(profile.boundary_bytes)} cross delegate boundaries per call "
                   "(their conversions are timed inside each delegate step)")
+    elsewhere = sorted({b.label for b in profile.backends if ": " in b.label})
+    if elsewhere:
+        console.print(f"[yellow]not on the target hardware[/yellow]: {', '.join(elsewhere)}: these times say nothing "
+                      "about the device")

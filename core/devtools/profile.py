@@ -1,13 +1,16 @@
 """``edgeport run --profile``: where one call's time goes.
 
-The breakdown is the median run's (the timed run whose wall time is the median): per
+The breakdown is the median run's (the timed run whose wall time is the median; of an
+even number of runs, the faster of the two middle ones, never the slowest of two): per
 step its time, per backend the sum of its steps, the wall time of the call as the caller
 sees it, and what the steps leave unexplained (the runtime's input checks and
 bookkeeping). One run's numbers add up, which per-step medians need not do on a busy
 machine, and the median run is not thrown off by an outlier. Conversions at a delegate's boundary (torch
 tensors into the backend's buffers and back) happen inside the backend's ``run``, so
 their time is part of the step's; what the profile adds is the bytes that cross each
-delegate step's boundary, from the placement report.
+delegate step's boundary, from the placement report. A delegate step run as its torch
+reference (``--reference``) runs torch and crosses no boundary: its time counts as torch
+code and its bytes do not count.
 """
 
 from __future__ import annotations
@@ -17,10 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..manifest import PORTABLE
-
 from ..manifest import MethodPlan
-from ..runtime import RunResult, Runtime
+from ..runtime import TORCH_REFERENCE, RunResult, Runtime
 
 
 def time_runs(runtime: Runtime, method: str, inputs: Sequence[Any], *, repeat: int = 1, warmup: int = 0,
@@ -50,12 +51,18 @@ class StepProfile:
     bytes_out: int
 
 
+def runs_torch(step: StepProfile) -> bool:
+    """Whether the step ran torch: a portable step, or a delegate run as its torch reference."""
+    return step.kind == "portable" or step.label.endswith(TORCH_REFERENCE)
+
+
 @dataclass(frozen=True)
 class BackendProfile:
     backend: str
     steps: int
     ms: float
     share: float
+    label: str  # how its steps ran here, as `StepProfile.label`
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,8 @@ class Profile:
     wall_ms: float  # the median run's wall time
     steps_ms: float  # the sum of its steps
     overhead_ms: float  # wall - steps: input checks, value bookkeeping, state writes
-    portable_share: float  # share of the wall time spent in portable (torch) steps
-    boundary_bytes: int  # bytes into and out of delegate steps, per call
+    portable_share: float  # share of the wall time spent in torch: portable steps, and delegates run as their reference
+    boundary_bytes: int  # bytes into and out of delegate steps run by their backend, per call
     steps: list[StepProfile]
     backends: list[BackendProfile]
 
@@ -79,7 +86,7 @@ def summarize_profile(plan: MethodPlan, results: Sequence[RunResult], walls: Seq
     ``values`` (name -> {bytes}), empty for programs saved before it existed."""
     if not results or not all(r.steps for r in results):
         raise ValueError("summarize_profile needs results of runs made with profile=True")
-    median_run = sorted(range(len(walls)), key=walls.__getitem__)[len(walls) // 2]
+    median_run = sorted(range(len(walls)), key=walls.__getitem__)[(len(walls) - 1) // 2]
     wall = walls[median_run]
     size = {name: int(info.get("bytes", 0)) for name, info in values.items()}
     steps = []
@@ -92,9 +99,9 @@ def summarize_profile(plan: MethodPlan, results: Sequence[RunResult], walls: Seq
     for s in steps:
         by_backend.setdefault(s.backend, []).append(s)
     backends = [BackendProfile(name, len(group), sum(s.ms for s in group), sum(s.ms for s in group) / wall
-                               if wall else 0.0) for name, group in by_backend.items()]
+                               if wall else 0.0, group[0].label) for name, group in by_backend.items()]
     total = sum(s.ms for s in steps)
-    portable = sum(s.ms for s in steps if s.backend == PORTABLE)
-    crossing = sum(s.bytes_in + s.bytes_out for s in steps if s.kind == "delegate")
+    portable = sum(s.ms for s in steps if runs_torch(s))
+    crossing = sum(s.bytes_in + s.bytes_out for s in steps if not runs_torch(s))
     return Profile(len(results), wall, total, wall - total, portable / wall if wall else 0.0, crossing, steps,
                    backends)

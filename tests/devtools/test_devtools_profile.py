@@ -2,6 +2,7 @@
 the portable share and the bytes crossing delegate boundaries."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -75,5 +76,30 @@ def test_cli_profile_table_and_json(program, tmp_path):
 
     table = CliRunner().invoke(cli, ["run", str(path), "--profile", "--repeat", "2"], obj=registry,
                                catch_exceptions=False).output
-    assert "total (wall)" in table and "runtime overhead" in table and "portable (torch) code:" in table
+    assert "total (wall)" in table and "runtime overhead" in table
+    assert "torch (portable steps and torch references):" in table
+    assert "the faster of the two middle runs of 2" in table  # the upper one was the slowest of 2
     assert "512.0 KiB" in table  # bytes into the last delegate step (1x32x64x64 float32)
+
+
+def test_a_reference_run_is_profiled_as_torch_crossing_no_boundary(tmp_path):
+    """It said "portable (torch) code: 0.0%" with 512 KiB crossing, and the backend row
+    had no "torch reference" label, though the whole call ran torch."""
+    path = tmp_path / "convs.edgeport"
+    edgeport.export(Convs().eval(), (torch.randn(1, 16, 64, 64),), ["torchops"], keep_reference=True,
+                    registry=registry_with(TorchOpsBackend(ops=("convolution", "relu")))).save(path)
+    registry = registry_with(TorchOpsBackend(ops=("convolution", "relu"), can_run=False))
+    reference = edgeport.load(path, registry=registry, reference=True)
+    results, walls = time_runs(reference.runtime(), "forward", (torch.randn(1, 16, 64, 64),), repeat=2, profile=True)
+    profile = summarize_profile(reference.manifest.methods["forward"], results, walls, reference.report()["values"])
+    assert profile.portable_share == pytest.approx(profile.steps_ms / profile.wall_ms)
+    assert profile.boundary_bytes == 0
+    assert {b.backend: b.label for b in profile.backends} == {"torchops": "torchops: torch reference",
+                                                              "portable": "portable"}
+    assert profile.wall_ms == min(walls)  # of two runs, the faster: never the slowest
+    table = CliRunner().invoke(cli, ["run", str(path), "--reference", "--profile"], obj=registry,
+                               catch_exceptions=False).output
+    share = re.search(r"torch \(portable steps and torch references\): ([\d.]+)%", table)
+    assert share and float(share.group(1)) > 50  # all but the runtime overhead (the first call loads lazily)
+    assert "0 B cross delegate boundaries" in table
+    assert "not on the target hardware: torchops: torch reference: these times say nothing about the device" in table
