@@ -148,7 +148,10 @@ def print_check(report: CheckReport) -> None:
     colors = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
     for p in report.partitions:
         e = p.error
-        numbers = [_number(e.max_abs, ".2e"), _rel(e.max_rel, p.rtol), _snr(e.snr_db)] if e else ["-", "-", "-"]
+        if e and p.nan_values:  # compare scores a NaN as an infinite error: an overflow, it reads
+            numbers = ["nan", "nan", _snr(e.snr_db)]
+        else:
+            numbers = [_number(e.max_abs, ".2e"), _rel(e.max_rel, p.rtol), _snr(e.snr_db)] if e else ["-", "-", "-"]
         steps = _number(e.max_steps, ".2f") if e and e.max_steps is not None else "-"
         spread = [steps, _snr(p.spread.snr_db) if p.spread else "-"] if quantized else []
         table.add_row(str(p.partition), p.label, str(p.nodes), *numbers, "-" if p.rtol is None else f"{p.rtol:g}",
@@ -160,6 +163,9 @@ def print_check(report: CheckReport) -> None:
                       f"off by more than {PEAK_FACTOR:g}x the spread's largest: the spread is its torch reference "
                       "against itself with the values it rounds nudged by the backend's op error.", highlight=False)
     for p in report.partitions:
+        if p.nan_values:
+            console.print(f"partition {p.partition} ({p.label}): {p.nan_values} output value(s) are NaN where torch "
+                          "computed a number", markup=False, highlight=False)
         d = p.divergence
         if d:
             print_divergence(p.partition, p.label, d, p.rtol)
@@ -177,7 +183,8 @@ def print_divergence(partition: int, label: str, d: Divergence, rtol: float | No
     """The first diverging op with its source line; or, when the bisection could only
     narrow it to a range, each op of the range with its module and source line."""
     module = f" in module {d.module}" if d.module else ""
-    found = f"max rel {_rel(d.error.max_rel, rtol)}, found in {d.compiles} compile{'' if d.compiles == 1 else 's'}"
+    off = f"{d.nan_values} value(s) NaN" if d.nan_values else f"max rel {_rel(d.error.max_rel, rtol)}"
+    found = f"{off}, found in {d.compiles} compile{'' if d.compiles == 1 else 's'}"
     if d.exact:
         console.print(f"[red]partition {partition}[/red] ({label}): first diverging op: [bold]{d.node}[/bold] ({d.op})"
                       f"{module}, {found}", highlight=False)

@@ -118,6 +118,16 @@ def _difference(a: torch.Tensor, e: torch.Tensor) -> tuple[float, float, float, 
     return diff, scale, signal, float((delta ** 2).sum())
 
 
+def nan_values(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> int:
+    """How many values ``actual`` holds as NaN where ``expected`` holds a number (outputs
+    `compare` accepted): it scores them an infinite error, which reads as an overflow."""
+    count = 0
+    for a, e in zip(actual, expected):
+        if e.is_floating_point():
+            count += int((torch.as_tensor(np.asarray(a)).isnan() & ~e.isnan()).sum())
+    return count
+
+
 def worst_of(errors: Iterable[Error]) -> Error:
     """The largest error of each kind among ``errors`` (the nudged runs' spread)."""
     errors = list(errors)
@@ -177,6 +187,7 @@ class Divergence:
     exact: bool = True
     candidates: tuple[Candidate, ...] = ()
     inputs: tuple[InputDrift, ...] = ()  # of an exact divergence in a quantized graph
+    nan_values: int = 0  # as `PartitionCheck.nan_values`, in what the op's prefix hands on
 
 
 @dataclass
@@ -193,6 +204,7 @@ class PartitionCheck:
     spread: Error | None = None
     why: str = ""
     divergence: Divergence | None = None
+    nan_values: int = 0  # outputs the backend gave as NaN where torch computed a number
 
 
 @dataclass
@@ -359,7 +371,9 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
     try:
         loaded = load_step(program.manifest, program.files, step, backend)
         steps = [dequantized_step(node) for node in output_nodes(reference)]
-        result.error = compare(executable_of(loaded, step).run(args), expected, steps)
+        outputs = executable_of(loaded, step).run(args)
+        result.error = compare(outputs, expected, steps)
+        result.nan_values = nan_values(outputs, expected)
     except Exception as exc:  # a backend that crashes here is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
@@ -450,6 +464,7 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
     order = {node: i for i, node in enumerate(reference.graph.nodes)}
     by_name = {node.name: node for node in reference.graph.nodes}
     compiles = 0
+    nans: dict[int, int] = {}  # prefix -> NaN values its outputs hold where torch's do not
 
     def run_prefix(k: int) -> tuple[list[str], Sequence[Any]] | None:
         """The values the prefix ending with group ``k`` hands on and the backend's
@@ -473,6 +488,7 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
         values, outputs = ran
         expected = [env[v] for v in values]
         error = compare(outputs, expected, [dequantized_step(by_name[v]) for v in values])
+        nans[k] = nan_values(outputs, expected)
         spread = worst_of(compare([n[v] for v in values], expected) for n in nudged) if nudged is not None else None
         return error, allowed(error, rtol, spread)
 
@@ -499,7 +515,7 @@ def locate_divergence(reference: ExportedProgram, args: Sequence[Any], backend: 
     if lo == hi and hi > 0 and nudged is not None and (ran := run_prefix(hi - 1)) is not None:
         drift = _input_drift(node, dict(zip(*ran)), env)
     return Divergence(node.name, op_name(node), source_of(node), _code(node), _module(node), worst, compiles,
-                      lo == hi, candidates, drift)
+                      lo == hi, candidates, drift, nans.get(hi, 0))
 
 
 def _input_drift(node: Node, computed: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[InputDrift, ...]:

@@ -145,6 +145,25 @@ def test_a_token_id_past_the_vocabulary_is_named_as_an_input_error():
     assert check_program(program, [torch.tensor([[1, 9, 0]])], registry=registry).passed
 
 
+class MulGivesNan(OffByOnePercent):
+    def load(self, artifact):
+        return run_with_kernel_off(artifact, self.bad_op, math.nan)
+
+
+def test_a_nan_the_backend_computed_is_said_to_be_nan_not_inf(model_file):
+    """The row read "max abs inf, max rel inf", as if a value overflowed."""
+    report = check_model(*model_file, ["torchops"], registry=registry_with(MulGivesNan()))
+    [partition] = report.partitions
+    assert partition.status == "fail" and partition.nan_values == 1 * 8 * 10 * 10
+    assert partition.divergence.node == "mul" and partition.divergence.nan_values == 800
+    assert check_model(*model_file, ["torchops"], registry=registry_with(TorchOpsBackend())).partitions[0].nan_values == 0
+    result = invoke("check", "model.py:factory", "--backend", "torchops", registry=registry_with(MulGivesNan()))
+    assert "│ 6     │ nan     │ nan     │ -inf   │" in result.output
+    assert "800 output value(s) are NaN where torch computed a number" in result.output
+    assert "first diverging op: mul (aten.mul.Tensor), 800 value(s) NaN" in result.output
+    assert "inf" not in result.output.replace("-inf", "")
+
+
 class Loose(OffByOnePercent):
     """The planted 1% error, from a backend that declares 2% right when scale is 1."""
 
