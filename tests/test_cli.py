@@ -263,6 +263,8 @@ def test_explain_mistakes_are_users_errors(program):
     assert "cannot write missing/x.html: folder missing does not exist" in fails(
         "explain", "m.edgeport", "--html", "missing/x.html")
     assert "program has no method 'nosuch'; it has forward" in fails("explain", "m.edgeport", "--method", "nosuch")
+    output = fails("explain", "m.edgeport", "--html", "model.py")  # the hint said "-o model.edgeport" of a page
+    assert "it would overwrite a Python source file" in output and "-o model.edgeport" not in output
 
 
 class Simulated(TorchOpsBackend):

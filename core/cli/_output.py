@@ -69,7 +69,7 @@ def check_writable(*paths: str | None, reads: Sequence[str | None] = ()) -> None
         if path is None:
             continue
         if not path.strip():
-            raise EdgeportError("an output file name is empty", hint="name the file to write, e.g. -o model.edgeport")
+            raise EdgeportError("an output file name is empty", hint="name the file to write")
         folder = os.path.dirname(path) or "."
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise EdgeportError(f"cannot write {path}: {folder} is a file, not a folder", hint="write somewhere else")
@@ -80,7 +80,7 @@ def check_writable(*paths: str | None, reads: Sequence[str | None] = ()) -> None
             raise EdgeportError(f"cannot write {path}: folder {folder} is not writable", hint="write somewhere else")
         if path.endswith(".py") and os.path.isfile(path):  # -o model.py: the model's own source, likely
             raise EdgeportError(f"cannot write {path}: it would overwrite a Python source file",
-                                hint="name the output after what it holds, e.g. -o model.edgeport")
+                                hint="name the output after what it holds: model.edgeport, placement.html, ...")
         real = os.path.realpath(path)
         if real in read:
             raise EdgeportError(f"cannot write {path}: it is {read[real]}, which this command reads",
