@@ -323,6 +323,8 @@ def test_inputs_named_unlike_the_method_s_are_refused_not_taken_in_order(program
     assert "extra.npz holds arrays x, z; the method's inputs are x" in fails("run", "m.edgeport", "--inputs", "extra.npz")
     np.savez(program.parent / "unnamed.npz", np.ones((1, 4), dtype=np.float32))  # arr_0: in order
     assert invoke("run", "m.edgeport", "--inputs", "unnamed.npz").exit_code == 0
+    np.savez(program.parent / "scalar.npz", x=np.float32(3.0))  # said "got [1]"
+    assert "input 0 ('x') must have shape [1, 4], got []" in fails("run", "m.edgeport", "--inputs", "scalar.npz")
 
 
 def test_inputs_that_are_not_an_npz_archive_are_a_users_error(program):

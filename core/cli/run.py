@@ -89,7 +89,7 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
             raise InputError(f"{path} holds {len(data.files)} arrays, the method takes {len(names)}: "
                              f"{', '.join(names)}")
         try:
-            return [np.ascontiguousarray(data[k]) for k in keys]
+            return [np.asarray(data[k], order="C") for k in keys]  # ascontiguousarray made a 0-d array 1-d
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise InputError(f"{path}: an array cannot be read ({exc})", hint=not_npz.hint) from None
 
