@@ -259,12 +259,17 @@ def _zip_errors(what: str) -> Iterator[None]:
 
 _Archive = memoryview  # the whole file; each entry is a slice of it
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header (APPNOTE 4.3.7): 30 bytes
+_ZIP_MAGIC = b"PK"  # every zip record's signature starts so; the writer's file opens with a local header
 
 
 def _open_archive(data: Buffer) -> tuple[_Archive, dict[str, zipfile.ZipInfo]]:
     """The zip and its entries by name, refused unless every entry can be read safely:
     a unique, relative name; stored (the writer never compresses, and a compressed entry
     is how a 2 MB file inflates to gigabytes); sizes that fit inside the file."""
+    if bytes(data[:2]) != _ZIP_MAGIC:  # zipfile's own words for a text file: "seek out of range"
+        raise ProgramError("not a valid .edgeport file: " + ("it is empty" if not len(data) else
+                                                               "it is not a zip archive, as every edgeport program is"),
+                           hint="pass a program edgeport export wrote (-o NAME.edgeport); " + _DAMAGED)
     with _zip_errors("not a valid .edgeport file (unreadable zip)"):
         # zipfile reads the central directory only, from the map itself or from a
         # BytesIO (which shares bytes, and copies any other buffer)

@@ -317,8 +317,10 @@ def test_entries_claiming_more_bytes_than_the_file_are_refused(program_bytes, tm
 
 
 def test_not_a_zip(tmp_path):
-    with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file"):
+    """A text file said "(unreadable zip) (ValueError: seek out of range)"."""
+    with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file: it is not a zip archive") as info:
         load_bytes(tmp_path, b"hello")
+    assert "ValueError" not in str(info.value) and "edgeport export" in info.value.hint
 
 
 # -- the manifest's schema -------------------------------------------------------------------
