@@ -7,6 +7,7 @@ import re
 from click.testing import CliRunner
 
 from edgeport.cli import cli
+from edgeport.testing.kit import kit_cases
 from torch_backend import TorchOpsBackend, registry_with
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "conformance.md")
@@ -72,3 +73,12 @@ def test_case_words_that_match_no_case_fail_instead_of_passing_nothing():
     result = invoke("torch_ops", "--case", "add_broadcsat")
     assert result.exit_code == 1 and "no conformance case name contains 'add_broadcsat'" in result.output
     assert "hint: case names: conv2d," in result.output
+
+
+def test_a_case_word_is_matched_whole_between_underscores():
+    """'add' picked every *_padding case as well."""
+    from edgeport.cli.conformance import names_word
+
+    picked = [c.name for c in kit_cases() if names_word(c.name, "add")]
+    assert picked == ["add_broadcast", "int8_add", "int8_add_relu", "int8_stored_add"]
+    assert names_word("max_pool2d_k2_s2_p1", "max_pool2d") and not names_word("avg_pool2d", "pool")
