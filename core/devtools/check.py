@@ -129,9 +129,12 @@ def nan_values(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> int:
 
 
 def worst_of(errors: Iterable[Error]) -> Error:
-    """The largest error of each kind among ``errors`` (the nudged runs' spread)."""
+    """The largest error of each kind among ``errors`` (the nudged runs' spread); in
+    steps only where each of them is counted in steps."""
     errors = list(errors)
-    return Error(max(e.max_abs for e in errors), max(e.max_rel for e in errors), min(e.snr_db for e in errors))
+    steps = [e.max_steps for e in errors]
+    return Error(max(e.max_abs for e in errors), max(e.max_rel for e in errors), min(e.snr_db for e in errors),
+                 None if None in steps else max(steps))
 
 
 def allowed(error: Error, rtol: float, spread: Error | None) -> bool:
@@ -378,7 +381,8 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result
     if rounds(reference):
-        result.spread = worst_of(compare(nudged_outputs(reference, args, nudge, seed), expected) for seed in range(SAMPLES))
+        result.spread = worst_of(compare(nudged_outputs(reference, args, nudge, seed), expected, steps)
+                                 for seed in range(SAMPLES))
     result.status = "pass" if allowed(result.error, result.rtol, result.spread) else "fail"
     if result.status == "fail" and locate:
         result.divergence = locate_divergence(reference, args, backend, options, result.rtol, step.partition,

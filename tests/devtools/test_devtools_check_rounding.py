@@ -182,6 +182,15 @@ def test_cli_check_shows_the_spread_of_a_quantized_program(cpu_int8, tmp_path):
     data = json.loads(CliRunner().invoke(cli, ["check", str(tmp_path / "q.edgeport"), "--inputs",
                                                str(tmp_path / "in.npz"), "--json"]).output)
     assert data["passed"] and data["partitions"][0]["spread"]["snr_db"] < 60
+    # the spread is counted in steps where the error is (it was always null, though documented)
+    assert (data["partitions"][0]["spread"]["max_steps"] is None) == (data["partitions"][0]["error"]["max_steps"] is None)
+
+
+def test_the_spread_is_in_steps_when_every_nudged_run_is():
+    from edgeport.devtools.check import worst_of
+
+    assert worst_of([Error(0.1, 0.01, 40.0, 1.0), Error(0.2, 0.02, 30.0, 2.0)]) == Error(0.2, 0.02, 30.0, 2.0)
+    assert worst_of([Error(0.1, 0.01, 40.0, 1.0), Error(0.2, 0.02, 30.0)]).max_steps is None
 
 
 def test_cli_check_says_how_far_off_the_named_ops_quantized_inputs_were(tmp_path):
