@@ -32,7 +32,7 @@ def llm() -> None:
 @click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
               help="Positions in the KV cache: prompt plus generated tokens.")
 @click.option("--prefill-chunk", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Prompt tokens per prefill call.")
+              help="Prompt tokens per prefill call (cpu: 3 or more).")
 @click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight", "a16w8"], case_sensitive=False), help="cpu: linear weights as int8 per channel or int4 in groups of 32 "
                    "(activations quantized per token at run time); coreml: int4-weight, weights compressed by coremltools "
                    "in blocks of 32 (iOS18 target); a16w8 (qualcomm): 16-bit activations calibrated on "

@@ -108,14 +108,16 @@ def export(
     by_backend = scheme is not None and not calibrated and first not in DECODER_QUANTIZED
     if calibrated or by_backend:
         _check_backend_quantizes(scheme, first, options, registry)
+    # one graph for both methods, weights prepared once (one_graph.py), when the first backend
+    # runs dynamic dims: it takes every op of a decoder layer, so the others would get none
+    one = first in one_graph.BACKENDS
+    if one:
+        one_graph.check_lengths(max_seq_len, prefill_chunk)
     if progress:
         progress("loading the model")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     config = loaded.config
     _check_lengths(loaded, max_seq_len, prefill_chunk)
-    # one graph for both methods, weights prepared once (one_graph.py), when the first backend
-    # runs dynamic dims: it takes every op of a decoder layer, so the others would get none
-    one = first in one_graph.BACKENDS
     decoder = build_decoder(config, loaded.weights, max_seq_len, seq_major=one)
     if not isinstance(model, LoadedModel):
         loaded.weights.clear()  # ours: the decoder holds what it needs (q/k/v and gate/up fused)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from ..errors import EdgeportError
 from ..manifest import MethodPlan
 from ..program import Program
 
@@ -32,6 +33,22 @@ if TYPE_CHECKING:  # the run side (a session) imports this module without torch
 BACKENDS = ("cpu",)  # backends whose LLM program is one graph (their models resize at run time)
 # cache positions the window grows by: a resize costs ~0.7 ms for SmolLM2 (bench/llm_window_bucket.py)
 WINDOW_BUCKET = 32
+# torch.export specializes a dim of size 0 or 1, so a dynamic dim's range starts at 2: a chunk
+# (or window) of at most 2 has a single size left, and every node then falls back to portable
+# torch. 3 is the smallest length the one graph keeps dynamic.
+MIN_LENGTH = 3
+
+
+def check_lengths(max_seq_len: int, chunk: int) -> None:
+    """Refuse, before the model is read, a prefill chunk or cache too short for the one
+    graph's dynamic dims (`MIN_LENGTH`): its program would run all in portable torch."""
+    lengths = (("prefill chunk", "--prefill-chunk", chunk), ("max_seq_len", "--max-seq-len", max_seq_len))
+    for name, option, value in lengths:
+        if value < MIN_LENGTH:
+            raise EdgeportError(
+                f"a {name} of {value} is too short for cpu's one-graph program: it takes {MIN_LENGTH} or more "
+                f"(torch.export fixes a length of 1 or 2, and the whole program would fall back to portable torch)",
+                hint=f"pass {option} {MIN_LENGTH} or more")
 
 
 def one_graph_methods(proto: Decoder, chunk: int) -> dict[str, tuple[Any, ...]]:

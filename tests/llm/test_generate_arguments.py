@@ -128,3 +128,22 @@ def test_generations_from_two_threads_are_right_or_say_they_were_interrupted(pro
         thread.join()
     assert len(outcomes) == 6
     assert all(isinstance(got, edgeport.ExecutionError) or got == prompts[prompt] for prompt, got in outcomes)
+
+
+@pytest.mark.parametrize(("arguments", "error"), [
+    ({"max_seq_len": 32, "prefill_chunk": 1}, "a prefill chunk of 1 is too short"),
+    ({"max_seq_len": 32, "prefill_chunk": 2}, "a prefill chunk of 2 is too short"),
+    ({"max_seq_len": 2, "prefill_chunk": 2}, "a prefill chunk of 2 is too short"),
+])
+def test_a_chunk_too_short_for_the_one_graph_is_refused_before_the_model_is_read(arguments, error):
+    """Chunk 1 was torch's AssertionError (Dim min=max); chunk 2 exported a program all in
+    portable torch, which --native then refused with a hint to run the same export."""
+    with pytest.raises(edgeport.EdgeportError, match=error) as refused:
+        edgeport.llm.export("not read", **arguments)
+    assert refused.value.hint == "pass --prefill-chunk 3 or more"
+
+
+def test_a_cache_too_short_for_the_one_graph_is_refused():
+    with pytest.raises(edgeport.EdgeportError, match="a max_seq_len of 2 is too short") as refused:
+        edgeport.llm.export("not read", max_seq_len=2, prefill_chunk=3)
+    assert refused.value.hint == "pass --max-seq-len 3 or more"
