@@ -159,6 +159,7 @@ def load_gguf(path: Path) -> LoadedModel:
         elif arch == "llama" and hf.endswith(("k_proj.weight", "k_proj.bias")):
             values = _unpermute_rotary(values, config.kv_heads)
         weights[hf] = torch.from_numpy(np.array(values, dtype=np.float32))  # owned and writable
+        _check_finite(weights[hf], tensor.name, path)
     tokenizer, special = _gguf_tokenizer(path)
     return LoadedModel(
         name=str(meta.get("general.name") or path.stem),
@@ -170,6 +171,19 @@ def load_gguf(path: Path) -> LoadedModel:
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         add_bos_token=bool(special.get("add_bos_token", False)),
     )
+
+
+def _check_finite(values: torch.Tensor, name: str, path: Path) -> None:
+    """Refuse a tensor holding NaN or infinity (a damaged download, a diverged training
+    run): the export went through, and every logit came out NaN, so generation picked
+    token 0 forever without a word."""
+    if not values.is_floating_point():
+        return
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = values.numel() - int(finite.sum())
+        raise ModelLoadError(f"{path.name}: tensor {name} holds {bad} NaN or infinite value(s) of {values.numel()}",
+                             hint="the weights are damaged: download or convert the model again")
 
 
 def _gguf_config(meta: dict[str, Any], tensors: dict[str, Any]) -> DecoderConfig:
@@ -484,7 +498,10 @@ def _safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     weights: dict[str, torch.Tensor] = {}
     for f in files:
-        weights.update(load_file(str(f)))
+        part = load_file(str(f))
+        for name, values in part.items():
+            _check_finite(values, name, f)
+        weights.update(part)
     return weights
 
 

@@ -188,3 +188,26 @@ def test_a_gguf_architecture_edgeport_does_not_read_is_refused_by_name(tmp_path)
     writer.close()
     with pytest.raises(ModelLoadError, match="architecture 'falcon' is not supported"):
         load_model(path)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_gguf_with_non_finite_weights_is_refused_naming_the_tensor(tmp_path, bad):
+    """It exported, and every logit was NaN: generation printed token 0 forever, rc 0."""
+    path, model = tiny_model_dir(tmp_path, "llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[3, 5] = bad
+    write_gguf(tmp_path / "bad.gguf", "llama", model)
+    with pytest.raises(ModelLoadError, match=r"bad.gguf: tensor blk.1.ffn_down.weight holds 1 NaN or infinite"):
+        load_model(tmp_path / "bad.gguf")
+
+
+def test_a_hugging_face_directory_with_nan_weights_is_refused_naming_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    (weights_file,) = path.glob("*.safetensors")
+    weights = load_file(str(weights_file))
+    weights["model.embed_tokens.weight"][7] = math.nan
+    save_file(weights, str(weights_file), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"tensor model.embed_tokens.weight holds 64 NaN or infinite value\(s\)"):
+        load_model(path)
