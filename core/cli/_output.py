@@ -19,7 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from ..errors import EdgeportError
 
 # Off a terminal (pipes, CI logs), rich would wrap tables at 80 columns; reasons are long.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+# A closed stdout (``>&-``) leaves sys.stdout None: no terminal either.
+console = Console(highlight=False, width=None if sys.stdout is not None and sys.stdout.isatty() else 200)
 
 _COUNT = re.compile(r"(\d+)/(\d+)")  # "compiling partition 3/12 ..." counts; other messages only relabel
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -186,9 +187,8 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
     click.echo(f"chatting with {session.info.name or program} ({session.info.max_seq_len} positions); "
                "/reset starts over, /exit or end of input ends", err=True)
     while True:
-        try:
-            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
-        except (EOFError, click.exceptions.Abort):
+        line = _next_line()
+        if line is None:
             break
         if line.strip() in ("/exit", "/quit"):
             break
@@ -215,6 +215,19 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
         click.echo()
         click.echo(speed_line(reply.stats), err=True)
         messages.append({"role": "assistant", "content": reply.text})
+
+
+def _next_line() -> str | None:
+    """The user's next line at the ``you>`` prompt; None at the end of input: end of file,
+    Ctrl-C, or no stdin at all (``<&-``: Python's sys.stdin is None, and input() raised
+    "lost sys.stdin"). The prompt's line is ended, so the shell's prompt starts on its own."""
+    if sys.stdin is None:
+        return None
+    try:
+        return click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+    except (EOFError, click.exceptions.Abort):
+        click.echo()
+        return None
 
 
 def speed_line(stats: Any) -> str:

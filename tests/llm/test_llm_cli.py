@@ -216,3 +216,26 @@ def test_a_sampling_parameter_that_is_not_a_number_is_refused(tmp_path, option):
     program.write_bytes(b"")
     result = invoke("llm", "generate", program, "--prompt", "hi", option, "nan")
     assert result.exit_code == 2 and "'nan' is not a finite number" in result.output
+
+
+def _edgeport(*args: str, close: int) -> subprocess.CompletedProcess:
+    """``edgeport ARGS`` in a new process started with descriptor ``close`` (0: stdin,
+    1: stdout) closed, as a shell's ``<&-`` or ``>&-`` does (Python's stream is then None)."""
+    return subprocess.run([sys.executable, "-m", "edgeport.cli", *args], text=True, timeout=300,
+                          stdout=None if close == 1 else subprocess.PIPE, stderr=subprocess.PIPE,
+                          preexec_fn=lambda: os.close(close))
+
+
+@pytest.mark.slow
+def test_chat_with_stdin_closed_ends_as_at_the_end_of_input(smol_path):
+    """It used to be "internal error: RuntimeError: input(): lost sys.stdin", rc 1."""
+    done = _edgeport("llm", "chat", str(smol_path), "--threads", "1", close=0)
+    assert done.returncode == 0, done.stderr
+    assert "Error" not in done.stderr and "chatting with" in done.stderr
+
+
+def test_a_command_with_stdout_closed_prints_no_traceback():
+    """Importing the CLI's output helpers asked the missing sys.stdout whether it was a terminal."""
+    done = _edgeport("backends", close=1)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
