@@ -57,6 +57,8 @@ class Sampling:
         if self.seed is not None and not 0 <= int(self.seed) < 2**64:  # taken modulo 2^64, 2^64 + 5 was 5's run
             raise InputError(f"seed must be 0 to 2^64-1, as the CLI's --seed, got {self.seed}",
                              hint="pass the seed a run printed (its JSON \"seed\")")
+        if self.seed is not None:  # a numpy integer overflowed in SplitMix64's 64-bit arithmetic
+            object.__setattr__(self, "seed", int(self.seed))
 
 
 def _real(value: object) -> bool:

@@ -131,9 +131,9 @@ class TextCodec:
                 "this model has no chat template",
                 hint="generate without --chat, with the prompt written as the model expects",
             )
+        _check_messages(messages)
         for message in messages:
-            if isinstance(message.get("content"), str):
-                _utf8(message["content"], f"a {message.get('role') or 'chat'} message")
+            _utf8(message["content"], f"a {message['role'] or 'chat'} message")
         try:
             if self._template is None:
                 self._template = _compile(self.chat_template)
@@ -171,6 +171,26 @@ class TextStream:
 
     def step(self, token_id: int) -> str:
         return self._stream.step(self._tokenizer, token_id) or ""
+
+
+def _check_messages(messages: object) -> None:
+    """Refuse a conversation that is not a list of {role, content} texts before the
+    template sees it: a str or dict was an AttributeError, and a message without its
+    content made the template fail, which blamed the program."""
+    expected = 'a list of {"role": ..., "content": ...} mappings with text values'
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise InputError(f"messages must be {expected}, got {type(messages).__name__}",
+                         hint='wrap one message in a list: [{"role": "user", "content": "hello"}]')
+    for number, message in enumerate(messages, 1):
+        if not isinstance(message, Mapping):
+            raise InputError(f"message {number} must be a mapping with text role and content, got "
+                             f"{type(message).__name__}", hint=f"messages are {expected}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise InputError(f"message {number} has no {key!r}", hint=f"messages are {expected}")
+            if not isinstance(message[key], str):
+                raise InputError(f"message {number}'s {key!r} must be text, got {type(message[key]).__name__}",
+                                 hint=f"messages are {expected}")
 
 
 def _utf8(text: str, what: str) -> str:

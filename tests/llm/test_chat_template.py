@@ -44,3 +44,20 @@ def test_text_that_is_not_utf8_is_an_input_error():
     assert error.value.hint
     with pytest.raises(InputError, match="a user message is not valid UTF-8 text"):
         codec().encode_chat([{"role": "user", "content": "\udcff"}])
+
+
+@pytest.mark.parametrize(("messages", "error"), [
+    ("hello", "messages must be a list of .* got str"),
+    ({"role": "user", "content": "hello"}, "messages must be a list of .* got dict"),
+    (b"hello", "messages must be a list of .* got bytes"),
+    (["hello"], "message 1 must be a mapping with text role and content, got str"),
+    ([{"role": "user"}], "message 1 has no 'content'"),
+    ([*USER, {"content": "hi"}], "message 2 has no 'role'"),
+    ([{"role": "user", "content": None}], "message 1's 'content' must be text, got NoneType"),
+])
+def test_messages_that_are_not_a_list_of_role_and_content_texts_are_the_callers_error(messages, error):
+    """A str or dict was the tokenizer's AttributeError; a message without its content
+    made the template fail, blamed on the program ("the template is damaged")."""
+    with pytest.raises(InputError, match=error) as refused:
+        codec().encode_chat(messages)
+    assert refused.value.hint

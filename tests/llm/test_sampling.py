@@ -41,6 +41,14 @@ def test_without_a_seed_one_is_drawn_and_repeats_the_run():
     assert draws(Sampling(0.8, 0.9, seed=sampler.seed), 32) == first
 
 
+@pytest.mark.parametrize("seed", [np.int64(42), np.uint64(42), np.int8(42)])
+def test_a_numpy_integer_seed_draws_as_the_same_python_int(seed):
+    """np.int64 passed the seed check, then overflowed in SplitMix64 (OverflowError)."""
+    sampling = Sampling(1.0, 0.95, seed=seed)
+    assert type(sampling.seed) is int and Sampler(sampling).seed == 42
+    assert draws(sampling, 16) == draws(Sampling(1.0, 0.95, seed=42), 16)
+
+
 @pytest.mark.parametrize("sampling", [Sampling(0.0, 1.0, 5), Sampling(1.0, 1e-9, 5), Sampling(50.0, 1e-9, 5)])
 def test_temperature_zero_and_a_tiny_top_p_are_greedy_equal_logits_by_lower_id(sampling):
     assert set(draws(sampling, 50)) == {0}  # ids 0 and 3 tie for the largest logit
