@@ -123,6 +123,8 @@ class Session:
     def prefill(self, ids: Sequence[int], start: int) -> np.ndarray:
         """Run ``ids`` at positions start.. through prefill, chunk by chunk; the logits
         after the last one. The cache then holds ids at those positions."""
+        ids = self._token_ids(ids)
+        self._check_start(start, len(ids))
         T = self.info.prefill_chunk
         logits = None
         for offset in range(0, len(ids), T):
@@ -149,6 +151,7 @@ class Session:
 
     def decode(self, token: int) -> np.ndarray:
         """Feed one token at the next position; the logits after it."""
+        self._token_ids([token])
         position = len(self.tokens)
         if position >= self.info.max_seq_len:
             raise EdgeportError(f"the KV cache is full: its {self.info.max_seq_len} positions hold tokens already",
@@ -215,13 +218,31 @@ class Session:
         not LiteRT's 'gather index out of bounds' at prefill."""
         if isinstance(prompt, str):
             return tokenized(self.text.encode(prompt), self.vocab)
-        if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Sequence):
-            raise InputError(f"the prompt must be text or a sequence of token ids, got {type(prompt).__name__}")
-        bad = next((t for t in prompt if isinstance(t, bool) or not isinstance(t, (int, np.integer))
-                    or not 0 <= t < self.vocab), None)
+        return self._token_ids(prompt)
+
+    def _token_ids(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` as ints, if each is a token id the model has a row for."""
+        if isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, Sequence):
+            raise InputError(f"the prompt must be text or a sequence of token ids, got {type(ids).__name__}")
+        bad = next((t for t in ids if not _whole(t) or not 0 <= t < self.vocab), None)
         if bad is not None:
             raise InputError(f"token id {bad!r} is not one of the model's {self.vocab} (0 to {self.vocab - 1})")
-        return [int(t) for t in prompt]
+        return [int(t) for t in ids]
+
+    def _check_start(self, start: int, count: int) -> None:
+        """Refuse a prefill whose rows would not follow the cache's: LiteRT's 'gather index
+        out of bounds' past the cache, or positions left unfilled (the session's tokens no
+        longer matching the rows, the next decode at the wrong position)."""
+        S, filled = self.info.max_seq_len, len(self.tokens)
+        if count == 0:
+            raise InputError("prefill takes at least one token id", hint="the logits come from its last token")
+        if not _whole(start) or not 0 <= start <= filled:
+            raise InputError(f"prefill's start must be a position from 0 to {filled} (the cache holds {filled} "
+                             f"tokens), got {start!r}", hint="start where the cache's tokens end, or earlier "
+                                                              "to rewind")
+        if start + count > S:
+            raise InputError(f"{count} tokens from position {start} run past this program's KV cache of {S} "
+                             "positions", hint="prefill fewer tokens, or re-export with a larger --max-seq-len")
 
     def chat(self, messages: Sequence[Message], *, max_new_tokens: int = 256, sampling: Sampling = Sampling()) -> "Generation":
         """The assistant's reply to ``messages``; earlier turns still in the cache are reused."""
@@ -304,6 +325,11 @@ class Generation(Iterator[Token]):
             stop_reason=reason,
             peak_rss_mb=peak_rss_mb(),
         )
+
+
+def _whole(value: object) -> bool:
+    """Whether ``value`` is a whole number (a Python or numpy int; not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def peak_rss_mb() -> float:

@@ -147,3 +147,25 @@ def test_a_cache_too_short_for_the_one_graph_is_refused():
     with pytest.raises(edgeport.EdgeportError, match="a max_seq_len of 2 is too short") as refused:
         edgeport.llm.export("not read", max_seq_len=2, prefill_chunk=3)
     assert refused.value.hint == "pass --max-seq-len 3 or more"
+
+
+@pytest.mark.parametrize(("call", "error"), [
+    (lambda s: s.decode(VOCAB), f"token id {VOCAB} is not one of the model's {VOCAB}"),
+    (lambda s: s.decode(True), "token id True is not one of"),
+    (lambda s: s.prefill([5] * 40, 0), "40 tokens from position 0 run past this program's KV cache of 32"),
+    (lambda s: s.prefill([5], -3), r"prefill's start must be a position from 0 to 3 \(the cache holds 3"),
+    (lambda s: s.prefill([5], 4), "prefill's start must be a position from 0 to 3"),
+    (lambda s: s.prefill([5], 1.0), "prefill's start must be a position"),
+    (lambda s: s.prefill([], 0), "prefill takes at least one token id"),
+    (lambda s: s.prefill("w5", 0), "sequence of token ids, got str"),
+])
+def test_a_direct_prefill_or_decode_the_cache_cannot_take_is_an_input_error(program, call, error):
+    """Each reached LiteRT ('gather index out of bounds'), returned array([None]), or,
+    past the filled rows, left the session's tokens no longer matching its cache."""
+    session = edgeport.llm.session_of(program)
+    session.prefill([5, 6, 7], 0)
+    with pytest.raises(edgeport.InputError, match=error):
+        call(session)
+    assert session.tokens == [5, 6, 7]
+    session.prefill([8], 3)  # where the cache's tokens end: fine
+    assert session.tokens == [5, 6, 7, 8]
