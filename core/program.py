@@ -147,19 +147,26 @@ class Program:
                                hint="pass its path as a str or pathlib.Path")
         path = os.fspath(path)
         manifest = _manifest_bytes(dataclasses.replace(self.manifest, version=VERSION))
-        tmp = f"{path}.partial"
+        tmp = f"{path}.{os.getpid()}.partial"  # two processes saving to one path write a file each
         try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-                archive.writestr(_entry(MANIFEST), manifest)
-                archive.writestr(_entry(DIGEST), _digest_line(hashlib.sha256(manifest).hexdigest()))
-                for name in sorted(self.files):
-                    archive.writestr(_entry(name), self.files[name])
-            os.replace(tmp, path)
+            try:
+                self._write_zip(tmp, manifest)
+                os.replace(tmp, path)
+            except BaseException:  # Ctrl-C too: a save that did not finish leaves nothing behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         except OSError as exc:  # no such folder, a folder in the way, no space, no permission
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise ProgramError(f"cannot save the program to {path}: {exc.strerror or exc}",
                                hint="save it to a file in a folder that exists and can be written") from None
+
+    def _write_zip(self, path: str, manifest: bytes) -> None:
+        """The program's zip: its manifest, the manifest's digest, then every file, by name."""
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr(_entry(MANIFEST), manifest)
+            archive.writestr(_entry(DIGEST), _digest_line(hashlib.sha256(manifest).hexdigest()))
+            for name in sorted(self.files):
+                archive.writestr(_entry(name), self.files[name])
 
 
 def _manifest_bytes(manifest: Manifest) -> bytes:

@@ -392,6 +392,24 @@ def test_save_where_no_file_can_be_written_is_one_error_and_leaves_nothing(tmp_p
         program.save(None)
 
 
+def test_save_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C during an LLM export's save left a 540 MB OUT.partial behind."""
+    import zipfile
+
+    program = edgeport.export(_Difference(), (torch.ones(2), torch.zeros(2)), ["cpu"])
+    writes = []
+
+    def interrupted(archive, info, data):
+        writes.append(info)
+        if len(writes) == 3:  # the manifest and its digest are written: a file is under way
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        program.save(tmp_path / "m.edgeport")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("methods", "message"), [
     ([torch.nn.ReLU()], "non-empty dict"), ({}, "non-empty dict"), ({"f": torch.nn.ReLU()}, "must be \\(module"),
     ({"f": (torch.nn.ReLU(),)}, "must be \\(module"),
