@@ -183,6 +183,7 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
     session.warm_up()
     sampling = Sampling(temperature, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []
+    _check_system_fits(session, start)
     messages = list(start)
     click.echo(f"chatting with {session.info.name or program} ({session.info.max_seq_len} positions); "
                "/reset starts over, /exit or end of input ends", err=True)
@@ -206,7 +207,8 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
             reply = session.chat(messages, max_new_tokens=max_new_tokens, sampling=sampling)
         except (PromptTooLong, InputError) as exc:  # this turn's fault: the conversation goes on without it
             messages.pop()
-            hint = "/reset starts a new conversation" if isinstance(exc, PromptTooLong) else exc.hint
+            earlier = len(messages) > len(start)  # turns a new conversation would drop
+            hint = "/reset starts a new conversation" if isinstance(exc, PromptTooLong) and earlier else exc.hint
             click.echo(f"error: {exc}\n  hint: {hint}", err=True)
             continue
         click.echo("assistant> ", nl=False)
@@ -215,6 +217,24 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
         click.echo()
         click.echo(speed_line(reply.stats), err=True)
         messages.append({"role": "assistant", "content": reply.text})
+
+
+def _check_system_fits(session: Any, start: list[dict[str, str]]) -> None:
+    """Refuse a system message that leaves the cache no room: every turn failed as too
+    long, and /reset kept the same system message. A template that refuses a
+    conversation of the system message alone says so at the first turn instead."""
+    from ..llm.session import longer_cache_hint
+
+    if not start:
+        return
+    try:
+        ids = session.text.encode_chat(start)
+    except InputError:
+        return
+    if len(ids) >= session.info.max_seq_len:
+        raise EdgeportError(f"the system message is {len(ids)} tokens; this program's KV cache holds "
+                            f"{session.info.max_seq_len} positions, leaving no room for a conversation",
+                            hint=longer_cache_hint(len(ids) + 2, session.info.max_positions, "the system message"))
 
 
 def _next_line() -> str | None:

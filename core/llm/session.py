@@ -250,20 +250,32 @@ class Session:
                              sampling=sampling, reuse_cache=True)
 
     def check_fits(self, ids: Sequence[int]) -> None:
-        check_prompt_fits(ids, self.info.max_seq_len)
+        check_prompt_fits(ids, self.info)
 
 
-def check_prompt_fits(ids: Sequence[int], max_seq_len: int) -> None:
-    """Raise unless the prompt `ids` leaves room in a cache of `max_seq_len` positions to
-    generate (in Python and in the native runner alike)."""
+def check_prompt_fits(ids: Sequence[int], info: LLMInfo) -> None:
+    """Raise unless the prompt `ids` leaves room in the program's cache to generate (in
+    Python and in the native runner alike)."""
     if not ids:
         raise EdgeportError("the prompt is empty", hint="give at least one token of prompt")
-    if len(ids) >= max_seq_len:
+    if len(ids) >= info.max_seq_len:
         raise PromptTooLong(
-            f"the prompt is {len(ids)} tokens; this program's KV cache holds {max_seq_len} positions, "
-            f"and at least one must stay free to generate",
-            hint=f"shorten the prompt, or re-export with --max-seq-len {_next_power_of_two(len(ids) + 1)} or more",
-        )
+            f"the prompt is {len(ids)} tokens; this program's KV cache holds {info.max_seq_len} positions, "
+            f"and at least one must stay free to generate", hint=longer_cache_hint(len(ids) + 1, info.max_positions))
+
+
+def longer_cache_hint(needed: int, most: int | None, what: str = "the prompt") -> str:
+    """What to do about ``what`` needing ``needed`` positions: a --max-seq-len that export
+    takes for the model (at most ``most``, its trained length or sliding window; the
+    hint used to suggest 16384 for SmolLM2, which export refuses past 8192)."""
+    if most is not None and needed > most:
+        return f"shorten {what}: the model takes at most {most} positions, so no export of it holds this"
+    length = _next_power_of_two(needed)
+    if most is None:
+        return f"shorten {what}, or re-export with --max-seq-len {length} or more"
+    if length >= most:
+        return f"shorten {what}, or re-export with --max-seq-len {most} (the most the model takes)"
+    return f"shorten {what}, or re-export with --max-seq-len {length} or more (the model takes up to {most})"
 
 
 class Generation(Iterator[Token]):

@@ -81,6 +81,7 @@ class LLMInfo:
     bos_token_id: int | None
     name: str
     generation: dict[str, Any]
+    max_positions: int | None = None  # the most `llm export` takes for the model; None: the program does not say
 
     @staticmethod
     def of(program: Program) -> "LLMInfo":
@@ -92,7 +93,19 @@ class LLMInfo:
             bos_token_id=meta["bos_token_id"],
             name=meta["name"],
             generation=dict(meta["generation"]),
+            max_positions=_max_positions(meta.get("config")),
         )
+
+
+def _max_positions(config: object) -> int | None:
+    """The longest cache `llm export` takes for the model (export.py `_check_lengths`):
+    its trained positions, or its sliding window if shorter; None where the program's
+    config does not say (it is free-form metadata)."""
+    if not isinstance(config, Mapping):
+        return None
+    limits = [config.get("max_position_embeddings"), config.get("sliding_window")]
+    limits = [n for n in limits if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return min(limits) if limits else None
 
 
 class TextCodec:

@@ -169,3 +169,22 @@ def test_a_direct_prefill_or_decode_the_cache_cannot_take_is_an_input_error(prog
     assert session.tokens == [5, 6, 7]
     session.prefill([8], 3)  # where the cache's tokens end: fine
     assert session.tokens == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize(("words", "hint"), [
+    (40, "re-export with --max-seq-len 64 (the most the model takes)"),
+    (70, "shorten the prompt: the model takes at most 64 positions, so no export of it holds this"),
+])
+def test_a_prompt_too_long_suggests_only_a_cache_the_model_takes(program, words, hint):
+    """The hint suggested --max-seq-len 128 for this model of 64 positions (16384 for
+    SmolLM2's 8192), which export then refused."""
+    with pytest.raises(edgeport.llm.PromptTooLong) as refused:
+        edgeport.llm.generate(program, " ".join(["w5"] * words))
+    assert hint in refused.value.hint
+
+
+def test_the_cache_hint_without_the_models_limit_doubles():
+    from edgeport.llm.session import longer_cache_hint
+
+    assert longer_cache_hint(130, None) == "shorten the prompt, or re-export with --max-seq-len 256 or more"
+    assert longer_cache_hint(130, 8192).endswith("--max-seq-len 256 or more (the model takes up to 8192)")

@@ -143,6 +143,25 @@ def test_a_prompt_longer_than_the_cache_is_one_line_with_a_hint(smol_path, use_c
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
+def test_chat_hints_at_reset_only_when_earlier_turns_would_go(smol_path, use_cpu):
+    """A first message too long for the cache was told "/reset starts a new conversation"."""
+    long = "hello there " * 100
+    result = invoke("llm", "chat", smol_path, "--max-new-tokens", "2", input=f"{long}\nHi\n{long}\n")
+    assert result.exit_code == 0, result.output
+    hints = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("hint:")]
+    assert len(hints) == 2 and "--max-seq-len 256 or more (the model takes up to 8192)" in hints[0]
+    assert hints[1] == "hint: /reset starts a new conversation"
+
+
+def test_chat_refuses_a_system_message_that_fills_the_cache(smol_path, use_cpu):
+    """Chat started, every turn failed as too long, and /reset kept the same system message."""
+    result = invoke("llm", "chat", smol_path, "--system", "hello there " * 100, input="Hi\n")
+    assert result.exit_code == 1
+    assert "the system message is 210 tokens; this program's KV cache holds 128 positions" in result.output
+    assert "shorten the system message" in result.output and "assistant>" not in result.output
+
+
 def test_a_scheme_that_needs_calibration_is_refused_before_loading(use_cpu):
     import edgeport.llm
 

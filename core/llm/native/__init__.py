@@ -163,7 +163,7 @@ def write_spec(request: Request) -> str:
     text = TextCodec.of(program)
     chat = [{"role": "user", "content": request.prompt}]
     ids = tokenized(text.encode_chat(chat) if request.chat else text.encode(request.prompt), vocab_size(program))
-    check_prompt_fits(ids, info.max_seq_len)
+    check_prompt_fits(ids, info)
     room = info.max_seq_len - len(ids) + 1  # the last token is generated, never decoded
     budget = min(request.max_new_tokens, room)  # a full cache ends generation, as in Python
     threads = _threads(request.threads, manifest.artifacts[artifact].options)
