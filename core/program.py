@@ -219,6 +219,9 @@ def read_program_file(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str,
         raise ProgramError(f"cannot read program {path}: {exc.strerror or exc}") from None
     except ValueError as exc:  # a file that cannot be mapped (a pipe, a device)
         raise ProgramError(f"cannot read program {path}: {exc}", hint="pass a regular .edgeport file") from None
+    if bytes(data[:4]) == GGUF_MAGIC:  # llama.cpp's habit: generate from the .gguf itself
+        raise ProgramError(f"{path} is a GGUF model file, not a .edgeport program",
+                           hint=f"export it first: edgeport llm export {path} -o model.edgeport")
     return read_program(data, source=path)
 
 
@@ -250,6 +253,7 @@ def read_program(data: Buffer, source: str = "program") -> tuple[Manifest, dict[
     return manifest, files
 
 
+GGUF_MAGIC = b"GGUF"  # the first bytes of a GGUF model file
 _DAMAGED = "re-export the model, or check the file was copied whole"
 
 

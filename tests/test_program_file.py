@@ -602,3 +602,12 @@ def test_as_bytes_copies_a_view_and_keeps_bytes(program_file):
     copied = edgeport.as_bytes(view)
     assert type(copied) is bytes and copied == view
     assert edgeport.as_bytes(copied) is copied
+
+
+def test_a_gguf_model_loaded_as_a_program_says_to_export_it_first(tmp_path):
+    """It was "not a valid .edgeport file (unreadable zip)", hinting at a damaged copy."""
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    with pytest.raises(edgeport.ProgramError, match="model.gguf is a GGUF model file, not a .edgeport program") as err:
+        edgeport.load(path)
+    assert err.value.hint == f"export it first: edgeport llm export {path} -o model.edgeport"
