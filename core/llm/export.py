@@ -185,7 +185,10 @@ def _scheme(quantize: str | None) -> Scheme | None:
     calibrated ones of NPU backends (calibration from the built-in text)."""
     if quantize is None:
         return None
-    scheme = resolve_scheme(quantize)
+    try:
+        scheme = resolve_scheme(quantize)
+    except EdgeportError as exc:  # its hint listed every scheme, most of which llm export refuses
+        raise EdgeportError(str(exc), hint=f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}") from None
     if scheme.name not in QUANTIZE_SCHEMES + CALIBRATED_SCHEMES:
         raise EdgeportError(f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}, not {scheme.name}",
                             hint=f"pass --quantize {' or '.join(QUANTIZE_SCHEMES + CALIBRATED_SCHEMES)}")
@@ -197,8 +200,15 @@ def _check_backend_quantizes(scheme: Scheme, backend: str, options: Mapping[str,
     """Refuse, before any work, a scheme ``backend`` does not apply with these options
     (an LLM left in portable torch is no program for a device)."""
     selected, parsed = resolve_backends([backend], options, registry)
+    offered = selected[backend].schemes
+    if scheme.name not in offered:  # the backend's own reason would suggest schemes llm export refuses (coreml: int8)
+        takes = [name for name in QUANTIZE_SCHEMES + CALIBRATED_SCHEMES if name in offered]
+        which = f"of the schemes llm export takes, it offers {' and '.join(takes)}" if takes else \
+            "it offers none of the schemes llm export takes"
+        raise EdgeportError(f"edgeport llm export --backend {backend} cannot quantize with {scheme.name}: {which}",
+                            hint=f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}")
     answer = backend_quantization(selected[backend], scheme, parsed[backend])
-    if answer.status != QUANTIZES:
+    if answer.status != QUANTIZES:  # the options rule the scheme out: the reason says which
         raise EdgeportError(f"edgeport llm export --backend {backend} cannot quantize with {scheme.name}: {answer.reason}",
                             hint=f"edgeport llm export quantizes with {SCHEMES_BY_BACKEND}")
 

@@ -188,3 +188,11 @@ def test_the_cache_hint_without_the_models_limit_doubles():
 
     assert longer_cache_hint(130, None) == "shorten the prompt, or re-export with --max-seq-len 256 or more"
     assert longer_cache_hint(130, 8192).endswith("--max-seq-len 256 or more (the model takes up to 8192)")
+
+
+def test_an_unknown_scheme_is_hinted_with_the_schemes_llm_export_takes():
+    """The hint listed int8, palettize4 and auto, each of which llm export then refused."""
+    with pytest.raises(edgeport.EdgeportError, match="unknown quantization scheme 'int3'") as refused:
+        edgeport.llm.export("not read", quantize="int3")
+    assert refused.value.hint.startswith("edgeport llm export quantizes with int8-dynamic or int4-weight with --backend cpu")
+    assert "palettize" not in refused.value.hint and "auto" not in refused.value.hint

@@ -427,15 +427,17 @@ def test_coreml_int4_weight_stores_every_linear_and_the_embedding_as_int4_blocks
 
 
 @pytest.mark.parametrize("backend, scheme, options, says", [
-    ("mediatek", "int8-dynamic", {}, "mediatek does not offer int8-dynamic"),
-    ("qualcomm", "int4-weight", {}, "qualcomm does not offer int4-weight"),
-    ("coreml", "int8-dynamic", {}, "Core ML quantizes activations only with calibrated"),
+    ("mediatek", "int8-dynamic", {}, "it offers none of the schemes llm export takes"),
+    ("qualcomm", "int4-weight", {}, "of the schemes llm export takes, it offers a16w8$"),
+    ("coreml", "int8-dynamic", {}, "of the schemes llm export takes, it offers int4-weight$"),
     ("coreml", "int4-weight", {"coreml": {"minimum_deployment_target": "iOS17"}}, "need iOS18"),
 ])
 def test_a_weight_scheme_the_backend_does_not_apply_is_refused_before_the_model_is_read(
         backend, scheme, options, says, tmp_path):
     """Not a program left in portable torch: an error naming the reason, before any work
-    (the model path does not even exist), and a hint with what each backend takes."""
+    (the model path does not even exist), and a hint with what each backend takes. The
+    reason names only schemes llm export takes (coreml's suggested int8 and palettize6,
+    qualcomm's int8, which it then refused)."""
     from edgeport.backends.coreml import CoreMLBackend
     from edgeport.backends.mediatek import MediatekBackend
     from edgeport.backends.qualcomm import QualcommBackend
