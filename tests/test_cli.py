@@ -1,6 +1,8 @@
 """The CLI as a user runs it: export, run, explain, backends, and its errors."""
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -474,3 +476,30 @@ def test_a_model_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
     assert isinstance(model, torch.nn.ReLU) and inputs[0].shape == (2,)
     assert sys.path == before
     sys.modules.pop("layers", None)
+
+
+def _backends_writing_to(stdout) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeport.cli", "backends"], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+
+
+def test_output_to_a_pipe_whose_reader_left_ends_quietly():
+    """`edgeport llm generate ... | head` was "internal error: BrokenPipeError ... please report it"."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = _backends_writing_to(write)
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and done.stderr == ""
+
+
+def test_output_to_a_full_disk_is_one_line():
+    """It was "internal error: OSError: [Errno 28] No space left on device ... please report it"."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    with open("/dev/full", "w") as full:
+        done = _backends_writing_to(full)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["Error: cannot write the output: No space left on device",
+                                        "  hint: free some space, or write the output somewhere else"]

@@ -15,6 +15,7 @@ importing torch, and work where it is not installed.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 
@@ -70,6 +71,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # the reader left (| head): click's main exits quietly, as CLI tools do
+            raise
         except Exception as exc:
             if ctx.meta.get("debug") or os.environ.get(RAISE_ENV) == "1":
                 raise
@@ -82,6 +85,9 @@ def _as_click_error(exc: Exception) -> click.ClickException:
         if exc.hint:
             message += f"\n  hint: {exc.hint}"
         return click.ClickException(message)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # writing output: not a bug of ours
+        return click.ClickException(f"cannot write the output: {exc.strerror}\n  hint: free some space, or write "
+                                    "the output somewhere else")
     if isinstance(exc, ImportError) and exc.name == "torch":  # a compile-side name, or a torch reference
         return click.ClickException("this needs PyTorch, which is not installed here (this environment runs "
                                     f"programs only)\n  hint: {NEEDS_TORCH_HINT}")
