@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -29,17 +30,18 @@ PROMPTS = (("The capital of France is", (), 24), ("Write the word café three ti
 BALLAST_MIB = 900
 
 
-def generate(program: Path, *args: str, env: dict[str, str] | None = None, ballast: bool = False
-             ) -> subprocess.CompletedProcess:
-    """``edgeport llm generate PROGRAM ARGS`` in a fresh process (--native replaces it)."""
+def generate(program: Path, *args: str, env: dict[str, str] | None = None, ballast: bool = False,
+             stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
+    """``edgeport llm generate PROGRAM ARGS`` in a fresh process (--native replaces it),
+    writing to ``stdout`` (captured by default)."""
     script = "import sys\n"
     if ballast:
         script += f"ballast = bytearray({BALLAST_MIB} << 20); ballast[::4096] = b'x' * len(ballast[::4096]); del ballast\n"
     script += ("from edgeport.cli import main\n"
                f"sys.argv = ['edgeport', 'llm', 'generate', {str(program)!r}, *{list(args)!r}]\n"
                "main()\n")
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run([sys.executable, "-c", script], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=600, env={**os.environ, **(env or {})})
 
 
 def generated(program: Path, *args: str, **kwargs) -> dict:
@@ -117,6 +119,33 @@ def test_streams_text_then_the_speed_line(smol_path, cache_dir):
     speed = done.stderr.strip().splitlines()
     assert len(speed) == 1 and speed[0].startswith("ready in") and "native runner" in speed[0], done.stderr
     assert all(word in speed[0] for word in ("time to first token", "prefill", "decode", "peak RSS", "stop:"))
+
+
+@pytest.mark.slow
+def test_a_reader_that_left_stops_the_runner(smol_path, cache_dir):
+    """Python's ignored SIGPIPE survived the exec: the runner generated all 200 tokens into
+    a pipe nobody read (| head), then exited 0."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = generate(smol_path, "--prompt", "Once upon a time", "--native", "--max-new-tokens", "200",
+                        env=cache_dir, stdout=write)
+    finally:
+        os.close(write)
+    assert done.returncode == -13 and "ready in" not in done.stderr  # SIGPIPE, as C tools end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("json_flag", [(), ("--json",)])
+def test_output_to_a_full_disk_is_an_error(smol_path, cache_dir, json_flag):
+    """runner.c never checked its writes: the output was lost, and it exited 0."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    with open("/dev/full", "w") as full:
+        done = generate(smol_path, "--prompt", "Once upon a time", "--native", "--max-new-tokens", "4", *json_flag,
+                        env=cache_dir, stdout=full)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == "Error: native runner: cannot write the output: No space left on device"
 
 
 # SentencePiece-style text: a first token with a leading space (the decoder's Strip drops

@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -140,6 +141,9 @@ def generate(request: Request) -> NoReturn:
     spec = write_spec(request)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Python ignores SIGPIPE, and an ignored signal stays ignored across exec: the runner
+    # went on generating into a pipe whose reader had left (| head), then exited 0
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         os.execv(runner, [str(runner), spec])
     except OSError as exc:

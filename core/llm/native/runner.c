@@ -35,6 +35,7 @@
  * matched to LiteRT 2.3's C headers (each declaration names its header).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
@@ -119,6 +120,13 @@ static void die(const char *message, const char *detail) {
   restore_stderr();
   fprintf(stderr, "Error: native runner: %s%s\n", message, detail ? detail : "");
   exit(1);
+}
+
+/* Flush what was written to stdout, or end as an error: a full disk (> /dev/full) lost
+ * the output and still exited 0. (A reader that left, | head, ends the runner by SIGPIPE,
+ * which the Python CLI restores to its default before the exec.) */
+static void flush_output(void) {
+  if (fflush(stdout) != 0 || ferror(stdout)) die("cannot write the output: ", strerror(errno));
 }
 
 static void check(int status, const char *what) {
@@ -726,7 +734,7 @@ int main(int argc, char **argv) {
     size_t whole = text_complete(&text);
     if (!spec.json) {
       fwrite(text.bytes + text.shown, 1, whole - text.shown, stdout);
-      fflush(stdout);
+      flush_output();
     }
     text.shown = whole;
     if (step == spec.max_new_tokens - 1) break;
@@ -736,7 +744,8 @@ int main(int argc, char **argv) {
   }
   stats.peak = peak_rss_mb();
   if (!spec.json) putchar('\n');
-  fflush(stdout);
+  flush_output();
   print_stats(&spec, &stats, ids, &text);
+  flush_output();
   return 0;
 }
