@@ -251,10 +251,16 @@ def _next_line() -> str | None:
 
 
 def speed_line(stats: Any) -> str:
-    """Time to first token, prefill and decode speed, peak memory: one line."""
+    """Time to first token, prefill and decode speed, peak memory: one line. Decode counts
+    the tokens its rate divides (the first comes from prefill); memory is in MiB (VmHWM / 1024)."""
+    decoded = max(stats.generated_tokens - 1, 0)
     return (
         f"time to first token {stats.time_to_first_token_s * 1e3:.0f} ms · "
-        f"prefill {stats.prefill_tok_s:.1f} tok/s ({stats.prefilled_tokens} tokens) · "
-        f"decode {stats.decode_tok_s:.1f} tok/s ({stats.generated_tokens} tokens) · "
-        f"peak RSS {stats.peak_rss_mb:.0f} MB · stop: {stats.stop_reason.replace('_', ' ')}"
+        f"prefill {stats.prefill_tok_s:.1f} tok/s ({_tokens(stats.prefilled_tokens)}) · "
+        f"decode {stats.decode_tok_s:.1f} tok/s ({_tokens(decoded)}) · "
+        f"peak RSS {stats.peak_rss_mb:.0f} MiB · stop: {stats.stop_reason.replace('_', ' ')}"
     )
+
+
+def _tokens(count: int) -> str:
+    return f"{count} token" if count == 1 else f"{count} tokens"

@@ -258,3 +258,14 @@ def test_a_command_with_stdout_closed_prints_no_traceback():
     done = _edgeport("backends", close=1)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_speed_line_counts_what_each_rate_divides_in_mib():
+    """It read "(1 tokens)", counted the prefill's token among decode's, and said MB for MiB."""
+    from edgeport.cli.llm import speed_line
+    from edgeport.llm.session import GenerationStats
+
+    stats = GenerationStats(prompt_tokens=1, prefilled_tokens=1, generated_tokens=2, time_to_first_token_s=0.02,
+                            prefill_s=0.02, decode_s=0.05, stop_reason="max_new_tokens", peak_rss_mb=64.4)
+    assert speed_line(stats) == ("time to first token 20 ms · prefill 50.0 tok/s (1 token) · decode 20.0 tok/s "
+                                 "(1 token) · peak RSS 64 MiB · stop: max new tokens")

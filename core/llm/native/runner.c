@@ -660,9 +660,11 @@ static void print_stats(const Spec *s, const Stats *st, const int64_t *ids, cons
   int calls = st->generated > 1 ? st->generated - 1 : 0;
   double decode_tok_s = st->decode > 0 ? calls / st->decode : 0.0;
   if (!s->json) {
-    fprintf(stderr, "ready in %.1f s · time to first token %.0f ms · prefill %.1f tok/s (%d tokens) · "
-            "decode %.1f tok/s (%d tokens) · peak RSS %.0f MB · stop: %s · native runner\n",
-            st->ready, st->first_token * 1e3, prefill_tok_s, st->prefilled, decode_tok_s, st->generated, st->peak,
+    /* as the Python CLI's speed line: decode counts the calls its rate divides, memory in MiB */
+    fprintf(stderr, "ready in %.1f s · time to first token %.0f ms · prefill %.1f tok/s (%d token%s) · "
+            "decode %.1f tok/s (%d token%s) · peak RSS %.0f MiB · stop: %s · native runner\n",
+            st->ready, st->first_token * 1e3, prefill_tok_s, st->prefilled, st->prefilled == 1 ? "" : "s",
+            decode_tok_s, calls, calls == 1 ? "" : "s", st->peak,
             !strcmp(st->stop_reason, "stop_token") ? "stop token"
             : !strcmp(st->stop_reason, "max_seq_len") ? "max seq len" : "max new tokens");
     return;
