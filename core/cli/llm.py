@@ -126,6 +126,7 @@ def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, tempera
     start = time.perf_counter()
     if native and reference:
         raise click.UsageError("--native runs cpu programs in the native runner; --reference runs torch programs")
+    _note_greedy(temperature, top_p, seed)
     if native:
         _generate_native(program, prompt, chat, max_new_tokens, Sampling(temperature, top_p, seed), threads, as_json)
     session = session_of(load(program, reference=reference), threads)
@@ -148,6 +149,16 @@ def generate(program: str, prompt: str, chat: bool, max_new_tokens: int, tempera
     click.echo()
     where = f" · decode runs on {', '.join(runs_on)}" if runs_on else ""
     click.echo(f"ready in {ready_s:.1f} s · " + speed_line(tokens.stats) + where, err=True)
+
+
+def _note_greedy(temperature: float, top_p: float, seed: int | None) -> None:
+    """Say so when --top-p or --seed is given for a greedy run (temperature 0), which
+    ignores them: they were dropped without a word."""
+    ignored = [name for name, given in (("--top-p", top_p != 1.0), ("--seed", seed is not None)) if given]
+    if temperature == 0 and ignored:
+        verb = "applies" if len(ignored) == 1 else "apply"
+        click.echo(f"note: {' and '.join(ignored)} {verb} only with --temperature above 0; this run is greedy",
+                   err=True)
 
 
 def _generate_native(program: str, prompt: str, chat: bool, max_new_tokens: int, sampling: Any,
@@ -176,6 +187,7 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
     from ..llm import PromptTooLong, Sampling, session_of
     from ..program import load
 
+    _note_greedy(temperature, top_p, seed)
     session = session_of(load(program, reference=reference), threads)
     if session.text.chat_template is None:
         raise EdgeportError("this model has no chat template, so it cannot chat",

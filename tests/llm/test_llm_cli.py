@@ -269,3 +269,21 @@ def test_the_speed_line_counts_what_each_rate_divides_in_mib():
                             prefill_s=0.02, decode_s=0.05, stop_reason="max_new_tokens", peak_rss_mb=64.4)
     assert speed_line(stats) == ("time to first token 20 ms · prefill 50.0 tok/s (1 token) · decode 20.0 tok/s "
                                  "(1 token) · peak RSS 64 MiB · stop: max new tokens")
+
+
+@pytest.mark.parametrize(("options", "note"), [
+    (("--seed", "3"), "note: --seed applies"),
+    (("--top-p", "0.5", "--seed", "3"), "note: --top-p and --seed apply"),
+    (("--temperature", "0.7", "--seed", "3"), None),
+])
+def test_sampling_options_a_greedy_run_ignores_get_a_note(tmp_path, options, note):
+    """--seed and --top-p at temperature 0 were dropped without a word (the note comes
+    before the program is read: this one is empty)."""
+    program = tmp_path / "x.edgeport"
+    program.write_bytes(b"")
+    result = invoke("llm", "generate", program, "--prompt", "hi", *options)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith(note) and notes[0].endswith("this run is greedy")
