@@ -385,7 +385,7 @@ def _for_generation(program: Program, threads: int | None) -> Program:
     manifest = program.manifest
     artifacts = {}
     for path, info in manifest.artifacts.items():
-        if threads and "threads" in info.options:
+        if threads is not None and "threads" in info.options:  # 0: every core, as cpu.threads 0
             info = dataclasses.replace(info, options={**info.options, "threads": threads})
         if path in manifest.files:
             info = dataclasses.replace(info, metadata={**info.metadata, WEIGHT_CACHE_KEY: manifest.files[path].sha256})
@@ -430,6 +430,6 @@ def session_of(program: Program, threads: int | None = None) -> Session:
     """The session of ``program`` (one per loaded program, so its cache is tracked once);
     a new one, whose cache starts empty, when ``threads`` asks for another count."""
     session = _SESSIONS.get(program)
-    if session is None or (threads and threads != session.threads):
+    if session is None or (threads is not None and threads != (session.threads or 0)):  # 0 too: every core
         session = _SESSIONS[program] = Session(program, threads)
     return session

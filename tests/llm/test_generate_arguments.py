@@ -196,3 +196,13 @@ def test_an_unknown_scheme_is_hinted_with_the_schemes_llm_export_takes():
         edgeport.llm.export("not read", quantize="int3")
     assert refused.value.hint.startswith("edgeport llm export quantizes with int8-dynamic or int4-weight with --backend cpu")
     assert "palettize" not in refused.value.hint and "auto" not in refused.value.hint
+
+
+def test_threads_zero_after_another_count_starts_an_every_core_session(program):
+    """threads=0 (every core) kept the 1-thread session: only a truthy count was compared."""
+    one = edgeport.llm.session_of(program, 1)
+    every = edgeport.llm.session_of(program, 0)
+    assert every is not one and every.threads == 0
+    assert {info.options["threads"] for info in every.program.manifest.artifacts.values()
+            if "threads" in info.options} == {0}
+    assert edgeport.llm.session_of(program) is every and edgeport.llm.session_of(program, 0) is every
