@@ -88,9 +88,9 @@ def _reading(path: Path, load: Callable[[Path], LoadedModel]) -> LoadedModel:
         raise
     except Exception as exc:
         lines = str(exc).strip().splitlines()
+        needs = "; a Hugging Face directory needs config.json, *.safetensors and tokenizer.json" if path.is_dir() else ""
         raise ModelLoadError(f"cannot read {path}: {type(exc).__name__}: {lines[0] if lines else ''}",
-                             hint="check the download is whole; a Hugging Face directory needs config.json, "
-                                  "*.safetensors and tokenizer.json") from exc
+                             hint=f"check the download is whole{needs}") from exc
 
 
 def _offline() -> None:
@@ -143,7 +143,8 @@ def load_gguf(path: Path) -> LoadedModel:
         raise ModelLoadError(
             f"{path.name}: GGUF architecture {arch!r} is not supported "
             f"(edgeport reads {', '.join(GGUF_ARCHITECTURES)} GGUF files)",
-            hint="export it from its Hugging Face directory instead (config.json + safetensors)",
+            hint="export it from its Hugging Face directory instead (config.json + safetensors)" if arch in ARCHITECTURES
+            else f"edgeport reads {', '.join(ARCHITECTURES)} models, from GGUF or Hugging Face directories",
         )
     if "token_embd.weight" not in tensors:
         raise ModelLoadError(f"{path.name} has no token embedding (token_embd.weight)")
@@ -517,7 +518,12 @@ def _hf_tokenizer(path: Path) -> tuple[str, str | None, dict[str, Any]]:
         _offline()
         from transformers import AutoTokenizer
 
-        text = AutoTokenizer.from_pretrained(str(path)).backend_tokenizer.to_str()
+        try:
+            text = AutoTokenizer.from_pretrained(str(path)).backend_tokenizer.to_str()
+        except Exception as exc:  # transformers' message lists no file, and was cut to its first line
+            raise ModelLoadError(f"{path} has no tokenizer.json, and transformers could not build one from its other "
+                                 f"tokenizer files ({type(exc).__name__})",
+                                 hint="add the model's tokenizer.json to the directory") from None
     if isinstance(special.get("eos_token"), str) and "eos_token_id" not in special:
         from tokenizers import Tokenizer
 

@@ -186,8 +186,10 @@ def test_a_gguf_architecture_edgeport_does_not_read_is_refused_by_name(tmp_path)
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ModelLoadError, match="architecture 'falcon' is not supported"):
+    with pytest.raises(ModelLoadError, match="architecture 'falcon' is not supported") as refused:
         load_model(path)
+    assert refused.value.hint == ("edgeport reads llama, mistral, qwen2, qwen3, gemma, phi3 models, from GGUF or "
+                                  "Hugging Face directories")  # not "from its Hugging Face directory instead"
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
@@ -211,3 +213,22 @@ def test_a_hugging_face_directory_with_nan_weights_is_refused_naming_the_tensor(
     save_file(weights, str(weights_file), metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match=r"tensor model.embed_tokens.weight holds 64 NaN or infinite value\(s\)"):
         load_model(path)
+
+
+def test_a_gguf_cut_short_is_hinted_as_a_download_not_a_directory(gguf_model, tmp_path):
+    """The hint said what a Hugging Face directory needs, for a .gguf file."""
+    path, _ = gguf_model("llama")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size - 4096])
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(cut)
+    assert refused.value.hint == "check the download is whole"
+
+
+def test_a_directory_without_tokenizer_json_names_the_file(tmp_path):
+    """transformers' message was cut off ("Couldn't instantiate the backend tokenizer from one of: ")."""
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    (path / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match="has no tokenizer.json, and transformers could not build one") as refused:
+        load_model(path)
+    assert refused.value.hint == "add the model's tokenizer.json to the directory"
