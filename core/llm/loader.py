@@ -162,6 +162,8 @@ def load_gguf(path: Path) -> LoadedModel:
         weights[hf] = torch.from_numpy(np.array(values, dtype=np.float32))  # owned and writable
         _check_finite(weights[hf], tensor.name, path)
     tokenizer, special = _gguf_tokenizer(path)
+    if special.get("chat_template"):
+        check_chat_template(special["chat_template"], f"{path.name} (tokenizer.chat_template)")
     return LoadedModel(
         name=str(meta.get("general.name") or path.stem),
         config=config,
@@ -185,6 +187,21 @@ def _check_finite(values: torch.Tensor, name: str, path: Path) -> None:
         bad = values.numel() - int(finite.sum())
         raise ModelLoadError(f"{path.name}: tensor {name} holds {bad} NaN or infinite value(s) of {values.numel()}",
                              hint="the weights are damaged: download or convert the model again")
+
+
+def check_chat_template(template: str, source: str) -> None:
+    """Refuse a chat template that does not compile, naming where it came from: it was
+    stored as it was, every chat then failed, and re-exporting (what the error said to
+    do) stored it again."""
+    from jinja2 import TemplateSyntaxError
+
+    from .text import compile_template
+
+    try:
+        compile_template(template)
+    except TemplateSyntaxError as exc:
+        raise ModelLoadError(f"the chat template in {source} does not compile: line {exc.lineno}: {exc.message}",
+                             hint="fix the template there, then export again") from None
 
 
 def _gguf_config(meta: dict[str, Any], tensors: dict[str, Any]) -> DecoderConfig:
@@ -510,8 +527,12 @@ def _hf_tokenizer(path: Path) -> tuple[str, str | None, dict[str, Any]]:
     """tokenizer.json text, the chat template, and tokenizer_config.json."""
     special = _read_json(path / "tokenizer_config.json")
     template = special.get("chat_template")
+    source = path / "tokenizer_config.json"
     if (path / "chat_template.jinja").is_file():
-        template = (path / "chat_template.jinja").read_text()
+        source = path / "chat_template.jinja"
+        template = source.read_text()
+    if isinstance(template, str):
+        check_chat_template(template, str(source))
     if (path / "tokenizer.json").is_file():
         text = (path / "tokenizer.json").read_text()
     else:  # only a slow tokenizer: let transformers convert it

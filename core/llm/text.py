@@ -26,6 +26,9 @@ Message = Mapping[str, str]  # {"role": "user" | "assistant" | "system", "conten
 
 TOKEN_ID = integer(0, 2**31 - 1)
 _REEXPORT = "re-export it with `edgeport llm export`"
+# the template is the model's own (export stores it as it is): re-exporting stores it again
+_TEMPLATE_FIX = ("the template came from the model's files (chat_template.jinja, tokenizer_config.json or the GGUF): "
+                 "fix it there, then re-export with `edgeport llm export`")
 KV_CACHES = (".k_cache", ".v_cache")  # the state of each layer (llm/model.py)
 
 # What the run side reads of ``manifest.metadata["llm"]`` (export.py `_attach` writes it).
@@ -149,7 +152,7 @@ class TextCodec:
             _utf8(message["content"], f"a {message['role'] or 'chat'} message")
         try:
             if self._template is None:
-                self._template = _compile(self.chat_template)
+                self._template = compile_template(self.chat_template)
             rendered = self._template.render(
                 messages=list(messages), add_generation_prompt=True, bos_token=self._bos or "", eos_token="",
             )
@@ -158,10 +161,9 @@ class TextCodec:
                              hint="check the messages' roles and order") from None
         except Exception as exc:  # jinja2's syntax and undefined-name errors, a type error inside the template
             raise ProgramError(f"the program's chat template failed on this conversation: {type(exc).__name__}: "
-                               f"{exc}", hint="if each message is a role and its text, the template is damaged: "
-                               + _REEXPORT) from None
+                               f"{exc}", hint=_TEMPLATE_FIX) from None
         if not rendered:
-            raise ProgramError("the program's chat template renders the conversation as no text", hint=_REEXPORT)
+            raise ProgramError("the program's chat template renders the conversation as no text", hint=_TEMPLATE_FIX)
         return rendered
 
     def stream(self) -> "TextStream":
@@ -220,7 +222,7 @@ def _utf8(text: str, what: str) -> str:
     return text
 
 
-def _compile(source: str) -> Any:
+def compile_template(source: str) -> Any:
     """The chat template compiled as transformers compiles it."""
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment

@@ -26,8 +26,29 @@ def test_a_conversation_renders_as_the_template_says():
 @pytest.mark.parametrize("template", ["{% for m in messages %}{{ m['content'] }", "{{ messages | nosuchfilter }}",
                                       "{{ 1 + 'a' }}", ""])
 def test_a_damaged_template_is_a_program_error(template):
-    with pytest.raises(ProgramError, match="chat template"):
+    with pytest.raises(ProgramError, match="chat template") as error:
         codec(template).encode_chat(USER)
+    assert "fix it there" in error.value.hint  # re-exporting alone stores the same template
+
+
+@pytest.mark.parametrize("where", ["chat_template.jinja", "tokenizer_config.json"])
+def test_a_model_whose_template_does_not_compile_is_refused_at_load_naming_the_file(tmp_path, where):
+    """It exported with rc 0, and every chat failed, saying to re-export."""
+    import json
+
+    from tiny_llms import tiny_model_dir
+
+    from edgeport.llm.loader import ModelLoadError, load_model
+
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    broken = "{% for m in messages %}{{ m['content'] }"
+    if where == "chat_template.jinja":
+        (path / where).write_text(broken)
+    else:
+        (path / where).write_text(json.dumps({"chat_template": broken}))
+    with pytest.raises(ModelLoadError, match=f"the chat template in {path / where} does not compile: line 1: ") as error:
+        load_model(path)
+    assert error.value.hint == "fix the template there, then export again"
 
 
 def test_a_conversation_the_template_refuses_is_the_callers_error():
