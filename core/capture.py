@@ -28,7 +28,7 @@ from torch.fx import Node
 
 from .backend import Backend, support_question
 from .errors import BackendError, EdgeportError
-from .native_output import TOOLCHAIN_LOG_ENV
+from .native_output import TOOLCHAIN_LOG_ENV, loggers_at
 from .tensors import DTYPE_NAMES, DTYPES
 
 
@@ -193,14 +193,8 @@ def _quiet_torch() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
         loggers = [logging.getLogger(name) for name in ["torch", *logging.root.manager.loggerDict]
                    if quiet and (name == "torch" or name.startswith("torch."))]
-        levels = [logger.level for logger in loggers]
-        for logger in loggers:
-            logger.setLevel(logging.CRITICAL)
-        try:
+        with loggers_at(logging.CRITICAL, loggers):
             yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
     sys.stderr.write(stderr.getvalue())
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import logging
 import os
 import re
 import sys
@@ -42,6 +43,20 @@ _CAPTURING = threading.RLock()
 def toolchain_log_wanted() -> bool:
     """True when the user asked to see the toolchains' own output (``EDGEPORT_TOOLCHAIN_LOG=1``)."""
     return os.environ.get(TOOLCHAIN_LOG_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def loggers_at(level: int, loggers: Sequence[logging.Logger]) -> Iterator[None]:
+    """The ``loggers`` at ``level`` during the block, then at their own levels again (a
+    toolchain's Python loggers kept quiet as its native output is)."""
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, levels):
+            logger.setLevel(old)
 
 
 @contextlib.contextmanager

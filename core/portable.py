@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 
 from . import sized_constants  # noqa: F401 - registers torch.ops.edgeport.narrow_to, which portable steps may run
 from .mapped_file import Buffer, release
-from .native_output import toolchain_log_wanted
+from .native_output import loggers_at, toolchain_log_wanted
 from .shared_tensors import is_shared_tensor_path
 from .tensors import tensor_from_bytes, tensor_to_bytes
 
@@ -156,14 +156,8 @@ def quiet_torchao_import() -> Iterator[None]:
     """Import torchao in the block without its import-time log lines, as toolchain
     output is hidden unless asked for (`toolchain_log_wanted`, --debug)."""
     loggers = [] if toolchain_log_wanted() else [logging.getLogger(name) for name in _TORCHAO_IMPORT_NOISE]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
+    with loggers_at(logging.ERROR, loggers):
         yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _register_quantized_ops(graph: bytes) -> None:
