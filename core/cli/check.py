@@ -166,6 +166,10 @@ def print_check(report: CheckReport) -> None:
         if p.nan_values:
             console.print(f"partition {p.partition} ({p.label}): {p.nan_values} output value(s) are NaN where torch "
                           "computed a number", markup=False, highlight=False)
+        differ, discrete = p.discrete_values
+        if differ:
+            console.print(f"partition {p.partition} ({p.label}): {differ} of its {discrete} integer or bool output "
+                          "value(s) differ from torch's (indices, flags)", markup=False, highlight=False)
         d = p.divergence
         if d:
             print_divergence(p.partition, p.label, d, p.rtol)

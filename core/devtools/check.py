@@ -128,6 +128,18 @@ def nan_values(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> int:
     return count
 
 
+def discrete_differences(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """(how many differ, how many there are) of the integer and bool output values (an
+    argmax's indices, a comparison's flags): their relative error, an index difference
+    over the largest index or a flag's flip as "max rel 1.00", says nothing of them."""
+    differ = total = 0
+    for a, e in zip(actual, expected):
+        if not e.is_floating_point():
+            differ += int((torch.as_tensor(np.asarray(a)) != e).sum())
+            total += e.numel()
+    return differ, total
+
+
 def worst_of(errors: Iterable[Error]) -> Error:
     """The largest error of each kind among ``errors`` (the nudged runs' spread); in
     steps only where each of them is counted in steps."""
@@ -208,6 +220,8 @@ class PartitionCheck:
     why: str = ""
     divergence: Divergence | None = None
     nan_values: int = 0  # outputs the backend gave as NaN where torch computed a number
+    # (differing, all) of the integer and bool output values: `discrete_differences`
+    discrete_values: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -377,6 +391,7 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
         outputs = executable_of(loaded, step).run(args)
         result.error = compare(outputs, expected, steps)
         result.nan_values = nan_values(outputs, expected)
+        result.discrete_values = discrete_differences(outputs, expected)
     except Exception as exc:  # a backend that crashes here is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result

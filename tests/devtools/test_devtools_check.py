@@ -240,6 +240,28 @@ def planted(model_file):
     return registry_with(OffByOnePercent())
 
 
+class Discrete(torch.nn.Module):
+    def forward(self, x):
+        y = x * 2.0
+        return y, y.argmax(-1), y > 0
+
+
+class MulFlipsSign(OffByOnePercent):
+    def load(self, artifact):
+        return run_with_kernel_off(artifact, self.bad_op, -1.0)
+
+
+def test_integer_and_bool_outputs_are_counted_as_values_that_differ():
+    """An argmax's indices and a comparison's flags were judged only by relative error
+    ("max rel 1.00" for a flipped flag, an index difference over the largest index)."""
+    x = torch.tensor([[1.0, -2.0, 3.0, 0.5], [-1.0, 2.0, -3.0, -0.5]])
+    ops = ("mul", "argmax", "gt")
+    report = check_model(Discrete(), (x,), ["torchops"], registry=registry_with(MulFlipsSign(ops=ops)))
+    assert report.partitions[0].discrete_values == (2 + 8, 2 + 8)  # both indices, every flag
+    exact = check_model(Discrete(), (x,), ["torchops"], registry=registry_with(TorchOpsBackend(ops=ops)))
+    assert exact.partitions[0].discrete_values == (0, 10)
+
+
 def invoke(*args, registry):
     return CliRunner().invoke(cli, list(args), obj=registry, catch_exceptions=False)
 
