@@ -25,15 +25,16 @@ expands its per-block weights to: what Linux can check of a model only macOS can
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 import edgeport
 
-from . import int4_blocks, toolchain
+from . import int4_blocks, package, toolchain
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -77,12 +78,22 @@ def check_target(ct: ModuleType, scheme: str, target: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _discarding(mlmodel: Any) -> Iterator[None]:
+    """Delete the uncompressed model's temporary package once the block has made the
+    compressed one from it (`package.discard`)."""
+    try:
+        yield
+    finally:
+        package.discard(mlmodel)
+
+
 def compress_weights(ct: ModuleType, mlmodel: Any, scheme: str, group_size: int, program: ExportedProgram) -> Any:
     """`mlmodel`, converted from ``program``, with its weights compressed for `scheme` (one
     of `SCHEMES`). The program's buffers stay float: they are tables, not learned weights
     (an LLM's rotary cos/sin: in int4 every position would move)."""
     buffers = _buffer_constants(mlmodel, program)
-    with toolchain.quiet():
+    with toolchain.quiet(), _discarding(mlmodel):
         try:
             if scheme == "int4-weight":
                 return int4_blocks.compress(mlmodel, group_size, buffers, WEIGHT_THRESHOLD)

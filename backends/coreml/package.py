@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import tempfile
 import uuid
 import zipfile
@@ -80,7 +81,8 @@ def _serialize_spec_deterministically(package: Path) -> None:
 
 
 def package_bytes(mlmodel: Any) -> bytes:
-    """The zipped ``.mlpackage`` of a converted `coremltools.models.MLModel`."""
+    """The zipped ``.mlpackage`` of a converted `coremltools.models.MLModel`, whose own
+    temporary package is deleted (`discard`): the model is used up."""
     metadata = mlmodel.user_defined_metadata
     if _CONVERSION_DATE in metadata:
         del metadata[_CONVERSION_DATE]  # changes daily, and the same model must give the same bytes
@@ -88,9 +90,18 @@ def package_bytes(mlmodel: Any) -> bytes:
         package = Path(tmp) / PACKAGE
         with toolchain.quiet():
             mlmodel.save(str(package))
+        discard(mlmodel)
         _serialize_spec_deterministically(package)
         _derive_item_identifiers(package)
         return _zip_tree(package)
+
+
+def discard(mlmodel: Any) -> None:
+    """Delete a converted model's temporary ``.mlpackage`` directory now. coremltools
+    deletes it at interpreter exit (atexit): a session that exported many models kept
+    every one in /tmp until then (the test suite held 300+), and a killed one left them."""
+    if getattr(mlmodel, "is_temp_package", False):
+        shutil.rmtree(mlmodel.package_path, ignore_errors=True)
 
 
 # -- reading ------------------------------------------------------------------------------
