@@ -15,6 +15,7 @@ import platform
 import re
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch.export import ExportedProgram
 
@@ -313,6 +314,8 @@ def _store_state(files: dict[str, bytes], fqn: str, value: Any) -> dict[str, Any
     if not isinstance(value, torch.Tensor):
         raise EdgeportError(f"mutated buffer {fqn!r} has no initial tensor value")
     data, description = tensor_to_bytes(value)
+    if not np.frombuffer(data, np.uint8).any():  # a KV cache: described, not stored (`arrays.initial_state`)
+        return {**description, "fill": 0}
     path = f"state/{fqn}.bin"
     files[path] = data
     return {"file": path, **description}

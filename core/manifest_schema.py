@@ -279,7 +279,9 @@ ARTIFACT = record({"backend": NAME, "backend_version": text(), "options": mappin
 
 FILE = record({"size": integer(0, MAX_FILE_SIZE), "sha256": text(pattern=_SHA256, what="64 lowercase hex digits")})
 
-STATE = record({"file": PATH, "dtype": DTYPE, "shape": array(integer())})
+# A state's initial value is its file's bytes, or every element 0 (``"fill": 0``, no
+# file: a KV cache). plan_check requires exactly one of the two.
+STATE = record({"dtype": DTYPE, "shape": array(integer())}, optional={"file": PATH, "fill": integer(0, 0)})
 
 # The placement report is descriptive (explain and check read it, the runtime never
 # does), so its records are open-ended: a newer writer may add facts to them.

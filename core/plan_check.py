@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from .arrays import itemsize
+from .arrays import stored_size
 from .errors import ProgramError
 from .manifest import PORTABLE, Manifest, MethodPlan, Step
-from .manifest_schema import ManifestError, parse_manifest_json
+from .manifest_schema import MAX_FILE_SIZE, ManifestError, parse_manifest_json
 from .output_tree import check_structure
 from .shared_tensors import is_shared_tensor_path
 
@@ -294,12 +294,18 @@ def _check_state(manifest: Manifest) -> None:
     for fqn, entry in manifest.state.items():
         if fqn not in written:
             raise ManifestError(f"program state {fqn!r} is written by no method")
+        if ("file" in entry) == ("fill" in entry):
+            has = "both a file and" if "file" in entry else "neither a file nor"
+            raise ManifestError(f"program state {fqn!r} has {has} a fill value (it needs one of them)")
+        needed = stored_size(entry)
+        if "fill" in entry:
+            if needed > MAX_FILE_SIZE:  # what a file could hold, and far more than any device
+                raise ManifestError(f"program state {fqn!r} ({entry['dtype']}{entry['shape']}) declares {needed} "
+                                    "bytes")
+            continue
         info = manifest.files.get(entry["file"])
         if info is None:
             raise ManifestError(f"program state {fqn!r} names file {entry['file']}, which the program does not have")
-        needed = itemsize(entry["dtype"])
-        for dim in entry["shape"]:
-            needed *= dim
         if info.size != needed:
             raise ManifestError(f"program state {fqn!r} ({entry['dtype']}{entry['shape']}) needs {needed} bytes, "
                                 f"its file has {info.size}")

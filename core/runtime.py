@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .arrays import torch_installed
+from .arrays import initial_state, torch_installed
 from .backend import Executable
 from .delegates import executable_of, load_step, run_label
 from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError, described
@@ -378,13 +378,16 @@ def values_of(arrays: str, manifest: Manifest) -> Values:
 
 def _read_state(kind: Values, fqn: str, entry: dict[str, Any], files: Mapping[str, Buffer]) -> Any:
     """State as a value the program owns (it changes as methods run), its file's mapped
-    pages let go once copied."""
+    pages (a state stored as zeros has no file) let go once copied."""
     try:
-        data = files[entry["file"]]
-        value = kind.state(data, entry)
+        value = kind.state(initial_state(entry, files), entry)
     except (KeyError, ValueError) as exc:
         raise ProgramError(f"program state {fqn!r} is damaged: {exc}") from None
-    release(data)
+    except MemoryError:
+        raise ProgramError(f"program state {fqn!r} ({entry['dtype']}{entry['shape']}) does not fit in this "
+                           "machine's memory") from None
+    if "file" in entry:
+        release(files[entry["file"]])
     return value
 
 

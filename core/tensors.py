@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from .arrays import STORED_DTYPES, array_from_bytes
@@ -34,5 +35,11 @@ def tensor_to_bytes(tensor: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
 
 def tensor_from_bytes(data: bytes, description: dict[str, Any]) -> torch.Tensor:
     """Inverse of `tensor_to_bytes`; raises ValueError if the bytes do not fit."""
-    tensor = torch.from_numpy(array_from_bytes(data, description))
+    return tensor_from_array(array_from_bytes(data, description), description)
+
+
+def tensor_from_array(array: np.ndarray, description: dict[str, Any]) -> torch.Tensor:
+    """A stored tensor as `edgeport.arrays` reads it, as a torch tensor over the same
+    memory (bfloat16 viewed back from its int16 storage)."""
+    tensor = torch.from_numpy(array)
     return tensor.view(torch.bfloat16) if description["dtype"] == "bfloat16" else tensor

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .arrays import NO_NUMPY_TWIN, STORAGE, array_from_bytes
+from .arrays import NO_NUMPY_TWIN, STORAGE
 from .errors import ExecutionError, InputError
 from .input_binding import bind, needs_names
 from .manifest import TensorSpec
@@ -68,8 +68,9 @@ class NumpyValues:
         _check_step_output(value)
         return np.asarray(value)
 
-    def state(self, data: bytes, entry: dict[str, Any]) -> np.ndarray:
-        return array_from_bytes(data, entry)
+    def state(self, array: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
+        """A program state's initial value (`initial_state`) as the runtime holds it."""
+        return array
 
 
 class TorchValues:
@@ -135,10 +136,10 @@ class TorchValues:
         _check_step_output(value)
         return value
 
-    def state(self, data: bytes, entry: dict[str, Any]) -> Any:
-        from .tensors import tensor_from_bytes
+    def state(self, array: np.ndarray, entry: dict[str, Any]) -> Any:
+        from .tensors import tensor_from_array
 
-        return tensor_from_bytes(data, entry)
+        return tensor_from_array(array, entry)
 
 
 def _check_step_output(value: Any) -> None:

@@ -24,10 +24,13 @@ GOLDEN_SHARED = os.path.join(os.path.dirname(__file__), "data", "golden_v2_share
 
 
 class Small(torch.nn.Module):
-    def __init__(self):
+    """Its state starts at 1 so that it is stored as a file (a state of zeros is stored
+    as ``"fill": 0``, without one); the golden program was written starting at 0."""
+
+    def __init__(self, start: float = 1.0):
         super().__init__()
         self.linear = torch.nn.Linear(4, 4)
-        self.register_buffer("steps", torch.zeros(1))
+        self.register_buffer("steps", torch.full((1,), start))
 
     def forward(self, x):
         self.steps.add_(1)
@@ -178,7 +181,7 @@ def test_golden_program_still_loads_and_runs():
     first = program(*golden_inputs())
     second = program(*golden_inputs())
     torch.manual_seed(1234)
-    eager = Small().eval()
+    eager = Small(start=0.0).eval()
     torch.testing.assert_close(first, eager(*golden_inputs()))
     torch.testing.assert_close(second, eager(*golden_inputs()))
     kinds = {s.kind for s in program.manifest.methods["forward"].steps}
@@ -191,7 +194,7 @@ def test_golden_program_saved_again_is_version_2(tmp_path):
     program = load(tmp_path / "upgraded.edgeport")
     assert program.manifest.version == 2
     torch.manual_seed(1234)
-    torch.testing.assert_close(program(*golden_inputs()), Small().eval()(*golden_inputs()))
+    torch.testing.assert_close(program(*golden_inputs()), Small(start=0.0).eval()(*golden_inputs()))
 
 
 def test_golden_program_with_shared_tensors_still_loads_and_runs():
@@ -455,6 +458,31 @@ def test_state_whose_file_has_the_wrong_size_is_refused_at_load(program_bytes, t
 
     with pytest.raises(edgeport.ProgramError, match=r"needs 8 bytes, its file has 4"):
         load_bytes(tmp_path, resealed(program_bytes, change))
+
+
+def test_a_state_of_zeros_is_stored_as_a_fill_not_a_file(tmp_path):
+    """A KV cache starts as zeros: its description is enough (`arrays.initial_state`)."""
+    torch.manual_seed(1234)
+    program = edgeport.export(Small(start=0.0).eval(), golden_inputs(), ["torchops"],
+                              registry=registry_with(TorchOpsBackend()))
+    assert program.manifest.state["steps"] == {"dtype": "float32", "shape": [1], "fill": 0}
+    assert not [name for name in program.files if name.startswith("state/")]
+    program.save(tmp_path / "zeros.edgeport")
+    loaded = load(tmp_path / "zeros.edgeport")
+    torch.manual_seed(1234)
+    eager = Small(start=0.0).eval()
+    for _ in range(2):  # the state starts at 0 and moves on
+        torch.testing.assert_close(loaded(*golden_inputs()), eager(*golden_inputs()))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda entry: entry.update(fill=0), "program state 'steps' has both a file and a fill value"),
+    (lambda entry: entry.pop("file"), "program state 'steps' has neither a file nor a fill value"),
+    (lambda entry: entry.update(fill=1), r"state\['steps'\].fill must be an integer in \[0, 0\], got 1"),
+])
+def test_a_state_has_a_file_or_a_fill_of_zero(program_bytes, tmp_path, change, message):
+    with pytest.raises(edgeport.ProgramError, match=message):
+        load_bytes(tmp_path, resealed(program_bytes, lambda m: change(m["state"]["steps"])))
 
 
 def test_state_written_but_not_read_is_refused(program_bytes, tmp_path):

@@ -121,6 +121,27 @@ def test_a_delegate_only_program_can_run_on_numpy_arrays_where_torch_is_installe
     assert torch.allclose(torch.from_numpy(out), linear(x), atol=1e-5)
 
 
+class Accumulator(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("total", torch.zeros(3))
+
+    def forward(self, x):
+        self.total.add_(x)
+        return self.total * 2
+
+
+def test_a_state_stored_as_zeros_starts_as_zeros_on_numpy_arrays(tmp_path):
+    """The run side without torch makes a state of zeros (stored as ``"fill": 0``) itself."""
+    x = torch.tensor([1.0, 2.0, 3.0])
+    edgeport.export(Accumulator(), (x,), ["cpu"]).save(tmp_path / "acc.edgeport")
+    program = edgeport.load(tmp_path / "acc.edgeport")
+    assert program.manifest.state["total"]["fill"] == 0
+    program.runtime("numpy")
+    assert program(x.numpy()).tolist() == [2.0, 4.0, 6.0]
+    assert program(x.numpy()).tolist() == [4.0, 8.0, 12.0]
+
+
 def test_numpy_arrays_are_refused_for_a_program_with_portable_steps(half_delegated):
     program = edgeport.Program(half_delegated.manifest, half_delegated.files)
     with pytest.raises(edgeport.ExecutionError, match=r"portable steps \(forward step 1\) runs on torch values"):

@@ -31,6 +31,7 @@ from torch.fx import Node
 from edgeport.partitioners.support import is_compute
 
 from ..api import export
+from ..arrays import initial_state
 from ..backend import Backend, options_from_dict
 from ..delegates import executable_of, load_step, run_label
 from ..errors import EdgeportError, InputError, UnknownBackendError
@@ -43,7 +44,7 @@ from ..report import op_name, source_of
 from ..runtime import check_inputs
 from ..subprogram import extract_subprogram
 from ..support import DATA_MOVEMENT, DEQUANTIZE, qualified_name
-from ..tensors import tensor_from_bytes
+from ..tensors import tensor_from_array
 from .rounding import (MARGIN_DB, ONE_STEP, PEAK_FACTOR, SAMPLES, Nudge, dequantized_step, nudge_of, nudged_outputs,
                        output_nodes, rounds, values_of)
 
@@ -317,7 +318,7 @@ def _start_values(program: Program, plan: MethodPlan, inputs: Sequence[Any]) -> 
     values: dict[str, Any] = dict(zip(plan.input_values, check_inputs(plan, inputs)))
     for value, fqn in plan.state_reads.items():
         entry = program.manifest.state[fqn]
-        values[value] = tensor_from_bytes(program.files[entry["file"]], entry)
+        values[value] = tensor_from_array(initial_state(entry, program.files), entry)
     return values
 
 

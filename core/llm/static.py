@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import EdgeportError
-from ..program import Program, file_info
+from ..program import Program
 
 # exp(-100) is below fp32's smallest normal and zero in fp16: a masked score adds nothing.
 # The masked scores set the low end of each score's observed range, so a mask no lower
@@ -51,6 +51,7 @@ def zero_state(program: Program) -> None:
     """Reset the program's stored initial state (the caches) to zeros: calibration ran
     text through the model's own buffers, and a fresh program starts empty."""
     for info in program.manifest.state.values():
-        path = info["file"]
-        program.files[path] = bytes(len(program.files[path]))
-        program.manifest.files[path] = file_info(program.files[path])
+        if "file" in info:  # stored as zeros, without a file (`arrays.initial_state`)
+            path = info.pop("file")
+            del program.files[path], program.manifest.files[path]
+            info["fill"] = 0
