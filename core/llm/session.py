@@ -127,10 +127,14 @@ class Session:
         self._check_start(start, len(ids))
         T = self.info.prefill_chunk
         logits = None
+        # The rows from start on are overwritten chunk by chunk: record them as each is,
+        # so a prefill cut short (Ctrl-C in a chat, a failed call) leaves the tokens the
+        # rows hold, and the next prompt is not matched against rows no longer there.
+        del self.tokens[start:]
         for offset in range(0, len(ids), T):
             chunk = ids[offset : offset + T]
             logits = self.runtime.run("prefill", self._prefill_inputs(chunk, start + offset), {}).outputs
-        self.tokens = self.tokens[:start] + list(ids)
+            self.tokens += chunk
         return _row(logits)
 
     def _prefill_inputs(self, chunk: Sequence[int], start: int) -> tuple[np.ndarray, ...]:

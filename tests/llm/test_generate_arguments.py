@@ -89,6 +89,31 @@ def test_a_generation_interrupted_by_another_says_so_and_the_other_is_right(prog
     assert ids(edgeport.llm.generate(program, PROMPT, max_new_tokens=8)) == alone  # one after another: fine
 
 
+def test_a_prefill_cut_short_leaves_the_session_knowing_which_rows_it_overwrote(program, monkeypatch):
+    """Rows are recorded chunk by chunk. The session used to record a prefill's tokens
+    only once all its chunks had run: cut short (Ctrl-C in a chat), it still listed the
+    earlier prompt at positions the first chunk had overwritten, and a chat's next turn
+    reused those rows, silently wrong."""
+    earlier, cut = list(range(3, 23)), [3, 4, *range(40, 58)]  # 20 tokens each, chunks of 8
+    fresh = ids(edgeport.llm.Session(program).generate(earlier, max_new_tokens=6))
+    session = edgeport.llm.Session(program)
+    ids(session.generate(earlier, max_new_tokens=1))
+    run, calls = session.runtime.run, []
+
+    def interrupted(method, *args):
+        calls.append(method)
+        if calls.count("prefill") == 2:
+            raise KeyboardInterrupt
+        return run(method, *args)
+
+    monkeypatch.setattr(session.runtime, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ids(session.generate(cut, max_new_tokens=6, reuse_cache=True))
+    assert session.tokens == cut[:10]  # kept 3, 4; the first chunk wrote positions 2-9
+    monkeypatch.setattr(session.runtime, "run", run)
+    assert ids(session.generate(earlier, max_new_tokens=6, reuse_cache=True)) == fresh
+
+
 @pytest.mark.parametrize(("model", "arguments", "error"), [
     (None, {}, "a model is the path of a .gguf file"),
     ("any", {"max_seq_len": 32.0}, "max_seq_len must be a whole number of 2 or more"),
