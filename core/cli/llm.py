@@ -224,8 +224,17 @@ def chat(program: str, system: str | None, max_new_tokens: int, temperature: flo
             click.echo(f"error: {exc}\n  hint: {hint}", err=True)
             continue
         click.echo("assistant> ", nl=False)
-        for token in reply:
-            click.echo(token.text, nl=False)
+        try:
+            for token in reply:
+                click.echo(token.text, nl=False)
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat (the cache knows what it holds)
+            click.echo()
+            if not reply.text:  # cut during the prompt: this turn did not happen
+                messages.pop()
+            else:
+                messages.append({"role": "assistant", "content": reply.text})
+            click.echo("(reply stopped; the conversation goes on: /exit or Ctrl-C at the prompt ends it)", err=True)
+            continue
         click.echo()
         click.echo(speed_line(reply.stats), err=True)
         messages.append({"role": "assistant", "content": reply.text})

@@ -217,6 +217,33 @@ def test_a_portable_program_generates_and_one_without_a_chat_template_cannot_cha
     assert "assistant>" not in result.output
 
 
+def test_ctrl_c_stops_a_chat_reply_and_the_conversation_goes_on(tmp_path, use_cpu, monkeypatch):
+    """Ctrl-C ended the chat (click's "Aborted!", exit 1) and lost the conversation: it
+    now stops the reply, which stays in the conversation as far as it got."""
+    from tiny_llms import tiny_model_dir
+
+    from edgeport.llm.session import Session
+
+    path, _ = tiny_model_dir(tmp_path, "llama")
+    (path / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }} {% endfor %}")
+    program = tmp_path / "chat.edgeport"
+    assert invoke("llm", "export", path, "--max-seq-len", 64, "--prefill-chunk", 8, "-o", program).exit_code == 0
+    decode, calls = Session.decode, []
+
+    def interrupted(self, token):
+        calls.append(token)
+        if len(calls) == 3:  # the first is the warm-up's: the reply's second decode
+            raise KeyboardInterrupt
+        return decode(self, token)
+
+    monkeypatch.setattr(Session, "decode", interrupted)
+    result = invoke("llm", "chat", program, "--max-new-tokens", 6, input="w5 w6\nw7\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("(reply stopped; the conversation goes on") == 1
+    replies = [line.split("assistant> ")[1].split() for line in result.stdout.splitlines() if "assistant> " in line]
+    assert [len(reply) for reply in replies] == [2, 6]  # the prefill's token and one decode's; a whole reply
+
+
 def test_a_model_the_libraries_cannot_read_is_one_line(tmp_path, use_cpu):
     """A cut-short safetensors file used to end in safetensors' own traceback."""
     from tiny_llms import tiny_model_dir
