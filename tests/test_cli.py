@@ -503,3 +503,17 @@ def test_output_to_a_full_disk_is_one_line():
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["Error: cannot write the output: No space left on device",
                                         "  hint: free some space, or write the output somewhere else"]
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
+    """Ctrl-C printed click's "Aborted!" and exited 1, as a failure does; shells report an
+    interrupted command as 128 + SIGINT."""
+    import edgeport.cli.explain as explain
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(explain, "read_program_file", interrupted)
+    (tmp_path / "p.edgeport").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["explain", str(tmp_path / "p.edgeport")])
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted"

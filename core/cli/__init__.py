@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 
 import click
 
@@ -73,6 +74,9 @@ class _Group(click.Group):
             raise
         except BrokenPipeError:  # the reader left (| head): click's main exits quietly, as CLI tools do
             raise
+        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report an interrupted command (click: 1)
+            click.echo("\ninterrupted", err=True)
+            raise SystemExit(128 + signal.SIGINT) from None
         except Exception as exc:
             if ctx.meta.get("debug") or os.environ.get(RAISE_ENV) == "1":
                 raise
