@@ -182,8 +182,9 @@ def _check_finite(values: torch.Tensor, name: str, path: Path) -> None:
     token 0 forever without a word."""
     if not values.is_floating_point():
         return
-    finite = torch.isfinite(values)
-    if not bool(finite.all()):
+    # numpy's isfinite: torch's took 5 s of SmolLM2's 40 s export, numpy's 0.2 (bfloat16 has no numpy twin)
+    finite = np.isfinite((values.float() if values.dtype == torch.bfloat16 else values).numpy())
+    if not finite.all():
         bad = values.numel() - int(finite.sum())
         raise ModelLoadError(f"{path.name}: tensor {name} holds {bad} NaN or infinite value(s) of {values.numel()}",
                              hint="the weights are damaged: download or convert the model again")

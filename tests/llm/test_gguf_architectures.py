@@ -203,12 +203,13 @@ def test_a_gguf_with_non_finite_weights_is_refused_naming_the_tensor(tmp_path, b
         load_model(tmp_path / "bad.gguf")
 
 
-def test_a_hugging_face_directory_with_nan_weights_is_refused_naming_the_tensor(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_hugging_face_directory_with_nan_weights_is_refused_naming_the_tensor(tmp_path, dtype):
     from safetensors.torch import load_file, save_file
 
     path, _ = tiny_model_dir(tmp_path, "llama")
     (weights_file,) = path.glob("*.safetensors")
-    weights = load_file(str(weights_file))
+    weights = {name: values.to(dtype) for name, values in load_file(str(weights_file)).items()}
     weights["model.embed_tokens.weight"][7] = math.nan
     save_file(weights, str(weights_file), metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match=r"tensor model.embed_tokens.weight holds 64 NaN or infinite value\(s\)"):
