@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import edgeport
 from edgeport.cli import cli
+from edgeport.native_output import TOOLCHAIN_LOG_ENV
 from torch_backend import TorchOpsBackend, registry_with
 
 MODEL = '''
@@ -178,7 +179,8 @@ def test_errors_are_one_line_with_a_hint_and_no_traceback(env, args, message):
     assert message in fails(*args)
 
 
-def test_debug_shows_the_traceback(env):
+def test_debug_shows_the_traceback(env, monkeypatch):
+    monkeypatch.setenv(TOOLCHAIN_LOG_ENV, "")  # --debug sets it to 1: unset after the test, for later ones
     result = CliRunner().invoke(cli, ["--debug", "run", "model.py"])
     assert isinstance(result.exception, edgeport.ProgramError)
 
