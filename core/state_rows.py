@@ -173,31 +173,43 @@ def row_update_values(plan: MethodPlan) -> set[str]:
 
 def apply_row_updates(state: Mapping[str, Any], updates: Iterable[RowUpdate], values: Mapping[str, Any]) -> None:
     """Write each update's rows into its state (a torch tensor or a numpy array), in
-    place. Positions outside a state raise `ExecutionError`."""
-    positions: dict[str, Any] = {}  # one conversion per positions value, however many states
+    place. Positions outside a state raise `ExecutionError` before any row of that state
+    is written: numpy counts a negative position from the end (it wrote the last row
+    where eager torch refuses), and torch's ``index_copy_`` wrote the rows before the
+    first bad position."""
+    positions: dict[str, tuple[Any, int, int]] = {}  # value -> (index, lowest, highest), converted once
     for u in updates:
         target, rows = state[u.state], values[u.rows]
+        if u.positions not in positions:
+            positions[u.positions] = _positions(values[u.positions], numpy=isinstance(target, np.ndarray))
+        where, lowest, highest = positions[u.positions]
+        size = target.shape[u.dim]
         try:
+            if lowest < 0 or highest >= size:
+                raise IndexError(f"position {lowest if lowest < 0 else highest} is outside its {size} rows")
             if isinstance(target, np.ndarray):
-                if u.positions not in positions:
-                    positions[u.positions] = _as_index(np.asarray(values[u.positions], dtype=np.int64))
-                where = positions[u.positions]
-                if isinstance(where, slice) and where.stop > target.shape[u.dim]:  # a slice would clip, silently
-                    raise IndexError(f"position {where.stop - 1} is beyond its {target.shape[u.dim]} rows")
                 index: list[Any] = [slice(None)] * target.ndim
                 index[u.dim] = where
                 target[tuple(index)] = rows
                 continue
             import torch  # the state is a torch tensor: torch is here
 
-            if isinstance(rows, np.ndarray):
-                rows = torch.from_numpy(rows)
-            if u.positions not in positions:
-                positions[u.positions] = values[u.positions].to(torch.int64)
-            target.index_copy_(u.dim, positions[u.positions], rows)
+            target.index_copy_(u.dim, where, torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows)
         except (IndexError, ValueError, RuntimeError) as e:  # numpy's and torch's ways to say "out of range"
             raise ExecutionError(f"rows at positions {np.asarray(values[u.positions]).tolist()} do not fit state "
                                  f"{u.state!r}, {tuple(target.shape)} along dim {u.dim}: {e}") from None
+
+
+def _positions(value: Any, numpy: bool) -> tuple[Any, int, int]:
+    """A positions value as the index a write takes (numpy's, or torch's int64 tensor), with
+    its lowest and highest position (0 and -1 when there is none)."""
+    array = np.asarray(value, dtype=np.int64)
+    bounds = (int(array.min()), int(array.max())) if array.size else (0, -1)
+    if numpy:
+        return _as_index(array), *bounds
+    import torch  # a torch state: torch is here
+
+    return value.to(torch.int64), *bounds
 
 
 def _as_index(positions: np.ndarray) -> np.ndarray | slice:

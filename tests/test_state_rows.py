@@ -204,7 +204,7 @@ def test_apply_row_updates_writes_the_rows_at_their_positions(kind, positions):
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
-@pytest.mark.parametrize("positions", [[8], [7, 8], [9, 2]])
+@pytest.mark.parametrize("positions", [[8], [7, 8], [9, 2], [-1], [3, -1], [-2, -1]])
 def test_rows_beyond_a_state_are_an_execution_error(kind, positions):
     import numpy as np
 
@@ -216,3 +216,4 @@ def test_rows_beyond_a_state_are_an_execution_error(kind, positions):
               "positions": np.array(positions) if kind == "numpy" else torch.tensor(positions)}
     with pytest.raises(edgeport.ExecutionError, match=r"do not fit state 'cache', \(2, 8, 3\) along dim 1"):
         apply_row_updates(state, [RowUpdate(state="cache", dim=1, positions="positions", rows="rows")], values)
+    assert not cache.any()  # no row written: numpy counted -1 from the end and wrote the last row
