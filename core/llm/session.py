@@ -420,10 +420,12 @@ def tokenized(ids: list[int], vocab: int) -> list[int]:
 
 def vocab_size(program: Program) -> int:
     """The number of token ids the model has rows for: decode's logits' last dim."""
-    logits = program.manifest.methods["decode"].outputs[0]
-    size = logits.shape[-1]
+    outputs = program.manifest.methods["decode"].outputs
+    size = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if not isinstance(size, int):
-        raise ProgramError(f"the decode method's logits have no fixed vocabulary size ({logits.shape})")
+        shape = list(outputs[0].shape) if outputs else "no output"
+        raise ProgramError(f"the decode method's logits have no fixed vocabulary size ({shape})",
+                           hint="re-export it with `edgeport llm export`")
     return size
 
 

@@ -30,6 +30,7 @@ _REEXPORT = "re-export it with `edgeport llm export`"
 _TEMPLATE_FIX = ("the template came from the model's files (chat_template.jinja, tokenizer_config.json or the GGUF): "
                  "fix it there, then re-export with `edgeport llm export`")
 KV_CACHES = (".k_cache", ".v_cache")  # the state of each layer (llm/model.py)
+LLM_METHODS = ("prefill", "decode")  # what `edgeport llm export` writes, and a generation calls
 
 # What the run side reads of ``manifest.metadata["llm"]`` (export.py `_attach` writes it).
 # The manifest schema leaves metadata free-form, so an edited or damaged program is caught
@@ -59,6 +60,10 @@ def llm_metadata(program: Program) -> dict[str, Any]:
         LLM_METADATA(meta, 'metadata["llm"]')
     except ManifestError as exc:
         raise ProgramError(f"the program's LLM facts are damaged: {exc}", hint=_REEXPORT) from None
+    missing = [name for name in LLM_METHODS if name not in program.manifest.methods]
+    if missing:  # a generation calls both by name: an LLM's facts on another program were a KeyError
+        raise ProgramError(f"the program's LLM facts are damaged: it has no {' or '.join(missing)} method (its "
+                           f"methods: {', '.join(program.methods)})", hint=_REEXPORT)
     chunk, max_seq_len = meta["prefill_chunk"], meta["max_seq_len"]
     if chunk > max_seq_len:
         raise ProgramError(f"the program's LLM facts are damaged: prefill_chunk {chunk} exceeds max_seq_len "

@@ -119,3 +119,18 @@ def test_a_tokenizer_rewritten_past_the_models_vocabulary_is_a_program_error(sav
 
     with pytest.raises(edgeport.ProgramError, match="tokenizer gave token id 500"):
         native.write_spec(native.Request(str(tmp_path / "edited.edgeport"), PROMPT))
+
+
+@pytest.mark.parametrize("method", ["prefill", "decode"])
+def test_an_llm_program_without_one_of_its_methods_is_a_program_error(saved, tmp_path, cpu_registry, method):
+    """A consistent rewrite that renames a method (or an LLM's facts put on another
+    program) was a KeyError, "internal error" in the CLI, in Python and in --native."""
+    manifest, files = unpack(saved)
+    manifest["methods"]["step"] = {**manifest["methods"].pop(method), "name": "step"}
+    manifest["report"]["step"] = manifest["report"].pop(method)
+    with pytest.raises(edgeport.ProgramError, match=f"LLM facts are damaged: it has no {method} method"):
+        generated(pack(manifest, files), tmp_path, cpu_registry)
+    from edgeport.llm import native
+
+    with pytest.raises(edgeport.ProgramError, match=f"it has no {method} method"):
+        native.write_spec(native.Request(str(tmp_path / "edited.edgeport"), PROMPT))
