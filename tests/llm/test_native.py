@@ -228,19 +228,19 @@ def test_sentencepiece_text_equals_the_python_sessions(sentencepiece_path, cache
 
 
 def test_the_sentencepiece_decode_table_and_other_decoders():
-    table = native.decode_table(sentencepiece_tokenizer())
-    assert table.strip_leading_space
-    assert table.pieces[:3] == [b"", b"", b""]  # <unk>, <s>, </s>: special
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(sentencepiece_tokenizer())
+    table = native.decode_table(sentencepiece_tokenizer(), tokenizer.get_vocab_size())
+    assert table.strip_leading_space
+    assert table.pieces[:3] == [b"", b"", b""]  # <unk>, <s>, </s>: special
     assert b"".join(table.pieces[i] for i in tokenizer.encode(SENTENCEPIECE_TEXT).ids) == SENTENCEPIECE_TEXT.encode()
     spec = json.loads(sentencepiece_tokenizer())
     spec["decoder"]["decoders"] = spec["decoder"]["decoders"][:3]  # Gemma's form: no Strip
-    assert not native.decode_table(json.dumps(spec)).strip_leading_space
+    assert not native.decode_table(json.dumps(spec), tokenizer.get_vocab_size()).strip_leading_space
     spec["decoder"] = {"type": "WordPiece", "prefix": "##", "cleanup": True}
     with pytest.raises(native.NotNativeProgram, match="this program's tokenizer decodes WordPiece"):
-        native.decode_table(json.dumps(spec))
+        native.decode_table(json.dumps(spec), tokenizer.get_vocab_size())
 
 
 def test_a_prompt_longer_than_the_cache_is_one_line_with_a_hint(smol_path):
@@ -325,13 +325,27 @@ def test_no_c_compiler_is_one_line(smol_path, tmp_path, compiler_env):
     assert len(lines) == 2 and "no C compiler was found" in lines[0] and lines[1].startswith("  hint:"), done.stderr
 
 
+def test_the_decode_table_has_a_piece_per_row_of_the_model_whatever_ids_the_tokenizer_names():
+    """A damaged tokenizer's added token at id 4,000,000,000 made a table of that many
+    pieces (a MemoryError, or the machine's memory); ids past the model's rows are never
+    generated, so the table stops there."""
+    spec = json.loads(sentencepiece_tokenizer())
+    spec["added_tokens"].append({"id": 4_000_000_000, "content": "<far>", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": False})
+    table = native.decode_table(json.dumps(spec), 300)
+    assert len(table.pieces) == 300
+    assert table.pieces[100] == b"\x00"  # the first byte piece, after the 100 trained tokens
+
+
 def test_the_decode_table_joins_a_character_split_over_tokens(smol):
     """Byte-level BPE splits an emoji into pieces that are not UTF-8 alone: their bytes,
     joined, are the character."""
+    from edgeport.llm.session import vocab_size
     from edgeport.llm.text import TextCodec
 
     codec = TextCodec.of(smol)
-    decoding = native.decode_table(str(smol.files[smol.manifest.metadata["llm"]["tokenizer"]], "utf-8"))
+    decoding = native.decode_table(str(smol.files[smol.manifest.metadata["llm"]["tokenizer"]], "utf-8"),
+                                   vocab_size(smol))
     table = decoding.pieces
     assert not decoding.strip_leading_space
     for text in (" café 🙂 naïve", "日本語"):

@@ -166,7 +166,8 @@ def write_spec(request: Request) -> str:
     artifact = _one_graph_artifact(program)
     text = TextCodec.of(program)
     chat = [{"role": "user", "content": request.prompt}]
-    ids = tokenized(text.encode_chat(chat) if request.chat else text.encode(request.prompt), vocab_size(program))
+    vocab = vocab_size(program)
+    ids = tokenized(text.encode_chat(chat) if request.chat else text.encode(request.prompt), vocab)
     check_prompt_fits(ids, info)
     room = info.max_seq_len - len(ids) + 1  # the last token is generated, never decoded
     budget = min(request.max_new_tokens, room)  # a full cache ends generation, as in Python
@@ -200,7 +201,7 @@ def write_spec(request: Request) -> str:
         "stop " + " ".join(map(str, info.stop_token_ids)),
         *_io_lines(program, artifact),
     ]
-    table = decode_table(str(program.files[manifest.metadata["llm"]["tokenizer"]], "utf-8"))
+    table = decode_table(str(program.files[manifest.metadata["llm"]["tokenizer"]], "utf-8"), vocab)
     lines += [f"strip_leading_space {int(table.strip_leading_space)}", f"vocab {len(table.pieces)}",
               *(piece.hex() for piece in table.pieces)]
     fd, path = tempfile.mkstemp(prefix="edgeport-native-", suffix=".spec")  # mode 0600: ours alone
@@ -309,8 +310,10 @@ class DecodeTable:
     strip_leading_space: bool = False
 
 
-def decode_table(tokenizer_json: str) -> DecodeTable:
-    """The tokenizer's decoder as a table, for the two forms the runner decodes:
+def decode_table(tokenizer_json: str, vocab: int) -> DecodeTable:
+    """The tokenizer's decoder as a table of ``vocab`` pieces, one per id the model has a
+    row for (ids past them are never generated; a damaged tokenizer's added token at id
+    4,000,000,000 made a table of that many), for the two forms the runner decodes:
     byte-level BPE (a piece's characters map back to bytes through GPT-2's byte <->
     character table) and SentencePiece-style BPE (Llama 2, Mistral, Gemma, Phi-3: "▁" is
     a space, a ``<0xNN>`` piece is byte NN, Strip drops the text's leading space). Either
@@ -333,9 +336,10 @@ def decode_table(tokenizer_json: str) -> DecodeTable:
         pieces[int(id_)] = piece_bytes(token)
     for added in spec.get("added_tokens", []):
         pieces[int(added["id"])] = b"" if added.get("special") else piece_bytes(added["content"])
-    table = [b""] * (max(pieces) + 1)
+    table = [b""] * vocab
     for id_, piece in pieces.items():
-        table[id_] = piece
+        if 0 <= id_ < vocab:
+            table[id_] = piece
     return DecodeTable(table, strip)
 
 
