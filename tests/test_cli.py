@@ -519,3 +519,18 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     (tmp_path / "p.edgeport").write_bytes(b"")
     result = CliRunner().invoke(cli, ["explain", str(tmp_path / "p.edgeport")])
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
+
+
+def test_random_inputs_of_a_huge_declared_shape_are_refused_before_any_is_made(program):
+    """A manifest edited (and resealed) to declare an 18 GiB input filled that much memory,
+    or failed with numpy's "array is too big", an internal error."""
+    from program_zip import pack, unpack
+
+    manifest, files = unpack(program.read_bytes())
+    plan = manifest["methods"]["forward"]
+    for shape in ([40000, 40000], [2**31 - 1, 2**31 - 1]):
+        plan["inputs"][0]["shape"] = shape
+        manifest["report"]["forward"]["values"][plan["input_values"][0]]["shape"] = shape
+        program.write_bytes(pack(manifest, files))
+        output = fails("run", "m.edgeport")
+        assert "random inputs for method 'forward' would take" in output and "--inputs FILE.npz" in output

@@ -8,6 +8,7 @@ installed. Outputs of either kind are summarized and written alike."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import zipfile
 import zlib
@@ -41,14 +42,27 @@ def method_plan(program: Program, method: str | None) -> tuple[str, MethodPlan]:
     return name, plan
 
 
+# Random inputs are for trying a program; a program that declares more (a manifest edited
+# to say [1, 3, 40000, 40000]) filled 18 GiB of memory before anything ran.
+MAX_RANDOM_INPUT_BYTES = 1 << 30
+
+
 def random_inputs(plan: MethodPlan, seed: int = 0, *, as_torch: bool | None = None) -> list[Any]:
     """Inputs that fit the method's spec; symbolic dims take their lower bound (at least 1).
     numpy arrays, as torch tensors where torch is installed (bfloat16 needs one) unless
-    ``as_torch`` says otherwise."""
+    ``as_torch`` says otherwise. An InputError when they would take more than
+    `MAX_RANDOM_INPUT_BYTES`."""
+    shapes = [[d if isinstance(d, int) else max(1, plan.symbols.get(d, (1, None))[0]) for d in spec.shape]
+              for spec in plan.inputs]
+    size = sum(math.prod(shape) * STORAGE[spec.dtype].itemsize for shape, spec in zip(shapes, plan.inputs))
+    if size > MAX_RANDOM_INPUT_BYTES:
+        raise InputError(f"random inputs for method {plan.name!r} would take {human_bytes(size)} "
+                         f"({', '.join(f'{s.name}: {s.dtype}{list(shape)}' for s, shape in zip(plan.inputs, shapes))}); "
+                         f"random inputs are made up to {human_bytes(MAX_RANDOM_INPUT_BYTES)}",
+                         hint="pass the inputs with --inputs FILE.npz")
     generator = np.random.default_rng(seed)
     inputs = []
-    for spec in plan.inputs:
-        shape = [d if isinstance(d, int) else max(1, plan.symbols.get(d, (1, None))[0]) for d in spec.shape]
+    for spec, shape in zip(plan.inputs, shapes):
         if spec.dtype in NO_NUMPY_TWIN or np.issubdtype(STORAGE[spec.dtype], np.floating):
             inputs.append(generator.standard_normal(shape, dtype=np.float32))
         elif spec.dtype == "bool":
