@@ -276,7 +276,8 @@ _ZIP_MAGIC = b"PK"  # every zip record's signature starts so; the writer's file 
 def _open_archive(data: Buffer) -> tuple[_Archive, dict[str, zipfile.ZipInfo]]:
     """The zip and its entries by name, refused unless every entry can be read safely:
     a unique, relative name; stored (the writer never compresses, and a compressed entry
-    is how a 2 MB file inflates to gigabytes); sizes that fit inside the file."""
+    is how a 2 MB file inflates to gigabytes); sizes that fit inside the file; the first
+    entry at the start of the file, as the writer puts it."""
     if bytes(data[:2]) != _ZIP_MAGIC:  # zipfile's own words for a text file: "seek out of range"
         raise ProgramError("not a valid .edgeport file: " + ("it is empty" if not len(data) else
                                                                "it is not a zip archive, as every edgeport program is"),
@@ -300,6 +301,11 @@ def _open_archive(data: Buffer) -> tuple[_Archive, dict[str, zipfile.ZipInfo]]:
         entries[name] = info
     if sum(info.file_size for info in infos) > len(data):
         raise ProgramError(f"the archive's entries claim more bytes than the file holds ({len(data)})", hint=_DAMAGED)
+    first = min((info.header_offset for info in infos), default=0)
+    if first != 0:  # zipfile reads the last zip it finds: of two programs joined, the second, silently
+        raise ProgramError(f"not a valid .edgeport file: the zip read from it starts {first} bytes in, not at its "
+                           "start (a truncated file, of which a zip stored inside was read, or another file joined "
+                           "in front of the program)", hint=_DAMAGED)
     return memoryview(data), entries
 
 

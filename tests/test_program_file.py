@@ -319,6 +319,13 @@ def test_entries_claiming_more_bytes_than_the_file_are_refused(program_bytes, tm
         load_bytes(tmp_path, bad)
 
 
+def test_two_programs_joined_in_one_file_are_refused(program_bytes, two_outputs_bytes, tmp_path):
+    """``cat a.edgeport b.edgeport > c.edgeport`` (a copy appended to another file) loaded
+    as b, silently: zipfile reads the last archive of the two."""
+    with pytest.raises(edgeport.ProgramError, match=f"the zip read from it starts {len(two_outputs_bytes)} bytes in"):
+        load_bytes(tmp_path, two_outputs_bytes + program_bytes)
+
+
 def test_not_a_zip(tmp_path):
     """A text file said "(unreadable zip) (ValueError: seek out of range)"."""
     with pytest.raises(edgeport.ProgramError, match="not a valid .edgeport file: it is not a zip archive") as info:
