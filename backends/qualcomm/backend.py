@@ -177,8 +177,22 @@ class QualcommBackend(edgeport.Backend):
             raise edgeport.ExecutionError(f"qualcomm cannot run here: {availability.why}")
         metadata = artifact.metadata
         # ONNX Runtime takes a model as bytes or a path only; it parses its own copy of them
-        return QnnExecutable(load_context(edgeport.as_bytes(artifact.data)), list(metadata["inputs"]),
-                             list(metadata["outputs"]), simulator=availability.runs_on == "simulator")
+        session = load_context(edgeport.as_bytes(artifact.data))
+        _check_recorded_names(session, metadata)
+        return QnnExecutable(session, list(metadata["inputs"]), list(metadata["outputs"]),
+                             simulator=availability.runs_on == "simulator")
+
+
+def _check_recorded_names(session: Any, metadata: dict[str, Any]) -> None:
+    """The inputs and outputs the manifest records for the artifact are its model's, in
+    its order: run() feeds inputs by these names, so a name edited in the manifest failed
+    only at the first call, and two names swapped fed each input to the other, silently."""
+    for key, model in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        names = [value.name for value in model]
+        if list(metadata[key]) != names:
+            raise edgeport.ProgramError(f"qualcomm: the artifact's metadata records {key} {list(metadata[key])}, "
+                                        f"its model has {names}",
+                                        hint="the manifest was edited: re-export the model")
 
 
 def _on_snapdragon() -> bool:

@@ -107,6 +107,22 @@ def test_inputs_and_outputs_keep_the_partitions_order(backend):
         assert max_abs(out, ref) <= 0.01 * max(1.0, float(np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("key, names", [("inputs", ["b", "unused", "a"]), ("inputs", ["a", "unused", "x"]),
+                                         ("outputs", ["sub", "mul", "relu"])], ids=["swapped", "renamed", "outputs"])
+def test_names_edited_in_the_manifest_are_a_program_error_at_load(backend, key, names):
+    """run() feeds inputs by the recorded names: a renamed one failed at the first call, and
+    two swapped fed each input to the other, a different answer."""
+    import dataclasses
+
+    import edgeport
+
+    artifact = backend.compile(partition_of(Reorder(), torch.randn(3, 4), torch.randn(5), torch.randn(3, 4)),
+                               QualcommOptions())
+    edited = dataclasses.replace(artifact, metadata={**artifact.metadata, key: names})
+    with pytest.raises(edgeport.ProgramError, match=f"metadata records {key} .* its model has"):
+        backend.load(edited)
+
+
 def test_integer_and_bool_tensors_pass_through(backend):
     fn = Fn(lambda ids, x: (torch.nn.functional.embedding(ids, x), ids * 2 + 1, x > 0))
     inputs = (torch.tensor([[1, 0, 3]]), torch.randn(4, 8))
