@@ -93,7 +93,7 @@ class TorchValues:
     def input(self, value: Any, index: int, spec: TensorSpec) -> Any:
         """``value`` as input ``index`` takes it; InputError if it is not a tensor of the spec's dtype."""
         if isinstance(value, np.ndarray):
-            value = self._torch.from_numpy(value)
+            value = self._torch.from_numpy(_torch_takes(value, index, spec))
         if not isinstance(value, self._torch.Tensor):
             raise InputError(f"input {index} ({spec.name!r}) must be a tensor, got {type(value).__name__}",
                              hint=f"pass torch.as_tensor(value, dtype=torch.{spec.dtype}), or a numpy array")
@@ -140,6 +140,18 @@ class TorchValues:
         from .tensors import tensor_from_array
 
         return tensor_from_array(array, entry)
+
+
+def _torch_takes(array: np.ndarray, index: int, spec: TensorSpec) -> np.ndarray:
+    """``array`` as ``torch.from_numpy`` takes it, over the same memory where it can: a view
+    with negative strides (``image[..., ::-1]``, BGR to RGB) is copied. An array of a dtype
+    torch has none for (text, objects) or of the other byte order is an InputError, as the
+    run side without torch says it; torch refused them with its own ValueError or TypeError."""
+    if not array.dtype.isnative or array.dtype.kind not in "biufc":
+        hint = (f"convert it with .astype(numpy.{spec.dtype})" if spec.dtype not in NO_NUMPY_TWIN
+                else f"pass torch.as_tensor(value).to(torch.{spec.dtype})")
+        raise InputError(f"input {index} ({spec.name!r}) must be {spec.dtype}, got {array.dtype}", hint=hint)
+    return array if all(stride >= 0 for stride in array.strides) else np.ascontiguousarray(array)
 
 
 def _check_step_output(value: Any) -> None:

@@ -109,6 +109,21 @@ def test_a_program_loaded_with_torch_takes_numpy_and_torch_inputs_alike(half_del
     assert torch.equal(half_delegated(x), half_delegated(x.numpy()))
 
 
+def test_numpy_inputs_torch_cannot_view_are_taken_or_refused_as_without_torch(half_delegated):
+    """torch.from_numpy refused a flipped view (``image[..., ::-1]``) with a ValueError, and a
+    big-endian or text array with its own ValueError or TypeError; the run side without
+    torch takes the first and refuses the others with an InputError."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((2, 4), dtype=np.float32)
+    flipped = x[:, ::-1]
+    assert flipped.strides[1] < 0
+    assert torch.equal(half_delegated(flipped), half_delegated(np.ascontiguousarray(flipped)))
+    for array, dtype in ((x.astype(">f4"), ">f4"), (x.astype(object), "object"), (np.array([["a"] * 4] * 2), "<U1")):
+        with pytest.raises(edgeport.InputError, match=f"input 0 \\('x'\\) must be float32, got {dtype}"):
+            half_delegated(array)
+
+
 def test_a_delegate_only_program_can_run_on_numpy_arrays_where_torch_is_installed():
     """What `edgeport llm generate` does to keep torch out of the process."""
     torch.manual_seed(0)
