@@ -72,7 +72,11 @@ class CoreMLBackend(edgeport.Backend):
         try:
             toolchain.coremltools()
         except edgeport.BackendError as error:
-            return edgeport.Availability(False, False, why=f"{error}; {error.hint}")
+            missing = f"{error}; {error.hint}"
+            if runtime.runs_here():
+                return edgeport.Availability(False, False, why=missing)
+            # off macOS no install makes it run: a device without coremltools was told to install it
+            return edgeport.Availability(False, False, why=f"{runtime.why_not_here()}; compile: {missing}")
         if not runtime.runs_here():
             return edgeport.Availability(True, False, why=runtime.why_not_here())
         return edgeport.Availability(True, True)

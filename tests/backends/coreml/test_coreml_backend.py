@@ -80,20 +80,24 @@ def test_compile_refuses_a_target_that_cannot_hold_an_ml_program(backend, target
     assert "iOS15" in raised.value.hint and "macOS14" in raised.value.hint
 
 
-def test_without_coremltools_the_backend_says_how_to_install_it(monkeypatch):
-    from edgeport.backends.coreml import toolchain
+@pytest.mark.parametrize("on_macos", [True, False], ids=["macOS", "elsewhere"])
+def test_without_coremltools_the_backend_says_how_to_install_it(monkeypatch, on_macos):
+    """Off macOS it says first that no install makes it run there: a device without
+    coremltools (or torch) was told only to install them."""
+    from edgeport.backends.coreml import runtime, toolchain
 
     def missing():
         raise ImportError("No module named 'coremltools'")
 
     monkeypatch.setattr(toolchain, "_import", missing)
+    monkeypatch.setattr(runtime, "runs_here", lambda: on_macos)
+    monkeypatch.setattr(runtime.platform, "system", lambda: "Linux")
     backend = CoreMLBackend()  # a fresh one: no registry built yet
     availability = backend.availability()
     assert (availability.can_compile, availability.can_run) == (False, False)
-    assert availability.why == (
-        "coremltools cannot be imported (No module named 'coremltools'); "
-        "install it with: pip install 'edgeport[coreml]' (coremltools 9.0)"
-    )
+    install = ("coremltools cannot be imported (No module named 'coremltools'); "
+               "install it with: pip install 'edgeport[coreml]' (coremltools 9.0)")
+    assert availability.why == (install if on_macos else f"Core ML runs only on macOS (this is Linux); compile: {install}")
     node = torch.fx.Graph().placeholder("x")
     answer = backend.support(node, None)
     assert not answer and "pip install 'edgeport[coreml]'" in answer.reason
