@@ -212,9 +212,10 @@ class Runtime:
                     values[p.value] = self._prefix_view(method, p.value, values[p.value],
                                                         values[p.length_of].shape[p.length_dim])
                 self._run_steps(steps, values, timings if profile else None)
+                # rows first: positions outside a state fail there, and the call then changes no state
+                apply_row_updates(self.state, plan.row_updates, values)
                 for value, fqn in plan.state_writes.items():
                     self.state[fqn] = values[value]
-                apply_row_updates(self.state, plan.row_updates, values)
         else:
             self._run_steps(steps, values, timings if profile else None)
         outputs = [values[n] for n in plan.output_values]

@@ -34,6 +34,18 @@ class Rows(torch.nn.Module):
         return out
 
 
+class CountedRows(Rows):
+    """Rows written row by row, and a counter written whole, in one call."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x, positions):
+        self.calls.add_(1)
+        return super().forward(x, positions) + self.calls
+
+
 class ReadsTheNewCache(Rows):
     def forward(self, x, positions):
         self.cache.index_copy_(1, positions, self.proj(x))
@@ -87,6 +99,19 @@ def test_placed_state_is_the_delegates_own_input_buffer_and_stays_correct(regist
         x, positions = torch.randn(2, 3, 8), torch.arange(start, start + 3)
         assert torch.allclose(program(x, positions), reference(x, positions), atol=1e-5)
     assert torch.allclose(runtime.state["cache"], reference.cache, atol=1e-5)
+
+
+def test_a_call_whose_positions_miss_the_state_changes_no_state(registry):
+    """The counter was written before the rows were refused: state is updated per call,
+    whole or not at all."""
+    program = export(CountedRows(), registry)
+    plan = program.manifest.methods["step"]
+    assert plan.state_writes and plan.row_updates
+    program(torch.randn(2, 3, 8), torch.arange(3))
+    state = {fqn: value.clone() for fqn, value in program.runtime().state.items()}
+    with pytest.raises(edgeport.ExecutionError, match="do not fit state 'cache'"):
+        program(torch.randn(2, 3, 8), torch.tensor([14, 15, 16]))
+    assert all(torch.equal(program.runtime().state[fqn], value) for fqn, value in state.items())
 
 
 def test_a_buffer_read_after_its_write_keeps_a_full_write(registry):
