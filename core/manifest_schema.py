@@ -236,10 +236,24 @@ def free_form(value: Any, path: str) -> None:
     """Any JSON (the parser has already limited its depth and numbers)."""
 
 
+def is_safe_path(name: str) -> bool:
+    """Whether ``name`` may name an entry of a program file: relative and inside its
+    folder wherever it is unzipped (not empty, no leading slash, no ``..``, no ``:`` of a
+    drive letter). The one rule for the zip's entries (`program.load`) and the manifest's
+    paths, so that `save`, which checks the manifest, never writes a file load refuses."""
+    return bool(name) and not name.startswith(("/", "\\")) and ".." not in name.replace("\\", "/").split("/") \
+        and ":" not in name
+
+
+def _path(value: Any, path: str) -> None:
+    if type(value) is not str or not is_safe_path(value):
+        _fail(path, "a relative path in the program file (no '..', ':' or leading '/')", value)
+
+
 # -- the manifest -----------------------------------------------------------------------
 
 NAME = text(nonempty=True)
-PATH = text(nonempty=True, what="a path in the program file")
+PATH: Check = _path  # the name of a file inside the program, as `is_safe_path` allows
 DTYPE = text(choices=STORED_DTYPES)
 DIM = either(integer(), NAME, "a dim (a non-negative integer, or a symbol name)")
 NAMES = array(NAME)

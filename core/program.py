@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from .arrays import torch_installed
 from .errors import InputError, ProgramError
 from .manifest import FORMAT, VERSION, FileInfo, Manifest, MethodPlan, manifest_from_json
-from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, parse_manifest_json
+from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, is_safe_path, parse_manifest_json
 from .mapped_file import Buffer, map_file, sha256_of
 from .plan_check import check_plan
 from .plugins import Registry, registry_or_default
@@ -177,7 +177,8 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
         check_manifest(parse_manifest_json(data), VERSION)
     except (TypeError, ValueError) as exc:  # ManifestError is a ValueError
         raise ProgramError(f"the program cannot be saved: its manifest would not load ({exc})",
-                           hint="keep Manifest.metadata to JSON values: dicts, lists, strings, finite numbers") from None
+                           hint="keep Manifest.metadata to JSON values (dicts, lists, strings, finite numbers), "
+                                "and the program's file names to relative paths") from None
     return data
 
 
@@ -289,7 +290,7 @@ def _open_archive(data: Buffer) -> tuple[_Archive, dict[str, zipfile.ZipInfo]]:
     entries: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename
-        if not name or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
+        if not is_safe_path(name):
             raise ProgramError(f"unsafe path {name!r} in the archive", hint=_DAMAGED)
         if name in entries:
             raise ProgramError(f"the archive holds two entries named {name!r}", hint=_DAMAGED)

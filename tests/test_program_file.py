@@ -171,6 +171,20 @@ def test_metadata_that_would_not_load_is_refused_at_save(program_file, tmp_path,
     assert not os.path.exists(tmp_path / "meta.edgeport")
 
 
+@pytest.mark.parametrize("name", ["notes/a:b.txt", "notes/../x.txt", "/abs.txt"])
+def test_a_file_name_load_would_refuse_is_refused_at_save(program_file, tmp_path, name):
+    """An application's file under such a name was saved, and the program never loaded
+    again ("unsafe path"): save and load now hold names to one rule."""
+    from edgeport.program import file_info
+
+    program = load(program_file)
+    program.files[name] = b"hello"
+    program.manifest.files[name] = file_info(b"hello")
+    with pytest.raises(edgeport.ProgramError, match=r"cannot be saved.*must be a relative path"):
+        program.save(tmp_path / "app.edgeport")
+    assert not os.path.exists(tmp_path / "app.edgeport")
+
+
 # -- the golden program: format 1 keeps loading -------------------------------------------
 
 
