@@ -250,6 +250,18 @@ def _path(value: Any, path: str) -> None:
         _fail(path, "a relative path in the program file (no '..', ':' or leading '/')", value)
 
 
+# The entries of a program file that are not its files: the manifest and (version 2) its digest.
+OWN_ENTRIES = ("manifest.json", "manifest.json.sha256")
+
+
+def _file_path(value: Any, path: str) -> None:
+    """A file the manifest lists: a safe path, and not one of the manifest's own entries
+    (save wrote a second manifest.json, and the program never loaded again)."""
+    _path(value, path)
+    if value in OWN_ENTRIES:
+        raise ManifestError(f"the manifest lists its own entry {value} as a file")
+
+
 # -- the manifest -----------------------------------------------------------------------
 
 NAME = text(nonempty=True)
@@ -315,7 +327,7 @@ _V1_FIELDS = {
     "methods": mapping(METHOD, NAME),
     "artifacts": mapping(ARTIFACT, PATH),
     "state": mapping(STATE, NAME),
-    "files": mapping(FILE, PATH),
+    "files": mapping(FILE, _file_path),
     "report": mapping(REPORT, NAME),
 }
 SCHEMAS: dict[int, Check] = {

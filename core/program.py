@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from .arrays import torch_installed
 from .errors import InputError, ProgramError
 from .manifest import FORMAT, VERSION, FileInfo, Manifest, MethodPlan, manifest_from_json
-from .manifest_schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest, is_safe_path, parse_manifest_json
+from .manifest_schema import (MAX_MANIFEST_BYTES, OWN_ENTRIES, ManifestError, check_manifest, is_safe_path,
+                              parse_manifest_json)
 from .mapped_file import Buffer, map_file, sha256_of
 from .plan_check import check_plan
 from .plugins import Registry, registry_or_default
@@ -45,8 +46,7 @@ from .torch_steps import needs_torch, portable_steps
 if TYPE_CHECKING:
     from .runtime import RunResult, Runtime
 
-MANIFEST = "manifest.json"
-DIGEST = "manifest.json.sha256"  # version 2: the sha256 of manifest.json's exact bytes
+MANIFEST, DIGEST = OWN_ENTRIES  # DIGEST (version 2): the sha256 of manifest.json's exact bytes
 
 
 class Program:
@@ -392,9 +392,6 @@ def _digest_line(digest: str) -> bytes:
 def _read_files(archive: _Archive, entries: Mapping[str, zipfile.ZipInfo], manifest: Manifest) -> dict[str, memoryview]:
     """Every entry but the manifest's own is a listed file of the declared size and
     checksum; each comes back as a view of the archive, not a copy."""
-    for name in (MANIFEST, DIGEST):
-        if name in manifest.files:
-            raise ProgramError(f"the manifest lists its own entry {name} as a file", hint=_DAMAGED)
     for name in entries:
         if name not in manifest.files and name not in (MANIFEST, DIGEST):
             raise ProgramError(f"{name} is in the archive but not listed in the manifest", hint=_DAMAGED)

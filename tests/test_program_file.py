@@ -171,8 +171,11 @@ def test_metadata_that_would_not_load_is_refused_at_save(program_file, tmp_path,
     assert not os.path.exists(tmp_path / "meta.edgeport")
 
 
-@pytest.mark.parametrize("name", ["notes/a:b.txt", "notes/../x.txt", "/abs.txt"])
-def test_a_file_name_load_would_refuse_is_refused_at_save(program_file, tmp_path, name):
+@pytest.mark.parametrize("name, message", [("notes/a:b.txt", "must be a relative path"),
+                                           ("notes/../x.txt", "must be a relative path"),
+                                           ("/abs.txt", "must be a relative path"),
+                                           ("manifest.json", "lists its own entry manifest.json as a file")])
+def test_a_file_name_load_would_refuse_is_refused_at_save(program_file, tmp_path, name, message):
     """An application's file under such a name was saved, and the program never loaded
     again ("unsafe path"): save and load now hold names to one rule."""
     from edgeport.program import file_info
@@ -180,7 +183,7 @@ def test_a_file_name_load_would_refuse_is_refused_at_save(program_file, tmp_path
     program = load(program_file)
     program.files[name] = b"hello"
     program.manifest.files[name] = file_info(b"hello")
-    with pytest.raises(edgeport.ProgramError, match=r"cannot be saved.*must be a relative path"):
+    with pytest.raises(edgeport.ProgramError, match=f"cannot be saved.*{message}"):
         program.save(tmp_path / "app.edgeport")
     assert not os.path.exists(tmp_path / "app.edgeport")
 
