@@ -1,9 +1,14 @@
-"""Ops that pick or place by position: argmax/argmin, slice_scatter, index_put.
+"""Ops that pick or place by position: argmax/argmin, gather, slice_scatter, index_put.
 
 argmax/argmin are ARG_MAX/ARG_MIN, which keep the first extreme on ties, as torch
 does (both compare strictly). They differ on NaN: torch picks a NaN as the maximum and
 the minimum, TFLite's comparisons skip it. slice_scatter with step 1 is a
 CONCATENATION of the input's parts before and after the slice around the source.
+
+gather (``torch.gather``, as RoBERTa reads its token types at its position ids) is one
+GATHER_ND: each output position's coordinates are its own, with the index read at run
+time in place of the gathered dim, so any dim and any index works. Like every gather,
+it runs on LiteRT's builtin kernel.
 
 index_put (and index_copy, which decomposes to it) writing one position along one dim,
 ``x[:, :, pos] = v`` as a KV-cache write does, is a DYNAMIC_UPDATE_SLICE at a start
@@ -59,6 +64,36 @@ def arg_extreme(em: Emitter, node: Node) -> Value:
     output_type = tfl().TensorType.INT32  # int64 values are int32 inside the model
     em.op(op, [v.tensor, em.int_const([dim], "axis")], [out], Options(options, {"OutputType": output_type}))
     return em.reshape(out, meta(node).shape, node.name) if keepdim else out
+
+
+def _check_gather(node: Node, is_const: IsConst) -> str | None:
+    if not shape(node.args[0]) or not shape(node.args[2]):
+        return "a 0-d input or index (GATHER_ND reads coordinates along the index's last axis)"
+    if meta(node.args[2]).dtype not in (torch.int32, torch.int64):
+        return f"a {meta(node.args[2]).dtype} index"
+    return None
+
+
+@lowering(aten.gather.default, writes=frozenset({"CONCATENATION", "GATHER_ND"}), dtypes=ANY, check=_check_gather)
+def gather(em: Emitter, node: Node) -> Value:
+    """out[p] = x[p with p[dim] replaced by index[p]] for every position p of the index."""
+    x = em.to_identity(em.value(node.args[0]))
+    index = em.cast(em.to_identity(em.value(node.args[2])), torch.int32)
+    rank = len(index.shape)
+    dim = layout.normalize_dim(node.args[1], rank)
+    column = index.shape + (1,)  # one coordinate per position: (*index.shape, 1)
+    parts = []
+    for d in range(rank):
+        if d == dim:
+            parts.append(em.reshape(index, column, f"{node.name}/index").tensor)
+        else:
+            along = torch.arange(index.shape[d], dtype=torch.int32).view([-1 if e == d else 1 for e in range(rank)])
+            parts.append(em.const(along.expand(index.shape).reshape(column).contiguous(), f"{node.name}/positions"))
+    coordinates = em.new(index.shape + (rank,), torch.int32, f"{node.name}/coordinates")
+    em.op("CONCATENATION", parts, [coordinates], Options("ConcatenationOptions", {"Axis": rank}))
+    out = em.out(node)
+    em.op("GATHER_ND", [x.tensor, coordinates.tensor], [out])
+    return out
 
 
 def _check_scatter(node: Node, is_const: IsConst) -> str | None:

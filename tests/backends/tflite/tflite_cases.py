@@ -162,6 +162,11 @@ EXTRA_CASES: list[Case] = [
     case("argmax_argmin", lambda m, a: (torch.argmax(a, dim=1), torch.argmin(a, dim=-1, keepdim=True),
                                         torch.argmax(a), torch.argmin(a, 0)),
          torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
+    # torch.gather with a run-time index, along each dim, the index smaller than the input off its dim
+    case("gather_runtime_index", lambda m, x, i, j: (torch.gather(x, 1, i), torch.gather(x, 0, j[:, :2]),
+                                                     torch.gather(x > 0, -1, j), torch.gather(m.ids, 1, i[:1, :, 0])),
+         (3, 5, 4), torch.tensor([[[4, 0, 1], [2, 2, 3]], [[1, 3, 0], [0, 4, 4]]]),
+         torch.tensor([[[2, 0, 1], [2, 2, 0]], [[1, 2, 0], [0, 1, 1]]]), ids=torch.arange(20).view(2, 10)),
     case("argmax_int", lambda m, a: torch.argmax(a, 0), torch.tensor([[1, 3], [4, 3]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
                                            torch.slice_scatter(a, a * 2, 1)), (2, 5), (2, 2)),
