@@ -29,7 +29,7 @@ from .errors import BackendError, EdgeportError, InputError
 from .fold import fold_constants
 from .shared_state import read_state_as_state
 from .index_views import view_spread_indexes
-from .permute_rank import collapse_permutes
+from .permute_rank import collapse_expands, collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
 from .plugins import Registry, registry_or_default
@@ -159,6 +159,7 @@ def export_methods(
     for name, (program, quantized, lowering_options, declined) in captured.items():
         infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
         collapse_permutes(program)  # a rank-6 permute (Swin's windows) at rank 4, for NPUs' rank caps
+        collapse_expands(program)  # ... and a rank-5 expand (grouped-query attention's repeated heads)
         view_spread_indexes(program)  # transformers' mask[arange(b)[:, None, None, None], arange(s)]: a view
         folding = fold_constants(program)  # what depends only on weights and literals
         program = folding.program

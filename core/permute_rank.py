@@ -1,4 +1,4 @@
-"""Permutes of rank 5 and up written at the lowest rank that moves the same data.
+"""Permutes and expands of rank 5 and up written at the lowest rank that moves the same data.
 
 Swin's window partition reshapes a (B, H, W, C) map to (B, H/w, w, W/w, w, C), swaps
 the two middle dims and reshapes back: rank-6 tensors, though B and H/w, and w and C,
@@ -13,6 +13,17 @@ dims join any run), then drops the high-rank steps around it: a view of a view o
 contiguous value is one view, and a clone of a value that is already contiguous is that
 value. Swin's window partition is then view, rank-4 permute, clone, view: the same
 values for every backend, and nothing above rank 4.
+
+Grouped-query attention repeats each key/value head (transformers' `repeat_kv`):
+(B, kv, T, hs) -> unsqueeze -> (B, kv, 1, T, hs) -> expand (B, kv, n, T, hs) -> reshape
+(B, kv * n, T, hs), a rank-5 expand in every Llama, Mistral, Qwen or Gemma whose key/value
+heads are fewer than its query heads. `collapse_expands` writes each expand of rank > 4
+whose dims fall in fewer runs (consecutive dims all kept, or all broadcast) as
+
+    view(x, runs' sizes) -> expand(runs) -> clone -> view(the expand's shape)
+
+and the same merge drops the rank-5 unsqueeze and views around it: (B, kv, 1, T * hs)
+expanded to (B, kv, n, T * hs), rank 4, the same values.
 
 Only static shapes are rewritten, and no value the method returns is replaced (the
 graph signature names it).
@@ -31,6 +42,8 @@ aten = torch.ops.aten
 # The highest rank every backend's compiler takes (NeuroPilot: NNAPI's 4).
 MAX_KEPT_RANK = 4
 _VIEWS = frozenset({aten.view.default, aten._unsafe_view.default})
+# Ops whose value is a view with x's data order when x is contiguous: a view of one is a view of x.
+_ORDER_KEEPING_VIEWS = _VIEWS | {aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims}
 _CONTIGUOUS_FORMATS = (None, torch.contiguous_format, torch.preserve_format)  # a clone's that keep a contiguous value so
 
 
@@ -48,6 +61,66 @@ def collapse_permutes(program: ExportedProgram) -> int:
         graph.eliminate_dead_code()
         program.graph_module.recompile()
     return rewritten
+
+
+def collapse_expands(program: ExportedProgram) -> int:
+    """Rewrite (in place) each expand of rank > `MAX_KEPT_RANK` whose dims fall in fewer
+    runs (`expand_runs`), then merge the views and clones around it. Returns how many
+    expands were rewritten."""
+    graph = program.graph_module.graph
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target == aten.expand.default and _collapse_expand(graph, node):
+            rewritten += 1
+    if rewritten:
+        _simplify(graph)
+        graph.eliminate_dead_code()
+        program.graph_module.recompile()
+    return rewritten
+
+
+def expand_runs(source: tuple[int, ...], shape: tuple[int, ...]) -> list[list[int]]:
+    """The dims of ``x.expand(shape)`` (x of shape `source`, left-padded with 1s) grouped
+    in runs of consecutive dims that are all kept or all broadcast; a size-1 dim of the
+    output joins the run before it (or the first)."""
+    source = (1,) * (len(shape) - len(source)) + tuple(source)
+    groups: list[list[int]] = []
+    kinds: list[bool] = []  # per run: broadcast (True) or kept
+    leading: list[int] = []  # size-1 dims before any run: they join the first
+    for d, size in enumerate(shape):
+        broadcast = source[d] != size
+        if size != 1 and (not kinds or kinds[-1] != broadcast):
+            groups.append([d])
+            kinds.append(broadcast)
+        elif groups:
+            groups[-1].append(d)
+        else:
+            leading.append(d)
+    if not groups:
+        return [leading]
+    groups[0] = leading + groups[0]
+    return groups
+
+
+def _collapse_expand(graph: Graph, expand: Node) -> bool:
+    x = expand.args[0]
+    source, shape = tuple(x.meta["val"].shape), tuple(expand.meta["val"].shape)
+    if len(shape) <= MAX_KEPT_RANK or not all(isinstance(s, int) for s in (*source, *shape)) or _returned(expand):
+        return False
+    if not _contiguous(x):  # a view of it would not run as torch
+        return False
+    groups = expand_runs(source, shape)
+    if len(groups) > MAX_KEPT_RANK:
+        return False
+    padded = (1,) * (len(shape) - len(source)) + source
+    with graph.inserting_before(expand):
+        flat = _add(graph, expand, aten.view.default, (x, [math.prod(padded[d] for d in g) for g in groups]))
+        wide = _add(graph, expand, aten.expand.default, (flat, [math.prod(shape[d] for d in g) for g in groups]))
+        dense = _add(graph, expand, aten.clone.default, (wide,), {"memory_format": torch.contiguous_format})
+        out = _add(graph, expand, aten.view.default, (dense, list(shape)))
+    expand.replace_all_uses_with(out)
+    graph.erase_node(expand)
+    return True
 
 
 def runs(shape: tuple[int, ...], dims: list[int]) -> list[list[int]]:
@@ -98,7 +171,7 @@ def _simplify(graph: Graph) -> None:
             continue
         if node.target == aten.clone.default and node.kwargs.get("memory_format") in _CONTIGUOUS_FORMATS:
             node.replace_all_uses_with(source)
-        elif node.target in _VIEWS and source.op == "call_function" and source.target in _VIEWS:
+        elif node.target in _VIEWS and source.op == "call_function" and source.target in _ORDER_KEEPING_VIEWS:
             inner = source.args[0]
             if isinstance(inner, Node) and _contiguous(inner):
                 node.args = (inner, *node.args[1:])

@@ -11,7 +11,7 @@ from torch import nn
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.mediatek import MediatekBackend
-from edgeport.permute_rank import collapse_permutes, runs
+from edgeport.permute_rank import collapse_expands, collapse_permutes, expand_runs, runs
 from edgeport.testing import compare, registry_for
 
 
@@ -84,3 +84,49 @@ def test_the_window_partition_is_one_partition_on_a_rank_4_backend(backend):
     assert sum(p["backend"] == backend.name for p in report["partitions"]) == 1
     with torch.no_grad():
         assert compare(program(x), module(x)) < 1e-6
+
+
+class RepeatKv(nn.Module):
+    """Grouped-query attention's key/value heads repeated as transformers' `repeat_kv`
+    writes it: (B, kv, T, hs) -> (B, kv, n, T, hs) expand -> (B, kv * n, T, hs)."""
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        b, heads, t, hs = kv.shape
+        repeated = (kv * 2)[:, :, None, :, :].expand(b, heads, q.shape[1] // heads, t, hs).reshape(q.shape)
+        return torch.nn.functional.scaled_dot_product_attention(q, repeated, repeated)
+
+
+def test_expand_runs_merge_kept_and_broadcast_dims():
+    assert expand_runs((1, 2, 1, 8, 16), (1, 2, 3, 8, 16)) == [[0, 1], [2], [3, 4]]
+    assert expand_runs((1, 1, 1, 8, 16), (1, 1, 2, 8, 16)) == [[0, 1, 2], [3, 4]]  # leading 1s join the first run
+    assert expand_runs((2, 8, 16), (4, 3, 2, 8, 16)) == [[0, 1], [2, 3, 4]]  # a missing dim is a broadcast one
+    assert expand_runs((2, 1, 3, 1, 5), (2, 4, 3, 6, 5)) == [[0], [1], [2], [3], [4]]  # nothing to merge
+
+
+def test_repeated_key_value_heads_are_expanded_at_rank_4_with_the_same_values():
+    module, q, kv = RepeatKv(), torch.randn(2, 6, 8, 16), torch.randn(2, 2, 8, 16)
+    program = torch.export.export(module, (q, kv)).run_decompositions()
+    before = program.module()(q, kv)  # the decomposed attention, not eager's fused kernel: bit for bit
+    assert max(_ranks(program)) == 5
+    assert collapse_expands(program) == 1
+    assert max(_ranks(program)) == 4
+    assert torch.equal(program.module()(q, kv), before)
+
+
+def test_an_expand_that_cannot_reach_rank_4_is_left_alone():
+    module = nn.Module()
+    module.forward = lambda x: (x * 2).expand(2, 4, 3, 6, 5) + 1
+    x = torch.randn(2, 1, 3, 1, 5)
+    program = torch.export.export(module, (x,)).run_decompositions()
+    assert collapse_expands(program) == 0
+    assert torch.equal(program.module()(x), module(x))
+
+
+def test_repeated_key_value_heads_are_one_mediatek_partition():
+    module, q, kv = RepeatKv(), torch.randn(1, 6, 8, 16), torch.randn(1, 1, 8, 16)  # one key/value head
+    backend = MediatekBackend()
+    program = edgeport.export(module, (q, kv), [backend.name], registry=registry_for(backend))
+    report = program.report()
+    assert [n["op"] for n in report["nodes"] if n["backend"] != backend.name] == []
+    with torch.no_grad():
+        assert compare(program(q, kv), module(q, kv)) < 1e-6

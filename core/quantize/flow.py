@@ -27,7 +27,7 @@ from torch.fx import GraphModule
 from ..backend import Backend
 from ..capture import capture
 from ..errors import EdgeportError
-from ..permute_rank import collapse_permutes
+from ..permute_rank import collapse_expands, collapse_permutes
 from ..portable import quiet_torchao_import
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
 from .placement import (FLOAT, QUANTIZES, BackendQuantization, Placement, Ran, backend_quantization, place,
@@ -282,6 +282,7 @@ def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, p
     # Before annotating, as export does before lowering: a view the rewrite adds after
     # quantizing sat between a dequantize and the next op, and QNN ran it in fp16 (Swin).
     collapse_permutes(float_program)
+    collapse_expands(float_program)
     tag_float_nodes(float_program.graph)
     placement = place(float_program, backends, options, scheme)
     if progress:
