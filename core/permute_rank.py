@@ -23,7 +23,9 @@ whose dims fall in fewer runs (consecutive dims all kept, or all broadcast) as
     view(x, runs' sizes) -> expand(runs) -> clone -> view(the expand's shape)
 
 and the same merge drops the rank-5 unsqueeze and views around it: (B, kv, 1, T * hs)
-expanded to (B, kv, n, T * hs), rank 4, the same values.
+expanded to (B, kv, n, T * hs), rank 4, the same values. Where the heads are a transposed
+view (Phi-3 slices values out of its fused projection), they are copied to torch's order
+first, at rank 4: the copy the reshape after the expand made anyway, on fewer elements.
 
 Only static shapes are rewritten, and no value the method returns is replaced (the
 graph signature names it).
@@ -43,7 +45,8 @@ aten = torch.ops.aten
 MAX_KEPT_RANK = 4
 _VIEWS = frozenset({aten.view.default, aten._unsafe_view.default})
 # Ops whose value is a view with x's data order when x is contiguous: a view of one is a view of x.
-_ORDER_KEEPING_VIEWS = _VIEWS | {aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims}
+_UNIT_DIM_VIEWS = frozenset({aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims})
+_ORDER_KEEPING_VIEWS = _VIEWS | _UNIT_DIM_VIEWS
 _CONTIGUOUS_FORMATS = (None, torch.contiguous_format, torch.preserve_format)  # a clone's that keep a contiguous value so
 
 
@@ -107,14 +110,19 @@ def _collapse_expand(graph: Graph, expand: Node) -> bool:
     source, shape = tuple(x.meta["val"].shape), tuple(expand.meta["val"].shape)
     if len(shape) <= MAX_KEPT_RANK or not all(isinstance(s, int) for s in (*source, *shape)) or _returned(expand):
         return False
-    if not _contiguous(x):  # a view of it would not run as torch
-        return False
     groups = expand_runs(source, shape)
     if len(groups) > MAX_KEPT_RANK:
         return False
+    data = x
+    while not _contiguous(data) and data.op == "call_function" and data.target in _UNIT_DIM_VIEWS:
+        data = data.args[0]  # a transposed value's unsqueeze: its elements in the same order
+    if not _contiguous(data) and len(data.meta["val"].shape) > MAX_KEPT_RANK:
+        return False
     padded = (1,) * (len(shape) - len(source)) + source
     with graph.inserting_before(expand):
-        flat = _add(graph, expand, aten.view.default, (x, [math.prod(padded[d] for d in g) for g in groups]))
+        if not _contiguous(data):  # the copy repeat_kv's reshape made anyway, before the expand and smaller
+            data = _add(graph, expand, aten.clone.default, (data,), {"memory_format": torch.contiguous_format})
+        flat = _add(graph, expand, aten.view.default, (data, [math.prod(padded[d] for d in g) for g in groups]))
         wide = _add(graph, expand, aten.expand.default, (flat, [math.prod(shape[d] for d in g) for g in groups]))
         dense = _add(graph, expand, aten.clone.default, (wide,), {"memory_format": torch.contiguous_format})
         out = _add(graph, expand, aten.view.default, (dense, list(shape)))

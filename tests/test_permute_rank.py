@@ -113,6 +113,19 @@ def test_repeated_key_value_heads_are_expanded_at_rank_4_with_the_same_values():
     assert torch.equal(program.module()(q, kv), before)
 
 
+def test_heads_of_a_transposed_value_are_copied_at_rank_4_then_expanded():
+    """Phi-3's values are sliced out of its fused projection and transposed: no view of
+    them is torch's order, so the rewrite copies them first, at rank 4."""
+    module = nn.Module()
+    module.forward = lambda q, kv: RepeatKv()(q, (kv * 2).transpose(1, 2))
+    q, kv = torch.randn(2, 6, 8, 16), torch.randn(2, 8, 2, 16)
+    program = torch.export.export(module, (q, kv)).run_decompositions()
+    before = program.module()(q, kv)
+    assert collapse_expands(program) == 1
+    assert max(_ranks(program)) == 4
+    assert torch.equal(program.module()(q, kv), before)
+
+
 def test_an_expand_that_cannot_reach_rank_4_is_left_alone():
     module = nn.Module()
     module.forward = lambda x: (x * 2).expand(2, 4, 3, 6, 5) + 1
