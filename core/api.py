@@ -25,6 +25,7 @@ from .backend import Backend, options_from_dict, validate_options
 from .contract import checked_version
 from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
+from .empty_operands import drop_empty_cat_operands
 from .errors import BackendError, EdgeportError, InputError
 from .fold import fold_constants
 from .shared_state import read_state_as_state
@@ -160,6 +161,7 @@ def export_methods(
         infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
         collapse_permutes(program)  # a rank-6 permute (Swin's windows) at rank 4, for NPUs' rank caps
         collapse_expands(program)  # ... and a rank-5 expand (grouped-query attention's repeated heads)
+        drop_empty_cat_operands(program)  # Phi-3's zero-size pass-through half of a fully rotated head
         view_spread_indexes(program)  # transformers' mask[arange(b)[:, None, None, None], arange(s)]: a view
         folding = fold_constants(program)  # what depends only on weights and literals
         program = folding.program

@@ -26,6 +26,7 @@ from torch.fx import GraphModule
 
 from ..backend import Backend
 from ..capture import capture
+from ..empty_operands import drop_empty_cat_operands
 from ..errors import EdgeportError
 from ..permute_rank import collapse_expands, collapse_permutes
 from ..portable import quiet_torchao_import
@@ -283,6 +284,7 @@ def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, p
     # quantizing sat between a dequantize and the next op, and QNN ran it in fp16 (Swin).
     collapse_permutes(float_program)
     collapse_expands(float_program)
+    drop_empty_cat_operands(float_program)
     tag_float_nodes(float_program.graph)
     placement = place(float_program, backends, options, scheme)
     if progress:
