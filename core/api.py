@@ -29,7 +29,7 @@ from .empty_operands import drop_empty_cat_operands
 from .errors import BackendError, EdgeportError, InputError
 from .fold import fold_constants
 from .shared_state import read_state_as_state
-from .index_views import view_spread_indexes
+from .index_views import slice_run_indexes, view_spread_indexes
 from .permute_rank import collapse_expands, collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
@@ -163,6 +163,7 @@ def export_methods(
         collapse_expands(program)  # ... and a rank-5 expand (grouped-query attention's repeated heads)
         drop_empty_cat_operands(program)  # Phi-3's zero-size pass-through half of a fully rotated head
         view_spread_indexes(program)  # transformers' mask[arange(b)[:, None, None, None], arange(s)]: a view
+        slice_run_indexes(program)  # Falcon's fused_qkv[..., [-2]]: a slice
         folding = fold_constants(program)  # what depends only on weights and literals
         program = folding.program
         sized = fold_sized_constants(program)  # ... and on dynamic sizes: stored at the largest

@@ -1,4 +1,5 @@
-"""An index that reads every element in order, written as the view (and expand) it is.
+"""An index that reads every element in order, or one run of positions, written as the
+view (and expand) or the slice it is.
 
 Transformers (5.x, ``masking_utils``) reads a padding mask (B, S) as
 ``padding_mask[batch_idx, kv_idx]`` with ``batch_idx = arange(B)[:, None, None, None]``
@@ -12,6 +13,14 @@ inside its own lowering. `view_spread_indexes` rewrites such an index, once, for
 backend, as
 
     view(x, spread) -> expand(out's shape)       (no expand when spread is out's shape)
+
+Falcon splits its fused query/key/value projection as ``fused_qkv[..., [-2]]``: an
+``aten.index`` of one constant position (``[None, None, tensor([-2])]``), which every
+backend declined (the TFLite writer takes no None in an index, qualcomm no index at
+all), leaving four portable steps per model. `slice_run_indexes` writes an index whose
+one index tensor is a 1-d run of consecutive positions as
+
+    slice(x, dim, start, end) -> clone        (an index's value is a new contiguous tensor)
 
 Proved, not guessed: the indices (their values known at export, computed by
 `fold.constant_values`) are applied to the positions ``arange(x.numel())`` of x's
@@ -60,6 +69,58 @@ def view_spread_indexes(program: ExportedProgram) -> int:
         graph.eliminate_dead_code()
         program.graph_module.recompile()
     return rewritten
+
+
+def slice_run_indexes(program: ExportedProgram) -> int:
+    """Rewrite (in place) each ``aten.index`` whose one index tensor is a 1-d constant run
+    of consecutive positions as a slice and a clone. Returns how many were rewritten."""
+    graph = program.graph_module.graph
+    returned = set(graph.output_node().all_input_nodes)
+    candidates = {n: _lone_index(n) for n in graph.nodes
+                  if n.target == aten.index.Tensor and n not in returned and _static(n)}
+    candidates = {n: found for n, found in candidates.items() if found is not None}
+    tables = constant_values(program, [index for _, index in candidates.values()])
+    rewritten = 0
+    for node, (dim, index) in candidates.items():
+        x = node.args[0]
+        run = _run(tables.get(index), x.meta["val"].shape[dim])
+        if run is None:
+            continue
+        with graph.inserting_before(node):
+            part = graph.call_function(aten.slice.Tensor, (x, dim, *run))
+            part.meta = {**node.meta, "val": aten.slice.Tensor(x.meta["val"], dim, *run)}
+            result = graph.call_function(aten.clone.default, (part,), {"memory_format": torch.contiguous_format})
+            result.meta = dict(node.meta)
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+        rewritten += 1
+    if rewritten:
+        graph.eliminate_dead_code()
+        program.graph_module.recompile()
+    return rewritten
+
+
+def _lone_index(node: Node) -> tuple[int, Node] | None:
+    """The dim and the index tensor of ``x[:, ..., i]``, an index with one 1-d tensor."""
+    placed = [(dim, i) for dim, i in enumerate(node.args[1]) if i is not None]
+    if len(placed) != 1 or not isinstance(placed[0][1], Node):
+        return None
+    value = placed[0][1].meta.get("val")
+    return placed[0] if isinstance(value, torch.Tensor) and value.dim() == 1 else None
+
+
+def _run(positions: torch.Tensor | None, size: int) -> tuple[int, int] | None:
+    """(start, end) when `positions` are start, start + 1, ..., end - 1 along a dim of
+    `size` (negative ones counted from the end), else None."""
+    if positions is None or positions.dtype not in (torch.int64, torch.int32) or positions.numel() == 0:
+        return None
+    positions = torch.where(positions < 0, positions + size, positions)
+    start = int(positions[0])
+    if start < 0 or start + positions.numel() > size:
+        return None  # out of range: left to the backend (or torch) to report
+    if not torch.equal(positions, torch.arange(start, start + positions.numel(), dtype=positions.dtype)):
+        return None
+    return start, start + positions.numel()
 
 
 def _static(node: Node) -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeport.index_views import view_spread_indexes
+from edgeport.index_views import slice_run_indexes, view_spread_indexes
 
 
 def _module(forward) -> nn.Module:
@@ -60,3 +60,26 @@ def test_any_other_index_is_left_alone(forward, x):
     count, program = _rewritten(forward, *inputs)
     assert count == 0
     assert torch.equal(program.module()(*inputs), forward(*inputs))
+
+
+@pytest.mark.parametrize("forward, x", [
+    (lambda x: x[..., [-2]].view(2, 3) * 2, torch.randn(2, 3, 4)),  # Falcon's fused_qkv[..., [-2]], then a view
+    (lambda x: x[:, torch.tensor([1, 2, 3])] + 1, torch.randn(2, 5, 4)),  # a run along dim 1
+], ids=["falcon_split_heads", "run_along_dim_1"])
+def test_an_index_of_one_run_of_positions_becomes_a_slice(forward, x):
+    program = torch.export.export(_module(forward), (x,)).run_decompositions()
+    assert slice_run_indexes(program) == 1
+    assert torch.ops.aten.index.Tensor not in _targets(program)
+    assert torch.equal(program.module()(x), forward(x))
+
+
+@pytest.mark.parametrize("forward", [
+    lambda x: x[:, [2, 1]] * 2,  # out of order: a real gather
+    lambda x: x[:, [0, 2]] * 2,  # a gap
+    lambda x: x[[0, 1], [1, 2]] * 2,  # two index tensors
+], ids=["reversed", "gap", "two_tensors"])
+def test_an_index_of_anything_but_one_run_is_left_alone(forward):
+    x = torch.randn(2, 5, 4)
+    program = torch.export.export(_module(forward), (x,)).run_decompositions()
+    assert slice_run_indexes(program) == 0
+    assert torch.equal(program.module()(x), forward(x))
