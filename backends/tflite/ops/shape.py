@@ -140,15 +140,18 @@ def cat(em: Emitter, node: Node) -> Value:
 
 
 def _split_writes(node: Node, is_const: IsConst) -> frozenset[str]:
-    """Nothing for one part, SPLIT for equal parts, else SPLIT_V."""
+    """Nothing for one part, SPLIT for equal parts, else a SLICE per part."""
     parts = {tuple(p.shape) for p in meta(node)}
     if len(meta(node)) == 1:
         return frozenset()
-    return frozenset({"SPLIT" if len(parts) == 1 else "SPLIT_V"})
+    return frozenset({"SPLIT" if len(parts) == 1 else "SLICE"})
 
 
 @lowering(aten.split_with_sizes.default, aten.split.Tensor, writes=_split_writes, dtypes=ANY)
 def split(em: Emitter, node: Node) -> list[Value]:
+    """Equal parts are one SPLIT; unequal ones a SLICE each, not a SPLIT_V: NeuroPilot's
+    compiler plugin legalizes SPLIT and SLICE but not SPLIT_V (kSupportedOps), so LeViT's
+    query/key/value split of unequal parts left the APU's partition per attention."""
     v = em.value(node.args[0])
     rank = len(v.shape)
     dim = layout.normalize_dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), rank)
@@ -161,9 +164,12 @@ def split(em: Emitter, node: Node) -> list[Value]:
     if len(set(sizes)) == 1:
         options = Options("SplitOptions", {"NumSplits": len(outs)})
         em.op("SPLIT", [em.int_const([axis], "axis"), v.tensor], outs, options)
-    else:
-        options = Options("SplitVOptions", {"NumSplits": len(outs)})
-        em.op("SPLIT_V", [v.tensor, em.int_const(sizes, "sizes"), em.int_const([axis], "axis")], outs, options)
+        return outs
+    start = 0
+    for out, size in zip(outs, sizes):
+        begin = [start if d == axis else 0 for d in range(rank)]
+        em.op("SLICE", [v.tensor, em.int_const(begin, "begin"), em.int_const(out.physical_shape, "size")], [out])
+        start += size
     return outs
 
 

@@ -179,6 +179,13 @@ def test_layer_norm_square_and_neg_are_taken_as_the_muls_the_writer_writes():
     assert all(answers.values()), {k: v.reason for k, v in answers.items() if not v}
 
 
+def test_an_unequal_split_is_taken_as_the_slices_the_writer_writes():
+    """LeViT splits query, key and value in unequal parts: the writer writes a SLICE per
+    part, which the plugin legalizes, not a SPLIT_V, which it does not."""
+    answers = support_of(Fn(lambda x: [p * 2 for p in (x + 1).split([2, 2, 4], dim=-1)]), torch.randn(1, 3, 5, 8))
+    assert all(answers.values()), {k: v.reason for k, v in answers.items() if not v}
+
+
 def test_relu6_fused_into_its_conv_is_taken():
     answers = support_of(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6()).eval(), torch.randn(1, 3, 8, 8))
     assert all(answers.values()), {k: v.reason for k, v in answers.items() if not v}
