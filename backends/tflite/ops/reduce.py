@@ -1,5 +1,5 @@
 """Reductions and normalisations: mean/sum/amax/amin/any, softmax, log_softmax, layer_norm,
-group_norm.
+group_norm, and batch norm on its own batch's statistics (instance norm).
 
 Reduced dims are remapped to the value's layout, so a spatial mean of an NHWC value
 is a MEAN over axes (1, 2) with no transpose.
@@ -157,6 +157,26 @@ def group_norm(em: Emitter, node: Node) -> tuple[Value]:
     y = em.reshape(x, grouped)
     y = _standardized(em, node, y, list(range(2, len(y.shape))), eps, "standardized")
     y = em.reshape(y, x.shape, node.name + "/ungrouped")
+    return (_affine(em, node, y, _per_channel(em, weight, rank, f"{node.name}/weight"),
+                    _per_channel(em, bias, rank, f"{node.name}/bias")),)
+
+
+def _check_batch_statistics(node: Node, is_const: IsConst) -> str | None:
+    if len(shape(node.args[0])) < 2:
+        return f"an input of rank {len(shape(node.args[0]))} (no channel dim)"
+    return None if node.args[3] else "training=False with no running statistics"
+
+
+@lowering(aten._native_batch_norm_legit.no_stats, writes=frozenset({"MEAN", "SUB", "MUL", "ADD", "RSQRT"}),
+          dtypes=FLOAT, outputs=(0,), check=_check_batch_statistics)
+def batch_statistics_norm(em: Emitter, node: Node) -> tuple[Value]:
+    """Each channel standardized over the batch and spatial positions it holds, then
+    scaled and shifted per channel: InstanceNorm, which torch writes as this batch norm
+    of the input viewed as (1, N * C, ...), with the (biased) variance of the values."""
+    x = em.value(node.args[0])
+    weight, bias, eps = node.args[1], node.args[2], float(node.args[5])
+    rank = len(x.shape)
+    y = _standardized(em, node, x, [0, *range(2, rank)], eps, "standardized" if weight is not None or bias is not None else None)
     return (_affine(em, node, y, _per_channel(em, weight, rank, f"{node.name}/weight"),
                     _per_channel(em, bias, rank, f"{node.name}/bias")),)
 

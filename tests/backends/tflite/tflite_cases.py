@@ -208,6 +208,9 @@ EXTRA_CASES: list[Case] = [
                                                       b.mean(1, dtype=torch.float32), (x - x.round()).any(1)),
          torch.tensor([[True, False, True], [False, False, True]]), torch.tensor([[1, 2, 3], [4, 5, 6]],
                                                                                  dtype=torch.int32), (2, 3)),
+    # instance norm: a batch norm of (1, N * C, H, W) on its own statistics
+    case("instance_norm_affine", lambda m, x: F.instance_norm(x, weight=m.w, bias=m.b), (2, 4, 5, 6), w=(4,), b=(4,)),
+    case("instance_norm_1d_plain", lambda m, x: F.instance_norm(x * 3 + 1), (2, 4, 7)),
     case("layer_norm_2d_no_affine", lambda m, x: F.layer_norm(x, (4, 8)), (2, 4, 8)),
     case("log_softmax_dim0", lambda m, x: F.log_softmax(x, dim=0), (3, 8)),
     case("batch_norm_alone", lambda m, x: F.batch_norm(x * 2, m.mean, m.var.abs() + 0.5, m.g, m.b), (4, 6),
