@@ -1,9 +1,12 @@
-"""Ops that pick or place by position: argmax/argmin, gather, slice_scatter, index_put.
+"""Ops that pick or place by position: argmax/argmin, flip, gather, slice_scatter, index_put.
 
 argmax/argmin are ARG_MAX/ARG_MIN, which keep the first extreme on ties, as torch
 does (both compare strictly). They differ on NaN: torch picks a NaN as the maximum and
 the minimum, TFLite's comparisons skip it. slice_scatter with step 1 is a
 CONCATENATION of the input's parts before and after the slice around the source.
+
+flip is a REVERSE_V2 per flipped dim (a bidirectional GRU or LSTM reads its sequence
+backwards), in the value's layout; LiteRT's builtin kernel runs it, as every gather.
 
 gather (``torch.gather``, as RoBERTa reads its token types at its position ids) is one
 GATHER_ND: each output position's coordinates are its own, with the index read at run
@@ -64,6 +67,25 @@ def arg_extreme(em: Emitter, node: Node) -> Value:
     output_type = tfl().TensorType.INT32  # int64 values are int32 inside the model
     em.op(op, [v.tensor, em.int_const([dim], "axis")], [out], Options(options, {"OutputType": output_type}))
     return em.reshape(out, meta(node).shape, node.name) if keepdim else out
+
+
+def _check_flip(node: Node, is_const: IsConst) -> str | None:
+    return None if shape(node.args[0]) else "a 0-d input (REVERSE_V2 reverses an axis)"
+
+
+@lowering(aten.flip.default, writes=frozenset({"REVERSE_V2"}), dtypes=ANY, check=_check_flip)
+def flip(em: Emitter, node: Node) -> Value:
+    """x with the order along each of dims reversed: one REVERSE_V2 per dim (LiteRT's
+    kernel takes one axis at a time)."""
+    v = em.value(node.args[0])
+    dims = sorted({layout.normalize_dim(d, len(v.shape)) for d in node.args[1]})
+    for i, dim in enumerate(dims):
+        name = node.name if i == len(dims) - 1 else f"{node.name}/{dim}"
+        out = em.new(v.shape, v.dtype, name, v.perm)
+        em.op("REVERSE_V2", [v.tensor, em.int_const([layout.inverse(v.perm)[dim]], "axis")], [out],
+              Options("ReverseV2Options", {}))
+        v = out
+    return v
 
 
 def _check_gather(node: Node, is_const: IsConst) -> str | None:

@@ -167,6 +167,9 @@ EXTRA_CASES: list[Case] = [
                                                      torch.gather(x > 0, -1, j), torch.gather(m.ids, 1, i[:1, :, 0])),
          (3, 5, 4), torch.tensor([[[4, 0, 1], [2, 2, 3]], [[1, 3, 0], [0, 4, 4]]]),
          torch.tensor([[[2, 0, 1], [2, 2, 0]], [[1, 2, 0], [0, 1, 1]]]), ids=torch.arange(20).view(2, 10)),
+    # flip along one dim, two dims, of a NHWC value, and of booleans
+    case("flip", lambda m, x: (x.flip(1) * 2, x.flip([0, -1]) + 1, _conv(m, x[:1]).flip(1), (x > 0).flip(2)),
+         (2, 8, 6, 6), w=(4, 8, 3, 3), b=(4,)),
     case("argmax_int", lambda m, a: torch.argmax(a, 0), torch.tensor([[1, 3], [4, 3]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
                                            torch.slice_scatter(a, a * 2, 1)), (2, 5), (2, 2)),
