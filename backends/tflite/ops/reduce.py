@@ -1,5 +1,5 @@
-"""Reductions and normalisations: mean/sum/amax/amin/any, softmax, log_softmax, layer_norm,
-group_norm, and batch norm on its own batch's statistics (instance norm).
+"""Reductions and normalisations: mean/sum/amax/amin/any, the 2-norm, softmax, log_softmax,
+layer_norm, group_norm, and batch norm on its own batch's statistics (instance norm).
 
 Reduced dims are remapped to the value's layout, so a spatial mean of an NHWC value
 is a MEAN over axes (1, 2) with no transpose.
@@ -81,6 +81,40 @@ def reduce_value(em: Emitter, out_name: str, name: str, v: Value, dims: list[int
     )
     out = em.new(out_shape, v.dtype, out_name, perm)
     em.op(name, [v.tensor, em.int_const(axes, "axes")], [out], Options("ReducerOptions", {"KeepDims": keepdim}))
+    return out
+
+
+def _vector_norm_args(node: Node) -> tuple[float, list[int], bool]:
+    """(ord, logical dims, keepdim) of a linalg_vector_norm."""
+    args = list(node.args) + [None] * (4 - len(node.args))
+    order = args[1] if args[1] is not None else node.kwargs.get("ord", 2)
+    dims = args[2] if args[2] is not None else node.kwargs.get("dim")
+    keepdim = args[3] if args[3] is not None else node.kwargs.get("keepdim", False)
+    rank = len(shape(node.args[0]))
+    dims = list(range(rank)) if dims is None or dims == [] else [dims] if isinstance(dims, int) else dims
+    return float(order), sorted({layout.normalize_dim(d, rank) for d in dims}), bool(keepdim)
+
+
+def _check_vector_norm(node: Node, is_const: IsConst) -> str | None:
+    if not shape(node.args[0]):
+        return "reduction of a 0-d tensor"
+    if node.kwargs.get("dtype") not in (None, torch.float32):
+        return f"dtype {node.kwargs['dtype']}"
+    order = _vector_norm_args(node)[0]
+    return None if order == 2 else f"ord={order:g} (the 2-norm only: F.normalize's and torch.norm's default)"
+
+
+@lowering(aten.linalg_vector_norm.default, writes=frozenset({"MUL", "SUM", "SQRT"}), dtypes=FLOAT,
+          check=_check_vector_norm)
+def vector_norm(em: Emitter, node: Node) -> Value:
+    """sqrt(sum(x * x)) over dims (F.normalize divides by it): the square as MUL, as
+    everywhere in this writer (see pow_scalar)."""
+    x = em.value(node.args[0])
+    _, dims, keepdim = _vector_norm_args(node)
+    squared = _binary(em, node, "MUL", [x, x], "squared")
+    total = reduce_value(em, node.name + "/sum", "SUM", squared, dims, keepdim)
+    out = em.new(total.shape, torch.float32, node.name, total.perm)
+    em.op("SQRT", [total.tensor], [out])
     return out
 
 

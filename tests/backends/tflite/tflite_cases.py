@@ -214,6 +214,10 @@ EXTRA_CASES: list[Case] = [
     # instance norm: a batch norm of (1, N * C, H, W) on its own statistics
     case("instance_norm_affine", lambda m, x: F.instance_norm(x, weight=m.w, bias=m.b), (2, 4, 5, 6), w=(4,), b=(4,)),
     case("instance_norm_1d_plain", lambda m, x: F.instance_norm(x * 3 + 1), (2, 4, 7)),
+    # the 2-norm, as F.normalize and torch.norm compute it (over one dim, several, everything)
+    case("vector_norm", lambda m, x: (F.normalize(x, dim=-1), torch.linalg.vector_norm(x, dim=(0, 2), keepdim=True),
+                                      x.norm(), F.normalize(_conv(m, x[0:1, :8, :6].reshape(1, 8, 6, 1)), dim=1)),
+         (2, 8, 6), w=(4, 8, 3, 3), b=(4,)),
     case("layer_norm_2d_no_affine", lambda m, x: F.layer_norm(x, (4, 8)), (2, 4, 8)),
     case("log_softmax_dim0", lambda m, x: F.log_softmax(x, dim=0), (3, 8)),
     case("batch_norm_alone", lambda m, x: F.batch_norm(x * 2, m.mean, m.var.abs() + 0.5, m.g, m.b), (4, 6),
