@@ -367,8 +367,18 @@ def embedding_bag(em: Emitter, node: Node) -> tuple[Value]:
     return (reduce_value(em, node.name, _BAG_REDUCERS[a.get("mode", 0)], grouped, [1], False),)
 
 
+def _indexed_dims(node: Node) -> tuple[int, list[Any]]:
+    """(the number of full slices before the index tensors, the index tensors): x[:, :, i, j]
+    is (2, [i, j]); trailing full slices are dropped (they index nothing)."""
+    indices = list(node.args[1])
+    while indices and indices[-1] is None:
+        indices.pop()
+    lead = next((d for d, i in enumerate(indices) if i is not None), len(indices))
+    return lead, indices[lead:]
+
+
 def _check_constant_index(node: Node, is_const: IsConst) -> str | None:
-    indices = node.args[1]
+    lead, indices = _indexed_dims(node)
     if any(i is None for i in indices):
         return "an index with None (a full slice between indexed dims)"
     if not all(isinstance(i, Node) and (is_const(i) or _narrowed_constant(i, is_const)) for i in indices):
@@ -386,17 +396,21 @@ def _index_writes(node: Node, is_const: IsConst) -> frozenset[str]:
 
 @lowering(aten.index.Tensor, writes=_index_writes, dtypes=ANY, check=_check_constant_index)
 def index_constant(em: Emitter, node: Node) -> Value:
-    """x[i0, i1, ..., ik-1] with constant integer index tensors on the first k dims:
-    one GATHER_ND whose [*broadcast shape, k] indices are computed here (an attention
-    mask read at fixed positions, x[arange(b)[:, None], arange(t)]). An index narrowed to
+    """x[i0, i1, ..., ik-1] with constant integer index tensors on k consecutive dims, after
+    any full slices (bicubic interpolation's x[:, :, rows, cols]): one GATHER_ND of x stored
+    with the indexed dims first, whose [*broadcast shape, k] indices are computed here (an
+    attention mask read at fixed positions, x[arange(b)[:, None], arange(t)]). An index narrowed to
     a dynamic size is computed at its largest size and the positions narrowed alike.
     Indices that only spread x's dims over the output never get here: export writes
     them as a view and an expand (core/index_views.py)."""
-    v = em.to_identity(em.value(node.args[0]))
-    args = node.args[1]
+    lead, args = _indexed_dims(node)
+    v = em.value(node.args[0])
+    rank = len(v.shape)
+    indexed = list(range(lead, lead + len(args)))
+    v = em.to_perm(v, (*indexed, *range(lead), *range(lead + len(args), rank)))  # indexed dims first
     tables = [em.constant(i.args[0] if i.target == NARROW_TO else i) for i in args]
     indices = torch.broadcast_tensors(*tables)
-    sizes = torch.tensor(v.shape[: len(indices)])
+    sizes = torch.tensor(v.shape[lead: lead + len(indices)])
     stacked = torch.stack(indices, dim=-1).to(torch.int64)
     narrowed = [i for i in args if i.target == NARROW_TO]
     if not narrowed and ((stacked < -sizes) | (stacked >= sizes)).any():  # narrowed: checked by torch at export
@@ -405,12 +419,13 @@ def index_constant(em: Emitter, node: Node) -> Value:
     positions = torch.where(stacked < 0, stacked + sizes, stacked).to(torch.int32)
     source = Value(em.const(positions, node.name + "/indices"), tuple(positions.shape), torch.int32,
                    layout.identity(positions.dim()))
-    rank = len(indices[0].shape)
+    spread = len(indices[0].shape)
     for i in narrowed:  # the index's dims, right-aligned in the broadcast shape
-        shift = rank - len(meta(i).shape)
+        shift = spread - len(meta(i).shape)
         dims = [d + shift for d in i.args[2]]
         source = _narrow(em, source, em.value(i.args[1]), dims, i.args[3], f"{node.name}/{i.name}")
-    out = em.out(node)
+    # GATHER_ND writes (*broadcast, *leading dims, *trailing dims): the output stored so
+    out = em.out(node, (*range(lead, lead + spread), *range(lead), *range(lead + spread, len(meta(node).shape))))
     em.op("GATHER_ND", [v.tensor, source.tensor], [out])
     return out
 

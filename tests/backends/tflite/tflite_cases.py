@@ -137,6 +137,10 @@ EXTRA_CASES: list[Case] = [
          table=(10, 6)),
     case("index_constant", lambda m, x: (x[m.rows[:, None], m.cols], x[m.rows]), (3, 5, 4),
          rows=torch.tensor([2, 0]), cols=torch.tensor([4, -1, 1])),
+    # full slices before the index tensors: bicubic interpolation's x[:, :, rows, cols], on a NHWC value too
+    case("index_constant_after_full_slices", lambda m, x: (x[:, :, m.rows[:, None], m.cols], x[:, m.cols] * 2,
+                                                           _conv(m, x)[:, :, m.rows[:, None], m.cols]),
+         (2, 8, 5, 6), rows=torch.tensor([4, 0, 2]), cols=torch.tensor([1, -1, 3, 3]), w=(4, 8, 3, 3), b=(4,)),
     case("index_constant_mask_bool", lambda m, mask: mask[m.rows[:, None, None], m.cols[None, None, :]],
          torch.tensor([[True, False, True], [False, True, True]]), rows=torch.tensor([1, 0]),
          cols=torch.tensor([2, 0, 1, 1])),
