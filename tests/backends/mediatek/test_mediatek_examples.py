@@ -14,25 +14,19 @@ from example_models import load_example
 
 
 # What each model leaves to portable torch, by op: the plugin does not legalize GATHER
-# (the embeddings); rank-5 tensors (repeat_interleave's expand). (Position ids and the
-# rotary tables' slices are folded to constants at export. Layer norm, RMSNorm's
-# x.pow(2) and the rotary embedding's neg are written as MULs, which the plugin takes.)
+# (the embeddings). (Position ids and the rotary tables' slices are folded to constants
+# at export; repeat_interleave's rank-5 expand is written at rank 4 (core/permute_rank.py).
+# Layer norm, RMSNorm's x.pow(2) and the rotary embedding's neg are written as MULs,
+# which the plugin takes.)
 REMAINDER = {
     "mobilenet_v2": set(),
     "resnet18": set(),
     "transformer_encoder": {"aten.embedding.default"},
-    "tiny_llama": {
-        "aten.embedding.default", "aten.unsqueeze.default", "aten.expand.default", "aten.clone.default",
-        "aten.view.default",
-    },
+    "tiny_llama": {"aten.embedding.default"},
 }  # fmt: skip
 # Why, by op: every remaining node carries its rule.
 REASONS = {
     "aten.embedding.default": ("(written as GATHER) is not legalized", "a constant"),
-    "aten.unsqueeze.default": ("rank 5 > 4",),
-    "aten.expand.default": ("rank 5 > 4",),
-    "aten.clone.default": ("rank 5 > 4",),
-    "aten.view.default": ("rank 5 > 4",),
 }
 
 
