@@ -110,6 +110,8 @@ def _collapse_expand(graph: Graph, expand: Node) -> bool:
     source, shape = tuple(x.meta["val"].shape), tuple(expand.meta["val"].shape)
     if len(shape) <= MAX_KEPT_RANK or not all(isinstance(s, int) for s in (*source, *shape)) or _returned(expand):
         return False
+    if not all(user.target in _VIEWS or user.target == aten.clone.default for user in expand.users):
+        return False  # an op reading the broadcast value itself would still see rank 5, after a copy
     groups = expand_runs(source, shape)
     if len(groups) > MAX_KEPT_RANK:
         return False
