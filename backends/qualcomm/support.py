@@ -269,8 +269,8 @@ DECLINED: dict[Any, str] = {
     "exact GELU is fine as aten.gelu",
     aten.fmod: "QNN EP refuses ONNX Mod on HTP; aten.remainder works",
     aten.prod: "QNN EP refuses ReduceProd on HTP",
-    aten.index: "QNN HTP GatherND returns wrong values for rank-3 data (seen in the simulator); "
-    "index_select/gather work",
+    aten.index: "QNN HTP GatherND returns wrong values (seen in the simulator on rank-3 data, so every "
+    "aten.index is declined, whatever its rank); index_select/gather work",
     aten.scatter: "QNN EP refuses the ConstantOfShape/ScatterElements torch.onnx emits for scatter",
     **{op: "QNN HTP computes float ops in fp16, rounding the input to 11 significant bits first, so the "
        "result is off by one near an integer (ceil(-5.998) gave -6)" for op in (aten.floor, aten.ceil, aten.round)},
