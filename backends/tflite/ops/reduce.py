@@ -210,7 +210,8 @@ def batch_statistics_norm(em: Emitter, node: Node) -> tuple[Value]:
     x = em.value(node.args[0])
     weight, bias, eps = node.args[1], node.args[2], float(node.args[5])
     rank = len(x.shape)
-    y = _standardized(em, node, x, [0, *range(2, rank)], eps, "standardized" if weight is not None or bias is not None else None)
+    affine = weight is not None or bias is not None
+    y = _standardized(em, node, x, [0, *range(2, rank)], eps, "standardized" if affine else None)
     return (_affine(em, node, y, _per_channel(em, weight, rank, f"{node.name}/weight"),
                     _per_channel(em, bias, rank, f"{node.name}/bias")),)
 
