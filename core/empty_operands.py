@@ -34,7 +34,7 @@ def drop_empty_cat_operands(program: ExportedProgram) -> int:
             continue
         operands = list(node.args[0])
         kept = [x for x in operands if not _empty(x)]
-        if len(kept) == len(operands) or not kept:
+        if len(kept) == len(operands) or not kept or not _same_dtype(kept, node):
             continue
         if len(kept) == 1 and node not in returned and _same_value(kept[0], node):
             node.replace_all_uses_with(kept[0])
@@ -53,6 +53,14 @@ def _empty(x: object) -> bool:
     value = x.meta.get("val") if isinstance(x, Node) else None
     return (isinstance(value, torch.Tensor) and all(isinstance(s, int) for s in value.shape)
             and value.numel() == 0)
+
+
+def _same_dtype(operands: list[Node], cat: Node) -> bool:
+    """The kept operands are of the cat's dtype: an empty operand of a wider dtype still
+    promotes the result (cat of float32 and an empty float64 is float64)."""
+    dtype = cat.meta["val"].dtype
+    return all(isinstance(x, Node) and x.meta.get("val") is not None and x.meta["val"].dtype == dtype
+               for x in operands)
 
 
 def _same_value(operand: Node, cat: Node) -> bool:

@@ -66,3 +66,15 @@ def test_a_fully_rotated_head_is_one_cpu_partition():
     assert [n["op"] for n in report["nodes"] if n["backend"] != backend.name] == []
     with torch.no_grad():
         assert compare(program(q, cos), module(q, cos)) < 1e-6
+
+
+class PromotedByAnEmpty(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x, torch.zeros(2, 0, dtype=torch.float64)], dim=-1) * 2
+
+
+def test_an_empty_operand_of_a_wider_dtype_is_kept_it_promotes_the_cat():
+    module, x = PromotedByAnEmpty(), torch.randn(2, 3)
+    program = torch.export.export(module, (x,)).run_decompositions()
+    assert drop_empty_cat_operands(program) == 0
+    assert program.module()(x).dtype == torch.float64
