@@ -65,10 +65,7 @@ def view_spread_indexes(program: ExportedProgram) -> int:
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         rewritten += 1
-    if rewritten:
-        graph.eliminate_dead_code()
-        program.graph_module.recompile()
-    return rewritten
+    return _recompiled(program, rewritten)
 
 
 def slice_run_indexes(program: ExportedProgram) -> int:
@@ -94,8 +91,14 @@ def slice_run_indexes(program: ExportedProgram) -> int:
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         rewritten += 1
+    return _recompiled(program, rewritten)
+
+
+def _recompiled(program: ExportedProgram, rewritten: int) -> int:
+    """``rewritten``, once the graph of a rewrite that changed something has lost its dead
+    code and its module has been recompiled."""
     if rewritten:
-        graph.eliminate_dead_code()
+        program.graph_module.graph.eliminate_dead_code()
         program.graph_module.recompile()
     return rewritten
 

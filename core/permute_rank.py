@@ -34,6 +34,7 @@ graph signature names it).
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 from torch.export import ExportedProgram
@@ -54,27 +55,22 @@ def collapse_permutes(program: ExportedProgram) -> int:
     """Rewrite (in place) each permute of rank > `MAX_KEPT_RANK` whose dims move in
     fewer runs, then merge the views and clones around it. Returns how many permutes
     were rewritten."""
-    graph = program.graph_module.graph
-    rewritten = 0
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node.target == aten.permute.default and _collapse(graph, node):
-            rewritten += 1
-    if rewritten:
-        _simplify(graph)
-        graph.eliminate_dead_code()
-        program.graph_module.recompile()
-    return rewritten
+    return _collapse_each(program, aten.permute.default, _collapse)
 
 
 def collapse_expands(program: ExportedProgram) -> int:
     """Rewrite (in place) each expand of rank > `MAX_KEPT_RANK` whose dims fall in fewer
     runs (`expand_runs`), then merge the views and clones around it. Returns how many
     expands were rewritten."""
+    return _collapse_each(program, aten.expand.default, _collapse_expand)
+
+
+def _collapse_each(program: ExportedProgram, target: Any, collapse: Callable[[Graph, Node], bool]) -> int:
+    """``collapse(graph, node)`` on each call of ``target``; then, if any was rewritten,
+    the views and clones around them merged. Returns how many were rewritten."""
     graph = program.graph_module.graph
-    rewritten = 0
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node.target == aten.expand.default and _collapse_expand(graph, node):
-            rewritten += 1
+    rewritten = sum(collapse(graph, node) for node in list(graph.nodes)
+                    if node.op == "call_function" and node.target == target)
     if rewritten:
         _simplify(graph)
         graph.eliminate_dead_code()
