@@ -56,7 +56,8 @@ def print_summary(report: dict[str, Any]) -> None:
 
 @cli.command()
 @click.argument("program", type=click.Path(exists=True, dir_okay=False))
-@click.option("--method", default=None, help="Method to explain (default: forward).")
+@click.option("--method", default=None,
+              help="Method to explain (default: forward, or every method of a program without one, as an LLM's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {nodes: [...], partitions: [...], values: {...}}.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML page: the graph coloured by backend, summary, declined nodes.")
@@ -66,20 +67,44 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
     """Show the placement of every node and why backends declined what they did."""
     check_writable(html_path, reads=(program,))
     prog = Program(*read_program_file(program))  # not `load`: a program that cannot run here is explained too
-    method, plan = method_plan(prog, method)
     if html_path:
+        method, _ = method_plan(prog, method)  # a page draws one graph
         page = render_program(prog, method, title=f"edgeport placement: {os.path.basename(program)}")
         with open(html_path, "w", encoding="utf-8") as f:
             f.write(page)
         if not as_json:
             console.print(f"wrote {html_path}")
             return
-    report = prog.report(method)
-    portable = portable_steps(prog.manifest)
-    where = runs_here(plan, current_registry())
+    names = explained_methods(prog, method)
     if as_json:
-        print_json({**report, "torch_free": not portable, "state_writes": state_writes(plan), "runs_here": where})
+        reports = {name: method_json(prog, name) for name in names}
+        print_json(reports[names[0]] if method is not None or len(names) == 1 else {"methods": reports})
         return
+    for name in names:
+        if len(names) > 1:
+            console.rule(f"method {name}")
+        print_method(prog, name, show_all)
+
+
+def explained_methods(program: Program, method: str | None) -> list[str]:
+    """The method asked for, else the default one, else (a program of several methods, none
+    of them "forward": an LLM's prefill and decode) every method, in the program's order."""
+    if method is None and program.default_method not in program.methods:
+        return program.methods
+    return [method_plan(program, method)[0]]
+
+
+def method_json(program: Program, method: str) -> dict[str, Any]:
+    """`--json`'s object for one method: its placement report and what the table adds."""
+    plan = program.plan(method)
+    return {**program.report(method), "torch_free": not portable_steps(program.manifest),
+            "state_writes": state_writes(plan), "runs_here": runs_here(plan, current_registry())}
+
+
+def print_method(program: Program, method: str, show_all: bool) -> None:
+    """The node and partition tables of one method, then its summary lines."""
+    report = program.report(method)
+    plan = program.plan(method)
     quantized = any("quantized" in n for n in report["nodes"])
     columns = ("node", "op", "backend", "partition") + (("quantized",) if quantized else ()) + ("why not elsewhere",)
     nodes = Table(*columns)
@@ -99,11 +124,11 @@ def explain(program: str, method: str | None, as_json: bool, html_path: str | No
                       str(p["boundary_bytes"]), timed)
     console.print(parts)
     print_summary(report)
-    print_runs_here(where, plan)
+    print_runs_here(runs_here(plan, current_registry()), plan)
     if report.get("quantization"):
         print_quantization(report)
     print_state_writes(plan)
-    print_torch_free(portable)
+    print_torch_free(portable_steps(program.manifest))
 
 
 def runs_here(plan: MethodPlan, registry: Registry) -> dict[str, dict[str, Any]]:

@@ -107,6 +107,26 @@ def test_explain_shows_htp_placement_and_the_cache_written_in_place_by_the_runti
     assert len(data["state_writes"]["rows_in_place_by_runtime"]) == 2 * LAYERS and data["state_writes"]["whole"] == []
 
 
+def test_explain_without_a_method_explains_prefill_and_decode(qualcomm_program, tmp_path):
+    """An LLM program has no forward: `explain` without --method used to be an error
+    asking for one; it explains both methods, each under its name."""
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    path = tmp_path / "tiny-qnn.edgeport"
+    qualcomm_program.save(path)
+    table = CliRunner().invoke(cli, ["explain", str(path)], catch_exceptions=False).output
+    assert "method prefill" in table and "method decode" in table
+    assert table.count(f"state: {2 * LAYERS} buffer(s) written row by row in place by the runtime") == 2
+    data = json.loads(CliRunner().invoke(cli, ["explain", str(path), "--json"]).output)
+    assert sorted(data["methods"]) == ["decode", "prefill"]
+    assert data["methods"]["decode"] == json.loads(
+        CliRunner().invoke(cli, ["explain", str(path), "--method", "decode", "--json"]).output)
+    html = CliRunner().invoke(cli, ["explain", str(path), "--html", str(tmp_path / "p.html")])
+    assert html.exit_code == 1 and "it has decode, prefill" in html.output
+
+
 def test_generate_labels_a_simulator_run_as_such(qualcomm_program, tmp_path):
     """The speed line of `edgeport llm generate` says where decode ran when it is not the
     device: simulator tok/s say nothing about a phone."""
