@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeport.arrays import as_numpy, is_torch_tensor
-from edgeport.cache import BUILDING_SUFFIX, cache_dir, make_room, mark_used
+from edgeport.cache import BUILDING_SUFFIX, cache_dir, make_room, mark_used, size_limit
 from edgeport.mapped_file import forget
 from edgeport.native_output import close_before_exit, close_quietly, filter_native_output
 
@@ -99,6 +99,7 @@ class CompiledExecutable:
         final = weight_cache_path(checksum) if checksum else None
         building = None
         if final is not None and not final.exists():
+            size_limit()  # a malformed EDGEPORT_CACHE_MAX is refused before the packing, not after it
             building = _building_name(final)
             if building is None:  # the cache directory cannot be written: no cache
                 final = None

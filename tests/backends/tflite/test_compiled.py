@@ -14,6 +14,7 @@ import torch
 
 import edgeport
 from edgeport.backend import WEIGHT_CACHE_KEY
+from edgeport.errors import InputError
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.tflite import CompiledExecutable, TfliteExecutable, litert_c, write_tflite
 from edgeport.backends.tflite.compiled import dynamic_inputs, weight_cache_path
@@ -90,6 +91,21 @@ def test_publishing_a_weight_cache_keeps_the_cache_within_its_bound(model, tmp_p
     monkeypatch.setenv("EDGEPORT_CACHE_MAX", "1")  # one byte: only the file just built stays
     CompiledExecutable(model, threads=1, checksum="0" * 64)
     assert os.listdir(old.parent) == [weight_cache_path("0" * 64).name]
+
+
+def test_a_malformed_cache_bound_is_refused_before_the_weights_are_packed(model, tmp_path, monkeypatch):
+    """It was read only when the packed file was published, after the packing (a minute
+    for an LLM), and the pack was lost with the error."""
+    monkeypatch.setenv("EDGEPORT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("EDGEPORT_CACHE_MAX", "lots")
+    monkeypatch.setattr("edgeport.backends.tflite.compiled._compile", _never_called)
+    with pytest.raises(InputError, match="EDGEPORT_CACHE_MAX='lots' is not a size"):
+        CompiledExecutable(model, threads=1, checksum="0" * 64)
+    assert not any(tmp_path.rglob("*"))
+
+
+def _never_called(*args):
+    raise AssertionError("packed the weights before checking the cache's bound")
 
 
 def test_an_unwritable_cache_directory_runs_without_a_cache(model, tmp_path, monkeypatch, caplog):
