@@ -56,8 +56,8 @@ def initial_state(description: dict[str, Any], files: Mapping[str, Any]) -> np.n
     bytes, or zeros for a state the manifest describes as ``"fill": 0`` and stores no
     file of (a KV cache starts empty; stored, its zeros were 22.5 MiB of SmolLM2's
     program at 512 positions, 360 MiB at 8,192). np.zeros leaves the pages unwritten
-    until a run writes them (a state placed inside a delegate is copied there all the
-    same). Raises KeyError or ValueError."""
+    until a run writes them, and a delegate's fresh buffer it is placed in takes no copy
+    of them (`state_rows.place_state`). Raises KeyError or ValueError."""
     if "fill" in description:
         dtype, shape = _described(description)
         return np.zeros(shape, dtype)

@@ -271,19 +271,31 @@ def place_state(
 
 def _into(buffer: np.ndarray, current: Any) -> Any:
     """``current`` copied into ``buffer``, as the state's kind (a numpy array, or a torch
-    tensor over the buffer); None when their shapes or dtypes differ."""
+    tensor over the buffer); None when their shapes or dtypes differ.
+
+    Nothing is copied when every byte of both is 0 (an empty KV cache, stored as a fill,
+    and a buffer just allocated; reading their untouched pages takes no memory, 0.05 s
+    per 360 MiB): the copy wrote every page of the buffer, so SmolLM2 at 8,192 positions
+    held its whole 360 MiB cache from the load on, and loaded 1.2 s slower."""
     if isinstance(current, np.ndarray):
         if buffer.shape != current.shape or buffer.dtype != current.dtype:
             return None
-        np.copyto(buffer, current)
+        if _any_byte(current) or _any_byte(buffer):
+            np.copyto(buffer, current)
         return buffer
     import torch  # a torch tensor: torch is here
 
     tensor = torch.from_numpy(buffer)
     if tensor.shape != current.shape or tensor.dtype != current.dtype:
         return None
-    tensor.copy_(current)
+    if bool(current.reshape(-1).view(torch.uint8).any()) or _any_byte(buffer):
+        tensor.copy_(current)
     return tensor
+
+
+def _any_byte(array: np.ndarray) -> bool:
+    """Whether any byte of ``array`` is not 0 (a -0.0 is not a zero here)."""
+    return bool(np.ascontiguousarray(array).reshape(-1).view(np.uint8).any())
 
 
 def check_row_updates(plan: MethodPlan, state: Mapping[str, Any]) -> None:

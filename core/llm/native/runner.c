@@ -155,8 +155,15 @@ static size_t count_of(const LiteRtLayout *layout) {
 }
 
 /* A zeroed 64-byte aligned block with 64 bytes after it (XNNPACK may read past a
- * tensor's end): what litert_c.aligned_empty gives. */
+ * tensor's end): what litert_c.aligned_empty gives. A large one is an anonymous map,
+ * whose pages come on first write: a memset made the whole KV cache resident before the
+ * first token (SmolLM2 at 8,192 positions: 360 MiB). Never freed: the process ends. */
 static void *aligned_zeros(size_t bytes) {
+  if (bytes >= (128u << 10)) { /* glibc malloc's own first threshold for a map of its own */
+    void *m = mmap(NULL, bytes + 64, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) die("out of memory", NULL);
+    return m;
+  }
   void *p = NULL;
   if (posix_memalign(&p, 64, bytes + 64) != 0) die("out of memory", NULL);
   memset(p, 0, bytes + 64);
