@@ -86,3 +86,51 @@ def test_the_cache_command_lists_each_kind_and_clears(root):
     cleared = CliRunner().invoke(cli, ["cache", "--clear"])
     assert cleared.exit_code == 0 and "freed 3.0 MiB" in cleared.output
     assert not root.exists()
+
+
+def test_a_file_changed_since_it_was_published_is_deleted_to_be_built_again(root, caplog):
+    """XNNPACK runs packed weights as they are: a damaged cache file gave other tokens
+    with no error. Its sha256, kept when published, is checked at each use."""
+    path = _file(root, "a.xnnpack_cache", 8192, time.time())
+    cache.seal(path)
+    assert cache.usable(path) and cache.usable(path)
+    os.utime(path, ns=(0, 10**18))  # touched: hashed again, and the same
+    assert cache.usable(path)
+    with open(path, "r+b") as f:
+        f.seek(4000)
+        f.write(b"\1")
+    assert not cache.usable(path)
+    assert "is damaged" in caplog.text
+    assert os.listdir(root / "xnnpack") == []  # the file and its seal
+
+
+def test_a_file_published_without_a_seal_gets_one_at_first_use(root):
+    """The native runner publishes the files it builds, as edgeports before digests did."""
+    path = _file(root, "b.xnnpack_cache", 4096, time.time())
+    assert cache.usable(path)
+    path.write_bytes(b"\1" * 4096)
+    assert not cache.usable(path)
+
+
+def test_a_file_unchanged_since_its_seal_is_not_read_again_and_use_leaves_it_unchanged(root, monkeypatch):
+    """Hashing at each use would cost 0.55 s of fp32 SmolLM2's ~1 s load."""
+    path = _file(root, "c.xnnpack_cache", 4096, 5)
+    cache.seal(path)
+    monkeypatch.setattr(cache, "_sha256", lambda path: pytest.fail("hashed a file unchanged since its seal"))
+    assert cache.usable(path)
+    cache.mark_used(path)  # the seal is marked, so the file's modification time stays the sealed one
+    assert cache.usable(path) and path.stat().st_mtime == 5
+    assert cache.entries("xnnpack")[0].used > 5
+    assert not cache.usable(root / "xnnpack" / "never-built.xnnpack_cache")
+
+
+def test_seals_are_not_entries_and_go_with_their_files(root, monkeypatch):
+    old, new = _file(root, "old", 4096, 1), _file(root, "new", 4096, 2)
+    cache.seal(old)
+    cache.seal(new)
+    orphan = root / "xnnpack" / f"gone{cache.SEAL_SUFFIX}"
+    orphan.write_text("0" * 64)
+    assert [e.path.name for e in cache.entries("xnnpack")] == ["old", "new"]
+    monkeypatch.setenv(cache.LIMIT_ENV, "4096")
+    cache.make_room("xnnpack", keep=new)
+    assert sorted(os.listdir(root / "xnnpack")) == ["new", f"new{cache.SEAL_SUFFIX}"]

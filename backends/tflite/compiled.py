@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeport.arrays import as_numpy, is_torch_tensor
-from edgeport.cache import BUILDING_SUFFIX, cache_dir, make_room, mark_used, size_limit
+from edgeport.cache import BUILDING_SUFFIX, cache_dir, make_room, mark_used, seal, size_limit, usable
 from edgeport.mapped_file import forget
 from edgeport.native_output import close_before_exit, close_quietly, filter_native_output
 
@@ -98,7 +98,7 @@ class CompiledExecutable:
         view = memoryview(model)
         final = weight_cache_path(checksum) if checksum else None
         building = None
-        if final is not None and not final.exists():
+        if final is not None and not usable(final):
             size_limit()  # a malformed EDGEPORT_CACHE_MAX is refused before the packing, not after it
             building = _building_name(final)
             if building is None:  # the cache directory cannot be written: no cache
@@ -125,6 +125,7 @@ class CompiledExecutable:
             # MiB); one that maps the finished cache does not (0.1 s).
             close_quietly(self._model, LITERT_CHATTER)
             os.replace(building, final)  # type: ignore[arg-type]
+            seal(final)  # type: ignore[arg-type]
             make_room(WEIGHT_CACHE, keep=final)  # type: ignore[arg-type]
             cache = str(final)
             forget(view)

@@ -111,6 +111,27 @@ def test_stops_at_the_stop_token_and_at_max_new_tokens(smol_path, cache_dir):
 
 
 @pytest.mark.slow
+def test_a_damaged_weight_cache_is_packed_again_before_the_runner_maps_it(smol_path, cache_dir):
+    """The runner ran a weight cache changed since it was packed (another weight per
+    changed byte: other tokens, no error); Python checks its digest before the exec."""
+    from edgeport import cache
+
+    args = ("--prompt", "The capital of France is", "--native", "--max-new-tokens", "8")
+    before = generated(smol_path, *args, env=cache_dir)  # the cache exists after this
+    (packed,) = (Path(cache_dir["EDGEPORT_CACHE_DIR"]) / "xnnpack").glob("*.xnnpack_cache")
+    assert cache.usable(packed)  # a cache the runner packed gets its digest at its next use, as here
+    with open(packed, "r+b") as f:
+        f.seek(packed.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x40]))
+    done = generate(smol_path, "--json", "--threads", "1", *args, env=cache_dir)
+    assert done.returncode == 0, done.stderr
+    assert "is damaged" in done.stderr
+    assert json.loads(done.stdout)["token_ids"] == before["token_ids"]
+
+
+@pytest.mark.slow
 def test_streams_text_then_the_speed_line(smol_path, cache_dir):
     done = generate(smol_path, "--prompt", "The capital of France is", "--native", "--max-new-tokens", "4",
                     env=cache_dir)

@@ -269,7 +269,7 @@ def _weight_cache(checksum: str) -> str:
     """The XNNPACK weight cache the Python session uses for this model (shared), its
     directory made; "" (pack in memory) where the directory cannot be written."""
     from ...backends.tflite.compiled import WEIGHT_CACHE, weight_cache_path
-    from ...cache import make_room, mark_used
+    from ...cache import make_room, mark_used, usable
 
     path = weight_cache_path(checksum)
     try:
@@ -278,7 +278,7 @@ def _weight_cache(checksum: str) -> str:
         return ""
     if not os.access(path.parent, os.W_OK):
         return ""
-    if path.exists():
+    if usable(path):
         mark_used(path)
     else:
         make_room(WEIGHT_CACHE, keep=path)  # the runner adds the file: the bound holds from the next one on

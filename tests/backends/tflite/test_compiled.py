@@ -72,14 +72,33 @@ def test_the_weight_cache_is_built_once_published_whole_and_reused(model, tmp_pa
     x, state = np.ones((2, 4), np.float32), np.full((6, 4), 0.5, np.float32)
     first = CompiledExecutable(model, threads=1, checksum="0" * 64)
     assert first.weight_cache == str(path) and path.stat().st_size > 0
-    assert os.listdir(path.parent) == [path.name]  # no "*.building" left
+    assert sorted(os.listdir(path.parent)) == [path.name, path.name + ".sha256"]  # no "*.building" left
     built = path.stat()
-    os.utime(path, ns=(built.st_atime_ns, built.st_mtime_ns - 10**9))
+    seal = path.with_name(path.name + ".sha256")
+    os.utime(seal, ns=(built.st_atime_ns, built.st_mtime_ns - 10**9))
     second = CompiledExecutable(model, threads=1, checksum="0" * 64)
     assert path.stat().st_ino == built.st_ino  # mapped, not packed again (that publishes a new file)
-    assert path.stat().st_mtime_ns > built.st_mtime_ns - 10**9  # marked used, for the cache's bound
+    assert seal.stat().st_mtime_ns > built.st_mtime_ns - 10**9  # marked used, for the cache's bound
     np.testing.assert_array_equal(first.run([x, state])[0], second.run([x, state])[0])
     assert weight_cache_path("1" * 64) != path  # another artifact, another file
+
+
+def test_a_damaged_weight_cache_is_packed_again_not_run(model, tmp_path, monkeypatch, caplog):
+    """A byte changed in the packed weights used to give other outputs, silently."""
+    monkeypatch.setenv("EDGEPORT_CACHE_DIR", str(tmp_path))
+    path = weight_cache_path("0" * 64)
+    x, state = np.ones((2, 4), np.float32), np.full((6, 4), 0.5, np.float32)
+    (expected,) = CompiledExecutable(model, threads=1, checksum="0" * 64).run([x, state])
+    damaged = bytearray(path.read_bytes())
+    weight = damaged.find(_WEIGHT[0, 0].numpy().tobytes())  # XNNPACK packs fp32 weights as they are
+    assert weight > 0
+    damaged[weight + 3] ^= 0x40  # the exponent: another weight, no error
+    path.write_bytes(damaged)
+    with caplog.at_level(logging.WARNING):
+        again = CompiledExecutable(model, threads=1, checksum="0" * 64)
+    np.testing.assert_array_equal(again.run([x, state])[0], expected)
+    assert "is damaged" in caplog.text
+    assert path.read_bytes() != bytes(damaged)
 
 
 def test_publishing_a_weight_cache_keeps_the_cache_within_its_bound(model, tmp_path, monkeypatch):
@@ -90,7 +109,8 @@ def test_publishing_a_weight_cache_keeps_the_cache_within_its_bound(model, tmp_p
     os.utime(old, (1, 1))
     monkeypatch.setenv("EDGEPORT_CACHE_MAX", "1")  # one byte: only the file just built stays
     CompiledExecutable(model, threads=1, checksum="0" * 64)
-    assert os.listdir(old.parent) == [weight_cache_path("0" * 64).name]
+    built = weight_cache_path("0" * 64).name
+    assert sorted(os.listdir(old.parent)) == [built, built + ".sha256"]
 
 
 def test_a_malformed_cache_bound_is_refused_before_the_weights_are_packed(model, tmp_path, monkeypatch):
