@@ -37,8 +37,10 @@ def method_plan(program: Program, method: str | None) -> tuple[str, MethodPlan]:
     name = program.default_method if method is None else method
     plan = program.manifest.methods.get(name)
     if plan is None:
-        raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}",
-                         hint="pick one with --method NAME")
+        hint = "pick one with --method NAME"
+        if "llm" in program.manifest.metadata:  # an LLM program: its text comes from `llm generate`
+            hint += "; to generate text: edgeport llm generate PROGRAM --prompt TEXT"
+        raise InputError(f"program has no method {name!r}; it has {', '.join(program.methods)}", hint=hint)
     return name, plan
 
 

@@ -125,6 +125,8 @@ def test_explain_without_a_method_explains_prefill_and_decode(qualcomm_program, 
         CliRunner().invoke(cli, ["explain", str(path), "--method", "decode", "--json"]).output)
     html = CliRunner().invoke(cli, ["explain", str(path), "--html", str(tmp_path / "p.html")])
     assert html.exit_code == 1 and "it has decode, prefill" in html.output
+    run = CliRunner().invoke(cli, ["run", str(path)])
+    assert run.exit_code == 1 and "to generate text: edgeport llm generate PROGRAM --prompt TEXT" in run.output
 
 
 def test_generate_labels_a_simulator_run_as_such(qualcomm_program, tmp_path):
