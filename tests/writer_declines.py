@@ -33,8 +33,6 @@ WRITER_DECLINES: dict[str, dict[str, str]] = {
     "conv_transpose3d_output_padding": {"aten.convolution.default": _3D_TRANSPOSED},
     "conv3d_groups_strided": {"aten.convolution.default": _3D_GROUPED},
     "conv_transpose2d_groups_dilation": {"aten.convolution.default": "dilated transposed convolution"},
-    "topk": {"aten.topk.default": _NO_LOWERING},
-    "max_dim": {"aten.max.dim": _NO_LOWERING},
     # Three positions at once: TFLite's DYNAMIC_UPDATE_SLICE writes one.
     "buffer_write_read": {"aten.index_put.default": "only one position is a DYNAMIC_UPDATE_SLICE"},
     # A causal attention's mask is a constant of the sequence length: it cannot resize.

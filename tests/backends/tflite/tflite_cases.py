@@ -175,6 +175,14 @@ EXTRA_CASES: list[Case] = [
     case("flip", lambda m, x: (x.flip(1) * 2, x.flip([0, -1]) + 1, _conv(m, x[:1]).flip(1), (x > 0).flip(2)),
          (2, 8, 6, 6), w=(4, 8, 3, 3), b=(4,)),
     case("argmax_int", lambda m, a: torch.argmax(a, 0), torch.tensor([[1, 3], [4, 3]])),
+    # by order (ops/order.py): max/min with indices, topk largest and smallest, sort both ways,
+    # along any dim, of a NHWC value too; ties give max.dim's and min.dim's first index
+    case("order", lambda m, x: (*torch.max(x, 1), *torch.min(x, -1, keepdim=True), *torch.topk(x, 3, dim=1),
+                                *torch.topk(x, 2, largest=False), *torch.sort(x, 2), *torch.sort(x, descending=True),
+                                *torch.topk(_conv(m, x[:1]), 2, dim=1)),
+         (2, 8, 6, 6), w=(4, 8, 3, 3), b=(4,)),
+    case("max_min_dim_ties", lambda m, a: (*torch.max(a, dim=1), *torch.min(a, dim=0)),
+         torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
                                            torch.slice_scatter(a, a * 2, 1)), (2, 5), (2, 2)),
     # a KV-cache write: one run-time position along dim 2, and a negative one along dim 0
@@ -234,6 +242,10 @@ EXTRA_CASES: list[Case] = [
 
 # Modules the writer must decline, the op it names, and words its reason contains.
 DECLINED = [
+    ("topk_unsorted", case("topk_unsorted", lambda m, x: torch.topk(x, 2, sorted=False), (3, 5)), "aten.topk",
+     "sorted=False"),
+    ("sort_int", case("sort_int", lambda m, x: torch.sort(x), torch.tensor([[3, 1, 2], [0, 5, 4]])), "aten.sort",
+     "int64 input"),
     ("slice_scatter_step", case("slice_scatter_step", lambda m, a, s: torch.slice_scatter(a, s, 1, 0, 4, 2),
                                 (2, 5), (2, 2)), "slice_scatter", "step 2"),
     ("index_put_runtime", case("index_put_runtime", lambda m, a, i, v: torch.index_put(a, (i,), v), (4, 3),
