@@ -226,6 +226,13 @@ def neg(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, "MUL", [em.value(node.args[0]), -1.0], torch.float32)
 
 
+@lowering(aten.isnan.default, writes=frozenset({"NOT_EQUAL"}), dtypes=FLOAT | {torch.bool})
+def isnan(em: Emitter, node: Node) -> Value:
+    """x != x: true of NaN alone."""
+    x = em.value(node.args[0])
+    return emit_elementwise(em, node, "NOT_EQUAL", [x, x], torch.float32)
+
+
 def _relu_activation(node: Node) -> str:
     return "RELU"
 

@@ -181,6 +181,8 @@ EXTRA_CASES: list[Case] = [
                                 *torch.topk(x, 2, largest=False), *torch.sort(x, 2), *torch.sort(x, descending=True),
                                 *torch.topk(_conv(m, x[:1]), 2, dim=1)),
          (2, 8, 6, 6), w=(4, 8, 3, 3), b=(4,)),
+    case("isnan", lambda m, a: (torch.isnan(a), torch.isnan(a * 2) | (a > 1)),
+         torch.tensor([[float("nan"), -0.0, 0.0, -2.5], [3.0, float("inf"), -float("inf"), 1e-30]])),
     case("max_min_dim_ties", lambda m, a: (*torch.max(a, dim=1), *torch.min(a, dim=0)),
          torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
