@@ -166,7 +166,7 @@ import torch
 
 class Sorted(torch.nn.Module):
     def forward(self, x):
-        return torch.sort(x).values  # no backend here takes a sort
+        return torch.cummax(x, 1).values  # the cpu takes no running maximum
 
 
 def model():
