@@ -8,7 +8,7 @@ but a check returns a `Support`, so the reason survives composition:
         support.decline_if_op_in(REFUSED),
         support.decline_if_symbolic("{op}: dynamic shape {shape}; my NPU compiles static sizes"),
         support.decline_if_rank_above(4, "{op}: rank-{rank} {role}; my NPU takes at most {limit} dims"),
-        support.decline_if_dtype_not_in({torch.float32}, "{op}: {role} dtype {dtype} (takes {allowed})"),
+        support.decline_if_dtype_not_in({"float32"}, "{op}: {role} dtype {dtype} (takes {allowed})"),
     )
 
 A check is a function ``(node) -> Support``. Reasons are templates filled per tensor:
@@ -30,6 +30,7 @@ side too); the checks import it when they run.
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, NamedTuple
 
@@ -188,18 +189,35 @@ def empty_tensor(reason: str) -> TensorRule:
     return rule
 
 
-def dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], Collection[torch.dtype]], reason: str) -> TensorRule:
+def dtype_not_in(dtypes: Collection[torch.dtype | str] | Callable[[Node], Collection[torch.dtype | str]],
+                 reason: str) -> TensorRule:
     """A tensor of a dtype outside `dtypes` (a set, or a function of the node giving the
-    node's set)."""
+    node's set). Dtypes may be named (``{"float32", "float16"}``), so a backend composes
+    its checks at import without importing torch, which its run side must not."""
+
+    fixed = None if callable(dtypes) else frozenset(dtypes)
 
     def rule(node: Node, tensor: TensorUse) -> str | None:
-        allowed = dtypes(node) if callable(dtypes) else dtypes
-        if tensor.value.dtype in allowed:
+        allowed = _dtype_names(fixed if fixed is not None else frozenset(dtypes(node)))
+        if dtype_name(tensor.value.dtype) in allowed:
             return None
-        names = ", ".join(sorted(dtype_name(d) for d in allowed))
-        return reason.format(**_fields(node, tensor), allowed=names)
+        return reason.format(**_fields(node, tensor), allowed=", ".join(sorted(allowed)))
 
     return rule
+
+
+@functools.lru_cache(maxsize=256)  # a backend has a few dtype sets, asked of every tensor
+def _dtype_names(dtypes: frozenset[torch.dtype | str]) -> frozenset[str]:
+    """Each of `dtypes` by name ("float32"), given as a torch dtype or a name. A name
+    torch has no dtype for raises: a typo must not decline every tensor in silence."""
+    import torch
+
+    names = frozenset(d.removeprefix("torch.") if isinstance(d, str) else dtype_name(d) for d in dtypes)
+    unknown = sorted(n for n in names if not isinstance(getattr(torch, n, None), torch.dtype))
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))} names no torch dtype (names are torch's without "
+                         "'torch.': 'float32', 'float16', 'int8')")
+    return names
 
 
 def first_reason(node: Node, tensors: Iterable[TensorUse], rule: TensorRule) -> str | None:
@@ -242,10 +260,10 @@ def decline_if_empty(reason: str, tensors: Tensors = node_tensors) -> Check:
     return decline_if_tensor(empty_tensor(reason), tensors)
 
 
-def decline_if_dtype_not_in(dtypes: Collection[torch.dtype] | Callable[[Node], Collection[torch.dtype]],
+def decline_if_dtype_not_in(dtypes: Collection[torch.dtype | str] | Callable[[Node], Collection[torch.dtype | str]],
                             reason: str, tensors: Tensors = node_tensors) -> Check:
     """Decline a node with a tensor of a dtype outside `dtypes` (a set, or a function of
-    the node giving the node's set)."""
+    the node giving the node's set; dtypes or their names, "float32")."""
     return decline_if_tensor(dtype_not_in(dtypes, reason), tensors)
 
 

@@ -100,3 +100,18 @@ def test_importing_the_toolkit_imports_no_torch(module):
 
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_dtypes_may_be_named_and_answer_as_the_dtypes_do():
+    """Names let a backend compose its checks at import without torch (its run side)."""
+    add = _nodes(_Add(), torch.randn(2, 3, dtype=torch.float64))["add"]
+    by_name = support.decline_if_dtype_not_in({"float32", "torch.float16"}, "{op}: {role} {dtype} (takes {allowed})")
+    by_dtype = support.decline_if_dtype_not_in({torch.float32, torch.float16}, "{op}: {role} {dtype} (takes {allowed})")
+    assert by_name(add) == by_dtype(add) == edgeport.Support.no("aten.add.Tensor: input float64 (takes float16, float32)")
+    assert support.decline_if_dtype_not_in(lambda node: {"float64"}, "never reached")(add).ok
+
+
+def test_a_dtype_name_torch_lacks_is_an_error_not_a_silent_decline():
+    add = _nodes(_Add(), torch.randn(2, 3))["add"]
+    with pytest.raises(ValueError, match="'flaot32' names no torch dtype"):
+        support.decline_if_dtype_not_in({"flaot32"}, "{op}: {dtype}")(add)

@@ -65,3 +65,15 @@ def test_the_support_check_snippets_run_as_written():
     namespace = {}
     exec(compile(second, "docs/writing-a-backend.md", "exec"), namespace)
     assert namespace["check"](relu, lambda node: False).ok
+
+
+def test_the_support_check_snippets_compose_without_torch():
+    """The run side imports a backend's module without torch, and the page says to compose
+    checks at import: a dtype set written ``{torch.float32}`` made that impossible."""
+    import subprocess
+    import sys
+
+    for block in _section_blocks("### Support checks"):
+        code = 'import sys; sys.modules["torch"] = None\n' + block
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
