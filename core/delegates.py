@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .backend import Artifact, Availability, Backend, Entries, Executable, options_from_dict, validate_options
+from .contract import checked_version
 from .errors import BackendError, EdgeportError, ProgramError, described
 from .manifest import Manifest, Step
 from .mapped_file import Buffer
@@ -58,6 +59,15 @@ def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backe
     except EdgeportError:
         raise
     except Exception as exc:
+        compiled_by = manifest.artifacts[step.artifact].backend_version
+        installed = _installed_version(backend)
+        if installed != compiled_by:  # the likeliest cause: say it first
+            raise ProgramError(
+                f"backend {backend.name!r} cannot load partition {step.partition}: {described(exc)}; it was "
+                f"compiled by {backend.name} {compiled_by}, and this is {backend.name} {installed}",
+                hint=f"re-export the model with {backend.name} {installed}, or run it where {backend.name} "
+                     f"{compiled_by} is installed; if that version should read it, it is a bug of the plugin",
+            ) from exc
         raise ProgramError(
             f"backend {backend.name!r} cannot load partition {step.partition}: {described(exc)}",
             hint=f"{backend.name}'s load() raised this: a problem of the plugin or of its device or driver (the "
@@ -69,6 +79,15 @@ def load_step(manifest: Manifest, files: Mapping[str, Buffer], step: Step, backe
                            f"{method}() method",
                            hint="return an executable with run(inputs) (or, for a merged artifact, entry(i))")
     return loaded
+
+
+def _installed_version(backend: Backend) -> str:
+    """The backend's version here, as its artifacts record it; text saying so when reading
+    it fails (the load error being reported matters more)."""
+    try:
+        return checked_version(backend)
+    except BackendError as exc:
+        return f"(version unknown: {exc})"
 
 
 def executable_of(loaded: Any, step: Step) -> Executable:

@@ -596,3 +596,28 @@ def test_a_load_that_raises_is_said_to_be_the_backends_not_the_files():
         program(torch.ones(2))
     assert raised.value.hint.startswith("torchops's load() raised this: a problem of the plugin or of its device")
     assert "re-export" not in raised.value.hint
+
+
+def test_a_load_that_raises_after_the_backend_changed_version_names_both_versions(tmp_path):
+    """The manifest records the version that compiled each artifact, and nothing read it:
+    a toolchain upgrade that cannot read old artifacts said only "a problem of the plugin"."""
+    import torch
+
+    class Upgraded(TorchOpsBackend):
+        version = "1.0"
+
+        def load(self, artifact):
+            if self.version != "1.0":
+                raise RuntimeError("unknown blob format 3")
+            return super().load(artifact)
+
+    backend = Upgraded(ops=("relu",))
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(backend), name="upgraded")
+    edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry).save(tmp_path / "m.edgeport")
+    backend.version = "2.0"
+    program = edgeport.load(tmp_path / "m.edgeport", registry=registry)
+    with pytest.raises(edgeport.ProgramError, match="cannot load partition 0: RuntimeError: unknown blob format 3; "
+                       "it was compiled by torchops 1.0, and this is torchops 2.0$") as raised:
+        program(torch.ones(2))
+    assert raised.value.hint.startswith("re-export the model with torchops 2.0, or run it where torchops 1.0")
