@@ -302,17 +302,25 @@ def _check_outputs(index: int, loaded: _LoadedStep, outputs: Sequence[Any]) -> N
             raise ExecutionError(
                 f"step {index} ({loaded.label}) returned output {k} ({spec.name}) as {dtype_and_shape(outputs[k])}; "
                 f"its partition computes {spec.dtype} {list(spec.shape)}",
-                hint=f"backend {loaded.backend!r}'s run() returns each output in its partition's dtype and shape")
+                hint=_contract_hint(loaded, "return each output in its partition's dtype and shape"))
 
 
 def _check_output_count(index: int, loaded: _LoadedStep, results: Sequence[Any]) -> None:
     if not isinstance(results, (list, tuple)):
         raise ExecutionError(f"step {index} ({loaded.label}) returned {type(results).__name__}, not a list of outputs",
-                             hint="a backend's executable returns a list of arrays from run()")
+                             hint=_contract_hint(loaded, "return a list of arrays"))
     if len(results) != len(loaded.step.outputs):
         raise ExecutionError(
-            f"step {index} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}"
+            f"step {index} ({loaded.label}) returned {len(results)} outputs, expected {len(loaded.step.outputs)}",
+            hint=_contract_hint(loaded, "return one array per output of its partition, in order"),
         )
+
+
+def _contract_hint(loaded: _LoadedStep, must: str) -> str:
+    """What to do about a step whose run() broke the executable contract: the user cannot
+    fix it, only report it or leave the backend out; its author reads what run() must do."""
+    return (f"a bug of backend {loaded.backend!r}: its executable's run() must {must}; report it to the "
+            f"plugin's authors, or export without {loaded.backend}")
 
 
 _NOT_DIRECT = object()  # what a direct call returns for inputs it does not take as they are

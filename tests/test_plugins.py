@@ -473,6 +473,7 @@ class _Misbuilt(TorchOpsBackend):
 
 
 WRONG_OUTPUTS = {"extra dim": lambda x: np.maximum(x, 0)[None], "float64": lambda x: np.maximum(x, 0).astype(np.float64)}
+CONTRACT_HINT = "a bug of backend 'torchops': its executable's run() must "
 
 
 @pytest.mark.parametrize(("fault", "error", "message"), [
@@ -513,8 +514,30 @@ def test_a_wrong_output_is_named_at_its_step_not_passed_on(fault):
     registry.add_plugin(plugin(_Misbuilt(fault, ops=("relu",))), name="misbuilt")
     program = edgeport.export(ReluThenCos(), (torch.ones(2),), ["torchops"], registry=registry)
     assert [s.kind for s in program.plan("forward").steps] == ["delegate", "portable"]
-    with pytest.raises(edgeport.ExecutionError, match=r"^step 0 \(torchops\) returned output 0 \(relu\)"):
+    with pytest.raises(edgeport.ExecutionError, match=r"^step 0 \(torchops\) returned output 0 \(relu\)") as raised:
         program(torch.ones(2))
+    assert raised.value.hint == (CONTRACT_HINT + "return each output in its partition's dtype and shape; report it "
+                                 "to the plugin's authors, or export without torchops")  # was "backend 'torchops''s run() returns ..."
+
+
+@pytest.mark.parametrize(("returned", "message", "must"), [
+    ((), "returned 0 outputs, expected 1", "return one array per output of its partition, in order"),
+    (None, "returned NoneType, not a list of outputs", "return a list of arrays"),
+])
+def test_a_wrong_number_of_outputs_is_said_to_be_the_plugins_bug(returned, message, must):
+    """The count had no hint at all, and not-a-list one that did not say whose it was."""
+    import torch
+
+    class Returns(TorchOpsBackend):
+        def load(self, artifact):
+            return types.SimpleNamespace(run=lambda inputs: returned)
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(Returns(ops=("relu",))), name="returns")
+    program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    with pytest.raises(edgeport.ExecutionError, match=f"^step 0 \\(torchops\\) {message}$") as raised:
+        program(torch.ones(2))
+    assert raised.value.hint.startswith(CONTRACT_HINT + must)
 
 
 def test_a_compile_that_returns_text_for_bytes_falls_back_with_the_reason():
