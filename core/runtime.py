@@ -156,10 +156,11 @@ class Runtime:
         if self._reference and step.reference:
             executable = self._portable(step.reference)
             return executable, name, f"{name}: {TORCH_REFERENCE}", _guard(executable)
-        if self._reference:
-            hint = "re-export with keep_reference=True (--keep-reference) to keep the torch reference"
-        else:
+        if step.reference and not self._reference:
             hint = "run its torch reference instead with --reference (edgeport.load(path, reference=True))"
+        else:  # --reference would fail the same way: the program keeps no torch program of the step
+            hint = (f"run it where {name} runs, or re-export with keep_reference=True (--keep-reference) and run "
+                    "its torch reference with --reference")
         raise ExecutionError(
             f"partition {step.partition} of {plan.name!r} needs backend {name!r}, which cannot run here: {why}",
             hint=hint,

@@ -189,8 +189,10 @@ def test_backend_that_cannot_run_here_needs_reference(tmp_path):
 def test_missing_backend_error_names_it(tmp_path):
     program, _ = export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),))
     program.save(tmp_path / "p.edgeport")
-    with pytest.raises(edgeport.ExecutionError, match="needs backend 'torchops'.*not installed"):
+    with pytest.raises(edgeport.ExecutionError, match="needs backend 'torchops'.*not installed") as info:
         edgeport.load(tmp_path / "p.edgeport", registry=registry_with())(torch.randn(1, 4, 6, 6))
+    # it keeps no torch reference: the hint said to run with --reference, which then failed too
+    assert info.value.hint.startswith("run it where torchops runs, or re-export with keep_reference=True")
     blocked = edgeport.Registry(entry_points=False, disabled=["torchops"])
     with pytest.raises(edgeport.ExecutionError, match="which cannot run here: backend 'torchops' is disabled by "
                                                       "EDGEPORT_DISABLE_PLUGINS"):
