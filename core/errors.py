@@ -21,11 +21,14 @@ class BackendError(EdgeportError):
 
 class UnknownBackendError(EdgeportError):
     """A backend name that no installed plugin registered; ``disabled`` when the user
-    blocked it by name (EDGEPORT_DISABLE_PLUGINS): then it may well be installed."""
+    blocked it by name (EDGEPORT_DISABLE_PLUGINS): then it may well be installed;
+    ``broken`` when it is installed but its plugin failed to load or register it (the
+    hint says why)."""
 
-    def __init__(self, message: str, hint: str = "", disabled: bool = False) -> None:
+    def __init__(self, message: str, hint: str = "", disabled: bool = False, broken: bool = False) -> None:
         super().__init__(message, hint)
         self.disabled = disabled
+        self.broken = broken
 
 
 class PluginError(EdgeportError):

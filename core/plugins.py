@@ -292,7 +292,7 @@ class Registry:
             failed = broken[0]
             hint = (f"plugin {name!r} failed to load: {failed.error}" if failed.plugin == name
                     else f"backend {name!r} (plugin {failed.plugin!r}) was refused at registration: {failed.error}")
-        raise UnknownBackendError(f"unknown backend {name!r}; installed: {installed}", hint=hint)
+        raise UnknownBackendError(f"unknown backend {name!r}; installed: {installed}", hint=hint, broken=bool(broken))
 
     def get(self, name: str) -> Backend:
         return self.entry(name).backend

@@ -170,7 +170,9 @@ class Runtime:
         try:
             availability = self._registry.get(name).availability()
         except UnknownBackendError as exc:
-            return f"{exc} ({exc.hint})" if exc.disabled else f"it is not installed ({exc}; {exc.hint})"
+            if exc.disabled:
+                return f"{exc} ({exc.hint})"
+            return exc.hint if exc.broken else f"it is not installed ({exc}; {exc.hint})"
         return None if availability.can_run else (availability.why or "its backend says it cannot run here")
 
     def _portable(self, prefix: str) -> Executable:

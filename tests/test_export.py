@@ -186,6 +186,12 @@ def test_backend_that_cannot_run_here_needs_reference(tmp_path):
     assert "torchops: torch reference" in [s.label for s in result.steps]
 
 
+class _RaisingPlugin:
+    @edgeport.hookimpl
+    def edgeport_register_backends(self, register):
+        raise RuntimeError("libnpu.so not found")
+
+
 def test_missing_backend_error_names_it(tmp_path):
     program, _ = export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),))
     program.save(tmp_path / "p.edgeport")
@@ -193,6 +199,11 @@ def test_missing_backend_error_names_it(tmp_path):
         edgeport.load(tmp_path / "p.edgeport", registry=registry_with())(torch.randn(1, 4, 6, 6))
     # it keeps no torch reference: the hint said to run with --reference, which then failed too
     assert info.value.hint.startswith("run it where torchops runs, or re-export with keep_reference=True")
+    broken = edgeport.Registry(entry_points=False)
+    broken.add_plugin(_RaisingPlugin(), name="torchops", distribution="acme-npu")
+    with pytest.raises(edgeport.ExecutionError, match="which cannot run here: plugin 'torchops' failed to load: "
+                                                      "RuntimeError: libnpu.so not found$"):  # not "it is not installed"
+        edgeport.load(tmp_path / "p.edgeport", registry=broken)(torch.randn(1, 4, 6, 6))
     blocked = edgeport.Registry(entry_points=False, disabled=["torchops"])
     with pytest.raises(edgeport.ExecutionError, match="which cannot run here: backend 'torchops' is disabled by "
                                                       "EDGEPORT_DISABLE_PLUGINS"):
