@@ -27,7 +27,7 @@ from torch.fx import Node
 from edgeport.partitioners.grow import Partition
 from edgeport.partitioners.partition import PartitionPlan, partition_graph
 from edgeport.partitioners.policy import PORTABLE
-from edgeport.partitioners.support import SupportMatrix, ask_support
+from edgeport.partitioners.support import SupportMatrix, ask_support, is_compute
 
 from .backend import Artifact, Backend, Support, options_to_dict, support_question
 from .contract import artifact_problem
@@ -193,10 +193,12 @@ def compile_partition(method: _Method, partition: Partition) -> Outcome:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         reason = f"compile failed: {type(exc).__name__}: {first}"
         if method.settings.strict:
+            nodes = sum(1 for n in partition.nodes if is_compute(n))  # as the placement table counts them
             raise LoweringError(
-                f"method {method.name!r}, partition {partition.id} ({len(partition.nodes)} nodes) on "
+                f"method {method.name!r}, partition {partition.id} ({nodes} nodes) on "
                 f"{partition.backend!r}: {reason}",
-                hint="drop --strict to fall back to portable torch for this partition",
+                hint="drop --strict to hand its nodes to the next selected backend that supports them, else to "
+                     "portable torch",
             ) from exc
         return FellBack(partition.backend, reason, time.perf_counter() - start)
 

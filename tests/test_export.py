@@ -86,8 +86,26 @@ def test_failed_compile_hands_its_nodes_to_the_next_backend(caplog):
 
 
 def test_strict_mode_raises_naming_partition_and_backend():
-    with pytest.raises(edgeport.LoweringError, match=r"partition \d+ .* on 'torchops': compile failed"):
+    with pytest.raises(edgeport.LoweringError, match=r"partition \d+ .* on 'torchops': compile failed") as info:
         export(Diamonds().eval(), (torch.randn(1, 4, 6, 6),), TorchOpsBackend(fail_compile=True), strict=True)
+    assert "next selected backend" in info.value.hint  # not only portable torch: said so when another took them
+
+
+def test_strict_mode_counts_the_nodes_as_the_placement_table_does():
+    """The error said "(90 nodes)" of a ResNet-18 partition the table counts as 69: it
+    counted the getitems that pick a batch norm's outputs."""
+
+    class ConvBn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    ops = ("convolution", "_native_batch_norm_legit_no_training")
+    with pytest.raises(edgeport.LoweringError, match=r"partition 0 \(2 nodes\) on 'torchops'"):
+        export(ConvBn().eval(), (torch.randn(1, 2, 4, 4),), TorchOpsBackend(ops=ops, fail_compile=True), strict=True)
 
 
 def test_nodes_refused_at_compile_time_are_repartitioned():
