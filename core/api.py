@@ -33,7 +33,7 @@ from .index_views import slice_run_indexes, view_spread_indexes
 from .permute_rank import collapse_expands, collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
-from .plugins import Registry, registry_or_default
+from .plugins import BackendEntry, Registry, registry_or_default
 from .program import Program, file_info
 from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.flow import lowered_report, refuse_unoffered
@@ -292,13 +292,20 @@ def _select_backends(registry: Registry, names: Sequence[str]) -> dict[str, Back
                                hint="name each backend once, in the order they are to be asked")
         availability = entry.availability()
         if not availability.can_compile:
-            raise BackendError(
-                f"backend {entry.backend.name!r} cannot compile on this machine: {availability.why}",
-                hint=f"install its toolchain (pip install 'edgeport[{entry.backend.name}]') or choose another backend",
-            )
+            raise BackendError(f"backend {entry.backend.name!r} cannot compile on this machine: {availability.why}",
+                               hint=_install_hint(entry))
         checked_version(entry.backend)  # recorded with every artifact: refused before any work
         selected[entry.backend.name] = entry.backend
     return selected
+
+
+def _install_hint(entry: BackendEntry) -> str:
+    """What to install for a backend that cannot compile: edgeport's extra of the same name
+    for a built-in one; a plugin's own distribution has no such extra in edgeport."""
+    if entry.distribution == "edgeport":
+        return f"install its toolchain (pip install 'edgeport[{entry.backend.name}]') or choose another backend"
+    return (f"install what {entry.distribution}, the distribution of backend {entry.backend.name!r}, needs to "
+            "compile (see its documentation), or choose another backend")
 
 
 def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

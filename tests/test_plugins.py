@@ -644,3 +644,22 @@ def test_a_load_that_raises_after_the_backend_changed_version_names_both_version
                        "it was compiled by torchops 1.0, and this is torchops 2.0$") as raised:
         program(torch.ones(2))
     assert raised.value.hint.startswith("re-export the model with torchops 2.0, or run it where torchops 1.0")
+
+
+@pytest.mark.parametrize(("distribution", "hint"), [
+    ("edgeport", "install its toolchain (pip install 'edgeport[torchops]') or choose another backend"),
+    ("acme-npu", "install what acme-npu, the distribution of backend 'torchops', needs to compile"),
+])
+def test_a_backend_that_cannot_compile_hints_at_its_own_distribution(distribution, hint):
+    """A plugin's backend was told to `pip install 'edgeport[acme_ort]'`, an extra edgeport lacks."""
+    import torch
+
+    class NoCompiler(TorchOpsBackend):
+        def availability(self):
+            return edgeport.Availability(False, True, why="the ACME compiler is not installed")
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(NoCompiler()), name="acme", distribution=distribution)
+    with pytest.raises(edgeport.BackendError, match="cannot compile on this machine: the ACME compiler") as raised:
+        edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    assert raised.value.hint.startswith(hint)
