@@ -130,7 +130,10 @@ class TorchValues:
 
     def step_output(self, value: Any) -> Any:
         if isinstance(value, np.ndarray):
-            return self._torch.from_numpy(value)
+            # A read-only array (np.frombuffer of a runtime's bytes) is copied: torch makes
+            # a writable tensor over it, and a caller's or a torch step's in-place write
+            # would change memory its owner never meant to be written (torch only warns).
+            return self._torch.from_numpy(value if value.flags.writeable else value.copy())
         if isinstance(value, np.generic):
             return self._torch.from_numpy(np.asarray(value))
         _check_step_output(value)

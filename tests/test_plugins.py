@@ -663,3 +663,26 @@ def test_a_backend_that_cannot_compile_hints_at_its_own_distribution(distributio
     with pytest.raises(edgeport.BackendError, match="cannot compile on this machine: the ACME compiler") as raised:
         edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
     assert raised.value.hint.startswith(hint)
+
+
+def test_a_read_only_output_reaches_torch_as_a_copy_it_may_write():
+    """An executable returning read-only arrays passed the kit, and the caller got a tensor
+    over that memory (here immutable bytes), with torch's warning that writes are undefined."""
+    import warnings
+
+    import torch
+
+    blob = np.arange(2, dtype=np.float32).tobytes()
+
+    class FromBytes(TorchOpsBackend):
+        def load(self, artifact):
+            return types.SimpleNamespace(run=lambda inputs: [np.frombuffer(blob, dtype=np.float32)])
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(FromBytes(ops=("relu",))), name="frombytes")
+    program = edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "The given NumPy array is not writable"
+        y = program(torch.ones(2))
+    y += 1
+    assert y.tolist() == [1.0, 2.0] and blob == np.arange(2, dtype=np.float32).tobytes()
