@@ -221,8 +221,12 @@ def _declined(partition: Partition, declined: DeclineNodes) -> DeclinedNodes | F
     wherever its producer runs); a refusal of nodes it was not given is a failed compile."""
     known = {n.name: n for n in partition.nodes}
     unknown = set(declined.reasons) - known.keys()
-    if unknown or not declined.reasons:
-        return FellBack(partition.backend, f"compile declined unknown nodes {sorted(unknown)}")
+    if not declined.reasons:
+        return FellBack(partition.backend, "compile raised DeclineNodes naming no node (name the nodes your "
+                                           "toolchain refused, or raise another error)")
+    if unknown:
+        return FellBack(partition.backend, f"compile declined nodes the partition does not hold: "
+                                           f"{', '.join(sorted(unknown))} (name them as the partition's graph does)")
     reasons = {}
     for name, reason in declined.reasons.items():
         node = known[name]

@@ -119,6 +119,21 @@ def test_nodes_refused_at_compile_time_are_repartitioned():
     assert_close(program(x), model(x))
 
 
+@pytest.mark.parametrize(("refused", "reason"), [
+    ({}, "compile raised DeclineNodes naming no node"),  # was "compile declined unknown nodes []"
+    ({"no_such_node": "x"}, "compile declined nodes the partition does not hold: no_such_node"),
+])
+def test_a_decline_of_no_node_or_of_nodes_not_given_is_a_failed_compile_saying_which(refused, reason):
+    class Declines(TorchOpsBackend):
+        def compile(self, program, options):
+            raise edgeport.DeclineNodes(refused)
+
+    model, x = Diamonds().eval(), torch.randn(1, 4, 6, 6)
+    program, _ = export(model, (x,), Declines())
+    relus = [n for n in program.report()["nodes"] if n["op"] == "aten.relu.default"]
+    assert relus and all(n["backend"] == "portable" and n["reasons"]["torchops"].startswith(reason) for n in relus)
+
+
 class Cache(torch.nn.Module):
     """A KV-cache-like buffer written with index_copy_, read by two methods."""
 
