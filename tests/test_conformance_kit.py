@@ -43,6 +43,19 @@ def test_a_case_the_backend_takes_nothing_of_is_declined_with_its_reasons():
     assert "aten.convolution.default: torchops has no kernel" in outcome.message
 
 
+def test_a_reason_that_names_its_op_is_not_prefixed_with_it_again():
+    """The reason templates writing-a-backend.md shows begin "{op}: ", and the kit showed
+    "aten.convolution.default: aten.convolution.default: input dtype ..."."""
+
+    class NamesTheOp(TorchOpsBackend):
+        def support(self, node, ctx):
+            return edgeport.Support.no(f"{node.target}: no kernel here")
+
+    outcome = run_kit_case(NamesTheOp(), CASE["conv2d"])
+    assert outcome.message == "declined: aten.convolution.default: no kernel here"
+    assert outcome.why == "aten.convolution.default: no kernel here"
+
+
 def test_a_wrong_answer_fails_at_the_declared_tolerance_and_passes_at_a_looser_one():
     wrong = run_kit_case(TorchOpsBackend(), CASE["relu"], {"scale": 1.01})
     assert wrong.verdict is Verdict.FAILED and "> tolerance 0.0001" in wrong.message

@@ -74,8 +74,15 @@ class Outcome:
         """What a table's "why" column shows: a failed case's failure (not the reasons
         for the nodes left to portable, when it took some), else each declined op's
         reason, or the verdict line when there are none."""
-        declined = "; ".join(f"{op}: {reason}" for op, reason in self.declined.items())
+        declined = declined_text(self.declined)
         return self.message if self.verdict is Verdict.FAILED or not declined else declined
+
+
+def declined_text(reasons: Mapping[str, str]) -> str:
+    """Each declined op with its reason, "op: reason; ...". A reason that already begins
+    with its op (the templates writing-a-backend.md shows begin "{op}: ") is not
+    prefixed again: "aten.mean.dim: aten.mean.dim: input dtype int64" said it twice."""
+    return "; ".join(why if why.startswith(f"{op}:") else f"{op}: {why}" for op, why in reasons.items())
 
 
 @dataclass(frozen=True)
@@ -219,7 +226,7 @@ def _judge(backend: Backend, result: CaseResult | QuantizedCaseResult, measure: 
     if fallbacks:
         return outcome(Verdict.FAILED, f"a partition it accepted fell back to portable: {fallbacks[0]}")
     if result.delegated == 0.0:
-        reasons = "; ".join(f"{op}: {why}" for op, why in result.reasons.items()) or "it took no node"
+        reasons = declined_text(result.reasons) or "it took no node"
         return outcome(Verdict.DECLINED, f"declined: {reasons}")
     if result.error:
         return outcome(Verdict.FAILED, result.error)
