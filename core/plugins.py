@@ -189,8 +189,7 @@ class Registry:
             except BaseException as exc:  # a broken plugin must not take the others down
                 if not _plugin_failure(exc):
                     raise
-                self._failed_loads.append(_broken(ep.name, source, exc, f"fix or uninstall {source.distribution}, "
-                                                                        f"or block it with {DISABLE_ENV}={ep.name}"))
+                self._failed_loads.append(_broken(ep.name, source, exc, _import_hint(ep.name, source, exc)))
                 continue
             self._register(plugin, ep.name, source)
 
@@ -405,6 +404,19 @@ def _alias_problem(aliases: tuple[Any, ...]) -> tuple[str, str] | None:
         return (f"invalid backend alias(es) {', '.join(map(repr, bad))}",
                 "use letters, digits and underscores, e.g. aliases=('npu',); 'portable' is reserved")
     return None
+
+
+def _import_hint(plugin: str, source: _Source, exc: BaseException) -> str:
+    """What to do about a plugin whose module failed to import. One that imports torch at
+    the top fails so wherever torch is not (a device running programs): its author must
+    move that import into the compile side, which the user cannot do."""
+    block = f"block it with {DISABLE_ENV}={plugin}"
+    name = getattr(exc, "name", None) or ""
+    if isinstance(exc, ImportError) and name.split(".")[0] == "torch":
+        return (f"{source.distribution} imports torch when its module loads, and there is no torch here: a bug of "
+                "the plugin (its module must import torch only inside support() and compile(): "
+                f"docs/writing-a-backend.md, 'The run side'); report it to its authors, or {block}")
+    return f"fix or uninstall {source.distribution}, or {block}"
 
 
 def _broken(plugin: str, source: _Source, exc: BaseException, hint: str) -> BrokenPlugin:

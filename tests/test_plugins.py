@@ -61,6 +61,19 @@ def test_an_entry_point_that_fails_to_import_is_recorded(monkeypatch):
     assert "failed to load" in info.value.hint
 
 
+def test_an_entry_point_that_imports_torch_at_the_top_is_said_to_break_the_run_side(monkeypatch):
+    """On a device without torch its hint was "fix or uninstall acme-edgeport": the user's
+    only choice, but the fix is the author's, and nothing said which import."""
+    failing_entry_point(monkeypatch, ModuleNotFoundError("No module named 'torch'", name="torch"))
+    [broken] = edgeport.Registry().broken()
+    assert broken.hint.startswith("acme-edgeport imports torch when its module loads, and there is no torch here: "
+                                  "a bug of the plugin")
+    assert "'The run side'" in broken.hint and broken.hint.endswith("EDGEPORT_DISABLE_PLUGINS=acme")
+    failing_entry_point(monkeypatch, ModuleNotFoundError("No module named 'acme_sdk'", name="acme_sdk"))
+    [broken] = edgeport.Registry().broken()
+    assert broken.hint == "fix or uninstall acme-edgeport, or block it with EDGEPORT_DISABLE_PLUGINS=acme"
+
+
 def test_a_second_backend_of_one_name_is_a_broken_plugin_and_the_first_keeps_working():
     registry = edgeport.Registry(entry_points=False)
     first = TorchOpsBackend()
