@@ -3,6 +3,7 @@ of a verdict planted once."""
 
 import dataclasses
 import re
+import types
 
 import numpy as np
 import pytest
@@ -138,6 +139,22 @@ def test_a_tolerance_that_is_no_number_fails_its_case_and_the_run_goes_on(declar
     relu = next(c for c in CASES if c.name == "relu")
     outcome = run_kit_case(Loose(ops=("relu",)), relu)
     assert outcome.verdict == Verdict.FAILED and f"tolerance() returned {declared!r}" in outcome.message
+
+
+@pytest.mark.parametrize("declared", [1.0, float("inf")])
+def test_a_tolerance_that_passes_an_answer_of_zeros_fails_its_case(declared):
+    """A scratch plugin returning zeros from every run passed every float case it took
+    once it declared tolerance() 1.0: max |0 - eager| / max |eager| is exactly 1."""
+    class Zeros(TorchOpsBackend):
+        def tolerance(self, options):
+            return declared
+
+        def load(self, artifact):
+            return types.SimpleNamespace(run=lambda inputs: [np.zeros_like(np.asarray(inputs[0]))])
+
+    outcome = run_kit_case(Zeros(ops=("relu",)), CASE["relu"])
+    assert outcome.verdict == Verdict.FAILED
+    assert outcome.message.startswith(f"tolerance() returned {declared!r}: an answer of all zeros is off by 1")
 
 
 class _SupportRaises(TorchOpsBackend):
