@@ -699,3 +699,37 @@ def test_a_read_only_output_reaches_torch_as_a_copy_it_may_write():
         y = program(torch.ones(2))
     y += 1
     assert y.tolist() == [1.0, 2.0] and blob == np.arange(2, dtype=np.float32).tobytes()
+
+
+def test_run_gets_the_user_inputs_in_order_and_never_the_weights():
+    """writing-a-backend.md says so: the partition's program lists its lifted weights
+    first, and nothing said whether run() is handed them too."""
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((3,), 2.0))
+
+        def forward(self, x, y):
+            return (x - y) * self.w
+
+    given, compiled = [], []
+
+    class Records(TorchOpsBackend):
+        def compile(self, program, options):
+            compiled.append((list(program.graph_signature.user_inputs), list(program.state_dict)))
+            return super().compile(program, options)
+
+        def load(self, artifact):
+            inner = super().load(artifact)
+            return types.SimpleNamespace(run=lambda inputs: given.append(list(inputs)) or inner.run(inputs))
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(Records(ops=("sub", "mul"))), name="records")
+    x, y = torch.ones(3), torch.zeros(3)
+    program = edgeport.export(Scaled(), (x, y), ["torchops"], registry=registry)
+    assert program(x, y).tolist() == [2.0, 2.0, 2.0]
+    assert compiled == [(["x", "y"], ["w"])]  # the partition's program holds the weight ...
+    [inputs] = given
+    assert [t.tolist() for t in inputs] == [x.tolist(), y.tolist()]  # ... and run() is given x and y alone
