@@ -26,7 +26,7 @@ from .contract import checked_version
 from .capture import capture
 from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .empty_operands import drop_empty_cat_operands
-from .errors import BackendError, EdgeportError, InputError
+from .errors import BackendError, EdgeportError, InputError, UnknownBackendError
 from .fold import fold_constants
 from .shared_state import read_state_as_state
 from .index_views import slice_run_indexes, view_spread_indexes
@@ -237,7 +237,7 @@ def resolve_backends(
     model is even built (the CLI does)."""
     registry = registry_or_default(registry)
     selected = _select_backends(registry, backends)
-    return selected, _parse_options(selected, options or {})
+    return selected, _parse_options(selected, options or {}, registry)
 
 
 def prepare_qat(
@@ -308,10 +308,12 @@ def _install_hint(entry: BackendEntry) -> str:
             "compile (see its documentation), or choose another backend")
 
 
-def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mapping[str, Any]],
+                   registry: Registry) -> dict[str, Any]:
     if not isinstance(options, Mapping) or not all(isinstance(o, Mapping) for o in options.values()):
         raise BackendError(f"options are a dict of backend name -> dict of option values, got {options!r}",
                            hint='e.g. options={"cpu": {"threads": 2}}')
+    options = _keyed_by_name(options, registry)
     unknown = sorted(set(options) - set(selected))
     if unknown:
         raise BackendError(
@@ -319,6 +321,20 @@ def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mappin
             hint=f"selected backends: {', '.join(selected) or 'none'}",
         )
     return {name: validate_options(b, options_from_dict(b, dict(options.get(name, {})))) for name, b in selected.items()}
+
+
+def _keyed_by_name(options: Mapping[str, Mapping[str, Any]], registry: Registry) -> dict[str, dict[str, Any]]:
+    """``options`` keyed by backend name where the user keyed them by an alias (``--backend
+    npu`` takes one, so ``--option npu.soc=X`` must too); a key that names no backend stays
+    as it is, to be refused as not selected."""
+    keyed: dict[str, dict[str, Any]] = {}
+    for key, values in options.items():
+        try:
+            name = registry.entry(key).backend.name
+        except UnknownBackendError:
+            name = key
+        keyed.setdefault(name, {}).update(values)
+    return keyed
 
 
 def _store_state(files: dict[str, bytes], fqn: str, value: Any) -> dict[str, Any]:

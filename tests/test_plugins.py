@@ -116,6 +116,12 @@ def test_aliases_select_the_backend():
         with pytest.raises(edgeport.BackendError, match="backend 'torchops' is named twice"):
             resolve_backends(twice, registry=registry)
 
+    # options by the alias the backend was selected by: "options given for backend(s) not selected: npu"
+    selected, options = resolve_backends(["npu"], {"npu": {"scale": "2"}}, registry=registry)
+    assert list(selected) == ["torchops"] and options["torchops"].scale == 2.0
+    with pytest.raises(edgeport.BackendError, match="options given for backend\\(s\\) not selected: cpu"):
+        resolve_backends(["npu"], {"cpu": {"threads": "2"}}, registry=registry)
+
 
 class NoCompile(edgeport.Backend):
     name = "half_done"
