@@ -134,6 +134,24 @@ def test_a_decline_of_no_node_or_of_nodes_not_given_is_a_failed_compile_saying_w
     assert relus and all(n["backend"] == "portable" and n["reasons"]["torchops"].startswith(reason) for n in relus)
 
 
+def test_a_compile_that_changes_its_program_and_fails_leaves_the_fallback_as_the_model_is():
+    """A plugin's converter that rewrote relu to neg in place and then raised made the
+    portable fallback compute neg: the export succeeded and its answers were wrong."""
+
+    class RewritesThenFails(TorchOpsBackend):
+        def compile(self, program, options):
+            for node in program.graph.nodes:
+                if node.target == torch.ops.aten.relu.default:
+                    node.target = torch.ops.aten.neg.default
+            program.graph_module.recompile()
+            raise RuntimeError("converter crashed half-way")
+
+    model, x = Diamonds().eval(), torch.randn(1, 4, 6, 6)
+    program, _ = export(model, (x,), RewritesThenFails())
+    assert {s.kind for s in program.plan("forward").steps} == {"portable"}
+    assert_close(program(x), model(x))
+
+
 class Cache(torch.nn.Module):
     """A KV-cache-like buffer written with index_copy_, read by two methods."""
 
