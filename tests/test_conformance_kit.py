@@ -157,6 +157,24 @@ def test_a_tolerance_that_passes_an_answer_of_zeros_fails_its_case(declared):
     assert outcome.message.startswith(f"tolerance() returned {declared!r}: an answer of all zeros is off by 1")
 
 
+def test_a_compile_that_writes_into_the_weights_fails_saying_so_not_as_a_wrong_answer():
+    """Its artifact was right and eager, over the zeroed weights, was wrong: the case
+    failed as "error 0.12 relative > tolerance", blaming the backend's right answer."""
+    class ZeroesWeights(TorchOpsBackend):
+        def compile(self, program, options):
+            artifact = super().compile(program, options)
+            with torch.no_grad():
+                for value in program.state_dict.values():
+                    value.zero_()
+            return artifact
+
+    outcome = run_kit_case(ZeroesWeights(ops=("convolution", "relu")), CASE["conv2d"])
+    assert outcome.verdict == Verdict.FAILED
+    assert outcome.message.startswith("export changed the model's weights (w, b): the program a backend is "
+                                      "given shares them"), outcome.message
+    assert run_kit_case(TorchOpsBackend(ops=("convolution", "relu")), CASE["conv2d"]).verdict == Verdict.PASSED
+
+
 class _SupportRaises(TorchOpsBackend):
     def support(self, node, ctx):
         raise RuntimeError("planted support failure")

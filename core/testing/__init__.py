@@ -153,11 +153,17 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     the backend runs) compare its answers, on tensors and on numpy arrays, with eager."""
     module, inputs = case.build()
     registry = registry_for(backend)
+    weights = {name: value.clone() for name, value in module.state_dict().items()}
     try:
         program = export(module, inputs, [backend.name], dynamic_shapes=case.dynamic_shapes,
                          options={backend.name: dict(options or {})}, registry=registry)
     except Exception as exc:
         return CaseResult(case.name, 0.0, passed=False, error=f"export failed: {type(exc).__name__}: {exc}")
+    changed = [name for name, value in module.state_dict().items() if not _same(weights[name], value)]
+    if changed:  # eager would then be the wrong one: its error blamed a right answer of the backend's
+        return CaseResult(case.name, 0.0, passed=False, error=(
+            f"export changed the model's weights ({', '.join(changed)}): the program a backend is given shares "
+            "them, so support(), prepare() and compile() must not write into its tensors (copy one to change it)"))
     nodes = program.report()["nodes"]
     taken = [n for n in nodes if n["backend"] == backend.name]
     reasons = {n["op"]: n["reasons"][backend.name] for n in nodes if n["backend"] != backend.name
