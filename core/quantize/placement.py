@@ -26,7 +26,7 @@ from edgeport.partitioners.partition import partition_graph
 from edgeport.partitioners.support import ask_support, is_compute
 
 from ..backend import Backend, Support, support_question
-from ..errors import BackendError
+from ..errors import BackendError, described
 from ..fold import constant_nodes
 from .annotations import ANNOTATION, quantizes
 from .scheme import SCHEMES, Scheme, backend_scheme
@@ -177,6 +177,11 @@ def backend_quantization(backend: Backend, scheme: Scheme, options: Any) -> Back
     except BackendError as error:  # the options rule the scheme out: say which and how to fix it
         hint = f" ({error.hint})" if error.hint else ""
         return BackendQuantization(DECLINES, f"{error}{hint}")
+    except Exception as exc:  # the plugin's bug: name it, as edgeport's own "internal error" did not
+        raise BackendError(f"backend {backend.name!r}: quantizer({name!r}) raised {described(exc)}",
+                           hint="a bug in the backend (quantizer returns a Quantizer or None, or raises "
+                                f"edgeport.BackendError naming the option): report it to its authors, or quantize "
+                                f"without {backend.name}") from exc
     if quantizer is None:
         return BackendQuantization(DECLINES, f"{backend.name} has no {name} quantizer for these options")
     return BackendQuantization(QUANTIZES, quantizer=quantizer, scheme=chosen, at_compile=_takes_scheme(options))

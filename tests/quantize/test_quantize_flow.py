@@ -273,6 +273,24 @@ def test_a_backend_offering_other_schemes_declines_its_nodes_with_the_reason():
     assert relu["reasons"]["npu"] == "npu does not offer int8 (it offers a16w8)"
 
 
+def test_a_quantizer_that_raises_is_the_backends_error_not_an_internal_one():
+    """It reached the CLI as "internal error: RuntimeError: ... please report it", naming
+    neither the plugin nor the hook, as if edgeport were at fault."""
+
+    class BrokenQuantizer(TorchOpsBackend):
+        schemes = frozenset({"int8"})
+
+        def quantizer(self, scheme, options):
+            raise RuntimeError("npu quantizer not built")
+
+    model, x = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), torch.randn(2, 8)
+    with pytest.raises(edgeport.BackendError, match="^backend 'npu': quantizer\\('int8'\\) raised RuntimeError: "
+                                                    "npu quantizer not built$") as info:
+        edgeport.export(model, (x,), ["npu", "cpu"], quantize="int8", calibration=calibration_for((x,)),
+                        registry=registry_for(BrokenQuantizer(name="npu"), CpuBackend()))
+    assert info.value.hint.startswith("a bug in the backend")
+
+
 @pytest.fixture(scope="module")
 def island():
     """ConvAtanConv exported int8 to cpu: atan stays a float portable step between two
