@@ -27,7 +27,7 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from .backend import Backend, support_question
-from .errors import BackendError, EdgeportError
+from .errors import BackendError, EdgeportError, described
 from .native_output import TOOLCHAIN_LOG_ENV, loggers_at
 from .tensors import DTYPE_NAMES, DTYPES
 
@@ -68,7 +68,12 @@ def capture(
 def _keep_ops(backend: Backend) -> set[Any]:
     """``backend.keep_ops()``, refused with the reason unless it is a set of torch op
     overloads: names (what `support` reasons mention) failed deep in decomposition."""
-    ops = backend.keep_ops()
+    try:
+        ops = backend.keep_ops()
+    except Exception as exc:  # the plugin's bug, named as such: it was edgeport's "internal error"
+        raise BackendError(f"backend {backend.name!r}: keep_ops() raised {described(exc)}",
+                           hint="a bug in the backend (keep_ops returns a set of ops, never raises): report it to "
+                                f"its authors, or export without {backend.name}") from exc
     if isinstance(ops, (str, bytes)) or not all(isinstance(op, torch._ops.OpOverload) for op in ops):
         shown = ops if isinstance(ops, (str, bytes)) else next(op for op in ops if not isinstance(op, torch._ops.OpOverload))
         raise BackendError(f"backend {backend.name!r}: keep_ops() holds {shown!r}, not a torch op overload",

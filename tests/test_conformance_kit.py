@@ -141,6 +141,17 @@ def test_a_tolerance_that_is_no_number_fails_its_case_and_the_run_goes_on(declar
     assert outcome.verdict == Verdict.FAILED and f"tolerance() returned {declared!r}" in outcome.message
 
 
+def test_a_tolerance_that_raises_fails_its_case_and_the_run_goes_on():
+    """It ended the whole run as an "internal error"."""
+    class Raises(TorchOpsBackend):
+        def tolerance(self, options):
+            raise RuntimeError("no table")
+
+    run = run_kit(Raises(ops=("relu",)), cases=[CASE["relu"], CASE["int8_relu"]])
+    assert [o.verdict for o in run.outcomes] == [Verdict.FAILED, Verdict.DECLINED]
+    assert run.outcomes[0].message.startswith("tolerance() raised RuntimeError: no table")
+
+
 @pytest.mark.parametrize("declared", [1.0, float("inf")])
 def test_a_tolerance_that_passes_an_answer_of_zeros_fails_its_case(declared):
     """A scratch plugin returning zeros from every run passed every float case it took

@@ -586,6 +586,22 @@ def test_keep_ops_of_names_is_a_backend_error_naming_the_backend(ops):
         edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
 
 
+def test_keep_ops_that_raises_is_a_backend_error_naming_the_backend():
+    """It was edgeport's "internal error: RuntimeError: ... please report it"."""
+    import torch
+
+    class Raises(TorchOpsBackend):
+        def keep_ops(self):
+            raise RuntimeError("npu op list missing")
+
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(Raises(ops=("relu",))), name="raises")
+    with pytest.raises(edgeport.BackendError, match="^backend 'torchops': keep_ops\\(\\) raised RuntimeError: npu op "
+                                                    "list missing$") as info:
+        edgeport.export(torch.nn.ReLU(), (torch.ones(2),), ["torchops"], registry=registry)
+    assert info.value.hint.startswith("a bug in the backend")
+
+
 class RaisingVersion(TorchOpsBackend):
     """Its version raises once its SDK is asked a second time (read once at registration)."""
 

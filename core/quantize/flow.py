@@ -112,9 +112,9 @@ def recapture(converted: GraphModule, inputs: tuple[Any, ...], dynamic_shapes: A
     ops, so it is decomposed again only when torch.export left a buffer mutation in it
     (functionalizing that makes it program state); otherwise a second decomposition
     would trace the whole graph again (3 s of MobileNetV2's 5 s) to change nothing."""
-    from ..capture import _decompose, _quiet_torch, drop_proven_assertions
+    from ..capture import _decompose, _keep_ops, _quiet_torch, drop_proven_assertions
 
-    keep = quant_ops() | {op for b in backends.values() for op in b.keep_ops()}
+    keep = quant_ops() | {op for b in backends.values() for op in _keep_ops(b)}
     try:
         with _quiet_torch(), _without_grad(converted):
             program = torch.export.export(converted, inputs, dynamic_shapes=dynamic_shapes, strict=False)

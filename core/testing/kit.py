@@ -147,7 +147,12 @@ def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | N
                        message=f"not compiled: {backend.name} cannot compile here: {availability.why}")
     if isinstance(case, QuantizedCase):
         return _judge_quantized(backend, case, options)
-    declared = backend.tolerance(checked_options(backend, options))
+    checked = checked_options(backend, options)
+    try:
+        declared = backend.tolerance(checked)
+    except Exception as exc:  # one case's failure, not the whole run's "internal error"
+        return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0,
+                       message=f"tolerance() raised {type(exc).__name__}: {exc} (it must return a number, never raise)")
     if isinstance(declared, bool) or not isinstance(declared, (int, float)) or not declared >= 0:
         return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0,
                        message=f"tolerance() returned {declared!r}, not a number of 0 or more")
