@@ -18,7 +18,7 @@ from typing import Mapping, MutableMapping
 
 from .backend import Artifact, Backend, options_from_dict
 from .contract import artifact_problem
-from .errors import BackendError
+from .errors import BackendError, described
 from .manifest import ArtifactInfo, MethodPlan
 
 
@@ -45,8 +45,13 @@ def share_artifacts(
             continue
         backend = backends[name]
         options = options_from_dict(backend, infos[0].options)
-        merged = backend.merge([Artifact(files[p], "." + p.rsplit(".", 1)[-1], dict(i.metadata), options)
-                                for p, i in zip(paths, infos)])
+        try:
+            merged = backend.merge([Artifact(files[p], "." + p.rsplit(".", 1)[-1], dict(i.metadata), options)
+                                    for p, i in zip(paths, infos)])
+        except Exception as exc:  # the plugin's bug, named as such: it was edgeport's "internal error"
+            raise BackendError(f"backend {name!r}: merge() raised {described(exc)}",
+                               hint="a bug in the backend (merge returns an Artifact or None, never raises): "
+                                    f"report it to its authors, or export without {name}") from exc
         if merged is None:
             continue
         problem = artifact_problem(merged)

@@ -71,6 +71,23 @@ def test_a_backend_that_cannot_merge_keeps_one_artifact_per_method(torchops):
     assert len(program.manifest.artifacts) == len(steps) == 2 and all(s.entry is None for s in steps)
 
 
+def test_a_merge_that_raises_is_a_backend_error_naming_the_backend():
+    """It was edgeport's "internal error: RuntimeError: ... please report it"."""
+    from torch_backend import TorchOpsBackend, registry_with
+
+    class LinkerFails(TorchOpsBackend):
+        def merge(self, artifacts):
+            raise RuntimeError("npu linker failed")
+
+    backend = LinkerFails()
+    registry = registry_with(backend)
+    module, x = torch.nn.Sequential(torch.nn.ReLU()), torch.randn(4)
+    with pytest.raises(edgeport.BackendError, match="^backend 'torchops': merge\\(\\) raised RuntimeError: npu linker "
+                                                    "failed$") as info:
+        edgeport.export_methods({"a": (module, (x,)), "b": (module, (x * 2,))}, [backend.name], registry=registry)
+    assert info.value.hint.startswith("a bug in the backend")
+
+
 def test_check_runs_each_entry_of_a_merged_artifact():
     from edgeport.devtools.check import check_program
 
