@@ -502,7 +502,15 @@ def options_from_dict(backend: Backend, values: dict[str, Any] | None) -> Any:
             hint=f"its options are: {known}",
         )
     converted = {k: _convert(backend, fields[k], v) for k, v in (values or {}).items()}
-    return cls(**converted)
+    try:
+        return cls(**converted)
+    except BackendError:
+        raise
+    except Exception as exc:  # a __post_init__ rule raising ValueError, as dataclasses' own checks do
+        given = ", ".join(f"{k}={v!r}" for k, v in converted.items()) or "its defaults"
+        raise BackendError(f"backend {backend.name!r} refused the options {given}: {type(exc).__name__}: {exc}",
+                           hint=f"change them (--option {backend.name}.KEY=VALUE); if they are valid, the backend's "
+                                "options class is at fault: report it to its authors") from exc
 
 
 def options_to_dict(options: Any) -> dict[str, Any]:

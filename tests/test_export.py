@@ -315,6 +315,28 @@ def test_a_float_option_that_is_no_finite_number_is_refused_at_export():
         export(Diamonds(), (torch.randn(1, 4, 6, 6),), options={"torchops": {"scale": float("inf")}})
 
 
+def test_an_options_rule_that_raises_value_error_is_refused_naming_the_backend_and_values():
+    """writing-a-backend.md asks a rule across fields to raise BackendError; a ValueError,
+    as dataclasses' own checks raise, reached the CLI as edgeport's "internal error"."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Strict:
+        level: int = 1
+
+        def __post_init__(self):
+            if self.level == 3:
+                raise ValueError("level 3 is broken on rev A")
+
+    class Ruled(TorchOpsBackend):
+        options = Strict
+
+    with pytest.raises(edgeport.BackendError, match="^backend 'torchops' refused the options level=3: ValueError: "
+                                                    "level 3 is broken on rev A$") as info:
+        edgeport.export(Diamonds(), (torch.randn(1, 4, 6, 6),), ["torchops"], options={"torchops": {"level": "3"}},
+                        registry=registry_with(Ruled()))
+    assert info.value.hint.startswith("change them (--option torchops.KEY=VALUE)")
+
+
 class KeepsHardswish(TorchOpsBackend):
     def __init__(self, supports_it: bool):
         super().__init__(ops=("hardswish", "relu") if supports_it else ("relu",))
