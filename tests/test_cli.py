@@ -283,12 +283,26 @@ def test_explain_says_how_each_backend_runs_here(program):
     assert "torchops: runs here as its simulator, not on its target hardware" in invoke(
         "explain", "m.edgeport", registry=simulated).output
     data = json.loads(invoke("explain", "m.edgeport", "--json", registry=simulated).output)
-    assert data["runs_here"] == {"torchops": {"can_run": True, "runs_on": "simulator", "why": "runs in a simulator"}}
+    assert data["runs_here"] == {"torchops": {"can_run": True, "runs_on": "simulator", "why": "runs in a simulator",
+                                              "compiled_by": "0", "installed": "0"}}
     output = invoke("explain", "m.edgeport", registry=registry_with(TorchOpsBackend(can_run=False))).output
     assert "torchops: cannot run here (the test says it cannot run here)" in output
     data = json.loads(invoke("explain", "m.edgeport", "--json", registry=registry_with()).output)
     assert data["runs_here"]["torchops"]["can_run"] is False
     assert "unknown backend 'torchops'" in data["runs_here"]["torchops"]["why"]
+    assert (data["runs_here"]["torchops"]["compiled_by"], data["runs_here"]["torchops"]["installed"]) == ("0", None)
+
+
+class Upgraded(TorchOpsBackend):
+    version = "2.0"
+
+
+def test_explain_says_when_the_installed_backend_is_not_the_version_that_compiled_it(program):
+    """Every artifact records the version that compiled it, and nothing showed it: a
+    toolchain upgrade that reads an old artifact differently was found only by its answers."""
+    output = invoke("explain", "m.edgeport", registry=registry_with(Upgraded())).output
+    assert "torchops: runs here on its device; compiled by torchops 0, this is 2.0: re-export if its" in output
+    assert "compiled by" not in invoke("explain", "m.edgeport").output
 
 
 def test_a_model_torch_export_cannot_capture_is_one_line_without_torch_s_logs(env, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any
+from typing import Any, Mapping
 
 import click
 from rich.markup import escape
@@ -13,7 +13,7 @@ from rich.table import Table
 from ..backend import Availability
 from ..devtools.html import ops_by_backend, quantization_lines, render_program, share
 from ..errors import UnknownBackendError
-from ..manifest import PORTABLE, QUANTIZATION_OPS, MethodPlan, delegated_plumbing
+from ..manifest import PORTABLE, QUANTIZATION_OPS, ArtifactInfo, MethodPlan, delegated_plumbing
 from ..plugins import Registry
 from ..program import Program, read_program_file
 from ..torch_steps import PortableStep, describe_steps, portable_steps
@@ -98,7 +98,8 @@ def method_json(program: Program, method: str) -> dict[str, Any]:
     """`--json`'s object for one method: its placement report and what the table adds."""
     plan = program.plan(method)
     return {**program.report(method), "torch_free": not portable_steps(program.manifest),
-            "state_writes": state_writes(plan), "runs_here": runs_here(plan, current_registry())}
+            "state_writes": state_writes(plan),
+            "runs_here": runs_here(plan, current_registry(), program.manifest.artifacts)}
 
 
 def print_method(program: Program, method: str, show_all: bool) -> None:
@@ -124,26 +125,35 @@ def print_method(program: Program, method: str, show_all: bool) -> None:
                       str(p["boundary_bytes"]), timed)
     console.print(parts)
     print_summary(report)
-    print_runs_here(runs_here(plan, current_registry()), plan)
+    print_runs_here(runs_here(plan, current_registry(), program.manifest.artifacts), plan)
     if report.get("quantization"):
         print_quantization(report)
     print_state_writes(plan)
     print_torch_free(portable_steps(program.manifest))
 
 
-def runs_here(plan: MethodPlan, registry: Registry) -> dict[str, dict[str, Any]]:
+def runs_here(plan: MethodPlan, registry: Registry,
+              artifacts: Mapping[str, ArtifactInfo]) -> dict[str, dict[str, Any]]:
     """Each backend of the method's delegate steps: whether it can run on this machine,
     and on what (``runs_on``: "device", "simulator", "reference (CPU)"; None where it
-    cannot run), with its reason, as `edgeport backends` reports its availability."""
+    cannot run), with its reason, as `edgeport backends` reports its availability; and
+    the version of it that compiled the steps (``compiled_by``) against the one
+    installed here (``installed``, None where it is not), since a toolchain upgrade
+    that reads old artifacts differently is otherwise found only by its answers."""
     where: dict[str, dict[str, Any]] = {}
-    for backend in dict.fromkeys(s.backend for s in plan.steps if s.kind == "delegate" and s.backend):
+    steps = [s for s in plan.steps if s.kind == "delegate" and s.backend]
+    for backend in dict.fromkeys(s.backend for s in steps):
+        installed = None
         try:
-            availability = registry.entry(backend).availability()
+            entry = registry.entry(backend)
+            availability = entry.availability()
+            installed = entry.toolchain()
         except UnknownBackendError as exc:
             availability = Availability(can_compile=False, can_run=False, why=str(exc))
+        compiled_by = sorted({artifacts[s.artifact].backend_version for s in steps if s.backend == backend})
         where[backend] = {"can_run": availability.can_run,
                           "runs_on": availability.runs_on if availability.can_run else None,
-                          "why": availability.why}
+                          "why": availability.why, "compiled_by": ", ".join(compiled_by), "installed": installed}
     return where
 
 
@@ -159,6 +169,9 @@ def print_runs_here(where: dict[str, dict[str, Any]], plan: MethodPlan) -> None:
         else:
             instead = "; --reference runs its torch reference" if backend in referenced else ""
             line = f"cannot run here ({here['why'] or 'its backend says so'}){instead}"
+        if here["installed"] is not None and here["installed"] != here["compiled_by"]:
+            line += (f"; compiled by {backend} {here['compiled_by']}, this is {here['installed']}: "
+                     "re-export if its answers differ")
         console.print(f"{backend}: {escape(line)}", highlight=False)
 
 
