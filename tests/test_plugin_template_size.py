@@ -25,3 +25,12 @@ def test_lines_of_code_leave_out_blanks_comments_and_docstrings():
 
 def test_the_plugin_template_is_at_most_60_lines_of_code():
     assert lines_of_code(TEMPLATE.read_text()) <= 60
+
+
+def test_the_template_readme_runs_the_kit_as_ci_does():
+    """Its README's one test command ran only the two smoke tests: a vendor copying it had
+    a green CI that never asked whether the backend computes right."""
+    readme = (TEMPLATE.parent / "README.md").read_text()
+    ci = (TEMPLATE.parents[2] / ".ci" / "run").read_text()
+    kit = "--edgeport-backend numpy-npu examples/plugin_template/tests"
+    assert f"pytest {kit}" in readme and f"pytest -q -p no:cacheprovider {kit}" in ci
