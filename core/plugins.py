@@ -25,13 +25,13 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import pluggy
 
 from . import hookspecs
 from .arrays import torch_installed
-from .backend import Availability, Backend, validate_options
+from .backend import Availability, Backend, PartitionRules, validate_options
 from .contract import checked_version
 from .errors import BackendError, InputError, UnknownBackendError
 
@@ -355,6 +355,9 @@ def _contract_problem(backend: Any) -> tuple[str, str] | None:
     if missing:
         return (f"backend {name!r} does not implement {', '.join(f'{m}()' for m in missing)}",
                 f"define {', '.join(missing)} in {type(backend).__name__}; see docs/writing-a-backend.md")
+    rules = _rules_problem(name, backend.rules)
+    if rules:
+        return rules
     options = backend.options
     if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
         return (f"options of backend {name!r} must be a dataclass, not {getattr(options, '__name__', options)}",
@@ -372,6 +375,22 @@ def _contract_problem(backend: Any) -> tuple[str, str] | None:
     except Exception as exc:
         return (f"an option default of backend {name!r} breaks its own edgeport.option rule: {exc}",
                 f"make each default of {options.__name__} one its rule accepts")
+    return None
+
+
+def _rules_problem(name: str, rules: Any) -> tuple[str, str] | None:
+    """What is wrong with a backend's `rules`: partitioning read them at the first export,
+    failing there with an AttributeError or TypeError that named no backend."""
+    example = 'PartitionRules(min_nodes=1, never_alone=frozenset({"aten.view.default"}))'
+    if not isinstance(rules, PartitionRules):
+        return (f"rules of backend {name!r} are {type(rules).__name__}, not an edgeport.PartitionRules",
+                f"set rules = edgeport.{example}")
+    if isinstance(rules.min_nodes, bool) or not isinstance(rules.min_nodes, int) or rules.min_nodes < 1:
+        return (f"rules of backend {name!r} have min_nodes={rules.min_nodes!r}, not a whole number of 1 or more",
+                f"set rules = edgeport.{example}")
+    if isinstance(rules.never_alone, (str, bytes)) or not isinstance(rules.never_alone, Collection):
+        return (f"rules of backend {name!r} have never_alone={rules.never_alone!r}, not a set of ops",
+                "name the ops in a set, as strings (str(op)): never_alone=frozenset({\"aten.view.default\"})")
     return None
 
 

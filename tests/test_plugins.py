@@ -158,6 +158,13 @@ def _with_options(options):
     return backend
 
 
+def _with_rules(rules):
+    """Rules were read at the first export: a dict failed there with AttributeError."""
+    backend = TorchOpsBackend()
+    backend.rules = rules
+    return backend
+
+
 class FloatVersion(TorchOpsBackend):
     version = 1.2
 
@@ -178,6 +185,12 @@ class NoVersion(TorchOpsBackend):
      "option torchops.precision='fp64' is not one of: fp32, fp16", "make each default of DefaultNotAChoice one"),
     (_with_options(DefaultOutOfRange), "rule: option torchops.threads=0 is out of range: it must be at least 1",
      "make each default of DefaultOutOfRange one"),
+    (_with_rules({"min_nodes": 2}), "rules of backend 'torchops' are dict, not an edgeport.PartitionRules",
+     "set rules = edgeport.PartitionRules("),
+    (_with_rules(edgeport.PartitionRules(min_nodes="2")), "rules of backend 'torchops' have min_nodes='2', not a whole",
+     "set rules = edgeport.PartitionRules("),
+    (_with_rules(edgeport.PartitionRules(never_alone="aten.view.default")), "have never_alone='aten.view.default', "
+     "not a set of ops", "as strings (str(op))"),
     (FloatVersion(), "backend 'torchops' has version 1.2, not a non-empty string", "version = '1.2.0'"),
     (NoVersion(), "backend 'torchops' has version None, not a non-empty string", "version = '1.2.0'"),
 ])
