@@ -355,9 +355,9 @@ def _contract_problem(backend: Any) -> tuple[str, str] | None:
     if missing:
         return (f"backend {name!r} does not implement {', '.join(f'{m}()' for m in missing)}",
                 f"define {', '.join(missing)} in {type(backend).__name__}; see docs/writing-a-backend.md")
-    rules = _rules_problem(name, backend.rules)
-    if rules:
-        return rules
+    problem = _rules_problem(name, backend.rules) or _schemes_problem(name, backend)
+    if problem:
+        return problem
     options = backend.options
     if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
         return (f"options of backend {name!r} must be a dataclass, not {getattr(options, '__name__', options)}",
@@ -392,6 +392,22 @@ def _rules_problem(name: str, rules: Any) -> tuple[str, str] | None:
         return (f"rules of backend {name!r} have never_alone={rules.never_alone!r}, not a set of ops",
                 "name the ops in a set, as strings (str(op)): never_alone=frozenset({\"aten.view.default\"})")
     return None
+
+
+def _schemes_problem(name: str, backend: Backend) -> tuple[str, str] | None:
+    """What is wrong with the quantization schemes a backend declares: ``schemes = "int8"``
+    was listed as the schemes i, n, t and 8. (Whether each name is a scheme edgeport knows
+    is checked at a quantized export: the scheme table lives with the quantizer, which
+    imports torch, and registering must not.)"""
+    schemes, default = backend.schemes, backend.default_scheme
+    if isinstance(schemes, (str, bytes)) or not isinstance(schemes, Collection) or not all(
+            isinstance(s, str) for s in schemes):
+        return (f"schemes of backend {name!r} are {schemes!r}, not a set of scheme names",
+                'set schemes = frozenset({"int8"}) (the names edgeport backends lists for the built-in backends)')
+    if default is not None and default not in schemes:
+        return (f"default_scheme of backend {name!r} is {default!r}, which is not one of its schemes "
+                f"({', '.join(sorted(schemes)) or 'none'})", "name one of schemes, or None")
+    return None  # schemes_declined may be a property importing the toolchain (mediatek's): not read here
 
 
 def _frozen(instance: Any) -> bool:

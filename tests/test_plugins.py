@@ -165,6 +165,15 @@ def _with_rules(rules):
     return backend
 
 
+class SchemesText(TorchOpsBackend):
+    schemes = "int8"  # was listed as the schemes 8, i, n and t
+
+
+class DefaultNotOffered(TorchOpsBackend):
+    schemes = frozenset({"int8"})
+    default_scheme = "a16w8"
+
+
 class FloatVersion(TorchOpsBackend):
     version = 1.2
 
@@ -191,6 +200,9 @@ class NoVersion(TorchOpsBackend):
      "set rules = edgeport.PartitionRules("),
     (_with_rules(edgeport.PartitionRules(never_alone="aten.view.default")), "have never_alone='aten.view.default', "
      "not a set of ops", "as strings (str(op))"),
+    (SchemesText(), "schemes of backend 'torchops' are 'int8', not a set of scheme names", "frozenset({\"int8\"})"),
+    (DefaultNotOffered(), "default_scheme of backend 'torchops' is 'a16w8', which is not one of its schemes (int8)",
+     "name one of schemes"),
     (FloatVersion(), "backend 'torchops' has version 1.2, not a non-empty string", "version = '1.2.0'"),
     (NoVersion(), "backend 'torchops' has version None, not a non-empty string", "version = '1.2.0'"),
 ])
