@@ -320,7 +320,8 @@ def _parse_options(selected: Mapping[str, Backend], options: Mapping[str, Mappin
             f"options given for backend(s) not selected: {', '.join(unknown)}",
             hint=f"selected backends: {', '.join(selected) or 'none'}",
         )
-    return {name: validate_options(b, options_from_dict(b, dict(options.get(name, {})))) for name, b in selected.items()}
+    return {name: validate_options(b, options_from_dict(b, dict(options.get(name, {})), "--option"))
+            for name, b in selected.items()}
 
 
 def _keyed_by_name(options: Mapping[str, Mapping[str, Any]], registry: Registry) -> dict[str, dict[str, Any]]:

@@ -464,8 +464,8 @@ def validate_options(backend: Backend, options: Any, *, toolchain_choices: bool 
 def _check_rule(backend: Backend, f: dataclasses.Field, rule: OptionRule, value: Any, flag: str) -> Any:
     from .errors import BackendError
 
+    hint = _option_hint(backend, f, flag)
     where = f"{backend.name}.{f.name}"
-    hint = f"its default is {f.default!r}; set it with {flag} {where}=VALUE (Python: options={{...}})"
     if rule.choices is not None:
         try:
             choices = tuple(rule.choices() if callable(rule.choices) else rule.choices)
@@ -487,9 +487,16 @@ def _check_rule(backend: Backend, f: dataclasses.Field, rule: OptionRule, value:
     return value
 
 
-def options_from_dict(backend: Backend, values: dict[str, Any] | None) -> Any:
+def _option_hint(backend: Backend, f: dataclasses.Field, flag: str) -> str:
+    """How to set option ``f`` right: its default, and the flag that sets it."""
+    return f"its default is {f.default!r}; set it with {flag} {backend.name}.{f.name}=VALUE (Python: options={{...}})"
+
+
+def options_from_dict(backend: Backend, values: dict[str, Any] | None, flag: str | None = None) -> Any:
     """Build a backend's options dataclass from plain values (e.g. from the CLI or a
-    manifest), converting strings to each field's type; unknown keys are an error."""
+    manifest), converting strings to each field's type; unknown keys are an error. With
+    ``flag`` (the values are the user's, not a manifest's), a value of the wrong type is
+    hinted at with its default and that flag, as a value out of its range is."""
     from .errors import BackendError
 
     cls = backend.options
@@ -501,7 +508,14 @@ def options_from_dict(backend: Backend, values: dict[str, Any] | None) -> Any:
             f"backend {backend.name!r} has no option {', '.join(unknown)}",
             hint=f"its options are: {known}",
         )
-    converted = {k: _convert(backend, fields[k], v) for k, v in (values or {}).items()}
+    converted = {}
+    for key, value in (values or {}).items():
+        try:
+            converted[key] = _convert(backend, fields[key], value)
+        except BackendError as exc:
+            if exc.hint or flag is None:
+                raise
+            raise BackendError(str(exc), hint=_option_hint(backend, fields[key], flag)) from None
     try:
         return cls(**converted)
     except BackendError:

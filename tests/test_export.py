@@ -309,6 +309,14 @@ def test_bad_option_names_the_valid_ones():
     assert "scale" in info.value.hint
 
 
+def test_an_option_of_the_wrong_type_is_hinted_at_with_its_default_and_flag():
+    """"option torchops.scale expects float, got 'abc'" came with no hint, where a value out
+    of range says the default and how to set it."""
+    with pytest.raises(edgeport.BackendError, match="^option torchops.scale expects float, got 'abc'$") as info:
+        export(Diamonds(), (torch.randn(1, 4, 6, 6),), options={"torchops": {"scale": "abc"}})
+    assert info.value.hint == "its default is 1.0; set it with --option torchops.scale=VALUE (Python: options={...})"
+
+
 def test_a_float_option_that_is_no_finite_number_is_refused_at_export():
     """scale=inf passed every check, then failed at save: JSON holds no infinity."""
     with pytest.raises(edgeport.BackendError, match="torchops.scale expects float that is a finite number, got inf"):

@@ -116,7 +116,7 @@ def checked_options(backend: Backend, values: Mapping[str, Any] | None, flag: st
     """``values`` (plain, e.g. from the command line) as the backend's options instance,
     checked as export checks them; raises `BackendError` naming a bad one, whose hint
     says how to set it with ``flag`` (pytest's is ``--edgeport-option``)."""
-    return validate_options(backend, options_from_dict(backend, dict(values or {})), flag=flag)
+    return validate_options(backend, options_from_dict(backend, dict(values or {}), flag), flag=flag)
 
 
 def parse_option_items(backend: Backend, items: Iterable[str], flag: str = "--option") -> dict[str, str]:
