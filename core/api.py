@@ -35,7 +35,7 @@ from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
 from .plugins import BackendEntry, Registry, registry_or_default
 from .program import Program, file_info
-from .quantize import Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
+from .quantize import CalibrationError, Scheme, is_qat_model, prepare_qat_model, quantize_method, resolve_scheme
 from .quantize.flow import lowered_report, refuse_unoffered
 from .quantize.placement import compile_options
 from .report import quantized_counts, runs_fake_quantized
@@ -127,6 +127,7 @@ def export_methods(
     with a `LoweringError` naming each one: a program for a device without torch.
     """
     _check_methods(methods)
+    _check_calibration_methods(calibration, methods)
     scheme = resolve_scheme(quantize) if quantize is not None else None
     registry = registry_or_default(registry)
     selected, parsed = resolve_backends(backends, options, registry)
@@ -227,6 +228,23 @@ def _check_methods(methods: Mapping[str, Any]) -> None:
         if not isinstance(spec, (tuple, list)) or not 2 <= len(spec) <= 3 or not callable(spec[0]):
             raise InputError(f"method {name!r} must be (module, example_inputs[, dynamic_shapes]), "
                              f"got {type(spec).__name__}")
+
+
+def _check_calibration_methods(calibration: Any, methods: Mapping[str, Any]) -> None:
+    """Refuse a calibration mapping with a key that names no method: a mapping is read as
+    method name -> batches, so ``calibration={"x": batches}`` (keyed by input name) found
+    no batches for "forward" and was refused as "int8 needs calibration data", though
+    data had been given."""
+    if not isinstance(calibration, Mapping):
+        return
+    strangers = [key for key in calibration if key not in methods]
+    if strangers:
+        raise CalibrationError(
+            f"calibration is a mapping, read as method name -> batches, but {', '.join(map(repr, strangers))} "
+            f"names no method of this program (its methods: {', '.join(map(repr, methods))})",
+            hint="for one method pass its batches as a list of input tuples, e.g. calibration=[(x1,), (x2,)]; "
+                 "for several, key them by method name",
+        )
 
 
 def resolve_backends(

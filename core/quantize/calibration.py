@@ -111,8 +111,10 @@ BATCH_HINT = ("each entry of the calibration data is one whole batch, a tuple of
 
 
 def _refuse_shapes(index: int, inputs: tuple[Any, ...], examples: tuple[Any, ...] | None) -> None:
-    """Name the first input of a failing batch whose shape is not its example's. Only
-    for a batch that failed: with dynamic dims, other shapes are allowed."""
+    """Name the first input of a failing batch whose shape or dtype is not its example's.
+    Only for a batch that failed: with dynamic dims, other shapes are allowed. A float64
+    batch (numpy's default) for a float32 model said only torch's "expected scalar type
+    Double but found Float", naming neither the input nor the fix."""
     if examples is None:
         return
     if len(inputs) != len(examples):
@@ -124,6 +126,14 @@ def _refuse_shapes(index: int, inputs: tuple[Any, ...], examples: tuple[Any, ...
             missing = ": one batch per entry, with its batch axis" if shape == wanted[1:] else ""
             raise CalibrationError(f"calibration batch {index} input {position} has shape {shape}, the model's "
                                    f"example {wanted}{missing}", hint=BATCH_HINT)
+    for position, (x, example) in enumerate(zip(inputs, examples)):
+        dtype, wanted_dtype = getattr(x, "dtype", None), getattr(example, "dtype", None)
+        if dtype is not None and wanted_dtype is not None and dtype != wanted_dtype:
+            raise CalibrationError(f"calibration batch {index} input {position} is {dtype}, the model's example "
+                                   f"{wanted_dtype}",
+                                   hint=f"convert the batches to the example's dtype, e.g. x.to({wanted_dtype})"
+                                        + (" (numpy makes float64 by default: x.astype(numpy.float32))"
+                                           if dtype == torch.float64 else ""))
 
 
 # Beyond this magnitude an activation holds a sentinel, not data: a mask written as

@@ -130,6 +130,32 @@ def test_a_calibration_batch_without_its_batch_axis_names_both_shapes():
                         registry=registry_for(CpuBackend()))
 
 
+def test_a_calibration_batch_of_another_dtype_names_both_dtypes():
+    """It was torch's "expected scalar type Double but found Float", naming neither the
+    input nor the fix (numpy's float64 default)."""
+    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    with pytest.raises(edgeport.CalibrationError, match=r"^calibration batch 1 input 0 is torch.float64, the "
+                                                          r"model's example torch.float32$") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,), (x.double(),)],
+                        registry=registry_for(CpuBackend()))
+    assert "x.to(torch.float32)" in info.value.hint and "astype(numpy.float32)" in info.value.hint
+
+
+def test_calibration_keyed_by_input_name_is_refused_as_no_method():
+    """{"x": batches} was read as method -> batches, found none for "forward", and said
+    "int8 needs calibration data", though data had been given."""
+    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    with pytest.raises(edgeport.CalibrationError, match=r"^calibration is a mapping, read as method name -> batches, "
+                                                          r"but 'x' names no method of this program \(its methods: "
+                                                          r"'forward'\)$") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration={"x": [(x,)]},
+                        registry=registry_for(CpuBackend()))
+    assert "calibration=[(x1,), (x2,)]" in info.value.hint
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration={"forward": [(x,)]},
+                              registry=registry_for(CpuBackend()))
+    assert program.manifest.report["forward"]["quantization"]["calibration"]["batches"] == 1
+
+
 def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
     """It was torchao's AssertionError "min nan should be less than max nan"."""
     model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
