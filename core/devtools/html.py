@@ -233,6 +233,14 @@ class Line(NamedTuple):
     warning: bool = False
 
 
+def constant_input_warning(position: int, value: float, batches: int) -> str:
+    """What to say of a model input the calibration saw as one value throughout (the
+    export's warning and its summary line; `CalibrationStats.constant_inputs`)."""
+    return (f"input {position} held the single value {value:g} in all {batches} calibration batch(es): its "
+            f"quantization range was measured on that value alone, and real inputs will clip to it; calibrate on "
+            f"inputs like the ones the model will see")
+
+
 def quantization_lines(method: Mapping[str, Any]) -> list[Line]:
     """The scheme, what each backend did with it, and the calibration cost, as ``explain``
     prints them and the page shows them (`method`: a method's placement report)."""
@@ -250,6 +258,8 @@ def quantization_lines(method: Mapping[str, Any]) -> list[Line]:
     calibration = report.get("calibration")
     if isinstance(calibration, dict):
         lines.append(Line(f"  calibration: {calibration['batches']} batches, {calibration['ms_per_batch']} ms per batch"))
+        lines += [Line(f"  {constant_input_warning(int(position), value, calibration['batches'])}", warning=True)
+                  for position, value in calibration.get("constant_inputs", {}).items()]
     return lines
 
 

@@ -28,6 +28,7 @@ from ..backend import Backend
 from ..capture import capture
 from ..empty_operands import drop_empty_cat_operands
 from ..errors import EdgeportError
+from ..devtools.html import constant_input_warning
 from ..permute_rank import collapse_expands, collapse_permutes
 from ..portable import quiet_torchao_import
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
@@ -221,7 +222,10 @@ def quantize_method(
             if calibration is not None:
                 report["calibration"] = "not run: nothing is quantized"
         elif scheme.needs_calibration:
-            report["calibration"] = calibrate(prepared, calibration, progress, examples=inputs).as_dict()
+            stats = calibrate(prepared, calibration, progress, examples=inputs)
+            report["calibration"] = stats.as_dict()
+            for position, value in stats.constant_inputs.items():
+                log.warning("quantize=%s: %s", scheme.name, constant_input_warning(position, value, stats.batches))
         else:  # weights are observed on one forward; activations are quantized at run time
             calibrate(prepared, [inputs])
             if calibration is not None:
