@@ -38,6 +38,7 @@ SQNR = 10 log10(sum float^2 / sum (value - float)^2), in dB; inf when exact.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import numbers
@@ -57,7 +58,7 @@ from ..program import Program
 from ..quantize.flow import FLOAT_NODE
 from ..quantize.node_dtypes import is_quantization_node
 from ..report import op_name, source_of
-from ..support import DATA_MOVEMENT, SLICING
+from ..support import DATA_MOVEMENT, QUANTIZE, SLICING, qualified_name
 from .check import (_finite, _module, _start_values, _tensor, _torch_program, input_labels, require_ids_in_range,
                     require_references)
 from .rounding import output_nodes, values_of
@@ -83,6 +84,11 @@ class OpDrop:
     input_db: float
     output_db: float
     reader: str = ""
+    # the share of the op's output beyond the range calibration measured for it, clipped
+    # at its quantize, and that range: 0.0 and None where its output is not quantized per
+    # tensor (`_FloatWalk.clipped`)
+    clipped: float = 0.0
+    calibrated_range: tuple[float, float] | None = None
 
     @property
     def drop_db(self) -> float:
@@ -257,8 +263,29 @@ class _FloatWalk:
                   if node.op == "placeholder" and node.name in self.user_inputs)
         for drop in itertools.chain(ops, inputs):
             if drop is not None and drop.drop_db > threshold_db and drop.output_db < floor_db:
-                return drop if drop.op == INPUT_QUANTIZE else self._blame_what_it_reads(drop, floor_db)
+                return drop if drop.op == INPUT_QUANTIZE else self.clipped(self._blame_what_it_reads(drop, floor_db))
         return None
+
+    def clipped(self, drop: OpDrop) -> OpDrop:
+        """`drop` with the share of its op's output that its quantize clips: values beyond
+        the range calibration measured. A loss from rounding and one from a range too
+        narrow for this input look alike in dB; the fix differs (more representative
+        calibration data, not another scheme). An attention's output beyond its
+        calibrated range on 0.8% of its values was named at 28.2 dB out, with no word why."""
+        if drop.op == INPUT_QUANTIZE:  # an input: it says so already
+            return drop
+        node = self._node(drop.node)
+        chain = _quantize_chain(node)
+        if not chain or qualified_name(chain[0]) != QUANTIZE or not isinstance(self.env.get(node.name), torch.Tensor):
+            return drop
+        scale, zero_point, qmin, qmax = chain[0].args[1:5]
+        if not all(isinstance(a, numbers.Real) for a in (scale, zero_point, qmin, qmax)):
+            return drop
+        value = self.env[node.name].detach().double()
+        low, high = scale * (qmin - zero_point), scale * (qmax - zero_point)
+        beyond = (value < low - scale / 2) | (value > high + scale / 2)  # rounds to no step within the range
+        share = float(beyond.double().mean()) if value.numel() else 0.0
+        return dataclasses.replace(drop, clipped=share, calibrated_range=(float(low), float(high)))
 
     def _blame_what_it_reads(self, drop: OpDrop, floor_db: float) -> OpDrop:
         """The op whose quantized output `drop`'s op reads, when reading that value exact

@@ -217,6 +217,44 @@ def test_an_input_beyond_the_calibrated_range_is_named_at_its_quantize(tmp_path)
     assert drop["output_db"] < 10
 
 
+ALIGNED_INPUT = '''
+import torch
+from torch import nn
+
+
+def model():
+    """A sum of 16 inputs: calibrated on independent values it ranges about +-12; the
+    input checked, every value 2 (within the inputs' calibrated range), sums to 32."""
+    linear = nn.Linear(16, 1)
+    with torch.no_grad():
+        linear.weight.fill_(1.0)
+        linear.bias.zero_()
+    return nn.Sequential(linear, nn.Tanh(), nn.Linear(1, 4)).eval(), (torch.full((2, 16), 2.0),)
+
+
+def batches():
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(2, 16, generator=generator).clamp(-2.5, 2.5),) for _ in range(8)]
+'''
+
+
+def test_an_op_whose_output_clips_at_its_calibrated_range_says_so(tmp_path):
+    """An op named for a loss from clipping read like one from rounding ("39.7 dB in,
+    28.2 dB out" for an attention whose output left its calibrated range on 0.8% of its
+    values); the fix is other calibration data, so the line says how much was clipped."""
+    (tmp_path / "aligned.py").write_text(ALIGNED_INPUT)
+    spec = str(tmp_path / "aligned.py")
+    args = ["check", f"{spec}:model", "--backend", "cpu", "--quantize", "int8", "--calibration", f"{spec}:batches"]
+    result = CliRunner().invoke(cli, args, terminal_width=250)
+    assert result.exit_code == 0, result.output
+    drop = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)["quantization"]["partitions"][0]["first_drop"]
+    assert drop["node"] == "linear" and drop["clipped"] == 1.0
+    low, high = drop["calibrated_range"]
+    assert low < 0 < high < 32
+    assert f"100% of linear's output lies beyond the range calibration measured for it ({low:.4g} to {high:.4g})" \
+        in result.output
+
+
 def test_the_quantization_table_labels_a_simulated_backend_as_the_check_table_does(spec):
     """It said "qualcomm" where the check table above it said "qualcomm: simulator"."""
     result = CliRunner().invoke(cli, ["check", f"{spec}:model", "--backend", "qualcomm", "--quantize", "a16w8",
