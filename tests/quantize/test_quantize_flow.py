@@ -655,6 +655,31 @@ def test_the_summary_counts_only_the_ops_a_run_time_scheme_quantizes():
     assert [n["name"] for n in program.report()["nodes"] if "quantized" in n] == ["linear"]
 
 
+class _ViewedIds(nn.Module):
+    """Token ids viewed, looked up, then a linear (a transformers text model's start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.linear = nn.Embedding(20, 8), nn.Linear(8, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.embed(ids.view(-1, ids.shape[-1])))
+
+
+def test_the_summary_counts_no_op_on_integers():
+    """The view of the token ids was counted, unquantized and unnamed: "quantizes 1 of its
+    3 op(s) with int8, but 1 stays float: embedding" (CLIP's text model on qualcomm:
+    "71 of its 72", no op named)."""
+    ids = torch.randint(0, 20, (1, 6))
+    program = edgeport.export(_ViewedIds().eval(), (ids,), ["cpu"], quantize="int8",
+                              calibration=[(torch.randint(0, 20, (1, 6)),) for _ in range(3)],
+                              registry=registry_for(CpuBackend()))
+    summary = program.manifest.report["forward"]["quantization"]["backends"]["cpu"]
+    assert summary == "quantizes 1 of its 2 op(s) with int8, but 1 stays float: embedding (no int8 form here)"
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    assert nodes["view"].get("integer") is True and "integer" not in nodes["embedding"]
+
+
 def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog):
     """Every linear too narrow for a group of 32: the export said "cpu: quantizes its 3
     node(s)" with nothing int4, and explain said nothing about quantization at all."""
