@@ -14,7 +14,10 @@ coremltools converts the resulting quantize/dequantize pairs into the same MIL
 with `linear_quantize_weights` at compile time (compress.py).
 
 Weight-only schemes (int4-weight, palettize4/6) annotate nothing: their compression is
-coremltools' at compile time, on the converted ML program.
+coremltools' at compile time, on the converted ML program. A weight of 2,048 elements or
+fewer stays fp16 there (`compress.WEIGHT_THRESHOLD`), so the quantizer names the ops
+reading one in `kept_float`, for the summary: a small model's export said "quantizes its
+2 op(s) with palettize4" and palettized nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantiza
 from edgeport.quantize import STATIC, Scheme
 from edgeport.quantize.annotations import ANNOTATION
 
+from .compress import WEIGHT_THRESHOLD
+
 _EPS = 2**-12  # smallest scale: keeps an all-zero tensor's scale finite
 
 aten = torch.ops.aten
@@ -42,6 +47,8 @@ ACTIVATION_INPUTS = {
 }
 # An activation that follows one of them is quantized with it (its suffix pass's patterns).
 FUSED_ACTIVATIONS = frozenset({aten.relu.default})
+# The ops whose stored weight (position in args) compile-time compression stores compressed.
+WEIGHT_INPUTS = {aten.convolution.default: 1, aten.linear.default: 1, aten.embedding.default: 0}
 
 
 def _activation_spec(qat: bool) -> QuantizationSpec:
@@ -60,9 +67,11 @@ class CoreMLQuantizer(Quantizer):
     def __init__(self, scheme: Scheme) -> None:
         super().__init__()
         self.scheme = scheme
+        self.kept_float: dict[str, str] = {}  # node -> why (read by the quantization summary)
 
     def annotate(self, model: GraphModule) -> GraphModule:
         if self.scheme.activations != STATIC:
+            self.kept_float = _small_weights(model)
             return model  # weights only: compressed by coremltools at compile time
         spec = _activation_spec(self.scheme.qat)
         for node in model.graph.nodes:
@@ -98,3 +107,18 @@ def _fused_activation(node: Node) -> Node | None:
     if len(users) == 1 and users[0].target in FUSED_ACTIVATIONS and ANNOTATION not in users[0].meta:
         return users[0]
     return None
+
+
+def _small_weights(model: GraphModule) -> dict[str, str]:
+    """The ops whose stored weight is too small for compile-time compression, and why."""
+    kept = {}
+    for node in model.graph.nodes:
+        position = WEIGHT_INPUTS.get(node.target)
+        weight = node.args[position] if position is not None and len(node.args) > position else None
+        if not (isinstance(weight, Node) and weight.op == "get_attr"):
+            continue
+        value = getattr(model, weight.target, None) if "." not in weight.target else model.get_parameter(weight.target)
+        if isinstance(value, torch.Tensor) and value.numel() <= WEIGHT_THRESHOLD:
+            kept[node.name] = (f"its weight has {value.numel():,} elements: Core ML keeps a weight of "
+                               f"{WEIGHT_THRESHOLD:,} or fewer in fp16")
+    return kept

@@ -98,11 +98,13 @@ class Placement:
         """No backend quantizes any node: the program runs in float. Before lowering,
         as the quantizers annotated; with `ran` (as `summary`), as the artifacts run.
         (A backend whose toolchain quantizes at compile time counts as quantizing its
-        nodes.)"""
+        nodes, unless its quantizer says it leaves every one of them float: Core ML
+        compresses no weight of 2,048 elements or fewer.)"""
         owners = set(self.owner.values())
         quantized = {name: len(ran.get(name, Ran(0)).quantized) for name in self.backends} if ran is not None \
             else self.quantized
-        return not any(q.status == QUANTIZES and (quantized.get(name) or q.at_compile and name in owners)
+        return not any(q.status == QUANTIZES and (quantized.get(name) or q.at_compile and name in owners
+                                                  and len(self.kept_float.get(name) or {}) < self.ops.get(name, 1))
                        for name, q in self.backends.items())
 
     def summary(self, ran: Mapping[str, Ran] | None = None) -> dict[str, str]:
@@ -126,6 +128,8 @@ class Placement:
                 # unannotated moves quantized values (and its quantizer cannot know that)
                 kept_float = {node: why for node, why in kept_float.items() if node not in computes_quantized}
                 kept_float = {**kept_float, **{node: COMPILED_IN_FLOAT for node in in_float if node not in kept_float}}
+            if q.at_compile and kept_float:  # its compiler compresses the rest (it counts them all)
+                quantized = taken - len(kept_float)
             if q.status == QUANTIZES:
                 out[name] = _quantizes(q.scheme, taken, quantized, kept_float)
             elif q.status == FLOAT:

@@ -131,6 +131,27 @@ def test_weight_only_schemes_leave_activations_float(compiled):
         assert "quantize" not in info.metadata["mil_ops"], scheme
 
 
+def test_the_summary_names_each_op_whose_weight_is_too_small_to_compress(compiled, caplog):
+    """A conv of 216 weights said "coreml: quantizes its 2 op(s) with palettize4" and
+    palettized nothing (coremltools keeps a weight of 2,048 elements or fewer in fp16)."""
+    summary = compiled["palettize4"].manifest.report["forward"]["quantization"]["backends"]["coreml"]
+    assert summary == "quantizes its 5 op(s) with palettize4"  # both weights are large: compressed
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4096)).eval()
+    caplog.set_level("WARNING", logger="edgeport.quantize")
+    program = edgeport.export(small, (torch.randn(1, 3, 6, 6),), ["coreml"], quantize="palettize4",
+                              registry=registry_for(CoreMLBackend()))
+    report = program.manifest.report["forward"]["quantization"]
+    assert report["backends"]["coreml"] == (
+        "quantizes 3 of its 4 op(s) with palettize4, but 1 stays float: convolution (its weight has 216 elements: "
+        "Core ML keeps a weight of 2,048 or fewer in fp16)")
+    assert report["quantizes_nothing"] is False
+    tiny = edgeport.export(nn.Linear(16, 8).eval(), (torch.randn(1, 16),), ["coreml"], quantize="palettize4",
+                           registry=registry_for(CoreMLBackend()))
+    assert tiny.manifest.report["forward"]["quantization"]["quantizes_nothing"] is True
+    assert "nothing is quantized, the program runs in float (coreml: quantizes none of its 1 op(s)" in caplog.text
+
+
 def test_schemes_coreml_cannot_do_are_refused_with_the_reason():
     """They exported every node to portable torch, a float program."""
     with pytest.raises(edgeport.QuantizationError) as info:
