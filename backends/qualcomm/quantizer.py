@@ -28,6 +28,8 @@ added at each end, `OUTPUT_HEADROOM`): a value beyond the calibrated range is cl
 and an output is what the caller reads (an LLM's logits, whose top values are the ones
 greedy decoding picks, went above a range calibrated on a few prefill calls: SmolLM2's
 top logits clipped to one value). 16 bits keep the steps fine (a span of 120 over 65,535).
+A fused relu's output keeps its range from 0 and gets the whole span above
+(`NonNegativeHeadroomObserver`): QNN fuses it only so.
 
 An RMS norm (pow, mean, add, rsqrt, mul, and a mul by its constant weight) is quantized
 as one op, x, weight and output only: onnx_export writes it as QNN's native RmsNorm
@@ -232,7 +234,8 @@ class QualcommQuantizer(Quantizer):
     def _annotate_fused(self, activation: Node) -> None:
         """The activation after a fused op: its input is the op's float output, only its
         own output is quantized."""
-        activation.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(headroom=activation in self._outputs),
+        headroom = activation in self._outputs
+        activation.meta[ANNOTATION] = QuantizationAnnotation({}, self._activation(headroom=headroom, nonnegative=True),
                                                              _annotated=True)
 
     def _annotate(self, node: Node, form: QuantizedForm, quantize_output: bool = True) -> None:
@@ -329,15 +332,17 @@ class QualcommQuantizer(Quantizer):
             if self.scheme.qat else MinMaxObserver.with_args(dtype=torch.uint8, quant_min=low, quant_max=high)
         return QuantizationSpec(torch.uint8, observer, low, high, torch.per_tensor_affine)
 
-    def _activation(self, headroom: bool = False) -> QuantizationSpec:
+    def _activation(self, headroom: bool = False, nonnegative: bool = False) -> QuantizationSpec:
         """Per-tensor parameters from the calibrated range; ``headroom``: a method
-        output's, widened by `OUTPUT_HEADROOM` (QAT learns its ranges: none added)."""
+        output's, widened by `OUTPUT_HEADROOM` (QAT learns its ranges: none added), above
+        0 only when ``nonnegative`` (a fused relu's: its codomain)."""
         low, high = self.range
         if self.scheme.qat:
             ctr = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=low, quant_max=high,
                                          dtype=self.dtype, qscheme=torch.per_tensor_affine)
         else:
-            observer = HeadroomMinMaxObserver if headroom else MinMaxObserver
+            widened = NonNegativeHeadroomObserver if nonnegative else HeadroomMinMaxObserver
+            observer = widened if headroom else MinMaxObserver
             ctr = observer.with_args(dtype=self.dtype, quant_min=low, quant_max=high)
         return QuantizationSpec(self.dtype, ctr, low, high, torch.per_tensor_affine)
 
@@ -366,6 +371,18 @@ class HeadroomMinMaxObserver(MinMaxObserver):
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         pad = (self.max_val - self.min_val) * (OUTPUT_HEADROOM / 2)
         return self._calculate_qparams(self.min_val - pad, self.max_val + pad)
+
+
+class NonNegativeHeadroomObserver(MinMaxObserver):
+    """`HeadroomMinMaxObserver` for a relu (or clamp from 0) fused into the op before it:
+    its range starts at 0, as it calibrated, and the span is added above. Padded below 0
+    too, a method's output relu no longer made QNN's fusion hold (its quantize must start
+    at 0), and HTP computed the relu, and a residual add before it, in float (a16w8
+    conv -> relu and x + conv -> relu at a method's output)."""
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = (self.max_val - self.min_val) * OUTPUT_HEADROOM
+        return self._calculate_qparams(self.min_val.clamp(min=0), self.max_val + pad)
 
 
 # -- graph helpers ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import edgeport
+from edgeport.portable import stored_program
 from edgeport.testing import registry_for
 from edgeport.testing.quantized_cases import QUANTIZED_CASES, calibration_for, reference_program, run_quantized_case
 
@@ -750,3 +751,35 @@ def test_a_sum_broadcast_over_the_batch_is_right_at_16_bits(backend):
         htp = program(ids)
         assert cosine(htp, reference_program(program)(ids)) >= MIN_COSINE
         assert cosine(htp, model(ids)) >= MIN_COSINE
+
+
+class _ResidualRelu(nn.Module):
+    """x + conv(x) -> relu, the relu the method's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) + x)
+
+
+def test_a16w8_fuses_a_relu_that_is_the_methods_output(backend):
+    """A 16-bit method output's range is widened for headroom; widened below 0 too, the
+    relu's quantize no longer started at 0, QNN could not fuse it, and HTP computed the
+    add and the relu in float ("quantizes 1 of its 3 op(s) with a16w8, but 2 stay float").
+    The headroom of a fused relu is added above 0 only."""
+    torch.manual_seed(0)
+    model, x = _ResidualRelu().eval(), torch.randn(1, 8, 8, 8)
+    program = edgeport.export(model, (x,), ["qualcomm"], quantize="a16w8", calibration=calibration_for((x,), batches=4),
+                              keep_reference=True, registry=registry_for(backend))
+    assert program.manifest.report["forward"]["quantization"]["backends"]["qualcomm"] == \
+        "quantizes its 3 op(s) with a16w8"
+    with torch.no_grad():
+        htp, reference = program(x), reference_program(program)(x)
+        assert cosine(htp, reference) >= MIN_COSINE and cosine(htp, model(x)) >= MIN_COSINE
+    (step,) = program.manifest.methods["forward"].steps
+    graph = stored_program(program.files, step.reference).graph
+    (quantize,) = [n for n in graph.nodes if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default
+                   and n.args[0].target == torch.ops.aten.relu.default]
+    assert quantize.args[2] == 0  # the output's steps start at 0: QNN fuses the relu
