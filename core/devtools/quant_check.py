@@ -124,10 +124,10 @@ def float_program(model: torch.nn.Module, example_inputs: tuple[Any, ...], backe
     captured it: what `check_quantization` compares with (the quantized graph names this
     program's nodes; `torch.export.export` alone decomposes differently)."""
     from ..api import resolve_backends
-    from ..capture import capture
+    from ..quantize.flow import capture_float
 
     selected, parsed = resolve_backends(list(backends), dict(options or {}), registry_or_default(registry))
-    return capture(model, example_inputs, list(selected.values()), parsed)
+    return capture_float(model, example_inputs, selected, parsed)
 
 
 def sqnr_db(values: Sequence[Any], floats: Sequence[torch.Tensor]) -> float:

@@ -279,16 +279,25 @@ def prepare_qat_model(
     return prepared
 
 
-def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, progress, for_qat: bool = False):
-    """Capture the float model, place it, and insert each owner's observers."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
-
+def capture_float(model: torch.nn.Module, inputs: tuple[Any, ...], backends: Mapping[str, Backend],
+                  options: Mapping[str, Any], dynamic_shapes: Any = None) -> ExportedProgram:
+    """The float model as quantization captures it, the graph its ops' `FLOAT_NODE` tags
+    name (`edgeport check --quantize` compares with it: captured otherwise, the nodes
+    these rewrites add were no counterpart of anything, and the check was refused)."""
     float_program = capture(model, inputs, list(backends.values()), options, dynamic_shapes)
     # Before annotating, as export does before lowering: a view the rewrite adds after
     # quantizing sat between a dequantize and the next op, and QNN ran it in fp16 (Swin).
     collapse_permutes(float_program)
     collapse_expands(float_program)
     drop_empty_cat_operands(float_program)
+    return float_program
+
+
+def _prepare(model, inputs, dynamic_shapes, backends, options, scheme: Scheme, progress, for_qat: bool = False):
+    """Capture the float model, place it, and insert each owner's observers."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    float_program = capture_float(model, inputs, backends, options, dynamic_shapes)
     tag_float_nodes(float_program.graph)
     placement = place(float_program, backends, options, scheme)
     if progress:

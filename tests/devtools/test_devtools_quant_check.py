@@ -382,3 +382,40 @@ def test_check_quantization_names_a_token_id_past_the_vocabulary():
     program = edgeport.export(model, (ids,), ["cpu"], quantize="int8", calibration=[(ids,)], keep_reference=True)
     with pytest.raises(edgeport.InputError, match=r"input 0 \('input'\) holds id 10, .* rows for 10 ids \(0 to 9\)"):
         check_quantization(program, float_program(model, (ids,), ["cpu"]), (ids + 5,))
+
+
+
+def test_a_model_whose_capture_quantization_rewrites_checks_against_float():
+    """examples/models.py's tiny_llama (grouped heads) on cpu int8: check --quantize said
+    "the float program given is not this program's model: 16 op(s) ... have no
+    counterpart (e.g. clone_default, view_default, expand_default)": the float program
+    was captured without the rewrites quantization captures with, and the CLI, which
+    captured both, told the user to pass the right model."""
+    import torch
+
+    from edgeport.devtools import check_quantization, float_program
+    from edgeport.portable import stored_program
+
+    class GroupedHeads(torch.nn.Module):
+        """Two key/value heads repeated for four query heads, as grouped-query attention
+        does: a rank-5 expand that capture for quantization collapses to rank 4."""
+
+        def __init__(self):
+            super().__init__()
+            self.kv, self.out = torch.nn.Linear(8, 16), torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            kv = self.kv(x).view(1, 4, 2, 8).transpose(1, 2)  # (B, nkv, T, hs)
+            k = kv.repeat_interleave(2, dim=1)  # (B, nh, T, hs)
+            return self.out(k.transpose(1, 2).reshape(1, 4, 32)[..., :8])
+
+    torch.manual_seed(0)
+    model, x = GroupedHeads().eval(), torch.randn(1, 4, 8)
+    program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=[(x,), (x * 0.5,)],
+                              keep_reference=True)
+    reference = stored_program(program.files, program.plan("forward").steps[0].reference)
+    tags = {n.meta.get("custom", {}).get("edgeport_float_node") for n in reference.graph.nodes}
+    assert any(tag and tag.startswith("expand") and tag != "expand" for tag in tags)  # a node the rewrite made
+    report = check_quantization(program, float_program(model, (x,), ["cpu"]), (x,))
+    (partition,) = report.partitions
+    assert partition.vs_reference_db == float("inf") and 20 < partition.vs_float_db < 80
