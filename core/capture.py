@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import threading
 import warnings
@@ -46,11 +47,7 @@ def capture(
         with _quiet_torch():
             exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgeportError(
-            f"torch.export could not capture the model: {first}",
-            hint="run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html",
-        ) from exc
+        raise _capture_error(exc) from exc
     kept = {b.name: _keep_ops(b) for b in backends}
     keep = {op: [b for b in backends if op in kept[b.name]] for b in backends for op in kept[b.name]}
     quantization = _registered_quant_ops()
@@ -63,6 +60,29 @@ def capture(
     check_outputs(program)
     check_no_side_effects(program)
     return drop_proven_assertions(program)
+
+
+# torch's line for a dim marked dynamic that the example's size (0 or 1) made a constant
+_SPECIALIZED = re.compile(r"You marked (\w+) as dynamic but your code specialized it to be a constant \(([01])\)")
+
+
+def _capture_error(exc: Exception) -> EdgeportError:
+    """torch.export's failure as one error: its first line, and for violated dim
+    constraints the line naming each dim (the first line alone, "Constraints violated
+    (b)!", said neither which nor why). A dim whose example size is 0 or 1 is the usual
+    cause: torch specializes those sizes, so a batch-1 example with a dynamic batch failed."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    first = lines[0] if lines else type(exc).__name__
+    reasons = [line.removeprefix("- ").split(". ")[0].rstrip(".") + "." for line in lines[1:]
+               if line.startswith("- You marked")]  # its first sentence: the rest is about mark_dynamic
+    message = f"torch.export could not capture the model: {first}" + "".join(f" {r}" for r in reasons[:3])
+    specialized = [m.groups() for r in reasons if (m := _SPECIALIZED.search(r))]
+    if specialized:
+        dims = ", ".join(f"{name} (size {size})" for name, size in specialized)
+        return EdgeportError(message, hint=f"the example inputs give {dims} a size torch.export makes a constant: "
+                                           "give the example inputs a size of 2 or more along each dynamic dim")
+    return EdgeportError(message, hint="run with --debug for torch's full message; see "
+                                       "https://pytorch.org/docs/stable/export.html")
 
 
 def _keep_ops(backend: Backend) -> set[Any]:

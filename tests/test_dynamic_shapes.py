@@ -273,3 +273,23 @@ def test_a_dim_range_edited_to_hold_no_size_is_refused_at_load(exported, tmp_pat
     with pytest.raises(ProgramError, match=f"symbol '{symbol}' ranges from {high} to {low}, which no size is"):
         edgeport.load(tmp_path / "edited.edgeport",
                       registry=registry_for(CpuBackend() if backend == "cpu" else MediatekBackend()))
+
+
+def test_a_dynamic_dim_whose_example_size_is_one_names_the_dim_and_the_fix():
+    """A batch-1 example with a dynamic batch said only "torch.export could not capture
+    the model: Constraints violated (b)!", and a hint to rerun with --debug: torch
+    specializes sizes 0 and 1, so the example must be larger along that dim."""
+    from torch.export import Dim
+
+    model = nn.Conv2d(3, 4, 3).eval()
+    with pytest.raises(edgeport.EdgeportError, match=r"Constraints violated \(b\)!.* You marked b as dynamic but your "
+                                                     r"code specialized it to be a constant \(1\)\.$") as info:
+        edgeport.export(model, (torch.randn(1, 3, 8, 8),), ["cpu"], dynamic_shapes=({0: Dim("b", min=1, max=8)},),
+                        registry=registry_for(CpuBackend()))
+    assert info.value.hint == ("the example inputs give b (size 1) a size torch.export makes a constant: give the "
+                               "example inputs a size of 2 or more along each dynamic dim")
+    program = edgeport.export(model, (torch.randn(2, 3, 8, 8),), ["cpu"], dynamic_shapes=({0: Dim("b", min=1, max=8)},),
+                              registry=registry_for(CpuBackend()))
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x))
