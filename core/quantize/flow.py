@@ -201,6 +201,7 @@ def quantize_method(
     if is_qat_model(model):
         state: QatState = model.meta[QAT_KEY]
         _check_qat(state, scheme, backends)
+        _check_qat_ran(model)
         scheme, placement = state.scheme, state.placement
         # A copy: convert moves the model to eval and freezes its parameters in place, so
         # exporting it again raised AttributeError ('_frozen_param0'), and training on after
@@ -379,3 +380,29 @@ def _check_qat(state: QatState, scheme: Scheme | None, backends: Mapping[str, Ba
             f"the model was prepared for backends {', '.join(state.backends)}, not {', '.join(backends)}",
             hint="export a QAT model with the backends it was prepared for: each node's quantizer depends on them",
         )
+
+
+def _check_qat_ran(model: GraphModule) -> None:
+    """Refuse a QAT model whose fake-quantize modules never observed a value: it was
+    exported before any forward pass (training the original module, not the prepared
+    one, is the usual slip). Each range would be torchao's default, which only warns
+    ("must run observer before calling calculate_qparams"): a conv-relu-conv exported
+    so was 0.0 dB from float."""
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    fakes = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    unobserved = [m for m in fakes if _never_observed(getattr(m, "activation_post_process", None))]
+    if unobserved:
+        raise QuantizationError(
+            f"the QAT model has not run: {len(unobserved)} of its {len(fakes)} fake-quantize module(s) never "
+            "observed a value, so their ranges are torchao's defaults",
+            hint="train the model edgeport.prepare_qat returned (its forward passes learn the ranges), not the "
+                 "module it was prepared from, then export it",
+        )
+
+
+def _never_observed(observer: Any) -> bool:
+    """A min/max observer that saw nothing keeps min +inf and max -inf."""
+    low, high = getattr(observer, "min_val", None), getattr(observer, "max_val", None)
+    return isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor) and low.numel() > 0 \
+        and bool((low > high).all())

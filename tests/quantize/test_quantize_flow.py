@@ -428,6 +428,24 @@ def test_qat_model_trains_then_exports_without_calibration():
         edgeport.export(prepared, (x,), ["cpu"], quantize="int8-dynamic", registry=registry)
 
 
+def test_a_qat_model_exported_before_any_forward_pass_is_refused():
+    """Exported straight after prepare_qat (the original module trained instead), every
+    range was torchao's default, with only its UserWarning "must run observer before
+    calling calculate_qparams": a conv-relu-conv came out 0.0 dB from float."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), torch.randn(2, 3, 6, 6)
+    registry = registry_for(CpuBackend())
+    prepared = edgeport.prepare_qat(model, (x,), ["cpu"], "int8", registry=registry)
+    with pytest.raises(edgeport.QuantizationError, match=r"^the QAT model has not run: \d+ of its \d+ fake-quantize "
+                                                           r"module\(s\) never observed a value") as info:
+        edgeport.export(prepared, (x,), ["cpu"], registry=registry)
+    assert "train the model edgeport.prepare_qat returned" in info.value.hint
+    prepared(x)  # one forward pass observes every range
+    program = edgeport.export(prepared, (x,), ["cpu"], registry=registry)
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(program(x).flatten(), model(x).flatten(), dim=0) > 0.99
+
+
 def test_qat_applies_to_static_schemes():
     with pytest.raises(edgeport.QuantizationError, match="static schemes, not int8-dynamic"):
         edgeport.prepare_qat(nn.Linear(4, 4), (torch.randn(1, 4),), ["cpu"], "int8-dynamic",
