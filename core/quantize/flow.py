@@ -206,6 +206,8 @@ def quantize_method(
         # A copy: convert moves the model to eval and freezes its parameters in place, so
         # exporting it again raised AttributeError ('_frozen_param0'), and training on after
         # an export trained an eval-mode model.
+        if calibration is not None:  # said, as for a run-time scheme: a reader may think it recalibrated
+            report["calibration"] = "not used: a QAT model's ranges are learned in training"
         converted = _convert(copy.deepcopy(model), report, progress, qat=True)
     else:
         if scheme is None:

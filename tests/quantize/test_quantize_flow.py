@@ -441,7 +441,9 @@ def test_a_qat_model_exported_before_any_forward_pass_is_refused():
         edgeport.export(prepared, (x,), ["cpu"], registry=registry)
     assert "train the model edgeport.prepare_qat returned" in info.value.hint
     prepared(x)  # one forward pass observes every range
-    program = edgeport.export(prepared, (x,), ["cpu"], registry=registry)
+    program = edgeport.export(prepared, (x,), ["cpu"], registry=registry, calibration=[(x,)])
+    assert program.manifest.report["forward"]["quantization"]["calibration"] == \
+        "not used: a QAT model's ranges are learned in training"
     with torch.no_grad():
         assert torch.nn.functional.cosine_similarity(program(x).flatten(), model(x).flatten(), dim=0) > 0.99
 
