@@ -257,7 +257,9 @@ def quantization_lines(method: Mapping[str, Any]) -> list[Line]:
     lines += [Line(f"  {backend}: {what}") for backend, what in report.get("backends", {}).items()]
     calibration = report.get("calibration")
     if isinstance(calibration, dict):
-        lines.append(Line(f"  calibration: {calibration['batches']} batches, {calibration['ms_per_batch']} ms per batch"))
+        count = calibration["batches"]
+        lines.append(Line(f"  calibration: {count} batch{'' if count == 1 else 'es'}, {calibration['ms_per_batch']} ms "
+                          "per batch"))
         lines += [Line(f"  {constant_input_warning(int(position), value, calibration['batches'])}", warning=True)
                   for position, value in calibration.get("constant_inputs", {}).items()]
     return lines

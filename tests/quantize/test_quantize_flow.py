@@ -20,6 +20,7 @@ from torch_backend import TorchOpsBackend
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.cli import cli
+from edgeport.devtools.html import quantization_lines
 from edgeport.portable import program_to_files, stored_program
 from edgeport.quantize import SCHEMES, resolve_scheme
 from edgeport.testing import reference_program, registry_for
@@ -154,6 +155,7 @@ def test_calibration_keyed_by_input_name_is_refused_as_no_method():
     program = edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration={"forward": [(x,)]},
                               registry=registry_for(CpuBackend()))
     assert program.manifest.report["forward"]["quantization"]["calibration"]["batches"] == 1
+    assert "  calibration: 1 batch, " in [line.text for line in quantization_lines(program.report())][-1]
 
 
 def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
