@@ -368,8 +368,12 @@ class _FloatWalk:
         if node.op != "call_function" or is_quantization_node(node) or not tagged:
             return None
         output_db = self._sqnr(_handed_on(node), node)
-        read = [self._sqnr(arg, arg) for arg in node.all_input_nodes if self._is_activation(arg)]
-        read = [db for db in read if db is not None]
+        activations = [arg for arg in node.all_input_nodes if self._is_activation(arg)]
+        read = [db for db in (self._sqnr(arg, arg) for arg in activations) if db is not None]
+        if not read and any(self._integers(arg) for arg in activations):
+            # a lookup of token ids reads them exact: its table's quantization is its own loss (a
+            # table stored per tensor whose one outlier row set the steps: 6 dB, and nothing named)
+            read = [math.inf]
         if output_db is None or not read:
             return None
         return OpDrop(node.name, op_name(node), source_of(node), _module(node), min(read), output_db)
@@ -384,6 +388,11 @@ class _FloatWalk:
         if raw is None or quantized is None:
             return None
         return OpDrop(self.placeholder_value.get(node.name, node.name), INPUT_QUANTIZE, "", "", raw, quantized)
+
+    def _integers(self, arg: Node) -> bool:
+        """Whether `arg`'s value is a tensor of integers (token ids), which no scheme rounds."""
+        value = self.env.get(arg.name)
+        return isinstance(value, torch.Tensor) and not value.is_floating_point() and value.dtype != torch.bool
 
     def _is_activation(self, arg: Node) -> bool:
         """A value computed at run time, not a weight (a dequantize of a constant)."""

@@ -470,3 +470,41 @@ def test_an_infinity_both_sides_hold_is_exact_not_a_loss(tmp_path):
     assert sqnr_db([masked], [masked]) == float("inf")
     assert sqnr_db([torch.tensor([1.0, 0.0, 2.0])], [masked]) == float("-inf")  # a lost infinity is a loss
     assert 10 < sqnr_db([torch.tensor([1.1, float("-inf"), 2.0])], [masked]) < 40
+
+
+OUTLIER_TABLE = '''
+import torch
+from torch import nn
+
+
+def model():
+    """A lookup whose table has one row 200 times the others (a row never read): stored
+    per tensor at int8, that row sets the steps every other row rounds to."""
+    torch.manual_seed(0)
+    lookup = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 8)).eval()
+    with torch.no_grad():
+        lookup[0].weight[49] *= 200
+    return lookup, (torch.randint(0, 49, (1, 8), generator=torch.Generator().manual_seed(0)),)
+
+
+def batches():
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randint(0, 49, (1, 8), generator=generator),) for _ in range(4)]
+'''
+
+
+def test_a_lookup_that_loses_its_table_is_named_reading_its_ids_exact(tmp_path):
+    """qualcomm int8 stores a table per tensor: a table with an outlier row came out 6 dB
+    from float and nothing was named, since the lookup reads no float value to compare
+    its output with; the ids it reads are exact."""
+    (tmp_path / "table.py").write_text(OUTLIER_TABLE)
+    spec = str(tmp_path / "table.py")
+    args = ["check", f"{spec}:model", "--backend", "qualcomm", "--quantize", "int8", "--calibration",
+            f"{spec}:batches", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (partition,) = json.loads(result.output)["quantization"]["partitions"]
+    assert partition["vs_float_db"] < 15
+    drop = partition["first_drop"]
+    assert (drop["node"], drop["op"], drop["input_db"]) == ("embedding", "aten.embedding.default", "inf")
+    assert drop["output_db"] < 15 and drop["module"] == "0 (Embedding)"
