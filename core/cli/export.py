@@ -101,6 +101,7 @@ def resolve_quantize(scheme: str | None, group_size: int | None, calibration: st
     if scheme is None:
         return None
     quantize = resolve_scheme(scheme, group_size)
+    refuse_unoffered(backends, options, quantize)  # first: calibration data would be asked for in vain
     if calibration and not quantize.needs_calibration:
         raise EdgeportError(f"--calibration applies to static schemes; {quantize.name} measures no ranges",
                             hint="drop --calibration, or quantize with int8 or a16w8")
@@ -112,5 +113,4 @@ def resolve_quantize(scheme: str | None, group_size: int | None, calibration: st
                                     "inputs never have, a silent accuracy loss")
     if calibration:
         check_calibration_source(calibration)
-    refuse_unoffered(backends, options, quantize)
     return quantize

@@ -165,7 +165,8 @@ def refuse_unoffered(backends: Mapping[str, Backend], options: Mapping[str, Any]
     said = "; ".join(_what_it_offers(backends[name], scheme, answer) for name, answer in answers.items())
     raise SchemeNotOffered(f"no selected backend quantizes with {scheme.name}: {said}",
                            hint=f"quantize with a scheme a selected backend offers (with options that allow it), or "
-                                f"select one that offers {scheme.name} (edgeport backends lists each backend's schemes)",
+                                f"select one that offers {'a static scheme' if scheme.per_backend else scheme.name} "
+                                "(edgeport backends lists each backend's schemes)",
                            declined={name: answer.reason for name, answer in answers.items()})
 
 

@@ -834,6 +834,8 @@ def model():
 @pytest.mark.parametrize("command", ["export", "check"])
 @pytest.mark.parametrize("flags, says", [
     (["--quantize", "a16w8", "--calibration", "cal.npz"], "no selected backend quantizes with a16w8: cpu offers "),
+    # asked for calibration data first, then refused the scheme the data was made for
+    (["--quantize", "a16w8"], "no selected backend quantizes with a16w8: cpu offers "),
     (["--quantize", "int8"], "--quantize int8 needs --calibration: it measures activation ranges"),
     (["--quantize", "int8", "--calibration", "missing.npz"], "no such calibration file: missing.npz"),
     (["--quantize", "int8", "--calibration", "text.npz"], "calibration file text.npz is not a numpy .npz of arrays"),
@@ -852,3 +854,14 @@ def test_cli_quantize_mistakes_are_refused_before_the_factory_runs(tmp_path, mon
                                 obj=registry_for(CpuBackend()), terminal_width=250)
     assert result.exit_code == 1, result.output
     assert says in " ".join(result.output.split()) and "the factory ran" not in result.output
+
+
+def test_auto_with_no_backend_offering_a_scheme_says_to_select_one_with_a_static_scheme():
+    """The hint said "select one that offers auto": no backend offers auto, each offers
+    its own static scheme."""
+    model, x = nn.Sequential(nn.ReLU()).eval(), torch.randn(2, 8)
+    with pytest.raises(edgeport.QuantizationError, match="no selected backend quantizes with auto: torchops offers "
+                                                         "no scheme") as info:
+        edgeport.export(model, (x,), ["torchops"], quantize="auto", calibration=[(x,)],
+                        registry=registry_for(TorchOpsBackend(ops=("relu",))))
+    assert "select one that offers a static scheme" in info.value.hint
