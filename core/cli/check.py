@@ -243,7 +243,8 @@ def print_op_drop(partition: int, d: OpDrop, report: QuantizationCheck) -> None:
         console.print("    the input is quantized to the range calibration measured: calibrate on inputs like these",
                       markup=False)
     elif d.reader:
-        console.print("    quantized per tensor, its largest channels set the range the others round to", markup=False)
+        console.print("    quantized per tensor, its largest channels or tokens set the range the others round to",
+                      markup=False)
     if d.clipped and d.calibrated_range:
         low, high = d.calibrated_range
         console.print(f"    {100 * d.clipped:.3g}% of {d.node}'s output lies beyond the range calibration measured for it "
