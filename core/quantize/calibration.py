@@ -101,7 +101,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress
     (SmolLM2's 135M) per token."""
     stats = CalibrationStats()
     with torch.no_grad(), _constants_observed_once(model) as observed_once:
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(_read(batches)):
             inputs = tuple(torch.as_tensor(x) if isinstance(x, np.ndarray) else x for x in as_batch(batch))
             _check_finite(i, inputs)
             stats.observe_inputs(inputs)
@@ -125,6 +125,26 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Any], progress: Progress
         raise CalibrationError("the calibration data holds no batches", hint="pass at least one batch of inputs")
     _check_ranges(model)
     return stats
+
+
+def _read(batches: Iterable[Any]) -> Iterator[Any]:
+    """`batches`, one at a time, with a failure of the iterable itself (a data loader or a
+    generator raising) said as the data's: it was "internal error: RuntimeError: loader
+    broke ... please report it", as if edgeport had failed."""
+    iterator = iter(batches)
+    index = 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CalibrationError(f"the calibration data raised reading batch {index}: {type(exc).__name__}: {message}",
+                                   hint="fix the data loader or generator that yields the batches (run it alone: "
+                                        "list(batches))") from exc
+        yield batch
+        index += 1
 
 
 BATCH_HINT = ("each entry of the calibration data is one whole batch, a tuple of inputs shaped like the example "

@@ -142,6 +142,21 @@ def test_a_calibration_batch_of_another_dtype_names_both_dtypes():
     assert "x.to(torch.float32)" in info.value.hint and "astype(numpy.float32)" in info.value.hint
 
 
+def test_calibration_data_that_raises_while_read_is_the_datas_error_not_an_internal_one():
+    """A generator raising at its second batch (a broken data loader) was "internal
+    error: RuntimeError: loader broke ... please report it"."""
+    model, x = nn.Linear(8, 4).eval(), torch.randn(2, 8)
+
+    def loader():
+        yield (x,)
+        raise RuntimeError("loader broke")
+
+    with pytest.raises(edgeport.CalibrationError, match=r"^the calibration data raised reading batch 1: RuntimeError: "
+                                                          r"loader broke$") as info:
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=loader(), registry=registry_for(CpuBackend()))
+    assert "data loader" in info.value.hint
+
+
 def test_calibration_keyed_by_input_name_is_refused_as_no_method():
     """{"x": batches} was read as method -> batches, found none for "forward", and said
     "int8 needs calibration data", though data had been given."""
