@@ -247,8 +247,8 @@ def print_op_drop(partition: int, d: OpDrop, report: QuantizationCheck) -> None:
                       markup=False)
     if d.clipped and d.calibrated_range:
         low, high = d.calibrated_range
-        console.print(f"    {100 * d.clipped:.3g}% of {d.node}'s output lies beyond the range calibration measured for it "
-                      f"({low:.4g} to {high:.4g}) and is clipped: calibrate on inputs like these", markup=False,
+        console.print(f"    {100 * d.clipped:.3g}% of {d.node}'s output lies beyond the range calibration measured "
+                      f"for it ({low:.4g} to {high:.4g}) and is clipped: calibrate on inputs like these", markup=False,
                       highlight=False)
 
 

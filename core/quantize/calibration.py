@@ -140,7 +140,8 @@ def _read(batches: Iterable[Any]) -> Iterator[Any]:
             return
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise CalibrationError(f"the calibration data raised reading batch {index}: {type(exc).__name__}: {message}",
+            raise CalibrationError(f"the calibration data raised reading batch {index}: "
+                                   f"{type(exc).__name__}: {message}",
                                    hint="fix the data loader or generator that yields the batches (run it alone: "
                                         "list(batches))") from exc
         yield batch

@@ -153,7 +153,8 @@ def test_calibration_data_that_raises_while_read_is_the_datas_error_not_an_inter
 
     with pytest.raises(edgeport.CalibrationError, match=r"^the calibration data raised reading batch 1: RuntimeError: "
                                                           r"loader broke$") as info:
-        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=loader(), registry=registry_for(CpuBackend()))
+        edgeport.export(model, (x,), ["cpu"], quantize="int8", calibration=loader(),
+                        registry=registry_for(CpuBackend()))
     assert "data loader" in info.value.hint
 
 
@@ -450,7 +451,8 @@ def test_a_qat_model_exported_before_any_forward_pass_is_refused():
     range was torchao's default, with only its UserWarning "must run observer before
     calling calculate_qparams": a conv-relu-conv came out 0.0 dB from float."""
     torch.manual_seed(0)
-    model, x = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), torch.randn(2, 3, 6, 6)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 6, 6)
     registry = registry_for(CpuBackend())
     prepared = edgeport.prepare_qat(model, (x,), ["cpu"], "int8", registry=registry)
     with pytest.raises(edgeport.QuantizationError, match=r"^the QAT model has not run: \d+ of its \d+ fake-quantize "
