@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import operator
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -209,7 +210,7 @@ def quantize_method(
         # an export trained an eval-mode model.
         if calibration is not None:  # said, as for a run-time scheme: a reader may think it recalibrated
             report["calibration"] = "not used: a QAT model's ranges are learned in training"
-        converted = _convert(copy.deepcopy(model), report, progress, qat=True)
+        converted = _convert(_copy_quietly(model), report, progress, qat=True)
     else:
         if scheme is None:
             raise QuantizationError("no quantization scheme given")
@@ -383,6 +384,15 @@ def _check_qat(state: QatState, scheme: Scheme | None, backends: Mapping[str, Ba
             f"the model was prepared for backends {', '.join(state.backends)}, not {', '.join(backends)}",
             hint="export a QAT model with the backends it was prepared for: each node's quantizer depends on them",
         )
+
+
+def _copy_quietly(model: GraphModule) -> GraphModule:
+    """A deep copy of a QAT model, without torch's FutureWarning about its own pytree
+    specs ("isinstance(treespec, LeafSpec) is deprecated"), printed twice per export
+    from copyreg: torch's code, nothing the user can change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        return copy.deepcopy(model)
 
 
 def _check_qat_ran(model: GraphModule) -> None:
