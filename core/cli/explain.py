@@ -202,11 +202,14 @@ def print_torch_free(portable: list[PortableStep]) -> None:
 
 
 def _scheme(node: dict[str, Any]) -> str:
-    """"a uint16 / w int8 per channel" for a quantized op; "float" for any other op (one
-    its backend computes in float between quantized neighbours too); "" for a
+    """"a uint16 / w int8 per channel" for a quantized op; "integers" for an op on integer
+    values (a view of token ids: it said "float"); "float" for any other op (one its
+    backend computes in float between quantized neighbours too); "" for a
     quantize/dequantize node."""
     if node["op"].startswith(QUANTIZATION_OPS):
         return ""
+    if node.get("integer"):
+        return "integers"
     dtypes = node.get("quantized", {})
     if not dtypes:
         return "float"

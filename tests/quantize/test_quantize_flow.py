@@ -709,7 +709,7 @@ class _ViewedIds(nn.Module):
         return self.linear(self.embed(ids.view(-1, ids.shape[-1])))
 
 
-def test_the_summary_counts_no_op_on_integers():
+def test_the_summary_counts_no_op_on_integers(tmp_path):
     """The view of the token ids was counted, unquantized and unnamed: "quantizes 1 of its
     3 op(s) with int8, but 1 stays float: embedding" (CLIP's text model on qualcomm:
     "71 of its 72", no op named)."""
@@ -721,6 +721,11 @@ def test_the_summary_counts_no_op_on_integers():
     assert summary == "quantizes 1 of its 2 op(s) with int8, but 1 stays float: embedding (no int8 form here)"
     nodes = {n["name"]: n for n in program.report()["nodes"]}
     assert nodes["view"].get("integer") is True and "integer" not in nodes["embedding"]
+    program.save(tmp_path / "ids.edgeport")
+    result = CliRunner().invoke(cli, ["explain", str(tmp_path / "ids.edgeport")], terminal_width=250)
+    rows = {line.split("│")[1].strip(): line.split("│")[5].strip() for line in result.output.splitlines()
+            if line.count("│") > 6 and line.split("│")[1].strip() in ("view", "embedding", "linear")}
+    assert rows == {"view": "integers", "embedding": "float", "linear": "a int8 / w int8 per channel"}, rows
 
 
 def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog):
