@@ -210,9 +210,10 @@ def test_state_prefixes_give_the_eager_results_and_the_compiled_model_binds_them
 
 
 class Layers(torch.nn.Module):
-    """Eight `Prefix` caches of 8 MiB each, as the layers of an LLM have theirs."""
+    """Sixteen `Prefix` caches of 16 MiB each, as the layers of an LLM have theirs (under
+    32 MiB, which malloc serves from its heap once such blocks have been freed)."""
 
-    def __init__(self, layers: int = 8, n: int = 1 << 17, d: int = 8):
+    def __init__(self, layers: int = 16, n: int = 1 << 18, d: int = 8):
         super().__init__()
         self.layers = torch.nn.ModuleList(Prefix(n, d) for _ in range(layers))
 
@@ -227,7 +228,7 @@ def test_an_empty_cache_placed_in_the_compiled_model_stays_unwritten_until_rows_
     (SmolLM2 at 8,192 positions held its 360 MiB cache before the first token)."""
     module = Layers()
     reference = copy.deepcopy(module)
-    T, W = torch.export.Dim("T", min=1, max=8), torch.export.Dim("W", min=1, max=1 << 17)
+    T, W = torch.export.Dim("T", min=1, max=8), torch.export.Dim("W", min=1, max=1 << 18)
     inputs = (torch.randn(3, 2, 8), torch.arange(3), torch.arange(16))
     program = edgeport.export_methods({"step": (module, inputs, ({0: T}, {0: T}, {0: W}))}, ["cpu"],
                                       registry=registry)
@@ -236,8 +237,9 @@ def test_an_empty_cache_placed_in_the_compiled_model_stays_unwritten_until_rows_
         info, metadata={**info.metadata, WEIGHT_CACHE_KEY: program.manifest.files[path].sha256})
     before = _resident_mib()
     runtime = program.runtime(arrays)
-    assert len(runtime.place_state("step")) == 8
-    assert _resident_mib() - before < 32  # of 64 MiB of caches; LiteRT and XNNPACK take ~10 of their own
+    assert len(runtime.place_state("step")) == 16
+    # of 256 MiB of caches; LiteRT, XNNPACK and the run take 10-40 of their own (40 within the whole suite)
+    assert _resident_mib() - before < 96
     for x, positions, window in _calls(module):
         inputs = (x, positions, window) if arrays == "auto" else (x.numpy(), positions.numpy(), window.numpy())
         assert torch.allclose(torch.as_tensor(program(*inputs)), reference(x, positions, window), atol=1e-4)

@@ -117,7 +117,8 @@ def _small_weights(model: GraphModule) -> dict[str, str]:
         weight = node.args[position] if position is not None and len(node.args) > position else None
         if not (isinstance(weight, Node) and weight.op == "get_attr"):
             continue
-        value = getattr(model, weight.target, None) if "." not in weight.target else model.get_parameter(weight.target)
+        owner, _, name = weight.target.rpartition(".")
+        value = getattr(model.get_submodule(owner), name, None)  # a parameter or a buffer (a rotary table)
         if isinstance(value, torch.Tensor) and value.numel() <= WEIGHT_THRESHOLD:
             kept[node.name] = (f"its weight has {value.numel():,} elements: Core ML keeps a weight of "
                                f"{WEIGHT_THRESHOLD:,} or fewer in fp16")
