@@ -120,6 +120,8 @@ def test_export_run_explain(env):
                     "--option", "torchops.scale=1.0", "--report", "report.json")
     assert result.exit_code == 0, result.output
     assert "torchops" in result.output and (env / "m.edgeport").exists()
+    assert "torch-free: no (1 portable step(s)" in result.output  # why an op fell back, said at export
+    assert "aten.convolution.default (torchops: torchops has no kernel for" in " ".join(result.output.split())
     assert json.loads((env / "report.json").read_text())["forward"]["nodes"]
 
     result = invoke("run", "m.edgeport", "--repeat", "3", "--warmup", "1", "--profile", "--json")

@@ -15,9 +15,10 @@ from ..backend import Backend
 from ..quantize import REQUESTS, CalibrationError, Scheme, load_calibration, resolve_scheme
 from ..quantize.calibration import check_calibration_source
 from ..quantize.flow import QUANTIZE_LOG, refuse_unoffered
+from ..torch_steps import portable_steps
 from . import cli, current_registry
 from ._output import check_writable, console, progress, said_below
-from .explain import print_quantization, print_summary
+from .explain import print_quantization, print_summary, print_torch_free
 from .dims import parse_dynamic
 from .spec import load_factory
 
@@ -86,6 +87,7 @@ def export(spec: str, backend_list: str, output: str, strict: bool, option_items
     print_summary(placed)
     if "quantization" in placed:
         print_quantization(placed)
+    print_torch_free(portable_steps(program.manifest))  # "why did this op fall back?", answered where it happens
     if report:
         with open(report, "w") as f:
             json.dump(program.manifest.report, f, indent=2)
