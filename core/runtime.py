@@ -39,6 +39,7 @@ from .arrays import initial_state, torch_installed
 from .backend import Executable
 from .delegates import executable_of, load_step, run_label
 from .errors import EdgeportError, ExecutionError, InputError, ProgramError, UnknownBackendError, described
+from .finite_inputs import finite_check, quantized_positions
 from .manifest import Manifest, MethodPlan, Step, TensorSpec
 from .mapped_file import Buffer, release
 from .output_tree import restore_structure
@@ -97,8 +98,11 @@ class Runtime:
         self._state_lock = threading.Lock()  # one per program: every method shares its state
         self._loaded: dict[str, tuple[Any, Any]] = {}  # artifact path -> (what its backend loaded, its lock)
         self._shared_tensors: dict[Any, Any] = {}  # tensors torch steps share (portable.stored_program)
+        self._finite = {name: finite_check(plan, quantized_positions(manifest.report.get(name, {}), plan))
+                        for name, plan in manifest.methods.items()}  # inputs quantized at entry (finite_inputs.py)
         self._methods = {name: self._load_method(plan) for name, plan in manifest.methods.items()}
-        self._direct = {name: _direct_call(plan, steps, self._values) for name, (plan, steps, _) in self._methods.items()}
+        self._direct = {name: _direct_call(plan, steps, self._values, self._finite[name])
+                        for name, (plan, steps, _) in self._methods.items()}
         self._prefix_views: dict[tuple[str, str], tuple[Any, int, Any]] = {}  # (method, value) -> (state, rows, view)
 
     # -- loading ------------------------------------------------------------------
@@ -115,7 +119,7 @@ class Runtime:
             if name not in kept:
                 frees[i].append(name)
         steps = [self._load_step(plan, step, tuple(frees[i])) for i, step in enumerate(plan.steps)]
-        return plan, steps, _input_checker(plan, self._values)
+        return plan, steps, _input_checker(plan, self._values, self._finite[plan.name])
 
     def _load_step(self, plan: MethodPlan, step: Step, frees: tuple[str, ...]) -> _LoadedStep:
         executable, backend, label, guard = self._open_step(plan, step)
@@ -329,7 +333,8 @@ def _contract_hint(loaded: _LoadedStep, must: str) -> str:
 _NOT_DIRECT = object()  # what a direct call returns for inputs it does not take as they are
 
 
-def _direct_call(plan: MethodPlan, steps: Sequence[_LoadedStep], kind: Values) -> Callable[[Sequence[Any]], Any] | None:
+def _direct_call(plan: MethodPlan, steps: Sequence[_LoadedStep], kind: Values,
+                 finite: Callable[[Sequence[Any]], None] | None) -> Callable[[Sequence[Any]], Any] | None:
     """The direct call of a method that is one delegate step (module docstring), or None.
 
     It runs the step on the positional inputs when each fits its spec exactly
@@ -362,6 +367,8 @@ def _direct_call(plan: MethodPlan, steps: Sequence[_LoadedStep], kind: Values) -
                 return _NOT_DIRECT
         if not all(test(arg) for test, arg in zip(tests, args)):
             return _NOT_DIRECT
+        if finite is not None:
+            finite(args)
         with guard:
             results = _run_step(0, loaded, args)
         _check_output_count(0, loaded, results)
@@ -407,12 +414,14 @@ def check_inputs(plan: MethodPlan, inputs: Sequence[Any]) -> list[Any]:
     """``inputs`` as ``plan``'s method takes them (torch tensors where torch is installed),
     or the InputError a call would raise: for a caller that hands inputs on to something
     other than the runtime (`edgeport check` runs each partition with them)."""
-    return _input_checker(plan, TorchValues() if torch_installed() else NumpyValues())(inputs, {})
+    return _input_checker(plan, TorchValues() if torch_installed() else NumpyValues(), None)(inputs, {})
 
 
-def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], Mapping[str, Any]], list[Any]]:
-    """Build the per-call input check of a method once, from its spec; inputs come out
-    as ``kind``'s values (torch tensors, or numpy arrays where torch is not installed)."""
+def _input_checker(plan: MethodPlan, kind: Values, finite: Callable[[Sequence[Any]], None] | None,
+                   ) -> Callable[[Sequence[Any], Mapping[str, Any]], list[Any]]:
+    """Build the per-call input check of a method once, from its spec and ``finite``
+    (the check of the inputs it quantizes at entry, finite_inputs.py); inputs come out as
+    ``kind``'s values (torch tensors, or numpy arrays where torch is not installed)."""
     specs = plan.inputs
     names = [spec.name for spec in specs]
 
@@ -446,6 +455,8 @@ def _input_checker(plan: MethodPlan, kind: Values) -> Callable[[Sequence[Any], M
                         hint="export with a wider range for it (--dynamic, or dynamic_shapes= in Python)",
                     )
             out.append(kind.contiguous(value))
+        if finite is not None:
+            finite(out)
         return out
 
     return check

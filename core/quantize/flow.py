@@ -29,6 +29,7 @@ from ..backend import Backend
 from ..capture import capture
 from ..empty_operands import drop_empty_cat_operands
 from ..errors import EdgeportError
+from ..finite_inputs import FIELD
 from ..devtools.html import constant_input_warning
 from ..permute_rank import collapse_expands, collapse_permutes
 from ..portable import quiet_torchao_import
@@ -259,7 +260,21 @@ def lowered_report(quantized: Quantized, ran: Mapping[str, Ran], fake_quantized:
                     "; ".join(f"{name}: {line}" for name, line in backends.items()))
     report = dict(quantized.report)
     return {"scheme": report.pop("scheme"), "description": report.pop("description"), "backends": backends,
-            "quantizes_nothing": nothing, **report}
+            "quantizes_nothing": nothing, **report, FIELD: quantized_inputs(quantized.program)}
+
+
+# The ops that quantize a float value (or measure it to, at run time): an input one reads
+# directly must be finite (finite_inputs.py).
+_ENTRY_QUANTIZE = ("quantized_decomposed.quantize_per", "quantized_decomposed.choose_qparams", "torchao.quantize_affine",
+                   "torchao.choose_qparams")
+
+
+def quantized_inputs(program: ExportedProgram) -> list[int]:
+    """The positions of the method inputs a quantize node reads directly, which each call
+    of the program then checks for NaN and infinity (finite_inputs.py)."""
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    return [i for i, name in enumerate(program.graph_signature.user_inputs)
+            if any(str(user.target).startswith(_ENTRY_QUANTIZE) for user in placeholders[name].users)]
 
 
 def prepare_qat_model(
