@@ -180,14 +180,16 @@ def _clamp_tensor_writes(node: Node, is_const: IsConst) -> frozenset[str]:
 
 @lowering(*_CLAMP_TENSOR, writes=_clamp_tensor_writes, dtypes=NUMERIC)
 def clamp_tensor(em: Emitter, node: Node) -> Value:
-    """min(max(x, lo), hi) elementwise, broadcasting, as torch.clamp with tensors does
-    (where lo > hi, the result is hi)."""
+    """min(hi, max(lo, x)) elementwise, broadcasting, as torch.clamp with tensors does
+    (where lo > hi, the result is hi). x is the second operand: LiteRT's MAXIMUM and
+    MINIMUM give the second where one is NaN (elementwise.minmax), and torch's clamp of a
+    NaN is NaN."""
     lo, hi = _tensor_bounds(node)
     dtype, shape = meta(node).dtype, tuple(meta(node).shape)
     value = em.arg(node.args[0])
     if lo is not None:
         last = hi is None
-        value = em.elementwise("MAXIMUM", [value, em.arg(lo)], shape, dtype, node.name if last else node.name + "/max")
+        value = em.elementwise("MAXIMUM", [em.arg(lo), value], shape, dtype, node.name if last else node.name + "/max")
     if hi is not None:
-        value = em.elementwise("MINIMUM", [value, em.arg(hi)], shape, dtype, node.name)
+        value = em.elementwise("MINIMUM", [em.arg(hi), value], shape, dtype, node.name)
     return value if isinstance(value, Value) else em.value(value)

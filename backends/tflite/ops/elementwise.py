@@ -89,8 +89,15 @@ _MINMAX = {aten.maximum.default: "MAXIMUM", aten.minimum.default: "MINIMUM"}
 
 @lowering(*_MINMAX, writes=by_target(_MINMAX), dtypes=NUMERIC)
 def minmax(em: Emitter, node: Node) -> Value:
-    args = [em.arg(a) for a in node.args]
-    return emit_elementwise(em, node, _MINMAX[node.target], args, meta(node).dtype)
+    """A constant operand goes first. Where one operand is NaN, LiteRT's MAXIMUM and
+    MINIMUM give the second (measured, XNNPACK and LiteRT's kernels: `minimum(x, c)` of a
+    NaN x gave c), torch gives NaN; second, a runtime operand's NaN carries on. Of two
+    runtime operands, a NaN in the first is lost: getting it would take two more ops per
+    call (a NOT_EQUAL and a SELECT) for every model."""
+    a, b = (em.arg(x) for x in node.args)
+    if isinstance(a, Value) and not isinstance(b, Value):
+        a, b = b, a
+    return emit_elementwise(em, node, _MINMAX[node.target], [a, b], meta(node).dtype)
 
 
 @lowering(aten.pow.Tensor_Tensor, writes=frozenset({"POW"}), dtypes=FLOAT)

@@ -183,6 +183,12 @@ EXTRA_CASES: list[Case] = [
          (2, 8, 6, 6), w=(4, 8, 3, 3), b=(4,)),
     case("isnan", lambda m, a: (torch.isnan(a), torch.isnan(a * 2) | (a > 1)),
          torch.tensor([[float("nan"), -0.0, 0.0, -2.5], [3.0, float("inf"), -float("inf"), 1e-30]])),
+    # a NaN of the runtime operand carries through minimum/maximum and tensor clamps, as in torch
+    # (LiteRT's MAXIMUM/MINIMUM give their second operand where one is NaN: elementwise.minmax)
+    case("minmax_nan", lambda m, a, b: (torch.minimum(a, m.c), torch.maximum(m.c, a), torch.minimum(b, a),
+                                        torch.maximum(b, a), torch.clamp(a, b, m.c), torch.clamp(a, min=b)),
+         torch.tensor([[float("nan"), -0.5, 0.0, 2.5], [3.0, float("inf"), -float("inf"), float("nan")]]), (2, 4),
+         c=(4,)),
     case("max_min_dim_ties", lambda m, a: (*torch.max(a, dim=1), *torch.min(a, dim=0)),
          torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
