@@ -12,7 +12,9 @@ under "quantization"); each call checks those inputs. An input the model cleans 
 first (`torch.nan_to_num` in its forward) is read by that op, not a quantize one, so it is
 not checked. A check is one pass per input through which NaN and infinity carry (a
 numpy array's dot product with itself, a tensor's sum: 6 and 7 µs for a 1x3x224x224
-float32 image at one thread, 2026-11-29; `np.sum` took 62, `np.isfinite(x).all()` 23);
+float32 image in a hot loop at one thread, 2026-11-29; `np.sum` took 62,
+`np.isfinite(x).all()` 23; within MobileNetV2 int8's real calls on a busy machine, 30-70
+µs, 1-3% of the call: bench/README.md "The finite-input check's cost");
 only a result that is not finite looks for the element, so one that overflowed from
 finite values (elements near 1e19) costs a second pass and passes. The placement report is descriptive
 and open-ended (manifest_schema.py), so an older edgeport ignores the field; a damaged
