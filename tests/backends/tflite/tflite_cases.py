@@ -5,6 +5,8 @@ concat, runtime vs constant weights, int64 and bool at the boundary, ...).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -189,6 +191,9 @@ EXTRA_CASES: list[Case] = [
                                         torch.maximum(b, a), torch.clamp(a, b, m.c), torch.clamp(a, min=b)),
          torch.tensor([[float("nan"), -0.5, 0.0, 2.5], [3.0, float("inf"), -float("inf"), float("nan")]]), (2, 4),
          c=(4,)),
+    # erf (A&S 7.1.26: ops/elementwise.py), alone and in the GELU ESM writes with it; NaN and ±inf too
+    case("erf", lambda m, a: (torch.erf(a), a * 0.5 * (1.0 + torch.erf(a / math.sqrt(2.0)))),
+         torch.cat([torch.linspace(-5, 5, 61), torch.tensor([0.0, -1e-3, float("nan"), float("inf"), -float("inf")])])),
     case("max_min_dim_ties", lambda m, a: (*torch.max(a, dim=1), *torch.min(a, dim=0)),
          torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
