@@ -34,6 +34,7 @@ from .arrays import torch_installed
 from .backend import Availability, Backend, PartitionRules, validate_options
 from .contract import checked_version
 from .errors import BackendError, InputError, UnknownBackendError
+from .quantize.scheme import SCHEMES
 
 ENTRY_POINT_GROUP = "edgeport"
 DISABLE_ENV = "EDGEPORT_DISABLE_PLUGINS"
@@ -396,14 +397,17 @@ def _rules_problem(name: str, rules: Any) -> tuple[str, str] | None:
 
 def _schemes_problem(name: str, backend: Backend) -> tuple[str, str] | None:
     """What is wrong with the quantization schemes a backend declares: ``schemes = "int8"``
-    was listed as the schemes i, n, t and 8. (Whether each name is a scheme edgeport knows
-    is checked at a quantized export: the scheme table lives with the quantizer, which
-    imports torch, and registering must not.)"""
+    was listed as the schemes i, n, t and 8; a name edgeport has no scheme of (``"int-8"``)
+    could never be asked for, and `edgeport backends` listed it as offered."""
     schemes, default = backend.schemes, backend.default_scheme
     if isinstance(schemes, (str, bytes)) or not isinstance(schemes, Collection) or not all(
             isinstance(s, str) for s in schemes):
         return (f"schemes of backend {name!r} are {schemes!r}, not a set of scheme names",
                 'set schemes = frozenset({"int8"}) (the names edgeport backends lists for the built-in backends)')
+    unknown = sorted(set(schemes) - set(SCHEMES))
+    if unknown:
+        return (f"schemes of backend {name!r} name {', '.join(map(repr, unknown))}, which edgeport has no scheme of",
+                f"offer schemes from: {', '.join(SCHEMES)} (docs/quantization.md)")
     if default is not None and default not in schemes:
         return (f"default_scheme of backend {name!r} is {default!r}, which is not one of its schemes "
                 f"({', '.join(sorted(schemes)) or 'none'})", "name one of schemes, or None")

@@ -169,6 +169,10 @@ class SchemesText(TorchOpsBackend):
     schemes = "int8"  # was listed as the schemes 8, i, n and t
 
 
+class SchemeMisspelled(TorchOpsBackend):
+    schemes = frozenset({"int8", "int-4"})  # no one could ask for it; `edgeport backends` listed it
+
+
 class DefaultNotOffered(TorchOpsBackend):
     schemes = frozenset({"int8"})
     default_scheme = "a16w8"
@@ -201,6 +205,8 @@ class NoVersion(TorchOpsBackend):
     (_with_rules(edgeport.PartitionRules(never_alone="aten.view.default")), "have never_alone='aten.view.default', "
      "not a set of ops", "as strings (str(op))"),
     (SchemesText(), "schemes of backend 'torchops' are 'int8', not a set of scheme names", "frozenset({\"int8\"})"),
+    (SchemeMisspelled(), "schemes of backend 'torchops' name 'int-4', which edgeport has no scheme of",
+     "offer schemes from: int8, int8-dynamic, int4-weight"),
     (DefaultNotOffered(), "default_scheme of backend 'torchops' is 'a16w8', which is not one of its schemes (int8)",
      "name one of schemes"),
     (FloatVersion(), "backend 'torchops' has version 1.2, not a non-empty string", "version = '1.2.0'"),

@@ -3,13 +3,19 @@
 `edgeport.export(..., quantize="int8", calibration=batches)` runs it; a backend takes
 part by listing its `schemes` and returning a quantizer from `Backend.quantizer`
 (docs/quantization.md). Importing this package does not import torchao; the flow
-imports it when it runs.
+imports it when it runs. The schemes are plain data, imported at once (plugin
+registration checks a backend's scheme names, without torch); the rest imports torch and
+is imported on first use (`edgeport.lazy`).
 """
 
-from .calibration import CalibrationError, CalibrationStats, calibrate, load_calibration
-from .flow import QuantizationError, is_qat_model, prepare_qat_model, quantize_method
-from .placement import Placement, place
+from ..lazy import imported_on_first_use
 from .scheme import AUTO, DYNAMIC, FLOAT, REQUESTS, SCHEMES, STATIC, Scheme, resolve_scheme
+
+__getattr__ = imported_on_first_use(__name__, {
+    **dict.fromkeys(("CalibrationError", "CalibrationStats", "calibrate", "load_calibration"), ".calibration"),
+    **dict.fromkeys(("QuantizationError", "is_qat_model", "prepare_qat_model", "quantize_method"), ".flow"),
+    **dict.fromkeys(("Placement", "place"), ".placement"),
+})
 
 __all__ = [
     "AUTO",
