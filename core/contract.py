@@ -1,6 +1,7 @@
 """Checks of what a backend declares and returns, made where the backend can be named:
-its `version` (at registration, or when first used) and each `Artifact` it returns (at
-export). Each failed later, and less clearly, at save, at load or as an internal error.
+its `version` (at registration, or when first used), its `tolerance` (by the
+conformance kit and ``edgeport check``, which judge by it) and each `Artifact` it returns
+(at export). Each failed later, and less clearly, at save, at load or as an internal error.
 
 Like `edgeport.backend`, this module imports no torch.
 """
@@ -31,6 +32,31 @@ def checked_version(backend: Backend) -> str:
         raise BackendError(f"backend {backend.name!r} has version {version!r}, not a non-empty string",
                            hint="set version to the toolchain's version as text, e.g. version = '1.2.0'")
     return version
+
+
+# A float answer's error is relative to torch's largest value: an answer of all zeros is off
+# by exactly 1, so a backend declaring 1 or more would pass whatever it computed.
+MAX_TOLERANCE = 1.0
+
+
+def checked_tolerance(backend: Backend, options: Any) -> float:
+    """``backend.tolerance(options)``, refused with a `BackendError` (whose message starts
+    "tolerance() ...") unless it is a number from 0 to below `MAX_TOLERANCE`: the kit and
+    ``edgeport check`` compare every answer with it, so a string aborted the kit with a
+    TypeError, NaN passed nothing, and 1.0 passed an answer of all zeros."""
+    try:
+        declared = backend.tolerance(options)
+    except Exception as exc:
+        raise BackendError(f"tolerance() raised {type(exc).__name__}: {exc} (it must return a number, never raise)",
+                           hint=f"a bug in backend {backend.name!r}: report it to its authors") from exc
+    if isinstance(declared, bool) or not isinstance(declared, (int, float)) or not declared >= 0:
+        raise BackendError(f"tolerance() returned {declared!r}, not a number of 0 or more",
+                           hint=f"a bug in backend {backend.name!r}: report it to its authors")
+    if not declared < MAX_TOLERANCE:
+        raise BackendError(f"tolerance() returned {declared!r}: an answer of all zeros is off by 1 relative, so this "
+                           f"passes any answer; declare less than {MAX_TOLERANCE} (fp16 ~1e-2, compressed weights "
+                           "~1e-1)", hint=f"a bug in backend {backend.name!r}: report it to its authors")
+    return float(declared)
 
 
 _SUFFIX = re.compile(r"(\.[A-Za-z0-9_-]+)*")  # ".tflite", ".mlpackage.zip"; "" too: no "/", no ".."

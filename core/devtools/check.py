@@ -34,7 +34,8 @@ from ..api import export
 from ..arrays import initial_state
 from ..backend import Backend, options_from_dict
 from ..delegates import executable_of, load_step, run_label
-from ..errors import EdgeportError, InputError, UnknownBackendError
+from ..contract import checked_tolerance
+from ..errors import BackendError, EdgeportError, InputError, UnknownBackendError
 from ..manifest import MethodPlan, Step
 from ..plugins import Registry, registry_or_default
 from ..portable import PortableExecutable, stored_program
@@ -378,8 +379,11 @@ def _check_step(program: Program, step: Step, reference: ExportedProgram, args: 
     try:
         options = options_from_dict(backend, program.manifest.artifacts[step.artifact].options)
         if rtol is None:
-            result.rtol = float(backend.tolerance(options))
+            result.rtol = checked_tolerance(backend, options)
         nudge = nudge_of(backend, options)
+    except BackendError as exc:  # its tolerance, named as the kit names it: 1.0 passed an answer of zeros
+        result.status, result.why = "error", f"{step.backend}'s {exc}"
+        return result
     except Exception as exc:  # a plugin's bug is what check is for: report, go on
         result.status, result.why = "error", f"{type(exc).__name__}: {exc}"
         return result

@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..backend import Availability, Backend, options_from_dict, validate_options
-from ..contract import checked_version
-from ..errors import InputError
+from ..contract import checked_tolerance, checked_version
+from ..errors import BackendError, InputError
 from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
 from .quantized_cases import QUANTIZED_CASES, QuantizedCase, QuantizedCaseResult, run_quantized_case
@@ -133,11 +133,6 @@ def parse_option_items(backend: Backend, items: Iterable[str], flag: str = "--op
     return options
 
 
-# A float case's error is relative to eager's largest value: an answer of all zeros is off
-# by exactly 1, so a backend declaring 1 or more would pass whatever it computed.
-MAX_TOLERANCE = 1.0
-
-
 def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None = None) -> Outcome:
     """Run one case on ``backend`` with ``options`` (plain values) and judge it."""
     availability = _availability(backend)
@@ -149,19 +144,10 @@ def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | N
         return _judge_quantized(backend, case, options)
     checked = checked_options(backend, options)
     try:
-        declared = backend.tolerance(checked)
-    except Exception as exc:  # one case's failure, not the whole run's "internal error"
-        return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0,
-                       message=f"tolerance() raised {type(exc).__name__}: {exc} (it must return a number, never raise)")
-    if isinstance(declared, bool) or not isinstance(declared, (int, float)) or not declared >= 0:
-        return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0,
-                       message=f"tolerance() returned {declared!r}, not a number of 0 or more")
-    if not declared < MAX_TOLERANCE:
-        return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0,
-                       message=f"tolerance() returned {declared!r}: an answer of all zeros is off by 1 relative, so "
-                               f"this passes any answer; declare less than {MAX_TOLERANCE} (fp16 ~1e-2, compressed "
-                               "weights ~1e-1)")
-    tolerance = max(case.rtol, float(declared))
+        declared = checked_tolerance(backend, checked)
+    except BackendError as exc:  # one case's failure, not the whole run's "internal error"
+        return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0, message=str(exc))
+    tolerance = max(case.rtol, declared)
     result = run_case(backend, case, options, rtol=tolerance)
     return _judge(backend, result, Measure("float", _dtype(case), tolerance, "relative", result.max_error))
 

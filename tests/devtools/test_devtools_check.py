@@ -2,6 +2,9 @@
 
 import json
 import math
+import types
+
+import numpy as np
 
 import pytest
 import torch
@@ -178,6 +181,28 @@ def test_each_partition_is_held_to_its_backends_declared_tolerance(model_file):
     report = check_model(model, inputs, ["torchops"], options={"torchops": {"scale": 1.001}},
                          registry=registry_with(Loose()))
     assert (report.partitions[0].rtol, report.partitions[0].status) == (1e-4, "fail")
+
+
+class ZerosWithinOne(TorchOpsBackend):
+    """Returns zeros, and declares a tolerance an answer of zeros meets."""
+
+    def tolerance(self, options):
+        return 1.0
+
+    def load(self, artifact):
+        return types.SimpleNamespace(run=lambda inputs: [np.zeros_like(np.asarray(inputs[0]))])
+
+
+def test_a_tolerance_of_one_or_more_is_an_error_naming_it_not_a_pass(model_file):
+    """check held the partition to it and passed an answer of all zeros; the kit refuses it."""
+    model, inputs = model_file
+    report = check_model(model, inputs, ["torchops"], registry=registry_with(ZerosWithinOne(ops=("relu",))))
+    assert not report.passed and {p.status for p in report.partitions} == {"error"}
+    assert report.partitions[0].why.startswith("torchops's tolerance() returned 1.0: an answer of all zeros is off by 1")
+    result = invoke("check", "model.py:factory", "--backend", "torchops",
+                    registry=registry_with(ZerosWithinOne(ops=("relu",))))
+    assert result.exit_code == 1
+    assert "partition 1 (torchops) error: torchops's tolerance() returned 1.0: an answer of all zeros" in result.output
 
 
 def test_built_in_backends_declare_their_tolerance_by_precision():
