@@ -2,9 +2,11 @@
 
 Installed with edgeport (entry point ``pytest11``). With the flag, every case of the kit
 (`edgeport.testing.kit`) becomes one test item of the run, judged on the installed
-backend NAME: a case it passes passes, a case it fails (export, compile, run, or an
-answer off by more than its declared tolerance) fails with that one line, and a case
-it declines, or that cannot run on this machine, is skipped with the reason.
+backend NAME: a case it passes passes, a case it fails (export, compile, run, run
+without torch, or an answer off by more than its declared tolerance) fails with that
+one line, and a case it declines, or that cannot run on this machine, is skipped with
+the reason. A run in which no case passed and none is not-run (the backend declined
+everything) fails the session, saying so in the summary.
 ``--edgeport-option KEY=VALUE`` (or ``BACKEND.KEY=VALUE``, as ``edgeport conformance
 --option`` takes it) sets a backend option (repeatable).
 
@@ -22,6 +24,7 @@ import pytest
 BACKEND_FLAG = "--edgeport-backend"
 OPTION_FLAG = "--edgeport-option"
 _OUTCOMES = pytest.StashKey[list]()
+_WITHOUT_TORCH = pytest.StashKey[Any]()  # the session's one process without torch (edgeport.testing.without_torch)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,7 +51,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         checked_version(backend)
     except EdgeportError as exc:
         raise pytest.UsageError(f"{BACKEND_FLAG} {name}: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""))
+    from edgeport.testing.without_torch import TorchFreeRuns
+
     config.stash[_OUTCOMES] = []
+    config.stash[_WITHOUT_TORCH] = TorchFreeRuns()
     suite_name = f"edgeport-conformance[{backend.name}]"
     suite = KitSuite.from_parent(session, name=suite_name, nodeid=suite_name, backend=backend, options=options)
     report = suite.ihook.pytest_make_collect_report(collector=suite)  # as pytest collects any collector,
@@ -84,7 +90,7 @@ class KitCaseItem(pytest.Item):
     def runtest(self) -> None:
         from edgeport.testing.kit import Verdict, run_kit_case
 
-        outcome = run_kit_case(self.backend, self.case, self.options)
+        outcome = run_kit_case(self.backend, self.case, self.options, self.config.stash[_WITHOUT_TORCH])
         self.config.stash[_OUTCOMES].append(outcome)
         self.user_properties.append(("edgeport_verdict", outcome.verdict.value))
         if outcome.declined:
@@ -101,6 +107,20 @@ class KitCaseItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"edgeport conformance: {self.backend.name} {self.name}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The kit's process without torch ends with the session; a kit run in which no case
+    passed and none is not-run (a plugin that declines everything) fails the session."""
+    without_torch = session.config.stash.get(_WITHOUT_TORCH, None)
+    if without_torch is not None:
+        without_torch.close()
+    outcomes = session.config.stash.get(_OUTCOMES, None)
+    if outcomes and exitstatus == pytest.ExitCode.OK:
+        from edgeport.testing.kit import nothing_passed
+
+        if nothing_passed(session.config.getoption(BACKEND_FLAG), outcomes):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -121,3 +141,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write_line(
         f"{name}: {counts[Verdict.PASSED]} passed ({whole} taken whole), {counts[Verdict.DECLINED]} declined, "
         f"{counts[Verdict.NOT_RUN]} not run here, {counts[Verdict.FAILED]} failed; the table: {table}")
+    from edgeport.testing.kit import nothing_passed
+
+    if nothing_passed(name, outcomes):
+        terminalreporter.write_line(f"{name}: {nothing_passed(name, outcomes)}", red=True)

@@ -478,6 +478,20 @@ def default_registry() -> Registry:
         return _default
 
 
+def registry_for(*backends: Backend) -> Registry:
+    """A registry holding only ``backends``: conformance never depends on what is installed."""
+    registry = Registry(entry_points=False)
+
+    class _Plugin:
+        @hookspecs.hookimpl
+        def edgeport_register_backends(self, register):  # noqa: ANN001
+            for backend in backends:
+                register(backend)
+
+    registry.add_plugin(_Plugin(), name="conformance-" + "-".join(b.name for b in backends))
+    return registry
+
+
 def registry_or_default(registry: Registry | None) -> Registry:
     """The registry a caller passed, or the installed plugins' when it passed None.
 

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from edgeport.cli import cli
 from edgeport.testing.kit import kit_cases
+from numpy_backend import NumpyOpsBackend, TorchToLoad
 from torch_backend import TorchOpsBackend, registry_with
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "conformance.md")
@@ -15,26 +16,29 @@ CASES = "add_broadcast,cumsum,int8_mul"  # taken, declined, a scheme not offered
 
 
 def invoke(*args, backend=None):
-    registry = registry_with(backend or TorchOpsBackend(name="torch_ops"))
+    registry = registry_with(backend or NumpyOpsBackend(name="numpy_ops"))
     return CliRunner().invoke(cli, ["conformance", *args], obj=registry)
 
 
 def test_the_table_has_a_row_per_case_with_its_verdict_and_reason():
-    result = invoke("torch-ops", "--case", CASES)
+    result = invoke("numpy-ops", "--case", CASES)
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
     assert set(rows) == {"add_broadcast", "cumsum", "int8_mul"}
     assert "passed" in rows["add_broadcast"] and "100%" in rows["add_broadcast"]
-    assert "declined" in rows["cumsum"] and "torch_ops has no kernel for aten.cumsum.default" in rows["cumsum"]
+    assert "declined" in rows["cumsum"] and "numpy_ops has no kernel for aten.cumsum.default" in rows["cumsum"]
     assert "does not offer the int8 scheme" in rows["int8_mul"]
     assert "3 cases, 1 passed (1 taken whole), 2 declined, 0 not run here, 0 failed" in result.output
 
 
 def test_a_failing_case_fails_the_command_after_printing_the_json(tmp_path):
     page = tmp_path / "coverage.html"
-    result = invoke("torch_ops", "--case", CASES, "--option", "scale=1.01", "--json", "--html", str(page))
+    result = invoke("numpy_ops", "--case", CASES, "--option", "scale=1.01", "--json", "--html", str(page))
     assert result.exit_code == 1
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)  # stderr says that no case passed: the JSON stays JSON
+    assert result.stderr == ("numpy_ops: no case passed: numpy_ops declined 2 and failed 1 of 3, so this run shows "
+                             "nothing of it works (a plugin declining every node would pass it); its support() must "
+                             "take what it runs\n")
     assert data["summary"] == {"cases": 3, "passed": 0, "taken_whole": 0, "declined": 2, "not_run": 0, "failed": 1}
     assert data["backend"]["options"] == {"scale": "1.01"}
     failed = data["cases"][0]
@@ -43,11 +47,11 @@ def test_a_failing_case_fails_the_command_after_printing_the_json(tmp_path):
     assert data["ops"]["aten.cumsum.default"] == {"delegated": [], "declined": {"cumsum": data["cases"][1]["declined"][
         "aten.cumsum.default"]}}
     text = page.read_text()
-    assert text.count("<tr style=") == 3 and "edgeport conformance: torch_ops" in text
+    assert text.count("<tr style=") == 3 and "edgeport conformance: numpy_ops" in text
 
 
 def test_every_json_field_is_documented_and_every_documented_field_exists():
-    data = json.loads(invoke("torch_ops", "--case", "add_broadcast", "--json").output)
+    data = json.loads(invoke("numpy_ops", "--case", "add_broadcast", "--json").output)
     emitted = {*data, *(f"backend.{k}" for k in data["backend"]), *(f"summary.{k}" for k in data["summary"]),
                *(f"cases[].{k}" for k in data["cases"][0]), *(f"ops.<op>.{k}" for k in data["ops"]["aten.add.Tensor"])}
     emitted -= {"backend", "summary", "cases", "ops"}
@@ -59,18 +63,18 @@ def test_every_json_field_is_documented_and_every_documented_field_exists():
 
 def test_an_unknown_backend_or_a_bad_option_is_one_line_and_a_hint():
     unknown = invoke("nope")
-    assert unknown.exit_code == 1 and "unknown backend 'nope'; installed: torch_ops" in unknown.output
-    bad = invoke("torch_ops", "--option", "scale")
+    assert unknown.exit_code == 1 and "unknown backend 'nope'; installed: numpy_ops" in unknown.output
+    bad = invoke("numpy_ops", "--option", "scale")
     assert bad.exit_code == 1 and "bad backend option 'scale'" in bad.output and "hint: write --option KEY=VALUE or --option BACKEND.KEY=VALUE" in bad.output
 
 
 def test_an_option_may_name_its_backend_as_export_s_do():
-    result = invoke("torch_ops", "--case", "add_broadcast", "--option", "torch_ops.scale=1.0")
+    result = invoke("numpy_ops", "--case", "add_broadcast", "--option", "numpy_ops.scale=1.0")
     assert result.exit_code == 0, result.output
 
 
 def test_case_words_that_match_no_case_fail_instead_of_passing_nothing():
-    result = invoke("torch_ops", "--case", "add_broadcsat")
+    result = invoke("numpy_ops", "--case", "add_broadcsat")
     assert result.exit_code == 1 and "no conformance case name contains 'add_broadcsat'" in result.output
     assert "hint: case names: conv2d," in result.output
 
@@ -82,3 +86,27 @@ def test_a_case_word_is_matched_whole_between_underscores():
     picked = [c.name for c in kit_cases() if names_word(c.name, "add")]
     assert picked == ["add_broadcast", "int8_add", "int8_add_relu", "int8_stored_add"]
     assert names_word("max_pool2d_k2_s2_p1", "max_pool2d") and not names_word("avg_pool2d", "pool")
+
+
+def test_a_run_that_declined_every_case_fails_saying_so():
+    """A plugin whose support() declined every node got a green run."""
+    result = invoke("numpy_ops", "--case", "cumsum,int8_mul")
+    assert result.exit_code == 1
+    assert "2 cases, 0 passed (0 taken whole), 2 declined, 0 not run here, 0 failed" in result.output
+    assert result.output.endswith("numpy_ops: no case passed: numpy_ops declined 2 and failed 0 of 2, so this run "
+                                  "shows nothing of it works (a plugin declining every node would pass it); its "
+                                  "support() must take what it runs\n")
+
+
+def test_a_backend_that_compiles_here_but_cannot_run_is_not_declining_everything():
+    result = invoke("torch_ops", "--case", "add_broadcast,cumsum", backend=TorchOpsBackend("torch_ops", can_run=False))
+    assert result.exit_code == 0, result.output
+    assert "2 cases, 0 passed (0 taken whole), 1 declined, 1 not run here, 0 failed" in result.output
+
+
+def test_a_run_side_that_needs_torch_fails_the_command_naming_the_import():
+    result = invoke("numpy_ops", "--case", "add_broadcast", "--json", backend=TorchToLoad("numpy_ops"))
+    assert result.exit_code == 1
+    [case] = json.loads(result.stdout)["cases"]
+    assert case["verdict"] == "failed"
+    assert case["message"].startswith("without torch (as on a device), load() needs torch: numpy_backend.py:")

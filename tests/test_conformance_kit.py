@@ -15,6 +15,7 @@ from edgeport import BackendError
 from edgeport.testing import CASES, QUANTIZED_CASES
 from edgeport.testing.kit import (Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit,
                                   run_kit_case)
+from numpy_backend import NumpyOpsBackend, OffWithoutTorch, TorchToLoad, TorchToRun
 from torch_backend import TorchOpsBackend, registry_with
 
 CASE = {c.name: c for c in kit_cases()}
@@ -94,8 +95,8 @@ def test_a_quantized_case_of_a_scheme_the_backend_does_not_offer_is_declined():
 
 
 def test_a_run_reports_its_backend_and_checks_options_first():
-    run = run_kit(TorchOpsBackend(), {"scale": "1.0"}, cases=[CASE["relu"], CASE["conv2d"]])
-    assert (run.backend, run.options, run.availability.can_run) == ("torchops", {"scale": "1.0"}, True)
+    run = run_kit(NumpyOpsBackend(), {"scale": "1.0"}, cases=[CASE["relu"], CASE["conv2d"]])
+    assert (run.backend, run.options, run.availability.can_run) == ("numpyops", {"scale": "1.0"}, True)
     assert [run.count(v) for v in (Verdict.PASSED, Verdict.DECLINED, Verdict.FAILED)] == [1, 1, 0]
     with pytest.raises(BackendError, match="has no option nope"):
         run_kit(TorchOpsBackend(), {"nope": 1}, cases=[CASE["relu"]])
@@ -317,3 +318,73 @@ def test_a_stateful_case_run_on_numpy_inputs_starts_from_the_state_eager_started
     runs had written its buffer, a right backend failed (error 0.93)."""
     outcome = run_kit_case(TorchOpsBackend(ops=("index_copy", "permute", "bmm")), CASE["buffer_row_update"])
     assert (outcome.verdict, outcome.delegated) == (Verdict.PASSED, 1.0), outcome.message
+
+
+# -- the run side without torch -------------------------------------------------------------
+
+
+def test_a_backend_whose_run_side_needs_no_torch_passes_without_torch_too():
+    run = run_kit(NumpyOpsBackend(), cases=[CASE["relu"], CASE["add_broadcast"]])
+    assert [o.verdict for o in run.outcomes] == [Verdict.PASSED, Verdict.PASSED], run.outcomes
+
+
+@pytest.mark.parametrize("backend, stage, line", [
+    (TorchToLoad(), "load()", "in load: import torch  # noqa: F401 - the planted run-side import"),
+    (TorchToRun(), "run()", "in run: import torch"),
+])
+def test_a_run_side_that_imports_torch_fails_naming_the_import(backend, stage, line):
+    """Such a plugin passed every case (it runs where torch is) and failed on a board."""
+    outcome = run_kit(backend, cases=[CASE["relu"]]).outcomes[0]
+    assert outcome.verdict is Verdict.FAILED
+    assert re.match(rf"without torch \(as on a device\), {re.escape(stage)} needs torch: numpy_backend.py:\d+ "
+                    rf"{re.escape(line)}; the run side .* must need only numpy and your runtime", outcome.message), \
+        outcome.message
+
+
+def test_a_module_that_imports_torch_at_the_top_fails_naming_that_line():
+    outcome = run_kit(TorchOpsBackend(), cases=[CASE["relu"]]).outcomes[0]
+    assert outcome.verdict is Verdict.FAILED
+    assert outcome.message.startswith("without torch (as on a device), importing the backend's module needs torch: "
+                                      "torch_backend.py:14 in <module>: import torch")
+
+
+def test_an_answer_that_differs_without_torch_is_judged_like_any():
+    outcome = run_kit(OffWithoutTorch(), cases=[CASE["relu"]]).outcomes[0]
+    assert outcome.verdict is Verdict.FAILED and outcome.message == "error 1 relative > tolerance 0.0001"
+
+
+def test_one_process_without_torch_serves_the_whole_run_and_none_starts_when_nothing_runs(monkeypatch):
+    """A process a case cost seconds per case; a backend that runs nothing here needs none."""
+    import subprocess
+
+    from edgeport.testing import without_torch
+
+    started, popen = [], subprocess.Popen
+    monkeypatch.setattr(without_torch.subprocess, "Popen", lambda *a, **k: started.append(a) or popen(*a, **k))
+    run = run_kit(NumpyOpsBackend(), cases=[CASE["relu"], CASE["add_broadcast"], CASE["conv2d"]])
+    assert [o.verdict for o in run.outcomes] == [Verdict.PASSED, Verdict.PASSED, Verdict.DECLINED]
+    assert len(started) == 1
+    run_kit(TorchOpsBackend(can_run=False), cases=[CASE["relu"]])
+    assert len(started) == 1
+
+
+def test_a_program_with_torch_steps_is_not_run_without_torch():
+    """conv_bn_relu leaves the conv to portable torch: the device would need torch for it anyway."""
+    outcome = run_kit(TorchOpsBackend(ops=("relu",)), cases=[CASE["conv_bn_relu"]]).outcomes[0]
+    assert outcome.verdict is Verdict.PASSED and 0 < outcome.delegated < 1
+
+
+# -- a run that shows nothing works ----------------------------------------------------------------
+
+
+def test_a_run_that_declined_everything_proves_nothing_and_says_so():
+    run = run_kit(NumpyOpsBackend(), cases=[CASE["conv2d"], CASE["cumsum"], CASE["int8_add"]])
+    assert [run.count(v) for v in Verdict] == [0, 3, 0, 0]
+    assert run.proves_nothing == ("no case passed: numpyops declined 3 and failed 0 of 3, so this run shows nothing "
+                                  "of it works (a plugin declining every node would pass it); its support() must "
+                                  "take what it runs")
+
+
+def test_a_run_with_a_pass_or_a_case_it_cannot_run_here_proves_something():
+    assert run_kit(NumpyOpsBackend(), cases=[CASE["conv2d"], CASE["relu"]]).proves_nothing == ""
+    assert run_kit(TorchOpsBackend(can_run=False), cases=[CASE["conv2d"], CASE["relu"]]).proves_nothing == ""

@@ -38,7 +38,8 @@ def names_word(case: str, word: str) -> bool:
 def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], case_filter: str | None,
                 as_json: bool, html_path: str | None) -> None:
     """Run edgeport's conformance cases on backend NAME: per case and dtype, delegated
-    or declined (why), and the error against eager. Exits 1 if any case failed."""
+    or declined (why), and the error against eager. Exits 1 if any case failed, or if
+    none passed and none is not-run here (it declined everything)."""
     check_writable(html_path)
     backend = backend_named(name, current_registry())
     options = parse_option_items(backend, option_items)
@@ -59,7 +60,9 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
         print_json(coverage_json(run))
     else:
         _print_table(run)
-    if run.count(Verdict.FAILED):
+    if run.proves_nothing:  # after the table, or on stderr after the JSON (which stays JSON)
+        click.echo(f"{run.backend}: {run.proves_nothing}", err=as_json)
+    if run.count(Verdict.FAILED) or run.proves_nothing:
         ctx.exit(1)
 
 

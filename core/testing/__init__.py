@@ -21,11 +21,11 @@ import torch.utils._pytree as pytree
 
 from ..api import export
 from ..backend import Backend
-from ..hookspecs import hookimpl
-from ..plugins import Registry
+from ..plugins import Registry, registry_for
 from ..program import Program
 from .cases import CASES, Case
 from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
+from .without_torch import TorchFreeRuns
 from .quantized_cases import (
     QUANTIZED_CASES,
     QuantizedCase,
@@ -71,20 +71,6 @@ class CaseResult:
     error: str = ""  # set if export or running failed outright
     mismatch: str = ""  # when max_error is infinite: which output, and how it differs from eager's
     program: Program | None = field(default=None, repr=False)  # the exported program, to inspect further
-
-
-def registry_for(*backends: Backend) -> Registry:
-    """A registry holding only ``backends``: conformance never depends on what is installed."""
-    registry = Registry(entry_points=False)
-
-    class _Plugin:
-        @hookimpl
-        def edgeport_register_backends(self, register):  # noqa: ANN001
-            for backend in backends:
-                register(backend)
-
-    registry.add_plugin(_Plugin(), name="conformance-" + "-".join(b.name for b in backends))
-    return registry
 
 
 def registered_by(plugin: object) -> dict[str, Backend]:
@@ -143,14 +129,24 @@ def compared(actual: object, expected: object) -> tuple[float, str]:
     return worst, ""
 
 
+def _compared_flat(actual: list[torch.Tensor], expected: object) -> tuple[float, str]:
+    """`compared` for outputs as a flat list (as `TorchFreeRuns` returns them)."""
+    leaves = pytree.tree_leaves(expected)
+    if len(actual) != len(leaves):
+        return float("inf"), f"{len(actual)} outputs, eager's {len(leaves)}"
+    return compared(actual, leaves)
+
+
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
 def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None = None,
-             rtol: float | None = None) -> CaseResult:
+             rtol: float | None = None, without_torch: TorchFreeRuns | None = None) -> CaseResult:
     """Export ``case`` for ``backend`` alone, save and load it as users do, and (where
-    the backend runs) compare its answers, on tensors and on numpy arrays, with eager."""
+    the backend runs) compare its answers, on tensors and on numpy arrays, with eager;
+    with ``without_torch``, also its answer where torch cannot be imported (for a
+    program of the backend's steps only, as on numpy arrays)."""
     module, inputs = case.build()
     registry = registry_for(backend)
     weights = {name: value.clone() for name, value in module.state_dict().items()}
@@ -183,8 +179,12 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
             runs = (inputs, *(case.resized() if case.resized else ()))
             errors = [_checked_run(saved, module, args) for args in runs]
             if on_arrays is not None:
-                error, why = compared(numpy_outputs(on_arrays, inputs), unrun(*inputs))
+                expected = unrun(*inputs)
+                error, why = compared(numpy_outputs(on_arrays, inputs), expected)
                 errors.append((error, f"on numpy inputs, {why}" if why else ""))
+                if without_torch is not None:
+                    error, why = _compared_flat(without_torch.outputs(backend, program, inputs), expected)
+                    errors.append((error, f"without torch, {why}" if why else ""))
             result.max_error, result.mismatch = max(errors, key=lambda e: e[0])
     except (_Misbehaves, RoundTripFailed) as exc:
         result.passed, result.error = False, str(exc)

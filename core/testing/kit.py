@@ -11,7 +11,11 @@
 - not run:  compiled, but this machine cannot run the backend (coreml off macOS);
 - failed:   export raised, the backend's support() or prepare() raised, a partition it
             accepted failed to compile (and fell back to portable torch), running
-            raised, or the answer is off.
+            raised, the run side needs torch (a program of its steps only is run again
+            in a process without torch, `without_torch.py`), or the answer is off.
+
+A run in which no case passed and none is not-run shows nothing of the backend works
+(`nothing_passed`): the CLI and the pytest plugin fail it, though no case failed.
 
 "Off" is judged at the backend's own declared tolerance (`Backend.tolerance(options)`,
 never looser than the case's): max |backend - eager| / max |eager| for float cases. A
@@ -34,6 +38,7 @@ from ..errors import BackendError, InputError
 from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
 from .quantized_cases import QUANTIZED_CASES, QuantizedCase, QuantizedCaseResult, run_quantized_case
+from .without_torch import TorchFreeRuns
 
 KitCase = Case | QuantizedCase
 
@@ -98,6 +103,25 @@ class KitRun:
     def count(self, verdict: Verdict) -> int:
         return sum(o.verdict is verdict for o in self.outcomes)
 
+    @property
+    def proves_nothing(self) -> str:
+        """Why the run shows nothing works, or "": `nothing_passed` of its outcomes."""
+        return nothing_passed(self.backend, self.outcomes)
+
+
+def nothing_passed(backend: str, outcomes: Iterable[Outcome]) -> str:
+    """Why a run of ``outcomes`` shows nothing of ``backend`` works, or "" when it shows
+    something: no case passed and none is not-run. A plugin whose support() declines
+    every node got a green run; a backend that compiles here but cannot run (not-run)
+    has shown what it compiles, and its run side is for a machine it runs on."""
+    outcomes = list(outcomes)
+    if not outcomes or any(o.verdict in (Verdict.PASSED, Verdict.NOT_RUN) for o in outcomes):
+        return ""
+    failed = sum(o.verdict is Verdict.FAILED for o in outcomes)
+    return (f"no case passed: {backend} declined {len(outcomes) - failed} and failed {failed} of "
+            f"{len(outcomes)}, so this run shows nothing of it works (a plugin declining every node would pass "
+            "it); its support() must take what it runs")
+
 
 def kit_cases() -> list[KitCase]:
     """Every case the kit runs, in a stable order: the float library, then the quantized."""
@@ -133,22 +157,25 @@ def parse_option_items(backend: Backend, items: Iterable[str], flag: str = "--op
     return options
 
 
-def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None = None) -> Outcome:
-    """Run one case on ``backend`` with ``options`` (plain values) and judge it."""
+def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None = None,
+                 without_torch: TorchFreeRuns | None = None) -> Outcome:
+    """Run one case on ``backend`` with ``options`` (plain values) and judge it; with
+    ``without_torch`` (what `run_kit` and the pytest plugin give: one per run), a program
+    of the backend's steps only is also run where torch cannot be imported, as on a device."""
     availability = _availability(backend)
     if not availability.can_compile:
         family = "quantized" if isinstance(case, QuantizedCase) else "float"
         return Outcome(case.name, family, _dtype(case), Verdict.NOT_RUN, 0.0,
                        message=f"not compiled: {backend.name} cannot compile here: {availability.why}")
     if isinstance(case, QuantizedCase):
-        return _judge_quantized(backend, case, options)
+        return _judge_quantized(backend, case, options, without_torch)
     checked = checked_options(backend, options)
     try:
         declared = checked_tolerance(backend, checked)
     except BackendError as exc:  # one case's failure, not the whole run's "internal error"
         return Outcome(case.name, "float", _dtype(case), Verdict.FAILED, 0.0, message=str(exc))
     tolerance = max(case.rtol, declared)
-    result = run_case(backend, case, options, rtol=tolerance)
+    result = run_case(backend, case, options, rtol=tolerance, without_torch=without_torch)
     return _judge(backend, result, Measure("float", _dtype(case), tolerance, "relative", result.max_error))
 
 
@@ -162,16 +189,18 @@ def _dtype(case: KitCase) -> str:
 
 def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: Iterable[KitCase] | None = None,
             progress: Callable[[Outcome], None] | None = None) -> KitRun:
-    """Run ``cases`` (default: every case, `kit_cases`) on ``backend``; ``progress`` sees
-    each outcome as it comes."""
+    """Run ``cases`` (default: every case, `kit_cases`) on ``backend``, with one process
+    without torch for the whole run (`TorchFreeRuns`); ``progress`` sees each outcome as
+    it comes."""
     values = dict(options or {})
     checked_options(backend, values)  # a bad option or version fails here, once, not after every case
     version = checked_version(backend)
     outcomes = []
-    for case in kit_cases() if cases is None else cases:
-        outcomes.append(run_kit_case(backend, case, values))
-        if progress:
-            progress(outcomes[-1])
+    with TorchFreeRuns() as without_torch:
+        for case in kit_cases() if cases is None else cases:
+            outcomes.append(run_kit_case(backend, case, values, without_torch))
+            if progress:
+                progress(outcomes[-1])
     return KitRun(backend.name, version, values, _availability(backend), tuple(outcomes))
 
 
@@ -182,12 +211,13 @@ def _availability(backend: Backend) -> Availability:
         return Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
 
 
-def _judge_quantized(backend: Backend, case: QuantizedCase, options: Mapping[str, Any] | None) -> Outcome:
+def _judge_quantized(backend: Backend, case: QuantizedCase, options: Mapping[str, Any] | None,
+                     without_torch: TorchFreeRuns | None) -> Outcome:
     if case.scheme not in backend.schemes:
         offered = ", ".join(sorted(backend.schemes)) or "none"
         return Outcome(case.name, "quantized", _dtype(case), Verdict.DECLINED, 0.0,
                        message=f"{backend.name} does not offer the {case.scheme} scheme (it offers: {offered})")
-    result = run_quantized_case(backend, case, options)
+    result = run_quantized_case(backend, case, options, without_torch)
     if result.max_steps is not None:  # int8 whose outputs all leave through a known scale
         return _judge(backend, result, Measure("quantized", _dtype(case), case.steps, "steps", result.max_steps))
     return _judge(backend, result, Measure("quantized", _dtype(case), case.rtol, "relative", result.relative_error))

@@ -29,6 +29,7 @@ from ..portable import stored_program
 from ..program import Program
 from ..quantize.flow import SchemeNotOffered
 from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
+from .without_torch import TorchFreeRuns
 from .cases import Fn, _bn, _InvertedResidual, _seeded, _x
 
 EVERY_OP = "every op"  # the key of `QuantizedCaseResult.reasons` when the backend declines the scheme itself
@@ -112,10 +113,12 @@ def output_scales(program: Program) -> dict[str, float]:
     return scales
 
 
-def run_quantized_case(backend: Backend, case: QuantizedCase,
-                       options: Mapping[str, object] | None = None) -> QuantizedCaseResult:
+def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[str, object] | None = None,
+                       without_torch: TorchFreeRuns | None = None) -> QuantizedCaseResult:
     """`case` exported for `backend` alone with its scheme (and the backend's `options`,
-    option values by name), then run against its reference where the backend runs."""
+    option values by name), then run against its reference where the backend runs: on
+    tensors, and a program of the backend's steps only also on numpy arrays and, with
+    ``without_torch``, where torch cannot be imported."""
     from . import registry_for
 
     module, inputs = case.build()
@@ -150,6 +153,8 @@ def run_quantized_case(backend: Backend, case: QuantizedCase,
         loaded_runtime(saved)
         with torch.no_grad():
             answers = [saved(*inputs)] + ([numpy_outputs(on_arrays, inputs)] if on_arrays is not None else [])
+            if on_arrays is not None and without_torch is not None:
+                answers.append(without_torch.outputs(backend, program, inputs))
             expected = _leaves(reference_program(program)(*inputs))
     except RoundTripFailed as exc:
         result.passed, result.error = False, str(exc)
