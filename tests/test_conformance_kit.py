@@ -348,6 +348,20 @@ def test_a_module_that_imports_torch_at_the_top_fails_naming_that_line():
                                       "torch_backend.py:14 in <module>: import torch")
 
 
+def test_a_backend_the_process_without_torch_cannot_get_fails_saying_how_to_make_it_checkable():
+    """Neither installed nor picklable (a class defined in a function): the kit cannot
+    check its run side, and says what would let it."""
+    class Local(NumpyOpsBackend):
+        pass
+
+    outcome = run_kit(Local(), cases=[CASE["relu"]]).outcomes[0]
+    assert outcome.verdict is Verdict.FAILED
+    assert outcome.message.startswith("without torch (as on a device), importing the backend's module failed: "
+                                      "LookupError: numpyops is not an installed plugin here, and the kit cannot "
+                                      "hand its backend object to another process (pickle: ")
+    assert outcome.message.endswith("install the plugin, or define its class at the top level of an importable module")
+
+
 def test_an_answer_that_differs_without_torch_is_judged_like_any():
     outcome = run_kit(OffWithoutTorch(), cases=[CASE["relu"]]).outcomes[0]
     assert outcome.verdict is Verdict.FAILED and outcome.message == "error 1 relative > tolerance 0.0001"
