@@ -12,9 +12,12 @@ Registering it and `load` import no torch (the run side, on a device); `support`
 from __future__ import annotations
 
 import importlib.util
+import logging
 import platform
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
 
 import edgeport
 from edgeport.backend import FP16_OP_ERROR
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from torch.fx import Node
 _RUNTIME = ("onnxruntime", "onnxruntime_qnn")  # running an artifact (edgeport[runtime-qualcomm])
 _COMPILER = ("onnx", "onnxscript")  # also needed to compile one (edgeport[qualcomm])
+log = logging.getLogger("edgeport.qualcomm")
 
 
 class QnnExecutable:
@@ -44,6 +48,7 @@ class QnnExecutable:
         self._inputs = inputs
         self._outputs = outputs
         self._simulator = simulator  # prints a failed op's reason to stdout
+        self._nan_said = False
 
     def run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         if len(inputs) != len(self._inputs):
@@ -51,9 +56,32 @@ class QnnExecutable:
                 f"qualcomm: the partition takes {len(self._inputs)} inputs, got {len(inputs)}"
             )
         feeds = {name: edgeport.as_numpy(t) for name, t in zip(self._inputs, inputs)}
+        if not self._nan_said:
+            self._nan_said = said_nan(feeds)
         if self._simulator:
             return run_session(self._session, self._outputs, feeds)
         return self._session.run(self._outputs, feeds)
+
+
+def said_nan(feeds: Mapping[str, np.ndarray]) -> bool:
+    """Warn of a float input holding NaN, and say whether one did (a loaded step warns once).
+
+    HTP has no NaN or infinity: a NaN enters as 131008 and every op computes with it as a
+    number (`relu` 65536, `softmax` a one-hot: docs/coverage.md, "NaN and infinity"), so
+    the answer is not torch's. A warning, not an error: a later op may mask the value
+    away (`where(isnan(x), 0, x)`, the isnan run elsewhere), and then the answer is right.
+    An infinity saturates to ±131008, which an additive mask of -inf needs: not warned of.
+    One pass per float input (a dot product with itself: NaN carries through it, an
+    infinity or an overflow gives inf)."""
+    for name, array in feeds.items():
+        if array.dtype.kind == "f" and array.size:
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isnan(np.vdot(array, array)):
+                    log.warning("qualcomm: the step's input %s holds NaN, which HTP does not have: it computes with "
+                                "131008 in its place, so the answer is not torch's (replace NaN before the call, "
+                                "e.g. numpy.nan_to_num)", name)
+                    return True
+    return False
 
 
 class QualcommBackend(edgeport.Backend):

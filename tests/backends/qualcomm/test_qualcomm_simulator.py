@@ -4,6 +4,8 @@ Tolerance (fp16 HTP vs fp32 eager): cosine >= 0.999 over the outputs, and max |e
 2% of the largest reference value. Shapes stay small: the simulator is real QNN code.
 """
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -173,3 +175,22 @@ def test_a_failed_run_says_qnns_reason_and_prints_nothing_on_stdout(backend, cap
     assert "token id" in info.value.hint
     printed = capfd.readouterr()
     assert printed.out == "" and "Falling back" not in printed.err and "Non-zero status" not in printed.err
+
+
+def test_a_nan_input_is_warned_of_once_per_step(backend, caplog):
+    """HTP has no NaN: it computed relu(NaN) as 65536, silently (docs/coverage.md)."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval()
+    x = torch.randn(2, 8)
+    executable = backend.load(backend.compile(partition_of(model, x), QualcommOptions()))
+    def said() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "edgeport.qualcomm"]
+
+    with caplog.at_level("WARNING", logger="edgeport.qualcomm"):
+        executable.run([x])
+        executable.run([torch.full((2, 8), float("inf"))])  # saturates to ±131008, as a -inf mask needs
+        assert said() == []
+        x[1, 3] = float("nan")
+        executable.run([x])
+        executable.run([x])
+    [record] = said()
+    assert "holds NaN, which HTP does not have: it computes with 131008 in its place" in record.getMessage()
