@@ -43,6 +43,13 @@ class ManifestError(ValueError):
     """manifest.json is malformed; the message names the field (e.g. ``steps[0].kind``)."""
 
 
+class UnknownFieldError(ManifestError):
+    """A record has a field its schema does not know. Within a format version a newer
+    edgeport adds optional fields (docs/program-format.md, "Versions"), so in an intact
+    manifest of the newest version this edgeport reads, that is the likeliest cause:
+    its reader says to upgrade rather than that the file is damaged."""
+
+
 # -- parsing ------------------------------------------------------------------------------
 
 
@@ -218,13 +225,15 @@ def record(required: Mapping[str, Check], *, optional: Mapping[str, Check] | Non
     def check(value: Any, path: str) -> None:
         if type(value) is not dict:
             _fail(path, "an object", value)
-        missing = [k for k in required if k not in value]
-        if missing:
-            raise ManifestError(f"{path} lacks {', '.join(map(repr, missing))}")
+        # unknown fields first: a newer field may stand in for a required one (a state's
+        # "fill" for its "file"), and the new field is the one to name
         if not open_ended:
             unknown = sorted(set(value) - set(required) - set(optional))
             if unknown:
-                raise ManifestError(f"{path} has unknown field(s) {', '.join(map(repr, unknown))}")
+                raise UnknownFieldError(f"{path} has unknown field(s) {', '.join(map(repr, unknown))}")
+        missing = [k for k in required if k not in value]
+        if missing:
+            raise ManifestError(f"{path} lacks {', '.join(map(repr, missing))}")
         for key, field_check in (*required.items(), *optional.items()):
             if key in value:
                 field_check(value[key], f"{path}.{key}")

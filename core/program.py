@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from .arrays import torch_installed
 from .errors import InputError, ProgramError
 from .manifest import FORMAT, VERSION, FileInfo, Manifest, MethodPlan, manifest_from_json
-from .manifest_schema import (MAX_MANIFEST_BYTES, OWN_ENTRIES, ManifestError, check_manifest, is_safe_path,
-                              parse_manifest_json)
+from .manifest_schema import (MAX_MANIFEST_BYTES, OWN_ENTRIES, ManifestError, UnknownFieldError, check_manifest,
+                              is_safe_path, parse_manifest_json)
 from .mapped_file import Buffer, map_file, sha256_of
 from .plan_check import check_plan
 from .plugins import Registry, registry_or_default
@@ -256,6 +256,10 @@ def read_program(data: Buffer, source: str = "program") -> tuple[Manifest, dict[
 
 GGUF_MAGIC = b"GGUF"  # the first bytes of a GGUF model file
 _DAMAGED = "re-export the model, or check the file was copied whole"
+# an intact manifest of the newest version with a field this edgeport lacks: a newer
+# edgeport added it (docs/program-format.md, "Versions"); edited files are the rarer case
+_NEWER = ("a newer edgeport wrote this program: upgrade edgeport (pip install -U edgeport) to load it, or "
+          "re-export the model with this one")
 
 
 @contextlib.contextmanager
@@ -368,6 +372,10 @@ def _read_manifest(archive: _Archive, entries: Mapping[str, zipfile.ZipInfo]) ->
         check_manifest(data, version)
         manifest = manifest_from_json(data)
         check_plan(manifest)
+    except UnknownFieldError as exc:
+        if version == VERSION:  # fields are added within the newest version only, the one save writes
+            raise ProgramError(f"manifest.json uses a field this edgeport does not know: {exc}", hint=_NEWER) from None
+        raise ProgramError(f"manifest.json is malformed: {exc}", hint=_DAMAGED) from None
     except ManifestError as exc:
         raise ProgramError(f"manifest.json is malformed: {exc}", hint=_DAMAGED) from None
     return manifest

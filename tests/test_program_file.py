@@ -382,6 +382,36 @@ def test_bad_manifest(program_bytes, tmp_path, change, message):
         load_bytes(tmp_path, resealed(program_bytes, change))
 
 
+def _state_stored_by_a_newer_edgeport(manifest):
+    """What a newer edgeport writes when it adds a way to store state: a new optional
+    field standing in for the required ``file`` (as ``fill`` did)."""
+    entry = manifest["state"]["steps"]
+    entry["zstd_file"] = entry.pop("file")
+
+
+@pytest.mark.parametrize("change, field", [
+    (_state_stored_by_a_newer_edgeport, r"state\['steps'\] has unknown field\(s\) 'zstd_file'"),
+    (lambda m: m["methods"]["forward"]["steps"][0].update(precision="fp8"),
+     r"steps\[0\] has unknown field\(s\) 'precision'"),
+])
+def test_a_field_from_a_newer_edgeport_is_named_with_the_hint_to_upgrade(program_bytes, tmp_path, change, field):
+    """Edgeports before 'fill' and 'state_prefixes' refused programs using them as
+    "malformed: ... lacks 'file'" with the hint to re-export or copy the file again
+    (neither helps: the file is whole). The field is named, and the hint says upgrade."""
+    with pytest.raises(edgeport.ProgramError, match=f"uses a field this edgeport does not know: .*{field}") as info:
+        load_bytes(tmp_path, resealed(program_bytes, change))
+    assert "upgrade edgeport" in info.value.hint and "copied whole" not in info.value.hint
+
+
+def test_an_unknown_field_in_a_version_1_file_is_damage(tmp_path):
+    """No newer edgeport writes version 1: an unknown field there is an edit, not a newer field."""
+    manifest, files = unpack(open(GOLDEN, "rb").read())
+    manifest["state"]["steps"]["mode"] = "rw"
+    with pytest.raises(edgeport.ProgramError, match=r"malformed: .*unknown field\(s\) 'mode'") as info:
+        load_bytes(tmp_path, pack(manifest, files, digest=False))
+    assert "upgrade" not in info.value.hint
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
