@@ -299,7 +299,7 @@ def _io_specs(program: ExportedProgram, nodes: list[Node]) -> IOSpecs:
     signature = program.graph_signature
     by_name = {n.name: n for n in nodes}
     inputs = tuple(_tensor_spec(by_name[n]) for n in signature.user_inputs)
-    outputs = tuple(_tensor_spec(by_name[_output_name(o)]) for o in signature.user_outputs)
+    outputs = tuple(_tensor_spec(_output_node(o, by_name)) for o in signature.user_outputs)
     return inputs, outputs
 
 
@@ -327,10 +327,12 @@ def _add_program_files(files: dict[str, bytes], prefix: str, program: ExportedPr
         files[f"{prefix}/{rel}"] = data
 
 
-def _output_name(name: Any) -> str:
-    if not isinstance(name, str):
-        raise EdgeportError(f"the model returns a constant ({name!r}); return only tensors computed from inputs")
-    return name
+def _output_node(output: Any, by_name: dict[str, Node]) -> Node:
+    """The node behind a user output. torch.export lists a returned constant by its value,
+    so a returned string is a name no node has."""
+    if not isinstance(output, str) or output not in by_name:
+        raise EdgeportError(f"the model returns a constant ({output!r}); return only tensors computed from inputs")
+    return by_name[output]
 
 
 def _tensor_spec(node: Node) -> TensorSpec:

@@ -383,6 +383,17 @@ def test_a_model_that_mutates_its_input_gets_a_clear_error():
         export(Inplace(), (torch.randn(2),))
 
 
+@pytest.mark.parametrize("constant", ["hello", 3])
+def test_a_model_returning_a_constant_beside_a_tensor_is_one_error(constant):
+    """A returned string read as a node's name: "internal error: KeyError: 'hello'"."""
+    class WithConstant(torch.nn.Module):
+        def forward(self, x):
+            return x + 1, constant
+
+    with pytest.raises(edgeport.EdgeportError, match=f"the model returns a constant \\({constant!r}\\)"):
+        export(WithConstant(), (torch.randn(2),))
+
+
 def test_a_transformers_decoder_lm_exports_and_matches_eager(tmp_path):
     """Every Hugging Face decoder LM carries `_assert_tensor_metadata` nodes; as a
     portable step with no outputs they could not be stored, and export crashed."""
