@@ -23,7 +23,7 @@ from edgeport.partitioners.policy import PORTABLE
 
 from .backend import Backend, options_from_dict, validate_options
 from .contract import checked_version
-from .capture import capture
+from .capture import capture, warn_if_training
 from .dynamic import infer_view_sizes, warn_dynamic_declines
 from .empty_operands import drop_empty_cat_operands
 from .errors import BackendError, EdgeportError, InputError, UnknownBackendError
@@ -142,6 +142,7 @@ def export_methods(
         module, inputs, dynamic = (tuple(spec) + (None,))[:3]
         if progress:
             progress(f"{name}: capturing with torch.export")
+        warn_if_training(module)  # not in capture: prepare_qat captures a model meant to train
         declined: dict[str, str] = {}
         quantized = None
         if scheme is not None or is_qat_model(module):

@@ -32,6 +32,8 @@ from .errors import BackendError, EdgeportError, described
 from .native_output import TOOLCHAIN_LOG_ENV, loggers_at
 from .tensors import DTYPE_NAMES, DTYPES
 
+log = logging.getLogger("edgeport.export")
+
 
 def capture(
     model: torch.nn.Module,
@@ -40,14 +42,16 @@ def capture(
     options: Mapping[str, Any],
     dynamic_shapes: Any = None,
 ) -> ExportedProgram:
+    given_a_list = isinstance(example_inputs, list)
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     check_inputs(example_inputs)
+    check_on_cpu(model, example_inputs)
     try:
         with _quiet_torch():
             exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
-        raise _capture_error(exc) from exc
+        raise _capture_error(exc, given_a_list) from exc
     kept = {b.name: _keep_ops(b) for b in backends}
     keep = {op: [b for b in backends if op in kept[b.name]] for b in backends for op in kept[b.name]}
     quantization = _registered_quant_ops()
@@ -66,11 +70,13 @@ def capture(
 _SPECIALIZED = re.compile(r"You marked (\w+) as dynamic but your code specialized it to be a constant \(([01])\)")
 
 
-def _capture_error(exc: Exception) -> EdgeportError:
+def _capture_error(exc: Exception, given_a_list: bool = False) -> EdgeportError:
     """torch.export's failure as one error: its first line, and for violated dim
     constraints the line naming each dim (the first line alone, "Constraints violated
     (b)!", said neither which nor why). A dim whose example size is 0 or 1 is the usual
-    cause: torch specializes those sizes, so a batch-1 example with a dynamic batch failed."""
+    cause: torch specializes those sizes, so a batch-1 example with a dynamic batch failed.
+    A branch on a tensor's value and example inputs given as a list (passed to forward as
+    one argument) get a hint naming them: torch's own lines name neither."""
     lines = [line.strip() for line in str(exc).strip().splitlines()]
     first = lines[0] if lines else type(exc).__name__
     reasons = [line.removeprefix("- ").split(". ")[0].rstrip(".") + "." for line in lines[1:]
@@ -81,6 +87,14 @@ def _capture_error(exc: Exception) -> EdgeportError:
         dims = ", ".join(f"{name} (size {size})" for name, size in specialized)
         return EdgeportError(message, hint=f"the example inputs give {dims} a size torch.export makes a constant: "
                                            "give the example inputs a size of 2 or more along each dynamic dim")
+    if given_a_list:
+        return EdgeportError(message, hint="the example inputs are a list, which forward gets as one argument: "
+                                           "give a tuple, (x,) or (x, y), for forward(x) or forward(x, y)")
+    if "data-dependent" in first:
+        return EdgeportError(message, hint="the model branches on, or sizes a tensor by, a tensor's values "
+                                           "(`if x.sum() > 0`, `int(n)`), which torch.export cannot capture: use "
+                                           "torch.where or torch.cond, or move that logic out of forward; "
+                                           "--debug shows the line")
     return EdgeportError(message, hint="run with --debug for torch's full message; see "
                                        "https://pytorch.org/docs/stable/export.html")
 
@@ -132,6 +146,42 @@ def check_inputs(example_inputs: tuple[Any, ...]) -> None:
         if value.layout != torch.strided:  # sparse: torch's serializer fails on one at save, much later
             raise EdgeportError(f"input {i} of the model is a {str(value.layout).removeprefix('torch.')} tensor; "
                                 "programs take dense tensors", hint="pass x.to_dense() and convert inside the model")
+
+
+def check_on_cpu(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> None:
+    """Refuse, before tracing, a model or input off the CPU: backends compile weights they
+    read on the host, and a meta tensor (a model built without weights) has none to read
+    (it failed in a backend's compile, then in lowering, as an internal error)."""
+    named = [(f"input {i}", v) for i, v in enumerate(pytree.tree_leaves(example_inputs)) if isinstance(v, torch.Tensor)]
+    if isinstance(model, torch.nn.Module):
+        named += [(f"weight {n}", t) for n, t in (*model.named_parameters(), *model.named_buffers())]
+    for what, tensor in named:
+        if tensor.device.type == "meta":
+            raise EdgeportError(f"{what} of the model is on the meta device: it has no values to export",
+                                hint="load the weights (model.load_state_dict(..., assign=True) or "
+                                     "model.to_empty(device='cpu') then load) and pass real input tensors")
+        if tensor.device.type != "cpu":
+            raise EdgeportError(f"{what} of the model is on {tensor.device}; edgeport exports from the CPU",
+                                hint="move the model and its example inputs there first: model.cpu(), x.cpu()")
+
+
+# Layers that compute otherwise in training mode: dropout drops at random, batch norm
+# normalizes by the batch's statistics and updates its running ones.
+_TRAINING_LAYERS = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def warn_if_training(model: torch.nn.Module) -> None:
+    """Warn when a dropout or batch norm layer is in training mode: torch.export captures
+    it as it is, so the program drops values at random or normalizes by each call's batch
+    (a model.eval() forgotten), with nothing else saying so."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    training = [f"{name or 'the model'} ({type(m).__name__})" for name, m in model.named_modules()
+                if m.training and isinstance(m, _TRAINING_LAYERS) and getattr(m, "p", 1) != 0]  # p=0 drops nothing
+    if training:
+        log.warning("the model is in training mode: %d dropout/batch norm layer(s) (first: %s) are exported as in "
+                    "training (random dropout, each call's batch statistics); call model.eval() before exporting",
+                    len(training), training[0])
 
 
 def check_outputs(program: ExportedProgram) -> None:

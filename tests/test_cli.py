@@ -82,6 +82,14 @@ def branches():
     return Branches(), (torch.randn(3),)
 
 
+def list_inputs():
+    return Net().eval(), [torch.randn(1, 3, 8, 8)]
+
+
+def meta_weights():
+    return Net().to("meta").eval(), (torch.randn(1, 3, 8, 8),)
+
+
 class Loud(torch.nn.Module):
     def forward(self, x):
         import sys
@@ -235,6 +243,8 @@ def test_a_registry_given_to_the_cli_is_the_one_it_uses(env):
     ("os.path:join", "os.path:join is not a factory: it takes arguments (a, *p)"),
     ("model.py:complex_outputs", "output 0 of the model is complex64"),
     ("model.py:int_input", "input 1 of the model is a Python int (4)"),
+    ("model.py:list_inputs", "factory model.py:list_inputs returns its example inputs as a list; they are a tuple"),
+    ("model.py:meta_weights", "weight conv.weight of the model is on the meta device: it has no values to export"),
 ])
 def test_a_model_mistake_is_a_users_error(env, spec, message):
     assert message in fails("export", spec, "-b", "torchops", "-o", "m.edgeport")
@@ -314,7 +324,9 @@ def test_a_model_torch_export_cannot_capture_is_one_line_without_torch_s_logs(en
     assert output.splitlines() == [
         "Error: torch.export could not capture the model: Could not guard on data-dependent expression "
         "Eq(u0, 1) (unhinted: Eq(u0, 1)).  (Size-like symbols: none)",
-        "  hint: run with --debug for torch's full message; see https://pytorch.org/docs/stable/export.html"]
+        "  hint: the model branches on, or sizes a tensor by, a tensor's values (`if x.sum() > 0`, `int(n)`), "
+        "which torch.export cannot capture: use torch.where or torch.cond, or move that logic out of forward; "
+        "--debug shows the line"]
 
 
 @pytest.mark.parametrize("spec, hint", [

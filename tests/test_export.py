@@ -394,6 +394,23 @@ def test_a_model_returning_a_constant_beside_a_tensor_is_one_error(constant):
         export(WithConstant(), (torch.randn(2),))
 
 
+def test_example_inputs_given_as_a_list_are_hinted_at_when_capture_fails():
+    """A list is forward's one argument: torch's "conv2d() received an invalid combination"
+    alone did not say so."""
+    with pytest.raises(edgeport.EdgeportError) as raised:
+        export(torch.nn.Conv2d(3, 4, 3), [torch.randn(1, 3, 8, 8)])
+    assert "the example inputs are a list, which forward gets as one argument" in raised.value.hint
+
+
+def test_a_model_in_training_mode_is_exported_with_a_warning_naming_the_layer(caplog):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+    export(model, (torch.randn(2, 4),))
+    assert "the model is in training mode: 1 dropout/batch norm layer(s) (first: 1 (Dropout))" in caplog.text
+    caplog.clear()
+    export(model.eval(), (torch.randn(2, 4),))
+    assert "training mode" not in caplog.text
+
+
 def test_a_transformers_decoder_lm_exports_and_matches_eager(tmp_path):
     """Every Hugging Face decoder LM carries `_assert_tensor_metadata` nodes; as a
     portable step with no outputs they could not be stored, and export crashed."""

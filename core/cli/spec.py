@@ -45,6 +45,10 @@ def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
         raise EdgeportError(f"factory {spec} must return (module, example_inputs), got {type(result).__name__}",
                             hint=SPEC_HINT)
     model, inputs = result
+    if isinstance(inputs, list):  # wrapped as one argument, it failed deep in torch's trace of forward
+        raise EdgeportError(f"factory {spec} returns its example inputs as a list; they are a tuple, one entry "
+                            "per argument of forward", hint="return (model, (x,)) for forward(x), (model, (x, y)) "
+                            "for forward(x, y), (model, ([x, y],)) for a forward taking one list")
     return model, inputs if isinstance(inputs, tuple) else (inputs,)
 
 
