@@ -25,6 +25,7 @@ from .backend import Backend, options_from_dict, validate_options
 from .contract import checked_version
 from .capture import capture, warn_if_training
 from .dynamic import infer_view_sizes, warn_dynamic_declines
+from .idle_backends import warn_idle_backends
 from .empty_operands import drop_empty_cat_operands
 from .errors import BackendError, EdgeportError, InputError, UnknownBackendError
 from .fold import fold_constants
@@ -180,7 +181,8 @@ def export_methods(
                                                             runs_fake_quantized(lowered.report))
         if folding.folded:
             lowered.report["folded"] = folding.folded
-        warn_dynamic_declines(name, program, lowered.report, list(selected))
+        said = warn_dynamic_declines(name, program, lowered.report, list(selected))
+        warn_idle_backends(name, program, lowered.report, list(selected), already_said=said)
         files.update(lowered.files)
         artifacts.update(lowered.artifacts)
         plans[name] = lowered.plan

@@ -117,10 +117,13 @@ def dynamic_declines(program: ExportedProgram, report: Mapping[str, Any], backen
 
 
 def warn_dynamic_declines(method: str, program: ExportedProgram, report: Mapping[str, Any],
-                          backends: list[str]) -> None:
-    """Log one warning line per backend that declined nodes with dynamic dims."""
-    for backend, rows in dynamic_declines(program, report, backends).items():
+                          backends: list[str]) -> set[str]:
+    """Log one warning line per backend that declined nodes with dynamic dims; return
+    those backends."""
+    declines = dynamic_declines(program, report, backends)
+    for backend, rows in declines.items():
         first = rows[0]
         log.warning("%s: %s declined %d node(s) whose shapes have dynamic dims, which run as portable torch; "
                     "first: %s (%s), its reason: %s",
                     method, backend, len(rows), first["name"], first.get("op", ""), first["reasons"][backend])
+    return set(declines)

@@ -411,6 +411,18 @@ def test_a_model_in_training_mode_is_exported_with_a_warning_naming_the_layer(ca
     assert "training mode" not in caplog.text
 
 
+def test_a_backend_that_takes_no_node_is_named_in_a_warning_with_its_first_reason(caplog):
+    """A float64 model on cpu exported 100% portable with nothing said."""
+    export(torch.nn.Conv2d(3, 4, 3).double(), (torch.randn(1, 3, 8, 8, dtype=torch.float64),))  # conv: declined
+    assert ("forward: torchops took none of the model's nodes: 1 it declined run as portable torch; first: "
+            "convolution (aten.convolution.default), its reason: torchops has no kernel for "
+            "aten.convolution.default; the model computes in float64: most backends take float32 (model.float() "
+            "and float32 inputs)") in caplog.text
+    caplog.clear()
+    export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), (torch.randn(1, 3, 8, 8),))
+    assert "took none" not in caplog.text  # it took the relu
+
+
 def test_a_transformers_decoder_lm_exports_and_matches_eager(tmp_path):
     """Every Hugging Face decoder LM carries `_assert_tensor_metadata` nodes; as a
     portable step with no outputs they could not be stored, and export crashed."""
