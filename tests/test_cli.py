@@ -370,6 +370,15 @@ def test_inputs_that_are_not_an_npz_archive_are_a_users_error(program):
         assert "pickled" not in output
 
 
+def test_inputs_saved_with_torch_save_are_named_as_such(program):
+    """torch.save writes a zip as numpy.savez does: its entries were listed as arrays
+    ("x.pt holds arrays x/.data/serialization_id, x/.format_version, ...")."""
+    torch.save({"x": torch.ones(1, 4)}, program.parent / "x.pt")
+    output = fails("run", "m.edgeport", "--inputs", "x.pt")
+    assert "x.pt is a torch.save file, not a numpy .npz archive" in output
+    assert "numpy.savez('x.npz', x=x.numpy())" in output
+
+
 # -- issue 15 item 9: options are validated at export, before any work -----------------------
 
 

@@ -96,6 +96,11 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
         raise not_npz from None
     if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
         raise not_npz
+    if _is_torch_save(data):  # a zip too: its entries were listed as arrays the method does not take
+        data.close()
+        raise InputError(f"{path} is a torch.save file, not a numpy .npz archive",
+                         hint=f"save the tensors with numpy.savez({_npz_name(path)!r}, "
+                         + ", ".join(f"{n}={n}.numpy()" for n in names) + "): arrays named after the inputs")
     with data:
         keys = archive_order(data.files, names)
         if keys is None:  # named otherwise: taken in order, an array could go to another input
@@ -109,6 +114,11 @@ def read_inputs(path: str, plan: MethodPlan) -> list[np.ndarray]:
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise InputError(f"{path}: an array cannot be read ({exc})", hint=not_npz.hint) from None
 
+
+
+def _is_torch_save(data: np.lib.npyio.NpzFile) -> bool:
+    """Whether the archive is torch.save's zip (a pickle, ``<name>/data.pkl``), not numpy's."""
+    return any(name == "data.pkl" or name.endswith("/data.pkl") for name in data.zip.namelist())
 
 
 def _npz_name(path: str) -> str:
