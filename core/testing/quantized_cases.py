@@ -119,15 +119,16 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
     option values by name), then run against its reference where the backend runs: on
     tensors, and a program of the backend's steps only also on numpy arrays and, with
     ``without_torch``, where torch cannot be imported."""
-    from . import registry_for
+    from . import declines_unsaid, registry_for
 
     module, inputs = case.build()
     result = QuantizedCaseResult(case.name, case.scheme, 0.0)
     registry = registry_for(backend)
     try:
-        program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
-                         quantize=case.scheme, calibration=calibration_for(inputs), keep_reference=True,
-                         registry=registry)
+        with declines_unsaid():
+            program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
+                             quantize=case.scheme, calibration=calibration_for(inputs), keep_reference=True,
+                             registry=registry)
     except SchemeNotOffered as exc:  # a decline, not a failure: no program to run
         result.reasons = {EVERY_OP: exc.declined[backend.name]}
         return result
