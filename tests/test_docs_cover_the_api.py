@@ -27,16 +27,60 @@ def _commands(group: click.Group, context: click.Context, prefix: tuple[str, ...
             yield " ".join((*prefix, name)), command
 
 
-def test_every_command_and_long_option_is_in_the_docs():
+def _every_command() -> dict[str, click.Command]:
     plugins = click.Group()  # what the installed plugins add (`edgeport hub`), as `edgeport` adds it
     default_registry().add_commands(plugins)
-    commands = {**dict(_commands(cli, click.Context(cli))), **dict(_commands(plugins, click.Context(plugins)))}
+    return {**dict(_commands(cli, click.Context(cli))), **dict(_commands(plugins, click.Context(plugins)))}
+
+
+def _flags(command: click.Command) -> list[str]:
+    """The command's options, long and short (not its arguments), but --help."""
+    return [flag for param in command.params if isinstance(param, click.Option)
+            for flag in (*param.opts, *param.secondary_opts) if flag != "--help"]
+
+
+def _names(flag: str, text: str) -> bool:
+    """Whether ``text`` names ``flag`` whole: "--output" is not in "--outputs"."""
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+
+
+def _command_sections(text: str) -> dict[str, str]:
+    """Each command's section of a page: from a heading naming `edgeport NAME ...` to the
+    next heading as high (a heading may name several, as `hub devices` / `hub profile`)."""
+    lines = text.splitlines()
+    heads = [(i, len(m.group(1))) for i, line in enumerate(lines) if (m := re.match(r"(#+) ", line))]
+    sections: dict[str, str] = {}
+    for k, (i, level) in enumerate(heads):
+        end = next((j for j, higher in heads[k + 1:] if higher <= level), len(lines))
+        for m in re.finditer(r"`edgeport ([a-z]+(?: [a-z]+)*)", lines[i]):
+            sections[m.group(1)] = sections.get(m.group(1), "") + "\n".join(lines[i:end])
+    return sections
+
+
+def test_every_command_and_long_option_is_in_the_docs():
+    commands = _every_command()
     assert {"export", "llm export", "hub profile"} <= set(commands)
     missing = [f"edgeport {name}" for name in commands if f"edgeport {name}" not in DOCS]
-    missing += [f"edgeport {name} {flag}" for name, command in commands.items() for param in command.params
-                for flag in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ()))
-                if flag.startswith("--") and flag not in DOCS]
+    missing += [f"edgeport {name} {flag}" for name, command in commands.items() for flag in _flags(command)
+                if not _names(flag, DOCS)]
     assert not missing, f"not in README.md or docs/: {missing}"
+
+
+def test_every_option_is_in_its_own_commands_section():
+    """docs/cli.md (and docs/llm.md for `edgeport llm`) has a section per command; each of
+    its flags, long and short, is named there: `llm chat`'s sampling flags were documented
+    under `llm generate` only, and export's `--output` and `-b` nowhere (a substring of
+    `--outputs` passed the check above)."""
+    sections: dict[str, str] = {}
+    for page in ("cli.md", "llm.md"):
+        for name, text in _command_sections((ROOT / "docs" / page).read_text()).items():
+            sections[name] = sections.get(name, "") + text
+    commands = _every_command()
+    unsectioned = set(commands) - set(sections)
+    assert not unsectioned, f"no section in docs/cli.md or docs/llm.md: {unsectioned}"
+    missing = [f"edgeport {name} {flag}" for name, command in commands.items() for flag in _flags(command)
+               if not _names(flag, sections[name])]
+    assert not missing, f"not in the command's section of docs/cli.md or docs/llm.md: {missing}"
 
 
 @pytest.mark.parametrize("package", [edgeport, edgeport.llm, edgeport.devtools, edgeport.testing],

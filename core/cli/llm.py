@@ -34,9 +34,10 @@ def llm() -> None:
               help="Positions in the KV cache: prompt plus generated tokens.")
 @click.option("--prefill-chunk", default=32, show_default=True, type=click.IntRange(min=1),
               help="Prompt tokens per prefill call (cpu: 3 or more).")
-@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight", "a16w8"], case_sensitive=False), help="cpu: linear weights as int8 per channel or int4 in groups of 32 "
-                   "(activations quantized per token at run time); coreml: int4-weight, weights compressed by coremltools "
-                   "in blocks of 32 (iOS18 target); a16w8 (qualcomm): 16-bit activations calibrated on "
+@click.option("--quantize", type=click.Choice(["int8-dynamic", "int4-weight", "a16w8"], case_sensitive=False),
+              help="cpu: linear weights as int8 per channel or int4 in groups of 32 (activations quantized per "
+                   "token at run time); coreml: int4-weight, uint4 weight blocks of 32 with a scale and an offset "
+                   "each, written by edgeport (iOS18 target); a16w8 (qualcomm): 16-bit activations calibrated on "
                    "a built-in text, int8 weights; default fp32.")
 @click.option("--float-outliers/--no-float-outliers", default=True, show_default=True,
               help="Quantized on cpu: keep each linear's few outlier input channels in float (more accurate, a little slower).")
@@ -101,7 +102,8 @@ def _sampling_options(command: Any) -> Any:
                      help="Sample among the most likely tokens whose probabilities add up to this (with "
                           "--temperature > 0)."),
         click.option("--seed", type=click.IntRange(0, (1 << 64) - 1),
-                     help="Seed of the sampler (with --temperature > 0; default: one from the OS, in --json's \"seed\")."),
+                     help="Seed of the sampler (with --temperature > 0; default: one from the OS, which generate "
+                          "--json prints as \"seed\")."),
         click.option("--threads", type=click.IntRange(1, 256), help="CPU threads, 1 to 256 (default: all cores)."),
     ]):
         command = option(command)
