@@ -42,6 +42,9 @@ def capture(
     options: Mapping[str, Any],
     dynamic_shapes: Any = None,
 ) -> ExportedProgram:
+    if not isinstance(model, torch.nn.Module):  # torch's refusal came with a hint about --debug
+        raise EdgeportError(f"the model is a {type(model).__name__}, not a torch.nn.Module",
+                            hint="export a module: wrap a function in a torch.nn.Module whose forward calls it")
     given_a_list = isinstance(example_inputs, list)
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
@@ -153,8 +156,7 @@ def check_on_cpu(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> Non
     read on the host, and a meta tensor (a model built without weights) has none to read
     (it failed in a backend's compile, then in lowering, as an internal error)."""
     named = [(f"input {i}", v) for i, v in enumerate(pytree.tree_leaves(example_inputs)) if isinstance(v, torch.Tensor)]
-    if isinstance(model, torch.nn.Module):
-        named += [(f"weight {n}", t) for n, t in (*model.named_parameters(), *model.named_buffers())]
+    named += [(f"weight {n}", t) for n, t in (*model.named_parameters(), *model.named_buffers())]
     for what, tensor in named:
         if tensor.device.type == "meta":
             raise EdgeportError(f"{what} of the model is on the meta device: it has no values to export",

@@ -90,7 +90,8 @@ class Program:
         return self.manifest.methods[name]
 
     def _no_method(self, name: str) -> InputError:
-        return InputError(f"program has no method {name!r}; it has {', '.join(self.methods)}")
+        return InputError(f"program has no method {name!r}; it has {', '.join(self.methods)}",
+                          hint="name one of those (method=NAME)")
 
     @property
     def default_method(self) -> str:
@@ -217,7 +218,9 @@ def read_program_file(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str,
     try:
         data = map_file(path)
     except OSError as exc:
-        raise ProgramError(f"cannot read program {path}: {exc.strerror or exc}") from None
+        raise ProgramError(f"cannot read program {path}: {exc.strerror or exc}",
+                           hint="pass the path of a .edgeport file (program.save(path) or `edgeport export -o` "
+                                "writes one)") from None
     except ValueError as exc:  # a file that cannot be mapped (a pipe, a device)
         raise ProgramError(f"cannot read program {path}: {exc}", hint="pass a regular .edgeport file") from None
     if bytes(data[:4]) == GGUF_MAGIC:  # llama.cpp's habit: generate from the .gguf itself

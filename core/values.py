@@ -92,7 +92,8 @@ class TorchValues:
 
     def input(self, value: Any, index: int, spec: TensorSpec) -> Any:
         """``value`` as input ``index`` takes it; InputError if it is not a tensor of the spec's dtype."""
-        if isinstance(value, np.ndarray):
+        given_numpy = isinstance(value, np.ndarray)  # the hint converts what the caller holds
+        if given_numpy:
             value = self._torch.from_numpy(_torch_takes(value, index, spec))
         if not isinstance(value, self._torch.Tensor):
             raise InputError(f"input {index} ({spec.name!r}) must be a tensor, got {type(value).__name__}",
@@ -103,7 +104,8 @@ class TorchValues:
         if value.dtype != self._dtypes[spec.dtype]:
             raise InputError(
                 f"input {index} ({spec.name!r}) must be {spec.dtype}, got {str(value.dtype).removeprefix('torch.')}",
-                hint=f"convert it with .to(torch.{spec.dtype})",
+                hint=(f"convert it with .astype(numpy.{spec.dtype})" if given_numpy and spec.dtype not in NO_NUMPY_TWIN
+                      else f"convert it with .to(torch.{spec.dtype})"),
             )
         return value
 

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -421,6 +422,30 @@ def test_a_backend_that_takes_no_node_is_named_in_a_warning_with_its_first_reaso
     caplog.clear()
     export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), (torch.randn(1, 3, 8, 8),))
     assert "took none" not in caplog.text  # it took the relu
+
+
+def test_a_dtype_mismatch_is_hinted_at_in_the_callers_own_library():
+    """A float64 numpy array was told to call .to(torch.float32), which arrays lack."""
+    program, _ = export(torch.nn.ReLU(), (torch.randn(2),))
+    with pytest.raises(edgeport.InputError) as raised:
+        program(np.zeros(2))
+    assert raised.value.hint == "convert it with .astype(numpy.float32)"
+    with pytest.raises(edgeport.InputError) as raised:
+        program(torch.zeros(2, dtype=torch.float64))
+    assert raised.value.hint == "convert it with .to(torch.float32)"
+
+
+def test_a_function_a_missing_file_and_a_missing_method_each_say_what_to_do(tmp_path):
+    with pytest.raises(edgeport.EdgeportError, match="the model is a function, not a torch.nn.Module") as raised:
+        export(lambda x: x + 1, (torch.randn(2),))
+    assert "wrap a function in a torch.nn.Module" in raised.value.hint
+    with pytest.raises(edgeport.ProgramError, match="No such file") as raised:
+        edgeport.load(tmp_path / "missing.edgeport")
+    assert "the path of a .edgeport file" in raised.value.hint
+    program, _ = export(torch.nn.ReLU(), (torch.randn(2),))
+    with pytest.raises(edgeport.InputError) as raised:
+        program.report("decode")
+    assert raised.value.hint == "name one of those (method=NAME)"
 
 
 def test_a_transformers_decoder_lm_exports_and_matches_eager(tmp_path):
