@@ -88,3 +88,27 @@ def test_every_option_is_in_its_own_commands_section():
 def test_every_public_name_is_in_the_docs(package):
     missing = [name for name in package.__all__ if not re.search(rf"\b{name}\b", DOCS)]
     assert not missing, f"{package.__name__}: not in README.md or docs/: {missing}"
+
+
+def _python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/python-api.md"])
+def test_the_first_python_snippet_runs_as_written(page, tmp_path, monkeypatch):
+    """The snippet a newcomer copies first, with its `model` and `x` made up: it and the
+    comments it shows (what `run` and `report` return) stay true to the code."""
+    import torch
+
+    pytest.importorskip("onnxruntime_qnn")  # the snippets export for ["qualcomm", "cpu"]
+    pytest.importorskip("ai_edge_litert")
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(),
+             "x": torch.randn(1, 3, 8, 8)}
+    exec(_python_blocks(page)[0], scope)
+    assert isinstance(scope["prog"], edgeport.Program) and scope["y"].shape == (1, 4, 6, 6)
+    if page == "docs/python-api.md":
+        result = scope["result"]
+        assert isinstance(result.outputs, torch.Tensor) and result.total_ms > 0
+        assert [s.backend for s in result.steps] == ["qualcomm"]
+        assert set(scope["prog"].report()) == {"nodes", "partitions", "values"}
