@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import inspect
 import os
 import sys
@@ -287,6 +288,9 @@ class Registry:
                                       hint=f"take {name!r} out of {DISABLE_ENV} to use it", disabled=True)
         installed = ", ".join(collected.entries) or "none"
         hint = "run `edgeport backends` to see installed backends and broken plugins"
+        close = difflib.get_close_matches(str(name), [*collected.entries, *collected.aliases], n=1)
+        if close:  # a typo ("qualcom"): the name it is near comes first
+            hint = f"did you mean {collected.aliases.get(close[0], close[0])!r}? " + hint
         broken = [b for b in self.broken() if name in (b.plugin, b.backend)]
         if broken:
             failed = broken[0]

@@ -304,6 +304,12 @@ def test_unknown_backend_lists_installed_ones():
         edgeport.export(Diamonds(), (torch.randn(1, 4, 6, 6),), ["nope"], registry=registry_with(TorchOpsBackend()))
 
 
+def test_a_misspelt_backend_is_named_with_the_one_it_is_near():
+    with pytest.raises(edgeport.UnknownBackendError) as raised:
+        edgeport.export(Diamonds(), (torch.randn(1, 4, 6, 6),), ["torchop"], registry=registry_with(TorchOpsBackend()))
+    assert raised.value.hint.startswith("did you mean 'torchops'? run `edgeport backends`")
+
+
 def test_bad_option_names_the_valid_ones():
     with pytest.raises(edgeport.BackendError, match="no option wat") as info:
         export(Diamonds(), (torch.randn(1, 4, 6, 6),), options={"torchops": {"wat": 1}})
