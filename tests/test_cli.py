@@ -25,9 +25,12 @@ class Net(torch.nn.Module):
     def forward(self, x):
         return torch.relu(self.conv(x)) * 2
 
+MODEL_SIZE = 8
+
+
 def factory():
     torch.manual_seed(0)
-    return Net().eval(), (torch.randn(1, 3, 8, 8),)
+    return Net().eval(), (torch.randn(1, 3, MODEL_SIZE, MODEL_SIZE),)
 
 def not_a_factory():
     return 3
@@ -170,6 +173,8 @@ def test_run_with_inputs_file(env):
     "args, message",
     [
         (["export", "model.py:nope", "-o", "x.edgeport", "--backend", "torchops"], "has no factory 'nope'"),
+        (["export", "model.py:MODEL_SIZE", "-o", "x.edgeport", "--backend", "torchops"],
+         "has no factory 'MODEL_SIZE' (MODEL_SIZE = 8, not a function)"),
         (["export", "model.py:not_a_factory", "-o", "x.edgeport", "--backend", "torchops"], "must return (module, example_inputs)"),
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "gpu9000"], "unknown backend 'gpu9000'; installed: torchops"),
         (["export", "model.py:factory", "-o", "x.edgeport", "--backend", "torchops", "--option", "scale=2"], "bad option 'scale=2'"),

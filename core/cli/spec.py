@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import reprlib
 import sys
 from typing import Any, Callable, Iterator
 
@@ -33,7 +34,8 @@ def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise EdgeportError(f"{location} has no factory {attr!r}", hint=f"callables there: {', '.join(names)}")
+        found = "" if factory is None else f" ({attr} = {reprlib.repr(factory)}, not a function)"
+        raise EdgeportError(f"{location} has no factory {attr!r}{found}", hint=f"callables there: {', '.join(names)}")
     _check_takes_no_arguments(spec, factory)
     try:
         with _beside(location):
