@@ -337,6 +337,10 @@ def _output_node(output: Any, by_name: dict[str, Node]) -> Node:
 
 def _tensor_spec(node: Node) -> TensorSpec:
     val = node.meta.get("val")
+    if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):  # .item(), float(t), t.shape[0] on a dim
+        raise EdgeportError(f"value {node.name} is a Python {type(val).__name__.removeprefix('Sym').lower()} computed "
+                            "from a tensor; method inputs and outputs must be tensors",
+                            hint="return the tensor itself (x.sum(), not x.sum().item() or float(x.sum()))")
     if not isinstance(val, torch.Tensor):
         raise EdgeportError(f"value {node.name} is a {type(val).__name__}; method inputs and outputs must be tensors")
     shape = tuple(int(d) if isinstance(d, int) or not hasattr(d, "node") else str(d) for d in val.shape)

@@ -401,6 +401,17 @@ def test_a_model_returning_a_constant_beside_a_tensor_is_one_error(constant):
         export(WithConstant(), (torch.randn(2),))
 
 
+def test_a_model_returning_a_number_read_from_a_tensor_is_told_to_return_the_tensor():
+    """It said "value _local_scalar_dense is a SymFloat", with no hint."""
+    class Item(torch.nn.Module):
+        def forward(self, x):
+            return x.sum().item()
+
+    with pytest.raises(edgeport.EdgeportError, match="is a Python float computed from a tensor") as raised:
+        export(Item(), (torch.randn(3),))
+    assert "return the tensor itself" in raised.value.hint
+
+
 def test_example_inputs_given_as_a_list_are_hinted_at_when_capture_fails():
     """A list is forward's one argument: torch's "conv2d() received an invalid combination"
     alone did not say so."""
