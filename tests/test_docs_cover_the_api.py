@@ -1,10 +1,12 @@
 """Every command and option of the CLI, and every public name of the Python packages, is
 written in the docs (README.md, docs/*.md): nothing new ships undocumented."""
 
+import json
 import re
 from pathlib import Path
 
 import click
+from click.testing import CliRunner
 import pytest
 
 import edgeport
@@ -112,3 +114,10 @@ def test_the_first_python_snippet_runs_as_written(page, tmp_path, monkeypatch):
         assert isinstance(result.outputs, torch.Tensor) and result.total_ms > 0
         assert [s.backend for s in result.steps] == ["qualcomm"]
         assert set(scope["prog"].report()) == {"nodes", "partitions", "values"}
+
+
+def test_every_field_of_backends_json_is_in_its_documented_list():
+    """cli.md lists the fields of `edgeport backends --json`; `plugin` was emitted, not listed."""
+    rows = json.loads(CliRunner().invoke(cli, ["backends", "--json"]).output)["backends"]
+    listed = re.search(r'JSON: `\{"backends": \[\{([^}]*)\}\]', (ROOT / "docs" / "cli.md").read_text()).group(1)
+    assert set(rows[0]) == {name.strip() for name in listed.split(",")}
