@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..errors import EdgeportError
+from ..native_output import loggers_at
 
 # Off a terminal (pipes, CI logs), rich would wrap tables at 80 columns; reasons are long.
 # A closed stdout (``>&-``) leaves sys.stdout None: no terminal either.
@@ -92,17 +93,10 @@ def check_writable(*paths: str | None, reads: Sequence[str | None] = ()) -> None
         seen.add(real)
 
 
-@contextlib.contextmanager
-def said_below(logger: str) -> Iterator[None]:
+def said_below(logger: str) -> contextlib.AbstractContextManager[None]:
     """Hold back `logger`'s warnings while a command runs whose own summary says the
     same (the quantization summary's "nothing is quantized"): not twice on one screen."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+    return loggers_at(logging.ERROR, [logging.getLogger(logger)])
 
 
 @contextlib.contextmanager

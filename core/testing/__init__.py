@@ -16,13 +16,14 @@ import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch.utils._pytree as pytree
 
 from ..api import export
 from ..backend import Backend
+from ..native_output import loggers_at
 from ..plugins import Registry, registry_for
 from ..program import Program
 from .cases import CASES, Case
@@ -143,18 +144,11 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-@contextlib.contextmanager
-def declines_unsaid() -> Iterator[None]:
+def declines_unsaid() -> contextlib.AbstractContextManager[None]:
     """Export's warnings about declined nodes (a backend that took none, nodes with
     dynamic dims) off while a case exports: the case's verdict names each decline, and a
     young backend declines every node of most cases (88 warning lines for the template's)."""
-    logger = logging.getLogger("edgeport.export")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return loggers_at(logging.ERROR, [logging.getLogger("edgeport.export")])
 
 
 def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None = None,
