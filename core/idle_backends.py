@@ -41,13 +41,14 @@ def float_dtypes(program: ExportedProgram) -> set[torch.dtype]:
 def warn_idle_backends(method: str, program: ExportedProgram, report: Mapping[str, Any], backends: list[str],
                        already_said: set[str] = frozenset()) -> None:
     """Log one warning line per selected backend that took none of the method's nodes,
-    except those ``already_said`` (a warning about dynamic dims named them)."""
+    except those ``already_said`` (a warning about dynamic dims named them) and those whose
+    `prepare()` or `support()` raised (the report's faults: lowering warned of each)."""
     dtypes = float_dtypes(program)
     other = sorted(str(d).removeprefix("torch.") for d in dtypes - {torch.float32})
     hint = (f"; the model computes in {', '.join(other)}: most backends take float32 (model.float() and float32 "
             "inputs)" if other and torch.float32 not in dtypes else "")
     for backend, rows in idle_backends(report, backends).items():
-        if backend in already_said:
+        if backend in already_said or backend in report.get("faults", {}):
             continue
         first = rows[0]
         log.warning("%s: %s took none of the model's nodes: %d it declined run as portable torch; first: %s (%s), "
