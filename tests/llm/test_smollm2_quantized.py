@@ -7,11 +7,20 @@ prefill of its first token and a decode per further token, so every position's l
 come from the program's own decode path. The fp32 reference is Hugging Face eager on
 the same weights (the fp32 program equals it to 2e-3, test_smollm2.py), one forward
 per window. Perplexity is over each window's next-token predictions.
+
+Top-1 agreement is what issue 16 asks for, but on this passage it is a noisy figure:
+reordering the attention's float sums (the cache window, 2026-11-26) left the KL
+divergence from fp32 where it was (int8 0.0222 -> 0.0221, int4 0.0258 -> 0.0243) and
+moved agreement by a point the other way (94.3% -> 93.2%, 93.1% -> 91.9%), because
+5.6% of the positions have their top two fp32 logits within 0.1 (docs/llm.md "Limits").
+So the steady guard is the KL divergence; the agreement floors leave a point for that
+noise.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -25,12 +34,22 @@ pytestmark = pytest.mark.slow
 PASSAGE_TOKENS = 1024
 FP32_BYTES = 134_515_008 * 4  # SmolLM2's parameters in fp32, lm_head tied to the embedding
 EMBEDDING_BYTES = 49_152 * 576  # the tied table as int8: a second copy would add this
-# scheme: (least top-1 agreement with fp32, most perplexity increase, at most this share of fp32's bytes).
-# The agreement floors are regression guards a little under what the programs give today
-# (int8-dynamic 94.3%, perplexity +2.3%; int4-weight 93.1%, +2.9%: outlier channels in
-# float, and 4-bit groups holding the Q4_1 file's weights exactly). Issue 16 asks 98% and
-# 90%; per-channel int8 weights cap int8 under 98% here: see docs/llm.md "Limits".
-EXPECTED = {"int8-dynamic": (0.93, 0.04, 0.285), "int4-weight": (0.915, 0.04, 0.21)}
+
+
+class Expected(NamedTuple):
+    """Regression guards a little past what the programs give today (2026-11-29:
+    int8-dynamic 93.2%, perplexity +1.8%, KL 0.0221; int4-weight 91.9%, +0.9%, KL 0.0243:
+    outlier channels in float, and 4-bit groups holding the Q4_1 file's weights exactly).
+    Issue 16 asks 98% and 90%; per-channel int8 weights cap int8 under 98% here: see
+    docs/llm.md "Limits"."""
+
+    least_agreement: float  # top-1 agreement with fp32
+    most_ppl_increase: float
+    most_kl: float  # KL divergence from fp32, per token
+    most_size: float  # the program's bytes, as a share of fp32's weights
+
+
+EXPECTED = {"int8-dynamic": Expected(0.92, 0.04, 0.025, 0.285), "int4-weight": Expected(0.90, 0.04, 0.027, 0.21)}
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +95,19 @@ def test_quantized_programs_lower_whole_to_cpu_and_store_the_tied_table_once(qua
     [path] = program.manifest.artifacts  # one model that both methods run
     size = len(program.files[path])
     assert meta["weight_bytes"] < size < meta["weight_bytes"] + EMBEDDING_BYTES // 4  # rope tables etc. on top
-    assert size < EXPECTED[scheme][2] * FP32_BYTES
+    assert size < EXPECTED[scheme].most_size * FP32_BYTES
 
 
 @pytest.mark.parametrize("scheme", list(EXPECTED))
 def test_teacher_forced_top1_agreement_with_fp32_and_the_perplexity_delta(quantized_smol, windows, fp32_logits, scheme):
-    least_agreement, most_ppl_increase, _ = EXPECTED[scheme]
+    expected = EXPECTED[scheme]
     ours = teacher_forced(quantized_smol(scheme), windows)
     agreement = float((ours.argmax(-1) == fp32_logits.argmax(-1)).float().mean())
     ppl, fp32_ppl = perplexity(ours, windows), perplexity(fp32_logits, windows)
+    kl = float(torch.nn.functional.kl_div(torch.log_softmax(ours.float(), -1), torch.log_softmax(fp32_logits, -1),
+                                          log_target=True, reduction="batchmean"))
     print(f"\n{scheme}: top-1 agreement with fp32 {agreement:.2%} over {len(ours)} tokens; "
-          f"perplexity {ppl:.3f} vs fp32 {fp32_ppl:.3f} ({ppl / fp32_ppl - 1:+.2%})")
-    assert agreement >= least_agreement
-    assert ppl <= fp32_ppl * (1 + most_ppl_increase)
+          f"perplexity {ppl:.3f} vs fp32 {fp32_ppl:.3f} ({ppl / fp32_ppl - 1:+.2%}); KL from fp32 {kl:.4f}")
+    assert agreement >= expected.least_agreement
+    assert ppl <= fp32_ppl * (1 + expected.most_ppl_increase)
+    assert kl <= expected.most_kl
