@@ -196,7 +196,7 @@ def check_chat_template(template: str, source: str) -> None:
     do) stored it again."""
     from jinja2 import TemplateSyntaxError
 
-    from .text import compile_template
+    from .chat_template import compile_template
 
     try:
         compile_template(template)

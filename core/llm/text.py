@@ -8,13 +8,13 @@ the same tokens.
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import EdgeportError, InputError, ProgramError
 from ..manifest_schema import PATH, ManifestError, array, free_form, integer, mapping, nullable, record, text
 from ..program import Program
+from .chat_template import Refused, TemplateTooCostly, compile_template, render_within_bounds
 
 
 class NotAnLLMProgram(EdgeportError):
@@ -158,12 +158,16 @@ class TextCodec:
         try:
             if self._template is None:
                 self._template = compile_template(self.chat_template)
-            rendered = self._template.render(
+            rendered = render_within_bounds(
+                self._template, sum(len(message["content"]) for message in messages),
                 messages=list(messages), add_generation_prompt=True, bos_token=self._bos or "", eos_token="",
             )
-        except _Refused as exc:  # the template's own raise_exception: a conversation it does not take
+        except Refused as exc:  # the template's own raise_exception: a conversation it does not take
             raise InputError(f"the model's chat template refuses this conversation: {exc}",
                              hint="check the messages' roles and order") from None
+        except TemplateTooCostly as exc:
+            raise ProgramError(f"the program's chat template was stopped rendering this conversation: {exc}",
+                               hint=_TEMPLATE_FIX) from None
         except Exception as exc:  # jinja2's syntax and undefined-name errors, a type error inside the template
             raise ProgramError(f"the program's chat template failed on this conversation: {type(exc).__name__}: "
                                f"{exc}", hint=_TEMPLATE_FIX) from None
@@ -173,10 +177,6 @@ class TextCodec:
 
     def stream(self) -> "TextStream":
         return TextStream(self.tokenizer)
-
-
-class _Refused(Exception):
-    """Raised by a template's ``raise_exception``: the conversation, not the template, is at fault."""
 
 
 class TextStream:
@@ -225,20 +225,3 @@ def _utf8(text: str, what: str) -> str:
     except AttributeError:
         raise InputError(f"{what} must be text, not {type(text).__name__}") from None
     return text
-
-
-def compile_template(source: str) -> Any:
-    """The chat template compiled as transformers compiles it."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise _Refused(message)
-
-    def strftime_now(fmt: str) -> str:
-        return datetime.datetime.now().strftime(fmt)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
-    return env.from_string(source)
-

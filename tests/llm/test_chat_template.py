@@ -51,6 +51,36 @@ def test_a_model_whose_template_does_not_compile_is_refused_at_load_naming_the_f
     assert error.value.hint == "fix the template there, then export again"
 
 
+@pytest.mark.parametrize(("template", "stopped"), [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran longer than 0.2 s"),
+    ("{{ 'x' * 10000000000 }}", "repeats a str of 1 10,000,000,000 times"),
+    ("{% for i in range(100000) %}{{ 'word ' * 100 }}{% endfor %}", "wrote more than 1,048,581 characters"),
+])
+def test_a_template_that_would_run_for_hours_or_fill_memory_is_stopped(monkeypatch, template, stopped):
+    """A program file is someone else's code: jinja2's sandbox caps one range, not the work
+    (the nested loops rendered for hours) or the text ("x" * 10**10 asked for 10 GB)."""
+    from edgeport.llm import chat_template
+
+    monkeypatch.setattr(chat_template, "RENDER_SECONDS", 0.2)
+    with pytest.raises(ProgramError, match=f"chat template was stopped rendering this conversation: it {stopped}"):
+        codec(template).encode_chat(USER)
+
+
+def test_the_bounds_leave_a_real_template_and_the_callers_trace_alone():
+    import sys
+
+    def tracer(frame, event, arg):
+        return None
+
+    sys.settrace(tracer)
+    try:
+        assert codec("{{ 'hello ' * 3 }}{% for m in messages %}{{ m['role'] }}: {% endfor %}").encode_chat(USER) \
+            == [1, 1, 1, 2]
+        assert sys.gettrace() is tracer  # a debugger's or coverage's
+    finally:
+        sys.settrace(None)
+
+
 def test_a_conversation_the_template_refuses_is_the_callers_error():
     template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('roles must start with system') }}{% endif %}"
     with pytest.raises(InputError, match="refuses this conversation: roles must start with system"):
