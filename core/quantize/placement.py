@@ -78,7 +78,8 @@ class Placement:
     # backend -> {node: why} for the nodes of its own its quantizer left float
     # (`kept_float`), once it has annotated
     kept_float: dict[str, dict[str, str]] = field(default_factory=dict)
-    # backend -> how many of its ops its quantizer quantized, once it has annotated
+    # backend -> how many of its ops its quantizer quantized, once it has annotated (with
+    # those whose weight a compile-time quantizer names in its `compressed`)
     quantized: dict[str, int] = field(default_factory=dict)
     # backend -> how many ops it owns in the annotated graph (a batch norm folded into its
     # conv is gone), once annotated
@@ -97,15 +98,22 @@ class Placement:
     def quantizes_nothing(self, ran: Mapping[str, Ran] | None = None) -> bool:
         """No backend quantizes any node: the program runs in float. Before lowering,
         as the quantizers annotated; with `ran` (as `summary`), as the artifacts run.
-        (A backend whose toolchain quantizes at compile time counts as quantizing its
-        nodes, unless its quantizer says it leaves every one of them float: Core ML
-        compresses no weight of 2,048 elements or fewer.)"""
+        (A backend whose toolchain quantizes at compile time counts as quantizing the
+        nodes its quantizer names in `compressed`; without that attribute, all its nodes
+        unless its quantizer says it leaves every one of them float: Core ML compresses no
+        weight of 2,048 elements or fewer.)"""
         owners = set(self.owner.values())
-        quantized = {name: len(ran.get(name, Ran(0)).quantized) for name in self.backends} if ran is not None \
-            else self.quantized
-        return not any(q.status == QUANTIZES and (quantized.get(name) or q.at_compile and name in owners
-                                                  and len(self.kept_float.get(name) or {}) < self.ops.get(name, 1))
-                       for name, q in self.backends.items())
+
+        def quantizes_some(name: str, q: BackendQuantization) -> bool:
+            if q.status != QUANTIZES:
+                return False
+            if q.at_compile:  # what its quantizer says it compresses, else all but what it keeps float
+                if name in self.quantized:
+                    return self.quantized[name] > 0
+                return name in owners and len(self.kept_float.get(name) or {}) < self.ops.get(name, 1)
+            return bool(ran.get(name, Ran(0)).quantized if ran is not None else self.quantized.get(name))
+
+        return not any(quantizes_some(name, q) for name, q in self.backends.items())
 
     def summary(self, ran: Mapping[str, Ran] | None = None) -> dict[str, str]:
         """backend -> one line on what it did with the scheme. `ran`: what each backend's
@@ -128,7 +136,7 @@ class Placement:
                 # unannotated moves quantized values (and its quantizer cannot know that)
                 kept_float = {node: why for node, why in kept_float.items() if node not in computes_quantized}
                 kept_float = {**kept_float, **{node: COMPILED_IN_FLOAT for node in in_float if node not in kept_float}}
-            if q.at_compile and kept_float:  # its compiler compresses the rest (it counts them all)
+            if q.at_compile and quantized is None and kept_float:  # its compiler compresses the rest
                 quantized = taken - len(kept_float)
             if q.status == QUANTIZES:
                 out[name] = _quantizes(q.scheme, taken, quantized, kept_float)
@@ -267,8 +275,9 @@ def annotate_placed(model: GraphModule, placement: Placement) -> None:
                 node.meta[ANNOTATION] = before[node]
         own = [node for node in model.graph.nodes if placement.owner.get(node.name) == name and is_compute(node)]
         placement.ops[name] = len(own)
-        if not answer.at_compile:
-            placement.quantized[name] = sum(1 for node in own if quantizes(node))
+        compressed = getattr(answer.quantizer, "compressed", None)  # at compile time: the nodes whose weight
+        if not answer.at_compile or compressed is not None:
+            placement.quantized[name] = sum(1 for node in own if quantizes(node) or node.name in (compressed or ()))
 
 
 def placed_quantizer(placement: Placement) -> Any:

@@ -133,9 +133,11 @@ def test_weight_only_schemes_leave_activations_float(compiled):
 
 def test_the_summary_names_each_op_whose_weight_is_too_small_to_compress(compiled, caplog):
     """A conv of 216 weights said "coreml: quantizes its 2 op(s) with palettize4" and
-    palettized nothing (coremltools keeps a weight of 2,048 elements or fewer in fp16)."""
+    palettized nothing (coremltools keeps a weight of 2,048 elements or fewer in fp16).
+    And the ops that have no weight were counted as quantized: the transformer encoder's
+    said "quantizes 42 of its 43 op(s)" for 9 compressed weights."""
     summary = compiled["palettize4"].manifest.report["forward"]["quantization"]["backends"]["coreml"]
-    assert summary == "quantizes its 5 op(s) with palettize4"  # both weights are large: compressed
+    assert summary == "quantizes 2 of its 5 op(s) with palettize4"  # the conv and the linear: both compressed
     torch.manual_seed(0)
     small = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4096)).eval()
     caplog.set_level("WARNING", logger="edgeport.quantize")
@@ -143,7 +145,7 @@ def test_the_summary_names_each_op_whose_weight_is_too_small_to_compress(compile
                               registry=registry_for(CoreMLBackend()))
     report = program.manifest.report["forward"]["quantization"]
     assert report["backends"]["coreml"] == (
-        "quantizes 3 of its 4 op(s) with palettize4, but 1 stays float: convolution (its weight has 216 elements: "
+        "quantizes 1 of its 4 op(s) with palettize4, but 1 stays float: convolution (its weight has 216 elements: "
         "Core ML keeps a weight of 2,048 or fewer in fp16)")
     assert report["quantizes_nothing"] is False
     tiny = edgeport.export(nn.Linear(16, 8).eval(), (torch.randn(1, 16),), ["coreml"], quantize="palettize4",
