@@ -13,6 +13,7 @@ as the quantization flow keeps them: they are the patterns backends recognize.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
@@ -49,6 +50,8 @@ def capture(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     check_inputs(example_inputs)
+    if not given_a_list:  # a list is one argument: torch's failure gets the hint for that
+        check_arguments(model, example_inputs)
     check_on_cpu(model, example_inputs)
     try:
         with _quiet_torch():
@@ -121,6 +124,36 @@ def _keep_ops(backend: Backend) -> set[Any]:
 # What a program file can hold, in the user's terms: inputs and outputs are tensors of
 # the dtypes in `tensors.DTYPES`.
 _INTERFACE_HINT = "program inputs and outputs are tensors of: " + ", ".join(DTYPES)
+
+
+def check_arguments(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> None:
+    """Refuse, before tracing, example inputs that forward's signature does not take as
+    positional arguments: a program is called with its inputs in order, so a required
+    keyword-only argument can never be given (torch said "missing a required argument:
+    'scale'" and to rerun with --debug)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a forward inspect cannot read: torch.export will say what it finds
+        return
+    keyword_only = [p.name for p in signature.parameters.values()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+    if keyword_only:
+        names = ", ".join(repr(name) for name in keyword_only)
+        it, has = ("it", "has") if len(keyword_only) == 1 else ("them", "have")
+        raise EdgeportError(f"forward's keyword-only argument {names} {has} no default, and a program takes its "
+                            "inputs in order, as positional arguments",
+                            hint=f"make {it} positional (def forward(self, x, {keyword_only[0]})) and add {it} to the "
+                                 f"example inputs, or give {it} a default")
+    try:
+        signature.bind(*example_inputs)
+    except TypeError as exc:
+        positional = [p for p in signature.parameters.values()
+                      if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        required = [p.name for p in positional if p.default is inspect.Parameter.empty]
+        optional = [p.name for p in positional if p.default is not inspect.Parameter.empty]
+        wanted = ", ".join(required) + (f" (then, optionally, {', '.join(optional)})" if optional else "")
+        raise EdgeportError(f"the example inputs do not fit forward({', '.join(p.name for p in positional)}): {exc}",
+                            hint=f"give the example inputs as a tuple in forward's order: {wanted}") from None
 
 
 def check_inputs(example_inputs: tuple[Any, ...]) -> None:

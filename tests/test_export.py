@@ -420,6 +420,32 @@ def test_example_inputs_given_as_a_list_are_hinted_at_when_capture_fails():
     assert "the example inputs are a list, which forward gets as one argument" in raised.value.hint
 
 
+def test_a_required_keyword_only_argument_is_refused_before_tracing_with_what_to_change():
+    """torch said "missing a required argument: 'scale'" and to rerun with --debug: a
+    program takes its inputs in order, so that argument could never be given."""
+    class Scaled(torch.nn.Module):
+        def forward(self, x, *, scale):
+            return x * scale
+
+    with pytest.raises(edgeport.EdgeportError, match="forward's keyword-only argument 'scale' has no default") as raised:
+        export(Scaled(), (torch.randn(3),))
+    assert raised.value.hint == ("make it positional (def forward(self, x, scale)) and add it to the example inputs, "
+                                 "or give it a default")
+
+
+def test_too_few_example_inputs_are_named_against_forwards_arguments():
+    class Three(torch.nn.Module):
+        def forward(self, x, y, z=None):
+            return x * y
+
+    with pytest.raises(edgeport.EdgeportError, match=r"do not fit forward\(x, y, z\): missing a required argument: 'y'") \
+            as raised:
+        export(Three(), (torch.randn(3),))
+    assert raised.value.hint == "give the example inputs as a tuple in forward's order: x, y (then, optionally, z)"
+    program, _ = export(Three(), (torch.randn(3), torch.randn(3)))  # z left to its default
+    assert len(program.manifest.methods["forward"].inputs) == 2
+
+
 def test_a_model_in_training_mode_is_exported_with_a_warning_naming_the_layer(caplog):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
     export(model, (torch.randn(2, 4),))
