@@ -8,7 +8,9 @@ one line, and a case it declines, or that cannot run on this machine, is skipped
 the reason. A run in which no case passed and none is not-run (the backend declined
 everything) fails the session, saying so in the summary.
 ``--edgeport-option KEY=VALUE`` (or ``BACKEND.KEY=VALUE``, as ``edgeport conformance
---option`` takes it) sets a backend option (repeatable).
+--option`` takes it) sets a backend option (repeatable). ``--edgeport-timeout SECONDS``
+sets each case's time limit (``edgeport conformance --timeout``): a case whose compile(),
+load() or run() hangs past it fails, naming the step, and the session goes on.
 
 Without the flag the plugin adds nothing. It lives outside the ``edgeport`` package
 and imports edgeport only when the flag is given, so it costs every other pytest run
@@ -23,6 +25,7 @@ import pytest
 
 BACKEND_FLAG = "--edgeport-backend"
 OPTION_FLAG = "--edgeport-option"
+TIMEOUT_FLAG = "--edgeport-timeout"
 _OUTCOMES = pytest.StashKey[list]()
 _WITHOUT_TORCH = pytest.StashKey[Any]()  # the session's one process without torch (edgeport.testing.without_torch)
 
@@ -33,6 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run edgeport's conformance kit on the installed backend NAME")
     group.addoption(OPTION_FLAG, metavar="KEY=VALUE", action="append", default=[],
                     help="an option of that backend, for every case (repeatable; BACKEND.KEY=VALUE too)")
+    group.addoption(TIMEOUT_FLAG, metavar="SECONDS", default=None,
+                    help="fail a case of the kit whose compile(), load() or run() has not finished after this "
+                         "long (default: edgeport.testing.time_limit.CASE_TIME_LIMIT, 120)")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: they apply to the kit's items too
@@ -43,8 +49,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     from edgeport import EdgeportError
     from edgeport.contract import checked_version
     from edgeport.testing.kit import backend_named, checked_options, parse_option_items
+    from edgeport.testing.time_limit import CASE_TIME_LIMIT, checked_time_limit
 
     try:
+        given = config.getoption(TIMEOUT_FLAG)
+        time_limit = CASE_TIME_LIMIT if given is None else checked_time_limit(given, flag=TIMEOUT_FLAG)
         backend = backend_named(name)
         options = parse_option_items(backend, config.getoption(OPTION_FLAG), flag=OPTION_FLAG)
         checked_options(backend, options, flag=OPTION_FLAG)
@@ -56,7 +65,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     config.stash[_OUTCOMES] = []
     config.stash[_WITHOUT_TORCH] = TorchFreeRuns()
     suite_name = f"edgeport-conformance[{backend.name}]"
-    suite = KitSuite.from_parent(session, name=suite_name, nodeid=suite_name, backend=backend, options=options)
+    suite = KitSuite.from_parent(session, name=suite_name, nodeid=suite_name, backend=backend, options=options,
+                                 time_limit=time_limit)
     report = suite.ihook.pytest_make_collect_report(collector=suite)  # as pytest collects any collector,
     suite.ihook.pytest_collectreport(report=report)  # so the run counts and reports the kit's items
     items.extend(report.result)
@@ -65,14 +75,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 class KitSuite(pytest.Collector):
     """Every case of the kit on one backend; item ids read ``edgeport-conformance[NAME]::case``."""
 
-    def __init__(self, *, backend: Any, options: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, *, backend: Any, options: dict[str, str], time_limit: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.backend, self.options = backend, options
+        self.backend, self.options, self.time_limit = backend, options, time_limit
 
     def collect(self) -> list[pytest.Item]:
         from edgeport.testing.kit import kit_cases
 
-        return [KitCaseItem.from_parent(self, name=case.name, backend=self.backend, case=case, options=self.options)
+        return [KitCaseItem.from_parent(self, name=case.name, backend=self.backend, case=case, options=self.options,
+                                        time_limit=self.time_limit)
                 for case in kit_cases()]
 
 
@@ -83,14 +94,15 @@ class KitFailure(Exception):
 class KitCaseItem(pytest.Item):
     """One case of the kit on the backend: passes, fails with its verdict, or skips with why."""
 
-    def __init__(self, *, backend: Any, case: Any, options: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, *, backend: Any, case: Any, options: dict[str, str], time_limit: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.backend, self.case, self.options = backend, case, options
+        self.backend, self.case, self.options, self.time_limit = backend, case, options, time_limit
 
     def runtest(self) -> None:
         from edgeport.testing.kit import Verdict, run_kit_case
 
-        outcome = run_kit_case(self.backend, self.case, self.options, self.config.stash[_WITHOUT_TORCH])
+        outcome = run_kit_case(self.backend, self.case, self.options, self.config.stash[_WITHOUT_TORCH],
+                               self.time_limit, timeout_flag=TIMEOUT_FLAG)
         self.config.stash[_OUTCOMES].append(outcome)
         self.user_properties.append(("edgeport_verdict", outcome.verdict.value))
         if outcome.declined:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import types
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -97,3 +99,52 @@ class _TorchToRun:
         import torch
 
         return [torch.as_tensor(o).numpy() for o in self.inner.run(inputs)]
+
+
+# -- backends that hang on a case with an add (the kit's time limit: core/testing/time_limit.py) --
+
+RELEASE = threading.Event()  # set by a test when done: a compile blocked on it ends (raising)
+
+
+def _adds(plan: dict) -> bool:
+    return any(op == "aten.add.Tensor" for _, op, _ in plan["ops"])
+
+
+class LoopsInRun(NumpyOpsBackend):
+    """Its run of a program with an add spins in a Python loop forever: a thread can be
+    stopped there (at its next Python instruction), so the backend goes on."""
+
+    def load(self, artifact: edgeport.Artifact) -> Any:
+        return _Loops(super().load(artifact))
+
+
+class _Loops:
+    def __init__(self, inner: OpList) -> None:
+        self.inner = inner
+
+    def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        forever = _adds(self.inner.plan)
+        while forever:
+            pass
+        return self.inner.run(inputs)
+
+
+class BlocksInCompile(NumpyOpsBackend):
+    """Its compile of a partition with an add waits on a lock no one releases (a
+    deadlock, as in a vendor library: the thread sees no exception while it waits)."""
+
+    def compile(self, program, options) -> edgeport.Artifact:
+        if any(str(n.target) == "aten.add.Tensor" for n in program.graph.nodes):
+            RELEASE.wait()
+            raise RuntimeError("released by the test")
+        return super().compile(program, options)
+
+
+class BlocksWithoutTorch(NumpyOpsBackend):
+    """Right where torch is; without it, its run of a program with an add never returns."""
+
+    def load(self, artifact: edgeport.Artifact) -> Any:
+        inner = super().load(artifact)
+        if sys.modules.get("torch") is None and _adds(inner.plan):
+            return types.SimpleNamespace(run=lambda inputs: threading.Event().wait())
+        return inner

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from edgeport.cli import cli
 from edgeport.testing.kit import kit_cases
-from numpy_backend import NumpyOpsBackend, TorchToLoad
+from numpy_backend import LoopsInRun, NumpyOpsBackend, TorchToLoad
 from torch_backend import TorchOpsBackend, registry_with
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "conformance.md")
@@ -118,3 +118,19 @@ def test_a_case_the_backend_declines_whole_logs_no_export_warning(caplog):
     result = invoke("numpy_ops", "--case", "add_broadcast,cumsum")
     assert result.exit_code == 0, result.output
     assert "took none" not in caplog.text and "took none" not in result.output
+
+
+def test_a_case_that_hangs_fails_within_the_timeout_given_and_says_how_to_raise_it():
+    result = invoke("numpy_ops", "--case", "add_broadcast", "--timeout", "3", "--json", backend=LoopsInRun("numpy_ops"))
+    assert result.exit_code == 1
+    [case] = json.loads(result.stdout)["cases"]
+    assert case["verdict"] == "failed"
+    assert re.search(r"hung: numpy_ops did not finish it within the 3 s time limit.*; if it is only slow, raise the "
+                     r"limit with --timeout SECONDS$", case["message"]), case["message"]
+
+
+def test_a_timeout_that_is_no_positive_number_is_one_line_and_a_hint():
+    result = invoke("numpy_ops", "--case", "add_broadcast", "--timeout", "0")
+    assert result.exit_code == 1
+    assert "the time limit of a case must be a number of seconds above 0, not 0.0" in result.output
+    assert "e.g. --timeout 120 (the default)" in result.output

@@ -3,6 +3,7 @@ of a verdict planted once."""
 
 import dataclasses
 import re
+import time
 import types
 
 import numpy as np
@@ -11,11 +12,12 @@ import torch
 
 import edgeport
 
-from edgeport import BackendError
+from edgeport import BackendError, InputError
 from edgeport.testing import CASES, QUANTIZED_CASES
 from edgeport.testing.kit import (Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit,
                                   run_kit_case)
-from numpy_backend import NumpyOpsBackend, OffWithoutTorch, TorchToLoad, TorchToRun
+from numpy_backend import (RELEASE, BlocksInCompile, BlocksWithoutTorch, LoopsInRun, NumpyOpsBackend, OffWithoutTorch,
+                           TorchToLoad, TorchToRun)
 from torch_backend import TorchOpsBackend, registry_with
 
 CASE = {c.name: c for c in kit_cases()}
@@ -402,3 +404,72 @@ def test_a_run_that_declined_everything_proves_nothing_and_says_so():
 def test_a_run_with_a_pass_or_a_case_it_cannot_run_here_proves_something():
     assert run_kit(NumpyOpsBackend(), cases=[CASE["conv2d"], CASE["relu"]]).proves_nothing == ""
     assert run_kit(TorchOpsBackend(can_run=False), cases=[CASE["conv2d"], CASE["relu"]]).proves_nothing == ""
+
+
+# -- a case that hangs ----------------------------------------------------------------------
+# A tight limit for the case that hangs; the cases around it keep the default, so a busy
+# machine cannot fail them. Each test first runs a case that passes: the process's first
+# export is slow, and the case that hangs must reach the step it hangs in within the limit.
+
+HANG_LIMIT = 3.0
+
+
+def test_a_run_that_hangs_in_a_python_loop_fails_its_case_and_the_backend_goes_on():
+    backend = LoopsInRun()
+    assert run_kit_case(backend, CASE["relu"]).verdict is Verdict.PASSED
+    outcome = run_kit_case(backend, CASE["add_broadcast"], time_limit=HANG_LIMIT)
+    assert outcome.verdict is Verdict.FAILED
+    assert re.fullmatch(r"run\(\) hung: numpyops did not finish it within the 3 s time limit \(at numpy_backend.py:"
+                        r"\d+ in run\); if it is only slow, raise the limit with --timeout SECONDS",
+                        outcome.message), outcome.message
+    assert run_kit_case(backend, CASE["relu"]).verdict is Verdict.PASSED  # the loop was stopped: it goes on
+
+
+def test_a_compile_blocked_for_good_fails_its_case_and_the_backends_later_cases_at_once():
+    """Blocked on a lock, the thread cannot be stopped: its backend's other cases would
+    block on the same, each costing the whole limit."""
+    backend = BlocksInCompile()
+    try:
+        assert run_kit_case(backend, CASE["relu"]).verdict is Verdict.PASSED
+        outcome = run_kit_case(backend, CASE["add_broadcast"], time_limit=HANG_LIMIT, timeout_flag="--edgeport-timeout")
+        assert outcome.verdict is Verdict.FAILED
+        assert re.fullmatch(r"compile\(\) hung: numpyops did not finish it within the 3 s time limit \(at "
+                            r"numpy_backend.py:\d+ in compile\); if it is only slow, raise the limit with "
+                            r"--edgeport-timeout SECONDS; the call cannot be stopped \(Python cannot kill a thread; "
+                            r"it stays blocked, holding what it held\), so numpyops's remaining cases are not run",
+                            outcome.message), outcome.message
+        started = time.monotonic()
+        later = run_kit_case(backend, CASE["relu"], time_limit=HANG_LIMIT)
+        assert time.monotonic() - started < HANG_LIMIT
+        assert later.verdict is Verdict.FAILED
+        assert later.message == ("not run: numpyops's compile() hung on case add_broadcast and is still blocked "
+                                 "(Python cannot kill a thread); fix the hang, or raise the limit with --timeout "
+                                 "SECONDS if it is only slow")
+        assert run_kit_case(NumpyOpsBackend(), CASE["relu"]).verdict is Verdict.PASSED  # other backends go on
+    finally:
+        RELEASE.set()
+
+
+def test_a_run_that_hangs_without_torch_has_its_process_killed_and_the_next_case_starts_another(monkeypatch):
+    import subprocess
+
+    from edgeport.testing import without_torch
+
+    started, popen = [], subprocess.Popen
+    monkeypatch.setattr(without_torch.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    backend = BlocksWithoutTorch()
+    with without_torch.TorchFreeRuns() as runs:
+        assert run_kit_case(backend, CASE["relu"], without_torch=runs).verdict is Verdict.PASSED
+        outcome = run_kit_case(backend, CASE["add_broadcast"], without_torch=runs, time_limit=HANG_LIMIT)
+        assert outcome.verdict is Verdict.FAILED
+        assert outcome.message == ("run() without torch hung: numpyops did not finish it within the 3 s time limit; "
+                                   "if it is only slow, raise the limit with --timeout SECONDS"), outcome.message
+        assert started[0].poll() is not None  # killed
+        assert run_kit_case(backend, CASE["relu"], without_torch=runs).verdict is Verdict.PASSED
+        assert len(started) == 2
+
+
+@pytest.mark.parametrize("limit", [0, -1, float("nan"), float("inf"), "soon"])
+def test_a_time_limit_that_is_no_positive_number_is_refused_before_any_case_runs(limit):
+    with pytest.raises(InputError, match=r"the time limit of a case must be a number of seconds above 0, not "):
+        run_kit(NumpyOpsBackend(), cases=[CASE["relu"]], time_limit=limit)

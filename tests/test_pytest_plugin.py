@@ -79,6 +79,23 @@ def test_a_run_side_that_needs_torch_fails_its_cases_naming_the_import(child):
                                  "device), run() needs torch: numpy_backend.py:* in run: import torch; *"])
 
 
+@pytest.mark.slow
+def test_a_case_that_hangs_fails_within_the_timeout_given_and_the_session_goes_on(child):
+    result = child("--edgeport-backend", "numpy_ops", "--edgeport-timeout", "5", "-k",
+                   "add_broadcast or relu and not relu6 and not leaky and not conv and not int8", backend="LoopsInRun")
+    result.assert_outcomes(passed=1, failed=1)  # relu passes after add_broadcast's run() hung
+    result.stdout.fnmatch_lines(["FAILED *::add_broadcast - numpy_ops add_broadcast (float32): *hung: numpy_ops did "
+                                 "not finish it within the 5 s time limit*; if it is only slow, raise the limit with "
+                                 "--edgeport-timeout SECONDS"])
+
+
+def test_a_timeout_that_is_no_positive_number_is_a_usage_error(child):
+    result = child("--edgeport-backend", "numpy_ops", "--edgeport-timeout", "-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--edgeport-backend numpy_ops: the time limit of a case must be a number of seconds "
+                                 "above 0, not '-1'*", "*hint: e.g. --edgeport-timeout 120 (the default)*"])
+
+
 def test_an_unknown_backend_is_a_usage_error_listing_the_installed_ones(child):
     result = child("--edgeport-backend", "nope")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

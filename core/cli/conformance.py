@@ -13,6 +13,7 @@ from ..errors import EdgeportError
 from ..lowering import log as lowering_log
 from ..testing.coverage import coverage_html, coverage_json
 from ..testing.kit import KitRun, Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit
+from ..testing.time_limit import CASE_TIME_LIMIT
 from . import cli, current_registry
 from ._output import check_writable, console, print_json, progress, said_below
 
@@ -34,9 +35,11 @@ def names_word(case: str, word: str) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print the coverage as JSON (schema: docs/conformance.md).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the coverage table as a web page.")
+@click.option("--timeout", "time_limit", type=float, default=CASE_TIME_LIMIT, show_default=True, metavar="SECONDS",
+              help="Fail a case whose compile(), load() or run() has not finished after this long, and go on.")
 @click.pass_context
 def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], case_filter: str | None,
-                as_json: bool, html_path: str | None) -> None:
+                as_json: bool, html_path: str | None, time_limit: float) -> None:
     """Run edgeport's conformance cases on backend NAME: per case and dtype, delegated
     or declined (why), and the error against eager. Exits 1 if any case failed, or if
     none passed and none is not-run here (it declined everything)."""
@@ -51,7 +54,7 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
                             hint="case names: " + ", ".join(c.name for c in kit_cases()[:12]) + ", ...")
     done = itertools.count(1)
     with progress(not as_json) as show, said_below(lowering_log.name):  # each case's line in the table says it
-        run = run_kit(backend, options, cases,
+        run = run_kit(backend, options, cases, time_limit=time_limit,
                       progress=show and (lambda outcome: show(f"{backend.name}: case {next(done) + 1}/{len(cases)}")))
     if html_path:
         with open(html_path, "w") as f:

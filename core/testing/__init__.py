@@ -28,6 +28,7 @@ from ..plugins import Registry, registry_for
 from ..program import Program
 from .cases import CASES, Case
 from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
+from .time_limit import step
 from .without_torch import TorchFreeRuns
 from .quantized_cases import (
     QUANTIZED_CASES,
@@ -161,7 +162,7 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
     registry = registry_for(backend)
     weights = {name: value.clone() for name, value in module.state_dict().items()}
     try:
-        with declines_unsaid():
+        with declines_unsaid(), step("export"):  # its support(), prepare() and compile() are named where they hang
             program = export(module, inputs, [backend.name], dynamic_shapes=case.dynamic_shapes,
                              options={backend.name: dict(options or {})}, registry=registry)
     except Exception as exc:
@@ -218,15 +219,17 @@ def _checked_run(program: Program, module: torch.nn.Module, args: tuple) -> tupl
     tensor), and its outputs are its own (ones the next call overwrites passed too)."""
     expected = module(*args)  # first, on the inputs as the caller gave them
     before = [x.clone() for x in pytree.tree_leaves(args) if isinstance(x, torch.Tensor)]
-    got = program(*args)
+    with step("run()"):
+        got = program(*args)
     after = [x for x in pytree.tree_leaves(args) if isinstance(x, torch.Tensor)]
     if not all(_same(a, b) for a, b in zip(before, after)):
         raise _Misbehaves("the run changed its inputs: an executable must not write into the tensors it is given")
     outputs = [x for x in pytree.tree_leaves(got) if isinstance(x, torch.Tensor)]
     kept = [x.clone() for x in outputs]
     try:  # other values, so a buffer the next call writes would hold other numbers
-        program(*pytree.tree_map(lambda x: x * 2 + 1 if isinstance(x, torch.Tensor) and x.is_floating_point()
-                                 else x, args))
+        with step("run()"):
+            program(*pytree.tree_map(lambda x: x * 2 + 1 if isinstance(x, torch.Tensor) and x.is_floating_point()
+                                     else x, args))
     except Exception:  # noqa: BLE001 - those values may be outside what the case takes: no verdict then
         return compared(got, expected)
     if not all(_same(a, b) for a, b in zip(kept, outputs)):

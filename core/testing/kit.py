@@ -12,7 +12,9 @@
 - failed:   export raised, the backend's support() or prepare() raised, a partition it
             accepted failed to compile (and fell back to portable torch), running
             raised, the run side needs torch (a program of its steps only is run again
-            in a process without torch, `without_torch.py`), or the answer is off.
+            in a process without torch, `without_torch.py`), the answer is off, or the
+            case did not finish within its time limit (`time_limit.py`: a hung
+            compile(), load() or run() fails its case, and the run goes on).
 
 A run in which no case passed and none is not-run shows nothing of the backend works
 (`nothing_passed`): the CLI and the pytest plugin fail it, though no case failed.
@@ -38,6 +40,7 @@ from ..errors import BackendError, InputError
 from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
 from .quantized_cases import QUANTIZED_CASES, QuantizedCase, QuantizedCaseResult, run_quantized_case
+from .time_limit import CASE_TIME_LIMIT, Hang, checked_time_limit, left_behind, run_within
 from .without_torch import TorchFreeRuns
 
 KitCase = Case | QuantizedCase
@@ -158,14 +161,34 @@ def parse_option_items(backend: Backend, items: Iterable[str], flag: str = "--op
 
 
 def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None = None,
-                 without_torch: TorchFreeRuns | None = None) -> Outcome:
+                 without_torch: TorchFreeRuns | None = None, time_limit: float = CASE_TIME_LIMIT,
+                 timeout_flag: str = "--timeout") -> Outcome:
     """Run one case on ``backend`` with ``options`` (plain values) and judge it; with
     ``without_torch`` (what `run_kit` and the pytest plugin give: one per run), a program
-    of the backend's steps only is also run where torch cannot be imported, as on a device."""
+    of the backend's steps only is also run where torch cannot be imported, as on a device.
+
+    A case not done within ``time_limit`` seconds fails, naming the step that hung and
+    ``timeout_flag``, the flag that raises the limit (pytest's is ``--edgeport-timeout``);
+    a backend left hung by an earlier case (`time_limit.py`) fails at once."""
+    hung = left_behind(backend)
+    if hung:
+        return Outcome(case.name, _family(case), _dtype(case), Verdict.FAILED, 0.0, message=(
+            f"not run: {backend.name}'s {hung} (Python cannot kill a thread); fix the hang, or raise the limit with "
+            f"{timeout_flag} SECONDS if it is only slow"))
+    done = run_within(lambda: _run_kit_case(backend, case, options, without_torch), time_limit, backend,
+                      f"case {case.name}")
+    if isinstance(done, Hang):
+        return Outcome(case.name, _family(case), _dtype(case), Verdict.FAILED, 0.0,
+                       message=done.message(backend.name, time_limit, timeout_flag))
+    return done
+
+
+def _run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | None,
+                  without_torch: TorchFreeRuns | None) -> Outcome:
+    """`run_kit_case`'s work, without its time limit."""
     availability = _availability(backend)
     if not availability.can_compile:
-        family = "quantized" if isinstance(case, QuantizedCase) else "float"
-        return Outcome(case.name, family, _dtype(case), Verdict.NOT_RUN, 0.0,
+        return Outcome(case.name, _family(case), _dtype(case), Verdict.NOT_RUN, 0.0,
                        message=f"not compiled: {backend.name} cannot compile here: {availability.why}")
     if isinstance(case, QuantizedCase):
         return _judge_quantized(backend, case, options, without_torch)
@@ -179,6 +202,10 @@ def run_kit_case(backend: Backend, case: KitCase, options: Mapping[str, Any] | N
     return _judge(backend, result, Measure("float", _dtype(case), tolerance, "relative", result.max_error))
 
 
+def _family(case: KitCase) -> str:
+    return "quantized" if isinstance(case, QuantizedCase) else "float"
+
+
 def _dtype(case: KitCase) -> str:
     """What a case computes in: a quantized case's scheme, a float case's input dtypes."""
     if isinstance(case, QuantizedCase):
@@ -188,20 +215,23 @@ def _dtype(case: KitCase) -> str:
 
 
 def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: Iterable[KitCase] | None = None,
-            progress: Callable[[Outcome], None] | None = None) -> KitRun:
+            progress: Callable[[Outcome], None] | None = None, time_limit: float = CASE_TIME_LIMIT,
+            timeout_flag: str = "--timeout") -> KitRun:
     """Run ``cases`` (default: every case, `kit_cases`) on ``backend``, with one process
-    without torch for the whole run (`TorchFreeRuns`); ``progress`` sees each outcome as
-    it comes."""
+    without torch for the whole run (`TorchFreeRuns`), each case within ``time_limit``
+    seconds (`run_kit_case`); ``progress`` sees each outcome as it comes."""
     values = dict(options or {})
+    time_limit = checked_time_limit(time_limit, timeout_flag)
     checked_options(backend, values)  # a bad option or version fails here, once, not after every case
     version = checked_version(backend)
+    availability = _availability_within(backend, time_limit, timeout_flag)
     outcomes = []
     with TorchFreeRuns() as without_torch:
         for case in kit_cases() if cases is None else cases:
-            outcomes.append(run_kit_case(backend, case, values, without_torch))
+            outcomes.append(run_kit_case(backend, case, values, without_torch, time_limit, timeout_flag))
             if progress:
                 progress(outcomes[-1])
-    return KitRun(backend.name, version, values, _availability(backend), tuple(outcomes))
+    return KitRun(backend.name, version, values, availability, tuple(outcomes))
 
 
 def _availability(backend: Backend) -> Availability:
@@ -209,6 +239,15 @@ def _availability(backend: Backend) -> Availability:
         return backend.availability()
     except Exception as exc:  # reported as `edgeport backends` reports it, never raised
         return Availability(False, False, why=f"availability() raised {type(exc).__name__}: {exc}")
+
+
+def _availability_within(backend: Backend, seconds: float, flag: str) -> Availability:
+    """`_availability` within the time limit of a case: one that hangs is reported as
+    this machine not being able to compile, saying so."""
+    asked = run_within(lambda: _availability(backend), seconds, backend, "the run's availability() check")
+    if isinstance(asked, Hang):
+        return Availability(False, False, why=asked.message(backend.name, seconds, flag))
+    return asked
 
 
 def _judge_quantized(backend: Backend, case: QuantizedCase, options: Mapping[str, Any] | None,

@@ -30,6 +30,7 @@ from ..program import Program
 from ..quantize.flow import SchemeNotOffered
 from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
 from .without_torch import TorchFreeRuns
+from .time_limit import step
 from .cases import Fn, _bn, _InvertedResidual, _seeded, _x
 
 EVERY_OP = "every op"  # the key of `QuantizedCaseResult.reasons` when the backend declines the scheme itself
@@ -125,7 +126,7 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
     result = QuantizedCaseResult(case.name, case.scheme, 0.0)
     registry = registry_for(backend)
     try:
-        with declines_unsaid():
+        with declines_unsaid(), step("export"):
             program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
                              quantize=case.scheme, calibration=calibration_for(inputs), keep_reference=True,
                              registry=registry)
@@ -153,9 +154,12 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
     try:
         loaded_runtime(saved)
         with torch.no_grad():
-            answers = [saved(*inputs)] + ([numpy_outputs(on_arrays, inputs)] if on_arrays is not None else [])
-            if on_arrays is not None and without_torch is not None:
-                answers.append(without_torch.outputs(backend, program, inputs))
+            with step("run()"):
+                answers = [saved(*inputs)]
+            if on_arrays is not None:
+                answers.append(numpy_outputs(on_arrays, inputs))
+                if without_torch is not None:
+                    answers.append(without_torch.outputs(backend, program, inputs))
             expected = _leaves(reference_program(program)(*inputs))
     except RoundTripFailed as exc:
         result.passed, result.error = False, str(exc)

@@ -27,6 +27,7 @@ from ..errors import EdgeportError
 from ..plugins import Registry
 from ..program import Program, load
 from ..torch_steps import portable_steps
+from .time_limit import step
 
 
 class RoundTripFailed(Exception):
@@ -55,7 +56,8 @@ def loaded_runtime(program: Program, arrays: str = "auto") -> None:
     """Load every artifact of ``program`` (its backend's `load`) now, so a failing load
     is named as one and not as a failing run."""
     try:
-        program.runtime(arrays)
+        with step("load()"):
+            program.runtime(arrays)
     except Exception as exc:
         raise RoundTripFailed(
             f"load of the saved program failed: {' '.join(str(exc).split())} (load() gets artifact.data as a "
@@ -69,7 +71,8 @@ def numpy_outputs(program: Program, args: tuple) -> Any:
     loaded_runtime(program, "numpy")
     arrays = pytree.tree_map(lambda x: x.numpy() if isinstance(x, torch.Tensor) else x, args)
     try:
-        outputs = program(*arrays)
+        with step("run() on numpy inputs"):
+            outputs = program(*arrays)
     except Exception as exc:
         raise RoundTripFailed(
             f"the run on numpy inputs failed: {' '.join(str(exc).split())} (`edgeport run` and a device without "

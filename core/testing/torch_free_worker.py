@@ -10,7 +10,9 @@ A request is a JSON line: ``sys_path`` (the kit's, so the backend's module is fo
 it is there), ``backend`` (``name``, ``cls`` as "module:qualname", ``pickled``: the
 instance in base64, or None), ``program``, ``inputs`` and ``outputs`` (paths: the saved
 program, and .npz files of its positional inputs and, written here, its flat outputs).
-The answer is a JSON line: ``{"outputs": N}``, or ``{"failed": "one line"}``.
+Before each stage it starts, the process says so in a JSON line, ``{"stage": "load()"}``
+(so a kit that stops waiting for a hung one can name it); then the answer, a JSON line:
+``{"outputs": N}``, or ``{"failed": "one line"}``.
 
 The backend is the installed plugin's, found through its entry point as a device finds
 it, when that plugin registers a backend of the name and class under test; else the
@@ -94,13 +96,16 @@ def _flat(value) -> list:
     return [np.asarray(value)]
 
 
-def answer(request: dict) -> dict:
-    """Run one request (the module docstring); never raises."""
+def answer(request: dict, tell) -> dict:
+    """Run one request (the module docstring), telling each stage as it starts with
+    ``tell(line)``; never raises."""
     sys.path[:] = request["sys_path"]
     stage = "importing the backend's module"
     try:
+        tell({"stage": stage})
         registry = _registry(request["backend"])
         stage = "load()"
+        tell({"stage": stage})
         import edgeport
 
         program = edgeport.load(request["program"], registry=registry)
@@ -108,6 +113,7 @@ def answer(request: dict) -> dict:
         with np.load(request["inputs"]) as stored:
             inputs = [stored[f"arr_{i}"] for i in range(len(stored.files))]
         stage = "run()"
+        tell({"stage": stage})
         outputs = _flat(program(*inputs))
     except BaseException as exc:  # noqa: BLE001 - a plugin's SystemExit too: the answer names it
         return {"failed": _failure(stage, exc)}
@@ -119,8 +125,12 @@ def main() -> None:
     answers = os.fdopen(os.dup(1), "w")  # the answers' own channel: a plugin printing (or its
     os.dup2(2, 1)  # native code writing to fd 1) goes to stderr, not into an answer
     sys.stdout = sys.stderr
+
+    def tell(line: dict) -> None:
+        print(json.dumps(line), file=answers, flush=True)
+
     for line in sys.stdin:
-        print(json.dumps(answer(json.loads(line))), file=answers, flush=True)
+        tell(answer(json.loads(line), tell))
 
 
 if __name__ == "__main__":

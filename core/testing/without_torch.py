@@ -10,7 +10,9 @@ line that imported torch.
 
 One process serves a whole kit run: it starts on the first case that needs it (a
 backend that declines everything, or cannot run here, never starts one), and each case
-then costs a save, a load and a run of a small program.
+then costs a save, a load and a run of a small program. A case whose load() or run()
+hangs there has its process killed, with whatever it started, when the case's time is
+up (`time_limit.py`); the next case starts a new one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import base64
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,8 +33,10 @@ import torch
 from ..backend import Backend
 from ..program import Program
 from .roundtrip import RoundTripFailed
+from .time_limit import rename_step, step
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_free_worker.py")
+EXIT_GRACE = 10.0  # seconds the process gets to exit once the run is over (it exits in milliseconds)
 
 
 class TorchFreeRuns:
@@ -68,7 +73,11 @@ class TorchFreeRuns:
     def close(self) -> None:
         if self._process is not None:
             self._process.stdin.close()
-            self._process.wait()
+            try:
+                self._process.wait(EXIT_GRACE)
+            except subprocess.TimeoutExpired:  # a runtime that hangs at exit must not hang the kit's end
+                _kill_group(self._process)
+                self._process.wait()
             self._process.stdout.close()
             self._log.close()
             self._process = None
@@ -92,19 +101,27 @@ class TorchFreeRuns:
         return self._specs[id(backend)]
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Send ``request`` and read its answer; a process that died answers that it did
-        (its last stderr line says why), and the next request starts a new one."""
+        """Send ``request`` and read its answer, naming each stage the process reports as
+        the case's step (a hung one is killed by the case's time limit, `time_limit.py`);
+        a process that died answers that it did (its last stderr line says why), and the
+        next request starts a new one."""
         if self._process is None:
             self._log = open(os.path.join(self._folder.name, "worker.log"), "w+b")
             code = f"import runpy; runpy.run_path({WORKER!r}, run_name='__main__')"
             self._process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, stderr=self._log, text=True)
-        try:
-            self._process.stdin.write(json.dumps(request) + "\n")
-            self._process.stdin.flush()
-            line = self._process.stdout.readline()
-        except OSError:
-            line = ""
+                                             stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                             start_new_session=True)  # a group of its own, to kill whole
+        process = self._process
+        with step("starting the process without torch", stop=lambda: _kill_group(process)):
+            try:
+                process.stdin.write(json.dumps(request) + "\n")
+                process.stdin.flush()
+                line = process.stdout.readline()
+                while line and "stage" in json.loads(line):
+                    rename_step(f"{json.loads(line)['stage']} without torch")
+                    line = process.stdout.readline()
+            except OSError:
+                line = ""
         if line:
             return json.loads(line)
         code = self._process.wait()
@@ -115,3 +132,13 @@ class TorchFreeRuns:
         self._process = None
         return {"failed": f"without torch (as on a device), the process running the program ended (exit code "
                           f"{code})" + (f": {said[-1]}" if said else "")}
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """End ``process`` (the kit's, in a session of its own) and every process it started."""
+    if process.returncode is not None:  # reaped: its pid may be another's now
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended already
+        pass
