@@ -89,6 +89,15 @@ def test_a_case_that_hangs_fails_within_the_timeout_given_and_the_session_goes_o
                                  "--edgeport-timeout SECONDS"])
 
 
+def test_the_timeout_flags_help_gives_the_kits_default(pytester, monkeypatch):
+    """The plugin says the default without importing edgeport (that imports torch)."""
+    from edgeport.testing.time_limit import CASE_TIME_LIMIT
+
+    monkeypatch.setenv("COLUMNS", "300")  # the help line whole
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--help")
+    result.stdout.fnmatch_lines(["*--edgeport-timeout=SECONDS*", f"*and go on (default {CASE_TIME_LIMIT:g})"])
+
+
 def test_a_timeout_that_is_no_positive_number_is_a_usage_error(child):
     result = child("--edgeport-backend", "numpy_ops", "--edgeport-timeout", "-1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
