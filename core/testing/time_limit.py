@@ -115,8 +115,8 @@ def _restore(table: dict[int, Any], ident: int, value: Any) -> None:
 @dataclass(frozen=True)
 class Hang:
     """A case that did not finish within its limit: the step it was in, where (the
-    innermost line of the plugin's, else of anything), and whether its thread is left
-    behind (could not be stopped)."""
+    innermost line outside the standard library and edgeport's core, or ""), and
+    whether its thread is left behind (could not be stopped)."""
 
     step: str
     where: str
@@ -189,7 +189,9 @@ def _named_step(frame: types.FrameType | None, backend: object, kit_step: str) -
     return kit_step
 
 
-_STDLIB = os.path.join(sysconfig.get_paths()["stdlib"], "")
+_PATHS = sysconfig.get_paths()
+_STDLIB = os.path.join(_PATHS["stdlib"], "")
+_SITE = tuple({os.path.join(_PATHS["purelib"], ""), os.path.join(_PATHS["platlib"], "")})  # may lie within _STDLIB
 
 
 def _innermost_line(frame: types.FrameType | None) -> str:
@@ -197,8 +199,10 @@ def _innermost_line(frame: types.FrameType | None) -> str:
     edgeport's core (the plugin's line, or its vendor library's), "my_npu.py:31 in run";
     "" when it is in neither (waiting for the process without torch, which says no line)."""
     while frame is not None:
-        if not frame.f_code.co_filename.startswith(_STDLIB) and not _core(frame):
-            return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} in {frame.f_code.co_name}"
+        name = frame.f_code.co_filename
+        standard = name.startswith("<") or (name.startswith(_STDLIB) and not name.startswith(_SITE))
+        if not standard and not _core(frame):
+            return f"{os.path.basename(name)}:{frame.f_lineno} in {frame.f_code.co_name}"
         frame = frame.f_back
     return ""
 
