@@ -12,8 +12,9 @@ exactly) and the line it was at. Then the kit tries to stop the hung work:
   steps only is loaded and run): that process is ours, so it is killed with everything
   it started, and the next case that needs one starts a new one. The backend goes on.
 - in this process: the thread is asked to stop by an exception raised in it
-  (`CaseTimedOut`), which it sees at its next Python instruction: a Python loop ends
-  there, unwinding its ``with`` blocks and ``finally`` clauses, and the backend goes on.
+  (`CaseTimedOut`), which it sees at its next Python instruction, wherever that is (a
+  plugin's loop, torch's export, a module being imported: Python imports it afresh next
+  time): it unwinds the ``with`` blocks and ``finally`` clauses, and the backend goes on.
   A thread blocked in native code, sleeping or waiting on a lock does not see it. It is
   left behind, blocked, for the rest of the process (a daemon thread: the process still
   exits), still holding whatever the plugin held. Its backend's later cases are then
