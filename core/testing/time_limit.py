@@ -43,8 +43,10 @@ T = TypeVar("T")
 # The slowest case measured of a whole kit run (pytest --edgeport-backend NAME
 # --durations, on a 2-core x86-64 shared with other jobs): qualcomm's int8_inverted_residual,
 # 4.1 s in QNN's HTP simulator; cpu's slowest 1.0 s (conv2d), mediatek's 0.8 s (conv2d),
-# the template plugin numpy-npu's 1.4 s (attention). 120 s is ~30 times the slowest: room
-# for a slower machine or a real vendor compiler, and still a bounded wait for a hang.
+# the template plugin numpy-npu's 1.4 s (attention). With the machine loaded 3-4 times
+# over (load average 7 on its 2 cores), qualcomm's slowest took 12.6 s (upsample_nearest).
+# 120 s is ~30 times the first, ~10 times the loaded one: room for a slower machine or a
+# real vendor compiler, and still a bounded wait for a hang.
 CASE_TIME_LIMIT = 120.0
 
 # How long a thread asked to stop (or whose process without torch was killed) gets to
