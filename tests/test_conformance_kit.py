@@ -456,7 +456,8 @@ def test_a_run_that_hangs_without_torch_has_its_process_killed_and_the_next_case
     from edgeport.testing import without_torch
 
     started, popen = [], subprocess.Popen
-    monkeypatch.setattr(without_torch.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(without_torch.subprocess, "Popen",
+                        lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
     backend = BlocksWithoutTorch()
     with without_torch.TorchFreeRuns() as runs:
         assert run_kit_case(backend, CASE["relu"], without_torch=runs).verdict is Verdict.PASSED
