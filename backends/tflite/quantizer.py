@@ -54,10 +54,12 @@ from torchao.quantization.pt2e.quantizer import (
 
 from edgeport.quantize.annotations import ANNOTATION, float_output, is_annotated
 from edgeport.errors import BackendError
+from edgeport.fold import module_value
 from edgeport.quantize import STATIC, Scheme
 from edgeport.quantize.int32_bias import BiasFitObserver, bias_spec, fit_biases
 
 from .expand import attention_as_products, product_as_linear
+from .infinite_values import holding_infinities
 from .int8_plan import HYBRID_LINEARS, activation_args, args_at, group, group_tail
 from .lowering import foldable, lookup
 from .writer import make_plan
@@ -141,13 +143,15 @@ class TfliteQuantizer(Quantizer):
         live = set(graph.nodes)
         plan = make_plan(graph, live, frozenset(consts))
         self._biased = []
+        infinite = holding_infinities(model, consts, _stored_value(model)) if self.scheme.activations == STATIC \
+            else frozenset()
         for node in list(graph.nodes):
             if node.op != "call_function" or node in consts or node in plan.alias or is_annotated(node):
                 continue
             if float_output(node) is None:
                 continue
             if self.scheme.activations == STATIC:
-                self._annotate_int8(node, plan, consts)
+                self._annotate_int8(node, plan, consts, infinite)
             else:
                 self._annotate_linear(node, consts)
         return model
@@ -170,18 +174,19 @@ class TfliteQuantizer(Quantizer):
 
     # -- static int8 -------------------------------------------------------------------------
 
-    def _annotate_int8(self, node: Node, plan: Any, consts: set[Node]) -> None:
+    def _annotate_int8(self, node: Node, plan: Any, consts: set[Node], infinite: frozenset[Node]) -> None:
         entry = lookup(node.target)
         if entry is None:  # the writer cannot write it: another backend's node, or portable
             return
         int8 = entry.int8
+        activations = activation_args(node, int8.signature) if int8 is not None else []
         why_float = ("no int8 form here" if int8 is None
                      else "XNNPACK runs it in float only" if self.xnnpack_only and not int8.xnnpack
-                     else int8.check(node, consts.__contains__) if int8.check is not None else None)
+                     else _infinite_input_reason(activations, infinite)
+                     or (int8.check(node, consts.__contains__) if int8.check is not None else None))
         if why_float:
             self.kept_float[node.name] = why_float
             return
-        activations = activation_args(node, int8.signature)
         runtime = [a for a in activations if _runtime_float(a, consts)]
         stored = [a for a in activations if a not in runtime]
         if not runtime or not all(a in args_at(node, int8.signature.stored) and _stored_float(a, consts)
@@ -272,6 +277,30 @@ def _input_spec(arg: Node, qat: bool) -> QuantizationSpecBase:
             and isinstance(made.output_qspec, FixedQParamsQuantizationSpec)):
         return SharedQuantizationSpec(arg)
     return _act_spec(qat)
+
+
+def _stored_value(model: GraphModule) -> Any:
+    """A function giving a stored value that is no parameter (a buffer, or what export
+    computes from buffers and literals: a mask), computed once; None for a parameter (a
+    weight holding infinity is the checkpoint's fault, which calibration names)."""
+    parameters = dict(model.named_parameters())
+    values: dict[Node, torch.Tensor | None] = {}
+
+    def value_of(node: Node) -> torch.Tensor | None:
+        if node not in values:
+            values[node] = None if node.op == "get_attr" and node.target in parameters else module_value(node)
+        return values[node]
+
+    return value_of
+
+
+def _infinite_input_reason(activations: list[Node], infinite: frozenset[Node]) -> str | None:
+    """Why an op reading a value that holds -inf (an additive attention mask) stays float."""
+    held = next((a for a in activations if a in infinite), None)
+    if held is None:
+        return None
+    return (f"it reads {held.name}, which holds an infinity or a sentinel known at export (an attention mask's "
+            "-inf or finfo.min): in int8 every other value would round to one step")
 
 
 def _constant_nodes(model: GraphModule) -> set[Node]:
