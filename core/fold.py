@@ -12,7 +12,10 @@ What folds: an ``aten`` op that is functional and deterministic (no random tag, 
 mutable schema) whose inputs are all parameters, buffers the program never mutates,
 lifted constants or other folding nodes; ``full_like``-style ops read only their
 input's (static) shape. A value with a symbolic (dynamic) dim never folds, nor does a
-value the method returns. Quantize and dequantize ops are not ``aten`` ops, so a
+value the method returns. A quantize of such a value (a per-tensor or per-channel
+``quantized_decomposed`` quantize with literal parameters: a rotary table the int8 graph
+multiplies by, which PT2E's convert leaves computed since the table is no weight) folds
+too, into the integer constant a backend stores; dequantize ops never fold, so a
 quantized weight stays quantized.
 
 The size rule (`SIZE_ALLOWANCE`): only the frontier of a constant subgraph is stored
@@ -138,12 +141,19 @@ def _stored_values(program: ExportedProgram) -> dict[Node, torch.Tensor]:
     return {n: value for n in placeholders if (value := ctx.constant(n)) is not None}
 
 
+# Quantize ops whose integer value is all they do, with their scale and zero point literals
+# (or constant inputs): computed once, as a weight's quantize is at convert.
+QUANTIZE_OPS = frozenset({"quantize_per_tensor.default", "quantize_per_channel.default"})
+
+
 def pure(node: Node) -> bool:
-    """A functional, deterministic aten op (or a getitem of one's outputs): its value is
-    all it does."""
+    """A functional, deterministic aten op (or a getitem of one's outputs, or a quantize
+    of `QUANTIZE_OPS`): its value is all it does."""
     target = node.target
     if target is operator.getitem:
         return True
+    if isinstance(target, torch._ops.OpOverload) and target.namespace == "quantized_decomposed":
+        return f"{target._opname}.{target._overloadname}" in QUANTIZE_OPS
     if not isinstance(target, torch._ops.OpOverload) or target.namespace != "aten":
         return False
     if torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable:
