@@ -185,36 +185,103 @@ def test_a_calibration_batch_holding_nan_or_infinity_is_one_error_naming_it():
 
 
 class _MaskedScores(nn.Module):
-    """Attention scores plus an additive causal mask, then softmax: the mask a buffer."""
+    """Attention scores plus an additive causal mask, then softmax, then the values: the
+    mask a buffer, or computed from ``arange`` as transformers builds it (``where(keep,
+    0, -inf)``, Falcon's)."""
 
-    def __init__(self, masked: float) -> None:
+    def __init__(self, masked: float, computed: bool = False) -> None:
         super().__init__()
+        self.masked, self.computed = masked, computed
         self.register_buffer("mask", torch.full((4, 4), masked).triu(diagonal=1))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(q @ k.transpose(-1, -2) + self.mask, -1)
+        if self.computed:
+            position = torch.arange(4)
+            mask = torch.where(position[None, :] <= position[:, None], 0.0, self.masked)
+        else:
+            mask = self.mask
+        return torch.softmax(q @ k.transpose(-1, -2) + mask, -1) @ k
 
 
-@pytest.mark.parametrize("masked", [float("-inf"), torch.finfo(torch.float32).min])
-def test_a_range_calibrated_over_a_mask_sentinel_is_refused(masked):
-    """mediatek's int8 quantized the masked scores over -inf to 0.2 and exported: every
-    real score rounded to one step, softmax of garbage, and no word of it (qualcomm int8
-    on examples/models.py's tiny_llama: cosine 0.36 to float). The add reads the stored
-    mask as an int8 operand, so the mask's own range is the one refused, as the model's
-    buffer, with the line that adds it."""
+@pytest.mark.parametrize("computed", [False, True], ids=["buffer", "computed"])
+@pytest.mark.parametrize("masked", [float("-inf"), torch.finfo(torch.float32).min], ids=["inf", "finfo_min"])
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_a_stored_mask_sentinel_keeps_its_add_and_softmax_float(backend, masked, computed):
+    """The mask's -inf (or finfo.min) is known at export. cpu and mediatek int8 quantized
+    the add reading it, so calibration measured a range over -inf and refused the export
+    (rightly: every real score would round to one step; qualcomm int8 on
+    examples/models.py's tiny_llama was cosine 0.36 to float before that refusal): a
+    decoder LM with transformers' causal mask (Falcon) or examples' tiny_llama could not
+    be quantized there at all. The add and the softmax absorbing its -inf stay float,
+    named as such; the products around them are int8, the answer float's."""
     from edgeport.backends.mediatek import MediatekBackend
 
-    q, k = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
-    with pytest.raises(edgeport.CalibrationError, match=r"the model's buffer mask holds (infinity|a value beyond "
-                                                          r"±1e\+30) \(it ranges -(inf|3.4e\+38) to 0\): .*round to "
-                                                          r"one step \(read by add: ") as info:
-        edgeport.export(_MaskedScores(masked).eval(), (q, k), ["mediatek"], quantize="int8",
-                        calibration=[(q, k)], registry=registry_for(MediatekBackend()))
-    assert "test_quantize_flow.py" in str(info.value) and "-100" in info.value.hint
-    finite = edgeport.export(_MaskedScores(-100.0).eval(), (q, k), ["mediatek"], quantize="int8",
-                             calibration=[(q, k)], registry=registry_for(MediatekBackend()))
+    torch.manual_seed(0)
+    model, (q, k) = _MaskedScores(masked, computed).eval(), (torch.randn(1, 4, 8), torch.randn(1, 4, 8))
+    registry = registry_for(CpuBackend() if backend == "cpu" else MediatekBackend())
+    batches = [(q, k)] + [(torch.randn(1, 4, 8), torch.randn(1, 4, 8)) for _ in range(3)]
+    program = edgeport.export(model, (q, k), [backend], quantize="int8", calibration=batches, registry=registry)
+    line = program.manifest.report["forward"]["quantization"]["backends"][backend]
+    assert "add (it reads " in line and "holds an infinity or a sentinel known at export" in line
+    if backend == "mediatek":  # both products int8, the softmax float after the add (the cpu: XNNPACK's float)
+        assert "_softmax (it reads add, which holds an infinity" in line and "bmm" not in line
     with torch.no_grad():
-        assert torch.allclose(finite(q, k), _MaskedScores(masked)(q, k), atol=0.02)
+        assert torch.allclose(program(q, k), model(q, k), atol=0.1)
+
+
+class _RotaryTable(nn.Module):
+    """Token ids looked up, then a linear times a rotary cos table computed from a buffer
+    and the positions, as transformers' Llama, Mistral and Phi-3 compute theirs on every
+    call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding, self.linear = nn.Embedding(16, 8), nn.Linear(8, 8)
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        angles = torch.arange(ids.shape[1]).float()[:, None] * self.inv_freq[None]  # (T, 4)
+        return self.linear(self.embedding(ids)) * torch.cat([angles, angles], -1).cos()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "mediatek"])
+def test_a_table_computed_from_buffers_is_quantized_once_at_export(backend):
+    """The int8 mul reads the table quantized. Export folded the table but not its
+    quantize (no aten op); on mediatek, after a portable lookup, the quantize and its
+    dequantize made a partition of their own whose value is a constant, which the writer
+    declines: each call ran them in torch (tiny Mistral and Phi-3, every layer). The
+    quantize folds into the int8 constant the writer stores, read inside the delegate."""
+    from edgeport.backends.mediatek import MediatekBackend
+
+    torch.manual_seed(0)
+    model, ids = _RotaryTable().eval(), torch.randint(0, 16, (1, 6))
+    registry = registry_for(CpuBackend() if backend == "cpu" else MediatekBackend())
+    program = edgeport.export(model, (ids,), [backend], quantize="int8", calibration=[(ids,), (ids.flip(1),)],
+                              registry=registry)
+    report = program.report()
+    assert [n["name"] for n in report["nodes"] if n["backend"] == "portable"] == \
+        ([] if backend == "cpu" else ["embedding"])
+    assert any(name.startswith("quantize_per_tensor") for name in report["folded"].values())
+    assert "mul" not in program.manifest.report["forward"]["quantization"]["backends"][backend]  # int8
+    with torch.no_grad():
+        assert torch.allclose(program(ids), model(ids), atol=0.05)
+
+
+class _LogOfData(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.log(x.relu()) + y
+
+
+def test_an_infinity_that_arises_from_the_data_is_still_refused():
+    """An infinity known only at run time (the log of a zero the input holds) cannot be
+    kept float at export: calibration still refuses the range it measured."""
+    from edgeport.backends.mediatek import MediatekBackend
+
+    x, y = torch.randn(1, 8), torch.randn(1, 8)
+    with pytest.raises(edgeport.CalibrationError, match=r"range of log \(aten.log.default\) as -inf to .*round to "
+                                                          r"one step"):
+        edgeport.export(_LogOfData().eval(), (x, y), ["mediatek"], quantize="int8", calibration=[(x, y)],
+                        registry=registry_for(MediatekBackend()))
 
 
 @pytest.mark.parametrize(("calibration", "message"), [
