@@ -1,7 +1,7 @@
 """Ops the TFLite quantizer rewrites, before annotating, into the pieces the writer has
 int8 forms for (core/quantize/expand.py asks `TfliteQuantizer.expand` about each node).
 
-`product_as_linear`: GPT-2's Conv1D products, for every scheme.
+`product_as_linear`: GPT-2's Conv1D products and Falcon's ``x @ W.T``, for every scheme.
 
 `attention_as_products`: ``scaled_dot_product_attention`` kept whole at capture
 (`KEEP_OPS`) is written in float as two BATCH_MATMULs around a SOFTMAX
@@ -46,24 +46,40 @@ def product_as_linear(node: Node) -> Node | None:
     """``addmm(bias, x, w)`` or ``mm(x, w)`` with a stored (in, out) weight, inserted
     before `node` as ``linear(x, w^T, bias)``; None for any other node.
 
-    GPT-2's Conv1D layers are such addmms. Only a linear has int8 and per-token forms
-    here (ops/int8.py, int8_plan.py), so every GPT-2 linear stayed float under int8,
-    int8-dynamic and int4-weight alike. The transpose of the weight is computed once
-    at export (core/fold.py: it replaces the weight)."""
+    GPT-2's Conv1D layers are such addmms, and Falcon's linears (``x @ W.T``) mms of a
+    stored (out, in) weight transposed, whose linear reads W itself. Only a linear has
+    int8 and per-token forms here (ops/int8.py, int8_plan.py), so every GPT-2 and Falcon
+    linear stayed float under int8, int8-dynamic and int4-weight alike. The transpose of
+    a stored (in, out) weight is computed once at export (core/fold.py: it replaces the
+    weight)."""
     if node.target not in (aten.addmm.default, aten.mm.default):
         return None
     bias, x, weight = node.args if node.target == aten.addmm.default else (None, *node.args)
     if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
         return None
-    if not (isinstance(weight, Node) and weight.op == "get_attr" and weight.meta["val"].dim() == 2):
+    stored = _transposed_stored(weight)
+    if stored is None and not _stored_matrix(weight):
         return None
     outputs = tuple(node.meta["val"].shape[-1:])
     if bias is not None and not (isinstance(bias, Node) and tuple(bias.meta["val"].shape) == outputs):
         return None  # a linear's bias is one value per output
     graph = node.graph
     with graph.inserting_before(node):
-        transposed = graph.call_function(aten.permute.default, (weight, [1, 0]))
+        transposed = stored if stored is not None else graph.call_function(aten.permute.default, (weight, [1, 0]))
         return graph.call_function(aten.linear.default, (x, transposed, *([bias] if bias is not None else [])))
+
+
+def _stored_matrix(node: object) -> bool:
+    return isinstance(node, Node) and node.op == "get_attr" and node.meta["val"].dim() == 2
+
+
+def _transposed_stored(node: object) -> Node | None:
+    """W when ``node`` is a stored matrix W transposed (``permute(W, [1, 0])``, ``t(W)``)."""
+    if not isinstance(node, Node) or not node.args or not _stored_matrix(node.args[0]):
+        return None
+    if node.target == aten.t.default or (node.target == aten.permute.default and list(node.args[1]) == [1, 0]):
+        return node.args[0]
+    return None
 
 
 def attention_as_products(node: Node) -> Node | None:

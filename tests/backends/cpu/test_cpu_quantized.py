@@ -165,6 +165,35 @@ def test_conv1d_products_are_quantized_as_linears(scheme):
         assert sqnr_db([got], [model(x)]) > {"int8": 30, "int8-dynamic": 35, "int4-weight": 15}[scheme]
 
 
+class TransposedWeightLinear(nn.Module):
+    """Falcon's linear (`FalconLinear`): ``x @ W.T``, W stored (out, in), no bias."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(width // 2, width) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int8-dynamic", "int4-weight"])
+def test_a_product_with_a_transposed_stored_weight_is_quantized_as_a_linear(scheme):
+    """Captured as ``mm(x, permute(W, [1, 0]))``: the weight is no stored matrix but its
+    transpose, so `product_as_linear` left it, and every linear of a Falcon stayed float
+    ("no int8 form here"). It is ``linear(x, W)``, reading W itself."""
+    torch.manual_seed(0)
+    model, x = TransposedWeightLinear().eval(), torch.randn(8, 64)
+    program = edgeport.export(model, (x,), ["cpu"], quantize=scheme, calibration=calibration_for((x,)),
+                              keep_reference=True, registry=registry_for(CpuBackend()))
+    (linear,) = [n for n in program.report()["nodes"] if n["op"] == "aten.linear.default"]
+    assert "quantized" in linear
+    assert program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["ops"]["FULLY_CONNECTED"] == 1
+    with torch.no_grad():
+        got = program(x)
+        assert torch.allclose(got, reference_program(program)(x), atol=1e-4 * got.abs().max())
+        assert sqnr_db([got], [model(x)]) > {"int8": 30, "int8-dynamic": 35, "int4-weight": 15}[scheme]
+
+
 @pytest.mark.parametrize("kernel, stride, padding, groups", [(3, 1, 1, 1), (3, 2, 1, 1), (10, 5, 0, 1), (3, 1, 1, 16)])
 def test_a_conv1d_runs_in_int8_as_the_reference_computes(kernel, stride, padding, groups):
     """An int8 conv1d was refused ("a non-4d input") and ran float between a dequantize
