@@ -12,7 +12,7 @@ What folds: an ``aten`` op that is functional and deterministic (no random tag, 
 mutable schema) whose inputs are all parameters, buffers the program never mutates,
 lifted constants or other folding nodes; ``full_like``-style ops read only their
 input's (static) shape. A value with a symbolic (dynamic) dim never folds, nor does a
-value the method returns. A quantize of such a value (a per-tensor or per-channel
+value the method returns. A quantize of such a value to int8 (a per-tensor or per-channel
 ``quantized_decomposed`` quantize with literal parameters: a rotary table the int8 graph
 multiplies by, which PT2E's convert leaves computed since the table is no weight) folds
 too, into the integer constant a backend stores; dequantize ops never fold, so a
@@ -142,7 +142,10 @@ def _stored_values(program: ExportedProgram) -> dict[Node, torch.Tensor]:
 
 
 # Quantize ops whose integer value is all they do, with their scale and zero point literals
-# (or constant inputs): computed once, as a weight's quantize is at convert.
+# (or constant inputs): computed once, as a weight's quantize is at convert. Only to int8
+# (the cpu's and mediatek's activations): qualcomm's a16w8 LLM, its tables folded to uint16
+# constants, came out of HTP 0.37 off its fake-quantized reference's logits (largest 0.52;
+# tests/llm/test_llm_qualcomm_a16w8.py), and qualcomm takes those quantizes in its graph.
 QUANTIZE_OPS = frozenset({"quantize_per_tensor.default", "quantize_per_channel.default"})
 
 
@@ -153,7 +156,8 @@ def pure(node: Node) -> bool:
     if target is operator.getitem:
         return True
     if isinstance(target, torch._ops.OpOverload) and target.namespace == "quantized_decomposed":
-        return f"{target._opname}.{target._overloadname}" in QUANTIZE_OPS
+        dtype = node.kwargs.get("dtype", node.args[-1] if node.args else None)
+        return f"{target._opname}.{target._overloadname}" in QUANTIZE_OPS and dtype == torch.int8
     if not isinstance(target, torch._ops.OpOverload) or target.namespace != "aten":
         return False
     if torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable:
