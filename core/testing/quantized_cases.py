@@ -6,6 +6,14 @@ scheme's error, not the backend's. For static int8 the error is counted in steps
 the output's quantization scale: an int8 kernel rounds each requantization itself, so
 one op may land one step away from the reference. Dynamic schemes compare relatively.
 
+A static case more steps off than it allows still passes where `edgeport check` passes
+it (`within_rounding_spread`): within the spread its reference shows with each
+quantize's input nudged by the backend's declared `Backend.op_error`
+(devtools/rounding.py). The float arithmetic before a rounding is the backend's: HTP
+quantizes a float input in fp16, lands one input step from torch near a step's
+midpoint, and an output finer than the input sees 2-3 of its own steps; seven of
+qualcomm's int8 cases failed the kit that way while `edgeport check` passed them.
+
     from edgeport.testing import run_quantized_conformance
     for r in run_quantized_conformance(MyNpu()):
         assert r.passed, (r.name, r.error, r.max_steps)
@@ -30,7 +38,7 @@ from ..program import Program
 from ..quantize.flow import SchemeNotOffered
 from .roundtrip import RoundTripFailed, loaded_runtime, numpy_outputs, saved_and_loaded
 from .without_torch import TorchFreeRuns
-from .time_limit import step
+from .time_limit import step as kit_step
 from .cases import Fn, _bn, _InvertedResidual, _seeded, _x
 
 EVERY_OP = "every op"  # the key of `QuantizedCaseResult.reasons` when the backend declines the scheme itself
@@ -73,6 +81,7 @@ class QuantizedCaseResult:
     passed: bool = True
     error: str = ""
     program: Program | None = field(default=None, repr=False)  # the exported program, to inspect further
+    within_spread: bool = False  # static: more steps off than the case allows, within check's rounding spread
 
 
 def calibration_for(inputs: tuple[Any, ...], batches: int = 8, seed: int = 1) -> list[tuple[Any, ...]]:
@@ -126,7 +135,7 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
     result = QuantizedCaseResult(case.name, case.scheme, 0.0)
     registry = registry_for(backend)
     try:
-        with declines_unsaid(), step("export"):
+        with declines_unsaid(), kit_step("export"):
             program = export(module, inputs, [backend.name], options={backend.name: dict(options or {})},
                              quantize=case.scheme, calibration=calibration_for(inputs), keep_reference=True,
                              registry=registry)
@@ -154,7 +163,7 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
     try:
         loaded_runtime(saved)
         with torch.no_grad():
-            with step("run()"):
+            with kit_step("run()"):
                 answers = [saved(*inputs)]
             if on_arrays is not None:
                 answers.append(numpy_outputs(on_arrays, inputs))
@@ -175,11 +184,22 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
     if case.scheme == "int8" and len(scales) == len(errors):
         result.max_steps = max(err / scale for err, scale in zip(errors, scales))
         result.passed = result.max_steps <= case.steps + 1e-3  # float rounding of the step itself
+        if not result.passed:
+            result.passed = result.within_spread = within_rounding_spread(saved, inputs, registry)
     else:
         scale = max(float(e.abs().max()) for e in expected) or 1.0
         result.relative_error = result.max_error / scale
         result.passed = result.relative_error <= case.rtol
     return result
+
+
+def within_rounding_spread(program: Program, inputs: tuple[Any, ...], registry: Any) -> bool:
+    """Whether `edgeport check` passes every partition of ``program`` on ``inputs`` by
+    its rule for quantized partitions alone (no relative tolerance): within one output
+    step, or within the spread of the reference nudged by the backend's `op_error`."""
+    from ..devtools.check import check_program
+
+    return check_program(program, inputs, rtol=0.0, locate=False, registry=registry).passed
 
 
 def run_quantized_conformance(backend: Backend, cases: Iterable[QuantizedCase] | None = None,

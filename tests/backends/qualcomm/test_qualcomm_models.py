@@ -69,7 +69,7 @@ NO_DYNAMIC = "QNN HTP has no dynamic shapes"
 def test_conformance_kit_passes_in_fp16_and_cases_are_taken_whole_or_declined_with_their_reason(backend):
     """The kit's verdicts (as `pytest --edgeport-backend qualcomm` gives them), at the
     tolerance qualcomm declares for its default fp16 precision."""
-    run = run_kit(backend, cases=CASES)  # float cases: it offers no quantization scheme
+    run = run_kit(backend, cases=CASES)  # the float cases (the int8 ones: test_qualcomm_quantized.py)
     assert {o.case: o.message for o in run.outcomes if o.verdict is Verdict.FAILED} == {}
     assert {o.tolerance for o in run.outcomes} == {FP16_RTOL}
     dynamic = {c.name for c in CASES if "dynamic" in c.tags}
