@@ -202,10 +202,11 @@ def print_torch_free(portable: list[PortableStep]) -> None:
 
 
 def _scheme(node: dict[str, Any]) -> str:
-    """"a uint16 / w int8 per channel" for a quantized op; "integers" for an op on integer
-    values (a view of token ids: it said "float"); "float" for any other op (one its
-    backend computes in float between quantized neighbours too); "" for a
-    quantize/dequantize node."""
+    """"activations uint16 / weights int8 per channel" for a quantized op (spelled out: the
+    short "a int8" of an op without weights read as a misspelt article, "an int8");
+    "integers" for an op on integer values (a view of token ids: it said "float");
+    "float" for any other op (one its backend computes in float between quantized
+    neighbours too); "" for a quantize/dequantize node."""
     if node["op"].startswith(QUANTIZATION_OPS):
         return ""
     if node.get("integer"):
@@ -213,6 +214,6 @@ def _scheme(node: dict[str, Any]) -> str:
     dtypes = node.get("quantized", {})
     if not dtypes:
         return "float"
-    parts = [f"a {dtypes['activations']}"] if "activations" in dtypes else []
-    parts += [f"w {dtypes['weights']}"] if "weights" in dtypes else []
+    parts = [f"activations {dtypes['activations']}"] if "activations" in dtypes else []
+    parts += [f"weights {dtypes['weights']}"] if "weights" in dtypes else []
     return " / ".join(parts)

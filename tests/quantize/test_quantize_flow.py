@@ -745,7 +745,7 @@ def test_explain_names_run_time_activations_and_weight_groups(scheme, weights, t
     program.save(path)
     result = CliRunner().invoke(cli, ["explain", str(path)], terminal_width=250)
     assert result.exit_code == 0, result.output
-    assert "quantized" in result.output and f"w {weights}" in result.output
+    assert "quantized" in result.output and f"weights {weights}" in result.output
 
 
 class _Widths(nn.Module):
@@ -812,7 +812,33 @@ def test_the_summary_counts_no_op_on_integers(tmp_path):
     result = CliRunner().invoke(cli, ["explain", str(tmp_path / "ids.edgeport")], terminal_width=250)
     rows = {line.split("│")[1].strip(): line.split("│")[5].strip() for line in result.output.splitlines()
             if line.count("│") > 6 and line.split("│")[1].strip() in ("view", "embedding", "linear")}
-    assert rows == {"view": "integers", "embedding": "float", "linear": "a int8 / w int8 per channel"}, rows
+    assert rows == {"view": "integers", "embedding": "float",
+                    "linear": "activations int8 / weights int8 per channel"}, rows
+
+
+class _HeadsPermuted(nn.Module):
+    """A q projection split into heads and permuted, as an attention's q/k/v are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(x).view(1, 4, 2, 4).permute(0, 2, 1, 3)
+
+
+def test_explain_spells_out_what_an_op_without_weights_computes_in(tmp_path):
+    """cpu int8 q/k/v permutes showed "a int8" (activations int8), which read as a
+    misspelt article: the column names activations and weights in full."""
+    program = edgeport.export(_HeadsPermuted().eval(), (torch.randn(1, 4, 8),), ["cpu"], quantize="int8",
+                              calibration=[(torch.randn(1, 4, 8),) for _ in range(3)],
+                              registry=registry_for(CpuBackend()))
+    program.save(tmp_path / "heads.edgeport")
+    result = CliRunner().invoke(cli, ["explain", str(tmp_path / "heads.edgeport")], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line.split("│")[5].strip() for line in result.output.splitlines()
+            if line.count("│") > 6 and line.split("│")[1].strip() in ("linear", "permute")}
+    assert rows == {"linear": "activations int8 / weights int8 per channel", "permute": "activations int8"}, rows
 
 
 def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog):
