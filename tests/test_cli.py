@@ -549,6 +549,43 @@ def test_output_to_a_full_disk_is_one_line():
                                         "  hint: free some space, or write the output somewhere else"]
 
 
+@pytest.fixture(scope="module")
+def cpu_program(tmp_path_factory):
+    path = tmp_path_factory.mktemp("closed") / "linear.edgeport"
+    edgeport.export(torch.nn.Linear(4, 2), (torch.randn(1, 4),), ["cpu"]).save(path)
+    return str(path)
+
+
+def _cli_unable_to_write(args: list[str], **stdout) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeport.cli", *args], stderr=subprocess.PIPE, text=True,
+                          timeout=120, **stdout)
+
+
+def _one_line_saying(why: str) -> list[str]:
+    return [f"Error: cannot write the output: {why} (send it to /dev/null to discard it)"]
+
+
+@pytest.mark.parametrize("args", [["backends"], ["backends", "--json"], ["--help"], ["--version"], ["cache"],
+                                  ["explain", "PROGRAM"], ["run", "PROGRAM"], ["export", "--help"]])
+def test_output_to_a_closed_stdout_fails_with_one_line(args, cpu_program):
+    """`edgeport backends >&-` printed nothing and exited 0: Python leaves sys.stdout None,
+    and click and rich drop what is written to it. `ls >&-` fails with one line."""
+    args = [cpu_program if arg == "PROGRAM" else arg for arg in args]
+    done = _cli_unable_to_write(args, preexec_fn=lambda: os.close(1))  # the child starts with descriptor 1 closed
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == _one_line_saying("standard output is closed")
+
+
+@pytest.mark.parametrize("args", [["backends"], ["--help"]])
+def test_output_to_a_stdout_open_for_reading_fails_with_one_line(args):
+    """With stdout open for reading only (1</dev/null) it was "internal error: OSError:
+    [Errno 9] Bad file descriptor ... please report it", and --help a traceback."""
+    with open(os.devnull) as read_only:
+        done = _cli_unable_to_write(args, stdout=read_only)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == _one_line_saying("standard output is not open for writing")
+
+
 def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     """Ctrl-C printed click's "Aborted!" and exited 1, as a failure does; shells report an
     interrupted command as 128 + SIGINT."""

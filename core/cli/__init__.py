@@ -15,7 +15,6 @@ importing torch, and work where it is not installed.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import signal
@@ -25,6 +24,7 @@ import click
 from ..errors import EdgeportError
 from ..native_output import TOOLCHAIN_LOG_ENV
 from ..plugins import Registry, default_registry
+from ._stdout import stand_in_for_closed_stdout, unwritable_output
 
 RAISE_ENV = "EDGEPORT_RAISE_ERRORS"
 
@@ -89,9 +89,9 @@ def _as_click_error(exc: Exception) -> click.ClickException:
         if exc.hint:
             message += f"\n  hint: {exc.hint}"
         return click.ClickException(message)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # writing output: not a bug of ours
-        return click.ClickException(f"cannot write the output: {exc.strerror}\n  hint: free some space, or write "
-                                    "the output somewhere else")
+    unwritable = unwritable_output(exc)
+    if unwritable is not None:
+        return unwritable
     if isinstance(exc, ImportError) and exc.name == "torch":  # a compile-side name, or a torch reference
         return click.ClickException("this needs PyTorch, which is not installed here (this environment runs "
                                     f"programs only)\n  hint: {NEEDS_TORCH_HINT}")
@@ -120,8 +120,16 @@ def current_registry() -> Registry:
 
 
 def main() -> None:
+    stand_in_for_closed_stdout()
     default_registry().add_commands(cli)
-    cli(prog_name="edgeport")
+    try:
+        cli(prog_name="edgeport")
+    except OSError as exc:  # writing --help or --version, before a command runs (it has its own except)
+        unwritable = unwritable_output(exc)
+        if unwritable is None:
+            raise
+        unwritable.show()
+        raise SystemExit(unwritable.exit_code) from None
 
 
 def _import_command(name: str) -> None:
