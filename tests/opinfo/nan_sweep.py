@@ -8,7 +8,7 @@ both NaN, or within the backend's tolerance (`Backend.tolerance`, relative to ea
 element: fp16 rounding is not what this looks for). Ops a backend does not take are
 listed as such.
 
-    python tests/opinfo/nan_sweep.py --backend cpu [--backend mediatek ...]
+    python tests/opinfo/nan_sweep.py --backend cpu [--backend mediatek ...] [--op sign ...]
 
 A tool, not a test: it documents behaviour (docs/coverage.md, "NaN and infinity"); a
 kernel that changed it would show here.
@@ -44,6 +44,7 @@ UNARY: dict[str, Callable[[torch.Tensor], Any]] = {
     "argmax": lambda a: torch.argmax(a, -1), "topk": lambda a: torch.topk(a, 2), "sort": lambda a: torch.sort(a, -1),
     "max_pool1d": lambda a: F.max_pool1d(a[None], 2), "avg_pool1d": lambda a: F.avg_pool1d(a[None], 2),
     "gt": lambda a: a > 0, "eq": lambda a: a == 1.0, "isnan": torch.isnan, "where": lambda a: torch.where(a > 0, a, -a),
+    "sign": torch.sign,
 }
 BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]] = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
@@ -92,8 +93,11 @@ def verdict(backend: str, name: str, op: Callable[..., Any], args: tuple[torch.T
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", action="append", required=True)
-    backends = parser.parse_args().backend
+    parser.add_argument("--op", action="append", choices=[*UNARY, *BINARY], help="sweep only these ops (default: all)")
+    args = parser.parse_args()
     cases = [(n, op, (X,)) for n, op in UNARY.items()] + [(n, op, (X, Y)) for n, op in BINARY.items()]
+    cases = [c for c in cases if args.op is None or c[0] in args.op]
+    backends = args.backend
     print(f"X = {X.tolist()}\nY = {Y.tolist()}")
     for backend in backends:
         for name, op, args in cases:

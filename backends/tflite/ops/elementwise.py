@@ -240,6 +240,17 @@ def isnan(em: Emitter, node: Node) -> Value:
     return emit_elementwise(em, node, "NOT_EQUAL", [x, x], torch.float32)
 
 
+@lowering(aten.sign.default, writes=frozenset({"SIGN", "NOT_EQUAL", "SELECT_V2"}), dtypes=FLOAT)
+def sign(em: Emitter, node: Node) -> Value:
+    """SIGN, with 0 where x != x: LiteRT's SIGN gives NaN for a NaN, torch's sign 0
+    (measured 2026-11-29: both give +0 for -0.0, ±1 for ±inf and for subnormals). SIGN
+    is LiteRT's own kernel (XNNPACK has none)."""
+    x = em.value(node.args[0])
+    nan = em.elementwise("NOT_EQUAL", [x, x], x.shape, torch.bool, node.name + "/nan", torch.float32)
+    signs = em.elementwise("SIGN", [x], x.shape, torch.float32, node.name + "/sign")
+    return emit_elementwise(em, node, "SELECT_V2", [nan, 0.0, signs], [torch.bool, torch.float32, torch.float32])
+
+
 def _relu_activation(node: Node) -> str:
     return "RELU"
 

@@ -194,6 +194,9 @@ EXTRA_CASES: list[Case] = [
     # erf (A&S 7.1.26: ops/elementwise.py), alone and in the GELU ESM writes with it; NaN and ±inf too
     case("erf", lambda m, a: (torch.erf(a), a * 0.5 * (1.0 + torch.erf(a / math.sqrt(2.0)))),
          torch.cat([torch.linspace(-5, 5, 61), torch.tensor([0.0, -1e-3, float("nan"), float("inf"), -float("inf")])])),
+    # sign (ops/elementwise.py): NaN gives 0 as in torch (LiteRT's SIGN: NaN); ±0, ±inf, subnormals
+    case("sign", lambda m, a: (torch.sign(a), torch.sign(a - 1.0) * a),
+         torch.tensor([[float("nan"), -0.0, 0.0, -2.5, 1e-45], [3.0, float("inf"), -float("inf"), -1e-45, 1.0]])),
     case("max_min_dim_ties", lambda m, a: (*torch.max(a, dim=1), *torch.min(a, dim=0)),
          torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
