@@ -52,6 +52,9 @@ SHAPE_ONLY = frozenset({torch.ops.aten.full_like.default, torch.ops.aten.zeros_l
                         torch.ops.aten.ones_like.default})
 
 FOLDED_PREFIX = "_folded_constant_"
+# A folded constant's placeholder meta: the parameters, buffers and constants it was
+# computed from ("l.weight" of a transposed weight), for messages that name it.
+FOLDED_FROM = "folded_from"
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor], read:
         name = _fresh(FOLDED_PREFIX + node.name, taken)
         with graph.inserting_before(anchor):
             placeholder = graph.placeholder(name)
-        placeholder.meta = {"val": _fake(node.meta["val"], value)}
+        placeholder.meta = {"val": _fake(node.meta["val"], value), FOLDED_FROM: _stored_sources(program, node)}
         copies[node].replace_all_uses_with(read(graph, placeholder, node, copies) if read else placeholder)
         constants[name] = value.detach().contiguous()
         new_specs.append(InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(name=placeholder.name), target=name))
@@ -301,6 +304,21 @@ def _replace(program: ExportedProgram, computed: dict[Node, torch.Tensor], read:
         verifiers=program.verifiers,
     )
     return FoldResult(folded_program, folded)
+
+
+def _stored_sources(program: ExportedProgram, node: Node) -> tuple[str, ...]:
+    """The names of the stored values (their signature targets) that ``node`` is computed from."""
+    targets = {spec.arg.name: spec.target for spec in program.graph_signature.input_specs}
+    seen, stack, sources = {node}, [node], []
+    while stack:
+        current = stack.pop()
+        if current.op == "placeholder":
+            sources.append(targets.get(current.name) or current.name)
+        for read in current.all_input_nodes:
+            if read not in seen:
+                seen.add(read)
+                stack.append(read)
+    return tuple(sorted(sources))
 
 
 def _fake(val: Any, value: torch.Tensor) -> Any:

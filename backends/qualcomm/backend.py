@@ -131,16 +131,17 @@ class QualcommBackend(edgeport.Backend):
 
         return set(KEEP_OPS)
 
-    def prepare(self, program: ExportedProgram, options: QualcommOptions) -> frozenset[str]:
-        """The nodes that pass an infinity known at export on to an output (HTP saturates it)."""
-        from .infinities import infinite_values
+    def prepare(self, program: ExportedProgram, options: QualcommOptions) -> dict[str, str]:
+        """The nodes that pass an infinity or a NaN known at export on to an output, each
+        with what it passes (HTP has neither: infinities.py)."""
+        from .infinities import non_finite_flows
 
-        return infinite_values(program, edgeport.SupportContext(program, options).constant)
+        return non_finite_flows(program, edgeport.SupportContext(program, options).constant)
 
     def support(self, node: Node, ctx: edgeport.SupportContext) -> edgeport.Support:
         from .support import check_support
 
-        return check_support(node, ctx.prepared or frozenset())
+        return check_support(node, ctx.prepared or {})
 
     def quantizer(self, scheme: edgeport.Scheme, options: QualcommOptions) -> Any:
         from .quantizer import QualcommQuantizer

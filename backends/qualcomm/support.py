@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.fx import Node
@@ -26,7 +26,7 @@ import edgeport
 from edgeport import support
 from edgeport.quantize.node_dtypes import is_quantization_node
 
-from .infinities import has_infinite_literal
+from .infinities import SATURATES_INF, has_infinite_literal
 from .pow_rewrite import MAX_EXPONENT
 from .qdq_support import check_quantization
 
@@ -280,11 +280,14 @@ DECLINED: dict[Any, str] = {
 }
 
 
-def check_support(node: Node, infinite: frozenset[str] = frozenset()) -> edgeport.Support:
-    """QNN HTP's answer for one node; never raises. ``infinite``: the nodes that pass an
-    infinity known at export on to an output (`infinities.infinite_values`)."""
+def check_support(node: Node, non_finite: Mapping[str, str] | None = None) -> edgeport.Support:
+    """QNN HTP's answer for one node; never raises. ``non_finite``: the nodes that pass
+    an infinity or a NaN known at export on to an output, with which
+    (`infinities.non_finite_flows`)."""
     answer = _CHECK(node)
-    return _passes_no_infinity_out(node, infinite) if answer and node.op == "call_function" else answer
+    if answer and node.op == "call_function":
+        return _passes_only_finite_values_out(node, non_finite or {})
+    return answer
 
 
 def _packet(node: Node) -> Any:
@@ -297,21 +300,16 @@ def _in_table(node: Node) -> edgeport.Support:
     return edgeport.Support.no(f"{support.op_label(node)}: no QNN HTP lowering known (not in the qualcomm op table)")
 
 
-_SATURATES_INF = "QNN HTP computes in fp16 and saturates inf to 65536, so an infinite result comes back finite"
-
-
 def _no_infinite_literal(node: Node) -> edgeport.Support:
     if has_infinite_literal(node):
-        return edgeport.Support.no(f"{support.op_label(node)}: an infinite constant; {_SATURATES_INF}")
+        return edgeport.Support.no(f"{support.op_label(node)}: an infinite constant; {SATURATES_INF}")
     return edgeport.Support.yes()
 
 
-def _passes_no_infinity_out(node: Node, infinite: frozenset[str]) -> edgeport.Support:
-    """A node passing an infinity known at export on to a program output (infinities.py)."""
-    if node.name in infinite:
-        return edgeport.Support.no(f"{support.op_label(node)}: passes an infinity known at export on to the "
-                                   f"output; {_SATURATES_INF}")
-    return edgeport.Support.yes()
+def _passes_only_finite_values_out(node: Node, non_finite: Mapping[str, str]) -> edgeport.Support:
+    """A node passing an infinity or a NaN known at export on to a program output (infinities.py)."""
+    passed = non_finite.get(node.name)
+    return edgeport.Support.no(f"{support.op_label(node)}: {passed}") if passed else edgeport.Support.yes()
 
 
 def _rule_limits(node: Node) -> edgeport.Support:

@@ -329,6 +329,25 @@ def test_an_infinite_constant_is_declined_because_htp_saturates_it(backend):
     assert backend.support(node_named(program, "gt"), edgeport.SupportContext(program, QualcommOptions()))
 
 
+def test_a_weight_holding_nan_is_left_to_the_next_backend_and_the_answer_is_torchs(backend):
+    """A linear whose weight holds a NaN (a corrupted model) ran on HTP, which has no NaN:
+    98304 where torch gives NaN, and a softmax after it a one-hot where torch's row is
+    NaN; nothing said so. Its nodes are now declined, naming the weight, and the next
+    backend (here portable torch) gives torch's answer."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3),
+                                torch.nn.Softmax(-1)).eval()
+    with torch.no_grad():
+        model[2].weight[0, 1] = float("nan")
+    x = torch.randn(2, 4)
+    program = edgeport.export(model, (x,), ["qualcomm"], registry=registry_for(backend))
+    placed = {n["name"]: n for n in program.report()["nodes"]}
+    assert {name: n["backend"] for name, n in placed.items()} == {
+        "linear": "qualcomm", "relu": "qualcomm", "linear_1": "portable", "_softmax": "portable"}
+    assert all("a NaN from 2.weight" in placed[name]["reasons"]["qualcomm"] for name in ("linear_1", "_softmax"))
+    assert torch.as_tensor(program(x)).isnan().all() and model(x).isnan().all()
+
+
 @pytest.mark.parametrize("op", ["amax", "amin"])
 def test_amax_of_a_0d_tensor_is_declined_because_torch_onnx_cannot_export_it(backend, op):
     from edgeport.backends.qualcomm.onnx_export import export_onnx

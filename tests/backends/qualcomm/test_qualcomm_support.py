@@ -136,6 +136,54 @@ def test_an_infinity_known_at_export_is_declined_on_its_way_to_an_output():
     assert "passes an infinity known at export" in reason and "saturates inf" in reason
 
 
+class _MaskedScores(torch.nn.Module):
+    """Scores plus a stored additive -inf mask, a softmax, then a projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 4)
+        self.register_buffer("mask", torch.zeros(8).masked_fill(torch.arange(8) > 4, float("-inf")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj((x * 2 + self.mask).softmax(-1))
+
+
+def _declined_with_reasons(model: torch.nn.Module, x: torch.Tensor) -> dict[str, str]:
+    from edgeport.fold import fold_constants
+
+    program = fold_constants(partition_of(model, x)).program  # as export hands it over: weight.T folded
+    ctx = edgeport.SupportContext(program, QualcommOptions(), QUALCOMM.prepare(program, QualcommOptions()))
+    answers = {n.name: QUALCOMM.support(n, ctx) for n in program.graph.nodes if n.op == "call_function"}
+    return {name: answer.reason for name, answer in answers.items() if not answer}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_weight_holding_nan_or_inf_is_declined_naming_it(bad):
+    """A NaN in a weight was taken: HTP computes it as 131008, and the model gave numbers
+    (98304; a softmax after it a one-hot) where torch gives NaN. An infinity in a weight
+    a softmax followed was taken too (it absorbs an infinity), but a linear makes NaN
+    of inf * 0 and inf - inf. Every node the value reaches is declined, with the weight
+    named; the additive -inf mask before a softmax stays taken."""
+    model = _MaskedScores().eval()
+    with torch.no_grad():
+        model.proj.weight[1, 2] = bad
+    declined = _declined_with_reasons(torch.nn.Sequential(model, torch.nn.Softmax(-1)), torch.randn(2, 8))
+    assert set(declined) == {"addmm", "_softmax_1"}, declined
+    made = "a NaN from" if bad != bad else "a NaN that addmm makes of the infinity in"
+    assert f"passes {made} 0.proj.weight" in declined["addmm"] and "QNN HTP has no NaN" in declined["addmm"]
+    assert _declined_with_reasons(_MaskedScores().eval(), torch.randn(2, 8)) == {}  # the mask alone: all taken
+
+
+def test_a_bias_holding_inf_passes_an_infinity_not_a_nan():
+    model = torch.nn.Linear(8, 4).eval()
+    with torch.no_grad():
+        model.bias[0] = float("-inf")
+    declined = _declined_with_reasons(model, torch.randn(2, 8))
+    assert declined == {"addmm": "aten.addmm.default: passes an infinity known at export from bias on to the "
+                                 "output; QNN HTP computes in fp16 and saturates inf to 65536, so an infinite "
+                                 "result comes back finite"}
+
+
 @pytest.mark.parametrize("op", ["sort", "topk"])
 def test_sorted_indices_are_declined_because_fp16_ties_reorder_them(op):
     """The OpInfo sweep's sort and argsort: integers up to 8000 tie in fp16 on HTP, and
