@@ -1,4 +1,5 @@
-"""Ops that pick or place by position: argmax/argmin, flip, gather, slice_scatter, index_put.
+"""Ops that pick or place by position: argmax/argmin, flip, gather, scatter, slice_scatter,
+index_put.
 
 argmax/argmin are ARG_MAX/ARG_MIN, which keep the first extreme on ties, as torch
 does (both compare strictly). They differ on NaN: torch picks a NaN as the maximum and
@@ -19,6 +20,11 @@ built at run time (FLOOR_MOD wraps a negative position as torch does). TFLite ha
 scatter into an existing tensor: SCATTER_ND builds a new one from zeros and sums
 repeated positions (torch keeps one of them), so several positions are declined.
 DYNAMIC_UPDATE_SLICE runs on LiteRT's builtin kernel (XNNPACK does not take it).
+
+scatter (``torch.scatter``, a one-hot as ``zeros.scatter(1, labels[:, None], 1.0)``) with
+one position along dim per row of the index is two SCATTER_NDs at gather's coordinates,
+the values and ones, and a SELECT_V2 of x where no one was written: no two coordinates are
+alike then. An index of several positions along dim is declined, their repeats being summed.
 """
 
 from __future__ import annotations
@@ -96,10 +102,10 @@ def _check_gather(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@lowering(aten.gather.default, writes=frozenset({"CONCATENATION", "GATHER_ND"}), dtypes=ANY, check=_check_gather)
-def gather(em: Emitter, node: Node) -> Value:
-    """out[p] = x[p with p[dim] replaced by index[p]] for every position p of the index."""
-    x = em.to_identity(em.value(node.args[0]))
+def _coordinates(em: Emitter, node: Node) -> Value:
+    """For every position p of `node`'s index (args[2]) along dim (args[1]), p with
+    p[dim] replaced by index[p]: shape (*index.shape, rank), int32, as GATHER_ND and
+    SCATTER_ND read them."""
     index = em.cast(em.to_identity(em.value(node.args[2])), torch.int32)
     rank = len(index.shape)
     dim = layout.normalize_dim(node.args[1], rank)
@@ -113,8 +119,62 @@ def gather(em: Emitter, node: Node) -> Value:
             parts.append(em.const(along.expand(index.shape).reshape(column).contiguous(), f"{node.name}/positions"))
     coordinates = em.new(index.shape + (rank,), torch.int32, f"{node.name}/coordinates")
     em.op("CONCATENATION", parts, [coordinates], Options("ConcatenationOptions", {"Axis": rank}))
+    return coordinates
+
+
+@lowering(aten.gather.default, writes=frozenset({"CONCATENATION", "GATHER_ND"}), dtypes=ANY, check=_check_gather)
+def gather(em: Emitter, node: Node) -> Value:
+    """out[p] = x[p with p[dim] replaced by index[p]] for every position p of the index."""
+    x = em.to_identity(em.value(node.args[0]))
+    coordinates = _coordinates(em, node)
     out = em.out(node)
     em.op("GATHER_ND", [x.tensor, coordinates.tensor], [out])
+    return out
+
+
+def _check_scatter_positions(node: Node, is_const: IsConst) -> str | None:
+    gathered = _check_gather(node, is_const)
+    if gathered:
+        return gathered
+    index, dim = shape(node.args[2]), node.args[1]
+    if index[dim] != 1:
+        return (f"an index of {index[dim]} positions along dim {dim}: they may repeat, and SCATTER_ND sums "
+                "repeated positions (torch keeps one); one position per row (a one-hot) is written")
+    if meta(node.args[0]).dtype not in (torch.float32, torch.int32, torch.int64):
+        return f"{meta(node.args[0]).dtype} input"
+    return None
+
+
+@lowering(aten.scatter.src, aten.scatter.value, writes=frozenset({"CONCATENATION", "SLICE", "SCATTER_ND",
+                                                                  "NOT_EQUAL", "SELECT_V2"}),
+          dtypes=ANY, check=_check_scatter_positions)
+def scatter(em: Emitter, node: Node) -> Value:
+    """x with x[p with p[dim] replaced by index[p]] = src[p] for every position p of the
+    index: SCATTER_ND writes src at those coordinates into zeros, and a second one writes
+    ones, selecting where x is replaced. With one position along dim per row, no two
+    coordinates are alike (SCATTER_ND would sum them)."""
+    x = em.to_identity(em.value(node.args[0]))
+    coordinates = _coordinates(em, node)
+    rows = coordinates.shape[:-1]
+    src = node.args[3]
+    if isinstance(src, Node):
+        values = em.to_identity(em.value(src, x.dtype))
+        if values.shape != rows:  # torch reads src where the index has positions
+            part = em.new(rows, x.dtype, f"{node.name}/src")
+            em.op("SLICE", [values.tensor, em.int_const([0] * len(rows), "begin"), em.int_const(list(rows), "size")],
+                  [part])
+            values = part
+        updates = values.tensor
+    else:
+        updates = em.const(torch.full(rows, src, dtype=x.dtype), f"{node.name}/value")
+    size = em.int_const(list(x.shape), "shape")
+    scattered = em.new(x.shape, x.dtype, f"{node.name}/scattered")
+    em.op("SCATTER_ND", [coordinates.tensor, updates, size], [scattered])
+    marks = em.new(x.shape, torch.float32, f"{node.name}/marks")
+    em.op("SCATTER_ND", [coordinates.tensor, em.const(torch.ones(rows), f"{node.name}/ones"), size], [marks])
+    written = em.elementwise("NOT_EQUAL", [marks, 0.0], x.shape, torch.bool, f"{node.name}/written", torch.float32)
+    out = em.out(node)
+    em.op("SELECT_V2", [written.tensor, scattered.tensor, x.tensor], [out])
     return out
 
 

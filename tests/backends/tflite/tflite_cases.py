@@ -201,6 +201,13 @@ EXTRA_CASES: list[Case] = [
          torch.tensor([[1.0, 3.0, 3.0, 0.0], [-1.0, -5.0, 2.0, -5.0], [0.5, 0.5, 0.5, 0.5]])),
     case("slice_scatter", lambda m, a, s: (torch.slice_scatter(a, s, 1, 1, 3), torch.slice_scatter(a, s, 1, 3),
                                            torch.slice_scatter(a, a * 2, 1)), (2, 5), (2, 2)),
+    # scatter with one position per row along dim (ops/index.py): a one-hot, src larger than the
+    # index, a value, int64; x's NaN and inf elsewhere stay
+    case("scatter_one_position_per_row",
+         lambda m, x, i: (torch.zeros(4, 10).scatter(1, i[:, None], 1.0), x.scatter(0, i[None, :3] - i[None, :3], m.s),
+                          x.scatter(1, i[:, None], -1.5), m.ids.scatter(1, i[:2, None], m.ids[:, :1] * 7)),
+         torch.tensor([[float("nan"), 1.0] + [0.5] * 8, [2.0, float("inf")] + [-1.0] * 8] * 2), torch.tensor([3, 0, 9, 3]),
+         s=(5, 12), ids=torch.arange(20).view(2, 10)),
     # a KV-cache write: one run-time position along dim 2, and a negative one along dim 0
     case("index_put_one_position", lambda m, c, p, k: (c.index_copy(2, p, k), c.index_put((p - 4,), c[:1] * 2),
                                                        torch.index_put(c[0, 0], (p,), k[0, 0, 0])),
@@ -262,6 +269,10 @@ DECLINED = [
      "sorted=False"),
     ("sort_int", case("sort_int", lambda m, x: torch.sort(x), torch.tensor([[3, 1, 2], [0, 5, 4]])), "aten.sort",
      "int64 input"),
+    ("scatter_positions_may_repeat", case("scatter_positions_may_repeat",
+                                          lambda m, x, i: x.scatter(1, i, m.s), (2, 5), torch.tensor([[0, 0], [1, 3]]),
+                                          s=(2, 2)),
+     "scatter", "SCATTER_ND sums repeated positions"),
     ("slice_scatter_step", case("slice_scatter_step", lambda m, a, s: torch.slice_scatter(a, s, 1, 0, 4, 2),
                                 (2, 5), (2, 2)), "slice_scatter", "step 2"),
     ("index_put_runtime", case("index_put_runtime", lambda m, a, i, v: torch.index_put(a, (i,), v), (4, 3),
