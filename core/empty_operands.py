@@ -64,7 +64,11 @@ def _same_dtype(operands: list[Node], cat: Node) -> bool:
 
 
 def _same_value(operand: Node, cat: Node) -> bool:
-    """The cat's value is the operand itself: same shape and dtype (torch's cat also
-    skips a 1-d empty operand of any other shape, and promotes dtypes)."""
+    """The cat's value is the operand itself: same shape, dtype and layout (torch's cat
+    also skips a 1-d empty operand of any other shape, and promotes dtypes; and it
+    returns a new, contiguous tensor, where the operand may be a transposed one: Phi-3's
+    rotated keys, which a view of the cat's value then could not view, and its int8
+    calibration failed)."""
     a, b = operand.meta.get("val"), cat.meta.get("val")
-    return isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+    return (isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+            and a.stride() == b.stride())

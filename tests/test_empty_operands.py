@@ -78,3 +78,25 @@ def test_an_empty_operand_of_a_wider_dtype_is_kept_it_promotes_the_cat():
     program = torch.export.export(module, (x,)).run_decompositions()
     assert drop_empty_cat_operands(program) == 0
     assert program.module()(x).dtype == torch.float64
+
+
+class TransposedRotary(nn.Module):
+    """A transposed value rotated whole, concatenated with nothing, then viewed: the cat's
+    value is contiguous where its one operand is not (Phi-3's keys with fewer key/value
+    heads, whose repeat the rank-4 rewrite views)."""
+
+    def forward(self, k: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        turned = k.transpose(1, 2) * cos
+        return torch.cat([turned, turned[..., 8:]], dim=-1).view(1, 2, 5 * 8) + 1
+
+
+def test_a_cat_of_one_transposed_operand_stays_a_copy_that_later_views_can_read():
+    """Replaced by its operand, the view after it could not run (int8 calibration of a
+    Phi-3 with grouped key/value heads failed: "view size is not compatible with input
+    tensor's size and stride")."""
+    module, k, cos = TransposedRotary(), torch.randn(1, 5, 2, 8), torch.randn(5, 8)
+    program = torch.export.export(module, (k, cos)).run_decompositions()
+    assert drop_empty_cat_operands(program) == 1
+    (cat,) = [n for n in program.graph.nodes if n.target == torch.ops.aten.cat.default]
+    assert len(cat.args[0]) == 1  # a copy, contiguous as torch's cat returns
+    assert torch.equal(program.module()(k, cos), module(k, cos))
