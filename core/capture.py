@@ -29,7 +29,7 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from .backend import Backend, support_question
-from .errors import BackendError, EdgeportError, described
+from .errors import BackendError, EdgeportError, a_type, described
 from .native_output import TOOLCHAIN_LOG_ENV, loggers_at
 from .tensors import DTYPE_NAMES, DTYPES
 
@@ -44,7 +44,7 @@ def capture(
     dynamic_shapes: Any = None,
 ) -> ExportedProgram:
     if not isinstance(model, torch.nn.Module):  # torch's refusal came with a hint about --debug
-        raise EdgeportError(f"the model is a {type(model).__name__}, not a torch.nn.Module",
+        raise EdgeportError(f"the model is {a_type(model)}, not a torch.nn.Module",
                             hint="export a module: wrap a function in a torch.nn.Module whose forward calls it")
     given_a_list = isinstance(example_inputs, list)
     if not isinstance(example_inputs, tuple):

@@ -70,3 +70,10 @@ def described(exc: BaseException) -> str:
     (LiteRT's "...subgraph.cc:1965\nrequired_bytes <= bytes was not true."), and an
     error is one line plus a hint."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def a_type(value: object) -> str:
+    """"an int", "a list", "an ndarray": ``value``'s type name with its article, for
+    messages that say what was given instead ("returned a int" read as a typo)."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

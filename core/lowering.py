@@ -31,7 +31,7 @@ from edgeport.partitioners.support import SupportMatrix, ask_support, is_compute
 
 from .backend import Artifact, Backend, Support, options_to_dict, support_question
 from .contract import artifact_problem
-from .errors import DeclineNodes, EdgeportError, LoweringError
+from .errors import DeclineNodes, EdgeportError, LoweringError, a_type
 from .manifest import ArtifactInfo, MethodPlan, RowUpdate, StatePrefix, Step, TensorSpec
 from .outcomes import Compiled, DeclinedNodes, FellBack, Outcome, PartitionKey, Placement, partition_key
 from .output_tree import dump_structure
@@ -342,7 +342,7 @@ def _tensor_spec(node: Node) -> TensorSpec:
                             "from a tensor; method inputs and outputs must be tensors",
                             hint="return the tensor itself (x.sum(), not x.sum().item() or float(x.sum()))")
     if not isinstance(val, torch.Tensor):
-        raise EdgeportError(f"value {node.name} is a {type(val).__name__}; method inputs and outputs must be tensors")
+        raise EdgeportError(f"value {node.name} is {a_type(val)}; method inputs and outputs must be tensors")
     shape = tuple(int(d) if isinstance(d, int) or not hasattr(d, "node") else str(d) for d in val.shape)
     return TensorSpec(node.name, dtype_name(val.dtype), shape)
 

@@ -19,6 +19,7 @@ from torch._export.serde import serialize as serde
 from torch.export import ExportedProgram
 
 from . import sized_constants  # noqa: F401 - registers torch.ops.edgeport.narrow_to, which portable steps may run
+from .errors import a_type
 from .mapped_file import Buffer, release
 from .native_output import loggers_at, toolchain_log_wanted
 from .shared_tensors import is_shared_tensor_path
@@ -37,7 +38,7 @@ def program_to_files(program: ExportedProgram) -> dict[str, bytes]:
     for section, tensors in (("state_dict", program.state_dict), ("constants", program.constants)):
         for i, (fqn, value) in enumerate(tensors.items()):
             if not isinstance(value, torch.Tensor):
-                raise TypeError(f"constant {fqn} is a {type(value).__name__}; only tensors can be stored")
+                raise TypeError(f"constant {fqn} is {a_type(value)}; only tensors can be stored")
             data, description = tensor_to_bytes(value)
             name = f"{section}/{i}.bin"
             files[name] = data

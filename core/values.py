@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .arrays import NO_NUMPY_TWIN, STORAGE
-from .errors import ExecutionError, InputError
+from .errors import ExecutionError, InputError, a_type
 from .input_binding import bind, needs_names
 from .manifest import TensorSpec
 from .output_tree import leaves
@@ -163,7 +163,7 @@ def _check_step_output(value: Any) -> None:
     """A step's output is an array, a tensor or a number (a portable step's sizes); a
     list, None or text is an executable's mistake that would reach the caller as such."""
     if value is None or isinstance(value, (list, tuple, dict, str, bytes)):
-        raise ExecutionError(f"a step returned a {type(value).__name__} as an output, not an array or tensor",
+        raise ExecutionError(f"a step returned {a_type(value)} as an output, not an array or tensor",
                              hint="a backend's executable returns numpy arrays or torch tensors from run()")
 
 

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from ..errors import a_type
+
 RENDER_SECONDS = 2.0
 MAX_TEXT = 1 << 20  # characters a template may add to the messages' own text
 
@@ -72,7 +74,7 @@ def _environment_class() -> type:
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             for sized, times in ((left, right), (right, left)):
                 if isinstance(sized, (str, list, tuple)) and isinstance(times, int) and len(sized) * times > MAX_TEXT:
-                    raise TemplateTooCostly(f"it repeats a {type(sized).__name__} of {len(sized):,} {times:,} times")
+                    raise TemplateTooCostly(f"it repeats {a_type(sized)} of {len(sized):,} {times:,} times")
             return super().call_binop(context, operator, left, right)
 
     return BoundedEnvironment

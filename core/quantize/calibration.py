@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import EdgeportError
+from ..errors import EdgeportError, a_type
 from ..input_binding import archive_order
 
 Progress = Callable[[str], None]
@@ -358,7 +358,7 @@ def load_calibration(source: str, model: torch.nn.Module, example_inputs: tuple[
                                hint="fix the factory; rerun with --debug for the traceback") from exc
     if isinstance(batches, torch.Tensor) or not isinstance(batches, Iterable):
         raise CalibrationError(
-            f"calibration factory {source} returned a {type(batches).__name__}, not an iterable of batches",
+            f"calibration factory {source} returned {a_type(batches)}, not an iterable of batches",
             hint="return e.g. [(x1,), (x2,), ...] or a generator of input tuples",
         )
     return batches

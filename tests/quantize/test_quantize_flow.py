@@ -593,6 +593,15 @@ def test_cli_exports_int8_with_calibration_from_a_file_or_a_factory(model_file, 
     assert program.manifest.report["forward"]["quantization"]["scheme"] == "int8"
 
 
+def test_a_calibration_factory_returning_no_batches_names_what_it_returned(tmp_path):
+    """It read "returned a int", a typo to the reader."""
+    from edgeport.quantize import load_calibration
+
+    (tmp_path / "cal.py").write_text("def count():\n    return 8\n")
+    with pytest.raises(edgeport.CalibrationError, match=r"cal.py:count returned an int, not an iterable of batches"):
+        load_calibration(f"{tmp_path / 'cal.py'}:count", torch.nn.Identity(), ())
+
+
 def test_the_readme_calibration_factory_gives_mobilenet_batches():
     from edgeport.quantize import load_calibration
 
