@@ -25,6 +25,7 @@ scatter (``torch.scatter``, a one-hot as ``zeros.scatter(1, labels[:, None], 1.0
 one position along dim per row of the index is two SCATTER_NDs at gather's coordinates,
 the values and ones, and a SELECT_V2 of x where no one was written: no two coordinates are
 alike then. An index of several positions along dim is declined, their repeats being summed.
+scatter_add sums repeats as torch does: x plus one SCATTER_ND, any index.
 """
 
 from __future__ import annotations
@@ -156,6 +157,20 @@ def scatter(em: Emitter, node: Node) -> Value:
     x = em.to_identity(em.value(node.args[0]))
     coordinates = _coordinates(em, node)
     rows = coordinates.shape[:-1]
+    size = em.int_const(list(x.shape), "shape")
+    scattered = _scattered(em, node, x, coordinates)
+    marks = em.new(x.shape, torch.float32, f"{node.name}/marks")
+    em.op("SCATTER_ND", [coordinates.tensor, em.const(torch.ones(rows), f"{node.name}/ones"), size], [marks])
+    written = em.elementwise("NOT_EQUAL", [marks, 0.0], x.shape, torch.bool, f"{node.name}/written", torch.float32)
+    out = em.out(node)
+    em.op("SELECT_V2", [written.tensor, scattered.tensor, x.tensor], [out])
+    return out
+
+
+def _scattered(em: Emitter, node: Node, x: Value, coordinates: Value) -> Value:
+    """SCATTER_ND of the node's src (args[3]: a tensor, read where the index has
+    positions, or a number) at ``coordinates`` into zeros shaped like ``x``."""
+    rows = coordinates.shape[:-1]
     src = node.args[3]
     if isinstance(src, Node):
         values = em.to_identity(em.value(src, x.dtype))
@@ -167,14 +182,29 @@ def scatter(em: Emitter, node: Node) -> Value:
         updates = values.tensor
     else:
         updates = em.const(torch.full(rows, src, dtype=x.dtype), f"{node.name}/value")
-    size = em.int_const(list(x.shape), "shape")
     scattered = em.new(x.shape, x.dtype, f"{node.name}/scattered")
-    em.op("SCATTER_ND", [coordinates.tensor, updates, size], [scattered])
-    marks = em.new(x.shape, torch.float32, f"{node.name}/marks")
-    em.op("SCATTER_ND", [coordinates.tensor, em.const(torch.ones(rows), f"{node.name}/ones"), size], [marks])
-    written = em.elementwise("NOT_EQUAL", [marks, 0.0], x.shape, torch.bool, f"{node.name}/written", torch.float32)
+    em.op("SCATTER_ND", [coordinates.tensor, updates, em.int_const(list(x.shape), "shape")], [scattered])
+    return scattered
+
+
+def _check_scatter_add(node: Node, is_const: IsConst) -> str | None:
+    gathered = _check_gather(node, is_const)
+    if gathered:
+        return gathered
+    if meta(node.args[0]).dtype != torch.float32:  # LiteRT refused an int32 one (its SCATTER_ND or ADD)
+        return f"{meta(node.args[0]).dtype} input"
+    return None
+
+
+@lowering(aten.scatter_add.default, writes=frozenset({"CONCATENATION", "SLICE", "SCATTER_ND", "ADD"}), dtypes=ANY,
+          check=_check_scatter_add)
+def scatter_add(em: Emitter, node: Node) -> Value:
+    """x plus src summed at its coordinates: SCATTER_ND sums repeated coordinates, as
+    torch's scatter_add does (in another order: float sums may differ in the last bits)."""
+    x = em.to_identity(em.value(node.args[0]))
+    scattered = _scattered(em, node, x, _coordinates(em, node))
     out = em.out(node)
-    em.op("SELECT_V2", [written.tensor, scattered.tensor, x.tensor], [out])
+    em.op("ADD", [x.tensor, scattered.tensor], [out])
     return out
 
 

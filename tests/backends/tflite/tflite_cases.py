@@ -208,6 +208,12 @@ EXTRA_CASES: list[Case] = [
                           x.scatter(1, i[:, None], -1.5), m.ids.scatter(1, i[:2, None], m.ids[:, :1] * 7)),
          torch.tensor([[float("nan"), 1.0] + [0.5] * 8, [2.0, float("inf")] + [-1.0] * 8] * 2), torch.tensor([3, 0, 9, 3]),
          s=(5, 12), ids=torch.arange(20).view(2, 10)),
+    # scatter_add (ops/index.py): repeated positions summed as torch sums them, src larger
+    # than the index, along dim 0 and 1; a histogram of labels
+    case("scatter_add_repeats",
+         lambda m, x, i: (x.scatter_add(1, i, m.s), x.scatter_add(0, m.rows, m.s),
+                          torch.zeros(5).scatter_add(0, i.flatten(), torch.ones(6))),
+         (2, 5), torch.tensor([[0, 0, 4], [1, 3, 1]]), s=(3, 4), rows=torch.tensor([[1, 0, 1]])),
     # a KV-cache write: one run-time position along dim 2, and a negative one along dim 0
     case("index_put_one_position", lambda m, c, p, k: (c.index_copy(2, p, k), c.index_put((p - 4,), c[:1] * 2),
                                                        torch.index_put(c[0, 0], (p,), k[0, 0, 0])),
