@@ -127,16 +127,18 @@ def test_a_wrong_quantized_kernel_fails_and_the_search_names_it():
     assert partition.error.snr_db < partition.spread.snr_db - MARGIN_DB
     assert partition.divergence.op == "aten.gelu.default" and partition.divergence.exact
     assert partition.divergence.node == "gelu"  # the first block's: every block's GELU is off
-    assert partition.divergence.inputs == ()  # it reads the linear's float output: no steps to count
+    # it reads the int8 linear's output (torchops' decomposed linear, x @ W.T, quantizes as a
+    # linear), which the backend computed exactly
+    assert [(read.node, read.off) for read in partition.divergence.inputs] == [("linear", 0.0)]
 
 
 def test_the_search_says_how_far_off_the_quantized_values_the_named_op_reads_were():
-    """The residual add 10 % off: named, and the GELU output it reads (the block's input
-    is the partition's own) the backend computed exactly."""
+    """The residual add 10 % off: named, and the values it reads, the block's input
+    (quantized at the partition's entry) and the GELU output, the backend computed exactly."""
     [partition] = _checked(QuantizedTorchOps(torch.ops.aten.add.Tensor, 1.1)).partitions
     assert partition.divergence.node == "add" and partition.divergence.exact
-    [read] = partition.divergence.inputs
-    assert (read.node, read.module, read.off, read.mean_steps) == ("gelu", "0 (Block)", 0.0, 0.0)
+    reads = [(read.node, read.module, read.off, read.mean_steps) for read in partition.divergence.inputs]
+    assert reads == [("input_1", "", 0.0, 0.0), ("gelu", "0 (Block)", 0.0, 0.0)]  # the block's input quantized at entry
 
 
 def test_the_drift_of_an_input_is_counted_in_its_steps(cpu_int8):
@@ -208,6 +210,7 @@ def test_cli_check_says_how_far_off_the_named_ops_quantized_inputs_were(tmp_path
             "+0.00 steps on average") in result.output
     data = json.loads(CliRunner().invoke(cli, [*args, "--json"], obj=registry).output)
     assert data["partitions"][0]["divergence"]["inputs"] == [
+        {"node": "input_1", "module": "", "off": 0.0, "mean_steps": 0.0},
         {"node": "gelu", "module": "0 (Block)", "off": 0.0, "mean_steps": 0.0}]
 
 
