@@ -47,8 +47,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if name is None:
         return
     from edgeport import EdgeportError
-    from edgeport.contract import checked_version
-    from edgeport.testing.kit import backend_named, checked_options, parse_option_items
+    from edgeport.testing.kit import backend_named, checked_backend, parse_option_items
     from edgeport.testing.time_limit import CASE_TIME_LIMIT, checked_time_limit
 
     try:
@@ -56,8 +55,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         time_limit = CASE_TIME_LIMIT if given is None else checked_time_limit(given, flag=TIMEOUT_FLAG)
         backend = backend_named(name)
         options = parse_option_items(backend, config.getoption(OPTION_FLAG), flag=OPTION_FLAG)
-        checked_options(backend, options, flag=OPTION_FLAG)
-        checked_version(backend)
+        checked_backend(backend, options, time_limit, flag=OPTION_FLAG, timeout_flag=TIMEOUT_FLAG)
     except EdgeportError as exc:
         raise pytest.UsageError(f"{BACKEND_FLAG} {name}: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""))
     from edgeport.testing.without_torch import TorchFreeRuns

@@ -148,3 +148,30 @@ class BlocksWithoutTorch(NumpyOpsBackend):
         if sys.modules.get("torch") is None and _adds(inner.plan):
             return types.SimpleNamespace(run=lambda inputs: threading.Event().wait())
         return inner
+
+
+class LoopsInVersion(NumpyOpsBackend):
+    """Its version, a property (it may ask a toolchain), never returns: the kit reads it
+    before any case, within a case's time limit too."""
+
+    @property
+    def version(self) -> str:
+        while True:
+            pass
+
+
+def _devices_forever() -> list[str]:
+    while True:
+        pass
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    device: str = edgeport.option("npu0", choices=_devices_forever)  # as a toolchain asked for its devices
+
+
+class LoopsListingChoices(NumpyOpsBackend):
+    """Its option's valid values come from a toolchain call that never returns: the kit
+    checks options before any case, within a case's time limit too."""
+
+    options = DeviceOptions

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from edgeport.cli import cli
 from edgeport.testing.kit import kit_cases
-from numpy_backend import LoopsInRun, NumpyOpsBackend, TorchToLoad
+from numpy_backend import LoopsInRun, LoopsListingChoices, NumpyOpsBackend, TorchToLoad
 from torch_backend import TorchOpsBackend, registry_with
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "conformance.md")
@@ -127,6 +127,14 @@ def test_a_case_that_hangs_fails_within_the_timeout_given_and_says_how_to_raise_
     assert case["verdict"] == "failed"
     assert re.search(r"hung: numpy_ops did not finish it within the 3 s time limit.*; if it is only slow, raise the "
                      r"limit with --timeout SECONDS$", case["message"]), case["message"]
+
+
+def test_an_options_check_that_hangs_is_one_line_before_any_case_runs():
+    result = invoke("numpy_ops", "--case", "add_broadcast", "--timeout", "3", backend=LoopsListingChoices("numpy_ops"))
+    assert result.exit_code == 1
+    assert re.search(r"its options check hung: numpy_ops did not finish it within the 3 s time limit \(at "
+                     r"numpy_backend.py:\d+ in _devices_forever\)", result.output), result.output
+    assert "case 1/1" not in result.output and "Traceback" not in result.output
 
 
 def test_a_timeout_that_is_no_positive_number_is_one_line_and_a_hint():

@@ -16,8 +16,8 @@ from edgeport import BackendError, InputError
 from edgeport.testing import CASES, QUANTIZED_CASES
 from edgeport.testing.kit import (Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit,
                                   run_kit_case)
-from numpy_backend import (RELEASE, BlocksInCompile, BlocksWithoutTorch, LoopsInRun, NumpyOpsBackend, OffWithoutTorch,
-                           TorchToLoad, TorchToRun)
+from numpy_backend import (RELEASE, BlocksInCompile, BlocksWithoutTorch, LoopsInRun, LoopsInVersion, NumpyOpsBackend,
+                           OffWithoutTorch, TorchToLoad, TorchToRun)
 from torch_backend import TorchOpsBackend, registry_with
 
 CASE = {c.name: c for c in kit_cases()}
@@ -468,6 +468,14 @@ def test_a_run_that_hangs_without_torch_has_its_process_killed_and_the_next_case
         assert started[0].poll() is not None  # killed
         assert run_kit_case(backend, CASE["relu"], without_torch=runs).verdict is Verdict.PASSED
         assert len(started) == 2
+
+
+def test_a_version_that_hangs_fails_the_run_before_any_case_naming_the_step():
+    with pytest.raises(BackendError) as raised:
+        run_kit(LoopsInVersion(), cases=[CASE["relu"]], time_limit=HANG_LIMIT, timeout_flag="--edgeport-timeout")
+    assert re.fullmatch(r"reading its version hung: numpyops did not finish it within the 3 s time limit \(at "
+                        r"numpy_backend.py:\d+ in version\); if it is only slow, raise the limit with "
+                        r"--edgeport-timeout SECONDS", str(raised.value)), str(raised.value)
 
 
 @pytest.mark.parametrize("limit", [0, -1, float("nan"), float("inf"), "soon"])

@@ -12,8 +12,8 @@ from rich.table import Table
 from ..errors import EdgeportError
 from ..lowering import log as lowering_log
 from ..testing.coverage import coverage_html, coverage_json
-from ..testing.kit import KitRun, Verdict, backend_named, checked_options, kit_cases, parse_option_items, run_kit
-from ..testing.time_limit import CASE_TIME_LIMIT
+from ..testing.kit import KitRun, Verdict, backend_named, checked_backend, kit_cases, parse_option_items, run_kit
+from ..testing.time_limit import CASE_TIME_LIMIT, checked_time_limit
 from . import cli, current_registry
 from ._output import check_writable, console, print_json, progress, said_below
 
@@ -46,7 +46,8 @@ def conformance(ctx: click.Context, name: str, option_items: tuple[str, ...], ca
     check_writable(html_path)
     backend = backend_named(name, current_registry())
     options = parse_option_items(backend, option_items)
-    checked_options(backend, options)
+    time_limit = checked_time_limit(time_limit)
+    checked_backend(backend, options, time_limit)
     words = [w.strip() for w in (case_filter or "").split(",") if w.strip()]
     cases = [c for c in kit_cases() if not words or any(names_word(c.name, w) for w in words)]
     if not cases:  # a typo would pass a CI that checked nothing

@@ -40,7 +40,7 @@ from ..errors import BackendError, InputError
 from ..plugins import Registry, registry_or_default
 from . import CASES, Case, CaseResult, run_case
 from .quantized_cases import QUANTIZED_CASES, QuantizedCase, QuantizedCaseResult, run_quantized_case
-from .time_limit import CASE_TIME_LIMIT, Hang, checked_time_limit, left_behind, run_within
+from .time_limit import CASE_TIME_LIMIT, Hang, checked_time_limit, left_behind, run_within, step
 from .without_torch import TorchFreeRuns
 
 KitCase = Case | QuantizedCase
@@ -146,6 +146,26 @@ def checked_options(backend: Backend, values: Mapping[str, Any] | None, flag: st
     return validate_options(backend, options_from_dict(backend, dict(values or {}), flag), flag=flag)
 
 
+def checked_backend(backend: Backend, options: Mapping[str, Any] | None, time_limit: float = CASE_TIME_LIMIT,
+                    flag: str = "--option", timeout_flag: str = "--timeout") -> str:
+    """``backend``'s version, once its options (plain values, `checked_options`) and its
+    version (`checked_version`) are checked: a bad one raises `BackendError` before any
+    case runs, not after every case. Both may run the plugin's code (a version property,
+    a toolchain listing an option's choices), so they run within the time limit of a
+    case: one that hangs raises too, naming the step and ``timeout_flag``."""
+
+    def check() -> str:
+        with step("its options check"):
+            checked_options(backend, options, flag)
+        with step("reading its version"):
+            return checked_version(backend)
+
+    checked = run_within(check, time_limit, backend, "the run's options and version check")
+    if isinstance(checked, Hang):
+        raise BackendError(checked.message(backend.name, time_limit, timeout_flag))
+    return checked
+
+
 def parse_option_items(backend: Backend, items: Iterable[str], flag: str = "--option") -> dict[str, str]:
     """``["fp16=true"]`` -> ``{"fp16": "true"}``: options as the command line gives them
     (the backend's options class types them), each written KEY=VALUE or, as export
@@ -222,8 +242,7 @@ def run_kit(backend: Backend, options: Mapping[str, Any] | None = None, cases: I
     seconds (`run_kit_case`); ``progress`` sees each outcome as it comes."""
     values = dict(options or {})
     time_limit = checked_time_limit(time_limit, timeout_flag)
-    checked_options(backend, values)  # a bad option or version fails here, once, not after every case
-    version = checked_version(backend)
+    version = checked_backend(backend, values, time_limit, timeout_flag=timeout_flag)
     availability = _availability_within(backend, time_limit, timeout_flag)
     outcomes = []
     with TorchFreeRuns() as without_torch:
