@@ -152,6 +152,16 @@ def declines_unsaid() -> contextlib.AbstractContextManager[None]:
     return loggers_at(logging.ERROR, [logging.getLogger("edgeport.export")])
 
 
+def taken_and_declined(program: Program, backend: Backend) -> tuple[float, dict[str, str]]:
+    """The share of ``program``'s nodes that ``backend`` took, and its reason for each op
+    it declined."""
+    nodes = program.report()["nodes"]
+    taken = sum(n["backend"] == backend.name for n in nodes)
+    reasons = {n["op"]: n["reasons"][backend.name] for n in nodes
+               if n["backend"] != backend.name and backend.name in n["reasons"]}
+    return taken / max(len(nodes), 1), reasons
+
+
 def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None = None,
              rtol: float | None = None, without_torch: TorchFreeRuns | None = None) -> CaseResult:
     """Export ``case`` for ``backend`` alone, save and load it as users do, and (where
@@ -172,11 +182,7 @@ def run_case(backend: Backend, case: Case, options: Mapping[str, object] | None 
         return CaseResult(case.name, 0.0, passed=False, error=(
             f"export changed the model's weights ({', '.join(changed)}): the program a backend is given shares "
             "them, so support(), prepare() and compile() must not write into its tensors (copy one to change it)"))
-    nodes = program.report()["nodes"]
-    taken = [n for n in nodes if n["backend"] == backend.name]
-    reasons = {n["op"]: n["reasons"][backend.name] for n in nodes if n["backend"] != backend.name
-               and backend.name in n["reasons"]}
-    result = CaseResult(case.name, len(taken) / max(len(nodes), 1), reasons, program=program)
+    result = CaseResult(case.name, *taken_and_declined(program, backend), program=program)
     try:
         saved, on_arrays = saved_and_loaded(program, registry)
     except RoundTripFailed as exc:

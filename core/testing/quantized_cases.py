@@ -129,7 +129,7 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
     option values by name), then run against its reference where the backend runs: on
     tensors, and a program of the backend's steps only also on numpy arrays and, with
     ``without_torch``, where torch cannot be imported."""
-    from . import declines_unsaid, registry_for
+    from . import declines_unsaid, registry_for, taken_and_declined
 
     module, inputs = case.build()
     result = QuantizedCaseResult(case.name, case.scheme, 0.0)
@@ -146,10 +146,7 @@ def run_quantized_case(backend: Backend, case: QuantizedCase, options: Mapping[s
         result.passed, result.error = False, f"export failed: {type(exc).__name__}: {exc}"
         return result
     result.program = program
-    nodes = program.report()["nodes"]
-    result.delegated = sum(n["backend"] == backend.name for n in nodes) / max(len(nodes), 1)
-    result.reasons = {n["op"]: n["reasons"][backend.name] for n in nodes
-                      if n["backend"] != backend.name and backend.name in n["reasons"]}
+    result.delegated, result.reasons = taken_and_declined(program, backend)
     for info in program.manifest.artifacts.values():
         for op, count in info.metadata.get("ops", {}).items():
             result.ops[op] = result.ops.get(op, 0) + count
