@@ -20,13 +20,14 @@ import contextlib
 import dataclasses
 import difflib
 import inspect
+import logging
 import os
 import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import pluggy
 
@@ -43,6 +44,33 @@ OWN_DISTRIBUTION = "edgeport"  # its built-in backends keep their names if a plu
 IN_CODE = "(registered in code)"
 REQUIRED_METHODS = ("support", "compile", "load")
 RESERVED_NAMES = frozenset({"portable"})  # the fallback, never a backend
+
+
+# A plugin's import or hook still running after this long is named on stderr, with how to
+# block it. Loading every installed plugin, the built-in four included, takes 0.1 s here.
+SLOW_PLUGIN_SECONDS = 15.0
+
+log = logging.getLogger("edgeport.plugins")
+
+
+@contextlib.contextmanager
+def _named_if_slow(plugin: str, source: _Source, doing: str) -> Iterator[None]:
+    """Within the block, a plugin ``doing`` something ("import", "edgeport_register_backends hook")
+    that has not returned after `SLOW_PLUGIN_SECONDS` is named on stderr once, with how to
+    block it. A vendor library waiting for a device or a licence server would otherwise
+    hang every command, `edgeport backends` included, with nothing said. The plugin still
+    runs on the calling thread: a thread cannot be stopped anyway, and off the main thread
+    a library cannot install its signal handlers."""
+    by = "" if source.distribution == IN_CODE else f" (from {source.distribution})"
+    timer = threading.Timer(SLOW_PLUGIN_SECONDS, log.warning, [
+        f"plugin {plugin!r}{by} has been in its {doing} for {SLOW_PLUGIN_SECONDS:g} s; if it hangs, "
+        f"interrupt it (Ctrl-C) and block it with {DISABLE_ENV}={plugin}"])
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _plugin_failure(exc: BaseException) -> bool:
@@ -186,8 +214,8 @@ class Registry:
                 continue
             source = _Source(ep.dist.name, ep.dist.version) if ep.dist else _Source("(unknown)", "")
             try:
-                with contextlib.redirect_stdout(sys.stderr):  # what it prints must not spoil --json
-                    plugin = ep.load()
+                with contextlib.redirect_stdout(sys.stderr), _named_if_slow(ep.name, source, "import"):
+                    plugin = ep.load()  # (what it prints must not spoil --json)
             except BaseException as exc:  # a broken plugin must not take the others down
                 if not _plugin_failure(exc):
                     raise
@@ -210,7 +238,7 @@ class Registry:
             if not caller.get_hookimpls():
                 continue
             try:
-                with contextlib.redirect_stdout(sys.stderr):
+                with contextlib.redirect_stdout(sys.stderr), _named_if_slow(name, self._sources[name], f"{hook} hook"):
                     caller(**arguments(name))
             except BaseException as exc:
                 if not _plugin_failure(exc):

@@ -786,3 +786,70 @@ def test_run_gets_the_user_inputs_in_order_and_never_the_weights():
     assert compiled == [(["x", "y"], ["w"])]  # the partition's program holds the weight ...
     [inputs] = given
     assert [t.tolist() for t in inputs] == [x.tolist(), y.tolist()]  # ... and run() is given x and y alone
+
+
+def test_a_plugin_that_is_slow_to_import_or_register_is_named_with_how_to_block_it(monkeypatch, caplog):
+    """A vendor library waiting for a device or a licence server hung every command with
+    nothing said; the plugin still runs (it may only be slow), and a user can now tell
+    which one to block."""
+    class SlowImport:
+        name, dist = "acme", types.SimpleNamespace(name="acme-edgeport", version="1.0")
+
+        def load(self):
+            time.sleep(0.5)
+            return plugin(TorchOpsBackend(name="acme_npu"))
+
+    class SlowHook:
+        @edgeport.hookimpl
+        def edgeport_register_backends(self, register):
+            time.sleep(0.5)
+            register(TorchOpsBackend(name="slow_npu"))
+
+    monkeypatch.setattr(edgeport.plugins, "SLOW_PLUGIN_SECONDS", 0.1)
+    monkeypatch.setattr(edgeport.plugins.metadata, "entry_points", lambda group: [SlowImport()])
+    registry = edgeport.Registry()
+    registry.add_plugin(SlowHook(), name="slowhook")
+    with caplog.at_level("WARNING", logger="edgeport.plugins"):
+        assert sorted(registry.entries()) == ["acme_npu", "slow_npu"]
+    assert caplog.messages == [
+        "plugin 'acme' (from acme-edgeport) has been in its import for 0.1 s; if it hangs, interrupt it (Ctrl-C) "
+        "and block it with EDGEPORT_DISABLE_PLUGINS=acme",
+        "plugin 'slowhook' has been in its edgeport_register_backends hook for 0.1 s; if it hangs, interrupt it "
+        "(Ctrl-C) and block it with EDGEPORT_DISABLE_PLUGINS=slowhook"]
+
+
+def test_a_plugin_that_loads_in_time_is_not_named_later(monkeypatch, caplog):
+    monkeypatch.setattr(edgeport.plugins, "SLOW_PLUGIN_SECONDS", 0.1)
+    registry = edgeport.Registry(entry_points=False)
+    registry.add_plugin(plugin(TorchOpsBackend()), name="quick")
+    with caplog.at_level("WARNING", logger="edgeport.plugins"):
+        assert list(registry.entries()) == ["torchops"]
+        time.sleep(0.3)  # past the limit: the timer was cancelled when the hook returned
+    assert caplog.messages == []
+
+
+def test_a_plugin_that_hangs_at_import_is_named_and_ctrl_c_ends_the_command_in_one_line(tmp_path):
+    """As a user meets it: an installed plugin whose import never returns. `edgeport
+    backends` names it on stderr, and Ctrl-C ends the command with "interrupted" (130),
+    not a traceback from inside the plugin's import."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "hangs_at_import.py").write_text("import time\nwhile True:\n    time.sleep(0.05)\n")
+    info = tmp_path / "hangs_at_import-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hangs-at-import\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[edgeport]\nhangs = hangs_at_import\n")
+    script = ("import edgeport.plugins as plugins; plugins.SLOW_PLUGIN_SECONDS = 0.5; "
+              "from edgeport.cli import main; main()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", script, "backends"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    said = child.stderr.readline()  # blocks until the plugin is named
+    child.send_signal(signal.SIGINT)
+    out, rest = child.communicate(timeout=60)
+    assert said == ("plugin 'hangs' (from hangs-at-import) has been in its import for 0.5 s; if it hangs, "
+                    "interrupt it (Ctrl-C) and block it with EDGEPORT_DISABLE_PLUGINS=hangs\n")
+    assert child.returncode == 130 and rest.strip() == "interrupted" and out == ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+from typing import NoReturn
 
 import click
 
@@ -74,13 +75,18 @@ class _Group(click.Group):
             raise
         except BrokenPipeError:  # the reader left (| head): click's main exits quietly, as CLI tools do
             raise
-        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report an interrupted command (click: 1)
-            click.echo("\ninterrupted", err=True)
-            raise SystemExit(128 + signal.SIGINT) from None
+        except KeyboardInterrupt:
+            _interrupted()
         except Exception as exc:
             if ctx.meta.get("debug") or os.environ.get(RAISE_ENV) == "1":
                 raise
             raise _as_click_error(exc) from None
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C: one line and 128 + SIGINT, as shells report an interrupted command (click: 1)."""
+    click.echo("\ninterrupted", err=True)
+    raise SystemExit(128 + signal.SIGINT) from None
 
 
 def _as_click_error(exc: Exception) -> click.ClickException:
@@ -121,7 +127,10 @@ def current_registry() -> Registry:
 
 def main() -> None:
     stand_in_for_closed_stdout()
-    default_registry().add_commands(cli)
+    try:
+        default_registry().add_commands(cli)  # loads every plugin: one slow to load is named (plugins.py)
+    except KeyboardInterrupt:  # the user stopped a plugin that hangs
+        _interrupted()
     try:
         cli(prog_name="edgeport")
     except OSError as exc:  # writing --help or --version, before a command runs (it has its own except)
