@@ -107,12 +107,18 @@ class Int8:
     not, TFLite's own int8 kernel runs it outside the delegate, splitting it; the cpu
     quantizer then leaves the op float, between a DEQUANTIZE and a QUANTIZE that
     XNNPACK does run (measured 6.5x faster for six int8 HARD_SWISHes after convs).
+
+    `view`: the op only relays its input's values (a reshape, a permute, an expand). In
+    int8 it is worth its place only next to an int8 op: between two ops that stay float
+    it adds a QUANTIZE and a DEQUANTIZE and rounds the values, so the quantizer leaves
+    it float there (quantizer.py, `_float_views`).
     """
 
     emit: Callable[[Any, Node, Any], Any]
     signature: Int8Signature
     check: Check | None = None
     xnnpack: bool = True
+    view: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,13 +175,14 @@ def lowering(
     return register
 
 
-def int8_lowering(*ops: Any, signature: Int8Signature, check: Check | None = None, xnnpack: bool = True) -> Callable:
+def int8_lowering(*ops: Any, signature: Int8Signature, check: Check | None = None, xnnpack: bool = True,
+                  view: bool = False) -> Callable:
     """Register the decorated `emit(em, node, form)` as the int8 form of each of `ops`
     (each must already have its float lowering)."""
 
     def register(emit: Callable) -> Callable:
         for op in ops:
-            LOWERINGS[op] = dataclasses.replace(LOWERINGS[op], int8=Int8(emit, signature, check, xnnpack))
+            LOWERINGS[op] = dataclasses.replace(LOWERINGS[op], int8=Int8(emit, signature, check, xnnpack, view))
         return emit
 
     return register

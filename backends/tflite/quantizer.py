@@ -11,7 +11,9 @@ or mul (a position embedding, a layer scale) int8 per tensor from its own values
 its other input is an int8 op's output (`_stored_operand_reason`), outputs with their own
 parameters, their input's ("shared": views, pools, concatenation) or the kernel's
 fixed ones (sigmoid, softmax). A batch norm and an activation the float plan folds
-into an op are quantized as one with it: only the group's last value is observed.
+into an op are quantized as one with it: only the group's last value is observed. A
+view (`Int8.view`) is int8 only beside an int8 op, through any run of views between
+them: between ops that stay float it would only add a QUANTIZE and a DEQUANTIZE.
 
 For the dynamic schemes (int8-dynamic, int4-weight) linears are annotated: their
 input quantized per token at run time (asymmetric int8, as XNNPACK's qd8 kernels do
@@ -28,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.fx import GraphModule, Node
+from torch.fx import Graph, GraphModule, Node
 from torchao.quantization.pt2e import (
     FakeQuantize,
     MinMaxObserver,
@@ -154,6 +156,8 @@ class TfliteQuantizer(Quantizer):
                 self._annotate_int8(node, plan, consts, infinite)
             else:
                 self._annotate_linear(node, consts)
+        if self.scheme.activations == STATIC:
+            self._float_views(graph)
         return model
 
     def validate(self, model: GraphModule) -> None:
@@ -224,6 +228,29 @@ class TfliteQuantizer(Quantizer):
         else:
             node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
             tail.meta[ANNOTATION] = QuantizationAnnotation({}, output, _annotated=True)
+
+    def _float_views(self, graph: Graph) -> None:
+        """Leave float every run of views (`Int8.view`) that no int8 op writes or reads.
+
+        Annotated as any op is, a view between two ops that stay float was written as a
+        QUANTIZE, the int8 view and a DEQUANTIZE: two more operators and one more
+        rounding of values no int8 op computes or needs (an attention's q/k/v views
+        between a float split and a float softmax on the cpu). A run of views next to an
+        int8 op stays int8: it carries that op's int8 values, or hands the next one its
+        int8 input, and every view of the run shares those parameters."""
+        views = [n for n in graph.nodes if _int8_view(n)]
+        seen: set[Node] = set()
+        for view in views:
+            if view in seen:
+                continue
+            run = _view_run(view)
+            seen |= run
+            if any(_beside_int8_op(member, run) for member in run):
+                continue
+            for member in run:
+                member.meta[ANNOTATION] = QuantizationAnnotation(_annotated=True)  # claimed, float
+                self.kept_float[member.name] = "a view between ops that stay float: int8 would only add a " \
+                                               "QUANTIZE, a DEQUANTIZE and a rounding"
 
     @staticmethod
     def _bias(node: Node, signature: Any, plan: Any) -> Node | None:
@@ -333,6 +360,36 @@ def _stored_operand_reason(runtime: list[Node]) -> str | None:
     if not all(_quantized_output(a) for a in runtime):
         return "a stored operand, and its other input comes from an op that stays float"
     return None
+
+
+def _int8_view(node: Node) -> bool:
+    """Whether `node` is a view (`Int8.view`) annotated to carry int8 values."""
+    entry = lookup(node.target) if node.op == "call_function" else None
+    return entry is not None and entry.int8 is not None and entry.int8.view and _quantized_output(node)
+
+
+def _view_run(view: Node) -> set[Node]:
+    """The int8 views connected to `view` through one another (in either direction)."""
+    run, todo = {view}, [view]
+    while todo:
+        node = todo.pop()
+        for neighbour in (*node.all_input_nodes, *node.users):
+            if neighbour not in run and _int8_view(neighbour):
+                run.add(neighbour)
+                todo.append(neighbour)
+    return run
+
+
+def _beside_int8_op(view: Node, run: set[Node]) -> bool:
+    """Whether an op outside the run of views writes `view`'s input in int8 or reads
+    `view` as int8."""
+    if any(_quantized_output(arg) for arg in view.all_input_nodes if arg not in run):
+        return True
+    for user in view.users:
+        annotation = user.meta.get(ANNOTATION)
+        if user not in run and annotation is not None and view in annotation.input_qspec_map:
+            return True
+    return False
 
 
 def _quantized_output(node: Node) -> bool:

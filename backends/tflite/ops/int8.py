@@ -347,22 +347,22 @@ _MOVES = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, at
           aten.squeeze.default, aten.unsqueeze.default)
 
 
-@int8_lowering(*_MOVES, signature=SHARED)
+@int8_lowering(*_MOVES, signature=SHARED, view=True)
 def reshape(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, view)
 
 
-@int8_lowering(aten.clone.default, aten.alias.default, signature=SHARED)
+@int8_lowering(aten.clone.default, aten.alias.default, signature=SHARED, view=True)
 def copy(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, same_value)
 
 
-@int8_lowering(aten.permute.default, signature=SHARED)
+@int8_lowering(aten.permute.default, signature=SHARED, view=True)
 def permute_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, permute)
 
 
-@int8_lowering(aten.t.default, aten.transpose.int, signature=SHARED)
+@int8_lowering(aten.t.default, aten.transpose.int, signature=SHARED, view=True)
 def transpose_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, transpose)
 
@@ -373,7 +373,7 @@ def _check_expand(node: Node, is_const: IsConst) -> str | None:
     return None
 
 
-@int8_lowering(aten.expand.default, signature=SHARED, check=_check_expand)
+@int8_lowering(aten.expand.default, signature=SHARED, check=_check_expand, view=True)
 def expand_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     """Nothing, or int8 CONCATENATIONs of copies; a matmul's decomposition expands its
     operands to their own shape, which in float cost a DEQUANTIZE and a QUANTIZE."""
