@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.fx import Graph, Node
@@ -115,18 +115,40 @@ def float_ops(graph: Graph, live: set[Node], consts: Constants, plan: Plan) -> f
     SOFTMAX XNNPACK runs in float only, an op whose parameters do not fit its int8
     kernel): the placement report must not show them as int8 (`Artifact.float_nodes`).
     A node aliased to another (a fused activation, a folded batch norm) is written as
-    that one is."""
+    that one is. An int8 op that only relabels its input's layout (a permute, a
+    transpose) writes no operator itself: its reader writes the TRANSPOSE, so when every
+    reader takes its value as float after a DEQUANTIZE, that TRANSPOSE is float, and so
+    is the op here (an int8 linear's q/k/v permutes before a float softmax)."""
     folded_into = {bn: conv for conv, bn in plan.bn_fold.items()}
 
     def written_in_int8(node: Node) -> bool:
         node = folded_into.get(node, node)
         while node in plan.alias:
             node = plan.alias[node]
+        if node in plan.int8 and _relabels(node):
+            return _read_as_int8(node, plan, written_in_int8)
         return node in plan.int8 or node in plan.hybrid
 
     return frozenset(n.name for n in graph.nodes
                      if n in live and is_compute(n) and n not in consts and not qdq.is_quantization_op(n)
                      and not written_in_int8(n))
+
+
+def _relabels(node: Node) -> bool:
+    """Whether the node's lowering writes no operator of its own (`writes` empty): its
+    value is its input's tensor, relabelled (a permute's layout, a clone)."""
+    entry = lookup(node.target)
+    return entry is not None and entry.writes == frozenset()
+
+
+def _read_as_int8(node: Node, plan: Plan, written_in_int8: Callable[[Node], bool]) -> bool:
+    """Whether an op written in int8 reads the node's int8 value: through the quantize
+    aliased to it and a dequantize, or as a quantize to the same parameters."""
+    for quantize in (u for u in node.users if plan.alias.get(u) is node):
+        for dequantize in quantize.users:
+            if any(written_in_int8(u) or plan.alias.get(u) is quantize for u in dequantize.users):
+                return True
+    return False
 
 
 def _requantizes_identically(node: Node, consts: Constants) -> bool:

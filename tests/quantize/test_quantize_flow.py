@@ -838,7 +838,9 @@ class _HeadsPermuted(nn.Module):
 
 def test_explain_spells_out_what_an_op_without_weights_computes_in(tmp_path):
     """cpu int8 q/k/v permutes showed "a int8" (activations int8), which read as a
-    misspelt article: the column names activations and weights in full."""
+    misspelt article: the column names activations and weights in full. The view is
+    an int8 RESHAPE; the permute writes no operator, and the output's TRANSPOSE it
+    stands for is written after the DEQUANTIZE, in float (it said int8)."""
     program = edgeport.export(_HeadsPermuted().eval(), (torch.randn(1, 4, 8),), ["cpu"], quantize="int8",
                               calibration=[(torch.randn(1, 4, 8),) for _ in range(3)],
                               registry=registry_for(CpuBackend()))
@@ -846,8 +848,9 @@ def test_explain_spells_out_what_an_op_without_weights_computes_in(tmp_path):
     result = CliRunner().invoke(cli, ["explain", str(tmp_path / "heads.edgeport")], terminal_width=250)
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line.split("│")[5].strip() for line in result.output.splitlines()
-            if line.count("│") > 6 and line.split("│")[1].strip() in ("linear", "permute")}
-    assert rows == {"linear": "activations int8 / weights int8 per channel", "permute": "activations int8"}, rows
+            if line.count("│") > 6 and line.split("│")[1].strip() in ("linear", "view", "permute")}
+    assert rows == {"linear": "activations int8 / weights int8 per channel", "view": "activations int8",
+                    "permute": "float"}, rows
 
 
 def test_the_summary_and_explain_say_when_nothing_is_quantized(tmp_path, caplog):

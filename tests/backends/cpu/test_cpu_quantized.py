@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from click.testing import CliRunner
 from torch import nn
 
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.tflite import TfliteExecutable, runner, undelegated_ops
+from edgeport.cli import cli
 from edgeport.testing import QUANTIZED_CASES, registry_for, run_quantized_conformance
 from edgeport.devtools.quant_check import sqnr_db
 from edgeport.testing.quantized_cases import calibration_for, reference_program
@@ -447,3 +449,34 @@ def test_attention_views_are_int8_only_next_to_an_int8_linear():
     assert undelegated_ops(TfliteExecutable(data, 1).interpreter) == []
     with torch.no_grad():
         torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=1e-5)
+
+
+class _LinearPermuteSoftmax(nn.Module):
+    """An int8 linear's heads permuted for a softmax the cpu runs in float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        return torch.softmax(self.fc(x).view(B, T, 4, 16).permute(0, 2, 3, 1), dim=-1)
+
+
+def test_a_permute_read_as_float_is_reported_float(tmp_path):
+    """The permute carries the linear's int8 values, but writes no operator: the softmax
+    reads it after a DEQUANTIZE and writes the TRANSPOSE, in float. Explain called the
+    permute int8; the reshape before it writes an int8 RESHAPE, and is int8."""
+    torch.manual_seed(0)
+    program = _int8_program(_LinearPermuteSoftmax(), torch.randn(1, 32, 64))
+    (data,) = tflite_artifacts(program)
+    written = _output_types(data)
+    assert written["RESHAPE"] == ["INT8"] and written["TRANSPOSE"] == ["FLOAT32"], written
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    assert nodes["permute"].get("float_between_quantized") is True and "quantized" not in nodes["permute"]
+    assert nodes["view"]["quantized"] == {"activations": "int8"}
+    program.save(tmp_path / "q.edgeport")
+    table = CliRunner().invoke(cli, ["explain", str(tmp_path / "q.edgeport")], terminal_width=250)
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if "aten.permute" in line)
+    assert "float" in row and "int8" not in row, row
