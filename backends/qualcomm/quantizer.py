@@ -104,6 +104,7 @@ WEIGHT_RANGE = (-127, 127)  # symmetric int8: QNN's per-channel weights have zer
 ACTIVATION_RANGE_8 = (0, 255)
 
 OWN, SHARED = "own", "shared"  # an output quantized with its own parameters, or its input's
+JOINED = "joined"  # every activation input and the output quantized with one set of parameters
 OUTPUT_HEADROOM = 1.0  # a 16-bit method output's calibrated span, widened by this fraction of it
 
 
@@ -114,7 +115,8 @@ class QuantizedForm:
     `activations`: the argument indices of its quantized activation inputs (a list
     argument, as `cat`'s, counts each element). `weight`/`bias`: argument indices of a
     constant weight (int8 per channel along `weight_axis`) and bias (int32).
-    `output`: OWN parameters, or SHARED with the first activation input.
+    `output`: OWN parameters, SHARED with the first activation input, or JOINED: the
+    output and every activation input one set of parameters (a concatenation: see `FORMS`).
     `fixed16`: the (scale, zero point) QNN requires of the 16-bit output.
     """
 
@@ -146,7 +148,12 @@ FORMS: dict[Any, QuantizedForm] = {
                              aten.upsample_bilinear2d.vec)},
     aten.sigmoid.default: QuantizedForm(fixed16=(1.0 / 65536, 0)),
     aten.tanh.default: QuantizedForm(fixed16=(1.0 / 32768, 32768)),
-    aten.cat.default: QuantizedForm(activations=(0,)),
+    # Its inputs and output one set of parameters, as other PT2E quantizers do: HTP writes
+    # each input into the Concat's encoding with one rounding from the op before it (a
+    # relu's), where a reference with an input at its own scale rounds twice; 10% of
+    # the int8_cat case's requantized half then differed by a step, 3 steps with HTP's
+    # input rounding (QNN 2.7.0 graph dump: no Convert, the Relu writes the Concat's input).
+    aten.cat.default: QuantizedForm(activations=(0,), output=JOINED),
     aten.where.self: QuantizedForm(activations=(1, 2)),  # a bool condition picks: it is no activation
     aten.where.ScalarOther: QuantizedForm(activations=(1,), output=SHARED),  # x or a number in x's range
     aten.amin.default: _MOVE,  # one of its input's values
@@ -246,6 +253,10 @@ class QualcommQuantizer(Quantizer):
                 or not all(_runtime_float(a) or _float_constant(a) for a in activations)):
             return
         inputs: dict[Node, QuantizationSpecBase] = {arg: self._activation() for arg in activations}
+        if form.output == JOINED:
+            first, joined = activations[0], SharedQuantizationSpec((activations[0], node))
+            inputs = {first: self._activation(headroom=node in self._outputs),
+                      **{arg: joined for arg in activations[1:]}}
         if form.weight is not None:
             weight = node.args[form.weight]
             if not _constant(weight):
@@ -261,7 +272,7 @@ class QualcommQuantizer(Quantizer):
         if not quantize_output:
             node.meta[ANNOTATION] = QuantizationAnnotation(inputs, None, _annotated=True)
             return
-        if form.output == SHARED:
+        if form.output in (SHARED, JOINED):
             output: QuantizationSpecBase = SharedQuantizationSpec((activations[0], node))
         elif form.fixed16 is not None and self.dtype == torch.uint16:
             scale, zero_point = form.fixed16
@@ -405,7 +416,7 @@ def _without_form(graph: torch.fx.Graph) -> dict[str, str]:
 def _output_producers(graph: torch.fx.Graph) -> frozenset[Node]:
     """The nodes whose quantized value the graph returns: each output, or, through ops
     that share their input's parameters (`SHARED` forms: views, slices, ...), the node
-    that sets them."""
+    that sets them; through a `JOINED` form (cat), the op and each of its inputs."""
     found = set()
     pending = _flat_nodes(graph.output_node().args)
     while pending:
@@ -415,6 +426,8 @@ def _output_producers(graph: torch.fx.Graph) -> frozenset[Node]:
             pending.append(node.args[0])
         else:
             found.add(node)
+        if form is not None and form.output == JOINED:
+            pending.extend(arg for arg in _activation_args(node, form) if arg not in found)
     return frozenset(found)
 
 

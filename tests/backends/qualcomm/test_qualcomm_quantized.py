@@ -147,18 +147,18 @@ DYNAMIC_CASES = [c for c in QUANTIZED_CASES if c.scheme != "int8"]
 def test_the_kit_judges_an_int8_case_as_edgeport_check_does(backend):
     """`edgeport conformance qualcomm` failed seven int8 cases 2-3 steps off (HTP's input
     rounding, above) that `edgeport check` passes within the reference's rounding spread
-    at fp16's op_error; the kit now passes what check passes. int8_cat it fails as check
-    does: 3 steps off, 4.2 dB under the spread's SNR (more of its elements flip on HTP
-    than in the nudged reference; 2026-11-29)."""
+    at fp16's op_error; the kit now passes what check passes. int8_cat both failed, 3
+    steps off and 4.2 dB under the spread's SNR, while each relu had a scale of its own:
+    the reference rounded one relu's values twice, to its scale and to the cat's, and
+    HTP once (quantizer.py, `JOINED`); sharing them, it is 2 steps off like the others."""
     from edgeport.testing.kit import Verdict, run_kit
 
     run = run_kit(backend, cases=[c for c in STATIC_CASES if c.name in ("int8_reshape", "int8_cat", "int8_linear")])
     outcomes = {o.case: o for o in run.outcomes}
-    assert outcomes["int8_reshape"].verdict is Verdict.PASSED, outcomes["int8_reshape"].message
-    assert "error 2 steps, within the rounding spread" in outcomes["int8_reshape"].message
+    for name in ("int8_reshape", "int8_cat"):
+        assert outcomes[name].verdict is Verdict.PASSED, outcomes[name].message
+        assert "error 2 steps, within the rounding spread" in outcomes[name].message
     assert outcomes["int8_linear"].message.endswith("error 0 <= 1 steps")  # within the case's own allowance
-    assert outcomes["int8_cat"].verdict is Verdict.FAILED
-    assert outcomes["int8_cat"].message == "error 3 steps > tolerance 1"
 
 
 @pytest.mark.slow

@@ -8,6 +8,9 @@ hold a value makes both wrong alike, and only a torch check catches it.
 - A method's 16-bit outputs keep headroom beyond their calibrated range: an LLM's top
   logits, the values greedy decoding picks, went above a prefill head's range
   calibrated on four calls (SmolLM2-135M a16w8: every top logit clipped to one value).
+- A concatenation rounds each input once: HTP writes the op before it (a relu) straight
+  into the Concat's encoding, so a reference quantizing that input at a scale of its own
+  and again at the cat's rounded twice where HTP rounds once (int8_cat: 3 steps apart).
 """
 
 from __future__ import annotations
@@ -92,3 +95,22 @@ def test_an_rms_norm_after_a_massive_activation_keeps_every_position():
     # uint16 steps (a span of 2,000: 0.03) on values ~1.
     error = (got[1:] - want[1:]).norm(dim=-1) / want[1:].norm(dim=-1)
     assert float(error.max()) < 0.05
+
+
+class ReluCat(nn.Module):
+    def forward(self, a, b):
+        return torch.cat([torch.relu(a), torch.relu(b)], dim=1)
+
+
+def test_a_concatenation_rounds_each_input_once():
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(1, 8, 6, 6, generator=g), torch.randn(1, 8, 6, 6, generator=g)) for _ in range(4)]
+    a, b = torch.randn(1, 8, 6, 6, generator=g), torch.randn(1, 8, 6, 6, generator=g)
+    graph = fake_quantized(ReluCat().eval(), batches[0], batches, "int8")
+    quantizes = graph.graph.find_nodes(op="call_function", target=torch.ops.quantized_decomposed.quantize_per_tensor.default)
+    parameters = {n.args[0].name: (float(n.args[1]), int(n.args[2])) for n in quantizes}
+    assert parameters["relu"] == parameters["relu_1"] == parameters["cat"]  # each relu had its own
+    with torch.no_grad():
+        a, b = (torch.fake_quantize_per_tensor_affine(x, *parameters[name], 0, 255) for x, name in ((a, "a"), (b, "b")))
+        once = torch.fake_quantize_per_tensor_affine(torch.cat([torch.relu(a), torch.relu(b)], 1), *parameters["cat"], 0, 255)
+        torch.testing.assert_close(graph(a, b), once, rtol=0, atol=1e-6)
