@@ -10,10 +10,11 @@ the export we set it to ``edgeport-node:<aten node name>`` (and restore it after
 
 The exported model is then adjusted where QNN HTP computes an ONNX op wrongly but an
 equivalent form rightly (pool_rewrite.py: pools that pad themselves; pow_rewrite.py:
-integer powers, wrong at zero; native_norm.py: RMS norms as HTP's native RmsNorm, the
-chain being wrong in fp16; fp16_rms_norms.py: int8 RMS norms in fp16, HTP's uint8 kernel
-flooring), or prepares only in an equivalent form (norm_rewrite.py:
-RMS norms left as a chain, with the scale first).
+integer powers, wrong at zero; sign_rewrite.py: a float Sign, 0 past fp16's range;
+native_norm.py: RMS norms as HTP's native RmsNorm, the chain being wrong in fp16;
+fp16_rms_norms.py: int8 RMS norms in fp16, HTP's uint8 kernel flooring), or prepares
+only in an equivalent form (norm_rewrite.py: RMS norms left as a chain, with the scale
+first).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .pool_rewrite import rewrite_pools
 from .pow_rewrite import rewrite_integer_powers
 from .provenance import PROVENANCE, recorded
 from .scalar_operands import quantize_scalar_operands
+from .sign_rewrite import clip_float_signs
 
 # ONNX 21: the first opset whose QuantizeLinear/DequantizeLinear take 16-bit integers
 # (a16w8's uint16 activations; ONNX Runtime rejects them in an opset-20 model). Float
@@ -78,6 +80,7 @@ def export_onnx(program: ExportedProgram) -> OnnxPartition:
         linears_as_rows(model)  # a per-channel weight's DQ only before a Gemm, over 2-d rows
         quantize_scalar_operands(model)  # x * 0.5 quantized as a whole, not in float
     rewrite_pools(model)
+    clip_float_signs(model)  # HTP's Sign: 0 past fp16's range, ±inf included
     fuse_rms_norms(model)
     reorder_norm_scales(model)  # a norm chain left (axes not trailing)
     if quantized:
