@@ -56,7 +56,8 @@ norm reads is copied to the batch first (`expand`, batch_broadcast.py): HTP's su
 wrong.
 
 Ops QNN moves data with (reshape, transpose, max pool, padding, ...) share their
-input's parameters, so no requantization happens around them. An elementwise op of a
+input's parameters, so no requantization happens around them; a concatenation's inputs
+and output share one set (`JOINED`). An elementwise op of a
 tensor and a number (``x * 0.5``, an attention's scaling) is quantized as a whole:
 onnx_export gives the number an exact quantized form (scalar_operands.py), without
 which QNN computed the op in float. An op not in `FORMS` stays float between a
@@ -148,11 +149,11 @@ FORMS: dict[Any, QuantizedForm] = {
                              aten.upsample_bilinear2d.vec)},
     aten.sigmoid.default: QuantizedForm(fixed16=(1.0 / 65536, 0)),
     aten.tanh.default: QuantizedForm(fixed16=(1.0 / 32768, 32768)),
-    # Its inputs and output one set of parameters, as other PT2E quantizers do: HTP writes
-    # each input into the Concat's encoding with one rounding from the op before it (a
-    # relu's), where a reference with an input at its own scale rounds twice; 10% of
-    # the int8_cat case's requantized half then differed by a step, 3 steps with HTP's
-    # input rounding (QNN 2.7.0 graph dump: no Convert, the Relu writes the Concat's input).
+    # Its inputs and output one set of parameters, as other PT2E quantizers do. Given a
+    # Concat of inputs at scales of their own (QNN 2.7.0's graph: no Convert between),
+    # HTP rounded the relu before it once, at the Concat's scale (1,144 of 1,146 values),
+    # where the reference rounded it at its own scale and then at the cat's: int8_cat
+    # was a step off on 10% of that half, and 3 steps with HTP's input rounding.
     aten.cat.default: QuantizedForm(activations=(0,), output=JOINED),
     aten.where.self: QuantizedForm(activations=(1, 2)),  # a bool condition picks: it is no activation
     aten.where.ScalarOther: QuantizedForm(activations=(1,), output=SHARED),  # x or a number in x's range
