@@ -16,6 +16,15 @@ against torch:
   product is ``0 * inf`` (NaN) when a compiler relaxes float32 to float16;
 - a row with every key masked is 0, as torch's SDPA makes it (a SELECT to -inf made
   it NaN).
+
+Multi-query attention (Falcon: one key/value head for all query heads) passes key and
+value with batch dims of 1 where the query's are the heads; torch broadcasts them. The
+query heads are then merged into the rows of one product, (B, H, T, D) viewed as (B, 1,
+H*T, D) against keys (B, 1, S, D), and the scores viewed back as (B, H, T, S) for the
+mask and softmax: no copy of the keys, and a BATCH_MATMUL with equal batch dims, as
+every compiler takes it. Declined, capture decomposed such an attention into torch's
+math form, whose guard for rows masked whole (`eq`, `any`, `where`) no MediaTek
+compile legalizes: Falcon was split around it on mediatek.
 """
 
 from __future__ import annotations
@@ -50,13 +59,28 @@ def _check_sdpa(node: Node, is_const: IsConst) -> str | None:
         return "dropout_p > 0"
     if a.get("enable_gqa", False):
         return "enable_gqa (repeat the key/value heads before attention)"
-    q, k = shape(a["query"]), shape(a["key"])
-    if q[:-2] != k[:-2]:
-        return f"query batch dims {q[:-2]} differ from key batch dims {k[:-2]}"
+    q, k, v = shape(a["query"]), shape(a["key"]), shape(a["value"])
+    if k[:-2] != v[:-2]:
+        return f"key batch dims {k[:-2]} differ from value batch dims {v[:-2]}"
+    if shared_heads(q[:-2], k[:-2]) is None:
+        return (f"query batch dims {q[:-2]} differ from key batch dims {k[:-2]} other than as trailing dims of 1 "
+                "(multi-query attention's one key/value head)")
     mask = a.get("attn_mask")
     if mask is not None and meta(mask).dtype not in (torch.float32, torch.bool):
         return f"attention mask dtype {meta(mask).dtype}"
     return None
+
+
+def shared_heads(query: tuple[int, ...], key: tuple[int, ...]) -> int | None:
+    """How many trailing batch dims of the query the keys broadcast over (their size 1
+    there, the leading ones equal): 0 when the batch dims are equal, None when the keys
+    broadcast otherwise (or not at all)."""
+    if len(query) != len(key):
+        return None
+    shared = len(query)
+    while shared and key[shared - 1] == 1 and query[shared - 1] != 1:
+        shared -= 1
+    return len(query) - shared if query[:shared] == key[:shared] else None
 
 
 def _sdpa_writes(node: Node, is_const: IsConst) -> frozenset[str]:
@@ -84,10 +108,12 @@ def sdpa(em: Emitter, node: Node) -> Value:
     rank = len(q.shape)
     length, source = q.shape[-2], k.shape[-2]
 
+    heads = q.shape[:-2]  # (B, H): the scores' and output's batch dims
     q = em.elementwise("MUL", [q, scale], q.shape, torch.float32, node.name + "/q_scaled")
+    q = _as_rows(em, q, k.shape[:-2])
     swap = layout.identity(rank - 2) + (rank - 1, rank - 2)
     k_t = Value(k.tensor, layout.apply(swap, k.shape), k.dtype, layout.after_permute(k.perm, swap))
-    scores = batch_matmul(em, q, k_t, node.name + "/scores")
+    scores = em.reshape(batch_matmul(em, q, k_t, node.name + "/scores"), heads + (length, source))
 
     mask, rows_open = _additive_mask(em, a, length, source, node.name + "/mask")
     if mask is not None:
@@ -96,7 +122,18 @@ def sdpa(em: Emitter, node: Node) -> Value:
     probs = softmax_value(em, node.name + "/probs", scores, len(scores.shape) - 1)
     if rows_open is not None:
         probs = em.elementwise("MUL", [probs, rows_open], probs.shape, torch.float32, node.name + "/probs_open")
-    return batch_matmul(em, probs, v, node.name)
+    if v.shape[:-2] == heads:
+        return batch_matmul(em, probs, v, node.name)
+    out = batch_matmul(em, _as_rows(em, probs, v.shape[:-2]), v, node.name + "/rows")
+    return em.reshape(out, heads + (length, v.shape[-1]), node.name)
+
+
+def _as_rows(em: Emitter, x: Value, batch: tuple[int, ...]) -> Value:
+    """`x` (..., rows, cols) with the batch dims the keys broadcast over merged into its
+    rows: (B, H, T, D) -> (B, 1, H*T, D) for keys of batch dims (B, 1)."""
+    if x.shape[:-2] == batch:
+        return x
+    return em.reshape(x, batch + (math.prod(x.shape[:-1]) // math.prod(batch), x.shape[-1]))
 
 
 Mask = torch.Tensor | Value | None

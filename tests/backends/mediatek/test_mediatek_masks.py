@@ -97,3 +97,39 @@ def test_an_and_or_of_booleans_is_float_arithmetic_and_equals_eager():
     assert {"MUL", "MAXIMUM"} <= ops and not {"LOGICAL_AND", "LOGICAL_OR"} & ops, ops
     with torch.no_grad():
         assert compare(program(x, y), module(x, y)) == 0
+
+
+class MultiQueryAttention(nn.Module):
+    """Falcon's attention: one key/value head broadcast over the query heads, and a
+    causal bool mask computed from positions (a constant at export)."""
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(q.shape[-2])
+        causal = (positions[None, :] <= positions[:, None]).view(1, 1, q.shape[-2], q.shape[-2])
+        return F.scaled_dot_product_attention(q, kv, kv * 2, attn_mask=causal)
+
+
+def test_multi_query_attention_is_taken_whole_with_no_masking_guard_and_equals_eager():
+    """Its keys' batch dims (1, 1) against the query's (1, 4) were declined, so capture
+    decomposed it into torch's math form: its guard for rows masked whole (`eq`, `any`,
+    `where`: EQUAL, REDUCE_ANY, SELECT_V2, none legalized) was a portable step between
+    two mediatek partitions. The heads are merged into the product's rows instead."""
+    module, q, kv = MultiQueryAttention(), torch.randn(1, 4, 6, 8), torch.randn(1, 1, 6, 8)
+    program = export(module, q, kv)
+    assert left(program) == {} and partitions(program) == 1
+    assert [n["op"] for n in program.report()["nodes"] if n["op"].startswith("aten.scaled")] == [
+        "aten.scaled_dot_product_attention.default"]
+    assert "BROADCAST_TO" not in written_ops(program)
+    with torch.no_grad():
+        assert compare(program(q, kv), module(q, kv)) < 1e-5
+
+
+def test_multi_query_attention_with_a_row_masked_whole_gives_torchs_zeros():
+    module = nn.Module()
+    module.forward = lambda q, kv, keep: F.scaled_dot_product_attention(q, kv, kv, attn_mask=keep)
+    q, kv, keep = torch.randn(2, 3, 5, 8), torch.randn(2, 1, 5, 8), torch.rand(2, 1, 5, 5) > 0.4
+    keep[1, 0, 2] = False
+    program = export(module, q, kv, keep)
+    assert left(program) == {} and partitions(program) == 1
+    with torch.no_grad():
+        assert compare(program(q, kv, keep), module(q, kv, keep)) < 1e-5

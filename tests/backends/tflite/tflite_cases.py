@@ -230,6 +230,9 @@ EXTRA_CASES: list[Case] = [
          (2, 5, 8), torch.tensor([[True, True, False, False, False]] * 4 + [[False] * 5])),
     case("sdpa_bool_mask_row_masked_whole", lambda m, q: F.scaled_dot_product_attention(q, q, q, attn_mask=m.keep),
          (2, 5, 8), keep=torch.ones(5, 5, dtype=torch.bool).tril().index_fill(0, torch.tensor([2]), False)),
+    # multi-query (Falcon): one key/value head for four query heads, the heads merged into the product's rows
+    case("sdpa_multi_query", lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=m.keep),
+         (2, 4, 6, 8), (2, 1, 6, 8), (2, 1, 6, 4), keep=torch.ones(6, 6, dtype=torch.bool).tril()),
     # a padding mask read at constant positions (a reshape, no GATHER_ND) and ANDed with an all-true constant
     case("index_spreading_a_mask", lambda m, mask: m.open & mask[m.rows, m.keys], torch.rand(2, 6) > 0.5,
          rows=torch.arange(2).view(2, 1, 1, 1), keys=torch.arange(6).view(1, 1, 1, 6),
