@@ -31,7 +31,7 @@ from .errors import BackendError, EdgeportError, InputError, UnknownBackendError
 from .fold import fold_constants
 from .shared_state import read_state_as_state
 from .index_views import slice_run_indexes, view_spread_indexes
-from .permute_rank import collapse_expands, collapse_permutes
+from .permute_rank import collapse_cats, collapse_expands, collapse_permutes
 from .lowering import LoweringSettings, Progress, lower_method
 from .manifest import Manifest
 from .plugins import BackendEntry, Registry, registry_or_default
@@ -164,6 +164,7 @@ def export_methods(
         infer_view_sizes(program)  # a view of a dynamic size reads no sym_size
         collapse_permutes(program)  # a rank-6 permute (Swin's windows) at rank 4, for NPUs' rank caps
         collapse_expands(program)  # ... and a rank-5 expand (grouped-query attention's repeated heads)
+        collapse_cats(program)  # ... and a rank-5 cat (GPT-J's rotary: a stack of every two dims)
         drop_empty_cat_operands(program)  # Phi-3's zero-size pass-through half of a fully rotated head
         view_spread_indexes(program)  # transformers' mask[arange(b)[:, None, None, None], arange(s)]: a view
         slice_run_indexes(program)  # Falcon's fused_qkv[..., [-2]]: a slice

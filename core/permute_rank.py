@@ -27,6 +27,18 @@ expanded to (B, kv, n, T * hs), rank 4, the same values. Where the heads are a t
 view (Phi-3 slices values out of its fused projection), they are copied to torch's order
 first, at rank 4: the copy the reshape after the expand made anyway, on fewer elements.
 
+GPT-J rotates every two dims of a head (transformers' `rotate_every_two`): ``stack((-x[...,
+1::2], x[..., ::2]), -1).flatten(-2)``, a rank-5 stack (captured as unsqueezes and a cat)
+between rank-4 values, in every layer. `collapse_cats` writes each cat of rank > 4 whose
+value only views read as
+
+    view(x_i, (before, x_i's size along dim, after)) -> cat(dim 1) -> view(the cat's shape)
+
+(the dims before and after the cat's dim merged: a concatenation moves them together),
+and the same merge drops the rank-5 unsqueezes and the flatten around it: rank 3, the
+same values. An operand that is no view of its data in torch's order (a strided slice,
+``x[..., ::2]``) is copied first, at its own rank, as torch's cat copied it anyway.
+
 Only static shapes are rewritten, and no value the method returns is replaced (the
 graph signature names it).
 """
@@ -39,6 +51,7 @@ from typing import Any, Callable
 import torch
 from torch.export import ExportedProgram
 from torch.fx import Graph, Node
+from torch.fx.node import map_arg
 
 aten = torch.ops.aten
 
@@ -63,6 +76,13 @@ def collapse_expands(program: ExportedProgram) -> int:
     runs (`expand_runs`), then merge the views and clones around it. Returns how many
     expands were rewritten."""
     return _collapse_each(program, aten.expand.default, _collapse_expand)
+
+
+def collapse_cats(program: ExportedProgram) -> int:
+    """Rewrite (in place) each cat of rank > `MAX_KEPT_RANK` that only views read at
+    rank 3 (module docstring), then merge the views around it. Returns how many cats
+    were rewritten."""
+    return _collapse_each(program, aten.cat.default, _collapse_cat)
 
 
 def _collapse_each(program: ExportedProgram, target: Any, collapse: Callable[[Graph, Node], bool]) -> int:
@@ -127,6 +147,43 @@ def _collapse_expand(graph: Graph, expand: Node) -> bool:
     expand.replace_all_uses_with(out)
     graph.erase_node(expand)
     return True
+
+
+def _collapse_cat(graph: Graph, cat: Node) -> bool:
+    parts, dim = cat.args[0], int(cat.args[1]) if len(cat.args) > 1 else 0
+    shape = tuple(cat.meta["val"].shape)
+    if len(shape) <= MAX_KEPT_RANK or not all(isinstance(s, int) for s in shape) or _returned(cat):
+        return False
+    if not all(user.target in _VIEWS for user in cat.users):
+        return False  # an op reading the concatenation itself would still see its rank
+    dim %= len(shape)
+    if not all(isinstance(p, Node) and _without(tuple(p.meta["val"].shape), dim) == _without(shape, dim) for p in parts):
+        return False  # a zero-size operand of another rank (core/empty_operands.py drops those)
+    before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    with graph.inserting_before(cat):
+        flats = [_add(graph, cat, aten.view.default, (_in_order(graph, cat, p), [before, p.meta["val"].shape[dim],
+                                                                                 after])) for p in parts]
+        joined = _add(graph, cat, aten.cat.default, (flats, 1))
+        out = _add(graph, cat, aten.view.default, (joined, list(shape)))
+    cat.replace_all_uses_with(out)
+    graph.erase_node(cat)
+    return True
+
+
+def _without(shape: tuple[int, ...], dim: int) -> tuple[int, ...]:
+    return shape[:dim] + shape[dim + 1:]
+
+
+def _in_order(graph: Graph, like: Node, x: Node) -> Node:
+    """`x`'s data in torch's order, as a view can read it: `x` when contiguous, else the
+    value its unit-dim views (an unsqueeze) were taken of, copied if need be (a strided
+    slice): at the lower rank, before the unsqueeze."""
+    data = x
+    while not _contiguous(data) and data.op == "call_function" and data.target in _UNIT_DIM_VIEWS:
+        data = data.args[0]
+    if _contiguous(data):
+        return data
+    return _add(graph, like, aten.clone.default, (data,), {"memory_format": torch.contiguous_format})
 
 
 def runs(shape: tuple[int, ...], dims: list[int]) -> list[list[int]]:
@@ -197,7 +254,7 @@ def _add(graph: Graph, like: Node, target, args: tuple, kwargs: dict | None = No
     inputs', the rest of its meta (source trace, module stack) copied from `like`."""
     node = graph.call_function(target, args, kwargs or {})
     node.meta = {k: v for k, v in like.meta.items() if k not in ("val", "tensor_meta")}
-    fake_args = [a.meta["val"] if isinstance(a, Node) else a for a in args]
+    fake_args = map_arg(args, lambda a: a.meta["val"])  # a cat's list of operands too
     node.meta["val"] = target(*fake_args, **(kwargs or {}))
     return node
 

@@ -11,7 +11,7 @@ from torch import nn
 import edgeport
 from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.mediatek import MediatekBackend
-from edgeport.permute_rank import collapse_expands, collapse_permutes, expand_runs, runs
+from edgeport.permute_rank import collapse_cats, collapse_expands, collapse_permutes, expand_runs, runs
 from edgeport.testing import compare, registry_for
 
 
@@ -150,3 +150,48 @@ def test_repeated_key_value_heads_are_one_mediatek_partition():
     assert [n["op"] for n in report["nodes"] if n["backend"] != backend.name] == []
     with torch.no_grad():
         assert compare(program(q, kv), module(q, kv)) < 1e-6
+
+
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J's interleaved rotary half (transformers' `rotate_every_two`): a rank-5 stack
+    of a strided slice and a negated one, flattened back to rank 4."""
+    return torch.stack((-x[:, :, :, 1::2], x[:, :, :, ::2]), dim=-1).flatten(-2)
+
+
+class InterleavedRotary(nn.Module):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x * 2
+        return x * cos + rotate_every_two(x) * sin
+
+
+def _rotary_inputs() -> tuple[torch.Tensor, ...]:
+    return torch.randn(1, 6, 4, 8), torch.randn(1, 6, 1, 8), torch.randn(1, 6, 1, 8)
+
+
+def test_an_interleaved_rotary_stack_is_concatenated_at_rank_3_with_the_same_values():
+    module, inputs = InterleavedRotary(), _rotary_inputs()
+    program = torch.export.export(module, inputs).run_decompositions()
+    assert max(_ranks(program)) == 5
+    assert collapse_cats(program) == 1
+    assert max(_ranks(program)) == 4
+    assert torch.equal(program.module()(*inputs), module(*inputs))
+
+
+@pytest.mark.parametrize("forward, x", [
+    (lambda x: torch.stack((x, x * 2), dim=-1) + 1, torch.randn(1, 2, 3, 4)),  # the add reads rank 5 anyway
+    (lambda x: torch.stack((x, x * 2), dim=1).flatten(1, 2), torch.randn(2, 3, 4)),  # rank 4: nothing to do
+], ids=["read_by_an_add", "rank_4"])
+def test_a_cat_the_rewrite_would_not_bring_below_rank_5_is_left_alone(forward, x):
+    program = torch.export.export(_module(forward), (x,)).run_decompositions()
+    assert collapse_cats(program) == 0
+    assert torch.equal(program.module()(x), forward(x))
+
+
+def test_an_interleaved_rotary_is_one_mediatek_partition_equal_to_eager():
+    """GPT-J's rotary was a portable step (rank-5 unsqueezes, cat and view) in every layer."""
+    module, inputs = InterleavedRotary(), _rotary_inputs()
+    backend = MediatekBackend()
+    program = edgeport.export(module, inputs, [backend.name], registry=registry_for(backend))
+    assert [n["op"] for n in program.report()["nodes"] if n["backend"] != backend.name] == []
+    with torch.no_grad():
+        assert compare(program(*inputs), module(*inputs)) < 1e-6
