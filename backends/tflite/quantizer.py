@@ -60,7 +60,7 @@ from edgeport.fold import module_value
 from edgeport.quantize import STATIC, Scheme
 from edgeport.quantize.int32_bias import BiasFitObserver, bias_spec, fit_biases
 
-from .expand import attention_as_products, product_as_linear
+from .expand import SDPA, attention_as_products, product_as_linear, whole_attention_reason
 from .infinite_values import holding_infinities
 from .int8_plan import HYBRID_LINEARS, activation_args, args_at, group, group_tail
 from .lowering import foldable, lookup
@@ -178,13 +178,22 @@ class TfliteQuantizer(Quantizer):
 
     # -- static int8 -------------------------------------------------------------------------
 
+    def _no_int8_form(self, node: Node) -> str:
+        """Why an op with no int8 form stays float; for an attention kept whole, why it was
+        not expanded into the products and softmax that have one (expand.py)."""
+        if node.target != SDPA:
+            return "no int8 form here"
+        if self.xnnpack_only:
+            return "attention stays whole: XNNPACK runs neither an int8 BATCH_MATMUL of two run-time tensors nor an int8 SOFTMAX"
+        return whole_attention_reason(node) or "no int8 form here"
+
     def _annotate_int8(self, node: Node, plan: Any, consts: set[Node], infinite: frozenset[Node]) -> None:
         entry = lookup(node.target)
         if entry is None:  # the writer cannot write it: another backend's node, or portable
             return
         int8 = entry.int8
         activations = activation_args(node, int8.signature) if int8 is not None else []
-        why_float = ("no int8 form here" if int8 is None
+        why_float = (self._no_int8_form(node) if int8 is None
                      else "XNNPACK runs it in float only" if self.xnnpack_only and not int8.xnnpack
                      else _infinite_input_reason(activations, infinite)
                      or (int8.check(node, consts.__contains__) if int8.check is not None else None))

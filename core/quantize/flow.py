@@ -31,7 +31,7 @@ from ..empty_operands import drop_empty_cat_operands
 from ..errors import EdgeportError
 from ..finite_inputs import FIELD
 from ..devtools.html import constant_input_warning
-from ..permute_rank import collapse_expands, collapse_permutes
+from ..permute_rank import collapse_cats, collapse_expands, collapse_permutes
 from ..portable import quiet_torchao_import
 from .calibration import CalibrationError, Progress, calibrate, check_batches_given
 from .placement import (FLOAT, QUANTIZES, BackendQuantization, Placement, Ran, backend_quantization, place,
@@ -309,6 +309,7 @@ def capture_float(model: torch.nn.Module, inputs: tuple[Any, ...], backends: Map
     # quantizing sat between a dequantize and the next op, and QNN ran it in fp16 (Swin).
     collapse_permutes(float_program)
     collapse_expands(float_program)
+    collapse_cats(float_program)
     drop_empty_cat_operands(float_program)
     return float_program
 

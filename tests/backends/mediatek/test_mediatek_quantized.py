@@ -201,3 +201,48 @@ def test_tflites_int8_batch_matmul_requantizes_within_one_accumulator_unit():
         assert np.all(np.abs(np.abs(exact[off] - np.floor(exact[off])) - 0.5) <= m)  # within a unit of a tie
         flips += int(off.sum())
     assert flips > 0  # the kernel is not exact: check needs the allowance
+
+
+def _causal(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Falcon's attention: one key/value head for every query head, a causal bool mask
+    computed from positions (known at export)."""
+    positions = torch.arange(q.shape[-2])
+    keep = (positions[None, :] <= positions[:, None]).view(1, 1, q.shape[-2], q.shape[-2])
+    return torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=keep)
+
+
+def _batch_matmul_types(program: edgeport.Program) -> list[set[str]]:
+    return [{t.type for t in op.tensors} for data in _artifacts(program) for op in written.read_ops(data)
+            if op.op == "BATCH_MATMUL"]
+
+
+def test_a_causal_attention_kept_whole_is_int8_products_around_a_float_mask_and_softmax():
+    """A masked attention kept whole was float in the int8 graph, named only as "no int8
+    form here". Its mask, known at export, is added as a stored -inf before the softmax:
+    the products are int8, the mask's add and the softmax float (the -inf cannot be int8)."""
+    from edgeport.testing.quantized_cases import qop, run_quantized_case
+
+    case = qop("int8_causal_multi_query_attention", lambda m, q, kv: _causal(q, kv), (1, 4, 6, 8), (1, 1, 6, 8))
+    result = run_quantized_case(MediatekBackend(), case)
+    assert result.passed and result.delegated == 1.0, (result.error, result.max_steps)
+    assert _batch_matmul_types(result.program) == [{"INT8"}, {"INT8"}]
+    nodes = {n["op"]: n for n in result.program.report()["nodes"]}
+    assert nodes["aten.matmul.default"]["quantized"] == {"activations": "int8"}
+    assert nodes["aten.add.Tensor"]["float_between_quantized"] and nodes["aten._softmax.default"]["float_between_quantized"]
+    line = result.program.manifest.report["forward"]["quantization"]["backends"]["mediatek"]
+    assert "(it reads attention_mask_0, which holds an infinity" in line, line
+    assert all(written.refusals(data) == [] for data in _artifacts(result.program))
+    module, inputs = case.build()
+    with torch.no_grad():
+        assert torch.allclose(result.program(*inputs), module(*inputs), atol=0.1)
+
+
+def test_an_attention_left_whole_in_int8_says_why():
+    """A mask computed at run time: the attention stays whole and float, and the summary says why."""
+    module = nn.Module()
+    module.forward = lambda q, keep: torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=keep)
+    q, keep = torch.randn(1, 2, 5, 8), torch.ones(5, 5, dtype=torch.bool).tril()
+    program = edgeport.export(module, (q, keep), ["mediatek"], quantize="int8", calibration=calibration_for((q, keep)),
+                              registry=registry_for(MediatekBackend()))
+    line = program.manifest.report["forward"]["quantization"]["backends"]["mediatek"]
+    assert "scaled_dot_product_attention (attention with a mask computed at run time stays whole" in line, line
