@@ -157,7 +157,8 @@ def _collapse_cat(graph: Graph, cat: Node) -> bool:
     if not all(user.target in _VIEWS for user in cat.users):
         return False  # an op reading the concatenation itself would still see its rank
     dim %= len(shape)
-    if not all(isinstance(p, Node) and _without(tuple(p.meta["val"].shape), dim) == _without(shape, dim) for p in parts):
+    others = _without(shape, dim)
+    if not all(isinstance(p, Node) and _without(tuple(p.meta["val"].shape), dim) == others for p in parts):
         return False  # a zero-size operand of another rank (core/empty_operands.py drops those)
     before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
     with graph.inserting_before(cat):

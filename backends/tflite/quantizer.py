@@ -184,7 +184,8 @@ class TfliteQuantizer(Quantizer):
         if node.target != SDPA:
             return "no int8 form here"
         if self.xnnpack_only:
-            return "attention stays whole: XNNPACK runs neither an int8 BATCH_MATMUL of two run-time tensors nor an int8 SOFTMAX"
+            return ("attention stays whole: XNNPACK runs neither an int8 BATCH_MATMUL of two run-time tensors nor "
+                    "an int8 SOFTMAX")
         return whole_attention_reason(node) or "no int8 form here"
 
     def _annotate_int8(self, node: Node, plan: Any, consts: set[Node], infinite: frozenset[Node]) -> None:

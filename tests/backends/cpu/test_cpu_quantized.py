@@ -480,3 +480,14 @@ def test_a_permute_read_as_float_is_reported_float(tmp_path):
     assert table.exit_code == 0, table.output
     row = next(line for line in table.output.splitlines() if "aten.permute" in line)
     assert "float" in row and "int8" not in row, row
+
+
+def test_an_attention_the_cpu_keeps_whole_in_int8_says_why():
+    """It said "no int8 form here", though the mediatek writes its pieces in int8."""
+    module = nn.Module()
+    module.forward = lambda q: F.scaled_dot_product_attention(q, q, q)
+    q = torch.randn(1, 2, 5, 8)
+    program = edgeport.export(module, (q,), ["cpu"], quantize="int8", calibration=calibration_for((q,)),
+                              registry=registry_for(CpuBackend()))
+    line = program.manifest.report["forward"]["quantization"]["backends"]["cpu"]
+    assert "scaled_dot_product_attention (attention stays whole: XNNPACK runs neither an int8 BATCH_MATMUL" in line, line
