@@ -18,6 +18,7 @@ from edgeport.backends.cpu import CpuBackend
 from edgeport.backends.mediatek import MediatekBackend, neuropilot, written
 from edgeport.backends.mediatek.toolchain import apu_missing
 from edgeport.cli import cli
+from edgeport.devtools.quant_check import sqnr_db
 from edgeport.testing import QUANTIZED_CASES, reference_program, registry_for, run_quantized_conformance
 from edgeport.testing.quantized_cases import calibration_for
 
@@ -216,13 +217,17 @@ def _batch_matmul_types(program: edgeport.Program) -> list[set[str]]:
             if op.op == "BATCH_MATMUL"]
 
 
-def test_a_causal_attention_kept_whole_is_int8_products_around_a_float_mask_and_softmax():
+@pytest.mark.parametrize("attention, kv_heads", [
+    (_causal, 1),
+    (lambda q, kv: torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True), 4),
+], ids=["multi_query_bool_mask", "is_causal"])
+def test_a_causal_attention_kept_whole_is_int8_products_around_a_float_mask_and_softmax(attention, kv_heads):
     """A masked attention kept whole was float in the int8 graph, named only as "no int8
     form here". Its mask, known at export, is added as a stored -inf before the softmax:
     the products are int8, the mask's add and the softmax float (the -inf cannot be int8)."""
     from edgeport.testing.quantized_cases import qop, run_quantized_case
 
-    case = qop("int8_causal_multi_query_attention", lambda m, q, kv: _causal(q, kv), (1, 4, 6, 8), (1, 1, 6, 8))
+    case = qop("int8_causal_attention", lambda m, q, kv: attention(q, kv), (1, 4, 6, 8), (1, kv_heads, 6, 8))
     result = run_quantized_case(MediatekBackend(), case)
     assert result.passed and result.delegated == 1.0, (result.error, result.max_steps)
     assert _batch_matmul_types(result.program) == [{"INT8"}, {"INT8"}]
@@ -233,8 +238,8 @@ def test_a_causal_attention_kept_whole_is_int8_products_around_a_float_mask_and_
     assert "(it reads attention_mask_0, which holds an infinity" in line, line
     assert all(written.refusals(data) == [] for data in _artifacts(result.program))
     module, inputs = case.build()
-    with torch.no_grad():
-        assert torch.allclose(result.program(*inputs), module(*inputs), atol=0.1)
+    with torch.no_grad():  # 33.4 and 22.0 dB; the same attention unmasked is -0.2 and 3.9 dB from eager's
+        assert sqnr_db([result.program(*inputs)], [module(*inputs)]) > 20
 
 
 def test_an_attention_left_whole_in_int8_says_why():
