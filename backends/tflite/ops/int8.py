@@ -44,7 +44,7 @@ from .conv import (_conv_args, adaptive_avg_pool2d, avg_pool2d, bn_affine, conv1
 from .elementwise import clamp_activation, gelu_options, same_value
 from .matmul import batch_matmul
 from .reduce import reduce, softmax
-from .shape import broadcast_writes, constant_pad, expand, permute, transpose, view
+from .shape import broadcast_writes, constant_pad, expand, permute, slice_, transpose, view
 
 INT8 = torch.int8
 ACTIVATION = Int8Signature()
@@ -365,6 +365,14 @@ def permute_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
 @int8_lowering(aten.t.default, aten.transpose.int, signature=SHARED, view=True)
 def transpose_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, transpose)
+
+
+@int8_lowering(aten.slice.Tensor, signature=SHARED, view=True)
+def slice_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
+    """SLICE or STRIDED_SLICE on int8 tensors, both run by XNNPACK in int8 (measured:
+    tests/backends/cpu/test_cpu_quantized.py); a rotary embedding's halves between int8
+    ops ran float between a DEQUANTIZE and a QUANTIZE."""
+    return _moved(em, node, form, slice_)
 
 
 def _check_expand(node: Node, is_const: IsConst) -> str | None:

@@ -491,3 +491,34 @@ def test_an_attention_the_cpu_keeps_whole_in_int8_says_why():
                               registry=registry_for(CpuBackend()))
     line = program.manifest.report["forward"]["quantization"]["backends"]["cpu"]
     assert "scaled_dot_product_attention (attention stays whole: XNNPACK runs neither an int8 BATCH_MATMUL" in line, line
+
+
+class _Halves(nn.Module):
+    """A rotary embedding's shape of data movement: an int8 linear's output sliced in
+    halves, each read by an int8 linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.into, self.first, self.second = nn.Linear(64, 64), nn.Linear(32, 16), nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.into(x)
+        return self.first(y[..., :32]) + self.second(y[..., 32:])
+
+
+def test_a_slice_between_int8_ops_is_an_int8_slice_xnnpack_runs():
+    """Without an int8 form each half was a DEQUANTIZE, a float SLICE and a QUANTIZE
+    (3 QUANTIZEs and 2 DEQUANTIZEs in all); now only the input and the output convert,
+    and XNNPACK runs the int8 SLICEs (a loaded model leaves nothing to TFLite)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 64)
+    program = _int8_program(_Halves(), x)
+    (data,) = tflite_artifacts(program)
+    ops = program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["ops"]
+    assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1, ops
+    assert _output_types(data)["SLICE"] == ["INT8", "INT8"]
+    nodes = {n["name"]: n for n in program.report()["nodes"]}
+    assert nodes["slice_1"]["quantized"] == {"activations": "int8"}
+    assert undelegated_ops(TfliteExecutable(data, 1).interpreter) == []
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0)

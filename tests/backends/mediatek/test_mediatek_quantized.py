@@ -251,3 +251,35 @@ def test_an_attention_left_whole_in_int8_says_why():
                               registry=registry_for(MediatekBackend()))
     line = program.manifest.report["forward"]["quantization"]["backends"]["mediatek"]
     assert "scaled_dot_product_attention (attention with a mask computed at run time stays whole" in line, line
+
+
+class EvenAndOdd(nn.Module):
+    """An int8 linear's output sliced twice, one slice with a step (STRIDED_SLICE), each
+    read by an int8 linear (a rotary embedding's slices, Llama's on mediatek)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.into, self.even, self.odd = nn.Linear(64, 64), nn.Linear(32, 16), nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.into(x)
+        return self.even(y[..., ::2]) + self.odd(y[..., 32:])
+
+
+def test_slices_between_int8_ops_are_int8_slices_neuropilot_takes():
+    """The plugin legalizes SLICE and STRIDED_SLICE (neuropilot.LEGALIZED_OPS) on int8
+    tensors per tensor. Without an int8 form each slice ran float between a DEQUANTIZE
+    and a QUANTIZE (3 QUANTIZEs and 2 DEQUANTIZEs); now only the input and output convert."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 64)
+    program = edgeport.export(EvenAndOdd().eval(), (x,), ["mediatek"], quantize="int8",
+                              calibration=calibration_for((x,)), keep_reference=True,
+                              registry=registry_for(MediatekBackend()))
+    [data] = _artifacts(program)
+    ops = {op.op: op for op in written.read_ops(data)}
+    counts = program.manifest.artifacts["artifacts/forward/0.tflite"].metadata["ops"]
+    assert counts["QUANTIZE"] == 1 and counts["DEQUANTIZE"] == 1, counts
+    assert [ops[name].tensors[-1].type for name in ("SLICE", "STRIDED_SLICE")] == ["INT8", "INT8"]  # outputs
+    assert written.refusals(data) == [] and written.quantized_types(data) == ["INT8"]
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), reference_program(program)(x), rtol=0, atol=0)
