@@ -36,7 +36,7 @@ from .. import layout, qdq
 from ..emitter import Emitter, Value
 from ..flatbuffer import Blockwise, Options, Quantization
 from ..int8_plan import Int8Form
-from ..lowering import Int8Signature, IsConst, aten, int8_lowering, shape
+from ..lowering import Int8Signature, IsConst, aten, int8_lowering, lookup, shape
 from ..qdq import QParams
 from ..schema import tensor_type, tfl
 from .conv import (_conv_args, adaptive_avg_pool2d, avg_pool2d, bn_affine, conv1d_input, conv2d_options, conv_geometry,
@@ -367,11 +367,37 @@ def transpose_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
     return _moved(em, node, form, transpose)
 
 
-@int8_lowering(aten.slice.Tensor, signature=SHARED, view=True)
+def _readers(node: Node) -> Iterator[Node]:
+    """The ops reading `node`'s value, seen through a quantize and its dequantizes (so
+    the float graph the quantizer annotates and the quantized one the writer plans agree)."""
+    for user in node.users:
+        if qdq.quantizes_to(user) is not None:
+            for dequantize in user.users:
+                yield from dequantize.users
+        else:
+            yield user
+
+
+def _check_slice(node: Node, is_const: IsConst) -> str | None:
+    readers = list(_readers(node))
+    if any(r.target == aten.cat.default for r in readers):
+        # sharing its input's parameters, the slice would bring them into the concatenation's
+        # one set: a rotary embedding's cat(-x2, x1) widened its query's range to the negated
+        # half's too (the zoo's Llama int8, 28.0 dB from float to 25.4)
+        return "a concatenation reads it (in int8 its input would share the concatenation's parameters)"
+    if not any(r.op == "call_function" and (e := lookup(r.target)) is not None and e.int8 is not None
+               for r in readers):
+        # float, it reads the DEQUANTIZE its input's other float readers share; in int8 it
+        # needed one of its own (the zoo's Llama: the rotary's negated half, 4 more)
+        return "no op with an int8 form reads it"
+    return None
+
+
+@int8_lowering(aten.slice.Tensor, signature=SHARED, check=_check_slice, view=True)
 def slice_int8(em: Emitter, node: Node, form: Int8Form) -> Value:
-    """SLICE or STRIDED_SLICE on int8 tensors, both run by XNNPACK in int8 (measured:
-    tests/backends/cpu/test_cpu_quantized.py); a rotary embedding's halves between int8
-    ops ran float between a DEQUANTIZE and a QUANTIZE."""
+    """SLICE or STRIDED_SLICE on int8 tensors; XNNPACK runs an int8 SLICE (a loaded model
+    delegates it: tests/backends/cpu/test_cpu_quantized.py) and a STRIDED_SLICE with a step
+    in neither type. A slice between int8 ops ran float between a DEQUANTIZE and a QUANTIZE."""
     return _moved(em, node, form, slice_)
 
 
