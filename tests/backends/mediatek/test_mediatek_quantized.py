@@ -255,7 +255,7 @@ def test_an_attention_left_whole_in_int8_says_why():
 
 class EvenAndOdd(nn.Module):
     """An int8 linear's output sliced twice, one slice with a step (STRIDED_SLICE), each
-    read by an int8 linear (a rotary embedding's slices, Llama's on mediatek)."""
+    read by an int8 linear."""
 
     def __init__(self) -> None:
         super().__init__()
