@@ -38,15 +38,19 @@ def quantized_counts(report: Mapping[str, Any]) -> dict[str, Ran]:
     a float view). Quantize and dequantize nodes are not ops, nor are ops on integers: a
     view of token ids counted, unquantized and unnamed ("quantizes 71 of its 72 op(s)"
     of CLIP's text model on qualcomm, with no op said to stay float)."""
-    counts: dict[str, Ran] = {}
+    ops: dict[str, list[tuple[str, str]]] = {}
+    quantized: dict[str, list[str]] = {}
+    in_float: dict[str, list[str]] = {}
     for n in report["nodes"]:
         if n["backend"] == PORTABLE or n["op"].startswith(QUANTIZATION_OPS) or n.get("integer"):
             continue
-        ops, quantized, in_float = counts.get(n["backend"], Ran(0))
-        quantized += (n["name"],) if "quantized" in n else ()
-        in_float += (n["name"],) if n.get("float_between_quantized") else ()
-        counts[n["backend"]] = Ran(ops + 1, quantized, in_float)
-    return counts
+        ops.setdefault(n["backend"], []).append((n["name"], n["op"]))
+        if "quantized" in n:
+            quantized.setdefault(n["backend"], []).append(n["name"])
+        if n.get("float_between_quantized"):
+            in_float.setdefault(n["backend"], []).append(n["name"])
+    return {backend: Ran(tuple(each), tuple(quantized.get(backend, ())), tuple(in_float.get(backend, ())))
+            for backend, each in ops.items()}
 
 
 def _compile_seconds(outcome: Outcome | None) -> float | None:

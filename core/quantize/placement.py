@@ -44,10 +44,11 @@ COMPILED_IN_FLOAT = "its compiled artifact computes it in float"
 
 class Ran(NamedTuple):
     """What one backend's artifacts run of a quantized method (`report.quantized_counts`):
-    how many ops, those that compute quantized, and those it computes in float although
-    quantize and dequantize nodes surround them (`Artifact.float_nodes`)."""
+    each op as (name, op), in graph order, the names of those that compute quantized, and
+    of those it computes in float although quantize and dequantize nodes surround them
+    (`Artifact.float_nodes`)."""
 
-    ops: int
+    ops: tuple[tuple[str, str], ...] = ()
     quantized: tuple[str, ...] = ()
     in_float: tuple[str, ...] = ()
 
@@ -78,6 +79,10 @@ class Placement:
     # backend -> {node: why} for the nodes of its own its quantizer left float
     # (`kept_float`), once it has annotated
     kept_float: dict[str, dict[str, str]] = field(default_factory=dict)
+    # node -> its op ("aten.add.Tensor"), for each node a quantizer kept float: a node its
+    # quantizer inserted (an attention expanded into products) is renamed when the
+    # quantized graph is captured again, and its reason is found again by its op
+    kept_float_op: dict[str, str] = field(default_factory=dict)
     # backend -> how many of its ops its quantizer quantized, once it has annotated (with
     # those whose weight a compile-time quantizer names in its `compressed`)
     quantized: dict[str, int] = field(default_factory=dict)
@@ -111,7 +116,7 @@ class Placement:
                 if name in self.quantized:
                     return self.quantized[name] > 0
                 return name in owners and len(self.kept_float.get(name) or {}) < self.ops.get(name, 1)
-            return bool(ran.get(name, Ran(0)).quantized if ran is not None else self.quantized.get(name))
+            return bool(ran.get(name, Ran()).quantized if ran is not None else self.quantized.get(name))
 
         return not any(quantizes_some(name, q) for name, q in self.backends.items())
 
@@ -130,12 +135,9 @@ class Placement:
                     out[name] = (f"offers {q.scheme.name}, but its {taken} op(s) fell back to portable torch, which "
                                  "runs them fake-quantized (the partitions' fallback says why)")
                     continue
-                taken, computes_quantized, in_float = ran.get(name, Ran(0))
-                quantized = len(computes_quantized)
-                # what the artifacts run wins over what the quantizer meant: a split it left
-                # unannotated moves quantized values (and its quantizer cannot know that)
-                kept_float = {node: why for node, why in kept_float.items() if node not in computes_quantized}
-                kept_float = {**kept_float, **{node: COMPILED_IN_FLOAT for node in in_float if node not in kept_float}}
+                runs = ran.get(name, Ran())
+                taken, quantized = len(runs.ops), len(runs.quantized)
+                kept_float = _as_run(kept_float, runs, self.kept_float_op)
             if q.at_compile and quantized is None and kept_float:  # its compiler compresses the rest
                 quantized = taken - len(kept_float)
             if q.status == QUANTIZES:
@@ -145,6 +147,31 @@ class Placement:
             else:
                 out[name] = f"declines: {q.reason}"
         return out
+
+
+def _as_run(kept_float: dict[str, str], runs: Ran, op_of: Mapping[str, str]) -> dict[str, str]:
+    """Each op the artifacts run in float, with its quantizer's reason: what they run wins
+    over what the quantizer meant (a split it left unannotated moves quantized values, and
+    its quantizer cannot know that). The graph lowered is captured again after quantizing,
+    which renames some nodes (those the quantizer inserted, some views): a node kept float
+    under a name the lowered graph does not have gives its reason to a float op of its kind
+    (`op_of`), in order; one between quantized ops that no reason is left for computes in
+    float in its compiled artifact. (Other ops no reason names are those a run-time scheme
+    is not for: a conv under int8-dynamic.)"""
+    order = {node: rank for rank, node in enumerate(kept_float)}  # the quantizer's reasons first, in its order
+    lowered = {node for node, _ in runs.ops}
+    renamed = [(op_of.get(node), node) for node in kept_float if node not in lowered]
+    float_ = {}
+    for node, op in runs.ops:
+        if node in runs.quantized:
+            continue
+        found = next((i for i, (kind, _) in enumerate(renamed) if kind == op), None)
+        named = node if node in kept_float else None if found is None else renamed.pop(found)[1]
+        if named:
+            float_[node] = (order[named], kept_float[named])
+        elif node in runs.in_float:
+            float_[node] = (len(order), COMPILED_IN_FLOAT)
+    return {node: why for node, (_, why) in sorted(float_.items(), key=lambda item: item[1][0])}
 
 
 def _quantizes(scheme: Scheme, taken: int, quantized: int | None, kept_float: dict[str, str]) -> str:
@@ -259,6 +286,8 @@ def _support(backend: Backend, program: ExportedProgram, options: Any,
 
 def annotate_placed(model: GraphModule, placement: Placement) -> None:
     """Run every quantizing backend's annotation, keeping each only on its own nodes."""
+    from ..report import op_name  # the report imports this module
+
     for name, answer in placement.backends.items():
         if answer.status != QUANTIZES:
             continue
@@ -266,6 +295,8 @@ def annotate_placed(model: GraphModule, placement: Placement) -> None:
         answer.quantizer.annotate(model)
         kept = getattr(answer.quantizer, "kept_float", None) or {}
         placement.kept_float[name] = {n: why for n, why in kept.items() if placement.owner.get(n) == name}
+        placement.kept_float_op.update((node.name, op_name(node)) for node in model.graph.nodes
+                                       if node.name in placement.kept_float[name])
         for node in model.graph.nodes:
             if placement.owner.get(node.name) == name or node.meta.get(ANNOTATION) is before.get(node):
                 continue
